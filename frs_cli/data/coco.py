@@ -1,0 +1,312 @@
+"""COCO-format detection data: the annotation index and the images it names, seen through one geometry.
+
+Layout of a dataset root (COCO's own)::
+
+    ROOT/annotations/instances_<split>.json
+    ROOT/<split>/<file_name>
+
+Labels are contiguous indices ``0..K-1`` in the order of ascending category id (``label_map =
+"contiguous"``), or the category ids themselves (``"category_id"``, K = max id + 1), which is what
+torchvision's COCO-pretrained detectors predict. Crowd boxes are dropped, as COCO's evaluation ignores
+them; boxes of zero or negative size are dropped with a warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from frs_cli.data.geometry import GeometryConfig, ViewGeometry, apply_to_boxes, apply_to_image, view_geometry
+from frs_cli.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = "data"  # dataset root holding annotations/ and one image folder per split
+    train: str = "train"  # training split name (images in ROOT/<train>/)
+    val: str = "val"  # validation split name
+    label_map: Literal["contiguous", "category_id"] = "contiguous"  # how category ids become labels
+
+    def annotation_file(self, split: str) -> Path:
+        return Path(self.root) / "annotations" / f"instances_{split}.json"
+
+    def image_dir(self, split: str) -> Path:
+        return Path(self.root) / split
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    image_id: int
+    file_name: str
+    height: int
+    width: int
+    boxes_xyxy: np.ndarray  # (N, 4) float32, original pixels
+    category_ids: np.ndarray  # (N,) int64
+
+
+class CocoIndex:
+    """The parsed annotation file: images in ascending id order, their boxes, and the label map."""
+
+    def __init__(self, annotation_file: str | Path, label_map: str = "contiguous"):
+        path = Path(annotation_file)
+        if not path.is_file():
+            raise DataError(f"annotations: expected a COCO JSON file at {str(path)!r}, but it does not exist")
+        raw = path.read_bytes()
+        self.path = path
+        self.sha256 = hashlib.sha256(raw).hexdigest()
+        try:
+            doc = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(f"annotations {str(path)!r}: expected JSON, got a parse error ({exc})") from exc
+        if not isinstance(doc, dict):
+            raise DataError(f"annotations {str(path)!r}: expected a JSON object, got {type(doc).__name__}")
+        for key in ("images", "annotations", "categories"):
+            if not isinstance(doc.get(key), list):
+                raise DataError(f"annotations {str(path)!r}: expected a list under '{key}', found none")
+        try:
+            self.categories = sorted(({"id": int(c["id"]), "name": str(c["name"])} for c in doc["categories"]),
+                                     key=lambda c: c["id"])
+            images = {int(im["id"]): (str(im["file_name"]), int(im["height"]), int(im["width"])) for im in doc["images"]}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"annotations {str(path)!r}: an image or category entry lacks {exc}") from exc
+        if not self.categories:
+            raise DataError(f"annotations {str(path)!r}: expected at least one category, found none")
+        cat_ids = [c["id"] for c in self.categories]
+        if label_map == "contiguous":
+            self.label_to_category = cat_ids
+        elif label_map == "category_id":
+            if min(cat_ids) < 0:
+                raise DataError(f"annotations {str(path)!r}: category ids must be >= 0 for label_map='category_id'")
+            self.label_to_category = list(range(max(cat_ids) + 1))
+        else:
+            raise ConfigError(f"data.label_map: expected 'contiguous' or 'category_id', got {label_map!r}")
+        self.category_to_label = {c: i for i, c in enumerate(self.label_to_category)}
+        if cat_ids != list(range(1, len(cat_ids) + 1)) and label_map == "contiguous":
+            log.info("category ids %s mapped to contiguous labels 0..%d", cat_ids, len(cat_ids) - 1)
+
+        per_image: dict[int, list] = {i: [] for i in images}
+        dropped = 0
+        for ann in doc["annotations"]:
+            try:
+                image_id, cat, (x, y, w, h) = int(ann["image_id"]), int(ann["category_id"]), ann["bbox"]
+                crowd = bool(ann.get("iscrowd", 0))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise DataError(f"annotations {str(path)!r}: an annotation lacks {exc} or has a malformed bbox") from exc
+            if image_id not in per_image:
+                raise DataError(f"annotations {str(path)!r}: annotation {ann.get('id')} names image {image_id}, "
+                                "which is not among the images")
+            if cat not in self.category_to_label:
+                raise DataError(f"annotations {str(path)!r}: annotation {ann.get('id')} has category {cat}, "
+                                f"expected one of {cat_ids}")
+            if crowd:
+                continue
+            if not (w > 0 and h > 0):
+                dropped += 1
+                continue
+            per_image[image_id].append((x, y, x + w, y + h, cat))
+        if dropped:
+            log.warning("dropped %d boxes of zero or negative size in %s", dropped, path)
+        self.dropped_boxes = dropped
+
+        self.records: list[ImageRecord] = []
+        for image_id in sorted(images):
+            file_name, height, width = images[image_id]
+            anns = per_image[image_id]
+            boxes = np.array([a[:4] for a in anns], dtype=np.float32).reshape(-1, 4)
+            cats = np.array([a[4] for a in anns], dtype=np.int64)
+            self.records.append(ImageRecord(image_id, file_name, height, width, boxes, cats))
+        self.position = {r.image_id: i for i, r in enumerate(self.records)}
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_to_category)
+
+    @property
+    def image_ids(self) -> list[int]:
+        return [r.image_id for r in self.records]
+
+    def fingerprint(self) -> str:
+        """The annotation file's bytes and the image ids it yields, hashed."""
+        h = hashlib.sha256(self.sha256.encode())
+        h.update(np.asarray(self.image_ids, dtype=np.int64).tobytes())
+        return h.hexdigest()[:16]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+def read_image(path: Path) -> Tensor:
+    """Decode an image file to ``(3, H, W)`` uint8 RGB; DataError for a missing or corrupt file."""
+    from torchvision.io import ImageReadMode, decode_image
+
+    if not path.is_file():
+        raise DataError(f"image: expected a file at {str(path)!r}, but it does not exist")
+    try:
+        data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+        return decode_image(data, mode=ImageReadMode.RGB)
+    except (RuntimeError, ValueError) as exc:
+        raise DataError(f"image {str(path)!r}: could not be decoded ({str(exc).splitlines()[0]})") from exc
+
+
+@dataclass
+class Sample:
+    """One view of one image, ready for batching."""
+
+    image: Tensor  # (3, resized_h, resized_w) uint8
+    boxes: Tensor  # (N, 4) float32 boxes_xyxy in view pixels
+    labels: Tensor  # (N,) int64 contiguous labels
+    image_id: int
+    geometry: ViewGeometry
+    teacher: dict | None = None  # cached teacher targets, see cache.reader
+
+
+class CocoViews(torch.utils.data.Dataset):
+    """Views of a COCO-format split. Indexed by ``(position, view)`` pairs from ``ViewSampler``.
+
+    ``position`` counts images in ascending id order; ``view`` is ``"orig"`` or ``"hflip"``.
+    """
+
+    def __init__(self, index: CocoIndex, image_dir: str | Path, geometry: GeometryConfig):
+        self.index = index
+        self.image_dir = Path(image_dir)
+        self.geometry = geometry
+        if not self.image_dir.is_dir():
+            raise DataError(f"images: expected a directory at {str(self.image_dir)!r}, but it does not exist")
+
+    @classmethod
+    def from_config(cls, cfg: DataConfig, split: str, geometry: GeometryConfig) -> CocoViews:
+        return cls(CocoIndex(cfg.annotation_file(split), cfg.label_map), cfg.image_dir(split), geometry)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def geometry_of(self, position: int, view: str) -> ViewGeometry:
+        rec = self.index.records[position]
+        return view_geometry(rec.height, rec.width, self.geometry, view)
+
+    def __getitem__(self, key) -> Sample:
+        position, view = key if isinstance(key, tuple) else (key, "orig")
+        rec = self.index.records[position]
+        geom = self.geometry_of(position, view)
+        image = read_image(self.image_dir / rec.file_name)
+        if image.shape[-2:] != (rec.height, rec.width):
+            raise DataError(f"image {rec.file_name!r}: annotations say {rec.height}x{rec.width}, "
+                            f"the file is {image.shape[-2]}x{image.shape[-1]}")
+        labels = torch.tensor([self.index.category_to_label[int(c)] for c in rec.category_ids], dtype=torch.int64)
+        return Sample(
+            image=apply_to_image(image, geom),
+            boxes=apply_to_boxes(torch.from_numpy(rec.boxes_xyxy), geom),
+            labels=labels,
+            image_id=rec.image_id,
+            geometry=geom,
+        )
+
+
+class ViewSampler(torch.utils.data.Sampler):
+    """Yields ``(position, view)`` pairs: each image once per epoch, in one of ``views``.
+
+    Deterministic in ``(seed, epoch)``; with ``world_size > 1`` each rank takes every ``world_size``-th
+    item of the shuffled order (padded by wrapping, like ``DistributedSampler``). ``start`` skips that
+    many items of this rank's epoch, so a run resumed mid-epoch sees exactly the items it had not seen.
+    ``view_prob`` is the chance of each view after the first (``[0.5]`` for orig/hflip = random flip).
+    """
+
+    def __init__(self, num_images: int, views=("orig",), shuffle: bool = True, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, view_choice: str = "random"):
+        if num_images < 1:
+            raise DataError("dataset: expected at least one image, found none")
+        if view_choice not in ("random", "all"):
+            raise ConfigError(f"view_choice: expected 'random' or 'all', got {view_choice!r}")
+        self.num_images = num_images
+        self.views = tuple(views)
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.view_choice = view_choice
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch = epoch
+        self.start = start
+
+    def _items(self) -> list[tuple[int, str]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        if self.view_choice == "all":
+            items = [(p, v) for p in range(self.num_images) for v in self.views]
+        else:
+            picks = torch.randint(len(self.views), (self.num_images,), generator=g).tolist()
+            items = [(p, self.views[k]) for p, k in enumerate(picks)]
+        if self.shuffle:
+            order = torch.randperm(len(items), generator=g).tolist()
+            items = [items[i] for i in order]
+        total = -(-len(items) // self.world_size) * self.world_size
+        items = (items * (total // len(items) + 1))[:total]
+        return items[self.rank :: self.world_size]
+
+    def __len__(self) -> int:
+        per_epoch = self.num_images * (len(self.views) if self.view_choice == "all" else 1)
+        return -(-per_epoch // self.world_size)
+
+    def __iter__(self):
+        return iter(self._items()[self.start :])
+
+
+@dataclass
+class Batch:
+    """A padded batch. ``images`` is zero outside each ``image_sizes[i]`` box (bottom/right padding)."""
+
+    images: Tensor  # (B, 3, H, W) uint8
+    image_sizes: list[tuple[int, int]]  # valid (resized) size of each image
+    targets: list[dict[str, Tensor]]  # per image {"boxes": (N, 4) float32 xyxy view pixels, "labels": (N,)}
+    image_ids: list[int]
+    geometries: list[ViewGeometry]
+    teacher: dict | None = None  # batched cached targets (cache.reader.collate_teacher)
+
+    def pin_memory(self) -> Batch:
+        self.images = self.images.pin_memory()
+        if self.teacher is not None:
+            self.teacher = {k: [t.pin_memory() for t in v] for k, v in self.teacher.items()}
+        return self
+
+    def to(self, device, non_blocking: bool = True) -> Batch:
+        move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return Batch(
+            images=move(self.images),
+            image_sizes=self.image_sizes,
+            targets=[{k: move(v) for k, v in t.items()} for t in self.targets],
+            image_ids=self.image_ids,
+            geometries=self.geometries,
+            teacher=None if self.teacher is None else {k: [move(t) for t in v] for k, v in self.teacher.items()},
+        )
+
+
+def collate(samples: list[Sample]) -> Batch:
+    from frs_cli.data.geometry import batch_padded_size, pad_batch
+
+    geoms = [s.geometry for s in samples]
+    images = pad_batch([s.image for s in samples], batch_padded_size(geoms))
+    teacher = None
+    if samples[0].teacher is not None:
+        from frs_cli.cache.reader import collate_teacher
+
+        teacher = collate_teacher([s.teacher for s in samples])
+    return Batch(
+        images=images,
+        image_sizes=[g.valid_size for g in geoms],
+        targets=[{"boxes": s.boxes, "labels": s.labels} for s in samples],
+        image_ids=[s.image_id for s in samples],
+        geometries=geoms,
+        teacher=teacher,
+    )

@@ -1,0 +1,197 @@
+"""The one image geometry every stage shares: resize, optional horizontal flip, pad to a stride multiple.
+
+A teacher's cached features are only useful if the student sees exactly the same pixels, so the geometry
+of each view is computed by one function from the original image size and a small config, and recorded
+(``ViewGeometry``) next to the cached arrays. Any later stage can recompute it and compare.
+
+Conventions: sizes are ``(height, width)`` in pixels; boxes are ``boxes_xyxy`` in pixel units with the
+origin at the top-left corner of the top-left pixel (COCO's convention), so a horizontal flip maps
+``x`` to ``width - x``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from frs_cli.errors import ConfigError
+
+VIEWS = ("orig", "hflip")
+
+
+@dataclass(frozen=True)
+class GeometryConfig:
+    min_size: int = 800  # target length of the short side after resizing, px
+    max_size: int = 1333  # the long side is never resized beyond this, px
+    size_divisible: int = 32  # each image is padded (bottom/right) to a multiple of this, px
+
+    def __post_init__(self):
+        for name in ("min_size", "max_size", "size_divisible"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"geometry.{name}: expected a positive integer, got {value!r}")
+        if self.max_size < self.min_size:
+            raise ConfigError(
+                f"geometry.max_size: expected at least min_size ({self.min_size}), got {self.max_size}"
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ViewGeometry:
+    """Where one view of one image sits: original size, resized (valid) size, padded size, flip."""
+
+    orig_h: int
+    orig_w: int
+    resized_h: int
+    resized_w: int
+    padded_h: int
+    padded_w: int
+    hflip: bool
+
+    FIELDS = ("orig_h", "orig_w", "resized_h", "resized_w", "padded_h", "padded_w", "hflip")
+
+    @property
+    def scale_y(self) -> float:
+        return self.resized_h / self.orig_h
+
+    @property
+    def scale_x(self) -> float:
+        return self.resized_w / self.orig_w
+
+    @property
+    def valid_size(self) -> tuple[int, int]:
+        return (self.resized_h, self.resized_w)
+
+    @property
+    def padded_size(self) -> tuple[int, int]:
+        return (self.padded_h, self.padded_w)
+
+    @property
+    def view(self) -> str:
+        return "hflip" if self.hflip else "orig"
+
+    def to_row(self) -> list[int]:
+        """Seven integers, the order of ``FIELDS`` (how the cache stores it)."""
+        return [int(getattr(self, name)) for name in self.FIELDS]
+
+    @classmethod
+    def from_row(cls, row) -> ViewGeometry:
+        values = [int(v) for v in row]
+        return cls(*values[:6], hflip=bool(values[6]))
+
+    def to_dict(self) -> dict:
+        return {name: getattr(self, name) for name in self.FIELDS}
+
+
+def resized_size(orig_h: int, orig_w: int, cfg: GeometryConfig) -> tuple[int, int]:
+    """Scale so the short side is ``min_size`` unless the long side would pass ``max_size``."""
+    if orig_h < 1 or orig_w < 1:
+        raise ConfigError(f"image size: expected positive height and width, got {orig_h}x{orig_w}")
+    scale = min(cfg.min_size / min(orig_h, orig_w), cfg.max_size / max(orig_h, orig_w))
+    new_h = max(1, min(int(round(orig_h * scale)), cfg.max_size))
+    new_w = max(1, min(int(round(orig_w * scale)), cfg.max_size))
+    return new_h, new_w
+
+
+def compute_geometry(orig_h: int, orig_w: int, cfg: GeometryConfig, hflip: bool = False) -> ViewGeometry:
+    """The geometry of one view; a pure function of the original size, the config and the flip."""
+    new_h, new_w = resized_size(orig_h, orig_w, cfg)
+    d = cfg.size_divisible
+    return ViewGeometry(
+        orig_h=int(orig_h),
+        orig_w=int(orig_w),
+        resized_h=new_h,
+        resized_w=new_w,
+        padded_h=int(math.ceil(new_h / d) * d),
+        padded_w=int(math.ceil(new_w / d) * d),
+        hflip=bool(hflip),
+    )
+
+
+def view_geometry(orig_h: int, orig_w: int, cfg: GeometryConfig, view: str) -> ViewGeometry:
+    if view not in VIEWS:
+        raise ConfigError(f"view: expected one of {', '.join(VIEWS)}, got {view!r}")
+    return compute_geometry(orig_h, orig_w, cfg, hflip=(view == "hflip"))
+
+
+def apply_to_image(image: Tensor, geom: ViewGeometry) -> Tensor:
+    """Resize and flip one image; no padding (batching pads, see ``pad_batch``).
+
+    Args:
+        image: ``(3, orig_h, orig_w)`` uint8.
+    Returns:
+        ``(3, resized_h, resized_w)`` uint8. Bilinear, ``align_corners=False``, no antialiasing
+        (torchvision's detection transform does the same), rounded to the nearest integer.
+    """
+    if image.shape[-2:] != (geom.orig_h, geom.orig_w):
+        raise ConfigError(
+            f"image size: expected {geom.orig_h}x{geom.orig_w} as recorded, got "
+            f"{image.shape[-2]}x{image.shape[-1]}"
+        )
+    out = image
+    if (geom.resized_h, geom.resized_w) != (geom.orig_h, geom.orig_w):
+        x = image.unsqueeze(0).float()
+        x = F.interpolate(x, size=(geom.resized_h, geom.resized_w), mode="bilinear", align_corners=False)
+        out = x.squeeze(0).round_().clamp_(0, 255).to(torch.uint8)
+    if geom.hflip:
+        out = out.flip(-1)
+    return out.contiguous()
+
+
+def apply_to_boxes(boxes_xyxy: Tensor, geom: ViewGeometry) -> Tensor:
+    """Map ``(N, 4)`` boxes from original-image pixels to view pixels (float32)."""
+    b = boxes_xyxy.to(torch.float32).reshape(-1, 4)
+    out = b * torch.tensor([geom.scale_x, geom.scale_y, geom.scale_x, geom.scale_y], dtype=torch.float32)
+    if geom.hflip:
+        out = torch.stack([geom.resized_w - out[:, 2], out[:, 1], geom.resized_w - out[:, 0], out[:, 3]], dim=1)
+    return out
+
+
+def invert_boxes(boxes_xyxy: Tensor, geom: ViewGeometry) -> Tensor:
+    """Map ``(N, 4)`` boxes from view pixels back to original-image pixels (float32)."""
+    b = boxes_xyxy.to(torch.float32).reshape(-1, 4)
+    if geom.hflip:
+        b = torch.stack([geom.resized_w - b[:, 2], b[:, 1], geom.resized_w - b[:, 0], b[:, 3]], dim=1)
+    return b / torch.tensor([geom.scale_x, geom.scale_y, geom.scale_x, geom.scale_y], dtype=torch.float32)
+
+
+def batch_padded_size(geoms, size_divisible: int = 1) -> tuple[int, int]:
+    """The smallest ``(H, W)`` holding every view's padded size (already stride multiples)."""
+    h = max(g.padded_h for g in geoms)
+    w = max(g.padded_w for g in geoms)
+    return (int(math.ceil(h / size_divisible) * size_divisible), int(math.ceil(w / size_divisible) * size_divisible))
+
+
+def pad_batch(images: list[Tensor], size: tuple[int, int]) -> Tensor:
+    """Stack ``(3, h_i, w_i)`` images into ``(B, 3, H, W)``, zero-padded at the bottom and right."""
+    out = images[0].new_zeros((len(images), images[0].shape[0], size[0], size[1]))
+    for i, img in enumerate(images):
+        out[i, :, : img.shape[-2], : img.shape[-1]].copy_(img)
+    return out
+
+
+def level_valid_size(valid_size: tuple[int, int], stride: int, level_size: tuple[int, int]) -> tuple[int, int]:
+    """Positions of a feature level (stride ``stride``, grid ``level_size``) that lie over real pixels."""
+    return (
+        min(level_size[0], int(math.ceil(valid_size[0] / stride))),
+        min(level_size[1], int(math.ceil(valid_size[1] / stride))),
+    )
+
+
+def level_grid_size(padded_size: tuple[int, int], num_halvings: int) -> tuple[int, int]:
+    """Grid size of a level reached from the padded input by ``num_halvings`` stride-2 steps.
+
+    Each stride-2 step of the backbone (3x3/7x7 conv with padding, or 1x1 pooling with ceil) maps n to
+    ceil(n / 2), so a stride-``2**k`` level of a ``(H, W)`` input is ``ceil``-halved k times.
+    """
+    h, w = padded_size
+    for _ in range(num_halvings):
+        h, w = (h + 1) // 2, (w + 1) // 2
+    return (h, w)
