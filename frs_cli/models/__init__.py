@@ -1,0 +1,201 @@
+"""Detector adapters by name: one factory, ``build_detector``, over torchvision's detectors.
+
+Weights are either a torchvision weights enum name (downloaded by torchvision when a user asks for it and
+the machine has internet) or the path of a checkpoint written by ``frs train`` / ``frs distill``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
+from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+from frs_cli.errors import ModelError
+from frs_cli.models.backbones import TINY_BODIES, TinyResNet
+from frs_cli.models.base import Detector, DetectorOutput, LevelSpec, fingerprint_state_dict
+from frs_cli.models.config import ModelConfig
+
+__all__ = [
+    "ARCHS", "Detector", "DetectorOutput", "LevelSpec", "ModelConfig", "build_cls_head", "build_detector",
+    "fingerprint_state_dict", "load_checkpoint_file", "model_fingerprint",
+]
+
+log = logging.getLogger(__name__)
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    family: str  # adapter family
+    body: str  # torchvision ResNet name, or a key of TINY_BODIES
+    v2: bool = False  # torchvision's "v2" RetinaNet: P6 from C5, GroupNorm head, GIoU box loss
+    fpn_channels: int = 256
+    summary: str = ""
+
+
+ARCHS: dict[str, ArchSpec] = {
+    "retinanet_resnet50_fpn": ArchSpec("retinanet", "resnet50", summary="torchvision RetinaNet R50-FPN (COCO 36.4 AP)"),
+    "retinanet_resnet50_fpn_v2": ArchSpec("retinanet", "resnet50", v2=True,
+                                          summary="torchvision RetinaNet R50-FPN v2 (COCO 41.5 AP)"),
+    "retinanet_resnet18_fpn": ArchSpec("retinanet", "resnet18", summary="RetinaNet R18-FPN"),
+    "retinanet_resnet34_fpn": ArchSpec("retinanet", "resnet34", summary="RetinaNet R34-FPN"),
+    "retinanet_resnet101_fpn": ArchSpec("retinanet", "resnet101", summary="RetinaNet R101-FPN"),
+    "retinanet_resnext101_32x8d_fpn": ArchSpec("retinanet", "resnext101_32x8d", summary="RetinaNet X101-32x8d-FPN"),
+    "retinanet_small_fpn": ArchSpec("retinanet", "small", fpn_channels=64,
+                                    summary="small CPU RetinaNet (demo teacher, 64-ch FPN)"),
+    "retinanet_tiny_fpn": ArchSpec("retinanet", "tiny", fpn_channels=64,
+                                   summary="tiny CPU RetinaNet (tests, demo student, 64-ch FPN)"),
+}
+
+
+def _is_weights_enum(name: str) -> bool:
+    return bool(name) and "_Weights." in name and not Path(name).exists()
+
+
+def _get_weights_enum(name: str):
+    from torchvision.models import get_weight
+
+    try:
+        return get_weight(name)
+    except (ValueError, KeyError, AttributeError) as exc:
+        raise ModelError(f"weights: expected a torchvision weights enum name or a checkpoint path, got {name!r}",
+                         hint="for example RetinaNet_ResNet50_FPN_V2_Weights.COCO_V1") from exc
+
+
+def _download_state_dict(weights) -> dict:
+    try:
+        return weights.get_state_dict(progress=True, check_hash=True)
+    except OSError as exc:  # URLError is an OSError
+        raise ModelError(f"weights {weights}: download failed ({exc})",
+                         hint="without internet, pass the path of a local checkpoint instead") from exc
+
+
+def _build_retinanet(spec: ArchSpec, cfg: ModelConfig, num_classes: int, pretrained_backbone) -> nn.Module:
+    from torchvision.models.detection.retinanet import RetinaNet, RetinaNetHead
+
+    from frs_cli.models.retinanet import anchor_generator
+
+    # The module types follow the config, whether or not the weights are loaded now, so a model rebuilt
+    # to receive a checkpoint has the layers it was trained with.
+    trained = _is_weights_enum(cfg.weights) or bool(cfg.weights_backbone)
+    if spec.body in TINY_BODIES:
+        widths, blocks = TINY_BODIES[spec.body]
+        body = TinyResNet(widths, blocks)
+        backbone = BackboneWithFPN(body, {"layer2": "0", "layer3": "1", "layer4": "2"}, list(widths[1:]),
+                                   spec.fpn_channels, extra_blocks=LastLevelP6P7(spec.fpn_channels, spec.fpn_channels))
+    else:
+        # torchvision freezes BN statistics for pretrained v1 bodies; v2 keeps BatchNorm2d.
+        norm = FrozenBatchNorm2d if (trained and not spec.v2) else nn.BatchNorm2d
+        c5 = 2048 if spec.body not in ("resnet18", "resnet34") else 512
+        backbone = resnet_fpn_backbone(
+            backbone_name=spec.body, weights=pretrained_backbone, norm_layer=norm,
+            trainable_layers=cfg.trainable_backbone_layers if trained else 5, returned_layers=[2, 3, 4],
+            extra_blocks=LastLevelP6P7(c5, 256) if spec.v2 else LastLevelP6P7(256, 256),
+        )
+    anchors = anchor_generator(cfg.anchor_size)
+    head = RetinaNetHead(backbone.out_channels, anchors.num_anchors_per_location()[0], num_classes,
+                         norm_layer=partial(nn.GroupNorm, 32) if spec.v2 else None)
+    if spec.v2:
+        head.regression_head._loss_type = "giou"
+    return RetinaNet(backbone, num_classes, anchor_generator=anchors, head=head, score_thresh=cfg.score_thresh,
+                     nms_thresh=cfg.nms_thresh, detections_per_img=cfg.detections_per_img)
+
+
+def build_detector(cfg: ModelConfig, num_classes: int, load_weights: bool = True) -> Detector:
+    """The adapter named by ``cfg.arch`` with ``num_classes`` outputs per anchor, weights loaded.
+
+    ``load_weights=False`` builds the architecture only (for example to receive a checkpoint's weights).
+    """
+    from frs_cli.models.retinanet import RetinaNetAdapter
+
+    if cfg.arch not in ARCHS:
+        raise ModelError(f"model: unknown arch {cfg.arch!r}", hint=f"valid names: {', '.join(ARCHS)}")
+    if num_classes < 1:
+        raise ModelError(f"model: expected at least one class, got num_classes={num_classes}")
+    spec = ARCHS[cfg.arch]
+    backbone_weights = None
+    if cfg.weights_backbone and load_weights and not _is_weights_enum(cfg.weights):
+        if spec.body in TINY_BODIES:
+            raise ModelError(f"weights_backbone: {cfg.arch} has no pretrained backbone, got {cfg.weights_backbone!r}")
+        backbone_weights = _get_weights_enum(cfg.weights_backbone)
+    model = _build_retinanet(spec, cfg, num_classes, backbone_weights)
+    detector = RetinaNetAdapter(model, cfg.arch, head_norm="group_norm" if spec.v2 else "none")
+    if load_weights and cfg.weights:
+        load_weights_into(detector, cfg.weights)
+    return detector
+
+
+def build_cls_head(spec: dict) -> nn.Module:
+    """Rebuild a classification head from ``Detector.cls_head_spec()`` (weights to be loaded after)."""
+    from frs_cli.models.retinanet import build_retinanet_cls_head
+
+    builders = {"retinanet": build_retinanet_cls_head}
+    family = spec.get("family")
+    if family not in builders:
+        raise ModelError(f"classification head: unknown family {family!r}", hint=f"known: {', '.join(builders)}")
+    return builders[family](spec)
+
+
+def load_checkpoint_file(path: str | Path) -> dict:
+    """Read a checkpoint written by frs; ModelError if it is missing or not one of ours."""
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"checkpoint: expected a file at {str(p)!r}, but it does not exist")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a file that is not a checkpoint
+        raise ModelError(f"checkpoint {str(p)!r}: not a readable torch checkpoint ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "arch" not in ckpt:
+        raise ModelError(f"checkpoint {str(p)!r}: expected an frs checkpoint (keys 'arch', 'model'), got another file")
+    if ckpt.get("format", 0) > CHECKPOINT_FORMAT:
+        raise ModelError(f"checkpoint {str(p)!r}: format {ckpt['format']} is newer than this frs reads "
+                         f"({CHECKPOINT_FORMAT})", hint="upgrade frs")
+    return ckpt
+
+
+def _load_state(detector: Detector, state: dict, source: str) -> None:
+    core = detector.core()
+    expected = core.state_dict()
+    # BatchNorm2d counts batches, FrozenBatchNorm2d does not: either side may lack these entries.
+    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked") or k in expected}
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in state if k in expected and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        detail = (f"{len(missing)} missing (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}), "
+                  f"{len(wrong)} of another shape (e.g. {[(k, tuple(state[k].shape)) for k in wrong[:2]]})")
+        raise ModelError(f"weights {source}: do not fit {detector.arch} with {detector.num_classes} classes: {detail}")
+    core.load_state_dict(state, strict=False)
+
+
+def load_weights_into(detector: Detector, weights: str) -> None:
+    if _is_weights_enum(weights):
+        enum = _get_weights_enum(weights)
+        categories = len(enum.meta.get("categories", []))
+        if categories and categories != detector.num_classes:
+            raise ModelError(f"weights {weights}: predict {categories} classes, the dataset has {detector.num_classes}",
+                             hint="for COCO-pretrained torchvision weights set data.label_map = 'category_id'")
+        _load_state(detector, _download_state_dict(enum), weights)
+        if weights.endswith("RetinaNet_ResNet50_FPN_Weights.COCO_V1"):
+            for m in detector.modules():  # these weights were trained with eps 0 (torchvision does the same)
+                if isinstance(m, FrozenBatchNorm2d):
+                    m.eps = 0.0
+        return
+    ckpt = load_checkpoint_file(weights)
+    if ckpt["arch"] != detector.arch:
+        raise ModelError(f"checkpoint {weights!r}: holds a {ckpt['arch']}, expected {detector.arch}")
+    if ckpt.get("num_classes") != detector.num_classes:
+        raise ModelError(f"checkpoint {weights!r}: has {ckpt.get('num_classes')} classes, "
+                         f"the dataset has {detector.num_classes}")
+    _load_state(detector, ckpt["model"], repr(weights))
+
+
+def model_fingerprint(detector: Detector) -> str:
+    return fingerprint_state_dict(detector.core().state_dict())

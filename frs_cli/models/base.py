@@ -1,0 +1,103 @@
+"""The one interface every detector adapter offers, and what all of them share.
+
+An adapter wraps a torchvision detector (or one built from torchvision's parts) and, from one pass of the
+backbone, returns what distillation needs: the per-level FPN features, the per-level classification logits
+in the head's own ``(B, A*K, H, W)`` layout, and in training the detector's own GT losses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class DetectorOutput:
+    features: list[Tensor]  # per level (B, C, H_l, W_l), finest first
+    cls_logits: list[Tensor]  # per level (B, A*K, H_l, W_l): channel a*K + k is anchor a, class k
+    losses: dict[str, Tensor] = field(default_factory=dict)  # GT losses, when targets were given
+    detections: list[dict[str, Tensor]] | None = None  # per image boxes (xyxy, view pixels), scores, labels
+
+
+@dataclass(frozen=True)
+class LevelSpec:
+    name: str  # "P3"
+    stride: int  # input pixels per position
+    channels: int  # FPN channels
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "stride": self.stride, "channels": self.channels}
+
+
+class Detector(nn.Module):
+    """Base adapter. Subclasses set ``family``, ``levels`` and implement ``forward`` and the head hooks.
+
+    ``forward(images, image_sizes, targets=None, detect=None)``:
+        images: ``(B, 3, H, W)`` uint8, each image at the top-left, zero padding bottom/right, H and W
+            multiples of the geometry's ``size_divisible``.
+        image_sizes: the valid ``(h, w)`` of each image.
+        targets: per image ``{"boxes": (N, 4) float32 xyxy view pixels, "labels": (N,) int64}``; when
+            given, ``losses`` holds the detector's GT losses from this same pass.
+        detect: post-process to detections (default: when not training).
+    """
+
+    family: str = ""
+    arch: str = ""
+
+    def __init__(self, num_classes: int, levels: list[LevelSpec]):
+        super().__init__()
+        self.num_classes = num_classes
+        self.levels = levels
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
+
+    @property
+    def strides(self) -> list[int]:
+        return [lv.stride for lv in self.levels]
+
+    @property
+    def level_names(self) -> list[str]:
+        return [lv.name for lv in self.levels]
+
+    def normalize(self, images: Tensor, image_sizes: list[tuple[int, int]]) -> Tensor:
+        """uint8 batch -> float, ImageNet-normalized, padding exactly zero (as torchvision batches)."""
+        x = (images.float() - self.pixel_mean) / self.pixel_std
+        h, w = x.shape[-2:]
+        if any(s != (h, w) for s in image_sizes):
+            rows = torch.arange(h, device=x.device).view(1, h, 1)
+            cols = torch.arange(w, device=x.device).view(1, 1, w)
+            sizes = torch.tensor(image_sizes, device=x.device)
+            inside = (rows < sizes[:, 0].view(-1, 1, 1)) & (cols < sizes[:, 1].view(-1, 1, 1))
+            x = x * inside.unsqueeze(1)
+        return x
+
+    # What the cache stores to recompute teacher logits from cached features.
+    def cls_head_spec(self) -> dict:
+        raise NotImplementedError
+
+    def cls_head(self) -> nn.Module:
+        """The classification head as a module mapping a feature list to a cls-logit list."""
+        raise NotImplementedError
+
+    def core(self) -> nn.Module:
+        """The wrapped detector whose ``state_dict`` is saved (torchvision-compatible keys)."""
+        raise NotImplementedError
+
+
+def fingerprint_state_dict(state_dict: dict[str, Tensor]) -> str:
+    """sha256 over names, dtypes, shapes and bytes of every tensor, in sorted name order (first 16 hex)."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name]
+        if not isinstance(t, Tensor):
+            continue
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]

@@ -1,0 +1,17 @@
+"""The model part of a recipe."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "retinanet_resnet50_fpn"  # a name from `frs models` (frs_cli.models.ARCHS)
+    weights: str = ""  # "" random init | torchvision weights enum (RetinaNet_ResNet50_FPN_V2_Weights.COCO_V1) | checkpoint path
+    weights_backbone: str = ""  # "" | ImageNet enum for the backbone, e.g. ResNet50_Weights.IMAGENET1K_V1
+    trainable_backbone_layers: int = 3  # with pretrained weights: how many ResNet stages train (0-5)
+    anchor_size: int = 32  # anchor size at the finest level (P3), px; doubles per level (torchvision: 32)
+    score_thresh: float = 0.05  # detections below this score are dropped at inference
+    nms_thresh: float = 0.5  # IoU threshold of per-class NMS at inference
+    detections_per_img: int = 100  # at most this many detections per image (COCO's maxDets)

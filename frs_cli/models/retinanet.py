@@ -1,0 +1,115 @@
+"""RetinaNet adapter over torchvision's ``RetinaNet`` (backbone, FPN, head, anchors, losses all torchvision's).
+
+The FRS mask of RetinaNet comes from the whole classification output: A anchors x K classes per position
+(9 x 80 on COCO). torchvision's head flattens it to ``(B, H*W*A, K)``; the adapter keeps the per-level
+``(B, A*K, H, W)`` map and flattens it the same way only to call torchvision's loss and post-processing.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.retinanet import RetinaNet, RetinaNetClassificationHead, RetinaNetHead
+
+from frs_cli.models.base import Detector, DetectorOutput, LevelSpec
+
+LEVEL_NAMES = ("P3", "P4", "P5", "P6", "P7")
+STRIDES = (8, 16, 32, 64, 128)
+
+
+def anchor_generator(anchor_size: int = 32) -> AnchorGenerator:
+    """torchvision's RetinaNet anchors (3 scales x 3 ratios per level), scaled so P3's base is ``anchor_size``."""
+    sizes = tuple(
+        (s, int(s * 2 ** (1.0 / 3)), int(s * 2 ** (2.0 / 3))) for s in (anchor_size * 2**i for i in range(5))
+    )
+    return AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+
+
+def to_head_layout(per_level: list[Tensor], channels_per_anchor: int) -> Tensor:
+    """``(B, A*C, H, W)`` per level -> ``(B, sum H*W*A, C)``, the order torchvision's heads produce."""
+    out = []
+    for t in per_level:
+        b, _, h, w = t.shape
+        out.append(t.view(b, -1, channels_per_anchor, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, channels_per_anchor))
+    return torch.cat(out, dim=1)
+
+
+class RetinaNetClsHead(nn.Module):
+    """torchvision's RetinaNet classification head, returning per-level ``(B, A*K, H, W)`` logits."""
+
+    def __init__(self, head: RetinaNetClassificationHead):
+        super().__init__()
+        self.head = head
+
+    def forward(self, features: list[Tensor]) -> list[Tensor]:
+        return [self.head.cls_logits(self.head.conv(f)) for f in features]
+
+
+def build_retinanet_cls_head(spec: dict) -> RetinaNetClsHead:
+    norm = partial(nn.GroupNorm, 32) if spec["norm"] == "group_norm" else None
+    return RetinaNetClsHead(
+        RetinaNetClassificationHead(spec["in_channels"], spec["num_anchors"], spec["num_classes"], norm_layer=norm)
+    )
+
+
+class RetinaNetAdapter(Detector):
+    family = "retinanet"
+
+    def __init__(self, model: RetinaNet, arch: str, head_norm: str):
+        channels = model.backbone.out_channels
+        super().__init__(model.head.classification_head.num_classes,
+                         [LevelSpec(n, s, channels) for n, s in zip(LEVEL_NAMES, STRIDES)])
+        self.model = model
+        self.arch = arch
+        self.head_norm = head_norm
+        self._cls = RetinaNetClsHead(model.head.classification_head)
+
+    @property
+    def num_anchors(self) -> int:
+        return self.model.head.classification_head.num_anchors
+
+    def core(self) -> nn.Module:
+        return self.model
+
+    def cls_head(self) -> nn.Module:
+        return self._cls
+
+    def cls_head_spec(self) -> dict:
+        return {
+            "family": self.family,
+            "in_channels": self.levels[0].channels,
+            "num_anchors": self.num_anchors,
+            "num_classes": self.num_classes,
+            "norm": self.head_norm,
+        }
+
+    def forward(self, images: Tensor, image_sizes: list[tuple[int, int]], targets=None, detect=None) -> DetectorOutput:
+        x = self.normalize(images, image_sizes)
+        features = list(self.model.backbone(x).values())
+        cls_logits = self._cls(features)
+        reg_head = self.model.head.regression_head
+        box_deltas = [reg_head.bbox_reg(reg_head.conv(f)) for f in features]
+        out = DetectorOutput(features=features, cls_logits=cls_logits)
+
+        detect = (not self.training) if detect is None else detect
+        if targets is None and not detect:
+            return out
+        anchors = self.model.anchor_generator(ImageList(x, list(image_sizes)), features)
+        head_outputs = {
+            "cls_logits": to_head_layout(cls_logits, self.num_classes),
+            "bbox_regression": to_head_layout(box_deltas, 4),
+        }
+        if targets is not None:
+            out.losses = self.model.compute_loss(targets, head_outputs, anchors)
+        if detect:
+            per_level = [f.shape[-2] * f.shape[-1] * self.num_anchors for f in features]
+            split = {k: list(v.split(per_level, dim=1)) for k, v in head_outputs.items()}
+            split_anchors = [list(a.split(per_level)) for a in anchors]
+            with torch.autocast(x.device.type, enabled=False):
+                split = {k: [t.float() for t in v] for k, v in split.items()}
+                out.detections = self.model.postprocess_detections(split, split_anchors, list(image_sizes))
+        return out
