@@ -1,0 +1,137 @@
+"""Feature-Richness Score distillation losses (Du et al., NeurIPS 2021), as the authors' released code computes them.
+
+Per FPN level l, with teacher classification logits ``z_t`` of shape ``(B, K, H, W)``::
+
+    S_l    = max_k sigmoid(z_t)                                   # (B, H, W), detached
+    L_FPN  = sum_l  sum_{b,c,h,w} S * (T - phi_l(F_s))^2  / N_l     # N_l = sum_{b,h,w} S (a sum, not a count)
+    L_head = sum_l  sum_{b,k,h,w} S * BCE(sigmoid(z_s), sigmoid(z_t)) / N_l
+
+Channels are summed, never averaged; levels are summed. These functions are unweighted: the caller applies
+alpha, beta and the warm-up (``distill_weight``). ``valid`` marks the positions that hold real image data;
+positions outside it (padding added only to batch images together) count neither in the sum nor in N_l.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from frs_cli.errors import FrsError
+
+__all__ = ["FeatureAdapter", "distill_weight", "feature_loss", "frs_masks", "gt_box_masks", "head_loss"]
+
+
+def frs_masks(cls_logits: Sequence[Tensor]) -> list[Tensor]:
+    """Per level ``(B, K, H, W)`` logits -> ``(B, H, W)`` float32 mask in (0, 1), detached.
+
+    ``max_k sigmoid(z) == sigmoid(max_k z)`` since sigmoid is increasing: the max is taken on logits.
+    """
+    return [torch.sigmoid(z.detach().amax(dim=1).float()) for z in cls_logits]
+
+
+def _weights(masks: Sequence[Tensor], valid: Sequence[Tensor] | None, level: int) -> Tensor:
+    m = masks[level].float()
+    if valid is not None:
+        m = m * valid[level].to(m.dtype)
+    return m
+
+
+def _check(name: str, level: int, a: Tensor, b: Tensor, mask: Tensor) -> None:
+    if a.shape != b.shape or a.shape[0] != mask.shape[0] or a.shape[-2:] != mask.shape[-2:]:
+        raise FrsError(f"{name}: level {level} shapes do not line up: student {tuple(a.shape)}, "
+                       f"teacher {tuple(b.shape)}, mask {tuple(mask.shape)}")
+
+
+def _levels(name: str, *lists) -> int:
+    n = len(lists[0])
+    if any(x is not None and len(x) != n for x in lists):
+        raise FrsError(f"{name}: expected the same number of levels in every argument, got "
+                       f"{[None if x is None else len(x) for x in lists]}")
+    return n
+
+
+def feature_loss(student_adapted: Sequence[Tensor], teacher: Sequence[Tensor], masks: Sequence[Tensor],
+                 valid: Sequence[Tensor] | None = None) -> Tensor:
+    """``sum_l sum S (T - phi(F))^2 / sum S`` over ``(B, C, H, W)`` levels; scalar float32.
+
+    Args:
+        student_adapted: per level ``phi_l(F_s)``, ``(B, C, H, W)``, any float dtype.
+        teacher: per level ``T_l``, same shape (fp16 from a cache is fine: computed in float32).
+        masks: per level ``S_l``, ``(B, H, W)``.
+        valid: optional per level ``(B, H, W)`` bool, True where the position holds real data.
+    """
+    total = student_adapted[0].new_zeros((), dtype=torch.float32)
+    for lv in range(_levels("feature_loss", student_adapted, teacher, masks, valid)):
+        s, t = student_adapted[lv], teacher[lv]
+        _check("feature_loss", lv, s, t, masks[lv])
+        w = _weights(masks, valid, lv)
+        sq = (t.float() - s.float()).pow(2).sum(dim=1)  # (B, H, W): channels summed, not averaged
+        total = total + (w * sq).sum() / w.sum().clamp_min(1e-12)
+    return total
+
+
+def head_loss(student_cls_logits: Sequence[Tensor], teacher_cls_logits: Sequence[Tensor], masks: Sequence[Tensor],
+              valid: Sequence[Tensor] | None = None) -> Tensor:
+    """``sum_l sum S * BCE(sigmoid(z_s), sigmoid(z_t)) / sum S`` over ``(B, K, H, W)`` logits; scalar float32.
+
+    BCE is taken from logits (``binary_cross_entropy_with_logits``), so it never takes the log of 0.
+    """
+    total = student_cls_logits[0].new_zeros((), dtype=torch.float32)
+    for lv in range(_levels("head_loss", student_cls_logits, teacher_cls_logits, masks, valid)):
+        zs, zt = student_cls_logits[lv], teacher_cls_logits[lv]
+        _check("head_loss", lv, zs, zt, masks[lv])
+        w = _weights(masks, valid, lv)
+        target = torch.sigmoid(zt.detach().float())
+        bce = F.binary_cross_entropy_with_logits(zs.float(), target, reduction="none").sum(dim=1)  # sum over K
+        total = total + (w * bce).sum() / w.sum().clamp_min(1e-12)
+    return total
+
+
+def distill_weight(step: int, warmup_iters: int = 500) -> float:
+    """The FRS loss warm-up: ``(step + 1) / warmup_iters`` for the first iterations, then 1 (step 0-based)."""
+    if warmup_iters <= 0:
+        return 1.0
+    return min(1.0, (step + 1) / warmup_iters)
+
+
+def gt_box_masks(boxes: Sequence[Tensor], level_sizes: Sequence[tuple[int, int]], strides: Sequence[int]) -> list[Tensor]:
+    """Masks for imitation inside GT boxes only: 1 where a position's centre lies in a box, else 0.
+
+    ``boxes``: per image ``(N, 4)`` xyxy view pixels. A box too small to contain any centre still marks
+    the position under its own centre, so every object is imitated somewhere. Returns per level ``(B, H, W)``.
+    """
+    out = []
+    for (h, w), s in zip(level_sizes, strides):
+        device = boxes[0].device if len(boxes) else "cpu"
+        cy = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * s
+        cx = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * s
+        level = torch.zeros((len(boxes), h, w), device=device)
+        for i, b in enumerate(boxes):
+            if b.numel() == 0:
+                continue
+            b = b.float()
+            iny = (cy[None, :] >= b[:, 1:2]) & (cy[None, :] <= b[:, 3:4])  # (N, H)
+            inx = (cx[None, :] >= b[:, 0:1]) & (cx[None, :] <= b[:, 2:3])  # (N, W)
+            level[i] = (iny[:, :, None] & inx[:, None, :]).any(dim=0).float()
+            r = ((b[:, 1] + b[:, 3]) / 2 / s).long().clamp(0, h - 1)
+            c = ((b[:, 0] + b[:, 2]) / 2 / s).long().clamp(0, w - 1)
+            level[i, r, c] = 1.0
+        out.append(level)
+    return out
+
+
+class FeatureAdapter(nn.Module):
+    """phi: one 3x3 conv per level (padding 1, bias, no activation, PyTorch's default init), student -> teacher channels."""
+
+    def __init__(self, student_channels: Sequence[int], teacher_channels: Sequence[int]):
+        super().__init__()
+        if len(student_channels) != len(teacher_channels):
+            raise FrsError(f"feature adapter: student has {len(student_channels)} FPN levels, "
+                           f"teacher {len(teacher_channels)}; they must line up")
+        self.convs = nn.ModuleList(nn.Conv2d(cs, ct, 3, padding=1) for cs, ct in zip(student_channels, teacher_channels))
+
+    def forward(self, features: Sequence[Tensor]) -> list[Tensor]:
+        return [conv(f) for conv, f in zip(self.convs, features)]
