@@ -1,0 +1,284 @@
+"""COCO box mAP through pycocotools, behind a small API that raises ``DataError`` instead of asserting.
+
+This module is the only importer of pycocotools in the project. pycocotools prints progress to stdout and
+fails with bare ``assert``/``KeyError``/``IndexError`` on bad input; here its output is silenced and the
+inputs are checked first, so a problem arrives as one line naming what was expected and what arrived.
+
+Conventions: a detection is a COCO result ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``
+with the box in ORIGINAL image pixels at full float precision (no rounding). Metrics are fractions in
+0..1; a size range (small/medium/large) without any ground-truth object reports 0.0 rather than
+pycocotools' -1, so every value can be averaged and plotted (see ``evaluate_detections``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import logging
+import math
+import numbers
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from frs_cli.errors import DataError
+
+log = logging.getLogger(__name__)
+
+# The first six entries of COCOeval.stats, in its order.
+METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+_REQUIRED_TOP = ("images", "annotations", "categories")
+_REQUIRED_ANN = ("id", "image_id", "category_id", "bbox")
+
+
+def _quiet():
+    """Swallow pycocotools' prints (it writes progress lines to stdout)."""
+    return contextlib.redirect_stdout(io.StringIO())
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_box(box, where: str) -> None:
+    if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(_is_number(v) for v in box):
+        raise DataError(f"{where}: expected bbox [x, y, w, h] of 4 finite numbers, got {box!r}")
+    if box[2] < 0 or box[3] < 0:
+        raise DataError(f"{where}: expected bbox width and height >= 0, got {list(box)!r}")
+
+
+def _read_json(path: Path, what: str):
+    if not path.is_file():
+        raise DataError(f"{what}: expected a JSON file, got missing path {str(path)!r}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{what}: expected valid JSON in {str(path)!r}, got a parse error: {exc}") from None
+
+
+def _check_ground_truth(data, source: str) -> None:
+    """Validate a COCO ground-truth dict in place; fill ``area`` and ``iscrowd`` where missing."""
+    if not isinstance(data, dict):
+        raise DataError(f"{source}: expected a JSON object at the top level, got {type(data).__name__}")
+    missing = [key for key in _REQUIRED_TOP if key not in data]
+    if missing:
+        raise DataError(f"{source}: expected keys images, annotations, categories; missing {', '.join(missing)}")
+    for key in _REQUIRED_TOP:
+        if not isinstance(data[key], list):
+            raise DataError(f"{source}: expected '{key}' to be a list, got {type(data[key]).__name__}")
+    image_ids, category_ids = set(), set()
+    for key, ids in (("images", image_ids), ("categories", category_ids)):
+        for i, entry in enumerate(data[key]):
+            if not isinstance(entry, dict) or not _is_int(entry.get("id")):
+                raise DataError(f"{source}: expected {key}[{i}] to have an integer 'id', got {entry!r}")
+            ids.add(entry["id"])
+    ann_ids = []
+    for i, ann in enumerate(data["annotations"]):
+        where = f"{source}: annotations[{i}]"
+        if not isinstance(ann, dict) or any(key not in ann for key in _REQUIRED_ANN):
+            raise DataError(f"{where}: expected keys {', '.join(_REQUIRED_ANN)}, got {ann!r}")
+        if ann["image_id"] not in image_ids:
+            raise DataError(f"{where}: expected an image_id listed in 'images', got {ann['image_id']!r}")
+        if ann["category_id"] not in category_ids:
+            raise DataError(f"{where}: expected a category_id listed in 'categories', got {ann['category_id']!r}")
+        _check_box(ann["bbox"], where)
+        if "area" not in ann:  # COCO's own files carry the mask area; fall back to the box area
+            ann["area"] = float(ann["bbox"][2] * ann["bbox"][3])
+        ann.setdefault("iscrowd", 0)
+        ann_ids.append(ann["id"])
+    # COCOeval records a match as the matched GT's id, and treats id 0 as "unmatched": a ground truth with
+    # id 0 can never be a true positive. Duplicate ids collapse in COCO's index. Renumber in either case.
+    if not all(_is_int(a) and a > 0 for a in ann_ids) or len(set(ann_ids)) != len(ann_ids):
+        log.warning("%s: annotation ids are not unique positive integers; renumbering them 1..%d",
+                    source, len(ann_ids))
+        for new_id, ann in enumerate(data["annotations"], start=1):
+            ann["id"] = new_id
+
+
+def load_coco(annotation_file: str | Path) -> COCO:
+    """Load a COCO ground-truth file into a pycocotools ``COCO``, silently.
+
+    Checks the file exists, parses as JSON and has ``images``, ``annotations`` and ``categories`` lists;
+    each annotation needs ``id``, ``image_id``, ``category_id`` and ``bbox`` referring to listed images
+    and categories. Missing ``area`` is filled with the box area, missing ``iscrowd`` with 0, and
+    annotation ids that are not unique positive integers are renumbered (pycocotools mis-scores id 0).
+    Raises ``DataError`` (one line) on any problem.
+    """
+    path = Path(annotation_file)
+    data = _read_json(path, "COCO annotations")
+    _check_ground_truth(data, f"COCO annotations {str(path)!r}")
+    coco = COCO()
+    coco.dataset = data
+    with _quiet():
+        coco.createIndex()
+    log.debug("loaded %s: %d images, %d annotations, %d categories", path,
+              len(data["images"]), len(data["annotations"]), len(data["categories"]))
+    return coco
+
+
+def _check_detections(dets, source: str) -> list[dict]:
+    if not isinstance(dets, list):
+        raise DataError(f"{source}: expected a JSON list of detections, got {type(dets).__name__}")
+    for i, det in enumerate(dets):
+        where = f"{source}: detection [{i}]"
+        if not isinstance(det, dict):
+            raise DataError(f"{where}: expected an object, got {det!r}")
+        for key in ("image_id", "category_id"):
+            if not _is_int(det.get(key)):
+                raise DataError(f"{where}: expected an integer '{key}', got {det.get(key)!r}")
+        if not _is_number(det.get("score")):
+            raise DataError(f"{where}: expected a finite number 'score', got {det.get('score')!r}")
+        _check_box(det.get("bbox"), where)
+    return dets
+
+
+def load_detections(path: str | Path) -> list[dict]:
+    """Read a COCO results file: a JSON list of ``{image_id, category_id, bbox [x, y, w, h], score}``.
+
+    Raises ``DataError`` for a missing file, invalid JSON or an entry of the wrong shape.
+    """
+    path = Path(path)
+    return _check_detections(_read_json(path, "COCO detections"), f"COCO detections {str(path)!r}")
+
+
+def evaluate_detections(coco_gt: COCO, detections: list[dict],
+                        image_ids: Sequence[int] | None = None) -> dict[str, float]:
+    """COCO box mAP (``COCOeval``, iouType ``bbox``, pycocotools' default parameters).
+
+    Args:
+        coco_gt: ground truth from ``load_coco``.
+        detections: COCO results (see the module docstring); not modified.
+        image_ids: evaluate only these images (default: every GT image); detections on other images are
+            dropped. Images listed here without detections count their ground truth as missed.
+    Returns:
+        ``{key: value for key in METRIC_KEYS}``, fractions in 0..1 (AP is averaged over IoU 0.50:0.95).
+        A size range with no ground truth in the evaluated images gives 0.0 (pycocotools says -1).
+        No detections give 0.0 everywhere.
+    Raises:
+        DataError: a detection or an image id not in the ground truth, or a malformed detection.
+    """
+    _check_detections(detections, "detections")
+    gt_images = set(coco_gt.getImgIds())
+    gt_categories = set(coco_gt.getCatIds())
+    if image_ids is None:
+        selected = sorted(gt_images)
+    else:
+        selected = sorted({int(i) for i in image_ids})
+        unknown = [i for i in selected if i not in gt_images]
+        if unknown:
+            raise DataError(f"image_ids: expected ids of ground-truth images, got unknown id {unknown[0]}"
+                            + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
+        if not selected:
+            raise DataError("image_ids: expected at least one image id, got none")
+    for det in detections:
+        if det["image_id"] not in gt_images:
+            raise DataError(f"detections: expected image ids of the ground truth, got unknown image_id "
+                            f"{det['image_id']}")
+        if det["category_id"] not in gt_categories:
+            raise DataError(f"detections: expected category ids of the ground truth "
+                            f"{sorted(gt_categories)}, got unknown category_id {det['category_id']}")
+    wanted = set(selected)
+    # loadRes writes id/area/iscrowd/segmentation into the dicts it gets: hand it copies.
+    kept = [copy.deepcopy(det) for det in detections if det["image_id"] in wanted]
+    if not kept:  # loadRes indexes anns[0] and fails on an empty list
+        return {key: 0.0 for key in METRIC_KEYS}
+    with _quiet():
+        coco_dt = coco_gt.loadRes(kept)
+        evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        evaluator.params.imgIds = selected
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    stats = [float(v) for v in evaluator.stats[: len(METRIC_KEYS)]]
+    return {key: (v if v >= 0.0 else 0.0) for key, v in zip(METRIC_KEYS, stats)}
+
+
+class CocoEvaluator:
+    """Collect per-image detections, then compute COCO box mAP: ``reset() -> process(...) -> evaluate()``.
+
+    ``process(image_ids, outputs)`` takes one output per image id, a dict with
+    ``boxes``: ``(N, 4)`` float xyxy in ORIGINAL image pixels, ``scores``: ``(N,)``,
+    ``labels``: ``(N,)`` integer contiguous label indices, mapped to category ids by ``label_to_category``.
+    Every processed image counts in ``evaluate()``, also one with no detections (its objects are missed).
+    ``results`` holds the COCO results list; ``write_results(path)`` saves it as JSON.
+    """
+
+    def __init__(self, coco_gt: COCO, label_to_category: Sequence[int]):
+        categories = set(coco_gt.getCatIds())
+        mapping = [int(c) for c in label_to_category]
+        unknown = [c for c in mapping if c not in categories]
+        if not mapping or unknown:
+            raise DataError(f"label_to_category: expected category ids of the ground truth {sorted(categories)}, "
+                            f"got {mapping}")
+        self.coco_gt = coco_gt
+        self.label_to_category = mapping
+        self._gt_images = set(coco_gt.getImgIds())
+        self.reset()
+
+    def reset(self) -> None:
+        self.results: list[dict] = []
+        self._image_ids: dict[int, None] = {}  # insertion-ordered set
+
+    def process(self, image_ids: Sequence[int], outputs: Sequence[dict]) -> None:
+        if len(image_ids) != len(outputs):
+            raise DataError(f"process: expected one output per image id, got {len(outputs)} outputs "
+                            f"for {len(image_ids)} image ids")
+        for image_id, out in zip(image_ids, outputs):
+            image_id = int(image_id)
+            if image_id not in self._gt_images:
+                raise DataError(f"process: expected image ids of the ground truth, got unknown image_id {image_id}")
+            if image_id in self._image_ids:
+                log.warning("image %d processed twice; its detections are kept from both calls", image_id)
+            self._image_ids[image_id] = None
+            self.results.extend(self._convert(image_id, out))
+
+    def _convert(self, image_id: int, out: dict) -> list[dict]:
+        try:
+            boxes = torch.as_tensor(out["boxes"]).detach().to("cpu", torch.float64)
+            scores = torch.as_tensor(out["scores"]).detach().to("cpu", torch.float64)
+            labels = torch.as_tensor(out["labels"]).detach().to("cpu", torch.int64)
+        except (KeyError, TypeError) as exc:
+            raise DataError(f"process: expected an output dict with boxes, scores, labels for image "
+                            f"{image_id}, got {exc!r}") from None
+        n = boxes.shape[0] if boxes.dim() == 2 else -1
+        if boxes.dim() != 2 or boxes.shape[1] != 4 or scores.shape != (n,) or labels.shape != (n,):
+            raise DataError(f"process: expected boxes (N, 4), scores (N,), labels (N,) for image {image_id}, "
+                            f"got {tuple(boxes.shape)}, {tuple(scores.shape)}, {tuple(labels.shape)}")
+        if n and (labels.min() < 0 or labels.max() >= len(self.label_to_category)):
+            raise DataError(f"process: expected labels in 0..{len(self.label_to_category) - 1}, got "
+                            f"{int(labels.min())}..{int(labels.max())} for image {image_id}")
+        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)
+        return [
+            {"image_id": image_id, "category_id": self.label_to_category[label], "bbox": box, "score": score}
+            for box, score, label in zip(xywh.tolist(), scores.tolist(), labels.tolist())
+        ]
+
+    @property
+    def image_ids(self) -> list[int]:
+        return list(self._image_ids)
+
+    def evaluate(self) -> dict[str, float]:
+        """``evaluate_detections`` over the processed images; ``DataError`` if none were processed."""
+        if not self._image_ids:
+            raise DataError("CocoEvaluator.evaluate: expected at least one processed image, got none")
+        return evaluate_detections(self.coco_gt, self.results, image_ids=self.image_ids)
+
+    def write_results(self, path: str | Path) -> None:
+        """Write ``results`` as a COCO results JSON (full float precision), via a temp file and rename."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.results, f)
+        tmp.replace(path)

@@ -1,0 +1,72 @@
+"""Run a detector over a split and score it: detections in original-image pixels, then COCO mAP."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from frs_cli.data.coco import CocoViews, collate
+from frs_cli.data.geometry import invert_boxes
+from frs_cli.eval.coco_eval import CocoEvaluator, load_coco
+from frs_cli.models.base import Detector
+from frs_cli.progress import NullProgress, Progress
+from frs_cli.train.dist import DistContext, all_gather_objects
+
+
+class _Positions(torch.utils.data.Sampler):
+    def __init__(self, positions):
+        self.positions = list(positions)
+
+    def __iter__(self):
+        return iter([(p, "orig") for p in self.positions])
+
+    def __len__(self):
+        return len(self.positions)
+
+
+@torch.no_grad()
+def predict(detector: Detector, dataset: CocoViews, ctx: DistContext, batch_size: int = 8, workers: int = 2,
+            amp: bool = True, progress: Progress | None = None) -> tuple[list[int], list[dict]]:
+    """Detections for every image of ``dataset`` (this process's share under torchrun, gathered after).
+
+    Returns ``(image_ids, outputs)``: per image ``{"boxes": (N, 4) xyxy original pixels, "scores", "labels"}``
+    on the CPU, all images on every process.
+    """
+    progress = progress or NullProgress()
+    device = ctx.device
+    was_training = detector.training
+    detector.eval()
+    positions = range(ctx.rank, len(dataset), ctx.world_size)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=_Positions(positions),
+                                         num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda")
+    ids, outputs = [], []
+    progress.start("evaluate", len(positions), unit="img")
+    for batch in loader:
+        batch = batch.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
+            dets = detector(batch.images, batch.image_sizes, detect=True).detections
+        for image_id, geom, det in zip(batch.image_ids, batch.geometries, dets):
+            ids.append(image_id)
+            outputs.append({"boxes": invert_boxes(det["boxes"].float().cpu(), geom),
+                            "scores": det["scores"].float().cpu(), "labels": det["labels"].cpu()})
+        progress.update(len(batch.image_ids))
+    progress.stop()
+    detector.train(was_training)
+    gathered = all_gather_objects(ctx, (ids, outputs))
+    all_ids = [i for g in gathered for i in g[0]]
+    all_out = [o for g in gathered for o in g[1]]
+    return all_ids, all_out
+
+
+def evaluate_detector(detector: Detector, dataset: CocoViews, ctx: DistContext, batch_size: int = 8,
+                      workers: int = 2, amp: bool = True, detections_out: str | Path | None = None,
+                      progress: Progress | None = None) -> dict[str, float]:
+    """COCO box mAP of ``detector`` on ``dataset`` (keys ``AP, AP50, AP75, APs, APm, APl``, fractions)."""
+    ids, outputs = predict(detector, dataset, ctx, batch_size, workers, amp, progress)
+    evaluator = CocoEvaluator(load_coco(dataset.index.path), dataset.index.label_to_category)
+    evaluator.process(ids, outputs)
+    metrics = evaluator.evaluate()
+    if detections_out is not None and ctx.is_main:
+        evaluator.write_results(detections_out)
+    return metrics

@@ -1,0 +1,1 @@
+"""Pictures for inspecting distillation: FRS masks over the teacher's view (``masks``)."""

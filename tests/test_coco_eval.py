@@ -1,0 +1,207 @@
+"""COCO box mAP on tiny hand-written ground truth."""
+
+import json
+import logging
+
+import pytest
+import torch
+
+from frs_cli.errors import DataError
+from frs_cli.eval.coco_eval import (
+    METRIC_KEYS,
+    CocoEvaluator,
+    evaluate_detections,
+    load_coco,
+    load_detections,
+)
+
+# Categories with non-contiguous ids; objects of every COCO size range (area < 32^2, < 96^2, larger),
+# some with non-integer boxes.
+GT_ANNOTATIONS = [
+    # image_id, category_id, [x, y, w, h]
+    (1, 3, [10.5, 20.25, 20.0, 15.5]),  # small: 310 px^2
+    (1, 7, [100.0, 50.0, 50.3, 60.7]),  # medium: ~3053 px^2
+    (2, 11, [5.0, 5.0, 150.0, 120.0]),  # large: 18000 px^2
+    (2, 3, [200.0, 150.0, 40.0, 40.0]),  # medium: 1600 px^2
+]
+
+
+def write_gt(tmp_path, annotations=GT_ANNOTATIONS, name="gt.json"):
+    data = {
+        "images": [{"id": 1, "width": 320, "height": 240}, {"id": 2, "width": 320, "height": 240}],
+        "categories": [{"id": 3, "name": "a"}, {"id": 7, "name": "b"}, {"id": 11, "name": "c"}],
+        "annotations": [
+            {"id": i + 1, "image_id": img, "category_id": cat, "bbox": box, "area": box[2] * box[3], "iscrowd": 0}
+            for i, (img, cat, box) in enumerate(annotations)
+        ],
+    }
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+def gt_as_detections(annotations=GT_ANNOTATIONS):
+    return [{"image_id": img, "category_id": cat, "bbox": list(box), "score": 1.0} for img, cat, box in annotations]
+
+
+def test_ground_truth_as_detections_scores_one(tmp_path, capsys):
+    coco = load_coco(write_gt(tmp_path))
+    metrics = evaluate_detections(coco, gt_as_detections())
+    assert set(metrics) == set(METRIC_KEYS)
+    for key in METRIC_KEYS:
+        assert metrics[key] == pytest.approx(1.0), key
+    assert capsys.readouterr().out == ""  # pycocotools' progress prints are silenced
+
+
+def test_detections_are_not_modified(tmp_path):
+    coco = load_coco(write_gt(tmp_path))
+    dets = gt_as_detections()
+    before = json.loads(json.dumps(dets))
+    evaluate_detections(coco, dets)
+    assert dets == before  # loadRes would add id/area/iscrowd/segmentation to the caller's dicts
+
+
+def test_no_detections_score_zero(tmp_path):
+    coco = load_coco(write_gt(tmp_path))
+    assert evaluate_detections(coco, []) == {key: 0.0 for key in METRIC_KEYS}
+
+
+def test_size_range_without_ground_truth_reports_zero(tmp_path):
+    coco = load_coco(write_gt(tmp_path, annotations=[(1, 3, [0.0, 0.0, 200.0, 200.0])]))
+    metrics = evaluate_detections(coco, gt_as_detections([(1, 3, [0.0, 0.0, 200.0, 200.0])]))
+    assert metrics["AP"] == pytest.approx(1.0) and metrics["APl"] == pytest.approx(1.0)
+    assert metrics["APs"] == 0.0 and metrics["APm"] == 0.0  # pycocotools would say -1
+
+
+def test_shifted_boxes_pass_iou_half_but_not_three_quarters(tmp_path):
+    # A 100x100 box shifted right by dx overlaps its ground truth with IoU (100 - dx) / (100 + dx);
+    # dx = 24 gives 76 / 124 = 0.613: a hit at IoU thresholds 0.50, 0.55, 0.60, a miss from 0.65 up.
+    gt = [(1, 3, [50.0, 40.0, 100.0, 100.0])]
+    coco = load_coco(write_gt(tmp_path, annotations=gt))
+    metrics = evaluate_detections(coco, [{"image_id": 1, "category_id": 3, "bbox": [74.0, 40.0, 100.0, 100.0],
+                                          "score": 0.9}])
+    assert metrics["AP50"] == pytest.approx(1.0)
+    assert metrics["AP75"] == 0.0
+    assert metrics["AP"] == pytest.approx(0.3)  # 3 of the 10 IoU thresholds
+
+
+def test_one_right_and_one_wrong_class_is_partial(tmp_path):
+    coco = load_coco(write_gt(tmp_path))
+    dets = gt_as_detections(GT_ANNOTATIONS[:2])
+    dets[1]["category_id"] = 11  # the medium object of category 7 labelled as category 11
+    ap = evaluate_detections(coco, dets, image_ids=[1])["AP"]
+    assert 0.0 < ap < 1.0
+
+
+def test_image_ids_restrict_evaluation(tmp_path):
+    coco = load_coco(write_gt(tmp_path))
+    only_image_1 = gt_as_detections([a for a in GT_ANNOTATIONS if a[0] == 1])
+    assert evaluate_detections(coco, only_image_1, image_ids=[1])["AP"] == pytest.approx(1.0)
+    assert evaluate_detections(coco, only_image_1)["AP"] < 1.0  # image 2's objects are missed
+
+
+def test_evaluator_maps_labels_and_round_trips_results(tmp_path):
+    coco = load_coco(write_gt(tmp_path))
+    label_to_category = [3, 7, 11]
+    evaluator = CocoEvaluator(coco, label_to_category)
+    for image_id in (1, 2):
+        anns = [a for a in GT_ANNOTATIONS if a[0] == image_id]
+        boxes = torch.tensor([[x, y, x + w, y + h] for _, _, (x, y, w, h) in anns], dtype=torch.float32)
+        labels = torch.tensor([label_to_category.index(cat) for _, cat, _ in anns])
+        evaluator.process([image_id], [{"boxes": boxes, "scores": torch.ones(len(anns)), "labels": labels}])
+    metrics = evaluator.evaluate()
+    assert metrics["AP"] == pytest.approx(1.0)
+    assert {r["category_id"] for r in evaluator.results} == {3, 7, 11}
+
+    out = tmp_path / "sub" / "results.json"
+    evaluator.write_results(out)
+    assert load_detections(out) == evaluator.results
+
+    evaluator.reset()
+    assert evaluator.results == [] and evaluator.image_ids == []
+
+
+def test_evaluator_counts_images_without_detections(tmp_path):
+    coco = load_coco(write_gt(tmp_path))
+    evaluator = CocoEvaluator(coco, [3, 7, 11])
+    empty = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}
+    evaluator.process([1], [empty])
+    assert evaluator.evaluate()["AP"] == 0.0
+
+
+def test_evaluator_rejects_bad_labels_and_images(tmp_path):
+    coco = load_coco(write_gt(tmp_path))
+    with pytest.raises(DataError, match="label_to_category"):
+        CocoEvaluator(coco, [3, 8])
+    evaluator = CocoEvaluator(coco, [3, 7, 11])
+    out = {"boxes": torch.zeros(1, 4), "scores": torch.ones(1), "labels": torch.tensor([3])}
+    with pytest.raises(DataError, match=r"labels in 0\.\.2"):
+        evaluator.process([1], [out])
+    with pytest.raises(DataError, match="unknown image_id 99"):
+        evaluator.process([99], [out])
+    with pytest.raises(DataError, match="at least one processed image"):
+        CocoEvaluator(coco, [3]).evaluate()
+
+
+def test_malformed_json_raises_data_error(tmp_path):
+    path = tmp_path / "broken.json"
+    path.write_text('{"images": [')
+    with pytest.raises(DataError, match="valid JSON"):
+        load_coco(path)
+    with pytest.raises(DataError, match="valid JSON"):
+        load_detections(path)
+
+
+def test_missing_file_raises_data_error(tmp_path):
+    with pytest.raises(DataError, match="missing path .*nope.json"):
+        load_coco(tmp_path / "nope.json")
+    with pytest.raises(DataError, match="missing path"):
+        load_detections(tmp_path / "nope.json")
+
+
+def test_missing_required_keys_raise_data_error(tmp_path):
+    path = tmp_path / "partial.json"
+    path.write_text(json.dumps({"images": [], "annotations": []}))
+    with pytest.raises(DataError, match="missing categories"):
+        load_coco(path)
+    path.write_text(json.dumps({"images": [{"id": 1}], "categories": [{"id": 1}],
+                                "annotations": [{"id": 1, "image_id": 1, "category_id": 1}]}))
+    with pytest.raises(DataError, match=r"annotations\[0\].*bbox"):
+        load_coco(path)
+
+
+def test_malformed_detections_raise_data_error(tmp_path):
+    path = tmp_path / "dets.json"
+    path.write_text(json.dumps({"image_id": 1}))
+    with pytest.raises(DataError, match="JSON list"):
+        load_detections(path)
+    path.write_text(json.dumps([{"image_id": 1, "category_id": 3, "bbox": [1, 2, 3], "score": 0.5}]))
+    with pytest.raises(DataError, match=r"detection \[0\].*bbox"):
+        load_detections(path)
+
+
+def test_unknown_image_or_category_in_detections_raises_data_error(tmp_path):
+    coco = load_coco(write_gt(tmp_path))
+    dets = gt_as_detections()
+    dets[2]["image_id"] = 42
+    with pytest.raises(DataError, match="unknown image_id 42"):
+        evaluate_detections(coco, dets)
+    dets = gt_as_detections()
+    dets[0]["category_id"] = 5
+    with pytest.raises(DataError, match="unknown category_id 5"):
+        evaluate_detections(coco, dets)
+    with pytest.raises(DataError, match="unknown id 42"):
+        evaluate_detections(coco, [], image_ids=[1, 42])
+
+
+def test_annotation_id_zero_is_renumbered(tmp_path, caplog):
+    # pycocotools records a match by the GT's id and reads 0 as "no match": an id-0 object can never be hit.
+    path = write_gt(tmp_path, annotations=GT_ANNOTATIONS[:1])
+    data = json.loads(path.read_text())
+    data["annotations"][0]["id"] = 0
+    del data["annotations"][0]["area"]  # filled from the box
+    path.write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING):
+        coco = load_coco(path)
+    assert "renumbering" in caplog.text
+    assert evaluate_detections(coco, gt_as_detections(GT_ANNOTATIONS[:1]), image_ids=[1])["AP"] == pytest.approx(1.0)
