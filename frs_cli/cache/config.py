@@ -1,0 +1,17 @@
+"""The cache part of a recipe: what `frs teacher-cache` writes and how."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    views: tuple[str, ...] = ("orig", "hflip")  # cached views per image: "orig", "hflip"
+    split: str = "train"  # which data split to cache (its name under data)
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"  # storage type of the features
+    codec: Literal["none", "zstd", "blosc"] = "none"  # chunk compressor (fp16 features compress little)
+    batch_size: int = 8  # teacher batch (images of one padded size only)
+    workers: int = 4  # image-decoding worker processes
+    amp: bool = True  # run the teacher in bf16 autocast on CUDA (features are stored in `dtype`)

@@ -1,0 +1,168 @@
+"""Reading a teacher cache: the index, one view's targets, the teacher head, and a Dataset for training.
+
+``TeacherCache`` is safe to hand to DataLoader workers: arrays are opened lazily in each process.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+import zarr
+from torch import Tensor
+
+from frs_cli.cache.schema import VIEW_CODES, Bucket
+from frs_cli.cache.store import decode, open_existing
+from frs_cli.data.coco import CocoViews, Sample
+from frs_cli.data.geometry import ViewGeometry
+from frs_cli.errors import CacheFormatError, CacheMismatchError
+from frs_cli.models.base import LevelSpec
+
+
+class TeacherCache:
+    """A cache opened for reading. ``require_complete`` refuses a cache whose writer has not finished."""
+
+    def __init__(self, path: str, require_complete: bool = True, storage_options: dict | None = None):
+        self.path = str(path)
+        self.storage_options = storage_options
+        root = open_existing(self.path, mode="r", storage_options=storage_options)
+        if root is None:
+            raise CacheFormatError(f"cache: expected an frs teacher cache at {self.path!r}, found nothing there")
+        self.attrs = dict(root.attrs)
+        if self.attrs.get("state") == "creating":
+            raise CacheFormatError(f"cache {self.path!r}: its writer stopped while creating it",
+                                   hint="run teacher-cache again to recreate it")
+        if require_complete and self.attrs.get("state") != "complete":
+            raise CacheFormatError(f"cache {self.path!r}: is incomplete (its writer did not finish)",
+                                   hint="run teacher-cache with --resume to finish it")
+        self.levels = [LevelSpec(d["name"], d["stride"], d["channels"]) for d in self.attrs["levels"]]
+        self.buckets = [Bucket.from_dict(b) for b in self.attrs["buckets"]]
+        self.dtype = self.attrs["storage"]["dtype"]
+        index = root["index"]
+        self.image_id = index["image_id"][...]
+        self.view = index["view"][...]
+        self.bucket = index["bucket"][...]
+        self.row = index["row"][...]
+        self.geometry = index["geometry"][...]
+        self._lookup = {(int(i), int(v)): k for k, (i, v) in enumerate(zip(self.image_id, self.view))}
+        self._arrays = None
+        self._pid = None
+
+    # -- what the cache holds -------------------------------------------------------------------------
+    @property
+    def views(self) -> list[str]:
+        return list(self.attrs["views"])
+
+    @property
+    def fingerprints(self) -> dict:
+        return dict(self.attrs["fingerprints"])
+
+    @property
+    def teacher(self) -> dict:
+        return dict(self.attrs["teacher"])
+
+    def __len__(self) -> int:
+        return len(self.image_id)
+
+    def find(self, image_id: int, view: str) -> int:
+        key = (int(image_id), VIEW_CODES.get(view, -1))
+        if key not in self._lookup:
+            raise CacheFormatError(f"cache {self.path!r}: holds no view {view!r} of image {image_id}")
+        return self._lookup[key]
+
+    def view_geometry(self, k: int) -> ViewGeometry:
+        return ViewGeometry.from_row(self.geometry[k])
+
+    def check_fingerprints(self, expected: dict) -> None:
+        """CacheMismatchError naming the first of teacher / dataset / geometry that differs."""
+        for key in ("teacher", "dataset", "geometry"):
+            if key in expected and self.fingerprints.get(key) != expected[key]:
+                raise CacheMismatchError(
+                    f"cache {self.path!r}: was written for another {key} (cache {self.fingerprints.get(key)}, "
+                    f"recipe {expected[key]})", hint=f"write a cache for this recipe with frs teacher-cache")
+
+    # -- reading ----------------------------------------------------------------------------------------
+    def _open(self):
+        if self._arrays is None or self._pid != os.getpid():
+            root = zarr.open_group(self.path, mode="r", storage_options=self.storage_options)
+            self._arrays = {
+                b.name: [(root[f"buckets/{b.name}/{lv.name}/features"], root[f"buckets/{b.name}/{lv.name}/mask"])
+                         for lv in self.levels] for b in self.buckets
+            }
+            self._root = root
+            self._pid = os.getpid()
+        return self._arrays
+
+    def read(self, k: int) -> dict[str, list[Tensor]]:
+        """View ``k``: ``{"features": [(C, H_l, W_l)], "masks": [(H_l, W_l) float16]}``, one chunk per array."""
+        arrays = self._open()[self.buckets[int(self.bucket[k])].name]
+        row = int(self.row[k])
+        feats, masks = [], []
+        for feat_arr, mask_arr in arrays:
+            feats.append(decode(feat_arr[row], self.dtype))
+            masks.append(torch.from_numpy(np.ascontiguousarray(mask_arr[row])))
+        return {"features": feats, "masks": masks}
+
+    def done(self) -> np.ndarray:
+        """(N,) bool: which views are recorded as written."""
+        root = zarr.open_group(self.path, mode="r", storage_options=self.storage_options)
+        flags = {b.name: root[f"buckets/{b.name}/done"][...] for b in self.buckets}
+        return np.array([bool(flags[self.buckets[int(b)].name][int(r)]) for b, r in zip(self.bucket, self.row)])
+
+    def head_state_dict(self) -> dict[str, Tensor]:
+        root = zarr.open_group(self.path, mode="r", storage_options=self.storage_options)
+        head = root["teacher_head"]
+        return {name: torch.from_numpy(np.ascontiguousarray(arr[...])) for name, arr in head.arrays()}
+
+    def build_head(self) -> torch.nn.Module:
+        """The teacher's classification head with the cached weights, in eval mode."""
+        from frs_cli.models import build_cls_head
+
+        head = build_cls_head(self.teacher["head_spec"])
+        head.load_state_dict(self.head_state_dict())
+        return head.eval().requires_grad_(False)
+
+
+class CachedViews(torch.utils.data.Dataset):
+    """``CocoViews`` plus each view's cached teacher targets; indexed by ``(position, view)``."""
+
+    def __init__(self, views: CocoViews, cache: TeacherCache):
+        self.views = views
+        self.cache = cache
+        self.index = views.index
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    def geometry_of(self, position: int, view: str) -> ViewGeometry:
+        return self.views.geometry_of(position, view)
+
+    def __getitem__(self, key) -> Sample:
+        position, view = key
+        sample = self.views[key]
+        k = self.cache.find(sample.image_id, view)
+        cached = self.cache.view_geometry(k)
+        if cached != sample.geometry:
+            raise CacheMismatchError(f"cache {self.cache.path!r}: image {sample.image_id} {view} was cached with "
+                                     f"geometry {cached.to_dict()}, the recipe gives {sample.geometry.to_dict()}")
+        sample.teacher = self.cache.read(k)
+        return sample
+
+
+def collate_teacher(items: list[dict]) -> dict[str, list[Tensor]]:
+    """Per level, zero-pad every view's targets to the largest grid of the batch and stack them."""
+    out = {"features": [], "masks": []}
+    for lv in range(len(items[0]["features"])):
+        h = max(it["features"][lv].shape[-2] for it in items)
+        w = max(it["features"][lv].shape[-1] for it in items)
+        f0 = items[0]["features"][lv]
+        feats = f0.new_zeros((len(items), f0.shape[0], h, w))
+        masks = items[0]["masks"][lv].new_zeros((len(items), h, w))
+        for i, it in enumerate(items):
+            f, m = it["features"][lv], it["masks"][lv]
+            feats[i, :, : f.shape[-2], : f.shape[-1]] = f
+            masks[i, : m.shape[-2], : m.shape[-1]] = m
+        out["features"].append(feats)
+        out["masks"].append(masks)
+    return out

@@ -1,0 +1,110 @@
+"""The teacher cache's layout, in one place. ``docs/cache-format.md`` describes the same for people.
+
+A cache is a Zarr v3 group::
+
+    /                              attrs: format, teacher, levels, geometry, views, fingerprints, storage, ...
+    /index/image_id      (N,)      int64   COCO image id of each cached view
+    /index/view          (N,)      uint8   0 = orig, 1 = hflip
+    /index/bucket        (N,)      int32   which size bucket holds the view
+    /index/row           (N,)      int32   its row inside that bucket
+    /index/geometry      (N, 7)    int32   orig_h, orig_w, resized_h, resized_w, padded_h, padded_w, hflip
+    /buckets/<HxW>/<level>/features  (n, C, H_l, W_l)  features, one chunk per view
+    /buckets/<HxW>/<level>/mask      (n, H_l, W_l)     float16 FRS mask, one chunk per view
+    /buckets/<HxW>/done              (n,)              uint8, 1 once every array of the view is written
+    /buckets/<HxW>/crc               (n, 2 * levels)   uint32 CRC-32 of each array's bytes, as written
+    /teacher_head/<name>             the teacher's classification-head parameters and buffers
+
+Views are grouped by padded size (one bucket per distinct ``padded_h x padded_w``), so no view carries
+padding beyond its stride multiple, and a view is one chunk per array: reading it costs O(levels) reads
+whatever the dataset size. A view counts as written only when its ``done`` entry is 1; ``done`` is written
+after the arrays, so a killed writer leaves nothing that looks complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from frs_cli.data.geometry import GeometryConfig, level_grid_size
+
+FORMAT_NAME = "frs-teacher-cache"
+FORMAT_VERSION = 1
+VIEW_CODES = {"orig": 0, "hflip": 1}
+VIEW_NAMES = {v: k for k, v in VIEW_CODES.items()}
+
+# How feature dtypes are stored: numpy dtype on disk, and how to read it back.
+STORAGE_DTYPES = {"float16": "float16", "float32": "float32", "bfloat16": "uint16"}
+
+
+def bucket_name(padded_h: int, padded_w: int) -> str:
+    return f"{padded_h}x{padded_w}"
+
+
+def geometry_fingerprint(cfg: GeometryConfig) -> str:
+    text = json.dumps(cfg.to_dict(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Bucket:
+    name: str
+    padded: tuple[int, int]
+    count: int
+    level_sizes: tuple[tuple[int, int], ...]
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "padded": list(self.padded), "count": self.count,
+                "level_sizes": [list(s) for s in self.level_sizes]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Bucket:
+        return cls(d["name"], tuple(d["padded"]), int(d["count"]), tuple(tuple(s) for s in d["level_sizes"]))
+
+
+@dataclass
+class Plan:
+    """Where every view goes: the index arrays and the buckets, computed from annotation sizes alone."""
+
+    image_id: np.ndarray  # (N,) int64
+    position: np.ndarray  # (N,) int64 position of the image in the dataset (ascending id)
+    view: np.ndarray  # (N,) uint8
+    bucket: np.ndarray  # (N,) int32
+    row: np.ndarray  # (N,) int32
+    geometry: np.ndarray  # (N, 7) int32
+    buckets: list[Bucket]
+
+    def __len__(self) -> int:
+        return len(self.image_id)
+
+
+def make_plan(dataset, views, strides) -> Plan:
+    """Group ``views`` of every image of a ``CocoViews`` dataset by padded size; rows follow image order."""
+    rows = []
+    for pos in range(len(dataset)):
+        for v in views:
+            g = dataset.geometry_of(pos, v)
+            rows.append((dataset.index.records[pos].image_id, pos, VIEW_CODES[v], g))
+    sizes = sorted({g.padded_size for *_, g in rows})
+    halvings = [int(round(np.log2(s))) for s in strides]
+    buckets = [Bucket(bucket_name(*s), s, 0, tuple(level_grid_size(s, k) for k in halvings)) for s in sizes]
+    which = {s: i for i, s in enumerate(sizes)}
+    counts = [0] * len(sizes)
+    bucket, row = [], []
+    for *_, g in rows:
+        b = which[g.padded_size]
+        bucket.append(b)
+        row.append(counts[b])
+        counts[b] += 1
+    buckets = [Bucket(b.name, b.padded, counts[i], b.level_sizes) for i, b in enumerate(buckets)]
+    return Plan(
+        image_id=np.array([r[0] for r in rows], dtype=np.int64),
+        position=np.array([r[1] for r in rows], dtype=np.int64),
+        view=np.array([r[2] for r in rows], dtype=np.uint8),
+        bucket=np.array(bucket, dtype=np.int32),
+        row=np.array(row, dtype=np.int32),
+        geometry=np.array([r[3].to_row() for r in rows], dtype=np.int32).reshape(-1, 7),
+        buckets=buckets,
+    )

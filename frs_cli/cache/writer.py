@@ -1,0 +1,214 @@
+"""``frs teacher-cache``: run the frozen teacher over a split once and write its targets to a Zarr group.
+
+The writer is resumable at view granularity: a view's ``done`` flag is written after all its arrays, and a
+resumed run writes exactly the views whose flag is not set. Under torchrun every process takes its own
+batches of the pending views and writes only their chunks (one chunk per view per array, so no two
+processes ever touch the same chunk); process 0 creates the layout before and marks the cache complete after.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import zarr
+
+import frs_cli
+from frs_cli.cache.schema import FORMAT_NAME, FORMAT_VERSION, VIEW_NAMES, Plan, geometry_fingerprint, make_plan
+from frs_cli.cache.store import codec, encode, open_existing, storage_dtype
+from frs_cli.data.coco import CocoViews, collate
+from frs_cli.errors import CacheFormatError, CacheMismatchError
+from frs_cli.losses import frs_masks
+from frs_cli.models import build_detector, model_fingerprint
+from frs_cli.progress import NullProgress, Progress
+from frs_cli.train.dist import DistContext, barrier, setup
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CacheWriteSummary:
+    path: str
+    views_total: int
+    views_written: int
+    seconds: float
+    views_per_second: float
+    complete: bool
+
+
+def _create(path: str, plan: Plan, teacher, recipe, fingerprints: dict, dataset) -> zarr.Group:
+    cfg = recipe.cache
+    root = zarr.open_group(path, mode="w")
+    root.attrs.update({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "state": "creating"})
+    index = root.create_group("index")
+    for name, values in (("image_id", plan.image_id), ("view", plan.view), ("bucket", plan.bucket),
+                         ("row", plan.row), ("geometry", plan.geometry)):
+        arr = index.create_array(name, shape=values.shape, dtype=values.dtype, chunks=values.shape or (1,),
+                                 compressors=None, fill_value=0)
+        arr[...] = values
+    feat_dtype = storage_dtype(cfg.dtype)
+    compressors = codec(cfg.codec)
+    buckets = root.create_group("buckets")
+    for b in plan.buckets:
+        g = buckets.create_group(b.name)
+        for lv, (h, w) in zip(teacher.levels, b.level_sizes):
+            lg = g.create_group(lv.name)
+            lg.create_array("features", shape=(b.count, lv.channels, h, w), chunks=(1, lv.channels, h, w),
+                            dtype=feat_dtype, compressors=compressors, fill_value=0)
+            lg.create_array("mask", shape=(b.count, h, w), chunks=(1, h, w), dtype="float16",
+                            compressors=compressors, fill_value=0)
+        g.create_array("done", shape=(b.count,), chunks=(1,), dtype="uint8", compressors=None, fill_value=0)
+        g.create_array("crc", shape=(b.count, 2 * len(teacher.levels)), chunks=(1, 2 * len(teacher.levels)),
+                       dtype="uint32", compressors=None, fill_value=0)
+    head = root.create_group("teacher_head")
+    for name, t in teacher.cls_head().state_dict().items():
+        a = t.detach().cpu().float().numpy() if t.is_floating_point() else t.detach().cpu().numpy()
+        arr = head.create_array(name, shape=a.shape, dtype=a.dtype, chunks=a.shape or None, compressors=None)
+        arr[...] = a
+    root.attrs.update({
+        "created_by": f"frs {frs_cli.__version__}",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "recipe": recipe.name,
+        "teacher": {"arch": teacher.arch, "weights": recipe.teacher.weights, "num_classes": teacher.num_classes,
+                    "fingerprint": fingerprints["teacher"], "head_spec": teacher.cls_head_spec(),
+                    "model_config": dataclasses.asdict(recipe.teacher)},
+        "levels": [lv.to_dict() for lv in teacher.levels],
+        "geometry": recipe.geometry.to_dict(),
+        "views": list(cfg.views),
+        "fingerprints": fingerprints,
+        "dataset": {"split": cfg.split, "annotation_file": str(dataset.index.path),
+                    "annotation_sha256": dataset.index.sha256, "num_images": len(dataset),
+                    "label_to_category": dataset.index.label_to_category,
+                    "category_names": [c["name"] for c in dataset.index.categories]},
+        "storage": {"dtype": cfg.dtype, "codec": cfg.codec, "mask_dtype": "float16", "views_per_chunk": 1},
+        "buckets": [b.to_dict() for b in plan.buckets],
+        "num_views": len(plan),
+        "state": "writing",
+    })
+    return root
+
+
+def _check_same(path: str, root: zarr.Group, fingerprints: dict, views) -> None:
+    attrs = dict(root.attrs)
+    stored = attrs.get("fingerprints", {})
+    for key in ("teacher", "dataset", "geometry"):
+        if stored.get(key) != fingerprints[key]:
+            raise CacheMismatchError(
+                f"cache {path!r}: was written for another {key} (fingerprint {stored.get(key)}, this recipe's is "
+                f"{fingerprints[key]})", hint="write to a new path, or delete the old cache")
+    if list(attrs.get("views", [])) != list(views):
+        raise CacheMismatchError(f"cache {path!r}: holds views {attrs.get('views')}, this recipe asks for {list(views)}")
+
+
+def read_done(root: zarr.Group, plan_buckets) -> dict[str, np.ndarray]:
+    return {b["name"]: root[f"buckets/{b['name']}/done"][...] for b in plan_buckets}
+
+
+def _write_view(root: zarr.Group, bucket: str, row: int, level_names, feats, masks) -> None:
+    """All arrays of one view, then its checksums, then its done flag (in that order)."""
+    crcs = []
+    for name, f, m in zip(level_names, feats, masks):
+        root[f"buckets/{bucket}/{name}/features"][row] = f
+        root[f"buckets/{bucket}/{name}/mask"][row] = m
+        crcs += [zlib.crc32(f.tobytes()), zlib.crc32(m.tobytes())]
+    root[f"buckets/{bucket}/crc"][row] = np.array(crcs, dtype=np.uint32)
+    root[f"buckets/{bucket}/done"][row] = 1
+
+
+class _BatchList(torch.utils.data.Sampler):
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self):
+        return len(self.batches)
+
+
+def write_teacher_cache(recipe, path: str, *, resume: bool = False, ctx: DistContext | None = None,
+                        progress: Progress | None = None, write_threads: int = 4) -> CacheWriteSummary:
+    """Cache the teacher of ``recipe`` over ``recipe.cache.split`` at ``path`` (see ``cache.schema``)."""
+    progress = progress or NullProgress()
+    ctx = ctx or setup()
+    cfg = recipe.cache
+    dataset = CocoViews.from_config(recipe.data, cfg.split, recipe.geometry)
+    teacher = build_detector(recipe.teacher, dataset.index.num_classes).to(ctx.device).eval().requires_grad_(False)
+    fingerprints = {"teacher": model_fingerprint(teacher), "dataset": dataset.index.fingerprint(),
+                    "geometry": geometry_fingerprint(recipe.geometry)}
+    plan = make_plan(dataset, cfg.views, teacher.strides)
+
+    if ctx.is_main:
+        root = open_existing(path, mode="r+")
+        if root is not None and root.attrs.get("state") != "creating":
+            _check_same(path, root, fingerprints, cfg.views)
+            if root.attrs.get("state") != "complete" and not resume:
+                raise CacheFormatError(f"cache {path!r}: exists and is incomplete",
+                                       hint="add --resume to continue it, or delete it")
+        else:
+            root = _create(path, plan, teacher, recipe, fingerprints, dataset)
+    barrier(ctx)
+    root = zarr.open_group(path, mode="r+")
+    buckets = root.attrs["buckets"]
+    done = read_done(root, buckets)
+    names = [b["name"] for b in buckets]
+    pending = [i for i in range(len(plan)) if not done[names[plan.bucket[i]]][plan.row[i]]]
+
+    # Batches of one bucket (one padded size) only: the teacher then sees each image exactly as alone.
+    batches = []
+    for b in range(len(buckets)):
+        rows = [i for i in pending if plan.bucket[i] == b]
+        batches += [rows[k : k + cfg.batch_size] for k in range(0, len(rows), cfg.batch_size)]
+    mine = batches[ctx.rank :: ctx.world_size]
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=_BatchList([[(int(plan.position[i]), VIEW_NAMES[int(plan.view[i])]) for i in bt]
+                                           for bt in mine]),
+        num_workers=cfg.workers, collate_fn=collate, pin_memory=ctx.device.type == "cuda",
+    )
+    level_names = teacher.level_names
+    use_amp = cfg.amp and ctx.device.type == "cuda"
+    n_mine = sum(len(bt) for bt in mine)
+    progress.start("teacher-cache", n_mine, unit="view")
+    t0 = time.perf_counter()
+    written = 0
+    futures: list[Future] = []
+    with ThreadPoolExecutor(max_workers=write_threads) as pool:
+        for rows, batch in zip(mine, loader):
+            batch = batch.to(ctx.device)
+            with torch.no_grad(), torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                out = teacher(batch.images, batch.image_sizes, detect=False)
+            masks = frs_masks(out.cls_logits)
+            bucket = buckets[int(plan.bucket[rows[0]])]
+            got = [tuple(f.shape[-2:]) for f in out.features]
+            if got != [tuple(s) for s in bucket["level_sizes"]]:
+                raise CacheFormatError(f"teacher-cache: the teacher's level grids {got} differ from the planned "
+                                       f"{bucket['level_sizes']} for padded size {bucket['padded']}")
+            feats = [encode(f, cfg.dtype) for f in out.features]  # (B, C, H, W) each
+            mks = [m.to(torch.float16).cpu().numpy() for m in masks]  # (B, H, W) each
+            for j, i in enumerate(rows):
+                futures.append(pool.submit(_write_view, root, bucket["name"], int(plan.row[i]), level_names,
+                                           [f[j] for f in feats], [m[j] for m in mks]))
+            while len(futures) > 4 * write_threads * cfg.batch_size:
+                futures.pop(0).result()
+            written += len(rows)
+            progress.update(len(rows))
+        for f in futures:
+            f.result()
+    progress.stop()
+    seconds = time.perf_counter() - t0
+    barrier(ctx)
+    complete = False
+    if ctx.is_main:
+        done = read_done(root, buckets)
+        complete = all(bool(d.all()) for d in done.values())
+        if complete:
+            root.attrs["state"] = "complete"
+    barrier(ctx)
+    return CacheWriteSummary(path, len(plan), written * ctx.world_size if ctx.distributed else written, seconds,
+                             written / seconds if seconds > 0 else 0.0, complete)

@@ -1,0 +1,164 @@
+"""Pipeline recipes: one TOML file per teacher -> student experiment, read into frozen dataclasses.
+
+Each concept owns its dataclass beside its code (``GeometryConfig`` in ``data.geometry``, ``ModelConfig``
+in ``models``, ...); this module only assembles them into a ``Recipe``, checking every key and type so a
+typo fails at once with the key's full name instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from frs_cli.cache.config import CacheConfig
+from frs_cli.data.coco import DataConfig
+from frs_cli.data.geometry import GeometryConfig
+from frs_cli.errors import ConfigError, FrsError
+from frs_cli.models.config import ModelConfig
+from frs_cli.train.config import DistillConfig, TrainConfig
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = "experiment"  # a label for logs and summaries
+    data: DataConfig = field(default_factory=DataConfig)
+    geometry: GeometryConfig = field(default_factory=GeometryConfig)
+    teacher: ModelConfig = field(default_factory=ModelConfig)
+    student: ModelConfig = field(default_factory=ModelConfig)
+    teacher_train: TrainConfig = field(default_factory=TrainConfig)  # schedule for `frs train --role teacher`
+    train: TrainConfig = field(default_factory=TrainConfig)  # student schedule: baseline and distillation
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def train_config(self, role: str) -> TrainConfig:
+        return self.teacher_train if role == "teacher" else self.train
+
+    def model_config(self, role: str) -> ModelConfig:
+        return self.teacher if role == "teacher" else self.student
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp, key: str):
+    """Check ``value`` (from TOML) against the annotation ``tp``; return it in the field's type."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"recipe key '{key}': expected a table, got {type(value).__name__} {value!r}")
+        return _build(tp, value, key)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            if arg is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0] if errors else ConfigError(f"recipe key '{key}': unexpected value {value!r}")
+    if origin is typing.Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"recipe key '{key}': expected one of {', '.join(map(repr, choices))}, got {value!r}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"recipe key '{key}': expected a list, got {type(value).__name__} {value!r}")
+        args = typing.get_args(tp)
+        item_tp = args[0] if args else Any
+        items = [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if tp is Any:
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"recipe key '{key}': expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"recipe key '{key}': expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp in (bool, str):
+        if not isinstance(value, tp):
+            raise ConfigError(
+                f"recipe key '{key}': expected {_type_name(tp)}, got {type(value).__name__} {value!r}"
+            )
+        return value
+    raise ConfigError(f"recipe key '{key}': unsupported type {_type_name(tp)}")
+
+
+def _build(cls, table: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for key, value in table.items():
+        full = f"{prefix}.{key}" if prefix else key
+        if key not in names:
+            valid = ", ".join(sorted(names))
+            raise ConfigError(f"recipe key '{full}': unknown key (valid keys here: {valid})")
+        kwargs[key] = _convert(value, hints[key], full)
+    try:
+        return cls(**kwargs)
+    except FrsError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"recipe table '{prefix or '<top>'}': {exc}") from exc
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``'train.lr=0.02'`` -> (['train', 'lr'], 0.02). The value is read as TOML, bare words as strings."""
+    if "=" not in text:
+        raise ConfigError(f"--set: expected KEY=VALUE (for example train.epochs=2), got {text!r}")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set: expected KEY=VALUE with a non-empty key, got {text!r}")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(table: dict, overrides: list[str]) -> dict:
+    out = dict(table)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            child = node.get(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: '{part}' is not a table")
+            child = dict(child)
+            node[part] = child
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def recipe_from_dict(table: dict) -> Recipe:
+    return _build(Recipe, table)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a recipe TOML file; ``overrides`` are ``KEY=VALUE`` strings applied on top (``--set``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"recipe: expected a TOML file, but {str(p)!r} does not exist")
+    try:
+        table = tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"recipe {str(p)!r}: not valid TOML ({exc})") from exc
+    return recipe_from_dict(apply_overrides(table, overrides or []))

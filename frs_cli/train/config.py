@@ -1,0 +1,35 @@
+"""Training and distillation parts of a recipe."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 12  # passes over the training images
+    batch_size: int = 2  # images per process (per GPU under torchrun)
+    lr: float = 0.01  # base learning rate of SGD
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 1e-4  # SGD weight decay
+    warmup_iters: int = 500  # linear LR warm-up length, iterations
+    warmup_factor: float = 0.001  # LR multiplier at the first warm-up iteration
+    lr_steps: tuple[int, ...] = (8, 11)  # epochs after which the LR is multiplied by lr_gamma
+    lr_gamma: float = 0.1  # LR decay factor at each step
+    grad_clip: float = 0.0  # max global grad norm; 0 turns clipping off
+    amp: bool = True  # mixed precision on CUDA (ignored on CPU)
+    amp_dtype: Literal["bfloat16", "float16"] = "bfloat16"  # autocast dtype on CUDA
+    hflip_prob: float = 0.5  # chance of a horizontal flip per image and epoch (GT training and online FRS)
+    workers: int = 2  # DataLoader worker processes per process
+    seed: int = 0  # seeds model init, data order and flips
+    eval_every: int = 0  # evaluate on the val split every N epochs (0: only after the last)
+    log_every: int = 20  # write a metrics line every N iterations
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    alpha: float = 0.005  # weight of the FPN feature loss (official RetinaNet value)
+    beta: float = 0.02  # weight of the head loss (official RetinaNet value)
+    warmup_iters: int = 500  # the distillation losses ramp up linearly over this many iterations
+    mask: Literal["frs", "gt"] = "frs"  # "gt": S = 1 inside GT boxes, 0 outside, no head loss (a baseline)

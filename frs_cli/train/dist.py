@@ -1,0 +1,80 @@
+"""Process-group setup for torchrun (one process per GPU), and the few collectives the loops need."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as torch_dist
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def setup(device: str | None = None) -> DistContext:
+    """Read torchrun's environment; join the process group when there are several processes.
+
+    ``device``: "cuda", "cpu" or None (CUDA when available). NCCL on CUDA, gloo on CPU.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    if world_size > 1 and not torch_dist.is_initialized():
+        torch_dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world_size,
+                                      device_id=dev if use_cuda else None)
+    return DistContext(rank, world_size, local_rank, dev)
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.distributed:
+        torch_dist.barrier()
+
+
+def all_gather_objects(ctx: DistContext, obj) -> list:
+    if not ctx.distributed:
+        return [obj]
+    out = [None] * ctx.world_size
+    torch_dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(ctx: DistContext, obj):
+    if not ctx.distributed:
+        return obj
+    box = [obj]
+    torch_dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def mean_across(ctx: DistContext, values: dict[str, float]) -> dict[str, float]:
+    if not ctx.distributed or not values:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=ctx.device)
+    torch_dist.all_reduce(t)
+    return {k: v / ctx.world_size for k, v in zip(keys, t.tolist())}
+
+
+def teardown(ctx: DistContext) -> None:
+    if ctx.distributed and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()

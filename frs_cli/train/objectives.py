@@ -1,0 +1,129 @@
+"""What a training step minimises: the detector's GT loss alone, or GT loss plus FRS distillation.
+
+An objective is an ``nn.Module`` holding everything that trains (the student, the FRS adapters) and whatever
+supplies the teacher's side (a classification head rebuilt from a cache, or the live teacher). Its forward
+maps a batch and the iteration number to a dict of named, already-weighted loss terms; the loop sums them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from frs_cli.data.coco import Batch
+from frs_cli.data.geometry import level_valid_size
+from frs_cli.errors import FrsError
+from frs_cli.losses import FeatureAdapter, distill_weight, feature_loss, frs_masks, gt_box_masks, head_loss
+from frs_cli.models.base import Detector
+from frs_cli.train.config import DistillConfig
+
+
+def valid_masks(image_sizes: list[tuple[int, int]], features: list[Tensor], strides: list[int]) -> list[Tensor]:
+    """Per level ``(B, H, W)`` bool: True over each image's real pixels, False over batch padding."""
+    out = []
+    for f, s in zip(features, strides):
+        b, _, h, w = f.shape
+        m = torch.zeros((b, h, w), dtype=torch.bool, device=f.device)
+        for i, size in enumerate(image_sizes):
+            vh, vw = level_valid_size(size, s, (h, w))
+            m[i, :vh, :vw] = True
+        out.append(m)
+    return out
+
+
+class GTObjective(nn.Module):
+    """Plain detector training: the detector's own losses."""
+
+    def __init__(self, student: Detector):
+        super().__init__()
+        self.student = student
+
+    def forward(self, batch: Batch, step: int) -> dict[str, Tensor]:
+        return dict(self.student(batch.images, batch.image_sizes, batch.targets).losses)
+
+
+class TeacherTargets:
+    """The teacher's side of one batch: per level features, classification logits and FRS masks."""
+
+    def __init__(self, features: list[Tensor], cls_logits: list[Tensor] | None, masks: list[Tensor]):
+        self.features, self.cls_logits, self.masks = features, cls_logits, masks
+
+
+class CachedTeacher(nn.Module):
+    """Teacher targets from a cache: features and masks as stored, logits recomputed by the cached head."""
+
+    def __init__(self, cls_head: nn.Module):
+        super().__init__()
+        self.cls_head = cls_head.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True):  # the teacher head stays in eval mode
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, batch: Batch, need_logits: bool) -> TeacherTargets:
+        if batch.teacher is None:
+            raise FrsError("distill: this batch carries no cached teacher targets (was the loader built from a cache?)")
+        feats = batch.teacher["features"]
+        logits = None
+        if need_logits:
+            dtype = next(self.cls_head.parameters()).dtype
+            logits = self.cls_head([f.to(dtype) for f in feats])
+        return TeacherTargets(feats, logits, batch.teacher["masks"])
+
+
+class OnlineTeacher(nn.Module):
+    """The original method: run the frozen teacher on the student's batch every step."""
+
+    def __init__(self, teacher: Detector):
+        super().__init__()
+        self.teacher = teacher.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, batch: Batch, need_logits: bool) -> TeacherTargets:
+        out = self.teacher(batch.images, batch.image_sizes, detect=False)
+        return TeacherTargets(out.features, out.cls_logits, frs_masks(out.cls_logits))
+
+
+def check_compatible(student_levels, teacher_levels) -> None:
+    """Student and teacher FPN levels must line up one to one (names and strides); channels may differ."""
+    s = [(lv.name, lv.stride) for lv in student_levels]
+    t = [(lv.name, lv.stride) for lv in teacher_levels]
+    if s != t:
+        raise FrsError(f"distill: student FPN levels {s} do not line up with the teacher's {t}",
+                       hint="pick a student of the same detector family and strides")
+
+
+class FRSObjective(nn.Module):
+    """``L = L_GT + w(t) * (alpha * L_FPN + beta * L_head)`` with the teacher side from ``source``."""
+
+    def __init__(self, student: Detector, teacher_levels, source: nn.Module, cfg: DistillConfig):
+        super().__init__()
+        check_compatible(student.levels, teacher_levels)
+        self.student = student
+        self.adapters = FeatureAdapter([lv.channels for lv in student.levels], [lv.channels for lv in teacher_levels])
+        self.source = source
+        self.cfg = cfg
+
+    def forward(self, batch: Batch, step: int) -> dict[str, Tensor]:
+        out = self.student(batch.images, batch.image_sizes, batch.targets)
+        losses = dict(out.losses)
+        teacher = self.source(batch, need_logits=self.cfg.mask == "frs")
+        for lv, (fs, ft) in enumerate(zip(out.features, teacher.features)):
+            if fs.shape[-2:] != ft.shape[-2:]:
+                raise FrsError(f"distill: level {self.student.level_names[lv]} student grid {tuple(fs.shape[-2:])} "
+                               f"!= teacher grid {tuple(ft.shape[-2:])}")
+        strides = self.student.strides
+        valid = valid_masks(batch.image_sizes, out.features, strides)
+        w = distill_weight(step, self.cfg.warmup_iters)
+        if self.cfg.mask == "gt":
+            masks = gt_box_masks([t["boxes"] for t in batch.targets], [f.shape[-2:] for f in out.features], strides)
+        else:
+            masks = teacher.masks
+        losses["frs_feature"] = w * self.cfg.alpha * feature_loss(self.adapters(out.features), teacher.features,
+                                                                  masks, valid)
+        if self.cfg.mask == "frs":
+            losses["frs_head"] = w * self.cfg.beta * head_loss(out.cls_logits, teacher.cls_logits, masks, valid)
+        return losses

@@ -1,0 +1,148 @@
+"""Entry points behind ``frs train`` and ``frs distill``: build the pieces from a recipe, then ``fit``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from frs_cli.data.coco import CocoViews
+from frs_cli.errors import ConfigError
+from frs_cli.eval.predict import evaluate_detector
+from frs_cli.models import build_detector, load_checkpoint_file, model_fingerprint
+from frs_cli.models.config import ModelConfig
+from frs_cli.progress import Progress
+from frs_cli.train.checkpoint import FINAL, atomic_save, model_payload
+from frs_cli.train.dist import DistContext, setup
+from frs_cli.train.loop import FitResult, fit
+from frs_cli.train.objectives import CachedTeacher, FRSObjective, GTObjective, OnlineTeacher
+
+log = logging.getLogger(__name__)
+ADAPTERS = "adapters.pt"
+
+
+@dataclass
+class RunSummary:
+    out_dir: str
+    model_file: str
+    fit: FitResult
+
+    def to_dict(self) -> dict:
+        return {"out_dir": self.out_dir, "model_file": self.model_file, **asdict(self.fit)}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _prepare_out(out_dir: Path, resume: bool, ctx: DistContext) -> None:
+    if ctx.is_main:
+        if out_dir.exists() and any(out_dir.iterdir()) and not resume:
+            raise ConfigError(f"--out {str(out_dir)!r}: exists and is not empty",
+                              hint="add --resume to continue that run, or choose a new directory")
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _model_saver(model_cfg: ModelConfig, index, geometry, extra: bool = False):
+    def save(objective, out_dir: Path) -> None:
+        payload = model_payload(objective.student, model_cfg, index.label_to_category,
+                                [c["name"] for c in index.categories], geometry)
+        atomic_save(payload, out_dir / FINAL)
+        if extra and hasattr(objective, "adapters"):
+            atomic_save({"adapters": objective.adapters.state_dict(),
+                         "levels": [lv.to_dict() for lv in objective.student.levels]}, out_dir / ADAPTERS)
+    return save
+
+
+def _evaluator(recipe, ctx: DistContext, cfg):
+    val = CocoViews.from_config(recipe.data, recipe.data.val, recipe.geometry)
+
+    def evaluate(objective) -> dict:
+        return evaluate_detector(objective.student, val, ctx, batch_size=max(1, cfg.batch_size),
+                                 workers=cfg.workers, amp=cfg.amp)
+    return evaluate
+
+
+def train_detector(recipe, role: str, out_dir: str | Path, *, resume: bool = False, ctx: DistContext | None = None,
+                   progress: Progress | None = None, evaluate: bool = True) -> RunSummary:
+    """Plain GT training of the recipe's teacher or student (``role``)."""
+    if role not in ("teacher", "student"):
+        raise ConfigError(f"--role: expected 'teacher' or 'student', got {role!r}")
+    ctx = ctx or setup()
+    out_dir = Path(out_dir)
+    _prepare_out(out_dir, resume, ctx)
+    cfg = recipe.train_config(role)
+    model_cfg = recipe.model_config(role)
+    seed_everything(cfg.seed)
+    train = CocoViews.from_config(recipe.data, recipe.data.train, recipe.geometry)
+    detector = build_detector(model_cfg, train.index.num_classes)
+    if ctx.is_main:
+        (out_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1))
+    result = fit(GTObjective(detector), train, cfg, ctx, out_dir,
+                 views=("orig", "hflip") if cfg.hflip_prob > 0 else ("orig",), resume=resume,
+                 save_outputs=_model_saver(model_cfg, train.index, recipe.geometry),
+                 evaluate=_evaluator(recipe, ctx, cfg) if evaluate else None, progress=progress)
+    return RunSummary(str(out_dir), str(out_dir / FINAL), result)
+
+
+def teacher_fingerprint(cfg: ModelConfig, num_classes: int) -> str:
+    """The fingerprint ``teacher-cache`` records for this teacher config, cheaply when it is an frs checkpoint."""
+    if cfg.weights and Path(cfg.weights).is_file():
+        ckpt = load_checkpoint_file(cfg.weights)
+        if "fingerprint" in ckpt:
+            return ckpt["fingerprint"]
+    return model_fingerprint(build_detector(cfg, num_classes))
+
+
+def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, online: bool = False,
+                    resume: bool = False, ctx: DistContext | None = None, progress: Progress | None = None,
+                    evaluate: bool = True) -> RunSummary:
+    """Train the recipe's student with FRS: teacher targets from ``cache``, or the live teacher (``online``)."""
+    from frs_cli.cache.reader import CachedViews, TeacherCache
+    from frs_cli.cache.schema import geometry_fingerprint
+
+    if online == (cache is not None):
+        raise ConfigError("distill: expected exactly one teacher source: --cache PATH or --online")
+    ctx = ctx or setup()
+    out_dir = Path(out_dir)
+    _prepare_out(out_dir, resume, ctx)
+    cfg = recipe.train
+    coco = CocoViews.from_config(recipe.data, recipe.cache.split if cache else recipe.data.train, recipe.geometry)
+    num_classes = coco.index.num_classes
+    if cache is not None:
+        store = TeacherCache(cache)
+        store.check_fingerprints({"teacher": teacher_fingerprint(recipe.teacher, num_classes),
+                                  "dataset": coco.index.fingerprint(),
+                                  "geometry": geometry_fingerprint(recipe.geometry)})
+        views = tuple(recipe.cache.views)
+        missing = [v for v in views if v not in store.views]
+        if missing:
+            raise ConfigError(f"distill: the recipe asks for views {list(views)}, the cache holds {store.views}")
+        source = CachedTeacher(store.build_head())
+        from frs_cli.models.base import LevelSpec
+
+        teacher_levels = [LevelSpec(lv.name, lv.stride, lv.channels) for lv in store.levels]
+        dataset = CachedViews(coco, store)
+    else:
+        teacher = build_detector(recipe.teacher, num_classes)
+        source = OnlineTeacher(teacher)
+        teacher_levels = teacher.levels
+        views = ("orig", "hflip") if cfg.hflip_prob > 0 else ("orig",)
+        dataset = coco
+    seed_everything(cfg.seed)
+    student = build_detector(recipe.student, num_classes)
+    objective = FRSObjective(student, teacher_levels, source, recipe.distill)
+    if ctx.is_main:
+        (out_dir / "recipe.json").write_text(json.dumps(
+            {**recipe.to_dict(), "teacher_source": "online" if online else str(cache)}, indent=1))
+    result = fit(objective, dataset, cfg, ctx, out_dir, views=views, resume=resume,
+                 save_outputs=_model_saver(recipe.student, coco.index, recipe.geometry, extra=True),
+                 evaluate=_evaluator(recipe, ctx, cfg) if evaluate else None, progress=progress)
+    return RunSummary(str(out_dir), str(out_dir / FINAL), result)
