@@ -40,7 +40,7 @@ def _weights(masks: Sequence[Tensor], valid: Sequence[Tensor] | None, level: int
 
 
 def _check(name: str, level: int, a: Tensor, b: Tensor, mask: Tensor) -> None:
-    if a.shape != b.shape or a.shape[0] != mask.shape[0] or a.shape[-2:] != mask.shape[-2:]:
+    if a.dim() != 4 or a.shape != b.shape or mask.shape != (a.shape[0], *a.shape[-2:]):
         raise FrsError(f"{name}: level {level} shapes do not line up: student {tuple(a.shape)}, "
                        f"teacher {tuple(b.shape)}, mask {tuple(mask.shape)}")
 

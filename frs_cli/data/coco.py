@@ -79,6 +79,13 @@ class CocoIndex:
             images = {int(im["id"]): (str(im["file_name"]), int(im["height"]), int(im["width"])) for im in doc["images"]}
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"annotations {str(path)!r}: an image or category entry lacks {exc}") from exc
+        if len(images) != len(doc["images"]):
+            raise DataError(f"annotations {str(path)!r}: expected unique image ids, found repeats")
+        if len({c["id"] for c in self.categories}) != len(self.categories):
+            raise DataError(f"annotations {str(path)!r}: expected unique category ids, found repeats")
+        bad = [i for i, (_, h, w) in images.items() if h < 1 or w < 1]
+        if bad:
+            raise DataError(f"annotations {str(path)!r}: image {bad[0]} has a size of zero or less")
         if not self.categories:
             raise DataError(f"annotations {str(path)!r}: expected at least one category, found none")
         cat_ids = [c["id"] for c in self.categories]
@@ -98,7 +105,11 @@ class CocoIndex:
         dropped = 0
         for ann in doc["annotations"]:
             try:
-                image_id, cat, (x, y, w, h) = int(ann["image_id"]), int(ann["category_id"]), ann["bbox"]
+                image_id, cat = int(ann["image_id"]), int(ann["category_id"])
+                box = ann["bbox"]
+                if len(box) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
+                    raise ValueError("bbox")
+                x, y, w, h = (float(v) for v in box)
                 crowd = bool(ann.get("iscrowd", 0))
             except (KeyError, TypeError, ValueError) as exc:
                 raise DataError(f"annotations {str(path)!r}: an annotation lacks {exc} or has a malformed bbox") from exc
@@ -147,15 +158,16 @@ class CocoIndex:
 
 def read_image(path: Path) -> Tensor:
     """Decode an image file to ``(3, H, W)`` uint8 RGB; DataError for a missing or corrupt file."""
-    from torchvision.io import ImageReadMode, decode_image
+    from PIL import Image, UnidentifiedImageError
 
     if not path.is_file():
         raise DataError(f"image: expected a file at {str(path)!r}, but it does not exist")
     try:
-        data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
-        return decode_image(data, mode=ImageReadMode.RGB)
-    except (RuntimeError, ValueError) as exc:
+        with Image.open(path) as im:
+            array = np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(f"image {str(path)!r}: could not be decoded ({str(exc).splitlines()[0]})") from exc
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
 @dataclass
@@ -242,7 +254,7 @@ class ViewSampler(torch.utils.data.Sampler):
         self.start = start
 
     def _items(self) -> list[tuple[int, str]]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]))
         if self.view_choice == "all":
             items = [(p, v) for p in range(self.num_images) for v in self.views]
         else:

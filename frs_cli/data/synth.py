@@ -71,6 +71,8 @@ class SynthConfig:
     min_objects: int = 1  # annotated objects per image, inclusive range
     max_objects: int = 6
     lookalike_prob: float = 0.5  # chance that an image also gets 1-2 un-annotated look-alike objects
+    min_object: float = 8.0  # smallest object diameter, px (sizes are log-uniform between the two bounds)
+    max_object: float = 0.6  # largest object diameter, as a fraction of the long side
 
     def __post_init__(self):
         for name, low in (("train", 0), ("val", 0), ("size", 64), ("seed", 0), ("min_objects", 0),
@@ -85,6 +87,13 @@ class SynthConfig:
             )
         if not isinstance(self.aspect_jitter, bool):
             raise ConfigError(f"synth.aspect_jitter: expected true or false, got {self.aspect_jitter!r}")
+        if isinstance(self.min_object, bool) or not isinstance(self.min_object, (int, float)) or self.min_object < 2:
+            raise ConfigError(f"synth.min_object: expected a number of pixels >= 2, got {self.min_object!r}")
+        mo = self.max_object
+        if isinstance(mo, bool) or not isinstance(mo, (int, float)) or not 0.0 < mo <= 1.0 \
+                or mo * self.size < self.min_object:
+            raise ConfigError(f"synth.max_object: expected a fraction in (0, 1] of the long side with "
+                              f"max_object * size >= min_object ({self.min_object}), got {mo!r}")
         p = self.lookalike_prob
         if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
             raise ConfigError(f"synth.lookalike_prob: expected a number in [0, 1], got {p!r}")
@@ -190,7 +199,7 @@ def _texture(rng: np.random.Generator, h: int, w: int, colour: np.ndarray) -> np
     return np.clip(patch + noise, 0, 255).astype(np.uint8)
 
 
-def _place(rng, kind, w, h, canvas, owner, visible, total):
+def _place(rng, cfg, kind, w, h, canvas, owner, visible, total):
     """Draw one shape onto ``canvas`` (supersampled HxWx3) if a placement is found; return its box.
 
     ``owner`` maps each supersampled pixel to the 1-based index of the shape that shows there (0 for
@@ -198,7 +207,7 @@ def _place(rng, kind, w, h, canvas, owner, visible, total):
     0 unused). ``visible`` is updated in place; returns ``(box_lo, box_hi, n_pixels)`` or None.
     """
     s = SUPERSAMPLE
-    radius = math.exp(rng.uniform(math.log(4.0), math.log(0.3 * max(w, h))))
+    radius = math.exp(rng.uniform(math.log(cfg.min_object / 2), math.log(cfg.max_object / 2 * max(w, h))))
     for _ in range(PLACEMENT_TRIES):
         centre = rng.uniform(0, 1, 2) * (w, h)
         angle = rng.uniform(0, 2 * math.pi) if kind in _ROTATES else 0.0
@@ -253,7 +262,7 @@ def render(
     visible, total = np.zeros(1, np.int64), np.zeros(1, np.int64)
     boxes = []
     for kind in kinds:
-        placed = _place(rng, kind, w, h, canvas, owner, visible, total)
+        placed = _place(rng, cfg, kind, w, h, canvas, owner, visible, total)
         if placed is None:
             continue
         lo, hi, n = placed

@@ -1,0 +1,286 @@
+"""Recipes: TOML -> frozen dataclasses, key and type checking, --set overrides, file errors."""
+
+import dataclasses
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from frs_cli.cache.config import CacheConfig
+from frs_cli.config import Recipe, apply_overrides, load_recipe, parse_override, recipe_from_dict
+from frs_cli.data.coco import DataConfig
+from frs_cli.data.geometry import GeometryConfig
+from frs_cli.errors import ConfigError
+from frs_cli.models.config import ModelConfig
+from frs_cli.train.config import DistillConfig, TrainConfig
+
+PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
+
+
+def _field_names(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _assert_lists_valid_keys(message: str, cls) -> None:
+    names = _field_names(cls)
+    assert names  # the check below must look at something
+    for name in names:
+        assert name in message, (name, message)
+
+
+def _assert_matches_table(obj, table: dict, prefix: str = "") -> None:
+    """Every key in the TOML table is reflected in the dataclass, lists as tuples or lists."""
+    for key, value in table.items():
+        got = getattr(obj, key)
+        if isinstance(value, dict):
+            _assert_matches_table(got, value, f"{prefix}{key}.")
+        elif isinstance(value, list):
+            assert list(got) == value, f"{prefix}{key}"
+        else:
+            assert got == value, f"{prefix}{key}"
+            # an integer in a float field arrives as float; otherwise the TOML type is kept
+            allowed = {type(value), float} if type(value) is int else {type(value)}
+            assert type(got) in allowed, f"{prefix}{key}"
+
+
+# ------------------------------------------------------------------------------------------- the recipes
+
+
+def test_every_pipeline_recipe_loads():
+    paths = sorted(PIPELINES.glob("*.toml"))
+    assert paths, f"no recipes under {PIPELINES}"
+    for path in paths:
+        recipe = load_recipe(path)
+        assert isinstance(recipe, Recipe)
+        with open(path, "rb") as f:
+            table = tomllib.load(f)
+        _assert_matches_table(recipe, table)
+
+
+def test_empty_table_gives_defaults():
+    recipe = recipe_from_dict({})
+    assert recipe == Recipe()
+    assert recipe.train == TrainConfig()
+    assert recipe.geometry == GeometryConfig()
+    assert recipe.cache == CacheConfig()
+
+
+def test_recipe_values_land_in_the_right_dataclasses():
+    recipe = recipe_from_dict({
+        "name": "r",
+        "data": {"root": "/d", "label_map": "category_id"},
+        "geometry": {"min_size": 64, "max_size": 96, "size_divisible": 16},
+        "teacher": {"arch": "retinanet_small_fpn", "anchor_size": 16},
+        "student": {"arch": "retinanet_tiny_fpn"},
+        "teacher_train": {"epochs": 5},
+        "train": {"epochs": 7, "lr_steps": [3, 5]},
+        "distill": {"alpha": 0.1, "mask": "gt"},
+        "cache": {"views": ["hflip"], "dtype": "bfloat16"},
+    })
+    assert recipe.name == "r"
+    assert recipe.data == DataConfig(root="/d", label_map="category_id")
+    assert recipe.geometry == GeometryConfig(64, 96, 16)
+    assert recipe.teacher == ModelConfig(arch="retinanet_small_fpn", anchor_size=16)
+    assert recipe.student == ModelConfig(arch="retinanet_tiny_fpn")
+    assert recipe.train.lr_steps == (3, 5)
+    assert isinstance(recipe.train.lr_steps, tuple)
+    assert recipe.distill == DistillConfig(alpha=0.1, mask="gt")
+    assert recipe.cache.views == ("hflip",)
+    assert recipe.train_config("teacher").epochs == 5
+    assert recipe.train_config("student").epochs == 7
+    assert recipe.model_config("teacher").arch == "retinanet_small_fpn"
+    assert recipe.model_config("student").arch == "retinanet_tiny_fpn"
+
+
+def test_recipes_are_frozen():
+    recipe = recipe_from_dict({"train": {"epochs": 2}})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        recipe.name = "other"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        recipe.train.epochs = 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        recipe.geometry.min_size = 3
+    assert recipe.train.epochs == 2
+
+
+# ------------------------------------------------------------------------------------------ unknown keys
+
+
+def test_unknown_top_level_key_raises_naming_key_and_valid_keys():
+    with pytest.raises(ConfigError, match=r"recipe key 'nmae': unknown key \(valid keys here: ") as info:
+        recipe_from_dict({"nmae": "x"})
+    _assert_lists_valid_keys(str(info.value), Recipe)
+
+
+def test_unknown_nested_key_raises_with_full_name_and_valid_keys():
+    with pytest.raises(ConfigError, match=r"recipe key 'train\.epochz': unknown key") as info:
+        recipe_from_dict({"train": {"epochz": 3}})
+    _assert_lists_valid_keys(str(info.value), TrainConfig)
+    with pytest.raises(ConfigError, match=r"recipe key 'teacher\.weight': unknown key") as info:
+        recipe_from_dict({"teacher": {"weight": "x"}})
+    _assert_lists_valid_keys(str(info.value), ModelConfig)
+
+
+def test_scalar_where_table_expected_raises():
+    with pytest.raises(ConfigError, match=r"recipe key 'train': expected a table, got int 3"):
+        recipe_from_dict({"train": 3})
+
+
+# ------------------------------------------------------------------------------------------------- types
+
+
+@pytest.mark.parametrize("value, got", [("3", "str '3'"), (3.0, "float 3.0"), (True, "bool True"), ([3], r"list \[3\]")])
+def test_non_integer_for_int_field_raises_naming_key(value, got):
+    with pytest.raises(ConfigError, match=rf"recipe key 'train\.epochs': expected an integer, got {got}"):
+        recipe_from_dict({"train": {"epochs": value}})
+
+
+def test_list_for_str_field_raises_naming_key():
+    with pytest.raises(ConfigError, match=r"recipe key 'teacher\.arch': expected str, got list \['a'\]"):
+        recipe_from_dict({"teacher": {"arch": ["a"]}})
+    with pytest.raises(ConfigError, match=r"recipe key 'name': expected str, got int 5"):
+        recipe_from_dict({"name": 5})
+
+
+def test_int_accepted_where_float_expected_and_converted():
+    recipe = recipe_from_dict({"train": {"lr": 1, "grad_clip": 35}, "distill": {"alpha": 0}})
+    assert recipe.train.lr == 1.0
+    assert type(recipe.train.lr) is float
+    assert recipe.train.grad_clip == 35.0
+    assert type(recipe.train.grad_clip) is float
+    assert recipe.distill.alpha == 0.0
+    assert type(recipe.distill.alpha) is float
+
+
+@pytest.mark.parametrize("value, got", [(True, "bool True"), ("0.1", "str '0.1'")])
+def test_non_number_for_float_field_raises_naming_key(value, got):
+    with pytest.raises(ConfigError, match=rf"recipe key 'distill\.beta': expected a number, got {got}"):
+        recipe_from_dict({"distill": {"beta": value}})
+
+
+def test_int_for_bool_field_raises_naming_key():
+    with pytest.raises(ConfigError, match=r"recipe key 'train\.amp': expected bool, got int 1"):
+        recipe_from_dict({"train": {"amp": 1}})
+
+
+def test_list_items_are_checked_with_index_in_key():
+    with pytest.raises(ConfigError, match=r"recipe key 'train\.lr_steps\[1\]': expected an integer, got str 'x'"):
+        recipe_from_dict({"train": {"lr_steps": [8, "x"]}})
+    with pytest.raises(ConfigError, match=r"recipe key 'cache\.views': expected a list, got str 'orig'"):
+        recipe_from_dict({"cache": {"views": "orig"}})
+
+
+def test_literal_fields_reject_other_values():
+    with pytest.raises(ConfigError, match=r"recipe key 'distill\.mask': expected one of 'frs', 'gt', got 'box'"):
+        recipe_from_dict({"distill": {"mask": "box"}})
+    with pytest.raises(ConfigError, match=r"recipe key 'cache\.dtype': expected one of .*'float16'.*got 'int8'"):
+        recipe_from_dict({"cache": {"dtype": "int8"}})
+    with pytest.raises(ConfigError, match=r"recipe key 'data\.label_map'"):
+        recipe_from_dict({"data": {"label_map": "names"}})
+    assert recipe_from_dict({"distill": {"mask": "gt"}}).distill.mask == "gt"
+
+
+def test_dataclass_validation_errors_come_through_as_config_errors():
+    with pytest.raises(ConfigError, match=r"geometry\.min_size: expected a positive integer, got 0"):
+        recipe_from_dict({"geometry": {"min_size": 0}})
+    with pytest.raises(ConfigError, match=r"geometry\.max_size: expected at least min_size"):
+        recipe_from_dict({"geometry": {"min_size": 900, "max_size": 800}})
+
+
+# --------------------------------------------------------------------------------------------- overrides
+
+
+def test_parse_override_reads_values_as_toml_and_bare_words_as_strings():
+    assert parse_override("train.epochs=3") == (["train", "epochs"], 3)
+    assert parse_override("train.lr=0.02") == (["train", "lr"], 0.02)
+    assert parse_override("train.amp=false") == (["train", "amp"], False)
+    assert parse_override("teacher.weights=/a/b.pt") == (["teacher", "weights"], "/a/b.pt")
+    assert parse_override('name="x y"') == (["name"], "x y")
+    assert parse_override('cache.views=["orig"]') == (["cache", "views"], ["orig"])
+    assert parse_override("data.root=a=b") == (["data", "root"], "a=b")  # split at the first '='
+    assert parse_override(" train.epochs =4") == (["train", "epochs"], 4)
+
+
+def test_parse_override_rejects_text_without_key_or_equals():
+    with pytest.raises(ConfigError, match=r"--set: expected KEY=VALUE \(for example train\.epochs=2\), got 'train'"):
+        parse_override("train")
+    with pytest.raises(ConfigError, match="--set: expected KEY=VALUE with a non-empty key, got '=3'"):
+        parse_override("=3")
+
+
+def test_overrides_set_int_string_and_list():
+    table = {"train": {"epochs": 12, "lr": 0.01}, "teacher": {"arch": "retinanet_small_fpn"}}
+    out = apply_overrides(table, ["train.epochs=3", "teacher.weights=/a/b.pt", 'cache.views=["orig"]'])
+    assert out == {"train": {"epochs": 3, "lr": 0.01},
+                   "teacher": {"arch": "retinanet_small_fpn", "weights": "/a/b.pt"},
+                   "cache": {"views": ["orig"]}}
+    # the input table is not modified
+    assert table == {"train": {"epochs": 12, "lr": 0.01}, "teacher": {"arch": "retinanet_small_fpn"}}
+    recipe = recipe_from_dict(out)
+    assert recipe.train.epochs == 3
+    assert type(recipe.train.epochs) is int
+    assert recipe.teacher.weights == "/a/b.pt"
+    assert recipe.cache.views == ("orig",)
+    assert isinstance(recipe.cache.views, tuple)
+
+
+def test_later_override_wins():
+    out = apply_overrides({}, ["train.epochs=3", "train.epochs=5"])
+    assert out == {"train": {"epochs": 5}}
+
+
+def test_override_through_a_non_table_raises():
+    with pytest.raises(ConfigError, match=r"--set 'name\.x=1': 'name' is not a table"):
+        apply_overrides({"name": "n"}, ["name.x=1"])
+
+
+def test_load_recipe_applies_overrides_on_top_of_file(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text('name = "file"\n[train]\nepochs = 12\nlr = 0.04\n', encoding="utf-8")
+    recipe = load_recipe(path, ["train.epochs=3", "teacher.weights=/a/b.pt", 'cache.views=["orig"]'])
+    assert recipe.name == "file"
+    assert recipe.train.epochs == 3
+    assert recipe.train.lr == 0.04
+    assert recipe.teacher.weights == "/a/b.pt"
+    assert recipe.cache.views == ("orig",)
+    assert load_recipe(path).train.epochs == 12
+
+
+def test_override_of_unknown_key_raises(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text('name = "file"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"recipe key 'train\.epochz': unknown key") as info:
+        load_recipe(path, ["train.epochz=3"])
+    _assert_lists_valid_keys(str(info.value), TrainConfig)
+    with pytest.raises(ConfigError, match=r"recipe key 'trian': unknown key"):
+        load_recipe(path, ["trian.epochs=3"])
+
+
+def test_override_of_wrong_type_raises_naming_key(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text("", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"recipe key 'train\.epochs': expected an integer, got str 'three'"):
+        load_recipe(path, ["train.epochs=three"])
+
+
+# ------------------------------------------------------------------------------------------------- files
+
+
+def test_missing_recipe_file_raises_naming_it(tmp_path):
+    path = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError, match=r"recipe: expected a TOML file, but .*nope\.toml.* does not exist"):
+        load_recipe(path)
+
+
+def test_invalid_toml_raises_naming_file(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[train\nepochs = 3\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"recipe .*bad\.toml.*: not valid TOML"):
+        load_recipe(path)
+
+
+def test_load_recipe_errors_name_keys_from_file(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text('[distill]\nmask = "box"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"recipe key 'distill\.mask'"):
+        load_recipe(path)
