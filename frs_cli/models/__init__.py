@@ -48,10 +48,12 @@ ARCHS: dict[str, ArchSpec] = {
     "retinanet_resnet34_fpn": ArchSpec("retinanet", "resnet34", summary="RetinaNet R34-FPN"),
     "retinanet_resnet101_fpn": ArchSpec("retinanet", "resnet101", summary="RetinaNet R101-FPN"),
     "retinanet_resnext101_32x8d_fpn": ArchSpec("retinanet", "resnext101_32x8d", summary="RetinaNet X101-32x8d-FPN"),
-    "retinanet_small_fpn": ArchSpec("retinanet", "small", fpn_channels=64,
-                                    summary="small CPU RetinaNet (demo teacher, 64-ch FPN)"),
-    "retinanet_tiny_fpn": ArchSpec("retinanet", "tiny", fpn_channels=64,
-                                   summary="tiny CPU RetinaNet (tests, demo student, 64-ch FPN)"),
+    # CPU-sized models use the v2 head (GroupNorm, GIoU): with 64 channels, the v1 head's std-0.01 init shrinks
+    # the signal about 1000x over its four convs and training from scratch stalls on the focal-loss plateau.
+    "retinanet_small_fpn": ArchSpec("retinanet", "small", v2=True, fpn_channels=64,
+                                    summary="small CPU RetinaNet, v2 head (demo teacher, 64-ch FPN)"),
+    "retinanet_tiny_fpn": ArchSpec("retinanet", "tiny", v2=True, fpn_channels=64,
+                                   summary="tiny CPU RetinaNet, v2 head (tests, demo student, 64-ch FPN)"),
 }
 
 

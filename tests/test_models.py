@@ -1,0 +1,163 @@
+import pytest
+import torch
+from torchvision.models.detection.retinanet import RetinaNet
+
+from frs_cli.data.coco import CocoViews, DataConfig, collate
+from frs_cli.data.geometry import GeometryConfig
+from frs_cli.errors import ModelError
+from frs_cli.models import ARCHS, ModelConfig, build_cls_head, build_detector, model_fingerprint
+from frs_cli.models.retinanet import to_head_layout
+from frs_cli.train.checkpoint import atomic_save, load_detector, model_payload
+
+
+@pytest.fixture
+def batch(synth_root):
+    ds = CocoViews.from_config(DataConfig(root=str(synth_root)), "train", GeometryConfig(64, 64, 32))
+    return collate([ds[(i, "orig")] for i in range(3)])
+
+
+def test_every_registered_arch_builds_with_five_levels():
+    for name in ARCHS:
+        d = build_detector(ModelConfig(arch=name), num_classes=3)
+        assert isinstance(d.core(), RetinaNet)
+        assert d.strides == [8, 16, 32, 64, 128]
+        assert d.level_names == ["P3", "P4", "P5", "P6", "P7"]
+        assert d.num_classes == 3 and d.arch == name
+
+
+def test_adapter_returns_per_level_features_and_logits_in_head_layout(batch):
+    torch.manual_seed(0)
+    d = build_detector(ModelConfig(arch="retinanet_tiny_fpn", anchor_size=16), 5).eval()
+    with torch.no_grad():
+        out = d(batch.images, batch.image_sizes, detect=False)
+    assert [tuple(f.shape) for f in out.features] == [(3, 64, 8, 8), (3, 64, 4, 4), (3, 64, 2, 2), (3, 64, 1, 1),
+                                                        (3, 64, 1, 1)]
+    assert [tuple(c.shape) for c in out.cls_logits] == [(3, 45, h, w) for h, w in [(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)]]
+    assert out.detections is None and out.losses == {}
+
+
+def test_adapter_logits_are_torchvision_head_output_reordered(batch):
+    torch.manual_seed(0)
+    d = build_detector(ModelConfig(arch="retinanet_resnet18_fpn"), 5).eval()
+    with torch.no_grad():
+        out = d(batch.images, batch.image_sizes, detect=False)
+        reference = d.core().head(out.features)["cls_logits"]  # (B, sum HWA, K), torchvision's own order
+    torch.testing.assert_close(to_head_layout(out.cls_logits, 5), reference, rtol=0, atol=0)
+    # channel a*K + k at (h, w) is anchor a, class k: check one element by hand
+    h, w, a, k = 1, 2, 4, 3
+    H, W = out.cls_logits[0].shape[-2:]
+    flat_index = (h * W + w) * 9 + a
+    assert out.cls_logits[0][1, a * 5 + k, h, w] == reference[1, flat_index, k]
+
+
+def test_adapter_gt_losses_equal_torchvision_forward_on_the_same_batch(batch):
+    torch.manual_seed(0)
+    d = build_detector(ModelConfig(arch="retinanet_tiny_fpn", anchor_size=16), 5).train()
+    ours = d(batch.images, batch.image_sizes, batch.targets).losses
+    tv = d.core()
+    tv.transform.min_size, tv.transform.max_size = (64,), 64  # 64x64 images: torchvision's resize is a no-op
+    theirs = tv([im.float() / 255 for im in batch.images], batch.targets)
+    assert set(ours) == set(theirs) == {"classification", "bbox_regression"}
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-5, atol=1e-6)
+
+
+def test_adapter_detections_match_torchvision_inference(batch):
+    torch.manual_seed(0)
+    d = build_detector(ModelConfig(arch="retinanet_tiny_fpn", anchor_size=16, score_thresh=0.0), 5).eval()
+    tv = d.core()
+    tv.transform.min_size, tv.transform.max_size = (64,), 64
+    with torch.no_grad():
+        ours = d(batch.images, batch.image_sizes).detections
+        theirs = tv([im.float() / 255 for im in batch.images])
+    for a, b in zip(ours, theirs):
+        assert len(a["boxes"]) > 0
+        torch.testing.assert_close(a["boxes"], b["boxes"])
+        torch.testing.assert_close(a["scores"], b["scores"])
+        assert torch.equal(a["labels"], b["labels"])
+
+
+def test_normalize_zeroes_batch_padding():
+    d = build_detector(ModelConfig(arch="retinanet_tiny_fpn"), 2)
+    images = torch.full((2, 3, 64, 64), 200, dtype=torch.uint8)
+    x = d.normalize(images, [(64, 64), (40, 32)])
+    assert x[1, :, 40:, :].abs().sum() == 0 and x[1, :, :, 32:].abs().sum() == 0
+    assert (x[1, :, :40, :32] != 0).all() and (x[0] != 0).all()
+
+
+def test_rebuilt_cls_head_reproduces_the_detector_logits(batch):
+    torch.manual_seed(0)
+    for arch in ("retinanet_tiny_fpn", "retinanet_resnet18_fpn"):
+        d = build_detector(ModelConfig(arch=arch, anchor_size=16), 5).eval()
+        head = build_cls_head(d.cls_head_spec())
+        head.load_state_dict(d.cls_head().state_dict())
+        with torch.no_grad():
+            out = d(batch.images, batch.image_sizes, detect=False)
+            again = head(out.features)
+        for a, b in zip(out.cls_logits, again):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_unknown_arch_lists_the_valid_names():
+    with pytest.raises(ModelError, match="unknown arch 'retinanet_resnet9'.*retinanet_resnet50_fpn_v2"):
+        build_detector(ModelConfig(arch="retinanet_resnet9"), 3)
+
+
+def test_torchvision_weights_of_another_class_count_are_refused_before_any_download():
+    with pytest.raises(ModelError, match="predict 91 classes, the dataset has 5.*category_id"):
+        build_detector(ModelConfig(arch="retinanet_resnet50_fpn", weights="RetinaNet_ResNet50_FPN_Weights.COCO_V1"), 5)
+
+
+def test_unknown_weights_name_is_a_clear_error():
+    with pytest.raises(ModelError, match="weights enum name or a checkpoint path"):
+        build_detector(ModelConfig(arch="retinanet_resnet18_fpn", weights_backbone="ResNet18_Weights.NOPE"), 3)
+
+
+def _save(tmp_path, arch, num_classes, name="m.pt"):
+    from frs_cli.data.geometry import GeometryConfig
+
+    torch.manual_seed(1)
+    cfg = ModelConfig(arch=arch, anchor_size=16)
+    d = build_detector(cfg, num_classes)
+    path = tmp_path / name
+    atomic_save(model_payload(d, cfg, list(range(1, num_classes + 1)), [f"c{i}" for i in range(num_classes)],
+                              GeometryConfig(64, 64, 32)), path)
+    return d, path
+
+
+def test_checkpoint_round_trip_restores_weights_and_fingerprint(tmp_path):
+    d, path = _save(tmp_path, "retinanet_tiny_fpn", 4)
+    loaded, ckpt = load_detector(path)
+    assert model_fingerprint(loaded) == model_fingerprint(d) == ckpt["fingerprint"]
+    for (ka, a), (kb, b) in zip(d.core().state_dict().items(), loaded.core().state_dict().items()):
+        assert ka == kb and torch.equal(a, b)
+    again = build_detector(ModelConfig(arch="retinanet_tiny_fpn", anchor_size=16, weights=str(path)), 4)
+    assert model_fingerprint(again) == ckpt["fingerprint"]
+
+
+def test_checkpoint_of_another_arch_or_class_count_is_refused(tmp_path):
+    _, path = _save(tmp_path, "retinanet_tiny_fpn", 4)
+    with pytest.raises(ModelError, match="holds a retinanet_tiny_fpn, expected retinanet_small_fpn"):
+        build_detector(ModelConfig(arch="retinanet_small_fpn", weights=str(path)), 4)
+    with pytest.raises(ModelError, match="has 4 classes, the dataset has 6"):
+        build_detector(ModelConfig(arch="retinanet_tiny_fpn", weights=str(path)), 6)
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
+    bad = tmp_path / "notes.pt"
+    bad.write_text("hello")
+    with pytest.raises(ModelError, match="not a readable torch checkpoint"):
+        build_detector(ModelConfig(arch="retinanet_tiny_fpn", weights=str(bad)), 4)
+    torch.save({"foo": 1}, tmp_path / "other.pt")
+    with pytest.raises(ModelError, match="expected an frs checkpoint"):
+        build_detector(ModelConfig(arch="retinanet_tiny_fpn", weights=str(tmp_path / "other.pt")), 4)
+
+
+def test_fingerprint_changes_with_any_weight():
+    torch.manual_seed(0)
+    d = build_detector(ModelConfig(arch="retinanet_tiny_fpn"), 3)
+    before = model_fingerprint(d)
+    assert model_fingerprint(d) == before
+    with torch.no_grad():
+        d.core().head.classification_head.cls_logits.bias[0] += 1e-3
+    assert model_fingerprint(d) != before
