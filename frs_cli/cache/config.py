@@ -15,3 +15,15 @@ class CacheConfig:
     batch_size: int = 8  # teacher batch (images of one padded size only)
     workers: int = 4  # image-decoding worker processes
     amp: bool = True  # run the teacher in bf16 autocast on CUDA (features are stored in `dtype`)
+
+    def __post_init__(self):
+        from frs_cli.data.geometry import VIEWS
+        from frs_cli.errors import ConfigError
+
+        for v in self.views:
+            if v not in VIEWS:
+                raise ConfigError(f"cache.views: expected views from {', '.join(VIEWS)}, got {v!r}")
+        if not self.views or len(set(self.views)) != len(self.views):
+            raise ConfigError(f"cache.views: expected a non-empty list without repeats, got {list(self.views)}")
+        if self.batch_size < 1 or self.workers < 0:
+            raise ConfigError(f"cache: expected batch_size >= 1 and workers >= 0, got {self.batch_size}, {self.workers}")

@@ -82,6 +82,40 @@ class TeacherCache:
                     f"cache {self.path!r}: was written for another {key} (cache {self.fingerprints.get(key)}, "
                     f"recipe {expected[key]})", hint=f"write a cache for this recipe with frs teacher-cache")
 
+    def dataset(self, data_root: str | None = None) -> CocoViews:
+        """The cached split as ``CocoViews`` (from ``data_root`` if given, else where the writer read it),
+        checked against the cache's dataset fingerprint."""
+        from pathlib import Path
+
+        from frs_cli.data.coco import CocoIndex
+        from frs_cli.data.geometry import GeometryConfig
+
+        info = self.attrs["dataset"]
+        split = info["split"]
+        if data_root is None:
+            ann = Path(info["annotation_file"])
+            image_dir = ann.parent.parent / split
+        else:
+            ann = Path(data_root) / "annotations" / f"instances_{split}.json"
+            image_dir = Path(data_root) / split
+        label_map = "category_id" if info["label_to_category"] == list(range(len(info["label_to_category"]))) \
+            else "contiguous"
+        index = CocoIndex(ann, label_map)
+        self.check_fingerprints({"dataset": index.fingerprint()})
+        return CocoViews(index, image_dir, GeometryConfig(**self.attrs["geometry"]))
+
+    def nbytes_stored(self) -> dict[str, int]:
+        """Bytes the cache's chunks and metadata occupy in its store: ``views`` (what grows with the dataset:
+        features, masks, done flags, checksums), ``fixed`` (index, teacher head) and ``total``."""
+        root = zarr.open_group(self.path, mode="r", storage_options=self.storage_options)
+        views = sum(int(arr.nbytes_stored()) for _, arr in _all_arrays(root["buckets"]))
+        total = sum(int(arr.nbytes_stored()) for _, arr in _all_arrays(root))
+        return {"views": views, "fixed": total - views, "total": total}
+
+    @property
+    def num_images(self) -> int:
+        return len(set(self.image_id.tolist()))
+
     # -- reading ----------------------------------------------------------------------------------------
     def _open(self):
         if self._arrays is None or self._pid != os.getpid():
@@ -122,6 +156,13 @@ class TeacherCache:
         head = build_cls_head(self.teacher["head_spec"])
         head.load_state_dict(self.head_state_dict())
         return head.eval().requires_grad_(False)
+
+
+def _all_arrays(group):
+    for name, arr in group.arrays():
+        yield name, arr
+    for _, sub in group.groups():
+        yield from _all_arrays(sub)
 
 
 class CachedViews(torch.utils.data.Dataset):

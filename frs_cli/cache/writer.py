@@ -27,7 +27,7 @@ from frs_cli.errors import CacheFormatError, CacheMismatchError
 from frs_cli.losses import frs_masks
 from frs_cli.models import build_detector, model_fingerprint
 from frs_cli.progress import NullProgress, Progress
-from frs_cli.train.dist import DistContext, barrier, setup
+from frs_cli.train.dist import DistContext, all_gather_objects, barrier, broadcast_object, setup
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ def _create(path: str, plan: Plan, teacher, recipe, fingerprints: dict, dataset)
                                  compressors=None, fill_value=0)
         arr[...] = values
     feat_dtype = storage_dtype(cfg.dtype)
+    keys = {"name": "default", "separator": "."}  # chunk files c.<row>.0.0.0 side by side, not nested dirs
     compressors = codec(cfg.codec)
     buckets = root.create_group("buckets")
     for b in plan.buckets:
@@ -60,12 +61,13 @@ def _create(path: str, plan: Plan, teacher, recipe, fingerprints: dict, dataset)
         for lv, (h, w) in zip(teacher.levels, b.level_sizes):
             lg = g.create_group(lv.name)
             lg.create_array("features", shape=(b.count, lv.channels, h, w), chunks=(1, lv.channels, h, w),
-                            dtype=feat_dtype, compressors=compressors, fill_value=0)
+                            dtype=feat_dtype, compressors=compressors, fill_value=0, chunk_key_encoding=keys)
             lg.create_array("mask", shape=(b.count, h, w), chunks=(1, h, w), dtype="float16",
-                            compressors=compressors, fill_value=0)
-        g.create_array("done", shape=(b.count,), chunks=(1,), dtype="uint8", compressors=None, fill_value=0)
+                            compressors=compressors, fill_value=0, chunk_key_encoding=keys)
+        g.create_array("done", shape=(b.count,), chunks=(1,), dtype="uint8", compressors=None, fill_value=0,
+                       chunk_key_encoding=keys)
         g.create_array("crc", shape=(b.count, 2 * len(teacher.levels)), chunks=(1, 2 * len(teacher.levels)),
-                       dtype="uint32", compressors=None, fill_value=0)
+                       dtype="uint32", compressors=None, fill_value=0, chunk_key_encoding=keys)
     head = root.create_group("teacher_head")
     for name, t in teacher.cls_head().state_dict().items():
         a = t.detach().cpu().float().numpy() if t.is_floating_point() else t.detach().cpu().numpy()
@@ -144,28 +146,36 @@ def write_teacher_cache(recipe, path: str, *, resume: bool = False, ctx: DistCon
                     "geometry": geometry_fingerprint(recipe.geometry)}
     plan = make_plan(dataset, cfg.views, teacher.strides)
 
+    already_complete = False
     if ctx.is_main:
-        root = open_existing(path, mode="r+")
+        root = open_existing(path, mode="r")
         if root is not None and root.attrs.get("state") != "creating":
             _check_same(path, root, fingerprints, cfg.views)
             if root.attrs.get("state") != "complete" and not resume:
                 raise CacheFormatError(f"cache {path!r}: exists and is incomplete",
                                        hint="add --resume to continue it, or delete it")
+            already_complete = root.attrs.get("state") == "complete"
         else:
             root = _create(path, plan, teacher, recipe, fingerprints, dataset)
-    barrier(ctx)
+    if broadcast_object(ctx, already_complete):  # nothing to do, and nothing is touched
+        return CacheWriteSummary(path, len(plan), 0, 0.0, 0.0, True)
     root = zarr.open_group(path, mode="r+")
     buckets = root.attrs["buckets"]
     done = read_done(root, buckets)
     names = [b["name"] for b in buckets]
     pending = [i for i in range(len(plan)) if not done[names[plan.bucket[i]]][plan.row[i]]]
 
-    # Batches of one bucket (one padded size) only: the teacher then sees each image exactly as alone.
+    # Batches are fixed by the plan (consecutive rows of one bucket, i.e. one padded size), whatever is
+    # pending: a resumed or multi-process run feeds the teacher exactly the batches an uninterrupted run
+    # does, so the cached numbers do not depend on where a run stopped. A batch with any pending view is
+    # recomputed; only its pending views are written.
+    is_pending = np.zeros(len(plan), dtype=bool)
+    is_pending[pending] = True
     batches = []
     for b in range(len(buckets)):
-        rows = [i for i in pending if plan.bucket[i] == b]
-        batches += [rows[k : k + cfg.batch_size] for k in range(0, len(rows), cfg.batch_size)]
-    mine = batches[ctx.rank :: ctx.world_size]
+        rows = np.flatnonzero(plan.bucket == b)
+        batches += [rows[k : k + cfg.batch_size].tolist() for k in range(0, len(rows), cfg.batch_size)]
+    mine = [bt for bt in batches[ctx.rank :: ctx.world_size] if is_pending[bt].any()]
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=_BatchList([[(int(plan.position[i]), VIEW_NAMES[int(plan.view[i])]) for i in bt]
                                            for bt in mine]),
@@ -173,7 +183,7 @@ def write_teacher_cache(recipe, path: str, *, resume: bool = False, ctx: DistCon
     )
     level_names = teacher.level_names
     use_amp = cfg.amp and ctx.device.type == "cuda"
-    n_mine = sum(len(bt) for bt in mine)
+    n_mine = int(sum(is_pending[bt].sum() for bt in mine))
     progress.start("teacher-cache", n_mine, unit="view")
     t0 = time.perf_counter()
     written = 0
@@ -192,12 +202,15 @@ def write_teacher_cache(recipe, path: str, *, resume: bool = False, ctx: DistCon
             feats = [encode(f, cfg.dtype) for f in out.features]  # (B, C, H, W) each
             mks = [m.to(torch.float16).cpu().numpy() for m in masks]  # (B, H, W) each
             for j, i in enumerate(rows):
+                if not is_pending[i]:
+                    continue
                 futures.append(pool.submit(_write_view, root, bucket["name"], int(plan.row[i]), level_names,
                                            [f[j] for f in feats], [m[j] for m in mks]))
             while len(futures) > 4 * write_threads * cfg.batch_size:
                 futures.pop(0).result()
-            written += len(rows)
-            progress.update(len(rows))
+            n_new = int(is_pending[rows].sum())
+            written += n_new
+            progress.update(n_new)
         for f in futures:
             f.result()
     progress.stop()
@@ -207,8 +220,9 @@ def write_teacher_cache(recipe, path: str, *, resume: bool = False, ctx: DistCon
     if ctx.is_main:
         done = read_done(root, buckets)
         complete = all(bool(d.all()) for d in done.values())
-        if complete:
+        if complete and root.attrs.get("state") != "complete":
             root.attrs["state"] = "complete"
     barrier(ctx)
-    return CacheWriteSummary(path, len(plan), written * ctx.world_size if ctx.distributed else written, seconds,
-                             written / seconds if seconds > 0 else 0.0, complete)
+    total_written = sum(all_gather_objects(ctx, written))
+    return CacheWriteSummary(path, len(plan), total_written, seconds, written / seconds if seconds > 0 else 0.0,
+                             complete)

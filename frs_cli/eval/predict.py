@@ -61,10 +61,14 @@ def predict(detector: Detector, dataset: CocoViews, ctx: DistContext, batch_size
 
 def evaluate_detector(detector: Detector, dataset: CocoViews, ctx: DistContext, batch_size: int = 8,
                       workers: int = 2, amp: bool = True, detections_out: str | Path | None = None,
-                      progress: Progress | None = None) -> dict[str, float]:
-    """COCO box mAP of ``detector`` on ``dataset`` (keys ``AP, AP50, AP75, APs, APm, APl``, fractions)."""
+                      label_to_category=None, progress: Progress | None = None) -> dict[str, float]:
+    """COCO box mAP of ``detector`` on ``dataset`` (keys ``AP, AP50, AP75, APs, APm, APl``, fractions).
+
+    ``label_to_category`` maps the detector's labels to category ids (default: the dataset's own map).
+    """
     ids, outputs = predict(detector, dataset, ctx, batch_size, workers, amp, progress)
-    evaluator = CocoEvaluator(load_coco(dataset.index.path), dataset.index.label_to_category)
+    mapping = dataset.index.label_to_category if label_to_category is None else label_to_category
+    evaluator = CocoEvaluator(load_coco(dataset.index.path), mapping)
     evaluator.process(ids, outputs)
     metrics = evaluator.evaluate()
     if detections_out is not None and ctx.is_main:

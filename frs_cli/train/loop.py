@@ -168,7 +168,7 @@ def fit(
                     step_total += step_time
                     images_seen += len(batch.image_ids) * ctx.world_size
                     last_losses = {k: float(v.detach()) for k, v in losses.items()}
-                    fields = {**last_losses, "loss": float(loss), "img_s": len(batch.image_ids) * ctx.world_size / step_time}
+                    fields = {**last_losses, "loss": float(loss.detach()), "img_s": len(batch.image_ids) * ctx.world_size / step_time}
                     progress.update(len(batch.image_ids) * ctx.world_size, **fields)
                     if metrics_file and (it % cfg.log_every == 0 or step == iters_per_epoch):
                         metrics_file.write(json.dumps({"epoch": epoch + 1, "iter": it, "lr": optimizer.param_groups[0]["lr"],

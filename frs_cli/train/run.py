@@ -42,12 +42,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _prepare_out(out_dir: Path, resume: bool, ctx: DistContext) -> None:
+def _check_out(out_dir: Path, resume: bool) -> None:
+    if out_dir.exists() and any(out_dir.iterdir()) and not resume:
+        raise ConfigError(f"--out {str(out_dir)!r}: exists and is not empty",
+                          hint="add --resume to continue that run, or choose a new directory")
+
+
+def _start_out(out_dir: Path, recipe_dict: dict, ctx: DistContext) -> None:
+    """Create the run directory once everything is built, so a failed start leaves nothing behind."""
     if ctx.is_main:
-        if out_dir.exists() and any(out_dir.iterdir()) and not resume:
-            raise ConfigError(f"--out {str(out_dir)!r}: exists and is not empty",
-                              hint="add --resume to continue that run, or choose a new directory")
         out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "recipe.json").write_text(json.dumps(recipe_dict, indent=1))
 
 
 def _model_saver(model_cfg: ModelConfig, index, geometry, extra: bool = False):
@@ -77,14 +82,13 @@ def train_detector(recipe, role: str, out_dir: str | Path, *, resume: bool = Fal
         raise ConfigError(f"--role: expected 'teacher' or 'student', got {role!r}")
     ctx = ctx or setup()
     out_dir = Path(out_dir)
-    _prepare_out(out_dir, resume, ctx)
+    _check_out(out_dir, resume)
     cfg = recipe.train_config(role)
     model_cfg = recipe.model_config(role)
     seed_everything(cfg.seed)
     train = CocoViews.from_config(recipe.data, recipe.data.train, recipe.geometry)
     detector = build_detector(model_cfg, train.index.num_classes)
-    if ctx.is_main:
-        (out_dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=1))
+    _start_out(out_dir, recipe.to_dict(), ctx)
     result = fit(GTObjective(detector), train, cfg, ctx, out_dir,
                  views=("orig", "hflip") if cfg.hflip_prob > 0 else ("orig",), resume=resume,
                  save_outputs=_model_saver(model_cfg, train.index, recipe.geometry),
@@ -112,7 +116,7 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
         raise ConfigError("distill: expected exactly one teacher source: --cache PATH or --online")
     ctx = ctx or setup()
     out_dir = Path(out_dir)
-    _prepare_out(out_dir, resume, ctx)
+    _check_out(out_dir, resume)
     cfg = recipe.train
     coco = CocoViews.from_config(recipe.data, recipe.cache.split if cache else recipe.data.train, recipe.geometry)
     num_classes = coco.index.num_classes
@@ -139,9 +143,7 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
     seed_everything(cfg.seed)
     student = build_detector(recipe.student, num_classes)
     objective = FRSObjective(student, teacher_levels, source, recipe.distill)
-    if ctx.is_main:
-        (out_dir / "recipe.json").write_text(json.dumps(
-            {**recipe.to_dict(), "teacher_source": "online" if online else str(cache)}, indent=1))
+    _start_out(out_dir, {**recipe.to_dict(), "teacher_source": "online" if online else str(cache)}, ctx)
     result = fit(objective, dataset, cfg, ctx, out_dir, views=views, resume=resume,
                  save_outputs=_model_saver(recipe.student, coco.index, recipe.geometry, extra=True),
                  evaluate=_evaluator(recipe, ctx, cfg) if evaluate else None, progress=progress)

@@ -1,0 +1,221 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from frs_cli.cache.reader import CachedViews, TeacherCache, collate_teacher
+from frs_cli.cache.schema import FORMAT_NAME, FORMAT_VERSION, geometry_fingerprint
+from frs_cli.cache.writer import write_teacher_cache
+from frs_cli.config import load_recipe
+from frs_cli.data.coco import CocoViews, collate
+from frs_cli.data.geometry import GeometryConfig
+from frs_cli.errors import CacheFormatError, CacheMismatchError
+from frs_cli.losses import frs_masks
+from frs_cli.models import ModelConfig, build_detector, model_fingerprint
+from frs_cli.train.dist import setup
+
+from conftest import write_recipe
+
+
+def _all_arrays(group, prefix=""):
+    for name, arr in group.arrays():
+        yield prefix + name, arr
+    for name, sub in group.groups():
+        yield from _all_arrays(sub, prefix + name + "/")
+
+
+def test_cache_layout_attributes_and_index(cache_path, recipe, teacher_ckpt):
+    root = zarr.open_group(cache_path, mode="r")
+    a = dict(root.attrs)
+    assert a["format"] == FORMAT_NAME and a["format_version"] == FORMAT_VERSION and a["state"] == "complete"
+    assert a["views"] == ["orig", "hflip"] and a["num_views"] == 48
+    assert [lv["name"] for lv in a["levels"]] == ["P3", "P4", "P5", "P6", "P7"]
+    assert [lv["stride"] for lv in a["levels"]] == [8, 16, 32, 64, 128]
+    teacher = build_detector(ModelConfig(arch="retinanet_small_fpn", anchor_size=16, weights=str(teacher_ckpt)), 5)
+    assert a["fingerprints"]["teacher"] == model_fingerprint(teacher)
+    assert a["fingerprints"]["geometry"] == geometry_fingerprint(GeometryConfig(64, 64, 32))
+    assert a["teacher"]["head_spec"] == teacher.cls_head_spec()
+    assert a["storage"]["dtype"] == "float16"
+    ids = root["index/image_id"][...]
+    views = root["index/view"][...]
+    assert sorted(zip(ids.tolist(), views.tolist())) == sorted((i, v) for i in range(1, 25) for v in (0, 1))
+    # one bucket (all images 64x64 -> padded 64x64), one chunk per view, arrays sized to the stride multiple
+    assert [b["name"] for b in a["buckets"]] == ["64x64"]
+    feats = root["buckets/64x64/P3/features"]
+    assert feats.shape == (48, 64, 8, 8) and feats.chunks == (1, 64, 8, 8) and feats.dtype == np.float16
+    assert root["buckets/64x64/P7/mask"].shape == (48, 1, 1)
+    assert root["buckets/64x64/done"][...].all()
+    # the teacher's classification head is stored whole
+    head = {k: v for k, v in teacher.cls_head().state_dict().items()}
+    stored = {name: arr[...] for name, arr in root["teacher_head"].arrays()}
+    assert set(stored) == set(head)
+    for k, v in head.items():
+        np.testing.assert_array_equal(stored[k], v.numpy())
+
+
+def test_cached_targets_are_the_teacher_output_stored_in_fp16(cache_path, recipe):
+    cache = TeacherCache(cache_path)
+    ds = CocoViews.from_config(recipe.data, "train", recipe.geometry)
+    teacher = build_detector(recipe.teacher, 5).eval()
+    # the writer's first batch: plan rows 0-3 = images 1 and 2, each orig then hflip
+    keys = [(0, "orig"), (0, "hflip"), (1, "orig"), (1, "hflip")]
+    b = collate([ds[k] for k in keys])
+    with torch.no_grad():
+        out = teacher(b.images, b.image_sizes, detect=False)
+    for j, (pos, view) in enumerate(keys):
+        got = cache.read(cache.find(pos + 1, view))
+        for f_ref, f, m_ref, m in zip(out.features, got["features"], frs_masks(out.cls_logits), got["masks"]):
+            assert f.dtype == torch.float16 and m.dtype == torch.float16 and f.shape == f_ref.shape[1:]
+            assert torch.equal(f, f_ref[j].half())  # the same numbers, rounded once to fp16: bit-exact
+            assert torch.equal(m, m_ref[j].half())
+    # another batch composition changes fp32 results only at rounding level
+    single = collate([ds[(6, "hflip")]])
+    with torch.no_grad():
+        ref = teacher(single.images, single.image_sizes, detect=False)
+    got = cache.read(cache.find(7, "hflip"))
+    for f_ref, f in zip(ref.features, got["features"]):
+        torch.testing.assert_close(f.float(), f_ref[0], rtol=1e-3, atol=1e-3)
+
+
+def test_head_recomputed_from_cached_features_gives_teacher_logits(cache_path, recipe):
+    cache = TeacherCache(cache_path)
+    head = cache.build_head()
+    teacher = build_detector(recipe.teacher, 5).eval()
+    ds = CocoViews.from_config(recipe.data, "train", recipe.geometry)
+    b = collate([ds[(2, "orig")]])
+    with torch.no_grad():
+        ref = teacher(b.images, b.image_sizes, detect=False).cls_logits
+        got = head([f.float()[None] for f in cache.read(cache.find(3, "orig"))["features"]])
+    for r, g in zip(ref, got):
+        rel = (r - g).norm() / r.norm()
+        assert rel < 2e-3, f"relative difference {rel:.2e} beyond fp16 feature rounding"
+
+
+def test_complete_cache_is_not_rewritten(cache_path, synth_root, teacher_ckpt, tmp_path):
+    files = [p for p in Path(cache_path).rglob("*") if p.is_file()]
+    before = {p: p.stat().st_mtime_ns for p in files}
+    r = load_recipe(write_recipe(tmp_path / "r.toml", synth_root, str(teacher_ckpt)))
+    summary = write_teacher_cache(r, cache_path, ctx=setup("cpu"))
+    assert summary.views_written == 0 and summary.complete
+    assert {p: p.stat().st_mtime_ns for p in files} == before
+
+
+def test_killed_then_resumed_teacher_cache_is_identical_to_uninterrupted(cache_path, synth_root, teacher_ckpt, tmp_path):
+    recipe_file = write_recipe(tmp_path / "r.toml", synth_root, str(teacher_ckpt))
+    out = tmp_path / "killed.zarr"
+    cmd = [sys.executable, "-m", "frs_cli", "teacher-cache", "--pipeline", str(recipe_file), "--out", str(out),
+           "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done_dir = out / "buckets" / "64x64" / "done"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if done_dir.is_dir() and len(list(done_dir.glob("c.*"))) >= 4:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the writer finished before it could be killed"
+    partial = TeacherCache(str(out), require_complete=False)
+    assert 0 < partial.done().sum() < 48 and partial.attrs["state"] == "writing"
+    with pytest.raises(CacheFormatError, match="incomplete"):
+        TeacherCache(str(out))
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 1 and "--resume" in rerun.stderr  # no silent continuation without --resume
+    resumed = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    ref = dict(_all_arrays(zarr.open_group(cache_path, mode="r")))
+    got = dict(_all_arrays(zarr.open_group(str(out), mode="r")))
+    assert set(ref) == set(got)
+    for name in ref:
+        np.testing.assert_array_equal(got[name][...], ref[name][...], err_msg=name)
+    assert zarr.open_group(str(out), mode="r").attrs["state"] == "complete"
+
+
+def test_multi_size_dataset_gets_one_bucket_per_padded_size(jitter_root, teacher_ckpt, tmp_path):
+    r = load_recipe(write_recipe(tmp_path / "r.toml", jitter_root, str(teacher_ckpt)),
+                    ["cache.views=[\"orig\"]", "geometry.size_divisible=16"])
+    path = str(tmp_path / "c.zarr")
+    write_teacher_cache(r, path, ctx=setup("cpu"))
+    cache = TeacherCache(path)
+    sizes = {b.name: b.padded for b in cache.buckets}
+    assert set(sizes) == {"64x64", "48x64", "64x48"}
+    for k in range(len(cache)):
+        g = cache.view_geometry(k)
+        bucket = cache.buckets[int(cache.bucket[k])]
+        assert bucket.padded == g.padded_size  # no padding beyond the image's own stride multiple
+        feats = cache.read(k)["features"]
+        assert tuple(feats[0].shape[-2:]) == (g.padded_h // 8, g.padded_w // 8)
+    # a batch of views of different sizes is zero-padded to the largest grid per level
+    ds = CachedViews(CocoViews.from_config(r.data, "train", r.geometry), cache)
+    items = [ds[(p, "orig")] for p in range(len(ds))]
+    wide = next(s for s in items if s.geometry.padded_size == (48, 64))
+    tall = next(s for s in items if s.geometry.padded_size == (64, 48))
+    t = collate_teacher([wide.teacher, tall.teacher])
+    assert tuple(t["features"][0].shape) == (2, 64, 8, 8)
+    assert t["features"][0][0, :, 6:, :].abs().sum() == 0 and t["masks"][0][1, :, 6:].abs().sum() == 0
+
+
+def test_reader_refuses_cache_of_another_teacher(cache_path, recipe, synth_root, tmp_path):
+    from frs_cli.train.run import distill_student
+
+    torch.manual_seed(123)
+    cfg = ModelConfig(arch="retinanet_small_fpn", anchor_size=16)
+    other = build_detector(cfg, 5)
+    from frs_cli.train.checkpoint import atomic_save, model_payload
+
+    path = tmp_path / "other_teacher.pt"
+    atomic_save(model_payload(other, cfg, [1, 2, 3, 4, 5], list("abcde"), GeometryConfig(64, 64, 32)), path)
+    r = load_recipe(write_recipe(tmp_path / "r.toml", synth_root, str(path)))
+    with pytest.raises(CacheMismatchError, match="another teacher"):
+        distill_student(r, tmp_path / "run", cache=cache_path, ctx=setup("cpu"))
+    r = load_recipe(write_recipe(tmp_path / "r2.toml", synth_root, str(recipe.teacher.weights)),
+                    ["geometry.min_size=48", "geometry.max_size=48"])
+    with pytest.raises(CacheMismatchError, match="another geometry"):
+        distill_student(r, tmp_path / "run2", cache=cache_path, ctx=setup("cpu"))
+
+
+def test_writer_refuses_existing_cache_of_another_teacher(cache_path, synth_root, tmp_path):
+    torch.manual_seed(5)
+    from frs_cli.train.checkpoint import atomic_save, model_payload
+
+    cfg = ModelConfig(arch="retinanet_small_fpn", anchor_size=16)
+    path = tmp_path / "t.pt"
+    atomic_save(model_payload(build_detector(cfg, 5), cfg, [1, 2, 3, 4, 5], list("abcde"), GeometryConfig(64, 64, 32)),
+                path)
+    r = load_recipe(write_recipe(tmp_path / "r.toml", synth_root, str(path)))
+    with pytest.raises(CacheMismatchError, match="another teacher"):
+        write_teacher_cache(r, cache_path, ctx=setup("cpu"))
+
+
+def test_path_that_is_not_a_cache_is_refused(tmp_path):
+    with pytest.raises(CacheFormatError, match="found nothing there"):
+        TeacherCache(str(tmp_path / "missing.zarr"))
+    g = zarr.open_group(str(tmp_path / "plain.zarr"), mode="w")
+    g.attrs["hello"] = 1
+    with pytest.raises(CacheFormatError, match="expected an frs teacher cache"):
+        TeacherCache(str(tmp_path / "plain.zarr"))
+
+
+def test_cache_of_newer_format_is_refused(cache_path, tmp_path):
+    import shutil
+
+    copy = tmp_path / "newer.zarr"
+    shutil.copytree(cache_path, copy)
+    g = zarr.open_group(str(copy), mode="r+")
+    g.attrs["format_version"] = FORMAT_VERSION + 1
+    with pytest.raises(CacheFormatError, match=f"format version {FORMAT_VERSION + 1} is newer"):
+        TeacherCache(str(copy))
+
+
+def test_unknown_view_or_image_is_a_clear_error(cache_path):
+    cache = TeacherCache(cache_path)
+    with pytest.raises(CacheFormatError, match="holds no view 'orig' of image 999"):
+        cache.find(999, "orig")

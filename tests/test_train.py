@@ -1,0 +1,108 @@
+import json
+
+import pytest
+import torch
+
+from frs_cli.config import load_recipe
+from frs_cli.data.coco import CocoViews, collate
+from frs_cli.errors import ConfigError, TrainingError
+from frs_cli.models import build_detector
+from frs_cli.train.checkpoint import FINAL, LAST, load_detector
+from frs_cli.train.dist import setup
+from frs_cli.train.run import ADAPTERS, distill_student, train_detector
+
+
+def _fixed_batch_loss(detector, recipe) -> float:
+    ds = CocoViews.from_config(recipe.data, "train", recipe.geometry)
+    batch = collate([ds[(i, "orig")] for i in range(8)])
+    detector.train()
+    with torch.no_grad():
+        return float(sum(detector(batch.images, batch.image_sizes, batch.targets).losses.values()))
+
+
+def test_training_on_a_tiny_set_lowers_the_loss(recipe_path, tmp_path):
+    r = load_recipe(recipe_path, ["train.epochs=8", "train.lr=0.02", "train.lr_steps=[8]", "train.hflip_prob=0.0"])
+    torch.manual_seed(r.train.seed)
+    before = _fixed_batch_loss(build_detector(r.student, 5), r)
+    summary = train_detector(r, "student", tmp_path / "run", ctx=setup("cpu"), evaluate=False)
+    after = _fixed_batch_loss(load_detector(summary.model_file)[0], r)
+    assert after < 0.8 * before, (before, after)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {"classification", "bbox_regression", "lr", "img_s", "data_wait"} <= set(lines[0])
+    assert lines[-1]["epoch"] == 8
+
+
+def test_training_writes_checkpoint_state_and_evaluates(recipe_path, tmp_path):
+    r = load_recipe(recipe_path, ["train.epochs=2", "train.eval_every=1"])
+    out = tmp_path / "run"
+    s = train_detector(r, "student", out, ctx=setup("cpu"))
+    assert (out / FINAL).is_file() and (out / LAST).is_file() and (out / "recipe.json").is_file()
+    state = torch.load(out / LAST, weights_only=False)
+    assert state["epoch"] == 2 and state["epoch_step"] == 0 and state["iters_per_epoch"] == 6
+    evals = [json.loads(x)["eval"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
+    assert len(evals) == 2 and set(evals[0]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    assert s.fit.eval_metrics == evals[-1]
+    detector, ckpt = load_detector(out / FINAL)
+    assert ckpt["arch"] == "retinanet_tiny_fpn" and ckpt["label_to_category"] == [1, 2, 3, 4, 5]
+
+
+def test_resumed_training_matches_an_uninterrupted_run(recipe_path, tmp_path):
+    full = load_recipe(recipe_path, ["train.epochs=2"])
+    train_detector(full, "student", tmp_path / "full", ctx=setup("cpu"), evaluate=False)
+    first = load_recipe(recipe_path, ["train.epochs=1"])
+    train_detector(first, "student", tmp_path / "split", ctx=setup("cpu"), evaluate=False)
+    train_detector(full, "student", tmp_path / "split", ctx=setup("cpu"), evaluate=False, resume=True)
+    a = torch.load(tmp_path / "full" / FINAL, weights_only=True)["model"]
+    b = torch.load(tmp_path / "split" / FINAL, weights_only=True)["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_output_directory_in_use_needs_resume(recipe_path, tmp_path):
+    r = load_recipe(recipe_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "something").write_text("x")
+    with pytest.raises(ConfigError, match="exists and is not empty.*--resume"):
+        train_detector(r, "student", tmp_path / "run", ctx=setup("cpu"))
+    with pytest.raises(TrainingError, match="expected a training state"):
+        train_detector(r, "student", tmp_path / "run", ctx=setup("cpu"), resume=True)
+
+
+def test_batch_larger_than_the_dataset_is_a_clear_error(recipe_path, tmp_path):
+    r = load_recipe(recipe_path, ["train.batch_size=64"])
+    with pytest.raises(TrainingError, match="fewer than one batch of 64"):
+        train_detector(r, "student", tmp_path / "run", ctx=setup("cpu"))
+
+
+def test_distill_from_cache_saves_student_and_adapters(recipe, cache_path, tmp_path):
+    s = distill_student(recipe, tmp_path / "run", cache=cache_path, ctx=setup("cpu"), evaluate=False)
+    assert set(s.fit.last_losses) == {"classification", "bbox_regression", "frs_feature", "frs_head"}
+    assert all(v > 0 for v in s.fit.last_losses.values())
+    student, ckpt = load_detector(tmp_path / "run" / FINAL)
+    assert ckpt["arch"] == recipe.student.arch
+    adapters = torch.load(tmp_path / "run" / ADAPTERS, weights_only=True)
+    assert [lv["name"] for lv in adapters["levels"]] == ["P3", "P4", "P5", "P6", "P7"]
+    assert adapters["adapters"]["convs.0.weight"].shape == (64, 64, 3, 3)  # student 64 ch -> teacher 64 ch
+
+
+def test_distill_with_gt_box_masks_has_no_head_loss(recipe_path, cache_path, tmp_path):
+    r = load_recipe(recipe_path, ['distill.mask="gt"'])
+    s = distill_student(r, tmp_path / "run", cache=cache_path, ctx=setup("cpu"), evaluate=False)
+    assert set(s.fit.last_losses) == {"classification", "bbox_regression", "frs_feature"}
+
+
+def test_distill_online_runs_the_teacher(recipe, tmp_path):
+    s = distill_student(recipe, tmp_path / "run", online=True, ctx=setup("cpu"), evaluate=False)
+    assert set(s.fit.last_losses) == {"classification", "bbox_regression", "frs_feature", "frs_head"}
+
+
+def test_distill_needs_exactly_one_teacher_source(recipe, cache_path, tmp_path):
+    with pytest.raises(ConfigError, match="exactly one teacher source"):
+        distill_student(recipe, tmp_path / "a", ctx=setup("cpu"))
+    with pytest.raises(ConfigError, match="exactly one teacher source"):
+        distill_student(recipe, tmp_path / "b", cache=cache_path, online=True, ctx=setup("cpu"))
+
+
+def test_unknown_view_is_refused_by_the_recipe(recipe_path):
+    with pytest.raises(ConfigError, match="cache.views: expected views from orig, hflip, got 'vflip'"):
+        load_recipe(recipe_path, ['cache.views=["orig", "vflip"]'])
