@@ -1,0 +1,33 @@
+"""The ``frs`` command: a thin typer app; each command lives in its own module of this package."""
+
+from __future__ import annotations
+
+import typer
+
+from frs_cli.cli import cache_cmd, data_cmd, demo_cmd, distill_cmd, eval_cmd, models_cmd, train_cmd, visualize_cmd
+
+app = typer.Typer(
+    name="frs",
+    help="Feature-Richness Score distillation for object detectors, with a cached teacher.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+data_app = typer.Typer(help="Datasets: generate the embedded synthetic COCO-format set.", no_args_is_help=True)
+cache_app = typer.Typer(help="Inspect teacher caches.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(cache_app, name="cache")
+
+data_cmd.register(data_app)
+cache_cmd.register(app, cache_app)
+train_cmd.register(app)
+distill_cmd.register(app)
+eval_cmd.register(app)
+visualize_cmd.register(app)
+demo_cmd.register(app)
+models_cmd.register(app)
+
+
+def main() -> None:
+    app()

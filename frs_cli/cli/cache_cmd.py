@@ -1,0 +1,77 @@
+"""``frs teacher-cache`` and ``frs cache info``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from frs_cli.cli.common import PIPELINE_HELP, SET_HELP, console, handle_errors, is_main_process, load, progress_for_rank, setup_logging
+
+
+def register(app: typer.Typer, cache_app: typer.Typer) -> None:
+    @app.command("teacher-cache", epilog="Example: frs teacher-cache --pipeline pipelines/demo.toml --out runs/cache.zarr "
+                                         "--set teacher.weights=runs/teacher/model_final.pt")
+    @handle_errors
+    def teacher_cache(
+        pipeline: Path = typer.Option(..., "--pipeline", "-p", help=PIPELINE_HELP),
+        out: str = typer.Option(..., "--out", "-o", help="Cache path (a Zarr v3 group; created)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue an incomplete cache; done views are skipped."),
+        overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
+        device: str = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
+        verbose: bool = typer.Option(False, "--verbose", "-v"),
+    ):
+        """Run the frozen teacher once over a split; write its FPN features and FRS masks to Zarr (torchrun: many GPUs)."""
+        setup_logging(verbose)
+        recipe = load(str(pipeline), overrides)
+        from frs_cli.cache.writer import write_teacher_cache
+        from frs_cli.train.dist import setup, teardown
+
+        ctx = setup(device)
+        try:
+            s = write_teacher_cache(recipe, out, resume=resume, ctx=ctx, progress=progress_for_rank())
+        finally:
+            teardown(ctx)
+        if is_main_process():
+            if s.views_written == 0 and s.complete:
+                console.print(f"cache {out} is already complete ({s.views_total} views); nothing written")
+            else:
+                console.print(f"wrote {s.views_written} of {s.views_total} views in {s.seconds:.1f} s "
+                              f"({s.views_per_second:.1f} views/s per process) -> {out}"
+                              + ("" if s.complete else "  [yellow](incomplete: run again with --resume)[/]"))
+
+    @cache_app.command("info", epilog="Example: frs cache info runs/cache.zarr")
+    @handle_errors
+    def info(cache: str = typer.Argument(..., help="Cache path.")):
+        """Summarise a teacher cache: images, views, levels, bytes on disk, MB per image, teacher, fingerprints."""
+        from rich.table import Table
+
+        from frs_cli.cache.reader import TeacherCache
+
+        c = TeacherCache(cache, require_complete=False)
+        a = c.attrs
+        done = int(c.done().sum())
+        n_images = c.num_images
+        nbytes = c.nbytes_stored()
+        per_view_bytes = nbytes["views"] / max(1, done or len(c))
+        table = Table(show_header=False, title=f"teacher cache {cache}")
+        rows = [
+            ("state", f"{a.get('state')} ({done}/{len(c)} views written)"),
+            ("images", str(n_images)),
+            ("views", f"{len(c)}  ({', '.join(c.views)})"),
+            ("levels", "  ".join(f"{lv.name}/s{lv.stride}/{lv.channels}ch" for lv in c.levels)),
+            ("size buckets", str(len(c.buckets))),
+            ("storage", f"{a['storage']['dtype']} features, {a['storage']['mask_dtype']} masks, codec {a['storage']['codec']}"),
+            ("bytes on disk", f"{nbytes['total'] / 1e6:,.1f} MB  (views {nbytes['views'] / 1e6:,.1f} MB, "
+                              f"index and teacher head {nbytes['fixed'] / 1e6:,.2f} MB)"),
+            ("per image", f"{per_view_bytes * len(c) / max(1, n_images) / 1e6:.4f} MB  "
+                          f"({per_view_bytes / 1e6:.4f} MB per view, {len(c) // max(1, n_images)} views per image)"),
+            ("teacher", f"{a['teacher']['arch']}  weights {a['teacher']['weights'] or '(random init)'}"),
+            ("fingerprints", "  ".join(f"{k} {v}" for k, v in c.fingerprints.items())),
+            ("geometry", "  ".join(f"{k} {v}" for k, v in a["geometry"].items())),
+            ("dataset", f"split {a['dataset']['split']}, {a['dataset']['annotation_file']}"),
+            ("format", f"{a['format']} v{a['format_version']}, {a.get('created_by', '?')}, {a.get('created', '?')}"),
+        ]
+        for k, v in rows:
+            table.add_row(k, v)
+        console.print(table)

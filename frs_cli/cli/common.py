@@ -1,0 +1,78 @@
+"""What every command shares: the one place errors become exit codes, consoles, logging, recipe loading."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+import typer
+from rich.console import Console
+
+from frs_cli.errors import FrsError, Interrupted
+
+console = Console()
+err_console = Console(stderr=True)
+
+PIPELINE_HELP = "Recipe TOML (see pipelines/)."
+SET_HELP = "Override a recipe key, e.g. --set train.epochs=2 (repeatable)."
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def fail(message: str, code: int = 1):
+    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True, highlight=False)
+    raise typer.Exit(code)
+
+
+def handle_errors(fn):
+    """Turn FrsError into one line on stderr and exit 1; Ctrl-C into a clean stop with exit 130."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Interrupted as exc:
+            err_console.print(f"[yellow]interrupted:[/] {exc}", soft_wrap=True, highlight=False)
+            raise typer.Exit(130) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]", highlight=False)
+            raise typer.Exit(130) from None
+        except FrsError as exc:
+            fail(str(exc).replace("\n", " "))
+
+    return wrapper
+
+
+def setup_logging(verbose: bool) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)], force=True)
+
+
+def load(pipeline: str, overrides: list[str] | None):
+    from frs_cli.config import load_recipe
+
+    return load_recipe(pipeline, overrides or [])
+
+
+def progress_for_rank():
+    """A rich progress bar on the main process, silence elsewhere."""
+    from frs_cli.cli.progress import RichProgress
+    from frs_cli.progress import NullProgress
+
+    return RichProgress(console=err_console) if is_main_process() else NullProgress()
+
+
+def metrics_table(title: str, rows: dict[str, dict[str, float]]):
+    """A rich table: one row per model, one column per COCO metric (shown in %)."""
+    from rich.table import Table
+
+    keys = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+    table = Table("model", *keys, title=title)
+    for name, m in rows.items():
+        table.add_row(name, *(f"{100 * m[k]:.1f}" if k in m else "-" for k in keys))
+    return table

@@ -1,0 +1,47 @@
+"""``frs distill``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from frs_cli.cli.common import (PIPELINE_HELP, SET_HELP, console, handle_errors, is_main_process, load, metrics_table,
+                                progress_for_rank, setup_logging)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("distill", epilog="Example: frs distill --pipeline pipelines/demo.toml --cache runs/cache.zarr "
+                                   "--out runs/student --set teacher.weights=runs/teacher/model_final.pt")
+    @handle_errors
+    def distill(
+        pipeline: Path = typer.Option(..., "--pipeline", "-p", help=PIPELINE_HELP),
+        out: Path = typer.Option(..., "--out", "-o", help="Run directory: model_final.pt (student), adapters.pt, metrics."),
+        cache: str = typer.Option(None, "--cache", help="Teacher cache written by frs teacher-cache."),
+        online: bool = typer.Option(False, "--online", help="Run the teacher every step instead (the original method)."),
+        resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+        overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
+        device: str = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
+        no_eval: bool = typer.Option(False, "--no-eval", help="Skip COCO evaluation on the val split."),
+        verbose: bool = typer.Option(False, "--verbose", "-v"),
+    ):
+        """Train the student with FRS against cached teacher targets (or --online), L = L_GT + a*L_FPN + b*L_head."""
+        setup_logging(verbose)
+        recipe = load(str(pipeline), overrides)
+        from frs_cli.train.dist import setup, teardown
+        from frs_cli.train.run import distill_student
+
+        ctx = setup(device)
+        try:
+            summary = distill_student(recipe, out, cache=cache, online=online, resume=resume, ctx=ctx,
+                                      progress=progress_for_rank(), evaluate=not no_eval)
+        finally:
+            teardown(ctx)
+        if is_main_process():
+            fit = summary.fit
+            source = "online teacher" if online else f"cache {cache}"
+            console.print(f"distilled {recipe.student.arch} from {source}: {fit.iterations} iterations in "
+                          f"{fit.seconds:.0f} s ({fit.images_per_second:.1f} img/s, data wait "
+                          f"{100 * fit.data_wait_share:.1f}% of step time) -> {summary.model_file}")
+            if fit.eval_metrics:
+                console.print(metrics_table(f"{recipe.data.val} split", {"student + FRS": fit.eval_metrics}))

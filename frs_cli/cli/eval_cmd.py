@@ -1,0 +1,96 @@
+"""``frs eval``: COCO mAP of a checkpoint or a results file, or the mask statistics of a cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from frs_cli.cli.common import console, fail, handle_errors, is_main_process, metrics_table, progress_for_rank, setup_logging
+
+
+def _write_json(path: Path, payload) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    tmp.replace(path)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("eval", epilog="Example: frs eval --checkpoint runs/student/model_final.pt --data demo/data "
+                                "--metrics student.json")
+    @handle_errors
+    def evaluate(
+        checkpoint: Path = typer.Option(None, "--checkpoint", help="Model file (model_final.pt) to run on the split."),
+        detections: Path = typer.Option(None, "--detections", help="COCO results JSON to score instead."),
+        cache: str = typer.Option(None, "--cache", help="Teacher cache: report mask statistics instead of mAP."),
+        data: Path = typer.Option(None, "--data", help="Dataset root (annotations/, one folder per split)."),
+        split: str = typer.Option("val", help="Split to evaluate (not used with --cache)."),
+        metrics: Path = typer.Option(None, "--metrics", help="Write the numbers as JSON here."),
+        detections_out: Path = typer.Option(None, "--detections-out", help="With --checkpoint: write detections JSON."),
+        batch_size: int = typer.Option(8, help="Images per forward pass."),
+        workers: int = typer.Option(2, help="Image-decoding worker processes."),
+        high: float = typer.Option(0.5, help="With --cache: S at or above this counts as a high-score position."),
+        max_views: int = typer.Option(None, help="With --cache: look at the first N views only."),
+        device: str = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
+        verbose: bool = typer.Option(False, "--verbose", "-v"),
+    ):
+        """Measure COCO box mAP (pycocotools) of a checkpoint or detections file, or a cache's mask statistics."""
+        setup_logging(verbose)
+        chosen = [x for x in (checkpoint, detections, cache) if x is not None]
+        if len(chosen) != 1:
+            fail("eval: expected exactly one of --checkpoint, --detections or --cache")
+        if cache is not None:
+            return _mask_stats(cache, data, high, max_views, metrics)
+        if data is None:
+            fail("eval: --data DIR is required with --checkpoint or --detections")
+        ann = data / "annotations" / f"instances_{split}.json"
+        if detections is not None:
+            from frs_cli.eval.coco_eval import evaluate_detections, load_coco, load_detections
+
+            result = evaluate_detections(load_coco(ann), load_detections(detections))
+            name = detections.name
+        else:
+            from frs_cli.data.coco import CocoIndex, CocoViews
+            from frs_cli.data.geometry import GeometryConfig
+            from frs_cli.eval.predict import evaluate_detector
+            from frs_cli.train.checkpoint import load_detector
+            from frs_cli.train.dist import setup, teardown
+
+            ctx = setup(device)
+            detector, ckpt = load_detector(checkpoint)
+            dataset = CocoViews(CocoIndex(ann), data / split, GeometryConfig(**ckpt["geometry"]))
+            try:
+                result = evaluate_detector(detector.to(ctx.device), dataset, ctx, batch_size=batch_size, workers=workers,
+                                           detections_out=detections_out, label_to_category=ckpt["label_to_category"],
+                                           progress=progress_for_rank())
+            finally:
+                teardown(ctx)
+            name = f"{ckpt['arch']} ({checkpoint.name})"
+        if not is_main_process():
+            return
+        console.print(metrics_table(f"{split} split, {data}", {name: result}))
+        if metrics is not None:
+            _write_json(metrics, result)
+            console.print(f"wrote {metrics}")
+
+
+def _mask_stats(cache: str, data: Path | None, high: float, max_views: int | None, metrics: Path | None) -> None:
+    from rich.table import Table
+
+    from frs_cli.cache.reader import TeacherCache
+    from frs_cli.eval.mask_stats import mask_statistics
+
+    c = TeacherCache(cache, require_complete=False)
+    stats = mask_statistics(c, c.dataset(None if data is None else str(data)), high=high, max_views=max_views,
+                            progress=progress_for_rank())
+    table = Table("level", "stride", "positions", "mean S inside GT", "mean S outside GT", "mass outside GT",
+                  f"S>={high} far from GT", f"S>={high} all", title=f"FRS masks of {cache}")
+    for s in stats:
+        table.add_row(s.level, str(s.stride), f"{s.positions:,}", f"{s.mean_inside:.3f}", f"{s.mean_outside:.3f}",
+                      f"{100 * s.outside_mass:.1f}%", f"{s.high_far:,}", f"{s.high_total:,}")
+    console.print(table)
+    if metrics is not None:
+        _write_json(metrics, {"levels": [s.to_dict() for s in stats], "high": high})
+        console.print(f"wrote {metrics}")

@@ -1,0 +1,31 @@
+"""``frs visualize``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from frs_cli.cli.common import console, handle_errors
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("visualize", epilog="Example: frs visualize --cache runs/cache.zarr --level all --out masks.png")
+    @handle_errors
+    def visualize(
+        cache: str = typer.Option(..., "--cache", help="Teacher cache."),
+        level: str = typer.Option("all", "--level", help="FPN level: P3..P7 (or 3..7), or 'all' for one panel each."),
+        image_id: int = typer.Option(None, "--image-id", help="COCO image id (default: the first cached image)."),
+        view: str = typer.Option("orig", "--view", help="orig or hflip."),
+        out: Path = typer.Option(..., "--out", "-o", help="PNG file to write."),
+        data: Path = typer.Option(None, "--data", help="Dataset root, if it moved since the cache was written."),
+    ):
+        """Draw the teacher's FRS mask of one level (or all) as a heat map over the image, with GT boxes."""
+        from frs_cli.cache.reader import TeacherCache
+        from frs_cli.viz.cache_view import render_cached_view
+        from frs_cli.viz.masks import save_png
+
+        c = TeacherCache(cache, require_complete=False)
+        picture = render_cached_view(c, c.dataset(None if data is None else str(data)), image_id, view, level)
+        save_png(picture, out)
+        console.print(f"wrote {out} ({picture.width}x{picture.height})")

@@ -1,0 +1,148 @@
+"""The command line: exit codes, one-line errors, and the files each command writes."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import zarr
+from PIL import Image
+from typer.testing import CliRunner
+
+from frs_cli.cli.app import app
+
+runner = CliRunner()
+COMMANDS = ["teacher-cache", "train", "distill", "eval", "visualize", "demo", "models", "data", "cache"]
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_help_lists_every_command_with_a_purpose_and_each_help_ends_with_an_example():
+    result = run("--help")
+    assert result.exit_code == 0
+    for name in COMMANDS:
+        assert name in result.output
+    for args in (["teacher-cache"], ["train"], ["distill"], ["eval"], ["visualize"], ["demo"], ["models"],
+                 ["data", "synth"], ["cache", "info"]):
+        out = run(*args, "--help").output
+        assert "Example: frs " in out.strip().splitlines()[-1] or "Example: frs " in out.strip()[-200:], args
+
+
+def test_help_is_fast_and_does_not_import_torch():
+    code = "import sys; from frs_cli.cli.app import app; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_synth_writes_a_coco_dataset(tmp_path):
+    result = run("data", "synth", tmp_path / "d", "--train", 4, "--val", 2, "--size", 64)
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "d" / "train").glob("*.jpg"))) == 4
+    doc = json.loads((tmp_path / "d" / "annotations" / "instances_val.json").read_text())
+    assert len(doc["images"]) == 2 and len(doc["categories"]) == 5
+
+
+def test_bad_input_is_one_line_on_stderr_and_exit_1(tmp_path, recipe_path):
+    result = run("data", "synth", tmp_path / "d", "--size", 10)
+    assert result.exit_code == 1
+    assert result.stderr.strip().count("\n") == 0 and "synth.size" in result.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text(recipe_path.read_text().replace("[train]", "[train]\nepochz = 3"))
+    result = run("train", "--pipeline", bad, "--out", tmp_path / "run")
+    assert result.exit_code == 1
+    assert "recipe key 'train.epochz': unknown key" in result.stderr and result.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "run").exists()
+    result = run("train", "--pipeline", recipe_path, "--out", tmp_path / "run2", "--set", "teacher.arch=resnet9")
+    assert result.exit_code == 1 and "unknown arch 'resnet9'" in result.stderr and "retinanet_tiny_fpn" in result.stderr
+    assert not (tmp_path / "run2").exists()
+
+
+def test_train_then_eval_checkpoint_writes_metrics_and_detections(tmp_path, recipe_path, synth_root):
+    result = run("train", "--pipeline", recipe_path, "--role", "student", "--out", tmp_path / "run",
+                 "--set", "train.epochs=2", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "model_final.pt").is_file()
+    result = run("eval", "--checkpoint", tmp_path / "run" / "model_final.pt", "--data", synth_root,
+                 "--metrics", tmp_path / "m.json", "--detections-out", tmp_path / "dets.json", "--workers", 0)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert set(metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    dets = json.loads((tmp_path / "dets.json").read_text())
+    assert isinstance(dets, list) and {d["image_id"] for d in dets} <= set(range(25, 33))
+    # the detections file scores to the same numbers
+    result = run("eval", "--detections", tmp_path / "dets.json", "--data", synth_root, "--metrics", tmp_path / "m2.json")
+    assert result.exit_code == 0
+    assert json.loads((tmp_path / "m2.json").read_text()) == pytest.approx(metrics)
+
+
+def test_eval_of_ground_truth_as_detections_is_perfect(tmp_path, synth_root):
+    gt = json.loads((synth_root / "annotations" / "instances_val.json").read_text())
+    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}
+            for a in gt["annotations"]]
+    (tmp_path / "gt.json").write_text(json.dumps(dets))
+    result = run("eval", "--detections", tmp_path / "gt.json", "--data", synth_root, "--metrics", tmp_path / "m.json")
+    assert result.exit_code == 0, result.output
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["AP"] == 1.0 and m["AP50"] == 1.0 and m["AP75"] == 1.0
+    (tmp_path / "none.json").write_text("[]")
+    run("eval", "--detections", tmp_path / "none.json", "--data", synth_root, "--metrics", tmp_path / "z.json")
+    assert all(v == 0.0 for v in json.loads((tmp_path / "z.json").read_text()).values())
+
+
+def test_eval_needs_exactly_one_source(synth_root):
+    result = run("eval", "--data", synth_root)
+    assert result.exit_code == 1 and "exactly one of --checkpoint, --detections or --cache" in result.stderr
+
+
+def test_teacher_cache_info_distill_visualize_and_mask_stats(tmp_path, recipe_path):
+    cache = tmp_path / "c.zarr"
+    result = run("teacher-cache", "--pipeline", recipe_path, "--out", cache, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert zarr.open_group(str(cache), mode="r").attrs["state"] == "complete"
+    result = run("teacher-cache", "--pipeline", recipe_path, "--out", cache, "--device", "cpu")
+    assert result.exit_code == 0 and "already complete" in result.output
+
+    result = run("cache", "info", cache)
+    assert result.exit_code == 0, result.output
+    for word in ("complete (48/48 views written)", "images", "24", "P3/s8/64ch", "MB per view", "teacher", "fingerprints"):
+        assert word in result.output, word
+
+    result = run("distill", "--pipeline", recipe_path, "--cache", cache, "--out", tmp_path / "s", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "s" / "model_final.pt").is_file() and (tmp_path / "s" / "adapters.pt").is_file()
+
+    result = run("visualize", "--cache", cache, "--level", "all", "--out", tmp_path / "all.png")
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / "all.png") as im:
+        one_w = im.width
+    result = run("visualize", "--cache", cache, "--level", "P4", "--image-id", 3, "--view", "hflip",
+                 "--out", tmp_path / "p4.png")
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / "p4.png") as im:
+        assert 5 * im.width < one_w + 5 * 4 + 1  # five panels vs one
+    result = run("visualize", "--cache", cache, "--level", "P9", "--out", tmp_path / "x.png")
+    assert result.exit_code == 1 and "expected 'all' or one of P3, P4, P5, P6, P7, got 'P9'" in result.stderr
+    result = run("visualize", "--cache", cache, "--image-id", 9999, "--out", tmp_path / "x.png")
+    assert result.exit_code == 1 and "holds no view 'orig' of image 9999" in result.stderr
+    assert not (tmp_path / "x.png").exists()
+
+    result = run("eval", "--cache", cache, "--metrics", tmp_path / "stats.json")
+    assert result.exit_code == 0, result.output
+    stats = json.loads((tmp_path / "stats.json").read_text())["levels"]
+    assert [s["level"] for s in stats] == ["P3", "P4", "P5", "P6", "P7"]
+    assert stats[0]["positions"] == 48 * 8 * 8
+    for s in stats:
+        assert 0.0 <= s["outside_mass"] <= 1.0 and 0.0 < s["mean_outside"] < 1.0
+
+
+def test_distill_refuses_a_cache_that_is_not_one(tmp_path, recipe_path):
+    result = run("distill", "--pipeline", recipe_path, "--cache", tmp_path / "nothing", "--out", tmp_path / "s")
+    assert result.exit_code == 1 and "found nothing there" in result.stderr
+
+
+def test_models_lists_the_architectures():
+    result = run("models")
+    assert result.exit_code == 0 and "retinanet_resnet50_fpn_v2" in result.output

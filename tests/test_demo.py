@@ -1,0 +1,37 @@
+import json
+
+import pytest
+from PIL import Image
+
+from frs_cli.demo import DemoConfig, demo_recipe_path, run_demo
+from frs_cli.errors import ConfigError
+
+
+def test_demo_runs_every_stage_and_writes_its_summary(tmp_path):
+    out = tmp_path / "demo"
+    s = run_demo(out, DemoConfig(train_images=16, val_images=8, size=64, min_object=12.0))
+    assert set(s.metrics) == {"teacher", "student + FRS (cache)", "student alone"}
+    for m in s.metrics.values():
+        assert set(m) == {"AP", "AP50", "AP75", "APs", "APm", "APl"} and all(0.0 <= v <= 1.0 for v in m.values())
+    assert set(s.seconds) == {"synth", "teacher", "teacher-cache", "distill", "baseline", "visualize"}
+    for f in s.files:
+        assert (out / f).exists(), f
+    assert json.loads((out / "summary.json").read_text())["metrics"] == s.metrics
+    # 16 images, 2 views: fp16 P3-P7 features of 64 channels plus masks at 128x128
+    per_view = (16 * 16 + 8 * 8 + 4 * 4 + 2 * 2 + 1) * (64 + 1) * 2
+    assert 2 * per_view / 1e6 <= s.cache_mb_per_image < 2 * per_view / 1e6 * 1.2
+    with Image.open(out / "masks.png") as im:
+        assert im.width > 5 * 128
+
+
+def test_demo_refuses_a_used_directory(tmp_path):
+    (tmp_path / "x").write_text("x")
+    with pytest.raises(ConfigError, match="not empty"):
+        run_demo(tmp_path, DemoConfig(train_images=4, val_images=2, size=64))
+
+
+def test_packaged_demo_recipe_is_the_pipelines_one():
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent.parent / "pipelines" / "demo.toml"
+    assert demo_recipe_path().read_text() == here.read_text()
