@@ -15,6 +15,7 @@ class CacheConfig:
     batch_size: int = 8  # teacher batch (images of one padded size only)
     workers: int = 4  # image-decoding worker processes
     amp: bool = True  # run the teacher in bf16 autocast on CUDA (features are stored in `dtype`)
+    preload_mb: int = 2048  # distill reads a cache up to this size into memory once (0: always read per view)
 
     def __post_init__(self):
         from frs_cli.data.geometry import VIEWS

@@ -48,6 +48,7 @@ class TeacherCache:
         self._lookup = {(int(i), int(v)): k for k, (i, v) in enumerate(zip(self.image_id, self.view))}
         self._arrays = None
         self._pid = None
+        self._memory = None
 
     # -- what the cache holds -------------------------------------------------------------------------
     @property
@@ -128,9 +129,21 @@ class TeacherCache:
             self._pid = os.getpid()
         return self._arrays
 
+    def preload(self) -> None:
+        """Read every view into memory now (one zarr call per array), so ``read`` never touches the store.
+
+        Worth it for caches that fit in RAM: per-view reads of small views are dominated by per-call overhead.
+        """
+        root = zarr.open_group(self.path, mode="r", storage_options=self.storage_options)
+        self._memory = {
+            b.name: [(root[f"buckets/{b.name}/{lv.name}/features"][...], root[f"buckets/{b.name}/{lv.name}/mask"][...])
+                     for lv in self.levels] for b in self.buckets
+        }
+
     def read(self, k: int) -> dict[str, list[Tensor]]:
         """View ``k``: ``{"features": [(C, H_l, W_l)], "masks": [(H_l, W_l) float16]}``, one chunk per array."""
-        arrays = self._open()[self.buckets[int(self.bucket[k])].name]
+        name = self.buckets[int(self.bucket[k])].name
+        arrays = self._memory[name] if self._memory is not None else self._open()[name]
         row = int(self.row[k])
         feats, masks = [], []
         for feat_arr, mask_arr in arrays:

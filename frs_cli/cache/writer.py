@@ -112,15 +112,33 @@ def read_done(root: zarr.Group, plan_buckets) -> dict[str, np.ndarray]:
     return {b["name"]: root[f"buckets/{b['name']}/done"][...] for b in plan_buckets}
 
 
-def _write_view(root: zarr.Group, bucket: str, row: int, level_names, feats, masks) -> None:
-    """All arrays of one view, then its checksums, then its done flag (in that order)."""
-    crcs = []
-    for name, f, m in zip(level_names, feats, masks):
-        root[f"buckets/{bucket}/{name}/features"][row] = f
-        root[f"buckets/{bucket}/{name}/mask"][row] = m
-        crcs += [zlib.crc32(f.tobytes()), zlib.crc32(m.tobytes())]
-    root[f"buckets/{bucket}/crc"][row] = np.array(crcs, dtype=np.uint32)
-    root[f"buckets/{bucket}/done"][row] = 1
+def _runs(rows: list[int]) -> list[tuple[int, int, int]]:
+    """Consecutive runs in sorted ``rows``: (start row, stop row, index of the start in ``rows``)."""
+    runs, start = [], 0
+    for i in range(1, len(rows) + 1):
+        if i == len(rows) or rows[i] != rows[i - 1] + 1:
+            runs.append((rows[start], rows[i - 1] + 1, start))
+            start = i
+    return runs
+
+
+def _write_rows(root: zarr.Group, bucket: str, rows: list[int], level_names, feats, masks) -> None:
+    """Views at consecutive ``rows`` of one bucket: every array, then checksums, then done flags (in that order).
+
+    ``feats``/``masks``: per level ``(len(rows), ...)`` arrays in storage form. One zarr call per array and
+    run of rows; each view is still its own chunk, so no chunk is shared with another writer.
+    """
+    crcs = np.zeros((len(rows), 2 * len(level_names)), dtype=np.uint32)
+    for lv, (name, f, m) in enumerate(zip(level_names, feats, masks)):
+        for start, stop, i in _runs(rows):
+            root[f"buckets/{bucket}/{name}/features"][start:stop] = f[i : i + stop - start]
+            root[f"buckets/{bucket}/{name}/mask"][start:stop] = m[i : i + stop - start]
+        for j in range(len(rows)):
+            crcs[j, 2 * lv] = zlib.crc32(np.ascontiguousarray(f[j]).tobytes())
+            crcs[j, 2 * lv + 1] = zlib.crc32(np.ascontiguousarray(m[j]).tobytes())
+    for start, stop, i in _runs(rows):
+        root[f"buckets/{bucket}/crc"][start:stop] = crcs[i : i + stop - start]
+        root[f"buckets/{bucket}/done"][start:stop] = 1
 
 
 class _BatchList(torch.utils.data.Sampler):
@@ -201,12 +219,10 @@ def write_teacher_cache(recipe, path: str, *, resume: bool = False, ctx: DistCon
                                        f"{bucket['level_sizes']} for padded size {bucket['padded']}")
             feats = [encode(f, cfg.dtype) for f in out.features]  # (B, C, H, W) each
             mks = [m.to(torch.float16).cpu().numpy() for m in masks]  # (B, H, W) each
-            for j, i in enumerate(rows):
-                if not is_pending[i]:
-                    continue
-                futures.append(pool.submit(_write_view, root, bucket["name"], int(plan.row[i]), level_names,
-                                           [f[j] for f in feats], [m[j] for m in mks]))
-            while len(futures) > 4 * write_threads * cfg.batch_size:
+            keep = [j for j, i in enumerate(rows) if is_pending[i]]
+            futures.append(pool.submit(_write_rows, root, bucket["name"], [int(plan.row[rows[j]]) for j in keep],
+                                       level_names, [f[keep] for f in feats], [m[keep] for m in mks]))
+            while len(futures) > 2 * write_threads:
                 futures.pop(0).result()
             n_new = int(is_pending[rows].sum())
             written += n_new

@@ -122,6 +122,8 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
     num_classes = coco.index.num_classes
     if cache is not None:
         store = TeacherCache(cache)
+        if store.nbytes_stored()["views"] <= recipe.cache.preload_mb * 1e6:
+            store.preload()
         store.check_fingerprints({"teacher": teacher_fingerprint(recipe.teacher, num_classes),
                                   "dataset": coco.index.fingerprint(),
                                   "geometry": geometry_fingerprint(recipe.geometry)})
