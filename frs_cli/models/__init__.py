@@ -46,6 +46,10 @@ ARCHS: dict[str, ArchSpec] = {
                                           summary="torchvision RetinaNet R50-FPN v2 (COCO 41.5 AP)"),
     "retinanet_resnet18_fpn": ArchSpec("retinanet", "resnet18", summary="RetinaNet R18-FPN"),
     "retinanet_resnet34_fpn": ArchSpec("retinanet", "resnet34", summary="RetinaNet R34-FPN"),
+    "retinanet_resnet18_fpn_v2": ArchSpec("retinanet", "resnet18", v2=True,
+                                          summary="RetinaNet R18-FPN, v2 head (GroupNorm, GIoU, P6 from C5)"),
+    "retinanet_resnet34_fpn_v2": ArchSpec("retinanet", "resnet34", v2=True,
+                                          summary="RetinaNet R34-FPN, v2 head (GroupNorm, GIoU, P6 from C5)"),
     "retinanet_resnet101_fpn": ArchSpec("retinanet", "resnet101", summary="RetinaNet R101-FPN"),
     "retinanet_resnext101_32x8d_fpn": ArchSpec("retinanet", "resnext101_32x8d", summary="RetinaNet X101-32x8d-FPN"),
     # CPU-sized models use the v2 head (GroupNorm, GIoU): with 64 channels, the v1 head's std-0.01 init shrinks

@@ -1,0 +1,242 @@
+"""The paper's claim, in small, on GPUs: one teacher, then students trained the same way but for the teacher side.
+
+One self-contained run (the GPU machines keep nothing between commands):
+  1. generate the synthetic benchmark (COCO format);
+  2. train the teacher (DDP over all GPUs);
+  3. cache it (train split, orig + hflip; and the val split, for mask pictures and statistics);
+  4. train students with one schedule and seed, as many at once as there are GPUs:
+       a  the student alone (baseline)            b  FRS from the cache
+       c  FRS online (teacher every step)         d  feature imitation inside GT boxes only (S = 1 in boxes)
+     then a and b again with a second seed, time allowing;
+  5. write summary.json (metrics, per-epoch mAP, wall times), mask panels and mask statistics under --out.
+
+Every stage is the frs command line; this script only orders the runs and collects results. Example:
+
+    python3 bench/frs_claim.py --out $OUT/claim --work /tmp/claim --gpus 2 --deadline 560
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RECIPE = """
+name = "claim"
+[data]
+root = {root}
+[geometry]
+min_size = {size}
+max_size = {size}
+size_divisible = 32
+[teacher]
+arch = "{teacher}"
+anchor_size = {anchor}
+[student]
+arch = "{student}"
+anchor_size = {anchor}
+[teacher_train]
+epochs = {teacher_epochs}
+batch_size = {teacher_batch}
+lr = {lr}
+warmup_iters = 100
+lr_steps = [{teacher_step}]
+grad_clip = 35.0
+workers = 8
+eval_every = 0
+log_every = 10
+[train]
+epochs = {student_epochs}
+batch_size = {batch}
+lr = {lr}
+warmup_iters = 100
+lr_steps = [{student_step}]
+grad_clip = 35.0
+workers = 8
+eval_every = 1
+log_every = 10
+[distill]
+alpha = 0.005
+beta = 0.02
+warmup_iters = 100
+[cache]
+views = ["orig", "hflip"]
+batch_size = 64
+workers = 8
+preload_mb = 16000
+"""
+
+STUDENTS = {
+    "a_alone": ["train", "--role", "student"],
+    "b_frs_cache": ["distill", "--cache", "{cache}"],
+    "c_frs_online": ["distill", "--online"],
+    "d_gt_boxes": ["distill", "--cache", "{cache}", "--set", 'distill.mask="gt"'],
+}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def frs(args, gpus: str, logfile: Path, nproc: int = 1) -> subprocess.Popen:
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpus, "PYTHONUNBUFFERED": "1"}
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "frs_cli", *args]
+    else:
+        cmd = [sys.executable, "-m", "frs_cli", *args]
+    log(" ".join(cmd[1:]) + f"  (GPUs {gpus})")
+    return subprocess.Popen(cmd, env=env, stdout=open(logfile, "w"), stderr=subprocess.STDOUT)
+
+
+def wait(proc: subprocess.Popen, logfile: Path) -> None:
+    if proc.wait() != 0:
+        print(logfile.read_text()[-4000:])
+        raise SystemExit(f"failed: {logfile}")
+
+
+def history(run: Path) -> list[dict]:
+    out = []
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        d = json.loads(line)
+        if "eval" in d:
+            out.append({"epoch": d["epoch"], **d["eval"]})
+    return out
+
+
+def throughput(run: Path) -> float:
+    speeds = [json.loads(x).get("img_s") for x in (run / "metrics.jsonl").read_text().splitlines()]
+    speeds = [s for s in speeds if s]
+    return sorted(speeds)[len(speeds) // 2] if speeds else 0.0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True, help="small results (copied back)")
+    p.add_argument("--work", type=Path, required=True, help="data, checkpoints, caches")
+    p.add_argument("--gpus", type=int, default=1)
+    p.add_argument("--train", type=int, default=3000)
+    p.add_argument("--val", type=int, default=500)
+    p.add_argument("--size", type=int, default=192)
+    p.add_argument("--teacher", default="retinanet_resnet50_fpn_v2")
+    p.add_argument("--student", default="retinanet_resnet18_fpn_v2")
+    p.add_argument("--anchor", type=int, default=16)
+    p.add_argument("--teacher-epochs", type=int, default=14)
+    p.add_argument("--student-epochs", type=int, default=8)
+    p.add_argument("--batch", type=int, default=64, help="images per step (per GPU)")
+    p.add_argument("--lr", type=float, default=0.04)
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--deadline", type=float, default=560.0, help="seconds; later runs are skipped, not cut")
+    args = p.parse_args()
+    t0 = time.time()
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    logs = args.out / "logs"
+    logs.mkdir(exist_ok=True)
+    summary = {"args": {k: str(v) for k, v in vars(args).items()}, "runs": {}, "seconds": {}, "skipped": []}
+
+    def save():
+        (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+
+    import torch
+
+    summary["device"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    summary["date"] = time.strftime("%Y-%m-%d")
+    all_gpus = ",".join(str(i) for i in range(args.gpus))
+
+    t = time.time()
+    data = args.work / "data"
+    if not data.exists():
+        from frs_cli.data.synth import SynthConfig, generate
+
+        generate(data, SynthConfig(train=args.train, val=args.val, size=args.size, seed=0))
+    summary["seconds"]["synth"] = time.time() - t
+    recipe = args.work / "claim.toml"
+    recipe.write_text(RECIPE.format(
+        root=json.dumps(str(data)), size=args.size, teacher=args.teacher, student=args.student, anchor=args.anchor,
+        teacher_epochs=args.teacher_epochs, teacher_batch=max(1, args.batch // args.gpus),
+        teacher_step=max(1, round(args.teacher_epochs * 0.85)), student_epochs=args.student_epochs,
+        student_step=max(1, round(args.student_epochs * 0.85)), batch=args.batch, lr=args.lr))
+    shutil.copy(recipe, args.out / "claim.toml")
+
+    t = time.time()
+    teacher_dir = args.work / "teacher"
+    lf = logs / "teacher.log"
+    wait(frs(["train", "-p", str(recipe), "--role", "teacher", "--out", str(teacher_dir)], all_gpus, lf, args.gpus), lf)
+    teacher_ckpt = teacher_dir / "model_final.pt"
+    summary["runs"]["teacher"] = {"final": history(teacher_dir)[-1], "img_s": throughput(teacher_dir),
+                                  "seconds": time.time() - t}
+    shutil.copy(teacher_dir / "metrics.jsonl", logs / "teacher.metrics.jsonl")
+    summary["seconds"]["teacher"] = time.time() - t
+    save()
+    log(f"teacher: {summary['runs']['teacher']}")
+
+    t = time.time()
+    cache = args.work / "cache.zarr"
+    tw = f"teacher.weights={json.dumps(str(teacher_ckpt))}"
+    lf = logs / "cache.log"
+    wait(frs(["teacher-cache", "-p", str(recipe), "--out", str(cache), "--set", tw], all_gpus, lf, args.gpus), lf)
+    summary["seconds"]["teacher-cache"] = time.time() - t
+    lf = logs / "cache_val.log"
+    wait(frs(["teacher-cache", "-p", str(recipe), "--out", str(args.work / "val.zarr"), "--set", tw,
+              "--set", 'cache.split="val"', "--set", 'cache.views=["orig"]'], "0", lf), lf)
+    info = subprocess.run([sys.executable, "-m", "frs_cli", "cache", "info", str(cache)], capture_output=True, text=True)
+    (args.out / "cache_info.txt").write_text(info.stdout)
+    save()
+
+    jobs = [(name, seed) for seed in [int(s) for s in args.seeds.split(",")] for name in STUDENTS
+            if seed == int(args.seeds.split(",")[0]) or name in ("a_alone", "b_frs_cache")]
+    running: dict[int, tuple] = {}
+    free = list(range(args.gpus))
+    durations: list[float] = []
+    while jobs or running:
+        while jobs and free:
+            name, seed = jobs[0]
+            expected = max(durations) if durations else 0.0
+            if time.time() - t0 + expected > args.deadline:
+                summary["skipped"] += [f"{n} seed {s}" for n, s in jobs]
+                log(f"deadline: skipping {jobs}")
+                jobs = []
+                break
+            jobs.pop(0)
+            gpu = free.pop(0)
+            run_dir = args.work / f"{name}_s{seed}"
+            cmd = [c.format(cache=cache) for c in STUDENTS[name]]
+            cmd = [cmd[0], "-p", str(recipe), *cmd[1:], "--out", str(run_dir), "--set", tw, "--set", f"train.seed={seed}"]
+            lf = logs / f"{name}_s{seed}.log"
+            running[gpu] = (frs(cmd, str(gpu), lf), name, seed, run_dir, time.time(), lf)
+        for gpu, (proc, name, seed, run_dir, started, lf) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[gpu]
+            free.append(gpu)
+            wait(proc, lf)
+            hist = history(run_dir)
+            durations.append(time.time() - started)
+            summary["runs"][f"{name}_s{seed}"] = {"final": hist[-1] if hist else None, "history": hist,
+                                                  "img_s": throughput(run_dir), "seconds": time.time() - started}
+            shutil.copy(run_dir / "metrics.jsonl", logs / f"{name}_s{seed}.metrics.jsonl")
+            log(f"{name} seed {seed}: {hist[-1] if hist else None}")
+            save()
+        time.sleep(1)
+
+    t = time.time()
+    val = str(args.work / "val.zarr")
+    for k in (1, 2, 5):  # val image ids follow the train ids
+        subprocess.run([sys.executable, "-m", "frs_cli", "visualize", "--cache", val, "--level", "all", "--image-id",
+                        str(args.train + k), "--out", str(args.out / f"masks_val_{k}.png")], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "frs_cli", "eval", "--cache", val, "--metrics", str(args.out / "mask_stats.json")],
+                   check=True, capture_output=True)
+    summary["seconds"]["pictures"] = time.time() - t
+    summary["seconds"]["total"] = time.time() - t0
+    save()
+    log(f"done in {time.time() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
