@@ -136,16 +136,17 @@ def main() -> None:
     t0 = time.time()
     args.out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
-    logs = args.out / "logs"
+    logs = args.work / "logs"  # travels back as one tarball (the GPU machine returns few files)
     logs.mkdir(exist_ok=True)
     summary = {"args": {k: str(v) for k, v in vars(args).items()}, "runs": {}, "seconds": {}, "skipped": []}
 
     def save():
         (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
+        subprocess.run(["tar", "czf", str(args.out / "logs.tgz"), "-C", str(args.work), "logs"], check=False)
 
     import torch
 
-    summary["device"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    summary["device"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] or ["cpu"]
     summary["date"] = time.strftime("%Y-%m-%d")
     all_gpus = ",".join(str(i) for i in range(args.gpus))
 
@@ -162,7 +163,7 @@ def main() -> None:
         teacher_epochs=args.teacher_epochs, teacher_batch=max(1, args.batch // args.gpus),
         teacher_step=max(1, round(args.teacher_epochs * 0.85)), student_epochs=args.student_epochs,
         student_step=max(1, round(args.student_epochs * 0.85)), batch=args.batch, lr=args.lr))
-    shutil.copy(recipe, args.out / "claim.toml")
+    shutil.copy(recipe, logs / "claim.toml")
 
     t = time.time()
     teacher_dir = args.work / "teacher"
@@ -186,7 +187,7 @@ def main() -> None:
     wait(frs(["teacher-cache", "-p", str(recipe), "--out", str(args.work / "val.zarr"), "--set", tw,
               "--set", 'cache.split="val"', "--set", 'cache.views=["orig"]'], "0", lf), lf)
     info = subprocess.run([sys.executable, "-m", "frs_cli", "cache", "info", str(cache)], capture_output=True, text=True)
-    (args.out / "cache_info.txt").write_text(info.stdout)
+    (logs / "cache_info.txt").write_text(info.stdout)
     save()
 
     jobs = [(name, seed) for seed in [int(s) for s in args.seeds.split(",")] for name in STUDENTS
