@@ -57,7 +57,7 @@ lr = {lr}
 warmup_iters = 100
 lr_steps = [{student_step}]
 grad_clip = 35.0
-workers = 8
+workers = 4
 eval_every = 1
 log_every = 10
 [distill]
@@ -84,7 +84,8 @@ def log(msg: str) -> None:
 
 
 def frs(args, gpus: str, logfile: Path, nproc: int = 1) -> subprocess.Popen:
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpus, "PYTHONUNBUFFERED": "1"}
+    # Several processes share the host: cap each one's CPU threads (its GPU work needs few).
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpus, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "4"}
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "frs_cli", *args]
@@ -132,6 +133,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=0.04)
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--deadline", type=float, default=560.0, help="seconds; later runs are skipped, not cut")
+    p.add_argument("--jobs-per-gpu", type=int, default=2,
+                   help="students trained at once on one GPU (torchvision's per-image loss code bounds one process)")
     args = p.parse_args()
     t0 = time.time()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -193,7 +196,10 @@ def main() -> None:
     jobs = [(name, seed) for seed in [int(s) for s in args.seeds.split(",")] for name in STUDENTS
             if seed == int(args.seeds.split(",")[0]) or name in ("a_alone", "b_frs_cache")]
     running: dict[int, tuple] = {}
-    free = list(range(args.gpus))
+    free = [g for _ in range(args.jobs_per_gpu) for g in range(args.gpus)]  # slots, GPUs filled in turn
+    slot_gpu = dict(enumerate(free))
+    free = list(slot_gpu)
+    last_save = time.time()
     durations: list[float] = []
     while jobs or running:
         while jobs and free:
@@ -205,17 +211,24 @@ def main() -> None:
                 jobs = []
                 break
             jobs.pop(0)
-            gpu = free.pop(0)
+            slot = free.pop(0)
+            gpu = slot_gpu[slot]
             run_dir = args.work / f"{name}_s{seed}"
             cmd = [c.format(cache=cache) for c in STUDENTS[name]]
             cmd = [cmd[0], "-p", str(recipe), *cmd[1:], "--out", str(run_dir), "--set", tw, "--set", f"train.seed={seed}"]
             lf = logs / f"{name}_s{seed}.log"
-            running[gpu] = (frs(cmd, str(gpu), lf), name, seed, run_dir, time.time(), lf)
-        for gpu, (proc, name, seed, run_dir, started, lf) in list(running.items()):
+            running[slot] = (frs(cmd, str(gpu), lf), name, seed, run_dir, time.time(), lf)
+        if time.time() - last_save > 30:  # progress so far travels back even if the command is cut off
+            for _, name, seed, run_dir, _, _ in running.values():
+                if (run_dir / "metrics.jsonl").exists():
+                    shutil.copy(run_dir / "metrics.jsonl", logs / f"{name}_s{seed}.metrics.jsonl")
+            save()
+            last_save = time.time()
+        for slot, (proc, name, seed, run_dir, started, lf) in list(running.items()):
             if proc.poll() is None:
                 continue
-            del running[gpu]
-            free.append(gpu)
+            del running[slot]
+            free.append(slot)
             wait(proc, lf)
             hist = history(run_dir)
             durations.append(time.time() - started)

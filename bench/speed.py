@@ -1,0 +1,166 @@
+"""Step-time benchmark at COCO size on one GPU: what a cached teacher saves over running it online.
+
+Measures, in one run on one card (random weights are fine for timing):
+  - teacher inference (features + logits, no post-processing) vs ``frs teacher-cache`` throughput;
+  - per teacher -> student pair: plain student step, online-FRS step, cached-FRS step (targets read from disk
+    through the real DataLoader), with the share of the step spent waiting for data;
+  - cache bytes per image.
+Every figure goes to --out as JSON as soon as it exists. Example:
+
+    python3 bench/speed.py --out $OUT/speed.json --work /tmp/speed --pairs r50v2-r50,x101-r50,x101-r18
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+ARCH = {"r50v2": "retinanet_resnet50_fpn_v2", "r50": "retinanet_resnet50_fpn", "r18": "retinanet_resnet18_fpn",
+        "x101": "retinanet_resnext101_32x8d_fpn"}
+
+
+def sync_time() -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def median(xs):
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if xs else float("nan")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--work", type=Path, required=True)
+    p.add_argument("--pairs", default="r50v2-r50,x101-r50,x101-r18")
+    p.add_argument("--images", type=int, default=48)
+    p.add_argument("--size", type=int, default=1333, help="long side of the generated images")
+    p.add_argument("--min-size", type=int, default=800)
+    p.add_argument("--max-size", type=int, default=1333)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--workers", type=int, default=6)
+    args = p.parse_args()
+
+    from frs_cli.cache.reader import CachedViews, TeacherCache
+    from frs_cli.cache.writer import write_teacher_cache
+    from frs_cli.config import recipe_from_dict
+    from frs_cli.data.coco import CocoViews, ViewSampler, collate
+    from frs_cli.data.synth import SynthConfig, generate
+    from frs_cli.models import ModelConfig, build_detector
+    from frs_cli.train.dist import setup
+    from frs_cli.train.objectives import CachedTeacher, FRSObjective, GTObjective, OnlineTeacher
+
+    ctx = setup()
+    dev = ctx.device
+    res = {"device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu", "date": time.strftime("%Y-%m-%d"),
+           "args": {k: str(v) for k, v in vars(args).items()}, "teachers": {}, "pairs": {}}
+
+    def save():
+        args.out.write_text(json.dumps(res, indent=1))
+
+    data = args.work / "data"
+    if not data.exists():
+        generate(data, SynthConfig(train=args.images, val=1, size=args.size, seed=0, aspect_jitter=True))
+    base = {"data": {"root": str(data)}, "geometry": {"min_size": args.min_size, "max_size": args.max_size},
+            "cache": {"batch_size": args.batch, "workers": args.workers, "preload_mb": 0}}
+    coco = CocoViews.from_config(recipe_from_dict(base).data, "train", recipe_from_dict(base).geometry)
+    res["padded_sizes"] = sorted({str(coco.geometry_of(i, "orig").padded_size) for i in range(len(coco))})
+    amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+
+    def loader(dataset, shuffle=True):
+        sampler = ViewSampler(len(dataset), ("orig", "hflip"), shuffle=shuffle, seed=0)
+        return torch.utils.data.DataLoader(dataset, batch_size=args.batch, sampler=sampler, num_workers=args.workers,
+                                           collate_fn=collate, pin_memory=dev.type == "cuda", drop_last=True,
+                                           prefetch_factor=4, persistent_workers=True)
+
+    caches = {}
+    for tname in sorted({pair.split("-")[0] for pair in args.pairs.split(",")}):
+        torch.manual_seed(0)
+        teacher = build_detector(ModelConfig(arch=ARCH[tname]), 5).to(dev).eval()
+        batches = [b.to(dev) for b, _ in zip(loader(coco, shuffle=False), range(3))]
+        with torch.no_grad(), torch.autocast(**amp):
+            for b in batches:
+                teacher(b.images, b.image_sizes, detect=False)
+            t = sync_time()
+            n = 0
+            for _ in range(3):
+                for b in batches:
+                    teacher(b.images, b.image_sizes, detect=False)
+                    n += len(b.image_ids)
+            infer = n / (sync_time() - t)
+        ckpt = args.work / f"{tname}.pt"
+        from frs_cli.train.checkpoint import atomic_save, model_payload
+
+        atomic_save(model_payload(teacher, ModelConfig(arch=ARCH[tname]), coco.index.label_to_category,
+                                  [c["name"] for c in coco.index.categories], recipe_from_dict(base).geometry), ckpt)
+        recipe = recipe_from_dict({**base, "teacher": {"arch": ARCH[tname], "weights": str(ckpt)}})
+        path = str(args.work / f"{tname}.zarr")
+        s = write_teacher_cache(recipe, path, ctx=ctx)
+        nbytes = TeacherCache(path).nbytes_stored()
+        caches[tname] = (path, recipe)
+        res["teachers"][tname] = {"inference_img_s": infer, "cache_views_s": s.views_per_second,
+                                  "cache_over_inference": s.views_per_second / infer,
+                                  "cache_mb_per_view": nbytes["views"] / 1e6 / s.views_total}
+        save()
+        print(tname, res["teachers"][tname], flush=True)
+        del teacher
+        torch.cuda.empty_cache()
+
+    for pair in args.pairs.split(","):
+        tname, sname = pair.split("-")
+        path, recipe = caches[tname]
+        recipe = replace(recipe, student=ModelConfig(arch=ARCH[sname]))
+        row = {}
+        for mode in ("plain", "online", "cached"):
+            torch.manual_seed(0)
+            student = build_detector(recipe.student, 5)
+            if mode == "plain":
+                obj, ds = GTObjective(student), coco
+            elif mode == "online":
+                teacher = build_detector(recipe.teacher, 5)
+                obj, ds = FRSObjective(student, teacher.levels, OnlineTeacher(teacher), recipe.distill), coco
+            else:
+                store = TeacherCache(path)
+                obj = FRSObjective(student, store.levels, CachedTeacher(store.build_head()), recipe.distill)
+                ds = CachedViews(coco, store)
+            obj.to(dev).train()
+            opt = torch.optim.SGD([q for q in obj.parameters() if q.requires_grad], lr=1e-4, momentum=0.9)
+            steps, waits = [], []
+            it = iter(loader(ds))
+            for i in range(args.steps + 3):
+                t0 = sync_time()
+                batch = next(it, None)
+                if batch is None:
+                    it = iter(loader(ds))
+                    batch = next(it)
+                batch = batch.to(dev)
+                t1 = sync_time()
+                with torch.autocast(**amp):
+                    loss = sum(obj(batch, 10_000).values())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                t2 = sync_time()
+                if i >= 3:
+                    steps.append(t2 - t0)
+                    waits.append(t1 - t0)
+            row[mode] = {"step_ms": 1000 * median(steps), "data_wait_share": sum(waits) / sum(steps)}
+            del obj, student
+            torch.cuda.empty_cache()
+        row["online_over_cached"] = row["online"]["step_ms"] / row["cached"]["step_ms"]
+        row["cached_over_plain"] = row["cached"]["step_ms"] / row["plain"]["step_ms"]
+        res["pairs"][pair] = row
+        save()
+        print(pair, row, flush=True)
+
+
+if __name__ == "__main__":
+    main()
