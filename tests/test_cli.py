@@ -146,3 +146,16 @@ def test_distill_refuses_a_cache_that_is_not_one(tmp_path, recipe_path):
 def test_models_lists_the_architectures():
     result = run("models")
     assert result.exit_code == 0 and "retinanet_resnet50_fpn_v2" in result.output
+
+
+def test_a_stopped_run_exits_130_with_the_resume_hint(tmp_path, recipe_path, monkeypatch):
+    import frs_cli.train.run
+    from frs_cli.errors import Interrupted
+
+    def stopped(*args, **kwargs):
+        raise Interrupted("stopped at epoch 1, iteration 3; state saved to x/last.pt", hint="run again with --resume")
+
+    monkeypatch.setattr(frs_cli.train.run, "train_detector", stopped)
+    result = run("train", "--pipeline", recipe_path, "--out", tmp_path / "run")
+    assert result.exit_code == 130
+    assert "stopped at epoch 1, iteration 3" in result.stderr and "--resume" in result.stderr

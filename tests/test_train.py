@@ -106,3 +106,70 @@ def test_distill_needs_exactly_one_teacher_source(recipe, cache_path, tmp_path):
 def test_unknown_view_is_refused_by_the_recipe(recipe_path):
     with pytest.raises(ConfigError, match="cache.views: expected views from orig, hflip, got 'vflip'"):
         load_recipe(recipe_path, ['cache.views=["orig", "vflip"]'])
+
+
+def test_student_and_teacher_levels_that_do_not_line_up_fail_before_training():
+    from frs_cli.errors import FrsError
+    from frs_cli.models import LevelSpec
+    from frs_cli.train.objectives import check_compatible
+
+    student = [LevelSpec(f"P{i}", 2**i, 64) for i in range(3, 8)]
+    with pytest.raises(FrsError, match="do not line up"):
+        check_compatible(student, student[:4])
+    with pytest.raises(FrsError, match="do not line up"):
+        check_compatible(student, [LevelSpec(lv.name, lv.stride * 2, 64) for lv in student])
+    check_compatible(student, [LevelSpec(lv.name, lv.stride, 256) for lv in student])  # channels may differ
+
+
+class _Fails(torch.nn.Module):
+    """Wraps an objective; raises or returns NaN at a chosen iteration."""
+
+    def __init__(self, inner, at: int, what: str):
+        super().__init__()
+        self.student, self.at, self.what = inner.student, at, what
+        self.inner = inner
+
+    def forward(self, batch, step):
+        losses = self.inner(batch, step)
+        if step == self.at:
+            if self.what == "interrupt":  # Ctrl-C arriving in the middle of a step
+                import os
+                import signal
+
+                os.kill(os.getpid(), signal.SIGINT)
+            else:
+                losses["classification"] = losses["classification"] * float("nan")
+        return losses
+
+
+def _fit(recipe_path, out, wrap=None, resume=False, epochs=2):
+    from frs_cli.train.loop import fit
+    from frs_cli.train.objectives import GTObjective
+
+    r = load_recipe(recipe_path, [f"train.epochs={epochs}"])
+    torch.manual_seed(0)
+    ds = CocoViews.from_config(r.data, "train", r.geometry)
+    objective = GTObjective(build_detector(r.student, 5))
+    if wrap:
+        objective = wrap(objective)
+    out.mkdir(exist_ok=True)
+    return fit(objective, ds, r.train, setup("cpu"), out, resume=resume), objective
+
+
+def test_non_finite_loss_stops_with_the_step_and_the_term(recipe_path, tmp_path):
+    with pytest.raises(TrainingError, match="non-finite loss at epoch 1, iteration 2: classification=nan"):
+        _fit(recipe_path, tmp_path / "run", wrap=lambda o: _Fails(o, 2, "nan"))
+
+
+def test_ctrl_c_saves_state_and_resume_matches_an_uninterrupted_run(recipe_path, tmp_path):
+    from frs_cli.errors import Interrupted
+
+    # the signal arrives inside iteration 2 of epoch 2; that step completes, then the loop saves and stops
+    with pytest.raises(Interrupted, match="stopped at epoch 2, iteration 3.*--resume"):
+        _fit(recipe_path, tmp_path / "cut", wrap=lambda o: _Fails(o, 6 + 2, "interrupt"))
+    state = torch.load(tmp_path / "cut" / LAST, weights_only=False)
+    assert (state["epoch"], state["epoch_step"]) == (1, 3)
+    _, resumed = _fit(recipe_path, tmp_path / "cut", resume=True)
+    _, straight = _fit(recipe_path, tmp_path / "straight")
+    for (k, a), b in zip(resumed.student.core().state_dict().items(), straight.student.core().state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)

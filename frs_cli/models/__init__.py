@@ -24,7 +24,7 @@ from frs_cli.models.config import ModelConfig
 
 __all__ = [
     "ARCHS", "Detector", "DetectorOutput", "LevelSpec", "ModelConfig", "build_cls_head", "build_detector",
-    "fingerprint_state_dict", "load_checkpoint_file", "model_fingerprint",
+    "fingerprint_state_dict", "load_checkpoint_file", "load_state", "model_fingerprint",
 ]
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,8 @@ def load_checkpoint_file(path: str | Path) -> dict:
     return ckpt
 
 
-def _load_state(detector: Detector, state: dict, source: str) -> None:
+def load_state(detector: Detector, state: dict, source: str) -> None:
+    """Load a torchvision-style state dict into the adapter's detector; ModelError naming what does not fit."""
     core = detector.core()
     expected = core.state_dict()
     # BatchNorm2d counts batches, FrozenBatchNorm2d does not: either side may lack these entries.
@@ -188,7 +189,7 @@ def load_weights_into(detector: Detector, weights: str) -> None:
         if categories and categories != detector.num_classes:
             raise ModelError(f"weights {weights}: predict {categories} classes, the dataset has {detector.num_classes}",
                              hint="for COCO-pretrained torchvision weights set data.label_map = 'category_id'")
-        _load_state(detector, _download_state_dict(enum), weights)
+        load_state(detector, _download_state_dict(enum), weights)
         if weights.endswith("RetinaNet_ResNet50_FPN_Weights.COCO_V1"):
             for m in detector.modules():  # these weights were trained with eps 0 (torchvision does the same)
                 if isinstance(m, FrozenBatchNorm2d):
@@ -200,7 +201,7 @@ def load_weights_into(detector: Detector, weights: str) -> None:
     if ckpt.get("num_classes") != detector.num_classes:
         raise ModelError(f"checkpoint {weights!r}: has {ckpt.get('num_classes')} classes, "
                          f"the dataset has {detector.num_classes}")
-    _load_state(detector, ckpt["model"], repr(weights))
+    load_state(detector, ckpt["model"], repr(weights))
 
 
 def model_fingerprint(detector: Detector) -> str:

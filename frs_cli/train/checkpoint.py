@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from frs_cli.models import CHECKPOINT_FORMAT, build_detector, load_checkpoint_file, model_fingerprint
+from frs_cli.models import CHECKPOINT_FORMAT, build_detector, load_checkpoint_file, load_state, model_fingerprint
 from frs_cli.models.config import ModelConfig
 from frs_cli.models.base import Detector
 
@@ -50,9 +50,7 @@ def load_detector(path: str | Path) -> tuple[Detector, dict]:
     ckpt = load_checkpoint_file(path)
     cfg = ModelConfig(**{**ckpt["model_config"], "weights": str(path)})
     detector = build_detector(dataclasses.replace(cfg, weights=""), ckpt["num_classes"], load_weights=False)
-    from frs_cli.models import _load_state
-
-    _load_state(detector, ckpt["model"], repr(str(path)))
+    load_state(detector, ckpt["model"], repr(str(path)))
     return detector, ckpt
 
 

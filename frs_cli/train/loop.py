@@ -7,9 +7,12 @@ each process sees its own share of every epoch; losses (and FRS's N_l) are per p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,6 +59,44 @@ def make_loader(dataset, sampler, batch_size: int, workers: int, device: torch.d
         pin_memory=device.type == "cuda", drop_last=drop_last,
         persistent_workers=False, prefetch_factor=4 if workers > 0 else None,
     )
+
+
+class StopRequest:
+    """Ctrl-C as a request: the step in flight finishes, then the loop saves and stops at a step boundary.
+
+    Stopping inside a step would save half-updated state (BatchNorm statistics already moved by the forward,
+    or parameters mid-update). A second Ctrl-C stops at once, without saving.
+    """
+
+    def __init__(self):
+        self.requested = False
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("stopping after this step (Ctrl-C again to stop at once, without saving)")
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = signal.signal(signal.SIGINT, self._handler)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def agreed(self, ctx: DistContext) -> bool:
+        """Whether any process was asked to stop (all processes must stop at the same step)."""
+        if not ctx.distributed:
+            return self.requested
+        import torch.distributed as torch_dist
+
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=ctx.device)
+        torch_dist.all_reduce(flag)
+        return bool(flag.item() > 0)
 
 
 def fit(
@@ -126,6 +167,9 @@ def fit(
     t_start, images_seen, wait_total, step_total = time.perf_counter(), 0, 0.0, 0.0
     last_losses: dict[str, float] = {}
     eval_metrics = None
+    stop = StopRequest()
+    handlers = contextlib.ExitStack()
+    handlers.enter_context(stop.installed())
     try:
         for epoch in range(start_epoch, cfg.epochs):
             sampler.set_epoch(epoch, start=start_step * cfg.batch_size)
@@ -150,7 +194,7 @@ def fit(
                         losses = model(batch, it)
                     loss = sum(losses.values())
                     if not torch.isfinite(loss):
-                        terms = ", ".join(f"{k}={float(v):.4g}" for k, v in losses.items())
+                        terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
                         raise TrainingError(f"train: non-finite loss at epoch {epoch + 1}, iteration {it}: {terms}",
                                             hint="lower the learning rate or check the data")
                     optimizer.zero_grad(set_to_none=True)
@@ -174,10 +218,13 @@ def fit(
                         metrics_file.write(json.dumps({"epoch": epoch + 1, "iter": it, "lr": optimizer.param_groups[0]["lr"],
                                                        **fields, "data_wait": t_data / step_time}) + "\n")
                         metrics_file.flush()
+                    if stop.agreed(ctx):
+                        save_state(epoch, step)
+                        raise Interrupted(f"stopped at epoch {epoch + 1}, iteration {step}; state saved to {state_path}",
+                                          hint="run the same command with --resume to continue")
             except KeyboardInterrupt:
-                save_state(epoch, step)
-                raise Interrupted(f"stopped at epoch {epoch + 1}, iteration {step}; state saved to {state_path}",
-                                  hint="run the same command with --resume to continue") from None
+                raise Interrupted(f"stopped at once at epoch {epoch + 1}, iteration {step}; nothing saved, the last "
+                                  f"saved state is in {state_path}", hint="--resume continues from it") from None
             finally:
                 progress.stop()
             start_step = 0
@@ -194,6 +241,7 @@ def fit(
             save_outputs(objective, out_dir)
         barrier(ctx)
     finally:
+        handlers.close()
         if metrics_file:
             metrics_file.close()
     seconds = time.perf_counter() - t_start

@@ -132,9 +132,7 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
         if missing:
             raise ConfigError(f"distill: the recipe asks for views {list(views)}, the cache holds {store.views}")
         source = CachedTeacher(store.build_head())
-        from frs_cli.models.base import LevelSpec
-
-        teacher_levels = [LevelSpec(lv.name, lv.stride, lv.channels) for lv in store.levels]
+        teacher_levels = store.levels
         dataset = CachedViews(coco, store)
     else:
         teacher = build_detector(recipe.teacher, num_classes)
