@@ -12,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 from frs_cli.config import load_recipe
+from frs_cli.files import write_json
 from frs_cli.errors import ConfigError
 from frs_cli.progress import NullProgress, Progress
 
@@ -107,5 +108,5 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig(), progress: Prog
         out / "student_frs" / "adapters.pt", out / "masks.png", out / "summary.json",
         *([out / "student_plain" / "model_final.pt"] if cfg.baseline else []),
     ])
-    (out / "summary.json").write_text(json.dumps(summary.to_dict(), indent=1))
+    write_json(out / "summary.json", summary.to_dict(), indent=1)
     return summary

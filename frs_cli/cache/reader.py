@@ -81,7 +81,7 @@ class TeacherCache:
             if key in expected and self.fingerprints.get(key) != expected[key]:
                 raise CacheMismatchError(
                     f"cache {self.path!r}: was written for another {key} (cache {self.fingerprints.get(key)}, "
-                    f"recipe {expected[key]})", hint=f"write a cache for this recipe with frs teacher-cache")
+                    f"recipe {expected[key]})", hint="write a cache for this recipe with frs teacher-cache")
 
     def dataset(self, data_root: str | None = None) -> CocoViews:
         """The cached split as ``CocoViews`` (from ``data_root`` if given, else where the writer read it),

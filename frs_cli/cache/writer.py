@@ -20,9 +20,10 @@ import torch
 import zarr
 
 import frs_cli
+from frs_cli.cache.reader import TeacherCache
 from frs_cli.cache.schema import FORMAT_NAME, FORMAT_VERSION, VIEW_NAMES, Plan, geometry_fingerprint, make_plan
 from frs_cli.cache.store import codec, encode, open_existing, storage_dtype
-from frs_cli.data.coco import CocoViews, collate
+from frs_cli.data.coco import CocoViews, ListSampler, collate
 from frs_cli.errors import CacheFormatError, CacheMismatchError
 from frs_cli.losses import frs_masks
 from frs_cli.models import build_detector, model_fingerprint
@@ -108,10 +109,6 @@ def _check_same(path: str, root: zarr.Group, fingerprints: dict, views) -> None:
         raise CacheMismatchError(f"cache {path!r}: holds views {attrs.get('views')}, this recipe asks for {list(views)}")
 
 
-def read_done(root: zarr.Group, plan_buckets) -> dict[str, np.ndarray]:
-    return {b["name"]: root[f"buckets/{b['name']}/done"][...] for b in plan_buckets}
-
-
 def _runs(rows: list[int]) -> list[tuple[int, int, int]]:
     """Consecutive runs in sorted ``rows``: (start row, stop row, index of the start in ``rows``)."""
     runs, start = [], 0
@@ -141,17 +138,6 @@ def _write_rows(root: zarr.Group, bucket: str, rows: list[int], level_names, fea
         root[f"buckets/{bucket}/done"][start:stop] = 1
 
 
-class _BatchList(torch.utils.data.Sampler):
-    def __init__(self, batches):
-        self.batches = batches
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __len__(self):
-        return len(self.batches)
-
-
 def write_teacher_cache(recipe, path: str, *, resume: bool = False, ctx: DistContext | None = None,
                         progress: Progress | None = None, write_threads: int = 4) -> CacheWriteSummary:
     """Cache the teacher of ``recipe`` over ``recipe.cache.split`` at ``path`` (see ``cache.schema``)."""
@@ -179,23 +165,19 @@ def write_teacher_cache(recipe, path: str, *, resume: bool = False, ctx: DistCon
         return CacheWriteSummary(path, len(plan), 0, 0.0, 0.0, True)
     root = zarr.open_group(path, mode="r+")
     buckets = root.attrs["buckets"]
-    done = read_done(root, buckets)
-    names = [b["name"] for b in buckets]
-    pending = [i for i in range(len(plan)) if not done[names[plan.bucket[i]]][plan.row[i]]]
 
     # Batches are fixed by the plan (consecutive rows of one bucket, i.e. one padded size), whatever is
     # pending: a resumed or multi-process run feeds the teacher exactly the batches an uninterrupted run
     # does, so the cached numbers do not depend on where a run stopped. A batch with any pending view is
     # recomputed; only its pending views are written.
-    is_pending = np.zeros(len(plan), dtype=bool)
-    is_pending[pending] = True
+    is_pending = ~TeacherCache(path, require_complete=False).done()  # the stored index is in plan order
     batches = []
     for b in range(len(buckets)):
         rows = np.flatnonzero(plan.bucket == b)
         batches += [rows[k : k + cfg.batch_size].tolist() for k in range(0, len(rows), cfg.batch_size)]
     mine = [bt for bt in batches[ctx.rank :: ctx.world_size] if is_pending[bt].any()]
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=_BatchList([[(int(plan.position[i]), VIEW_NAMES[int(plan.view[i])]) for i in bt]
+        dataset, batch_sampler=ListSampler([[(int(plan.position[i]), VIEW_NAMES[int(plan.view[i])]) for i in bt]
                                            for bt in mine]),
         num_workers=cfg.workers, collate_fn=collate, pin_memory=ctx.device.type == "cuda",
     )
@@ -234,8 +216,7 @@ def write_teacher_cache(recipe, path: str, *, resume: bool = False, ctx: DistCon
     barrier(ctx)
     complete = False
     if ctx.is_main:
-        done = read_done(root, buckets)
-        complete = all(bool(d.all()) for d in done.values())
+        complete = bool(TeacherCache(path, require_complete=False).done().all())
         if complete and root.attrs.get("state") != "complete":
             root.attrs["state"] = "complete"
     barrier(ctx)

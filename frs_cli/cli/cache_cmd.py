@@ -25,13 +25,10 @@ def register(app: typer.Typer, cache_app: typer.Typer) -> None:
         setup_logging(verbose)
         recipe = load(str(pipeline), overrides)
         from frs_cli.cache.writer import write_teacher_cache
-        from frs_cli.train.dist import setup, teardown
+        from frs_cli.train.dist import process_group
 
-        ctx = setup(device)
-        try:
+        with process_group(device) as ctx:
             s = write_teacher_cache(recipe, out, resume=resume, ctx=ctx, progress=progress_for_rank())
-        finally:
-            teardown(ctx)
         if is_main_process():
             if s.views_written == 0 and s.complete:
                 console.print(f"cache {out} is already complete ({s.views_total} views); nothing written")

@@ -28,15 +28,12 @@ def register(app: typer.Typer) -> None:
         """Train the student with FRS against cached teacher targets (or --online), L = L_GT + a*L_FPN + b*L_head."""
         setup_logging(verbose)
         recipe = load(str(pipeline), overrides)
-        from frs_cli.train.dist import setup, teardown
+        from frs_cli.train.dist import process_group
         from frs_cli.train.run import distill_student
 
-        ctx = setup(device)
-        try:
+        with process_group(device) as ctx:
             summary = distill_student(recipe, out, cache=cache, online=online, resume=resume, ctx=ctx,
                                       progress=progress_for_rank(), evaluate=not no_eval)
-        finally:
-            teardown(ctx)
         if is_main_process():
             fit = summary.fit
             source = "online teacher" if online else f"cache {cache}"

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
 from frs_cli.cli.common import console, fail, handle_errors, is_main_process, metrics_table, progress_for_rank, setup_logging
-
-
-def _write_json(path: Path, payload) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    tmp.replace(path)
+from frs_cli.files import write_json
 
 
 def register(app: typer.Typer) -> None:
@@ -56,23 +49,20 @@ def register(app: typer.Typer) -> None:
             from frs_cli.data.geometry import GeometryConfig
             from frs_cli.eval.predict import evaluate_detector
             from frs_cli.train.checkpoint import load_detector
-            from frs_cli.train.dist import setup, teardown
+            from frs_cli.train.dist import process_group
 
-            ctx = setup(device)
             detector, ckpt = load_detector(checkpoint)
             dataset = CocoViews(CocoIndex(ann), data / split, GeometryConfig(**ckpt["geometry"]))
-            try:
+            with process_group(device) as ctx:
                 result = evaluate_detector(detector.to(ctx.device), dataset, ctx, batch_size=batch_size, workers=workers,
                                            detections_out=detections_out, label_to_category=ckpt["label_to_category"],
                                            progress=progress_for_rank())
-            finally:
-                teardown(ctx)
             name = f"{ckpt['arch']} ({checkpoint.name})"
         if not is_main_process():
             return
         console.print(metrics_table(f"{split} split, {data}", {name: result}))
         if metrics is not None:
-            _write_json(metrics, result)
+            write_json(metrics, result, indent=1)
             console.print(f"wrote {metrics}")
 
 
@@ -92,5 +82,5 @@ def _mask_stats(cache: str, data: Path | None, high: float, max_views: int | Non
                       f"{100 * s.outside_mass:.1f}%", f"{s.high_far:,}", f"{s.high_total:,}")
     console.print(table)
     if metrics is not None:
-        _write_json(metrics, {"levels": [s.to_dict() for s in stats], "high": high})
+        write_json(metrics, {"levels": [s.to_dict() for s in stats], "high": high}, indent=1)
         console.print(f"wrote {metrics}")

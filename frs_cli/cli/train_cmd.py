@@ -27,15 +27,12 @@ def register(app: typer.Typer) -> None:
         """Train a detector on ground truth: a teacher, or the student baseline (DDP under torchrun)."""
         setup_logging(verbose)
         recipe = load(str(pipeline), overrides)
-        from frs_cli.train.dist import setup, teardown
+        from frs_cli.train.dist import process_group
         from frs_cli.train.run import train_detector
 
-        ctx = setup(device)
-        try:
+        with process_group(device) as ctx:
             summary = train_detector(recipe, role, out, resume=resume, ctx=ctx, progress=progress_for_rank(),
                                      evaluate=not no_eval)
-        finally:
-            teardown(ctx)
         if is_main_process():
             fit = summary.fit
             console.print(f"trained {role} {recipe.model_config(role).arch}: {fit.iterations} iterations in "

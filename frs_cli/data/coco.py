@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from frs_cli.data.geometry import GeometryConfig, ViewGeometry, apply_to_boxes, apply_to_image, view_geometry
+from frs_cli.data.geometry import (GeometryConfig, ViewGeometry, apply_to_boxes, apply_to_image, batch_padded_size,
+                                   pad_batch, view_geometry)
 from frs_cli.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -275,6 +276,19 @@ class ViewSampler(torch.utils.data.Sampler):
         return iter(self._items()[self.start :])
 
 
+class ListSampler(torch.utils.data.Sampler):
+    """Yields the given items in order: dataset keys for ``sampler=``, lists of keys for ``batch_sampler=``."""
+
+    def __init__(self, items):
+        self.items = list(items)
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
 @dataclass
 class Batch:
     """A padded batch. ``images`` is zero outside each ``image_sizes[i]`` box (bottom/right padding)."""
@@ -305,8 +319,6 @@ class Batch:
 
 
 def collate(samples: list[Sample]) -> Batch:
-    from frs_cli.data.geometry import batch_padded_size, pad_batch
-
     geoms = [s.geometry for s in samples]
     images = pad_batch([s.image for s in samples], batch_padded_size(geoms))
     teacher = None

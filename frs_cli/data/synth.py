@@ -33,7 +33,6 @@ Conventions:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +44,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from frs_cli.errors import ConfigError
+from frs_cli.files import write_json
 
 CATEGORIES: list[dict] = [
     {"id": i + 1, "name": name, "supercategory": "shape"}
@@ -284,10 +284,7 @@ def _check_out_dir(out: Path) -> None:
 
 
 def _write_json(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, separators=(",", ":"))
-    os.replace(tmp, path)
+    write_json(path, payload, separators=(",", ":"))
 
 
 def generate(out_dir: str | Path, cfg: SynthConfig, progress: Callable[[int], None] | None = None) -> dict:

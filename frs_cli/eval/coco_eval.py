@@ -27,6 +27,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from frs_cli.errors import DataError
+from frs_cli.files import write_json
 
 log = logging.getLogger(__name__)
 
@@ -276,9 +277,4 @@ class CocoEvaluator:
 
     def write_results(self, path: str | Path) -> None:
         """Write ``results`` as a COCO results JSON (full float precision), via a temp file and rename."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.results, f)
-        tmp.replace(path)
+        write_json(path, self.results)

@@ -6,23 +6,12 @@ from pathlib import Path
 
 import torch
 
-from frs_cli.data.coco import CocoViews, collate
+from frs_cli.data.coco import CocoViews, ListSampler, collate
 from frs_cli.data.geometry import invert_boxes
 from frs_cli.eval.coco_eval import CocoEvaluator, load_coco
 from frs_cli.models.base import Detector
 from frs_cli.progress import NullProgress, Progress
 from frs_cli.train.dist import DistContext, all_gather_objects
-
-
-class _Positions(torch.utils.data.Sampler):
-    def __init__(self, positions):
-        self.positions = list(positions)
-
-    def __iter__(self):
-        return iter([(p, "orig") for p in self.positions])
-
-    def __len__(self):
-        return len(self.positions)
 
 
 @torch.no_grad()
@@ -38,7 +27,7 @@ def predict(detector: Detector, dataset: CocoViews, ctx: DistContext, batch_size
     was_training = detector.training
     detector.eval()
     positions = range(ctx.rank, len(dataset), ctx.world_size)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=_Positions(positions),
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=ListSampler((p, "orig") for p in positions),
                                          num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda")
     ids, outputs = [], []
     progress.start("evaluate", len(positions), unit="img")

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.retinanet import RetinaNet, RetinaNetClassificationHead, RetinaNetHead
+from torchvision.models.detection.retinanet import RetinaNet, RetinaNetClassificationHead
 
 from frs_cli.models.base import Detector, DetectorOutput, LevelSpec
 

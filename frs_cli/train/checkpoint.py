@@ -6,13 +6,13 @@ so a killed run never leaves a truncated checkpoint under the real name.
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from frs_cli.files import atomic_path
 from frs_cli.models import CHECKPOINT_FORMAT, build_detector, load_checkpoint_file, load_state, model_fingerprint
 from frs_cli.models.config import ModelConfig
 from frs_cli.models.base import Detector
@@ -22,10 +22,8 @@ FINAL = "model_final.pt"  # the trained model alone
 
 
 def atomic_save(obj, path: str | Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def model_payload(detector: Detector, model_cfg: ModelConfig, label_to_category, category_names, geometry) -> dict:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +45,16 @@ def setup(device: str | None = None) -> DistContext:
         torch_dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world_size,
                                       device_id=dev if use_cuda else None)
     return DistContext(rank, world_size, local_rank, dev)
+
+
+@contextlib.contextmanager
+def process_group(device: str | None = None) -> Iterator[DistContext]:
+    """``setup`` on entry, ``teardown`` on exit (also on error): what each command runs inside."""
+    ctx = setup(device)
+    try:
+        yield ctx
+    finally:
+        teardown(ctx)
 
 
 def barrier(ctx: DistContext) -> None:

@@ -15,10 +15,8 @@ the title band sitting above the picture. ``level_panels`` puts ``n`` titled pan
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from frs_cli.errors import ConfigError
+from frs_cli.files import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -197,14 +196,9 @@ def save_png(image: Image.Image, path: str | Path) -> None:
     if not isinstance(image, Image.Image):
         raise ConfigError(f"save_png: expected a PIL image, got {type(image).__name__}")
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             image.save(f, format="PNG")
-        os.replace(tmp, path)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise ConfigError(f"save_png: expected a writable path, got {str(path)!r}: {exc.strerror or exc}") from None
     log.debug("wrote %s (%dx%d)", path, *image.size)
