@@ -37,6 +37,7 @@ def test_cached_and_online_losses_agree_within_fp16_rounding(recipe, cache_path,
     for name in cached:
         a, b = float(cached[name]), float(online[name])
         rel = abs(a - b) / abs(b)
+        print(f"parity mask={mask} {name}: cached {a:.7g} online {b:.7g} relative difference {rel:.2e}")
         # features are stored in fp16 (relative rounding <= 2**-11 ~ 4.9e-4 per value)
         assert rel < 1e-3, f"{name}: cached {a:.6g} vs online {b:.6g}, relative difference {rel:.2e}"
         if name in ("classification", "bbox_regression"):
