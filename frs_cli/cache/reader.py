@@ -1,6 +1,8 @@
 """Reading a teacher cache: the index, one view's targets, the teacher head, and a Dataset for training.
 
-``TeacherCache`` is safe to hand to DataLoader workers: arrays are opened lazily in each process.
+``TeacherCache`` reads a Zarr group (local path or fsspec URL) or an HDF5 file written by ``frs cache export``
+through one backend interface (``cache.backend``). It is safe to hand to DataLoader workers: the store is
+opened again lazily in each process.
 """
 
 from __future__ import annotations
@@ -9,11 +11,11 @@ import os
 
 import numpy as np
 import torch
-import zarr
 from torch import Tensor
 
+from frs_cli.cache.backend import open_backend
 from frs_cli.cache.schema import VIEW_CODES, Bucket
-from frs_cli.cache.store import decode, open_existing
+from frs_cli.cache.store import decode
 from frs_cli.data.coco import CocoViews, Sample
 from frs_cli.data.geometry import ViewGeometry
 from frs_cli.errors import CacheFormatError, CacheMismatchError
@@ -21,14 +23,16 @@ from frs_cli.models.base import LevelSpec
 
 
 class TeacherCache:
-    """A cache opened for reading. ``require_complete`` refuses a cache whose writer has not finished."""
+    """A cache opened for reading. ``require_complete`` refuses a cache whose writer has not finished.
+
+    ``path``: a Zarr group (local path or fsspec URL) or an ``.h5`` file; ``storage_options`` go to fsspec.
+    """
 
     def __init__(self, path: str, require_complete: bool = True, storage_options: dict | None = None):
         self.path = str(path)
         self.storage_options = storage_options
-        root = open_existing(self.path, mode="r", storage_options=storage_options)
-        if root is None:
-            raise CacheFormatError(f"cache: expected an frs teacher cache at {self.path!r}, found nothing there")
+        root = open_backend(self.path, storage_options)
+        self._backend, self._pid = root, os.getpid()
         self.attrs = dict(root.attrs)
         if self.attrs.get("state") == "creating":
             raise CacheFormatError(f"cache {self.path!r}: its writer stopped while creating it",
@@ -39,16 +43,24 @@ class TeacherCache:
         self.levels = [LevelSpec(d["name"], d["stride"], d["channels"]) for d in self.attrs["levels"]]
         self.buckets = [Bucket.from_dict(b) for b in self.attrs["buckets"]]
         self.dtype = self.attrs["storage"]["dtype"]
-        index = root["index"]
-        self.image_id = index["image_id"][...]
-        self.view = index["view"][...]
-        self.bucket = index["bucket"][...]
-        self.row = index["row"][...]
-        self.geometry = index["geometry"][...]
+        self.image_id = root.array("index/image_id")[...]
+        self.view = root.array("index/view")[...]
+        self.bucket = root.array("index/bucket")[...]
+        self.row = root.array("index/row")[...]
+        self.geometry = root.array("index/geometry")[...]
         self._lookup = {(int(i), int(v)): k for k, (i, v) in enumerate(zip(self.image_id, self.view))}
         self._arrays = None
-        self._pid = None
         self._memory = None
+
+    @property
+    def backend(self):
+        """The store backend, opened in this process (h5py and fsspec handles do not survive a fork)."""
+        if self._pid != os.getpid():
+            self._backend, self._pid, self._arrays = open_backend(self.path, self.storage_options), os.getpid(), None
+        return self._backend
+
+    def __getstate__(self) -> dict:  # store handles stay behind; each process opens its own
+        return {**self.__dict__, "_backend": None, "_arrays": None, "_pid": None}
 
     # -- what the cache holds -------------------------------------------------------------------------
     @property
@@ -108,9 +120,8 @@ class TeacherCache:
     def nbytes_stored(self) -> dict[str, int]:
         """Bytes the cache's chunks and metadata occupy in its store: ``views`` (what grows with the dataset:
         features, masks, done flags, checksums), ``fixed`` (index, teacher head) and ``total``."""
-        root = zarr.open_group(self.path, mode="r", storage_options=self.storage_options)
-        views = sum(int(arr.nbytes_stored()) for _, arr in _all_arrays(root["buckets"]))
-        total = sum(int(arr.nbytes_stored()) for _, arr in _all_arrays(root))
+        views = self.backend.nbytes_stored("buckets")
+        total = self.backend.nbytes_stored()
         return {"views": views, "fixed": total - views, "total": total}
 
     @property
@@ -119,14 +130,13 @@ class TeacherCache:
 
     # -- reading ----------------------------------------------------------------------------------------
     def _open(self):
-        if self._arrays is None or self._pid != os.getpid():
-            root = zarr.open_group(self.path, mode="r", storage_options=self.storage_options)
+        backend = self.backend
+        if self._arrays is None:
             self._arrays = {
-                b.name: [(root[f"buckets/{b.name}/{lv.name}/features"], root[f"buckets/{b.name}/{lv.name}/mask"])
-                         for lv in self.levels] for b in self.buckets
+                b.name: [(backend.array(f"buckets/{b.name}/{lv.name}/features"),
+                          backend.array(f"buckets/{b.name}/{lv.name}/mask")) for lv in self.levels]
+                for b in self.buckets
             }
-            self._root = root
-            self._pid = os.getpid()
         return self._arrays
 
     def preload(self) -> None:
@@ -134,11 +144,7 @@ class TeacherCache:
 
         Worth it for caches that fit in RAM: per-view reads of small views are dominated by per-call overhead.
         """
-        root = zarr.open_group(self.path, mode="r", storage_options=self.storage_options)
-        self._memory = {
-            b.name: [(root[f"buckets/{b.name}/{lv.name}/features"][...], root[f"buckets/{b.name}/{lv.name}/mask"][...])
-                     for lv in self.levels] for b in self.buckets
-        }
+        self._memory = {name: [(f[...], m[...]) for f, m in arrays] for name, arrays in self._open().items()}
 
     def read(self, k: int) -> dict[str, list[Tensor]]:
         """View ``k``: ``{"features": [(C, H_l, W_l)], "masks": [(H_l, W_l) float16]}``, one chunk per array."""
@@ -153,14 +159,12 @@ class TeacherCache:
 
     def done(self) -> np.ndarray:
         """(N,) bool: which views are recorded as written."""
-        root = zarr.open_group(self.path, mode="r", storage_options=self.storage_options)
-        flags = {b.name: root[f"buckets/{b.name}/done"][...] for b in self.buckets}
+        flags = {b.name: self.backend.array(f"buckets/{b.name}/done")[...] for b in self.buckets}
         return np.array([bool(flags[self.buckets[int(b)].name][int(r)]) for b, r in zip(self.bucket, self.row)])
 
     def head_state_dict(self) -> dict[str, Tensor]:
-        root = zarr.open_group(self.path, mode="r", storage_options=self.storage_options)
-        head = root["teacher_head"]
-        return {name: torch.from_numpy(np.ascontiguousarray(arr[...])) for name, arr in head.arrays()}
+        return {name: torch.from_numpy(np.ascontiguousarray(arr[...]))
+                for name, arr in self.backend.arrays("teacher_head")}
 
     def build_head(self) -> torch.nn.Module:
         """The teacher's classification head with the cached weights, in eval mode."""
@@ -169,13 +173,6 @@ class TeacherCache:
         head = build_cls_head(self.teacher["head_spec"])
         head.load_state_dict(self.head_state_dict())
         return head.eval().requires_grad_(False)
-
-
-def _all_arrays(group):
-    for name, arr in group.arrays():
-        yield name, arr
-    for _, sub in group.groups():
-        yield from _all_arrays(sub)
 
 
 class CachedViews(torch.utils.data.Dataset):

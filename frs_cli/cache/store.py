@@ -1,4 +1,9 @@
-"""Opening and creating cache groups, and encoding features for storage."""
+"""Where a cache lives: local paths and fsspec URLs, opening Zarr groups there, and encoding features.
+
+A cache path is a local directory (``runs/cache.zarr``) or any URL zarr's fsspec store layer understands
+(``file:///data/cache.zarr``, ``memory://cache.zarr``, ``s3://bucket/cache.zarr`` with s3fs installed).
+Everything that touches the filesystem by path goes through here, so URLs work wherever paths do.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,79 @@ import zarr
 from torch import Tensor
 
 from frs_cli.cache.schema import FORMAT_NAME, FORMAT_VERSION, STORAGE_DTYPES
-from frs_cli.errors import CacheFormatError
+from frs_cli.errors import CacheFormatError, ConfigError
+
+HDF5_SUFFIXES = (".h5", ".hdf5")
+
+
+def is_url(path: str) -> bool:
+    """Whether ``path`` is a URL for fsspec (``scheme://...``) rather than a local path."""
+    return "://" in str(path)
+
+
+def is_hdf5(path: str) -> bool:
+    """Whether ``path`` names an HDF5 file (by its suffix), the form ``frs cache export`` writes."""
+    return str(path).lower().endswith(HDF5_SUFFIXES)
+
+
+def _options(path: str, storage_options: dict | None) -> dict | None:
+    """fsspec options for ``path``: a ``file://`` URL gets ``auto_mkdir`` (zarr writes into new folders)."""
+    if not is_url(path):
+        return storage_options
+    opts = dict(storage_options or {})
+    if str(path).startswith("file://"):
+        opts.setdefault("auto_mkdir", True)
+    return opts
+
+
+def _fsspec(path: str, storage_options: dict | None):
+    try:
+        import fsspec
+    except ImportError as exc:
+        raise ConfigError(f"cache {path!r}: a URL needs fsspec, which is not installed",
+                          hint="pip install 'frs[remote]'") from exc
+    return fsspec.core.url_to_fs(path, **(storage_options or {}))
+
+
+def exists(path: str, storage_options: dict | None = None) -> bool:
+    """Whether anything (a file or a folder) is at ``path``."""
+    if not is_url(path):
+        from pathlib import Path
+
+        return Path(path).exists()
+    fs, inner = _fsspec(path, _options(path, storage_options))
+    return bool(fs.exists(inner))
+
+
+def open_group(path: str, mode: str = "r", storage_options: dict | None = None) -> zarr.Group:
+    """``zarr.open_group`` at a local path or URL (``mode`` as zarr's: r, r+, a, w)."""
+    if is_url(path):
+        _fsspec(path, None)  # a clear error when fsspec is missing
+    return zarr.open_group(path, mode=mode, storage_options=_options(path, storage_options))
+
+
+def check_format(path: str, attrs: dict) -> None:
+    """CacheFormatError unless ``attrs`` are an frs cache's of a format version this frs reads."""
+    if attrs.get("format") != FORMAT_NAME:
+        raise CacheFormatError(f"cache {path!r}: expected an frs teacher cache, found a group without "
+                               f"'format: {FORMAT_NAME}'")
+    version = attrs.get("format_version", 0)
+    if version > FORMAT_VERSION:
+        raise CacheFormatError(f"cache {path!r}: format version {version} is newer than this frs reads "
+                               f"({FORMAT_VERSION})", hint="upgrade frs")
+
+
+def open_existing(path: str, mode: str = "r", storage_options: dict | None = None) -> zarr.Group | None:
+    """The Zarr cache group at ``path``, None if nothing is there; CacheFormatError if it is not a cache."""
+    if not exists(path, storage_options):
+        return None
+    try:
+        group = open_group(path, mode=mode, storage_options=storage_options)
+    except (zarr.errors.GroupNotFoundError, zarr.errors.ContainsArrayError, ValueError, KeyError,
+            FileNotFoundError) as exc:
+        raise CacheFormatError(f"cache {path!r}: expected an frs teacher cache, found something else ({exc})") from exc
+    check_format(path, dict(group.attrs))
+    return group
 
 
 def codec(name: str):
@@ -36,25 +113,6 @@ def decode(a: np.ndarray, dtype: str) -> Tensor:
     if dtype == "bfloat16":
         return torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(np.ascontiguousarray(a))
-
-
-def open_existing(path: str, mode: str = "r", storage_options: dict | None = None) -> zarr.Group | None:
-    """The group at ``path`` if something is there, None if nothing is; CacheFormatError if it is not a cache."""
-    try:
-        group = zarr.open_group(path, mode=mode, storage_options=storage_options)
-    except FileNotFoundError:
-        return None
-    except (zarr.errors.GroupNotFoundError, zarr.errors.ContainsArrayError, ValueError, KeyError) as exc:
-        raise CacheFormatError(f"cache {path!r}: expected an frs teacher cache, found something else ({exc})") from exc
-    attrs = dict(group.attrs)
-    if attrs.get("format") != FORMAT_NAME:
-        raise CacheFormatError(f"cache {path!r}: expected an frs teacher cache, found a Zarr group without "
-                               f"'format: {FORMAT_NAME}'")
-    version = attrs.get("format_version", 0)
-    if version > FORMAT_VERSION:
-        raise CacheFormatError(f"cache {path!r}: format version {version} is newer than this frs reads "
-                               f"({FORMAT_VERSION})", hint="upgrade frs")
-    return group
 
 
 def storage_dtype(dtype: str) -> str:

@@ -1,0 +1,159 @@
+"""Read access to a cache whatever holds it: a Zarr group (local or URL) or an HDF5 file.
+
+Both backends expose the same layout (``cache.schema``) through one small interface, so ``TeacherCache``,
+``verify`` and ``export`` never ask which store they read. Arrays are returned as the store's own array
+objects (``zarr.Array`` or ``h5py.Dataset``); both take numpy indexing (``a[...]``, ``a[row]``, ``a[i:j]``)
+and have ``shape``, ``dtype`` and ``chunks``.
+
+HDF5 files hold each group attribute as JSON text (HDF5 attributes cannot nest), decoded here on reading.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+from frs_cli.cache.store import check_format, exists, is_hdf5, is_url, open_group
+from frs_cli.errors import CacheFormatError
+
+
+class ZarrBackend:
+    """A Zarr v3 cache group at a local path or URL."""
+
+    kind = "zarr"
+
+    def __init__(self, path: str, storage_options: dict | None = None):
+        import zarr
+
+        self.path = path
+        try:
+            self.root = open_group(path, mode="r", storage_options=storage_options)
+        except (zarr.errors.GroupNotFoundError, zarr.errors.ContainsArrayError, ValueError, KeyError,
+                FileNotFoundError, NotADirectoryError) as exc:
+            raise CacheFormatError(f"cache {path!r}: expected an frs teacher cache, found something else "
+                                   f"({type(exc).__name__})") from exc
+        self.attrs = dict(self.root.attrs)
+
+    def array(self, name: str):
+        return self.root[name]
+
+    def arrays(self, group: str) -> list[tuple[str, object]]:
+        """The arrays directly inside ``group``, by name."""
+        return sorted(self.root[group].arrays())
+
+    def walk(self, group: str = "") -> Iterator[tuple[str, object]]:
+        """Every array below ``group`` (``""``: the whole cache) as ``(path, array)``, in sorted order."""
+        node = self.root[group] if group else self.root
+        prefix = f"{group}/" if group else ""
+        for name, arr in sorted(node.arrays()):
+            yield prefix + name, arr
+        for name, _ in sorted(node.groups()):
+            yield from self.walk(prefix + name)
+
+    def groups(self) -> list[str]:
+        """Every group path below the root, sorted."""
+        import zarr
+
+        return sorted(name for name, node in self.root.members(max_depth=None) if isinstance(node, zarr.Group))
+
+    def stored_chunks(self, name: str) -> set[str]:
+        """Keys (relative to the array) of the chunks of array ``name`` that exist in the store."""
+        from zarr.core.sync import sync
+
+        arr = self.root[name]
+
+        async def keys():
+            return {k async for k in arr.store.list_prefix(f"{arr.path}/")}
+
+        return {k[len(arr.path) + 1:] for k in sync(keys())}
+
+    def chunk_key(self, name: str, row: int) -> str:
+        """The key of the chunk that holds row ``row`` of a one-row-per-chunk array."""
+        arr = self.root[name]
+        return arr.metadata.encode_chunk_key((row,) + (0,) * (len(arr.shape) - 1))
+
+    def nbytes_stored(self, group: str = "") -> int:
+        return sum(int(arr.nbytes_stored()) for _, arr in self.walk(group))
+
+    def close(self) -> None:
+        pass
+
+
+class HDF5Backend:
+    """One HDF5 file with the cache layout, as ``frs cache export`` writes it (local files only)."""
+
+    kind = "hdf5"
+
+    def __init__(self, path: str):
+        import h5py
+
+        self.path = path
+        try:
+            self.file = h5py.File(path, "r")
+        except OSError as exc:
+            raise CacheFormatError(f"cache {path!r}: expected an HDF5 file, could not open it ({exc})") from exc
+        try:
+            self.attrs = {k: json.loads(v) for k, v in self.file.attrs.items()}
+        except (TypeError, ValueError) as exc:
+            raise CacheFormatError(f"cache {path!r}: expected JSON text attributes (frs cache export), got "
+                                   f"something else ({exc})") from exc
+
+    def array(self, name: str):
+        if name not in self.file:
+            raise CacheFormatError(f"cache {self.path!r}: holds no array {name!r}")
+        return self.file[name]
+
+    def arrays(self, group: str) -> list[tuple[str, object]]:
+        import h5py
+
+        return sorted((k, v) for k, v in self.file[group].items() if isinstance(v, h5py.Dataset))
+
+    def walk(self, group: str = "") -> Iterator[tuple[str, object]]:
+        import h5py
+
+        node = self.file[group] if group else self.file
+        prefix = f"{group}/" if group else ""
+        items = sorted(node.items())
+        for name, obj in items:
+            if isinstance(obj, h5py.Dataset):
+                yield prefix + name, obj
+        for name, obj in items:
+            if isinstance(obj, h5py.Group):
+                yield from self.walk(prefix + name)
+
+    def groups(self) -> list[str]:
+        import h5py
+
+        found = []
+        self.file.visititems(lambda name, obj: found.append(name) if isinstance(obj, h5py.Group) else None)
+        return sorted(found)
+
+    def stored_chunks(self, name: str) -> set[str] | None:
+        """None: not checked. HDF5 files are written whole (export renames a finished file)."""
+        del name
+
+    def chunk_key(self, name: str, row: int) -> str:
+        return str(row)
+
+    def nbytes_stored(self, group: str = "") -> int:
+        return sum(int(arr.id.get_storage_size()) for _, arr in self.walk(group))
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def open_backend(path: str, storage_options: dict | None = None) -> ZarrBackend | HDF5Backend:
+    """The cache at ``path`` (Zarr group, URL, or ``.h5`` file), format checked.
+
+    Raises CacheFormatError when nothing is there, when it is not an frs cache, or when its format version is
+    newer than this frs reads.
+    """
+    path = str(path)
+    if not exists(path, storage_options):
+        raise CacheFormatError(f"cache: expected an frs teacher cache at {path!r}, found nothing there")
+    if is_hdf5(path) and not is_url(path):
+        backend = HDF5Backend(path)
+    else:
+        backend = ZarrBackend(path, storage_options)
+    check_format(path, backend.attrs)
+    return backend
