@@ -39,3 +39,7 @@ class TrainingError(FrsError):
 
 class Interrupted(FrsError):
     """The user stopped a run (Ctrl-C); what was done is saved and ``--resume`` continues."""
+
+
+class StorageError(FrsError):
+    """Writing to a file or store failed (disk full, no permission, ...); what was written before stays valid."""

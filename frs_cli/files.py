@@ -1,12 +1,35 @@
-"""Writing files so that a reader (or a killed run) never sees half of one: temp file beside it, then rename."""
+"""Writing files so that a reader (or a killed run) never sees half of one: temp file beside it, then rename;
+and turning the operating system's write failures (a full disk above all) into one clear error.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+
+from frs_cli.errors import StorageError
+
+_FULL = {errno.ENOSPC: "the disk is full (no space left on device)", errno.EDQUOT: "the disk quota is exceeded"}
+
+
+def storage_error(exc: OSError, target: str, hint: str | None = None) -> StorageError:
+    """A one-line ``StorageError`` for ``exc`` raised while writing ``target`` (the file, if known, is named)."""
+    what = _FULL.get(exc.errno) or f"writing failed ({exc.strerror or exc})"
+    at = f" at {exc.filename}" if getattr(exc, "filename", None) else ""
+    return StorageError(f"{target}: {what}{at}", hint=hint)
+
+
+@contextlib.contextmanager
+def storage_errors(target: str, hint: str | None = None) -> Iterator[None]:
+    """Inside the block, an ``OSError`` becomes ``storage_error(exc, target, hint)``."""
+    try:
+        yield
+    except OSError as exc:
+        raise storage_error(exc, target, hint) from exc
 
 
 @contextlib.contextmanager

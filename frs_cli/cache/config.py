@@ -16,6 +16,8 @@ class CacheConfig:
     workers: int = 4  # image-decoding worker processes
     amp: bool = True  # run the teacher in bf16 autocast on CUDA (features are stored in `dtype`)
     preload_mb: int = 2048  # distill reads a cache up to this size into memory once (0: always read per view)
+    check_teacher_images: int = 0  # before caching, score the teacher on the first N val images (0: no check)
+    min_teacher_map: float = 0.01  # ...and refuse to cache when its COCO AP (0..1) is below this
 
     def __post_init__(self):
         from frs_cli.data.geometry import VIEWS
@@ -26,5 +28,8 @@ class CacheConfig:
                 raise ConfigError(f"cache.views: expected views from {', '.join(VIEWS)}, got {v!r}")
         if not self.views or len(set(self.views)) != len(self.views):
             raise ConfigError(f"cache.views: expected a non-empty list without repeats, got {list(self.views)}")
+        if self.check_teacher_images < 0 or not 0.0 <= self.min_teacher_map <= 1.0:
+            raise ConfigError(f"cache: expected check_teacher_images >= 0 and min_teacher_map in 0..1, got "
+                              f"{self.check_teacher_images}, {self.min_teacher_map}")
         if self.batch_size < 1 or self.workers < 0:
             raise ConfigError(f"cache: expected batch_size >= 1 and workers >= 0, got {self.batch_size}, {self.workers}")

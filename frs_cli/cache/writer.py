@@ -1,9 +1,13 @@
 """``frs teacher-cache``: run the frozen teacher over a split once and write its targets to a Zarr group.
 
 The writer is resumable at view granularity: a view's ``done`` flag is written after all its arrays, and a
-resumed run writes exactly the views whose flag is not set. Under torchrun every process takes its own
-batches of the pending views and writes only their chunks (one chunk per view per array, so no two
-processes ever touch the same chunk); process 0 creates the layout before and marks the cache complete after.
+resumed run writes exactly the views whose flag is not set. ``--resume`` first verifies every done view
+(``cache.verify``) and clears the flag of each one it rejects, so a resumed run also rewrites views whose
+chunks went missing or corrupt; on a complete cache ``--resume`` is thus "verify and repair". Under
+torchrun every process takes its own batches of the pending views and writes only their chunks (one chunk per
+view per array, so no two processes ever touch the same chunk); process 0 creates the layout (or verifies it)
+before and marks the cache complete after. A write that fails (a full disk) raises ``StorageError`` and leaves
+the cache in state ``writing``: ``--resume`` continues it.
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ import zarr
 import frs_cli
 from frs_cli.cache.reader import TeacherCache
 from frs_cli.cache.schema import FORMAT_NAME, FORMAT_VERSION, VIEW_NAMES, Plan, geometry_fingerprint, make_plan
-from frs_cli.cache.store import codec, encode, open_existing, storage_dtype
+from frs_cli.cache.store import codec, encode, is_hdf5, open_existing, open_group, storage_dtype
+from frs_cli.cache.verify import verify_cache
 from frs_cli.data.coco import CocoViews, ListSampler, collate
-from frs_cli.errors import CacheFormatError, CacheMismatchError
+from frs_cli.errors import CacheFormatError, CacheMismatchError, ConfigError
+from frs_cli.files import storage_errors
 from frs_cli.losses import frs_masks
 from frs_cli.models import build_detector, model_fingerprint
 from frs_cli.progress import NullProgress, Progress
@@ -41,11 +47,13 @@ class CacheWriteSummary:
     seconds: float
     views_per_second: float
     complete: bool
+    views_rejected: int = 0  # done views that --resume found missing or corrupt and rewrote
+    teacher_check: dict | None = None  # the teacher's score on val images, when checked
 
 
-def _create(path: str, plan: Plan, teacher, recipe, fingerprints: dict, dataset) -> zarr.Group:
+def _create(path: str, plan: Plan, teacher, recipe, fingerprints: dict, dataset, check: dict | None) -> zarr.Group:
     cfg = recipe.cache
-    root = zarr.open_group(path, mode="w")
+    root = open_group(path, mode="w")
     root.attrs.update({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "state": "creating"})
     index = root.create_group("index")
     for name, values in (("image_id", plan.image_id), ("view", plan.view), ("bucket", plan.bucket),
@@ -80,7 +88,7 @@ def _create(path: str, plan: Plan, teacher, recipe, fingerprints: dict, dataset)
         "recipe": recipe.name,
         "teacher": {"arch": teacher.arch, "weights": recipe.teacher.weights, "num_classes": teacher.num_classes,
                     "fingerprint": fingerprints["teacher"], "head_spec": teacher.cls_head_spec(),
-                    "model_config": dataclasses.asdict(recipe.teacher)},
+                    "model_config": dataclasses.asdict(recipe.teacher), "check": check},
         "levels": [lv.to_dict() for lv in teacher.levels],
         "geometry": recipe.geometry.to_dict(),
         "views": list(cfg.views),
@@ -138,9 +146,27 @@ def _write_rows(root: zarr.Group, bucket: str, rows: list[int], level_names, fea
         root[f"buckets/{bucket}/done"][start:stop] = 1
 
 
+def _reject(root: zarr.Group, faults) -> None:
+    """Mark the views ``verify`` rejected as not done (state ``writing`` first, so a kill here leaves no
+    "complete" cache with views missing)."""
+    root.attrs["state"] = "writing"
+    for f in faults:
+        root[f"buckets/{f.bucket}/done"][f.row] = 0
+
+
 def write_teacher_cache(recipe, path: str, *, resume: bool = False, ctx: DistContext | None = None,
                         progress: Progress | None = None, write_threads: int = 4) -> CacheWriteSummary:
-    """Cache the teacher of ``recipe`` over ``recipe.cache.split`` at ``path`` (see ``cache.schema``)."""
+    """Cache the teacher of ``recipe`` over ``recipe.cache.split`` at ``path`` (see ``cache.schema``).
+
+    ``path``: a local directory or an fsspec URL (a Zarr v3 group either way). A complete cache is left
+    untouched, unless ``resume``: then it is verified and the views verify rejects are rewritten. With
+    ``recipe.cache.check_teacher_images`` > 0 the teacher is first scored on that many val images, and
+    nothing is written when its AP is below ``recipe.cache.min_teacher_map`` (ModelError).
+    Raises StorageError when a write fails (disk full); what was written stays, ``resume`` continues it.
+    """
+    if is_hdf5(path):
+        raise ConfigError(f"teacher-cache --out {path!r}: expected a Zarr path or URL, got an HDF5 file name",
+                          hint="write the Zarr cache, then: frs cache export CACHE OUT.h5")
     progress = progress or NullProgress()
     ctx = ctx or setup()
     cfg = recipe.cache
@@ -149,77 +175,93 @@ def write_teacher_cache(recipe, path: str, *, resume: bool = False, ctx: DistCon
     fingerprints = {"teacher": model_fingerprint(teacher), "dataset": dataset.index.fingerprint(),
                     "geometry": geometry_fingerprint(recipe.geometry)}
     plan = make_plan(dataset, cfg.views, teacher.strides)
+    check = None
+    if cfg.check_teacher_images > 0:
+        from frs_cli.eval.teacher_check import check_teacher
 
-    already_complete = False
-    if ctx.is_main:
-        root = open_existing(path, mode="r")
-        if root is not None and root.attrs.get("state") != "creating":
-            _check_same(path, root, fingerprints, cfg.views)
-            if root.attrs.get("state") != "complete" and not resume:
-                raise CacheFormatError(f"cache {path!r}: exists and is incomplete",
-                                       hint="add --resume to continue it, or delete it")
-            already_complete = root.attrs.get("state") == "complete"
-        else:
-            root = _create(path, plan, teacher, recipe, fingerprints, dataset)
-    if broadcast_object(ctx, already_complete):  # nothing to do, and nothing is touched
-        return CacheWriteSummary(path, len(plan), 0, 0.0, 0.0, True)
-    root = zarr.open_group(path, mode="r+")
-    buckets = root.attrs["buckets"]
+        val = CocoViews.from_config(recipe.data, recipe.data.val, recipe.geometry)
+        check = check_teacher(teacher, val, cfg.check_teacher_images, cfg.min_teacher_map, ctx, split=recipe.data.val,
+                              fingerprint=fingerprints["teacher"], batch_size=cfg.batch_size, workers=cfg.workers,
+                              amp=cfg.amp, progress=progress)
+    hint = "free space (or fix the store), then run the same command with --resume"
+    with storage_errors(f"cache {path}", hint=hint):  # a full disk: one line, the cache stays resumable
+        already_complete, rejected = False, 0
+        if ctx.is_main:
+            root = open_existing(path, mode="r")
+            if root is not None and root.attrs.get("state") != "creating":
+                _check_same(path, root, fingerprints, cfg.views)
+                if root.attrs.get("state") != "complete" and not resume:
+                    raise CacheFormatError(f"cache {path!r}: exists and is incomplete",
+                                           hint="add --resume to continue it, or delete it")
+                already_complete = root.attrs.get("state") == "complete"
+                if resume:
+                    faults = verify_cache(path, progress=progress).faults
+                    rejected = len(faults)
+                    if faults:
+                        log.warning("cache %s: %d written views are missing or corrupt; rewriting them", path, len(faults))
+                        _reject(open_group(path, mode="r+"), faults)
+                        already_complete = False
+            else:
+                root = _create(path, plan, teacher, recipe, fingerprints, dataset, check)
+        if broadcast_object(ctx, already_complete):  # nothing to do, and nothing is touched
+            return CacheWriteSummary(path, len(plan), 0, 0.0, 0.0, True, 0, check)
+        root = open_group(path, mode="r+")
+        buckets = root.attrs["buckets"]
 
-    # Batches are fixed by the plan (consecutive rows of one bucket, i.e. one padded size), whatever is
-    # pending: a resumed or multi-process run feeds the teacher exactly the batches an uninterrupted run
-    # does, so the cached numbers do not depend on where a run stopped. A batch with any pending view is
-    # recomputed; only its pending views are written.
-    is_pending = ~TeacherCache(path, require_complete=False).done()  # the stored index is in plan order
-    batches = []
-    for b in range(len(buckets)):
-        rows = np.flatnonzero(plan.bucket == b)
-        batches += [rows[k : k + cfg.batch_size].tolist() for k in range(0, len(rows), cfg.batch_size)]
-    mine = [bt for bt in batches[ctx.rank :: ctx.world_size] if is_pending[bt].any()]
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=ListSampler([[(int(plan.position[i]), VIEW_NAMES[int(plan.view[i])]) for i in bt]
-                                           for bt in mine]),
-        num_workers=cfg.workers, collate_fn=collate, pin_memory=ctx.device.type == "cuda",
-    )
-    level_names = teacher.level_names
-    use_amp = cfg.amp and ctx.device.type == "cuda"
-    n_mine = int(sum(is_pending[bt].sum() for bt in mine))
-    progress.start("teacher-cache", n_mine, unit="view")
-    t0 = time.perf_counter()
-    written = 0
-    futures: list[Future] = []
-    with ThreadPoolExecutor(max_workers=write_threads) as pool:
-        for rows, batch in zip(mine, loader):
-            batch = batch.to(ctx.device)
-            with torch.no_grad(), torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                out = teacher(batch.images, batch.image_sizes, detect=False)
-            masks = frs_masks(out.cls_logits)
-            bucket = buckets[int(plan.bucket[rows[0]])]
-            got = [tuple(f.shape[-2:]) for f in out.features]
-            if got != [tuple(s) for s in bucket["level_sizes"]]:
-                raise CacheFormatError(f"teacher-cache: the teacher's level grids {got} differ from the planned "
-                                       f"{bucket['level_sizes']} for padded size {bucket['padded']}")
-            feats = [encode(f, cfg.dtype) for f in out.features]  # (B, C, H, W) each
-            mks = [m.to(torch.float16).cpu().numpy() for m in masks]  # (B, H, W) each
-            keep = [j for j, i in enumerate(rows) if is_pending[i]]
-            futures.append(pool.submit(_write_rows, root, bucket["name"], [int(plan.row[rows[j]]) for j in keep],
-                                       level_names, [f[keep] for f in feats], [m[keep] for m in mks]))
-            while len(futures) > 2 * write_threads:
-                futures.pop(0).result()
-            n_new = int(is_pending[rows].sum())
-            written += n_new
-            progress.update(n_new)
-        for f in futures:
-            f.result()
-    progress.stop()
-    seconds = time.perf_counter() - t0
-    barrier(ctx)
-    complete = False
-    if ctx.is_main:
-        complete = bool(TeacherCache(path, require_complete=False).done().all())
-        if complete and root.attrs.get("state") != "complete":
-            root.attrs["state"] = "complete"
-    barrier(ctx)
-    total_written = sum(all_gather_objects(ctx, written))
-    return CacheWriteSummary(path, len(plan), total_written, seconds, written / seconds if seconds > 0 else 0.0,
-                             complete)
+        # Batches are fixed by the plan (consecutive rows of one bucket, i.e. one padded size), whatever is
+        # pending: a resumed or multi-process run feeds the teacher exactly the batches an uninterrupted run
+        # does, so the cached numbers do not depend on where a run stopped. A batch with any pending view is
+        # recomputed; only its pending views are written.
+        is_pending = ~TeacherCache(path, require_complete=False).done()  # the stored index is in plan order
+        batches = []
+        for b in range(len(buckets)):
+            rows = np.flatnonzero(plan.bucket == b)
+            batches += [rows[k : k + cfg.batch_size].tolist() for k in range(0, len(rows), cfg.batch_size)]
+        mine = [bt for bt in batches[ctx.rank :: ctx.world_size] if is_pending[bt].any()]
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=ListSampler([[(int(plan.position[i]), VIEW_NAMES[int(plan.view[i])]) for i in bt]
+                                               for bt in mine]),
+            num_workers=cfg.workers, collate_fn=collate, pin_memory=ctx.device.type == "cuda",
+        )
+        level_names = teacher.level_names
+        use_amp = cfg.amp and ctx.device.type == "cuda"
+        n_mine = int(sum(is_pending[bt].sum() for bt in mine))
+        progress.start("teacher-cache", n_mine, unit="view")
+        t0 = time.perf_counter()
+        written = 0
+        futures: list[Future] = []
+        with ThreadPoolExecutor(max_workers=write_threads) as pool:
+            for rows, batch in zip(mine, loader):
+                batch = batch.to(ctx.device)
+                with torch.no_grad(), torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    out = teacher(batch.images, batch.image_sizes, detect=False)
+                masks = frs_masks(out.cls_logits)
+                bucket = buckets[int(plan.bucket[rows[0]])]
+                got = [tuple(f.shape[-2:]) for f in out.features]
+                if got != [tuple(s) for s in bucket["level_sizes"]]:
+                    raise CacheFormatError(f"teacher-cache: the teacher's level grids {got} differ from the planned "
+                                           f"{bucket['level_sizes']} for padded size {bucket['padded']}")
+                feats = [encode(f, cfg.dtype) for f in out.features]  # (B, C, H, W) each
+                mks = [m.to(torch.float16).cpu().numpy() for m in masks]  # (B, H, W) each
+                keep = [j for j, i in enumerate(rows) if is_pending[i]]
+                futures.append(pool.submit(_write_rows, root, bucket["name"], [int(plan.row[rows[j]]) for j in keep],
+                                           level_names, [f[keep] for f in feats], [m[keep] for m in mks]))
+                while len(futures) > 2 * write_threads:
+                    futures.pop(0).result()
+                n_new = int(is_pending[rows].sum())
+                written += n_new
+                progress.update(n_new)
+            for f in futures:
+                f.result()
+        progress.stop()
+        seconds = time.perf_counter() - t0
+        barrier(ctx)
+        complete = False
+        if ctx.is_main:
+            complete = bool(TeacherCache(path, require_complete=False).done().all())
+            if complete and root.attrs.get("state") != "complete":
+                root.attrs["state"] = "complete"
+        barrier(ctx)
+        total_written = sum(all_gather_objects(ctx, written))
+        return CacheWriteSummary(path, len(plan), total_written, seconds, written / seconds if seconds > 0 else 0.0,
+                                 complete, broadcast_object(ctx, rejected), check)

@@ -15,7 +15,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 data_app = typer.Typer(help="Datasets: generate the embedded synthetic COCO-format set.", no_args_is_help=True)
-cache_app = typer.Typer(help="Inspect teacher caches.", no_args_is_help=True)
+cache_app = typer.Typer(help="Inspect, verify and export teacher caches.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(cache_app, name="cache")
 

@@ -1,4 +1,4 @@
-"""``frs teacher-cache`` and ``frs cache info``."""
+"""``frs teacher-cache`` and ``frs cache info | verify | export``."""
 
 from __future__ import annotations
 
@@ -15,14 +15,20 @@ def register(app: typer.Typer, cache_app: typer.Typer) -> None:
     @handle_errors
     def teacher_cache(
         pipeline: Path = typer.Option(..., "--pipeline", "-p", help=PIPELINE_HELP),
-        out: str = typer.Option(..., "--out", "-o", help="Cache path (a Zarr v3 group; created)."),
-        resume: bool = typer.Option(False, "--resume", help="Continue an incomplete cache; done views are skipped."),
+        out: str = typer.Option(..., "--out", "-o", help="Cache path or URL (a Zarr v3 group; created)."),
+        resume: bool = typer.Option(False, "--resume", help="Verify what is written, then write what is missing or "
+                                                            "corrupt (also on a complete cache: verify and repair)."),
+        check_teacher: int = typer.Option(None, "--check-teacher", metavar="N",
+                                          help="First score the teacher on N val images; refuse below "
+                                               "cache.min_teacher_map (default from cache.check_teacher_images)."),
         overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
         device: str = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
         verbose: bool = typer.Option(False, "--verbose", "-v"),
     ):
         """Run the frozen teacher once over a split; write its FPN features and FRS masks to Zarr (torchrun: many GPUs)."""
         setup_logging(verbose)
+        if check_teacher is not None:
+            overrides = [*overrides, f"cache.check_teacher_images={check_teacher}"]
         recipe = load(str(pipeline), overrides)
         from frs_cli.cache.writer import write_teacher_cache
         from frs_cli.train.dist import process_group
@@ -30,6 +36,12 @@ def register(app: typer.Typer, cache_app: typer.Typer) -> None:
         with process_group(device) as ctx:
             s = write_teacher_cache(recipe, out, resume=resume, ctx=ctx, progress=progress_for_rank())
         if is_main_process():
+            if s.teacher_check:
+                tc = s.teacher_check
+                console.print(f"teacher check: AP {tc['AP']:.4f} on the first {tc['images']} {tc['split']} images "
+                              f"(minimum {tc['min_AP']:.4f})")
+            if s.views_rejected:
+                console.print(f"rewrote {s.views_rejected} written views that were missing or corrupt")
             if s.views_written == 0 and s.complete:
                 console.print(f"cache {out} is already complete ({s.views_total} views); nothing written")
             else:
@@ -72,3 +84,28 @@ def register(app: typer.Typer, cache_app: typer.Typer) -> None:
         for k, v in rows:
             table.add_row(k, v)
         console.print(table)
+
+    @cache_app.command("verify", epilog="Example: frs cache verify runs/cache.zarr")
+    @handle_errors
+    def verify(cache: str = typer.Argument(..., help="Cache path, URL or .h5 file.")):
+        """Check that every view recorded as written has all its arrays, each matching its stored checksum."""
+        from frs_cli.cache.verify import verify_cache
+
+        report = verify_cache(cache, progress=progress_for_rank())
+        for f in report.faults:
+            console.print(f"image {f.image_id} {f.view} (bucket {f.bucket}, row {f.row}): {f.describe()}",
+                          highlight=False, soft_wrap=True)
+        console.print(report.summary(), highlight=False, soft_wrap=True)
+        if not report.ok:
+            raise typer.Exit(1)
+
+    @cache_app.command("export", epilog="Example: frs cache export runs/cache.zarr runs/cache.h5")
+    @handle_errors
+    def export(cache: str = typer.Argument(..., help="Complete Zarr cache (path or URL)."),
+               out: Path = typer.Argument(..., help="HDF5 file to write (.h5); replaced whole at the end.")):
+        """Copy a complete cache into one HDF5 file of the same layout; distill reads either."""
+        from frs_cli.cache.export import export_hdf5
+
+        s = export_hdf5(cache, out, progress=progress_for_rank())
+        console.print(f"exported {s.views} views ({s.arrays} arrays, {s.bytes / 1e6:,.1f} MB) -> {s.path}",
+                      highlight=False, soft_wrap=True)

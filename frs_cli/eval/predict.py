@@ -16,8 +16,10 @@ from frs_cli.train.dist import DistContext, all_gather_objects
 
 @torch.no_grad()
 def predict(detector: Detector, dataset: CocoViews, ctx: DistContext, batch_size: int = 8, workers: int = 2,
-            amp: bool = True, progress: Progress | None = None) -> tuple[list[int], list[dict]]:
-    """Detections for every image of ``dataset`` (this process's share under torchrun, gathered after).
+            amp: bool = True, progress: Progress | None = None,
+            max_images: int | None = None) -> tuple[list[int], list[dict]]:
+    """Detections for every image of ``dataset`` (this process's share under torchrun, gathered after), or for
+    its first ``max_images`` images.
 
     Returns ``(image_ids, outputs)``: per image ``{"boxes": (N, 4) xyxy original pixels, "scores", "labels"}``
     on the CPU, all images on every process.
@@ -26,7 +28,8 @@ def predict(detector: Detector, dataset: CocoViews, ctx: DistContext, batch_size
     device = ctx.device
     was_training = detector.training
     detector.eval()
-    positions = range(ctx.rank, len(dataset), ctx.world_size)
+    count = len(dataset) if max_images is None else min(max_images, len(dataset))
+    positions = range(ctx.rank, count, ctx.world_size)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=ListSampler((p, "orig") for p in positions),
                                          num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda")
     ids, outputs = [], []
@@ -50,12 +53,14 @@ def predict(detector: Detector, dataset: CocoViews, ctx: DistContext, batch_size
 
 def evaluate_detector(detector: Detector, dataset: CocoViews, ctx: DistContext, batch_size: int = 8,
                       workers: int = 2, amp: bool = True, detections_out: str | Path | None = None,
-                      label_to_category=None, progress: Progress | None = None) -> dict[str, float]:
+                      label_to_category=None, progress: Progress | None = None,
+                      max_images: int | None = None) -> dict[str, float]:
     """COCO box mAP of ``detector`` on ``dataset`` (keys ``AP, AP50, AP75, APs, APm, APl``, fractions).
 
-    ``label_to_category`` maps the detector's labels to category ids (default: the dataset's own map).
+    ``label_to_category`` maps the detector's labels to category ids (default: the dataset's own map);
+    ``max_images`` scores only the first N images (in dataset order), against their own ground truth.
     """
-    ids, outputs = predict(detector, dataset, ctx, batch_size, workers, amp, progress)
+    ids, outputs = predict(detector, dataset, ctx, batch_size, workers, amp, progress, max_images)
     mapping = dataset.index.label_to_category if label_to_category is None else label_to_category
     evaluator = CocoEvaluator(load_coco(dataset.index.path), mapping)
     evaluator.process(ids, outputs)

@@ -1,0 +1,142 @@
+"""``frs cache verify`` and the repair it drives: ``teacher-cache --resume`` rewrites exactly what verify rejects."""
+
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from typer.testing import CliRunner
+
+from frs_cli.cache.reader import TeacherCache
+from frs_cli.cache.verify import CHECKSUM, MISSING, UNREADABLE, verify_cache
+from frs_cli.cache.writer import write_teacher_cache
+from frs_cli.cli.app import app
+from frs_cli.config import load_recipe
+from frs_cli.train.dist import setup
+
+from conftest import write_recipe
+
+runner = CliRunner()
+BUCKET = "buckets/64x64"
+
+
+def _arrays(path):
+    root = zarr.open_group(str(path), mode="r")
+    out = {}
+
+    def walk(group, prefix):
+        for name, arr in group.arrays():
+            out[prefix + name] = arr[...]
+        for name, sub in group.groups():
+            walk(sub, prefix + name + "/")
+
+    walk(root, "")
+    return out
+
+
+def _chunk_files(path: Path) -> dict[Path, int]:
+    """Every chunk file of the per-view arrays, with its modification time."""
+    return {p: p.stat().st_mtime_ns for p in (path / BUCKET).rglob("c.*") if p.is_file()}
+
+
+def _row_of(chunk: Path) -> int:
+    return int(chunk.name.split(".")[1])
+
+
+def _flip_a_byte(chunk: Path) -> None:
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def damaged(cache_path, tmp_path):
+    """A copy of the complete cache with row 5's P3 features corrupted and row 7's P5 mask deleted."""
+    copy = tmp_path / "damaged.zarr"
+    shutil.copytree(cache_path, copy)
+    _flip_a_byte(copy / BUCKET / "P3" / "features" / "c.5.0.0.0")
+    (copy / BUCKET / "P5" / "mask" / "c.7.0.0").unlink()
+    return copy
+
+
+def test_intact_cache_verifies_ok_with_a_one_line_summary(cache_path):
+    result = runner.invoke(app, ["cache", "verify", cache_path])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().splitlines() == [
+        f"OK: cache {cache_path}: 48 of 48 written views intact (all 48 views, state complete)"]
+
+
+def test_verify_lists_exactly_the_corrupt_and_the_missing_view(damaged, cache_path):
+    report = verify_cache(str(damaged))
+    assert not report.ok and report.views_done == 48
+    cache = TeacherCache(str(damaged))
+    assert [(f.bucket, f.row, f.problems) for f in report.faults] == [
+        ("64x64", 5, (("P3/features", CHECKSUM),)), ("64x64", 7, (("P5/mask", MISSING),))]
+    for f in report.faults:  # the index maps each fault back to its image and view
+        assert (int(cache.image_id[f.index]), f.view) == (f.image_id, f.view)
+        assert cache.find(f.image_id, f.view) == f.index
+    result = runner.invoke(app, ["cache", "verify", str(damaged)])
+    assert result.exit_code == 1
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 3, lines
+    assert re.fullmatch(r"image 3 hflip \(bucket 64x64, row 5\): P3/features checksum mismatch", lines[0])
+    assert re.fullmatch(r"image 4 hflip \(bucket 64x64, row 7\): P5/mask missing", lines[1])
+    assert "46 of 48 written views intact, 2 missing or corrupt" in lines[2] and "--resume" in lines[2]
+
+
+def test_truncated_chunk_is_unreadable(cache_path, tmp_path):
+    copy = tmp_path / "c.zarr"
+    shutil.copytree(cache_path, copy)
+    chunk = copy / BUCKET / "P4" / "features" / "c.9.0.0.0"
+    chunk.write_bytes(chunk.read_bytes()[:50])
+    (f,) = verify_cache(str(copy)).faults
+    assert (f.row, f.problems) == (9, (("P4/features", UNREADABLE),))
+
+
+def test_resume_rewrites_exactly_the_rejected_views(damaged, cache_path, recipe_path):
+    before = _chunk_files(damaged)
+    result = runner.invoke(app, ["teacher-cache", "--pipeline", recipe_path, "--out", str(damaged), "--resume",
+                                 "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "rewrote 2 written views that were missing or corrupt" in result.stdout
+    assert "wrote 2 of 48 views" in result.stdout
+    after = _chunk_files(damaged)
+    changed = {p for p in after if before.get(p) != after[p]}
+    assert {_row_of(p) for p in changed} == {5, 7}  # every chunk of other views is untouched
+    assert len(changed) == 2 * (2 * 5 + 2)  # both views: 5 levels x (features, mask), crc, done
+    result = runner.invoke(app, ["cache", "verify", str(damaged)])
+    assert result.exit_code == 0 and result.stdout.startswith("OK:")
+    ref, got = _arrays(cache_path), _arrays(damaged)
+    assert set(ref) == set(got)
+    for name in ref:
+        np.testing.assert_array_equal(got[name], ref[name], err_msg=name)
+    assert zarr.open_group(str(damaged), mode="r").attrs["state"] == "complete"
+
+
+def test_resume_of_an_intact_complete_cache_writes_nothing(cache_path, synth_root, teacher_ckpt, tmp_path):
+    before = _chunk_files(Path(cache_path))
+    r = load_recipe(write_recipe(tmp_path / "r.toml", synth_root, str(teacher_ckpt)))
+    s = write_teacher_cache(r, cache_path, resume=True, ctx=setup("cpu"))
+    assert (s.views_written, s.views_rejected, s.complete) == (0, 0, True)
+    assert _chunk_files(Path(cache_path)) == before
+
+
+def test_verify_of_an_unfinished_cache_counts_the_views_not_yet_written(cache_path, tmp_path):
+    copy = tmp_path / "c.zarr"
+    shutil.copytree(cache_path, copy)
+    root = zarr.open_group(str(copy), mode="r+")
+    root[f"{BUCKET}/done"][40:] = 0
+    root.attrs["state"] = "writing"
+    report = verify_cache(str(copy))
+    assert (report.ok, report.views_done, report.faults) == (False, 40, [])
+    assert "8 of 48 views not yet written (state writing" in report.summary()
+    result = runner.invoke(app, ["cache", "verify", str(copy)])
+    assert result.exit_code == 1
+
+
+def test_verify_of_something_that_is_not_a_cache_is_one_line(tmp_path):
+    result = runner.invoke(app, ["cache", "verify", str(tmp_path / "nothing.zarr")])
+    assert result.exit_code == 1 and "found nothing there" in result.stderr
+    assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.output
