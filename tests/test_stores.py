@@ -1,0 +1,125 @@
+"""Where a cache can live: exported to one HDF5 file, or at an fsspec URL; training reads every store alike."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from typer.testing import CliRunner
+
+from frs_cli.cache.backend import HDF5Backend, ZarrBackend, open_backend
+from frs_cli.cache.reader import TeacherCache
+from frs_cli.cache.verify import verify_cache
+from frs_cli.cache.writer import write_teacher_cache
+from frs_cli.cli.app import app
+from frs_cli.config import load_recipe
+from frs_cli.train.checkpoint import FINAL
+from frs_cli.train.dist import setup
+from frs_cli.train.run import distill_student
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def h5_path(cache_path, tmp_path_factory):
+    out = tmp_path_factory.mktemp("h5") / "cache.h5"
+    result = runner.invoke(app, ["cache", "export", cache_path, str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"exported 48 views (31 arrays" in result.stdout
+    return out
+
+
+def _same_cache(a, b, written_apart: bool = False) -> None:
+    """Same root attributes, groups and arrays (names, shapes, dtypes, chunks, values).
+
+    ``written_apart``: two runs of the writer; their ``created`` times differ, nothing else may."""
+    skip = {"created"} if written_apart else set()
+    assert {k: v for k, v in a.attrs.items() if k not in skip} == {k: v for k, v in b.attrs.items() if k not in skip}
+    assert a.groups() == b.groups()
+    left, right = dict(a.walk()), dict(b.walk())
+    assert sorted(left) == sorted(right)
+    for name, x in left.items():
+        y = right[name]
+        assert (x.shape, x.dtype, tuple(x.chunks or x.shape)) == (y.shape, y.dtype, tuple(y.chunks or y.shape)), name
+        np.testing.assert_array_equal(x[...], y[...], err_msg=name)
+
+
+def test_export_writes_the_same_layout_to_one_hdf5_file(cache_path, h5_path):
+    import h5py
+
+    zarr_side, h5_side = open_backend(cache_path), open_backend(str(h5_path))
+    assert isinstance(zarr_side, ZarrBackend) and isinstance(h5_side, HDF5Backend)
+    _same_cache(zarr_side, h5_side)
+    with h5py.File(h5_path, "r") as f:  # plain h5py sees the layout: attributes as JSON text
+        assert json.loads(f.attrs["format"]) == "frs-teacher-cache"
+        assert f["buckets/64x64/P3/features"].chunks == (1, 64, 8, 8)
+    assert [p.name for p in h5_path.parent.iterdir()] == ["cache.h5"]  # no temporary file left behind
+    assert verify_cache(str(h5_path)).ok
+
+
+def test_export_refuses_an_unfinished_cache_and_a_non_h5_target(cache_path, tmp_path):
+    import shutil
+
+    copy = tmp_path / "c.zarr"
+    shutil.copytree(cache_path, copy)
+    zarr.open_group(str(copy), mode="r+").attrs["state"] = "writing"
+    for args, message in (([str(copy), str(tmp_path / "a.h5")], "is incomplete"),
+                          ([cache_path, str(tmp_path / "a.zarr")], "expected a local .h5 or .hdf5 file name")):
+        result = runner.invoke(app, ["cache", "export", *args])
+        assert result.exit_code == 1 and message in result.stderr, result.output
+        assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.output
+    assert not (tmp_path / "a.h5").exists() and not (tmp_path / "a.zarr").exists()
+
+
+def test_reading_a_view_from_hdf5_gives_the_zarr_numbers(cache_path, h5_path):
+    z, h = TeacherCache(cache_path), TeacherCache(str(h5_path))
+    for k in (0, 17, 47):
+        a, b = z.read(k), h.read(k)
+        for x, y in zip(a["features"] + a["masks"], b["features"] + b["masks"]):
+            assert x.dtype == y.dtype == torch.float16 and torch.equal(x, y)
+    for name, t in z.head_state_dict().items():
+        assert torch.equal(t, h.head_state_dict()[name])
+    assert h.nbytes_stored()["views"] > 0
+
+
+def test_distill_from_hdf5_ends_with_the_weights_distill_from_zarr_gives(recipe_path, cache_path, h5_path, tmp_path):
+    r = load_recipe(recipe_path)
+    distill_student(r, tmp_path / "zarr", cache=cache_path, ctx=setup("cpu"), evaluate=False)
+    r_h5 = load_recipe(recipe_path, ["cache.preload_mb=0"])  # read view by view through h5py
+    distill_student(r_h5, tmp_path / "h5", cache=str(h5_path), ctx=setup("cpu"), evaluate=False)
+    a = torch.load(tmp_path / "zarr" / FINAL, weights_only=True)["model"]
+    b = torch.load(tmp_path / "h5" / FINAL, weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_teacher_cache_refuses_to_write_hdf5_directly(recipe_path, tmp_path):
+    result = runner.invoke(app, ["teacher-cache", "--pipeline", recipe_path, "--out", str(tmp_path / "c.h5")])
+    assert result.exit_code == 1 and "frs cache export" in result.stderr
+    assert not (tmp_path / "c.h5").exists()
+
+
+@pytest.mark.parametrize("scheme", ["file", "memory"])
+def test_cache_written_and_read_through_a_url_equals_the_local_one(scheme, cache_path, synth_root, teacher_ckpt,
+                                                                   tmp_path):
+    pytest.importorskip("fsspec", reason="URL stores need fsspec (pip install 'frs[remote]')")
+    from conftest import write_recipe
+
+    url = f"file://{tmp_path}/url.zarr" if scheme == "file" else f"memory://{tmp_path.name}/url.zarr"
+    r = load_recipe(write_recipe(tmp_path / "r.toml", synth_root, str(teacher_ckpt)))
+    s = write_teacher_cache(r, url, ctx=setup("cpu"))
+    assert (s.views_written, s.complete) == (48, True)
+    _same_cache(open_backend(cache_path), open_backend(url), written_apart=True)
+    assert verify_cache(url).ok
+    again = write_teacher_cache(r, url, ctx=setup("cpu"), resume=True)  # found, verified, nothing to write
+    assert (again.views_written, again.views_rejected, again.complete) == (0, 0, True)
+    if scheme == "file":
+        assert (tmp_path / "url.zarr" / "buckets" / "64x64" / "done" / "c.0").is_file()
+        result = runner.invoke(app, ["cache", "info", url])
+        assert result.exit_code == 0 and "complete (48/48 views written)" in result.stdout
+    else:
+        import fsspec
+
+        fsspec.filesystem("memory").rm(f"/{tmp_path.name}", recursive=True)
