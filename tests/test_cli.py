@@ -25,7 +25,7 @@ def test_help_lists_every_command_with_a_purpose_and_each_help_ends_with_an_exam
     for name in COMMANDS:
         assert name in result.output
     for args in (["teacher-cache"], ["train"], ["distill"], ["eval"], ["visualize"], ["demo"], ["models"],
-                 ["data", "synth"], ["cache", "info"]):
+                 ["data", "synth"], ["cache", "info"], ["cache", "verify"], ["cache", "export"]):
         out = run(*args, "--help").output
         assert "Example: frs " in out.strip().splitlines()[-1] or "Example: frs " in out.strip()[-200:], args
 
