@@ -1,4 +1,5 @@
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -107,31 +108,47 @@ def test_complete_cache_is_not_rewritten(cache_path, synth_root, teacher_ckpt, t
     assert {p: p.stat().st_mtime_ns for p in files} == before
 
 
-def test_killed_then_resumed_teacher_cache_is_identical_to_uninterrupted(cache_path, synth_root, teacher_ckpt, tmp_path):
+def test_teacher_cache_killed_at_random_moments_and_resumed_is_identical_to_uninterrupted(synth_root, teacher_ckpt,
+                                                                                      tmp_path):
+    """SIGKILL three times at seeded random moments of the write (after a random number of views is marked done,
+    plus a random few milliseconds, so kills land between any two chunk writes), resume after each kill."""
     recipe_file = write_recipe(tmp_path / "r.toml", synth_root, str(teacher_ckpt))
+    r = load_recipe(recipe_file)
+    # one thread, here and in the killed processes: the same numbers, and no slowdown from a busy machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        write_teacher_cache(r, str(tmp_path / "reference.zarr"), ctx=setup("cpu"))
+    finally:
+        torch.set_num_threads(threads)
     out = tmp_path / "killed.zarr"
     cmd = [sys.executable, "-m", "frs_cli", "teacher-cache", "--pipeline", str(recipe_file), "--out", str(out),
            "--device", "cpu"]
-    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done_dir = out / "buckets" / "64x64" / "done"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if done_dir.is_dir() and len(list(done_dir.glob("c.*"))) >= 4:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.005)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the writer finished before it could be killed"
-    partial = TeacherCache(str(out), require_complete=False)
-    assert 0 < partial.done().sum() < 48 and partial.attrs["state"] == "writing"
-    with pytest.raises(CacheFormatError, match="incomplete"):
-        TeacherCache(str(out))
-    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    assert rerun.returncode == 1 and "--resume" in rerun.stderr  # no silent continuation without --resume
-    resumed = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True)
+    rng = random.Random(6)
+    moments = [(n, rng.uniform(0.0, 0.03)) for n in sorted(rng.sample(range(1, 44), 3))]
+    for attempt, (views_done, extra_s) in enumerate(moments):
+        proc = subprocess.Popen(cmd + (["--resume"] if attempt else []), env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if done_dir.is_dir() and len(list(done_dir.glob("c.*"))) >= views_done:
+                time.sleep(extra_s)
+                proc.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.002)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL, f"kill {attempt + 1}: the writer finished before it was killed"
+        partial = TeacherCache(str(out), require_complete=False)
+        assert views_done <= partial.done().sum() < 48 and partial.attrs["state"] == "writing"
+        with pytest.raises(CacheFormatError, match="incomplete"):
+            TeacherCache(str(out))
+        with pytest.raises(CacheFormatError, match="exists and is incomplete.*--resume"):  # never silently
+            write_teacher_cache(r, str(out), ctx=setup("cpu"))
+    resumed = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, check=False)
     assert resumed.returncode == 0, resumed.stderr
-    ref = dict(_all_arrays(zarr.open_group(cache_path, mode="r")))
+    ref = dict(_all_arrays(zarr.open_group(str(tmp_path / "reference.zarr"), mode="r")))
     got = dict(_all_arrays(zarr.open_group(str(out), mode="r")))
     assert set(ref) == set(got)
     for name in ref:
