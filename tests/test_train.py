@@ -173,3 +173,48 @@ def test_ctrl_c_saves_state_and_resume_matches_an_uninterrupted_run(recipe_path,
     _, straight = _fit(recipe_path, tmp_path / "straight")
     for (k, a), b in zip(resumed.student.core().state_dict().items(), straight.student.core().state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+
+
+def test_distill_killed_mid_epoch_resumes_from_its_last_checkpoint_to_the_uninterrupted_weights(
+        recipe_path, cache_path, tmp_path):
+    """SIGKILL ``frs distill`` in epoch 2 (6 iterations per epoch, state saved every 2): ``--resume`` restores
+    student, adapters, optimizer, schedule, scaler, RNG and the position in the epoch's view order."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sets = ["train.epochs=2", "train.checkpoint_every=2"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the killed process runs on one thread too: the same numbers
+    try:
+        distill_student(load_recipe(recipe_path, sets), tmp_path / "straight", cache=cache_path, ctx=setup("cpu"),
+                        evaluate=False)
+    finally:
+        torch.set_num_threads(threads)
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "frs_cli", "distill", "--pipeline", str(recipe_path), "--cache", cache_path,
+           "--out", str(out), "--device", "cpu", "--no-eval", *(x for s in sets for x in ("--set", s))]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and metrics.read_text().count('"iter"') >= 9:  # iteration 9 logged: epoch 2, step 3
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "distill finished before it was killed"
+    state = torch.load(out / LAST, weights_only=False)
+    assert state["epoch"] == 1 and state["epoch_step"] in (2, 4)  # a mid-epoch checkpoint of epoch 2
+    assert not (out / FINAL).exists()
+    resumed = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, check=False)
+    assert resumed.returncode == 0, resumed.stderr
+    for name, key in ((FINAL, "model"), (ADAPTERS, "adapters")):
+        a = torch.load(tmp_path / "straight" / name, weights_only=True)[key]
+        b = torch.load(out / name, weights_only=True)[key]
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=f"{name}: {k}")

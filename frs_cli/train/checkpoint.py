@@ -17,7 +17,7 @@ from frs_cli.models import CHECKPOINT_FORMAT, build_detector, load_checkpoint_fi
 from frs_cli.models.config import ModelConfig
 from frs_cli.models.base import Detector
 
-LAST = "last.pt"  # full training state, rewritten every epoch (and on a clean stop)
+LAST = "last.pt"  # full training state, rewritten every epoch, every train.checkpoint_every steps, on a clean stop
 FINAL = "model_final.pt"  # the trained model alone
 
 

@@ -25,6 +25,7 @@ class TrainConfig:
     seed: int = 0  # seeds model init, data order and flips
     eval_every: int = 0  # evaluate on the val split every N epochs (0: only after the last)
     log_every: int = 20  # write a metrics line every N iterations
+    checkpoint_every: int = 0  # also save the training state every N iterations inside an epoch (0: epoch ends only)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,11 @@
 Read it top to bottom: build optimizer and schedule, maybe resume, then per epoch a sampler position, a
 loader, the steps, a checkpoint and (maybe) an evaluation. Under torchrun the objective is wrapped in DDP and
 each process sees its own share of every epoch; losses (and FRS's N_l) are per process, as in the original.
+
+The saved state (``last.pt``: trainable modules, optimizer, LR schedule, AMP scaler, RNG, epoch and position
+in the epoch's view order) is written at step boundaries only: at each epoch end, every
+``checkpoint_every`` steps, and on Ctrl-C. ``resume`` continues from it to the same weights an uninterrupted
+run reaches, whenever the process was stopped or killed.
 """
 
 from __future__ import annotations
@@ -218,6 +223,8 @@ def fit(
                         metrics_file.write(json.dumps({"epoch": epoch + 1, "iter": it, "lr": optimizer.param_groups[0]["lr"],
                                                        **fields, "data_wait": t_data / step_time}) + "\n")
                         metrics_file.flush()
+                    if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < iters_per_epoch:
+                        save_state(epoch, step)  # a kill from here on loses at most checkpoint_every steps
                     if stop.agreed(ctx):
                         save_state(epoch, step)
                         raise Interrupted(f"stopped at epoch {epoch + 1}, iteration {step}; state saved to {state_path}",
