@@ -5,12 +5,26 @@ class FrsError(Exception):
     """Base class: a problem the user can fix, described in one line (what was expected, what arrived)."""
 
     def __init__(self, message: str, hint: str | None = None):
+        message = _unwrap_worker_message(message)
         super().__init__(message)
         self.message = message
         self.hint = hint
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+def _unwrap_worker_message(message: str) -> str:
+    """The original one-line message of an error re-raised by a DataLoader worker, else ``message`` as is.
+
+    torch re-raises a worker's exception in the main process as ``type(exc)(text)``, with ``text`` =
+    ``"Caught <Type> in DataLoader worker process <n>.\nOriginal Traceback ...\n<module>.<Type>: <message>"``;
+    the last line after the type name is what the worker raised (its hint included).
+    """
+    if not (message.startswith("Caught ") and "\nOriginal Traceback" in message):
+        return message
+    _, sep, original = message.rstrip().splitlines()[-1].partition(": ")
+    return original if sep else message
 
 
 class ConfigError(FrsError):

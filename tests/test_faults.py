@@ -2,6 +2,9 @@
 nothing half-written marked complete; what can be resumed is resumed to the uninterrupted result."""
 
 import errno
+import json
+import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -113,3 +116,140 @@ def test_teacher_check_passes_the_trained_teacher_and_records_its_score(synth_ro
     check = TeacherCache(str(out)).teacher["check"]
     assert check["images"] == 8 and check["split"] == "train" and check["min_AP"] == 0.005
     assert check["AP"] >= 0.005 and 0.0 < check["AP50"] <= 1.0
+
+
+# --- bad input through the command line ------------------------------------------------------------------------
+
+def _copy_data(synth_root, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    return root
+
+
+def _edit_annotations(root, edit):
+    path = root / "annotations" / "instances_train.json"
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc))
+
+
+def _copy_cache(cache_path, tmp_path, **attrs):
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(cache_path, copy)
+    zarr.open_group(str(copy), mode="r+").attrs.update(attrs)
+    return str(copy)
+
+
+def _missing_dataset(t):
+    return ["teacher-cache", "--set", f"data.root={t.tmp / 'nowhere'}"], \
+        ["annotations: expected a COCO JSON file at", "nowhere"]
+
+
+def _missing_image_dir(t):
+    root = _copy_data(t.synth_root, t.tmp)
+    shutil.rmtree(root / "train")
+    return ["teacher-cache", "--set", f"data.root={root}"], ["images: expected a directory at", "train"]
+
+
+def _malformed_json(t):
+    root = _copy_data(t.synth_root, t.tmp)
+    (root / "annotations" / "instances_train.json").write_text('{"images": [')
+    return ["teacher-cache", "--set", f"data.root={root}"], ["instances_train.json': expected JSON, got a parse error"]
+
+
+def _annotation_of_a_missing_image(t):
+    root = _copy_data(t.synth_root, t.tmp)
+    _edit_annotations(root, lambda doc: doc["annotations"].append({**doc["annotations"][0], "id": 10**6,
+                                                                    "image_id": 999}))
+    return ["teacher-cache", "--set", f"data.root={root}"], [f"annotation {10**6} names image 999, which is not among"]
+
+
+def _image_file_missing(t):  # found by a DataLoader worker halfway through the cache
+    root = _copy_data(t.synth_root, t.tmp)
+    (root / "train" / "000000000013.jpg").unlink()
+    return ["teacher-cache", "--set", f"data.root={root}", "--set", "cache.workers=1"], \
+        ["image: expected a file at", "000000000013.jpg', but it does not exist"]
+
+
+def _image_file_corrupt(t):
+    root = _copy_data(t.synth_root, t.tmp)
+    (root / "train" / "000000000013.jpg").write_bytes(b"not a jpeg")
+    return ["teacher-cache", "--set", f"data.root={root}", "--set", "cache.workers=1"], \
+        ["000000000013.jpg': could not be decoded"]
+
+
+def _checkpoint_of_another_arch(t):
+    return ["teacher-cache", "--set", "teacher.arch=retinanet_tiny_fpn"], \
+        ["holds a retinanet_small_fpn, expected retinanet_tiny_fpn"]
+
+
+def _wrong_type_in_recipe(t):
+    return ["teacher-cache", "--set", "cache.batch_size=four"], \
+        ["recipe key 'cache.batch_size': expected an integer, got str 'four'"]
+
+
+def _not_a_cache(t):
+    (t.tmp / "plain").mkdir()
+    return ["distill", "--cache", t.tmp / "plain"], ["expected an frs teacher cache, found something else"]
+
+
+def _cache_of_another_geometry(t):
+    return ["distill", "--cache", t.cache, "--set", "geometry.min_size=48", "--set", "geometry.max_size=48"], \
+        ["was written for another geometry"]
+
+
+def _cache_of_another_dataset(t):
+    root = _copy_data(t.synth_root, t.tmp)
+    _edit_annotations(root, lambda doc: doc["annotations"][0].update(bbox=[1.0, 1.0, 20.0, 20.0]))
+    return ["distill", "--cache", t.cache, "--set", f"data.root={root}"], ["was written for another dataset"]
+
+
+def _cache_of_a_newer_format(t):
+    return ["distill", "--cache", _copy_cache(t.cache, t.tmp, format_version=2)], \
+        ["format version 2 is newer than this frs reads (1)", "upgrade frs"]
+
+
+def _levels_that_do_not_line_up(t):
+    levels = zarr.open_group(t.cache, mode="r").attrs["levels"]
+    return ["distill", "--cache", _copy_cache(t.cache, t.tmp, levels=levels[:4])], \
+        ["student FPN levels", "do not line up with the teacher's"]
+
+
+def _non_finite_loss(t):
+    return ["train", "--role", "student", "--set", "train.lr=1e12", "--no-eval"], \
+        ["train: non-finite loss at epoch 1, iteration 1: classification=nan"]
+
+
+BAD_INPUT = {f.__name__.lstrip("_"): f for f in (
+    _missing_dataset, _missing_image_dir, _malformed_json, _annotation_of_a_missing_image, _image_file_missing,
+    _image_file_corrupt, _checkpoint_of_another_arch, _wrong_type_in_recipe, _not_a_cache, _cache_of_another_geometry,
+    _cache_of_another_dataset, _cache_of_a_newer_format, _levels_that_do_not_line_up, _non_finite_loss)}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_is_one_error_line_and_leaves_nothing_marked_complete(case, recipe_path, synth_root, cache_path,
+                                                                        tmp_path):
+    t = SimpleNamespace(tmp=tmp_path, synth_root=synth_root, cache=cache_path)
+    args, fragments = BAD_INPUT[case](t)
+    out = tmp_path / "out"
+    result = run(args[0], "--pipeline", recipe_path, "--out", out, "--device", "cpu", *args[1:])
+    assert_one_line_error(result, *fragments)
+    if args[0] == "teacher-cache" and out.exists():  # a writer that failed halfway leaves state "writing"
+        assert zarr.open_group(str(out), mode="r").attrs["state"] != "complete"
+    if args[0] != "teacher-cache":  # no model file, no training state from a run that failed
+        assert not (out / "model_final.pt").exists() and not (out / "last.pt").exists()
+
+
+def test_zero_and_negative_size_boxes_are_dropped_with_a_warning_not_fatal(recipe_path, synth_root, tmp_path):
+    root = _copy_data(synth_root, tmp_path)
+
+    def degenerate(doc):
+        doc["annotations"][0]["bbox"][2] = 0.0
+        doc["annotations"][1]["bbox"][3] = -3.0
+    _edit_annotations(root, degenerate)
+    out = tmp_path / "c.zarr"
+    result = run("teacher-cache", "--pipeline", recipe_path, "--out", out, "--device", "cpu", "--set",
+                 f"data.root={root}", "--set", 'cache.views=["orig"]')
+    assert result.exit_code == 0, result.output
+    assert "dropped 2 boxes of zero or negative size" in " ".join(result.stderr.split())
+    assert TeacherCache(str(out)).attrs["state"] == "complete"
