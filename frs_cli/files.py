@@ -33,14 +33,19 @@ def storage_errors(target: str, hint: str | None = None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it into place if the block succeeds, remove it if not."""
+def atomic_path(path: str | Path, hint: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it into place if the block succeeds, remove it if not.
+
+    An ``OSError`` in the block or the rename (a full disk) becomes ``StorageError`` naming ``path``; whatever
+    was under ``path`` before stays as it was.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with storage_errors(str(path), hint):
+            yield tmp
+            os.replace(tmp, path)
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()  # only still there when the block failed

@@ -4,6 +4,7 @@ nothing half-written marked complete; what can be resumed is resumed to the unin
 import errno
 import json
 import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -253,3 +254,32 @@ def test_zero_and_negative_size_boxes_are_dropped_with_a_warning_not_fatal(recip
     assert result.exit_code == 0, result.output
     assert "dropped 2 boxes of zero or negative size" in " ".join(result.stderr.split())
     assert TeacherCache(str(out)).attrs["state"] == "complete"
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full to make writes fail as on a full disk")
+def test_disk_full_while_saving_a_checkpoint_is_one_line_and_resume_continues(monkeypatch, recipe_path, tmp_path):
+    import torch
+
+    from frs_cli.train.checkpoint import FINAL, LAST
+
+    original, saves = torch.save, []
+
+    def second_save_hits_a_full_disk(obj, f, *args, **kwargs):
+        saves.append(f)
+        return original(obj, "/dev/full" if len(saves) == 2 else f, *args, **kwargs)
+
+    sets = ["--set", "train.epochs=2", "--set", "train.hflip_prob=0.0", "--no-eval", "--device", "cpu"]
+    run("train", "--pipeline", recipe_path, "--role", "student", "--out", tmp_path / "straight", *sets)
+    monkeypatch.setattr(torch, "save", second_save_hits_a_full_disk)
+    out = tmp_path / "run"
+    result = run("train", "--pipeline", recipe_path, "--role", "student", "--out", out, *sets)
+    assert_one_line_error(result, f"{out / LAST}: writing failed", "MB free on its disk", "the previous file is kept")
+    assert sorted(p.name for p in out.iterdir()) == ["last.pt", "metrics.jsonl", "recipe.json"]  # no temp file
+    assert torch.load(out / LAST, weights_only=False)["epoch"] == 1  # epoch 1's state, intact
+    monkeypatch.setattr(torch, "save", original)
+    result = run("train", "--pipeline", recipe_path, "--role", "student", "--out", out, "--resume", *sets)
+    assert result.exit_code == 0, result.output
+    a = torch.load(tmp_path / "straight" / FINAL, weights_only=True)["model"]
+    b = torch.load(out / FINAL, weights_only=True)["model"]
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)

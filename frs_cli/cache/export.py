@@ -15,7 +15,7 @@ from pathlib import Path
 from frs_cli.cache.reader import TeacherCache
 from frs_cli.cache.store import is_hdf5, is_url
 from frs_cli.errors import CacheFormatError, ConfigError
-from frs_cli.files import atomic_path, storage_errors
+from frs_cli.files import atomic_path
 from frs_cli.progress import NullProgress, Progress
 
 ROWS_PER_COPY = 64  # views copied per read/write call: bounded memory whatever the cache size
@@ -49,8 +49,7 @@ def export_hdf5(source: str, out: str | Path, *, storage_options: dict | None = 
     arrays = list(cache.backend.walk())
     total_rows = sum(a.shape[0] for name, a in arrays if name.startswith("buckets/") and a.ndim)
     progress.start("export", total_rows, unit="row")
-    with storage_errors(f"cache export {out}", hint="free space and run the export again"), \
-            atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_path(out, hint="free space and run the export again") as tmp, h5py.File(tmp, "w") as f:
         for key, value in cache.attrs.items():
             f.attrs[key] = json.dumps(value)
         for name, arr in arrays:

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from frs_cli.errors import StorageError
 from frs_cli.files import atomic_path
 from frs_cli.models import CHECKPOINT_FORMAT, build_detector, load_checkpoint_file, load_state, model_fingerprint
 from frs_cli.models.config import ModelConfig
@@ -22,8 +24,16 @@ FINAL = "model_final.pt"  # the trained model alone
 
 
 def atomic_save(obj, path: str | Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """``torch.save`` to a temporary file beside ``path``, renamed into place; StorageError when writing fails
+    (a full disk): the file already under ``path``, if any, is kept as it was."""
+    hint = "the previous file is kept; free space, then run again (with --resume for a training run)"
+    with atomic_path(path, hint=hint) as tmp:
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as exc:  # torch's zip writer reports a failed write (a full disk too) this way
+            free = shutil.disk_usage(Path(path).parent).free
+            raise StorageError(f"{path}: writing failed ({exc}; {free / 1e6:,.0f} MB free on its disk)",
+                               hint=hint) from exc
 
 
 def model_payload(detector: Detector, model_cfg: ModelConfig, label_to_category, category_names, geometry) -> dict:
