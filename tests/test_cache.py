@@ -133,7 +133,8 @@ def test_teacher_cache_killed_at_random_moments_and_resumed_is_identical_to_unin
                                 stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
-            if done_dir.is_dir() and len(list(done_dir.glob("c.*"))) >= views_done:
+            # done flags set so far: chunk files c.<row>, not zarr's in-flight c.<uuid>.partial
+            if done_dir.is_dir() and sum(p.suffix != ".partial" for p in done_dir.glob("c.*")) >= views_done:
                 time.sleep(extra_s)
                 proc.send_signal(signal.SIGKILL)
                 break
