@@ -16,6 +16,7 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.retinanet import RetinaNet, RetinaNetClassificationHead
 
 from frs_cli.models.base import Detector, DetectorOutput, LevelSpec
+from frs_cli.models.retinanet_loss import retinanet_gt_loss
 
 LEVEL_NAMES = ("P3", "P4", "P5", "P6", "P7")
 STRIDES = (8, 16, 32, 64, 128)
@@ -104,7 +105,9 @@ class RetinaNetAdapter(Detector):
             "bbox_regression": to_head_layout(box_deltas, 4),
         }
         if targets is not None:
-            out.losses = self.model.compute_loss(targets, head_outputs, anchors)
+            # Every image of the padded batch has the same anchors; the batched loss equals torchvision's.
+            out.losses = retinanet_gt_loss(self.model, targets, head_outputs["cls_logits"],
+                                           head_outputs["bbox_regression"], anchors[0])
         if detect:
             per_level = [f.shape[-2] * f.shape[-1] * self.num_anchors for f in features]
             split = {k: list(v.split(per_level, dim=1)) for k, v in head_outputs.items()}
