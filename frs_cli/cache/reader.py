@@ -12,7 +12,7 @@ import torch
 import zarr
 from torch import Tensor
 
-from frs_cli.cache.schema import VIEW_CODES, Bucket
+from frs_cli.cache.schema import SCALED_DTYPES, VIEW_CODES, Bucket
 from frs_cli.cache.store import decode, open_existing
 from frs_cli.data.coco import CocoViews, Sample
 from frs_cli.data.geometry import ViewGeometry
@@ -121,10 +121,8 @@ class TeacherCache:
     def _open(self):
         if self._arrays is None or self._pid != os.getpid():
             root = zarr.open_group(self.path, mode="r", storage_options=self.storage_options)
-            self._arrays = {
-                b.name: [(root[f"buckets/{b.name}/{lv.name}/features"], root[f"buckets/{b.name}/{lv.name}/mask"])
-                         for lv in self.levels] for b in self.buckets
-            }
+            self._arrays = {b.name: [self._level_arrays(root, b.name, lv.name) for lv in self.levels]
+                            for b in self.buckets}
             self._root = root
             self._pid = os.getpid()
         return self._arrays
@@ -136,18 +134,26 @@ class TeacherCache:
         """
         root = zarr.open_group(self.path, mode="r", storage_options=self.storage_options)
         self._memory = {
-            b.name: [(root[f"buckets/{b.name}/{lv.name}/features"][...], root[f"buckets/{b.name}/{lv.name}/mask"][...])
+            b.name: [tuple(None if a is None else a[...] for a in self._level_arrays(root, b.name, lv.name))
                      for lv in self.levels] for b in self.buckets
         }
 
+    def _level_arrays(self, root, bucket: str, level: str) -> tuple:
+        """(features, scale or None, mask) arrays of one level of one bucket."""
+        g = root[f"buckets/{bucket}/{level}"]
+        return g["features"], (g["scale"] if self.dtype in SCALED_DTYPES else None), g["mask"]
+
     def read(self, k: int) -> dict[str, list[Tensor]]:
-        """View ``k``: ``{"features": [(C, H_l, W_l)], "masks": [(H_l, W_l) float16]}``, one chunk per array."""
+        """View ``k``: ``{"features": [(C, H_l, W_l)], "masks": [(H_l, W_l) float16]}``, one chunk per array.
+
+        Features come back in the storage dtype (float16 / bfloat16 / float32), or float32 for int8 caches.
+        """
         name = self.buckets[int(self.bucket[k])].name
         arrays = self._memory[name] if self._memory is not None else self._open()[name]
         row = int(self.row[k])
         feats, masks = [], []
-        for feat_arr, mask_arr in arrays:
-            feats.append(decode(feat_arr[row], self.dtype))
+        for feat_arr, scale_arr, mask_arr in arrays:
+            feats.append(decode(feat_arr[row], self.dtype, None if scale_arr is None else scale_arr[row]))
             masks.append(torch.from_numpy(np.ascontiguousarray(mask_arr[row])))
         return {"features": feats, "masks": masks}
 
