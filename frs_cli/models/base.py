@@ -3,6 +3,9 @@
 An adapter wraps a torchvision detector (or one built from torchvision's parts) and, from one pass of the
 backbone, returns what distillation needs: the per-level FPN features, the per-level classification logits
 in the head's own ``(B, A*K, H, W)`` layout, and in training the detector's own GT losses.
+
+Which logits count as "classification" is the family's FRS channel set (FRS.md): A x K class logits for
+RetinaNet, K class logits for FCOS (no centerness) and GFL, the A = 3 RPN objectness logits for Faster R-CNN.
 """
 
 from __future__ import annotations
@@ -77,9 +80,19 @@ class Detector(nn.Module):
             x = x * inside.unsqueeze(1)
         return x
 
+    @property
+    def cls_channels(self) -> int:
+        """Channels of each level's ``cls_logits``: the channel set the FRS mask takes its max over."""
+        raise NotImplementedError
+
     # What the cache stores to recompute teacher logits from cached features.
     def cls_head_spec(self) -> dict:
+        """Enough to rebuild ``cls_head()`` with ``frs_cli.models.build_cls_head``: ``family``, ``cls_channels``, ..."""
         raise NotImplementedError
+
+    def adapt_torchvision_state(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """A state dict of torchvision's weights enum, in this adapter's layout (default: unchanged)."""
+        return state
 
     def cls_head(self) -> nn.Module:
         """The classification head as a module mapping a feature list to a cls-logit list."""
@@ -88,6 +101,16 @@ class Detector(nn.Module):
     def core(self) -> nn.Module:
         """The wrapped detector whose ``state_dict`` is saved (torchvision-compatible keys)."""
         raise NotImplementedError
+
+
+def to_head_layout(per_level: list[Tensor], channels_per_anchor: int) -> Tensor:
+    """``(B, A*C, H, W)`` per level -> ``(B, sum H*W*A, C)``, the order torchvision's heads produce."""
+    out = []
+    for t in per_level:
+        b, _, h, w = t.shape
+        out.append(t.view(b, -1, channels_per_anchor, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, channels_per_anchor))
+    return torch.cat(out, dim=1)
+
 
 
 def fingerprint_state_dict(state_dict: dict[str, Tensor]) -> str:
