@@ -17,11 +17,13 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from frs_cli.errors import ModelError
 from frs_cli.models.backbones import TINY_BODIES
-from frs_cli.models.base import Detector, DetectorOutput, LevelSpec, fingerprint_state_dict
+from frs_cli.models.base import (Detector, DetectorOutput, FrsSignature, LevelSpec, check_compatible,
+                                 fingerprint_state_dict)
 from frs_cli.models.config import ModelConfig
 
 __all__ = [
-    "ARCHS", "Detector", "DetectorOutput", "LevelSpec", "ModelConfig", "build_cls_head", "build_detector",
+    "ARCHS", "Detector", "DetectorOutput", "FrsSignature", "LevelSpec", "ModelConfig", "build_cls_head", "build_detector",
+    "check_compatible", "check_distillable",
     "fingerprint_state_dict", "load_checkpoint_file", "load_state", "model_fingerprint",
 ]
 
@@ -148,6 +150,13 @@ def build_cls_head(spec: dict) -> nn.Module:
     if family not in FAMILIES:
         raise ModelError(f"classification head: unknown family {family!r}", hint=f"known: {', '.join(FAMILIES)}")
     return _family(family).build_cls_head(spec)
+
+
+def check_distillable(student: ModelConfig, teacher: ModelConfig, num_classes: int) -> None:
+    """FrsError, before any work, when a recipe's student cannot be distilled from its teacher (see
+    ``check_compatible``). Compares the architectures alone: no weights are loaded or downloaded."""
+    check_compatible(build_detector(student, num_classes, load_weights=False).signature,
+                     build_detector(teacher, num_classes, load_weights=False).signature)
 
 
 def load_checkpoint_file(path: str | Path) -> dict:

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from frs_cli.errors import FrsError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -36,6 +38,35 @@ class LevelSpec:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "stride": self.stride, "channels": self.channels}
+
+
+@dataclass(frozen=True)
+class FrsSignature:
+    """What FRS needs to line up between a teacher and a student: the family (which head output is the
+    "classification" output), the FPN levels (names and strides) and the classification channels per
+    position. FPN channel counts may differ: the adapters phi map the student's onto the teacher's."""
+
+    family: str
+    levels: tuple[LevelSpec, ...]
+    cls_channels: int
+
+
+def check_compatible(student: FrsSignature, teacher: FrsSignature) -> None:
+    """FrsError unless student and teacher line up for FRS: same family, the same FPN levels one to one
+    (names and strides), the same classification channels per position. FPN channels may differ (phi)."""
+    if student.family != teacher.family:
+        raise FrsError(f"distill: the teacher is a {teacher.family} detector, the student a {student.family}; FRS "
+                       "compares the same head output of both (its mask and head loss)",
+                       hint="pick a student of the teacher's family")
+    s = [(lv.name, lv.stride) for lv in student.levels]
+    t = [(lv.name, lv.stride) for lv in teacher.levels]
+    if s != t:
+        raise FrsError(f"distill: student FPN levels {s} do not line up with the teacher's {t}",
+                       hint="pick a student of the same detector family and strides")
+    if student.cls_channels != teacher.cls_channels:
+        raise FrsError(f"distill: the teacher's {teacher.family} classification output has {teacher.cls_channels} "
+                       f"channels per position, the student's {student.cls_channels}",
+                       hint="teacher and student need the same classes and anchors per position")
 
 
 class Detector(nn.Module):
@@ -79,6 +110,10 @@ class Detector(nn.Module):
             inside = (rows < sizes[:, 0].view(-1, 1, 1)) & (cols < sizes[:, 1].view(-1, 1, 1))
             x = x * inside.unsqueeze(1)
         return x
+
+    @property
+    def signature(self) -> FrsSignature:
+        return FrsSignature(self.family, tuple(self.levels), self.cls_channels)
 
     @property
     def cls_channels(self) -> int:
