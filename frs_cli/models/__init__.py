@@ -133,7 +133,7 @@ def build_detector(cfg: ModelConfig, num_classes: int, load_weights: bool = True
         raise ModelError(f"model: expected at least one class, got num_classes={num_classes}")
     spec = ARCHS[cfg.arch]
     backbone_weights = None
-    if cfg.weights_backbone and load_weights and not _is_weights_enum(cfg.weights):
+    if cfg.weights_backbone and load_weights and not cfg.weights:  # full weights overwrite the backbone's anyway
         if spec.body in TINY_BODIES:
             raise ModelError(f"weights_backbone: {cfg.arch} has no pretrained backbone, got {cfg.weights_backbone!r}")
         backbone_weights = _get_weights_enum(cfg.weights_backbone)
