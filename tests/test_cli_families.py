@@ -23,7 +23,7 @@ def run(*args):
     ("gfl", ["P3", "P4", "P5", "P6", "P7"]),
 ])
 def test_teacher_cache_distill_eval_visualize_for_every_family(tmp_path, synth_root, family, levels):
-    teacher, student, anchor_size = FAMILY_ARCHS[family]
+    teacher, _, anchor_size = FAMILY_ARCHS[family]
     ckpt = save_random_model(tmp_path / "teacher.pt", teacher, synth_root, anchor_size)
     recipe = write_recipe(tmp_path / "r.toml", synth_root, str(ckpt), family=family)
     cache = tmp_path / "c.zarr"
