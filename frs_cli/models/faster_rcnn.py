@@ -117,6 +117,8 @@ class FasterRCNNAdapter(Detector):
         anchors = rpn.anchor_generator(ImageList(x, sizes), features)
         per_level = [o[0].numel() for o in objectness]
         obj_flat, deltas_flat = concat_box_prediction_layers(objectness, deltas)
+        # float32 from here: box decoding in bf16 would round coordinates by several pixels
+        obj_flat, deltas_flat = obj_flat.float(), deltas_flat.float()
         proposals = rpn.box_coder.decode(deltas_flat.detach(), anchors).view(len(anchors), -1, 4)
         proposals, _ = rpn.filter_proposals(proposals, obj_flat, sizes, per_level)
         if targets is not None:

@@ -90,8 +90,9 @@ class FCOSAdapter(Detector):
         }
         anchors = self.model.anchor_generator(ImageList(x, list(image_sizes)), features)
         per_level = [f.shape[-2] * f.shape[-1] for f in features]
-        if targets is not None:
-            out.losses = self.model.compute_loss(targets, head_outputs, anchors, per_level)
+        if targets is not None:  # in float32: box decoding in bf16 would round coordinates by several pixels
+            out.losses = self.model.compute_loss(targets, {k: v.float() for k, v in head_outputs.items()}, anchors,
+                                                 per_level)
         if detect:
             split_anchors = [list(a.split(per_level)) for a in anchors]
             with torch.autocast(x.device.type, enabled=False):
