@@ -126,10 +126,10 @@ def main() -> None:
                 obj, ds = GTObjective(student), coco
             elif mode == "online":
                 teacher = build_detector(recipe.teacher, 5)
-                obj, ds = FRSObjective(student, teacher.levels, OnlineTeacher(teacher), recipe.distill), coco
+                obj, ds = FRSObjective(student, teacher.signature, OnlineTeacher(teacher), recipe.distill), coco
             else:
                 store = TeacherCache(path)
-                obj = FRSObjective(student, store.levels, CachedTeacher(store.build_head()), recipe.distill)
+                obj = FRSObjective(student, store.signature, CachedTeacher(store.build_head()), recipe.distill)
                 ds = CachedViews(coco, store)
             obj.to(dev).train()
             opt = torch.optim.SGD([q for q in obj.parameters() if q.requires_grad], lr=1e-4, momentum=0.9)

@@ -16,13 +16,21 @@ def batch(synth_root):
     return collate([ds[(i, "orig")] for i in range(3)])
 
 
-def test_every_registered_arch_builds_with_five_levels():
-    for name in ARCHS:
+def test_every_registered_arch_builds_with_its_family_levels():
+    from torchvision.models.detection import FCOS, FasterRCNN
+
+    from frs_cli.models.gfl import GFL
+
+    cores = {"retinanet": RetinaNet, "fcos": FCOS, "faster_rcnn": FasterRCNN, "gfl": GFL}
+    for name, spec in ARCHS.items():
         d = build_detector(ModelConfig(arch=name), num_classes=3)
-        assert isinstance(d.core(), RetinaNet)
-        assert d.strides == [8, 16, 32, 64, 128]
-        assert d.level_names == ["P3", "P4", "P5", "P6", "P7"]
+        assert isinstance(d.core(), cores[spec.family]) and d.family == spec.family
+        if spec.family == "faster_rcnn":
+            assert d.level_names == ["P2", "P3", "P4", "P5", "P6"] and d.strides == [4, 8, 16, 32, 64]
+        else:
+            assert d.level_names == ["P3", "P4", "P5", "P6", "P7"] and d.strides == [8, 16, 32, 64, 128]
         assert d.num_classes == 3 and d.arch == name
+        assert [lv.channels for lv in d.levels] == [spec.fpn_channels] * 5
 
 
 def test_adapter_returns_per_level_features_and_logits_in_head_layout(batch):

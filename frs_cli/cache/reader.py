@@ -17,7 +17,7 @@ from frs_cli.cache.store import decode, open_existing
 from frs_cli.data.coco import CocoViews, Sample
 from frs_cli.data.geometry import ViewGeometry
 from frs_cli.errors import CacheFormatError, CacheMismatchError
-from frs_cli.models.base import LevelSpec
+from frs_cli.models.base import FrsSignature, LevelSpec
 
 
 class TeacherCache:
@@ -62,6 +62,14 @@ class TeacherCache:
     @property
     def teacher(self) -> dict:
         return dict(self.attrs["teacher"])
+
+    @property
+    def signature(self) -> FrsSignature:
+        """The cached teacher's family, levels and classification channels (what a student must match)."""
+        spec = self.teacher["head_spec"]
+        # caches written before other families existed hold RetinaNet heads without "cls_channels"
+        channels = spec.get("cls_channels", spec.get("num_anchors", 1) * spec.get("num_classes", 0))
+        return FrsSignature(spec["family"], tuple(self.levels), int(channels))
 
     def __len__(self) -> int:
         return len(self.image_id)

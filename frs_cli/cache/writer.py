@@ -36,7 +36,7 @@ from frs_cli.cache.store import codec, encode, open_existing, storage_dtype
 from frs_cli.data.coco import CocoViews, ListSampler, collate
 from frs_cli.errors import CacheFormatError, CacheMismatchError
 from frs_cli.losses import frs_masks
-from frs_cli.models import build_detector, model_fingerprint
+from frs_cli.models import build_detector, check_distillable, model_fingerprint
 from frs_cli.progress import NullProgress, Progress
 from frs_cli.train.dist import DistContext, all_gather_objects, barrier, broadcast_object, setup
 
@@ -171,6 +171,7 @@ def write_teacher_cache(recipe, path: str, *, resume: bool = False, ctx: DistCon
     ctx = ctx or setup()
     cfg = recipe.cache
     dataset = CocoViews.from_config(recipe.data, cfg.split, recipe.geometry)
+    check_distillable(recipe.student, recipe.teacher, dataset.index.num_classes)  # a cache no student can use is waste
     teacher = build_detector(recipe.teacher, dataset.index.num_classes).to(ctx.device).eval().requires_grad_(False)
     fingerprints = {"teacher": model_fingerprint(teacher), "dataset": dataset.index.fingerprint(),
                     "geometry": geometry_fingerprint(recipe.geometry)}
