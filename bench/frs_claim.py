@@ -45,7 +45,7 @@ epochs = {teacher_epochs}
 batch_size = {teacher_batch}
 lr = {lr}
 warmup_iters = 100
-lr_steps = [{teacher_step}]
+lr_steps = {teacher_steps}
 grad_clip = 35.0
 workers = 8
 eval_every = 0
@@ -55,10 +55,10 @@ epochs = {student_epochs}
 batch_size = {batch}
 lr = {lr}
 warmup_iters = 100
-lr_steps = [{student_step}]
+lr_steps = {student_steps}
 grad_clip = 35.0
 workers = 4
-eval_every = 1
+eval_every = {eval_every}
 log_every = 10
 [distill]
 alpha = 0.005
@@ -77,6 +77,11 @@ STUDENTS = {
     "c_frs_online": ["distill", "--online"],
     "d_gt_boxes": ["distill", "--cache", "{cache}", "--set", 'distill.mask="gt"'],
 }
+
+
+def lr_steps(epochs: int) -> list[int]:
+    """The official 2x schedule's decays (epochs 16 and 22 of 24), scaled to ``epochs``."""
+    return sorted({max(1, round(epochs * 16 / 24)), max(1, round(epochs * 22 / 24))})
 
 
 def log(msg: str) -> None:
@@ -124,9 +129,11 @@ def main() -> None:
     p.add_argument("--train", type=int, default=3000)
     p.add_argument("--val", type=int, default=500)
     p.add_argument("--size", type=int, default=192)
-    p.add_argument("--teacher", default="retinanet_resnet50_fpn_v2")
+    p.add_argument("--teacher", default="retinanet_resnet34_fpn_v2")
     p.add_argument("--student", default="retinanet_resnet18_fpn_v2")
     p.add_argument("--anchor", type=int, default=16)
+    p.add_argument("--min-object", type=float, default=10.0, help="smallest object diameter, px")
+    p.add_argument("--eval-every", type=int, default=2, help="student val mAP every this many epochs")
     p.add_argument("--teacher-epochs", type=int, default=14)
     p.add_argument("--student-epochs", type=int, default=8)
     p.add_argument("--batch", type=int, default=64, help="images per step (per GPU)")
@@ -158,14 +165,14 @@ def main() -> None:
     if not data.exists():
         from frs_cli.data.synth import SynthConfig, generate
 
-        generate(data, SynthConfig(train=args.train, val=args.val, size=args.size, seed=0))
+        generate(data, SynthConfig(train=args.train, val=args.val, size=args.size, min_object=args.min_object, seed=0))
     summary["seconds"]["synth"] = time.time() - t
     recipe = args.work / "claim.toml"
     recipe.write_text(RECIPE.format(
         root=json.dumps(str(data)), size=args.size, teacher=args.teacher, student=args.student, anchor=args.anchor,
         teacher_epochs=args.teacher_epochs, teacher_batch=max(1, args.batch // args.gpus),
-        teacher_step=max(1, round(args.teacher_epochs * 0.85)), student_epochs=args.student_epochs,
-        student_step=max(1, round(args.student_epochs * 0.85)), batch=args.batch, lr=args.lr))
+        teacher_steps=lr_steps(args.teacher_epochs), student_epochs=args.student_epochs,
+        student_steps=lr_steps(args.student_epochs), batch=args.batch, lr=args.lr, eval_every=args.eval_every))
     shutil.copy(recipe, logs / "claim.toml")
 
     t = time.time()
@@ -183,12 +190,21 @@ def main() -> None:
     t = time.time()
     cache = args.work / "cache.zarr"
     tw = f"teacher.weights={json.dumps(str(teacher_ckpt))}"
+    val = str(args.work / "val.zarr")
+    val_log = logs / "cache_val.log"  # the val cache (pictures only) is written beside the train cache
+    val_proc = frs(["teacher-cache", "-p", str(recipe), "--out", val, "--set", tw, "--set", 'cache.split="val"',
+                    "--set", 'cache.views=["orig"]'], "0", val_log)
     lf = logs / "cache.log"
     wait(frs(["teacher-cache", "-p", str(recipe), "--out", str(cache), "--set", tw], all_gpus, lf, args.gpus), lf)
     summary["seconds"]["teacher-cache"] = time.time() - t
-    lf = logs / "cache_val.log"
-    wait(frs(["teacher-cache", "-p", str(recipe), "--out", str(args.work / "val.zarr"), "--set", tw,
-              "--set", 'cache.split="val"', "--set", 'cache.views=["orig"]'], "0", lf), lf)
+    wait(val_proc, val_log)
+    # mask pictures and statistics: run beside the students (small, independent of them)
+    pictures = [subprocess.Popen([sys.executable, "-m", "frs_cli", "visualize", "--cache", val, "--level", "all",
+                                  "--image-id", str(args.train + k), "--out", str(args.out / f"masks_val_{k}.png")],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for k in (1, 2)]
+    pictures.append(subprocess.Popen([sys.executable, "-m", "frs_cli", "eval", "--cache", val, "--metrics",
+                                      str(args.out / "mask_stats.json")], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL))
     info = subprocess.run([sys.executable, "-m", "frs_cli", "cache", "info", str(cache)], capture_output=True, text=True)
     (logs / "cache_info.txt").write_text(info.stdout)
     save()
@@ -239,14 +255,7 @@ def main() -> None:
             save()
         time.sleep(1)
 
-    t = time.time()
-    val = str(args.work / "val.zarr")
-    for k in (1, 2, 5):  # val image ids follow the train ids
-        subprocess.run([sys.executable, "-m", "frs_cli", "visualize", "--cache", val, "--level", "all", "--image-id",
-                        str(args.train + k), "--out", str(args.out / f"masks_val_{k}.png")], check=True, capture_output=True)
-    subprocess.run([sys.executable, "-m", "frs_cli", "eval", "--cache", val, "--metrics", str(args.out / "mask_stats.json")],
-                   check=True, capture_output=True)
-    summary["seconds"]["pictures"] = time.time() - t
+    summary["pictures_exit_codes"] = [proc.wait() for proc in pictures]
     summary["seconds"]["total"] = time.time() - t0
     save()
     log(f"done in {time.time() - t0:.0f} s")

@@ -1,7 +1,7 @@
-"""Count the ATen ops and host syncs (nonzero) that torchvision's RetinaNet GT loss issues per image.
+"""Count the ATen ops and host syncs (nonzero) per image of RetinaNet's GT loss: torchvision's and ours, batched.
 
-Every such op is a kernel launch on a GPU, and every nonzero a host sync: this is what bounds one training
-process at small image sizes. CPU only; prints a summary. Example:
+Every such op is a kernel launch on a GPU, and every nonzero a host sync: torchvision's per-image loop is
+what bounds one training process at small image sizes. CPU only; prints one line per implementation. Example:
 
     python3 bench/loss_ops.py --images 64 --size 192
 """
@@ -21,6 +21,7 @@ from frs_cli.data.geometry import GeometryConfig
 from frs_cli.data.synth import SynthConfig, generate
 from frs_cli.models import ModelConfig, build_detector
 from frs_cli.models.retinanet import to_head_layout
+from frs_cli.models.retinanet_loss import retinanet_gt_loss
 
 
 def main() -> None:
@@ -41,16 +42,24 @@ def main() -> None:
         heads = {"cls_logits": to_head_layout(d.cls_head()(feats), 5),
                  "bbox_regression": to_head_layout([reg.bbox_reg(reg.conv(f)) for f in feats], 4)}
         anchors = d.core().anchor_generator(ImageList(x, b.image_sizes), feats)
-        d.core().compute_loss(b.targets, heads, anchors)  # warm-up
-        t = time.perf_counter()
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            d.core().compute_loss(b.targets, heads, anchors)
-        seconds = time.perf_counter() - t
-    events = prof.key_averages()
-    ops = sum(e.count for e in events if e.key.startswith("aten::"))
-    syncs = sum(e.count for e in events if e.key == "aten::nonzero")
-    print(f"{args.arch}, {args.images} images of {args.size} px: {ops / args.images:.0f} ATen ops and "
-          f"{syncs / args.images:.1f} nonzero (host syncs on a GPU) per image; {1000 * seconds:.0f} ms on this CPU")
+        impls = {
+            "torchvision compute_loss": lambda: d.core().compute_loss(b.targets, heads, anchors),
+            "frs batched loss": lambda: retinanet_gt_loss(d.core(), b.targets, heads["cls_logits"],
+                                                          heads["bbox_regression"], anchors[0]),
+        }
+        for name, fn in impls.items():
+            fn()  # warm-up
+            t = time.perf_counter()
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                losses = fn()
+            seconds = time.perf_counter() - t
+            events = prof.key_averages()
+            ops = sum(e.count for e in events if e.key.startswith("aten::"))
+            syncs = sum(e.count for e in events if e.key == "aten::nonzero")
+            print(f"{name}: {args.arch}, {args.images} images of {args.size} px: {ops / args.images:.1f} ATen ops "
+                  f"and {syncs / args.images:.2f} nonzero (host syncs on a GPU) per image; "
+                  f"{1000 * seconds:.0f} ms on this CPU; losses "
+                  + ", ".join(f"{k} {v.item():.6f}" for k, v in losses.items()))
 
 
 if __name__ == "__main__":

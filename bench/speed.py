@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 ARCH = {"r50v2": "retinanet_resnet50_fpn_v2", "r50": "retinanet_resnet50_fpn", "r18": "retinanet_resnet18_fpn",
-        "x101": "retinanet_resnext101_32x8d_fpn"}
+        "x101": "retinanet_resnext101_32x8d_fpn", "small": "retinanet_small_fpn", "tiny": "retinanet_tiny_fpn"}
 
 
 def sync_time() -> float:
@@ -40,13 +40,14 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--work", type=Path, required=True)
     p.add_argument("--pairs", default="r50v2-r50,x101-r50,x101-r18")
-    p.add_argument("--images", type=int, default=48)
+    p.add_argument("--images", type=int, default=128)
     p.add_argument("--size", type=int, default=1333, help="long side of the generated images")
     p.add_argument("--min-size", type=int, default=800)
     p.add_argument("--max-size", type=int, default=1333)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=12)
-    p.add_argument("--workers", type=int, default=6)
+    p.add_argument("--workers", type=int, default=10)
+    p.add_argument("--dtypes", default="float16,int8", help="cache encodings to write and read")
     args = p.parse_args()
 
     from frs_cli.cache.reader import CachedViews, TeacherCache
@@ -71,6 +72,7 @@ def main() -> None:
         generate(data, SynthConfig(train=args.images, val=1, size=args.size, seed=0, aspect_jitter=True))
     base = {"data": {"root": str(data)}, "geometry": {"min_size": args.min_size, "max_size": args.max_size},
             "cache": {"batch_size": args.batch, "workers": args.workers, "preload_mb": 0}}
+    dtypes = args.dtypes.split(",")
     coco = CocoViews.from_config(recipe_from_dict(base).data, "train", recipe_from_dict(base).geometry)
     res["padded_sizes"] = sorted({str(coco.geometry_of(i, "orig").padded_size) for i in range(len(coco))})
     amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
@@ -101,14 +103,17 @@ def main() -> None:
 
         atomic_save(model_payload(teacher, ModelConfig(arch=ARCH[tname]), coco.index.label_to_category,
                                   [c["name"] for c in coco.index.categories], recipe_from_dict(base).geometry), ckpt)
-        recipe = recipe_from_dict({**base, "teacher": {"arch": ARCH[tname], "weights": str(ckpt)}})
-        path = str(args.work / f"{tname}.zarr")
-        s = write_teacher_cache(recipe, path, ctx=ctx)
-        nbytes = TeacherCache(path).nbytes_stored()
-        caches[tname] = (path, recipe)
-        res["teachers"][tname] = {"inference_img_s": infer, "cache_views_s": s.views_per_second,
-                                  "cache_over_inference": s.views_per_second / infer,
-                                  "cache_mb_per_view": nbytes["views"] / 1e6 / s.views_total}
+        res["teachers"][tname] = {"inference_img_s": infer}
+        for dtype in dtypes:
+            recipe = recipe_from_dict({**base, "teacher": {"arch": ARCH[tname], "weights": str(ckpt)},
+                                       "cache": {**base["cache"], "dtype": dtype}})
+            path = str(args.work / f"{tname}_{dtype}.zarr")
+            s = write_teacher_cache(recipe, path, ctx=ctx)
+            nbytes = TeacherCache(path).nbytes_stored()
+            caches[tname, dtype] = (path, recipe)
+            res["teachers"][tname][dtype] = {"cache_views_s": s.views_per_second,
+                                             "cache_over_inference": s.views_per_second / infer,
+                                             "cache_mb_per_view": nbytes["views"] / 1e6 / s.views_total}
         save()
         print(tname, res["teachers"][tname], flush=True)
         del teacher
@@ -116,32 +121,29 @@ def main() -> None:
 
     for pair in args.pairs.split(","):
         tname, sname = pair.split("-")
-        path, recipe = caches[tname]
-        recipe = replace(recipe, student=ModelConfig(arch=ARCH[sname]))
         row = {}
-        for mode in ("plain", "online", "cached"):
+        for mode in ("plain", "online", *(f"cached_{d}" for d in dtypes)):
+            path, recipe = caches[tname, mode.removeprefix("cached_") if mode.startswith("cached") else dtypes[0]]
+            recipe = replace(recipe, student=ModelConfig(arch=ARCH[sname]))
             torch.manual_seed(0)
             student = build_detector(recipe.student, 5)
             if mode == "plain":
                 obj, ds = GTObjective(student), coco
             elif mode == "online":
                 teacher = build_detector(recipe.teacher, 5)
-                obj, ds = FRSObjective(student, teacher.levels, OnlineTeacher(teacher), recipe.distill), coco
+                obj, ds = FRSObjective(student, teacher.signature, OnlineTeacher(teacher), recipe.distill), coco
             else:
                 store = TeacherCache(path)
-                obj = FRSObjective(student, store.levels, CachedTeacher(store.build_head()), recipe.distill)
+                obj = FRSObjective(student, store.signature, CachedTeacher(store.build_head()), recipe.distill)
                 ds = CachedViews(coco, store)
             obj.to(dev).train()
             opt = torch.optim.SGD([q for q in obj.parameters() if q.requires_grad], lr=1e-4, momentum=0.9)
             steps, waits = [], []
-            it = iter(loader(ds))
+            it = iter(loader(ds))  # one loader, long enough for every step: no worker restarts in the timing
+            assert args.steps + 3 <= len(coco) // args.batch, "--steps + 3 batches must fit in one pass over --images"
             for i in range(args.steps + 3):
                 t0 = sync_time()
-                batch = next(it, None)
-                if batch is None:
-                    it = iter(loader(ds))
-                    batch = next(it)
-                batch = batch.to(dev)
+                batch = next(it).to(dev, non_blocking=True)
                 t1 = sync_time()
                 with torch.autocast(**amp):
                     loss = sum(obj(batch, 10_000).values())
@@ -152,11 +154,13 @@ def main() -> None:
                 if i >= 3:
                     steps.append(t2 - t0)
                     waits.append(t1 - t0)
-            row[mode] = {"step_ms": 1000 * median(steps), "data_wait_share": sum(waits) / sum(steps)}
+            row[mode] = {"step_ms": 1000 * median(steps), "data_wait_share": sum(waits) / sum(steps),
+                         "data_wait_share_median": median([w / t for w, t in zip(waits, steps)])}
             del obj, student
             torch.cuda.empty_cache()
-        row["online_over_cached"] = row["online"]["step_ms"] / row["cached"]["step_ms"]
-        row["cached_over_plain"] = row["cached"]["step_ms"] / row["plain"]["step_ms"]
+        for d in dtypes:
+            row[f"online_over_cached_{d}"] = row["online"]["step_ms"] / row[f"cached_{d}"]["step_ms"]
+            row[f"cached_{d}_over_plain"] = row[f"cached_{d}"]["step_ms"] / row["plain"]["step_ms"]
         res["pairs"][pair] = row
         save()
         print(pair, row, flush=True)

@@ -103,22 +103,23 @@ def gt_box_masks(boxes: Sequence[Tensor], level_sizes: Sequence[tuple[int, int]]
     ``boxes``: per image ``(N, 4)`` xyxy view pixels. A box too small to contain any centre still marks
     the position under its own centre, so every object is imitated somewhere. Returns per level ``(B, H, W)``.
     """
+    device = boxes[0].device if len(boxes) else torch.device("cpu")
+    m = max([1] + [len(b) for b in boxes])
+    padded = torch.zeros(len(boxes), m, 4, device=device)  # (B, M, 4), batched: no per-image kernels
+    valid = torch.zeros(len(boxes), m, dtype=torch.bool, device=device)
+    for i, b in enumerate(boxes):
+        padded[i, : len(b)] = b.to(device=device, dtype=torch.float32)
+        valid[i, : len(b)] = True
     out = []
     for (h, w), s in zip(level_sizes, strides):
-        device = boxes[0].device if len(boxes) else "cpu"
         cy = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * s
         cx = (torch.arange(w, device=device, dtype=torch.float32) + 0.5) * s
-        level = torch.zeros((len(boxes), h, w), device=device)
-        for i, b in enumerate(boxes):
-            if b.numel() == 0:
-                continue
-            b = b.float()
-            iny = (cy[None, :] >= b[:, 1:2]) & (cy[None, :] <= b[:, 3:4])  # (N, H)
-            inx = (cx[None, :] >= b[:, 0:1]) & (cx[None, :] <= b[:, 2:3])  # (N, W)
-            level[i] = (iny[:, :, None] & inx[:, None, :]).any(dim=0).float()
-            r = ((b[:, 1] + b[:, 3]) / 2 / s).long().clamp(0, h - 1)
-            c = ((b[:, 0] + b[:, 2]) / 2 / s).long().clamp(0, w - 1)
-            level[i, r, c] = 1.0
+        iny = (cy >= padded[..., 1:2]) & (cy <= padded[..., 3:4]) & valid[..., None]  # (B, M, H)
+        inx = (cx >= padded[..., 0:1]) & (cx <= padded[..., 2:3])  # (B, M, W)
+        level = (iny[..., :, None] & inx[..., None, :]).any(dim=1).float()  # (B, H, W)
+        r = ((padded[..., 1] + padded[..., 3]) / 2 / s).long().clamp(0, h - 1)
+        c = ((padded[..., 0] + padded[..., 2]) / 2 / s).long().clamp(0, w - 1)
+        level.view(len(boxes), -1).scatter_reduce_(1, r * w + c, valid.float(), reduce="amax")
         out.append(level)
     return out
 

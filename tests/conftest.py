@@ -20,12 +20,12 @@ min_size = 64
 max_size = {max_size}
 size_divisible = 32
 [teacher]
-arch = "retinanet_small_fpn"
-anchor_size = 16
+arch = {teacher_arch}
+anchor_size = {anchor_size}
 weights = {weights}
 [student]
-arch = "retinanet_tiny_fpn"
-anchor_size = 16
+arch = {student_arch}
+anchor_size = {anchor_size}
 [teacher_train]
 epochs = 1
 batch_size = 4
@@ -50,9 +50,38 @@ workers = 0
 """
 
 
-def write_recipe(path: Path, root: Path, weights: str = "", max_size: int = 64, extra: str = "") -> Path:
-    path.write_text(TINY_RECIPE.format(root=json.dumps(str(root)), weights=json.dumps(weights), max_size=max_size)
-                    + extra)
+def write_recipe(path: Path, root: Path, weights: str = "", max_size: int = 64, extra: str = "",
+                 family: str = "retinanet") -> Path:
+    """The tiny recipe: a small teacher and a tiny student of ``family`` (a key of ``FAMILY_ARCHS``)."""
+    teacher, student, anchor_size = FAMILY_ARCHS[family]
+    path.write_text(TINY_RECIPE.format(root=json.dumps(str(root)), weights=json.dumps(weights), max_size=max_size,
+                                       teacher_arch=json.dumps(teacher), student_arch=json.dumps(student),
+                                       anchor_size=anchor_size) + extra)
+    return path
+
+
+# family -> (small teacher, tiny student, anchor size at the finest level for 64 px images; 0: the family's)
+FAMILY_ARCHS = {
+    "retinanet": ("retinanet_small_fpn", "retinanet_tiny_fpn", 16),
+    "fcos": ("fcos_small_fpn", "fcos_tiny_fpn", 0),
+    "faster_rcnn": ("fasterrcnn_small_fpn", "fasterrcnn_tiny_fpn", 16),
+    "gfl": ("gfl_small_fpn", "gfl_tiny_fpn", 32),
+}
+
+
+def save_random_model(path: Path, arch: str, root: Path, anchor_size: int = 0, seed: int = 0) -> Path:
+    """A seeded, randomly initialised model of ``arch`` for the dataset at ``root``, saved as an frs model file."""
+    from frs_cli.data.coco import CocoIndex
+    from frs_cli.data.geometry import GeometryConfig
+    from frs_cli.models import ModelConfig, build_detector
+    from frs_cli.train.checkpoint import atomic_save, model_payload
+
+    torch.manual_seed(seed)
+    cfg = ModelConfig(arch=arch, anchor_size=anchor_size)
+    index = CocoIndex(root / "annotations" / "instances_train.json")
+    model = build_detector(cfg, index.num_classes)
+    atomic_save(model_payload(model, cfg, index.label_to_category, [c["name"] for c in index.categories],
+                              GeometryConfig(64, 64, 32)), path)
     return path
 
 
@@ -118,3 +147,26 @@ def cache_path(tmp_path_factory, synth_root, teacher_ckpt) -> str:
     path = str(d / "cache.zarr")
     write_teacher_cache(r, path, ctx=setup("cpu"))
     return path
+
+
+@pytest.fixture(scope="session")
+def family_cache(tmp_path_factory, synth_root):
+    """``family -> (recipe path, cache path)``: a seeded random small teacher of that family cached over the
+    tiny train split (both views), written on first use."""
+    from frs_cli.cache.writer import write_teacher_cache
+    from frs_cli.config import load_recipe
+    from frs_cli.train.dist import setup
+
+    made = {}
+
+    def get(family: str):
+        if family not in made:
+            d = tmp_path_factory.mktemp(f"cache_{family}")
+            teacher, _, anchor_size = FAMILY_ARCHS[family]
+            ckpt = save_random_model(d / "teacher.pt", teacher, synth_root, anchor_size)
+            recipe = write_recipe(d / "recipe.toml", synth_root, str(ckpt), family=family)
+            write_teacher_cache(load_recipe(recipe), str(d / "cache.zarr"), ctx=setup("cpu"))
+            made[family] = (recipe, str(d / "cache.zarr"))
+        return made[family]
+
+    return get

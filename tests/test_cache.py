@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import random
 import signal
@@ -51,6 +52,11 @@ def test_cache_layout_attributes_and_index(cache_path, recipe, teacher_ckpt):
     assert [b["name"] for b in a["buckets"]] == ["64x64"]
     feats = root["buckets/64x64/P3/features"]
     assert feats.shape == (48, 64, 8, 8) and feats.chunks == (1, 64, 8, 8) and feats.dtype == np.float16
+    # a shard is one plan batch (cache.batch_size = 4): one file per batch, which one writer writes whole
+    assert feats.shards == (4, 64, 8, 8) and a["storage"]["views_per_shard"] == 4
+    shard_files = sorted(p.name for p in (Path(cache_path) / "buckets/64x64/P3/features").iterdir() if p.name != "zarr.json")
+    assert shard_files == [f"c.{k}.0.0.0" for k in sorted(range(12), key=str)]
+    assert root["buckets/64x64/done"].chunks == (4,) and root["buckets/64x64/crc"].chunks == (4, 10)
     assert root["buckets/64x64/P7/mask"].shape == (48, 1, 1)
     assert root["buckets/64x64/done"][...].all()
     # the teacher's classification head is stored whole
@@ -127,14 +133,15 @@ def test_teacher_cache_killed_at_random_moments_and_resumed_is_identical_to_unin
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done_dir = out / "buckets" / "64x64" / "done"
     rng = random.Random(6)
-    moments = [(n, rng.uniform(0.0, 0.03)) for n in sorted(rng.sample(range(1, 44), 3))]
-    for attempt, (views_done, extra_s) in enumerate(moments):
+    # done flags are chunked by plan batch (4 views): kill after 1-10 of the 12 batches are marked done
+    moments = [(n, rng.uniform(0.0, 0.03)) for n in sorted(rng.sample(range(1, 11), 3))]
+    for attempt, (batches_done, extra_s) in enumerate(moments):
         proc = subprocess.Popen(cmd + (["--resume"] if attempt else []), env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
-            # done flags set so far: chunk files c.<row>, not zarr's in-flight c.<uuid>.partial
-            if done_dir.is_dir() and sum(p.suffix != ".partial" for p in done_dir.glob("c.*")) >= views_done:
+            # done flags set so far: chunk files c.<batch>, not zarr's in-flight c.<uuid>.partial
+            if done_dir.is_dir() and sum(p.suffix != ".partial" for p in done_dir.glob("c.*")) >= batches_done:
                 time.sleep(extra_s)
                 proc.send_signal(signal.SIGKILL)
                 break
@@ -142,7 +149,7 @@ def test_teacher_cache_killed_at_random_moments_and_resumed_is_identical_to_unin
         proc.wait()
         assert proc.returncode == -signal.SIGKILL, f"kill {attempt + 1}: the writer finished before it was killed"
         partial = TeacherCache(str(out), require_complete=False)
-        assert views_done <= partial.done().sum() < 48 and partial.attrs["state"] == "writing"
+        assert 4 * batches_done <= partial.done().sum() < 48 and partial.attrs["state"] == "writing"
         with pytest.raises(CacheFormatError, match="incomplete"):
             TeacherCache(str(out))
         with pytest.raises(CacheFormatError, match="exists and is incomplete.*--resume"):  # never silently
@@ -237,3 +244,32 @@ def test_unknown_view_or_image_is_a_clear_error(cache_path):
     cache = TeacherCache(cache_path)
     with pytest.raises(CacheFormatError, match="holds no view 'orig' of image 999"):
         cache.find(999, "orig")
+
+
+def test_int8_cache_stores_per_channel_scales_and_reads_back_within_half_a_step(synth_root, teacher_ckpt, tmp_path):
+    from frs_cli.cache.store import feature_crc
+
+    r = load_recipe(write_recipe(tmp_path / "r.toml", synth_root, str(teacher_ckpt)))
+    r = dataclasses.replace(r, cache=dataclasses.replace(r.cache, dtype="int8"))
+    path = str(tmp_path / "int8.zarr")
+    assert write_teacher_cache(r, path, ctx=setup("cpu")).complete
+    root = zarr.open_group(path, mode="r")
+    assert root.attrs["storage"]["dtype"] == "int8"
+    feats, scale = root["buckets/64x64/P3/features"], root["buckets/64x64/P3/scale"]
+    assert feats.dtype == np.int8 and scale.shape == (48, 64) and scale.dtype == np.float32
+    assert np.abs(feats[...]).max() == 127  # each channel's largest magnitude maps to +-127
+    ds = CocoViews.from_config(r.data, "train", r.geometry)
+    teacher = build_detector(r.teacher, 5).eval()
+    b = collate([ds[(0, "orig")], ds[(0, "hflip")], ds[(1, "orig")], ds[(1, "hflip")]])  # the first plan batch
+    with torch.no_grad():
+        out = teacher(b.images, b.image_sizes, detect=False)
+    cache = TeacherCache(path)
+    got = cache.read(cache.find(1, "orig"))
+    for lv, (f_ref, f) in enumerate(zip(out.features, got["features"])):
+        step = f_ref[0].abs().amax(dim=(-2, -1)) / 127  # (C,)
+        err = (f.float() - f_ref[0]).abs()
+        assert f.dtype == torch.float16 and (err <= step[:, None, None] * 0.5 + 1e-3 * f_ref[0].abs() + 1e-6).all()
+        stored = root[f"buckets/64x64/{cache.levels[lv].name}/scale"][0]
+        np.testing.assert_allclose(stored, step.numpy(), rtol=1e-6)
+        crc = root["buckets/64x64/crc"][0, 2 * lv]
+        assert crc == feature_crc(root[f"buckets/64x64/{cache.levels[lv].name}/features"][0], stored)

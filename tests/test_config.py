@@ -173,8 +173,9 @@ def test_list_items_are_checked_with_index_in_key():
 def test_literal_fields_reject_other_values():
     with pytest.raises(ConfigError, match=r"recipe key 'distill\.mask': expected one of 'frs', 'gt', got 'box'"):
         recipe_from_dict({"distill": {"mask": "box"}})
-    with pytest.raises(ConfigError, match=r"recipe key 'cache\.dtype': expected one of .*'float16'.*got 'int8'"):
-        recipe_from_dict({"cache": {"dtype": "int8"}})
+    with pytest.raises(ConfigError, match=r"recipe key 'cache\.dtype': expected one of .*'int8'.*got 'uint4'"):
+        recipe_from_dict({"cache": {"dtype": "uint4"}})
+    assert recipe_from_dict({"cache": {"dtype": "int8"}}).cache.dtype == "int8"
     with pytest.raises(ConfigError, match=r"recipe key 'data\.label_map'"):
         recipe_from_dict({"data": {"label_map": "names"}})
     assert recipe_from_dict({"distill": {"mask": "gt"}}).distill.mask == "gt"

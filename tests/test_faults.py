@@ -54,14 +54,14 @@ def test_disk_full_mid_write_is_one_line_and_resume_completes_the_cache(monkeypa
     original = zarr.storage.LocalStore.set
     feature_writes = []
 
-    async def full_after_100_feature_chunks(self, key, value):
+    async def full_after_20_feature_shards(self, key, value):
         if "/features/c." in key:
             feature_writes.append(key)
-            if len(feature_writes) > 100:  # 240 in all (48 views x 5 levels)
+            if len(feature_writes) > 20:  # 60 shard files in all (12 batches x 5 levels)
                 raise OSError(errno.ENOSPC, "No space left on device", f"{self.root}/{key}")
         return await original(self, key, value)
 
-    monkeypatch.setattr(zarr.storage.LocalStore, "set", full_after_100_feature_chunks)
+    monkeypatch.setattr(zarr.storage.LocalStore, "set", full_after_20_feature_shards)
     out = tmp_path / "full.zarr"
     result = run("teacher-cache", "--pipeline", recipe_path, "--out", out, "--device", "cpu")
     assert_one_line_error(result, f"cache {out}: the disk is full (no space left on device) at {out}/buckets/",

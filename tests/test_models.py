@@ -16,13 +16,21 @@ def batch(synth_root):
     return collate([ds[(i, "orig")] for i in range(3)])
 
 
-def test_every_registered_arch_builds_with_five_levels():
-    for name in ARCHS:
+def test_every_registered_arch_builds_with_its_family_levels():
+    from torchvision.models.detection import FCOS, FasterRCNN
+
+    from frs_cli.models.gfl import GFL
+
+    cores = {"retinanet": RetinaNet, "fcos": FCOS, "faster_rcnn": FasterRCNN, "gfl": GFL}
+    for name, spec in ARCHS.items():
         d = build_detector(ModelConfig(arch=name), num_classes=3)
-        assert isinstance(d.core(), RetinaNet)
-        assert d.strides == [8, 16, 32, 64, 128]
-        assert d.level_names == ["P3", "P4", "P5", "P6", "P7"]
+        assert isinstance(d.core(), cores[spec.family]) and d.family == spec.family
+        if spec.family == "faster_rcnn":
+            assert d.level_names == ["P2", "P3", "P4", "P5", "P6"] and d.strides == [4, 8, 16, 32, 64]
+        else:
+            assert d.level_names == ["P3", "P4", "P5", "P6", "P7"] and d.strides == [8, 16, 32, 64, 128]
         assert d.num_classes == 3 and d.arch == name
+        assert [lv.channels for lv in d.levels] == [spec.fpn_channels] * 5
 
 
 def test_adapter_returns_per_level_features_and_logits_in_head_layout(batch):
@@ -161,3 +169,44 @@ def test_fingerprint_changes_with_any_weight():
     with torch.no_grad():
         d.core().head.classification_head.cls_logits.bias[0] += 1e-3
     assert model_fingerprint(d) != before
+
+
+@pytest.mark.parametrize("arch", ["retinanet_resnet18_fpn", "retinanet_tiny_fpn"])  # l1 box loss, giou box loss
+def test_batched_gt_loss_equals_torchvision_compute_loss_with_empty_and_tiny_boxes(arch):
+    from torchvision.models.detection.image_list import ImageList
+
+    from frs_cli.models.retinanet_loss import retinanet_gt_loss
+
+    torch.manual_seed(3)
+    d = build_detector(ModelConfig(arch=arch, anchor_size=16), 4).train()
+    core = d.core()
+    size = 96
+    images = torch.rand(4, 3, size, size)
+    xy = torch.rand(4, 7, 2) * 70
+    wh = torch.cat([torch.rand(4, 7, 2) * 40 + 2, torch.full((4, 1, 2), 1.5)], 1)[:, :7]  # one 1.5-px box each
+    boxes = torch.cat([xy, (xy + wh).clamp(max=size)], dim=2)
+    targets = [
+        {"boxes": boxes[0], "labels": torch.randint(0, 4, (7,))},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},  # no objects
+        {"boxes": boxes[2, :1], "labels": torch.tensor([3])},
+        {"boxes": boxes[3, :5], "labels": torch.randint(0, 4, (5,))},
+    ]
+    features = list(core.backbone(images).values())
+    heads = core.head(features)
+    anchors = core.anchor_generator(ImageList(images, [(size, size)] * 4), features)
+    theirs = core.compute_loss(targets, heads, anchors)
+    ours = retinanet_gt_loss(core, targets, heads["cls_logits"], heads["bbox_regression"], anchors[0])
+    assert theirs["classification"] > 0 and theirs["bbox_regression"] > 0
+    for key in ("classification", "bbox_regression"):
+        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-5, atol=1e-7)
+    # the same number of foreground anchors: check the matcher directly against torchvision's
+    from torchvision.ops import box_iou
+
+    from frs_cli.models.retinanet_loss import batched_box_iou, match_anchors, pad_targets
+
+    padded, _, valid = pad_targets(targets, images.device)
+    matched = match_anchors(batched_box_iou(padded, anchors[0]), valid)
+    for i, t in enumerate(targets):
+        expected = (torch.full_like(matched[i], -1) if len(t["boxes"]) == 0
+                    else core.proposal_matcher(box_iou(t["boxes"], anchors[i])))
+        assert torch.equal(matched[i], expected)

@@ -110,15 +110,20 @@ def test_unknown_view_is_refused_by_the_recipe(recipe_path):
 
 def test_student_and_teacher_levels_that_do_not_line_up_fail_before_training():
     from frs_cli.errors import FrsError
-    from frs_cli.models import LevelSpec
+    from frs_cli.models import FrsSignature, LevelSpec
     from frs_cli.train.objectives import check_compatible
 
-    student = [LevelSpec(f"P{i}", 2**i, 64) for i in range(3, 8)]
+    levels = tuple(LevelSpec(f"P{i}", 2**i, 64) for i in range(3, 8))
+    student = FrsSignature("retinanet", levels, 45)
     with pytest.raises(FrsError, match="do not line up"):
-        check_compatible(student, student[:4])
+        check_compatible(student, FrsSignature("retinanet", levels[:4], 45))
     with pytest.raises(FrsError, match="do not line up"):
-        check_compatible(student, [LevelSpec(lv.name, lv.stride * 2, 64) for lv in student])
-    check_compatible(student, [LevelSpec(lv.name, lv.stride, 256) for lv in student])  # channels may differ
+        check_compatible(student, FrsSignature("retinanet", tuple(LevelSpec(lv.name, lv.stride * 2, 64) for lv in levels), 45))
+    with pytest.raises(FrsError, match="teacher's retinanet classification output has 27 channels per position, "
+                                       "the student's 45"):
+        check_compatible(student, FrsSignature("retinanet", levels, 27))
+    # channels may differ
+    check_compatible(student, FrsSignature("retinanet", tuple(LevelSpec(lv.name, lv.stride, 256) for lv in levels), 45))
 
 
 class _Fails(torch.nn.Module):

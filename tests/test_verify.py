@@ -2,6 +2,7 @@
 
 import re
 import shutil
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -41,23 +42,29 @@ def _chunk_files(path: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in (path / BUCKET).rglob("c.*") if p.is_file()}
 
 
-def _row_of(chunk: Path) -> int:
+def _shard_of(chunk: Path) -> int:
+    """Shard files are c.<batch>...: one plan batch (4 views) each."""
     return int(chunk.name.split(".")[1])
 
 
-def _flip_a_byte(chunk: Path) -> None:
-    data = bytearray(chunk.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    chunk.write_bytes(bytes(data))
+def _flip_a_byte_of_view(shard: Path, inner: int) -> None:
+    """Flip one byte inside inner chunk ``inner`` of an uncompressed shard, read from the shard's index
+    (at its end: (offset, nbytes) as two little-endian uint64 per inner chunk, then a 4-byte CRC-32C)."""
+    data = bytearray(shard.read_bytes())
+    index = data[-(4 * 16 + 4):-4]
+    offset, nbytes = struct.unpack_from("<QQ", index, 16 * inner)
+    data[offset + nbytes // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
 
 
 @pytest.fixture
 def damaged(cache_path, tmp_path):
-    """A copy of the complete cache with row 5's P3 features corrupted and row 7's P5 mask deleted."""
+    """A copy of the complete cache with row 5's P3 features corrupted (inner chunk 1 of shard 1) and the P5
+    mask shard of rows 8-11 deleted."""
     copy = tmp_path / "damaged.zarr"
     shutil.copytree(cache_path, copy)
-    _flip_a_byte(copy / BUCKET / "P3" / "features" / "c.5.0.0.0")
-    (copy / BUCKET / "P5" / "mask" / "c.7.0.0").unlink()
+    _flip_a_byte_of_view(copy / BUCKET / "P3" / "features" / "c.1.0.0.0", 1)
+    (copy / BUCKET / "P5" / "mask" / "c.2.0.0").unlink()
     return copy
 
 
@@ -73,26 +80,26 @@ def test_verify_lists_exactly_the_corrupt_and_the_missing_view(damaged, cache_pa
     assert not report.ok and report.views_done == 48
     cache = TeacherCache(str(damaged))
     assert [(f.bucket, f.row, f.problems) for f in report.faults] == [
-        ("64x64", 5, (("P3/features", CHECKSUM),)), ("64x64", 7, (("P5/mask", MISSING),))]
+        ("64x64", 5, (("P3/features", CHECKSUM),))] + [("64x64", row, (("P5/mask", MISSING),)) for row in (8, 9, 10, 11)]
     for f in report.faults:  # the index maps each fault back to its image and view
         assert (int(cache.image_id[f.index]), f.view) == (f.image_id, f.view)
         assert cache.find(f.image_id, f.view) == f.index
     result = runner.invoke(app, ["cache", "verify", str(damaged)])
     assert result.exit_code == 1
     lines = result.stdout.strip().splitlines()
-    assert len(lines) == 3, lines
+    assert len(lines) == 6, lines
     assert re.fullmatch(r"image 3 hflip \(bucket 64x64, row 5\): P3/features checksum mismatch", lines[0])
-    assert re.fullmatch(r"image 4 hflip \(bucket 64x64, row 7\): P5/mask missing", lines[1])
-    assert "46 of 48 written views intact, 2 missing or corrupt" in lines[2] and "--resume" in lines[2]
+    assert re.fullmatch(r"image 5 orig \(bucket 64x64, row 8\): P5/mask missing", lines[1])
+    assert "43 of 48 written views intact, 5 missing or corrupt" in lines[5] and "--resume" in lines[5]
 
 
 def test_truncated_chunk_is_unreadable(cache_path, tmp_path):
     copy = tmp_path / "c.zarr"
     shutil.copytree(cache_path, copy)
-    chunk = copy / BUCKET / "P4" / "features" / "c.9.0.0.0"
-    chunk.write_bytes(chunk.read_bytes()[:50])
-    (f,) = verify_cache(str(copy)).faults
-    assert (f.row, f.problems) == (9, (("P4/features", UNREADABLE),))
+    shard = copy / BUCKET / "P4" / "features" / "c.2.0.0.0"  # rows 8-11
+    shard.write_bytes(shard.read_bytes()[:50])
+    faults = verify_cache(str(copy)).faults
+    assert [(f.row, f.problems) for f in faults] == [(row, (("P4/features", UNREADABLE),)) for row in (8, 9, 10, 11)]
 
 
 def test_resume_rewrites_exactly_the_rejected_views(damaged, cache_path, recipe_path):
@@ -100,12 +107,12 @@ def test_resume_rewrites_exactly_the_rejected_views(damaged, cache_path, recipe_
     result = runner.invoke(app, ["teacher-cache", "--pipeline", recipe_path, "--out", str(damaged), "--resume",
                                  "--device", "cpu"])
     assert result.exit_code == 0, result.output
-    assert "rewrote 2 written views that were missing or corrupt" in result.stdout
-    assert "wrote 2 of 48 views" in result.stdout
+    assert "rewrote 5 written views that were missing or corrupt" in result.stdout
+    assert "wrote 5 of 48 views" in result.stdout
     after = _chunk_files(damaged)
     changed = {p for p in after if before.get(p) != after[p]}
-    assert {_row_of(p) for p in changed} == {5, 7}  # every chunk of other views is untouched
-    assert len(changed) == 2 * (2 * 5 + 2)  # both views: 5 levels x (features, mask), crc, done
+    assert {_shard_of(p) for p in changed} == {1, 2}  # every file of other batches is untouched
+    assert len(changed) == 2 * (2 * 5 + 2)  # both batches: 5 levels x (features, mask), crc, done
     result = runner.invoke(app, ["cache", "verify", str(damaged)])
     assert result.exit_code == 0 and result.stdout.startswith("OK:")
     ref, got = _arrays(cache_path), _arrays(damaged)

@@ -68,9 +68,10 @@ class ZarrBackend:
         return {k[len(arr.path) + 1:] for k in sync(keys())}
 
     def chunk_key(self, name: str, row: int) -> str:
-        """The key of the chunk that holds row ``row`` of a one-row-per-chunk array."""
+        """The key of the stored object (shard, or chunk of an unsharded array) that holds row ``row``."""
         arr = self.root[name]
-        return arr.metadata.encode_chunk_key((row,) + (0,) * (len(arr.shape) - 1))
+        rows_per_object = (arr.shards or arr.chunks)[0]
+        return arr.metadata.encode_chunk_key((row // rows_per_object,) + (0,) * (len(arr.shape) - 1))
 
     def nbytes_stored(self, group: str = "") -> int:
         return sum(int(arr.nbytes_stored()) for _, arr in self.walk(group))

@@ -10,7 +10,8 @@ from typing import Literal
 class CacheConfig:
     views: tuple[str, ...] = ("orig", "hflip")  # cached views per image: "orig", "hflip"
     split: str = "train"  # which data split to cache (its name under data)
-    dtype: Literal["float16", "bfloat16", "float32"] = "float16"  # storage type of the features
+    # storage type of the features; int8: per-channel symmetric quantisation with float32 scales
+    dtype: Literal["float16", "bfloat16", "float32", "int8"] = "float16"
     codec: Literal["none", "zstd", "blosc"] = "none"  # chunk compressor (fp16 features compress little)
     batch_size: int = 8  # teacher batch (images of one padded size only)
     workers: int = 4  # image-decoding worker processes

@@ -14,12 +14,12 @@ import torch
 from torch import Tensor
 
 from frs_cli.cache.backend import open_backend
-from frs_cli.cache.schema import VIEW_CODES, Bucket
+from frs_cli.cache.schema import SCALED_DTYPES, VIEW_CODES, Bucket
 from frs_cli.cache.store import decode
 from frs_cli.data.coco import CocoViews, Sample
 from frs_cli.data.geometry import ViewGeometry
 from frs_cli.errors import CacheFormatError, CacheMismatchError
-from frs_cli.models.base import LevelSpec
+from frs_cli.models.base import FrsSignature, LevelSpec
 
 
 class TeacherCache:
@@ -74,6 +74,14 @@ class TeacherCache:
     @property
     def teacher(self) -> dict:
         return dict(self.attrs["teacher"])
+
+    @property
+    def signature(self) -> FrsSignature:
+        """The cached teacher's family, levels and classification channels (what a student must match)."""
+        spec = self.teacher["head_spec"]
+        # caches written before other families existed hold RetinaNet heads without "cls_channels"
+        channels = spec.get("cls_channels", spec.get("num_anchors", 1) * spec.get("num_classes", 0))
+        return FrsSignature(spec["family"], tuple(self.levels), int(channels))
 
     def __len__(self) -> int:
         return len(self.image_id)
@@ -130,13 +138,9 @@ class TeacherCache:
 
     # -- reading ----------------------------------------------------------------------------------------
     def _open(self):
-        backend = self.backend
         if self._arrays is None:
-            self._arrays = {
-                b.name: [(backend.array(f"buckets/{b.name}/{lv.name}/features"),
-                          backend.array(f"buckets/{b.name}/{lv.name}/mask")) for lv in self.levels]
-                for b in self.buckets
-            }
+            self._arrays = {b.name: [self._level_arrays(b.name, lv.name) for lv in self.levels]
+                            for b in self.buckets}
         return self._arrays
 
     def preload(self) -> None:
@@ -144,16 +148,26 @@ class TeacherCache:
 
         Worth it for caches that fit in RAM: per-view reads of small views are dominated by per-call overhead.
         """
-        self._memory = {name: [(f[...], m[...]) for f, m in arrays] for name, arrays in self._open().items()}
+        self._memory = {name: [tuple(None if a is None else a[...] for a in level) for level in arrays]
+                        for name, arrays in self._open().items()}
+
+    def _level_arrays(self, bucket: str, level: str) -> tuple:
+        """(features, scale or None, mask) arrays of one level of one bucket."""
+        prefix = f"buckets/{bucket}/{level}"
+        scale = self.backend.array(f"{prefix}/scale") if self.dtype in SCALED_DTYPES else None
+        return self.backend.array(f"{prefix}/features"), scale, self.backend.array(f"{prefix}/mask")
 
     def read(self, k: int) -> dict[str, list[Tensor]]:
-        """View ``k``: ``{"features": [(C, H_l, W_l)], "masks": [(H_l, W_l) float16]}``, one chunk per array."""
+        """View ``k``: ``{"features": [(C, H_l, W_l)], "masks": [(H_l, W_l) float16]}``, one chunk per array.
+
+        Features come back in the storage dtype (float16 / bfloat16 / float32), or float32 for int8 caches.
+        """
         name = self.buckets[int(self.bucket[k])].name
         arrays = self._memory[name] if self._memory is not None else self._open()[name]
         row = int(self.row[k])
         feats, masks = [], []
-        for feat_arr, mask_arr in arrays:
-            feats.append(decode(feat_arr[row], self.dtype))
+        for feat_arr, scale_arr, mask_arr in arrays:
+            feats.append(decode(feat_arr[row], self.dtype, None if scale_arr is None else scale_arr[row]))
             masks.append(torch.from_numpy(np.ascontiguousarray(mask_arr[row])))
         return {"features": feats, "masks": masks}
 

@@ -9,6 +9,7 @@ A cache is a Zarr v3 group::
     /index/row           (N,)      int32   its row inside that bucket
     /index/geometry      (N, 7)    int32   orig_h, orig_w, resized_h, resized_w, padded_h, padded_w, hflip
     /buckets/<HxW>/<level>/features  (n, C, H_l, W_l)  features, one chunk per view
+    /buckets/<HxW>/<level>/scale     (n, C)            float32 per-channel scales (int8 features only)
     /buckets/<HxW>/<level>/mask      (n, H_l, W_l)     float16 FRS mask, one chunk per view
     /buckets/<HxW>/done              (n,)              uint8, 1 once every array of the view is written
     /buckets/<HxW>/crc               (n, 2 * levels)   uint32 CRC-32 of each array's bytes, as written
@@ -16,7 +17,8 @@ A cache is a Zarr v3 group::
 
 Views are grouped by padded size (one bucket per distinct ``padded_h x padded_w``), so no view carries
 padding beyond its stride multiple, and a view is one chunk per array: reading it costs O(levels) reads
-whatever the dataset size. A view counts as written only when its ``done`` entry is 1; ``done`` is written
+whatever the dataset size. Chunks are grouped into shards of one plan batch each (``storage.views_per_shard``),
+so a writer writes one file per array and batch. A view counts as written only when its ``done`` entry is 1; ``done`` is written
 after the arrays, so a killed writer leaves nothing that looks complete.
 """
 
@@ -36,7 +38,8 @@ VIEW_CODES = {"orig": 0, "hflip": 1}
 VIEW_NAMES = {v: k for k, v in VIEW_CODES.items()}
 
 # How feature dtypes are stored: numpy dtype on disk, and how to read it back.
-STORAGE_DTYPES = {"float16": "float16", "float32": "float32", "bfloat16": "uint16"}
+STORAGE_DTYPES = {"float16": "float16", "float32": "float32", "bfloat16": "uint16", "int8": "int8"}
+SCALED_DTYPES = ("int8",)  # stored with a per-view, per-channel float32 scale array beside the features
 
 
 def bucket_name(padded_h: int, padded_w: int) -> str:

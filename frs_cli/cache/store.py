@@ -101,15 +101,30 @@ def codec(name: str):
     raise CacheFormatError(f"cache codec: expected none, zstd or blosc, got {name!r}")
 
 
-def encode(t: Tensor, dtype: str) -> np.ndarray:
-    """A feature tensor in its storage representation (bfloat16 is stored as its uint16 bit pattern)."""
+def encode(t: Tensor, dtype: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Features ``(B, C, H, W)`` in their storage representation: ``(data, scale)``.
+
+    bfloat16 is stored as its uint16 bit pattern. ``int8`` is symmetric per-channel quantisation: each
+    view's channel c is stored as ``round(x / scale_c)`` in [-127, 127] with ``scale_c = max|x_c| / 127``
+    (float32, ``(B, C)``); the other dtypes have no scale (None).
+    """
+    if dtype == "int8":
+        x = t.float()
+        scale = x.abs().amax(dim=(-2, -1)) / 127.0  # (B, C)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero channel stays zero
+        q = torch.round(x / scale[..., None, None]).clamp_(-127, 127).to(torch.int8)
+        return q.cpu().numpy(), scale.cpu().numpy()
     if dtype == "bfloat16":
-        return t.to(torch.bfloat16).view(torch.int16).cpu().numpy().view(np.uint16)
-    return t.to(getattr(torch, dtype)).cpu().numpy()
+        return t.to(torch.bfloat16).view(torch.int16).cpu().numpy().view(np.uint16), None
+    return t.to(getattr(torch, dtype)).cpu().numpy(), None
 
 
-def decode(a: np.ndarray, dtype: str) -> Tensor:
-    """Stored array back to a tensor of the cache's feature dtype."""
+def decode(a: np.ndarray, dtype: str, scale: np.ndarray | None = None) -> Tensor:
+    """Stored array (one view ``(C, H, W)`` or a batch) back to a tensor of the feature dtype; int8 comes back
+    as float16 (times its scale: the float16 rounding is ~8x finer than the int8 step)."""
+    if dtype == "int8":
+        x = torch.from_numpy(np.ascontiguousarray(a)).float()
+        return (x * torch.from_numpy(np.ascontiguousarray(scale, dtype=np.float32))[..., None, None]).half()
     if dtype == "bfloat16":
         return torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(np.ascontiguousarray(a))
@@ -119,3 +134,11 @@ def storage_dtype(dtype: str) -> str:
     if dtype not in STORAGE_DTYPES:
         raise CacheFormatError(f"cache dtype: expected one of {', '.join(STORAGE_DTYPES)}, got {dtype!r}")
     return STORAGE_DTYPES[dtype]
+
+
+def feature_crc(features: np.ndarray, scale: np.ndarray | None) -> int:
+    """CRC-32 of one view's stored feature bytes, continued over its scales when the dtype has them."""
+    import zlib
+
+    crc = zlib.crc32(np.ascontiguousarray(features).tobytes())
+    return crc if scale is None else zlib.crc32(np.ascontiguousarray(scale).tobytes(), crc)

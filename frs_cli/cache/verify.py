@@ -9,13 +9,13 @@ rejected here (it clears their ``done`` flags first).
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from frs_cli.cache.reader import TeacherCache
-from frs_cli.cache.schema import VIEW_NAMES
+from frs_cli.cache.schema import SCALED_DTYPES, VIEW_NAMES
+from frs_cli.cache.store import feature_crc
 from frs_cli.progress import NullProgress, Progress
 
 MISSING, UNREADABLE, CHECKSUM = "missing", "unreadable", "checksum mismatch"
@@ -86,6 +86,8 @@ def verify_cache(path: str, *, storage_options: dict | None = None, progress: Pr
         crc_name = f"{prefix}/crc"
         stored = {n: backend.stored_chunks(f"{prefix}/{n}") for n in [*names, "crc"]}
         crcs = backend.array(crc_name)[...]
+        scales = ({lv.name: backend.array(f"{prefix}/{lv.name}/scale") for lv in cache.levels}
+                  if cache.dtype in SCALED_DTYPES else None)
         for row in np.flatnonzero(done[bucket.name]).tolist():
             problems = []
             if stored["crc"] is not None and backend.chunk_key(crc_name, row) not in stored["crc"]:
@@ -94,12 +96,14 @@ def verify_cache(path: str, *, storage_options: dict | None = None, progress: Pr
                 if stored[n] is not None and backend.chunk_key(f"{prefix}/{n}", row) not in stored[n]:
                     problems.append((n, MISSING))
                     continue
+                level, kind = n.split("/")
                 try:
                     values = arrays[n][row]
+                    scale = scales[level][row] if scales is not None and kind == "features" else None
                 except (ValueError, RuntimeError, OSError):  # wrong size (raw), codec failure (zstd, blosc), I/O
                     problems.append((n, UNREADABLE))
                     continue
-                if zlib.crc32(np.ascontiguousarray(values).tobytes()) != int(crcs[row, j]):
+                if feature_crc(values, scale) != int(crcs[row, j]):
                     problems.append((n, CHECKSUM))
             if problems:
                 k = where[(b_index, row)]

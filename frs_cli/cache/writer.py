@@ -4,10 +4,11 @@ The writer is resumable at view granularity: a view's ``done`` flag is written a
 resumed run writes exactly the views whose flag is not set. ``--resume`` first verifies every done view
 (``cache.verify``) and clears the flag of each one it rejects, so a resumed run also rewrites views whose
 chunks went missing or corrupt; on a complete cache ``--resume`` is thus "verify and repair". Under
-torchrun every process takes its own batches of the pending views and writes only their chunks (one chunk per
-view per array, so no two processes ever touch the same chunk); process 0 creates the layout (or verifies it)
-before and marks the cache complete after. A write that fails (a full disk) raises ``StorageError`` and leaves
-the cache in state ``writing``: ``--resume`` continues it.
+torchrun every process takes its own batches of the pending views and writes only their files: a shard holds
+exactly one plan batch of views (one inner chunk per view), and ``done``/``crc`` are chunked by batch too, so
+no two processes ever touch the same file. Process 0 creates the layout (or verifies it) before and marks
+the cache complete after. A write that fails (a full disk) raises ``StorageError`` and leaves the cache in
+state ``writing``: ``--resume`` continues it.
 """
 
 from __future__ import annotations
@@ -25,14 +26,22 @@ import zarr
 
 import frs_cli
 from frs_cli.cache.reader import TeacherCache
-from frs_cli.cache.schema import FORMAT_NAME, FORMAT_VERSION, VIEW_NAMES, Plan, geometry_fingerprint, make_plan
-from frs_cli.cache.store import codec, encode, is_hdf5, open_existing, open_group, storage_dtype
+from frs_cli.cache.schema import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    SCALED_DTYPES,
+    VIEW_NAMES,
+    Plan,
+    geometry_fingerprint,
+    make_plan,
+)
+from frs_cli.cache.store import codec, encode, feature_crc, is_hdf5, open_existing, open_group, storage_dtype
 from frs_cli.cache.verify import verify_cache
 from frs_cli.data.coco import CocoViews, ListSampler, collate
 from frs_cli.errors import CacheFormatError, CacheMismatchError, ConfigError
 from frs_cli.files import storage_errors
 from frs_cli.losses import frs_masks
-from frs_cli.models import build_detector, model_fingerprint
+from frs_cli.models import build_detector, check_distillable, model_fingerprint
 from frs_cli.progress import NullProgress, Progress
 from frs_cli.train.dist import DistContext, all_gather_objects, barrier, broadcast_object, setup
 
@@ -64,18 +73,25 @@ def _create(path: str, plan: Plan, teacher, recipe, fingerprints: dict, dataset,
     feat_dtype = storage_dtype(cfg.dtype)
     keys = {"name": "default", "separator": "."}  # chunk files c.<row>.0.0.0 side by side, not nested dirs
     compressors = codec(cfg.codec)
+    per_shard = cfg.batch_size  # a shard is one plan batch: each writer writes whole shards, no other touches them
     buckets = root.create_group("buckets")
     for b in plan.buckets:
         g = buckets.create_group(b.name)
+        s = min(per_shard, b.count)
         for lv, (h, w) in zip(teacher.levels, b.level_sizes):
             lg = g.create_group(lv.name)
             lg.create_array("features", shape=(b.count, lv.channels, h, w), chunks=(1, lv.channels, h, w),
-                            dtype=feat_dtype, compressors=compressors, fill_value=0, chunk_key_encoding=keys)
-            lg.create_array("mask", shape=(b.count, h, w), chunks=(1, h, w), dtype="float16",
+                            shards=(s, lv.channels, h, w), dtype=feat_dtype, compressors=compressors, fill_value=0,
+                            chunk_key_encoding=keys)
+            if cfg.dtype in SCALED_DTYPES:
+                lg.create_array("scale", shape=(b.count, lv.channels), chunks=(1, lv.channels),
+                                shards=(s, lv.channels), dtype="float32", compressors=None, fill_value=0,
+                                chunk_key_encoding=keys)
+            lg.create_array("mask", shape=(b.count, h, w), chunks=(1, h, w), shards=(s, h, w), dtype="float16",
                             compressors=compressors, fill_value=0, chunk_key_encoding=keys)
-        g.create_array("done", shape=(b.count,), chunks=(1,), dtype="uint8", compressors=None, fill_value=0,
+        g.create_array("done", shape=(b.count,), chunks=(s,), dtype="uint8", compressors=None, fill_value=0,
                        chunk_key_encoding=keys)
-        g.create_array("crc", shape=(b.count, 2 * len(teacher.levels)), chunks=(1, 2 * len(teacher.levels)),
+        g.create_array("crc", shape=(b.count, 2 * len(teacher.levels)), chunks=(s, 2 * len(teacher.levels)),
                        dtype="uint32", compressors=None, fill_value=0, chunk_key_encoding=keys)
     head = root.create_group("teacher_head")
     for name, t in teacher.cls_head().state_dict().items():
@@ -97,7 +113,8 @@ def _create(path: str, plan: Plan, teacher, recipe, fingerprints: dict, dataset,
                     "annotation_sha256": dataset.index.sha256, "num_images": len(dataset),
                     "label_to_category": dataset.index.label_to_category,
                     "category_names": [c["name"] for c in dataset.index.categories]},
-        "storage": {"dtype": cfg.dtype, "codec": cfg.codec, "mask_dtype": "float16", "views_per_chunk": 1},
+        "storage": {"dtype": cfg.dtype, "codec": cfg.codec, "mask_dtype": "float16", "views_per_chunk": 1,
+                    "views_per_shard": per_shard},
         "buckets": [b.to_dict() for b in plan.buckets],
         "num_views": len(plan),
         "state": "writing",
@@ -127,19 +144,21 @@ def _runs(rows: list[int]) -> list[tuple[int, int, int]]:
     return runs
 
 
-def _write_rows(root: zarr.Group, bucket: str, rows: list[int], level_names, feats, masks) -> None:
+def _write_rows(root: zarr.Group, bucket: str, rows: list[int], level_names, feats, scales, masks) -> None:
     """Views at consecutive ``rows`` of one bucket: every array, then checksums, then done flags (in that order).
 
-    ``feats``/``masks``: per level ``(len(rows), ...)`` arrays in storage form. One zarr call per array and
-    run of rows; each view is still its own chunk, so no chunk is shared with another writer.
+    ``feats``/``masks``: per level ``(len(rows), ...)`` arrays in storage form; ``scales`` per level
+    ``(len(rows), C)`` or None. One zarr call per array and run of rows (one shard for a whole batch).
     """
     crcs = np.zeros((len(rows), 2 * len(level_names)), dtype=np.uint32)
-    for lv, (name, f, m) in enumerate(zip(level_names, feats, masks)):
+    for lv, (name, f, sc, m) in enumerate(zip(level_names, feats, scales, masks)):
         for start, stop, i in _runs(rows):
             root[f"buckets/{bucket}/{name}/features"][start:stop] = f[i : i + stop - start]
+            if sc is not None:
+                root[f"buckets/{bucket}/{name}/scale"][start:stop] = sc[i : i + stop - start]
             root[f"buckets/{bucket}/{name}/mask"][start:stop] = m[i : i + stop - start]
         for j in range(len(rows)):
-            crcs[j, 2 * lv] = zlib.crc32(np.ascontiguousarray(f[j]).tobytes())
+            crcs[j, 2 * lv] = feature_crc(f[j], None if sc is None else sc[j])
             crcs[j, 2 * lv + 1] = zlib.crc32(np.ascontiguousarray(m[j]).tobytes())
     for start, stop, i in _runs(rows):
         root[f"buckets/{bucket}/crc"][start:stop] = crcs[i : i + stop - start]
@@ -171,6 +190,7 @@ def write_teacher_cache(recipe, path: str, *, resume: bool = False, ctx: DistCon
     ctx = ctx or setup()
     cfg = recipe.cache
     dataset = CocoViews.from_config(recipe.data, cfg.split, recipe.geometry)
+    check_distillable(recipe.student, recipe.teacher, dataset.index.num_classes)  # a cache no student can use is waste
     teacher = build_detector(recipe.teacher, dataset.index.num_classes).to(ctx.device).eval().requires_grad_(False)
     fingerprints = {"teacher": model_fingerprint(teacher), "dataset": dataset.index.fingerprint(),
                     "geometry": geometry_fingerprint(recipe.geometry)}
@@ -230,7 +250,8 @@ def write_teacher_cache(recipe, path: str, *, resume: bool = False, ctx: DistCon
         t0 = time.perf_counter()
         written = 0
         futures: list[Future] = []
-        with ThreadPoolExecutor(max_workers=write_threads) as pool:
+        # zarr encodes a shard's inner chunks concurrently up to this limit (its default, 10, starves the writer)
+        with ThreadPoolExecutor(max_workers=write_threads) as pool, zarr.config.set({"async.concurrency": 64}):
             for rows, batch in zip(mine, loader):
                 batch = batch.to(ctx.device)
                 with torch.no_grad(), torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=use_amp):
@@ -241,11 +262,13 @@ def write_teacher_cache(recipe, path: str, *, resume: bool = False, ctx: DistCon
                 if got != [tuple(s) for s in bucket["level_sizes"]]:
                     raise CacheFormatError(f"teacher-cache: the teacher's level grids {got} differ from the planned "
                                            f"{bucket['level_sizes']} for padded size {bucket['padded']}")
-                feats = [encode(f, cfg.dtype) for f in out.features]  # (B, C, H, W) each
+                encoded = [encode(f, cfg.dtype) for f in out.features]  # (B, C, H, W) and (B, C) or None each
                 mks = [m.to(torch.float16).cpu().numpy() for m in masks]  # (B, H, W) each
                 keep = [j for j, i in enumerate(rows) if is_pending[i]]
                 futures.append(pool.submit(_write_rows, root, bucket["name"], [int(plan.row[rows[j]]) for j in keep],
-                                           level_names, [f[keep] for f in feats], [m[keep] for m in mks]))
+                                           level_names, [f[keep] for f, _ in encoded],
+                                           [None if sc is None else sc[keep] for _, sc in encoded],
+                                           [m[keep] for m in mks]))
                 while len(futures) > 2 * write_threads:
                     futures.pop(0).result()
                 n_new = int(is_pending[rows].sum())

@@ -14,7 +14,7 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def visualize(
         cache: str = typer.Option(..., "--cache", help="Teacher cache."),
-        level: str = typer.Option("all", "--level", help="FPN level: P3..P7 (or 3..7), or 'all' for one panel each."),
+        level: str = typer.Option("all", "--level", help="FPN level by name (P3, or 3; Faster R-CNN caches hold P2..P6), or 'all' for one panel each."),
         image_id: int = typer.Option(None, "--image-id", help="COCO image id (default: the first cached image)."),
         view: str = typer.Option("orig", "--view", help="orig or hflip."),
         out: Path = typer.Option(..., "--out", "-o", help="PNG file to write."),

@@ -6,24 +6,24 @@ the machine has internet) or the path of a checkpoint written by ``frs train`` /
 
 from __future__ import annotations
 
+import importlib
 import logging
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models.detection.backbone_utils import BackboneWithFPN, resnet_fpn_backbone
 from torchvision.ops import FrozenBatchNorm2d
-from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from frs_cli.errors import ModelError
-from frs_cli.models.backbones import TINY_BODIES, TinyResNet
-from frs_cli.models.base import Detector, DetectorOutput, LevelSpec, fingerprint_state_dict
+from frs_cli.models.backbones import TINY_BODIES
+from frs_cli.models.base import (Detector, DetectorOutput, FrsSignature, LevelSpec, check_compatible,
+                                 fingerprint_state_dict)
 from frs_cli.models.config import ModelConfig
 
 __all__ = [
-    "ARCHS", "Detector", "DetectorOutput", "LevelSpec", "ModelConfig", "build_cls_head", "build_detector",
+    "ARCHS", "Detector", "DetectorOutput", "FrsSignature", "LevelSpec", "ModelConfig", "build_cls_head", "build_detector",
+    "check_compatible", "check_distillable",
     "fingerprint_state_dict", "load_checkpoint_file", "load_state", "model_fingerprint",
 ]
 
@@ -35,10 +35,18 @@ CHECKPOINT_FORMAT = 1
 class ArchSpec:
     family: str  # adapter family
     body: str  # torchvision ResNet name, or a key of TINY_BODIES
-    v2: bool = False  # torchvision's "v2" RetinaNet: P6 from C5, GroupNorm head, GIoU box loss
+    v2: bool = False  # torchvision's "v2" variant (RetinaNet: P6 from C5, GN head, GIoU; Faster R-CNN: 2-conv RPN, BN FPN and box head)
     fpn_channels: int = 256
     summary: str = ""
 
+
+# family -> the module that builds it (imported when first used)
+FAMILIES = {
+    "retinanet": "frs_cli.models.retinanet",
+    "fcos": "frs_cli.models.fcos",
+    "faster_rcnn": "frs_cli.models.faster_rcnn",
+    "gfl": "frs_cli.models.gfl",
+}
 
 ARCHS: dict[str, ArchSpec] = {
     "retinanet_resnet50_fpn": ArchSpec("retinanet", "resnet50", summary="torchvision RetinaNet R50-FPN (COCO 36.4 AP)"),
@@ -58,6 +66,31 @@ ARCHS: dict[str, ArchSpec] = {
                                     summary="small CPU RetinaNet, v2 head (demo teacher, 64-ch FPN)"),
     "retinanet_tiny_fpn": ArchSpec("retinanet", "tiny", v2=True, fpn_channels=64,
                                    summary="tiny CPU RetinaNet, v2 head (tests, demo student, 64-ch FPN)"),
+    # FCOS: torchvision's (GroupNorm head, centerness on the regression branch, GIoU loss)
+    "fcos_resnet50_fpn": ArchSpec("fcos", "resnet50", summary="torchvision FCOS R50-FPN (COCO 39.2 AP)"),
+    "fcos_resnet18_fpn": ArchSpec("fcos", "resnet18", summary="FCOS R18-FPN"),
+    "fcos_resnet34_fpn": ArchSpec("fcos", "resnet34", summary="FCOS R34-FPN"),
+    "fcos_resnet101_fpn": ArchSpec("fcos", "resnet101", summary="FCOS R101-FPN"),
+    "fcos_small_fpn": ArchSpec("fcos", "small", fpn_channels=64, summary="small CPU FCOS (demo teacher, 64-ch FPN)"),
+    "fcos_tiny_fpn": ArchSpec("fcos", "tiny", fpn_channels=64, summary="tiny CPU FCOS (tests, demo student, 64-ch FPN)"),
+    # Faster R-CNN: torchvision's; FRS uses the RPN objectness on P2-P6
+    "fasterrcnn_resnet50_fpn": ArchSpec("faster_rcnn", "resnet50", summary="torchvision Faster R-CNN R50-FPN (COCO 37.0 AP)"),
+    "fasterrcnn_resnet50_fpn_v2": ArchSpec("faster_rcnn", "resnet50", v2=True,
+                                           summary="torchvision Faster R-CNN R50-FPN v2 (COCO 46.7 AP)"),
+    "fasterrcnn_resnet18_fpn": ArchSpec("faster_rcnn", "resnet18", summary="Faster R-CNN R18-FPN"),
+    "fasterrcnn_resnet34_fpn": ArchSpec("faster_rcnn", "resnet34", summary="Faster R-CNN R34-FPN"),
+    "fasterrcnn_resnet101_fpn": ArchSpec("faster_rcnn", "resnet101", summary="Faster R-CNN R101-FPN"),
+    "fasterrcnn_small_fpn": ArchSpec("faster_rcnn", "small", fpn_channels=64,
+                                     summary="small CPU Faster R-CNN (demo teacher, 64-ch FPN)"),
+    "fasterrcnn_tiny_fpn": ArchSpec("faster_rcnn", "tiny", fpn_channels=64,
+                                    summary="tiny CPU Faster R-CNN (tests, demo student, 64-ch FPN)"),
+    # GFL: built here from torchvision parts (ATSS assignment, quality focal + distribution focal + GIoU)
+    "gfl_resnet50_fpn": ArchSpec("gfl", "resnet50", summary="GFL R50-FPN (no torchvision weights)"),
+    "gfl_resnet18_fpn": ArchSpec("gfl", "resnet18", summary="GFL R18-FPN"),
+    "gfl_resnet34_fpn": ArchSpec("gfl", "resnet34", summary="GFL R34-FPN"),
+    "gfl_resnet101_fpn": ArchSpec("gfl", "resnet101", summary="GFL R101-FPN (the paper's GFL teacher)"),
+    "gfl_small_fpn": ArchSpec("gfl", "small", fpn_channels=64, summary="small CPU GFL (demo teacher, 64-ch FPN)"),
+    "gfl_tiny_fpn": ArchSpec("gfl", "tiny", fpn_channels=64, summary="tiny CPU GFL (tests, demo student, 64-ch FPN)"),
 }
 
 
@@ -83,56 +116,29 @@ def _download_state_dict(weights) -> dict:
                          hint="without internet, pass the path of a local checkpoint instead") from exc
 
 
-def _build_retinanet(spec: ArchSpec, cfg: ModelConfig, num_classes: int, pretrained_backbone) -> nn.Module:
-    from torchvision.models.detection.retinanet import RetinaNet, RetinaNetHead
-
-    from frs_cli.models.retinanet import anchor_generator
-
-    # The module types follow the config, whether or not the weights are loaded now, so a model rebuilt
-    # to receive a checkpoint has the layers it was trained with.
-    trained = _is_weights_enum(cfg.weights) or bool(cfg.weights_backbone)
-    if spec.body in TINY_BODIES:
-        widths, blocks = TINY_BODIES[spec.body]
-        body = TinyResNet(widths, blocks)
-        backbone = BackboneWithFPN(body, {"layer2": "0", "layer3": "1", "layer4": "2"}, list(widths[1:]),
-                                   spec.fpn_channels, extra_blocks=LastLevelP6P7(spec.fpn_channels, spec.fpn_channels))
-    else:
-        # torchvision freezes BN statistics for pretrained v1 bodies; v2 keeps BatchNorm2d.
-        norm = FrozenBatchNorm2d if (trained and not spec.v2) else nn.BatchNorm2d
-        c5 = 2048 if spec.body not in ("resnet18", "resnet34") else 512
-        backbone = resnet_fpn_backbone(
-            backbone_name=spec.body, weights=pretrained_backbone, norm_layer=norm,
-            trainable_layers=cfg.trainable_backbone_layers if trained else 5, returned_layers=[2, 3, 4],
-            extra_blocks=LastLevelP6P7(c5, 256) if spec.v2 else LastLevelP6P7(256, 256),
-        )
-    anchors = anchor_generator(cfg.anchor_size)
-    head = RetinaNetHead(backbone.out_channels, anchors.num_anchors_per_location()[0], num_classes,
-                         norm_layer=partial(nn.GroupNorm, 32) if spec.v2 else None)
-    if spec.v2:
-        head.regression_head._loss_type = "giou"
-    return RetinaNet(backbone, num_classes, anchor_generator=anchors, head=head, score_thresh=cfg.score_thresh,
-                     nms_thresh=cfg.nms_thresh, detections_per_img=cfg.detections_per_img)
+def _family(name: str):
+    """The module implementing a family: ``build(spec, cfg, num_classes, backbone_weights, trained)``,
+    ``build_cls_head(head_spec)`` and ``DEFAULT_ANCHOR_SIZE``."""
+    return importlib.import_module(FAMILIES[name])
 
 
 def build_detector(cfg: ModelConfig, num_classes: int, load_weights: bool = True) -> Detector:
-    """The adapter named by ``cfg.arch`` with ``num_classes`` outputs per anchor, weights loaded.
+    """The adapter named by ``cfg.arch`` with ``num_classes`` object classes, weights loaded.
 
     ``load_weights=False`` builds the architecture only (for example to receive a checkpoint's weights).
     """
-    from frs_cli.models.retinanet import RetinaNetAdapter
-
     if cfg.arch not in ARCHS:
         raise ModelError(f"model: unknown arch {cfg.arch!r}", hint=f"valid names: {', '.join(ARCHS)}")
     if num_classes < 1:
         raise ModelError(f"model: expected at least one class, got num_classes={num_classes}")
     spec = ARCHS[cfg.arch]
     backbone_weights = None
-    if cfg.weights_backbone and load_weights and not _is_weights_enum(cfg.weights):
+    if cfg.weights_backbone and load_weights and not cfg.weights:  # full weights overwrite the backbone's anyway
         if spec.body in TINY_BODIES:
             raise ModelError(f"weights_backbone: {cfg.arch} has no pretrained backbone, got {cfg.weights_backbone!r}")
         backbone_weights = _get_weights_enum(cfg.weights_backbone)
-    model = _build_retinanet(spec, cfg, num_classes, backbone_weights)
-    detector = RetinaNetAdapter(model, cfg.arch, head_norm="group_norm" if spec.v2 else "none")
+    trained = _is_weights_enum(cfg.weights) or bool(cfg.weights_backbone)
+    detector = _family(spec.family).build(spec, cfg, num_classes, backbone_weights, trained)
     if load_weights and cfg.weights:
         load_weights_into(detector, cfg.weights)
     return detector
@@ -140,13 +146,17 @@ def build_detector(cfg: ModelConfig, num_classes: int, load_weights: bool = True
 
 def build_cls_head(spec: dict) -> nn.Module:
     """Rebuild a classification head from ``Detector.cls_head_spec()`` (weights to be loaded after)."""
-    from frs_cli.models.retinanet import build_retinanet_cls_head
-
-    builders = {"retinanet": build_retinanet_cls_head}
     family = spec.get("family")
-    if family not in builders:
-        raise ModelError(f"classification head: unknown family {family!r}", hint=f"known: {', '.join(builders)}")
-    return builders[family](spec)
+    if family not in FAMILIES:
+        raise ModelError(f"classification head: unknown family {family!r}", hint=f"known: {', '.join(FAMILIES)}")
+    return _family(family).build_cls_head(spec)
+
+
+def check_distillable(student: ModelConfig, teacher: ModelConfig, num_classes: int) -> None:
+    """FrsError, before any work, when a recipe's student cannot be distilled from its teacher (see
+    ``check_compatible``). Compares the architectures alone: no weights are loaded or downloaded."""
+    check_compatible(build_detector(student, num_classes, load_weights=False).signature,
+                     build_detector(teacher, num_classes, load_weights=False).signature)
 
 
 def load_checkpoint_file(path: str | Path) -> dict:
@@ -189,8 +199,9 @@ def load_weights_into(detector: Detector, weights: str) -> None:
         if categories and categories != detector.num_classes:
             raise ModelError(f"weights {weights}: predict {categories} classes, the dataset has {detector.num_classes}",
                              hint="for COCO-pretrained torchvision weights set data.label_map = 'category_id'")
-        load_state(detector, _download_state_dict(enum), weights)
-        if weights.endswith("RetinaNet_ResNet50_FPN_Weights.COCO_V1"):
+        load_state(detector, detector.adapt_torchvision_state(_download_state_dict(enum)), weights)
+        if weights.split(".")[-2:] in (["RetinaNet_ResNet50_FPN_Weights", "COCO_V1"],
+                                       ["FasterRCNN_ResNet50_FPN_Weights", "COCO_V1"]):
             for m in detector.modules():  # these weights were trained with eps 0 (torchvision does the same)
                 if isinstance(m, FrozenBatchNorm2d):
                     m.eps = 0.0

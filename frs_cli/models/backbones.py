@@ -1,9 +1,14 @@
-"""Small ResNet-style bodies for CPU tests and the embedded demo (torchvision's blocks, narrow widths)."""
+"""ResNet bodies under torchvision's FPN: torchvision's ResNets, and small ones for CPU tests and the demo."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import nn
+from torchvision.models import resnet
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.resnet import BasicBlock
+from torchvision.ops import FrozenBatchNorm2d
 
 # name -> (stage widths, blocks per stage)
 TINY_BODIES = {
@@ -45,3 +50,39 @@ class TinyResNet(nn.Module):
 
     def forward(self, x):
         return self.layer4(self.layer3(self.layer2(self.layer1(self.conv1(x)))))
+
+
+def resnet_fpn(body: str, fpn_channels: int, returned_layers: list[int], extra_blocks: Callable[[], nn.Module], *,
+               frozen_bn: bool = False, weights=None, trainable_layers: int = 5, fpn_norm=None) -> BackboneWithFPN:
+    """A ResNet body (torchvision's by name, or a key of ``TINY_BODIES``) under torchvision's FPN.
+
+    ``returned_layers`` are ResNet stages (1 = stride 4 ... 4 = stride 32); FPN outputs are named "0", "1", ...
+    in that order, then the extra blocks'. Stages outside the last ``trainable_layers`` are frozen, as
+    torchvision does for pretrained bodies. ``frozen_bn`` uses ``FrozenBatchNorm2d`` (pretrained v1 models).
+    ``extra_blocks`` makes the FPN's extra levels; it is called where earlier versions built them (after a
+    tiny body, before a torchvision one), so a seeded random init stays what it was.
+    """
+    if body in TINY_BODIES:
+        widths, blocks = TINY_BODIES[body]
+        net = TinyResNet(widths, blocks)
+        extra = extra_blocks()
+        stage_channels = list(widths)
+    else:
+        extra = extra_blocks()
+        net = getattr(resnet, body)(weights=weights, norm_layer=FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d)
+        c2 = net.inplanes // 8  # 256 for bottleneck bodies, 64 for basic-block ones
+        stage_channels = [c2 * 2**i for i in range(4)]
+        train = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers] + (["bn1"] if trainable_layers == 5 else [])
+        for name, p in net.named_parameters():
+            if not any(name.startswith(layer) for layer in train):
+                p.requires_grad_(False)
+    return BackboneWithFPN(net, {f"layer{k}": str(i) for i, k in enumerate(returned_layers)},
+                           [stage_channels[k - 1] for k in returned_layers], fpn_channels,
+                           extra_blocks=extra, norm_layer=fpn_norm)
+
+
+def c5_channels(body: str) -> int:
+    """Channels of the stride-32 stage (where torchvision's v2 heads take P6 from)."""
+    if body in TINY_BODIES:
+        return TINY_BODIES[body][0][3]
+    return 512 if body in ("resnet18", "resnet34") else 2048

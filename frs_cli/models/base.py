@@ -3,6 +3,9 @@
 An adapter wraps a torchvision detector (or one built from torchvision's parts) and, from one pass of the
 backbone, returns what distillation needs: the per-level FPN features, the per-level classification logits
 in the head's own ``(B, A*K, H, W)`` layout, and in training the detector's own GT losses.
+
+Which logits count as "classification" is the family's FRS channel set (FRS.md): A x K class logits for
+RetinaNet, K class logits for FCOS (no centerness) and GFL, the A = 3 RPN objectness logits for Faster R-CNN.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+
+from frs_cli.errors import FrsError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -33,6 +38,35 @@ class LevelSpec:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "stride": self.stride, "channels": self.channels}
+
+
+@dataclass(frozen=True)
+class FrsSignature:
+    """What FRS needs to line up between a teacher and a student: the family (which head output is the
+    "classification" output), the FPN levels (names and strides) and the classification channels per
+    position. FPN channel counts may differ: the adapters phi map the student's onto the teacher's."""
+
+    family: str
+    levels: tuple[LevelSpec, ...]
+    cls_channels: int
+
+
+def check_compatible(student: FrsSignature, teacher: FrsSignature) -> None:
+    """FrsError unless student and teacher line up for FRS: same family, the same FPN levels one to one
+    (names and strides), the same classification channels per position. FPN channels may differ (phi)."""
+    if student.family != teacher.family:
+        raise FrsError(f"distill: the teacher is a {teacher.family} detector, the student a {student.family}; FRS "
+                       "compares the same head output of both (its mask and head loss)",
+                       hint="pick a student of the teacher's family")
+    s = [(lv.name, lv.stride) for lv in student.levels]
+    t = [(lv.name, lv.stride) for lv in teacher.levels]
+    if s != t:
+        raise FrsError(f"distill: student FPN levels {s} do not line up with the teacher's {t}",
+                       hint="pick a student of the same detector family and strides")
+    if student.cls_channels != teacher.cls_channels:
+        raise FrsError(f"distill: the teacher's {teacher.family} classification output has {teacher.cls_channels} "
+                       f"channels per position, the student's {student.cls_channels}",
+                       hint="teacher and student need the same classes and anchors per position")
 
 
 class Detector(nn.Module):
@@ -77,9 +111,23 @@ class Detector(nn.Module):
             x = x * inside.unsqueeze(1)
         return x
 
+    @property
+    def signature(self) -> FrsSignature:
+        return FrsSignature(self.family, tuple(self.levels), self.cls_channels)
+
+    @property
+    def cls_channels(self) -> int:
+        """Channels of each level's ``cls_logits``: the channel set the FRS mask takes its max over."""
+        raise NotImplementedError
+
     # What the cache stores to recompute teacher logits from cached features.
     def cls_head_spec(self) -> dict:
+        """Enough to rebuild ``cls_head()`` with ``frs_cli.models.build_cls_head``: ``family``, ``cls_channels``, ..."""
         raise NotImplementedError
+
+    def adapt_torchvision_state(self, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """A state dict of torchvision's weights enum, in this adapter's layout (default: unchanged)."""
+        return state
 
     def cls_head(self) -> nn.Module:
         """The classification head as a module mapping a feature list to a cls-logit list."""
@@ -88,6 +136,16 @@ class Detector(nn.Module):
     def core(self) -> nn.Module:
         """The wrapped detector whose ``state_dict`` is saved (torchvision-compatible keys)."""
         raise NotImplementedError
+
+
+def to_head_layout(per_level: list[Tensor], channels_per_anchor: int) -> Tensor:
+    """``(B, A*C, H, W)`` per level -> ``(B, sum H*W*A, C)``, the order torchvision's heads produce."""
+    out = []
+    for t in per_level:
+        b, _, h, w = t.shape
+        out.append(t.view(b, -1, channels_per_anchor, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, channels_per_anchor))
+    return torch.cat(out, dim=1)
+
 
 
 def fingerprint_state_dict(state_dict: dict[str, Tensor]) -> str:

@@ -11,7 +11,7 @@ class ModelConfig:
     weights: str = ""  # "" random init | torchvision weights enum (RetinaNet_ResNet50_FPN_V2_Weights.COCO_V1) | checkpoint path
     weights_backbone: str = ""  # "" | ImageNet enum for the backbone, e.g. ResNet50_Weights.IMAGENET1K_V1
     trainable_backbone_layers: int = 3  # with pretrained weights: how many ResNet stages train (0-5)
-    anchor_size: int = 32  # anchor size at the finest level (P3), px; doubles per level (torchvision: 32)
+    anchor_size: int = 0  # anchor size at the finest level, px, doubling per level; 0: the family's default (RetinaNet 32, FCOS 8, Faster R-CNN 32 at P2, GFL 64)
     score_thresh: float = 0.05  # detections below this score are dropped at inference
     nms_thresh: float = 0.5  # IoU threshold of per-class NMS at inference
     detections_per_img: int = 100  # at most this many detections per image (COCO's maxDets)

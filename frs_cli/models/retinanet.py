@@ -13,12 +13,16 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.retinanet import RetinaNet, RetinaNetClassificationHead
+from torchvision.models.detection.retinanet import RetinaNet, RetinaNetClassificationHead, RetinaNetHead
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from frs_cli.models.base import Detector, DetectorOutput, LevelSpec
+from frs_cli.models.backbones import TINY_BODIES, c5_channels, resnet_fpn
+from frs_cli.models.base import Detector, DetectorOutput, LevelSpec, to_head_layout
+from frs_cli.models.retinanet_loss import retinanet_gt_loss
 
 LEVEL_NAMES = ("P3", "P4", "P5", "P6", "P7")
 STRIDES = (8, 16, 32, 64, 128)
+DEFAULT_ANCHOR_SIZE = 32  # torchvision's: 32 px at P3, doubling per level
 
 
 def anchor_generator(anchor_size: int = 32) -> AnchorGenerator:
@@ -27,15 +31,6 @@ def anchor_generator(anchor_size: int = 32) -> AnchorGenerator:
         (s, int(s * 2 ** (1.0 / 3)), int(s * 2 ** (2.0 / 3))) for s in (anchor_size * 2**i for i in range(5))
     )
     return AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
-
-
-def to_head_layout(per_level: list[Tensor], channels_per_anchor: int) -> Tensor:
-    """``(B, A*C, H, W)`` per level -> ``(B, sum H*W*A, C)``, the order torchvision's heads produce."""
-    out = []
-    for t in per_level:
-        b, _, h, w = t.shape
-        out.append(t.view(b, -1, channels_per_anchor, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, channels_per_anchor))
-    return torch.cat(out, dim=1)
 
 
 class RetinaNetClsHead(nn.Module):
@@ -72,6 +67,10 @@ class RetinaNetAdapter(Detector):
     def num_anchors(self) -> int:
         return self.model.head.classification_head.num_anchors
 
+    @property
+    def cls_channels(self) -> int:
+        return self.num_anchors * self.num_classes
+
     def core(self) -> nn.Module:
         return self.model
 
@@ -81,6 +80,7 @@ class RetinaNetAdapter(Detector):
     def cls_head_spec(self) -> dict:
         return {
             "family": self.family,
+            "cls_channels": self.cls_channels,
             "in_channels": self.levels[0].channels,
             "num_anchors": self.num_anchors,
             "num_classes": self.num_classes,
@@ -104,7 +104,9 @@ class RetinaNetAdapter(Detector):
             "bbox_regression": to_head_layout(box_deltas, 4),
         }
         if targets is not None:
-            out.losses = self.model.compute_loss(targets, head_outputs, anchors)
+            # Every image of the padded batch has the same anchors; the batched loss equals torchvision's.
+            out.losses = retinanet_gt_loss(self.model, targets, head_outputs["cls_logits"],
+                                           head_outputs["bbox_regression"], anchors[0])
         if detect:
             per_level = [f.shape[-2] * f.shape[-1] * self.num_anchors for f in features]
             split = {k: list(v.split(per_level, dim=1)) for k, v in head_outputs.items()}
@@ -113,3 +115,31 @@ class RetinaNetAdapter(Detector):
                 split = {k: [t.float() for t in v] for k, v in split.items()}
                 out.detections = self.model.postprocess_detections(split, split_anchors, list(image_sizes))
         return out
+
+
+def build(spec, cfg, num_classes: int, backbone_weights, trained: bool) -> RetinaNetAdapter:
+    """torchvision's RetinaNet for ``spec`` (an ``ArchSpec``); ``trained``: weights will be loaded into it.
+
+    The module types follow the config, whether or not the weights are loaded now, so a model rebuilt to
+    receive a checkpoint has the layers it was trained with. torchvision freezes BN statistics for
+    pretrained v1 bodies; v2 keeps BatchNorm2d and takes P6 from C5.
+    """
+    tiny = spec.body in TINY_BODIES
+    backbone = resnet_fpn(
+        spec.body, spec.fpn_channels, [2, 3, 4],
+        partial(LastLevelP6P7, c5_channels(spec.body) if (spec.v2 and not tiny) else spec.fpn_channels,
+                spec.fpn_channels),
+        frozen_bn=trained and not spec.v2, weights=backbone_weights,
+        trainable_layers=cfg.trainable_backbone_layers if trained else 5,
+    )
+    anchors = anchor_generator(cfg.anchor_size or DEFAULT_ANCHOR_SIZE)
+    head = RetinaNetHead(backbone.out_channels, anchors.num_anchors_per_location()[0], num_classes,
+                         norm_layer=partial(nn.GroupNorm, 32) if spec.v2 else None)
+    if spec.v2:
+        head.regression_head._loss_type = "giou"
+    model = RetinaNet(backbone, num_classes, anchor_generator=anchors, head=head, score_thresh=cfg.score_thresh,
+                      nms_thresh=cfg.nms_thresh, detections_per_img=cfg.detections_per_img)
+    return RetinaNetAdapter(model, cfg.arch, head_norm="group_norm" if spec.v2 else "none")
+
+
+build_cls_head = build_retinanet_cls_head

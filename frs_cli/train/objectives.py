@@ -14,8 +14,10 @@ from frs_cli.data.coco import Batch
 from frs_cli.data.geometry import level_valid_size
 from frs_cli.errors import FrsError
 from frs_cli.losses import FeatureAdapter, distill_weight, feature_loss, frs_masks, gt_box_masks, head_loss
-from frs_cli.models.base import Detector
+from frs_cli.models.base import Detector, FrsSignature, check_compatible
 from frs_cli.train.config import DistillConfig
+
+__all__ = ["CachedTeacher", "FRSObjective", "GTObjective", "OnlineTeacher", "check_compatible", "valid_masks"]
 
 
 def valid_masks(image_sizes: list[tuple[int, int]], features: list[Tensor], strides: list[int]) -> list[Tensor]:
@@ -87,23 +89,17 @@ class OnlineTeacher(nn.Module):
         return TeacherTargets(out.features, out.cls_logits, frs_masks(out.cls_logits))
 
 
-def check_compatible(student_levels, teacher_levels) -> None:
-    """Student and teacher FPN levels must line up one to one (names and strides); channels may differ."""
-    s = [(lv.name, lv.stride) for lv in student_levels]
-    t = [(lv.name, lv.stride) for lv in teacher_levels]
-    if s != t:
-        raise FrsError(f"distill: student FPN levels {s} do not line up with the teacher's {t}",
-                       hint="pick a student of the same detector family and strides")
-
-
 class FRSObjective(nn.Module):
-    """``L = L_GT + w(t) * (alpha * L_FPN + beta * L_head)`` with the teacher side from ``source``."""
+    """``L = L_GT + w(t) * (alpha * L_FPN + beta * L_head)`` with the teacher side from ``source``.
 
-    def __init__(self, student: Detector, teacher_levels, source: nn.Module, cfg: DistillConfig):
+    ``teacher`` is the teacher's ``FrsSignature`` (``Detector.signature`` or ``TeacherCache.signature``).
+    """
+
+    def __init__(self, student: Detector, teacher: FrsSignature, source: nn.Module, cfg: DistillConfig):
         super().__init__()
-        check_compatible(student.levels, teacher_levels)
+        check_compatible(student.signature, teacher)
         self.student = student
-        self.adapters = FeatureAdapter([lv.channels for lv in student.levels], [lv.channels for lv in teacher_levels])
+        self.adapters = FeatureAdapter([lv.channels for lv in student.levels], [lv.channels for lv in teacher.levels])
         self.source = source
         self.cfg = cfg
 

@@ -14,7 +14,8 @@ import torch
 from frs_cli.data.coco import CocoViews
 from frs_cli.errors import ConfigError
 from frs_cli.eval.predict import evaluate_detector
-from frs_cli.models import build_detector, load_checkpoint_file, model_fingerprint
+from frs_cli.models import (build_detector, check_compatible, check_distillable, load_checkpoint_file,
+                            model_fingerprint)
 from frs_cli.models.config import ModelConfig
 from frs_cli.progress import Progress
 from frs_cli.train.checkpoint import FINAL, atomic_save, model_payload
@@ -122,6 +123,7 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
     num_classes = coco.index.num_classes
     if cache is not None:
         store = TeacherCache(cache)
+        check_compatible(build_detector(recipe.student, num_classes, load_weights=False).signature, store.signature)
         if store.nbytes_stored()["views"] <= recipe.cache.preload_mb * 1e6:
             store.preload()
         store.check_fingerprints({"teacher": teacher_fingerprint(recipe.teacher, num_classes),
@@ -132,17 +134,18 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
         if missing:
             raise ConfigError(f"distill: the recipe asks for views {list(views)}, the cache holds {store.views}")
         source = CachedTeacher(store.build_head())
-        teacher_levels = store.levels
+        teacher_signature = store.signature
         dataset = CachedViews(coco, store)
     else:
+        check_distillable(recipe.student, recipe.teacher, num_classes)
         teacher = build_detector(recipe.teacher, num_classes)
         source = OnlineTeacher(teacher)
-        teacher_levels = teacher.levels
+        teacher_signature = teacher.signature
         views = ("orig", "hflip") if cfg.hflip_prob > 0 else ("orig",)
         dataset = coco
     seed_everything(cfg.seed)
     student = build_detector(recipe.student, num_classes)
-    objective = FRSObjective(student, teacher_levels, source, recipe.distill)
+    objective = FRSObjective(student, teacher_signature, source, recipe.distill)
     _start_out(out_dir, {**recipe.to_dict(), "teacher_source": "online" if online else str(cache)}, ctx)
     result = fit(objective, dataset, cfg, ctx, out_dir, views=views, resume=resume,
                  save_outputs=_model_saver(recipe.student, coco.index, recipe.geometry, extra=True),

@@ -1,0 +1,117 @@
+"""``frs teacher-cache`` on 1 GPU and on N GPUs (torchrun), same data and teacher: throughput and content.
+
+Writes the same cache with one process and with ``--gpus`` processes, reports views per second for each
+(the writer's own loop time, and the command's wall time with start-up), the speed-up, and the largest
+absolute difference between the two caches' arrays (float nondeterminism across processes only).
+Random teacher weights are fine for timing. Example (on a machine with two GPUs):
+
+    python3 bench/cache_scaling.py --work /tmp/scale --out $OUT/cache_scaling.json --gpus 2 --images 400
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+RECIPE = """
+name = "cache-scaling"
+[data]
+root = {root}
+[geometry]
+min_size = 800
+max_size = 1333
+[teacher]
+arch = "{arch}"
+weights = {weights}
+[cache]
+views = ["orig", "hflip"]
+batch_size = {batch}
+workers = {workers}
+dtype = "{dtype}"
+"""
+
+
+def arrays(group, prefix=""):
+    for name, arr in group.arrays():
+        yield prefix + name, arr
+    for name, sub in group.groups():
+        yield from arrays(sub, prefix + name + "/")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--work", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--gpus", type=int, default=2)
+    p.add_argument("--images", type=int, default=400)
+    p.add_argument("--arch", default="retinanet_resnext101_32x8d_fpn")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--workers", type=int, default=6, help="image-decoding workers per process")
+    p.add_argument("--dtype", default="float16")
+    args = p.parse_args()
+    import torch
+    import zarr
+
+    from frs_cli.config import recipe_from_dict
+    from frs_cli.data.coco import CocoViews
+    from frs_cli.data.synth import SynthConfig, generate
+    from frs_cli.models import ModelConfig, build_detector
+    from frs_cli.train.checkpoint import atomic_save, model_payload
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    data = args.work / "data"
+    if not data.exists():
+        generate(data, SynthConfig(train=args.images, val=1, size=1333, seed=0, aspect_jitter=True))
+    ckpt = args.work / "teacher.pt"
+    base = recipe_from_dict({"data": {"root": str(data)}, "geometry": {"min_size": 800, "max_size": 1333}})
+    coco = CocoViews.from_config(base.data, "train", base.geometry)
+    torch.manual_seed(0)
+    teacher = build_detector(ModelConfig(arch=args.arch), coco.index.num_classes)
+    atomic_save(model_payload(teacher, ModelConfig(arch=args.arch), coco.index.label_to_category,
+                              [c["name"] for c in coco.index.categories], base.geometry), ckpt)
+    recipe = args.work / "recipe.toml"
+    recipe.write_text(RECIPE.format(root=json.dumps(str(data)), arch=args.arch, weights=json.dumps(str(ckpt)),
+                                    batch=args.batch, workers=args.workers, dtype=args.dtype))
+    res = {"device": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+           "date": time.strftime("%Y-%m-%d"), "args": {k: str(v) for k, v in vars(args).items()}, "runs": {}}
+    for n in (1, args.gpus):
+        out = args.work / f"cache_{n}.zarr"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
+               "-m", "frs_cli", "teacher-cache", "--pipeline", str(recipe), "--out", str(out)]
+        t = time.perf_counter()
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        if r.returncode != 0:
+            raise SystemExit(r.stdout[-2000:] + r.stderr[-3000:])
+        m = re.search(r"wrote (\d+) of (\d+) views in ([\d.]+) s", r.stdout)
+        views, seconds = int(m.group(1)), float(m.group(3))
+        res["runs"][n] = {"views": views, "loop_seconds": seconds, "views_per_s": views / seconds,
+                          "wall_seconds": wall, "views_per_s_wall": views / wall}
+        print(n, res["runs"][n], flush=True)
+    one = dict(arrays(zarr.open_group(str(args.work / "cache_1.zarr"), mode="r")))
+    many = dict(arrays(zarr.open_group(str(args.work / f"cache_{args.gpus}.zarr"), mode="r")))
+    worst, differing = 0.0, []
+    for name, a in one.items():
+        x, y = a[...], many[name][...]
+        if x.dtype.kind == "f" or x.dtype.kind == "i" and x.dtype.itemsize == 1:
+            worst = max(worst, float(np.abs(x.astype(np.float64) - y.astype(np.float64)).max()))
+        elif not name.endswith("crc") and not np.array_equal(x, y):
+            differing.append(name)
+    res["max_abs_difference"] = worst
+    res["other_arrays_differing"] = differing
+    res["speedup_loop"] = res["runs"][args.gpus]["views_per_s"] / res["runs"][1]["views_per_s"]
+    res["speedup_wall"] = res["runs"][args.gpus]["views_per_s_wall"] / res["runs"][1]["views_per_s_wall"]
+    args.out.write_text(json.dumps(res, indent=1))
+    print(json.dumps({k: res[k] for k in ("max_abs_difference", "other_arrays_differing", "speedup_loop",
+                                          "speedup_wall")}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""What each cache encoding costs in bytes and in loss accuracy, on a trained teacher's real features.
+
+For val images of an ``frs demo`` run (trained teacher, trained students), the teacher's fp32 features are
+stored in each encoding (float16, bfloat16, int8 with per-channel scales), read back, and used the way
+distillation uses a cache: the teacher head recomputes the logits from the stored features, and L_FPN and
+L_head are computed for a student. The relative error of each loss against fp32 targets is reported for
+the FRS-trained student (close to the teacher: the hard case for L_FPN) and the plain student. Bytes per
+view are measured with each compressor (none, zstd, blosc + bit-shuffle) on the same arrays, and projected
+to an 800x1333 COCO view (P3-P7, 256 channels) with the measured compression ratio. CPU only. Example:
+
+    frs demo --out /tmp/demo && python3 bench/encodings.py --demo /tmp/demo --out docs/results/encodings.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from numcodecs import Blosc, Zstd
+
+from frs_cli.cache.store import decode, encode
+from frs_cli.data.coco import CocoViews, DataConfig, collate
+from frs_cli.data.geometry import GeometryConfig
+from frs_cli.losses import FeatureAdapter, feature_loss, frs_masks, head_loss
+from frs_cli.train.checkpoint import load_detector
+
+ENCODINGS = ("float32", "float16", "bfloat16", "int8")
+CODECS = {"none": None, "zstd": Zstd(level=3), "blosc": Blosc(cname="zstd", clevel=3, shuffle=Blosc.BITSHUFFLE)}
+COCO_POSITIONS = sum(-(-800 // s) * -(-1344 // s) for s in (8, 16, 32, 64, 128))  # padded 800x1344, P3-P7
+
+
+def stored_bytes(arrays: list[np.ndarray], codec) -> int:
+    return sum(a.nbytes if codec is None else len(codec.encode(np.ascontiguousarray(a))) for a in arrays)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--demo", type=Path, required=True, help="an `frs demo --out` directory")
+    p.add_argument("--images", type=int, default=64, help="val images (orig view)")
+    p.add_argument("--out", type=Path)
+    args = p.parse_args()
+    torch.manual_seed(0)
+    teacher, ckpt = load_detector(args.demo / "teacher" / "model_final.pt")
+    teacher.eval()
+    recipe = json.loads((args.demo / "teacher" / "recipe.json").read_text())
+    geometry = GeometryConfig(**recipe["geometry"])
+    ds = CocoViews.from_config(DataConfig(root=str(args.demo / "data")), "val", geometry)
+    batch = collate([ds[(i, "orig")] for i in range(min(args.images, len(ds)))])
+    head = teacher.cls_head()
+    students = {}
+    for name in ("student_frs", "student_plain"):
+        student, _ = load_detector(args.demo / name / "model_final.pt")
+        phi = FeatureAdapter([lv.channels for lv in student.levels], [lv.channels for lv in teacher.levels])
+        if (args.demo / name / "adapters.pt").exists():
+            phi.load_state_dict(torch.load(args.demo / name / "adapters.pt", weights_only=True)["adapters"])
+        students[name] = (student.eval(), phi)
+
+    with torch.no_grad():
+        ref = teacher(batch.images, batch.image_sizes, detect=False)
+        masks = [m.half().float() for m in frs_masks(ref.cls_logits)]  # masks are always stored as float16
+        outs = {n: (s(batch.images, batch.image_sizes, detect=False), phi) for n, (s, phi) in students.items()}
+
+        def losses(features):
+            logits = head(features)
+            return {n: {"L_FPN": float(feature_loss(phi(o.features), features, masks)),
+                        "L_head": float(head_loss(o.cls_logits, logits, masks))} for n, (o, phi) in outs.items()}
+
+        exact = losses([f.float() for f in ref.features])
+        rows = {}
+        for enc in ENCODINGS:
+            coded = [encode(f, enc) for f in ref.features]  # per level ((B, C, H, W), (B, C) or None)
+            got = losses([decode(d, enc, s).float() for d, s in coded])
+            per_view = {}
+            positions = sum(f.shape[-2] * f.shape[-1] for f in ref.features)
+            scales = [sc for _, sc in coded if sc is not None]  # (B, C) per level, int8 only
+            for cname, codec in CODECS.items():
+                feats = stored_bytes([d[i] for d, _ in coded for i in range(len(d))], codec)
+                ratio = feats / sum(d.nbytes for d, _ in coded)  # features only, so it scales to COCO size
+                scale_bytes = stored_bytes([sc[i] for sc in scales for i in range(len(sc))], codec)
+                coco = COCO_POSITIONS * 256 * coded[0][0].itemsize * ratio + (5 * 256 * 4 if scales else 0)
+                per_view[cname] = {"bytes_per_view": (feats + scale_bytes) / len(batch.image_ids),
+                                   "feature_ratio": ratio, "coco_800x1333_mb_per_view": coco / 1e6}
+            rows[enc] = {
+                "bytes_per_position": sum(d.nbytes for d, _ in coded) / len(batch.image_ids) / positions,
+                "codecs": per_view,
+                "relative_error": {n: {k: abs(got[n][k] - exact[n][k]) / abs(exact[n][k]) for k in exact[n]}
+                                   for n in exact},
+            }
+    result = {"date": time.strftime("%Y-%m-%d"), "device": "cpu", "teacher": ckpt["arch"],
+              "images": len(batch.image_ids), "size": recipe["geometry"], "exact_losses": exact, "encodings": rows}
+    print(f"{len(batch.image_ids)} val views, teacher {ckpt['arch']}; losses with fp32 targets: {exact}")
+    print(f"{'encoding':9} {'codec':6} {'ratio':>6} {'COCO MB/view':>12} {'max rel. err L_FPN':>19} {'max rel. err L_head':>19}")
+    for enc, r in rows.items():
+        e_fpn = max(v["L_FPN"] for v in r["relative_error"].values())
+        e_head = max(v["L_head"] for v in r["relative_error"].values())
+        for cname, c in r["codecs"].items():
+            print(f"{enc:9} {cname:6} {c['feature_ratio']:6.3f} {c['coco_800x1333_mb_per_view']:12.2f} {e_fpn:19.2e} {e_head:19.2e}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""GFL (Generalized Focal Loss) built from torchvision parts, and its adapter.
+
+FRS on GFL takes its mask and head loss from the classification logits: K class channels per position
+(one anchor per position; the logits' sigmoid is GFL's joint class-quality score).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from torch import Tensor, nn
+from torchvision.models.detection.image_list import ImageList
+from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+
+from frs_cli.models.backbones import resnet_fpn
+from frs_cli.models.base import Detector, DetectorOutput, LevelSpec
+from frs_cli.models.gfl.head import GFLClsHead
+from frs_cli.models.gfl.model import GFL
+
+__all__ = ["DEFAULT_ANCHOR_SIZE", "GFL", "GFLAdapter", "build", "build_cls_head"]
+
+LEVEL_NAMES = ("P3", "P4", "P5", "P6", "P7")
+STRIDES = (8, 16, 32, 64, 128)
+DEFAULT_ANCHOR_SIZE = 64  # octave scale 8 x stride 8 at P3 (ATSS / GFL)
+NUM_CONVS = 4
+
+
+def build_cls_head(spec: dict) -> GFLClsHead:
+    return GFLClsHead(spec["in_channels"], spec["num_classes"], spec["num_convs"])
+
+
+class GFLAdapter(Detector):
+    family = "gfl"
+
+    def __init__(self, model: GFL, arch: str):
+        channels = model.backbone.out_channels
+        super().__init__(model.num_classes, [LevelSpec(n, s, channels) for n, s in zip(LEVEL_NAMES, STRIDES)])
+        self.model = model
+        self.arch = arch
+
+    @property
+    def cls_channels(self) -> int:
+        return self.num_classes
+
+    def core(self) -> nn.Module:
+        return self.model
+
+    def cls_head(self) -> nn.Module:
+        return self.model.head.classification
+
+    def cls_head_spec(self) -> dict:
+        return {"family": self.family, "cls_channels": self.cls_channels, "in_channels": self.levels[0].channels,
+                "num_classes": self.num_classes, "num_convs": NUM_CONVS}
+
+    def forward(self, images: Tensor, image_sizes: list[tuple[int, int]], targets=None, detect=None) -> DetectorOutput:
+        """See ``Detector``; ``cls_logits`` per level are ``(B, K, H, W)``; losses ``quality_focal``, ``giou``,
+        ``distribution_focal`` (weighted as the paper: 1, 2, 1/4)."""
+        x = self.normalize(images, image_sizes)
+        features = list(self.model.backbone(x).values())
+        cls_logits = self.model.head.classification(features)
+        out = DetectorOutput(features=features, cls_logits=cls_logits)
+        detect = (not self.training) if detect is None else detect
+        if targets is None and not detect:
+            return out
+        distributions = self.model.head.box(features)
+        anchors = self.model.anchor_generator(ImageList(x, list(image_sizes)), features)
+        if targets is not None:
+            out.losses = self.model.compute_loss(targets, cls_logits, distributions, anchors)
+        if detect:
+            out.detections = self.model.postprocess_detections(cls_logits, distributions, anchors, list(image_sizes))
+        return out
+
+
+def build(spec, cfg, num_classes: int, backbone_weights, trained: bool) -> GFLAdapter:
+    """GFL for ``spec`` (an ``ArchSpec``): P3-P7 with P6/P7 from P5, GroupNorm head, frozen BN statistics
+    when the body is pretrained (as torchvision's one-stage detectors)."""
+    backbone = resnet_fpn(spec.body, spec.fpn_channels, [2, 3, 4], partial(LastLevelP6P7, spec.fpn_channels, spec.fpn_channels),
+                          frozen_bn=trained, weights=backbone_weights,
+                          trainable_layers=cfg.trainable_backbone_layers if trained else 5)
+    model = GFL(backbone, num_classes, list(STRIDES), cfg.anchor_size or DEFAULT_ANCHOR_SIZE,
+                score_thresh=cfg.score_thresh, nms_thresh=cfg.nms_thresh, detections_per_img=cfg.detections_per_img)
+    return GFLAdapter(model, cfg.arch)

@@ -1,0 +1,122 @@
+"""GFL (Generalized Focal Loss, Li et al. 2020) on torchvision's ResNet-FPN, anchors and box ops.
+
+One square anchor per position (octave scale 8: 64 px at P3, doubling per level) serves only the ATSS
+assignment; boxes are regressed from the anchor's centre as four side distributions (``reg_max = 16``).
+Training loss, with N_pos the positives of the batch (the paper's normalisation)::
+
+    L = [ sum QFL  +  2.0 * sum_pos GIoU(box, gt)  +  0.25 * sum_pos sum_sides DFL ] / N_pos
+
+Inference: score = sigmoid(class logit) (the joint class-quality score), per level the top 1000 above
+``score_thresh``, decoded boxes clipped to the image, per-class NMS, the best ``detections_per_img``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.ops import batched_nms, clip_boxes_to_image, generalized_box_iou_loss
+
+from frs_cli.models.gfl.assign import atss_assign, box_centres
+from frs_cli.models.gfl.head import GFLHead, expected_distance
+from frs_cli.models.gfl.losses import (boxes_from_distances, distribution_focal_loss, paired_iou, quality_focal_loss,
+                                       side_distances)
+
+QFL_BETA = 2.0
+GIOU_WEIGHT = 2.0
+DFL_WEIGHT = 0.25  # the paper's 1/4: DFL averaged over the four sides
+ATSS_TOPK = 9
+TOPK_CANDIDATES = 1000
+
+
+def anchor_generator(anchor_size: int) -> AnchorGenerator:
+    return AnchorGenerator(tuple((anchor_size * 2**i,) for i in range(5)), ((1.0,),) * 5)
+
+
+def _flatten(per_level: list[Tensor]) -> Tensor:
+    """``(B, C, H, W)`` per level -> ``(B, sum H*W, C)``, positions row-major, levels in order (the anchor order)."""
+    return torch.cat([t.flatten(2).transpose(1, 2) for t in per_level], dim=1)
+
+
+class GFL(nn.Module):
+    """Backbone + FPN, GFL head, anchors; ``compute_loss`` and ``postprocess_detections`` on head outputs."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, strides: list[int], anchor_size: int, reg_max: int = 16,
+                 score_thresh: float = 0.05, nms_thresh: float = 0.6, detections_per_img: int = 100):
+        super().__init__()
+        self.backbone = backbone
+        self.head = GFLHead(backbone.out_channels, num_classes, reg_max)
+        self.anchor_generator = anchor_generator(anchor_size)
+        self.strides = list(strides)
+        self.num_classes, self.reg_max = num_classes, reg_max
+        self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
+
+    def _anchor_strides(self, per_level: list[int], device) -> Tensor:
+        return torch.cat([torch.full((n,), float(s), device=device) for n, s in zip(per_level, self.strides)])
+
+    def compute_loss(self, targets: list[dict[str, Tensor]], cls_logits: list[Tensor], distributions: list[Tensor],
+                     anchors: list[Tensor]) -> dict[str, Tensor]:
+        """Losses ``quality_focal``, ``giou`` and ``distribution_focal``, already weighted (scalars, float32).
+
+        ``cls_logits`` per level ``(B, K, H, W)``, ``distributions`` per level ``(B, 4 * (reg_max + 1), H, W)``,
+        ``anchors`` per image ``(sum H*W, 4)``; targets' boxes are xyxy view pixels, labels ``0..K-1``.
+        """
+        per_level = [t.shape[-2] * t.shape[-1] for t in cls_logits]
+        logits, dists = _flatten(cls_logits), _flatten(distributions)  # (B, A, K), (B, A, 4(R+1))
+        strides = self._anchor_strides(per_level, logits.device)
+        quality_target = torch.zeros_like(logits, dtype=torch.float32)
+        pos_dist, pos_points, pos_strides, pos_gt = [], [], [], []
+        for i, (a, t) in enumerate(zip(anchors, targets)):
+            matched = atss_assign(a, per_level, t["boxes"], ATSS_TOPK)
+            pos = torch.nonzero(matched >= 0).squeeze(1)
+            if pos.numel() == 0:
+                continue
+            gt = t["boxes"][matched[pos]].float()
+            points, s = box_centres(a[pos]), strides[pos]
+            pred = boxes_from_distances(points, expected_distance(dists[i, pos], self.reg_max), s)
+            # the soft target: how well this prediction localises its box, at its class (no gradient)
+            quality_target[i, pos, t["labels"][matched[pos]]] = paired_iou(pred.detach(), gt)
+            pos_dist.append(dists[i, pos])
+            pos_points.append(points)
+            pos_strides.append(s)
+            pos_gt.append(gt)
+        num_pos = max(1, sum(len(g) for g in pos_gt))
+        qfl = quality_focal_loss(logits, quality_target, QFL_BETA).sum() / num_pos
+        if not pos_gt:
+            zero = dists.sum() * 0.0  # keeps the graph (and DDP) aware of the box branch
+            return {"quality_focal": qfl, "giou": zero, "distribution_focal": zero}
+        dist, points, s, gt = (torch.cat(x) for x in (pos_dist, pos_points, pos_strides, pos_gt))
+        pred = boxes_from_distances(points, expected_distance(dist, self.reg_max), s)
+        giou = generalized_box_iou_loss(pred, gt, reduction="sum") / num_pos
+        target = side_distances(points, gt, s).clamp(min=0, max=self.reg_max - 0.01)  # (P, 4)
+        dfl = distribution_focal_loss(dist.float().reshape(-1, self.reg_max + 1), target.reshape(-1)).sum() / num_pos
+        return {"quality_focal": qfl, "giou": GIOU_WEIGHT * giou, "distribution_focal": DFL_WEIGHT * dfl}
+
+    @torch.no_grad()
+    def postprocess_detections(self, cls_logits: list[Tensor], distributions: list[Tensor], anchors: list[Tensor],
+                               image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        """Per image ``{"boxes": (N, 4) xyxy view pixels, "scores": (N,), "labels": (N,) int64}``, N <= detections_per_img."""
+        per_level = [t.shape[-2] * t.shape[-1] for t in cls_logits]
+        k = self.num_classes
+        results = []
+        for i, size in enumerate(image_sizes):
+            level_anchors = anchors[i].split(per_level)
+            boxes, scores, labels = [], [], []
+            for lv, stride in enumerate(self.strides):
+                score = cls_logits[lv][i].float().sigmoid().flatten(1).t().flatten()  # (H*W*K,), position-major
+                keep = torch.nonzero(score > self.score_thresh).squeeze(1)
+                score = score[keep]
+                top = score.topk(min(TOPK_CANDIDATES, score.numel()))
+                keep, score = keep[top.indices], top.values
+                position, label = keep // k, keep % k
+                dist = distributions[lv][i].float().flatten(1).t()[position]  # (n, 4(R+1))
+                points = box_centres(level_anchors[lv][position])
+                strides = torch.full((len(position),), float(stride), device=points.device)
+                boxes.append(clip_boxes_to_image(boxes_from_distances(points, expected_distance(dist, self.reg_max),
+                                                                      strides), size))
+                scores.append(score)
+                labels.append(label)
+            b, s, lab = torch.cat(boxes), torch.cat(scores), torch.cat(labels)
+            keep = batched_nms(b, s, lab, self.nms_thresh)[: self.detections_per_img]
+            results.append({"boxes": b[keep], "scores": s[keep], "labels": lab[keep]})
+        return results
