@@ -60,3 +60,107 @@ def test_two_process_teacher_cache_equals_one_process_and_ddp_distill_runs(cache
     # 24 images over 2 processes, batch 4 per process -> 3 iterations per epoch
     assert state["iters_per_epoch"] == 3 and state["epoch"] == 2
     assert (tmp_path / "run" / "model_final.pt").is_file()
+
+
+def _children_by_rank(parent: int) -> dict[int, int]:
+    """pid of each torchrun worker (direct children of ``parent``) by its RANK environment variable (Linux /proc)."""
+    out = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if ppid != parent:
+                continue
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+        except (OSError, ValueError, IndexError):
+            continue
+        if b"RANK" in env:
+            out[int(env[b"RANK"])] = int(entry)
+    return out
+
+
+def _torchrun_popen(*args, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "frs_cli", *map(str, args), "--device", "cpu"]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+
+
+@pytest.mark.skipif(not os.path.exists(TORCHRUN) or not os.path.isdir("/proc"), reason="torchrun and /proc needed")
+@pytest.mark.parametrize("dead_rank", [0, 1])
+def test_teacher_cache_resumes_after_one_rank_is_killed(cache_path, synth_root, teacher_ckpt, tmp_path, dead_rank):
+    """SIGKILL one worker of a two-process teacher-cache mid-run; torchrun stops the other; ``--resume`` (two
+    processes again) completes a cache equal to the one-process reference up to fp16 rounding."""
+    import signal
+    import time
+
+    from frs_cli.cache.reader import TeacherCache
+
+    recipe = write_recipe(tmp_path / "r.toml", synth_root, str(teacher_ckpt))
+    out = tmp_path / "c.zarr"
+    proc = _torchrun_popen("teacher-cache", "--pipeline", recipe, "--out", out, tmp_path=tmp_path)
+    done_dir = out / "buckets" / "64x64" / "done"
+    killed = False
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if done_dir.is_dir() and sum(p.suffix != ".partial" for p in done_dir.glob("c.*")) >= 2:
+            ranks = _children_by_rank(proc.pid)
+            if dead_rank in ranks:
+                os.kill(ranks[dead_rank], signal.SIGKILL)
+                killed = True
+                break
+        time.sleep(0.005)
+    proc.wait(timeout=120)
+    assert killed and proc.returncode != 0, "the run finished before a rank could be killed"
+    partial = TeacherCache(str(out), require_complete=False)
+    assert 0 < partial.done().sum() < 48 and partial.attrs["state"] == "writing"
+    r = _torchrun("teacher-cache", "--pipeline", recipe, "--out", out, "--resume", tmp_path=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert zarr.open_group(str(out), mode="r").attrs["state"] == "complete"
+    one = dict(_arrays(zarr.open_group(cache_path, mode="r")))
+    got = dict(_arrays(zarr.open_group(str(out), mode="r")))
+    assert set(one) == set(got)
+    for name in one:
+        a, b = one[name][...], got[name][...]
+        if a.dtype.kind == "f":
+            np.testing.assert_allclose(a.astype(np.float64), b.astype(np.float64), rtol=2e-3, atol=1e-3, err_msg=name)
+        elif not name.endswith("crc"):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+@pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun not installed")
+def test_ddp_distill_killed_mid_epoch_resumes_under_torchrun_to_the_uninterrupted_weights(cache_path, synth_root,
+                                                                                          teacher_ckpt, tmp_path):
+    """Two-process DDP distill, state saved every iteration: SIGKILL the whole torchrun in epoch 2, then
+    ``--resume`` under torchrun ends with the weights of an uninterrupted two-process run, bit for bit."""
+    import signal
+    import time
+
+    recipe = write_recipe(tmp_path / "r.toml", synth_root, str(teacher_ckpt))
+    common = ["distill", "--pipeline", recipe, "--cache", cache_path, "--no-eval", "--set", "train.epochs=2",
+              "--set", "train.checkpoint_every=1"]
+    r = _torchrun(*common, "--out", tmp_path / "straight", tmp_path=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "frs_cli", *map(str, common),
+                             "--out", str(out), "--device", "cpu"], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path, start_new_session=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and metrics.read_text().count('"iter"') >= 4:  # 3 iterations per epoch: in epoch 2
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "distill finished before it was killed"
+    assert not (out / "model_final.pt").exists()
+    r = _torchrun(*common, "--out", out, "--resume", tmp_path=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a = torch.load(tmp_path / "straight" / "model_final.pt", weights_only=True)["model"]
+    b = torch.load(out / "model_final.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)
