@@ -1,6 +1,7 @@
 """The command line: exit codes, one-line errors, and the files each command writes."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -159,3 +160,32 @@ def test_a_stopped_run_exits_130_with_the_resume_hint(tmp_path, recipe_path, mon
     result = run("train", "--pipeline", recipe_path, "--out", tmp_path / "run")
     assert result.exit_code == 130
     assert "stopped at epoch 1, iteration 3" in result.stderr and "--resume" in result.stderr
+
+
+def test_line_progress_prints_plain_lines_every_interval_and_at_the_end():
+    import io
+
+    from rich.console import Console
+
+    from frs_cli.cli.progress import LineProgress
+
+    now = [100.0]
+    out = io.StringIO()
+    p = LineProgress(console=Console(file=out, width=300), every_s=30.0, clock=lambda: now[0])
+    p.start("epoch 1/2", total=10, unit="img")
+    for _ in range(4):
+        now[0] += 10.0
+        p.update(1, loss=0.5, img_s=3.0)
+    p.stop()
+    lines = out.getvalue().splitlines()
+    # one line when 30 s had passed (after step 3), one at the end; img_s is shown as the rate, not repeated
+    assert lines == ["epoch 1/2 3/10 (30%) 0.1 img/s elapsed 0:00:30 eta 0:01:10  loss 0.500",
+                     "epoch 1/2 4/10 (40%) 0.1 img/s elapsed 0:00:40 eta 0:01:00  loss 0.500"]
+
+
+def test_progress_in_a_log_file_is_plain_lines_not_a_truncated_bar(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "frs_cli", "data", "synth", str(tmp_path / "d"), "--train", "4",
+                          "--val", "2", "--size", "64"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"^synth 6/6 \(100%\) [\d.,]+ img/s elapsed 0:00:\d\d eta 0:00:00$", out.stderr, re.M), out.stderr
+    assert "━" not in out.stderr and "…" not in out.stderr

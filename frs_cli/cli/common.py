@@ -60,11 +60,13 @@ def load(pipeline: str, overrides: list[str] | None):
 
 
 def progress_for_rank():
-    """A rich progress bar on the main process, silence elsewhere."""
-    from frs_cli.cli.progress import RichProgress
+    """On the main process a rich bar (terminal) or plain progress lines (a log file or pipe); silence elsewhere."""
+    from frs_cli.cli.progress import LineProgress, RichProgress
     from frs_cli.progress import NullProgress
 
-    return RichProgress(console=err_console) if is_main_process() else NullProgress()
+    if not is_main_process():
+        return NullProgress()
+    return RichProgress(console=err_console) if err_console.is_terminal else LineProgress(console=err_console)
 
 
 def metrics_table(title: str, rows: dict[str, dict[str, float]]):

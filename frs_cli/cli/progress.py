@@ -1,6 +1,12 @@
-"""The rich progress bar behind every long command: rate, ETA and the running values (losses, ...)."""
+"""Progress of every long command: rate, ETA and the running values (losses, ...).
+
+On a terminal, a rich bar. Elsewhere (a batch job's log file, a pipe) a bar redraws into one long truncated
+line, so ``LineProgress`` prints a plain line now and then instead.
+"""
 
 from __future__ import annotations
+
+import time
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -36,14 +42,70 @@ class RichProgress(Progress):
     def update(self, advance: int = 1, **fields) -> None:
         if self.bar is None:
             return
-        shown = "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-                          for k, v in fields.items() if k != "img_s")
-        self.bar.update(self.task, advance=advance, values=shown)
+        self.bar.update(self.task, advance=advance, values=_values(fields))
 
     def stop(self) -> None:
         if self.bar is not None:
             self.bar.stop()
             self.bar = None
+
+    def log(self, message: str) -> None:
+        self.console.print(message, highlight=False, soft_wrap=True)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _values(fields: dict) -> str:
+    return "  ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items() if k != "img_s")
+
+
+class LineProgress(Progress):
+    """Plain progress lines for logs: one every ``every_s`` seconds, and one when a task ends.
+
+    ``description done/total (percent) rate unit/s elapsed H:MM:SS eta H:MM:SS values``
+    """
+
+    def __init__(self, console: Console | None = None, every_s: float = 30.0, clock=time.monotonic):
+        self.console = console or Console(stderr=True)
+        self.every_s = every_s
+        self.clock = clock
+        self.task: dict | None = None
+
+    def start(self, description: str, total: int, completed: int = 0, unit: str = "it") -> None:
+        self.stop()
+        now = self.clock()
+        self.task = {"description": description, "total": total, "start_done": completed, "done": completed,
+                     "unit": unit, "t0": now, "last": now, "values": ""}
+
+    def _line(self) -> str:
+        t = self.task
+        elapsed = self.clock() - t["t0"]
+        rate = (t["done"] - t["start_done"]) / elapsed if elapsed > 0 else 0.0
+        left = (t["total"] - t["done"]) / rate if rate > 0 else float("nan")
+        pct = 100.0 * t["done"] / t["total"] if t["total"] else 100.0
+        eta = _duration(left) if left == left else "--"
+        line = (f"{t['description']} {t['done']}/{t['total']} ({pct:.0f}%) {rate:,.1f} {t['unit']}/s "
+                f"elapsed {_duration(elapsed)} eta {eta}")
+        return f"{line}  {t['values']}" if t["values"] else line
+
+    def update(self, advance: int = 1, **fields) -> None:
+        if self.task is None:
+            return
+        self.task["done"] += advance
+        if fields:
+            self.task["values"] = _values(fields)
+        now = self.clock()
+        if now - self.task["last"] >= self.every_s and self.task["done"] < self.task["total"]:
+            self.task["last"] = now
+            self.log(self._line())
+
+    def stop(self) -> None:
+        if self.task is not None:
+            self.log(self._line())
+            self.task = None
 
     def log(self, message: str) -> None:
         self.console.print(message, highlight=False, soft_wrap=True)
