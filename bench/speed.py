@@ -4,7 +4,7 @@ Measures, in one run on one card (random weights are fine for timing):
   - teacher inference (features + logits, no post-processing) vs ``frs teacher-cache`` throughput;
   - per teacher -> student pair: plain student step, online-FRS step, cached-FRS step (targets read from disk
     through the real DataLoader), with the share of the step spent waiting for data;
-  - cache bytes per image.
+  - cache bytes per image, and the disk's sequential write bandwidth (the ceiling of teacher-cache there).
 Every figure goes to --out as JSON as soon as it exists. Example:
 
     python3 bench/speed.py --out $OUT/speed.json --work /tmp/speed --pairs r50v2-r50,x101-r50,x101-r18
@@ -28,6 +28,23 @@ def sync_time() -> float:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return time.perf_counter()
+
+
+def disk_write_mb_s(directory: Path, total_mb: int = 1024, file_mb: int = 64) -> float:
+    """Sequential write bandwidth into ``directory``, fsync included: the ceiling of any cache writer there."""
+    import os
+
+    block = os.urandom(file_mb << 20)
+    t = time.perf_counter()
+    for i in range(total_mb // file_mb):
+        with open(directory / f"disk_probe_{i}", "wb") as f:
+            f.write(block)
+            f.flush()
+            os.fsync(f.fileno())
+    seconds = time.perf_counter() - t
+    for i in range(total_mb // file_mb):
+        (directory / f"disk_probe_{i}").unlink()
+    return total_mb * 1.048576 / seconds
 
 
 def median(xs):
@@ -67,6 +84,9 @@ def main() -> None:
     def save():
         args.out.write_text(json.dumps(res, indent=1))
 
+    args.work.mkdir(parents=True, exist_ok=True)
+    res["disk_write_mb_s"] = disk_write_mb_s(args.work)
+    print(f"disk: {res['disk_write_mb_s']:.0f} MB/s sequential write with fsync", flush=True)
     data = args.work / "data"
     if not data.exists():
         generate(data, SynthConfig(train=args.images, val=1, size=args.size, seed=0, aspect_jitter=True))
@@ -113,7 +133,9 @@ def main() -> None:
             caches[tname, dtype] = (path, recipe)
             res["teachers"][tname][dtype] = {"cache_views_s": s.views_per_second,
                                              "cache_over_inference": s.views_per_second / infer,
-                                             "cache_mb_per_view": nbytes["views"] / 1e6 / s.views_total}
+                                             "cache_mb_per_view": nbytes["views"] / 1e6 / s.views_total,
+                                             "disk_bound_views_s": res["disk_write_mb_s"] / (nbytes["views"] / 1e6
+                                                                                             / s.views_total)}
         save()
         print(tname, res["teachers"][tname], flush=True)
         del teacher
