@@ -36,8 +36,8 @@ def plot(summary: dict, path: Path, size=(760, 440)) -> None:
     top_ap = max(1.0, (int(top_ap) // 2 + 1) * 2)
     img = Image.new("RGB", size, "white")
     d = ImageDraw.Draw(img)
-    x = lambda ep: left + (ep - 1) / max(1, epochs - 1) * (w - left - right)  # noqa: E731
-    y = lambda ap: h - bottom - ap / top_ap * (h - top - bottom)  # noqa: E731
+    x = lambda ep: left + (ep - 1) / max(1, epochs - 1) * (w - left - right)
+    y = lambda ap: h - bottom - ap / top_ap * (h - top - bottom)
     d.line([(left, top), (left, h - bottom), (w - right, h - bottom)], fill="black")
     for t in range(0, int(top_ap) + 1, 2):
         d.line([(left - 4, y(t)), (left, y(t))], fill="black")

@@ -12,8 +12,8 @@ from importlib import resources
 from pathlib import Path
 
 from frs_cli.config import load_recipe
-from frs_cli.files import write_json
 from frs_cli.errors import ConfigError
+from frs_cli.files import write_json
 from frs_cli.progress import NullProgress, Progress
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from conftest import write_recipe
 
 from frs_cli.cache.reader import CachedViews, TeacherCache, collate_teacher
 from frs_cli.cache.schema import FORMAT_NAME, FORMAT_VERSION, geometry_fingerprint
@@ -22,8 +23,6 @@ from frs_cli.errors import CacheFormatError, CacheMismatchError
 from frs_cli.losses import frs_masks
 from frs_cli.models import ModelConfig, build_detector, model_fingerprint
 from frs_cli.train.dist import setup
-
-from conftest import write_recipe
 
 
 def _all_arrays(group, prefix=""):

@@ -187,5 +187,5 @@ def test_progress_in_a_log_file_is_plain_lines_not_a_truncated_bar(tmp_path):
     out = subprocess.run([sys.executable, "-m", "frs_cli", "data", "synth", str(tmp_path / "d"), "--train", "4",
                           "--val", "2", "--size", "64"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert re.search(r"^synth 6/6 \(100%\) [\d.,]+ img/s elapsed 0:00:\d\d eta 0:00:00$", out.stderr, re.M), out.stderr
+    assert re.search(r"^synth 6/6 \(100%\) [\d.,]+ img/s elapsed 0:00:\d\d eta 0:00:00$", out.stderr, re.MULTILINE), out.stderr
     assert "━" not in out.stderr and "…" not in out.stderr

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 import zarr
-
 from conftest import write_recipe
 
 TORCHRUN = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")

@@ -7,12 +7,12 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 
 def test_cache_written_on_gpu_matches_the_cpu_cache_within_bf16(cache_path, synth_root, teacher_ckpt, tmp_path):
+    from conftest import write_recipe
+
     from frs_cli.cache.reader import TeacherCache
     from frs_cli.cache.writer import write_teacher_cache
     from frs_cli.config import load_recipe
     from frs_cli.train.dist import setup
-
-    from conftest import write_recipe
 
     r = load_recipe(write_recipe(tmp_path / "r.toml", synth_root, str(teacher_ckpt)))
     path = str(tmp_path / "gpu.zarr")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from conftest import write_recipe
 from typer.testing import CliRunner
 
 from frs_cli.cache.reader import TeacherCache
@@ -16,8 +17,6 @@ from frs_cli.cache.writer import write_teacher_cache
 from frs_cli.cli.app import app
 from frs_cli.config import load_recipe
 from frs_cli.train.dist import setup
-
-from conftest import write_recipe
 
 runner = CliRunner()
 BUCKET = "buckets/64x64"

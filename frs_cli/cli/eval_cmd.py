@@ -6,7 +6,15 @@ from pathlib import Path
 
 import typer
 
-from frs_cli.cli.common import console, fail, handle_errors, is_main_process, metrics_table, progress_for_rank, setup_logging
+from frs_cli.cli.common import (
+    console,
+    fail,
+    handle_errors,
+    is_main_process,
+    metrics_table,
+    progress_for_rank,
+    setup_logging,
+)
 from frs_cli.files import write_json
 
 

@@ -11,11 +11,9 @@ def register(app: typer.Typer) -> None:
     @app.command("models", epilog="Example: frs models")
     def models():
         """List the detector architectures a recipe can name."""
-        from rich.table import Table
+        from rich.table import Column, Table
 
         from frs_cli.models import ARCHS
-
-        from rich.table import Column
 
         table = Table(Column("arch", no_wrap=True), "family", "FPN ch", "about")
         for name, spec in ARCHS.items():

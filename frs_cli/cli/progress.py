@@ -9,7 +9,14 @@ from __future__ import annotations
 import time
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.progress import Progress as _RichBar
 from rich.text import Text
 
@@ -84,9 +91,8 @@ class LineProgress(Progress):
         t = self.task
         elapsed = self.clock() - t["t0"]
         rate = (t["done"] - t["start_done"]) / elapsed if elapsed > 0 else 0.0
-        left = (t["total"] - t["done"]) / rate if rate > 0 else float("nan")
         pct = 100.0 * t["done"] / t["total"] if t["total"] else 100.0
-        eta = _duration(left) if left == left else "--"
+        eta = _duration((t["total"] - t["done"]) / rate) if rate > 0 else "--"
         line = (f"{t['description']} {t['done']}/{t['total']} ({pct:.0f}%) {rate:,.1f} {t['unit']}/s "
                 f"elapsed {_duration(elapsed)} eta {eta}")
         return f"{line}  {t['values']}" if t["values"] else line

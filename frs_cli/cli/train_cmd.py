@@ -6,8 +6,17 @@ from pathlib import Path
 
 import typer
 
-from frs_cli.cli.common import (PIPELINE_HELP, SET_HELP, console, handle_errors, is_main_process, load, metrics_table,
-                                progress_for_rank, setup_logging)
+from frs_cli.cli.common import (
+    PIPELINE_HELP,
+    SET_HELP,
+    console,
+    handle_errors,
+    is_main_process,
+    load,
+    metrics_table,
+    progress_for_rank,
+    setup_logging,
+)
 
 
 def register(app: typer.Typer) -> None:

@@ -24,8 +24,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from frs_cli.data.geometry import (GeometryConfig, ViewGeometry, apply_to_boxes, apply_to_image, batch_padded_size,
-                                   pad_batch, view_geometry)
+from frs_cli.data.geometry import (
+    GeometryConfig,
+    ViewGeometry,
+    apply_to_boxes,
+    apply_to_image,
+    batch_padded_size,
+    pad_batch,
+    view_geometry,
+)
 from frs_cli.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -307,7 +314,7 @@ class Batch:
         return self
 
     def to(self, device, non_blocking: bool = True) -> Batch:
-        move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
+        move = lambda t: t.to(device, non_blocking=non_blocking)
         return Batch(
             images=move(self.images),
             image_sizes=self.image_sizes,

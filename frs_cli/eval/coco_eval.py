@@ -202,7 +202,7 @@ def evaluate_detections(coco_gt: COCO, detections: list[dict],
         evaluator.accumulate()
         evaluator.summarize()
     stats = [float(v) for v in evaluator.stats[: len(METRIC_KEYS)]]
-    return {key: (v if v >= 0.0 else 0.0) for key, v in zip(METRIC_KEYS, stats)}
+    return {key: (max(v, 0.0)) for key, v in zip(METRIC_KEYS, stats)}
 
 
 class CocoEvaluator:

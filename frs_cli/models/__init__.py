@@ -17,8 +17,14 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from frs_cli.errors import ModelError
 from frs_cli.models.backbones import TINY_BODIES
-from frs_cli.models.base import (Detector, DetectorOutput, FrsSignature, LevelSpec, check_compatible,
-                                 fingerprint_state_dict)
+from frs_cli.models.base import (
+    Detector,
+    DetectorOutput,
+    FrsSignature,
+    LevelSpec,
+    check_compatible,
+    fingerprint_state_dict,
+)
 from frs_cli.models.config import ModelConfig
 
 __all__ = [

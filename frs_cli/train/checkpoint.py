@@ -16,8 +16,8 @@ import torch
 from frs_cli.errors import StorageError
 from frs_cli.files import atomic_path
 from frs_cli.models import CHECKPOINT_FORMAT, build_detector, load_checkpoint_file, load_state, model_fingerprint
-from frs_cli.models.config import ModelConfig
 from frs_cli.models.base import Detector
+from frs_cli.models.config import ModelConfig
 
 LAST = "last.pt"  # full training state, rewritten every epoch, every train.checkpoint_every steps, on a clean stop
 FINAL = "model_final.pt"  # the trained model alone

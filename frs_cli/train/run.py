@@ -14,8 +14,7 @@ import torch
 from frs_cli.data.coco import CocoViews
 from frs_cli.errors import ConfigError
 from frs_cli.eval.predict import evaluate_detector
-from frs_cli.models import (build_detector, check_compatible, check_distillable, load_checkpoint_file,
-                            model_fingerprint)
+from frs_cli.models import build_detector, check_compatible, check_distillable, load_checkpoint_file, model_fingerprint
 from frs_cli.models.config import ModelConfig
 from frs_cli.progress import Progress
 from frs_cli.train.checkpoint import FINAL, atomic_save, model_payload

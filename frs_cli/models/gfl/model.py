@@ -19,8 +19,13 @@ from torchvision.ops import batched_nms, clip_boxes_to_image, generalized_box_io
 
 from frs_cli.models.gfl.assign import atss_assign, box_centres
 from frs_cli.models.gfl.head import GFLHead, expected_distance
-from frs_cli.models.gfl.losses import (boxes_from_distances, distribution_focal_loss, paired_iou, quality_focal_loss,
-                                       side_distances)
+from frs_cli.models.gfl.losses import (
+    boxes_from_distances,
+    distribution_focal_loss,
+    paired_iou,
+    quality_focal_loss,
+    side_distances,
+)
 
 QFL_BETA = 2.0
 GIOU_WEIGHT = 2.0
