@@ -50,6 +50,23 @@ workers = 0
 """
 
 
+def cache_arrays(path) -> dict:
+    """Every array of a Zarr cache, read whole, by its path in the group (``buckets/64x64/P3/features``, ...)."""
+    from frs_cli.cache.backend import ZarrBackend
+
+    return {name: arr[...] for name, arr in ZarrBackend(str(path)).walk()}
+
+
+def assert_same_cache_arrays(got_path, ref_path) -> None:
+    """Both caches hold the same arrays, bit for bit."""
+    import numpy as np
+
+    ref, got = cache_arrays(ref_path), cache_arrays(got_path)
+    assert set(got) == set(ref)
+    for name in ref:
+        np.testing.assert_array_equal(got[name], ref[name], err_msg=name)
+
+
 def write_recipe(path: Path, root: Path, weights: str = "", max_size: int = 64, extra: str = "",
                  family: str = "retinanet") -> Path:
     """The tiny recipe: a small teacher and a tiny student of ``family`` (a key of ``FAMILY_ARCHS``)."""

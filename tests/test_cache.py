@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from conftest import write_recipe
+from conftest import assert_same_cache_arrays, write_recipe
 
 from frs_cli.cache.reader import CachedViews, TeacherCache, collate_teacher
 from frs_cli.cache.schema import FORMAT_NAME, FORMAT_VERSION, geometry_fingerprint
@@ -23,13 +23,6 @@ from frs_cli.errors import CacheFormatError, CacheMismatchError
 from frs_cli.losses import frs_masks
 from frs_cli.models import ModelConfig, build_detector, model_fingerprint
 from frs_cli.train.dist import setup
-
-
-def _all_arrays(group, prefix=""):
-    for name, arr in group.arrays():
-        yield prefix + name, arr
-    for name, sub in group.groups():
-        yield from _all_arrays(sub, prefix + name + "/")
 
 
 def test_cache_layout_attributes_and_index(cache_path, recipe, teacher_ckpt):
@@ -155,11 +148,7 @@ def test_teacher_cache_killed_at_random_moments_and_resumed_is_identical_to_unin
             write_teacher_cache(r, str(out), ctx=setup("cpu"))
     resumed = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, check=False)
     assert resumed.returncode == 0, resumed.stderr
-    ref = dict(_all_arrays(zarr.open_group(str(tmp_path / "reference.zarr"), mode="r")))
-    got = dict(_all_arrays(zarr.open_group(str(out), mode="r")))
-    assert set(ref) == set(got)
-    for name in ref:
-        np.testing.assert_array_equal(got[name][...], ref[name][...], err_msg=name)
+    assert_same_cache_arrays(out, tmp_path / "reference.zarr")
     assert zarr.open_group(str(out), mode="r").attrs["state"] == "complete"
 
 
@@ -246,7 +235,7 @@ def test_unknown_view_or_image_is_a_clear_error(cache_path):
 
 
 def test_int8_cache_stores_per_channel_scales_and_reads_back_within_half_a_step(synth_root, teacher_ckpt, tmp_path):
-    from frs_cli.cache.store import feature_crc
+    from frs_cli.cache.store import view_crc
 
     r = load_recipe(write_recipe(tmp_path / "r.toml", synth_root, str(teacher_ckpt)))
     r = dataclasses.replace(r, cache=dataclasses.replace(r.cache, dtype="int8"))
@@ -271,4 +260,4 @@ def test_int8_cache_stores_per_channel_scales_and_reads_back_within_half_a_step(
         stored = root[f"buckets/64x64/{cache.levels[lv].name}/scale"][0]
         np.testing.assert_allclose(stored, step.numpy(), rtol=1e-6)
         crc = root["buckets/64x64/crc"][0, 2 * lv]
-        assert crc == feature_crc(root[f"buckets/64x64/{cache.levels[lv].name}/features"][0], stored)
+        assert crc == view_crc(root[f"buckets/64x64/{cache.levels[lv].name}/features"][0], stored)

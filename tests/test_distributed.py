@@ -9,22 +9,44 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from conftest import write_recipe
+from conftest import cache_arrays, write_recipe
 
 TORCHRUN = shutil.which("torchrun") or os.path.join(os.path.dirname(sys.executable), "torchrun")
 
 
+def _torchrun_cmd(*args) -> list[str]:
+    return [TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "frs_cli", *map(str, args), "--device", "cpu"]
+
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
 def _torchrun(*args, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "frs_cli", *map(str, args), "--device", "cpu"]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    return subprocess.run(_torchrun_cmd(*args), env=ENV, capture_output=True, text=True, cwd=tmp_path, timeout=300)
 
 
-def _arrays(group, prefix=""):
-    for name, arr in group.arrays():
-        yield prefix + name, arr
-    for name, sub in group.groups():
-        yield from _arrays(sub, prefix + name + "/")
+def _torchrun_popen(*args, tmp_path, new_session: bool = False):
+    return subprocess.Popen(_torchrun_cmd(*args), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=tmp_path, start_new_session=new_session)
+
+
+def _assert_matches_one_process_cache(got_path, ref_path) -> float:
+    """Same arrays as the one-process cache: floats within fp16 ulps (one process per core with 1 thread each
+    sums fp32 in another order than 2 threads), the rest identical; checksums follow the bytes. Returns the
+    largest absolute difference."""
+    ref, got = cache_arrays(ref_path), cache_arrays(got_path)
+    assert set(ref) == set(got)
+    worst = 0.0
+    for name in ref:
+        a, b = ref[name], got[name]
+        assert a.shape == b.shape and a.dtype == b.dtype, name
+        if a.dtype.kind == "f":
+            worst = max(worst, float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max()))
+            np.testing.assert_allclose(a.astype(np.float64), b.astype(np.float64), rtol=2e-3, atol=1e-3,
+                                       err_msg=name)
+        elif not name.endswith("crc"):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+    return worst
 
 
 @pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun not installed")
@@ -35,20 +57,7 @@ def test_two_process_teacher_cache_equals_one_process_and_ddp_distill_runs(cache
     r = _torchrun("teacher-cache", "--pipeline", recipe, "--out", out, tmp_path=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "wrote 48 of 48 views" in r.stdout
-    one = dict(_arrays(zarr.open_group(cache_path, mode="r")))
-    two = dict(_arrays(zarr.open_group(str(out), mode="r")))
-    assert set(one) == set(two)
-    worst = 0.0
-    for name in one:
-        a, b = one[name][...], two[name][...]
-        assert a.shape == b.shape and a.dtype == b.dtype, name
-        if a.dtype.kind == "f":
-            worst = max(worst, float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max()))
-            # one process per core (1 thread each) vs 2 threads: fp32 sums in another order, fp16 ulps apart
-            np.testing.assert_allclose(a.astype(np.float64), b.astype(np.float64), rtol=2e-3, atol=1e-3,
-                                       err_msg=name)
-        elif not name.endswith("crc"):
-            np.testing.assert_array_equal(a, b, err_msg=name)
+    worst = _assert_matches_one_process_cache(out, cache_path)
     print(f"two-process vs one-process cache: max abs difference {worst:.3g}")
     assert zarr.open_group(str(out), mode="r").attrs["state"] == "complete"
 
@@ -79,12 +88,6 @@ def _children_by_rank(parent: int) -> dict[int, int]:
         if b"RANK" in env:
             out[int(env[b"RANK"])] = int(entry)
     return out
-
-
-def _torchrun_popen(*args, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "frs_cli", *map(str, args), "--device", "cpu"]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
 
 
 @pytest.mark.skipif(not os.path.exists(TORCHRUN) or not os.path.isdir("/proc"), reason="torchrun and /proc needed")
@@ -118,15 +121,7 @@ def test_teacher_cache_resumes_after_one_rank_is_killed(cache_path, synth_root, 
     r = _torchrun("teacher-cache", "--pipeline", recipe, "--out", out, "--resume", tmp_path=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert zarr.open_group(str(out), mode="r").attrs["state"] == "complete"
-    one = dict(_arrays(zarr.open_group(cache_path, mode="r")))
-    got = dict(_arrays(zarr.open_group(str(out), mode="r")))
-    assert set(one) == set(got)
-    for name in one:
-        a, b = one[name][...], got[name][...]
-        if a.dtype.kind == "f":
-            np.testing.assert_allclose(a.astype(np.float64), b.astype(np.float64), rtol=2e-3, atol=1e-3, err_msg=name)
-        elif not name.endswith("crc"):
-            np.testing.assert_array_equal(a, b, err_msg=name)
+    _assert_matches_one_process_cache(out, cache_path)
 
 
 @pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun not installed")
@@ -143,9 +138,7 @@ def test_ddp_distill_killed_mid_epoch_resumes_under_torchrun_to_the_uninterrupte
     r = _torchrun(*common, "--out", tmp_path / "straight", tmp_path=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     out = tmp_path / "killed"
-    proc = subprocess.Popen([TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "frs_cli", *map(str, common),
-                             "--out", str(out), "--device", "cpu"], env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path, start_new_session=True)
+    proc = _torchrun_popen(*common, "--out", out, tmp_path=tmp_path, new_session=True)  # killpg reaches every worker
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:

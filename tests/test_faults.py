@@ -7,9 +7,9 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import zarr
+from conftest import assert_same_cache_arrays
 from typer.testing import CliRunner
 
 from frs_cli.cache.reader import TeacherCache
@@ -33,20 +33,6 @@ def assert_one_line_error(result, *fragments) -> None:
     assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
     for fragment in fragments:
         assert fragment in errors[0], (fragment, errors[0])
-
-
-def _arrays(path):
-    root = zarr.open_group(str(path), mode="r")
-    out = {}
-
-    def walk(group, prefix):
-        for name, arr in group.arrays():
-            out[prefix + name] = arr[...]
-        for name, sub in group.groups():
-            walk(sub, prefix + name + "/")
-
-    walk(root, "")
-    return out
 
 
 def test_disk_full_mid_write_is_one_line_and_resume_completes_the_cache(monkeypatch, recipe_path, cache_path,
@@ -74,10 +60,7 @@ def test_disk_full_mid_write_is_one_line_and_resume_completes_the_cache(monkeypa
     monkeypatch.setattr(zarr.storage.LocalStore, "set", original)  # space freed
     result = run("teacher-cache", "--pipeline", recipe_path, "--out", out, "--device", "cpu", "--resume")
     assert result.exit_code == 0, result.output
-    ref, got = _arrays(cache_path), _arrays(out)
-    assert set(ref) == set(got)
-    for name in ref:
-        np.testing.assert_array_equal(got[name], ref[name], err_msg=name)
+    assert_same_cache_arrays(out, cache_path)
     assert zarr.open_group(str(out), mode="r").attrs["state"] == "complete"
 
 

@@ -5,10 +5,9 @@ import shutil
 import struct
 from pathlib import Path
 
-import numpy as np
 import pytest
 import zarr
-from conftest import write_recipe
+from conftest import assert_same_cache_arrays, write_recipe
 from typer.testing import CliRunner
 
 from frs_cli.cache.reader import TeacherCache
@@ -20,20 +19,6 @@ from frs_cli.train.dist import setup
 
 runner = CliRunner()
 BUCKET = "buckets/64x64"
-
-
-def _arrays(path):
-    root = zarr.open_group(str(path), mode="r")
-    out = {}
-
-    def walk(group, prefix):
-        for name, arr in group.arrays():
-            out[prefix + name] = arr[...]
-        for name, sub in group.groups():
-            walk(sub, prefix + name + "/")
-
-    walk(root, "")
-    return out
 
 
 def _chunk_files(path: Path) -> dict[Path, int]:
@@ -114,10 +99,7 @@ def test_resume_rewrites_exactly_the_rejected_views(damaged, cache_path, recipe_
     assert len(changed) == 2 * (2 * 5 + 2)  # both batches: 5 levels x (features, mask), crc, done
     result = runner.invoke(app, ["cache", "verify", str(damaged)])
     assert result.exit_code == 0 and result.stdout.startswith("OK:")
-    ref, got = _arrays(cache_path), _arrays(damaged)
-    assert set(ref) == set(got)
-    for name in ref:
-        np.testing.assert_array_equal(got[name], ref[name], err_msg=name)
+    assert_same_cache_arrays(damaged, cache_path)
     assert zarr.open_group(str(damaged), mode="r").attrs["state"] == "complete"
 
 

@@ -7,6 +7,8 @@ Everything that touches the filesystem by path goes through here, so URLs work w
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import torch
 import zarr
@@ -136,9 +138,7 @@ def storage_dtype(dtype: str) -> str:
     return STORAGE_DTYPES[dtype]
 
 
-def feature_crc(features: np.ndarray, scale: np.ndarray | None) -> int:
-    """CRC-32 of one view's stored feature bytes, continued over its scales when the dtype has them."""
-    import zlib
-
-    crc = zlib.crc32(np.ascontiguousarray(features).tobytes())
+def view_crc(values: np.ndarray, scale: np.ndarray | None = None) -> int:
+    """CRC-32 of one view's stored array (features or mask), continued over its scales when it has them (int8)."""
+    crc = zlib.crc32(np.ascontiguousarray(values).tobytes())
     return crc if scale is None else zlib.crc32(np.ascontiguousarray(scale).tobytes(), crc)

@@ -15,7 +15,7 @@ import numpy as np
 
 from frs_cli.cache.reader import TeacherCache
 from frs_cli.cache.schema import SCALED_DTYPES, VIEW_NAMES
-from frs_cli.cache.store import feature_crc
+from frs_cli.cache.store import view_crc
 from frs_cli.progress import NullProgress, Progress
 
 MISSING, UNREADABLE, CHECKSUM = "missing", "unreadable", "checksum mismatch"
@@ -103,7 +103,7 @@ def verify_cache(path: str, *, storage_options: dict | None = None, progress: Pr
                 except (ValueError, RuntimeError, OSError):  # wrong size (raw), codec failure (zstd, blosc), I/O
                     problems.append((n, UNREADABLE))
                     continue
-                if feature_crc(values, scale) != int(crcs[row, j]):
+                if view_crc(values, scale) != int(crcs[row, j]):
                     problems.append((n, CHECKSUM))
             if problems:
                 k = where[(b_index, row)]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -35,7 +34,7 @@ from frs_cli.cache.schema import (
     geometry_fingerprint,
     make_plan,
 )
-from frs_cli.cache.store import codec, encode, feature_crc, is_hdf5, open_existing, open_group, storage_dtype
+from frs_cli.cache.store import codec, encode, is_hdf5, open_existing, open_group, storage_dtype, view_crc
 from frs_cli.cache.verify import verify_cache
 from frs_cli.data.coco import CocoViews, ListSampler, collate
 from frs_cli.errors import CacheFormatError, CacheMismatchError, ConfigError
@@ -158,8 +157,8 @@ def _write_rows(root: zarr.Group, bucket: str, rows: list[int], level_names, fea
                 root[f"buckets/{bucket}/{name}/scale"][start:stop] = sc[i : i + stop - start]
             root[f"buckets/{bucket}/{name}/mask"][start:stop] = m[i : i + stop - start]
         for j in range(len(rows)):
-            crcs[j, 2 * lv] = feature_crc(f[j], None if sc is None else sc[j])
-            crcs[j, 2 * lv + 1] = zlib.crc32(np.ascontiguousarray(m[j]).tobytes())
+            crcs[j, 2 * lv] = view_crc(f[j], None if sc is None else sc[j])
+            crcs[j, 2 * lv + 1] = view_crc(m[j])
     for start, stop, i in _runs(rows):
         root[f"buckets/{bucket}/crc"][start:stop] = crcs[i : i + stop - start]
         root[f"buckets/{bucket}/done"][start:stop] = 1
