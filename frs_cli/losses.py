@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from frs_cli.data.geometry import pad_boxes
 from frs_cli.errors import FrsError
 
 __all__ = ["FeatureAdapter", "distill_weight", "feature_loss", "frs_masks", "gt_box_masks", "head_loss"]
@@ -104,12 +105,7 @@ def gt_box_masks(boxes: Sequence[Tensor], level_sizes: Sequence[tuple[int, int]]
     the position under its own centre, so every object is imitated somewhere. Returns per level ``(B, H, W)``.
     """
     device = boxes[0].device if len(boxes) else torch.device("cpu")
-    m = max([1] + [len(b) for b in boxes])
-    padded = torch.zeros(len(boxes), m, 4, device=device)  # (B, M, 4), batched: no per-image kernels
-    valid = torch.zeros(len(boxes), m, dtype=torch.bool, device=device)
-    for i, b in enumerate(boxes):
-        padded[i, : len(b)] = b.to(device=device, dtype=torch.float32)
-        valid[i, : len(b)] = True
+    padded, valid = pad_boxes(boxes, device)  # (B, M, 4), (B, M): batched, no per-image kernels
     out = []
     for (h, w), s in zip(level_sizes, strides):
         cy = (torch.arange(h, device=device, dtype=torch.float32) + 0.5) * s

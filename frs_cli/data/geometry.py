@@ -12,6 +12,7 @@ origin at the top-left corner of the top-left pixel (COCO's convention), so a ho
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -175,6 +176,21 @@ def pad_batch(images: list[Tensor], size: tuple[int, int]) -> Tensor:
     for i, img in enumerate(images):
         out[i, :, : img.shape[-2], : img.shape[-1]].copy_(img)
     return out
+
+
+def pad_boxes(boxes: Sequence[Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Per-image ``(M_i, 4)`` xyxy boxes -> ``(B, M, 4)`` float32 and ``valid`` ``(B, M)`` bool, M = max(1, max M_i).
+
+    Padding rows hold the box (0, 0, 1, 1), so that anything computed on them (IoU, box encoding) stays finite;
+    ``valid`` marks the real boxes. Lets box code run batched instead of once per image.
+    """
+    m = max([1] + [len(b) for b in boxes])
+    padded = torch.tensor([0.0, 0.0, 1.0, 1.0], device=device).repeat(len(boxes), m, 1)
+    valid = torch.zeros(len(boxes), m, dtype=torch.bool, device=device)
+    for i, b in enumerate(boxes):
+        padded[i, : len(b)] = b.to(device=device, dtype=torch.float32)
+        valid[i, : len(b)] = True
+    return padded, valid
 
 
 def level_valid_size(valid_size: tuple[int, int], stride: int, level_size: tuple[int, int]) -> tuple[int, int]:

@@ -24,6 +24,8 @@ from torch import Tensor
 from torchvision.models.detection.retinanet import RetinaNet
 from torchvision.ops import sigmoid_focal_loss
 
+from frs_cli.data.geometry import pad_boxes
+
 BACKGROUND = -1
 IGNORED = -2
 
@@ -31,17 +33,12 @@ IGNORED = -2
 def pad_targets(targets: list[dict[str, Tensor]], device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
     """Per-image ``boxes`` (M_i, 4) xyxy and ``labels`` (M_i,) -> boxes (B, M, 4), labels (B, M), valid (B, M).
 
-    Padding rows hold the box (0, 0, 1, 1) so that encoding them stays finite; ``valid`` marks real boxes.
+    Padding as ``pad_boxes``: rows (0, 0, 1, 1), label 0, not valid.
     """
-    m = max([1] + [len(t["boxes"]) for t in targets])
-    boxes = torch.tensor([0.0, 0.0, 1.0, 1.0], device=device).repeat(len(targets), m, 1)
-    labels = torch.zeros(len(targets), m, dtype=torch.int64, device=device)
-    valid = torch.zeros(len(targets), m, dtype=torch.bool, device=device)
+    boxes, valid = pad_boxes([t["boxes"] for t in targets], device)
+    labels = torch.zeros(valid.shape, dtype=torch.int64, device=device)
     for i, t in enumerate(targets):
-        n = len(t["boxes"])
-        boxes[i, :n] = t["boxes"].to(device=device, dtype=boxes.dtype)
-        labels[i, :n] = t["labels"].to(device)
-        valid[i, :n] = True
+        labels[i, : len(t["labels"])] = t["labels"].to(device)
     return boxes, labels, valid
 
 
