@@ -134,8 +134,9 @@ class Detector(nn.Module):
         raise NotImplementedError
 
     def core(self) -> nn.Module:
-        """The wrapped detector whose ``state_dict`` is saved (torchvision-compatible keys)."""
-        raise NotImplementedError
+        """The wrapped detector whose ``state_dict`` is saved (torchvision-compatible keys): every adapter keeps
+        it as ``self.model``."""
+        return self.model
 
 
 def to_head_layout(per_level: list[Tensor], channels_per_anchor: int) -> Tensor:

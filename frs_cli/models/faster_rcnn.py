@@ -67,9 +67,6 @@ class FasterRCNNAdapter(Detector):
     def cls_channels(self) -> int:
         return self.num_anchors
 
-    def core(self) -> nn.Module:
-        return self.model
-
     def cls_head(self) -> nn.Module:
         return self._cls
 

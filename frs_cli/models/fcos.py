@@ -60,9 +60,6 @@ class FCOSAdapter(Detector):
     def cls_channels(self) -> int:
         return self.num_classes
 
-    def core(self) -> nn.Module:
-        return self.model
-
     def cls_head(self) -> nn.Module:
         return self._cls
 

@@ -71,9 +71,6 @@ class RetinaNetAdapter(Detector):
     def cls_channels(self) -> int:
         return self.num_anchors * self.num_classes
 
-    def core(self) -> nn.Module:
-        return self.model
-
     def cls_head(self) -> nn.Module:
         return self._cls
 

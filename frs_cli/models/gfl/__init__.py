@@ -42,9 +42,6 @@ class GFLAdapter(Detector):
     def cls_channels(self) -> int:
         return self.num_classes
 
-    def core(self) -> nn.Module:
-        return self.model
-
     def cls_head(self) -> nn.Module:
         return self.model.head.classification
 
