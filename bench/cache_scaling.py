@@ -38,13 +38,6 @@ dtype = "{dtype}"
 """
 
 
-def arrays(group, prefix=""):
-    for name, arr in group.arrays():
-        yield prefix + name, arr
-    for name, sub in group.groups():
-        yield from arrays(sub, prefix + name + "/")
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, required=True)
@@ -57,8 +50,8 @@ def main() -> None:
     p.add_argument("--dtype", default="float16")
     args = p.parse_args()
     import torch
-    import zarr
 
+    from frs_cli.cache.backend import ZarrBackend
     from frs_cli.config import recipe_from_dict
     from frs_cli.data.coco import CocoViews
     from frs_cli.data.synth import SynthConfig, generate
@@ -95,8 +88,8 @@ def main() -> None:
         res["runs"][n] = {"views": views, "loop_seconds": seconds, "views_per_s": views / seconds,
                           "wall_seconds": wall, "views_per_s_wall": views / wall}
         print(n, res["runs"][n], flush=True)
-    one = dict(arrays(zarr.open_group(str(args.work / "cache_1.zarr"), mode="r")))
-    many = dict(arrays(zarr.open_group(str(args.work / f"cache_{args.gpus}.zarr"), mode="r")))
+    one = dict(ZarrBackend(str(args.work / "cache_1.zarr")).walk())
+    many = dict(ZarrBackend(str(args.work / f"cache_{args.gpus}.zarr")).walk())
     worst, differing = 0.0, []
     for name, a in one.items():
         x, y = a[...], many[name][...]
