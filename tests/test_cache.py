@@ -261,3 +261,14 @@ def test_int8_cache_stores_per_channel_scales_and_reads_back_within_half_a_step(
         np.testing.assert_allclose(stored, step.numpy(), rtol=1e-6)
         crc = root["buckets/64x64/crc"][0, 2 * lv]
         assert crc == view_crc(root[f"buckets/64x64/{cache.levels[lv].name}/features"][0], stored)
+
+
+def test_reader_in_another_process_reopens_the_store_instead_of_using_the_parents_arrays(cache_path):
+    cache = TeacherCache(cache_path)
+    first = cache.read(0)
+    parent_arrays = cache._open()
+    cache._pid = -1  # as in a DataLoader worker forked after the parent read
+    again = cache.read(0)
+    assert cache._open() is not parent_arrays and cache._pid == os.getpid()
+    for a, b in zip(first["features"] + first["masks"], again["features"] + again["masks"]):
+        assert torch.equal(a, b)

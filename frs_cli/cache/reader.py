@@ -138,8 +138,9 @@ class TeacherCache:
 
     # -- reading ----------------------------------------------------------------------------------------
     def _open(self):
+        backend = self.backend  # in a forked worker: reopens the store and drops the parent's array handles
         if self._arrays is None:
-            self._arrays = {b.name: [self._level_arrays(b.name, lv.name) for lv in self.levels]
+            self._arrays = {b.name: [self._level_arrays(backend, b.name, lv.name) for lv in self.levels]
                             for b in self.buckets}
         return self._arrays
 
@@ -151,16 +152,16 @@ class TeacherCache:
         self._memory = {name: [tuple(None if a is None else a[...] for a in level) for level in arrays]
                         for name, arrays in self._open().items()}
 
-    def _level_arrays(self, bucket: str, level: str) -> tuple:
+    def _level_arrays(self, backend, bucket: str, level: str) -> tuple:
         """(features, scale or None, mask) arrays of one level of one bucket."""
         prefix = f"buckets/{bucket}/{level}"
-        scale = self.backend.array(f"{prefix}/scale") if self.dtype in SCALED_DTYPES else None
-        return self.backend.array(f"{prefix}/features"), scale, self.backend.array(f"{prefix}/mask")
+        scale = backend.array(f"{prefix}/scale") if self.dtype in SCALED_DTYPES else None
+        return backend.array(f"{prefix}/features"), scale, backend.array(f"{prefix}/mask")
 
     def read(self, k: int) -> dict[str, list[Tensor]]:
         """View ``k``: ``{"features": [(C, H_l, W_l)], "masks": [(H_l, W_l) float16]}``, one chunk per array.
 
-        Features come back in the storage dtype (float16 / bfloat16 / float32), or float32 for int8 caches.
+        Features come back in the storage dtype (float16 / bfloat16 / float32), or float16 for int8 caches.
         """
         name = self.buckets[int(self.bucket[k])].name
         arrays = self._memory[name] if self._memory is not None else self._open()[name]
