@@ -21,7 +21,7 @@ def _losses(recipe, cache_path, batch_keys, mask="frs"):
     torch.manual_seed(0)
     student = build_detector(recipe.student, 5)
     cfg = replace(recipe.distill, warmup_iters=0, mask=mask)
-    from_cache = FRSObjective(student, cache.signature, CachedTeacher(cache.build_head()), cfg)
+    from_cache = FRSObjective(student, cache.signature, CachedTeacher(cache.build_head(), cache.dtype), cfg)
     online = FRSObjective(student, cache.signature, OnlineTeacher(build_detector(recipe.teacher, 5)), cfg)
     online.adapters.load_state_dict(from_cache.adapters.state_dict())
     student.eval()  # BN statistics fixed: both objectives see exactly the same student output

@@ -10,8 +10,9 @@ from typing import Literal
 class CacheConfig:
     views: tuple[str, ...] = ("orig", "hflip")  # cached views per image: "orig", "hflip"
     split: str = "train"  # which data split to cache (its name under data)
-    # storage type of the features; int8: per-channel symmetric quantisation with float32 scales
-    dtype: Literal["float16", "bfloat16", "float32", "int8"] = "float16"
+    # storage type of the features; int8/int6/int5/int4: per-view per-channel symmetric quantisation with
+    # float32 scales, int6/int5/int4 packed (8 channels in 6/5/4 bytes; channels must be a multiple of 8)
+    dtype: Literal["float16", "bfloat16", "float32", "int8", "int6", "int5", "int4"] = "float16"
     codec: Literal["none", "zstd", "blosc"] = "none"  # chunk compressor (fp16 features compress little)
     batch_size: int = 8  # teacher batch (images of one padded size only)
     workers: int = 4  # image-decoding worker processes

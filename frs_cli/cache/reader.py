@@ -158,19 +158,28 @@ class TeacherCache:
         scale = backend.array(f"{prefix}/scale") if self.dtype in SCALED_DTYPES else None
         return backend.array(f"{prefix}/features"), scale, backend.array(f"{prefix}/mask")
 
-    def read(self, k: int) -> dict[str, list[Tensor]]:
+    def read(self, k: int, raw: bool = False) -> dict[str, list[Tensor]]:
         """View ``k``: ``{"features": [(C, H_l, W_l)], "masks": [(H_l, W_l) float16]}``, one chunk per array.
 
-        Features come back in the storage dtype (float16 / bfloat16 / float32), or float16 for int8 caches.
+        Features come back in the storage dtype (float16 / bfloat16 / float32), or float16 for the scaled dtypes
+        (int8, int6, int5, int4). ``raw``: features as stored (``(C', H_l, W_l)``, see ``store.encode``), plus
+        ``"scales"`` (``(C,)`` float32 per level) for the scaled dtypes; ``store.decode`` turns them into features
+        later, e.g. on the GPU.
         """
         name = self.buckets[int(self.bucket[k])].name
         arrays = self._memory[name] if self._memory is not None else self._open()[name]
         row = int(self.row[k])
-        feats, masks = [], []
+        feats, scales, masks = [], [], []
         for feat_arr, scale_arr, mask_arr in arrays:
-            feats.append(decode(feat_arr[row], self.dtype, None if scale_arr is None else scale_arr[row]))
+            stored = torch.from_numpy(np.ascontiguousarray(feat_arr[row]))
+            scale = None if scale_arr is None else torch.from_numpy(np.ascontiguousarray(scale_arr[row]))
+            feats.append(stored if raw else decode(stored, self.dtype, scale))
+            scales.append(scale)
             masks.append(torch.from_numpy(np.ascontiguousarray(mask_arr[row])))
-        return {"features": feats, "masks": masks}
+        out = {"features": feats, "masks": masks}
+        if raw and self.dtype in SCALED_DTYPES:
+            out["scales"] = scales
+        return out
 
     def done(self) -> np.ndarray:
         """(N,) bool: which views are recorded as written."""
@@ -212,12 +221,13 @@ class CachedViews(torch.utils.data.Dataset):
         if cached != sample.geometry:
             raise CacheMismatchError(f"cache {self.cache.path!r}: image {sample.image_id} {view} was cached with "
                                      f"geometry {cached.to_dict()}, the recipe gives {sample.geometry.to_dict()}")
-        sample.teacher = self.cache.read(k)
+        sample.teacher = self.cache.read(k, raw=True)  # decoded after the host-to-device copy (CachedTeacher)
         return sample
 
 
 def collate_teacher(items: list[dict]) -> dict[str, list[Tensor]]:
-    """Per level, zero-pad every view's targets to the largest grid of the batch and stack them."""
+    """Per level, zero-pad every view's targets to the largest grid of the batch and stack them; per-view
+    ``"scales"`` ``(C,)``, when present, are stacked to ``(B, C)``."""
     out = {"features": [], "masks": []}
     for lv in range(len(items[0]["features"])):
         h = max(it["features"][lv].shape[-2] for it in items)
@@ -231,4 +241,6 @@ def collate_teacher(items: list[dict]) -> dict[str, list[Tensor]]:
             masks[i, : m.shape[-2], : m.shape[-1]] = m
         out["features"].append(feats)
         out["masks"].append(masks)
+    if "scales" in items[0]:
+        out["scales"] = [torch.stack([it["scales"][lv] for it in items]) for lv in range(len(items[0]["scales"]))]
     return out

@@ -8,8 +8,8 @@ A cache is a Zarr v3 group::
     /index/bucket        (N,)      int32   which size bucket holds the view
     /index/row           (N,)      int32   its row inside that bucket
     /index/geometry      (N, 7)    int32   orig_h, orig_w, resized_h, resized_w, padded_h, padded_w, hflip
-    /buckets/<HxW>/<level>/features  (n, C, H_l, W_l)  features, one chunk per view
-    /buckets/<HxW>/<level>/scale     (n, C)            float32 per-channel scales (int8 features only)
+    /buckets/<HxW>/<level>/features  (n, C', H_l, W_l) features, one chunk per view (C' = stored_channels(C, dtype))
+    /buckets/<HxW>/<level>/scale     (n, C)            float32 per-channel scales (int8/int6/int5/int4 only)
     /buckets/<HxW>/<level>/mask      (n, H_l, W_l)     float16 FRS mask, one chunk per view
     /buckets/<HxW>/done              (n,)              uint8, 1 once every array of the view is written
     /buckets/<HxW>/crc               (n, 2 * levels)   uint32 CRC-32 of each array's bytes, as written
@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from frs_cli.data.geometry import GeometryConfig, level_grid_size
+from frs_cli.errors import CacheFormatError
 
 FORMAT_NAME = "frs-teacher-cache"
 FORMAT_VERSION = 1
@@ -38,8 +39,21 @@ VIEW_CODES = {"orig": 0, "hflip": 1}
 VIEW_NAMES = {v: k for k, v in VIEW_CODES.items()}
 
 # How feature dtypes are stored: numpy dtype on disk, and how to read it back.
-STORAGE_DTYPES = {"float16": "float16", "float32": "float32", "bfloat16": "uint16", "int8": "int8"}
-SCALED_DTYPES = ("int8",)  # stored with a per-view, per-channel float32 scale array beside the features
+STORAGE_DTYPES = {"float16": "float16", "float32": "float32", "bfloat16": "uint16", "int8": "int8",
+                  "int6": "uint8", "int5": "uint8", "int4": "uint8"}
+SCALED_DTYPES = ("int8", "int6", "int5", "int4")  # with a per-view, per-channel float32 scale array beside
+PACKED_BITS = {"int6": 6, "int5": 5, "int4": 4}  # b-bit codes, 8 channels of one position packed into b bytes
+
+
+def stored_channels(channels: int, dtype: str) -> int:
+    """Channels of the stored features array: ``channels``, or ``channels * b // 8`` bytes for a packed b-bit dtype."""
+    bits = PACKED_BITS.get(dtype)
+    if bits is None:
+        return channels
+    if channels % 8:
+        raise CacheFormatError(f"cache dtype {dtype}: packs 8 channels at a time, the teacher's {channels} channels "
+                               "are not a multiple of 8")
+    return channels * bits // 8
 
 
 def bucket_name(padded_h: int, padded_w: int) -> str:

@@ -14,7 +14,14 @@ import torch
 import zarr
 from torch import Tensor
 
-from frs_cli.cache.schema import FORMAT_NAME, FORMAT_VERSION, STORAGE_DTYPES
+from frs_cli.cache.schema import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    PACKED_BITS,
+    SCALED_DTYPES,
+    STORAGE_DTYPES,
+    stored_channels,
+)
 from frs_cli.errors import CacheFormatError, ConfigError
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
@@ -103,33 +110,89 @@ def codec(name: str):
     raise CacheFormatError(f"cache codec: expected none, zstd or blosc, got {name!r}")
 
 
-def encode(t: Tensor, dtype: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """Features ``(B, C, H, W)`` in their storage representation: ``(data, scale)``.
+def _bits(dtype: str) -> int:
+    return 8 if dtype == "int8" else PACKED_BITS[dtype]
 
-    bfloat16 is stored as its uint16 bit pattern. ``int8`` is symmetric per-channel quantisation: each
-    view's channel c is stored as ``round(x / scale_c)`` in [-127, 127] with ``scale_c = max|x_c| / 127``
-    (float32, ``(B, C)``); the other dtypes have no scale (None).
+
+def encode(t: Tensor, dtype: str) -> tuple[Tensor, Tensor | None]:
+    """Features ``(B, C, H, W)`` in their storage representation, as contiguous tensors on ``t``'s device:
+    ``(data, scale)``.
+
+    bfloat16 is stored as its uint16 bit pattern. The scaled dtypes (int8, int6, int5, int4: b bits) are
+    symmetric per-channel quantisation: each view's channel c is stored as ``round(x / scale_c)`` in
+    [-qmax, qmax], ``qmax = 2**(b-1) - 1``, with ``scale_c = max|x_c| / qmax`` (float32, ``(B, C)``). int8 codes
+    are stored as int8; b < 8 codes are packed (``pack``) into uint8 ``(B, C*b/8, H, W)``. Other dtypes have no
+    scale (None).
     """
-    if dtype == "int8":
+    if dtype in SCALED_DTYPES:
+        bits = _bits(dtype)
+        stored_channels(t.shape[-3], dtype)  # a clear error for channels a packed dtype cannot hold
+        qmax = 2 ** (bits - 1) - 1
         x = t.float()
-        scale = x.abs().amax(dim=(-2, -1)) / 127.0  # (B, C)
+        # (B, C); times the reciprocal, as CUDA divides by a scalar, so CPU and CUDA give the same bits
+        scale = x.abs().amax(dim=(-2, -1)) * (1.0 / qmax)
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero channel stays zero
-        q = torch.round(x / scale[..., None, None]).clamp_(-127, 127).to(torch.int8)
-        return q.cpu().numpy(), scale.cpu().numpy()
+        q = torch.round(x / scale[..., None, None]).clamp_(-qmax, qmax).to(torch.int8)
+        return (q if bits == 8 else pack(q, bits)), scale.contiguous()
     if dtype == "bfloat16":
-        return t.to(torch.bfloat16).view(torch.int16).cpu().numpy().view(np.uint16), None
-    return t.to(getattr(torch, dtype)).cpu().numpy(), None
+        return t.to(torch.bfloat16).contiguous().view(torch.uint16), None
+    return t.to(getattr(torch, dtype)).contiguous(), None
 
 
-def decode(a: np.ndarray, dtype: str, scale: np.ndarray | None = None) -> Tensor:
-    """Stored array (one view ``(C, H, W)`` or a batch) back to a tensor of the feature dtype; int8 comes back
-    as float16 (times its scale: the float16 rounding is ~8x finer than the int8 step)."""
-    if dtype == "int8":
-        x = torch.from_numpy(np.ascontiguousarray(a)).float()
-        return (x * torch.from_numpy(np.ascontiguousarray(scale, dtype=np.float32))[..., None, None]).half()
+def pack(q: Tensor, bits: int) -> Tensor:
+    """Codes ``(B, C, H, W)`` in [-2**(bits-1), 2**(bits-1)) -> uint8 ``(B, C*bits/8, H, W)``.
+
+    Per position, channels 8g..8g+7 go into bytes ``bits*g .. bits*g+bits-1``: channel 8g+i as a ``bits``-bit
+    two's complement at bits ``[bits*i, bits*i+bits)`` of a little-endian integer, byte k holding its bits
+    ``[8k, 8k+8)``. All-zero bytes are all-zero codes.
+    """
+    b, c, h, w = q.shape
+    if c % 8:
+        raise CacheFormatError(f"cache pack: expected a multiple of 8 channels, got {c}")
+    u = (q.to(torch.int64) & (2 ** bits - 1)).view(b, c // 8, 8, h, w)
+    shifts = torch.arange(8, device=q.device, dtype=torch.int64).view(8, 1, 1) * bits
+    word = (u << shifts).sum(dim=2, keepdim=True)  # (B, G, 1, H, W): the fields do not overlap, so sum == or
+    shifts = torch.arange(bits, device=q.device, dtype=torch.int64).view(bits, 1, 1) * 8
+    return ((word >> shifts) & 255).to(torch.uint8).view(b, c * bits // 8, h, w)
+
+
+def unpack(a: Tensor, bits: int) -> Tensor:
+    """uint8 ``(..., C*bits/8, H, W)`` from ``pack`` -> int8 codes ``(..., C, H, W)``, on ``a``'s device."""
+    *lead, cb, h, w = a.shape
+    if cb % bits:
+        raise CacheFormatError(f"cache unpack: expected a multiple of {bits} bytes per position, got {cb}")
+    g = cb // bits
+    shifts = torch.arange(bits, device=a.device, dtype=torch.int64).view(bits, 1, 1) * 8
+    word = (a.reshape(*lead, g, bits, h, w).to(torch.int64) << shifts).sum(dim=-3, keepdim=True)
+    shifts = torch.arange(8, device=a.device, dtype=torch.int64).view(8, 1, 1) * bits
+    u = (word >> shifts) & (2 ** bits - 1)  # (..., G, 8, H, W)
+    q = u - ((u >> (bits - 1)) << bits)  # two's complement: codes >= 2**(bits-1) are negative
+    return q.to(torch.int8).reshape(*lead, g * 8, h, w)
+
+
+def _tensor(a) -> Tensor:
+    return a if isinstance(a, Tensor) else torch.from_numpy(np.ascontiguousarray(a))
+
+
+def decode(a, dtype: str, scale=None) -> Tensor:
+    """Stored features (numpy or tensor, one view ``(C', H, W)`` or a batch ``(B, C', H, W)``) back to a tensor of
+    the feature dtype, on the input's device. Scaled dtypes come back as float16 ``codes * scale`` (``scale``:
+    ``(C,)`` or ``(B, C)``; the float16 rounding is finer than the int8 step)."""
+    x = _tensor(a)
+    if dtype not in STORAGE_DTYPES:
+        raise CacheFormatError(f"cache decode: expected one of {', '.join(STORAGE_DTYPES)}, got {dtype!r}")
+    if x.dtype != getattr(torch, STORAGE_DTYPES[dtype]) and not (dtype == "bfloat16" and x.dtype == torch.bfloat16):
+        raise CacheFormatError(f"cache decode: {dtype} features are stored as {STORAGE_DTYPES[dtype]}, got {x.dtype}")
+    if dtype in SCALED_DTYPES:
+        if scale is None:
+            raise CacheFormatError(f"cache decode: {dtype} features need their per-channel scales, got none")
+        if dtype != "int8":
+            x = unpack(x, PACKED_BITS[dtype])
+        s = _tensor(scale).to(device=x.device, dtype=torch.float32)
+        return (x.float() * s[..., None, None]).half()
     if dtype == "bfloat16":
-        return torch.from_numpy(np.ascontiguousarray(a).view(np.int16)).view(torch.bfloat16)
-    return torch.from_numpy(np.ascontiguousarray(a))
+        return x if x.dtype == torch.bfloat16 else x.view(torch.bfloat16)
+    return x
 
 
 def storage_dtype(dtype: str) -> str:
@@ -139,6 +202,7 @@ def storage_dtype(dtype: str) -> str:
 
 
 def view_crc(values: np.ndarray, scale: np.ndarray | None = None) -> int:
-    """CRC-32 of one view's stored array (features or mask), continued over its scales when it has them (int8)."""
+    """CRC-32 of one view's stored array (features or mask), continued over its scales when it has them (scaled
+    dtypes)."""
     crc = zlib.crc32(np.ascontiguousarray(values).tobytes())
     return crc if scale is None else zlib.crc32(np.ascontiguousarray(scale).tobytes(), crc)

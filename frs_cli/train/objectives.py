@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from frs_cli.cache.schema import SCALED_DTYPES
+from frs_cli.cache.store import decode
 from frs_cli.data.coco import Batch
 from frs_cli.data.geometry import level_valid_size
 from frs_cli.errors import FrsError
@@ -52,11 +54,13 @@ class TeacherTargets:
 
 
 class CachedTeacher(nn.Module):
-    """Teacher targets from a cache: features and masks as stored, logits recomputed by the cached head."""
+    """Teacher targets from a cache: features decoded on the batch's device from their stored form (``dtype``:
+    the cache's ``storage.dtype``), masks as stored, logits recomputed by the cached head."""
 
-    def __init__(self, cls_head: nn.Module):
+    def __init__(self, cls_head: nn.Module, dtype: str = "float16"):
         super().__init__()
         self.cls_head = cls_head.eval().requires_grad_(False)
+        self.dtype = dtype
 
     def train(self, mode: bool = True):  # the teacher head stays in eval mode
         return super().train(False)
@@ -65,7 +69,12 @@ class CachedTeacher(nn.Module):
     def forward(self, batch: Batch, need_logits: bool) -> TeacherTargets:
         if batch.teacher is None:
             raise FrsError("distill: this batch carries no cached teacher targets (was the loader built from a cache?)")
-        feats = batch.teacher["features"]
+        scales = batch.teacher.get("scales")
+        if (scales is not None) != (self.dtype in SCALED_DTYPES):
+            raise FrsError(f"distill: the batch's cached features {'carry' if scales is not None else 'lack'} "
+                           f"per-channel scales, the teacher source expects {self.dtype} (pass the cache's dtype)")
+        feats = [decode(f, self.dtype, None if scales is None else scales[lv])
+                 for lv, f in enumerate(batch.teacher["features"])]
         logits = None
         if need_logits:
             dtype = next(self.cls_head.parameters()).dtype

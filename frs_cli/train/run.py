@@ -132,7 +132,7 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
         missing = [v for v in views if v not in store.views]
         if missing:
             raise ConfigError(f"distill: the recipe asks for views {list(views)}, the cache holds {store.views}")
-        source = CachedTeacher(store.build_head())
+        source = CachedTeacher(store.build_head(), store.dtype)
         teacher_signature = store.signature
         dataset = CachedViews(coco, store)
     else:
