@@ -47,6 +47,7 @@ warmup_iters = 5
 views = ["orig", "hflip"]
 batch_size = 4
 workers = 0
+write_processes = 0
 """
 
 

@@ -1,6 +1,7 @@
 import dataclasses
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from frs_cli.train.dist import setup
 def test_cache_layout_attributes_and_index(cache_path, recipe, teacher_ckpt):
     root = zarr.open_group(cache_path, mode="r")
     a = dict(root.attrs)
-    assert a["format"] == FORMAT_NAME and a["format_version"] == FORMAT_VERSION and a["state"] == "complete"
+    assert a["format"] == FORMAT_NAME and a["format_version"] == 1 and a["state"] == "complete"
     assert a["views"] == ["orig", "hflip"] and a["num_views"] == 48
     assert [lv["name"] for lv in a["levels"]] == ["P3", "P4", "P5", "P6", "P7"]
     assert [lv["stride"] for lv in a["levels"]] == [8, 16, 32, 64, 128]
@@ -106,11 +107,14 @@ def test_complete_cache_is_not_rewritten(cache_path, synth_root, teacher_ckpt, t
     assert {p: p.stat().st_mtime_ns for p in files} == before
 
 
+@pytest.mark.parametrize("write_processes", [0, 2])
 def test_teacher_cache_killed_at_random_moments_and_resumed_is_identical_to_uninterrupted(synth_root, teacher_ckpt,
-                                                                                      tmp_path):
+                                                                                      tmp_path, write_processes):
     """SIGKILL three times at seeded random moments of the write (after a random number of views is marked done,
-    plus a random few milliseconds, so kills land between any two chunk writes), resume after each kill."""
+    plus a random few milliseconds, so kills land between any two chunk writes), resume after each kill. With
+    writer processes, they die with the killed command (nothing keeps writing into the resumed run)."""
     recipe_file = write_recipe(tmp_path / "r.toml", synth_root, str(teacher_ckpt))
+    recipe_file.write_text(recipe_file.read_text().replace("write_processes = 0", f"write_processes = {write_processes}"))
     r = load_recipe(recipe_file)
     # one thread, here and in the killed processes: the same numbers, and no slowdown from a busy machine
     threads = torch.get_num_threads()
@@ -235,7 +239,7 @@ def test_unknown_view_or_image_is_a_clear_error(cache_path):
 
 
 def test_int8_cache_stores_per_channel_scales_and_reads_back_within_half_a_step(synth_root, teacher_ckpt, tmp_path):
-    from frs_cli.cache.store import view_crc
+    from frs_cli.cache.shard_writer import view_crc
 
     r = load_recipe(write_recipe(tmp_path / "r.toml", synth_root, str(teacher_ckpt)))
     r = dataclasses.replace(r, cache=dataclasses.replace(r.cache, dtype="int8"))
@@ -272,3 +276,37 @@ def test_reader_in_another_process_reopens_the_store_instead_of_using_the_parent
     assert cache._open() is not parent_arrays and cache._pid == os.getpid()
     for a, b in zip(first["features"] + first["masks"], again["features"] + again["masks"]):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "int5"])
+def test_writer_processes_write_the_cache_the_writer_threads_write(synth_root, teacher_ckpt, tmp_path, dtype):
+    r = load_recipe(write_recipe(tmp_path / "r.toml", synth_root, str(teacher_ckpt)), [f"cache.dtype='{dtype}'"])
+    threads = write_teacher_cache(r, str(tmp_path / "threads.zarr"), ctx=setup("cpu"), write_processes=0)
+    procs = write_teacher_cache(r, str(tmp_path / "procs.zarr"), ctx=setup("cpu"), write_processes=2)
+    assert procs.complete and procs.views_written == threads.views_written == 48
+    assert_same_cache_arrays(tmp_path / "procs.zarr", tmp_path / "threads.zarr")  # crc and done flags included
+    assert set(procs.stage_seconds) == {"loader_wait", "backpressure", "device_wait", "write"}
+
+
+def test_a_write_failing_in_a_writer_process_is_one_storage_error_and_resume_completes_it(recipe_path, cache_path,
+                                                                                       tmp_path):
+    """A shard file that cannot be written (a directory stands at its path): the writer process's OSError comes
+    back as one line, the cache stays resumable, and --resume completes it once the path is free."""
+    out = tmp_path / "c.zarr"
+    shutil.copytree(cache_path, out)
+    shard = out / "buckets" / "64x64" / "P3" / "features" / "c.0.0.0.0"
+    shard.unlink()
+    shard.mkdir()
+    (shard / "x").write_text("in the way")
+    cmd = [sys.executable, "-m", "frs_cli", "teacher-cache", "--pipeline", str(recipe_path), "--out", str(out),
+           "--device", "cpu", "--resume", "--set", "cache.write_processes=2"]
+    failed = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert failed.returncode == 1, failed.stderr
+    lines = [ln for ln in failed.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(errors) == 1 and "c.zarr" in errors[0] and "Traceback" not in failed.stderr, failed.stderr
+    assert zarr.open_group(str(out), mode="r").attrs["state"] == "writing"
+    shutil.rmtree(shard)
+    resumed = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_cache_arrays(out, cache_path)

@@ -515,3 +515,16 @@ def test_collate_pads_to_batch_max_and_carries_targets(dataset):
     # the content really is the picture: image 10 is green on the left, red on the right
     assert batch.images[0, :, 0, 0].tolist() == list(GREEN)
     assert batch.images[0, :, 0, 39].tolist() == list(RED)
+
+
+def test_original_views_resized_by_resize_batch_equal_the_collated_batch(jitter_root):
+    """teacher-cache on a GPU has workers decode only and resizes the originals on the device; on the CPU the
+    same function must give exactly the batch of the usual pipeline (sizes, flips, padding)."""
+    from frs_cli.data.coco import OriginalViews, resize_batch
+
+    ds = CocoViews.from_config(DataConfig(root=str(jitter_root)), "train", GeometryConfig(40, 72, 8))
+    keys = [(p, v) for p in range(8) for v in ("orig", "hflip")]
+    want = collate([ds[k] for k in keys])
+    images, sizes = resize_batch([OriginalViews(ds)[k] for k in keys], "cpu")
+    assert sizes == want.image_sizes and torch.equal(images, want.images)
+    assert len({tuple(ds.original(k)[0].shape) for k in keys}) > 1  # several original sizes, really resized

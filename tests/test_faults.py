@@ -189,8 +189,8 @@ def _cache_of_another_dataset(t):
 
 
 def _cache_of_a_newer_format(t):
-    return ["distill", "--cache", _copy_cache(t.cache, t.tmp, format_version=2)], \
-        ["format version 2 is newer than this frs reads (1)", "upgrade frs"]
+    return ["distill", "--cache", _copy_cache(t.cache, t.tmp, format_version=3)], \
+        ["format version 3 is newer than this frs reads (2)", "upgrade frs"]
 
 
 def _levels_that_do_not_line_up(t):

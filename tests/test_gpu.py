@@ -50,3 +50,57 @@ def test_distill_step_on_gpu_cached_and_online_agree(recipe, cache_path):
     for name in ("frs_feature", "frs_head"):
         rel = abs(float(la[name]) - float(lb[name])) / abs(float(lb[name]))
         assert rel < 2e-2, (name, rel)
+
+
+@pytest.mark.parametrize(("dtype", "processes"), [("float32", 0), ("float32", 2), ("int5", 2)])
+def test_gpu_writer_stores_each_batch_whole_after_its_side_stream_copy(synth_root, teacher_ckpt, tmp_path, dtype,
+                                                                       processes):
+    """The writer copies a batch to pinned memory on a side stream while the next batch runs, then (with writer
+    processes) into shared memory: every stored view must equal the teacher's output for that view (a copy read
+    too early would hold zeros or another batch)."""
+    import dataclasses
+
+    from conftest import write_recipe
+
+    from frs_cli.cache.reader import TeacherCache
+    from frs_cli.cache.writer import write_teacher_cache
+    from frs_cli.config import load_recipe
+    from frs_cli.data.coco import CocoViews, collate
+    from frs_cli.train.checkpoint import load_detector
+    from frs_cli.train.dist import setup
+
+    r = load_recipe(write_recipe(tmp_path / "r.toml", synth_root, str(teacher_ckpt)))
+    r = dataclasses.replace(r, cache=dataclasses.replace(r.cache, dtype=dtype, amp=False, batch_size=4))
+    path = str(tmp_path / "gpu.zarr")
+    s = write_teacher_cache(r, path, ctx=setup("cuda"), write_threads=1, write_processes=processes)  # short queues
+    assert s.complete and s.stage_seconds["write"] > 0
+    cache = TeacherCache(path)
+    teacher, _ = load_detector(teacher_ckpt)
+    teacher = teacher.cuda().eval()
+    coco = CocoViews.from_config(r.data, "train", r.geometry)
+    for k in range(len(cache)):
+        view = "hflip" if int(cache.view[k]) else "orig"
+        batch = collate([coco[(coco.index.image_ids.index(int(cache.image_id[k])), view)]]).to("cuda")
+        with torch.no_grad():
+            want = teacher(batch.images, batch.image_sizes, detect=False).features
+        got = cache.read(k)["features"]
+        for g, w in zip(got, want):
+            w = w[0].float().cpu()
+            # float32 stores the value; int5 is within half its step (max|x_c| / 15 / 2) of it, plus float16 rounding
+            amax = w.abs().amax(dim=(-2, -1))[:, None, None]
+            tol = 1e-4 * w.abs().max() if dtype == "float32" else amax * (1 / 30 + 2e-3)
+            assert ((g.float() - w).abs() <= tol).all(), (k, dtype)
+
+
+def test_resizing_on_the_gpu_matches_the_cpu_pipeline_to_one_level(jitter_root):
+    """teacher-cache on a GPU decodes in workers and resizes there: the batch must be the CPU pipeline's."""
+    from frs_cli.data.coco import CocoViews, DataConfig, OriginalViews, collate, resize_batch
+    from frs_cli.data.geometry import GeometryConfig
+
+    ds = CocoViews.from_config(DataConfig(root=str(jitter_root)), "train", GeometryConfig(40, 72, 8))
+    keys = [(p, v) for p in range(8) for v in ("orig", "hflip")]
+    cpu = collate([ds[k] for k in keys])
+    images, sizes = resize_batch([OriginalViews(ds)[k] for k in keys], "cuda")
+    assert sizes == cpu.image_sizes and images.shape == cpu.images.shape and images.dtype == torch.uint8
+    diff = (images.cpu().int() - cpu.images.int()).abs()
+    assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3  # float32 rounding ties only

@@ -16,6 +16,7 @@ class CacheConfig:
     codec: Literal["none", "zstd", "blosc"] = "none"  # chunk compressor (fp16 features compress little)
     batch_size: int = 8  # teacher batch (images of one padded size only)
     workers: int = 4  # image-decoding worker processes
+    write_processes: int = 4  # processes that checksum and write the batches (0: threads in the main process)
     amp: bool = True  # run the teacher in bf16 autocast on CUDA (features are stored in `dtype`)
     preload_mb: int = 2048  # distill reads a cache up to this size into memory once (0: always read per view)
     check_teacher_images: int = 0  # before caching, score the teacher on the first N val images (0: no check)
@@ -33,5 +34,6 @@ class CacheConfig:
         if self.check_teacher_images < 0 or not 0.0 <= self.min_teacher_map <= 1.0:
             raise ConfigError(f"cache: expected check_teacher_images >= 0 and min_teacher_map in 0..1, got "
                               f"{self.check_teacher_images}, {self.min_teacher_map}")
-        if self.batch_size < 1 or self.workers < 0:
-            raise ConfigError(f"cache: expected batch_size >= 1 and workers >= 0, got {self.batch_size}, {self.workers}")
+        if self.batch_size < 1 or self.workers < 0 or self.write_processes < 0:
+            raise ConfigError(f"cache: expected batch_size >= 1, workers >= 0 and write_processes >= 0, got "
+                              f"{self.batch_size}, {self.workers}, {self.write_processes}")

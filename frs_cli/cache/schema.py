@@ -34,7 +34,8 @@ from frs_cli.data.geometry import GeometryConfig, level_grid_size
 from frs_cli.errors import CacheFormatError
 
 FORMAT_NAME = "frs-teacher-cache"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest version this frs reads
+
 VIEW_CODES = {"orig": 0, "hflip": 1}
 VIEW_NAMES = {v: k for k, v in VIEW_CODES.items()}
 
@@ -43,6 +44,12 @@ STORAGE_DTYPES = {"float16": "float16", "float32": "float32", "bfloat16": "uint1
                   "int6": "uint8", "int5": "uint8", "int4": "uint8"}
 SCALED_DTYPES = ("int8", "int6", "int5", "int4")  # with a per-view, per-channel float32 scale array beside
 PACKED_BITS = {"int6": 6, "int5": 5, "int4": 4}  # b-bit codes, 8 channels of one position packed into b bytes
+
+
+def format_version(dtype: str) -> int:
+    """The version a cache of features stored as ``dtype`` is written as: 2 for the packed dtypes, which came
+    with it (an older frs then refuses such a cache in one line), else 1, which every frs reads."""
+    return 2 if dtype in PACKED_BITS else 1
 
 
 def stored_channels(channels: int, dtype: str) -> int:

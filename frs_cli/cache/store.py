@@ -7,8 +7,6 @@ Everything that touches the filesystem by path goes through here, so URLs work w
 
 from __future__ import annotations
 
-import zlib
-
 import numpy as np
 import torch
 import zarr
@@ -37,7 +35,7 @@ def is_hdf5(path: str) -> bool:
     return str(path).lower().endswith(HDF5_SUFFIXES)
 
 
-def _options(path: str, storage_options: dict | None) -> dict | None:
+def url_options(path: str, storage_options: dict | None = None) -> dict | None:
     """fsspec options for ``path``: a ``file://`` URL gets ``auto_mkdir`` (zarr writes into new folders)."""
     if not is_url(path):
         return storage_options
@@ -62,7 +60,7 @@ def exists(path: str, storage_options: dict | None = None) -> bool:
         from pathlib import Path
 
         return Path(path).exists()
-    fs, inner = _fsspec(path, _options(path, storage_options))
+    fs, inner = _fsspec(path, url_options(path, storage_options))
     return bool(fs.exists(inner))
 
 
@@ -70,7 +68,7 @@ def open_group(path: str, mode: str = "r", storage_options: dict | None = None) 
     """``zarr.open_group`` at a local path or URL (``mode`` as zarr's: r, r+, a, w)."""
     if is_url(path):
         _fsspec(path, None)  # a clear error when fsspec is missing
-    return zarr.open_group(path, mode=mode, storage_options=_options(path, storage_options))
+    return zarr.open_group(path, mode=mode, storage_options=url_options(path, storage_options))
 
 
 def check_format(path: str, attrs: dict) -> None:
@@ -199,10 +197,3 @@ def storage_dtype(dtype: str) -> str:
     if dtype not in STORAGE_DTYPES:
         raise CacheFormatError(f"cache dtype: expected one of {', '.join(STORAGE_DTYPES)}, got {dtype!r}")
     return STORAGE_DTYPES[dtype]
-
-
-def view_crc(values: np.ndarray, scale: np.ndarray | None = None) -> int:
-    """CRC-32 of one view's stored array (features or mask), continued over its scales when it has them (scaled
-    dtypes)."""
-    crc = zlib.crc32(np.ascontiguousarray(values).tobytes())
-    return crc if scale is None else zlib.crc32(np.ascontiguousarray(scale).tobytes(), crc)

@@ -15,7 +15,7 @@ import numpy as np
 
 from frs_cli.cache.reader import TeacherCache
 from frs_cli.cache.schema import SCALED_DTYPES, VIEW_NAMES
-from frs_cli.cache.store import view_crc
+from frs_cli.cache.shard_writer import view_crc
 from frs_cli.progress import NullProgress, Progress
 
 MISSING, UNREADABLE, CHECKSUM = "missing", "unreadable", "checksum mismatch"

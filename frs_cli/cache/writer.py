@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,16 +28,18 @@ import frs_cli
 from frs_cli.cache.reader import TeacherCache
 from frs_cli.cache.schema import (
     FORMAT_NAME,
-    FORMAT_VERSION,
     SCALED_DTYPES,
     VIEW_NAMES,
     Plan,
+    format_version,
     geometry_fingerprint,
     make_plan,
+    stored_channels,
 )
-from frs_cli.cache.store import codec, encode, is_hdf5, open_existing, open_group, storage_dtype, view_crc
+from frs_cli.cache.shard_writer import Layout, WriterProcesses, write_rows
+from frs_cli.cache.store import codec, encode, is_hdf5, open_existing, open_group, storage_dtype, url_options
 from frs_cli.cache.verify import verify_cache
-from frs_cli.data.coco import CocoViews, ListSampler, collate
+from frs_cli.data.coco import CocoViews, ListSampler, OriginalViews, collate, collate_originals, resize_batch
 from frs_cli.errors import CacheFormatError, CacheMismatchError, ConfigError
 from frs_cli.files import storage_errors
 from frs_cli.losses import frs_masks
@@ -57,12 +60,15 @@ class CacheWriteSummary:
     complete: bool
     views_rejected: int = 0  # done views that --resume found missing or corrupt and rewrote
     teacher_check: dict | None = None  # the teacher's score on val images, when checked
+    # this process's write loop: seconds waiting for the loader and for the write queue, and summed over
+    # writer threads, waiting for the device and writing (see _Stages)
+    stage_seconds: dict | None = None
 
 
 def _create(path: str, plan: Plan, teacher, recipe, fingerprints: dict, dataset, check: dict | None) -> zarr.Group:
     cfg = recipe.cache
     root = open_group(path, mode="w")
-    root.attrs.update({"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "state": "creating"})
+    root.attrs.update({"format": FORMAT_NAME, "format_version": format_version(cfg.dtype), "state": "creating"})
     index = root.create_group("index")
     for name, values in (("image_id", plan.image_id), ("view", plan.view), ("bucket", plan.bucket),
                          ("row", plan.row), ("geometry", plan.geometry)):
@@ -79,8 +85,9 @@ def _create(path: str, plan: Plan, teacher, recipe, fingerprints: dict, dataset,
         s = min(per_shard, b.count)
         for lv, (h, w) in zip(teacher.levels, b.level_sizes):
             lg = g.create_group(lv.name)
-            lg.create_array("features", shape=(b.count, lv.channels, h, w), chunks=(1, lv.channels, h, w),
-                            shards=(s, lv.channels, h, w), dtype=feat_dtype, compressors=compressors, fill_value=0,
+            c = stored_channels(lv.channels, cfg.dtype)  # packed encodings store fewer, byte-wide channels
+            lg.create_array("features", shape=(b.count, c, h, w), chunks=(1, c, h, w),
+                            shards=(s, c, h, w), dtype=feat_dtype, compressors=compressors, fill_value=0,
                             chunk_key_encoding=keys)
             if cfg.dtype in SCALED_DTYPES:
                 lg.create_array("scale", shape=(b.count, lv.channels), chunks=(1, lv.channels),
@@ -133,35 +140,107 @@ def _check_same(path: str, root: zarr.Group, fingerprints: dict, views) -> None:
         raise CacheMismatchError(f"cache {path!r}: holds views {attrs.get('views')}, this recipe asks for {list(views)}")
 
 
-def _runs(rows: list[int]) -> list[tuple[int, int, int]]:
-    """Consecutive runs in sorted ``rows``: (start row, stop row, index of the start in ``rows``)."""
-    runs, start = [], 0
-    for i in range(1, len(rows) + 1):
-        if i == len(rows) or rows[i] != rows[i - 1] + 1:
-            runs.append((rows[start], rows[i - 1] + 1, start))
-            start = i
-    return runs
+class _Stages:
+    """Where the write loop's time goes (seconds): waiting for the loader, waiting for the bounded write queue
+    (main thread), and, summed over writer threads, waiting for the device and writing."""
+
+    def __init__(self):
+        self.loader_wait = self.backpressure = self.device_wait = self.write = 0.0
+        self._lock = threading.Lock()
+
+    def add(self, device_wait: float, write: float) -> None:
+        with self._lock:
+            self.device_wait += device_wait
+            self.write += write
+
+    def to_dict(self) -> dict[str, float]:
+        return {"loader_wait": self.loader_wait, "backpressure": self.backpressure,
+                "device_wait": self.device_wait, "write": self.write}
 
 
-def _write_rows(root: zarr.Group, bucket: str, rows: list[int], level_names, feats, scales, masks) -> None:
-    """Views at consecutive ``rows`` of one bucket: every array, then checksums, then done flags (in that order).
+class _HostCopier:
+    """Copies a batch's encoded tensors to pinned host memory on a side CUDA stream, so the next batch's
+    forward pass does not wait for the copy; the writer thread waits for the copy's event instead."""
 
-    ``feats``/``masks``: per level ``(len(rows), ...)`` arrays in storage form; ``scales`` per level
-    ``(len(rows), C)`` or None. One zarr call per array and run of rows (one shard for a whole batch).
+    def __init__(self, device: torch.device):
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def copy(self, tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.cuda.Event | None]:
+        tensors = [t.view(torch.int16) if t.dtype == torch.uint16 else t for t in tensors]  # plain 16-bit copies
+        if self.stream is None:  # already on the host
+            return tensors, None
+        self.stream.wait_stream(torch.cuda.current_stream(self.stream.device))
+        host = []
+        with torch.cuda.stream(self.stream):
+            for t in tensors:
+                h = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+                h.copy_(t, non_blocking=True)
+                t.record_stream(self.stream)  # its memory is not reused before the copy has read it
+                host.append(h)
+            event = torch.cuda.Event()
+            event.record(self.stream)
+        return host, event
+
+
+def _write_batch(root: zarr.Group, bucket: str, rows: list[int], level_names, stored: np.dtype, scaled: bool,
+                 host, stages: _Stages) -> None:
+    """Writer thread: wait for one batch's host copy, then write its views (``_write_rows``).
+
+    ``host``: ``(tensors, event)`` from ``_HostCopier``; tensors are per level the features (and their scales
+    when ``scaled``), then the masks of every level. ``stored``: the features' numpy dtype in the store.
     """
-    crcs = np.zeros((len(rows), 2 * len(level_names)), dtype=np.uint32)
-    for lv, (name, f, sc, m) in enumerate(zip(level_names, feats, scales, masks)):
-        for start, stop, i in _runs(rows):
-            root[f"buckets/{bucket}/{name}/features"][start:stop] = f[i : i + stop - start]
-            if sc is not None:
-                root[f"buckets/{bucket}/{name}/scale"][start:stop] = sc[i : i + stop - start]
-            root[f"buckets/{bucket}/{name}/mask"][start:stop] = m[i : i + stop - start]
-        for j in range(len(rows)):
-            crcs[j, 2 * lv] = view_crc(f[j], None if sc is None else sc[j])
-            crcs[j, 2 * lv + 1] = view_crc(m[j])
-    for start, stop, i in _runs(rows):
-        root[f"buckets/{bucket}/crc"][start:stop] = crcs[i : i + stop - start]
-        root[f"buckets/{bucket}/done"][start:stop] = 1
+    tensors, event = host
+    t0 = time.perf_counter()
+    if event is not None:
+        event.synchronize()  # releases the GIL while the device finishes the batch
+    t1 = time.perf_counter()
+    arrays = [t.numpy() for t in tensors]
+    n = len(level_names)
+    per_level = 2 if scaled else 1
+    feats = [arrays[per_level * lv].view(stored) for lv in range(n)]  # bfloat16 travels as 16-bit integers
+    scales = [arrays[per_level * lv + 1] if scaled else None for lv in range(n)]
+    masks = arrays[per_level * n :]
+    write_rows(root, bucket, rows, level_names, feats, scales, masks)
+    stages.add(t1 - t0, time.perf_counter() - t1)
+
+
+def _dispatch(procs: WriterProcesses, bucket: str, rows: list[int], level_names, stored: np.dtype, scaled: bool,
+              host, stages: _Stages) -> None:
+    """Dispatcher thread: wait for one batch's host copy, copy it into a free shared-memory slot (waiting for
+    one if the writer processes are behind) and hand it to them."""
+    tensors, event = host
+    t0 = time.perf_counter()
+    if event is not None:
+        event.synchronize()
+    t1 = time.perf_counter()
+    n = len(level_names)
+    per_level = 2 if scaled else 1
+    dtypes = [stored if i < per_level * n and i % per_level == 0 else _NUMPY[t.dtype] for i, t in enumerate(tensors)]
+    layout = Layout.of([(t.shape, d) for t, d in zip(tensors, dtypes)], scaled)
+    slot, buffer = procs.slot()
+    t2 = time.perf_counter()
+    dst = torch.frombuffer(buffer, dtype=torch.uint8, count=layout.nbytes)
+    for (offset, _, _), t in zip(layout.arrays, tensors):
+        src = t.reshape(-1).view(torch.uint8)
+        dst[offset : offset + src.numel()].copy_(src)
+    del dst
+    procs.put(slot, bucket, rows, level_names, layout)
+    stages.add(t1 - t0, time.perf_counter() - t2)
+
+
+_NUMPY = {torch.float16: np.float16, torch.float32: np.float32, torch.int8: np.int8, torch.uint8: np.uint8,
+          torch.int16: np.int16}
+
+
+def _batch_layout(levels, level_sizes, batch: int, stored: np.dtype, dtype: str, scaled: bool) -> Layout:
+    """The shared-memory layout of a full batch of one bucket (the largest a slot must hold)."""
+    arrays = []
+    for lv, (h, w) in zip(levels, level_sizes):
+        arrays.append(((batch, stored_channels(lv.channels, dtype), h, w), stored))
+        if scaled:
+            arrays.append(((batch, lv.channels), np.float32))
+    arrays += [((batch, h, w), np.float16) for h, w in level_sizes]
+    return Layout.of(arrays, scaled)
 
 
 def _reject(root: zarr.Group, faults) -> None:
@@ -173,7 +252,8 @@ def _reject(root: zarr.Group, faults) -> None:
 
 
 def write_teacher_cache(recipe, path: str, *, resume: bool = False, ctx: DistContext | None = None,
-                        progress: Progress | None = None, write_threads: int = 4) -> CacheWriteSummary:
+                        progress: Progress | None = None, write_threads: int = 4,
+                        write_processes: int | None = None, resize_on_device: bool | None = None) -> CacheWriteSummary:
     """Cache the teacher of ``recipe`` over ``recipe.cache.split`` at ``path`` (see ``cache.schema``).
 
     ``path``: a local directory or an fsspec URL (a Zarr v3 group either way). A complete cache is left
@@ -181,10 +261,28 @@ def write_teacher_cache(recipe, path: str, *, resume: bool = False, ctx: DistCon
     ``recipe.cache.check_teacher_images`` > 0 the teacher is first scored on that many val images, and
     nothing is written when its AP is below ``recipe.cache.min_teacher_map`` (ModelError).
     Raises StorageError when a write fails (disk full); what was written stays, ``resume`` continues it.
+    Writing happens in ``write_processes`` worker processes (default ``recipe.cache.write_processes``), or in
+    ``write_threads`` threads of this process when that is 0. On a GPU, loader workers only decode and the
+    GPU resizes (``resize_on_device``, default: on CUDA devices).
     """
     if is_hdf5(path):
         raise ConfigError(f"teacher-cache --out {path!r}: expected a Zarr path or URL, got an HDF5 file name",
                           hint="write the Zarr cache, then: frs cache export CACHE OUT.h5")
+    cfg = recipe.cache
+    n_procs = cfg.write_processes if write_processes is None else write_processes
+    if str(path).startswith("memory://"):
+        n_procs = 0  # an in-memory store exists in this process only
+    # started first, so they import while the teacher loads
+    procs = WriterProcesses(path, url_options(path), n_procs) if n_procs else None
+    try:
+        return _write(recipe, path, resume, ctx, progress, write_threads, procs, resize_on_device)
+    finally:
+        if procs is not None:
+            procs.close(wait=False)  # after an error; the normal path has closed them already
+
+
+def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: Progress | None, write_threads: int,
+           procs: WriterProcesses | None, resize_on_device: bool | None) -> CacheWriteSummary:
     progress = progress or NullProgress()
     ctx = ctx or setup()
     cfg = recipe.cache
@@ -193,6 +291,8 @@ def write_teacher_cache(recipe, path: str, *, resume: bool = False, ctx: DistCon
     teacher = build_detector(recipe.teacher, dataset.index.num_classes).to(ctx.device).eval().requires_grad_(False)
     fingerprints = {"teacher": model_fingerprint(teacher), "dataset": dataset.index.fingerprint(),
                     "geometry": geometry_fingerprint(recipe.geometry)}
+    for lv in teacher.levels:  # a packed encoding the teacher's channels do not fit is refused before any work
+        stored_channels(lv.channels, cfg.dtype)
     plan = make_plan(dataset, cfg.views, teacher.strides)
     check = None
     if cfg.check_teacher_images > 0:
@@ -237,10 +337,15 @@ def write_teacher_cache(recipe, path: str, *, resume: bool = False, ctx: DistCon
             rows = np.flatnonzero(plan.bucket == b)
             batches += [rows[k : k + cfg.batch_size].tolist() for k in range(0, len(rows), cfg.batch_size)]
         mine = [bt for bt in batches[ctx.rank :: ctx.world_size] if is_pending[bt].any()]
+        # on a GPU, workers only decode and the GPU resizes: CPU resizing cannot keep up with the teacher
+        on_gpu = ctx.device.type == "cuda" if resize_on_device is None else resize_on_device
         loader = torch.utils.data.DataLoader(
-            dataset, batch_sampler=ListSampler([[(int(plan.position[i]), VIEW_NAMES[int(plan.view[i])]) for i in bt]
-                                               for bt in mine]),
-            num_workers=cfg.workers, collate_fn=collate, pin_memory=ctx.device.type == "cuda",
+            OriginalViews(dataset) if on_gpu else dataset,
+            batch_sampler=ListSampler([[(int(plan.position[i]), VIEW_NAMES[int(plan.view[i])]) for i in bt]
+                                       for bt in mine]),
+            num_workers=cfg.workers, collate_fn=collate_originals if on_gpu else collate,
+            pin_memory=ctx.device.type == "cuda",
+            prefetch_factor=4 if cfg.workers > 0 else None,
         )
         level_names = teacher.level_names
         use_amp = cfg.amp and ctx.device.type == "cuda"
@@ -248,33 +353,62 @@ def write_teacher_cache(recipe, path: str, *, resume: bool = False, ctx: DistCon
         progress.start("teacher-cache", n_mine, unit="view")
         t0 = time.perf_counter()
         written = 0
+        stages = _Stages()
+        stored = np.dtype(storage_dtype(cfg.dtype))
         futures: list[Future] = []
+        copier = _HostCopier(ctx.device)
+        if procs is not None:
+            scaled = cfg.dtype in SCALED_DTYPES
+            procs.allocate(max(_batch_layout(teacher.levels, b["level_sizes"], cfg.batch_size, stored, cfg.dtype,
+                                             scaled).nbytes for b in buckets), slots=2 * len(procs))
+        in_flight = 2 if procs is not None else 2 * write_threads  # batches waiting in host memory, at most
         # zarr encodes a shard's inner chunks concurrently up to this limit (its default, 10, starves the writer)
-        with ThreadPoolExecutor(max_workers=write_threads) as pool, zarr.config.set({"async.concurrency": 64}):
-            for rows, batch in zip(mine, loader):
-                batch = batch.to(ctx.device)
+        with ThreadPoolExecutor(max_workers=1 if procs is not None else write_threads) as pool, \
+                zarr.config.set({"async.concurrency": 64}):
+            batches_in = iter(zip(mine, loader))
+            while True:
+                t_wait = time.perf_counter()
+                item = next(batches_in, None)
+                stages.loader_wait += time.perf_counter() - t_wait
+                if item is None:
+                    break
+                rows, batch = item
+                if on_gpu:
+                    images, image_sizes = resize_batch(batch, ctx.device)
+                else:
+                    images, image_sizes = batch.images, batch.image_sizes
                 with torch.no_grad(), torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    out = teacher(batch.images, batch.image_sizes, detect=False)
-                masks = frs_masks(out.cls_logits)
+                    out = teacher(images, image_sizes, detect=False)
                 bucket = buckets[int(plan.bucket[rows[0]])]
                 got = [tuple(f.shape[-2:]) for f in out.features]
                 if got != [tuple(s) for s in bucket["level_sizes"]]:
-                    raise CacheFormatError(f"teacher-cache: the teacher's level grids {got} differ from the planned "
-                                           f"{bucket['level_sizes']} for padded size {bucket['padded']}")
-                encoded = [encode(f, cfg.dtype) for f in out.features]  # (B, C, H, W) and (B, C) or None each
-                mks = [m.to(torch.float16).cpu().numpy() for m in masks]  # (B, H, W) each
+                    raise CacheFormatError(f"teacher-cache: the teacher's level grids {got} differ from the "
+                                           f"planned {bucket['level_sizes']} for padded size {bucket['padded']}")
                 keep = [j for j, i in enumerate(rows) if is_pending[i]]
-                futures.append(pool.submit(_write_rows, root, bucket["name"], [int(plan.row[rows[j]]) for j in keep],
-                                           level_names, [f[keep] for f, _ in encoded],
-                                           [None if sc is None else sc[keep] for _, sc in encoded],
-                                           [m[keep] for m in mks]))
-                while len(futures) > 2 * write_threads:
+                with torch.no_grad():
+                    encoded = [encode(f, cfg.dtype) for f in out.features]  # (B, C', H, W), (B, C) or None
+                    tensors = [t for f, sc in encoded for t in (f, sc) if t is not None]
+                    tensors += [m.to(torch.float16) for m in frs_masks(out.cls_logits)]  # (B, H, W) per level
+                    if len(keep) < len(rows):
+                        index = torch.tensor(keep, device=ctx.device)
+                        tensors = [t.index_select(0, index) for t in tensors]
+                host = copier.copy(tensors)  # on a side stream: the next batch's forward does not wait for it
+                args = (bucket["name"], [int(plan.row[rows[j]]) for j in keep], level_names, stored,
+                        encoded[0][1] is not None, host, stages)
+                futures.append(pool.submit(_dispatch, procs, *args) if procs is not None
+                               else pool.submit(_write_batch, root, *args))
+                t_wait = time.perf_counter()
+                while len(futures) > in_flight:
                     futures.pop(0).result()
-                n_new = int(is_pending[rows].sum())
-                written += n_new
-                progress.update(n_new)
+                stages.backpressure += time.perf_counter() - t_wait
+                written += len(keep)
+                progress.update(len(keep))
+            t_wait = time.perf_counter()
             for f in futures:
                 f.result()
+            if procs is not None:
+                procs.close()  # waits for the writer processes to finish every batch
+            stages.backpressure += time.perf_counter() - t_wait
         progress.stop()
         seconds = time.perf_counter() - t0
         barrier(ctx)
@@ -286,4 +420,4 @@ def write_teacher_cache(recipe, path: str, *, resume: bool = False, ctx: DistCon
         barrier(ctx)
         total_written = sum(all_gather_objects(ctx, written))
         return CacheWriteSummary(path, len(plan), total_written, seconds, written / seconds if seconds > 0 else 0.0,
-                                 complete, broadcast_object(ctx, rejected), check)
+                                 complete, broadcast_object(ctx, rejected), check, stages.to_dict())

@@ -214,14 +214,20 @@ class CocoViews(torch.utils.data.Dataset):
         rec = self.index.records[position]
         return view_geometry(rec.height, rec.width, self.geometry, view)
 
-    def __getitem__(self, key) -> Sample:
+    def original(self, key) -> tuple[Tensor, ViewGeometry]:
+        """The decoded file of view ``key`` at its original size (``(3, H, W)`` uint8) and the view's geometry."""
         position, view = key if isinstance(key, tuple) else (key, "orig")
         rec = self.index.records[position]
-        geom = self.geometry_of(position, view)
         image = read_image(self.image_dir / rec.file_name)
         if image.shape[-2:] != (rec.height, rec.width):
             raise DataError(f"image {rec.file_name!r}: annotations say {rec.height}x{rec.width}, "
                             f"the file is {image.shape[-2]}x{image.shape[-1]}")
+        return image, self.geometry_of(position, view)
+
+    def __getitem__(self, key) -> Sample:
+        position, _ = key if isinstance(key, tuple) else (key, "orig")
+        rec = self.index.records[position]
+        image, geom = self.original(key)
         labels = torch.tensor([self.index.category_to_label[int(c)] for c in rec.category_ids], dtype=torch.int64)
         return Sample(
             image=apply_to_image(image, geom),
@@ -230,6 +236,33 @@ class CocoViews(torch.utils.data.Dataset):
             image_id=rec.image_id,
             geometry=geom,
         )
+
+
+class OriginalViews(torch.utils.data.Dataset):
+    """``CocoViews.original`` as a Dataset: DataLoader workers only decode, and ``resize_batch`` resizes on the
+    device (the teacher's GPU keeps up with far more images than CPU resizing delivers)."""
+
+    def __init__(self, views: CocoViews):
+        self.views = views
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    def __getitem__(self, key) -> tuple[Tensor, ViewGeometry]:
+        return self.views.original(key)
+
+
+def collate_originals(items: list[tuple[Tensor, ViewGeometry]]) -> list[tuple[Tensor, ViewGeometry]]:
+    return items
+
+
+def resize_batch(items: list[tuple[Tensor, ViewGeometry]], device) -> tuple[Tensor, list[tuple[int, int]]]:
+    """Originals from ``OriginalViews`` -> the padded ``(B, 3, H, W)`` uint8 batch and the valid sizes, resized
+    and flipped on ``device`` exactly as ``apply_to_image`` does on the CPU (the same float32 bilinear; a
+    device's last-bit rounding can move a pixel by one level at most)."""
+    geoms = [g for _, g in items]
+    images = [apply_to_image(img.to(device, non_blocking=True), g) for img, g in items]
+    return pad_batch(images, batch_padded_size(geoms)), [g.valid_size for g in geoms]
 
 
 class ViewSampler(torch.utils.data.Sampler):

@@ -1,0 +1,226 @@
+"""Writing teacher-cache batches to the store: in this process, or in writer processes fed through shared memory.
+
+zarr-python runs every store operation of a process on one event loop, and a shard's encoding holds the GIL,
+so writer threads slow the thread that drives the GPU and add no write bandwidth. ``WriterProcesses`` moves
+checksums and zarr writes into their own processes: the parent copies each batch into a shared-memory slot
+and sends its layout through a queue; a worker writes it and hands the slot back. This module imports no
+torch, so workers start in well under a second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import queue
+import signal
+import sys
+import zlib
+from dataclasses import dataclass
+from multiprocessing import shared_memory
+
+import numpy as np
+import zarr
+
+from frs_cli.errors import StorageError
+
+ALIGN = 64  # byte alignment of each array inside a slot
+
+
+def view_crc(values: np.ndarray, scale: np.ndarray | None = None) -> int:
+    """CRC-32 of one view's stored array (features or mask), continued over its scales when it has them."""
+    crc = zlib.crc32(memoryview(np.ascontiguousarray(values)).cast("B"))  # no copy; the GIL is released
+    return crc if scale is None else zlib.crc32(memoryview(np.ascontiguousarray(scale)).cast("B"), crc)
+
+
+def _runs(rows: list[int]) -> list[tuple[int, int, int]]:
+    """Consecutive runs in sorted ``rows``: (start row, stop row, index of the start in ``rows``)."""
+    runs, start = [], 0
+    for i in range(1, len(rows) + 1):
+        if i == len(rows) or rows[i] != rows[i - 1] + 1:
+            runs.append((rows[start], rows[i - 1] + 1, start))
+            start = i
+    return runs
+
+
+def write_rows(root: zarr.Group, bucket: str, rows: list[int], level_names, feats, scales, masks) -> None:
+    """Views at consecutive ``rows`` of one bucket: every array, then checksums, then done flags (in that order).
+
+    ``feats``/``masks``: per level ``(len(rows), ...)`` arrays in storage form; ``scales`` per level
+    ``(len(rows), C)`` or None. One zarr call per array and run of rows (one shard for a whole batch).
+    """
+    crcs = np.zeros((len(rows), 2 * len(level_names)), dtype=np.uint32)
+    for lv, (name, f, sc, m) in enumerate(zip(level_names, feats, scales, masks)):
+        for start, stop, i in _runs(rows):
+            root[f"buckets/{bucket}/{name}/features"][start:stop] = f[i : i + stop - start]
+            if sc is not None:
+                root[f"buckets/{bucket}/{name}/scale"][start:stop] = sc[i : i + stop - start]
+            root[f"buckets/{bucket}/{name}/mask"][start:stop] = m[i : i + stop - start]
+        for j in range(len(rows)):
+            crcs[j, 2 * lv] = view_crc(f[j], None if sc is None else sc[j])
+            crcs[j, 2 * lv + 1] = view_crc(m[j])
+    for start, stop, i in _runs(rows):
+        root[f"buckets/{bucket}/crc"][start:stop] = crcs[i : i + stop - start]
+        root[f"buckets/{bucket}/done"][start:stop] = 1
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where one batch's arrays lie in a slot: per array ``(offset, shape, numpy dtype)``, in the order
+    features (and scale when ``scaled``) of each level, then the masks of every level."""
+
+    arrays: tuple[tuple[int, tuple[int, ...], str], ...]
+    scaled: bool
+
+    @staticmethod
+    def of(shapes_dtypes, scaled: bool) -> Layout:
+        arrays, offset = [], 0
+        for shape, dtype in shapes_dtypes:
+            arrays.append((offset, tuple(int(s) for s in shape), np.dtype(dtype).str))
+            offset += -(-int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize // ALIGN) * ALIGN
+        return Layout(tuple(arrays), scaled)
+
+    @property
+    def nbytes(self) -> int:
+        offset, shape, dtype = self.arrays[-1]
+        return offset + int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+    def views(self, buffer) -> list[np.ndarray]:
+        return [np.ndarray(shape, dtype=np.dtype(dtype), buffer=buffer, offset=offset)
+                for offset, shape, dtype in self.arrays]
+
+    def split(self, arrays: list[np.ndarray], levels: int):
+        """(features, scales, masks) per level, as ``write_rows`` takes them."""
+        per = 2 if self.scaled else 1
+        feats = [arrays[per * lv] for lv in range(levels)]
+        scales = [arrays[per * lv + 1] if self.scaled else None for lv in range(levels)]
+        return feats, scales, arrays[per * levels :]
+
+
+def _serve(path: str, storage_options: dict | None, tasks, results) -> None:
+    """A writer process: write each batch the parent sends, report its slot back; exit with the parent."""
+    _die_with_parent()
+    parent = mp.parent_process()
+    root = None  # opened at the first batch: the parent may still be creating the cache
+    slots: dict[str, shared_memory.SharedMemory] = {}
+    with zarr.config.set({"async.concurrency": 64}):
+        while True:
+            try:
+                task = tasks.get(timeout=0.5)
+            except queue.Empty:
+                if parent is not None and not parent.is_alive():
+                    break
+                continue
+            if task is None:
+                break
+            slot, name, bucket, rows, level_names, layout = task
+            try:
+                if root is None:
+                    root = zarr.open_group(path, mode="r+", storage_options=storage_options)
+                if name not in slots:
+                    slots[name] = shared_memory.SharedMemory(name=name)
+                arrays = layout.views(slots[name].buf)
+                write_rows(root, bucket, rows, level_names, *layout.split(arrays, len(level_names)))
+                del arrays
+                results.put((slot, None))
+            except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent as one line
+                results.put((slot, (getattr(exc, "errno", None), f"{type(exc).__name__}: {exc}")))
+    for shm in slots.values():
+        shm.close()
+
+
+def _die_with_parent() -> None:
+    """On Linux, have the kernel kill this process when its parent dies (a killed teacher-cache leaves no writer
+    behind to race the resumed run); elsewhere the serve loop notices the parent is gone within half a second."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+class WriterProcesses:
+    """``processes`` writer processes for the cache at ``path``, fed through shared-memory slots.
+
+    Start them early (they import zarr while the teacher loads), then ``allocate`` the slots. ``slot`` waits
+    while every slot is in use (backpressure). A failed write in a worker is raised in the parent by the next
+    ``slot`` or by ``close``: an ``OSError`` with the worker's errno (a full disk), else ``StorageError``.
+    """
+
+    def __init__(self, path: str, storage_options: dict | None, processes: int):
+        ctx = mp.get_context("spawn")  # the parent holds CUDA, zarr's event loop and threads: do not fork it
+        self._shm: list[shared_memory.SharedMemory] = []
+        self._free: list[int] = []
+        self._tasks, self._results = ctx.Queue(), ctx.Queue()
+        self._procs = [ctx.Process(target=_serve, args=(path, storage_options, self._tasks, self._results),
+                                   daemon=True, name=f"frs-cache-writer-{i}") for i in range(processes)]
+        for p in self._procs:
+            p.start()
+        self._error = None
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._procs)
+
+    def allocate(self, slot_bytes: int, slots: int) -> None:
+        """``slots`` shared-memory slots of ``slot_bytes`` each (a batch's ``Layout.nbytes`` at most)."""
+        self._shm = [shared_memory.SharedMemory(create=True, size=max(slot_bytes, 1)) for _ in range(slots)]
+        self._free = list(range(slots))
+
+    def slot(self) -> tuple[int, memoryview]:
+        """A free slot (index and buffer), waiting for a worker to hand one back if none is free."""
+        while not self._free:
+            self._collect()
+        self._raise()
+        i = self._free.pop()
+        return i, self._shm[i].buf
+
+    def put(self, slot: int, bucket: str, rows: list[int], level_names, layout: Layout) -> None:
+        self._tasks.put((slot, self._shm[slot].name, bucket, rows, list(level_names), layout))
+
+    def _collect(self) -> None:
+        """Wait for one worker to hand a slot back."""
+        while True:
+            try:
+                slot, error = self._results.get(timeout=1.0)
+            except queue.Empty:
+                dead = [p for p in self._procs if not p.is_alive()]
+                if dead:
+                    raise StorageError(f"teacher-cache: writer process {dead[0].name} exited (code "
+                                       f"{dead[0].exitcode}) with batches in flight",
+                                       hint="run the same command with --resume") from None
+                continue
+            self._free.append(slot)
+            if error is not None and self._error is None:
+                self._error = error
+            return
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            code, message = self._error
+            if code is not None:
+                raise OSError(code, message)
+            raise StorageError(f"teacher-cache: a writer process failed: {message}",
+                               hint="run the same command with --resume")
+
+    def close(self, wait: bool = True) -> None:
+        """Wait for every batch in flight (``wait``), stop the workers, free the slots; then raise a worker's
+        error, if one failed. A second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if wait:
+                while len(self._free) < len(self._shm):
+                    self._collect()
+        finally:
+            for _ in self._procs:
+                self._tasks.put(None)
+            for p in self._procs:
+                p.join(timeout=10)
+                if p.is_alive():
+                    p.terminate()
+            for shm in self._shm:
+                shm.close()
+                shm.unlink()
+        if wait:
+            self._raise()
