@@ -4,7 +4,9 @@ Measures, in one run on one card (random weights are fine for timing):
   - teacher inference (features + logits, no post-processing) vs ``frs teacher-cache`` throughput;
   - per teacher -> student pair: plain student step, online-FRS step, cached-FRS step (targets read from disk
     through the real DataLoader), with the share of the step spent waiting for data;
-  - cache bytes per image, and the disk's sequential write bandwidth (the ceiling of teacher-cache there).
+  - cache bytes per image, and the disk's sequential write bandwidth (the ceiling of teacher-cache there);
+  - where teacher-cache's time goes (loader, device, writing), the image loader's rate alone, and the last
+    encoding's teacher-cache rate into a memory-backed folder (--tmpfs), i.e. with the disk taken out.
 Every figure goes to --out as JSON as soon as it exists. Example:
 
     python3 bench/speed.py --out $OUT/speed.json --work /tmp/speed --pairs r50v2-r50,x101-r50,x101-r18
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -64,7 +67,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--workers", type=int, default=10)
-    p.add_argument("--dtypes", default="float16,int8", help="cache encodings to write and read")
+    p.add_argument("--dtypes", default="float16,int8,int5", help="cache encodings to write and read")
+    p.add_argument("--tmpfs", type=Path, default=Path("/dev/shm") if Path("/dev/shm").is_dir() else None,
+                   help="a memory-backed folder: the last encoding's cache is also written there (no disk)")
     args = p.parse_args()
 
     from frs_cli.cache.reader import CachedViews, TeacherCache
@@ -103,6 +108,18 @@ def main() -> None:
                                            collate_fn=collate, pin_memory=dev.type == "cuda", drop_last=True,
                                            prefetch_factor=4, persistent_workers=True)
 
+    # what the image pipeline alone delivers (the writer's loader: decode, resize, flip, batch), no GPU
+    images_only = loader(coco, shuffle=False)
+    for _ in images_only:  # workers started and warm
+        pass
+    t, n = time.perf_counter(), 0
+    for b in images_only:
+        n += len(b.image_ids)
+    del images_only
+    res["loader_img_s"] = n / (time.perf_counter() - t)
+    print(f"loader alone: {res['loader_img_s']:.0f} img/s with {args.workers} workers", flush=True)
+    save()
+
     caches = {}
     for tname in sorted({pair.split("-")[0] for pair in args.pairs.split(",")}):
         torch.manual_seed(0)
@@ -131,11 +148,28 @@ def main() -> None:
             s = write_teacher_cache(recipe, path, ctx=ctx)
             nbytes = TeacherCache(path).nbytes_stored()
             caches[tname, dtype] = (path, recipe)
-            res["teachers"][tname][dtype] = {"cache_views_s": s.views_per_second,
-                                             "cache_over_inference": s.views_per_second / infer,
-                                             "cache_mb_per_view": nbytes["views"] / 1e6 / s.views_total,
-                                             "disk_bound_views_s": res["disk_write_mb_s"] / (nbytes["views"] / 1e6
-                                                                                             / s.views_total)}
+            mb = nbytes["views"] / 1e6 / s.views_total
+            row = {"cache_views_s": s.views_per_second, "cache_over_inference": s.views_per_second / infer,
+                   "cache_mb_per_view": mb, "disk_bound_views_s": res["disk_write_mb_s"] / mb,
+                   "stage_seconds": s.stage_seconds, "loop_seconds": s.seconds}
+            if dtype == dtypes[-1]:  # what each part of the write path brings: threads instead of writer processes,
+                # then the CPU resizing images in the loader workers too (the pipeline before both)
+                for name, kw in (("threads", {"write_processes": 0}),
+                                 ("threads_cpu_resize", {"write_processes": 0, "resize_on_device": False})):
+                    tmp = args.work / f"{tname}_{dtype}_{name}.zarr"
+                    t = write_teacher_cache(recipe, str(tmp), ctx=ctx, **kw)
+                    row[f"{name}_cache_views_s"] = t.views_per_second
+                    row[f"{name}_stage_seconds"] = t.stage_seconds
+                    shutil.rmtree(tmp)
+            if args.tmpfs is not None and dtype == dtypes[-1]:  # the same writer with the disk taken out
+                tmp = args.tmpfs / f"frs_speed_{tname}_{dtype}.zarr"
+                if shutil.disk_usage(args.tmpfs).free > 2 * mb * 1e6 * s.views_total:
+                    t = write_teacher_cache(recipe, str(tmp), ctx=ctx)
+                    row["tmpfs_cache_views_s"] = t.views_per_second
+                    row["tmpfs_cache_over_inference"] = t.views_per_second / infer
+                    row["tmpfs_stage_seconds"] = t.stage_seconds
+                    shutil.rmtree(tmp)
+            res["teachers"][tname][dtype] = row
         save()
         print(tname, res["teachers"][tname], flush=True)
         del teacher
@@ -156,7 +190,7 @@ def main() -> None:
                 obj, ds = FRSObjective(student, teacher.signature, OnlineTeacher(teacher), recipe.distill), coco
             else:
                 store = TeacherCache(path)
-                obj = FRSObjective(student, store.signature, CachedTeacher(store.build_head()), recipe.distill)
+                obj = FRSObjective(student, store.signature, CachedTeacher(store.build_head(), store.dtype), recipe.distill)
                 ds = CachedViews(coco, store)
             obj.to(dev).train()
             opt = torch.optim.SGD([q for q in obj.parameters() if q.requires_grad], lr=1e-4, momentum=0.9)
@@ -178,6 +212,14 @@ def main() -> None:
                     waits.append(t1 - t0)
             row[mode] = {"step_ms": 1000 * median(steps), "data_wait_share": sum(waits) / sum(steps),
                          "data_wait_share_median": median([w / t for w, t in zip(waits, steps)])}
+            if mode != "plain":  # the teacher side alone: the online forward, or decoding + the head on cached features
+                with torch.no_grad(), torch.autocast(**amp):
+                    times = []
+                    for _ in range(8):
+                        t0 = sync_time()
+                        obj.source(batch, need_logits=True)
+                        times.append(sync_time() - t0)
+                row[mode]["teacher_side_ms"] = 1000 * median(times[2:])
             del obj, student
             torch.cuda.empty_cache()
         for d in dtypes:
