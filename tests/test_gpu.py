@@ -86,10 +86,12 @@ def test_gpu_writer_stores_each_batch_whole_after_its_side_stream_copy(synth_roo
         got = cache.read(k)["features"]
         for g, w in zip(got, want):
             w = w[0].float().cpu()
-            # float32 stores the value; int5 is within half its step (max|x_c| / 15 / 2) of it, plus float16 rounding
+            # float32 stores the value, int5 is within half its step (max|x_c| / 15 / 2) of it; on top, TF32
+            # convolutions of a batch of 4 and of 1 differ by ~1e-3 (garbage, zeros or another view differ by ~1)
             amax = w.abs().amax(dim=(-2, -1))[:, None, None]
-            tol = 1e-4 * w.abs().max() if dtype == "float32" else amax * (1 / 30 + 2e-3)
-            assert ((g.float() - w).abs() <= tol).all(), (k, dtype)
+            tol = 1e-2 * w.abs().max() + (0 if dtype == "float32" else amax / 30)
+            err = (g.float() - w).abs()
+            assert (err <= tol).all(), (k, dtype, float(err.max()), float(w.abs().max()))
 
 
 def test_resizing_on_the_gpu_matches_the_cpu_pipeline_to_one_level(jitter_root):

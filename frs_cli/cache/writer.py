@@ -376,6 +376,7 @@ def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: P
                 if on_gpu:
                     images, image_sizes = resize_batch(batch, ctx.device)
                 else:
+                    batch = batch.to(ctx.device)
                     images, image_sizes = batch.images, batch.image_sizes
                 with torch.no_grad(), torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=use_amp):
                     out = teacher(images, image_sizes, detect=False)
