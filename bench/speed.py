@@ -21,13 +21,13 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 ARCH = {"r50v2": "retinanet_resnet50_fpn_v2", "r50": "retinanet_resnet50_fpn", "r18": "retinanet_resnet18_fpn",
         "x101": "retinanet_resnext101_32x8d_fpn", "small": "retinanet_small_fpn", "tiny": "retinanet_tiny_fpn"}
 
 
 def sync_time() -> float:
+    import torch
+
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return time.perf_counter()
@@ -50,6 +50,23 @@ def disk_write_mb_s(directory: Path, total_mb: int = 1024, file_mb: int = 64) ->
     return total_mb * 1.048576 / seconds
 
 
+def repeat(root: Path, times: int) -> None:
+    """Grow the generated train split ``times``-fold with copies of its images under new ids (generation is
+    slow; the writer's throughput only needs many views)."""
+    ann_file = root / "annotations" / "instances_train.json"
+    doc = json.loads(ann_file.read_text())
+    images, anns = list(doc["images"]), list(doc["annotations"])
+    step = max(im["id"] for im in images) + 1
+    ann_step = max([a["id"] for a in anns] + [0]) + 1
+    for k in range(1, times):
+        for im in images:
+            new = {**im, "id": im["id"] + k * step, "file_name": f"{im['id'] + k * step:012d}.jpg"}
+            shutil.copyfile(root / "train" / im["file_name"], root / "train" / new["file_name"])
+            doc["images"].append(new)
+        doc["annotations"] += [{**a, "id": a["id"] + k * ann_step, "image_id": a["image_id"] + k * step} for a in anns]
+    ann_file.write_text(json.dumps(doc))
+
+
 def median(xs):
     xs = sorted(xs)
     return xs[len(xs) // 2] if xs else float("nan")
@@ -61,6 +78,7 @@ def main() -> None:
     p.add_argument("--work", type=Path, required=True)
     p.add_argument("--pairs", default="r50v2-r50,x101-r50,x101-r18")
     p.add_argument("--images", type=int, default=128)
+    p.add_argument("--repeat", type=int, default=4, help="copies of the generated images (teacher-cache runs on all)")
     p.add_argument("--size", type=int, default=1333, help="long side of the generated images")
     p.add_argument("--min-size", type=int, default=800)
     p.add_argument("--max-size", type=int, default=1333)
@@ -72,10 +90,12 @@ def main() -> None:
                    help="a memory-backed folder: the last encoding's cache is also written there (no disk)")
     args = p.parse_args()
 
+    import torch
+
     from frs_cli.cache.reader import CachedViews, TeacherCache
     from frs_cli.cache.writer import write_teacher_cache
     from frs_cli.config import recipe_from_dict
-    from frs_cli.data.coco import CocoViews, ViewSampler, collate
+    from frs_cli.data.coco import CocoViews, OriginalViews, ViewSampler, collate, collate_originals
     from frs_cli.data.synth import SynthConfig, generate
     from frs_cli.models import ModelConfig, build_detector
     from frs_cli.train.dist import setup
@@ -95,6 +115,7 @@ def main() -> None:
     data = args.work / "data"
     if not data.exists():
         generate(data, SynthConfig(train=args.images, val=1, size=args.size, seed=0, aspect_jitter=True))
+        repeat(data, args.repeat)
     base = {"data": {"root": str(data)}, "geometry": {"min_size": args.min_size, "max_size": args.max_size},
             "cache": {"batch_size": args.batch, "workers": args.workers, "preload_mb": 0}}
     dtypes = args.dtypes.split(",")
@@ -115,9 +136,20 @@ def main() -> None:
     t, n = time.perf_counter(), 0
     for b in images_only:
         n += len(b.image_ids)
-    del images_only
     res["loader_img_s"] = n / (time.perf_counter() - t)
-    print(f"loader alone: {res['loader_img_s']:.0f} img/s with {args.workers} workers", flush=True)
+    del images_only
+    originals = torch.utils.data.DataLoader(OriginalViews(coco), batch_size=args.batch, num_workers=args.workers,
+                                            collate_fn=collate_originals, pin_memory=dev.type == "cuda",
+                                            prefetch_factor=4, persistent_workers=True)
+    for _ in originals:
+        pass
+    t, n = time.perf_counter(), 0
+    for b in originals:
+        n += len(b)
+    res["loader_decode_only_img_s"] = n / (time.perf_counter() - t)
+    del originals
+    print(f"loader alone: {res['loader_img_s']:.0f} img/s decoded and resized, "
+          f"{res['loader_decode_only_img_s']:.0f} img/s decoded only ({args.workers} workers)", flush=True)
     save()
 
     caches = {}
