@@ -48,6 +48,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--gpus", type=int, default=2)
     p.add_argument("--images", type=int, default=400)
+    p.add_argument("--repeat", type=int, default=1, help="copies of the generated images (more views, same cost)")
     p.add_argument("--arch", default="retinanet_resnext101_32x8d_fpn")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--workers", type=int, default=6, help="image-decoding workers per process")
@@ -60,7 +61,7 @@ def main() -> None:
     from frs_cli.cache.backend import ZarrBackend
     from frs_cli.config import recipe_from_dict
     from frs_cli.data.coco import CocoViews
-    from frs_cli.data.synth import SynthConfig, generate
+    from frs_cli.data.synth import SynthConfig, generate, replicate
     from frs_cli.models import ModelConfig, build_detector
     from frs_cli.train.checkpoint import atomic_save, model_payload
 
@@ -68,6 +69,7 @@ def main() -> None:
     data = args.work / "data"
     if not data.exists():
         generate(data, SynthConfig(train=args.images, val=1, size=1333, seed=0, aspect_jitter=True))
+        replicate(data, args.repeat)
     ckpt = args.work / "teacher.pt"
     base = recipe_from_dict({"data": {"root": str(data)}, "geometry": {"min_size": 800, "max_size": 1333}})
     coco = CocoViews.from_config(base.data, "train", base.geometry)

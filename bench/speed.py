@@ -50,23 +50,6 @@ def disk_write_mb_s(directory: Path, total_mb: int = 1024, file_mb: int = 64) ->
     return total_mb * 1.048576 / seconds
 
 
-def repeat(root: Path, times: int) -> None:
-    """Grow the generated train split ``times``-fold with copies of its images under new ids (generation is
-    slow; the writer's throughput only needs many views)."""
-    ann_file = root / "annotations" / "instances_train.json"
-    doc = json.loads(ann_file.read_text())
-    images, anns = list(doc["images"]), list(doc["annotations"])
-    step = max(im["id"] for im in images) + 1
-    ann_step = max([a["id"] for a in anns] + [0]) + 1
-    for k in range(1, times):
-        for im in images:
-            new = {**im, "id": im["id"] + k * step, "file_name": f"{im['id'] + k * step:012d}.jpg"}
-            shutil.copyfile(root / "train" / im["file_name"], root / "train" / new["file_name"])
-            doc["images"].append(new)
-        doc["annotations"] += [{**a, "id": a["id"] + k * ann_step, "image_id": a["image_id"] + k * step} for a in anns]
-    ann_file.write_text(json.dumps(doc))
-
-
 def median(xs):
     xs = sorted(xs)
     return xs[len(xs) // 2] if xs else float("nan")
@@ -96,7 +79,7 @@ def main() -> None:
     from frs_cli.cache.writer import write_teacher_cache
     from frs_cli.config import recipe_from_dict
     from frs_cli.data.coco import CocoViews, OriginalViews, ViewSampler, collate, collate_originals
-    from frs_cli.data.synth import SynthConfig, generate
+    from frs_cli.data.synth import SynthConfig, generate, replicate
     from frs_cli.models import ModelConfig, build_detector
     from frs_cli.train.dist import setup
     from frs_cli.train.objectives import CachedTeacher, FRSObjective, GTObjective, OnlineTeacher
@@ -115,7 +98,7 @@ def main() -> None:
     data = args.work / "data"
     if not data.exists():
         generate(data, SynthConfig(train=args.images, val=1, size=args.size, seed=0, aspect_jitter=True))
-        repeat(data, args.repeat)
+        replicate(data, args.repeat)
     base = {"data": {"root": str(data)}, "geometry": {"min_size": args.min_size, "max_size": args.max_size},
             "cache": {"batch_size": args.batch, "workers": args.workers, "preload_mb": 0}}
     dtypes = args.dtypes.split(",")

@@ -528,3 +528,17 @@ def test_original_views_resized_by_resize_batch_equal_the_collated_batch(jitter_
     images, sizes = resize_batch([OriginalViews(ds)[k] for k in keys], "cpu")
     assert sizes == want.image_sizes and torch.equal(images, want.images)
     assert len({tuple(ds.original(k)[0].shape) for k in keys}) > 1  # several original sizes, really resized
+
+
+def test_replicate_grows_the_train_split_with_copies_under_new_ids(synth_root, tmp_path):
+    from frs_cli.data.synth import replicate
+
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    before = CocoIndex(root / "annotations" / "instances_train.json")
+    replicate(root, 3)
+    after = CocoIndex(root / "annotations" / "instances_train.json")
+    assert len(after) == 3 * len(before) and len(set(after.image_ids)) == len(after)
+    assert sum(len(r.category_ids) for r in after.records) == 3 * sum(len(r.category_ids) for r in before.records)
+    ds = CocoViews(after, root / "train", GeometryConfig(64, 64, 32))
+    assert torch.equal(ds[len(before)].image, ds[0].image)  # the first copy of the first image
