@@ -17,6 +17,9 @@ class CacheConfig:
     batch_size: int = 8  # teacher batch (images of one padded size only)
     workers: int = 4  # image-decoding worker processes
     write_processes: int = 4  # processes that checksum and write the batches (0: threads in the main process)
+    # on CUDA, loader workers only decode and the GPU resizes and flips (the same float32 bilinear; a rounding
+    # tie can land one grey level apart); false: the CPU pipeline's pixels, bit for bit, at CPU speed
+    resize_on_gpu: bool = True
     amp: bool = True  # run the teacher in bf16 autocast on CUDA (features are stored in `dtype`)
     preload_mb: int = 2048  # distill reads a cache up to this size into memory once (0: always read per view)
     check_teacher_images: int = 0  # before caching, score the teacher on the first N val images (0: no check)

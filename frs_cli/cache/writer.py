@@ -263,7 +263,7 @@ def write_teacher_cache(recipe, path: str, *, resume: bool = False, ctx: DistCon
     Raises StorageError when a write fails (disk full); what was written stays, ``resume`` continues it.
     Writing happens in ``write_processes`` worker processes (default ``recipe.cache.write_processes``), or in
     ``write_threads`` threads of this process when that is 0. On a GPU, loader workers only decode and the
-    GPU resizes (``resize_on_device``, default: on CUDA devices).
+    GPU resizes (``resize_on_device``, default ``recipe.cache.resize_on_gpu`` on CUDA devices).
     """
     if is_hdf5(path):
         raise ConfigError(f"teacher-cache --out {path!r}: expected a Zarr path or URL, got an HDF5 file name",
@@ -338,7 +338,7 @@ def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: P
             batches += [rows[k : k + cfg.batch_size].tolist() for k in range(0, len(rows), cfg.batch_size)]
         mine = [bt for bt in batches[ctx.rank :: ctx.world_size] if is_pending[bt].any()]
         # on a GPU, workers only decode and the GPU resizes: CPU resizing cannot keep up with the teacher
-        on_gpu = ctx.device.type == "cuda" if resize_on_device is None else resize_on_device
+        on_gpu = (ctx.device.type == "cuda" and cfg.resize_on_gpu) if resize_on_device is None else resize_on_device
         loader = torch.utils.data.DataLoader(
             OriginalViews(dataset) if on_gpu else dataset,
             batch_sampler=ListSampler([[(int(plan.position[i]), VIEW_NAMES[int(plan.view[i])]) for i in bt]
