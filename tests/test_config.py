@@ -186,6 +186,9 @@ def test_dataclass_validation_errors_come_through_as_config_errors():
         recipe_from_dict({"geometry": {"min_size": 0}})
     with pytest.raises(ConfigError, match=r"geometry\.max_size: expected at least min_size"):
         recipe_from_dict({"geometry": {"min_size": 900, "max_size": 800}})
+    with pytest.raises(ConfigError, match=r"write_processes >= 0.*got 8, 4, -1"):
+        recipe_from_dict({"cache": {"write_processes": -1}})
+    assert recipe_from_dict({}).cache.write_processes == 4 and recipe_from_dict({}).cache.resize_on_gpu
 
 
 # --------------------------------------------------------------------------------------------- overrides
