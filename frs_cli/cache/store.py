@@ -147,11 +147,17 @@ def pack(q: Tensor, bits: int) -> Tensor:
     b, c, h, w = q.shape
     if c % 8:
         raise CacheFormatError(f"cache pack: expected a multiple of 8 channels, got {c}")
-    u = (q.to(torch.int64) & (2 ** bits - 1)).view(b, c // 8, 8, h, w)
-    shifts = torch.arange(8, device=q.device, dtype=torch.int64).view(8, 1, 1) * bits
-    word = (u << shifts).sum(dim=2, keepdim=True)  # (B, G, 1, H, W): the fields do not overlap, so sum == or
-    shifts = torch.arange(bits, device=q.device, dtype=torch.int64).view(bits, 1, 1) * 8
-    return ((word >> shifts) & 255).to(torch.uint8).view(b, c * bits // 8, h, w)
+    u = (q.to(torch.int32) & (2 ** bits - 1)).view(b, c // 8, 8, h, w)
+    out = torch.empty((b, c // 8, bits, h, w), dtype=torch.uint8, device=q.device)
+    for k in range(bits):  # byte k: the (at most three) codes whose bits overlap it, shifted into place
+        byte = None
+        for i in range(8):
+            lo = bits * i - 8 * k  # where code i's bit 0 lands, relative to byte k's bit 0
+            if -bits < lo < 8:
+                part = u[:, :, i] << lo if lo >= 0 else u[:, :, i] >> -lo
+                byte = part if byte is None else byte | part
+        out[:, :, k] = byte & 255
+    return out.view(b, c * bits // 8, h, w)
 
 
 def unpack(a: Tensor, bits: int) -> Tensor:
@@ -160,10 +166,13 @@ def unpack(a: Tensor, bits: int) -> Tensor:
     if cb % bits:
         raise CacheFormatError(f"cache unpack: expected a multiple of {bits} bytes per position, got {cb}")
     g = cb // bits
-    shifts = torch.arange(bits, device=a.device, dtype=torch.int64).view(bits, 1, 1) * 8
-    word = (a.reshape(*lead, g, bits, h, w).to(torch.int64) << shifts).sum(dim=-3, keepdim=True)
-    shifts = torch.arange(8, device=a.device, dtype=torch.int64).view(8, 1, 1) * bits
-    u = (word >> shifts) & (2 ** bits - 1)  # (..., G, 8, H, W)
+    x = a.reshape(*lead, g, bits, h, w).to(torch.int32)
+    codes = []
+    for i in range(8):  # code i sits in byte k from bit s on, running into byte k + 1 when s + bits > 8
+        k, s = divmod(bits * i, 8)
+        word = x[..., k, :, :] if s + bits <= 8 else x[..., k, :, :] | (x[..., k + 1, :, :] << 8)
+        codes.append((word >> s) & (2 ** bits - 1))
+    u = torch.stack(codes, dim=-3)  # (..., G, 8, H, W)
     q = u - ((u >> (bits - 1)) << bits)  # two's complement: codes >= 2**(bits-1) are negative
     return q.to(torch.int8).reshape(*lead, g * 8, h, w)
 
