@@ -103,12 +103,11 @@ class Detector(nn.Module):
         """uint8 batch -> float, ImageNet-normalized, padding exactly zero (as torchvision batches)."""
         x = (images.float() - self.pixel_mean) / self.pixel_std
         h, w = x.shape[-2:]
-        if any(s != (h, w) for s in image_sizes):
-            rows = torch.arange(h, device=x.device).view(1, h, 1)
-            cols = torch.arange(w, device=x.device).view(1, 1, w)
-            sizes = torch.tensor(image_sizes, device=x.device)
-            inside = (rows < sizes[:, 0].view(-1, 1, 1)) & (cols < sizes[:, 1].view(-1, 1, 1))
-            x = x * inside.unsqueeze(1)
+        for i, (vh, vw) in enumerate(image_sizes):  # slices, not a sizes tensor: copying one to the GPU syncs
+            if vh < h:
+                x[i, :, vh:, :] = 0.0
+            if vw < w:
+                x[i, :, :vh, vw:] = 0.0
         return x
 
     @property
