@@ -226,3 +226,18 @@ def test_int5_cache_info_distill_visualize_and_hdf5_export(int5_cache, tmp_path)
             for key in a:
                 for x, y in zip(a[key], b[key]):
                     assert x.dtype == y.dtype and torch.equal(x, y)
+
+
+def test_a_bfloat16_cache_reaches_the_teacher_source_as_bfloat16_features(synth_root, teacher_ckpt, tmp_path):
+    """The loader carries only the quantised dtypes raw; bfloat16 arrives as bfloat16 (not its 16-bit pattern),
+    equal to the decoded views."""
+    r = load_recipe(write_recipe(tmp_path / "r.toml", synth_root, str(teacher_ckpt)), ["cache.dtype='bfloat16'"])
+    path = str(tmp_path / "bf16.zarr")
+    write_teacher_cache(r, path, ctx=setup("cpu"))
+    cache = TeacherCache(path)
+    keys = [(0, "orig"), (1, "hflip")]
+    batch = collate([CachedViews(CocoViews.from_config(r.data, "train", r.geometry), cache)[k] for k in keys])
+    assert "scales" not in batch.teacher and batch.teacher["features"][0].dtype == torch.bfloat16
+    targets = CachedTeacher(cache.build_head(), cache.dtype)(batch, need_logits=True)
+    for i, (image_id, view) in enumerate(zip(batch.image_ids, ("orig", "hflip"))):
+        assert torch.equal(targets.features[0][i], cache.read(cache.find(image_id, view))["features"][0])

@@ -162,7 +162,7 @@ class TeacherCache:
         """View ``k``: ``{"features": [(C, H_l, W_l)], "masks": [(H_l, W_l) float16]}``, one chunk per array.
 
         Features come back in the storage dtype (float16 / bfloat16 / float32), or float16 for the scaled dtypes
-        (int8, int6, int5, int4). ``raw``: features as stored (``(C', H_l, W_l)``, see ``store.encode``), plus
+        (int8, int6, int5, int4). ``raw``: the scaled dtypes' features as stored (``(C', H_l, W_l)``, see ``store.encode``), plus
         ``"scales"`` (``(C,)`` float32 per level) for the scaled dtypes; ``store.decode`` turns them into features
         later, e.g. on the GPU.
         """
@@ -173,7 +173,8 @@ class TeacherCache:
         for feat_arr, scale_arr, mask_arr in arrays:
             stored = torch.from_numpy(np.ascontiguousarray(feat_arr[row]))
             scale = None if scale_arr is None else torch.from_numpy(np.ascontiguousarray(scale_arr[row]))
-            feats.append(stored if raw else decode(stored, self.dtype, scale))
+            # raw keeps only the quantised forms (decoding them is real work); bfloat16 is a free bit view
+            feats.append(stored if raw and self.dtype in SCALED_DTYPES else decode(stored, self.dtype, scale))
             scales.append(scale)
             masks.append(torch.from_numpy(np.ascontiguousarray(mask_arr[row])))
         out = {"features": feats, "masks": masks}
