@@ -63,10 +63,25 @@ def write_rows(root: zarr.Group, bucket: str, rows: list[int], level_names, feat
         root[f"buckets/{bucket}/done"][start:stop] = 1
 
 
+def batch_dtypes(levels: int, stored, scaled: bool) -> list[np.dtype]:
+    """The numpy dtype of each array of a batch, in the order the writer hands them over: per level the features
+    (``stored``) and, when ``scaled``, their float32 scales; then the float16 masks of every level."""
+    per_level = [np.dtype(stored), np.dtype(np.float32)] if scaled else [np.dtype(stored)]
+    return per_level * levels + [np.dtype(np.float16)] * levels
+
+
+def split_batch(arrays: list, levels: int, scaled: bool):
+    """Arrays in ``batch_dtypes`` order -> (features, scales or None, masks) per level, as ``write_rows`` takes them."""
+    per = 2 if scaled else 1
+    feats = [arrays[per * lv] for lv in range(levels)]
+    scales = [arrays[per * lv + 1] if scaled else None for lv in range(levels)]
+    return feats, scales, arrays[per * levels :]
+
+
 @dataclass(frozen=True)
 class Layout:
-    """Where one batch's arrays lie in a slot: per array ``(offset, shape, numpy dtype)``, in the order
-    features (and scale when ``scaled``) of each level, then the masks of every level."""
+    """Where one batch's arrays lie in a slot: per array ``(offset, shape, numpy dtype)``, in ``batch_dtypes``
+    order (``scaled``: whether each level has scales)."""
 
     arrays: tuple[tuple[int, tuple[int, ...], str], ...]
     scaled: bool
@@ -88,12 +103,6 @@ class Layout:
         return [np.ndarray(shape, dtype=np.dtype(dtype), buffer=buffer, offset=offset)
                 for offset, shape, dtype in self.arrays]
 
-    def split(self, arrays: list[np.ndarray], levels: int):
-        """(features, scales, masks) per level, as ``write_rows`` takes them."""
-        per = 2 if self.scaled else 1
-        feats = [arrays[per * lv] for lv in range(levels)]
-        scales = [arrays[per * lv + 1] if self.scaled else None for lv in range(levels)]
-        return feats, scales, arrays[per * levels :]
 
 
 def _serve(path: str, storage_options: dict | None, tasks, results) -> None:
@@ -119,7 +128,7 @@ def _serve(path: str, storage_options: dict | None, tasks, results) -> None:
                 if name not in slots:
                     slots[name] = shared_memory.SharedMemory(name=name)
                 arrays = layout.views(slots[name].buf)
-                write_rows(root, bucket, rows, level_names, *layout.split(arrays, len(level_names)))
+                write_rows(root, bucket, rows, level_names, *split_batch(arrays, len(level_names), layout.scaled))
                 del arrays
                 results.put((slot, None))
             except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent as one line

@@ -36,7 +36,7 @@ from frs_cli.cache.schema import (
     make_plan,
     stored_channels,
 )
-from frs_cli.cache.shard_writer import Layout, WriterProcesses, write_rows
+from frs_cli.cache.shard_writer import Layout, WriterProcesses, batch_dtypes, split_batch, write_rows
 from frs_cli.cache.store import codec, encode, is_hdf5, open_existing, open_group, storage_dtype, url_options
 from frs_cli.cache.verify import verify_cache
 from frs_cli.data.coco import CocoViews, ListSampler, OriginalViews, collate, collate_originals, resize_batch
@@ -184,7 +184,7 @@ class _HostCopier:
 
 def _write_batch(root: zarr.Group, bucket: str, rows: list[int], level_names, stored: np.dtype, scaled: bool,
                  host, stages: _Stages) -> None:
-    """Writer thread: wait for one batch's host copy, then write its views (``_write_rows``).
+    """Writer thread: wait for one batch's host copy, then write its views (``write_rows``).
 
     ``host``: ``(tensors, event)`` from ``_HostCopier``; tensors are per level the features (and their scales
     when ``scaled``), then the masks of every level. ``stored``: the features' numpy dtype in the store.
@@ -194,12 +194,8 @@ def _write_batch(root: zarr.Group, bucket: str, rows: list[int], level_names, st
     if event is not None:
         event.synchronize()  # releases the GIL while the device finishes the batch
     t1 = time.perf_counter()
-    arrays = [t.numpy() for t in tensors]
-    n = len(level_names)
-    per_level = 2 if scaled else 1
-    feats = [arrays[per_level * lv].view(stored) for lv in range(n)]  # bfloat16 travels as 16-bit integers
-    scales = [arrays[per_level * lv + 1] if scaled else None for lv in range(n)]
-    masks = arrays[per_level * n :]
+    feats, scales, masks = split_batch([t.numpy() for t in tensors], len(level_names), scaled)
+    feats = [f.view(stored) for f in feats]  # bfloat16 travels as 16-bit integers
     write_rows(root, bucket, rows, level_names, feats, scales, masks)
     stages.add(t1 - t0, time.perf_counter() - t1)
 
@@ -213,9 +209,7 @@ def _dispatch(procs: WriterProcesses, bucket: str, rows: list[int], level_names,
     if event is not None:
         event.synchronize()
     t1 = time.perf_counter()
-    n = len(level_names)
-    per_level = 2 if scaled else 1
-    dtypes = [stored if i < per_level * n and i % per_level == 0 else _NUMPY[t.dtype] for i, t in enumerate(tensors)]
+    dtypes = batch_dtypes(len(level_names), stored, scaled)
     layout = Layout.of([(t.shape, d) for t, d in zip(tensors, dtypes)], scaled)
     slot, buffer = procs.slot()
     t2 = time.perf_counter()
@@ -228,19 +222,15 @@ def _dispatch(procs: WriterProcesses, bucket: str, rows: list[int], level_names,
     stages.add(t1 - t0, time.perf_counter() - t2)
 
 
-_NUMPY = {torch.float16: np.float16, torch.float32: np.float32, torch.int8: np.int8, torch.uint8: np.uint8,
-          torch.int16: np.int16}
-
-
 def _batch_layout(levels, level_sizes, batch: int, stored: np.dtype, dtype: str, scaled: bool) -> Layout:
     """The shared-memory layout of a full batch of one bucket (the largest a slot must hold)."""
-    arrays = []
+    shapes = []
     for lv, (h, w) in zip(levels, level_sizes):
-        arrays.append(((batch, stored_channels(lv.channels, dtype), h, w), stored))
+        shapes.append((batch, stored_channels(lv.channels, dtype), h, w))
         if scaled:
-            arrays.append(((batch, lv.channels), np.float32))
-    arrays += [((batch, h, w), np.float16) for h, w in level_sizes]
-    return Layout.of(arrays, scaled)
+            shapes.append((batch, lv.channels))
+    shapes += [(batch, h, w) for h, w in level_sizes]
+    return Layout.of(list(zip(shapes, batch_dtypes(len(levels), stored, scaled))), scaled)
 
 
 def _reject(root: zarr.Group, faults) -> None:
@@ -357,8 +347,8 @@ def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: P
         stored = np.dtype(storage_dtype(cfg.dtype))
         futures: list[Future] = []
         copier = _HostCopier(ctx.device)
+        scaled = cfg.dtype in SCALED_DTYPES  # features come with per-channel scales
         if procs is not None:
-            scaled = cfg.dtype in SCALED_DTYPES
             procs.allocate(max(_batch_layout(teacher.levels, b["level_sizes"], cfg.batch_size, stored, cfg.dtype,
                                              scaled).nbytes for b in buckets), slots=2 * len(procs))
         in_flight = 2 if procs is not None else 2 * write_threads  # batches waiting in host memory, at most
@@ -395,7 +385,7 @@ def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: P
                         tensors = [t.index_select(0, index) for t in tensors]
                 host = copier.copy(tensors)  # on a side stream: the next batch's forward does not wait for it
                 args = (bucket["name"], [int(plan.row[rows[j]]) for j in keep], level_names, stored,
-                        encoded[0][1] is not None, host, stages)
+                        scaled, host, stages)
                 futures.append(pool.submit(_dispatch, procs, *args) if procs is not None
                                else pool.submit(_write_batch, root, *args))
                 t_wait = time.perf_counter()
