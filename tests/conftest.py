@@ -68,6 +68,19 @@ def assert_same_cache_arrays(got_path, ref_path) -> None:
         np.testing.assert_array_equal(got[name], ref[name], err_msg=name)
 
 
+def first_batch_features(recipe) -> list:
+    """The recipe teacher's fp32 features for the tiny train split's first plan batch (images 0 and 1, both
+    views): what a cache's first four rows hold before encoding."""
+    from frs_cli.data.coco import CocoViews, collate
+    from frs_cli.models import build_detector
+
+    ds = CocoViews.from_config(recipe.data, "train", recipe.geometry)
+    teacher = build_detector(recipe.teacher, ds.index.num_classes).eval()
+    batch = collate([ds[(0, "orig")], ds[(0, "hflip")], ds[(1, "orig")], ds[(1, "hflip")]])
+    with torch.no_grad():
+        return teacher(batch.images, batch.image_sizes, detect=False).features
+
+
 def write_recipe(path: Path, root: Path, weights: str = "", max_size: int = 64, extra: str = "",
                  family: str = "retinanet") -> Path:
     """The tiny recipe: a small teacher and a tiny student of ``family`` (a key of ``FAMILY_ARCHS``)."""
