@@ -205,7 +205,7 @@ def main() -> None:
                 obj, ds = FRSObjective(student, teacher.signature, OnlineTeacher(teacher), recipe.distill), coco
             else:
                 store = TeacherCache(path)
-                obj = FRSObjective(student, store.signature, CachedTeacher(store.build_head(), store.dtype), recipe.distill)
+                obj = FRSObjective(student, store.signature, CachedTeacher.from_cache(store), recipe.distill)
                 ds = CachedViews(coco, store)
             obj.to(dev).train()
             opt = torch.optim.SGD([q for q in obj.parameters() if q.requires_grad], lr=1e-4, momentum=0.9)

@@ -185,7 +185,7 @@ def test_cached_teacher_decodes_a_raw_int5_batch_to_the_decoded_views(int5_cache
     assert [s.shape for s in batch.teacher["scales"]] == [(3, 64)] * 5
     assert batch.teacher["features"][0].dtype == torch.uint8 and batch.teacher["features"][0].shape == (3, 40, 8, 8)
     head = cache.build_head()
-    targets = CachedTeacher(head, "int5")(batch, need_logits=True)
+    targets = CachedTeacher(head, [8, 16, 32, 64, 128], "int5")(batch, need_logits=True)
     views = [cache.read(cache.find(batch.image_ids[i], v)) for i, (_, v) in enumerate(keys)]
     for lv, f in enumerate(targets.features):
         expected = torch.stack([v["features"][lv] for v in views])
@@ -195,7 +195,7 @@ def test_cached_teacher_decodes_a_raw_int5_batch_to_the_decoded_views(int5_cache
     for a, b in zip(targets.cls_logits, logits):
         assert torch.equal(a, b)
     with pytest.raises(FrsError, match="carry per-channel scales, the teacher source expects float16"):
-        CachedTeacher(head)(batch, need_logits=False)
+        CachedTeacher(head, [8, 16, 32, 64, 128])(batch, need_logits=False)
 
 
 def test_int5_cache_info_distill_visualize_and_hdf5_export(int5_cache, tmp_path):
@@ -232,6 +232,6 @@ def test_a_bfloat16_cache_reaches_the_teacher_source_as_bfloat16_features(synth_
     keys = [(0, "orig"), (1, "hflip")]
     batch = collate([CachedViews(CocoViews.from_config(r.data, "train", r.geometry), cache)[k] for k in keys])
     assert "scales" not in batch.teacher and batch.teacher["features"][0].dtype == torch.bfloat16
-    targets = CachedTeacher(cache.build_head(), cache.dtype)(batch, need_logits=True)
+    targets = CachedTeacher.from_cache(cache)(batch, need_logits=True)
     for i, (image_id, view) in enumerate(zip(batch.image_ids, ("orig", "hflip"))):
         assert torch.equal(targets.features[0][i], cache.read(cache.find(image_id, view))["features"][0])

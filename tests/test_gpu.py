@@ -42,7 +42,7 @@ def test_distill_step_on_gpu_cached_and_online_agree(recipe, cache_path):
     torch.manual_seed(0)
     student = build_detector(recipe.student, 5).cuda().eval()
     cfg = replace(recipe.distill, warmup_iters=0)
-    a = FRSObjective(student, cache.signature, CachedTeacher(cache.build_head(), cache.dtype), cfg).cuda()
+    a = FRSObjective(student, cache.signature, CachedTeacher.from_cache(cache), cfg).cuda()
     b = FRSObjective(student, cache.signature, OnlineTeacher(build_detector(recipe.teacher, 5)), cfg).cuda()
     b.adapters.load_state_dict(a.adapters.state_dict())
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):

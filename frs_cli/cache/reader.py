@@ -76,6 +76,12 @@ class TeacherCache:
         return dict(self.attrs["teacher"])
 
     @property
+    def teacher_autocast(self) -> bool:
+        """Whether the teacher ran in bf16 autocast (on CUDA) when this cache was written; caches written before
+        this was recorded were written so on GPUs (on the CPU autocast is off either way)."""
+        return self.teacher.get("autocast", "bfloat16") == "bfloat16"
+
+    @property
     def signature(self) -> FrsSignature:
         """The cached teacher's family, levels and classification channels (what a student must match)."""
         spec = self.teacher["head_spec"]

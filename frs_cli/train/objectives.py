@@ -17,6 +17,7 @@ from frs_cli.data.geometry import level_valid_size
 from frs_cli.errors import FrsError
 from frs_cli.losses import FeatureAdapter, distill_weight, feature_loss, frs_masks, gt_box_masks, head_loss
 from frs_cli.models.base import Detector, FrsSignature, check_compatible
+from frs_cli.train.canvas import crop_stack, level_grids, on_own_canvas
 from frs_cli.train.config import DistillConfig
 
 __all__ = ["CachedTeacher", "FRSObjective", "GTObjective", "OnlineTeacher", "check_compatible", "valid_masks"]
@@ -53,14 +54,28 @@ class TeacherTargets:
         self.features, self.cls_logits, self.masks = features, cls_logits, masks
 
 
+def teacher_autocast(device: torch.device, enabled: bool):
+    """The teacher's precision, the same in ``teacher-cache`` and in distillation: bf16 autocast on CUDA when
+    ``enabled`` (``cache.amp``), else float32, whatever the student trains in."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
+
+
 class CachedTeacher(nn.Module):
     """Teacher targets from a cache: features decoded on the batch's device from their stored form (``dtype``:
-    the cache's ``storage.dtype``), masks as stored, logits recomputed by the cached head."""
+    the cache's ``storage.dtype``), masks as stored, logits recomputed by the cached head on each view's own
+    canvas (``train.canvas``), in the precision the cache was written with (``autocast``)."""
 
-    def __init__(self, cls_head: nn.Module, dtype: str = "float16"):
+    def __init__(self, cls_head: nn.Module, strides: list[int], dtype: str = "float16", autocast: bool = True):
         super().__init__()
         self.cls_head = cls_head.eval().requires_grad_(False)
         self.dtype = dtype
+        self.strides = list(strides)
+        self.autocast = autocast
+
+    @classmethod
+    def from_cache(cls, cache) -> CachedTeacher:
+        """The teacher side of a ``TeacherCache``: its head, strides, storage dtype and teacher precision."""
+        return cls(cache.build_head(), [lv.stride for lv in cache.levels], cache.dtype, cache.teacher_autocast)
 
     def train(self, mode: bool = True):  # the teacher head stays in eval mode
         return super().train(False)
@@ -78,24 +93,42 @@ class CachedTeacher(nn.Module):
         logits = None
         if need_logits:
             dtype = next(self.cls_head.parameters()).dtype
-            logits = self.cls_head([f.to(dtype) for f in feats])
+            strides = self.strides
+
+            def head(indices: list[int], size: tuple[int, int]) -> list[list[Tensor]]:
+                own = [crop_stack(f, indices, g) for f, g in zip(feats, level_grids(size, strides))]
+                with teacher_autocast(own[0].device, self.autocast):
+                    return [self.cls_head([f.to(dtype) for f in own])]
+
+            logits, = on_own_canvas(head, batch.geometries, [tuple(f.shape[-2:]) for f in feats])
         return TeacherTargets(feats, logits, batch.teacher["masks"])
 
 
 class OnlineTeacher(nn.Module):
-    """The original method: run the frozen teacher on the student's batch every step."""
+    """The original method: run the frozen teacher every step, on each view's own canvas (``train.canvas``) and
+    in the precision ``teacher-cache`` uses (``autocast``), so that it computes what a cache holds."""
 
-    def __init__(self, teacher: Detector):
+    def __init__(self, teacher: Detector, autocast: bool = True):
         super().__init__()
         self.teacher = teacher.eval().requires_grad_(False)
+        self.autocast = autocast
 
     def train(self, mode: bool = True):
         return super().train(False)
 
     @torch.no_grad()
     def forward(self, batch: Batch, need_logits: bool) -> TeacherTargets:
-        out = self.teacher(batch.images, batch.image_sizes, detect=False)
-        return TeacherTargets(out.features, out.cls_logits, frs_masks(out.cls_logits))
+        strides = self.teacher.strides
+
+        def run(indices: list[int], size: tuple[int, int]) -> list[list[Tensor]]:
+            images = crop_stack(batch.images, indices, size)
+            with teacher_autocast(images.device, self.autocast):
+                out = self.teacher(images, [batch.image_sizes[i] for i in indices], detect=False)
+            return [out.features, out.cls_logits, frs_masks(out.cls_logits)]
+
+        grids = level_grids(tuple(batch.images.shape[-2:]), strides)
+        features, cls_logits, masks = on_own_canvas(run, batch.geometries, grids)
+        return TeacherTargets(features, cls_logits, masks)
 
 
 class FRSObjective(nn.Module):

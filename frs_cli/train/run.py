@@ -132,13 +132,13 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
         missing = [v for v in views if v not in store.views]
         if missing:
             raise ConfigError(f"distill: the recipe asks for views {list(views)}, the cache holds {store.views}")
-        source = CachedTeacher(store.build_head(), store.dtype)
+        source = CachedTeacher.from_cache(store)
         teacher_signature = store.signature
         dataset = CachedViews(coco, store)
     else:
         check_distillable(recipe.student, recipe.teacher, num_classes)
         teacher = build_detector(recipe.teacher, num_classes)
-        source = OnlineTeacher(teacher)
+        source = OnlineTeacher(teacher, autocast=recipe.cache.amp)
         teacher_signature = teacher.signature
         views = ("orig", "hflip") if cfg.hflip_prob > 0 else ("orig",)
         dataset = coco
