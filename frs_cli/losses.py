@@ -92,10 +92,11 @@ def head_loss(student_cls_logits: Sequence[Tensor], teacher_cls_logits: Sequence
 
 
 def distill_weight(step: int, warmup_iters: int = 500) -> float:
-    """The FRS loss warm-up: ``(step + 1) / warmup_iters`` for the first iterations, then 1 (step 0-based)."""
+    """The FRS loss warm-up ``w(t) = t / warmup_iters`` for the first iterations, then 1, with ``t`` the 0-based
+    iteration, as the authors' code computes it (so the first iteration trains on L_GT alone)."""
     if warmup_iters <= 0:
         return 1.0
-    return min(1.0, (step + 1) / warmup_iters)
+    return min(1.0, step / warmup_iters)
 
 
 def gt_box_masks(boxes: Sequence[Tensor], level_sizes: Sequence[tuple[int, int]], strides: Sequence[int]) -> list[Tensor]:

@@ -403,17 +403,18 @@ def test_head_loss_shape_mismatch_raises_frs_error():
 
 def test_distill_weight_ramps_linearly_then_stays_at_one():
     for step in range(500):
-        assert distill_weight(step, 500) == (step + 1) / 500
-    assert distill_weight(0, 500) == 1 / 500
-    assert distill_weight(499, 500) == 1.0
+        assert distill_weight(step, 500) == step / 500
+    assert distill_weight(0, 500) == 0.0  # the official code's t / 500: the first iteration is GT loss only
+    assert distill_weight(499, 500) == 499 / 500
+    assert distill_weight(500, 500) == 1.0
     for step in (500, 501, 10_000):
         assert distill_weight(step, 500) == 1.0
 
 
 def test_distill_weight_default_warmup_is_500_and_zero_warmup_is_one():
-    assert distill_weight(99) == 100 / 500
+    assert distill_weight(100) == 100 / 500
     assert distill_weight(0, 0) == 1.0
-    assert distill_weight(3, 10) == 4 / 10
+    assert distill_weight(3, 10) == 3 / 10
 
 
 # -------------------------------------------------------------------------------------------- gt_box_masks

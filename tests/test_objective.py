@@ -1,0 +1,42 @@
+"""The objective's wiring: what ``FRSObjective`` returns is L_GT + w(t) * (alpha * L_FPN + beta * L_head), computed
+here independently from the public loss functions and the configured numbers."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from frs_cli.data.coco import CocoViews, collate
+from frs_cli.losses import feature_loss, frs_masks, head_loss
+from frs_cli.models import build_detector
+from frs_cli.train.objectives import FRSObjective, OnlineTeacher, valid_masks
+
+ALPHA, BETA, WARMUP = 0.007, 0.03, 10  # alpha != beta, so swapping them shows
+
+
+@pytest.mark.parametrize("step", [0, 3, 9, 10, 25])
+def test_objective_is_gt_loss_plus_warmed_up_alpha_feature_plus_beta_head_loss(recipe, step):
+    coco = CocoViews.from_config(recipe.data, "train", recipe.geometry)
+    batch = collate([coco[k] for k in [(0, "orig"), (4, "hflip"), (7, "orig")]])
+    torch.manual_seed(0)
+    student = build_detector(recipe.student, coco.index.num_classes).eval()  # fixed BN: two passes agree
+    teacher = build_detector(recipe.teacher, coco.index.num_classes).eval()
+    cfg = replace(recipe.distill, alpha=ALPHA, beta=BETA, warmup_iters=WARMUP, mask="frs")
+    objective = FRSObjective(student, teacher.signature, OnlineTeacher(teacher), cfg)
+    with torch.no_grad():
+        got = objective(batch, step)
+
+        s = student(batch.images, batch.image_sizes, batch.targets)
+        t = teacher(batch.images, batch.image_sizes, detect=False)
+        masks = frs_masks(t.cls_logits)
+        valid = valid_masks(batch.image_sizes, s.features, student.strides)
+        l_fpn = feature_loss(objective.adapters(s.features), t.features, masks, valid)
+        l_head = head_loss(s.cls_logits, t.cls_logits, masks, valid)
+    w = min(1.0, step / WARMUP)  # the official code's t / 500, here t / 10
+    l_gt = sum(float(v) for v in s.losses.values())
+    expected = l_gt + w * (ALPHA * float(l_fpn) + BETA * float(l_head))
+    assert float(l_fpn) > 0 and float(l_head) > 0 and l_gt > 0
+    assert set(got) == set(s.losses) | {"frs_feature", "frs_head"}
+    torch.testing.assert_close(float(sum(got.values())), expected, rtol=1e-6, atol=0.0)
+    torch.testing.assert_close(float(got["frs_feature"]), w * ALPHA * float(l_fpn), rtol=1e-6, atol=0.0)
+    torch.testing.assert_close(float(got["frs_head"]), w * BETA * float(l_head), rtol=1e-6, atol=0.0)
