@@ -4,15 +4,17 @@ One self-contained run (the GPU machines keep nothing between commands):
   1. generate the synthetic benchmark (COCO format);
   2. train the teacher (DDP over all GPUs);
   3. cache it (train split, orig + hflip; and the val split, for mask pictures and statistics);
-  4. train students with one schedule and seed, as many at once as there are GPUs:
+  4. train students with one schedule, the variants and seeds of ``--plan``, side by side on the GPUs:
        a  the student alone (baseline)            b  FRS from the cache
        c  FRS online (teacher every step)         d  feature imitation inside GT boxes only (S = 1 in boxes)
-     then a and b again with a second seed, time allowing;
-  5. write summary.json (metrics, per-epoch mAP, wall times), mask panels and mask statistics under --out.
+     every student logs every iteration (spikes show there); ``--set`` adds settings to every student;
+  5. write summary.json (metrics, per-epoch mAP, wall times, each run's largest value of every loss term),
+     mask panels and mask statistics under --out. ``bench/claim_verdicts.py`` computes the verdicts.
 
 Every stage is the frs command line; this script only orders the runs and collects results. Example:
 
-    python3 bench/frs_claim.py --out $OUT/claim --work /tmp/claim --gpus 2 --deadline 560
+    python3 bench/frs_claim.py --out $OUT/claim --work /tmp/claim --gpus 1 --deadline 560 \
+        --plan "b=0,1,2,3,4 c=0,1,2,3,4 a=0,1,2 d=0,1,2"
 """
 
 from __future__ import annotations
@@ -57,9 +59,9 @@ lr = {lr}
 warmup_iters = 100
 lr_steps = {student_steps}
 grad_clip = 35.0
-workers = 4
+workers = 2
 eval_every = {eval_every}
-log_every = 10
+log_every = 1
 [distill]
 alpha = 0.005
 beta = 0.02
@@ -79,6 +81,39 @@ STUDENTS = {
 }
 
 
+def parse_plan(text: str) -> list[tuple[str, int]]:
+    """``"b=0,1 c=0,1 a=0"`` -> ``[(name, seed)]``, seeds round-robin across the variants (so a cut run still pairs)."""
+    by_kind = {}
+    for part in text.split():
+        kind, seeds = part.split("=")
+        names = [n for n in STUDENTS if n.startswith(kind + "_")]
+        if len(names) != 1:
+            raise SystemExit(f"--plan: expected variants among {sorted(n[0] for n in STUDENTS)}, got {kind!r}")
+        by_kind[names[0]] = [int(x) for x in seeds.split(",") if x]
+    jobs, depth = [], max(len(v) for v in by_kind.values())
+    for i in range(depth):
+        jobs += [(name, seeds[i]) for name, seeds in by_kind.items() if i < len(seeds)]
+    return jobs
+
+
+def loss_peaks(metrics: Path) -> dict:
+    """Each loss term's largest value and, for the FRS terms, the worst ratio to the median of the 50 iterations
+    before it (a spike: above 3x)."""
+    import statistics
+
+    rows = [json.loads(x) for x in metrics.read_text().splitlines()]
+    rows = [r for r in rows if "iter" in r]
+    terms = [k for k in rows[0] if k not in ("epoch", "iter", "lr", "img_s", "data_wait")] if rows else []
+    out = {"max": {k: max(r[k] for r in rows) for k in terms}, "spike_ratio": {}}
+    for k in (t for t in terms if t.startswith("frs_")):
+        values = [r[k] for r in rows]
+        ratios = [values[i] / statistics.median(values[i - 50:i]) for i in range(50, len(values))
+                  if statistics.median(values[i - 50:i]) > 0]
+        worst = max(range(len(ratios)), key=ratios.__getitem__) if ratios else None
+        out["spike_ratio"][k] = {"ratio": ratios[worst], "iter": rows[worst + 50]["iter"]} if ratios else None
+    return out
+
+
 def lr_steps(epochs: int) -> list[int]:
     """The official 2x schedule's decays (epochs 16 and 22 of 24), scaled to ``epochs``."""
     return sorted({max(1, round(epochs * 16 / 24)), max(1, round(epochs * 22 / 24))})
@@ -90,7 +125,7 @@ def log(msg: str) -> None:
 
 def frs(args, gpus: str, logfile: Path, nproc: int = 1) -> subprocess.Popen:
     # Several processes share the host: cap each one's CPU threads (its GPU work needs few).
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpus, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "4"}
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpus, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "frs_cli", *args]
@@ -134,14 +169,16 @@ def main() -> None:
     p.add_argument("--anchor", type=int, default=16)
     p.add_argument("--min-object", type=float, default=10.0, help="smallest object diameter, px")
     p.add_argument("--eval-every", type=int, default=2, help="student val mAP every this many epochs")
-    p.add_argument("--teacher-epochs", type=int, default=14)
-    p.add_argument("--student-epochs", type=int, default=8)
+    p.add_argument("--teacher-epochs", type=int, default=36)
+    p.add_argument("--student-epochs", type=int, default=12)
     p.add_argument("--batch", type=int, default=64, help="images per step (per GPU)")
     p.add_argument("--lr", type=float, default=0.04)
-    p.add_argument("--seeds", default="0,1")
-    p.add_argument("--deadline", type=float, default=560.0, help="seconds; later runs are skipped, not cut")
-    p.add_argument("--jobs-per-gpu", type=int, default=2,
-                   help="students trained at once on one GPU (torchvision's per-image loss code bounds one process)")
+    p.add_argument("--plan", default="b=0,1,2,3,4 c=0,1,2,3,4 a=0,1,2 d=0,1,2",
+                   help="variants (a alone, b cache, c online, d GT boxes) and their seeds")
+    p.add_argument("--set", dest="sets", action="append", default=[], help="KEY=VALUE for every student")
+    p.add_argument("--deadline", type=float, default=560.0,
+                   help="seconds; later runs are skipped, and runs still going at this time are stopped and marked cut")
+    p.add_argument("--jobs-per-gpu", type=int, default=16, help="students trained at once on one GPU")
     args = p.parse_args()
     t0 = time.time()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -209,8 +246,8 @@ def main() -> None:
     (logs / "cache_info.txt").write_text(info.stdout)
     save()
 
-    jobs = [(name, seed) for seed in [int(s) for s in args.seeds.split(",")] for name in STUDENTS
-            if seed == int(args.seeds.split(",")[0]) or name in ("a_alone", "b_frs_cache")]
+    jobs = parse_plan(args.plan)
+    summary["cut"] = []
     running: dict[int, tuple] = {}
     free = [g for _ in range(args.jobs_per_gpu) for g in range(args.gpus)]  # slots, GPUs filled in turn
     slot_gpu = dict(enumerate(free))
@@ -232,8 +269,20 @@ def main() -> None:
             run_dir = args.work / f"{name}_s{seed}"
             cmd = [c.format(cache=cache) for c in STUDENTS[name]]
             cmd = [cmd[0], "-p", str(recipe), *cmd[1:], "--out", str(run_dir), "--set", tw, "--set", f"train.seed={seed}"]
+            cmd += [x for kv in args.sets for x in ("--set", kv)]
             lf = logs / f"{name}_s{seed}.log"
             running[slot] = (frs(cmd, str(gpu), lf), name, seed, run_dir, time.time(), lf)
+        if time.time() - t0 > args.deadline:  # stop what still runs; its metrics so far travel back
+            for slot, (proc, name, seed, run_dir, _, _) in list(running.items()):
+                proc.kill()
+                proc.wait()
+                if (run_dir / "metrics.jsonl").exists():
+                    shutil.copy(run_dir / "metrics.jsonl", logs / f"{name}_s{seed}.metrics.jsonl")
+                summary["cut"].append(f"{name} seed {seed}")
+                log(f"deadline: stopped {name} seed {seed}")
+                del running[slot]
+            save()
+            break
         if time.time() - last_save > 30:  # progress so far travels back even if the command is cut off
             for _, name, seed, run_dir, _, _ in running.values():
                 if (run_dir / "metrics.jsonl").exists():
@@ -249,7 +298,8 @@ def main() -> None:
             hist = history(run_dir)
             durations.append(time.time() - started)
             summary["runs"][f"{name}_s{seed}"] = {"final": hist[-1] if hist else None, "history": hist,
-                                                  "img_s": throughput(run_dir), "seconds": time.time() - started}
+                                                  "img_s": throughput(run_dir), "seconds": time.time() - started,
+                                                  "losses": loss_peaks(run_dir / "metrics.jsonl")}
             shutil.copy(run_dir / "metrics.jsonl", logs / f"{name}_s{seed}.metrics.jsonl")
             log(f"{name} seed {seed}: {hist[-1] if hist else None}")
             save()

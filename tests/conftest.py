@@ -201,3 +201,48 @@ def family_cache(tmp_path_factory, synth_root):
         return made[family]
 
     return get
+
+
+# Three canvases in both orientations: 96 px images of 96x96, 96x72 and 72x96 resized to a 64 px short side
+# (at most 128) and padded to 32 give 64x64, 96x64 and 64x96 canvases (the bucket names of the cache).
+MIXED_GEOMETRY = "\n[geometry]\nmin_size = 64\nmax_size = 128\nsize_divisible = 32\n"
+
+
+@pytest.fixture(scope="session")
+def mixed_cache(tmp_path_factory):
+    """``family -> (recipe, cache path, batch keys)``: a seeded random small teacher of that family cached (on the
+    CPU) over a split of three canvases, both views; the keys name one batch that holds all three, orig and hflip."""
+    from frs_cli.cache.writer import write_teacher_cache
+    from frs_cli.config import load_recipe
+    from frs_cli.data.synth import SynthConfig, generate
+    from frs_cli.train.dist import setup
+
+    root = tmp_path_factory.mktemp("mixed") / "data"
+    generate(root, SynthConfig(train=12, val=2, size=96, seed=5, min_object=12, max_objects=3, aspect_jitter=True))
+    made = {}
+
+    def get(family: str):
+        if family not in made:
+            d = tmp_path_factory.mktemp(f"mixed_{family}")
+            teacher, _, anchor_size = FAMILY_ARCHS[family]
+            ckpt = save_random_model(d / "teacher.pt", teacher, root, anchor_size, seed=3)
+            path = write_recipe(d / "recipe.toml", root, str(ckpt), family=family)
+            text = path.read_text()
+            start = text.index("[geometry]")
+            path.write_text(text[:start] + MIXED_GEOMETRY.lstrip() + text[text.index("[teacher]"):])
+            recipe = load_recipe(path)
+            write_teacher_cache(recipe, str(d / "cache.zarr"), ctx=setup("cpu"))
+            from frs_cli.data.coco import CocoViews
+
+            coco = CocoViews.from_config(recipe.data, "train", recipe.geometry)
+            keys, seen = [], set()
+            for pos in range(len(coco)):
+                for view in ("orig", "hflip"):
+                    size = coco.geometry_of(pos, view).padded_size
+                    if (size, view) not in seen:
+                        seen.add((size, view))
+                        keys.append((pos, view))
+            made[family] = (recipe, str(d / "cache.zarr"), keys)
+        return made[family]
+
+    return get
