@@ -42,6 +42,7 @@ from frs_cli.cache.verify import verify_cache
 from frs_cli.data.coco import CocoViews, ListSampler, OriginalViews, collate, collate_originals, resize_batch
 from frs_cli.errors import CacheFormatError, CacheMismatchError, ConfigError
 from frs_cli.files import storage_errors
+from frs_cli.lock import job_lock
 from frs_cli.losses import frs_masks
 from frs_cli.models import build_detector, check_distillable, model_fingerprint
 from frs_cli.progress import NullProgress, Progress
@@ -251,6 +252,7 @@ def write_teacher_cache(recipe, path: str, *, resume: bool = False, ctx: DistCon
     ``recipe.cache.check_teacher_images`` > 0 the teacher is first scored on that many val images, and
     nothing is written when its AP is below ``recipe.cache.min_teacher_map`` (ModelError).
     Raises StorageError when a write fails (disk full); what was written stays, ``resume`` continues it.
+    One writer per cache: LockError, naming the holder, while another writer holds ``path`` (``frs_cli.lock``).
     Writing happens in ``write_processes`` worker processes (default ``recipe.cache.write_processes``), or in
     ``write_threads`` threads of this process when that is 0. On a GPU, loader workers only decode and the
     GPU resizes (``resize_on_device``, default ``recipe.cache.resize_on_gpu`` on CUDA devices).
@@ -262,13 +264,15 @@ def write_teacher_cache(recipe, path: str, *, resume: bool = False, ctx: DistCon
     n_procs = cfg.write_processes if write_processes is None else write_processes
     if str(path).startswith("memory://"):
         n_procs = 0  # an in-memory store exists in this process only
-    # started first, so they import while the teacher loads
-    procs = WriterProcesses(path, url_options(path), n_procs) if n_procs else None
-    try:
-        return _write(recipe, path, resume, ctx, progress, write_threads, procs, resize_on_device)
-    finally:
-        if procs is not None:
-            procs.close(wait=False)  # after an error; the normal path has closed them already
+    ctx = ctx or setup()
+    with job_lock(path, ctx, what="teacher-cache --out"):  # one writer per cache (rank 0 holds it for the job)
+        # started first, so they import while the teacher loads
+        procs = WriterProcesses(path, url_options(path), n_procs) if n_procs else None
+        try:
+            return _write(recipe, path, resume, ctx, progress, write_threads, procs, resize_on_device)
+        finally:
+            if procs is not None:
+                procs.close(wait=False)  # after an error; the normal path has closed them already
 
 
 def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: Progress | None, write_threads: int,
