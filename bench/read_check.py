@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -90,6 +91,16 @@ def _time_check_alone(levels, crcs, dtype: str, views: int, repeats: int) -> flo
     return (time.perf_counter() - t) / (repeats * views) * 1e3
 
 
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="JSON file to write")
@@ -111,7 +122,7 @@ def main() -> None:
                              "read_and_check_ms": checked, "check_alone_ms": alone,
                              "check_GB_per_s": view_bytes / 1e6 / alone if alone else None})
                 print(json.dumps(rows[-1]))
-    result = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}, one thread",
+    result = {"machine": f"{_cpu()}, {os.cpu_count()} cores (shared), one thread",
               "date": time.strftime("%Y-%m-%d"), "command": "python3 bench/read_check.py --out " + args.out,
               "views": args.views, "repeats": args.repeats, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
