@@ -69,7 +69,7 @@ def _proc_start(pid: int) -> str | None:
 def holder_record(command: str | None = None) -> dict:
     """What a lock says about the process that takes it."""
     return {"host": socket.gethostname(), "pid": os.getpid(), "proc_start": _proc_start(os.getpid()),
-            "started": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "started": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "command": command if command is not None else " ".join(["frs", *sys.argv[1:]])}
 
 
@@ -115,9 +115,9 @@ def _read(path: Path) -> tuple[dict, float] | None:
         return None
     try:
         holder = json.loads(text)
-        if not isinstance(holder, dict):
-            raise ValueError
     except ValueError:
+        holder = None
+    if not isinstance(holder, dict):
         holder = {"host": "?", "pid": None, "started": "?", "command": "?"}
     return holder, st.st_mtime
 
@@ -199,7 +199,7 @@ def output_lock(path: str | Path, *, command: str | None = None, enabled: bool =
                     text.split("://")[0])
         yield None
         return
-    local = Path(text[len("file://"):] if text.startswith("file://") else text)
+    local = Path(text.removeprefix("file://"))
     lock = lock_path(local)
     lock.parent.mkdir(parents=True, exist_ok=True)
     holder = holder_record(command)

@@ -24,7 +24,6 @@ import zarr
 from conftest import assert_same_cache_arrays
 from typer.testing import CliRunner
 
-from frs_cli.cache.reader import TeacherCache
 from frs_cli.cache.verify import verify_cache
 from frs_cli.cli.app import app
 from frs_cli.lock import lock_path
@@ -32,7 +31,8 @@ from frs_cli.lock import lock_path
 runner = CliRunner()
 BUCKET = "buckets/64x64"
 REPO = Path(__file__).resolve().parents[1]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1",
+       "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
 
 
 def run(*args):
@@ -173,7 +173,7 @@ def test_second_distill_on_one_out_is_refused_and_the_first_finishes(recipe_path
 
 
 def test_ctrl_c_releases_the_lock(monkeypatch, recipe_path, tmp_path):
-    import frs_cli.cache.writer as writer
+    from frs_cli.cache import writer
 
     def interrupted(*args, **kwargs):
         assert lock_path(out).exists()  # held while the cache is written
@@ -195,9 +195,8 @@ def test_lock_rules_for_other_hosts_reused_pids_urls_and_torchrun_ranks(tmp_path
     other = {"host": "another-host", "pid": 1, "proc_start": "1", "started": "2026-12-01T00:00:00Z",
              "command": "frs teacher-cache --out c.zarr"}
     lock.write_text(json.dumps(other))  # another host, heartbeat fresh: live
-    with pytest.raises(LockError, match="pid 1 on host another-host since 2026-12-01T00:00:00Z"):
-        with output_lock(out):
-            pass
+    with pytest.raises(LockError, match="pid 1 on host another-host since 2026-12-01T00:00:00Z"), output_lock(out):
+        pass
     old = time.time() - STALE_AFTER_S - 5  # its heartbeat stopped: broken
     os.utime(lock, (old, old))
     with output_lock(out) as held:
@@ -206,10 +205,9 @@ def test_lock_rules_for_other_hosts_reused_pids_urls_and_torchrun_ranks(tmp_path
     lock.write_text(json.dumps({**other, "host": socket.gethostname(), "pid": os.getpid(), "proc_start": "0"}))
     with output_lock(out):  # this host, our pid but another start time: a reused pid, stale
         pass
-    with output_lock("memory://x.zarr"):  # in-process registry
-        with pytest.raises(LockError, match="holds its lock \\(in this process\\)"):
-            with output_lock("memory://x.zarr"):
-                pass
+    with output_lock("memory://x.zarr"), pytest.raises(LockError, match="holds its lock \\(in this process\\)"), \
+            output_lock("memory://x.zarr"):  # in-process registry
+        pass
     with output_lock("memory://x.zarr"):  # released
         pass
     with output_lock(f"file://{tmp_path}/u.zarr") as held:
@@ -303,7 +301,7 @@ def test_resume_with_writer_processes_rewrites_a_truncated_shard(recipe_path, ca
 def _truncated_shard_preloaded(t):
     c = _copy(t.cache, t.tmp)
     _truncate(c / BUCKET / "P4" / "features" / "c.2.0.0.0")
-    return c, [], [f"array buckets/64x64/P4/features of bucket 64x64 is unreadable", "--resume repairs it"]
+    return c, [], ["array buckets/64x64/P4/features of bucket 64x64 is unreadable", "--resume repairs it"]
 
 
 def _truncated_shard_read_per_view(t):
@@ -324,8 +322,8 @@ def _flipped_feature_byte(t):
 def _flipped_mask_byte(t):
     c = _copy(t.cache, t.tmp)
     _flip_every_view(c / BUCKET / "P5" / "mask")
-    return c, ["--set", "cache.preload_mb=0"], ["image ", "(bucket 64x64, row ", "): P5/mask does not match its "
-                                                "stored checksum"]
+    return c, ["--set", "cache.preload_mb=0"], ["image ", "(bucket 64x64, row ",
+                                                "): P5/mask does not match its stored checksum"]
 
 
 def _nan_bytes_in_features(t):
@@ -348,8 +346,9 @@ def _nan_written_by_the_teacher(t):
     for k in range(len(values)):
         crcs[k, 2 * 3] = view_crc(values[k])  # P6 is the fourth level: as if the teacher had written the NaN
     f[...], crc[...] = values, crcs
-    return c, [], ["image ", "(bucket 64x64, row ", "): P6/features holds a non-finite number (NaN or inf), "
-                   "and its checksum matches: the teacher wrote it", "check the teacher's weights"]
+    return c, [], ["image ", "(bucket 64x64, row ",
+                   "): P6/features holds a non-finite number (NaN or inf), and its checksum matches: the teacher",
+                   "check the teacher's weights"]
 
 
 def _shard_file_deleted(t):

@@ -38,7 +38,8 @@ def repair_hint(path: str, kind: str = "zarr") -> str:
         return ("an exported file is not repaired in place: repair the Zarr cache it was exported from with "
                 "frs teacher-cache --pipeline RECIPE --out ZARR --resume, then frs cache export ZARR "
                 f"{path} again")
-    return f"frs cache verify {path} lists the damage; frs teacher-cache --pipeline RECIPE --out {path} --resume repairs it"
+    return (f"frs cache verify {path} lists the damage; frs teacher-cache --pipeline RECIPE --out {path} --resume "
+            "repairs it")
 
 
 class TeacherCache:
@@ -61,8 +62,9 @@ class TeacherCache:
                                    hint="run teacher-cache with --resume to finish it")
         missing = [n for n in self.required_arrays() if not root.has(n)]
         if any(n.startswith("index/") for n in missing) or (require_complete and missing):
+            shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
             raise CacheFormatError(f"cache {self.path!r}: expected every array of the cache format, "
-                                   f"{len(missing)} missing ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})",
+                                   f"{len(missing)} missing ({shown})",
                                    hint=repair_hint(self.path, root.kind))
         self.levels = [LevelSpec(d["name"], d["stride"], d["channels"]) for d in self.attrs["levels"]]
         self.buckets = [Bucket.from_dict(b) for b in self.attrs["buckets"]]
@@ -301,8 +303,8 @@ def check_view(cache: TeacherCache, k: int, level: str, feats: np.ndarray, scale
         raise cache._fault(k, f"{level}/mask", "does not match its stored checksum")
     for array, values in ((f"{level}/features", feats), (f"{level}/scale", scale), (f"{level}/mask", mask)):
         if values is not None and not _finite(values, cache.dtype):
-            raise cache._fault(k, array, "holds a non-finite number (NaN or inf), and its checksum matches: the teacher "
-                               "wrote it", hint="check the teacher's weights (teacher-cache --check-teacher N), then "
+            raise cache._fault(k, array, "holds a non-finite number (NaN or inf), and its checksum matches: "
+                               "the teacher wrote it", hint="check the teacher's weights (teacher-cache --check-teacher N), then "
                                "write the cache again to a new path")
 
 

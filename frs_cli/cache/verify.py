@@ -119,14 +119,16 @@ def verify_cache(path: str, *, storage_options: dict | None = None, progress: Pr
         crc_name = f"{prefix}/crc"
         stored = {n: backend.stored_chunks(f"{prefix}/{n}") for n in present}
         crcs = arrays["crc"][...] if "crc" in arrays else None
-        scales = ({lv.name: None if f"{prefix}/{lv.name}/scale" in missing else backend.array(f"{prefix}/{lv.name}/scale")
-                   for lv in cache.levels} if cache.dtype in SCALED_DTYPES else None)
+        scale_names = {lv.name: f"{prefix}/{lv.name}/scale" for lv in cache.levels}
+        scales = ({lv: None if n in missing else backend.array(n) for lv, n in scale_names.items()}
+                  if cache.dtype in SCALED_DTYPES else None)
         for row in np.flatnonzero(done[bucket.name]).tolist():
             problems = []
             if crcs is None or (stored["crc"] is not None and backend.chunk_key(crc_name, row) not in stored["crc"]):
                 problems.append(("crc", MISSING))
             for j, n in enumerate(names):
-                if n not in arrays or (stored[n] is not None and backend.chunk_key(f"{prefix}/{n}", row) not in stored[n]):
+                gone = stored.get(n) is not None and backend.chunk_key(f"{prefix}/{n}", row) not in stored[n]
+                if n not in arrays or gone:
                     problems.append((n, MISSING))
                     continue
                 level, kind = n.split("/")

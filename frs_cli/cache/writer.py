@@ -361,7 +361,8 @@ def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: P
                 if resume:
                     report = verify_cache(path, progress=progress)
                     if report.missing_arrays:
-                        log.warning("cache %s: %d arrays are missing; recreating them", path, len(report.missing_arrays))
+                        log.warning("cache %s: %d arrays are missing; recreating them", path,
+                                    len(report.missing_arrays))
                         _repair_arrays(open_group(path, mode="r+"), report.missing_arrays, plan, teacher, cfg)
                         already_complete = False
                         report = verify_cache(path, progress=progress)  # the views, now that every array exists
