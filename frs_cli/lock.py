@@ -51,10 +51,10 @@ _memory_guard = threading.Lock()
 
 
 def lock_path(path: str | Path) -> Path:
-    """The lock file of the output ``path``: ``.<name>.lock`` in the same directory."""
-    p = Path(path)
-    name = p.name or p.resolve().name
-    return p.parent / f".{name}.lock"
+    """The lock file of the output ``path``: ``.<name>.lock`` in the same directory (``path`` made absolute
+    first, so ``--out .`` is locked beside the directory, not inside it)."""
+    p = Path(os.path.abspath(path))
+    return p.parent / f".{p.name}.lock"
 
 
 def _proc_start(pid: int) -> str | None:
