@@ -57,3 +57,7 @@ class Interrupted(FrsError):
 
 class StorageError(FrsError):
     """Writing to a file or store failed (disk full, no permission, ...); what was written before stays valid."""
+
+
+class LockError(FrsError):
+    """Another writer holds the output (a cache or a run directory); its lock names it."""

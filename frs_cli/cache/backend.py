@@ -37,6 +37,14 @@ class ZarrBackend:
     def array(self, name: str):
         return self.root[name]
 
+    def has(self, name: str) -> bool:
+        """Whether the array ``name`` (a path in the group) exists."""
+        try:
+            self.root[name]
+        except KeyError:
+            return False
+        return True
+
     def arrays(self, group: str) -> list[tuple[str, object]]:
         """The arrays directly inside ``group``, by name."""
         return sorted(self.root[group].arrays())
@@ -103,6 +111,9 @@ class HDF5Backend:
         if name not in self.file:
             raise CacheFormatError(f"cache {self.path!r}: holds no array {name!r}")
         return self.file[name]
+
+    def has(self, name: str) -> bool:
+        return name in self.file
 
     def arrays(self, group: str) -> list[tuple[str, object]]:
         import h5py

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from frs_cli.cache.reader import TeacherCache
 from frs_cli.cache.store import is_hdf5, is_url
+from frs_cli.cache.verify import verify_cache
 from frs_cli.errors import CacheFormatError, ConfigError
 from frs_cli.files import atomic_path
 from frs_cli.progress import NullProgress, Progress
@@ -34,7 +35,8 @@ def export_hdf5(source: str, out: str | Path, *, storage_options: dict | None = 
                 progress: Progress | None = None) -> ExportSummary:
     """Copy the complete cache at ``source`` (Zarr path or URL) to the HDF5 file ``out`` (a local path).
 
-    Raises CacheFormatError when ``source`` is not a complete cache, ConfigError for a bad ``out``,
+    The source is verified first (``verify_cache``). Raises CacheFormatError when ``source`` is not a complete,
+    intact cache (nothing is written then), ConfigError for a bad ``out``,
     StorageError when writing fails (nothing is left under ``out`` then).
     """
     import h5py
@@ -46,6 +48,9 @@ def export_hdf5(source: str, out: str | Path, *, storage_options: dict | None = 
     cache = TeacherCache(source, require_complete=True, storage_options=storage_options)
     if cache.backend.kind != "zarr":
         raise CacheFormatError(f"cache export: expected a Zarr cache to export, {source!r} is already HDF5")
+    report = verify_cache(source, storage_options=storage_options, progress=progress)  # never copy damage
+    if not report.ok:
+        raise CacheFormatError(f"cache export: expected an intact cache, {report.summary()}; nothing exported")
     arrays = list(cache.backend.walk())
     total_rows = sum(a.shape[0] for name, a in arrays if name.startswith("buckets/") and a.ndim)
     progress.start("export", total_rows, unit="row")

@@ -14,12 +14,32 @@ import torch
 from torch import Tensor
 
 from frs_cli.cache.backend import open_backend
-from frs_cli.cache.schema import SCALED_DTYPES, VIEW_CODES, Bucket
+from frs_cli.cache.schema import SCALED_DTYPES, VIEW_CODES, Bucket, required_arrays
 from frs_cli.cache.store import decode
 from frs_cli.data.coco import CocoViews, Sample
 from frs_cli.data.geometry import ViewGeometry
 from frs_cli.errors import CacheFormatError, CacheMismatchError
 from frs_cli.models.base import FrsSignature, LevelSpec
+
+
+def required_cache_arrays(attrs: dict) -> list[str]:
+    """Every array a cache with root attributes ``attrs`` must hold (``schema.required_arrays``), with the
+    teacher head's parameter names from its recorded ``head_spec``."""
+    from frs_cli.models import build_cls_head
+
+    head = build_cls_head(attrs["teacher"]["head_spec"])
+    return required_arrays(attrs, list(head.state_dict()))
+
+
+def repair_hint(path: str, kind: str = "zarr") -> str:
+    """What repairs a damaged cache at ``path``: ``teacher-cache --resume`` for Zarr; an exported HDF5 file is
+    not repaired in place (``teacher-cache`` refuses ``.h5``), it is exported again from a repaired Zarr cache."""
+    if kind == "hdf5":
+        return ("an exported file is not repaired in place: repair the Zarr cache it was exported from with "
+                "frs teacher-cache --pipeline RECIPE --out ZARR --resume, then frs cache export ZARR "
+                f"{path} again")
+    return (f"frs cache verify {path} lists the damage; frs teacher-cache --pipeline RECIPE --out {path} --resume "
+            "repairs it")
 
 
 class TeacherCache:
@@ -40,6 +60,12 @@ class TeacherCache:
         if require_complete and self.attrs.get("state") != "complete":
             raise CacheFormatError(f"cache {self.path!r}: is incomplete (its writer did not finish)",
                                    hint="run teacher-cache with --resume to finish it")
+        missing = [n for n in self.required_arrays() if not root.has(n)]
+        if any(n.startswith("index/") for n in missing) or (require_complete and missing):
+            shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+            raise CacheFormatError(f"cache {self.path!r}: expected every array of the cache format, "
+                                   f"{len(missing)} missing ({shown})",
+                                   hint=repair_hint(self.path, root.kind))
         self.levels = [LevelSpec(d["name"], d["stride"], d["channels"]) for d in self.attrs["levels"]]
         self.buckets = [Bucket.from_dict(b) for b in self.attrs["buckets"]]
         self.dtype = self.attrs["storage"]["dtype"]
@@ -51,6 +77,11 @@ class TeacherCache:
         self._lookup = {(int(i), int(v)): k for k, (i, v) in enumerate(zip(self.image_id, self.view))}
         self._arrays = None
         self._memory = None
+        self._crcs = None  # (pid, {bucket: stored checksums})
+
+    def required_arrays(self) -> list[str]:
+        """Every array the format requires of this cache (``schema.required_arrays``), the teacher head included."""
+        return required_cache_arrays(self.attrs)
 
     @property
     def backend(self):
@@ -60,7 +91,7 @@ class TeacherCache:
         return self._backend
 
     def __getstate__(self) -> dict:  # store handles stay behind; each process opens its own
-        return {**self.__dict__, "_backend": None, "_arrays": None, "_pid": None}
+        return {**self.__dict__, "_backend": None, "_arrays": None, "_pid": None, "_crcs": None}
 
     # -- what the cache holds -------------------------------------------------------------------------
     @property
@@ -155,14 +186,41 @@ class TeacherCache:
 
         Worth it for caches that fit in RAM: per-view reads of small views are dominated by per-call overhead.
         """
-        self._memory = {name: [tuple(None if a is None else a[...] for a in level) for level in arrays]
-                        for name, arrays in self._open().items()}
+        memory = {}
+        for name, arrays in self._open().items():
+            memory[name] = [tuple(None if a is None else self._whole(a, name) for a in level) for level in arrays]
+        self._memory = memory
+
+    def _whole(self, arr, bucket: str) -> np.ndarray:
+        try:
+            return arr[...]
+        except (ValueError, RuntimeError, OSError) as exc:  # a truncated shard, a codec failure, I/O
+            raise CacheFormatError(f"cache {self.path!r}: array {_array_name(arr)} of bucket {bucket} is "
+                                   f"unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})",
+                                   hint=repair_hint(self.path, self.backend.kind)) from exc
 
     def _level_arrays(self, backend, bucket: str, level: str) -> tuple:
         """(features, scale or None, mask) arrays of one level of one bucket."""
         prefix = f"buckets/{bucket}/{level}"
         scale = backend.array(f"{prefix}/scale") if self.dtype in SCALED_DTYPES else None
         return backend.array(f"{prefix}/features"), scale, backend.array(f"{prefix}/mask")
+
+    def _checksums(self, bucket: str) -> np.ndarray:
+        """The stored CRC-32s of every view of ``bucket``, ``(n, 2 * levels)`` uint32, read once per process."""
+        if self._crcs is None or self._crcs[0] != os.getpid():
+            self._crcs = (os.getpid(), {})
+        table = self._crcs[1]
+        if bucket not in table:
+            table[bucket] = self._whole(self.backend.array(f"buckets/{bucket}/crc"), bucket)
+        return table[bucket]
+
+    def _fault(self, k: int, array: str, what: str, hint: str | None = None) -> CacheFormatError:
+        b = self.buckets[int(self.bucket[k])].name
+        from frs_cli.cache.schema import VIEW_NAMES
+
+        return CacheFormatError(f"cache {self.path!r}: image {int(self.image_id[k])} {VIEW_NAMES[int(self.view[k])]} "
+                                f"(bucket {b}, row {int(self.row[k])}): {array} {what}",
+                                hint=hint or repair_hint(self.path, self.backend.kind))
 
     def read(self, k: int, raw: bool = False) -> dict[str, list[Tensor]]:
         """View ``k``: ``{"features": [(C, H_l, W_l)], "masks": [(H_l, W_l) float16]}``, one chunk per array.
@@ -171,18 +229,31 @@ class TeacherCache:
         (int8, int6, int5, int4). ``raw``: the scaled dtypes' features as stored (``(C', H_l, W_l)``, see ``store.encode``), plus
         ``"scales"`` (``(C,)`` float32 per level) for the scaled dtypes; ``store.decode`` turns them into features
         later, e.g. on the GPU.
+
+        Every array read is checked against the CRC-32 the writer stored for it (``check_view``): a view that
+        does not decode, does not match its checksum, or holds a non-finite number raises CacheFormatError
+        naming the view and the repair.
         """
         name = self.buckets[int(self.bucket[k])].name
         arrays = self._memory[name] if self._memory is not None else self._open()[name]
         row = int(self.row[k])
         feats, scales, masks = [], [], []
-        for feat_arr, scale_arr, mask_arr in arrays:
-            stored = torch.from_numpy(np.ascontiguousarray(feat_arr[row]))
-            scale = None if scale_arr is None else torch.from_numpy(np.ascontiguousarray(scale_arr[row]))
+        stored_crcs = self._checksums(name)[row]
+        for lv, (feat_arr, scale_arr, mask_arr) in enumerate(arrays):
+            level = self.levels[lv].name
+            try:
+                stored = np.ascontiguousarray(feat_arr[row])
+                scale = None if scale_arr is None else np.ascontiguousarray(scale_arr[row])
+                mask = np.ascontiguousarray(mask_arr[row])
+            except (ValueError, RuntimeError, OSError) as exc:  # a truncated shard, a codec failure, I/O
+                raise self._fault(k, f"level {level}", f"is unreadable ({type(exc).__name__})") from exc
+            check_view(self, k, level, stored, scale, mask, stored_crcs[2 * lv], stored_crcs[2 * lv + 1])
+            stored, mask = torch.from_numpy(stored), torch.from_numpy(mask)
+            scale = None if scale is None else torch.from_numpy(scale)
             # raw keeps only the quantised forms (decoding them is real work); bfloat16 is a free bit view
             feats.append(stored if raw and self.dtype in SCALED_DTYPES else decode(stored, self.dtype, scale))
             scales.append(scale)
-            masks.append(torch.from_numpy(np.ascontiguousarray(mask_arr[row])))
+            masks.append(mask)
         out = {"features": feats, "masks": masks}
         if raw and self.dtype in SCALED_DTYPES:
             out["scales"] = scales
@@ -204,6 +275,43 @@ class TeacherCache:
         head = build_cls_head(self.teacher["head_spec"])
         head.load_state_dict(self.head_state_dict())
         return head.eval().requires_grad_(False)
+
+
+def _array_name(arr) -> str:
+    return getattr(arr, "path", None) or getattr(arr, "name", "?")
+
+
+# a float is non-finite iff its exponent bits are all ones: with the sign bit cleared, its bit pattern is at
+# least this (as unsigned integers); one max over the bits is several times faster than isfinite on CPU
+_NONFINITE_BITS = {"float16": (np.uint16, 0x7FFF, 0x7C00), "bfloat16": (np.uint16, 0x7FFF, 0x7F80),
+                   "float32": (np.uint32, 0x7FFFFFFF, 0x7F800000)}
+
+
+def _finite(a: np.ndarray, dtype: str) -> bool:
+    """Whether a stored float array (features of ``dtype``, bfloat16 as its uint16 bits; or float16 masks,
+    float32 scales) holds only finite numbers. Integer codes are always finite."""
+    kind = dtype if (a.dtype == np.uint16 and dtype == "bfloat16") else a.dtype.name
+    if kind not in _NONFINITE_BITS or a.size == 0:
+        return True
+    bits, magnitude, first_nonfinite = _NONFINITE_BITS[kind]
+    return int((a.view(bits) & magnitude).max()) < first_nonfinite
+
+
+def check_view(cache: TeacherCache, k: int, level: str, feats: np.ndarray, scale: np.ndarray | None,
+               mask: np.ndarray, feat_crc: int, mask_crc: int) -> None:
+    """CacheFormatError naming view ``k`` unless its ``level`` arrays, as read, have the CRC-32s the writer
+    stored (``view_crc``) and hold only finite numbers."""
+    from frs_cli.cache.shard_writer import view_crc
+
+    if view_crc(feats, scale) != int(feat_crc):
+        raise cache._fault(k, f"{level}/features", "does not match its stored checksum")
+    if view_crc(mask) != int(mask_crc):
+        raise cache._fault(k, f"{level}/mask", "does not match its stored checksum")
+    for array, values in ((f"{level}/features", feats), (f"{level}/scale", scale), (f"{level}/mask", mask)):
+        if values is not None and not _finite(values, cache.dtype):
+            raise cache._fault(k, array, "holds a non-finite number (NaN or inf), and its checksum matches: "
+                               "the teacher wrote it", hint="check the teacher's weights (teacher-cache --check-teacher N), then "
+                               "write the cache again to a new path")
 
 
 class CachedViews(torch.utils.data.Dataset):

@@ -46,6 +46,21 @@ SCALED_DTYPES = ("int8", "int6", "int5", "int4")  # with a per-view, per-channel
 PACKED_BITS = {"int6": 6, "int5": 5, "int4": 4}  # b-bit codes, 8 channels of one position packed into b bytes
 
 
+INDEX_ARRAYS = ("image_id", "view", "bucket", "row", "geometry")
+
+
+def required_arrays(attrs: dict, head_names) -> list[str]:
+    """Every array a cache with root attributes ``attrs`` must hold, by path: the index, per bucket its done
+    flags, checksums and per level features, mask (and scale for the scaled dtypes), and the teacher head
+    (``head_names``: the head's ``state_dict`` keys)."""
+    names = [f"index/{n}" for n in INDEX_ARRAYS]
+    kinds = ("features", "scale", "mask") if attrs["storage"]["dtype"] in SCALED_DTYPES else ("features", "mask")
+    for b in attrs["buckets"]:
+        names += [f"buckets/{b['name']}/{lv['name']}/{k}" for lv in attrs["levels"] for k in kinds]
+        names += [f"buckets/{b['name']}/done", f"buckets/{b['name']}/crc"]
+    return names + [f"teacher_head/{n}" for n in head_names]
+
+
 def format_version(dtype: str) -> int:
     """The version a cache of features stored as ``dtype`` is written as: 2 for the packed dtypes, which came
     with it (an older frs then refuses such a cache in one line), else 1, which every frs reads."""

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from frs_cli.cache.reader import TeacherCache
+from frs_cli.cache.backend import open_backend
+from frs_cli.cache.reader import TeacherCache, required_cache_arrays
 from frs_cli.cache.schema import SCALED_DTYPES, VIEW_NAMES
 from frs_cli.cache.shard_writer import view_crc
 from frs_cli.progress import NullProgress, Progress
@@ -43,20 +44,40 @@ class VerifyReport:
     views_total: int
     views_done: int  # views recorded as written (all of them were checked)
     faults: list[ViewFault] = field(default_factory=list)
+    missing_arrays: list[str] = field(default_factory=list)  # arrays the format requires that are not there
+    kind: str = "zarr"  # the store: "zarr" or "hdf5" (what repairs it differs)
 
     @property
     def ok(self) -> bool:
-        """Every view is written and intact."""
-        return not self.faults and self.views_done == self.views_total
+        """Every array the format requires is there, and every view is written and intact (an empty cache is
+        not OK: it holds nothing to distill from)."""
+        return (not self.faults and not self.missing_arrays and self.views_total > 0
+                and self.views_done == self.views_total)
+
+    def repair(self) -> str:
+        """What repairs this cache, as a command to run."""
+        if self.kind == "hdf5":
+            return ("not repairable in place: repair the Zarr cache it was exported from with frs teacher-cache "
+                    f"--pipeline RECIPE --out ZARR --resume, then run frs cache export ZARR {self.path} again")
+        return f"frs teacher-cache --pipeline RECIPE --out {self.path} --resume rewrites them"
 
     def summary(self) -> str:
         """One line: what was checked and what came out."""
+        if self.views_total == 0:
+            return (f"cache {self.path}: holds no views (its split has no images; state {self.state}): nothing to "
+                    "distill from; cache a split with images")
+        if self.missing_arrays:
+            shown = ", ".join(self.missing_arrays[:3]) + (", ..." if len(self.missing_arrays) > 3 else "")
+            return (f"cache {self.path}: {len(self.missing_arrays)} arrays the format requires are missing "
+                    f"({shown}); {self.repair()}")
         head = f"cache {self.path}: {self.views_done - len(self.faults)} of {self.views_done} written views intact"
         if self.faults:
-            return f"{head}, {len(self.faults)} missing or corrupt (teacher-cache --resume rewrites them)"
+            return f"{head}, {len(self.faults)} missing or corrupt ({self.repair()})"
         if self.views_done < self.views_total:
+            finish = ("re-export it from a complete Zarr cache" if self.kind == "hdf5"
+                      else f"frs teacher-cache --pipeline RECIPE --out {self.path} --resume finishes it")
             return (f"{head}; {self.views_total - self.views_done} of {self.views_total} views not yet written "
-                    f"(state {self.state}; teacher-cache --resume finishes it)")
+                    f"(state {self.state}; {finish})")
         return f"OK: {head} (all {self.views_total} views, state {self.state})"
 
 
@@ -66,44 +87,61 @@ def _level_arrays(cache: TeacherCache) -> list[str]:
 
 
 def verify_cache(path: str, *, storage_options: dict | None = None, progress: Progress | None = None) -> VerifyReport:
-    """Read back every done view of the cache at ``path`` (Zarr, URL or HDF5) and check it.
+    """Check that the cache at ``path`` (Zarr, URL or HDF5) holds every array its format requires, then read
+    back every done view and check it.
 
-    Returns a ``VerifyReport`` listing each rejected view once, with every fault found in it. Views not yet
-    written are counted, not checked. Raises CacheFormatError when ``path`` is not a readable cache.
+    Returns a ``VerifyReport`` listing the missing arrays and each rejected view once, with every fault found
+    in it. Views not yet written are counted, not checked; without its index no view is checked. Raises
+    CacheFormatError when ``path`` is not a readable cache.
     """
     progress = progress or NullProgress()
+    backend = open_backend(str(path), storage_options)
+    attrs = dict(backend.attrs)
+    report = VerifyReport(str(path), str(attrs.get("state")), int(attrs.get("num_views", 0)), 0, kind=backend.kind)
+    report.missing_arrays = [n for n in required_cache_arrays(attrs) if not backend.has(n)]
+    if any(n.startswith("index/") for n in report.missing_arrays):
+        return report
     cache = TeacherCache(path, require_complete=False, storage_options=storage_options)
     backend = cache.backend
+    missing = set(report.missing_arrays)
     names = _level_arrays(cache)
     where = {(int(b), int(r)): k for k, (b, r) in enumerate(zip(cache.bucket, cache.row))}
-    report = VerifyReport(str(path), str(cache.attrs.get("state")), len(cache), 0)
-    done = {b.name: backend.array(f"buckets/{b.name}/done")[...].astype(bool) for b in cache.buckets}
+    report.views_total = len(cache)
+    done = {b.name: (backend.array(f"buckets/{b.name}/done")[...].astype(bool)
+                     if f"buckets/{b.name}/done" not in missing else np.zeros(b.count, dtype=bool))
+            for b in cache.buckets}
     report.views_done = int(sum(d.sum() for d in done.values()))
     progress.start("verify", report.views_done, unit="view")
     for b_index, bucket in enumerate(cache.buckets):
         prefix = f"buckets/{bucket.name}"
-        arrays = {n: backend.array(f"{prefix}/{n}") for n in names}
+        present = [n for n in [*names, "crc"] if f"{prefix}/{n}" not in missing]
+        arrays = {n: backend.array(f"{prefix}/{n}") for n in present}
         crc_name = f"{prefix}/crc"
-        stored = {n: backend.stored_chunks(f"{prefix}/{n}") for n in [*names, "crc"]}
-        crcs = backend.array(crc_name)[...]
-        scales = ({lv.name: backend.array(f"{prefix}/{lv.name}/scale") for lv in cache.levels}
+        stored = {n: backend.stored_chunks(f"{prefix}/{n}") for n in present}
+        crcs = arrays["crc"][...] if "crc" in arrays else None
+        scale_names = {lv.name: f"{prefix}/{lv.name}/scale" for lv in cache.levels}
+        scales = ({lv: None if n in missing else backend.array(n) for lv, n in scale_names.items()}
                   if cache.dtype in SCALED_DTYPES else None)
         for row in np.flatnonzero(done[bucket.name]).tolist():
             problems = []
-            if stored["crc"] is not None and backend.chunk_key(crc_name, row) not in stored["crc"]:
+            if crcs is None or (stored["crc"] is not None and backend.chunk_key(crc_name, row) not in stored["crc"]):
                 problems.append(("crc", MISSING))
             for j, n in enumerate(names):
-                if stored[n] is not None and backend.chunk_key(f"{prefix}/{n}", row) not in stored[n]:
+                gone = stored.get(n) is not None and backend.chunk_key(f"{prefix}/{n}", row) not in stored[n]
+                if n not in arrays or gone:
                     problems.append((n, MISSING))
                     continue
                 level, kind = n.split("/")
+                if kind == "features" and scales is not None and scales[level] is None:
+                    problems.append((f"{level}/scale", MISSING))
+                    continue
                 try:
                     values = arrays[n][row]
                     scale = scales[level][row] if scales is not None and kind == "features" else None
                 except (ValueError, RuntimeError, OSError):  # wrong size (raw), codec failure (zstd, blosc), I/O
                     problems.append((n, UNREADABLE))
                     continue
-                if view_crc(values, scale) != int(crcs[row, j]):
+                if crcs is not None and view_crc(values, scale) != int(crcs[row, j]):
                     problems.append((n, CHECKSUM))
             if problems:
                 k = where[(b_index, row)]

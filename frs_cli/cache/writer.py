@@ -25,7 +25,8 @@ import torch
 import zarr
 
 import frs_cli
-from frs_cli.cache.reader import TeacherCache
+from frs_cli.cache.backend import open_backend
+from frs_cli.cache.reader import TeacherCache, required_cache_arrays
 from frs_cli.cache.schema import (
     FORMAT_NAME,
     SCALED_DTYPES,
@@ -38,10 +39,11 @@ from frs_cli.cache.schema import (
 )
 from frs_cli.cache.shard_writer import Layout, WriterProcesses, batch_dtypes, split_batch, write_rows
 from frs_cli.cache.store import codec, encode, is_hdf5, open_existing, open_group, storage_dtype, url_options
-from frs_cli.cache.verify import verify_cache
+from frs_cli.cache.verify import UNREADABLE, verify_cache
 from frs_cli.data.coco import CocoViews, ListSampler, OriginalViews, collate, collate_originals, resize_batch
-from frs_cli.errors import CacheFormatError, CacheMismatchError, ConfigError
+from frs_cli.errors import CacheFormatError, CacheMismatchError, ConfigError, DataError
 from frs_cli.files import storage_errors
+from frs_cli.lock import job_lock
 from frs_cli.losses import frs_masks
 from frs_cli.models import build_detector, check_distillable, model_fingerprint
 from frs_cli.progress import NullProgress, Progress
@@ -69,41 +71,7 @@ def _create(path: str, plan: Plan, teacher, recipe, fingerprints: dict, dataset,
     cfg = recipe.cache
     root = open_group(path, mode="w")
     root.attrs.update({"format": FORMAT_NAME, "format_version": format_version(cfg.dtype), "state": "creating"})
-    index = root.create_group("index")
-    for name, values in (("image_id", plan.image_id), ("view", plan.view), ("bucket", plan.bucket),
-                         ("row", plan.row), ("geometry", plan.geometry)):
-        arr = index.create_array(name, shape=values.shape, dtype=values.dtype, chunks=values.shape or (1,),
-                                 compressors=None, fill_value=0)
-        arr[...] = values
-    feat_dtype = storage_dtype(cfg.dtype)
-    keys = {"name": "default", "separator": "."}  # chunk files c.<row>.0.0.0 side by side, not nested dirs
-    compressors = codec(cfg.codec)
-    per_shard = cfg.batch_size  # a shard is one plan batch: each writer writes whole shards, no other touches them
-    buckets = root.create_group("buckets")
-    for b in plan.buckets:
-        g = buckets.create_group(b.name)
-        s = min(per_shard, b.count)
-        for lv, (h, w) in zip(teacher.levels, b.level_sizes):
-            lg = g.create_group(lv.name)
-            c = stored_channels(lv.channels, cfg.dtype)  # packed encodings store fewer, byte-wide channels
-            lg.create_array("features", shape=(b.count, c, h, w), chunks=(1, c, h, w),
-                            shards=(s, c, h, w), dtype=feat_dtype, compressors=compressors, fill_value=0,
-                            chunk_key_encoding=keys)
-            if cfg.dtype in SCALED_DTYPES:
-                lg.create_array("scale", shape=(b.count, lv.channels), chunks=(1, lv.channels),
-                                shards=(s, lv.channels), dtype="float32", compressors=None, fill_value=0,
-                                chunk_key_encoding=keys)
-            lg.create_array("mask", shape=(b.count, h, w), chunks=(1, h, w), shards=(s, h, w), dtype="float16",
-                            compressors=compressors, fill_value=0, chunk_key_encoding=keys)
-        g.create_array("done", shape=(b.count,), chunks=(s,), dtype="uint8", compressors=None, fill_value=0,
-                       chunk_key_encoding=keys)
-        g.create_array("crc", shape=(b.count, 2 * len(teacher.levels)), chunks=(s, 2 * len(teacher.levels)),
-                       dtype="uint32", compressors=None, fill_value=0, chunk_key_encoding=keys)
-    head = root.create_group("teacher_head")
-    for name, t in teacher.cls_head().state_dict().items():
-        a = t.detach().cpu().float().numpy() if t.is_floating_point() else t.detach().cpu().numpy()
-        arr = head.create_array(name, shape=a.shape, dtype=a.dtype, chunks=a.shape or None, compressors=None)
-        arr[...] = a
+    _create_arrays(root, plan, teacher, cfg)
     root.attrs.update({
         "created_by": f"frs {frs_cli.__version__}",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -121,12 +89,75 @@ def _create(path: str, plan: Plan, teacher, recipe, fingerprints: dict, dataset,
                     "label_to_category": dataset.index.label_to_category,
                     "category_names": [c["name"] for c in dataset.index.categories]},
         "storage": {"dtype": cfg.dtype, "codec": cfg.codec, "mask_dtype": "float16", "views_per_chunk": 1,
-                    "views_per_shard": per_shard},
+                    "views_per_shard": cfg.batch_size},
         "buckets": [b.to_dict() for b in plan.buckets],
         "num_views": len(plan),
         "state": "writing",
     })
     return root
+
+
+def _create_arrays(root: zarr.Group, plan: Plan, teacher, cfg, only: set[str] | None = None) -> None:
+    """The index, the per-bucket arrays (empty) and the teacher head; ``only``: just these array paths (the ones
+    ``verify`` found missing), leaving every other array as it is."""
+    def wanted(name: str) -> bool:
+        return only is None or name in only
+
+    index = root.require_group("index")
+    for name, values in (("image_id", plan.image_id), ("view", plan.view), ("bucket", plan.bucket),
+                         ("row", plan.row), ("geometry", plan.geometry)):
+        if wanted(f"index/{name}"):
+            arr = index.create_array(name, shape=values.shape, dtype=values.dtype, chunks=values.shape or (1,),
+                                     compressors=None, fill_value=0, overwrite=True)
+            arr[...] = values
+    feat_dtype = storage_dtype(cfg.dtype)
+    keys = {"name": "default", "separator": "."}  # chunk files c.<row>.0.0.0 side by side, not nested dirs
+    compressors = codec(cfg.codec)
+    per_shard = cfg.batch_size  # a shard is one plan batch: each writer writes whole shards, no other touches them
+    buckets = root.require_group("buckets")
+    for b in plan.buckets:
+        g = buckets.require_group(b.name)
+        s = min(per_shard, b.count)
+        for lv, (h, w) in zip(teacher.levels, b.level_sizes):
+            lg = g.require_group(lv.name)
+            c = stored_channels(lv.channels, cfg.dtype)  # packed encodings store fewer, byte-wide channels
+            at = f"buckets/{b.name}/{lv.name}"
+            if wanted(f"{at}/features"):
+                lg.create_array("features", shape=(b.count, c, h, w), chunks=(1, c, h, w),
+                                shards=(s, c, h, w), dtype=feat_dtype, compressors=compressors, fill_value=0,
+                                chunk_key_encoding=keys, overwrite=True)
+            if cfg.dtype in SCALED_DTYPES and wanted(f"{at}/scale"):
+                lg.create_array("scale", shape=(b.count, lv.channels), chunks=(1, lv.channels),
+                                shards=(s, lv.channels), dtype="float32", compressors=None, fill_value=0,
+                                chunk_key_encoding=keys, overwrite=True)
+            if wanted(f"{at}/mask"):
+                lg.create_array("mask", shape=(b.count, h, w), chunks=(1, h, w), shards=(s, h, w), dtype="float16",
+                                compressors=compressors, fill_value=0, chunk_key_encoding=keys, overwrite=True)
+        if wanted(f"buckets/{b.name}/done"):
+            g.create_array("done", shape=(b.count,), chunks=(s,), dtype="uint8", compressors=None, fill_value=0,
+                           chunk_key_encoding=keys, overwrite=True)
+        if wanted(f"buckets/{b.name}/crc"):
+            g.create_array("crc", shape=(b.count, 2 * len(teacher.levels)), chunks=(s, 2 * len(teacher.levels)),
+                           dtype="uint32", compressors=None, fill_value=0, chunk_key_encoding=keys, overwrite=True)
+    head = root.require_group("teacher_head")
+    for name, t in teacher.cls_head().state_dict().items():
+        if wanted(f"teacher_head/{name}"):
+            a = t.detach().cpu().float().numpy() if t.is_floating_point() else t.detach().cpu().numpy()
+            arr = head.create_array(name, shape=a.shape, dtype=a.dtype, chunks=a.shape or None, compressors=None,
+                                    overwrite=True)
+            arr[...] = a
+
+
+def _repair_arrays(root: zarr.Group, missing: list[str], plan: Plan, teacher, cfg) -> None:
+    """Recreate the arrays ``verify`` found missing (state ``writing`` first). The index and the teacher head are
+    rewritten whole; a bucket that lost a per-view array (or its done flags or checksums) is written again:
+    its done flags are cleared, so every view of it is pending."""
+    root.attrs["state"] = "writing"
+    _create_arrays(root, plan, teacher, cfg, only=set(missing))
+    for b in plan.buckets:
+        prefix = f"buckets/{b.name}/"
+        if any(n.startswith(prefix) for n in missing):
+            root[f"{prefix}done"][...] = 0
 
 
 def _check_same(path: str, root: zarr.Group, fingerprints: dict, views) -> None:
@@ -234,12 +265,30 @@ def _batch_layout(levels, level_sizes, batch: int, stored: np.dtype, dtype: str,
     return Layout.of(list(zip(shapes, batch_dtypes(len(levels), stored, scaled))), scaled)
 
 
-def _reject(root: zarr.Group, faults) -> None:
+def _reject(root: zarr.Group, faults) -> int:
     """Mark the views ``verify`` rejected as not done (state ``writing`` first, so a kill here leaves no
-    "complete" cache with views missing)."""
+    "complete" cache with views missing). A shard that does not decode (truncated: its index is gone) cannot be
+    written into, since zarr reads a shard back to update part of it: it is deleted whole and every view it
+    held is marked not done, so the resumed run writes it whole again. Returns how many views were marked."""
+    from zarr.core.sync import sync
+
     root.attrs["state"] = "writing"
+    marked = set()
     for f in faults:
+        marked.add((f.bucket, f.row))
         root[f"buckets/{f.bucket}/done"][f.row] = 0
+        for name, what in f.problems:
+            if what != UNREADABLE:
+                continue
+            arr = root[f"buckets/{f.bucket}/{name}"]
+            per_shard = (arr.shards or arr.chunks)[0]
+            shard = f.row // per_shard
+            key = arr.metadata.encode_chunk_key((shard,) + (0,) * (arr.ndim - 1))
+            sync(arr.store.delete(f"{arr.path}/{key}"))
+            stop = min(arr.shape[0], (shard + 1) * per_shard)
+            root[f"buckets/{f.bucket}/done"][shard * per_shard : stop] = 0
+            marked.update((f.bucket, r) for r in range(shard * per_shard, stop))
+    return len(marked)
 
 
 def write_teacher_cache(recipe, path: str, *, resume: bool = False, ctx: DistContext | None = None,
@@ -252,6 +301,7 @@ def write_teacher_cache(recipe, path: str, *, resume: bool = False, ctx: DistCon
     ``recipe.cache.check_teacher_images`` > 0 the teacher is first scored on that many val images, and
     nothing is written when its AP is below ``recipe.cache.min_teacher_map`` (ModelError).
     Raises StorageError when a write fails (disk full); what was written stays, ``resume`` continues it.
+    One writer per cache: LockError, naming the holder, while another writer holds ``path`` (``frs_cli.lock``).
     Writing happens in ``write_processes`` worker processes (default ``recipe.cache.write_processes``), or in
     ``write_threads`` threads of this process when that is 0. On a GPU, loader workers only decode and the
     GPU resizes (``resize_on_device``, default ``recipe.cache.resize_on_gpu`` on CUDA devices).
@@ -263,13 +313,15 @@ def write_teacher_cache(recipe, path: str, *, resume: bool = False, ctx: DistCon
     n_procs = cfg.write_processes if write_processes is None else write_processes
     if str(path).startswith("memory://"):
         n_procs = 0  # an in-memory store exists in this process only
-    # started first, so they import while the teacher loads
-    procs = WriterProcesses(path, url_options(path), n_procs) if n_procs else None
-    try:
-        return _write(recipe, path, resume, ctx, progress, write_threads, procs, resize_on_device)
-    finally:
-        if procs is not None:
-            procs.close(wait=False)  # after an error; the normal path has closed them already
+    ctx = ctx or setup()
+    with job_lock(path, ctx, what="teacher-cache --out"):  # one writer per cache (rank 0 holds it for the job)
+        # started first, so they import while the teacher loads
+        procs = WriterProcesses(path, url_options(path), n_procs) if n_procs else None
+        try:
+            return _write(recipe, path, resume, ctx, progress, write_threads, procs, resize_on_device)
+        finally:
+            if procs is not None:
+                procs.close(wait=False)  # after an error; the normal path has closed them already
 
 
 def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: Progress | None, write_threads: int,
@@ -285,6 +337,9 @@ def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: P
     for lv in teacher.levels:  # a packed encoding the teacher's channels do not fit is refused before any work
         stored_channels(lv.channels, cfg.dtype)
     plan = make_plan(dataset, cfg.views, teacher.strides)
+    if len(plan) == 0:
+        raise DataError(f"teacher-cache: expected images in split {cfg.split!r}, its annotation file "
+                        f"{str(dataset.index.path)!r} lists none", hint="cache a split with images")
     check = None
     if cfg.check_teacher_images > 0:
         from frs_cli.eval.teacher_check import check_teacher
@@ -305,12 +360,25 @@ def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: P
                                            hint="add --resume to continue it, or delete it")
                 already_complete = root.attrs.get("state") == "complete"
                 if resume:
-                    faults = verify_cache(path, progress=progress).faults
-                    rejected = len(faults)
-                    if faults:
-                        log.warning("cache %s: %d written views are missing or corrupt; rewriting them", path, len(faults))
-                        _reject(open_group(path, mode="r+"), faults)
+                    report = verify_cache(path, progress=progress)
+                    if report.missing_arrays:
+                        log.warning("cache %s: %d arrays are missing; recreating them", path,
+                                    len(report.missing_arrays))
+                        _repair_arrays(open_group(path, mode="r+"), report.missing_arrays, plan, teacher, cfg)
                         already_complete = False
+                        report = verify_cache(path, progress=progress)  # the views, now that every array exists
+                    if report.faults:
+                        log.warning("cache %s: %d written views are missing or corrupt; rewriting them", path,
+                                    len(report.faults))
+                        rejected = _reject(open_group(path, mode="r+"), report.faults)
+                        already_complete = False
+                else:
+                    backend = open_backend(path)
+                    missing = [n for n in required_cache_arrays(backend.attrs) if not backend.has(n)]
+                    if missing:
+                        raise CacheFormatError(f"cache {path!r}: is damaged: {len(missing)} arrays the format "
+                                               f"requires are missing ({', '.join(missing[:3])})",
+                                               hint="add --resume to recreate them")
             else:
                 root = _create(path, plan, teacher, recipe, fingerprints, dataset, check)
         if broadcast_object(ctx, already_complete):  # nothing to do, and nothing is touched

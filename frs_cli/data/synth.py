@@ -65,7 +65,7 @@ _SPLITS = (("train", 0), ("val", 1))
 
 @dataclass(frozen=True)
 class SynthConfig:
-    train: int = 400  # number of training images
+    train: int = 400  # number of training images (at least 1: a split with no images cannot be cached or trained on)
     val: int = 100  # number of validation images
     size: int = 160  # long side of every image, px (>= 64)
     seed: int = 0  # everything is a pure function of this
@@ -77,7 +77,7 @@ class SynthConfig:
     max_object: float = 0.6  # largest object diameter, as a fraction of the long side
 
     def __post_init__(self):
-        for name, low in (("train", 0), ("val", 0), ("size", 64), ("seed", 0), ("min_objects", 0),
+        for name, low in (("train", 1), ("val", 0), ("size", 64), ("seed", 0), ("min_objects", 0),
                           ("max_objects", 0)):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:

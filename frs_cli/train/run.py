@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
 import random
@@ -14,6 +16,7 @@ import torch
 from frs_cli.data.coco import CocoViews
 from frs_cli.errors import ConfigError
 from frs_cli.eval.predict import evaluate_detector
+from frs_cli.lock import job_lock
 from frs_cli.models import build_detector, check_compatible, check_distillable, load_checkpoint_file, model_fingerprint
 from frs_cli.models.config import ModelConfig
 from frs_cli.progress import Progress
@@ -40,6 +43,21 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def _one_writer(fn):
+    """Run ``fn`` holding the lock of its ``out_dir`` (rank 0 for the whole job; ``frs_cli.lock``): two runs
+    never write one run directory."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def locked(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        ctx = bound.arguments.get("ctx") or setup()
+        bound.arguments["ctx"] = ctx
+        with job_lock(Path(bound.arguments["out_dir"]), ctx, what="--out"):
+            return fn(*bound.args, **bound.kwargs)
+    return locked
 
 
 def _check_out(out_dir: Path, resume: bool) -> None:
@@ -75,6 +93,7 @@ def _evaluator(recipe, ctx: DistContext, cfg):
     return evaluate
 
 
+@_one_writer
 def train_detector(recipe, role: str, out_dir: str | Path, *, resume: bool = False, ctx: DistContext | None = None,
                    progress: Progress | None = None, evaluate: bool = True) -> RunSummary:
     """Plain GT training of the recipe's teacher or student (``role``)."""
@@ -105,6 +124,7 @@ def teacher_fingerprint(cfg: ModelConfig, num_classes: int) -> str:
     return model_fingerprint(build_detector(cfg, num_classes))
 
 
+@_one_writer
 def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, online: bool = False,
                     resume: bool = False, ctx: DistContext | None = None, progress: Progress | None = None,
                     evaluate: bool = True) -> RunSummary:

@@ -1,0 +1,556 @@
+"""Storage and cache faults end to end (docs/RELIABILITY.md, "Storage and cache faults"): each row runs the
+command line and checks the exit code, the one ``error:`` line (no traceback) and what is left on disk.
+
+Concurrency rows run real processes: the first writer is a ``python -m frs_cli`` subprocess, stopped with
+SIGSTOP once its lock file names it, so the second provably starts while the first holds the lock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import zarr
+from conftest import assert_same_cache_arrays
+from typer.testing import CliRunner
+
+from frs_cli.cache.verify import verify_cache
+from frs_cli.cli.app import app
+from frs_cli.lock import lock_path
+
+runner = CliRunner()
+BUCKET = "buckets/64x64"
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1",
+       "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *fragments) -> str:
+    """Exit code 1, exactly one ``error:`` line on stderr, last, holding every fragment; no traceback."""
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert errors[0] == result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
+    for fragment in fragments:
+        assert fragment in errors[0], (fragment, errors[0])
+    return errors[0]
+
+
+def _copy(cache_path, tmp_path, name="c.zarr") -> Path:
+    copy = tmp_path / name
+    shutil.copytree(cache_path, copy)
+    return copy
+
+
+def _truncate(shard: Path) -> None:
+    shard.write_bytes(shard.read_bytes()[:50])
+
+
+def _flip_byte(shard: Path, inner: int) -> None:
+    """One byte flipped inside inner chunk ``inner`` of an uncompressed shard (its index: (offset, nbytes) as
+    two little-endian uint64 per inner chunk, then a CRC-32C, at the end of the file)."""
+    import struct
+
+    data = bytearray(shard.read_bytes())
+    offset, nbytes = struct.unpack_from("<QQ", data[-(4 * 16 + 4):-4], 16 * inner)
+    data[offset + nbytes // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+
+
+def _flip_every_view(array_dir: Path) -> None:
+    """A byte flipped in every view's chunk of one array (every shard, every inner chunk): the first view a
+    run reads is damaged, whatever order its sampler picks."""
+    for shard in sorted(array_dir.glob("c.*")):
+        for inner in range(4):
+            _flip_byte(shard, inner)
+
+
+def _distill(t, cache, *extra):
+    return run("distill", "--pipeline", t.recipe, "--cache", cache, "--out", t.tmp / "run", "--device", "cpu",
+               "--no-eval", *extra)
+
+
+def _assert_no_run_left(t) -> None:
+    """A distill that failed leaves no model file, no training state and no lock."""
+    out = t.tmp / "run"
+    assert not (out / "model_final.pt").exists() and not (out / "last.pt").exists()
+    assert not lock_path(out).exists()
+
+
+# --- concurrency: real processes --------------------------------------------------------------------------------
+
+def _popen(*args, cwd):
+    return subprocess.Popen([sys.executable, "-m", "frs_cli", *map(str, args), "--device", "cpu"], env=ENV, cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _stop_once_it_holds_the_lock(proc, output: Path, timeout: float = 120.0) -> dict:
+    """SIGSTOP ``proc`` as soon as the lock of ``output`` names it; return the lock's record."""
+    lock = lock_path(output)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            holder = json.loads(lock.read_text())
+        except (FileNotFoundError, ValueError):
+            time.sleep(0.02)
+            continue
+        if holder["pid"] == proc.pid:
+            os.kill(proc.pid, signal.SIGSTOP)
+            assert json.loads(lock.read_text())["pid"] == proc.pid  # stopped while it holds the lock
+            return holder
+    raise AssertionError(f"{output}: no lock of pid {proc.pid} within {timeout} s")
+
+
+def _end(proc) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGCONT)
+        proc.kill()
+        proc.wait()
+
+
+def test_second_teacher_cache_on_one_out_is_refused_naming_the_first_and_a_killed_holder_is_stale(
+        recipe_path, cache_path, tmp_path):
+    out = tmp_path / "c.zarr"
+    first = _popen("teacher-cache", "--pipeline", recipe_path, "--out", out, cwd=tmp_path)
+    try:
+        holder = _stop_once_it_holds_the_lock(first, out)
+        before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+        result = run("teacher-cache", "--pipeline", recipe_path, "--out", out, "--device", "cpu")
+        assert_one_line_error(result, f"teacher-cache --out {out}: expected no other writer, but pid {first.pid} "
+                                      f"on host {socket.gethostname()} since {holder['started']} (frs teacher-cache "
+                                      f"--pipeline {recipe_path} --out {out} --device cpu) holds its lock "
+                                      f"{lock_path(out)}", "delete the lock file")
+        assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # the second wrote nothing
+        first.kill()  # the holder dies with its lock in place: stale, as its pid is gone
+        first.wait()
+        assert lock_path(out).exists()
+    finally:
+        _end(first)
+    result = run("teacher-cache", "--pipeline", recipe_path, "--out", out, "--device", "cpu", "--resume")
+    assert result.exit_code == 0, result.output
+    assert "breaking the stale lock of pid" in " ".join(result.stderr.split())
+    assert not lock_path(out).exists()
+    assert verify_cache(str(out)).ok
+    assert_same_cache_arrays(out, cache_path)
+
+
+def test_second_distill_on_one_out_is_refused_and_the_first_finishes(recipe_path, cache_path, tmp_path):
+    out = tmp_path / "run"
+    first = _popen("distill", "--pipeline", recipe_path, "--cache", cache_path, "--out", out, "--no-eval",
+                   cwd=tmp_path)
+    try:
+        _stop_once_it_holds_the_lock(first, out)
+        listing = sorted(p.name for p in out.iterdir()) if out.exists() else None
+        result = run("distill", "--pipeline", recipe_path, "--cache", cache_path, "--out", out, "--device", "cpu",
+                     "--no-eval")
+        assert_one_line_error(result, f"--out {out}: expected no other writer, but pid {first.pid} on host",
+                              "(frs distill --pipeline")
+        assert (sorted(p.name for p in out.iterdir()) if out.exists() else None) == listing
+        os.kill(first.pid, signal.SIGCONT)
+        _, stderr = first.communicate(timeout=300)
+        assert first.returncode == 0, stderr[-3000:]
+    finally:
+        _end(first)
+    assert (out / "model_final.pt").is_file() and (out / "adapters.pt").is_file()
+    assert not lock_path(out).exists()  # released on a normal exit
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 6  # one run's metrics: 6 steps, not two runs'
+
+
+def test_ctrl_c_releases_the_lock(monkeypatch, recipe_path, tmp_path):
+    from frs_cli.cache import writer
+
+    def interrupted(*args, **kwargs):
+        assert lock_path(out).exists()  # held while the cache is written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writer, "_write", interrupted)
+    out = tmp_path / "c.zarr"
+    result = run("teacher-cache", "--pipeline", recipe_path, "--out", out, "--device", "cpu")
+    assert result.exit_code == 130 and "interrupted" in result.stderr and "Traceback" not in result.output
+    assert not lock_path(out).exists()
+
+
+def test_lock_rules_for_other_hosts_reused_pids_urls_and_torchrun_ranks(tmp_path, caplog):
+    from frs_cli.errors import LockError
+    from frs_cli.lock import STALE_AFTER_S, job_lock, output_lock
+
+    out = tmp_path / "c.zarr"
+    lock = lock_path(out)
+    other = {"host": "another-host", "pid": 1, "proc_start": "1", "started": "2026-12-01T00:00:00Z",
+             "command": "frs teacher-cache --out c.zarr"}
+    lock.write_text(json.dumps(other))  # another host, heartbeat fresh: live
+    with pytest.raises(LockError, match="pid 1 on host another-host since 2026-12-01T00:00:00Z"), output_lock(out):
+        pass
+    old = time.time() - STALE_AFTER_S - 5  # its heartbeat stopped: broken
+    os.utime(lock, (old, old))
+    with output_lock(out) as held:
+        assert json.loads(held.read_text())["pid"] == os.getpid()
+    assert not lock.exists()
+    lock.write_text(json.dumps({**other, "host": socket.gethostname(), "pid": os.getpid(), "proc_start": "0"}))
+    with output_lock(out):  # this host, our pid but another start time: a reused pid, stale
+        pass
+    with output_lock("memory://x.zarr"), pytest.raises(LockError, match="holds its lock \\(in this process\\)"), \
+            output_lock("memory://x.zarr"):  # in-process registry
+        pass
+    with output_lock("memory://x.zarr"):  # released
+        pass
+    with output_lock(f"file://{tmp_path}/u.zarr") as held:
+        assert held == tmp_path / ".u.zarr.lock"
+    with output_lock("s3://bucket/c.zarr") as held:
+        assert held is None and "not locked" in caplog.text
+    with job_lock(out, SimpleNamespace(is_main=False, distributed=False)):  # rank 1 takes nothing
+        assert not lock.exists()
+
+
+# --- the fault table: one row per case --------------------------------------------------------------------------
+
+def _head_array_missing(t):
+    c = _copy(t.cache, t.tmp)
+    shutil.rmtree(c / "teacher_head" / "head.cls_logits.weight")
+    return c, ["teacher_head/head.cls_logits.weight"]
+
+
+def _index_array_missing(t):
+    c = _copy(t.cache, t.tmp)
+    shutil.rmtree(c / "index" / "row")
+    return c, ["index/row"]
+
+
+def _mask_array_missing(t):
+    c = _copy(t.cache, t.tmp)
+    shutil.rmtree(c / BUCKET / "P4" / "mask")
+    return c, [f"{BUCKET}/P4/mask"]
+
+
+def _done_flags_missing(t):
+    c = _copy(t.cache, t.tmp)
+    shutil.rmtree(c / BUCKET / "done")
+    return c, [f"{BUCKET}/done"]
+
+
+def _checksums_missing(t):
+    c = _copy(t.cache, t.tmp)
+    shutil.rmtree(c / BUCKET / "crc")
+    return c, [f"{BUCKET}/crc"]
+
+
+MISSING_ARRAY = {f.__name__.lstrip("_"): f for f in (_head_array_missing, _index_array_missing, _mask_array_missing,
+                                                     _done_flags_missing, _checksums_missing)}
+
+
+@pytest.mark.parametrize("case", list(MISSING_ARRAY))
+def test_a_missing_array_is_never_ok_distill_refuses_it_and_resume_recreates_it(case, recipe_path, cache_path,
+                                                                                 tmp_path):
+    t = SimpleNamespace(tmp=tmp_path, cache=cache_path, recipe=recipe_path)
+    damaged, names = MISSING_ARRAY[case](t)
+    result = run("cache", "verify", damaged)
+    assert result.exit_code == 1
+    line = " ".join(result.stdout.split())
+    assert f"arrays the format requires are missing ({names[0]}" in line and "--resume" in line
+    assert_one_line_error(_distill(t, damaged), "expected every array of the cache format", names[0],
+                          f"--out {damaged} --resume repairs it")
+    _assert_no_run_left(t)
+    assert_one_line_error(run("teacher-cache", "--pipeline", recipe_path, "--out", damaged, "--device", "cpu"),
+                          "is damaged", names[0], "add --resume to recreate them")
+    if case in ("done_flags_missing", "checksums_missing"):
+        return  # repaired as mask_array_missing is: the bucket's arrays recreated, every view of it rewritten
+    result = run("teacher-cache", "--pipeline", recipe_path, "--out", damaged, "--device", "cpu", "--resume")
+    assert result.exit_code == 0, result.output
+    assert run("cache", "verify", damaged).exit_code == 0
+    assert_same_cache_arrays(damaged, cache_path)
+    assert zarr.open_group(str(damaged), mode="r").attrs["state"] == "complete"
+
+
+def test_resume_rewrites_a_truncated_shard_whole(recipe_path, cache_path, tmp_path):
+    damaged = _copy(cache_path, tmp_path)
+    _truncate(damaged / BUCKET / "P4" / "features" / "c.2.0.0.0")  # rows 8-11
+    result = run("teacher-cache", "--pipeline", recipe_path, "--out", damaged, "--device", "cpu", "--resume")
+    assert result.exit_code == 0, result.output
+    assert "rewrote 4 written views that were missing or corrupt" in result.stdout
+    assert run("cache", "verify", damaged).exit_code == 0
+    assert_same_cache_arrays(damaged, cache_path)
+    assert zarr.open_group(str(damaged), mode="r").attrs["state"] == "complete"
+
+
+def test_resume_with_writer_processes_rewrites_a_truncated_shard(recipe_path, cache_path, tmp_path):
+    damaged = _copy(cache_path, tmp_path)
+    _truncate(damaged / BUCKET / "P3" / "mask" / "c.0.0.0")  # rows 0-3
+    result = run("teacher-cache", "--pipeline", recipe_path, "--out", damaged, "--device", "cpu", "--resume",
+                 "--set", "cache.write_processes=1")
+    assert result.exit_code == 0, result.output
+    assert verify_cache(str(damaged)).ok
+    assert_same_cache_arrays(damaged, cache_path)
+
+
+def _truncated_shard_preloaded(t):
+    c = _copy(t.cache, t.tmp)
+    _truncate(c / BUCKET / "P4" / "features" / "c.2.0.0.0")
+    return c, [], ["array buckets/64x64/P4/features of bucket 64x64 is unreadable", "--resume repairs it"]
+
+
+def _truncated_shard_read_per_view(t):
+    c = _copy(t.cache, t.tmp)
+    for shard in (c / BUCKET / "P4" / "features").glob("c.*"):
+        _truncate(shard)
+    return c, ["--set", "cache.preload_mb=0"], ["(bucket 64x64, row ", "level P4 is unreadable",
+                                               f"--out {c} --resume repairs it"]
+
+
+def _flipped_feature_byte(t):
+    c = _copy(t.cache, t.tmp)
+    _flip_every_view(c / BUCKET / "P3" / "features")
+    return c, [], ["image ", "(bucket 64x64, row ", "): P3/features does not match its stored checksum",
+                   f"frs cache verify {c} lists the damage"]
+
+
+def _flipped_mask_byte(t):
+    c = _copy(t.cache, t.tmp)
+    _flip_every_view(c / BUCKET / "P5" / "mask")
+    return c, ["--set", "cache.preload_mb=0"], ["image ", "(bucket 64x64, row ",
+                                                "): P5/mask does not match its stored checksum"]
+
+
+def _nan_bytes_in_features(t):
+    c = _copy(t.cache, t.tmp)
+    f = zarr.open_array(str(c / BUCKET / "P6" / "features"), mode="r+")
+    values = f[...]
+    values[:, 0, 0, 0] = np.nan  # every view; the stored checksums are left as they were: damage
+    f[...] = values
+    return c, [], ["image ", "(bucket 64x64, row ", "): P6/features does not match its stored checksum"]
+
+
+def _nan_written_by_the_teacher(t):
+    from frs_cli.cache.shard_writer import view_crc
+
+    c = _copy(t.cache, t.tmp)
+    f = zarr.open_array(str(c / BUCKET / "P6" / "features"), mode="r+")
+    crc = zarr.open_array(str(c / BUCKET / "crc"), mode="r+")
+    values, crcs = f[...], crc[...]
+    values[:, 0, 0, 0] = np.nan  # every view
+    for k in range(len(values)):
+        crcs[k, 2 * 3] = view_crc(values[k])  # P6 is the fourth level: as if the teacher had written the NaN
+    f[...], crc[...] = values, crcs
+    return c, [], ["image ", "(bucket 64x64, row ",
+                   "): P6/features holds a non-finite number (NaN or inf), and its checksum matches: the teacher",
+                   "check the teacher's weights"]
+
+
+def _shard_file_deleted(t):
+    c = _copy(t.cache, t.tmp)
+    for shard in (c / BUCKET / "P7" / "mask").glob("c.*"):
+        shard.unlink()  # every view's P7 mask reads back as zeros
+    return c, [], ["(bucket 64x64, row ", "): P7/mask does not match its stored checksum"]
+
+
+def _corrupt_hdf5_export(t):
+    import h5py
+
+    out = t.tmp / "c.h5"
+    assert run("cache", "export", t.cache, out).exit_code == 0
+    with h5py.File(out, "r+") as f:
+        f[f"{BUCKET}/P3/features"][:, 0, 0, 0] += 1  # every view
+    return out, [], ["image ", "(bucket 64x64, row ", "): P3/features does not match its stored checksum",
+                     "an exported file is not repaired in place", f"frs cache export ZARR {out} again"]
+
+
+def _cache_state_creating(t):
+    c = _copy(t.cache, t.tmp)
+    zarr.open_group(str(c), mode="r+").attrs["state"] = "creating"
+    return c, [], ["its writer stopped while creating it", "run teacher-cache again to recreate it"]
+
+
+def _cache_state_writing(t):
+    c = _copy(t.cache, t.tmp)
+    zarr.open_group(str(c), mode="r+").attrs["state"] = "writing"
+    return c, [], ["is incomplete (its writer did not finish)", "run teacher-cache with --resume to finish it"]
+
+
+def _newer_format(t):
+    c = _copy(t.cache, t.tmp)
+    zarr.open_group(str(c), mode="r+").attrs["format_version"] = 9
+    return c, [], ["format version 9 is newer than this frs reads (2)", "upgrade frs"]
+
+
+def _not_a_cache(t):
+    (t.tmp / "plain").mkdir()
+    return t.tmp / "plain", [], ["expected an frs teacher cache, found something else"]
+
+
+def _nothing_there(t):
+    return t.tmp / "nowhere.zarr", [], [f"expected an frs teacher cache at '{t.tmp / 'nowhere.zarr'}', found nothing"]
+
+
+def _both_sources(t):
+    return t.cache, ["--online"], ["expected exactly one teacher source: --cache PATH or --online"]
+
+
+DISTILL_READS = {f.__name__.lstrip("_"): f for f in (
+    _truncated_shard_preloaded, _truncated_shard_read_per_view, _flipped_feature_byte, _flipped_mask_byte,
+    _nan_bytes_in_features, _nan_written_by_the_teacher, _shard_file_deleted, _corrupt_hdf5_export,
+    _cache_state_creating, _cache_state_writing, _newer_format, _not_a_cache, _nothing_there, _both_sources)}
+
+
+@pytest.mark.parametrize("case", list(DISTILL_READS))
+def test_distill_on_a_bad_cache_is_one_line_naming_it(case, recipe_path, cache_path, tmp_path):
+    t = SimpleNamespace(tmp=tmp_path, cache=cache_path, recipe=recipe_path)
+    cache, extra, fragments = DISTILL_READS[case](t)
+    assert_one_line_error(_distill(t, cache, *extra), *fragments)
+    _assert_no_run_left(t)
+
+
+def _verify_truncated(t):
+    c = _copy(t.cache, t.tmp)
+    _truncate(c / BUCKET / "P4" / "features" / "c.2.0.0.0")
+    return c, ["P4/features unreadable", "4 missing or corrupt", f"--out {c} --resume rewrites them"]
+
+
+def _verify_hdf5_damage(t):
+    import h5py
+
+    out = t.tmp / "c.h5"
+    assert run("cache", "export", t.cache, out).exit_code == 0
+    with h5py.File(out, "r+") as f:
+        f[f"{BUCKET}/P3/mask"][0, 0, 0] += 1
+    return out, ["P3/mask checksum mismatch", "not repairable in place", f"frs cache export ZARR {out} again"]
+
+
+def _verify_empty_cache(t):
+    c = _copy(t.cache, t.tmp)
+    g = zarr.open_group(str(c), mode="r+")
+    for name, arr in list(g["index"].arrays()):
+        g["index"].create_array(name, shape=(0, *arr.shape[1:]), dtype=arr.dtype, overwrite=True)
+    g.attrs.update({"buckets": [], "num_views": 0})
+    return c, ["holds no views (its split has no images", "cache a split with images"]
+
+
+def _verify_head_missing(t):
+    c = _copy(t.cache, t.tmp)
+    shutil.rmtree(c / "teacher_head")
+    return c, ["14 arrays the format requires are missing (teacher_head/"]
+
+
+VERIFY_NOT_OK = {f.__name__.lstrip("_"): f for f in (_verify_truncated, _verify_hdf5_damage, _verify_empty_cache,
+                                                     _verify_head_missing)}
+
+
+@pytest.mark.parametrize("case", list(VERIFY_NOT_OK))
+def test_verify_never_says_ok_on_a_damaged_or_empty_cache(case, recipe_path, cache_path, tmp_path):
+    t = SimpleNamespace(tmp=tmp_path, cache=cache_path, recipe=recipe_path)
+    cache, fragments = VERIFY_NOT_OK[case](t)
+    result = run("cache", "verify", cache)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    text = " ".join(result.stdout.split())
+    assert "OK:" not in text
+    for fragment in fragments:
+        assert fragment in text, (fragment, text)
+    if str(cache).endswith(".h5"):  # teacher-cache refuses .h5: no hint may send the user there
+        assert f"--out {cache} --resume" not in text
+
+
+def _export_corrupt(t):
+    c = _copy(t.cache, t.tmp)
+    _flip_byte(c / BUCKET / "P3" / "features" / "c.1.0.0.0", 1)
+    return ["cache", "export", c, t.tmp / "out.h5"], \
+        ["cache export: expected an intact cache", "1 missing or corrupt", "nothing exported"]
+
+
+def _export_head_missing(t):
+    c = _copy(t.cache, t.tmp)
+    shutil.rmtree(c / "teacher_head" / "head.cls_logits.bias")
+    return ["cache", "export", c, t.tmp / "out.h5"], ["teacher_head/head.cls_logits.bias"]
+
+
+def _export_unfinished(t):
+    c = _copy(t.cache, t.tmp)
+    zarr.open_group(str(c), mode="r+").attrs["state"] = "writing"
+    return ["cache", "export", c, t.tmp / "out.h5"], ["is incomplete"]
+
+
+def _export_to_a_non_h5_name(t):
+    return ["cache", "export", t.cache, t.tmp / "out.zarr"], ["expected a local .h5 or .hdf5 file name for OUT"]
+
+
+def _export_an_h5(t):
+    assert run("cache", "export", t.cache, t.tmp / "a.h5").exit_code == 0
+    return ["cache", "export", t.tmp / "a.h5", t.tmp / "out.h5"], ["is already HDF5"]
+
+
+def _synth_no_train_images(t):
+    return ["data", "synth", t.tmp / "synth", "--train", "0"], ["synth.train: expected an integer >= 1, got 0"]
+
+
+def _teacher_cache_empty_split(t):
+    root = t.tmp / "data"
+    shutil.copytree(t.synth_root, root)
+    ann = root / "annotations" / "instances_train.json"
+    doc = json.loads(ann.read_text())
+    doc.update(images=[], annotations=[])
+    ann.write_text(json.dumps(doc))
+    return ["teacher-cache", "--pipeline", t.recipe, "--out", t.tmp / "out.zarr", "--device",
+            "cpu", "--set", f"data.root={root}"], ["expected images in split 'train'", "lists none"]
+
+
+def _teacher_cache_to_h5(t):
+    return ["teacher-cache", "--pipeline", t.recipe, "--out", t.tmp / "out.h5", "--device", "cpu"], \
+        ["expected a Zarr path or URL, got an HDF5 file name"]
+
+
+def _teacher_cache_incomplete_without_resume(t):
+    c = _copy(t.cache, t.tmp, "out.zarr")
+    zarr.open_group(str(c), mode="r+").attrs["state"] = "writing"
+    return ["teacher-cache", "--pipeline", t.recipe, "--out", c, "--device", "cpu"], \
+        ["exists and is incomplete", "add --resume to continue it"]
+
+
+def _teacher_cache_of_another_teacher(t):
+    c = _copy(t.cache, t.tmp, "out.zarr")
+    g = zarr.open_group(str(c), mode="r+")
+    g.attrs["fingerprints"] = {**g.attrs["fingerprints"], "teacher": "0" * 16}
+    return ["teacher-cache", "--pipeline", t.recipe, "--out", c, "--device", "cpu", "--resume"], \
+        ["was written for another teacher (fingerprint 0000000000000000"]
+
+
+def _teacher_cache_other_views(t):
+    c = _copy(t.cache, t.tmp, "out.zarr")
+    return ["teacher-cache", "--pipeline", t.recipe, "--out", c, "--device", "cpu", "--set", 'cache.views=["orig"]'], \
+        ["holds views ['orig', 'hflip'], this recipe asks for ['orig']"]
+
+
+def _teacher_cache_out_is_not_a_cache(t):
+    (t.tmp / "out.zarr").mkdir()
+    (t.tmp / "out.zarr" / "notes.txt").write_text("mine")
+    return ["teacher-cache", "--pipeline", t.recipe, "--out", t.tmp / "out.zarr", "--device", "cpu"], \
+        ["expected an frs teacher cache, found something else"]
+
+
+COMMANDS = {f.__name__.lstrip("_"): f for f in (
+    _export_corrupt, _export_head_missing, _export_unfinished, _export_to_a_non_h5_name, _export_an_h5,
+    _synth_no_train_images, _teacher_cache_empty_split, _teacher_cache_to_h5, _teacher_cache_incomplete_without_resume,
+    _teacher_cache_of_another_teacher, _teacher_cache_other_views, _teacher_cache_out_is_not_a_cache)}
+
+
+@pytest.mark.parametrize("case", list(COMMANDS))
+def test_storage_command_faults_are_one_line_and_leave_no_output(case, recipe_path, cache_path, synth_root, tmp_path):
+    t = SimpleNamespace(tmp=tmp_path, cache=cache_path, recipe=recipe_path, synth_root=synth_root)
+    args, fragments = COMMANDS[case](t)
+    before = {p: p.stat().st_mtime_ns if p.is_file() else None for p in tmp_path.rglob("*")}
+    assert_one_line_error(run(*args), *fragments)
+    assert not (tmp_path / "out.h5").exists() and not (tmp_path / "synth").exists()
+    after = {p: p.stat().st_mtime_ns if p.is_file() else None for p in tmp_path.rglob("*")}
+    assert after == before  # nothing written, nothing touched (no lock or temporary file left)
