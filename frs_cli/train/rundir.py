@@ -42,8 +42,8 @@ IGNORED = ("name", "data.val", "cache.dtype", "cache.codec", "cache.batch_size",
 
 @dataclass(frozen=True)
 class RunStart:
-    """How a run begins in its directory: ``resume`` from ``last.pt``, or from the beginning (``fresh``:
-    ``over`` when an earlier attempt left files without a saved state)."""
+    """How a run begins in its directory: ``resume`` from its ``last.pt``, or from the beginning; ``over``: from
+    the beginning in a directory an earlier attempt left without a saved state."""
 
     out_dir: Path
     resume: bool
