@@ -246,27 +246,27 @@ def _train_run_resumed_by_distill(t):
 
 RESUME = {  # case -> (command, how to prepare the run directory, the message or fragments of it)
     "lr_changed": ("train", lambda t: ["--set", "train.lr=0.5"],
-                   "started with another recipe: train.lr = 0.01, now 0.5 (a resume may change only train.epochs, "
-                   "train.workers, train.log_every, train.eval_every, train.checkpoint_every; resume with the recipe "
-                   "it started with, or start a new run in another --out)"),
+                   ("started with another recipe: train.lr = 0.01, now 0.5 (a resume may change only train.epochs, "
+                    "train.workers, train.log_every, train.eval_every, train.checkpoint_every; resume with the recipe "
+                    "it started with, or start a new run in another --out)")),
     "another_architecture": ("train", lambda t: ["--set", "student.arch=fcos_tiny_fpn", "--set", "student.anchor_size=0"],
-                             'started with another recipe: student.arch = "retinanet_tiny_fpn", now "fcos_tiny_fpn"; '
-                             "student.anchor_size = 16, now 0 (a resume may change only"),
+                             ('started with another recipe: student.arch = "retinanet_tiny_fpn", now "fcos_tiny_fpn"; '
+                              "student.anchor_size = 16, now 0 (a resume may change only")),
     "batch_size_and_lr_steps_changed": ("train", lambda t: ["--set", "train.batch_size=2", "--set", "train.lr_steps=[2]"],
                                         "train.batch_size = 4, now 2; train.lr_steps = [1], now [2] ("),
     "other_data": ("train", lambda t: ["--set", "data.root=/elsewhere"], 'data.root = "'),
     "state_beyond_the_schedule": ("train", _state_beyond_the_schedule,
-                                  "--resume: the saved state is at epoch 2, iteration 1, beyond the 1 epochs this run "
-                                  "asks for (ask for at least 2 epochs)"),
+                                  ("--resume: the saved state is at epoch 2, iteration 1, beyond the 1 epochs this "
+                                   "run asks for (ask for at least 2 epochs)")),
     "truncated_state": ("train", _truncated_state,
-                        "is not a readable training state: expected a torch checkpoint (a zip archive written by "
-                        "torch.save), got a damaged or truncated zip archive (the file is damaged; delete "),
+                        ("is not a readable training state: expected a torch checkpoint (a zip archive written by "
+                         "torch.save), got a damaged or truncated zip archive (the file is damaged; delete ")),
     "no_recipe_beside_the_state": ("train", _no_recipe,
-                                   "--resume: expected the recipe the run started with at '{out}/recipe.json', found "
-                                   "none (put back its recipe.json, or start a new run in another --out)"),
+                                   ("--resume: expected the recipe the run started with at '{out}/recipe.json', "
+                                    "found none (put back its recipe.json, or start a new run in another --out)")),
     "state_of_another_model": ("train", _state_of_another_model,
-                               "--resume: the state in '{out}/last.pt' does not fit this run's model (Error(s) in "
-                               "loading state_dict for "),
+                               ("--resume: the state in '{out}/last.pt' does not fit this run's model (Error(s) in "
+                                "loading state_dict for ")),
     "train_run_resumed_by_distill": ("distill", _train_run_resumed_by_distill, "does not fit this run's model ("),
 }
 
@@ -314,6 +314,19 @@ def test_the_truncated_state_hint_delete_it_and_run_again_starts_the_run_over(sa
     assert torch.load(saved_run.out / LAST, weights_only=True)["epoch"] == 1
 
 
+def test_a_training_state_of_an_earlier_frs_holding_numpy_objects_still_resumes(saved_run):
+    import numpy as np
+
+    state = torch.load(saved_run.out / LAST, weights_only=True)
+    assert isinstance(state["rng"]["numpy"][1], torch.Tensor)  # stored as a tensor now: weights_only reads it
+    state["rng"]["numpy"] = np.random.RandomState(7).get_state()  # how earlier versions stored it
+    torch.save(state, saved_run.out / LAST)
+    assert any(n.startswith("numpy.") for n in torch.serialization.get_unsafe_globals_in_checkpoint(saved_run.out / LAST))
+    result = train(saved_run.recipe, saved_run.out, "--resume")
+    assert result.exit_code == 0, result.output
+    assert np.random.get_state()[1][:4].tolist() == np.random.RandomState(7).get_state()[1][:4].tolist()
+
+
 # --- a run that failed before its first saved state starts again --------------------------------------------
 
 def _metrics_iterations(out) -> list[int]:
@@ -345,7 +358,7 @@ def test_a_run_killed_in_its_first_epoch_starts_again_with_resume(recipe_path, t
 
 def _ctrl_c_twice_at(monkeypatch, iteration: int, objective="GTObjective") -> None:
     """Two SIGINTs to this process inside the forward pass of ``iteration``: the second stops at once."""
-    import frs_cli.train.objectives as objectives
+    from frs_cli.train import objectives
 
     cls = getattr(objectives, objective)
     forward = cls.forward
@@ -425,7 +438,7 @@ def test_an_image_missing_in_the_first_epoch_is_one_line_and_leaves_a_run_that_s
 # --- distill ----------------------------------------------------------------------------------------------
 
 def test_ctrl_c_in_distill_saves_the_state_at_the_step_boundary(recipe_path, cache_path, tmp_path, monkeypatch):
-    import frs_cli.train.objectives as objectives
+    from frs_cli.train import objectives
 
     forward = objectives.FRSObjective.forward
 
@@ -486,21 +499,20 @@ def _state_of_an_unfinished_run(t):
     return t.run / LAST
 
 
+NOT_TORCH = "expected a torch checkpoint (a zip archive written by torch.save)"
 NOT_A_MODEL = {  # case -> (the file given to --checkpoint, what the line says after "checkpoint '<file>': ")
-    "recipe_toml": (lambda t: t.recipe, "expected a torch checkpoint (a zip archive written by torch.save), got text "
-                                        "beginning 'name = \"tiny\"'"),
-    "empty_file": (lambda t: _touch(t.tmp / "empty.pt"), "expected a torch checkpoint (a zip archive written by "
-                                                           "torch.save), got an empty file"),
-    "truncated_model_file": (_truncated_model_file, "expected a torch checkpoint (a zip archive written by torch.save), "
-                                                    "got a damaged or truncated zip archive"),
-    "python_objects": (_torch_file_of_an_object, "expected tensors and plain containers only, got Python objects frs "
-                                                 "does not load (argparse.Namespace)"),
+    "recipe_toml": (lambda t: t.recipe, f"{NOT_TORCH}, got text beginning 'name = \"tiny\"'"),
+    "empty_file": (lambda t: _touch(t.tmp / "empty.pt"), f"{NOT_TORCH}, got an empty file"),
+    "truncated_model_file": (_truncated_model_file, f"{NOT_TORCH}, got a damaged or truncated zip archive"),
+    "python_objects": (_torch_file_of_an_object,
+                       ("expected tensors and plain containers only, got Python objects frs does not load "
+                        "(argparse.Namespace)")),
     "a_plain_tensor": (lambda t: _save(torch.zeros(2), t.tmp / "t.pt"),
                        "expected an frs model file (keys 'arch', 'model'), got Tensor"),
     "state_of_an_unfinished_run": (_state_of_an_unfinished_run,
-                                   "expected a model file (keys 'arch', 'model'), got a training state (what --resume "
-                                   "continues from, saved after 1 epochs) (the run has not finished: its "
-                                   "model_final.pt is written when train/distill --resume ends)"),
+                                   ("expected a model file (keys 'arch', 'model'), got a training state (what "
+                                    "--resume continues from, saved after 1 epochs) (the run has not finished: its "
+                                    "model_final.pt is written when train/distill --resume ends)")),
     "missing": (lambda t: t.tmp / "nothing.pt", None),
 }
 

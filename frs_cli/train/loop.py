@@ -28,8 +28,8 @@ from torch import nn
 
 from frs_cli.data.coco import ViewSampler, collate
 from frs_cli.errors import Interrupted, TrainingError
-from frs_cli.progress import NullProgress, Progress
 from frs_cli.files import storage_errors
+from frs_cli.progress import NullProgress, Progress
 from frs_cli.train.checkpoint import LAST, atomic_save, load_training_state, rng_state, set_rng_state
 from frs_cli.train.config import TrainConfig
 from frs_cli.train.dist import DistContext, barrier, mean_across
