@@ -149,7 +149,19 @@ def apply_overrides(table: dict, overrides: list[str]) -> dict:
 
 
 def recipe_from_dict(table: dict) -> Recipe:
-    return _build(Recipe, table)
+    recipe = _build(Recipe, table)
+    check_values(recipe)
+    return recipe
+
+
+def check_values(recipe: Recipe) -> None:
+    """Values every key's type allows but no run can use (a negative learning rate, zero epochs, ...):
+    ConfigError naming the key, what was expected and what arrived. Each table's dataclass says what it
+    accepts in its ``check(table_name)``."""
+    for f in dataclasses.fields(recipe):
+        value = getattr(recipe, f.name)
+        if hasattr(value, "check"):
+            value.check(f.name)
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:

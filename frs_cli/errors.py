@@ -1,5 +1,7 @@
 """Typed errors. Library code raises these; the command line catches them once and prints one line."""
 
+import math
+
 
 class FrsError(Exception):
     """Base class: a problem the user can fix, described in one line (what was expected, what arrived)."""
@@ -61,3 +63,21 @@ class StorageError(FrsError):
 
 class LockError(FrsError):
     """Another writer holds the output (a cache or a run directory); its lock names it."""
+
+
+def check_range(table: str, name: str, value, low: float, high: float = math.inf, *, low_open: bool = False,
+                high_open: bool = False) -> None:
+    """ConfigError naming ``table.name`` unless ``value`` is a finite number in the range (ends included unless
+    ``*_open``)."""
+    ok = math.isfinite(value) and (value > low if low_open else value >= low) and \
+        (value < high if high_open else value <= high)
+    if not ok:
+        def num(v) -> str:
+            return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+        if high == math.inf:
+            span = f"{'>' if low_open else '>='} {num(low)}"
+        else:
+            span = f"in {'(' if low_open else '['}{num(low)}, {num(high)}{')' if high_open else ']'}"
+        what = "an integer" if isinstance(value, int) else "a finite number"
+        raise ConfigError(f"recipe key '{table}.{name}': expected {what} {span}, got {value!r}")

@@ -201,11 +201,20 @@ def output_lock(path: str | Path, *, command: str | None = None, enabled: bool =
         return
     local = Path(text.removeprefix("file://"))
     lock = lock_path(local)
-    lock.parent.mkdir(parents=True, exist_ok=True)
     holder = holder_record(command)
     record = json.dumps(holder)
     for _ in range(10):
-        if _create(lock, record):
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            created = _create(lock, record)
+        except OSError as exc:
+            if exc.errno not in (errno.EROFS, errno.EACCES):
+                raise
+            # where no lock file can be made, no writer can write either: the job's first write says so
+            log.debug("%s %s: not locked (%s)", what, text, exc.strerror)
+            yield None
+            return
+        if created:
             break
         found = _read(lock)
         if found is None:

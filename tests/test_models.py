@@ -154,10 +154,10 @@ def test_checkpoint_of_another_arch_or_class_count_is_refused(tmp_path):
 def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
     bad = tmp_path / "notes.pt"
     bad.write_text("hello")
-    with pytest.raises(ModelError, match="not a readable torch checkpoint"):
+    with pytest.raises(ModelError, match="expected a torch checkpoint .*, got text beginning 'hello'"):
         build_detector(ModelConfig(arch="retinanet_tiny_fpn", weights=str(bad)), 4)
     torch.save({"foo": 1}, tmp_path / "other.pt")
-    with pytest.raises(ModelError, match="expected an frs checkpoint"):
+    with pytest.raises(ModelError, match=r"expected an frs model file \(keys 'arch', 'model'\), got keys \['foo'\]"):
         build_detector(ModelConfig(arch="retinanet_tiny_fpn", weights=str(tmp_path / "other.pt")), 4)
 
 

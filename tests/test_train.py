@@ -58,14 +58,14 @@ def test_resumed_training_matches_an_uninterrupted_run(recipe_path, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
 
-def test_output_directory_in_use_needs_resume(recipe_path, tmp_path):
+def test_output_directory_holding_other_files_is_refused_with_or_without_resume(recipe_path, tmp_path):
     r = load_recipe(recipe_path)
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "something").write_text("x")
-    with pytest.raises(ConfigError, match="exists and is not empty.*--resume"):
-        train_detector(r, "student", tmp_path / "run", ctx=setup("cpu"))
-    with pytest.raises(TrainingError, match="expected a training state"):
-        train_detector(r, "student", tmp_path / "run", ctx=setup("cpu"), resume=True)
+    for resume in (False, True):
+        with pytest.raises(ConfigError, match="exists and is not empty \\(it holds something, and no saved run state"):
+            train_detector(r, "student", tmp_path / "run", ctx=setup("cpu"), resume=resume)
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["something"]
 
 
 def test_batch_larger_than_the_dataset_is_a_clear_error(recipe_path, tmp_path):

@@ -8,6 +8,7 @@ import os
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from frs_cli.errors import FrsError, Interrupted
 
@@ -23,7 +24,8 @@ def is_main_process() -> bool:
 
 
 def fail(message: str, code: int = 1):
-    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True, highlight=False)
+    """Print ``message`` as one ``error:`` line (as it is: brackets in it are text, not markup) and exit."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, markup=True, highlight=False)
     raise typer.Exit(code)
 
 
@@ -35,7 +37,7 @@ def handle_errors(fn):
         try:
             return fn(*args, **kwargs)
         except Interrupted as exc:
-            err_console.print(f"[yellow]interrupted:[/] {exc}", soft_wrap=True, highlight=False)
+            err_console.print(f"[yellow]interrupted:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
             raise typer.Exit(130) from None
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]", highlight=False)

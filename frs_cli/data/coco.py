@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -115,12 +116,14 @@ class CocoIndex:
             try:
                 image_id, cat = int(ann["image_id"]), int(ann["category_id"])
                 box = ann["bbox"]
-                if len(box) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
-                    raise ValueError("bbox")
-                x, y, w, h = (float(v) for v in box)
                 crowd = bool(ann.get("iscrowd", 0))
             except (KeyError, TypeError, ValueError) as exc:
-                raise DataError(f"annotations {str(path)!r}: an annotation lacks {exc} or has a malformed bbox") from exc
+                raise DataError(f"annotations {str(path)!r}: an annotation lacks {exc}") from exc
+            if not (isinstance(box, list) and len(box) == 4
+                    and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)):
+                raise DataError(f"annotations {str(path)!r}: annotation {ann.get('id')}: expected bbox [x, y, w, h] "
+                                f"of 4 finite numbers, got {json.dumps(box)}")
+            x, y, w, h = (float(v) for v in box)
             if image_id not in per_image:
                 raise DataError(f"annotations {str(path)!r}: annotation {ann.get('id')} names image {image_id}, "
                                 "which is not among the images")

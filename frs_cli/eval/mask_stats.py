@@ -17,6 +17,7 @@ import torch
 
 from frs_cli.data.coco import CocoViews
 from frs_cli.data.geometry import apply_to_boxes, level_valid_size
+from frs_cli.errors import CacheFormatError
 from frs_cli.progress import NullProgress, Progress
 
 
@@ -44,6 +45,18 @@ def _inside(boxes: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor, pad: float)
     return (iny[:, :, None] & inx[:, None, :]).any(dim=0)
 
 
+def _non_finite(cache, k: int, level: str, mask: torch.Tensor) -> None:
+    """CacheFormatError naming the view whose mask holds NaN or infinite values (statistics over it would be nan)."""
+    from frs_cli.cache.schema import VIEW_CODES
+
+    view = {code: name for name, code in VIEW_CODES.items()}.get(int(cache.view[k]), str(int(cache.view[k])))
+    bad = int((~torch.isfinite(mask)).sum())
+    raise CacheFormatError(f"cache {cache.path!r}: the {level} mask of image {int(cache.image_id[k])} ({view}) holds "
+                           f"{bad} non-finite values of {mask.numel()}; expected FRS scores in [0, 1]",
+                           hint=f"frs cache verify {cache.path} lists damaged views, and teacher-cache --resume "
+                                "rewrites them")
+
+
 def mask_statistics(cache, dataset: CocoViews, high: float = 0.5, margin: float = 1.0,
                     max_views: int | None = None, progress: Progress | None = None) -> list[LevelMaskStats]:
     """Statistics per level over the cached views (the first ``max_views`` when given)."""
@@ -59,6 +72,8 @@ def mask_statistics(cache, dataset: CocoViews, high: float = 0.5, margin: float 
         for a, lv, m in zip(acc, cache.levels, masks):
             vh, vw = level_valid_size(geom.valid_size, lv.stride, tuple(m.shape))
             m = m[:vh, :vw].float()
+            if not bool(torch.isfinite(m).all()):
+                _non_finite(cache, k, lv.name, m)
             cy = (torch.arange(vh, dtype=torch.float32) + 0.5) * lv.stride
             cx = (torch.arange(vw, dtype=torch.float32) + 0.5) * lv.stride
             inside = _inside(boxes, cy, cx, 0.0)

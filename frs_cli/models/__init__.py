@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import logging
+import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +32,7 @@ from frs_cli.models.config import ModelConfig
 __all__ = [
     "ARCHS", "Detector", "DetectorOutput", "FrsSignature", "LevelSpec", "ModelConfig", "build_cls_head", "build_detector",
     "check_compatible", "check_distillable",
-    "fingerprint_state_dict", "load_checkpoint_file", "load_state", "model_fingerprint",
+    "fingerprint_state_dict", "load_checkpoint_file", "load_state", "load_torch_file", "model_fingerprint",
 ]
 
 log = logging.getLogger(__name__)
@@ -165,17 +167,104 @@ def check_distillable(student: ModelConfig, teacher: ModelConfig, num_classes: i
                      build_detector(teacher, num_classes, load_weights=False).signature)
 
 
+def _describe_start(head: bytes) -> str:
+    """What a file that is not a zip archive looks like, from its first bytes."""
+    if head.startswith(b"PK"):
+        return "a damaged or truncated zip archive"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"bytes beginning {head[:16]!r}"
+    if not text.strip():
+        return "an empty file" if not head else "blank text"
+    return f"text beginning {text.strip().splitlines()[0][:40]!r}"
+
+
+def _first_line(exc: Exception) -> str:
+    """An exception's first line, without terminal colour codes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    if text.startswith("Weights only load failed"):  # torch's advice on trusting the file: keep only the cause
+        causes = [line.strip() for line in text.splitlines() if "got <" in line or "Unsupported" in line]
+        text = causes[0] if causes else "it holds objects torch's safe loader does not build"
+    return f"{type(exc).__name__}: {text.splitlines()[0][:160] if text else ''}"
+
+
+def load_torch_file(path: Path):
+    """``torch.load`` of a file frs wrote, reading tensors and plain containers only (``weights_only``).
+
+    ModelError in one plain line holding the reason alone (callers name the file) for anything else: a text or
+    other non-torch file, a damaged archive, a file holding other Python objects (named). Training states of
+    earlier frs versions, which held numpy's random state as numpy objects, are read with those types allowed.
+    """
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not zipfile.is_zipfile(path) and not head.startswith(b"\x80"):  # zip: torch.save; 0x80: a legacy pickle
+        raise ModelError(f"expected a torch checkpoint (a zip archive written by torch.save), "
+                         f"got {_describe_start(head)}")
+    allowed = []
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        unsafe = _unsafe_globals(path)
+        if not unsafe:
+            raise ModelError(f"not a readable torch checkpoint ({_first_line(exc)})") from exc
+        if not all(name.startswith("numpy.") for name in unsafe):
+            raise ModelError(f"expected tensors and plain containers only, got Python objects frs "
+                             f"does not load ({', '.join(unsafe[:3])})") from exc
+        allowed = [_resolve(name) for name in unsafe] + _numpy_dtype_classes()
+    except Exception as exc:  # torch raises several types for a damaged archive
+        raise ModelError(f"not a readable torch checkpoint ({_first_line(exc)})") from exc
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(f"not a readable torch checkpoint ({_first_line(exc)})") from exc
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """The names of the Python objects a torch file's pickle would build ([] when it cannot be read)."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except (RuntimeError, ValueError, OSError, pickle.UnpicklingError):
+        return []
+
+
+def _numpy_dtype_classes() -> list:
+    """numpy's dtype classes (``numpy.dtypes.UInt32DType``, ...): an array's pickle builds one, though the scan
+    of a file's globals does not list it."""
+    import numpy as np
+
+    return [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+
+
+def _resolve(name: str):
+    module, _, attr = name.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ModelError(f"expected tensors and plain containers only, got {name}, which this numpy lacks") from exc
+
+
 def load_checkpoint_file(path: str | Path) -> dict:
-    """Read a checkpoint written by frs; ModelError if it is missing or not one of ours."""
+    """Read a model file written by frs; ModelError if it is missing or not one (a training state, another file)."""
     p = Path(path)
     if not p.is_file():
         raise ModelError(f"checkpoint: expected a file at {str(p)!r}, but it does not exist")
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a file that is not a checkpoint
-        raise ModelError(f"checkpoint {str(p)!r}: not a readable torch checkpoint ({str(exc).splitlines()[0]})") from exc
+        ckpt = load_torch_file(p)
+    except ModelError as exc:
+        raise ModelError(f"checkpoint {str(p)!r}: {exc.message}") from None
+    if isinstance(ckpt, dict) and {"modules", "optimizer", "epoch"} <= set(ckpt):
+        final = p.with_name("model_final.pt")
+        raise ModelError(f"checkpoint {str(p)!r}: expected a model file (keys 'arch', 'model'), got a training "
+                         f"state (what --resume continues from, saved after {ckpt['epoch']} epochs)",
+                         hint=f"use {final}" if final.is_file() else
+                         "the run has not finished: its model_final.pt is written when train/distill --resume ends")
     if not isinstance(ckpt, dict) or "model" not in ckpt or "arch" not in ckpt:
-        raise ModelError(f"checkpoint {str(p)!r}: expected an frs checkpoint (keys 'arch', 'model'), got another file")
+        got = f"keys {sorted(map(str, ckpt))[:6]}" if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ModelError(f"checkpoint {str(p)!r}: expected an frs model file (keys 'arch', 'model'), got {got}")
     if ckpt.get("format", 0) > CHECKPOINT_FORMAT:
         raise ModelError(f"checkpoint {str(p)!r}: format {ckpt['format']} is newer than this frs reads "
                          f"({CHECKPOINT_FORMAT})", hint="upgrade frs")

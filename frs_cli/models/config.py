@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from frs_cli.errors import check_range
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -15,3 +17,11 @@ class ModelConfig:
     score_thresh: float = 0.05  # detections below this score are dropped at inference
     nms_thresh: float = 0.5  # IoU threshold of per-class NMS at inference
     detections_per_img: int = 100  # at most this many detections per image (COCO's maxDets)
+
+    def check(self, table: str) -> None:
+        """ConfigError naming ``table.<key>`` for a value no detector could use."""
+        check_range(table, "trainable_backbone_layers", self.trainable_backbone_layers, 0, 5)
+        check_range(table, "anchor_size", self.anchor_size, 0)
+        check_range(table, "score_thresh", self.score_thresh, 0, 1)
+        check_range(table, "nms_thresh", self.nms_thresh, 0, 1)
+        check_range(table, "detections_per_img", self.detections_per_img, 1)

@@ -13,9 +13,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from frs_cli.errors import StorageError
+from frs_cli.errors import ModelError, StorageError
 from frs_cli.files import atomic_path
-from frs_cli.models import CHECKPOINT_FORMAT, build_detector, load_checkpoint_file, load_state, model_fingerprint
+from frs_cli.models import (
+    CHECKPOINT_FORMAT,
+    build_detector,
+    load_checkpoint_file,
+    load_state,
+    load_torch_file,
+    model_fingerprint,
+)
 from frs_cli.models.base import Detector
 from frs_cli.models.config import ModelConfig
 
@@ -62,8 +69,30 @@ def load_detector(path: str | Path) -> tuple[Detector, dict]:
     return detector, ckpt
 
 
+def load_training_state(path: Path) -> dict:
+    """The training state ``--resume`` continues from (``LAST``); TrainingError when it is missing or damaged."""
+    from frs_cli.errors import TrainingError
+
+    if not path.is_file():
+        raise TrainingError(f"--resume: expected a training state at {str(path)!r}, found none")
+    try:
+        state = load_torch_file(path)
+    except ModelError as exc:
+        raise TrainingError(f"--resume: {str(path)!r} is not a readable training state: {exc.message}",
+                            hint=f"the file is damaged; delete {path} and run the same command again to start "
+                                 "the run from the beginning") from None
+    keys = {"modules", "optimizer", "scheduler", "scaler", "rng", "epoch", "epoch_step", "iters_per_epoch"}
+    if not isinstance(state, dict) or not keys <= set(state):
+        raise TrainingError(f"--resume: {str(path)!r} is not a training state (expected keys {sorted(keys)}, "
+                            f"got {sorted(state) if isinstance(state, dict) else type(state).__name__})")
+    return state
+
+
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    """Every random generator's state, in types ``torch.load(weights_only=True)`` reads (no numpy objects)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached))
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy_state}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -71,7 +100,10 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    random.setstate(tuple(state["python"]))
+    kind, keys, *rest = state["numpy"]
+    if isinstance(keys, torch.Tensor):  # states saved by this frs; earlier ones hold the numpy array itself
+        keys = keys.numpy().astype(np.uint32)
+    np.random.set_state((kind, keys, *rest))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from frs_cli.errors import check_range
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -27,6 +29,21 @@ class TrainConfig:
     log_every: int = 20  # write a metrics line every N iterations
     checkpoint_every: int = 0  # also save the training state every N iterations inside an epoch (0: epoch ends only)
 
+    def check(self, table: str) -> None:
+        """ConfigError naming ``table.<key>`` for the first value no run could use."""
+        for name in ("epochs", "batch_size", "log_every"):
+            check_range(table, name, getattr(self, name), 1)
+        for name in ("workers", "warmup_iters", "eval_every", "checkpoint_every", "weight_decay", "grad_clip"):
+            check_range(table, name, getattr(self, name), 0)
+        check_range(table, "seed", self.seed, 0, 2**32 - 1)  # numpy's seed range
+        check_range(table, "lr", self.lr, 0, low_open=True)
+        check_range(table, "momentum", self.momentum, 0, 1, high_open=True)
+        check_range(table, "warmup_factor", self.warmup_factor, 0, 1, low_open=True)
+        check_range(table, "lr_gamma", self.lr_gamma, 0, low_open=True)
+        check_range(table, "hflip_prob", self.hflip_prob, 0, 1)
+        for i, step in enumerate(self.lr_steps):
+            check_range(table, f"lr_steps[{i}]", step, 0)
+
 
 @dataclass(frozen=True)
 class DistillConfig:
@@ -34,3 +51,8 @@ class DistillConfig:
     beta: float = 0.02  # weight of the head loss (official RetinaNet value)
     warmup_iters: int = 500  # the distillation losses ramp up linearly over this many iterations
     mask: Literal["frs", "gt"] = "frs"  # "gt": S = 1 inside GT boxes, 0 outside, no head loss (a baseline)
+
+    def check(self, table: str) -> None:
+        """ConfigError naming ``table.<key>`` for a negative or non-finite weight or warm-up."""
+        for name in ("alpha", "beta", "warmup_iters"):
+            check_range(table, name, getattr(self, name), 0)

@@ -28,10 +28,12 @@ from torch import nn
 
 from frs_cli.data.coco import ViewSampler, collate
 from frs_cli.errors import Interrupted, TrainingError
+from frs_cli.files import storage_errors
 from frs_cli.progress import NullProgress, Progress
-from frs_cli.train.checkpoint import LAST, atomic_save, rng_state, set_rng_state
+from frs_cli.train.checkpoint import LAST, atomic_save, load_training_state, rng_state, set_rng_state
 from frs_cli.train.config import TrainConfig
 from frs_cli.train.dist import DistContext, barrier, mean_across
+from frs_cli.train.rundir import check_resumed_epoch
 from frs_cli.train.schedule import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -104,6 +106,18 @@ class StopRequest:
         return bool(flag.item() > 0)
 
 
+def _stopped_at_once(epoch: int, step: int, saved_at, state_path: Path) -> Interrupted:
+    """The second Ctrl-C: what was saved, if anything, and how to go on."""
+    where = f"stopped at once at epoch {epoch + 1}, iteration {step}, without saving"
+    if saved_at is None or not state_path.is_file():
+        return Interrupted(f"{where}; no state was saved yet",
+                           hint="run the same command again to start the run from the beginning")
+    done, into = saved_at
+    at = f"epoch {done + 1}, iteration {into}" if into else f"the end of epoch {done}"
+    return Interrupted(f"{where}; the last saved state ({at}) is in {state_path}",
+                       hint="run the same command with --resume to continue from it")
+
+
 def fit(
     objective: nn.Module,
     dataset,
@@ -114,6 +128,7 @@ def fit(
     views=("orig", "hflip"),
     resume: bool = False,
     save_outputs: Callable[[nn.Module, Path], None] | None = None,
+    resumed: Callable[[], None] | None = None,
     evaluate: Callable[[nn.Module], dict] | None = None,
     progress: Progress | None = None,
 ) -> FitResult:
@@ -121,7 +136,8 @@ def fit(
 
     ``views``: the views an image may be shown in, one chosen uniformly per image and epoch (orig/hflip
     = random flip with p 0.5); ``save_outputs(objective, out_dir)`` writes the final model files (main
-    process); ``evaluate(objective)`` returns val metrics (called on every process, used from the main one).
+    process); ``resumed()`` is called once a saved state is restored and checked (``resume``);
+    ``evaluate(objective)`` returns val metrics (called on every process, used from the main one).
     """
     progress = progress or NullProgress()
     out_dir = Path(out_dir)
@@ -139,23 +155,31 @@ def fit(
     start_epoch, start_step = 0, 0
     state_path = out_dir / LAST
 
+    saved_at = None  # (epochs done, steps into the next) of the state in state_path, once there is one
     if resume:
-        if not state_path.is_file():
-            raise TrainingError(f"--resume: expected a training state at {str(state_path)!r}, found none")
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
-        for name, module in _trainable_children(objective).items():
-            module.load_state_dict(state["modules"][name])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
+        state = load_training_state(state_path)
+        try:
+            for name, module in _trainable_children(objective).items():
+                module.load_state_dict(state["modules"][name])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise TrainingError(f"--resume: the state in {str(state_path)!r} does not fit this run's model "
+                                f"({str(exc).strip().splitlines()[0][:200]})",
+                                hint="resume with the recipe the run started with") from None
         set_rng_state(state["rng"])
-        start_epoch, start_step = state["epoch"], state["epoch_step"]
+        start_epoch, start_step = saved_at = state["epoch"], state["epoch_step"]
         if state["iters_per_epoch"] != iters_per_epoch:
             raise TrainingError(f"--resume: the state was saved with {state['iters_per_epoch']} iterations per epoch, "
                                 f"this run has {iters_per_epoch} (batch size, world size or dataset changed)")
+        check_resumed_epoch(start_epoch, start_step, cfg.epochs)
+        if resumed is not None:
+            resumed()
         progress.log(f"resumed from {state_path} at epoch {start_epoch + 1}, iteration {start_step}")
 
     def save_state(epoch: int, epoch_step: int) -> None:
+        nonlocal saved_at
         if ctx.is_main:
             atomic_save({
                 "modules": {n: m.state_dict() for n, m in _trainable_children(objective).items()},
@@ -163,12 +187,14 @@ def fit(
                 "scaler": scaler.state_dict(), "rng": rng_state(), "epoch": epoch, "epoch_step": epoch_step,
                 "iters_per_epoch": iters_per_epoch,
             }, state_path)
+        saved_at = (epoch, epoch_step)
 
     model = objective
     if ctx.distributed:
         model = nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
 
-    metrics_file = open(out_dir / "metrics.jsonl", "a") if ctx.is_main else None
+    with storage_errors(str(out_dir / "metrics.jsonl")):
+        metrics_file = open(out_dir / "metrics.jsonl", "a") if ctx.is_main else None
     t_start, images_seen, wait_total, step_total = time.perf_counter(), 0, 0.0, 0.0
     last_losses: dict[str, float] = {}
     eval_metrics = None
@@ -230,8 +256,7 @@ def fit(
                         raise Interrupted(f"stopped at epoch {epoch + 1}, iteration {step}; state saved to {state_path}",
                                           hint="run the same command with --resume to continue")
             except KeyboardInterrupt:
-                raise Interrupted(f"stopped at once at epoch {epoch + 1}, iteration {step}; nothing saved, the last "
-                                  f"saved state is in {state_path}", hint="--resume continues from it") from None
+                raise _stopped_at_once(epoch, step, saved_at, state_path) from None
             finally:
                 progress.stop()
             start_step = 0

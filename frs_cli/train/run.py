@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import logging
 import random
 from dataclasses import asdict, dataclass
@@ -24,6 +23,7 @@ from frs_cli.train.checkpoint import FINAL, atomic_save, model_payload
 from frs_cli.train.dist import DistContext, setup
 from frs_cli.train.loop import FitResult, fit
 from frs_cli.train.objectives import CachedTeacher, FRSObjective, GTObjective, OnlineTeacher
+from frs_cli.train.rundir import RunStart, check_run_dir, record_resume, resume_changes, start_run_dir
 
 log = logging.getLogger(__name__)
 ADAPTERS = "adapters.pt"
@@ -60,17 +60,24 @@ def _one_writer(fn):
     return locked
 
 
-def _check_out(out_dir: Path, resume: bool) -> None:
-    if out_dir.exists() and any(out_dir.iterdir()) and not resume:
-        raise ConfigError(f"--out {str(out_dir)!r}: exists and is not empty",
-                          hint="add --resume to continue that run, or choose a new directory")
+def _check_out(out_dir: Path, resume: bool, recipe_dict: dict, job: str) -> tuple[RunStart, dict]:
+    """How the run starts in ``out_dir``, and the recipe changes a resume makes (checked before anything is built)."""
+    start = check_run_dir(out_dir, resume)
+    return start, resume_changes(out_dir, recipe_dict, job) if start.resume else {}
 
 
-def _start_out(out_dir: Path, recipe_dict: dict, ctx: DistContext) -> None:
+def _start_out(start: RunStart, recipe_dict: dict, ctx: DistContext) -> None:
     """Create the run directory once everything is built, so a failed start leaves nothing behind."""
     if ctx.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "recipe.json").write_text(json.dumps(recipe_dict, indent=1))
+        start_run_dir(start, recipe_dict)
+
+
+def _on_resumed(start: RunStart, recipe_dict: dict, changes: dict, ctx: DistContext):
+    """What ``fit`` calls once it has restored and checked the saved state: record the recipe now followed."""
+    def resumed() -> None:
+        if ctx.is_main:
+            record_resume(start.out_dir, recipe_dict, changes)
+    return resumed
 
 
 def _model_saver(model_cfg: ModelConfig, index, geometry, extra: bool = False):
@@ -101,15 +108,17 @@ def train_detector(recipe, role: str, out_dir: str | Path, *, resume: bool = Fal
         raise ConfigError(f"--role: expected 'teacher' or 'student', got {role!r}")
     ctx = ctx or setup()
     out_dir = Path(out_dir)
-    _check_out(out_dir, resume)
+    recipe_dict = recipe.to_dict()
+    start, changes = _check_out(out_dir, resume, recipe_dict, f"train {role}")
     cfg = recipe.train_config(role)
     model_cfg = recipe.model_config(role)
     seed_everything(cfg.seed)
     train = CocoViews.from_config(recipe.data, recipe.data.train, recipe.geometry)
     detector = build_detector(model_cfg, train.index.num_classes)
-    _start_out(out_dir, recipe.to_dict(), ctx)
+    _start_out(start, recipe_dict, ctx)
     result = fit(GTObjective(detector), train, cfg, ctx, out_dir,
-                 views=("orig", "hflip") if cfg.hflip_prob > 0 else ("orig",), resume=resume,
+                 views=("orig", "hflip") if cfg.hflip_prob > 0 else ("orig",), resume=start.resume,
+                 resumed=_on_resumed(start, recipe_dict, changes, ctx),
                  save_outputs=_model_saver(model_cfg, train.index, recipe.geometry),
                  evaluate=_evaluator(recipe, ctx, cfg) if evaluate else None, progress=progress)
     return RunSummary(str(out_dir), str(out_dir / FINAL), result)
@@ -136,7 +145,8 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
         raise ConfigError("distill: expected exactly one teacher source: --cache PATH or --online")
     ctx = ctx or setup()
     out_dir = Path(out_dir)
-    _check_out(out_dir, resume)
+    recipe_dict = {**recipe.to_dict(), "teacher_source": "online" if online else str(cache)}
+    start, changes = _check_out(out_dir, resume, recipe_dict, "distill online" if online else "distill cache")
     cfg = recipe.train
     coco = CocoViews.from_config(recipe.data, recipe.cache.split if cache else recipe.data.train, recipe.geometry)
     num_classes = coco.index.num_classes
@@ -165,8 +175,9 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
     seed_everything(cfg.seed)
     student = build_detector(recipe.student, num_classes)
     objective = FRSObjective(student, teacher_signature, source, recipe.distill)
-    _start_out(out_dir, {**recipe.to_dict(), "teacher_source": "online" if online else str(cache)}, ctx)
-    result = fit(objective, dataset, cfg, ctx, out_dir, views=views, resume=resume,
+    _start_out(start, recipe_dict, ctx)
+    result = fit(objective, dataset, cfg, ctx, out_dir, views=views, resume=start.resume,
+                 resumed=_on_resumed(start, recipe_dict, changes, ctx),
                  save_outputs=_model_saver(recipe.student, coco.index, recipe.geometry, extra=True),
                  evaluate=_evaluator(recipe, ctx, cfg) if evaluate else None, progress=progress)
     return RunSummary(str(out_dir), str(out_dir / FINAL), result)

@@ -1,0 +1,158 @@
+"""A run directory (``--out`` of ``frs train`` / ``frs distill``): may a run start or resume in it, and what may
+a resume change.
+
+A directory holding nothing, or only what a run writes before its first saved state (``recipe.json``,
+``metrics.jsonl``, hidden temporary or lock files), has nothing to lose: a run starts there from the beginning,
+with or without ``--resume`` (a run killed in its first epoch is never a dead end). A directory with a saved
+state (``last.pt``) continues only with ``--resume``, and only with the recipe it started with, up to the keys
+in ``RESUMABLE`` (how long the schedule runs and how the run is watched). ``recipe.json`` stays true: it is
+rewritten only when a run starts and when a resume with allowed changes has restored its state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from frs_cli.errors import ConfigError, TrainingError
+from frs_cli.files import atomic_path, storage_errors, write_json
+from frs_cli.train.checkpoint import LAST
+
+log = logging.getLogger(__name__)
+RECIPE = "recipe.json"
+METRICS = "metrics.jsonl"
+# written before a run's first saved state: a directory holding only these holds nothing worth keeping
+EARLY_FILES = (RECIPE, METRICS)
+# keys of the run's schedule table that --resume may change (the saved state does not depend on them)
+RESUMABLE = ("epochs", "workers", "log_every", "eval_every", "checkpoint_every")
+# recipe tables each job reads; keys of the other tables do not touch the run
+JOB_TABLES = {
+    "train teacher": ("data", "geometry", "teacher", "teacher_train"),
+    "train student": ("data", "geometry", "student", "train"),
+    "distill cache": ("data", "geometry", "teacher", "student", "train", "distill", "cache", "teacher_source"),
+    "distill online": ("data", "geometry", "teacher", "student", "train", "distill", "teacher_source"),
+}
+# keys of those tables a run does not depend on: a label, the split it is scored on, what teacher-cache alone reads
+IGNORED = ("name", "data.val", "cache.dtype", "cache.codec", "cache.batch_size", "cache.workers",
+           "cache.write_processes", "cache.resize_on_gpu", "cache.amp", "cache.preload_mb",
+           "cache.check_teacher_images", "cache.min_teacher_map")
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """How a run begins in its directory: ``resume`` from its ``last.pt``, or from the beginning; ``over``: from
+    the beginning in a directory an earlier attempt left without a saved state."""
+
+    out_dir: Path
+    resume: bool
+    over: bool = False
+
+
+def _early_only(entries: list[Path]) -> bool:
+    return all(p.name in EARLY_FILES or p.name.startswith(".") for p in entries)
+
+
+def check_run_dir(out_dir: Path, resume: bool) -> RunStart:
+    """Decide how a run starts in ``out_dir`` (nothing is written); ConfigError when it may not."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {str(out_dir)!r}: expected a run directory, found a file",
+                          hint="choose a directory path for --out")
+    entries = sorted(out_dir.iterdir()) if out_dir.is_dir() else []
+    if (out_dir / LAST).is_file():
+        if not resume:
+            raise ConfigError(f"--out {str(out_dir)!r}: exists and holds a saved run state ({LAST})",
+                              hint="add --resume to continue that run, or choose a new directory")
+        return RunStart(out_dir, resume=True)
+    if not entries:
+        if resume and out_dir.is_dir():
+            log.warning("--resume: %s holds no saved state; starting the run from the beginning", out_dir)
+        elif resume:
+            log.warning("--resume: %s does not exist yet; starting the run from the beginning", out_dir)
+        return RunStart(out_dir, resume=False)
+    if not _early_only(entries):
+        others = [p.name for p in entries if p.name not in EARLY_FILES and not p.name.startswith(".")]
+        raise ConfigError(f"--out {str(out_dir)!r}: exists and is not empty (it holds {', '.join(others[:3])}"
+                          f"{', ...' if len(others) > 3 else ''}, and no saved run state {LAST})",
+                          hint="choose a new directory, or empty this one")
+    log.warning("--out %s holds a run that saved no state (it stopped before its first checkpoint); "
+                "starting it again from the beginning, with a new %s", out_dir, METRICS)
+    return RunStart(out_dir, resume=False, over=True)
+
+
+def _flat(table: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in table.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flat(value, full + "."))
+        else:
+            out[full] = value
+    return out
+
+
+def _normal(recipe_dict: dict) -> dict:
+    """As JSON would store it (tuples become lists), flattened to dotted keys."""
+    return _flat(json.loads(json.dumps(recipe_dict)))
+
+
+def resume_changes(out_dir: Path, recipe_dict: dict, job: str) -> dict[str, tuple]:
+    """The keys this resume changes, ``{key: (stored, asked)}``, all of them allowed; ConfigError naming every
+    key it may not change, with both values. The stored recipe is read from ``recipe.json``."""
+    path = out_dir / RECIPE
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--resume: expected the recipe the run started with at {str(path)!r}, "
+                          f"found {'none' if isinstance(exc, FileNotFoundError) else 'an unreadable file'}",
+                          hint="put back its recipe.json, or start a new run in another --out") from exc
+    tables = JOB_TABLES[job]
+    schedule = "teacher_train" if job == "train teacher" else "train"
+    old, new = _normal(stored), _normal(recipe_dict)
+    # keys the stored recipe lacks are settings a newer frs added (their defaults); they are recorded, not refused
+    changed = {k: (old[k], new.get(k)) for k in old if k in new and old[k] != new[k]}
+    relevant = {k: v for k, v in changed.items() if k.split(".")[0] in tables and k not in IGNORED}
+    refused = {k: v for k, v in relevant.items() if k not in {f"{schedule}.{r}" for r in RESUMABLE}}
+    if refused:
+        listed = "; ".join(f"{k} = {json.dumps(a)}, now {json.dumps(b)}" for k, (a, b) in refused.items())
+        allowed = ", ".join(f"{schedule}.{r}" for r in RESUMABLE)
+        raise ConfigError(f"--resume: the run in {str(out_dir)!r} started with another recipe: {listed}",
+                          hint=f"a resume may change only {allowed}; resume with the recipe it started with, "
+                               "or start a new run in another --out")
+    return relevant
+
+
+def record_resume(out_dir: Path, recipe_dict: dict, changes: dict[str, tuple]) -> None:
+    """Once the saved state is restored: write the recipe the run now follows to ``recipe.json``."""
+    for key, (old, new) in changes.items():
+        log.warning("--resume: %s changes from %s to %s (recorded in %s)", key, json.dumps(old), json.dumps(new),
+                    RECIPE)
+    if _normal(json.loads((out_dir / RECIPE).read_text(encoding="utf-8"))) != _normal(recipe_dict):
+        write_json(out_dir / RECIPE, recipe_dict, indent=1)
+
+
+def start_run_dir(start: RunStart, recipe_dict: dict) -> None:
+    """Create the run directory and record its recipe (call on the main process only, once everything is
+    built). A run starting over drops the earlier attempt's metrics and temporary files."""
+    out_dir = start.out_dir
+    if start.resume:
+        return
+    hint = "choose an --out on a writable disk"
+    with storage_errors(f"--out {str(out_dir)!r}", hint=hint):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if start.over:
+            for p in out_dir.iterdir():
+                if p.name == METRICS or (p.name.startswith(".") and p.name.endswith(".tmp")):
+                    p.unlink()
+    with atomic_path(out_dir / RECIPE, hint=hint) as tmp:
+        tmp.write_text(json.dumps(recipe_dict, indent=1), encoding="utf-8")
+
+
+def check_resumed_epoch(epoch: int, epoch_step: int, epochs: int) -> None:
+    """TrainingError when a saved state (at ``epoch``, ``epoch_step`` steps into the next) lies beyond ``epochs``."""
+    needed = epoch + (1 if epoch_step else 0)
+    if needed > epochs:
+        raise TrainingError(f"--resume: the saved state is at epoch {epoch + 1 if epoch_step else epoch}"
+                            f"{f', iteration {epoch_step}' if epoch_step else ''}, beyond the {epochs} epochs "
+                            "this run asks for", hint=f"ask for at least {needed} epochs")

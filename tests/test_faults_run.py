@@ -1,0 +1,556 @@
+"""Faults of training runs and mistakes on the command line (train, distill, eval), end to end.
+
+Each case: the exit code (1, or 130 for a stop), exactly one ``error:`` (or ``interrupted:``) line, last on
+stderr, no traceback, no terminal colour codes, brackets in the message intact, and the run directory left as
+the case says. Where a message gives a hint, some cases follow it literally and check that it works.
+Runs train the tiny student on the 8 val images (2 iterations an epoch) to stay cheap.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+import zarr
+from conftest import write_recipe
+from typer.testing import CliRunner
+
+from frs_cli.cli.app import app
+from frs_cli.train.checkpoint import FINAL, LAST
+
+runner = CliRunner()
+SMALL = ["--set", "data.train=val", "--no-eval", "--device", "cpu"]  # 8 images: 2 iterations an epoch
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def train(recipe, out, *extra):
+    return run("train", "--pipeline", recipe, "--role", "student", "--out", out, *SMALL, *extra)
+
+
+def error_line(result, code: int = 1) -> str:
+    """The one line a failed command leaves: exit ``code``, the only ``error:`` line (``interrupted:`` for 130),
+    the last line on stderr; no traceback, no colour codes anywhere."""
+    assert result.exit_code == code, result.output
+    prefix = "interrupted:" if code == 130 else "error:"
+    lines = [line for line in result.stderr.splitlines() if line.startswith(prefix)]
+    assert len(lines) == 1, result.stderr
+    assert lines[0] == result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.output and "\x1b" not in result.output
+    assert isinstance(result.exception, SystemExit)
+    return lines[0]
+
+
+def warnings_of(result) -> str:
+    """stderr with the log handler's line wrapping undone."""
+    return " ".join(result.stderr.split())
+
+
+def files(d: pathlib.Path) -> list[str]:
+    return sorted(p.name for p in d.iterdir())
+
+
+def snapshot(d: pathlib.Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()}
+
+
+# --- settings and data no run can use: refused before anything is written ----------------------------------
+
+def _data_with(t, edit):
+    root = t.tmp / "data"
+    shutil.copytree(t.synth_root, root)
+    path = root / "annotations" / "instances_val.json"
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc))  # json writes NaN and Infinity as the bare words Python's reader accepts
+    return ["--set", f"data.root={root}"]
+
+
+def _nan_box(doc):
+    doc["annotations"][3]["bbox"] = [float("nan"), 4.0, 10.0, 10.0]
+
+
+def _inf_box(doc):
+    doc["annotations"][0]["bbox"][2] = float("inf")
+
+
+BAD = {  # case -> (command, arguments, the whole message or a fragment of it)
+    "lr_negative": ("train", ["--set", "train.lr=-0.1"], "recipe key 'train.lr': expected a finite number > 0, got -0.1"),
+    "lr_nan": ("train", ["--set", "train.lr=nan"], "recipe key 'train.lr': expected a finite number > 0, got nan"),
+    "batch_size_zero": ("train", ["--set", "train.batch_size=0"],
+                        "recipe key 'train.batch_size': expected an integer >= 1, got 0"),
+    "workers_negative": ("train", ["--set", "train.workers=-1"],
+                         "recipe key 'train.workers': expected an integer >= 0, got -1"),
+    "epochs_zero": ("train", ["--set", "train.epochs=0"], "recipe key 'train.epochs': expected an integer >= 1, got 0"),
+    "momentum_one_or_more": ("train", ["--set", "train.momentum=1.5"],
+                             "recipe key 'train.momentum': expected a finite number in [0, 1), got 1.5"),
+    "lr_step_negative": ("train", ["--set", "train.lr_steps=[-1]"],
+                         "recipe key 'train.lr_steps[0]': expected an integer >= 0, got -1"),
+    "teacher_schedule_lr_zero": ("train", ["--role", "teacher", "--set", "teacher_train.lr=0"],
+                                 "recipe key 'teacher_train.lr': expected a finite number > 0, got 0.0"),
+    "score_thresh_above_one": ("train", ["--set", "student.score_thresh=2.0"],
+                               "recipe key 'student.score_thresh': expected a finite number in [0, 1], got 2.0"),
+    "alpha_negative": ("distill", ["--set", "distill.alpha=-1"],
+                       "recipe key 'distill.alpha': expected a finite number >= 0, got -1.0"),
+    "beta_negative": ("distill", ["--set", "distill.beta=-0.5"],
+                      "recipe key 'distill.beta': expected a finite number >= 0, got -0.5"),
+    "unknown_key": ("train", ["--set", "train.lrate=0.1"], "recipe key 'train.lrate': unknown key (valid keys here: "),
+    "wrong_type": ("distill", ["--set", "train.epochs=two"], "recipe key 'train.epochs': expected an integer, got str 'two'"),
+    "set_without_value": ("train", ["--set", "train.epochs"],
+                          "--set: expected KEY=VALUE (for example train.epochs=2), got 'train.epochs'"),
+    "set_below_a_value": ("train", ["--set", "train.lr.x=1"], "--set 'train.lr.x=1': 'lr' is not a table"),
+    "unknown_view": ("distill", ["--set", 'cache.views=["orig", "vflip"]'],
+                     "cache.views: expected views from orig, hflip, got 'vflip'"),
+    "max_size_below_min_size": ("train", ["--set", "geometry.max_size=32"],
+                                "geometry.max_size: expected at least min_size (64), got 32"),
+    "unknown_arch": ("train", ["--set", "student.arch=retinanet_huge"], "model: unknown arch 'retinanet_huge'"),
+    "unknown_role": ("train", ["--role", "pupil"], "--role: expected 'teacher' or 'student', got 'pupil'"),
+    "two_teacher_sources": ("distill", lambda t: ["--online", "--cache", t.cache], "distill: expected exactly one teacher source: --cache PATH or --online"),
+    "nan_box": ("train", lambda t: _data_with(t, _nan_box),
+                "expected bbox [x, y, w, h] of 4 finite numbers, got [NaN, 4.0, 10.0, 10.0]"),
+    "infinite_box": ("train", lambda t: _data_with(t, _inf_box), "expected bbox [x, y, w, h] of 4 finite numbers, got ["),
+    "missing_dataset": ("train", lambda t: ["--set", f"data.root={t.tmp / 'nowhere'}"],
+                        "annotations: expected a COCO JSON file at"),
+    "teacher_weights_a_training_state": ("distill", lambda t: ["--online", "--set", f"teacher.weights={t.state}"],
+                                         "got a training state (what --resume continues from, saved after 1 epochs)"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_a_bad_setting_or_annotation_is_one_line_and_creates_no_run(case, recipe_path, synth_root, cache_path,
+                                                                    tmp_path, request):
+    command, args, message = BAD[case]
+    t = SimpleNamespace(tmp=tmp_path, synth_root=synth_root, cache=cache_path,
+                        state=request.getfixturevalue("finished").out / LAST if "training_state" in case else None)
+    args = args(t) if callable(args) else args
+    out = tmp_path / "out"
+    if command == "distill":
+        source = [] if "--online" in args else ["--cache", cache_path]
+    else:
+        source = [] if "--role" in args else ["--role", "student"]
+    result = run(command, "--pipeline", recipe_path, "--out", out, *SMALL, *source, *args)
+    line = error_line(result)
+    assert message in line, (message, line)
+    assert not out.exists()
+
+
+# --- the run directory -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, synth_root, teacher_ckpt):
+    """A one-epoch run of the tiny student on the 8 val images: recipe.json, metrics.jsonl, last.pt, model_final.pt."""
+    d = tmp_path_factory.mktemp("finished")
+    recipe = write_recipe(d / "recipe.toml", synth_root, str(teacher_ckpt))
+    result = train(recipe, d / "run")
+    assert result.exit_code == 0, result.output
+    return SimpleNamespace(recipe=recipe, out=d / "run")
+
+
+@pytest.fixture
+def saved_run(finished, tmp_path):
+    """A copy of ``finished`` this test may change."""
+    shutil.copytree(finished.out, tmp_path / "run")
+    return SimpleNamespace(recipe=finished.recipe, out=tmp_path / "run")
+
+
+def test_out_that_is_a_file_is_one_line_and_the_file_is_kept(recipe_path, cache_path, tmp_path):
+    out = tmp_path / "notes.txt"
+    out.write_text("mine")
+    for command in (["train", "--role", "student"], ["distill", "--cache", cache_path]):
+        line = error_line(run(*command, "--pipeline", recipe_path, "--out", out, *SMALL))
+        assert line == f"error: --out '{out}': expected a run directory, found a file (choose a directory path for --out)"
+    assert out.read_text() == "mine"
+
+
+def test_out_on_a_read_only_disk_is_one_line_and_creates_nothing(recipe_path, tmp_path, monkeypatch):
+    disk = tmp_path / "ro"
+    disk.mkdir()
+    mkdir = pathlib.Path.mkdir
+
+    def read_only(self, *args, **kwargs):  # as the kernel answers on a file system mounted read-only
+        if str(self).startswith(str(disk)):
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", read_only)
+    out = disk / "run"
+    line = error_line(train(recipe_path, out))
+    assert line == (f"error: --out '{out}': writing failed (Read-only file system) at {out} "
+                    "(choose an --out on a writable disk)")
+    assert files(disk) == []
+
+
+def test_out_holding_other_files_is_refused_with_or_without_resume(recipe_path, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    for extra in ([], ["--resume"]):
+        line = error_line(train(recipe_path, out, *extra))
+        assert line == (f"error: --out '{out}': exists and is not empty (it holds notes.txt, and no saved run state "
+                        "last.pt) (choose a new directory, or empty this one)")
+    assert files(out) == ["notes.txt"]
+
+
+def test_a_saved_run_without_resume_is_refused_and_the_hint_resume_continues_it(saved_run):
+    before = snapshot(saved_run.out)
+    line = error_line(train(saved_run.recipe, saved_run.out))
+    assert line == (f"error: --out '{saved_run.out}': exists and holds a saved run state (last.pt) "
+                    "(add --resume to continue that run, or choose a new directory)")
+    assert snapshot(saved_run.out) == before
+    result = train(saved_run.recipe, saved_run.out, "--resume")  # the hint: the finished run is finished again
+    assert result.exit_code == 0, result.output
+    assert torch.load(saved_run.out / LAST, weights_only=True)["epoch"] == 1
+
+
+# --- what --resume may change ------------------------------------------------------------------------------
+
+def _state_beyond_the_schedule(t):
+    state = torch.load(t.out / LAST, weights_only=True)
+    state["epoch"], state["epoch_step"] = 1, 1  # saved one step into epoch 2
+    torch.save(state, t.out / LAST)
+    return []
+
+
+def _truncated_state(t):
+    (t.out / LAST).write_bytes((t.out / LAST).read_bytes()[:1000])
+    return []
+
+
+def _no_recipe(t):
+    (t.out / "recipe.json").unlink()
+    return []
+
+
+def _state_of_another_model(t):  # recipe.json agrees with the command, the state does not
+    doc = json.loads((t.out / "recipe.json").read_text())
+    doc["student"].update(arch="fcos_tiny_fpn", anchor_size=0)
+    (t.out / "recipe.json").write_text(json.dumps(doc))
+    return ["--set", "student.arch=fcos_tiny_fpn", "--set", "student.anchor_size=0"]
+
+
+def _train_run_resumed_by_distill(t):
+    return []
+
+
+RESUME = {  # case -> (command, how to prepare the run directory, the message or fragments of it)
+    "lr_changed": ("train", lambda t: ["--set", "train.lr=0.5"],
+                   ("started with another recipe: train.lr = 0.01, now 0.5 (a resume may change only train.epochs, "
+                    "train.workers, train.log_every, train.eval_every, train.checkpoint_every; resume with the recipe "
+                    "it started with, or start a new run in another --out)")),
+    "another_architecture": ("train", lambda t: ["--set", "student.arch=fcos_tiny_fpn", "--set", "student.anchor_size=0"],
+                             ('started with another recipe: student.arch = "retinanet_tiny_fpn", now "fcos_tiny_fpn"; '
+                              "student.anchor_size = 16, now 0 (a resume may change only")),
+    "batch_size_and_lr_steps_changed": ("train", lambda t: ["--set", "train.batch_size=2", "--set", "train.lr_steps=[2]"],
+                                        "train.batch_size = 4, now 2; train.lr_steps = [1], now [2] ("),
+    "other_data": ("train", lambda t: ["--set", "data.root=/elsewhere"], 'data.root = "'),
+    "state_beyond_the_schedule": ("train", _state_beyond_the_schedule,
+                                  ("--resume: the saved state is at epoch 2, iteration 1, beyond the 1 epochs this "
+                                   "run asks for (ask for at least 2 epochs)")),
+    "truncated_state": ("train", _truncated_state,
+                        ("is not a readable training state: expected a torch checkpoint (a zip archive written by "
+                         "torch.save), got a damaged or truncated zip archive (the file is damaged; delete ")),
+    "no_recipe_beside_the_state": ("train", _no_recipe,
+                                   ("--resume: expected the recipe the run started with at '{out}/recipe.json', "
+                                    "found none (put back its recipe.json, or start a new run in another --out)")),
+    "state_of_another_model": ("train", _state_of_another_model,
+                               ("--resume: the state in '{out}/last.pt' does not fit this run's model (Error(s) in "
+                                "loading state_dict for ")),
+    "train_run_resumed_by_distill": ("distill", _train_run_resumed_by_distill, "does not fit this run's model ("),
+}
+
+
+@pytest.mark.parametrize("case", list(RESUME))
+def test_a_refused_resume_is_one_line_and_changes_nothing(case, saved_run, cache_path):
+    command, prepare, message = RESUME[case]
+    args = prepare(saved_run)
+    before = snapshot(saved_run.out)
+    source = ["--cache", cache_path] if command == "distill" else ["--role", "student"]
+    result = run(command, "--pipeline", saved_run.recipe, "--out", saved_run.out, "--resume", *SMALL, *source, *args)
+    line = error_line(result)
+    assert message.format(out=saved_run.out) in line, line
+    assert snapshot(saved_run.out) == before  # recipe.json, last.pt, model_final.pt, metrics.jsonl as they were
+
+
+def test_the_refused_change_hint_resuming_with_the_started_recipe_works(saved_run):
+    error_line(train(saved_run.recipe, saved_run.out, "--resume", "--set", "train.lr=0.5"))
+    result = train(saved_run.recipe, saved_run.out, "--resume")
+    assert result.exit_code == 0, result.output
+    assert json.loads((saved_run.out / "recipe.json").read_text())["train"]["lr"] == 0.01
+
+
+def test_a_resume_that_extends_the_schedule_records_it_in_the_recipe(saved_run):
+    result = train(saved_run.recipe, saved_run.out, "--resume", "--set", "train.epochs=2", "--set", "train.log_every=5")
+    assert result.exit_code == 0, result.output
+    said = warnings_of(result)
+    assert "--resume: train.epochs changes from 1 to 2 (recorded in recipe.json)" in said
+    assert "--resume: train.log_every changes from 1 to 5 (recorded in recipe.json)" in said
+    recorded = json.loads((saved_run.out / "recipe.json").read_text())["train"]
+    assert (recorded["epochs"], recorded["log_every"], recorded["lr"]) == (2, 5, 0.01)
+    assert torch.load(saved_run.out / LAST, weights_only=True)["epoch"] == 2
+
+
+def test_the_truncated_state_hint_delete_it_and_run_again_starts_the_run_over(saved_run):
+    (saved_run.out / FINAL).unlink()  # a run that has not finished yet
+    _truncated_state(saved_run)
+    line = error_line(train(saved_run.recipe, saved_run.out, "--resume"))
+    assert line.endswith(f"(the file is damaged; delete {saved_run.out / LAST} and run the same command again to "
+                         "start the run from the beginning)")
+    (saved_run.out / LAST).unlink()
+    result = train(saved_run.recipe, saved_run.out, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "holds a run that saved no state" in warnings_of(result)
+    assert torch.load(saved_run.out / LAST, weights_only=True)["epoch"] == 1
+
+
+def test_a_training_state_of_an_earlier_frs_holding_numpy_objects_still_resumes(saved_run):
+    import numpy as np
+
+    state = torch.load(saved_run.out / LAST, weights_only=True)
+    assert isinstance(state["rng"]["numpy"][1], torch.Tensor)  # stored as a tensor now: weights_only reads it
+    state["rng"]["numpy"] = np.random.RandomState(7).get_state()  # how earlier versions stored it
+    torch.save(state, saved_run.out / LAST)
+    assert any(n.startswith("numpy.") for n in torch.serialization.get_unsafe_globals_in_checkpoint(saved_run.out / LAST))
+    result = train(saved_run.recipe, saved_run.out, "--resume")
+    assert result.exit_code == 0, result.output
+    assert np.random.get_state()[1][:4].tolist() == np.random.RandomState(7).get_state()[1][:4].tolist()
+
+
+# --- a run that failed before its first saved state starts again --------------------------------------------
+
+def _metrics_iterations(out) -> list[int]:
+    return [json.loads(x)["iter"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"iter"' in x]
+
+
+def test_a_run_killed_in_its_first_epoch_starts_again_with_resume(recipe_path, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "frs_cli", "train", "--pipeline", str(recipe_path), "--role", "student", "--out",
+           str(out), *SMALL, "--set", "train.batch_size=1"]  # 8 iterations in epoch 1
+    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text().count('"iter"') >= 1:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.002)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "train finished before it was killed"
+    assert files(out) == ["metrics.jsonl", "recipe.json"]  # no saved state
+    result = train(recipe_path, out, "--set", "train.batch_size=1", "--resume")
+    assert result.exit_code == 0, result.output
+    assert "holds a run that saved no state (it stopped before its first checkpoint); starting it again from the " \
+           "beginning, with a new metrics.jsonl" in warnings_of(result)
+    assert _metrics_iterations(out) == list(range(8))  # the killed attempt's lines are gone
+    assert files(out) == ["last.pt", "metrics.jsonl", "model_final.pt", "recipe.json"]
+
+
+def _ctrl_c_twice_at(monkeypatch, iteration: int, objective="GTObjective") -> None:
+    """Two SIGINTs to this process inside the forward pass of ``iteration``: the second stops at once."""
+    from frs_cli.train import objectives
+
+    cls = getattr(objectives, objective)
+    forward = cls.forward
+
+    def interrupted(self, batch, step):
+        if step == iteration:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return forward(self, batch, step)
+
+    monkeypatch.setattr(cls, "forward", interrupted)
+
+
+def test_ctrl_c_twice_in_the_first_epoch_says_nothing_was_saved_and_the_same_command_starts_over(
+        recipe_path, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _ctrl_c_twice_at(monkeypatch, 1)
+    line = error_line(train(recipe_path, out), code=130)
+    assert line == ("interrupted: stopped at once at epoch 1, iteration 1, without saving; no state was saved yet "
+                    "(run the same command again to start the run from the beginning)")
+    assert files(out) == ["metrics.jsonl", "recipe.json"]
+    monkeypatch.undo()
+    result = train(recipe_path, out)
+    assert result.exit_code == 0, result.output
+    assert files(out) == ["last.pt", "metrics.jsonl", "model_final.pt", "recipe.json"]
+
+
+def test_ctrl_c_twice_after_a_saved_state_names_it(recipe_path, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _ctrl_c_twice_at(monkeypatch, 2)  # the first step of epoch 2
+    line = error_line(train(recipe_path, out, "--set", "train.epochs=2"), code=130)
+    assert line == (f"interrupted: stopped at once at epoch 2, iteration 0, without saving; the last saved state (the "
+                    f"end of epoch 1) is in {out / LAST} (run the same command with --resume to continue from it)")
+    assert torch.load(out / LAST, weights_only=True)["epoch"] == 1
+
+
+def test_a_full_disk_at_the_first_save_is_one_line_and_the_hint_run_again_with_resume_works(
+        recipe_path, tmp_path, monkeypatch):
+    if not pathlib.Path("/dev/full").exists():
+        pytest.skip("needs /dev/full to make writes fail as on a full disk")
+    save = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: save(obj, "/dev/full", *a, **k))
+    out = tmp_path / "run"
+    line = error_line(train(recipe_path, out))
+    assert line.startswith(f"error: {out / LAST}: writing failed (") and "MB free on its disk)" in line
+    assert line.endswith("(with --resume for a training run))")
+    assert files(out) == ["metrics.jsonl", "recipe.json"]  # no temporary file
+    monkeypatch.setattr(torch, "save", save)  # space freed
+    result = train(recipe_path, out, "--resume")
+    assert result.exit_code == 0, result.output
+    assert files(out) == ["last.pt", "metrics.jsonl", "model_final.pt", "recipe.json"]
+
+
+def test_a_non_finite_loss_in_the_first_epoch_and_the_hint_lower_the_learning_rate_works(recipe_path, tmp_path):
+    out = tmp_path / "run"
+    line = error_line(train(recipe_path, out, "--set", "train.lr=1e12"))
+    assert line.startswith("error: train: non-finite loss at epoch 1, iteration 1: classification=nan")
+    assert line.endswith("(lower the learning rate or check the data)")
+    assert files(out) == ["metrics.jsonl", "recipe.json"]
+    result = train(recipe_path, out, "--set", "train.lr=0.01")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "recipe.json").read_text())["train"]["lr"] == 0.01
+
+
+def test_an_image_missing_in_the_first_epoch_is_one_line_and_leaves_a_run_that_starts_again(recipe_path, synth_root,
+                                                                                              tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    gone = sorted((root / "val").iterdir())[5]
+    gone.unlink()
+    out = tmp_path / "run"
+    line = error_line(train(recipe_path, out, "--set", f"data.root={root}", "--set", "train.workers=1"))
+    assert line == f"error: image: expected a file at '{gone}', but it does not exist"
+    assert files(out) == ["metrics.jsonl", "recipe.json"]
+
+
+# --- distill ----------------------------------------------------------------------------------------------
+
+def test_ctrl_c_in_distill_saves_the_state_at_the_step_boundary(recipe_path, cache_path, tmp_path, monkeypatch):
+    from frs_cli.train import objectives
+
+    forward = objectives.FRSObjective.forward
+
+    def interrupted(self, batch, step):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return forward(self, batch, step)
+
+    monkeypatch.setattr(objectives.FRSObjective, "forward", interrupted)
+    out = tmp_path / "run"
+    result = run("distill", "--pipeline", recipe_path, "--cache", cache_path, "--out", out, *SMALL)
+    line = error_line(result, code=130)
+    assert line == (f"interrupted: stopped at epoch 1, iteration 2; state saved to {out / LAST} (run the same command "
+                    "with --resume to continue)")
+    state = torch.load(out / LAST, weights_only=True)
+    assert (state["epoch"], state["epoch_step"]) == (0, 2) and "adapters" in state["modules"]
+    assert files(out) == ["last.pt", "metrics.jsonl", "recipe.json"]
+
+
+def test_distill_resumed_from_another_cache_is_refused(saved_run, cache_path, tmp_path):
+    doc = json.loads((saved_run.out / "recipe.json").read_text())
+    (saved_run.out / "recipe.json").write_text(json.dumps({**doc, "teacher_source": str(tmp_path / "old.zarr")}))
+    before = snapshot(saved_run.out)
+    result = run("distill", "--pipeline", saved_run.recipe, "--cache", cache_path, "--out", saved_run.out, "--resume",
+                 *SMALL)
+    assert f'teacher_source = "{tmp_path / "old.zarr"}", now "{cache_path}"' in error_line(result)
+    assert snapshot(saved_run.out) == before
+
+
+# --- eval: files that are not model files, masks that are not scores ----------------------------------------
+
+def test_eval_of_a_training_state_names_it_and_the_hint_model_final_works(saved_run, synth_root):
+    line = error_line(run("eval", "--checkpoint", saved_run.out / LAST, "--data", synth_root, "--device", "cpu"))
+    assert line == (f"error: checkpoint '{saved_run.out / LAST}': expected a model file (keys 'arch', 'model'), got a "
+                    "training state (what --resume continues from, saved after 1 epochs) "
+                    f"(use {saved_run.out / FINAL})")
+    result = run("eval", "--checkpoint", saved_run.out / FINAL, "--data", synth_root, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "retinanet_tiny_fpn (model_final.pt)" in result.stdout
+
+
+def _torch_file_of_an_object(t):
+    import argparse
+
+    path = t.tmp / "namespace.pt"
+    torch.save(argparse.Namespace(lr=0.1), path)
+    return path
+
+
+def _truncated_model_file(t):
+    path = t.tmp / "model_final.pt"
+    path.write_bytes((t.run / FINAL).read_bytes()[:2000])
+    return path
+
+
+def _state_of_an_unfinished_run(t):
+    (t.run / FINAL).unlink()
+    return t.run / LAST
+
+
+NOT_TORCH = "expected a torch checkpoint (a zip archive written by torch.save)"
+NOT_A_MODEL = {  # case -> (the file given to --checkpoint, what the line says after "checkpoint '<file>': ")
+    "recipe_toml": (lambda t: t.recipe, f"{NOT_TORCH}, got text beginning 'name = \"tiny\"'"),
+    "empty_file": (lambda t: _touch(t.tmp / "empty.pt"), f"{NOT_TORCH}, got an empty file"),
+    "truncated_model_file": (_truncated_model_file, f"{NOT_TORCH}, got a damaged or truncated zip archive"),
+    "python_objects": (_torch_file_of_an_object,
+                       ("expected tensors and plain containers only, got Python objects frs does not load "
+                        "(argparse.Namespace)")),
+    "a_plain_tensor": (lambda t: _save(torch.zeros(2), t.tmp / "t.pt"),
+                       "expected an frs model file (keys 'arch', 'model'), got Tensor"),
+    "state_of_an_unfinished_run": (_state_of_an_unfinished_run,
+                                   ("expected a model file (keys 'arch', 'model'), got a training state (what "
+                                    "--resume continues from, saved after 1 epochs) (the run has not finished: its "
+                                    "model_final.pt is written when train/distill --resume ends)")),
+    "missing": (lambda t: t.tmp / "nothing.pt", None),
+}
+
+
+def _touch(path):
+    path.write_bytes(b"")
+    return path
+
+
+def _save(obj, path):
+    torch.save(obj, path)
+    return path
+
+
+@pytest.mark.parametrize("case", list(NOT_A_MODEL))
+def test_eval_of_a_file_that_is_not_a_model_file_says_what_it_is_in_one_plain_line(case, saved_run, synth_root,
+                                                                                    tmp_path):
+    make, what = NOT_A_MODEL[case]
+    path = make(SimpleNamespace(tmp=tmp_path, recipe=saved_run.recipe, run=saved_run.out))
+    line = error_line(run("eval", "--checkpoint", path, "--data", synth_root, "--device", "cpu"))
+    if what is None:
+        assert line == f"error: checkpoint: expected a file at '{path}', but it does not exist"
+    else:
+        assert line == f"error: checkpoint '{path}': {what}"
+    assert "weights_only" not in line and "Weights only" not in line
+
+
+def test_mask_statistics_of_nan_masks_is_one_line_and_the_hint_verify_lists_the_view(cache_path, tmp_path):
+    copy = tmp_path / "c.zarr"
+    shutil.copytree(cache_path, copy)
+    mask = zarr.open_group(str(copy), mode="r+")["buckets/64x64/P4/mask"]
+    row = mask[2]
+    row[1, 1] = float("nan")
+    mask[2] = row
+    line = error_line(run("eval", "--cache", copy))
+    assert line == (f"error: cache '{copy}': the P4 mask of image 2 (orig) holds 1 non-finite values of 16; expected "
+                    f"FRS scores in [0, 1] (frs cache verify {copy} lists damaged views, and teacher-cache --resume "
+                    "rewrites them)")
+    result = run("cache", "verify", copy)
+    assert result.exit_code == 1
+    assert result.stdout.splitlines()[0] == "image 2 orig (bucket 64x64, row 2): P4/mask checksum mismatch"
