@@ -149,7 +149,7 @@ def apply_overrides(table: dict, overrides: list[str]) -> dict:
 
 
 def recipe_from_dict(table: dict) -> Recipe:
-    recipe = _build(Recipe, table)
+    recipe = _resolve_cache_split(_build(Recipe, table))
     check_values(recipe)
     return recipe
 
@@ -162,6 +162,25 @@ def check_values(recipe: Recipe) -> None:
         value = getattr(recipe, f.name)
         if hasattr(value, "check"):
             value.check(f.name)
+
+
+def _resolve_cache_split(recipe: Recipe) -> Recipe:
+    """``cache.split`` names a role, "train" or "val"; the folder is ``data.train`` / ``data.val``, so a recipe
+    names each split's folder once. The resolved recipe holds the folder name in ``cache.split`` (what the
+    cache writer reads and records). A folder name equal to ``data.train`` or ``data.val`` is accepted as an
+    alias (recipes written before roles); anything else is refused, as overriding one without the other would
+    send teacher-cache to the wrong annotation file."""
+    split, data = recipe.cache.split, recipe.data
+    roles = {"train": data.train, "val": data.val}
+    if split in roles:
+        folder = roles[split]
+    elif split in roles.values():
+        folder = split
+    else:
+        raise ConfigError(f"recipe key 'cache.split': expected 'train' or 'val' (the folder comes from data.train = "
+                          f"{data.train!r} or data.val = {data.val!r}), got {split!r}",
+                          hint="name the folder in data.train or data.val only, and the role in cache.split")
+    return dataclasses.replace(recipe, cache=dataclasses.replace(recipe.cache, split=folder))
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:

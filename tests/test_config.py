@@ -54,7 +54,32 @@ def test_every_pipeline_recipe_loads():
         assert isinstance(recipe, Recipe)
         with open(path, "rb") as f:
             table = tomllib.load(f)
+        role = table.get("cache", {}).pop("split", "train")  # a role, resolved to its folder (below)
         _assert_matches_table(recipe, table)
+        assert role == "train" and recipe.cache.split == recipe.data.train, path.name
+
+
+def test_cache_split_names_a_role_and_takes_its_folder_from_data():
+    data = {"train": "train2017", "val": "val2017"}
+    assert recipe_from_dict({"data": data}).cache.split == "train2017"
+    assert recipe_from_dict({"data": data, "cache": {"split": "val"}}).cache.split == "val2017"
+    # a folder name equal to data.train / data.val: the old spelling, still accepted
+    assert recipe_from_dict({"data": data, "cache": {"split": "train2017"}}).cache.split == "train2017"
+    assert recipe_from_dict({"data": data, "cache": {"split": "val2017"}}).cache.split == "val2017"
+    # a resolved recipe reads back to itself (checkpoints store it as a dict)
+    resolved = recipe_from_dict({"data": data, "cache": {"split": "val"}})
+    assert recipe_from_dict(resolved.to_dict()) == resolved
+
+
+def test_cache_split_that_is_neither_role_nor_data_folder_is_one_line_naming_both_keys(tmp_path):
+    path = PIPELINES / "coco_retinanet_r50v2_to_r50.toml"
+    with pytest.raises(ConfigError, match=r"^recipe key 'cache.split': expected 'train' or 'val' \(the folder comes "
+                                          r"from data.train = 'train2014' or data.val = 'val2017'\), got 'train2017' "
+                                          r"\(name the folder in data.train or data.val only") as err:
+        load_recipe(path, ["data.train=train2014", "cache.split=train2017"])
+    assert "\n" not in str(err.value)
+    # overriding the folder alone moves the cache with it
+    assert load_recipe(path, ["data.train=train2014"]).cache.split == "train2014"
 
 
 def test_empty_table_gives_defaults():

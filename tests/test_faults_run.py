@@ -158,6 +158,19 @@ def finished(tmp_path_factory, synth_root, teacher_ckpt):
     return SimpleNamespace(recipe=recipe, out=d / "run")
 
 
+@pytest.fixture(scope="module")
+def small_cache(tmp_path_factory, synth_root, teacher_ckpt) -> str:
+    """A cache of the 8 images ``SMALL`` trains on (``data.train=val``, so the cache's train role is that folder)."""
+    from frs_cli.cache.writer import write_teacher_cache
+    from frs_cli.config import load_recipe
+    from frs_cli.train.dist import setup
+
+    d = tmp_path_factory.mktemp("small_cache")
+    recipe = load_recipe(write_recipe(d / "recipe.toml", synth_root, str(teacher_ckpt)), ['data.train="val"'])
+    write_teacher_cache(recipe, str(d / "cache.zarr"), ctx=setup("cpu"))
+    return str(d / "cache.zarr")
+
+
 @pytest.fixture
 def saved_run(finished, tmp_path):
     """A copy of ``finished`` this test may change."""
@@ -272,11 +285,11 @@ RESUME = {  # case -> (command, how to prepare the run directory, the message or
 
 
 @pytest.mark.parametrize("case", list(RESUME))
-def test_a_refused_resume_is_one_line_and_changes_nothing(case, saved_run, cache_path):
+def test_a_refused_resume_is_one_line_and_changes_nothing(case, saved_run, small_cache):
     command, prepare, message = RESUME[case]
     args = prepare(saved_run)
     before = snapshot(saved_run.out)
-    source = ["--cache", cache_path] if command == "distill" else ["--role", "student"]
+    source = ["--cache", small_cache] if command == "distill" else ["--role", "student"]
     result = run(command, "--pipeline", saved_run.recipe, "--out", saved_run.out, "--resume", *SMALL, *source, *args)
     line = error_line(result)
     assert message.format(out=saved_run.out) in line, line
@@ -437,7 +450,7 @@ def test_an_image_missing_in_the_first_epoch_is_one_line_and_leaves_a_run_that_s
 
 # --- distill ----------------------------------------------------------------------------------------------
 
-def test_ctrl_c_in_distill_saves_the_state_at_the_step_boundary(recipe_path, cache_path, tmp_path, monkeypatch):
+def test_ctrl_c_in_distill_saves_the_state_at_the_step_boundary(recipe_path, small_cache, tmp_path, monkeypatch):
     from frs_cli.train import objectives
 
     forward = objectives.FRSObjective.forward
@@ -449,7 +462,7 @@ def test_ctrl_c_in_distill_saves_the_state_at_the_step_boundary(recipe_path, cac
 
     monkeypatch.setattr(objectives.FRSObjective, "forward", interrupted)
     out = tmp_path / "run"
-    result = run("distill", "--pipeline", recipe_path, "--cache", cache_path, "--out", out, *SMALL)
+    result = run("distill", "--pipeline", recipe_path, "--cache", small_cache, "--out", out, *SMALL)
     line = error_line(result, code=130)
     assert line == (f"interrupted: stopped at epoch 1, iteration 2; state saved to {out / LAST} (run the same command "
                     "with --resume to continue)")

@@ -157,7 +157,8 @@ def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
     with pytest.raises(ModelError, match="expected a torch checkpoint .*, got text beginning 'hello'"):
         build_detector(ModelConfig(arch="retinanet_tiny_fpn", weights=str(bad)), 4)
     torch.save({"foo": 1}, tmp_path / "other.pt")
-    with pytest.raises(ModelError, match=r"expected an frs model file \(keys 'arch', 'model'\), got keys \['foo'\]"):
+    with pytest.raises(ModelError, match=r"expected an frs checkpoint \(keys 'arch', 'model'\) or a torchvision state "
+                                         r"dict \(a tensor per parameter name\), got another file \(\['foo'\]\)"):
         build_detector(ModelConfig(arch="retinanet_tiny_fpn", weights=str(tmp_path / "other.pt")), 4)
 
 

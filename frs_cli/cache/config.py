@@ -9,7 +9,7 @@ from typing import Literal
 @dataclass(frozen=True)
 class CacheConfig:
     views: tuple[str, ...] = ("orig", "hflip")  # cached views per image: "orig", "hflip"
-    split: str = "train"  # which data split to cache (its name under data)
+    split: str = "train"  # which split to cache: "train" or "val"; its folder is data.train / data.val
     # storage type of the features; int8/int6/int5/int4: per-view per-channel symmetric quantisation with
     # float32 scales, int6/int5/int4 packed (8 channels in 6/5/4 bytes; channels must be a multiple of 8)
     dtype: Literal["float16", "bfloat16", "float32", "int8", "int6", "int5", "int4"] = "float16"

@@ -20,7 +20,8 @@ from frs_cli.cli.common import (
 
 def register(app: typer.Typer, cache_app: typer.Typer) -> None:
     @app.command("teacher-cache", epilog="Example: frs teacher-cache --pipeline pipelines/demo.toml --out runs/cache.zarr "
-                                         "--set teacher.weights=runs/teacher/model_final.pt")
+                                         "--set teacher.weights=demo/teacher/model_final.pt"
+                                         "  (after frs demo --out demo)")
     @handle_errors
     def teacher_cache(
         pipeline: Path = typer.Option(..., "--pipeline", "-p", help=PIPELINE_HELP),
@@ -58,7 +59,7 @@ def register(app: typer.Typer, cache_app: typer.Typer) -> None:
                               f"({s.views_per_second:.1f} views/s per process) -> {out}"
                               + ("" if s.complete else "  [yellow](incomplete: run again with --resume)[/]"))
 
-    @cache_app.command("info", epilog="Example: frs cache info runs/cache.zarr")
+    @cache_app.command("info", epilog="Example: frs cache info demo/cache.zarr  (after frs demo --out demo)")
     @handle_errors
     def info(cache: str = typer.Argument(..., help="Cache path.")):
         """Summarise a teacher cache: images, views, levels, bytes on disk, MB per image, teacher, fingerprints."""
@@ -94,7 +95,7 @@ def register(app: typer.Typer, cache_app: typer.Typer) -> None:
             table.add_row(k, v)
         console.print(table)
 
-    @cache_app.command("verify", epilog="Example: frs cache verify runs/cache.zarr")
+    @cache_app.command("verify", epilog="Example: frs cache verify demo/cache.zarr  (after frs demo --out demo)")
     @handle_errors
     def verify(cache: str = typer.Argument(..., help="Cache path, URL or .h5 file.")):
         """Check that every view recorded as written has all its arrays, each matching its stored checksum."""
@@ -108,7 +109,8 @@ def register(app: typer.Typer, cache_app: typer.Typer) -> None:
         if not report.ok:
             raise typer.Exit(1)
 
-    @cache_app.command("export", epilog="Example: frs cache export runs/cache.zarr runs/cache.h5")
+    @cache_app.command("export", epilog="Example: frs cache export demo/cache.zarr runs/cache.h5"
+                                         "  (after frs demo --out demo)")
     @handle_errors
     def export(cache: str = typer.Argument(..., help="Complete Zarr cache (path or URL)."),
                out: Path = typer.Argument(..., help="HDF5 file to write (.h5); replaced whole at the end.")):

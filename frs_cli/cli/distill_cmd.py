@@ -20,8 +20,9 @@ from frs_cli.cli.common import (
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("distill", epilog="Example: frs distill --pipeline pipelines/demo.toml --cache runs/cache.zarr "
-                                   "--out runs/student --set teacher.weights=runs/teacher/model_final.pt")
+    @app.command("distill", epilog="Example: frs distill --pipeline pipelines/demo.toml --cache demo/cache.zarr "
+                                   "--out runs/student --set teacher.weights=demo/teacher/model_final.pt"
+                                   "  (after frs demo --out demo)")
     @handle_errors
     def distill(
         pipeline: Path = typer.Option(..., "--pipeline", "-p", help=PIPELINE_HELP),

@@ -19,8 +19,8 @@ from frs_cli.files import write_json
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("eval", epilog="Example: frs eval --checkpoint runs/student/model_final.pt --data demo/data "
-                                "--metrics student.json")
+    @app.command("eval", epilog="Example: frs eval --checkpoint demo/student_frs/model_final.pt --data demo/data "
+                                "--metrics student.json  (after frs demo --out demo)")
     @handle_errors
     def evaluate(
         checkpoint: Path = typer.Option(None, "--checkpoint", help="Model file (model_final.pt) to run on the split."),

@@ -21,7 +21,7 @@ from frs_cli.cli.common import (
 
 def register(app: typer.Typer) -> None:
     @app.command("train", epilog="Example: frs train --pipeline pipelines/demo.toml --role teacher --out runs/teacher "
-                                 "--set data.root=demo/data")
+                                 "--set data.root=demo/data  (after frs demo --out demo, which writes demo/data)")
     @handle_errors
     def train(
         pipeline: Path = typer.Option(..., "--pipeline", "-p", help=PIPELINE_HELP),

@@ -10,7 +10,8 @@ from frs_cli.cli.common import console, handle_errors
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("visualize", epilog="Example: frs visualize --cache runs/cache.zarr --level all --out masks.png")
+    @app.command("visualize", epilog="Example: frs visualize --cache demo/cache.zarr --level all --out masks.png"
+                                     "  (after frs demo --out demo)")
     @handle_errors
     def visualize(
         cache: str = typer.Option(..., "--cache", help="Teacher cache."),

@@ -1,19 +1,17 @@
 """Detector adapters by name: one factory, ``build_detector``, over torchvision's detectors.
 
-Weights are either a torchvision weights enum name (downloaded by torchvision when a user asks for it and
-the machine has internet) or the path of a checkpoint written by ``frs train`` / ``frs distill``.
+Weights are a torchvision weights enum name (downloaded by torchvision when a user asks for it and the
+machine has internet, or found in torch's hub cache), the path of a checkpoint written by ``frs train`` /
+``frs distill``, or the path of a weights file torchvision publishes (``frs_cli.models.weights``).
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
-import pickle
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
@@ -28,15 +26,29 @@ from frs_cli.models.base import (
     fingerprint_state_dict,
 )
 from frs_cli.models.config import ModelConfig
+from frs_cli.models.torchfile import load_torch_file
+from frs_cli.models.weights import (
+    CHECKPOINT_FORMAT,
+    Published,
+    WeightsSource,
+    check_checkpoint_format,
+    check_hub_copy,
+    is_weights_enum,
+    resolve_weights,
+    state_mismatch,
+    without_batch_counts,
+)
 
 __all__ = [
-    "ARCHS", "Detector", "DetectorOutput", "FrsSignature", "LevelSpec", "ModelConfig", "build_cls_head", "build_detector",
+    "ARCHS", "CHECKPOINT_FORMAT", "Detector", "DetectorOutput", "FrsSignature", "LevelSpec", "ModelConfig",
+    "build_cls_head", "build_detector",
     "check_compatible", "check_distillable",
     "fingerprint_state_dict", "load_checkpoint_file", "load_state", "load_torch_file", "model_fingerprint",
 ]
 
 log = logging.getLogger(__name__)
-CHECKPOINT_FORMAT = 1
+# torchvision's v1 COCO weights were trained with FrozenBatchNorm2d eps 0 (torchvision's builders set it too)
+EPS_ZERO_WEIGHTS = ("RetinaNet_ResNet50_FPN_Weights.COCO_V1", "FasterRCNN_ResNet50_FPN_Weights.COCO_V1")
 
 
 @dataclass(frozen=True)
@@ -102,26 +114,16 @@ ARCHS: dict[str, ArchSpec] = {
 }
 
 
-def _is_weights_enum(name: str) -> bool:
-    return bool(name) and "_Weights." in name and not Path(name).exists()
-
-
-def _get_weights_enum(name: str):
-    from torchvision.models import get_weight
-
-    try:
-        return get_weight(name)
-    except (ValueError, KeyError, AttributeError) as exc:
-        raise ModelError(f"weights: expected a torchvision weights enum name or a checkpoint path, got {name!r}",
-                         hint="for example RetinaNet_ResNet50_FPN_V2_Weights.COCO_V1") from exc
-
-
 def _download_state_dict(weights) -> dict:
+    """The state dict of a torchvision weights enum: torch's hub cache holds it after the first download (or
+    a copy put there by hand, checked here: torch itself checks the hash of downloads only)."""
+    file_name = check_hub_copy(Published.of(weights))
     try:
         return weights.get_state_dict(progress=True, check_hash=True)
     except OSError as exc:  # URLError is an OSError
         raise ModelError(f"weights {weights}: download failed ({exc})",
-                         hint="without internet, pass the path of a local checkpoint instead") from exc
+                         hint=f"without internet, pass the path of torchvision's file {file_name} instead, or put "
+                              "it in torch's hub cache ($TORCH_HOME/hub/checkpoints/)") from exc
 
 
 def _family(name: str):
@@ -140,16 +142,32 @@ def build_detector(cfg: ModelConfig, num_classes: int, load_weights: bool = True
     if num_classes < 1:
         raise ModelError(f"model: expected at least one class, got num_classes={num_classes}")
     spec = ARCHS[cfg.arch]
+    source = resolve_weights(cfg.weights, cfg.arch) if (load_weights and cfg.weights) else None
     backbone_weights = None
     if cfg.weights_backbone and load_weights and not cfg.weights:  # full weights overwrite the backbone's anyway
         if spec.body in TINY_BODIES:
             raise ModelError(f"weights_backbone: {cfg.arch} has no pretrained backbone, got {cfg.weights_backbone!r}")
-        backbone_weights = _get_weights_enum(cfg.weights_backbone)
-    trained = _is_weights_enum(cfg.weights) or bool(cfg.weights_backbone)
+        backbone_weights = _backbone_weights(cfg.weights_backbone, spec.body)
+    # torchvision's weights (enum or file) are built as torchvision builds a pretrained model (v1: frozen BN)
+    pretrained = source.kind in ("enum", "torchvision") if source else is_weights_enum(cfg.weights)
+    trained = pretrained or bool(cfg.weights_backbone)
     detector = _family(spec.family).build(spec, cfg, num_classes, backbone_weights, trained)
-    if load_weights and cfg.weights:
-        load_weights_into(detector, cfg.weights)
+    if source is not None:
+        _load_source(detector, source)
     return detector
+
+
+def _backbone_weights(text: str, body: str):
+    """The state dict of an ImageNet enum (downloaded, or from torch's hub cache) or of a file, for ``body``."""
+    source = resolve_weights(text, body)
+    if source.kind == "enum":
+        return _download_state_dict(source.enum)
+    if source.kind == "frs":
+        raise ModelError(f"weights_backbone {source.label}: expected torchvision's ImageNet {body} weights, got an "
+                         "frs detector checkpoint", hint="a detector checkpoint belongs in weights")
+    if source.published:
+        log.info("weights_backbone %s is torchvision's %s", source.label, source.published.name)
+    return source.content
 
 
 def build_cls_head(spec: dict) -> nn.Module:
@@ -165,86 +183,6 @@ def check_distillable(student: ModelConfig, teacher: ModelConfig, num_classes: i
     ``check_compatible``). Compares the architectures alone: no weights are loaded or downloaded."""
     check_compatible(build_detector(student, num_classes, load_weights=False).signature,
                      build_detector(teacher, num_classes, load_weights=False).signature)
-
-
-def _describe_start(head: bytes) -> str:
-    """What a file that is not a zip archive looks like, from its first bytes."""
-    if head.startswith(b"PK"):
-        return "a damaged or truncated zip archive"
-    try:
-        text = head.decode("utf-8")
-    except UnicodeDecodeError:
-        return f"bytes beginning {head[:16]!r}"
-    if not text.strip():
-        return "an empty file" if not head else "blank text"
-    return f"text beginning {text.strip().splitlines()[0][:40]!r}"
-
-
-def _first_line(exc: Exception) -> str:
-    """An exception's first line, without terminal colour codes."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
-    if text.startswith("Weights only load failed"):  # torch's advice on trusting the file: keep only the cause
-        causes = [line.strip() for line in text.splitlines() if "got <" in line or "Unsupported" in line]
-        text = causes[0] if causes else "it holds objects torch's safe loader does not build"
-    return f"{type(exc).__name__}: {text.splitlines()[0][:160] if text else ''}"
-
-
-def load_torch_file(path: Path):
-    """``torch.load`` of a file frs wrote, reading tensors and plain containers only (``weights_only``).
-
-    ModelError in one plain line holding the reason alone (callers name the file) for anything else: a text or
-    other non-torch file, a damaged archive, a file holding other Python objects (named). Training states of
-    earlier frs versions, which held numpy's random state as numpy objects, are read with those types allowed.
-    """
-    import zipfile
-
-    with open(path, "rb") as f:
-        head = f.read(64)
-    if not zipfile.is_zipfile(path) and not head.startswith(b"\x80"):  # zip: torch.save; 0x80: a legacy pickle
-        raise ModelError(f"expected a torch checkpoint (a zip archive written by torch.save), "
-                         f"got {_describe_start(head)}")
-    allowed = []
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        unsafe = _unsafe_globals(path)
-        if not unsafe:
-            raise ModelError(f"not a readable torch checkpoint ({_first_line(exc)})") from exc
-        if not all(name.startswith("numpy.") for name in unsafe):
-            raise ModelError(f"expected tensors and plain containers only, got Python objects frs "
-                             f"does not load ({', '.join(unsafe[:3])})") from exc
-        allowed = [_resolve(name) for name in unsafe] + _numpy_dtype_classes()
-    except Exception as exc:  # torch raises several types for a damaged archive
-        raise ModelError(f"not a readable torch checkpoint ({_first_line(exc)})") from exc
-    try:
-        with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ModelError(f"not a readable torch checkpoint ({_first_line(exc)})") from exc
-
-
-def _unsafe_globals(path: Path) -> list[str]:
-    """The names of the Python objects a torch file's pickle would build ([] when it cannot be read)."""
-    try:
-        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    except (RuntimeError, ValueError, OSError, pickle.UnpicklingError):
-        return []
-
-
-def _numpy_dtype_classes() -> list:
-    """numpy's dtype classes (``numpy.dtypes.UInt32DType``, ...): an array's pickle builds one, though the scan
-    of a file's globals does not list it."""
-    import numpy as np
-
-    return [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
-
-
-def _resolve(name: str):
-    module, _, attr = name.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ModelError(f"expected tensors and plain containers only, got {name}, which this numpy lacks") from exc
 
 
 def load_checkpoint_file(path: str | Path) -> dict:
@@ -265,9 +203,7 @@ def load_checkpoint_file(path: str | Path) -> dict:
     if not isinstance(ckpt, dict) or "model" not in ckpt or "arch" not in ckpt:
         got = f"keys {sorted(map(str, ckpt))[:6]}" if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ModelError(f"checkpoint {str(p)!r}: expected an frs model file (keys 'arch', 'model'), got {got}")
-    if ckpt.get("format", 0) > CHECKPOINT_FORMAT:
-        raise ModelError(f"checkpoint {str(p)!r}: format {ckpt['format']} is newer than this frs reads "
-                         f"({CHECKPOINT_FORMAT})", hint="upgrade frs")
+    check_checkpoint_format(ckpt, repr(str(p)))
     return ckpt
 
 
@@ -275,39 +211,44 @@ def load_state(detector: Detector, state: dict, source: str) -> None:
     """Load a torchvision-style state dict into the adapter's detector; ModelError naming what does not fit."""
     core = detector.core()
     expected = core.state_dict()
-    # BatchNorm2d counts batches, FrozenBatchNorm2d does not: either side may lack these entries.
-    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked") or k in expected}
-    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [k for k in state if k in expected and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or wrong:
-        detail = (f"{len(missing)} missing (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}), "
-                  f"{len(wrong)} of another shape (e.g. {[(k, tuple(state[k].shape)) for k in wrong[:2]]})")
-        raise ModelError(f"weights {source}: do not fit {detector.arch} with {detector.num_classes} classes: {detail}")
-    core.load_state_dict(state, strict=False)
+    detail = state_mismatch(expected, state)
+    if detail:
+        hint = ("this looks like an ImageNet classifier: name it in weights_backbone" if "fc.weight" in state
+                else "the weights must be of the recipe's arch, for the dataset's class count")
+        raise ModelError(f"weights {source}: do not fit {detector.arch} with {detector.num_classes} classes: {detail}",
+                         hint=hint)
+    core.load_state_dict(without_batch_counts(state, expected), strict=False)
 
 
 def load_weights_into(detector: Detector, weights: str) -> None:
-    if _is_weights_enum(weights):
-        enum = _get_weights_enum(weights)
-        categories = len(enum.meta.get("categories", []))
-        if categories and categories != detector.num_classes:
-            raise ModelError(f"weights {weights}: predict {categories} classes, the dataset has {detector.num_classes}",
-                             hint="for COCO-pretrained torchvision weights set data.label_map = 'category_id'")
-        load_state(detector, detector.adapt_torchvision_state(_download_state_dict(enum)), weights)
-        if weights.split(".")[-2:] in (["RetinaNet_ResNet50_FPN_Weights", "COCO_V1"],
-                                       ["FasterRCNN_ResNet50_FPN_Weights", "COCO_V1"]):
-            for m in detector.modules():  # these weights were trained with eps 0 (torchvision does the same)
-                if isinstance(m, FrozenBatchNorm2d):
-                    m.eps = 0.0
+    """Load ``weights`` (enum name, frs checkpoint or torchvision file) into an already built ``detector``."""
+    _load_source(detector, resolve_weights(weights, detector.arch))
+
+
+def _load_source(detector: Detector, source: WeightsSource) -> None:
+    if source.kind == "frs":
+        ckpt = source.content
+        if ckpt["arch"] != detector.arch:
+            raise ModelError(f"checkpoint {source.label}: holds a {ckpt['arch']}, expected {detector.arch}")
+        if ckpt.get("num_classes") != detector.num_classes:
+            raise ModelError(f"checkpoint {source.label}: has {ckpt.get('num_classes')} classes, "
+                             f"the dataset has {detector.num_classes}")
+        load_state(detector, ckpt["model"], source.label)
         return
-    ckpt = load_checkpoint_file(weights)
-    if ckpt["arch"] != detector.arch:
-        raise ModelError(f"checkpoint {weights!r}: holds a {ckpt['arch']}, expected {detector.arch}")
-    if ckpt.get("num_classes") != detector.num_classes:
-        raise ModelError(f"checkpoint {weights!r}: has {ckpt.get('num_classes')} classes, "
-                         f"the dataset has {detector.num_classes}")
-    load_state(detector, ckpt["model"], repr(weights))
+    published = source.published
+    if published and published.categories and published.categories != detector.num_classes:
+        raise ModelError(f"weights {source.label}: predict {published.categories} classes, the dataset has "
+                         f"{detector.num_classes}",
+                         hint="for COCO-pretrained torchvision weights set data.label_map = 'category_id'")
+    state = _download_state_dict(source.enum) if source.kind == "enum" else source.content
+    load_state(detector, detector.adapt_torchvision_state(state), source.label)
+    if published and source.kind == "torchvision":
+        log.info("weights %s are torchvision's %s (sha256 prefix %s)", source.label, published.name,
+                 published.hash_prefix)
+    if published and published.name in EPS_ZERO_WEIGHTS:
+        for m in detector.modules():
+            if isinstance(m, FrozenBatchNorm2d):
+                m.eps = 0.0
 
 
 def model_fingerprint(detector: Detector) -> str:

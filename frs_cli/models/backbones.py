@@ -10,6 +10,9 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.resnet import BasicBlock
 from torchvision.ops import FrozenBatchNorm2d
 
+from frs_cli.errors import ModelError
+from frs_cli.models.weights import state_mismatch, without_batch_counts
+
 # name -> (stage widths, blocks per stage)
 TINY_BODIES = {
     "tiny": ((16, 32, 64, 128), (1, 1, 1, 1)),
@@ -59,6 +62,7 @@ def resnet_fpn(body: str, fpn_channels: int, returned_layers: list[int], extra_b
     ``returned_layers`` are ResNet stages (1 = stride 4 ... 4 = stride 32); FPN outputs are named "0", "1", ...
     in that order, then the extra blocks'. Stages outside the last ``trainable_layers`` are frozen, as
     torchvision does for pretrained bodies. ``frozen_bn`` uses ``FrozenBatchNorm2d`` (pretrained v1 models).
+    ``weights`` (torchvision bodies only): None or the state dict of its ImageNet weights (enum or file).
     ``extra_blocks`` makes the FPN's extra levels; it is called where earlier versions built them (after a
     tiny body, before a torchvision one), so a seeded random init stays what it was.
     """
@@ -69,7 +73,7 @@ def resnet_fpn(body: str, fpn_channels: int, returned_layers: list[int], extra_b
         stage_channels = list(widths)
     else:
         extra = extra_blocks()
-        net = getattr(resnet, body)(weights=weights, norm_layer=FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d)
+        net = _resnet(body, weights, FrozenBatchNorm2d if frozen_bn else nn.BatchNorm2d)
         c2 = net.inplanes // 8  # 256 for bottleneck bodies, 64 for basic-block ones
         stage_channels = [c2 * 2**i for i in range(4)]
         train = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable_layers] + (["bn1"] if trainable_layers == 5 else [])
@@ -79,6 +83,21 @@ def resnet_fpn(body: str, fpn_channels: int, returned_layers: list[int], extra_b
     return BackboneWithFPN(net, {f"layer{k}": str(i) for i, k in enumerate(returned_layers)},
                            [stage_channels[k - 1] for k in returned_layers], fpn_channels,
                            extra_blocks=extra, norm_layer=fpn_norm)
+
+
+def _resnet(body: str, weights, norm_layer) -> nn.Module:
+    """torchvision's ResNet ``body``; ``weights`` (None: random init) is its state dict, checked key by key
+    against the body (ModelError naming what does not fit)."""
+    net = getattr(resnet, body)(weights=None, norm_layer=norm_layer)
+    if weights is None:
+        return net
+    expected = net.state_dict()
+    detail = state_mismatch(expected, dict(weights))
+    if detail:
+        raise ModelError(f"weights_backbone: the file does not fit torchvision's {body}: {detail}",
+                         hint=f"expected the ImageNet weights of {body} (its classifier 'fc' included)")
+    net.load_state_dict(without_batch_counts(dict(weights), expected))
+    return net
 
 
 def c5_channels(body: str) -> int:

@@ -10,8 +10,10 @@ from frs_cli.errors import check_range
 @dataclass(frozen=True)
 class ModelConfig:
     arch: str = "retinanet_resnet50_fpn"  # a name from `frs models` (frs_cli.models.ARCHS)
-    weights: str = ""  # "" random init | torchvision weights enum (RetinaNet_ResNet50_FPN_V2_Weights.COCO_V1) | checkpoint path
-    weights_backbone: str = ""  # "" | ImageNet enum for the backbone, e.g. ResNet50_Weights.IMAGENET1K_V1
+    # "" random init | torchvision weights enum (RetinaNet_ResNet50_FPN_V2_Weights.COCO_V1) | path of an frs
+    # checkpoint | path of torchvision's file for this arch (retinanet_resnet50_fpn_v2_coco-5905b1c5.pth)
+    weights: str = ""
+    weights_backbone: str = ""  # "" | ImageNet enum (ResNet50_Weights.IMAGENET1K_V1) or the path of its file
     trainable_backbone_layers: int = 3  # with pretrained weights: how many ResNet stages train (0-5)
     anchor_size: int = 0  # anchor size at the finest level, px, doubling per level; 0: the family's default (RetinaNet 32, FCOS 8, Faster R-CNN 32 at P2, GFL 64)
     score_thresh: float = 0.05  # detections below this score are dropped at inference

@@ -16,8 +16,9 @@ from frs_cli.data.coco import CocoViews
 from frs_cli.errors import ConfigError
 from frs_cli.eval.predict import evaluate_detector
 from frs_cli.lock import job_lock
-from frs_cli.models import build_detector, check_compatible, check_distillable, load_checkpoint_file, model_fingerprint
+from frs_cli.models import build_detector, check_compatible, check_distillable, model_fingerprint
 from frs_cli.models.config import ModelConfig
+from frs_cli.models.weights import resolve_weights
 from frs_cli.progress import Progress
 from frs_cli.train.checkpoint import FINAL, atomic_save, model_payload
 from frs_cli.train.dist import DistContext, setup
@@ -127,9 +128,9 @@ def train_detector(recipe, role: str, out_dir: str | Path, *, resume: bool = Fal
 def teacher_fingerprint(cfg: ModelConfig, num_classes: int) -> str:
     """The fingerprint ``teacher-cache`` records for this teacher config, cheaply when it is an frs checkpoint."""
     if cfg.weights and Path(cfg.weights).is_file():
-        ckpt = load_checkpoint_file(cfg.weights)
-        if "fingerprint" in ckpt:
-            return ckpt["fingerprint"]
+        source = resolve_weights(cfg.weights, cfg.arch)
+        if source.kind == "frs" and "fingerprint" in source.content:
+            return source.content["fingerprint"]
     return model_fingerprint(build_detector(cfg, num_classes))
 
 

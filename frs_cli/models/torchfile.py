@@ -1,0 +1,97 @@
+"""Reading torch files safely: tensors and plain containers only, one plain line for anything else.
+
+The one reader of ``.pt``/``.pth`` files for frs checkpoints, training states and torchvision weight files.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+import re
+from pathlib import Path
+
+import torch
+
+from frs_cli.errors import ModelError
+
+__all__ = ["load_torch_file"]
+
+
+def _describe_start(head: bytes) -> str:
+    """What a file that is not a zip archive looks like, from its first bytes."""
+    if head.startswith(b"PK"):
+        return "a damaged or truncated zip archive"
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"bytes beginning {head[:16]!r}"
+    if not text.strip():
+        return "an empty file" if not head else "blank text"
+    return f"text beginning {text.strip().splitlines()[0][:40]!r}"
+
+
+def _first_line(exc: Exception) -> str:
+    """An exception's first line, without terminal colour codes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    if text.startswith("Weights only load failed"):  # torch's advice on trusting the file: keep only the cause
+        causes = [line.strip() for line in text.splitlines() if "got <" in line or "Unsupported" in line]
+        text = causes[0] if causes else "it holds objects torch's safe loader does not build"
+    return f"{type(exc).__name__}: {text.splitlines()[0][:160] if text else ''}"
+
+
+def load_torch_file(path: Path):
+    """``torch.load`` of a file frs wrote, reading tensors and plain containers only (``weights_only``).
+
+    ModelError in one plain line holding the reason alone (callers name the file) for anything else: a text or
+    other non-torch file, a damaged archive, a file holding other Python objects (named). Training states of
+    earlier frs versions, which held numpy's random state as numpy objects, are read with those types allowed.
+    """
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not zipfile.is_zipfile(path) and not head.startswith(b"\x80"):  # zip: torch.save; 0x80: a legacy pickle
+        raise ModelError(f"expected a torch checkpoint (a zip archive written by torch.save), "
+                         f"got {_describe_start(head)}")
+    allowed = []
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        unsafe = _unsafe_globals(path)
+        if not unsafe:
+            raise ModelError(f"not a readable torch checkpoint ({_first_line(exc)})") from exc
+        if not all(name.startswith("numpy.") for name in unsafe):
+            raise ModelError(f"expected tensors and plain containers only, got Python objects frs "
+                             f"does not load ({', '.join(unsafe[:3])})") from exc
+        allowed = [_resolve(name) for name in unsafe] + _numpy_dtype_classes()
+    except Exception as exc:  # torch raises several types for a damaged archive
+        raise ModelError(f"not a readable torch checkpoint ({_first_line(exc)})") from exc
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(f"not a readable torch checkpoint ({_first_line(exc)})") from exc
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """The names of the Python objects a torch file's pickle would build ([] when it cannot be read)."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except (RuntimeError, ValueError, OSError, pickle.UnpicklingError):
+        return []
+
+
+def _numpy_dtype_classes() -> list:
+    """numpy's dtype classes (``numpy.dtypes.UInt32DType``, ...): an array's pickle builds one, though the scan
+    of a file's globals does not list it."""
+    import numpy as np
+
+    return [getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]
+
+
+def _resolve(name: str):
+    module, _, attr = name.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ModelError(f"expected tensors and plain containers only, got {name}, which this numpy lacks") from exc

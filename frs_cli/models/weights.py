@@ -1,0 +1,188 @@
+"""Where a model's weights come from: a torchvision weights enum name, an frs checkpoint, or a weights file
+that torchvision publishes (a plain state dict), and which published file a local file is.
+
+A machine without internet (common on GPU clusters) cannot let torchvision download an enum's file. It can
+name the file itself (``teacher.weights = "/models/retinanet_resnet50_fpn_v2_coco-5905b1c5.pth"``). When
+the file's sha256 begins with the hash prefix in the published file's name (torch.hub's ``check_hash``
+convention), it is that enum's file and is treated exactly as the enum would be.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from frs_cli.errors import ModelError
+
+CHECKPOINT_FORMAT = 1
+# torch.hub's convention: "<name>-<first hex digits of the sha256>.<ext>"
+_HASH_IN_NAME = re.compile(r"-([a-f0-9]+)\.")
+
+
+@dataclass(frozen=True)
+class Published:
+    """One weights file torchvision publishes (a member of a weights enum)."""
+
+    name: str  # the enum's name, e.g. "RetinaNet_ResNet50_FPN_V2_Weights.COCO_V1"
+    file_name: str  # the published file's name, e.g. "retinanet_resnet50_fpn_v2_coco-5905b1c5.pth"
+    hash_prefix: str  # leading hex digits of the file's sha256, from its name ("" when the name has none)
+    categories: int  # classes its head predicts (0: not stated)
+
+    @classmethod
+    def of(cls, enum) -> Published:
+        file_name = enum.url.rsplit("/", 1)[-1]
+        found = _HASH_IN_NAME.search(file_name)
+        return cls(f"{type(enum).__name__}.{enum.name}", file_name, found.group(1) if found else "",
+                   len(enum.meta.get("categories") or []))
+
+
+def published_weights(builder: str) -> list[Published]:
+    """The files torchvision publishes for one of its builders ('retinanet_resnet50_fpn_v2', 'resnet50');
+    [] for an architecture torchvision has no weights for (the CPU-sized ones, R18 detectors, GFL)."""
+    from torchvision.models import get_model_weights
+
+    try:
+        enum_class = get_model_weights(builder)
+    except (ValueError, KeyError):
+        return []
+    return [Published.of(member) for member in enum_class]
+
+
+@dataclass
+class WeightsSource:
+    """Resolved ``weights`` / ``weights_backbone`` text. ``kind``: "enum" (torchvision downloads it, or takes
+    it from torch's hub cache), "frs" (a checkpoint of ``frs train`` / ``frs distill``: ``content`` is the
+    checkpoint dict) or "torchvision" (a plain state dict file: ``content`` maps names to tensors).
+    ``published``: the torchvision file it is, when known (always for an enum)."""
+
+    kind: str
+    label: str  # how messages name it: the enum name or the quoted path
+    content: dict | None = None
+    published: Published | None = None
+    enum: Any = None  # the torchvision enum member (kind "enum")
+
+
+def is_weights_enum(text: str) -> bool:
+    return bool(text) and "_Weights." in text and not Path(text).exists()
+
+
+def get_weights_enum(name: str):
+    from torchvision.models import get_weight
+
+    try:
+        return get_weight(name)
+    except (ValueError, KeyError, AttributeError) as exc:
+        raise ModelError(f"weights: expected a torchvision weights enum name or a checkpoint path, got {name!r}",
+                         hint="for example RetinaNet_ResNet50_FPN_V2_Weights.COCO_V1") from exc
+
+
+def resolve_weights(text: str, builder: str) -> WeightsSource:
+    """What ``text`` names, for a model whose torchvision builder name is ``builder``; files are read here,
+    enums are not downloaded yet. ModelError (one line) for a missing, truncated or foreign file."""
+    if is_weights_enum(text):
+        enum = get_weights_enum(text)
+        return WeightsSource("enum", text, published=Published.of(enum), enum=enum)
+    path = Path(text)
+    if not path.is_file():
+        raise ModelError(f"weights: expected a torchvision weights enum name or a file, but {text!r} does not exist",
+                         hint="for example RetinaNet_ResNet50_FPN_V2_Weights.COCO_V1, or the path of its .pth file")
+    label = repr(text)
+    published = _identify(path, published_weights(builder), label)
+    content = torch_load(path, label)
+    if _is_frs_checkpoint(content):
+        check_checkpoint_format(content, label)
+        return WeightsSource("frs", label, content)
+    if isinstance(content, dict) and content and all(isinstance(v, Tensor) for v in content.values()):
+        return WeightsSource("torchvision", label, content, published)
+    keys = list(content)[:4] if isinstance(content, dict) else type(content).__name__
+    raise ModelError(f"weights {label}: expected an frs checkpoint (keys 'arch', 'model') or a torchvision state "
+                     f"dict (a tensor per parameter name), got another file ({keys})",
+                     hint="frs train / frs distill write the first; torchvision publishes the second")
+
+
+def _identify(path: Path, candidates: list[Published], label: str) -> Published | None:
+    """The published file ``path`` is (its sha256 begins with that file's hash prefix), else None. A file that
+    carries a published file's name but not its hash is a truncated or altered copy: ModelError."""
+    candidates = [c for c in candidates if c.hash_prefix]
+    if not candidates:
+        return None
+    digest = sha256_file(path)
+    for c in candidates:
+        if digest.startswith(c.hash_prefix):
+            return c
+    for c in candidates:
+        if path.name == c.file_name:
+            raise ModelError(f"weights {label}: named as torchvision's {c.name} file, but its sha256 begins "
+                             f"{digest[:len(c.hash_prefix)]}, the published file's {c.hash_prefix}: a truncated "
+                             f"or altered copy", hint="copy or download the file again and compare its size")
+    return None
+
+
+def check_hub_copy(published: Published) -> str:
+    """``published``'s file name; ModelError when torch's hub cache holds a file of that name whose sha256 does
+    not begin with the published hash prefix (a truncated download or a wrong copy put there by hand)."""
+    path = Path(torch.hub.get_dir()) / "checkpoints" / published.file_name
+    if published.hash_prefix and path.is_file():
+        digest = sha256_file(path)
+        if not digest.startswith(published.hash_prefix):
+            raise ModelError(f"weights {published.name}: the copy in torch's hub cache ({path}) has a sha256 "
+                             f"beginning {digest[:len(published.hash_prefix)]}, the published file's "
+                             f"{published.hash_prefix}: a truncated or altered copy",
+                             hint="delete it, then copy or download the file again")
+    return published.file_name
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def torch_load(path: str | Path, label: str) -> Any:
+    """``load_torch_file`` with the weights setting named: ModelError for an unreadable file."""
+    from frs_cli.models.torchfile import load_torch_file
+
+    try:
+        return load_torch_file(Path(path))
+    except ModelError as exc:
+        raise ModelError(f"weights {label}: {exc.message}",
+                         hint="a truncated copy reads like this: copy it again, or check the path") from None
+
+
+def _is_frs_checkpoint(content: Any) -> bool:
+    return isinstance(content, dict) and "model" in content and "arch" in content
+
+
+def check_checkpoint_format(ckpt: dict, label: str) -> None:
+    if ckpt.get("format", 0) > CHECKPOINT_FORMAT:
+        raise ModelError(f"checkpoint {label}: format {ckpt['format']} is newer than this frs reads "
+                         f"({CHECKPOINT_FORMAT})", hint="upgrade frs")
+
+
+def state_mismatch(expected: dict[str, Tensor], state: dict[str, Tensor]) -> str:
+    """'' when ``state`` has exactly the keys and shapes of ``expected``, else one line naming what differs.
+
+    BatchNorm2d counts batches and FrozenBatchNorm2d does not: ``num_batches_tracked`` may be absent on
+    either side."""
+    state = without_batch_counts(state, expected)
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in state if k in expected and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if not (missing or unexpected or wrong):
+        return ""
+    return (f"{len(missing)} missing (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}), "
+            f"{len(wrong)} of another shape (e.g. "
+            f"{[(k, tuple(state[k].shape), tuple(expected[k].shape)) for k in wrong[:2]]})")
+
+
+def without_batch_counts(state: dict[str, Tensor], expected: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``state`` less the ``num_batches_tracked`` entries ``expected`` does not have."""
+    return {k: v for k, v in state.items() if not k.endswith("num_batches_tracked") or k in expected}

@@ -1,0 +1,246 @@
+"""Weights by path: torchvision's own state-dict files (detector and ImageNet backbone), which published file a
+local file is, and torch's hub cache as the other offline route. Nothing is downloaded: files are saved from
+torchvision's builders with random weights, and the published names are monkeypatched where a test needs one."""
+
+from __future__ import annotations
+
+import hashlib
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from torchvision.ops import FrozenBatchNorm2d
+from typer.testing import CliRunner
+
+import frs_cli.models as models
+import frs_cli.models.weights as weights_mod
+from frs_cli.cli.app import app
+from frs_cli.errors import ModelError
+from frs_cli.models import ModelConfig, build_detector, model_fingerprint
+from frs_cli.models.base import to_head_layout
+from frs_cli.models.weights import Published
+from frs_cli.train.run import teacher_fingerprint
+
+from conftest import write_recipe
+
+
+def _outputs(detector, size: int = 64):
+    """FPN features and class logits of one seeded image of ``size`` px, padded on the right."""
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (1, 3, size, size), dtype=torch.uint8)
+    with torch.no_grad():
+        out = detector.eval()(images, [(size, size - 16)], detect=False)
+    return out.features + out.cls_logits
+
+
+def _save_state(path, module) -> str:
+    torch.save({k: v.detach().clone() for k, v in module.state_dict().items()}, path)
+    return str(path)
+
+
+def _no_download(monkeypatch):
+    """Any attempt to download is an error here (so a test cannot pass by reaching the network)."""
+    def refuse(url, *args, **kwargs):
+        raise urllib.error.URLError(f"test: no download allowed ({url})")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+
+
+def test_torchvision_state_dict_file_loads_and_gives_identical_outputs(tmp_path):
+    torch.manual_seed(3)
+    cfg = ModelConfig(arch="retinanet_tiny_fpn", anchor_size=16)
+    original = build_detector(cfg, 5)
+    path = _save_state(tmp_path / "retinanet_tiny.pth", original.core())
+    loaded = build_detector(ModelConfig(arch="retinanet_tiny_fpn", anchor_size=16, weights=path), 5)
+    assert model_fingerprint(loaded) == model_fingerprint(original)
+    for got, want in zip(_outputs(loaded), _outputs(original), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_file_from_torchvisions_own_builder_loads_into_the_same_arch(tmp_path):
+    torch.manual_seed(4)
+    tv = torchvision.models.detection.retinanet_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=91)
+    path = _save_state(tmp_path / "rn50v2.pth", tv)
+    loaded = build_detector(ModelConfig(arch="retinanet_resnet50_fpn_v2", weights=path), 91)
+    assert model_fingerprint(loaded) == models.fingerprint_state_dict(tv.state_dict())
+    tv.eval()
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8)
+    with torch.no_grad():
+        features = list(tv.backbone(loaded.normalize(images, [(64, 64)])).values())
+        logits = tv.head.classification_head(features)  # (1, sum H*W*A, 91)
+        got = loaded.eval()(images, [(64, 64)], detect=False)
+    for g, w in zip(got.features, features, strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
+    assert tuple(got.cls_logits[0].shape) == (1, 9 * 91, 8, 8)
+    torch.testing.assert_close(to_head_layout(got.cls_logits, 91), logits, rtol=0, atol=0)
+
+
+def test_truncated_file_is_one_line(tmp_path):
+    torch.manual_seed(3)
+    full = _save_state(tmp_path / "full.pth", build_detector(ModelConfig(arch="retinanet_tiny_fpn"), 5).core())
+    cut = tmp_path / "cut.pth"
+    data = open(full, "rb").read()
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelError, match=r"weights '.*cut.pth': expected a torch checkpoint .*got a damaged or truncated "
+                       r"zip archive") as err:
+        build_detector(ModelConfig(arch="retinanet_tiny_fpn", weights=str(cut)), 5)
+    assert "\n" not in str(err.value) and "truncated copy" in str(err.value)
+
+
+def test_file_named_as_a_published_one_but_of_another_hash_is_a_truncated_copy(tmp_path, monkeypatch):
+    torch.manual_seed(3)
+    good = _save_state(tmp_path / "good.pth", build_detector(ModelConfig(arch="retinanet_tiny_fpn"), 5).core())
+    digest = hashlib.sha256(open(good, "rb").read()).hexdigest()
+    other = "0" * 8 if not digest.startswith("0" * 8) else "1" * 8
+    name = f"retinanet_tiny_coco-{other}.pth"
+    monkeypatch.setattr(weights_mod, "published_weights",
+                        lambda builder: [Published("Tiny_Weights.COCO_V1", name, other, 5)])
+    copy = tmp_path / name
+    copy.write_bytes(open(good, "rb").read())
+    with pytest.raises(ModelError, match=f"named as torchvision's Tiny_Weights.COCO_V1 file, but its sha256 begins "
+                                         f"{digest[:8]}, the published file's {other}: a truncated or altered copy"):
+        build_detector(ModelConfig(arch="retinanet_tiny_fpn", weights=str(copy)), 5)
+
+
+def test_foreign_state_dict_is_one_line_naming_missing_unexpected_and_shapes(tmp_path):
+    resnet = _save_state(tmp_path / "resnet18.pth", torchvision.models.resnet18())
+    with pytest.raises(ModelError, match=r"do not fit retinanet_tiny_fpn with 5 classes: \d+ missing \(e\.g\. "
+                                         r"\['backbone\.body.*\d+ unexpected \(e\.g\. \['conv1\.weight'.*"
+                                         r"ImageNet classifier: name it in weights_backbone") as err:
+        build_detector(ModelConfig(arch="retinanet_tiny_fpn", weights=resnet), 5)
+    assert "\n" not in str(err.value)
+    torch.manual_seed(3)
+    three = _save_state(tmp_path / "three.pth", build_detector(ModelConfig(arch="retinanet_tiny_fpn"), 3).core())
+    with pytest.raises(ModelError, match=r"0 missing .* 0 unexpected .* 2 of another shape \(e\.g\. "
+                                         r"\[\('head\.classification_head\.cls_logits\.weight', \(27, 64, 3, 3\), "
+                                         r"\(45, 64, 3, 3\)\)"):
+        build_detector(ModelConfig(arch="retinanet_tiny_fpn", weights=three), 5)
+    torch.save({"epoch": 3, "state_dict": {}}, tmp_path / "mm.pth")
+    with pytest.raises(ModelError, match=r"expected an frs checkpoint .* or a torchvision state dict .*"
+                                         r"\['epoch', 'state_dict'\]"):
+        build_detector(ModelConfig(arch="retinanet_tiny_fpn", weights=str(tmp_path / "mm.pth")), 5)
+
+
+def _v1_state(num_classes: int) -> dict:
+    """A torchvision-layout RetinaNet R18 (v1: frozen BN when pretrained) with small running variances, so
+    FrozenBatchNorm2d's eps (0 for the published v1 COCO weights, 1e-5 otherwise) changes the outputs."""
+    torch.manual_seed(5)
+    state = build_detector(ModelConfig(arch="retinanet_resnet18_fpn"), num_classes).core().state_dict()
+    g = torch.Generator().manual_seed(6)
+    return {k: (torch.rand(v.shape, generator=g) * 1e-3 + 1e-4 if k.endswith("running_var") else v.clone())
+            for k, v in state.items()}
+
+
+def test_file_whose_hash_matches_a_published_one_is_treated_as_that_enum(tmp_path, monkeypatch):
+    _no_download(monkeypatch)
+    state = _v1_state(91)
+    path = tmp_path / "r18.pth"
+    torch.save(state, path)
+    prefix = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+    enum_name = "RetinaNet_ResNet50_FPN_Weights.COCO_V1"  # the published v1 file whose BN eps is 0
+    published = {"retinanet_resnet18_fpn": [Published(enum_name, f"r18_coco-{prefix}.pth", prefix, 91)]}
+    monkeypatch.setattr(weights_mod, "published_weights", lambda builder: published.get(builder, []))
+    monkeypatch.setattr(models, "_download_state_dict", lambda enum: {k: v.clone() for k, v in state.items()})
+
+    by_enum = build_detector(ModelConfig(arch="retinanet_resnet18_fpn", weights=enum_name), 91)
+    by_file = build_detector(ModelConfig(arch="retinanet_resnet18_fpn", weights=str(path)), 91)
+    frozen = [m for m in by_file.modules() if isinstance(m, FrozenBatchNorm2d)]
+    assert len(frozen) == 20 and all(m.eps == 0.0 for m in frozen)
+    assert model_fingerprint(by_file) == model_fingerprint(by_enum)
+    want = _outputs(by_enum)
+    for got, ref in zip(_outputs(by_file), want, strict=True):
+        torch.testing.assert_close(got, ref, rtol=0, atol=0)
+
+    # the same file, not recognised (another published hash): the same tensors, but not that enum's BN eps
+    other = "0" * 8 if not prefix.startswith("0" * 8) else "1" * 8
+    published["retinanet_resnet18_fpn"] = [Published(enum_name, f"r18_coco-{other}.pth", other, 91)]
+    unknown = build_detector(ModelConfig(arch="retinanet_resnet18_fpn", weights=str(path)), 91)
+    assert model_fingerprint(unknown) == model_fingerprint(by_enum)
+    assert all(m.eps == 1e-5 for m in unknown.modules() if isinstance(m, FrozenBatchNorm2d))
+    assert not torch.allclose(_outputs(unknown)[-1], want[-1])
+
+
+def test_a_published_file_of_another_class_count_is_refused_by_its_enum_name(tmp_path, monkeypatch):
+    torch.manual_seed(3)
+    path = tmp_path / "tiny.pth"
+    _save_state(path, build_detector(ModelConfig(arch="retinanet_tiny_fpn"), 5).core())
+    prefix = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+    monkeypatch.setattr(weights_mod, "published_weights",
+                        lambda builder: [Published("Tiny_Weights.COCO_V1", f"t-{prefix}.pth", prefix, 91)])
+    with pytest.raises(ModelError, match=r"predict 91 classes, the dataset has 5 .*label_map = 'category_id'"):
+        build_detector(ModelConfig(arch="retinanet_tiny_fpn", weights=str(path)), 5)
+
+
+def test_published_weights_reads_the_hash_prefix_from_torchvisions_file_name():
+    (rn50v2,) = weights_mod.published_weights("retinanet_resnet50_fpn_v2")
+    assert rn50v2 == Published("RetinaNet_ResNet50_FPN_V2_Weights.COCO_V1",
+                               "retinanet_resnet50_fpn_v2_coco-5905b1c5.pth", "5905b1c5", 91)
+    assert weights_mod.published_weights("retinanet_tiny_fpn") == []
+    assert weights_mod.published_weights("resnet18")[0].file_name == "resnet18-f37072fd.pth"
+
+
+def _body_state(detector) -> dict:
+    return {k.removeprefix("backbone.body."): v for k, v in detector.core().state_dict().items()
+            if k.startswith("backbone.body.")}
+
+
+def test_backbone_by_file_path_and_from_a_seeded_hub_cache_load_the_same_weights(tmp_path, monkeypatch):
+    _no_download(monkeypatch)
+    torch.manual_seed(7)
+    imagenet = torchvision.models.resnet18()
+    path = _save_state(tmp_path / "resnet18.pth", imagenet)
+    by_path = build_detector(ModelConfig(arch="retinanet_resnet18_fpn", weights_backbone=path), 5)
+    hub = tmp_path / "torch_home" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    (hub / "resnet18-f37072fd.pth").write_bytes(open(path, "rb").read())
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    # a random file cannot have the published hash: let the hub copy's digest begin with it
+    real = weights_mod.sha256_file
+    monkeypatch.setattr(weights_mod, "sha256_file",
+                        lambda p, *a: "f37072fd" + real(p)[8:] if Path(p).parent == hub else real(p))
+    by_enum = build_detector(ModelConfig(arch="retinanet_resnet18_fpn",
+                                         weights_backbone="ResNet18_Weights.IMAGENET1K_V1"), 5)
+    want = {k: v for k, v in imagenet.state_dict().items() if not k.startswith("fc.")}
+    for got in (_body_state(by_path), _body_state(by_enum)):
+        assert set(got) == {k for k in want if not k.endswith("num_batches_tracked")}
+        for k, v in got.items():
+            torch.testing.assert_close(v, want[k], rtol=0, atol=0)
+
+
+def test_backbone_file_of_another_body_is_one_line_and_a_failed_download_names_both_offline_routes(
+        tmp_path, monkeypatch):
+    _no_download(monkeypatch)
+    wrong = _save_state(tmp_path / "r34.pth", torchvision.models.resnet34())
+    with pytest.raises(ModelError, match=r"weights_backbone: the file does not fit torchvision's resnet18: "
+                                         r"\d+ missing .* \d+ unexpected \(e\.g\. \['layer1\.2\.") as err:
+        build_detector(ModelConfig(arch="retinanet_resnet18_fpn", weights_backbone=wrong), 5)
+    assert "\n" not in str(err.value)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    cfg = ModelConfig(arch="retinanet_resnet18_fpn", weights_backbone="ResNet18_Weights.IMAGENET1K_V1")
+    with pytest.raises(ModelError, match=r"download failed .*pass the path of torchvision's file "
+                                         r"resnet18-f37072fd\.pth instead, or put it in torch's hub cache"):
+        build_detector(cfg, 5)
+    hub = tmp_path / "home" / "hub" / "checkpoints"
+    hub.mkdir(parents=True, exist_ok=True)  # the failed download made it
+    (hub / "resnet18-f37072fd.pth").write_bytes(open(wrong, "rb").read()[:4096])
+    with pytest.raises(ModelError, match=r"ResNet18_Weights.IMAGENET1K_V1: the copy in torch's hub cache .* has a "
+                                         r"sha256 beginning [0-9a-f]{8}, the published file's f37072fd: a truncated"):
+        build_detector(cfg, 5)
+
+
+def test_a_torchvision_file_teacher_is_fingerprinted_by_its_weights_and_a_truncated_one_is_one_line(
+        tmp_path, synth_root):
+    torch.manual_seed(8)
+    teacher = build_detector(ModelConfig(arch="retinanet_small_fpn", anchor_size=16), 5)
+    path = _save_state(tmp_path / "small.pth", teacher.core())
+    cfg = ModelConfig(arch="retinanet_small_fpn", anchor_size=16, weights=path)
+    assert teacher_fingerprint(cfg, 5) == model_fingerprint(teacher)  # what distill compares with the cache's
+    cut = tmp_path / "small_cut.pth"
+    cut.write_bytes(open(path, "rb").read()[:5000])
+    recipe = write_recipe(tmp_path / "r.toml", synth_root, weights=str(cut))
+    result = CliRunner().invoke(app, ["teacher-cache", "-p", str(recipe), "--out", str(tmp_path / "c.zarr")])
+    assert result.exit_code == 1
+    assert result.stderr.strip().count("\n") == 0 and "small_cut.pth': not a readable torch checkpoint" in result.stderr
+    assert not (tmp_path / "c.zarr").exists()
