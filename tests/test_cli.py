@@ -13,11 +13,19 @@ from typer.testing import CliRunner
 from frs_cli.cli.app import app
 
 runner = CliRunner()
-COMMANDS = ["teacher-cache", "train", "distill", "eval", "visualize", "demo", "models", "data", "cache"]
+COMMANDS = ["teacher-cache", "train", "distill", "eval", "visualize", "demo", "models", "data", "cache", "report",
+            "export", "recipe"]
 
 
 def run(*args):
     return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_plain_progress_line(stderr: str, task: str, done: int, unit: str) -> None:
+    """A run outside a terminal prints plain progress lines (rate, elapsed, ETA), never a bar's control codes."""
+    pattern = rf"^{re.escape(task)} {done}/{done} \(100%\) [\d.,]+ {unit}/s elapsed \d:\d\d:\d\d eta 0:00:00"
+    assert re.search(pattern, stderr, re.MULTILINE), (pattern, stderr)
+    assert "\x1b" not in stderr and "\r" not in stderr and "\u2501" not in stderr
 
 
 def test_help_lists_every_command_with_a_purpose_and_each_help_ends_with_an_example():
@@ -26,7 +34,8 @@ def test_help_lists_every_command_with_a_purpose_and_each_help_ends_with_an_exam
     for name in COMMANDS:
         assert name in result.output
     for args in (["teacher-cache"], ["train"], ["distill"], ["eval"], ["visualize"], ["demo"], ["models"],
-                 ["data", "synth"], ["cache", "info"], ["cache", "verify"], ["cache", "export"]):
+                 ["data", "synth"], ["cache", "info"], ["cache", "verify"], ["cache", "export"], ["report"],
+                 ["export"], ["recipe", "show"]):
         out = run(*args, "--help").output
         assert "Example: frs " in out.strip().splitlines()[-1] or "Example: frs " in out.strip()[-200:], args
 
@@ -65,12 +74,15 @@ def test_train_then_eval_checkpoint_writes_metrics_and_detections(tmp_path, reci
                  "--set", "train.epochs=2", "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "model_final.pt").is_file()
+    assert_plain_progress_line(result.stderr, "epoch 2/2", 24, "img")  # each image once per epoch, in one view
     result = run("eval", "--checkpoint", tmp_path / "run" / "model_final.pt", "--data", synth_root,
                  "--metrics", tmp_path / "m.json", "--detections-out", tmp_path / "dets.json", "--workers", 0)
     assert result.exit_code == 0, result.output
+    assert_plain_progress_line(result.stderr, "evaluate", 8, "img")
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert set(metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
-    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    assert metrics["APl"] is None  # 64 px images hold no large object: undefined, null in the JSON
+    assert all(0.0 <= v <= 1.0 for k, v in metrics.items() if k != "APl")
     dets = json.loads((tmp_path / "dets.json").read_text())
     assert isinstance(dets, list) and {d["image_id"] for d in dets} <= set(range(25, 33))
     # the detections file scores to the same numbers
@@ -90,7 +102,29 @@ def test_eval_of_ground_truth_as_detections_is_perfect(tmp_path, synth_root):
     assert m["AP"] == 1.0 and m["AP50"] == 1.0 and m["AP75"] == 1.0
     (tmp_path / "none.json").write_text("[]")
     run("eval", "--detections", tmp_path / "none.json", "--data", synth_root, "--metrics", tmp_path / "z.json")
-    assert all(v == 0.0 for v in json.loads((tmp_path / "z.json").read_text()).values())
+    zero = json.loads((tmp_path / "z.json").read_text())
+    assert zero == {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, "APs": 0.0, "APm": 0.0, "APl": None}
+
+
+def test_eval_table_shows_undefined_as_a_dash_and_faster_backend_agrees(tmp_path, synth_root):
+    gt = json.loads((synth_root / "annotations" / "instances_val.json").read_text())
+    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "score": 0.9,
+             "bbox": [a["bbox"][0] + 1.5, a["bbox"][1], a["bbox"][2], a["bbox"][3]]} for a in gt["annotations"]]
+    (tmp_path / "d.json").write_text(json.dumps(dets))
+    result = run("eval", "--detections", tmp_path / "d.json", "--data", synth_root, "--metrics", tmp_path / "p.json")
+    assert result.exit_code == 0, result.output
+    assert_plain_progress_line(result.stderr, "COCO eval (pycocotools)", 3, "stage")
+    row = next(line for line in result.stdout.splitlines() if "d.json" in line)
+    assert row.rstrip(" │").endswith("\u2013")  # APl, the last column: no large objects in 64 px images
+    ref = json.loads((tmp_path / "p.json").read_text())
+    assert ref["APl"] is None and 0.0 < ref["AP"] < 1.0
+    result = run("eval", "--detections", tmp_path / "d.json", "--data", synth_root, "--backend", "nope")
+    assert result.exit_code == 1 and "expected pycocotools or faster, got 'nope'" in result.stderr
+    pytest.importorskip("faster_coco_eval", reason="faster-coco-eval is not installed (pip install 'frs[faster-eval]')")
+    result = run("eval", "--detections", tmp_path / "d.json", "--data", synth_root, "--backend", "faster",
+                 "--metrics", tmp_path / "f.json")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "f.json").read_text()) == pytest.approx(ref, abs=1e-6)
 
 
 def test_eval_needs_exactly_one_source(synth_root):
@@ -102,6 +136,7 @@ def test_teacher_cache_info_distill_visualize_and_mask_stats(tmp_path, recipe_pa
     cache = tmp_path / "c.zarr"
     result = run("teacher-cache", "--pipeline", recipe_path, "--out", cache, "--device", "cpu")
     assert result.exit_code == 0, result.output
+    assert_plain_progress_line(result.stderr, "teacher-cache", 48, "view")
     assert zarr.open_group(str(cache), mode="r").attrs["state"] == "complete"
     result = run("teacher-cache", "--pipeline", recipe_path, "--out", cache, "--device", "cpu")
     assert result.exit_code == 0 and "already complete" in result.output
@@ -113,6 +148,7 @@ def test_teacher_cache_info_distill_visualize_and_mask_stats(tmp_path, recipe_pa
 
     result = run("distill", "--pipeline", recipe_path, "--cache", cache, "--out", tmp_path / "s", "--device", "cpu")
     assert result.exit_code == 0, result.output
+    assert_plain_progress_line(result.stderr, "epoch 1/1", 24, "img")
     assert (tmp_path / "s" / "model_final.pt").is_file() and (tmp_path / "s" / "adapters.pt").is_file()
 
     result = run("visualize", "--cache", cache, "--level", "all", "--out", tmp_path / "all.png")
@@ -123,7 +159,14 @@ def test_teacher_cache_info_distill_visualize_and_mask_stats(tmp_path, recipe_pa
                  "--out", tmp_path / "p4.png")
     assert result.exit_code == 0, result.output
     with Image.open(tmp_path / "p4.png") as im:
-        assert 5 * im.width < one_w + 5 * 4 + 1  # five panels vs one
+        p4_w, p4_h = im.size
+    # five panels of >= 256 px vs one; both carry a colour bar (its width follows its tick labels, +-30 px)
+    assert 4 * 260 - 30 <= one_w - p4_w <= 4 * 260 + 30 and p4_w < 2 * 260
+    result = run("visualize", "--cache", cache, "--level", "P4", "--image-id", 3, "--view", "hflip",
+                 "--compare", cache, "--out", tmp_path / "p4x2.png")
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / "p4x2.png") as im:
+        assert im.height > 2 * p4_h - 40  # a second row of the other cache's masks
     result = run("visualize", "--cache", cache, "--level", "P9", "--out", tmp_path / "x.png")
     assert result.exit_code == 1 and "expected 'all' or one of P3, P4, P5, P6, P7, got 'P9'" in result.stderr
     result = run("visualize", "--cache", cache, "--image-id", 9999, "--out", tmp_path / "x.png")

@@ -26,7 +26,7 @@ from frs_cli.models.base import (
     fingerprint_state_dict,
 )
 from frs_cli.models.config import ModelConfig
-from frs_cli.models.torchfile import load_torch_file
+from frs_cli.models.torchfile import load_torch_file, refuse_training_state
 from frs_cli.models.weights import (
     CHECKPOINT_FORMAT,
     Published,
@@ -194,12 +194,7 @@ def load_checkpoint_file(path: str | Path) -> dict:
         ckpt = load_torch_file(p)
     except ModelError as exc:
         raise ModelError(f"checkpoint {str(p)!r}: {exc.message}") from None
-    if isinstance(ckpt, dict) and {"modules", "optimizer", "epoch"} <= set(ckpt):
-        final = p.with_name("model_final.pt")
-        raise ModelError(f"checkpoint {str(p)!r}: expected a model file (keys 'arch', 'model'), got a training "
-                         f"state (what --resume continues from, saved after {ckpt['epoch']} epochs)",
-                         hint=f"use {final}" if final.is_file() else
-                         "the run has not finished: its model_final.pt is written when train/distill --resume ends")
+    refuse_training_state(ckpt, f"checkpoint {str(p)!r}", p)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "arch" not in ckpt:
         got = f"keys {sorted(map(str, ckpt))[:6]}" if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ModelError(f"checkpoint {str(p)!r}: expected an frs model file (keys 'arch', 'model'), got {got}")

@@ -14,7 +14,7 @@ import torch
 
 from frs_cli.errors import ModelError
 
-__all__ = ["load_torch_file"]
+__all__ = ["load_torch_file", "refuse_training_state"]
 
 
 def _describe_start(head: bytes) -> str:
@@ -95,3 +95,13 @@ def _resolve(name: str):
         return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as exc:
         raise ModelError(f"expected tensors and plain containers only, got {name}, which this numpy lacks") from exc
+
+
+def refuse_training_state(content, label: str, path: Path) -> None:
+    """ModelError when ``content`` is a training state (``last.pt``, what ``--resume`` reads), not a model file."""
+    if isinstance(content, dict) and {"modules", "optimizer", "epoch"} <= set(content):
+        final = path.with_name("model_final.pt")
+        raise ModelError(f"{label}: expected a model file (keys 'arch', 'model'), got a training state (what --resume "
+                         f"continues from, saved after {content['epoch']} epochs)",
+                         hint=f"use {final}" if final.is_file() else
+                         "the run has not finished: its model_final.pt is written when train/distill --resume ends")

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from frs_cli.errors import ModelError
+from frs_cli.models.torchfile import load_torch_file, refuse_training_state
 
 CHECKPOINT_FORMAT = 1
 # torch.hub's convention: "<name>-<first hex digits of the sha256>.<ext>"
@@ -100,6 +101,7 @@ def resolve_weights(text: str, builder: str) -> WeightsSource:
         return WeightsSource("frs", label, content)
     if isinstance(content, dict) and content and all(isinstance(v, Tensor) for v in content.values()):
         return WeightsSource("torchvision", label, content, published)
+    refuse_training_state(content, f"weights {label}", path)
     keys = list(content)[:4] if isinstance(content, dict) else type(content).__name__
     raise ModelError(f"weights {label}: expected an frs checkpoint (keys 'arch', 'model') or a torchvision state "
                      f"dict (a tensor per parameter name), got another file ({keys})",
@@ -148,8 +150,6 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def torch_load(path: str | Path, label: str) -> Any:
     """``load_torch_file`` with the weights setting named: ModelError for an unreadable file."""
-    from frs_cli.models.torchfile import load_torch_file
-
     try:
         return load_torch_file(Path(path))
     except ModelError as exc:

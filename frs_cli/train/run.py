@@ -23,6 +23,7 @@ from frs_cli.progress import Progress
 from frs_cli.train.checkpoint import FINAL, atomic_save, model_payload
 from frs_cli.train.dist import DistContext, setup
 from frs_cli.train.loop import FitResult, fit
+from frs_cli.train.metrics_log import require_tensorboard, teacher_mask_picture, write_images
 from frs_cli.train.objectives import CachedTeacher, FRSObjective, GTObjective, OnlineTeacher
 from frs_cli.train.rundir import RunStart, check_run_dir, record_resume, resume_changes, start_run_dir
 
@@ -113,6 +114,8 @@ def train_detector(recipe, role: str, out_dir: str | Path, *, resume: bool = Fal
     start, changes = _check_out(out_dir, resume, recipe_dict, f"train {role}")
     cfg = recipe.train_config(role)
     model_cfg = recipe.model_config(role)
+    if cfg.tensorboard:
+        require_tensorboard()
     seed_everything(cfg.seed)
     train = CocoViews.from_config(recipe.data, recipe.data.train, recipe.geometry)
     detector = build_detector(model_cfg, train.index.num_classes)
@@ -134,6 +137,15 @@ def teacher_fingerprint(cfg: ModelConfig, num_classes: int) -> str:
     return model_fingerprint(build_detector(cfg, num_classes))
 
 
+def _mask_picture(store, coco, teacher):
+    """The teacher's FRS mask figure of one training image: from the cache, or from the live teacher."""
+    if store is not None:
+        from frs_cli.viz.cache_view import render_cached_view
+
+        return render_cached_view(store, coco, level="all")
+    return teacher_mask_picture(teacher, coco)
+
+
 @_one_writer
 def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, online: bool = False,
                     resume: bool = False, ctx: DistContext | None = None, progress: Progress | None = None,
@@ -149,6 +161,8 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
     recipe_dict = {**recipe.to_dict(), "teacher_source": "online" if online else str(cache)}
     start, changes = _check_out(out_dir, resume, recipe_dict, "distill online" if online else "distill cache")
     cfg = recipe.train
+    if cfg.tensorboard:
+        require_tensorboard()
     coco = CocoViews.from_config(recipe.data, recipe.cache.split if cache else recipe.data.train, recipe.geometry)
     num_classes = coco.index.num_classes
     if cache is not None:
@@ -177,6 +191,9 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
     student = build_detector(recipe.student, num_classes)
     objective = FRSObjective(student, teacher_signature, source, recipe.distill)
     _start_out(start, recipe_dict, ctx)
+    if cfg.tensorboard and ctx.is_main and not start.resume:
+        write_images(out_dir, {"frs/teacher_masks": _mask_picture(store if cache else None, coco,
+                                                                    None if cache else teacher)})
     result = fit(objective, dataset, cfg, ctx, out_dir, views=views, resume=start.resume,
                  resumed=_on_resumed(start, recipe_dict, changes, ctx),
                  save_outputs=_model_saver(recipe.student, coco.index, recipe.geometry, extra=True),
