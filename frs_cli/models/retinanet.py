@@ -16,7 +16,8 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.retinanet import RetinaNet, RetinaNetClassificationHead, RetinaNetHead
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from frs_cli.models.backbones import TINY_BODIES, c5_channels, resnet_fpn
+from frs_cli.models.anchors import octave_anchors
+from frs_cli.models.backbones import TINY_BODIES, P6P7, c5_channels, resnet_fpn
 from frs_cli.models.base import Detector, DetectorOutput, LevelSpec, to_head_layout
 from frs_cli.models.retinanet_loss import retinanet_gt_loss
 
@@ -119,17 +120,24 @@ def build(spec, cfg, num_classes: int, backbone_weights, trained: bool) -> Retin
 
     The module types follow the config, whether or not the weights are loaded now, so a model rebuilt to
     receive a checkpoint has the layers it was trained with. torchvision freezes BN statistics for
-    pretrained v1 bodies; v2 keeps BatchNorm2d and takes P6 from C5.
+    pretrained v1 bodies; v2 keeps BatchNorm2d and takes P6 from C5. The mmdetection layout
+    (``spec.variant == "mmdet"``) takes P6 from C5 with no ReLU before P7, and uses unrounded anchors of
+    octave scale 4 on the nominal strides.
     """
     tiny = spec.body in TINY_BODIES
-    backbone = resnet_fpn(
-        spec.body, spec.fpn_channels, [2, 3, 4],
-        partial(LastLevelP6P7, c5_channels(spec.body) if (spec.v2 and not tiny) else spec.fpn_channels,
-                spec.fpn_channels),
-        frozen_bn=trained and not spec.v2, weights=backbone_weights,
-        trainable_layers=cfg.trainable_backbone_layers if trained else 5,
-    )
-    anchors = anchor_generator(cfg.anchor_size or DEFAULT_ANCHOR_SIZE)
+    mmdet = spec.variant == "mmdet"
+    if mmdet:
+        extra = partial(P6P7, c5_channels(spec.body), spec.fpn_channels, from_c5=True, relu=False)
+    else:
+        extra = partial(LastLevelP6P7, c5_channels(spec.body) if (spec.v2 and not tiny) else spec.fpn_channels,
+                        spec.fpn_channels)
+    backbone = resnet_fpn(spec.body, spec.fpn_channels, [2, 3, 4], extra, frozen_bn=trained and not spec.v2,
+                          weights=backbone_weights, trainable_layers=cfg.trainable_backbone_layers if trained else 5,
+                          style=spec.style)
+    if mmdet:
+        anchors = octave_anchors(STRIDES, (cfg.anchor_size or DEFAULT_ANCHOR_SIZE) / STRIDES[0], 3, (0.5, 1.0, 2.0))
+    else:
+        anchors = anchor_generator(cfg.anchor_size or DEFAULT_ANCHOR_SIZE)
     head = RetinaNetHead(backbone.out_channels, anchors.num_anchors_per_location()[0], num_classes,
                          norm_layer=partial(nn.GroupNorm, 32) if spec.v2 else None)
     if spec.v2:
