@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from frs_cli.cli import cache_cmd, data_cmd, demo_cmd, distill_cmd, eval_cmd, models_cmd, train_cmd, visualize_cmd
+from frs_cli.cli import cache_cmd, convert_cmd, data_cmd, demo_cmd, distill_cmd, eval_cmd, models_cmd, train_cmd, visualize_cmd
 
 app = typer.Typer(
     name="frs",
@@ -18,6 +18,8 @@ data_app = typer.Typer(help="Datasets: generate the embedded synthetic COCO-form
 cache_app = typer.Typer(help="Inspect, verify and export teacher caches.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(cache_app, name="cache")
+convert_app = typer.Typer(help="Import detectors trained elsewhere as frs model files.", no_args_is_help=True)
+app.add_typer(convert_app, name="convert")
 
 data_cmd.register(data_app)
 cache_cmd.register(app, cache_app)
@@ -27,6 +29,7 @@ eval_cmd.register(app)
 visualize_cmd.register(app)
 demo_cmd.register(app)
 models_cmd.register(app)
+convert_cmd.register(convert_app)
 
 
 def main() -> None:
