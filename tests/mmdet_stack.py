@@ -91,6 +91,18 @@ def build(mmdet, arch: str, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
+def calibrate_bn(model, inputs: torch.Tensor) -> None:
+    """Set every BatchNorm's running statistics to those of ``inputs`` through the body (then eval again), so
+    that activations stay near unit scale through 100 random layers instead of growing to 1e7."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.train()
+        m.momentum = 1.0
+    with torch.no_grad():
+        model.extract_feat(inputs)
+    model.eval()
+
+
 def preprocess(model, images_rgb: list[torch.Tensor]):
     """mmdetection's own batching of uint8 RGB ``(3, h, w)`` images as it loads them (BGR), at scale 1:
     ``(inputs (B, 3, H, W) normalised and zero-padded, data samples)``."""
