@@ -4,7 +4,7 @@ Each of the paper's four teachers is built from mmdetection's own model-zoo conf
 state dict saved as mmdetection saves one, converted by ``frs convert mmdet``, and both models run on the same
 two images (of different sizes, so padding is exercised): FPN levels and classification logits agree within
 1e-5 (GFL: also its box distributions; Faster R-CNN: the RPN objectness is its classification output).
-RetinaNet's detections agree too (boxes 1e-3 px, scores 1e-4). Each side preprocesses its own way (frs:
+The detections of RetinaNet, FCOS and GFL agree too (boxes 1e-3 px, scores 1e-4). Each side preprocesses its own way (frs:
 RGB uint8 -> its adapter's normalisation; mmdetection: the BGR image through its DetDataPreprocessor),
 so the input conventions (mean/std, BGR for caffe bodies, zero padding after normalising) are compared too.
 """
@@ -96,18 +96,29 @@ def test_converted_faster_rcnn_matches_mmdetection_fpn_and_rpn_objectness(tmp_pa
         assert_close(b, a, **TOL, msg=lambda m, lv=level: f"P{lv + 2} RPN objectness: {m}")
 
 
-def test_converted_retinanet_detects_what_mmdetection_detects(tmp_path):
-    """Like for like: same pixels in (each side's own preprocessing at scale 1), mmdetection's test_cfg on
-    both sides (score > 0.05, top 1000 per level, class-wise NMS at IoU 0.5, 100 per image; the converter
-    writes these into the frs checkpoint), boxes in the resized image's pixels (``rescale=False``)."""
-    ref, detector, ckpt = _convert(tmp_path, "retinanet_resnet101_fpn_mmdet")
+CLS_CONVS = {  # arch -> (mmdetection's class conv, the adapter's)
+    "retinanet_resnet101_fpn_mmdet": ("retina_cls", lambda d: d.model.head.classification_head.cls_logits),
+    "fcos_resnet101_caffe_fpn_mmdet": ("conv_cls", lambda d: d.model.head.classification_head.cls_logits),
+    "gfl_resnet101_fpn_mmdet": ("gfl_cls", lambda d: d.model.head.classification.logits),
+}
+
+
+@pytest.mark.parametrize("arch", list(CLS_CONVS))
+def test_converted_detector_detects_what_mmdetection_detects(tmp_path, arch):
+    """Like for like: the same pixels in (each side's own preprocessing, at scale 1, no resize), mmdetection's
+    test_cfg on both sides (score > 0.05, top 1000 per level, FCOS's score x centerness after that, empty boxes
+    dropped, class-wise NMS at the config's IoU, 100 per image; the converter writes these settings into the
+    frs checkpoint), boxes in the input image's pixels (mmdetection's ``rescale=False``)."""
+    ref, detector, ckpt = _convert(tmp_path, arch)
+    nms = 0.6 if arch.startswith("gfl") else 0.5
     assert (ckpt["model_config"]["score_thresh"], ckpt["model_config"]["nms_thresh"],
-            ckpt["model_config"]["detections_per_img"]) == (0.05, 0.5, 100)
+            ckpt["model_config"]["detections_per_img"]) == (0.05, nms, 100)
     feats, _, _, _ = _run_both(ref, detector)
+    ref_conv, frs_conv = getattr(ref.bbox_head, CLS_CONVS[arch][0]), CLS_CONVS[arch][1](detector)
     with torch.no_grad():  # class logits spread around 0 (std 2), not at the 0.01 prior: so that detections exist
         logits = ref.bbox_head(feats)[0]
         gain = 2.0 / float(torch.cat([t.flatten() for t in logits]).std())
-        for m in (ref.bbox_head.retina_cls, detector.model.head.classification_head.cls_logits):
+        for m in (ref_conv, frs_conv):
             m.weight.mul_(gain)
             m.bias.zero_()
     _, out, inputs, samples = _run_both(ref, detector, detect=True)

@@ -21,12 +21,12 @@ from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.fcos import FCOS, FCOSClassificationHead, FCOSHead
 from torchvision.models.detection.image_list import ImageList
-from torchvision.ops import batched_nms, clip_boxes_to_image
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from frs_cli.models.anchors import GridAnchors
 from frs_cli.models.backbones import resnet_fpn
 from frs_cli.models.base import Detector, DetectorOutput, LevelSpec, to_head_layout
+from frs_cli.models.dense_inference import dense_detections
 
 LEVEL_NAMES = ("P3", "P4", "P5", "P6", "P7")
 STRIDES = (8, 16, 32, 64, 128)
@@ -127,29 +127,19 @@ class FCOSAdapter(Detector):
             out.append(raw.clamp(min=0) if self.norm_on_bbox else raw.exp() / stride)
         return out
 
-    @torch.no_grad()
     def _postprocess_mmdet(self, head_outputs: dict[str, list[Tensor]], anchors: list[list[Tensor]],
                            image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
-        """mmdetection's FCOS inference on per-level ``(B, HW, C)`` outputs: per level the classes scoring
-        above ``score_thresh``, the best ``TOPK_CANDIDATES`` of them, score x centerness, class-wise NMS."""
-        model, k = self.model, self.num_classes
+        """mmdetection's FCOS inference (``dense_detections``: score x centerness after the top-k) on per-level
+        ``(B, HW, C)`` head outputs."""
+        model = self.model
         results = []
         for i, size in enumerate(image_sizes):
-            boxes, scores, labels = [], [], []
-            for logits, codes, ctr, points in zip(head_outputs["cls_logits"], head_outputs["bbox_regression"],
-                                                  head_outputs["bbox_ctrness"], anchors[i]):
-                score = logits[i].sigmoid().flatten()  # (HW*K,), position-major
-                keep = torch.nonzero(score > model.score_thresh).squeeze(1)
-                top = score[keep].topk(min(TOPK_CANDIDATES, keep.numel()))
-                keep = keep[top.indices]
-                position = keep // k
-                decoded = model.box_coder.decode(codes[i][position], points[position])
-                boxes.append(clip_boxes_to_image(decoded, size))
-                scores.append(top.values * ctr[i][position, 0].sigmoid())
-                labels.append(keep % k)
-            b, sc, lab = torch.cat(boxes), torch.cat(scores), torch.cat(labels)
-            keep = batched_nms(b, sc, lab, model.nms_thresh)[: model.detections_per_img]
-            results.append({"boxes": b[keep], "scores": sc[keep], "labels": lab[keep]})
+            codes, points = head_outputs["bbox_regression"], anchors[i]
+            results.append(dense_detections(
+                [t[i] for t in head_outputs["cls_logits"]],
+                lambda lv, prior: model.box_coder.decode(codes[lv][i][prior], points[lv][prior]),
+                size, model.score_thresh, model.nms_thresh, model.detections_per_img, TOPK_CANDIDATES,
+                score_factors=[t[i, :, 0] for t in head_outputs["bbox_ctrness"]]))
         return results
 
 

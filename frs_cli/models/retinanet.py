@@ -19,6 +19,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from frs_cli.models.anchors import octave_anchors
 from frs_cli.models.backbones import TINY_BODIES, P6P7, c5_channels, resnet_fpn
 from frs_cli.models.base import Detector, DetectorOutput, LevelSpec, to_head_layout
+from frs_cli.models.dense_inference import dense_detections
 from frs_cli.models.retinanet_loss import retinanet_gt_loss
 
 LEVEL_NAMES = ("P3", "P4", "P5", "P6", "P7")
@@ -55,13 +56,14 @@ def build_retinanet_cls_head(spec: dict) -> RetinaNetClsHead:
 class RetinaNetAdapter(Detector):
     family = "retinanet"
 
-    def __init__(self, model: RetinaNet, arch: str, head_norm: str):
+    def __init__(self, model: RetinaNet, arch: str, head_norm: str, mmdet: bool = False):
         channels = model.backbone.out_channels
         super().__init__(model.head.classification_head.num_classes,
                          [LevelSpec(n, s, channels) for n, s in zip(LEVEL_NAMES, STRIDES)])
         self.model = model
         self.arch = arch
         self.head_norm = head_norm
+        self.mmdet = mmdet  # mmdetection's inference (dense_detections) instead of torchvision's
         self._cls = RetinaNetClsHead(model.head.classification_head)
 
     @property
@@ -111,8 +113,22 @@ class RetinaNetAdapter(Detector):
             split_anchors = [list(a.split(per_level)) for a in anchors]
             with torch.autocast(x.device.type, enabled=False):
                 split = {k: [t.float() for t in v] for k, v in split.items()}
-                out.detections = self.model.postprocess_detections(split, split_anchors, list(image_sizes))
+                postprocess = self._postprocess_mmdet if self.mmdet else self.model.postprocess_detections
+                out.detections = postprocess(split, split_anchors, list(image_sizes))
         return out
+
+    def _postprocess_mmdet(self, head_outputs: dict[str, list[Tensor]], anchors: list[list[Tensor]],
+                           image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        """mmdetection's RetinaNet inference on per-level ``(B, HWA, C)`` head outputs (``dense_detections``)."""
+        model = self.model
+        results = []
+        for i, size in enumerate(image_sizes):
+            deltas = head_outputs["bbox_regression"]
+            results.append(dense_detections(
+                [t[i] for t in head_outputs["cls_logits"]],
+                lambda lv, prior: model.box_coder.decode_single(deltas[lv][i][prior], anchors[i][lv][prior]),
+                size, model.score_thresh, model.nms_thresh, model.detections_per_img, model.topk_candidates))
+        return results
 
 
 def build(spec, cfg, num_classes: int, backbone_weights, trained: bool) -> RetinaNetAdapter:
@@ -144,7 +160,7 @@ def build(spec, cfg, num_classes: int, backbone_weights, trained: bool) -> Retin
         head.regression_head._loss_type = "giou"
     model = RetinaNet(backbone, num_classes, anchor_generator=anchors, head=head, score_thresh=cfg.score_thresh,
                       nms_thresh=cfg.nms_thresh, detections_per_img=cfg.detections_per_img)
-    return RetinaNetAdapter(model, cfg.arch, head_norm="group_norm" if spec.v2 else "none")
+    return RetinaNetAdapter(model, cfg.arch, head_norm="group_norm" if spec.v2 else "none", mmdet=mmdet)
 
 
 build_cls_head = build_retinanet_cls_head

@@ -55,6 +55,7 @@ class GFL(nn.Module):
         # mmdet: mmdetection's layout (a learnt scale per level on the box logits; unrounded anchors on the
         # nominal strides)
         self.head = GFLHead(backbone.out_channels, num_classes, reg_max, num_scales=len(strides) if mmdet else 0)
+        self.drop_empty = mmdet  # mmdetection drops boxes of zero width or height before NMS (min_bbox_size 0)
         if mmdet:
             self.anchor_generator = GridAnchors(tuple((float(anchor_size * 2**i),) for i in range(len(strides))),
                                                 ((1.0,),) * len(strides), tuple(strides))
@@ -130,6 +131,9 @@ class GFL(nn.Module):
                 scores.append(score)
                 labels.append(label)
             b, s, lab = torch.cat(boxes), torch.cat(scores), torch.cat(labels)
+            if self.drop_empty:
+                nonempty = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+                b, s, lab = b[nonempty], s[nonempty], lab[nonempty]
             keep = batched_nms(b, s, lab, self.nms_thresh)[: self.detections_per_img]
             results.append({"boxes": b[keep], "scores": s[keep], "labels": lab[keep]})
         return results
