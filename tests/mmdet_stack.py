@@ -66,8 +66,8 @@ def build(mmdet, arch: str, seed: int = 0) -> torch.nn.Module:
     """mmdetection's model of ``CONFIGS[arch]`` with random weights (no pretrained body is fetched): its own
     init, then BN statistics and affines, GN affines and the per-level scales drawn at random so that a
     wrongly mapped entry shows in the outputs."""
-    from mmengine.config import Config
     from mmdet.registry import MODELS
+    from mmengine.config import Config
 
     cfg = Config.fromfile(os.path.join(os.path.dirname(mmdet.__file__), ".mim", "configs", CONFIGS[arch]))
     cfg.model.backbone.init_cfg = None

@@ -103,7 +103,7 @@ def _load(tmp_path):
     return load_detector(tmp_path / "out.pt")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _detector(arch: str):
     """One randomly initialised adapter per arch for the whole module (building an R50 is the slow part)."""
     from frs_cli.models import ModelConfig, build_detector

@@ -11,11 +11,10 @@ so the input conventions (mean/std, BGR for caffe bodies, zero padding after nor
 
 from __future__ import annotations
 
+import mmdet_stack
 import pytest
 import torch
 from torch.testing import assert_close
-
-import mmdet_stack
 
 REASON, MMDET = mmdet_stack.load()
 pytestmark = [pytest.mark.mmdet, pytest.mark.skipif(MMDET is None, reason=str(REASON))]

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import typer
 
-from frs_cli.cli import cache_cmd, convert_cmd, data_cmd, demo_cmd, distill_cmd, eval_cmd, models_cmd, train_cmd, visualize_cmd
+from frs_cli.cli import (
+    cache_cmd,
+    convert_cmd,
+    data_cmd,
+    demo_cmd,
+    distill_cmd,
+    eval_cmd,
+    models_cmd,
+    train_cmd,
+    visualize_cmd,
+)
 
 app = typer.Typer(
     name="frs",

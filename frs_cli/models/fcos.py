@@ -134,10 +134,13 @@ class FCOSAdapter(Detector):
         model = self.model
         results = []
         for i, size in enumerate(image_sizes):
-            codes, points = head_outputs["bbox_regression"], anchors[i]
+            codes, points = [t[i] for t in head_outputs["bbox_regression"]], anchors[i]
+
+            def decode(lv: int, prior: Tensor, codes=codes, points=points) -> Tensor:
+                return model.box_coder.decode(codes[lv][prior], points[lv][prior])
+
             results.append(dense_detections(
-                [t[i] for t in head_outputs["cls_logits"]],
-                lambda lv, prior: model.box_coder.decode(codes[lv][i][prior], points[lv][prior]),
+                [t[i] for t in head_outputs["cls_logits"]], decode,
                 size, model.score_thresh, model.nms_thresh, model.detections_per_img, TOPK_CANDIDATES,
                 score_factors=[t[i, :, 0] for t in head_outputs["bbox_ctrness"]]))
         return results

@@ -17,7 +17,7 @@ from torchvision.models.detection.retinanet import RetinaNet, RetinaNetClassific
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from frs_cli.models.anchors import octave_anchors
-from frs_cli.models.backbones import TINY_BODIES, P6P7, c5_channels, resnet_fpn
+from frs_cli.models.backbones import P6P7, TINY_BODIES, c5_channels, resnet_fpn
 from frs_cli.models.base import Detector, DetectorOutput, LevelSpec, to_head_layout
 from frs_cli.models.dense_inference import dense_detections
 from frs_cli.models.retinanet_loss import retinanet_gt_loss
@@ -123,10 +123,13 @@ class RetinaNetAdapter(Detector):
         model = self.model
         results = []
         for i, size in enumerate(image_sizes):
-            deltas = head_outputs["bbox_regression"]
+            deltas, priors = [t[i] for t in head_outputs["bbox_regression"]], anchors[i]
+
+            def decode(lv: int, prior: Tensor, deltas=deltas, priors=priors) -> Tensor:
+                return model.box_coder.decode_single(deltas[lv][prior], priors[lv][prior])
+
             results.append(dense_detections(
-                [t[i] for t in head_outputs["cls_logits"]],
-                lambda lv, prior: model.box_coder.decode_single(deltas[lv][i][prior], anchors[i][lv][prior]),
+                [t[i] for t in head_outputs["cls_logits"]], decode,
                 size, model.score_thresh, model.nms_thresh, model.detections_per_img, model.topk_candidates))
         return results
 
