@@ -176,7 +176,8 @@ def build_detector(cfg: ModelConfig, num_classes: int, load_weights: bool = True
         backbone_weights = _get_weights_enum(cfg.weights_backbone)
     trained = _is_weights_enum(cfg.weights) or bool(cfg.weights_backbone)
     detector = _family(spec.family).build(spec, cfg, num_classes, backbone_weights, trained)
-    detector.set_pixel_norm(spec.pixel_norm)
+    if spec.pixel_norm != "imagenet_rgb":  # the default stays the buffers' own float32 values, bit for bit
+        detector.set_pixel_norm(spec.pixel_norm)
     if load_weights and cfg.weights:
         load_weights_into(detector, cfg.weights)
     return detector
