@@ -54,19 +54,20 @@ def _mmdet_archs() -> dict[str, ArchSpec]:
     """The layouts of mmdetection's models, for the paper's teachers (``frs convert mmdet``) and their students.
     The model-zoo config each one holds is named in its summary."""
     caffe = {"style": "caffe", "pixel_norm": "detectron_bgr", "variant": "mmdet"}
+    torch_style = {"pixel_norm": "mmdet_rgb", "variant": "mmdet"}
     archs = {}
     for depth in (50, 101):
         body = f"resnet{depth}"
         archs[f"retinanet_resnet{depth}_fpn_mmdet"] = ArchSpec(
-            "retinanet", body, variant="mmdet", summary=f"mmdetection retinanet_r{depth}_fpn_*_coco")
+            "retinanet", body, **torch_style, summary=f"mmdetection retinanet_r{depth}_fpn_*_coco")
         archs[f"fcos_resnet{depth}_caffe_fpn_mmdet"] = ArchSpec(
             "fcos", body, **caffe, summary=f"mmdetection fcos_r{depth}-caffe_fpn_gn-head[_ms-640-800-2x]_coco")
         archs[f"fcos_resnet{depth}_fpn_mmdet"] = ArchSpec(
-            "fcos", body, variant="mmdet", summary="mmdetection's plain FCOS head on a pytorch-style body (a student)")
+            "fcos", body, **torch_style, summary="mmdetection's plain FCOS head on a pytorch-style body (a student)")
         archs[f"fasterrcnn_resnet{depth}_fpn_mmdet"] = ArchSpec(
-            "faster_rcnn", body, variant="mmdet", summary=f"mmdetection faster-rcnn_r{depth}_fpn_*_coco")
+            "faster_rcnn", body, **torch_style, summary=f"mmdetection faster-rcnn_r{depth}_fpn_*_coco")
         archs[f"gfl_resnet{depth}_fpn_mmdet"] = ArchSpec(
-            "gfl", body, variant="mmdet", summary=f"mmdetection gfl_r{depth}_fpn_*_coco")
+            "gfl", body, **torch_style, summary=f"mmdetection gfl_r{depth}_fpn_*_coco")
     archs["fcos_resnet50_caffe_fpn_tricks_mmdet"] = ArchSpec(
         "fcos", "resnet50", variant="mmdet", style="caffe", pixel_norm="detectron2_bgr",
         head_options=("norm_on_bbox", "centerness_on_reg"),

@@ -24,6 +24,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # whether that order is BGR. The caffe bodies (Detectron's ImageNet weights) read BGR, mean-subtracted, std 1.
 PIXEL_NORMS = {
     "imagenet_rgb": (tuple(255 * m for m in IMAGENET_MEAN), tuple(255 * s for s in IMAGENET_STD), False),
+    # the same ImageNet statistics as mmdetection's pytorch-style configs write them: as float32 they differ
+    # from float32(0.485) * 255 in the last bit, enough to move a deep random network's boxes by 1e-3 px
+    "mmdet_rgb": ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375), False),
     "detectron_bgr": ((102.9801, 115.9465, 122.7717), (1.0, 1.0, 1.0), True),  # open-mmlab://detectron/resnet*_caffe
     "detectron2_bgr": ((103.53, 116.28, 123.675), (1.0, 1.0, 1.0), True),  # open-mmlab://detectron2/resnet*_caffe
 }
