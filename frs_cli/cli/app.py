@@ -6,6 +6,7 @@ import typer
 
 from frs_cli.cli import (
     cache_cmd,
+    convert_cmd,
     data_cmd,
     demo_cmd,
     distill_cmd,
@@ -33,6 +34,8 @@ app.add_typer(cache_app, name="cache")
 recipe_app = typer.Typer(help="Recipes: print one resolved (extends applied, every default filled in).",
                          no_args_is_help=True)
 app.add_typer(recipe_app, name="recipe")
+convert_app = typer.Typer(help="Import detectors trained elsewhere as frs model files.", no_args_is_help=True)
+app.add_typer(convert_app, name="convert")
 
 data_cmd.register(data_app)
 cache_cmd.register(app, cache_app)
@@ -45,6 +48,7 @@ models_cmd.register(app)
 recipe_cmd.register(recipe_app)
 report_cmd.register(app)
 export_cmd.register(app)
+convert_cmd.register(convert_app)
 
 
 def main() -> None:

@@ -58,7 +58,38 @@ class ArchSpec:
     v2: bool = False  # torchvision's "v2" variant (RetinaNet: P6 from C5, GN head, GIoU; Faster R-CNN: 2-conv RPN, BN FPN and box head)
     fpn_channels: int = 256
     summary: str = ""
+    variant: str = ""  # "mmdet": mmdetection's layout of the family, what frs_cli.models.mmdet_convert loads
+    style: str = "pytorch"  # ResNet bottleneck stride on the 3x3 conv (pytorch) or the first 1x1 (caffe)
+    pixel_norm: str = "imagenet_rgb"  # how the body expects pixels: a key of frs_cli.models.base.PIXEL_NORMS
+    head_options: tuple[str, ...] = ()  # family-specific head switches (FCOS: norm_on_bbox, centerness_on_reg)
 
+
+def _mmdet_archs() -> dict[str, ArchSpec]:
+    """The layouts of mmdetection's models, for the paper's teachers (``frs convert mmdet``) and their students.
+    The model-zoo config each one holds is named in its summary."""
+    caffe = {"style": "caffe", "pixel_norm": "detectron_bgr", "variant": "mmdet"}
+    torch_style = {"pixel_norm": "mmdet_rgb", "variant": "mmdet"}
+    archs = {}
+    for depth in (50, 101):
+        body = f"resnet{depth}"
+        archs[f"retinanet_resnet{depth}_fpn_mmdet"] = ArchSpec(
+            "retinanet", body, **torch_style, summary=f"mmdetection retinanet_r{depth}_fpn_*_coco")
+        archs[f"fcos_resnet{depth}_caffe_fpn_mmdet"] = ArchSpec(
+            "fcos", body, **caffe, summary=f"mmdetection fcos_r{depth}-caffe_fpn_gn-head[_ms-640-800-2x]_coco")
+        archs[f"fcos_resnet{depth}_fpn_mmdet"] = ArchSpec(
+            "fcos", body, **torch_style, summary="mmdetection's plain FCOS head on a pytorch-style body (a student)")
+        archs[f"fasterrcnn_resnet{depth}_fpn_mmdet"] = ArchSpec(
+            "faster_rcnn", body, **torch_style, summary=f"mmdetection faster-rcnn_r{depth}_fpn_*_coco")
+        archs[f"gfl_resnet{depth}_fpn_mmdet"] = ArchSpec(
+            "gfl", body, **torch_style, summary=f"mmdetection gfl_r{depth}_fpn_*_coco")
+    archs["fcos_resnet50_caffe_fpn_tricks_mmdet"] = ArchSpec(
+        "fcos", "resnet50", variant="mmdet", style="caffe", pixel_norm="detectron2_bgr",
+        head_options=("norm_on_bbox", "centerness_on_reg"),
+        summary="mmdetection fcos_r50-caffe_fpn_gn-head-center-normbbox-centeronreg-giou_1x_coco")
+    return archs
+
+
+MMDET_ARCHS = _mmdet_archs()
 
 # family -> the module that builds it (imported when first used)
 FAMILIES = {
@@ -112,6 +143,7 @@ ARCHS: dict[str, ArchSpec] = {
     "gfl_small_fpn": ArchSpec("gfl", "small", fpn_channels=64, summary="small CPU GFL (demo teacher, 64-ch FPN)"),
     "gfl_tiny_fpn": ArchSpec("gfl", "tiny", fpn_channels=64, summary="tiny CPU GFL (tests, demo student, 64-ch FPN)"),
 }
+ARCHS.update(MMDET_ARCHS)
 
 
 def _download_state_dict(weights) -> dict:
@@ -152,6 +184,8 @@ def build_detector(cfg: ModelConfig, num_classes: int, load_weights: bool = True
     pretrained = source.kind in ("enum", "torchvision") if source else is_weights_enum(cfg.weights)
     trained = pretrained or bool(cfg.weights_backbone)
     detector = _family(spec.family).build(spec, cfg, num_classes, backbone_weights, trained)
+    if spec.pixel_norm != "imagenet_rgb":  # the default stays the buffers' own float32 values, bit for bit
+        detector.set_pixel_norm(spec.pixel_norm)
     if source is not None:
         _load_source(detector, source)
     return detector

@@ -20,6 +20,16 @@ from frs_cli.errors import FrsError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# How a body's weights expect pixels: (mean, std) in 0..255 units in the channel order the body reads, and
+# whether that order is BGR. The caffe bodies (Detectron's ImageNet weights) read BGR, mean-subtracted, std 1.
+PIXEL_NORMS = {
+    "imagenet_rgb": (tuple(255 * m for m in IMAGENET_MEAN), tuple(255 * s for s in IMAGENET_STD), False),
+    # the same ImageNet statistics as mmdetection's pytorch-style configs write them: as float32 they differ
+    # from float32(0.485) * 255 in the last bit, enough to move a deep random network's boxes by 1e-3 px
+    "mmdet_rgb": ((123.675, 116.28, 103.53), (58.395, 57.12, 57.375), False),
+    "detectron_bgr": ((102.9801, 115.9465, 122.7717), (1.0, 1.0, 1.0), True),  # open-mmlab://detectron/resnet*_caffe
+    "detectron2_bgr": ((103.53, 116.28, 123.675), (1.0, 1.0, 1.0), True),  # open-mmlab://detectron2/resnet*_caffe
+}
 
 
 @dataclass
@@ -90,6 +100,15 @@ class Detector(nn.Module):
         self.levels = levels
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
+        self.bgr = False  # feed the body BGR (caffe bodies) rather than the RGB images frs decodes
+
+    def set_pixel_norm(self, name: str) -> None:
+        """Normalise inputs as the body's weights expect: a key of ``PIXEL_NORMS``."""
+        if name not in PIXEL_NORMS:
+            raise FrsError(f"pixel norm: expected one of {sorted(PIXEL_NORMS)}, got {name!r}")
+        mean, std, self.bgr = PIXEL_NORMS[name]
+        self.pixel_mean.copy_(torch.tensor(mean).view(1, 3, 1, 1))
+        self.pixel_std.copy_(torch.tensor(std).view(1, 3, 1, 1))
 
     @property
     def strides(self) -> list[int]:
@@ -100,7 +119,10 @@ class Detector(nn.Module):
         return [lv.name for lv in self.levels]
 
     def normalize(self, images: Tensor, image_sizes: list[tuple[int, int]]) -> Tensor:
-        """uint8 batch -> float, ImageNet-normalized, padding exactly zero (as torchvision batches)."""
+        """uint8 RGB batch -> float, normalized as ``set_pixel_norm`` chose (default ImageNet RGB), padding
+        exactly zero (as torchvision and mmdetection batch images)."""
+        if self.bgr:
+            images = images.flip(1)
         x = (images.float() - self.pixel_mean) / self.pixel_std
         h, w = x.shape[-2:]
         for i, (vh, vw) in enumerate(image_sizes):  # slices, not a sizes tensor: copying one to the GPU syncs

@@ -20,6 +20,7 @@ from torchvision.models.detection.rpn import RPNHead, concat_box_prediction_laye
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from frs_cli.models.anchors import GridAnchors
 from frs_cli.models.backbones import TINY_BODIES, resnet_fpn
 from frs_cli.models.base import Detector, DetectorOutput, LevelSpec
 
@@ -146,8 +147,12 @@ def build(spec, cfg, num_classes: int, backbone_weights, trained: bool) -> Faste
     ch = spec.fpn_channels
     backbone = resnet_fpn(spec.body, ch, [1, 2, 3, 4], LastLevelMaxPool, frozen_bn=trained and not spec.v2,
                           weights=backbone_weights, trainable_layers=cfg.trainable_backbone_layers if trained else 5,
-                          fpn_norm=nn.BatchNorm2d if spec.v2 else None)
-    anchors = rpn_anchor_generator(cfg.anchor_size or DEFAULT_ANCHOR_SIZE)
+                          fpn_norm=nn.BatchNorm2d if spec.v2 else None, style=spec.style)
+    if spec.variant == "mmdet":  # mmdetection's RPN anchors: unrounded, on the nominal strides
+        size = cfg.anchor_size or DEFAULT_ANCHOR_SIZE
+        anchors = GridAnchors(tuple((float(size * 2**i),) for i in range(5)), ((0.5, 1.0, 2.0),) * 5, STRIDES)
+    else:
+        anchors = rpn_anchor_generator(cfg.anchor_size or DEFAULT_ANCHOR_SIZE)
     rpn_head = RPNHead(ch, anchors.num_anchors_per_location()[0], conv_depth=2 if spec.v2 else 1)
     if spec.v2:
         box_head, rep = FastRCNNConvFCHead((ch, 7, 7), [256] * 4, [1024], norm_layer=nn.BatchNorm2d), 1024

@@ -3,6 +3,13 @@
 FRS on FCOS uses the classification logits alone: K class channels per position (one point per position,
 so A = 1). The centerness branch sits on the regression tower and plays no part in the mask or the head
 loss; it still trains through torchvision's GT loss and still scales the scores at inference.
+
+The mmdetection layout (``ArchSpec.variant == "mmdet"``, the FCOS of the paper's teachers) keeps
+torchvision's towers and adds what mmdetection's ``FCOSHead`` has: a learnt scale per level on the box
+output, distances ``exp(scale * x)`` px (or, with ``norm_on_bbox``, ``relu(scale * x) * stride``),
+centerness from the classification tower (or, with ``centerness_on_reg``, the regression tower), points
+at ``(x + 0.5) * stride``, and its inference: scores ``sigmoid(cls)``, thresholded and top-k'd before
+being multiplied by ``sigmoid(centerness)`` (torchvision thresholds their geometric mean).
 """
 
 from __future__ import annotations
@@ -16,12 +23,16 @@ from torchvision.models.detection.fcos import FCOS, FCOSClassificationHead, FCOS
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
+from frs_cli.models.anchors import GridAnchors
 from frs_cli.models.backbones import resnet_fpn
 from frs_cli.models.base import Detector, DetectorOutput, LevelSpec, to_head_layout
+from frs_cli.models.dense_inference import dense_detections
 
 LEVEL_NAMES = ("P3", "P4", "P5", "P6", "P7")
 STRIDES = (8, 16, 32, 64, 128)
 DEFAULT_ANCHOR_SIZE = 8  # torchvision's: one point per position, "anchor" size = stride (8 px at P3)
+HEAD_OPTIONS = ("norm_on_bbox", "centerness_on_reg")  # mmdetection FCOSHead switches an ArchSpec may name
+TOPK_CANDIDATES = 1000  # per level, before NMS (mmdetection's nms_pre, torchvision's topk_candidates)
 
 
 def point_generator(anchor_size: int = DEFAULT_ANCHOR_SIZE) -> AnchorGenerator:
@@ -48,12 +59,15 @@ def build_cls_head(spec: dict) -> FCOSClsHead:
 class FCOSAdapter(Detector):
     family = "fcos"
 
-    def __init__(self, model: FCOS, arch: str):
+    def __init__(self, model: FCOS, arch: str, head_options: tuple[str, ...] = (), mmdet: bool = False):
         channels = model.backbone.out_channels
         super().__init__(model.head.classification_head.num_classes,
                          [LevelSpec(n, s, channels) for n, s in zip(LEVEL_NAMES, STRIDES)])
         self.model = model
         self.arch = arch
+        self.mmdet = mmdet  # mmdetection's head and inference (module docstring); the parameter head.scales
+        self.norm_on_bbox = "norm_on_bbox" in head_options
+        self.centerness_on_reg = "centerness_on_reg" in head_options or not mmdet  # torchvision's: on reg
         self._cls = FCOSClsHead(model.head.classification_head)
 
     @property
@@ -72,18 +86,21 @@ class FCOSAdapter(Detector):
         ``classification`` (focal), ``bbox_regression`` (GIoU) and ``bbox_ctrness`` (BCE)."""
         x = self.normalize(images, image_sizes)
         features = list(self.model.backbone(x).values())
-        cls_logits = self._cls(features)
-        reg = self.model.head.regression_head
-        towers = [reg.conv(f) for f in features]
+        cls_head = self.model.head.classification_head
+        cls_towers = [cls_head.conv(f) for f in features]
+        cls_logits = [cls_head.cls_logits(t) for t in cls_towers]
         out = DetectorOutput(features=features, cls_logits=cls_logits)
 
         detect = (not self.training) if detect is None else detect
         if targets is None and not detect:
             return out
+        reg = self.model.head.regression_head
+        towers = [reg.conv(f) for f in features]
         head_outputs = {
             "cls_logits": to_head_layout(cls_logits, self.num_classes),
-            "bbox_regression": to_head_layout([nn.functional.relu(reg.bbox_reg(t)) for t in towers], 4),
-            "bbox_ctrness": to_head_layout([reg.bbox_ctrness(t) for t in towers], 1),
+            "bbox_regression": to_head_layout(self._box_regression(towers), 4),
+            "bbox_ctrness": to_head_layout([reg.bbox_ctrness(t) for t in (towers if self.centerness_on_reg
+                                                                          else cls_towers)], 1),
         }
         anchors = self.model.anchor_generator(ImageList(x, list(image_sizes)), features)
         per_level = [f.shape[-2] * f.shape[-1] for f in features]
@@ -94,18 +111,56 @@ class FCOSAdapter(Detector):
             split_anchors = [list(a.split(per_level)) for a in anchors]
             with torch.autocast(x.device.type, enabled=False):
                 split = {k: [t.float() for t in v.split(per_level, dim=1)] for k, v in head_outputs.items()}
-                out.detections = self.model.postprocess_detections(split, split_anchors, list(image_sizes))
+                postprocess = self._postprocess_mmdet if self.mmdet else self.model.postprocess_detections
+                out.detections = postprocess(split, split_anchors, list(image_sizes))
         return out
+
+    def _box_regression(self, towers: list[Tensor]) -> list[Tensor]:
+        """Per level ``(B, 4, H, W)`` side distances in units of the level's point size (= its stride), the
+        code torchvision's ``BoxLinearCoder(normalize_by_size=True)`` decodes."""
+        reg = self.model.head.regression_head
+        if not self.mmdet:
+            return [nn.functional.relu(reg.bbox_reg(t)) for t in towers]
+        out = []
+        for t, scale, stride in zip(towers, self.model.head.scales, STRIDES):
+            raw = scale * reg.bbox_reg(t).float()  # float: exp overflows in half precision
+            out.append(raw.clamp(min=0) if self.norm_on_bbox else raw.exp() / stride)
+        return out
+
+    def _postprocess_mmdet(self, head_outputs: dict[str, list[Tensor]], anchors: list[list[Tensor]],
+                           image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        """mmdetection's FCOS inference (``dense_detections``: score x centerness after the top-k) on per-level
+        ``(B, HW, C)`` head outputs."""
+        model = self.model
+        results = []
+        for i, size in enumerate(image_sizes):
+            codes, points = [t[i] for t in head_outputs["bbox_regression"]], anchors[i]
+
+            def decode(lv: int, prior: Tensor, codes=codes, points=points) -> Tensor:
+                return model.box_coder.decode(codes[lv][prior], points[lv][prior])
+
+            results.append(dense_detections(
+                [t[i] for t in head_outputs["cls_logits"]], decode,
+                size, model.score_thresh, model.nms_thresh, model.detections_per_img, TOPK_CANDIDATES,
+                score_factors=[t[i, :, 0] for t in head_outputs["bbox_ctrness"]]))
+        return results
 
 
 def build(spec, cfg, num_classes: int, backbone_weights, trained: bool) -> FCOSAdapter:
-    """torchvision's FCOS for ``spec`` (an ``ArchSpec``): P3-P7 with P6/P7 from P5, as ``fcos_resnet50_fpn``
-    builds it (frozen BN statistics when the body is pretrained)."""
+    """torchvision's FCOS for ``spec`` (an ``ArchSpec``): P3-P7 with P6/P7 from P5 (ReLU between them, as
+    both torchvision and mmdetection's FCOS configs), as ``fcos_resnet50_fpn`` builds it (frozen BN
+    statistics when the body is pretrained); the mmdetection layout as the module docstring says."""
+    mmdet = spec.variant == "mmdet"
     backbone = resnet_fpn(spec.body, spec.fpn_channels, [2, 3, 4], partial(LastLevelP6P7, spec.fpn_channels, spec.fpn_channels),
                           frozen_bn=trained, weights=backbone_weights,
-                          trainable_layers=cfg.trainable_backbone_layers if trained else 5)
-    points = point_generator(cfg.anchor_size or DEFAULT_ANCHOR_SIZE)
+                          trainable_layers=cfg.trainable_backbone_layers if trained else 5, style=spec.style)
+    if mmdet:  # point size = stride: the box code is in strides, as torchvision's coder expects
+        points = GridAnchors(tuple((float(s),) for s in STRIDES), ((1.0,),) * 5, STRIDES, offset=0.5)
+    else:
+        points = point_generator(cfg.anchor_size or DEFAULT_ANCHOR_SIZE)
     head = FCOSHead(backbone.out_channels, 1, num_classes)
+    if mmdet:
+        head.scales = nn.Parameter(torch.ones(len(STRIDES)))  # mmdetection's Scale per level
     model = FCOS(backbone, num_classes, anchor_generator=points, head=head, score_thresh=cfg.score_thresh,
                  nms_thresh=cfg.nms_thresh, detections_per_img=cfg.detections_per_img)
-    return FCOSAdapter(model, cfg.arch)
+    return FCOSAdapter(model, cfg.arch, spec.head_options, mmdet=mmdet)

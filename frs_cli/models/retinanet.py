@@ -16,8 +16,10 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.retinanet import RetinaNet, RetinaNetClassificationHead, RetinaNetHead
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from frs_cli.models.backbones import TINY_BODIES, c5_channels, resnet_fpn
+from frs_cli.models.anchors import octave_anchors
+from frs_cli.models.backbones import P6P7, TINY_BODIES, c5_channels, resnet_fpn
 from frs_cli.models.base import Detector, DetectorOutput, LevelSpec, to_head_layout
+from frs_cli.models.dense_inference import dense_detections
 from frs_cli.models.retinanet_loss import retinanet_gt_loss
 
 LEVEL_NAMES = ("P3", "P4", "P5", "P6", "P7")
@@ -54,13 +56,14 @@ def build_retinanet_cls_head(spec: dict) -> RetinaNetClsHead:
 class RetinaNetAdapter(Detector):
     family = "retinanet"
 
-    def __init__(self, model: RetinaNet, arch: str, head_norm: str):
+    def __init__(self, model: RetinaNet, arch: str, head_norm: str, mmdet: bool = False):
         channels = model.backbone.out_channels
         super().__init__(model.head.classification_head.num_classes,
                          [LevelSpec(n, s, channels) for n, s in zip(LEVEL_NAMES, STRIDES)])
         self.model = model
         self.arch = arch
         self.head_norm = head_norm
+        self.mmdet = mmdet  # mmdetection's inference (dense_detections) instead of torchvision's
         self._cls = RetinaNetClsHead(model.head.classification_head)
 
     @property
@@ -110,8 +113,25 @@ class RetinaNetAdapter(Detector):
             split_anchors = [list(a.split(per_level)) for a in anchors]
             with torch.autocast(x.device.type, enabled=False):
                 split = {k: [t.float() for t in v] for k, v in split.items()}
-                out.detections = self.model.postprocess_detections(split, split_anchors, list(image_sizes))
+                postprocess = self._postprocess_mmdet if self.mmdet else self.model.postprocess_detections
+                out.detections = postprocess(split, split_anchors, list(image_sizes))
         return out
+
+    def _postprocess_mmdet(self, head_outputs: dict[str, list[Tensor]], anchors: list[list[Tensor]],
+                           image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        """mmdetection's RetinaNet inference on per-level ``(B, HWA, C)`` head outputs (``dense_detections``)."""
+        model = self.model
+        results = []
+        for i, size in enumerate(image_sizes):
+            deltas, priors = [t[i] for t in head_outputs["bbox_regression"]], anchors[i]
+
+            def decode(lv: int, prior: Tensor, deltas=deltas, priors=priors) -> Tensor:
+                return model.box_coder.decode_single(deltas[lv][prior], priors[lv][prior])
+
+            results.append(dense_detections(
+                [t[i] for t in head_outputs["cls_logits"]], decode,
+                size, model.score_thresh, model.nms_thresh, model.detections_per_img, model.topk_candidates))
+        return results
 
 
 def build(spec, cfg, num_classes: int, backbone_weights, trained: bool) -> RetinaNetAdapter:
@@ -119,24 +139,31 @@ def build(spec, cfg, num_classes: int, backbone_weights, trained: bool) -> Retin
 
     The module types follow the config, whether or not the weights are loaded now, so a model rebuilt to
     receive a checkpoint has the layers it was trained with. torchvision freezes BN statistics for
-    pretrained v1 bodies; v2 keeps BatchNorm2d and takes P6 from C5.
+    pretrained v1 bodies; v2 keeps BatchNorm2d and takes P6 from C5. The mmdetection layout
+    (``spec.variant == "mmdet"``) takes P6 from C5 with no ReLU before P7, and uses unrounded anchors of
+    octave scale 4 on the nominal strides.
     """
     tiny = spec.body in TINY_BODIES
-    backbone = resnet_fpn(
-        spec.body, spec.fpn_channels, [2, 3, 4],
-        partial(LastLevelP6P7, c5_channels(spec.body) if (spec.v2 and not tiny) else spec.fpn_channels,
-                spec.fpn_channels),
-        frozen_bn=trained and not spec.v2, weights=backbone_weights,
-        trainable_layers=cfg.trainable_backbone_layers if trained else 5,
-    )
-    anchors = anchor_generator(cfg.anchor_size or DEFAULT_ANCHOR_SIZE)
+    mmdet = spec.variant == "mmdet"
+    if mmdet:
+        extra = partial(P6P7, c5_channels(spec.body), spec.fpn_channels, from_c5=True, relu=False)
+    else:
+        extra = partial(LastLevelP6P7, c5_channels(spec.body) if (spec.v2 and not tiny) else spec.fpn_channels,
+                        spec.fpn_channels)
+    backbone = resnet_fpn(spec.body, spec.fpn_channels, [2, 3, 4], extra, frozen_bn=trained and not spec.v2,
+                          weights=backbone_weights, trainable_layers=cfg.trainable_backbone_layers if trained else 5,
+                          style=spec.style)
+    if mmdet:
+        anchors = octave_anchors(STRIDES, (cfg.anchor_size or DEFAULT_ANCHOR_SIZE) / STRIDES[0], 3, (0.5, 1.0, 2.0))
+    else:
+        anchors = anchor_generator(cfg.anchor_size or DEFAULT_ANCHOR_SIZE)
     head = RetinaNetHead(backbone.out_channels, anchors.num_anchors_per_location()[0], num_classes,
                          norm_layer=partial(nn.GroupNorm, 32) if spec.v2 else None)
     if spec.v2:
         head.regression_head._loss_type = "giou"
     model = RetinaNet(backbone, num_classes, anchor_generator=anchors, head=head, score_thresh=cfg.score_thresh,
                       nms_thresh=cfg.nms_thresh, detections_per_img=cfg.detections_per_img)
-    return RetinaNetAdapter(model, cfg.arch, head_norm="group_norm" if spec.v2 else "none")
+    return RetinaNetAdapter(model, cfg.arch, head_norm="group_norm" if spec.v2 else "none", mmdet=mmdet)
 
 
 build_cls_head = build_retinanet_cls_head

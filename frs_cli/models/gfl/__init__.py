@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from frs_cli.models.backbones import resnet_fpn
+from frs_cli.models.backbones import P6P7, resnet_fpn
 from frs_cli.models.base import Detector, DetectorOutput, LevelSpec
 from frs_cli.models.gfl.head import GFLClsHead
 from frs_cli.models.gfl.model import GFL
@@ -70,10 +70,14 @@ class GFLAdapter(Detector):
 
 def build(spec, cfg, num_classes: int, backbone_weights, trained: bool) -> GFLAdapter:
     """GFL for ``spec`` (an ``ArchSpec``): P3-P7 with P6/P7 from P5, GroupNorm head, frozen BN statistics
-    when the body is pretrained (as torchvision's one-stage detectors)."""
-    backbone = resnet_fpn(spec.body, spec.fpn_channels, [2, 3, 4], partial(LastLevelP6P7, spec.fpn_channels, spec.fpn_channels),
-                          frozen_bn=trained, weights=backbone_weights,
-                          trainable_layers=cfg.trainable_backbone_layers if trained else 5)
+    when the body is pretrained (as torchvision's one-stage detectors). The mmdetection layout has no ReLU
+    between P6 and P7 (its FPN's ``add_extra_convs='on_output'``) and a learnt scale per level."""
+    mmdet = spec.variant == "mmdet"
+    extra = (partial(P6P7, spec.fpn_channels, spec.fpn_channels, from_c5=False, relu=False) if mmdet
+             else partial(LastLevelP6P7, spec.fpn_channels, spec.fpn_channels))
+    backbone = resnet_fpn(spec.body, spec.fpn_channels, [2, 3, 4], extra, frozen_bn=trained, weights=backbone_weights,
+                          trainable_layers=cfg.trainable_backbone_layers if trained else 5, style=spec.style)
     model = GFL(backbone, num_classes, list(STRIDES), cfg.anchor_size or DEFAULT_ANCHOR_SIZE,
-                score_thresh=cfg.score_thresh, nms_thresh=cfg.nms_thresh, detections_per_img=cfg.detections_per_img)
+                score_thresh=cfg.score_thresh, nms_thresh=cfg.nms_thresh, detections_per_img=cfg.detections_per_img,
+                mmdet=mmdet)
     return GFLAdapter(model, cfg.arch)

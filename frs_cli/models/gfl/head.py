@@ -43,9 +43,11 @@ class GFLBoxHead(nn.Module):
     """Box tower and distribution conv: per-level features -> per-level ``(B, 4 * (reg_max + 1), H, W)`` logits,
     channel ``side * (reg_max + 1) + i`` is bin i of side ``side`` (0 left, 1 top, 2 right, 3 bottom)."""
 
-    def __init__(self, in_channels: int, reg_max: int = 16, num_convs: int = 4):
+    def __init__(self, in_channels: int, reg_max: int = 16, num_convs: int = 4, num_scales: int = 0):
         super().__init__()
         self.reg_max = reg_max
+        # mmdetection's GFL multiplies each level's distribution logits by a learnt scale; 0: none (frs's own)
+        self.scales = nn.Parameter(torch.ones(num_scales)) if num_scales else None
         self.tower = _tower(in_channels, num_convs)
         self.distribution = nn.Conv2d(in_channels, 4 * (reg_max + 1), 3, padding=1)
         for m in [*self.tower.modules(), self.distribution]:
@@ -54,16 +56,19 @@ class GFLBoxHead(nn.Module):
                 nn.init.constant_(m.bias, 0.0)
 
     def forward(self, features: list[Tensor]) -> list[Tensor]:
-        return [self.distribution(self.tower(f)) for f in features]
+        out = [self.distribution(self.tower(f)) for f in features]
+        if self.scales is not None:
+            out = [scale * d.float() for scale, d in zip(self.scales, out)]
+        return out
 
 
 class GFLHead(nn.Module):
-    def __init__(self, in_channels: int, num_classes: int, reg_max: int = 16, num_convs: int = 4):
+    def __init__(self, in_channels: int, num_classes: int, reg_max: int = 16, num_convs: int = 4, num_scales: int = 0):
         super().__init__()
         self.num_classes = num_classes
         self.reg_max = reg_max
         self.classification = GFLClsHead(in_channels, num_classes, num_convs)
-        self.box = GFLBoxHead(in_channels, reg_max, num_convs)
+        self.box = GFLBoxHead(in_channels, reg_max, num_convs, num_scales)
 
     def forward(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         return self.classification(features), self.box(features)

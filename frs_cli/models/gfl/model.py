@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import batched_nms, clip_boxes_to_image, generalized_box_iou_loss
 
+from frs_cli.models.anchors import GridAnchors
 from frs_cli.models.gfl.assign import atss_assign, box_centres
 from frs_cli.models.gfl.head import GFLHead, expected_distance
 from frs_cli.models.gfl.losses import (
@@ -47,11 +48,19 @@ class GFL(nn.Module):
     """Backbone + FPN, GFL head, anchors; ``compute_loss`` and ``postprocess_detections`` on head outputs."""
 
     def __init__(self, backbone: nn.Module, num_classes: int, strides: list[int], anchor_size: int, reg_max: int = 16,
-                 score_thresh: float = 0.05, nms_thresh: float = 0.6, detections_per_img: int = 100):
+                 score_thresh: float = 0.05, nms_thresh: float = 0.6, detections_per_img: int = 100,
+                 mmdet: bool = False):
         super().__init__()
         self.backbone = backbone
-        self.head = GFLHead(backbone.out_channels, num_classes, reg_max)
-        self.anchor_generator = anchor_generator(anchor_size)
+        # mmdet: mmdetection's layout (a learnt scale per level on the box logits; unrounded anchors on the
+        # nominal strides)
+        self.head = GFLHead(backbone.out_channels, num_classes, reg_max, num_scales=len(strides) if mmdet else 0)
+        self.drop_empty = mmdet  # mmdetection drops boxes of zero width or height before NMS (min_bbox_size 0)
+        if mmdet:
+            self.anchor_generator = GridAnchors(tuple((float(anchor_size * 2**i),) for i in range(len(strides))),
+                                                ((1.0,),) * len(strides), tuple(strides))
+        else:
+            self.anchor_generator = anchor_generator(anchor_size)
         self.strides = list(strides)
         self.num_classes, self.reg_max = num_classes, reg_max
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img
@@ -122,6 +131,9 @@ class GFL(nn.Module):
                 scores.append(score)
                 labels.append(label)
             b, s, lab = torch.cat(boxes), torch.cat(scores), torch.cat(labels)
+            if self.drop_empty:
+                nonempty = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+                b, s, lab = b[nonempty], s[nonempty], lab[nonempty]
             keep = batched_nms(b, s, lab, self.nms_thresh)[: self.detections_per_img]
             results.append({"boxes": b[keep], "scores": s[keep], "labels": lab[keep]})
         return results
