@@ -51,6 +51,19 @@ write_processes = 0
 """
 
 
+def assert_one_line_error(result, *fragments) -> str:
+    """Exit code 1, exactly one ``error:`` line on stderr, last (a progress bar may precede it), holding every
+    fragment; no traceback. Returns the line."""
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr
+    assert errors[0] == result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
+    for fragment in fragments:
+        assert fragment in errors[0], (fragment, errors[0])
+    return errors[0]
+
+
 def cache_arrays(path) -> dict:
     """Every array of a Zarr cache, read whole, by its path in the group (``buckets/64x64/P3/features``, ...)."""
     from frs_cli.cache.backend import ZarrBackend

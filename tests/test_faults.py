@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import zarr
-from conftest import assert_same_cache_arrays
+from conftest import assert_one_line_error, assert_same_cache_arrays
 from typer.testing import CliRunner
 
 from frs_cli.cache.reader import TeacherCache
@@ -21,18 +21,6 @@ runner = CliRunner()
 
 def run(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(result, *fragments) -> None:
-    """Exit code 1, exactly one ``error:`` line on stderr holding every fragment (a progress bar may precede
-    it), and no traceback."""
-    assert result.exit_code == 1, result.output
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.stderr
-    assert errors[0] == result.stderr.strip().splitlines()[-1]
-    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
-    for fragment in fragments:
-        assert fragment in errors[0], (fragment, errors[0])
 
 
 def test_disk_full_mid_write_is_one_line_and_resume_completes_the_cache(monkeypatch, recipe_path, cache_path,

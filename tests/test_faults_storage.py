@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import zarr
-from conftest import assert_same_cache_arrays
+from conftest import assert_one_line_error, assert_same_cache_arrays
 from typer.testing import CliRunner
 
 from frs_cli.cache.verify import verify_cache
@@ -37,18 +37,6 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1",
 
 def run(*args):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_one_line_error(result, *fragments) -> str:
-    """Exit code 1, exactly one ``error:`` line on stderr, last, holding every fragment; no traceback."""
-    assert result.exit_code == 1, result.output
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1, result.stderr
-    assert errors[0] == result.stderr.strip().splitlines()[-1]
-    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
-    for fragment in fragments:
-        assert fragment in errors[0], (fragment, errors[0])
-    return errors[0]
 
 
 def _copy(cache_path, tmp_path, name="c.zarr") -> Path:

@@ -33,20 +33,25 @@ def _losses(recipe, cache_path, batch_keys, mask="frs"):
         return cached, online(plain_batch, 0)
 
 
+def _assert_agree(label: str, cached: dict, online: dict, tolerance: float) -> None:
+    """Every term within ``tolerance`` relative; the GT terms, which never touch the teacher, identical."""
+    assert set(cached) == set(online) and "frs_feature" in cached
+    for name, value in cached.items():
+        a, b = float(value), float(online[name])
+        rel = abs(a - b) / abs(b)
+        print(f"parity {label} {name}: cached {a:.7g} online {b:.7g} relative difference {rel:.2e}")
+        assert rel < tolerance, f"{label} {name}: cached {a:.6g} vs online {b:.6g}, relative difference {rel:.2e}"
+        if not name.startswith("frs_"):
+            assert a == b
+
+
 @pytest.mark.parametrize("mask", ["frs", "gt"])
 def test_cached_and_online_losses_agree_within_fp16_rounding(recipe, cache_path, mask):
     keys = [(0, "orig"), (5, "hflip"), (11, "orig"), (17, "hflip")]
     cached, online = _losses(recipe, cache_path, keys, mask)
-    assert set(cached) == set(online)
     assert ("frs_head" in cached) == (mask == "frs")
-    for name in cached:
-        a, b = float(cached[name]), float(online[name])
-        rel = abs(a - b) / abs(b)
-        print(f"parity mask={mask} {name}: cached {a:.7g} online {b:.7g} relative difference {rel:.2e}")
-        # features are stored in fp16 (relative rounding <= 2**-11 ~ 4.9e-4 per value)
-        assert rel < 1e-3, f"{name}: cached {a:.6g} vs online {b:.6g}, relative difference {rel:.2e}"
-        if not name.startswith("frs_"):
-            assert a == b  # GT losses do not touch the teacher at all
+    # features are stored in fp16 (relative rounding <= 2**-11 ~ 4.9e-4 per value)
+    _assert_agree(f"mask={mask}", cached, online, 1e-3)
 
 
 @pytest.mark.parametrize("family", ["fcos", "faster_rcnn", "gfl"])
@@ -55,14 +60,8 @@ def test_cached_and_online_losses_agree_for_every_family(family, family_cache):
 
     recipe_path, path = family_cache(family)
     cached, online = _losses(load_recipe(recipe_path), path, [(0, "orig"), (5, "hflip"), (11, "orig")])
-    assert set(cached) == set(online) and {"frs_feature", "frs_head"} <= set(cached)
-    for name in cached:
-        a, b = float(cached[name]), float(online[name])
-        rel = abs(a - b) / abs(b)
-        print(f"parity {family} {name}: cached {a:.7g} online {b:.7g} relative difference {rel:.2e}")
-        assert rel < 1e-3, f"{family} {name}: cached {a:.6g} vs online {b:.6g}, relative difference {rel:.2e}"
-        if not name.startswith("frs_"):
-            assert a == b
+    assert "frs_head" in cached
+    _assert_agree(family, cached, online, 1e-3)  # features are stored in fp16
 
 
 @pytest.mark.parametrize("family", ["retinanet", "fcos", "faster_rcnn", "gfl"])
@@ -74,15 +73,8 @@ def test_cached_and_online_losses_agree_on_batches_of_three_canvases(family, mix
     sizes = {coco.geometry_of(p, v).padded_size for p, v in keys}
     assert sizes == {(64, 64), (96, 64), (64, 96)} and {v for _, v in keys} == {"orig", "hflip"}
     cached, online = _losses(recipe, path, keys)
-    assert {"frs_feature", "frs_head"} <= set(cached) and set(cached) == set(online)
-    for name in cached:
-        a, b = float(cached[name]), float(online[name])
-        rel = abs(a - b) / abs(b)
-        print(f"mixed-canvas parity {family} {name}: cached {a:.7g} online {b:.7g} relative difference {rel:.2e}")
-        # only the fp16 storage of features and masks separates the two
-        assert rel < 1e-4, f"{family} {name}: cached {a:.6g} vs online {b:.6g}, relative difference {rel:.2e}"
-        if not name.startswith("frs_"):
-            assert a == b
+    assert "frs_head" in cached
+    _assert_agree(f"mixed-canvas {family}", cached, online, 1e-4)  # only the fp16 storage separates the two
 
 
 def test_the_live_teacher_sees_each_view_of_a_mixed_batch_as_it_sees_it_alone(mixed_cache):
