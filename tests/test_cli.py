@@ -70,7 +70,8 @@ def test_train_then_eval_checkpoint_writes_metrics_and_detections(tmp_path, reci
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert set(metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
-    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    assert metrics["APl"] is None  # 64 px images hold no large object: undefined, null in the JSON
+    assert all(0.0 <= v <= 1.0 for k, v in metrics.items() if k != "APl")
     dets = json.loads((tmp_path / "dets.json").read_text())
     assert isinstance(dets, list) and {d["image_id"] for d in dets} <= set(range(25, 33))
     # the detections file scores to the same numbers
@@ -90,7 +91,28 @@ def test_eval_of_ground_truth_as_detections_is_perfect(tmp_path, synth_root):
     assert m["AP"] == 1.0 and m["AP50"] == 1.0 and m["AP75"] == 1.0
     (tmp_path / "none.json").write_text("[]")
     run("eval", "--detections", tmp_path / "none.json", "--data", synth_root, "--metrics", tmp_path / "z.json")
-    assert all(v == 0.0 for v in json.loads((tmp_path / "z.json").read_text()).values())
+    zero = json.loads((tmp_path / "z.json").read_text())
+    assert zero == {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, "APs": 0.0, "APm": 0.0, "APl": None}
+
+
+def test_eval_table_shows_undefined_as_a_dash_and_faster_backend_agrees(tmp_path, synth_root):
+    gt = json.loads((synth_root / "annotations" / "instances_val.json").read_text())
+    dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "score": 0.9,
+             "bbox": [a["bbox"][0] + 1.5, a["bbox"][1], a["bbox"][2], a["bbox"][3]]} for a in gt["annotations"]]
+    (tmp_path / "d.json").write_text(json.dumps(dets))
+    result = run("eval", "--detections", tmp_path / "d.json", "--data", synth_root, "--metrics", tmp_path / "p.json")
+    assert result.exit_code == 0, result.output
+    row = next(line for line in result.stdout.splitlines() if "d.json" in line)
+    assert row.rstrip(" │").endswith("\u2013")  # APl, the last column: no large objects in 64 px images
+    ref = json.loads((tmp_path / "p.json").read_text())
+    assert ref["APl"] is None and 0.0 < ref["AP"] < 1.0
+    result = run("eval", "--detections", tmp_path / "d.json", "--data", synth_root, "--backend", "nope")
+    assert result.exit_code == 1 and "expected pycocotools or faster, got 'nope'" in result.stderr
+    pytest.importorskip("faster_coco_eval", reason="faster-coco-eval is not installed (pip install 'frs[faster-eval]')")
+    result = run("eval", "--detections", tmp_path / "d.json", "--data", synth_root, "--backend", "faster",
+                 "--metrics", tmp_path / "f.json")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "f.json").read_text()) == pytest.approx(ref, abs=1e-6)
 
 
 def test_eval_needs_exactly_one_source(synth_root):

@@ -70,7 +70,7 @@ def test_size_range_without_ground_truth_reports_zero(tmp_path):
     coco = load_coco(write_gt(tmp_path, annotations=[(1, 3, [0.0, 0.0, 200.0, 200.0])]))
     metrics = evaluate_detections(coco, gt_as_detections([(1, 3, [0.0, 0.0, 200.0, 200.0])]))
     assert metrics["AP"] == pytest.approx(1.0) and metrics["APl"] == pytest.approx(1.0)
-    assert metrics["APs"] == 0.0 and metrics["APm"] == 0.0  # pycocotools would say -1
+    assert metrics["APs"] is None and metrics["APm"] is None  # pycocotools says -1: undefined, not zero
 
 
 def test_shifted_boxes_pass_iou_half_but_not_three_quarters(tmp_path):
@@ -205,3 +205,61 @@ def test_annotation_id_zero_is_renumbered(tmp_path, caplog):
         coco = load_coco(path)
     assert "renumbering" in caplog.text
     assert evaluate_detections(coco, gt_as_detections(GT_ANNOTATIONS[:1]), image_ids=[1])["AP"] == pytest.approx(1.0)
+
+
+def test_undefined_size_range_is_none_in_all_twelve_stats_also_without_detections(tmp_path):
+    from frs_cli.eval.coco_eval import STAT_KEYS, coco_stats
+
+    coco = load_coco(write_gt(tmp_path, annotations=[(1, 3, [0.0, 0.0, 20.0, 20.0])]))  # one small object only
+    perfect = coco_stats(coco, gt_as_detections([(1, 3, [0.0, 0.0, 20.0, 20.0])]))
+    assert list(perfect) == list(STAT_KEYS)
+    assert {k for k, v in perfect.items() if v is None} == {"APm", "APl", "ARm", "ARl"}
+    assert perfect["APs"] == pytest.approx(1.0) and perfect["ARs"] == pytest.approx(1.0)
+    empty = coco_stats(coco, [])
+    assert {k for k, v in empty.items() if v is None} == {"APm", "APl", "ARm", "ARl"}
+    assert all(v == 0.0 for v in empty.values() if v is not None)
+
+
+def test_undefined_metrics_are_shown_as_a_dash_and_left_out_of_means():
+    from frs_cli.eval.coco_eval import format_metric, mean_defined
+
+    assert format_metric(None) == "\u2013" and format_metric(float("nan")) == "\u2013"
+    assert format_metric(0.4151) == "41.5" and format_metric(0.0) == "0.0"
+    assert mean_defined([0.2, None, 0.4]) == pytest.approx(0.3)  # not (0.2 + 0 + 0.4) / 3
+    assert mean_defined([None, None]) is None
+
+
+def noisy_detections(seed=0):
+    """Shifted, rescaled and mislabelled copies of the ground truth with random scores."""
+    import random
+
+    rng = random.Random(seed)
+    dets = []
+    for img, _, (x, y, w, h) in GT_ANNOTATIONS * 6:
+        box = [x + rng.uniform(-6, 6), y + rng.uniform(-6, 6), w * rng.uniform(0.6, 1.4), h * rng.uniform(0.6, 1.4)]
+        dets.append({"image_id": img, "category_id": rng.choice([3, 7, 11]), "bbox": box, "score": rng.random()})
+    return dets
+
+
+def test_faster_backend_gives_pycocotools_twelve_stats(tmp_path):
+    pytest.importorskip("faster_coco_eval", reason="faster-coco-eval is not installed (pip install 'frs[faster-eval]')")
+    from frs_cli.eval.coco_eval import STAT_KEYS, coco_stats
+
+    coco = load_coco(write_gt(tmp_path))
+    for dets in (noisy_detections(0), noisy_detections(1), gt_as_detections(), []):
+        ref = coco_stats(coco, dets, backend="pycocotools")
+        fast = coco_stats(coco, dets, backend="faster")
+        assert list(fast) == list(STAT_KEYS)
+        for key in STAT_KEYS:
+            assert (ref[key] is None) == (fast[key] is None), key
+            if ref[key] is not None:
+                assert fast[key] == pytest.approx(ref[key], abs=1e-6), key
+        assert 0.05 < ref["AP"] < 0.95 or dets in ([], gt_as_detections())  # a non-trivial case was compared
+    sub = coco_stats(coco, noisy_detections(2), image_ids=[2], backend="faster")
+    assert sub == pytest.approx(coco_stats(coco, noisy_detections(2), image_ids=[2]), abs=1e-6)
+
+
+def test_unknown_backend_is_a_data_error(tmp_path):
+    coco = load_coco(write_gt(tmp_path))
+    with pytest.raises(DataError, match="expected one of pycocotools, faster, got 'fast'"):
+        evaluate_detections(coco, gt_as_detections(), backend="fast")

@@ -69,12 +69,13 @@ def progress_for_rank():
     return RichProgress(console=err_console) if err_console.is_terminal else LineProgress(console=err_console)
 
 
-def metrics_table(title: str, rows: dict[str, dict[str, float]]):
-    """A rich table: one row per model, one column per COCO metric (shown in %)."""
+def metrics_table(title: str, rows: dict[str, dict[str, float | None]]):
+    """A rich table: one row per model, one column per COCO metric (shown in %; "–" where undefined)."""
     from rich.table import Table
 
-    keys = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-    table = Table("model", *keys, title=title)
+    from frs_cli.eval.coco_eval import METRIC_KEYS, format_metric
+
+    table = Table("model", *METRIC_KEYS, title=title)
     for name, m in rows.items():
-        table.add_row(name, *(f"{100 * m[k]:.1f}" if k in m else "-" for k in keys))
+        table.add_row(name, *(format_metric((m or {}).get(k)) for k in METRIC_KEYS))
     return table

@@ -34,10 +34,15 @@ def register(app: typer.Typer) -> None:
         workers: int = typer.Option(2, help="Image-decoding worker processes."),
         high: float = typer.Option(0.5, help="With --cache: S at or above this counts as a high-score position."),
         max_views: int = typer.Option(None, help="With --cache: look at the first N views only."),
+        backend: str = typer.Option("pycocotools", "--backend",
+                                    help="COCO evaluator: pycocotools (default) or faster (faster-coco-eval, "
+                                         "pip install 'frs[faster-eval]'); the same numbers."),
         device: str = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
         verbose: bool = typer.Option(False, "--verbose", "-v"),
     ):
-        """Measure COCO box mAP (pycocotools) of a checkpoint or detections file, or a cache's mask statistics."""
+        """Measure COCO box mAP (pycocotools) of a checkpoint or detections file, or a cache's mask statistics.
+
+        A size range with no ground truth (pycocotools' -1) is undefined: null in --metrics, "–" in the table."""
         setup_logging(verbose)
         chosen = [x for x in (checkpoint, detections, cache) if x is not None]
         if len(chosen) != 1:
@@ -46,11 +51,13 @@ def register(app: typer.Typer) -> None:
             return _mask_stats(cache, data, high, max_views, metrics)
         if data is None:
             fail("eval: --data DIR is required with --checkpoint or --detections")
+        if backend not in ("pycocotools", "faster"):
+            fail(f"eval --backend: expected pycocotools or faster, got {backend!r}")
         ann = data / "annotations" / f"instances_{split}.json"
         if detections is not None:
             from frs_cli.eval.coco_eval import evaluate_detections, load_coco, load_detections
 
-            result = evaluate_detections(load_coco(ann), load_detections(detections))
+            result = evaluate_detections(load_coco(ann), load_detections(detections), backend=backend)
             name = detections.name
         else:
             from frs_cli.data.coco import CocoIndex, CocoViews
@@ -64,7 +71,7 @@ def register(app: typer.Typer) -> None:
             with process_group(device) as ctx:
                 result = evaluate_detector(detector.to(ctx.device), dataset, ctx, batch_size=batch_size, workers=workers,
                                            detections_out=detections_out, label_to_category=ckpt["label_to_category"],
-                                           progress=progress_for_rank())
+                                           progress=progress_for_rank(), backend=backend)
             name = f"{ckpt['arch']} ({checkpoint.name})"
         if not is_main_process():
             return

@@ -1,13 +1,17 @@
-"""COCO box mAP through pycocotools, behind a small API that raises ``DataError`` instead of asserting.
+"""COCO box mAP through pycocotools (or faster-coco-eval), behind a small API that raises ``DataError``.
 
-This module is the only importer of pycocotools in the project. pycocotools prints progress to stdout and
+This module is the only importer of pycocotools and faster-coco-eval in the project. pycocotools prints progress to stdout and
 fails with bare ``assert``/``KeyError``/``IndexError`` on bad input; here its output is silenced and the
 inputs are checked first, so a problem arrives as one line naming what was expected and what arrived.
 
 Conventions: a detection is a COCO result ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``
 with the box in ORIGINAL image pixels at full float precision (no rounding). Metrics are fractions in
-0..1; a size range (small/medium/large) without any ground-truth object reports 0.0 rather than
-pycocotools' -1, so every value can be averaged and plotted (see ``evaluate_detections``).
+0..1; a size range (small/medium/large) without any ground-truth object is UNDEFINED: pycocotools says -1,
+this module says ``None`` (``null`` in JSON, "–" in tables), and averages and plots leave it out. Reading it
+as 0.0 would say "fails on large objects" about a set that has none.
+
+Backends: ``"pycocotools"`` (the default, the reference) and ``"faster"`` (faster-coco-eval, an optional
+extra: ``pip install 'frs[faster-eval]'``), which computes the same twelve numbers in C++.
 """
 
 from __future__ import annotations
@@ -31,8 +35,30 @@ from frs_cli.files import write_json
 
 log = logging.getLogger(__name__)
 
-# The first six entries of COCOeval.stats, in its order.
+# The first six entries of COCOeval.stats, in its order: what frs reports.
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+# All twelve entries of COCOeval.stats (recall at 1, 10, 100 detections per image, then by size at 100).
+STAT_KEYS = METRIC_KEYS + ("AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+BACKENDS = ("pycocotools", "faster")
+UNDEFINED_TEXT = "\u2013"  # en dash: how tables show an undefined metric
+
+
+def defined(value) -> bool:
+    """Whether a metric value is a number (``None`` = undefined: no ground truth in that size range)."""
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def format_metric(value, percent: bool = True, digits: int = 1) -> str:
+    """A metric for a table: ``"41.5"`` (percent) or "–" when undefined."""
+    if not defined(value):
+        return UNDEFINED_TEXT
+    return f"{100 * value:.{digits}f}" if percent else f"{value:.{digits}f}"
+
+
+def mean_defined(values) -> float | None:
+    """Mean of the defined values; ``None`` when none is defined (undefined values are left out, not zeros)."""
+    kept = [float(v) for v in values if defined(v)]
+    return sum(kept) / len(kept) if kept else None
 
 _REQUIRED_TOP = ("images", "annotations", "categories")
 _REQUIRED_ANN = ("id", "image_id", "category_id", "bbox")
@@ -153,8 +179,8 @@ def load_detections(path: str | Path) -> list[dict]:
     return _check_detections(_read_json(path, "COCO detections"), f"COCO detections {str(path)!r}")
 
 
-def evaluate_detections(coco_gt: COCO, detections: list[dict],
-                        image_ids: Sequence[int] | None = None) -> dict[str, float]:
+def evaluate_detections(coco_gt: COCO, detections: list[dict], image_ids: Sequence[int] | None = None,
+                        backend: str = "pycocotools") -> dict[str, float | None]:
     """COCO box mAP (``COCOeval``, iouType ``bbox``, pycocotools' default parameters).
 
     Args:
@@ -162,26 +188,31 @@ def evaluate_detections(coco_gt: COCO, detections: list[dict],
         detections: COCO results (see the module docstring); not modified.
         image_ids: evaluate only these images (default: every GT image); detections on other images are
             dropped. Images listed here without detections count their ground truth as missed.
+        backend: ``"pycocotools"`` or ``"faster"`` (faster-coco-eval; same numbers).
     Returns:
         ``{key: value for key in METRIC_KEYS}``, fractions in 0..1 (AP is averaged over IoU 0.50:0.95).
-        A size range with no ground truth in the evaluated images gives 0.0 (pycocotools says -1).
-        No detections give 0.0 everywhere.
+        A size range with no ground truth in the evaluated images gives ``None`` (pycocotools says -1).
+        No detections give 0.0 wherever ground truth exists.
     Raises:
-        DataError: a detection or an image id not in the ground truth, or a malformed detection.
+        DataError: a detection or an image id not in the ground truth, a malformed detection, an unknown
+            backend, or ``"faster"`` without faster-coco-eval installed.
     """
+    stats = coco_stats(coco_gt, detections, image_ids, backend)
+    return {key: stats[key] for key in METRIC_KEYS}
+
+
+def coco_stats(coco_gt: COCO, detections: list[dict], image_ids: Sequence[int] | None = None,
+               backend: str = "pycocotools") -> dict[str, float | None]:
+    """All twelve ``COCOeval.stats`` as ``{key: value for key in STAT_KEYS}``; -1 (undefined) becomes ``None``.
+
+    Same arguments and errors as ``evaluate_detections``.
+    """
+    if backend not in BACKENDS:
+        raise DataError(f"eval backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
     _check_detections(detections, "detections")
-    gt_images = set(coco_gt.getImgIds())
+    selected = _selected_images(coco_gt, image_ids)
     gt_categories = set(coco_gt.getCatIds())
-    if image_ids is None:
-        selected = sorted(gt_images)
-    else:
-        selected = sorted({int(i) for i in image_ids})
-        unknown = [i for i in selected if i not in gt_images]
-        if unknown:
-            raise DataError(f"image_ids: expected ids of ground-truth images, got unknown id {unknown[0]}"
-                            + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
-        if not selected:
-            raise DataError("image_ids: expected at least one image id, got none")
+    gt_images = set(coco_gt.getImgIds())
     for det in detections:
         if det["image_id"] not in gt_images:
             raise DataError(f"detections: expected image ids of the ground truth, got unknown image_id "
@@ -192,17 +223,62 @@ def evaluate_detections(coco_gt: COCO, detections: list[dict],
     wanted = set(selected)
     # loadRes writes id/area/iscrowd/segmentation into the dicts it gets: hand it copies.
     kept = [copy.deepcopy(det) for det in detections if det["image_id"] in wanted]
-    if not kept:  # loadRes indexes anns[0] and fails on an empty list
-        return {key: 0.0 for key in METRIC_KEYS}
+    run = _run_faster if backend == "faster" else _run_pycocotools
+    raw = run(coco_gt, kept, selected)
+    return {key: (None if v < 0 else v) for key, v in zip(STAT_KEYS, raw)}
+
+
+def _selected_images(coco_gt: COCO, image_ids: Sequence[int] | None) -> list[int]:
+    gt_images = set(coco_gt.getImgIds())
+    if image_ids is None:
+        return sorted(gt_images)
+    selected = sorted({int(i) for i in image_ids})
+    unknown = [i for i in selected if i not in gt_images]
+    if unknown:
+        raise DataError(f"image_ids: expected ids of ground-truth images, got unknown id {unknown[0]}"
+                        + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))
+    if not selected:
+        raise DataError("image_ids: expected at least one image id, got none")
+    return selected
+
+
+def _empty_results(coco_gt: COCO, cls):
+    """A results object with no detections (``loadRes`` indexes ``anns[0]`` and fails on an empty list)."""
+    res = cls()
+    res.dataset = {"images": list(coco_gt.dataset["images"]), "categories": copy.deepcopy(coco_gt.dataset["categories"]),
+                   "annotations": []}
     with _quiet():
-        coco_dt = coco_gt.loadRes(kept)
+        res.createIndex()
+    return res
+
+
+def _run_pycocotools(coco_gt: COCO, kept: list[dict], selected: list[int]) -> list[float]:
+    with _quiet():
+        coco_dt = coco_gt.loadRes(kept) if kept else _empty_results(coco_gt, COCO)
         evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
         evaluator.params.imgIds = selected
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    stats = [float(v) for v in evaluator.stats[: len(METRIC_KEYS)]]
-    return {key: (max(v, 0.0)) for key, v in zip(METRIC_KEYS, stats)}
+    return [float(v) for v in evaluator.stats[: len(STAT_KEYS)]]
+
+
+def _run_faster(coco_gt: COCO, kept: list[dict], selected: list[int]) -> list[float]:
+    try:
+        from faster_coco_eval import COCO as FastCOCO
+        from faster_coco_eval import COCOeval_faster
+    except ImportError:
+        raise DataError("eval backend 'faster': expected faster-coco-eval to be installed, got ImportError",
+                        hint="pip install 'frs[faster-eval]', or use the default backend pycocotools") from None
+    with _quiet():
+        gt = FastCOCO(copy.deepcopy(coco_gt.dataset))
+        dt = gt.loadRes(kept) if kept else _empty_results(gt, FastCOCO)
+        evaluator = COCOeval_faster(gt, dt, iouType="bbox")
+        evaluator.params.imgIds = selected
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return [float(v) for v in evaluator.stats[: len(STAT_KEYS)]]
 
 
 class CocoEvaluator:
@@ -269,11 +345,11 @@ class CocoEvaluator:
     def image_ids(self) -> list[int]:
         return list(self._image_ids)
 
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, backend: str = "pycocotools") -> dict[str, float | None]:
         """``evaluate_detections`` over the processed images; ``DataError`` if none were processed."""
         if not self._image_ids:
             raise DataError("CocoEvaluator.evaluate: expected at least one processed image, got none")
-        return evaluate_detections(self.coco_gt, self.results, image_ids=self.image_ids)
+        return evaluate_detections(self.coco_gt, self.results, image_ids=self.image_ids, backend=backend)
 
     def write_results(self, path: str | Path) -> None:
         """Write ``results`` as a COCO results JSON (full float precision), via a temp file and rename."""

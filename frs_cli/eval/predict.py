@@ -54,17 +54,18 @@ def predict(detector: Detector, dataset: CocoViews, ctx: DistContext, batch_size
 def evaluate_detector(detector: Detector, dataset: CocoViews, ctx: DistContext, batch_size: int = 8,
                       workers: int = 2, amp: bool = True, detections_out: str | Path | None = None,
                       label_to_category=None, progress: Progress | None = None,
-                      max_images: int | None = None) -> dict[str, float]:
+                      max_images: int | None = None, backend: str = "pycocotools") -> dict[str, float | None]:
     """COCO box mAP of ``detector`` on ``dataset`` (keys ``AP, AP50, AP75, APs, APm, APl``, fractions).
 
     ``label_to_category`` maps the detector's labels to category ids (default: the dataset's own map);
-    ``max_images`` scores only the first N images (in dataset order), against their own ground truth.
+    ``max_images`` scores only the first N images (in dataset order), against their own ground truth;
+    ``backend`` is ``evaluate_detections``'. A size range without ground truth is ``None`` (undefined).
     """
     ids, outputs = predict(detector, dataset, ctx, batch_size, workers, amp, progress, max_images)
     mapping = dataset.index.label_to_category if label_to_category is None else label_to_category
     evaluator = CocoEvaluator(load_coco(dataset.index.path), mapping)
     evaluator.process(ids, outputs)
-    metrics = evaluator.evaluate()
+    metrics = evaluator.evaluate(backend)
     if detections_out is not None and ctx.is_main:
         evaluator.write_results(detections_out)
     return metrics

@@ -241,7 +241,8 @@ def fit(
             if evaluate is not None and (last_epoch or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)):
                 eval_metrics = evaluate(objective)
                 if ctx.is_main and eval_metrics is not None:
-                    progress.log(f"epoch {epoch + 1}: " + "  ".join(f"{k} {v:.3f}" for k, v in eval_metrics.items()))
+                    progress.log(f"epoch {epoch + 1}: " + "  ".join(
+                        f"{k} {v:.3f}" if v is not None else f"{k} \u2013" for k, v in eval_metrics.items()))
                     metrics_file.write(json.dumps({"epoch": epoch + 1, "eval": eval_metrics}) + "\n")
                     metrics_file.flush()
         if ctx.is_main and save_outputs is not None:
