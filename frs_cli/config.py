@@ -8,6 +8,7 @@ typo fails at once with the key's full name instead of being silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 import types
 import typing
@@ -152,13 +153,100 @@ def recipe_from_dict(table: dict) -> Recipe:
     return _build(Recipe, table)
 
 
-def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read a recipe TOML file; ``overrides`` are ``KEY=VALUE`` strings applied on top (``--set``)."""
-    p = Path(path)
+EXTENDS_KEY = "extends"  # top-level recipe key: the path of a base recipe, relative to the file naming it
+
+
+def _read_toml(p: Path, named_by: Path | None) -> dict:
     if not p.is_file():
-        raise ConfigError(f"recipe: expected a TOML file, but {str(p)!r} does not exist")
+        where = f" (extends of {str(named_by)!r})" if named_by is not None else ""
+        raise ConfigError(f"recipe: expected a TOML file, but {str(p)!r} does not exist{where}",
+                          hint="extends is relative to the recipe file that names it" if named_by else None)
     try:
-        table = tomllib.loads(p.read_text(encoding="utf-8"))
+        return tomllib.loads(p.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"recipe {str(p)!r}: not valid TOML ({exc})") from exc
-    return recipe_from_dict(apply_overrides(table, overrides or []))
+
+
+def _check_keys(table: dict, cls, source: Path, prefix: str = "") -> None:
+    """Unknown keys of one file, named with that file (types are checked once, on the merged table)."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    for key, value in table.items():
+        full = f"{prefix}.{key}" if prefix else key
+        if key not in names:
+            raise ConfigError(f"recipe key '{full}' in {str(source)!r}: unknown key "
+                              f"(valid keys here: {', '.join(sorted(names))})")
+        if isinstance(value, dict) and dataclasses.is_dataclass(hints[key]):
+            _check_keys(value, hints[key], source, full)
+
+
+def merge_tables(base: dict, child: dict) -> dict:
+    """``child`` over ``base``, key by key: tables merge recursively, anything else (lists too) is replaced."""
+    out = dict(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_tables(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def resolve_extends(path: str | Path) -> dict:
+    """The recipe table of ``path`` with its ``extends`` chain applied, ``extends`` itself removed.
+
+    ``extends = "base.toml"`` (relative to the file that says it) loads that recipe first, then the file's own
+    keys override it key by key (``merge_tables``); a base may extend another. Every file's keys are checked
+    against the recipe's schema, so an unknown key names the file it is in. ``ConfigError`` for a missing
+    base file, a cycle, an ``extends`` that is not a string, or an unknown key.
+    """
+    chain: list[Path] = []
+    tables: list[dict] = []
+    p, named_by = Path(path), None
+    while True:
+        resolved = p.resolve()
+        if resolved in chain:
+            names = " -> ".join(str(c) for c in [*chain, resolved])
+            raise ConfigError(f"recipe extends: expected a chain of distinct files, got a cycle: {names}")
+        table = _read_toml(p, named_by)
+        base = table.pop(EXTENDS_KEY, None)
+        _check_keys(table, Recipe, p)
+        chain.append(resolved)
+        tables.append(table)
+        if base is None:
+            break
+        if not isinstance(base, str) or not base:
+            raise ConfigError(f"recipe {str(p)!r}: expected 'extends' to be a file name, got {base!r}")
+        named_by, p = p, p.parent / base
+    merged: dict = {}
+    for table in reversed(tables):  # the deepest base first, the named file last
+        merged = merge_tables(merged, table)
+    return merged
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a recipe TOML file (its ``extends`` chain resolved); ``overrides`` are ``KEY=VALUE`` strings
+    applied on top (``--set``)."""
+    return recipe_from_dict(apply_overrides(resolve_extends(path), overrides or []))
+
+
+def recipe_to_toml(recipe: Recipe) -> str:
+    """The whole recipe, every key with its value (defaults included), as TOML that ``load_recipe`` reads back."""
+    table = recipe.to_dict()
+    lines = [f"{key} = {_toml_value(value)}" for key, value in table.items() if not isinstance(value, dict)]
+    for key, value in table.items():
+        if isinstance(value, dict):
+            lines += ["", f"[{key}]"]
+            lines += [f"{k} = {_toml_value(v)}" for k, v in value.items() if v is not None]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise ConfigError(f"recipe_to_toml: expected TOML-representable values, got {type(value).__name__} {value!r}")

@@ -54,7 +54,8 @@ def test_every_pipeline_recipe_loads():
         assert isinstance(recipe, Recipe)
         with open(path, "rb") as f:
             table = tomllib.load(f)
-        _assert_matches_table(recipe, table)
+        table.pop("extends", None)
+        _assert_matches_table(recipe, table)  # the file's own keys win over its base's
 
 
 def test_empty_table_gives_defaults():

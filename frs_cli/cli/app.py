@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import typer
 
-from frs_cli.cli import cache_cmd, data_cmd, demo_cmd, distill_cmd, eval_cmd, models_cmd, train_cmd, visualize_cmd
+from frs_cli.cli import (
+    cache_cmd,
+    data_cmd,
+    demo_cmd,
+    distill_cmd,
+    eval_cmd,
+    models_cmd,
+    recipe_cmd,
+    train_cmd,
+    visualize_cmd,
+)
 
 app = typer.Typer(
     name="frs",
@@ -18,6 +28,9 @@ data_app = typer.Typer(help="Datasets: generate the embedded synthetic COCO-form
 cache_app = typer.Typer(help="Inspect, verify and export teacher caches.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(cache_app, name="cache")
+recipe_app = typer.Typer(help="Recipes: print one resolved (extends applied, every default filled in).",
+                         no_args_is_help=True)
+app.add_typer(recipe_app, name="recipe")
 
 data_cmd.register(data_app)
 cache_cmd.register(app, cache_app)
@@ -27,6 +40,7 @@ eval_cmd.register(app)
 visualize_cmd.register(app)
 demo_cmd.register(app)
 models_cmd.register(app)
+recipe_cmd.register(recipe_app)
 
 
 def main() -> None:

@@ -1,0 +1,127 @@
+"""Recipe inheritance (``extends``) and ``frs recipe show``: key-by-key override, strict keys, one-line errors."""
+
+import tomllib
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from frs_cli.cli.app import app
+from frs_cli.config import load_recipe, merge_tables, recipe_from_dict, recipe_to_toml, resolve_extends
+from frs_cli.errors import ConfigError
+
+PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
+runner = CliRunner()
+
+BASE = """
+name = "base"
+[train]
+epochs = 24
+lr = 0.01
+lr_steps = [16, 22]
+[distill]
+alpha = 0.005
+beta = 0.02
+"""
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def one_line_error(*args) -> str:
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert result.stdout == ""  # nothing half-printed
+    return lines[0]
+
+
+def test_child_overrides_its_base_key_by_key(tmp_path):
+    write(tmp_path / "base" / "b.toml", BASE)
+    child = write(tmp_path / "c.toml", 'extends = "base/b.toml"\nname = "c"\n[train]\nlr = 0.02\nlr_steps = [8]\n')
+    r = load_recipe(child)
+    assert r.name == "c"
+    assert r.train.lr == 0.02 and r.train.epochs == 24  # lr overridden, epochs inherited from the same table
+    assert r.train.lr_steps == (8,)  # a list is replaced, not merged
+    assert (r.distill.alpha, r.distill.beta) == (0.005, 0.02)  # a table the child does not name
+    assert load_recipe(child, ["train.epochs=2"]).train.epochs == 2  # --set goes on top of the resolved recipe
+
+
+def test_extends_chains_through_several_files_relative_to_each(tmp_path):
+    write(tmp_path / "a" / "root.toml", BASE)
+    write(tmp_path / "a" / "b" / "mid.toml", 'extends = "../root.toml"\n[train]\nepochs = 12\n[distill]\nbeta = 0.1\n')
+    leaf = write(tmp_path / "leaf.toml", 'extends = "a/b/mid.toml"\n[distill]\nalpha = 0.1\n')
+    r = load_recipe(leaf)
+    assert (r.train.epochs, r.train.lr) == (12, 0.01)
+    assert (r.distill.alpha, r.distill.beta) == (0.1, 0.1)
+    assert r.name == "base"
+    assert "extends" not in resolve_extends(leaf)
+
+
+def test_merge_tables_does_not_modify_its_inputs():
+    base, child = {"t": {"a": 1, "b": 2}}, {"t": {"b": 3}}
+    assert merge_tables(base, child) == {"t": {"a": 1, "b": 3}}
+    assert base == {"t": {"a": 1, "b": 2}} and child == {"t": {"b": 3}}
+
+
+def test_a_cycle_is_one_line_naming_the_chain(tmp_path):
+    write(tmp_path / "x.toml", 'extends = "y.toml"\n')
+    write(tmp_path / "y.toml", 'extends = "x.toml"\n')
+    with pytest.raises(ConfigError, match=r"got a cycle: .*x\.toml -> .*y\.toml -> .*x\.toml"):
+        load_recipe(tmp_path / "x.toml")
+    write(tmp_path / "self.toml", 'extends = "self.toml"\n')
+    line = one_line_error("recipe", "show", tmp_path / "self.toml")
+    assert "expected a chain of distinct files, got a cycle" in line
+
+
+def test_an_unknown_key_in_the_base_or_the_child_names_the_file(tmp_path):
+    write(tmp_path / "bad_base.toml", BASE + "[cache]\nviewz = ['orig']\n")
+    child = write(tmp_path / "c.toml", 'extends = "bad_base.toml"\n')
+    line = one_line_error("recipe", "show", child)
+    assert "recipe key 'cache.viewz' in" in line and "bad_base.toml" in line and "unknown key" in line
+    write(tmp_path / "b.toml", BASE)
+    child = write(tmp_path / "c2.toml", 'extends = "b.toml"\n[train]\nepoch = 3\n')
+    line = one_line_error("recipe", "show", child)
+    assert "recipe key 'train.epoch' in" in line and "c2.toml" in line and "valid keys here:" in line
+    child = write(tmp_path / "c3.toml", 'extends = "b.toml"\n[train]\nepochs = "three"\n')  # types: checked merged
+    assert "recipe key 'train.epochs': expected an integer, got str 'three'" in one_line_error("recipe", "show", child)
+
+
+def test_a_missing_base_file_is_one_line_with_the_file_that_names_it(tmp_path):
+    child = write(tmp_path / "c.toml", 'extends = "nowhere/base.toml"\n')
+    line = one_line_error("recipe", "show", child)
+    assert "base.toml' does not exist (extends of" in line and "c.toml" in line
+    assert "extends is relative to the recipe file that names it" in line
+    with pytest.raises(ConfigError, match="expected 'extends' to be a file name, got 3"):
+        load_recipe(write(tmp_path / "n.toml", "extends = 3\n"))
+
+
+def test_recipe_show_prints_toml_that_loads_back_to_the_same_recipe(tmp_path):
+    path = PIPELINES / "coco_retinanet_r50v2_to_r50.toml"
+    result = runner.invoke(app, ["recipe", "show", str(path), "--set", "train.epochs=2"])
+    assert result.exit_code == 0, result.output
+    table = tomllib.loads(result.stdout)
+    assert "extends" not in table
+    assert table["train"]["epochs"] == 2 and table["train"]["lr_steps"] == [16, 22]  # base/coco_2x.toml
+    assert table["student"]["arch"] == "retinanet_resnet50_fpn"  # this file
+    assert table["teacher"]["weights"] == "RetinaNet_ResNet50_FPN_V2_Weights.COCO_V1"  # the R18 recipe it extends
+    assert table["cache"]["min_teacher_map"] == 0.30
+    assert recipe_from_dict(table) == load_recipe(path, ["train.epochs=2"])
+    assert recipe_to_toml(recipe_from_dict(table)) == result.stdout
+
+
+def test_pipeline_recipes_extend_a_shared_base_instead_of_repeating_it():
+    coco = sorted(PIPELINES.glob("coco_*.toml"))
+    embedded = sorted(PIPELINES.glob("embedded_*.toml"))
+    assert len(coco) == 5 and len(embedded) == 3
+    for path in coco + embedded:
+        table = tomllib.loads(path.read_text())
+        assert "extends" in table, path.name
+        assert "geometry" not in table and "cache" not in table or path.name.endswith("_to_r50.toml"), path.name
+    assert load_recipe(PIPELINES / "coco_fcos_r50_to_r18.toml").train.grad_clip == 35.0
+    assert load_recipe(PIPELINES / "coco_gfl_r101_to_r50.toml").train.lr_steps == (8, 11)
+    assert load_recipe(PIPELINES / "embedded_fcos.toml").teacher.anchor_size == 0  # not demo.toml's 16
