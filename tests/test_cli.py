@@ -145,7 +145,14 @@ def test_teacher_cache_info_distill_visualize_and_mask_stats(tmp_path, recipe_pa
                  "--out", tmp_path / "p4.png")
     assert result.exit_code == 0, result.output
     with Image.open(tmp_path / "p4.png") as im:
-        assert 5 * im.width < one_w + 5 * 4 + 1  # five panels vs one
+        p4_w, p4_h = im.size
+    # five panels of >= 256 px vs one; both carry a colour bar (its width follows its tick labels, +-30 px)
+    assert 4 * 260 - 30 <= one_w - p4_w <= 4 * 260 + 30 and p4_w < 2 * 260
+    result = run("visualize", "--cache", cache, "--level", "P4", "--image-id", 3, "--view", "hflip",
+                 "--compare", cache, "--out", tmp_path / "p4x2.png")
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / "p4x2.png") as im:
+        assert im.height > 2 * p4_h - 40  # a second row of the other cache's masks
     result = run("visualize", "--cache", cache, "--level", "P9", "--out", tmp_path / "x.png")
     assert result.exit_code == 1 and "expected 'all' or one of P3, P4, P5, P6, P7, got 'P9'" in result.stderr
     result = run("visualize", "--cache", cache, "--image-id", 9999, "--out", tmp_path / "x.png")

@@ -1,4 +1,4 @@
-"""FRS mask pictures: sizes, where the heat goes, box outlines, input checks, PNG writing."""
+"""FRS mask pictures: sizes, where the heat goes, one colour scale, box outlines, input checks, PNG writing."""
 
 import numpy as np
 import pytest
@@ -6,14 +6,21 @@ import torch
 from PIL import Image
 
 from frs_cli.errors import ConfigError
+from frs_cli.viz import masks as masks_module
+from frs_cli.viz.draw import FONT_PX, colour_bar
 from frs_cli.viz.masks import (
     BOX_COLOUR,
     BOX_WIDTH_PX,
+    HEADER_PX,
+    HEAT_ALPHA,
     PANEL_GAP_PX,
+    ROW_LABEL_PX,
     TITLE_BAND_PX,
+    grey_image,
     heat_colours,
     heatmap_overlay,
     level_panels,
+    mask_figure,
     save_png,
 )
 
@@ -40,26 +47,99 @@ def test_panel_size_follows_the_rule():
     assert heatmap_overlay(image, mask, 8, title="P3", scale=3).size == (W * 3, H * 3 + TITLE_BAND_PX)
 
 
-def test_level_panels_width_is_panels_plus_gaps():
+def bar_width(vmax, height):
+    return colour_bar(height, vmax, "mask S").width
+
+
+def test_figure_size_is_panels_plus_gaps_plus_colour_bar():
     strides = [8, 16, 32]
     masks = [torch.rand(*grid(s)) for s in strides]
     picture = level_panels(make_image(), masks, strides, ["P3", "P4", "P5"], scale=2)
-    assert picture.size == (3 * W * 2 + 2 * PANEL_GAP_PX, H * 2 + TITLE_BAND_PX)
+    body_h = H * 2 + TITLE_BAND_PX
+    vmax = max(float(m.max()) for m in masks)
+    assert picture.size == (3 * W * 2 + 3 * PANEL_GAP_PX + bar_width(vmax, body_h), HEADER_PX + body_h)
+    two = mask_figure(make_image(), [("a", masks), ("b", masks)], strides, ["P3", "P4", "P5"], scale=2)
+    body_h = 2 * (ROW_LABEL_PX + H * 2 + TITLE_BAND_PX) + PANEL_GAP_PX
+    assert two.size == (3 * W * 2 + 3 * PANEL_GAP_PX + bar_width(vmax, body_h), HEADER_PX + body_h)
 
 
-def test_hot_cell_is_the_brightest_region():
+def cell_mean(picture, r, c, stride, top=0):
+    out = pixels(picture).mean(axis=2)
+    return out[top + r * stride: top + (r + 1) * stride, c * stride:(c + 1) * stride].mean()
+
+
+def test_a_weak_mask_is_visible_where_high_and_dark_where_low():
+    """A trained-but-weak teacher's mask peaks near 0.25: the picture must still show where."""
     stride, (r, c) = 8, (2, 3)
     mask = torch.zeros(*grid(stride))
-    mask[r, c] = 1.0
+    mask[r, c] = 0.25
+    mask[0, 0] = 0.05
     out = pixels(heatmap_overlay(make_image(), mask, stride)).mean(axis=2)  # (H, W) intensity
     full_rows, full_cols = H // stride, W // stride  # cells lying wholly inside the image
-    cell_means = out[: full_rows * stride, : full_cols * stride].reshape(full_rows, stride, full_cols, stride)
-    cell_means = cell_means.mean(axis=(1, 3))
-    assert np.unravel_index(cell_means.argmax(), cell_means.shape) == (r, c)
-    hot = out[r * stride:(r + 1) * stride, c * stride:(c + 1) * stride].mean()
-    far = out[-stride:, :stride].mean()
-    # hot = 0.45 * image + 0.55 * ~224 (the ramp's top colour): some 50 grey levels above an image of mean ~130
-    assert hot > far + 30
+    cells = out[: full_rows * stride, : full_cols * stride].reshape(full_rows, stride, full_cols, stride)
+    cells = cells.mean(axis=(1, 3))
+    assert np.unravel_index(cells.argmax(), cells.shape) == (r, c)
+    hot, low, zero = cells[r, c], cells[0, 0], cells[-1, 0]
+    # hot: 0.7 * the ramp's top colour (~224) + 0.3 * grey (~100..130): about 190; zero: 0.3 * grey: about 35
+    assert hot > zero + 120, (hot, zero)
+    assert zero < low < hot  # a value between shows between
+    hot_rgb = pixels(heatmap_overlay(make_image(), mask, stride))[r * stride + 4, c * stride + 4]
+    assert hot_rgb[0] > 200 and hot_rgb[1] > 200  # pale yellow, the top of the ramp
+
+
+def test_one_colour_scale_across_levels():
+    """P4's peak is half P3's: drawn on P3's scale it is darker, not as bright as P3 (per-panel scaling would)."""
+    m3, m4 = torch.zeros(*grid(8)), torch.zeros(*grid(16))
+    m3[1, 1], m4[1, 1] = 0.4, 0.2
+    image = torch.full((3, H, W), 128, dtype=torch.uint8)
+    picture = level_panels(image, [m3, m4], [8, 16], ["P3", "P4"])
+    top = HEADER_PX + TITLE_BAND_PX
+    p3 = cell_mean(picture, 1, 1, 8, top)
+    p4_left = W + PANEL_GAP_PX
+    out = pixels(picture).mean(axis=2)
+    p4 = out[top + 16: top + 32, p4_left + 16: p4_left + 32].mean()
+    expected = lambda v: (np.asarray(heat_colours(torch.tensor(v))).mean() * HEAT_ALPHA  # noqa: E731
+                          + float(grey_image(image)[0, 0, 0]) * (1 - HEAT_ALPHA))
+    assert p3 == pytest.approx(expected(1.0), abs=1.5)  # 0.4 is the figure's top: the ramp's brightest
+    assert p4 == pytest.approx(expected(0.5), abs=1.5)  # 0.2 is half way up the same scale
+    assert p3 > p4 + 40
+    fixed = level_panels(image, [m3, m4], [8, 16], ["P3", "P4"], vmax=1.0)
+    assert cell_mean(fixed, 1, 1, 8, top) == pytest.approx(expected(0.4), abs=1.5)  # --vmax 1: absolute scale
+
+
+def test_the_scale_and_each_panel_are_written_on_the_picture(monkeypatch):
+    texts = []
+    real = masks_module.title_band
+    monkeypatch.setattr(masks_module, "title_band", lambda w, text, h, **kw: texts.append(text) or real(w, text, h, **kw))
+    m3, m4 = torch.zeros(*grid(8)), torch.zeros(*grid(16))
+    m3[0, 0], m4[0, 0] = 0.26, 0.031
+    rows = [("teacher A", [m3, m4]), ("teacher B", [m3 / 2, m4])]
+    mask_figure(make_image(), rows, [8, 16], ["P3", "P4"], title="FRS mask, image 7 (orig)")
+    assert texts[-1] == "FRS mask, image 7 (orig)  |  colour: 0 to 0.26, one scale for all panels"
+    assert "P3  stride 8  max 0.26" in texts and "P4  stride 16  max 0.03" in texts
+    assert "P3  stride 8  max 0.13" in texts and "teacher A" in texts and "teacher B" in texts
+    texts.clear()
+    level_panels(make_image(), [m4], [16], ["P4"])
+    assert texts[-1].endswith("colour: 0 to 0.031, one scale for all panels")  # 3 decimals for a weak mask
+
+
+def test_colour_bar_runs_from_the_ramps_bottom_to_its_top():
+    bar = pixels(colour_bar(200, 0.5, "mask S"))
+    column = bar[:, 3 + 8]  # the middle of the bar
+    top_row, bottom_row = FONT_PX + 8, 200 - (FONT_PX // 2 + 2) - 1  # below the label, above the last tick text
+    assert column[top_row] == pytest.approx(heat_colours(torch.tensor(1.0)).numpy(), abs=1)  # vmax at the top
+    assert column[bottom_row] == pytest.approx(heat_colours(torch.tensor(0.0)).numpy(), abs=1)  # 0 at the bottom
+    luminance = column[top_row: bottom_row + 1].mean(axis=1)
+    assert np.all(np.diff(luminance) <= 1.0)  # darker all the way down
+
+
+def test_zero_mask_shows_the_greyed_image_under_the_ramps_darkest_colour():
+    image = make_image()
+    out = pixels(heatmap_overlay(image, torch.zeros(*grid(8)), 8))
+    expected = (grey_image(image) * (1 - HEAT_ALPHA) + heat_colours(torch.zeros(H, W)) * HEAT_ALPHA)
+    expected = expected.round().permute(1, 2, 0).numpy()
+    assert np.abs(out - expected).max() <= 1.0
+    assert np.abs(out[..., 0] - out[..., 1]).max() <= 1.0  # grey: the image's own colours are gone
 
 
 def test_box_outline_takes_the_box_colour():
@@ -73,19 +153,6 @@ def test_box_outline_takes_the_box_colour():
     out = pixels(heatmap_overlay(make_image(), mask, 8, boxes_xyxy=box, title="t", scale=2))
     assert tuple(out[TITLE_BAND_PX + 16, 20]) == BOX_COLOUR
     assert tuple(out[TITLE_BAND_PX + 47, 59]) == BOX_COLOUR
-
-
-def test_zero_mask_leaves_the_image_unchanged_outside_boxes():
-    image = make_image()
-    box = torch.tensor([[10.0, 8.0, 30.0, 24.0]])
-    out = pixels(heatmap_overlay(image, torch.zeros(*grid(8)), 8, boxes_xyxy=box))
-    diff = np.abs(out - image.permute(1, 2, 0).numpy().astype(np.float64))
-    outline = np.zeros((H, W), dtype=bool)
-    outline[8:24, 10:30] = True
-    outline[8 + BOX_WIDTH_PX:24 - BOX_WIDTH_PX, 10 + BOX_WIDTH_PX:30 - BOX_WIDTH_PX] = False
-    # blend weight is alpha * mask = 0: only the float -> uint8 rounding could move a value, by at most 1
-    assert diff[~outline].max() <= 1.0
-    assert diff[~outline].mean() < 0.01
 
 
 def test_heat_ramp_brightens_monotonically():
@@ -109,6 +176,7 @@ def test_heat_ramp_brightens_monotonically():
         ({"alpha": 1.5}, r"alpha: expected a number in \[0, 1\]"),
         ({"boxes_xyxy": torch.zeros(4)}, r"boxes_xyxy: expected an \(N, 4\)"),
         ({"scale": 0}, "scale: expected a positive integer"),
+        ({"vmax": 0.0}, "vmax: expected a positive number"),
     ],
 )
 def test_bad_overlay_inputs_raise_config_error(kwargs, message):
@@ -127,6 +195,9 @@ def test_level_panels_rejects_mismatched_lengths():
         level_panels(make_image(), [torch.zeros(6, 8), torch.zeros(3, 4)], [8], ["P3", "P4"])
     with pytest.raises(ConfigError, match="at least one level"):
         level_panels(make_image(), [], [], [])
+    with pytest.raises(ConfigError, match="one mask per level \\(2\\) in row 'b', got 1"):
+        mask_figure(make_image(), [("a", [torch.zeros(6, 8), torch.zeros(3, 4)]), ("b", [torch.zeros(6, 8)])],
+                    [8, 16], ["P3", "P4"])
 
 
 def test_save_png_writes_a_png_pil_can_reopen(tmp_path):

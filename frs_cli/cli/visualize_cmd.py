@@ -19,13 +19,22 @@ def register(app: typer.Typer) -> None:
         view: str = typer.Option("orig", "--view", help="orig or hflip."),
         out: Path = typer.Option(..., "--out", "-o", help="PNG file to write."),
         data: Path = typer.Option(None, "--data", help="Dataset root, if it moved since the cache was written."),
+        compare: str = typer.Option(None, "--compare", help="A second cache (another teacher) of the same images: "
+                                                           "its masks in a row below, on the same colour scale."),
+        vmax: float = typer.Option(None, "--vmax", help="Mask value drawn brightest (default: the largest shown); "
+                                                       "fix it, e.g. 1.0, to compare pictures of different images."),
     ):
-        """Draw the teacher's FRS mask of one level (or all) as a heat map over the image, with GT boxes."""
+        """Draw the teacher's FRS mask of one level (or all) as a heat map over the greyed image, with GT boxes.
+
+        One colour scale for every panel, written on the picture with a colour bar; each panel names its level,
+        stride and max."""
         from frs_cli.cache.reader import TeacherCache
         from frs_cli.viz.cache_view import render_cached_view
         from frs_cli.viz.masks import save_png
 
         c = TeacherCache(cache, require_complete=False)
-        picture = render_cached_view(c, c.dataset(None if data is None else str(data)), image_id, view, level)
+        other = TeacherCache(compare, require_complete=False) if compare is not None else None
+        picture = render_cached_view(c, c.dataset(None if data is None else str(data)), image_id, view, level,
+                                     compare=other, vmax=vmax)
         save_png(picture, out)
         console.print(f"wrote {out} ({picture.width}x{picture.height})")

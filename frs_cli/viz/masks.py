@@ -1,6 +1,6 @@
-"""FRS masks drawn over the image the teacher saw: one heat-map panel per FPN level.
+"""FRS masks drawn over the image the teacher saw: one heat-map panel per FPN level, one colour scale for all.
 
-Pure functions: tensors in, a ``PIL.Image`` (RGB) out. The only file I/O is ``save_png``.
+Pure functions: tensors in, a ``PIL.Image`` (RGB) out (``save_png`` in ``viz.draw`` writes it).
 
 Tensor contracts:
     image: ``(3, H, W)`` uint8, the view the teacher saw (resized, maybe flipped, NOT padded).
@@ -8,9 +8,16 @@ Tensor contracts:
         ``(r, c)`` covers image pixels ``[r*stride, (r+1)*stride) x [c*stride, (c+1)*stride)``.
     boxes_xyxy: ``(N, 4)`` float boxes in the same pixels as ``image`` (``x1, y1, x2, y2``).
 
-Panel size rule: a panel is ``W * scale`` wide and ``H * scale + (TITLE_BAND_PX if title else 0)`` tall,
-the title band sitting above the picture. ``level_panels`` puts ``n`` titled panels side by side with
-``PANEL_GAP_PX`` between neighbours: ``n * W * scale + (n - 1) * PANEL_GAP_PX`` wide.
+A panel is the image in grey with the mask's heat on top: ``(1 - alpha) * grey + alpha * heat(m / vmax)``.
+``vmax`` is one number for every panel of a figure (by default the largest mask value shown), so a level
+that is bright is bright compared with the others, and the colour bar beside the panels says what
+brightest means. FRS masks are often far below 1 (a weak teacher's max is ~0.2): scaling by ``vmax``
+instead of 1 is what makes them visible at all.
+
+Size rules: a panel is ``W * scale`` wide and ``H * scale + (TITLE_BAND_PX if title else 0)`` tall, the title
+band above the picture. ``mask_figure`` with ``n`` levels and ``r`` rows is a ``HEADER_PX`` band on top of
+``r`` rows (each ``ROW_LABEL_PX`` (only when ``r > 1``) + ``TITLE_BAND_PX + H * scale`` tall, ``PANEL_GAP_PX``
+apart) of ``n`` panels ``PANEL_GAP_PX`` apart, and a colour bar ``PANEL_GAP_PX`` to their right.
 """
 
 from __future__ import annotations
@@ -18,48 +25,42 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 from torch import Tensor
 
 from frs_cli.errors import ConfigError
-from frs_cli.files import atomic_path
+from frs_cli.viz.draw import DARK, colour_bar, format_value, heat_colours, save_png, title_band
+
+__all__ = ["heat_colours", "grey_image", "heatmap_overlay", "level_panels", "mask_figure", "save_png"]
 
 log = logging.getLogger(__name__)
 
-TITLE_BAND_PX = 16  # height of the dark band holding a title, px
-PANEL_GAP_PX = 4  # space between neighbouring panels in level_panels, px
+TITLE_BAND_PX = 16  # height of the dark band holding a panel's title, px
+HEADER_PX = 20  # height of the figure's top band (its title and the colour scale), px
+ROW_LABEL_PX = 16  # height of a row's label band in a figure of several rows, px
+PANEL_GAP_PX = 4  # space between neighbouring panels, rows and the colour bar, px
 BOX_WIDTH_PX = 2  # box outline thickness in output pixels (not enlarged by scale)
 BOX_COLOUR = (0, 255, 255)  # cyan: absent from the black-purple-orange-yellow heat ramp
-TITLE_BAND_COLOUR = (16, 16, 16)
-TITLE_TEXT_COLOUR = (235, 235, 235)
-GAP_COLOUR = (255, 255, 255)
+GAP_COLOUR = DARK
+HEAT_ALPHA = 0.7  # share of the heat colour in a panel pixel; the rest is the greyed image
+GREY_FLOOR, GREY_GAIN = 70.0, 0.45  # grey = GREY_FLOOR + GREY_GAIN * luminance: a dim, flat copy of the image
 MASK_TOLERANCE = 1e-3  # mask values this far outside [0, 1] count as rounding and are clipped
 MAX_PAD_PX = 128  # a mask grid may run past the image by at most this much padding (plus one cell)
-
-# Heat ramp, dark to bright, in the spirit of perceptual maps like 'inferno': near-black, violet, crimson,
-# orange, pale yellow. Luminance rises monotonically along it; values between stops are interpolated.
-_RAMP_STOPS = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0])
-_RAMP_COLOURS = torch.tensor([
-    [0.0, 0.0, 5.0],
-    [85.0, 15.0, 110.0],
-    [185.0, 55.0, 85.0],
-    [248.0, 140.0, 10.0],
-    [252.0, 255.0, 165.0],
-])
+MIN_VMAX = 1e-6  # a figure of all-zero masks uses vmax 1 instead of dividing by ~0
 
 
-def heat_colours(values: Tensor) -> Tensor:
-    """Map values in [0, 1] of any shape ``S`` to RGB floats in 0..255 of shape ``(3, *S)``."""
-    v = values.float().clamp(0.0, 1.0)
-    segments = len(_RAMP_STOPS) - 1
-    idx = torch.clamp((v * segments).floor().long(), max=segments - 1)  # segment index per value
-    t = (v - _RAMP_STOPS[idx]) / (_RAMP_STOPS[idx + 1] - _RAMP_STOPS[idx])
-    lo, hi = _RAMP_COLOURS[idx], _RAMP_COLOURS[idx + 1]  # (*S, 3)
-    rgb = lo + (hi - lo) * t.unsqueeze(-1)
-    return rgb.movedim(-1, 0)
+def grey_image(image: Tensor) -> Tensor:
+    """``(3, H, W)`` uint8 -> ``(3, H, W)`` float grey copy in ``GREY_FLOOR .. GREY_FLOOR + GREY_GAIN * 255``.
+
+    Luminance with the Rec. 601 weights; dimmed and flattened so the heat colours, not the image's own
+    colours, carry the picture.
+    """
+    _check_image(image)
+    rgb = image.detach().to("cpu", torch.float32)
+    luminance = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]  # (H, W)
+    return (GREY_FLOOR + GREY_GAIN * luminance).unsqueeze(0).expand(3, -1, -1)
 
 
 def _check_image(image) -> tuple[int, int]:
@@ -120,27 +121,32 @@ def _draw_boxes(picture: Image.Image, boxes: Tensor, scale: int) -> None:
 
 def _add_title(picture: Image.Image, title: str) -> Image.Image:
     width, height = picture.size
-    canvas = Image.new("RGB", (width, height + TITLE_BAND_PX), TITLE_BAND_COLOUR)
+    canvas = Image.new("RGB", (width, height + TITLE_BAND_PX), DARK)
+    canvas.paste(title_band(width, title, TITLE_BAND_PX), (0, 0))
     canvas.paste(picture, (0, TITLE_BAND_PX))
-    draw = ImageDraw.Draw(canvas)
-    draw.text((3, 2), title, fill=TITLE_TEXT_COLOUR, font=ImageFont.load_default())  # clipped if too long
     return canvas
 
 
+def _check_vmax(vmax) -> float:
+    if not isinstance(vmax, (int, float)) or isinstance(vmax, bool) or not (math.isfinite(vmax) and vmax > 0):
+        raise ConfigError(f"vmax: expected a positive number (the mask value drawn brightest), got {vmax!r}")
+    return float(vmax)
+
+
 def heatmap_overlay(image: Tensor, mask: Tensor, stride: int, boxes_xyxy: Tensor | None = None,
-                    alpha: float = 0.55, title: str | None = None, *, scale: int = 1) -> Image.Image:
-    """One FRS mask as a heat map over the image.
+                    alpha: float = HEAT_ALPHA, title: str | None = None, *, scale: int = 1,
+                    vmax: float | None = None) -> Image.Image:
+    """One FRS mask as a heat map over the greyed image.
 
     The mask is upsampled by NEAREST neighbour (each cell becomes a ``stride x stride`` block, so a cell
     shows exactly the pixels its feature location stands for), then cropped to ``(H, W)``. Each pixel is
-    blended as ``(1 - a) * image + a * heat(m)`` with ``a = alpha * m``: a value of 0 leaves the image
-    untouched, 1 paints ``alpha`` of the brightest heat colour. The picture is then enlarged ``scale``
-    times (nearest), boxes are outlined ``BOX_WIDTH_PX`` thick in ``BOX_COLOUR``, and a title, if given,
-    goes on a ``TITLE_BAND_PX`` dark band on top. Size: see the module docstring.
+    ``(1 - alpha) * grey + alpha * heat(min(m / vmax, 1))``; ``vmax`` defaults to this mask's max. The
+    picture is then enlarged ``scale`` times (nearest), boxes are outlined ``BOX_WIDTH_PX`` thick in
+    ``BOX_COLOUR``, and a title, if given, goes on a ``TITLE_BAND_PX`` dark band on top.
 
     Raises ``ConfigError`` for an image that is not ``(3, H, W)`` uint8, a mask that is not a 2-D float
     tensor with values in [0, 1] whose grid covers the image at ``stride``, bad boxes, alpha outside
-    [0, 1] or a scale that is not a positive integer.
+    [0, 1], a vmax that is not positive or a scale that is not a positive integer.
     """
     img_h, img_w = _check_image(image)
     m = _check_mask(mask, stride, (img_h, img_w))
@@ -148,11 +154,10 @@ def heatmap_overlay(image: Tensor, mask: Tensor, stride: int, boxes_xyxy: Tensor
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not 0.0 <= alpha <= 1.0:
         raise ConfigError(f"alpha: expected a number in [0, 1], got {alpha!r}")
     _check_positive_int(scale, "scale")
+    top = _check_vmax(vmax) if vmax is not None else max(float(m.max()), MIN_VMAX)
 
     m = m.repeat_interleave(stride, dim=0).repeat_interleave(stride, dim=1)[:img_h, :img_w]
-    weight = alpha * m  # (H, W)
-    base = image.detach().to("cpu", torch.float32)
-    blended = base * (1.0 - weight) + heat_colours(m) * weight
+    blended = grey_image(image) * (1.0 - alpha) + heat_colours(m / top) * alpha
     pixels = blended.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
     picture = Image.fromarray(pixels)  # (H, W, 3) uint8 -> RGB
     if scale != 1:
@@ -162,43 +167,72 @@ def heatmap_overlay(image: Tensor, mask: Tensor, stride: int, boxes_xyxy: Tensor
     return _add_title(picture, title) if title is not None else picture
 
 
-def level_panels(image: Tensor, masks: Sequence[Tensor], strides: Sequence[int], names: Sequence[str],
-                 boxes_xyxy: Tensor | None = None, scale: int = 1) -> Image.Image:
-    """One titled ``heatmap_overlay`` panel per FPN level, side by side, lowest level first.
+def mask_figure(image: Tensor, rows: Sequence[tuple[str, Sequence[Tensor]]], strides: Sequence[int],
+                names: Sequence[str], boxes_xyxy: Tensor | None = None, *, scale: int = 1,
+                vmax: float | None = None, title: str = "FRS mask") -> Image.Image:
+    """Rows of per-level panels over one image (one row per mask source), one colour scale, a colour bar.
 
-    As in the FRS paper's Fig. 3, low levels (small stride) light up small objects and high levels large
-    ones. Each panel is titled ``'<name>  stride <s>  max <mask max, 2 decimals>'``; panels are separated
-    by ``PANEL_GAP_PX`` of ``GAP_COLOUR``. Output: ``n * W * scale + (n - 1) * PANEL_GAP_PX`` wide,
-    ``H * scale + TITLE_BAND_PX`` tall. ``ConfigError`` when the three sequences differ in length or
-    are empty, or for any panel's inputs (see ``heatmap_overlay``).
+    ``rows``: ``(label, masks)`` pairs, ``masks`` one per level in the order of ``strides`` and ``names``
+    (lowest level first: as in the FRS paper's Fig. 3, low levels light up small objects, high levels large
+    ones). Each panel is titled ``'<name>  stride <s>  max <mask max>'`` (2 decimals; 3 when vmax < 0.1). ``vmax`` (default: the
+    largest value of every mask shown) is the value drawn brightest in every panel; the header says
+    ``'<title>  |  colour: 0 to <vmax>, one scale for all panels'`` and the colour bar repeats it. With
+    several rows each gets its ``label`` on a band above it. Size: see the module docstring.
+    ``ConfigError`` for no rows, a row whose masks do not match ``strides``/``names``, or bad panel inputs.
+    """
+    if not rows:
+        raise ConfigError("mask_figure: expected at least one row of masks, got none")
+    if not (len(strides) == len(names)) or not names:
+        raise ConfigError(f"mask_figure: expected as many strides as names (at least one), got "
+                          f"{len(strides)} and {len(names)}")
+    for label, masks in rows:
+        if len(masks) != len(names):
+            raise ConfigError(f"mask_figure: expected one mask per level ({len(names)}) in row {label!r}, "
+                              f"got {len(masks)}")
+    if vmax is None:
+        peaks = [float(m.max()) for _, masks in rows for m in masks if isinstance(m, Tensor) and m.numel()]
+        vmax = max(max(peaks, default=0.0), 0.0)
+        vmax = vmax if vmax > MIN_VMAX else 1.0
+    vmax = _check_vmax(vmax)
+    row_pictures = []
+    for label, masks in rows:
+        panels = []
+        for mask, stride, name in zip(masks, strides, names):
+            peak = float(mask.max()) if isinstance(mask, Tensor) and mask.numel() else float("nan")
+            panel_title = f"{name}  stride {stride}  max {format_value(peak, vmax)}"
+            panels.append(heatmap_overlay(image, mask, stride, boxes_xyxy, title=panel_title, scale=scale, vmax=vmax))
+        pw, ph = panels[0].size
+        row = Image.new("RGB", (len(panels) * pw + (len(panels) - 1) * PANEL_GAP_PX,
+                                ph + (ROW_LABEL_PX if len(rows) > 1 else 0)), GAP_COLOUR)
+        if len(rows) > 1:
+            row.paste(title_band(row.width, label, ROW_LABEL_PX, colour=(40, 40, 48)), (0, 0))
+        for i, panel in enumerate(panels):
+            row.paste(panel, (i * (pw + PANEL_GAP_PX), row.height - ph))
+        row_pictures.append(row)
+    body_w = row_pictures[0].width
+    body_h = sum(r.height for r in row_pictures) + (len(row_pictures) - 1) * PANEL_GAP_PX
+    bar = colour_bar(body_h, vmax, "mask S")
+    width = body_w + PANEL_GAP_PX + bar.width
+    canvas = Image.new("RGB", (width, HEADER_PX + body_h), GAP_COLOUR)
+    canvas.paste(title_band(width, f"{title}  |  colour: 0 to {format_value(vmax, vmax)}, one scale for all panels", HEADER_PX), (0, 0))
+    y = HEADER_PX
+    for row in row_pictures:
+        canvas.paste(row, (0, y))
+        y += row.height + PANEL_GAP_PX
+    canvas.paste(bar, (body_w + PANEL_GAP_PX, HEADER_PX))
+    return canvas
+
+
+def level_panels(image: Tensor, masks: Sequence[Tensor], strides: Sequence[int], names: Sequence[str],
+                 boxes_xyxy: Tensor | None = None, scale: int = 1, *, vmax: float | None = None,
+                 title: str = "FRS mask") -> Image.Image:
+    """``mask_figure`` with one row: the levels of one mask source side by side.
+
+    ``ConfigError`` when the three sequences differ in length or are empty, or for any panel's inputs.
     """
     if not (len(masks) == len(strides) == len(names)):
         raise ConfigError(f"level_panels: expected as many masks, strides and names, got "
                           f"{len(masks)}, {len(strides)} and {len(names)}")
     if not masks:
         raise ConfigError("level_panels: expected at least one level, got none")
-    panels = []
-    for mask, stride, name in zip(masks, strides, names):
-        peak = float(mask.max()) if isinstance(mask, Tensor) and mask.numel() else float("nan")
-        title = f"{name}  stride {stride}  max {peak:.2f}"
-        panels.append(heatmap_overlay(image, mask, stride, boxes_xyxy, title=title, scale=scale))
-    panel_w, panel_h = panels[0].size
-    canvas = Image.new("RGB", (len(panels) * panel_w + (len(panels) - 1) * PANEL_GAP_PX, panel_h), GAP_COLOUR)
-    for i, panel in enumerate(panels):
-        canvas.paste(panel, (i * (panel_w + PANEL_GAP_PX), 0))
-    return canvas
-
-
-def save_png(image: Image.Image, path: str | Path) -> None:
-    """Write ``image`` as PNG at ``path`` (parent folders created) via a temp file in the same folder and an
-    atomic rename, so a reader never sees half a file. ``ConfigError`` if it is not a PIL image or the
-    path cannot be written."""
-    if not isinstance(image, Image.Image):
-        raise ConfigError(f"save_png: expected a PIL image, got {type(image).__name__}")
-    path = Path(path)
-    try:
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            image.save(f, format="PNG")
-    except OSError as exc:
-        raise ConfigError(f"save_png: expected a writable path, got {str(path)!r}: {exc.strerror or exc}") from None
-    log.debug("wrote %s (%dx%d)", path, *image.size)
+    return mask_figure(image, [("", masks)], strides, names, boxes_xyxy, scale=scale, vmax=vmax, title=title)
