@@ -1,4 +1,5 @@
-"""The embedded main job, start to finish: synth -> teacher -> teacher-cache -> FRS student (+ baseline) -> eval -> masks.
+"""The embedded main job, start to finish: synth -> teacher -> teacher-cache -> FRS student (+ baseline) -> eval -> masks
+-> report.
 
 Every stage is the same library call the individual commands make; this only chains them and collects a summary.
 """
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from frs_cli.config import load_recipe
 from frs_cli.errors import ConfigError
-from frs_cli.files import write_json
+from frs_cli.files import atomic_path, write_json
 from frs_cli.progress import NullProgress, Progress
 
 
@@ -35,7 +36,7 @@ class DemoConfig:
 @dataclass
 class DemoSummary:
     out_dir: str
-    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> COCO metrics
+    metrics: dict[str, dict[str, float | None]] = field(default_factory=dict)  # model -> COCO metrics (None: undefined)
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> wall time
     cache_mb_per_image: float = 0.0
     files: list[str] = field(default_factory=list)
@@ -49,10 +50,12 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig(), progress: Prog
     from frs_cli.cache.reader import TeacherCache
     from frs_cli.cache.writer import write_teacher_cache
     from frs_cli.data.synth import SynthConfig, generate
+    from frs_cli.eval.run_log import markdown_table, read_run
     from frs_cli.train.dist import setup
     from frs_cli.train.run import distill_student, train_detector
     from frs_cli.viz.cache_view import render_cached_view
     from frs_cli.viz.masks import save_png
+    from frs_cli.viz.plots import run_report
 
     progress = progress or NullProgress()
     out = Path(out_dir)
@@ -103,9 +106,17 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig(), progress: Prog
     save_png(render_cached_view(cache, cache.dataset(), level="all"), out / "masks.png")
     summary.seconds["visualize"] = time.perf_counter() - t
 
+    t = stage("report the runs")
+    runs = [read_run(out / name) for name in ("teacher", "student_frs", "student_plain") if (out / name).is_dir()]
+    save_png(run_report(runs), out / "report.png")
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text(markdown_table(runs), encoding="utf-8")
+    summary.seconds["report"] = time.perf_counter() - t
+
     summary.files = sorted(str(p.relative_to(out)) for p in [
         out / "teacher" / "model_final.pt", out / "cache.zarr", out / "student_frs" / "model_final.pt",
-        out / "student_frs" / "adapters.pt", out / "masks.png", out / "summary.json",
+        out / "student_frs" / "adapters.pt", out / "masks.png", out / "report.png", out / "report.md",
+        out / "summary.json",
         *([out / "student_plain" / "model_final.pt"] if cfg.baseline else []),
     ])
     write_json(out / "summary.json", summary.to_dict(), indent=1)

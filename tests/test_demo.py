@@ -12,8 +12,10 @@ def test_demo_runs_every_stage_and_writes_its_summary(tmp_path):
     s = run_demo(out, DemoConfig(train_images=16, val_images=8, size=64, min_object=12.0))
     assert set(s.metrics) == {"teacher", "student + FRS (cache)", "student alone"}
     for m in s.metrics.values():
-        assert set(m) == {"AP", "AP50", "AP75", "APs", "APm", "APl"} and all(0.0 <= v <= 1.0 for v in m.values())
-    assert set(s.seconds) == {"synth", "teacher", "teacher-cache", "distill", "baseline", "visualize"}
+        assert set(m) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+        assert m["APl"] is None  # 64 px images hold no large object: undefined, not 0.0
+        assert all(0.0 <= v <= 1.0 for k, v in m.items() if k != "APl")
+    assert set(s.seconds) == {"synth", "teacher", "teacher-cache", "distill", "baseline", "visualize", "report"}
     for f in s.files:
         assert (out / f).exists(), f
     assert json.loads((out / "summary.json").read_text())["metrics"] == s.metrics
@@ -22,6 +24,11 @@ def test_demo_runs_every_stage_and_writes_its_summary(tmp_path):
     assert 2 * per_view / 1e6 <= s.cache_mb_per_image < 2 * per_view / 1e6 * 1.2
     with Image.open(out / "masks.png") as im:
         assert im.width > 5 * 128
+    with Image.open(out / "report.png") as im:
+        assert im.format == "PNG" and im.width > 800
+    rows = (out / "report.md").read_text().splitlines()[2:]
+    assert [r.split(" | ")[0] for r in rows] == ["| teacher", "| student_frs", "| student_plain"]
+    assert all(" | \u2013 | " in r for r in rows)  # APl undefined in the table too
 
 
 def test_demo_refuses_a_used_directory(tmp_path):

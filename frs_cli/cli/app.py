@@ -12,6 +12,7 @@ from frs_cli.cli import (
     eval_cmd,
     models_cmd,
     recipe_cmd,
+    report_cmd,
     train_cmd,
     visualize_cmd,
 )
@@ -41,6 +42,7 @@ visualize_cmd.register(app)
 demo_cmd.register(app)
 models_cmd.register(app)
 recipe_cmd.register(recipe_app)
+report_cmd.register(app)
 
 
 def main() -> None:
