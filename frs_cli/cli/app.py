@@ -10,6 +10,7 @@ from frs_cli.cli import (
     demo_cmd,
     distill_cmd,
     eval_cmd,
+    export_cmd,
     models_cmd,
     recipe_cmd,
     report_cmd,
@@ -43,6 +44,7 @@ demo_cmd.register(app)
 models_cmd.register(app)
 recipe_cmd.register(recipe_app)
 report_cmd.register(app)
+export_cmd.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,35 @@
+"""``frs export``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from frs_cli.cli.common import console, fail, handle_errors, progress_for_rank, setup_logging
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("export", epilog="Example: frs export --onnx runs/r18_frs/model_final.pt r18_frs.onnx")
+    @handle_errors
+    def export(
+        checkpoint: Path = typer.Option(..., "--onnx", help="Trained model file (model_final.pt) to export as ONNX."),
+        out: Path = typer.Argument(..., help="ONNX file to write."),
+        check: bool = typer.Option(True, help="Compare onnxruntime's outputs with PyTorch's before keeping the file."),
+        verbose: bool = typer.Option(False, "--verbose", "-v"),
+    ):
+        """Write a trained RetinaNet as ONNX (dynamic batch and image size): pixels in, each level's head outputs out.
+
+        Needs pip install 'frs[onnx]'. Anchor decoding and NMS stay outside the graph; the file's metadata
+        carries what they need (levels, anchors, label map, geometry)."""
+        setup_logging(verbose)
+        if not checkpoint.is_file():
+            fail(f"export --onnx: expected a model file, got missing path {str(checkpoint)!r}")
+        from frs_cli.export.onnx import export_onnx
+
+        result = export_onnx(checkpoint, out, check=check, progress=progress_for_rank())
+        console.print(f"wrote {out}: input images (B, 3, H, W) float 0..255; outputs {', '.join(result.outputs)}")
+        if check:
+            shapes = ", ".join("x".join(map(str, s)) for s in result.checked_shapes)
+            console.print(f"checked with onnxruntime on {shapes}: largest difference {result.max_abs_diff:.2e} "
+                          f"(outputs up to {result.max_ref:.3g})", highlight=False)

@@ -1,0 +1,1 @@
+"""Trained detectors written for other runtimes (``onnx``)."""
