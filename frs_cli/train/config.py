@@ -26,6 +26,7 @@ class TrainConfig:
     eval_every: int = 0  # evaluate on the val split every N epochs (0: only after the last)
     log_every: int = 20  # write a metrics line every N iterations
     checkpoint_every: int = 0  # also save the training state every N iterations inside an epoch (0: epoch ends only)
+    tensorboard: bool = False  # also write scalars and mask images to RUN_DIR/tensorboard (pip install 'frs[tensorboard]')
 
 
 @dataclass(frozen=True)

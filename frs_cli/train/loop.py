@@ -13,7 +13,6 @@ run reaches, whenever the process was stopped or killed.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import signal
@@ -32,6 +31,7 @@ from frs_cli.progress import NullProgress, Progress
 from frs_cli.train.checkpoint import LAST, atomic_save, rng_state, set_rng_state
 from frs_cli.train.config import TrainConfig
 from frs_cli.train.dist import DistContext, barrier, mean_across
+from frs_cli.train.metrics_log import MetricsLog
 from frs_cli.train.schedule import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ def fit(
     if ctx.distributed:
         model = nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
 
-    metrics_file = open(out_dir / "metrics.jsonl", "a") if ctx.is_main else None
+    metrics_log = MetricsLog(out_dir, tensorboard=cfg.tensorboard) if ctx.is_main else None
     t_start, images_seen, wait_total, step_total = time.perf_counter(), 0, 0.0, 0.0
     last_losses: dict[str, float] = {}
     eval_metrics = None
@@ -219,10 +219,9 @@ def fit(
                     last_losses = {k: float(v.detach()) for k, v in losses.items()}
                     fields = {**last_losses, "loss": float(loss.detach()), "img_s": len(batch.image_ids) * ctx.world_size / step_time}
                     progress.update(len(batch.image_ids) * ctx.world_size, **fields)
-                    if metrics_file and (it % cfg.log_every == 0 or step == iters_per_epoch):
-                        metrics_file.write(json.dumps({"epoch": epoch + 1, "iter": it, "lr": optimizer.param_groups[0]["lr"],
-                                                       **fields, "data_wait": t_data / step_time}) + "\n")
-                        metrics_file.flush()
+                    if metrics_log and (it % cfg.log_every == 0 or step == iters_per_epoch):
+                        metrics_log.step({"epoch": epoch + 1, "iter": it, "lr": optimizer.param_groups[0]["lr"],
+                                          **fields, "data_wait": t_data / step_time})
                     if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < iters_per_epoch:
                         save_state(epoch, step)  # a kill from here on loses at most checkpoint_every steps
                     if stop.agreed(ctx):
@@ -243,15 +242,14 @@ def fit(
                 if ctx.is_main and eval_metrics is not None:
                     progress.log(f"epoch {epoch + 1}: " + "  ".join(
                         f"{k} {v:.3f}" if v is not None else f"{k} \u2013" for k, v in eval_metrics.items()))
-                    metrics_file.write(json.dumps({"epoch": epoch + 1, "eval": eval_metrics}) + "\n")
-                    metrics_file.flush()
+                    metrics_log.eval(epoch + 1, eval_metrics, iteration=(epoch + 1) * iters_per_epoch)
         if ctx.is_main and save_outputs is not None:
             save_outputs(objective, out_dir)
         barrier(ctx)
     finally:
         handlers.close()
-        if metrics_file:
-            metrics_file.close()
+        if metrics_log:
+            metrics_log.close()
     seconds = time.perf_counter() - t_start
     last_losses = mean_across(ctx, last_losses)
     return FitResult(

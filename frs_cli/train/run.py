@@ -20,6 +20,7 @@ from frs_cli.progress import Progress
 from frs_cli.train.checkpoint import FINAL, atomic_save, model_payload
 from frs_cli.train.dist import DistContext, setup
 from frs_cli.train.loop import FitResult, fit
+from frs_cli.train.metrics_log import require_tensorboard, teacher_mask_picture, write_images
 from frs_cli.train.objectives import CachedTeacher, FRSObjective, GTObjective, OnlineTeacher
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,8 @@ def train_detector(recipe, role: str, out_dir: str | Path, *, resume: bool = Fal
     _check_out(out_dir, resume)
     cfg = recipe.train_config(role)
     model_cfg = recipe.model_config(role)
+    if cfg.tensorboard:
+        require_tensorboard()
     seed_everything(cfg.seed)
     train = CocoViews.from_config(recipe.data, recipe.data.train, recipe.geometry)
     detector = build_detector(model_cfg, train.index.num_classes)
@@ -105,6 +108,15 @@ def teacher_fingerprint(cfg: ModelConfig, num_classes: int) -> str:
     return model_fingerprint(build_detector(cfg, num_classes))
 
 
+def _mask_picture(store, coco, teacher):
+    """The teacher's FRS mask figure of one training image: from the cache, or from the live teacher."""
+    if store is not None:
+        from frs_cli.viz.cache_view import render_cached_view
+
+        return render_cached_view(store, coco, level="all")
+    return teacher_mask_picture(teacher, coco)
+
+
 def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, online: bool = False,
                     resume: bool = False, ctx: DistContext | None = None, progress: Progress | None = None,
                     evaluate: bool = True) -> RunSummary:
@@ -118,6 +130,8 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
     out_dir = Path(out_dir)
     _check_out(out_dir, resume)
     cfg = recipe.train
+    if cfg.tensorboard:
+        require_tensorboard()
     coco = CocoViews.from_config(recipe.data, recipe.cache.split if cache else recipe.data.train, recipe.geometry)
     num_classes = coco.index.num_classes
     if cache is not None:
@@ -146,6 +160,9 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
     student = build_detector(recipe.student, num_classes)
     objective = FRSObjective(student, teacher_signature, source, recipe.distill)
     _start_out(out_dir, {**recipe.to_dict(), "teacher_source": "online" if online else str(cache)}, ctx)
+    if cfg.tensorboard and ctx.is_main and not resume:
+        write_images(out_dir, {"frs/teacher_masks": _mask_picture(store if cache else None, coco,
+                                                                    None if cache else teacher)})
     result = fit(objective, dataset, cfg, ctx, out_dir, views=views, resume=resume,
                  save_outputs=_model_saver(recipe.student, coco.index, recipe.geometry, extra=True),
                  evaluate=_evaluator(recipe, ctx, cfg) if evaluate else None, progress=progress)
