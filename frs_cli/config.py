@@ -174,7 +174,7 @@ def _check_keys(table: dict, cls, source: Path, prefix: str = "") -> None:
     for key, value in table.items():
         full = f"{prefix}.{key}" if prefix else key
         if key not in names:
-            raise ConfigError(f"recipe key '{full}' in {str(source)!r}: unknown key "
+            raise ConfigError(f"recipe key '{full}': unknown key in {str(source)!r} "
                               f"(valid keys here: {', '.join(sorted(names))})")
         if isinstance(value, dict) and dataclasses.is_dataclass(hints[key]):
             _check_keys(value, hints[key], source, full)

@@ -13,11 +13,19 @@ from typer.testing import CliRunner
 from frs_cli.cli.app import app
 
 runner = CliRunner()
-COMMANDS = ["teacher-cache", "train", "distill", "eval", "visualize", "demo", "models", "data", "cache"]
+COMMANDS = ["teacher-cache", "train", "distill", "eval", "visualize", "demo", "models", "data", "cache", "report",
+            "export", "recipe"]
 
 
 def run(*args):
     return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_plain_progress_line(stderr: str, task: str, done: int, unit: str) -> None:
+    """A run outside a terminal prints plain progress lines (rate, elapsed, ETA), never a bar's control codes."""
+    pattern = rf"^{re.escape(task)} {done}/{done} \(100%\) [\d.,]+ {unit}/s elapsed \d:\d\d:\d\d eta 0:00:00"
+    assert re.search(pattern, stderr, re.MULTILINE), (pattern, stderr)
+    assert "\x1b" not in stderr and "\r" not in stderr and "\u2501" not in stderr
 
 
 def test_help_lists_every_command_with_a_purpose_and_each_help_ends_with_an_example():
@@ -26,7 +34,8 @@ def test_help_lists_every_command_with_a_purpose_and_each_help_ends_with_an_exam
     for name in COMMANDS:
         assert name in result.output
     for args in (["teacher-cache"], ["train"], ["distill"], ["eval"], ["visualize"], ["demo"], ["models"],
-                 ["data", "synth"], ["cache", "info"], ["cache", "verify"], ["cache", "export"]):
+                 ["data", "synth"], ["cache", "info"], ["cache", "verify"], ["cache", "export"], ["report"],
+                 ["export"], ["recipe", "show"]):
         out = run(*args, "--help").output
         assert "Example: frs " in out.strip().splitlines()[-1] or "Example: frs " in out.strip()[-200:], args
 
@@ -65,9 +74,11 @@ def test_train_then_eval_checkpoint_writes_metrics_and_detections(tmp_path, reci
                  "--set", "train.epochs=2", "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "model_final.pt").is_file()
+    assert_plain_progress_line(result.stderr, "epoch 2/2", 24, "img")  # each image once per epoch, in one view
     result = run("eval", "--checkpoint", tmp_path / "run" / "model_final.pt", "--data", synth_root,
                  "--metrics", tmp_path / "m.json", "--detections-out", tmp_path / "dets.json", "--workers", 0)
     assert result.exit_code == 0, result.output
+    assert_plain_progress_line(result.stderr, "evaluate", 8, "img")
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert set(metrics) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     assert metrics["APl"] is None  # 64 px images hold no large object: undefined, null in the JSON
@@ -102,6 +113,7 @@ def test_eval_table_shows_undefined_as_a_dash_and_faster_backend_agrees(tmp_path
     (tmp_path / "d.json").write_text(json.dumps(dets))
     result = run("eval", "--detections", tmp_path / "d.json", "--data", synth_root, "--metrics", tmp_path / "p.json")
     assert result.exit_code == 0, result.output
+    assert_plain_progress_line(result.stderr, "COCO eval (pycocotools)", 3, "stage")
     row = next(line for line in result.stdout.splitlines() if "d.json" in line)
     assert row.rstrip(" │").endswith("\u2013")  # APl, the last column: no large objects in 64 px images
     ref = json.loads((tmp_path / "p.json").read_text())
@@ -124,6 +136,7 @@ def test_teacher_cache_info_distill_visualize_and_mask_stats(tmp_path, recipe_pa
     cache = tmp_path / "c.zarr"
     result = run("teacher-cache", "--pipeline", recipe_path, "--out", cache, "--device", "cpu")
     assert result.exit_code == 0, result.output
+    assert_plain_progress_line(result.stderr, "teacher-cache", 48, "view")
     assert zarr.open_group(str(cache), mode="r").attrs["state"] == "complete"
     result = run("teacher-cache", "--pipeline", recipe_path, "--out", cache, "--device", "cpu")
     assert result.exit_code == 0 and "already complete" in result.output
@@ -135,6 +148,7 @@ def test_teacher_cache_info_distill_visualize_and_mask_stats(tmp_path, recipe_pa
 
     result = run("distill", "--pipeline", recipe_path, "--cache", cache, "--out", tmp_path / "s", "--device", "cpu")
     assert result.exit_code == 0, result.output
+    assert_plain_progress_line(result.stderr, "epoch 1/1", 24, "img")
     assert (tmp_path / "s" / "model_final.pt").is_file() and (tmp_path / "s" / "adapters.pt").is_file()
 
     result = run("visualize", "--cache", cache, "--level", "all", "--out", tmp_path / "all.png")

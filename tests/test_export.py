@@ -1,6 +1,7 @@
 """ONNX export of a trained RetinaNet: onnxruntime reproduces PyTorch on other batch and image sizes."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -34,6 +35,7 @@ def test_export_cli_writes_the_file_and_reports_its_check(exported):
     assert result.exit_code == 0, result.output
     assert path.is_file() and [p.name for p in path.parent.iterdir()] == ["student.onnx"]  # no temp file, no .data
     assert "checked with onnxruntime on 1x3x96x64, 3x3x128x128: largest difference" in result.stdout
+    assert re.search(r"^export 3/3 \(100%\) [\d.,]+ step/s elapsed \d:\d\d:\d\d eta 0:00:00", result.stderr, re.MULTILINE)
 
 
 def test_onnxruntime_matches_pytorch_for_other_batch_and_image_sizes(exported):

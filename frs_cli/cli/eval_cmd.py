@@ -57,7 +57,8 @@ def register(app: typer.Typer) -> None:
         if detections is not None:
             from frs_cli.eval.coco_eval import evaluate_detections, load_coco, load_detections
 
-            result = evaluate_detections(load_coco(ann), load_detections(detections), backend=backend)
+            result = evaluate_detections(load_coco(ann), load_detections(detections), backend=backend,
+                                         progress=progress_for_rank())
             name = detections.name
         else:
             from frs_cli.data.coco import CocoIndex, CocoViews

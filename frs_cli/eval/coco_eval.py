@@ -32,6 +32,7 @@ from pycocotools.cocoeval import COCOeval
 
 from frs_cli.errors import DataError
 from frs_cli.files import write_json
+from frs_cli.progress import NullProgress, Progress
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +181,7 @@ def load_detections(path: str | Path) -> list[dict]:
 
 
 def evaluate_detections(coco_gt: COCO, detections: list[dict], image_ids: Sequence[int] | None = None,
-                        backend: str = "pycocotools") -> dict[str, float | None]:
+                        backend: str = "pycocotools", progress: Progress | None = None) -> dict[str, float | None]:
     """COCO box mAP (``COCOeval``, iouType ``bbox``, pycocotools' default parameters).
 
     Args:
@@ -189,6 +190,7 @@ def evaluate_detections(coco_gt: COCO, detections: list[dict], image_ids: Sequen
         image_ids: evaluate only these images (default: every GT image); detections on other images are
             dropped. Images listed here without detections count their ground truth as missed.
         backend: ``"pycocotools"`` or ``"faster"`` (faster-coco-eval; same numbers).
+        progress: told of the evaluator's three stages (match, accumulate, summarize).
     Returns:
         ``{key: value for key in METRIC_KEYS}``, fractions in 0..1 (AP is averaged over IoU 0.50:0.95).
         A size range with no ground truth in the evaluated images gives ``None`` (pycocotools says -1).
@@ -197,12 +199,12 @@ def evaluate_detections(coco_gt: COCO, detections: list[dict], image_ids: Sequen
         DataError: a detection or an image id not in the ground truth, a malformed detection, an unknown
             backend, or ``"faster"`` without faster-coco-eval installed.
     """
-    stats = coco_stats(coco_gt, detections, image_ids, backend)
+    stats = coco_stats(coco_gt, detections, image_ids, backend, progress)
     return {key: stats[key] for key in METRIC_KEYS}
 
 
 def coco_stats(coco_gt: COCO, detections: list[dict], image_ids: Sequence[int] | None = None,
-               backend: str = "pycocotools") -> dict[str, float | None]:
+               backend: str = "pycocotools", progress: Progress | None = None) -> dict[str, float | None]:
     """All twelve ``COCOeval.stats`` as ``{key: value for key in STAT_KEYS}``; -1 (undefined) becomes ``None``.
 
     Same arguments and errors as ``evaluate_detections``.
@@ -224,7 +226,12 @@ def coco_stats(coco_gt: COCO, detections: list[dict], image_ids: Sequence[int] |
     # loadRes writes id/area/iscrowd/segmentation into the dicts it gets: hand it copies.
     kept = [copy.deepcopy(det) for det in detections if det["image_id"] in wanted]
     run = _run_faster if backend == "faster" else _run_pycocotools
-    raw = run(coco_gt, kept, selected)
+    progress = progress or NullProgress()
+    progress.start(f"COCO eval ({backend})", 3, unit="stage")
+    try:
+        raw = run(coco_gt, kept, selected, progress)
+    finally:
+        progress.stop()
     return {key: (None if v < 0 else v) for key, v in zip(STAT_KEYS, raw)}
 
 
@@ -252,18 +259,22 @@ def _empty_results(coco_gt: COCO, cls):
     return res
 
 
-def _run_pycocotools(coco_gt: COCO, kept: list[dict], selected: list[int]) -> list[float]:
+def _stages(evaluator, progress: Progress) -> None:
+    for stage in (evaluator.evaluate, evaluator.accumulate, evaluator.summarize):
+        stage()
+        progress.update(1)
+
+
+def _run_pycocotools(coco_gt: COCO, kept: list[dict], selected: list[int], progress: Progress) -> list[float]:
     with _quiet():
         coco_dt = coco_gt.loadRes(kept) if kept else _empty_results(coco_gt, COCO)
         evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
         evaluator.params.imgIds = selected
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
+        _stages(evaluator, progress)
     return [float(v) for v in evaluator.stats[: len(STAT_KEYS)]]
 
 
-def _run_faster(coco_gt: COCO, kept: list[dict], selected: list[int]) -> list[float]:
+def _run_faster(coco_gt: COCO, kept: list[dict], selected: list[int], progress: Progress) -> list[float]:
     try:
         from faster_coco_eval import COCO as FastCOCO
         from faster_coco_eval import COCOeval_faster
@@ -275,9 +286,7 @@ def _run_faster(coco_gt: COCO, kept: list[dict], selected: list[int]) -> list[fl
         dt = gt.loadRes(kept) if kept else _empty_results(gt, FastCOCO)
         evaluator = COCOeval_faster(gt, dt, iouType="bbox")
         evaluator.params.imgIds = selected
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
+        _stages(evaluator, progress)
     return [float(v) for v in evaluator.stats[: len(STAT_KEYS)]]
 
 
