@@ -22,7 +22,9 @@ def table(summary: dict) -> str:
     rows = ["| run | " + " | ".join(keys) + " | wall s | img/s per process |", "|---" * (len(keys) + 3) + "|"]
     for name, run in summary["runs"].items():
         final = run["final"]
-        rows.append(f"| {name} | " + " | ".join(f"{100 * final[k]:.1f}" for k in keys)
+        # None: no ground truth in that size range (pycocotools' -1), undefined rather than 0
+        cells = ["\u2013" if final.get(k) is None else f"{100 * final[k]:.1f}" for k in keys]
+        rows.append(f"| {name} | " + " | ".join(cells)
                     + f" | {run['seconds']:.0f} | {run['img_s']:.0f} |")
     return "\n".join(rows)
 

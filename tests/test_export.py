@@ -6,9 +6,9 @@ import re
 import numpy as np
 import pytest
 import torch
+from conftest import save_random_model
 from typer.testing import CliRunner
 
-from conftest import save_random_model
 from frs_cli.cli.app import app
 from frs_cli.errors import ModelError
 

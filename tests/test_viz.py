@@ -98,7 +98,7 @@ def test_one_colour_scale_across_levels():
     p4_left = W + PANEL_GAP_PX
     out = pixels(picture).mean(axis=2)
     p4 = out[top + 16: top + 32, p4_left + 16: p4_left + 32].mean()
-    expected = lambda v: (np.asarray(heat_colours(torch.tensor(v))).mean() * HEAT_ALPHA  # noqa: E731
+    expected = lambda v: (np.asarray(heat_colours(torch.tensor(v))).mean() * HEAT_ALPHA
                           + float(grey_image(image)[0, 0, 0]) * (1 - HEAT_ALPHA))
     assert p3 == pytest.approx(expected(1.0), abs=1.5)  # 0.4 is the figure's top: the ramp's brightest
     assert p4 == pytest.approx(expected(0.5), abs=1.5)  # 0.2 is half way up the same scale

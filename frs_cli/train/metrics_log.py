@@ -44,7 +44,7 @@ class MetricsLog:
     ``image(tag, picture, iteration)``, ``close()``."""
 
     def __init__(self, out_dir: str | Path, tensorboard: bool = False):
-        self.file = open(Path(out_dir) / METRICS_FILE, "a")
+        self.file = open(Path(out_dir) / METRICS_FILE, "a")  # noqa: SIM115 (kept open for the run; close())
         self.board = _writer(out_dir) if tensorboard else None
 
     def step(self, record: dict) -> None:
@@ -102,8 +102,8 @@ def teacher_mask_picture(teacher, dataset, min_height: int = 256):
     ``S_l = max_k sigmoid(z_l)`` per level (``losses.frs_masks``), drawn by ``viz.masks.level_panels``."""
     import torch
 
-    from frs_cli.losses import frs_masks
     from frs_cli.data.coco import collate
+    from frs_cli.losses import frs_masks
     from frs_cli.viz.masks import level_panels
 
     sample = dataset[(0, "orig")]

@@ -33,7 +33,7 @@ from torch import Tensor
 from frs_cli.errors import ConfigError
 from frs_cli.viz.draw import DARK, colour_bar, format_value, heat_colours, save_png, title_band
 
-__all__ = ["heat_colours", "grey_image", "heatmap_overlay", "level_panels", "mask_figure", "save_png"]
+__all__ = ["grey_image", "heat_colours", "heatmap_overlay", "level_panels", "mask_figure", "save_png"]
 
 log = logging.getLogger(__name__)
 

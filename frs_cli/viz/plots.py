@@ -46,7 +46,7 @@ def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
 
 def _tick_text(value: float, log_y: bool) -> str:
     if log_y:
-        return f"1e{int(round(value))}" if abs(value) >= 3 else f"{10 ** value:g}"
+        return f"1e{round(value)}" if abs(value) >= 3 else f"{10 ** value:g}"
     return f"{value:.4g}"
 
 
