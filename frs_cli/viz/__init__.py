@@ -1,1 +1,2 @@
-"""Pictures for inspecting distillation: FRS masks over the teacher's view (``masks``)."""
+"""Pictures, drawn with Pillow alone: FRS mask figures (``masks``, ``cache_view``), run-report charts (``plots``),
+and the primitives they share (``draw``)."""
