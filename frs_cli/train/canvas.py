@@ -32,7 +32,7 @@ def canvas_groups(geometries: Sequence[ViewGeometry]) -> list[tuple[tuple[int, i
 
 def level_grids(padded_size: tuple[int, int], strides: Sequence[int]) -> list[tuple[int, int]]:
     """Per level the grid a canvas of ``padded_size`` gives (each stride-2 step rounds up, as the detectors do)."""
-    return [level_grid_size(padded_size, int(round(math.log2(s)))) for s in strides]
+    return [level_grid_size(padded_size, round(math.log2(s))) for s in strides]
 
 
 def on_own_canvas(
@@ -52,14 +52,12 @@ def on_own_canvas(
         A batch of one canvas equal to the batch grid is returned as ``fn`` gave it (no copy).
     """
     groups = canvas_groups(geometries)
-    if len(groups) == 1:
-        (size, idx), = groups
-        outputs = fn(idx, size)
-        if all(tuple(t.shape[-2:]) == tuple(g) for out in outputs for t, g in zip(out, batch_grids)):
-            return outputs
+    results = [(idx, fn(idx, size)) for size, idx in groups]
+    if len(results) == 1 and all(tuple(t.shape[-2:]) == tuple(g)
+                                 for out in results[0][1] for t, g in zip(out, batch_grids)):
+        return results[0][1]
     assembled: list[list[Tensor]] | None = None
-    for size, idx in groups:
-        outputs = fn(idx, size)
+    for idx, outputs in results:
         if assembled is None:
             assembled = [[t.new_zeros((len(geometries), *t.shape[1:-2], *grid)) for t, grid in zip(out, batch_grids)]
                          for out in outputs]
