@@ -1,9 +1,13 @@
 """Verdicts of a claim run (bench/frs_claim.py) against issue 12's targets, computed from its raw files.
 
-    python3 bench/claim_verdicts.py docs/results/claim_2026-12-02_h200
+    python3 bench/claim_verdicts.py docs/results/claim_2026-12-02_h200 [MORE_RUN_DIRS ...]
 
-Reads ``summary.json`` (val AP per run) and ``metrics/*.metrics.jsonl`` (every iteration's loss terms), writes
-``verdicts.json`` beside them and prints the tables. Targets:
+Reads ``summary.json`` (val AP per run) and ``metrics/*.metrics.jsonl`` (every iteration's loss terms) of each
+directory, writes ``verdicts.json`` into the last one and prints the tables. Several directories pool their runs
+only when their teachers reached the same AP to the last digit (the runs are deterministic: one teacher); a run
+present in two of them is a reproduction check. Runs of a named variant (``b_frs_cache+fw300``, see
+``bench/frs_claim.py --variant``) are reported apart, with their loss peaks where the warm-ups end, and, where
+the plain run of the same seed exists, how many iterations the two logged identically. Targets:
 - outcome: the paired (same seed) FRS-from-cache minus FRS-online AP has a mean within +-0.5 AP and a 95 %
   interval (Student t) that contains 0; the worst seed of each FRS variant is within 3 AP of its mean; FRS from
   the cache >= GT-box imitation on every seed both ran;
@@ -41,10 +45,55 @@ def spikes(path: Path, window: int = 50, factor: float = 3.0) -> dict:
     return out
 
 
-def main(run_dir: Path) -> dict:
-    summary = json.loads((run_dir / "summary.json").read_text())
+def load(run_dirs: list[Path]) -> tuple[dict, dict[str, dict], dict[str, Path], dict[str, list[float]]]:
+    """Pool the runs of ``run_dirs``: (first summary, runs by name, metrics file by name, APs of repeated runs)."""
+    summaries = [json.loads((d / "summary.json").read_text()) for d in run_dirs]
+    teachers = [s["runs"].get("teacher", {}).get("final", {}).get("AP") for s in summaries]
+    if len(set(teachers)) != 1:
+        raise SystemExit(f"claim_verdicts: expected one teacher (the same AP in every directory), got {teachers}")
+    runs, metrics, repeats = {}, {}, {}
+    for d, summary in zip(run_dirs, summaries):
+        for name, run in summary["runs"].items():
+            if name in runs and run.get("final") and runs[name].get("final"):
+                repeats.setdefault(name, [100 * runs[name]["final"]["AP"]]).append(100 * run["final"]["AP"])
+            runs.setdefault(name, run)
+        for f in sorted((d / "metrics").glob("*.metrics.jsonl")):
+            metrics.setdefault(f.name.split(".")[0], f)
+    return summaries[0], runs, metrics, repeats
+
+
+def rows(path: Path) -> list[dict]:
+    return [r for r in map(json.loads, path.read_text().splitlines()) if "iter" in r]
+
+
+def variant_report(name: str, run: dict, metrics: dict[str, Path]) -> dict:
+    """A variant run: its AP per evaluation, the largest GT and FRS terms where the warm-ups end (iterations
+    90-140), spikes, and the iterations it logged exactly as the plain run of the same seed (if any)."""
+    out = {"ap": [100 * h["AP"] for h in run.get("history") or []]}
+    if name not in metrics:
+        return out
+    mine = rows(metrics[name])
+    window = [r for r in mine if 90 <= r["iter"] <= 140]
+    out["peak_90_140"] = {k: max(r[k] for r in window) for k in ("classification", "frs_feature") if window}
+    out["spikes"] = {t: len(v["spikes"]) for t, v in spikes(metrics[name]).items()}
+    kind, _, seed = name.rpartition("_s")
+    base = f"{kind.partition('+')[0]}_s{seed}"
+    if base in metrics:
+        theirs = {r["iter"]: r for r in rows(metrics[base])}
+        same = 0
+        for r in mine:
+            t = theirs.get(r["iter"])
+            if t is None or any(r[k] != t[k] for k in ("classification", "bbox_regression", "frs_feature")):
+                break
+            same += 1
+        out["identical_iterations_with"] = {base: same}
+    return out
+
+
+def main(run_dirs: list[Path]) -> dict:
+    summary, all_runs, metrics, repeats = load(run_dirs)
     ap: dict[str, dict[int, float]] = {k: {} for k in KINDS}
-    for name, run in summary["runs"].items():
+    for name, run in all_runs.items():
         kind, _, seed = name.rpartition("_s")
         if kind in KINDS and run.get("final"):
             ap[kind][int(seed)] = 100 * run["final"]["AP"]
@@ -63,10 +112,10 @@ def main(run_dir: Path) -> dict:
         half = T975[len(diffs) - 2] * sd / len(diffs) ** 0.5
         diff.update(mean=m, sd=sd, ci95=[m - half, m + half])
     runs = {}
-    for f in sorted((run_dir / "metrics").glob("*.metrics.jsonl")):
-        name = f.name.split(".")[0]
+    for name, f in metrics.items():
         if name.rpartition("_s")[0] in ("b_frs_cache", "c_frs_online", "d_gt_boxes"):
             runs[name] = spikes(f)
+    variants = {n: variant_report(n, r, metrics) for n, r in sorted(all_runs.items()) if "+" in n}
     spiked = sorted(n for n, terms in runs.items() if any(t["spikes"] for t in terms.values()))
     verdicts = {}
     if "ci95" in diff:
@@ -82,10 +131,11 @@ def main(run_dir: Path) -> dict:
         verdicts["FRS from cache >= GT-box imitation on every paired seed"] = \
             "met" if all(ap["b_frs_cache"][s] >= ap["d_gt_boxes"][s] for s in both) else "missed"
     verdicts["no spike in at least 10 FRS runs"] = "met" if len(runs) >= 10 and not spiked else "missed"
-    result = {"source": str(run_dir), "device": summary.get("device"), "date": summary.get("date"),
+    result = {"sources": [str(d) for d in run_dirs], "device": summary.get("device"), "date": summary.get("date"),
               "ap": stats, "cached_minus_online": diff, "fresh_runs_checked_for_spikes": sorted(runs),
-              "spiked": spiked, "loss_peaks": runs, "verdicts": verdicts}
-    (run_dir / "verdicts.json").write_text(json.dumps(result, indent=1))
+              "spiked": spiked, "loss_peaks": runs, "repeated_runs_ap": repeats, "variants": variants,
+              "verdicts": verdicts}
+    (run_dirs[-1] / "verdicts.json").write_text(json.dumps(result, indent=1))
     print("| variant | n | AP per seed | mean ± sd | worst |\n|---|---|---|---|---|")
     for kind, st in stats.items():
         if st["n"]:
@@ -99,6 +149,16 @@ def main(run_dir: Path) -> dict:
     for name, terms in runs.items():
         print(f"  {name}: " + ", ".join(f"{t} max {v['max']:.3g} ({len(v['spikes'])} spike iterations)"
                                        for t, v in terms.items()))
+    for name, ap_values in repeats.items():
+        print(f"  repeated {name}: AP {', '.join(f'{v:.2f}' for v in ap_values)}")
+    if variants:
+        print("\n| variant run | AP per evaluation | cls peak, it. 90-140 | feature peak | spikes | same as plain run |")
+        print("|---|---|---|---|---|---|")
+        for name, v in variants.items():
+            peak = v.get("peak_90_140", {})
+            print(f"| {name} | {', '.join(f'{a:.1f}' for a in v['ap'])} | {peak.get('classification', 0):.3f} | "
+                  f"{peak.get('frs_feature', 0):.2f} | {sum(v.get('spikes', {}).values())} | "
+                  f"{next(iter(v['identical_iterations_with'].values()), '–') if 'identical_iterations_with' in v else '–'} |")
     print()
     for target, verdict in verdicts.items():
         print(f"{verdict:7s} {target}")
@@ -106,4 +166,6 @@ def main(run_dir: Path) -> dict:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    if len(sys.argv) < 2:
+        raise SystemExit("usage: claim_verdicts.py RUN_DIR [RUN_DIR ...]")
+    main([Path(a) for a in sys.argv[1:]])

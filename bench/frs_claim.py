@@ -7,7 +7,8 @@ One self-contained run (the GPU machines keep nothing between commands):
   4. train students with one schedule, the variants and seeds of ``--plan``, side by side on the GPUs:
        a  the student alone (baseline)            b  FRS from the cache
        c  FRS online (teacher every step)         d  feature imitation inside GT boxes only (S = 1 in boxes)
-     every student logs every iteration (spikes show there); ``--set`` adds settings to every student;
+     every student logs every iteration (spikes show there); ``--set`` adds settings to every student,
+     ``--variant NAME=...`` to the runs of a plan token ``X+NAME`` (e.g. a longer warm-up, a short probe);
   5. write summary.json (metrics, per-epoch mAP, wall times, each run's largest value of every loss term),
      mask panels and mask statistics under --out. ``bench/claim_verdicts.py`` computes the verdicts.
 
@@ -81,19 +82,39 @@ STUDENTS = {
 }
 
 
-def parse_plan(text: str) -> list[tuple[str, int]]:
-    """``"b=0,1 c=0,1 a=0"`` -> ``[(name, seed)]``, seeds round-robin across the variants (so a cut run still pairs)."""
+def parse_plan(text: str, variants: dict[str, list[str]] | None = None, in_order: bool = False
+               ) -> list[tuple[str, int]]:
+    """``"b=0,1 c=0,1 a=0"`` -> ``[(name, seed)]``, seeds round-robin across the variants (so a cut run still
+    pairs), or token by token with ``in_order``. ``b+NAME=4`` is variant b with the settings ``variants[NAME]``
+    added; its runs are named ``b_frs_cache+NAME``."""
+    variants = variants or {}
     by_kind = {}
     for part in text.split():
         kind, seeds = part.split("=")
+        kind, _, extra = kind.partition("+")
         names = [n for n in STUDENTS if n.startswith(kind + "_")]
         if len(names) != 1:
             raise SystemExit(f"--plan: expected variants among {sorted(n[0] for n in STUDENTS)}, got {kind!r}")
-        by_kind[names[0]] = [int(x) for x in seeds.split(",") if x]
+        if extra and extra not in variants:
+            raise SystemExit(f"--plan: expected a --variant named {extra!r}, got only {sorted(variants)}")
+        by_kind[names[0] + (f"+{extra}" if extra else "")] = [int(x) for x in seeds.split(",") if x]
+    if in_order:
+        return [(name, seed) for name, seeds in by_kind.items() for seed in seeds]
     jobs, depth = [], max(len(v) for v in by_kind.values())
     for i in range(depth):
         jobs += [(name, seeds[i]) for name, seeds in by_kind.items() if i < len(seeds)]
     return jobs
+
+
+def parse_variants(texts: list[str]) -> dict[str, list[str]]:
+    """``["fw300=distill.warmup_iters=300;train.epochs=4"]`` -> ``{"fw300": ["distill.warmup_iters=300", ...]}``."""
+    out = {}
+    for text in texts:
+        name, sep, sets = text.partition("=")
+        if not sep or not name.isidentifier() or not sets:
+            raise SystemExit(f"--variant: expected NAME=KEY=VALUE[;KEY=VALUE...], got {text!r}")
+        out[name] = [kv for kv in sets.split(";") if kv]
+    return out
 
 
 def loss_peaks(metrics: Path) -> dict:
@@ -176,6 +197,9 @@ def main() -> None:
     p.add_argument("--plan", default="b=0,1,2,3,4 c=0,1,2,3,4 a=0,1,2 d=0,1,2",
                    help="variants (a alone, b cache, c online, d GT boxes) and their seeds")
     p.add_argument("--set", dest="sets", action="append", default=[], help="KEY=VALUE for every student")
+    p.add_argument("--variant", dest="variants", action="append", default=[],
+                   help="NAME=KEY=VALUE[;KEY=VALUE...]: settings a plan token X+NAME adds to variant X")
+    p.add_argument("--in-order", action="store_true", help="start the plan's runs token by token, not round-robin")
     p.add_argument("--deadline", type=float, default=560.0,
                    help="seconds; later runs are skipped, and runs still going at this time are stopped and marked cut")
     p.add_argument("--jobs-per-gpu", type=int, default=16, help="students trained at once on one GPU")
@@ -246,7 +270,8 @@ def main() -> None:
     (logs / "cache_info.txt").write_text(info.stdout)
     save()
 
-    jobs = parse_plan(args.plan)
+    variants = parse_variants(args.variants)
+    jobs = parse_plan(args.plan, variants, args.in_order)
     summary["cut"] = []
     running: dict[int, tuple] = {}
     free = [g for _ in range(args.jobs_per_gpu) for g in range(args.gpus)]  # slots, GPUs filled in turn
@@ -267,9 +292,10 @@ def main() -> None:
             slot = free.pop(0)
             gpu = slot_gpu[slot]
             run_dir = args.work / f"{name}_s{seed}"
-            cmd = [c.format(cache=cache) for c in STUDENTS[name]]
+            kind, _, extra = name.partition("+")
+            cmd = [c.format(cache=cache) for c in STUDENTS[kind]]
             cmd = [cmd[0], "-p", str(recipe), *cmd[1:], "--out", str(run_dir), "--set", tw, "--set", f"train.seed={seed}"]
-            cmd += [x for kv in args.sets for x in ("--set", kv)]
+            cmd += [x for kv in args.sets + variants.get(extra, []) for x in ("--set", kv)]
             lf = logs / f"{name}_s{seed}.log"
             running[slot] = (frs(cmd, str(gpu), lf), name, seed, run_dir, time.time(), lf)
         if time.time() - t0 > args.deadline:  # stop what still runs; its metrics so far travel back
