@@ -144,10 +144,13 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def frs(args, gpus: str, logfile: Path, nproc: int = 1) -> subprocess.Popen:
+def frs(args, gpus: str, logfile: Path, nproc: int = 1, probe: Path | None = None) -> subprocess.Popen:
+    """Start one frs command; with ``probe``, through bench/sharpness_probe.py logging to that file."""
     # Several processes share the host: cap each one's CPU threads (its GPU work needs few).
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpus, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
-    if nproc > 1:
+    if probe is not None:
+        cmd = [sys.executable, str(Path(__file__).with_name("sharpness_probe.py")), "--log", str(probe), "--", *args]
+    elif nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "frs_cli", *args]
     else:
@@ -199,6 +202,8 @@ def main() -> None:
     p.add_argument("--set", dest="sets", action="append", default=[], help="KEY=VALUE for every student")
     p.add_argument("--variant", dest="variants", action="append", default=[],
                    help="NAME=KEY=VALUE[;KEY=VALUE...]: settings a plan token X+NAME adds to variant X")
+    p.add_argument("--sharpness", action="store_true",
+                   help="log the feature term's sharpness bounds of every distilling student (bench/sharpness_probe.py)")
     p.add_argument("--in-order", action="store_true", help="start the plan's runs token by token, not round-robin")
     p.add_argument("--deadline", type=float, default=560.0,
                    help="seconds; later runs are skipped, and runs still going at this time are stopped and marked cut")
@@ -266,7 +271,8 @@ def main() -> None:
     pictures.append(subprocess.Popen([sys.executable, "-m", "frs_cli", "eval", "--cache", val, "--metrics",
                                       str(args.out / "mask_stats.json")], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL))
-    info = subprocess.run([sys.executable, "-m", "frs_cli", "cache", "info", str(cache)], capture_output=True, text=True)
+    info = subprocess.run([sys.executable, "-m", "frs_cli", "cache", "info", str(cache)], check=False, capture_output=True,
+                          text=True)
     (logs / "cache_info.txt").write_text(info.stdout)
     save()
 
@@ -297,7 +303,8 @@ def main() -> None:
             cmd = [cmd[0], "-p", str(recipe), *cmd[1:], "--out", str(run_dir), "--set", tw, "--set", f"train.seed={seed}"]
             cmd += [x for kv in args.sets + variants.get(extra, []) for x in ("--set", kv)]
             lf = logs / f"{name}_s{seed}.log"
-            running[slot] = (frs(cmd, str(gpu), lf), name, seed, run_dir, time.time(), lf)
+            probe = logs / f"{name}_s{seed}.sharpness.jsonl" if args.sharpness and cmd[0] == "distill" else None
+            running[slot] = (frs(cmd, str(gpu), lf, probe=probe), name, seed, run_dir, time.time(), lf)
         if time.time() - t0 > args.deadline:  # stop what still runs; its metrics so far travel back
             for slot, (proc, name, seed, run_dir, _, _) in list(running.items()):
                 proc.kill()
