@@ -58,7 +58,10 @@ def load(run_dirs: list[Path]) -> tuple[dict, dict[str, dict], dict[str, Path], 
                 repeats.setdefault(name, [100 * runs[name]["final"]["AP"]]).append(100 * run["final"]["AP"])
             runs.setdefault(name, run)
         for f in sorted((d / "metrics").glob("*.metrics.jsonl")):
-            metrics.setdefault(f.name.split(".")[0], f)
+            name = f.name.split(".")[0]
+            if name not in metrics or f.with_name(f"{name}.sharpness.jsonl").exists():  # prefer a probed repeat
+                metrics[name] = f
+            runs.setdefault(name, {})  # a run cut at the deadline has metrics but no summary
     return summaries[0], runs, metrics, repeats
 
 
@@ -66,18 +69,43 @@ def rows(path: Path) -> list[dict]:
     return [r for r in map(json.loads, path.read_text().splitlines()) if "iter" in r]
 
 
+def sharpness(metrics: Path, probe: Path, bound: float = 3.8) -> dict:
+    """From ``bench/sharpness_probe.py``'s log: the largest ``lr * 2 * w * alpha`` times the lower and upper bound
+    of the adapters' sharpness (over levels), and the first iteration where the upper bound passes ``bound``
+    (``2 * (1 + momentum)``, momentum 0.9)."""
+    lr = {r["iter"]: r["lr"] for r in rows(metrics)}
+    lo, hi, first = [], [], None
+    for r in rows(probe):
+        if r["iter"] not in lr:
+            continue
+        k = lr[r["iter"]] * 2 * r["w"] * r["alpha"]
+        lo.append(k * max(r["lo"]))
+        hi.append(k * max(r["hi"]))
+        if first is None and hi[-1] > bound:
+            first = r["iter"]
+    return {"lr_lambda_lo_max": max(lo, default=None), "lr_lambda_hi_max": max(hi, default=None),
+            "first_iter_hi_above_bound": first}
+
+
 def variant_report(name: str, run: dict, metrics: dict[str, Path]) -> dict:
     """A variant run: its AP per evaluation, the largest GT and FRS terms where the warm-ups end (iterations
-    90-140), spikes, and the iterations it logged exactly as the plain run of the same seed (if any)."""
+    90-140), spikes, the sharpness bounds where probed, and the iterations it logged exactly as the plain run
+    of the same seed (if any)."""
     out = {"ap": [100 * h["AP"] for h in run.get("history") or []]}
     if name not in metrics:
         return out
+    probe = metrics[name].with_name(f"{name}.sharpness.jsonl")
+    if probe.exists():
+        out["sharpness"] = sharpness(metrics[name], probe)
     mine = rows(metrics[name])
     window = [r for r in mine if 90 <= r["iter"] <= 140]
     out["peak_90_140"] = {k: max(r[k] for r in window) for k in ("classification", "frs_feature") if window}
     out["spikes"] = {t: len(v["spikes"]) for t, v in spikes(metrics[name]).items()}
+    out["frs_feature_max"] = max(r["frs_feature"] for r in mine)
     kind, _, seed = name.rpartition("_s")
     base = f"{kind.partition('+')[0]}_s{seed}"
+    if base not in metrics:  # else the same variant, seed and settings from another directory (probe = plain)
+        base = next((n for n in metrics if n != name and n.endswith(f"_s{seed}") and n.startswith(kind)), base)
     if base in metrics:
         theirs = {r["iter"]: r for r in rows(metrics[base])}
         same = 0
@@ -152,13 +180,17 @@ def main(run_dirs: list[Path]) -> dict:
     for name, ap_values in repeats.items():
         print(f"  repeated {name}: AP {', '.join(f'{v:.2f}' for v in ap_values)}")
     if variants:
-        print("\n| variant run | AP per evaluation | cls peak, it. 90-140 | feature peak | spikes | same as plain run |")
-        print("|---|---|---|---|---|---|")
+        print("\n| variant run | AP per evaluation | cls peak, it. 90-140 | feature max | spike iterations | "
+              "max lr·λ (lower, upper bound) | same as plain run |")
+        print("|---|---|---|---|---|---|---|")
         for name, v in variants.items():
             peak = v.get("peak_90_140", {})
-            print(f"| {name} | {', '.join(f'{a:.1f}' for a in v['ap'])} | {peak.get('classification', 0):.3f} | "
-                  f"{peak.get('frs_feature', 0):.2f} | {sum(v.get('spikes', {}).values())} | "
-                  f"{next(iter(v['identical_iterations_with'].values()), '–') if 'identical_iterations_with' in v else '–'} |")
+            sh = v.get("sharpness")
+            bounds = f"{sh['lr_lambda_lo_max']:.2f}, {sh['lr_lambda_hi_max']:.2f}" if sh else "–"
+            same = v.get("identical_iterations_with")
+            print(f"| {name} | {', '.join(f'{a:.1f}' for a in v['ap']) or '–'} | {peak.get('classification', 0):.3f} | "
+                  f"{v.get('frs_feature_max', 0):.1f} | {sum(v.get('spikes', {}).values())} | {bounds} | "
+                  f"{', '.join(f'{n}: {k}' for n, k in same.items()) if same else '–'} |")
     print()
     for target, verdict in verdicts.items():
         print(f"{verdict:7s} {target}")

@@ -1,0 +1,93 @@
+"""The claim benchmark's plan parsing and its verdict script (bench/frs_claim.py, bench/claim_verdicts.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+claim = _load("frs_claim")
+verdicts = _load("claim_verdicts")
+
+
+def test_plan_runs_round_robin_or_in_order_with_named_variants():
+    variants = claim.parse_variants(["lr02=train.lr=0.02;train.epochs=4"])
+    assert variants == {"lr02": ["train.lr=0.02", "train.epochs=4"]}
+    assert claim.parse_plan("b=0,1 c=0,1") == [("b_frs_cache", 0), ("c_frs_online", 0),
+                                                 ("b_frs_cache", 1), ("c_frs_online", 1)]
+    assert claim.parse_plan("a=0,1 d+lr02=3", variants, in_order=True) == [
+        ("a_alone", 0), ("a_alone", 1), ("d_gt_boxes+lr02", 3)]
+    with pytest.raises(SystemExit, match="expected a --variant named 'fw'"):
+        claim.parse_plan("b+fw=1", variants)
+    with pytest.raises(SystemExit, match="expected NAME=KEY=VALUE"):
+        claim.parse_variants(["lr02"])
+
+
+def _metrics(path: Path, feature: list[float], lr: float = 0.04) -> None:
+    path.write_text("".join(json.dumps({"epoch": 1, "iter": i, "lr": lr, "classification": 1.0, "bbox_regression": 0.5,
+                                        "frs_feature": f, "frs_head": 0.1}) + "\n" for i, f in enumerate(feature)))
+
+
+def _run_dir(root: Path, teacher_ap: float, aps: dict[str, float]) -> Path:
+    root.mkdir()
+    (root / "metrics").mkdir()
+    runs = {"teacher": {"final": {"AP": teacher_ap}}}
+    for name, ap in aps.items():
+        runs[name] = {"final": {"AP": ap / 100}, "history": [{"AP": ap / 200}, {"AP": ap / 100}]}
+        _metrics(root / "metrics" / f"{name}.metrics.jsonl", [10.0] * 80)
+    (root / "summary.json").write_text(json.dumps({"runs": runs, "device": ["cpu"], "date": "2026-12-02"}))
+    return root
+
+
+def test_verdicts_pool_one_teachers_runs_and_compute_the_paired_interval(tmp_path, capsys):
+    b = {0: 38.0, 1: 37.0, 2: 36.0}
+    c = {0: 37.5, 1: 37.25, 2: 36.5}
+    first = _run_dir(tmp_path / "one", 0.32, {f"b_frs_cache_s{s}": v for s, v in b.items()}
+                     | {f"c_frs_online_s{s}": v for s, v in c.items()})
+    second = _run_dir(tmp_path / "two", 0.32, {"d_gt_boxes_s0": 30.0, "d_gt_boxes_s1": 37.5, "b_frs_cache+x_s1": 20.0})
+    spiky = [10.0] * 60 + [40.0] + [10.0] * 19  # 4x the median of the 50 before
+    _metrics(second / "metrics" / "d_gt_boxes_s1.metrics.jsonl", spiky)
+    probe = second / "metrics" / "b_frs_cache+x_s1.sharpness.jsonl"
+    probe.write_text("".join(json.dumps({"iter": i, "alpha": 0.005, "w": min(1.0, i / 50), "lo": [10.0, 30.0],
+                                         "hi": [100.0, 50.0 + i]}) + "\n" for i in range(80)))
+    result = verdicts.main([first, second])
+
+    diffs = [b[s] - c[s] for s in (0, 1, 2)]
+    half = 4.303 * statistics.stdev(diffs) / 3 ** 0.5
+    assert result["cached_minus_online"]["mean"] == pytest.approx(statistics.mean(diffs))
+    assert result["cached_minus_online"]["ci95"] == pytest.approx([statistics.mean(diffs) - half,
+                                                                   statistics.mean(diffs) + half])
+    assert result["ap"]["d_gt_boxes"]["seeds"] == {0: pytest.approx(30.0), 1: pytest.approx(37.5)}
+    assert result["spiked"] == ["d_gt_boxes_s1"]
+    v = result["verdicts"]
+    assert v["cached - online: mean within 0.5 AP, 95 % interval holds 0"] == "met"  # +0.25, interval holds 0
+    assert v["FRS from cache: worst seed within 3 AP of the mean"] == "met"
+    assert v["FRS from cache >= GT-box imitation on every paired seed"] == "missed"  # seed 1: 37.0 < 37.5
+    assert v["no spike in at least 10 FRS runs"] == "missed"
+    sharp = result["variants"]["b_frs_cache+x_s1"]["sharpness"]
+    # lr * 2 * w * alpha * the largest level bound, largest over the logged iterations (w = 1 from iteration 50)
+    assert sharp["lr_lambda_lo_max"] == pytest.approx(0.04 * 2 * 0.005 * 30.0)
+    assert sharp["lr_lambda_hi_max"] == pytest.approx(0.04 * 2 * 0.005 * (50.0 + 79))
+    assert sharp["first_iter_hi_above_bound"] is None  # 0.0516 at most, far below 3.8
+    assert json.loads((second / "verdicts.json").read_text())["verdicts"] == v
+    assert "| b_frs_cache+x_s1 | 10.0, 20.0 |" in capsys.readouterr().out
+
+
+def test_verdicts_refuse_directories_of_different_teachers(tmp_path):
+    first = _run_dir(tmp_path / "one", 0.32, {"b_frs_cache_s0": 30.0})
+    second = _run_dir(tmp_path / "two", 0.31, {"c_frs_online_s0": 30.0})
+    with pytest.raises(SystemExit, match="expected one teacher"):
+        verdicts.main([first, second])
