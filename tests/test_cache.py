@@ -14,16 +14,17 @@ import torch
 import zarr
 from conftest import assert_same_cache_arrays, first_batch_features, write_recipe
 
-from frs_cli.cache.reader import CachedViews, TeacherCache, collate_teacher
+from frs_cli.cache.reader import CachedViews, TeacherCache
 from frs_cli.cache.schema import FORMAT_NAME, FORMAT_VERSION, geometry_fingerprint
 from frs_cli.cache.writer import write_teacher_cache
 from frs_cli.config import load_recipe
 from frs_cli.data.coco import CocoViews, collate
 from frs_cli.data.geometry import GeometryConfig
+from frs_cli.data.targets import collate_teacher
+from frs_cli.dist import setup
 from frs_cli.errors import CacheFormatError, CacheMismatchError
 from frs_cli.losses import frs_masks
 from frs_cli.models import ModelConfig, build_detector, model_fingerprint
-from frs_cli.train.dist import setup
 
 
 def test_cache_layout_attributes_and_index(cache_path, recipe, teacher_ckpt):

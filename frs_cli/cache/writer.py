@@ -41,13 +41,13 @@ from frs_cli.cache.shard_writer import Layout, WriterProcesses, batch_dtypes, sp
 from frs_cli.cache.store import codec, encode, is_hdf5, open_existing, open_group, storage_dtype, url_options
 from frs_cli.cache.verify import UNREADABLE, verify_cache
 from frs_cli.data.coco import CocoViews, ListSampler, OriginalViews, collate, collate_originals, resize_batch
+from frs_cli.dist import DistContext, all_gather_objects, barrier, broadcast_object, setup
 from frs_cli.errors import CacheFormatError, CacheMismatchError, ConfigError, DataError
 from frs_cli.files import storage_errors
 from frs_cli.lock import job_lock
 from frs_cli.losses import frs_masks
 from frs_cli.models import build_detector, check_distillable, model_fingerprint
 from frs_cli.progress import NullProgress, Progress
-from frs_cli.train.dist import DistContext, all_gather_objects, barrier, broadcast_object, setup
 
 log = logging.getLogger(__name__)
 

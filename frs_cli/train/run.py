@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from frs_cli.data.coco import CocoViews
+from frs_cli.dist import DistContext, setup
 from frs_cli.errors import ConfigError
 from frs_cli.eval.predict import evaluate_detector
 from frs_cli.lock import job_lock
@@ -21,7 +22,6 @@ from frs_cli.models.config import ModelConfig
 from frs_cli.models.weights import resolve_weights
 from frs_cli.progress import Progress
 from frs_cli.train.checkpoint import FINAL, atomic_save, model_payload
-from frs_cli.train.dist import DistContext, setup
 from frs_cli.train.loop import FitResult, fit
 from frs_cli.train.metrics_log import require_tensorboard, teacher_mask_picture, write_images
 from frs_cli.train.objectives import CachedTeacher, FRSObjective, GTObjective, OnlineTeacher
