@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from frs_cli.cache.backend import open_backend
+from frs_cli.cache.identity import dataset_fingerprint, first_difference
 from frs_cli.cache.schema import SCALED_DTYPES, VIEW_CODES, Bucket, required_arrays
 from frs_cli.cache.store import decode
 from frs_cli.data.coco import CocoViews, Sample
@@ -134,11 +135,11 @@ class TeacherCache:
 
     def check_fingerprints(self, expected: dict) -> None:
         """CacheMismatchError naming the first of teacher / dataset / geometry that differs."""
-        for key in ("teacher", "dataset", "geometry"):
-            if key in expected and self.fingerprints.get(key) != expected[key]:
-                raise CacheMismatchError(
-                    f"cache {self.path!r}: was written for another {key} (cache {self.fingerprints.get(key)}, "
-                    f"recipe {expected[key]})", hint="write a cache for this recipe with frs teacher-cache")
+        key = first_difference(self.fingerprints, expected)
+        if key is not None:
+            raise CacheMismatchError(
+                f"cache {self.path!r}: was written for another {key} (cache {self.fingerprints.get(key)}, "
+                f"recipe {expected[key]})", hint="write a cache for this recipe with frs teacher-cache")
 
     def dataset(self, data_root: str | None = None) -> CocoViews:
         """The cached split as ``CocoViews`` (from ``data_root`` if given, else where the writer read it),
@@ -159,7 +160,7 @@ class TeacherCache:
         label_map = "category_id" if info["label_to_category"] == list(range(len(info["label_to_category"]))) \
             else "contiguous"
         index = CocoIndex(ann, label_map)
-        self.check_fingerprints({"dataset": index.fingerprint()})
+        self.check_fingerprints({"dataset": dataset_fingerprint(index)})
         return CocoViews(index, image_dir, GeometryConfig(**self.attrs["geometry"]))
 
     def nbytes_stored(self) -> dict[str, int]:

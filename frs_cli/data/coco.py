@@ -158,12 +158,6 @@ class CocoIndex:
     def image_ids(self) -> list[int]:
         return [r.image_id for r in self.records]
 
-    def fingerprint(self) -> str:
-        """The annotation file's bytes and the image ids it yields, hashed."""
-        h = hashlib.sha256(self.sha256.encode())
-        h.update(np.asarray(self.image_ids, dtype=np.int64).tobytes())
-        return h.hexdigest()[:16]
-
     def __len__(self) -> int:
         return len(self.records)
 

@@ -40,11 +40,26 @@ from frs_cli.models.weights import (
 )
 
 __all__ = [
-    "ARCHS", "CHECKPOINT_FORMAT", "FAMILIES", "MMDET_ARCHS", "ArchSpec", "Detector", "DetectorOutput", "FrsSignature",
-    "LevelSpec", "ModelConfig", "signature",
-    "build_cls_head", "build_detector",
-    "check_compatible", "check_distillable",
-    "fingerprint_state_dict", "load_checkpoint_file", "load_state", "load_torch_file", "model_fingerprint",
+    "ARCHS",
+    "CHECKPOINT_FORMAT",
+    "FAMILIES",
+    "MMDET_ARCHS",
+    "ArchSpec",
+    "Detector",
+    "DetectorOutput",
+    "FrsSignature",
+    "LevelSpec",
+    "ModelConfig",
+    "build_cls_head",
+    "build_detector",
+    "check_compatible",
+    "check_distillable",
+    "fingerprint_state_dict",
+    "load_checkpoint_file",
+    "load_state",
+    "load_torch_file",
+    "model_fingerprint",
+    "signature",
 ]
 
 log = logging.getLogger(__name__)
