@@ -33,9 +33,9 @@ def main() -> None:
     from frs_cli.config import recipe_from_dict
     from frs_cli.data.coco import CocoIndex
     from frs_cli.data.synth import SynthConfig, generate, replicate
+    from frs_cli.dist import setup
     from frs_cli.models import ModelConfig, build_detector
     from frs_cli.train.checkpoint import atomic_save, model_payload
-    from frs_cli.train.dist import setup
 
     data = args.work / "data"
     if not data.exists():

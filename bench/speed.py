@@ -80,8 +80,8 @@ def main() -> None:
     from frs_cli.config import recipe_from_dict
     from frs_cli.data.coco import CocoViews, OriginalViews, ViewSampler, collate, collate_originals
     from frs_cli.data.synth import SynthConfig, generate, replicate
+    from frs_cli.dist import setup
     from frs_cli.models import ModelConfig, build_detector
-    from frs_cli.train.dist import setup
     from frs_cli.train.objectives import CachedTeacher, FRSObjective, GTObjective, OnlineTeacher
 
     ctx = setup()

@@ -50,8 +50,8 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig(), progress: Prog
     from frs_cli.cache.reader import TeacherCache
     from frs_cli.cache.writer import write_teacher_cache
     from frs_cli.data.synth import SynthConfig, generate
+    from frs_cli.dist import setup
     from frs_cli.eval.run_log import markdown_table, read_run
-    from frs_cli.train.dist import setup
     from frs_cli.train.run import distill_student, train_detector
     from frs_cli.viz.cache_view import render_cached_view
     from frs_cli.viz.masks import save_png

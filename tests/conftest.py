@@ -184,7 +184,7 @@ def cache_path(tmp_path_factory, synth_root, teacher_ckpt) -> str:
     """A complete cache of the tiny teacher over the train split, both views."""
     from frs_cli.cache.writer import write_teacher_cache
     from frs_cli.config import load_recipe
-    from frs_cli.train.dist import setup
+    from frs_cli.dist import setup
 
     d = tmp_path_factory.mktemp("cache")
     r = load_recipe(write_recipe(d / "recipe.toml", synth_root, str(teacher_ckpt)))
@@ -199,7 +199,7 @@ def family_cache(tmp_path_factory, synth_root):
     tiny train split (both views), written on first use."""
     from frs_cli.cache.writer import write_teacher_cache
     from frs_cli.config import load_recipe
-    from frs_cli.train.dist import setup
+    from frs_cli.dist import setup
 
     made = {}
 
@@ -228,7 +228,7 @@ def mixed_cache(tmp_path_factory):
     from frs_cli.cache.writer import write_teacher_cache
     from frs_cli.config import load_recipe
     from frs_cli.data.synth import SynthConfig, generate
-    from frs_cli.train.dist import setup
+    from frs_cli.dist import setup
 
     root = tmp_path_factory.mktemp("mixed") / "data"
     generate(root, SynthConfig(train=12, val=2, size=96, seed=5, min_object=12, max_objects=3, aspect_jitter=True))

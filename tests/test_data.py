@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from frs_cli.cache.identity import dataset_fingerprint
 from frs_cli.data.coco import CocoIndex, CocoViews, DataConfig, ViewSampler, collate, read_image
 from frs_cli.data.geometry import GeometryConfig, apply_to_boxes, compute_geometry
 from frs_cli.errors import ConfigError, DataError
@@ -241,20 +242,20 @@ def test_missing_annotation_file_raises_data_error(tmp_path):
 
 def test_fingerprint_changes_with_annotation_bytes_and_is_stable_otherwise(dataset, tmp_path):
     _, ann_file, _ = dataset
-    a = CocoIndex(ann_file).fingerprint()
-    assert CocoIndex(ann_file).fingerprint() == a  # re-read: the same
+    a = dataset_fingerprint(CocoIndex(ann_file))
+    assert dataset_fingerprint(CocoIndex(ann_file)) == a  # re-read: the same
     copy = tmp_path / "elsewhere" / "copy.json"
     copy.parent.mkdir()
     shutil.copyfile(ann_file, copy)
-    assert CocoIndex(copy).fingerprint() == a  # the same bytes in another place: the same
+    assert dataset_fingerprint(CocoIndex(copy)) == a  # the same bytes in another place: the same
     doc = json.loads(ann_file.read_text(encoding="utf-8"))
     doc["annotations"][0]["bbox"] = [5.0, 4.0, 10.0, 7.0]
     changed = tmp_path / "changed.json"
     changed.write_text(json.dumps(doc), encoding="utf-8")
-    assert CocoIndex(changed).fingerprint() != a
+    assert dataset_fingerprint(CocoIndex(changed)) != a
     spaced = tmp_path / "spaced.json"
     spaced.write_bytes(ann_file.read_bytes() + b" ")  # same content, other bytes
-    assert CocoIndex(spaced).fingerprint() != a
+    assert dataset_fingerprint(CocoIndex(spaced)) != a
 
 
 # -------------------------------------------------------------------------------------------- read_image

@@ -7,7 +7,7 @@ import zarr
 from conftest import first_batch_features, write_recipe
 from typer.testing import CliRunner
 
-from frs_cli.cache.reader import CachedViews, TeacherCache, collate_teacher
+from frs_cli.cache.reader import CachedViews, TeacherCache
 from frs_cli.cache.schema import stored_channels
 from frs_cli.cache.shard_writer import view_crc
 from frs_cli.cache.store import decode, encode
@@ -16,8 +16,9 @@ from frs_cli.cache.writer import write_teacher_cache
 from frs_cli.cli.app import app
 from frs_cli.config import load_recipe
 from frs_cli.data.coco import CocoViews, collate
+from frs_cli.data.targets import collate_teacher
+from frs_cli.dist import setup
 from frs_cli.errors import CacheFormatError, FrsError
-from frs_cli.train.dist import setup
 from frs_cli.train.objectives import CachedTeacher
 
 runner = CliRunner()

@@ -58,7 +58,7 @@ def trained_teacher(tmp_path_factory, synth_root):
     from conftest import write_recipe
 
     from frs_cli.config import load_recipe
-    from frs_cli.train.dist import setup
+    from frs_cli.dist import setup
     from frs_cli.train.run import train_detector
 
     d = tmp_path_factory.mktemp("trained")

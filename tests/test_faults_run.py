@@ -163,7 +163,7 @@ def small_cache(tmp_path_factory, synth_root, teacher_ckpt) -> str:
     """A cache of the 8 images ``SMALL`` trains on (``data.train=val``, so the cache's train role is that folder)."""
     from frs_cli.cache.writer import write_teacher_cache
     from frs_cli.config import load_recipe
-    from frs_cli.train.dist import setup
+    from frs_cli.dist import setup
 
     d = tmp_path_factory.mktemp("small_cache")
     recipe = load_recipe(write_recipe(d / "recipe.toml", synth_root, str(teacher_ckpt)), ['data.train="val"'])

@@ -12,7 +12,7 @@ def test_cache_written_on_gpu_matches_the_cpu_cache_within_bf16(cache_path, synt
     from frs_cli.cache.reader import TeacherCache
     from frs_cli.cache.writer import write_teacher_cache
     from frs_cli.config import load_recipe
-    from frs_cli.train.dist import setup
+    from frs_cli.dist import setup
 
     r = load_recipe(write_recipe(tmp_path / "r.toml", synth_root, str(teacher_ckpt)))
     path = str(tmp_path / "gpu.zarr")
@@ -66,8 +66,8 @@ def test_gpu_writer_stores_each_batch_whole_after_its_side_stream_copy(synth_roo
     from frs_cli.cache.writer import write_teacher_cache
     from frs_cli.config import load_recipe
     from frs_cli.data.coco import CocoViews, collate
+    from frs_cli.dist import setup
     from frs_cli.train.checkpoint import load_detector
-    from frs_cli.train.dist import setup
 
     r = load_recipe(write_recipe(tmp_path / "r.toml", synth_root, str(teacher_ckpt)))
     r = dataclasses.replace(r, cache=dataclasses.replace(r.cache, dtype=dtype, amp=False, batch_size=4))
@@ -117,8 +117,8 @@ def test_gpu_cache_and_live_teacher_agree_on_batches_of_three_canvases(family, m
     from frs_cli.cache.reader import CachedViews, TeacherCache
     from frs_cli.cache.writer import write_teacher_cache
     from frs_cli.data.coco import CocoViews, collate
+    from frs_cli.dist import setup
     from frs_cli.models import build_detector
-    from frs_cli.train.dist import setup
     from frs_cli.train.objectives import CachedTeacher, FRSObjective, OnlineTeacher
 
     recipe, _, keys = mixed_cache(family)

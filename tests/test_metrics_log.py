@@ -46,7 +46,7 @@ def test_without_tensorboard_only_metrics_jsonl_is_written(tmp_path):
 def test_distill_with_tensorboard_logs_losses_and_the_teacher_mask_image(tmp_path, recipe, cache_path):
     import dataclasses
 
-    from frs_cli.train.dist import setup
+    from frs_cli.dist import setup
     from frs_cli.train.run import distill_student
 
     pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install 'frs[tensorboard]')")
@@ -66,8 +66,8 @@ def test_tensorboard_missing_is_one_line_before_the_run_starts(tmp_path, recipe,
     import builtins
     import dataclasses
 
+    from frs_cli.dist import setup
     from frs_cli.errors import ConfigError
-    from frs_cli.train.dist import setup
     from frs_cli.train.run import train_detector
 
     real_import = builtins.__import__

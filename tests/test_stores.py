@@ -14,8 +14,8 @@ from frs_cli.cache.verify import verify_cache
 from frs_cli.cache.writer import write_teacher_cache
 from frs_cli.cli.app import app
 from frs_cli.config import load_recipe
+from frs_cli.dist import setup
 from frs_cli.train.checkpoint import FINAL
-from frs_cli.train.dist import setup
 from frs_cli.train.run import distill_student
 
 runner = CliRunner()

@@ -5,10 +5,10 @@ import torch
 
 from frs_cli.config import load_recipe
 from frs_cli.data.coco import CocoViews, collate
+from frs_cli.dist import setup
 from frs_cli.errors import ConfigError, TrainingError
 from frs_cli.models import build_detector
 from frs_cli.train.checkpoint import FINAL, LAST, load_detector
-from frs_cli.train.dist import setup
 from frs_cli.train.run import ADAPTERS, distill_student, train_detector
 
 

@@ -15,7 +15,7 @@ from frs_cli.cache.verify import CHECKSUM, MISSING, UNREADABLE, verify_cache
 from frs_cli.cache.writer import write_teacher_cache
 from frs_cli.cli.app import app
 from frs_cli.config import load_recipe
-from frs_cli.train.dist import setup
+from frs_cli.dist import setup
 
 runner = CliRunner()
 BUCKET = "buckets/64x64"

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from frs_cli.cache.backend import open_backend
+from frs_cli.cache.identity import dataset_fingerprint, first_difference
 from frs_cli.cache.schema import SCALED_DTYPES, VIEW_CODES, Bucket, required_arrays
 from frs_cli.cache.store import decode
 from frs_cli.data.coco import CocoViews, Sample
@@ -134,11 +135,11 @@ class TeacherCache:
 
     def check_fingerprints(self, expected: dict) -> None:
         """CacheMismatchError naming the first of teacher / dataset / geometry that differs."""
-        for key in ("teacher", "dataset", "geometry"):
-            if key in expected and self.fingerprints.get(key) != expected[key]:
-                raise CacheMismatchError(
-                    f"cache {self.path!r}: was written for another {key} (cache {self.fingerprints.get(key)}, "
-                    f"recipe {expected[key]})", hint="write a cache for this recipe with frs teacher-cache")
+        key = first_difference(self.fingerprints, expected)
+        if key is not None:
+            raise CacheMismatchError(
+                f"cache {self.path!r}: was written for another {key} (cache {self.fingerprints.get(key)}, "
+                f"recipe {expected[key]})", hint="write a cache for this recipe with frs teacher-cache")
 
     def dataset(self, data_root: str | None = None) -> CocoViews:
         """The cached split as ``CocoViews`` (from ``data_root`` if given, else where the writer read it),
@@ -159,7 +160,7 @@ class TeacherCache:
         label_map = "category_id" if info["label_to_category"] == list(range(len(info["label_to_category"]))) \
             else "contiguous"
         index = CocoIndex(ann, label_map)
-        self.check_fingerprints({"dataset": index.fingerprint()})
+        self.check_fingerprints({"dataset": dataset_fingerprint(index)})
         return CocoViews(index, image_dir, GeometryConfig(**self.attrs["geometry"]))
 
     def nbytes_stored(self) -> dict[str, int]:
@@ -338,24 +339,3 @@ class CachedViews(torch.utils.data.Dataset):
                                      f"geometry {cached.to_dict()}, the recipe gives {sample.geometry.to_dict()}")
         sample.teacher = self.cache.read(k, raw=True)  # decoded after the host-to-device copy (CachedTeacher)
         return sample
-
-
-def collate_teacher(items: list[dict]) -> dict[str, list[Tensor]]:
-    """Per level, zero-pad every view's targets to the largest grid of the batch and stack them; per-view
-    ``"scales"`` ``(C,)``, when present, are stacked to ``(B, C)``."""
-    out = {"features": [], "masks": []}
-    for lv in range(len(items[0]["features"])):
-        h = max(it["features"][lv].shape[-2] for it in items)
-        w = max(it["features"][lv].shape[-1] for it in items)
-        f0 = items[0]["features"][lv]
-        feats = f0.new_zeros((len(items), f0.shape[0], h, w))
-        masks = items[0]["masks"][lv].new_zeros((len(items), h, w))
-        for i, it in enumerate(items):
-            f, m = it["features"][lv], it["masks"][lv]
-            feats[i, :, : f.shape[-2], : f.shape[-1]] = f
-            masks[i, : m.shape[-2], : m.shape[-1]] = m
-        out["features"].append(feats)
-        out["masks"].append(masks)
-    if "scales" in items[0]:
-        out["scales"] = [torch.stack([it["scales"][lv] for it in items]) for lv in range(len(items[0]["scales"]))]
-    return out

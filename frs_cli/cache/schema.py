@@ -24,13 +24,11 @@ after the arrays, so a killed writer leaves nothing that looks complete.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 
 import numpy as np
 
-from frs_cli.data.geometry import GeometryConfig, level_grid_size
+from frs_cli.data.geometry import level_grid_size
 from frs_cli.errors import CacheFormatError
 
 FORMAT_NAME = "frs-teacher-cache"
@@ -80,11 +78,6 @@ def stored_channels(channels: int, dtype: str) -> int:
 
 def bucket_name(padded_h: int, padded_w: int) -> str:
     return f"{padded_h}x{padded_w}"
-
-
-def geometry_fingerprint(cfg: GeometryConfig) -> str:
-    text = json.dumps(cfg.to_dict(), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

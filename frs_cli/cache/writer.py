@@ -26,6 +26,7 @@ import zarr
 
 import frs_cli
 from frs_cli.cache.backend import open_backend
+from frs_cli.cache.identity import cache_fingerprints, first_difference, recipe_fingerprints
 from frs_cli.cache.reader import TeacherCache, required_cache_arrays
 from frs_cli.cache.schema import (
     FORMAT_NAME,
@@ -33,7 +34,6 @@ from frs_cli.cache.schema import (
     VIEW_NAMES,
     Plan,
     format_version,
-    geometry_fingerprint,
     make_plan,
     stored_channels,
 )
@@ -41,13 +41,13 @@ from frs_cli.cache.shard_writer import Layout, WriterProcesses, batch_dtypes, sp
 from frs_cli.cache.store import codec, encode, is_hdf5, open_existing, open_group, storage_dtype, url_options
 from frs_cli.cache.verify import UNREADABLE, verify_cache
 from frs_cli.data.coco import CocoViews, ListSampler, OriginalViews, collate, collate_originals, resize_batch
+from frs_cli.dist import DistContext, all_gather_objects, barrier, broadcast_object, setup
 from frs_cli.errors import CacheFormatError, CacheMismatchError, ConfigError, DataError
 from frs_cli.files import storage_errors
 from frs_cli.lock import job_lock
 from frs_cli.losses import frs_masks
-from frs_cli.models import build_detector, check_distillable, model_fingerprint
+from frs_cli.models import build_detector, check_distillable
 from frs_cli.progress import NullProgress, Progress
-from frs_cli.train.dist import DistContext, all_gather_objects, barrier, broadcast_object, setup
 
 log = logging.getLogger(__name__)
 
@@ -160,14 +160,15 @@ def _repair_arrays(root: zarr.Group, missing: list[str], plan: Plan, teacher, cf
             root[f"{prefix}done"][...] = 0
 
 
-def _check_same(path: str, root: zarr.Group, fingerprints: dict, views) -> None:
+def _check_same(path: str, root: zarr.Group, recipe, teacher, index, views) -> None:
     attrs = dict(root.attrs)
     stored = attrs.get("fingerprints", {})
-    for key in ("teacher", "dataset", "geometry"):
-        if stored.get(key) != fingerprints[key]:
-            raise CacheMismatchError(
-                f"cache {path!r}: was written for another {key} (fingerprint {stored.get(key)}, this recipe's is "
-                f"{fingerprints[key]})", hint="write to a new path, or delete the old cache")
+    expected = recipe_fingerprints(stored, recipe.teacher, index, recipe.geometry, teacher)
+    key = first_difference(stored, expected)
+    if key is not None:
+        raise CacheMismatchError(
+            f"cache {path!r}: was written for another {key} (fingerprint {stored.get(key)}, this recipe's is "
+            f"{expected[key]})", hint="write to a new path, or delete the old cache")
     if list(attrs.get("views", [])) != list(views):
         raise CacheMismatchError(f"cache {path!r}: holds views {attrs.get('views')}, this recipe asks for {list(views)}")
 
@@ -332,8 +333,7 @@ def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: P
     dataset = CocoViews.from_config(recipe.data, cfg.split, recipe.geometry)
     check_distillable(recipe.student, recipe.teacher, dataset.index.num_classes)  # a cache no student can use is waste
     teacher = build_detector(recipe.teacher, dataset.index.num_classes).to(ctx.device).eval().requires_grad_(False)
-    fingerprints = {"teacher": model_fingerprint(teacher), "dataset": dataset.index.fingerprint(),
-                    "geometry": geometry_fingerprint(recipe.geometry)}
+    fingerprints = cache_fingerprints(recipe.teacher, teacher, dataset.index, recipe.geometry)
     for lv in teacher.levels:  # a packed encoding the teacher's channels do not fit is refused before any work
         stored_channels(lv.channels, cfg.dtype)
     plan = make_plan(dataset, cfg.views, teacher.strides)
@@ -354,7 +354,7 @@ def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: P
         if ctx.is_main:
             root = open_existing(path, mode="r")
             if root is not None and root.attrs.get("state") != "creating":
-                _check_same(path, root, fingerprints, cfg.views)
+                _check_same(path, root, recipe, teacher, dataset.index, cfg.views)
                 if root.attrs.get("state") != "complete" and not resume:
                     raise CacheFormatError(f"cache {path!r}: exists and is incomplete",
                                            hint="add --resume to continue it, or delete it")

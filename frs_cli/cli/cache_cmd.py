@@ -41,7 +41,7 @@ def register(app: typer.Typer, cache_app: typer.Typer) -> None:
             overrides = [*overrides, f"cache.check_teacher_images={check_teacher}"]
         recipe = load(str(pipeline), overrides)
         from frs_cli.cache.writer import write_teacher_cache
-        from frs_cli.train.dist import process_group
+        from frs_cli.dist import process_group
 
         with process_group(device) as ctx:
             s = write_teacher_cache(recipe, out, resume=resume, ctx=ctx, progress=progress_for_rank())

@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
         """Train the student with FRS against cached teacher targets (or --online), L = L_GT + a*L_FPN + b*L_head."""
         setup_logging(verbose)
         recipe = load(str(pipeline), overrides)
-        from frs_cli.train.dist import process_group
+        from frs_cli.dist import process_group
         from frs_cli.train.run import distill_student
 
         with process_group(device) as ctx:

@@ -63,9 +63,9 @@ def register(app: typer.Typer) -> None:
         else:
             from frs_cli.data.coco import CocoIndex, CocoViews
             from frs_cli.data.geometry import GeometryConfig
+            from frs_cli.dist import process_group
             from frs_cli.eval.predict import evaluate_detector
             from frs_cli.train.checkpoint import load_detector
-            from frs_cli.train.dist import process_group
 
             detector, ckpt = load_detector(checkpoint)
             dataset = CocoViews(CocoIndex(ann), data / split, GeometryConfig(**ckpt["geometry"]))

@@ -36,7 +36,7 @@ def register(app: typer.Typer) -> None:
         """Train a detector on ground truth: a teacher, or the student baseline (DDP under torchrun)."""
         setup_logging(verbose)
         recipe = load(str(pipeline), overrides)
-        from frs_cli.train.dist import process_group
+        from frs_cli.dist import process_group
         from frs_cli.train.run import train_detector
 
         with process_group(device) as ctx:

@@ -34,6 +34,7 @@ from frs_cli.data.geometry import (
     pad_batch,
     view_geometry,
 )
+from frs_cli.data.targets import collate_teacher
 from frs_cli.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -156,12 +157,6 @@ class CocoIndex:
     @property
     def image_ids(self) -> list[int]:
         return [r.image_id for r in self.records]
-
-    def fingerprint(self) -> str:
-        """The annotation file's bytes and the image ids it yields, hashed."""
-        h = hashlib.sha256(self.sha256.encode())
-        h.update(np.asarray(self.image_ids, dtype=np.int64).tobytes())
-        return h.hexdigest()[:16]
 
     def __len__(self) -> int:
         return len(self.records)
@@ -341,7 +336,7 @@ class Batch:
     targets: list[dict[str, Tensor]]  # per image {"boxes": (N, 4) float32 xyxy view pixels, "labels": (N,)}
     image_ids: list[int]
     geometries: list[ViewGeometry]
-    teacher: dict | None = None  # batched cached targets (cache.reader.collate_teacher)
+    teacher: dict | None = None  # batched cached targets (data.targets.collate_teacher)
 
     def pin_memory(self) -> Batch:
         self.images = self.images.pin_memory()
@@ -366,8 +361,6 @@ def collate(samples: list[Sample]) -> Batch:
     images = pad_batch([s.image for s in samples], batch_padded_size(geoms))
     teacher = None
     if samples[0].teacher is not None:
-        from frs_cli.cache.reader import collate_teacher
-
         teacher = collate_teacher([s.teacher for s in samples])
     return Batch(
         images=images,

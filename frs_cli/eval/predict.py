@@ -8,10 +8,10 @@ import torch
 
 from frs_cli.data.coco import CocoViews, ListSampler, collate
 from frs_cli.data.geometry import invert_boxes
+from frs_cli.dist import DistContext, all_gather_objects
 from frs_cli.eval.coco_eval import CocoEvaluator, load_coco
 from frs_cli.models.base import Detector
 from frs_cli.progress import NullProgress, Progress
-from frs_cli.train.dist import DistContext, all_gather_objects
 
 
 @torch.no_grad()

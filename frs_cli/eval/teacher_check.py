@@ -9,11 +9,11 @@ from __future__ import annotations
 import logging
 
 from frs_cli.data.coco import CocoViews
+from frs_cli.dist import DistContext
 from frs_cli.errors import ModelError
 from frs_cli.eval.predict import evaluate_detector
 from frs_cli.models.base import Detector
 from frs_cli.progress import Progress
-from frs_cli.train.dist import DistContext
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 from torch import nn
@@ -26,6 +25,7 @@ from frs_cli.models.base import (
     fingerprint_state_dict,
 )
 from frs_cli.models.config import ModelConfig
+from frs_cli.models.registry import ARCHS, FAMILIES, MMDET_ARCHS, ArchSpec, arch_spec, signature
 from frs_cli.models.torchfile import load_torch_file, refuse_training_state
 from frs_cli.models.weights import (
     CHECKPOINT_FORMAT,
@@ -40,110 +40,31 @@ from frs_cli.models.weights import (
 )
 
 __all__ = [
-    "ARCHS", "CHECKPOINT_FORMAT", "Detector", "DetectorOutput", "FrsSignature", "LevelSpec", "ModelConfig",
-    "build_cls_head", "build_detector",
-    "check_compatible", "check_distillable",
-    "fingerprint_state_dict", "load_checkpoint_file", "load_state", "load_torch_file", "model_fingerprint",
+    "ARCHS",
+    "CHECKPOINT_FORMAT",
+    "FAMILIES",
+    "MMDET_ARCHS",
+    "ArchSpec",
+    "Detector",
+    "DetectorOutput",
+    "FrsSignature",
+    "LevelSpec",
+    "ModelConfig",
+    "build_cls_head",
+    "build_detector",
+    "check_compatible",
+    "check_distillable",
+    "fingerprint_state_dict",
+    "load_checkpoint_file",
+    "load_state",
+    "load_torch_file",
+    "model_fingerprint",
+    "signature",
 ]
 
 log = logging.getLogger(__name__)
 # torchvision's v1 COCO weights were trained with FrozenBatchNorm2d eps 0 (torchvision's builders set it too)
 EPS_ZERO_WEIGHTS = ("RetinaNet_ResNet50_FPN_Weights.COCO_V1", "FasterRCNN_ResNet50_FPN_Weights.COCO_V1")
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    family: str  # adapter family
-    body: str  # torchvision ResNet name, or a key of TINY_BODIES
-    v2: bool = False  # torchvision's "v2" variant (RetinaNet: P6 from C5, GN head, GIoU; Faster R-CNN: 2-conv RPN, BN FPN and box head)
-    fpn_channels: int = 256
-    summary: str = ""
-    variant: str = ""  # "mmdet": mmdetection's layout of the family, what frs_cli.models.mmdet_convert loads
-    style: str = "pytorch"  # ResNet bottleneck stride on the 3x3 conv (pytorch) or the first 1x1 (caffe)
-    pixel_norm: str = "imagenet_rgb"  # how the body expects pixels: a key of frs_cli.models.base.PIXEL_NORMS
-    head_options: tuple[str, ...] = ()  # family-specific head switches (FCOS: norm_on_bbox, centerness_on_reg)
-
-
-def _mmdet_archs() -> dict[str, ArchSpec]:
-    """The layouts of mmdetection's models, for the paper's teachers (``frs convert mmdet``) and their students.
-    The model-zoo config each one holds is named in its summary."""
-    caffe = {"style": "caffe", "pixel_norm": "detectron_bgr", "variant": "mmdet"}
-    torch_style = {"pixel_norm": "mmdet_rgb", "variant": "mmdet"}
-    archs = {}
-    for depth in (50, 101):
-        body = f"resnet{depth}"
-        archs[f"retinanet_resnet{depth}_fpn_mmdet"] = ArchSpec(
-            "retinanet", body, **torch_style, summary=f"mmdetection retinanet_r{depth}_fpn_*_coco")
-        archs[f"fcos_resnet{depth}_caffe_fpn_mmdet"] = ArchSpec(
-            "fcos", body, **caffe, summary=f"mmdetection fcos_r{depth}-caffe_fpn_gn-head[_ms-640-800-2x]_coco")
-        archs[f"fcos_resnet{depth}_fpn_mmdet"] = ArchSpec(
-            "fcos", body, **torch_style, summary="mmdetection's plain FCOS head on a pytorch-style body (a student)")
-        archs[f"fasterrcnn_resnet{depth}_fpn_mmdet"] = ArchSpec(
-            "faster_rcnn", body, **torch_style, summary=f"mmdetection faster-rcnn_r{depth}_fpn_*_coco")
-        archs[f"gfl_resnet{depth}_fpn_mmdet"] = ArchSpec(
-            "gfl", body, **torch_style, summary=f"mmdetection gfl_r{depth}_fpn_*_coco")
-    archs["fcos_resnet50_caffe_fpn_tricks_mmdet"] = ArchSpec(
-        "fcos", "resnet50", variant="mmdet", style="caffe", pixel_norm="detectron2_bgr",
-        head_options=("norm_on_bbox", "centerness_on_reg"),
-        summary="mmdetection fcos_r50-caffe_fpn_gn-head-center-normbbox-centeronreg-giou_1x_coco")
-    return archs
-
-
-MMDET_ARCHS = _mmdet_archs()
-
-# family -> the module that builds it (imported when first used)
-FAMILIES = {
-    "retinanet": "frs_cli.models.retinanet",
-    "fcos": "frs_cli.models.fcos",
-    "faster_rcnn": "frs_cli.models.faster_rcnn",
-    "gfl": "frs_cli.models.gfl",
-}
-
-ARCHS: dict[str, ArchSpec] = {
-    "retinanet_resnet50_fpn": ArchSpec("retinanet", "resnet50", summary="torchvision RetinaNet R50-FPN (COCO 36.4 AP)"),
-    "retinanet_resnet50_fpn_v2": ArchSpec("retinanet", "resnet50", v2=True,
-                                          summary="torchvision RetinaNet R50-FPN v2 (COCO 41.5 AP)"),
-    "retinanet_resnet18_fpn": ArchSpec("retinanet", "resnet18", summary="RetinaNet R18-FPN"),
-    "retinanet_resnet34_fpn": ArchSpec("retinanet", "resnet34", summary="RetinaNet R34-FPN"),
-    "retinanet_resnet18_fpn_v2": ArchSpec("retinanet", "resnet18", v2=True,
-                                          summary="RetinaNet R18-FPN, v2 head (GroupNorm, GIoU, P6 from C5)"),
-    "retinanet_resnet34_fpn_v2": ArchSpec("retinanet", "resnet34", v2=True,
-                                          summary="RetinaNet R34-FPN, v2 head (GroupNorm, GIoU, P6 from C5)"),
-    "retinanet_resnet101_fpn": ArchSpec("retinanet", "resnet101", summary="RetinaNet R101-FPN"),
-    "retinanet_resnext101_32x8d_fpn": ArchSpec("retinanet", "resnext101_32x8d", summary="RetinaNet X101-32x8d-FPN"),
-    # CPU-sized models use the v2 head (GroupNorm, GIoU): with 64 channels, the v1 head's std-0.01 init shrinks
-    # the signal about 1000x over its four convs and training from scratch stalls on the focal-loss plateau.
-    "retinanet_small_fpn": ArchSpec("retinanet", "small", v2=True, fpn_channels=64,
-                                    summary="small CPU RetinaNet, v2 head (demo teacher, 64-ch FPN)"),
-    "retinanet_tiny_fpn": ArchSpec("retinanet", "tiny", v2=True, fpn_channels=64,
-                                   summary="tiny CPU RetinaNet, v2 head (tests, demo student, 64-ch FPN)"),
-    # FCOS: torchvision's (GroupNorm head, centerness on the regression branch, GIoU loss)
-    "fcos_resnet50_fpn": ArchSpec("fcos", "resnet50", summary="torchvision FCOS R50-FPN (COCO 39.2 AP)"),
-    "fcos_resnet18_fpn": ArchSpec("fcos", "resnet18", summary="FCOS R18-FPN"),
-    "fcos_resnet34_fpn": ArchSpec("fcos", "resnet34", summary="FCOS R34-FPN"),
-    "fcos_resnet101_fpn": ArchSpec("fcos", "resnet101", summary="FCOS R101-FPN"),
-    "fcos_small_fpn": ArchSpec("fcos", "small", fpn_channels=64, summary="small CPU FCOS (demo teacher, 64-ch FPN)"),
-    "fcos_tiny_fpn": ArchSpec("fcos", "tiny", fpn_channels=64, summary="tiny CPU FCOS (tests, demo student, 64-ch FPN)"),
-    # Faster R-CNN: torchvision's; FRS uses the RPN objectness on P2-P6
-    "fasterrcnn_resnet50_fpn": ArchSpec("faster_rcnn", "resnet50", summary="torchvision Faster R-CNN R50-FPN (COCO 37.0 AP)"),
-    "fasterrcnn_resnet50_fpn_v2": ArchSpec("faster_rcnn", "resnet50", v2=True,
-                                           summary="torchvision Faster R-CNN R50-FPN v2 (COCO 46.7 AP)"),
-    "fasterrcnn_resnet18_fpn": ArchSpec("faster_rcnn", "resnet18", summary="Faster R-CNN R18-FPN"),
-    "fasterrcnn_resnet34_fpn": ArchSpec("faster_rcnn", "resnet34", summary="Faster R-CNN R34-FPN"),
-    "fasterrcnn_resnet101_fpn": ArchSpec("faster_rcnn", "resnet101", summary="Faster R-CNN R101-FPN"),
-    "fasterrcnn_small_fpn": ArchSpec("faster_rcnn", "small", fpn_channels=64,
-                                     summary="small CPU Faster R-CNN (demo teacher, 64-ch FPN)"),
-    "fasterrcnn_tiny_fpn": ArchSpec("faster_rcnn", "tiny", fpn_channels=64,
-                                    summary="tiny CPU Faster R-CNN (tests, demo student, 64-ch FPN)"),
-    # GFL: built here from torchvision parts (ATSS assignment, quality focal + distribution focal + GIoU)
-    "gfl_resnet50_fpn": ArchSpec("gfl", "resnet50", summary="GFL R50-FPN (no torchvision weights)"),
-    "gfl_resnet18_fpn": ArchSpec("gfl", "resnet18", summary="GFL R18-FPN"),
-    "gfl_resnet34_fpn": ArchSpec("gfl", "resnet34", summary="GFL R34-FPN"),
-    "gfl_resnet101_fpn": ArchSpec("gfl", "resnet101", summary="GFL R101-FPN (the paper's GFL teacher)"),
-    "gfl_small_fpn": ArchSpec("gfl", "small", fpn_channels=64, summary="small CPU GFL (demo teacher, 64-ch FPN)"),
-    "gfl_tiny_fpn": ArchSpec("gfl", "tiny", fpn_channels=64, summary="tiny CPU GFL (tests, demo student, 64-ch FPN)"),
-}
-ARCHS.update(MMDET_ARCHS)
 
 
 def _download_state_dict(weights) -> dict:
@@ -161,7 +82,7 @@ def _download_state_dict(weights) -> dict:
 def _family(name: str):
     """The module implementing a family: ``build(spec, cfg, num_classes, backbone_weights, trained)``,
     ``build_cls_head(head_spec)`` and ``DEFAULT_ANCHOR_SIZE``."""
-    return importlib.import_module(FAMILIES[name])
+    return importlib.import_module(FAMILIES[name].module)
 
 
 def build_detector(cfg: ModelConfig, num_classes: int, load_weights: bool = True) -> Detector:
@@ -169,11 +90,9 @@ def build_detector(cfg: ModelConfig, num_classes: int, load_weights: bool = True
 
     ``load_weights=False`` builds the architecture only (for example to receive a checkpoint's weights).
     """
-    if cfg.arch not in ARCHS:
-        raise ModelError(f"model: unknown arch {cfg.arch!r}", hint=f"valid names: {', '.join(ARCHS)}")
+    spec = arch_spec(cfg.arch)
     if num_classes < 1:
         raise ModelError(f"model: expected at least one class, got num_classes={num_classes}")
-    spec = ARCHS[cfg.arch]
     source = resolve_weights(cfg.weights, cfg.arch) if (load_weights and cfg.weights) else None
     backbone_weights = None
     if cfg.weights_backbone and load_weights and not cfg.weights:  # full weights overwrite the backbone's anyway
@@ -214,9 +133,8 @@ def build_cls_head(spec: dict) -> nn.Module:
 
 def check_distillable(student: ModelConfig, teacher: ModelConfig, num_classes: int) -> None:
     """FrsError, before any work, when a recipe's student cannot be distilled from its teacher (see
-    ``check_compatible``). Compares the architectures alone: no weights are loaded or downloaded."""
-    check_compatible(build_detector(student, num_classes, load_weights=False).signature,
-                     build_detector(teacher, num_classes, load_weights=False).signature)
+    ``check_compatible``). Compares the registry's declarations alone: nothing is built, loaded or downloaded."""
+    check_compatible(signature(student.arch, num_classes), signature(teacher.arch, num_classes))
 
 
 def load_checkpoint_file(path: str | Path) -> dict:

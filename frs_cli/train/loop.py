@@ -26,12 +26,12 @@ import torch
 from torch import nn
 
 from frs_cli.data.coco import ViewSampler, collate
+from frs_cli.dist import DistContext, barrier, mean_across
 from frs_cli.errors import Interrupted, TrainingError
 from frs_cli.files import storage_errors
 from frs_cli.progress import NullProgress, Progress
 from frs_cli.train.checkpoint import LAST, atomic_save, load_training_state, rng_state, set_rng_state
 from frs_cli.train.config import TrainConfig
-from frs_cli.train.dist import DistContext, barrier, mean_across
 from frs_cli.train.metrics_log import MetricsLog
 from frs_cli.train.rundir import check_resumed_epoch
 from frs_cli.train.schedule import build_optimizer, build_scheduler

@@ -13,15 +13,14 @@ import numpy as np
 import torch
 
 from frs_cli.data.coco import CocoViews
+from frs_cli.dist import DistContext, setup
 from frs_cli.errors import ConfigError
 from frs_cli.eval.predict import evaluate_detector
 from frs_cli.lock import job_lock
-from frs_cli.models import build_detector, check_compatible, check_distillable, model_fingerprint
+from frs_cli.models import build_detector, check_compatible, check_distillable, signature
 from frs_cli.models.config import ModelConfig
-from frs_cli.models.weights import resolve_weights
 from frs_cli.progress import Progress
 from frs_cli.train.checkpoint import FINAL, atomic_save, model_payload
-from frs_cli.train.dist import DistContext, setup
 from frs_cli.train.loop import FitResult, fit
 from frs_cli.train.metrics_log import require_tensorboard, teacher_mask_picture, write_images
 from frs_cli.train.objectives import CachedTeacher, FRSObjective, GTObjective, OnlineTeacher
@@ -128,15 +127,6 @@ def train_detector(recipe, role: str, out_dir: str | Path, *, resume: bool = Fal
     return RunSummary(str(out_dir), str(out_dir / FINAL), result)
 
 
-def teacher_fingerprint(cfg: ModelConfig, num_classes: int) -> str:
-    """The fingerprint ``teacher-cache`` records for this teacher config, cheaply when it is an frs checkpoint."""
-    if cfg.weights and Path(cfg.weights).is_file():
-        source = resolve_weights(cfg.weights, cfg.arch)
-        if source.kind == "frs" and "fingerprint" in source.content:
-            return source.content["fingerprint"]
-    return model_fingerprint(build_detector(cfg, num_classes))
-
-
 def _mask_picture(store, coco, teacher):
     """The teacher's FRS mask figure of one training image: from the cache, or from the live teacher."""
     if store is not None:
@@ -150,9 +140,12 @@ def _mask_picture(store, coco, teacher):
 def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, online: bool = False,
                     resume: bool = False, ctx: DistContext | None = None, progress: Progress | None = None,
                     evaluate: bool = True) -> RunSummary:
-    """Train the recipe's student with FRS: teacher targets from ``cache``, or the live teacher (``online``)."""
+    """Train the recipe's student with FRS: teacher targets from ``cache``, or the live teacher (``online``).
+
+    From a cache, the teacher is neither built nor loaded: the cache holds its targets and its classification
+    head, and the student is checked against the cache's signature before anything is built."""
+    from frs_cli.cache.identity import recipe_fingerprints
     from frs_cli.cache.reader import CachedViews, TeacherCache
-    from frs_cli.cache.schema import geometry_fingerprint
 
     if online == (cache is not None):
         raise ConfigError("distill: expected exactly one teacher source: --cache PATH or --online")
@@ -167,12 +160,10 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
     num_classes = coco.index.num_classes
     if cache is not None:
         store = TeacherCache(cache)
-        check_compatible(build_detector(recipe.student, num_classes, load_weights=False).signature, store.signature)
+        check_compatible(signature(recipe.student.arch, num_classes), store.signature)
+        store.check_fingerprints(recipe_fingerprints(store.fingerprints, recipe.teacher, coco.index, recipe.geometry))
         if store.nbytes_stored()["views"] <= recipe.cache.preload_mb * 1e6:
             store.preload()
-        store.check_fingerprints({"teacher": teacher_fingerprint(recipe.teacher, num_classes),
-                                  "dataset": coco.index.fingerprint(),
-                                  "geometry": geometry_fingerprint(recipe.geometry)})
         views = tuple(recipe.cache.views)
         missing = [v for v in views if v not in store.views]
         if missing:

@@ -1,0 +1,121 @@
+"""A cache's identity: the teacher, dataset and geometry fingerprints, built here and nowhere else.
+
+``teacher-cache`` records them (``fingerprints`` in the root attributes); ``distill --cache`` and a resumed
+``teacher-cache`` compare a recipe with them. The teacher is identified by where its weights come from, so
+``distill --cache`` never builds, loads or downloads it:
+
+- a torchvision weights enum: ``torchvision:<Enum.MEMBER>@<hash prefix>``, the hash torchvision publishes in the
+  file's name (no download); a local file with that hash is the same teacher;
+- a file (an frs checkpoint, or a state dict): ``file:<sha256 of its bytes, first 16 hex>``;
+- no weights (random init, or ImageNet backbone weights only): ``state:<fingerprint of the built teacher's
+  state dict>``, which only the writer, holding the built teacher, can compute.
+
+Caches written before this scheme hold the bare state-dict fingerprint (16 hex, no prefix): it is still
+compared where that costs no build (the writer's built teacher, or an frs checkpoint's recorded fingerprint).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from frs_cli.data.coco import CocoIndex
+from frs_cli.data.geometry import GeometryConfig
+from frs_cli.models import weights
+from frs_cli.models.base import Detector, fingerprint_state_dict
+from frs_cli.models.config import ModelConfig
+from frs_cli.models.weights import Published, get_weights_enum, is_weights_enum, sha256_file, torch_load
+
+log = logging.getLogger(__name__)
+KEYS = ("teacher", "dataset", "geometry")
+
+
+def dataset_fingerprint(index: CocoIndex) -> str:
+    """The annotation file's bytes and the image ids it yields, hashed (first 16 hex)."""
+    h = hashlib.sha256(index.sha256.encode())
+    h.update(np.asarray(index.image_ids, dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def geometry_fingerprint(cfg: GeometryConfig) -> str:
+    """The resize / pad settings, hashed (first 16 hex): teacher and student must see the same pixels."""
+    text = json.dumps(cfg.to_dict(), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def teacher_fingerprint(cfg: ModelConfig, detector: Detector | None = None) -> str | None:
+    """The teacher's identity from ``cfg.weights`` (see the module docstring), without building or loading it.
+
+    ``detector``: the built teacher, for weights that name no file or enum (``state:...``). None when the
+    teacher cannot be identified so: no weights and no ``detector``, or a weights file that is not there.
+    """
+    if is_weights_enum(cfg.weights):
+        return _published_id(Published.of(get_weights_enum(cfg.weights)))
+    if cfg.weights:
+        path = Path(cfg.weights)
+        if not path.is_file():
+            return None
+        digest = sha256_file(path)
+        for published in weights.published_weights(cfg.arch):  # torchvision's own file: the same teacher as its enum
+            if published.hash_prefix and digest.startswith(published.hash_prefix):
+                return _published_id(published)
+        return f"file:{digest[:16]}"
+    if detector is not None:
+        return f"state:{_state_fingerprint(detector)}"
+    return None
+
+
+def cache_fingerprints(teacher_cfg: ModelConfig, teacher: Detector, index: CocoIndex,
+                       geometry: GeometryConfig) -> dict[str, str]:
+    """What ``teacher-cache`` records for the built ``teacher`` of ``teacher_cfg`` over ``index``."""
+    return {"teacher": teacher_fingerprint(teacher_cfg, teacher), "dataset": dataset_fingerprint(index),
+            "geometry": geometry_fingerprint(geometry)}
+
+
+def comparable_teacher(stored: str | None, cfg: ModelConfig, detector: Detector | None = None) -> str | None:
+    """The fingerprint to compare with a cache's ``stored`` teacher fingerprint, in the stored one's scheme;
+    None when ``cfg`` cannot tell without building the teacher (the cache's teacher then stands alone)."""
+    if stored is not None and ":" not in stored:  # a cache written before the weights were the identity
+        if detector is not None:
+            return _state_fingerprint(detector)
+        if cfg.weights and Path(cfg.weights).is_file() and not is_weights_enum(cfg.weights):
+            content = torch_load(cfg.weights, repr(cfg.weights))
+            if isinstance(content, dict) and isinstance(content.get("fingerprint"), str):
+                return content["fingerprint"]  # what frs checkpoints record of their state dict
+        return None
+    return teacher_fingerprint(cfg, detector)
+
+
+def recipe_fingerprints(stored: dict, teacher_cfg: ModelConfig, index: CocoIndex, geometry: GeometryConfig,
+                        teacher: Detector | None = None) -> dict[str, str]:
+    """The fingerprints a recipe gives, to compare with a cache's ``stored`` ones: dataset and geometry always,
+    the teacher when it can be told without building it (``comparable_teacher``)."""
+    expected = {"dataset": dataset_fingerprint(index), "geometry": geometry_fingerprint(geometry)}
+    theirs = comparable_teacher(stored.get("teacher"), teacher_cfg, teacher)
+    if theirs is None:
+        log.info("the recipe's teacher (weights %r) is not at hand: the cache's own (fingerprint %s) is used as "
+                 "recorded", teacher_cfg.weights, stored.get("teacher"))
+    else:
+        expected["teacher"] = theirs
+    return expected
+
+
+def first_difference(stored: dict, expected: dict) -> str | None:
+    """The first of teacher / dataset / geometry present in ``expected`` whose fingerprint differs from
+    ``stored``'s, else None."""
+    for key in KEYS:
+        if key in expected and stored.get(key) != expected[key]:
+            return key
+    return None
+
+
+def _published_id(published: Published) -> str:
+    return f"torchvision:{published.name}@{published.hash_prefix}"
+
+
+def _state_fingerprint(detector: Detector) -> str:
+    return fingerprint_state_dict(detector.core().state_dict())

@@ -1,0 +1,162 @@
+"""One cache identity: fingerprints built in frs_cli.cache.identity, and `distill --cache` without the teacher."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+
+import pytest
+import torch
+import zarr
+from conftest import assert_one_line_error, write_recipe
+from typer.testing import CliRunner
+
+from frs_cli.cache import identity
+from frs_cli.cache.identity import comparable_teacher, recipe_fingerprints, teacher_fingerprint
+from frs_cli.cli.app import app
+from frs_cli.data.coco import CocoIndex
+from frs_cli.data.geometry import GeometryConfig
+from frs_cli.models import ModelConfig, build_detector, model_fingerprint
+from frs_cli.models import weights as weights_mod
+from frs_cli.models.weights import Published
+from frs_cli.train import run as run_mod
+
+runner = CliRunner()
+
+
+def _sha16(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()[:16]
+
+
+def _builds(monkeypatch) -> list[str]:
+    """Record the arch of every detector the distill job builds."""
+    built, real = [], run_mod.build_detector
+
+    def recording(cfg, num_classes, **kwargs):
+        built.append(cfg.arch)
+        return real(cfg, num_classes, **kwargs)
+
+    monkeypatch.setattr(run_mod, "build_detector", recording)
+    return built
+
+
+def test_torchvision_enum_teacher_is_its_name_and_published_hash_without_download(monkeypatch):
+    def no_download(*args, **kwargs):
+        raise AssertionError("downloaded")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    cfg = ModelConfig(arch="retinanet_resnet50_fpn_v2", weights="RetinaNet_ResNet50_FPN_V2_Weights.COCO_V1")
+    assert teacher_fingerprint(cfg) == "torchvision:RetinaNet_ResNet50_FPN_V2_Weights.COCO_V1@5905b1c5"
+
+
+def test_a_local_copy_of_the_published_file_is_the_same_teacher_as_its_enum(tmp_path, monkeypatch):
+    path = tmp_path / "weights.pth"
+    path.write_bytes(b"published bytes")
+    prefix = _sha16(path)[:8]
+    name = "RetinaNet_ResNet18_FPN_Weights.COCO_V1"
+    monkeypatch.setattr(weights_mod, "published_weights",
+                        lambda builder: [Published(name, f"r18-{prefix}.pth", prefix, 91)]
+                        if builder == "retinanet_resnet18_fpn" else [])
+    assert teacher_fingerprint(ModelConfig(arch="retinanet_resnet18_fpn", weights=str(path))) == \
+        f"torchvision:{name}@{prefix}"
+    assert teacher_fingerprint(ModelConfig(arch="retinanet_resnet34_fpn", weights=str(path))) == f"file:{_sha16(path)}"
+
+
+def test_a_checkpoint_teacher_is_its_file_and_a_teacher_without_weights_its_built_state(tmp_path, teacher_ckpt):
+    cfg = ModelConfig(arch="retinanet_small_fpn", anchor_size=16, weights=str(teacher_ckpt))
+    assert teacher_fingerprint(cfg) == f"file:{_sha16(teacher_ckpt)}"
+    altered = tmp_path / "altered.pt"
+    altered.write_bytes(teacher_ckpt.read_bytes() + b"\0")
+    assert teacher_fingerprint(ModelConfig(arch=cfg.arch, weights=str(altered))) == f"file:{_sha16(altered)}"
+    assert _sha16(altered) != _sha16(teacher_ckpt)
+    assert teacher_fingerprint(ModelConfig(arch=cfg.arch, weights=str(tmp_path / "gone.pt"))) is None
+
+    random_init = ModelConfig(arch="retinanet_tiny_fpn")
+    assert teacher_fingerprint(random_init) is None  # nothing names it without building it
+    built = build_detector(random_init, 5)
+    assert teacher_fingerprint(random_init, built) == f"state:{model_fingerprint(built)}"
+
+
+def test_caches_written_before_keep_their_bare_state_fingerprint(teacher_ckpt):
+    cfg = ModelConfig(arch="retinanet_small_fpn", anchor_size=16, weights=str(teacher_ckpt))
+    teacher = build_detector(cfg, 5)
+    legacy = model_fingerprint(teacher)
+    assert comparable_teacher(legacy, cfg) == legacy  # the frs checkpoint records it: read, nothing built
+    assert comparable_teacher(legacy, ModelConfig(arch=cfg.arch), teacher) == legacy
+    enum = ModelConfig(arch="retinanet_resnet50_fpn_v2", weights="RetinaNet_ResNet50_FPN_V2_Weights.COCO_V1")
+    assert comparable_teacher(legacy, enum) is None  # would need the download: not compared
+
+
+def test_recipe_fingerprints_leave_out_a_teacher_that_is_not_at_hand(synth_root, tmp_path):
+    index = CocoIndex(synth_root / "annotations" / "instances_train.json")
+    geometry = GeometryConfig(64, 64, 32)
+    stored = {"teacher": "file:0123456789abcdef"}
+    got = recipe_fingerprints(stored, ModelConfig(weights=str(tmp_path / "gone.pt")), index, geometry)
+    assert got == {"dataset": identity.dataset_fingerprint(index), "geometry": identity.geometry_fingerprint(geometry)}
+    assert len(got["dataset"]) == len(got["geometry"]) == 16
+
+
+def test_distill_from_a_cache_after_the_teachers_checkpoint_is_deleted(tmp_path, synth_root, teacher_ckpt,
+                                                                       monkeypatch):
+    teacher = tmp_path / "teacher.pt"
+    shutil.copyfile(teacher_ckpt, teacher)
+    recipe = write_recipe(tmp_path / "recipe.toml", synth_root, str(teacher))
+    cache = tmp_path / "cache.zarr"
+    one_view = ["--set", 'cache.views=["orig"]']  # half the views: the test is about the teacher, not the views
+    result = runner.invoke(app, ["teacher-cache", "-p", str(recipe), "--out", str(cache), "--device", "cpu", *one_view])
+    assert result.exit_code == 0, result.output
+    attrs = zarr.open_group(str(cache), mode="r").attrs
+    assert attrs["fingerprints"]["teacher"] == f"file:{_sha16(teacher)}" and attrs["num_views"] == 24
+    teacher.unlink()
+
+    built = _builds(monkeypatch)
+    out = tmp_path / "student"
+    result = runner.invoke(app, ["distill", "-p", str(recipe), "--cache", str(cache), "--out", str(out),
+                                 "--device", "cpu", "--no-eval", *one_view])
+    assert result.exit_code == 0, result.output
+    assert built == ["retinanet_tiny_fpn"]  # the student, once; never the teacher
+    assert (out / "model_final.pt").is_file() and (out / "adapters.pt").is_file()
+    saved = torch.load(out / "model_final.pt", map_location="cpu", weights_only=False)
+    assert saved["arch"] == "retinanet_tiny_fpn" and saved["num_classes"] == 5
+
+
+def _cache_copy(cache_path, tmp_path, **attrs) -> str:
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(cache_path, copy)
+    root = zarr.open_group(str(copy), mode="r+")
+    root.attrs.update({k: v(dict(root.attrs)) for k, v in attrs.items()})
+    return str(copy)
+
+
+def _other_strides(attrs):
+    return [{**lv, "stride": 2 * lv["stride"]} for lv in attrs["levels"]]
+
+
+def _other_head(attrs):
+    return {**attrs["teacher"], "head_spec": {**attrs["teacher"]["head_spec"], "cls_channels": 27}}
+
+
+INCOMPATIBLE = {
+    "family_and_levels": ({}, ["student.arch=fasterrcnn_tiny_fpn"],
+                          "the teacher is a retinanet detector, the student a faster_rcnn"),
+    "strides": ({"levels": _other_strides}, [], "student FPN levels [('P3', 8), ('P4', 16)"),
+    "levels": ({"levels": lambda a: a["levels"][:4]}, [],
+               "do not line up with the teacher's [('P3', 8), ('P4', 16), ('P5', 32), ('P6', 64)]"),
+    "class_channels": ({"teacher": _other_head}, [],
+                       "the teacher's retinanet classification output has 27 channels per position, the student's 45"),
+}
+
+
+@pytest.mark.parametrize("case", list(INCOMPATIBLE))
+def test_a_student_the_cache_does_not_fit_is_refused_before_anything_is_built(case, cache_path, synth_root, tmp_path,
+                                                                             monkeypatch):
+    attrs, sets, message = INCOMPATIBLE[case]
+    cache = _cache_copy(cache_path, tmp_path, **attrs)
+    recipe = write_recipe(tmp_path / "recipe.toml", synth_root, str(tmp_path / "no_teacher_here.pt"))
+    built = _builds(monkeypatch)
+    out = tmp_path / "student"
+    args = ["distill", "-p", str(recipe), "--cache", cache, "--out", str(out), "--device", "cpu", "--no-eval"]
+    result = runner.invoke(app, args + [a for s in sets for a in ("--set", s)])
+    assert_one_line_error(result, message)
+    assert built == []  # neither teacher nor student
+    assert not (out / "model_final.pt").exists() and not (out / "last.pt").exists()
