@@ -103,6 +103,15 @@ class TeacherPass:
             tensors += [m.to(torch.float16).contiguous() for m in frs_masks(out.cls_logits)]  # (B, H, W) per level
         return tensors
 
+    def warm_up(self, shapes, device: torch.device) -> None:
+        """Run (and with ``cuda_graphs`` capture) each batch shape ``(B, H, W)`` once on zero images, so that the
+        write loop starts warm: cuDNN's and cuBLAS's first-call set-up and the captures happen here. CUDA only;
+        nothing on the CPU."""
+        if device.type != "cuda":
+            return
+        for b, h, w in shapes:
+            self(torch.zeros((b, 3, h, w), dtype=torch.uint8, device=device), [(h, w)] * b)
+
     def __call__(self, images: Tensor, image_sizes) -> list[Tensor]:
         if not self.options.cuda_graphs:
             if self.options.channels_last:  # normalised here, so the body's first convolution reads NHWC

@@ -67,7 +67,8 @@ class CacheWriteSummary:
     stage_seconds: dict | None = None
 
 
-def _create(path: str, plan: Plan, teacher, recipe, fingerprints: dict, dataset, check: dict | None) -> zarr.Group:
+def _create(path: str, plan: Plan, teacher, recipe, fingerprints: dict, dataset, check: dict | None,
+            autocast: bool) -> zarr.Group:
     cfg = recipe.cache
     root = open_group(path, mode="w")
     root.attrs.update({"format": FORMAT_NAME, "format_version": format_version(cfg.dtype), "state": "creating"})
@@ -79,7 +80,7 @@ def _create(path: str, plan: Plan, teacher, recipe, fingerprints: dict, dataset,
         "teacher": {"arch": teacher.arch, "weights": recipe.teacher.weights, "num_classes": teacher.num_classes,
                     "fingerprint": fingerprints["teacher"], "head_spec": teacher.cls_head_spec(),
                     "model_config": dataclasses.asdict(recipe.teacher), "check": check,
-                    "autocast": "bfloat16" if recipe.cache.amp and teacher.pixel_mean.device.type == "cuda" else None},
+                    "autocast": "bfloat16" if autocast else None},
         "levels": [lv.to_dict() for lv in teacher.levels],
         "geometry": recipe.geometry.to_dict(),
         "views": list(cfg.views),
@@ -293,7 +294,8 @@ def _reject(root: zarr.Group, faults) -> int:
 
 def write_teacher_cache(recipe, path: str, *, resume: bool = False, ctx: DistContext | None = None,
                         progress: Progress | None = None, write_threads: int = 4,
-                        write_processes: int | None = None, resize_on_device: bool | None = None) -> CacheWriteSummary:
+                        write_processes: int | None = None, resize_on_device: bool | None = None,
+                        pass_options: PassOptions | None = None) -> CacheWriteSummary:
     """Cache the teacher of ``recipe`` over ``recipe.cache.split`` at ``path`` (see ``cache.schema``).
 
     ``path``: a local directory or an fsspec URL (a Zarr v3 group either way). A complete cache is left
@@ -305,6 +307,8 @@ def write_teacher_cache(recipe, path: str, *, resume: bool = False, ctx: DistCon
     Writing happens in ``write_processes`` worker processes (default ``recipe.cache.write_processes``), or in
     ``write_threads`` threads of this process when that is 0. On a GPU, loader workers only decode and the
     GPU resizes (``resize_on_device``, default ``recipe.cache.resize_on_gpu`` on CUDA devices).
+    ``pass_options``: how the teacher runs (``cache.teacher_pass``); default: from the recipe and the device
+    (``PassOptions.for_device``). Its ``amp`` is the precision the cache records (``teacher.autocast``).
     """
     if is_hdf5(path):
         raise ConfigError(f"teacher-cache --out {path!r}: expected a Zarr path or URL, got an HDF5 file name",
@@ -318,17 +322,19 @@ def write_teacher_cache(recipe, path: str, *, resume: bool = False, ctx: DistCon
         # started first, so they import while the teacher loads
         procs = WriterProcesses(path, url_options(path), n_procs) if n_procs else None
         try:
-            return _write(recipe, path, resume, ctx, progress, write_threads, procs, resize_on_device)
+            return _write(recipe, path, resume, ctx, progress, write_threads, procs, resize_on_device, pass_options)
         finally:
             if procs is not None:
                 procs.close(wait=False)  # after an error; the normal path has closed them already
 
 
 def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: Progress | None, write_threads: int,
-           procs: WriterProcesses | None, resize_on_device: bool | None) -> CacheWriteSummary:
+           procs: WriterProcesses | None, resize_on_device: bool | None,
+           options: PassOptions | None) -> CacheWriteSummary:
     progress = progress or NullProgress()
     ctx = ctx or setup()
     cfg = recipe.cache
+    options = options or PassOptions.for_device(ctx.device, cfg.amp, cfg.channels_last, cfg.cuda_graphs)
     dataset = CocoViews.from_config(recipe.data, cfg.split, recipe.geometry)
     check_distillable(recipe.student, recipe.teacher, dataset.index.num_classes)  # a cache no student can use is waste
     teacher = build_detector(recipe.teacher, dataset.index.num_classes).to(ctx.device).eval().requires_grad_(False)
@@ -351,13 +357,12 @@ def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: P
     hint = "free space (or fix the store), then run the same command with --resume"
     with storage_errors(f"cache {path}", hint=hint):  # a full disk: one line, the cache stays resumable
         already_complete, rejected = _open_store(path, resume, ctx, plan, teacher, recipe, fingerprints, dataset,
-                                                 check, progress)
+                                                 check, progress, options.amp)
         if broadcast_object(ctx, already_complete):  # nothing to do, and nothing is touched
             return CacheWriteSummary(path, len(plan), 0, 0.0, 0.0, True, 0, check)
         root = open_group(path, mode="r+")
         # the fast pass changes the teacher's weights in place: only after they were fingerprinted and stored
-        run = TeacherPass(teacher, cfg.dtype, PassOptions.for_device(ctx.device, cfg.amp, cfg.channels_last,
-                                                                     cfg.cuda_graphs)).prepare()
+        run = TeacherPass(teacher, cfg.dtype, options).prepare()
         written, seconds, stages = _write_pending(root, path, plan, run, dataset, cfg, ctx, progress, write_threads,
                                                   procs, resize_on_device)
         barrier(ctx)
@@ -373,7 +378,7 @@ def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: P
 
 
 def _open_store(path: str, resume: bool, ctx: DistContext, plan: Plan, teacher, recipe, fingerprints: dict, dataset,
-                check: dict | None, progress: Progress) -> tuple[bool, int]:
+                check: dict | None, progress: Progress, autocast: bool) -> tuple[bool, int]:
     """Process 0 creates the cache, or checks the existing one is this recipe's (and with ``resume`` verifies
     and repairs it). Returns (already complete, views ``verify`` rejected); other processes get (False, 0)."""
     cfg = recipe.cache
@@ -381,7 +386,7 @@ def _open_store(path: str, resume: bool, ctx: DistContext, plan: Plan, teacher, 
         return False, 0
     root = open_existing(path, mode="r")
     if root is None or root.attrs.get("state") == "creating":
-        _create(path, plan, teacher, recipe, fingerprints, dataset, check)
+        _create(path, plan, teacher, recipe, fingerprints, dataset, check, autocast)
         return False, 0
     _check_same(path, root, fingerprints, cfg.views)
     if root.attrs.get("state") != "complete" and not resume:
@@ -441,6 +446,7 @@ def _write_pending(root: zarr.Group, path: str, plan: Plan, run: TeacherPass, da
         prefetch_factor=4 if cfg.workers > 0 else None,
     )
     levels = run.teacher.levels
+    run.warm_up(sorted({(len(bt), *buckets[int(plan.bucket[bt[0]])]["padded"]) for bt in mine}), ctx.device)
     progress.start("teacher-cache", int(sum(is_pending[bt].sum() for bt in mine)), unit="view")
     t0 = time.perf_counter()
     written = 0
