@@ -107,12 +107,12 @@ def landscape_data(root: Path, images: int, size: int) -> None:
     """``images`` generated landscape images (``size`` x 3/4 ``size``) with their annotations, at ``root``."""
     from frs_cli.data.synth import SynthConfig, generate
 
-    generate(root, SynthConfig(train=4 * images, val=1, size=size, seed=0, aspect_jitter=True))
+    generate(root, SynthConfig(train=3 * images + 24, val=1, size=size, seed=0, aspect_jitter=True))
     ann = root / "annotations" / "instances_train.json"
     coco = json.loads(ann.read_text())
     keep = [im for im in coco["images"] if im["width"] > im["height"]][:images]
     if len(keep) < images:
-        raise SystemExit(f"only {len(keep)} landscape images among {4 * images} generated")
+        raise SystemExit(f"only {len(keep)} landscape images among {3 * images + 24} generated")
     ids = {im["id"] for im in keep}
     coco["images"], coco["annotations"] = keep, [a for a in coco["annotations"] if a["image_id"] in ids]
     ann.write_text(json.dumps(coco))
@@ -166,7 +166,7 @@ def measure_teacher(tname: str, args, dev, batches, res: dict) -> dict:
     torch.manual_seed(0)
     teacher = build_detector(ModelConfig(arch=ARCH[tname], anchor_size=args.anchor_size), 5).to(dev).eval()
     teacher.requires_grad_(False)
-    amp = dict(device_type=dev.type, dtype=torch.bfloat16)
+    amp = {"device_type": dev.type, "dtype": torch.bfloat16}
     row = {"variants": {}}
 
     def forward(model):
@@ -183,17 +183,17 @@ def measure_teacher(tname: str, args, dev, batches, res: dict) -> dict:
     del fast
     for vname, options in variants(dev, args.tiny).items():
         model = copy.deepcopy(teacher)
-        run = TeacherPass(model, "int8", options).prepare()
+        tpass = TeacherPass(model, "int8", options).prepare()
         params = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
-        v = {"pass_img_s": rate(run, batches, args.passes)}
+        v = {"pass_img_s": rate(tpass, batches, args.passes)}
         images, sizes = batches[0]
         with counting_mode(params) as counter:
-            run(images, sizes)
+            tpass(images, sizes)
         v["dispatch_per_batch"] = counter.counts
         if dev.type == "cuda":
-            v["profile_per_batch"] = profile_counts(lambda: run(images, sizes))
+            v["profile_per_batch"] = profile_counts(lambda f=tpass, x=images, s=sizes: f(x, s))
         row["variants"][vname] = v
-        del run, model
+        del tpass, model
         if dev.type == "cuda":
             torch.cuda.empty_cache()
     return row
