@@ -12,7 +12,8 @@ Same teacher (random weights), same images, same precision (bf16 autocast on CUD
     NCHW<->NHWC kernels, synchronising calls);
   - per encoding and variant: ``frs teacher-cache``'s views/s in its write loop over the same images (both
     views), and its ratio to both inference rates.
-All images are landscape (1333x1000, padded 800x1088 at min 800 / max 1333): one bucket, so one batch shape.
+All images are landscape (1333x1000, padded 800x1088 at min 800 / max 1333; at most 16 distinct, the rest copies):
+one bucket, so one batch shape.
 Every figure goes to --out as JSON as soon as it exists. On one H200 (about 4 minutes):
 
     CUDA_VISIBLE_DEVICES=0 OMP_NUM_THREADS=8 python3 bench/teacher_cache_rate.py --out $OUT/teacher_cache_rate.json \\
@@ -104,30 +105,40 @@ def sync_time() -> float:
 
 
 def landscape_data(root: Path, images: int, size: int) -> None:
-    """``images`` generated landscape images (``size`` x 3/4 ``size``) with their annotations, at ``root``."""
-    from frs_cli.data.synth import SynthConfig, generate
+    """``images`` landscape images (``size`` x 3/4 ``size``) with their annotations at ``root``: at most 16 distinct
+    ones generated (about 0.2 s each), copied as often as needed (throughput needs views, not new ones)."""
+    from frs_cli.data.synth import SynthConfig, generate, replicate
 
-    generate(root, SynthConfig(train=3 * images + 24, val=1, size=size, seed=0, aspect_jitter=True))
+    distinct = min(images, 16)
+    generate(root, SynthConfig(train=2 * distinct + 8, val=1, size=size, seed=0, aspect_jitter=True))
     ann = root / "annotations" / "instances_train.json"
-    coco = json.loads(ann.read_text())
-    keep = [im for im in coco["images"] if im["width"] > im["height"]][:images]
-    if len(keep) < images:
-        raise SystemExit(f"only {len(keep)} landscape images among {3 * images + 24} generated")
-    ids = {im["id"] for im in keep}
-    coco["images"], coco["annotations"] = keep, [a for a in coco["annotations"] if a["image_id"] in ids]
-    ann.write_text(json.dumps(coco))
+
+    def keep_first(n: int) -> int:
+        coco = json.loads(ann.read_text())
+        keep = [im for im in coco["images"] if im["width"] > im["height"]][:n]
+        ids = {im["id"] for im in keep}
+        coco["images"], coco["annotations"] = keep, [a for a in coco["annotations"] if a["image_id"] in ids]
+        ann.write_text(json.dumps(coco))
+        return len(keep)
+
+    got = keep_first(distinct)
+    if got == 0:
+        raise SystemExit(f"no landscape image among {2 * distinct + 8} generated")
+    replicate(root, -(-images // got))
+    keep_first(images)
 
 
-def view_batches(coco, batch: int, device) -> list:
-    """The cache's own batches (every image in both views, in plan order), on ``device``: (images, sizes)."""
+def view_batches(coco, batch: int, device, distinct: int = 32) -> list:
+    """The cache's batches (every image in both views, in plan order) as (images, sizes) on ``device``: the first
+    ``distinct`` views resized (on the CPU, slow at COCO size), their batches repeated for the rest (copies)."""
     from frs_cli.data.coco import collate
 
     items = [(i, v) for i in range(len(coco)) for v in ("orig", "hflip")]
-    out = []
-    for k in range(0, len(items), batch):
+    made = []
+    for k in range(0, min(len(items), distinct), batch):
         b = collate([coco[it] for it in items[k : k + batch]])
-        out.append((b.images.to(device), b.image_sizes))
-    return out
+        made.append((b.images.to(device), b.image_sizes))
+    return [made[j % len(made)] for j in range(-(-len(items) // batch))]
 
 
 def rate(fn, batches, passes: int = 1) -> float:
@@ -205,7 +216,7 @@ def main() -> None:
     p.add_argument("--work", type=Path, required=True)
     p.add_argument("--teachers", default=None, help="default: r50v2,x101 (--tiny: tiny)")
     p.add_argument("--dtypes", default=None, help="cache encodings; default: int8,int5,float16 (--tiny: int8,int5)")
-    p.add_argument("--images", type=int, default=None, help="images, each cached in both views (default 64; tiny 4)")
+    p.add_argument("--images", type=int, default=None, help="images, each cached in both views (default 128; tiny 4)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--workers", type=int, default=None, help="loader workers (default 12; tiny 0)")
     p.add_argument("--passes", type=int, default=2, help="timed passes over the batches for the inference rates")
@@ -224,7 +235,7 @@ def main() -> None:
     tiny = args.tiny
     args.teachers = args.teachers or ("tiny" if tiny else "r50v2,x101")
     args.dtypes = args.dtypes or ("int8,int5" if tiny else "int8,int5,float16")
-    args.images = args.images or (4 if tiny else 64)
+    args.images = args.images or (4 if tiny else 128)
     args.workers = (0 if tiny else 12) if args.workers is None else args.workers
     args.anchor_size = 16 if tiny else 0
     size, min_size, max_size = (96, 64, 128) if tiny else (1333, 800, 1333)

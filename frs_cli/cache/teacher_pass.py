@@ -95,11 +95,14 @@ class TeacherPass:
 
     def _encode(self, images: Tensor, image_sizes) -> list[Tensor]:
         """Forward, masks and encoding: ``images`` uint8, or float32 already normalised (``Detector.normalize``)."""
-        with torch.no_grad(), torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.options.amp):
+        # no autocast cache: it holds casts of weights that require grad only, and a graph capture must not use it
+        with torch.no_grad(), torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.options.amp,
+                                             cache_enabled=False):
             out = self.teacher(images, image_sizes, detect=False)
         with torch.no_grad():
-            encoded = [encode(f, self.dtype) for f in out.features]  # (B, C', H, W), (B, C) or None
-            tensors = [t.contiguous() for f, sc in encoded for t in (f, sc) if t is not None]
+            # NCHW once per level, before encoding: the store's layout, and the layout encode's kernels are made for
+            encoded = [encode(f.contiguous(), self.dtype) for f in out.features]  # (B, C', H, W), (B, C) or None
+            tensors = [t for f, sc in encoded for t in (f, sc) if t is not None]
             tensors += [m.to(torch.float16).contiguous() for m in frs_masks(out.cls_logits)]  # (B, H, W) per level
         return tensors
 

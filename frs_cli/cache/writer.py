@@ -446,6 +446,7 @@ def _write_pending(root: zarr.Group, path: str, plan: Plan, run: TeacherPass, da
         prefetch_factor=4 if cfg.workers > 0 else None,
     )
     levels = run.teacher.levels
+    batches_in = iter(zip(mine, loader))  # the workers start decoding while the teacher warms up
     run.warm_up(sorted({(len(bt), *buckets[int(plan.bucket[bt[0]])]["padded"]) for bt in mine}), ctx.device)
     progress.start("teacher-cache", int(sum(is_pending[bt].sum() for bt in mine)), unit="view")
     t0 = time.perf_counter()
@@ -462,7 +463,6 @@ def _write_pending(root: zarr.Group, path: str, plan: Plan, run: TeacherPass, da
     # zarr encodes a shard's inner chunks concurrently up to this limit (its default, 10, starves the writer)
     with ThreadPoolExecutor(max_workers=1 if procs is not None else write_threads) as pool, \
             zarr.config.set({"async.concurrency": 64}):
-        batches_in = iter(zip(mine, loader))
         while True:
             t_wait = time.perf_counter()
             item = next(batches_in, None)
