@@ -191,12 +191,25 @@ def test_no_function_of_the_cache_writer_is_longer_than_90_lines(module):
     assert long == {}
 
 
+def _assert_same_within_one_step(got, want, name="") -> None:
+    """Two encoded tensors from passes that may pick other kernels: codes within one step, floats within 1 %
+    of the largest value (a stale or foreign batch differs by far more)."""
+    assert got.shape == want.shape and got.dtype == want.dtype, name
+    if want.dtype == torch.uint8:  # packed codes: compare the codes
+        from frs_cli.cache.store import unpack
+
+        got, want = unpack(got, 5), unpack(want, 5)
+    diff = (got.float() - want.float()).abs().max()
+    tol = 1.0 if not want.is_floating_point() else 1e-2 * float(want.float().abs().max())
+    assert float(diff) <= tol, (name, float(diff), tol)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", ["int8", "int5", "float16"])
 def test_cuda_graph_replays_give_the_eager_pass_for_every_batch(dtype):
     """Two batch shapes, each seen three times: the replays hold each batch's own values (not the capture's, not
-    the previous batch's), equal to the same pass run eagerly."""
+    the previous batch's), those of the same pass run eagerly."""
     options = PassOptions(amp=True, bf16_weights=True, channels_last=True)
     eager = TeacherPass(_teacher().cuda(), dtype, options).prepare()
     graphed = TeacherPass(_teacher().cuda(), dtype, replace(options, cuda_graphs=True))
@@ -206,15 +219,15 @@ def test_cuda_graph_replays_give_the_eager_pass_for_every_batch(dtype):
         images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=g).cuda()
         sizes = [tuple(shape[-2:])] * shape[0]
         want, got = eager(images, sizes), graphed(images, sizes)
-        for w, t in zip(want, got, strict=True):
-            torch.testing.assert_close(t, w, rtol=0, atol=0)
+        for k, (w, t) in enumerate(zip(want, got, strict=True)):
+            _assert_same_within_one_step(t, w, f"{shape} tensor {k}")
     assert sum(v is not None for v in graphed._graphs.values()) == 2
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_cache_with_cuda_graphs_is_the_eager_cache(synth_root, teacher_ckpt, tmp_path):
-    from conftest import assert_same_cache_arrays, write_recipe
+    from conftest import cache_arrays, write_recipe
 
     from frs_cli.cache.writer import write_teacher_cache
     from frs_cli.config import load_recipe
@@ -224,4 +237,12 @@ def test_gpu_cache_with_cuda_graphs_is_the_eager_cache(synth_root, teacher_ckpt,
     eager, graphs = str(tmp_path / "eager.zarr"), str(tmp_path / "graphs.zarr")
     write_teacher_cache(replace(r, cache=replace(r.cache, dtype="int8")), eager, ctx=setup("cuda"))
     write_teacher_cache(replace(r, cache=replace(r.cache, dtype="int8", cuda_graphs=True)), graphs, ctx=setup("cuda"))
-    assert_same_cache_arrays(graphs, eager)
+    want, got = cache_arrays(eager), cache_arrays(graphs)
+    assert set(got) == set(want)
+    for name in want:
+        if name.endswith("/crc"):
+            continue  # checksums of values that may differ in a last bit
+        if name.startswith("buckets/") and not name.endswith("/done"):
+            _assert_same_within_one_step(torch.from_numpy(got[name]), torch.from_numpy(want[name]), name)
+        else:
+            assert (got[name] == want[name]).all(), name

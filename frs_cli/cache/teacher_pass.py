@@ -142,7 +142,6 @@ class TeacherPass:
         except Exception as exc:  # noqa: BLE001 - any capture failure leaves this shape eager, nothing else
             log.warning("teacher-cache: no CUDA graph for batches of shape %s (%s: %s); they run eagerly",
                         tuple(x.shape), type(exc).__name__, exc)
-            torch.cuda.synchronize(x.device)
             return None
 
 
