@@ -287,6 +287,10 @@ def main() -> None:
                       f"{s.views_per_second / row['inference_img_s']:.2f}x inference", flush=True)
         if dev.type == "cuda":
             torch.cuda.empty_cache()
+    # the target: teacher-cache >= 0.9x pure inference, per teacher and encoding (a miss by any margin)
+    res["target_0_9"] = {f"{t}/{d}": {v: {"over_inference": c["over_inference"], "met": c["over_inference"] >= 0.9}
+                                      for v, c in per.items()}
+                         for t, row in res["teachers"].items() for d, per in row.get("caches", {}).items()}
     save()
 
 

@@ -181,6 +181,8 @@ def test_bench_tiny_mode_writes_rates_ratios_and_op_counts(tmp_path, monkeypatch
         assert c["views"] == 4 and c["views_s"] > 0, variant
         assert c["over_inference"] == pytest.approx(c["views_s"] / row["inference_img_s"])
         assert c["over_best_inference"] <= c["over_inference"]
+        assert res["target_0_9"]["tiny/int5"][variant] == {"over_inference": c["over_inference"],
+                                                           "met": c["over_inference"] >= 0.9}
 
 
 @pytest.mark.parametrize("module", ["writer.py", "shard_writer.py", "teacher_pass.py"])
