@@ -21,6 +21,10 @@ class CacheConfig:
     # tie can land one grey level apart); false: the CPU pipeline's pixels, bit for bit, at CPU speed
     resize_on_gpu: bool = True
     amp: bool = True  # run the teacher in bf16 autocast on CUDA (features are stored in `dtype`)
+    # on CUDA: the teacher's weights and input in NHWC (cuDNN's bf16 kernels then convert nothing); the features
+    # agree with the NCHW pass to within bf16 rounding
+    channels_last: bool = True
+    cuda_graphs: bool = False  # on CUDA: replay the teacher and the encoding as one CUDA graph per batch shape
     preload_mb: int = 2048  # distill reads a cache up to this size into memory once (0: always read per view)
     check_teacher_images: int = 0  # before caching, score the teacher on the first N val images (0: no check)
     min_teacher_map: float = 0.01  # ...and refuse to cache when its COCO AP (0..1) is below this

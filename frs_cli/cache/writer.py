@@ -38,14 +38,14 @@ from frs_cli.cache.schema import (
     stored_channels,
 )
 from frs_cli.cache.shard_writer import Layout, WriterProcesses, batch_dtypes, split_batch, write_rows
-from frs_cli.cache.store import codec, encode, is_hdf5, open_existing, open_group, storage_dtype, url_options
+from frs_cli.cache.store import codec, is_hdf5, open_existing, open_group, storage_dtype, url_options
+from frs_cli.cache.teacher_pass import PassOptions, TeacherPass
 from frs_cli.cache.verify import UNREADABLE, verify_cache
 from frs_cli.data.coco import CocoViews, ListSampler, OriginalViews, collate, collate_originals, resize_batch
 from frs_cli.dist import DistContext, all_gather_objects, barrier, broadcast_object, setup
 from frs_cli.errors import CacheFormatError, CacheMismatchError, ConfigError, DataError
 from frs_cli.files import storage_errors
 from frs_cli.lock import job_lock
-from frs_cli.losses import frs_masks
 from frs_cli.models import build_detector, check_distillable
 from frs_cli.progress import NullProgress, Progress
 
@@ -67,7 +67,8 @@ class CacheWriteSummary:
     stage_seconds: dict | None = None
 
 
-def _create(path: str, plan: Plan, teacher, recipe, fingerprints: dict, dataset, check: dict | None) -> zarr.Group:
+def _create(path: str, plan: Plan, teacher, recipe, fingerprints: dict, dataset, check: dict | None,
+            autocast: bool) -> zarr.Group:
     cfg = recipe.cache
     root = open_group(path, mode="w")
     root.attrs.update({"format": FORMAT_NAME, "format_version": format_version(cfg.dtype), "state": "creating"})
@@ -79,7 +80,7 @@ def _create(path: str, plan: Plan, teacher, recipe, fingerprints: dict, dataset,
         "teacher": {"arch": teacher.arch, "weights": recipe.teacher.weights, "num_classes": teacher.num_classes,
                     "fingerprint": fingerprints["teacher"], "head_spec": teacher.cls_head_spec(),
                     "model_config": dataclasses.asdict(recipe.teacher), "check": check,
-                    "autocast": "bfloat16" if recipe.cache.amp and teacher.pixel_mean.device.type == "cuda" else None},
+                    "autocast": "bfloat16" if autocast else None},
         "levels": [lv.to_dict() for lv in teacher.levels],
         "geometry": recipe.geometry.to_dict(),
         "views": list(cfg.views),
@@ -294,7 +295,8 @@ def _reject(root: zarr.Group, faults) -> int:
 
 def write_teacher_cache(recipe, path: str, *, resume: bool = False, ctx: DistContext | None = None,
                         progress: Progress | None = None, write_threads: int = 4,
-                        write_processes: int | None = None, resize_on_device: bool | None = None) -> CacheWriteSummary:
+                        write_processes: int | None = None, resize_on_device: bool | None = None,
+                        pass_options: PassOptions | None = None) -> CacheWriteSummary:
     """Cache the teacher of ``recipe`` over ``recipe.cache.split`` at ``path`` (see ``cache.schema``).
 
     ``path``: a local directory or an fsspec URL (a Zarr v3 group either way). A complete cache is left
@@ -306,6 +308,8 @@ def write_teacher_cache(recipe, path: str, *, resume: bool = False, ctx: DistCon
     Writing happens in ``write_processes`` worker processes (default ``recipe.cache.write_processes``), or in
     ``write_threads`` threads of this process when that is 0. On a GPU, loader workers only decode and the
     GPU resizes (``resize_on_device``, default ``recipe.cache.resize_on_gpu`` on CUDA devices).
+    ``pass_options``: how the teacher runs (``cache.teacher_pass``); default: from the recipe and the device
+    (``PassOptions.for_device``). Its ``amp`` is the precision the cache records (``teacher.autocast``).
     """
     if is_hdf5(path):
         raise ConfigError(f"teacher-cache --out {path!r}: expected a Zarr path or URL, got an HDF5 file name",
@@ -319,17 +323,19 @@ def write_teacher_cache(recipe, path: str, *, resume: bool = False, ctx: DistCon
         # started first, so they import while the teacher loads
         procs = WriterProcesses(path, url_options(path), n_procs) if n_procs else None
         try:
-            return _write(recipe, path, resume, ctx, progress, write_threads, procs, resize_on_device)
+            return _write(recipe, path, resume, ctx, progress, write_threads, procs, resize_on_device, pass_options)
         finally:
             if procs is not None:
                 procs.close(wait=False)  # after an error; the normal path has closed them already
 
 
 def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: Progress | None, write_threads: int,
-           procs: WriterProcesses | None, resize_on_device: bool | None) -> CacheWriteSummary:
+           procs: WriterProcesses | None, resize_on_device: bool | None,
+           options: PassOptions | None) -> CacheWriteSummary:
     progress = progress or NullProgress()
     ctx = ctx or setup()
     cfg = recipe.cache
+    options = options or PassOptions.for_device(ctx.device, cfg.amp, cfg.channels_last, cfg.cuda_graphs)
     dataset = CocoViews.from_config(recipe.data, cfg.split, recipe.geometry)
     check_distillable(recipe.student, recipe.teacher, dataset.index.num_classes)  # a cache no student can use is waste
     teacher = build_detector(recipe.teacher, dataset.index.num_classes).to(ctx.device).eval().requires_grad_(False)
@@ -350,127 +356,15 @@ def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: P
                               amp=cfg.amp, progress=progress)
     hint = "free space (or fix the store), then run the same command with --resume"
     with storage_errors(f"cache {path}", hint=hint):  # a full disk: one line, the cache stays resumable
-        already_complete, rejected = False, 0
-        if ctx.is_main:
-            root = open_existing(path, mode="r")
-            if root is not None and root.attrs.get("state") != "creating":
-                _check_same(path, root, recipe, teacher, dataset.index, cfg.views)
-                if root.attrs.get("state") != "complete" and not resume:
-                    raise CacheFormatError(f"cache {path!r}: exists and is incomplete",
-                                           hint="add --resume to continue it, or delete it")
-                already_complete = root.attrs.get("state") == "complete"
-                if resume:
-                    report = verify_cache(path, progress=progress)
-                    if report.missing_arrays:
-                        log.warning("cache %s: %d arrays are missing; recreating them", path,
-                                    len(report.missing_arrays))
-                        _repair_arrays(open_group(path, mode="r+"), report.missing_arrays, plan, teacher, cfg)
-                        already_complete = False
-                        report = verify_cache(path, progress=progress)  # the views, now that every array exists
-                    if report.faults:
-                        log.warning("cache %s: %d written views are missing or corrupt; rewriting them", path,
-                                    len(report.faults))
-                        rejected = _reject(open_group(path, mode="r+"), report.faults)
-                        already_complete = False
-                else:
-                    backend = open_backend(path)
-                    missing = [n for n in required_cache_arrays(backend.attrs) if not backend.has(n)]
-                    if missing:
-                        raise CacheFormatError(f"cache {path!r}: is damaged: {len(missing)} arrays the format "
-                                               f"requires are missing ({', '.join(missing[:3])})",
-                                               hint="add --resume to recreate them")
-            else:
-                root = _create(path, plan, teacher, recipe, fingerprints, dataset, check)
+        already_complete, rejected = _open_store(path, resume, ctx, plan, teacher, recipe, fingerprints, dataset,
+                                                 check, progress, options.amp)
         if broadcast_object(ctx, already_complete):  # nothing to do, and nothing is touched
             return CacheWriteSummary(path, len(plan), 0, 0.0, 0.0, True, 0, check)
         root = open_group(path, mode="r+")
-        buckets = root.attrs["buckets"]
-
-        # Batches are fixed by the plan (consecutive rows of one bucket, i.e. one padded size), whatever is
-        # pending: a resumed or multi-process run feeds the teacher exactly the batches an uninterrupted run
-        # does, so the cached numbers do not depend on where a run stopped. A batch with any pending view is
-        # recomputed; only its pending views are written.
-        is_pending = ~TeacherCache(path, require_complete=False).done()  # the stored index is in plan order
-        batches = []
-        for b in range(len(buckets)):
-            rows = np.flatnonzero(plan.bucket == b)
-            batches += [rows[k : k + cfg.batch_size].tolist() for k in range(0, len(rows), cfg.batch_size)]
-        mine = [bt for bt in batches[ctx.rank :: ctx.world_size] if is_pending[bt].any()]
-        # on a GPU, workers only decode and the GPU resizes: CPU resizing cannot keep up with the teacher
-        on_gpu = (ctx.device.type == "cuda" and cfg.resize_on_gpu) if resize_on_device is None else resize_on_device
-        loader = torch.utils.data.DataLoader(
-            OriginalViews(dataset) if on_gpu else dataset,
-            batch_sampler=ListSampler([[(int(plan.position[i]), VIEW_NAMES[int(plan.view[i])]) for i in bt]
-                                       for bt in mine]),
-            num_workers=cfg.workers, collate_fn=collate_originals if on_gpu else collate,
-            pin_memory=ctx.device.type == "cuda",
-            prefetch_factor=4 if cfg.workers > 0 else None,
-        )
-        level_names = teacher.level_names
-        use_amp = cfg.amp and ctx.device.type == "cuda"
-        n_mine = int(sum(is_pending[bt].sum() for bt in mine))
-        progress.start("teacher-cache", n_mine, unit="view")
-        t0 = time.perf_counter()
-        written = 0
-        stages = _Stages()
-        stored = np.dtype(storage_dtype(cfg.dtype))
-        futures: list[Future] = []
-        copier = _HostCopier(ctx.device)
-        scaled = cfg.dtype in SCALED_DTYPES  # features come with per-channel scales
-        if procs is not None:
-            procs.allocate(max(_batch_layout(teacher.levels, b["level_sizes"], cfg.batch_size, stored, cfg.dtype,
-                                             scaled).nbytes for b in buckets), slots=2 * len(procs))
-        in_flight = 2 if procs is not None else 2 * write_threads  # batches waiting in host memory, at most
-        # zarr encodes a shard's inner chunks concurrently up to this limit (its default, 10, starves the writer)
-        with ThreadPoolExecutor(max_workers=1 if procs is not None else write_threads) as pool, \
-                zarr.config.set({"async.concurrency": 64}):
-            batches_in = iter(zip(mine, loader))
-            while True:
-                t_wait = time.perf_counter()
-                item = next(batches_in, None)
-                stages.loader_wait += time.perf_counter() - t_wait
-                if item is None:
-                    break
-                rows, batch = item
-                if on_gpu:
-                    images, image_sizes = resize_batch(batch, ctx.device)
-                else:
-                    batch = batch.to(ctx.device)
-                    images, image_sizes = batch.images, batch.image_sizes
-                with torch.no_grad(), torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    out = teacher(images, image_sizes, detect=False)
-                bucket = buckets[int(plan.bucket[rows[0]])]
-                got = [tuple(f.shape[-2:]) for f in out.features]
-                if got != [tuple(s) for s in bucket["level_sizes"]]:
-                    raise CacheFormatError(f"teacher-cache: the teacher's level grids {got} differ from the "
-                                           f"planned {bucket['level_sizes']} for padded size {bucket['padded']}")
-                keep = [j for j, i in enumerate(rows) if is_pending[i]]
-                with torch.no_grad():
-                    encoded = [encode(f, cfg.dtype) for f in out.features]  # (B, C', H, W), (B, C) or None
-                    tensors = [t for f, sc in encoded for t in (f, sc) if t is not None]
-                    tensors += [m.to(torch.float16) for m in frs_masks(out.cls_logits)]  # (B, H, W) per level
-                    if len(keep) < len(rows):
-                        index = torch.tensor(keep, device=ctx.device)
-                        tensors = [t.index_select(0, index) for t in tensors]
-                host = copier.copy(tensors)  # on a side stream: the next batch's forward does not wait for it
-                args = (bucket["name"], [int(plan.row[rows[j]]) for j in keep], level_names, stored,
-                        scaled, host, stages)
-                futures.append(pool.submit(_dispatch, procs, *args) if procs is not None
-                               else pool.submit(_write_batch, root, *args))
-                t_wait = time.perf_counter()
-                while len(futures) > in_flight:
-                    futures.pop(0).result()
-                stages.backpressure += time.perf_counter() - t_wait
-                written += len(keep)
-                progress.update(len(keep))
-            t_wait = time.perf_counter()
-            for f in futures:
-                f.result()
-            if procs is not None:
-                procs.close()  # waits for the writer processes to finish every batch
-            stages.backpressure += time.perf_counter() - t_wait
-        progress.stop()
-        seconds = time.perf_counter() - t0
+        # the fast pass changes the teacher's weights in place: only after they were fingerprinted and stored
+        run = TeacherPass(teacher, cfg.dtype, options).prepare()
+        written, seconds, stages = _write_pending(root, path, plan, run, dataset, cfg, ctx, progress, write_threads,
+                                                  procs, resize_on_device)
         barrier(ctx)
         complete = False
         if ctx.is_main:
@@ -481,3 +375,139 @@ def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: P
         total_written = sum(all_gather_objects(ctx, written))
         return CacheWriteSummary(path, len(plan), total_written, seconds, written / seconds if seconds > 0 else 0.0,
                                  complete, broadcast_object(ctx, rejected), check, stages.to_dict())
+
+
+def _open_store(path: str, resume: bool, ctx: DistContext, plan: Plan, teacher, recipe, fingerprints: dict, dataset,
+                check: dict | None, progress: Progress, autocast: bool) -> tuple[bool, int]:
+    """Process 0 creates the cache, or checks the existing one is this recipe's (and with ``resume`` verifies
+    and repairs it). Returns (already complete, views ``verify`` rejected); other processes get (False, 0)."""
+    cfg = recipe.cache
+    if not ctx.is_main:
+        return False, 0
+    root = open_existing(path, mode="r")
+    if root is None or root.attrs.get("state") == "creating":
+        _create(path, plan, teacher, recipe, fingerprints, dataset, check, autocast)
+        return False, 0
+    _check_same(path, root, recipe, teacher, dataset.index, cfg.views)
+    if root.attrs.get("state") != "complete" and not resume:
+        raise CacheFormatError(f"cache {path!r}: exists and is incomplete",
+                               hint="add --resume to continue it, or delete it")
+    already_complete, rejected = root.attrs.get("state") == "complete", 0
+    if not resume:
+        backend = open_backend(path)
+        missing = [n for n in required_cache_arrays(backend.attrs) if not backend.has(n)]
+        if missing:
+            raise CacheFormatError(f"cache {path!r}: is damaged: {len(missing)} arrays the format "
+                                   f"requires are missing ({', '.join(missing[:3])})",
+                                   hint="add --resume to recreate them")
+        return already_complete, 0
+    report = verify_cache(path, progress=progress)
+    if report.missing_arrays:
+        log.warning("cache %s: %d arrays are missing; recreating them", path, len(report.missing_arrays))
+        _repair_arrays(open_group(path, mode="r+"), report.missing_arrays, plan, teacher, cfg)
+        already_complete = False
+        report = verify_cache(path, progress=progress)  # the views, now that every array exists
+    if report.faults:
+        log.warning("cache %s: %d written views are missing or corrupt; rewriting them", path, len(report.faults))
+        rejected = _reject(open_group(path, mode="r+"), report.faults)
+        already_complete = False
+    return already_complete, rejected
+
+
+def _my_batches(plan: Plan, num_buckets: int, is_pending: np.ndarray, batch_size: int, ctx: DistContext) -> list:
+    """This process's plan batches (row lists) that hold a pending view.
+
+    Batches are fixed by the plan (consecutive rows of one bucket, i.e. one padded size), whatever is pending: a
+    resumed or multi-process run feeds the teacher exactly the batches an uninterrupted run does, so the cached
+    numbers do not depend on where a run stopped. A batch with any pending view is recomputed; only its pending
+    views are written."""
+    batches = []
+    for b in range(num_buckets):
+        rows = np.flatnonzero(plan.bucket == b)
+        batches += [rows[k : k + batch_size].tolist() for k in range(0, len(rows), batch_size)]
+    return [bt for bt in batches[ctx.rank :: ctx.world_size] if is_pending[bt].any()]
+
+
+def _write_pending(root: zarr.Group, path: str, plan: Plan, run: TeacherPass, dataset, cfg, ctx: DistContext,
+                   progress: Progress, write_threads: int, procs: WriterProcesses | None,
+                   resize_on_device: bool | None) -> tuple[int, float, _Stages]:
+    """Run the teacher over this process's pending batches and write them; (views written, seconds, stages)."""
+    buckets = root.attrs["buckets"]
+    is_pending = ~TeacherCache(path, require_complete=False).done()  # the stored index is in plan order
+    mine = _my_batches(plan, len(buckets), is_pending, cfg.batch_size, ctx)
+    # on a GPU, workers only decode and the GPU resizes: CPU resizing cannot keep up with the teacher
+    on_gpu = (ctx.device.type == "cuda" and cfg.resize_on_gpu) if resize_on_device is None else resize_on_device
+    loader = torch.utils.data.DataLoader(
+        OriginalViews(dataset) if on_gpu else dataset,
+        batch_sampler=ListSampler([[(int(plan.position[i]), VIEW_NAMES[int(plan.view[i])]) for i in bt]
+                                   for bt in mine]),
+        num_workers=cfg.workers, collate_fn=collate_originals if on_gpu else collate,
+        pin_memory=ctx.device.type == "cuda",
+        prefetch_factor=4 if cfg.workers > 0 else None,
+    )
+    levels = run.teacher.levels
+    batches_in = iter(zip(mine, loader))  # the workers start decoding while the teacher warms up
+    run.warm_up(sorted({(len(bt), *buckets[int(plan.bucket[bt[0]])]["padded"]) for bt in mine}), ctx.device)
+    progress.start("teacher-cache", int(sum(is_pending[bt].sum() for bt in mine)), unit="view")
+    t0 = time.perf_counter()
+    written = 0
+    stages = _Stages()
+    stored = np.dtype(storage_dtype(cfg.dtype))
+    futures: list[Future] = []
+    copier = _HostCopier(ctx.device)
+    scaled = cfg.dtype in SCALED_DTYPES  # features come with per-channel scales
+    if procs is not None:
+        procs.allocate(max(_batch_layout(levels, b["level_sizes"], cfg.batch_size, stored, cfg.dtype,
+                                         scaled).nbytes for b in buckets), slots=2 * len(procs))
+    in_flight = 2 if procs is not None else 2 * write_threads  # batches waiting in host memory, at most
+    # zarr encodes a shard's inner chunks concurrently up to this limit (its default, 10, starves the writer)
+    with ThreadPoolExecutor(max_workers=1 if procs is not None else write_threads) as pool, \
+            zarr.config.set({"async.concurrency": 64}):
+        while True:
+            t_wait = time.perf_counter()
+            item = next(batches_in, None)
+            stages.loader_wait += time.perf_counter() - t_wait
+            if item is None:
+                break
+            rows, batch = item
+            bucket = buckets[int(plan.bucket[rows[0]])]
+            keep = [j for j, i in enumerate(rows) if is_pending[i]]
+            host = copier.copy(_encoded_batch(run, batch, on_gpu, ctx.device, bucket, keep, len(rows)))
+            args = (bucket["name"], [int(plan.row[rows[j]]) for j in keep], [lv.name for lv in levels], stored,
+                    scaled, host, stages)
+            futures.append(pool.submit(_dispatch, procs, *args) if procs is not None
+                           else pool.submit(_write_batch, root, *args))
+            t_wait = time.perf_counter()
+            while len(futures) > in_flight:
+                futures.pop(0).result()
+            stages.backpressure += time.perf_counter() - t_wait
+            written += len(keep)
+            progress.update(len(keep))
+        t_wait = time.perf_counter()
+        for f in futures:
+            f.result()
+        if procs is not None:
+            procs.close()  # waits for the writer processes to finish every batch
+        stages.backpressure += time.perf_counter() - t_wait
+    progress.stop()
+    return written, time.perf_counter() - t0, stages
+
+
+def _encoded_batch(run: TeacherPass, batch, on_gpu: bool, device: torch.device, bucket: dict, keep: list[int],
+                   rows: int) -> list[torch.Tensor]:
+    """One loader batch through the teacher pass: its tensors in ``batch_dtypes`` order, only the ``keep`` views,
+    on the device (the host copy follows on a side stream: the next batch's forward does not wait for it)."""
+    if on_gpu:
+        images, image_sizes = resize_batch(batch, device)
+    else:
+        batch = batch.to(device)
+        images, image_sizes = batch.images, batch.image_sizes
+    tensors = run(images, image_sizes)
+    got = [tuple(m.shape[-2:]) for m in tensors[-len(bucket["level_sizes"]):]]  # the masks' grids
+    if got != [tuple(s) for s in bucket["level_sizes"]]:
+        raise CacheFormatError(f"teacher-cache: the teacher's level grids {got} differ from the "
+                               f"planned {bucket['level_sizes']} for padded size {bucket['padded']}")
+    if len(keep) < rows:
+        index = torch.tensor(keep, device=device)
+        tensors = [t.index_select(0, index) for t in tensors]
+    return tensors

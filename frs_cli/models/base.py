@@ -84,7 +84,7 @@ class Detector(nn.Module):
 
     ``forward(images, image_sizes, targets=None, detect=None)``:
         images: ``(B, 3, H, W)`` uint8, each image at the top-left, zero padding bottom/right, H and W
-            multiples of the geometry's ``size_divisible``.
+            multiples of the geometry's ``size_divisible``; or float32, already through ``normalize``.
         image_sizes: the valid ``(h, w)`` of each image.
         targets: per image ``{"boxes": (N, 4) float32 xyxy view pixels, "labels": (N,) int64}``; when
             given, ``losses`` holds the detector's GT losses from this same pass.
@@ -120,7 +120,10 @@ class Detector(nn.Module):
 
     def normalize(self, images: Tensor, image_sizes: list[tuple[int, int]]) -> Tensor:
         """uint8 RGB batch -> float, normalized as ``set_pixel_norm`` chose (default ImageNet RGB), padding
-        exactly zero (as torchvision and mmdetection batch images)."""
+        exactly zero (as torchvision and mmdetection batch images). A float batch is taken as this method's
+        output and returned as it is (teacher-cache normalises outside the CUDA graph it replays the body in)."""
+        if images.is_floating_point():
+            return images
         if self.bgr:
             images = images.flip(1)
         x = (images.float() - self.pixel_mean) / self.pixel_std

@@ -36,7 +36,8 @@ JOB_TABLES = {
 }
 # keys of those tables a run does not depend on: a label, the split it is scored on, what teacher-cache alone reads
 IGNORED = ("name", "data.val", "cache.dtype", "cache.codec", "cache.batch_size", "cache.workers",
-           "cache.write_processes", "cache.resize_on_gpu", "cache.amp", "cache.preload_mb",
+           "cache.write_processes", "cache.resize_on_gpu", "cache.amp", "cache.channels_last",
+           "cache.cuda_graphs", "cache.preload_mb",
            "cache.check_teacher_images", "cache.min_teacher_map")
 
 

@@ -1,0 +1,167 @@
+"""The teacher side of ``frs teacher-cache``: a batch of images in, its encoded targets out, all on the device.
+
+``TeacherPass`` runs the frozen teacher over one padded batch, takes the FRS masks and encodes the features as
+the store keeps them (``cache.store.encode``), without a host sync. Three options keep the device, not the
+Python thread, the bound (each is off on the CPU, where the pass is exactly the eager float32 forward):
+
+- ``bf16_weights``: under autocast every convolution casts its weight and bias to bf16 again on every forward
+  (autocast caches casts only of leaf tensors that require grad; a frozen teacher's do not). Casting the
+  weights of the convolutions and linear layers once hands autocast tensors that already have its dtype: the
+  same arithmetic, bit for bit, with no cast kernels. Norm layers keep their float32 parameters, as under
+  autocast. The cache's recorded precision (``teacher.autocast``) is thus unchanged.
+- ``channels_last``: the weights and the normalised input in NHWC, so cuDNN's bf16 kernels do not convert
+  every convolution's input and output; the stored features are made NCHW once, at the end. The sums run in
+  another order: features agree with the NCHW pass to within bf16 rounding, not bit for bit.
+- ``cuda_graphs``: one CUDA graph per batch shape (shapes are fixed within a bucket of the plan), capturing the
+  forward from the normalised input, the masks and the encoding; a batch then costs one launch. The first
+  batch of a shape runs eagerly (it warms up), the next ones replay. A capture that fails leaves that shape
+  eager, with a warning. Graphs share one memory pool: they never run concurrently, and each replay's
+  outputs are copied out before the next.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from frs_cli.cache.store import encode
+from frs_cli.losses import frs_masks
+
+log = logging.getLogger(__name__)
+
+# modules whose parameters autocast casts to its dtype at every call (convolutions, linear layers)
+_AUTOCAST_CAST = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+                  nn.Linear)
+MAX_GRAPHS = 64  # batch shapes with a graph; later shapes run eagerly (COCO at 800/1333 has about 30 buckets)
+
+
+@dataclass(frozen=True)
+class PassOptions:
+    amp: bool = False  # run under bf16 autocast (the cache's teacher precision)
+    bf16_weights: bool = False  # cast convolution and linear weights to bf16 once (only with amp)
+    channels_last: bool = False  # NHWC weights and input
+    cuda_graphs: bool = False  # one CUDA graph per batch shape (CUDA only)
+
+    @staticmethod
+    def for_device(device: torch.device, amp: bool, channels_last: bool, cuda_graphs: bool) -> PassOptions:
+        """What the writer runs on ``device``: autocast and everything that speeds it up on CUDA; on the CPU the
+        plain float32 forward (``amp``, ``channels_last`` and ``cuda_graphs`` ask for them on CUDA only)."""
+        cuda = device.type == "cuda"
+        return PassOptions(amp=amp and cuda, bf16_weights=amp and cuda, channels_last=channels_last and cuda,
+                           cuda_graphs=cuda_graphs and cuda)
+
+
+def cast_weights_once(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> int:
+    """Cast, in place, the parameters of every convolution and linear layer of ``model`` to ``dtype``: the cast
+    autocast would otherwise repeat on every forward. Returns how many tensors were cast. The model then runs
+    only under autocast of ``dtype`` (or with inputs of ``dtype``)."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, _AUTOCAST_CAST):
+            for p in m.parameters(recurse=False):
+                if p.is_floating_point() and p.dtype != dtype:
+                    p.data = p.data.to(dtype)
+                    n += 1
+    return n
+
+
+class TeacherPass:
+    """``teacher`` (a frozen ``Detector`` on its device) and the cache encoding ``dtype``; see the module doc.
+
+    ``__call__(images, image_sizes)``: images ``(B, 3, H, W)`` uint8 on the teacher's device, padded as the
+    ``Detector`` contract says -> the batch's tensors in ``shard_writer.batch_dtypes`` order: per level the
+    encoded features ``(B, C', H_l, W_l)`` (and their float32 scales ``(B, C)`` for scaled dtypes), then per
+    level the float16 masks ``(B, H_l, W_l)``; all contiguous, on the device, nothing synchronised.
+    Prepare the teacher (``prepare``) after its float32 weights were fingerprinted and stored.
+    """
+
+    def __init__(self, teacher: nn.Module, dtype: str, options: PassOptions):
+        self.teacher = teacher
+        self.dtype = dtype
+        self.options = options
+        self._graphs: dict[tuple, _Graph | None] = {}  # batch shape -> graph (None: this shape runs eagerly)
+        self._pool = None
+
+    def prepare(self) -> TeacherPass:
+        o = self.options
+        if o.bf16_weights and o.amp:
+            cast_weights_once(self.teacher)
+        if o.channels_last:
+            self.teacher.to(memory_format=torch.channels_last)
+        return self
+
+    def _encode(self, images: Tensor, image_sizes) -> list[Tensor]:
+        """Forward, masks and encoding: ``images`` uint8, or float32 already normalised (``Detector.normalize``)."""
+        # no autocast cache: it holds casts of weights that require grad only, and a graph capture must not use it
+        with torch.no_grad(), torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=self.options.amp,
+                                             cache_enabled=False):
+            out = self.teacher(images, image_sizes, detect=False)
+        with torch.no_grad():
+            # NCHW once per level, before encoding: the store's layout, and the layout encode's kernels are made for
+            encoded = [encode(f.contiguous(), self.dtype) for f in out.features]  # (B, C', H, W), (B, C) or None
+            tensors = [t for f, sc in encoded for t in (f, sc) if t is not None]
+            tensors += [m.to(torch.float16).contiguous() for m in frs_masks(out.cls_logits)]  # (B, H, W) per level
+        return tensors
+
+    def warm_up(self, shapes, device: torch.device) -> None:
+        """Run (and with ``cuda_graphs`` capture) each batch shape ``(B, H, W)`` once on zero images, so that the
+        write loop starts warm: cuDNN's and cuBLAS's first-call set-up and the captures happen here. CUDA only;
+        nothing on the CPU."""
+        if device.type != "cuda":
+            return
+        for b, h, w in shapes:
+            self(torch.zeros((b, 3, h, w), dtype=torch.uint8, device=device), [(h, w)] * b)
+
+    def __call__(self, images: Tensor, image_sizes) -> list[Tensor]:
+        if not self.options.cuda_graphs:
+            if self.options.channels_last:  # normalised here, so the body's first convolution reads NHWC
+                images = self._normalized(images, image_sizes)
+            return self._encode(images, image_sizes)
+        x = self._normalized(images, image_sizes)
+        key = (tuple(x.shape), x.dtype)
+        if key not in self._graphs:
+            tensors = self._encode(x, image_sizes)  # the first batch of a shape warms it up, eagerly
+            self._graphs[key] = self._capture(x, image_sizes) if len(self._graphs) < MAX_GRAPHS else None
+            return tensors
+        graph = self._graphs[key]
+        return self._encode(x, image_sizes) if graph is None else graph.run(x)
+
+    def _normalized(self, images: Tensor, image_sizes) -> Tensor:
+        with torch.no_grad():
+            x = self.teacher.normalize(images, image_sizes)
+        return x.contiguous(memory_format=torch.channels_last) if self.options.channels_last else x
+
+    def _capture(self, x: Tensor, image_sizes) -> _Graph | None:
+        try:
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            return _Graph(lambda inp: self._encode(inp, image_sizes), x, self._pool)
+        except Exception as exc:  # noqa: BLE001 - any capture failure leaves this shape eager, nothing else
+            log.warning("teacher-cache: no CUDA graph for batches of shape %s (%s: %s); they run eagerly",
+                        tuple(x.shape), type(exc).__name__, exc)
+            return None
+
+
+class _Graph:
+    """One captured pass: a static input, the captured outputs, replayed on the current stream."""
+
+    def __init__(self, fn, example: Tensor, pool):
+        self.input = example.clone(memory_format=torch.preserve_format)
+        self.graph = torch.cuda.CUDAGraph()
+        side = torch.cuda.Stream(example.device)
+        side.wait_stream(torch.cuda.current_stream(example.device))
+        with torch.cuda.stream(side):
+            fn(self.input)  # once more on a side stream, as capture wants (lazy handles, allocator)
+        torch.cuda.current_stream(example.device).wait_stream(side)
+        # thread_local: the writer's threads keep waiting on events and copying while this thread captures
+        with torch.cuda.graph(self.graph, pool=pool, capture_error_mode="thread_local"):
+            self.outputs = fn(self.input)
+
+    def run(self, x: Tensor) -> list[Tensor]:
+        self.input.copy_(x)
+        self.graph.replay()
+        # copies: the next replay overwrites the outputs while the writer may still be copying these to the host
+        return [t.clone() for t in self.outputs]
