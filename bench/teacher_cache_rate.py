@@ -230,7 +230,7 @@ def main() -> None:
     from frs_cli.data.coco import CocoViews
     from frs_cli.models import ModelConfig
     from frs_cli.train.checkpoint import atomic_save, model_payload
-    from frs_cli.train.dist import setup
+    from frs_cli.dist import setup
 
     tiny = args.tiny
     args.teachers = args.teachers or ("tiny" if tiny else "r50v2,x101")

@@ -134,9 +134,9 @@ def test_writer_with_weights_cast_once_writes_the_autocast_cache_and_stores_floa
     from frs_cli.cache import writer
     from frs_cli.cache.reader import TeacherCache
     from frs_cli.config import load_recipe
-    from frs_cli.models import model_fingerprint
+    from frs_cli.cache.identity import teacher_fingerprint
     from frs_cli.train.checkpoint import load_detector
-    from frs_cli.train.dist import setup
+    from frs_cli.dist import setup
 
     seen = []
 
@@ -157,7 +157,7 @@ def test_writer_with_weights_cast_once_writes_the_autocast_cache_and_stores_floa
     assert_same_cache_arrays(fast, ref)
     cache = TeacherCache(fast)
     teacher, _ = load_detector(teacher_ckpt)
-    assert cache.teacher_autocast and cache.fingerprints["teacher"] == model_fingerprint(teacher)
+    assert cache.teacher_autocast and cache.fingerprints["teacher"] == teacher_fingerprint(r.teacher, teacher)
     head = cache.build_head().state_dict()
     for name, t in teacher.cls_head().state_dict().items():
         assert head[name].dtype == torch.float32 and torch.equal(head[name], t), name
@@ -233,7 +233,7 @@ def test_gpu_cache_with_cuda_graphs_is_the_eager_cache(synth_root, teacher_ckpt,
 
     from frs_cli.cache.writer import write_teacher_cache
     from frs_cli.config import load_recipe
-    from frs_cli.train.dist import setup
+    from frs_cli.dist import setup
 
     r = load_recipe(write_recipe(tmp_path / "r.toml", synth_root, str(teacher_ckpt)))
     eager, graphs = str(tmp_path / "eager.zarr"), str(tmp_path / "graphs.zarr")
