@@ -134,6 +134,9 @@ class _Fails(torch.nn.Module):
         self.student, self.at, self.what = inner.student, at, what
         self.inner = inner
 
+    def checkpointed(self):
+        return self.inner.checkpointed()
+
     def forward(self, batch, step):
         losses = self.inner(batch, step)
         if step == self.at:

@@ -87,7 +87,7 @@ def _model_saver(model_cfg: ModelConfig, index, geometry, extra: bool = False):
         payload = model_payload(objective.student, model_cfg, index.label_to_category,
                                 [c["name"] for c in index.categories], geometry)
         atomic_save(payload, out_dir / FINAL)
-        if extra and hasattr(objective, "adapters"):
+        if extra:  # a distillation run: its FRSObjective's adapters too
             atomic_save({"adapters": objective.adapters.state_dict(),
                          "levels": [lv.to_dict() for lv in objective.student.levels]}, out_dir / ADAPTERS)
     return save
@@ -131,9 +131,9 @@ def train_detector(recipe, role: str, out_dir: str | Path, *, resume: bool = Fal
 def teacher_fingerprint(cfg: ModelConfig, num_classes: int) -> str:
     """The fingerprint ``teacher-cache`` records for this teacher config, cheaply when it is an frs checkpoint."""
     if cfg.weights and Path(cfg.weights).is_file():
-        source = resolve_weights(cfg.weights, cfg.arch)
-        if source.kind == "frs" and "fingerprint" in source.content:
-            return source.content["fingerprint"]
+        weights = resolve_weights(cfg.weights, cfg.arch)
+        if weights.kind == "frs" and "fingerprint" in weights.content:
+            return weights.content["fingerprint"]
     return model_fingerprint(build_detector(cfg, num_classes))
 
 
@@ -177,19 +177,19 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
         missing = [v for v in views if v not in store.views]
         if missing:
             raise ConfigError(f"distill: the recipe asks for views {list(views)}, the cache holds {store.views}")
-        source = CachedTeacher.from_cache(store)
+        teacher_side = CachedTeacher.from_cache(store)
         teacher_signature = store.signature
         dataset = CachedViews(coco, store)
     else:
         check_distillable(recipe.student, recipe.teacher, num_classes)
         teacher = build_detector(recipe.teacher, num_classes)
-        source = OnlineTeacher(teacher, autocast=recipe.cache.amp)
+        teacher_side = OnlineTeacher(teacher, autocast=recipe.cache.amp)
         teacher_signature = teacher.signature
         views = ("orig", "hflip") if cfg.hflip_prob > 0 else ("orig",)
         dataset = coco
     seed_everything(cfg.seed)
     student = build_detector(recipe.student, num_classes)
-    objective = FRSObjective(student, teacher_signature, source, recipe.distill)
+    objective = FRSObjective(student, teacher_signature, teacher_side, recipe.distill)
     _start_out(start, recipe_dict, ctx)
     if cfg.tensorboard and ctx.is_main and not start.resume:
         write_images(out_dir, {"frs/teacher_masks": _mask_picture(store if cache else None, coco,
