@@ -7,8 +7,9 @@ fields (``epoch``, ``step``, ``iteration``, ``last``, ``eval_metrics``, ``optimi
     before_epoch   at the start of every epoch run, ``trainer.step`` = the step it starts from
     after_step     after every optimizer step, ``trainer.last`` = that step's record
     after_epoch    after the epoch's last step
-    after_train    once, in reverse order, for every hook whose ``before_train`` returned, also when training
-                   failed (``trainer.finished`` says whether every epoch ran): release what ``before_train`` took
+    after_train    once, for every hook whose ``before_train`` returned, also when training failed
+                   (``trainer.finished`` says whether every epoch ran): release what ``before_train`` took.
+                   Each hook's ``after_train`` runs even when another's fails; the first failure is raised.
 
 Calls run in the order the hooks were given; an exception from a hook stops training and propagates as it
 is. The order of the built-in hooks is part of the behaviour: a step is shown and logged before a checkpoint

@@ -186,7 +186,7 @@ class Trainer:
                     hook.after_epoch(self)
             self.finished = True
         finally:
-            _after_train(reversed(started), self)
+            _after_train(started, self)
 
 
 def _after_train(hooks, trainer: Trainer) -> None:
@@ -238,9 +238,9 @@ def fit(
     built_in: list[Hook] = [ProgressHook(progress), metrics, CheckpointHook(state, cfg.checkpoint_every)]
     if evaluate is not None:
         built_in.append(EvalHook(evaluate, cfg.eval_every, progress, metrics))
-    built_in.append(InterruptHook(state))
     if save_outputs is not None:
         built_in.append(OutputsHook(save_outputs, out_dir))
+    built_in.append(InterruptHook(state))  # lets go of Ctrl-C after the final files are written
     t_start = time.perf_counter()
     trainer.train([*built_in, *hooks], state, start)
     seconds = time.perf_counter() - t_start
