@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from fractions import Fraction
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,15 @@ class StepRecord:
     def fields(self) -> dict[str, float]:
         """What progress shows and metrics log of every step: each term, ``loss`` and ``img_s``."""
         return {**self.losses, "loss": self.loss, "img_s": self.images / self.seconds}
+
+
+def flip_views(hflip_prob: float, resolution: int = 100) -> tuple[str, ...]:
+    """Views to choose from uniformly so that an image is flipped with probability ``hflip_prob``: ``orig`` and
+    ``hflip`` repeated in the ratio of the nearest fraction k/n with n <= ``resolution`` (within 0.5/resolution
+    of ``hflip_prob``; 0.5 gives exactly ``("orig", "hflip")``, 0 ``("orig",)``, 1 ``("hflip",)``)."""
+    share = Fraction(hflip_prob).limit_denominator(resolution)
+    flips, n = share.numerator, share.denominator
+    return ("orig",) * (n - flips) + ("hflip",) * flips
 
 
 def autocast_context(device: torch.device, enabled: bool, dtype_name: str):
@@ -219,10 +229,10 @@ def fit(
     """Train ``objective`` on ``dataset`` (indexed by ``(position, view)``) for ``cfg.epochs`` epochs.
 
     ``views``: the views an image may be shown in, one chosen uniformly per image and epoch (orig/hflip
-    = random flip with p 0.5); ``save_outputs(objective, out_dir)`` writes the final model files (main
-    process); ``resumed()`` is called once a saved state is restored and checked (``resume``);
-    ``evaluate(objective)`` returns val metrics (called on every process, used from the main one);
-    ``hooks`` run after the built-in ones.
+    = random flip with p 0.5; ``flip_views`` gives another probability); ``save_outputs(objective, out_dir)``
+    writes the final model files (main process); ``resumed()`` is called once a saved state is restored and
+    checked (``resume``); ``evaluate(objective)`` returns val metrics (called on every process, used from the
+    main one); ``hooks`` run after the built-in ones.
     """
     progress = progress or NullProgress()
     out_dir = Path(out_dir)
