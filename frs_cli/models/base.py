@@ -19,10 +19,6 @@ from torchvision.models.detection.image_list import ImageList
 
 from frs_cli.errors import FrsError
 
-# The FPN levels of the one-stage families (RetinaNet, FCOS, GFL): P3-P7, each twice the stride of the last.
-P3_P7_NAMES = ("P3", "P4", "P5", "P6", "P7")
-P3_P7_STRIDES = (8, 16, 32, 64, 128)
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # How a body's weights expect pixels: (mean, std) in 0..255 units in the channel order the body reads, and
@@ -55,9 +51,19 @@ class LevelSpec:
         return {"name": self.name, "stride": self.stride, "channels": self.channels}
 
 
-def fpn_levels(names: tuple[str, ...], strides: tuple[int, ...], channels: int) -> list[LevelSpec]:
-    """One ``LevelSpec`` per FPN output, all of ``channels`` channels."""
-    return [LevelSpec(n, s, channels) for n, s in zip(names, strides)]
+@dataclass(frozen=True)
+class FpnLayout:
+    """A family's FPN outputs, finest first: their names and strides (input pixels per position)."""
+
+    names: tuple[str, ...]
+    strides: tuple[int, ...]
+
+    def levels(self, channels: int) -> list[LevelSpec]:
+        """One ``LevelSpec`` per output, all of ``channels`` channels."""
+        return [LevelSpec(n, s, channels) for n, s in zip(self.names, self.strides)]
+
+
+P3_P7 = FpnLayout(("P3", "P4", "P5", "P6", "P7"), (8, 16, 32, 64, 128))  # RetinaNet, FCOS, GFL
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,18 @@ def check_compatible(student: FrsSignature, teacher: FrsSignature) -> None:
         raise FrsError(f"distill: the teacher's {teacher.family} classification output has {teacher.cls_channels} "
                        f"channels per position, the student's {student.cls_channels}",
                        hint="teacher and student need the same classes and anchors per position")
+
+
+class TowerClsHead(nn.Module):
+    """A torchvision classification head (a conv tower ``conv``, then a logits conv ``cls_logits``: RetinaNet's,
+    FCOS's) run per level: a feature list -> per-level ``(B, A*K, H, W)`` logits."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head
+
+    def forward(self, features: list[Tensor]) -> list[Tensor]:
+        return [self.head.cls_logits(self.head.conv(f)) for f in features]
 
 
 @dataclass

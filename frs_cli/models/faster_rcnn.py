@@ -21,10 +21,10 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from frs_cli.models.anchors import doubling_anchors
 from frs_cli.models.backbones import TINY_BODIES, resnet_fpn
-from frs_cli.models.base import DensePass, Detector, fpn_levels
+from frs_cli.models.base import DensePass, Detector, FpnLayout
 
-LEVEL_NAMES = ("P2", "P3", "P4", "P5", "P6")
-STRIDES = (4, 8, 16, 32, 64)
+P2_P6 = FpnLayout(("P2", "P3", "P4", "P5", "P6"), (4, 8, 16, 32, 64))
+LEVEL_NAMES, STRIDES = P2_P6.names, P2_P6.strides
 DEFAULT_ANCHOR_SIZE = 32  # torchvision's: 32 px at P2, doubling per level, ratios 0.5 / 1 / 2
 RATIOS = (0.5, 1.0, 2.0)
 NO_CLASS_BIAS = -20.0  # logit of a predictor row no label ever uses (softmax weight ~ e**-20)
@@ -55,7 +55,7 @@ class FasterRCNNAdapter(Detector):
 
     def __init__(self, model: FasterRCNN, arch: str, num_classes: int):
         channels = model.backbone.out_channels
-        super().__init__(num_classes, fpn_levels(LEVEL_NAMES, STRIDES, channels))
+        super().__init__(num_classes, P2_P6.levels(channels))
         self.model = model
         self.arch = arch
         self._cls = RPNObjectnessHead(model.rpn.head)

@@ -24,17 +24,10 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from frs_cli.models.anchors import doubling_anchors
 from frs_cli.models.backbones import resnet_fpn
-from frs_cli.models.base import (
-    P3_P7_NAMES,
-    P3_P7_STRIDES,
-    DensePass,
-    Detector,
-    fpn_levels,
-    to_head_layout,
-)
-from frs_cli.models.dense_inference import dense_detections
+from frs_cli.models.base import P3_P7, DensePass, Detector, TowerClsHead, to_head_layout
+from frs_cli.models.dense_inference import batch_dense_detections
 
-LEVEL_NAMES, STRIDES = P3_P7_NAMES, P3_P7_STRIDES
+LEVEL_NAMES, STRIDES = P3_P7.names, P3_P7.strides
 DEFAULT_ANCHOR_SIZE = 8  # torchvision's: one point per position, "anchor" size = stride (8 px at P3)
 HEAD_OPTIONS = ("norm_on_bbox", "centerness_on_reg")  # mmdetection FCOSHead switches an ArchSpec may name
 TOPK_CANDIDATES = 1000  # per level, before NMS (mmdetection's nms_pre, torchvision's topk_candidates)
@@ -46,19 +39,9 @@ def point_generator(anchor_size: int = DEFAULT_ANCHOR_SIZE) -> AnchorGenerator:
     return doubling_anchors(anchor_size)
 
 
-class FCOSClsHead(nn.Module):
+def build_cls_head(spec: dict) -> TowerClsHead:
     """torchvision's FCOS classification tower and logits conv, returning per-level ``(B, K, H, W)`` logits."""
-
-    def __init__(self, head: FCOSClassificationHead):
-        super().__init__()
-        self.head = head
-
-    def forward(self, features: list[Tensor]) -> list[Tensor]:
-        return [self.head.cls_logits(self.head.conv(f)) for f in features]
-
-
-def build_cls_head(spec: dict) -> FCOSClsHead:
-    return FCOSClsHead(FCOSClassificationHead(spec["in_channels"], 1, spec["num_classes"]))
+    return TowerClsHead(FCOSClassificationHead(spec["in_channels"], 1, spec["num_classes"]))
 
 
 class FCOSAdapter(Detector):
@@ -66,13 +49,13 @@ class FCOSAdapter(Detector):
 
     def __init__(self, model: FCOS, arch: str, head_options: tuple[str, ...] = (), mmdet: bool = False):
         channels = model.backbone.out_channels
-        super().__init__(model.head.classification_head.num_classes, fpn_levels(LEVEL_NAMES, STRIDES, channels))
+        super().__init__(model.head.classification_head.num_classes, P3_P7.levels(channels))
         self.model = model
         self.arch = arch
         self.mmdet = mmdet  # mmdetection's head and inference (module docstring); the parameter head.scales
         self.norm_on_bbox = "norm_on_bbox" in head_options
         self.centerness_on_reg = "centerness_on_reg" in head_options or not mmdet  # torchvision's: on reg
-        self._cls = FCOSClsHead(model.head.classification_head)
+        self._cls = TowerClsHead(model.head.classification_head)
 
     @property
     def cls_channels(self) -> int:
@@ -132,19 +115,8 @@ class FCOSAdapter(Detector):
                            image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
         """mmdetection's FCOS inference (``dense_detections``: score x centerness after the top-k) on per-level
         ``(B, HW, C)`` head outputs."""
-        model = self.model
-        results = []
-        for i, size in enumerate(image_sizes):
-            codes, points = [t[i] for t in head_outputs["bbox_regression"]], anchors[i]
-
-            def decode(lv: int, prior: Tensor, codes=codes, points=points) -> Tensor:
-                return model.box_coder.decode(codes[lv][prior], points[lv][prior])
-
-            results.append(dense_detections(
-                [t[i] for t in head_outputs["cls_logits"]], decode,
-                size, model.score_thresh, model.nms_thresh, model.detections_per_img, TOPK_CANDIDATES,
-                score_factors=[t[i, :, 0] for t in head_outputs["bbox_ctrness"]]))
-        return results
+        return batch_dense_detections(head_outputs, anchors, image_sizes, self.model.box_coder.decode, self.model,
+                                      TOPK_CANDIDATES, factors="bbox_ctrness")
 
 
 def build(spec, cfg, num_classes: int, backbone_weights, trained: bool) -> FCOSAdapter:

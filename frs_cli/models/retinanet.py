@@ -17,18 +17,11 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from frs_cli.models.anchors import doubling_anchors
 from frs_cli.models.backbones import P6P7, TINY_BODIES, c5_channels, resnet_fpn
-from frs_cli.models.base import (
-    P3_P7_NAMES,
-    P3_P7_STRIDES,
-    DensePass,
-    Detector,
-    fpn_levels,
-    to_head_layout,
-)
-from frs_cli.models.dense_inference import dense_detections
+from frs_cli.models.base import P3_P7, DensePass, Detector, TowerClsHead, to_head_layout
+from frs_cli.models.dense_inference import batch_dense_detections
 from frs_cli.models.retinanet_loss import retinanet_gt_loss
 
-LEVEL_NAMES, STRIDES = P3_P7_NAMES, P3_P7_STRIDES
+LEVEL_NAMES, STRIDES = P3_P7.names, P3_P7.strides
 DEFAULT_ANCHOR_SIZE = 32  # torchvision's: 32 px at P3, doubling per level
 RATIOS = (0.5, 1.0, 2.0)
 
@@ -38,20 +31,10 @@ def anchor_generator(anchor_size: int = 32) -> AnchorGenerator:
     return doubling_anchors(anchor_size, RATIOS, scales_per_octave=3)
 
 
-class RetinaNetClsHead(nn.Module):
+def build_cls_head(spec: dict) -> TowerClsHead:
     """torchvision's RetinaNet classification head, returning per-level ``(B, A*K, H, W)`` logits."""
-
-    def __init__(self, head: RetinaNetClassificationHead):
-        super().__init__()
-        self.head = head
-
-    def forward(self, features: list[Tensor]) -> list[Tensor]:
-        return [self.head.cls_logits(self.head.conv(f)) for f in features]
-
-
-def build_retinanet_cls_head(spec: dict) -> RetinaNetClsHead:
     norm = partial(nn.GroupNorm, 32) if spec["norm"] == "group_norm" else None
-    return RetinaNetClsHead(
+    return TowerClsHead(
         RetinaNetClassificationHead(spec["in_channels"], spec["num_anchors"], spec["num_classes"], norm_layer=norm)
     )
 
@@ -61,12 +44,12 @@ class RetinaNetAdapter(Detector):
 
     def __init__(self, model: RetinaNet, arch: str, head_norm: str, mmdet: bool = False):
         channels = model.backbone.out_channels
-        super().__init__(model.head.classification_head.num_classes, fpn_levels(LEVEL_NAMES, STRIDES, channels))
+        super().__init__(model.head.classification_head.num_classes, P3_P7.levels(channels))
         self.model = model
         self.arch = arch
         self.head_norm = head_norm
         self.mmdet = mmdet  # mmdetection's inference (dense_detections) instead of torchvision's
-        self._cls = RetinaNetClsHead(model.head.classification_head)
+        self._cls = TowerClsHead(model.head.classification_head)
 
     @property
     def num_anchors(self) -> int:
@@ -119,18 +102,8 @@ class RetinaNetAdapter(Detector):
     def _postprocess_mmdet(self, head_outputs: dict[str, list[Tensor]], anchors: list[list[Tensor]],
                            image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
         """mmdetection's RetinaNet inference on per-level ``(B, HWA, C)`` head outputs (``dense_detections``)."""
-        model = self.model
-        results = []
-        for i, size in enumerate(image_sizes):
-            deltas, priors = [t[i] for t in head_outputs["bbox_regression"]], anchors[i]
-
-            def decode(lv: int, prior: Tensor, deltas=deltas, priors=priors) -> Tensor:
-                return model.box_coder.decode_single(deltas[lv][prior], priors[lv][prior])
-
-            results.append(dense_detections(
-                [t[i] for t in head_outputs["cls_logits"]], decode,
-                size, model.score_thresh, model.nms_thresh, model.detections_per_img, model.topk_candidates))
-        return results
+        return batch_dense_detections(head_outputs, anchors, image_sizes, self.model.box_coder.decode_single,
+                                      self.model, self.model.topk_candidates)
 
 
 def build(spec, cfg, num_classes: int, backbone_weights, trained: bool) -> RetinaNetAdapter:
@@ -162,5 +135,3 @@ def build(spec, cfg, num_classes: int, backbone_weights, trained: bool) -> Retin
                       nms_thresh=cfg.nms_thresh, detections_per_img=cfg.detections_per_img)
     return RetinaNetAdapter(model, cfg.arch, head_norm="group_norm" if spec.v2 else "none", mmdet=mmdet)
 
-
-build_cls_head = build_retinanet_cls_head

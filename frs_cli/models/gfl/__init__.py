@@ -12,13 +12,13 @@ from torch import Tensor, nn
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from frs_cli.models.backbones import P6P7, resnet_fpn
-from frs_cli.models.base import P3_P7_NAMES, P3_P7_STRIDES, DensePass, Detector, fpn_levels
+from frs_cli.models.base import P3_P7, DensePass, Detector
 from frs_cli.models.gfl.head import GFLClsHead
 from frs_cli.models.gfl.model import GFL
 
 __all__ = ["DEFAULT_ANCHOR_SIZE", "GFL", "GFLAdapter", "build", "build_cls_head"]
 
-LEVEL_NAMES, STRIDES = P3_P7_NAMES, P3_P7_STRIDES
+LEVEL_NAMES, STRIDES = P3_P7.names, P3_P7.strides
 DEFAULT_ANCHOR_SIZE = 64  # octave scale 8 x stride 8 at P3 (ATSS / GFL)
 NUM_CONVS = 4
 
@@ -32,7 +32,7 @@ class GFLAdapter(Detector):
 
     def __init__(self, model: GFL, arch: str):
         channels = model.backbone.out_channels
-        super().__init__(model.num_classes, fpn_levels(LEVEL_NAMES, STRIDES, channels))
+        super().__init__(model.num_classes, P3_P7.levels(channels))
         self.model = model
         self.arch = arch
 
