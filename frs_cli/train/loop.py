@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -40,8 +41,10 @@ from frs_cli.train.hooks import (
     ProgressHook,
     TrainingState,
 )
-from frs_cli.train.objectives import Objective
 from frs_cli.train.schedule import build_optimizer, build_scheduler
+
+if TYPE_CHECKING:
+    from frs_cli.train.objectives import Objective
 
 
 @dataclass
