@@ -232,7 +232,7 @@ def main() -> None:
                     times = []
                     for _ in range(8):
                         t0 = sync_time()
-                        obj.source(batch, need_logits=True)
+                        obj.teacher_side(batch, need_logits=True)
                         times.append(sync_time() - t0)
                 row[mode]["teacher_side_ms"] = 1000 * median(times[2:])
             del obj, student

@@ -211,3 +211,20 @@ def test_batched_gt_loss_equals_torchvision_compute_loss_with_empty_and_tiny_box
         expected = (torch.full_like(matched[i], -1) if len(t["boxes"]) == 0
                     else core.proposal_matcher(box_iou(t["boxes"], anchors[i])))
         assert torch.equal(matched[i], expected)
+
+
+def test_the_shared_doubling_anchors_are_torchvision_s_and_mmdetection_s():
+    from torchvision.models.detection import faster_rcnn, retinanet
+
+    from frs_cli.models.anchors import GridAnchors, doubling_anchors
+
+    # torchvision's own defaults: RetinaNet 3 octave scales x 3 ratios from 32 px, Faster R-CNN's RPN one size
+    rn, tv = doubling_anchors(32, (0.5, 1.0, 2.0), scales_per_octave=3), retinanet._default_anchorgen()
+    assert (rn.sizes, rn.aspect_ratios) == (tv.sizes, tv.aspect_ratios)
+    rpn, tv = doubling_anchors(32, (0.5, 1.0, 2.0)), faster_rcnn._default_anchorgen()
+    assert (rpn.sizes, rpn.aspect_ratios) == (tv.sizes, tv.aspect_ratios)
+    assert doubling_anchors(8).sizes == ((8,), (16,), (32,), (64,), (128,))  # FCOS points: size = stride
+    # mmdetection's: unrounded sizes on the nominal strides (octave base scale 4 for RetinaNet)
+    mm = doubling_anchors(32, (1.0,), scales_per_octave=3, strides=(8, 16, 32, 64, 128), offset=0.5)
+    assert isinstance(mm, GridAnchors) and mm.strides == (8, 16, 32, 64, 128) and mm.offset == 0.5
+    assert mm.sizes[1] == (64.0, 64 * 2 ** (1 / 3), 64 * 2 ** (2 / 3))

@@ -134,6 +134,9 @@ class _Fails(torch.nn.Module):
         self.student, self.at, self.what = inner.student, at, what
         self.inner = inner
 
+    def checkpointed(self):
+        return self.inner.checkpointed()
+
     def forward(self, batch, step):
         losses = self.inner(batch, step)
         if step == self.at:
@@ -223,3 +226,35 @@ def test_distill_killed_mid_epoch_resumes_from_its_last_checkpoint_to_the_uninte
         assert a.keys() == b.keys()
         for k in a:
             torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=f"{name}: {k}")
+
+
+@pytest.mark.parametrize("prob, views", [(0.0, ("orig",)), (0.5, ("orig", "hflip")), (1.0, ("hflip",)),
+                                         (0.25, ("orig", "orig", "orig", "hflip")), (0.3, ("orig",) * 7 + ("hflip",) * 3)])
+def test_hflip_prob_is_the_share_of_flipped_views(prob, views):
+    from frs_cli.data.coco import ViewSampler
+    from frs_cli.train.loop import flip_views
+
+    assert flip_views(prob) == views
+    picked = [v for _, v in ViewSampler(4000, flip_views(prob), seed=3)]
+    assert abs(picked.count("hflip") / 4000 - prob) < 0.025
+
+
+def test_hflip_prob_reaches_the_sampler_of_training_and_online_distillation(recipe_path, tmp_path, monkeypatch):
+    from frs_cli.train import run
+
+    class Stop(Exception):
+        pass
+
+    seen = []
+
+    def stand_in_fit(*args, views, **kwargs):
+        seen.append(views)
+        raise Stop
+
+    monkeypatch.setattr(run, "fit", stand_in_fit)
+    r = load_recipe(recipe_path, ["train.hflip_prob=0.25"])
+    with pytest.raises(Stop):
+        train_detector(r, "student", tmp_path / "train", ctx=setup("cpu"), evaluate=False)
+    with pytest.raises(Stop):
+        distill_student(r, tmp_path / "distill", online=True, ctx=setup("cpu"), evaluate=False)
+    assert seen == [("orig", "orig", "orig", "hflip")] * 2

@@ -7,8 +7,10 @@ from pathlib import Path
 import typer
 
 from frs_cli.cli.common import (
-    PIPELINE_HELP,
-    SET_HELP,
+    DEVICE,
+    OVERRIDES,
+    PIPELINE,
+    VERBOSE,
     console,
     handle_errors,
     is_main_process,
@@ -19,104 +21,108 @@ from frs_cli.cli.common import (
 
 
 def register(app: typer.Typer, cache_app: typer.Typer) -> None:
-    @app.command("teacher-cache", epilog="Example: frs teacher-cache --pipeline pipelines/demo.toml --out runs/cache.zarr "
-                                         "--set teacher.weights=demo/teacher/model_final.pt"
-                                         "  (after frs demo --out demo)")
-    @handle_errors
-    def teacher_cache(
-        pipeline: Path = typer.Option(..., "--pipeline", "-p", help=PIPELINE_HELP),
-        out: str = typer.Option(..., "--out", "-o", help="Cache path or URL (a Zarr v3 group; created)."),
-        resume: bool = typer.Option(False, "--resume", help="Verify what is written, then write what is missing or "
-                                                            "corrupt (also on a complete cache: verify and repair)."),
-        check_teacher: int = typer.Option(None, "--check-teacher", metavar="N",
-                                          help="First score the teacher on N val images; refuse below "
-                                               "cache.min_teacher_map (default from cache.check_teacher_images)."),
-        overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
-        device: str = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
-        verbose: bool = typer.Option(False, "--verbose", "-v"),
-    ):
-        """Run the frozen teacher once over a split; write its FPN features and FRS masks to Zarr (torchrun: many GPUs)."""
-        setup_logging(verbose)
-        if check_teacher is not None:
-            overrides = [*overrides, f"cache.check_teacher_images={check_teacher}"]
-        recipe = load(str(pipeline), overrides)
-        from frs_cli.cache.writer import write_teacher_cache
-        from frs_cli.dist import process_group
+    app.command("teacher-cache", epilog="Example: frs teacher-cache --pipeline pipelines/demo.toml --out runs/cache.zarr "
+                                        "--set teacher.weights=demo/teacher/model_final.pt"
+                                        "  (after frs demo --out demo)")(handle_errors(teacher_cache))
+    cache_app.command("info", epilog="Example: frs cache info demo/cache.zarr  (after frs demo --out demo)")(
+        handle_errors(info))
+    cache_app.command("verify", epilog="Example: frs cache verify demo/cache.zarr  (after frs demo --out demo)")(
+        handle_errors(verify))
+    cache_app.command("export", epilog="Example: frs cache export demo/cache.zarr runs/cache.h5"
+                                       "  (after frs demo --out demo)")(handle_errors(export))
 
-        with process_group(device) as ctx:
-            s = write_teacher_cache(recipe, out, resume=resume, ctx=ctx, progress=progress_for_rank())
-        if is_main_process():
-            if s.teacher_check:
-                tc = s.teacher_check
-                console.print(f"teacher check: AP {tc['AP']:.4f} on the first {tc['images']} {tc['split']} images "
-                              f"(minimum {tc['min_AP']:.4f})")
-            if s.views_rejected:
-                console.print(f"rewrote {s.views_rejected} written views that were missing or corrupt")
-            if s.views_written == 0 and s.complete:
-                console.print(f"cache {out} is already complete ({s.views_total} views); nothing written")
-            else:
-                console.print(f"wrote {s.views_written} of {s.views_total} views in {s.seconds:.1f} s "
-                              f"({s.views_per_second:.1f} views/s per process) -> {out}"
-                              + ("" if s.complete else "  [yellow](incomplete: run again with --resume)[/]"))
 
-    @cache_app.command("info", epilog="Example: frs cache info demo/cache.zarr  (after frs demo --out demo)")
-    @handle_errors
-    def info(cache: str = typer.Argument(..., help="Cache path.")):
-        """Summarise a teacher cache: images, views, levels, bytes on disk, MB per image, teacher, fingerprints."""
-        from rich.table import Table
+def teacher_cache(
+    pipeline: Path = PIPELINE,
+    out: str = typer.Option(..., "--out", "-o", help="Cache path or URL (a Zarr v3 group; created)."),
+    resume: bool = typer.Option(False, "--resume", help="Verify what is written, then write what is missing or "
+                                                        "corrupt (also on a complete cache: verify and repair)."),
+    check_teacher: int = typer.Option(None, "--check-teacher", metavar="N",
+                                      help="First score the teacher on N val images; refuse below "
+                                           "cache.min_teacher_map (default from cache.check_teacher_images)."),
+    overrides: list[str] = OVERRIDES,
+    device: str = DEVICE,
+    verbose: bool = VERBOSE,
+):
+    """Run the frozen teacher once over a split; write its FPN features and FRS masks to Zarr (torchrun: many GPUs)."""
+    setup_logging(verbose)
+    if check_teacher is not None:
+        overrides = [*overrides, f"cache.check_teacher_images={check_teacher}"]
+    recipe = load(str(pipeline), overrides)
+    from frs_cli.cache.writer import write_teacher_cache
+    from frs_cli.dist import process_group
 
-        from frs_cli.cache.reader import TeacherCache
+    with process_group(device) as ctx:
+        s = write_teacher_cache(recipe, out, resume=resume, ctx=ctx, progress=progress_for_rank())
+    if not is_main_process():
+        return
+    if s.teacher_check:
+        tc = s.teacher_check
+        console.print(f"teacher check: AP {tc['AP']:.4f} on the first {tc['images']} {tc['split']} images "
+                      f"(minimum {tc['min_AP']:.4f})")
+    if s.views_rejected:
+        console.print(f"rewrote {s.views_rejected} written views that were missing or corrupt")
+    if s.views_written == 0 and s.complete:
+        console.print(f"cache {out} is already complete ({s.views_total} views); nothing written")
+    else:
+        console.print(f"wrote {s.views_written} of {s.views_total} views in {s.seconds:.1f} s "
+                      f"({s.views_per_second:.1f} views/s per process) -> {out}"
+                      + ("" if s.complete else "  [yellow](incomplete: run again with --resume)[/]"))
 
-        c = TeacherCache(cache, require_complete=False)
-        a = c.attrs
-        done = int(c.done().sum())
-        n_images = c.num_images
-        nbytes = c.nbytes_stored()
-        per_view_bytes = nbytes["views"] / max(1, done or len(c))
-        table = Table(show_header=False, title=f"teacher cache {cache}")
-        rows = [
-            ("state", f"{a.get('state')} ({done}/{len(c)} views written)"),
-            ("images", str(n_images)),
-            ("views", f"{len(c)}  ({', '.join(c.views)})"),
-            ("levels", "  ".join(f"{lv.name}/s{lv.stride}/{lv.channels}ch" for lv in c.levels)),
-            ("size buckets", str(len(c.buckets))),
-            ("storage", f"{a['storage']['dtype']} features, {a['storage']['mask_dtype']} masks, codec {a['storage']['codec']}"),
-            ("bytes on disk", f"{nbytes['total'] / 1e6:,.1f} MB  (views {nbytes['views'] / 1e6:,.1f} MB, "
-                              f"index and teacher head {nbytes['fixed'] / 1e6:,.2f} MB)"),
-            ("per image", f"{per_view_bytes * len(c) / max(1, n_images) / 1e6:.4f} MB  "
-                          f"({per_view_bytes / 1e6:.4f} MB per view, {len(c) // max(1, n_images)} views per image)"),
-            ("teacher", f"{a['teacher']['arch']}  weights {a['teacher']['weights'] or '(random init)'}"),
-            ("fingerprints", "  ".join(f"{k} {v}" for k, v in c.fingerprints.items())),
-            ("geometry", "  ".join(f"{k} {v}" for k, v in a["geometry"].items())),
-            ("dataset", f"split {a['dataset']['split']}, {a['dataset']['annotation_file']}"),
-            ("format", f"{a['format']} v{a['format_version']}, {a.get('created_by', '?')}, {a.get('created', '?')}"),
-        ]
-        for k, v in rows:
-            table.add_row(k, v)
-        console.print(table)
 
-    @cache_app.command("verify", epilog="Example: frs cache verify demo/cache.zarr  (after frs demo --out demo)")
-    @handle_errors
-    def verify(cache: str = typer.Argument(..., help="Cache path, URL or .h5 file.")):
-        """Check that every view recorded as written has all its arrays, each matching its stored checksum."""
-        from frs_cli.cache.verify import verify_cache
+def info(cache: str = typer.Argument(..., help="Cache path.")):
+    """Summarise a teacher cache: images, views, levels, bytes on disk, MB per image, teacher, fingerprints."""
+    from rich.table import Table
 
-        report = verify_cache(cache, progress=progress_for_rank())
-        for f in report.faults:
-            console.print(f"image {f.image_id} {f.view} (bucket {f.bucket}, row {f.row}): {f.describe()}",
-                          highlight=False, soft_wrap=True)
-        console.print(report.summary(), highlight=False, soft_wrap=True)
-        if not report.ok:
-            raise typer.Exit(1)
+    from frs_cli.cache.reader import TeacherCache
 
-    @cache_app.command("export", epilog="Example: frs cache export demo/cache.zarr runs/cache.h5"
-                                         "  (after frs demo --out demo)")
-    @handle_errors
-    def export(cache: str = typer.Argument(..., help="Complete Zarr cache (path or URL)."),
-               out: Path = typer.Argument(..., help="HDF5 file to write (.h5); replaced whole at the end.")):
-        """Copy a complete cache into one HDF5 file of the same layout; distill reads either."""
-        from frs_cli.cache.export import export_hdf5
+    c = TeacherCache(cache, require_complete=False)
+    a = c.attrs
+    done = int(c.done().sum())
+    n_images = c.num_images
+    nbytes = c.nbytes_stored()
+    per_view_bytes = nbytes["views"] / max(1, done or len(c))
+    table = Table(show_header=False, title=f"teacher cache {cache}")
+    rows = [
+        ("state", f"{a.get('state')} ({done}/{len(c)} views written)"),
+        ("images", str(n_images)),
+        ("views", f"{len(c)}  ({', '.join(c.views)})"),
+        ("levels", "  ".join(f"{lv.name}/s{lv.stride}/{lv.channels}ch" for lv in c.levels)),
+        ("size buckets", str(len(c.buckets))),
+        ("storage", f"{a['storage']['dtype']} features, {a['storage']['mask_dtype']} masks, codec {a['storage']['codec']}"),
+        ("bytes on disk", (f"{nbytes['total'] / 1e6:,.1f} MB  (views {nbytes['views'] / 1e6:,.1f} MB, "
+                           f"index and teacher head {nbytes['fixed'] / 1e6:,.2f} MB)")),
+        ("per image", (f"{per_view_bytes * len(c) / max(1, n_images) / 1e6:.4f} MB  "
+                       f"({per_view_bytes / 1e6:.4f} MB per view, {len(c) // max(1, n_images)} views per image)")),
+        ("teacher", f"{a['teacher']['arch']}  weights {a['teacher']['weights'] or '(random init)'}"),
+        ("fingerprints", "  ".join(f"{k} {v}" for k, v in c.fingerprints.items())),
+        ("geometry", "  ".join(f"{k} {v}" for k, v in a["geometry"].items())),
+        ("dataset", f"split {a['dataset']['split']}, {a['dataset']['annotation_file']}"),
+        ("format", f"{a['format']} v{a['format_version']}, {a.get('created_by', '?')}, {a.get('created', '?')}"),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    console.print(table)
 
-        s = export_hdf5(cache, out, progress=progress_for_rank())
-        console.print(f"exported {s.views} views ({s.arrays} arrays, {s.bytes / 1e6:,.1f} MB) -> {s.path}",
+
+def verify(cache: str = typer.Argument(..., help="Cache path, URL or .h5 file.")):
+    """Check that every view recorded as written has all its arrays, each matching its stored checksum."""
+    from frs_cli.cache.verify import verify_cache
+
+    report = verify_cache(cache, progress=progress_for_rank())
+    for f in report.faults:
+        console.print(f"image {f.image_id} {f.view} (bucket {f.bucket}, row {f.row}): {f.describe()}",
                       highlight=False, soft_wrap=True)
+    console.print(report.summary(), highlight=False, soft_wrap=True)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def export(cache: str = typer.Argument(..., help="Complete Zarr cache (path or URL)."),
+           out: Path = typer.Argument(..., help="HDF5 file to write (.h5); replaced whole at the end.")):
+    """Copy a complete cache into one HDF5 file of the same layout; distill reads either."""
+    from frs_cli.cache.export import export_hdf5
+
+    s = export_hdf5(cache, out, progress=progress_for_rank())
+    console.print(f"exported {s.views} views ({s.arrays} arrays, {s.bytes / 1e6:,.1f} MB) -> {s.path}",
+                  highlight=False, soft_wrap=True)

@@ -18,6 +18,14 @@ err_console = Console(stderr=True)
 PIPELINE_HELP = "Recipe TOML (see pipelines/)."
 SET_HELP = "Override a recipe key, e.g. --set train.epochs=2 (repeatable)."
 
+# Options several commands take, the same everywhere (defaults of their parameters).
+PIPELINE = typer.Option(..., "--pipeline", "-p", help=PIPELINE_HELP)
+OVERRIDES = typer.Option([], "--set", help=SET_HELP)
+DEVICE = typer.Option(None, help="cuda or cpu (default: cuda when available).")
+VERBOSE = typer.Option(False, "--verbose", "-v")
+RESUME_RUN = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint.")
+NO_EVAL = typer.Option(False, "--no-eval", help="Skip COCO evaluation on the val split.")
+
 
 def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
@@ -81,3 +89,16 @@ def metrics_table(title: str, rows: dict[str, dict[str, float | None]]):
     for name, m in rows.items():
         table.add_row(name, *(format_metric((m or {}).get(k)) for k in METRIC_KEYS))
     return table
+
+
+def print_run(summary, done: str, val_split: str, row: str, data_wait: bool = False) -> None:
+    """The closing lines of a training job on the main process: ``done`` (what was trained), iterations, time,
+    rate (and the share of step time spent waiting for data), the model file; the val metrics under ``row``."""
+    if not is_main_process():
+        return
+    fit = summary.fit
+    rate = f"{fit.images_per_second:.1f} img/s" + (f", data wait {100 * fit.data_wait_share:.1f}% of step time"
+                                                   if data_wait else "")
+    console.print(f"{done}: {fit.iterations} iterations in {fit.seconds:.0f} s ({rate}) -> {summary.model_file}")
+    if fit.eval_metrics:
+        console.print(metrics_table(f"{val_split} split", {row: fit.eval_metrics}))

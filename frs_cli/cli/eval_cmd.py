@@ -7,6 +7,8 @@ from pathlib import Path
 import typer
 
 from frs_cli.cli.common import (
+    DEVICE,
+    VERBOSE,
     console,
     fail,
     handle_errors,
@@ -37,8 +39,8 @@ def register(app: typer.Typer) -> None:
         backend: str = typer.Option("pycocotools", "--backend",
                                     help="COCO evaluator: pycocotools (default) or faster (faster-coco-eval, "
                                          "pip install 'frs[faster-eval]'); the same numbers."),
-        device: str = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
-        verbose: bool = typer.Option(False, "--verbose", "-v"),
+        device: str = DEVICE,
+        verbose: bool = VERBOSE,
     ):
         """Measure COCO box mAP (pycocotools) of a checkpoint or detections file, or a cache's mask statistics.
 

@@ -51,9 +51,28 @@ class GridAnchors(AnchorGenerator):
         return [anchors for _ in image_list.image_sizes]
 
 
+def doubling_anchors(base: float, ratios: tuple[float, ...] = (1.0,), levels: int = 5, scales_per_octave: int = 1,
+                     strides: tuple[int, ...] | None = None, offset: float = 0.0) -> AnchorGenerator:
+    """The anchors every family uses: at level l (finest first) sizes ``base * 2**l * 2**(i / scales_per_octave)``
+    for ``i < scales_per_octave``, each in every aspect ratio of ``ratios`` (height / width).
+
+    Without ``strides``, torchvision's ``AnchorGenerator`` (sizes rounded down to whole pixels, strides from the
+    padded image); with them, ``GridAnchors`` (unrounded sizes on those nominal strides, centres at
+    ``(x + offset) * stride``: mmdetection's priors).
+    """
+    grid = strides is not None
+    sizes = tuple(tuple(_size(base * 2**lv * 2 ** (i / scales_per_octave), grid) for i in range(scales_per_octave))
+                  for lv in range(levels))
+    aspect = (tuple(ratios),) * levels
+    return GridAnchors(sizes, aspect, tuple(strides), offset) if grid else AnchorGenerator(sizes, aspect)
+
+
+def _size(size: float, exact: bool) -> float | int:
+    return float(size) if exact else int(size)
+
+
 def octave_anchors(strides: tuple[int, ...], octave_scale: float, scales_per_octave: int,
                    ratios: tuple[float, ...]) -> GridAnchors:
-    """mmdetection's ``octave_base_scale`` anchors: at stride s, sizes ``octave_scale * s * 2**(i / n)``."""
-    sizes = tuple(tuple(octave_scale * s * 2 ** (i / scales_per_octave) for i in range(scales_per_octave))
-                  for s in strides)
-    return GridAnchors(sizes, (tuple(ratios),) * len(strides), strides)
+    """mmdetection's ``octave_base_scale`` anchors on doubling ``strides``: at stride s, sizes
+    ``octave_scale * s * 2**(i / n)``."""
+    return doubling_anchors(octave_scale * strides[0], ratios, len(strides), scales_per_octave, strides)

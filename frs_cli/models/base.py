@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+from torchvision.models.detection.image_list import ImageList
 
 from frs_cli.errors import FrsError
 
@@ -51,6 +52,21 @@ class LevelSpec:
 
 
 @dataclass(frozen=True)
+class FpnLayout:
+    """A family's FPN outputs, finest first: their names and strides (input pixels per position)."""
+
+    names: tuple[str, ...]
+    strides: tuple[int, ...]
+
+    def levels(self, channels: int) -> list[LevelSpec]:
+        """One ``LevelSpec`` per output, all of ``channels`` channels."""
+        return [LevelSpec(n, s, channels) for n, s in zip(self.names, self.strides)]
+
+
+P3_P7 = FpnLayout(("P3", "P4", "P5", "P6", "P7"), (8, 16, 32, 64, 128))  # RetinaNet, FCOS, GFL
+
+
+@dataclass(frozen=True)
 class FrsSignature:
     """What FRS needs to line up between a teacher and a student: the family (which head output is the
     "classification" output), the FPN levels (names and strides) and the classification channels per
@@ -79,8 +95,39 @@ def check_compatible(student: FrsSignature, teacher: FrsSignature) -> None:
                        hint="teacher and student need the same classes and anchors per position")
 
 
+class TowerClsHead(nn.Module):
+    """A torchvision classification head (a conv tower ``conv``, then a logits conv ``cls_logits``: RetinaNet's,
+    FCOS's) run per level: a feature list -> per-level ``(B, A*K, H, W)`` logits."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head
+
+    def forward(self, features: list[Tensor]) -> list[Tensor]:
+        return [self.head.cls_logits(self.head.conv(f)) for f in features]
+
+
+@dataclass
+class DensePass:
+    """One pass of backbone and classification head, as ``Detector.forward`` hands it to the family's
+    ``losses_and_detections`` when losses or detections are asked for."""
+
+    x: Tensor  # (B, 3, H, W) the normalised batch
+    image_sizes: list[tuple[int, int]]  # the valid (h, w) of each image
+    named: dict[str, Tensor]  # the FPN outputs by name ("0".."3", "pool" for Faster R-CNN's ROI pooler)
+    features: list[Tensor]  # the same, per level (B, C, H_l, W_l), finest first
+    cls_logits: list[Tensor]  # per level (B, cls_channels, H_l, W_l)
+    towers: list[Tensor] | None  # what ``classify`` computed on the way that the rest reuses, if anything
+
+    def anchors(self, generator: nn.Module) -> list[Tensor]:
+        """``generator``'s anchors (or points) for this batch: per image ``(sum_l H_l*W_l*A, 4)`` xyxy."""
+        return generator(ImageList(self.x, self.image_sizes), self.features)
+
+
 class Detector(nn.Module):
-    """Base adapter. Subclasses set ``family``, ``levels`` and implement ``forward`` and the head hooks.
+    """Base adapter. Subclasses set ``family``, ``levels``, keep the wrapped detector as ``self.model`` (its
+    ``backbone`` returns the FPN outputs by name) and implement ``classify``, ``losses_and_detections`` and
+    the head hooks below.
 
     ``forward(images, image_sizes, targets=None, detect=None)``:
         images: ``(B, 3, H, W)`` uint8, each image at the top-left, zero padding bottom/right, H and W
@@ -134,6 +181,29 @@ class Detector(nn.Module):
             if vw < w:
                 x[i, :, :vh, vw:] = 0.0
         return x
+
+    def forward(self, images: Tensor, image_sizes: list[tuple[int, int]], targets=None, detect=None) -> DetectorOutput:
+        x = self.normalize(images, image_sizes)
+        named = self.model.backbone(x)
+        features = list(named.values())
+        cls_logits, towers = self.classify(features)
+        out = DetectorOutput(features=features, cls_logits=cls_logits)
+        detect = (not self.training) if detect is None else detect
+        if targets is None and not detect:
+            return out  # what distillation takes from a detector: one pass of backbone and class head
+        dense = DensePass(x, list(image_sizes), named, features, cls_logits, towers)
+        out.losses, out.detections = self.losses_and_detections(dense, targets, detect)
+        return out
+
+    def classify(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor] | None]:
+        """Per-level class logits ``(B, cls_channels, H_l, W_l)`` of the FPN ``features``, and any per-level
+        tensors computed on the way that ``losses_and_detections`` reuses (else None)."""
+        raise NotImplementedError
+
+    def losses_and_detections(self, dense: DensePass, targets: list[dict[str, Tensor]] | None,
+                              detect: bool) -> tuple[dict[str, Tensor], list[dict[str, Tensor]] | None]:
+        """The GT losses when ``targets`` are given (else ``{}``), the detections when ``detect`` (else None)."""
+        raise NotImplementedError
 
     @property
     def signature(self) -> FrsSignature:

@@ -43,3 +43,25 @@ def dense_detections(cls_logits: list[Tensor], decode: Callable[[int, Tensor], T
     b, s, lab = b[nonempty], s[nonempty], lab[nonempty]
     keep = batched_nms(b, s, lab, nms_thresh)[:detections_per_img]
     return {"boxes": b[keep], "scores": s[keep], "labels": lab[keep]}
+
+
+def batch_dense_detections(head_outputs: dict[str, list[Tensor]], priors: list[list[Tensor]],
+                           image_sizes: list[tuple[int, int]], decode: Callable[[Tensor, Tensor], Tensor], model,
+                           topk: int, factors: str | None = None) -> list[dict[str, Tensor]]:
+    """``dense_detections`` of every image of a batch, with the thresholds of torchvision's ``model``.
+
+    ``head_outputs``: per level ``(B, P_l, C)`` float32 ``cls_logits``, ``bbox_regression`` (and ``factors``,
+    the key of per-prior score factors with C = 1, or None); ``priors``: per image, per level ``(P_l, 4)``;
+    ``decode(codes, priors)``: the ``(n, 4)`` xyxy boxes of n box codes at their n priors.
+    """
+    results = []
+    for i, size in enumerate(image_sizes):
+        codes = [t[i] for t in head_outputs["bbox_regression"]]
+
+        def decode_at(lv: int, prior: Tensor, codes=codes, at=priors[i]) -> Tensor:
+            return decode(codes[lv][prior], at[lv][prior])
+
+        results.append(dense_detections(
+            [t[i] for t in head_outputs["cls_logits"]], decode_at, size, model.score_thresh, model.nms_thresh,
+            model.detections_per_img, topk, None if factors is None else [t[i, :, 0] for t in head_outputs[factors]]))
+    return results

@@ -14,24 +14,24 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FasterRCNN, FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
-from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.roi_heads import fastrcnn_loss
 from torchvision.models.detection.rpn import RPNHead, concat_box_prediction_layers
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from frs_cli.models.anchors import GridAnchors
+from frs_cli.models.anchors import doubling_anchors
 from frs_cli.models.backbones import TINY_BODIES, resnet_fpn
-from frs_cli.models.base import Detector, DetectorOutput, LevelSpec
+from frs_cli.models.base import DensePass, Detector, FpnLayout
 
-LEVEL_NAMES = ("P2", "P3", "P4", "P5", "P6")
-STRIDES = (4, 8, 16, 32, 64)
+P2_P6 = FpnLayout(("P2", "P3", "P4", "P5", "P6"), (4, 8, 16, 32, 64))
+LEVEL_NAMES, STRIDES = P2_P6.names, P2_P6.strides
 DEFAULT_ANCHOR_SIZE = 32  # torchvision's: 32 px at P2, doubling per level, ratios 0.5 / 1 / 2
+RATIOS = (0.5, 1.0, 2.0)
 NO_CLASS_BIAS = -20.0  # logit of a predictor row no label ever uses (softmax weight ~ e**-20)
 
 
 def rpn_anchor_generator(anchor_size: int = DEFAULT_ANCHOR_SIZE) -> AnchorGenerator:
-    return AnchorGenerator(tuple((anchor_size * 2**i,) for i in range(5)), ((0.5, 1.0, 2.0),) * 5)
+    return doubling_anchors(anchor_size, RATIOS)
 
 
 class RPNObjectnessHead(nn.Module):
@@ -55,7 +55,7 @@ class FasterRCNNAdapter(Detector):
 
     def __init__(self, model: FasterRCNN, arch: str, num_classes: int):
         channels = model.backbone.out_channels
-        super().__init__(num_classes, [LevelSpec(n, s, channels) for n, s in zip(LEVEL_NAMES, STRIDES)])
+        super().__init__(num_classes, P2_P6.levels(channels))
         self.model = model
         self.arch = arch
         self._cls = RPNObjectnessHead(model.rpn.head)
@@ -95,30 +95,26 @@ class FasterRCNNAdapter(Detector):
         out[rep + "bbox_pred.bias"][4:8] = 0
         return out
 
-    def forward(self, images: Tensor, image_sizes: list[tuple[int, int]], targets=None, detect=None) -> DetectorOutput:
-        """See ``Detector``; ``cls_logits`` per level are the RPN objectness ``(B, 3, H, W)`` on P2-P6, losses
-        torchvision's ``loss_objectness``, ``loss_rpn_box_reg`` (RPN) and ``loss_classifier``, ``loss_box_reg``
-        (ROI head). Proposal sampling is random (torchvision's samplers): seed for reproducible losses."""
-        x = self.normalize(images, image_sizes)
-        named = self.model.backbone(x)  # "0".."3", "pool": what the ROI pooler looks up by name
-        features = list(named.values())
-        rpn, roi = self.model.rpn, self.model.roi_heads
-        towers = [rpn.head.conv(f) for f in features]
-        objectness = [rpn.head.cls_logits(t) for t in towers]  # (B, A, H, W)
-        out = DetectorOutput(features=features, cls_logits=objectness)
+    def classify(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """The RPN objectness ``(B, 3, H, W)`` per level (P2-P6), and the RPN towers (the box deltas read them)."""
+        towers = [self.model.rpn.head.conv(f) for f in features]
+        return [self.model.rpn.head.cls_logits(t) for t in towers], towers
 
-        detect = (not self.training) if detect is None else detect
-        if targets is None and not detect:
-            return out
-        sizes = list(image_sizes)
-        deltas = [rpn.head.bbox_pred(t) for t in towers]  # (B, 4A, H, W)
-        anchors = rpn.anchor_generator(ImageList(x, sizes), features)
+    def losses_and_detections(self, dense: DensePass, targets, detect: bool):
+        """torchvision's ``loss_objectness``, ``loss_rpn_box_reg`` (RPN) and ``loss_classifier``, ``loss_box_reg``
+        (ROI head), and its inference. Proposal sampling is random (torchvision's samplers): seed for
+        reproducible losses."""
+        rpn, roi = self.model.rpn, self.model.roi_heads
+        named, sizes, objectness = dense.named, dense.image_sizes, dense.cls_logits
+        deltas = [rpn.head.bbox_pred(t) for t in dense.towers]  # (B, 4A, H, W)
+        anchors = dense.anchors(rpn.anchor_generator)
         per_level = [o[0].numel() for o in objectness]
         obj_flat, deltas_flat = concat_box_prediction_layers(objectness, deltas)
         # float32 from here: box decoding in bf16 would round coordinates by several pixels
         obj_flat, deltas_flat = obj_flat.float(), deltas_flat.float()
         proposals = rpn.box_coder.decode(deltas_flat.detach(), anchors).view(len(anchors), -1, 4)
         proposals, _ = rpn.filter_proposals(proposals, obj_flat, sizes, per_level)
+        losses, detections = {}, None
         if targets is not None:
             shifted = [{"boxes": t["boxes"], "labels": t["labels"] + 1} for t in targets]
             labels, matched = rpn.assign_targets_to_anchors(anchors, shifted)
@@ -127,15 +123,15 @@ class FasterRCNNAdapter(Detector):
             sampled, _, roi_labels, roi_targets = roi.select_training_samples(proposals, shifted)
             cls_scores, box_deltas = roi.box_predictor(roi.box_head(roi.box_roi_pool(named, sampled, sizes)))
             loss_cls, loss_box = fastrcnn_loss(cls_scores, box_deltas, roi_labels, roi_targets)
-            out.losses = {"loss_objectness": loss_obj, "loss_rpn_box_reg": loss_rpn_box,
-                          "loss_classifier": loss_cls, "loss_box_reg": loss_box}
+            losses = {"loss_objectness": loss_obj, "loss_rpn_box_reg": loss_rpn_box,
+                      "loss_classifier": loss_cls, "loss_box_reg": loss_box}
         if detect:
             cls_scores, box_deltas = roi.box_predictor(roi.box_head(roi.box_roi_pool(named, proposals, sizes)))
-            with torch.autocast(x.device.type, enabled=False):
+            with torch.autocast(dense.x.device.type, enabled=False):
                 boxes, scores, labels = roi.postprocess_detections(cls_scores.float(), box_deltas.float(),
                                                                    [p.float() for p in proposals], sizes)
-            out.detections = [{"boxes": b, "scores": s, "labels": lab - 1} for b, s, lab in zip(boxes, scores, labels)]
-        return out
+            detections = [{"boxes": b, "scores": s, "labels": lab - 1} for b, s, lab in zip(boxes, scores, labels)]
+        return losses, detections
 
 
 def build(spec, cfg, num_classes: int, backbone_weights, trained: bool) -> FasterRCNNAdapter:
@@ -148,11 +144,11 @@ def build(spec, cfg, num_classes: int, backbone_weights, trained: bool) -> Faste
     backbone = resnet_fpn(spec.body, ch, [1, 2, 3, 4], LastLevelMaxPool, frozen_bn=trained and not spec.v2,
                           weights=backbone_weights, trainable_layers=cfg.trainable_backbone_layers if trained else 5,
                           fpn_norm=nn.BatchNorm2d if spec.v2 else None, style=spec.style)
+    size = cfg.anchor_size or DEFAULT_ANCHOR_SIZE
     if spec.variant == "mmdet":  # mmdetection's RPN anchors: unrounded, on the nominal strides
-        size = cfg.anchor_size or DEFAULT_ANCHOR_SIZE
-        anchors = GridAnchors(tuple((float(size * 2**i),) for i in range(5)), ((0.5, 1.0, 2.0),) * 5, STRIDES)
+        anchors = doubling_anchors(size, RATIOS, strides=STRIDES)
     else:
-        anchors = rpn_anchor_generator(cfg.anchor_size or DEFAULT_ANCHOR_SIZE)
+        anchors = rpn_anchor_generator(size)
     rpn_head = RPNHead(ch, anchors.num_anchors_per_location()[0], conv_depth=2 if spec.v2 else 1)
     if spec.v2:
         box_head, rep = FastRCNNConvFCHead((ch, 7, 7), [256] * 4, [1024], norm_layer=nn.BatchNorm2d), 1024

@@ -20,16 +20,14 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.fcos import FCOS, FCOSClassificationHead, FCOSHead
-from torchvision.models.detection.image_list import ImageList
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from frs_cli.models.anchors import GridAnchors
+from frs_cli.models.anchors import doubling_anchors
 from frs_cli.models.backbones import resnet_fpn
-from frs_cli.models.base import Detector, DetectorOutput, LevelSpec, to_head_layout
-from frs_cli.models.dense_inference import dense_detections
+from frs_cli.models.base import P3_P7, DensePass, Detector, TowerClsHead, to_head_layout
+from frs_cli.models.dense_inference import batch_dense_detections
 
-LEVEL_NAMES = ("P3", "P4", "P5", "P6", "P7")
-STRIDES = (8, 16, 32, 64, 128)
+LEVEL_NAMES, STRIDES = P3_P7.names, P3_P7.strides
 DEFAULT_ANCHOR_SIZE = 8  # torchvision's: one point per position, "anchor" size = stride (8 px at P3)
 HEAD_OPTIONS = ("norm_on_bbox", "centerness_on_reg")  # mmdetection FCOSHead switches an ArchSpec may name
 TOPK_CANDIDATES = 1000  # per level, before NMS (mmdetection's nms_pre, torchvision's topk_candidates)
@@ -38,22 +36,12 @@ TOPK_CANDIDATES = 1000  # per level, before NMS (mmdetection's nms_pre, torchvis
 def point_generator(anchor_size: int = DEFAULT_ANCHOR_SIZE) -> AnchorGenerator:
     """One square anchor per position, ``anchor_size`` at P3, doubling per level (FCOS's scale ranges are
     4x and 8x of it: torchvision assigns a box to the level where its largest side distance falls)."""
-    return AnchorGenerator(tuple((anchor_size * 2**i,) for i in range(5)), ((1.0,),) * 5)
+    return doubling_anchors(anchor_size)
 
 
-class FCOSClsHead(nn.Module):
+def build_cls_head(spec: dict) -> TowerClsHead:
     """torchvision's FCOS classification tower and logits conv, returning per-level ``(B, K, H, W)`` logits."""
-
-    def __init__(self, head: FCOSClassificationHead):
-        super().__init__()
-        self.head = head
-
-    def forward(self, features: list[Tensor]) -> list[Tensor]:
-        return [self.head.cls_logits(self.head.conv(f)) for f in features]
-
-
-def build_cls_head(spec: dict) -> FCOSClsHead:
-    return FCOSClsHead(FCOSClassificationHead(spec["in_channels"], 1, spec["num_classes"]))
+    return TowerClsHead(FCOSClassificationHead(spec["in_channels"], 1, spec["num_classes"]))
 
 
 class FCOSAdapter(Detector):
@@ -61,14 +49,13 @@ class FCOSAdapter(Detector):
 
     def __init__(self, model: FCOS, arch: str, head_options: tuple[str, ...] = (), mmdet: bool = False):
         channels = model.backbone.out_channels
-        super().__init__(model.head.classification_head.num_classes,
-                         [LevelSpec(n, s, channels) for n, s in zip(LEVEL_NAMES, STRIDES)])
+        super().__init__(model.head.classification_head.num_classes, P3_P7.levels(channels))
         self.model = model
         self.arch = arch
         self.mmdet = mmdet  # mmdetection's head and inference (module docstring); the parameter head.scales
         self.norm_on_bbox = "norm_on_bbox" in head_options
         self.centerness_on_reg = "centerness_on_reg" in head_options or not mmdet  # torchvision's: on reg
-        self._cls = FCOSClsHead(model.head.classification_head)
+        self._cls = TowerClsHead(model.head.classification_head)
 
     @property
     def cls_channels(self) -> int:
@@ -81,39 +68,36 @@ class FCOSAdapter(Detector):
         return {"family": self.family, "cls_channels": self.cls_channels, "in_channels": self.levels[0].channels,
                 "num_classes": self.num_classes}
 
-    def forward(self, images: Tensor, image_sizes: list[tuple[int, int]], targets=None, detect=None) -> DetectorOutput:
-        """See ``Detector``; ``cls_logits`` per level are ``(B, K, H, W)``, losses torchvision's
-        ``classification`` (focal), ``bbox_regression`` (GIoU) and ``bbox_ctrness`` (BCE)."""
-        x = self.normalize(images, image_sizes)
-        features = list(self.model.backbone(x).values())
+    def classify(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """``(B, K, H, W)`` logits per level, and the classification towers (mmdetection's centerness reads them)."""
         cls_head = self.model.head.classification_head
         cls_towers = [cls_head.conv(f) for f in features]
-        cls_logits = [cls_head.cls_logits(t) for t in cls_towers]
-        out = DetectorOutput(features=features, cls_logits=cls_logits)
+        return [cls_head.cls_logits(t) for t in cls_towers], cls_towers
 
-        detect = (not self.training) if detect is None else detect
-        if targets is None and not detect:
-            return out
+    def losses_and_detections(self, dense: DensePass, targets, detect: bool):
+        """torchvision's ``classification`` (focal), ``bbox_regression`` (GIoU) and ``bbox_ctrness`` (BCE)
+        losses; its or mmdetection's inference."""
         reg = self.model.head.regression_head
-        towers = [reg.conv(f) for f in features]
+        towers = [reg.conv(f) for f in dense.features]
         head_outputs = {
-            "cls_logits": to_head_layout(cls_logits, self.num_classes),
+            "cls_logits": to_head_layout(dense.cls_logits, self.num_classes),
             "bbox_regression": to_head_layout(self._box_regression(towers), 4),
             "bbox_ctrness": to_head_layout([reg.bbox_ctrness(t) for t in (towers if self.centerness_on_reg
-                                                                          else cls_towers)], 1),
+                                                                          else dense.towers)], 1),
         }
-        anchors = self.model.anchor_generator(ImageList(x, list(image_sizes)), features)
-        per_level = [f.shape[-2] * f.shape[-1] for f in features]
+        anchors = dense.anchors(self.model.anchor_generator)
+        per_level = [f.shape[-2] * f.shape[-1] for f in dense.features]
+        losses, detections = {}, None
         if targets is not None:  # in float32: box decoding in bf16 would round coordinates by several pixels
-            out.losses = self.model.compute_loss(targets, {k: v.float() for k, v in head_outputs.items()}, anchors,
-                                                 per_level)
+            losses = self.model.compute_loss(targets, {k: v.float() for k, v in head_outputs.items()}, anchors,
+                                             per_level)
         if detect:
             split_anchors = [list(a.split(per_level)) for a in anchors]
-            with torch.autocast(x.device.type, enabled=False):
+            with torch.autocast(dense.x.device.type, enabled=False):
                 split = {k: [t.float() for t in v.split(per_level, dim=1)] for k, v in head_outputs.items()}
                 postprocess = self._postprocess_mmdet if self.mmdet else self.model.postprocess_detections
-                out.detections = postprocess(split, split_anchors, list(image_sizes))
-        return out
+                detections = postprocess(split, split_anchors, dense.image_sizes)
+        return losses, detections
 
     def _box_regression(self, towers: list[Tensor]) -> list[Tensor]:
         """Per level ``(B, 4, H, W)`` side distances in units of the level's point size (= its stride), the
@@ -131,19 +115,8 @@ class FCOSAdapter(Detector):
                            image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
         """mmdetection's FCOS inference (``dense_detections``: score x centerness after the top-k) on per-level
         ``(B, HW, C)`` head outputs."""
-        model = self.model
-        results = []
-        for i, size in enumerate(image_sizes):
-            codes, points = [t[i] for t in head_outputs["bbox_regression"]], anchors[i]
-
-            def decode(lv: int, prior: Tensor, codes=codes, points=points) -> Tensor:
-                return model.box_coder.decode(codes[lv][prior], points[lv][prior])
-
-            results.append(dense_detections(
-                [t[i] for t in head_outputs["cls_logits"]], decode,
-                size, model.score_thresh, model.nms_thresh, model.detections_per_img, TOPK_CANDIDATES,
-                score_factors=[t[i, :, 0] for t in head_outputs["bbox_ctrness"]]))
-        return results
+        return batch_dense_detections(head_outputs, anchors, image_sizes, self.model.box_coder.decode, self.model,
+                                      TOPK_CANDIDATES, factors="bbox_ctrness")
 
 
 def build(spec, cfg, num_classes: int, backbone_weights, trained: bool) -> FCOSAdapter:
@@ -155,7 +128,7 @@ def build(spec, cfg, num_classes: int, backbone_weights, trained: bool) -> FCOSA
                           frozen_bn=trained, weights=backbone_weights,
                           trainable_layers=cfg.trainable_backbone_layers if trained else 5, style=spec.style)
     if mmdet:  # point size = stride: the box code is in strides, as torchvision's coder expects
-        points = GridAnchors(tuple((float(s),) for s in STRIDES), ((1.0,),) * 5, STRIDES, offset=0.5)
+        points = doubling_anchors(STRIDES[0], strides=STRIDES, offset=0.5)
     else:
         points = point_generator(cfg.anchor_size or DEFAULT_ANCHOR_SIZE)
     head = FCOSHead(backbone.out_channels, 1, num_classes)

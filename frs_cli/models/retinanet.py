@@ -12,43 +12,29 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.retinanet import RetinaNet, RetinaNetClassificationHead, RetinaNetHead
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
-from frs_cli.models.anchors import octave_anchors
+from frs_cli.models.anchors import doubling_anchors
 from frs_cli.models.backbones import P6P7, TINY_BODIES, c5_channels, resnet_fpn
-from frs_cli.models.base import Detector, DetectorOutput, LevelSpec, to_head_layout
-from frs_cli.models.dense_inference import dense_detections
+from frs_cli.models.base import P3_P7, DensePass, Detector, TowerClsHead, to_head_layout
+from frs_cli.models.dense_inference import batch_dense_detections
 from frs_cli.models.retinanet_loss import retinanet_gt_loss
 
-LEVEL_NAMES = ("P3", "P4", "P5", "P6", "P7")
-STRIDES = (8, 16, 32, 64, 128)
+LEVEL_NAMES, STRIDES = P3_P7.names, P3_P7.strides
 DEFAULT_ANCHOR_SIZE = 32  # torchvision's: 32 px at P3, doubling per level
+RATIOS = (0.5, 1.0, 2.0)
 
 
 def anchor_generator(anchor_size: int = 32) -> AnchorGenerator:
     """torchvision's RetinaNet anchors (3 scales x 3 ratios per level), scaled so P3's base is ``anchor_size``."""
-    sizes = tuple(
-        (s, int(s * 2 ** (1.0 / 3)), int(s * 2 ** (2.0 / 3))) for s in (anchor_size * 2**i for i in range(5))
-    )
-    return AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(sizes))
+    return doubling_anchors(anchor_size, RATIOS, scales_per_octave=3)
 
 
-class RetinaNetClsHead(nn.Module):
+def build_cls_head(spec: dict) -> TowerClsHead:
     """torchvision's RetinaNet classification head, returning per-level ``(B, A*K, H, W)`` logits."""
-
-    def __init__(self, head: RetinaNetClassificationHead):
-        super().__init__()
-        self.head = head
-
-    def forward(self, features: list[Tensor]) -> list[Tensor]:
-        return [self.head.cls_logits(self.head.conv(f)) for f in features]
-
-
-def build_retinanet_cls_head(spec: dict) -> RetinaNetClsHead:
     norm = partial(nn.GroupNorm, 32) if spec["norm"] == "group_norm" else None
-    return RetinaNetClsHead(
+    return TowerClsHead(
         RetinaNetClassificationHead(spec["in_channels"], spec["num_anchors"], spec["num_classes"], norm_layer=norm)
     )
 
@@ -58,13 +44,12 @@ class RetinaNetAdapter(Detector):
 
     def __init__(self, model: RetinaNet, arch: str, head_norm: str, mmdet: bool = False):
         channels = model.backbone.out_channels
-        super().__init__(model.head.classification_head.num_classes,
-                         [LevelSpec(n, s, channels) for n, s in zip(LEVEL_NAMES, STRIDES)])
+        super().__init__(model.head.classification_head.num_classes, P3_P7.levels(channels))
         self.model = model
         self.arch = arch
         self.head_norm = head_norm
         self.mmdet = mmdet  # mmdetection's inference (dense_detections) instead of torchvision's
-        self._cls = RetinaNetClsHead(model.head.classification_head)
+        self._cls = TowerClsHead(model.head.classification_head)
 
     @property
     def num_anchors(self) -> int:
@@ -87,51 +72,38 @@ class RetinaNetAdapter(Detector):
             "norm": self.head_norm,
         }
 
-    def forward(self, images: Tensor, image_sizes: list[tuple[int, int]], targets=None, detect=None) -> DetectorOutput:
-        x = self.normalize(images, image_sizes)
-        features = list(self.model.backbone(x).values())
-        cls_logits = self._cls(features)
-        reg_head = self.model.head.regression_head
-        box_deltas = [reg_head.bbox_reg(reg_head.conv(f)) for f in features]
-        out = DetectorOutput(features=features, cls_logits=cls_logits)
+    def classify(self, features: list[Tensor]) -> tuple[list[Tensor], None]:
+        return self._cls(features), None
 
-        detect = (not self.training) if detect is None else detect
-        if targets is None and not detect:
-            return out
-        anchors = self.model.anchor_generator(ImageList(x, list(image_sizes)), features)
+    def losses_and_detections(self, dense: DensePass, targets, detect: bool):
+        """torchvision's ``classification`` (focal) and ``bbox_regression`` losses; its or mmdetection's inference."""
+        reg_head = self.model.head.regression_head
+        box_deltas = [reg_head.bbox_reg(reg_head.conv(f)) for f in dense.features]
+        anchors = dense.anchors(self.model.anchor_generator)
         head_outputs = {
-            "cls_logits": to_head_layout(cls_logits, self.num_classes),
+            "cls_logits": to_head_layout(dense.cls_logits, self.num_classes),
             "bbox_regression": to_head_layout(box_deltas, 4),
         }
+        losses, detections = {}, None
         if targets is not None:
             # Every image of the padded batch has the same anchors; the batched loss equals torchvision's.
-            out.losses = retinanet_gt_loss(self.model, targets, head_outputs["cls_logits"],
-                                           head_outputs["bbox_regression"], anchors[0])
+            losses = retinanet_gt_loss(self.model, targets, head_outputs["cls_logits"],
+                                       head_outputs["bbox_regression"], anchors[0])
         if detect:
-            per_level = [f.shape[-2] * f.shape[-1] * self.num_anchors for f in features]
+            per_level = [f.shape[-2] * f.shape[-1] * self.num_anchors for f in dense.features]
             split = {k: list(v.split(per_level, dim=1)) for k, v in head_outputs.items()}
             split_anchors = [list(a.split(per_level)) for a in anchors]
-            with torch.autocast(x.device.type, enabled=False):
+            with torch.autocast(dense.x.device.type, enabled=False):
                 split = {k: [t.float() for t in v] for k, v in split.items()}
                 postprocess = self._postprocess_mmdet if self.mmdet else self.model.postprocess_detections
-                out.detections = postprocess(split, split_anchors, list(image_sizes))
-        return out
+                detections = postprocess(split, split_anchors, dense.image_sizes)
+        return losses, detections
 
     def _postprocess_mmdet(self, head_outputs: dict[str, list[Tensor]], anchors: list[list[Tensor]],
                            image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
         """mmdetection's RetinaNet inference on per-level ``(B, HWA, C)`` head outputs (``dense_detections``)."""
-        model = self.model
-        results = []
-        for i, size in enumerate(image_sizes):
-            deltas, priors = [t[i] for t in head_outputs["bbox_regression"]], anchors[i]
-
-            def decode(lv: int, prior: Tensor, deltas=deltas, priors=priors) -> Tensor:
-                return model.box_coder.decode_single(deltas[lv][prior], priors[lv][prior])
-
-            results.append(dense_detections(
-                [t[i] for t in head_outputs["cls_logits"]], decode,
-                size, model.score_thresh, model.nms_thresh, model.detections_per_img, model.topk_candidates))
-        return results
+        return batch_dense_detections(head_outputs, anchors, image_sizes, self.model.box_coder.decode_single,
+                                      self.model, self.model.topk_candidates)
 
 
 def build(spec, cfg, num_classes: int, backbone_weights, trained: bool) -> RetinaNetAdapter:
@@ -153,10 +125,8 @@ def build(spec, cfg, num_classes: int, backbone_weights, trained: bool) -> Retin
     backbone = resnet_fpn(spec.body, spec.fpn_channels, [2, 3, 4], extra, frozen_bn=trained and not spec.v2,
                           weights=backbone_weights, trainable_layers=cfg.trainable_backbone_layers if trained else 5,
                           style=spec.style)
-    if mmdet:
-        anchors = octave_anchors(STRIDES, (cfg.anchor_size or DEFAULT_ANCHOR_SIZE) / STRIDES[0], 3, (0.5, 1.0, 2.0))
-    else:
-        anchors = anchor_generator(cfg.anchor_size or DEFAULT_ANCHOR_SIZE)
+    size = cfg.anchor_size or DEFAULT_ANCHOR_SIZE
+    anchors = doubling_anchors(size, RATIOS, scales_per_octave=3, strides=STRIDES) if mmdet else anchor_generator(size)
     head = RetinaNetHead(backbone.out_channels, anchors.num_anchors_per_location()[0], num_classes,
                          norm_layer=partial(nn.GroupNorm, 32) if spec.v2 else None)
     if spec.v2:
@@ -165,5 +135,3 @@ def build(spec, cfg, num_classes: int, backbone_weights, trained: bool) -> Retin
                       nms_thresh=cfg.nms_thresh, detections_per_img=cfg.detections_per_img)
     return RetinaNetAdapter(model, cfg.arch, head_norm="group_norm" if spec.v2 else "none", mmdet=mmdet)
 
-
-build_cls_head = build_retinanet_cls_head

@@ -1,42 +1,50 @@
 """The one training loop. Plain GT training and distillation share it; only the objective differs.
 
-Read it top to bottom: build optimizer and schedule, maybe resume, then per epoch a sampler position, a
-loader, the steps, a checkpoint and (maybe) an evaluation. Under torchrun the objective is wrapped in DDP and
-each process sees its own share of every epoch; losses (and FRS's N_l) are per process, as in the original.
+Read it top to bottom: ``fit`` builds a ``Trainer`` (optimizer, LR schedule, AMP scaler), maybe restores a
+saved state, and runs it with its hooks (``frs_cli.train.hooks``: progress, metrics, checkpoints, evaluation,
+Ctrl-C, the final model files). ``Trainer.run_step`` is one optimizer step. Under torchrun the objective is
+wrapped in DDP and each process sees its own share of every epoch; losses (and FRS's N_l) are per process, as
+in the original.
 
-The saved state (``last.pt``: trainable modules, optimizer, LR schedule, AMP scaler, RNG, epoch and position
-in the epoch's view order) is written at step boundaries only: at each epoch end, every
+The saved state (``last.pt``: the objective's checkpointed modules, optimizer, LR schedule, AMP scaler, RNG,
+epoch and position in the epoch's view order) is written at step boundaries only: at each epoch end, every
 ``checkpoint_every`` steps, and on Ctrl-C. ``resume`` continues from it to the same weights an uninterrupted
 run reaches, whenever the process was stopped or killed.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import math
-import signal
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from frs_cli.data.coco import ViewSampler, collate
-from frs_cli.dist import DistContext, barrier, mean_across
-from frs_cli.errors import Interrupted, TrainingError
-from frs_cli.files import storage_errors
+from frs_cli.data.coco import Batch, ViewSampler, collate
+from frs_cli.dist import DistContext, mean_across
+from frs_cli.errors import TrainingError
 from frs_cli.progress import NullProgress, Progress
-from frs_cli.train.checkpoint import LAST, atomic_save, load_training_state, rng_state, set_rng_state
+from frs_cli.train.checkpoint import LAST
 from frs_cli.train.config import TrainConfig
-from frs_cli.train.metrics_log import MetricsLog
-from frs_cli.train.rundir import check_resumed_epoch
+from frs_cli.train.hooks import (
+    CheckpointHook,
+    EvalHook,
+    Hook,
+    InterruptHook,
+    MetricsHook,
+    OutputsHook,
+    ProgressHook,
+    TrainingState,
+)
 from frs_cli.train.schedule import build_optimizer, build_scheduler
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from frs_cli.train.objectives import Objective
 
 
 @dataclass
@@ -50,9 +58,29 @@ class FitResult:
     data_wait_share: float
 
 
-def _trainable_children(objective: nn.Module) -> dict[str, nn.Module]:
-    """The parts of an objective that train and are checkpointed (never the teacher side)."""
-    return {name: m for name, m in objective.named_children() if name != "source"}
+@dataclass
+class StepRecord:
+    """One finished optimizer step, as hooks see it."""
+
+    iteration: int  # global index of the step (epoch * iters_per_epoch + step within the epoch)
+    losses: dict[str, float]  # the objective's named terms
+    loss: float  # their sum, the minimised value
+    images: int  # images of the step over all processes
+    data_seconds: float  # waiting for the batch
+    seconds: float  # since the previous step ended (data, step and hooks)
+
+    def fields(self) -> dict[str, float]:
+        """What progress shows and metrics log of every step: each term, ``loss`` and ``img_s``."""
+        return {**self.losses, "loss": self.loss, "img_s": self.images / self.seconds}
+
+
+def flip_views(hflip_prob: float, resolution: int = 100) -> tuple[str, ...]:
+    """Views to choose from uniformly so that an image is flipped with probability ``hflip_prob``: ``orig`` and
+    ``hflip`` repeated in the ratio of the nearest fraction k/n with n <= ``resolution`` (within 0.5/resolution
+    of ``hflip_prob``; 0.5 gives exactly ``("orig", "hflip")``, 0 ``("orig",)``, 1 ``("hflip",)``)."""
+    share = Fraction(hflip_prob).limit_denominator(resolution)
+    flips, n = share.numerator, share.denominator
+    return ("orig",) * (n - flips) + ("hflip",) * flips
 
 
 def autocast_context(device: torch.device, enabled: bool, dtype_name: str):
@@ -68,58 +96,126 @@ def make_loader(dataset, sampler, batch_size: int, workers: int, device: torch.d
     )
 
 
-class StopRequest:
-    """Ctrl-C as a request: the step in flight finishes, then the loop saves and stops at a step boundary.
+class Trainer:
+    """Steps an ``Objective`` over ``dataset`` (indexed by ``(position, view)``) for ``cfg.epochs`` epochs.
 
-    Stopping inside a step would save half-updated state (BatchNorm statistics already moved by the forward,
-    or parameters mid-update). A second Ctrl-C stops at once, without saving.
+    Hooks read its public fields: ``epoch`` (0-based, the epoch running), ``step`` (steps done in it),
+    ``iteration``, ``last`` (the latest ``StepRecord``), ``eval_metrics``, ``finished``, and ``objective``,
+    ``optimizer``, ``scheduler``, ``scaler``, ``cfg``, ``ctx``, ``iters_per_epoch``.
     """
 
-    def __init__(self):
-        self.requested = False
+    def __init__(self, objective: Objective, dataset, cfg: TrainConfig, ctx: DistContext, views: Sequence[str]):
+        self.cfg, self.ctx, self.dataset = cfg, ctx, dataset
+        self.sampler = ViewSampler(len(dataset), views, shuffle=True, seed=cfg.seed, rank=ctx.rank,
+                                   world_size=ctx.world_size)
+        self.iters_per_epoch = len(self.sampler) // cfg.batch_size
+        if self.iters_per_epoch < 1:
+            raise TrainingError(f"train: {len(self.sampler)} images per process is fewer than one batch of "
+                                f"{cfg.batch_size}", hint="lower train.batch_size or use more images")
+        self.objective = objective.to(ctx.device)
+        self.optimizer = build_optimizer(objective.parameters(), cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.iters_per_epoch)
+        self.use_amp = cfg.amp and ctx.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.use_amp and cfg.amp_dtype == "float16")
+        self.model: nn.Module = objective
+        self.epoch, self.step = 0, 0
+        self.last: StepRecord | None = None
+        self.eval_metrics: dict | None = None
+        self.finished = False
+        self.images_seen, self.data_seconds, self.step_seconds = 0, 0.0, 0.0
 
-    def _handler(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        log.warning("stopping after this step (Ctrl-C again to stop at once, without saving)")
+    @property
+    def iteration(self) -> int:
+        """Global index of the next step."""
+        return self.epoch * self.iters_per_epoch + self.step
 
-    @contextlib.contextmanager
-    def installed(self):
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-        previous = signal.signal(signal.SIGINT, self._handler)
+    def run_step(self, batch: Batch) -> dict[str, Tensor]:
+        """One optimizer step on ``batch``: forward (autocast), the non-finite check, backward, clip, update.
+        Returns the objective's named loss terms."""
+        it = self.iteration
+        with autocast_context(self.ctx.device, self.use_amp, self.cfg.amp_dtype):
+            losses = self.model(batch, it)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
+            raise TrainingError(f"train: non-finite loss at epoch {self.epoch + 1}, iteration {it}: {terms}",
+                                hint="lower the learning rate or check the data")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.objective.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return losses
+
+    def run_epoch(self, hooks: Sequence[Hook]) -> None:
+        """The steps of ``self.epoch`` from ``self.step`` on, each followed by the hooks' ``after_step``."""
+        self.sampler.set_epoch(self.epoch, start=self.step * self.cfg.batch_size)
+        batches = iter(make_loader(self.dataset, self.sampler, self.cfg.batch_size, self.cfg.workers, self.ctx.device))
+        self.model.train()
+        t_prev = time.perf_counter()
+        while self.step < self.iters_per_epoch:
+            t0 = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                break
+            batch = batch.to(self.ctx.device)
+            t_data = time.perf_counter() - t0
+            it = self.iteration
+            losses = self.run_step(batch)
+            self.step += 1
+            now = time.perf_counter()
+            step_time, t_prev = now - t_prev, now
+            images = len(batch.image_ids) * self.ctx.world_size
+            self.images_seen += images
+            self.data_seconds += t_data
+            self.step_seconds += step_time
+            self.last = StepRecord(it, {k: float(v.detach()) for k, v in losses.items()},
+                                   float(sum(losses.values()).detach()), images, t_data, step_time)
+            for hook in hooks:
+                hook.after_step(self)
+
+    def train(self, hooks: Sequence[Hook], state: TrainingState, start: tuple[int, int] = (0, 0)) -> None:
+        """Every epoch from ``start`` (epoch, step) with ``hooks``; ``state`` names what a second Ctrl-C left."""
+        if self.ctx.distributed:
+            self.model = nn.parallel.DistributedDataParallel(
+                self.objective, device_ids=[self.ctx.device.index] if self.ctx.device.type == "cuda" else None)
+        started: list[Hook] = []
         try:
-            yield self
+            for hook in hooks:
+                hook.before_train(self)
+                started.append(hook)
+            for epoch in range(start[0], self.cfg.epochs):
+                self.epoch, self.step = epoch, start[1] if epoch == start[0] else 0
+                for hook in hooks:
+                    hook.before_epoch(self)
+                try:
+                    self.run_epoch(hooks)
+                except KeyboardInterrupt:  # the second Ctrl-C (hooks.StopRequest)
+                    raise state.stopped_at_once(self.epoch, self.step) from None
+                for hook in hooks:
+                    hook.after_epoch(self)
+            self.finished = True
         finally:
-            signal.signal(signal.SIGINT, previous)
-
-    def agreed(self, ctx: DistContext) -> bool:
-        """Whether any process was asked to stop (all processes must stop at the same step)."""
-        if not ctx.distributed:
-            return self.requested
-        import torch.distributed as torch_dist
-
-        flag = torch.tensor([1.0 if self.requested else 0.0], device=ctx.device)
-        torch_dist.all_reduce(flag)
-        return bool(flag.item() > 0)
+            _after_train(started, self)
 
 
-def _stopped_at_once(epoch: int, step: int, saved_at, state_path: Path) -> Interrupted:
-    """The second Ctrl-C: what was saved, if anything, and how to go on."""
-    where = f"stopped at once at epoch {epoch + 1}, iteration {step}, without saving"
-    if saved_at is None or not state_path.is_file():
-        return Interrupted(f"{where}; no state was saved yet",
-                           hint="run the same command again to start the run from the beginning")
-    done, into = saved_at
-    at = f"epoch {done + 1}, iteration {into}" if into else f"the end of epoch {done}"
-    return Interrupted(f"{where}; the last saved state ({at}) is in {state_path}",
-                       hint="run the same command with --resume to continue from it")
+def _after_train(hooks, trainer: Trainer) -> None:
+    """Every hook's ``after_train``, even when one of them fails; the first failure is raised after all ran."""
+    error = None
+    for hook in hooks:
+        try:
+            hook.after_train(trainer)
+        except BaseException as exc:  # noqa: BLE001 (re-raised below, once every hook has let go)
+            error = error or exc
+    if error is not None:
+        raise error
 
 
 def fit(
-    objective: nn.Module,
+    objective: Objective,
     dataset,
     cfg: TrainConfig,
     ctx: DistContext,
@@ -131,154 +227,39 @@ def fit(
     resumed: Callable[[], None] | None = None,
     evaluate: Callable[[nn.Module], dict] | None = None,
     progress: Progress | None = None,
+    hooks: Sequence[Hook] = (),
 ) -> FitResult:
     """Train ``objective`` on ``dataset`` (indexed by ``(position, view)``) for ``cfg.epochs`` epochs.
 
     ``views``: the views an image may be shown in, one chosen uniformly per image and epoch (orig/hflip
-    = random flip with p 0.5); ``save_outputs(objective, out_dir)`` writes the final model files (main
-    process); ``resumed()`` is called once a saved state is restored and checked (``resume``);
-    ``evaluate(objective)`` returns val metrics (called on every process, used from the main one).
+    = random flip with p 0.5; ``flip_views`` gives another probability); ``save_outputs(objective, out_dir)``
+    writes the final model files (main process); ``resumed()`` is called once a saved state is restored and
+    checked (``resume``); ``evaluate(objective)`` returns val metrics (called on every process, used from the
+    main one); ``hooks`` run after the built-in ones.
     """
     progress = progress or NullProgress()
     out_dir = Path(out_dir)
-    device = ctx.device
-    sampler = ViewSampler(len(dataset), views, shuffle=True, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size)
-    iters_per_epoch = len(sampler) // cfg.batch_size
-    if iters_per_epoch < 1:
-        raise TrainingError(f"train: {len(sampler)} images per process is fewer than one batch of {cfg.batch_size}",
-                            hint="lower train.batch_size or use more images")
-    objective.to(device)
-    optimizer = build_optimizer(objective.parameters(), cfg)
-    scheduler = build_scheduler(optimizer, cfg, iters_per_epoch)
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp and cfg.amp_dtype == "float16")
-    start_epoch, start_step = 0, 0
-    state_path = out_dir / LAST
-
-    saved_at = None  # (epochs done, steps into the next) of the state in state_path, once there is one
+    trainer = Trainer(objective, dataset, cfg, ctx, views)
+    state = TrainingState(out_dir / LAST, trainer)
+    start = (0, 0)
     if resume:
-        state = load_training_state(state_path)
-        try:
-            for name, module in _trainable_children(objective).items():
-                module.load_state_dict(state["modules"][name])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise TrainingError(f"--resume: the state in {str(state_path)!r} does not fit this run's model "
-                                f"({str(exc).strip().splitlines()[0][:200]})",
-                                hint="resume with the recipe the run started with") from None
-        set_rng_state(state["rng"])
-        start_epoch, start_step = saved_at = state["epoch"], state["epoch_step"]
-        if state["iters_per_epoch"] != iters_per_epoch:
-            raise TrainingError(f"--resume: the state was saved with {state['iters_per_epoch']} iterations per epoch, "
-                                f"this run has {iters_per_epoch} (batch size, world size or dataset changed)")
-        check_resumed_epoch(start_epoch, start_step, cfg.epochs)
+        start = state.restore()
         if resumed is not None:
             resumed()
-        progress.log(f"resumed from {state_path} at epoch {start_epoch + 1}, iteration {start_step}")
-
-    def save_state(epoch: int, epoch_step: int) -> None:
-        nonlocal saved_at
-        if ctx.is_main:
-            atomic_save({
-                "modules": {n: m.state_dict() for n, m in _trainable_children(objective).items()},
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "rng": rng_state(), "epoch": epoch, "epoch_step": epoch_step,
-                "iters_per_epoch": iters_per_epoch,
-            }, state_path)
-        saved_at = (epoch, epoch_step)
-
-    model = objective
-    if ctx.distributed:
-        model = nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
-
-    with storage_errors(str(out_dir / "metrics.jsonl")):
-        metrics_log = MetricsLog(out_dir, tensorboard=cfg.tensorboard) if ctx.is_main else None
-    t_start, images_seen, wait_total, step_total = time.perf_counter(), 0, 0.0, 0.0
-    last_losses: dict[str, float] = {}
-    eval_metrics = None
-    stop = StopRequest()
-    handlers = contextlib.ExitStack()
-    handlers.enter_context(stop.installed())
-    try:
-        for epoch in range(start_epoch, cfg.epochs):
-            sampler.set_epoch(epoch, start=start_step * cfg.batch_size)
-            loader = make_loader(dataset, sampler, cfg.batch_size, cfg.workers, device)
-            model.train()
-            per_step = cfg.batch_size * ctx.world_size
-            progress.start(f"epoch {epoch + 1}/{cfg.epochs}", iters_per_epoch * per_step,
-                           completed=start_step * per_step, unit="img")
-            step = start_step
-            t_prev = time.perf_counter()
-            batches = iter(loader)
-            try:
-                while step < iters_per_epoch:
-                    t0 = time.perf_counter()
-                    batch = next(batches, None)
-                    if batch is None:
-                        break
-                    batch = batch.to(device)
-                    t_data = time.perf_counter() - t0
-                    it = epoch * iters_per_epoch + step
-                    with autocast_context(device, use_amp, cfg.amp_dtype):
-                        losses = model(batch, it)
-                    loss = sum(losses.values())
-                    if not torch.isfinite(loss):
-                        terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
-                        raise TrainingError(f"train: non-finite loss at epoch {epoch + 1}, iteration {it}: {terms}",
-                                            hint="lower the learning rate or check the data")
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    if cfg.grad_clip > 0:
-                        scaler.unscale_(optimizer)
-                        nn.utils.clip_grad_norm_(objective.parameters(), cfg.grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    scheduler.step()
-                    step += 1
-                    now = time.perf_counter()
-                    step_time, t_prev = now - t_prev, now
-                    wait_total += t_data
-                    step_total += step_time
-                    images_seen += len(batch.image_ids) * ctx.world_size
-                    last_losses = {k: float(v.detach()) for k, v in losses.items()}
-                    fields = {**last_losses, "loss": float(loss.detach()), "img_s": len(batch.image_ids) * ctx.world_size / step_time}
-                    progress.update(len(batch.image_ids) * ctx.world_size, **fields)
-                    if metrics_log and (it % cfg.log_every == 0 or step == iters_per_epoch):
-                        metrics_log.step({"epoch": epoch + 1, "iter": it, "lr": optimizer.param_groups[0]["lr"],
-                                          **fields, "data_wait": t_data / step_time})
-                    if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < iters_per_epoch:
-                        save_state(epoch, step)  # a kill from here on loses at most checkpoint_every steps
-                    if stop.agreed(ctx):
-                        save_state(epoch, step)
-                        raise Interrupted(f"stopped at epoch {epoch + 1}, iteration {step}; state saved to {state_path}",
-                                          hint="run the same command with --resume to continue")
-            except KeyboardInterrupt:
-                raise _stopped_at_once(epoch, step, saved_at, state_path) from None
-            finally:
-                progress.stop()
-            start_step = 0
-            save_state(epoch + 1, 0)
-            barrier(ctx)
-            last_epoch = epoch + 1 == cfg.epochs
-            if evaluate is not None and (last_epoch or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)):
-                eval_metrics = evaluate(objective)
-                if ctx.is_main and eval_metrics is not None:
-                    progress.log(f"epoch {epoch + 1}: " + "  ".join(
-                        f"{k} {v:.3f}" if v is not None else f"{k} \u2013" for k, v in eval_metrics.items()))
-                    metrics_log.eval(epoch + 1, eval_metrics, iteration=(epoch + 1) * iters_per_epoch)
-        if ctx.is_main and save_outputs is not None:
-            save_outputs(objective, out_dir)
-        barrier(ctx)
-    finally:
-        handlers.close()
-        if metrics_log:
-            metrics_log.close()
+        progress.log(f"resumed from {state.path} at epoch {start[0] + 1}, iteration {start[1]}")
+    metrics = MetricsHook(out_dir, cfg.tensorboard, ctx.is_main)
+    built_in: list[Hook] = [ProgressHook(progress), metrics, CheckpointHook(state, cfg.checkpoint_every)]
+    if evaluate is not None:
+        built_in.append(EvalHook(evaluate, cfg.eval_every, progress, metrics))
+    if save_outputs is not None:
+        built_in.append(OutputsHook(save_outputs, out_dir))
+    built_in.append(InterruptHook(state))  # lets go of Ctrl-C after the final files are written
+    t_start = time.perf_counter()
+    trainer.train([*built_in, *hooks], state, start)
     seconds = time.perf_counter() - t_start
-    last_losses = mean_across(ctx, last_losses)
     return FitResult(
-        epochs=cfg.epochs, iterations=cfg.epochs * iters_per_epoch, seconds=seconds,
-        images_per_second=images_seen / seconds if seconds > 0 else math.nan, last_losses=last_losses,
-        eval_metrics=eval_metrics, data_wait_share=wait_total / step_total if step_total else 0.0,
+        epochs=cfg.epochs, iterations=cfg.epochs * trainer.iters_per_epoch, seconds=seconds,
+        images_per_second=trainer.images_seen / seconds if seconds > 0 else math.nan,
+        last_losses=mean_across(ctx, trainer.last.losses if trainer.last else {}), eval_metrics=trainer.eval_metrics,
+        data_wait_share=trainer.data_seconds / trainer.step_seconds if trainer.step_seconds else 0.0,
     )

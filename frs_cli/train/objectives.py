@@ -1,11 +1,15 @@
 """What a training step minimises: the detector's GT loss alone, or GT loss plus FRS distillation.
 
-An objective is an ``nn.Module`` holding everything that trains (the student, the FRS adapters) and whatever
-supplies the teacher's side (a classification head rebuilt from a cache, or the live teacher). Its forward
-maps a batch and the iteration number to a dict of named, already-weighted loss terms; the loop sums them.
+An objective (the ``Objective`` protocol) is an ``nn.Module`` holding everything that trains (the student, the
+FRS adapters) and whatever supplies the teacher's side (a ``TeacherSide``: a classification head rebuilt from a
+cache, or the live teacher). Its forward maps a batch and the iteration number to a dict of named,
+already-weighted loss terms; the loop sums them. ``checkpointed()`` names what trains and is saved.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -20,7 +24,8 @@ from frs_cli.models.base import Detector, FrsSignature, check_compatible
 from frs_cli.train.canvas import crop_stack, level_grids, on_own_canvas
 from frs_cli.train.config import DistillConfig
 
-__all__ = ["CachedTeacher", "FRSObjective", "GTObjective", "OnlineTeacher", "check_compatible", "valid_masks"]
+__all__ = ["CachedTeacher", "FRSObjective", "GTObjective", "Objective", "OnlineTeacher", "TeacherSide",
+           "check_compatible", "valid_masks"]
 
 
 def valid_masks(image_sizes: list[tuple[int, int]], features: list[Tensor], strides: list[int]) -> list[Tensor]:
@@ -36,12 +41,37 @@ def valid_masks(image_sizes: list[tuple[int, int]], features: list[Tensor], stri
     return out
 
 
+class Objective(Protocol):
+    """What the trainer trains: an ``nn.Module`` (``to``, ``train``, ``parameters`` are nn.Module's) that
+
+    - maps ``(batch, step)`` to named, already-weighted loss terms (scalar tensors; the trainer sums them),
+    - names in ``checkpointed()`` the modules that train and are saved in (and restored from) the training
+      state, by the names the state stores them under; never the teacher's side,
+    - holds the ``student``, the detector a run produces (its model file, its evaluation).
+    """
+
+    student: Detector
+
+    def __call__(self, batch: Batch, step: int) -> dict[str, Tensor]: ...
+
+    def checkpointed(self) -> dict[str, nn.Module]: ...
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+    def to(self, device: torch.device) -> Objective: ...
+
+    def train(self, mode: bool = True) -> Objective: ...
+
+
 class GTObjective(nn.Module):
     """Plain detector training: the detector's own losses."""
 
     def __init__(self, student: Detector):
         super().__init__()
         self.student = student
+
+    def checkpointed(self) -> dict[str, nn.Module]:
+        return {"student": self.student}
 
     def forward(self, batch: Batch, step: int) -> dict[str, Tensor]:
         return dict(self.student(batch.images, batch.image_sizes, batch.targets).losses)
@@ -52,6 +82,14 @@ class TeacherTargets:
 
     def __init__(self, features: list[Tensor], cls_logits: list[Tensor] | None, masks: list[Tensor]):
         self.features, self.cls_logits, self.masks = features, cls_logits, masks
+
+
+class TeacherSide(Protocol):
+    """Where a distillation objective gets the teacher's side of a batch (``CachedTeacher``, ``OnlineTeacher``):
+    an ``nn.Module`` that never trains and is never checkpointed. ``need_logits``: the head loss needs the
+    teacher's classification logits (else ``cls_logits`` may be None)."""
+
+    def __call__(self, batch: Batch, need_logits: bool) -> TeacherTargets: ...
 
 
 def teacher_autocast(device: torch.device, enabled: bool):
@@ -132,23 +170,26 @@ class OnlineTeacher(nn.Module):
 
 
 class FRSObjective(nn.Module):
-    """``L = L_GT + w(t) * (alpha * L_FPN + beta * L_head)`` with the teacher side from ``source``.
+    """``L = L_GT + w(t) * (alpha * L_FPN + beta * L_head)`` with the teacher's side from ``teacher_side``.
 
     ``teacher`` is the teacher's ``FrsSignature`` (``Detector.signature`` or ``TeacherCache.signature``).
     """
 
-    def __init__(self, student: Detector, teacher: FrsSignature, source: nn.Module, cfg: DistillConfig):
+    def __init__(self, student: Detector, teacher: FrsSignature, teacher_side: TeacherSide, cfg: DistillConfig):
         super().__init__()
         check_compatible(student.signature, teacher)
         self.student = student
         self.adapters = FeatureAdapter([lv.channels for lv in student.levels], [lv.channels for lv in teacher.levels])
-        self.source = source
+        self.teacher_side = teacher_side
         self.cfg = cfg
+
+    def checkpointed(self) -> dict[str, nn.Module]:
+        return {"student": self.student, "adapters": self.adapters}
 
     def forward(self, batch: Batch, step: int) -> dict[str, Tensor]:
         out = self.student(batch.images, batch.image_sizes, batch.targets)
         losses = dict(out.losses)
-        teacher = self.source(batch, need_logits=self.cfg.mask == "frs")
+        teacher = self.teacher_side(batch, need_logits=self.cfg.mask == "frs")
         for lv, (fs, ft) in enumerate(zip(out.features, teacher.features)):
             if fs.shape[-2:] != ft.shape[-2:]:
                 raise FrsError(f"distill: level {self.student.level_names[lv]} student grid {tuple(fs.shape[-2:])} "

@@ -21,7 +21,7 @@ from frs_cli.models import build_detector, check_compatible, check_distillable, 
 from frs_cli.models.config import ModelConfig
 from frs_cli.progress import Progress
 from frs_cli.train.checkpoint import FINAL, atomic_save, model_payload
-from frs_cli.train.loop import FitResult, fit
+from frs_cli.train.loop import FitResult, fit, flip_views
 from frs_cli.train.metrics_log import require_tensorboard, teacher_mask_picture, write_images
 from frs_cli.train.objectives import CachedTeacher, FRSObjective, GTObjective, OnlineTeacher
 from frs_cli.train.rundir import RunStart, check_run_dir, record_resume, resume_changes, start_run_dir
@@ -86,7 +86,7 @@ def _model_saver(model_cfg: ModelConfig, index, geometry, extra: bool = False):
         payload = model_payload(objective.student, model_cfg, index.label_to_category,
                                 [c["name"] for c in index.categories], geometry)
         atomic_save(payload, out_dir / FINAL)
-        if extra and hasattr(objective, "adapters"):
+        if extra:  # a distillation run: its FRSObjective's adapters too
             atomic_save({"adapters": objective.adapters.state_dict(),
                          "levels": [lv.to_dict() for lv in objective.student.levels]}, out_dir / ADAPTERS)
     return save
@@ -120,7 +120,7 @@ def train_detector(recipe, role: str, out_dir: str | Path, *, resume: bool = Fal
     detector = build_detector(model_cfg, train.index.num_classes)
     _start_out(start, recipe_dict, ctx)
     result = fit(GTObjective(detector), train, cfg, ctx, out_dir,
-                 views=("orig", "hflip") if cfg.hflip_prob > 0 else ("orig",), resume=start.resume,
+                 views=flip_views(cfg.hflip_prob), resume=start.resume,
                  resumed=_on_resumed(start, recipe_dict, changes, ctx),
                  save_outputs=_model_saver(model_cfg, train.index, recipe.geometry),
                  evaluate=_evaluator(recipe, ctx, cfg) if evaluate else None, progress=progress)
@@ -168,19 +168,19 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
         missing = [v for v in views if v not in store.views]
         if missing:
             raise ConfigError(f"distill: the recipe asks for views {list(views)}, the cache holds {store.views}")
-        source = CachedTeacher.from_cache(store)
+        teacher_side = CachedTeacher.from_cache(store)
         teacher_signature = store.signature
         dataset = CachedViews(coco, store)
     else:
         check_distillable(recipe.student, recipe.teacher, num_classes)
         teacher = build_detector(recipe.teacher, num_classes)
-        source = OnlineTeacher(teacher, autocast=recipe.cache.amp)
+        teacher_side = OnlineTeacher(teacher, autocast=recipe.cache.amp)
         teacher_signature = teacher.signature
-        views = ("orig", "hflip") if cfg.hflip_prob > 0 else ("orig",)
+        views = flip_views(cfg.hflip_prob)
         dataset = coco
     seed_everything(cfg.seed)
     student = build_detector(recipe.student, num_classes)
-    objective = FRSObjective(student, teacher_signature, source, recipe.distill)
+    objective = FRSObjective(student, teacher_signature, teacher_side, recipe.distill)
     _start_out(start, recipe_dict, ctx)
     if cfg.tensorboard and ctx.is_main and not start.resume:
         write_images(out_dir, {"frs/teacher_masks": _mask_picture(store if cache else None, coco,

@@ -9,18 +9,16 @@ from __future__ import annotations
 from functools import partial
 
 from torch import Tensor, nn
-from torchvision.models.detection.image_list import ImageList
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from frs_cli.models.backbones import P6P7, resnet_fpn
-from frs_cli.models.base import Detector, DetectorOutput, LevelSpec
+from frs_cli.models.base import P3_P7, DensePass, Detector
 from frs_cli.models.gfl.head import GFLClsHead
 from frs_cli.models.gfl.model import GFL
 
 __all__ = ["DEFAULT_ANCHOR_SIZE", "GFL", "GFLAdapter", "build", "build_cls_head"]
 
-LEVEL_NAMES = ("P3", "P4", "P5", "P6", "P7")
-STRIDES = (8, 16, 32, 64, 128)
+LEVEL_NAMES, STRIDES = P3_P7.names, P3_P7.strides
 DEFAULT_ANCHOR_SIZE = 64  # octave scale 8 x stride 8 at P3 (ATSS / GFL)
 NUM_CONVS = 4
 
@@ -34,7 +32,7 @@ class GFLAdapter(Detector):
 
     def __init__(self, model: GFL, arch: str):
         channels = model.backbone.out_channels
-        super().__init__(model.num_classes, [LevelSpec(n, s, channels) for n, s in zip(LEVEL_NAMES, STRIDES)])
+        super().__init__(model.num_classes, P3_P7.levels(channels))
         self.model = model
         self.arch = arch
 
@@ -49,23 +47,20 @@ class GFLAdapter(Detector):
         return {"family": self.family, "cls_channels": self.cls_channels, "in_channels": self.levels[0].channels,
                 "num_classes": self.num_classes, "num_convs": NUM_CONVS}
 
-    def forward(self, images: Tensor, image_sizes: list[tuple[int, int]], targets=None, detect=None) -> DetectorOutput:
-        """See ``Detector``; ``cls_logits`` per level are ``(B, K, H, W)``; losses ``quality_focal``, ``giou``,
-        ``distribution_focal`` (weighted as the paper: 1, 2, 1/4)."""
-        x = self.normalize(images, image_sizes)
-        features = list(self.model.backbone(x).values())
-        cls_logits = self.model.head.classification(features)
-        out = DetectorOutput(features=features, cls_logits=cls_logits)
-        detect = (not self.training) if detect is None else detect
-        if targets is None and not detect:
-            return out
-        distributions = self.model.head.box(features)
-        anchors = self.model.anchor_generator(ImageList(x, list(image_sizes)), features)
+    def classify(self, features: list[Tensor]) -> tuple[list[Tensor], None]:
+        """``(B, K, H, W)`` logits per level."""
+        return self.model.head.classification(features), None
+
+    def losses_and_detections(self, dense: DensePass, targets, detect: bool):
+        """Losses ``quality_focal``, ``giou``, ``distribution_focal`` (weighted as the paper: 1, 2, 1/4)."""
+        distributions = self.model.head.box(dense.features)
+        anchors = dense.anchors(self.model.anchor_generator)
+        losses, detections = {}, None
         if targets is not None:
-            out.losses = self.model.compute_loss(targets, cls_logits, distributions, anchors)
+            losses = self.model.compute_loss(targets, dense.cls_logits, distributions, anchors)
         if detect:
-            out.detections = self.model.postprocess_detections(cls_logits, distributions, anchors, list(image_sizes))
-        return out
+            detections = self.model.postprocess_detections(dense.cls_logits, distributions, anchors, dense.image_sizes)
+        return losses, detections
 
 
 def build(spec, cfg, num_classes: int, backbone_weights, trained: bool) -> GFLAdapter:

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.ops import batched_nms, clip_boxes_to_image, generalized_box_iou_loss
 
-from frs_cli.models.anchors import GridAnchors
+from frs_cli.models.anchors import doubling_anchors
 from frs_cli.models.gfl.assign import atss_assign, box_centres
 from frs_cli.models.gfl.head import GFLHead, expected_distance
 from frs_cli.models.gfl.losses import (
@@ -33,10 +32,6 @@ GIOU_WEIGHT = 2.0
 DFL_WEIGHT = 0.25  # the paper's 1/4: DFL averaged over the four sides
 ATSS_TOPK = 9
 TOPK_CANDIDATES = 1000
-
-
-def anchor_generator(anchor_size: int) -> AnchorGenerator:
-    return AnchorGenerator(tuple((anchor_size * 2**i,) for i in range(5)), ((1.0,),) * 5)
 
 
 def _flatten(per_level: list[Tensor]) -> Tensor:
@@ -56,11 +51,9 @@ class GFL(nn.Module):
         # nominal strides)
         self.head = GFLHead(backbone.out_channels, num_classes, reg_max, num_scales=len(strides) if mmdet else 0)
         self.drop_empty = mmdet  # mmdetection drops boxes of zero width or height before NMS (min_bbox_size 0)
-        if mmdet:
-            self.anchor_generator = GridAnchors(tuple((float(anchor_size * 2**i),) for i in range(len(strides))),
-                                                ((1.0,),) * len(strides), tuple(strides))
-        else:
-            self.anchor_generator = anchor_generator(anchor_size)
+        # torchvision's anchors, or (mmdet) unrounded ones on the nominal strides
+        self.anchor_generator = doubling_anchors(anchor_size, levels=len(strides),
+                                                 strides=tuple(strides) if mmdet else None)
         self.strides = list(strides)
         self.num_classes, self.reg_max = num_classes, reg_max
         self.score_thresh, self.nms_thresh, self.detections_per_img = score_thresh, nms_thresh, detections_per_img

@@ -1,0 +1,276 @@
+"""What the trainer does around its steps besides stepping: metrics, checkpoints, evaluation, progress, Ctrl-C.
+
+A hook implements any of five calls, each given the ``Trainer`` (``frs_cli.train.loop``), whose public
+fields (``epoch``, ``step``, ``iteration``, ``last``, ``eval_metrics``, ``optimizer``, ...) it may read:
+
+    before_train   once, before the first step (after a resumed state is restored)
+    before_epoch   at the start of every epoch run, ``trainer.step`` = the step it starts from
+    after_step     after every optimizer step, ``trainer.last`` = that step's record
+    after_epoch    after the epoch's last step
+    after_train    once, for every hook whose ``before_train`` returned, also when training failed
+                   (``trainer.finished`` says whether every epoch ran): release what ``before_train`` took.
+                   Each hook's ``after_train`` runs even when another's fails; the first failure is raised.
+
+Calls run in the order the hooks were given; an exception from a hook stops training and propagates as it
+is. The order of the built-in hooks is part of the behaviour: a step is shown and logged before a checkpoint
+is written, and a checkpoint before a Ctrl-C is honoured; an epoch's bar stops before its state is saved and
+its state is saved before it is evaluated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from frs_cli.dist import DistContext, barrier
+from frs_cli.errors import Interrupted, TrainingError
+from frs_cli.files import storage_errors
+from frs_cli.progress import Progress
+from frs_cli.train.checkpoint import atomic_save, load_training_state, rng_state, set_rng_state
+from frs_cli.train.metrics_log import MetricsLog
+from frs_cli.train.rundir import check_resumed_epoch
+
+if TYPE_CHECKING:
+    from frs_cli.train.loop import Trainer
+
+log = logging.getLogger(__name__)
+
+
+class Hook:
+    """The hook protocol, every call a no-op: subclass and implement what you need."""
+
+    def before_train(self, trainer: Trainer) -> None:
+        pass
+
+    def before_epoch(self, trainer: Trainer) -> None:
+        pass
+
+    def after_step(self, trainer: Trainer) -> None:
+        pass
+
+    def after_epoch(self, trainer: Trainer) -> None:
+        pass
+
+    def after_train(self, trainer: Trainer) -> None:
+        pass
+
+
+class TrainingState:
+    """The run's ``last.pt``: what trains (the objective's ``checkpointed()`` modules), optimizer, LR schedule,
+    AMP scaler, RNG, and the position (epochs done, steps into the next). ``saved_at`` is that position once a
+    state is in ``path`` (restored or written by this process), else None."""
+
+    def __init__(self, path: Path, trainer: Trainer):
+        self.path = Path(path)
+        self.trainer = trainer
+        self.saved_at: tuple[int, int] | None = None
+
+    def save(self, epoch: int, epoch_step: int) -> None:
+        t = self.trainer
+        if t.ctx.is_main:
+            atomic_save({
+                "modules": {n: m.state_dict() for n, m in t.objective.checkpointed().items()},
+                "optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
+                "scaler": t.scaler.state_dict(), "rng": rng_state(), "epoch": epoch, "epoch_step": epoch_step,
+                "iters_per_epoch": t.iters_per_epoch,
+            }, self.path)
+        self.saved_at = (epoch, epoch_step)
+
+    def restore(self) -> tuple[int, int]:
+        """Load the saved state into the trainer; the (epoch, step) it continues from. TrainingError when the
+        state does not fit this run (another model, batch size, world size or dataset, or fewer epochs)."""
+        t = self.trainer
+        state = load_training_state(self.path)
+        try:
+            for name, module in t.objective.checkpointed().items():
+                module.load_state_dict(state["modules"][name])
+            t.optimizer.load_state_dict(state["optimizer"])
+            t.scheduler.load_state_dict(state["scheduler"])
+            t.scaler.load_state_dict(state["scaler"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise TrainingError(f"--resume: the state in {str(self.path)!r} does not fit this run's model "
+                                f"({str(exc).strip().splitlines()[0][:200]})",
+                                hint="resume with the recipe the run started with") from None
+        set_rng_state(state["rng"])
+        epoch, step = self.saved_at = state["epoch"], state["epoch_step"]
+        if state["iters_per_epoch"] != t.iters_per_epoch:
+            raise TrainingError(f"--resume: the state was saved with {state['iters_per_epoch']} iterations per epoch, "
+                                f"this run has {t.iters_per_epoch} (batch size, world size or dataset changed)")
+        check_resumed_epoch(epoch, step, t.cfg.epochs)
+        return epoch, step
+
+    def stopped_at_once(self, epoch: int, step: int) -> Interrupted:
+        """The second Ctrl-C: what was saved, if anything, and how to go on."""
+        where = f"stopped at once at epoch {epoch + 1}, iteration {step}, without saving"
+        if self.saved_at is None or not self.path.is_file():
+            return Interrupted(f"{where}; no state was saved yet",
+                               hint="run the same command again to start the run from the beginning")
+        done, into = self.saved_at
+        at = f"epoch {done + 1}, iteration {into}" if into else f"the end of epoch {done}"
+        return Interrupted(f"{where}; the last saved state ({at}) is in {self.path}",
+                           hint="run the same command with --resume to continue from it")
+
+
+class ProgressHook(Hook):
+    """One progress task per epoch, in images; each step advances it and shows the step's numbers."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+
+    def before_epoch(self, trainer: Trainer) -> None:
+        per_step = trainer.cfg.batch_size * trainer.ctx.world_size
+        self.progress.start(f"epoch {trainer.epoch + 1}/{trainer.cfg.epochs}", trainer.iters_per_epoch * per_step,
+                            completed=trainer.step * per_step, unit="img")
+
+    def after_step(self, trainer: Trainer) -> None:
+        self.progress.update(trainer.last.images, **trainer.last.fields())
+
+    def after_epoch(self, trainer: Trainer) -> None:
+        self.progress.stop()
+
+    def after_train(self, trainer: Trainer) -> None:
+        self.progress.stop()  # a failed epoch's task
+
+
+class MetricsHook(Hook):
+    """``metrics.jsonl`` (and TensorBoard) on the main process: a step record every ``log_every`` iterations
+    and at each epoch's last step; ``eval()`` adds an evaluation's record."""
+
+    def __init__(self, out_dir: Path, tensorboard: bool, is_main: bool):
+        self.out_dir, self.tensorboard, self.is_main = Path(out_dir), tensorboard, is_main
+        self.log: MetricsLog | None = None
+
+    def before_train(self, trainer: Trainer) -> None:
+        with storage_errors(str(self.out_dir / "metrics.jsonl")):
+            self.log = MetricsLog(self.out_dir, tensorboard=self.tensorboard) if self.is_main else None
+
+    def after_step(self, trainer: Trainer) -> None:
+        last = trainer.last
+        if self.log and (last.iteration % trainer.cfg.log_every == 0 or trainer.step == trainer.iters_per_epoch):
+            self.log.step({"epoch": trainer.epoch + 1, "iter": last.iteration,
+                           "lr": trainer.optimizer.param_groups[0]["lr"], **last.fields(),
+                           "data_wait": last.data_seconds / last.seconds})
+
+    def eval(self, epoch: int, metrics: dict, iteration: int) -> None:
+        if self.log:
+            self.log.eval(epoch, metrics, iteration=iteration)
+
+    def after_train(self, trainer: Trainer) -> None:
+        if self.log:
+            self.log.close()
+
+
+class CheckpointHook(Hook):
+    """The training state at every epoch end and every ``every`` steps inside an epoch (0: epoch ends only)."""
+
+    def __init__(self, state: TrainingState, every: int):
+        self.state, self.every = state, every
+
+    def after_step(self, trainer: Trainer) -> None:
+        if self.every and trainer.step % self.every == 0 and trainer.step < trainer.iters_per_epoch:
+            self.state.save(trainer.epoch, trainer.step)  # a kill from here on loses at most `every` steps
+
+    def after_epoch(self, trainer: Trainer) -> None:
+        self.state.save(trainer.epoch + 1, 0)
+        barrier(trainer.ctx)
+
+
+class EvalHook(Hook):
+    """``evaluate(objective)`` after every ``every`` epochs (0: none) and after the last one, on every process;
+    the main process shows the metrics and logs them (``trainer.eval_metrics`` keeps the latest)."""
+
+    def __init__(self, evaluate: Callable[[nn.Module], dict | None], every: int, progress: Progress,
+                 metrics: MetricsHook):
+        self.evaluate, self.every, self.progress, self.metrics = evaluate, every, progress, metrics
+
+    def after_epoch(self, trainer: Trainer) -> None:
+        done = trainer.epoch + 1
+        if not (done == trainer.cfg.epochs or (self.every and done % self.every == 0)):
+            return
+        trainer.eval_metrics = metrics = self.evaluate(trainer.objective)
+        if trainer.ctx.is_main and metrics is not None:
+            self.progress.log(f"epoch {done}: " + "  ".join(
+                f"{k} {v:.3f}" if v is not None else f"{k} \u2013" for k, v in metrics.items()))
+            self.metrics.eval(done, metrics, iteration=done * trainer.iters_per_epoch)
+
+
+class OutputsHook(Hook):
+    """The final model files, written by ``save(objective, out_dir)`` on the main process once training finished
+    (also when a resumed run had no epoch left to run)."""
+
+    def __init__(self, save: Callable[[nn.Module, Path], None], out_dir: Path):
+        self.save, self.out_dir = save, Path(out_dir)
+
+    def after_train(self, trainer: Trainer) -> None:
+        if not trainer.finished:
+            return
+        if trainer.ctx.is_main:
+            self.save(trainer.objective, self.out_dir)
+        barrier(trainer.ctx)
+
+
+class StopRequest:
+    """Ctrl-C as a request: the step in flight finishes, then the loop saves and stops at a step boundary.
+
+    Stopping inside a step would save half-updated state (BatchNorm statistics already moved by the forward,
+    or parameters mid-update). A second Ctrl-C stops at once, without saving (``KeyboardInterrupt``).
+    """
+
+    def __init__(self):
+        self.requested = False
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("stopping after this step (Ctrl-C again to stop at once, without saving)")
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = signal.signal(signal.SIGINT, self._handler)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def agreed(self, ctx: DistContext) -> bool:
+        """Whether any process was asked to stop (all processes must stop at the same step)."""
+        if not ctx.distributed:
+            return self.requested
+        import torch.distributed as torch_dist
+
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=ctx.device)
+        torch_dist.all_reduce(flag)
+        return bool(flag.item() > 0)
+
+
+class InterruptHook(Hook):
+    """Ctrl-C during training: after the step in flight, every process saves the state and raises Interrupted."""
+
+    def __init__(self, state: TrainingState):
+        self.state = state
+        self.stop = StopRequest()
+        self._installed = contextlib.ExitStack()
+
+    def before_train(self, trainer: Trainer) -> None:
+        self._installed.enter_context(self.stop.installed())
+
+    def after_step(self, trainer: Trainer) -> None:
+        if self.stop.agreed(trainer.ctx):
+            self.state.save(trainer.epoch, trainer.step)
+            raise Interrupted(f"stopped at epoch {trainer.epoch + 1}, iteration {trainer.step}; state saved to "
+                              f"{self.state.path}", hint="run the same command with --resume to continue")
+
+    def after_train(self, trainer: Trainer) -> None:
+        self._installed.close()

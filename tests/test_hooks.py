@@ -1,0 +1,156 @@
+"""The trainer's hooks: when each call comes, what the built-in hooks have done by then, a failing hook, Ctrl-C.
+
+The tiny recipe: 24 training images, batch 4, so 6 steps per epoch; ``log_every = 1``.
+"""
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from frs_cli.config import load_recipe
+from frs_cli.data.coco import CocoViews
+from frs_cli.errors import Interrupted
+from frs_cli.models import build_detector
+from frs_cli.train.checkpoint import FINAL, LAST
+from frs_cli.train.dist import setup
+from frs_cli.train.hooks import Hook
+from frs_cli.train.loop import fit
+from frs_cli.train.objectives import GTObjective
+
+STEPS = 6  # per epoch
+
+
+class Recorder(Hook):
+    """Records every call; at each call also what the built-in hooks (which run first) have left on disk."""
+
+    def __init__(self, out):
+        self.out, self.calls = out, []
+
+    def _saved(self):
+        path = self.out / LAST
+        return None if not path.is_file() else tuple(torch.load(path, weights_only=True)[k] for k in ("epoch", "epoch_step"))
+
+    def _logged(self):
+        path = self.out / "metrics.jsonl"
+        return sum('"iter"' in x for x in path.read_text().splitlines())
+
+    def before_train(self, t):
+        self.calls.append(("before_train",))
+
+    def before_epoch(self, t):
+        self.calls.append(("before_epoch", t.epoch, t.step))
+
+    def after_step(self, t):
+        self.calls.append(("after_step", t.epoch, t.step, t.last.iteration, self._logged(), self._saved()))
+
+    def after_epoch(self, t):
+        self.calls.append(("after_epoch", t.epoch, self._saved()))
+
+    def after_train(self, t):
+        self.calls.append(("after_train", t.finished, (self.out / FINAL).is_file()))
+
+
+class Raises(Hook):
+    def __init__(self, stage, at=None):
+        self.stage, self.at = stage, at
+
+    def after_step(self, t):
+        if self.stage == "after_step" and t.last.iteration == self.at:
+            raise RuntimeError(f"hook failed at iteration {t.last.iteration}")
+
+    def after_train(self, t):
+        if self.stage == "after_train":
+            raise RuntimeError("hook failed in after_train")
+
+
+class CtrlC(Hook):
+    """A Ctrl-C arriving while the hooks of one step run: the trainer honours it after the next step."""
+
+    def __init__(self, at):
+        self.at = at
+
+    def after_step(self, t):
+        if t.last.iteration == self.at:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def _fit(recipe_path, out, hooks=(), sets=(), resume=False):
+    r = load_recipe(recipe_path, ["train.epochs=2", *sets])
+    torch.manual_seed(0)
+    ds = CocoViews.from_config(r.data, "train", r.geometry)
+    objective = GTObjective(build_detector(r.student, 5))
+    out.mkdir(exist_ok=True)
+
+    def save(obj, out_dir):
+        torch.save({"model": obj.student.core().state_dict()}, out_dir / FINAL)
+
+    result = fit(objective, ds, r.train, setup("cpu"), out, resume=resume, save_outputs=save, hooks=hooks)
+    return result, objective
+
+
+def test_hooks_are_called_in_order_after_the_built_in_ones(recipe_path, tmp_path):
+    out = tmp_path / "run"
+    rec = Recorder(out)
+    _fit(recipe_path, out, [rec], sets=["train.checkpoint_every=4"])
+    expected = [("before_train",)]
+    for epoch in range(2):
+        expected.append(("before_epoch", epoch, 0))
+        for step in range(1, STEPS + 1):
+            it = epoch * STEPS + step - 1
+            # logged before the hook sees the step; the state every 4 steps inside an epoch, and at its end
+            saved = (epoch, 4) if step >= 4 else ((epoch, 0) if epoch else None)
+            expected.append(("after_step", epoch, step, it, it + 1, saved))
+        expected.append(("after_epoch", epoch, (epoch + 1, 0)))
+    expected.append(("after_train", True, True))  # the final model file is written before user hooks let go
+    assert rec.calls == expected
+
+
+def test_a_failing_hook_stops_training_with_its_error_and_every_hook_still_lets_go(recipe_path, tmp_path):
+    out = tmp_path / "run"
+    rec = Recorder(out)
+    previous = signal.getsignal(signal.SIGINT)
+    with pytest.raises(RuntimeError, match="^hook failed at iteration 3$"):
+        _fit(recipe_path, out, [Raises("after_step", at=3), rec], sets=["train.checkpoint_every=2"])
+    # the failing hook runs before the recorder: the recorder saw iterations 0..2 only, then after_train
+    assert [c[3] for c in rec.calls if c[0] == "after_step"] == [0, 1, 2]
+    assert rec.calls[-1] == ("after_train", False, False)  # not finished: no final model file
+    assert signal.getsignal(signal.SIGINT) is previous  # the Ctrl-C handler is gone again
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["iter"] for x in lines] == [0, 1, 2, 3]  # iteration 3 was logged before the failing hook ran
+    state = torch.load(out / LAST, weights_only=True)
+    assert (state["epoch"], state["epoch_step"]) == (0, 4)  # ... and checkpointed (every 2 steps)
+    assert sorted(p.name for p in out.iterdir()) == ["last.pt", "metrics.jsonl"]
+
+
+def test_a_hook_failing_as_it_lets_go_does_not_keep_the_others_from_letting_go(recipe_path, tmp_path):
+    out = tmp_path / "run"
+    rec = Recorder(out)
+    with pytest.raises(RuntimeError, match="^hook failed in after_train$"):
+        _fit(recipe_path, out, [Raises("after_train"), rec], sets=["train.epochs=1"])
+    assert rec.calls[-1] == ("after_train", True, True)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_during_a_hook_leaves_a_state_that_resumes_to_the_uninterrupted_weights(recipe_path, tmp_path):
+    out = tmp_path / "cut"
+    # the signal arrives during the hooks of iteration 8 (epoch 2, step 3), after the Ctrl-C check of that step:
+    # step 4 completes, then the state is saved and the run stops
+    with pytest.raises(Interrupted, match=r"^stopped at epoch 2, iteration 4; state saved to .*cut/last\.pt \(run the same command with --resume"):
+        _fit(recipe_path, out, [CtrlC(at=8)])
+    state = torch.load(out / LAST, weights_only=True)
+    assert (state["epoch"], state["epoch_step"]) == (1, 4)
+    assert not (out / FINAL).exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    rec = Recorder(out)
+    result, resumed = _fit(recipe_path, out, [rec], resume=True)
+    assert rec.calls[1] == ("before_epoch", 1, 4)  # the resumed run starts where the state was saved
+    assert [c[3] for c in rec.calls if c[0] == "after_step"] == [10, 11]
+    assert result.iterations == 2 * STEPS
+    _, straight = _fit(recipe_path, tmp_path / "straight")
+    a, b = resumed.student.core().state_dict(), straight.student.core().state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
