@@ -85,9 +85,9 @@ class DirectArray:
     """
 
     def __init__(self, directory: Path, meta: dict, dtype: np.dtype, rows_per_file: int, sharded: bool,
-                 index_at_end: bool):
+                 index_at_end: bool, name: str | None = None):
         self.directory = directory
-        self.path = str(directory)
+        self.path = name or str(directory)  # as zarr's Array.path: the name inside the group
         self.shape = tuple(int(s) for s in meta["shape"])
         self.dtype = dtype
         self.row_shape = self.shape[1:]
@@ -101,8 +101,9 @@ class DirectArray:
         self._zarr = None
 
     @classmethod
-    def open(cls, directory: str | Path) -> DirectArray | None:
-        """The array whose ``zarr.json`` is in ``directory``, or None when its layout is not one read here."""
+    def open(cls, directory: str | Path, name: str | None = None) -> DirectArray | None:
+        """The array whose ``zarr.json`` is in ``directory`` (``name``: its path inside the cache, for messages),
+        or None when its layout is not one read here."""
         directory = Path(directory)
         try:
             meta = json.loads((directory / "zarr.json").read_text())
@@ -126,9 +127,9 @@ class DirectArray:
             if list(inner) != [1, *shape[1:]] or not _little_bytes(conf.get("codecs")) \
                     or index_codecs != ["bytes", "crc32c"] or endian != "little":
                 return None
-            return cls(directory, meta, dtype, int(outer[0]), True, conf.get("index_location", "end") == "end")
+            return cls(directory, meta, dtype, int(outer[0]), True, conf.get("index_location", "end") == "end", name)
         if _little_bytes(codecs):
-            return cls(directory, meta, dtype, int(outer[0]), False, True)
+            return cls(directory, meta, dtype, int(outer[0]), False, True, name)
         return None
 
     # -- zarr for everything but one row ------------------------------------------------------------------
