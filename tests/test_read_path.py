@@ -260,3 +260,11 @@ def test_cache_verdicts_miss_by_any_margin_and_when_not_measured(tmp_path, capsy
     assert json.loads((tmp_path / "verdicts.json").read_text())["targets"] == v["targets"]
     printed = capsys.readouterr().out
     assert "| int8 | 8192 | cold | 440.0 | 400.0 | 1.10 | met |" in printed and "missed  teacher-cache" in printed
+
+
+def test_nbytes_stored_of_a_local_cache_sums_its_files_as_zarr_counts_them(cache_path):
+    from frs_cli.cache.backend import ZarrBackend
+
+    b = ZarrBackend(cache_path)
+    for group in ("", "buckets", "index"):
+        assert b.nbytes_stored(group) == sum(int(arr.nbytes_stored()) for _, arr in b.walk(group)) > 0
