@@ -17,7 +17,10 @@ after every measurement (a call cut short keeps what it measured):
    recorded as such). Each row: --warmup steps, then --steps timed steps with the real DataLoader (--workers,
    --prefetch batches per worker, workers restarted each epoch as distill does); median and mean step, mean and
    median share of the step spent waiting for data, and the read bandwidth the step needs (cache bytes per view x
-   batch / plain step) beside the disk's.
+   batch / plain step) beside the disk's;
+5. the first dtype's warm step at the largest size with each --worker-sweep worker count, and fp16's read through
+   zarr-python instead of the direct reads (--zarr-row: the read path before issue 13), for comparison.
+No step row starts after --budget-s seconds (skipped rows say so), so the call ends within its time limit.
 
 Views are smaller than COCO's so that 4096 of them fit the disk and the time: 512 x 853 px resized images
 (--min-size 512 --max-size 853, 2/3 of COCO's scale) are about 4.7 MB per view in fp16 (COCO's 9.3 MB), so the
@@ -45,7 +48,8 @@ from speed import ARCH, disk_write_mb_s, median, sync_time  # noqa: E402
 
 SMOKE = {"pairs": "tiny-tiny", "sizes": "8,16", "dtypes": "float16,int5", "images": 4, "image_size": 64,
          "min_size": 64, "max_size": 64, "batch": 2, "workers": 0, "prefetch": 2, "warmup": 1, "steps": 1,
-         "rate_views": 8, "disk_mb": 4, "cold": False}
+         "rate_views": 8, "disk_mb": 4, "cold": False, "worker_sweep": "", "budget_s": 600,
+         "zarr_row": True}
 
 
 def drop_page_cache() -> bool:
@@ -91,7 +95,7 @@ def main() -> None:
     p.add_argument("--work", type=Path, required=True, help="data and caches (about 40 GB at the defaults)")
     p.add_argument("--pairs", default="x101-r50,r50v2-r50", help="teacher-student; the first one's caches are read")
     p.add_argument("--sizes", default="128,1024,4096", help="cached views read by the cached step")
-    p.add_argument("--dtypes", default="float16,int8,int5")
+    p.add_argument("--dtypes", default="int8,int5,float16", help="cache encodings, measured in this order")
     p.add_argument("--images", type=int, default=128, help="generated images (replicated up to max(--sizes) views)")
     p.add_argument("--image-size", type=int, default=853)
     p.add_argument("--min-size", type=int, default=512)
@@ -103,6 +107,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=60)
     p.add_argument("--rate-views", type=int, default=1024, help="views of the split teacher-cache rates are taken on")
     p.add_argument("--disk-mb", type=int, default=2048, help="MB written by the disk write probe")
+    p.add_argument("--worker-sweep", default="4,8", help="also time the first dtype's warm step at the largest size "
+                   "with these worker counts (empty: none)")
+    p.add_argument("--zarr-row", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time fp16's warm step at the largest size reading through zarr-python (the old path)")
+    p.add_argument("--budget-s", type=float, default=510, help="start no new step row after this many seconds")
     p.add_argument("--cold", action=argparse.BooleanOptionalAction, default=True,
                    help="also time every cached row after dropping the page cache (root)")
     p.add_argument("--smoke", action="store_true", help="tiny models and sizes on the CPU (tests)")
@@ -182,7 +191,11 @@ def run(args) -> dict:
         for size in sizes:
             for state in ("warm", "cold"):
                 row = {"pair": pairs[0], "dtype": dtype, "views": size, "page_cache": state, "mb_per_view": mb,
-                       "need_mb_s": mb * args.batch / (plain / 1e3)}
+                       "need_mb_s": mb * args.batch / (plain / 1e3), "workers": args.workers}
+                if time.perf_counter() - t_start > args.budget_s:
+                    row["skipped"] = f"time budget of {args.budget_s:.0f} s spent"
+                    res["cached"].append(row)
+                    continue
                 if state == "warm":
                     row["loader_views_s"] = loader_rate(args, path, coco, size)
                 elif not args.cold or not drop_page_cache():
@@ -195,6 +208,26 @@ def run(args) -> dict:
                 res["cached"].append(row)
                 save()
                 print(json.dumps(row), flush=True)
+    res["worker_sweep"] = []
+    for workers in [int(w) for w in args.worker_sweep.split(",") if w]:
+        if time.perf_counter() - t_start > args.budget_s:
+            break
+        swept = argparse.Namespace(**{**vars(args), "workers": workers})
+        path, recipe = caches[dtypes[0]]
+        row = {"pair": pairs[0], "dtype": dtypes[0], "views": sizes[-1], "page_cache": "warm", "workers": workers,
+               "loader_views_s": loader_rate(swept, path, coco, sizes[-1])}
+        row.update(time_steps(swept, "cached", recipe, sname, coco, sizes[-1], path, dev, amp))
+        res["worker_sweep"].append(row)
+        save()
+        print(json.dumps(row), flush=True)
+    if args.zarr_row and time.perf_counter() - t_start <= args.budget_s:  # the read path before issue 13
+        dtype = "float16" if "float16" in dtypes else dtypes[0]
+        path, recipe = caches[dtype]
+        row = {"pair": pairs[0], "dtype": dtype, "views": sizes[-1], "page_cache": "warm", "workers": args.workers,
+               "read": "zarr", "loader_views_s": loader_rate(args, path, coco, sizes[-1], direct=False)}
+        row.update(time_steps(args, "cached", recipe, sname, coco, sizes[-1], path, dev, amp, direct=False))
+        res["zarr_path"] = row
+        print(json.dumps(row), flush=True)
     res["seconds"] = time.perf_counter() - t_start
     save()
     return res
@@ -298,25 +331,34 @@ def batches(args, dataset, num_views: int, dev):
         yield from _loader(args, dataset, keys, dev)
 
 
-def loader_rate(args, path: str, coco, num_views: int) -> float:
+def _store(path: str, direct: bool):
+    from frs_cli.cache.reader import TeacherCache
+
+    store = TeacherCache(path)
+    store.direct = direct  # False: every array through zarr-python, as before the direct reads
+    return store
+
+
+def loader_rate(args, path: str, coco, num_views: int, direct: bool = True) -> float:
     """Views per second of the cached DataLoader alone over the ``num_views`` views (one epoch; warms the page
     cache for the warm rows)."""
-    from frs_cli.cache.reader import CachedViews, TeacherCache
-
     import torch
 
-    ds = CachedViews(coco, TeacherCache(path))
+    from frs_cli.cache.reader import CachedViews
+
+    ds = CachedViews(coco, _store(path, direct))
     t, n = time.perf_counter(), 0
     for b in _loader(args, ds, next(epochs(num_views)), torch.device("cpu")):
         n += len(b.image_ids)
     return n / (time.perf_counter() - t)
 
 
-def time_steps(args, mode: str, recipe, sname: str, coco, num_views: int, path: str | None, dev, amp) -> dict:
+def time_steps(args, mode: str, recipe, sname: str, coco, num_views: int, path: str | None, dev, amp,
+               direct: bool = True) -> dict:
     """--warmup then --steps training steps of ``mode`` (plain, online, cached): step and data-wait figures."""
     import torch
 
-    from frs_cli.cache.reader import CachedViews, TeacherCache
+    from frs_cli.cache.reader import CachedViews
     from frs_cli.models import ModelConfig, build_detector
     from frs_cli.train.objectives import CachedTeacher, FRSObjective, GTObjective, OnlineTeacher
 
@@ -328,7 +370,7 @@ def time_steps(args, mode: str, recipe, sname: str, coco, num_views: int, path: 
         teacher = build_detector(recipe.teacher, coco.index.num_classes)
         obj, ds = FRSObjective(student, teacher.signature, OnlineTeacher(teacher), recipe.distill), coco
     else:
-        store = TeacherCache(path)
+        store = _store(path, direct)
         obj = FRSObjective(student, store.signature, CachedTeacher.from_cache(store), recipe.distill)
         ds = CachedViews(coco, store)
     obj.to(dev).train()

@@ -175,6 +175,9 @@ def test_cached_step_smoke_on_the_cpu_writes_every_row_and_figure(tmp_path, monk
             continue
         assert r["steps"] == 1 and r["step_ms"] > 0 and 0 <= r["data_wait_share"] < 1 and r["loader_views_s"] > 0
         assert r["need_mb_s"] == pytest.approx(r["mb_per_view"] * 2 / (plain / 1e3))
+    old = res["zarr_path"]  # fp16 read through zarr-python, as before the direct reads
+    assert (old["dtype"], old["views"], old["read"], old["steps"]) == ("float16", 16, "zarr", 1) and old["step_ms"] > 0
+    assert res["worker_sweep"] == [] and res["seconds"] > 0
     # int5 stores 5 bits a value against fp16's 16 (plus the same fp16 masks and 4-byte scales)
     assert rows["int5", 8, "warm"]["mb_per_view"] < 0.6 * rows["float16", 8, "warm"]["mb_per_view"]
 
