@@ -85,7 +85,21 @@ def verdicts(step: dict) -> dict:
     def overall(rows):
         return "met" if rows and all(r["verdict"] == "met" for r in rows) else "missed"
 
+    disk = step.get("disk", {}).get("read", {})
+    bandwidth = []
+    for dtype in dict.fromkeys(r["dtype"] for r in step["cached"]):
+        warm = [r for r in step["cached"] if r["dtype"] == dtype and "loader_views_s" in r]
+        last = max(warm, key=lambda r: r["views"]) if warm else None
+        rows = [r for r in step["cached"] if r["dtype"] == dtype and "need_mb_s" in r]
+        if not rows:
+            continue
+        bandwidth.append({"dtype": dtype, "mb_per_view": rows[0]["mb_per_view"], "need_mb_s": rows[0]["need_mb_s"],
+                          "disk_read_mb_s": disk.get("mb_s"), "disk_read_cold": disk.get("cold"),
+                          "loader_views_s": None if last is None else last["loader_views_s"],
+                          "loader_views": None if last is None else last["views"]})
+    extra = [*step.get("worker_sweep", []), *([step["zarr_path"]] if "zarr_path" in step else [])]
     return {"source": {k: step.get(k) for k in ("device", "date", "command")}, "pair": first,
+            "bandwidth": bandwidth, "comparison_rows": extra,
             "targets": {
                 "cached int8/int5 step <= 1.10x plain at 128, 1024, >=4096 views, warm and cold; fp16 warm":
                     overall(step_rows),
@@ -117,6 +131,18 @@ def tables(v: dict) -> str:
     out += ["", "| row | views | page cache | mean data wait (<= 5 %) | median | verdict |", "|---|---|---|---|---|---|"]
     out += [f"| {r['row']} | {r['views']} | {r['page_cache']} | {100 * r['mean']:.1f} % | {100 * r['median']:.1f} % | "
             f"{r['verdict']} |" for r in v["data_wait"]]
+    out += ["", "| dtype | MB per view | MB/s the step needs at the plain step's pace | disk read MB/s (page cache "
+            "dropped?) | loader views/s, warm (views) |", "|---|---|---|---|---|"]
+    for r in v["bandwidth"]:
+        disk = "–" if r["disk_read_mb_s"] is None else f"{r['disk_read_mb_s']:.0f} ({'yes' if r['disk_read_cold'] else 'no'})"
+        loader = "–" if r["loader_views_s"] is None else f"{r['loader_views_s']:.0f} ({r['loader_views']})"
+        out.append(f"| {r['dtype']} | {r['mb_per_view']:.2f} | {r['need_mb_s']:.0f} | {disk} | {loader} |")
+    if v["comparison_rows"]:
+        out += ["", "| comparison row (no target) | views | workers | read | cached ms | mean data wait | loader views/s |",
+                "|---|---|---|---|---|---|---|"]
+        out += [f"| {r['dtype']} {r['page_cache']} | {r['views']} | {r['workers']} | {r.get('read', 'direct')} | "
+                f"{r['step_ms']:.1f} | {100 * r['data_wait_share']:.1f} % | {r['loader_views_s']:.0f} |"
+                for r in v["comparison_rows"]]
     out += [""] + [f"{verdict:7s} {target}" for target, verdict in v["targets"].items()]
     return "\n".join(out)
 

@@ -202,7 +202,10 @@ def _hand_made_step(**over) -> dict:
             for state in ("warm", "cold"):
                 step["cached"].append({"pair": "x101-r50", "dtype": dtype, "views": views, "page_cache": state,
                                        "step_ms": ms + (100.0 if state == "cold" and dtype == "float16" else 0.0),
-                                       "data_wait_share": 0.02, "data_wait_share_median": 0.01})
+                                       "data_wait_share": 0.02, "data_wait_share_median": 0.01,
+                                       "mb_per_view": 4.0 * 400 / ms, "need_mb_s": 4.0 * 400 / ms * 10 / 0.4,
+                                       **({"loader_views_s": float(views)} if state == "warm" else {})})
+    step["disk"] = {"read": {"mb_s": 2500.0, "cold": True}}
     step.update(over)
     return step
 
@@ -263,6 +266,7 @@ def test_cache_verdicts_miss_by_any_margin_and_when_not_measured(tmp_path, capsy
     assert json.loads((tmp_path / "verdicts.json").read_text())["targets"] == v["targets"]
     printed = capsys.readouterr().out
     assert "| int8 | 8192 | cold | 440.0 | 400.0 | 1.10 | met |" in printed and "missed  teacher-cache" in printed
+    assert "| int5 | 4.00 | 100 | 2500 (yes) | 8192 (8192) |" in printed  # 4 MB x batch 10 / 0.4 s plain step
 
 
 def test_nbytes_stored_of_a_local_cache_sums_its_files_as_zarr_counts_them(cache_path):
