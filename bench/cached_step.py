@@ -15,7 +15,8 @@ after every measurement (a call cut short keeps what it measured):
    with a warm page cache (a loader pass over the S views first, which also gives the loader's own rate) and a
    cold one (``sync; echo 3 > /proc/sys/vm/drop_caches`` before the loader starts; needs root, else skipped and
    recorded as such). Each row: --warmup steps, then --steps timed steps with the real DataLoader (--workers,
-   --prefetch batches per worker, workers restarted each epoch as distill does); median and mean step, mean and
+   --prefetch batches per worker; one loader over epoch after epoch of the S views, so worker start-up is not
+   timed, as in the plain row); median and mean step, mean and
    median share of the step spent waiting for data, and the read bandwidth the step needs (cache bytes per view x
    batch / plain step) beside the disk's;
 5. the first dtype's warm step at the largest size with each --worker-sweep worker count, and fp16's read through
@@ -321,6 +322,17 @@ def epochs(num_views: int, seed: int = 0):
         yield list(keys)
 
 
+def keys_for(num_views: int, count: int) -> list:
+    """The first ``count`` keys of shuffled epochs over ``num_views`` views, one epoch after another: one loader
+    reads them all, so no worker restarts between epochs (the plain and online rows, over the whole split, have
+    none either)."""
+    out = []
+    for epoch in epochs(num_views):
+        out += epoch
+        if len(out) >= count:
+            return out[:count]
+
+
 def _loader(args, dataset, keys, dev):
     import torch
 
@@ -329,12 +341,6 @@ def _loader(args, dataset, keys, dev):
     return torch.utils.data.DataLoader(dataset, batch_size=args.batch, sampler=ListSampler(keys),
                                        num_workers=args.workers, collate_fn=collate, pin_memory=dev.type == "cuda",
                                        drop_last=True, prefetch_factor=args.prefetch if args.workers else None)
-
-
-def batches(args, dataset, num_views: int, dev):
-    """Batches over the first ``num_views`` views, epoch after epoch (workers started per epoch, as distill)."""
-    for keys in epochs(num_views):
-        yield from _loader(args, dataset, keys, dev)
 
 
 def _store(path: str, direct: bool):
@@ -382,7 +388,8 @@ def time_steps(args, mode: str, recipe, sname: str, coco, num_views: int, path: 
     obj.to(dev).train()
     opt = torch.optim.SGD([q for q in obj.parameters() if q.requires_grad], lr=1e-4, momentum=0.9)
     steps, waits = [], []
-    it = batches(args, ds, num_views, dev)
+    ahead = args.workers * args.prefetch if args.workers else 0
+    it = iter(_loader(args, ds, keys_for(num_views, (args.warmup + args.steps + ahead + 1) * args.batch), dev))
     for i in range(args.warmup + args.steps):
         t0 = sync_time()
         batch = next(it).to(dev, non_blocking=True)
@@ -396,8 +403,7 @@ def time_steps(args, mode: str, recipe, sname: str, coco, num_views: int, path: 
         if i >= args.warmup:
             steps.append(t2 - t0)
             waits.append(t1 - t0)
-    it.close()
-    del obj, student
+    del it, obj, student
     if dev.type == "cuda":
         torch.cuda.empty_cache()
     return {"step_ms": 1e3 * median(steps), "step_ms_mean": 1e3 * sum(steps) / len(steps), "steps": len(steps),
