@@ -1,5 +1,6 @@
 """What checking each view as it is read costs on the CPU: the stored-CRC comparison and the finiteness check
-``TeacherCache.read`` runs (``cache.reader.check_view``), against reading the same view from a local Zarr cache.
+``TeacherCache.read`` runs (``cache.reader.check_view``), against reading the same view from a local Zarr cache
+through zarr-python and with the reader's direct positional reads (``cache.direct``).
 
 Views of a COCO-size image (800x1088 padded, P3-P7, 256 channels) and of the demo's 192 px images, in fp16 and
 int8. Each is written to a one-bucket Zarr cache with the writer's layout (one chunk per view, shards of 8),
@@ -60,8 +61,8 @@ def _write(root: Path, sizes, dtype: str, views: int):
 
 def _time_reads(levels, crcs, dtype: str, check: bool, views: int, repeats: int) -> float:
     """Mean ms per view to read all its arrays (and check them when ``check``)."""
+    from frs_cli.cache.checksum import view_crc
     from frs_cli.cache.reader import _finite
-    from frs_cli.cache.shard_writer import view_crc
 
     t = time.perf_counter()
     for _ in range(repeats):
@@ -77,8 +78,8 @@ def _time_reads(levels, crcs, dtype: str, check: bool, views: int, repeats: int)
 
 def _time_check_alone(levels, crcs, dtype: str, views: int, repeats: int) -> float:
     """Mean ms per view for the check alone, on arrays already in memory."""
+    from frs_cli.cache.checksum import view_crc
     from frs_cli.cache.reader import _finite
-    from frs_cli.cache.shard_writer import view_crc
 
     held = [[(np.ascontiguousarray(f[k]), None if s is None else np.ascontiguousarray(s[k]),
               np.ascontiguousarray(m[k])) for f, s, m in levels] for k in range(views)]
@@ -89,6 +90,14 @@ def _time_check_alone(levels, crcs, dtype: str, views: int, repeats: int) -> flo
                 assert view_crc(feats, scale) == crcs[k, 2 * lv] and view_crc(mask) == crcs[k, 2 * lv + 1]
                 assert all(_finite(a, dtype) for a in (feats, scale, mask) if a is not None)
     return (time.perf_counter() - t) / (repeats * views) * 1e3
+
+
+def _direct(root: Path, levels: int, scaled: bool) -> list[tuple]:
+    """The arrays ``_write`` wrote, opened for direct reads."""
+    from frs_cli.cache.direct import DirectArray
+
+    return [(DirectArray.open(root / f"P{lv}/features"), DirectArray.open(root / f"P{lv}/scale") if scaled else None,
+             DirectArray.open(root / f"P{lv}/mask")) for lv in range(levels)]
 
 
 def _cpu() -> str:
@@ -112,17 +121,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, sizes in SHAPES.items():
             for dtype in ("float16", "int8"):
-                levels, crcs = _write(Path(tmp) / f"{name}_{dtype}.zarr", sizes, dtype, args.views)
+                root = Path(tmp) / f"{name}_{dtype}.zarr"
+                levels, crcs = _write(root, sizes, dtype, args.views)
+                direct = _direct(root, len(sizes), dtype == "int8")
                 view_bytes = sum(f[0].nbytes + m[0].nbytes + (0 if s is None else s[0].nbytes) for f, s, m in levels)
                 _time_reads(levels, crcs, dtype, False, args.views, 1)  # warm the page cache
                 plain = _time_reads(levels, crcs, dtype, False, args.views, args.repeats)
                 checked = _time_reads(levels, crcs, dtype, True, args.views, args.repeats)
                 alone = _time_check_alone(levels, crcs, dtype, args.views, args.repeats)
+                direct_read = _time_reads(direct, crcs, dtype, False, args.views, args.repeats)
+                direct_checked = _time_reads(direct, crcs, dtype, True, args.views, args.repeats)
                 rows.append({"view": name, "dtype": dtype, "view_MB": view_bytes / 1e6, "read_ms": plain,
                              "read_and_check_ms": checked, "check_alone_ms": alone,
+                             "direct_read_ms": direct_read, "direct_read_and_check_ms": direct_checked,
                              "check_GB_per_s": view_bytes / 1e6 / alone if alone else None})
                 print(json.dumps(rows[-1]))
-    result = {"machine": f"{_cpu()}, {os.cpu_count()} cores (shared), one thread",
+    from frs_cli.cache.checksum import IMPLEMENTATION
+
+    result = {"machine": f"{_cpu()}, {os.cpu_count()} cores (shared), one thread", "crc32": IMPLEMENTATION,
               "date": time.strftime("%Y-%m-%d"), "command": "python3 bench/read_check.py --out " + args.out,
               "views": args.views, "repeats": args.repeats, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

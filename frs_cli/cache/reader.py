@@ -2,7 +2,11 @@
 
 ``TeacherCache`` reads a Zarr group (local path or fsspec URL) or an HDF5 file written by ``frs cache export``
 through one backend interface (``cache.backend``). It is safe to hand to DataLoader workers: the store is
-opened again lazily in each process.
+opened again lazily in each process, and a bucket's arrays only when a view of it is first read.
+
+Arrays of a local Zarr directory whose layout allows it (uncompressed, one row per inner chunk: what
+``teacher-cache`` writes with ``codec = "none"``) are read with one ``os.pread`` per array and view
+(``cache.direct``), bypassing zarr-python's event loop; other stores and codecs are read through zarr.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from torch import Tensor
 from frs_cli.cache.backend import open_backend
 from frs_cli.cache.identity import dataset_fingerprint, first_difference
 from frs_cli.cache.schema import SCALED_DTYPES, VIEW_CODES, Bucket, required_arrays
-from frs_cli.cache.store import decode
+from frs_cli.cache.store import decode, is_url
 from frs_cli.data.coco import CocoViews, Sample
 from frs_cli.data.geometry import ViewGeometry
 from frs_cli.errors import CacheFormatError, CacheMismatchError
@@ -76,9 +80,10 @@ class TeacherCache:
         self.row = root.array("index/row")[...]
         self.geometry = root.array("index/geometry")[...]
         self._lookup = {(int(i), int(v)): k for k, (i, v) in enumerate(zip(self.image_id, self.view))}
-        self._arrays = None
+        self._arrays = None  # {bucket: per level (features, scale or None, mask)}, filled as buckets are read
         self._memory = None
-        self._crcs = None  # (pid, {bucket: stored checksums})
+        self._crcs = None  # (pid, {(bucket, first row): stored checksums of that chunk's rows})
+        self.direct = True  # read local uncompressed Zarr arrays with os.pread (False: always through zarr)
 
     def required_arrays(self) -> list[str]:
         """Every array the format requires of this cache (``schema.required_arrays``), the teacher head included."""
@@ -89,6 +94,7 @@ class TeacherCache:
         """The store backend, opened in this process (h5py and fsspec handles do not survive a fork)."""
         if self._pid != os.getpid():
             self._backend, self._pid, self._arrays = open_backend(self.path, self.storage_options), os.getpid(), None
+            self._crcs = None
         return self._backend
 
     def __getstate__(self) -> dict:  # store handles stay behind; each process opens its own
@@ -176,11 +182,30 @@ class TeacherCache:
 
     # -- reading ----------------------------------------------------------------------------------------
     def _open(self):
+        """Every bucket's arrays (``preload`` reads them all)."""
+        for b in self.buckets:
+            self._bucket(b.name)
+        return self._arrays
+
+    def _bucket(self, name: str) -> list[tuple]:
+        """Per level ``(features, scale or None, mask)`` of bucket ``name``, opened in this process on first use."""
         backend = self.backend  # in a forked worker: reopens the store and drops the parent's array handles
         if self._arrays is None:
-            self._arrays = {b.name: [self._level_arrays(backend, b.name, lv.name) for lv in self.levels]
-                            for b in self.buckets}
-        return self._arrays
+            self._arrays = {}
+        if name not in self._arrays:
+            self._arrays[name] = [self._level_arrays(backend, name, lv.name) for lv in self.levels]
+        return self._arrays[name]
+
+    def _array(self, backend, name: str):
+        """Array ``name``: a ``DirectArray`` where its layout allows one (local Zarr directory, uncompressed),
+        else the backend's own array object."""
+        if self.direct and backend.kind == "zarr" and not is_url(self.path):
+            from frs_cli.cache.direct import DirectArray
+
+            found = DirectArray.open(os.path.join(self.path, name), name)
+            if found is not None:
+                return found
+        return backend.array(name)
 
     def preload(self) -> None:
         """Read every view into memory now (one zarr call per array), so ``read`` never touches the store.
@@ -203,17 +228,34 @@ class TeacherCache:
     def _level_arrays(self, backend, bucket: str, level: str) -> tuple:
         """(features, scale or None, mask) arrays of one level of one bucket."""
         prefix = f"buckets/{bucket}/{level}"
-        scale = backend.array(f"{prefix}/scale") if self.dtype in SCALED_DTYPES else None
-        return backend.array(f"{prefix}/features"), scale, backend.array(f"{prefix}/mask")
+        scale = self._array(backend, f"{prefix}/scale") if self.dtype in SCALED_DTYPES else None
+        return self._array(backend, f"{prefix}/features"), scale, self._array(backend, f"{prefix}/mask")
 
-    def _checksums(self, bucket: str) -> np.ndarray:
-        """The stored CRC-32s of every view of ``bucket``, ``(n, 2 * levels)`` uint32, read once per process."""
+    def _checksums(self, bucket: str, row: int) -> np.ndarray:
+        """The stored CRC-32s of view ``row`` of ``bucket``, ``(2 * levels,)`` uint32.
+
+        Read by the chunk of ``crc`` that holds the row (one small read per chunk and process), never the whole
+        table: its size grows with the cache, and every worker of every epoch would read it again.
+        """
         if self._crcs is None or self._crcs[0] != os.getpid():
             self._crcs = (os.getpid(), {})
         table = self._crcs[1]
-        if bucket not in table:
-            table[bucket] = self._whole(self.backend.array(f"buckets/{bucket}/crc"), bucket)
-        return table[bucket]
+        key = ("array", bucket)
+        if key not in table:
+            table[key] = self._array(self.backend, f"buckets/{bucket}/crc")
+        arr = table[key]
+        if hasattr(arr, "read_row"):
+            return arr.read_row(row)
+        per_chunk = arr.chunks[0]
+        first = row // per_chunk * per_chunk
+        if (bucket, first) not in table:
+            try:
+                table[bucket, first] = np.asarray(arr[first : first + per_chunk])
+            except (ValueError, RuntimeError, OSError) as exc:
+                raise CacheFormatError(f"cache {self.path!r}: checksums of bucket {bucket} rows {first}.. are "
+                                       f"unreadable ({type(exc).__name__})",
+                                       hint=repair_hint(self.path, self.backend.kind)) from exc
+        return table[bucket, first][row - first]
 
     def _fault(self, k: int, array: str, what: str, hint: str | None = None) -> CacheFormatError:
         b = self.buckets[int(self.bucket[k])].name
@@ -236,16 +278,21 @@ class TeacherCache:
         naming the view and the repair.
         """
         name = self.buckets[int(self.bucket[k])].name
-        arrays = self._memory[name] if self._memory is not None else self._open()[name]
+        arrays = self._memory[name] if self._memory is not None else self._bucket(name)
         row = int(self.row[k])
         feats, scales, masks = [], [], []
-        stored_crcs = self._checksums(name)[row]
+        try:
+            stored_crcs = self._checksums(name, row)
+        except CacheFormatError as exc:
+            raise self._fault(k, "crc", f"is unreadable ({exc.message})") from exc
         for lv, (feat_arr, scale_arr, mask_arr) in enumerate(arrays):
             level = self.levels[lv].name
             try:
                 stored = np.ascontiguousarray(feat_arr[row])
                 scale = None if scale_arr is None else np.ascontiguousarray(scale_arr[row])
                 mask = np.ascontiguousarray(mask_arr[row])
+            except CacheFormatError as exc:  # the direct path: a shard index or file that does not fit
+                raise self._fault(k, f"level {level}", f"is unreadable ({exc.message})") from exc
             except (ValueError, RuntimeError, OSError) as exc:  # a truncated shard, a codec failure, I/O
                 raise self._fault(k, f"level {level}", f"is unreadable ({type(exc).__name__})") from exc
             check_view(self, k, level, stored, scale, mask, stored_crcs[2 * lv], stored_crcs[2 * lv + 1])
@@ -302,7 +349,7 @@ def check_view(cache: TeacherCache, k: int, level: str, feats: np.ndarray, scale
                mask: np.ndarray, feat_crc: int, mask_crc: int) -> None:
     """CacheFormatError naming view ``k`` unless its ``level`` arrays, as read, have the CRC-32s the writer
     stored (``view_crc``) and hold only finite numbers."""
-    from frs_cli.cache.shard_writer import view_crc
+    from frs_cli.cache.checksum import view_crc
 
     if view_crc(feats, scale) != int(feat_crc):
         raise cache._fault(k, f"{level}/features", "does not match its stored checksum")

@@ -1,0 +1,158 @@
+"""Verdicts of a cached-step run (bench/cached_step.py) against issue 13's targets, computed from its raw JSON.
+
+    python3 bench/cache_verdicts.py OUT/step.json
+
+Writes ``verdicts.json`` beside the step file and prints one table per target, each row with its cache size and
+page-cache state. Targets (one card, one call):
+- step: cached int8 and int5 step <= 1.10 x the plain step at 128, 1024 and >= 4096 views, warm and cold;
+  cached fp16 <= 1.10 x plain with a warm page cache;
+- online / cached >= 1.4 for the first pair (X101 -> R50), over the same rows as the step target;
+- teacher-cache >= 0.9 x pure inference for R50-FPN v2 (r50v2) and X101 (x101), int8 and int5;
+- mean (not only median) data wait <= 5 % of the step, in every row measured (plain, online, cached).
+A target missed by any margin is missed; a row the target needs but the run did not measure (a size below
+4096 only, cold rows skipped, a teacher not run) is "not measured", and the target is then missed too.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+STEP_LIMIT, ONLINE_FLOOR, CACHE_FLOOR, WAIT_LIMIT = 1.10, 1.4, 0.9, 0.05
+SIZES = (128, 1024, 4096)  # the last one: at least this many views
+CACHE_TEACHERS, CACHE_DTYPES = ("r50v2", "x101"), ("int8", "int5")
+
+
+def required_rows() -> list[tuple[str, int, str]]:
+    """(dtype, size, page cache) rows the step and online targets need."""
+    states = {"int8": ("warm", "cold"), "int5": ("warm", "cold"), "float16": ("warm",)}
+    return [(dtype, size, state) for dtype, kinds in states.items() for size in SIZES for state in kinds]
+
+
+def _find(step: dict, dtype: str, size: int, state: str) -> dict | None:
+    """The measured row of ``dtype`` and ``state`` at ``size`` views (for the last size: the largest >= it)."""
+    rows = [r for r in step["cached"] if r["dtype"] == dtype and r["page_cache"] == state and "step_ms" in r]
+    if size == SIZES[-1]:
+        rows = [r for r in rows if r["views"] >= size]
+        return max(rows, key=lambda r: r["views"]) if rows else None
+    return next((r for r in rows if r["views"] == size), None)
+
+
+def verdicts(step: dict) -> dict:
+    first = next(iter(step["pairs"]))
+    plain = step["pairs"][first]["plain"]["step_ms"]
+    online = step["pairs"][first]["online"]["step_ms"]
+    step_rows, online_rows = [], []
+    for dtype, size, state in required_rows():
+        r = _find(step, dtype, size, state)
+        base = {"dtype": dtype, "views": size if r is None else r["views"], "page_cache": state}
+        if r is None:
+            step_rows.append({**base, "verdict": "not measured"})
+            online_rows.append({**base, "verdict": "not measured"})
+            continue
+        ratio = r["step_ms"] / plain
+        step_rows.append({**base, "step_ms": r["step_ms"], "plain_ms": plain, "over_plain": ratio,
+                          "verdict": "met" if ratio <= STEP_LIMIT else "missed"})
+        speedup = online / r["step_ms"]
+        online_rows.append({**base, "step_ms": r["step_ms"], "online_ms": online, "online_over_cached": speedup,
+                            "verdict": "met" if speedup >= ONLINE_FLOOR else "missed"})
+    cache_rows = []
+    for teacher in CACHE_TEACHERS:
+        for dtype in CACHE_DTYPES:
+            got = step["teachers"].get(teacher, {}).get("cache", {}).get(dtype, {})
+            if "over_inference" not in got:
+                cache_rows.append({"teacher": teacher, "dtype": dtype, "verdict": "not measured"})
+                continue
+            cache_rows.append({"teacher": teacher, "dtype": dtype, "cache_views_s": got["views_s"],
+                               "inference_img_s": step["teachers"][teacher]["inference_img_s"],
+                               "over_inference": got["over_inference"],
+                               "verdict": "met" if got["over_inference"] >= CACHE_FLOOR else "missed"})
+    wait_rows = []
+    for pair, row in step["pairs"].items():
+        for mode in ("plain", "online"):
+            if mode in row:
+                wait_rows.append({"row": f"{pair} {mode}", "views": step.get("views_in_split"), "page_cache": "warm",
+                                  "mean": row[mode]["data_wait_share"], "median": row[mode]["data_wait_share_median"]})
+    for r in step["cached"]:
+        if "step_ms" in r:
+            wait_rows.append({"row": f"{r['pair']} cached {r['dtype']}", "views": r["views"],
+                              "page_cache": r["page_cache"], "mean": r["data_wait_share"],
+                              "median": r["data_wait_share_median"]})
+    for r in wait_rows:
+        r["verdict"] = "met" if r["mean"] <= WAIT_LIMIT else "missed"
+
+    def overall(rows):
+        return "met" if rows and all(r["verdict"] == "met" for r in rows) else "missed"
+
+    disk = step.get("disk", {}).get("read", {})
+    bandwidth = []
+    for dtype in dict.fromkeys(r["dtype"] for r in step["cached"]):
+        warm = [r for r in step["cached"] if r["dtype"] == dtype and "loader_views_s" in r]
+        last = max(warm, key=lambda r: r["views"]) if warm else None
+        rows = [r for r in step["cached"] if r["dtype"] == dtype and "need_mb_s" in r]
+        if not rows:
+            continue
+        bandwidth.append({"dtype": dtype, "mb_per_view": rows[0]["mb_per_view"], "need_mb_s": rows[0]["need_mb_s"],
+                          "disk_read_mb_s": disk.get("mb_s"), "disk_read_cold": disk.get("cold"),
+                          "loader_views_s": None if last is None else last["loader_views_s"],
+                          "loader_views": None if last is None else last["views"]})
+    extra = [*step.get("worker_sweep", []), *([step["zarr_path"]] if "zarr_path" in step else [])]
+    return {"source": {k: step.get(k) for k in ("device", "date", "command")}, "pair": first,
+            "bandwidth": bandwidth, "comparison_rows": extra,
+            "targets": {
+                "cached int8/int5 step <= 1.10x plain at 128, 1024, >=4096 views, warm and cold; fp16 warm":
+                    overall(step_rows),
+                f"online / cached >= 1.4x ({first})": overall(online_rows),
+                "teacher-cache >= 0.9x inference, r50v2 and x101, int8 and int5": overall(cache_rows),
+                "mean data wait <= 5 % of the step": overall(wait_rows)},
+            "step": step_rows, "online_over_cached": online_rows, "teacher_cache": cache_rows, "data_wait": wait_rows}
+
+
+def _f(row: dict, key: str, fmt: str) -> str:
+    return format(row[key], fmt) if key in row else "–"
+
+
+def tables(v: dict) -> str:
+    src = v["source"]
+    out = [f"{src['device']}, {src['date']}: `{src['command']}`", "",
+           "| dtype | views | page cache | cached ms | plain ms | cached / plain (<= 1.10) | verdict |",
+           "|---|---|---|---|---|---|---|"]
+    out += [f"| {r['dtype']} | {r['views']} | {r['page_cache']} | {_f(r, 'step_ms', '.1f')} | {_f(r, 'plain_ms', '.1f')} | "
+            f"{_f(r, 'over_plain', '.2f')} | {r['verdict']} |" for r in v["step"]]
+    out += ["", f"| dtype | views | page cache | online ms | cached ms | online / cached (>= 1.4, {v['pair']}) | verdict |",
+            "|---|---|---|---|---|---|---|"]
+    out += [f"| {r['dtype']} | {r['views']} | {r['page_cache']} | {_f(r, 'online_ms', '.1f')} | {_f(r, 'step_ms', '.1f')} | "
+            f"{_f(r, 'online_over_cached', '.2f')} | {r['verdict']} |" for r in v["online_over_cached"]]
+    out += ["", "| teacher | dtype | teacher-cache views/s | inference img/s | ratio (>= 0.9) | verdict |",
+            "|---|---|---|---|---|---|"]
+    out += [f"| {r['teacher']} | {r['dtype']} | {_f(r, 'cache_views_s', '.1f')} | {_f(r, 'inference_img_s', '.1f')} | "
+            f"{_f(r, 'over_inference', '.2f')} | {r['verdict']} |" for r in v["teacher_cache"]]
+    out += ["", "| row | views | page cache | mean data wait (<= 5 %) | median | verdict |", "|---|---|---|---|---|---|"]
+    out += [f"| {r['row']} | {r['views']} | {r['page_cache']} | {100 * r['mean']:.1f} % | {100 * r['median']:.1f} % | "
+            f"{r['verdict']} |" for r in v["data_wait"]]
+    out += ["", "| dtype | MB per view | MB/s the step needs at the plain step's pace | disk read MB/s (page cache "
+            "dropped?) | loader views/s, warm (views) |", "|---|---|---|---|---|"]
+    for r in v["bandwidth"]:
+        disk = "–" if r["disk_read_mb_s"] is None else f"{r['disk_read_mb_s']:.0f} ({'yes' if r['disk_read_cold'] else 'no'})"
+        loader = "–" if r["loader_views_s"] is None else f"{r['loader_views_s']:.0f} ({r['loader_views']})"
+        out.append(f"| {r['dtype']} | {r['mb_per_view']:.2f} | {r['need_mb_s']:.0f} | {disk} | {loader} |")
+    if v["comparison_rows"]:
+        out += ["", "| comparison row (no target) | views | workers | read | cached ms | mean data wait | loader views/s |",
+                "|---|---|---|---|---|---|---|"]
+        out += [f"| {r['dtype']} {r['page_cache']} | {r['views']} | {r['workers']} | {r.get('read', 'direct')} | "
+                f"{r['step_ms']:.1f} | {100 * r['data_wait_share']:.1f} % | {r['loader_views_s']:.0f} |"
+                for r in v["comparison_rows"]]
+    out += [""] + [f"{verdict:7s} {target}" for target, verdict in v["targets"].items()]
+    return "\n".join(out)
+
+
+def main(path: Path) -> dict:
+    v = verdicts(json.loads(path.read_text()))
+    path.with_name("verdicts.json").write_text(json.dumps(v, indent=1))
+    print(tables(v))
+    return v
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

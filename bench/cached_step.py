@@ -1,0 +1,415 @@
+"""The cached training step against the plain and the online step, by cache size and page-cache state, in one call.
+
+One process, one card (random weights are fine for timing). What it does, saving raw JSON to --out/step.json
+after every measurement (a call cut short keeps what it measured):
+
+1. generates --images images (long side --image-size, three aspect ratios) and replicates them until the train
+   split holds max(--sizes) views (two per image: orig and hflip); a second split of --rate-views views is for
+   the teacher-cache rates;
+2. per teacher of --pairs: pure inference (img/s, bf16 autocast, no post-processing) and ``frs teacher-cache``'s
+   rate for int8 and int5 on the rate split (over inference: issue 13's third target); the first pair's teacher
+   then writes the full caches, one per --dtypes;
+3. the disk: sequential write (fsync) and, after dropping the page cache, a sequential read of one cache's files;
+4. per pair: the plain student step and the online FRS step; for the first pair, per dtype and size S in --sizes,
+   the cached FRS step reading S views (the first S/2 images, both views: the files a cache of S views holds),
+   with a warm page cache (a loader pass over the S views first, which also gives the loader's own rate) and a
+   cold one (``sync; echo 3 > /proc/sys/vm/drop_caches`` before the loader starts; needs root, else skipped and
+   recorded as such). Each row: --warmup steps, then --steps timed steps with the real DataLoader (--workers,
+   --prefetch batches per worker; one loader over epoch after epoch of the S views, so worker start-up is not
+   timed, as in the plain row); median and mean step, mean and
+   median share of the step spent waiting for data, and the read bandwidth the step needs (cache bytes per view x
+   batch / plain step) beside the disk's;
+5. the first dtype's warm step at the largest size with each --worker-sweep worker count, and fp16's read through
+   zarr-python instead of the direct reads (--zarr-row: the read path before issue 13), for comparison.
+No step row starts after --budget-s seconds (skipped rows say so), so the call ends within its time limit.
+
+Views are smaller than COCO's so that 4096 of them fit the disk and the time: 512 x 853 px resized images
+(--min-size 512 --max-size 853, 2/3 of COCO's scale) are about 4.7 MB per view in fp16 (COCO's 9.3 MB), so the
+4096-view caches are about 19 GB (fp16) + 9.7 GB (int8) + 6.1 GB (int5). ``--smoke`` runs the same code on the
+CPU with tiny models and sizes in seconds (tests/test_read_path.py). On one H200:
+
+    sudo python3 bench/cached_step.py --out $OUT --work /tmp/cached_step
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import ARCH, disk_write_mb_s, median, sync_time  # noqa: E402
+
+SMOKE = {"pairs": "tiny-tiny", "sizes": "8,16", "dtypes": "float16,int5", "images": 4, "image_size": 64,
+         "min_size": 64, "max_size": 64, "batch": 2, "workers": 0, "prefetch": 2, "warmup": 1, "steps": 1,
+         "rate_views": 8, "disk_mb": 4, "cold": False, "worker_sweep": "", "budget_s": 600,
+         "zarr_row": True}
+
+
+def drop_page_cache() -> bool:
+    """Write back and drop the page cache (root only); False when this process may not."""
+    try:
+        subprocess.run(["sync"], check=False)
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def disk_read_mb_s(directory: Path, drop: bool, block_mb: int = 8) -> dict:
+    """Sequential read of every file under ``directory`` (sorted, one thread, ``block_mb`` reads) after the page
+    cache is dropped (``drop``): what the disk gives a reader of the cache files. ``cold`` False: the cache was
+    not dropped, so the figure is (partly) the page cache's."""
+    cold = drop and drop_page_cache()
+    files = sorted(p for p in directory.rglob("*") if p.is_file())
+    total, t = 0, time.perf_counter()
+    for p in files:
+        with open(p, "rb", buffering=0) as f:
+            while chunk := f.read(block_mb << 20):
+                total += len(chunk)
+    seconds = time.perf_counter() - t
+    return {"mb_s": total / 1e6 / seconds, "bytes": total, "files": len(files), "cold": cold}
+
+
+def make_data(work: Path, images: int, image_size: int, views: int, name: str) -> Path:
+    """A train split of at least ``views`` views (two per image): ``images`` generated images (once, in
+    ``work/generated``), copied and replicated."""
+    from frs_cli.data.synth import SynthConfig, generate, replicate
+
+    generated, data = work / "generated", work / name
+    if not generated.exists():
+        generate(generated, SynthConfig(train=images, val=1, size=image_size, seed=0, aspect_jitter=True))
+    if not data.exists():
+        shutil.copytree(generated, data)
+        replicate(data, max(1, -(-views // (2 * images))))
+    return data
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True, help="folder for step.json")
+    p.add_argument("--work", type=Path, required=True, help="data and caches (about 40 GB at the defaults)")
+    p.add_argument("--pairs", default="x101-r50,r50v2-r50", help="teacher-student; the first one's caches are read")
+    p.add_argument("--sizes", default="128,1024,4096", help="cached views read by the cached step")
+    p.add_argument("--dtypes", default="int8,int5,float16", help="cache encodings, measured in this order")
+    p.add_argument("--images", type=int, default=64, help="generated images (replicated up to max(--sizes) views)")
+    p.add_argument("--image-size", type=int, default=853)
+    p.add_argument("--min-size", type=int, default=512)
+    p.add_argument("--max-size", type=int, default=853)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--workers", type=int, default=12)
+    p.add_argument("--prefetch", type=int, default=2, help="batches per worker: workers x prefetch well below --steps")
+    p.add_argument("--warmup", type=int, default=8)
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--rate-views", type=int, default=1024, help="views of the split teacher-cache rates are taken on")
+    p.add_argument("--disk-mb", type=int, default=2048, help="MB written by the disk write probe")
+    p.add_argument("--worker-sweep", default="6", help="also time the first dtype's warm step at the largest size "
+                   "with these worker counts (empty: none)")
+    p.add_argument("--zarr-row", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time fp16's warm step at the largest size reading through zarr-python (the old path)")
+    p.add_argument("--budget-s", type=float, default=480, help="start no new step row after this many seconds")
+    p.add_argument("--cold", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time every cached row after dropping the page cache (root)")
+    p.add_argument("--smoke", action="store_true", help="tiny models and sizes on the CPU (tests)")
+    args = p.parse_args()
+    if args.smoke:
+        for k, v in SMOKE.items():
+            setattr(args, k, v)
+    run(args)
+
+
+def run(args) -> dict:
+    import torch
+
+    from frs_cli.cache.checksum import IMPLEMENTATION as CRC_IMPLEMENTATION
+    from frs_cli.config import recipe_from_dict
+    from frs_cli.data.coco import CocoViews
+    from frs_cli.dist import setup
+
+    ctx = setup("cpu" if args.smoke else None)
+    dev = ctx.device
+    args.out.mkdir(parents=True, exist_ok=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    dtypes = args.dtypes.split(",")
+    pairs = args.pairs.split(",")
+    res = {"device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu", "date": time.strftime("%Y-%m-%d"),
+           "command": "python3 bench/cached_step.py " + " ".join(sys.argv[1:]), "cpu_cores": os.cpu_count(),
+           "crc32": CRC_IMPLEMENTATION,
+           "args": {k: str(v) for k, v in vars(args).items()}, "teachers": {}, "pairs": {}, "cached": []}
+    out = args.out / "step.json"
+
+    def save():
+        out.write_text(json.dumps(res, indent=1))
+
+    t_start = time.perf_counter()
+    data = make_data(args.work, args.images, args.image_size, max(sizes), "data")
+    rate_data = make_data(args.work, args.images, args.image_size, args.rate_views, "rate_data")
+    base = {"geometry": {"min_size": args.min_size, "max_size": args.max_size},
+            "cache": {"batch_size": args.batch, "workers": args.workers, "preload_mb": 0,
+                      **({"write_processes": 0} if args.smoke else {})}}  # no writer processes to start on the CPU
+    coco = CocoViews.from_config(recipe_from_dict({**base, "data": {"root": str(data)}}).data, "train",
+                                 recipe_from_dict(base).geometry)
+    res["views_in_split"] = 2 * len(coco)
+    res["disk"] = {"write_mb_s": disk_write_mb_s(args.work, args.disk_mb, min(64, args.disk_mb))}
+    save()
+    amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    caches = {}
+    for i, tname in enumerate(dict.fromkeys(pair.split("-")[0] for pair in pairs)):
+        res["teachers"][tname] = teacher_rates(args, tname, rate_data, base, ctx, amp)
+        save()
+        if i == 0:  # the first pair's teacher writes the caches the cached step reads
+            for dtype in dtypes:
+                caches[dtype] = write_cache(args, tname, data, base, dtype, ctx, res["teachers"][tname])
+                save()
+    main_teacher = pairs[0].split("-")[0]
+    smallest = min(dtypes, key=lambda d: res["teachers"][main_teacher]["cache"][d]["mb_per_view"])
+    res["disk"]["read"] = {**disk_read_mb_s(Path(caches[smallest][0]), args.cold), "cache": smallest}
+    save()
+    print(f"disk: write {res['disk']['write_mb_s']:.0f} MB/s, read {res['disk']['read']['mb_s']:.0f} MB/s "
+          f"(page cache dropped: {res['disk']['read']['cold']})", flush=True)
+
+    plain_done = set()
+    for pair in pairs:
+        tname, sname = pair.split("-")
+        row = res["pairs"][pair] = {}
+        first = caches[dtypes[0]][1]
+        recipe = replace(first, teacher=replace(first.teacher, arch=ARCH[tname], weights=str(args.work / f"{tname}.pt")))
+        for mode in ("plain", "online"):
+            if mode == "plain" and sname in plain_done:
+                continue  # one plain row per student
+            plain_done.add(sname)
+            row[mode] = time_steps(args, mode, recipe, sname, coco, len(coco) * 2, None, dev, amp)
+            save()
+            print(pair, mode, row[mode], flush=True)
+    plain = res["pairs"][pairs[0]]["plain"]["step_ms"]
+    sname = pairs[0].split("-")[1]
+    for dtype in dtypes:
+        path, recipe = caches[dtype]
+        mb = res["teachers"][main_teacher]["cache"][dtype]["mb_per_view"]
+        for size in sizes:
+            for state in ("warm", "cold"):
+                row = {"pair": pairs[0], "dtype": dtype, "views": size, "page_cache": state, "mb_per_view": mb,
+                       "need_mb_s": mb * args.batch / (plain / 1e3), "workers": args.workers}
+                if time.perf_counter() - t_start > args.budget_s:
+                    row["skipped"] = f"time budget of {args.budget_s:.0f} s spent"
+                    res["cached"].append(row)
+                    continue
+                if state == "warm":
+                    row["loader_views_s"] = loader_rate(args, path, coco, size)
+                elif not args.cold or not drop_page_cache():
+                    row["skipped"] = "cold rows off (--no-cold)" if not args.cold else "page cache not dropped (not root)"
+                    res["cached"].append(row)
+                    continue
+                else:  # the images back in the page cache: only the cache's own reads are cold, as in the plain row
+                    warm_images(coco, size)
+                row.update(time_steps(args, "cached", recipe, sname, coco, size, path, dev, amp))
+                res["cached"].append(row)
+                save()
+                print(json.dumps(row), flush=True)
+    res["worker_sweep"] = []
+    for workers in [int(w) for w in args.worker_sweep.split(",") if w]:
+        if time.perf_counter() - t_start > args.budget_s:
+            break
+        swept = argparse.Namespace(**{**vars(args), "workers": workers})
+        path, recipe = caches[dtypes[0]]
+        row = {"pair": pairs[0], "dtype": dtypes[0], "views": sizes[-1], "page_cache": "warm", "workers": workers,
+               "loader_views_s": loader_rate(swept, path, coco, sizes[-1])}
+        row.update(time_steps(swept, "cached", recipe, sname, coco, sizes[-1], path, dev, amp))
+        res["worker_sweep"].append(row)
+        save()
+        print(json.dumps(row), flush=True)
+    if args.zarr_row and time.perf_counter() - t_start <= args.budget_s:  # the read path before issue 13
+        dtype = "float16" if "float16" in dtypes else dtypes[0]
+        path, recipe = caches[dtype]
+        row = {"pair": pairs[0], "dtype": dtype, "views": sizes[-1], "page_cache": "warm", "workers": args.workers,
+               "read": "zarr", "loader_views_s": loader_rate(args, path, coco, sizes[-1], direct=False)}
+        row.update(time_steps(args, "cached", recipe, sname, coco, sizes[-1], path, dev, amp, direct=False))
+        res["zarr_path"] = row
+        print(json.dumps(row), flush=True)
+    res["seconds"] = time.perf_counter() - t_start
+    save()
+    return res
+
+
+def teacher_rates(args, tname: str, data: Path, base: dict, ctx, amp) -> dict:
+    """Pure inference (img/s) of teacher ``tname`` and teacher-cache's views/s for int8 and int5 on ``data``."""
+    import torch
+
+    from frs_cli.cache.reader import TeacherCache
+    from frs_cli.cache.writer import write_teacher_cache
+    from frs_cli.config import recipe_from_dict
+    from frs_cli.data.coco import CocoViews, ViewSampler, collate
+    from frs_cli.models import ModelConfig, build_detector
+    from frs_cli.train.checkpoint import atomic_save, model_payload
+
+    dev = ctx.device
+    recipe = recipe_from_dict({**base, "data": {"root": str(data)}})
+    coco = CocoViews.from_config(recipe.data, "train", recipe.geometry)
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch=ARCH[tname])
+    teacher = build_detector(cfg, coco.index.num_classes).to(dev).eval()
+    loader = torch.utils.data.DataLoader(coco, batch_size=args.batch, sampler=ViewSampler(len(coco), ("orig",), False),
+                                         num_workers=args.workers, collate_fn=collate, drop_last=True)
+    batches = [b.to(dev) for b, _ in zip(loader, range(3))]
+    with torch.no_grad(), torch.autocast(**amp):
+        for b in batches:
+            teacher(b.images, b.image_sizes, detect=False)
+        t, n = sync_time(), 0
+        for _ in range(3):
+            for b in batches:
+                teacher(b.images, b.image_sizes, detect=False)
+                n += len(b.image_ids)
+        infer = n / (sync_time() - t)
+    ckpt = args.work / f"{tname}.pt"
+    atomic_save(model_payload(teacher, cfg, coco.index.label_to_category, [c["name"] for c in coco.index.categories],
+                              recipe.geometry), ckpt)
+    del teacher
+    out = {"arch": ARCH[tname], "inference_img_s": infer, "rate_views": 2 * len(coco), "cache": {}}
+    for dtype in ("int8", "int5"):
+        r = recipe_from_dict({**base, "data": {"root": str(data)}, "teacher": {"arch": ARCH[tname], "weights": str(ckpt)},
+                              "cache": {**base["cache"], "dtype": dtype}})
+        path = args.work / f"rate_{tname}_{dtype}.zarr"
+        s = write_teacher_cache(r, str(path), ctx=ctx)
+        out["cache"][dtype] = {"views_s": s.views_per_second, "over_inference": s.views_per_second / infer,
+                               "mb_per_view": TeacherCache(str(path)).nbytes_stored()["views"] / 1e6 / s.views_total}
+        shutil.rmtree(path)
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    print(tname, out, flush=True)
+    return out
+
+
+def write_cache(args, tname: str, data: Path, base: dict, dtype: str, ctx, row: dict):
+    """The full cache of ``tname`` over ``data`` in ``dtype``: (path, recipe); its rate goes into ``row``."""
+    from frs_cli.cache.reader import TeacherCache
+    from frs_cli.cache.writer import write_teacher_cache
+    from frs_cli.config import recipe_from_dict
+
+    recipe = recipe_from_dict({**base, "data": {"root": str(data)},
+                               "teacher": {"arch": ARCH[tname], "weights": str(args.work / f"{tname}.pt")},
+                               "cache": {**base["cache"], "dtype": dtype}})
+    path = str(args.work / f"{tname}_{dtype}.zarr")
+    s = write_teacher_cache(recipe, path, ctx=ctx)
+    nbytes = TeacherCache(path).nbytes_stored()
+    row.setdefault("full_cache", {})[dtype] = {"views": s.views_total, "views_s": s.views_per_second,
+                                               "over_inference": s.views_per_second / row["inference_img_s"]}
+    row["cache"].setdefault(dtype, {})["mb_per_view"] = nbytes["views"] / 1e6 / s.views_total
+    return path, recipe
+
+
+def warm_images(coco, num_views: int) -> None:
+    """Read the image files of the first ``num_views`` views once (into the page cache)."""
+    for rec in coco.index.records[: num_views // 2]:
+        (coco.image_dir / rec.file_name).read_bytes()
+
+
+def epochs(num_views: int, seed: int = 0):
+    """Keys ``(position, view)`` of the first ``num_views`` views (both views of the first images), one shuffled
+    epoch after another."""
+    keys = [(pos, v) for pos in range(num_views // 2) for v in ("orig", "hflip")]
+    rng = random.Random(seed)
+    while True:
+        rng.shuffle(keys)
+        yield list(keys)
+
+
+def keys_for(num_views: int, count: int) -> list:
+    """The first ``count`` keys of shuffled epochs over ``num_views`` views, one epoch after another: one loader
+    reads them all, so no worker restarts between epochs (the plain and online rows, over the whole split, have
+    none either)."""
+    out = []
+    for epoch in epochs(num_views):
+        out += epoch
+        if len(out) >= count:
+            return out[:count]
+
+
+def _loader(args, dataset, keys, dev):
+    import torch
+
+    from frs_cli.data.coco import ListSampler, collate
+
+    return torch.utils.data.DataLoader(dataset, batch_size=args.batch, sampler=ListSampler(keys),
+                                       num_workers=args.workers, collate_fn=collate, pin_memory=dev.type == "cuda",
+                                       drop_last=True, prefetch_factor=args.prefetch if args.workers else None)
+
+
+def _store(path: str, direct: bool):
+    from frs_cli.cache.reader import TeacherCache
+
+    store = TeacherCache(path)
+    store.direct = direct  # False: every array through zarr-python, as before the direct reads
+    return store
+
+
+def loader_rate(args, path: str, coco, num_views: int, direct: bool = True) -> float:
+    """Views per second of the cached DataLoader alone over the ``num_views`` views (one epoch; warms the page
+    cache for the warm rows)."""
+    import torch
+
+    from frs_cli.cache.reader import CachedViews
+
+    ds = CachedViews(coco, _store(path, direct))
+    t, n = time.perf_counter(), 0
+    for b in _loader(args, ds, next(epochs(num_views)), torch.device("cpu")):
+        n += len(b.image_ids)
+    return n / (time.perf_counter() - t)
+
+
+def time_steps(args, mode: str, recipe, sname: str, coco, num_views: int, path: str | None, dev, amp,
+               direct: bool = True) -> dict:
+    """--warmup then --steps training steps of ``mode`` (plain, online, cached): step and data-wait figures."""
+    import torch
+
+    from frs_cli.cache.reader import CachedViews
+    from frs_cli.models import ModelConfig, build_detector
+    from frs_cli.train.objectives import CachedTeacher, FRSObjective, GTObjective, OnlineTeacher
+
+    torch.manual_seed(0)
+    student = build_detector(ModelConfig(arch=ARCH[sname]), coco.index.num_classes)
+    if mode == "plain":
+        obj, ds = GTObjective(student), coco
+    elif mode == "online":
+        teacher = build_detector(recipe.teacher, coco.index.num_classes)
+        obj, ds = FRSObjective(student, teacher.signature, OnlineTeacher(teacher), recipe.distill), coco
+    else:
+        store = _store(path, direct)
+        obj = FRSObjective(student, store.signature, CachedTeacher.from_cache(store), recipe.distill)
+        ds = CachedViews(coco, store)
+    obj.to(dev).train()
+    opt = torch.optim.SGD([q for q in obj.parameters() if q.requires_grad], lr=1e-4, momentum=0.9)
+    steps, waits = [], []
+    ahead = args.workers * args.prefetch if args.workers else 0
+    it = iter(_loader(args, ds, keys_for(num_views, (args.warmup + args.steps + ahead + 1) * args.batch), dev))
+    for i in range(args.warmup + args.steps):
+        t0 = sync_time()
+        batch = next(it).to(dev, non_blocking=True)
+        t1 = sync_time()
+        with torch.autocast(**amp):
+            loss = sum(obj(batch, 10_000).values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        t2 = sync_time()
+        if i >= args.warmup:
+            steps.append(t2 - t0)
+            waits.append(t1 - t0)
+    del it, obj, student
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    return {"step_ms": 1e3 * median(steps), "step_ms_mean": 1e3 * sum(steps) / len(steps), "steps": len(steps),
+            "data_wait_share": sum(waits) / sum(steps),
+            "data_wait_share_median": median([w / t for w, t in zip(waits, steps)])}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,278 @@
+"""The cache's read path (issue 13): direct positional reads, cheap checks, the shared-memory collate, and the
+benchmark scripts that measure it (bench/cached_step.py, bench/gpu_hours.py, bench/cache_verdicts.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from frs_cli.cache import direct
+from frs_cli.cache.checksum import crc32, view_crc
+from frs_cli.cache.direct import DirectArray
+from frs_cli.cache.reader import TeacherCache
+from frs_cli.data.targets import collate_teacher
+from frs_cli.errors import CacheFormatError
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def _bench(name: str):
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH))
+    return module
+
+
+# -- direct reads -----------------------------------------------------------------------------------------------
+def _array(root: Path, name: str, values: np.ndarray, shards: int | None, rows: int = 1, **kw):
+    g = zarr.open_group(str(root), mode="a")
+    a = g.create_array(name, shape=values.shape, dtype=values.dtype, chunks=(rows, *values.shape[1:]),
+                       shards=None if shards is None else (shards, *values.shape[1:]), compressors=kw.pop("compressors", None),
+                       fill_value=0, chunk_key_encoding={"name": "default", "separator": "."}, **kw)
+    a[...] = values
+    return root / name
+
+
+@pytest.mark.parametrize("dtype", ["float16", "int8", "uint8", "float32", "uint32"])
+def test_direct_rows_equal_zarrs_for_sharded_unsharded_partial_and_unwritten_rows(tmp_path, dtype):
+    rng = np.random.default_rng(0)
+    values = (rng.standard_normal((11, 3, 4, 5)) * 50).astype(dtype)
+    values[5] = 0  # an all-zero row: zarr does not store that inner chunk (its index marks it empty)
+    sharded = DirectArray.open(_array(tmp_path / "g.zarr", "s", values, shards=4))  # the last shard holds 3 of 4
+    plain = DirectArray.open(_array(tmp_path / "g.zarr", "p", values.reshape(11, -1), shards=None, rows=4))
+    assert sharded.sharded and not plain.sharded
+    ref = zarr.open_group(str(tmp_path / "g.zarr"), mode="r")
+    for row in range(11):
+        got = sharded[row]
+        assert got.dtype == np.dtype(dtype) and got.shape == (3, 4, 5) and got.flags.writeable
+        np.testing.assert_array_equal(got, ref["s"][row])
+        np.testing.assert_array_equal(plain[row], ref["p"][row])
+    np.testing.assert_array_equal(sharded[...], values)  # anything but one row goes to zarr
+    index = np.frombuffer((tmp_path / "g.zarr" / "s" / "c.1.0.0.0").read_bytes()[-68:-4], "<u8").reshape(4, 2)
+    assert (index[1] == 2**64 - 1).all()  # row 5 really is an unwritten inner chunk
+
+
+def test_direct_open_declines_layouts_it_does_not_read(tmp_path):
+    from zarr.codecs import ZstdCodec
+
+    values = np.arange(24, dtype="float16").reshape(2, 3, 4)
+    assert DirectArray.open(_array(tmp_path / "g.zarr", "zstd", values, shards=2, compressors=[ZstdCodec()])) is None
+    assert DirectArray.open(_array(tmp_path / "g.zarr", "rows2", values, shards=2, rows=2)) is None  # 2 rows a chunk
+    assert DirectArray.open(tmp_path / "nothing") is None
+    assert DirectArray.open(_array(tmp_path / "g.zarr", "ok", values, shards=2)) is not None
+
+
+def test_reader_reads_a_local_cache_with_one_pread_per_array_and_no_zarr_call(cache_path, monkeypatch):
+    from zarr.storage import LocalStore
+
+    ref = TeacherCache(cache_path)
+    ref.direct = False
+    expected = [ref.read(k, raw=True) for k in range(len(ref))]
+    cache = TeacherCache(cache_path)
+    cache._bucket(cache.buckets[0].name)  # opened (zarr.json read directly)
+
+    async def no_zarr(*args, **kwargs):
+        raise AssertionError("a store call through zarr")
+
+    monkeypatch.setattr(LocalStore, "get", no_zarr)
+    before = direct.ReadCounts(**vars(direct.COUNTS))
+    got = [cache.read(k, raw=True) for k in range(len(cache))]
+    levels = len(cache.levels)
+    assert direct.COUNTS.data_reads - before.data_reads == len(cache) * (2 * levels + 1)  # features, mask; crc row
+    shards = len(cache) // cache.attrs["storage"]["views_per_shard"]
+    assert direct.COUNTS.index_reads - before.index_reads == shards * 2 * levels  # each shard index read once
+    for a, b in zip(got, expected):
+        for key in ("features", "masks"):
+            for x, y in zip(a[key], b[key]):
+                assert x.dtype == y.dtype and torch.equal(x, y)
+
+
+def test_direct_read_of_a_truncated_shard_names_the_view_and_the_repair(cache_path, tmp_path):
+    c = tmp_path / "c.zarr"
+    shutil.copytree(cache_path, c)
+    shard = c / "buckets" / "64x64" / "P4" / "features" / "c.1.0.0.0"
+    shard.write_bytes(shard.read_bytes()[:-100])  # the index at its end is cut
+    cache = TeacherCache(str(c))
+    k = int(np.flatnonzero((cache.row // 4) == 1)[0])  # a view of that shard
+    with pytest.raises(CacheFormatError, match=r"\(bucket 64x64, row 4\): level P4 is unreadable \(cache file .*"
+                                               r"c\.1\.0\.0\.0': (its shard index|expected a shard index).*teacher-cache"):
+        cache.read(k)
+    cache.read(int(np.flatnonzero((cache.row // 4) == 0)[0]))  # the other shards read as before
+
+
+def test_crc32_is_zlibs_crc32_and_view_crc_continues_over_scales():
+    rng = np.random.default_rng(1)
+    a, s = rng.integers(-128, 127, (40, 7, 9), dtype=np.int8), rng.random(40, dtype=np.float32)
+    assert crc32(a.tobytes()) == zlib.crc32(a.tobytes())
+    assert view_crc(a, s) == zlib.crc32(s.tobytes(), zlib.crc32(a.tobytes()))
+    assert view_crc(a[:, ::2]) == zlib.crc32(np.ascontiguousarray(a[:, ::2]).tobytes())  # strided input
+
+
+class _Items(torch.utils.data.Dataset):
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def test_collate_in_a_worker_builds_the_batch_in_shared_memory_padded_with_zeros():
+    gen = torch.Generator().manual_seed(0)
+    items = [{"features": [torch.randn(4, h, w, generator=gen).half()], "masks": [torch.rand(h, w, generator=gen).half()],
+              "scales": [torch.rand(4, generator=gen)]} for h, w in ((3, 5), (6, 2))]
+    (batch,) = list(torch.utils.data.DataLoader(_Items(items), batch_size=2, num_workers=1, collate_fn=collate_teacher))
+    f, m = batch["features"][0], batch["masks"][0]
+    assert f.shape == (2, 4, 6, 5) and m.shape == (2, 6, 5) and f.is_shared()
+    assert torch.equal(f[0, :, :3, :5], items[0]["features"][0]) and torch.equal(f[1, :, :6, :2], items[1]["features"][0])
+    assert not f[0, :, 3:].any() and not f[1, :, :, 2:].any() and not m[0, 3:].any() and not m[1, :, 2:].any()
+    assert torch.equal(batch["scales"][0], torch.stack([it["scales"][0] for it in items]))
+    assert torch.equal(collate_teacher(items)["features"][0], f)  # the main process builds the same batch
+
+
+def test_collate_zeroes_the_padding_of_a_batch_built_in_reused_memory(monkeypatch):
+    from frs_cli.data import targets
+
+    monkeypatch.setattr(targets, "_batch_tensor", lambda like, shape: torch.full(shape, 7, dtype=like.dtype))
+    items = [{"features": [torch.ones(2, h, w)], "masks": [torch.ones(h, w)]} for h, w in ((3, 5), (6, 2))]
+    out = collate_teacher(items)
+    assert out["features"][0].sum() == 2 * (15 + 12) and out["masks"][0].sum() == 15 + 12  # no 7 left anywhere
+
+
+# -- the benchmark scripts ------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_cached_step_smoke_on_the_cpu_writes_every_row_and_figure(tmp_path, monkeypatch):
+    step = _bench("cached_step")
+    monkeypatch.setattr(sys, "argv", ["cached_step.py", "--smoke", "--out", str(tmp_path / "out"),
+                                      "--work", str(tmp_path / "work")])
+    step.main()
+    res = json.loads((tmp_path / "out" / "step.json").read_text())
+    assert res["device"] == "cpu" and res["views_in_split"] >= 16 and res["disk"]["read"]["cold"] is False
+    assert res["teachers"]["tiny"]["cache"]["int5"]["over_inference"] == pytest.approx(
+        res["teachers"]["tiny"]["cache"]["int5"]["views_s"] / res["teachers"]["tiny"]["inference_img_s"])
+    assert {m for m in res["pairs"]["tiny-tiny"]} == {"plain", "online"}
+    rows = {(r["dtype"], r["views"], r["page_cache"]): r for r in res["cached"]}
+    assert set(rows) == {(d, s, c) for d in ("float16", "int5") for s in (8, 16) for c in ("warm", "cold")}
+    plain = res["pairs"]["tiny-tiny"]["plain"]["step_ms"]
+    for (dtype, size, state), r in rows.items():
+        if state == "cold":  # the smoke never drops this machine's page cache
+            assert r["skipped"] == "cold rows off (--no-cold)" and "step_ms" not in r
+            continue
+        assert r["steps"] == 1 and r["step_ms"] > 0 and 0 <= r["data_wait_share"] < 1 and r["loader_views_s"] > 0
+        assert r["need_mb_s"] == pytest.approx(r["mb_per_view"] * 2 / (plain / 1e3))
+    old = res["zarr_path"]  # fp16 read through zarr-python, as before the direct reads
+    assert (old["dtype"], old["views"], old["read"], old["steps"]) == ("float16", 16, "zarr", 1) and old["step_ms"] > 0
+    assert res["worker_sweep"] == [] and res["seconds"] > 0
+    # int5 stores 5 bits a value against fp16's 16 (plus the same fp16 masks and 4-byte scales)
+    assert rows["int5", 8, "warm"]["mb_per_view"] < 0.6 * rows["float16", 8, "warm"]["mb_per_view"]
+
+
+def _hand_made_step(**over) -> dict:
+    step = {"device": "hand", "date": "2026-12-02", "command": "by hand", "views_in_split": 8192,
+            "args": {"batch": "10", "dtypes": "float16,int8,int5"},
+            "teachers": {"x101": {"arch": "retinanet_resnext101_32x8d_fpn", "inference_img_s": 40.0,
+                                  "cache": {"int8": {"views_s": 20.0, "over_inference": 0.5},
+                                            "int5": {"views_s": 36.0, "over_inference": 0.9}},
+                                  "full_cache": {"float16": {"views_s": 10.0}}},
+                         "r50v2": {"arch": "retinanet_resnet50_fpn_v2", "inference_img_s": 100.0,
+                                   "cache": {"int8": {"views_s": 95.0, "over_inference": 0.95},
+                                             "int5": {"views_s": 89.99, "over_inference": 0.8999}}}},
+            "pairs": {"x101-r50": {"plain": {"step_ms": 400.0, "data_wait_share": 0.01, "data_wait_share_median": 0.01},
+                                   "online": {"step_ms": 1000.0, "data_wait_share": 0.05, "data_wait_share_median": 0.01}},
+                      "r50v2-r50": {"online": {"step_ms": 800.0, "data_wait_share": 0.0501,
+                                               "data_wait_share_median": 0.01}}},
+            "cached": []}
+    for dtype, ms in (("float16", 500.0), ("int8", 440.0), ("int5", 400.0)):
+        for views in (128, 1024, 8192):
+            for state in ("warm", "cold"):
+                step["cached"].append({"pair": "x101-r50", "dtype": dtype, "views": views, "page_cache": state,
+                                       "step_ms": ms + (100.0 if state == "cold" and dtype == "float16" else 0.0),
+                                       "data_wait_share": 0.02, "data_wait_share_median": 0.01,
+                                       "mb_per_view": 4.0 * 400 / ms, "need_mb_s": 4.0 * 400 / ms * 10 / 0.4,
+                                       **({"loader_views_s": float(views)} if state == "warm" else {})})
+    step["disk"] = {"read": {"mb_s": 2500.0, "cold": True}}
+    step.update(over)
+    return step
+
+
+def test_gpu_hours_from_hand_made_rates():
+    gpu_hours = _bench("gpu_hours")
+    # 36 000 images x 1 epoch at batch 10: 3600 steps a student; 1000 ms online = 1 h; cache of 72 000 views
+    out = gpu_hours.hours(_hand_made_step(), images=36_000, epochs=1)
+    rows = {(r["pair"], r["method"]): r for r in out["rows"]}
+    assert out["schedule"] == {"images": 36_000, "epochs": 1, "batch": 10, "steps_per_student": 3600,
+                               "cached_views": 72_000}
+    online = rows["x101-r50", "online"]
+    assert [online[f"students_{n}"] for n in (1, 3, 10)] == pytest.approx([1.0, 3.0, 10.0])
+    int5 = rows["x101-r50", "cache int5"]  # 72 000 / 36 views/s = 2000 s to cache; 400 ms a step = 0.4 h a student
+    assert int5["step_row"] == "8192 views, cold" and int5["cache_hours"] == pytest.approx(2000 / 3600)
+    assert int5["students_10"] == pytest.approx(2000 / 3600 + 4.0)
+    assert int5["saving_10"] == pytest.approx(1 - (2000 / 3600 + 4.0) / 10.0)
+    fp16 = rows["x101-r50", "cache float16"]  # the cold fp16 row (600 ms), the full cache's rate (10 views/s)
+    assert fp16["step_ms"] == 600.0 and fp16["students_1"] == pytest.approx(2.0 + 0.6)
+    assert rows["r50v2-r50", "cache int8"]["students_3"] == pytest.approx(72_000 / 95 / 3600 + 3 * 0.44)
+    assert ("r50v2-r50", "cache float16") not in rows  # no fp16 rate for that teacher
+    assert rows["any", "plain (no teacher)"]["students_10"] == pytest.approx(4.0)
+    faster = gpu_hours.hours(_hand_made_step(), {"teachers": {"x101": {"int5": {"cache_views_s": 72.0}}}}, 36_000, 1)
+    assert {(r["pair"], r["method"]): r for r in faster["rows"]}["x101-r50", "cache int5"]["cache_hours"] == \
+        pytest.approx(1000 / 3600)
+
+
+def test_cache_verdicts_miss_by_any_margin_and_when_not_measured(tmp_path, capsys):
+    verdicts = _bench("cache_verdicts")
+    v = verdicts.verdicts(_hand_made_step())
+    # step: fp16 warm 500/400 = 1.25 misses (fp16 cold is no target); online / cached >= 2.0 everywhere;
+    # teacher-cache: x101 int8 0.5 and r50v2 int5 0.8999 miss 0.9; data wait: r50v2 online 5.01 % misses 5 %
+    assert list(v["targets"].values()) == ["missed", "met", "missed", "missed"]
+    by = {(r["dtype"], r["views"], r["page_cache"]): r for r in v["step"]}
+    assert len(by) == 15 and ("float16", 128, "cold") not in by
+    assert by["int8", 8192, "cold"]["over_plain"] == pytest.approx(1.10) and by["int8", 8192, "cold"]["verdict"] == "met"
+    assert by["float16", 1024, "warm"]["verdict"] == "missed"
+    assert [r["verdict"] for r in v["teacher_cache"]] == ["met", "missed", "missed", "met"]  # r50v2, then x101
+    assert [r["row"] for r in v["data_wait"] if r["verdict"] == "missed"] == ["r50v2-r50 online"]
+
+    step = _hand_made_step()
+    for r in step["cached"]:
+        if r["dtype"] == "float16":
+            r["step_ms"] = 440.0  # now every step row is within 1.10
+    assert verdicts.verdicts(step)["targets"][next(iter(v["targets"]))] == "met"
+    step["cached"] = [r for r in step["cached"] if not (r["dtype"] == "int8" and r["page_cache"] == "cold"
+                                                          and r["views"] == 8192)]
+    v2 = verdicts.verdicts(step)
+    assert list(v2["targets"].values())[0] == "missed"
+    assert {(r["dtype"], r["views"], r["page_cache"]): r for r in v2["step"]}["int8", 4096, "cold"]["verdict"] == \
+        "not measured"
+    step = _hand_made_step()
+    step["cached"][-1]["step_ms"] = 1000.0 / 1.4 + 0.01  # int5 8192 cold: online / cached 1.39998
+    assert list(verdicts.verdicts(step)["targets"].values())[1] == "missed"
+
+    (tmp_path / "step.json").write_text(json.dumps(_hand_made_step()))
+    verdicts.main(tmp_path / "step.json")
+    assert json.loads((tmp_path / "verdicts.json").read_text())["targets"] == v["targets"]
+    printed = capsys.readouterr().out
+    assert "| int8 | 8192 | cold | 440.0 | 400.0 | 1.10 | met |" in printed and "missed  teacher-cache" in printed
+    assert "| int5 | 4.00 | 100 | 2500 (yes) | 8192 (8192) |" in printed  # 4 MB x batch 10 / 0.4 s plain step
+
+
+def test_nbytes_stored_of_a_local_cache_sums_its_files_as_zarr_counts_them(cache_path):
+    from frs_cli.cache.backend import ZarrBackend
+
+    b = ZarrBackend(cache_path)
+    for group in ("", "buckets", "index"):
+        assert b.nbytes_stored(group) == sum(int(arr.nbytes_stored()) for _, arr in b.walk(group)) > 0
