@@ -46,7 +46,7 @@ def write_base_cache(work: Path, views: int, image_size: int, dtype: str) -> Pat
     from frs_cli.data.synth import SynthConfig, generate
     from frs_cli.models import ModelConfig, build_detector
     from frs_cli.train.checkpoint import atomic_save, model_payload
-    from frs_cli.train.dist import setup
+    from frs_cli.dist import setup
 
     data, path = work / "data", work / f"base_{dtype}.zarr"
     if path.exists():
@@ -150,7 +150,8 @@ class StoreCalls:
 # -- measurements ---------------------------------------------------------------------------------------------
 def per_view(cache, keys: list[int], batch: int) -> dict:
     """Mean milliseconds per view in each stage of ``TeacherCache.read(raw=True)`` + ``collate_teacher``."""
-    from frs_cli.cache.reader import check_view, collate_teacher
+    from frs_cli.cache.reader import check_view
+    from frs_cli.data.targets import collate_teacher
     from frs_cli.cache.schema import SCALED_DTYPES
 
     store = check = collate = 0.0
@@ -194,7 +195,8 @@ class _Views(torch.utils.data.Dataset):
 
 def loader_epoch(path: str, keys: list[int], direct: bool, workers: int, batch: int) -> dict:
     """Views per second of one DataLoader epoch over ``keys`` (workers started for it, as distill does)."""
-    from frs_cli.cache.reader import TeacherCache, collate_teacher
+    from frs_cli.cache.reader import TeacherCache
+    from frs_cli.data.targets import collate_teacher
 
     cache = TeacherCache(path)
     cache.direct = direct
@@ -275,7 +277,7 @@ def coco_collate(batch: int = 8) -> dict:
         original = tud.get_worker_info
         tud.get_worker_info = lambda: True  # as inside a worker: the batch goes to shared memory at once
         try:
-            out = reader.collate_teacher(items)
+            out = collate_teacher(items)
         finally:
             tud.get_worker_info = original
         return out["features"] + out["masks"]
