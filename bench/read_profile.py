@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,9 +43,9 @@ def write_base_cache(work: Path, views: int, image_size: int, dtype: str) -> Pat
     from frs_cli.data.coco import CocoIndex
     from frs_cli.data.geometry import GeometryConfig
     from frs_cli.data.synth import SynthConfig, generate
+    from frs_cli.dist import setup
     from frs_cli.models import ModelConfig, build_detector
     from frs_cli.train.checkpoint import atomic_save, model_payload
-    from frs_cli.dist import setup
 
     data, path = work / "data", work / f"base_{dtype}.zarr"
     if path.exists():
@@ -151,8 +150,8 @@ class StoreCalls:
 def per_view(cache, keys: list[int], batch: int) -> dict:
     """Mean milliseconds per view in each stage of ``TeacherCache.read(raw=True)`` + ``collate_teacher``."""
     from frs_cli.cache.reader import check_view
-    from frs_cli.data.targets import collate_teacher
     from frs_cli.cache.schema import SCALED_DTYPES
+    from frs_cli.data.targets import collate_teacher
 
     store = check = collate = 0.0
     items = []
@@ -253,7 +252,6 @@ def coco_collate(batch: int = 8) -> dict:
     """Milliseconds to collate one COCO-size fp16 batch in a worker and hand it over: old and new way."""
     import torch.utils.data as tud
 
-    from frs_cli.cache import reader
 
     gen = torch.Generator().manual_seed(0)
     sizes = [[(h - (i % 2), w - (i % 3)) for h, w in COCO_LEVELS] for i in range(batch)]  # mixed grids: padding

@@ -228,9 +228,9 @@ def main() -> None:
     from frs_cli.cache.writer import write_teacher_cache
     from frs_cli.config import recipe_from_dict
     from frs_cli.data.coco import CocoViews
+    from frs_cli.dist import setup
     from frs_cli.models import ModelConfig
     from frs_cli.train.checkpoint import atomic_save, model_payload
-    from frs_cli.dist import setup
 
     tiny = args.tiny
     args.teachers = args.teachers or ("tiny" if tiny else "r50v2,x101")

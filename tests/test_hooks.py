@@ -12,10 +12,10 @@ import torch
 
 from frs_cli.config import load_recipe
 from frs_cli.data.coco import CocoViews
+from frs_cli.dist import setup
 from frs_cli.errors import Interrupted
 from frs_cli.models import build_detector
 from frs_cli.train.checkpoint import FINAL, LAST
-from frs_cli.dist import setup
 from frs_cli.train.hooks import Hook
 from frs_cli.train.loop import fit
 from frs_cli.train.objectives import GTObjective

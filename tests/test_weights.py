@@ -15,8 +15,8 @@ from conftest import write_recipe
 from torchvision.ops import FrozenBatchNorm2d
 from typer.testing import CliRunner
 
-import frs_cli.models as models
 import frs_cli.models.weights as weights_mod
+from frs_cli import models
 from frs_cli.cache.identity import teacher_fingerprint
 from frs_cli.cli.app import app
 from frs_cli.errors import ModelError

@@ -132,11 +132,11 @@ def test_writer_with_weights_cast_once_writes_the_autocast_cache_and_stores_floa
     from conftest import assert_same_cache_arrays, write_recipe
 
     from frs_cli.cache import writer
+    from frs_cli.cache.identity import teacher_fingerprint
     from frs_cli.cache.reader import TeacherCache
     from frs_cli.config import load_recipe
-    from frs_cli.cache.identity import teacher_fingerprint
-    from frs_cli.train.checkpoint import load_detector
     from frs_cli.dist import setup
+    from frs_cli.train.checkpoint import load_detector
 
     seen = []
 
