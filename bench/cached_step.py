@@ -45,7 +45,7 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import ARCH, disk_write_mb_s, median, sync_time
+from speed import ARCH, disk_write_mb_s, median, step_objective, sync_time, timed_steps
 
 SMOKE = {"pairs": "tiny-tiny", "sizes": "8,16", "dtypes": "float16,int5", "images": 4, "image_size": 64,
          "min_size": 64, "max_size": 64, "batch": 2, "workers": 0, "prefetch": 2, "warmup": 1, "steps": 1,
@@ -370,39 +370,15 @@ def time_steps(args, mode: str, recipe, sname: str, coco, num_views: int, path: 
     """--warmup then --steps training steps of ``mode`` (plain, online, cached): step and data-wait figures."""
     import torch
 
-    from frs_cli.cache.reader import CachedViews
     from frs_cli.models import ModelConfig, build_detector
-    from frs_cli.train.objectives import CachedTeacher, FRSObjective, GTObjective, OnlineTeacher
 
     torch.manual_seed(0)
     student = build_detector(ModelConfig(arch=ARCH[sname]), coco.index.num_classes)
-    if mode == "plain":
-        obj, ds = GTObjective(student), coco
-    elif mode == "online":
-        teacher = build_detector(recipe.teacher, coco.index.num_classes)
-        obj, ds = FRSObjective(student, teacher.signature, OnlineTeacher(teacher), recipe.distill), coco
-    else:
-        store = _store(path, direct)
-        obj = FRSObjective(student, store.signature, CachedTeacher.from_cache(store), recipe.distill)
-        ds = CachedViews(coco, store)
-    obj.to(dev).train()
-    opt = torch.optim.SGD([q for q in obj.parameters() if q.requires_grad], lr=1e-4, momentum=0.9)
-    steps, waits = [], []
+    store = _store(path, direct) if mode not in ("plain", "online") else None
+    obj, ds = step_objective(mode, student, recipe, coco, coco.index.num_classes, store)
     ahead = args.workers * args.prefetch if args.workers else 0
     it = iter(_loader(args, ds, keys_for(num_views, (args.warmup + args.steps + ahead + 1) * args.batch), dev))
-    for i in range(args.warmup + args.steps):
-        t0 = sync_time()
-        batch = next(it).to(dev, non_blocking=True)
-        t1 = sync_time()
-        with torch.autocast(**amp):
-            loss = sum(obj(batch, 10_000).values())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        t2 = sync_time()
-        if i >= args.warmup:
-            steps.append(t2 - t0)
-            waits.append(t1 - t0)
+    steps, waits, _ = timed_steps(obj, it, dev, amp, args.warmup, args.steps)
     del it, obj, student
     if dev.type == "cuda":
         torch.cuda.empty_cache()

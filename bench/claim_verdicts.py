@@ -32,15 +32,15 @@ KINDS = {"a_alone": "student alone", "b_frs_cache": "FRS from cache", "c_frs_onl
 def spikes(path: Path, window: int = 50, factor: float = 3.0) -> dict:
     """Per FRS term: the largest value, and the iterations where it exceeds ``factor`` x the median of the
     ``window`` iterations before."""
-    rows = [r for r in map(json.loads, path.read_text().splitlines()) if "iter" in r]
+    logged = rows(path)
     out = {}
-    for term in (k for k in rows[0] if k.startswith("frs_")):
-        values = [r[term] for r in rows]
+    for term in (k for k in logged[0] if k.startswith("frs_")):
+        values = [r[term] for r in logged]
         hits = []
         for i in range(window, len(values)):
             med = statistics.median(values[i - window:i])
             if med > 0 and values[i] > factor * med:
-                hits.append({"iter": rows[i]["iter"], "value": values[i], "median": med})
+                hits.append({"iter": logged[i]["iter"], "value": values[i], "median": med})
         out[term] = {"max": max(values), "spikes": hits}
     return out
 

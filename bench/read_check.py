@@ -14,13 +14,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import cpu_name
 
 SHAPES = {"coco_800x1088": [(100, 136), (50, 68), (25, 34), (13, 17), (7, 9)],
           "demo_192": [(24, 24), (12, 12), (6, 6), (3, 3), (2, 2)]}
@@ -100,16 +103,6 @@ def _direct(root: Path, levels: int, scaled: bool) -> list[tuple]:
              DirectArray.open(root / f"P{lv}/mask")) for lv in range(levels)]
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="JSON file to write")
@@ -138,7 +131,7 @@ def main() -> None:
                 print(json.dumps(rows[-1]))
     from frs_cli.cache.checksum import IMPLEMENTATION
 
-    result = {"machine": f"{_cpu()}, {os.cpu_count()} cores (shared), one thread", "crc32": IMPLEMENTATION,
+    result = {"machine": f"{cpu_name()}, {os.cpu_count()} cores (shared), one thread", "crc32": IMPLEMENTATION,
               "date": time.strftime("%Y-%m-%d"), "command": "python3 bench/read_check.py --out " + args.out,
               "views": args.views, "repeats": args.repeats, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -24,13 +24,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import cpu_name
 
 COCO_LEVELS = [(100, 136), (50, 68), (25, 34), (13, 17), (7, 9)]  # an 800x1088 padded view, P3-P7
 
@@ -252,6 +255,8 @@ def coco_collate(batch: int = 8) -> dict:
     """Milliseconds to collate one COCO-size fp16 batch in a worker and hand it over: old and new way."""
     import torch.utils.data as tud
 
+    from frs_cli.data.targets import collate_teacher
+
 
     gen = torch.Generator().manual_seed(0)
     sizes = [[(h - (i % 2), w - (i % 3)) for h, w in COCO_LEVELS] for i in range(batch)]  # mixed grids: padding
@@ -293,16 +298,6 @@ def coco_collate(batch: int = 8) -> dict:
     return res
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, required=True)
@@ -322,7 +317,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     base = write_base_cache(args.work, base_views, args.image_size, args.dtype)
-    res = {"machine": f"{_cpu()}, {os.cpu_count()} cores (shared)", "date": time.strftime("%Y-%m-%d"),
+    res = {"machine": f"{cpu_name()}, {os.cpu_count()} cores (shared)", "date": time.strftime("%Y-%m-%d"),
            "command": "python3 bench/read_profile.py " + " ".join(f"--{k.replace('_', '-')} {v}"
                                                                   for k, v in vars(args).items()),
            "crc32": IMPLEMENTATION, "dtype": args.dtype, "sizes": {}}

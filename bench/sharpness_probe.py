@@ -24,22 +24,22 @@ import torch
 import torch.nn.functional as F
 
 
-def patch_moments(features: torch.Tensor, weights: torch.Tensor) -> tuple[float, float]:
-    """``(|E_S x|^2, E_S |x|^2)`` over 3x3 zero-padded patches of ``features`` (B, C, H, W), bias term included,
-    with ``weights`` (B, H, W) as S (a weighted mean)."""
+def patch_moments(features: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``[|E_S x|^2, E_S |x|^2]`` (a 2-tensor on the features' device) over 3x3 zero-padded patches of
+    ``features`` (B, C, H, W), bias term included, with ``weights`` (B, H, W) as S (a weighted mean)."""
     f = features.detach().float()
     m = weights.detach().float()
     n = m.sum().clamp_min(1e-12)
     h, w = f.shape[-2:]
     padded = F.pad(f, (1, 1, 1, 1))
-    lo = hi = 1.0
+    lo = hi = f.new_ones(())
     for dy in range(3):
         for dx in range(3):
             shifted = padded[:, :, dy:dy + h, dx:dx + w]
             mean = (shifted * m[:, None]).sum(dim=(0, 2, 3)) / n
-            lo += float(mean.pow(2).sum())
-            hi += float((shifted.pow(2).sum(dim=1) * m).sum() / n)
-    return lo, hi
+            lo = lo + mean.pow(2).sum()
+            hi = hi + (shifted.pow(2).sum(dim=1) * m).sum() / n
+    return torch.stack([lo, hi])
 
 
 def install(log_path: Path) -> None:
@@ -61,7 +61,7 @@ def install(log_path: Path) -> None:
         with torch.no_grad():
             bounds = [patch_moments(f, masks[lv].float() * (valid[lv].float() if valid is not None else 1.0))
                       for lv, f in enumerate(state.get("inputs", []))]
-        state["bounds"] = bounds
+        state["bounds"] = torch.stack(bounds).tolist() if bounds else []  # one device read per iteration
         return out
 
     def forward_seen(self, batch, step):

@@ -50,6 +50,59 @@ def disk_write_mb_s(directory: Path, total_mb: int = 1024, file_mb: int = 64) ->
     return total_mb * 1.048576 / seconds
 
 
+def cpu_name() -> str:
+    """The host CPU's model name (for the machine line of a CPU figure)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def step_objective(mode: str, student, recipe, coco, num_classes: int, store=None):
+    """(objective, dataset) of one timed step: ``plain`` (GT only), ``online`` (the live teacher) or a cached
+    mode reading ``store`` (a ``TeacherCache``)."""
+    from frs_cli.cache.reader import CachedViews
+    from frs_cli.models import build_detector
+    from frs_cli.train.objectives import CachedTeacher, FRSObjective, GTObjective, OnlineTeacher
+
+    if mode == "plain":
+        return GTObjective(student), coco
+    if mode == "online":
+        teacher = build_detector(recipe.teacher, num_classes)
+        return FRSObjective(student, teacher.signature, OnlineTeacher(teacher), recipe.distill), coco
+    objective = FRSObjective(student, store.signature, CachedTeacher.from_cache(store), recipe.distill)
+    return objective, CachedViews(coco, store)
+
+
+def timed_steps(obj, batches, dev, amp: dict, warmup: int, steps: int):
+    """Train ``obj`` (SGD) on ``warmup + steps`` batches of the iterator ``batches``. Returns the timed steps'
+    seconds, their data-wait seconds and the last batch."""
+    import torch
+
+    obj.to(dev).train()
+    opt = torch.optim.SGD([q for q in obj.parameters() if q.requires_grad], lr=1e-4, momentum=0.9)
+    step_s, wait_s = [], []
+    for i in range(warmup + steps):
+        t0 = sync_time()
+        batch = next(batches).to(dev, non_blocking=True)
+        t1 = sync_time()
+        with torch.autocast(**amp):
+            loss = sum(obj(batch, 10_000).values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        t2 = sync_time()
+        if i >= warmup:
+            step_s.append(t2 - t0)
+            wait_s.append(t1 - t0)
+    return step_s, wait_s, batch
+
+
 def median(xs):
     xs = sorted(xs)
     return xs[len(xs) // 2] if xs else float("nan")
@@ -75,14 +128,13 @@ def main() -> None:
 
     import torch
 
-    from frs_cli.cache.reader import CachedViews, TeacherCache
+    from frs_cli.cache.reader import TeacherCache
     from frs_cli.cache.writer import write_teacher_cache
     from frs_cli.config import recipe_from_dict
     from frs_cli.data.coco import CocoViews, OriginalViews, ViewSampler, collate, collate_originals
     from frs_cli.data.synth import SynthConfig, generate, replicate
     from frs_cli.dist import setup
     from frs_cli.models import ModelConfig, build_detector
-    from frs_cli.train.objectives import CachedTeacher, FRSObjective, GTObjective, OnlineTeacher
 
     ctx = setup()
     dev = ctx.device
@@ -198,33 +250,11 @@ def main() -> None:
             recipe = replace(recipe, student=ModelConfig(arch=ARCH[sname]))
             torch.manual_seed(0)
             student = build_detector(recipe.student, 5)
-            if mode == "plain":
-                obj, ds = GTObjective(student), coco
-            elif mode == "online":
-                teacher = build_detector(recipe.teacher, 5)
-                obj, ds = FRSObjective(student, teacher.signature, OnlineTeacher(teacher), recipe.distill), coco
-            else:
-                store = TeacherCache(path)
-                obj = FRSObjective(student, store.signature, CachedTeacher.from_cache(store), recipe.distill)
-                ds = CachedViews(coco, store)
-            obj.to(dev).train()
-            opt = torch.optim.SGD([q for q in obj.parameters() if q.requires_grad], lr=1e-4, momentum=0.9)
-            steps, waits = [], []
+            store = TeacherCache(path) if mode.startswith("cached") else None
+            obj, ds = step_objective(mode, student, recipe, coco, 5, store)
             it = iter(loader(ds))  # one loader, long enough for every step: no worker restarts in the timing
             assert args.steps + 3 <= len(coco) // args.batch, "--steps + 3 batches must fit in one pass over --images"
-            for i in range(args.steps + 3):
-                t0 = sync_time()
-                batch = next(it).to(dev, non_blocking=True)
-                t1 = sync_time()
-                with torch.autocast(**amp):
-                    loss = sum(obj(batch, 10_000).values())
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                t2 = sync_time()
-                if i >= 3:
-                    steps.append(t2 - t0)
-                    waits.append(t1 - t0)
+            steps, waits, batch = timed_steps(obj, it, dev, amp, 3, args.steps)
             row[mode] = {"step_ms": 1000 * median(steps), "data_wait_share": sum(waits) / sum(steps),
                          "data_wait_share_median": median([w / t for w, t in zip(waits, steps)])}
             if mode != "plain":  # the teacher side alone: the online forward, or decoding + the head on cached features
