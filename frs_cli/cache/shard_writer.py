@@ -14,22 +14,16 @@ import multiprocessing as mp
 import queue
 import signal
 import sys
-import zlib
 from dataclasses import dataclass
 from multiprocessing import shared_memory
 
 import numpy as np
 import zarr
 
+from frs_cli.cache.checksum import view_crc
 from frs_cli.errors import StorageError
 
 ALIGN = 64  # byte alignment of each array inside a slot
-
-
-def view_crc(values: np.ndarray, scale: np.ndarray | None = None) -> int:
-    """CRC-32 of one view's stored array (features or mask), continued over its scales when it has them."""
-    crc = zlib.crc32(memoryview(np.ascontiguousarray(values)).cast("B"))  # no copy; the GIL is released
-    return crc if scale is None else zlib.crc32(memoryview(np.ascontiguousarray(scale)).cast("B"), crc)
 
 
 def _runs(rows: list[int]) -> list[tuple[int, int, int]]:

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from frs_cli.cache.backend import open_backend
+from frs_cli.cache.checksum import view_crc
 from frs_cli.cache.reader import TeacherCache, required_cache_arrays
 from frs_cli.cache.schema import SCALED_DTYPES, VIEW_NAMES
-from frs_cli.cache.shard_writer import view_crc
 from frs_cli.progress import NullProgress, Progress
 
 MISSING, UNREADABLE, CHECKSUM = "missing", "unreadable", "checksum mismatch"
