@@ -45,6 +45,27 @@ def spikes(path: Path, window: int = 50, factor: float = 3.0) -> dict:
     return out
 
 
+def classification_bump(path: Path, warmup: int = 100, before: int = 15, after: int = 40) -> dict | None:
+    """How far the student's own classification loss rises where the warm-ups end: its largest value over the
+    ``after`` iterations from ``warmup`` on, over its smallest in the ``before`` iterations up to it (1.0: no
+    rise). None for a run too short to tell."""
+    cls = {r["iter"]: r["classification"] for r in rows(path)}
+    low = [cls[i] for i in range(warmup - before, warmup) if i in cls]
+    high = [(cls[i], i) for i in range(warmup, warmup + after) if i in cls]
+    if not low or not high:
+        return None
+    peak, at = max(high)
+    return {"ratio": peak / min(low), "peak": peak, "iter": at}
+
+
+def warmup_of(run_dir: Path) -> int:
+    """The students' LR warm-up in the recipe a claim call wrote (``claim.toml``), 100 when it is not there."""
+    import tomllib
+
+    recipe = run_dir / "claim.toml"
+    return tomllib.loads(recipe.read_text()).get("train", {}).get("warmup_iters", 100) if recipe.exists() else 100
+
+
 def load(run_dirs: list[Path]) -> tuple[dict, dict[str, dict], dict[str, Path], dict[str, list[float]]]:
     """Pool the runs of ``run_dirs``: (first summary, runs by name, metrics file by name, APs of repeated runs)."""
     summaries = [json.loads((d / "summary.json").read_text()) for d in run_dirs]
@@ -144,6 +165,9 @@ def main(run_dirs: list[Path]) -> dict:
         if name.rpartition("_s")[0] in ("b_frs_cache", "c_frs_online", "d_gt_boxes"):
             runs[name] = spikes(f)
     variants = {n: variant_report(n, r, metrics) for n, r in sorted(all_runs.items()) if "+" in n}
+    warmup = warmup_of(run_dirs[-1])
+    bumps = {n: classification_bump(f, warmup) for n, f in sorted(metrics.items())
+             if n.rpartition("_s")[0] in KINDS}
     spiked = sorted(n for n, terms in runs.items() if any(t["spikes"] for t in terms.values()))
     verdicts = {}
     if "ci95" in diff:
@@ -161,7 +185,8 @@ def main(run_dirs: list[Path]) -> dict:
     verdicts["no spike in at least 10 FRS runs"] = "met" if len(runs) >= 10 and not spiked else "missed"
     result = {"sources": [str(d) for d in run_dirs], "device": summary.get("device"), "date": summary.get("date"),
               "ap": stats, "cached_minus_online": diff, "fresh_runs_checked_for_spikes": sorted(runs),
-              "spiked": spiked, "loss_peaks": runs, "repeated_runs_ap": repeats, "variants": variants,
+              "spiked": spiked, "loss_peaks": runs,
+              "classification_bump": {"warmup_iters": warmup, "runs": bumps}, "repeated_runs_ap": repeats, "variants": variants,
               "verdicts": verdicts}
     (run_dirs[-1] / "verdicts.json").write_text(json.dumps(result, indent=1))
     print("| variant | n | AP per seed | mean ± sd | worst |\n|---|---|---|---|---|")
@@ -177,6 +202,12 @@ def main(run_dirs: list[Path]) -> dict:
     for name, terms in runs.items():
         print(f"  {name}: " + ", ".join(f"{t} max {v['max']:.3g} ({len(v['spikes'])} spike iterations)"
                                        for t, v in terms.items()))
+    if any(bumps.values()):
+        print(f"\nclassification loss where the warm-ups end: peak over iterations {warmup}-{warmup + 39} / "
+              f"lowest over {warmup - 15}-{warmup - 1}")
+        for name, b in bumps.items():
+            if b:
+                print(f"  {name}: {b['ratio']:.2f} (peak {b['peak']:.3f} at iteration {b['iter']})")
     for name, ap_values in repeats.items():
         print(f"  repeated {name}: AP {', '.join(f'{v:.2f}' for v in ap_values)}")
     if variants:

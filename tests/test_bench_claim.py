@@ -91,3 +91,16 @@ def test_verdicts_refuse_directories_of_different_teachers(tmp_path):
     second = _run_dir(tmp_path / "two", 0.31, {"c_frs_online_s0": 30.0})
     with pytest.raises(SystemExit, match="expected one teacher"):
         verdicts.main([first, second])
+
+
+def test_classification_bump_is_the_peak_after_the_warmup_over_the_low_before_it(tmp_path):
+    cls = [1.0 - 0.004 * i for i in range(60)] + [0.9, 1.1, 0.95] + [0.8] * 37  # low 0.824 at 59, peak 1.1 at 61
+    path = tmp_path / "c_frs_online_s1.metrics.jsonl"
+    path.write_text("".join(json.dumps({"iter": i, "classification": c}) + "\n" for i, c in enumerate(cls)))
+    bump = verdicts.classification_bump(path, warmup=60)
+    assert bump["iter"] == 61 and bump["peak"] == pytest.approx(1.1)
+    assert bump["ratio"] == pytest.approx(1.1 / (1.0 - 0.004 * 59))
+    assert verdicts.classification_bump(path, warmup=200) is None  # no iterations after a warm-up that long
+    (tmp_path / "claim.toml").write_text("[train]\nwarmup_iters = 60\n")
+    assert verdicts.warmup_of(tmp_path) == 60
+    assert verdicts.warmup_of(tmp_path / "elsewhere") == 100
