@@ -287,6 +287,16 @@ def test_a_run_resumed_mid_epoch_steps_through_the_batches_of_an_uninterrupted_r
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
 
+def test_a_resume_may_not_change_the_switch(mixed_recipe, tmp_path):
+    from frs_cli.errors import ConfigError
+
+    out = tmp_path / "run"
+    train_detector(load_recipe(mixed_recipe), "student", out, ctx=setup("cpu"), evaluate=False)
+    off = load_recipe(mixed_recipe, ["train.epochs=2", "train.group_by_canvas=false"])
+    with pytest.raises(ConfigError, match=r"started with another recipe: train.group_by_canvas = true, now false"):
+        train_detector(off, "student", out, ctx=setup("cpu"), evaluate=False, resume=True)
+
+
 def _expected_batches(recipe, coco, views, grouped: bool, epochs: int) -> list[list[int]]:
     """The image ids of every batch the run should step through, from the sampler alone."""
     s = CanvasBatchSampler(ViewSampler(len(coco), views, seed=recipe.train.seed), recipe.train.batch_size,

@@ -31,7 +31,8 @@ def view_canvases(dataset, views: Iterable[str]) -> dict[Key, tuple[int, int]]:
     """``{(position, view): (padded_h, padded_w)}`` for every image of ``dataset`` in each of ``views``.
 
     ``dataset.geometry_of(position, view)`` gives each view's geometry from the annotation sizes alone (no image
-    is decoded). Computed once per dataset: about 0.6 s for COCO's 118 000 images in two views on one core.
+    is decoded). Computed once per dataset: about 3 µs a key on the development VM's CPU, 0.7 s for COCO's
+    118 000 images in two views.
     """
     unique = tuple(dict.fromkeys(views))
     return {(p, v): dataset.geometry_of(p, v).padded_size for p in range(len(dataset)) for v in unique}
