@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import cpu_name  # noqa: E402
+from speed import cpu_name
 
 
 def batch_pixels(geoms) -> tuple[int, int, int, int]:

@@ -5,12 +5,13 @@ import json
 import os
 import signal
 from collections import Counter
+from itertools import pairwise
 
 import pytest
 import torch
+from conftest import MIXED_GEOMETRY, save_random_model, write_recipe
 from typer.testing import CliRunner
 
-from conftest import MIXED_GEOMETRY, save_random_model, write_recipe
 from frs_cli.cli.app import app
 from frs_cli.config import load_recipe
 from frs_cli.data.canvas_batches import CanvasBatchSampler, canvas_batches, view_canvases
@@ -74,7 +75,7 @@ def test_every_batch_but_the_leftovers_holds_one_canvas_and_the_count_is_len_ove
     # the leftovers: fewer than a batch of each canvas, chained canvas by canvas, so a canvas runs contiguously
     tail = [table[k] for b in batches[grouped:] for k in b]
     assert all(c < batch_size for c in Counter(tail).values())
-    assert sum(a != b for a, b in zip(tail, tail[1:])) <= len(set(tail)) - 1
+    assert sum(a != b for a, b in pairwise(tail)) <= len(set(tail)) - 1
     assert len(batches) - grouped <= len(SIZES) - 1  # at most (canvases - 1) batches cut from the leftovers
 
 
