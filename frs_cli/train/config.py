@@ -23,6 +23,7 @@ class TrainConfig:
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
     amp_dtype: Literal["bfloat16", "float16"] = "bfloat16"  # autocast dtype on CUDA
     hflip_prob: float = 0.5  # chance of a horizontal flip per image and epoch (GT training and online FRS)
+    group_by_canvas: bool = True  # batches of one canvas (padded size) where the epoch allows; false: plain batches
     workers: int = 2  # DataLoader worker processes per process
     seed: int = 0  # seeds model init, data order and flips
     eval_every: int = 0  # evaluate on the val split every N epochs (0: only after the last)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from frs_cli.data.canvas_batches import CanvasBatchSampler, view_canvases
 from frs_cli.data.coco import Batch, ViewSampler, collate
 from frs_cli.dist import DistContext, mean_across
 from frs_cli.errors import TrainingError
@@ -88,10 +89,9 @@ def autocast_context(device: torch.device, enabled: bool, dtype_name: str):
     return torch.autocast(device.type, dtype=dtype, enabled=enabled and device.type == "cuda")
 
 
-def make_loader(dataset, sampler, batch_size: int, workers: int, device: torch.device, drop_last: bool = True):
+def make_loader(dataset, batches: CanvasBatchSampler, workers: int, device: torch.device):
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
-        pin_memory=device.type == "cuda", drop_last=drop_last,
+        dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda",
         persistent_workers=False, prefetch_factor=4 if workers > 0 else None,
     )
 
@@ -101,16 +101,18 @@ class Trainer:
 
     Hooks read its public fields: ``epoch`` (0-based, the epoch running), ``step`` (steps done in it),
     ``iteration``, ``last`` (the latest ``StepRecord``), ``eval_metrics``, ``finished``, and ``objective``,
-    ``optimizer``, ``scheduler``, ``scaler``, ``cfg``, ``ctx``, ``iters_per_epoch``.
+    ``optimizer``, ``scheduler``, ``scaler``, ``cfg``, ``ctx``, ``iters_per_epoch``, ``batches`` (the epoch's
+    batches of keys). With ``cfg.group_by_canvas`` the dataset also gives ``geometry_of(position, view)``.
     """
 
     def __init__(self, objective: Objective, dataset, cfg: TrainConfig, ctx: DistContext, views: Sequence[str]):
         self.cfg, self.ctx, self.dataset = cfg, ctx, dataset
-        self.sampler = ViewSampler(len(dataset), views, shuffle=True, seed=cfg.seed, rank=ctx.rank,
-                                   world_size=ctx.world_size)
-        self.iters_per_epoch = len(self.sampler) // cfg.batch_size
+        sampler = ViewSampler(len(dataset), views, shuffle=True, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size)
+        canvases = view_canvases(dataset, views) if cfg.group_by_canvas else None
+        self.batches = CanvasBatchSampler(sampler, cfg.batch_size, canvases)
+        self.iters_per_epoch = len(self.batches)
         if self.iters_per_epoch < 1:
-            raise TrainingError(f"train: {len(self.sampler)} images per process is fewer than one batch of "
+            raise TrainingError(f"train: {len(sampler)} images per process is fewer than one batch of "
                                 f"{cfg.batch_size}", hint="lower train.batch_size or use more images")
         self.objective = objective.to(ctx.device)
         self.optimizer = build_optimizer(objective.parameters(), cfg)
@@ -152,8 +154,8 @@ class Trainer:
 
     def run_epoch(self, hooks: Sequence[Hook]) -> None:
         """The steps of ``self.epoch`` from ``self.step`` on, each followed by the hooks' ``after_step``."""
-        self.sampler.set_epoch(self.epoch, start=self.step * self.cfg.batch_size)
-        batches = iter(make_loader(self.dataset, self.sampler, self.cfg.batch_size, self.cfg.workers, self.ctx.device))
+        self.batches.set_epoch(self.epoch, start=self.step * self.cfg.batch_size)
+        batches = iter(make_loader(self.dataset, self.batches, self.cfg.workers, self.ctx.device))
         self.model.train()
         t_prev = time.perf_counter()
         while self.step < self.iters_per_epoch:

@@ -1,0 +1,104 @@
+"""Training batches of one canvas: the epoch's views grouped by their padded size (aspect-ratio grouping).
+
+A batch pads its images to the largest of them, and the teacher side of distillation runs once per canvas in a
+batch (``frs_cli.train.canvas``). When every batch holds one canvas, the student's batch carries no padding
+beyond each view's own stride multiple and the teacher (or the cached head) runs once per batch. Detection
+libraries group batches by aspect ratio for the same reason; the cache's size buckets are these groups.
+
+The epoch's order is ``ViewSampler``'s: the same seed, epoch, per-rank split and views. Its items stream in that
+order into one queue per canvas; a queue that reaches the batch size is yielded as a batch and starts again. At
+the epoch's end the leftovers (fewer than a batch in each queue) are chained queue by queue, in the order the
+canvases first appeared in the epoch, and cut into full batches, which may mix canvases; the last partial
+batch is dropped. An epoch therefore has exactly ``len(items) // batch_size`` batches, as plain batching gives
+(the LR schedule counts on it), and on a dataset of one canvas the batches are plain batching's, key for key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Iterator, Mapping
+
+import torch
+
+from frs_cli.data.coco import ViewSampler
+from frs_cli.errors import DataError
+
+__all__ = ["CanvasBatchSampler", "canvas_batches", "view_canvases"]
+
+Key = tuple[int, str]  # (position, view), a CocoViews index
+
+
+def view_canvases(dataset, views: Iterable[str]) -> dict[Key, tuple[int, int]]:
+    """``{(position, view): (padded_h, padded_w)}`` for every image of ``dataset`` in each of ``views``.
+
+    ``dataset.geometry_of(position, view)`` gives each view's geometry from the annotation sizes alone (no image
+    is decoded). Computed once per dataset: about 3 µs a key on the development VM's CPU, 0.7 s for COCO's
+    118 000 images in two views.
+    """
+    unique = tuple(dict.fromkeys(views))
+    return {(p, v): dataset.geometry_of(p, v).padded_size for p in range(len(dataset)) for v in unique}
+
+
+def canvas_batches(items: Iterable[Key], canvas_of, batch_size: int) -> list[list[Key]]:
+    """``items`` in order -> full batches, each of one canvas but those cut from the leftovers (module docstring).
+
+    ``canvas_of(key)`` is any hashable label of the key's canvas; ``len(result) == len(items) // batch_size``.
+    """
+    queues: dict[Hashable, list[Key]] = {}  # insertion order: the order the canvases first appeared
+    batches: list[list[Key]] = []
+    for key in items:
+        queue = queues.setdefault(canvas_of(key), [])
+        queue.append(key)
+        if len(queue) == batch_size:
+            batches.append(queue.copy())
+            queue.clear()
+    leftovers = [key for queue in queues.values() for key in queue]
+    full = len(leftovers) - len(leftovers) % batch_size  # the partial tail is dropped, as drop_last does
+    batches.extend(leftovers[i : i + batch_size] for i in range(0, full, batch_size))
+    return batches
+
+
+class CanvasBatchSampler(torch.utils.data.Sampler):
+    """Lists of ``(position, view)`` keys for a DataLoader's ``batch_sampler``, one canvas per batch.
+
+    Args:
+        sampler: the epoch's item order (seed, epoch, rank split, views); this object owns its ``set_epoch``.
+        batch_size: keys per batch (per process).
+        canvases: each key's canvas (``view_canvases``); ``None`` treats every key as one canvas, which gives
+            plain batching: consecutive runs of ``batch_size`` items, the last partial one dropped.
+
+    ``set_epoch(epoch, start)`` keeps ``ViewSampler``'s meaning: ``start`` items of this rank's epoch are done
+    (the trainer passes steps done × batch size), so the batches yielded are the epoch's from batch
+    ``start // batch_size`` on, and a run resumed mid-epoch sees exactly the batches it had not seen.
+    """
+
+    def __init__(self, sampler: ViewSampler, batch_size: int, canvases: Mapping[Key, Hashable] | None = None):
+        if batch_size < 1:
+            raise DataError(f"batch size: expected an integer >= 1, got {batch_size}")
+        if canvases is not None:
+            missing = next(((p, v) for p in range(sampler.num_images) for v in sampler.views
+                            if (p, v) not in canvases), None)
+            if missing is not None:
+                raise DataError(f"canvases: expected one for every view the sampler yields, {missing} has none")
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.canvases = canvases
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        if start % self.batch_size:
+            raise DataError(f"start: expected a whole number of batches of {self.batch_size} items, got {start}")
+        self.epoch = epoch
+        self.start = start
+
+    def epoch_batches(self) -> list[list[Key]]:
+        """Every batch of this rank's epoch, from its first (``start`` aside)."""
+        self.sampler.set_epoch(self.epoch)
+        canvas_of = (lambda key: None) if self.canvases is None else self.canvases.__getitem__
+        return canvas_batches(self.sampler, canvas_of, self.batch_size)
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.batch_size
+
+    def __iter__(self) -> Iterator[list[Key]]:
+        return iter(self.epoch_batches()[self.start // self.batch_size :])
