@@ -374,3 +374,25 @@ def test_a_switch_that_is_no_bool_is_one_line(mixed_recipe, tmp_path):
                                       str(tmp_path / "run"), "--device", "cpu", "--set", "train.group_by_canvas=1"])
     assert_one_line_error(result, "recipe key 'train.group_by_canvas': expected bool, got int 1")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_from_before_the_switch_resumes_only_with_plain_batches(mixed_recipe, tmp_path):
+    """A recipe.json without train.group_by_canvas is a run whose batches mixed canvases: resuming it grouped would
+    see some views twice in the epoch and others never, so the resume must ask for the plain batches it had."""
+    import json
+
+    from frs_cli.errors import ConfigError
+
+    out = tmp_path / "run"
+    plain = load_recipe(mixed_recipe, ["train.group_by_canvas=false"])
+    train_detector(plain, "student", out, ctx=setup("cpu"), evaluate=False)
+    recorded = json.loads((out / "recipe.json").read_text())
+    del recorded["train"]["group_by_canvas"]  # as an older frs wrote it
+    (out / "recipe.json").write_text(json.dumps(recorded))
+    longer = load_recipe(mixed_recipe, ["train.epochs=2"])
+    with pytest.raises(ConfigError, match=r"started with another recipe: train.group_by_canvas = false, now true"):
+        train_detector(longer, "student", out, ctx=setup("cpu"), evaluate=False, resume=True)
+    resumed = load_recipe(mixed_recipe, ["train.epochs=2", "train.group_by_canvas=false"])
+    train_detector(resumed, "student", out, ctx=setup("cpu"), evaluate=False, resume=True)
+    assert json.loads((out / "recipe.json").read_text())["train"]["group_by_canvas"] is False
+    assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()][-1] == 2

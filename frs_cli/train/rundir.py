@@ -27,6 +27,9 @@ METRICS = "metrics.jsonl"
 EARLY_FILES = (RECIPE, METRICS)
 # keys of the run's schedule table that --resume may change (the saved state does not depend on them)
 RESUMABLE = ("epochs", "workers", "log_every", "eval_every", "checkpoint_every")
+# keys a newer frs added whose default changes what a run does: the value a run whose recipe.json predates the key
+# had in effect (batches mixed canvases before train.group_by_canvas); a resume compares against it
+BEFORE_THE_KEY = {"train.group_by_canvas": False, "teacher_train.group_by_canvas": False}
 # recipe tables each job reads; keys of the other tables do not touch the run
 JOB_TABLES = {
     "train teacher": ("data", "geometry", "teacher", "teacher_train"),
@@ -111,7 +114,9 @@ def resume_changes(out_dir: Path, recipe_dict: dict, job: str) -> dict[str, tupl
     tables = JOB_TABLES[job]
     schedule = "teacher_train" if job == "train teacher" else "train"
     old, new = _normal(stored), _normal(recipe_dict)
-    # keys the stored recipe lacks are settings a newer frs added (their defaults); they are recorded, not refused
+    old.update({k: v for k, v in BEFORE_THE_KEY.items() if k not in old and k in new})
+    # other keys the stored recipe lacks are settings a newer frs added that change nothing a run did (their
+    # defaults); they are recorded, not refused
     changed = {k: (old[k], new.get(k)) for k in old if k in new and old[k] != new[k]}
     relevant = {k: v for k, v in changed.items() if k.split(".")[0] in tables and k not in IGNORED}
     refused = {k: v for k, v in relevant.items() if k not in {f"{schedule}.{r}" for r in RESUMABLE}}
