@@ -16,7 +16,7 @@ after every measurement (a call cut short keeps what it measured):
    cold one (``sync; echo 3 > /proc/sys/vm/drop_caches`` before the loader starts; needs root, else skipped and
    recorded as such). Each row: --warmup steps, then --steps timed steps with the real DataLoader (--workers,
    --prefetch batches per worker; one loader over epoch after epoch of the S views, so worker start-up is not
-   timed, as in the plain row); median and mean step, mean and
+   timed, as in the plain row; batches of one canvas, as training batches by default); median and mean step, mean and
    median share of the step spent waiting for data, and the read bandwidth the step needs (cache bytes per view x
    batch / plain step) beside the disk's;
 5. the first dtype's warm step at the largest size with each --worker-sweep worker count, and fp16's read through
@@ -118,6 +118,8 @@ def main() -> None:
     p.add_argument("--budget-s", type=float, default=480, help="start no new step row after this many seconds")
     p.add_argument("--cold", action=argparse.BooleanOptionalAction, default=True,
                    help="also time every cached row after dropping the page cache (root)")
+    p.add_argument("--group-by-canvas", action=argparse.BooleanOptionalAction, default=True,
+                   help="batches of one canvas, as train.group_by_canvas (the default) gives every row")
     p.add_argument("--smoke", action="store_true", help="tiny models and sizes on the CPU (tests)")
     args = p.parse_args()
     if args.smoke:
@@ -306,6 +308,15 @@ def write_cache(args, tname: str, data: Path, base: dict, dtype: str, ctx, row: 
     return path, recipe
 
 
+def canvas_of(args, coco):
+    """A key's canvas when the steps batch by canvas (``--group-by-canvas``, as training does by default), else None."""
+    if not args.group_by_canvas:
+        return None
+    from frs_cli.data.canvas_batches import view_canvases
+
+    return view_canvases(coco, ("orig", "hflip")).__getitem__
+
+
 def warm_images(coco, num_views: int) -> None:
     """Read the image files of the first ``num_views`` views once (into the page cache)."""
     for rec in coco.index.records[: num_views // 2]:
@@ -322,25 +333,29 @@ def epochs(num_views: int, seed: int = 0):
         yield list(keys)
 
 
-def keys_for(num_views: int, count: int) -> list:
-    """The first ``count`` keys of shuffled epochs over ``num_views`` views, one epoch after another: one loader
+def batches_for(num_views: int, count: int, batch: int, canvas_of=None) -> list[list]:
+    """The first ``count`` batches of shuffled epochs over ``num_views`` views, one epoch after another: one loader
     reads them all, so no worker restarts between epochs (the plain and online rows, over the whole split, have
-    none either)."""
+    none either). With ``canvas_of`` (a key's canvas), each epoch's batches are grouped by canvas as the trainer's
+    (``train.group_by_canvas``); else consecutive keys."""
+    from frs_cli.data.canvas_batches import canvas_batches
+
+    label = canvas_of if canvas_of is not None else (lambda key: 0)
     out = []
     for epoch in epochs(num_views):
-        out += epoch
+        out += canvas_batches(epoch, label, batch)
         if len(out) >= count:
             return out[:count]
 
 
-def _loader(args, dataset, keys, dev):
+def _loader(args, dataset, batches, dev):
     import torch
 
     from frs_cli.data.coco import ListSampler, collate
 
-    return torch.utils.data.DataLoader(dataset, batch_size=args.batch, sampler=ListSampler(keys),
-                                       num_workers=args.workers, collate_fn=collate, pin_memory=dev.type == "cuda",
-                                       drop_last=True, prefetch_factor=args.prefetch if args.workers else None)
+    return torch.utils.data.DataLoader(dataset, batch_sampler=ListSampler(batches), num_workers=args.workers,
+                                       collate_fn=collate, pin_memory=dev.type == "cuda",
+                                       prefetch_factor=args.prefetch if args.workers else None)
 
 
 def _store(path: str, direct: bool):
@@ -360,7 +375,8 @@ def loader_rate(args, path: str, coco, num_views: int, direct: bool = True) -> f
 
     ds = CachedViews(coco, _store(path, direct))
     t, n = time.perf_counter(), 0
-    for b in _loader(args, ds, next(epochs(num_views)), torch.device("cpu")):
+    for b in _loader(args, ds, batches_for(num_views, num_views // args.batch, args.batch, canvas_of(args, coco)),
+                     torch.device("cpu")):
         n += len(b.image_ids)
     return n / (time.perf_counter() - t)
 
@@ -377,7 +393,8 @@ def time_steps(args, mode: str, recipe, sname: str, coco, num_views: int, path: 
     store = _store(path, direct) if mode not in ("plain", "online") else None
     obj, ds = step_objective(mode, student, recipe, coco, coco.index.num_classes, store)
     ahead = args.workers * args.prefetch if args.workers else 0
-    it = iter(_loader(args, ds, keys_for(num_views, (args.warmup + args.steps + ahead + 1) * args.batch), dev))
+    count = args.warmup + args.steps + ahead + 1
+    it = iter(_loader(args, ds, batches_for(num_views, count, args.batch, canvas_of(args, coco)), dev))
     steps, waits, _ = timed_steps(obj, it, dev, amp, args.warmup, args.steps)
     del it, obj, student
     if dev.type == "cuda":

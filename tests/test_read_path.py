@@ -275,3 +275,16 @@ def test_nbytes_stored_of_a_local_cache_sums_its_files_as_zarr_counts_them(cache
     b = ZarrBackend(cache_path)
     for group in ("", "buckets", "index"):
         assert b.nbytes_stored(group) == sum(int(arr.nbytes_stored()) for _, arr in b.walk(group)) > 0
+
+
+def test_cached_step_bench_batches_by_canvas_as_training_does_or_consecutively():
+    step = _bench("cached_step")
+    canvas = {(p, v): (64, 96) if p % 3 else (96, 64) for p in range(12) for v in ("orig", "hflip")}
+    grouped = step.batches_for(24, 9, 4, canvas.__getitem__)
+    plain = step.batches_for(24, 9, 4)
+    assert [len(b) for b in grouped] == [4] * 9 and [len(b) for b in plain] == [4] * 9
+    first_epoch = [k for b in grouped[:6] for k in b]
+    assert sorted(first_epoch) == sorted(canvas)  # six batches are one epoch of the 24 views, each once
+    assert sum(len({canvas[k] for k in b}) > 1 for b in grouped[:6]) <= 1  # two canvases: at most one leftover mix
+    assert sum(len({canvas[k] for k in b}) > 1 for b in plain[:6]) >= 3  # a shuffled epoch mixes most batches
+    assert [k for b in plain[:6] for k in b] == next(step.epochs(24))  # consecutive keys of the same epoch order
