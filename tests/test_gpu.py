@@ -21,7 +21,7 @@ def test_cache_written_on_gpu_matches_the_cpu_cache_within_bf16(cache_path, synt
     assert gpu.fingerprints == cpu.fingerprints
     for k in range(0, len(cpu), 7):
         a, b = gpu.read(k), cpu.read(k)
-        for fa, fb in zip(a["features"], b["features"]):
+        for fa, fb in zip(a.features, b.features):
             rel = (fa.float() - fb.float()).norm() / fb.float().norm()
             assert rel < 3e-2, rel  # bf16 autocast in the teacher vs fp32
 
@@ -83,7 +83,7 @@ def test_gpu_writer_stores_each_batch_whole_after_its_side_stream_copy(synth_roo
         batch = collate([coco[(coco.index.image_ids.index(int(cache.image_id[k])), view)]]).to("cuda")
         with torch.no_grad():
             want = teacher(batch.images, batch.image_sizes, detect=False).features
-        got = cache.read(k)["features"]
+        got = cache.read(k).features
         for g, w in zip(got, want):
             w = w[0].float().cpu()
             # float32 stores the value, int5 is within half its step (max|x_c| / 15 / 2) of it; on top, TF32
