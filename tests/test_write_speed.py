@@ -209,7 +209,7 @@ def _assert_same_within_one_step(got, want, name="") -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("dtype", ["int8", "int5", "float16"])
+@pytest.mark.parametrize("dtype", ["int8", "int5", "float16", "bfloat16"])
 def test_cuda_graph_replays_give_the_eager_pass_for_every_batch(dtype):
     """Two batch shapes, each seen three times: the replays hold each batch's own values (not the capture's, not
     the previous batch's), those of the same pass run eagerly."""
