@@ -37,8 +37,10 @@ def timed(fn, reps: int, device: torch.device) -> float:
 
 
 def main() -> None:
+    from frs_cli.cache.encoding import FeatureEncoding
     from frs_cli.data.coco import Batch
     from frs_cli.data.geometry import GeometryConfig, compute_geometry, pad_batch
+    from frs_cli.data.targets import CachedTargets
     from frs_cli.models import ModelConfig, build_detector
     from frs_cli.train.objectives import CachedTeacher, OnlineTeacher, teacher_autocast
 
@@ -68,8 +70,8 @@ def main() -> None:
 
     out = batch_canvas()
     feats = [f.to(torch.float16) for f in out.features]
-    batch.teacher = {"features": feats, "masks": [torch.zeros(f.shape[0], *f.shape[-2:], device=device) for f in feats]}
-    cached = CachedTeacher(teacher.cls_head(), teacher.strides, "float16", autocast=True)
+    batch.teacher = CachedTargets(feats, [torch.zeros(f.shape[0], *f.shape[-2:], device=device) for f in feats])
+    cached = CachedTeacher(teacher.cls_head(), teacher.strides, FeatureEncoding("float16"), autocast=True)
     head = teacher.cls_head()
 
     def head_on_batch_grid():

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from numcodecs import Blosc, Zstd
 
-from frs_cli.cache.store import decode, encode
+from frs_cli.cache.encoding import FeatureEncoding
 from frs_cli.data.coco import CocoViews, DataConfig, collate
 from frs_cli.data.geometry import GeometryConfig
 from frs_cli.losses import FeatureAdapter, feature_loss, frs_masks, head_loss
@@ -84,9 +84,10 @@ def main() -> None:
         exact = losses([f.float() for f in ref.features])
         rows = {}
         for enc in ENCODINGS:
-            coded = [encode(f, enc) for f in ref.features]  # per level ((B, C', H, W), (B, C) or None)
-            got = losses([decode(d, enc, s).float() for d, s in coded])
-            coded = [(d.numpy(), None if s is None else s.numpy()) for d, s in coded]
+            encoding = FeatureEncoding(enc)
+            coded = [encoding.encode(f) for f in ref.features]  # per level ((B, C', H, W), (B, C) or None)
+            got = losses([encoding.decode(d, s).float() for d, s in coded])
+            coded = [(encoding.to_numpy(d), None if s is None else s.numpy()) for d, s in coded]
             per_view = {}
             positions = sum(f.shape[-2] * f.shape[-1] for f in ref.features)
             per_value = sum(d.nbytes for d, _ in coded) / sum(f.numel() for f in ref.features)  # packed: bits / 8

@@ -1,4 +1,4 @@
-"""Time ``store.pack`` / ``store.unpack`` and a whole-batch encode/decode per encoding, on the GPU if there is one.
+"""Time ``FeatureEncoding.pack`` / ``unpack`` and a whole-batch encode/decode per encoding, on the GPU if there is one.
 
 A batch of 8 views at 800x1088 (P3-P7, 256 channels) of random codes. Example:
 
@@ -11,8 +11,7 @@ import time
 
 import torch
 
-from frs_cli.cache.schema import PACKED_BITS
-from frs_cli.cache.store import decode, encode, pack, unpack
+from frs_cli.cache.encoding import FeatureEncoding
 
 
 def timed(fn, repeats: int = 10) -> float:
@@ -32,16 +31,16 @@ def main() -> None:
     sizes = [(100, 136), (50, 68), (25, 34), (13, 17), (7, 9)]
     feats = [torch.randn(8, 256, h, w, device=dev) for h, w in sizes]
     print(f"{torch.cuda.get_device_name(0) if dev == 'cuda' else 'cpu'}, batch of 8 views at 800x1088, ms per batch")
-    for dtype in ("int8", *PACKED_BITS):
-        coded = [encode(f, dtype) for f in feats]
-        row = {"encode": timed(lambda: [encode(f, dtype) for f in feats]),  # noqa: B023
-               "decode": timed(lambda: [decode(d, dtype, s) for d, s in coded])}  # noqa: B023
-        if dtype in PACKED_BITS:
-            bits = PACKED_BITS[dtype]
+    for dtype in ("int8", "int6", "int5", "int4"):
+        enc = FeatureEncoding(dtype)
+        coded = [enc.encode(f) for f in feats]
+        row = {"encode": timed(lambda: [enc.encode(f) for f in feats]),  # noqa: B023
+               "decode": timed(lambda: [enc.decode(d, s) for d, s in coded])}  # noqa: B023
+        if enc.packed:
             codes = [torch.randint(-3, 4, f.shape, dtype=torch.int8, device=dev) for f in feats]
-            packed = [pack(c, bits) for c in codes]
-            row["pack"] = timed(lambda: [pack(c, bits) for c in codes])  # noqa: B023
-            row["unpack"] = timed(lambda: [unpack(p, bits) for p in packed])  # noqa: B023
+            packed = [enc.pack(c) for c in codes]
+            row["pack"] = timed(lambda: [enc.pack(c) for c in codes])  # noqa: B023
+            row["unpack"] = timed(lambda: [enc.unpack(p) for p in packed])  # noqa: B023
         print(dtype, {k: round(v, 2) for k, v in row.items()}, flush=True)
 
 

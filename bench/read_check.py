@@ -34,15 +34,16 @@ def _write(root: Path, sizes, dtype: str, views: int):
     arrays per level and the checksum table."""
     import zarr
 
+    from frs_cli.cache.encoding import FeatureEncoding
     from frs_cli.cache.shard_writer import view_crc
-    from frs_cli.cache.store import encode
 
     g = zarr.open_group(str(root), mode="w")
     levels, crcs = [], np.zeros((views, 2 * len(sizes)), dtype=np.uint32)
     gen = torch.Generator().manual_seed(0)
     for lv, (h, w) in enumerate(sizes):
-        data, scale = encode(torch.randn(views, 256, h, w, generator=gen), dtype)
-        data, mask = data.numpy(), torch.rand(views, h, w, generator=gen).half().numpy()
+        enc = FeatureEncoding(dtype)
+        data, scale = enc.encode(torch.randn(views, 256, h, w, generator=gen))
+        data, mask = enc.to_numpy(data), torch.rand(views, h, w, generator=gen).half().numpy()
         scale = None if scale is None else scale.numpy()
         f = g.create_array(f"P{lv}/features", shape=data.shape, chunks=(1, *data.shape[1:]),
                            shards=(8, *data.shape[1:]), dtype=data.dtype, compressors=None)
@@ -65,8 +66,9 @@ def _write(root: Path, sizes, dtype: str, views: int):
 def _time_reads(levels, crcs, dtype: str, check: bool, views: int, repeats: int) -> float:
     """Mean ms per view to read all its arrays (and check them when ``check``)."""
     from frs_cli.cache.checksum import view_crc
-    from frs_cli.cache.reader import _finite
+    from frs_cli.cache.encoding import FeatureEncoding, finite
 
+    enc = FeatureEncoding(dtype)
     t = time.perf_counter()
     for _ in range(repeats):
         for k in range(views):
@@ -75,15 +77,16 @@ def _time_reads(levels, crcs, dtype: str, check: bool, views: int, repeats: int)
                 scale = None if s is None else np.ascontiguousarray(s[k])
                 if check:  # what check_view does
                     assert view_crc(feats, scale) == crcs[k, 2 * lv] and view_crc(mask) == crcs[k, 2 * lv + 1]
-                    assert all(_finite(a, dtype) for a in (feats, scale, mask) if a is not None)
+                    assert enc.finite(feats) and all(finite(a) for a in (scale, mask) if a is not None)
     return (time.perf_counter() - t) / (repeats * views) * 1e3
 
 
 def _time_check_alone(levels, crcs, dtype: str, views: int, repeats: int) -> float:
     """Mean ms per view for the check alone, on arrays already in memory."""
     from frs_cli.cache.checksum import view_crc
-    from frs_cli.cache.reader import _finite
+    from frs_cli.cache.encoding import FeatureEncoding, finite
 
+    enc = FeatureEncoding(dtype)
     held = [[(np.ascontiguousarray(f[k]), None if s is None else np.ascontiguousarray(s[k]),
               np.ascontiguousarray(m[k])) for f, s, m in levels] for k in range(views)]
     t = time.perf_counter()
@@ -91,7 +94,7 @@ def _time_check_alone(levels, crcs, dtype: str, views: int, repeats: int) -> flo
         for k in range(views):
             for lv, (feats, scale, mask) in enumerate(held[k]):
                 assert view_crc(feats, scale) == crcs[k, 2 * lv] and view_crc(mask) == crcs[k, 2 * lv + 1]
-                assert all(_finite(a, dtype) for a in (feats, scale, mask) if a is not None)
+                assert enc.finite(feats) and all(finite(a) for a in (scale, mask) if a is not None)
     return (time.perf_counter() - t) / (repeats * views) * 1e3
 
 

@@ -7,7 +7,7 @@ array through zarr-python; ``direct``: ``cache.direct``'s positional reads) meas
 
 - per view: store calls (zarr: calls into the store, of which shard-index reads; direct: preads, of which
   shard-index reads), objects (re)opened, bytes read, and milliseconds in each stage: store read, checks (CRC-32
-  + finiteness, ``check_view``), collate (``collate_teacher``, per view of a batch);
+  + finiteness, ``check_view``), collate (``CachedTargets.collate``, per view of a batch);
 - per process: opening the cache and its first bucket, and what the previous reader did once per process and
   epoch: read the bucket's whole ``crc`` table (its size grows with the cache);
 - a DataLoader epoch over a sample of views (``--workers`` processes started per epoch, as ``distill`` does).
@@ -151,10 +151,9 @@ class StoreCalls:
 
 # -- measurements ---------------------------------------------------------------------------------------------
 def per_view(cache, keys: list[int], batch: int) -> dict:
-    """Mean milliseconds per view in each stage of ``TeacherCache.read(raw=True)`` + ``collate_teacher``."""
+    """Mean milliseconds per view in each stage of ``TeacherCache.read(raw=True)`` + ``CachedTargets.collate``."""
     from frs_cli.cache.reader import check_view
-    from frs_cli.cache.schema import SCALED_DTYPES
-    from frs_cli.data.targets import collate_teacher
+    from frs_cli.data.targets import CachedTargets
 
     store = check = collate = 0.0
     items = []
@@ -170,12 +169,11 @@ def per_view(cache, keys: list[int], batch: int) -> dict:
         for lv, (f, s, m) in enumerate(got):
             check_view(cache, k, cache.levels[lv].name, f, s, m, crcs[2 * lv], crcs[2 * lv + 1])
         t2 = time.perf_counter()
-        item = {"features": [torch.from_numpy(f) for f, _, _ in got], "masks": [torch.from_numpy(m) for *_, m in got]}
-        if cache.dtype in SCALED_DTYPES:
-            item["scales"] = [torch.from_numpy(s) for _, s, _ in got]
-        items.append(item)
+        items.append(CachedTargets([cache.encoding.from_numpy(f) for f, _, _ in got],
+                                   [torch.from_numpy(m) for *_, m in got],
+                                   [torch.from_numpy(s) for _, s, _ in got] if cache.encoding.scaled else None))
         if len(items) == batch:
-            collate_teacher(items)
+            CachedTargets.collate(items)
             items = []
         t3 = time.perf_counter()
         store, check, collate = store + t1 - t0, check + t2 - t1, collate + t3 - t2
@@ -198,14 +196,14 @@ class _Views(torch.utils.data.Dataset):
 def loader_epoch(path: str, keys: list[int], direct: bool, workers: int, batch: int) -> dict:
     """Views per second of one DataLoader epoch over ``keys`` (workers started for it, as distill does)."""
     from frs_cli.cache.reader import TeacherCache
-    from frs_cli.data.targets import collate_teacher
+    from frs_cli.data.targets import CachedTargets
 
     cache = TeacherCache(path)
     cache.direct = direct
     loader = torch.utils.data.DataLoader(_Views(cache, keys), batch_size=batch, num_workers=workers,
-                                         collate_fn=collate_teacher, prefetch_factor=4 if workers else None)
+                                         collate_fn=CachedTargets.collate, prefetch_factor=4 if workers else None)
     t = time.perf_counter()
-    n = sum(len(b["masks"][0]) for b in loader)
+    n = sum(len(b.masks[0]) for b in loader)
     return {"views_per_s": n / (time.perf_counter() - t), "workers": workers}
 
 
@@ -255,21 +253,20 @@ def coco_collate(batch: int = 8) -> dict:
     """Milliseconds to collate one COCO-size fp16 batch in a worker and hand it over: old and new way."""
     import torch.utils.data as tud
 
-    from frs_cli.data.targets import collate_teacher
-
+    from frs_cli.data.targets import CachedTargets
 
     gen = torch.Generator().manual_seed(0)
     sizes = [[(h - (i % 2), w - (i % 3)) for h, w in COCO_LEVELS] for i in range(batch)]  # mixed grids: padding
-    items = [{"features": [torch.randn(256, h, w, generator=gen).half() for h, w in s],
-              "masks": [torch.rand(h, w, generator=gen).half() for h, w in s]} for s in sizes]
+    items = [CachedTargets([torch.randn(256, h, w, generator=gen).half() for h, w in s],
+                           [torch.rand(h, w, generator=gen).half() for h, w in s]) for s in sizes]
 
     def old():
         out = []
         for lv in range(len(COCO_LEVELS)):
-            h = max(it["features"][lv].shape[-2] for it in items)
-            w = max(it["features"][lv].shape[-1] for it in items)
+            h = max(it.features[lv].shape[-2] for it in items)
+            w = max(it.features[lv].shape[-1] for it in items)
             for key in ("features", "masks"):
-                parts = [it[key][lv] for it in items]
+                parts = [getattr(it, key)[lv] for it in items]
                 t = parts[0].new_zeros((batch, *parts[0].shape[:-2], h, w))
                 for i, p in enumerate(parts):
                     t[i, ..., : p.shape[-2], : p.shape[-1]] = p
@@ -280,12 +277,12 @@ def coco_collate(batch: int = 8) -> dict:
         original = tud.get_worker_info
         tud.get_worker_info = lambda: True  # as inside a worker: the batch goes to shared memory at once
         try:
-            out = collate_teacher(items)
+            out = CachedTargets.collate(items)
         finally:
             tud.get_worker_info = original
-        return out["features"] + out["masks"]
+        return out.features + out.masks
 
-    res = {"batch_MB": sum(t.nbytes for it in items for t in it["features"] + it["masks"]) / 1e6}
+    res = {"batch_MB": sum(t.nbytes for it in items for t in it.features + it.masks) / 1e6}
     for name, fn in (("old", old), ("new", new)):
         fn()
         times = []
@@ -324,7 +321,7 @@ def main() -> None:
     from frs_cli.cache.reader import TeacherCache
 
     view = TeacherCache(str(base)).read(0, raw=True)
-    res["view_bytes"] = sum(t.nbytes for key in view for t in view[key])
+    res["view_bytes"] = sum(t.nbytes for t in view.features + view.masks + (view.scales or []))
     for size in sizes:
         path = tile_cache(base, args.work / f"tiled_{args.dtype}_{size}.zarr", size // base_views)
         res["sizes"][size] = profile_size(path, size, args.sample, args.batch, args.workers, seed=size)

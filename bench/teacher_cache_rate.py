@@ -171,6 +171,7 @@ def measure_teacher(tname: str, args, dev, batches, res: dict) -> dict:
     """Inference and teacher-pass figures of one teacher (random weights, seed 0)."""
     import torch
 
+    from frs_cli.cache.encoding import FeatureEncoding
     from frs_cli.cache.teacher_pass import TeacherPass, cast_weights_once
     from frs_cli.models import ModelConfig, build_detector
 
@@ -194,7 +195,7 @@ def measure_teacher(tname: str, args, dev, batches, res: dict) -> dict:
     del fast
     for vname, options in variants(dev, args.tiny).items():
         model = copy.deepcopy(teacher)
-        tpass = TeacherPass(model, "int8", options).prepare()
+        tpass = TeacherPass(model, FeatureEncoding("int8"), options).prepare()
         params = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
         v = {"pass_img_s": rate(tpass, batches, args.passes)}
         images, sizes = batches[0]

@@ -22,7 +22,7 @@ from frs_cli.cache.writer import write_teacher_cache
 from frs_cli.config import load_recipe
 from frs_cli.data.coco import CocoViews, collate
 from frs_cli.data.geometry import GeometryConfig
-from frs_cli.data.targets import collate_teacher
+from frs_cli.data.targets import CachedTargets
 from frs_cli.dist import setup
 from frs_cli.errors import CacheFormatError, CacheMismatchError
 from frs_cli.losses import frs_masks
@@ -74,7 +74,7 @@ def test_cached_targets_are_the_teacher_output_stored_in_fp16(cache_path, recipe
         out = teacher(b.images, b.image_sizes, detect=False)
     for j, (pos, view) in enumerate(keys):
         got = cache.read(cache.find(pos + 1, view))
-        for f_ref, f, m_ref, m in zip(out.features, got["features"], frs_masks(out.cls_logits), got["masks"]):
+        for f_ref, f, m_ref, m in zip(out.features, got.features, frs_masks(out.cls_logits), got.masks):
             assert f.dtype == torch.float16 and m.dtype == torch.float16 and f.shape == f_ref.shape[1:]
             assert torch.equal(f, f_ref[j].half())  # the same numbers, rounded once to fp16: bit-exact
             assert torch.equal(m, m_ref[j].half())
@@ -83,7 +83,7 @@ def test_cached_targets_are_the_teacher_output_stored_in_fp16(cache_path, recipe
     with torch.no_grad():
         ref = teacher(single.images, single.image_sizes, detect=False)
     got = cache.read(cache.find(7, "hflip"))
-    for f_ref, f in zip(ref.features, got["features"]):
+    for f_ref, f in zip(ref.features, got.features):
         torch.testing.assert_close(f.float(), f_ref[0], rtol=1e-3, atol=1e-3)
 
 
@@ -95,7 +95,7 @@ def test_head_recomputed_from_cached_features_gives_teacher_logits(cache_path, r
     b = collate([ds[(2, "orig")]])
     with torch.no_grad():
         ref = teacher(b.images, b.image_sizes, detect=False).cls_logits
-        got = head([f.float()[None] for f in cache.read(cache.find(3, "orig"))["features"]])
+        got = head([f.float()[None] for f in cache.read(cache.find(3, "orig")).features])
     for r, g in zip(ref, got):
         rel = (r - g).norm() / r.norm()
         assert rel < 2e-3, f"relative difference {rel:.2e} beyond fp16 feature rounding"
@@ -173,16 +173,16 @@ def test_multi_size_dataset_gets_one_bucket_per_padded_size(jitter_root, teacher
         g = cache.view_geometry(k)
         bucket = cache.buckets[int(cache.bucket[k])]
         assert bucket.padded == g.padded_size  # no padding beyond the image's own stride multiple
-        feats = cache.read(k)["features"]
+        feats = cache.read(k).features
         assert tuple(feats[0].shape[-2:]) == (g.padded_h // 8, g.padded_w // 8)
     # a batch of views of different sizes is zero-padded to the largest grid per level
     ds = CachedViews(CocoViews.from_config(r.data, "train", r.geometry), cache)
     items = [ds[(p, "orig")] for p in range(len(ds))]
     wide = next(s for s in items if s.geometry.padded_size == (48, 64))
     tall = next(s for s in items if s.geometry.padded_size == (64, 48))
-    t = collate_teacher([wide.teacher, tall.teacher])
-    assert tuple(t["features"][0].shape) == (2, 64, 8, 8)
-    assert t["features"][0][0, :, 6:, :].abs().sum() == 0 and t["masks"][0][1, :, 6:].abs().sum() == 0
+    t = CachedTargets.collate([wide.teacher, tall.teacher])
+    assert tuple(t.features[0].shape) == (2, 64, 8, 8)
+    assert t.features[0][0, :, 6:, :].abs().sum() == 0 and t.masks[0][1, :, 6:].abs().sum() == 0
 
 
 def test_reader_refuses_cache_of_another_teacher(cache_path, recipe, synth_root, tmp_path):
@@ -257,7 +257,7 @@ def test_int8_cache_stores_per_channel_scales_and_reads_back_within_half_a_step(
     assert np.abs(feats[...]).max() == 127  # each channel's largest magnitude maps to +-127
     cache = TeacherCache(path)
     got = cache.read(cache.find(1, "orig"))
-    for lv, (f_ref, f) in enumerate(zip(first_batch_features(r), got["features"])):
+    for lv, (f_ref, f) in enumerate(zip(first_batch_features(r), got.features)):
         step = f_ref[0].abs().amax(dim=(-2, -1)) / 127  # (C,)
         err = (f.float() - f_ref[0]).abs()
         assert f.dtype == torch.float16 and (err <= step[:, None, None] * 0.5 + 1e-3 * f_ref[0].abs() + 1e-6).all()
@@ -274,7 +274,7 @@ def test_reader_in_another_process_reopens_the_store_instead_of_using_the_parent
     cache._pid = -1  # as in a DataLoader worker forked after the parent read
     again = cache.read(0)
     assert cache._open() is not parent_arrays and cache._pid == os.getpid()
-    for a, b in zip(first["features"] + first["masks"], again["features"] + again["masks"]):
+    for a, b in zip(first.features + first.masks, again.features + again.masks):
         assert torch.equal(a, b)
 
 

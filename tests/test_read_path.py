@@ -19,7 +19,7 @@ from frs_cli.cache import direct
 from frs_cli.cache.checksum import crc32, view_crc
 from frs_cli.cache.direct import DirectArray
 from frs_cli.cache.reader import TeacherCache
-from frs_cli.data.targets import collate_teacher
+from frs_cli.data.targets import CachedTargets
 from frs_cli.errors import CacheFormatError
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
@@ -95,9 +95,8 @@ def test_reader_reads_a_local_cache_with_one_pread_per_array_and_no_zarr_call(ca
     shards = len(cache) // cache.attrs["storage"]["views_per_shard"]
     assert direct.COUNTS.index_reads - before.index_reads == shards * 2 * levels  # each shard index read once
     for a, b in zip(got, expected):
-        for key in ("features", "masks"):
-            for x, y in zip(a[key], b[key]):
-                assert x.dtype == y.dtype and torch.equal(x, y)
+        for x, y in zip(a.features + a.masks, b.features + b.masks, strict=True):
+            assert x.dtype == y.dtype and torch.equal(x, y)
 
 
 def test_direct_read_of_a_truncated_shard_names_the_view_and_the_repair(cache_path, tmp_path):
@@ -134,24 +133,25 @@ class _Items(torch.utils.data.Dataset):
 
 def test_collate_in_a_worker_builds_the_batch_in_shared_memory_padded_with_zeros():
     gen = torch.Generator().manual_seed(0)
-    items = [{"features": [torch.randn(4, h, w, generator=gen).half()], "masks": [torch.rand(h, w, generator=gen).half()],
-              "scales": [torch.rand(4, generator=gen)]} for h, w in ((3, 5), (6, 2))]
-    (batch,) = list(torch.utils.data.DataLoader(_Items(items), batch_size=2, num_workers=1, collate_fn=collate_teacher))
-    f, m = batch["features"][0], batch["masks"][0]
-    assert f.shape == (2, 4, 6, 5) and m.shape == (2, 6, 5) and f.is_shared()
-    assert torch.equal(f[0, :, :3, :5], items[0]["features"][0]) and torch.equal(f[1, :, :6, :2], items[1]["features"][0])
+    items = [CachedTargets([torch.randn(4, h, w, generator=gen).half()], [torch.rand(h, w, generator=gen).half()],
+                           [torch.rand(4, generator=gen)]) for h, w in ((3, 5), (6, 2))]
+    (batch,) = list(torch.utils.data.DataLoader(_Items(items), batch_size=2, num_workers=1,
+                                                collate_fn=CachedTargets.collate))
+    f, m = batch.features[0], batch.masks[0]
+    assert f.shape == (2, 4, 6, 5) and m.shape == (2, 6, 5) and f.is_shared() and m.is_shared()
+    assert torch.equal(f[0, :, :3, :5], items[0].features[0]) and torch.equal(f[1, :, :6, :2], items[1].features[0])
     assert not f[0, :, 3:].any() and not f[1, :, :, 2:].any() and not m[0, 3:].any() and not m[1, :, 2:].any()
-    assert torch.equal(batch["scales"][0], torch.stack([it["scales"][0] for it in items]))
-    assert torch.equal(collate_teacher(items)["features"][0], f)  # the main process builds the same batch
+    assert torch.equal(batch.scales[0], torch.stack([it.scales[0] for it in items]))
+    assert torch.equal(CachedTargets.collate(items).features[0], f)  # the main process builds the same batch
 
 
 def test_collate_zeroes_the_padding_of_a_batch_built_in_reused_memory(monkeypatch):
     from frs_cli.data import targets
 
     monkeypatch.setattr(targets, "_batch_tensor", lambda like, shape: torch.full(shape, 7, dtype=like.dtype))
-    items = [{"features": [torch.ones(2, h, w)], "masks": [torch.ones(h, w)]} for h, w in ((3, 5), (6, 2))]
-    out = collate_teacher(items)
-    assert out["features"][0].sum() == 2 * (15 + 12) and out["masks"][0].sum() == 15 + 12  # no 7 left anywhere
+    items = [CachedTargets([torch.ones(2, h, w)], [torch.ones(h, w)]) for h, w in ((3, 5), (6, 2))]
+    out = CachedTargets.collate(items)
+    assert out.features[0].sum() == 2 * (15 + 12) and out.masks[0].sum() == 15 + 12  # no 7 left anywhere
 
 
 # -- the benchmark scripts ------------------------------------------------------------------------------------------

@@ -76,7 +76,7 @@ def test_reading_a_view_from_hdf5_gives_the_zarr_numbers(cache_path, h5_path):
     z, h = TeacherCache(cache_path), TeacherCache(str(h5_path))
     for k in (0, 17, 47):
         a, b = z.read(k), h.read(k)
-        for x, y in zip(a["features"] + a["masks"], b["features"] + b["masks"]):
+        for x, y in zip(a.features + a.masks, b.features + b.masks, strict=True):
             assert x.dtype == y.dtype == torch.float16 and torch.equal(x, y)
     for name, t in z.head_state_dict().items():
         assert torch.equal(t, h.head_state_dict()[name])

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from frs_cli.cache.encoding import FeatureEncoding
 from frs_cli.cache.teacher_pass import PassOptions, TeacherPass, cast_weights_once
 from frs_cli.models import ModelConfig, build_detector
 
@@ -62,8 +63,8 @@ def test_weights_cast_once_give_the_autocast_pass_bit_for_bit_with_no_weight_cas
     """bf16 autocast on the CPU: the pass over float32 weights casts weights on every forward; with the weights
     cast once beforehand it casts none, and every encoded tensor (int8 codes, scales, masks) is identical."""
     images, sizes = _batch()
-    slow = TeacherPass(_teacher(family), "int8", PassOptions(amp=True)).prepare()
-    fast = TeacherPass(_teacher(family), "int8", PassOptions(amp=True, bf16_weights=True)).prepare()
+    slow = TeacherPass(_teacher(family), FeatureEncoding("int8"), PassOptions(amp=True)).prepare()
+    fast = TeacherPass(_teacher(family), FeatureEncoding("int8"), PassOptions(amp=True, bf16_weights=True)).prepare()
     with _Ops(_storages(slow.teacher)) as ops_slow:
         want = slow(images, sizes)
     with _Ops(_storages(fast.teacher)) as ops_fast:
@@ -92,9 +93,9 @@ def test_channels_last_pass_is_as_close_to_float32_as_the_autocast_pass(family):
     """NHWC sums in another order: against the float32 pass, its features and masks are as far off as the NCHW
     autocast pass's (bf16 rounding), not further; it stores NCHW-contiguous tensors."""
     images, sizes = _batch()
-    fp32 = TeacherPass(_teacher(family), "float32", PassOptions())(images, sizes)
-    amp = TeacherPass(_teacher(family), "float32", PassOptions(amp=True))(images, sizes)
-    nhwc = TeacherPass(_teacher(family), "float32",
+    fp32 = TeacherPass(_teacher(family), FeatureEncoding("float32"), PassOptions())(images, sizes)
+    amp = TeacherPass(_teacher(family), FeatureEncoding("float32"), PassOptions(amp=True))(images, sizes)
+    nhwc = TeacherPass(_teacher(family), FeatureEncoding("float32"),
                        PassOptions(amp=True, bf16_weights=True, channels_last=True)).prepare()(images, sizes)
 
     def rel(a, b):
@@ -110,7 +111,8 @@ def test_channels_last_pass_is_as_close_to_float32_as_the_autocast_pass(family):
 def test_teacher_pass_never_waits_for_the_device():
     """Forward, masks, int5 quantisation and packing: no op that reads a value back to the host."""
     images, sizes = _batch()
-    run = TeacherPass(_teacher(), "int5", PassOptions(amp=True, bf16_weights=True, channels_last=True)).prepare()
+    run = TeacherPass(_teacher(), FeatureEncoding("int5"),
+                      PassOptions(amp=True, bf16_weights=True, channels_last=True)).prepare()
     with _Ops(set()) as ops:
         out = run(images, sizes)
     assert out[0].dtype == torch.uint8 and out[0].shape == (2, 64 * 5 // 8, 8, 12)
@@ -198,9 +200,8 @@ def _assert_same_within_one_step(got, want, name="") -> None:
     of the largest value (a stale or foreign batch differs by far more)."""
     assert got.shape == want.shape and got.dtype == want.dtype, name
     if want.dtype == torch.uint8:  # packed codes: compare the codes
-        from frs_cli.cache.store import unpack
-
-        got, want = unpack(got, 5), unpack(want, 5)
+        int5 = FeatureEncoding("int5")
+        got, want = int5.unpack(got), int5.unpack(want)
     diff = (got.float() - want.float()).abs().max()
     tol = 1.0 if not want.is_floating_point() else 1e-2 * float(want.float().abs().max())
     assert float(diff) <= tol, (name, float(diff), tol)
@@ -208,13 +209,13 @@ def _assert_same_within_one_step(got, want, name="") -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("dtype", ["int8", "int5", "float16"])
+@pytest.mark.parametrize("dtype", ["int8", "int5", "float16", "bfloat16"])
 def test_cuda_graph_replays_give_the_eager_pass_for_every_batch(dtype):
     """Two batch shapes, each seen three times: the replays hold each batch's own values (not the capture's, not
     the previous batch's), those of the same pass run eagerly."""
     options = PassOptions(amp=True, bf16_weights=True, channels_last=True)
-    eager = TeacherPass(_teacher().cuda(), dtype, options).prepare()
-    graphed = TeacherPass(_teacher().cuda(), dtype, replace(options, cuda_graphs=True))
+    eager = TeacherPass(_teacher().cuda(), FeatureEncoding(dtype), options).prepare()
+    graphed = TeacherPass(_teacher().cuda(), FeatureEncoding(dtype), replace(options, cuda_graphs=True))
     graphed.prepare().warm_up([(2, 64, 96)], torch.device("cuda"))
     g = torch.Generator().manual_seed(2)
     for shape in [(2, 3, 64, 96), (3, 3, 64, 64)] * 3:

@@ -18,11 +18,13 @@ import torch
 from torch import Tensor
 
 from frs_cli.cache.backend import open_backend
+from frs_cli.cache.encoding import FeatureEncoding, finite
 from frs_cli.cache.identity import dataset_fingerprint, first_difference
-from frs_cli.cache.schema import SCALED_DTYPES, VIEW_CODES, Bucket, required_arrays
-from frs_cli.cache.store import decode, is_url
+from frs_cli.cache.schema import VIEW_CODES, Bucket, required_arrays
+from frs_cli.cache.store import is_url
 from frs_cli.data.coco import CocoViews, Sample
 from frs_cli.data.geometry import ViewGeometry
+from frs_cli.data.targets import CachedTargets
 from frs_cli.errors import CacheFormatError, CacheMismatchError
 from frs_cli.models.base import FrsSignature, LevelSpec
 
@@ -73,7 +75,8 @@ class TeacherCache:
                                    hint=repair_hint(self.path, root.kind))
         self.levels = [LevelSpec(d["name"], d["stride"], d["channels"]) for d in self.attrs["levels"]]
         self.buckets = [Bucket.from_dict(b) for b in self.attrs["buckets"]]
-        self.dtype = self.attrs["storage"]["dtype"]
+        self.dtype = self.attrs["storage"]["dtype"]  # the features' storage dtype, by name
+        self.encoding = FeatureEncoding(self.dtype)  # how they are stored and decoded
         self.image_id = root.array("index/image_id")[...]
         self.view = root.array("index/view")[...]
         self.bucket = root.array("index/bucket")[...]
@@ -228,7 +231,7 @@ class TeacherCache:
     def _level_arrays(self, backend, bucket: str, level: str) -> tuple:
         """(features, scale or None, mask) arrays of one level of one bucket."""
         prefix = f"buckets/{bucket}/{level}"
-        scale = self._array(backend, f"{prefix}/scale") if self.dtype in SCALED_DTYPES else None
+        scale = self._array(backend, f"{prefix}/scale") if self.encoding.scaled else None
         return self._array(backend, f"{prefix}/features"), scale, self._array(backend, f"{prefix}/mask")
 
     def _checksums(self, bucket: str, row: int) -> np.ndarray:
@@ -265,13 +268,12 @@ class TeacherCache:
                                 f"(bucket {b}, row {int(self.row[k])}): {array} {what}",
                                 hint=hint or repair_hint(self.path, self.backend.kind))
 
-    def read(self, k: int, raw: bool = False) -> dict[str, list[Tensor]]:
-        """View ``k``: ``{"features": [(C, H_l, W_l)], "masks": [(H_l, W_l) float16]}``, one chunk per array.
+    def read(self, k: int, raw: bool = False) -> CachedTargets:
+        """View ``k``'s targets, one chunk per array: per level features and float16 masks ``(H_l, W_l)``.
 
-        Features come back in the storage dtype (float16 / bfloat16 / float32), or float16 for the scaled dtypes
-        (int8, int6, int5, int4). ``raw``: the scaled dtypes' features as stored (``(C', H_l, W_l)``, see ``store.encode``), plus
-        ``"scales"`` (``(C,)`` float32 per level) for the scaled dtypes; ``store.decode`` turns them into features
-        later, e.g. on the GPU.
+        Features come back decoded (``(C, H_l, W_l)``: the storage dtype, float16 for the scaled encodings) and
+        without scales; ``raw``: as the cache carries them (``(C', H_l, W_l)`` of ``encoding.torch_dtype``) with
+        the scaled encodings' scales (``(C,)`` float32 per level), for ``encoding.decode`` later, e.g. on the GPU.
 
         Every array read is checked against the CRC-32 the writer stored for it (``check_view``): a view that
         does not decode, does not match its checksum, or holds a non-finite number raises CacheFormatError
@@ -296,16 +298,11 @@ class TeacherCache:
             except (ValueError, RuntimeError, OSError) as exc:  # a truncated shard, a codec failure, I/O
                 raise self._fault(k, f"level {level}", f"is unreadable ({type(exc).__name__})") from exc
             check_view(self, k, level, stored, scale, mask, stored_crcs[2 * lv], stored_crcs[2 * lv + 1])
-            stored, mask = torch.from_numpy(stored), torch.from_numpy(mask)
             scale = None if scale is None else torch.from_numpy(scale)
-            # raw keeps only the quantised forms (decoding them is real work); bfloat16 is a free bit view
-            feats.append(stored if raw and self.dtype in SCALED_DTYPES else decode(stored, self.dtype, scale))
+            feats.append(self.encoding.from_numpy(stored) if raw else self.encoding.decode(stored, scale))
             scales.append(scale)
-            masks.append(mask)
-        out = {"features": feats, "masks": masks}
-        if raw and self.dtype in SCALED_DTYPES:
-            out["scales"] = scales
-        return out
+            masks.append(torch.from_numpy(mask))
+        return CachedTargets(feats, masks, scales if raw and self.encoding.scaled else None)
 
     def done(self) -> np.ndarray:
         """(N,) bool: which views are recorded as written."""
@@ -329,22 +326,6 @@ def _array_name(arr) -> str:
     return getattr(arr, "path", None) or getattr(arr, "name", "?")
 
 
-# a float is non-finite iff its exponent bits are all ones: with the sign bit cleared, its bit pattern is at
-# least this (as unsigned integers); one max over the bits is several times faster than isfinite on CPU
-_NONFINITE_BITS = {"float16": (np.uint16, 0x7FFF, 0x7C00), "bfloat16": (np.uint16, 0x7FFF, 0x7F80),
-                   "float32": (np.uint32, 0x7FFFFFFF, 0x7F800000)}
-
-
-def _finite(a: np.ndarray, dtype: str) -> bool:
-    """Whether a stored float array (features of ``dtype``, bfloat16 as its uint16 bits; or float16 masks,
-    float32 scales) holds only finite numbers. Integer codes are always finite."""
-    kind = dtype if (a.dtype == np.uint16 and dtype == "bfloat16") else a.dtype.name
-    if kind not in _NONFINITE_BITS or a.size == 0:
-        return True
-    bits, magnitude, first_nonfinite = _NONFINITE_BITS[kind]
-    return int((a.view(bits) & magnitude).max()) < first_nonfinite
-
-
 def check_view(cache: TeacherCache, k: int, level: str, feats: np.ndarray, scale: np.ndarray | None,
                mask: np.ndarray, feat_crc: int, mask_crc: int) -> None:
     """CacheFormatError naming view ``k`` unless its ``level`` arrays, as read, have the CRC-32s the writer
@@ -355,8 +336,9 @@ def check_view(cache: TeacherCache, k: int, level: str, feats: np.ndarray, scale
         raise cache._fault(k, f"{level}/features", "does not match its stored checksum")
     if view_crc(mask) != int(mask_crc):
         raise cache._fault(k, f"{level}/mask", "does not match its stored checksum")
-    for array, values in ((f"{level}/features", feats), (f"{level}/scale", scale), (f"{level}/mask", mask)):
-        if values is not None and not _finite(values, cache.dtype):
+    for array, ok in ((f"{level}/features", cache.encoding.finite(feats)),
+                      (f"{level}/scale", scale is None or finite(scale)), (f"{level}/mask", finite(mask))):
+        if not ok:
             raise cache._fault(k, array, "holds a non-finite number (NaN or inf), and its checksum matches: "
                                "the teacher wrote it", hint="check the teacher's weights (teacher-cache --check-teacher N), then "
                                "write the cache again to a new path")

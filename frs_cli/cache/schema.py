@@ -8,7 +8,7 @@ A cache is a Zarr v3 group::
     /index/bucket        (N,)      int32   which size bucket holds the view
     /index/row           (N,)      int32   its row inside that bucket
     /index/geometry      (N, 7)    int32   orig_h, orig_w, resized_h, resized_w, padded_h, padded_w, hflip
-    /buckets/<HxW>/<level>/features  (n, C', H_l, W_l) features, one chunk per view (C' = stored_channels(C, dtype))
+    /buckets/<HxW>/<level>/features  (n, C', H_l, W_l) features as cache.encoding stores them, one chunk per view
     /buckets/<HxW>/<level>/scale     (n, C)            float32 per-channel scales (int8/int6/int5/int4 only)
     /buckets/<HxW>/<level>/mask      (n, H_l, W_l)     float16 FRS mask, one chunk per view
     /buckets/<HxW>/done              (n,)              uint8, 1 once every array of the view is written
@@ -28,20 +28,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from frs_cli.cache.encoding import FeatureEncoding
 from frs_cli.data.geometry import level_grid_size
-from frs_cli.errors import CacheFormatError
 
 FORMAT_NAME = "frs-teacher-cache"
 FORMAT_VERSION = 2  # the newest version this frs reads
 
 VIEW_CODES = {"orig": 0, "hflip": 1}
 VIEW_NAMES = {v: k for k, v in VIEW_CODES.items()}
-
-# How feature dtypes are stored: numpy dtype on disk, and how to read it back.
-STORAGE_DTYPES = {"float16": "float16", "float32": "float32", "bfloat16": "uint16", "int8": "int8",
-                  "int6": "uint8", "int5": "uint8", "int4": "uint8"}
-SCALED_DTYPES = ("int8", "int6", "int5", "int4")  # with a per-view, per-channel float32 scale array beside
-PACKED_BITS = {"int6": 6, "int5": 5, "int4": 4}  # b-bit codes, 8 channels of one position packed into b bytes
 
 
 INDEX_ARRAYS = ("image_id", "view", "bucket", "row", "geometry")
@@ -52,28 +46,12 @@ def required_arrays(attrs: dict, head_names) -> list[str]:
     flags, checksums and per level features, mask (and scale for the scaled dtypes), and the teacher head
     (``head_names``: the head's ``state_dict`` keys)."""
     names = [f"index/{n}" for n in INDEX_ARRAYS]
-    kinds = ("features", "scale", "mask") if attrs["storage"]["dtype"] in SCALED_DTYPES else ("features", "mask")
+    scaled = FeatureEncoding(attrs["storage"]["dtype"]).scaled
+    kinds = ("features", "scale", "mask") if scaled else ("features", "mask")
     for b in attrs["buckets"]:
         names += [f"buckets/{b['name']}/{lv['name']}/{k}" for lv in attrs["levels"] for k in kinds]
         names += [f"buckets/{b['name']}/done", f"buckets/{b['name']}/crc"]
     return names + [f"teacher_head/{n}" for n in head_names]
-
-
-def format_version(dtype: str) -> int:
-    """The version a cache of features stored as ``dtype`` is written as: 2 for the packed dtypes, which came
-    with it (an older frs then refuses such a cache in one line), else 1, which every frs reads."""
-    return 2 if dtype in PACKED_BITS else 1
-
-
-def stored_channels(channels: int, dtype: str) -> int:
-    """Channels of the stored features array: ``channels``, or ``channels * b // 8`` bytes for a packed b-bit dtype."""
-    bits = PACKED_BITS.get(dtype)
-    if bits is None:
-        return channels
-    if channels % 8:
-        raise CacheFormatError(f"cache dtype {dtype}: packs 8 channels at a time, the teacher's {channels} channels "
-                               "are not a multiple of 8")
-    return channels * bits // 8
 
 
 def bucket_name(padded_h: int, padded_w: int) -> str:

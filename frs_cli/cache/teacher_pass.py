@@ -1,7 +1,7 @@
 """The teacher side of ``frs teacher-cache``: a batch of images in, its encoded targets out, all on the device.
 
 ``TeacherPass`` runs the frozen teacher over one padded batch, takes the FRS masks and encodes the features as
-the store keeps them (``cache.store.encode``), without a host sync. Three options keep the device, not the
+the store keeps them (``FeatureEncoding.encode``), without a host sync. Three options keep the device, not the
 Python thread, the bound (each is off on the CPU, where the pass is exactly the eager float32 forward):
 
 - ``bf16_weights``: under autocast every convolution casts its weight and bias to bf16 again on every forward
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from frs_cli.cache.store import encode
+from frs_cli.cache.encoding import FeatureEncoding
 from frs_cli.losses import frs_masks
 
 log = logging.getLogger(__name__)
@@ -69,18 +69,18 @@ def cast_weights_once(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> 
 
 
 class TeacherPass:
-    """``teacher`` (a frozen ``Detector`` on its device) and the cache encoding ``dtype``; see the module doc.
+    """``teacher`` (a frozen ``Detector`` on its device) and the cache's feature ``encoding``; see the module doc.
 
     ``__call__(images, image_sizes)``: images ``(B, 3, H, W)`` uint8 on the teacher's device, padded as the
     ``Detector`` contract says -> the batch's tensors in ``shard_writer.batch_dtypes`` order: per level the
-    encoded features ``(B, C', H_l, W_l)`` (and their float32 scales ``(B, C)`` for scaled dtypes), then per
+    encoded features ``(B, C', H_l, W_l)`` as carried (and their float32 scales ``(B, C)`` when scaled), then per
     level the float16 masks ``(B, H_l, W_l)``; all contiguous, on the device, nothing synchronised.
     Prepare the teacher (``prepare``) after its float32 weights were fingerprinted and stored.
     """
 
-    def __init__(self, teacher: nn.Module, dtype: str, options: PassOptions):
+    def __init__(self, teacher: nn.Module, encoding: FeatureEncoding, options: PassOptions):
         self.teacher = teacher
-        self.dtype = dtype
+        self.encoding = encoding
         self.options = options
         self._graphs: dict[tuple, _Graph | None] = {}  # batch shape -> graph (None: this shape runs eagerly)
         self._pool = None
@@ -101,7 +101,7 @@ class TeacherPass:
             out = self.teacher(images, image_sizes, detect=False)
         with torch.no_grad():
             # NCHW once per level, before encoding: the store's layout, and the layout encode's kernels are made for
-            encoded = [encode(f.contiguous(), self.dtype) for f in out.features]  # (B, C', H, W), (B, C) or None
+            encoded = [self.encoding.encode(f.contiguous()) for f in out.features]  # (B, C', H, W), (B, C) or None
             tensors = [t for f, sc in encoded for t in (f, sc) if t is not None]
             tensors += [m.to(torch.float16).contiguous() for m in frs_masks(out.cls_logits)]  # (B, H, W) per level
         return tensors

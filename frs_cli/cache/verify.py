@@ -16,7 +16,7 @@ import numpy as np
 from frs_cli.cache.backend import open_backend
 from frs_cli.cache.checksum import view_crc
 from frs_cli.cache.reader import TeacherCache, required_cache_arrays
-from frs_cli.cache.schema import SCALED_DTYPES, VIEW_NAMES
+from frs_cli.cache.schema import VIEW_NAMES
 from frs_cli.progress import NullProgress, Progress
 
 MISSING, UNREADABLE, CHECKSUM = "missing", "unreadable", "checksum mismatch"
@@ -121,7 +121,7 @@ def verify_cache(path: str, *, storage_options: dict | None = None, progress: Pr
         crcs = arrays["crc"][...] if "crc" in arrays else None
         scale_names = {lv.name: f"{prefix}/{lv.name}/scale" for lv in cache.levels}
         scales = ({lv: None if n in missing else backend.array(n) for lv, n in scale_names.items()}
-                  if cache.dtype in SCALED_DTYPES else None)
+                  if cache.encoding.scaled else None)
         for row in np.flatnonzero(done[bucket.name]).tolist():
             problems = []
             if crcs is None or (stored["crc"] is not None and backend.chunk_key(crc_name, row) not in stored["crc"]):

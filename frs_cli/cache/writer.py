@@ -26,19 +26,12 @@ import zarr
 
 import frs_cli
 from frs_cli.cache.backend import open_backend
+from frs_cli.cache.encoding import FeatureEncoding
 from frs_cli.cache.identity import cache_fingerprints, first_difference, recipe_fingerprints
 from frs_cli.cache.reader import TeacherCache, required_cache_arrays
-from frs_cli.cache.schema import (
-    FORMAT_NAME,
-    SCALED_DTYPES,
-    VIEW_NAMES,
-    Plan,
-    format_version,
-    make_plan,
-    stored_channels,
-)
+from frs_cli.cache.schema import FORMAT_NAME, VIEW_NAMES, Plan, make_plan
 from frs_cli.cache.shard_writer import Layout, WriterProcesses, batch_dtypes, split_batch, write_rows
-from frs_cli.cache.store import codec, is_hdf5, open_existing, open_group, storage_dtype, url_options
+from frs_cli.cache.store import codec, is_hdf5, open_existing, open_group, url_options
 from frs_cli.cache.teacher_pass import PassOptions, TeacherPass
 from frs_cli.cache.verify import UNREADABLE, verify_cache
 from frs_cli.data.coco import CocoViews, ListSampler, OriginalViews, collate, collate_originals, resize_batch
@@ -71,7 +64,8 @@ def _create(path: str, plan: Plan, teacher, recipe, fingerprints: dict, dataset,
             autocast: bool) -> zarr.Group:
     cfg = recipe.cache
     root = open_group(path, mode="w")
-    root.attrs.update({"format": FORMAT_NAME, "format_version": format_version(cfg.dtype), "state": "creating"})
+    root.attrs.update({"format": FORMAT_NAME, "format_version": FeatureEncoding(cfg.dtype).format_version,
+                       "state": "creating"})
     _create_arrays(root, plan, teacher, cfg)
     root.attrs.update({
         "created_by": f"frs {frs_cli.__version__}",
@@ -111,7 +105,7 @@ def _create_arrays(root: zarr.Group, plan: Plan, teacher, cfg, only: set[str] | 
             arr = index.create_array(name, shape=values.shape, dtype=values.dtype, chunks=values.shape or (1,),
                                      compressors=None, fill_value=0, overwrite=True)
             arr[...] = values
-    feat_dtype = storage_dtype(cfg.dtype)
+    encoding = FeatureEncoding(cfg.dtype)
     keys = {"name": "default", "separator": "."}  # chunk files c.<row>.0.0.0 side by side, not nested dirs
     compressors = codec(cfg.codec)
     per_shard = cfg.batch_size  # a shard is one plan batch: each writer writes whole shards, no other touches them
@@ -121,13 +115,13 @@ def _create_arrays(root: zarr.Group, plan: Plan, teacher, cfg, only: set[str] | 
         s = min(per_shard, b.count)
         for lv, (h, w) in zip(teacher.levels, b.level_sizes):
             lg = g.require_group(lv.name)
-            c = stored_channels(lv.channels, cfg.dtype)  # packed encodings store fewer, byte-wide channels
+            c = encoding.stored_channels(lv.channels)  # packed encodings store fewer, byte-wide channels
             at = f"buckets/{b.name}/{lv.name}"
             if wanted(f"{at}/features"):
                 lg.create_array("features", shape=(b.count, c, h, w), chunks=(1, c, h, w),
-                                shards=(s, c, h, w), dtype=feat_dtype, compressors=compressors, fill_value=0,
+                                shards=(s, c, h, w), dtype=encoding.numpy_dtype, compressors=compressors, fill_value=0,
                                 chunk_key_encoding=keys, overwrite=True)
-            if cfg.dtype in SCALED_DTYPES and wanted(f"{at}/scale"):
+            if encoding.scaled and wanted(f"{at}/scale"):
                 lg.create_array("scale", shape=(b.count, lv.channels), chunks=(1, lv.channels),
                                 shards=(s, lv.channels), dtype="float32", compressors=None, fill_value=0,
                                 chunk_key_encoding=keys, overwrite=True)
@@ -200,7 +194,6 @@ class _HostCopier:
         self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     def copy(self, tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.cuda.Event | None]:
-        tensors = [t.view(torch.int16) if t.dtype == torch.uint16 else t for t in tensors]  # plain 16-bit copies
         if self.stream is None:  # already on the host
             return tensors, None
         self.stream.wait_stream(torch.cuda.current_stream(self.stream.device))
@@ -216,35 +209,36 @@ class _HostCopier:
         return host, event
 
 
-def _write_batch(root: zarr.Group, bucket: str, rows: list[int], level_names, stored: np.dtype, scaled: bool,
+def _write_batch(root: zarr.Group, bucket: str, rows: list[int], level_names, encoding: FeatureEncoding,
                  host, stages: _Stages) -> None:
     """Writer thread: wait for one batch's host copy, then write its views (``write_rows``).
 
-    ``host``: ``(tensors, event)`` from ``_HostCopier``; tensors are per level the features (and their scales
-    when ``scaled``), then the masks of every level. ``stored``: the features' numpy dtype in the store.
+    ``host``: ``(tensors, event)`` from ``_HostCopier``; tensors are per level the features as ``encoding``
+    carries them (and their scales when it is scaled), then the masks of every level.
     """
     tensors, event = host
     t0 = time.perf_counter()
     if event is not None:
         event.synchronize()  # releases the GIL while the device finishes the batch
     t1 = time.perf_counter()
-    feats, scales, masks = split_batch([t.numpy() for t in tensors], len(level_names), scaled)
-    feats = [f.view(stored) for f in feats]  # bfloat16 travels as 16-bit integers
-    write_rows(root, bucket, rows, level_names, feats, scales, masks)
+    feats, scales, masks = split_batch(tensors, len(level_names), encoding.scaled)
+    write_rows(root, bucket, rows, level_names, [encoding.to_numpy(f) for f in feats],
+               [None if sc is None else sc.numpy() for sc in scales], [m.numpy() for m in masks])
     stages.add(t1 - t0, time.perf_counter() - t1)
 
 
-def _dispatch(procs: WriterProcesses, bucket: str, rows: list[int], level_names, stored: np.dtype, scaled: bool,
+def _dispatch(procs: WriterProcesses, bucket: str, rows: list[int], level_names, encoding: FeatureEncoding,
               host, stages: _Stages) -> None:
-    """Dispatcher thread: wait for one batch's host copy, copy it into a free shared-memory slot (waiting for
-    one if the writer processes are behind) and hand it to them."""
+    """Dispatcher thread: wait for one batch's host copy, copy its bytes into a free shared-memory slot (waiting
+    for one if the writer processes are behind) and hand it to them; they see the features as ``encoding``
+    stores them (its ``numpy_dtype``)."""
     tensors, event = host
     t0 = time.perf_counter()
     if event is not None:
         event.synchronize()
     t1 = time.perf_counter()
-    dtypes = batch_dtypes(len(level_names), stored, scaled)
-    layout = Layout.of([(t.shape, d) for t, d in zip(tensors, dtypes)], scaled)
+    dtypes = batch_dtypes(len(level_names), encoding.numpy_dtype, encoding.scaled)
+    layout = Layout.of([(t.shape, d) for t, d in zip(tensors, dtypes)], encoding.scaled)
     slot, buffer = procs.slot()
     t2 = time.perf_counter()
     dst = torch.frombuffer(buffer, dtype=torch.uint8, count=layout.nbytes)
@@ -256,15 +250,16 @@ def _dispatch(procs: WriterProcesses, bucket: str, rows: list[int], level_names,
     stages.add(t1 - t0, time.perf_counter() - t2)
 
 
-def _batch_layout(levels, level_sizes, batch: int, stored: np.dtype, dtype: str, scaled: bool) -> Layout:
+def _batch_layout(levels, level_sizes, batch: int, encoding: FeatureEncoding) -> Layout:
     """The shared-memory layout of a full batch of one bucket (the largest a slot must hold)."""
     shapes = []
     for lv, (h, w) in zip(levels, level_sizes):
-        shapes.append((batch, stored_channels(lv.channels, dtype), h, w))
-        if scaled:
+        shapes.append((batch, encoding.stored_channels(lv.channels), h, w))
+        if encoding.scaled:
             shapes.append((batch, lv.channels))
     shapes += [(batch, h, w) for h, w in level_sizes]
-    return Layout.of(list(zip(shapes, batch_dtypes(len(levels), stored, scaled))), scaled)
+    dtypes = batch_dtypes(len(levels), encoding.numpy_dtype, encoding.scaled)
+    return Layout.of(list(zip(shapes, dtypes)), encoding.scaled)
 
 
 def _reject(root: zarr.Group, faults) -> int:
@@ -340,8 +335,9 @@ def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: P
     check_distillable(recipe.student, recipe.teacher, dataset.index.num_classes)  # a cache no student can use is waste
     teacher = build_detector(recipe.teacher, dataset.index.num_classes).to(ctx.device).eval().requires_grad_(False)
     fingerprints = cache_fingerprints(recipe.teacher, teacher, dataset.index, recipe.geometry)
+    encoding = FeatureEncoding(cfg.dtype)
     for lv in teacher.levels:  # a packed encoding the teacher's channels do not fit is refused before any work
-        stored_channels(lv.channels, cfg.dtype)
+        encoding.stored_channels(lv.channels)
     plan = make_plan(dataset, cfg.views, teacher.strides)
     if len(plan) == 0:
         raise DataError(f"teacher-cache: expected images in split {cfg.split!r}, its annotation file "
@@ -362,7 +358,7 @@ def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: P
             return CacheWriteSummary(path, len(plan), 0, 0.0, 0.0, True, 0, check)
         root = open_group(path, mode="r+")
         # the fast pass changes the teacher's weights in place: only after they were fingerprinted and stored
-        run = TeacherPass(teacher, cfg.dtype, options).prepare()
+        run = TeacherPass(teacher, encoding, options).prepare()
         written, seconds, stages = _write_pending(root, path, plan, run, dataset, cfg, ctx, progress, write_threads,
                                                   procs, resize_on_device)
         barrier(ctx)
@@ -452,13 +448,11 @@ def _write_pending(root: zarr.Group, path: str, plan: Plan, run: TeacherPass, da
     t0 = time.perf_counter()
     written = 0
     stages = _Stages()
-    stored = np.dtype(storage_dtype(cfg.dtype))
     futures: list[Future] = []
     copier = _HostCopier(ctx.device)
-    scaled = cfg.dtype in SCALED_DTYPES  # features come with per-channel scales
     if procs is not None:
-        procs.allocate(max(_batch_layout(levels, b["level_sizes"], cfg.batch_size, stored, cfg.dtype,
-                                         scaled).nbytes for b in buckets), slots=2 * len(procs))
+        procs.allocate(max(_batch_layout(levels, b["level_sizes"], cfg.batch_size, run.encoding).nbytes
+                           for b in buckets), slots=2 * len(procs))
     in_flight = 2 if procs is not None else 2 * write_threads  # batches waiting in host memory, at most
     # zarr encodes a shard's inner chunks concurrently up to this limit (its default, 10, starves the writer)
     with ThreadPoolExecutor(max_workers=1 if procs is not None else write_threads) as pool, \
@@ -473,8 +467,8 @@ def _write_pending(root: zarr.Group, path: str, plan: Plan, run: TeacherPass, da
             bucket = buckets[int(plan.bucket[rows[0]])]
             keep = [j for j, i in enumerate(rows) if is_pending[i]]
             host = copier.copy(_encoded_batch(run, batch, on_gpu, ctx.device, bucket, keep, len(rows)))
-            args = (bucket["name"], [int(plan.row[rows[j]]) for j in keep], [lv.name for lv in levels], stored,
-                    scaled, host, stages)
+            args = (bucket["name"], [int(plan.row[rows[j]]) for j in keep], [lv.name for lv in levels],
+                    run.encoding, host, stages)
             futures.append(pool.submit(_dispatch, procs, *args) if procs is not None
                            else pool.submit(_write_batch, root, *args))
             t_wait = time.perf_counter()

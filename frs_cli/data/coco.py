@@ -34,7 +34,7 @@ from frs_cli.data.geometry import (
     pad_batch,
     view_geometry,
 )
-from frs_cli.data.targets import collate_teacher
+from frs_cli.data.targets import CachedTargets
 from frs_cli.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ class Sample:
     labels: Tensor  # (N,) int64 contiguous labels
     image_id: int
     geometry: ViewGeometry
-    teacher: dict | None = None  # cached teacher targets, see cache.reader
+    teacher: CachedTargets | None = None  # the view's cached teacher targets (built by cache.reader)
 
 
 class CocoViews(torch.utils.data.Dataset):
@@ -336,12 +336,12 @@ class Batch:
     targets: list[dict[str, Tensor]]  # per image {"boxes": (N, 4) float32 xyxy view pixels, "labels": (N,)}
     image_ids: list[int]
     geometries: list[ViewGeometry]
-    teacher: dict | None = None  # batched cached targets (data.targets.collate_teacher)
+    teacher: CachedTargets | None = None  # the views' cached teacher targets, batched (CachedTargets.collate)
 
     def pin_memory(self) -> Batch:
         self.images = self.images.pin_memory()
         if self.teacher is not None:
-            self.teacher = {k: [t.pin_memory() for t in v] for k, v in self.teacher.items()}
+            self.teacher = self.teacher.pin_memory()
         return self
 
     def to(self, device, non_blocking: bool = True) -> Batch:
@@ -352,7 +352,7 @@ class Batch:
             targets=[{k: move(v) for k, v in t.items()} for t in self.targets],
             image_ids=self.image_ids,
             geometries=self.geometries,
-            teacher=None if self.teacher is None else {k: [move(t) for t in v] for k, v in self.teacher.items()},
+            teacher=None if self.teacher is None else self.teacher.to(device, non_blocking),
         )
 
 
@@ -361,7 +361,7 @@ def collate(samples: list[Sample]) -> Batch:
     images = pad_batch([s.image for s in samples], batch_padded_size(geoms))
     teacher = None
     if samples[0].teacher is not None:
-        teacher = collate_teacher([s.teacher for s in samples])
+        teacher = CachedTargets.collate([s.teacher for s in samples])
     return Batch(
         images=images,
         image_sizes=[g.valid_size for g in geoms],

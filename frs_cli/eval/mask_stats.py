@@ -68,7 +68,7 @@ def mask_statistics(cache, dataset: CocoViews, high: float = 0.5, margin: float 
         geom = cache.view_geometry(k)
         rec = dataset.index.records[dataset.index.position[int(cache.image_id[k])]]
         boxes = apply_to_boxes(torch.from_numpy(rec.boxes_xyxy), geom)
-        masks = cache.read(k)["masks"]
+        masks = cache.read(k).masks
         for a, lv, m in zip(acc, cache.levels, masks):
             vh, vw = level_valid_size(geom.valid_size, lv.stride, tuple(m.shape))
             m = m[:vh, :vw].float()

@@ -14,8 +14,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from frs_cli.cache.schema import SCALED_DTYPES
-from frs_cli.cache.store import decode
+from frs_cli.cache.encoding import FeatureEncoding
 from frs_cli.data.coco import Batch
 from frs_cli.data.geometry import level_valid_size
 from frs_cli.errors import FrsError
@@ -99,21 +98,21 @@ def teacher_autocast(device: torch.device, enabled: bool):
 
 
 class CachedTeacher(nn.Module):
-    """Teacher targets from a cache: features decoded on the batch's device from their stored form (``dtype``:
-    the cache's ``storage.dtype``), masks as stored, logits recomputed by the cached head on each view's own
-    canvas (``train.canvas``), in the precision the cache was written with (``autocast``)."""
+    """Teacher targets from a cache: the batch's ``CachedTargets`` features decoded on its device by the cache's
+    ``encoding``, masks as stored, logits recomputed by the cached head on each view's own canvas
+    (``train.canvas``), in the precision the cache was written with (``autocast``)."""
 
-    def __init__(self, cls_head: nn.Module, strides: list[int], dtype: str = "float16", autocast: bool = True):
+    def __init__(self, cls_head: nn.Module, strides: list[int], encoding: FeatureEncoding, autocast: bool = True):
         super().__init__()
         self.cls_head = cls_head.eval().requires_grad_(False)
-        self.dtype = dtype
+        self.encoding = encoding
         self.strides = list(strides)
         self.autocast = autocast
 
     @classmethod
     def from_cache(cls, cache) -> CachedTeacher:
-        """The teacher side of a ``TeacherCache``: its head, strides, storage dtype and teacher precision."""
-        return cls(cache.build_head(), [lv.stride for lv in cache.levels], cache.dtype, cache.teacher_autocast)
+        """The teacher side of a ``TeacherCache``: its head, strides, feature encoding and teacher precision."""
+        return cls(cache.build_head(), [lv.stride for lv in cache.levels], cache.encoding, cache.teacher_autocast)
 
     def train(self, mode: bool = True):  # the teacher head stays in eval mode
         return super().train(False)
@@ -122,12 +121,11 @@ class CachedTeacher(nn.Module):
     def forward(self, batch: Batch, need_logits: bool) -> TeacherTargets:
         if batch.teacher is None:
             raise FrsError("distill: this batch carries no cached teacher targets (was the loader built from a cache?)")
-        scales = batch.teacher.get("scales")
-        if (scales is not None) != (self.dtype in SCALED_DTYPES):
-            raise FrsError(f"distill: the batch's cached features {'carry' if scales is not None else 'lack'} "
-                           f"per-channel scales, the teacher source expects {self.dtype} (pass the cache's dtype)")
-        feats = [decode(f, self.dtype, None if scales is None else scales[lv])
-                 for lv, f in enumerate(batch.teacher["features"])]
+        cached = batch.teacher
+        self.encoding.check_scales(cached.scales is not None, "distill: the batch's cached targets",
+                                   hint="build the teacher side from the batches' cache: CachedTeacher.from_cache")
+        feats = [self.encoding.decode(f, None if cached.scales is None else cached.scales[lv])
+                 for lv, f in enumerate(cached.features)]
         logits = None
         if need_logits:
             dtype = next(self.cls_head.parameters()).dtype
@@ -139,7 +137,7 @@ class CachedTeacher(nn.Module):
                     return [self.cls_head([f.to(dtype) for f in own])]
 
             logits, = on_own_canvas(head, batch.geometries, [tuple(f.shape[-2:]) for f in feats])
-        return TeacherTargets(feats, logits, batch.teacher["masks"])
+        return TeacherTargets(feats, logits, cached.masks)
 
 
 class OnlineTeacher(nn.Module):

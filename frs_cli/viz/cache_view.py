@@ -28,7 +28,7 @@ def cache_label(cache) -> str:
 
 
 def _masks_of(cache, image_id: int, view: str, chosen: list[int]):
-    masks = cache.read(cache.find(image_id, view))["masks"]
+    masks = cache.read(cache.find(image_id, view)).masks
     return [masks[i].float().clamp(0, 1) for i in chosen]
 
 
