@@ -282,7 +282,8 @@ def teacher_rates(args, tname: str, data: Path, base: dict, ctx, amp) -> dict:
         path = args.work / f"rate_{tname}_{dtype}.zarr"
         s = write_teacher_cache(r, str(path), ctx=ctx)
         out["cache"][dtype] = {"views_s": s.views_per_second, "over_inference": s.views_per_second / infer,
-                               "mb_per_view": TeacherCache(str(path)).nbytes_stored()["views"] / 1e6 / s.views_total}
+                               "mb_per_view": TeacherCache(str(path)).nbytes_stored()["views"] / 1e6 / s.views_total,
+                               "loop_seconds": s.seconds, "stage_seconds": s.stage_seconds}
         shutil.rmtree(path)
     if dev.type == "cuda":
         torch.cuda.empty_cache()
@@ -303,7 +304,8 @@ def write_cache(args, tname: str, data: Path, base: dict, dtype: str, ctx, row: 
     s = write_teacher_cache(recipe, path, ctx=ctx)
     nbytes = TeacherCache(path).nbytes_stored()
     row.setdefault("full_cache", {})[dtype] = {"views": s.views_total, "views_s": s.views_per_second,
-                                               "over_inference": s.views_per_second / row["inference_img_s"]}
+                                               "over_inference": s.views_per_second / row["inference_img_s"],
+                                               "loop_seconds": s.seconds, "stage_seconds": s.stage_seconds}
     row["cache"].setdefault(dtype, {})["mb_per_view"] = nbytes["views"] / 1e6 / s.views_total
     return path, recipe
 
