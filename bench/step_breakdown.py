@@ -61,7 +61,7 @@ LETTERS = {"plain": "a", "teacher": "b", "feature": "c", "full": "d", "online": 
 INCREMENTS = (("teacher_side", "teacher", "plain"), ("adapters_feature_loss", "feature", "teacher"),
               ("head_loss", "full", "feature"))
 SMOKE = {"pair": "tiny-tiny", "images": 4, "image_size": 64, "min_size": 64, "max_size": 96, "views": 24,
-         "batch": 2, "batches": 6, "workers": 0, "prefetch": 2, "warmup": 1, "steps": 2, "part_reps": 2}
+         "batch": 4, "batches": 8, "workers": 0, "prefetch": 2, "warmup": 1, "steps": 2, "part_reps": 2}
 STEP = 10_000  # past the FRS warm-up: the distillation terms at full weight
 
 
