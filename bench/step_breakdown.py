@@ -275,7 +275,8 @@ def cached_parts(obj: nn.Module, s: Setup, reps: int) -> dict[str, dict]:
     def adapters(x):
         for t in x["student"]:
             t.grad = None
-        outs = obj.adapters(x["student"])
+        with torch.autocast(**s.amp):  # bf16 leaves into float32 convs, as in the step
+            outs = obj.adapters(x["student"])
         torch.autograd.backward(outs, [torch.ones_like(o) for o in outs])
 
     def loss_backward(loss_fn, student_key, teacher_key):
