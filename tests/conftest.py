@@ -259,3 +259,21 @@ def mixed_cache(tmp_path_factory):
         return made[family]
 
     return get
+
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+
+def load_bench(name: str):
+    """A script of bench/ as a module (bench/ is no package; its scripts import each other by name)."""
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH))
+    return module

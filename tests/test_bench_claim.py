@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import statistics
 from pathlib import Path
 
 import pytest
+from conftest import load_bench
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-
-
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-claim = _load("frs_claim")
-verdicts = _load("claim_verdicts")
+claim = load_bench("frs_claim")
+verdicts = load_bench("claim_verdicts")
 
 
 def test_plan_runs_round_robin_or_in_order_with_named_variants():

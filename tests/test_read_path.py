@@ -3,7 +3,6 @@ benchmark scripts that measure it (bench/cached_step.py, bench/gpu_hours.py, ben
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import sys
@@ -14,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from conftest import load_bench as _bench
 
 from frs_cli.cache import direct
 from frs_cli.cache.checksum import crc32, view_crc
@@ -21,19 +21,6 @@ from frs_cli.cache.direct import DirectArray
 from frs_cli.cache.reader import TeacherCache
 from frs_cli.data.targets import CachedTargets
 from frs_cli.errors import CacheFormatError
-
-BENCH = Path(__file__).resolve().parent.parent / "bench"
-
-
-def _bench(name: str):
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
 
 
 # -- direct reads -----------------------------------------------------------------------------------------------

@@ -3,29 +3,14 @@ compute the losses ``FRSObjective`` computes."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_bench as _bench
 
 from frs_cli.models import ModelConfig, build_detector
 from frs_cli.train.objectives import CachedTeacher, FRSObjective
-
-BENCH = Path(__file__).resolve().parent.parent / "bench"
-
-
-def _bench(name: str):
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
 
 
 @pytest.fixture(scope="module")
