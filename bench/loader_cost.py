@@ -1,0 +1,237 @@
+"""What the real loader adds to the cached FRS step (issue 13): the same batches, on the device or through the loader.
+
+``bench/step_breakdown.py`` found the cached FRS step 1.07x the plain one on batches kept on the device, while
+``bench/cached_step.py`` measured it 1.05-1.5x the plain one through the real DataLoader, with the data wait
+about 2 % of the step. This script times one list of batches (one canvas each, cycled) under each variant,
+in one process on one card, twice in turn (so drift shows), and splits each step into
+
+- ``wait``: waiting for the loader's next batch;
+- ``copy``: ``Batch.to(device)`` and a synchronisation (the host-to-device copies);
+- ``issue``: the Python thread launching forward, backward and the optimizer step (no synchronisation);
+- ``tail``: the device finishing after the last launch.
+
+A step whose ``issue`` grows while the device work stays the same is slowed on the host (the main thread).
+
+Variants (``--variants``):
+- ``resident_plain`` / ``resident_cached``: GT loss / cached FRS objective on batches already on the device;
+- ``loader_plain``: the GT loss through the image-only loader (what plain training reads);
+- ``loader_cached``: the cached FRS objective through the cached loader, as distill runs it;
+- ``loader_cached_gt``: the cached loader, but the GT loss (the teacher targets read and dropped before the copy);
+- ``loader_cached_nopin``: ``loader_cached`` with ``pin_memory=False``;
+- ``loader_cached_w4``: ``loader_cached`` with 4 workers.
+
+With ``--profile`` the ``loader_plain`` and ``loader_cached`` variants are also profiled over a few steps
+(torch.profiler, host and device), and the top host operations by self time go to --out/profile_*.txt.
+Raw JSON to --out/loader_cost.json. ``--smoke`` runs it on the CPU with tiny models (tests).
+
+On one H200 (about 3 minutes):
+
+    python3 bench/loader_cost.py --out $OUT --work /tmp/loader_cost --profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cached_step import batches_for, canvas_of, make_data
+from speed import ARCH, median, step_objective, sync_time
+from step_breakdown import save_teacher
+
+VARIANTS = ("resident_plain", "resident_cached", "loader_plain", "loader_cached", "loader_cached_gt",
+            "loader_cached_nopin", "loader_cached_w4")
+PHASES = ("wait", "copy", "issue", "tail")
+STEP = 10_000  # past the FRS warm-up
+SMOKE = {"pair": "tiny-tiny", "images": 4, "image_size": 64, "min_size": 64, "max_size": 96, "views": 16,
+         "batch": 2, "batches": 4, "workers": 0, "warmup": 1, "steps": 2, "rounds": 1, "profile": False}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--work", type=Path, required=True)
+    p.add_argument("--pair", default="x101-r50")
+    p.add_argument("--dtype", default="int8")
+    p.add_argument("--images", type=int, default=32)
+    p.add_argument("--image-size", type=int, default=853)
+    p.add_argument("--min-size", type=int, default=512)
+    p.add_argument("--max-size", type=int, default=853)
+    p.add_argument("--views", type=int, default=256)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batches", type=int, default=24, help="distinct batches of one canvas, cycled")
+    p.add_argument("--workers", type=int, default=12)
+    p.add_argument("--prefetch", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--rounds", type=int, default=2, help="times every variant is measured, in turn")
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--profile", action="store_true")
+    p.add_argument("--smoke", action="store_true")
+    args = p.parse_args(argv)
+    args.group_by_canvas = True  # batches of one canvas, as training batches by default
+    if args.smoke:
+        for k, v in SMOKE.items():
+            setattr(args, k, v)
+    return args
+
+
+def prepare(args):
+    """Data, a random-weight teacher's cache, the batches' keys (one canvas each) and those batches on the device."""
+    from frs_cli.cache.reader import CachedViews, TeacherCache
+    from frs_cli.cache.writer import write_teacher_cache
+    from frs_cli.config import recipe_from_dict
+    from frs_cli.data.coco import CocoViews
+    from frs_cli.dist import setup
+
+    ctx = setup("cpu" if args.smoke else None)
+    args.work.mkdir(parents=True, exist_ok=True)
+    data = make_data(args.work, args.images, args.image_size, args.views, "data")
+    tname, sname = args.pair.split("-")
+    base = {"data": {"root": str(data)}, "geometry": {"min_size": args.min_size, "max_size": args.max_size},
+            "cache": {"batch_size": args.batch, "workers": args.workers, "preload_mb": 0, "dtype": args.dtype,
+                      **({"write_processes": 0} if args.smoke else {})}}
+    coco = CocoViews.from_config(recipe_from_dict(base).data, "train", recipe_from_dict(base).geometry)
+    ckpt = save_teacher(args.work / f"{tname}.pt", tname, coco, recipe_from_dict(base).geometry)
+    recipe = recipe_from_dict({**base, "teacher": {"arch": ARCH[tname], "weights": str(ckpt)}})
+    path = args.work / f"{tname}_{args.dtype}.zarr"
+    if path.exists():
+        shutil.rmtree(path)
+    write_teacher_cache(recipe, str(path), ctx=ctx)
+    store = TeacherCache(str(path))
+    canvas = canvas_of(args, coco)
+    keys = [b for b in batches_for(2 * len(coco), 2 * len(coco) // args.batch, args.batch, canvas)
+            if len({canvas(k) for k in b}) == 1][: args.batches]
+    cached = CachedViews(coco, store)
+    resident = [b.to(ctx.device) for b in loader(cached, keys, args.workers, args.prefetch, ctx.device)]
+    amp = dict(device_type=ctx.device.type, dtype=torch.bfloat16, enabled=ctx.device.type == "cuda")
+    return dict(dev=ctx.device, amp=amp, coco=coco, cached=cached, recipe=recipe, store=store, sname=sname,
+                keys=keys, resident=resident)
+
+
+def loader(dataset, keys, workers: int, prefetch: int, dev, pin: bool = True):
+    from frs_cli.data.coco import ListSampler, collate
+
+    return torch.utils.data.DataLoader(dataset, batch_sampler=ListSampler(keys), num_workers=workers,
+                                       collate_fn=collate, pin_memory=pin and dev.type == "cuda",
+                                       prefetch_factor=prefetch if workers else None)
+
+
+def objective(s: dict, cached: bool):
+    from frs_cli.models import ModelConfig, build_detector
+
+    torch.manual_seed(0)
+    student = build_detector(ModelConfig(arch=ARCH[s["sname"]]), s["coco"].index.num_classes)
+    obj, _ = step_objective("cached" if cached else "plain", student, s["recipe"], s["coco"],
+                            s["coco"].index.num_classes, s["store"])
+    return obj
+
+
+def timed(obj, batches, dev, amp, warmup: int, steps: int, drop_teacher: bool = False, profiler=None) -> dict:
+    """``warmup + steps`` SGD steps of ``obj`` on the iterator ``batches``; per phase the median ms of the timed
+    steps, and the step's median and mean."""
+    obj.to(dev).train()
+    opt = torch.optim.SGD([q for q in obj.parameters() if q.requires_grad], lr=1e-4, momentum=0.9)
+    rows = []
+    for i in range(warmup + steps):
+        t0 = sync_time()
+        batch = next(batches)
+        t_got = time.perf_counter()
+        if drop_teacher:
+            batch.teacher = None
+        batch = batch.to(dev, non_blocking=True)
+        t1 = sync_time()
+        with torch.autocast(**amp):
+            loss = sum(obj(batch, STEP).values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        t_issued = time.perf_counter()
+        t2 = sync_time()
+        if profiler is not None:
+            profiler.step()
+        if i >= warmup:
+            rows.append({"wait": t_got - t0, "copy": t1 - t_got, "issue": t_issued - t1, "tail": t2 - t_issued,
+                         "step": t2 - t0})
+    out = {f"{k}_ms": 1e3 * median([r[k] for r in rows]) for k in (*PHASES, "step")}
+    out["step_ms_mean"] = 1e3 * sum(r["step"] for r in rows) / len(rows)
+    out["steps"] = len(rows)
+    return out
+
+
+def run_variant(name: str, args, s: dict, profile_to: Path | None = None) -> dict:
+    cached = name in ("resident_cached", "loader_cached", "loader_cached_nopin", "loader_cached_w4")
+    obj = objective(s, cached)
+    count = args.warmup + args.steps
+    if name.startswith("resident"):
+        batches = (s["resident"][i % len(s["resident"])] for i in range(count))
+    else:
+        keys = [s["keys"][i % len(s["keys"])] for i in range(count + args.workers * args.prefetch + 1)]
+        dataset = s["coco"] if name == "loader_plain" else s["cached"]
+        workers = 4 if name == "loader_cached_w4" and args.workers else args.workers
+        batches = iter(loader(dataset, keys, workers, args.prefetch, s["dev"], pin=name != "loader_cached_nopin"))
+    if profile_to is None:
+        res = timed(obj, batches, s["dev"], s["amp"], args.warmup, args.steps, drop_teacher=name == "loader_cached_gt")
+    else:
+        from torch.profiler import ProfilerActivity, profile, schedule
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if s["dev"].type == "cuda" else [])
+        with profile(activities=acts, schedule=schedule(wait=0, warmup=2, active=6, repeat=1)) as prof:
+            res = timed(obj, batches, s["dev"], s["amp"], args.warmup, min(args.steps, 8), profiler=prof)
+        text = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40)
+        profile_to.write_text(text)
+    del obj, batches
+    if s["dev"].type == "cuda":
+        torch.cuda.empty_cache()
+    return res
+
+
+def run(args, argv: list[str]) -> dict:
+    args.out.mkdir(parents=True, exist_ok=True)
+    s = prepare(args)
+    res = {"command": "python3 bench/loader_cost.py " + " ".join(argv),
+           "device": torch.cuda.get_device_name(0) if s["dev"].type == "cuda" else "cpu",
+           "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+           "args": {k: str(v) for k, v in vars(args).items()}, "batches": len(s["keys"]),
+           "canvases": sorted({str(b.geometries[0].padded_size) for b in s["resident"]}), "rounds": []}
+    names = args.variants.split(",")
+    for r in range(args.rounds):
+        row = {}
+        for name in names if r % 2 == 0 else names[::-1]:
+            row[name] = run_variant(name, args, s)
+            print(f"round {r} {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in row[name].items() if k.endswith("ms")),
+                  flush=True)
+            (args.out / "loader_cost.json").write_text(json.dumps({**res, "rounds": [*res["rounds"], row]}, indent=1))
+        res["rounds"].append(row)
+    if args.profile:
+        for name in ("loader_plain", "loader_cached"):
+            run_variant(name, args, s, profile_to=args.out / f"profile_{name}.txt")
+    (args.out / "loader_cost.json").write_text(json.dumps(res, indent=1))
+    print(table(res), flush=True)
+    return res
+
+
+def table(res: dict) -> str:
+    names = list(res["rounds"][0])
+    lines = [f"{res['device']}, {res['date']}, torch {res['torch']}: `{res['command']}`", "",
+             "| variant | round | step ms (median) | mean | wait | copy | issue | tail |", "|---|---|---|---|---|---|---|---|"]
+    for name in names:
+        for r, row in enumerate(res["rounds"]):
+            v = row[name]
+            lines.append(f"| {name} | {r} | {v['step_ms']:.2f} | {v['step_ms_mean']:.2f} | {v['wait_ms']:.2f} | "
+                         f"{v['copy_ms']:.2f} | {v['issue_ms']:.2f} | {v['tail_ms']:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    run(parse_args(), sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()
