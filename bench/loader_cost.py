@@ -13,12 +13,15 @@ in one process on one card, twice in turn (so drift shows), and splits each step
 A step whose ``issue`` grows while the device work stays the same is slowed on the host (the main thread).
 
 Variants (``--variants``):
-- ``resident_plain`` / ``resident_cached``: GT loss / cached FRS objective on batches already on the device;
+- ``resident_plain`` / ``resident_cached``: GT loss / cached FRS objective (as distill builds it, with
+  ``distill.cuda_graphs``' default) on batches already on the device; ``resident_cached_eager``: with the
+  cached head run eagerly (``distill.cuda_graphs = false``);
 - ``loader_plain``: the GT loss through the image-only loader (what plain training reads);
 - ``loader_cached``: the cached FRS objective through the cached loader, as distill runs it;
+  ``loader_cached_eager``: the same with the cached head run eagerly;
 - ``loader_cached_gt``: the cached loader, but the GT loss (the teacher targets read and dropped before the copy);
-- ``loader_cached_nopin``: ``loader_cached`` with ``pin_memory=False``;
-- ``loader_cached_w4``: ``loader_cached`` with 4 workers.
+- optional: ``loader_cached_nopin``, ``loader_cached`` with ``pin_memory=False``; ``loader_cached_w4``, with 4
+  workers.
 
 With ``--profile`` the ``loader_plain`` and ``loader_cached`` variants are also profiled over a few steps
 (torch.profiler, host and device), and the top host operations by self time go to --out/profile_*.txt.
@@ -45,8 +48,9 @@ from cached_step import batches_for, canvas_of, make_data
 from speed import ARCH, median, step_objective, sync_time
 from step_breakdown import save_teacher
 
-VARIANTS = ("resident_plain", "resident_cached", "loader_plain", "loader_cached", "loader_cached_gt",
-            "loader_cached_nopin", "loader_cached_w4")
+VARIANTS = ("resident_plain", "resident_cached", "resident_cached_eager", "loader_plain", "loader_cached",
+            "loader_cached_eager", "loader_cached_gt")
+OPTIONAL = ("loader_cached_nopin", "loader_cached_w4")
 PHASES = ("wait", "copy", "issue", "tail")
 STEP = 10_000  # past the FRS warm-up
 SMOKE = {"pair": "tiny-tiny", "images": 4, "image_size": 64, "min_size": 64, "max_size": 96, "views": 16,
@@ -110,9 +114,9 @@ def prepare(args):
             if len({canvas(k) for k in b}) == 1][: args.batches]
     cached = CachedViews(coco, store)
     resident = [b.to(ctx.device) for b in loader(cached, keys, args.workers, args.prefetch, ctx.device)]
-    amp = dict(device_type=ctx.device.type, dtype=torch.bfloat16, enabled=ctx.device.type == "cuda")
-    return dict(dev=ctx.device, amp=amp, coco=coco, cached=cached, recipe=recipe, store=store, sname=sname,
-                keys=keys, resident=resident)
+    amp = {"device_type": ctx.device.type, "dtype": torch.bfloat16, "enabled": ctx.device.type == "cuda"}
+    return {"dev": ctx.device, "amp": amp, "coco": coco, "cached": cached, "recipe": recipe, "store": store,
+            "sname": sname, "keys": keys, "resident": resident}
 
 
 def loader(dataset, keys, workers: int, prefetch: int, dev, pin: bool = True):
@@ -123,13 +127,15 @@ def loader(dataset, keys, workers: int, prefetch: int, dev, pin: bool = True):
                                        prefetch_factor=prefetch if workers else None)
 
 
-def objective(s: dict, cached: bool):
+def objective(s: dict, cached: bool, graphs: bool = True):
     from frs_cli.models import ModelConfig, build_detector
 
     torch.manual_seed(0)
     student = build_detector(ModelConfig(arch=ARCH[s["sname"]]), s["coco"].index.num_classes)
     obj, _ = step_objective("cached" if cached else "plain", student, s["recipe"], s["coco"],
                             s["coco"].index.num_classes, s["store"])
+    if cached:
+        obj.teacher_side.cuda_graphs = graphs and s["recipe"].distill.cuda_graphs
     return obj
 
 
@@ -166,8 +172,8 @@ def timed(obj, batches, dev, amp, warmup: int, steps: int, drop_teacher: bool = 
 
 
 def run_variant(name: str, args, s: dict, profile_to: Path | None = None) -> dict:
-    cached = name in ("resident_cached", "loader_cached", "loader_cached_nopin", "loader_cached_w4")
-    obj = objective(s, cached)
+    cached = name.startswith(("resident_cached", "loader_cached")) and name != "loader_cached_gt"
+    obj = objective(s, cached, graphs=not name.endswith("_eager"))
     count = args.warmup + args.steps
     if name.startswith("resident"):
         batches = (s["resident"][i % len(s["resident"])] for i in range(count))

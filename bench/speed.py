@@ -75,7 +75,8 @@ def step_objective(mode: str, student, recipe, coco, num_classes: int, store=Non
     if mode == "online":
         teacher = build_detector(recipe.teacher, num_classes)
         return FRSObjective(student, teacher.signature, OnlineTeacher(teacher), recipe.distill), coco
-    objective = FRSObjective(student, store.signature, CachedTeacher.from_cache(store), recipe.distill)
+    objective = FRSObjective(student, store.signature, CachedTeacher.from_cache(store, recipe.distill.cuda_graphs),
+                             recipe.distill)
     return objective, CachedViews(coco, store)
 
 

@@ -241,10 +241,12 @@ def part_inputs(obj: nn.Module, s: Setup) -> list[dict]:
     with torch.no_grad(), torch.autocast(**s.amp):
         for b in s.batches[:8]:
             t = obj.teacher_side(b, need_logits=True)
-            out.append({"batch": b, "features": t.features, "logits": t.cls_logits, "masks": t.masks,
-                        "valid": valid_masks(b.image_sizes, t.features, obj.student.strides),
-                        "student": [leaf(f, c) for f, c in zip(t.features, chans)],
-                        "adapted": [leaf(f) for f in t.features], "student_logits": [leaf(z) for z in t.cls_logits]})
+            # copies: with distill.cuda_graphs the next batch's replay overwrites the teacher side's outputs
+            feats, logits = [f.clone() for f in t.features], [z.clone() for z in t.cls_logits]
+            out.append({"batch": b, "features": feats, "logits": logits, "masks": t.masks,
+                        "valid": valid_masks(b.image_sizes, feats, obj.student.strides),
+                        "student": [leaf(f, c) for f, c in zip(feats, chans)],
+                        "adapted": [leaf(f) for f in feats], "student_logits": [leaf(z) for z in logits]})
     return out
 
 

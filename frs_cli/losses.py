@@ -13,6 +13,7 @@ positions outside it (padding added only to batch images together) count neither
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -22,7 +23,8 @@ from torch import Tensor, nn
 from frs_cli.data.geometry import pad_boxes
 from frs_cli.errors import FrsError
 
-__all__ = ["FeatureAdapter", "distill_weight", "feature_loss", "frs_masks", "gt_box_masks", "head_loss"]
+__all__ = ["FeatureAdapter", "distill_weight", "feature_loss", "frs_losses", "frs_masks", "gt_box_masks", "head_loss",
+           "position_weights"]
 
 
 def frs_masks(cls_logits: Sequence[Tensor]) -> list[Tensor]:
@@ -54,6 +56,52 @@ def _levels(name: str, *lists) -> int:
     return n
 
 
+@functools.lru_cache(maxsize=256)
+def _level_index(sizes: tuple[int, ...], device: torch.device) -> Tensor:
+    """``(sum(sizes),)`` long: the level of each position when the levels' ``H_l * W_l`` positions lie side by side
+    (kept per level layout and device: a batch shape asks for it once)."""
+    return torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)).to(device)
+
+
+def _side_by_side(tensors: Sequence[Tensor], dims: int) -> Tensor:
+    """Per level ``(B, [C,] H, W)`` -> ``(B, [C,] P)``, the levels' positions side by side (``dims`` leading dims)."""
+    flat = [t.flatten(dims) for t in tensors]
+    return flat[0] if len(flat) == 1 else torch.cat(flat, dims)
+
+
+def position_weights(masks: Sequence[Tensor], valid: Sequence[Tensor] | None = None) -> Tensor:
+    """``(B, P)`` float32: each position's ``S_l / N_l`` (zero where not ``valid``), every level's ``H_l * W_l``
+    positions side by side in level order; the weights both FRS losses sum their per-position terms with.
+
+    Args:
+        masks: per level ``S_l``, ``(B, H_l, W_l)``.
+        valid: optional per level ``(B, H_l, W_l)`` bool, True where the position holds real data.
+    """
+    w = _side_by_side(masks, 1).float()
+    if valid is not None:
+        w = w * _side_by_side(valid, 1)
+    index = _level_index(tuple(m.shape[-2] * m.shape[-1] for m in masks), w.device)
+    n = torch.zeros(len(masks), dtype=torch.float32, device=w.device).index_add_(0, index, w.sum(0))
+    return w * n.clamp_min(1e-12).reciprocal()[index]
+
+
+def _check_levels(name: str, a: Sequence[Tensor], b: Sequence[Tensor], masks: Sequence[Tensor],
+                  valid: Sequence[Tensor] | None) -> None:
+    for lv in range(_levels(name, a, b, masks, valid)):
+        _check(name, lv, a[lv], b[lv], masks[lv])
+
+
+def _feature_term(student_adapted: Sequence[Tensor], teacher: Sequence[Tensor], weights: Tensor) -> Tensor:
+    d = torch.sub(_side_by_side(teacher, 2).float(), _side_by_side(student_adapted, 2))  # float32 (B, C, P)
+    return (weights * d.square().sum(dim=1)).sum()  # channels summed, not averaged
+
+
+def _head_term(student_cls_logits: Sequence[Tensor], teacher_cls_logits: Sequence[Tensor], weights: Tensor) -> Tensor:
+    target = torch.sigmoid(_side_by_side(teacher_cls_logits, 2).detach().float())
+    bce = F.binary_cross_entropy_with_logits(_side_by_side(student_cls_logits, 2).float(), target, reduction="none")
+    return (weights * bce.sum(dim=1)).sum()  # summed over K
+
+
 def feature_loss(student_adapted: Sequence[Tensor], teacher: Sequence[Tensor], masks: Sequence[Tensor],
                  valid: Sequence[Tensor] | None = None) -> Tensor:
     """``sum_l sum S (T - phi(F))^2 / sum S`` over ``(B, C, H, W)`` levels; scalar float32.
@@ -63,15 +111,11 @@ def feature_loss(student_adapted: Sequence[Tensor], teacher: Sequence[Tensor], m
         teacher: per level ``T_l``, same shape (fp16 from a cache is fine: computed in float32).
         masks: per level ``S_l``, ``(B, H, W)``.
         valid: optional per level ``(B, H, W)`` bool, True where the position holds real data.
+
+    The levels are laid side by side and summed in one pass (a few kernels whatever the number of levels).
     """
-    total = student_adapted[0].new_zeros((), dtype=torch.float32)
-    for lv in range(_levels("feature_loss", student_adapted, teacher, masks, valid)):
-        s, t = student_adapted[lv], teacher[lv]
-        _check("feature_loss", lv, s, t, masks[lv])
-        w = _weights(masks, valid, lv)
-        sq = (t.float() - s.float()).pow(2).sum(dim=1)  # (B, H, W): channels summed, not averaged
-        total = total + (w * sq).sum() / w.sum().clamp_min(1e-12)
-    return total
+    _check_levels("feature_loss", student_adapted, teacher, masks, valid)
+    return _feature_term(student_adapted, teacher, position_weights(masks, valid))
 
 
 def head_loss(student_cls_logits: Sequence[Tensor], teacher_cls_logits: Sequence[Tensor], masks: Sequence[Tensor],
@@ -80,15 +124,22 @@ def head_loss(student_cls_logits: Sequence[Tensor], teacher_cls_logits: Sequence
 
     BCE is taken from logits (``binary_cross_entropy_with_logits``), so it never takes the log of 0.
     """
-    total = student_cls_logits[0].new_zeros((), dtype=torch.float32)
-    for lv in range(_levels("head_loss", student_cls_logits, teacher_cls_logits, masks, valid)):
-        zs, zt = student_cls_logits[lv], teacher_cls_logits[lv]
-        _check("head_loss", lv, zs, zt, masks[lv])
-        w = _weights(masks, valid, lv)
-        target = torch.sigmoid(zt.detach().float())
-        bce = F.binary_cross_entropy_with_logits(zs.float(), target, reduction="none").sum(dim=1)  # sum over K
-        total = total + (w * bce).sum() / w.sum().clamp_min(1e-12)
-    return total
+    _check_levels("head_loss", student_cls_logits, teacher_cls_logits, masks, valid)
+    return _head_term(student_cls_logits, teacher_cls_logits, position_weights(masks, valid))
+
+
+def frs_losses(student_adapted: Sequence[Tensor], teacher: Sequence[Tensor], student_cls_logits: Sequence[Tensor] | None,
+               teacher_cls_logits: Sequence[Tensor] | None, masks: Sequence[Tensor],
+               valid: Sequence[Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
+    """``(feature_loss, head_loss)`` on the same masks, their weights computed once; the head loss is None when
+    the logits are (GT-box imitation)."""
+    _check_levels("feature_loss", student_adapted, teacher, masks, valid)
+    weights = position_weights(masks, valid)
+    head = None
+    if student_cls_logits is not None:
+        _check_levels("head_loss", student_cls_logits, teacher_cls_logits, masks, valid)
+        head = _head_term(student_cls_logits, teacher_cls_logits, weights)
+    return _feature_term(student_adapted, teacher, weights), head
 
 
 def distill_weight(step: int, warmup_iters: int = 500) -> float:

@@ -149,3 +149,72 @@ def test_gpu_cache_and_live_teacher_agree_on_batches_of_three_canvases(family, m
         print(f"gpu mixed-canvas parity {family} {name}: cached {float(la[name]):.7g} online {float(lb[name]):.7g} "
               f"relative difference {rel:.2e}")
         assert rel < 1e-3, (family, name, rel)
+
+
+def _one_canvas_batches(recipe, cache, per_batch: int = 2):
+    """Per canvas of the split, one batch of ``per_batch`` of its views, on the GPU."""
+    from frs_cli.cache.reader import CachedViews
+    from frs_cli.data.coco import CocoViews, collate
+
+    coco = CocoViews.from_config(recipe.data, "train", recipe.geometry)
+    by_canvas: dict = {}
+    for p in range(len(coco)):
+        for v in ("orig", "hflip"):
+            by_canvas.setdefault(coco.geometry_of(p, v).padded_size, []).append((p, v))
+    ds = CachedViews(coco, cache)
+    return [collate([ds[k] for k in keys[:per_batch]]).to("cuda") for keys in by_canvas.values()
+            if len(keys) >= per_batch]
+
+
+def test_cached_head_replayed_as_cuda_graphs_gives_the_eager_targets(mixed_cache):
+    """distill.cuda_graphs: per batch shape the first batch runs eagerly and is captured, later ones replay. Every
+    canvas, in and out of order, gives the eager head's features and logits, and every shape has its graph."""
+    from frs_cli.cache.reader import TeacherCache
+    from frs_cli.train.objectives import CachedTeacher
+
+    recipe, path, _ = mixed_cache("retinanet")
+    cache = TeacherCache(path)
+    batches = _one_canvas_batches(recipe, cache)
+    assert len(batches) == 3
+    graphed = CachedTeacher.from_cache(cache, cuda_graphs=True).cuda()
+    eager = CachedTeacher.from_cache(cache).cuda()
+    for b in batches + batches + batches[::-1]:
+        assert graphed.graphed(b) and not eager.graphed(b)
+        g, e = graphed(b, need_logits=True), eager(b, need_logits=True)
+        for x, y in zip([*g.features, *g.cls_logits], [*e.features, *e.cls_logits]):
+            torch.testing.assert_close(x, y)
+    assert len(graphed._graphs) == 3 and all(v is not None for v in graphed._graphs.values())
+
+
+def test_distill_losses_and_gradients_with_cuda_graphs_equal_the_eager_ones(mixed_cache):
+    """Two steps on batches of one shape in a row (the second replays the graph over the first's outputs): the FRS
+    terms and the adapters' gradients equal those of the eager cached head."""
+    from dataclasses import replace
+
+    from frs_cli.cache.reader import TeacherCache
+    from frs_cli.models import build_detector
+    from frs_cli.train.objectives import CachedTeacher, FRSObjective
+
+    recipe, path, _ = mixed_cache("retinanet")
+    cache = TeacherCache(path)
+    batches = _one_canvas_batches(recipe, cache)
+    torch.manual_seed(0)
+    student = build_detector(recipe.student, 5).cuda().eval()
+    cfg = replace(recipe.distill, warmup_iters=0)
+    a = FRSObjective(student, cache.signature, CachedTeacher.from_cache(cache, cuda_graphs=True), cfg).cuda()
+    b = FRSObjective(student, cache.signature, CachedTeacher.from_cache(cache), cfg).cuda()
+    b.adapters.load_state_dict(a.adapters.state_dict())
+    for batch in (batches[0], batches[0], batches[1], batches[0]):
+        terms = []
+        for obj in (a, b):
+            obj.adapters.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                losses = obj(batch, 0)
+            (losses["frs_feature"] + losses["frs_head"]).backward()
+            terms.append((losses, [p.grad.clone() for p in obj.adapters.parameters()]))
+        (la, ga), (lb, gb) = terms
+        for name in ("frs_feature", "frs_head"):
+            torch.testing.assert_close(la[name], lb[name])
+        for x, y in zip(ga, gb):
+            torch.testing.assert_close(x, y)
+    assert any(v is not None for v in a.teacher_side._graphs.values())

@@ -9,7 +9,16 @@ import pytest
 import torch
 
 from frs_cli.errors import FrsError
-from frs_cli.losses import FeatureAdapter, distill_weight, feature_loss, frs_masks, gt_box_masks, head_loss
+from frs_cli.losses import (
+    FeatureAdapter,
+    distill_weight,
+    feature_loss,
+    frs_losses,
+    frs_masks,
+    gt_box_masks,
+    head_loss,
+    position_weights,
+)
 
 
 def _sigmoid(x: float) -> float:
@@ -536,3 +545,51 @@ def test_mask_with_an_extra_singleton_channel_dim_raises_frs_error(loss):
     m = torch.rand(2, 4, 4, generator=g) + 0.1
     with pytest.raises(FrsError, match="shapes do not line up"):
         loss([s], [t], [m[:, None]])
+
+
+def _three_levels(batch: int = 3, channels: int = 4, seed: int = 11):
+    g = torch.Generator().manual_seed(seed)
+    grids = [(6, 5), (3, 3), (2, 1)]
+    mk = lambda c, h, w: torch.randn(batch, c, h, w, generator=g)
+    s = [mk(channels, h, w) for h, w in grids]
+    t = [mk(channels, h, w) for h, w in grids]
+    zs = [mk(7, h, w) for h, w in grids]
+    zt = [mk(7, h, w) for h, w in grids]
+    m = [torch.rand(batch, h, w, generator=g) * 0.9 + 0.05 for h, w in grids]
+    valid = [torch.rand(batch, h, w, generator=g) > 0.3 for h, w in grids]
+    return s, t, zs, zt, m, valid
+
+
+def test_position_weights_are_mask_over_its_levels_valid_sum_side_by_side():
+    _, _, _, _, m, valid = _three_levels()
+    w = position_weights(m, valid)
+    assert w.shape == (3, 30 + 9 + 2) and w.dtype == torch.float32
+    start = 0
+    for ml, vl in zip(m, valid):
+        n = ml.shape[1] * ml.shape[2]
+        expected = (ml * vl) / (ml * vl).sum()
+        torch.testing.assert_close(w[:, start:start + n], expected.flatten(1))
+        start += n
+
+
+def test_frs_losses_equal_the_feature_and_head_losses_and_skip_the_head_without_logits():
+    s, t, zs, zt, m, valid = _three_levels()
+    feature, head = frs_losses(s, t, zs, zt, m, valid)
+    torch.testing.assert_close(feature, _scalar(_feature_expected(s, t, m, valid=valid)))
+    torch.testing.assert_close(feature, feature_loss(s, t, m, valid))
+    torch.testing.assert_close(head, head_loss(zs, zt, m, valid))
+    feature_only, none = frs_losses(s, t, None, None, m, valid)
+    assert none is None
+    torch.testing.assert_close(feature_only, feature)
+
+
+def test_frs_losses_gradients_reach_every_level_of_the_student():
+    s, t, zs, zt, m, valid = _three_levels()
+    s = [x.requires_grad_() for x in s]
+    zs = [x.requires_grad_() for x in zs]
+    feature, head = frs_losses(s, t, zs, zt, m, valid)
+    (feature + head).backward()
+    for lv, (x, z) in enumerate(zip(s, zs)):
+        w = (m[lv] * valid[lv]) / (m[lv] * valid[lv]).sum()
+        torch.testing.assert_close(x.grad, -2 * w[:, None] * (t[lv] - x.detach()))
+        torch.testing.assert_close(z.grad, w[:, None] * (torch.sigmoid(z.detach()) - torch.sigmoid(zt[lv])))

@@ -40,3 +40,54 @@ def test_objective_is_gt_loss_plus_warmed_up_alpha_feature_plus_beta_head_loss(r
     torch.testing.assert_close(float(sum(got.values())), expected, rtol=1e-6, atol=0.0)
     torch.testing.assert_close(float(got["frs_feature"]), w * ALPHA * float(l_fpn), rtol=1e-6, atol=0.0)
     torch.testing.assert_close(float(got["frs_head"]), w * BETA * float(l_head), rtol=1e-6, atol=0.0)
+
+
+def test_valid_masks_mark_each_images_own_positions_on_every_level():
+    """Per image and level exactly the positions over its real pixels (ceil of size / stride, capped by the grid)."""
+    sizes = [(64, 40), (33, 64), (17, 9)]
+    features = [torch.zeros(3, 2, 8, 8), torch.zeros(3, 2, 4, 4), torch.zeros(3, 2, 1, 1)]
+    masks = valid_masks(sizes, features, [8, 16, 64])
+    for m, f, s in zip(masks, features, [8, 16, 64]):
+        assert m.dtype == torch.bool and m.shape == (3, *f.shape[-2:])
+        for i, (h, w) in enumerate(sizes):
+            expected = torch.zeros(f.shape[-2:], dtype=torch.bool)
+            expected[: min(-(-h // s), f.shape[-2]), : min(-(-w // s), f.shape[-1])] = True
+            assert torch.equal(m[i], expected), (s, i)
+
+
+def test_distill_builds_the_cached_head_with_the_recipes_cuda_graphs_switch(recipe, cache_path, tmp_path, monkeypatch):
+    """distill.cuda_graphs reaches the cached teacher side (default on; it only changes how CUDA launches it)."""
+    from frs_cli.train import run
+    from frs_cli.train.objectives import CachedTeacher
+
+    seen = []
+
+    class Built(Exception):
+        pass
+
+    def from_cache(cache, cuda_graphs=False):
+        seen.append(cuda_graphs)
+        raise Built
+
+    monkeypatch.setattr(CachedTeacher, "from_cache", staticmethod(from_cache))
+    assert recipe.distill.cuda_graphs is True
+    for value, out in ((True, "on"), (False, "off")):
+        r = replace(recipe, distill=replace(recipe.distill, cuda_graphs=value))
+        with pytest.raises(Built):
+            run.distill_student(r, tmp_path / out, cache=cache_path)
+    assert seen == [True, False]
+
+
+def test_cached_head_runs_eagerly_on_the_cpu_even_with_cuda_graphs(recipe, cache_path):
+    from frs_cli.cache.reader import CachedViews, TeacherCache
+    from frs_cli.train.objectives import CachedTeacher
+
+    cache = TeacherCache(cache_path)
+    coco = CocoViews.from_config(recipe.data, "train", recipe.geometry)
+    batch = collate([CachedViews(coco, cache)[k] for k in [(0, "orig"), (1, "orig")]])
+    graphed = CachedTeacher.from_cache(cache, cuda_graphs=True)
+    assert not graphed.graphed(batch)
+    a, b = graphed(batch, need_logits=True), CachedTeacher.from_cache(cache)(batch, need_logits=True)
+    for x, y in zip([*a.features, *a.cls_logits], [*b.features, *b.cls_logits]):
+        assert torch.equal(x, y)
+    assert graphed._graphs == {}

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from frs_cli.cache.encoding import FeatureEncoding
+from frs_cli.graphs import CapturedCall
 from frs_cli.losses import frs_masks
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,7 @@ class TeacherPass:
         self.teacher = teacher
         self.encoding = encoding
         self.options = options
-        self._graphs: dict[tuple, _Graph | None] = {}  # batch shape -> graph (None: this shape runs eagerly)
+        self._graphs: dict[tuple, CapturedCall | None] = {}  # batch shape -> graph (None: this shape runs eagerly)
         self._pool = None
 
     def prepare(self) -> TeacherPass:
@@ -127,41 +128,22 @@ class TeacherPass:
             self._graphs[key] = self._capture(x, image_sizes) if len(self._graphs) < MAX_GRAPHS else None
             return tensors
         graph = self._graphs[key]
-        return self._encode(x, image_sizes) if graph is None else graph.run(x)
+        if graph is None:
+            return self._encode(x, image_sizes)
+        # copies: the next replay overwrites the outputs while the writer may still be copying these to the host
+        return [t.clone() for t in graph.run(x)]
 
     def _normalized(self, images: Tensor, image_sizes) -> Tensor:
         with torch.no_grad():
             x = self.teacher.normalize(images, image_sizes)
         return x.contiguous(memory_format=torch.channels_last) if self.options.channels_last else x
 
-    def _capture(self, x: Tensor, image_sizes) -> _Graph | None:
+    def _capture(self, x: Tensor, image_sizes) -> CapturedCall | None:
         try:
             if self._pool is None:
                 self._pool = torch.cuda.graph_pool_handle()
-            return _Graph(lambda inp: self._encode(inp, image_sizes), x, self._pool)
+            return CapturedCall(lambda inp: self._encode(inp, image_sizes), [x], self._pool)
         except Exception as exc:  # noqa: BLE001 - any capture failure leaves this shape eager, nothing else
             log.warning("teacher-cache: no CUDA graph for batches of shape %s (%s: %s); they run eagerly",
                         tuple(x.shape), type(exc).__name__, exc)
             return None
-
-
-class _Graph:
-    """One captured pass: a static input, the captured outputs, replayed on the current stream."""
-
-    def __init__(self, fn, example: Tensor, pool):
-        self.input = example.clone(memory_format=torch.preserve_format)
-        self.graph = torch.cuda.CUDAGraph()
-        side = torch.cuda.Stream(example.device)
-        side.wait_stream(torch.cuda.current_stream(example.device))
-        with torch.cuda.stream(side):
-            fn(self.input)  # once more on a side stream, as capture wants (lazy handles, allocator)
-        torch.cuda.current_stream(example.device).wait_stream(side)
-        # thread_local: the writer's threads keep waiting on events and copying while this thread captures
-        with torch.cuda.graph(self.graph, pool=pool, capture_error_mode="thread_local"):
-            self.outputs = fn(self.input)
-
-    def run(self, x: Tensor) -> list[Tensor]:
-        self.input.copy_(x)
-        self.graph.replay()
-        # copies: the next replay overwrites the outputs while the writer may still be copying these to the host
-        return [t.clone() for t in self.outputs]

@@ -8,6 +8,7 @@ already-weighted loss terms; the loop sums them. ``checkpointed()`` names what t
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Protocol
 
@@ -18,25 +19,36 @@ from frs_cli.cache.encoding import FeatureEncoding
 from frs_cli.data.coco import Batch
 from frs_cli.data.geometry import level_valid_size
 from frs_cli.errors import FrsError
-from frs_cli.losses import FeatureAdapter, distill_weight, feature_loss, frs_masks, gt_box_masks, head_loss
+from frs_cli.graphs import CapturedCall
+from frs_cli.losses import FeatureAdapter, distill_weight, frs_losses, frs_masks, gt_box_masks
 from frs_cli.models.base import Detector, FrsSignature, check_compatible
-from frs_cli.train.canvas import crop_stack, level_grids, on_own_canvas
+from frs_cli.train.canvas import canvas_groups, crop_stack, level_grids, on_own_canvas
 from frs_cli.train.config import DistillConfig
+
+log = logging.getLogger(__name__)
 
 __all__ = ["CachedTeacher", "FRSObjective", "GTObjective", "Objective", "OnlineTeacher", "TeacherSide",
            "check_compatible", "valid_masks"]
 
 
 def valid_masks(image_sizes: list[tuple[int, int]], features: list[Tensor], strides: list[int]) -> list[Tensor]:
-    """Per level ``(B, H, W)`` bool: True over each image's real pixels, False over batch padding."""
+    """Per level ``(B, H, W)`` bool: True over each image's real pixels, False over batch padding.
+
+    A few kernels per level whatever the batch size: the per-image sizes go to the device in one pinned copy and
+    the masks are comparisons against row and column indices (the step's host thread, not the device, bounds it).
+    """
+    device = features[0].device
+    grids = [tuple(f.shape[-2:]) for f in features]
+    sizes = torch.tensor([[level_valid_size(size, s, g) for size in image_sizes] for g, s in zip(grids, strides)],
+                         dtype=torch.int64)  # (L, B, 2)
+    if device.type == "cuda":
+        sizes = sizes.pin_memory()
+    sizes = sizes.to(device, non_blocking=True)
     out = []
-    for f, s in zip(features, strides):
-        b, _, h, w = f.shape
-        m = torch.zeros((b, h, w), dtype=torch.bool, device=f.device)
-        for i, size in enumerate(image_sizes):
-            vh, vw = level_valid_size(size, s, (h, w))
-            m[i, :vh, :vw] = True
-        out.append(m)
+    for lv, (h, w) in enumerate(grids):
+        rows = torch.arange(h, device=device) < sizes[lv, :, 0:1]  # (B, H)
+        cols = torch.arange(w, device=device) < sizes[lv, :, 1:2]  # (B, W)
+        out.append(rows[:, :, None] & cols[:, None, :])
     return out
 
 
@@ -100,22 +112,80 @@ def teacher_autocast(device: torch.device, enabled: bool):
 class CachedTeacher(nn.Module):
     """Teacher targets from a cache: the batch's ``CachedTargets`` features decoded on its device by the cache's
     ``encoding``, masks as stored, logits recomputed by the cached head on each view's own canvas
-    (``train.canvas``), in the precision the cache was written with (``autocast``)."""
+    (``train.canvas``), in the precision the cache was written with (``autocast``).
 
-    def __init__(self, cls_head: nn.Module, strides: list[int], encoding: FeatureEncoding, autocast: bool = True):
+    ``cuda_graphs`` (``distill.cuda_graphs``; CUDA only): a batch of one canvas (every batch, when training
+    batches by canvas) has its decoding and head replayed as one CUDA graph per batch shape, captured after the
+    shape's first batch ran eagerly; at most ``MAX_GRAPHS`` shapes get one, later ones and mixed batches run
+    eagerly. The same kernels on the same inputs: the targets equal the eager ones. The features and logits
+    returned then live in the graph's memory until the next batch: consume them within the step.
+    """
+
+    MAX_GRAPHS = 64
+
+    def __init__(self, cls_head: nn.Module, strides: list[int], encoding: FeatureEncoding, autocast: bool = True,
+                 cuda_graphs: bool = False):
         super().__init__()
         self.cls_head = cls_head.eval().requires_grad_(False)
         self.encoding = encoding
         self.strides = list(strides)
         self.autocast = autocast
+        self.cuda_graphs = cuda_graphs
+        self._graphs: dict[tuple, CapturedCall | None] = {}  # input shapes -> graph (None: runs eagerly)
+        self._pool = None
 
     @classmethod
-    def from_cache(cls, cache) -> CachedTeacher:
+    def from_cache(cls, cache, cuda_graphs: bool = False) -> CachedTeacher:
         """The teacher side of a ``TeacherCache``: its head, strides, feature encoding and teacher precision."""
-        return cls(cache.build_head(), [lv.stride for lv in cache.levels], cache.encoding, cache.teacher_autocast)
+        return cls(cache.build_head(), [lv.stride for lv in cache.levels], cache.encoding, cache.teacher_autocast,
+                   cuda_graphs)
 
     def train(self, mode: bool = True):  # the teacher head stays in eval mode
         return super().train(False)
+
+    def _decode(self, features: list[Tensor], scales: list[Tensor] | None) -> list[Tensor]:
+        return [self.encoding.decode(f, None if scales is None else scales[lv]) for lv, f in enumerate(features)]
+
+    def _head(self, feats: list[Tensor]) -> list[Tensor]:
+        dtype = next(self.cls_head.parameters()).dtype
+        with teacher_autocast(feats[0].device, self.autocast):
+            return self.cls_head([f.to(dtype) for f in feats])
+
+    def _one_canvas(self, *inputs: Tensor) -> list[Tensor]:
+        """Decoding and head of a batch of one canvas: ``(*features, *scales)`` -> ``[*features, *logits]``."""
+        n = len(self.strides)
+        feats = self._decode(list(inputs[:n]), list(inputs[n:]) or None)
+        return [*feats, *self._head(feats)]
+
+    def graphed(self, batch: Batch) -> bool:
+        """Whether ``batch`` runs as a CUDA graph: ``cuda_graphs`` on, on CUDA, one canvas whose level grids are the
+        batch's (no view is padded beyond its own canvas)."""
+        cached = batch.teacher
+        if not self.cuda_graphs or cached.features[0].device.type != "cuda":
+            return False
+        groups = canvas_groups(batch.geometries)
+        return len(groups) == 1 and level_grids(groups[0][0], self.strides) == [tuple(f.shape[-2:])
+                                                                              for f in cached.features]
+
+    def _graph_run(self, inputs: list[Tensor]) -> list[Tensor]:
+        key = tuple((tuple(t.shape), t.dtype) for t in inputs)
+        graph = self._graphs.get(key)
+        if graph is not None:
+            return graph.run(*inputs)
+        out = self._one_canvas(*inputs)  # the first batch of a shape (or one past MAX_GRAPHS) runs eagerly
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(inputs) if len(self._graphs) < self.MAX_GRAPHS else None
+        return out
+
+    def _capture(self, inputs: list[Tensor]) -> CapturedCall | None:
+        try:
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            return CapturedCall(self._one_canvas, inputs, self._pool)
+        except Exception as exc:  # noqa: BLE001 - any capture failure leaves this shape eager, nothing else
+            log.warning("distill: no CUDA graph for the cached head on inputs of shapes %s (%s: %s); they run "
+                        "eagerly", [tuple(t.shape) for t in inputs], type(exc).__name__, exc)
+            return None
 
     @torch.no_grad()
     def forward(self, batch: Batch, need_logits: bool) -> TeacherTargets:
@@ -124,17 +194,17 @@ class CachedTeacher(nn.Module):
         cached = batch.teacher
         self.encoding.check_scales(cached.scales is not None, "distill: the batch's cached targets",
                                    hint="build the teacher side from the batches' cache: CachedTeacher.from_cache")
-        feats = [self.encoding.decode(f, None if cached.scales is None else cached.scales[lv])
-                 for lv, f in enumerate(cached.features)]
+        if need_logits and self.graphed(batch):
+            out = self._graph_run([*cached.features, *(cached.scales or [])])
+            n = len(cached.features)
+            return TeacherTargets(out[:n], out[n:], cached.masks)
+        feats = self._decode(cached.features, cached.scales)
         logits = None
         if need_logits:
-            dtype = next(self.cls_head.parameters()).dtype
             strides = self.strides
 
             def head(indices: list[int], size: tuple[int, int]) -> list[list[Tensor]]:
-                own = [crop_stack(f, indices, g) for f, g in zip(feats, level_grids(size, strides))]
-                with teacher_autocast(own[0].device, self.autocast):
-                    return [self.cls_head([f.to(dtype) for f in own])]
+                return [self._head([crop_stack(f, indices, g) for f, g in zip(feats, level_grids(size, strides))])]
 
             logits, = on_own_canvas(head, batch.geometries, [tuple(f.shape[-2:]) for f in feats])
         return TeacherTargets(feats, logits, cached.masks)
@@ -199,8 +269,10 @@ class FRSObjective(nn.Module):
             masks = gt_box_masks([t["boxes"] for t in batch.targets], [f.shape[-2:] for f in out.features], strides)
         else:
             masks = teacher.masks
-        losses["frs_feature"] = w * self.cfg.alpha * feature_loss(self.adapters(out.features), teacher.features,
-                                                                  masks, valid)
-        if self.cfg.mask == "frs":
-            losses["frs_head"] = w * self.cfg.beta * head_loss(out.cls_logits, teacher.cls_logits, masks, valid)
+        head = self.cfg.mask == "frs"
+        feature, head_term = frs_losses(self.adapters(out.features), teacher.features, out.cls_logits if head else None,
+                                        teacher.cls_logits if head else None, masks, valid)
+        losses["frs_feature"] = w * self.cfg.alpha * feature
+        if head:
+            losses["frs_head"] = w * self.cfg.beta * head_term
         return losses

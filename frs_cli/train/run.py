@@ -168,7 +168,7 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
         missing = [v for v in views if v not in store.views]
         if missing:
             raise ConfigError(f"distill: the recipe asks for views {list(views)}, the cache holds {store.views}")
-        teacher_side = CachedTeacher.from_cache(store)
+        teacher_side = CachedTeacher.from_cache(store, cuda_graphs=recipe.distill.cuda_graphs)
         teacher_signature = store.signature
         dataset = CachedViews(coco, store)
     else:
