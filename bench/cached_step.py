@@ -118,6 +118,10 @@ def main() -> None:
     p.add_argument("--budget-s", type=float, default=480, help="start no new step row after this many seconds")
     p.add_argument("--cold", action=argparse.BooleanOptionalAction, default=True,
                    help="also time every cached row after dropping the page cache (root)")
+    p.add_argument("--paired", action=argparse.BooleanOptionalAction, default=True,
+                   help="time each cached row's steps interleaved with plain steps over the same batches (blocks of "
+                        "--block steps, alternating), so each row has its own plain step from the same minutes")
+    p.add_argument("--block", type=int, default=10, help="steps per block of a paired row")
     p.add_argument("--group-by-canvas", action=argparse.BooleanOptionalAction, default=True,
                    help="batches of one canvas, as train.group_by_canvas (the default) gives every row")
     p.add_argument("--smoke", action="store_true", help="tiny models and sizes on the CPU (tests)")
@@ -213,7 +217,8 @@ def run(args) -> dict:
                     continue
                 else:  # the images back in the page cache: only the cache's own reads are cold, as in the plain row
                     warm_images(coco, size)
-                row.update(time_steps(args, "cached", recipe, sname, coco, size, path, dev, amp))
+                timer = time_paired if args.paired else time_steps
+                row.update(timer(args, "cached", recipe, sname, coco, size, path, dev, amp))
                 res["cached"].append(row)
                 save()
                 print(json.dumps(row), flush=True)
@@ -403,6 +408,45 @@ def time_steps(args, mode: str, recipe, sname: str, coco, num_views: int, path: 
         torch.cuda.empty_cache()
     return {"step_ms": 1e3 * median(steps), "step_ms_mean": 1e3 * sum(steps) / len(steps), "steps": len(steps),
             "data_wait_share": sum(waits) / sum(steps),
+            "data_wait_share_median": median([w / t for w, t in zip(waits, steps)])}
+
+
+def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path: str, dev, amp) -> dict:
+    """The cached step and the plain step over the same batches, interleaved: --warmup steps of each, then blocks of
+    --block steps, plain and cached in turn (the first of each pair alternating), until each has --steps. Two
+    loaders (the cached one and the image-only one) serve the same keys side by side, so both steps run beside
+    the same worker load. The row's ``step_ms`` is the cached step's; ``plain_step_ms`` the interleaved plain one."""
+    import torch
+
+    from frs_cli.models import ModelConfig, build_detector
+
+    objs, its = {}, {}
+    ahead = args.workers * args.prefetch if args.workers else 0
+    keys = batches_for(num_views, args.warmup + args.steps + ahead + 1, args.batch, canvas_of(args, coco))
+    for m in ("plain", mode):
+        torch.manual_seed(0)
+        student = build_detector(ModelConfig(arch=ARCH[sname]), coco.index.num_classes)
+        objs[m], ds = step_objective(m, student, recipe, coco, coco.index.num_classes,
+                                     _store(path, True) if m != "plain" else None)
+        its[m] = iter(_loader(args, ds, keys, dev))
+    times = {m: ([], []) for m in objs}
+    for m in objs:
+        timed_steps(objs[m], its[m], dev, amp, args.warmup, 0)
+    done, turn = 0, 0
+    while done < args.steps:
+        n = min(args.block, args.steps - done)
+        for m in (("plain", mode) if turn % 2 == 0 else (mode, "plain")):
+            steps, waits, _ = timed_steps(objs[m], its[m], dev, amp, 0, n)
+            times[m][0].extend(steps)
+            times[m][1].extend(waits)
+        done, turn = done + n, turn + 1
+    (steps, waits), (plain, _) = times[mode], times["plain"]
+    del its, objs
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    return {"step_ms": 1e3 * median(steps), "step_ms_mean": 1e3 * sum(steps) / len(steps), "steps": len(steps),
+            "plain_step_ms": 1e3 * median(plain), "plain_step_ms_mean": 1e3 * sum(plain) / len(plain),
+            "paired_block": args.block, "data_wait_share": sum(waits) / sum(steps),
             "data_wait_share_median": median([w / t for w, t in zip(waits, steps)])}
 
 

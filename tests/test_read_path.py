@@ -161,6 +161,7 @@ def test_cached_step_smoke_on_the_cpu_writes_every_row_and_figure(tmp_path, monk
             assert r["skipped"] == "cold rows off (--no-cold)" and "step_ms" not in r
             continue
         assert r["steps"] == 1 and r["step_ms"] > 0 and 0 <= r["data_wait_share"] < 1 and r["loader_views_s"] > 0
+        assert r["plain_step_ms"] > 0 and r["paired_block"] == 10  # paired by default: its own interleaved plain step
         assert r["need_mb_s"] == pytest.approx(r["mb_per_view"] * 2 / (plain / 1e3))
     old = res["zarr_path"]  # fp16 read through zarr-python, as before the direct reads
     assert (old["dtype"], old["views"], old["read"], old["steps"]) == ("float16", 16, "zarr", 1) and old["step_ms"] > 0
@@ -244,6 +245,12 @@ def test_cache_verdicts_miss_by_any_margin_and_when_not_measured(tmp_path, capsy
     assert list(v2["targets"].values())[0] == "missed"
     assert {(r["dtype"], r["views"], r["page_cache"]): r for r in v2["step"]}["int8", 4096, "cold"]["verdict"] == \
         "not measured"
+    step = _hand_made_step()
+    paired = next(r for r in step["cached"] if (r["dtype"], r["views"], r["page_cache"]) == ("int8", 128, "warm"))
+    paired["plain_step_ms"] = 399.0  # a paired row is judged against its own interleaved plain step: 440 / 399
+    by = {(r["dtype"], r["views"], r["page_cache"]): r for r in verdicts.verdicts(step)["step"]}
+    assert by["int8", 128, "warm"]["plain_ms"] == 399.0 and by["int8", 128, "warm"]["verdict"] == "missed"
+    assert by["int8", 1024, "warm"]["plain_ms"] == 400.0 and by["int8", 1024, "warm"]["verdict"] == "met"
     step = _hand_made_step()
     step["cached"][-1]["step_ms"] = 1000.0 / 1.4 + 0.01  # int5 8192 cold: online / cached 1.39998
     assert list(verdicts.verdicts(step)["targets"].values())[1] == "missed"
