@@ -32,8 +32,8 @@ Variants b) and c) are prefixes of ``FRSObjective.forward`` built around a real 
 student, adapters and teacher side), so (d) - (c) is the head loss and its backward, nothing else.
 ``--smoke`` runs the same code on the CPU with tiny models in seconds (tests/test_read_path.py).
 
-On one H200 (NOT YET RUN on a GPU; expected wall time about a minute, an estimate: CUDA start-up, the X101
-teacher cache of 256 views, 5 x 60 steps of 55-90 ms, the parts):
+On one H200 (first run 2026-12-02, docs/results/issue13_2026-12-02_h200_s5/call1/bd/: under 90 s with CUDA
+start-up, the X101 teacher cache of 256 views, 5 x 60 steps and the parts):
 
     python3 bench/step_breakdown.py --out $OUT --work /tmp/breakdown
 """
