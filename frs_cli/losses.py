@@ -69,25 +69,30 @@ def _side_by_side(tensors: Sequence[Tensor], dims: int) -> Tensor:
     return flat[0] if len(flat) == 1 else torch.cat(flat, dims)
 
 
-def position_weights(masks: Sequence[Tensor], valid: Sequence[Tensor] | None = None) -> Tensor:
+def position_weights(masks: Sequence[Tensor], valid: Sequence[Tensor] | Tensor | None = None) -> Tensor:
     """``(B, P)`` float32: each position's ``S_l / N_l`` (zero where not ``valid``), every level's ``H_l * W_l``
     positions side by side in level order; the weights both FRS losses sum their per-position terms with.
 
     Args:
         masks: per level ``S_l``, ``(B, H_l, W_l)``.
-        valid: optional per level ``(B, H_l, W_l)`` bool, True where the position holds real data.
+        valid: optional, True where the position holds real data: per level ``(B, H_l, W_l)`` bool, or already
+            side by side, ``(B, P)`` bool.
     """
     w = _side_by_side(masks, 1).float()
     if valid is not None:
-        w = w * _side_by_side(valid, 1)
+        flat = valid if isinstance(valid, Tensor) else _side_by_side(valid, 1)
+        if flat.shape != w.shape:
+            raise FrsError(f"FRS losses: valid positions {tuple(flat.shape)} do not line up with the masks' "
+                           f"{tuple(w.shape)} (batch, positions of every level side by side)")
+        w = w * flat
     index = _level_index(tuple(m.shape[-2] * m.shape[-1] for m in masks), w.device)
     n = torch.zeros(len(masks), dtype=torch.float32, device=w.device).index_add_(0, index, w.sum(0))
     return w * n.clamp_min(1e-12).reciprocal()[index]
 
 
 def _check_levels(name: str, a: Sequence[Tensor], b: Sequence[Tensor], masks: Sequence[Tensor],
-                  valid: Sequence[Tensor] | None) -> None:
-    for lv in range(_levels(name, a, b, masks, valid)):
+                  valid: Sequence[Tensor] | Tensor | None) -> None:
+    for lv in range(_levels(name, a, b, masks, None if isinstance(valid, Tensor) else valid)):
         _check(name, lv, a[lv], b[lv], masks[lv])
 
 
@@ -130,9 +135,9 @@ def head_loss(student_cls_logits: Sequence[Tensor], teacher_cls_logits: Sequence
 
 def frs_losses(student_adapted: Sequence[Tensor], teacher: Sequence[Tensor], student_cls_logits: Sequence[Tensor] | None,
                teacher_cls_logits: Sequence[Tensor] | None, masks: Sequence[Tensor],
-               valid: Sequence[Tensor] | None = None) -> tuple[Tensor, Tensor | None]:
+               valid: Sequence[Tensor] | Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """``(feature_loss, head_loss)`` on the same masks, their weights computed once; the head loss is None when
-    the logits are (GT-box imitation)."""
+    the logits are (GT-box imitation). ``valid`` as ``position_weights`` takes it."""
     _check_levels("feature_loss", student_adapted, teacher, masks, valid)
     weights = position_weights(masks, valid)
     head = None

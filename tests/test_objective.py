@@ -91,3 +91,36 @@ def test_cached_head_runs_eagerly_on_the_cpu_even_with_cuda_graphs(recipe, cache
     for x, y in zip([*a.features, *a.cls_logits], [*b.features, *b.cls_logits]):
         assert torch.equal(x, y)
     assert graphed._graphs == {}
+
+
+def test_valid_positions_are_the_valid_masks_side_by_side():
+    from frs_cli.train.objectives import valid_positions
+
+    sizes = [(64, 40), (33, 64), (17, 9), (64, 64)]
+    grids = [(8, 8), (4, 4), (2, 2), (1, 1)]
+    strides = [8, 16, 32, 64]
+    flat = valid_positions(sizes, grids, strides, torch.device("cpu"))
+    per_level = valid_masks(sizes, [torch.zeros(4, 1, *g) for g in grids], strides)
+    assert flat.dtype == torch.bool and flat.shape == (4, 64 + 16 + 4 + 1)
+    assert torch.equal(flat, torch.cat([m.flatten(1) for m in per_level], 1))
+    assert not flat[2].all() and flat[3].all()
+
+
+def test_losses_take_valid_positions_side_by_side_or_per_level_alike():
+    from frs_cli.losses import frs_losses
+    from frs_cli.train.objectives import valid_positions
+
+    g = torch.Generator().manual_seed(3)
+    grids, strides, sizes = [(6, 4), (3, 2)], [8, 16], [(48, 20), (30, 32)]
+    s = [torch.randn(2, 3, *x, generator=g) for x in grids]
+    t = [torch.randn(2, 3, *x, generator=g) for x in grids]
+    m = [torch.rand(2, *x, generator=g) for x in grids]
+    z = [torch.randn(2, 5, *x, generator=g) for x in grids]
+    zt = [torch.randn(2, 5, *x, generator=g) for x in grids]
+    per_level = valid_masks(sizes, s, strides)
+    flat = valid_positions(sizes, grids, strides, torch.device("cpu"))
+    a, b = frs_losses(s, t, z, zt, m, per_level), frs_losses(s, t, z, zt, m, flat)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a[0], feature_loss(s, t, m, per_level))
+    with pytest.raises(Exception, match="valid positions"):
+        frs_losses(s, t, z, zt, m, flat[:, :-1])

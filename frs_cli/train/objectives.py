@@ -8,6 +8,7 @@ already-weighted loss terms; the loop sums them. ``checkpointed()`` names what t
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Iterator
 from typing import Protocol
@@ -28,7 +29,7 @@ from frs_cli.train.config import DistillConfig
 log = logging.getLogger(__name__)
 
 __all__ = ["CachedTeacher", "FRSObjective", "GTObjective", "Objective", "OnlineTeacher", "TeacherSide",
-           "check_compatible", "valid_masks"]
+           "check_compatible", "valid_masks", "valid_positions"]
 
 
 def valid_masks(image_sizes: list[tuple[int, int]], features: list[Tensor], strides: list[int]) -> list[Tensor]:
@@ -50,6 +51,33 @@ def valid_masks(image_sizes: list[tuple[int, int]], features: list[Tensor], stri
         cols = torch.arange(w, device=device) < sizes[lv, :, 1:2]  # (B, W)
         out.append(rows[:, :, None] & cols[:, None, :])
     return out
+
+
+@functools.lru_cache(maxsize=256)
+def _position_grid(grids: tuple[tuple[int, int], ...], device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """Row, column and level of every position, the levels' ``H_l * W_l`` positions side by side (``(P,)`` each;
+    kept per level layout and device)."""
+    rows, cols, levels = [], [], []
+    for lv, (h, w) in enumerate(grids):
+        rows.append(torch.arange(h).repeat_interleave(w))
+        cols.append(torch.arange(w).repeat(h))
+        levels.append(torch.full((h * w,), lv))
+    return tuple(torch.cat(x).to(device) for x in (rows, cols, levels))
+
+
+def valid_positions(image_sizes: list[tuple[int, int]], grids: list[tuple[int, int]], strides: list[int],
+                    device: torch.device) -> Tensor:
+    """``valid_masks`` with the levels side by side, ``(B, P)`` bool, as the FRS losses take it: the same
+    positions, in a handful of operations whatever the batch and the number of levels (one pinned copy of the
+    per-image sizes, then comparisons against each position's row and column)."""
+    grids = [tuple(int(x) for x in g) for g in grids]
+    rows, cols, levels = _position_grid(tuple(grids), device)
+    sizes = torch.tensor([[level_valid_size(size, s, g) for g, s in zip(grids, strides)] for size in image_sizes],
+                         dtype=torch.int64)  # (B, L, 2)
+    if device.type == "cuda":
+        sizes = sizes.pin_memory()
+    limits = sizes.to(device, non_blocking=True)[:, levels]  # (B, P, 2)
+    return (rows < limits[..., 0]) & (cols < limits[..., 1])
 
 
 class Objective(Protocol):
@@ -263,7 +291,8 @@ class FRSObjective(nn.Module):
                 raise FrsError(f"distill: level {self.student.level_names[lv]} student grid {tuple(fs.shape[-2:])} "
                                f"!= teacher grid {tuple(ft.shape[-2:])}")
         strides = self.student.strides
-        valid = valid_masks(batch.image_sizes, out.features, strides)
+        valid = valid_positions(batch.image_sizes, [f.shape[-2:] for f in out.features], strides,
+                                out.features[0].device)
         w = distill_weight(step, self.cfg.warmup_iters)
         if self.cfg.mask == "gt":
             masks = gt_box_masks([t["boxes"] for t in batch.targets], [f.shape[-2:] for f in out.features], strides)
