@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -44,9 +43,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cached_step import batches_for, canvas_of, make_data
 from speed import ARCH, median, step_objective, sync_time
-from step_breakdown import save_teacher
+from step_breakdown import prepare as breakdown_prepare
 
 VARIANTS = ("resident_plain", "resident_cached", "resident_cached_eager", "loader_plain", "loader_cached",
             "loader_cached_eager", "loader_cached_gt")
@@ -86,37 +84,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def prepare(args):
-    """Data, a random-weight teacher's cache, the batches' keys (one canvas each) and those batches on the device."""
-    from frs_cli.cache.reader import CachedViews, TeacherCache
-    from frs_cli.cache.writer import write_teacher_cache
-    from frs_cli.config import recipe_from_dict
-    from frs_cli.data.coco import CocoViews
-    from frs_cli.dist import setup
+def prepare(args) -> dict:
+    """``step_breakdown.prepare``'s data, random-weight teacher cache and batches (one canvas each, on the device),
+    with the batches' keys for the loader variants."""
+    from frs_cli.cache.reader import CachedViews
 
-    ctx = setup("cpu" if args.smoke else None)
-    args.work.mkdir(parents=True, exist_ok=True)
-    data = make_data(args.work, args.images, args.image_size, args.views, "data")
-    tname, sname = args.pair.split("-")
-    base = {"data": {"root": str(data)}, "geometry": {"min_size": args.min_size, "max_size": args.max_size},
-            "cache": {"batch_size": args.batch, "workers": args.workers, "preload_mb": 0, "dtype": args.dtype,
-                      **({"write_processes": 0} if args.smoke else {})}}
-    coco = CocoViews.from_config(recipe_from_dict(base).data, "train", recipe_from_dict(base).geometry)
-    ckpt = save_teacher(args.work / f"{tname}.pt", tname, coco, recipe_from_dict(base).geometry)
-    recipe = recipe_from_dict({**base, "teacher": {"arch": ARCH[tname], "weights": str(ckpt)}})
-    path = args.work / f"{tname}_{args.dtype}.zarr"
-    if path.exists():
-        shutil.rmtree(path)
-    write_teacher_cache(recipe, str(path), ctx=ctx)
-    store = TeacherCache(str(path))
-    canvas = canvas_of(args, coco)
-    keys = [b for b in batches_for(2 * len(coco), 2 * len(coco) // args.batch, args.batch, canvas)
-            if len({canvas(k) for k in b}) == 1][: args.batches]
-    cached = CachedViews(coco, store)
-    resident = [b.to(ctx.device) for b in loader(cached, keys, args.workers, args.prefetch, ctx.device)]
-    amp = {"device_type": ctx.device.type, "dtype": torch.bfloat16, "enabled": ctx.device.type == "cuda"}
-    return {"dev": ctx.device, "amp": amp, "coco": coco, "cached": cached, "recipe": recipe, "store": store,
-            "sname": sname, "keys": keys, "resident": resident}
+    s = breakdown_prepare(args)
+    return {"dev": s.dev, "amp": s.amp, "coco": s.coco, "cached": CachedViews(s.coco, s.store), "recipe": s.recipe,
+            "store": s.store, "sname": s.sname, "keys": s.keys, "resident": s.batches}
 
 
 def loader(dataset, keys, workers: int, prefetch: int, dev, pin: bool = True):

@@ -103,6 +103,7 @@ class Setup(NamedTuple):  # not a dataclass: the tests load this file by path, o
     sname: str
     num_classes: int
     batches: list  # Batch, on dev, each of one canvas
+    keys: list  # each batch's keys ((position, view) pairs), in the same order
 
 
 def prepare(args) -> Setup:
@@ -132,9 +133,10 @@ def prepare(args) -> Setup:
     canvas = canvas_of(args, coco)
     keys = [b for b in batches_for(2 * len(coco), 2 * len(coco) // args.batch, args.batch, canvas)
             if len({canvas(k) for k in b}) == 1][: args.batches]
-    batches = [b.to(dev) for b in _loader(args, CachedViews(coco, store), round_robin(keys, canvas), dev)]
+    keys = round_robin(keys, canvas)
+    batches = [b.to(dev) for b in _loader(args, CachedViews(coco, store), keys, dev)]
     amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
-    return Setup(dev, amp, coco, recipe, store, sname, coco.index.num_classes, batches)
+    return Setup(dev, amp, coco, recipe, store, sname, coco.index.num_classes, batches, keys)
 
 
 def save_teacher(ckpt: Path, tname: str, coco, geometry) -> Path:

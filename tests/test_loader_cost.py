@@ -25,3 +25,19 @@ def test_loader_cost_smoke_writes_every_variant_with_phases_that_add_up_to_the_s
         # medians of the phases need not add up exactly; with two steps each is within the step's range
         assert max(v[f"{p}_ms"] for p in bench.PHASES) <= v["step_ms_mean"] * 2
     assert row["resident_plain"]["wait_ms"] < row["loader_plain"]["wait_ms"] + 1.0
+
+
+def test_step_ops_counts_the_operations_of_each_step_and_what_frs_adds(tmp_path):
+    bench = load_bench("step_ops")
+    args = bench.parse_args(["--out", str(tmp_path / "ops.json"), "--work", str(tmp_path / "work"),
+                             "--pair", "tiny-tiny", "--images", "4", "--image-size", "64", "--batch", "2",
+                             "--label", "test"])
+    res = bench.run(args)
+    ops = res["ops"]
+    assert res["label"] == "test" and res["levels"] == 5 and len(res["canvas"]) == 2
+    assert 0 < ops["teacher_side"] < ops["plain"] < ops["cached"]
+    assert ops["frs_extra"] == ops["cached"] - ops["plain"] - ops["teacher_side"] > 0
+    assert bench.count(lambda: None) == 0
+    import torch
+
+    assert bench.count(lambda: torch.ones(3).add(1).sum()) == 3
