@@ -45,7 +45,7 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import ARCH, disk_write_mb_s, median, step_objective, sync_time, timed_steps
+from speed import ARCH, disk_write_mb_s, median, sgd, step_objective, sync_time, timed_steps
 
 SMOKE = {"pairs": "tiny-tiny", "sizes": "8,16", "dtypes": "float16,int5", "images": 4, "image_size": 64,
          "min_size": 64, "max_size": 64, "batch": 2, "workers": 0, "prefetch": 2, "warmup": 1, "steps": 1,
@@ -430,13 +430,14 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
                                      _store(path, True) if m != "plain" else None)
         its[m] = iter(_loader(args, ds, keys, dev))
     times = {m: ([], []) for m in objs}
+    opts = {m: sgd(objs[m].to(dev)) for m in objs}  # one optimizer each across the blocks: no new momentum buffers
     for m in objs:
-        timed_steps(objs[m], its[m], dev, amp, args.warmup, 0)
+        timed_steps(objs[m], its[m], dev, amp, args.warmup, 0, opts[m])
     done, turn = 0, 0
     while done < args.steps:
         n = min(args.block, args.steps - done)
         for m in (("plain", mode) if turn % 2 == 0 else (mode, "plain")):
-            steps, waits, _ = timed_steps(objs[m], its[m], dev, amp, 0, n)
+            steps, waits, _ = timed_steps(objs[m], its[m], dev, amp, 0, n, opts[m])
             times[m][0].extend(steps)
             times[m][1].extend(waits)
         done, turn = done + n, turn + 1

@@ -80,13 +80,20 @@ def step_objective(mode: str, student, recipe, coco, num_classes: int, store=Non
     return objective, CachedViews(coco, store)
 
 
-def timed_steps(obj, batches, dev, amp: dict, warmup: int, steps: int):
-    """Train ``obj`` (SGD) on ``warmup + steps`` batches of the iterator ``batches``. Returns the timed steps'
-    seconds, their data-wait seconds and the last batch."""
+def sgd(obj):
+    """The benches' optimizer for ``obj``'s trainable parameters."""
+    import torch
+
+    return torch.optim.SGD([q for q in obj.parameters() if q.requires_grad], lr=1e-4, momentum=0.9)
+
+
+def timed_steps(obj, batches, dev, amp: dict, warmup: int, steps: int, opt=None):
+    """Train ``obj`` (SGD; ``opt``, else a new ``sgd(obj)``) on ``warmup + steps`` batches of the iterator
+    ``batches``. Returns the timed steps' seconds, their data-wait seconds and the last batch."""
     import torch
 
     obj.to(dev).train()
-    opt = torch.optim.SGD([q for q in obj.parameters() if q.requires_grad], lr=1e-4, momentum=0.9)
+    opt = opt or sgd(obj)
     step_s, wait_s = [], []
     for i in range(warmup + steps):
         t0 = sync_time()
