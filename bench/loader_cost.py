@@ -13,12 +13,12 @@ in one process on one card, twice in turn (so drift shows), and splits each step
 A step whose ``issue`` grows while the device work stays the same is slowed on the host (the main thread).
 
 Variants (``--variants``):
-- ``resident_plain`` / ``resident_cached``: GT loss / cached FRS objective (as distill builds it, with
-  ``distill.cuda_graphs``' default) on batches already on the device; ``resident_cached_eager``: with the
-  cached head run eagerly (``distill.cuda_graphs = false``);
+- ``resident_plain`` / ``resident_cached``: GT loss / cached FRS objective with the cached head as CUDA graphs
+  (``distill.cuda_graphs = true``) on batches already on the device; ``resident_cached_eager``: with the
+  cached head run eagerly (``distill.cuda_graphs = false``, the default);
 - ``loader_plain``: the GT loss through the image-only loader (what plain training reads);
-- ``loader_cached``: the cached FRS objective through the cached loader, as distill runs it;
-  ``loader_cached_eager``: the same with the cached head run eagerly;
+- ``loader_cached``: the cached FRS objective through the cached loader, with the head as CUDA graphs;
+  ``loader_cached_eager``: the same with the cached head run eagerly, as distill runs it by default;
 - ``loader_cached_gt``: the cached loader, but the GT loss (the teacher targets read and dropped before the copy);
 - optional: ``loader_cached_nopin``, ``loader_cached`` with ``pin_memory=False``; ``loader_cached_w4``, with 4
   workers.
@@ -110,7 +110,7 @@ def objective(s: dict, cached: bool, graphs: bool = True):
     obj, _ = step_objective("cached" if cached else "plain", student, s["recipe"], s["coco"],
                             s["coco"].index.num_classes, s["store"])
     if cached:
-        obj.teacher_side.cuda_graphs = graphs and s["recipe"].distill.cuda_graphs
+        obj.teacher_side.cuda_graphs = graphs
     return obj
 
 

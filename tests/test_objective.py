@@ -56,7 +56,7 @@ def test_valid_masks_mark_each_images_own_positions_on_every_level():
 
 
 def test_distill_builds_the_cached_head_with_the_recipes_cuda_graphs_switch(recipe, cache_path, tmp_path, monkeypatch):
-    """distill.cuda_graphs reaches the cached teacher side (default on; it only changes how CUDA launches it)."""
+    """distill.cuda_graphs reaches the cached teacher side (default off; it only changes how CUDA launches it)."""
     from frs_cli.train import run
     from frs_cli.train.objectives import CachedTeacher
 
@@ -70,7 +70,7 @@ def test_distill_builds_the_cached_head_with_the_recipes_cuda_graphs_switch(reci
         raise Built
 
     monkeypatch.setattr(CachedTeacher, "from_cache", staticmethod(from_cache))
-    assert recipe.distill.cuda_graphs is True
+    assert recipe.distill.cuda_graphs is False
     for value, out in ((True, "on"), (False, "off")):
         r = replace(recipe, distill=replace(recipe.distill, cuda_graphs=value))
         with pytest.raises(Built):
@@ -124,3 +124,18 @@ def test_losses_take_valid_positions_side_by_side_or_per_level_alike():
     torch.testing.assert_close(a[0], feature_loss(s, t, m, per_level))
     with pytest.raises(Exception, match="valid positions"):
         frs_losses(s, t, z, zt, m, flat[:, :-1])
+
+
+def test_cached_head_graphs_stop_at_their_count_and_memory_limits(recipe, cache_path):
+    """Each graph keeps its outputs allocated: past MAX_GRAPHS graphs or MAX_GRAPH_BYTES of outputs, shapes run
+    eagerly."""
+    from frs_cli.cache.reader import TeacherCache
+    from frs_cli.train.objectives import CachedTeacher
+
+    side = CachedTeacher.from_cache(TeacherCache(cache_path), cuda_graphs=True)
+    side.MAX_GRAPHS, side.MAX_GRAPH_BYTES = 2, 1000
+    assert side.may_capture(1000) and not side.may_capture(1001)
+    side._graphs, side._graph_bytes = {("a",): object(), ("b",): None}, 600
+    assert side.may_capture(400) and not side.may_capture(401)  # the failed capture (None) holds nothing
+    side._graphs[("c",)] = object()
+    assert not side.may_capture(0)  # two graphs: the count is reached

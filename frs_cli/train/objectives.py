@@ -142,14 +142,17 @@ class CachedTeacher(nn.Module):
     ``encoding``, masks as stored, logits recomputed by the cached head on each view's own canvas
     (``train.canvas``), in the precision the cache was written with (``autocast``).
 
-    ``cuda_graphs`` (``distill.cuda_graphs``; CUDA only): a batch of one canvas (every batch, when training
-    batches by canvas) has its decoding and head replayed as one CUDA graph per batch shape, captured after the
-    shape's first batch ran eagerly; at most ``MAX_GRAPHS`` shapes get one, later ones and mixed batches run
-    eagerly. The same kernels on the same inputs: the targets equal the eager ones. The features and logits
-    returned then live in the graph's memory until the next batch: consume them within the step.
+    ``cuda_graphs`` (``distill.cuda_graphs``, off by default; CUDA only): a batch of one canvas (every batch, when
+    training batches by canvas) has its decoding and head replayed as one CUDA graph per batch shape, captured
+    after the shape's first batch ran eagerly. The same kernels on the same inputs: the targets equal the eager
+    ones. The features and logits returned then live in the graph's memory until the next batch: consume them
+    within the step. Each graph keeps its outputs allocated (decoded features and logits: about 350 MB for a
+    batch of 8 COCO views), so at most ``MAX_GRAPHS`` shapes and ``MAX_GRAPH_BYTES`` of outputs get a graph;
+    later shapes and mixed batches run eagerly.
     """
 
     MAX_GRAPHS = 64
+    MAX_GRAPH_BYTES = 4 << 30
 
     def __init__(self, cls_head: nn.Module, strides: list[int], encoding: FeatureEncoding, autocast: bool = True,
                  cuda_graphs: bool = False):
@@ -160,6 +163,7 @@ class CachedTeacher(nn.Module):
         self.autocast = autocast
         self.cuda_graphs = cuda_graphs
         self._graphs: dict[tuple, CapturedCall | None] = {}  # input shapes -> graph (None: runs eagerly)
+        self._graph_bytes = 0  # outputs the graphs keep allocated
         self._pool = None
 
     @classmethod
@@ -200,10 +204,18 @@ class CachedTeacher(nn.Module):
         graph = self._graphs.get(key)
         if graph is not None:
             return graph.run(*inputs)
-        out = self._one_canvas(*inputs)  # the first batch of a shape (or one past MAX_GRAPHS) runs eagerly
+        out = self._one_canvas(*inputs)  # the first batch of a shape (or one past the limits) runs eagerly
         if key not in self._graphs:
-            self._graphs[key] = self._capture(inputs) if len(self._graphs) < self.MAX_GRAPHS else None
+            nbytes = sum(t.numel() * t.element_size() for t in out)
+            self._graphs[key] = self._capture(inputs) if self.may_capture(nbytes) else None
+            self._graph_bytes += nbytes if self._graphs[key] is not None else 0
         return out
+
+    def may_capture(self, nbytes: int) -> bool:
+        """Whether one more graph, keeping ``nbytes`` of outputs, stays within ``MAX_GRAPHS`` and
+        ``MAX_GRAPH_BYTES``."""
+        return (sum(g is not None for g in self._graphs.values()) < self.MAX_GRAPHS
+                and self._graph_bytes + nbytes <= self.MAX_GRAPH_BYTES)
 
     def _capture(self, inputs: list[Tensor]) -> CapturedCall | None:
         try:
