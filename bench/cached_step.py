@@ -431,8 +431,8 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
         its[m] = iter(_loader(args, ds, keys, dev))
     times = {m: ([], []) for m in objs}
     opts = {m: sgd(objs[m].to(dev)) for m in objs}  # one optimizer each across the blocks: no new momentum buffers
-    for m in objs:
-        timed_steps(objs[m], its[m], dev, amp, args.warmup, 0, opts[m])
+    for m, obj in objs.items():
+        timed_steps(obj, its[m], dev, amp, args.warmup, 0, opts[m])
     done, turn = 0, 0
     while done < args.steps:
         n = min(args.block, args.steps - done)

@@ -171,8 +171,8 @@ class PartialFRS(nn.Module):
         self.objective, self.upto = objective, upto
 
     def forward(self, batch, step: int) -> dict[str, torch.Tensor]:
-        from frs_cli.losses import distill_weight, feature_loss
-        from frs_cli.train.objectives import valid_masks
+        from frs_cli.losses import distill_weight, frs_losses
+        from frs_cli.train.objectives import valid_positions
 
         obj = self.objective
         out = obj.student(batch.images, batch.image_sizes, batch.targets)
@@ -182,10 +182,11 @@ class PartialFRS(nn.Module):
         losses["teacher_probe"] = 0.0 * sum(t.reshape(-1)[0].float() for t in (*teacher.features, *teacher.cls_logits))
         if self.upto == "teacher":
             return losses
-        valid = valid_masks(batch.image_sizes, out.features, obj.student.strides)
+        valid = valid_positions(batch.image_sizes, [f.shape[-2:] for f in out.features], obj.student.strides,
+                                out.features[0].device)
         w = distill_weight(step, obj.cfg.warmup_iters)
-        losses["frs_feature"] = w * obj.cfg.alpha * feature_loss(obj.adapters(out.features), teacher.features,
-                                                                 teacher.masks, valid)
+        feature, _ = frs_losses(obj.adapters(out.features), teacher.features, None, None, teacher.masks, valid)
+        losses["frs_feature"] = w * obj.cfg.alpha * feature
         return losses
 
 

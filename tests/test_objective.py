@@ -103,6 +103,15 @@ def test_valid_positions_are_the_valid_masks_side_by_side():
     per_level = valid_masks(sizes, [torch.zeros(4, 1, *g) for g in grids], strides)
     assert flat.dtype == torch.bool and flat.shape == (4, 64 + 16 + 4 + 1)
     assert torch.equal(flat, torch.cat([m.flatten(1) for m in per_level], 1))
+    expected = torch.zeros(4, 64 + 16 + 4 + 1, dtype=torch.bool)  # by loops: level, row, column, image
+    start = 0
+    for (gh, gw), s in zip(grids, strides):
+        for r in range(gh):
+            for c in range(gw):
+                for i, (h, w) in enumerate(sizes):
+                    expected[i, start + r * gw + c] = r < min(-(-h // s), gh) and c < min(-(-w // s), gw)
+        start += gh * gw
+    assert torch.equal(flat, expected)
     assert not flat[2].all() and flat[3].all()
 
 
