@@ -33,8 +33,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cached_step import batches_for, canvas_of, make_data
+from speed import ARCH
+from step_breakdown import save_teacher
 
-ARCH = {"x101": "retinanet_resnext101_32x8d_fpn", "r50": "retinanet_resnet50_fpn", "tiny": "retinanet_tiny_fpn"}
 STEP = 10_000  # past the FRS warm-up
 
 
@@ -80,7 +81,6 @@ def run(args) -> dict:
     from frs_cli.data.coco import CocoViews, collate
     from frs_cli.dist import setup
     from frs_cli.models import ModelConfig, build_detector
-    from frs_cli.train.checkpoint import atomic_save, model_payload
     from frs_cli.train.objectives import CachedTeacher, FRSObjective, GTObjective
 
     ctx = setup("cpu")
@@ -91,12 +91,7 @@ def run(args) -> dict:
             "cache": {"batch_size": args.batch, "workers": 0, "write_processes": 0, "dtype": args.dtype}}
     coco = CocoViews.from_config(recipe_from_dict(base).data, "train", recipe_from_dict(base).geometry)
     tname, sname = args.pair.split("-")
-    torch.manual_seed(0)
-    cfg = ModelConfig(arch=ARCH[tname])
-    teacher = build_detector(cfg, coco.index.num_classes)
-    ckpt = args.work / f"{tname}.pt"
-    atomic_save(model_payload(teacher, cfg, coco.index.label_to_category, [c["name"] for c in coco.index.categories],
-                              recipe_from_dict(base).geometry), ckpt)
+    ckpt = save_teacher(args.work / f"{tname}.pt", tname, coco, recipe_from_dict(base).geometry)
     recipe = recipe_from_dict({**base, "teacher": {"arch": ARCH[tname], "weights": str(ckpt)}})
     path = args.work / f"{tname}_{args.dtype}.zarr"
     if not path.exists():
