@@ -384,14 +384,14 @@ def collate(samples: list[Sample]) -> Batch:
     if teachers is not None:
         specs += CachedTargets.batch_specs(teachers)
     packed = PackedTensors.allocate(specs)
-    images, *rest = packed.views
+    images, views = packed.views[0], packed.views[1 : 1 + 2 * len(samples)]
     pad_into(images, [s.image for s in samples])
     targets = []
-    for s, boxes, labels in zip(samples, rest[0::2], rest[1::2]):
+    for s, boxes, labels in zip(samples, views[0::2], views[1::2], strict=True):
         boxes.copy_(s.boxes)
         labels.copy_(s.labels)
         targets.append({"boxes": boxes, "labels": labels})
-    teacher = None if teachers is None else CachedTargets.fill_batch(teachers, rest[2 * len(samples) :])
+    teacher = None if teachers is None else CachedTargets.fill_batch(teachers, packed.views[1 + 2 * len(samples) :])
     return Batch(
         images=images,
         image_sizes=[g.valid_size for g in geoms],
