@@ -211,6 +211,53 @@ def test_collate_in_a_data_loader_worker_hands_over_one_shared_buffer():
     _assert_same(got, _expected_tensors(samples))
 
 
+def _pickled_tensors(obj) -> tuple[int, bytes]:
+    """How many tensors pickling ``obj`` for another process sends (each is rebuilt by the receiving side's
+    unpickler, under the GIL, in the DataLoader's pin-memory thread), and the pickle."""
+    import io
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch.multiprocessing  # noqa: F401 (registers the tensor and storage reducers)
+
+    count = [0]
+
+    def counted(reduce):
+        def reduce_and_count(tensor):
+            count[0] += 1
+            return reduce(tensor)
+        return reduce_and_count
+
+    class Counting(ForkingPickler):
+        _extra_reducers = {cls: counted(fn) if cls is torch.Tensor else fn
+                           for cls, fn in ForkingPickler._extra_reducers.items()}
+
+    buf = io.BytesIO()
+    Counting(buf).dump(obj)
+    return count[0], buf.getvalue()
+
+
+def test_a_packed_batch_crosses_to_another_process_as_its_buffer_alone_and_arrives_whole():
+    import pickle
+
+    samples = _rich_samples()
+    batch = collate(samples)
+    batch.packed.buffer.share_memory_()
+    shared = PackedTensors.on(batch.packed.buffer, batch.packed.slots)  # as a worker's batch: in shared memory
+    batch = batch.with_tensors(list(shared.views), shared)
+    tensors, data = _pickled_tensors(batch)
+    assert tensors == 1  # the buffer; its 13 views are made again on arrival
+    arrived = pickle.loads(data)
+    got = _batch_tensors(arrived)
+    _assert_same(got, _expected_tensors(samples))
+    _assert_one_aligned_buffer(got, arrived.packed.buffer)
+    assert arrived.packed.holds(arrived.tensors())
+    assert [sorted(t) for t in arrived.targets] == [["boxes", "labels"]] * 3
+    # a batch whose tensors were replaced after collate sends each of them, as before
+    changed = Batch(batch.images.clone(), batch.image_sizes, batch.targets, batch.image_ids, batch.geometries,
+                    batch.teacher, batch.packed)
+    assert _pickled_tensors(changed)[0] == 14  # the buffer, then the 13 tensors one by one
+
+
 def test_views_rebuilt_on_a_copy_of_the_buffer_equal_the_batch_and_moving_keeps_values():
     batch = collate(_rich_samples())
     want = [t.clone() for t in _batch_tensors(batch)]

@@ -359,6 +359,23 @@ class Batch:
         teacher = None if self.teacher is None else self.teacher.with_tensors(list(rest))
         return Batch(tensors[0], self.image_sizes, targets, self.image_ids, self.geometries, teacher, packed)
 
+    def __getstate__(self) -> dict:
+        """What pickling sends (a DataLoader worker's batch to the main process): when packed, the buffer and the
+        batch's structure, not each tensor, so that one shared storage crosses over; ``__setstate__`` makes the
+        views again."""
+        state = dict(self.__dict__)
+        if self.packed is not None and self.packed.holds(self.tensors()):
+            state["images"] = None
+            state["targets"] = [dict.fromkeys(t) for t in self.targets]
+            if self.teacher is not None:
+                state["teacher"] = self.teacher.with_tensors([None] * len(self.teacher.tensors()))
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self.images is None:
+            self.__dict__.update(self.with_tensors(list(self.packed.views), self.packed).__dict__)
+
     def pin_memory(self) -> Batch:
         """Pins in place (the DataLoader's pin-memory thread calls this) and returns the batch."""
         pinned = self.with_tensors(*map_packed(lambda t: t.pin_memory(), self.packed, self.tensors()))

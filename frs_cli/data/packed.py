@@ -85,6 +85,10 @@ class PackedTensors:
     def on(buffer: Tensor, slots: tuple[Slot, ...]) -> PackedTensors:
         return PackedTensors(buffer, slots, tuple(views_of(buffer, slots)))
 
+    def __reduce__(self):
+        # the buffer alone crosses a process boundary (one shared storage, not one per view); views made on arrival
+        return PackedTensors.on, (self.buffer, self.slots)
+
     def holds(self, tensors: Sequence[Tensor]) -> bool:
         """Whether ``tensors`` are exactly this buffer's views, in order (the same objects)."""
         return len(tensors) == len(self.views) and all(a is b for a, b in zip(tensors, self.views))
