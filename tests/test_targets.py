@@ -4,6 +4,8 @@ of a batch a view of one aligned buffer (``data.packed``)."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import pytest
 import torch
 
@@ -217,7 +219,7 @@ def _pickled_tensors(obj) -> tuple[int, bytes]:
     import io
     from multiprocessing.reduction import ForkingPickler
 
-    import torch.multiprocessing  # noqa: F401 (registers the tensor and storage reducers)
+    import torch.multiprocessing  # registers the tensor and storage reducers
 
     count = [0]
 
@@ -228,7 +230,7 @@ def _pickled_tensors(obj) -> tuple[int, bytes]:
         return reduce_and_count
 
     class Counting(ForkingPickler):
-        _extra_reducers = {cls: counted(fn) if cls is torch.Tensor else fn
+        _extra_reducers: ClassVar[dict] = {cls: counted(fn) if cls is torch.Tensor else fn
                            for cls, fn in ForkingPickler._extra_reducers.items()}
 
     buf = io.BytesIO()
