@@ -133,9 +133,9 @@ def test_collate_in_a_worker_builds_the_batch_in_shared_memory_padded_with_zeros
 
 
 def test_collate_zeroes_the_padding_of_a_batch_built_in_reused_memory(monkeypatch):
-    from frs_cli.data import targets
+    from frs_cli.data import packed
 
-    monkeypatch.setattr(targets, "_batch_tensor", lambda like, shape: torch.full(shape, 7, dtype=like.dtype))
+    monkeypatch.setattr(packed, "allocate_buffer", lambda nbytes: torch.full((nbytes,), 7, dtype=torch.uint8))
     items = [CachedTargets([torch.ones(2, h, w)], [torch.ones(h, w)]) for h, w in ((3, 5), (6, 2))]
     out = CachedTargets.collate(items)
     assert out.features[0].sum() == 2 * (15 + 12) and out.masks[0].sum() == 15 + 12  # no 7 left anywhere

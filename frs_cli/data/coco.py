@@ -17,7 +17,8 @@ import hashlib
 import json
 import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -32,8 +33,10 @@ from frs_cli.data.geometry import (
     apply_to_image,
     batch_padded_size,
     pad_batch,
+    pad_into,
     view_geometry,
 )
+from frs_cli.data.packed import PackedTensors, map_packed
 from frs_cli.data.targets import CachedTargets
 from frs_cli.errors import ConfigError, DataError
 
@@ -329,7 +332,12 @@ class ListSampler(torch.utils.data.Sampler):
 
 @dataclass
 class Batch:
-    """A padded batch. ``images`` is zero outside each ``image_sizes[i]`` box (bottom/right padding)."""
+    """A padded batch. ``images`` is zero outside each ``image_sizes[i]`` box (bottom/right padding).
+
+    ``packed``: set by ``collate``, the one buffer that images, every target tensor and the teacher's tensors are
+    views of (see ``data.packed``), so that ``pin_memory`` pins once and ``to`` copies once. A batch built
+    otherwise, or whose tensors were replaced since, is pinned and moved tensor by tensor.
+    """
 
     images: Tensor  # (B, 3, H, W) uint8
     image_sizes: list[tuple[int, int]]  # valid (resized) size of each image
@@ -337,36 +345,76 @@ class Batch:
     image_ids: list[int]
     geometries: list[ViewGeometry]
     teacher: CachedTargets | None = None  # the views' cached teacher targets, batched (CachedTargets.collate)
+    packed: PackedTensors | None = field(default=None, repr=False, compare=False)
+
+    def tensors(self) -> list[Tensor]:
+        """Images, each target's tensors (image by image, in key order), then the teacher's ``tensors()``."""
+        out = [self.images, *(v for t in self.targets for v in t.values())]
+        return out if self.teacher is None else [*out, *self.teacher.tensors()]
+
+    def with_tensors(self, tensors: Sequence[Tensor], packed: PackedTensors | None = None) -> Batch:
+        """The same batch made of ``tensors`` (in ``tensors()`` order)."""
+        rest = iter(tensors[1:])
+        targets = [{k: next(rest) for k in t} for t in self.targets]
+        teacher = None if self.teacher is None else self.teacher.with_tensors(list(rest))
+        return Batch(tensors[0], self.image_sizes, targets, self.image_ids, self.geometries, teacher, packed)
+
+    def __getstate__(self) -> dict:
+        """What pickling sends (a DataLoader worker's batch to the main process): when packed, the buffer and the
+        batch's structure, not each tensor, so that one shared storage crosses over; ``__setstate__`` makes the
+        views again."""
+        state = dict(self.__dict__)
+        if self.packed is not None and self.packed.holds(self.tensors()):
+            state["images"] = None
+            state["targets"] = [dict.fromkeys(t) for t in self.targets]
+            if self.teacher is not None:
+                state["teacher"] = self.teacher.with_tensors([None] * len(self.teacher.tensors()))
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self.images is None:
+            self.__dict__.update(self.with_tensors(list(self.packed.views), self.packed).__dict__)
 
     def pin_memory(self) -> Batch:
-        self.images = self.images.pin_memory()
-        if self.teacher is not None:
-            self.teacher = self.teacher.pin_memory()
+        """Pins in place (the DataLoader's pin-memory thread calls this) and returns the batch."""
+        pinned = self.with_tensors(*map_packed(lambda t: t.pin_memory(), self.packed, self.tensors()))
+        self.images, self.targets, self.teacher = pinned.images, pinned.targets, pinned.teacher
+        self.packed = pinned.packed
         return self
 
     def to(self, device, non_blocking: bool = True) -> Batch:
-        move = lambda t: t.to(device, non_blocking=non_blocking)
-        return Batch(
-            images=move(self.images),
-            image_sizes=self.image_sizes,
-            targets=[{k: move(v) for k, v in t.items()} for t in self.targets],
-            image_ids=self.image_ids,
-            geometries=self.geometries,
-            teacher=None if self.teacher is None else self.teacher.to(device, non_blocking),
-        )
+        """The same batch on ``device`` (one copy when packed; the original is left where it was)."""
+        return self.with_tensors(*map_packed(lambda t: t.to(device, non_blocking=non_blocking), self.packed,
+                                             self.tensors()))
 
 
 def collate(samples: list[Sample]) -> Batch:
+    """Views -> a padded batch whose tensors (images, each view's boxes and labels, the teacher's targets) are
+    views of one buffer, in shared memory when built in a DataLoader worker (see ``data.packed``)."""
     geoms = [s.geometry for s in samples]
-    images = pad_batch([s.image for s in samples], batch_padded_size(geoms))
-    teacher = None
-    if samples[0].teacher is not None:
-        teacher = CachedTargets.collate([s.teacher for s in samples])
+    h, w = batch_padded_size(geoms)
+    specs = [(samples[0].image.dtype, (len(samples), samples[0].image.shape[0], h, w))]
+    for s in samples:
+        specs += [(s.boxes.dtype, s.boxes.shape), (s.labels.dtype, s.labels.shape)]
+    teachers = None if samples[0].teacher is None else [s.teacher for s in samples]
+    if teachers is not None:
+        specs += CachedTargets.batch_specs(teachers)
+    packed = PackedTensors.allocate(specs)
+    images, views = packed.views[0], packed.views[1 : 1 + 2 * len(samples)]
+    pad_into(images, [s.image for s in samples])
+    targets = []
+    for s, boxes, labels in zip(samples, views[0::2], views[1::2], strict=True):
+        boxes.copy_(s.boxes)
+        labels.copy_(s.labels)
+        targets.append({"boxes": boxes, "labels": labels})
+    teacher = None if teachers is None else CachedTargets.fill_batch(teachers, packed.views[1 + 2 * len(samples) :])
     return Batch(
         images=images,
         image_sizes=[g.valid_size for g in geoms],
-        targets=[{"boxes": s.boxes, "labels": s.labels} for s in samples],
+        targets=targets,
         image_ids=[s.image_id for s in samples],
         geometries=geoms,
         teacher=teacher,
+        packed=packed,
     )

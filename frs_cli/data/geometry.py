@@ -178,6 +178,20 @@ def pad_batch(images: list[Tensor], size: tuple[int, int]) -> Tensor:
     return out
 
 
+def pad_into(out: Tensor, parts: Sequence[Tensor]) -> Tensor:
+    """Write ``(..., h_i, w_i)`` tensors into ``out`` ``(len(parts), ..., H, W)``, each zero-padded at the bottom and
+    right; only the padding is zeroed (each part's bytes are written once), so ``out`` may start uninitialised."""
+    h, w = out.shape[-2:]
+    for i, p in enumerate(parts):
+        ph, pw = p.shape[-2:]
+        out[i, ..., :ph, :pw] = p
+        if ph < h:
+            out[i, ..., ph:, :] = 0
+        if pw < w:
+            out[i, ..., :ph, pw:] = 0
+    return out
+
+
 def pad_boxes(boxes: Sequence[Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
     """Per-image ``(M_i, 4)`` xyxy boxes -> ``(B, M, 4)`` float32 and ``valid`` ``(B, M)`` bool, M = max(1, max M_i).
 
