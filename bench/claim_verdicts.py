@@ -1,13 +1,15 @@
 """Verdicts of a claim run (bench/frs_claim.py) against issue 12's targets, computed from its raw files.
 
-    python3 bench/claim_verdicts.py docs/results/claim_2026-12-02_h200 [MORE_RUN_DIRS ...]
+    python3 bench/claim_verdicts.py docs/results/claim_2026-12-02_h200 [MORE_RUN_DIRS ...] [--judge VARIANT]
 
 Reads ``summary.json`` (val AP per run) and ``metrics/*.metrics.jsonl`` (every iteration's loss terms) of each
 directory, writes ``verdicts.json`` into the last one and prints the tables. Several directories pool their runs
 only when their teachers reached the same AP to the last digit (the runs are deterministic: one teacher); a run
 present in two of them is a reproduction check. Runs of a named variant (``b_frs_cache+fw300``, see
 ``bench/frs_claim.py --variant``) are reported apart, with their loss peaks where the warm-ups end, and, where
-the plain run of the same seed exists, how many iterations the two logged identically. Targets:
+the plain run of the same seed exists, how many iterations the two logged identically. ``--judge VARIANT`` judges
+that variant's FRS runs (``b_frs_cache+VARIANT``, ``c_frs_online+VARIANT``) in place of the plain FRS runs,
+against the plain baselines (student alone, GT-box imitation), into ``verdicts_VARIANT.json``. Targets:
 - outcome: the paired (same seed) FRS-from-cache minus FRS-online AP has a mean within +-0.5 AP and a 95 %
   interval (Student t) that contains 0; the worst seed of each FRS variant is within 3 AP of its mean; FRS from
   the cache >= GT-box imitation on every seed both ran;
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 from pathlib import Path
 
 # two-sided 95 % quantiles of Student's t for 1..30 degrees of freedom
@@ -139,12 +140,22 @@ def variant_report(name: str, run: dict, metrics: dict[str, Path]) -> dict:
     return out
 
 
-def main(run_dirs: list[Path]) -> dict:
+def judged_kind(name: str, judge: str | None) -> str | None:
+    """The kind (``KINDS``) a run is judged as, or None: plain runs, except that with ``judge`` the FRS kinds are
+    taken from that variant's runs instead."""
+    kind, _, variant = name.rpartition("_s")[0].partition("+")
+    frs = kind in ("b_frs_cache", "c_frs_online")
+    if kind in KINDS and variant == (judge if judge and frs else ""):
+        return kind
+    return None
+
+
+def main(run_dirs: list[Path], judge: str | None = None) -> dict:
     summary, all_runs, metrics, repeats = load(run_dirs)
     ap: dict[str, dict[int, float]] = {k: {} for k in KINDS}
     for name, run in all_runs.items():
-        kind, _, seed = name.rpartition("_s")
-        if kind in KINDS and run.get("final"):
+        kind, seed = judged_kind(name, judge), name.rpartition("_s")[2]
+        if kind and run.get("final"):
             ap[kind][int(seed)] = 100 * run["final"]["AP"]
     stats = {}
     for kind, per_seed in ap.items():
@@ -162,12 +173,12 @@ def main(run_dirs: list[Path]) -> dict:
         diff.update(mean=m, sd=sd, ci95=[m - half, m + half])
     runs = {}
     for name, f in metrics.items():
-        if name.rpartition("_s")[0] in ("b_frs_cache", "c_frs_online", "d_gt_boxes"):
+        if judged_kind(name, judge) in ("b_frs_cache", "c_frs_online", "d_gt_boxes"):
             runs[name] = spikes(f)
     variants = {n: variant_report(n, r, metrics) for n, r in sorted(all_runs.items()) if "+" in n}
     warmup = warmup_of(run_dirs[-1])
     bumps = {n: classification_bump(f, warmup) for n, f in sorted(metrics.items())
-             if n.rpartition("_s")[0] in KINDS}
+             if judged_kind(n, judge)}
     spiked = sorted(n for n, terms in runs.items() if any(t["spikes"] for t in terms.values()))
     verdicts = {}
     if "ci95" in diff:
@@ -183,12 +194,12 @@ def main(run_dirs: list[Path]) -> dict:
         verdicts["FRS from cache >= GT-box imitation on every paired seed"] = \
             "met" if all(ap["b_frs_cache"][s] >= ap["d_gt_boxes"][s] for s in both) else "missed"
     verdicts["no spike in at least 10 FRS runs"] = "met" if len(runs) >= 10 and not spiked else "missed"
-    result = {"sources": [str(d) for d in run_dirs], "device": summary.get("device"), "date": summary.get("date"),
+    result = {"sources": [str(d) for d in run_dirs], "judged_variant": judge, "device": summary.get("device"), "date": summary.get("date"),
               "ap": stats, "cached_minus_online": diff, "fresh_runs_checked_for_spikes": sorted(runs),
               "spiked": spiked, "loss_peaks": runs,
               "classification_bump": {"warmup_iters": warmup, "runs": bumps}, "repeated_runs_ap": repeats, "variants": variants,
               "verdicts": verdicts}
-    (run_dirs[-1] / "verdicts.json").write_text(json.dumps(result, indent=1))
+    (run_dirs[-1] / (f"verdicts_{judge}.json" if judge else "verdicts.json")).write_text(json.dumps(result, indent=1))
     print("| variant | n | AP per seed | mean ± sd | worst |\n|---|---|---|---|---|")
     for kind, st in stats.items():
         if st["n"]:
@@ -229,6 +240,10 @@ def main(run_dirs: list[Path]) -> dict:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
-        raise SystemExit("usage: claim_verdicts.py RUN_DIR [RUN_DIR ...]")
-    main([Path(a) for a in sys.argv[1:]])
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run_dirs", nargs="+", type=Path)
+    p.add_argument("--judge", default=None, help="judge this variant's FRS runs in place of the plain ones")
+    args = p.parse_args()
+    main(args.run_dirs, args.judge)

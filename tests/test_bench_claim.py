@@ -94,3 +94,30 @@ def test_classification_bump_is_the_peak_after_the_warmup_over_the_low_before_it
     (tmp_path / "claim.toml").write_text("[train]\nwarmup_iters = 60\n")
     assert verdicts.warmup_of(tmp_path) == 60
     assert verdicts.warmup_of(tmp_path / "elsewhere") == 100
+
+
+def test_judging_a_variant_takes_its_frs_runs_in_place_of_the_plain_ones_against_the_plain_baselines(tmp_path):
+    plain = {f"b_frs_cache_s{s}": 31.0 for s in range(3)} | {"c_frs_online_s0": 31.0, "c_frs_online_s1": 26.0,
+                                                             "c_frs_online_s2": 31.0}
+    fw = {f"b_frs_cache+fw_s{s}": 30.5 + 0.1 * s for s in range(3)} | {f"c_frs_online+fw_s{s}": 30.4 + 0.1 * s
+                                                                       for s in range(3)}
+    base = {"d_gt_boxes_s0": 27.0, "d_gt_boxes_s1": 30.7, "a_alone_s0": 9.0}
+    root = _run_dir(tmp_path / "one", 0.32, plain | fw | base)
+
+    judged = verdicts.main([root], judge="fw")
+    assert judged["judged_variant"] == "fw"
+    assert judged["ap"]["c_frs_online"]["seeds"] == {s: pytest.approx(30.4 + 0.1 * s) for s in range(3)}
+    assert judged["ap"]["d_gt_boxes"]["seeds"] == {0: pytest.approx(27.0), 1: pytest.approx(30.7)}  # plain
+    assert judged["ap"]["a_alone"]["n"] == 1
+    assert judged["cached_minus_online"]["values"] == pytest.approx([0.1, 0.1, 0.1])
+    assert sorted(judged["fresh_runs_checked_for_spikes"]) == sorted([*fw, "d_gt_boxes_s0", "d_gt_boxes_s1"])
+    v = judged["verdicts"]
+    assert v["FRS online: worst seed within 3 AP of the mean"] == "met"
+    assert v["FRS from cache >= GT-box imitation on every paired seed"] == "missed"  # seed 1: 30.6 < 30.7
+    assert (root / "verdicts_fw.json").exists()
+
+    plain_result = verdicts.main([root])
+    assert plain_result["ap"]["c_frs_online"]["seeds"][1] == pytest.approx(26.0)
+    assert plain_result["verdicts"]["FRS online: worst seed within 3 AP of the mean"] == "missed"  # 26 vs 29.3
+    assert plain_result["verdicts"]["FRS from cache >= GT-box imitation on every paired seed"] == "met"  # 31 >= 30.7
+    assert json.loads((root / "verdicts.json").read_text())["judged_variant"] is None
