@@ -344,7 +344,7 @@ class Batch:
     targets: list[dict[str, Tensor]]  # per image {"boxes": (N, 4) float32 xyxy view pixels, "labels": (N,)}
     image_ids: list[int]
     geometries: list[ViewGeometry]
-    teacher: CachedTargets | None = None  # the views' cached teacher targets, batched (CachedTargets.collate)
+    teacher: CachedTargets | None = None  # the views' cached teacher targets, batched (CachedTargets.fill_batch)
     packed: PackedTensors | None = field(default=None, repr=False, compare=False)
 
     def tensors(self) -> list[Tensor]:

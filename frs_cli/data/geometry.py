@@ -172,10 +172,7 @@ def batch_padded_size(geoms, size_divisible: int = 1) -> tuple[int, int]:
 
 def pad_batch(images: list[Tensor], size: tuple[int, int]) -> Tensor:
     """Stack ``(3, h_i, w_i)`` images into ``(B, 3, H, W)``, zero-padded at the bottom and right."""
-    out = images[0].new_zeros((len(images), images[0].shape[0], size[0], size[1]))
-    for i, img in enumerate(images):
-        out[i, :, : img.shape[-2], : img.shape[-1]].copy_(img)
-    return out
+    return pad_into(images[0].new_empty((len(images), images[0].shape[0], size[0], size[1])), images)
 
 
 def pad_into(out: Tensor, parts: Sequence[Tensor]) -> Tensor:
