@@ -24,7 +24,7 @@ from frs_cli.data.geometry import pad_boxes
 from frs_cli.errors import FrsError
 
 __all__ = ["FeatureAdapter", "distill_weight", "feature_loss", "frs_losses", "frs_masks", "gt_box_masks", "head_loss",
-           "position_weights"]
+           "position_grid", "position_weights"]
 
 
 def frs_masks(cls_logits: Sequence[Tensor]) -> list[Tensor]:
@@ -57,10 +57,15 @@ def _levels(name: str, *lists) -> int:
 
 
 @functools.lru_cache(maxsize=256)
-def _level_index(sizes: tuple[int, ...], device: torch.device) -> Tensor:
-    """``(sum(sizes),)`` long: the level of each position when the levels' ``H_l * W_l`` positions lie side by side
-    (kept per level layout and device: a batch shape asks for it once)."""
-    return torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)).to(device)
+def position_grid(grids: tuple[tuple[int, int], ...], device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """Row, column and level of every position when the levels' ``H_l * W_l`` positions lie side by side
+    (``(P,)`` long each; kept per level layout and device: a batch shape asks for it once)."""
+    rows, cols, levels = [], [], []
+    for lv, (h, w) in enumerate(grids):
+        rows.append(torch.arange(h).repeat_interleave(w))
+        cols.append(torch.arange(w).repeat(h))
+        levels.append(torch.full((h * w,), lv))
+    return tuple(torch.cat(x).to(device) for x in (rows, cols, levels))
 
 
 def _side_by_side(tensors: Sequence[Tensor], dims: int) -> Tensor:
@@ -85,7 +90,7 @@ def position_weights(masks: Sequence[Tensor], valid: Sequence[Tensor] | Tensor |
             raise FrsError(f"FRS losses: valid positions {tuple(flat.shape)} do not line up with the masks' "
                            f"{tuple(w.shape)} (batch, positions of every level side by side)")
         w = w * flat
-    index = _level_index(tuple(m.shape[-2] * m.shape[-1] for m in masks), w.device)
+    index = position_grid(tuple((int(m.shape[-2]), int(m.shape[-1])) for m in masks), w.device)[2]
     n = torch.zeros(len(masks), dtype=torch.float32, device=w.device).index_add_(0, index, w.sum(0))
     return w * n.clamp_min(1e-12).reciprocal()[index]
 

@@ -8,7 +8,6 @@ already-weighted loss terms; the loop sums them. ``checkpointed()`` names what t
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Iterator
 from typing import Protocol
@@ -21,7 +20,7 @@ from frs_cli.data.coco import Batch
 from frs_cli.data.geometry import level_valid_size
 from frs_cli.errors import FrsError
 from frs_cli.graphs import CapturedCall
-from frs_cli.losses import FeatureAdapter, distill_weight, frs_losses, frs_masks, gt_box_masks
+from frs_cli.losses import FeatureAdapter, distill_weight, frs_losses, frs_masks, gt_box_masks, position_grid
 from frs_cli.models.base import Detector, FrsSignature, check_compatible
 from frs_cli.train.canvas import canvas_groups, crop_stack, level_grids, on_own_canvas
 from frs_cli.train.config import DistillConfig
@@ -53,25 +52,13 @@ def valid_masks(image_sizes: list[tuple[int, int]], features: list[Tensor], stri
     return out
 
 
-@functools.lru_cache(maxsize=256)
-def _position_grid(grids: tuple[tuple[int, int], ...], device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """Row, column and level of every position, the levels' ``H_l * W_l`` positions side by side (``(P,)`` each;
-    kept per level layout and device)."""
-    rows, cols, levels = [], [], []
-    for lv, (h, w) in enumerate(grids):
-        rows.append(torch.arange(h).repeat_interleave(w))
-        cols.append(torch.arange(w).repeat(h))
-        levels.append(torch.full((h * w,), lv))
-    return tuple(torch.cat(x).to(device) for x in (rows, cols, levels))
-
-
 def valid_positions(image_sizes: list[tuple[int, int]], grids: list[tuple[int, int]], strides: list[int],
                     device: torch.device) -> Tensor:
     """``valid_masks`` with the levels side by side, ``(B, P)`` bool, as the FRS losses take it: the same
     positions, in a handful of operations whatever the batch and the number of levels (one pinned copy of the
     per-image sizes, then comparisons against each position's row and column)."""
     grids = [tuple(int(x) for x in g) for g in grids]
-    rows, cols, levels = _position_grid(tuple(grids), device)
+    rows, cols, levels = position_grid(tuple(grids), device)
     sizes = torch.tensor([[level_valid_size(size, s, g) for g, s in zip(grids, strides)] for size in image_sizes],
                          dtype=torch.int64)  # (B, L, 2)
     if device.type == "cuda":
