@@ -122,6 +122,8 @@ def main() -> None:
                    help="time each cached row's steps interleaved with plain steps over the same batches (blocks of "
                         "--block steps, alternating), so each row has its own plain step from the same minutes")
     p.add_argument("--block", type=int, default=10, help="steps per block of a paired row")
+    p.add_argument("--graphs-ab", action="store_true",
+                   help="paired rows also time the cached step with distill.cuda_graphs on (step_ms is then off's)")
     p.add_argument("--group-by-canvas", action=argparse.BooleanOptionalAction, default=True,
                    help="batches of one canvas, as train.group_by_canvas (the default) gives every row")
     p.add_argument("--smoke", action="store_true", help="tiny models and sizes on the CPU (tests)")
@@ -423,10 +425,14 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
     objs, its = {}, {}
     ahead = args.workers * args.prefetch if args.workers else 0
     keys = batches_for(num_views, args.warmup + args.steps + ahead + 1, args.batch, canvas_of(args, coco))
-    for m in ("plain", mode):
+    modes = ("plain", mode, *((f"{mode}_graphs",) if args.graphs_ab else ()))
+    for m in modes:
         torch.manual_seed(0)
         student = build_detector(ModelConfig(arch=ARCH[sname]), coco.index.num_classes)
-        objs[m], ds = step_objective(m, student, recipe, coco, coco.index.num_classes,
+        r = recipe
+        if m != "plain" and args.graphs_ab:  # the A/B: the same row with distill.cuda_graphs off and on
+            r = replace(recipe, distill=replace(recipe.distill, cuda_graphs=m.endswith("_graphs")))
+        objs[m], ds = step_objective(m.removesuffix("_graphs"), student, r, coco, coco.index.num_classes,
                                      _store(path, True) if m != "plain" else None)
         its[m] = iter(_loader(args, ds, keys, dev))
     times = {m: ([], []) for m in objs}
@@ -436,7 +442,7 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
     done, turn = 0, 0
     while done < args.steps:
         n = min(args.block, args.steps - done)
-        for m in (("plain", mode) if turn % 2 == 0 else (mode, "plain")):
+        for m in (modes if turn % 2 == 0 else modes[::-1]):
             steps, waits, _ = timed_steps(objs[m], its[m], dev, amp, 0, n, opts[m])
             times[m][0].extend(steps)
             times[m][1].extend(waits)
@@ -445,10 +451,15 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
     del its, objs
     if dev.type == "cuda":
         torch.cuda.empty_cache()
-    return {"step_ms": 1e3 * median(steps), "step_ms_mean": 1e3 * sum(steps) / len(steps), "steps": len(steps),
-            "plain_step_ms": 1e3 * median(plain), "plain_step_ms_mean": 1e3 * sum(plain) / len(plain),
-            "paired_block": args.block, "data_wait_share": sum(waits) / sum(steps),
-            "data_wait_share_median": median([w / t for w, t in zip(waits, steps)])}
+    row = {"step_ms": 1e3 * median(steps), "step_ms_mean": 1e3 * sum(steps) / len(steps), "steps": len(steps),
+           "plain_step_ms": 1e3 * median(plain), "plain_step_ms_mean": 1e3 * sum(plain) / len(plain),
+           "paired_block": args.block, "data_wait_share": sum(waits) / sum(steps),
+           "data_wait_share_median": median([w / t for w, t in zip(waits, steps)])}
+    if args.graphs_ab:  # step_ms is then the eager cached side's, graphs_step_ms the graphed one's
+        g, gw = times[f"{mode}_graphs"]
+        row.update({"cuda_graphs": False, "graphs_step_ms": 1e3 * median(g), "graphs_step_ms_mean": 1e3 * sum(g) / len(g),
+                    "graphs_data_wait_share": sum(gw) / sum(g)})
+    return row
 
 
 if __name__ == "__main__":

@@ -78,19 +78,98 @@ def test_distill_builds_the_cached_head_with_the_recipes_cuda_graphs_switch(reci
     assert seen == [True, False]
 
 
-def test_cached_head_runs_eagerly_on_the_cpu_even_with_cuda_graphs(recipe, cache_path):
-    from frs_cli.cache.reader import CachedViews, TeacherCache
+def _cached_objective(recipe, cache_path, cuda_graphs: bool):
+    from frs_cli.cache.reader import TeacherCache
     from frs_cli.train.objectives import CachedTeacher
 
     cache = TeacherCache(cache_path)
+    torch.manual_seed(0)
+    student = build_detector(recipe.student, CocoViews.from_config(recipe.data, "train", recipe.geometry).index.num_classes).eval()
+    cfg = replace(recipe.distill, alpha=ALPHA, beta=BETA, warmup_iters=0, mask="frs")
+    return FRSObjective(student, cache.signature, CachedTeacher.from_cache(cache, cuda_graphs=cuda_graphs), cfg)
+
+
+def _one_canvas_batch(recipe, cache_path):
+    """Two cached views of one canvas (the batches ``distill.cuda_graphs`` replays)."""
+    from frs_cli.cache.reader import CachedViews, TeacherCache
+
     coco = CocoViews.from_config(recipe.data, "train", recipe.geometry)
-    batch = collate([CachedViews(coco, cache)[k] for k in [(0, "orig"), (1, "orig")]])
-    graphed = CachedTeacher.from_cache(cache, cuda_graphs=True)
-    assert not graphed.graphed(batch)
-    a, b = graphed(batch, need_logits=True), CachedTeacher.from_cache(cache)(batch, need_logits=True)
-    for x, y in zip([*a.features, *a.cls_logits], [*b.features, *b.cls_logits]):
+    keys = [(p, v) for p in range(len(coco)) for v in ("orig", "hflip")]
+    size = coco.geometry_of(*keys[0]).padded_size
+    same = [k for k in keys if coco.geometry_of(*k).padded_size == size][:2]
+    assert len(same) == 2
+    return collate([CachedViews(coco, TeacherCache(cache_path))[k] for k in same])
+
+
+def _terms_and_grads(objective, batch):
+    objective.zero_grad(set_to_none=True)
+    losses = objective(batch, 10)
+    (losses["frs_feature"] + losses["frs_head"]).backward()
+    grads = [p.grad.clone() for p in [*objective.adapters.parameters(), *objective.student.parameters()]
+             if p.grad is not None]
+    return [losses["frs_feature"].detach(), losses["frs_head"].detach()], grads
+
+
+def test_cached_side_runs_eagerly_on_the_cpu_even_with_cuda_graphs(recipe, cache_path):
+    batch = _one_canvas_batch(recipe, cache_path)
+    graphed, eager = _cached_objective(recipe, cache_path, True), _cached_objective(recipe, cache_path, False)
+    assert not graphed.teacher_side.graphed(batch) and graphed._graphs is not None and eager._graphs is None
+    (ta, ga), (tb, gb) = _terms_and_grads(graphed, batch), _terms_and_grads(eager, batch)
+    for x, y in zip(ta + ga, tb + gb):
         assert torch.equal(x, y)
-    assert graphed._graphs == {}
+    assert graphed._graphs._graphs == {}
+
+
+def test_the_captured_function_is_the_eager_cached_objective_in_value_and_gradient(recipe, cache_path, monkeypatch):
+    """What ``distill.cuda_graphs`` captures (``frs_terms``: decode, cached head, adapters from explicit weights,
+    both terms) against the eager objective: the same terms and the same gradients of the adapters and the
+    student. The capture itself is faked on the CPU (a graph of ``fn`` replays ``fn``); the first batch of a shape
+    runs eagerly and captures, the second goes through the capture with the inputs in the same order."""
+    import frs_cli.train.graphed as graphed_module
+
+    batch = _one_canvas_batch(recipe, cache_path)
+    eager = _cached_objective(recipe, cache_path, False)
+    graphed = _cached_objective(recipe, cache_path, True)
+    graphed.adapters.load_state_dict(eager.adapters.state_dict())
+    captured = []
+
+    def fake_capture(fn, examples, num_warmup_iters):
+        captured.append([tuple(t.shape) for t in examples])
+
+        def replay(*xs):
+            assert len(xs) == len(examples)
+            return fn(*xs)
+        return replay
+
+    monkeypatch.setattr(graphed_module.torch.cuda, "make_graphed_callables", fake_capture)
+    monkeypatch.setattr(graphed_module.torch.cuda, "memory_reserved", lambda device=None: 0)
+    monkeypatch.setattr(type(graphed.teacher_side), "graphed", lambda self, b: True)
+    want_terms, want_grads = _terms_and_grads(eager, batch)
+    assert want_terms[0] > 0 and want_terms[1] > 0
+    for call in range(2):
+        terms, grads = _terms_and_grads(graphed, batch)
+        assert len(captured) == 1  # captured once, on the first batch of the shape
+        assert len(grads) == len(want_grads)
+        for x, y in zip(terms + grads, want_terms + want_grads):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-7)
+    n, scaled = len(graphed.adapters.convs), batch.teacher.scales is not None
+    # student features and logits, cached features (and scales), masks, the valid positions, adapter weights
+    assert len(captured[0]) == (4 + scaled) * n + 1 + 2 * n
+
+
+def test_feature_graphs_stop_at_their_count_and_memory_limits(recipe, cache_path):
+    """Each graph keeps its inputs, intermediates and gradients allocated: past MAX_GRAPHS graphs or
+    MAX_GRAPH_BYTES, shapes run eagerly."""
+    objective = _cached_objective(recipe, cache_path, True)
+    terms = objective._graphs
+    terms.MAX_GRAPHS, terms.MAX_GRAPH_BYTES = 2, 1000
+    assert terms.may_capture()
+    terms._graphs, terms._graph_bytes = {("a",): object(), ("b",): None}, 600
+    assert terms.may_capture()  # the failed capture (None) holds nothing
+    terms._graph_bytes = 1000
+    assert not terms.may_capture()  # the memory is spent
+    terms._graphs[("c",)], terms._graph_bytes = object(), 0
+    assert not terms.may_capture()  # two graphs: the count is reached
 
 
 def test_valid_positions_are_the_valid_masks_side_by_side():
@@ -133,18 +212,3 @@ def test_losses_take_valid_positions_side_by_side_or_per_level_alike():
     torch.testing.assert_close(a[0], feature_loss(s, t, m, per_level))
     with pytest.raises(Exception, match="valid positions"):
         frs_losses(s, t, z, zt, m, flat[:, :-1])
-
-
-def test_cached_head_graphs_stop_at_their_count_and_memory_limits(recipe, cache_path):
-    """Each graph keeps its outputs allocated: past MAX_GRAPHS graphs or MAX_GRAPH_BYTES of outputs, shapes run
-    eagerly."""
-    from frs_cli.cache.reader import TeacherCache
-    from frs_cli.train.objectives import CachedTeacher
-
-    side = CachedTeacher.from_cache(TeacherCache(cache_path), cuda_graphs=True)
-    side.MAX_GRAPHS, side.MAX_GRAPH_BYTES = 2, 1000
-    assert side.may_capture(1000) and not side.may_capture(1001)
-    side._graphs, side._graph_bytes = {("a",): object(), ("b",): None}, 600
-    assert side.may_capture(400) and not side.may_capture(401)  # the failed capture (None) holds nothing
-    side._graphs[("c",)] = object()
-    assert not side.may_capture(0)  # two graphs: the count is reached

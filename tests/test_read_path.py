@@ -146,7 +146,7 @@ def test_collate_zeroes_the_padding_of_a_batch_built_in_reused_memory(monkeypatc
 def test_cached_step_smoke_on_the_cpu_writes_every_row_and_figure(tmp_path, monkeypatch):
     step = _bench("cached_step")
     monkeypatch.setattr(sys, "argv", ["cached_step.py", "--smoke", "--out", str(tmp_path / "out"),
-                                      "--work", str(tmp_path / "work")])
+                                      "--work", str(tmp_path / "work"), "--graphs-ab"])
     step.main()
     res = json.loads((tmp_path / "out" / "step.json").read_text())
     assert res["device"] == "cpu" and res["views_in_split"] >= 16 and res["disk"]["read"]["cold"] is False
@@ -162,6 +162,7 @@ def test_cached_step_smoke_on_the_cpu_writes_every_row_and_figure(tmp_path, monk
             continue
         assert r["steps"] == 1 and r["step_ms"] > 0 and 0 <= r["data_wait_share"] < 1 and r["loader_views_s"] > 0
         assert r["plain_step_ms"] > 0 and r["paired_block"] == 10  # paired by default: its own interleaved plain step
+        assert r["cuda_graphs"] is False and r["graphs_step_ms"] > 0  # --graphs-ab: the same row with graphs on
         assert r["need_mb_s"] == pytest.approx(r["mb_per_view"] * 2 / (plain / 1e3))
     old = res["zarr_path"]  # fp16 read through zarr-python, as before the direct reads
     assert (old["dtype"], old["views"], old["read"], old["steps"]) == ("float16", 16, "zarr", 1) and old["step_ms"] > 0

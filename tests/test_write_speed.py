@@ -93,8 +93,8 @@ def test_channels_last_pass_is_as_close_to_float32_as_the_autocast_pass(family):
     """NHWC sums in another order: against the float32 pass, its features and masks are as far off as the NCHW
     autocast pass's (bf16 rounding), not further; it stores NCHW-contiguous tensors."""
     images, sizes = _batch()
-    fp32 = TeacherPass(_teacher(family), FeatureEncoding("float32"), PassOptions())(images, sizes)
-    amp = TeacherPass(_teacher(family), FeatureEncoding("float32"), PassOptions(amp=True))(images, sizes)
+    fp32 = TeacherPass(_teacher(family), FeatureEncoding("float32"), PassOptions()).prepare()(images, sizes)
+    amp = TeacherPass(_teacher(family), FeatureEncoding("float32"), PassOptions(amp=True)).prepare()(images, sizes)
     nhwc = TeacherPass(_teacher(family), FeatureEncoding("float32"),
                        PassOptions(amp=True, bf16_weights=True, channels_last=True)).prepare()(images, sizes)
 

@@ -1,8 +1,11 @@
 """The teacher side of ``frs teacher-cache``: a batch of images in, its encoded targets out, all on the device.
 
 ``TeacherPass`` runs the frozen teacher over one padded batch, takes the FRS masks and encodes the features as
-the store keeps them (``FeatureEncoding.encode``), without a host sync. Three options keep the device, not the
-Python thread, the bound (each is off on the CPU, where the pass is exactly the eager float32 forward):
+the store keeps them (``FeatureEncoding.encode``), without a host sync. ``prepare`` folds the teacher's batch
+norms into the convolutions before them (``frs_cli.models.fold``; the live teacher of ``distill --online`` is
+folded alike), which drops their kernels (a fifth of the X101 pass's GPU time) on every device. Three options
+keep the device, not the Python thread, the bound (each is off on the CPU, where the pass is the eager float32
+forward):
 
 - ``bf16_weights``: under autocast every convolution casts its weight and bias to bf16 again on every forward
   (autocast caches casts only of leaf tensors that require grad; a frozen teacher's do not). Casting the
@@ -30,6 +33,7 @@ from torch import Tensor, nn
 from frs_cli.cache.encoding import FeatureEncoding
 from frs_cli.graphs import CapturedCall
 from frs_cli.losses import frs_masks
+from frs_cli.models.fold import fold_batchnorm
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +80,7 @@ class TeacherPass:
     ``Detector`` contract says -> the batch's tensors in ``shard_writer.batch_dtypes`` order: per level the
     encoded features ``(B, C', H_l, W_l)`` as carried (and their float32 scales ``(B, C)`` when scaled), then per
     level the float16 masks ``(B, H_l, W_l)``; all contiguous, on the device, nothing synchronised.
-    Prepare the teacher (``prepare``) after its float32 weights were fingerprinted and stored.
+    Prepare the teacher (``prepare``: folding, casting) after its float32 weights were fingerprinted and stored.
     """
 
     def __init__(self, teacher: nn.Module, encoding: FeatureEncoding, options: PassOptions):
@@ -87,6 +91,7 @@ class TeacherPass:
         self._pool = None
 
     def prepare(self) -> TeacherPass:
+        fold_batchnorm(self.teacher)  # as the live teacher does (OnlineTeacher): both paths compute alike
         o = self.options
         if o.bf16_weights and o.amp:
             cast_weights_once(self.teacher)

@@ -19,11 +19,12 @@ from frs_cli.cache.encoding import FeatureEncoding
 from frs_cli.data.coco import Batch
 from frs_cli.data.geometry import level_valid_size
 from frs_cli.errors import FrsError
-from frs_cli.graphs import CapturedCall
 from frs_cli.losses import FeatureAdapter, distill_weight, frs_losses, frs_masks, gt_box_masks, position_grid
 from frs_cli.models.base import Detector, FrsSignature, check_compatible
+from frs_cli.models.fold import fold_batchnorm
 from frs_cli.train.canvas import canvas_groups, crop_stack, level_grids, on_own_canvas
 from frs_cli.train.config import DistillConfig
+from frs_cli.train.graphed import GraphedTerms
 
 log = logging.getLogger(__name__)
 
@@ -129,29 +130,19 @@ class CachedTeacher(nn.Module):
     ``encoding``, masks as stored, logits recomputed by the cached head on each view's own canvas
     (``train.canvas``), in the precision the cache was written with (``autocast``).
 
-    ``cuda_graphs`` (``distill.cuda_graphs``, off by default; CUDA only): a batch of one canvas (every batch, when
-    training batches by canvas) has its decoding and head replayed as one CUDA graph per batch shape, captured
-    after the shape's first batch ran eagerly. The same kernels on the same inputs: the targets equal the eager
-    ones. The features and logits returned then live in the graph's memory until the next batch: consume them
-    within the step. Each graph keeps its outputs allocated (decoded features and logits: about 350 MB for a
-    batch of 8 COCO views), so at most ``MAX_GRAPHS`` shapes and ``MAX_GRAPH_BYTES`` of outputs get a graph;
-    later shapes and mixed batches run eagerly.
+    ``cuda_graphs`` (``distill.cuda_graphs``; CUDA only): ``FRSObjective`` replays this side and both FRS terms of a
+    batch of one canvas as CUDA graphs (``frs_cli.train.graphed``); ``graphed(batch)`` says which batches qualify.
     """
-
-    MAX_GRAPHS = 64
-    MAX_GRAPH_BYTES = 4 << 30
 
     def __init__(self, cls_head: nn.Module, strides: list[int], encoding: FeatureEncoding, autocast: bool = True,
                  cuda_graphs: bool = False):
         super().__init__()
         self.cls_head = cls_head.eval().requires_grad_(False)
+        fold_batchnorm(self.cls_head)  # as the pass that wrote the cache ran the teacher's head
         self.encoding = encoding
         self.strides = list(strides)
         self.autocast = autocast
         self.cuda_graphs = cuda_graphs
-        self._graphs: dict[tuple, CapturedCall | None] = {}  # input shapes -> graph (None: runs eagerly)
-        self._graph_bytes = 0  # outputs the graphs keep allocated
-        self._pool = None
 
     @classmethod
     def from_cache(cls, cache, cuda_graphs: bool = False) -> CachedTeacher:
@@ -170,61 +161,27 @@ class CachedTeacher(nn.Module):
         with teacher_autocast(feats[0].device, self.autocast):
             return self.cls_head([f.to(dtype) for f in feats])
 
-    def _one_canvas(self, *inputs: Tensor) -> list[Tensor]:
-        """Decoding and head of a batch of one canvas: ``(*features, *scales)`` -> ``[*features, *logits]``."""
-        n = len(self.strides)
-        feats = self._decode(list(inputs[:n]), list(inputs[n:]) or None)
-        return [*feats, *self._head(feats)]
-
     def graphed(self, batch: Batch) -> bool:
-        """Whether ``batch`` runs as a CUDA graph: ``cuda_graphs`` on, on CUDA, one canvas whose level grids are the
+        """Whether ``batch`` runs as CUDA graphs: ``cuda_graphs`` on, on CUDA, one canvas whose level grids are the
         batch's (no view is padded beyond its own canvas)."""
         cached = batch.teacher
-        if not self.cuda_graphs or cached.features[0].device.type != "cuda":
+        if not self.cuda_graphs or cached is None or cached.features[0].device.type != "cuda":
             return False
         groups = canvas_groups(batch.geometries)
         return len(groups) == 1 and level_grids(groups[0][0], self.strides) == [tuple(f.shape[-2:])
                                                                               for f in cached.features]
 
-    def _graph_run(self, inputs: list[Tensor]) -> list[Tensor]:
-        key = tuple((tuple(t.shape), t.dtype) for t in inputs)
-        graph = self._graphs.get(key)
-        if graph is not None:
-            return graph.run(*inputs)
-        out = self._one_canvas(*inputs)  # the first batch of a shape (or one past the limits) runs eagerly
-        if key not in self._graphs:
-            nbytes = sum(t.numel() * t.element_size() for t in out)
-            self._graphs[key] = self._capture(inputs) if self.may_capture(nbytes) else None
-            self._graph_bytes += nbytes if self._graphs[key] is not None else 0
-        return out
-
-    def may_capture(self, nbytes: int) -> bool:
-        """Whether one more graph, keeping ``nbytes`` of outputs, stays within ``MAX_GRAPHS`` and
-        ``MAX_GRAPH_BYTES``."""
-        return (sum(g is not None for g in self._graphs.values()) < self.MAX_GRAPHS
-                and self._graph_bytes + nbytes <= self.MAX_GRAPH_BYTES)
-
-    def _capture(self, inputs: list[Tensor]) -> CapturedCall | None:
-        try:
-            if self._pool is None:
-                self._pool = torch.cuda.graph_pool_handle()
-            return CapturedCall(self._one_canvas, inputs, self._pool)
-        except Exception as exc:  # noqa: BLE001 - any capture failure leaves this shape eager, nothing else
-            log.warning("distill: no CUDA graph for the cached head on inputs of shapes %s (%s: %s); they run "
-                        "eagerly", [tuple(t.shape) for t in inputs], type(exc).__name__, exc)
-            return None
+    def check_batch(self, batch: Batch) -> None:
+        """FrsError unless ``batch`` carries cached targets with scales exactly when the encoding has them."""
+        if batch.teacher is None:
+            raise FrsError("distill: this batch carries no cached teacher targets (was the loader built from a cache?)")
+        self.encoding.check_scales(batch.teacher.scales is not None, "distill: the batch's cached targets",
+                                   hint="build the teacher side from the batches' cache: CachedTeacher.from_cache")
 
     @torch.no_grad()
     def forward(self, batch: Batch, need_logits: bool) -> TeacherTargets:
-        if batch.teacher is None:
-            raise FrsError("distill: this batch carries no cached teacher targets (was the loader built from a cache?)")
+        self.check_batch(batch)
         cached = batch.teacher
-        self.encoding.check_scales(cached.scales is not None, "distill: the batch's cached targets",
-                                   hint="build the teacher side from the batches' cache: CachedTeacher.from_cache")
-        if need_logits and self.graphed(batch):
-            out = self._graph_run([*cached.features, *(cached.scales or [])])
-            n = len(cached.features)
-            return TeacherTargets(out[:n], out[n:], cached.masks)
         feats = self._decode(cached.features, cached.scales)
         logits = None
         if need_logits:
@@ -238,12 +195,15 @@ class CachedTeacher(nn.Module):
 
 
 class OnlineTeacher(nn.Module):
-    """The original method: run the frozen teacher every step, on each view's own canvas (``train.canvas``) and
-    in the precision ``teacher-cache`` uses (``autocast``), so that it computes what a cache holds."""
+    """The original method: run the frozen teacher every step, on each view's own canvas (``train.canvas``), in
+    the precision ``teacher-cache`` uses (``autocast``) and with its batch norms folded as the cache writer folds
+    them (``frs_cli.models.fold``; the teacher module passed in is folded in place), so that it computes what a
+    cache holds."""
 
     def __init__(self, teacher: Detector, autocast: bool = True):
         super().__init__()
         self.teacher = teacher.eval().requires_grad_(False)
+        fold_batchnorm(self.teacher)  # as teacher-cache's pass does: the same arithmetic in both paths
         self.autocast = autocast
 
     def train(self, mode: bool = True):
@@ -277,6 +237,9 @@ class FRSObjective(nn.Module):
         self.adapters = FeatureAdapter([lv.channels for lv in student.levels], [lv.channels for lv in teacher.levels])
         self.teacher_side = teacher_side
         self.cfg = cfg
+        # distill.cuda_graphs: the cached side and both terms of a one-canvas batch as CUDA graphs (not a module:
+        # nothing in it trains or is saved that the adapters and the teacher side do not hold already)
+        self._graphs = GraphedTerms(teacher_side, self.adapters) if getattr(teacher_side, "cuda_graphs", False) else None
 
     def checkpointed(self) -> dict[str, nn.Module]:
         return {"student": self.student, "adapters": self.adapters}
@@ -284,8 +247,11 @@ class FRSObjective(nn.Module):
     def forward(self, batch: Batch, step: int) -> dict[str, Tensor]:
         out = self.student(batch.images, batch.image_sizes, batch.targets)
         losses = dict(out.losses)
-        teacher = self.teacher_side(batch, need_logits=self.cfg.mask == "frs")
-        for lv, (fs, ft) in enumerate(zip(out.features, teacher.features)):
+        head = self.cfg.mask == "frs"
+        graphed = (self._graphs is not None and head and torch.is_grad_enabled()
+                   and self.teacher_side.graphed(batch))
+        teacher = None if graphed else self.teacher_side(batch, need_logits=head)
+        for lv, (fs, ft) in enumerate(zip(out.features, batch.teacher.features if graphed else teacher.features)):
             if fs.shape[-2:] != ft.shape[-2:]:
                 raise FrsError(f"distill: level {self.student.level_names[lv]} student grid {tuple(fs.shape[-2:])} "
                                f"!= teacher grid {tuple(ft.shape[-2:])}")
@@ -293,13 +259,18 @@ class FRSObjective(nn.Module):
         valid = valid_positions(batch.image_sizes, [f.shape[-2:] for f in out.features], strides,
                                 out.features[0].device)
         w = distill_weight(step, self.cfg.warmup_iters)
-        if self.cfg.mask == "gt":
-            masks = gt_box_masks([t["boxes"] for t in batch.targets], [f.shape[-2:] for f in out.features], strides)
+        if graphed:  # the cached side, the adapters and both terms replayed (frs_cli.train.graphed)
+            self.teacher_side.check_batch(batch)
+            feature, head_term = self._graphs(out.features, out.cls_logits, batch.teacher, valid)
         else:
-            masks = teacher.masks
-        head = self.cfg.mask == "frs"
-        feature, head_term = frs_losses(self.adapters(out.features), teacher.features, out.cls_logits if head else None,
-                                        teacher.cls_logits if head else None, masks, valid)
+            if self.cfg.mask == "gt":
+                masks = gt_box_masks([t["boxes"] for t in batch.targets], [f.shape[-2:] for f in out.features],
+                                     strides)
+            else:
+                masks = teacher.masks
+            feature, head_term = frs_losses(self.adapters(out.features), teacher.features,
+                                            out.cls_logits if head else None, teacher.cls_logits if head else None,
+                                            masks, valid)
         losses["frs_feature"] = w * self.cfg.alpha * feature
         if head:
             losses["frs_head"] = w * self.cfg.beta * head_term

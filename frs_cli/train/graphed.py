@@ -1,0 +1,111 @@
+"""``distill.cuda_graphs``: the cached teacher side and both FRS terms of a step as one pair of CUDA graphs.
+
+A cached FRS step adds to the student's own step the decoding of the cached features, the teacher's head
+recomputed on them, the adapters and the two loss terms: about 230 small operations, forward and backward,
+on a GPU whose step is bound by the Python thread that launches kernels, not by the kernels. For a batch of one
+canvas (every batch, when training batches by canvas) these operations have fixed shapes, so they are captured
+once per batch shape with ``torch.cuda.make_graphed_callables``: the forward becomes one copy per input and one
+graph replay, the backward (the adapters' and the student's gradients) one replay.
+
+``frs_terms`` is the function captured, written with the adapters' weights as explicit arguments so that the
+backward graph computes their gradients; it runs the same operations as the eager path (``CachedTeacher``'s
+decode and head, ``FeatureAdapter``, ``frs_losses``), in the same precision: the student's autocast state is
+taken from the caller and re-entered inside (with its weight-cast cache off, as capture requires).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from frs_cli.losses import FeatureAdapter, frs_losses
+
+log = logging.getLogger(__name__)
+
+__all__ = ["GraphedTerms", "frs_terms"]
+
+
+def frs_terms(teacher, adapters: FeatureAdapter, amp: tuple[bool, torch.dtype], levels: int, scaled: bool,
+              *inputs: Tensor) -> tuple[Tensor, Tensor]:
+    """``(feature_loss, head_loss)`` of a batch of one canvas from flat ``inputs``: per level the student's FPN
+    features, then its classification logits, the cached features (as carried), their scales (when ``scaled``),
+    the cached masks, then the valid positions ``(B, P)`` and per level the adapter's weight and bias (the
+    adapters' own parameters: the graph reads them in place). ``teacher``: a ``CachedTeacher``; ``amp``: the
+    student's autocast (enabled, dtype)."""
+    n = levels
+    sf, sl, cf = inputs[:n], inputs[n:2 * n], inputs[2 * n:3 * n]
+    k = 3 * n
+    scales = list(inputs[k:k + n]) if scaled else None
+    k += n if scaled else 0
+    masks, valid, params = inputs[k:k + n], inputs[k + n], inputs[k + n + 1:]
+    with torch.no_grad():
+        feats = teacher._decode(list(cf), scales)
+        logits = teacher._head(feats)
+    pads = [conv.padding for conv in adapters.convs]
+    with torch.autocast(sf[0].device.type, dtype=amp[1], enabled=amp[0], cache_enabled=False):
+        adapted = [F.conv2d(f, params[2 * lv], params[2 * lv + 1], padding=pads[lv]) for lv, f in enumerate(sf)]
+        feature, head = frs_losses(adapted, feats, list(sl), logits, list(masks), valid)
+    return feature, head
+
+
+class GraphedTerms:
+    """Per batch shape, ``frs_terms`` captured as a forward and a backward CUDA graph (``distill.cuda_graphs``).
+
+    ``__call__(student_features, student_logits, cached, valid)`` -> ``(feature_loss, head_loss)``, both
+    differentiable. A shape's first batch runs ``frs_terms`` eagerly and is then captured; later batches of
+    that shape replay. Each graph keeps its inputs, intermediates and gradients allocated (about a gigabyte per
+    shape at 8 COCO views), so at most ``MAX_GRAPHS`` shapes and ``MAX_GRAPH_BYTES`` get one; the rest, and any
+    shape whose capture fails (with a warning), run eagerly. The losses and the gradients a replay returns live
+    in the graph's memory until its next replay: one training step consumes them (``backward``) before that.
+    """
+
+    MAX_GRAPHS = 64
+    MAX_GRAPH_BYTES = 8 << 30
+
+    def __init__(self, teacher, adapters: FeatureAdapter):
+        self.teacher, self.adapters = teacher, adapters
+        self._graphs: dict[tuple, object | None] = {}  # input signature -> graphed callable (None: runs eagerly)
+        self._graph_bytes = 0
+
+    def may_capture(self) -> bool:
+        """Whether one more shape may get a graph: fewer than ``MAX_GRAPHS`` and under ``MAX_GRAPH_BYTES``."""
+        return (sum(g is not None for g in self._graphs.values()) < self.MAX_GRAPHS
+                and self._graph_bytes < self.MAX_GRAPH_BYTES)
+
+    def __call__(self, student_features: list[Tensor], student_logits: list[Tensor], cached,
+                 valid: Tensor) -> tuple[Tensor, Tensor]:
+        device = student_features[0].device
+        amp = (torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type))
+        params = [p for conv in self.adapters.convs for p in (conv.weight, conv.bias)]
+        inputs = [*student_features, *student_logits, *cached.features, *(cached.scales or []), *cached.masks, valid]
+        n, scaled = len(student_features), cached.scales is not None
+
+        def fn(*xs: Tensor) -> tuple[Tensor, Tensor]:
+            return frs_terms(self.teacher, self.adapters, amp, n, scaled, *xs)
+
+        key = (amp, *((tuple(t.shape), t.dtype, t.requires_grad) for t in inputs))
+        graph = self._graphs.get(key)
+        if graph is not None:
+            return graph(*inputs, *params)
+        out = fn(*inputs, *params)  # a shape's first batch (or one past the limits) runs eagerly
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(fn, inputs, params) if self.may_capture() else None
+        return out
+
+    def _capture(self, fn, inputs: list[Tensor], params: list[nn.Parameter]):
+        device = inputs[0].device
+        # the capture's own inputs: fresh leaves with the same requires_grad (later batches are copied into them)
+        examples = [x.detach().clone().requires_grad_(x.requires_grad) for x in inputs]
+        before = torch.cuda.memory_reserved(device)
+        try:
+            with torch.autocast(device.type, enabled=False):  # capture refuses an enclosing autocast's cast cache
+                graph = torch.cuda.make_graphed_callables(fn, (*examples, *params), num_warmup_iters=2)
+        except Exception as exc:  # noqa: BLE001 - any capture failure leaves this shape eager, nothing else
+            log.warning("distill: no CUDA graph for the FRS terms on inputs of shapes %s (%s: %s); they run eagerly",
+                        [tuple(t.shape) for t in inputs], type(exc).__name__, exc)
+            return None
+        self._graph_bytes += max(0, torch.cuda.memory_reserved(device) - before)
+        return graph
