@@ -1,6 +1,9 @@
 """Verdicts of a cached-step run (bench/cached_step.py) against issue 13's targets, computed from its raw JSON.
 
-    python3 bench/cache_verdicts.py OUT/step.json
+    python3 bench/cache_verdicts.py OUT/step.json [--graphs]
+
+``--graphs`` judges the cached rows' ``distill.cuda_graphs`` variant (a run with ``--graphs-ab``: each row's
+``graphs_*`` figures, against the same interleaved plain step) and writes ``verdicts_graphs.json``.
 
 Writes ``verdicts.json`` beside the step file and prints one table per target, each row with its cache size and
 page-cache state. Targets (one card, one call):
@@ -37,6 +40,15 @@ def _find(step: dict, dtype: str, size: int, state: str) -> dict | None:
         rows = [r for r in rows if r["views"] >= size]
         return max(rows, key=lambda r: r["views"]) if rows else None
     return next((r for r in rows if r["views"] == size), None)
+
+
+def graphs_variant(step: dict) -> dict:
+    """``step`` with each cached row's figures replaced by its ``--graphs-ab`` graphed variant's (rows without one
+    dropped: they count as not measured)."""
+    keys = ("step_ms", "step_ms_mean", "data_wait_share", "data_wait_share_median")
+    rows = [{**r, **{k: r[f"graphs_{k}"] for k in keys}, "cuda_graphs": True}
+            for r in step["cached"] if "graphs_step_ms" in r]
+    return {**step, "cached": rows, "worker_sweep": [], "variant": "distill.cuda_graphs on"}
 
 
 def verdicts(step: dict) -> dict:
@@ -100,6 +112,7 @@ def verdicts(step: dict) -> dict:
                           "loader_views": None if last is None else last["views"]})
     extra = [*step.get("worker_sweep", []), *([step["zarr_path"]] if "zarr_path" in step else [])]
     return {"source": {k: step.get(k) for k in ("device", "date", "command")}, "pair": first,
+            "variant": step.get("variant", "as run"),
             "bandwidth": bandwidth, "comparison_rows": extra,
             "targets": {
                 "cached int8/int5 step <= 1.10x plain at 128, 1024, >=4096 views, warm and cold; fp16 warm":
@@ -116,7 +129,7 @@ def _f(row: dict, key: str, fmt: str) -> str:
 
 def tables(v: dict) -> str:
     src = v["source"]
-    out = [f"{src['device']}, {src['date']}: `{src['command']}`", "",
+    out = [f"{src['device']}, {src['date']}: `{src['command']}`; cached rows: {v['variant']}", "",
            "| dtype | views | page cache | cached ms | plain ms | cached / plain (<= 1.10) | verdict |",
            "|---|---|---|---|---|---|---|"]
     out += [f"| {r['dtype']} | {r['views']} | {r['page_cache']} | {_f(r, 'step_ms', '.1f')} | {_f(r, 'plain_ms', '.1f')} | "
@@ -148,12 +161,13 @@ def tables(v: dict) -> str:
     return "\n".join(out)
 
 
-def main(path: Path) -> dict:
-    v = verdicts(json.loads(path.read_text()))
-    path.with_name("verdicts.json").write_text(json.dumps(v, indent=1))
+def main(path: Path, graphs: bool = False) -> dict:
+    step = json.loads(path.read_text())
+    v = verdicts(graphs_variant(step) if graphs else step)
+    path.with_name("verdicts_graphs.json" if graphs else "verdicts.json").write_text(json.dumps(v, indent=1))
     print(tables(v))
     return v
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), graphs="--graphs" in sys.argv[2:])

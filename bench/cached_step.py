@@ -458,7 +458,8 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
     if args.graphs_ab:  # step_ms is then the eager cached side's, graphs_step_ms the graphed one's
         g, gw = times[f"{mode}_graphs"]
         row.update({"cuda_graphs": False, "graphs_step_ms": 1e3 * median(g), "graphs_step_ms_mean": 1e3 * sum(g) / len(g),
-                    "graphs_data_wait_share": sum(gw) / sum(g)})
+                    "graphs_data_wait_share": sum(gw) / sum(g),
+                    "graphs_data_wait_share_median": median([w / t for w, t in zip(gw, g)])})
     return row
 
 

@@ -133,15 +133,17 @@ def test_the_captured_function_is_the_eager_cached_objective_in_value_and_gradie
     graphed.adapters.load_state_dict(eager.adapters.state_dict())
     captured = []
 
-    def fake_capture(fn, examples, num_warmup_iters):
-        captured.append([tuple(t.shape) for t in examples])
+    class FakeGraph:  # on the CPU: a "graph" of fn that replays fn on the inputs it is handed
+        def __init__(self, fn, examples, pool):
+            captured.append([tuple(t.shape) for t in examples])
+            self.fn, self.count = fn, len(examples)
 
-        def replay(*xs):
-            assert len(xs) == len(examples)
-            return fn(*xs)
-        return replay
+        def __call__(self, *xs):
+            assert len(xs) == self.count
+            return self.fn(*xs)
 
-    monkeypatch.setattr(graphed_module.torch.cuda, "make_graphed_callables", fake_capture)
+    monkeypatch.setattr(graphed_module, "_TrainingGraph", FakeGraph)
+    monkeypatch.setattr(graphed_module.torch.cuda, "graph_pool_handle", lambda: None)
     monkeypatch.setattr(graphed_module.torch.cuda, "memory_reserved", lambda device=None: 0)
     monkeypatch.setattr(type(graphed.teacher_side), "graphed", lambda self, b: True)
     want_terms, want_grads = _terms_and_grads(eager, batch)

@@ -283,3 +283,26 @@ def test_cached_step_bench_batches_by_canvas_as_training_does_or_consecutively()
     assert sum(len({canvas[k] for k in b}) > 1 for b in grouped[:6]) <= 1  # two canvases: at most one leftover mix
     assert sum(len({canvas[k] for k in b}) > 1 for b in plain[:6]) >= 3  # a shuffled epoch mixes most batches
     assert [k for b in plain[:6] for k in b] == next(step.epochs(24))  # consecutive keys of the same epoch order
+
+
+def test_cache_verdicts_judge_the_graphed_variant_of_each_row_against_its_own_plain_step(tmp_path):
+    """--graphs: each cached row's graphs_* figures replace its own; a row without them is not measured."""
+    verdicts = _bench("cache_verdicts")
+    step = _hand_made_step()
+    for r in step["cached"]:
+        r.update(plain_step_ms=400.0, graphs_step_ms=r["step_ms"] - 60.0, graphs_step_ms_mean=r["step_ms"] - 60.0,
+                 graphs_data_wait_share=0.03, graphs_data_wait_share_median=0.02)
+    fp16 = next(r for r in step["cached"] if (r["dtype"], r["views"], r["page_cache"]) == ("float16", 1024, "warm"))
+    fp16["graphs_step_ms"] = 441.0  # 1.1025: missed by a hair
+    (tmp_path / "step.json").write_text(json.dumps(step))
+    v = verdicts.main(tmp_path / "step.json", graphs=True)
+    by = {(r["dtype"], r["views"], r["page_cache"]): r for r in v["step"]}
+    assert by["int8", 128, "warm"]["step_ms"] == 380.0 and by["int8", 128, "warm"]["over_plain"] == pytest.approx(0.95)
+    assert by["float16", 1024, "warm"]["verdict"] == "missed" and by["float16", 128, "warm"]["verdict"] == "met"
+    assert v["variant"] == "distill.cuda_graphs on" and all(r["mean"] == 0.03 for r in v["data_wait"][3:])
+    assert json.loads((tmp_path / "verdicts_graphs.json").read_text())["step"] == v["step"]
+    assert not (tmp_path / "verdicts.json").exists()
+    del fp16["graphs_step_ms"]
+    v = verdicts.verdicts(verdicts.graphs_variant(step))
+    assert {(r["dtype"], r["views"], r["page_cache"]): r for r in v["step"]}["float16", 1024, "warm"]["verdict"] == \
+        "not measured"

@@ -4,8 +4,10 @@ A cached FRS step adds to the student's own step the decoding of the cached feat
 recomputed on them, the adapters and the two loss terms: about 230 small operations, forward and backward,
 on a GPU whose step is bound by the Python thread that launches kernels, not by the kernels. For a batch of one
 canvas (every batch, when training batches by canvas) these operations have fixed shapes, so they are captured
-once per batch shape with ``torch.cuda.make_graphed_callables``: the forward becomes one copy per input and one
-graph replay, the backward (the adapters' and the student's gradients) one replay.
+once per batch shape as a forward and a backward CUDA graph (``_TrainingGraph``): the forward becomes one copy
+per input and one replay, the backward (the adapters' and the student's gradients) one replay. The gradients a
+replay hands back live in the graph's memory (a parameter's ``.grad`` may be that memory), so each backward must
+be followed by the optimizer step before the next forward, as the trainer does (no gradient accumulation).
 
 ``frs_terms`` is the function captured, written with the adapters' weights as explicit arguments so that the
 backward graph computes their gradients; it runs the same operations as the eager path (``CachedTeacher``'s
@@ -49,6 +51,60 @@ def frs_terms(teacher, adapters: FeatureAdapter, amp: tuple[bool, torch.dtype], 
         adapted = [F.conv2d(f, params[2 * lv], params[2 * lv + 1], padding=pads[lv]) for lv, f in enumerate(sf)]
         feature, head = frs_losses(adapted, feats, list(sl), logits, list(masks), valid)
     return feature, head
+
+
+class _Replay(torch.autograd.Function):
+    """A ``_TrainingGraph``'s forward graph as an autograd node whose backward replays its backward graph."""
+
+    @staticmethod
+    def forward(ctx, graph: _TrainingGraph, *xs: Tensor) -> tuple[Tensor, ...]:
+        ctx.graph = graph
+        for static, x in zip(graph.inputs, xs):
+            if static.data_ptr() != x.data_ptr():  # the parameters are read in place, everything else copied in
+                static.copy_(x)
+        graph.forward_graph.replay()
+        return tuple(o.detach() for o in graph.outputs)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads: Tensor):
+        graph = ctx.graph
+        for static, g in zip(graph.grad_outputs, grads):
+            static.copy_(g)
+        graph.backward_graph.replay()
+        return None, *graph.input_grads
+
+
+class _TrainingGraph:
+    """``fn(*inputs) -> tuple of scalars`` captured as a forward graph and a backward graph on ``examples`` (the
+    capture's own static inputs; those that require grad get gradients, parameters among them read in place).
+    Captured on a side stream with ``thread_local`` errors, so that other threads (the DataLoader's pin-memory
+    thread) may keep using CUDA meanwhile; after two warm-up runs, as capture wants (lazy handles, cuDNN set-up).
+    Called, it returns the outputs as an autograd node: their backward replays the backward graph and hands
+    back the captured gradients (which live in the graph's memory until its next replay)."""
+
+    def __init__(self, fn, examples: list[Tensor], pool):
+        self.inputs = examples
+        wants = [x for x in examples if x.requires_grad]
+        device = examples[0].device
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                out = fn(*examples)
+                torch.autograd.grad(out, wants, [torch.ones_like(o) for o in out])
+            del out
+        torch.cuda.current_stream(device).wait_stream(side)
+        self.forward_graph, self.backward_graph = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.forward_graph, pool=pool, stream=side, capture_error_mode="thread_local"):
+            self.outputs = tuple(fn(*examples))
+        self.grad_outputs = [torch.empty_like(o) for o in self.outputs]
+        with torch.cuda.graph(self.backward_graph, pool=pool, stream=side, capture_error_mode="thread_local"):
+            grads = iter(torch.autograd.grad(self.outputs, wants, self.grad_outputs))
+        self.input_grads = [next(grads) if x.requires_grad else None for x in examples]
+
+    def __call__(self, *xs: Tensor) -> tuple[Tensor, ...]:
+        return _Replay.apply(self, *xs)
 
 
 class GraphedTerms:
@@ -101,8 +157,8 @@ class GraphedTerms:
         examples = [x.detach().clone().requires_grad_(x.requires_grad) for x in inputs]
         before = torch.cuda.memory_reserved(device)
         try:
-            with torch.autocast(device.type, enabled=False):  # capture refuses an enclosing autocast's cast cache
-                graph = torch.cuda.make_graphed_callables(fn, (*examples, *params), num_warmup_iters=2)
+            with torch.autocast(device.type, enabled=False):  # no enclosing autocast's weight-cast cache in a graph
+                graph = _TrainingGraph(fn, [*examples, *params], torch.cuda.graph_pool_handle())
         except Exception as exc:  # noqa: BLE001 - any capture failure leaves this shape eager, nothing else
             log.warning("distill: no CUDA graph for the FRS terms on inputs of shapes %s (%s: %s); they run eagerly",
                         [tuple(t.shape) for t in inputs], type(exc).__name__, exc)
