@@ -153,12 +153,16 @@ class GraphedTerms:
 
     def _capture(self, fn, inputs: list[Tensor], params: list[nn.Parameter]):
         device = inputs[0].device
-        # the capture's own inputs: fresh leaves with the same requires_grad (later batches are copied into them)
+        # the capture's own inputs: fresh leaves with the same requires_grad (later batches are copied into them);
+        # the parameters as leaves that share their storage (read in place, the optimizer's updates seen) but are
+        # first used on the capture's stream: a parameter's own gradient node belongs to the stream it was first
+        # used on (the default stream), and reaching it from a capture on another stream would end the capture
         examples = [x.detach().clone().requires_grad_(x.requires_grad) for x in inputs]
+        examples += [p.detach().requires_grad_(p.requires_grad) for p in params]
         before = torch.cuda.memory_reserved(device)
         try:
             with torch.autocast(device.type, enabled=False):  # no enclosing autocast's weight-cast cache in a graph
-                graph = _TrainingGraph(fn, [*examples, *params], torch.cuda.graph_pool_handle())
+                graph = _TrainingGraph(fn, examples, torch.cuda.graph_pool_handle())
         except Exception as exc:  # noqa: BLE001 - any capture failure leaves this shape eager, nothing else
             log.warning("distill: no CUDA graph for the FRS terms on inputs of shapes %s (%s: %s); they run eagerly",
                         [tuple(t.shape) for t in inputs], type(exc).__name__, exc)
