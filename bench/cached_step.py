@@ -448,7 +448,10 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
             times[m][1].extend(waits)
         done, turn = done + n, turn + 1
     (steps, waits), (plain, _) = times[mode], times["plain"]
-    del its, objs
+    graphs = getattr(objs.get(f"{mode}_graphs"), "_graphs", None)
+    captured = {} if graphs is None else {"graphs_captured": sum(g is not None for g in graphs._graphs.values()),
+                                          "graphs_mb": graphs._graph_bytes / 1e6}
+    del its, objs, graphs
     if dev.type == "cuda":
         torch.cuda.empty_cache()
     row = {"step_ms": 1e3 * median(steps), "step_ms_mean": 1e3 * sum(steps) / len(steps), "steps": len(steps),
@@ -459,7 +462,7 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
         g, gw = times[f"{mode}_graphs"]
         row.update({"cuda_graphs": False, "graphs_step_ms": 1e3 * median(g), "graphs_step_ms_mean": 1e3 * sum(g) / len(g),
                     "graphs_data_wait_share": sum(gw) / sum(g),
-                    "graphs_data_wait_share_median": median([w / t for w, t in zip(gw, g)])})
+                    "graphs_data_wait_share_median": median([w / t for w, t in zip(gw, g)]), **captured})
     return row
 
 

@@ -56,7 +56,7 @@ def test_valid_masks_mark_each_images_own_positions_on_every_level():
 
 
 def test_distill_builds_the_cached_head_with_the_recipes_cuda_graphs_switch(recipe, cache_path, tmp_path, monkeypatch):
-    """distill.cuda_graphs reaches the cached teacher side (default off; it only changes how CUDA launches it)."""
+    """distill.cuda_graphs reaches the cached teacher side (default on; it only changes how CUDA launches it)."""
     from frs_cli.train import run
     from frs_cli.train.objectives import CachedTeacher
 
@@ -70,7 +70,7 @@ def test_distill_builds_the_cached_head_with_the_recipes_cuda_graphs_switch(reci
         raise Built
 
     monkeypatch.setattr(CachedTeacher, "from_cache", staticmethod(from_cache))
-    assert recipe.distill.cuda_graphs is False
+    assert recipe.distill.cuda_graphs is True
     for value, out in ((True, "on"), (False, "off")):
         r = replace(recipe, distill=replace(recipe.distill, cuda_graphs=value))
         with pytest.raises(Built):
