@@ -1,6 +1,6 @@
 """What caching the teacher saves, in GPU-hours, from measured step and write rates (issue 13, fourth deliverable).
 
-    python3 bench/gpu_hours.py OUT/step.json [--rates speed.json] [--out gpu_hours.json]
+    python3 bench/gpu_hours.py OUT/step.json [--rates speed.json] [--out gpu_hours.json] [--graphs]
 
 Input: the raw JSON of ``bench/cached_step.py`` (plain, online and cached steps; teacher-cache and inference
 rates). ``--rates``: a ``bench/speed.py`` JSON whose teacher-cache rates (``teachers.<t>.<dtype>.cache_views_s``)
@@ -16,7 +16,8 @@ each image. For n students, one GPU, at the batch the steps were measured with:
 The cached step is the step file's row with the most views, cold page cache when measured (a COCO cache of
 2.2 TB in fp16 does not fit in memory), else warm; the cached step does not depend on the teacher that wrote the
 cache when teachers share levels and channels (every RetinaNet here: P3-P7, 256 channels), so the first pair's
-cached rows serve every pair. A dtype without a teacher-cache rate for a teacher gets no row.
+cached rows serve every pair. A dtype without a teacher-cache rate for a teacher gets no row. ``--graphs``: the
+cached steps of a ``--graphs-ab`` run's graphed variant (``distill.cuda_graphs`` on, ``cache_verdicts.graphs_variant``).
 """
 
 from __future__ import annotations
@@ -105,11 +106,20 @@ def main() -> None:
     p.add_argument("--images", type=int, default=118_287)
     p.add_argument("--epochs", type=int, default=24)
     p.add_argument("--out", type=Path, help="JSON to write (default: gpu_hours.json beside the step file)")
+    p.add_argument("--graphs", action="store_true", help="the cached rows' distill.cuda_graphs variant (--graphs-ab)")
     args = p.parse_args()
     step = json.loads(args.step.read_text())
+    if args.graphs:
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from cache_verdicts import graphs_variant
+
+        step = graphs_variant(step)
     rates = json.loads(args.rates.read_text()) if args.rates else None
     result = hours(step, rates, args.images, args.epochs)
     result["source"] = {"step": str(args.step), "rates": str(args.rates) if args.rates else None,
+                        "cached_rows": step.get("variant", "as run"),
                         "device": step.get("device"), "date": step.get("date"), "command": step.get("command")}
     (args.out or args.step.with_name("gpu_hours.json")).write_text(json.dumps(result, indent=1))
     print(table(result))

@@ -306,3 +306,19 @@ def test_cache_verdicts_judge_the_graphed_variant_of_each_row_against_its_own_pl
     v = verdicts.verdicts(verdicts.graphs_variant(step))
     assert {(r["dtype"], r["views"], r["page_cache"]): r for r in v["step"]}["float16", 1024, "warm"]["verdict"] == \
         "not measured"
+
+
+def test_gpu_hours_graphs_takes_each_cached_rows_graphed_step(tmp_path, monkeypatch):
+    gpu_hours = _bench("gpu_hours")
+    step = _hand_made_step()
+    for r in step["cached"]:
+        r.update(graphs_step_ms=r["step_ms"] / 2, graphs_step_ms_mean=r["step_ms"] / 2, graphs_data_wait_share=0.0,
+                 graphs_data_wait_share_median=0.0)
+    (tmp_path / "step.json").write_text(json.dumps(step))
+    for flag, int5_ms in (([], 400.0), (["--graphs"], 200.0)):
+        monkeypatch.setattr(sys, "argv", ["gpu_hours.py", str(tmp_path / "step.json"), *flag])
+        gpu_hours.main()
+        out = json.loads((tmp_path / "gpu_hours.json").read_text())
+        rows = {(r["pair"], r["method"]): r for r in out["rows"]}
+        assert rows["x101-r50", "cache int5"]["step_ms"] == int5_ms
+        assert out["source"]["cached_rows"] == ("distill.cuda_graphs on" if flag else "as run")
