@@ -222,6 +222,9 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=None, help="loader workers (default 12; tiny 0)")
     p.add_argument("--passes", type=int, default=2, help="timed passes over the batches for the inference rates")
     p.add_argument("--tiny", action="store_true", help="CPU, tiny models, 96-px images: checks the bench runs")
+    p.add_argument("--write-processes", default="", help="comma list: each teacher-cache write once per count, in "
+                   "turn (default: the recipe's cache.write_processes)")
+    p.add_argument("--variants", default="", help="comma list of teacher-pass variants to write with (default all)")
     args = p.parse_args()
 
     import torch
@@ -275,17 +278,23 @@ def main() -> None:
             recipe = recipe_from_dict({**base, "teacher": {"arch": cfg.arch, "weights": str(ckpt),
                                                            "anchor_size": args.anchor_size},
                                        "cache": {**base["cache"], "dtype": dtype}})
+            chosen = [v for v in args.variants.split(",") if v]
+            counts = [int(n) for n in args.write_processes.split(",") if n] or [None]
             for vname, options in variants(dev, tiny).items():
-                path = args.work / f"{tname}_{dtype}_{vname}.zarr"
-                s = write_teacher_cache(recipe, str(path), ctx=ctx, pass_options=options)
-                row.setdefault("caches", {}).setdefault(dtype, {})[vname] = {
-                    "views_s": s.views_per_second, "over_inference": s.views_per_second / row["inference_img_s"],
-                    "over_best_inference": s.views_per_second / best, "views": s.views_written,
-                    "loop_seconds": s.seconds, "stage_seconds": s.stage_seconds}
-                shutil.rmtree(path)
-                save()
-                print(tname, dtype, vname, f"{s.views_per_second:.1f} views/s, "
-                      f"{s.views_per_second / row['inference_img_s']:.2f}x inference", flush=True)
+                if chosen and vname not in chosen:
+                    continue
+                for i, procs in enumerate(counts):  # one key per (variant, writer count, turn)
+                    key = vname if procs is None else f"{vname}_w{procs}_{i}"
+                    path = args.work / f"{tname}_{dtype}_{key}.zarr"
+                    s = write_teacher_cache(recipe, str(path), ctx=ctx, pass_options=options, write_processes=procs)
+                    row.setdefault("caches", {}).setdefault(dtype, {})[key] = {
+                        "views_s": s.views_per_second, "over_inference": s.views_per_second / row["inference_img_s"],
+                        "over_best_inference": s.views_per_second / best, "views": s.views_written,
+                        "write_processes": procs, "loop_seconds": s.seconds, "stage_seconds": s.stage_seconds}
+                    shutil.rmtree(path)
+                    save()
+                    print(tname, dtype, key, f"{s.views_per_second:.1f} views/s, "
+                          f"{s.views_per_second / row['inference_img_s']:.2f}x inference", flush=True)
         if dev.type == "cuda":
             torch.cuda.empty_cache()
     # the target: teacher-cache >= 0.9x pure inference, per teacher and encoding (a miss by any margin)

@@ -83,12 +83,14 @@ def assert_same_cache_arrays(got_path, ref_path) -> None:
 
 def first_batch_features(recipe) -> list:
     """The recipe teacher's fp32 features for the tiny train split's first plan batch (images 0 and 1, both
-    views): what a cache's first four rows hold before encoding."""
+    views), its batch norms folded as teacher-cache runs it: what a cache's first four rows hold before encoding."""
     from frs_cli.data.coco import CocoViews, collate
     from frs_cli.models import build_detector
+    from frs_cli.models.fold import fold_batchnorm
 
     ds = CocoViews.from_config(recipe.data, "train", recipe.geometry)
     teacher = build_detector(recipe.teacher, ds.index.num_classes).eval()
+    fold_batchnorm(teacher)
     batch = collate([ds[(0, "orig")], ds[(0, "hflip")], ds[(1, "orig")], ds[(1, "hflip")]])
     with torch.no_grad():
         return teacher(batch.images, batch.image_sizes, detect=False).features

@@ -27,6 +27,7 @@ from frs_cli.dist import setup
 from frs_cli.errors import CacheFormatError, CacheMismatchError
 from frs_cli.losses import frs_masks
 from frs_cli.models import ModelConfig, build_detector
+from frs_cli.models.fold import fold_batchnorm
 
 
 def test_cache_layout_attributes_and_index(cache_path, recipe, teacher_ckpt):
@@ -67,6 +68,7 @@ def test_cached_targets_are_the_teacher_output_stored_in_fp16(cache_path, recipe
     cache = TeacherCache(cache_path)
     ds = CocoViews.from_config(recipe.data, "train", recipe.geometry)
     teacher = build_detector(recipe.teacher, 5).eval()
+    fold_batchnorm(teacher)  # as teacher-cache runs it
     # the writer's first batch: plan rows 0-3 = images 1 and 2, each orig then hflip
     keys = [(0, "orig"), (0, "hflip"), (1, "orig"), (1, "hflip")]
     b = collate([ds[k] for k in keys])

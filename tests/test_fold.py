@@ -145,3 +145,34 @@ def test_tiny_detector_features_and_logits_are_unchanged_by_folding():
         out = folded(images, [(64, 64), (64, 48)], detect=False)
     for got, want in [*zip(out.features, ref.features, strict=True), *zip(out.cls_logits, ref.cls_logits, strict=True)]:
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
+def test_the_live_teacher_and_teacher_cache_fold_alike_to_the_same_numbers(recipe):
+    """Both teacher paths fold: ``OnlineTeacher`` and teacher-cache's ``TeacherPass`` give bit-identical float32
+    features and masks for a batch of one canvas, and no inference batch norm is left in either teacher."""
+    from frs_cli.cache.encoding import FeatureEncoding
+    from frs_cli.cache.teacher_pass import PassOptions, TeacherPass
+    from frs_cli.data.coco import CocoViews, collate
+    from frs_cli.train.objectives import OnlineTeacher
+
+    coco = CocoViews.from_config(recipe.data, "train", recipe.geometry)
+    keys = [(0, "orig"), (0, "hflip"), (1, "orig"), (1, "hflip")]  # the tiny split's first plan batch: one canvas
+    batch = collate([coco[k] for k in keys])
+    assert len({g.padded_size for g in batch.geometries}) == 1
+    teacher = build_detector(recipe.teacher, coco.index.num_classes).eval().requires_grad_(False)
+    bns = sum(isinstance(m, nn.BatchNorm2d) for m in teacher.modules())
+    live = OnlineTeacher(copy.deepcopy(teacher), autocast=False)
+    run = TeacherPass(copy.deepcopy(teacher), FeatureEncoding("float32"), PassOptions()).prepare()
+    assert bns > 0
+    for model in (live.teacher, run.teacher):
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    with torch.no_grad():
+        want = live(batch, need_logits=True)
+        got = run(batch.images, batch.image_sizes)
+        plain = teacher(batch.images, batch.image_sizes, detect=False).features
+    n = len(want.features)
+    for f, g in zip(want.features, got[:n]):
+        assert torch.equal(f, g)
+    for m, g in zip(want.masks, got[n:]):
+        assert torch.equal(m.half(), g)
+    assert any(not torch.equal(f, p) for f, p in zip(want.features, plain))  # folding did change the rounding

@@ -187,6 +187,17 @@ def test_bench_tiny_mode_writes_rates_ratios_and_op_counts(tmp_path, monkeypatch
                                                            "met": c["over_inference"] >= 0.9}
 
 
+def test_bench_writes_once_per_writer_count_in_turn_for_the_chosen_variants(tmp_path, monkeypatch):
+    out = tmp_path / "rate.json"
+    monkeypatch.setattr(sys, "argv", ["teacher_cache_rate.py", "--tiny", "--out", str(out), "--work",
+                                      str(tmp_path / "work"), "--dtypes", "int8", "--images", "2", "--passes", "1",
+                                      "--variants", "bf16_cl", "--write-processes", "0,0"])
+    runpy.run_path(str(ROOT / "bench" / "teacher_cache_rate.py"), run_name="__main__")
+    caches = json.loads(out.read_text())["teachers"]["tiny"]["caches"]["int8"]
+    assert set(caches) == {"bf16_cl_w0_0", "bf16_cl_w0_1"}
+    assert all(c["write_processes"] == 0 and c["views"] == 4 and c["views_s"] > 0 for c in caches.values())
+
+
 @pytest.mark.parametrize("module", ["writer.py", "shard_writer.py", "teacher_pass.py"])
 def test_no_function_of_the_cache_writer_is_longer_than_90_lines(module):
     tree = ast.parse((ROOT / "frs_cli" / "cache" / module).read_text())
