@@ -408,9 +408,14 @@ def time_steps(args, mode: str, recipe, sname: str, coco, num_views: int, path: 
     del it, obj, student
     if dev.type == "cuda":
         torch.cuda.empty_cache()
-    return {"step_ms": 1e3 * median(steps), "step_ms_mean": 1e3 * sum(steps) / len(steps), "steps": len(steps),
-            "data_wait_share": sum(waits) / sum(steps),
-            "data_wait_share_median": median([w / t for w, t in zip(waits, steps)])}
+    return {**step_figures(steps, waits), "steps": len(steps)}
+
+
+def step_figures(steps: list[float], waits: list[float], prefix: str = "") -> dict:
+    """Median and mean step (ms) and the mean and median share of it spent waiting for data, keys ``prefix``-ed."""
+    return {f"{prefix}step_ms": 1e3 * median(steps), f"{prefix}step_ms_mean": 1e3 * sum(steps) / len(steps),
+            f"{prefix}data_wait_share": sum(waits) / sum(steps),
+            f"{prefix}data_wait_share_median": median([w / t for w, t in zip(waits, steps)])}
 
 
 def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path: str, dev, amp) -> dict:
@@ -454,15 +459,10 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
     del its, objs, graphs
     if dev.type == "cuda":
         torch.cuda.empty_cache()
-    row = {"step_ms": 1e3 * median(steps), "step_ms_mean": 1e3 * sum(steps) / len(steps), "steps": len(steps),
-           "plain_step_ms": 1e3 * median(plain), "plain_step_ms_mean": 1e3 * sum(plain) / len(plain),
-           "paired_block": args.block, "data_wait_share": sum(waits) / sum(steps),
-           "data_wait_share_median": median([w / t for w, t in zip(waits, steps)])}
+    row = {**step_figures(steps, waits), "steps": len(steps), "plain_step_ms": 1e3 * median(plain),
+           "plain_step_ms_mean": 1e3 * sum(plain) / len(plain), "paired_block": args.block}
     if args.graphs_ab:  # step_ms is then the eager cached side's, graphs_step_ms the graphed one's
-        g, gw = times[f"{mode}_graphs"]
-        row.update({"cuda_graphs": False, "graphs_step_ms": 1e3 * median(g), "graphs_step_ms_mean": 1e3 * sum(g) / len(g),
-                    "graphs_data_wait_share": sum(gw) / sum(g),
-                    "graphs_data_wait_share_median": median([w / t for w, t in zip(gw, g)]), **captured})
+        row.update({"cuda_graphs": False, **step_figures(*times[f"{mode}_graphs"], prefix="graphs_"), **captured})
     return row
 
 
