@@ -290,6 +290,18 @@ def test_writer_processes_write_the_cache_the_writer_threads_write(synth_root, t
     assert set(procs.stage_seconds) == {"loader_wait", "backpressure", "device_wait", "write"}
 
 
+def test_decoding_once_per_image_and_resizing_on_the_device_writes_the_same_cache(synth_root, teacher_ckpt, tmp_path):
+    """The GPU loader (each file of a batch decoded once, resized on the device, flipped for hflip), run here on
+    the CPU with two decoding workers, writes exactly the cache the per-view CPU pipeline writes."""
+    r = load_recipe(write_recipe(tmp_path / "r.toml", synth_root, str(teacher_ckpt)), ["cache.workers=2"])
+    per_view = write_teacher_cache(r, str(tmp_path / "per_view.zarr"), ctx=setup("cpu"), write_processes=0,
+                                   resize_on_device=False)
+    once = write_teacher_cache(r, str(tmp_path / "once.zarr"), ctx=setup("cpu"), write_processes=0,
+                               resize_on_device=True)
+    assert once.complete and once.views_written == per_view.views_written == 48
+    assert_same_cache_arrays(tmp_path / "once.zarr", tmp_path / "per_view.zarr")
+
+
 def test_a_write_failing_in_a_writer_process_is_one_storage_error_and_resume_completes_it(recipe_path, cache_path,
                                                                                        tmp_path):
     """A shard file that cannot be written (a directory stands at its path): the writer process's OSError comes

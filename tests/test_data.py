@@ -533,6 +533,32 @@ def test_original_views_resized_by_resize_batch_equal_the_collated_batch(jitter_
     assert len({tuple(ds.original(k)[0].shape) for k in keys}) > 1  # several original sizes, really resized
 
 
+def test_original_batches_decode_each_file_once_and_resize_to_the_collated_batch(jitter_root, monkeypatch):
+    """teacher-cache's GPU loader: a batch holding both views of its images decodes each file once, sends it to
+    the device once and resizes it once per size, and the batch is still exactly the usual pipeline's."""
+    import frs_cli.data.coco as coco
+    import frs_cli.data.geometry as geometry
+    from frs_cli.data.coco import OriginalBatches, Originals, resize_batch
+
+    ds = CocoViews.from_config(DataConfig(root=str(jitter_root)), "train", GeometryConfig(40, 72, 8))
+    keys = [(p, v) for p in range(6) for v in ("orig", "hflip")] + [(7, "hflip")]
+    want = collate([ds[k] for k in keys])
+    decoded, resized = [], []
+    read, resize = coco.read_image, geometry.resize_image
+    monkeypatch.setattr(coco, "read_image", lambda path: decoded.append(path) or read(path))
+    monkeypatch.setattr(coco, "resize_image", lambda image, g: resized.append(g) or resize(image, g))
+    batch = OriginalBatches(ds)[keys]
+    assert isinstance(batch, Originals) and len(batch.images) == 7 and len(decoded) == 7
+    assert [i for i, _ in batch.views] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6]
+    images, sizes = resize_batch(batch.pin_memory() if torch.cuda.is_available() else batch, "cpu")
+    assert len(resized) == 7 and sizes == want.image_sizes and torch.equal(images, want.images)
+    # a DataLoader of such batches (workers, batch_size=None) hands the same batch over
+    loader = torch.utils.data.DataLoader(OriginalBatches(ds), sampler=[keys], batch_size=None, num_workers=1,
+                                         collate_fn=coco.collate_originals)
+    (got,) = list(loader)
+    assert torch.equal(resize_batch(got, "cpu")[0], want.images) and len(got.images) == 7
+
+
 def test_replicate_grows_the_train_split_with_copies_under_new_ids(synth_root, tmp_path):
     from frs_cli.data.synth import replicate
 

@@ -34,7 +34,7 @@ from frs_cli.cache.shard_writer import Layout, WriterProcesses, batch_dtypes, sp
 from frs_cli.cache.store import codec, is_hdf5, open_existing, open_group, url_options
 from frs_cli.cache.teacher_pass import PassOptions, TeacherPass
 from frs_cli.cache.verify import UNREADABLE, verify_cache
-from frs_cli.data.coco import CocoViews, ListSampler, OriginalViews, collate, collate_originals, resize_batch
+from frs_cli.data.coco import CocoViews, ListSampler, OriginalBatches, collate, collate_originals, resize_batch
 from frs_cli.dist import DistContext, all_gather_objects, barrier, broadcast_object, setup
 from frs_cli.errors import CacheFormatError, CacheMismatchError, ConfigError, DataError
 from frs_cli.files import storage_errors
@@ -433,14 +433,14 @@ def _write_pending(root: zarr.Group, path: str, plan: Plan, run: TeacherPass, da
     mine = _my_batches(plan, len(buckets), is_pending, cfg.batch_size, ctx)
     # on a GPU, workers only decode and the GPU resizes: CPU resizing cannot keep up with the teacher
     on_gpu = (ctx.device.type == "cuda" and cfg.resize_on_gpu) if resize_on_device is None else resize_on_device
-    loader = torch.utils.data.DataLoader(
-        OriginalViews(dataset) if on_gpu else dataset,
-        batch_sampler=ListSampler([[(int(plan.position[i]), VIEW_NAMES[int(plan.view[i])]) for i in bt]
-                                   for bt in mine]),
-        num_workers=cfg.workers, collate_fn=collate_originals if on_gpu else collate,
-        pin_memory=ctx.device.type == "cuda",
-        prefetch_factor=4 if cfg.workers > 0 else None,
-    )
+    keys = ListSampler([[(int(plan.position[i]), VIEW_NAMES[int(plan.view[i])]) for i in bt] for bt in mine])
+    common = {"num_workers": cfg.workers, "pin_memory": ctx.device.type == "cuda",
+              "prefetch_factor": 4 if cfg.workers > 0 else None}
+    if on_gpu:  # a worker decodes each file of a batch once: a plan batch holds both views of its images
+        loader = torch.utils.data.DataLoader(OriginalBatches(dataset), sampler=keys, batch_size=None,
+                                             collate_fn=collate_originals, **common)
+    else:
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=keys, collate_fn=collate, **common)
     levels = run.teacher.levels
     batches_in = iter(zip(mine, loader))  # the workers start decoding while the teacher warms up
     run.warm_up(sorted({(len(bt), *buckets[int(plan.bucket[bt[0]])]["padded"]) for bt in mine}), ctx.device)

@@ -34,6 +34,7 @@ from frs_cli.data.geometry import (
     batch_padded_size,
     pad_batch,
     pad_into,
+    resize_image,
     view_geometry,
 )
 from frs_cli.data.packed import PackedTensors, map_packed
@@ -253,16 +254,72 @@ class OriginalViews(torch.utils.data.Dataset):
         return self.views.original(key)
 
 
-def collate_originals(items: list[tuple[Tensor, ViewGeometry]]) -> list[tuple[Tensor, ViewGeometry]]:
+@dataclass
+class Originals:
+    """A batch of views as decoded files: each file once (``images``), and per view the index of its file in
+    ``images`` and the view's geometry. The two views of an image share its file, its decoding, its copy to the
+    device and its resize (``resize_batch``)."""
+
+    images: list[Tensor]
+    views: list[tuple[int, ViewGeometry]]
+
+    @staticmethod
+    def of(items: Sequence[tuple[Tensor, ViewGeometry]]) -> Originals:
+        """From ``(image, geometry)`` pairs; pairs holding the same tensor object share it."""
+        images, index, views = [], {}, []
+        for image, geom in items:
+            if id(image) not in index:
+                index[id(image)] = len(images)
+                images.append(image)
+            views.append((index[id(image)], geom))
+        return Originals(images, views)
+
+    def pin_memory(self) -> Originals:  # the DataLoader's pinning thread calls it
+        return Originals([im.pin_memory() for im in self.images], self.views)
+
+
+class OriginalBatches(torch.utils.data.Dataset):
+    """Batches of ``CocoViews.original``, for a DataLoader with ``batch_size=None`` and a sampler of key lists: a
+    worker decodes each file of a batch once however many of its views the batch holds (teacher-cache batches
+    hold both views of each image), and ``resize_batch`` resizes each once on the device."""
+
+    def __init__(self, views: CocoViews):
+        self.views = views
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    def __getitem__(self, keys: Sequence[tuple[int, str]]) -> Originals:
+        images, index, views = [], {}, []
+        for position, view in keys:
+            if position not in index:
+                index[position] = len(images)
+                images.append(self.views.original((position, view))[0])
+            views.append((index[position], self.views.geometry_of(position, view)))
+        return Originals(images, views)
+
+
+def collate_originals(items):
+    """The DataLoader's collate for ``OriginalViews`` and ``OriginalBatches``: the items as they are."""
     return items
 
 
-def resize_batch(items: list[tuple[Tensor, ViewGeometry]], device) -> tuple[Tensor, list[tuple[int, int]]]:
-    """Originals from ``OriginalViews`` -> the padded ``(B, 3, H, W)`` uint8 batch and the valid sizes, resized
-    and flipped on ``device`` exactly as ``apply_to_image`` does on the CPU (the same float32 bilinear; a
-    device's last-bit rounding can move a pixel by one level at most)."""
-    geoms = [g for _, g in items]
-    images = [apply_to_image(img.to(device, non_blocking=True), g) for img, g in items]
+def resize_batch(batch: Originals | Sequence[tuple[Tensor, ViewGeometry]],
+                 device) -> tuple[Tensor, list[tuple[int, int]]]:
+    """Originals (``OriginalBatches``' or ``OriginalViews``' pairs) -> the padded ``(B, 3, H, W)`` uint8 batch and
+    the valid sizes, resized and flipped on ``device`` exactly as ``apply_to_image`` does on the CPU (the same
+    float32 bilinear; a device's last-bit rounding can move a pixel by one level at most). Each file goes to the
+    device once and is resized once per size; an ``hflip`` view is the flip of that resize."""
+    batch = batch if isinstance(batch, Originals) else Originals.of(batch)
+    on_device = [im.to(device, non_blocking=True) for im in batch.images]
+    resized: dict[tuple[int, int, int], Tensor] = {}
+    images = []
+    for i, g in batch.views:
+        key = (i, g.resized_h, g.resized_w)
+        if key not in resized:
+            resized[key] = resize_image(on_device[i], g)
+        images.append(resized[key].flip(-1) if g.hflip else resized[key])
+    geoms = [g for _, g in batch.views]
     return pad_batch(images, batch_padded_size(geoms)), [g.valid_size for g in geoms]
 
 

@@ -131,19 +131,25 @@ def apply_to_image(image: Tensor, geom: ViewGeometry) -> Tensor:
         ``(3, resized_h, resized_w)`` uint8. Bilinear, ``align_corners=False``, no antialiasing
         (torchvision's detection transform does the same), rounded to the nearest integer.
     """
+    out = resize_image(image, geom)
+    if geom.hflip:
+        out = out.flip(-1)
+    return out.contiguous()
+
+
+def resize_image(image: Tensor, geom: ViewGeometry) -> Tensor:
+    """``apply_to_image`` without the flip: the view's resize alone (``image`` itself when the size is kept). Both
+    views of an image share it, so it can be computed once and flipped for ``hflip``."""
     if image.shape[-2:] != (geom.orig_h, geom.orig_w):
         raise ConfigError(
             f"image size: expected {geom.orig_h}x{geom.orig_w} as recorded, got "
             f"{image.shape[-2]}x{image.shape[-1]}"
         )
-    out = image
-    if (geom.resized_h, geom.resized_w) != (geom.orig_h, geom.orig_w):
-        x = image.unsqueeze(0).float()
-        x = F.interpolate(x, size=(geom.resized_h, geom.resized_w), mode="bilinear", align_corners=False)
-        out = x.squeeze(0).round_().clamp_(0, 255).to(torch.uint8)
-    if geom.hflip:
-        out = out.flip(-1)
-    return out.contiguous()
+    if (geom.resized_h, geom.resized_w) == (geom.orig_h, geom.orig_w):
+        return image
+    x = image.unsqueeze(0).float()
+    x = F.interpolate(x, size=(geom.resized_h, geom.resized_w), mode="bilinear", align_corners=False)
+    return x.squeeze(0).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def apply_to_boxes(boxes_xyxy: Tensor, geom: ViewGeometry) -> Tensor:
