@@ -55,9 +55,10 @@ def test_distill_step_on_gpu_cached_and_online_agree(recipe, cache_path):
 @pytest.mark.parametrize(("dtype", "processes"), [("float32", 0), ("float32", 2), ("int5", 2), ("bfloat16", 0),
                                                   ("bfloat16", 2)])
 def test_gpu_writer_stores_each_batch_whole_after_its_side_stream_copy(synth_root, teacher_ckpt, tmp_path, dtype,
-                                                                       processes):
-    """The writer copies a batch to pinned memory on a side stream while the next batch runs, then (with writer
-    processes) into shared memory: every stored view must equal the teacher's output for that view (a copy read
+                                                                       processes, monkeypatch):
+    """The writer copies a batch on a side stream while the next batch runs: to pinned memory, or with writer
+    processes straight into their shared-memory slots, registered with CUDA (``WriterProcesses.pin``). Every
+    stored view must equal the teacher's output for that view (a copy read
     too early would hold zeros or another batch)."""
     import dataclasses
 
@@ -73,8 +74,13 @@ def test_gpu_writer_stores_each_batch_whole_after_its_side_stream_copy(synth_roo
     r = load_recipe(write_recipe(tmp_path / "r.toml", synth_root, str(teacher_ckpt)))
     r = dataclasses.replace(r, cache=dataclasses.replace(r.cache, dtype=dtype, amp=False, batch_size=4))
     path = str(tmp_path / "gpu.zarr")
+    from frs_cli.cache.shard_writer import WriterProcesses
+
+    pinned, pin = [], WriterProcesses.pin
+    monkeypatch.setattr(WriterProcesses, "pin", lambda self: pinned.append(pin(self)) or pinned[-1])
     s = write_teacher_cache(r, path, ctx=setup("cuda"), write_threads=1, write_processes=processes)  # short queues
     assert s.complete and s.stage_seconds["write"] > 0
+    assert pinned == ([True] if processes else [])  # the slots were registered: the direct copy was taken
     cache = TeacherCache(path)
     teacher, _ = load_detector(teacher_ckpt)
     teacher = teacher.cuda().eval()

@@ -160,6 +160,7 @@ class WriterProcesses:
             p.start()
         self._error = None
         self._closed = False
+        self._pinned: list = []  # per slot a uint8 tensor over it, once ``pin`` registered them with CUDA
 
     def __len__(self) -> int:
         return len(self._procs)
@@ -168,6 +169,38 @@ class WriterProcesses:
         """``slots`` shared-memory slots of ``slot_bytes`` each (a batch's ``Layout.nbytes`` at most)."""
         self._shm = [shared_memory.SharedMemory(create=True, size=max(slot_bytes, 1)) for _ in range(slots)]
         self._free = list(range(slots))
+
+    def pin(self) -> bool:
+        """Register every slot with CUDA as page-locked memory, so the device copies each batch straight into its
+        slot (``pinned``) instead of through a pinned buffer and a host copy. False, with the slots left as they
+        are, where CUDA refuses."""
+        import torch
+
+        cudart = torch.cuda.cudart()
+        for shm in self._shm:
+            t = torch.frombuffer(shm.buf, dtype=torch.uint8)
+            if cudart.cudaHostRegister(t.data_ptr(), t.numel(), 0) != cudart.cudaError.success:
+                del t
+                self._unpin()
+                # the refusal stays CUDA's "last error" and would fail the next kernel launch: let one fail here
+                with contextlib.suppress(RuntimeError):
+                    torch.ones(1, device="cuda").add_(1)
+                return False
+            self._pinned.append(t)
+        return True
+
+    def pinned(self, slot: int):
+        """The registered slot ``slot`` as a uint8 tensor (after ``pin``)."""
+        return self._pinned[slot]
+
+    def _unpin(self) -> None:
+        if self._pinned:
+            import torch
+
+            torch.cuda.synchronize()  # no copy into a slot is still under way (after an error)
+            for t in self._pinned:
+                torch.cuda.cudart().cudaHostUnregister(t.data_ptr())
+            self._pinned = []  # the tensors let go of the buffers, which can then be closed
 
     def slot(self) -> tuple[int, memoryview]:
         """A free slot (index and buffer), waiting for a worker to hand one back if none is free."""
@@ -222,6 +255,7 @@ class WriterProcesses:
                 p.join(timeout=10)
                 if p.is_alive():
                     p.terminate()
+            self._unpin()
             for shm in self._shm:
                 shm.close()
                 shm.unlink()

@@ -250,6 +250,37 @@ def _dispatch(procs: WriterProcesses, bucket: str, rows: list[int], level_names,
     stages.add(t1 - t0, time.perf_counter() - t2)
 
 
+def _copy_to_slot(procs: WriterProcesses, copier: _HostCopier, tensors: list[torch.Tensor],
+                  encoding: FeatureEncoding, levels: int) -> tuple[int, Layout, torch.cuda.Event]:
+    """Main thread, slots registered with CUDA (``WriterProcesses.pin``): take a free slot (waiting for one if the
+    writer processes are behind) and copy one batch's device tensors straight into it on the copier's side stream.
+    Returns the slot, the batch's layout in it and the event that marks the copy done."""
+    layout = Layout.of([(t.shape, d) for t, d in zip(tensors, batch_dtypes(levels, encoding.numpy_dtype,
+                                                                           encoding.scaled))], encoding.scaled)
+    slot, _ = procs.slot()
+    dst = procs.pinned(slot)
+    stream = copier.stream
+    stream.wait_stream(torch.cuda.current_stream(stream.device))
+    with torch.cuda.stream(stream):
+        for (offset, _, _), t in zip(layout.arrays, tensors):
+            src = t.reshape(-1).view(torch.uint8)
+            dst[offset : offset + src.numel()].copy_(src, non_blocking=True)
+            t.record_stream(stream)  # its memory is not reused before the copy has read it
+        event = torch.cuda.Event()
+        event.record(stream)
+    return slot, layout, event
+
+
+def _hand_over(procs: WriterProcesses, slot: int, layout: Layout, event: torch.cuda.Event, bucket: str,
+               rows: list[int], level_names, stages: _Stages) -> None:
+    """Dispatcher thread: wait for the copy into ``slot``, then hand the slot to the writer processes."""
+    t0 = time.perf_counter()
+    event.synchronize()
+    t1 = time.perf_counter()
+    procs.put(slot, bucket, rows, level_names, layout)
+    stages.add(t1 - t0, time.perf_counter() - t1)
+
+
 def _batch_layout(levels, level_sizes, batch: int, encoding: FeatureEncoding) -> Layout:
     """The shared-memory layout of a full batch of one bucket (the largest a slot must hold)."""
     shapes = []
@@ -450,9 +481,11 @@ def _write_pending(root: zarr.Group, path: str, plan: Plan, run: TeacherPass, da
     stages = _Stages()
     futures: list[Future] = []
     copier = _HostCopier(ctx.device)
+    direct = False  # the device copies each batch straight into a shared-memory slot
     if procs is not None:
         procs.allocate(max(_batch_layout(levels, b["level_sizes"], cfg.batch_size, run.encoding).nbytes
                            for b in buckets), slots=2 * len(procs))
+        direct = copier.stream is not None and procs.pin()
     in_flight = 2 if procs is not None else 2 * write_threads  # batches waiting in host memory, at most
     # zarr encodes a shard's inner chunks concurrently up to this limit (its default, 10, starves the writer)
     with ThreadPoolExecutor(max_workers=1 if procs is not None else write_threads) as pool, \
@@ -466,11 +499,18 @@ def _write_pending(root: zarr.Group, path: str, plan: Plan, run: TeacherPass, da
             rows, batch = item
             bucket = buckets[int(plan.bucket[rows[0]])]
             keep = [j for j, i in enumerate(rows) if is_pending[i]]
-            host = copier.copy(_encoded_batch(run, batch, on_gpu, ctx.device, bucket, keep, len(rows)))
-            args = (bucket["name"], [int(plan.row[rows[j]]) for j in keep], [lv.name for lv in levels],
-                    run.encoding, host, stages)
-            futures.append(pool.submit(_dispatch, procs, *args) if procs is not None
-                           else pool.submit(_write_batch, root, *args))
+            tensors = _encoded_batch(run, batch, on_gpu, ctx.device, bucket, keep, len(rows))
+            names, where = [lv.name for lv in levels], [int(plan.row[rows[j]]) for j in keep]
+            t_wait = time.perf_counter()
+            if direct:
+                slot, layout, event = _copy_to_slot(procs, copier, tensors, run.encoding, len(levels))
+                stages.backpressure += time.perf_counter() - t_wait  # waiting for a free slot
+                futures.append(pool.submit(_hand_over, procs, slot, layout, event, bucket["name"], where, names,
+                                           stages))
+            else:
+                args = (bucket["name"], where, names, run.encoding, copier.copy(tensors), stages)
+                futures.append(pool.submit(_dispatch, procs, *args) if procs is not None
+                               else pool.submit(_write_batch, root, *args))
             t_wait = time.perf_counter()
             while len(futures) > in_flight:
                 futures.pop(0).result()
