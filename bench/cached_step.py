@@ -425,6 +425,7 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
     the same worker load. The row's ``step_ms`` is the cached step's; ``plain_step_ms`` the interleaved plain one."""
     import torch
 
+    from frs_cli.data.prefetch import DevicePrefetcher
     from frs_cli.models import ModelConfig, build_detector
 
     objs, its = {}, {}
@@ -439,7 +440,7 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
             r = replace(recipe, distill=replace(recipe.distill, cuda_graphs=m.endswith("_graphs")))
         objs[m], ds = step_objective(m.removesuffix("_graphs"), student, r, coco, coco.index.num_classes,
                                      _store(path, True) if m != "plain" else None)
-        its[m] = iter(_loader(args, ds, keys, dev))
+        its[m] = DevicePrefetcher(_loader(args, ds, keys, dev), dev)  # one across the blocks: no batch is skipped
     times = {m: ([], []) for m in objs}
     opts = {m: sgd(objs[m].to(dev)) for m in objs}  # one optimizer each across the blocks: no new momentum buffers
     for m, obj in objs.items():

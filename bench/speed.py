@@ -89,26 +89,43 @@ def sgd(obj):
 
 def timed_steps(obj, batches, dev, amp: dict, warmup: int, steps: int, opt=None):
     """Train ``obj`` (SGD; ``opt``, else a new ``sgd(obj)``) on ``warmup + steps`` batches of the iterator
-    ``batches``. Returns the timed steps' seconds, their data-wait seconds and the last batch."""
+    ``batches``, as ``frs distill`` feeds its steps: through a ``DevicePrefetcher`` (pass one to keep its batch in
+    flight across calls), so each batch's copy to the device overlaps the step before. A step is timed from the
+    end of the previous one to the end of its own work on the step's stream (not the next batch's copy); its data
+    wait is the time spent waiting for the loader. Returns the timed steps' seconds, their data-wait seconds and
+    the last batch."""
     import torch
+
+    from frs_cli.data.prefetch import DevicePrefetcher
 
     obj.to(dev).train()
     opt = opt or sgd(obj)
+    batches = batches if isinstance(batches, DevicePrefetcher) else DevicePrefetcher(batches, dev)
     step_s, wait_s = [], []
     for i in range(warmup + steps):
-        t0 = sync_time()
-        batch = next(batches).to(dev, non_blocking=True)
-        t1 = sync_time()
+        t0 = stream_time(dev)
+        waited = batches.data_seconds
+        batch = next(batches)
+        wait = batches.data_seconds - waited
         with torch.autocast(**amp):
             loss = sum(obj(batch, 10_000).values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        t2 = sync_time()
+        t2 = stream_time(dev)
         if i >= warmup:
             step_s.append(t2 - t0)
-            wait_s.append(t1 - t0)
+            wait_s.append(wait)
     return step_s, wait_s, batch
+
+
+def stream_time(dev) -> float:
+    """``time.perf_counter()`` once the current stream of ``dev`` is idle (side streams may still work)."""
+    import torch
+
+    if torch.device(dev).type == "cuda":
+        torch.cuda.current_stream(dev).synchronize()
+    return time.perf_counter()
 
 
 def median(xs):

@@ -194,6 +194,8 @@ def measure_teacher(tname: str, args, dev, batches, res: dict) -> dict:
     row["inference_bf16_cl_img_s"] = rate(forward(fast), batches, args.passes)
     del fast
     for vname, options in variants(dev, args.tiny).items():
+        if not args.pass_figures:
+            break
         model = copy.deepcopy(teacher)
         tpass = TeacherPass(model, FeatureEncoding("int8"), options).prepare()
         params = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
@@ -225,10 +227,14 @@ def main() -> None:
     p.add_argument("--write-processes", default="", help="comma list: each teacher-cache write once per count, in "
                    "turn (default: the recipe's cache.write_processes)")
     p.add_argument("--variants", default="", help="comma list of teacher-pass variants to write with (default all)")
+    p.add_argument("--pass-figures", action=argparse.BooleanOptionalAction, default=True,
+                   help="measure each variant's pass alone (rate, op and profiler counts); off: inference and writes "
+                        "only (an A/B of two library versions runs the bench once per version)")
     args = p.parse_args()
 
     import torch
 
+    import frs_cli
     from frs_cli.cache.writer import write_teacher_cache
     from frs_cli.config import recipe_from_dict
     from frs_cli.data.coco import CocoViews
@@ -247,7 +253,8 @@ def main() -> None:
     dev = ctx.device
     res = {"device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
            "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
-           "args": {k: str(v) for k, v in vars(args).items()}, "teachers": {}}
+           "args": {k: str(v) for k, v in vars(args).items()}, "teachers": {},
+           "library": str(Path(frs_cli.__file__).resolve().parent)}  # which frs_cli wrote (an A/B of versions)
 
     def save():
         args.out.write_text(json.dumps(res, indent=1))

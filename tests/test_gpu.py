@@ -220,3 +220,34 @@ def test_frs_terms_replayed_as_cuda_graphs_equal_the_eager_ones_with_their_gradi
         for x, y in zip(ga, gb):
             torch.testing.assert_close(x, y, rtol=1e-3, atol=1e-6)
     assert len(a._graphs._graphs) == 3 and all(v is not None for v in a._graphs._graphs.values())
+
+
+class _OnDevice:
+    """A batch of one tensor, as ``DevicePrefetcher`` takes it."""
+
+    def __init__(self, images):
+        self.images = images
+
+    def to(self, device, non_blocking: bool = False):
+        return _OnDevice(self.images.to(device, non_blocking=non_blocking))
+
+    def tensors(self):
+        return [self.images]
+
+
+def test_the_device_prefetcher_copies_beside_the_step_and_keeps_each_batch_until_the_step_read_it():
+    """Each step first waits ~10 ms on its stream, then reads its batch and lets go of it. The step must see its
+    batch whole (its stream waited for the copy) and unchanged (a later batch's copy, on the side stream, did not
+    reuse its memory before the step read it)."""
+    from frs_cli.data.prefetch import DevicePrefetcher
+
+    host = [_OnDevice(torch.full((4, 256, 1024), k, dtype=torch.float32).pin_memory()) for k in range(12)]
+    pf = DevicePrefetcher(iter(host), "cuda")
+    sums = []
+    for _ in range(12):
+        batch = next(pf)
+        torch.cuda._sleep(20_000_000)  # the step's own work before it reads the batch
+        sums.append(batch.images.sum())
+        del batch
+    assert [float(s) for s in sums] == [float(k * 4 * 256 * 1024) for k in range(12)]
+    assert next(pf, None) is None

@@ -191,9 +191,12 @@ def test_bench_writes_once_per_writer_count_in_turn_for_the_chosen_variants(tmp_
     out = tmp_path / "rate.json"
     monkeypatch.setattr(sys, "argv", ["teacher_cache_rate.py", "--tiny", "--out", str(out), "--work",
                                       str(tmp_path / "work"), "--dtypes", "int8", "--images", "2", "--passes", "1",
-                                      "--variants", "bf16_cl", "--write-processes", "0,0"])
+                                      "--variants", "bf16_cl", "--write-processes", "0,0", "--no-pass-figures"])
     runpy.run_path(str(ROOT / "bench" / "teacher_cache_rate.py"), run_name="__main__")
-    caches = json.loads(out.read_text())["teachers"]["tiny"]["caches"]["int8"]
+    res = json.loads(out.read_text())
+    assert res["library"] == str(ROOT / "frs_cli")  # which version wrote: an A/B of two runs tells them apart
+    assert res["teachers"]["tiny"]["variants"] == {} and res["teachers"]["tiny"]["inference_img_s"] > 0
+    caches = res["teachers"]["tiny"]["caches"]["int8"]
     assert set(caches) == {"bf16_cl_w0_0", "bf16_cl_w0_1"}
     assert all(c["write_processes"] == 0 and c["views"] == 4 and c["views_s"] > 0 for c in caches.values())
 

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from frs_cli.data.canvas_batches import CanvasBatchSampler, view_canvases
 from frs_cli.data.coco import Batch, ViewSampler, collate
+from frs_cli.data.prefetch import DevicePrefetcher
 from frs_cli.dist import DistContext, mean_across
 from frs_cli.errors import TrainingError
 from frs_cli.progress import NullProgress, Progress
@@ -155,16 +156,17 @@ class Trainer:
     def run_epoch(self, hooks: Sequence[Hook]) -> None:
         """The steps of ``self.epoch`` from ``self.step`` on, each followed by the hooks' ``after_step``."""
         self.batches.set_epoch(self.epoch, start=self.step * self.cfg.batch_size)
-        batches = iter(make_loader(self.dataset, self.batches, self.cfg.workers, self.ctx.device))
+        # each batch goes to the device on a side stream while the step before it runs
+        batches = DevicePrefetcher(make_loader(self.dataset, self.batches, self.cfg.workers, self.ctx.device),
+                                   self.ctx.device)
         self.model.train()
         t_prev = time.perf_counter()
         while self.step < self.iters_per_epoch:
-            t0 = time.perf_counter()
+            waited = batches.data_seconds
             batch = next(batches, None)
             if batch is None:
                 break
-            batch = batch.to(self.ctx.device)
-            t_data = time.perf_counter() - t0
+            t_data = batches.data_seconds - waited
             it = self.iteration
             losses = self.run_step(batch)
             self.step += 1
