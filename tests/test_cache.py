@@ -302,32 +302,6 @@ def test_decoding_once_per_image_and_resizing_on_the_device_writes_the_same_cach
     assert_same_cache_arrays(tmp_path / "once.zarr", tmp_path / "per_view.zarr")
 
 
-@pytest.mark.parametrize("processes", [0, 2])
-def test_shards_written_straight_to_their_files_are_the_files_zarr_writes(synth_root, teacher_ckpt, tmp_path,
-                                                                          monkeypatch, processes):
-    """teacher-cache writes each whole shard of a local cache itself (``direct.ShardFiles``), in the writer
-    processes or in threads: every file of the cache is the one zarr writes for the same views."""
-    from frs_cli.cache import direct
-
-    r = load_recipe(write_recipe(tmp_path / "r.toml", synth_root, str(teacher_ckpt)), ["cache.dtype='int8'"])
-    shards, write_shard = [], direct.DirectArray.write_shard
-    monkeypatch.setattr(direct.DirectArray, "write_shard",
-                        lambda self, *a: shards.append(self.path) or write_shard(self, *a))
-    written = write_teacher_cache(r, str(tmp_path / "direct.zarr"), ctx=setup("cpu"), write_processes=processes)
-    if processes == 0:  # in this process: every per-view array of every batch went straight to its file
-        assert len(shards) == 3 * 5 * 12 and all(p.endswith(("/features", "/scale", "/mask")) for p in shards)
-    with monkeypatch.context() as m:
-        m.setattr(direct.ShardFiles, "array", lambda self, name: None)  # every write through zarr
-        write_teacher_cache(r, str(tmp_path / "zarr.zarr"), ctx=setup("cpu"), write_processes=0)
-    assert written.complete
-    files = sorted(f.relative_to(tmp_path / "zarr.zarr") for f in (tmp_path / "zarr.zarr" / "buckets").rglob("c.*"))
-    assert len(files) > 10 and files == sorted(f.relative_to(tmp_path / "direct.zarr")
-                                               for f in (tmp_path / "direct.zarr" / "buckets").rglob("c.*"))
-    for f in files:
-        assert (tmp_path / "direct.zarr" / f).read_bytes() == (tmp_path / "zarr.zarr" / f).read_bytes(), f
-    assert_same_cache_arrays(tmp_path / "direct.zarr", tmp_path / "zarr.zarr")
-
-
 def test_a_write_failing_in_a_writer_process_is_one_storage_error_and_resume_completes_it(recipe_path, cache_path,
                                                                                        tmp_path):
     """A shard file that cannot be written (a directory stands at its path): the writer process's OSError comes

@@ -52,47 +52,6 @@ def test_direct_rows_equal_zarrs_for_sharded_unsharded_partial_and_unwritten_row
     assert (index[1] == 2**64 - 1).all()  # row 5 really is an unwritten inner chunk
 
 
-@pytest.mark.parametrize("dtype", ["float16", "int8", "uint8", "float32"])
-def test_direct_shard_writes_are_the_files_zarr_writes_byte_for_byte(tmp_path, dtype):
-    """teacher-cache writes whole shards without zarr (``DirectArray.write_shard``): each file, the last shard
-    holding 3 rows of 4 included, must be zarr's own, so plain zarr and the direct reads read it alike."""
-    rng = np.random.default_rng(1)
-    values = (rng.standard_normal((11, 3, 4, 5)) * 50 + 1).astype(dtype)
-    values[values == 0] = 1  # no all-zero row: zarr would leave that inner chunk out
-    want = _array(tmp_path / "zarr.zarr", "s", values, shards=4)
-    empty = _array(tmp_path / "direct.zarr", "s", np.zeros_like(values), shards=4)
-    for f in empty.glob("c.*"):
-        f.unlink()
-    files = direct.ShardFiles(tmp_path / "direct.zarr")
-    arr = files.array("s")
-    assert arr is files.array("s") and files.array("missing") is None
-    for start, stop in ((0, 4), (4, 8), (8, 11)):
-        assert arr.whole_shard(start, stop)
-        arr.write_shard(start, values[start:stop])
-    assert not arr.whole_shard(0, 3) and not arr.whole_shard(2, 6) and not arr.whole_shard(8, 12)
-    names = sorted(f.name for f in want.glob("c.*"))
-    assert names == sorted(f.name for f in empty.glob("c.*")) == ["c.0.0.0.0", "c.1.0.0.0", "c.2.0.0.0"]
-    for name in names:
-        assert (empty / name).read_bytes() == (want / name).read_bytes(), name
-    np.testing.assert_array_equal(zarr.open_array(str(empty), mode="r")[...], values)
-    with pytest.raises(CacheFormatError, match="expected rows of shape"):
-        arr.write_shard(8, values[8:10])
-
-
-def test_a_direct_write_that_fails_names_its_file(tmp_path, monkeypatch):
-    """A full disk mid-shard (``writev`` fails; its OSError names no file) is reported with the shard's path."""
-    import errno
-    import os
-
-    def full(fd, views):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(os, "writev", full)
-    with pytest.raises(OSError) as err:
-        direct._write_file(tmp_path / "c.0.0", [b"abc"])
-    assert err.value.errno == errno.ENOSPC and err.value.filename == str(tmp_path / "c.0.0")
-
-
 def test_direct_open_declines_layouts_it_does_not_read(tmp_path):
     from zarr.codecs import ZstdCodec
 

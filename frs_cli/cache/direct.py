@@ -12,11 +12,6 @@ instead (``DirectArray.open`` returns None).
 
 A shard's index is read once per process and kept: one ``int64`` offset per row (about 8 bytes per view and
 array). Reads are checked only for their length here; the reader compares each view with its stored CRC-32.
-
-Writes go the same way (``ShardFiles``): teacher-cache writes a shard whole (one plan batch of views), and for a
-sharded array of this layout the shard file is the batch's bytes as they lie in memory, then the index and its
-CRC-32C, as zarr-python writes it (``tests/test_cache.py`` compares the files byte for byte). One ``writev`` per
-shard replaces zarr's codec pipeline, which copied each batch several times and bounded the writer processes.
 """
 
 from __future__ import annotations
@@ -190,31 +185,6 @@ class DirectArray:
                                    f"byte {offset}, the file ends after {got}", hint="frs cache verify lists the damage")
         return np.frombuffer(data, dtype=self.dtype).reshape(self.row_shape)
 
-    def whole_shard(self, start: int, stop: int) -> bool:
-        """Whether rows ``start:stop`` are exactly one shard of this array (``write_shard`` can write them)."""
-        n = self.rows_per_file
-        return self.sharded and self.index_at_end and start % n == 0 and stop == min(start + n, self.shape[0])
-
-    def write_shard(self, start: int, values: np.ndarray) -> None:
-        """Write the shard whose first row is ``start`` (``whole_shard``) from ``values`` (its rows): the rows'
-        bytes, then the index of ``(offset, nbytes)`` pairs (empty past the array's end) and its CRC-32C."""
-        import google_crc32c
-
-        n = self.rows_per_file
-        count = min(n, self.shape[0] - start)
-        data = np.ascontiguousarray(values, dtype=self.dtype)
-        if data.shape != (count, *self.row_shape):
-            raise CacheFormatError(f"cache array {self.path!r}: expected rows of shape {(count, *self.row_shape)} for "
-                                   f"the shard at row {start}, got {data.shape}")
-        index = np.full((n, 2), _EMPTY, dtype="<u8")
-        index[:count, 0] = np.arange(count, dtype=np.uint64) * np.uint64(self.row_nbytes)
-        index[:count, 1] = self.row_nbytes
-        raw = index.tobytes()
-        parts = [memoryview(data.reshape(-1).view(np.uint8)), raw, google_crc32c.value(raw).to_bytes(4, "little")]
-        _write_file(self._file(start), parts)
-        if self._offsets is not None:
-            self._offsets[start : start + count] = _UNKNOWN  # read again when read
-
     def _read_index(self, fd: int, row: int) -> None:
         """Fill the offsets of every row held by the file open as ``fd`` (the one holding ``row``)."""
         first = row // self.rows_per_file * self.rows_per_file
@@ -241,39 +211,3 @@ class DirectArray:
                                    f"byte {int(pairs[i, 0])} ({int(pairs[i, 1])} bytes) in a file of {size}; "
                                    f"expected {self.row_nbytes} bytes inside it", hint="frs cache verify lists the damage")
         self._offsets[rows] = np.where(empty, _FILL, offsets)
-
-
-def _write_file(path: Path, parts: list) -> None:
-    """Write ``parts`` (bytes-like) as the whole file ``path``, with ``os.writev`` until every byte is written (a
-    write may stop short). An OSError names ``path`` (a full disk mid-write is reported with the file)."""
-    views = [memoryview(p).cast("B") for p in parts]
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-        try:
-            while views:
-                done = os.writev(fd, views)
-                while views and done >= len(views[0]):
-                    done -= len(views[0])
-                    views.pop(0)
-                if views and done:
-                    views[0] = views[0][done:]
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        if exc.filename is not None:
-            raise
-        raise OSError(exc.errno, exc.strerror, str(path)) from exc
-
-
-class ShardFiles:
-    """The arrays of the local cache at ``path`` that ``DirectArray`` writes whole shards of, opened once each."""
-
-    def __init__(self, path: str | Path):
-        self.root = Path(path)
-        self._arrays: dict[str, DirectArray | None] = {}
-
-    def array(self, name: str) -> DirectArray | None:
-        """Array ``name`` (its path in the cache) as a ``DirectArray``, or None when zarr must write it."""
-        if name not in self._arrays:
-            self._arrays[name] = DirectArray.open(self.root / name, name)
-        return self._arrays[name]

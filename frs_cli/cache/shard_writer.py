@@ -21,8 +21,6 @@ import numpy as np
 import zarr
 
 from frs_cli.cache.checksum import view_crc
-from frs_cli.cache.direct import ShardFiles
-from frs_cli.cache.store import is_url
 from frs_cli.errors import StorageError
 
 ALIGN = 64  # byte alignment of each array inside a slot
@@ -38,30 +36,19 @@ def _runs(rows: list[int]) -> list[tuple[int, int, int]]:
     return runs
 
 
-def write_rows(root: zarr.Group, bucket: str, rows: list[int], level_names, feats, scales, masks,
-               files: ShardFiles | None = None) -> None:
+def write_rows(root: zarr.Group, bucket: str, rows: list[int], level_names, feats, scales, masks) -> None:
     """Views at consecutive ``rows`` of one bucket: every array, then checksums, then done flags (in that order).
 
     ``feats``/``masks``: per level ``(len(rows), ...)`` arrays in storage form; ``scales`` per level
-    ``(len(rows), C)`` or None. One write per array and run of rows (one shard for a whole batch): a whole shard
-    of an array ``files`` can write goes to its file directly (``direct.ShardFiles``), anything else through zarr.
+    ``(len(rows), C)`` or None. One zarr call per array and run of rows (one shard for a whole batch).
     """
-
-    def put(name: str, values: np.ndarray) -> None:
-        path = f"buckets/{bucket}/{name}"
-        direct = files.array(path) if files is not None else None
-        for start, stop, i in _runs(rows):
-            if direct is not None and direct.whole_shard(start, stop):
-                direct.write_shard(start, values[i : i + stop - start])
-            else:
-                root[path][start:stop] = values[i : i + stop - start]
-
     crcs = np.zeros((len(rows), 2 * len(level_names)), dtype=np.uint32)
     for lv, (name, f, sc, m) in enumerate(zip(level_names, feats, scales, masks)):
-        put(f"{name}/features", f)
-        if sc is not None:
-            put(f"{name}/scale", sc)
-        put(f"{name}/mask", m)
+        for start, stop, i in _runs(rows):
+            root[f"buckets/{bucket}/{name}/features"][start:stop] = f[i : i + stop - start]
+            if sc is not None:
+                root[f"buckets/{bucket}/{name}/scale"][start:stop] = sc[i : i + stop - start]
+            root[f"buckets/{bucket}/{name}/mask"][start:stop] = m[i : i + stop - start]
         for j in range(len(rows)):
             crcs[j, 2 * lv] = view_crc(f[j], None if sc is None else sc[j])
             crcs[j, 2 * lv + 1] = view_crc(m[j])
@@ -118,7 +105,6 @@ def _serve(path: str, storage_options: dict | None, tasks, results) -> None:
     parent = mp.parent_process()
     root = None  # opened at the first batch: the parent may still be creating the cache
     slots: dict[str, shared_memory.SharedMemory] = {}
-    files = None if is_url(path) else ShardFiles(path)  # whole shards of a local cache go straight to their files
     with zarr.config.set({"async.concurrency": 64}):
         while True:
             try:
@@ -136,8 +122,7 @@ def _serve(path: str, storage_options: dict | None, tasks, results) -> None:
                 if name not in slots:
                     slots[name] = shared_memory.SharedMemory(name=name)
                 arrays = layout.views(slots[name].buf)
-                write_rows(root, bucket, rows, level_names, *split_batch(arrays, len(level_names), layout.scaled),
-                           files=files)
+                write_rows(root, bucket, rows, level_names, *split_batch(arrays, len(level_names), layout.scaled))
                 del arrays
                 results.put((slot, None))
             except BaseException as exc:  # noqa: BLE001 - every failure goes back to the parent as one line

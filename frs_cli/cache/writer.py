@@ -26,13 +26,12 @@ import zarr
 
 import frs_cli
 from frs_cli.cache.backend import open_backend
-from frs_cli.cache.direct import ShardFiles
 from frs_cli.cache.encoding import FeatureEncoding
 from frs_cli.cache.identity import cache_fingerprints, first_difference, recipe_fingerprints
 from frs_cli.cache.reader import TeacherCache, required_cache_arrays
 from frs_cli.cache.schema import FORMAT_NAME, VIEW_NAMES, Plan, make_plan
 from frs_cli.cache.shard_writer import Layout, WriterProcesses, batch_dtypes, split_batch, write_rows
-from frs_cli.cache.store import codec, is_hdf5, is_url, open_existing, open_group, url_options
+from frs_cli.cache.store import codec, is_hdf5, open_existing, open_group, url_options
 from frs_cli.cache.teacher_pass import PassOptions, TeacherPass
 from frs_cli.cache.verify import UNREADABLE, verify_cache
 from frs_cli.data.coco import CocoViews, ListSampler, OriginalBatches, collate, collate_originals, resize_batch
@@ -210,8 +209,8 @@ class _HostCopier:
         return host, event
 
 
-def _write_batch(root: zarr.Group, files: ShardFiles | None, bucket: str, rows: list[int], level_names,
-                 encoding: FeatureEncoding, host, stages: _Stages) -> None:
+def _write_batch(root: zarr.Group, bucket: str, rows: list[int], level_names, encoding: FeatureEncoding,
+                 host, stages: _Stages) -> None:
     """Writer thread: wait for one batch's host copy, then write its views (``write_rows``).
 
     ``host``: ``(tensors, event)`` from ``_HostCopier``; tensors are per level the features as ``encoding``
@@ -224,7 +223,7 @@ def _write_batch(root: zarr.Group, files: ShardFiles | None, bucket: str, rows: 
     t1 = time.perf_counter()
     feats, scales, masks = split_batch(tensors, len(level_names), encoding.scaled)
     write_rows(root, bucket, rows, level_names, [encoding.to_numpy(f) for f in feats],
-               [None if sc is None else sc.numpy() for sc in scales], [m.numpy() for m in masks], files=files)
+               [None if sc is None else sc.numpy() for sc in scales], [m.numpy() for m in masks])
     stages.add(t1 - t0, time.perf_counter() - t1)
 
 
@@ -482,7 +481,6 @@ def _write_pending(root: zarr.Group, path: str, plan: Plan, run: TeacherPass, da
     stages = _Stages()
     futures: list[Future] = []
     copier = _HostCopier(ctx.device)
-    files = None if is_url(path) else ShardFiles(path)  # whole shards of a local cache go straight to their files
     direct = False  # the device copies each batch straight into a shared-memory slot
     if procs is not None:
         procs.allocate(max(_batch_layout(levels, b["level_sizes"], cfg.batch_size, run.encoding).nbytes
@@ -512,7 +510,7 @@ def _write_pending(root: zarr.Group, path: str, plan: Plan, run: TeacherPass, da
             else:
                 args = (bucket["name"], where, names, run.encoding, copier.copy(tensors), stages)
                 futures.append(pool.submit(_dispatch, procs, *args) if procs is not None
-                               else pool.submit(_write_batch, root, files, *args))
+                               else pool.submit(_write_batch, root, *args))
             t_wait = time.perf_counter()
             while len(futures) > in_flight:
                 futures.pop(0).result()
