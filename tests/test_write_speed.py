@@ -11,6 +11,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -199,6 +200,71 @@ def test_bench_writes_once_per_writer_count_in_turn_for_the_chosen_variants(tmp_
     caches = res["teachers"]["tiny"]["caches"]["int8"]
     assert set(caches) == {"bf16_cl_w0_0", "bf16_cl_w0_1"}
     assert all(c["write_processes"] == 0 and c["views"] == 4 and c["views_s"] > 0 for c in caches.values())
+
+
+def _turn(views_s: float, inference: float, backpressure: float) -> dict:
+    row = {"views_s": views_s, "over_inference": views_s / inference, "stage_seconds": {"backpressure": backpressure}}
+    return {"teachers": {"x101": {"caches": {"int8": {"bf16_cl": row}}}}}
+
+
+def test_library_ab_gives_each_version_its_turns_medians_and_ratio_to_the_first(tmp_path, capsys):
+    for name, res in {"tcr_1_a.json": _turn(200.0, 200.0, 0.3), "tcr_2_b.json": _turn(160.0, 200.0, 2.0),
+                      "tcr_3_b.json": _turn(170.0, 170.0, 2.2), "tcr_4_a.json": _turn(210.0, 210.0, 0.5),
+                      "notes.json": {}}.items():
+        (tmp_path / name).write_text(json.dumps(res))
+    runpy.run_path(str(ROOT / "bench" / "library_ab.py"), run_name="not_main")["main"]([str(tmp_path)])
+    out = json.loads((tmp_path / "library_ab.json").read_text())
+    assert out["base"] == "a"
+    a, b = out["rows"]
+    assert (a["library"], a["views_s"], a["median_views_s"], a["over_base"]) == ("a", [200.0, 210.0], 205.0, 1.0)
+    assert (b["library"], b["views_s"], b["median_views_s"]) == ("b", [160.0, 170.0], 165.0)
+    assert b["over_base"] == pytest.approx(165 / 205) and b["median_over_inference"] == pytest.approx((0.8 + 1.0) / 2)
+    assert b["median_backpressure_s"] == pytest.approx(2.1)
+    assert "| x101 | int8 | bf16_cl | b | 160.0, 170.0 | 165.0 | 0.90 | 2.10 | 0.80 |" in capsys.readouterr().out
+
+
+def test_library_ab_says_what_it_expected_in_a_folder_without_results(tmp_path):
+    with pytest.raises(SystemExit, match="expected tcr_<turn>_<label>.json"):
+        runpy.run_path(str(ROOT / "bench" / "library_ab.py"), run_name="not_main")["main"]([str(tmp_path)])
+
+
+def test_write_bound_counts_the_bytes_a_written_cache_holds_per_view(cache_path):
+    import zarr
+
+    from frs_cli.cache.reader import TeacherCache
+
+    mb_per_view = runpy.run_path(str(ROOT / "bench" / "write_bound.py"), run_name="not_main")["mb_per_view"]
+    cache, root = TeacherCache(cache_path), zarr.open_group(cache_path, mode="r")
+    (channels,) = {lv.channels for lv in cache.levels}
+    strides = [lv.stride for lv in cache.levels]
+    for b in cache.buckets:
+        stored = 0
+        for lv in cache.levels:
+            for name in ("features", "scale", "mask") if cache.encoding.scaled else ("features", "mask"):
+                a = root[f"buckets/{b.name}/{lv.name}/{name}"]
+                stored += int(np.prod(a.shape[1:])) * a.dtype.itemsize
+        assert mb_per_view(b.padded, cache.dtype, channels, strides) * 1e6 == pytest.approx(stored, abs=0.5), b.name
+    # RetinaNet's P3-P7 at 800x1088: 18134 cells, 256 channels (int5 packs 8 channels in 5 bytes)
+    assert mb_per_view((800, 1088), "int8") * 1e6 == pytest.approx(256 * 18134 + 5 * 256 * 4 + 2 * 18134)
+    assert mb_per_view((800, 1088), "int5") * 1e6 == pytest.approx(160 * 18134 + 5 * 256 * 4 + 2 * 18134)
+    assert mb_per_view((800, 1088), "float16") * 1e6 == pytest.approx(2 * 256 * 18134 + 2 * 18134)
+
+
+def test_write_bound_sets_the_disk_against_each_teachers_inference_rate(tmp_path, capsys):
+    for name, (inference, rate) in {"tcr_1_a.json": (400.0, 200.0), "tcr_2_b.json": (100.0, 90.0),
+                                    "tcr_3_a.json": (440.0, 220.0)}.items():
+        res = {"teachers": {"t": {"inference_img_s": inference, "caches": {"int8": {"bf16_cl": {"views_s": rate}}}}}}
+        (tmp_path / name).write_text(json.dumps(res))
+    (tmp_path / "step.json").write_text(json.dumps({"disk": {"write_mb_s": 1000.0}}))
+    main = runpy.run_path(str(ROOT / "bench" / "write_bound.py"), run_name="not_main")["main"]
+    main(["--padded", "800,1088", "--rates", str(tmp_path), "--library", "a", "--disk", str(tmp_path / "step.json"),
+          "--dtypes", "int8", "--out", str(tmp_path / "bound.json")])
+    (row,) = json.loads((tmp_path / "bound.json").read_text())["rows"]
+    mb = (256 * 18134 + 5 * 256 * 4 + 2 * 18134) / 1e6
+    assert row["inference_img_s"] == 420.0 and row["measured_views_s"] == 210.0  # medians of library a's turns
+    assert row["need_mb_s"] == pytest.approx(0.9 * 420 * mb) and row["disk_views_s"] == pytest.approx(1000 / mb)
+    assert row["disk_allows_target"] is False  # 213 views/s against 378 needed
+    assert "| t | int8 | 4.68 | 420 |" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("module", ["writer.py", "shard_writer.py", "teacher_pass.py"])

@@ -1,0 +1,85 @@
+"""Teacher-cache rates of library versions run in turn (an A/B within one call), as a table from the raw files.
+
+    python3 bench/library_ab.py DIR [--base LABEL]
+
+``DIR`` holds one ``bench/teacher_cache_rate.py`` result per turn, named ``tcr_<turn>_<label>.json`` (turn: the
+order they ran in; label: the library version). Prints, per teacher, encoding and variant, each version's rates
+in turn order, their median, the median over pure inference (each turn's own inference rate), the median seconds
+the main thread waited on the write side (``backpressure``) and the median ratio to ``--base`` (default: the
+version of the first turn). Writes the same figures to ``DIR/library_ab.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+from pathlib import Path
+
+NAME = re.compile(r"tcr_(\d+)_(\w+)\.json$")
+
+
+def load_turns(folder: Path) -> list[tuple[int, str, dict]]:
+    """``(turn, label, result)`` of every ``tcr_<turn>_<label>.json`` in ``folder``, in turn order."""
+    turns = []
+    for path in folder.iterdir():
+        m = NAME.search(path.name)
+        if m:
+            turns.append((int(m.group(1)), m.group(2), json.loads(path.read_text())))
+    if not turns:
+        raise SystemExit(f"library_ab: expected tcr_<turn>_<label>.json files in {folder}, found none")
+    return sorted(turns, key=lambda t: t[0])
+
+
+def summarise(turns: list[tuple[int, str, dict]], base: str | None = None) -> list[dict]:
+    """One row per (teacher, dtype, variant, label): rates in turn order and their medians."""
+    base = base or turns[0][1]
+    runs: dict[tuple, list[dict]] = {}
+    for _, label, res in turns:
+        for teacher, t in res["teachers"].items():
+            for dtype, variants in t["caches"].items():
+                for variant, r in variants.items():
+                    runs.setdefault((teacher, dtype, variant, label), []).append(r)
+    rows = []
+    for (teacher, dtype, variant, label), rs in runs.items():
+        rows.append({"teacher": teacher, "dtype": dtype, "variant": variant, "library": label,
+                     "views_s": [r["views_s"] for r in rs],
+                     "median_views_s": statistics.median(r["views_s"] for r in rs),
+                     "median_over_inference": statistics.median(r["over_inference"] for r in rs),
+                     "median_backpressure_s": statistics.median(r["stage_seconds"]["backpressure"] for r in rs)})
+    for row in rows:
+        ref = next((r for r in rows if r["library"] == base
+                    and (r["teacher"], r["dtype"], r["variant"]) == (row["teacher"], row["dtype"], row["variant"])), None)
+        row["over_base"] = row["median_views_s"] / ref["median_views_s"] if ref else None
+    labels = list(dict.fromkeys(label for _, label, _ in turns))
+    return sorted(rows, key=lambda r: (r["teacher"], r["dtype"], r["variant"], labels.index(r["library"])))
+
+
+def table(rows: list[dict], base: str) -> str:
+    header = ("| teacher | dtype | variant | library | views/s, turn order | median views/s | median / inference "
+              f"| median main-thread wait on the write side, s | median / {base} |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ratio = "–" if r["over_base"] is None else f"{r['over_base']:.2f}"
+        rates = ", ".join(f"{v:.1f}" for v in r["views_s"])
+        lines.append(f"| {r['teacher']} | {r['dtype']} | {r['variant']} | {r['library']} | {rates} | "
+                     f"{r['median_views_s']:.1f} | {r['median_over_inference']:.2f} | "
+                     f"{r['median_backpressure_s']:.2f} | {ratio} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folder", type=Path)
+    ap.add_argument("--base", default=None, help="the version the others are divided by (default: the first turn's)")
+    args = ap.parse_args(argv)
+    turns = load_turns(args.folder)
+    base = args.base or turns[0][1]
+    rows = summarise(turns, base)
+    (args.folder / "library_ab.json").write_text(json.dumps({"base": base, "rows": rows}, indent=1))
+    print(table(rows, base))
+
+
+if __name__ == "__main__":
+    main()
