@@ -45,7 +45,7 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import ARCH, disk_write_mb_s, median, sgd, step_objective, sync_time, timed_steps
+from speed import ARCH, disk_write_mb_s, feeder, median, sgd, step_objective, sync_time, timed_steps
 
 SMOKE = {"pairs": "tiny-tiny", "sizes": "8,16", "dtypes": "float16,int5", "images": 4, "image_size": 64,
          "min_size": 64, "max_size": 64, "batch": 2, "workers": 0, "prefetch": 2, "warmup": 1, "steps": 1,
@@ -122,6 +122,9 @@ def main() -> None:
                    help="time each cached row's steps interleaved with plain steps over the same batches (blocks of "
                         "--block steps, alternating), so each row has its own plain step from the same minutes")
     p.add_argument("--block", type=int, default=10, help="steps per block of a paired row")
+    p.add_argument("--device-prefetch", action=argparse.BooleanOptionalAction, default=True,
+                   help="copy each batch to the device one step ahead on a side stream, as frs distill does (off: "
+                        "on the step's stream as the step takes it; run the bench once each way for an A/B)")
     p.add_argument("--graphs-ab", action="store_true",
                    help="paired rows also time the cached step with distill.cuda_graphs on (step_ms is then off's)")
     p.add_argument("--group-by-canvas", action=argparse.BooleanOptionalAction, default=True,
@@ -403,7 +406,8 @@ def time_steps(args, mode: str, recipe, sname: str, coco, num_views: int, path: 
     obj, ds = step_objective(mode, student, recipe, coco, coco.index.num_classes, store)
     ahead = args.workers * args.prefetch if args.workers else 0
     count = args.warmup + args.steps + ahead + 1
-    it = iter(_loader(args, ds, batches_for(num_views, count, args.batch, canvas_of(args, coco)), dev))
+    it = feeder(_loader(args, ds, batches_for(num_views, count, args.batch, canvas_of(args, coco)), dev), dev,
+                args.device_prefetch)
     steps, waits, _ = timed_steps(obj, it, dev, amp, args.warmup, args.steps)
     del it, obj, student
     if dev.type == "cuda":
@@ -425,7 +429,6 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
     the same worker load. The row's ``step_ms`` is the cached step's; ``plain_step_ms`` the interleaved plain one."""
     import torch
 
-    from frs_cli.data.prefetch import DevicePrefetcher
     from frs_cli.models import ModelConfig, build_detector
 
     objs, its = {}, {}
@@ -440,7 +443,7 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
             r = replace(recipe, distill=replace(recipe.distill, cuda_graphs=m.endswith("_graphs")))
         objs[m], ds = step_objective(m.removesuffix("_graphs"), student, r, coco, coco.index.num_classes,
                                      _store(path, True) if m != "plain" else None)
-        its[m] = DevicePrefetcher(_loader(args, ds, keys, dev), dev)  # one across the blocks: no batch is skipped
+        its[m] = feeder(_loader(args, ds, keys, dev), dev, args.device_prefetch)  # one across the blocks: none skipped
     times = {m: ([], []) for m in objs}
     opts = {m: sgd(objs[m].to(dev)) for m in objs}  # one optimizer each across the blocks: no new momentum buffers
     for m, obj in objs.items():

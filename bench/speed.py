@@ -87,20 +87,43 @@ def sgd(obj):
     return torch.optim.SGD([q for q in obj.parameters() if q.requires_grad], lr=1e-4, momentum=0.9)
 
 
+class InStepCopies:
+    """Batches copied to ``dev`` on the step's own stream as the step takes each one, with no copy ahead: the A/B
+    partner of ``DevicePrefetcher`` (``--no-device-prefetch``), as the steps were fed before it. ``data_seconds``
+    as the prefetcher's: the time spent waiting for the loader."""
+
+    def __init__(self, batches, dev):
+        self._batches, self.device, self.data_seconds = iter(batches), dev, 0.0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        t = time.perf_counter()
+        batch = next(self._batches)
+        self.data_seconds += time.perf_counter() - t
+        return batch.to(self.device, non_blocking=True)
+
+
+def feeder(batches, dev, prefetch: bool = True):
+    """``batches`` as a step bench feeds them: a ``DevicePrefetcher`` (as ``frs distill``), or ``InStepCopies``."""
+    from frs_cli.data.prefetch import DevicePrefetcher
+
+    return DevicePrefetcher(batches, dev) if prefetch else InStepCopies(batches, dev)
+
+
 def timed_steps(obj, batches, dev, amp: dict, warmup: int, steps: int, opt=None):
     """Train ``obj`` (SGD; ``opt``, else a new ``sgd(obj)``) on ``warmup + steps`` batches of the iterator
-    ``batches``, as ``frs distill`` feeds its steps: through a ``DevicePrefetcher`` (pass one to keep its batch in
-    flight across calls), so each batch's copy to the device overlaps the step before. A step is timed from the
+    ``batches``, as ``frs distill`` feeds its steps: through a ``DevicePrefetcher`` (pass one, or another ``feeder``,
+    to keep its batch in flight across calls), so each batch's copy to the device overlaps the step before. A step is timed from the
     end of the previous one to the end of its own work on the step's stream (not the next batch's copy); its data
     wait is the time spent waiting for the loader. Returns the timed steps' seconds, their data-wait seconds and
     the last batch."""
     import torch
 
-    from frs_cli.data.prefetch import DevicePrefetcher
-
     obj.to(dev).train()
     opt = opt or sgd(obj)
-    batches = batches if isinstance(batches, DevicePrefetcher) else DevicePrefetcher(batches, dev)
+    batches = batches if hasattr(batches, "data_seconds") else feeder(batches, dev)  # a feeder of ``feeder``
     step_s, wait_s = [], []
     for i in range(warmup + steps):
         t0 = stream_time(dev)

@@ -171,6 +171,46 @@ def test_cached_step_smoke_on_the_cpu_writes_every_row_and_figure(tmp_path, monk
     assert rows["int5", 8, "warm"]["mb_per_view"] < 0.6 * rows["float16", 8, "warm"]["mb_per_view"]
 
 
+def test_in_step_copies_move_each_batch_as_it_is_taken_and_count_the_loader_wait():
+    speed = _bench("speed")
+    moved = []
+
+    class Batch:
+        def __init__(self, i):
+            self.i = i
+
+        def to(self, device, non_blocking=False):
+            moved.append((self.i, device, non_blocking))
+            return self
+
+    it = speed.feeder([Batch(0), Batch(1)], "cpu", prefetch=False)
+    assert isinstance(it, speed.InStepCopies) and moved == []  # nothing is copied ahead
+    assert next(it).i == 0 and moved == [(0, "cpu", True)]
+    assert next(it).i == 1 and moved == [(0, "cpu", True), (1, "cpu", True)]
+    assert it.data_seconds >= 0 and type(speed.feeder([], "cpu")).__name__ == "DevicePrefetcher"
+    with pytest.raises(StopIteration):
+        next(it)
+
+
+def test_cached_step_feeds_every_step_as_device_prefetch_says(tmp_path, monkeypatch):
+    step = _bench("cached_step")
+    flags = []
+
+    def spy(batches, dev, prefetch=True):
+        flags.append(prefetch)
+        return step.feeder.__wrapped__(batches, dev, prefetch)
+
+    spy.__wrapped__ = step.feeder
+    monkeypatch.setattr(step, "feeder", spy)
+    monkeypatch.setattr(sys, "argv", ["cached_step.py", "--smoke", "--out", str(tmp_path / "out"),
+                                      "--work", str(tmp_path / "work"), "--no-device-prefetch", "--no-zarr-row"])
+    step.main()
+    res = json.loads((tmp_path / "out" / "step.json").read_text())
+    assert res["args"]["device_prefetch"] in (False, "False")
+    assert len(flags) >= 3 and not any(flags)  # the plain, online and every cached row
+    assert all(r["step_ms"] > 0 for r in res["cached"] if "step_ms" in r)
+
+
 def _hand_made_step(**over) -> dict:
     step = {"device": "hand", "date": "2026-12-02", "command": "by hand", "views_in_split": 8192,
             "args": {"batch": "10", "dtypes": "float16,int8,int5"},
