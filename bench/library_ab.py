@@ -32,28 +32,27 @@ def load_turns(folder: Path) -> list[tuple[int, str, dict]]:
     return sorted(turns, key=lambda t: t[0])
 
 
-def summarise(turns: list[tuple[int, str, dict]], base: str | None = None) -> list[dict]:
-    """One row per (teacher, dtype, variant, label): rates in turn order and their medians."""
-    base = base or turns[0][1]
+def summarise(turns: list[tuple[int, str, dict]], base: str) -> list[dict]:
+    """One row per (teacher, dtype, variant, label): rates in turn order, their medians and the ratio to ``base``."""
     runs: dict[tuple, list[dict]] = {}
     for _, label, res in turns:
         for teacher, t in res["teachers"].items():
             for dtype, variants in t["caches"].items():
                 for variant, r in variants.items():
                     runs.setdefault((teacher, dtype, variant, label), []).append(r)
+    medians = {key: statistics.median(r["views_s"] for r in rs) for key, rs in runs.items()}
+    labels = list(dict.fromkeys(label for _, label, _ in turns))
     rows = []
-    for (teacher, dtype, variant, label), rs in runs.items():
+    order = sorted(runs, key=lambda key: (*key[:3], labels.index(key[3])))  # versions in the order they first ran
+    for (teacher, dtype, variant, label), rs in ((key, runs[key]) for key in order):
+        ref = medians.get((teacher, dtype, variant, base))
         rows.append({"teacher": teacher, "dtype": dtype, "variant": variant, "library": label,
                      "views_s": [r["views_s"] for r in rs],
-                     "median_views_s": statistics.median(r["views_s"] for r in rs),
+                     "median_views_s": medians[teacher, dtype, variant, label],
                      "median_over_inference": statistics.median(r["over_inference"] for r in rs),
-                     "median_backpressure_s": statistics.median(r["stage_seconds"]["backpressure"] for r in rs)})
-    for row in rows:
-        ref = next((r for r in rows if r["library"] == base
-                    and (r["teacher"], r["dtype"], r["variant"]) == (row["teacher"], row["dtype"], row["variant"])), None)
-        row["over_base"] = row["median_views_s"] / ref["median_views_s"] if ref else None
-    labels = list(dict.fromkeys(label for _, label, _ in turns))
-    return sorted(rows, key=lambda r: (r["teacher"], r["dtype"], r["variant"], labels.index(r["library"])))
+                     "median_backpressure_s": statistics.median(r["stage_seconds"]["backpressure"] for r in rs),
+                     "over_base": None if ref is None else medians[teacher, dtype, variant, label] / ref})
+    return rows
 
 
 def table(rows: list[dict], base: str) -> str:

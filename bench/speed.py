@@ -114,11 +114,11 @@ def feeder(batches, dev, prefetch: bool = True):
 
 def timed_steps(obj, batches, dev, amp: dict, warmup: int, steps: int, opt=None):
     """Train ``obj`` (SGD; ``opt``, else a new ``sgd(obj)``) on ``warmup + steps`` batches of the iterator
-    ``batches``, as ``frs distill`` feeds its steps: through a ``DevicePrefetcher`` (pass one, or another ``feeder``,
-    to keep its batch in flight across calls), so each batch's copy to the device overlaps the step before. A step is timed from the
-    end of the previous one to the end of its own work on the step's stream (not the next batch's copy); its data
-    wait is the time spent waiting for the loader. Returns the timed steps' seconds, their data-wait seconds and
-    the last batch."""
+    ``batches``, as ``frs distill`` feeds its steps: through a ``DevicePrefetcher``, so each batch's copy to the
+    device overlaps the step before (pass a ``feeder``, prefetching or not, to keep its batch in flight across
+    calls). A step is timed from the end of the previous one to the end of its own work on the step's stream (not
+    the next batch's copy); its data wait is the time spent waiting for the loader. Returns the timed steps'
+    seconds, their data-wait seconds and the last batch."""
     import torch
 
     obj.to(dev).train()

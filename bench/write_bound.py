@@ -90,8 +90,8 @@ def main(argv=None) -> None:
     disk = json.loads(args.disk.read_text())["disk"]["write_mb_s"]
     rows = bounds(padded, load_rates(args.rates, args.library), disk, args.dtypes.split(","), args.fraction)
     if args.out:
-        args.out.write_text(json.dumps({"padded": padded, "fraction": args.fraction, "rates": str(args.rates), "library": args.library,
-                                        "disk": str(args.disk), "rows": rows}, indent=1))
+        args.out.write_text(json.dumps({"padded": padded, "fraction": args.fraction, "rates": str(args.rates),
+                                        "library": args.library, "disk": str(args.disk), "rows": rows}, indent=1))
     print(f"| teacher | dtype | MB per view at {padded[0]}x{padded[1]} | inference img/s | MB/s for {args.fraction}x "
           "inference | disk write MB/s | views/s the disk allows (/ inference) | measured views/s (MB/s), page cache |")
     print("|---|---|---|---|---|---|---|---|")
