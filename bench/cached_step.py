@@ -118,6 +118,8 @@ def main() -> None:
     p.add_argument("--budget-s", type=float, default=480, help="start no new step row after this many seconds")
     p.add_argument("--cold", action=argparse.BooleanOptionalAction, default=True,
                    help="also time every cached row after dropping the page cache (root)")
+    p.add_argument("--warm-only", default="", help="comma list of dtypes timed only with a warm page cache (the step "
+                   "target asks for float16 warm only)")
     p.add_argument("--paired", action=argparse.BooleanOptionalAction, default=True,
                    help="time each cached row's steps interleaved with plain steps over the same batches (blocks of "
                         "--block steps, alternating), so each row has its own plain step from the same minutes")
@@ -216,6 +218,10 @@ def run(args) -> dict:
                     continue
                 if state == "warm":
                     row["loader_views_s"] = loader_rate(args, path, coco, size)
+                elif dtype in args.warm_only.split(","):
+                    row["skipped"] = "warm only (--warm-only)"
+                    res["cached"].append(row)
+                    continue
                 elif not args.cold or not drop_page_cache():
                     row["skipped"] = "cold rows off (--no-cold)" if not args.cold else "page cache not dropped (not root)"
                     res["cached"].append(row)
