@@ -33,8 +33,7 @@ class Converted:
 
 def mmdet_test_nms(arch: str) -> float:
     """The NMS IoU threshold of the mmdetection config an arch mirrors (its ``test_cfg``)."""
-    spec = ARCHS[arch]
-    return 0.6 if spec.family == "gfl" or "norm_on_bbox" in spec.head_options else 0.5
+    return ARCHS[arch].nms_thresh
 
 
 def convert_mmdet(checkpoint: str | Path, arch: str, out: str | Path, allow_pickle: bool = False) -> Converted:

@@ -33,6 +33,21 @@ def test_every_registered_arch_builds_with_its_family_levels():
         assert [lv.channels for lv in d.levels] == [spec.fpn_channels] * 5
 
 
+
+def _nms_thresh(detector) -> float:
+    core = detector.core()
+    return core.roi_heads.nms_thresh if detector.family == "faster_rcnn" else core.nms_thresh
+
+
+@pytest.mark.parametrize("arch, expected", [("gfl_tiny_fpn", 0.6), ("gfl_resnet50_fpn_mmdet", 0.6),
+                                            ("fcos_resnet50_caffe_fpn_tricks_mmdet", 0.6), ("retinanet_tiny_fpn", 0.5),
+                                            ("fcos_tiny_fpn", 0.5), ("fasterrcnn_tiny_fpn", 0.5)])
+def test_nms_threshold_defaults_to_the_one_of_the_config_each_arch_mirrors(arch, expected):
+    # mmdetection's test_cfg: 0.6 for GFL and the FCOS "tricks" config, 0.5 for RetinaNet, FCOS, Faster R-CNN
+    assert ModelConfig().nms_thresh == 0 and ARCHS[arch].nms_thresh == expected
+    assert _nms_thresh(build_detector(ModelConfig(arch=arch), num_classes=3, load_weights=False)) == expected
+    assert _nms_thresh(build_detector(ModelConfig(arch=arch, nms_thresh=0.45), num_classes=3)) == 0.45
+
 def test_adapter_returns_per_level_features_and_logits_in_head_layout(batch):
     torch.manual_seed(0)
     d = build_detector(ModelConfig(arch="retinanet_tiny_fpn", anchor_size=16), 5).eval()

@@ -7,6 +7,7 @@ machine has internet, or found in torch's hub cache), the path of a checkpoint w
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 from pathlib import Path
@@ -93,6 +94,8 @@ def build_detector(cfg: ModelConfig, num_classes: int, load_weights: bool = True
     spec = arch_spec(cfg.arch)
     if num_classes < 1:
         raise ModelError(f"model: expected at least one class, got num_classes={num_classes}")
+    if not cfg.nms_thresh:  # the NMS threshold of the config the arch mirrors (GFL's 0.6, most others' 0.5)
+        cfg = dataclasses.replace(cfg, nms_thresh=spec.nms_thresh)
     source = resolve_weights(cfg.weights, cfg.arch) if (load_weights and cfg.weights) else None
     backbone_weights = None
     if cfg.weights_backbone and load_weights and not cfg.weights:  # full weights overwrite the backbone's anyway

@@ -17,7 +17,7 @@ class ModelConfig:
     trainable_backbone_layers: int = 3  # with pretrained weights: how many ResNet stages train (0-5)
     anchor_size: int = 0  # anchor size at the finest level, px, doubling per level; 0: the family's default (RetinaNet 32, FCOS 8, Faster R-CNN 32 at P2, GFL 64)
     score_thresh: float = 0.05  # detections below this score are dropped at inference
-    nms_thresh: float = 0.5  # IoU threshold of per-class NMS at inference
+    nms_thresh: float = 0.0  # IoU threshold of per-class NMS at inference; 0: the arch's (`frs models`: GFL 0.6, most 0.5)
     detections_per_img: int = 100  # at most this many detections per image (COCO's maxDets)
 
     def check(self, table: str) -> None:

@@ -48,6 +48,7 @@ class ArchSpec:
     style: str = "pytorch"  # ResNet bottleneck stride on the 3x3 conv (pytorch) or the first 1x1 (caffe)
     pixel_norm: str = "imagenet_rgb"  # how the body expects pixels: a key of frs_cli.models.base.PIXEL_NORMS
     head_options: tuple[str, ...] = ()  # family-specific head switches (FCOS: norm_on_bbox, centerness_on_reg)
+    nms_thresh: float = 0.5  # per-class NMS IoU at inference in the config it mirrors (mmdetection's test_cfg)
 
 
 def _mmdet_archs() -> dict[str, ArchSpec]:
@@ -67,10 +68,10 @@ def _mmdet_archs() -> dict[str, ArchSpec]:
         archs[f"fasterrcnn_resnet{depth}_fpn_mmdet"] = ArchSpec(
             "faster_rcnn", body, **torch_style, summary=f"mmdetection faster-rcnn_r{depth}_fpn_*_coco")
         archs[f"gfl_resnet{depth}_fpn_mmdet"] = ArchSpec(
-            "gfl", body, **torch_style, summary=f"mmdetection gfl_r{depth}_fpn_*_coco")
+            "gfl", body, **torch_style, nms_thresh=0.6, summary=f"mmdetection gfl_r{depth}_fpn_*_coco")
     archs["fcos_resnet50_caffe_fpn_tricks_mmdet"] = ArchSpec(
         "fcos", "resnet50", variant="mmdet", style="caffe", pixel_norm="detectron2_bgr",
-        head_options=("norm_on_bbox", "centerness_on_reg"),
+        head_options=("norm_on_bbox", "centerness_on_reg"), nms_thresh=0.6,
         summary="mmdetection fcos_r50-caffe_fpn_gn-head-center-normbbox-centeronreg-giou_1x_coco")
     return archs
 
@@ -114,12 +115,15 @@ ARCHS: dict[str, ArchSpec] = {
     "fasterrcnn_tiny_fpn": ArchSpec("faster_rcnn", "tiny", fpn_channels=64,
                                     summary="tiny CPU Faster R-CNN (tests, demo student, 64-ch FPN)"),
     # GFL: built here from torchvision parts (ATSS assignment, quality focal + distribution focal + GIoU)
-    "gfl_resnet50_fpn": ArchSpec("gfl", "resnet50", summary="GFL R50-FPN (no torchvision weights)"),
-    "gfl_resnet18_fpn": ArchSpec("gfl", "resnet18", summary="GFL R18-FPN"),
-    "gfl_resnet34_fpn": ArchSpec("gfl", "resnet34", summary="GFL R34-FPN"),
-    "gfl_resnet101_fpn": ArchSpec("gfl", "resnet101", summary="GFL R101-FPN (the paper's GFL teacher)"),
-    "gfl_small_fpn": ArchSpec("gfl", "small", fpn_channels=64, summary="small CPU GFL (demo teacher, 64-ch FPN)"),
-    "gfl_tiny_fpn": ArchSpec("gfl", "tiny", fpn_channels=64, summary="tiny CPU GFL (tests, demo student, 64-ch FPN)"),
+    "gfl_resnet50_fpn": ArchSpec("gfl", "resnet50", nms_thresh=0.6, summary="GFL R50-FPN (no torchvision weights)"),
+    "gfl_resnet18_fpn": ArchSpec("gfl", "resnet18", nms_thresh=0.6, summary="GFL R18-FPN"),
+    "gfl_resnet34_fpn": ArchSpec("gfl", "resnet34", nms_thresh=0.6, summary="GFL R34-FPN"),
+    "gfl_resnet101_fpn": ArchSpec("gfl", "resnet101", nms_thresh=0.6,
+                                  summary="GFL R101-FPN (the paper's GFL teacher)"),
+    "gfl_small_fpn": ArchSpec("gfl", "small", nms_thresh=0.6, fpn_channels=64,
+                              summary="small CPU GFL (demo teacher, 64-ch FPN)"),
+    "gfl_tiny_fpn": ArchSpec("gfl", "tiny", nms_thresh=0.6, fpn_channels=64,
+                              summary="tiny CPU GFL (tests, demo student, 64-ch FPN)"),
 }
 ARCHS.update(MMDET_ARCHS)
 
