@@ -127,6 +127,10 @@ def main() -> None:
     p.add_argument("--device-prefetch", action=argparse.BooleanOptionalAction, default=True,
                    help="copy each batch to the device one step ahead on a side stream, as frs distill does (off: "
                         "on the step's stream as the step takes it; run the bench once each way for an A/B)")
+    p.add_argument("--feeder-ab", action="store_true",
+                   help="paired rows: also time the plain step and the last cached variant fed without the device "
+                        "prefetcher (each batch copied on the step's stream as the step takes it), interleaved with "
+                        "the rest: the prefetcher's A/B within each row (inline_* figures)")
     p.add_argument("--graphs-ab", action="store_true",
                    help="paired rows also time the cached step with distill.cuda_graphs on (step_ms is then off's)")
     p.add_argument("--group-by-canvas", action=argparse.BooleanOptionalAction, default=True,
@@ -441,15 +445,19 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
     ahead = args.workers * args.prefetch if args.workers else 0
     keys = batches_for(num_views, args.warmup + args.steps + ahead + 1, args.batch, canvas_of(args, coco))
     modes = ("plain", mode, *((f"{mode}_graphs",) if args.graphs_ab else ()))
+    if args.feeder_ab:  # the same steps fed without the prefetcher: "<mode>_inline"
+        modes = (*modes, "plain_inline", f"{modes[-1]}_inline")
     for m in modes:
         torch.manual_seed(0)
         student = build_detector(ModelConfig(arch=ARCH[sname]), coco.index.num_classes)
+        kind = m.removesuffix("_inline")
         r = recipe
-        if m != "plain" and args.graphs_ab:  # the A/B: the same row with distill.cuda_graphs off and on
-            r = replace(recipe, distill=replace(recipe.distill, cuda_graphs=m.endswith("_graphs")))
-        objs[m], ds = step_objective(m.removesuffix("_graphs"), student, r, coco, coco.index.num_classes,
-                                     _store(path, True) if m != "plain" else None)
-        its[m] = feeder(_loader(args, ds, keys, dev), dev, args.device_prefetch)  # one across the blocks: none skipped
+        if kind != "plain" and args.graphs_ab:  # the A/B: the same row with distill.cuda_graphs off and on
+            r = replace(recipe, distill=replace(recipe.distill, cuda_graphs=kind.endswith("_graphs")))
+        objs[m], ds = step_objective(kind.removesuffix("_graphs"), student, r, coco, coco.index.num_classes,
+                                     _store(path, True) if kind != "plain" else None)
+        prefetch = args.device_prefetch and not m.endswith("_inline")
+        its[m] = feeder(_loader(args, ds, keys, dev), dev, prefetch)  # one across the blocks: none skipped
     times = {m: ([], []) for m in objs}
     opts = {m: sgd(objs[m].to(dev)) for m in objs}  # one optimizer each across the blocks: no new momentum buffers
     for m, obj in objs.items():
@@ -473,6 +481,9 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
            "plain_step_ms_mean": 1e3 * sum(plain) / len(plain), "paired_block": args.block}
     if args.graphs_ab:  # step_ms is then the eager cached side's, graphs_step_ms the graphed one's
         row.update({"cuda_graphs": False, **step_figures(*times[f"{mode}_graphs"], prefix="graphs_"), **captured})
+    if args.feeder_ab:  # inline_step_ms: the last cached variant (graphed with --graphs-ab) without the prefetcher
+        row.update({"inline_of": modes[-3], **step_figures(*times[modes[-1]], prefix="inline_"),
+                    **step_figures(*times["plain_inline"], prefix="inline_plain_")})
     return row
 
 

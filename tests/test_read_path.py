@@ -211,6 +211,29 @@ def test_cached_step_feeds_every_step_as_device_prefetch_says(tmp_path, monkeypa
     assert all(r["step_ms"] > 0 for r in res["cached"] if "step_ms" in r)
 
 
+
+def test_cached_step_feeder_ab_times_the_plain_and_graphed_steps_also_without_the_prefetcher(tmp_path, monkeypatch):
+    step = _bench("cached_step")
+    flags, real = [], step.feeder
+
+    def spy(batches, dev, prefetch=True):
+        flags.append(prefetch)
+        return real(batches, dev, prefetch)
+
+    monkeypatch.setattr(step, "feeder", spy)
+    monkeypatch.setattr(sys, "argv", ["cached_step.py", "--smoke", "--out", str(tmp_path / "out"), "--work",
+                                      str(tmp_path / "work"), "--graphs-ab", "--feeder-ab"])
+    step.main()
+    res = json.loads((tmp_path / "out" / "step.json").read_text())
+    rows = [r for r in res["cached"] if "step_ms" in r]
+    assert len(rows) == 4  # float16 and int5 at both smoke sizes, warm
+    for r in rows:
+        assert r["inline_of"] == "cached_graphs" and r["inline_step_ms"] > 0 and r["inline_plain_step_ms"] > 0
+        assert r["graphs_step_ms"] > 0 and r["plain_step_ms"] > 0 and 0 <= r["inline_data_wait_share"] < 1
+    # plain and online once each; per row: plain, cached, cached_graphs prefetched, plain and graphed inline; the
+    # smoke's zarr row last
+    assert flags == [True, True] + [True, True, True, False, False] * 4 + [True]
+
 def _hand_made_step(**over) -> dict:
     step = {"device": "hand", "date": "2026-12-02", "command": "by hand", "views_in_split": 8192,
             "args": {"batch": "10", "dtypes": "float16,int8,int5"},
