@@ -6,7 +6,8 @@ processes receive it. Each mode writes ``--batches`` such batches per process, i
 (``--processes``), into a fresh folder under ``--work``, and reports the MB/s of them all together:
 
 - ``write_rows``: ``frs_cli.cache.shard_writer.write_rows`` into a zarr group laid out as a cache bucket (one
-  shard per batch per array, the per-view checksums and done flags): what a writer process does per batch;
+  shard per batch per array, the per-view checksums and done flags): what a writer process does per batch, with
+  its arrays opened and zarr set up as the ``frs_cli`` on the path does it;
 - ``zarr``: the same zarr shard writes without the checksums;
 - ``crc``: the per-view checksums alone (``view_crc``, ``checksum.IMPLEMENTATION`` says which CRC-32);
 - ``writev_shm``: each array's bytes written from the slot to one file with ``os.writev`` (the disk's and the
@@ -86,18 +87,23 @@ def _worker(mode: str, dtype: str, batch: int, batches: int, first: int, work: s
     from frs_cli.cache.checksum import view_crc
     from frs_cli.cache.shard_writer import split_batch, write_rows
 
+    try:  # as this version of the writer process opens its arrays and sets zarr up
+        from frs_cli.cache.shard_writer import WRITE_CONFIG, OpenArrays
+    except ImportError:  # a version before them
+        WRITE_CONFIG, OpenArrays = {"async.concurrency": 64}, lambda root: root
+
     lay, enc, _ = layout(dtype, batch)
     shm = shared_memory.SharedMemory(name=shm_name)
     arrays = lay.views(shm.buf)
     if mode == "writev_private":
         arrays = [a.copy() for a in arrays]
     feats, scales, masks = split_batch(arrays, len(GRIDS), enc.scaled)
-    root = zarr.open_group(work, mode="r+") if mode in ("write_rows", "zarr") else None
+    root = OpenArrays(zarr.open_group(work, mode="r+")) if mode in ("write_rows", "zarr") else None
     folder = Path(work) / f"raw_{first}"
     folder.mkdir(parents=True, exist_ok=True)
     start.wait()
     t0 = time.perf_counter()
-    with zarr.config.set({"async.concurrency": 64}):
+    with zarr.config.set(WRITE_CONFIG):
         for k in range(batches):
             rows = list(range((first + k) * batch, (first + k + 1) * batch))
             if mode == "write_rows":

@@ -228,6 +228,37 @@ def test_library_ab_says_what_it_expected_in_a_folder_without_results(tmp_path):
         runpy.run_path(str(ROOT / "bench" / "library_ab.py"), run_name="not_main")["main"]([str(tmp_path)])
 
 
+
+def test_open_arrays_opens_each_array_once_and_writes_every_chunk_even_an_all_zero_one(tmp_path, monkeypatch):
+    import zarr
+
+    from frs_cli.cache.shard_writer import WRITE_CONFIG, OpenArrays, write_rows
+
+    root = zarr.open_group(str(tmp_path / "c.zarr"), mode="w")
+    g = root.require_group("buckets").require_group("b")
+    keys = {"name": "default", "separator": "."}
+    g.require_group("P3").create_array("features", shape=(4, 2, 3, 3), chunks=(1, 2, 3, 3), shards=(2, 2, 3, 3),
+                                       dtype="int8", fill_value=0, compressors=None, chunk_key_encoding=keys)
+    g.require_group("P3").create_array("mask", shape=(4, 3, 3), chunks=(1, 3, 3), shards=(2, 3, 3),
+                                       dtype="float16", fill_value=0, compressors=None, chunk_key_encoding=keys)
+    g.create_array("done", shape=(4,), chunks=(2,), dtype="uint8", fill_value=0, chunk_key_encoding=keys)
+    g.create_array("crc", shape=(4, 2), chunks=(2, 2), dtype="uint32", fill_value=0, chunk_key_encoding=keys)
+    opened = []
+    real = zarr.Group.__getitem__
+    monkeypatch.setattr(zarr.Group, "__getitem__", lambda self, k: opened.append(k) or real(self, k))
+    arrays = OpenArrays(zarr.open_group(str(tmp_path / "c.zarr"), mode="r+"))
+    feats = np.arange(2 * 2 * 9, dtype=np.int8).reshape(2, 2, 3, 3)
+    with zarr.config.set(WRITE_CONFIG):
+        for rows in ([0, 1], [2, 3]):
+            zeros = rows == [2, 3]  # an all-fill batch: zarr would leave its chunks out without write_empty_chunks
+            write_rows(arrays, "b", rows, ["P3"], [feats * (not zeros)], [None], [np.ones((2, 3, 3), np.float16)])
+    assert sorted(opened) == sorted(f"buckets/b/{n}" for n in ("P3/features", "P3/mask", "crc", "done"))
+    stored = zarr.open_group(str(tmp_path / "c.zarr"), mode="r")
+    assert (stored["buckets/b/P3/features"][:2] == feats).all() and (stored["buckets/b/P3/features"][2:] == 0).all()
+    assert (stored["buckets/b/done"][:] == 1).all()
+    index = np.frombuffer((tmp_path / "c.zarr/buckets/b/P3/features/c.1.0.0.0").read_bytes()[-36:-4], "<u8")
+    assert index.reshape(2, 2)[:, 1].tolist() == [18, 18]  # both all-zero views stored, none marked empty
+
 def test_write_bound_counts_the_bytes_a_written_cache_holds_per_view(cache_path):
     import zarr
 

@@ -24,6 +24,10 @@ from frs_cli.cache.checksum import view_crc
 from frs_cli.errors import StorageError
 
 ALIGN = 64  # byte alignment of each array inside a slot
+# zarr while writing: a shard's inner chunks encoded up to 64 at once (its default, 10, starves a writer); every
+# chunk written as it is, not first compared with the fill value (a view is never all fill, and the comparison
+# reads the whole batch once more)
+WRITE_CONFIG = {"async.concurrency": 64, "array.write_empty_chunks": True}
 
 
 def _runs(rows: list[int]) -> list[tuple[int, int, int]]:
@@ -36,7 +40,22 @@ def _runs(rows: list[int]) -> list[tuple[int, int, int]]:
     return runs
 
 
-def write_rows(root: zarr.Group, bucket: str, rows: list[int], level_names, feats, scales, masks) -> None:
+class OpenArrays:
+    """The arrays of the zarr group ``root`` by path, each opened once: a writer writes batch after batch into
+    the same arrays, and ``root[path]`` reads and parses the array's metadata every time."""
+
+    def __init__(self, root: zarr.Group):
+        self.root = root
+        self._arrays: dict[str, zarr.Array] = {}
+
+    def __getitem__(self, path: str) -> zarr.Array:
+        if path not in self._arrays:
+            self._arrays[path] = self.root[path]
+        return self._arrays[path]
+
+
+def write_rows(root: zarr.Group | OpenArrays, bucket: str, rows: list[int], level_names, feats, scales,
+               masks) -> None:
     """Views at consecutive ``rows`` of one bucket: every array, then checksums, then done flags (in that order).
 
     ``feats``/``masks``: per level ``(len(rows), ...)`` arrays in storage form; ``scales`` per level
@@ -105,7 +124,7 @@ def _serve(path: str, storage_options: dict | None, tasks, results) -> None:
     parent = mp.parent_process()
     root = None  # opened at the first batch: the parent may still be creating the cache
     slots: dict[str, shared_memory.SharedMemory] = {}
-    with zarr.config.set({"async.concurrency": 64}):
+    with zarr.config.set(WRITE_CONFIG):
         while True:
             try:
                 task = tasks.get(timeout=0.5)
@@ -118,7 +137,7 @@ def _serve(path: str, storage_options: dict | None, tasks, results) -> None:
             slot, name, bucket, rows, level_names, layout = task
             try:
                 if root is None:
-                    root = zarr.open_group(path, mode="r+", storage_options=storage_options)
+                    root = OpenArrays(zarr.open_group(path, mode="r+", storage_options=storage_options))
                 if name not in slots:
                     slots[name] = shared_memory.SharedMemory(name=name)
                 arrays = layout.views(slots[name].buf)

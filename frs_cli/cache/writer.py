@@ -30,7 +30,15 @@ from frs_cli.cache.encoding import FeatureEncoding
 from frs_cli.cache.identity import cache_fingerprints, first_difference, recipe_fingerprints
 from frs_cli.cache.reader import TeacherCache, required_cache_arrays
 from frs_cli.cache.schema import FORMAT_NAME, VIEW_NAMES, Plan, make_plan
-from frs_cli.cache.shard_writer import Layout, WriterProcesses, batch_dtypes, split_batch, write_rows
+from frs_cli.cache.shard_writer import (
+    WRITE_CONFIG,
+    Layout,
+    OpenArrays,
+    WriterProcesses,
+    batch_dtypes,
+    split_batch,
+    write_rows,
+)
 from frs_cli.cache.store import codec, is_hdf5, open_existing, open_group, url_options
 from frs_cli.cache.teacher_pass import PassOptions, TeacherPass
 from frs_cli.cache.verify import UNREADABLE, verify_cache
@@ -209,7 +217,7 @@ class _HostCopier:
         return host, event
 
 
-def _write_batch(root: zarr.Group, bucket: str, rows: list[int], level_names, encoding: FeatureEncoding,
+def _write_batch(root: OpenArrays, bucket: str, rows: list[int], level_names, encoding: FeatureEncoding,
                  host, stages: _Stages) -> None:
     """Writer thread: wait for one batch's host copy, then write its views (``write_rows``).
 
@@ -481,6 +489,7 @@ def _write_pending(root: zarr.Group, path: str, plan: Plan, run: TeacherPass, da
     stages = _Stages()
     futures: list[Future] = []
     copier = _HostCopier(ctx.device)
+    arrays = OpenArrays(root)  # the writer threads' arrays, opened once
     direct = False  # the device copies each batch straight into a shared-memory slot
     if procs is not None:
         procs.allocate(max(_batch_layout(levels, b["level_sizes"], cfg.batch_size, run.encoding).nbytes
@@ -489,7 +498,7 @@ def _write_pending(root: zarr.Group, path: str, plan: Plan, run: TeacherPass, da
     in_flight = 2 if procs is not None else 2 * write_threads  # batches waiting in host memory, at most
     # zarr encodes a shard's inner chunks concurrently up to this limit (its default, 10, starves the writer)
     with ThreadPoolExecutor(max_workers=1 if procs is not None else write_threads) as pool, \
-            zarr.config.set({"async.concurrency": 64}):
+            zarr.config.set(WRITE_CONFIG):
         while True:
             t_wait = time.perf_counter()
             item = next(batches_in, None)
@@ -510,7 +519,7 @@ def _write_pending(root: zarr.Group, path: str, plan: Plan, run: TeacherPass, da
             else:
                 args = (bucket["name"], where, names, run.encoding, copier.copy(tensors), stages)
                 futures.append(pool.submit(_dispatch, procs, *args) if procs is not None
-                               else pool.submit(_write_batch, root, *args))
+                               else pool.submit(_write_batch, arrays, *args))
             t_wait = time.perf_counter()
             while len(futures) > in_flight:
                 futures.pop(0).result()
