@@ -127,6 +127,9 @@ def main() -> None:
     p.add_argument("--device-prefetch", action=argparse.BooleanOptionalAction, default=True,
                    help="copy each batch to the device one step ahead on a side stream, as frs distill does (off: "
                         "on the step's stream as the step takes it; run the bench once each way for an A/B)")
+    p.add_argument("--online-paired", action="store_true",
+                   help="paired rows: also time the online step (the live teacher) in the same blocks, so each row's "
+                        "online / cached compares steps of the same minutes (online_step_ms)")
     p.add_argument("--feeder-ab", action="store_true",
                    help="paired rows: also time the plain step and the last cached variant fed without the device "
                         "prefetcher (each batch copied on the step's stream as the step takes it), interleaved with "
@@ -445,17 +448,20 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
     ahead = args.workers * args.prefetch if args.workers else 0
     keys = batches_for(num_views, args.warmup + args.steps + ahead + 1, args.batch, canvas_of(args, coco))
     modes = ("plain", mode, *((f"{mode}_graphs",) if args.graphs_ab else ()))
+    last = modes[-1]  # the cached variant the row is judged by (graphed with --graphs-ab)
+    if args.online_paired:
+        modes = (*modes, "online")
     if args.feeder_ab:  # the same steps fed without the prefetcher: "<mode>_inline"
-        modes = (*modes, "plain_inline", f"{modes[-1]}_inline")
+        modes = (*modes, "plain_inline", f"{last}_inline")
     for m in modes:
         torch.manual_seed(0)
         student = build_detector(ModelConfig(arch=ARCH[sname]), coco.index.num_classes)
         kind = m.removesuffix("_inline")
         r = recipe
-        if kind != "plain" and args.graphs_ab:  # the A/B: the same row with distill.cuda_graphs off and on
+        if kind not in ("plain", "online") and args.graphs_ab:  # the A/B: distill.cuda_graphs off and on
             r = replace(recipe, distill=replace(recipe.distill, cuda_graphs=kind.endswith("_graphs")))
         objs[m], ds = step_objective(kind.removesuffix("_graphs"), student, r, coco, coco.index.num_classes,
-                                     _store(path, True) if kind != "plain" else None)
+                                     _store(path, True) if kind not in ("plain", "online") else None)
         prefetch = args.device_prefetch and not m.endswith("_inline")
         its[m] = feeder(_loader(args, ds, keys, dev), dev, prefetch)  # one across the blocks: none skipped
     times = {m: ([], []) for m in objs}
@@ -481,8 +487,10 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
            "plain_step_ms_mean": 1e3 * sum(plain) / len(plain), "paired_block": args.block}
     if args.graphs_ab:  # step_ms is then the eager cached side's, graphs_step_ms the graphed one's
         row.update({"cuda_graphs": False, **step_figures(*times[f"{mode}_graphs"], prefix="graphs_"), **captured})
+    if args.online_paired:
+        row.update(step_figures(*times["online"], prefix="online_"))
     if args.feeder_ab:  # inline_step_ms: the last cached variant (graphed with --graphs-ab) without the prefetcher
-        row.update({"inline_of": modes[-3], **step_figures(*times[modes[-1]], prefix="inline_"),
+        row.update({"inline_of": last, **step_figures(*times[f"{last}_inline"], prefix="inline_"),
                     **step_figures(*times["plain_inline"], prefix="inline_plain_")})
     return row
 

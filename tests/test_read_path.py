@@ -143,7 +143,7 @@ def test_collate_zeroes_the_padding_of_a_batch_built_in_reused_memory(monkeypatc
 
 # -- the benchmark scripts ------------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_cached_step_smoke_on_the_cpu_writes_every_row_and_figure(tmp_path, monkeypatch):
+def test_cached_step_smoke_on_the_cpu_writes_every_row_and_figure(tmp_path, monkeypatch, capsys):
     step = _bench("cached_step")
     monkeypatch.setattr(sys, "argv", ["cached_step.py", "--smoke", "--out", str(tmp_path / "out"),
                                       "--work", str(tmp_path / "work"), "--graphs-ab", "--warm-only", "float16"])
@@ -170,6 +170,18 @@ def test_cached_step_smoke_on_the_cpu_writes_every_row_and_figure(tmp_path, monk
     assert res["worker_sweep"] == [] and res["seconds"] > 0
     # int5 stores 5 bits a value against fp16's 16 (plus the same fp16 masks and 4-byte scales)
     assert rows["int5", 8, "warm"]["mb_per_view"] < 0.6 * rows["float16", 8, "warm"]["mb_per_view"]
+    # what it printed rebuilds the same result (bench/step_from_log.py), to the verdicts
+    printed = capsys.readouterr().out.splitlines()
+    rebuilt = _bench("step_from_log").parse(["UserWarning: noise", *printed])
+    assert rebuilt["cached"] == [r for r in res["cached"] if "step_ms" in r]  # skipped rows are not printed
+    assert rebuilt["pairs"] == res["pairs"]
+    assert rebuilt["zarr_path"] == res["zarr_path"] and rebuilt["worker_sweep"] == res["worker_sweep"] == []
+    for t, v in res["teachers"].items():  # the rates as printed, before the full caches are written
+        rates = {d: (c["views_s"], c["over_inference"]) for d, c in v["cache"].items() if "views_s" in c}
+        assert {d: (c["views_s"], c["over_inference"]) for d, c in rebuilt["teachers"][t]["cache"].items()} == rates
+    assert rebuilt["disk"]["read"]["mb_s"] == round(res["disk"]["read"]["mb_s"])
+    verdicts = _bench("cache_verdicts").verdicts
+    assert verdicts(rebuilt)["targets"] == verdicts(res)["targets"]
 
 
 def test_in_step_copies_move_each_batch_as_it_is_taken_and_count_the_loader_wait():
@@ -212,7 +224,8 @@ def test_cached_step_feeds_every_step_as_device_prefetch_says(tmp_path, monkeypa
 
 
 
-def test_cached_step_feeder_ab_times_the_plain_and_graphed_steps_also_without_the_prefetcher(tmp_path, monkeypatch):
+def test_cached_step_pairs_the_online_step_and_times_plain_and_graphed_also_without_the_prefetcher(tmp_path,
+                                                                                                    monkeypatch):
     step = _bench("cached_step")
     flags, real = [], step.feeder
 
@@ -222,7 +235,7 @@ def test_cached_step_feeder_ab_times_the_plain_and_graphed_steps_also_without_th
 
     monkeypatch.setattr(step, "feeder", spy)
     monkeypatch.setattr(sys, "argv", ["cached_step.py", "--smoke", "--out", str(tmp_path / "out"), "--work",
-                                      str(tmp_path / "work"), "--graphs-ab", "--feeder-ab"])
+                                      str(tmp_path / "work"), "--graphs-ab", "--feeder-ab", "--online-paired"])
     step.main()
     res = json.loads((tmp_path / "out" / "step.json").read_text())
     rows = [r for r in res["cached"] if "step_ms" in r]
@@ -230,9 +243,11 @@ def test_cached_step_feeder_ab_times_the_plain_and_graphed_steps_also_without_th
     for r in rows:
         assert r["inline_of"] == "cached_graphs" and r["inline_step_ms"] > 0 and r["inline_plain_step_ms"] > 0
         assert r["graphs_step_ms"] > 0 and r["plain_step_ms"] > 0 and 0 <= r["inline_data_wait_share"] < 1
-    # plain and online once each; per row: plain, cached, cached_graphs prefetched, plain and graphed inline; the
-    # smoke's zarr row last
-    assert flags == [True, True] + [True, True, True, False, False] * 4 + [True]
+        assert r["online_step_ms"] > 0 and r["online_step_ms"] != res["pairs"]["tiny-tiny"]["online"]["step_ms"]
+    # plain and online once each; per row: plain, cached, cached_graphs and online prefetched, plain and graphed
+    # inline; the smoke's zarr row last
+    assert flags == [True, True] + [True, True, True, True, False, False] * 4 + [True]
+
 
 def _hand_made_step(**over) -> dict:
     step = {"device": "hand", "date": "2026-12-02", "command": "by hand", "views_in_split": 8192,
@@ -297,6 +312,12 @@ def test_cache_verdicts_miss_by_any_margin_and_when_not_measured(tmp_path, capsy
     assert by["float16", 1024, "warm"]["verdict"] == "missed"
     assert [r["verdict"] for r in v["teacher_cache"]] == ["met", "missed", "missed", "met"]  # r50v2, then x101
     assert [r["row"] for r in v["data_wait"] if r["verdict"] == "missed"] == ["r50v2-r50 online"]
+    paired = _hand_made_step()  # a row with its own interleaved online step (--online-paired) is judged by it
+    row = next(r for r in paired["cached"] if (r["dtype"], r["views"], r["page_cache"]) == ("int8", 1024, "cold"))
+    row["online_step_ms"] = 1.39 * row["step_ms"]
+    online = {(r["dtype"], r["views"], r["page_cache"]): r for r in verdicts.verdicts(paired)["online_over_cached"]}
+    assert online["int8", 1024, "cold"]["online_ms"] == pytest.approx(1.39 * 440.0)
+    assert online["int8", 1024, "cold"]["verdict"] == "missed" and online["int8", 1024, "warm"]["online_ms"] == 1000.0
 
     step = _hand_made_step()
     for r in step["cached"]:
