@@ -317,6 +317,7 @@ def test_cache_verdicts_miss_by_any_margin_and_when_not_measured(tmp_path, capsy
     row["online_step_ms"] = 1.39 * row["step_ms"]
     online = {(r["dtype"], r["views"], r["page_cache"]): r for r in verdicts.verdicts(paired)["online_over_cached"]}
     assert online["int8", 1024, "cold"]["online_ms"] == pytest.approx(1.39 * 440.0)
+    assert online["int8", 1024, "cold"]["online_over_plain"] == pytest.approx(1.39 * 440.0 / 400.0)
     assert online["int8", 1024, "cold"]["verdict"] == "missed" and online["int8", 1024, "warm"]["online_ms"] == 1000.0
 
     step = _hand_made_step()
