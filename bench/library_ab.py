@@ -5,8 +5,9 @@
 ``DIR`` holds one ``bench/teacher_cache_rate.py`` result per turn, named ``tcr_<turn>_<label>.json`` (turn: the
 order they ran in; label: the library version). Prints, per teacher, encoding and variant, each version's rates
 in turn order, their median, the median over pure inference (each turn's own inference rate), the median seconds
-the main thread waited on the write side (``backpressure``) and the median ratio to ``--base`` (default: the
-version of the first turn). Writes the same figures to ``DIR/library_ab.json``.
+the main thread waited on the write side (``backpressure``), the median steady rate over inference (the second
+half of each write's hand-overs, a long write's pace; "–" for results without it) and the median ratio to
+``--base`` (default: the version of the first turn). Writes the same figures to ``DIR/library_ab.json``.
 """
 
 from __future__ import annotations
@@ -51,20 +52,24 @@ def summarise(turns: list[tuple[int, str, dict]], base: str) -> list[dict]:
                      "median_views_s": medians[teacher, dtype, variant, label],
                      "median_over_inference": statistics.median(r["over_inference"] for r in rs),
                      "median_backpressure_s": statistics.median(r["stage_seconds"]["backpressure"] for r in rs),
+                     # the rate over the second half of each write's hand-overs (absent in results before it)
+                     "median_steady_over_inference": statistics.median(r["steady_over_inference"] for r in rs)
+                     if all("steady_over_inference" in r for r in rs) else None,
                      "over_base": None if ref is None else medians[teacher, dtype, variant, label] / ref})
     return rows
 
 
 def table(rows: list[dict], base: str) -> str:
     header = ("| teacher | dtype | variant | library | views/s, turn order | median views/s | median / inference "
-              f"| median main-thread wait on the write side, s | median / {base} |")
-    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
+              f"| median steady / inference | median main-thread wait on the write side, s | median / {base} |")
+    lines = [header, "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = "–" if r["over_base"] is None else f"{r['over_base']:.2f}"
+        steady = r.get("median_steady_over_inference")
         rates = ", ".join(f"{v:.1f}" for v in r["views_s"])
         lines.append(f"| {r['teacher']} | {r['dtype']} | {r['variant']} | {r['library']} | {rates} | "
                      f"{r['median_views_s']:.1f} | {r['median_over_inference']:.2f} | "
-                     f"{r['median_backpressure_s']:.2f} | {ratio} |")
+                     f"{'–' if steady is None else f'{steady:.2f}'} | {r['median_backpressure_s']:.2f} | {ratio} |")
     return "\n".join(lines)
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -35,6 +36,47 @@ ARCH = {"r50v2": "retinanet_resnet50_fpn_v2", "x101": "retinanet_resnext101_32x8
         "small": "retinanet_small_fpn", "tiny": "retinanet_tiny_fpn"}
 SYNCS = {"_local_scalar_dense", "item", "nonzero", "is_nonzero", "equal", "allclose"}  # ops that wait for the device
 CUDA_SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy ", "cudaMemcpy\0")
+
+
+class Timeline:
+    """A ``frs_cli.progress.Progress`` that keeps the teacher-cache task's hand-overs as (seconds, views so far).
+
+    A short write's rate carries its start-up (a writer process's first batches, the slots' first touch) and
+    the final drain; a COCO-size write runs for hours at the rate its hand-overs settle to. Once every writer
+    slot is full the main loop hands a batch over only when a writer frees one, so the rate over the second
+    half of the hand-overs is that steady state, the write side's bound included."""
+
+    def __init__(self):
+        self.points: list[tuple[float, int]] = []
+        self.stopped = math.nan
+        self._on = False
+
+    def start(self, description: str, total: int, completed: int = 0, unit: str = "it") -> None:
+        self._on = description == "teacher-cache"  # not verify's or the teacher check's tasks
+        if self._on:
+            self.points = [(time.perf_counter(), 0)]
+
+    def update(self, advance: int = 1, **fields) -> None:
+        if self._on:
+            self.points.append((time.perf_counter(), self.points[-1][1] + advance))
+
+    def stop(self) -> None:
+        if self._on:
+            self.stopped, self._on = time.perf_counter(), False
+
+    def log(self, message: str) -> None:
+        pass
+
+    def steady_views_s(self) -> float:
+        """Views per second over the second half of the views handed over (nan with fewer than two hand-overs)."""
+        if len(self.points) < 3:
+            return math.nan
+        (t_end, total), (t_half, half) = self.points[-1], next(p for p in self.points if p[1] >= self.points[-1][1] / 2)
+        return (total - half) / (t_end - t_half) if t_end > t_half else math.nan
+
+    def drain_seconds(self) -> float:
+        """From the last hand-over to the task's end: the writers finishing what was in flight."""
+        return self.stopped - self.points[-1][0] if self.points else math.nan
 
 
 def counting_mode(params: set[int]):
@@ -293,11 +335,16 @@ def main() -> None:
                 for i, procs in enumerate(counts):  # one key per (variant, writer count, turn)
                     key = vname if procs is None else f"{vname}_w{procs}_{i}"
                     path = args.work / f"{tname}_{dtype}_{key}.zarr"
-                    s = write_teacher_cache(recipe, str(path), ctx=ctx, pass_options=options, write_processes=procs)
+                    timeline = Timeline()
+                    s = write_teacher_cache(recipe, str(path), ctx=ctx, pass_options=options, write_processes=procs,
+                                            progress=timeline)
                     row.setdefault("caches", {}).setdefault(dtype, {})[key] = {
                         "views_s": s.views_per_second, "over_inference": s.views_per_second / row["inference_img_s"],
                         "over_best_inference": s.views_per_second / best, "views": s.views_written,
-                        "write_processes": procs, "loop_seconds": s.seconds, "stage_seconds": s.stage_seconds}
+                        "write_processes": procs, "loop_seconds": s.seconds, "stage_seconds": s.stage_seconds,
+                        "steady_views_s": timeline.steady_views_s(),
+                        "steady_over_inference": timeline.steady_views_s() / row["inference_img_s"],
+                        "drain_seconds": timeline.drain_seconds()}
                     shutil.rmtree(path)
                     save()
                     print(tname, dtype, key, f"{s.views_per_second:.1f} views/s, "

@@ -188,11 +188,28 @@ def test_bench_tiny_mode_writes_rates_ratios_and_op_counts(tmp_path, monkeypatch
                                                            "met": c["over_inference"] >= 0.9}
 
 
+
+def test_timeline_rate_is_the_second_half_of_the_teacher_cache_hand_overs(monkeypatch):
+    bench = runpy.run_path(str(ROOT / "bench" / "teacher_cache_rate.py"))
+    clock = iter([0.0, 1.0, 5.0, 6.0, 7.0, 8.0, 10.5])
+    monkeypatch.setattr(bench["time"], "perf_counter", lambda: next(clock))
+    timeline = bench["Timeline"]()
+    timeline.start("verify", 99)  # another task of the same progress: not recorded
+    timeline.update(99)
+    timeline.stop()
+    timeline.start("teacher-cache", 8)  # t 0
+    for _ in range(4):
+        timeline.update(2)  # 2 views at t 1 (slow start-up), 4 at 5, 6 at 6, 8 at 7
+    timeline.stop()  # t 8: one second of drain
+    assert timeline.points == [(0.0, 0), (1.0, 2), (5.0, 4), (6.0, 6), (7.0, 8)]
+    assert timeline.steady_views_s() == 2.0 and timeline.drain_seconds() == 1.0  # (8 - 4) views in 7 - 5 s
+
 def test_bench_writes_once_per_writer_count_in_turn_for_the_chosen_variants(tmp_path, monkeypatch):
     out = tmp_path / "rate.json"
     monkeypatch.setattr(sys, "argv", ["teacher_cache_rate.py", "--tiny", "--out", str(out), "--work",
                                       str(tmp_path / "work"), "--dtypes", "int8", "--images", "2", "--passes", "1",
-                                      "--variants", "bf16_cl", "--write-processes", "0,0", "--no-pass-figures"])
+                                      "--variants", "bf16_cl", "--write-processes", "0,0", "--no-pass-figures",
+                                      "--batch", "1"])
     runpy.run_path(str(ROOT / "bench" / "teacher_cache_rate.py"), run_name="__main__")
     res = json.loads(out.read_text())
     assert res["library"] == str(ROOT / "frs_cli")  # which version wrote: an A/B of two runs tells them apart
@@ -200,16 +217,22 @@ def test_bench_writes_once_per_writer_count_in_turn_for_the_chosen_variants(tmp_
     caches = res["teachers"]["tiny"]["caches"]["int8"]
     assert set(caches) == {"bf16_cl_w0_0", "bf16_cl_w0_1"}
     assert all(c["write_processes"] == 0 and c["views"] == 4 and c["views_s"] > 0 for c in caches.values())
+    for c in caches.values():  # four hand-overs of one view: the steady rate over the last two
+        inference = res["teachers"]["tiny"]["inference_img_s"]
+        assert c["steady_views_s"] > 0 and c["drain_seconds"] >= 0
+        assert c["steady_over_inference"] == pytest.approx(c["steady_views_s"] / inference)
 
 
-def _turn(views_s: float, inference: float, backpressure: float) -> dict:
+def _turn(views_s: float, inference: float, backpressure: float, steady: float | None = None) -> dict:
     row = {"views_s": views_s, "over_inference": views_s / inference, "stage_seconds": {"backpressure": backpressure}}
+    if steady is not None:
+        row["steady_over_inference"] = steady / inference
     return {"teachers": {"x101": {"caches": {"int8": {"bf16_cl": row}}}}}
 
 
 def test_library_ab_gives_each_version_its_turns_medians_and_ratio_to_the_first(tmp_path, capsys):
-    for name, res in {"tcr_1_a.json": _turn(200.0, 200.0, 0.3), "tcr_2_b.json": _turn(160.0, 200.0, 2.0),
-                      "tcr_3_b.json": _turn(170.0, 170.0, 2.2), "tcr_4_a.json": _turn(210.0, 210.0, 0.5),
+    for name, res in {"tcr_1_a.json": _turn(200.0, 200.0, 0.3), "tcr_2_b.json": _turn(160.0, 200.0, 2.0, 180.0),
+                      "tcr_3_b.json": _turn(170.0, 170.0, 2.2, 170.0), "tcr_4_a.json": _turn(210.0, 210.0, 0.5),
                       "notes.json": {}}.items():
         (tmp_path / name).write_text(json.dumps(res))
     runpy.run_path(str(ROOT / "bench" / "library_ab.py"), run_name="not_main")["main"]([str(tmp_path)])
@@ -220,7 +243,11 @@ def test_library_ab_gives_each_version_its_turns_medians_and_ratio_to_the_first(
     assert (b["library"], b["views_s"], b["median_views_s"]) == ("b", [160.0, 170.0], 165.0)
     assert b["over_base"] == pytest.approx(165 / 205) and b["median_over_inference"] == pytest.approx((0.8 + 1.0) / 2)
     assert b["median_backpressure_s"] == pytest.approx(2.1)
-    assert "| x101 | int8 | bf16_cl | b | 160.0, 170.0 | 165.0 | 0.90 | 2.10 | 0.80 |" in capsys.readouterr().out
+    # the steady rate where every turn has it (b), "–" where a turn lacks it (a: results from before it)
+    assert b["median_steady_over_inference"] == pytest.approx((0.9 + 1.0) / 2) and a["median_steady_over_inference"] is None
+    printed = capsys.readouterr().out
+    assert "| x101 | int8 | bf16_cl | b | 160.0, 170.0 | 165.0 | 0.90 | 0.95 | 2.10 | 0.80 |" in printed
+    assert "| x101 | int8 | bf16_cl | a | 200.0, 210.0 | 205.0 | 1.00 | – | 0.40 | 1.00 |" in printed
 
 
 def test_library_ab_says_what_it_expected_in_a_folder_without_results(tmp_path):
