@@ -70,6 +70,33 @@ def test_onnxruntime_matches_pytorch_for_other_batch_and_image_sizes(exported):
         assert float(np.abs(got[0]).max()) > 0.1  # real values were compared, not zeros
 
 
+
+def test_a_canvas_of_the_pad_value_gives_the_training_padding_and_pytorch_s_outputs_everywhere(exported):
+    import onnx
+    import onnxruntime as ort
+
+    from frs_cli.train.checkpoint import load_detector
+
+    ckpt, path, _ = exported
+    detector, _ = load_detector(ckpt)
+    detector.eval()
+    pad = json.loads({p.key: p.value for p in onnx.load(str(path)).metadata_props}["frs_pad_value"])
+    assert pad == pytest.approx([123.675, 116.28, 103.53])  # ImageNet's RGB mean, in 0..255
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    g = torch.Generator().manual_seed(2)
+    sizes = [(96, 64), (40, 128)]  # two images of a (2, 3, 96, 128) batch, each padded right and bottom
+    pixels = (torch.rand(2, 3, 96, 128, generator=g) * 255).round().to(torch.uint8)
+    black, canvas = torch.zeros(2, 3, 96, 128), torch.tensor(pad).view(1, 3, 1, 1).expand(2, 3, 96, 128).clone()
+    for i, (h, w) in enumerate(sizes):
+        black[i, :, :h, :w] = canvas[i, :, :h, :w] = pixels[i, :, :h, :w].float()
+    with torch.no_grad():  # the detector's own path: uint8 images and their sizes, normalised with zero padding
+        out = detector(black.to(torch.uint8), sizes, detect=False)
+    got = session.run(None, {"images": canvas.numpy()})
+    for level in range(5):
+        torch.testing.assert_close(torch.from_numpy(got[level]), out.cls_logits[level], atol=1e-4, rtol=1e-4)
+    wrong = session.run(None, {"images": black.numpy()})[0]  # a black canvas: another border
+    assert float((torch.from_numpy(wrong) - out.cls_logits[0]).abs().max()) > 1e-2
+
 def test_the_file_carries_what_decoding_needs(exported):
     import onnx
 

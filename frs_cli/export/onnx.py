@@ -5,18 +5,20 @@ anchor decoding and NMS, whose parameters a deployment usually tunes (and which 
 dynamic number of boxes); the anchor settings ride along as metadata so the decoding can be rebuilt.
 
 Graph contract:
-    input ``images``: ``(B, 3, H, W)`` float32 RGB pixels in 0..255, the image at the top-left of a zero
-        (black) canvas; B, H and W are dynamic, H and W multiples of the recorded ``size_divisible``.
+    input ``images``: ``(B, 3, H, W)`` float32 RGB pixels in 0..255, each image at the top-left of a canvas
+        filled with ``frs_pad_value`` (the model's pixel mean, which normalises to exactly zero: the padding
+        training saw); B, H and W are dynamic, H and W multiples of the recorded ``size_divisible``.
         Resize the image as the checkpoint's geometry says (``frs_geometry`` metadata) before padding.
     outputs, per level ``P3..P7`` (finest first):
         ``cls_logits_<P>``: ``(B, A*K, H/s, W/s)`` class logits, channel ``a*K + k`` = anchor a, class k;
         ``bbox_deltas_<P>``: ``(B, A*4, H/s, W/s)`` box deltas (torchvision's ``BoxCoder`` weights 1, 1, 1, 1).
     metadata (``metadata_props``): ``frs_arch``, ``frs_family``, ``frs_levels`` (JSON: name and stride),
         ``frs_num_classes``, ``frs_num_anchors``, ``frs_anchor_size``, ``frs_label_to_category`` (JSON),
-        ``frs_geometry`` (JSON).
+        ``frs_geometry`` (JSON), ``frs_pad_value`` (JSON: the R, G, B value of the padding).
 
-Unlike ``Detector.normalize``, padding is normalised like any pixel (a black pixel, not exactly zero after
-normalisation); outputs over the padded border therefore differ from training's, the valid area does not.
+The graph normalises every pixel alike. A canvas of ``frs_pad_value`` therefore gives the zero padding of
+``Detector.normalize`` and the same outputs as PyTorch's own forward everywhere; a black canvas would change the
+outputs near the image's right and bottom edges.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ class RetinaNetHeadOutputs(nn.Module):
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
         d = self.detector
-        x = (images - d.pixel_mean) / d.pixel_std
+        x = ((images.flip(1) if d.bgr else images) - d.pixel_mean) / d.pixel_std
         features = list(d.model.backbone(x).values())
         cls_head, reg_head = d.model.head.classification_head, d.model.head.regression_head
         cls = [cls_head.cls_logits(cls_head.conv(f)) for f in features]
@@ -101,7 +103,14 @@ def _metadata(module: RetinaNetHeadOutputs, ckpt: dict) -> dict[str, str]:
         "frs_anchor_size": str(ckpt["model_config"].get("anchor_size", 0)),
         "frs_label_to_category": json.dumps(list(ckpt["label_to_category"])),
         "frs_geometry": json.dumps(ckpt["geometry"]),
+        "frs_pad_value": json.dumps(pad_value(d)),
     }
+
+
+def pad_value(detector) -> list[float]:
+    """The R, G, B pixel (0..255) that normalises to exactly zero: what the graph's input is padded with."""
+    mean = [float(v) for v in detector.pixel_mean.flatten()]
+    return mean[::-1] if detector.bgr else mean  # a BGR model's mean is in BGR order
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, *, check: bool = True, opset: int = OPSET,
