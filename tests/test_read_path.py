@@ -205,7 +205,8 @@ def test_in_step_copies_move_each_batch_as_it_is_taken_and_count_the_loader_wait
         next(it)
 
 
-def test_cached_step_feeds_every_step_as_device_prefetch_says(tmp_path, monkeypatch):
+def _cached_step_with_feeder_spy(monkeypatch):
+    """bench/cached_step.py with its ``feeder`` recording each call's ``prefetch`` flag: (module, flags)."""
     step = _bench("cached_step")
     flags, real = [], step.feeder
 
@@ -214,6 +215,11 @@ def test_cached_step_feeds_every_step_as_device_prefetch_says(tmp_path, monkeypa
         return real(batches, dev, prefetch)
 
     monkeypatch.setattr(step, "feeder", spy)
+    return step, flags
+
+
+def test_cached_step_feeds_every_step_as_device_prefetch_says(tmp_path, monkeypatch):
+    step, flags = _cached_step_with_feeder_spy(monkeypatch)
     monkeypatch.setattr(sys, "argv", ["cached_step.py", "--smoke", "--out", str(tmp_path / "out"),
                                       "--work", str(tmp_path / "work"), "--no-device-prefetch", "--no-zarr-row"])
     step.main()
@@ -223,17 +229,9 @@ def test_cached_step_feeds_every_step_as_device_prefetch_says(tmp_path, monkeypa
     assert all(r["step_ms"] > 0 for r in res["cached"] if "step_ms" in r)
 
 
-
 def test_cached_step_pairs_the_online_step_and_times_plain_and_graphed_also_without_the_prefetcher(tmp_path,
                                                                                                     monkeypatch):
-    step = _bench("cached_step")
-    flags, real = [], step.feeder
-
-    def spy(batches, dev, prefetch=True):
-        flags.append(prefetch)
-        return real(batches, dev, prefetch)
-
-    monkeypatch.setattr(step, "feeder", spy)
+    step, flags = _cached_step_with_feeder_spy(monkeypatch)
     monkeypatch.setattr(sys, "argv", ["cached_step.py", "--smoke", "--out", str(tmp_path / "out"), "--work",
                                       str(tmp_path / "work"), "--graphs-ab", "--feeder-ab", "--online-paired"])
     step.main()
