@@ -182,6 +182,29 @@ def test_teacher_cache_info_distill_visualize_and_mask_stats(tmp_path, recipe_pa
         assert 0.0 <= s["outside_mass"] <= 1.0 and 0.0 < s["mean_outside"] < 1.0
 
 
+
+def test_teacher_cache_names_the_knob_when_the_loader_or_the_writers_held_it_back(tmp_path, recipe_path, monkeypatch):
+    from frs_cli.cache import writer
+    from frs_cli.cache.writer import CacheWriteSummary
+
+    def summary(loader: float, writers: float):
+        stages = {"loader_wait": loader, "backpressure": writers, "device_wait": 0.0, "write": 0.0}
+        return CacheWriteSummary("c.zarr", 48, 48, 10.0, 4.8, True, stage_seconds=stages)
+
+    def returning(result):
+        return lambda *args, **kwargs: result
+
+    out = str(tmp_path / "c.zarr")
+    for loader, writers, expected in ((0.5, 2.4, []), (3.0, 0.0, ["cache.workers=N, now 0"]),
+                                      (0.0, 6.0, ["cache.write_processes=N, now 2"])):
+        monkeypatch.setattr(writer, "write_teacher_cache", returning(summary(loader, writers)))
+        result = run("teacher-cache", "--pipeline", recipe_path, "--out", out, "--device", "cpu",
+                     "--set", "cache.write_processes=2")
+        assert result.exit_code == 0, result.output
+        hints = [line for line in result.stdout.splitlines() if line.startswith("waited")]
+        assert [h.split("(--set ")[1].rstrip(")") for h in hints] == expected, result.stdout
+    assert "waited 6.0 of 10.0 s for the writers" in result.stdout
+
 def test_distill_refuses_a_cache_that_is_not_one(tmp_path, recipe_path):
     result = run("distill", "--pipeline", recipe_path, "--cache", tmp_path / "nothing", "--out", tmp_path / "s")
     assert result.exit_code == 1 and "found nothing there" in result.stderr

@@ -68,6 +68,29 @@ def teacher_cache(
         console.print(f"wrote {s.views_written} of {s.views_total} views in {s.seconds:.1f} s "
                       f"({s.views_per_second:.1f} views/s per process) -> {out}"
                       + ("" if s.complete else "  [yellow](incomplete: run again with --resume)[/]"))
+        for hint in bottleneck_hints(s.stage_seconds, s.seconds, recipe.cache):
+            console.print(f"[dim]{hint}[/]", highlight=False, soft_wrap=True)
+
+
+HINT_SHARE = 0.25  # a wait above this share of the write loop gets a hint
+
+
+def bottleneck_hints(stages: dict | None, seconds: float, cfg) -> list[str]:
+    """What held the teacher back, when a wait took more than ``HINT_SHARE`` of the write loop's ``seconds``:
+    the loader (images not decoded in time) or the write side (no free writer slot). Each line names the knob
+    and its value in ``cfg`` (the recipe's ``cache``)."""
+    if not stages or seconds <= 0:
+        return []
+    hints = []
+    loader, writers = stages.get("loader_wait", 0.0), stages.get("backpressure", 0.0)
+    if loader > HINT_SHARE * seconds:
+        hints.append(f"waited {loader:.1f} of {seconds:.1f} s for decoded images: more loader workers may help "
+                     f"(--set cache.workers=N, now {cfg.workers})")
+    if writers > HINT_SHARE * seconds:
+        now = f"{cfg.write_processes}" if cfg.write_processes else "0, threads in this process"
+        hints.append(f"waited {writers:.1f} of {seconds:.1f} s for the writers: more writer processes may help if "
+                     f"the disk keeps up (--set cache.write_processes=N, now {now})")
+    return hints
 
 
 def info(cache: str = typer.Argument(..., help="Cache path.")):
