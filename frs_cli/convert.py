@@ -33,7 +33,7 @@ class Converted:
 
 def mmdet_test_nms(arch: str) -> float:
     """The NMS IoU threshold of the mmdetection config an arch mirrors (its ``test_cfg``)."""
-    return ARCHS[arch].nms_thresh
+    return ARCHS[arch].nms_iou()
 
 
 def convert_mmdet(checkpoint: str | Path, arch: str, out: str | Path, allow_pickle: bool = False) -> Converted:

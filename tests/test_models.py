@@ -44,7 +44,7 @@ def _nms_thresh(detector) -> float:
                                             ("fcos_tiny_fpn", 0.5), ("fasterrcnn_tiny_fpn", 0.5)])
 def test_nms_threshold_defaults_to_the_one_of_the_config_each_arch_mirrors(arch, expected):
     # mmdetection's test_cfg: 0.6 for GFL and the FCOS "tricks" config, 0.5 for RetinaNet, FCOS, Faster R-CNN
-    assert ModelConfig().nms_thresh == 0 and ARCHS[arch].nms_thresh == expected
+    assert ModelConfig().nms_thresh == 0 and ARCHS[arch].nms_iou() == expected
     assert _nms_thresh(build_detector(ModelConfig(arch=arch), num_classes=3, load_weights=False)) == expected
     assert _nms_thresh(build_detector(ModelConfig(arch=arch, nms_thresh=0.45), num_classes=3)) == 0.45
 

@@ -95,7 +95,7 @@ def build_detector(cfg: ModelConfig, num_classes: int, load_weights: bool = True
     if num_classes < 1:
         raise ModelError(f"model: expected at least one class, got num_classes={num_classes}")
     if not cfg.nms_thresh:  # the NMS threshold of the config the arch mirrors (GFL's 0.6, most others' 0.5)
-        cfg = dataclasses.replace(cfg, nms_thresh=spec.nms_thresh)
+        cfg = dataclasses.replace(cfg, nms_thresh=spec.nms_iou())
     source = resolve_weights(cfg.weights, cfg.arch) if (load_weights and cfg.weights) else None
     backbone_weights = None
     if cfg.weights_backbone and load_weights and not cfg.weights:  # full weights overwrite the backbone's anyway

@@ -23,6 +23,7 @@ class FamilySpec:
     levels: tuple[tuple[str, int], ...]  # FPN levels the FRS losses use: (name, stride in input pixels), finest first
     anchors: int  # anchors per location
     per_anchor: str  # "classes": one logit per class and anchor (A x K); "objectness": one per anchor (RPN)
+    nms_thresh: float = 0.5  # per-class NMS IoU at inference in the family's configs (mmdetection's test_cfg)
 
     def cls_channels(self, num_classes: int) -> int:
         """Channels of each level's classification output, the set the FRS mask takes its max over (FRS.md)."""
@@ -33,7 +34,7 @@ FAMILIES: dict[str, FamilySpec] = {
     "retinanet": FamilySpec("frs_cli.models.retinanet", P3_P7, anchors=9, per_anchor="classes"),  # 3 scales x 3 ratios
     "fcos": FamilySpec("frs_cli.models.fcos", P3_P7, anchors=1, per_anchor="classes"),  # no centerness
     "faster_rcnn": FamilySpec("frs_cli.models.faster_rcnn", P2_P6, anchors=3, per_anchor="objectness"),  # 3 ratios
-    "gfl": FamilySpec("frs_cli.models.gfl", P3_P7, anchors=1, per_anchor="classes"),
+    "gfl": FamilySpec("frs_cli.models.gfl", P3_P7, anchors=1, per_anchor="classes", nms_thresh=0.6),
 }
 
 
@@ -48,7 +49,12 @@ class ArchSpec:
     style: str = "pytorch"  # ResNet bottleneck stride on the 3x3 conv (pytorch) or the first 1x1 (caffe)
     pixel_norm: str = "imagenet_rgb"  # how the body expects pixels: a key of frs_cli.models.base.PIXEL_NORMS
     head_options: tuple[str, ...] = ()  # family-specific head switches (FCOS: norm_on_bbox, centerness_on_reg)
-    nms_thresh: float = 0.5  # per-class NMS IoU at inference in the config it mirrors (mmdetection's test_cfg)
+    nms_thresh: float = 0.0  # per-class NMS IoU at inference in the config it mirrors; 0: its family's
+
+    def nms_iou(self) -> float:
+        """The NMS IoU threshold of the config this arch mirrors (mmdetection's ``test_cfg``): its own, else its
+        family's."""
+        return self.nms_thresh or FAMILIES[self.family].nms_thresh
 
 
 def _mmdet_archs() -> dict[str, ArchSpec]:
@@ -68,7 +74,7 @@ def _mmdet_archs() -> dict[str, ArchSpec]:
         archs[f"fasterrcnn_resnet{depth}_fpn_mmdet"] = ArchSpec(
             "faster_rcnn", body, **torch_style, summary=f"mmdetection faster-rcnn_r{depth}_fpn_*_coco")
         archs[f"gfl_resnet{depth}_fpn_mmdet"] = ArchSpec(
-            "gfl", body, **torch_style, nms_thresh=0.6, summary=f"mmdetection gfl_r{depth}_fpn_*_coco")
+            "gfl", body, **torch_style, summary=f"mmdetection gfl_r{depth}_fpn_*_coco")
     archs["fcos_resnet50_caffe_fpn_tricks_mmdet"] = ArchSpec(
         "fcos", "resnet50", variant="mmdet", style="caffe", pixel_norm="detectron2_bgr",
         head_options=("norm_on_bbox", "centerness_on_reg"), nms_thresh=0.6,
@@ -115,15 +121,12 @@ ARCHS: dict[str, ArchSpec] = {
     "fasterrcnn_tiny_fpn": ArchSpec("faster_rcnn", "tiny", fpn_channels=64,
                                     summary="tiny CPU Faster R-CNN (tests, demo student, 64-ch FPN)"),
     # GFL: built here from torchvision parts (ATSS assignment, quality focal + distribution focal + GIoU)
-    "gfl_resnet50_fpn": ArchSpec("gfl", "resnet50", nms_thresh=0.6, summary="GFL R50-FPN (no torchvision weights)"),
-    "gfl_resnet18_fpn": ArchSpec("gfl", "resnet18", nms_thresh=0.6, summary="GFL R18-FPN"),
-    "gfl_resnet34_fpn": ArchSpec("gfl", "resnet34", nms_thresh=0.6, summary="GFL R34-FPN"),
-    "gfl_resnet101_fpn": ArchSpec("gfl", "resnet101", nms_thresh=0.6,
-                                  summary="GFL R101-FPN (the paper's GFL teacher)"),
-    "gfl_small_fpn": ArchSpec("gfl", "small", nms_thresh=0.6, fpn_channels=64,
-                              summary="small CPU GFL (demo teacher, 64-ch FPN)"),
-    "gfl_tiny_fpn": ArchSpec("gfl", "tiny", nms_thresh=0.6, fpn_channels=64,
-                              summary="tiny CPU GFL (tests, demo student, 64-ch FPN)"),
+    "gfl_resnet50_fpn": ArchSpec("gfl", "resnet50", summary="GFL R50-FPN (no torchvision weights)"),
+    "gfl_resnet18_fpn": ArchSpec("gfl", "resnet18", summary="GFL R18-FPN"),
+    "gfl_resnet34_fpn": ArchSpec("gfl", "resnet34", summary="GFL R34-FPN"),
+    "gfl_resnet101_fpn": ArchSpec("gfl", "resnet101", summary="GFL R101-FPN (the paper's GFL teacher)"),
+    "gfl_small_fpn": ArchSpec("gfl", "small", fpn_channels=64, summary="small CPU GFL (demo teacher, 64-ch FPN)"),
+    "gfl_tiny_fpn": ArchSpec("gfl", "tiny", fpn_channels=64, summary="tiny CPU GFL (tests, demo student, 64-ch FPN)"),
 }
 ARCHS.update(MMDET_ARCHS)
 
