@@ -457,11 +457,12 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
         torch.manual_seed(0)
         student = build_detector(ModelConfig(arch=ARCH[sname]), coco.index.num_classes)
         kind = m.removesuffix("_inline")
+        cached = kind not in ("plain", "online")
         r = recipe
-        if kind not in ("plain", "online") and args.graphs_ab:  # the A/B: distill.cuda_graphs off and on
+        if cached and args.graphs_ab:  # the A/B: distill.cuda_graphs off and on
             r = replace(recipe, distill=replace(recipe.distill, cuda_graphs=kind.endswith("_graphs")))
         objs[m], ds = step_objective(kind.removesuffix("_graphs"), student, r, coco, coco.index.num_classes,
-                                     _store(path, True) if kind not in ("plain", "online") else None)
+                                     _store(path, True) if cached else None)
         prefetch = args.device_prefetch and not m.endswith("_inline")
         its[m] = feeder(_loader(args, ds, keys, dev), dev, prefetch)  # one across the blocks: none skipped
     times = {m: ([], []) for m in objs}
