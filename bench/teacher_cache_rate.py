@@ -338,12 +338,12 @@ def main() -> None:
                     timeline = Timeline()
                     s = write_teacher_cache(recipe, str(path), ctx=ctx, pass_options=options, write_processes=procs,
                                             progress=timeline)
+                    steady = timeline.steady_views_s()
                     row.setdefault("caches", {}).setdefault(dtype, {})[key] = {
                         "views_s": s.views_per_second, "over_inference": s.views_per_second / row["inference_img_s"],
                         "over_best_inference": s.views_per_second / best, "views": s.views_written,
                         "write_processes": procs, "loop_seconds": s.seconds, "stage_seconds": s.stage_seconds,
-                        "steady_views_s": timeline.steady_views_s(),
-                        "steady_over_inference": timeline.steady_views_s() / row["inference_img_s"],
+                        "steady_views_s": steady, "steady_over_inference": steady / row["inference_img_s"],
                         "drain_seconds": timeline.drain_seconds()}
                     shutil.rmtree(path)
                     save()
