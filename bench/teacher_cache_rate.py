@@ -336,6 +336,7 @@ def main() -> None:
                     key = vname if procs is None else f"{vname}_w{procs}_{i}"
                     path = args.work / f"{tname}_{dtype}_{key}.zarr"
                     timeline = Timeline()
+                    started = time.time()
                     s = write_teacher_cache(recipe, str(path), ctx=ctx, pass_options=options, write_processes=procs,
                                             progress=timeline)
                     steady = timeline.steady_views_s()
@@ -344,7 +345,7 @@ def main() -> None:
                         "over_best_inference": s.views_per_second / best, "views": s.views_written,
                         "write_processes": procs, "loop_seconds": s.seconds, "stage_seconds": s.stage_seconds,
                         "steady_views_s": steady, "steady_over_inference": steady / row["inference_img_s"],
-                        "drain_seconds": timeline.drain_seconds()}
+                        "drain_seconds": timeline.drain_seconds(), "wall": [started, time.time()]}
                     shutil.rmtree(path)
                     save()
                     print(tname, dtype, key, f"{s.views_per_second:.1f} views/s, "

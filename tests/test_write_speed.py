@@ -221,6 +221,8 @@ def test_bench_writes_once_per_writer_count_in_turn_for_the_chosen_variants(tmp_
         inference = res["teachers"]["tiny"]["inference_img_s"]
         assert c["steady_views_s"] > 0 and c["drain_seconds"] >= 0
         assert c["steady_over_inference"] == pytest.approx(c["steady_views_s"] / inference)
+        start, end = c["wall"]  # the write's span, for bench/host_load.py's per-write figures
+        assert end - start >= c["loop_seconds"] > 0
 
 
 def _turn(views_s: float, inference: float, backpressure: float, steady: float | None = None) -> dict:
@@ -254,6 +256,51 @@ def test_library_ab_says_what_it_expected_in_a_folder_without_results(tmp_path):
     with pytest.raises(SystemExit, match="expected tcr_<turn>_<label>.json"):
         runpy.run_path(str(ROOT / "bench" / "library_ab.py"), run_name="not_main")["main"]([str(tmp_path)])
 
+
+
+_SPINNERS = """
+import multiprocessing as mp, os, sys, time
+
+def spin(seconds):
+    end = time.time() + seconds
+    while time.time() < end:
+        pass
+
+if __name__ == "__main__":
+    writer = mp.get_context("spawn").Process(target=spin, args=(1.6,))
+    writer.start()
+    pid = os.fork()
+    if pid == 0:
+        spin(1.6)
+        os._exit(0)
+    time.sleep(1.6)  # the first thread only waits
+    writer.join()
+    os.waitpid(pid, 0)
+    sys.exit(3)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_host_load_gives_each_role_its_cores_and_each_write_its_samples(tmp_path, capsys):
+    script = tmp_path / "spinners.py"
+    script.write_text(_SPINNERS)
+    main = runpy.run_path(str(ROOT / "bench" / "host_load.py"), run_name="not_main")["main"]
+    rates = tmp_path / "rates.json"
+    rates.write_text(json.dumps({"teachers": {"t": {"caches": {"int8": {"w1": {"views_s": 5.0, "wall": [0, 1]}}}}}}))
+    out = tmp_path / "load.json"
+    code = main(["--out", str(out), "--interval", "0.2", "--by-write", str(rates), "--", sys.executable, str(script)])
+    assert code == 3  # the command's own status
+    res = json.loads(out.read_text())
+    cores = res["summary"]["mean_cores"]
+    # a spinning spawned child and a spinning forked one; the first thread sleeps. Two cores here at least
+    # give each spinner most of one; allow for start-up and for sharing the cores with the other tests' load
+    assert cores["spawned"] > 0.25 and cores["forked"] > 0.25
+    assert cores["main_thread"] < 0.25 and cores["spawned"] > 2 * cores["main_thread"]
+    assert res["summary"]["samples"] == len(res["samples"]) >= 4
+    assert all(0 <= s["busy_share"] <= 1 and s["wall"] > 1e9 for s in res["samples"])
+    assert res["by_write"]["t/int8/w1"]["samples"] == 0  # a span long before the run holds no sample
+    assert "host_load t/int8/w1: 0 samples" in capsys.readouterr().out
+    assert main(["--out", str(out)]) == 2  # no command
 
 
 def test_open_arrays_opens_each_array_once_and_writes_every_chunk_even_an_all_zero_one(tmp_path, monkeypatch):
