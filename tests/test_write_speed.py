@@ -184,8 +184,10 @@ def test_bench_tiny_mode_writes_rates_ratios_and_op_counts(tmp_path, monkeypatch
         assert c["views"] == 4 and c["views_s"] > 0, variant
         assert c["over_inference"] == pytest.approx(c["views_s"] / row["inference_img_s"])
         assert c["over_best_inference"] <= c["over_inference"]
-        assert res["target_0_9"]["tiny/int5"][variant] == {"over_inference": c["over_inference"],
-                                                           "met": c["over_inference"] >= 0.9}
+        assert res["target_0_9"]["tiny/int5"][variant] == {
+            "over_inference": c["over_inference"], "met": c["over_inference"] >= 0.9,
+            "steady_over_inference": c["steady_over_inference"], "steady_met": c["steady_over_inference"] >= 0.9}
+        assert c["write_processes"] == 0  # the recipe's, resolved (the tiny mode writes in threads)
 
 
 
@@ -208,14 +210,16 @@ def test_bench_writes_once_per_writer_count_in_turn_for_the_chosen_variants(tmp_
     out = tmp_path / "rate.json"
     monkeypatch.setattr(sys, "argv", ["teacher_cache_rate.py", "--tiny", "--out", str(out), "--work",
                                       str(tmp_path / "work"), "--dtypes", "int8", "--images", "2", "--passes", "1",
-                                      "--variants", "bf16_cl", "--write-processes", "0,0", "--no-pass-figures",
-                                      "--batch", "1"])
+                                      "--variants", "bf16_cl,autocast,bf16_cl", "--write-processes", "0,0",
+                                      "--no-pass-figures", "--batch", "1"])
     runpy.run_path(str(ROOT / "bench" / "teacher_cache_rate.py"), run_name="__main__")
     res = json.loads(out.read_text())
     assert res["library"] == str(ROOT / "frs_cli")  # which version wrote: an A/B of two runs tells them apart
     assert res["teachers"]["tiny"]["variants"] == {} and res["teachers"]["tiny"]["inference_img_s"] > 0
     caches = res["teachers"]["tiny"]["caches"]["int8"]
-    assert set(caches) == {"bf16_cl_w0_0", "bf16_cl_w0_1"}
+    # every variant in the order given, repeats included, each with every writer count in turn
+    assert list(caches) == ["bf16_cl_w0_0", "bf16_cl_w0_1", "autocast_w0_2", "autocast_w0_3", "bf16_cl_w0_4",
+                            "bf16_cl_w0_5"]
     assert all(c["write_processes"] == 0 and c["views"] == 4 and c["views_s"] > 0 for c in caches.values())
     for c in caches.values():  # four hand-overs of one view: the steady rate over the last two
         inference = res["teachers"]["tiny"]["inference_img_s"]
@@ -414,6 +418,23 @@ def test_cuda_graph_replays_give_the_eager_pass_for_every_batch(dtype):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_teacher_pass_graphs_stop_at_their_memory_limit_and_later_shapes_run_eagerly(monkeypatch):
+    from frs_cli.cache import teacher_pass
+
+    options = PassOptions(amp=True, bf16_weights=True, channels_last=True, cuda_graphs=True)
+    graphed = TeacherPass(_teacher().cuda(), FeatureEncoding("int8"), options).prepare()
+    eager = TeacherPass(_teacher().cuda(), FeatureEncoding("int8"), replace(options, cuda_graphs=False)).prepare()
+    monkeypatch.setattr(teacher_pass, "MAX_GRAPH_BYTES", 1)  # the first capture's memory already reaches it
+    graphed.warm_up([(2, 64, 96), (2, 64, 64)], torch.device("cuda"))
+    assert graphed.graph_bytes > 0
+    assert [g is not None for g in graphed._graphs.values()] == [True, False]
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    for w, t in zip(eager(images.cuda(), [(64, 64)] * 2), graphed(images.cuda(), [(64, 64)] * 2), strict=True):
+        _assert_same_within_one_step(t, w, "eager shape")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_gpu_cache_with_cuda_graphs_is_the_eager_cache(synth_root, teacher_ckpt, tmp_path):
     from conftest import cache_arrays, write_recipe
 
@@ -423,7 +444,7 @@ def test_gpu_cache_with_cuda_graphs_is_the_eager_cache(synth_root, teacher_ckpt,
 
     r = load_recipe(write_recipe(tmp_path / "r.toml", synth_root, str(teacher_ckpt)))
     eager, graphs = str(tmp_path / "eager.zarr"), str(tmp_path / "graphs.zarr")
-    write_teacher_cache(replace(r, cache=replace(r.cache, dtype="int8")), eager, ctx=setup("cuda"))
+    write_teacher_cache(replace(r, cache=replace(r.cache, dtype="int8", cuda_graphs=False)), eager, ctx=setup("cuda"))
     write_teacher_cache(replace(r, cache=replace(r.cache, dtype="int8", cuda_graphs=True)), graphs, ctx=setup("cuda"))
     want, got = cache_arrays(eager), cache_arrays(graphs)
     assert set(got) == set(want)
