@@ -68,6 +68,10 @@ def _convert(value: Any, tp, key: str):
                 return _convert(value, arg, key)
             except ConfigError as exc:
                 errors.append(exc)
+        if len(errors) > 1:  # every alternative refused it: name them all ("an integer or one of 'auto'")
+            wanted = [str(e).split(": expected ", 1)[-1].rsplit(", got ", 1)[0] for e in errors]
+            raise ConfigError(f"recipe key '{key}': expected {' or '.join(wanted)}, got {type(value).__name__} "
+                              f"{value!r}")
         raise errors[0] if errors else ConfigError(f"recipe key '{key}': unexpected value {value!r}")
     if origin is typing.Literal:
         choices = typing.get_args(tp)

@@ -17,6 +17,7 @@ class DistContext:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    local_world_size: int = 1  # processes of the job on this host (torchrun's LOCAL_WORLD_SIZE)
 
     @property
     def is_main(self) -> bool:
@@ -35,6 +36,7 @@ def setup(device: str | None = None) -> DistContext:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
     if use_cuda:
         torch.cuda.set_device(local_rank)
@@ -44,7 +46,7 @@ def setup(device: str | None = None) -> DistContext:
     if world_size > 1 and not torch_dist.is_initialized():
         torch_dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world_size,
                                       device_id=dev if use_cuda else None)
-    return DistContext(rank, world_size, local_rank, dev)
+    return DistContext(rank, world_size, local_rank, dev, local_world_size)
 
 
 @contextlib.contextmanager

@@ -287,7 +287,26 @@ def test_writer_processes_write_the_cache_the_writer_threads_write(synth_root, t
     procs = write_teacher_cache(r, str(tmp_path / "procs.zarr"), ctx=setup("cpu"), write_processes=2)
     assert procs.complete and procs.views_written == threads.views_written == 48
     assert_same_cache_arrays(tmp_path / "procs.zarr", tmp_path / "threads.zarr")  # crc and done flags included
-    assert set(procs.stage_seconds) == {"loader_wait", "backpressure", "device_wait", "write"}
+    assert set(procs.stage_seconds) == {"loader_wait", "backpressure", "gpu_wait", "device_wait", "write"}
+    assert procs.stage_seconds["gpu_wait"] == 0.0  # on the CPU no batch is in flight on a device
+
+
+def test_the_main_threads_wait_for_batches_in_flight_is_the_gpus_only_when_they_wait_for_nothing_else():
+    """Copied straight into a writer slot, a batch in flight waits only for the device: the main thread's wait
+    for it is ``gpu_wait``, not the write side's (which would tell the user to add writer processes)."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from frs_cli.cache.writer import _Stages
+
+    for on_device in (True, False):
+        stages = _Stages()
+        with ThreadPoolExecutor(2) as pool:
+            futures = [pool.submit(time.sleep, 0.2) for _ in range(3)]
+            stages.wait_in_flight(futures, 1, on_device=on_device)
+        assert len(futures) == 1
+        waited, other = (stages.gpu_wait, stages.backpressure) if on_device else (stages.backpressure, stages.gpu_wait)
+        assert 0.15 < waited < 1.0 and other == 0.0
 
 
 def test_decoding_once_per_image_and_resizing_on_the_device_writes_the_same_cache(synth_root, teacher_ckpt, tmp_path):

@@ -185,10 +185,11 @@ def test_teacher_cache_info_distill_visualize_and_mask_stats(tmp_path, recipe_pa
 
 def test_teacher_cache_names_the_knob_when_the_loader_or_the_writers_held_it_back(tmp_path, recipe_path, monkeypatch):
     from frs_cli.cache import writer
+    from frs_cli.cache.config import CacheConfig
     from frs_cli.cache.writer import CacheWriteSummary
 
     def summary(loader: float, writers: float):
-        stages = {"loader_wait": loader, "backpressure": writers, "device_wait": 0.0, "write": 0.0}
+        stages = {"loader_wait": loader, "backpressure": writers, "gpu_wait": 9.0, "device_wait": 0.0, "write": 0.0}
         return CacheWriteSummary("c.zarr", 48, 48, 10.0, 4.8, True, stage_seconds=stages)
 
     def returning(result):
@@ -203,7 +204,12 @@ def test_teacher_cache_names_the_knob_when_the_loader_or_the_writers_held_it_bac
         assert result.exit_code == 0, result.output
         hints = [line for line in result.stdout.splitlines() if line.startswith("waited")]
         assert [h.split("(--set ")[1].rstrip(")") for h in hints] == expected, result.stdout
-    assert "waited 6.0 of 10.0 s for the writers" in result.stdout
+    assert "waited 6.0 of 10.0 s for the writers" in result.stdout  # 9 s waiting for the GPU: no hint
+    monkeypatch.setattr(writer, "write_teacher_cache", returning(summary(0.0, 6.0)))
+    result = run("teacher-cache", "--pipeline", recipe_path, "--out", out, "--device", "cpu",
+                 "--set", "cache.write_processes=auto")
+    auto = CacheConfig().writer_processes()  # this host's
+    assert f"(--set cache.write_processes=N, now auto = {auto})" in result.stdout, result.stdout
 
 def test_distill_refuses_a_cache_that_is_not_one(tmp_path, recipe_path):
     result = run("distill", "--pipeline", recipe_path, "--cache", tmp_path / "nothing", "--out", tmp_path / "s")

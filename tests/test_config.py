@@ -214,7 +214,20 @@ def test_dataclass_validation_errors_come_through_as_config_errors():
         recipe_from_dict({"geometry": {"min_size": 900, "max_size": 800}})
     with pytest.raises(ConfigError, match=r"write_processes >= 0.*got 8, 4, -1"):
         recipe_from_dict({"cache": {"write_processes": -1}})
-    assert recipe_from_dict({}).cache.write_processes == 4 and recipe_from_dict({}).cache.resize_on_gpu
+    with pytest.raises(ConfigError, match=r"cache\.write_processes': expected an integer or one of 'auto', got str 'many'"):
+        recipe_from_dict({"cache": {"write_processes": "many"}})
+    assert recipe_from_dict({}).cache.resize_on_gpu
+
+
+def test_writer_processes_auto_is_half_the_cores_per_gpu_process_from_1_to_8():
+    auto = recipe_from_dict({}).cache
+    assert auto.write_processes == "auto" and recipe_from_dict({}).cache.cuda_graphs is True
+    assert [auto.writer_processes(cores=c) for c in (1, 2, 6, 16, 64)] == [1, 1, 3, 8, 8]
+    assert auto.writer_processes(local_processes=4, cores=16) == 2  # four GPUs of one host share its cores
+    assert auto.writer_processes(local_processes=8, cores=128) == 8
+    assert recipe_from_dict({"cache": {"write_processes": "auto"}}).cache == auto
+    for n in (0, 3, 12):  # a number is taken as it is
+        assert recipe_from_dict({"cache": {"write_processes": n}}).cache.writer_processes(cores=2) == n
 
 
 # --------------------------------------------------------------------------------------------- overrides

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -16,7 +17,9 @@ class CacheConfig:
     codec: Literal["none", "zstd", "blosc"] = "none"  # chunk compressor (fp16 features compress little)
     batch_size: int = 8  # teacher batch (images of one padded size only)
     workers: int = 4  # image-decoding worker processes
-    write_processes: int = 4  # processes that checksum and write the batches (0: threads in the main process)
+    # processes that checksum and write the batches (0: threads in the main process); "auto": half the host's
+    # cores per GPU process, at most 8 (see ``writer_processes``)
+    write_processes: int | Literal["auto"] = "auto"
     # on CUDA, loader workers only decode and the GPU resizes and flips (the same float32 bilinear; a rounding
     # tie can land one grey level apart); false: the CPU pipeline's pixels, bit for bit, at CPU speed
     resize_on_gpu: bool = True
@@ -24,7 +27,7 @@ class CacheConfig:
     # on CUDA: the teacher's weights and input in NHWC (cuDNN's bf16 kernels then convert nothing); the features
     # agree with the NCHW pass to within bf16 rounding
     channels_last: bool = True
-    cuda_graphs: bool = False  # on CUDA: replay the teacher and the encoding as one CUDA graph per batch shape
+    cuda_graphs: bool = True  # on CUDA: replay the teacher and the encoding as one CUDA graph per batch shape
     preload_mb: int = 2048  # distill reads a cache up to this size into memory once (0: always read per view)
     check_teacher_images: int = 0  # before caching, score the teacher on the first N val images (0: no check)
     min_teacher_map: float = 0.01  # ...and refuse to cache when its COCO AP (0..1) is below this
@@ -41,6 +44,20 @@ class CacheConfig:
         if self.check_teacher_images < 0 or not 0.0 <= self.min_teacher_map <= 1.0:
             raise ConfigError(f"cache: expected check_teacher_images >= 0 and min_teacher_map in 0..1, got "
                               f"{self.check_teacher_images}, {self.min_teacher_map}")
-        if self.batch_size < 1 or self.workers < 0 or self.write_processes < 0:
+        if self.batch_size < 1 or self.workers < 0 or (self.write_processes != "auto" and self.write_processes < 0):
             raise ConfigError(f"cache: expected batch_size >= 1, workers >= 0 and write_processes >= 0, got "
                               f"{self.batch_size}, {self.workers}, {self.write_processes}")
+
+    def writer_processes(self, local_processes: int = 1, cores: int | None = None) -> int:
+        """The writer processes each of ``local_processes`` teacher-cache processes on this host starts: the
+        number set, or for "auto" half of ``cores`` (default: this host's) shared among them, at least 1 and at
+        most ``AUTO_WRITERS_MAX``."""
+        if self.write_processes != "auto":
+            return self.write_processes
+        cores = cores or os.cpu_count() or 2
+        return max(1, min(AUTO_WRITERS_MAX, cores // (2 * max(1, local_processes))))
+
+
+# at most this many writer processes for "auto": on one H200 with 16 host cores, 8 kept R50-FPN v2 int8 at
+# 0.94-0.96x its inference rate in the steady state, where 4 gave 0.70-0.86x (docs/BENCHMARKS.md, session 11)
+AUTO_WRITERS_MAX = 8

@@ -41,6 +41,9 @@ log = logging.getLogger(__name__)
 _AUTOCAST_CAST = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
                   nn.Linear)
 MAX_GRAPHS = 64  # batch shapes with a graph; later shapes run eagerly (COCO at 800/1333 has about 30 buckets)
+# device memory the graphs may hold together (their outputs, and intermediates they do not share): shapes
+# captured once this much is reserved for them run eagerly
+MAX_GRAPH_BYTES = 4 << 30
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,7 @@ class TeacherPass:
         self.options = options
         self._graphs: dict[tuple, CapturedCall | None] = {}  # batch shape -> graph (None: this shape runs eagerly)
         self._pool = None
+        self.graph_bytes = 0  # device memory reserved by the captures so far
 
     def prepare(self) -> TeacherPass:
         fold_batchnorm(self.teacher)  # as the live teacher does (OnlineTeacher): both paths compute alike
@@ -130,7 +134,7 @@ class TeacherPass:
         key = (tuple(x.shape), x.dtype)
         if key not in self._graphs:
             tensors = self._encode(x, image_sizes)  # the first batch of a shape warms it up, eagerly
-            self._graphs[key] = self._capture(x, image_sizes) if len(self._graphs) < MAX_GRAPHS else None
+            self._graphs[key] = self._capture(x, image_sizes) if self._may_capture() else None
             return tensors
         graph = self._graphs[key]
         if graph is None:
@@ -143,11 +147,17 @@ class TeacherPass:
             x = self.teacher.normalize(images, image_sizes)
         return x.contiguous(memory_format=torch.channels_last) if self.options.channels_last else x
 
+    def _may_capture(self) -> bool:
+        return len(self._graphs) < MAX_GRAPHS and self.graph_bytes < MAX_GRAPH_BYTES
+
     def _capture(self, x: Tensor, image_sizes) -> CapturedCall | None:
+        before = torch.cuda.memory_reserved(x.device)
         try:
             if self._pool is None:
                 self._pool = torch.cuda.graph_pool_handle()
-            return CapturedCall(lambda inp: self._encode(inp, image_sizes), [x], self._pool)
+            graph = CapturedCall(lambda inp: self._encode(inp, image_sizes), [x], self._pool)
+            self.graph_bytes += max(0, torch.cuda.memory_reserved(x.device) - before)
+            return graph
         except Exception as exc:  # noqa: BLE001 - any capture failure leaves this shape eager, nothing else
             log.warning("teacher-cache: no CUDA graph for batches of shape %s (%s: %s); they run eagerly",
                         tuple(x.shape), type(exc).__name__, exc)

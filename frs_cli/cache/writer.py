@@ -177,11 +177,14 @@ def _check_same(path: str, root: zarr.Group, recipe, teacher, index, views) -> N
 
 
 class _Stages:
-    """Where the write loop's time goes (seconds): waiting for the loader, waiting for the bounded write queue
-    (main thread), and, summed over writer threads, waiting for the device and writing."""
+    """Where the write loop's time goes (seconds). On the main thread: waiting for the loader, waiting for the
+    write side (a free writer slot, or with threads or unpinned slots the bounded write queue) and, when the
+    device copies each batch straight into a slot, waiting for the batches in flight on the device
+    (``gpu_wait``: the teacher is the bound, as it should be). Summed over the dispatcher or writer threads:
+    waiting for the device and writing."""
 
     def __init__(self):
-        self.loader_wait = self.backpressure = self.device_wait = self.write = 0.0
+        self.loader_wait = self.backpressure = self.gpu_wait = self.device_wait = self.write = 0.0
         self._lock = threading.Lock()
 
     def add(self, device_wait: float, write: float) -> None:
@@ -190,8 +193,21 @@ class _Stages:
             self.write += write
 
     def to_dict(self) -> dict[str, float]:
-        return {"loader_wait": self.loader_wait, "backpressure": self.backpressure,
+        return {"loader_wait": self.loader_wait, "backpressure": self.backpressure, "gpu_wait": self.gpu_wait,
                 "device_wait": self.device_wait, "write": self.write}
+
+    def wait_in_flight(self, futures: list[Future], limit: int, on_device: bool) -> None:
+        """Wait for the oldest of ``futures`` until at most ``limit`` are left. With ``on_device`` each only waits
+        for its batch's copy out of the device and hands the slot over (``gpu_wait``); else it also writes or
+        waits for a free slot (``backpressure``)."""
+        t = time.perf_counter()
+        while len(futures) > limit:
+            futures.pop(0).result()
+        waited = time.perf_counter() - t
+        if on_device:
+            self.gpu_wait += waited
+        else:
+            self.backpressure += waited
 
 
 class _HostCopier:
@@ -339,9 +355,10 @@ def write_teacher_cache(recipe, path: str, *, resume: bool = False, ctx: DistCon
     nothing is written when its AP is below ``recipe.cache.min_teacher_map`` (ModelError).
     Raises StorageError when a write fails (disk full); what was written stays, ``resume`` continues it.
     One writer per cache: LockError, naming the holder, while another writer holds ``path`` (``frs_cli.lock``).
-    Writing happens in ``write_processes`` worker processes (default ``recipe.cache.write_processes``), or in
-    ``write_threads`` threads of this process when that is 0. On a GPU, loader workers only decode and the
-    GPU resizes (``resize_on_device``, default ``recipe.cache.resize_on_gpu`` on CUDA devices).
+    Writing happens in ``write_processes`` worker processes (default ``recipe.cache.write_processes``, "auto"
+    resolved by ``CacheConfig.writer_processes``), or in ``write_threads`` threads of this process when that
+    is 0. On a GPU, loader workers only decode and the GPU resizes (``resize_on_device``, default
+    ``recipe.cache.resize_on_gpu`` on CUDA devices).
     ``pass_options``: how the teacher runs (``cache.teacher_pass``); default: from the recipe and the device
     (``PassOptions.for_device``). Its ``amp`` is the precision the cache records (``teacher.autocast``).
     """
@@ -349,10 +366,10 @@ def write_teacher_cache(recipe, path: str, *, resume: bool = False, ctx: DistCon
         raise ConfigError(f"teacher-cache --out {path!r}: expected a Zarr path or URL, got an HDF5 file name",
                           hint="write the Zarr cache, then: frs cache export CACHE OUT.h5")
     cfg = recipe.cache
-    n_procs = cfg.write_processes if write_processes is None else write_processes
+    ctx = ctx or setup()
+    n_procs = cfg.writer_processes(ctx.local_world_size) if write_processes is None else write_processes
     if str(path).startswith("memory://"):
         n_procs = 0  # an in-memory store exists in this process only
-    ctx = ctx or setup()
     with job_lock(path, ctx, what="teacher-cache --out"):  # one writer per cache (rank 0 holds it for the job)
         # started first, so they import while the teacher loads
         procs = WriterProcesses(path, url_options(path), n_procs) if n_procs else None
@@ -520,10 +537,7 @@ def _write_pending(root: zarr.Group, path: str, plan: Plan, run: TeacherPass, da
                 args = (bucket["name"], where, names, run.encoding, copier.copy(tensors), stages)
                 futures.append(pool.submit(_dispatch, procs, *args) if procs is not None
                                else pool.submit(_write_batch, arrays, *args))
-            t_wait = time.perf_counter()
-            while len(futures) > in_flight:
-                futures.pop(0).result()
-            stages.backpressure += time.perf_counter() - t_wait
+            stages.wait_in_flight(futures, in_flight, on_device=direct)
             written += len(keep)
             progress.update(len(keep))
         t_wait = time.perf_counter()

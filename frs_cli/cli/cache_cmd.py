@@ -87,7 +87,9 @@ def bottleneck_hints(stages: dict | None, seconds: float, cfg) -> list[str]:
         hints.append(f"waited {loader:.1f} of {seconds:.1f} s for decoded images: more loader workers may help "
                      f"(--set cache.workers=N, now {cfg.workers})")
     if writers > HINT_SHARE * seconds:
-        now = f"{cfg.write_processes}" if cfg.write_processes else "0, threads in this process"
+        n = cfg.writer_processes()
+        now = ("0, threads in this process" if n == 0 else f"auto = {n}" if cfg.write_processes == "auto"
+               else f"{n}")
         hints.append(f"waited {writers:.1f} of {seconds:.1f} s for the writers: more writer processes may help if "
                      f"the disk keeps up (--set cache.write_processes=N, now {now})")
     return hints
