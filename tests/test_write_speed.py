@@ -256,6 +256,36 @@ def test_library_ab_gives_each_version_its_turns_medians_and_ratio_to_the_first(
     assert "| x101 | int8 | bf16_cl | a | 200.0, 210.0 | 205.0 | 1.00 | – | 0.40 | 1.00 |" in printed
 
 
+def test_tcr_turns_gives_each_write_its_verdicts_and_each_setting_its_medians(tmp_path, capsys):
+    def write(views_s: float, steady: float, writers: int, gpu: float) -> dict:
+        return {"views": 2560, "views_s": views_s, "over_inference": views_s / 400, "write_processes": writers,
+                "steady_over_inference": steady / 400, "loop_seconds": 7.0,
+                "stage_seconds": {"loader_wait": 0.1, "backpressure": 0.5, "gpu_wait": gpu}}
+    rates = {"device": "H", "date": "d", "teachers": {"r50v2": {"caches": {"int8": {
+        "graphs_w8_0": write(380.0, 372.0, 8, 4.0), "bf16_cl_w8_1": write(340.0, 380.0, 8, 1.0),
+        "bf16_cl_w8_2": write(300.0, 350.0, 8, 1.0), "graphs_w8_3": write(360.0, 368.0, 8, 4.0)}}}}}
+    load = {"by_write": {"r50v2/int8/graphs_w8_0": {"mean_cores": {"main_thread": 0.35, "spawned": 4.0, "forked": 2.5}}}}
+    (tmp_path / "tcr.json").write_text(json.dumps(rates))
+    (tmp_path / "load.json").write_text(json.dumps(load))
+    main = runpy.run_path(str(ROOT / "bench" / "tcr_turns.py"), run_name="not_main")["main"]
+    main([str(tmp_path / "tcr.json"), "--load", str(tmp_path / "load.json"), "--out", str(tmp_path / "out.json")])
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert [(w["turn"], w["variant"]) for w in out["writes"]] == [(0, "graphs"), (1, "bf16_cl"), (2, "bf16_cl"),
+                                                                  (3, "graphs")]
+    graphs, eager = out["settings"]
+    assert (graphs["variant"], graphs["turns"], graphs["writers"]) == ("graphs", [0, 3], 8)
+    assert graphs["median_over_inference"] == pytest.approx(370 / 400) and graphs["met"] == 2  # 0.95, 0.90
+    assert graphs["median_steady_over_inference"] == pytest.approx(370 / 400) and graphs["steady_met"] == 2
+    assert eager["median_over_inference"] == pytest.approx(320 / 400) and eager["met"] == 0
+    assert eager["steady_met"] == 1  # 0.95 met, 0.875 missed
+    printed = capsys.readouterr().out
+    assert "| r50v2 | int8 | 0 | graphs | 8 | 2560 | 380.0 | 0.95 | met | 0.93 | met | 0.10 | 0.50 | 4.00 | 7.00 " \
+           "| 0.35, 4.00, 2.50 |" in printed
+    assert "| r50v2 | int8 | bf16_cl | 8 | 1, 2 | 0.80 | 0 of 2 | 0.91 | 1 of 2 |" in printed
+    with pytest.raises(SystemExit, match="expected a teacher_cache_rate.py result"):
+        main([str(tmp_path / "load.json")])
+
+
 def test_library_ab_says_what_it_expected_in_a_folder_without_results(tmp_path):
     with pytest.raises(SystemExit, match="expected tcr_<turn>_<label>.json"):
         runpy.run_path(str(ROOT / "bench" / "library_ab.py"), run_name="not_main")["main"]([str(tmp_path)])
