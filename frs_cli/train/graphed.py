@@ -44,8 +44,8 @@ def frs_terms(teacher, adapters: FeatureAdapter, amp: tuple[bool, torch.dtype], 
     k += n if scaled else 0
     masks, valid, params = inputs[k:k + n], inputs[k + n], inputs[k + n + 1:]
     with torch.no_grad():
-        feats = teacher._decode(list(cf), scales)
-        logits = teacher._head(feats)
+        feats = teacher.decode(list(cf), scales)
+        logits = teacher.head_logits(feats)
     pads = [conv.padding for conv in adapters.convs]
     with torch.autocast(sf[0].device.type, dtype=amp[1], enabled=amp[0], cache_enabled=False):
         adapted = [F.conv2d(f, params[2 * lv], params[2 * lv + 1], padding=pads[lv]) for lv, f in enumerate(sf)]

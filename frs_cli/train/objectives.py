@@ -153,10 +153,14 @@ class CachedTeacher(nn.Module):
     def train(self, mode: bool = True):  # the teacher head stays in eval mode
         return super().train(False)
 
-    def _decode(self, features: list[Tensor], scales: list[Tensor] | None) -> list[Tensor]:
+    def decode(self, features: list[Tensor], scales: list[Tensor] | None) -> list[Tensor]:
+        """Per level the cached ``features`` (as the batch carries them, with their ``scales`` when the encoding
+        has them) as the teacher's float features, on their device."""
         return [self.encoding.decode(f, None if scales is None else scales[lv]) for lv, f in enumerate(features)]
 
-    def _head(self, feats: list[Tensor]) -> list[Tensor]:
+    def head_logits(self, feats: list[Tensor]) -> list[Tensor]:
+        """The teacher's classification logits per level of decoded ``feats`` of one canvas, in the cache's
+        precision."""
         dtype = next(self.cls_head.parameters()).dtype
         with teacher_autocast(feats[0].device, self.autocast):
             return self.cls_head([f.to(dtype) for f in feats])
@@ -182,13 +186,13 @@ class CachedTeacher(nn.Module):
     def forward(self, batch: Batch, need_logits: bool) -> TeacherTargets:
         self.check_batch(batch)
         cached = batch.teacher
-        feats = self._decode(cached.features, cached.scales)
+        feats = self.decode(cached.features, cached.scales)
         logits = None
         if need_logits:
             strides = self.strides
 
             def head(indices: list[int], size: tuple[int, int]) -> list[list[Tensor]]:
-                return [self._head([crop_stack(f, indices, g) for f, g in zip(feats, level_grids(size, strides))])]
+                return [self.head_logits([crop_stack(f, indices, g) for f, g in zip(feats, level_grids(size, strides))])]
 
             logits, = on_own_canvas(head, batch.geometries, [tuple(f.shape[-2:]) for f in feats])
         return TeacherTargets(feats, logits, cached.masks)
