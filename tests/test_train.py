@@ -169,6 +169,39 @@ def test_non_finite_loss_stops_with_the_step_and_the_term(recipe_path, tmp_path)
         _fit(recipe_path, tmp_path / "run", wrap=lambda o: _Fails(o, 2, "nan"))
 
 
+def test_the_non_finite_check_follows_the_update_and_no_state_of_that_step_is_saved(recipe_path, tmp_path):
+    """The loss is read back once, after the optimizer step (the host never waits for the forward pass before
+    launching the backward one). The update a NaN loss made is never saved: the state on disk is the step before."""
+    from frs_cli.train.loop import fit
+    from frs_cli.train.objectives import GTObjective
+
+    r = load_recipe(recipe_path, ["train.epochs=1", "train.checkpoint_every=1"])
+    torch.manual_seed(0)
+    objective = _Fails(GTObjective(build_detector(r.student, 5)), 2, "nan")
+    out = tmp_path / "run"
+    out.mkdir()
+    with pytest.raises(TrainingError, match="non-finite loss at epoch 1, iteration 2: classification=nan"):
+        fit(objective, CocoViews.from_config(r.data, "train", r.geometry), r.train, setup("cpu"), out)
+    weights = list(objective.student.core().state_dict().values())
+    assert any(not torch.isfinite(w).all() for w in weights if w.is_floating_point())  # the NaN step did update
+    state = torch.load(out / LAST, weights_only=False)
+    assert (state["epoch"], state["epoch_step"]) == (0, 2)  # saved after iterations 0 and 1 only
+    saved = [t for t in _tensors(state) if t.is_floating_point()]
+    assert saved and all(torch.isfinite(t).all() for t in saved)
+    assert not (out / FINAL).exists()
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
+
+
 def test_ctrl_c_saves_state_and_resume_matches_an_uninterrupted_run(recipe_path, tmp_path):
     from frs_cli.errors import Interrupted
 

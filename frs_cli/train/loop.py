@@ -133,16 +133,12 @@ class Trainer:
         return self.epoch * self.iters_per_epoch + self.step
 
     def run_step(self, batch: Batch) -> dict[str, Tensor]:
-        """One optimizer step on ``batch``: forward (autocast), the non-finite check, backward, clip, update.
-        Returns the objective's named loss terms."""
+        """One optimizer step on ``batch``: forward (autocast), backward, clip, update. Returns the objective's
+        named loss terms, still on the device: nothing here waits for it (``read_losses`` does, once)."""
         it = self.iteration
         with autocast_context(self.ctx.device, self.use_amp, self.cfg.amp_dtype):
             losses = self.model(batch, it)
         loss = sum(losses.values())
-        if not torch.isfinite(loss):
-            terms = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in losses.items())
-            raise TrainingError(f"train: non-finite loss at epoch {self.epoch + 1}, iteration {it}: {terms}",
-                                hint="lower the learning rate or check the data")
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.cfg.grad_clip > 0:
@@ -152,6 +148,19 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         return losses
+
+    def read_losses(self, losses: dict[str, Tensor], it: int) -> tuple[dict[str, float], float]:
+        """The step's terms and their sum as floats (the one wait for the device in a step), or TrainingError when
+        the sum is not finite. The check comes after the update, so the host never waits for the forward pass
+        before launching the backward one; the update a non-finite loss made is never saved: the error stops
+        the loop before any hook sees the step, and the model files are written only by a finished run."""
+        values = {k: float(v.detach()) for k, v in losses.items()}
+        total = float(sum(losses.values()).detach())
+        if not math.isfinite(total):
+            terms = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+            raise TrainingError(f"train: non-finite loss at epoch {self.epoch + 1}, iteration {it}: {terms}",
+                                hint="lower the learning rate or check the data")
+        return values, total
 
     def run_epoch(self, hooks: Sequence[Hook]) -> None:
         """The steps of ``self.epoch`` from ``self.step`` on, each followed by the hooks' ``after_step``."""
@@ -168,7 +177,7 @@ class Trainer:
                 break
             t_data = batches.data_seconds - waited
             it = self.iteration
-            losses = self.run_step(batch)
+            values, total = self.read_losses(self.run_step(batch), it)
             self.step += 1
             now = time.perf_counter()
             step_time, t_prev = now - t_prev, now
@@ -176,8 +185,7 @@ class Trainer:
             self.images_seen += images
             self.data_seconds += t_data
             self.step_seconds += step_time
-            self.last = StepRecord(it, {k: float(v.detach()) for k, v in losses.items()},
-                                   float(sum(losses.values()).detach()), images, t_data, step_time)
+            self.last = StepRecord(it, values, total, images, t_data, step_time)
             for hook in hooks:
                 hook.after_step(self)
 
