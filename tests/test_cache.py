@@ -289,6 +289,7 @@ def test_writer_processes_write_the_cache_the_writer_threads_write(synth_root, t
     assert_same_cache_arrays(tmp_path / "procs.zarr", tmp_path / "threads.zarr")  # crc and done flags included
     assert set(procs.stage_seconds) == {"loader_wait", "backpressure", "gpu_wait", "device_wait", "write"}
     assert procs.stage_seconds["gpu_wait"] == 0.0  # on the CPU no batch is in flight on a device
+    assert (procs.write_processes, threads.write_processes) == (2, 0)  # what each ran, for the hint
 
 
 def test_the_main_threads_wait_for_batches_in_flight_is_the_gpus_only_when_they_wait_for_nothing_else():

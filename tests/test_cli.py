@@ -4,6 +4,7 @@ import json
 import re
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import zarr
@@ -208,8 +209,13 @@ def test_teacher_cache_names_the_knob_when_the_loader_or_the_writers_held_it_bac
     monkeypatch.setattr(writer, "write_teacher_cache", returning(summary(0.0, 6.0)))
     result = run("teacher-cache", "--pipeline", recipe_path, "--out", out, "--device", "cpu",
                  "--set", "cache.write_processes=auto")
-    auto = CacheConfig().writer_processes()  # this host's
+    auto = CacheConfig().writer_processes()  # this host's, when the summary does not say
     assert f"(--set cache.write_processes=N, now auto = {auto})" in result.stdout, result.stdout
+    ran = replace(summary(0.0, 6.0), write_processes=3)  # as many as this process ran (auto: per GPU process)
+    monkeypatch.setattr(writer, "write_teacher_cache", returning(ran))
+    result = run("teacher-cache", "--pipeline", recipe_path, "--out", out, "--device", "cpu",
+                 "--set", "cache.write_processes=auto")
+    assert "(--set cache.write_processes=N, now auto = 3)" in result.stdout, result.stdout
 
 def test_distill_refuses_a_cache_that_is_not_one(tmp_path, recipe_path):
     result = run("distill", "--pipeline", recipe_path, "--cache", tmp_path / "nothing", "--out", tmp_path / "s")

@@ -63,9 +63,10 @@ class CacheWriteSummary:
     complete: bool
     views_rejected: int = 0  # done views that --resume found missing or corrupt and rewrote
     teacher_check: dict | None = None  # the teacher's score on val images, when checked
-    # this process's write loop: seconds waiting for the loader and for the write queue, and summed over
-    # writer threads, waiting for the device and writing (see _Stages)
+    # this process's write loop: seconds waiting for the loader, the write side and the device, and summed over
+    # the dispatcher or writer threads, waiting for the device and writing (see _Stages)
     stage_seconds: dict | None = None
+    write_processes: int | None = None  # the writer processes this process ran (0: threads)
 
 
 def _create(path: str, plan: Plan, teacher, recipe, fingerprints: dict, dataset, check: dict | None,
@@ -426,7 +427,8 @@ def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: P
         barrier(ctx)
         total_written = sum(all_gather_objects(ctx, written))
         return CacheWriteSummary(path, len(plan), total_written, seconds, written / seconds if seconds > 0 else 0.0,
-                                 complete, broadcast_object(ctx, rejected), check, stages.to_dict())
+                                 complete, broadcast_object(ctx, rejected), check, stages.to_dict(),
+                                 len(procs) if procs is not None else 0)
 
 
 def _open_store(path: str, resume: bool, ctx: DistContext, plan: Plan, teacher, recipe, fingerprints: dict, dataset,

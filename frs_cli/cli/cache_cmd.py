@@ -68,17 +68,18 @@ def teacher_cache(
         console.print(f"wrote {s.views_written} of {s.views_total} views in {s.seconds:.1f} s "
                       f"({s.views_per_second:.1f} views/s per process) -> {out}"
                       + ("" if s.complete else "  [yellow](incomplete: run again with --resume)[/]"))
-        for hint in bottleneck_hints(s.stage_seconds, s.seconds, recipe.cache):
+        for hint in bottleneck_hints(s.stage_seconds, s.seconds, recipe.cache, s.write_processes):
             console.print(f"[dim]{hint}[/]", highlight=False, soft_wrap=True)
 
 
 HINT_SHARE = 0.25  # a wait above this share of the write loop gets a hint
 
 
-def bottleneck_hints(stages: dict | None, seconds: float, cfg) -> list[str]:
+def bottleneck_hints(stages: dict | None, seconds: float, cfg, write_processes: int | None = None) -> list[str]:
     """What held the teacher back, when a wait took more than ``HINT_SHARE`` of the write loop's ``seconds``:
     the loader (images not decoded in time) or the write side (no free writer slot). Each line names the knob
-    and its value in ``cfg`` (the recipe's ``cache``)."""
+    and its value in ``cfg`` (the recipe's ``cache``), with ``write_processes`` the count the write ran
+    ("auto" resolves per host and per GPU process)."""
     if not stages or seconds <= 0:
         return []
     hints = []
@@ -87,7 +88,7 @@ def bottleneck_hints(stages: dict | None, seconds: float, cfg) -> list[str]:
         hints.append(f"waited {loader:.1f} of {seconds:.1f} s for decoded images: more loader workers may help "
                      f"(--set cache.workers=N, now {cfg.workers})")
     if writers > HINT_SHARE * seconds:
-        n = cfg.writer_processes()
+        n = cfg.writer_processes() if write_processes is None else write_processes
         now = ("0, threads in this process" if n == 0 else f"auto = {n}" if cfg.write_processes == "auto"
                else f"{n}")
         hints.append(f"waited {writers:.1f} of {seconds:.1f} s for the writers: more writer processes may help if "
