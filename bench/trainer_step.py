@@ -1,0 +1,184 @@
+"""The step as ``frs train`` and ``frs distill`` run it (``Trainer``, not a bench loop), with and without a wait for
+the forward pass before the backward one.
+
+Until ``ccf5e3f`` the trainer checked ``torch.isfinite(loss)`` before launching the backward pass, which waits for
+the device to finish the forward pass. It now reads the loss once, after the update. This bench times both in
+the same process over the same data: ``now`` is the trainer as it is; ``mid_check`` wraps the objective so that
+its forward ends with that wait again (``bool(torch.isfinite(loss))``), the old step exactly.
+
+Per mode (``plain``: GT only; ``cached``: FRS from a cache of ``--dtype``) and variant, each block is one epoch of
+``Trainer.run_epoch`` over the split (one view of each of ``--images`` images, as training draws them; the cache
+holds both), the variants in turn (ABBA across blocks). A step's time is ``StepRecord.seconds``: from the end of the previous step to the end of this one,
+hooks, the loader's wait and the read-back of the losses included. The first ``--skip`` steps of each epoch
+(loader workers starting) are left out. Writes medians, means and the ratios to --out as JSON. On one GPU:
+
+    python3 bench/trainer_step.py --out $OUT/trainer_step.json --work /tmp/trainer_step
+
+On the CPU, tiny models (seconds): ``python3 bench/trainer_step.py --smoke --out OUT --work DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cached_step import make_data
+from speed import ARCH, step_objective
+
+SMOKE = {"teacher": "tiny", "student": "tiny", "images": 8, "distinct": 4, "image_size": 64, "min_size": 64, "max_size": 64,
+         "batch": 2, "workers": 0, "blocks": 2, "skip": 0, "dtype": "int8"}
+VARIANTS = ("now", "mid_check")
+
+
+def mid_step_check(objective):
+    """``objective`` whose forward ends with the trainer's old check: the loss's finiteness read on the host, which
+    waits for the device to finish the forward pass. Everything else is the objective's own."""
+    import torch
+    from torch import nn
+
+    class MidStepCheck(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.objective = objective
+            self.checks = 0
+
+        def forward(self, batch, step: int):
+            losses = self.objective(batch, step)
+            if not bool(torch.isfinite(sum(losses.values()))):
+                raise FloatingPointError(f"non-finite loss at iteration {step}")
+            self.checks += 1
+            return losses
+
+    return MidStepCheck()
+
+
+class StepTimes:
+    """A trainer hook (``run_epoch`` calls only ``after_step``) keeping each step's seconds and data wait, but the
+    first ``skip`` of every epoch."""
+
+    def __init__(self, skip: int):
+        self.skip, self.seconds, self.data = skip, [], []
+
+    def after_step(self, trainer) -> None:
+        if trainer.step > self.skip:
+            self.seconds.append(trainer.last.seconds)
+            self.data.append(trainer.last.data_seconds)
+
+
+def figures(times: StepTimes) -> dict:
+    s = times.seconds
+    return {"steps": len(s), "step_ms": 1e3 * statistics.median(s), "step_ms_mean": 1e3 * sum(s) / len(s),
+            "data_wait_share": sum(times.data) / sum(s)}
+
+
+def trainers(args, recipe, coco, store, ctx):
+    """Per (mode, variant) a ``Trainer`` over the split, with its hook: the same student weights (seed 0) in all."""
+    import torch
+
+    from frs_cli.models import ModelConfig, build_detector
+    from frs_cli.train.loop import Trainer
+
+    out = {}
+    for mode in ("plain", "cached"):
+        for variant in VARIANTS:
+            torch.manual_seed(0)
+            student = build_detector(ModelConfig(arch=ARCH[args.student], anchor_size=args.anchor_size),
+                                     coco.index.num_classes)
+            objective, dataset = step_objective(mode, student, recipe, coco, coco.index.num_classes,
+                                                store if mode == "cached" else None)
+            trainer = Trainer(objective, dataset, recipe.train, ctx, ("orig", "hflip"))
+            if variant == "mid_check":
+                trainer.model = mid_step_check(trainer.objective)  # what run_step calls
+            out[mode, variant] = (trainer, StepTimes(args.skip))
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--work", type=Path, required=True)
+    p.add_argument("--teacher", default="x101")
+    p.add_argument("--student", default="r50")
+    p.add_argument("--dtype", default="int8", help="the cache's encoding")
+    p.add_argument("--images", type=int, default=256, help="images in the split; an epoch is one view of each")
+    p.add_argument("--distinct", type=int, default=32, help="of which generated (the rest are copies)")
+    p.add_argument("--image-size", type=int, default=1333)
+    p.add_argument("--min-size", type=int, default=800)
+    p.add_argument("--max-size", type=int, default=1333)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--workers", type=int, default=12)
+    p.add_argument("--blocks", type=int, default=4, help="epochs per (mode, variant), variants in turn")
+    p.add_argument("--skip", type=int, default=8, help="steps left out at the start of every epoch")
+    p.add_argument("--smoke", action="store_true", help="tiny models and sizes on the CPU (tests)")
+    args = p.parse_args(argv)
+    if args.smoke:
+        for k, v in SMOKE.items():
+            setattr(args, k, v)
+    args.anchor_size = 16 if args.smoke else 0
+
+    import torch
+
+    from frs_cli.cache.reader import TeacherCache
+    from frs_cli.cache.writer import write_teacher_cache
+    from frs_cli.config import recipe_from_dict
+    from frs_cli.data.coco import CocoViews
+    from frs_cli.dist import setup
+    from frs_cli.models import ModelConfig, build_detector
+    from frs_cli.train.checkpoint import atomic_save, model_payload
+
+    ctx = setup("cpu" if args.smoke else None)
+    res = {"device": torch.cuda.get_device_name(0) if ctx.device.type == "cuda" else "cpu",
+           "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+           "command": "python3 bench/trainer_step.py " + " ".join(sys.argv[1:] if argv is None else argv),
+           "args": {k: str(v) for k, v in vars(args).items()}}
+    args.work.mkdir(parents=True, exist_ok=True)
+    data = make_data(args.work, min(args.distinct, args.images), args.image_size, 2 * args.images, "data")
+    base = {"data": {"root": str(data)}, "geometry": {"min_size": args.min_size, "max_size": args.max_size},
+            "train": {"batch_size": args.batch, "workers": args.workers, "epochs": args.blocks},
+            "cache": {"dtype": args.dtype, "batch_size": args.batch, "preload_mb": 0,
+                      **({"write_processes": 0} if args.smoke else {})}}
+    recipe0 = recipe_from_dict(base)
+    coco = CocoViews.from_config(recipe0.data, "train", recipe0.geometry)
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch=ARCH[args.teacher], anchor_size=args.anchor_size)
+    ckpt = args.work / f"{args.teacher}.pt"
+    atomic_save(model_payload(build_detector(cfg, coco.index.num_classes), cfg, coco.index.label_to_category,
+                              [c["name"] for c in coco.index.categories], recipe0.geometry), ckpt)
+    recipe = recipe_from_dict({**base, "teacher": {"arch": cfg.arch, "weights": str(ckpt),
+                                                   "anchor_size": args.anchor_size},
+                               "student": {"arch": ARCH[args.student], "anchor_size": args.anchor_size}})
+    path = str(args.work / f"{args.teacher}_{args.dtype}.zarr")
+    if not Path(path).exists():
+        write_teacher_cache(recipe, path, ctx=ctx)
+    runs = trainers(args, recipe, coco, TeacherCache(path), ctx)
+    for block in range(args.blocks):
+        order = VARIANTS if block % 2 == 0 else VARIANTS[::-1]
+        for mode in ("plain", "cached"):
+            for variant in order:
+                trainer, times = runs[mode, variant]
+                trainer.epoch, trainer.step = block, 0
+                trainer.run_epoch([times])
+    res["rows"] = {f"{m}/{v}": figures(t) for (m, v), (_, t) in runs.items()}
+    res["checks"] = {m: runs[m, "mid_check"][0].model.checks for m in ("plain", "cached")}
+    rows = res["rows"]
+    res["ratios"] = {
+        **{f"{m}: mid_check / now": rows[f"{m}/mid_check"]["step_ms"] / rows[f"{m}/now"]["step_ms"]
+           for m in ("plain", "cached")},
+        **{f"{v}: cached / plain": rows[f"cached/{v}"]["step_ms"] / rows[f"plain/{v}"]["step_ms"] for v in VARIANTS}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=1))
+    for key, row in rows.items():
+        print(f"{key}: {row['step_ms']:.1f} ms median over {row['steps']} steps "
+              f"(mean {row['step_ms_mean']:.1f}, data wait {row['data_wait_share']:.1%})", flush=True)
+    for key, ratio in res["ratios"].items():
+        print(f"{key} = {ratio:.3f}", flush=True)
+    return res
+
+
+if __name__ == "__main__":
+    main()
