@@ -2,9 +2,11 @@
 the forward pass before the backward one.
 
 Until ``ccf5e3f`` the trainer checked ``torch.isfinite(loss)`` before launching the backward pass, which waits for
-the device to finish the forward pass. It now reads the loss once, after the update. This bench times both in
-the same process over the same data: ``now`` is the trainer as it is; ``mid_check`` wraps the objective so that
-its forward ends with that wait again (``bool(torch.isfinite(loss))``), the old step exactly.
+the device to finish the forward pass. It now reads the loss once, after the update. This bench times the
+variants in the same process over the same data: ``now`` is the trainer as it is; ``mid_check`` wraps the
+objective so that its forward ends with that wait again (``bool(torch.isfinite(loss))``), the old step exactly;
+``no_readback`` does not read the losses back at all (no wait for the device in the step, no check, losses shown
+as 0): the bound a trainer that reads step n's losses during step n+1 could approach.
 
 Per mode (``plain``: GT only; ``cached``: FRS from a cache of ``--dtype``) and variant, each block is one epoch of
 ``Trainer.run_epoch`` over the split (one view of each of ``--images`` images, as training draws them; the cache
@@ -32,7 +34,7 @@ from speed import ARCH, step_objective
 
 SMOKE = {"teacher": "tiny", "student": "tiny", "images": 8, "distinct": 4, "image_size": 64, "min_size": 64, "max_size": 64,
          "batch": 2, "workers": 0, "blocks": 2, "skip": 0, "dtype": "int8"}
-VARIANTS = ("now", "mid_check")
+VARIANTS = ("now", "mid_check", "no_readback")
 
 
 def mid_step_check(objective):
@@ -83,6 +85,10 @@ def trainers(args, recipe, coco, store, ctx):
     from frs_cli.models import ModelConfig, build_detector
     from frs_cli.train.loop import Trainer
 
+    class NoReadback(Trainer):
+        def read_losses(self, losses, it):  # no wait for the device: what the step costs without the read-back
+            return dict.fromkeys(losses, 0.0), 0.0
+
     out = {}
     for mode in ("plain", "cached"):
         for variant in VARIANTS:
@@ -91,7 +97,8 @@ def trainers(args, recipe, coco, store, ctx):
                                      coco.index.num_classes)
             objective, dataset = step_objective(mode, student, recipe, coco, coco.index.num_classes,
                                                 store if mode == "cached" else None)
-            trainer = Trainer(objective, dataset, recipe.train, ctx, ("orig", "hflip"))
+            kind = NoReadback if variant == "no_readback" else Trainer
+            trainer = kind(objective, dataset, recipe.train, ctx, ("orig", "hflip"))
             if variant == "mid_check":
                 trainer.model = mid_step_check(trainer.objective)  # what run_step calls
             out[mode, variant] = (trainer, StepTimes(args.skip))
@@ -163,12 +170,13 @@ def main(argv: list[str] | None = None) -> dict:
                 trainer, times = runs[mode, variant]
                 trainer.epoch, trainer.step = block, 0
                 trainer.run_epoch([times])
-    res["rows"] = {f"{m}/{v}": figures(t) for (m, v), (_, t) in runs.items()}
+    # the last step's loss as the hooks saw it: 0 where nothing was read back
+    res["rows"] = {f"{m}/{v}": {**figures(t), "last_loss": tr.last.loss} for (m, v), (tr, t) in runs.items()}
     res["checks"] = {m: runs[m, "mid_check"][0].model.checks for m in ("plain", "cached")}
     rows = res["rows"]
     res["ratios"] = {
-        **{f"{m}: mid_check / now": rows[f"{m}/mid_check"]["step_ms"] / rows[f"{m}/now"]["step_ms"]
-           for m in ("plain", "cached")},
+        **{f"{m}: {v} / now": rows[f"{m}/{v}"]["step_ms"] / rows[f"{m}/now"]["step_ms"]
+           for m in ("plain", "cached") for v in VARIANTS[1:]},
         **{f"{v}: cached / plain": rows[f"cached/{v}"]["step_ms"] / rows[f"plain/{v}"]["step_ms"] for v in VARIANTS}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=1))
