@@ -16,7 +16,15 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["CapturedCall"]
+__all__ = ["CapturedCall", "held_bytes"]
+
+
+def held_bytes(*groups) -> int:
+    """Bytes of the tensors in ``groups`` (iterables of tensors; None entries skipped): what a graph keeps allocated
+    for its static inputs, outputs or gradients at the least. A capture's growth of ``memory_reserved`` can read 0
+    (its allocations fit segments already reserved, or the allocator released cached ones meanwhile), so a
+    graph's memory is counted as at least this."""
+    return sum(t.numel() * t.element_size() for group in groups for t in group if t is not None)
 
 
 class CapturedCall:

@@ -131,11 +131,12 @@ def test_the_captured_function_is_the_eager_cached_objective_in_value_and_gradie
     eager = _cached_objective(recipe, cache_path, False)
     graphed = _cached_objective(recipe, cache_path, True)
     graphed.adapters.load_state_dict(eager.adapters.state_dict())
-    captured = []
+    captured, examples_bytes = [], []
 
     class FakeGraph:  # on the CPU: a "graph" of fn that replays fn on the inputs it is handed
         def __init__(self, fn, examples, pool):
             captured.append([tuple(t.shape) for t in examples])
+            examples_bytes.append([t.numel() * t.element_size() for t in examples])
             self.fn, self.count = fn, len(examples)
 
         def __call__(self, *xs):
@@ -157,6 +158,8 @@ def test_the_captured_function_is_the_eager_cached_objective_in_value_and_gradie
     n, scaled = len(graphed.adapters.convs), batch.teacher.scales is not None
     # student features and logits, cached features (and scales), masks, the valid positions, adapter weights
     assert len(captured[0]) == (4 + scaled) * n + 1 + 2 * n
+    # the capture's memory, with memory_reserved reading 0 here, is at least its own inputs (not the parameters)
+    assert graphed._graphs._graph_bytes == sum(examples_bytes[0][: -2 * n]) > 0
 
 
 def test_feature_graphs_stop_at_their_count_and_memory_limits(recipe, cache_path):

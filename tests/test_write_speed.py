@@ -446,6 +446,12 @@ def test_cuda_graph_replays_give_the_eager_pass_for_every_batch(dtype):
     assert sum(v is not None for v in graphed._graphs.values()) == 2
 
 
+def test_held_bytes_counts_each_tensor_once_and_skips_none():
+    from frs_cli.graphs import held_bytes
+
+    assert held_bytes([torch.zeros(3, dtype=torch.float16), None], [torch.zeros(2, 2)], ()) == 3 * 2 + 4 * 4
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_teacher_pass_graphs_stop_at_their_memory_limit_and_later_shapes_run_eagerly(monkeypatch):

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from frs_cli.cache.encoding import FeatureEncoding
-from frs_cli.graphs import CapturedCall
+from frs_cli.graphs import CapturedCall, held_bytes
 from frs_cli.losses import frs_masks
 from frs_cli.models.fold import fold_batchnorm
 
@@ -156,7 +156,8 @@ class TeacherPass:
             if self._pool is None:
                 self._pool = torch.cuda.graph_pool_handle()
             graph = CapturedCall(lambda inp: self._encode(inp, image_sizes), [x], self._pool)
-            self.graph_bytes += max(0, torch.cuda.memory_reserved(x.device) - before)
+            grown = torch.cuda.memory_reserved(x.device) - before
+            self.graph_bytes += max(grown, held_bytes(graph.inputs, graph.outputs))
             return graph
         except Exception as exc:  # noqa: BLE001 - any capture failure leaves this shape eager, nothing else
             log.warning("teacher-cache: no CUDA graph for batches of shape %s (%s: %s); they run eagerly",

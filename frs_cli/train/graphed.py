@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from frs_cli.graphs import held_bytes
 from frs_cli.losses import FeatureAdapter, frs_losses
 
 log = logging.getLogger(__name__)
@@ -167,5 +168,7 @@ class GraphedTerms:
             log.warning("distill: no CUDA graph for the FRS terms on inputs of shapes %s (%s: %s); they run eagerly",
                         [tuple(t.shape) for t in inputs], type(exc).__name__, exc)
             return None
-        self._graph_bytes += max(0, torch.cuda.memory_reserved(device) - before)
+        grown = torch.cuda.memory_reserved(device) - before
+        # at least its inputs and their gradients (the parameters, shared with the model, are not its own)
+        self._graph_bytes += max(grown, held_bytes(examples[:len(inputs)], getattr(graph, "input_grads", ())))
         return graph
