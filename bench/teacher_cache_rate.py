@@ -345,7 +345,7 @@ def main() -> None:
                 row.setdefault("caches", {}).setdefault(dtype, {})[key] = {
                     "views_s": s.views_per_second, "over_inference": s.views_per_second / row["inference_img_s"],
                     "over_best_inference": s.views_per_second / best, "views": s.views_written,
-                    "write_processes": recipe.cache.writer_processes() if procs is None else procs,
+                    "write_processes": s.write_processes,
                     "loop_seconds": s.seconds, "stage_seconds": s.stage_seconds,
                     "steady_views_s": steady, "steady_over_inference": steady / row["inference_img_s"],
                     "drain_seconds": timeline.drain_seconds(), "wall": [started, time.time()]}

@@ -10,9 +10,10 @@ as 0): the bound a trainer that reads step n's losses during step n+1 could appr
 
 Per mode (``plain``: GT only; ``cached``: FRS from a cache of ``--dtype``) and variant, each block is one epoch of
 ``Trainer.run_epoch`` over the split (one view of each of ``--images`` images, as training draws them; the cache
-holds both), the variants in turn (ABBA across blocks). A step's time is ``StepRecord.seconds``: from the end of the previous step to the end of this one,
-hooks, the loader's wait and the read-back of the losses included. The first ``--skip`` steps of each epoch
-(loader workers starting) are left out. Writes medians, means and the ratios to --out as JSON. On one GPU:
+holds both), the variants in turn, their order reversed every other block. A step's time is
+``StepRecord.seconds``: from the end of the previous step to the end of this one, hooks, the loader's wait and
+the read-back of the losses included. The first ``--skip`` steps of each epoch (loader workers starting) are
+left out. Writes medians, means and the ratios to --out as JSON. On one GPU:
 
     python3 bench/trainer_step.py --out $OUT/trainer_step.json --work /tmp/trainer_step
 
@@ -32,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cached_step import make_data
 from speed import ARCH, step_objective
 
-SMOKE = {"teacher": "tiny", "student": "tiny", "images": 8, "distinct": 4, "image_size": 64, "min_size": 64, "max_size": 64,
-         "batch": 2, "workers": 0, "blocks": 2, "skip": 0, "dtype": "int8"}
+SMOKE = {"teacher": "tiny", "student": "tiny", "images": 8, "distinct": 4, "image_size": 64, "min_size": 64,
+         "max_size": 64, "batch": 2, "workers": 0, "blocks": 2, "skip": 0, "dtype": "int8"}
 VARIANTS = ("now", "mid_check", "no_readback")
 
 

@@ -192,7 +192,8 @@ class CachedTeacher(nn.Module):
             strides = self.strides
 
             def head(indices: list[int], size: tuple[int, int]) -> list[list[Tensor]]:
-                return [self.head_logits([crop_stack(f, indices, g) for f, g in zip(feats, level_grids(size, strides))])]
+                crops = [crop_stack(f, indices, g) for f, g in zip(feats, level_grids(size, strides))]
+                return [self.head_logits(crops)]
 
             logits, = on_own_canvas(head, batch.geometries, [tuple(f.shape[-2:]) for f in feats])
         return TeacherTargets(feats, logits, cached.masks)
