@@ -1,12 +1,13 @@
-"""The step as ``frs train`` and ``frs distill`` run it (``Trainer``, not a bench loop), with and without a wait for
-the forward pass before the backward one.
+"""The step as ``frs train`` and ``frs distill`` run it (``Trainer``, not a bench loop): running one step ahead of
+the read-back of the losses, waiting for each step, and with the old wait for the forward pass.
 
-Until ``ccf5e3f`` the trainer checked ``torch.isfinite(loss)`` before launching the backward pass, which waits for
-the device to finish the forward pass. It now reads the loss once, after the update. This bench times the
-variants in the same process over the same data: ``now`` is the trainer as it is; ``mid_check`` wraps the
-objective so that its forward ends with that wait again (``bool(torch.isfinite(loss))``), the old step exactly;
-``no_readback`` does not read the losses back at all (no wait for the device in the step, no check, losses shown
-as 0): the bound a trainer that reads step n's losses during step n+1 could approach.
+The trainer launches step k, then reads step k-1's losses while the device runs step k (``Trainer.run_epoch``).
+This bench times, in the same process over the same data: ``now``, the trainer as it is; ``sync``, the trainer
+made to wait for each step before launching the next (a hook that wants the state after every step, as a
+checkpoint does: the trainer of ``ccf5e3f``); ``mid_check``, ``sync`` with the objective wrapped so that its
+forward ends with ``bool(torch.isfinite(loss))``, the wait for the forward pass of the trainer before ``ccf5e3f``;
+and ``no_readback``, which does not read the losses back at all (no wait for the device, no check, losses shown as
+0): the bound for any read-back.
 
 Per mode (``plain``: GT only; ``cached``: FRS from a cache of ``--dtype``) and variant, each block is one epoch of
 ``Trainer.run_epoch`` over the split (one view of each of ``--images`` images, as training draws them; the cache
@@ -35,7 +36,8 @@ from speed import ARCH, step_objective
 
 SMOKE = {"teacher": "tiny", "student": "tiny", "images": 8, "distinct": 4, "image_size": 64, "min_size": 64,
          "max_size": 64, "batch": 2, "workers": 0, "blocks": 2, "skip": 0, "dtype": "int8"}
-VARIANTS = ("now", "mid_check", "no_readback")
+VARIANTS = ("now", "sync", "mid_check", "no_readback")
+SYNC = ("sync", "mid_check")  # the variants that wait for each step before launching the next
 
 
 def mid_step_check(objective):
@@ -61,11 +63,14 @@ def mid_step_check(objective):
 
 
 class StepTimes:
-    """A trainer hook (``run_epoch`` calls only ``after_step``) keeping each step's seconds and data wait, but the
-    first ``skip`` of every epoch."""
+    """A trainer hook (``run_epoch`` calls only ``wants_state`` and ``after_step``) keeping each step's seconds and
+    data wait, but the first ``skip`` of every epoch. It reads only ``trainer.last``: the trainer may run ahead."""
 
     def __init__(self, skip: int):
         self.skip, self.seconds, self.data = skip, [], []
+
+    def wants_state(self, trainer, step: int) -> bool:
+        return False
 
     def after_step(self, trainer) -> None:
         if trainer.step > self.skip:
@@ -80,15 +85,17 @@ def figures(times: StepTimes) -> dict:
 
 
 def trainers(args, recipe, coco, store, ctx):
-    """Per (mode, variant) a ``Trainer`` over the split, with its hook: the same student weights (seed 0) in all."""
+    """Per (mode, variant) a ``Trainer`` over the split and its hooks (the step times first; in ``SYNC`` also
+    ``Hook()``, which wants the state after every step): the same student weights (seed 0) in all."""
     import torch
 
     from frs_cli.models import ModelConfig, build_detector
+    from frs_cli.train.hooks import Hook
     from frs_cli.train.loop import Trainer
 
     class NoReadback(Trainer):
         def read_losses(self, losses, it):  # no wait for the device: what the step costs without the read-back
-            return dict.fromkeys(losses, 0.0), 0.0
+            return dict.fromkeys(losses.names, 0.0), 0.0
 
     out = {}
     for mode in ("plain", "cached"):
@@ -102,7 +109,8 @@ def trainers(args, recipe, coco, store, ctx):
             trainer = kind(objective, dataset, recipe.train, ctx, ("orig", "hflip"))
             if variant == "mid_check":
                 trainer.model = mid_step_check(trainer.objective)  # what run_step calls
-            out[mode, variant] = (trainer, StepTimes(args.skip))
+            times = StepTimes(args.skip)
+            out[mode, variant] = (trainer, times, [times, Hook()] if variant in SYNC else [times])
     return out
 
 
@@ -168,11 +176,11 @@ def main(argv: list[str] | None = None) -> dict:
         order = VARIANTS if block % 2 == 0 else VARIANTS[::-1]
         for mode in ("plain", "cached"):
             for variant in order:
-                trainer, times = runs[mode, variant]
+                trainer, _, hooks = runs[mode, variant]
                 trainer.epoch, trainer.step = block, 0
-                trainer.run_epoch([times])
+                trainer.run_epoch(hooks)
     # the last step's loss as the hooks saw it: 0 where nothing was read back
-    res["rows"] = {f"{m}/{v}": {**figures(t), "last_loss": tr.last.loss} for (m, v), (tr, t) in runs.items()}
+    res["rows"] = {f"{m}/{v}": {**figures(t), "last_loss": tr.last.loss} for (m, v), (tr, t, _) in runs.items()}
     res["checks"] = {m: runs[m, "mid_check"][0].model.checks for m in ("plain", "cached")}
     rows = res["rows"]
     res["ratios"] = {

@@ -154,3 +154,78 @@ def test_ctrl_c_during_a_hook_leaves_a_state_that_resumes_to_the_uninterrupted_w
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+class Launches(torch.nn.Module):
+    """The objective, counting the steps launched (its forward calls)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.launched = inner, 0
+
+    def checkpointed(self):
+        return self.inner.checkpointed()
+
+    def forward(self, batch, step):
+        self.launched += 1
+        return self.inner(batch, step)
+
+
+class SeesLaunched(Hook):
+    """Reads only ``trainer.last``: records, per step it sees, how many steps had been launched by then."""
+
+    def __init__(self, objective):
+        self.objective, self.seen = objective, []
+
+    def wants_state(self, t, step):
+        return False
+
+    def after_step(self, t):
+        self.seen.append((t.last.iteration, self.objective.launched))
+
+
+def _fit_counting(recipe_path, out, hooks):
+    r = load_recipe(recipe_path, ["train.epochs=2", "train.checkpoint_every=4"])
+    torch.manual_seed(0)
+    objective = Launches(GTObjective(build_detector(r.student, 5)))
+    out.mkdir()
+    seen = SeesLaunched(objective)
+    fit(objective, CocoViews.from_config(r.data, "train", r.geometry), r.train, setup("cpu"), out,
+        hooks=[seen, *hooks])
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    logged = [{k: v for k, v in x.items() if k not in ("img_s", "data_wait")} for x in lines]
+    return seen.seen, logged, objective.inner.student.core().state_dict()
+
+
+def test_the_trainer_runs_one_step_ahead_of_the_hooks_unless_one_wants_the_state(recipe_path, tmp_path):
+    """With the built-in hooks alone, step k+1 is launched before step k's losses are read and its hooks run,
+    except where a hook wants the state (the checkpoint after 4 steps) and at an epoch's end. A hook that does
+    not say otherwise (``Hook``) makes every step wait. The numbers logged and the weights are the same."""
+    ahead, logged_ahead, weights_ahead = _fit_counting(recipe_path, tmp_path / "ahead", [])
+    expected = []
+    for epoch in range(2):
+        for step in range(1, STEPS + 1):
+            waits = step % 4 == 0 or step == STEPS  # the checkpoint inside the epoch, and the epoch's end
+            expected.append((epoch * STEPS + step - 1, epoch * STEPS + step + (0 if waits else 1)))
+    assert ahead == expected
+    waiting, logged_waiting, weights_waiting = _fit_counting(recipe_path, tmp_path / "waits", [Hook()])
+    assert waiting == [(it, it + 1) for it in range(2 * STEPS)]
+    # each step's own losses and learning rate, not the next step's
+    assert [x["iter"] for x in logged_ahead] == list(range(2 * STEPS))
+    assert len({x["loss"] for x in logged_ahead}) == 2 * STEPS
+    assert logged_ahead == logged_waiting
+    assert len({x["lr"] for x in logged_ahead}) > 1  # the warm-up moves it: a lagged read would show
+    for k in weights_ahead:
+        torch.testing.assert_close(weights_ahead[k], weights_waiting[k], rtol=0, atol=0, msg=k)
+    state = torch.load(tmp_path / "ahead" / LAST, weights_only=True)
+    assert (state["epoch"], state["epoch_step"]) == (2, 0)
+
+
+def test_pending_losses_keep_the_values_of_their_step_when_the_tensors_are_reused():
+    from frs_cli.train.loop import PendingLosses
+
+    a, b = torch.tensor(1.5), torch.tensor(2.0, dtype=torch.bfloat16)
+    pending = PendingLosses({"a": a, "b": b}, a + b)
+    a.fill_(7.0)  # as a CUDA graph's next replay overwrites its outputs
+    b.fill_(9.0)
+    assert pending.read() == ({"a": 1.5, "b": 2.0}, 3.5)

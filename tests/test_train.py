@@ -133,11 +133,13 @@ class _Fails(torch.nn.Module):
         super().__init__()
         self.student, self.at, self.what = inner.student, at, what
         self.inner = inner
+        self.last_step = -1  # the latest iteration launched
 
     def checkpointed(self):
         return self.inner.checkpointed()
 
     def forward(self, batch, step):
+        self.last_step = step
         losses = self.inner(batch, step)
         if step == self.at:
             if self.what == "interrupt":  # Ctrl-C arriving in the middle of a step
@@ -169,19 +171,25 @@ def test_non_finite_loss_stops_with_the_step_and_the_term(recipe_path, tmp_path)
         _fit(recipe_path, tmp_path / "run", wrap=lambda o: _Fails(o, 2, "nan"))
 
 
-def test_the_non_finite_check_follows_the_update_and_no_state_of_that_step_is_saved(recipe_path, tmp_path):
+@pytest.mark.parametrize("every, nan_at", [(1, 2), (2, 2), (2, 3)])
+def test_the_non_finite_check_follows_the_update_and_no_state_of_that_step_is_saved(recipe_path, tmp_path, every,
+                                                                                    nan_at):
     """The loss is read back once, after the optimizer step (the host never waits for the forward pass before
-    launching the backward one). The update a NaN loss made is never saved: the state on disk is the step before."""
+    launching the backward one). The update a NaN loss made is never saved: the state on disk is the last one
+    before it. With a checkpoint every step the trainer waits for each step; every 2 steps, a NaN at iteration 2
+    is read only once iteration 3 was launched (nothing is saved after 3 steps), and one at iteration 3 is read
+    before the checkpoint due after it."""
     from frs_cli.train.loop import fit
     from frs_cli.train.objectives import GTObjective
 
-    r = load_recipe(recipe_path, ["train.epochs=1", "train.checkpoint_every=1"])
+    r = load_recipe(recipe_path, ["train.epochs=1", f"train.checkpoint_every={every}"])
     torch.manual_seed(0)
-    objective = _Fails(GTObjective(build_detector(r.student, 5)), 2, "nan")
+    objective = _Fails(GTObjective(build_detector(r.student, 5)), nan_at, "nan")
     out = tmp_path / "run"
     out.mkdir()
-    with pytest.raises(TrainingError, match="non-finite loss at epoch 1, iteration 2: classification=nan"):
+    with pytest.raises(TrainingError, match=f"non-finite loss at epoch 1, iteration {nan_at}: classification=nan"):
         fit(objective, CocoViews.from_config(r.data, "train", r.geometry), r.train, setup("cpu"), out)
+    assert objective.last_step == (3 if (every, nan_at) == (2, 2) else nan_at)  # where the trainer ran ahead
     weights = list(objective.student.core().state_dict().values())
     assert any(not torch.isfinite(w).all() for w in weights if w.is_floating_point())  # the NaN step did update
     state = torch.load(out / LAST, weights_only=False)

@@ -1,4 +1,5 @@
-"""bench/trainer_step.py: the trainer's own step, as it is and with the old mid-step wait, in turn."""
+"""bench/trainer_step.py: the trainer's own step, as it is (one step ahead), waiting for each step, and with the old
+mid-step wait, in turn."""
 
 from __future__ import annotations
 
@@ -20,12 +21,13 @@ def test_trainer_step_times_every_mode_and_variant_over_the_same_epochs(tmp_path
     res = _bench()["main"](["--smoke", "--out", str(tmp_path / "out.json"), "--work", str(tmp_path / "work")])
     saved = json.loads((tmp_path / "out.json").read_text())
     assert saved["rows"] == res["rows"]
-    assert set(saved["rows"]) == {f"{m}/{v}" for m in ("plain", "cached") for v in ("now", "mid_check", "no_readback")}
+    assert set(saved["rows"]) == {f"{m}/{v}" for m in ("plain", "cached") for v in ("now", "sync", "mid_check", "no_readback")}
     # 8 images, one view each per epoch, batches of 2: 4 steps an epoch, 2 epochs (blocks) each, none skipped
     assert all(r["steps"] == 8 and r["step_ms"] > 0 and 0 <= r["data_wait_share"] < 1 for r in saved["rows"].values())
     assert saved["checks"] == {"plain": 8, "cached": 8}  # the old check ran once a step, in those variants only
     assert [k for k, r in rows_of(saved).items() if r["last_loss"] == 0.0] == ["plain/no_readback", "cached/no_readback"]
     rows = saved["rows"]
+    assert saved["ratios"]["plain: sync / now"] == pytest.approx(rows["plain/sync"]["step_ms"] / rows["plain/now"]["step_ms"])
     assert saved["ratios"]["cached: mid_check / now"] == pytest.approx(
         rows["cached/mid_check"]["step_ms"] / rows["cached/now"]["step_ms"])
     assert saved["ratios"]["plain: no_readback / now"] == pytest.approx(

@@ -5,11 +5,18 @@ fields (``epoch``, ``step``, ``iteration``, ``last``, ``eval_metrics``, ``optimi
 
     before_train   once, before the first step (after a resumed state is restored)
     before_epoch   at the start of every epoch run, ``trainer.step`` = the step it starts from
-    after_step     after every optimizer step, ``trainer.last`` = that step's record
+    after_step     after every optimizer step, ``trainer.last`` = that step's record (the trainer may have
+                   launched the next step on the device already, unless ``wants_state`` said otherwise)
     after_epoch    after the epoch's last step
     after_train    once, for every hook whose ``before_train`` returned, also when training failed
                    (``trainer.finished`` says whether every epoch ran): release what ``before_train`` took.
                    Each hook's ``after_train`` runs even when another's fails; the first failure is raised.
+
+A sixth, ``wants_state(trainer, step) -> bool``, is asked of every hook once a step is launched, before its
+``after_step``: whether that ``after_step`` (``step`` = steps done in the epoch once it finishes) will read or save
+the model, optimizer, schedule or RNG state. If any hook says yes, the trainer waits for the step before it launches
+the next, so the state is exactly that step's; otherwise it launches the next step first and runs the hooks while
+the device works. ``Hook`` says yes: a hook that only reads ``trainer.last`` overrides it to say no.
 
 Calls run in the order the hooks were given; an exception from a hook stops training and propagates as it
 is. The order of the built-in hooks is part of the behaviour: a step is shown and logged before a checkpoint
@@ -52,6 +59,10 @@ class Hook:
 
     def before_epoch(self, trainer: Trainer) -> None:
         pass
+
+    def wants_state(self, trainer: Trainer, step: int) -> bool:
+        """Whether ``after_step`` after step ``step`` of the epoch reads or saves the training state (see above)."""
+        return True
 
     def after_step(self, trainer: Trainer) -> None:
         pass
@@ -130,6 +141,9 @@ class ProgressHook(Hook):
         self.progress.start(f"epoch {trainer.epoch + 1}/{trainer.cfg.epochs}", trainer.iters_per_epoch * per_step,
                             completed=trainer.step * per_step, unit="img")
 
+    def wants_state(self, trainer: Trainer, step: int) -> bool:
+        return False
+
     def after_step(self, trainer: Trainer) -> None:
         self.progress.update(trainer.last.images, **trainer.last.fields())
 
@@ -152,11 +166,13 @@ class MetricsHook(Hook):
         with storage_errors(str(self.out_dir / "metrics.jsonl")):
             self.log = MetricsLog(self.out_dir, tensorboard=self.tensorboard) if self.is_main else None
 
+    def wants_state(self, trainer: Trainer, step: int) -> bool:
+        return False
+
     def after_step(self, trainer: Trainer) -> None:
         last = trainer.last
         if self.log and (last.iteration % trainer.cfg.log_every == 0 or trainer.step == trainer.iters_per_epoch):
-            self.log.step({"epoch": trainer.epoch + 1, "iter": last.iteration,
-                           "lr": trainer.optimizer.param_groups[0]["lr"], **last.fields(),
+            self.log.step({"epoch": trainer.epoch + 1, "iter": last.iteration, "lr": last.lr, **last.fields(),
                            "data_wait": last.data_seconds / last.seconds})
 
     def eval(self, epoch: int, metrics: dict, iteration: int) -> None:
@@ -174,8 +190,14 @@ class CheckpointHook(Hook):
     def __init__(self, state: TrainingState, every: int):
         self.state, self.every = state, every
 
+    def _due(self, trainer: Trainer, step: int) -> bool:
+        return bool(self.every) and step % self.every == 0 and step < trainer.iters_per_epoch
+
+    def wants_state(self, trainer: Trainer, step: int) -> bool:
+        return self._due(trainer, step)
+
     def after_step(self, trainer: Trainer) -> None:
-        if self.every and trainer.step % self.every == 0 and trainer.step < trainer.iters_per_epoch:
+        if self._due(trainer, trainer.step):
             self.state.save(trainer.epoch, trainer.step)  # a kill from here on loses at most `every` steps
 
     def after_epoch(self, trainer: Trainer) -> None:
@@ -190,6 +212,9 @@ class EvalHook(Hook):
     def __init__(self, evaluate: Callable[[nn.Module], dict | None], every: int, progress: Progress,
                  metrics: MetricsHook):
         self.evaluate, self.every, self.progress, self.metrics = evaluate, every, progress, metrics
+
+    def wants_state(self, trainer: Trainer, step: int) -> bool:
+        return False
 
     def after_epoch(self, trainer: Trainer) -> None:
         done = trainer.epoch + 1
@@ -208,6 +233,9 @@ class OutputsHook(Hook):
 
     def __init__(self, save: Callable[[nn.Module, Path], None], out_dir: Path):
         self.save, self.out_dir = save, Path(out_dir)
+
+    def wants_state(self, trainer: Trainer, step: int) -> bool:
+        return False
 
     def after_train(self, trainer: Trainer) -> None:
         if not trainer.finished:
@@ -261,13 +289,19 @@ class InterruptHook(Hook):
     def __init__(self, state: TrainingState):
         self.state = state
         self.stop = StopRequest()
+        self._stop_after: tuple[int, int] | None = None  # (epoch, step) the processes agreed to stop after
         self._installed = contextlib.ExitStack()
 
     def before_train(self, trainer: Trainer) -> None:
         self._installed.enter_context(self.stop.installed())
 
+    def wants_state(self, trainer: Trainer, step: int) -> bool:
+        """Whether the processes agreed to stop after this step, decided before the next one is launched."""
+        self._stop_after = (trainer.epoch, step) if self.stop.agreed(trainer.ctx) else None
+        return self._stop_after is not None
+
     def after_step(self, trainer: Trainer) -> None:
-        if self.stop.agreed(trainer.ctx):
+        if self._stop_after == (trainer.epoch, trainer.step):
             self.state.save(trainer.epoch, trainer.step)
             raise Interrupted(f"stopped at epoch {trainer.epoch + 1}, iteration {trainer.step}; state saved to "
                               f"{self.state.path}", hint="run the same command with --resume to continue")

@@ -70,6 +70,7 @@ class StepRecord:
     images: int  # images of the step over all processes
     data_seconds: float  # waiting for the batch
     seconds: float  # since the previous step ended (data, step and hooks)
+    lr: float = math.nan  # the first parameter group's learning rate after the step's scheduler update
 
     def fields(self) -> dict[str, float]:
         """What progress shows and metrics log of every step: each term, ``loss`` and ``img_s``."""
@@ -88,6 +89,43 @@ def flip_views(hflip_prob: float, resolution: int = 100) -> tuple[str, ...]:
 def autocast_context(device: torch.device, enabled: bool, dtype_name: str):
     dtype = torch.bfloat16 if dtype_name == "bfloat16" else torch.float16
     return torch.autocast(device.type, dtype=dtype, enabled=enabled and device.type == "cuda")
+
+
+class PendingLosses:
+    """One step's losses on their way to the host: copied off the device as the step ends, without waiting for it.
+
+    ``read()`` waits for that step alone, not for the steps launched after it; the copy is taken at once because a
+    replayed CUDA graph's outputs are overwritten by its next replay. On the CPU it is a plain copy."""
+
+    def __init__(self, losses: dict[str, Tensor], loss: Tensor):
+        self.names = list(losses)
+        packed = torch.stack([t.detach().float().reshape(()) for t in (*losses.values(), loss)])
+        self.event = None
+        if packed.is_cuda:
+            self.host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
+            self.host.copy_(packed, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.host = packed
+
+    def read(self) -> tuple[dict[str, float], float]:
+        """The named terms and their sum (as the step summed them) as floats."""
+        if self.event is not None:
+            self.event.synchronize()
+        values = self.host.tolist()
+        return dict(zip(self.names, values[:-1], strict=True)), values[-1]
+
+
+@dataclass
+class _Launched:
+    """A step on the device whose losses the host has not read yet."""
+
+    iteration: int
+    losses: PendingLosses
+    images: int
+    data_seconds: float
+    lr: float
 
 
 def make_loader(dataset, batches: CanvasBatchSampler, workers: int, device: torch.device):
@@ -126,16 +164,16 @@ class Trainer:
         self.eval_metrics: dict | None = None
         self.finished = False
         self.images_seen, self.data_seconds, self.step_seconds = 0, 0.0, 0.0
+        self._t_prev = 0.0  # when the step before ``last`` was recorded
 
     @property
     def iteration(self) -> int:
-        """Global index of the next step."""
+        """Global index of the step after ``last`` (the next one whose losses the hooks will see)."""
         return self.epoch * self.iters_per_epoch + self.step
 
-    def run_step(self, batch: Batch) -> dict[str, Tensor]:
-        """One optimizer step on ``batch``: forward (autocast), backward, clip, update. Returns the objective's
-        named loss terms, still on the device: nothing here waits for it (``read_losses`` does, once)."""
-        it = self.iteration
+    def run_step(self, batch: Batch, it: int) -> tuple[dict[str, Tensor], Tensor]:
+        """One optimizer step on ``batch`` as iteration ``it``: forward (autocast), backward, clip, update. Returns
+        the objective's named loss terms and their sum, still on the device: nothing here waits for it."""
         with autocast_context(self.ctx.device, self.use_amp, self.cfg.amp_dtype):
             losses = self.model(batch, it)
         loss = sum(losses.values())
@@ -147,15 +185,15 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        return losses
+        return losses, loss
 
-    def read_losses(self, losses: dict[str, Tensor], it: int) -> tuple[dict[str, float], float]:
-        """The step's terms and their sum as floats (the one wait for the device in a step), or TrainingError when
-        the sum is not finite. The check comes after the update, so the host never waits for the forward pass
-        before launching the backward one; the update a non-finite loss made is never saved: the error stops
-        the loop before any hook sees the step, and the model files are written only by a finished run."""
-        values = {k: float(v.detach()) for k, v in losses.items()}
-        total = float(sum(losses.values()).detach())
+    def read_losses(self, losses: PendingLosses, it: int) -> tuple[dict[str, float], float]:
+        """Step ``it``'s terms and their sum as floats (the host's one wait for the device in a step), or
+        TrainingError when the sum is not finite. The check comes after the update: the host never waits for a
+        forward pass before launching the backward one. The update a non-finite loss made is never saved: its
+        steps' losses are read before any hook sees the step, and a hook that saves the state makes the trainer
+        wait for the step before it launches the next (``Hook.wants_state``)."""
+        values, total = losses.read()
         if not math.isfinite(total):
             terms = ", ".join(f"{k}={v:.4g}" for k, v in values.items())
             raise TrainingError(f"train: non-finite loss at epoch {self.epoch + 1}, iteration {it}: {terms}",
@@ -163,31 +201,53 @@ class Trainer:
         return values, total
 
     def run_epoch(self, hooks: Sequence[Hook]) -> None:
-        """The steps of ``self.epoch`` from ``self.step`` on, each followed by the hooks' ``after_step``."""
+        """The steps of ``self.epoch`` from ``self.step`` on, each followed by the hooks' ``after_step``.
+
+        The host runs one step ahead of the hooks: it launches step k on the device, then reads step k-1's losses
+        and runs its hooks while the device works on step k, so that the device does not idle while the host
+        waits and then launches. It waits for step k itself before launching k+1 when a hook will read or save
+        the training state after step k (``Hook.wants_state``) and at the epoch's last step; the state a hook
+        sees is then exactly that step's."""
         self.batches.set_epoch(self.epoch, start=self.step * self.cfg.batch_size)
         # each batch goes to the device on a side stream while the step before it runs
         batches = DevicePrefetcher(make_loader(self.dataset, self.batches, self.cfg.workers, self.ctx.device),
                                    self.ctx.device)
         self.model.train()
-        t_prev = time.perf_counter()
-        while self.step < self.iters_per_epoch:
+        self._t_prev = time.perf_counter()
+        launched, pending = self.step, None
+        while launched < self.iters_per_epoch:
             waited = batches.data_seconds
             batch = next(batches, None)
             if batch is None:
                 break
             t_data = batches.data_seconds - waited
-            it = self.iteration
-            values, total = self.read_losses(self.run_step(batch), it)
-            self.step += 1
-            now = time.perf_counter()
-            step_time, t_prev = now - t_prev, now
-            images = len(batch.image_ids) * self.ctx.world_size
-            self.images_seen += images
-            self.data_seconds += t_data
-            self.step_seconds += step_time
-            self.last = StepRecord(it, values, total, images, t_data, step_time)
-            for hook in hooks:
-                hook.after_step(self)
+            it = self.epoch * self.iters_per_epoch + launched
+            losses, loss = self.run_step(batch, it)
+            launched += 1
+            step = _Launched(it, PendingLosses(losses, loss), len(batch.image_ids) * self.ctx.world_size, t_data,
+                             self.optimizer.param_groups[0]["lr"])
+            if pending is not None:  # the step before, while the device runs this one
+                self._finish(pending, hooks)
+            pending = step
+            wanted = [hook.wants_state(self, launched) for hook in hooks]  # every hook asked, every step
+            if launched == self.iters_per_epoch or any(wanted):
+                self._finish(pending, hooks)
+                pending = None
+        if pending is not None:
+            self._finish(pending, hooks)
+
+    def _finish(self, step: _Launched, hooks: Sequence[Hook]) -> None:
+        """Read a launched step's losses, record it as ``last`` and run the hooks' ``after_step``."""
+        values, total = self.read_losses(step.losses, step.iteration)
+        self.step = step.iteration - self.epoch * self.iters_per_epoch + 1
+        now = time.perf_counter()
+        step_time, self._t_prev = now - self._t_prev, now
+        self.images_seen += step.images
+        self.data_seconds += step.data_seconds
+        self.step_seconds += step_time
+        self.last = StepRecord(step.iteration, values, total, step.images, step.data_seconds, step_time, step.lr)
+        for hook in hooks:
+            hook.after_step(self)
 
     def train(self, hooks: Sequence[Hook], state: TrainingState, start: tuple[int, int] = (0, 0)) -> None:
         """Every epoch from ``start`` (epoch, step) with ``hooks``; ``state`` names what a second Ctrl-C left."""
