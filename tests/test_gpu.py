@@ -251,3 +251,43 @@ def test_the_device_prefetcher_copies_beside_the_step_and_keeps_each_batch_until
         del batch
     assert [float(s) for s in sums] == [float(k * 4 * 256 * 1024) for k in range(12)]
     assert next(pf, None) is None
+
+
+def test_a_steps_losses_and_the_stop_agreement_are_read_without_waiting_for_the_step_in_flight():
+    """The trainer runs one step ahead: reading step k's losses, and under torchrun the processes' agreement on
+    Ctrl-C, must not wait for work queued after them (here a long sleep kernel standing for step k+1)."""
+    import os
+    import socket
+
+    import torch.distributed as dist
+
+    from frs_cli.dist import DistContext
+    from frs_cli.train.hooks import StopRequest
+    from frs_cli.train.loop import PendingLosses
+
+    stream = torch.cuda.current_stream()
+    a = torch.tensor(1.5, device="cuda")
+    pending = PendingLosses({"a": a, "b": a * 2}, a * 3)
+    torch.cuda._sleep(2_000_000_000)  # the next step, about a second of device time
+    assert pending.read() == ({"a": 1.5, "b": 3.0}, 4.5)
+    assert not stream.query()  # read while the device still sleeps
+    torch.cuda.synchronize()
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("nccl", rank=0, world_size=1, device_id=torch.device("cuda", 0))
+    try:
+        ctx = DistContext(rank=0, world_size=2, device=torch.device("cuda", 0))  # "distributed": agree through NCCL
+        stop = StopRequest()
+        assert stop.agreed(ctx) is False  # nothing agreed before the first call
+        stop.requested = True
+        torch.cuda._sleep(2_000_000_000)
+        assert stop.agreed(ctx) is False  # the agreement of the call before, read without waiting for the sleep
+        assert not stream.query()
+        assert stop.agreed(ctx) is True  # the request, one call later
+    finally:
+        torch.cuda.synchronize()
+        dist.destroy_process_group()

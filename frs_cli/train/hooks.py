@@ -254,6 +254,7 @@ class StopRequest:
 
     def __init__(self):
         self.requested = False
+        self._agreeing = None  # under torchrun, the agreement in flight: (its host copy, its copy's event)
 
     def _handler(self, signum, frame):
         if self.requested:
@@ -273,14 +274,32 @@ class StopRequest:
             signal.signal(signal.SIGINT, previous)
 
     def agreed(self, ctx: DistContext) -> bool:
-        """Whether any process was asked to stop (all processes must stop at the same step)."""
+        """Whether any process was asked to stop (all processes must stop at the same step). Called once a step
+        on every process. Under torchrun the answer is the one all processes reached at the call before: each
+        call starts the next agreement on the device without waiting for it, and reads the last one, which the
+        device finished with the step before. The host so never waits for the step in flight, and a request is
+        honoured one step later than in a single process."""
         if not ctx.distributed:
             return self.requested
         import torch.distributed as torch_dist
 
-        flag = torch.tensor([1.0 if self.requested else 0.0], device=ctx.device)
-        torch_dist.all_reduce(flag)
-        return bool(flag.item() > 0)
+        decided = False
+        if self._agreeing is not None:
+            host, event = self._agreeing
+            if event is not None:
+                event.synchronize()
+            decided = bool(host.item() > 0)
+        flag = torch.full((1,), 1.0 if self.requested else 0.0, device=ctx.device)  # no copy from the host
+        torch_dist.all_reduce(flag, async_op=True).wait()  # on a GPU the stream waits, not the host
+        if flag.is_cuda:
+            host = torch.empty(1, pin_memory=True)
+            host.copy_(flag, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self._agreeing = (host, event)
+        else:
+            self._agreeing = (flag, None)
+        return decided
 
 
 class InterruptHook(Hook):
@@ -303,6 +322,7 @@ class InterruptHook(Hook):
     def after_step(self, trainer: Trainer) -> None:
         if self._stop_after == (trainer.epoch, trainer.step):
             self.state.save(trainer.epoch, trainer.step)
+            barrier(trainer.ctx)  # no process exits (and gets torchrun to end the others) before the state is saved
             raise Interrupted(f"stopped at epoch {trainer.epoch + 1}, iteration {trainer.step}; state saved to "
                               f"{self.state.path}", hint="run the same command with --resume to continue")
 

@@ -165,6 +165,7 @@ class Trainer:
         self.finished = False
         self.images_seen, self.data_seconds, self.step_seconds = 0, 0.0, 0.0
         self._t_prev = 0.0  # when the step before ``last`` was recorded
+        self._running = 0  # the step of the epoch launched last (the one a second Ctrl-C stops in)
 
     @property
     def iteration(self) -> int:
@@ -215,6 +216,7 @@ class Trainer:
         self.model.train()
         self._t_prev = time.perf_counter()
         launched, pending = self.step, None
+        self._running = self.step
         while launched < self.iters_per_epoch:
             waited = batches.data_seconds
             batch = next(batches, None)
@@ -222,6 +224,7 @@ class Trainer:
                 break
             t_data = batches.data_seconds - waited
             it = self.epoch * self.iters_per_epoch + launched
+            self._running = launched
             losses, loss = self.run_step(batch, it)
             launched += 1
             step = _Launched(it, PendingLosses(losses, loss), len(batch.image_ids) * self.ctx.world_size, t_data,
@@ -266,7 +269,7 @@ class Trainer:
                 try:
                     self.run_epoch(hooks)
                 except KeyboardInterrupt:  # the second Ctrl-C (hooks.StopRequest)
-                    raise state.stopped_at_once(self.epoch, self.step) from None
+                    raise state.stopped_at_once(self.epoch, self._running) from None
                 for hook in hooks:
                     hook.after_epoch(self)
             self.finished = True
