@@ -191,8 +191,8 @@ class Trainer:
     def read_losses(self, losses: PendingLosses, it: int) -> tuple[dict[str, float], float]:
         """Step ``it``'s terms and their sum as floats (the host's one wait for the device in a step), or
         TrainingError when the sum is not finite. The check comes after the update: the host never waits for a
-        forward pass before launching the backward one. The update a non-finite loss made is never saved: its
-        steps' losses are read before any hook sees the step, and a hook that saves the state makes the trainer
+        forward pass before launching the backward one. The update a non-finite loss made is never saved: each
+        step's losses are read before any hook sees it, and a hook that saves the state makes the trainer
         wait for the step before it launches the next (``Hook.wants_state``)."""
         values, total = losses.read()
         if not math.isfinite(total):
