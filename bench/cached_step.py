@@ -138,6 +138,9 @@ def main() -> None:
                    help="paired rows also time the cached step with distill.cuda_graphs on (step_ms is then off's)")
     p.add_argument("--group-by-canvas", action=argparse.BooleanOptionalAction, default=True,
                    help="batches of one canvas, as train.group_by_canvas (the default) gives every row")
+    p.add_argument("--ahead", action="store_true",
+                   help="launch each step before waiting for the one before, as the trainer does since session 12 "
+                        "(speed.timed_steps); without it each step is waited for before the next is launched")
     p.add_argument("--smoke", action="store_true", help="tiny models and sizes on the CPU (tests)")
     args = p.parse_args()
     if args.smoke:
@@ -421,7 +424,7 @@ def time_steps(args, mode: str, recipe, sname: str, coco, num_views: int, path: 
     count = args.warmup + args.steps + ahead + 1
     it = feeder(_loader(args, ds, batches_for(num_views, count, args.batch, canvas_of(args, coco)), dev), dev,
                 args.device_prefetch)
-    steps, waits, _ = timed_steps(obj, it, dev, amp, args.warmup, args.steps)
+    steps, waits, _ = timed_steps(obj, it, dev, amp, args.warmup, args.steps, ahead=args.ahead)
     del it, obj, student
     if dev.type == "cuda":
         torch.cuda.empty_cache()
@@ -468,12 +471,12 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
     times = {m: ([], []) for m in objs}
     opts = {m: sgd(objs[m].to(dev)) for m in objs}  # one optimizer each across the blocks: no new momentum buffers
     for m, obj in objs.items():
-        timed_steps(obj, its[m], dev, amp, args.warmup, 0, opts[m])
+        timed_steps(obj, its[m], dev, amp, args.warmup, 0, opts[m], ahead=args.ahead)
     done, turn = 0, 0
     while done < args.steps:
         n = min(args.block, args.steps - done)
         for m in (modes if turn % 2 == 0 else modes[::-1]):
-            steps, waits, _ = timed_steps(objs[m], its[m], dev, amp, 0, n, opts[m])
+            steps, waits, _ = timed_steps(objs[m], its[m], dev, amp, 0, n, opts[m], ahead=args.ahead)
             times[m][0].extend(steps)
             times[m][1].extend(waits)
         done, turn = done + n, turn + 1

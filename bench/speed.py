@@ -112,21 +112,40 @@ def feeder(batches, dev, prefetch: bool = True):
     return DevicePrefetcher(batches, dev) if prefetch else InStepCopies(batches, dev)
 
 
-def timed_steps(obj, batches, dev, amp: dict, warmup: int, steps: int, opt=None):
+def timed_steps(obj, batches, dev, amp: dict, warmup: int, steps: int, opt=None, ahead: bool = False):
     """Train ``obj`` (SGD; ``opt``, else a new ``sgd(obj)``) on ``warmup + steps`` batches of the iterator
     ``batches``, as ``frs distill`` feeds its steps: through a ``DevicePrefetcher``, so each batch's copy to the
     device overlaps the step before (pass a ``feeder``, prefetching or not, to keep its batch in flight across
     calls). A step is timed from the end of the previous one to the end of its own work on the step's stream (not
     the next batch's copy); its data wait is the time spent waiting for the loader. Returns the timed steps'
-    seconds, their data-wait seconds and the last batch."""
+    seconds, their data-wait seconds and the last batch.
+
+    ``ahead``: as ``Trainer.run_epoch`` runs its steps, the host launches step k+1 before it waits for step k's end
+    (``StepEnd``), so the device does not idle while the host launches; a step's time is then from the moment the
+    host saw the previous step end to the moment it saw its own end. Without it, the host waits for each step before
+    launching the next (the benches' figures up to session 12). The times of one call still sum to its wall time,
+    but a call's first step also holds the launch of the second, and its last step only what was left of it on the
+    device: use many steps per call. On the CPU, where a step runs as it is launched, every time shifts by a step."""
     import torch
 
     obj.to(dev).train()
     opt = opt or sgd(obj)
     batches = batches if hasattr(batches, "data_seconds") else feeder(batches, dev)  # a feeder of ``feeder``
     step_s, wait_s = [], []
+    t_prev = stream_time(dev)
+    pending = None  # ahead: (end, index, data wait) of the step launched before the latest one
+
+    def close(step) -> None:
+        nonlocal t_prev
+        end, index, wait = step
+        t = end.wait()
+        if index >= warmup:
+            step_s.append(t - t_prev)
+            wait_s.append(wait)
+        t_prev = t
+
     for i in range(warmup + steps):
-        t0 = stream_time(dev)
+        t0 = t_prev if ahead else stream_time(dev)
         waited = batches.data_seconds
         batch = next(batches)
         wait = batches.data_seconds - waited
@@ -135,11 +154,37 @@ def timed_steps(obj, batches, dev, amp: dict, warmup: int, steps: int, opt=None)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if ahead:
+            step = (StepEnd(dev), i, wait)
+            if pending is not None:
+                close(pending)
+            pending = step
+            continue
         t2 = stream_time(dev)
         if i >= warmup:
             step_s.append(t2 - t0)
             wait_s.append(wait)
+    if pending is not None:
+        close(pending)
     return step_s, wait_s, batch
+
+
+class StepEnd:
+    """The end of the work queued so far on ``dev``'s current stream: ``wait()`` returns ``time.perf_counter()`` once
+    that work is done (a CUDA event), without waiting for work queued after it; elsewhere at once."""
+
+    def __init__(self, dev):
+        import torch
+
+        self.event = None
+        if torch.device(dev).type == "cuda":
+            self.event = torch.cuda.Event()
+            self.event.record(torch.cuda.current_stream(dev))
+
+    def wait(self) -> float:
+        if self.event is not None:
+            self.event.synchronize()
+        return time.perf_counter()
 
 
 def stream_time(dev) -> float:

@@ -405,3 +405,50 @@ def test_gpu_hours_graphs_takes_each_cached_rows_graphed_step(tmp_path, monkeypa
         rows = {(r["pair"], r["method"]): r for r in out["rows"]}
         assert rows["x101-r50", "cache int5"]["step_ms"] == int5_ms
         assert out["source"]["cached_rows"] == ("distill.cuda_graphs on" if flag else "as run")
+
+
+@pytest.mark.parametrize("ahead", [False, True])
+def test_timed_steps_ahead_waits_for_each_step_only_after_the_next_is_launched(monkeypatch, ahead):
+    """``timed_steps(ahead=True)`` launches step k+1 before it waits for step k's end, as the trainer does; the last
+    step's end is waited for after the loop. Without it no step end is waited for that way (``stream_time``).
+    Warm-up steps are left out of the figures either way."""
+    speed = _bench("speed")
+    launched, waited = [], []
+
+    class Objective(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, batch, step):
+            launched.append(batch)
+            return {"a": self.w * batch}
+
+    class Feeder:
+        data_seconds = 0.0
+
+        def __init__(self):
+            self.n = 0
+
+        def __next__(self):
+            self.n += 1
+            self.data_seconds += 0.5  # each batch waited half a second for the loader
+            return torch.tensor(float(self.n))
+
+    class End:
+        def __init__(self, dev):
+            self.step = len(launched)  # the step whose end this is (1-based)
+
+        def wait(self):
+            waited.append((self.step, len(launched)))  # its step, and the steps launched when it was waited for
+            return float(len(waited))
+
+    monkeypatch.setattr(speed, "StepEnd", End)
+    steps, waits, last = speed.timed_steps(Objective(), Feeder(), torch.device("cpu"), {"device_type": "cpu",
+                                           "enabled": False}, warmup=2, steps=4, ahead=ahead)
+    assert len(steps) == 4 and waits == [0.5] * 4 and float(last) == 6.0
+    if ahead:
+        assert waited == [(1, 2), (2, 3), (3, 4), (4, 5), (5, 6), (6, 6)]
+        assert steps == [1.0] * 4  # from one seen end to the next (End.wait's clock ticks once a wait)
+    else:
+        assert waited == []
