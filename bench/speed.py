@@ -132,7 +132,7 @@ def timed_steps(obj, batches, dev, amp: dict, warmup: int, steps: int, opt=None,
     opt = opt or sgd(obj)
     batches = batches if hasattr(batches, "data_seconds") else feeder(batches, dev)  # a feeder of ``feeder``
     step_s, wait_s = [], []
-    t_prev = stream_time(dev)
+    t_prev = stream_time(dev) if ahead else 0.0  # ahead: when the host saw the latest step end
     pending = None  # ahead: (end, index, data wait) of the step launched before the latest one
 
     def close(step) -> None:
@@ -145,7 +145,8 @@ def timed_steps(obj, batches, dev, amp: dict, warmup: int, steps: int, opt=None,
         t_prev = t
 
     for i in range(warmup + steps):
-        t0 = t_prev if ahead else stream_time(dev)
+        if not ahead:
+            t0 = stream_time(dev)
         waited = batches.data_seconds
         batch = next(batches)
         wait = batches.data_seconds - waited
