@@ -268,6 +268,7 @@ def test_a_steps_losses_and_the_stop_agreement_are_read_without_waiting_for_the_
     stream = torch.cuda.current_stream()
     a = torch.tensor(1.5, device="cuda")
     pending = PendingLosses({"a": a, "b": a * 2}, a * 3)
+    a.fill_(7.0)  # the next step overwrites the outputs, as a graph's replay does
     torch.cuda._sleep(2_000_000_000)  # the next step, about a second of device time
     assert pending.read() == ({"a": 1.5, "b": 3.0}, 4.5)
     assert not stream.query()  # read while the device still sleeps

@@ -43,6 +43,7 @@ from frs_cli.files import storage_errors
 from frs_cli.progress import Progress
 from frs_cli.train.checkpoint import atomic_save, load_training_state, rng_state, set_rng_state
 from frs_cli.train.metrics_log import MetricsLog
+from frs_cli.train.readback import HostCopy
 from frs_cli.train.rundir import check_resumed_epoch
 
 if TYPE_CHECKING:
@@ -254,7 +255,7 @@ class StopRequest:
 
     def __init__(self):
         self.requested = False
-        self._agreeing = None  # under torchrun, the agreement in flight: (its host copy, its copy's event)
+        self._agreeing: HostCopy | None = None  # under torchrun, the agreement in flight
 
     def _handler(self, signum, frame):
         if self.requested:
@@ -283,22 +284,10 @@ class StopRequest:
             return self.requested
         import torch.distributed as torch_dist
 
-        decided = False
-        if self._agreeing is not None:
-            host, event = self._agreeing
-            if event is not None:
-                event.synchronize()
-            decided = bool(host.item() > 0)
+        decided = self._agreeing is not None and self._agreeing.tolist()[0] > 0
         flag = torch.full((1,), 1.0 if self.requested else 0.0, device=ctx.device)  # no copy from the host
         torch_dist.all_reduce(flag, async_op=True).wait()  # on a GPU the stream waits, not the host
-        if flag.is_cuda:
-            host = torch.empty(1, pin_memory=True)
-            host.copy_(flag, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
-            self._agreeing = (host, event)
-        else:
-            self._agreeing = (flag, None)
+        self._agreeing = HostCopy(flag)
         return decided
 
 

@@ -43,6 +43,7 @@ from frs_cli.train.hooks import (
     ProgressHook,
     TrainingState,
 )
+from frs_cli.train.readback import HostCopy
 from frs_cli.train.schedule import build_optimizer, build_scheduler
 
 if TYPE_CHECKING:
@@ -99,21 +100,11 @@ class PendingLosses:
 
     def __init__(self, losses: dict[str, Tensor], loss: Tensor):
         self.names = list(losses)
-        packed = torch.stack([t.detach().float().reshape(()) for t in (*losses.values(), loss)])
-        self.event = None
-        if packed.is_cuda:
-            self.host = torch.empty(packed.shape, dtype=packed.dtype, pin_memory=True)
-            self.host.copy_(packed, non_blocking=True)
-            self.event = torch.cuda.Event()
-            self.event.record()
-        else:
-            self.host = packed
+        self._copy = HostCopy(torch.stack([t.detach().float().reshape(()) for t in (*losses.values(), loss)]))
 
     def read(self) -> tuple[dict[str, float], float]:
         """The named terms and their sum (as the step summed them) as floats."""
-        if self.event is not None:
-            self.event.synchronize()
-        values = self.host.tolist()
+        values = self._copy.tolist()
         return dict(zip(self.names, values[:-1], strict=True)), values[-1]
 
 
