@@ -21,10 +21,13 @@ import argparse
 import json
 import re
 import statistics
+import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from teacher_cache_rate import TARGET, verdicts
+
 KEY = re.compile(r"^(?P<variant>\w+?)_w(?P<writers>\w+)_(?P<turn>\d+)$")
-TARGET = 0.9
 
 
 def writes(rates: dict, load: dict | None = None) -> list[dict]:
@@ -37,12 +40,13 @@ def writes(rates: dict, load: dict | None = None) -> list[dict]:
                 m = KEY.match(key)
                 variant, turn = (m["variant"], int(m["turn"])) if m else (key, 0)
                 cores = per_write.get(f"{teacher}/{dtype}/{key}", {}).get("mean_cores", {})
-                steady = c.get("steady_over_inference")
+                # the verdicts teacher_cache_rate.py stored with the write; computed alike for files without them
+                v = rates.get("target_0_9", {}).get(f"{teacher}/{dtype}", {}).get(key) or verdicts(c)
                 rows.append({
                     "teacher": teacher, "dtype": dtype, "variant": variant, "turn": turn,
                     "writers": c.get("write_processes"), "views": c["views"], "views_s": c["views_s"],
-                    "over_inference": c["over_inference"], "met": c["over_inference"] >= TARGET,
-                    "steady_over_inference": steady, "steady_met": steady is not None and steady >= TARGET,
+                    "over_inference": v["over_inference"], "met": v["met"],
+                    "steady_over_inference": v["steady_over_inference"], "steady_met": v["steady_met"],
                     "stage_seconds": c.get("stage_seconds", {}), "loop_seconds": c.get("loop_seconds"),
                     "cores": {k: cores[k] for k in ("main_thread", "spawned", "forked") if k in cores}})
     return sorted(rows, key=lambda r: (r["teacher"], r["dtype"], r["turn"]))
@@ -85,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = writes(rates, load)
     print(f"{rates.get('device', '?')}, {rates.get('date', '?')}: {args.rates}")
     print()
-    print("| teacher | dtype | turn | variant | writers | views | views/s | / inference (>= 0.9) | verdict "
+    print(f"| teacher | dtype | turn | variant | writers | views | views/s | / inference (>= {TARGET}) | verdict "
           "| steady / inference | verdict | loader wait s | writer wait s | GPU wait s | loop s "
           "| cores: main thread, writers, loader |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")

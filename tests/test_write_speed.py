@@ -286,6 +286,23 @@ def test_tcr_turns_gives_each_write_its_verdicts_and_each_setting_its_medians(tm
         main([str(tmp_path / "load.json")])
 
 
+def test_tcr_turns_takes_the_verdicts_teacher_cache_rate_stored_and_files_without_a_steady_rate_miss_it(
+        tmp_path, capsys):
+    tcr = runpy.run_path(str(ROOT / "bench" / "teacher_cache_rate.py"), run_name="not_main")
+    old = {"views": 1280, "views_s": 361.0, "over_inference": 361.0 / 400, "loop_seconds": 3.5, "stage_seconds": {}}
+    new = {**old, "steady_over_inference": 359.0 / 400}
+    caches = {"bf16_cl_w4_0": old, "bf16_cl_w4_1": new}
+    rates = {"teachers": {"x101": {"caches": {"int8": caches}}},
+             "target_0_9": {"x101/int8": {"bf16_cl_w4_1": tcr["verdicts"](new)}}}  # the older write has none stored
+    assert rates["target_0_9"]["x101/int8"]["bf16_cl_w4_1"] == {
+        "over_inference": 361.0 / 400, "met": True, "steady_over_inference": 359.0 / 400, "steady_met": False}
+    (tmp_path / "tcr.json").write_text(json.dumps(rates))
+    runpy.run_path(str(ROOT / "bench" / "tcr_turns.py"), run_name="not_main")["main"]([str(tmp_path / "tcr.json")])
+    printed = capsys.readouterr().out
+    assert "| x101 | int8 | 0 | bf16_cl | None | 1280 | 361.0 | 0.90 | met | – | missed |" in printed
+    assert "| x101 | int8 | 1 | bf16_cl | None | 1280 | 361.0 | 0.90 | met | 0.90 | missed |" in printed  # 0.8975
+
+
 def test_library_ab_says_what_it_expected_in_a_folder_without_results(tmp_path):
     with pytest.raises(SystemExit, match="expected tcr_<turn>_<label>.json"):
         runpy.run_path(str(ROOT / "bench" / "library_ab.py"), run_name="not_main")["main"]([str(tmp_path)])
