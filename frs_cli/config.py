@@ -50,12 +50,26 @@ def _type_name(tp) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _expected(tp) -> str:
+    """What a value of the annotation ``tp`` must be, as ``_convert``'s errors say it."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return "a table"
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_expected(arg) for arg in typing.get_args(tp) if arg is not type(None))
+    if origin is typing.Literal:
+        return f"one of {', '.join(map(repr, typing.get_args(tp)))}"
+    if origin in (tuple, list):
+        return "a list"
+    return {float: "a number", int: "an integer"}.get(tp) or _type_name(tp)
+
+
 def _convert(value: Any, tp, key: str):
     """Check ``value`` (from TOML) against the annotation ``tp``; return it in the field's type."""
     origin = typing.get_origin(tp)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"recipe key '{key}': expected a table, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"recipe key '{key}': expected {_expected(tp)}, got {type(value).__name__} {value!r}")
         return _build(tp, value, key)
     if origin in (typing.Union, types.UnionType):
         errors = []
@@ -68,19 +82,20 @@ def _convert(value: Any, tp, key: str):
                 return _convert(value, arg, key)
             except ConfigError as exc:
                 errors.append(exc)
-        if len(errors) > 1:  # every alternative refused it: name them all ("an integer or one of 'auto'")
-            wanted = [str(e).split(": expected ", 1)[-1].rsplit(", got ", 1)[0] for e in errors]
-            raise ConfigError(f"recipe key '{key}': expected {' or '.join(wanted)}, got {type(value).__name__} "
-                              f"{value!r}")
+        inner = [e for e in errors if not str(e).startswith(f"recipe key '{key}': ")]
+        if inner:  # an alternative took the value's form and refused something inside it: that is the mistake
+            raise inner[0]
+        if len(errors) > 1:  # every alternative refused its form: name them all ("an integer or one of 'auto'")
+            raise ConfigError(f"recipe key '{key}': expected {_expected(tp)}, got {type(value).__name__} {value!r}")
         raise errors[0] if errors else ConfigError(f"recipe key '{key}': unexpected value {value!r}")
     if origin is typing.Literal:
         choices = typing.get_args(tp)
         if value not in choices:
-            raise ConfigError(f"recipe key '{key}': expected one of {', '.join(map(repr, choices))}, got {value!r}")
+            raise ConfigError(f"recipe key '{key}': expected {_expected(tp)}, got {value!r}")
         return value
     if origin in (tuple, list):
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"recipe key '{key}': expected a list, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"recipe key '{key}': expected {_expected(tp)}, got {type(value).__name__} {value!r}")
         args = typing.get_args(tp)
         item_tp = args[0] if args else Any
         items = [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
@@ -89,16 +104,16 @@ def _convert(value: Any, tp, key: str):
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"recipe key '{key}': expected a number, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"recipe key '{key}': expected {_expected(tp)}, got {type(value).__name__} {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"recipe key '{key}': expected an integer, got {type(value).__name__} {value!r}")
+            raise ConfigError(f"recipe key '{key}': expected {_expected(tp)}, got {type(value).__name__} {value!r}")
         return value
     if tp in (bool, str):
         if not isinstance(value, tp):
             raise ConfigError(
-                f"recipe key '{key}': expected {_type_name(tp)}, got {type(value).__name__} {value!r}"
+                f"recipe key '{key}': expected {_expected(tp)}, got {type(value).__name__} {value!r}"
             )
         return value
     raise ConfigError(f"recipe key '{key}': unsupported type {_type_name(tp)}")

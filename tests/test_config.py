@@ -219,6 +219,23 @@ def test_dataclass_validation_errors_come_through_as_config_errors():
     assert recipe_from_dict({}).cache.resize_on_gpu
 
 
+def test_a_value_no_alternative_of_a_union_takes_names_each_alternative_or_the_mistake_inside_one():
+    from typing import Literal
+
+    from frs_cli.config import _convert
+    from frs_cli.train.config import TrainConfig
+
+    tp = int | list[int] | TrainConfig | Literal["auto", "off"]
+    assert _convert([1, 2], tp, "k") == [1, 2] and _convert("off", tp, "k") == "off"
+    with pytest.raises(ConfigError, match=r"^recipe key 'k': expected an integer or a list or a table or one of "
+                                          r"'auto', 'off', got str 'many'$"):
+        _convert("many", tp, "k")
+    with pytest.raises(ConfigError, match=r"^recipe key 'k\[1\]': expected an integer, got str 'b'$"):
+        _convert([1, "b"], tp, "k")  # a list, with a wrong item
+    with pytest.raises(ConfigError, match=r"^recipe key 'k\.epochs': expected an integer, got str 'x'$"):
+        _convert({"epochs": "x"}, tp, "k")  # a table, with a wrong key
+
+
 def test_writer_processes_auto_is_half_the_cores_per_gpu_process_from_1_to_8():
     auto = recipe_from_dict({}).cache
     assert auto.write_processes == "auto" and recipe_from_dict({}).cache.cuda_graphs is True
