@@ -35,7 +35,7 @@ def main() -> None:
     from frs_cli.data.synth import SynthConfig, generate, replicate
     from frs_cli.dist import setup
     from frs_cli.models import ModelConfig, build_detector
-    from frs_cli.train.checkpoint import atomic_save, model_payload
+    from frs_cli.train.checkpoint import save_model
 
     data = args.work / "data"
     if not data.exists():
@@ -46,8 +46,7 @@ def main() -> None:
     cfg = ModelConfig(arch=args.arch)
     ckpt = args.work / "teacher.pt"
     base = recipe_from_dict({"data": {"root": str(data)}, "geometry": {"min_size": 800, "max_size": 1333}})
-    atomic_save(model_payload(build_detector(cfg, index.num_classes), cfg, index.label_to_category,
-                              [c["name"] for c in index.categories], base.geometry), ckpt)
+    save_model(ckpt, build_detector(cfg, index.num_classes), cfg, index, base.geometry)
     recipe = recipe_from_dict({"data": {"root": str(data)}, "geometry": {"min_size": 800, "max_size": 1333},
                                "teacher": {"arch": args.arch, "weights": str(ckpt)},
                                "cache": {"dtype": args.dtype, "workers": args.workers}})

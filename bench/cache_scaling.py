@@ -63,7 +63,7 @@ def main() -> None:
     from frs_cli.data.coco import CocoViews
     from frs_cli.data.synth import SynthConfig, generate, replicate
     from frs_cli.models import ModelConfig, build_detector
-    from frs_cli.train.checkpoint import atomic_save, model_payload
+    from frs_cli.train.checkpoint import save_model
 
     args.work.mkdir(parents=True, exist_ok=True)
     data = args.work / "data"
@@ -75,8 +75,7 @@ def main() -> None:
     coco = CocoViews.from_config(base.data, "train", base.geometry)
     torch.manual_seed(0)
     teacher = build_detector(ModelConfig(arch=args.arch), coco.index.num_classes)
-    atomic_save(model_payload(teacher, ModelConfig(arch=args.arch), coco.index.label_to_category,
-                              [c["name"] for c in coco.index.categories], base.geometry), ckpt)
+    save_model(ckpt, teacher, ModelConfig(arch=args.arch), coco.index, base.geometry)
     recipe = args.work / "recipe.toml"
     recipe.write_text(RECIPE.format(root=json.dumps(str(data)), arch=args.arch, weights=json.dumps(str(ckpt)),
                                     batch=args.batch, workers=args.workers, dtype=args.dtype))

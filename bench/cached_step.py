@@ -277,7 +277,7 @@ def teacher_rates(args, tname: str, data: Path, base: dict, ctx, amp) -> dict:
     from frs_cli.config import recipe_from_dict
     from frs_cli.data.coco import CocoViews, ViewSampler, collate
     from frs_cli.models import ModelConfig, build_detector
-    from frs_cli.train.checkpoint import atomic_save, model_payload
+    from frs_cli.train.checkpoint import save_model
 
     dev = ctx.device
     recipe = recipe_from_dict({**base, "data": {"root": str(data)}})
@@ -298,8 +298,7 @@ def teacher_rates(args, tname: str, data: Path, base: dict, ctx, amp) -> dict:
                 n += len(b.image_ids)
         infer = n / (sync_time() - t)
     ckpt = args.work / f"{tname}.pt"
-    atomic_save(model_payload(teacher, cfg, coco.index.label_to_category, [c["name"] for c in coco.index.categories],
-                              recipe.geometry), ckpt)
+    save_model(ckpt, teacher, cfg, coco.index, recipe.geometry)
     del teacher
     out = {"arch": ARCH[tname], "inference_img_s": infer, "rate_views": 2 * len(coco), "cache": {}}
     for dtype in ("int8", "int5"):

@@ -48,7 +48,7 @@ def write_base_cache(work: Path, views: int, image_size: int, dtype: str) -> Pat
     from frs_cli.data.synth import SynthConfig, generate
     from frs_cli.dist import setup
     from frs_cli.models import ModelConfig, build_detector
-    from frs_cli.train.checkpoint import atomic_save, model_payload
+    from frs_cli.train.checkpoint import save_model
 
     data, path = work / "data", work / f"base_{dtype}.zarr"
     if path.exists():
@@ -59,8 +59,7 @@ def write_base_cache(work: Path, views: int, image_size: int, dtype: str) -> Pat
     torch.manual_seed(0)
     cfg = ModelConfig(arch="retinanet_small_fpn", anchor_size=16)
     geometry = GeometryConfig(image_size, image_size, 32)
-    atomic_save(model_payload(build_detector(cfg, index.num_classes), cfg, index.label_to_category,
-                              [c["name"] for c in index.categories], geometry), work / "teacher.pt")
+    save_model(work / "teacher.pt", build_detector(cfg, index.num_classes), cfg, index, geometry)
     recipe = recipe_from_dict({"data": {"root": str(data)}, "geometry": geometry.to_dict(),
                                "teacher": {"arch": cfg.arch, "anchor_size": 16, "weights": str(work / "teacher.pt")},
                                "cache": {"dtype": dtype, "batch_size": 8, "workers": 0, "write_processes": 0}})

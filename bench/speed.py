@@ -297,10 +297,9 @@ def main() -> None:
                     n += len(b.image_ids)
             infer = n / (sync_time() - t)
         ckpt = args.work / f"{tname}.pt"
-        from frs_cli.train.checkpoint import atomic_save, model_payload
+        from frs_cli.train.checkpoint import save_model
 
-        atomic_save(model_payload(teacher, ModelConfig(arch=ARCH[tname]), coco.index.label_to_category,
-                                  [c["name"] for c in coco.index.categories], recipe_from_dict(base).geometry), ckpt)
+        save_model(ckpt, teacher, ModelConfig(arch=ARCH[tname]), coco.index, recipe_from_dict(base).geometry)
         res["teachers"][tname] = {"inference_img_s": infer}
         for dtype in dtypes:
             recipe = recipe_from_dict({**base, "teacher": {"arch": ARCH[tname], "weights": str(ckpt)},

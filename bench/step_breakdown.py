@@ -142,13 +142,12 @@ def prepare(args) -> Setup:
 def save_teacher(ckpt: Path, tname: str, coco, geometry) -> Path:
     """A random-weight ``tname`` teacher's model file (seed 0), as teacher-cache and the online row load it."""
     from frs_cli.models import ModelConfig, build_detector
-    from frs_cli.train.checkpoint import atomic_save, model_payload
+    from frs_cli.train.checkpoint import save_model
 
     torch.manual_seed(0)
     cfg = ModelConfig(arch=ARCH[tname])
     teacher = build_detector(cfg, coco.index.num_classes)
-    atomic_save(model_payload(teacher, cfg, coco.index.label_to_category, [c["name"] for c in coco.index.categories],
-                              geometry), ckpt)
+    save_model(ckpt, teacher, cfg, coco.index, geometry)
     return ckpt
 
 

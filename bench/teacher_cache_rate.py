@@ -295,7 +295,7 @@ def main() -> None:
     from frs_cli.data.coco import CocoViews
     from frs_cli.dist import setup
     from frs_cli.models import ModelConfig
-    from frs_cli.train.checkpoint import atomic_save, model_payload
+    from frs_cli.train.checkpoint import save_model
 
     tiny = args.tiny
     args.teachers = args.teachers or ("tiny" if tiny else "r50v2,x101")
@@ -333,8 +333,7 @@ def main() -> None:
         from frs_cli.models import build_detector
 
         ckpt = args.work / f"{tname}.pt"
-        atomic_save(model_payload(build_detector(cfg, 5), cfg, coco.index.label_to_category,
-                                  [c["name"] for c in coco.index.categories], recipe0.geometry), ckpt)
+        save_model(ckpt, build_detector(cfg, 5), cfg, coco.index, recipe0.geometry)
         best = max(row["inference_img_s"], row["inference_bf16_cl_img_s"])
         for dtype in args.dtypes.split(","):
             recipe = recipe_from_dict({**base, "teacher": {"arch": cfg.arch, "weights": str(ckpt),

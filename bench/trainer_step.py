@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
     from frs_cli.data.coco import CocoViews
     from frs_cli.dist import setup
     from frs_cli.models import ModelConfig, build_detector
-    from frs_cli.train.checkpoint import atomic_save, model_payload
+    from frs_cli.train.checkpoint import save_model
 
     ctx = setup("cpu" if args.smoke else None)
     res = {"device": torch.cuda.get_device_name(0) if ctx.device.type == "cuda" else "cpu",
@@ -166,8 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     cfg = ModelConfig(arch=ARCH[args.teacher], anchor_size=args.anchor_size)
     ckpt = args.work / f"{args.teacher}.pt"
-    atomic_save(model_payload(build_detector(cfg, coco.index.num_classes), cfg, coco.index.label_to_category,
-                              [c["name"] for c in coco.index.categories], recipe0.geometry), ckpt)
+    save_model(ckpt, build_detector(cfg, coco.index.num_classes), cfg, coco.index, recipe0.geometry)
     recipe = recipe_from_dict({**base, "teacher": {"arch": cfg.arch, "weights": str(ckpt),
                                                    "anchor_size": args.anchor_size},
                                "student": {"arch": ARCH[args.student], "anchor_size": args.anchor_size}})

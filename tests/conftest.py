@@ -120,14 +120,13 @@ def save_random_model(path: Path, arch: str, root: Path, anchor_size: int = 0, s
     from frs_cli.data.coco import CocoIndex
     from frs_cli.data.geometry import GeometryConfig
     from frs_cli.models import ModelConfig, build_detector
-    from frs_cli.train.checkpoint import atomic_save, model_payload
+    from frs_cli.train.checkpoint import save_model
 
     torch.manual_seed(seed)
     cfg = ModelConfig(arch=arch, anchor_size=anchor_size)
     index = CocoIndex(root / "annotations" / "instances_train.json")
     model = build_detector(cfg, index.num_classes)
-    atomic_save(model_payload(model, cfg, index.label_to_category, [c["name"] for c in index.categories],
-                              GeometryConfig(64, 64, 32)), path)
+    save_model(path, model, cfg, index, GeometryConfig(64, 64, 32))
     return path
 
 
@@ -157,15 +156,14 @@ def teacher_ckpt(tmp_path_factory, synth_root) -> Path:
     from frs_cli.data.coco import CocoIndex
     from frs_cli.data.geometry import GeometryConfig
     from frs_cli.models import ModelConfig, build_detector
-    from frs_cli.train.checkpoint import atomic_save, model_payload
+    from frs_cli.train.checkpoint import save_model
 
     torch.manual_seed(0)
     cfg = ModelConfig(arch="retinanet_small_fpn", anchor_size=16)
     index = CocoIndex(synth_root / "annotations" / "instances_train.json")
     teacher = build_detector(cfg, index.num_classes)
     path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
-    atomic_save(model_payload(teacher, cfg, index.label_to_category, [c["name"] for c in index.categories],
-                              GeometryConfig(64, 64, 32)), path)
+    save_model(path, teacher, cfg, index, GeometryConfig(64, 64, 32))
     return path
 
 

@@ -9,6 +9,7 @@ import dataclasses
 import random
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ from frs_cli.models import (
 )
 from frs_cli.models.base import Detector
 from frs_cli.models.config import ModelConfig
+
+if TYPE_CHECKING:
+    from frs_cli.data.coco import CocoIndex
 
 LAST = "last.pt"  # full training state, rewritten every epoch, every train.checkpoint_every steps, on a clean stop
 FINAL = "model_final.pt"  # the trained model alone
@@ -58,6 +62,14 @@ def model_payload(detector: Detector, model_cfg: ModelConfig, label_to_category,
         "fingerprint": model_fingerprint(detector),
         "model": state,
     }
+
+
+def save_model(path: str | Path, detector: Detector, model_cfg: ModelConfig, index: CocoIndex, geometry) -> Path:
+    """Write ``detector`` as a model file (atomically) with the labels and category names of ``index``, the
+    dataset it predicts for."""
+    atomic_save(model_payload(detector, model_cfg, index.label_to_category, [c["name"] for c in index.categories],
+                              geometry), path)
+    return Path(path)
 
 
 def load_detector(path: str | Path) -> tuple[Detector, dict]:

@@ -20,7 +20,7 @@ from frs_cli.lock import job_lock
 from frs_cli.models import build_detector, check_compatible, check_distillable, signature
 from frs_cli.models.config import ModelConfig
 from frs_cli.progress import Progress
-from frs_cli.train.checkpoint import FINAL, atomic_save, model_payload
+from frs_cli.train.checkpoint import FINAL, atomic_save, save_model
 from frs_cli.train.loop import FitResult, fit, flip_views
 from frs_cli.train.metrics_log import require_tensorboard, teacher_mask_picture, write_images
 from frs_cli.train.objectives import CachedTeacher, FRSObjective, GTObjective, OnlineTeacher
@@ -83,9 +83,7 @@ def _on_resumed(start: RunStart, recipe_dict: dict, changes: dict, ctx: DistCont
 
 def _model_saver(model_cfg: ModelConfig, index, geometry, extra: bool = False):
     def save(objective, out_dir: Path) -> None:
-        payload = model_payload(objective.student, model_cfg, index.label_to_category,
-                                [c["name"] for c in index.categories], geometry)
-        atomic_save(payload, out_dir / FINAL)
+        save_model(out_dir / FINAL, objective.student, model_cfg, index, geometry)
         if extra:  # a distillation run: its FRSObjective's adapters too
             atomic_save({"adapters": objective.adapters.state_dict(),
                          "levels": [lv.to_dict() for lv in objective.student.levels]}, out_dir / ADAPTERS)
