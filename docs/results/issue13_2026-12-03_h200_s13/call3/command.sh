@@ -1,0 +1,11 @@
+# session 13, call 3: pytest -m gpu on save_model, then the 4096-view rows of call 1's command again (--sizes 4096 alone; little device time was left)
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD CUDA_VISIBLE_DEVICES=0 OMP_NUM_THREADS=8
+(nvidia-smi --query-gpu=name,driver_version --format=csv; date -u; nproc --all; python3 -c "import frs_cli.cache.checksum as c; print('crc32', c.IMPLEMENTATION)") > $OUT/gpu.txt
+cp commit.txt $OUT/commit.txt; cp gpu_call3.sh $OUT/command.sh
+timeout 120 python3 -m pytest -m gpu -q -p no:cacheprovider tests 2>&1 | tail -3 | tee $OUT/gpu_tests.txt
+timeout 290 python3 bench/cached_step.py --out /tmp/step --work /tmp/cs --pairs x101-r50 --sizes 4096 \
+  --dtypes int8,int5,float16 --warm-only float16 --steps 40 --block 10 --rate-views 256 --disk-mb 256 --no-zarr-row \
+  --worker-sweep "" --online-paired --ahead --budget-s 240 2>&1 | grep -v Warning | tee $OUT/step.log | tail -3
+tar -cf $OUT/step.tar -C /tmp step
+date -u >> $OUT/gpu.txt
