@@ -191,14 +191,12 @@ class CheckpointHook(Hook):
     def __init__(self, state: TrainingState, every: int):
         self.state, self.every = state, every
 
-    def _due(self, trainer: Trainer, step: int) -> bool:
+    def wants_state(self, trainer: Trainer, step: int) -> bool:
+        """Whether a checkpoint is due after this step (the epoch's last is saved by ``after_epoch``)."""
         return bool(self.every) and step % self.every == 0 and step < trainer.iters_per_epoch
 
-    def wants_state(self, trainer: Trainer, step: int) -> bool:
-        return self._due(trainer, step)
-
     def after_step(self, trainer: Trainer) -> None:
-        if self._due(trainer, trainer.step):
+        if self.wants_state(trainer, trainer.step):
             self.state.save(trainer.epoch, trainer.step)  # a kill from here on loses at most `every` steps
 
     def after_epoch(self, trainer: Trainer) -> None:
