@@ -91,17 +91,19 @@ def _fit(recipe_path, out, hooks=(), sets=(), resume=False):
     return result, objective
 
 
-def test_hooks_are_called_in_order_after_the_built_in_ones(recipe_path, tmp_path):
+@pytest.mark.parametrize("every", [4, 3])  # 3 divides the epoch: its last step is saved by after_epoch alone
+def test_hooks_are_called_in_order_after_the_built_in_ones(recipe_path, tmp_path, every):
     out = tmp_path / "run"
     rec = Recorder(out)
-    _fit(recipe_path, out, [rec], sets=["train.checkpoint_every=4"])
+    _fit(recipe_path, out, [rec], sets=[f"train.checkpoint_every={every}"])
     expected = [("before_train",)]
     for epoch in range(2):
         expected.append(("before_epoch", epoch, 0))
         for step in range(1, STEPS + 1):
             it = epoch * STEPS + step - 1
-            # logged before the hook sees the step; the state every 4 steps inside an epoch, and at its end
-            saved = (epoch, 4) if step >= 4 else ((epoch, 0) if epoch else None)
+            # logged before the hook sees the step; the state every `every` steps inside an epoch, and at its end
+            inside = (step // every) * every if step < STEPS else (STEPS - 1) // every * every
+            saved = (epoch, inside) if inside else ((epoch, 0) if epoch else None)
             expected.append(("after_step", epoch, step, it, it + 1, saved))
         expected.append(("after_epoch", epoch, (epoch + 1, 0)))
     expected.append(("after_train", True, True))  # the final model file is written before user hooks let go

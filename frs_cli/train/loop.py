@@ -113,6 +113,7 @@ class _Launched:
     """A step on the device whose losses the host has not read yet."""
 
     iteration: int
+    done: int  # the epoch's steps done once it has finished (its own index in the epoch, plus one)
     losses: PendingLosses
     images: int
     data_seconds: float
@@ -218,8 +219,8 @@ class Trainer:
             self._running = launched
             losses, loss = self.run_step(batch, it)
             launched += 1
-            step = _Launched(it, PendingLosses(losses, loss), len(batch.image_ids) * self.ctx.world_size, t_data,
-                             self.optimizer.param_groups[0]["lr"])
+            step = _Launched(it, launched, PendingLosses(losses, loss), len(batch.image_ids) * self.ctx.world_size,
+                             t_data, self.optimizer.param_groups[0]["lr"])
             if pending is not None:  # the step before, while the device runs this one
                 self._finish(pending, hooks)
             pending = step
@@ -233,7 +234,7 @@ class Trainer:
     def _finish(self, step: _Launched, hooks: Sequence[Hook]) -> None:
         """Read a launched step's losses, record it as ``last`` and run the hooks' ``after_step``."""
         values, total = self.read_losses(step.losses, step.iteration)
-        self.step = step.iteration - self.epoch * self.iters_per_epoch + 1
+        self.step = step.done
         now = time.perf_counter()
         step_time, self._t_prev = now - self._t_prev, now
         self.images_seen += step.images
