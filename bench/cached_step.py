@@ -141,6 +141,10 @@ def main() -> None:
     p.add_argument("--ahead", action="store_true",
                    help="launch each step before waiting for the one before, as the trainer does since session 12 "
                         "(speed.timed_steps); without it each step is waited for before the next is launched")
+    p.add_argument("--split", action="store_true",
+                   help="paired rows: also time the plain step fed the cached batches (gt_cached: their targets "
+                        "copied to the device, unused), and record per step the host's launch time of the forward, "
+                        "backward and optimizer of every mode (the row's split)")
     p.add_argument("--smoke", action="store_true", help="tiny models and sizes on the CPU (tests)")
     args = p.parse_args()
     if args.smoke:
@@ -455,6 +459,8 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
         modes = (*modes, "online")
     if args.feeder_ab:  # the same steps fed without the prefetcher: "<mode>_inline"
         modes = (*modes, "plain_inline", f"{last}_inline")
+    if args.split:  # what the cached batches cost the plain step, without the FRS terms
+        modes = (*modes, "gt_cached")
     for m in modes:
         torch.manual_seed(0)
         student = build_detector(ModelConfig(arch=ARCH[sname]), coco.index.num_classes)
@@ -468,6 +474,7 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
         prefetch = args.device_prefetch and not m.endswith("_inline")
         its[m] = feeder(_loader(args, ds, keys, dev), dev, prefetch)  # one across the blocks: none skipped
     times = {m: ([], []) for m in objs}
+    phases = {m: {} for m in objs} if args.split else dict.fromkeys(objs)
     opts = {m: sgd(objs[m].to(dev)) for m in objs}  # one optimizer each across the blocks: no new momentum buffers
     for m, obj in objs.items():
         timed_steps(obj, its[m], dev, amp, args.warmup, 0, opts[m], ahead=args.ahead)
@@ -475,7 +482,8 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
     while done < args.steps:
         n = min(args.block, args.steps - done)
         for m in (modes if turn % 2 == 0 else modes[::-1]):
-            steps, waits, _ = timed_steps(objs[m], its[m], dev, amp, 0, n, opts[m], ahead=args.ahead)
+            steps, waits, _ = timed_steps(objs[m], its[m], dev, amp, 0, n, opts[m], ahead=args.ahead,
+                                          phases=phases[m])
             times[m][0].extend(steps)
             times[m][1].extend(waits)
         done, turn = done + n, turn + 1
@@ -492,6 +500,9 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
         row.update({"cuda_graphs": False, **step_figures(*times[f"{mode}_graphs"], prefix="graphs_"), **captured})
     if args.online_paired:
         row.update(step_figures(*times["online"], prefix="online_"))
+    if args.split:  # per mode: the step, its data wait and the host's launch of each part, medians in ms
+        row["split"] = {m: {"step_ms": 1e3 * median(times[m][0]), "data_wait_ms": 1e3 * median(times[m][1]),
+                            **{f"{k}_ms": 1e3 * median(v) for k, v in phases[m].items()}} for m in times}
     if args.feeder_ab:  # inline_step_ms: the last cached variant (graphed with --graphs-ab) without the prefetcher
         row.update({"inline_of": last, **step_figures(*times[f"{last}_inline"], prefix="inline_"),
                     **step_figures(*times["plain_inline"], prefix="inline_plain_")})

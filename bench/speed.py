@@ -64,14 +64,16 @@ def cpu_name() -> str:
 
 
 def step_objective(mode: str, student, recipe, coco, num_classes: int, store=None):
-    """(objective, dataset) of one timed step: ``plain`` (GT only), ``online`` (the live teacher) or a cached
-    mode reading ``store`` (a ``TeacherCache``)."""
+    """(objective, dataset) of one timed step: ``plain`` (GT only), ``online`` (the live teacher), ``gt_cached``
+    (GT only, on the batches of ``store``, a ``TeacherCache``) or a cached mode reading ``store``."""
     from frs_cli.cache.reader import CachedViews
     from frs_cli.models import build_detector
     from frs_cli.train.objectives import CachedTeacher, FRSObjective, GTObjective, OnlineTeacher
 
     if mode == "plain":
         return GTObjective(student), coco
+    if mode == "gt_cached":  # the plain step fed the cached batches: their targets reach the device, unused
+        return GTObjective(student), CachedViews(coco, store)
     if mode == "online":
         teacher = build_detector(recipe.teacher, num_classes)
         return FRSObjective(student, teacher.signature, OnlineTeacher(teacher), recipe.distill), coco
@@ -112,7 +114,8 @@ def feeder(batches, dev, prefetch: bool = True):
     return DevicePrefetcher(batches, dev) if prefetch else InStepCopies(batches, dev)
 
 
-def timed_steps(obj, batches, dev, amp: dict, warmup: int, steps: int, opt=None, ahead: bool = False):
+def timed_steps(obj, batches, dev, amp: dict, warmup: int, steps: int, opt=None, ahead: bool = False,
+                phases: dict[str, list[float]] | None = None):
     """Train ``obj`` (SGD; ``opt``, else a new ``sgd(obj)``) on ``warmup + steps`` batches of the iterator
     ``batches``, as ``frs distill`` feeds its steps: through a ``DevicePrefetcher``, so each batch's copy to the
     device overlaps the step before (pass a ``feeder``, prefetching or not, to keep its batch in flight across
@@ -125,7 +128,10 @@ def timed_steps(obj, batches, dev, amp: dict, warmup: int, steps: int, opt=None,
     host saw the previous step end to the moment it saw its own end. Without it, the host waits for each step before
     launching the next (the benches' figures up to session 12). The times of one call still sum to its wall time,
     but a call's first step also holds the launch of the second, and its last step only what was left of it on the
-    device: use many steps per call. On the CPU, where a step runs as it is launched, every time shifts by a step."""
+    device: use many steps per call. On the CPU, where a step runs as it is launched, every time shifts by a step.
+
+    ``phases``: appends to its lists ``forward``, ``backward`` and ``optimizer`` the seconds the host spent launching
+    each part of every timed step (on the GPU the host returns before the work is done: these are launch times)."""
     import torch
 
     obj.to(dev).train()
@@ -150,11 +156,18 @@ def timed_steps(obj, batches, dev, amp: dict, warmup: int, steps: int, opt=None,
         waited = batches.data_seconds
         batch = next(batches)
         wait = batches.data_seconds - waited
+        t_launch = time.perf_counter()
         with torch.autocast(**amp):
             loss = sum(obj(batch, 10_000).values())
+        t_forward = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        t_backward = time.perf_counter()
         opt.step()
+        if phases is not None and i >= warmup:
+            for key, seconds in (("forward", t_forward - t_launch), ("backward", t_backward - t_forward),
+                                 ("optimizer", time.perf_counter() - t_backward)):
+                phases.setdefault(key, []).append(seconds)
         if ahead:
             step = (StepEnd(dev), i, wait)
             if pending is not None:

@@ -247,6 +247,36 @@ def test_cached_step_pairs_the_online_step_and_times_plain_and_graphed_also_with
     assert flags == [True, True] + [True, True, True, True, False, False] * 4 + [True]
 
 
+def test_cached_step_split_times_the_plain_step_on_cached_batches_and_each_modes_launches(tmp_path, monkeypatch):
+    step = _bench("cached_step")
+    fed = []
+    real = step.step_objective
+
+    def spy(mode, student, recipe, coco, num_classes, store=None):
+        objective, dataset = real(mode, student, recipe, coco, num_classes, store)
+        fed.append((mode, type(objective).__name__, type(dataset).__name__))
+        return objective, dataset
+
+    monkeypatch.setattr(step, "step_objective", spy)
+    monkeypatch.setattr(sys, "argv", ["cached_step.py", "--smoke", "--out", str(tmp_path / "out"), "--work",
+                                      str(tmp_path / "work"), "--split"])
+    step.main()
+    res = json.loads((tmp_path / "out" / "step.json").read_text())
+    rows = [r for r in res["cached"] if "step_ms" in r and "split" in r]
+    assert len(rows) == 4  # float16 and int5 at both smoke sizes, warm (the zarr row is not paired)
+    for row in rows:
+        assert set(row["split"]) == {"plain", "cached", "gt_cached"}
+        for m, figures in row["split"].items():
+            assert set(figures) == {"step_ms", "data_wait_ms", "forward_ms", "backward_ms", "optimizer_ms"}, m
+            assert all(v > 0 for k, v in figures.items() if k != "data_wait_ms"), m
+        assert row["split"]["cached"]["step_ms"] == row["step_ms"]
+        assert row["split"]["plain"]["step_ms"] == row["plain_step_ms"]
+    # per row the plain objective on the cached views, the FRS objective on them, and the plain one on the images
+    assert fed.count(("gt_cached", "GTObjective", "CachedViews")) == 4
+    assert fed.count(("cached", "FRSObjective", "CachedViews")) == 5  # and the zarr row's
+    assert fed.count(("plain", "GTObjective", "CocoViews")) == 5  # the pair's plain row and each row's plain side
+
+
 def _hand_made_step(**over) -> dict:
     step = {"device": "hand", "date": "2026-12-02", "command": "by hand", "views_in_split": 8192,
             "args": {"batch": "10", "dtypes": "float16,int8,int5"},
