@@ -434,6 +434,17 @@ def time_steps(args, mode: str, recipe, sname: str, coco, num_views: int, path: 
     return {**step_figures(steps, waits), "steps": len(steps)}
 
 
+def pinned_allocs(dev) -> tuple[int, float] | None:
+    """Pinned host blocks created so far by the CUDA host allocator and the microseconds spent creating them
+    (``torch.cuda.host_memory_stats``); None off CUDA or where torch lacks the statistics."""
+    import torch
+
+    if dev.type != "cuda" or not hasattr(torch.cuda, "host_memory_stats"):
+        return None
+    stats = torch.cuda.host_memory_stats()
+    return stats.get("num_host_alloc", 0), stats.get("host_alloc_time.total", 0.0)
+
+
 def step_figures(steps: list[float], waits: list[float], prefix: str = "") -> dict:
     """Median and mean step (ms) and the mean and median share of it spent waiting for data, keys ``prefix``-ed."""
     return {f"{prefix}step_ms": 1e3 * median(steps), f"{prefix}step_ms_mean": 1e3 * sum(steps) / len(steps),
@@ -475,6 +486,7 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
         its[m] = feeder(_loader(args, ds, keys, dev), dev, prefetch)  # one across the blocks: none skipped
     times = {m: ([], []) for m in objs}
     phases = {m: {} for m in objs} if args.split else dict.fromkeys(objs)
+    allocs = {m: [0, 0.0] for m in objs}
     opts = {m: sgd(objs[m].to(dev)) for m in objs}  # one optimizer each across the blocks: no new momentum buffers
     for m, obj in objs.items():
         timed_steps(obj, its[m], dev, amp, args.warmup, 0, opts[m], ahead=args.ahead)
@@ -482,8 +494,13 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
     while done < args.steps:
         n = min(args.block, args.steps - done)
         for m in (modes if turn % 2 == 0 else modes[::-1]):
+            before = pinned_allocs(dev) if args.split else None
             steps, waits, _ = timed_steps(objs[m], its[m], dev, amp, 0, n, opts[m], ahead=args.ahead,
                                           phases=phases[m])
+            if before is not None:  # pinned blocks the host allocator had to create while this block ran
+                after = pinned_allocs(dev)
+                allocs[m][0] += after[0] - before[0]
+                allocs[m][1] += after[1] - before[1]
             times[m][0].extend(steps)
             times[m][1].extend(waits)
         done, turn = done + n, turn + 1
@@ -503,6 +520,9 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
     if args.split:  # per mode: the step, its data wait and the host's launch of each part, medians in ms
         row["split"] = {m: {"step_ms": 1e3 * median(times[m][0]), "data_wait_ms": 1e3 * median(times[m][1]),
                             **{f"{k}_ms": 1e3 * median(v) for k, v in phases[m].items()}} for m in times}
+        if pinned_allocs(dev) is not None:
+            for m, (count, us) in allocs.items():
+                row["split"][m].update({"pinned_allocs": count, "pinned_alloc_ms": us / 1e3})
     if args.feeder_ab:  # inline_step_ms: the last cached variant (graphed with --graphs-ab) without the prefetcher
         row.update({"inline_of": last, **step_figures(*times[f"{last}_inline"], prefix="inline_"),
                     **step_figures(*times["plain_inline"], prefix="inline_plain_")})
