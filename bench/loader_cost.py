@@ -23,8 +23,10 @@ Variants (``--variants``):
 - optional: ``loader_cached_nopin``, ``loader_cached`` with ``pin_memory=False``; ``loader_cached_w4``, with 4
   workers.
 
-With ``--profile`` the ``loader_plain`` and ``loader_cached`` variants are also profiled over a few steps
-(torch.profiler, host and device), and the top host operations by self time go to --out/profile_*.txt.
+With ``--profile`` the ``--profile-variants`` (``loader_plain`` and ``loader_cached`` unless given) are also
+profiled over a few steps (torch.profiler, host and device): the top host operations by self time go to
+--out/profile_*.txt, and the host milliseconds per step inside each labelled region of the step (``REGIONS``:
+the student's forward, the FRS side's checks, valid positions and graph replay) to the JSON's ``regions``.
 Raw JSON to --out/loader_cost.json. ``--smoke`` runs it on the CPU with tiny models (tests).
 
 On one H200 (about 3 minutes):
@@ -35,6 +37,8 @@ On one H200 (about 3 minutes):
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import sys
 import time
@@ -53,6 +57,53 @@ PHASES = ("wait", "copy", "issue", "tail")
 STEP = 10_000  # past the FRS warm-up
 SMOKE = {"pair": "tiny-tiny", "images": 4, "image_size": 64, "min_size": 64, "max_size": 96, "views": 16,
          "batch": 2, "batches": 4, "workers": 0, "warmup": 1, "steps": 2, "rounds": 1, "profile": False}
+
+
+# the parts of a step the profile labels: (module, attribute holder, attribute) -> label
+REGIONS = (("frs_cli.train.objectives", "GTObjective", "forward", "objective_forward"),
+           ("frs_cli.train.objectives", "FRSObjective", "forward", "objective_forward"),
+           ("frs_cli.train.objectives", None, "valid_positions", "valid_positions"),
+           ("frs_cli.train.objectives", "CachedTeacher", "graphed", "graphed_check"),
+           ("frs_cli.train.objectives", "CachedTeacher", "check_batch", "check_batch"),
+           ("frs_cli.train.graphed", "GraphedTerms", "__call__", "graphed_terms"),
+           ("frs_cli.train.graphed", "_TrainingGraph", "__call__", "graph_replay"))
+
+
+@contextlib.contextmanager
+def labelled_regions(obj):
+    """Every ``REGIONS`` function, and ``obj``'s student forward (``student_forward``), inside a
+    ``record_function("frs::<label>")`` while the block runs; restored after."""
+    import importlib
+
+    from torch.profiler import record_function
+
+    def wrap(fn, label):
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            with record_function(f"frs::{label}"):
+                return fn(*args, **kwargs)
+        return inner
+
+    patched = []
+    for module, holder, name, label in REGIONS:
+        target = importlib.import_module(module)
+        target = getattr(target, holder) if holder else target
+        patched.append((target, name, target.__dict__[name]))
+        setattr(target, name, wrap(target.__dict__[name], label))
+    student = obj.student
+    student.forward = wrap(type(student).forward.__get__(student), "student_forward")
+    try:
+        yield
+    finally:
+        del student.forward
+        for target, name, original in patched:
+            setattr(target, name, original)
+
+
+def region_ms(prof, steps: int) -> dict[str, float]:
+    """Host milliseconds per step inside each ``frs::`` label of ``prof`` (its total CPU time / ``steps``)."""
+    return {e.key.removeprefix("frs::"): e.cpu_time_total / 1e3 / steps for e in prof.key_averages()
+            if e.key.startswith("frs::")}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -75,6 +126,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=2, help="times every variant is measured, in turn")
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--profile-variants", default="loader_plain,loader_cached", help="the variants --profile profiles")
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args(argv)
     args.group_by_canvas = True  # batches of one canvas, as training batches by default
@@ -163,10 +215,14 @@ def run_variant(name: str, args, s: dict, profile_to: Path | None = None) -> dic
         from torch.profiler import ProfilerActivity, profile, schedule
 
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if s["dev"].type == "cuda" else [])
-        with profile(activities=acts, schedule=schedule(wait=0, warmup=2, active=6, repeat=1)) as prof:
+        active = 6
+        with labelled_regions(obj), profile(activities=acts,
+                                            schedule=schedule(wait=0, warmup=2, active=active, repeat=1)) as prof:
             res = timed(obj, batches, s["dev"], s["amp"], args.warmup, min(args.steps, 8), profiler=prof)
+        res["regions"] = region_ms(prof, active)
         text = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40)
-        profile_to.write_text(text)
+        regions = "\n".join(f"{k}: {v:.3f} ms per step (host)" for k, v in sorted(res["regions"].items()))
+        profile_to.write_text(f"{regions}\n\n{text}")
     del obj, batches
     if s["dev"].type == "cuda":
         torch.cuda.empty_cache()
@@ -191,8 +247,8 @@ def run(args, argv: list[str]) -> dict:
             (args.out / "loader_cost.json").write_text(json.dumps({**res, "rounds": [*res["rounds"], row]}, indent=1))
         res["rounds"].append(row)
     if args.profile:
-        for name in ("loader_plain", "loader_cached"):
-            run_variant(name, args, s, profile_to=args.out / f"profile_{name}.txt")
+        res["profiles"] = {name: run_variant(name, args, s, profile_to=args.out / f"profile_{name}.txt")
+                           for name in args.profile_variants.split(",")}
     (args.out / "loader_cost.json").write_text(json.dumps(res, indent=1))
     print(table(res), flush=True)
     return res

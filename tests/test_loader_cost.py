@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import load_bench
 
 
@@ -41,3 +42,32 @@ def test_step_ops_counts_the_operations_of_each_step_and_what_frs_adds(tmp_path)
     import torch
 
     assert bench.count(lambda: torch.ones(3).add(1).sum()) == 3
+
+
+def test_loader_cost_profile_labels_the_regions_of_each_step_and_restores_them(tmp_path):
+    from frs_cli.train import graphed, objectives
+
+    bench = load_bench("loader_cost")
+    originals = {(h, n): (getattr(objectives, h) if h else objectives).__dict__[n]
+                 for m, h, n, _ in bench.REGIONS if m.endswith("objectives")}
+    argv = ["--smoke", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
+            "--variants", "resident_plain", "--profile-variants", "resident_plain,resident_cached"]
+    args = bench.parse_args(argv)
+    args.profile = True  # the smoke turns it off
+    res = bench.run(args, argv)
+    plain, cached = (res["profiles"][v]["regions"] for v in ("resident_plain", "resident_cached"))
+    assert set(plain) == {"objective_forward", "student_forward"}
+    # on the CPU the FRS side runs eagerly: its checks and valid positions are labelled, no graph is replayed
+    assert set(cached) == {"objective_forward", "student_forward", "valid_positions", "graphed_check",
+                           "check_batch"}
+    for regions in (plain, cached):
+        assert 0 < regions["student_forward"] < regions["objective_forward"]
+    assert cached["valid_positions"] < cached["objective_forward"] - cached["student_forward"]
+    text = (tmp_path / "out" / "profile_resident_cached.txt").read_text()
+    assert "valid_positions: " in text and "ms per step (host)" in text and "Self CPU" in text
+    on_disk = json.loads((tmp_path / "out" / "loader_cost.json").read_text())
+    assert on_disk["profiles"]["resident_cached"]["regions"] == pytest.approx(cached)
+    # every function is itself again once the profile ends
+    for (h, n), fn in originals.items():
+        assert (getattr(objectives, h) if h else objectives).__dict__[n] is fn
+    assert graphed.GraphedTerms.__dict__["__call__"].__name__ == "__call__"
