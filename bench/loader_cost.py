@@ -101,9 +101,16 @@ def labelled_regions(obj):
 
 
 def region_ms(prof, steps: int) -> dict[str, float]:
-    """Host milliseconds per step inside each ``frs::`` label of ``prof`` (its total CPU time / ``steps``)."""
-    return {e.key.removeprefix("frs::"): e.cpu_time_total / 1e3 / steps for e in prof.key_averages()
-            if e.key.startswith("frs::")}
+    """Host milliseconds per step inside each ``frs::`` label of ``prof``: the host-side ranges' total time (a
+    label's device-side annotations left out) / ``steps``."""
+    from torch.autograd import DeviceType
+
+    out: dict[str, float] = {}
+    for e in prof.events():
+        if e.name.startswith("frs::") and e.device_type == DeviceType.CPU:
+            key = e.name.removeprefix("frs::")
+            out[key] = out.get(key, 0.0) + e.cpu_time_total / 1e3 / steps
+    return out
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -201,7 +208,8 @@ def timed(obj, batches, dev, amp, warmup: int, steps: int, drop_teacher: bool = 
 def run_variant(name: str, args, s: dict, profile_to: Path | None = None) -> dict:
     cached = name.startswith(("resident_cached", "loader_cached")) and name != "loader_cached_gt"
     obj = objective(s, cached, graphs=not name.endswith("_eager"))
-    count = args.warmup + args.steps
+    # a profile's steps: every distinct batch once, then 2 + 6 (see below)
+    count = args.warmup + args.steps if profile_to is None else max(args.warmup, args.batches) + 8
     if name.startswith("resident"):
         batches = (s["resident"][i % len(s["resident"])] for i in range(count))
     else:
@@ -215,10 +223,11 @@ def run_variant(name: str, args, s: dict, profile_to: Path | None = None) -> dic
         from torch.profiler import ProfilerActivity, profile, schedule
 
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if s["dev"].type == "cuda" else [])
-        active = 6
+        # profiled once every distinct batch has run (its shape captured as graphs): the steady steps alone
+        active, wait = 6, max(args.warmup, args.batches)
         with labelled_regions(obj), profile(activities=acts,
-                                            schedule=schedule(wait=0, warmup=2, active=active, repeat=1)) as prof:
-            res = timed(obj, batches, s["dev"], s["amp"], args.warmup, min(args.steps, 8), profiler=prof)
+                                            schedule=schedule(wait=wait, warmup=2, active=active, repeat=1)) as prof:
+            res = timed(obj, batches, s["dev"], s["amp"], wait, 2 + active, profiler=prof)
         res["regions"] = region_ms(prof, active)
         text = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40)
         regions = "\n".join(f"{k}: {v:.3f} ms per step (host)" for k, v in sorted(res["regions"].items()))
