@@ -11,9 +11,11 @@ Per kind of batch (its megabytes: ``--views`` x (``--image-mb`` + the encoding's
 queue has filled, with ``--step-ms`` of sleep between batches so the workers stay ahead (as a training step
 keeps them): the training thread's milliseconds to receive a batch (``next``), to read a byte of each page
 (what pinning does, without a GPU), and to drop it, and the process's user and system CPU milliseconds and
-minor page faults per batch. Kinds are measured ``--rounds`` times, in turn.
+minor page faults per batch. Kinds are measured ``--rounds`` times, in turn; with ``--holds 0,2`` each also
+with its workers holding none and two of their last buffers (``frs_cli.data.packed.WORKER_HOLD``), so that
+dropping a batch in the training process frees its pages there or leaves that to the worker.
 
-    python3 bench/batch_transfer.py --out docs/results/batch_transfer_$(date +%F).json
+    python3 bench/batch_transfer.py --out docs/results/batch_transfer_$(date +%F).json --holds 0,2
 
 The default MB per view are the X101 caches' (``mb_per_view`` in docs/results/issue13_2026-12-03_h200_s14/call1/
 step/step.json: int5 1.097, int8 1.743, float16 3.463), and 1.31 MB is one 853 x 512 uint8 RGB view.
@@ -39,25 +41,29 @@ KINDS = "plain:0,int5:1.097,int8:1.743,float16:3.463"
 
 class Batches(torch.utils.data.Dataset):
     """Endless batches of ``nbytes``, each a new packed buffer with every page written, as a worker's collate
-    leaves it."""
+    leaves it; the worker holds its last ``hold`` buffers (``packed.WORKER_HOLD``; None: the package's)."""
 
-    def __init__(self, nbytes: int):
-        self.nbytes = nbytes
+    def __init__(self, nbytes: int, hold: int | None = None):
+        self.nbytes, self.hold = nbytes, hold
 
     def __len__(self) -> int:
         return 1 << 30
 
     def __getitem__(self, index: int):
+        from frs_cli.data import packed as packing
         from frs_cli.data.packed import PackedTensors
 
+        if self.hold is not None:
+            packing.WORKER_HOLD = self.hold
         packed = PackedTensors.allocate([(torch.uint8, (self.nbytes,))])
         packed.views[0].fill_(index % 251)
         return packed
 
 
-def measure(nbytes: int, workers: int, batches: int, step_s: float) -> dict:
-    """The training thread's and the process's cost per batch of ``nbytes`` through a DataLoader."""
-    loader = torch.utils.data.DataLoader(Batches(nbytes), batch_size=None, num_workers=workers,
+def measure(nbytes: int, workers: int, batches: int, step_s: float, hold: int | None = None) -> dict:
+    """The training thread's and the process's cost per batch of ``nbytes`` through a DataLoader whose workers
+    hold their last ``hold`` buffers (None: as the package does)."""
+    loader = torch.utils.data.DataLoader(Batches(nbytes, hold), batch_size=None, num_workers=workers,
                                          prefetch_factor=4 if workers else None)
     it = iter(loader)
     next(it)
@@ -103,12 +109,17 @@ def run(args, argv: list[str]) -> dict:
     res = {"command": "python3 bench/batch_transfer.py " + " ".join(argv), "device": cpu_name(),
            "cpu_cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
            "args": {k: str(v) for k, v in vars(args).items()}, "rounds": []}
+    holds = [int(h) for h in args.holds.split(",")] if args.holds else [None]
+    settings = [(name, hold) for name in kinds for hold in holds]
     for r in range(args.rounds):
         row = {}
-        for name in kinds if r % 2 == 0 else list(kinds)[::-1]:
+        for name, hold in settings if r % 2 == 0 else settings[::-1]:
             mb = args.views * (args.image_mb + kinds[name])
-            row[name] = {"mb": mb, **measure(int(mb * 2**20), args.workers, args.batches, args.step_ms / 1e3)}
-            print(f"round {r} {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in row[name].items()), flush=True)
+            key = name if hold is None else f"{name} hold {hold}"
+            row[key] = {"mb": mb, "worker_hold": hold,
+                        **measure(int(mb * 2**20), args.workers, args.batches, args.step_ms / 1e3, hold)}
+            print(f"round {r} {key}: " + ", ".join(f"{k} {v:.2f}" for k, v in row[key].items() if v is not None),
+                  flush=True)
         res["rounds"].append(row)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -126,6 +137,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batches", type=int, default=60)
     p.add_argument("--step-ms", type=float, default=40.0, help="sleep between batches (the training step)")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--holds", default="", help="comma list of buffers each worker holds (packed.WORKER_HOLD), each "
+                   "measured in turn for every kind (empty: the package's)")
     return p.parse_args(argv)
 
 

@@ -213,6 +213,39 @@ def test_collate_in_a_data_loader_worker_hands_over_one_shared_buffer():
     _assert_same(got, _expected_tensors(samples))
 
 
+class _Allocating(torch.utils.data.Dataset):
+    """Item i makes a buffer of 8 + i bytes as a worker's collate does (``WORKER_HOLD`` set to ``hold`` first),
+    and reports whether it is shared and the sizes of the buffers the worker holds then."""
+
+    def __init__(self, hold: int):
+        self.hold = hold
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int):
+        from frs_cli.data import packed
+
+        packed.WORKER_HOLD = self.hold
+        buffer = packed.allocate_buffer(8 + i)
+        return buffer.is_shared(), [b.numel() for b in packed._held], bool(packed._held) and packed._held[-1] is buffer
+
+
+@pytest.mark.parametrize("hold", [2, 0])
+def test_a_worker_holds_its_last_buffers_so_the_training_process_does_not_free_their_pages(hold):
+    from frs_cli.data import packed
+
+    loader = torch.utils.data.DataLoader(_Allocating(hold), batch_size=None, num_workers=1)
+    got = list(loader)
+    assert [g[0] for g in got] == [True] * 4  # shared memory, as handed over
+    if hold:
+        assert [g[1] for g in got] == [[8], [8, 9], [9, 10], [10, 11]] and all(g[2] for g in got)
+    else:
+        assert [g[1] for g in got] == [[]] * 4
+    before = list(packed._held)
+    assert not packed.allocate_buffer(16).is_shared() and list(packed._held) == before  # the training process keeps none
+
+
 def _pickled_tensors(obj) -> tuple[int, bytes]:
     """How many tensors pickling ``obj`` for another process sends (each is rebuilt by the receiving side's
     unpickler, under the GIL, in the DataLoader's pin-memory thread), and the pickle."""

@@ -8,6 +8,7 @@ multiple of ``ALIGN`` bytes, so each view starts at an address fit for its dtype
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -54,13 +55,29 @@ def views_of(buffer: Tensor, slots: Sequence[Slot]) -> list[Tensor]:
     return out
 
 
+# A DataLoader worker keeps its last WORKER_HOLD shared buffers referenced. While the worker still maps a buffer,
+# the training process's drop of that batch (after pinning copies it, or after its step) only unmaps it, and the
+# pages are freed here, in the worker, once later batches push the buffer out. Freeing them in the training
+# process cost it about 0.3 ms per MB of batch on a 2-core CPU, 11 ms for an fp16 batch of 8 views
+# (bench/batch_transfer.py, docs/BENCHMARKS.md session 14). A worker runs up to the trainer's prefetch_factor (4)
+# batches ahead of the one the training process drops, so it holds that many and two more; two alone did not
+# help. The price: up to WORKER_HOLD more batches per worker in shared memory.
+WORKER_HOLD = 6
+_held: deque[Tensor] = deque()
+
+
 def allocate_buffer(nbytes: int) -> Tensor:
     """An uninitialised 1-D uint8 CPU tensor of ``nbytes``; in a DataLoader worker, in shared memory from the
-    start, so that handing it to the main process moves no bytes (torch would otherwise copy it there)."""
+    start, so that handing it to the main process moves no bytes (torch would otherwise copy it there), and held
+    by the worker until ``WORKER_HOLD`` later buffers are made."""
     if torch.utils.data.get_worker_info() is None:
         return torch.empty(nbytes, dtype=torch.uint8)
     storage = torch.UntypedStorage._new_shared(nbytes)
-    return torch.empty(0, dtype=torch.uint8).set_(storage, 0, (nbytes,))
+    buffer = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (nbytes,))
+    _held.append(buffer)
+    while len(_held) > WORKER_HOLD:
+        _held.popleft()
+    return buffer
 
 
 @dataclass(frozen=True)
