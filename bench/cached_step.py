@@ -145,6 +145,10 @@ def main() -> None:
                    help="paired rows: also time the plain step fed the cached batches (gt_cached: their targets "
                         "copied to the device, unused), and record per step the host's launch time of the forward, "
                         "backward and optimizer of every mode (the row's split)")
+    p.add_argument("--hold-ab", action="store_true",
+                   help="paired rows: also time the plain and cached steps with loader workers that hold none of "
+                        "their batch buffers (packed.WORKER_HOLD = 0, as before it), interleaved with the rest "
+                        "(hold0_* figures)")
     p.add_argument("--smoke", action="store_true", help="tiny models and sizes on the CPU (tests)")
     args = p.parse_args()
     if args.smoke:
@@ -379,14 +383,27 @@ def batches_for(num_views: int, count: int, batch: int, canvas_of=None) -> list[
             return out[:count]
 
 
-def _loader(args, dataset, batches, dev):
+def hold_buffers(count: int, worker_id: int) -> None:
+    """A loader worker's ``worker_init_fn``: the worker holds its last ``count`` batch buffers
+    (``frs_cli.data.packed.WORKER_HOLD``) instead of the package's number."""
+    from frs_cli.data import packed
+
+    packed.WORKER_HOLD = count
+
+
+def _loader(args, dataset, batches, dev, hold: int | None = None):
+    """The bench's DataLoader over ``batches``; with ``hold``, its workers hold that many batch buffers."""
+    import functools
+
     import torch
 
     from frs_cli.data.coco import ListSampler, collate
 
+    init = None if hold is None else functools.partial(hold_buffers, hold)
     return torch.utils.data.DataLoader(dataset, batch_sampler=ListSampler(batches), num_workers=args.workers,
                                        collate_fn=collate, pin_memory=dev.type == "cuda",
-                                       prefetch_factor=args.prefetch if args.workers else None)
+                                       prefetch_factor=args.prefetch if args.workers else None,
+                                       worker_init_fn=init)
 
 
 def _store(path: str, direct: bool):
@@ -472,10 +489,12 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
         modes = (*modes, "plain_inline", f"{last}_inline")
     if args.split:  # what the cached batches cost the plain step, without the FRS terms
         modes = (*modes, "gt_cached")
+    if args.hold_ab:  # the plain and cached steps again, their workers holding no buffer (as before 8a0aa17)
+        modes = (*modes, "plain_hold0", f"{mode}_hold0")
     for m in modes:
         torch.manual_seed(0)
         student = build_detector(ModelConfig(arch=ARCH[sname]), coco.index.num_classes)
-        kind = m.removesuffix("_inline")
+        kind = m.removesuffix("_inline").removesuffix("_hold0")
         cached = kind not in ("plain", "online")
         r = recipe
         if cached and args.graphs_ab:  # the A/B: distill.cuda_graphs off and on
@@ -483,7 +502,8 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
         objs[m], ds = step_objective(kind.removesuffix("_graphs"), student, r, coco, coco.index.num_classes,
                                      _store(path, True) if cached else None)
         prefetch = args.device_prefetch and not m.endswith("_inline")
-        its[m] = feeder(_loader(args, ds, keys, dev), dev, prefetch)  # one across the blocks: none skipped
+        hold = 0 if m.endswith("_hold0") else None
+        its[m] = feeder(_loader(args, ds, keys, dev, hold), dev, prefetch)  # one across the blocks: none skipped
     times = {m: ([], []) for m in objs}
     phases = {m: {} for m in objs} if args.split else dict.fromkeys(objs)
     allocs = {m: [0, 0.0] for m in objs}
@@ -517,6 +537,9 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
         row.update({"cuda_graphs": False, **step_figures(*times[f"{mode}_graphs"], prefix="graphs_"), **captured})
     if args.online_paired:
         row.update(step_figures(*times["online"], prefix="online_"))
+    if args.hold_ab:  # hold0_*: the same steps with workers that hold no buffer, so the training process frees pages
+        row.update({**step_figures(*times[f"{mode}_hold0"], prefix="hold0_"),
+                    **step_figures(*times["plain_hold0"], prefix="hold0_plain_")})
     if args.split:  # per mode: the step, its data wait and the host's launch of each part, medians in ms
         row["split"] = {m: {"step_ms": 1e3 * median(times[m][0]), "data_wait_ms": 1e3 * median(times[m][1]),
                             **{f"{k}_ms": 1e3 * median(v) for k, v in phases[m].items()}} for m in times}

@@ -277,6 +277,45 @@ def test_cached_step_split_times_the_plain_step_on_cached_batches_and_each_modes
     assert fed.count(("plain", "GTObjective", "CocoViews")) == 5  # the pair's plain row and each row's plain side
 
 
+class _HeldCount(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 3
+
+    def __getitem__(self, i: int) -> int:
+        from frs_cli.data import packed
+
+        packed.allocate_buffer(8)
+        return len(packed._held)
+
+
+def test_cached_step_hold_ab_times_both_steps_again_with_workers_that_hold_no_buffer(tmp_path, monkeypatch):
+    import functools
+
+    step = _bench("cached_step")
+    holds, real = [], step._loader
+
+    def spy(args, dataset, batches, dev, hold=None):
+        holds.append(hold)
+        return real(args, dataset, batches, dev, hold)
+
+    monkeypatch.setattr(step, "_loader", spy)
+    monkeypatch.setattr(sys, "argv", ["cached_step.py", "--smoke", "--out", str(tmp_path / "out"), "--work",
+                                      str(tmp_path / "work"), "--hold-ab", "--no-zarr-row"])
+    step.main()
+    res = json.loads((tmp_path / "out" / "step.json").read_text())
+    rows = [r for r in res["cached"] if "step_ms" in r]
+    assert len(rows) == 4
+    for r in rows:
+        assert r["hold0_step_ms"] > 0 and r["hold0_plain_step_ms"] > 0 and 0 <= r["hold0_data_wait_share"] < 1
+    # per row: plain and cached as the package holds (None), then both holding none; no other loader holds any
+    assert holds.count(0) == 2 * len(rows) and set(holds) == {None, 0}
+    # the workers of such a loader hold none of their buffers; the package's own hold the last ones
+    held = torch.utils.data.DataLoader(_HeldCount(), batch_size=None, num_workers=1,
+                                       worker_init_fn=functools.partial(step.hold_buffers, 0))
+    assert list(held) == [0, 0, 0]
+    assert list(torch.utils.data.DataLoader(_HeldCount(), batch_size=None, num_workers=1)) == [1, 2, 3]
+
+
 def _hand_made_step(**over) -> dict:
     step = {"device": "hand", "date": "2026-12-02", "command": "by hand", "views_in_split": 8192,
             "args": {"batch": "10", "dtypes": "float16,int8,int5"},
