@@ -6,7 +6,8 @@
 ``graphs_*`` figures, against the same interleaved plain step) and writes ``verdicts_graphs.json``.
 
 Writes ``verdicts.json`` beside the step file and prints one table per target, each row with its cache size and
-page-cache state. Targets (one card, one call):
+page-cache state; a paired row that stored its step times also shows the spread of its blocks' own ratios (the
+verdict is the row's: its median cached step over its median plain step). Targets (one card, one call):
 - step: cached int8 and int5 step <= 1.10 x the plain step at 128, 1024 and >= 4096 views, warm and cold;
   cached fp16 <= 1.10 x plain with a warm page cache;
 - online / cached >= 1.4 for the first pair (X101 -> R50), over the same rows as the step target;
@@ -51,6 +52,18 @@ def graphs_variant(step: dict) -> dict:
     return {**step, "cached": rows, "worker_sweep": [], "variant": "distill.cuda_graphs on"}
 
 
+def block_ratios(row: dict, mode: str = "cached") -> list[float] | None:
+    """Per paired block of ``row``, the median ``mode`` step over the median plain step of the same turn (from
+    ``step_times_ms``; None for rows without them). How far one block's ratio strays shows the row's noise."""
+    from statistics import median
+
+    times, block = row.get("step_times_ms"), row.get("paired_block")
+    if not times or mode not in times or "plain" not in times or not block:
+        return None
+    a, b = times[mode], times["plain"]
+    return [median(a[i:i + block]) / median(b[i:i + block]) for i in range(0, min(len(a), len(b)), block)]
+
+
 def verdicts(step: dict) -> dict:
     first = next(iter(step["pairs"]))
     plain = step["pairs"][first]["plain"]["step_ms"]
@@ -65,7 +78,11 @@ def verdicts(step: dict) -> dict:
             continue
         row_plain = r.get("plain_step_ms", plain)  # a paired row's own interleaved plain step
         ratio = r["step_ms"] / row_plain
-        step_rows.append({**base, "step_ms": r["step_ms"], "plain_ms": row_plain, "over_plain": ratio,
+        blocks = block_ratios(r)
+        spread = {} if blocks is None else {"block_ratio_min": min(blocks), "block_ratio_max": max(blocks),
+                                            "blocks": len(blocks),
+                                            "blocks_within": sum(b <= STEP_LIMIT for b in blocks)}
+        step_rows.append({**base, "step_ms": r["step_ms"], "plain_ms": row_plain, "over_plain": ratio, **spread,
                           "verdict": "met" if ratio <= STEP_LIMIT else "missed"})
         row_online = r.get("online_step_ms", online)  # a row's own interleaved online step (--online-paired)
         speedup = row_online / r["step_ms"]
@@ -133,10 +150,17 @@ def _f(row: dict, key: str, fmt: str) -> str:
 def tables(v: dict) -> str:
     src = v["source"]
     out = [f"{src['device']}, {src['date']}: `{src['command']}`; cached rows: {v['variant']}", "",
-           "| dtype | views | page cache | cached ms | plain ms | cached / plain (<= 1.10) | verdict |",
-           "|---|---|---|---|---|---|---|"]
+           ("| dtype | views | page cache | cached ms | plain ms | cached / plain (<= 1.10) | verdict "
+            "| per block: range, blocks <= 1.10 |"),
+           "|---|---|---|---|---|---|---|---|"]
+
+    def spread(r):
+        if "blocks" not in r:
+            return "–"
+        return f"{r['block_ratio_min']:.2f}–{r['block_ratio_max']:.2f}, {r['blocks_within']} of {r['blocks']}"
+
     out += [f"| {r['dtype']} | {r['views']} | {r['page_cache']} | {_f(r, 'step_ms', '.1f')} | {_f(r, 'plain_ms', '.1f')} | "
-            f"{_f(r, 'over_plain', '.2f')} | {r['verdict']} |" for r in v["step"]]
+            f"{_f(r, 'over_plain', '.2f')} | {r['verdict']} | {spread(r)} |" for r in v["step"]]
     out += ["", f"| dtype | views | page cache | online ms | cached ms | online / cached (>= 1.4, {v['pair']}) | "
             "online / plain (caching for free) | verdict |", "|---|---|---|---|---|---|---|---|"]
     out += [f"| {r['dtype']} | {r['views']} | {r['page_cache']} | {_f(r, 'online_ms', '.1f')} | {_f(r, 'step_ms', '.1f')} | "

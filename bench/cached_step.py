@@ -532,7 +532,10 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
     if dev.type == "cuda":
         torch.cuda.empty_cache()
     row = {**step_figures(steps, waits), "steps": len(steps), "plain_step_ms": 1e3 * median(plain),
-           "plain_step_ms_mean": 1e3 * sum(plain) / len(plain), "paired_block": args.block}
+           "plain_step_ms_mean": 1e3 * sum(plain) / len(plain), "paired_block": args.block,
+           # every timed step, block after block (the k-th block of each mode ran in the same turn)
+           "step_times_ms": {m: [round(1e3 * t, 3) for t in times[m][0]]
+                             for m in ("plain", mode, "online") if m in times}}
     if args.graphs_ab:  # step_ms is then the eager cached side's, graphs_step_ms the graphed one's
         row.update({"cuda_graphs": False, **step_figures(*times[f"{mode}_graphs"], prefix="graphs_"), **captured})
     if args.online_paired:

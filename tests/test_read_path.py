@@ -163,6 +163,7 @@ def test_cached_step_smoke_on_the_cpu_writes_every_row_and_figure(tmp_path, monk
             continue
         assert r["steps"] == 1 and r["step_ms"] > 0 and 0 <= r["data_wait_share"] < 1 and r["loader_views_s"] > 0
         assert r["plain_step_ms"] > 0 and r["paired_block"] == 10  # paired by default: its own interleaved plain step
+        assert {m: len(t) for m, t in r["step_times_ms"].items()} == {"plain": r["steps"], "cached": r["steps"]}
         assert r["cuda_graphs"] is False and r["graphs_step_ms"] > 0  # --graphs-ab: the same row with graphs on
         assert r["need_mb_s"] == pytest.approx(r["mb_per_view"] * 2 / (plain / 1e3))
     old = res["zarr_path"]  # fp16 read through zarr-python, as before the direct reads
@@ -414,6 +415,30 @@ def test_cache_verdicts_miss_by_any_margin_and_when_not_measured(tmp_path, capsy
     printed = capsys.readouterr().out
     assert "| int8 | 8192 | cold | 440.0 | 400.0 | 1.10 | met |" in printed and "missed  teacher-cache" in printed
     assert "| int5 | 4.00 | 100 | 2500 (yes) | 8192 (8192) |" in printed  # 4 MB x batch 10 / 0.4 s plain step
+
+
+def test_cache_verdicts_show_the_spread_of_a_rows_blocks_and_judge_the_row_by_its_medians(capsys, tmp_path):
+    verdicts = _bench("cache_verdicts")
+    step = _hand_made_step()
+    row = next(r for r in step["cached"] if (r["dtype"], r["views"], r["page_cache"]) == ("int8", 1024, "warm"))
+    # three blocks of 2 steps: cached / plain per block 1.0, 1.2 and 105 / 96 (each block against its own turn's
+    # plain steps); the row's own medians 104 / 100
+    row.update({"paired_block": 2, "step_ms": 104.0, "plain_step_ms": 100.0,
+                "step_times_ms": {"plain": [100.0, 100.0, 100.0, 100.0, 96.0, 96.0],
+                                  "cached": [99.0, 101.0, 120.0, 120.0, 104.0, 106.0]}})
+    assert verdicts.block_ratios(row) == pytest.approx([1.0, 1.2, 105 / 96])
+    assert verdicts.block_ratios({"paired_block": 2}) is None and verdicts.block_ratios(row, "online") is None
+    by = {(r["dtype"], r["views"], r["page_cache"]): r for r in verdicts.verdicts(step)["step"]}
+    got = by["int8", 1024, "warm"]
+    assert got["verdict"] == "met" and got["over_plain"] == pytest.approx(1.04)  # one block over 1.10 misses nothing
+    assert (got["block_ratio_min"], got["block_ratio_max"], got["blocks"], got["blocks_within"]) == \
+        pytest.approx((1.0, 1.2, 3, 2))
+    assert "blocks" not in by["int8", 128, "warm"]
+    (tmp_path / "step.json").write_text(json.dumps(step))
+    verdicts.main(tmp_path / "step.json")
+    printed = capsys.readouterr().out
+    assert "| int8 | 1024 | warm | 104.0 | 100.0 | 1.04 | met | 1.00–1.20, 2 of 3 |" in printed
+    assert "| int8 | 128 | warm | 440.0 | 400.0 | 1.10 | met | – |" in printed
 
 
 def test_nbytes_stored_of_a_local_cache_sums_its_files_as_zarr_counts_them(cache_path):
