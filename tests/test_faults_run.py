@@ -93,6 +93,8 @@ BAD = {  # case -> (command, arguments, the whole message or a fragment of it)
                         "recipe key 'train.batch_size': expected an integer >= 1, got 0"),
     "workers_negative": ("train", ["--set", "train.workers=-1"],
                          "recipe key 'train.workers': expected an integer >= 0, got -1"),
+    "worker_hold_negative": ("train", ["--set", "train.worker_hold=-1"],
+                             "recipe key 'train.worker_hold': expected an integer >= 0, got -1"),
     "epochs_zero": ("train", ["--set", "train.epochs=0"], "recipe key 'train.epochs': expected an integer >= 1, got 0"),
     "momentum_one_or_more": ("train", ["--set", "train.momentum=1.5"],
                              "recipe key 'train.momentum': expected a finite number in [0, 1), got 1.5"),
@@ -260,7 +262,8 @@ def _train_run_resumed_by_distill(t):
 RESUME = {  # case -> (command, how to prepare the run directory, the message or fragments of it)
     "lr_changed": ("train", lambda t: ["--set", "train.lr=0.5"],
                    ("started with another recipe: train.lr = 0.01, now 0.5 (a resume may change only train.epochs, "
-                    "train.workers, train.log_every, train.eval_every, train.checkpoint_every; resume with the recipe "
+                    "train.workers, train.worker_hold, train.log_every, train.eval_every, train.checkpoint_every; "
+                    "resume with the recipe "
                     "it started with, or start a new run in another --out)")),
     "another_architecture": ("train", lambda t: ["--set", "student.arch=fcos_tiny_fpn", "--set", "student.anchor_size=0"],
                              ('started with another recipe: student.arch = "retinanet_tiny_fpn", now "fcos_tiny_fpn"; '
@@ -304,13 +307,15 @@ def test_the_refused_change_hint_resuming_with_the_started_recipe_works(saved_ru
 
 
 def test_a_resume_that_extends_the_schedule_records_it_in_the_recipe(saved_run):
-    result = train(saved_run.recipe, saved_run.out, "--resume", "--set", "train.epochs=2", "--set", "train.log_every=5")
+    result = train(saved_run.recipe, saved_run.out, "--resume", "--set", "train.epochs=2", "--set", "train.log_every=5",
+                   "--set", "train.worker_hold=0")
     assert result.exit_code == 0, result.output
     said = warnings_of(result)
     assert "--resume: train.epochs changes from 1 to 2 (recorded in recipe.json)" in said
     assert "--resume: train.log_every changes from 1 to 5 (recorded in recipe.json)" in said
+    assert "--resume: train.worker_hold changes from 6 to 0 (recorded in recipe.json)" in said
     recorded = json.loads((saved_run.out / "recipe.json").read_text())["train"]
-    assert (recorded["epochs"], recorded["log_every"], recorded["lr"]) == (2, 5, 0.01)
+    assert (recorded["epochs"], recorded["log_every"], recorded["worker_hold"], recorded["lr"]) == (2, 5, 0, 0.01)
     assert torch.load(saved_run.out / LAST, weights_only=True)["epoch"] == 2
 
 

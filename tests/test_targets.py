@@ -246,6 +246,33 @@ def test_a_worker_holds_its_last_buffers_so_the_training_process_does_not_free_t
     assert not packed.allocate_buffer(16).is_shared() and list(packed._held) == before  # the training process keeps none
 
 
+class _HeldSizes(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 5
+
+    def __getitem__(self, i: int) -> list[int]:
+        from frs_cli.data import packed
+
+        packed.allocate_buffer(8 + i)
+        return [b.numel() for b in packed._held]
+
+
+def test_the_trainers_loader_makes_its_workers_hold_train_worker_hold_buffers():
+    import functools
+
+    from frs_cli.data.packed import WORKER_HOLD, hold_in_worker
+    from frs_cli.train.loop import make_loader
+
+    loader = make_loader([], [], 2, torch.device("cpu"), hold=3)
+    init = loader.worker_init_fn
+    assert isinstance(init, functools.partial) and init.func is hold_in_worker and init.args == (3,)
+    assert make_loader([], [], 0, torch.device("cpu")).worker_init_fn is None  # no worker, nothing to hold
+    assert make_loader([], [], 1, torch.device("cpu")).worker_init_fn.args == (WORKER_HOLD,)
+    # a worker started so holds that many of its last buffers
+    held = torch.utils.data.DataLoader(_HeldSizes(), batch_size=None, num_workers=1, worker_init_fn=init)
+    assert list(held) == [[8], [8, 9], [8, 9, 10], [9, 10, 11], [10, 11, 12]]
+
+
 def _pickled_tensors(obj) -> tuple[int, bytes]:
     """How many tensors pickling ``obj`` for another process sends (each is rebuilt by the receiving side's
     unpickler, under the GIL, in the DataLoader's pin-memory thread), and the pickle."""

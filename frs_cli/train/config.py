@@ -25,6 +25,9 @@ class TrainConfig:
     hflip_prob: float = 0.5  # chance of a horizontal flip per image and epoch (GT training and online FRS)
     group_by_canvas: bool = True  # batches of one canvas (padded size) where the epoch allows; false: plain batches
     workers: int = 2  # DataLoader worker processes per process
+    # batches each worker keeps in shared memory after handing them over, so that the training process only unmaps
+    # a batch it drops and the worker frees its pages (0: none; see frs_cli/data/packed.py)
+    worker_hold: int = 6
     seed: int = 0  # seeds model init, data order and flips
     eval_every: int = 0  # evaluate on the val split every N epochs (0: only after the last)
     log_every: int = 20  # write a metrics line every N iterations
@@ -35,7 +38,7 @@ class TrainConfig:
         """ConfigError naming ``table.<key>`` for the first value no run could use."""
         for name in ("epochs", "batch_size", "log_every"):
             check_range(table, name, getattr(self, name), 1)
-        for name in ("workers", "warmup_iters", "eval_every", "checkpoint_every", "weight_decay", "grad_clip"):
+        for name in ("workers", "worker_hold", "warmup_iters", "eval_every", "checkpoint_every", "weight_decay", "grad_clip"):
             check_range(table, name, getattr(self, name), 0)
         check_range(table, "seed", self.seed, 0, 2**32 - 1)  # numpy's seed range
         check_range(table, "lr", self.lr, 0, low_open=True)

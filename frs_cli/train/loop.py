@@ -14,6 +14,7 @@ run reaches, whenever the process was stopped or killed.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +28,7 @@ from torch import Tensor, nn
 
 from frs_cli.data.canvas_batches import CanvasBatchSampler, view_canvases
 from frs_cli.data.coco import Batch, ViewSampler, collate
+from frs_cli.data.packed import WORKER_HOLD, hold_in_worker
 from frs_cli.data.prefetch import DevicePrefetcher
 from frs_cli.dist import DistContext, mean_across
 from frs_cli.errors import TrainingError
@@ -120,10 +122,12 @@ class _Launched:
     lr: float
 
 
-def make_loader(dataset, batches: CanvasBatchSampler, workers: int, device: torch.device):
+def make_loader(dataset, batches: CanvasBatchSampler, workers: int, device: torch.device, hold: int = WORKER_HOLD):
+    """The training DataLoader; each worker keeps its last ``hold`` batches (``train.worker_hold``)."""
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda",
         persistent_workers=False, prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=functools.partial(hold_in_worker, hold) if workers > 0 else None,
     )
 
 
@@ -203,8 +207,8 @@ class Trainer:
         sees is then exactly that step's."""
         self.batches.set_epoch(self.epoch, start=self.step * self.cfg.batch_size)
         # each batch goes to the device on a side stream while the step before it runs
-        batches = DevicePrefetcher(make_loader(self.dataset, self.batches, self.cfg.workers, self.ctx.device),
-                                   self.ctx.device)
+        loader = make_loader(self.dataset, self.batches, self.cfg.workers, self.ctx.device, self.cfg.worker_hold)
+        batches = DevicePrefetcher(loader, self.ctx.device)
         self.model.train()
         self._t_prev = time.perf_counter()
         launched, pending = self.step, None

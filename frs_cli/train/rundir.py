@@ -26,7 +26,7 @@ METRICS = "metrics.jsonl"
 # written before a run's first saved state: a directory holding only these holds nothing worth keeping
 EARLY_FILES = (RECIPE, METRICS)
 # keys of the run's schedule table that --resume may change (the saved state does not depend on them)
-RESUMABLE = ("epochs", "workers", "log_every", "eval_every", "checkpoint_every")
+RESUMABLE = ("epochs", "workers", "worker_hold", "log_every", "eval_every", "checkpoint_every")
 # keys a newer frs added whose default changes what a run does: the value a run whose recipe.json predates the key
 # had in effect (batches mixed canvases before train.group_by_canvas); a resume compares against it
 BEFORE_THE_KEY = {"train.group_by_canvas": False, "teacher_train.group_by_canvas": False}
