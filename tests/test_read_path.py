@@ -441,6 +441,38 @@ def test_cache_verdicts_show_the_spread_of_a_rows_blocks_and_judge_the_row_by_it
     assert "| int8 | 128 | warm | 440.0 | 400.0 | 1.10 | met | – |" in printed
 
 
+def test_verdicts_across_runs_count_each_rows_meets_and_take_each_runs_medians(tmp_path, capsys):
+    across = _bench("verdicts_across")
+    first, second = _hand_made_step(), _hand_made_step()  # fp16 warm rows 500 / 400 = 1.25: missed in both
+    for r in second["cached"]:
+        if r["dtype"] == "int8" and r["views"] == 1024 and r["page_cache"] == "cold":
+            r["plain_step_ms"] = 399.0  # 440 / 399: missed in the second run only
+    second["cached"] = [r for r in second["cached"] if not (r["dtype"] == "int5" and r["views"] == 128
+                                                            and r["page_cache"] == "warm")]
+    paths = []
+    for n, run in enumerate((first, second)):
+        path = tmp_path / "s14" / f"call{n + 1}" / "step" / "step.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(run))
+        paths.append(path)
+    result = across.main([str(p) for p in paths] + ["--out", str(tmp_path / "across.json")])
+    rows = {(r["dtype"], r["views"], r["page_cache"]): r for r in result["rows"]}
+    assert len(rows) == 15 and rows["float16", 128, "warm"]["met"] == 0
+    assert rows["int8", 1024, "cold"]["verdicts"] == ["met", "missed"] and rows["int8", 1024, "cold"]["met"] == 1
+    assert rows["int5", 128, "warm"]["verdicts"] == ["met", "not measured"]
+    assert rows["int5", 128, "warm"]["over_plain"][1] is None and rows["int5", 128, "warm"]["met"] == 1
+    assert rows["int8", 4096, "cold"]["over_plain"] == pytest.approx([1.10, 1.10])  # the 8192-view row
+    assert result["median_over_plain"]["float16"] == pytest.approx([1.25, 1.25])
+    assert result["median_over_plain"]["int8"] == pytest.approx([1.10, 1.10])
+    assert json.loads((tmp_path / "across.json").read_text())["rows"] == json.loads(json.dumps(result["rows"]))
+    printed = capsys.readouterr().out
+    assert "| dtype | views | page cache | s14/call1 | s14/call2 | met |" in printed
+    assert "| int8 | 1024 | cold | 1.100 (met) | 1.103 (missed) | 1 of 2 |" in printed
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(SystemExit, match="expected a cached_step.py step.json at .*bad.json, found no 'cached' rows"):
+        across.main([str(tmp_path / "bad.json")])
+
+
 def test_nbytes_stored_of_a_local_cache_sums_its_files_as_zarr_counts_them(cache_path):
     from frs_cli.cache.backend import ZarrBackend
 
