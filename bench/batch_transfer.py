@@ -11,11 +11,11 @@ Per kind of batch (its megabytes: ``--views`` x (``--image-mb`` + the encoding's
 queue has filled, with ``--step-ms`` of sleep between batches so the workers stay ahead (as a training step
 keeps them): the training thread's milliseconds to receive a batch (``next``), to read a byte of each page
 (what pinning does, without a GPU), and to drop it, and the process's user and system CPU milliseconds and
-minor page faults per batch. Kinds are measured ``--rounds`` times, in turn; with ``--holds 0,2`` each also
-with its workers holding none and two of their last buffers (``frs_cli.data.packed.WORKER_HOLD``), so that
+minor page faults per batch. Kinds are measured ``--rounds`` times, in turn; with ``--holds 0,2,6`` each also
+with its workers holding none, two and six of their last buffers (``frs_cli.data.packed.WORKER_HOLD``), so that
 dropping a batch in the training process frees its pages there or leaves that to the worker.
 
-    python3 bench/batch_transfer.py --out docs/results/batch_transfer_$(date +%F).json --holds 0,2
+    python3 bench/batch_transfer.py --out docs/results/batch_transfer_$(date +%F).json --holds 0,2,6
 
 The default MB per view are the X101 caches' (``mb_per_view`` in docs/results/issue13_2026-12-03_h200_s14/call1/
 step/step.json: int5 1.097, int8 1.743, float16 3.463), and 1.31 MB is one 853 x 512 uint8 RGB view.
@@ -41,20 +41,17 @@ KINDS = "plain:0,int5:1.097,int8:1.743,float16:3.463"
 
 class Batches(torch.utils.data.Dataset):
     """Endless batches of ``nbytes``, each a new packed buffer with every page written, as a worker's collate
-    leaves it; the worker holds its last ``hold`` buffers (``packed.WORKER_HOLD``; None: the package's)."""
+    leaves it."""
 
-    def __init__(self, nbytes: int, hold: int | None = None):
-        self.nbytes, self.hold = nbytes, hold
+    def __init__(self, nbytes: int):
+        self.nbytes = nbytes
 
     def __len__(self) -> int:
         return 1 << 30
 
     def __getitem__(self, index: int):
-        from frs_cli.data import packed as packing
         from frs_cli.data.packed import PackedTensors
 
-        if self.hold is not None:
-            packing.WORKER_HOLD = self.hold
         packed = PackedTensors.allocate([(torch.uint8, (self.nbytes,))])
         packed.views[0].fill_(index % 251)
         return packed
@@ -63,8 +60,13 @@ class Batches(torch.utils.data.Dataset):
 def measure(nbytes: int, workers: int, batches: int, step_s: float, hold: int | None = None) -> dict:
     """The training thread's and the process's cost per batch of ``nbytes`` through a DataLoader whose workers
     hold their last ``hold`` buffers (None: as the package does)."""
-    loader = torch.utils.data.DataLoader(Batches(nbytes, hold), batch_size=None, num_workers=workers,
-                                         prefetch_factor=4 if workers else None)
+    import functools
+
+    from frs_cli.data.packed import hold_in_worker
+
+    init = None if hold is None or not workers else functools.partial(hold_in_worker, hold)
+    loader = torch.utils.data.DataLoader(Batches(nbytes), batch_size=None, num_workers=workers,
+                                         prefetch_factor=4 if workers else None, worker_init_fn=init)
     it = iter(loader)
     next(it)
     time.sleep(max(1.0, 4 * workers * step_s))  # the queue fills

@@ -383,23 +383,17 @@ def batches_for(num_views: int, count: int, batch: int, canvas_of=None) -> list[
             return out[:count]
 
 
-def hold_buffers(count: int, worker_id: int) -> None:
-    """A loader worker's ``worker_init_fn``: the worker holds its last ``count`` batch buffers
-    (``frs_cli.data.packed.WORKER_HOLD``) instead of the package's number."""
-    from frs_cli.data import packed
-
-    packed.WORKER_HOLD = count
-
-
 def _loader(args, dataset, batches, dev, hold: int | None = None):
-    """The bench's DataLoader over ``batches``; with ``hold``, its workers hold that many batch buffers."""
+    """The bench's DataLoader over ``batches``; with ``hold``, its workers hold that many batch buffers (as
+    ``train.worker_hold`` sets the trainer's)."""
     import functools
 
     import torch
 
     from frs_cli.data.coco import ListSampler, collate
+    from frs_cli.data.packed import hold_in_worker
 
-    init = None if hold is None else functools.partial(hold_buffers, hold)
+    init = None if hold is None else functools.partial(hold_in_worker, hold)
     return torch.utils.data.DataLoader(dataset, batch_sampler=ListSampler(batches), num_workers=args.workers,
                                        collate_fn=collate, pin_memory=dev.type == "cuda",
                                        prefetch_factor=args.prefetch if args.workers else None,

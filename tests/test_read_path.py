@@ -311,8 +311,10 @@ def test_cached_step_hold_ab_times_both_steps_again_with_workers_that_hold_no_bu
     # per row: plain and cached as the package holds (None), then both holding none; no other loader holds any
     assert holds.count(0) == 2 * len(rows) and set(holds) == {None, 0}
     # the workers of such a loader hold none of their buffers; the package's own hold the last ones
+    from frs_cli.data.packed import hold_in_worker
+
     held = torch.utils.data.DataLoader(_HeldCount(), batch_size=None, num_workers=1,
-                                       worker_init_fn=functools.partial(step.hold_buffers, 0))
+                                       worker_init_fn=functools.partial(hold_in_worker, 0))
     assert list(held) == [0, 0, 0]
     assert list(torch.utils.data.DataLoader(_HeldCount(), batch_size=None, num_workers=1)) == [1, 2, 3]
 

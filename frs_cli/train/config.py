@@ -38,7 +38,8 @@ class TrainConfig:
         """ConfigError naming ``table.<key>`` for the first value no run could use."""
         for name in ("epochs", "batch_size", "log_every"):
             check_range(table, name, getattr(self, name), 1)
-        for name in ("workers", "worker_hold", "warmup_iters", "eval_every", "checkpoint_every", "weight_decay", "grad_clip"):
+        for name in ("workers", "worker_hold", "warmup_iters", "eval_every", "checkpoint_every", "weight_decay",
+                     "grad_clip"):
             check_range(table, name, getattr(self, name), 0)
         check_range(table, "seed", self.seed, 0, 2**32 - 1)  # numpy's seed range
         check_range(table, "lr", self.lr, 0, low_open=True)
