@@ -21,7 +21,13 @@ Variants (``--variants``):
   ``loader_cached_eager``: the same with the cached head run eagerly, as distill runs it by default;
 - ``loader_cached_gt``: the cached loader, but the GT loss (the teacher targets read and dropped before the copy);
 - optional: ``loader_cached_nopin``, ``loader_cached`` with ``pin_memory=False``; ``loader_cached_w4``, with 4
-  workers.
+  workers; ``resident_cached_pertensor``, ``resident_cached`` with the graph's cached inputs copied one by one
+  (as before ``7290a74``: ``_Span.copy_from`` refusing).
+
+``--clocked`` times the ``REGIONS`` of every timed step on the host with ``perf_counter`` (no profiler, whose
+tracing slows graph launches): ``regions_ms`` per variant, the host milliseconds per step inside each region,
+regions nested in others counted in both (``graph_launch``: ``CUDAGraph.replay``, inside ``replay_forward`` and
+``replay_backward``).
 
 With ``--profile`` the ``--profile-variants`` (``loader_plain`` and ``loader_cached`` unless given) are also
 profiled over a few steps (torch.profiler, host and device): the top host operations by self time go to
@@ -52,7 +58,7 @@ from step_breakdown import prepare as breakdown_prepare
 
 VARIANTS = ("resident_plain", "resident_cached", "resident_cached_eager", "loader_plain", "loader_cached",
             "loader_cached_eager", "loader_cached_gt")
-OPTIONAL = ("loader_cached_nopin", "loader_cached_w4")
+OPTIONAL = ("loader_cached_nopin", "loader_cached_w4", "resident_cached_pertensor")
 PHASES = ("wait", "copy", "issue", "tail")
 STEP = 10_000  # past the FRS warm-up
 SMOKE = {"pair": "tiny-tiny", "images": 4, "image_size": 64, "min_size": 64, "max_size": 96, "views": 16,
@@ -66,30 +72,28 @@ REGIONS = (("frs_cli.train.objectives", "GTObjective", "forward", "objective_for
            ("frs_cli.train.objectives", "CachedTeacher", "graphed", "graphed_check"),
            ("frs_cli.train.objectives", "CachedTeacher", "check_batch", "check_batch"),
            ("frs_cli.train.graphed", "GraphedTerms", "__call__", "graphed_terms"),
-           ("frs_cli.train.graphed", "_TrainingGraph", "__call__", "graph_replay"))
+           ("frs_cli.train.graphed", "_TrainingGraph", "__call__", "graph_replay"),
+           ("frs_cli.train.graphed", "_Replay", "forward", "replay_forward"),
+           ("frs_cli.train.graphed", "_Replay", "backward", "replay_backward"),
+           ("frs_cli.train.graphed", "_Span", "copy_from", "span_copy"),
+           ("torch.cuda", "CUDAGraph", "replay", "graph_launch"))
 
 
 @contextlib.contextmanager
-def labelled_regions(obj):
-    """Every ``REGIONS`` function, and ``obj``'s student forward (``student_forward``), inside a
-    ``record_function("frs::<label>")`` while the block runs; restored after."""
+def patched_regions(obj, wrap):
+    """Every ``REGIONS`` function, and ``obj``'s student forward (``student_forward``), replaced by
+    ``wrap(fn, label)`` while the block runs; restored after (static methods stay static)."""
     import importlib
-
-    from torch.profiler import record_function
-
-    def wrap(fn, label):
-        @functools.wraps(fn)
-        def inner(*args, **kwargs):
-            with record_function(f"frs::{label}"):
-                return fn(*args, **kwargs)
-        return inner
 
     patched = []
     for module, holder, name, label in REGIONS:
         target = importlib.import_module(module)
         target = getattr(target, holder) if holder else target
-        patched.append((target, name, target.__dict__[name]))
-        setattr(target, name, wrap(target.__dict__[name], label))
+        original = target.__dict__.get(name)  # None: inherited, restored by deleting the override
+        fn = getattr(target, name) if original is None or isinstance(original, staticmethod) else original
+        inner = functools.wraps(fn)(wrap(fn, label))
+        setattr(target, name, staticmethod(inner) if isinstance(original, staticmethod) else inner)
+        patched.append((target, name, original))
     student = obj.student
     student.forward = wrap(type(student).forward.__get__(student), "student_forward")
     try:
@@ -97,7 +101,48 @@ def labelled_regions(obj):
     finally:
         del student.forward
         for target, name, original in patched:
-            setattr(target, name, original)
+            if original is None:
+                delattr(target, name)
+            else:
+                setattr(target, name, original)
+
+
+def labelled_regions(obj):
+    """``patched_regions`` inside a ``record_function("frs::<label>")`` each (for the profiler)."""
+    from torch.profiler import record_function
+
+    def wrap(fn, label):
+        def inner(*args, **kwargs):
+            with record_function(f"frs::{label}"):
+                return fn(*args, **kwargs)
+        return inner
+
+    return patched_regions(obj, wrap)
+
+
+@contextlib.contextmanager
+def _restored(target, name: str):
+    """``target.name`` as it was when the block ends."""
+    original = target.__dict__[name]
+    try:
+        yield
+    finally:
+        setattr(target, name, original)
+
+
+def clocked_regions(obj, totals: dict[str, float]):
+    """``patched_regions`` adding each call's host seconds (``perf_counter``, no profiler) to ``totals[label]``."""
+
+    def wrap(fn, label):
+        def inner(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                totals[label] = totals.get(label, 0.0) + time.perf_counter() - t
+        return inner
+
+    return patched_regions(obj, wrap)
 
 
 def region_ms(prof, steps: int) -> dict[str, float]:
@@ -134,6 +179,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--profile", action="store_true")
     p.add_argument("--profile-variants", default="loader_plain,loader_cached", help="the variants --profile profiles")
+    p.add_argument("--clocked", action="store_true",
+                   help="time the REGIONS of every timed step on the host with perf_counter (regions_ms), no profiler")
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args(argv)
     args.group_by_canvas = True  # batches of one canvas, as training batches by default
@@ -154,11 +201,15 @@ def prepare(args) -> dict:
 
 
 def loader(dataset, keys, workers: int, prefetch: int, dev, pin: bool = True):
+    """The batches of ``keys`` through a DataLoader whose workers hold their last buffers as the trainer's do
+    (``train.worker_hold``'s default)."""
     from frs_cli.data.coco import ListSampler, collate
+    from frs_cli.data.packed import WORKER_HOLD, hold_in_worker
 
     return torch.utils.data.DataLoader(dataset, batch_sampler=ListSampler(keys), num_workers=workers,
                                        collate_fn=collate, pin_memory=pin and dev.type == "cuda",
-                                       prefetch_factor=prefetch if workers else None)
+                                       prefetch_factor=prefetch if workers else None,
+                                       worker_init_fn=functools.partial(hold_in_worker, WORKER_HOLD))
 
 
 def objective(s: dict, cached: bool, graphs: bool = True):
@@ -173,13 +224,17 @@ def objective(s: dict, cached: bool, graphs: bool = True):
     return obj
 
 
-def timed(obj, batches, dev, amp, warmup: int, steps: int, drop_teacher: bool = False, profiler=None) -> dict:
+def timed(obj, batches, dev, amp, warmup: int, steps: int, drop_teacher: bool = False, profiler=None,
+          totals: dict | None = None) -> dict:
     """``warmup + steps`` SGD steps of ``obj`` on the iterator ``batches``; per phase the median ms of the timed
-    steps, and the step's median and mean."""
+    steps, and the step's median and mean. ``totals``: ``clocked_regions``' seconds, emptied when the timed steps
+    start and reported per timed step (``regions_ms``)."""
     obj.to(dev).train()
     opt = torch.optim.SGD([q for q in obj.parameters() if q.requires_grad], lr=1e-4, momentum=0.9)
     rows = []
     for i in range(warmup + steps):
+        if i == warmup and totals is not None:
+            totals.clear()
         t0 = sync_time()
         batch = next(batches)
         t_got = time.perf_counter()
@@ -202,6 +257,8 @@ def timed(obj, batches, dev, amp, warmup: int, steps: int, drop_teacher: bool = 
     out = {f"{k}_ms": 1e3 * median([r[k] for r in rows]) for k in (*PHASES, "step")}
     out["step_ms_mean"] = 1e3 * sum(r["step"] for r in rows) / len(rows)
     out["steps"] = len(rows)
+    if totals is not None:
+        out["regions_ms"] = {k: 1e3 * v / len(rows) for k, v in sorted(totals.items())}
     return out
 
 
@@ -218,7 +275,17 @@ def run_variant(name: str, args, s: dict, profile_to: Path | None = None) -> dic
         workers = 4 if name == "loader_cached_w4" and args.workers else args.workers
         batches = iter(loader(dataset, keys, workers, args.prefetch, s["dev"], pin=name != "loader_cached_nopin"))
     if profile_to is None:
-        res = timed(obj, batches, s["dev"], s["amp"], args.warmup, args.steps, drop_teacher=name == "loader_cached_gt")
+        totals = {} if args.clocked else None
+        with contextlib.ExitStack() as stack:
+            if name.endswith("_pertensor"):  # the graph's cached inputs copied one by one, as before 7290a74
+                from frs_cli.train.graphed import _Span
+
+                stack.enter_context(_restored(_Span, "copy_from"))
+                _Span.copy_from = lambda span, xs: False
+            if totals is not None:
+                stack.enter_context(clocked_regions(obj, totals))
+            res = timed(obj, batches, s["dev"], s["amp"], args.warmup, args.steps,
+                        drop_teacher=name == "loader_cached_gt", totals=totals)
     else:
         from torch.profiler import ProfilerActivity, profile, schedule
 
@@ -251,8 +318,8 @@ def run(args, argv: list[str]) -> dict:
         row = {}
         for name in names if r % 2 == 0 else names[::-1]:
             row[name] = run_variant(name, args, s)
-            print(f"round {r} {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in row[name].items() if k.endswith("ms")),
-                  flush=True)
+            figures = {k: v for k, v in row[name].items() if k.endswith("_ms") and not isinstance(v, dict)}
+            print(f"round {r} {name}: " + ", ".join(f"{k} {v:.2f}" for k, v in figures.items()), flush=True)
             (args.out / "loader_cost.json").write_text(json.dumps({**res, "rounds": [*res["rounds"], row]}, indent=1))
         res["rounds"].append(row)
     if args.profile:
@@ -272,6 +339,15 @@ def table(res: dict) -> str:
             v = row[name]
             lines.append(f"| {name} | {r} | {v['step_ms']:.2f} | {v['step_ms_mean']:.2f} | {v['wait_ms']:.2f} | "
                          f"{v['copy_ms']:.2f} | {v['issue_ms']:.2f} | {v['tail_ms']:.2f} |")
+    labels = sorted({k for row in res["rounds"] for v in row.values() for k in v.get("regions_ms", {})})
+    if labels:  # --clocked: host ms per step in each region
+        lines += ["", "Host ms per step in each region (perf_counter):", "",
+                  "| variant | round | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
+        for name in names:
+            for r, row in enumerate(res["rounds"]):
+                got = row[name].get("regions_ms", {})
+                cells = " | ".join(f"{got[k]:.3f}" if k in got else "-" for k in labels)
+                lines.append(f"| {name} | {r} | {cells} |")
     return "\n".join(lines)
 
 
