@@ -1,9 +1,11 @@
 """Verdicts of a cached-step run (bench/cached_step.py) against issue 13's targets, computed from its raw JSON.
 
-    python3 bench/cache_verdicts.py OUT/step.json [--graphs]
+    python3 bench/cache_verdicts.py OUT/step.json [--graphs | --hold0]
 
 ``--graphs`` judges the cached rows' ``distill.cuda_graphs`` variant (a run with ``--graphs-ab``: each row's
-``graphs_*`` figures, against the same interleaved plain step) and writes ``verdicts_graphs.json``.
+``graphs_*`` figures, against the same interleaved plain step) and writes ``verdicts_graphs.json``. ``--hold0``
+judges the rows as their loader workers holding no buffer (a run with ``--hold-ab``: each row's ``hold0_*``
+cached and plain steps, interleaved in the same blocks as the row's own) and writes ``verdicts_hold0.json``.
 
 Writes ``verdicts.json`` beside the step file and prints one table per target, each row with its cache size and
 page-cache state; a paired row that stored its step times also shows the spread of its blocks' own ratios (the
@@ -50,6 +52,16 @@ def graphs_variant(step: dict) -> dict:
     rows = [{**r, **{k: r[f"graphs_{k}"] for k in keys}, "cuda_graphs": True}
             for r in step["cached"] if "graphs_step_ms" in r]
     return {**step, "cached": rows, "worker_sweep": [], "variant": "distill.cuda_graphs on"}
+
+
+def hold0_variant(step: dict) -> dict:
+    """``step`` with each cached row's cached and plain figures replaced by its ``--hold-ab`` ones, workers holding
+    no buffer (rows without them dropped: not measured; their blocks' own step times are not stored)."""
+    keys = ("step_ms", "step_ms_mean", "data_wait_share", "data_wait_share_median", "plain_step_ms",
+            "plain_step_ms_mean")
+    rows = [{**{k: v for k, v in r.items() if k != "step_times_ms"}, **{k: r[f"hold0_{k}"] for k in keys}}
+            for r in step["cached"] if "hold0_step_ms" in r and "hold0_plain_step_ms" in r]
+    return {**step, "cached": rows, "worker_sweep": [], "variant": "loader workers holding no buffer"}
 
 
 def block_ratios(row: dict, mode: str = "cached") -> list[float] | None:
@@ -189,13 +201,14 @@ def tables(v: dict) -> str:
     return "\n".join(out)
 
 
-def main(path: Path, graphs: bool = False) -> dict:
+def main(path: Path, graphs: bool = False, hold0: bool = False) -> dict:
     step = json.loads(path.read_text())
-    v = verdicts(graphs_variant(step) if graphs else step)
-    path.with_name("verdicts_graphs.json" if graphs else "verdicts.json").write_text(json.dumps(v, indent=1))
+    v = verdicts(graphs_variant(step) if graphs else hold0_variant(step) if hold0 else step)
+    name = "verdicts_graphs.json" if graphs else "verdicts_hold0.json" if hold0 else "verdicts.json"
+    path.with_name(name).write_text(json.dumps(v, indent=1))
     print(tables(v))
     return v
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), graphs="--graphs" in sys.argv[2:])
+    main(Path(sys.argv[1]), graphs="--graphs" in sys.argv[2:], hold0="--hold0" in sys.argv[2:])

@@ -519,6 +519,33 @@ def test_cache_verdicts_judge_the_graphed_variant_of_each_row_against_its_own_pl
         "not measured"
 
 
+def test_cache_verdicts_judge_the_rows_without_the_hold_against_their_own_plain_step_without_it(tmp_path):
+    """--hold0: each cached row's hold0_* cached and plain figures replace its own (the plain step too, as both ran
+    with workers holding no buffer); its blocks' spread is not shown; a row without them is not measured."""
+    verdicts = _bench("cache_verdicts")
+    step = _hand_made_step()
+    for r in step["cached"]:
+        r.update(plain_step_ms=400.0, hold0_step_ms=r["step_ms"] + 10.0, hold0_step_ms_mean=r["step_ms"] + 12.0,
+                 hold0_plain_step_ms=390.0, hold0_plain_step_ms_mean=391.0, hold0_data_wait_share=0.04,
+                 hold0_data_wait_share_median=0.03, step_times_ms={"plain": [400.0] * 4, "cached": [380.0] * 4},
+                 paired_block=2)
+    fp16 = next(r for r in step["cached"] if (r["dtype"], r["views"], r["page_cache"]) == ("float16", 1024, "warm"))
+    fp16["hold0_step_ms"] = 429.1  # 1.1003 of 390: missed by a hair
+    (tmp_path / "step.json").write_text(json.dumps(step))
+    v = verdicts.main(tmp_path / "step.json", hold0=True)
+    by = {(r["dtype"], r["views"], r["page_cache"]): r for r in v["step"]}
+    int8 = by["int8", 128, "warm"]
+    assert int8["plain_ms"] == 390.0 and int8["step_ms"] == 450.0 and int8["over_plain"] == pytest.approx(450 / 390)
+    assert "blocks" not in int8 and by["float16", 1024, "warm"]["verdict"] == "missed"
+    assert v["variant"] == "loader workers holding no buffer" and all(r["mean"] == 0.04 for r in v["data_wait"][3:])
+    assert json.loads((tmp_path / "verdicts_hold0.json").read_text())["step"] == v["step"]
+    assert not (tmp_path / "verdicts.json").exists()
+    del fp16["hold0_plain_step_ms"]
+    v = verdicts.verdicts(verdicts.hold0_variant(step))
+    assert {(r["dtype"], r["views"], r["page_cache"]): r for r in v["step"]}["float16", 1024, "warm"]["verdict"] == \
+        "not measured"
+
+
 def test_gpu_hours_graphs_takes_each_cached_rows_graphed_step(tmp_path, monkeypatch):
     gpu_hours = _bench("gpu_hours")
     step = _hand_made_step()
