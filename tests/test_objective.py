@@ -135,7 +135,6 @@ def test_the_captured_function_is_the_eager_cached_objective_in_value_and_gradie
 
     class FakeGraph:  # on the CPU: a "graph" of fn that replays fn on the inputs it is handed
         def __init__(self, fn, examples, pool):
-            self.examples = examples
             captured.append([tuple(t.shape) for t in examples])
             examples_bytes.append([t.numel() * t.element_size() for t in examples])
             self.fn, self.count = fn, len(examples)
@@ -161,42 +160,6 @@ def test_the_captured_function_is_the_eager_cached_objective_in_value_and_gradie
     assert len(captured[0]) == (4 + scaled) * n + 1 + 2 * n
     # the capture's memory, with memory_reserved reading 0 here, is at least its own inputs (not the parameters)
     assert graphed._graphs._graph_bytes == sum(examples_bytes[0][: -2 * n]) > 0
-    # the cached features, scales and masks (views of the packed batch's one buffer) are captured as views of one
-    # buffer of the graph's, at the same offsets, so that a replay fills them with one copy; the rest are their own
-    graph, = graphed._graphs._graphs.values()
-    assert graph.span.index == range(2 * n, (4 + scaled) * n)
-    buffer = graph.span.buffer.untyped_storage().data_ptr()
-    owners = [t.untyped_storage().data_ptr() == buffer for t in graph.examples]
-    assert owners == [2 * n <= i < (4 + scaled) * n for i in range(len(graph.examples))]
-    assert [graph.examples[i].data_ptr() - graph.span.buffer.data_ptr() for i in graph.span.index] == [
-        t.data_ptr() - batch.teacher.features[0].data_ptr()
-        for t in [*batch.teacher.features, *(batch.teacher.scales or []), *batch.teacher.masks]]
-
-
-def test_a_graphs_cached_inputs_are_filled_by_one_copy_only_when_they_lie_as_at_its_capture():
-    """``_Span.copy_from``: inputs that share one storage at the capture's byte offsets (the next packed batch's
-    cached targets) are copied in one go into the graph's buffer; inputs that do not (separate tensors, another
-    layout) are refused, nothing copied, so that the replay copies them one by one."""
-    from frs_cli.data.packed import PackedTensors, layout_nbytes, views_of
-    from frs_cli.train.graphed import _Span, byte_layout
-
-    specs = [(torch.float16, (2, 3, 4, 5)), (torch.float16, (2, 4, 5)), (torch.float32, (2, 3))]
-    first, second = PackedTensors.allocate(specs), PackedTensors.allocate(specs)
-    for k, (x, y) in enumerate(zip(first.views, second.views)):
-        x.fill_(k + 1)
-        y.copy_(torch.arange(y.numel()).view(y.shape) * (k + 2))
-    start, offsets, nbytes = byte_layout(list(first.views))
-    assert start == first.buffer.data_ptr() and offsets == tuple(s.offset for s in first.slots) == (0, 256, 384)
-    assert nbytes == layout_nbytes(first.slots)
-    span = _Span(range(1, 4), offsets, torch.zeros(nbytes, dtype=torch.uint8))
-    statics = views_of(span.buffer, first.slots)
-    assert span.copy_from(["student", *second.views])
-    assert all(torch.equal(a, b) for a, b in zip(statics, second.views))
-    assert not span.copy_from(["student", *[v.clone() for v in first.views]])  # each its own storage
-    other = PackedTensors.allocate([specs[1], specs[0], specs[2]])  # one storage, other offsets
-    assert not span.copy_from(["student", other.views[1], other.views[0], other.views[2]])
-    assert all(torch.equal(a, b) for a, b in zip(statics, second.views))  # refused: nothing was copied
-    assert byte_layout([first.views[0], first.views[1].transpose(1, 2)]) is None  # not contiguous
 
 
 def test_feature_graphs_stop_at_their_count_and_memory_limits(recipe, cache_path):

@@ -5,8 +5,7 @@ recomputed on them, the adapters and the two loss terms: about 230 small operati
 on a GPU whose step is bound by the Python thread that launches kernels, not by the kernels. For a batch of one
 canvas (every batch, when training batches by canvas) these operations have fixed shapes, so they are captured
 once per batch shape as a forward and a backward CUDA graph (``_TrainingGraph``): the forward becomes one copy
-per input (one for all the cached targets of a packed batch, which lie in one buffer: ``_Span``) and one replay,
-the backward (the adapters' and the student's gradients) one replay. The gradients a
+per input and one replay, the backward (the adapters' and the student's gradients) one replay. The gradients a
 replay hands back live in the graph's memory (a parameter's ``.grad`` may be that memory), so each backward must
 be followed by the optimizer step before the next forward, as the trainer does (no gradient accumulation).
 
@@ -19,7 +18,6 @@ taken from the caller and re-entered inside (with its weight-cast cache off, as 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +28,7 @@ from frs_cli.losses import FeatureAdapter, frs_losses
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GraphedTerms", "byte_layout", "frs_terms"]
+__all__ = ["GraphedTerms", "frs_terms"]
 
 
 def frs_terms(teacher, adapters: FeatureAdapter, amp: tuple[bool, torch.dtype], levels: int, scaled: bool,
@@ -56,51 +54,14 @@ def frs_terms(teacher, adapters: FeatureAdapter, amp: tuple[bool, torch.dtype], 
     return feature, head
 
 
-def byte_layout(tensors: Sequence[Tensor]) -> tuple[int, tuple[int, ...], int] | None:
-    """``(start, offsets, nbytes)`` when ``tensors`` are contiguous and share one storage (as the cached targets of
-    a packed batch do, ``data.packed``): the address their bytes start at, each one's offset from it, and the bytes
-    from the first to the end of the last. Else None."""
-    if not tensors or not all(t.is_contiguous() for t in tensors):
-        return None
-    storage = tensors[0].untyped_storage().data_ptr()
-    if any(t.untyped_storage().data_ptr() != storage for t in tensors[1:]):
-        return None
-    starts = [t.data_ptr() for t in tensors]
-    start = min(starts)
-    end = max(s + t.numel() * t.element_size() for s, t in zip(starts, tensors))
-    return start, tuple(s - start for s in starts), end - start
-
-
-class _Span:
-    """A graph's static inputs ``index`` as views of one ``buffer``, at the byte ``offsets`` the same inputs have in
-    their one storage (a packed batch's): a replay fills all of them with one copy of the bytes they span."""
-
-    def __init__(self, index: range, offsets: tuple[int, ...], buffer: Tensor):
-        self.index, self.offsets, self.buffer = index, offsets, buffer
-
-    def copy_from(self, xs: Sequence[Tensor]) -> bool:
-        """Copy ``xs[index]`` in one go if they lie as the capture's inputs did (one storage, the same offsets);
-        False (nothing copied) if not."""
-        layout = byte_layout([xs[i] for i in self.index])
-        if layout is None or layout[1:] != (self.offsets, self.buffer.numel()):
-            return False
-        storage = xs[self.index[0]].untyped_storage()
-        raw = torch.empty(0, dtype=torch.uint8, device=self.buffer.device)
-        self.buffer.copy_(raw.set_(storage, layout[0] - storage.data_ptr(), (self.buffer.numel(),)))
-        return True
-
-
 class _Replay(torch.autograd.Function):
     """A ``_TrainingGraph``'s forward graph as an autograd node whose backward replays its backward graph."""
 
     @staticmethod
     def forward(ctx, graph: _TrainingGraph, *xs: Tensor) -> tuple[Tensor, ...]:
         ctx.graph = graph
-        span = graph.span
-        copied = span.index if span is not None and span.copy_from(xs) else ()
-        for i, (static, x) in enumerate(zip(graph.inputs, xs)):
-            # the parameters are read in place, the span's inputs were copied in one go, the others one by one
-            if i not in copied and static.data_ptr() != x.data_ptr():
+        for static, x in zip(graph.inputs, xs):
+            if static.data_ptr() != x.data_ptr():  # the parameters are read in place, everything else copied in
                 static.copy_(x)
         graph.forward_graph.replay()
         return tuple(o.detach() for o in graph.outputs)
@@ -122,8 +83,6 @@ class _TrainingGraph:
     thread) may keep using CUDA meanwhile; after two warm-up runs, as capture wants (lazy handles, cuDNN set-up).
     Called, it returns the outputs as an autograd node: their backward replays the backward graph and hands
     back the captured gradients (which live in the graph's memory until its next replay)."""
-
-    span: _Span | None = None  # set by GraphedTerms: inputs filled by one copy
 
     def __init__(self, fn, examples: list[Tensor], pool):
         self.inputs = examples
@@ -190,33 +149,18 @@ class GraphedTerms:
             return graph(*inputs, *params)
         out = fn(*inputs, *params)  # a shape's first batch (or one past the limits) runs eagerly
         if key not in self._graphs:
-            cached_index = range(2 * n, len(inputs) - 1)  # the cached features, scales and masks
-            self._graphs[key] = self._capture(fn, inputs, params, cached_index) if self.may_capture() else None
+            self._graphs[key] = self._capture(fn, inputs, params) if self.may_capture() else None
         return out
 
-    def _capture(self, fn, inputs: list[Tensor], params: list[nn.Parameter], cached_index: range):
+    def _capture(self, fn, inputs: list[Tensor], params: list[nn.Parameter]):
         device = inputs[0].device
-        before = torch.cuda.memory_reserved(device)
-        # the cached targets of a packed batch lie in one device buffer (data.packed): their static inputs are laid
-        # out the same in one buffer of the graph's, so that a replay fills them with one copy, not one per tensor
-        layout = byte_layout([inputs[i] for i in cached_index])
-        span = None
-        if layout is not None and len(cached_index) > 1 and all(
-                offset % inputs[i].element_size() == 0 for i, offset in zip(cached_index, layout[1])):
-            span = _Span(cached_index, layout[1], torch.empty(layout[2], dtype=torch.uint8, device=device))
         # the capture's own inputs: fresh leaves with the same requires_grad (later batches are copied into them);
         # the parameters as leaves that share their storage (read in place, the optimizer's updates seen) but are
         # first used on the capture's stream: a parameter's own gradient node belongs to the stream it was first
         # used on (the default stream), and reaching it from a capture on another stream would end the capture
-        examples = []
-        for i, x in enumerate(inputs):
-            if span is not None and i in span.index:
-                offset = span.offsets[i - span.index[0]]
-                raw = span.buffer[offset : offset + x.numel() * x.element_size()]
-                examples.append(raw.view(x.dtype).view(x.shape).copy_(x))
-            else:
-                examples.append(x.detach().clone().requires_grad_(x.requires_grad))
+        examples = [x.detach().clone().requires_grad_(x.requires_grad) for x in inputs]
         examples += [p.detach().requires_grad_(p.requires_grad) for p in params]
+        before = torch.cuda.memory_reserved(device)
         try:
             with torch.autocast(device.type, enabled=False):  # no enclosing autocast's weight-cast cache in a graph
                 graph = _TrainingGraph(fn, examples, torch.cuda.graph_pool_handle())
@@ -224,7 +168,6 @@ class GraphedTerms:
             log.warning("distill: no CUDA graph for the FRS terms on inputs of shapes %s (%s: %s); they run eagerly",
                         [tuple(t.shape) for t in inputs], type(exc).__name__, exc)
             return None
-        graph.span = span
         grown = torch.cuda.memory_reserved(device) - before
         # at least its inputs and their gradients (the parameters, shared with the model, are not its own)
         self._graph_bytes += max(grown, held_bytes(examples[:len(inputs)], getattr(graph, "input_grads", ())))
