@@ -21,8 +21,7 @@ Variants (``--variants``):
   ``loader_cached_eager``: the same with the cached head run eagerly, as distill runs it by default;
 - ``loader_cached_gt``: the cached loader, but the GT loss (the teacher targets read and dropped before the copy);
 - optional: ``loader_cached_nopin``, ``loader_cached`` with ``pin_memory=False``; ``loader_cached_w4``, with 4
-  workers; ``resident_cached_pertensor``, ``resident_cached`` with the graph's cached inputs copied one by one
-  (as before ``7290a74``: ``_Span.copy_from`` refusing).
+  workers.
 
 ``--clocked`` times the ``REGIONS`` of every timed step on the host with ``perf_counter`` (no profiler, whose
 tracing slows graph launches): ``regions_ms`` per variant, the host milliseconds per step inside each region,
@@ -58,7 +57,7 @@ from step_breakdown import prepare as breakdown_prepare
 
 VARIANTS = ("resident_plain", "resident_cached", "resident_cached_eager", "loader_plain", "loader_cached",
             "loader_cached_eager", "loader_cached_gt")
-OPTIONAL = ("loader_cached_nopin", "loader_cached_w4", "resident_cached_pertensor")
+OPTIONAL = ("loader_cached_nopin", "loader_cached_w4")
 PHASES = ("wait", "copy", "issue", "tail")
 STEP = 10_000  # past the FRS warm-up
 SMOKE = {"pair": "tiny-tiny", "images": 4, "image_size": 64, "min_size": 64, "max_size": 96, "views": 16,
@@ -75,7 +74,6 @@ REGIONS = (("frs_cli.train.objectives", "GTObjective", "forward", "objective_for
            ("frs_cli.train.graphed", "_TrainingGraph", "__call__", "graph_replay"),
            ("frs_cli.train.graphed", "_Replay", "forward", "replay_forward"),
            ("frs_cli.train.graphed", "_Replay", "backward", "replay_backward"),
-           ("frs_cli.train.graphed", "_Span", "copy_from", "span_copy"),
            ("torch.cuda", "CUDAGraph", "replay", "graph_launch"))
 
 
@@ -118,16 +116,6 @@ def labelled_regions(obj):
         return inner
 
     return patched_regions(obj, wrap)
-
-
-@contextlib.contextmanager
-def _restored(target, name: str):
-    """``target.name`` as it was when the block ends."""
-    original = target.__dict__[name]
-    try:
-        yield
-    finally:
-        setattr(target, name, original)
 
 
 def clocked_regions(obj, totals: dict[str, float]):
@@ -276,14 +264,7 @@ def run_variant(name: str, args, s: dict, profile_to: Path | None = None) -> dic
         batches = iter(loader(dataset, keys, workers, args.prefetch, s["dev"], pin=name != "loader_cached_nopin"))
     if profile_to is None:
         totals = {} if args.clocked else None
-        with contextlib.ExitStack() as stack:
-            if name.endswith("_pertensor"):  # the graph's cached inputs copied one by one, as before 7290a74
-                from frs_cli.train.graphed import _Span
-
-                stack.enter_context(_restored(_Span, "copy_from"))
-                _Span.copy_from = lambda span, xs: False
-            if totals is not None:
-                stack.enter_context(clocked_regions(obj, totals))
+        with clocked_regions(obj, totals) if totals is not None else contextlib.nullcontext():
             res = timed(obj, batches, s["dev"], s["amp"], args.warmup, args.steps,
                         drop_teacher=name == "loader_cached_gt", totals=totals)
     else:
