@@ -68,6 +68,7 @@ SMOKE = {"pair": "tiny-tiny", "images": 4, "image_size": 64, "min_size": 64, "ma
 REGIONS = (("frs_cli.train.objectives", "GTObjective", "forward", "objective_forward"),
            ("frs_cli.train.objectives", "FRSObjective", "forward", "objective_forward"),
            ("frs_cli.train.objectives", None, "valid_positions", "valid_positions"),
+           ("frs_cli.train.objectives", None, "image_sizes_on", "image_sizes"),
            ("frs_cli.train.objectives", "CachedTeacher", "graphed", "graphed_check"),
            ("frs_cli.train.objectives", "CachedTeacher", "check_batch", "check_batch"),
            ("frs_cli.train.graphed", "GraphedTerms", "__call__", "graphed_terms"),

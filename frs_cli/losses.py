@@ -24,7 +24,7 @@ from frs_cli.data.geometry import pad_boxes
 from frs_cli.errors import FrsError
 
 __all__ = ["FeatureAdapter", "distill_weight", "feature_loss", "frs_losses", "frs_masks", "gt_box_masks", "head_loss",
-           "position_grid", "position_weights"]
+           "position_grid", "position_pixels", "position_weights", "positions_within"]
 
 
 def frs_masks(cls_logits: Sequence[Tensor]) -> list[Tensor]:
@@ -66,6 +66,26 @@ def position_grid(grids: tuple[tuple[int, int], ...], device: torch.device) -> t
         cols.append(torch.arange(w).repeat(h))
         levels.append(torch.full((h * w,), lv))
     return tuple(torch.cat(x).to(device) for x in (rows, cols, levels))
+
+
+@functools.lru_cache(maxsize=256)
+def position_pixels(grids: tuple[tuple[int, int], ...], strides: tuple[int, ...],
+                    device: torch.device) -> tuple[Tensor, Tensor]:
+    """The input pixel row and column where every position starts (its row and column times its level's stride),
+    the levels side by side as in ``position_grid``; ``(P,)`` long each, kept per layout, strides and device."""
+    rows, cols, levels = position_grid(grids, device)
+    step = torch.tensor(strides, dtype=torch.int64).to(device)[levels]
+    return rows * step, cols * step
+
+
+def positions_within(sizes: Tensor, grids: Sequence[tuple[int, int]], strides: Sequence[int]) -> Tensor:
+    """``(B, P)`` bool, True where a position lies over its image's real pixels: ``sizes`` is ``(B, 2)`` long, each
+    image's valid (resized) height and width, on the device the result is wanted on. A position of stride ``s`` at
+    row ``r`` is real iff ``r * s < h``, the same as ``r < ceil(h / s)`` (``geometry.level_valid_size``; a grid's
+    rows are below its height already), and likewise for columns: two comparisons, no host work but the lookup."""
+    row_px, col_px = position_pixels(tuple((int(h), int(w)) for h, w in grids), tuple(int(s) for s in strides),
+                                     sizes.device)
+    return (row_px < sizes[:, 0:1]) & (col_px < sizes[:, 1:2])
 
 
 def _side_by_side(tensors: Sequence[Tensor], dims: int) -> Tensor:

@@ -59,8 +59,8 @@ def test_loader_cost_profile_labels_the_regions_of_each_step_and_restores_them(t
     plain, cached = (res["profiles"][v]["regions"] for v in ("resident_plain", "resident_cached"))
     assert set(plain) == {"objective_forward", "student_forward"}
     # on the CPU the FRS side runs eagerly: its checks and valid positions are labelled, no graph is replayed
-    assert set(cached) == {"objective_forward", "student_forward", "valid_positions", "graphed_check",
-                           "check_batch"}
+    assert set(cached) == {"objective_forward", "student_forward", "valid_positions", "image_sizes",
+                           "graphed_check", "check_batch"}
     for regions in (plain, cached):
         assert 0 < regions["student_forward"] < regions["objective_forward"]
     assert cached["valid_positions"] < cached["objective_forward"] - cached["student_forward"]
@@ -91,7 +91,8 @@ def test_loader_cost_clocked_times_the_regions_of_every_variant_and_restores_wha
     row = res["rounds"][0]
     assert set(row["resident_plain"]["regions_ms"]) == {"objective_forward", "student_forward"}
     regions = row["resident_cached"]["regions_ms"]
-    assert set(regions) == {"objective_forward", "student_forward", "valid_positions", "graphed_check", "check_batch"}
+    assert set(regions) == {"objective_forward", "student_forward", "valid_positions", "image_sizes", "graphed_check",
+                            "check_batch"}
     assert 0 < regions["valid_positions"] < regions["objective_forward"] - regions["student_forward"]
     text = bench.table(res)
     assert "Host ms per step in each region" in text and "| resident_plain | 0 | - | - |" in text
@@ -102,7 +103,8 @@ def test_loader_cost_clocked_times_the_regions_of_every_variant_and_restores_wha
     with bench.clocked_regions(_Student(), totals):
         assert isinstance(vars(graphed._Replay)["forward"], staticmethod)
         valid = objectives.valid_positions([(32, 40)], [(4, 6)], [8], torch.device("cpu"))
-    assert valid.sum() == 4 * 5 and set(totals) == {"valid_positions"} and totals["valid_positions"] > 0
+    assert valid.sum() == 4 * 5 and set(totals) == {"valid_positions", "image_sizes"}
+    assert totals["valid_positions"] > totals["image_sizes"] > 0  # the sizes' copy is part of the valid positions
 
 
 class _Student(torch.nn.Module):

@@ -156,8 +156,18 @@ def test_the_captured_function_is_the_eager_cached_objective_in_value_and_gradie
         for x, y in zip(terms + grads, want_terms + want_grads):
             torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-7)
     n, scaled = len(graphed.adapters.convs), batch.teacher.scales is not None
-    # student features and logits, cached features (and scales), masks, the valid positions, adapter weights
+    # student features and logits, cached features (and scales), masks, the image sizes, adapter weights
     assert len(captured[0]) == (4 + scaled) * n + 1 + 2 * n
+    assert captured[0][(4 + scaled) * n] == (len(batch.image_sizes), 2)  # the sizes; the graph makes the positions
+    # the graph holds the per-layout constants it reads, the very tensors the losses' caches hand out
+    from frs_cli.losses import position_grid, position_pixels
+
+    graph, = graphed._graphs._graphs.values()
+    grids = tuple(tuple(int(x) for x in m.shape[-2:]) for m in batch.teacher.masks)
+    held = [*graph.constants[0], *graph.constants[1]]
+    assert len(held) == 5 and all(a is b for a, b in zip(held, [*position_grid(grids, torch.device("cpu")),
+                                                               *position_pixels(grids, (8, 16, 32, 64, 128),
+                                                                                torch.device("cpu"))]))
     # the capture's memory, with memory_reserved reading 0 here, is at least its own inputs (not the parameters)
     assert graphed._graphs._graph_bytes == sum(examples_bytes[0][: -2 * n]) > 0
 
@@ -175,6 +185,25 @@ def test_feature_graphs_stop_at_their_count_and_memory_limits(recipe, cache_path
     assert not terms.may_capture()  # the memory is spent
     terms._graphs[("c",)], terms._graph_bytes = object(), 0
     assert not terms.may_capture()  # two graphs: the count is reached
+
+
+def test_positions_within_the_image_sizes_are_the_level_valid_sizes_for_any_size_and_stride():
+    """``positions_within`` (what the graph computes from the sizes): ``r * s < h`` against ``r <
+    min(grid, ceil(h / s))`` by loops, for sizes of every remainder by the strides, up to each grid's full extent."""
+    from frs_cli.data.geometry import level_grid_size, level_valid_size
+    from frs_cli.losses import positions_within
+
+    gen = torch.Generator().manual_seed(0)
+    canvas, strides = (200, 136), [8, 16, 32, 64, 128]
+    grids = [level_grid_size(canvas, s.bit_length() - 1) for s in strides]
+    sizes = [(int(h), int(w)) for h, w in torch.randint(1, 201, (12, 2), generator=gen)]
+    sizes = [(min(h, canvas[0]), min(w, canvas[1])) for h, w in sizes] + [canvas, (1, 1), (129, 65)]
+    got = positions_within(torch.tensor(sizes), grids, strides)
+    want = torch.cat([torch.tensor([[[r < level_valid_size(size, s, g)[0] and c < level_valid_size(size, s, g)[1]
+                                      for c in range(g[1])] for r in range(g[0])] for size in sizes]).flatten(1)
+                      for g, s in zip(grids, strides)], 1)
+    assert got.shape == want.shape == (len(sizes), sum(h * w for h, w in grids))
+    assert torch.equal(got, want) and 0 < int(got.sum()) < got.numel()
 
 
 def test_valid_positions_are_the_valid_masks_side_by_side():

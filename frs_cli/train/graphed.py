@@ -1,13 +1,13 @@
 """``distill.cuda_graphs``: the cached teacher side and both FRS terms of a step as one pair of CUDA graphs.
 
-A cached FRS step adds to the student's own step the decoding of the cached features, the teacher's head
-recomputed on them, the adapters and the two loss terms: about 230 small operations, forward and backward,
-on a GPU whose step is bound by the Python thread that launches kernels, not by the kernels. For a batch of one
-canvas (every batch, when training batches by canvas) these operations have fixed shapes, so they are captured
-once per batch shape as a forward and a backward CUDA graph (``_TrainingGraph``): the forward becomes one copy
-per input and one replay, the backward (the adapters' and the student's gradients) one replay. The gradients a
-replay hands back live in the graph's memory (a parameter's ``.grad`` may be that memory), so each backward must
-be followed by the optimizer step before the next forward, as the trainer does (no gradient accumulation).
+A cached FRS step adds to the student's own step the decoding of the cached features, the teacher's head recomputed
+on them, the valid positions, the adapters and the two loss terms: about 230 small operations, forward and
+backward, on a GPU whose step is bound by the Python thread that launches kernels, not by the kernels. For a batch
+of one canvas (every batch, when training batches by canvas) these operations have fixed shapes, so they are
+captured once per batch shape as a forward and a backward CUDA graph (``_TrainingGraph``): the forward becomes one
+copy per input and one replay, the backward (the adapters' and the student's gradients) one replay. The gradients a
+replay hands back live in the graph's memory (a parameter's ``.grad`` may be that memory), so each backward must be
+followed by the optimizer step before the next forward, as the trainer does (no gradient accumulation).
 
 ``frs_terms`` is the function captured, written with the adapters' weights as explicit arguments so that the
 backward graph computes their gradients; it runs the same operations as the eager path (``CachedTeacher``'s
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from frs_cli.graphs import held_bytes
-from frs_cli.losses import FeatureAdapter, frs_losses
+from frs_cli.losses import FeatureAdapter, frs_losses, position_grid, position_pixels, positions_within
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +35,17 @@ def frs_terms(teacher, adapters: FeatureAdapter, amp: tuple[bool, torch.dtype], 
               *inputs: Tensor) -> tuple[Tensor, Tensor]:
     """``(feature_loss, head_loss)`` of a batch of one canvas from flat ``inputs``: per level the student's FPN
     features, then its classification logits, the cached features (as carried), their scales (when ``scaled``),
-    the cached masks, then the valid positions ``(B, P)`` and per level the adapter's weight and bias (the
-    adapters' own parameters: the graph reads them in place). ``teacher``: a ``CachedTeacher``; ``amp``: the
+    the cached masks, then the images' valid sizes ``(B, 2)`` (the valid positions are computed from them here,
+    ``losses.positions_within``) and per level the adapter's weight and bias (the adapters' own parameters: the
+    graph reads them in place). ``teacher``: a ``CachedTeacher`` (its ``strides`` are the levels'); ``amp``: the
     student's autocast (enabled, dtype)."""
     n = levels
     sf, sl, cf = inputs[:n], inputs[n:2 * n], inputs[2 * n:3 * n]
     k = 3 * n
     scales = list(inputs[k:k + n]) if scaled else None
     k += n if scaled else 0
-    masks, valid, params = inputs[k:k + n], inputs[k + n], inputs[k + n + 1:]
+    masks, sizes, params = inputs[k:k + n], inputs[k + n], inputs[k + n + 1:]
+    valid = positions_within(sizes, [tuple(f.shape[-2:]) for f in sf], teacher.strides)
     with torch.no_grad():
         feats = teacher.decode(list(cf), scales)
         logits = teacher.head_logits(feats)
@@ -111,12 +113,13 @@ class _TrainingGraph:
 class GraphedTerms:
     """Per batch shape, ``frs_terms`` captured as a forward and a backward CUDA graph (``distill.cuda_graphs``).
 
-    ``__call__(student_features, student_logits, cached, valid)`` -> ``(feature_loss, head_loss)``, both
-    differentiable. A shape's first batch runs ``frs_terms`` eagerly and is then captured; later batches of
-    that shape replay. Each graph keeps its inputs, intermediates and gradients allocated (about a gigabyte per
-    shape at 8 COCO views), so at most ``MAX_GRAPHS`` shapes and ``MAX_GRAPH_BYTES`` get one; the rest, and any
-    shape whose capture fails (with a warning), run eagerly. The losses and the gradients a replay returns live
-    in the graph's memory until its next replay: one training step consumes them (``backward``) before that.
+    ``__call__(student_features, student_logits, cached, sizes)`` -> ``(feature_loss, head_loss)``, both
+    differentiable; ``sizes``: the images' valid sizes, ``(B, 2)`` long on the device (``image_sizes_on``). A
+    shape's first batch runs ``frs_terms`` eagerly and is then captured; later batches of that shape replay. Each
+    graph keeps its inputs, intermediates and gradients allocated (about a gigabyte per shape at 8 COCO views), so
+    at most ``MAX_GRAPHS`` shapes and ``MAX_GRAPH_BYTES`` get one; the rest, and any shape whose capture fails
+    (with a warning), run eagerly. The losses and the gradients a replay returns live in the graph's memory until
+    its next replay: one training step consumes them (``backward``) before that.
     """
 
     MAX_GRAPHS = 64
@@ -133,11 +136,11 @@ class GraphedTerms:
                 and self._graph_bytes < self.MAX_GRAPH_BYTES)
 
     def __call__(self, student_features: list[Tensor], student_logits: list[Tensor], cached,
-                 valid: Tensor) -> tuple[Tensor, Tensor]:
+                 sizes: Tensor) -> tuple[Tensor, Tensor]:
         device = student_features[0].device
         amp = (torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type))
         params = [p for conv in self.adapters.convs for p in (conv.weight, conv.bias)]
-        inputs = [*student_features, *student_logits, *cached.features, *(cached.scales or []), *cached.masks, valid]
+        inputs = [*student_features, *student_logits, *cached.features, *(cached.scales or []), *cached.masks, sizes]
         n, scaled = len(student_features), cached.scales is not None
 
         def fn(*xs: Tensor) -> tuple[Tensor, Tensor]:
@@ -149,10 +152,11 @@ class GraphedTerms:
             return graph(*inputs, *params)
         out = fn(*inputs, *params)  # a shape's first batch (or one past the limits) runs eagerly
         if key not in self._graphs:
-            self._graphs[key] = self._capture(fn, inputs, params) if self.may_capture() else None
+            grids = tuple((int(f.shape[-2]), int(f.shape[-1])) for f in student_features)
+            self._graphs[key] = self._capture(fn, inputs, params, grids) if self.may_capture() else None
         return out
 
-    def _capture(self, fn, inputs: list[Tensor], params: list[nn.Parameter]):
+    def _capture(self, fn, inputs: list[Tensor], params: list[nn.Parameter], grids: tuple[tuple[int, int], ...]):
         device = inputs[0].device
         # the capture's own inputs: fresh leaves with the same requires_grad (later batches are copied into them);
         # the parameters as leaves that share their storage (read in place, the optimizer's updates seen) but are
@@ -168,6 +172,9 @@ class GraphedTerms:
             log.warning("distill: no CUDA graph for the FRS terms on inputs of shapes %s (%s: %s); they run eagerly",
                         [tuple(t.shape) for t in inputs], type(exc).__name__, exc)
             return None
+        # the per-layout constants the graph reads in place (kept in frs_cli.losses' caches) are held by the graph
+        # too, so that a cache's eviction cannot free memory a replay still reads
+        graph.constants = (position_grid(grids, device), position_pixels(grids, tuple(self.teacher.strides), device))
         grown = torch.cuda.memory_reserved(device) - before
         # at least its inputs and their gradients (the parameters, shared with the model, are not its own)
         self._graph_bytes += max(grown, held_bytes(examples[:len(inputs)], getattr(graph, "input_grads", ())))

@@ -19,7 +19,7 @@ from frs_cli.cache.encoding import FeatureEncoding
 from frs_cli.data.coco import Batch
 from frs_cli.data.geometry import level_valid_size
 from frs_cli.errors import FrsError
-from frs_cli.losses import FeatureAdapter, distill_weight, frs_losses, frs_masks, gt_box_masks, position_grid
+from frs_cli.losses import FeatureAdapter, distill_weight, frs_losses, frs_masks, gt_box_masks, positions_within
 from frs_cli.models.base import Detector, FrsSignature, check_compatible
 from frs_cli.models.fold import fold_batchnorm
 from frs_cli.train.canvas import canvas_groups, crop_stack, level_grids, on_own_canvas
@@ -29,7 +29,7 @@ from frs_cli.train.graphed import GraphedTerms
 log = logging.getLogger(__name__)
 
 __all__ = ["CachedTeacher", "FRSObjective", "GTObjective", "Objective", "OnlineTeacher", "TeacherSide",
-           "check_compatible", "valid_masks", "valid_positions"]
+           "check_compatible", "image_sizes_on", "valid_masks", "valid_positions"]
 
 
 def valid_masks(image_sizes: list[tuple[int, int]], features: list[Tensor], strides: list[int]) -> list[Tensor]:
@@ -53,19 +53,20 @@ def valid_masks(image_sizes: list[tuple[int, int]], features: list[Tensor], stri
     return out
 
 
+def image_sizes_on(image_sizes: list[tuple[int, int]], device: torch.device) -> Tensor:
+    """``(B, 2)`` long on ``device``: each image's valid (resized) height and width, in one pinned copy on CUDA."""
+    sizes = torch.tensor(image_sizes, dtype=torch.int64).view(-1, 2)
+    if device.type == "cuda":
+        sizes = sizes.pin_memory()
+    return sizes.to(device, non_blocking=True)
+
+
 def valid_positions(image_sizes: list[tuple[int, int]], grids: list[tuple[int, int]], strides: list[int],
                     device: torch.device) -> Tensor:
     """``valid_masks`` with the levels side by side, ``(B, P)`` bool, as the FRS losses take it: the same
-    positions, in a handful of operations whatever the batch and the number of levels (one pinned copy of the
-    per-image sizes, then comparisons against each position's row and column)."""
-    grids = [tuple(int(x) for x in g) for g in grids]
-    rows, cols, levels = position_grid(tuple(grids), device)
-    sizes = torch.tensor([[level_valid_size(size, s, g) for g, s in zip(grids, strides)] for size in image_sizes],
-                         dtype=torch.int64)  # (B, L, 2)
-    if device.type == "cuda":
-        sizes = sizes.pin_memory()
-    limits = sizes.to(device, non_blocking=True)[:, levels]  # (B, P, 2)
-    return (rows < limits[..., 0]) & (cols < limits[..., 1])
+    positions, from one pinned copy of the image sizes and two comparisons whatever the batch and the number of
+    levels (``losses.positions_within``)."""
+    return positions_within(image_sizes_on(image_sizes, device), grids, strides)
 
 
 class Objective(Protocol):
@@ -261,13 +262,14 @@ class FRSObjective(nn.Module):
                 raise FrsError(f"distill: level {self.student.level_names[lv]} student grid {tuple(fs.shape[-2:])} "
                                f"!= teacher grid {tuple(ft.shape[-2:])}")
         strides = self.student.strides
-        valid = valid_positions(batch.image_sizes, [f.shape[-2:] for f in out.features], strides,
-                                out.features[0].device)
+        device = out.features[0].device
         w = distill_weight(step, self.cfg.warmup_iters)
-        if graphed:  # the cached side, the adapters and both terms replayed (frs_cli.train.graphed)
+        if graphed:  # the cached side, the valid positions, the adapters and both terms replayed (train.graphed)
             self.teacher_side.check_batch(batch)
-            feature, head_term = self._graphs(out.features, out.cls_logits, batch.teacher, valid)
+            sizes = image_sizes_on(batch.image_sizes, device)
+            feature, head_term = self._graphs(out.features, out.cls_logits, batch.teacher, sizes)
         else:
+            valid = valid_positions(batch.image_sizes, [f.shape[-2:] for f in out.features], strides, device)
             if self.cfg.mask == "gt":
                 masks = gt_box_masks([t["boxes"] for t in batch.targets], [f.shape[-2:] for f in out.features],
                                      strides)
