@@ -173,8 +173,8 @@ def tables(v: dict) -> str:
 
     out += [f"| {r['dtype']} | {r['views']} | {r['page_cache']} | {_f(r, 'step_ms', '.1f')} | {_f(r, 'plain_ms', '.1f')} | "
             f"{_f(r, 'over_plain', '.2f')} | {r['verdict']} | {spread(r)} |" for r in v["step"]]
-    out += ["", f"| dtype | views | page cache | online ms | cached ms | online / cached (>= 1.4, {v['pair']}) | "
-            "online / plain (caching for free) | verdict |", "|---|---|---|---|---|---|---|---|"]
+    out += ["", (f"| dtype | views | page cache | online ms | cached ms | online / cached (>= 1.4, {v['pair']}) | "
+             "online / plain (caching for free) | verdict |"), "|---|---|---|---|---|---|---|---|"]
     out += [f"| {r['dtype']} | {r['views']} | {r['page_cache']} | {_f(r, 'online_ms', '.1f')} | {_f(r, 'step_ms', '.1f')} | "
             f"{_f(r, 'online_over_cached', '.2f')} | {_f(r, 'online_over_plain', '.2f')} | {r['verdict']} |"
             for r in v["online_over_cached"]]
@@ -185,8 +185,8 @@ def tables(v: dict) -> str:
     out += ["", "| row | views | page cache | mean data wait (<= 5 %) | median | verdict |", "|---|---|---|---|---|---|"]
     out += [f"| {r['row']} | {r['views']} | {r['page_cache']} | {100 * r['mean']:.1f} % | {100 * r['median']:.1f} % | "
             f"{r['verdict']} |" for r in v["data_wait"]]
-    out += ["", "| dtype | MB per view | MB/s the step needs at the plain step's pace | disk read MB/s (page cache "
-            "dropped?) | loader views/s, warm (views) |", "|---|---|---|---|---|"]
+    out += ["", ("| dtype | MB per view | MB/s the step needs at the plain step's pace | disk read MB/s (page cache "
+             "dropped?) | loader views/s, warm (views) |"), "|---|---|---|---|---|"]
     for r in v["bandwidth"]:
         disk = "–" if r["disk_read_mb_s"] is None else f"{r['disk_read_mb_s']:.0f} ({'yes' if r['disk_read_cold'] else 'no'})"
         loader = "–" if r["loader_views_s"] is None else f"{r['loader_views_s']:.0f} ({r['loader_views']})"

@@ -398,7 +398,7 @@ def test_cache_verdicts_miss_by_any_margin_and_when_not_measured(tmp_path, capsy
     step["cached"] = [r for r in step["cached"] if not (r["dtype"] == "int8" and r["page_cache"] == "cold"
                                                           and r["views"] == 8192)]
     v2 = verdicts.verdicts(step)
-    assert list(v2["targets"].values())[0] == "missed"
+    assert next(iter(v2["targets"].values())) == "missed"
     assert {(r["dtype"], r["views"], r["page_cache"]): r for r in v2["step"]}["int8", 4096, "cold"]["verdict"] == \
         "not measured"
     step = _hand_made_step()
