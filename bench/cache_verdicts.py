@@ -45,23 +45,29 @@ def _find(step: dict, dtype: str, size: int, state: str) -> dict | None:
     return next((r for r in rows if r["views"] == size), None)
 
 
+STEP_KEYS = ("step_ms", "step_ms_mean", "data_wait_share", "data_wait_share_median")
+
+
+def _variant(step: dict, prefix: str, keys: tuple[str, ...], label: str, **extra) -> dict:
+    """``step`` with each cached row's ``keys`` replaced by its ``prefix``-ed figures (rows without all of them
+    dropped: they count as not measured). The run stores the step times of each row's own cached mode only, not the
+    variant's, so the row's ``step_times_ms`` go too: the spread shown would be another mode's."""
+    rows = [{**{k: v for k, v in r.items() if k != "step_times_ms"}, **{k: r[prefix + k] for k in keys}, **extra}
+            for r in step["cached"] if all(prefix + k in r for k in keys)]
+    return {**step, "cached": rows, "worker_sweep": [], "variant": label}
+
+
 def graphs_variant(step: dict) -> dict:
-    """``step`` with each cached row's figures replaced by its ``--graphs-ab`` graphed variant's (rows without one
-    dropped: they count as not measured)."""
-    keys = ("step_ms", "step_ms_mean", "data_wait_share", "data_wait_share_median")
-    rows = [{**r, **{k: r[f"graphs_{k}"] for k in keys}, "cuda_graphs": True}
-            for r in step["cached"] if "graphs_step_ms" in r]
-    return {**step, "cached": rows, "worker_sweep": [], "variant": "distill.cuda_graphs on"}
+    """``step`` judged by each cached row's ``--graphs-ab`` graphed variant (``graphs_*``), against the same
+    interleaved plain step."""
+    return _variant(step, "graphs_", STEP_KEYS, "distill.cuda_graphs on", cuda_graphs=True)
 
 
 def hold0_variant(step: dict) -> dict:
-    """``step`` with each cached row's cached and plain figures replaced by its ``--hold-ab`` ones, workers holding
-    no buffer (rows without them dropped: not measured; their blocks' own step times are not stored)."""
-    keys = ("step_ms", "step_ms_mean", "data_wait_share", "data_wait_share_median", "plain_step_ms",
-            "plain_step_ms_mean")
-    rows = [{**{k: v for k, v in r.items() if k != "step_times_ms"}, **{k: r[f"hold0_{k}"] for k in keys}}
-            for r in step["cached"] if "hold0_step_ms" in r and "hold0_plain_step_ms" in r]
-    return {**step, "cached": rows, "worker_sweep": [], "variant": "loader workers holding no buffer"}
+    """``step`` judged by each cached row's ``--hold-ab`` cached and plain steps (``hold0_*``), workers holding no
+    buffer."""
+    return _variant(step, "hold0_", (*STEP_KEYS, "plain_step_ms", "plain_step_ms_mean"),
+                    "loader workers holding no buffer")
 
 
 def block_ratios(row: dict, mode: str = "cached") -> list[float] | None:
@@ -173,8 +179,8 @@ def tables(v: dict) -> str:
 
     out += [f"| {r['dtype']} | {r['views']} | {r['page_cache']} | {_f(r, 'step_ms', '.1f')} | {_f(r, 'plain_ms', '.1f')} | "
             f"{_f(r, 'over_plain', '.2f')} | {r['verdict']} | {spread(r)} |" for r in v["step"]]
-    out += ["", f"| dtype | views | page cache | online ms | cached ms | online / cached (>= 1.4, {v['pair']}) | "
-            "online / plain (caching for free) | verdict |", "|---|---|---|---|---|---|---|---|"]
+    out += ["", (f"| dtype | views | page cache | online ms | cached ms | online / cached (>= 1.4, {v['pair']}) | "
+             "online / plain (caching for free) | verdict |"), "|---|---|---|---|---|---|---|---|"]
     out += [f"| {r['dtype']} | {r['views']} | {r['page_cache']} | {_f(r, 'online_ms', '.1f')} | {_f(r, 'step_ms', '.1f')} | "
             f"{_f(r, 'online_over_cached', '.2f')} | {_f(r, 'online_over_plain', '.2f')} | {r['verdict']} |"
             for r in v["online_over_cached"]]
@@ -185,8 +191,8 @@ def tables(v: dict) -> str:
     out += ["", "| row | views | page cache | mean data wait (<= 5 %) | median | verdict |", "|---|---|---|---|---|---|"]
     out += [f"| {r['row']} | {r['views']} | {r['page_cache']} | {100 * r['mean']:.1f} % | {100 * r['median']:.1f} % | "
             f"{r['verdict']} |" for r in v["data_wait"]]
-    out += ["", "| dtype | MB per view | MB/s the step needs at the plain step's pace | disk read MB/s (page cache "
-            "dropped?) | loader views/s, warm (views) |", "|---|---|---|---|---|"]
+    out += ["", ("| dtype | MB per view | MB/s the step needs at the plain step's pace | disk read MB/s (page cache "
+             "dropped?) | loader views/s, warm (views) |"), "|---|---|---|---|---|"]
     for r in v["bandwidth"]:
         disk = "–" if r["disk_read_mb_s"] is None else f"{r['disk_read_mb_s']:.0f} ({'yes' if r['disk_read_cold'] else 'no'})"
         loader = "–" if r["loader_views_s"] is None else f"{r['loader_views_s']:.0f} ({r['loader_views']})"

@@ -192,7 +192,7 @@ def run(args) -> dict:
     res["views_in_split"] = 2 * len(coco)
     res["disk"] = {"write_mb_s": disk_write_mb_s(args.work, args.disk_mb, min(64, args.disk_mb))}
     save()
-    amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    amp = {"device_type": dev.type, "dtype": torch.bfloat16, "enabled": dev.type == "cuda"}
     caches = {}
     for i, tname in enumerate(dict.fromkeys(pair.split("-")[0] for pair in pairs)):
         res["teachers"][tname] = teacher_rates(args, tname, rate_data, base, ctx, amp)

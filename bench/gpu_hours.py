@@ -88,10 +88,10 @@ def hours(step: dict, rates: dict | None = None, images: int = 118_287, epochs: 
 
 def table(result: dict) -> str:
     s = result["schedule"]
-    lines = [f"GPU-hours on one card, {s['images']} images x {s['epochs']} epochs at batch {s['batch']} "
-             f"({s['steps_per_student']} steps per student), cache of {s['cached_views']} views",
-             "", "| teacher -> student | method | step ms | teacher-cache h | 1 student h | 3 students h | 10 students h "
-             "| saving at 1 / 3 / 10 |", "|---|---|---|---|---|---|---|---|"]
+    lines = [(f"GPU-hours on one card, {s['images']} images x {s['epochs']} epochs at batch {s['batch']} "
+              f"({s['steps_per_student']} steps per student), cache of {s['cached_views']} views"),
+             "", ("| teacher -> student | method | step ms | teacher-cache h | 1 student h | 3 students h | 10 students h "
+              "| saving at 1 / 3 / 10 |"), "|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         saving = " / ".join(f"{100 * r[f'saving_{n}']:.0f} %" for n in STUDENTS) if "saving_1" in r else "–"
         lines.append(f"| {r['pair']} ({r['teacher_arch']}) | {r['method']} | {r['step_ms']:.1f} | {r['cache_hours']:.1f} | "

@@ -64,7 +64,7 @@ SMOKE = {"pair": "tiny-tiny", "images": 4, "image_size": 64, "min_size": 64, "ma
          "batch": 2, "batches": 4, "workers": 0, "warmup": 1, "steps": 2, "rounds": 1, "profile": False}
 
 
-# the parts of a step the profile labels: (module, attribute holder, attribute) -> label
+# the parts of a step --profile labels and --clocked times: (module, attribute holder, attribute) -> label
 REGIONS = (("frs_cli.train.objectives", "GTObjective", "forward", "objective_forward"),
            ("frs_cli.train.objectives", "FRSObjective", "forward", "objective_forward"),
            ("frs_cli.train.objectives", None, "valid_positions", "valid_positions"),

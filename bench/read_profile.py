@@ -338,8 +338,8 @@ def main() -> None:
 
 def table(res: dict) -> str:
     """The profile as a markdown table: one row per size and read path."""
-    lines = ["| views | path | store calls / view (index reads) | objects opened / view | KB read / view | store ms "
-             "| check ms | collate ms | total ms / view | loader views/s | open + first view ms |",
+    lines = [("| views | path | store calls / view (index reads) | objects opened / view | KB read / view | store ms "
+              "| check ms | collate ms | total ms / view | loader views/s | open + first view ms |"),
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for size, row in res["sizes"].items():
         for mode in ("zarr", "direct"):

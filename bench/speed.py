@@ -263,7 +263,7 @@ def main() -> None:
     dtypes = args.dtypes.split(",")
     coco = CocoViews.from_config(recipe_from_dict(base).data, "train", recipe_from_dict(base).geometry)
     res["padded_sizes"] = sorted({str(coco.geometry_of(i, "orig").padded_size) for i in range(len(coco))})
-    amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    amp = {"device_type": dev.type, "dtype": torch.bfloat16, "enabled": dev.type == "cuda"}
 
     def loader(dataset, shuffle=True):
         sampler = ViewSampler(len(dataset), ("orig", "hflip"), shuffle=shuffle, seed=0)

@@ -135,7 +135,7 @@ def prepare(args) -> Setup:
             if len({canvas(k) for k in b}) == 1][: args.batches]
     keys = round_robin(keys, canvas)
     batches = [b.to(dev) for b in _loader(args, CachedViews(coco, store), keys, dev)]
-    amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    amp = {"device_type": dev.type, "dtype": torch.bfloat16, "enabled": dev.type == "cuda"}
     return Setup(dev, amp, coco, recipe, store, sname, coco.index.num_classes, batches, keys)
 
 
@@ -367,8 +367,8 @@ def table(res: dict) -> str:
         plus = "–" if prev is None else ms(steps[name]["step_ms"] - steps[prev]["step_ms"])
         lines.append(f"| ({LETTERS[name]}) {name} | {ms(steps[name]['step_ms'])} | {ms(steps[name]['step_ms_mean'])} "
                      f"| {plus} |")
-    lines += ["", f"(d) - (a) = {bd['extra_ms']:.2f} ms; (d) / (a) = {bd['full_over_plain']:.3f}; "
-              f"online / (d) = {bd['online_over_full']:.3f}", "",
+    lines += ["", (f"(d) - (a) = {bd['extra_ms']:.2f} ms; (d) / (a) = {bd['full_over_plain']:.3f}; "
+               f"online / (d) = {bd['online_over_full']:.3f}"), "",
               "| part | ms | device ms (events) | share of (d) - (a) |", "|---|---|---|---|"]
     for name, row in bd["increments"].items():
         lines.append(f"| step increment: {name} | {ms(row['ms'])} | – | {pct(row['share'])} |")

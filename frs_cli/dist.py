@@ -16,7 +16,7 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    device: torch.device = torch.device("cpu")
+    device: torch.device = torch.device("cpu")  # noqa: RUF009 - a torch.device is immutable
     local_world_size: int = 1  # processes of the job on this host (torchrun's LOCAL_WORLD_SIZE)
 
     @property

@@ -491,7 +491,7 @@ def test_sampler_rejects_bad_arguments():
 
 
 def test_collate_pads_to_batch_max_and_carries_targets(dataset):
-    root, ann_file, arrays = dataset
+    root, ann_file, _arrays = dataset
     views = CocoViews(CocoIndex(ann_file), root / "train", NO_RESIZE)
     a, c = views[(0, "orig")], views[(2, "hflip")]
     # a: 30 x 40 -> padded 32 x 40; c: 50 x 20 (scale min(30/20, 40/50) = 0.8 -> 40 x 16) -> padded 40 x 16
@@ -536,8 +536,7 @@ def test_original_views_resized_by_resize_batch_equal_the_collated_batch(jitter_
 def test_original_batches_decode_each_file_once_and_resize_to_the_collated_batch(jitter_root, monkeypatch):
     """teacher-cache's GPU loader: a batch holding both views of its images decodes each file once, sends it to
     the device once and resizes it once per size, and the batch is still exactly the usual pipeline's."""
-    import frs_cli.data.coco as coco
-    import frs_cli.data.geometry as geometry
+    from frs_cli.data import coco, geometry
     from frs_cli.data.coco import OriginalBatches, Originals, resize_batch
 
     ds = CocoViews.from_config(DataConfig(root=str(jitter_root)), "train", GeometryConfig(40, 72, 8))

@@ -22,7 +22,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def _torchrun(*args, tmp_path):
-    return subprocess.run(_torchrun_cmd(*args), env=ENV, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    return subprocess.run(_torchrun_cmd(*args), env=ENV, capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                          check=False)
 
 
 def _torchrun_popen(*args, tmp_path, new_session: bool = False):

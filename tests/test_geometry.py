@@ -255,8 +255,8 @@ def test_view_geometry_scales_and_dict():
     assert g.scale_y == 800 / 480
     assert g.scale_x == 1067 / 640
     assert g.view == "orig"
-    assert g.to_dict() == dict(orig_h=480, orig_w=640, resized_h=800, resized_w=1067, padded_h=800,
-                               padded_w=1088, hflip=False)
+    assert g.to_dict() == {"orig_h": 480, "orig_w": 640, "resized_h": 800, "resized_w": 1067, "padded_h": 800,
+                          "padded_w": 1088, "hflip": False}
 
 
 # ----------------------------------------------------------------------------------------- GeometryConfig

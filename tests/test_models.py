@@ -68,7 +68,7 @@ def test_adapter_logits_are_torchvision_head_output_reordered(batch):
     torch.testing.assert_close(to_head_layout(out.cls_logits, 5), reference, rtol=0, atol=0)
     # channel a*K + k at (h, w) is anchor a, class k: check one element by hand
     h, w, a, k = 1, 2, 4, 3
-    H, W = out.cls_logits[0].shape[-2:]
+    _H, W = out.cls_logits[0].shape[-2:]
     flat_index = (h * W + w) * 9 + a
     assert out.cls_logits[0][1, a * 5 + k, h, w] == reference[1, flat_index, k]
 

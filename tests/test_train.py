@@ -42,7 +42,7 @@ def test_training_writes_checkpoint_state_and_evaluates(recipe_path, tmp_path):
     evals = [json.loads(x)["eval"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
     assert len(evals) == 2 and set(evals[0]) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     assert s.fit.eval_metrics == evals[-1]
-    detector, ckpt = load_detector(out / FINAL)
+    _detector, ckpt = load_detector(out / FINAL)
     assert ckpt["arch"] == "retinanet_tiny_fpn" and ckpt["label_to_category"] == [1, 2, 3, 4, 5]
 
 
@@ -78,7 +78,7 @@ def test_distill_from_cache_saves_student_and_adapters(recipe, cache_path, tmp_p
     s = distill_student(recipe, tmp_path / "run", cache=cache_path, ctx=setup("cpu"), evaluate=False)
     assert set(s.fit.last_losses) == {"classification", "bbox_regression", "frs_feature", "frs_head"}
     assert all(v > 0 for v in s.fit.last_losses.values())
-    student, ckpt = load_detector(tmp_path / "run" / FINAL)
+    _student, ckpt = load_detector(tmp_path / "run" / FINAL)
     assert ckpt["arch"] == recipe.student.arch
     adapters = torch.load(tmp_path / "run" / ADAPTERS, weights_only=True)
     assert [lv["name"] for lv in adapters["levels"]] == ["P3", "P4", "P5", "P6", "P7"]

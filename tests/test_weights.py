@@ -80,7 +80,7 @@ def test_truncated_file_is_one_line(tmp_path):
     torch.manual_seed(3)
     full = _save_state(tmp_path / "full.pth", build_detector(ModelConfig(arch="retinanet_tiny_fpn"), 5).core())
     cut = tmp_path / "cut.pth"
-    data = open(full, "rb").read()
+    data = Path(full).read_bytes()
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelError, match=r"weights '.*cut.pth': expected a torch checkpoint .*got a damaged or truncated "
                        r"zip archive") as err:
@@ -91,13 +91,13 @@ def test_truncated_file_is_one_line(tmp_path):
 def test_file_named_as_a_published_one_but_of_another_hash_is_a_truncated_copy(tmp_path, monkeypatch):
     torch.manual_seed(3)
     good = _save_state(tmp_path / "good.pth", build_detector(ModelConfig(arch="retinanet_tiny_fpn"), 5).core())
-    digest = hashlib.sha256(open(good, "rb").read()).hexdigest()
+    digest = hashlib.sha256(Path(good).read_bytes()).hexdigest()
     other = "0" * 8 if not digest.startswith("0" * 8) else "1" * 8
     name = f"retinanet_tiny_coco-{other}.pth"
     monkeypatch.setattr(weights_mod, "published_weights",
                         lambda builder: [Published("Tiny_Weights.COCO_V1", name, other, 5)])
     copy = tmp_path / name
-    copy.write_bytes(open(good, "rb").read())
+    copy.write_bytes(Path(good).read_bytes())
     with pytest.raises(ModelError, match=f"named as torchvision's Tiny_Weights.COCO_V1 file, but its sha256 begins "
                                          f"{digest[:8]}, the published file's {other}: a truncated or altered copy"):
         build_detector(ModelConfig(arch="retinanet_tiny_fpn", weights=str(copy)), 5)
@@ -193,7 +193,7 @@ def test_backbone_by_file_path_and_from_a_seeded_hub_cache_load_the_same_weights
     by_path = build_detector(ModelConfig(arch="retinanet_resnet18_fpn", weights_backbone=path), 5)
     hub = tmp_path / "torch_home" / "hub" / "checkpoints"
     hub.mkdir(parents=True)
-    (hub / "resnet18-f37072fd.pth").write_bytes(open(path, "rb").read())
+    (hub / "resnet18-f37072fd.pth").write_bytes(Path(path).read_bytes())
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     # a random file cannot have the published hash: let the hub copy's digest begin with it
     real = weights_mod.sha256_file
@@ -223,7 +223,7 @@ def test_backbone_file_of_another_body_is_one_line_and_a_failed_download_names_b
         build_detector(cfg, 5)
     hub = tmp_path / "home" / "hub" / "checkpoints"
     hub.mkdir(parents=True, exist_ok=True)  # the failed download made it
-    (hub / "resnet18-f37072fd.pth").write_bytes(open(wrong, "rb").read()[:4096])
+    (hub / "resnet18-f37072fd.pth").write_bytes(Path(wrong).read_bytes()[:4096])
     with pytest.raises(ModelError, match=r"ResNet18_Weights.IMAGENET1K_V1: the copy in torch's hub cache .* has a "
                                          r"sha256 beginning [0-9a-f]{8}, the published file's f37072fd: a truncated"):
         build_detector(cfg, 5)
@@ -238,7 +238,7 @@ def test_a_torchvision_file_teacher_is_fingerprinted_by_its_file_and_a_truncated
     # what teacher-cache records and distill compares with the cache's: the file's bytes, nothing built
     assert teacher_fingerprint(cfg) == "file:" + hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
     cut = tmp_path / "small_cut.pth"
-    cut.write_bytes(open(path, "rb").read()[:5000])
+    cut.write_bytes(Path(path).read_bytes()[:5000])
     recipe = write_recipe(tmp_path / "r.toml", synth_root, weights=str(cut))
     result = CliRunner().invoke(app, ["teacher-cache", "-p", str(recipe), "--out", str(tmp_path / "c.zarr")])
     assert result.exit_code == 1

@@ -359,7 +359,7 @@ class CachedViews(torch.utils.data.Dataset):
         return self.views.geometry_of(position, view)
 
     def __getitem__(self, key) -> Sample:
-        position, view = key
+        _position, view = key
         sample = self.views[key]
         k = self.cache.find(sample.image_id, view)
         cached = self.cache.view_geometry(k)

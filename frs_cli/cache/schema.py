@@ -98,7 +98,7 @@ def make_plan(dataset, views, strides) -> Plan:
             g = dataset.geometry_of(pos, v)
             rows.append((dataset.index.records[pos].image_id, pos, VIEW_CODES[v], g))
     sizes = sorted({g.padded_size for *_, g in rows})
-    halvings = [int(round(np.log2(s))) for s in strides]
+    halvings = [round(np.log2(s)) for s in strides]
     buckets = [Bucket(bucket_name(*s), s, 0, tuple(level_grid_size(s, k) for k in halvings)) for s in sizes]
     which = {s: i for i, s in enumerate(sizes)}
     counts = [0] * len(sizes)

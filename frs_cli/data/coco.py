@@ -368,7 +368,7 @@ class ViewSampler(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         per_epoch = self.num_images * (len(self.views) if self.view_choice == "all" else 1)
-        return -(-per_epoch // self.world_size)
+        return -(-per_epoch // self.world_size)  # noqa: PLE0303 - the ceiling of a count over a positive size
 
     def __iter__(self):
         return iter(self._items()[self.start :])

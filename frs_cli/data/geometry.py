@@ -96,8 +96,8 @@ def resized_size(orig_h: int, orig_w: int, cfg: GeometryConfig) -> tuple[int, in
     if orig_h < 1 or orig_w < 1:
         raise ConfigError(f"image size: expected positive height and width, got {orig_h}x{orig_w}")
     scale = min(cfg.min_size / min(orig_h, orig_w), cfg.max_size / max(orig_h, orig_w))
-    new_h = max(1, min(int(round(orig_h * scale)), cfg.max_size))
-    new_w = max(1, min(int(round(orig_w * scale)), cfg.max_size))
+    new_h = max(1, min(round(orig_h * scale), cfg.max_size))
+    new_w = max(1, min(round(orig_w * scale), cfg.max_size))
     return new_h, new_w
 
 
@@ -214,8 +214,8 @@ def pad_boxes(boxes: Sequence[Tensor], device: torch.device) -> tuple[Tensor, Te
 def level_valid_size(valid_size: tuple[int, int], stride: int, level_size: tuple[int, int]) -> tuple[int, int]:
     """Positions of a feature level (stride ``stride``, grid ``level_size``) that lie over real pixels."""
     return (
-        min(level_size[0], int(math.ceil(valid_size[0] / stride))),
-        min(level_size[1], int(math.ceil(valid_size[1] / stride))),
+        min(level_size[0], math.ceil(valid_size[0] / stride)),
+        min(level_size[1], math.ceil(valid_size[1] / stride)),
     )
 
 

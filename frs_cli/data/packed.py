@@ -58,11 +58,12 @@ def views_of(buffer: Tensor, slots: Sequence[Slot]) -> list[Tensor]:
 # A DataLoader worker keeps its last WORKER_HOLD shared buffers referenced (train.worker_hold sets it in the
 # trainer's workers through ``hold_in_worker``). While the worker still maps a buffer, the training process's drop
 # of that batch (after pinning copies it, or after its step) only unmaps it, and the pages are freed here, in the
-# worker, once later batches push the buffer out. Freeing them in the training
-# process cost it about 0.3 ms per MB of batch on a 2-core CPU, 11 ms for an fp16 batch of 8 views
-# (bench/batch_transfer.py, docs/BENCHMARKS.md session 14). A worker runs up to the trainer's prefetch_factor (4)
-# batches ahead of the one the training process drops, so it holds that many and two more; two alone did not
-# help. The price: up to WORKER_HOLD more batches per worker in shared memory.
+# worker, once later batches push the buffer out. Freeing them in the training process cost it about 0.3 ms per MB
+# of batch on a 2-core CPU, 11 ms for an fp16 batch of 8 views (bench/batch_transfer.py, docs/BENCHMARKS.md
+# session 14; on one H200 the hold took the cached step from 1.07-1.10x to 1.01-1.05x the plain one, session 15).
+# A worker runs up to the trainer's prefetch_factor (4) batches ahead of the one the training process drops, so it
+# holds that many and two more; two alone did not help. The price: up to WORKER_HOLD more batches per worker in
+# shared memory.
 WORKER_HOLD = 6
 _held: deque[Tensor] = deque()
 

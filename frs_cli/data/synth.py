@@ -144,7 +144,7 @@ def _image_size(rng: np.random.Generator, cfg: SynthConfig) -> tuple[int, int]:
     """``(width, height)``; with jitter the short side is 3/4 of ``size``, rounded half up."""
     if not cfg.aspect_jitter:
         return cfg.size, cfg.size
-    short = int(math.floor(cfg.size * 0.75 + 0.5))
+    short = math.floor(cfg.size * 0.75 + 0.5)
     return [(cfg.size, cfg.size), (cfg.size, short), (short, cfg.size)][int(rng.integers(3))]
 
 

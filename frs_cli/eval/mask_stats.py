@@ -62,7 +62,7 @@ def mask_statistics(cache, dataset: CocoViews, high: float = 0.5, margin: float 
     """Statistics per level over the cached views (the first ``max_views`` when given)."""
     progress = progress or NullProgress()
     n = len(cache) if max_views is None else min(max_views, len(cache))
-    acc = [dict(n=0, s_in=0.0, n_in=0, s_out=0.0, n_out=0, far=0, high=0) for _ in cache.levels]
+    acc = [{"n": 0, "s_in": 0.0, "n_in": 0, "s_out": 0.0, "n_out": 0, "far": 0, "high": 0} for _ in cache.levels]
     progress.start("mask statistics", n, unit="view")
     for k in range(n):
         geom = cache.view_geometry(k)
