@@ -23,6 +23,11 @@ Variants (``--variants``):
 - optional: ``loader_cached_nopin``, ``loader_cached`` with ``pin_memory=False``; ``loader_cached_w4``, with 4
   workers.
 
+``--sync-points`` runs ``--sync-steps`` more steps of every variant with CUDA's sync debug mode on (``warn``) and
+records, per variant, each place in the Python code where the host waited for the device (``sync_points``: the
+innermost frames of each synchronizing call, with how often per step it ran). A step that waits mid-way for the
+device cannot launch ahead of it, so the device's work on that step is no longer hidden behind the host's launches.
+
 ``--clocked`` times the ``REGIONS`` of every timed step on the host with ``perf_counter`` (no profiler, whose
 tracing slows graph launches): ``regions_ms`` per variant, the host milliseconds per step inside each region,
 regions nested in others counted in both (``graph_launch``: ``CUDAGraph.replay``, inside ``replay_forward`` and
@@ -47,6 +52,9 @@ import functools
 import json
 import sys
 import time
+import traceback
+import warnings
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -134,6 +142,46 @@ def clocked_regions(obj, totals: dict[str, float]):
     return patched_regions(obj, wrap)
 
 
+SYNC_WARNING = "called a synchronizing CUDA operation"  # the text of torch.cuda's sync debug warning
+
+
+def frame_site(frame: traceback.FrameSummary) -> str:
+    """``path:line function`` of a stack frame, the path from the package's own folder on (``torch/...``,
+    ``frs_cli/...``, ``bench/...``) rather than from the machine's root."""
+    parts = Path(frame.filename).parts
+    for i in range(len(parts) - 1, -1, -1):
+        if parts[i] in ("torch", "torchvision", "frs_cli", "bench", "tests"):
+            return f"{'/'.join(parts[i:])}:{frame.lineno} {frame.name}"
+    return f"{Path(frame.filename).name}:{frame.lineno} {frame.name}"
+
+
+@contextlib.contextmanager
+def sync_points(dev, sites: Counter, depth: int = 4):
+    """While the block runs, CUDA's sync debug mode warns (on ``dev`` CUDA) at every operation that makes the host
+    wait for the device; each such warning adds 1 to ``sites[chain]``, ``chain`` the innermost ``depth`` frames of
+    the Python stack that called it (``frame_site``'s, innermost first, joined by `` < ``). Other warnings pass."""
+    cuda = dev.type == "cuda"
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        shown = warnings.showwarning
+
+        def record(message, category, filename, lineno, file=None, line=None):
+            if SYNC_WARNING not in str(message):
+                return shown(message, category, filename, lineno, file, line)
+            stack = [f for f in traceback.extract_stack()[:-1] if not f.filename.endswith("warnings.py")]
+            sites[" < ".join(frame_site(f) for f in stack[::-1][:depth])] += 1
+            return None
+
+        warnings.showwarning = record
+        if cuda:
+            torch.cuda.set_sync_debug_mode("warn")
+        try:
+            yield sites
+        finally:
+            if cuda:
+                torch.cuda.set_sync_debug_mode("default")
+
+
 def region_ms(prof, steps: int) -> dict[str, float]:
     """Host milliseconds per step inside each ``frs::`` label of ``prof``: the host-side ranges' total time (a
     label's device-side annotations left out) / ``steps``."""
@@ -170,6 +218,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--profile-variants", default="loader_plain,loader_cached", help="the variants --profile profiles")
     p.add_argument("--clocked", action="store_true",
                    help="time the REGIONS of every timed step on the host with perf_counter (regions_ms), no profiler")
+    p.add_argument("--sync-points", action="store_true",
+                   help="record where each variant's steps make the host wait for the device (sync_points)")
+    p.add_argument("--sync-steps", type=int, default=5, help="the steps --sync-points watches, after the timed ones")
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args(argv)
     args.group_by_canvas = True  # batches of one canvas, as training batches by default
@@ -214,16 +265,22 @@ def objective(s: dict, cached: bool, graphs: bool = True):
 
 
 def timed(obj, batches, dev, amp, warmup: int, steps: int, drop_teacher: bool = False, profiler=None,
-          totals: dict | None = None) -> dict:
+          totals: dict | None = None, sync_steps: int = 0) -> dict:
     """``warmup + steps`` SGD steps of ``obj`` on the iterator ``batches``; per phase the median ms of the timed
     steps, and the step's median and mean. ``totals``: ``clocked_regions``' seconds, emptied when the timed steps
-    start and reported per timed step (``regions_ms``)."""
+    start and reported per timed step (``regions_ms``). ``sync_steps``: that many more steps under ``sync_points``
+    (their batch copies and the timing's own synchronisations outside it), reported as ``sync_points``: each
+    chain's count per step, most frequent first."""
     obj.to(dev).train()
     opt = torch.optim.SGD([q for q in obj.parameters() if q.requires_grad], lr=1e-4, momentum=0.9)
     rows = []
-    for i in range(warmup + steps):
+    sites: Counter = Counter()
+    regions = totals
+    for i in range(warmup + steps + sync_steps):
         if i == warmup and totals is not None:
             totals.clear()
+        if i == warmup + steps and totals is not None:
+            regions = dict(totals)  # the timed steps' alone
         t0 = sync_time()
         batch = next(batches)
         t_got = time.perf_counter()
@@ -231,23 +288,27 @@ def timed(obj, batches, dev, amp, warmup: int, steps: int, drop_teacher: bool = 
             batch.teacher = None
         batch = batch.to(dev, non_blocking=True)
         t1 = sync_time()
-        with torch.autocast(**amp):
-            loss = sum(obj(batch, STEP).values())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        with sync_points(dev, sites) if i >= warmup + steps else contextlib.nullcontext():
+            with torch.autocast(**amp):
+                loss = sum(obj(batch, STEP).values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
         t_issued = time.perf_counter()
         t2 = sync_time()
         if profiler is not None:
             profiler.step()
-        if i >= warmup:
+        if warmup <= i < warmup + steps:
             rows.append({"wait": t_got - t0, "copy": t1 - t_got, "issue": t_issued - t1, "tail": t2 - t_issued,
                          "step": t2 - t0})
     out = {f"{k}_ms": 1e3 * median([r[k] for r in rows]) for k in (*PHASES, "step")}
     out["step_ms_mean"] = 1e3 * sum(r["step"] for r in rows) / len(rows)
     out["steps"] = len(rows)
     if totals is not None:
-        out["regions_ms"] = {k: 1e3 * v / len(rows) for k, v in sorted(totals.items())}
+        out["regions_ms"] = {k: 1e3 * v / len(rows) for k, v in sorted(regions.items())}
+    if sync_steps:
+        out["sync_points"] = {site: n / sync_steps for site, n in sites.most_common()}
+        out["sync_steps"] = sync_steps
     return out
 
 
@@ -255,7 +316,8 @@ def run_variant(name: str, args, s: dict, profile_to: Path | None = None) -> dic
     cached = name.startswith(("resident_cached", "loader_cached")) and name != "loader_cached_gt"
     obj = objective(s, cached, graphs=not name.endswith("_eager"))
     # a profile's steps: every distinct batch once, then 2 + 6 (see below)
-    count = args.warmup + args.steps if profile_to is None else max(args.warmup, args.batches) + 8
+    sync_steps = args.sync_steps if args.sync_points and profile_to is None else 0
+    count = args.warmup + args.steps + sync_steps if profile_to is None else max(args.warmup, args.batches) + 8
     if name.startswith("resident"):
         batches = (s["resident"][i % len(s["resident"])] for i in range(count))
     else:
@@ -267,7 +329,7 @@ def run_variant(name: str, args, s: dict, profile_to: Path | None = None) -> dic
         totals = {} if args.clocked else None
         with clocked_regions(obj, totals) if totals is not None else contextlib.nullcontext():
             res = timed(obj, batches, s["dev"], s["amp"], args.warmup, args.steps,
-                        drop_teacher=name == "loader_cached_gt", totals=totals)
+                        drop_teacher=name == "loader_cached_gt", totals=totals, sync_steps=sync_steps)
     else:
         from torch.profiler import ProfilerActivity, profile, schedule
 
@@ -330,6 +392,14 @@ def table(res: dict) -> str:
                 got = row[name].get("regions_ms", {})
                 cells = " | ".join(f"{got[k]:.3f}" if k in got else "-" for k in labels)
                 lines.append(f"| {name} | {r} | {cells} |")
+    syncs = [(name, r, row[name]) for name in names for r, row in enumerate(res["rounds"])
+             if "sync_points" in row[name]]
+    if syncs:  # --sync-points: where the host waited for the device, per step
+        lines += ["", "Where the host waited for the device (sync debug mode), per step:", "",
+                  "| variant | round | waits per step | innermost frames |", "|---|---|---|---|"]
+        for name, r, v in syncs:
+            points = v["sync_points"] or {"(none)": 0.0}
+            lines += [f"| {name} | {r} | {n:g} | `{site}` |" for site, n in points.items()]
     return "\n".join(lines)
 
 

@@ -111,3 +111,41 @@ class _Student(torch.nn.Module):
     def __init__(self):
         super().__init__()
         self.student = torch.nn.Identity()
+
+
+def test_loader_cost_sync_points_record_where_a_step_waits_for_the_device_per_step(tmp_path, monkeypatch):
+    """``--sync-points``: the steps after the timed ones run with CUDA's sync debug mode (on the CPU nothing
+    synchronises, so a wrapper of the cached side's sizes copy emits the mode's warning as CUDA would); each warning
+    counts once for the innermost frames that raised it, per watched step. Other warnings are not counted, the plain
+    step records none, and the timed steps' figures do not include the watched ones."""
+    import warnings
+
+    from frs_cli.train import objectives
+
+    bench = load_bench("loader_cost")
+    original = objectives.image_sizes_on
+
+    def waiting_sizes_copy(sizes, device):
+        warnings.warn(f"{bench.SYNC_WARNING} at this copy", UserWarning, stacklevel=1)
+        warnings.warn("an unrelated warning", UserWarning, stacklevel=1)
+        return original(sizes, device)
+
+    monkeypatch.setattr(objectives, "image_sizes_on", waiting_sizes_copy)
+    argv = ["--smoke", "--sync-points", "--sync-steps", "3", "--out", str(tmp_path / "out"), "--work",
+            str(tmp_path / "work"), "--variants", "resident_plain,resident_cached"]
+    with pytest.warns(UserWarning, match="an unrelated warning"):
+        res = bench.run(bench.parse_args(argv), argv)
+    row = json.loads((tmp_path / "out" / "loader_cost.json").read_text())["rounds"][0]
+    assert row == json.loads(json.dumps(res["rounds"][0]))
+    assert row["resident_plain"]["sync_points"] == {} and row["resident_plain"]["sync_steps"] == 3
+    cached = row["resident_cached"]
+    assert cached["steps"] == 2 and cached["sync_steps"] == 3
+    (chain, per_step), = cached["sync_points"].items()
+    assert per_step == 1.0  # once in each of the 3 watched steps
+    frames = chain.split(" < ")
+    assert len(frames) == 4
+    assert frames[0].startswith("tests/test_loader_cost.py:") and frames[0].endswith(" waiting_sizes_copy")
+    assert frames[1].startswith("frs_cli/train/objectives.py:") and frames[1].endswith(" valid_positions")
+    text = bench.table(res)
+    assert "Where the host waited for the device" in text
+    assert f"| resident_cached | 0 | 1 | `{chain}` |" in text and "| resident_plain | 0 | 0 | `(none)` |" in text
