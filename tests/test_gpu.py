@@ -292,3 +292,32 @@ def test_a_steps_losses_and_the_stop_agreement_are_read_without_waiting_for_the_
     finally:
         torch.cuda.synchronize()
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("arch", ["retinanet_resnet18_fpn", "retinanet_tiny_fpn"])  # l1 box loss, giou box loss
+def test_a_retinanet_students_training_step_never_makes_the_host_wait_for_the_device(arch):
+    """The trainer runs one step ahead of the device; a step that waits for the device mid-way (torchvision's box
+    coder copied its weights from the host at every step) cannot. After a first step, forward with the GT loss,
+    backward and the optimizer step run under CUDA's sync debug mode set to raise."""
+    from frs_cli.models import ModelConfig, build_detector
+
+    torch.manual_seed(0)
+    d = build_detector(ModelConfig(arch=arch, anchor_size=16), 3).cuda().train()
+    opt = torch.optim.SGD(d.parameters(), lr=1e-4, momentum=0.9)
+    boxes = torch.tensor([[8.0, 8.0, 60.0, 90.0], [40.0, 20.0, 120.0, 100.0]], device="cuda")
+    targets = [{"boxes": boxes, "labels": torch.tensor([1, 2], device="cuda")},
+               {"boxes": boxes[:1], "labels": torch.tensor([0], device="cuda")}]
+    images = torch.rand(2, 3, 128, 160, device="cuda")
+    for step in range(3):
+        if step >= 1:
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = sum(d(images, [(128, 160), (120, 150)], targets).losses.values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(loss)

@@ -228,6 +228,37 @@ def test_batched_gt_loss_equals_torchvision_compute_loss_with_empty_and_tiny_box
         assert torch.equal(matched[i], expected)
 
 
+def test_batched_gt_loss_keeps_the_box_coders_weights_on_the_device_instead_of_copying_them_each_step(monkeypatch):
+    """torchvision's ``BoxCoder.encode_single`` copies the coder's weights from the host at every call, which on a
+    GPU makes the host wait for the device mid-step; the batched loss encodes with ``encode_boxes`` and weights
+    made once per dtype and device, to the same deltas."""
+    from torchvision.models.detection._utils import BoxCoder
+
+    from frs_cli.models import retinanet_loss
+
+    coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
+    gt, anchors = torch.tensor([[4.0, 6.0, 40.0, 30.0]]), torch.tensor([[0.0, 0.0, 32.0, 32.0]])
+    expected = coder.encode_single(gt, anchors)
+    retinanet_loss.coder_weights.cache_clear()
+    weights = retinanet_loss.coder_weights((10.0, 10.0, 5.0, 5.0), torch.float32, torch.device("cpu"))
+    torch.testing.assert_close(retinanet_loss.encode_boxes(gt, anchors, weights), expected, rtol=0, atol=0)
+
+    def no_copying_encoder(self, *args):
+        raise AssertionError("encode_single copies the weights from the host")
+
+    monkeypatch.setattr(BoxCoder, "encode_single", no_copying_encoder)
+    torch.manual_seed(0)
+    d = build_detector(ModelConfig(arch="retinanet_resnet18_fpn", anchor_size=16), 3).train()
+    assert d.core().head.regression_head._loss_type == "l1"  # the v1 heads' box loss, the one that encodes
+    targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 50.0]]), "labels": torch.tensor([1])}] * 2
+    retinanet_loss.coder_weights.cache_clear()
+    for _ in range(3):
+        losses = d(torch.rand(2, 3, 64, 64), [(64, 64)] * 2, targets).losses
+        assert losses["bbox_regression"] > 0
+    info = retinanet_loss.coder_weights.cache_info()
+    assert (info.misses, info.hits) == (1, 2)  # made by the first step, reused by the next two
+
+
 def test_the_shared_doubling_anchors_are_torchvision_s_and_mmdetection_s():
     from torchvision.models.detection import faster_rcnn, retinanet
 

@@ -3,7 +3,8 @@
 torchvision loops over images and indexes with boolean masks, which costs about 550 kernel launches and 11
 host syncs per image (``bench/loss_ops.py``). At small image sizes that, not the GPU, bounds a training
 process. Here the targets are padded to the batch's largest box count and every step is one batched op
-with no host sync. The rules are torchvision's, unchanged:
+with no host sync (torchvision's box coder copies its weights from the host at every call, so the weights are
+kept on the device: ``coder_weights``). The rules are torchvision's, unchanged:
 
 - IoU matcher: IoU ≥ 0.5 foreground, < 0.4 background, in between ignored; with low-quality matches, every
   anchor that reaches some box's highest IoU gets its best box back, as ``Matcher.set_low_quality_matches_``
@@ -18,9 +19,12 @@ with no host sync. The rules are torchvision's, unchanged:
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.models.detection._utils import encode_boxes
 from torchvision.models.detection.retinanet import RetinaNet
 from torchvision.ops import sigmoid_focal_loss
 
@@ -83,6 +87,15 @@ def match_anchors(iou: Tensor, valid: Tensor, fg_thresh: float = 0.5, bg_thresh:
     return torch.where(restore, all_matches, matches)
 
 
+@functools.lru_cache(maxsize=16)
+def coder_weights(weights: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A box coder's ``weights`` as a tensor on ``device``, made once per dtype and device. torchvision's
+    ``BoxCoder.encode_single`` copies them from the host at every call, a copy that makes the host wait for the
+    device in the middle of each step (``bench/loader_cost.py --sync-points``); the encoding itself is its
+    ``encode_boxes``."""
+    return torch.as_tensor(weights, dtype=dtype, device=device)
+
+
 def retinanet_gt_loss(model: RetinaNet, targets: list[dict[str, Tensor]], cls_logits: Tensor,
                       bbox_regression: Tensor, anchors: Tensor) -> dict[str, Tensor]:
     """torchvision's RetinaNet losses, batched.
@@ -109,7 +122,8 @@ def retinanet_gt_loss(model: RetinaNet, targets: list[dict[str, Tensor]], cls_lo
     flat_anchors = anchors.expand(b, n, 4).reshape(b * n, 4)
     deltas = bbox_regression.reshape(b * n, 4)
     if reg_head._loss_type == "l1":
-        per_anchor = F.l1_loss(deltas, reg_head.box_coder.encode_single(gt, flat_anchors), reduction="none").sum(1)
+        weights = coder_weights(tuple(reg_head.box_coder.weights), gt.dtype, gt.device)
+        per_anchor = F.l1_loss(deltas, encode_boxes(gt, flat_anchors, weights), reduction="none").sum(1)
     elif reg_head._loss_type == "giou":
         per_anchor = giou_loss(reg_head.box_coder.decode_single(deltas, flat_anchors), gt)
     else:
