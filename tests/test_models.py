@@ -259,6 +259,36 @@ def test_batched_gt_loss_keeps_the_box_coders_weights_on_the_device_instead_of_c
     assert (info.misses, info.hits) == (1, 2)  # made by the first step, reused by the next two
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_giou_losss_decoding_is_torchvisions_without_copying_from_the_host(monkeypatch, dtype):
+    """The v2 heads' GIoU box loss decodes the predicted deltas with ``decode_deltas``: the numbers of
+    torchvision's ``BoxCoder.decode_single`` (large deltas clipped, anchors in the deltas' dtype), which copies two
+    one-element tensors from the host at every call; the loss no longer calls it."""
+    from torchvision.models.detection._utils import BoxCoder
+
+    from frs_cli.models.retinanet_loss import decode_deltas
+
+    torch.manual_seed(0)
+    xy = torch.rand(64, 2) * 500
+    anchors = torch.cat([xy, xy + torch.rand(64, 2) * 200 + 1], 1)
+    deltas = (torch.randn(64, 4) * 3).to(dtype)
+    deltas[0, 2:] = 20.0  # beyond the coder's clip of log(1000/16)
+    for coder in (BoxCoder((1.0, 1.0, 1.0, 1.0)), BoxCoder((10.0, 10.0, 5.0, 5.0))):
+        ours, theirs = decode_deltas(coder, deltas, anchors), coder.decode_single(deltas, anchors)
+        assert ours.dtype == theirs.dtype == dtype
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+    def no_copying_decoder(self, *args):
+        raise AssertionError("decode_single copies from the host")
+
+    monkeypatch.setattr(BoxCoder, "decode_single", no_copying_decoder)
+    torch.manual_seed(0)
+    d = build_detector(ModelConfig(arch="retinanet_tiny_fpn", anchor_size=16), 3).train()
+    assert d.core().head.regression_head._loss_type == "giou"
+    targets = [{"boxes": torch.tensor([[8.0, 8.0, 40.0, 50.0]]), "labels": torch.tensor([1])}] * 2
+    assert d(torch.rand(2, 3, 64, 64), [(64, 64)] * 2, targets).losses["bbox_regression"] > 0
+
+
 def test_the_shared_doubling_anchors_are_torchvision_s_and_mmdetection_s():
     from torchvision.models.detection import faster_rcnn, retinanet
 

@@ -3,8 +3,8 @@
 torchvision loops over images and indexes with boolean masks, which costs about 550 kernel launches and 11
 host syncs per image (``bench/loss_ops.py``). At small image sizes that, not the GPU, bounds a training
 process. Here the targets are padded to the batch's largest box count and every step is one batched op
-with no host sync (torchvision's box coder copies its weights from the host at every call, so the weights are
-kept on the device: ``coder_weights``). The rules are torchvision's, unchanged:
+with no host sync (torchvision's box coder copies small tensors from the host at every call, so the weights
+are kept on the device, ``coder_weights``, and boxes are decoded by ``decode_deltas``). The rules are torchvision's, unchanged:
 
 - IoU matcher: IoU ≥ 0.5 foreground, < 0.4 background, in between ignored; with low-quality matches, every
   anchor that reaches some box's highest IoU gets its best box back, as ``Matcher.set_low_quality_matches_``
@@ -96,6 +96,21 @@ def coder_weights(weights: tuple[float, ...], dtype: torch.dtype, device: torch.
     return torch.as_tensor(weights, dtype=dtype, device=device)
 
 
+def decode_deltas(coder, deltas: Tensor, anchors: Tensor) -> Tensor:
+    """Boxes ``(N, 4)`` xyxy from a box coder's ``deltas`` ``(N, 4)`` on ``anchors`` ``(N, 4)``: the numbers of
+    torchvision's ``BoxCoder.decode_single`` (its weights, its clip of the log-size deltas, the anchors in the
+    deltas' dtype), without the two one-element tensors it copies from the host at every call."""
+    anchors = anchors.to(deltas.dtype)
+    width, height = anchors[:, 2] - anchors[:, 0], anchors[:, 3] - anchors[:, 1]
+    cx, cy = anchors[:, 0] + 0.5 * width, anchors[:, 1] + 0.5 * height
+    wx, wy, ww, wh = coder.weights
+    dx, dy, dw, dh = deltas[:, 0] / wx, deltas[:, 1] / wy, deltas[:, 2] / ww, deltas[:, 3] / wh
+    x, y = dx * width + cx, dy * height + cy
+    half_w = 0.5 * (torch.exp(dw.clamp(max=coder.bbox_xform_clip)) * width)
+    half_h = 0.5 * (torch.exp(dh.clamp(max=coder.bbox_xform_clip)) * height)
+    return torch.stack((x - half_w, y - half_h, x + half_w, y + half_h), dim=1)
+
+
 def retinanet_gt_loss(model: RetinaNet, targets: list[dict[str, Tensor]], cls_logits: Tensor,
                       bbox_regression: Tensor, anchors: Tensor) -> dict[str, Tensor]:
     """torchvision's RetinaNet losses, batched.
@@ -125,7 +140,7 @@ def retinanet_gt_loss(model: RetinaNet, targets: list[dict[str, Tensor]], cls_lo
         weights = coder_weights(tuple(reg_head.box_coder.weights), gt.dtype, gt.device)
         per_anchor = F.l1_loss(deltas, encode_boxes(gt, flat_anchors, weights), reduction="none").sum(1)
     elif reg_head._loss_type == "giou":
-        per_anchor = giou_loss(reg_head.box_coder.decode_single(deltas, flat_anchors), gt)
+        per_anchor = giou_loss(decode_deltas(reg_head.box_coder, deltas, flat_anchors), gt)
     else:
         raise ValueError(f"box loss {reg_head._loss_type!r}: the batched loss implements 'l1' and 'giou'")
     reg_loss = (torch.where(fg, per_anchor.view(b, n), 0.0).sum(dim=1) / num_fg).sum() / max(1, b)
