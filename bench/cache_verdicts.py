@@ -1,11 +1,14 @@
 """Verdicts of a cached-step run (bench/cached_step.py) against issue 13's targets, computed from its raw JSON.
 
-    python3 bench/cache_verdicts.py OUT/step.json [--graphs | --hold0]
+    python3 bench/cache_verdicts.py OUT/step.json [--graphs | --hold0 | --hostcopy]
 
 ``--graphs`` judges the cached rows' ``distill.cuda_graphs`` variant (a run with ``--graphs-ab``: each row's
 ``graphs_*`` figures, against the same interleaved plain step) and writes ``verdicts_graphs.json``. ``--hold0``
 judges the rows as their loader workers holding no buffer (a run with ``--hold-ab``: each row's ``hold0_*``
 cached and plain steps, interleaved in the same blocks as the row's own) and writes ``verdicts_hold0.json``.
+``--hostcopy`` judges the rows as their GT loss copied its box coding's tensors from the host at every step (a run
+with ``--hostcopy-ab``: each row's ``hostcopy_*`` cached, plain and, when timed, online steps) and writes
+``verdicts_hostcopy.json``.
 
 Writes ``verdicts.json`` beside the step file and prints one table per target, each row with its cache size and
 page-cache state; a paired row that stored its step times also shows the spread of its blocks' own ratios (the
@@ -70,6 +73,25 @@ def hold0_variant(step: dict) -> dict:
                     "loader workers holding no buffer")
 
 
+def hostcopy_variant(step: dict) -> dict:
+    """``step`` judged by each cached row's ``--hostcopy-ab`` steps (``hostcopy_*``: cached, plain and online), the
+    GT loss's box coding copying from the host at every step as before ``33c477d``. Online / cached counts only
+    rows that timed the online step so too: the row's own online step and the run's unpaired one were timed
+    without the copies."""
+    online = ("online_step_ms", "online_step_ms_mean", "online_data_wait_share", "online_data_wait_share_median")
+    out = _variant(step, "hostcopy_", (*STEP_KEYS, "plain_step_ms", "plain_step_ms_mean"),
+                   "box coding copied from the host (as before 33c477d)")
+    for r in out["cached"]:
+        for k in online:
+            if f"hostcopy_{k}" in r:
+                r[k] = r[f"hostcopy_{k}"]
+            else:
+                r.pop(k, None)
+    first = next(iter(step["pairs"]))
+    out["pairs"] = {**step["pairs"], first: {k: v for k, v in step["pairs"][first].items() if k != "online"}}
+    return out
+
+
 def block_ratios(row: dict, mode: str = "cached") -> list[float] | None:
     """Per paired block of ``row``, the median ``mode`` step over the median plain step of the same turn (from
     ``step_times_ms``; None for rows without them). How far one block's ratio strays shows the row's noise."""
@@ -85,7 +107,7 @@ def block_ratios(row: dict, mode: str = "cached") -> list[float] | None:
 def verdicts(step: dict) -> dict:
     first = next(iter(step["pairs"]))
     plain = step["pairs"][first]["plain"]["step_ms"]
-    online = step["pairs"][first]["online"]["step_ms"]
+    online = step["pairs"][first].get("online", {}).get("step_ms")  # None: a variant whose online step is unpaired
     step_rows, online_rows = [], []
     for dtype, size, state in required_rows():
         r = _find(step, dtype, size, state)
@@ -103,6 +125,9 @@ def verdicts(step: dict) -> dict:
         step_rows.append({**base, "step_ms": r["step_ms"], "plain_ms": row_plain, "over_plain": ratio, **spread,
                           "verdict": "met" if ratio <= STEP_LIMIT else "missed"})
         row_online = r.get("online_step_ms", online)  # a row's own interleaved online step (--online-paired)
+        if row_online is None:
+            online_rows.append({**base, "verdict": "not measured"})
+            continue
         speedup = row_online / r["step_ms"]
         online_rows.append({**base, "step_ms": r["step_ms"], "online_ms": row_online, "online_over_cached": speedup,
                             # online / plain of the same minutes: what online / cached would be if caching were free
@@ -207,14 +232,17 @@ def tables(v: dict) -> str:
     return "\n".join(out)
 
 
-def main(path: Path, graphs: bool = False, hold0: bool = False) -> dict:
+def main(path: Path, graphs: bool = False, hold0: bool = False, hostcopy: bool = False) -> dict:
     step = json.loads(path.read_text())
-    v = verdicts(graphs_variant(step) if graphs else hold0_variant(step) if hold0 else step)
-    name = "verdicts_graphs.json" if graphs else "verdicts_hold0.json" if hold0 else "verdicts.json"
+    variant, name = ((graphs_variant, "verdicts_graphs.json") if graphs else (hold0_variant, "verdicts_hold0.json")
+                     if hold0 else (hostcopy_variant, "verdicts_hostcopy.json") if hostcopy
+                     else (lambda s: s, "verdicts.json"))
+    v = verdicts(variant(step))
     path.with_name(name).write_text(json.dumps(v, indent=1))
     print(tables(v))
     return v
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), graphs="--graphs" in sys.argv[2:], hold0="--hold0" in sys.argv[2:])
+    main(Path(sys.argv[1]), graphs="--graphs" in sys.argv[2:], hold0="--hold0" in sys.argv[2:],
+         hostcopy="--hostcopy" in sys.argv[2:])

@@ -34,6 +34,7 @@ CPU with tiny models and sizes in seconds (tests/test_read_path.py). On one H200
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -149,6 +150,10 @@ def main() -> None:
                    help="paired rows: also time the plain and cached steps with loader workers that hold none of "
                         "their batch buffers (packed.WORKER_HOLD = 0, as before it), interleaved with the rest "
                         "(hold0_* figures)")
+    p.add_argument("--hostcopy-ab", action="store_true",
+                   help="paired rows: also time the plain and cached steps (and the online one, with "
+                        "--online-paired) with the GT loss's box coding as before 33c477d (host_copies: its tensors copied from the host at every step, which makes "
+                        "the host wait for the device), interleaved with the rest (hostcopy_* figures)")
     p.add_argument("--smoke", action="store_true", help="tiny models and sizes on the CPU (tests)")
     args = p.parse_args()
     if args.smoke:
@@ -463,6 +468,24 @@ def step_figures(steps: list[float], waits: list[float], prefix: str = "") -> di
             f"{prefix}data_wait_share_median": median([w / t for w, t in zip(waits, steps)])}
 
 
+@contextlib.contextmanager
+def host_copies():
+    """While the block runs, RetinaNet's GT loss codes boxes as before ``33c477d``: through torchvision's box coder,
+    which copies its weights (L1 loss) or two one-element tensors (GIoU loss) from the host at every call, so each
+    step waits for the device there (``--hostcopy-ab``)."""
+    import torch
+
+    from frs_cli.models import retinanet_loss
+
+    made, decode = retinanet_loss.coder_weights, retinanet_loss.decode_deltas
+    retinanet_loss.coder_weights = lambda weights, dtype, device: torch.as_tensor(weights, dtype=dtype, device=device)
+    retinanet_loss.decode_deltas = lambda coder, deltas, anchors: coder.decode_single(deltas, anchors)
+    try:
+        yield
+    finally:
+        retinanet_loss.coder_weights, retinanet_loss.decode_deltas = made, decode
+
+
 def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path: str, dev, amp) -> dict:
     """The cached step and the plain step over the same batches, interleaved: --warmup steps of each, then blocks of
     --block steps, plain and cached in turn (the first of each pair alternating), until each has --steps. Two
@@ -485,10 +508,12 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
         modes = (*modes, "gt_cached")
     if args.hold_ab:  # the plain and cached steps again, their workers holding no buffer (as before 8a0aa17)
         modes = (*modes, "plain_hold0", f"{mode}_hold0")
+    if args.hostcopy_ab:  # the plain, cached (and online) steps again, the GT loss's box coding copying from the host
+        modes = (*modes, "plain_hostcopy", f"{mode}_hostcopy", *(("online_hostcopy",) if args.online_paired else ()))
     for m in modes:
         torch.manual_seed(0)
         student = build_detector(ModelConfig(arch=ARCH[sname]), coco.index.num_classes)
-        kind = m.removesuffix("_inline").removesuffix("_hold0")
+        kind = m.removesuffix("_inline").removesuffix("_hold0").removesuffix("_hostcopy")
         cached = kind not in ("plain", "online")
         r = recipe
         if cached and args.graphs_ab:  # the A/B: distill.cuda_graphs off and on
@@ -502,15 +527,20 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
     phases = {m: {} for m in objs} if args.split else dict.fromkeys(objs)
     allocs = {m: [0, 0.0] for m in objs}
     opts = {m: sgd(objs[m].to(dev)) for m in objs}  # one optimizer each across the blocks: no new momentum buffers
+    def coding(m: str):
+        return host_copies() if m.endswith("_hostcopy") else contextlib.nullcontext()
+
     for m, obj in objs.items():
-        timed_steps(obj, its[m], dev, amp, args.warmup, 0, opts[m], ahead=args.ahead)
+        with coding(m):
+            timed_steps(obj, its[m], dev, amp, args.warmup, 0, opts[m], ahead=args.ahead)
     done, turn = 0, 0
     while done < args.steps:
         n = min(args.block, args.steps - done)
         for m in (modes if turn % 2 == 0 else modes[::-1]):
             before = pinned_allocs(dev) if args.split else None
-            steps, waits, _ = timed_steps(objs[m], its[m], dev, amp, 0, n, opts[m], ahead=args.ahead,
-                                          phases=phases[m])
+            with coding(m):
+                steps, waits, _ = timed_steps(objs[m], its[m], dev, amp, 0, n, opts[m], ahead=args.ahead,
+                                              phases=phases[m])
             if before is not None:  # pinned blocks the host allocator had to create while this block ran
                 after = pinned_allocs(dev)
                 allocs[m][0] += after[0] - before[0]
@@ -537,6 +567,11 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
     if args.hold_ab:  # hold0_*: the same steps with workers that hold no buffer, so the training process frees pages
         row.update({**step_figures(*times[f"{mode}_hold0"], prefix="hold0_"),
                     **step_figures(*times["plain_hold0"], prefix="hold0_plain_")})
+    if args.hostcopy_ab:  # hostcopy_*: the same steps waiting for the device in the GT loss's box coding
+        row.update({**step_figures(*times[f"{mode}_hostcopy"], prefix="hostcopy_"),
+                    **step_figures(*times["plain_hostcopy"], prefix="hostcopy_plain_")})
+        if args.online_paired:
+            row.update(step_figures(*times["online_hostcopy"], prefix="hostcopy_online_"))
     if args.split:  # per mode: the step, its data wait and the host's launch of each part, medians in ms
         row["split"] = {m: {"step_ms": 1e3 * median(times[m][0]), "data_wait_ms": 1e3 * median(times[m][1]),
                             **{f"{k}_ms": 1e3 * median(v) for k, v in phases[m].items()}} for m in times}

@@ -609,3 +609,60 @@ def test_timed_steps_ahead_waits_for_each_step_only_after_the_next_is_launched(m
         assert steps == [1.0] * 4  # from one seen end to the next (End.wait's clock ticks once a wait)
     else:
         assert waited == []
+
+
+def test_cached_step_hostcopy_ab_times_the_steps_again_with_the_box_coding_copying_from_the_host(tmp_path,
+                                                                                                  monkeypatch):
+    """--hostcopy-ab: each row's plain, cached and online steps run again, interleaved, with the GT loss coding its
+    boxes through torchvision's box coder (its host copies; the tiny student's GIoU loss decodes with it), and only
+    those; the package's own coding is itself again after."""
+    from torchvision.models.detection._utils import BoxCoder
+
+    from frs_cli.models import retinanet_loss
+
+    step = _bench("cached_step")
+    calls, real = [], BoxCoder.decode_single
+
+    def spy(self, deltas, anchors):
+        calls.append(len(deltas))
+        return real(self, deltas, anchors)
+
+    monkeypatch.setattr(BoxCoder, "decode_single", spy)
+    own = retinanet_loss.coder_weights, retinanet_loss.decode_deltas
+    monkeypatch.setattr(sys, "argv", ["cached_step.py", "--smoke", "--out", str(tmp_path / "out"), "--work",
+                                      str(tmp_path / "work"), "--hostcopy-ab", "--online-paired", "--no-zarr-row"])
+    step.main()
+    res = json.loads((tmp_path / "out" / "step.json").read_text())
+    rows = [r for r in res["cached"] if "step_ms" in r]
+    assert len(rows) == 4
+    for r in rows:
+        for prefix in ("hostcopy_", "hostcopy_plain_", "hostcopy_online_"):
+            assert r[f"{prefix}step_ms"] > 0 and 0 <= r[f"{prefix}data_wait_share"] < 1, prefix
+    # per row three modes of warm-up + timed steps (1 + 1), one GT loss each, every one through the coder
+    assert len(calls) == 4 * 3 * 2 and all(n > 0 for n in calls)
+    assert (retinanet_loss.coder_weights, retinanet_loss.decode_deltas) == own
+
+
+def test_cache_verdicts_hostcopy_judges_online_over_cached_only_where_the_online_step_copied_too(tmp_path):
+    verdicts = _bench("cache_verdicts")
+    step = _hand_made_step()
+    for r in step["cached"]:
+        r.update(plain_step_ms=400.0, online_step_ms=600.0, hostcopy_step_ms=r["step_ms"] + 20.0,
+                 hostcopy_step_ms_mean=r["step_ms"] + 21.0, hostcopy_plain_step_ms=420.0,
+                 hostcopy_plain_step_ms_mean=421.0, hostcopy_data_wait_share=0.02,
+                 hostcopy_data_wait_share_median=0.02)
+        if r["dtype"] == "int8":
+            r.update(hostcopy_online_step_ms=700.0, hostcopy_online_step_ms_mean=701.0,
+                     hostcopy_online_data_wait_share=0.01, hostcopy_online_data_wait_share_median=0.01)
+    (tmp_path / "step.json").write_text(json.dumps(step))
+    v = verdicts.main(tmp_path / "step.json", hostcopy=True)
+    by = {(r["dtype"], r["views"], r["page_cache"]): r for r in v["step"]}
+    assert by["int8", 128, "warm"]["plain_ms"] == 420.0 and by["int8", 128, "warm"]["step_ms"] == 460.0
+    online = {(r["dtype"], r["views"], r["page_cache"]): r for r in v["online_over_cached"]}
+    assert online["int8", 128, "warm"]["online_ms"] == 700.0
+    assert online["int8", 128, "warm"]["online_over_cached"] == pytest.approx(700 / 460)
+    # int5 timed no online step with the copies: neither its own nor the run's unpaired one stands in
+    assert online["int5", 128, "warm"]["verdict"] == "not measured" and "online_ms" not in online["int5", 128, "warm"]
+    assert "x101-r50 online" not in [r["row"] for r in v["data_wait"]]
+    assert json.loads((tmp_path / "verdicts_hostcopy.json").read_text())["online_over_cached"] == \
+        v["online_over_cached"]
