@@ -321,3 +321,39 @@ def test_a_retinanet_students_training_step_never_makes_the_host_wait_for_the_de
         finally:
             torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(loss)
+
+
+def test_a_cached_frs_step_with_graphs_never_makes_the_host_wait_for_the_device(mixed_cache):
+    """The cached FRS step as distill runs it (the student's GT loss, the cached side and both terms replayed as
+    CUDA graphs, backward, optimizer step): once every batch shape has its graphs, a pass over the batches runs
+    under CUDA's sync debug mode set to raise."""
+    from dataclasses import replace
+
+    from frs_cli.cache.reader import TeacherCache
+    from frs_cli.models import build_detector
+    from frs_cli.train.objectives import CachedTeacher, FRSObjective
+
+    recipe, path, _ = mixed_cache("retinanet")
+    cache = TeacherCache(path)
+    batches = _one_canvas_batches(recipe, cache)
+    torch.manual_seed(0)
+    student = build_detector(recipe.student, 5).cuda().train()
+    obj = FRSObjective(student, cache.signature, CachedTeacher.from_cache(cache, cuda_graphs=True),
+                       replace(recipe.distill, warmup_iters=0)).cuda()
+    opt = torch.optim.SGD([p for p in obj.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+    for watched in (False, True):
+        for batch in batches:
+            torch.cuda.synchronize()
+            if watched:
+                torch.cuda.set_sync_debug_mode("error")
+            try:
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    losses = obj(batch, 0)
+                opt.zero_grad(set_to_none=True)
+                sum(losses.values()).backward()
+                opt.step()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+            assert {"frs_feature", "frs_head", "classification", "bbox_regression"} <= set(losses)
+    assert len(obj._graphs._graphs) == len(batches) == 3
+    assert all(g is not None for g in obj._graphs._graphs.values())
