@@ -168,6 +168,84 @@ def test_gfl_losses_are_finite_and_fall_on_a_tiny_overfit(batch):
     assert sum(last.values()) < 0.5 * sum(first.values())
 
 
+def _gfl_loss_per_positive(model, targets, cls_logits, distributions, anchors):
+    """GFL's losses computed as before they were batched: per image, its positives found by index and gathered."""
+    from torchvision.ops import generalized_box_iou_loss
+
+    from frs_cli.models.gfl import model as gfl
+    from frs_cli.models.gfl.assign import atss_assign, box_centres
+    from frs_cli.models.gfl.head import expected_distance
+    from frs_cli.models.gfl.losses import (
+        boxes_from_distances,
+        distribution_focal_loss,
+        paired_iou,
+        quality_focal_loss,
+        side_distances,
+    )
+
+    per_level = [t.shape[-2] * t.shape[-1] for t in cls_logits]
+    logits, dists = gfl._flatten(cls_logits), gfl._flatten(distributions)
+    strides = model._anchor_strides(per_level, logits.device)
+    quality_target = torch.zeros_like(logits, dtype=torch.float32)
+    pos_dist, pos_points, pos_strides, pos_gt = [], [], [], []
+    for i, (a, t) in enumerate(zip(anchors, targets)):
+        matched = atss_assign(a, per_level, t["boxes"], gfl.ATSS_TOPK)
+        pos = torch.nonzero(matched >= 0).squeeze(1)
+        if pos.numel() == 0:
+            continue
+        gt = t["boxes"][matched[pos]].float()
+        points, s = box_centres(a[pos]), strides[pos]
+        pred = boxes_from_distances(points, expected_distance(dists[i, pos], model.reg_max), s)
+        quality_target[i, pos, t["labels"][matched[pos]]] = paired_iou(pred.detach(), gt)
+        pos_dist.append(dists[i, pos])
+        pos_points.append(points)
+        pos_strides.append(s)
+        pos_gt.append(gt)
+    num_pos = max(1, sum(len(g) for g in pos_gt))
+    qfl = quality_focal_loss(logits, quality_target, gfl.QFL_BETA).sum() / num_pos
+    dist, points, s, gt = (torch.cat(x) for x in (pos_dist, pos_points, pos_strides, pos_gt))
+    pred = boxes_from_distances(points, expected_distance(dist, model.reg_max), s)
+    giou = generalized_box_iou_loss(pred, gt, reduction="sum") / num_pos
+    target = side_distances(points, gt, s).clamp(min=0, max=model.reg_max - 0.01)
+    dfl = distribution_focal_loss(dist.float().reshape(-1, model.reg_max + 1), target.reshape(-1)).sum() / num_pos
+    return {"quality_focal": qfl, "giou": gfl.GIOU_WEIGHT * giou, "distribution_focal": gfl.DFL_WEIGHT * dfl}
+
+
+def test_gfl_losses_batched_by_masks_equal_the_per_positive_losses_with_their_gradients(batch):
+    """The GT loss picks the batch's positives by masks (no ``torch.nonzero``, which waits for the device once per
+    image): the same three losses and gradients as gathering each image's positives by index, with an image that
+    has no box and boxes of several sizes."""
+    d = _tiny("gfl_tiny_fpn", anchor_size=16).train()
+    core = d.core()
+    targets = [batch.targets[0], {"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)},
+               {"boxes": torch.tensor([[2.0, 3.0, 60.0, 50.0], [30.0, 30.0, 40.0, 44.0]]),
+                "labels": torch.tensor([1, 0])}]
+    seen = {}
+
+    def keep_inputs(targets, cls_logits, distributions, anchors):  # the head outputs the detector hands its loss
+        seen.update(cls_logits=cls_logits, distributions=distributions, anchors=anchors)
+        return {}
+
+    core.compute_loss = keep_inputs
+    with torch.no_grad():
+        d(batch.images, batch.image_sizes, targets)
+    del core.compute_loss
+    cls_logits = [t.detach().requires_grad_() for t in seen["cls_logits"]]
+    distributions = [t.detach().requires_grad_() for t in seen["distributions"]]
+    anchors = seen["anchors"]
+    results = []
+    for loss in (core.compute_loss, lambda *a: _gfl_loss_per_positive(core, *a)):
+        losses = loss(targets, cls_logits, distributions, anchors)
+        grads = torch.autograd.grad(sum(losses.values()), [*cls_logits, *distributions])
+        results.append((losses, grads))
+    (ours, our_grads), (theirs, their_grads) = results
+    assert all(float(theirs[k].detach()) > 0 for k in theirs)
+    for key in ("quality_focal", "giou", "distribution_focal"):
+        torch.testing.assert_close(ours[key], theirs[key], rtol=1e-5, atol=1e-7)
+    for a, b in zip(our_grads, their_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
 def test_gfl_with_no_boxes_has_only_the_classification_loss(batch):
     d = _tiny("gfl_tiny_fpn").train()
     empty = [{"boxes": torch.zeros((0, 4)), "labels": torch.zeros((0,), dtype=torch.int64)}] * 3

@@ -294,11 +294,14 @@ def test_a_steps_losses_and_the_stop_agreement_are_read_without_waiting_for_the_
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("arch", ["retinanet_resnet18_fpn", "retinanet_tiny_fpn"])  # l1 box loss, giou box loss
-def test_a_retinanet_students_training_step_never_makes_the_host_wait_for_the_device(arch):
+# RetinaNet with the L1 and with the GIoU box loss, GFL (FCOS and Faster R-CNN train with torchvision's own losses,
+# which loop over the images and index with boolean masks)
+@pytest.mark.parametrize("arch", ["retinanet_resnet18_fpn", "retinanet_tiny_fpn", "gfl_tiny_fpn"])
+def test_a_students_training_step_never_makes_the_host_wait_for_the_device(arch):
     """The trainer runs one step ahead of the device; a step that waits for the device mid-way (torchvision's box
-    coder copied its weights from the host at every step) cannot. After a first step, forward with the GT loss,
-    backward and the optimizer step run under CUDA's sync debug mode set to raise."""
+    coder copied its weights from the host at every step; GFL found each image's positives with ``nonzero``)
+    cannot. After a first step, forward with the GT loss, backward and the optimizer step run under CUDA's sync
+    debug mode set to raise."""
     from frs_cli.models import ModelConfig, build_detector
 
     torch.manual_seed(0)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torchvision.ops import batched_nms, clip_boxes_to_image, generalized_box_iou_loss
+from torchvision.ops import batched_nms, clip_boxes_to_image
 
 from frs_cli.models.anchors import doubling_anchors
 from frs_cli.models.gfl.assign import atss_assign, box_centres
@@ -26,6 +26,7 @@ from frs_cli.models.gfl.losses import (
     quality_focal_loss,
     side_distances,
 )
+from frs_cli.models.retinanet_loss import giou_loss, pad_targets
 
 QFL_BETA = 2.0
 GIOU_WEIGHT = 2.0
@@ -70,33 +71,28 @@ class GFL(nn.Module):
         """
         per_level = [t.shape[-2] * t.shape[-1] for t in cls_logits]
         logits, dists = _flatten(cls_logits), _flatten(distributions)  # (B, A, K), (B, A, 4(R+1))
-        strides = self._anchor_strides(per_level, logits.device)
-        quality_target = torch.zeros_like(logits, dtype=torch.float32)
-        pos_dist, pos_points, pos_strides, pos_gt = [], [], [], []
-        for i, (a, t) in enumerate(zip(anchors, targets)):
-            matched = atss_assign(a, per_level, t["boxes"], ATSS_TOPK)
-            pos = torch.nonzero(matched >= 0).squeeze(1)
-            if pos.numel() == 0:
-                continue
-            gt = t["boxes"][matched[pos]].float()
-            points, s = box_centres(a[pos]), strides[pos]
-            pred = boxes_from_distances(points, expected_distance(dists[i, pos], self.reg_max), s)
-            # the soft target: how well this prediction localises its box, at its class (no gradient)
-            quality_target[i, pos, t["labels"][matched[pos]]] = paired_iou(pred.detach(), gt)
-            pos_dist.append(dists[i, pos])
-            pos_points.append(points)
-            pos_strides.append(s)
-            pos_gt.append(gt)
-        num_pos = max(1, sum(len(g) for g in pos_gt))
-        qfl = quality_focal_loss(logits, quality_target, QFL_BETA).sum() / num_pos
-        if not pos_gt:
-            zero = dists.sum() * 0.0  # keeps the graph (and DDP) aware of the box branch
-            return {"quality_focal": qfl, "giou": zero, "distribution_focal": zero}
-        dist, points, s, gt = (torch.cat(x) for x in (pos_dist, pos_points, pos_strides, pos_gt))
+        b, n, k = logits.shape
+        # every anchor of the batch at once, the positives picked by masks rather than by their indices, so that
+        # no step waits for the device to count them (torch.nonzero would, once per image)
+        matched = torch.stack([atss_assign(a, per_level, t["boxes"], ATSS_TOPK) for a, t in zip(anchors, targets)])
+        pos = (matched >= 0).reshape(-1)  # (B*A,)
+        boxes, labels, _ = pad_targets(targets, logits.device)
+        which = matched.clamp(min=0)
+        gt = torch.gather(boxes, 1, which[..., None].expand(b, n, 4)).reshape(-1, 4)  # a positive's box
+        points = box_centres(torch.stack(anchors).reshape(-1, 4))
+        s = self._anchor_strides(per_level, logits.device).repeat(b)
+        dist = dists.reshape(b * n, -1)
         pred = boxes_from_distances(points, expected_distance(dist, self.reg_max), s)
-        giou = generalized_box_iou_loss(pred, gt, reduction="sum") / num_pos
-        target = side_distances(points, gt, s).clamp(min=0, max=self.reg_max - 0.01)  # (P, 4)
-        dfl = distribution_focal_loss(dist.float().reshape(-1, self.reg_max + 1), target.reshape(-1)).sum() / num_pos
+        # the soft target: how well a positive's prediction localises its box, at its class (no gradient)
+        quality = torch.where(pos, paired_iou(pred.detach(), gt), 0.0).view(b, n, 1)
+        at_class = torch.gather(labels, 1, which)[..., None] == torch.arange(k, device=logits.device)
+        quality_target = torch.where(at_class, quality, 0.0)
+        num_pos = pos.sum().clamp(min=1)
+        qfl = quality_focal_loss(logits, quality_target, QFL_BETA).sum() / num_pos
+        giou = torch.where(pos, giou_loss(pred, gt), 0.0).sum() / num_pos
+        target = side_distances(points, gt, s).clamp(min=0, max=self.reg_max - 0.01)  # (B*A, 4)
+        dfl = distribution_focal_loss(dist.float().reshape(-1, self.reg_max + 1), target.reshape(-1)).view(-1, 4)
+        dfl = torch.where(pos[:, None], dfl, 0.0).sum() / num_pos
         return {"quality_focal": qfl, "giou": GIOU_WEIGHT * giou, "distribution_focal": DFL_WEIGHT * dfl}
 
     @torch.no_grad()
