@@ -152,8 +152,9 @@ def main() -> None:
                         "(hold0_* figures)")
     p.add_argument("--hostcopy-ab", action="store_true",
                    help="paired rows: also time the plain and cached steps (and the online one, with "
-                        "--online-paired) with the GT loss's box coding as before 33c477d (host_copies: its tensors copied from the host at every step, which makes "
-                        "the host wait for the device), interleaved with the rest (hostcopy_* figures)")
+                        "--online-paired) with the GT loss's box coding as before 33c477d (host_copies: its tensors "
+                        "copied from the host at every step, which makes the host wait for the device), interleaved "
+                        "with the rest (hostcopy_* figures)")
     p.add_argument("--smoke", action="store_true", help="tiny models and sizes on the CPU (tests)")
     args = p.parse_args()
     if args.smoke:

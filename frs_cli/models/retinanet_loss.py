@@ -4,7 +4,8 @@ torchvision loops over images and indexes with boolean masks, which costs about 
 host syncs per image (``bench/loss_ops.py``). At small image sizes that, not the GPU, bounds a training
 process. Here the targets are padded to the batch's largest box count and every step is one batched op
 with no host sync (torchvision's box coder copies small tensors from the host at every call, so the weights
-are kept on the device, ``coder_weights``, and boxes are decoded by ``decode_deltas``). The rules are torchvision's, unchanged:
+are kept on the device, ``coder_weights``, and boxes are decoded by ``decode_deltas``). The rules are
+torchvision's, unchanged:
 
 - IoU matcher: IoU ≥ 0.5 foreground, < 0.4 background, in between ignored; with low-quality matches, every
   anchor that reaches some box's highest IoU gets its best box back, as ``Matcher.set_low_quality_matches_``

@@ -32,6 +32,11 @@ __all__ = ["CachedTeacher", "FRSObjective", "GTObjective", "Objective", "OnlineT
            "check_compatible", "image_sizes_on", "valid_masks", "valid_positions"]
 
 
+def _pinned_to(x: Tensor, device: torch.device) -> Tensor:
+    """Host tensor ``x`` on ``device``: on CUDA copied from pinned memory, a copy that does not wait for the device."""
+    return (x.pin_memory() if device.type == "cuda" else x).to(device, non_blocking=True)
+
+
 def valid_masks(image_sizes: list[tuple[int, int]], features: list[Tensor], strides: list[int]) -> list[Tensor]:
     """Per level ``(B, H, W)`` bool: True over each image's real pixels, False over batch padding.
 
@@ -40,11 +45,8 @@ def valid_masks(image_sizes: list[tuple[int, int]], features: list[Tensor], stri
     """
     device = features[0].device
     grids = [tuple(f.shape[-2:]) for f in features]
-    sizes = torch.tensor([[level_valid_size(size, s, g) for size in image_sizes] for g, s in zip(grids, strides)],
-                         dtype=torch.int64)  # (L, B, 2)
-    if device.type == "cuda":
-        sizes = sizes.pin_memory()
-    sizes = sizes.to(device, non_blocking=True)
+    sizes = _pinned_to(torch.tensor([[level_valid_size(size, s, g) for size in image_sizes]
+                                     for g, s in zip(grids, strides)], dtype=torch.int64), device)  # (L, B, 2)
     out = []
     for lv, (h, w) in enumerate(grids):
         rows = torch.arange(h, device=device) < sizes[lv, :, 0:1]  # (B, H)
@@ -55,10 +57,7 @@ def valid_masks(image_sizes: list[tuple[int, int]], features: list[Tensor], stri
 
 def image_sizes_on(image_sizes: list[tuple[int, int]], device: torch.device) -> Tensor:
     """``(B, 2)`` long on ``device``: each image's valid (resized) height and width, in one pinned copy on CUDA."""
-    sizes = torch.tensor(image_sizes, dtype=torch.int64).view(-1, 2)
-    if device.type == "cuda":
-        sizes = sizes.pin_memory()
-    return sizes.to(device, non_blocking=True)
+    return _pinned_to(torch.tensor(image_sizes, dtype=torch.int64).view(-1, 2), device)
 
 
 def valid_positions(image_sizes: list[tuple[int, int]], grids: list[tuple[int, int]], strides: list[int],
