@@ -13,8 +13,9 @@ Per mode (``plain``: GT only; ``cached``: FRS from a cache of ``--dtype``) and v
 ``Trainer.run_epoch`` over the split (one view of each of ``--images`` images, as training draws them; the cache
 holds both), the variants in turn, their order reversed every other block. A step's time is
 ``StepRecord.seconds``: from the end of the previous step to the end of this one, hooks, the loader's wait and
-the read-back of the losses included. The first ``--skip`` steps of each epoch (loader workers starting) are
-left out. Writes medians, means and the ratios to --out as JSON. On one GPU:
+the read-back of the losses included. Each block ends by stopping its trainer's loader workers (a trainer keeps
+them from epoch to epoch; eight trainers' idle workers would hold their batches all at once), so the first
+``--skip`` steps of each epoch (loader workers starting) are left out. Writes medians, means and the ratios to --out as JSON. On one GPU:
 
     python3 bench/trainer_step.py --out $OUT/trainer_step.json --work /tmp/trainer_step
 
@@ -181,6 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
                 trainer, _, hooks = runs[mode, variant]
                 trainer.epoch, trainer.step = block, 0
                 trainer.run_epoch(hooks)
+                trainer.stop_workers()  # eight trainers' workers (and the batches they hold) not all kept at once
     # the last step's loss as the hooks saw it: 0 where nothing was read back
     res["rows"] = {f"{m}/{v}": {**figures(t), "last_loss": tr.last.loss} for (m, v), (tr, t, _) in runs.items()}
     res["checks"] = {m: runs[m, "mid_check"][0].model.checks for m in ("plain", "cached")}

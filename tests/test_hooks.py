@@ -231,3 +231,39 @@ def test_pending_losses_keep_the_values_of_their_step_when_the_tensors_are_reuse
     a.fill_(7.0)  # as a CUDA graph's next replay overwrites its outputs
     b.fill_(9.0)
     assert pending.read() == ({"a": 1.5, "b": 2.0}, 3.5)
+
+
+def _record_worker_start(folder, hold_in_worker, count, worker_id):
+    """A loader worker's start, recorded as a file named by its process id, before the trainer's own init."""
+    (folder / str(os.getpid())).touch()
+    hold_in_worker(count, worker_id)
+
+
+def test_the_loaders_workers_start_once_per_run_serve_every_epoch_and_are_gone_after_it(recipe_path, tmp_path,
+                                                                                         monkeypatch):
+    """Two loader workers over three epochs of 6 steps: a run stopped by Ctrl-C in its second epoch started two
+    worker processes (not two per epoch) and left none; its resumed run starts two of its own and leaves none; the
+    weights are those of the same three epochs loaded in the main process (the same batches in the same order)."""
+    import functools
+    import multiprocessing
+
+    from frs_cli.train import loop
+
+    starts = tmp_path / "starts"
+    starts.mkdir()
+    monkeypatch.setattr(loop, "hold_in_worker", functools.partial(_record_worker_start, starts, loop.hold_in_worker))
+    sets = ["train.epochs=3", "train.workers=2"]
+    with pytest.raises(Interrupted, match="stopped at epoch 2, iteration 4") as stopped:
+        _fit(recipe_path, tmp_path / "workers", [CtrlC(at=8)], sets=sets)
+    assert len(list(starts.iterdir())) == 2
+    # gone while the error is still held (its traceback holds the trainer's frames, as an interactive session's
+    # last traceback does)
+    assert stopped.tb is not None and multiprocessing.active_children() == []
+    result, loaded = _fit(recipe_path, tmp_path / "workers", sets=sets, resume=True)
+    assert result.iterations == 3 * STEPS
+    assert len(list(starts.iterdir())) == 4
+    assert multiprocessing.active_children() == []
+    _, main = _fit(recipe_path, tmp_path / "main", sets=["train.epochs=3", "train.workers=0"])
+    a, b = loaded.student.core().state_dict(), main.student.core().state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)

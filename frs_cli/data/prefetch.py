@@ -57,3 +57,8 @@ class DevicePrefetcher:
                 t.record_stream(current)  # its memory is not reused for a later copy while the step still reads it
         self._ahead = self._fetch()  # the next batch's copy starts now, beside this batch's step
         return batch
+
+    def close(self) -> None:
+        """Let go of the loader's iterator and of the batch fetched ahead (a loader's persistent workers stop once
+        nothing else holds its iterator); iterating after this raises StopIteration."""
+        self._batches, self._ahead, self._started = iter(()), None, True

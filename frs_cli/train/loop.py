@@ -122,11 +122,13 @@ class _Launched:
     lr: float
 
 
-def make_loader(dataset, batches: CanvasBatchSampler, workers: int, device: torch.device, hold: int = WORKER_HOLD):
-    """The training DataLoader; each worker keeps its last ``hold`` batches (``train.worker_hold``)."""
+def make_loader(dataset, batches: CanvasBatchSampler, workers: int, device: torch.device, hold: int = WORKER_HOLD,
+                persistent: bool = False):
+    """The training DataLoader; each worker keeps its last ``hold`` batches (``train.worker_hold``). ``persistent``:
+    the workers outlive an epoch and serve the next one (they read the sampler's new epoch when it starts)."""
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda",
-        persistent_workers=False, prefetch_factor=4 if workers > 0 else None,
+        persistent_workers=persistent and workers > 0, prefetch_factor=4 if workers > 0 else None,
         worker_init_fn=functools.partial(hold_in_worker, hold) if workers > 0 else None,
     )
 
@@ -137,7 +139,7 @@ class Trainer:
     Hooks read its public fields: ``epoch`` (0-based, the epoch running), ``step`` (steps done in it),
     ``iteration``, ``last`` (the latest ``StepRecord``), ``eval_metrics``, ``finished``, and ``objective``,
     ``optimizer``, ``scheduler``, ``scaler``, ``cfg``, ``ctx``, ``iters_per_epoch``, ``batches`` (the epoch's
-    batches of keys). With ``cfg.group_by_canvas`` the dataset also gives ``geometry_of(position, view)``.
+    batches of keys), ``loader`` (the DataLoader whose workers serve every epoch). With ``cfg.group_by_canvas`` the dataset also gives ``geometry_of(position, view)``.
     """
 
     def __init__(self, objective: Objective, dataset, cfg: TrainConfig, ctx: DistContext, views: Sequence[str]):
@@ -162,6 +164,7 @@ class Trainer:
         self.images_seen, self.data_seconds, self.step_seconds = 0, 0.0, 0.0
         self._t_prev = 0.0  # when the step before ``last`` was recorded
         self._running = 0  # the step of the epoch launched last (the one a second Ctrl-C stops in)
+        self._loader = None  # the training DataLoader, made by the first epoch; its workers serve every epoch
 
     @property
     def iteration(self) -> int:
@@ -206,34 +209,49 @@ class Trainer:
         the training state after step k (``Hook.wants_state``) and at the epoch's last step; the state a hook
         sees is then exactly that step's."""
         self.batches.set_epoch(self.epoch, start=self.step * self.cfg.batch_size)
+        if self._loader is None:  # one set of workers for the whole run, not one started per epoch
+            self._loader = make_loader(self.dataset, self.batches, self.cfg.workers, self.ctx.device,
+                                       self.cfg.worker_hold, persistent=True)
         # each batch goes to the device on a side stream while the step before it runs
-        loader = make_loader(self.dataset, self.batches, self.cfg.workers, self.ctx.device, self.cfg.worker_hold)
-        batches = DevicePrefetcher(loader, self.ctx.device)
+        batches = DevicePrefetcher(self._loader, self.ctx.device)
         self.model.train()
         self._t_prev = time.perf_counter()
         launched, pending = self.step, None
         self._running = self.step
-        while launched < self.iters_per_epoch:
-            waited = batches.data_seconds
-            batch = next(batches, None)
-            if batch is None:
-                break
-            t_data = batches.data_seconds - waited
-            it = self.epoch * self.iters_per_epoch + launched
-            self._running = launched
-            losses, loss = self.run_step(batch, it)
-            launched += 1
-            step = _Launched(it, launched, PendingLosses(losses, loss), len(batch.image_ids) * self.ctx.world_size,
-                             t_data, self.optimizer.param_groups[0]["lr"])
-            if pending is not None:  # the step before, while the device runs this one
+        try:
+            while launched < self.iters_per_epoch:
+                waited = batches.data_seconds
+                batch = next(batches, None)
+                if batch is None:
+                    break
+                t_data = batches.data_seconds - waited
+                it = self.epoch * self.iters_per_epoch + launched
+                self._running = launched
+                losses, loss = self.run_step(batch, it)
+                launched += 1
+                step = _Launched(it, launched, PendingLosses(losses, loss), len(batch.image_ids) * self.ctx.world_size,
+                                 t_data, self.optimizer.param_groups[0]["lr"])
+                if pending is not None:  # the step before, while the device runs this one
+                    self._finish(pending, hooks)
+                pending = step
+                wanted = [hook.wants_state(self, launched) for hook in hooks]  # every hook asked, every step
+                if launched == self.iters_per_epoch or any(wanted):
+                    self._finish(pending, hooks)
+                    pending = None
+            if pending is not None:
                 self._finish(pending, hooks)
-            pending = step
-            wanted = [hook.wants_state(self, launched) for hook in hooks]  # every hook asked, every step
-            if launched == self.iters_per_epoch or any(wanted):
-                self._finish(pending, hooks)
-                pending = None
-        if pending is not None:
-            self._finish(pending, hooks)
+        finally:  # nothing of this epoch's iteration outlives it, not even in a stopped run's traceback
+            batches.close()
+
+    @property
+    def loader(self) -> torch.utils.data.DataLoader | None:
+        """The training DataLoader, whose workers serve epoch after epoch; None before the first epoch and once
+        ``stop_workers`` has let it go."""
+        return self._loader
+
+    def stop_workers(self) -> None:
+        """Let the training DataLoader's workers go; the next epoch starts new ones. ``train`` calls it as it ends."""
+        self._loader = None  # each epoch's iteration has let go of the loader's iterator already (run_epoch)
 
     def _finish(self, step: _Launched, hooks: Sequence[Hook]) -> None:
         """Read a launched step's losses, record it as ``last`` and run the hooks' ``after_step``."""
@@ -270,6 +288,7 @@ class Trainer:
                     hook.after_epoch(self)
             self.finished = True
         finally:
+            self.stop_workers()
             _after_train(started, self)
 
 
