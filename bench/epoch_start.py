@@ -1,13 +1,15 @@
-"""What starting the loader's workers at every epoch costs ``frs train`` and ``frs distill``, against workers kept
-from epoch to epoch (the trainer's way since session 17).
+"""What starting the loader anew at every epoch costs ``frs train`` and ``frs distill``, against the trainer's one
+loader for the whole run (``RunBatches``: its workers start once and load the next epoch's first batches while the
+epoch ends).
 
 Per mode (``plain``: GT only; ``cached``: FRS from a cache of ``--dtype``), whole ``fit`` runs of ``--epochs``
 epochs (one view of each of ``--images`` images an epoch, batch ``--batch``, ``--workers`` workers), in turns:
-``persistent``, the trainer as it is; ``per_epoch``, the same with a hook that stops the workers after each epoch
-(``Trainer.stop_workers``), so that every epoch starts new ones, as the trainer did before. The order of the two
-is reversed every other turn. Per run: its seconds (``fit``'s own), its share of time waiting for data, and per
-epoch after the first its wall seconds and its first step's wait for data. Writes medians, means and the ratios
-per_epoch / persistent to --out as JSON. On one GPU:
+``run``, the trainer as it is; ``per_epoch``, the same with a hook that stops the loader after each epoch
+(``Trainer.stop_workers``), so that every epoch starts a new one, as the trainer did before. The order of the two
+is reversed every other turn. Per run: its seconds (``fit``'s own), its share of time waiting for data, the
+loaders its epochs ran on, and per epoch its wall seconds and its first step's wait for data. Writes medians
+(over the epochs after each run's first: the first starts a loader in both), means and the ratios
+per_epoch / run to --out as JSON. On one GPU:
 
     python3 bench/epoch_start.py --out $OUT/epoch_start.json --work /tmp/epoch_start
 
@@ -30,7 +32,7 @@ from speed import ARCH, step_objective
 
 SMOKE = {"teacher": "tiny", "student": "tiny", "images": 8, "distinct": 4, "image_size": 64, "min_size": 64,
          "max_size": 64, "batch": 2, "workers": 1, "epochs": 2, "turns": 2, "dtype": "int8"}
-VARIANTS = ("persistent", "per_epoch")
+VARIANTS = ("run", "per_epoch")
 
 
 class EpochTimes:
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
                 res["runs"].setdefault(f"{mode}/{variant}", []).append(run)
                 print(json.dumps({"mode": mode, "variant": variant, **run}), flush=True)
     res["rows"] = {k: summary(v) for k, v in res["runs"].items()}
-    res["ratios"] = {f"{m}: per_epoch / persistent, {k}": res["rows"][f"{m}/per_epoch"][k] / res["rows"][f"{m}/persistent"][k]
+    res["ratios"] = {f"{m}: per_epoch / run, {k}": res["rows"][f"{m}/per_epoch"][k] / res["rows"][f"{m}/run"][k]
                      for m in modes for k in ("fit_s", "later_epoch_s")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(res, indent=1))

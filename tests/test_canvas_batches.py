@@ -396,3 +396,27 @@ def test_a_run_from_before_the_switch_resumes_only_with_plain_batches(mixed_reci
     train_detector(resumed, "student", out, ctx=setup("cpu"), evaluate=False, resume=True)
     assert json.loads((out / "recipe.json").read_text())["train"]["group_by_canvas"] is False
     assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()][-1] == 2
+
+
+def test_a_runs_stream_is_its_epochs_batches_one_after_the_other_from_the_start_and_leaves_the_epoch_alone():
+    """``RunBatches``: epoch 1 from its third batch on, then epochs 2 and 3 whole, exactly the batches each epoch
+    gives on its own; its length counts them; reading it changes neither the epoch set on the batch sampler nor
+    its view sampler's (the trainer's hooks see the epoch training, while the loader reads ahead)."""
+    from frs_cli.data.canvas_batches import RunBatches
+
+    table = _table(50)
+    batches = CanvasBatchSampler(ViewSampler(50, VIEWS, seed=3), 4, table)
+    batches.set_epoch(1, start=8)
+    run = RunBatches(batches, 1, 8, 4)
+    expected = []
+    for epoch, skip in ((1, 2), (2, 0), (3, 0)):
+        own = CanvasBatchSampler(ViewSampler(50, VIEWS, seed=3), 4, table)
+        own.set_epoch(epoch)
+        expected += list(own)[skip:]
+    streamed = list(run)
+    assert streamed == expected and len(run) == len(streamed) == 3 * 12 - 2
+    assert (batches.epoch, batches.start, batches.sampler.epoch) == (1, 8, 0)
+    assert list(batches) == expected[:10]  # its own epoch's batches, from its start, as before
+    assert list(RunBatches(batches, 5, 0, 4)) == list(batches.batches_of(5))  # past the last epoch: that one alone
+    with pytest.raises(DataError, match="whole number of batches of 4 items, got 6"):
+        RunBatches(batches, 1, 6, 4)

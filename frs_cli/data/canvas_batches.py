@@ -15,6 +15,7 @@ batch is dropped. An epoch therefore has exactly ``len(items) // batch_size`` ba
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Hashable, Iterable, Iterator, Mapping
 
 import torch
@@ -22,7 +23,7 @@ import torch
 from frs_cli.data.coco import ViewSampler
 from frs_cli.errors import DataError
 
-__all__ = ["CanvasBatchSampler", "canvas_batches", "view_canvases"]
+__all__ = ["CanvasBatchSampler", "RunBatches", "canvas_batches", "view_canvases"]
 
 Key = tuple[int, str]  # (position, view), a CocoViews index
 
@@ -93,12 +94,41 @@ class CanvasBatchSampler(torch.utils.data.Sampler):
 
     def epoch_batches(self) -> list[list[Key]]:
         """Every batch of this rank's epoch, from its first (``start`` aside)."""
-        self.sampler.set_epoch(self.epoch)
+        return self.batches_of(self.epoch)
+
+    def batches_of(self, epoch: int) -> list[list[Key]]:
+        """Every batch of this rank's epoch ``epoch``, from its first; neither this object's epoch nor its
+        sampler's changes (``RunBatches`` reads epochs ahead of the one training)."""
+        sampler = copy.copy(self.sampler)
+        sampler.set_epoch(epoch)
         canvas_of = (lambda key: None) if self.canvases is None else self.canvases.__getitem__
-        return canvas_batches(self.sampler, canvas_of, self.batch_size)
+        return canvas_batches(sampler, canvas_of, self.batch_size)
 
     def __len__(self) -> int:
         return len(self.sampler) // self.batch_size
 
     def __iter__(self) -> Iterator[list[Key]]:
         return iter(self.epoch_batches()[self.start // self.batch_size :])
+
+
+class RunBatches(torch.utils.data.Sampler):
+    """A run's batches as one stream for a DataLoader's ``batch_sampler``: ``batches``'s epoch ``epoch`` from item
+    ``start`` on (``CanvasBatchSampler.set_epoch``'s meaning), then each later epoch whole, up to ``epochs``.
+
+    One iteration of one DataLoader then serves the whole run: its workers start once, and they load the first
+    batches of the next epoch while the last steps of this one run and the epoch's hooks (checkpoint, evaluation)
+    follow, instead of the loader draining at every epoch's end and the next epoch's first step waiting for it.
+    """
+
+    def __init__(self, batches: CanvasBatchSampler, epoch: int, start: int, epochs: int):
+        if start % batches.batch_size:
+            raise DataError(f"start: expected a whole number of batches of {batches.batch_size} items, got {start}")
+        self.batches, self.epoch, self.start, self.epochs = batches, epoch, start, max(epochs, epoch + 1)
+
+    def __len__(self) -> int:
+        return (self.epochs - self.epoch) * len(self.batches) - self.start // self.batches.batch_size
+
+    def __iter__(self) -> Iterator[list[Key]]:
+        for epoch in range(self.epoch, self.epochs):
+            skip = self.start // self.batches.batch_size if epoch == self.epoch else 0
+            yield from self.batches.batches_of(epoch)[skip:]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from frs_cli.data.canvas_batches import CanvasBatchSampler, view_canvases
+from frs_cli.data.canvas_batches import CanvasBatchSampler, RunBatches, view_canvases
 from frs_cli.data.coco import Batch, ViewSampler, collate
 from frs_cli.data.packed import WORKER_HOLD, hold_in_worker
 from frs_cli.data.prefetch import DevicePrefetcher
@@ -122,13 +122,12 @@ class _Launched:
     lr: float
 
 
-def make_loader(dataset, batches: CanvasBatchSampler, workers: int, device: torch.device, hold: int = WORKER_HOLD,
-                persistent: bool = False):
-    """The training DataLoader; each worker keeps its last ``hold`` batches (``train.worker_hold``). ``persistent``:
-    the workers outlive an epoch and serve the next one (they read the sampler's new epoch when it starts)."""
+def make_loader(dataset, batches: Iterable[list], workers: int, device: torch.device, hold: int = WORKER_HOLD):
+    """The training DataLoader over ``batches`` (lists of keys; the trainer's: ``RunBatches``, the rest of its run);
+    each worker keeps its last ``hold`` batches (``train.worker_hold``)."""
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda",
-        persistent_workers=persistent and workers > 0, prefetch_factor=4 if workers > 0 else None,
+        persistent_workers=False, prefetch_factor=4 if workers > 0 else None,
         worker_init_fn=functools.partial(hold_in_worker, hold) if workers > 0 else None,
     )
 
@@ -164,7 +163,9 @@ class Trainer:
         self.images_seen, self.data_seconds, self.step_seconds = 0, 0.0, 0.0
         self._t_prev = 0.0  # when the step before ``last`` was recorded
         self._running = 0  # the step of the epoch launched last (the one a second Ctrl-C stops in)
-        self._loader = None  # the training DataLoader, made by the first epoch; its workers serve every epoch
+        # the rest of the run's batches as one stream (RunBatches): its DataLoader, the prefetcher over it and the
+        # (epoch, step) its next batch is for; made by the first epoch, its workers serve every later one
+        self._loader, self._feed, self._feed_at = None, None, None
 
     @property
     def iteration(self) -> int:
@@ -209,49 +210,56 @@ class Trainer:
         the training state after step k (``Hook.wants_state``) and at the epoch's last step; the state a hook
         sees is then exactly that step's."""
         self.batches.set_epoch(self.epoch, start=self.step * self.cfg.batch_size)
-        if self._loader is None:  # one set of workers for the whole run, not one started per epoch
-            self._loader = make_loader(self.dataset, self.batches, self.cfg.workers, self.ctx.device,
-                                       self.cfg.worker_hold, persistent=True)
-        # each batch goes to the device on a side stream while the step before it runs
-        batches = DevicePrefetcher(self._loader, self.ctx.device)
+        batches = self._feed_from(self.epoch, self.step)
         self.model.train()
         self._t_prev = time.perf_counter()
         launched, pending = self.step, None
         self._running = self.step
-        try:
-            while launched < self.iters_per_epoch:
-                waited = batches.data_seconds
-                batch = next(batches, None)
-                if batch is None:
-                    break
-                t_data = batches.data_seconds - waited
-                it = self.epoch * self.iters_per_epoch + launched
-                self._running = launched
-                losses, loss = self.run_step(batch, it)
-                launched += 1
-                step = _Launched(it, launched, PendingLosses(losses, loss), len(batch.image_ids) * self.ctx.world_size,
-                                 t_data, self.optimizer.param_groups[0]["lr"])
-                if pending is not None:  # the step before, while the device runs this one
-                    self._finish(pending, hooks)
-                pending = step
-                wanted = [hook.wants_state(self, launched) for hook in hooks]  # every hook asked, every step
-                if launched == self.iters_per_epoch or any(wanted):
-                    self._finish(pending, hooks)
-                    pending = None
-            if pending is not None:
+        while launched < self.iters_per_epoch:
+            waited = batches.data_seconds
+            batch = next(batches, None)
+            if batch is None:
+                break
+            self._feed_at = (self.epoch, launched + 1) if launched + 1 < self.iters_per_epoch else (self.epoch + 1, 0)
+            t_data = batches.data_seconds - waited
+            it = self.epoch * self.iters_per_epoch + launched
+            self._running = launched
+            losses, loss = self.run_step(batch, it)
+            launched += 1
+            step = _Launched(it, launched, PendingLosses(losses, loss), len(batch.image_ids) * self.ctx.world_size,
+                             t_data, self.optimizer.param_groups[0]["lr"])
+            if pending is not None:  # the step before, while the device runs this one
                 self._finish(pending, hooks)
-        finally:  # nothing of this epoch's iteration outlives it, not even in a stopped run's traceback
-            batches.close()
+            pending = step
+            wanted = [hook.wants_state(self, launched) for hook in hooks]  # every hook asked, every step
+            if launched == self.iters_per_epoch or any(wanted):
+                self._finish(pending, hooks)
+                pending = None
+        if pending is not None:
+            self._finish(pending, hooks)
 
     @property
     def loader(self) -> torch.utils.data.DataLoader | None:
-        """The training DataLoader, whose workers serve epoch after epoch; None before the first epoch and once
-        ``stop_workers`` has let it go."""
+        """The training DataLoader, whose one iteration serves the rest of the run (``RunBatches``); None before
+        the first epoch and once ``stop_workers`` has let it go."""
         return self._loader
 
+    def _feed_from(self, epoch: int, step: int) -> DevicePrefetcher:
+        """The batches from step ``step`` of epoch ``epoch`` on, each copied to the device on a side stream while
+        the step before it runs: the run's stream as it stands when it is there, else a new one from there."""
+        if self._feed is None or self._feed_at != (epoch, step):
+            self.stop_workers()
+            run = RunBatches(self.batches, epoch, step * self.cfg.batch_size, self.cfg.epochs)
+            self._loader = make_loader(self.dataset, run, self.cfg.workers, self.ctx.device, self.cfg.worker_hold)
+            self._feed, self._feed_at = DevicePrefetcher(self._loader, self.ctx.device), (epoch, step)
+        return self._feed
+
     def stop_workers(self) -> None:
-        """Let the training DataLoader's workers go; the next epoch starts new ones. ``train`` calls it as it ends."""
-        self._loader = None  # each epoch's iteration has let go of the loader's iterator already (run_epoch)
+        """Let the training DataLoader and its workers go; the next epoch starts new ones. ``train`` calls it as
+        it ends, however it ends."""
+        if self._feed is not None:
+            self._feed.close()  # its iterator (the workers) is let go even where a traceback holds the prefetcher
+        self._loader, self._feed, self._feed_at = None, None, None
 
     def _finish(self, step: _Launched, hooks: Sequence[Hook]) -> None:
         """Read a launched step's losses, record it as ``last`` and run the hooks' ``after_step``."""
