@@ -27,8 +27,8 @@ import weakref
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cached_step import make_data
 from speed import ARCH, step_objective
+from trainer_step import add_setup_args, start, training_setup
 
 SMOKE = {"teacher": "tiny", "student": "tiny", "images": 8, "distinct": 4, "image_size": 64, "min_size": 64,
          "max_size": 64, "batch": 2, "workers": 1, "epochs": 2, "turns": 2, "dtype": "int8"}
@@ -82,65 +82,21 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--work", type=Path, required=True)
-    p.add_argument("--teacher", default="x101")
-    p.add_argument("--student", default="r50")
-    p.add_argument("--dtype", default="int8", help="the cache's encoding")
-    p.add_argument("--modes", default="plain,cached")
-    p.add_argument("--images", type=int, default=256, help="images in the split; an epoch is one view of each")
-    p.add_argument("--distinct", type=int, default=32, help="of which generated (the rest are copies)")
-    p.add_argument("--image-size", type=int, default=853)
-    p.add_argument("--min-size", type=int, default=512)
-    p.add_argument("--max-size", type=int, default=853)
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--workers", type=int, default=12)
+    add_setup_args(p, (853, 512, 853))
+    p.add_argument("--modes", default="plain,cached", help="plain and/or cached (the cache is written either way)")
     p.add_argument("--epochs", type=int, default=4, help="epochs per run")
     p.add_argument("--turns", type=int, default=2, help="runs per (mode, variant), the variants in turn")
     p.add_argument("--lr", type=float, default=0.001, help="SGD's base rate (the step's time does not depend on it)")
-    p.add_argument("--smoke", action="store_true", help="tiny models and sizes on the CPU (tests)")
-    args = p.parse_args(argv)
-    if args.smoke:
-        for k, v in SMOKE.items():
-            setattr(args, k, v)
-    args.anchor_size = 16 if args.smoke else 0
+    args, ctx, res = start(p, argv, SMOKE, "epoch_start")
+    res["runs"] = {}
 
     import torch
 
-    from frs_cli.cache.reader import TeacherCache
-    from frs_cli.cache.writer import write_teacher_cache
-    from frs_cli.config import recipe_from_dict
-    from frs_cli.data.coco import CocoViews
-    from frs_cli.dist import setup
     from frs_cli.models import ModelConfig, build_detector
-    from frs_cli.train.checkpoint import save_model
     from frs_cli.train.loop import fit
 
-    ctx = setup("cpu" if args.smoke else None)
-    res = {"device": torch.cuda.get_device_name(0) if ctx.device.type == "cuda" else "cpu",
-           "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
-           "command": "python3 bench/epoch_start.py " + " ".join(sys.argv[1:] if argv is None else argv),
-           "args": {k: str(v) for k, v in vars(args).items()}, "runs": {}}
-    args.work.mkdir(parents=True, exist_ok=True)
-    data = make_data(args.work, min(args.distinct, args.images), args.image_size, 2 * args.images, "data")
-    base = {"data": {"root": str(data)}, "geometry": {"min_size": args.min_size, "max_size": args.max_size},
-            "train": {"batch_size": args.batch, "workers": args.workers, "epochs": args.epochs, "lr": args.lr,
-                      "log_every": 10 ** 6},
-            "cache": {"dtype": args.dtype, "batch_size": args.batch, "preload_mb": 0,
-                      **({"write_processes": 0} if args.smoke else {})}}
-    recipe0 = recipe_from_dict(base)
-    coco = CocoViews.from_config(recipe0.data, "train", recipe0.geometry)
+    recipe, coco, store = training_setup(args, ctx, args.epochs, {"log_every": 10 ** 6})
     modes = args.modes.split(",")
-    store = None
-    if "cached" in modes:
-        torch.manual_seed(0)
-        cfg = ModelConfig(arch=ARCH[args.teacher], anchor_size=args.anchor_size)
-        ckpt = args.work / f"{args.teacher}.pt"
-        save_model(ckpt, build_detector(cfg, coco.index.num_classes), cfg, coco.index, recipe0.geometry)
-        recipe = recipe_from_dict({**base, "teacher": {"arch": cfg.arch, "weights": str(ckpt),
-                                                       "anchor_size": args.anchor_size}})
-        path = args.work / f"{args.teacher}_{args.dtype}_{time.time_ns()}.zarr"  # this run's teacher, its own cache
-        write_teacher_cache(recipe, str(path), ctx=ctx)
-        store = TeacherCache(str(path))
-    recipe = recipe_from_dict(base)
     for turn in range(args.turns):
         for mode in modes:
             for variant in VARIANTS if turn % 2 == 0 else VARIANTS[::-1]:

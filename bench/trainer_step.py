@@ -115,51 +115,61 @@ def trainers(args, recipe, coco, store, ctx):
     return out
 
 
-def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--work", type=Path, required=True)
+def add_setup_args(p: argparse.ArgumentParser, sizes: tuple[int, int, int]) -> None:
+    """``training_setup``'s options on ``p``; ``sizes``: the defaults of --image-size, --min-size, --max-size."""
     p.add_argument("--teacher", default="x101")
     p.add_argument("--student", default="r50")
     p.add_argument("--dtype", default="int8", help="the cache's encoding")
     p.add_argument("--images", type=int, default=256, help="images in the split; an epoch is one view of each")
     p.add_argument("--distinct", type=int, default=32, help="of which generated (the rest are copies)")
-    p.add_argument("--image-size", type=int, default=1333)
-    p.add_argument("--min-size", type=int, default=800)
-    p.add_argument("--max-size", type=int, default=1333)
+    p.add_argument("--image-size", type=int, default=sizes[0])
+    p.add_argument("--min-size", type=int, default=sizes[1])
+    p.add_argument("--max-size", type=int, default=sizes[2])
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--workers", type=int, default=12)
-    p.add_argument("--blocks", type=int, default=4, help="epochs per (mode, variant), variants in turn")
-    p.add_argument("--skip", type=int, default=8, help="steps left out at the start of every epoch")
-    p.add_argument("--lr", type=float, default=0.001,
-                   help="SGD's base rate. The step's time does not depend on it; at the recipes' 0.01 the random "
-                        "student diverged at iteration 403 of 4096 cached views (session 12, call 4)")
+
+
+def start(p: argparse.ArgumentParser, argv: list[str] | None, smoke: dict, name: str):
+    """``(args, ctx, res)`` of a trainer bench: ``p``'s arguments (with --smoke, ``smoke``'s values and the CPU),
+    the process's device context, and the result's header (device, date, torch, the command of ``bench/NAME.py``)."""
     p.add_argument("--smoke", action="store_true", help="tiny models and sizes on the CPU (tests)")
     args = p.parse_args(argv)
     if args.smoke:
-        for k, v in SMOKE.items():
+        for k, v in smoke.items():
             setattr(args, k, v)
     args.anchor_size = 16 if args.smoke else 0
 
+    import torch
+
+    from frs_cli.dist import setup
+
+    ctx = setup("cpu" if args.smoke else None)
+    res = {"device": torch.cuda.get_device_name(0) if ctx.device.type == "cuda" else "cpu",
+           "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+           "command": f"python3 bench/{name}.py " + " ".join(sys.argv[1:] if argv is None else argv),
+           "args": {k: str(v) for k, v in vars(args).items()}}
+    return args, ctx, res
+
+
+def training_setup(args, ctx, epochs: int, train: dict | None = None):
+    """``(recipe, coco, store)`` of a trainer bench: ``args.images`` generated images (``make_data``; ``distinct``,
+    ``image_size``, geometry), a recipe training ``epochs`` epochs (batch, workers, lr, and ``train``'s settings),
+    the teacher ``args.teacher`` saved with seed 0's random weights, the student ``args.student``, and that
+    teacher's cache of ``args.dtype`` over the split (written once in ``args.work``, both views)."""
     import torch
 
     from frs_cli.cache.reader import TeacherCache
     from frs_cli.cache.writer import write_teacher_cache
     from frs_cli.config import recipe_from_dict
     from frs_cli.data.coco import CocoViews
-    from frs_cli.dist import setup
     from frs_cli.models import ModelConfig, build_detector
     from frs_cli.train.checkpoint import save_model
 
-    ctx = setup("cpu" if args.smoke else None)
-    res = {"device": torch.cuda.get_device_name(0) if ctx.device.type == "cuda" else "cpu",
-           "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
-           "command": "python3 bench/trainer_step.py " + " ".join(sys.argv[1:] if argv is None else argv),
-           "args": {k: str(v) for k, v in vars(args).items()}}
     args.work.mkdir(parents=True, exist_ok=True)
     data = make_data(args.work, min(args.distinct, args.images), args.image_size, 2 * args.images, "data")
     base = {"data": {"root": str(data)}, "geometry": {"min_size": args.min_size, "max_size": args.max_size},
-            "train": {"batch_size": args.batch, "workers": args.workers, "epochs": args.blocks, "lr": args.lr},
+            "train": {"batch_size": args.batch, "workers": args.workers, "epochs": epochs, "lr": args.lr,
+                      **(train or {})},
             "cache": {"dtype": args.dtype, "batch_size": args.batch, "preload_mb": 0,
                       **({"write_processes": 0} if args.smoke else {})}}
     recipe0 = recipe_from_dict(base)
@@ -174,7 +184,22 @@ def main(argv: list[str] | None = None) -> dict:
     path = str(args.work / f"{args.teacher}_{args.dtype}.zarr")
     if not Path(path).exists():
         write_teacher_cache(recipe, path, ctx=ctx)
-    runs = trainers(args, recipe, coco, TeacherCache(path), ctx)
+    return recipe, coco, TeacherCache(path)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--work", type=Path, required=True)
+    add_setup_args(p, (1333, 800, 1333))
+    p.add_argument("--blocks", type=int, default=4, help="epochs per (mode, variant), variants in turn")
+    p.add_argument("--skip", type=int, default=8, help="steps left out at the start of every epoch")
+    p.add_argument("--lr", type=float, default=0.001,
+                   help="SGD's base rate. The step's time does not depend on it; at the recipes' 0.01 the random "
+                        "student diverged at iteration 403 of 4096 cached views (session 12, call 4)")
+    args, ctx, res = start(p, argv, SMOKE, "trainer_step")
+    recipe, coco, store = training_setup(args, ctx, args.blocks)
+    runs = trainers(args, recipe, coco, store, ctx)
     for block in range(args.blocks):
         order = VARIANTS if block % 2 == 0 else VARIANTS[::-1]
         for mode in ("plain", "cached"):
