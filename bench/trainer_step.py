@@ -15,7 +15,8 @@ holds both), the variants in turn, their order reversed every other block. A ste
 ``StepRecord.seconds``: from the end of the previous step to the end of this one, hooks, the loader's wait and
 the read-back of the losses included. Each block ends by stopping its trainer's loader workers (a trainer keeps
 them from epoch to epoch; eight trainers' idle workers would hold their batches all at once), so the first
-``--skip`` steps of each epoch (loader workers starting) are left out. Writes medians, means and the ratios to --out as JSON. On one GPU:
+``--skip`` steps of each epoch (loader workers starting) are left out. Writes medians, means and the ratios to
+--out as JSON. On one GPU:
 
     python3 bench/trainer_step.py --out $OUT/trainer_step.json --work /tmp/trainer_step
 

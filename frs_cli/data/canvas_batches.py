@@ -87,10 +87,15 @@ class CanvasBatchSampler(torch.utils.data.Sampler):
         self.start = 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
-        if start % self.batch_size:
-            raise DataError(f"start: expected a whole number of batches of {self.batch_size} items, got {start}")
+        self.whole_batches(start)
         self.epoch = epoch
         self.start = start
+
+    def whole_batches(self, start: int) -> int:
+        """The batches ``start`` items make; DataError unless they make whole ones."""
+        if start % self.batch_size:
+            raise DataError(f"start: expected a whole number of batches of {self.batch_size} items, got {start}")
+        return start // self.batch_size
 
     def epoch_batches(self) -> list[list[Key]]:
         """Every batch of this rank's epoch, from its first (``start`` aside)."""
@@ -121,14 +126,12 @@ class RunBatches(torch.utils.data.Sampler):
     """
 
     def __init__(self, batches: CanvasBatchSampler, epoch: int, start: int, epochs: int):
-        if start % batches.batch_size:
-            raise DataError(f"start: expected a whole number of batches of {batches.batch_size} items, got {start}")
-        self.batches, self.epoch, self.start, self.epochs = batches, epoch, start, max(epochs, epoch + 1)
+        self.batches, self.epoch, self.epochs = batches, epoch, max(epochs, epoch + 1)
+        self.skip = batches.whole_batches(start)  # batches of the first epoch already done
 
     def __len__(self) -> int:
-        return (self.epochs - self.epoch) * len(self.batches) - self.start // self.batches.batch_size
+        return (self.epochs - self.epoch) * len(self.batches) - self.skip
 
     def __iter__(self) -> Iterator[list[Key]]:
         for epoch in range(self.epoch, self.epochs):
-            skip = self.start // self.batches.batch_size if epoch == self.epoch else 0
-            yield from self.batches.batches_of(epoch)[skip:]
+            yield from self.batches.batches_of(epoch)[self.skip if epoch == self.epoch else 0 :]

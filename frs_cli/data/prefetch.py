@@ -59,6 +59,6 @@ class DevicePrefetcher:
         return batch
 
     def close(self) -> None:
-        """Let go of the loader's iterator and of the batch fetched ahead (a loader's persistent workers stop once
-        nothing else holds its iterator); iterating after this raises StopIteration."""
+        """Let go of the loader's iterator and of the batch fetched ahead (a DataLoader's workers stop once nothing
+        holds its iterator); iterating after this raises StopIteration."""
         self._batches, self._ahead, self._started = iter(()), None, True

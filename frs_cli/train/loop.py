@@ -138,7 +138,8 @@ class Trainer:
     Hooks read its public fields: ``epoch`` (0-based, the epoch running), ``step`` (steps done in it),
     ``iteration``, ``last`` (the latest ``StepRecord``), ``eval_metrics``, ``finished``, and ``objective``,
     ``optimizer``, ``scheduler``, ``scaler``, ``cfg``, ``ctx``, ``iters_per_epoch``, ``batches`` (the epoch's
-    batches of keys), ``loader`` (the DataLoader whose workers serve every epoch). With ``cfg.group_by_canvas`` the dataset also gives ``geometry_of(position, view)``.
+    batches of keys), ``loader`` (the DataLoader whose workers serve every epoch). With ``cfg.group_by_canvas``
+    the dataset also gives ``geometry_of(position, view)``.
     """
 
     def __init__(self, objective: Objective, dataset, cfg: TrainConfig, ctx: DistContext, views: Sequence[str]):
