@@ -304,3 +304,32 @@ def test_the_shared_doubling_anchors_are_torchvision_s_and_mmdetection_s():
     mm = doubling_anchors(32, (1.0,), scales_per_octave=3, strides=(8, 16, 32, 64, 128), offset=0.5)
     assert isinstance(mm, GridAnchors) and mm.strides == (8, 16, 32, 64, 128) and mm.offset == 0.5
     assert mm.sizes[1] == (64.0, 64 * 2 ** (1 / 3), 64 * 2 ** (2 / 3))
+
+
+@pytest.mark.parametrize("arch", ["retinanet_tiny_fpn", "fcos_tiny_fpn", "fasterrcnn_tiny_fpn", "gfl_tiny_fpn"])
+def test_training_under_bf16_autocast_matches_against_float32_anchors(arch, monkeypatch):
+    # the FPN outputs are bf16 under autocast and the anchor generators make their anchors in the maps' dtype:
+    # 8-px steps above 1024 px. The anchors the GT loss takes must be the float32 ones whatever the precision.
+    from frs_cli.models.base import DensePass
+
+    seen = []
+    made = DensePass.anchors
+
+    def spy(self, generator):
+        seen.append(made(self, generator))
+        return seen[-1]
+
+    monkeypatch.setattr(DensePass, "anchors", spy)
+    torch.manual_seed(0)
+    d = build_detector(ModelConfig(arch=arch), 3).train()
+    images = torch.randint(0, 255, (2, 3, 1088, 1344), dtype=torch.uint8)
+    targets = [{"boxes": torch.tensor([[1100.0, 900.0, 1300.0, 1050.0]]), "labels": torch.tensor([1])}] * 2
+    with torch.no_grad():
+        d(images, [(1088, 1344), (1000, 1200)], targets)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            d(images, [(1088, 1344), (1000, 1200)], targets)
+    exact, under_amp = seen
+    assert all(a.dtype == torch.float32 for a in exact + under_amp)
+    assert exact[0].abs().max() > 1024  # large enough for bf16 to round them
+    for a, b in zip(exact, under_amp, strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)

@@ -120,8 +120,14 @@ class DensePass:
     towers: list[Tensor] | None  # what ``classify`` computed on the way that the rest reuses, if anything
 
     def anchors(self, generator: nn.Module) -> list[Tensor]:
-        """``generator``'s anchors (or points) for this batch: per image ``(sum_l H_l*W_l*A, 4)`` xyxy."""
-        return generator(ImageList(self.x, self.image_sizes), self.features)
+        """``generator``'s anchors (or points) for this batch: per image ``(sum_l H_l*W_l*A, 4)`` xyxy, float32.
+
+        A generator makes its anchors in the dtype of the feature maps it is given, and under bf16 autocast the FPN
+        outputs are bf16, whose steps are 2 px from 256 px on and 8 px from 1024 px: every anchor of a large image
+        would be rounded, and the GT loss matched and encoded boxes against the rounded ones. It reads only the
+        maps' grid, dtype and device, so it is given empty float32 maps of the features' grids."""
+        grids = [f.new_empty((0, 0, *f.shape[-2:]), dtype=torch.float32) for f in self.features]
+        return generator(ImageList(self.x, self.image_sizes), grids)
 
 
 class Detector(nn.Module):
