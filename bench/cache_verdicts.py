@@ -1,6 +1,6 @@
 """Verdicts of a cached-step run (bench/cached_step.py) against issue 13's targets, computed from its raw JSON.
 
-    python3 bench/cache_verdicts.py OUT/step.json [--graphs | --hold0 | --hostcopy]
+    python3 bench/cache_verdicts.py OUT/step.json [--graphs | --hold0 | --hostcopy | --eager]
 
 ``--graphs`` judges the cached rows' ``distill.cuda_graphs`` variant (a run with ``--graphs-ab``: each row's
 ``graphs_*`` figures, against the same interleaved plain step) and writes ``verdicts_graphs.json``. ``--hold0``
@@ -8,7 +8,9 @@ judges the rows as their loader workers holding no buffer (a run with ``--hold-a
 cached and plain steps, interleaved in the same blocks as the row's own) and writes ``verdicts_hold0.json``.
 ``--hostcopy`` judges the rows as their GT loss copied its box coding's tensors from the host at every step (a run
 with ``--hostcopy-ab``: each row's ``hostcopy_*`` cached, plain and, when timed, online steps) and writes
-``verdicts_hostcopy.json``.
+``verdicts_hostcopy.json``. ``--eager`` judges the rows' steps launched eagerly, ``train.cuda_graphs`` off (a run
+with ``--step-graphs-ab``: each row's ``eager_*`` cached, plain and, when timed, online steps) and writes
+``verdicts_eager.json``.
 
 Writes ``verdicts.json`` beside the step file and prints one table per target, each row with its cache size and
 page-cache state; a paired row that stored its step times also shows the spread of its blocks' own ratios (the
@@ -73,23 +75,32 @@ def hold0_variant(step: dict) -> dict:
                     "loader workers holding no buffer")
 
 
-def hostcopy_variant(step: dict) -> dict:
-    """``step`` judged by each cached row's ``--hostcopy-ab`` steps (``hostcopy_*``: cached, plain and online), the
-    GT loss's box coding copying from the host at every step as before ``33c477d``. Online / cached counts only
-    rows that timed the online step so too: the row's own online step and the run's unpaired one were timed
-    without the copies."""
+def _all_steps_variant(step: dict, prefix: str, label: str) -> dict:
+    """``step`` judged by each cached row's ``prefix``-ed cached, plain and online steps. Online / cached counts
+    only rows that timed the online step so too: the run's unpaired online step was not."""
     online = ("online_step_ms", "online_step_ms_mean", "online_data_wait_share", "online_data_wait_share_median")
-    out = _variant(step, "hostcopy_", (*STEP_KEYS, "plain_step_ms", "plain_step_ms_mean"),
-                   "box coding copied from the host (as before 33c477d)")
+    out = _variant(step, prefix, (*STEP_KEYS, "plain_step_ms", "plain_step_ms_mean"), label)
     for r in out["cached"]:
         for k in online:
-            if f"hostcopy_{k}" in r:
-                r[k] = r[f"hostcopy_{k}"]
+            if f"{prefix}{k}" in r:
+                r[k] = r[f"{prefix}{k}"]
             else:
                 r.pop(k, None)
     first = next(iter(step["pairs"]))
     out["pairs"] = {**step["pairs"], first: {k: v for k, v in step["pairs"][first].items() if k != "online"}}
     return out
+
+
+def hostcopy_variant(step: dict) -> dict:
+    """``step`` judged by each cached row's ``--hostcopy-ab`` steps (``hostcopy_*``: cached, plain and online), the
+    GT loss's box coding copying from the host at every step as before ``33c477d``."""
+    return _all_steps_variant(step, "hostcopy_", "box coding copied from the host (as before 33c477d)")
+
+
+def eager_variant(step: dict) -> dict:
+    """``step`` judged by each cached row's ``--step-graphs-ab`` steps (``eager_*``: cached, plain and online),
+    every step launched eagerly (``train.cuda_graphs`` off)."""
+    return _all_steps_variant(step, "eager_", "every step eager (train.cuda_graphs off)")
 
 
 def block_ratios(row: dict, mode: str = "cached") -> list[float] | None:
@@ -232,10 +243,11 @@ def tables(v: dict) -> str:
     return "\n".join(out)
 
 
-def main(path: Path, graphs: bool = False, hold0: bool = False, hostcopy: bool = False) -> dict:
+def main(path: Path, graphs: bool = False, hold0: bool = False, hostcopy: bool = False, eager: bool = False) -> dict:
     step = json.loads(path.read_text())
     variant, name = ((graphs_variant, "verdicts_graphs.json") if graphs else (hold0_variant, "verdicts_hold0.json")
                      if hold0 else (hostcopy_variant, "verdicts_hostcopy.json") if hostcopy
+                     else (eager_variant, "verdicts_eager.json") if eager
                      else (lambda s: s, "verdicts.json"))
     v = verdicts(variant(step))
     path.with_name(name).write_text(json.dumps(v, indent=1))
@@ -245,4 +257,4 @@ def main(path: Path, graphs: bool = False, hold0: bool = False, hostcopy: bool =
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]), graphs="--graphs" in sys.argv[2:], hold0="--hold0" in sys.argv[2:],
-         hostcopy="--hostcopy" in sys.argv[2:])
+         hostcopy="--hostcopy" in sys.argv[2:], eager="--eager" in sys.argv[2:])

@@ -155,6 +155,12 @@ def main() -> None:
                         "--online-paired) with the GT loss's box coding as before 33c477d (host_copies: its tensors "
                         "copied from the host at every step, which makes the host wait for the device), interleaved "
                         "with the rest (hostcopy_* figures)")
+    p.add_argument("--step-graphs", action=argparse.BooleanOptionalAction, default=True,
+                   help="paired rows run every step as the trainer does with train.cuda_graphs (its default): a "
+                        "batch of one canvas as one replayed CUDA graph")
+    p.add_argument("--step-graphs-ab", action="store_true",
+                   help="paired rows also time the plain, cached (and online) steps with train.cuda_graphs off, "
+                        "interleaved with the rest (eager_* figures)")
     p.add_argument("--smoke", action="store_true", help="tiny models and sizes on the CPU (tests)")
     args = p.parse_args()
     if args.smoke:
@@ -495,6 +501,7 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
     import torch
 
     from frs_cli.models import ModelConfig, build_detector
+    from frs_cli.train.step_graphs import StepGraphs
 
     objs, its = {}, {}
     ahead = args.workers * args.prefetch if args.workers else 0
@@ -511,10 +518,12 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
         modes = (*modes, "plain_hold0", f"{mode}_hold0")
     if args.hostcopy_ab:  # the plain, cached (and online) steps again, the GT loss's box coding copying from the host
         modes = (*modes, "plain_hostcopy", f"{mode}_hostcopy", *(("online_hostcopy",) if args.online_paired else ()))
+    if args.step_graphs_ab:  # the plain, cached (and online) steps again, eagerly (train.cuda_graphs off)
+        modes = (*modes, "plain_eager", f"{mode}_eager", *(("online_eager",) if args.online_paired else ()))
     for m in modes:
         torch.manual_seed(0)
         student = build_detector(ModelConfig(arch=ARCH[sname]), coco.index.num_classes)
-        kind = m.removesuffix("_inline").removesuffix("_hold0").removesuffix("_hostcopy")
+        kind = m.removesuffix("_inline").removesuffix("_hold0").removesuffix("_hostcopy").removesuffix("_eager")
         cached = kind not in ("plain", "online")
         r = recipe
         if cached and args.graphs_ab:  # the A/B: distill.cuda_graphs off and on
@@ -528,12 +537,16 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
     phases = {m: {} for m in objs} if args.split else dict.fromkeys(objs)
     allocs = {m: [0, 0.0] for m in objs}
     opts = {m: sgd(objs[m].to(dev)) for m in objs}  # one optimizer each across the blocks: no new momentum buffers
+    # train.cuda_graphs as the trainer makes it, unless the step is timed eagerly; one per objective (off CUDA what
+    # a graph would capture runs eagerly, capture=False: the smoke runs take the same path)
+    step_graphs = {m: StepGraphs(obj, capture=dev.type == "cuda")
+                   if args.step_graphs and not m.endswith("_eager") else None for m, obj in objs.items()}
     def coding(m: str):
         return host_copies() if m.endswith("_hostcopy") else contextlib.nullcontext()
 
     for m, obj in objs.items():
         with coding(m):
-            timed_steps(obj, its[m], dev, amp, args.warmup, 0, opts[m], ahead=args.ahead)
+            timed_steps(obj, its[m], dev, amp, args.warmup, 0, opts[m], ahead=args.ahead, graphs=step_graphs[m])
     done, turn = 0, 0
     while done < args.steps:
         n = min(args.block, args.steps - done)
@@ -541,7 +554,7 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
             before = pinned_allocs(dev) if args.split else None
             with coding(m):
                 steps, waits, _ = timed_steps(objs[m], its[m], dev, amp, 0, n, opts[m], ahead=args.ahead,
-                                              phases=phases[m])
+                                              phases=phases[m], graphs=step_graphs[m])
             if before is not None:  # pinned blocks the host allocator had to create while this block ran
                 after = pinned_allocs(dev)
                 allocs[m][0] += after[0] - before[0]
@@ -553,7 +566,8 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
     graphs = getattr(objs.get(f"{mode}_graphs"), "_graphs", None)
     captured = {} if graphs is None else {"graphs_captured": sum(g is not None for g in graphs._graphs.values()),
                                           "graphs_mb": graphs._graph_bytes / 1e6}
-    del its, objs, graphs
+    step_captured = {m: g.captured for m, g in step_graphs.items() if g is not None}
+    del its, objs, graphs, step_graphs
     if dev.type == "cuda":
         torch.cuda.empty_cache()
     row = {**step_figures(steps, waits), "steps": len(steps), "plain_step_ms": 1e3 * median(plain),
@@ -561,6 +575,12 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
            # every timed step, block after block (the k-th block of each mode ran in the same turn)
            "step_times_ms": {m: [round(1e3 * t, 3) for t in times[m][0]]
                              for m in ("plain", mode, "online") if m in times}}
+    row["step_graphs_captured"] = step_captured  # per mode, the batch shapes replayed as one graph
+    if args.step_graphs_ab:  # eager_*: the same steps with train.cuda_graphs off
+        row.update({**step_figures(*times[f"{mode}_eager"], prefix="eager_"),
+                    **step_figures(*times["plain_eager"], prefix="eager_plain_")})
+        if args.online_paired:
+            row.update(step_figures(*times["online_eager"], prefix="eager_online_"))
     if args.graphs_ab:  # step_ms is then the eager cached side's, graphs_step_ms the graphed one's
         row.update({"cuda_graphs": False, **step_figures(*times[f"{mode}_graphs"], prefix="graphs_"), **captured})
     if args.online_paired:

@@ -115,7 +115,7 @@ def feeder(batches, dev, prefetch: bool = True):
 
 
 def timed_steps(obj, batches, dev, amp: dict, warmup: int, steps: int, opt=None, ahead: bool = False,
-                phases: dict[str, list[float]] | None = None):
+                phases: dict[str, list[float]] | None = None, graphs=None):
     """Train ``obj`` (SGD; ``opt``, else a new ``sgd(obj)``) on ``warmup + steps`` batches of the iterator
     ``batches``, as ``frs distill`` feeds its steps: through a ``DevicePrefetcher``, so each batch's copy to the
     device overlaps the step before (pass a ``feeder``, prefetching or not, to keep its batch in flight across
@@ -131,7 +131,10 @@ def timed_steps(obj, batches, dev, amp: dict, warmup: int, steps: int, opt=None,
     device: use many steps per call. On the CPU, where a step runs as it is launched, every time shifts by a step.
 
     ``phases``: appends to its lists ``forward``, ``backward`` and ``optimizer`` the seconds the host spent launching
-    each part of every timed step (on the GPU the host returns before the work is done: these are launch times)."""
+    each part of every timed step (on the GPU the host returns before the work is done: these are launch times).
+
+    ``graphs``: a ``StepGraphs`` over ``obj`` (``train.cuda_graphs``): as ``Trainer.run_step``, a batch it takes runs
+    forward and backward as one replayed graph (``forward`` then holds both, ``backward`` nothing)."""
     import torch
 
     obj.to(dev).train()
@@ -157,11 +160,14 @@ def timed_steps(obj, batches, dev, amp: dict, warmup: int, steps: int, opt=None,
         batch = next(batches)
         wait = batches.data_seconds - waited
         t_launch = time.perf_counter()
-        with torch.autocast(**amp):
-            loss = sum(obj(batch, 10_000).values())
-        t_forward = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        with torch.autocast(**amp):
+            graphed = graphs.step(batch, 10_000) if graphs is not None else None
+            if graphed is None:
+                loss = sum(obj(batch, 10_000).values())
+        t_forward = time.perf_counter()
+        if graphed is None:
+            loss.backward()
         t_backward = time.perf_counter()
         opt.step()
         if phases is not None and i >= warmup:

@@ -666,3 +666,38 @@ def test_cache_verdicts_hostcopy_judges_online_over_cached_only_where_the_online
     assert "x101-r50 online" not in [r["row"] for r in v["data_wait"]]
     assert json.loads((tmp_path / "verdicts_hostcopy.json").read_text())["online_over_cached"] == \
         v["online_over_cached"]
+
+
+def test_cached_step_runs_each_step_through_the_step_graphs_and_step_graphs_ab_times_them_eagerly_too(
+        tmp_path, monkeypatch):
+    """As the trainer does by default (train.cuda_graphs), every paired step of a one-canvas batch goes through
+    ``StepGraphs`` (on the CPU run without capture); --step-graphs-ab times the plain, cached and online steps again
+    without it (eager_* figures), and only those skip it."""
+    from frs_cli.train.step_graphs import StepGraphs
+
+    step = _bench("cached_step")
+    runs, real = [], StepGraphs._run
+
+    def spy(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        runs.append(out[0][-1])  # the last term's name: frs_head for FRS, the GT loss's last for plain
+        return out
+
+    monkeypatch.setattr(StepGraphs, "_run", spy)
+    monkeypatch.setattr(sys, "argv", ["cached_step.py", "--smoke", "--out", str(tmp_path / "out"), "--work",
+                                      str(tmp_path / "work"), "--step-graphs-ab", "--online-paired", "--no-zarr-row"])
+    step.main()
+    res = json.loads((tmp_path / "out" / "step.json").read_text())
+    rows = [r for r in res["cached"] if "step_ms" in r]
+    assert len(rows) == 4
+    for r in rows:
+        for prefix in ("eager_", "eager_plain_", "eager_online_"):
+            assert r[f"{prefix}step_ms"] > 0 and 0 <= r[f"{prefix}data_wait_share"] < 1, prefix
+        assert r["step_graphs_captured"] == {"plain": 0, "cached": 0, "online": 0}  # no capture off CUDA
+    # per row three modes through the step graphs (plain, cached, online), warm-up + timed steps (1 + 1) each
+    assert len(runs) == 4 * 3 * 2
+    assert runs.count("frs_head") == 4 * 2 * 2
+
+    verdicts = _bench("cache_verdicts")
+    v = verdicts.main(tmp_path / "out" / "step.json", eager=True)
+    assert (tmp_path / "out" / "verdicts_eager.json").is_file() and "every step eager" in v["variant"]

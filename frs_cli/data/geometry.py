@@ -195,13 +195,14 @@ def pad_into(out: Tensor, parts: Sequence[Tensor]) -> Tensor:
     return out
 
 
-def pad_boxes(boxes: Sequence[Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
-    """Per-image ``(M_i, 4)`` xyxy boxes -> ``(B, M, 4)`` float32 and ``valid`` ``(B, M)`` bool, M = max(1, max M_i).
+def pad_boxes(boxes: Sequence[Tensor], device: torch.device, rows: int = 1) -> tuple[Tensor, Tensor]:
+    """Per-image ``(M_i, 4)`` xyxy boxes -> ``(B, M, 4)`` float32 and ``valid`` ``(B, M)`` bool,
+    M = max(``rows``, max M_i).
 
     Padding rows hold the box (0, 0, 1, 1), so that anything computed on them (IoU, box encoding) stays finite;
     ``valid`` marks the real boxes. Lets box code run batched instead of once per image.
     """
-    m = max([1] + [len(b) for b in boxes])
+    m = max([rows] + [len(b) for b in boxes])
     padded = torch.zeros(len(boxes), m, 4, device=device)  # built on the device: no host copy, no stream sync
     padded[..., 2:] = 1.0
     valid = torch.zeros(len(boxes), m, dtype=torch.bool, device=device)

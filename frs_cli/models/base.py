@@ -146,6 +146,9 @@ class Detector(nn.Module):
 
     family: str = ""
     arch: str = ""
+    # the GT loss also takes the targets already padded (``retinanet_loss.PaddedTargets``), so that a training step
+    # of fixed shapes can be one CUDA graph (``frs_cli.train.step_graphs``)
+    takes_padded_targets: bool = False
 
     def __init__(self, num_classes: int, levels: list[LevelSpec]):
         super().__init__()
@@ -187,6 +190,18 @@ class Detector(nn.Module):
             if vw < w:
                 x[i, :, :vh, vw:] = 0.0
         return x
+
+    def normalize_within(self, images: Tensor, sizes: Tensor) -> Tensor:
+        """``normalize`` with the valid sizes as a ``(B, 2)`` long tensor on the images' device: the same values,
+        the padding zeroed by one comparison instead of a slice per image, so that nothing depends on the sizes'
+        values on the host (a CUDA graph replays it for any sizes)."""
+        if self.bgr:
+            images = images.flip(1)
+        x = (images.float() - self.pixel_mean) / self.pixel_std
+        h, w = x.shape[-2:]
+        rows = torch.arange(h, device=x.device) < sizes[:, 0:1]  # (B, H)
+        cols = torch.arange(w, device=x.device) < sizes[:, 1:2]  # (B, W)
+        return torch.where((rows[:, :, None] & cols[:, None, :])[:, None], x, 0.0)
 
     def forward(self, images: Tensor, image_sizes: list[tuple[int, int]], targets=None, detect=None) -> DetectorOutput:
         x = self.normalize(images, image_sizes)

@@ -41,6 +41,7 @@ def build_cls_head(spec: dict) -> TowerClsHead:
 
 class RetinaNetAdapter(Detector):
     family = "retinanet"
+    takes_padded_targets = True  # retinanet_gt_loss
 
     def __init__(self, model: RetinaNet, arch: str, head_norm: str, mmdet: bool = False):
         channels = model.backbone.out_channels

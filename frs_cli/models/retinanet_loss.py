@@ -21,6 +21,7 @@ torchvision's, unchanged:
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -35,16 +36,29 @@ BACKGROUND = -1
 IGNORED = -2
 
 
-def pad_targets(targets: list[dict[str, Tensor]], device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-image ``boxes`` (M_i, 4) xyxy and ``labels`` (M_i,) -> boxes (B, M, 4), labels (B, M), valid (B, M).
+class PaddedTargets(NamedTuple):
+    """A batch's targets padded to one row count: boxes (B, M, 4) float32 xyxy, labels (B, M) int64, valid (B, M)
+    bool (``pad_targets``). The batched loss takes them in place of the per-image list; their shapes do not depend
+    on the boxes when M is fixed, as a CUDA graph of the training step needs (``frs_cli.train.step_graphs``)."""
+
+    boxes: Tensor
+    labels: Tensor
+    valid: Tensor
+
+
+def pad_targets(targets: list[dict[str, Tensor]] | PaddedTargets, device: torch.device, rows: int = 1) -> PaddedTargets:
+    """Per-image ``boxes`` (M_i, 4) xyxy and ``labels`` (M_i,) -> boxes (B, M, 4), labels (B, M), valid (B, M),
+    M = max(``rows``, max M_i); ``PaddedTargets`` are returned as they are.
 
     Padding as ``pad_boxes``: rows (0, 0, 1, 1), label 0, not valid.
     """
-    boxes, valid = pad_boxes([t["boxes"] for t in targets], device)
+    if isinstance(targets, PaddedTargets):
+        return targets
+    boxes, valid = pad_boxes([t["boxes"] for t in targets], device, rows)
     labels = torch.zeros(valid.shape, dtype=torch.int64, device=device)
     for i, t in enumerate(targets):
         labels[i, : len(t["labels"])] = t["labels"].to(device)
-    return boxes, labels, valid
+    return PaddedTargets(boxes, labels, valid)
 
 
 def batched_box_iou(boxes: Tensor, anchors: Tensor) -> Tensor:
@@ -112,12 +126,13 @@ def decode_deltas(coder, deltas: Tensor, anchors: Tensor) -> Tensor:
     return torch.stack((x - half_w, y - half_h, x + half_w, y + half_h), dim=1)
 
 
-def retinanet_gt_loss(model: RetinaNet, targets: list[dict[str, Tensor]], cls_logits: Tensor,
+def retinanet_gt_loss(model: RetinaNet, targets: list[dict[str, Tensor]] | PaddedTargets, cls_logits: Tensor,
                       bbox_regression: Tensor, anchors: Tensor) -> dict[str, Tensor]:
     """torchvision's RetinaNet losses, batched.
 
-    cls_logits: (B, N, K) and bbox_regression: (B, N, 4) in torchvision's head layout; anchors: (N, 4) xyxy,
-    the same for every image of the padded batch. Returns {"classification", "bbox_regression"} scalars.
+    targets: per image, or already padded (``PaddedTargets``: padding rows change no term); cls_logits: (B, N, K)
+    and bbox_regression: (B, N, 4) in torchvision's head layout; anchors: (N, 4) xyxy, the same for every image of
+    the padded batch. Returns {"classification", "bbox_regression"} scalars.
     """
     b, n, k = cls_logits.shape
     boxes, labels, valid = pad_targets(targets, anchors.device)

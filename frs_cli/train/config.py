@@ -28,6 +28,9 @@ class TrainConfig:
     # batches each worker keeps in shared memory after handing them over, so that the training process only unmaps
     # a batch it drops and the worker frees its pages (0: none; see frs_cli/data/packed.py)
     worker_hold: int = 6
+    # on one CUDA device, bf16 or float32: a step on a batch of one canvas (forward, losses, backward) replayed as one
+    # CUDA graph per batch shape, for students whose GT loss takes padded targets (RetinaNet); the same numbers
+    cuda_graphs: bool = True
     seed: int = 0  # seeds model init, data order and flips
     eval_every: int = 0  # evaluate on the val split every N epochs (0: only after the last)
     log_every: int = 20  # write a metrics line every N iterations

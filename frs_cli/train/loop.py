@@ -47,6 +47,7 @@ from frs_cli.train.hooks import (
 )
 from frs_cli.train.readback import HostCopy
 from frs_cli.train.schedule import build_optimizer, build_scheduler
+from frs_cli.train.step_graphs import StepGraphs
 
 if TYPE_CHECKING:
     from frs_cli.train.objectives import Objective
@@ -138,7 +139,8 @@ class Trainer:
     Hooks read its public fields: ``epoch`` (0-based, the epoch running), ``step`` (steps done in it),
     ``iteration``, ``last`` (the latest ``StepRecord``), ``eval_metrics``, ``finished``, and ``objective``,
     ``optimizer``, ``scheduler``, ``scaler``, ``cfg``, ``ctx``, ``iters_per_epoch``, ``batches`` (the epoch's
-    batches of keys), ``loader`` (the DataLoader whose workers serve every epoch). With ``cfg.group_by_canvas``
+    batches of keys), ``loader`` (the DataLoader whose workers serve every epoch), ``graphs`` (``StepGraphs``
+    under ``train.cuda_graphs``, else None). With ``cfg.group_by_canvas``
     the dataset also gives ``geometry_of(position, view)``.
     """
 
@@ -156,6 +158,10 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg, self.iters_per_epoch)
         self.use_amp = cfg.amp and ctx.device.type == "cuda"
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.use_amp and cfg.amp_dtype == "float16")
+        # train.cuda_graphs: one process (DDP's hooks are not captured), no loss scaling (its scale changes per step)
+        graphs = (cfg.cuda_graphs and ctx.device.type == "cuda" and not ctx.distributed and not self.scaler.is_enabled()
+                  and hasattr(objective, "graph_inputs"))
+        self.graphs = StepGraphs(objective) if graphs else None
         self.model: nn.Module = objective
         self.epoch, self.step = 0, 0
         self.last: StepRecord | None = None
@@ -175,12 +181,19 @@ class Trainer:
 
     def run_step(self, batch: Batch, it: int) -> tuple[dict[str, Tensor], Tensor]:
         """One optimizer step on ``batch`` as iteration ``it``: forward (autocast), backward, clip, update. Returns
-        the objective's named loss terms and their sum, still on the device: nothing here waits for it."""
-        with autocast_context(self.ctx.device, self.use_amp, self.cfg.amp_dtype):
-            losses = self.model(batch, it)
-        loss = sum(losses.values())
+        the objective's named loss terms and their sum, still on the device: nothing here waits for it. With
+        ``train.cuda_graphs`` a batch of one canvas runs forward and backward as one replayed CUDA graph
+        (``StepGraphs``), which sets the gradients the backward would have."""
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        with autocast_context(self.ctx.device, self.use_amp, self.cfg.amp_dtype):
+            graphed = self.graphs.step(batch, it) if self.graphs is not None else None
+            if graphed is None:
+                losses = self.model(batch, it)
+        if graphed is not None:
+            losses, loss = graphed
+        else:
+            loss = sum(losses.values())
+            self.scaler.scale(loss).backward()
         if self.cfg.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.objective.parameters(), self.cfg.grad_clip)

@@ -22,9 +22,10 @@ from frs_cli.errors import FrsError
 from frs_cli.losses import FeatureAdapter, distill_weight, frs_losses, frs_masks, gt_box_masks, positions_within
 from frs_cli.models.base import Detector, FrsSignature, check_compatible
 from frs_cli.models.fold import fold_batchnorm
+from frs_cli.models.retinanet_loss import PaddedTargets, pad_targets
 from frs_cli.train.canvas import canvas_groups, crop_stack, level_grids, on_own_canvas
 from frs_cli.train.config import DistillConfig
-from frs_cli.train.graphed import GraphedTerms
+from frs_cli.train.graphed import GraphedTerms, frs_terms
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +69,48 @@ def valid_positions(image_sizes: list[tuple[int, int]], grids: list[tuple[int, i
     return positions_within(image_sizes_on(image_sizes, device), grids, strides)
 
 
+MIN_BOX_ROWS = 8  # the fewest rows a batch's boxes are padded to on the whole-step graph path
+
+
+def box_rows(count: int) -> int:
+    """The row count a batch's boxes are padded to: the next power of two from its largest count, at least
+    ``MIN_BOX_ROWS``, so that a few shapes serve every batch of a canvas."""
+    return max(MIN_BOX_ROWS, 1 << max(0, count - 1).bit_length())
+
+
+def one_canvas(batch: Batch) -> bool:
+    """Whether every view of ``batch`` lies on one canvas that is the batch's own size (no view padded further)."""
+    groups = canvas_groups(batch.geometries)
+    return len(groups) == 1 and tuple(groups[0][0]) == tuple(batch.images.shape[-2:])
+
+
+def step_inputs(student: Detector, batch: Batch) -> list[Tensor] | None:
+    """``[images, sizes, boxes, labels, valid]`` of a one-canvas ``batch`` on its device (sizes ``(B, 2)`` long, the
+    targets padded to ``box_rows``), or None where the student's GT loss needs the per-image lists or the batch
+    holds several canvases."""
+    if not student.takes_padded_targets or not one_canvas(batch):
+        return None
+    device = batch.images.device
+    rows = box_rows(max(len(t["boxes"]) for t in batch.targets))
+    return [batch.images, image_sizes_on(batch.image_sizes, device), *pad_targets(batch.targets, device, rows)]
+
+
+def student_pass(student: Detector, images: Tensor, sizes: Tensor, boxes: Tensor, labels: Tensor, valid: Tensor):
+    """The student's training pass (``DetectorOutput``) on ``step_inputs``' tensors: normalised through
+    ``normalize_within``, its GT loss on the padded targets."""
+    b, _, h, w = images.shape
+    return student(student.normalize_within(images, sizes), [(h, w)] * b, PaddedTargets(boxes, labels, valid))
+
+
 class Objective(Protocol):
     """What the trainer trains: an ``nn.Module`` (``to``, ``train``, ``parameters`` are nn.Module's) that
 
     - maps ``(batch, step)`` to named, already-weighted loss terms (scalar tensors; the trainer sums them),
     - names in ``checkpointed()`` the modules that train and are saved in (and restored from) the training
       state, by the names the state stores them under; never the teacher's side,
-    - holds the ``student``, the detector a run produces (its model file, its evaluation).
+    - holds the ``student``, the detector a run produces (its model file, its evaluation),
+    - may offer its step on a batch's tensors alone, for ``train.cuda_graphs`` (``frs_cli.train.step_graphs``):
+      ``graph_inputs(batch)``, ``graph_terms(*inputs)`` and ``term_weights(step)``.
     """
 
     student: Detector
@@ -102,6 +138,18 @@ class GTObjective(nn.Module):
 
     def forward(self, batch: Batch, step: int) -> dict[str, Tensor]:
         return dict(self.student(batch.images, batch.image_sizes, batch.targets).losses)
+
+    def graph_inputs(self, batch: Batch) -> list[Tensor] | None:
+        """The batch's ``step_inputs``, or None when its step runs only eagerly."""
+        return step_inputs(self.student, batch)
+
+    def graph_terms(self, *inputs: Tensor) -> dict[str, Tensor]:
+        """``forward``'s terms from ``graph_inputs``' tensors alone."""
+        return dict(student_pass(self.student, *inputs).losses)
+
+    def term_weights(self, step: int) -> dict[str, float]:
+        """The GT terms carry no weight."""
+        return {}
 
 
 class TeacherTargets:
@@ -175,6 +223,27 @@ class CachedTeacher(nn.Module):
         return len(groups) == 1 and level_grids(groups[0][0], self.strides) == [tuple(f.shape[-2:])
                                                                               for f in cached.features]
 
+    def graph_inputs(self, batch: Batch) -> list[Tensor] | None:
+        """The batch's cached tensors as ``frs_terms`` takes them (features, scales when the encoding has them,
+        masks), or None unless they lie on the batch's one canvas."""
+        self.check_batch(batch)
+        cached = batch.teacher
+        canvas = tuple(batch.images.shape[-2:])
+        if level_grids(canvas, self.strides) != [tuple(f.shape[-2:]) for f in cached.features]:
+            return None
+        return [*cached.features, *(cached.scales or []), *cached.masks]
+
+    def graph_frs(self, adapters: FeatureAdapter, student_out, images: Tensor, sizes: Tensor,
+                  side: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Both FRS terms from ``graph_inputs``' tensors (``side``), the student's pass and the valid sizes: the
+        operations of ``frs_terms``, which ``distill.cuda_graphs`` replays, in the student's precision."""
+        device = sizes.device
+        amp = (torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type))
+        params = [p for conv in adapters.convs for p in (conv.weight, conv.bias)]
+        n = len(self.strides)
+        return frs_terms(self, adapters, amp, n, len(side) == 3 * n, *student_out.features, *student_out.cls_logits,
+                         *side, sizes, *params)
+
     def check_batch(self, batch: Batch) -> None:
         """FrsError unless ``batch`` carries cached targets with scales exactly when the encoding has them."""
         if batch.teacher is None:
@@ -227,6 +296,22 @@ class OnlineTeacher(nn.Module):
         grids = level_grids(tuple(batch.images.shape[-2:]), strides)
         features, cls_logits, masks = on_own_canvas(run, batch.geometries, grids)
         return TeacherTargets(features, cls_logits, masks)
+
+    def graph_inputs(self, batch: Batch) -> list[Tensor]:
+        """The live teacher reads the batch's images only: nothing more."""
+        return []
+
+    def graph_frs(self, adapters: FeatureAdapter, student_out, images: Tensor, sizes: Tensor,
+                  side: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Both FRS terms of a one-canvas batch with the teacher run on its images (``normalize_within``), as
+        ``forward`` and ``FRSObjective.forward`` compute them."""
+        b, _, h, w = images.shape
+        with torch.no_grad(), teacher_autocast(images.device, self.autocast):
+            out = self.teacher(self.teacher.normalize_within(images, sizes), [(h, w)] * b, detect=False)
+            masks = frs_masks(out.cls_logits)
+        valid = positions_within(sizes, [tuple(f.shape[-2:]) for f in student_out.features], self.teacher.strides)
+        return frs_losses(adapters(student_out.features), out.features, student_out.cls_logits, out.cls_logits, masks,
+                          valid)
 
 
 class FRSObjective(nn.Module):
@@ -281,3 +366,25 @@ class FRSObjective(nn.Module):
         if head:
             losses["frs_head"] = w * self.cfg.beta * head_term
         return losses
+
+    def graph_inputs(self, batch: Batch) -> list[Tensor] | None:
+        """The batch's ``step_inputs`` and its teacher side's tensors, or None when its step runs only eagerly
+        (GT masks, several canvases, a teacher side or student without a graph path)."""
+        if self.cfg.mask != "frs" or not hasattr(self.teacher_side, "graph_inputs"):
+            return None
+        base = step_inputs(self.student, batch)
+        side = None if base is None else self.teacher_side.graph_inputs(batch)
+        return None if side is None else [*base, *side]
+
+    def graph_terms(self, *inputs: Tensor) -> dict[str, Tensor]:
+        """``forward``'s terms, unweighted, from ``graph_inputs``' tensors alone."""
+        out = student_pass(self.student, *inputs[:5])
+        terms = dict(out.losses)
+        terms["frs_feature"], terms["frs_head"] = self.teacher_side.graph_frs(self.adapters, out, inputs[0],
+                                                                            inputs[1], list(inputs[5:]))
+        return terms
+
+    def term_weights(self, step: int) -> dict[str, float]:
+        """What ``forward`` multiplies each FRS term by at ``step``."""
+        w = distill_weight(step, self.cfg.warmup_iters)
+        return {"frs_feature": w * self.cfg.alpha, "frs_head": w * self.cfg.beta}

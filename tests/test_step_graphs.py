@@ -1,0 +1,192 @@
+"""train.cuda_graphs on the CPU: the tensor-only step a CUDA graph captures (``graph_inputs`` / ``graph_terms`` /
+``term_weights`` and ``StepGraphs._run``) gives the eager step's terms, sum and gradients. The capture and replay
+themselves are in tests/test_gpu.py."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from frs_cli.models import ModelConfig, build_detector
+from frs_cli.models.retinanet_loss import PaddedTargets, pad_targets
+from frs_cli.train.objectives import (
+    CachedTeacher,
+    FRSObjective,
+    GTObjective,
+    OnlineTeacher,
+    box_rows,
+    image_sizes_on,
+)
+from frs_cli.train.step_graphs import StepGraphs
+
+
+def _batches(recipe, cache, per_batch: int = 2):
+    """Per canvas of the split one batch of ``per_batch`` of its views (cached targets on), and one of them all."""
+    from frs_cli.cache.reader import CachedViews
+    from frs_cli.data.coco import CocoViews, collate
+
+    coco = CocoViews.from_config(recipe.data, "train", recipe.geometry)
+    by_canvas: dict = {}
+    for p in range(len(coco)):
+        for v in ("orig", "hflip"):
+            by_canvas.setdefault(coco.geometry_of(p, v).padded_size, []).append((p, v))
+    ds = CachedViews(coco, cache)
+    one = [collate([ds[k] for k in keys[:per_batch]]) for keys in by_canvas.values() if len(keys) >= per_batch]
+    mixed = collate([ds[keys[0]] for keys in by_canvas.values()])
+    return one, mixed
+
+
+def test_box_rows_are_powers_of_two_from_eight():
+    assert [box_rows(n) for n in (0, 1, 7, 8, 9, 16, 17, 33, 100)] == [8, 8, 8, 8, 16, 16, 32, 64, 128]
+
+
+@pytest.mark.parametrize("norm", ["imagenet_rgb", "detectron_bgr"])
+def test_normalize_within_gives_normalizes_values_from_a_sizes_tensor(norm):
+    d = build_detector(ModelConfig(arch="retinanet_tiny_fpn"), 3)
+    d.set_pixel_norm(norm)
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (3, 3, 64, 96), dtype=torch.uint8)
+    sizes = [(64, 96), (40, 96), (50, 70)]
+    within = d.normalize_within(images, image_sizes_on(sizes, images.device))
+    torch.testing.assert_close(within, d.normalize(images, sizes), rtol=0, atol=0)
+    assert float(within[2, :, 50:].abs().sum()) == 0.0 and float(within[2, :, :, 70:].abs().sum()) == 0.0
+
+
+@pytest.mark.parametrize("arch", ["retinanet_tiny_fpn", "retinanet_resnet18_fpn"])  # GIoU and L1 box losses
+def test_padding_the_boxes_beyond_the_largest_count_changes_no_gt_term(arch):
+    torch.manual_seed(0)
+    d = build_detector(ModelConfig(arch=arch, anchor_size=16), 3).train()
+    images = torch.rand(2, 3, 128, 160)
+    targets = [{"boxes": torch.tensor([[8.0, 8.0, 60.0, 90.0], [40.0, 20.0, 120.0, 100.0]]),
+                "labels": torch.tensor([1, 2])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+    padded = pad_targets(targets, images.device, rows=16)
+    assert isinstance(padded, PaddedTargets) and padded.boxes.shape == (2, 16, 4)
+    assert padded.valid.sum(1).tolist() == [2, 0]
+    with torch.no_grad():
+        a = d(images, [(128, 160), (120, 150)], targets).losses
+        b = d(images, [(128, 160), (120, 150)], padded).losses
+    assert set(a) == set(b) == {"classification", "bbox_regression"}
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=0)
+
+
+def _objective(kind: str, recipe, cache, seed: int = 0):
+    torch.manual_seed(seed)
+    student = build_detector(recipe.student, 5)
+    cfg = replace(recipe.distill, warmup_iters=10)  # step 3: the FRS weights 0.3 of alpha and beta
+    if kind == "plain":
+        return GTObjective(student)
+    if kind == "online":
+        return FRSObjective(student, cache.signature, OnlineTeacher(build_detector(recipe.teacher, 5), autocast=False),
+                            cfg)
+    return FRSObjective(student, cache.signature, CachedTeacher.from_cache(cache), cfg)
+
+
+@pytest.mark.parametrize("kind", ["plain", "cached", "online"])
+def test_the_step_a_graph_captures_gives_the_eager_steps_terms_sum_and_gradients(kind, mixed_cache):
+    """``StepGraphs._run`` (what a capture records) on ``graph_inputs``' tensors against ``forward`` and the
+    trainer's sum and backward, for the GT objective and FRS with the cached and the live teacher; batch norms
+    train (the student from scratch) and their running statistics move as in the eager step."""
+    from frs_cli.cache.reader import TeacherCache
+
+    recipe, path, _ = mixed_cache("retinanet")
+    cache = TeacherCache(path)
+    batches, mixed = _batches(recipe, cache)
+    assert len(batches) == 3
+    eager, graphed = _objective(kind, recipe, cache), _objective(kind, recipe, cache)
+    graphed.load_state_dict(eager.state_dict())
+    eager.train(), graphed.train()
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in eager.student.modules())
+    steps = StepGraphs(graphed)
+    for batch in batches:
+        if kind == "plain":
+            batch = replace(batch, teacher=None)
+        losses = eager(batch, 3)
+        loss = sum(losses.values())
+        eager.zero_grad(set_to_none=True)
+        loss.backward()
+
+        inputs = graphed.graph_inputs(batch)
+        assert inputs is not None and inputs[3].shape[1] == 8  # the boxes padded to 8 rows
+        weights = graphed.term_weights(3)
+        statics = [*inputs, torch.tensor(list(weights.values()), dtype=torch.float32)]
+        names, terms, total, has_grad = steps._run(statics, list(weights), (False, torch.bfloat16), steps._stand_ins())
+        assert names == list(losses)
+        if kind != "plain":
+            assert names[-2:] == ["frs_feature", "frs_head"] and weights["frs_feature"] == 0.3 * recipe.distill.alpha
+        for name, term in zip(names, terms):
+            torch.testing.assert_close(term, losses[name], rtol=1e-6, atol=0)
+        torch.testing.assert_close(total, loss, rtol=1e-6, atol=0)
+        eager_params = dict(eager.named_parameters())
+        for (name, p), grad, has in zip(steps._named, steps._grads, has_grad):
+            ref = eager_params[name].grad
+            assert has == (ref is not None), name
+            if has:
+                torch.testing.assert_close(grad, ref, rtol=1e-5, atol=1e-7)
+        for (name, a), b in zip(eager.named_buffers(), graphed.buffers()):
+            torch.testing.assert_close(b, a, rtol=0, atol=0)  # running statistics moved alike
+    if kind != "plain":
+        assert graphed.graph_inputs(mixed) is None  # a batch of several canvases runs eagerly
+
+
+def test_only_one_canvas_retinanet_batches_with_frs_masks_take_the_graph_path(mixed_cache):
+    from frs_cli.cache.reader import TeacherCache
+
+    recipe, path, _ = mixed_cache("retinanet")
+    cache = TeacherCache(path)
+    batches, mixed = _batches(recipe, cache)
+    obj = _objective("cached", recipe, cache)
+    assert obj.graph_inputs(batches[0]) is not None and obj.graph_inputs(mixed) is None
+    gt_masks = FRSObjective(obj.student, cache.signature, CachedTeacher.from_cache(cache),
+                            replace(recipe.distill, mask="gt"))
+    assert gt_masks.graph_inputs(batches[0]) is None
+    assert GTObjective(obj.student).graph_inputs(batches[0]) is not None
+    assert GTObjective(build_detector(ModelConfig(arch="fcos_tiny_fpn"), 5)).graph_inputs(batches[0]) is None
+    steps = StepGraphs(GTObjective(obj.student).train())
+    assert steps.step(batches[0], 0) is None and steps.captured == 0  # not on CUDA: eager
+
+
+@pytest.mark.parametrize("kind", ["plain", "cached"])
+def test_the_trainers_step_through_step_graphs_sets_the_gradients_and_updates_as_the_eager_step(kind, mixed_cache):
+    """``Trainer.run_step`` with ``StepGraphs`` (here run eagerly: ``capture=False``) against the trainer without:
+    the same terms and sum at every step (the FRS weights ramping up over the warm-up), the same ``.grad`` of every
+    parameter and the same weights and batch-norm statistics after the SGD updates."""
+    from frs_cli.cache.reader import TeacherCache
+    from frs_cli.data.coco import CocoViews
+    from frs_cli.dist import setup
+    from frs_cli.train.loop import PendingLosses, Trainer
+
+    recipe, path, _ = mixed_cache("retinanet")
+    cache = TeacherCache(path)
+    batches, _ = _batches(recipe, cache)
+    if kind == "plain":
+        batches = [replace(b, teacher=None) for b in batches]
+    coco = CocoViews.from_config(recipe.data, "train", recipe.geometry)
+    cfg = replace(recipe.train, batch_size=2, warmup_iters=3, lr=0.01)
+    trainers = [Trainer(_objective(kind, recipe, cache), coco, cfg, setup("cpu"), ("orig", "hflip")) for _ in range(2)]
+    graphed, eager = trainers
+    eager.objective.load_state_dict(graphed.objective.state_dict())
+    assert graphed.graphs is None  # not on CUDA
+    graphed.graphs = StepGraphs(graphed.objective, capture=False)
+    held = [id(p) for p in graphed.objective.parameters()]
+    for it, batch in enumerate(batches + batches[::-1]):
+        read = []
+        for trainer in trainers:
+            trainer.objective.train()
+            losses, loss = trainer.run_step(batch, it)
+            read.append((PendingLosses(losses, loss).read(), [p.grad for p in trainer.objective.parameters()]))
+        ((lg, tg), grads_g), ((le, te), grads_e) = read
+        assert lg == pytest.approx(le, rel=1e-5) and tg == pytest.approx(te, rel=1e-5)
+        assert list(lg) == list(le)
+        names = [n for n, _ in graphed.objective.named_parameters()]
+        for name, a, b in zip(names, grads_g, grads_e, strict=True):
+            assert (a is None) == (b is None), (it, name)
+            if a is not None:
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    # the stand-ins a step runs on are gone after it: the modules hold their own parameters (the classification
+    # head, reached by two paths, too), which the optimizer updates
+    assert [id(p) for p in graphed.objective.parameters()] == held
+    assert all(type(p) is torch.nn.Parameter for p in graphed.objective.parameters())
+    for (name, a), b in zip(graphed.objective.state_dict().items(), eager.objective.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
