@@ -21,7 +21,9 @@ Variants (``--variants``):
   ``loader_cached_eager``: the same with the cached head run eagerly, as distill runs it by default;
 - ``loader_cached_gt``: the cached loader, but the GT loss (the teacher targets read and dropped before the copy);
 - optional: ``loader_cached_nopin``, ``loader_cached`` with ``pin_memory=False``; ``loader_cached_w4``, with 4
-  workers.
+  workers;
+- any variant with ``_sg`` appended: its step through ``StepGraphs`` (``train.cuda_graphs``: forward and backward
+  of a one-canvas batch as one replayed CUDA graph; off CUDA run without capture).
 
 ``--sync-points`` runs ``--sync-steps`` more steps of every variant with CUDA's sync debug mode on (``warn``) and
 records, per variant, each place in the Python code where the host waited for the device (``sync_points``: the
@@ -265,12 +267,13 @@ def objective(s: dict, cached: bool, graphs: bool = True):
 
 
 def timed(obj, batches, dev, amp, warmup: int, steps: int, drop_teacher: bool = False, profiler=None,
-          totals: dict | None = None, sync_steps: int = 0) -> dict:
+          totals: dict | None = None, sync_steps: int = 0, graphs=None) -> dict:
     """``warmup + steps`` SGD steps of ``obj`` on the iterator ``batches``; per phase the median ms of the timed
     steps, and the step's median and mean. ``totals``: ``clocked_regions``' seconds, emptied when the timed steps
     start and reported per timed step (``regions_ms``). ``sync_steps``: that many more steps under ``sync_points``
     (their batch copies and the timing's own synchronisations outside it), reported as ``sync_points``: each
-    chain's count per step, most frequent first."""
+    chain's count per step, most frequent first. ``graphs``: a ``StepGraphs`` over ``obj``; a batch it takes runs
+    forward and backward as one replayed CUDA graph, as ``Trainer.run_step`` does (``train.cuda_graphs``)."""
     obj.to(dev).train()
     opt = torch.optim.SGD([q for q in obj.parameters() if q.requires_grad], lr=1e-4, momentum=0.9)
     rows = []
@@ -289,10 +292,13 @@ def timed(obj, batches, dev, amp, warmup: int, steps: int, drop_teacher: bool = 
         batch = batch.to(dev, non_blocking=True)
         t1 = sync_time()
         with sync_points(dev, sites) if i >= warmup + steps else contextlib.nullcontext():
-            with torch.autocast(**amp):
-                loss = sum(obj(batch, STEP).values())
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            with torch.autocast(**amp):
+                graphed = graphs.step(batch, STEP) if graphs is not None else None
+                if graphed is None:
+                    loss = sum(obj(batch, STEP).values())
+            if graphed is None:
+                loss.backward()
             opt.step()
         t_issued = time.perf_counter()
         t2 = sync_time()
@@ -313,8 +319,13 @@ def timed(obj, batches, dev, amp, warmup: int, steps: int, drop_teacher: bool = 
 
 
 def run_variant(name: str, args, s: dict, profile_to: Path | None = None) -> dict:
+    from frs_cli.train.step_graphs import StepGraphs
+
+    step_graphs = name.endswith("_sg")  # the whole step as one CUDA graph per batch shape (train.cuda_graphs)
+    name = name.removesuffix("_sg")
     cached = name.startswith(("resident_cached", "loader_cached")) and name != "loader_cached_gt"
     obj = objective(s, cached, graphs=not name.endswith("_eager"))
+    graphs = StepGraphs(obj, capture=s["dev"].type == "cuda") if step_graphs else None
     # a profile's steps: every distinct batch once, then 2 + 6 (see below)
     sync_steps = args.sync_steps if args.sync_points and profile_to is None else 0
     count = args.warmup + args.steps + sync_steps if profile_to is None else max(args.warmup, args.batches) + 8
@@ -329,7 +340,9 @@ def run_variant(name: str, args, s: dict, profile_to: Path | None = None) -> dic
         totals = {} if args.clocked else None
         with clocked_regions(obj, totals) if totals is not None else contextlib.nullcontext():
             res = timed(obj, batches, s["dev"], s["amp"], args.warmup, args.steps,
-                        drop_teacher=name == "loader_cached_gt", totals=totals, sync_steps=sync_steps)
+                        drop_teacher=name == "loader_cached_gt", totals=totals, sync_steps=sync_steps, graphs=graphs)
+        if graphs is not None:
+            res["step_graphs_captured"] = graphs.captured
     else:
         from torch.profiler import ProfilerActivity, profile, schedule
 
@@ -338,12 +351,12 @@ def run_variant(name: str, args, s: dict, profile_to: Path | None = None) -> dic
         active, wait = 6, max(args.warmup, args.batches)
         with labelled_regions(obj), profile(activities=acts,
                                             schedule=schedule(wait=wait, warmup=2, active=active, repeat=1)) as prof:
-            res = timed(obj, batches, s["dev"], s["amp"], wait, 2 + active, profiler=prof)
+            res = timed(obj, batches, s["dev"], s["amp"], wait, 2 + active, profiler=prof, graphs=graphs)
         res["regions"] = region_ms(prof, active)
         text = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40)
         regions = "\n".join(f"{k}: {v:.3f} ms per step (host)" for k, v in sorted(res["regions"].items()))
         profile_to.write_text(f"{regions}\n\n{text}")
-    del obj, batches
+    del obj, batches, graphs
     if s["dev"].type == "cuda":
         torch.cuda.empty_cache()
     return res
