@@ -218,6 +218,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--profile", action="store_true")
     p.add_argument("--profile-variants", default="loader_plain,loader_cached", help="the variants --profile profiles")
+    p.add_argument("--profile-sort", choices=("cpu", "cuda"), default="cpu",
+                   help="order the profile's operations by their own host (cpu) or device (cuda) time")
     p.add_argument("--clocked", action="store_true",
                    help="time the REGIONS of every timed step on the host with perf_counter (regions_ms), no profiler")
     p.add_argument("--sync-points", action="store_true",
@@ -353,7 +355,7 @@ def run_variant(name: str, args, s: dict, profile_to: Path | None = None) -> dic
                                             schedule=schedule(wait=wait, warmup=2, active=active, repeat=1)) as prof:
             res = timed(obj, batches, s["dev"], s["amp"], wait, 2 + active, profiler=prof, graphs=graphs)
         res["regions"] = region_ms(prof, active)
-        text = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40)
+        text = prof.key_averages().table(sort_by=f"self_{args.profile_sort}_time_total", row_limit=40)
         regions = "\n".join(f"{k}: {v:.3f} ms per step (host)" for k, v in sorted(res["regions"].items()))
         profile_to.write_text(f"{regions}\n\n{text}")
     del obj, batches, graphs
