@@ -464,3 +464,52 @@ def test_a_training_step_replayed_as_one_cuda_graph_equals_the_eager_step(mixed_
         assert graphed.graphs.captured == 3
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+def test_distill_with_the_step_as_cuda_graphs_runs_whole_and_trains_as_the_eager_run(mixed_cache, tmp_path, monkeypatch):
+    """``distill_student`` on the GPU, two epochs with evaluation and the model files, float32 (TF32 off): with
+    train.cuda_graphs the one-canvas batches are replayed (some shapes captured, replays beyond them), and the
+    final weights and the last losses are those of the same run with every step eager, to float32's rounding."""
+    from frs_cli.dist import setup
+    from frs_cli.train.run import distill_student
+    from frs_cli.train.step_graphs import StepGraphs
+
+    recipe, path, _ = mixed_cache("retinanet")
+    counts = {"captures": 0, "replays": 0}
+    capture, step = StepGraphs._capture, StepGraphs.step
+
+    def counted_capture(self, *args):
+        counts["captures"] += 1
+        return capture(self, *args)
+
+    def counted_step(self, *args):
+        out = step(self, *args)
+        counts["replays"] += out is not None
+        return out
+
+    monkeypatch.setattr(StepGraphs, "_capture", counted_capture)
+    monkeypatch.setattr(StepGraphs, "step", counted_step)
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    runs = {}
+    try:
+        for graphs in (True, False):
+            r = replace(recipe, train=replace(recipe.train, epochs=2, batch_size=2, amp=False, cuda_graphs=graphs,
+                                              lr_steps=(2,)))
+            runs[graphs] = distill_student(r, tmp_path / f"graphs_{graphs}", cache=path, ctx=setup("cuda"))
+            if graphs:
+                seen = dict(counts)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    assert seen["captures"] >= 1 and seen["replays"] > seen["captures"], seen
+    assert counts == seen  # the eager run made no StepGraphs step
+    a, b = runs[True].fit, runs[False].fit
+    assert a.iterations == b.iterations and a.eval_metrics is not None
+    assert a.last_losses == pytest.approx(b.last_losses, rel=1e-3)
+    wa = torch.load(runs[True].model_file, map_location="cpu", weights_only=False)
+    wb = torch.load(runs[False].model_file, map_location="cpu", weights_only=False)
+    sa, sb = wa["model"], wb["model"]
+    floats = [k for k, v in sb.items() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    assert floats
+    for k in floats:
+        assert _relative(sa[k], sb[k]) < 1e-3, k
