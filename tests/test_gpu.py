@@ -468,8 +468,11 @@ def test_a_training_step_replayed_as_one_cuda_graph_equals_the_eager_step(mixed_
 
 def test_distill_with_the_step_as_cuda_graphs_runs_whole_and_trains_as_the_eager_run(mixed_cache, tmp_path, monkeypatch):
     """``distill_student`` on the GPU, two epochs with evaluation and the model files, float32 (TF32 off): with
-    train.cuda_graphs the one-canvas batches are replayed (some shapes captured, replays beyond them), and the
-    final weights and the last losses are those of the same run with every step eager, to float32's rounding."""
+    train.cuda_graphs the one-canvas batches are replayed (some shapes captured, replays beyond them), the run
+    ends whole, and its last losses and final weights are near those of the same run with every step eager. Near,
+    not equal: two from-scratch runs whose steps differ in their last bits drift apart over the steps (the last
+    losses differed by 0.3-0.8 % on an H200); step by step the two are equal to float32's rounding
+    (``test_a_training_step_replayed_as_one_cuda_graph_equals_the_eager_step``)."""
     from frs_cli.dist import setup
     from frs_cli.train.run import distill_student
     from frs_cli.train.step_graphs import StepGraphs
@@ -505,11 +508,27 @@ def test_distill_with_the_step_as_cuda_graphs_runs_whole_and_trains_as_the_eager
     assert counts == seen  # the eager run made no StepGraphs step
     a, b = runs[True].fit, runs[False].fit
     assert a.iterations == b.iterations and a.eval_metrics is not None
-    assert a.last_losses == pytest.approx(b.last_losses, rel=1e-3)
+    assert a.last_losses == pytest.approx(b.last_losses, rel=3e-2)
     wa = torch.load(runs[True].model_file, map_location="cpu", weights_only=False)
     wb = torch.load(runs[False].model_file, map_location="cpu", weights_only=False)
     sa, sb = wa["model"], wb["model"]
     floats = [k for k, v in sb.items() if isinstance(v, torch.Tensor) and v.is_floating_point()]
     assert floats
     for k in floats:
-        assert _relative(sa[k], sb[k]) < 1e-3, k
+        assert _relative(sa[k], sb[k]) < 3e-2, k
+
+
+@pytest.mark.parametrize("name", ["int4", "int5", "int6"])
+def test_packed_codes_unpack_on_the_gpu_as_on_the_cpu(name):
+    """The cached step decodes packed codes on the device with int16 shifts: every byte value in every byte of a
+    group gives the codes the CPU gives, and packed codes come back unchanged."""
+    from frs_cli.cache.encoding import FeatureEncoding
+
+    enc = FeatureEncoding(name)
+    torch.manual_seed(0)
+    a = torch.randint(0, 256, (3, enc.bits * 4, 16, 16), dtype=torch.uint8)
+    for v in range(256):
+        a[1, :, v // 16, v % 16] = v
+    assert torch.equal(enc.unpack(a.cuda()).cpu(), enc.unpack(a))
+    q = torch.randint(-(2 ** (enc.bits - 1)), 2 ** (enc.bits - 1), (2, 64, 5, 7), dtype=torch.int8)
+    assert torch.equal(enc.unpack(enc.pack(q.cuda())).cpu(), q)

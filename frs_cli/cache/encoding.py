@@ -149,15 +149,16 @@ class FeatureEncoding:
         if cb % bits:
             raise CacheFormatError(f"cache unpack: expected a multiple of {bits} bytes per position, got {cb}")
         g = cb // bits
-        x = a.reshape(*lead, g, bits, h, w).to(torch.int32)
-        codes = []
+        # int16 words, each code written straight into the int8 output: on the GPU (the cached step's decode) the
+        # bytes a batch moves through memory, not the operations, set its time
+        x = a.reshape(*lead, g, bits, h, w).to(torch.int16)
+        out = torch.empty((*lead, g, 8, h, w), dtype=torch.int8, device=a.device)
         for i in range(8):  # code i sits in byte k from bit s on, running into byte k + 1 when s + bits > 8
             k, s = divmod(bits * i, 8)
             word = x[..., k, :, :] if s + bits <= 8 else x[..., k, :, :] | (x[..., k + 1, :, :] << 8)
-            codes.append((word >> s) & (2 ** bits - 1))
-        u = torch.stack(codes, dim=-3)  # (..., G, 8, H, W)
-        q = u - ((u >> (bits - 1)) << bits)  # two's complement: codes >= 2**(bits-1) are negative
-        return q.to(torch.int8).reshape(*lead, g * 8, h, w)
+            # the code's top bit shifted to bit 15, then back by an arithmetic shift: its two's complement value
+            out[..., i, :, :] = (word << (16 - s - bits)) >> (16 - bits)
+        return out.reshape(*lead, g * 8, h, w)
 
     def _require_packed(self, what: str) -> None:
         if not self.packed:
