@@ -277,3 +277,23 @@ def load_bench(name: str):
     finally:
         sys.path.remove(str(BENCH))
     return module
+
+
+def one_canvas_batches(recipe, cache, per_batch: int = 2, device: str | None = None):
+    """``(batches, mixed)`` of a cache over a split of several canvases (``mixed_cache``): per canvas one batch of
+    ``per_batch`` of its views with their cached targets, and one batch of the first view of every canvas; on
+    ``device`` when given."""
+    from frs_cli.cache.reader import CachedViews
+    from frs_cli.data.coco import CocoViews, collate
+
+    coco = CocoViews.from_config(recipe.data, "train", recipe.geometry)
+    by_canvas: dict = {}
+    for p in range(len(coco)):
+        for v in ("orig", "hflip"):
+            by_canvas.setdefault(coco.geometry_of(p, v).padded_size, []).append((p, v))
+    ds = CachedViews(coco, cache)
+    one = [collate([ds[k] for k in keys[:per_batch]]) for keys in by_canvas.values() if len(keys) >= per_batch]
+    mixed = collate([ds[keys[0]] for keys in by_canvas.values()])
+    if device is not None:
+        one, mixed = [b.to(device) for b in one], mixed.to(device)
+    return one, mixed

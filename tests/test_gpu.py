@@ -4,6 +4,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import one_canvas_batches
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
@@ -161,17 +162,22 @@ def test_gpu_cache_and_live_teacher_agree_on_batches_of_three_canvases(family, m
 
 def _one_canvas_batches(recipe, cache, per_batch: int = 2):
     """Per canvas of the split, one batch of ``per_batch`` of its views, on the GPU."""
-    from frs_cli.cache.reader import CachedViews
-    from frs_cli.data.coco import CocoViews, collate
+    return one_canvas_batches(recipe, cache, per_batch, "cuda")[0]
 
-    coco = CocoViews.from_config(recipe.data, "train", recipe.geometry)
-    by_canvas: dict = {}
-    for p in range(len(coco)):
-        for v in ("orig", "hflip"):
-            by_canvas.setdefault(coco.geometry_of(p, v).padded_size, []).append((p, v))
-    ds = CachedViews(coco, cache)
-    return [collate([ds[k] for k in keys[:per_batch]]).to("cuda") for keys in by_canvas.values()
-            if len(keys) >= per_batch]
+
+def _cache_of(mixed_cache, tmp_path, dtype: str):
+    """``(recipe, TeacherCache)`` of the RetinaNet split of three canvases, its cache written in ``dtype`` (the
+    fixture's own for float16)."""
+    from frs_cli.cache.reader import TeacherCache
+    from frs_cli.cache.writer import write_teacher_cache
+    from frs_cli.dist import setup
+
+    recipe, path, _ = mixed_cache("retinanet")
+    if dtype != "float16":
+        recipe = replace(recipe, cache=replace(recipe.cache, dtype=dtype))
+        path = str(tmp_path / f"{dtype}.zarr")
+        write_teacher_cache(recipe, path, ctx=setup("cpu"))
+    return recipe, TeacherCache(path)
 
 
 @pytest.mark.parametrize("dtype", ["float16", "int8"])
@@ -182,18 +188,10 @@ def test_frs_terms_replayed_as_cuda_graphs_equal_the_eager_ones_with_their_gradi
     and of the student equal the eager objective's, and every shape has its graph."""
     from dataclasses import replace
 
-    from frs_cli.cache.reader import TeacherCache
-    from frs_cli.cache.writer import write_teacher_cache
-    from frs_cli.dist import setup
     from frs_cli.models import build_detector
     from frs_cli.train.objectives import CachedTeacher, FRSObjective
 
-    recipe, path, _ = mixed_cache("retinanet")
-    if dtype != "float16":
-        recipe = replace(recipe, cache=replace(recipe.cache, dtype=dtype))
-        path = str(tmp_path / f"{dtype}.zarr")
-        write_teacher_cache(recipe, path, ctx=setup("cpu"))
-    cache = TeacherCache(path)
+    recipe, cache = _cache_of(mixed_cache, tmp_path, dtype)
     batches = _one_canvas_batches(recipe, cache)
     assert len(batches) == 3 and (batches[0].teacher.scales is not None) == (dtype == "int8")
     cfg = replace(recipe.distill, warmup_iters=0)
@@ -406,17 +404,9 @@ def test_a_training_step_replayed_as_one_cuda_graph_equals_the_eager_step(mixed_
     it; every shape captured once; then a pass of replays that never makes the host wait. In float32 (TF32 off)
     the two agree to float32's rounding; in bf16 autocast to bf16's, so there the gradients are compared by the
     norm of their difference."""
-    from frs_cli.cache.reader import TeacherCache
-    from frs_cli.cache.writer import write_teacher_cache
-    from frs_cli.dist import setup
     from frs_cli.train.loop import PendingLosses
 
-    recipe, path, _ = mixed_cache("retinanet")
-    if dtype != "float16":
-        recipe = replace(recipe, cache=replace(recipe.cache, dtype=dtype))
-        path = str(tmp_path / f"{dtype}.zarr")
-        write_teacher_cache(recipe, path, ctx=setup("cpu"))
-    cache = TeacherCache(path)
+    recipe, cache = _cache_of(mixed_cache, tmp_path, dtype)
     batches = _one_canvas_batches(recipe, cache)
     if kind != "cached":
         batches = [replace(b, teacher=None) for b in batches]

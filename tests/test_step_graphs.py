@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import one_canvas_batches
 
 from frs_cli.models import ModelConfig, build_detector
 from frs_cli.models.retinanet_loss import PaddedTargets, pad_targets
@@ -18,22 +19,6 @@ from frs_cli.train.objectives import (
     image_sizes_on,
 )
 from frs_cli.train.step_graphs import StepGraphs
-
-
-def _batches(recipe, cache, per_batch: int = 2):
-    """Per canvas of the split one batch of ``per_batch`` of its views (cached targets on), and one of them all."""
-    from frs_cli.cache.reader import CachedViews
-    from frs_cli.data.coco import CocoViews, collate
-
-    coco = CocoViews.from_config(recipe.data, "train", recipe.geometry)
-    by_canvas: dict = {}
-    for p in range(len(coco)):
-        for v in ("orig", "hflip"):
-            by_canvas.setdefault(coco.geometry_of(p, v).padded_size, []).append((p, v))
-    ds = CachedViews(coco, cache)
-    one = [collate([ds[k] for k in keys[:per_batch]]) for keys in by_canvas.values() if len(keys) >= per_batch]
-    mixed = collate([ds[keys[0]] for keys in by_canvas.values()])
-    return one, mixed
 
 
 def test_box_rows_are_powers_of_two_from_eight():
@@ -92,7 +77,7 @@ def test_the_step_a_graph_captures_gives_the_eager_steps_terms_sum_and_gradients
 
     recipe, path, _ = mixed_cache("retinanet")
     cache = TeacherCache(path)
-    batches, mixed = _batches(recipe, cache)
+    batches, mixed = one_canvas_batches(recipe, cache)
     assert len(batches) == 3
     eager, graphed = _objective(kind, recipe, cache), _objective(kind, recipe, cache)
     graphed.load_state_dict(eager.state_dict())
@@ -135,7 +120,7 @@ def test_only_one_canvas_retinanet_batches_with_frs_masks_take_the_graph_path(mi
 
     recipe, path, _ = mixed_cache("retinanet")
     cache = TeacherCache(path)
-    batches, mixed = _batches(recipe, cache)
+    batches, mixed = one_canvas_batches(recipe, cache)
     obj = _objective("cached", recipe, cache)
     assert obj.graph_inputs(batches[0]) is not None and obj.graph_inputs(mixed) is None
     gt_masks = FRSObjective(obj.student, cache.signature, CachedTeacher.from_cache(cache),
@@ -159,7 +144,7 @@ def test_the_trainers_step_through_step_graphs_sets_the_gradients_and_updates_as
 
     recipe, path, _ = mixed_cache("retinanet")
     cache = TeacherCache(path)
-    batches, _ = _batches(recipe, cache)
+    batches, _ = one_canvas_batches(recipe, cache)
     if kind == "plain":
         batches = [replace(b, teacher=None) for b in batches]
     coco = CocoViews.from_config(recipe.data, "train", recipe.geometry)
