@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["StepGraphs"]
 
+
 @contextlib.contextmanager
 def _parameters_replaced(module: nn.Module, stand_ins: dict[int, Tensor]):
     """Within the block each parameter of ``module`` whose ``id`` is a key of ``stand_ins`` is that stand-in, in every
@@ -95,6 +96,7 @@ class StepGraphs:
         return sum(g is not None for g in self._graphs.values())
 
     def may_capture(self) -> bool:
+        """Whether one more batch shape may get a graph: fewer than ``MAX_GRAPHS``, inputs under ``MAX_INPUT_BYTES``."""
         return self.captured < self.MAX_GRAPHS and self._input_bytes < self.MAX_INPUT_BYTES
 
     def step(self, batch: Batch, it: int) -> tuple[dict[str, Tensor], Tensor] | None:
