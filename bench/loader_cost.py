@@ -355,7 +355,8 @@ def run_variant(name: str, args, s: dict, profile_to: Path | None = None) -> dic
                                             schedule=schedule(wait=wait, warmup=2, active=active, repeat=1)) as prof:
             res = timed(obj, batches, s["dev"], s["amp"], wait, 2 + active, profiler=prof, graphs=graphs)
         res["regions"] = region_ms(prof, active)
-        text = prof.key_averages().table(sort_by=f"self_{args.profile_sort}_time_total", row_limit=40)
+        text = prof.key_averages().table(sort_by=f"self_{args.profile_sort}_time_total", row_limit=70,
+                                         max_name_column_width=110)
         regions = "\n".join(f"{k}: {v:.3f} ms per step (host)" for k, v in sorted(res["regions"].items()))
         profile_to.write_text(f"{regions}\n\n{text}")
     del obj, batches, graphs

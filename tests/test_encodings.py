@@ -207,6 +207,21 @@ def test_decode_of_a_batch_equals_decode_of_each_view_and_numpy_equals_tensor(dt
         assert torch.equal(view_np, batch[i])
 
 
+@pytest.mark.parametrize("dtype", ["int8", "int6", "int5", "int4"])
+def test_decode_rounds_each_code_times_its_scale_once_as_the_float32_product_does(dtype):
+    """decode multiplies codes by scales straight into float16: the bits of ``(codes.float() * scale).half()``,
+    over every code and 256 scales whose products land between float16 neighbours."""
+    enc = FeatureEncoding(dtype)
+    qmax = 2 ** (enc.bits - 1) - 1
+    g = torch.Generator().manual_seed(3)
+    codes = torch.arange(-qmax, qmax + 1, dtype=torch.int8).repeat(256 * 3).view(3, 256, 2 * qmax + 1, 1)
+    data = enc.pack(codes) if enc.packed else codes
+    scale = torch.rand(3, 256, generator=g) * 0.37 + 1e-3
+    y = enc.decode(data, scale)
+    want = (codes.float() * scale[..., None, None]).half()
+    assert y.dtype == torch.float16 and y.shape == codes.shape and torch.equal(y, want)
+
+
 def test_old_encodings_store_and_decode_as_before():
     x = _features(2)
     for dtype, stored in (("float16", np.float16), ("float32", np.float32), ("bfloat16", np.uint16)):

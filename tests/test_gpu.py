@@ -522,3 +522,30 @@ def test_packed_codes_unpack_on_the_gpu_as_on_the_cpu(name):
     assert torch.equal(enc.unpack(a.cuda()).cpu(), enc.unpack(a))
     q = torch.randint(-(2 ** (enc.bits - 1)), 2 ** (enc.bits - 1), (2, 64, 5, 7), dtype=torch.int8)
     assert torch.equal(enc.unpack(enc.pack(q.cuda())).cpu(), q)
+
+
+@pytest.mark.parametrize("name", ["int8", "int5"])
+def test_the_one_pass_decode_on_the_gpu_gives_the_two_pass_numbers_and_the_head_takes_them_as_through_float32(name):
+    """The cached step's decode (codes times scales straight into float16) gives, on the device, the bits of
+    ``(codes.float() * scale).half()``; and the cached head under the teacher's bf16 autocast gives the same logits
+    on those float16 features as on them cast to float32 first (what it did before)."""
+    from frs_cli.cache.encoding import FeatureEncoding
+    from frs_cli.models import ModelConfig, build_cls_head, build_detector
+    from frs_cli.train.objectives import CachedTeacher
+
+    enc = FeatureEncoding(name)
+    torch.manual_seed(0)
+    x = torch.randn(2, 256, 24, 40, device="cuda") * torch.logspace(-2, 1, 256, device="cuda").view(1, 256, 1, 1)
+    data, scale = enc.encode(x)
+    codes = (enc.unpack(data) if enc.packed else data).float()
+    y = enc.decode(data, scale)
+    assert y.dtype == torch.float16 and torch.equal(y, (codes * scale[..., None, None]).half())
+    detector = build_detector(ModelConfig(arch="retinanet_resnet50_fpn"), 80, load_weights=False)
+    head = build_cls_head(detector.cls_head_spec())
+    head.load_state_dict(detector.cls_head().state_dict())
+    teacher = CachedTeacher(head, [8], enc).cuda()
+    with torch.no_grad():
+        got = teacher.head_logits([y])[0]
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            want = teacher.cls_head([y.float()])[0]
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want)

@@ -21,6 +21,7 @@ format version 2.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -52,6 +53,18 @@ def _finite_bits(a: np.ndarray, kind: str) -> bool:
         return True
     bits, magnitude, first_nonfinite = _NONFINITE_BITS[kind]
     return int((np.ascontiguousarray(a).view(bits) & magnitude).max()) < first_nonfinite
+
+
+@functools.lru_cache(maxsize=64)
+def _unpack_table(bits: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """Per code i of a packed group: the byte its bit 0 lies in, the byte after it (the last byte for the last
+    codes) and the left shift that puts its top bit at bit 15 of the two bytes' 16-bit word; kept per width and
+    device (made on a stream's first decode, before any CUDA graph captures one)."""
+    first, shift = [bits * i // 8 for i in range(8)], [bits * i % 8 for i in range(8)]
+    low = torch.tensor(first).to(device)
+    high = torch.tensor([min(k + 1, bits - 1) for k in first]).to(device)
+    left = torch.tensor([16 - s - bits for s in shift], dtype=torch.int16).view(8, 1, 1).to(device)
+    return low, high, left
 
 
 def finite(a: np.ndarray) -> bool:
@@ -143,22 +156,24 @@ class FeatureEncoding:
 
     def unpack(self, a: Tensor) -> Tensor:
         """uint8 ``(..., C*bits/8, H, W)`` from ``pack`` -> int8 codes ``(..., C, H, W)``, on ``a``'s device."""
+        return self._codes16(a).to(torch.int8)
+
+    def _codes16(self, a: Tensor) -> Tensor:
+        """``unpack``'s codes as int16: the 8 codes of every group in the same few whole-tensor operations (on the
+        GPU, a handful of kernels per level whatever the code width, where one per code and step would be 40)."""
         self._require_packed("unpack")
         bits = self.bits
         *lead, cb, h, w = a.shape
         if cb % bits:
             raise CacheFormatError(f"cache unpack: expected a multiple of {bits} bytes per position, got {cb}")
         g = cb // bits
-        # int16 words, each code written straight into the int8 output: on the GPU (the cached step's decode) the
-        # bytes a batch moves through memory, not the operations, set its time
+        low, high, left = _unpack_table(bits, a.device)
         x = a.reshape(*lead, g, bits, h, w).to(torch.int16)
-        out = torch.empty((*lead, g, 8, h, w), dtype=torch.int8, device=a.device)
-        for i in range(8):  # code i sits in byte k from bit s on, running into byte k + 1 when s + bits > 8
-            k, s = divmod(bits * i, 8)
-            word = x[..., k, :, :] if s + bits <= 8 else x[..., k, :, :] | (x[..., k + 1, :, :] << 8)
-            # the code's top bit shifted to bit 15, then back by an arithmetic shift: its two's complement value
-            out[..., i, :, :] = (word << (16 - s - bits)) >> (16 - bits)
-        return out.reshape(*lead, g * 8, h, w)
+        # code i sits in byte k_i from bit s_i on, running into byte k_i + 1 when s_i + bits > 8: the little-endian
+        # word of bytes (k_i, k_i + 1) holds it (the next byte's bits, when the code does not reach them, fall off
+        # the top below); its top bit shifted to bit 15, then back by an arithmetic shift: its two's complement
+        word = x.index_select(-3, low) | (x.index_select(-3, high) << 8)  # (..., g, 8, h, w)
+        return ((word << left) >> (16 - bits)).reshape(*lead, g * 8, h, w)
 
     def _require_packed(self, what: str) -> None:
         if not self.packed:
@@ -194,10 +209,13 @@ class FeatureEncoding:
         self.check_scales(scale is not None)
         if not self.scaled:
             return x
-        if self.packed:
-            x = self.unpack(x)
+        codes = self._codes16(x) if self.packed else x
         s = scale if isinstance(scale, Tensor) else torch.from_numpy(np.ascontiguousarray(scale))
-        return (x.float() * s.to(device=x.device, dtype=torch.float32)[..., None, None]).half()
+        s = s.to(device=x.device, dtype=torch.float32)[..., None, None]
+        # one pass: each code times its scale in float32, the product rounded once to float16, the same numbers as
+        # (codes.float() * s).half() without its two intermediate float32 tensors (the cached step's decode moves
+        # 3 bytes per value instead of 15)
+        return torch.mul(codes, s, out=torch.empty(codes.shape, dtype=torch.float16, device=codes.device))
 
     def check_scales(self, present: bool, what: str = "cache decode", hint: str | None = None) -> None:
         """CacheFormatError unless per-channel scales are ``present`` exactly when this encoding has them."""

@@ -209,9 +209,14 @@ class CachedTeacher(nn.Module):
     def head_logits(self, feats: list[Tensor]) -> list[Tensor]:
         """The teacher's classification logits per level of decoded ``feats`` of one canvas, in the cache's
         precision."""
-        dtype = next(self.cls_head.parameters()).dtype
-        with teacher_autocast(feats[0].device, self.autocast):
-            return self.cls_head([f.to(dtype) for f in feats])
+        device = feats[0].device
+        with teacher_autocast(device, self.autocast):
+            if not torch.is_autocast_enabled(device.type):
+                dtype = next(self.cls_head.parameters()).dtype
+                feats = [f.to(dtype) for f in feats]
+            # under autocast the convolutions cast the float16 features to bfloat16 themselves: the same numbers as
+            # through float32 (float16 -> float32 is exact), one pass over them fewer
+            return self.cls_head(feats)
 
     def graphed(self, batch: Batch) -> bool:
         """Whether ``batch`` runs as CUDA graphs: ``cuda_graphs`` on, on CUDA, one canvas whose level grids are the
