@@ -180,9 +180,7 @@ class Detector(nn.Module):
         output and returned as it is (teacher-cache normalises outside the CUDA graph it replays the body in)."""
         if images.is_floating_point():
             return images
-        if self.bgr:
-            images = images.flip(1)
-        x = (images.float() - self.pixel_mean) / self.pixel_std
+        x = self._standardized(images)
         h, w = x.shape[-2:]
         for i, (vh, vw) in enumerate(image_sizes):  # slices, not a sizes tensor: copying one to the GPU syncs
             if vh < h:
@@ -191,13 +189,17 @@ class Detector(nn.Module):
                 x[i, :, :vh, vw:] = 0.0
         return x
 
+    def _standardized(self, images: Tensor) -> Tensor:
+        """uint8 RGB batch -> float in the channel order and statistics ``set_pixel_norm`` chose, padding not zeroed."""
+        if self.bgr:
+            images = images.flip(1)
+        return (images.float() - self.pixel_mean) / self.pixel_std
+
     def normalize_within(self, images: Tensor, sizes: Tensor) -> Tensor:
         """``normalize`` with the valid sizes as a ``(B, 2)`` long tensor on the images' device: the same values,
         the padding zeroed by one comparison instead of a slice per image, so that nothing depends on the sizes'
         values on the host (a CUDA graph replays it for any sizes)."""
-        if self.bgr:
-            images = images.flip(1)
-        x = (images.float() - self.pixel_mean) / self.pixel_std
+        x = self._standardized(images)
         h, w = x.shape[-2:]
         rows = torch.arange(h, device=x.device) < sizes[:, 0:1]  # (B, H)
         cols = torch.arange(w, device=x.device) < sizes[:, 1:2]  # (B, W)

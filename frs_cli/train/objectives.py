@@ -225,16 +225,18 @@ class CachedTeacher(nn.Module):
         if not self.cuda_graphs or cached is None or cached.features[0].device.type != "cuda":
             return False
         groups = canvas_groups(batch.geometries)
-        return len(groups) == 1 and level_grids(groups[0][0], self.strides) == [tuple(f.shape[-2:])
-                                                                              for f in cached.features]
+        return len(groups) == 1 and self._on_canvas(cached, groups[0][0])
+
+    def _on_canvas(self, cached, canvas: tuple[int, int]) -> bool:
+        """Whether the ``cached`` targets' level grids are those of ``canvas``."""
+        return level_grids(canvas, self.strides) == [tuple(f.shape[-2:]) for f in cached.features]
 
     def graph_inputs(self, batch: Batch) -> list[Tensor] | None:
         """The batch's cached tensors as ``frs_terms`` takes them (features, scales when the encoding has them,
         masks), or None unless they lie on the batch's one canvas."""
         self.check_batch(batch)
         cached = batch.teacher
-        canvas = tuple(batch.images.shape[-2:])
-        if level_grids(canvas, self.strides) != [tuple(f.shape[-2:]) for f in cached.features]:
+        if not self._on_canvas(cached, tuple(batch.images.shape[-2:])):
             return None
         return [*cached.features, *(cached.scales or []), *cached.masks]
 
