@@ -23,7 +23,8 @@ Variants (``--variants``):
 - optional: ``loader_cached_nopin``, ``loader_cached`` with ``pin_memory=False``; ``loader_cached_w4``, with 4
   workers;
 - any variant with ``_sg`` appended: its step through ``StepGraphs`` (``train.cuda_graphs``: forward and backward
-  of a one-canvas batch as one replayed CUDA graph; off CUDA run without capture).
+  of a one-canvas batch as one replayed CUDA graph; off CUDA run without capture); then ``_cl``: what trains
+  channels-last (``train.channels_last``), e.g. ``resident_plain_sg_cl``.
 
 ``--sync-points`` runs ``--sync-steps`` more steps of every variant with CUDA's sync debug mode on (``warn``) and
 records, per variant, each place in the Python code where the host waited for the device (``sync_points``: the
@@ -323,10 +324,15 @@ def timed(obj, batches, dev, amp, warmup: int, steps: int, drop_teacher: bool = 
 def run_variant(name: str, args, s: dict, profile_to: Path | None = None) -> dict:
     from frs_cli.train.step_graphs import StepGraphs
 
+    channels_last = name.endswith("_cl")  # what trains channels-last (train.channels_last)
+    name = name.removesuffix("_cl")
     step_graphs = name.endswith("_sg")  # the whole step as one CUDA graph per batch shape (train.cuda_graphs)
     name = name.removesuffix("_sg")
     cached = name.startswith(("resident_cached", "loader_cached")) and name != "loader_cached_gt"
     obj = objective(s, cached, graphs=not name.endswith("_eager"))
+    if channels_last:
+        for module in obj.checkpointed().values():
+            module.to(memory_format=torch.channels_last)
     graphs = StepGraphs(obj, capture=s["dev"].type == "cuda") if step_graphs else None
     # a profile's steps: every distinct batch once, then 2 + 6 (see below)
     sync_steps = args.sync_steps if args.sync_points and profile_to is None else 0

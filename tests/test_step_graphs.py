@@ -175,3 +175,41 @@ def test_the_trainers_step_through_step_graphs_sets_the_gradients_and_updates_as
     assert all(type(p) is torch.nn.Parameter for p in graphed.objective.parameters())
     for (name, a), b in zip(graphed.objective.state_dict().items(), eager.objective.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+def test_train_channels_last_lays_out_what_trains_channels_last_and_steps_as_before(graphs, mixed_cache):
+    """train.channels_last: the student's and the adapters' 4-D weights (and so their gradients, and the step graphs'
+    shared gradient buffers) are channels-last, the teacher's side is left as built, and the steps give the terms
+    and weights of the same trainer without it, to float32's rounding (the convolutions sum in another order)."""
+    from frs_cli.cache.reader import TeacherCache
+    from frs_cli.data.coco import CocoViews
+    from frs_cli.dist import setup
+    from frs_cli.train.loop import PendingLosses, Trainer
+
+    recipe, path, _ = mixed_cache("retinanet")
+    cache = TeacherCache(path)
+    batches, _ = one_canvas_batches(recipe, cache)
+    coco = CocoViews.from_config(recipe.data, "train", recipe.geometry)
+    trainers = []
+    for channels_last in (True, False):
+        cfg = replace(recipe.train, batch_size=2, warmup_iters=3, lr=0.01, channels_last=channels_last)
+        trainers.append(Trainer(_objective("cached", recipe, cache), coco, cfg, setup("cpu"), ("orig", "hflip")))
+    nhwc, nchw = trainers
+    nhwc.objective.load_state_dict(nchw.objective.state_dict())
+    four_d = [p for p in nhwc.objective.parameters() if p.dim() == 4 and p.requires_grad]
+    assert four_d and all(p.is_contiguous(memory_format=torch.channels_last) for p in four_d)
+    head = [p for p in nhwc.objective.teacher_side.parameters() if p.dim() == 4]
+    assert head and all(p.is_contiguous() for p in head)  # the cached teacher's head as built
+    if graphs:
+        nhwc.graphs = StepGraphs(nhwc.objective, capture=False)
+    for it, batch in enumerate(batches):
+        read = []
+        for trainer in trainers:
+            trainer.objective.train()
+            losses, loss = trainer.run_step(batch, it)
+            read.append(PendingLosses(losses, loss).read())
+        assert read[0][0] == pytest.approx(read[1][0], rel=1e-4) and read[0][1] == pytest.approx(read[1][1], rel=1e-4)
+    assert all(p.grad.is_contiguous(memory_format=torch.channels_last) for p in four_d)
+    for (name, a), b in zip(nhwc.objective.state_dict().items(), nchw.objective.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5, msg=name)

@@ -31,6 +31,9 @@ class TrainConfig:
     # on one CUDA device, bf16 or float32: a step on a batch of one canvas (forward, losses, backward) replayed as one
     # CUDA graph per batch shape, for students whose GT loss takes padded targets (RetinaNet); the same numbers
     cuda_graphs: bool = True
+    # the student's (and the adapters') 4-D weights in channels-last memory, so that cuDNN's convolutions and the batch
+    # norms run on NHWC tensors without converting them at every layer (the same model; the numbers within rounding)
+    channels_last: bool = False
     seed: int = 0  # seeds model init, data order and flips
     eval_every: int = 0  # evaluate on the val split every N epochs (0: only after the last)
     log_every: int = 20  # write a metrics line every N iterations
@@ -63,6 +66,9 @@ class DistillConfig:
     # distill --cache on CUDA: the cached side, the adapters and both FRS terms of a batch of one canvas replayed as
     # a forward and a backward CUDA graph per batch shape (the same numbers; memory per shape, at most 8 GB in all)
     cuda_graphs: bool = True
+    # the student's (and the adapters') 4-D weights in channels-last memory, so that cuDNN's convolutions and the batch
+    # norms run on NHWC tensors without converting them at every layer (the same model; the numbers within rounding)
+    channels_last: bool = False
 
     def check(self, table: str) -> None:
         """ConfigError naming ``table.<key>`` for a negative or non-finite weight or warm-up."""

@@ -154,6 +154,9 @@ class Trainer:
             raise TrainingError(f"train: {len(sampler)} images per process is fewer than one batch of "
                                 f"{cfg.batch_size}", hint="lower train.batch_size or use more images")
         self.objective = objective.to(ctx.device)
+        if cfg.channels_last:  # train.channels_last: what trains, channels-last (the teacher's side is as it was built)
+            for module in objective.checkpointed().values():
+                module.to(memory_format=torch.channels_last)
         self.optimizer = build_optimizer(objective.parameters(), cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.iters_per_epoch)
         self.use_amp = cfg.amp and ctx.device.type == "cuda"
