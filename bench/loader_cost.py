@@ -24,7 +24,8 @@ Variants (``--variants``):
   workers;
 - any variant with ``_sg`` appended: its step through ``StepGraphs`` (``train.cuda_graphs``: forward and backward
   of a one-canvas batch as one replayed CUDA graph; off CUDA run without capture); then ``_cl``: what trains
-  channels-last (``train.channels_last``), e.g. ``resident_plain_sg_cl``.
+  channels-last (``train.channels_last``), e.g. ``resident_plain_sg_cl``; then ``_tcl``: the cached teacher's
+  head and decoded features channels-last (``CachedTeacher.use_channels_last``), e.g. ``resident_cached_sg_tcl``.
 
 ``--sync-points`` runs ``--sync-steps`` more steps of every variant with CUDA's sync debug mode on (``warn``) and
 records, per variant, each place in the Python code where the host waited for the device (``sync_points``: the
@@ -324,6 +325,8 @@ def timed(obj, batches, dev, amp, warmup: int, steps: int, drop_teacher: bool = 
 def run_variant(name: str, args, s: dict, profile_to: Path | None = None) -> dict:
     from frs_cli.train.step_graphs import StepGraphs
 
+    teacher_channels_last = name.endswith("_tcl")  # the cached head and decoded features channels-last
+    name = name.removesuffix("_tcl")
     channels_last = name.endswith("_cl")  # what trains channels-last (train.channels_last)
     name = name.removesuffix("_cl")
     step_graphs = name.endswith("_sg")  # the whole step as one CUDA graph per batch shape (train.cuda_graphs)
@@ -333,6 +336,8 @@ def run_variant(name: str, args, s: dict, profile_to: Path | None = None) -> dic
     if channels_last:
         for module in obj.checkpointed().values():
             module.to(memory_format=torch.channels_last)
+    if teacher_channels_last and cached:
+        obj.teacher_side.use_channels_last()
     graphs = StepGraphs(obj, capture=s["dev"].type == "cuda") if step_graphs else None
     # a profile's steps: every distinct batch once, then 2 + 6 (see below)
     sync_steps = args.sync_steps if args.sync_points and profile_to is None else 0

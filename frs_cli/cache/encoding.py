@@ -199,11 +199,12 @@ class FeatureEncoding:
             raise CacheFormatError(f"{what}: {self.name} features are carried as {self.torch_dtype}, got {x.dtype}")
 
     # -- carried -> features ------------------------------------------------------------------------------
-    def decode(self, a, scale=None) -> Tensor:
+    def decode(self, a, scale=None, channels_last: bool = False) -> Tensor:
         """Carried features (a tensor) or stored ones (numpy), one view ``(C', H, W)`` or a batch
         ``(B, C', H, W)``, back to features on the input's device: the storage dtype itself, or for the scaled
         encodings float16 ``codes * scale`` (``scale``: ``(C,)`` or ``(B, C)``; the float16 rounding is finer
-        than the int8 step)."""
+        than the int8 step). ``channels_last``: a scaled batch's features are written in channels-last memory (the
+        same values; for a consumer whose convolutions run channels-last)."""
         x = self.from_numpy(a) if isinstance(a, np.ndarray) else a
         self._check_carried(x, "cache decode")
         self.check_scales(scale is not None)
@@ -215,7 +216,9 @@ class FeatureEncoding:
         # one pass: each code times its scale in float32, the product rounded once to float16, the same numbers as
         # (codes.float() * s).half() without its two intermediate float32 tensors (the cached step's decode moves
         # 3 bytes per value instead of 15)
-        return torch.mul(codes, s, out=torch.empty(codes.shape, dtype=torch.float16, device=codes.device))
+        layout = torch.channels_last if channels_last and codes.dim() == 4 else torch.contiguous_format
+        out = torch.empty(codes.shape, dtype=torch.float16, device=codes.device, memory_format=layout)
+        return torch.mul(codes, s, out=out)
 
     def check_scales(self, present: bool, what: str = "cache decode", hint: str | None = None) -> None:
         """CacheFormatError unless per-channel scales are ``present`` exactly when this encoding has them."""

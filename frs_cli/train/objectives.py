@@ -183,10 +183,13 @@ class CachedTeacher(nn.Module):
     """
 
     def __init__(self, cls_head: nn.Module, strides: list[int], encoding: FeatureEncoding, autocast: bool = True,
-                 cuda_graphs: bool = False):
+                 cuda_graphs: bool = False, channels_last: bool = False):
         super().__init__()
         self.cls_head = cls_head.eval().requires_grad_(False)
         fold_batchnorm(self.cls_head)  # as the pass that wrote the cache ran the teacher's head
+        self.channels_last = False
+        if channels_last:
+            self.use_channels_last()
         self.encoding = encoding
         self.strides = list(strides)
         self.autocast = autocast
@@ -201,10 +204,17 @@ class CachedTeacher(nn.Module):
     def train(self, mode: bool = True):  # the teacher head stays in eval mode
         return super().train(False)
 
+    def use_channels_last(self) -> None:
+        """The head's weights and the decoded features in channels-last memory from now on, so that its
+        convolutions run on NHWC tensors without converting them (the same values; cuDNN may pick other kernels)."""
+        self.cls_head.to(memory_format=torch.channels_last)
+        self.channels_last = True
+
     def decode(self, features: list[Tensor], scales: list[Tensor] | None) -> list[Tensor]:
         """Per level the cached ``features`` (as the batch carries them, with their ``scales`` when the encoding
         has them) as the teacher's float features, on their device."""
-        return [self.encoding.decode(f, None if scales is None else scales[lv]) for lv, f in enumerate(features)]
+        return [self.encoding.decode(f, None if scales is None else scales[lv], self.channels_last)
+                for lv, f in enumerate(features)]
 
     def head_logits(self, feats: list[Tensor]) -> list[Tensor]:
         """The teacher's classification logits per level of decoded ``feats`` of one canvas, in the cache's
