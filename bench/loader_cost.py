@@ -24,8 +24,10 @@ Variants (``--variants``):
   workers;
 - any variant with ``_sg`` appended: its step through ``StepGraphs`` (``train.cuda_graphs``: forward and backward
   of a one-canvas batch as one replayed CUDA graph; off CUDA run without capture); then ``_cl``: what trains
-  channels-last (``train.channels_last``), e.g. ``resident_plain_sg_cl``; then ``_tcl``: the cached teacher's
-  head and decoded features channels-last (``CachedTeacher.use_channels_last``), e.g. ``resident_cached_sg_tcl``.
+  channels-last (``train.channels_last``), e.g. ``resident_plain_sg_cl``; then ``_tnc``: the cached teacher's
+  head and decoded features contiguous (``CachedTeacher.channels_last = False``; on CUDA they are channels-last by
+  default); then ``_nf``: the FRS terms in their PyTorch form (``frs_cli.fused_losses.ENABLED = False``), e.g.
+  ``resident_cached_sg_tnc_nf``.
 
 ``--sync-points`` runs ``--sync-steps`` more steps of every variant with CUDA's sync debug mode on (``warn``) and
 records, per variant, each place in the Python code where the host waited for the device (``sync_points``: the
@@ -323,10 +325,13 @@ def timed(obj, batches, dev, amp, warmup: int, steps: int, drop_teacher: bool = 
 
 
 def run_variant(name: str, args, s: dict, profile_to: Path | None = None) -> dict:
+    from frs_cli import fused_losses
     from frs_cli.train.step_graphs import StepGraphs
 
-    teacher_channels_last = name.endswith("_tcl")  # the cached head and decoded features channels-last
-    name = name.removesuffix("_tcl")
+    unfused = name.endswith("_nf")  # the FRS terms in their PyTorch form, not the fused kernels
+    name = name.removesuffix("_nf")
+    teacher_nchw = name.endswith("_tnc")  # the cached head and decoded features contiguous (NCHW), not channels-last
+    name = name.removesuffix("_tnc")
     channels_last = name.endswith("_cl")  # what trains channels-last (train.channels_last)
     name = name.removesuffix("_cl")
     step_graphs = name.endswith("_sg")  # the whole step as one CUDA graph per batch shape (train.cuda_graphs)
@@ -336,8 +341,9 @@ def run_variant(name: str, args, s: dict, profile_to: Path | None = None) -> dic
     if channels_last:
         for module in obj.checkpointed().values():
             module.to(memory_format=torch.channels_last)
-    if teacher_channels_last and cached:
-        obj.teacher_side.use_channels_last()
+    if teacher_nchw and cached:
+        obj.teacher_side.channels_last = False
+    fused_losses.ENABLED = not unfused
     graphs = StepGraphs(obj, capture=s["dev"].type == "cuda") if step_graphs else None
     # a profile's steps: every distinct batch once, then 2 + 6 (see below)
     sync_steps = args.sync_steps if args.sync_points and profile_to is None else 0

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from frs_cli import fused_losses
 from frs_cli.data.geometry import pad_boxes
 from frs_cli.errors import FrsError
 
@@ -122,11 +123,16 @@ def _check_levels(name: str, a: Sequence[Tensor], b: Sequence[Tensor], masks: Se
 
 
 def _feature_term(student_adapted: Sequence[Tensor], teacher: Sequence[Tensor], weights: Tensor) -> Tensor:
+    if fused_losses.usable(*student_adapted, *teacher, weights) and not weights.requires_grad \
+            and not any(t.requires_grad for t in teacher):
+        return fused_losses.feature_term(student_adapted, teacher, weights)  # the same sums, in two passes
     d = torch.sub(_side_by_side(teacher, 2).float(), _side_by_side(student_adapted, 2))  # float32 (B, C, P)
     return (weights * d.square().sum(dim=1)).sum()  # channels summed, not averaged
 
 
 def _head_term(student_cls_logits: Sequence[Tensor], teacher_cls_logits: Sequence[Tensor], weights: Tensor) -> Tensor:
+    if fused_losses.usable(*student_cls_logits, *teacher_cls_logits, weights) and not weights.requires_grad:
+        return fused_losses.head_term(student_cls_logits, teacher_cls_logits, weights)  # the same sums, two passes
     target = torch.sigmoid(_side_by_side(teacher_cls_logits, 2).detach().float())
     bce = F.binary_cross_entropy_with_logits(_side_by_side(student_cls_logits, 2).float(), target, reduction="none")
     return (weights * bce.sum(dim=1)).sum()  # summed over K

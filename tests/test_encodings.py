@@ -392,7 +392,7 @@ def test_cached_teacher_decodes_a_raw_int5_batch_to_the_decoded_views(int5_cache
         logits = head([torch.stack([v.features[lv] for v in views]).float() for lv in range(5)])
     for a, b in zip(targets.cls_logits, logits):
         assert torch.equal(a, b)
-    # channels-last (CachedTeacher.use_channels_last): the same features written NHWC, the head's weights NHWC
+    # channels-last (the default on CUDA): the same features written NHWC, the head's weights NHWC
     nhwc = CachedTeacher(cache.build_head(), [8, 16, 32, 64, 128], FeatureEncoding("int5"), channels_last=True)
     assert all(p.is_contiguous(memory_format=torch.channels_last) for p in nhwc.cls_head.parameters() if p.dim() == 4)
     other = nhwc(batch, need_logits=True)

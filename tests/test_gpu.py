@@ -549,3 +549,41 @@ def test_the_one_pass_decode_on_the_gpu_gives_the_two_pass_numbers_and_the_head_
         with torch.autocast("cuda", dtype=torch.bfloat16):
             want = teacher.cls_head([y.float()])[0]
     assert got.dtype == torch.bfloat16 and torch.equal(got, want)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+def test_the_fused_frs_terms_on_the_gpu_equal_the_pytorch_form(layout, monkeypatch):
+    """On CUDA ``losses.frs_losses`` runs the fused Triton terms: the same values (float32 rounding) and
+    gradients (within a step of bfloat16) as the PyTorch form, at a RetinaNet's shapes (720 logits, 256
+    channels, five levels of a 512 x 640 canvas), the student bf16, the teacher's logits bf16 and its cached
+    features float16, in either layout."""
+    from frs_cli import fused_losses, losses
+
+    torch.manual_seed(0)
+    grids = [(64, 80), (32, 40), (16, 20), (8, 10), (4, 5)]
+    fmt = torch.channels_last if layout == "nhwc" else torch.contiguous_format
+
+    def levels(channels, dtype, scale, grad=False):
+        return [(torch.randn(2, channels, h, w, device="cuda") * scale).to(dtype).contiguous(memory_format=fmt)
+                .requires_grad_(grad) for h, w in grids]
+
+    s_logits, t_logits = levels(720, torch.bfloat16, 3.0, True), levels(720, torch.bfloat16, 3.0)
+    adapted, t_feats = levels(256, torch.bfloat16, 1.0, True), levels(256, torch.float16, 1.0)
+    masks = [torch.rand(2, h, w, device="cuda") for h, w in grids]
+    valid = [torch.rand(2, h, w, device="cuda") > 0.2 for h, w in grids]
+
+    def run(enabled: bool):
+        monkeypatch.setattr(fused_losses, "ENABLED", enabled)
+        for x in (*s_logits, *adapted):
+            x.grad = None
+        feature, head = losses.frs_losses(adapted, t_feats, s_logits, t_logits, masks, valid)
+        (0.7 * feature + 1.3 * head).backward()
+        return feature.item(), head.item(), [x.grad.clone() for x in (*s_logits, *adapted)]
+
+    assert fused_losses.usable(*s_logits, *t_logits)
+    f_want, h_want, g_want = run(False)
+    f_got, h_got, g_got = run(True)
+    assert f_got == pytest.approx(f_want, rel=1e-5) and h_got == pytest.approx(h_want, rel=1e-5)
+    for got, want in zip(g_got, g_want):
+        assert got.dtype == want.dtype and got.stride() == want.stride()
+        assert (got.float() - want.float()).abs().max() <= want.float().abs().max() * torch.finfo(torch.bfloat16).eps

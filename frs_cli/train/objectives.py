@@ -180,16 +180,16 @@ class CachedTeacher(nn.Module):
 
     ``cuda_graphs`` (``distill.cuda_graphs``; CUDA only): ``FRSObjective`` replays this side and both FRS terms of a
     batch of one canvas as CUDA graphs (``frs_cli.train.graphed``); ``graphed(batch)`` says which batches qualify.
+    ``channels_last``: the head's and the decoded features' memory layout (by default channels-last on CUDA).
     """
 
     def __init__(self, cls_head: nn.Module, strides: list[int], encoding: FeatureEncoding, autocast: bool = True,
-                 cuda_graphs: bool = False, channels_last: bool = False):
+                 cuda_graphs: bool = False, channels_last: bool | None = None):
         super().__init__()
         self.cls_head = cls_head.eval().requires_grad_(False)
         fold_batchnorm(self.cls_head)  # as the pass that wrote the cache ran the teacher's head
-        self.channels_last = False
-        if channels_last:
-            self.use_channels_last()
+        self.nhwc = False  # whether the head's weights are channels-last now
+        self.channels_last = channels_last  # lays the head out
         self.encoding = encoding
         self.strides = list(strides)
         self.autocast = autocast
@@ -204,16 +204,35 @@ class CachedTeacher(nn.Module):
     def train(self, mode: bool = True):  # the teacher head stays in eval mode
         return super().train(False)
 
-    def use_channels_last(self) -> None:
-        """The head's weights and the decoded features in channels-last memory from now on, so that its
-        convolutions run on NHWC tensors without converting them (the same values; cuDNN may pick other kernels)."""
-        self.cls_head.to(memory_format=torch.channels_last)
-        self.channels_last = True
+    @property
+    def channels_last(self) -> bool | None:
+        """The head's layout: True channels-last, False contiguous, None (the default) channels-last on CUDA."""
+        return self._channels_last
+
+    @channels_last.setter
+    def channels_last(self, value: bool | None) -> None:
+        self._channels_last = value
+        self._lay_out()
+
+    def _apply(self, fn, recurse: bool = True):
+        super()._apply(fn, recurse)
+        self._lay_out()  # moved to another device: the layout that device wants
+        return self
+
+    def _lay_out(self) -> None:
+        """The head's weights channels-last when ``channels_last`` says so, or when it is None and they lie on CUDA
+        (where cuDNN runs NHWC and converts NCHW tensors at every layer); contiguous otherwise. The decoded features
+        follow (``decode``). The same values; cuDNN may pick other kernels for the one layout than the other."""
+        on_cuda = next(self.cls_head.parameters()).is_cuda
+        nhwc = self._channels_last if self._channels_last is not None else on_cuda
+        if nhwc != self.nhwc:
+            self.cls_head.to(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+            self.nhwc = nhwc
 
     def decode(self, features: list[Tensor], scales: list[Tensor] | None) -> list[Tensor]:
         """Per level the cached ``features`` (as the batch carries them, with their ``scales`` when the encoding
         has them) as the teacher's float features, on their device."""
-        return [self.encoding.decode(f, None if scales is None else scales[lv], self.channels_last)
+        return [self.encoding.decode(f, None if scales is None else scales[lv], self.nhwc)
                 for lv, f in enumerate(features)]
 
     def head_logits(self, feats: list[Tensor]) -> list[Tensor]:
