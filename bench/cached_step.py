@@ -80,17 +80,20 @@ def disk_read_mb_s(directory: Path, drop: bool, block_mb: int = 8) -> dict:
     return {"mb_s": total / 1e6 / seconds, "bytes": total, "files": len(files), "cold": cold}
 
 
-def make_data(work: Path, images: int, image_size: int, views: int, name: str) -> Path:
+def make_data(work: Path, images: int, image_size: int, views: int, name: str, classes: int = 0) -> Path:
     """A train split of at least ``views`` views (two per image): ``images`` generated images (once, in
-    ``work/generated``), copied and replicated."""
-    from frs_cli.data.synth import SynthConfig, generate, replicate
+    ``work/generated``), copied and replicated; with ``classes``, that many categories listed (the shapes' 5, then
+    unused ones: ``synth.pad_categories``), so that the models have that classification width."""
+    from frs_cli.data.synth import SynthConfig, generate, pad_categories, replicate
 
-    generated, data = work / "generated", work / name
+    generated, data = work / "generated", work / (f"{name}_{classes}c" if classes else name)
     if not generated.exists():
         generate(generated, SynthConfig(train=images, val=1, size=image_size, seed=0, aspect_jitter=True))
     if not data.exists():
         shutil.copytree(generated, data)
         replicate(data, max(1, -(-views // (2 * images))))
+        if classes:
+            pad_categories(data, classes)
     return data
 
 
@@ -103,6 +106,8 @@ def main() -> None:
     p.add_argument("--dtypes", default="int8,int5,float16", help="cache encodings, measured in this order")
     p.add_argument("--images", type=int, default=64, help="generated images (replicated up to max(--sizes) views)")
     p.add_argument("--image-size", type=int, default=853)
+    p.add_argument("--classes", type=int, default=80,
+                   help="categories the models classify (COCO's 80: its heads' width); 0: the shapes' 5")
     p.add_argument("--min-size", type=int, default=512)
     p.add_argument("--max-size", type=int, default=853)
     p.add_argument("--batch", type=int, default=8)
@@ -194,8 +199,8 @@ def run(args) -> dict:
         out.write_text(json.dumps(res, indent=1))
 
     t_start = time.perf_counter()
-    data = make_data(args.work, args.images, args.image_size, max(sizes), "data")
-    rate_data = make_data(args.work, args.images, args.image_size, args.rate_views, "rate_data")
+    data = make_data(args.work, args.images, args.image_size, max(sizes), "data", args.classes)
+    rate_data = make_data(args.work, args.images, args.image_size, args.rate_views, "rate_data", args.classes)
     base = {"geometry": {"min_size": args.min_size, "max_size": args.max_size},
             "cache": {"batch_size": args.batch, "workers": args.workers, "preload_mb": 0,
                       **({"write_processes": 0} if args.smoke else {})}}  # no writer processes to start on the CPU

@@ -209,6 +209,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", default="int8")
     p.add_argument("--images", type=int, default=32)
     p.add_argument("--image-size", type=int, default=853)
+    p.add_argument("--classes", type=int, default=80,
+                   help="categories the models classify (COCO's 80: its heads' width); 0: the shapes' 5")
     p.add_argument("--min-size", type=int, default=512)
     p.add_argument("--max-size", type=int, default=853)
     p.add_argument("--views", type=int, default=256)

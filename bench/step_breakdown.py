@@ -73,6 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dtype", default="int8", help="the cache's feature encoding")
     p.add_argument("--images", type=int, default=32, help="generated images (replicated up to --views views)")
     p.add_argument("--image-size", type=int, default=853)
+    p.add_argument("--classes", type=int, default=80,
+                   help="categories the models classify (COCO's 80: its heads' width); 0: the shapes' 5")
     p.add_argument("--min-size", type=int, default=512)
     p.add_argument("--max-size", type=int, default=853)
     p.add_argument("--views", type=int, default=256, help="views in the split and the cache")
@@ -117,7 +119,7 @@ def prepare(args) -> Setup:
     ctx = setup("cpu" if args.smoke else None)
     dev = ctx.device
     args.work.mkdir(parents=True, exist_ok=True)
-    data = make_data(args.work, args.images, args.image_size, args.views, "data")
+    data = make_data(args.work, args.images, args.image_size, args.views, "data", args.classes)
     tname, sname = args.pair.split("-")
     base = {"data": {"root": str(data)}, "geometry": {"min_size": args.min_size, "max_size": args.max_size},
             "cache": {"batch_size": args.batch, "workers": args.workers, "preload_mb": 0, "dtype": args.dtype,

@@ -570,3 +570,19 @@ def test_replicate_grows_the_train_split_with_copies_under_new_ids(synth_root, t
     assert sum(len(r.category_ids) for r in after.records) == 3 * sum(len(r.category_ids) for r in before.records)
     ds = CocoViews(after, root / "train", GeometryConfig(64, 64, 32))
     assert torch.equal(ds[len(before)].image, ds[0].image)  # the first copy of the first image
+
+
+def test_pad_categories_lists_unused_categories_up_to_cocos_width_and_keeps_the_labels(synth_root, tmp_path):
+    from frs_cli.data.synth import CATEGORIES, pad_categories
+
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    before = CocoIndex(root / "annotations" / "instances_train.json")
+    pad_categories(root, 80)
+    for split in ("train", "val"):
+        after = CocoIndex(root / "annotations" / f"instances_{split}.json")
+        assert after.num_classes == 80 and after.label_to_category[:5] == [c["id"] for c in CATEGORIES]
+    after = CocoIndex(root / "annotations" / "instances_train.json")
+    assert [r.category_ids.tolist() for r in after.records] == [r.category_ids.tolist() for r in before.records]
+    with pytest.raises(ConfigError, match="^synthetic categories: expected at least 5 .*, got 3$"):
+        pad_categories(root, 3)

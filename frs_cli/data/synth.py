@@ -341,6 +341,19 @@ def generate(out_dir: str | Path, cfg: SynthConfig, progress: Callable[[int], No
             "categories": [c["name"] for c in CATEGORIES]}
 
 
+def pad_categories(root: Path, classes: int) -> None:
+    """List ``classes`` categories in every split's annotations at ``root``: the shapes', then unused ones
+    (``unused6``, ...) up to ``classes``, so that models built on the set have COCO's classification width (80)
+    although only the shapes appear. ConfigError for fewer than the shapes."""
+    if classes < len(CATEGORIES):
+        raise ConfigError(f"synthetic categories: expected at least {len(CATEGORIES)} (the shapes), got {classes}")
+    extra = [{"id": k, "name": f"unused{k}", "supercategory": "none"} for k in range(len(CATEGORIES) + 1, classes + 1)]
+    for ann_file in sorted((root / "annotations").glob("instances_*.json")):
+        doc = json.loads(ann_file.read_text(encoding="utf-8"))
+        doc["categories"] = [*CATEGORIES, *extra]
+        write_json(ann_file, doc)
+
+
 def replicate(root: Path, times: int) -> None:
     """Grow the train split at ``root`` ``times``-fold with copies of its images and annotations under new
     ids: benchmarks of throughput need many views, not new ones (generating them costs ~0.2 s each)."""
