@@ -26,8 +26,9 @@ Variants (``--variants``):
   of a one-canvas batch as one replayed CUDA graph; off CUDA run without capture); then ``_cl``: what trains
   channels-last (``train.channels_last``), e.g. ``resident_plain_sg_cl``; then ``_tnc``: the cached teacher's
   head and decoded features contiguous (``CachedTeacher.channels_last = False``; on CUDA they are channels-last by
-  default); then ``_nf``: the FRS terms in their PyTorch form (``frs_cli.fused_losses.ENABLED = False``), e.g.
-  ``resident_cached_sg_tnc_nf``.
+  default); then ``_nf``: the FRS terms in their PyTorch form (``frs_cli.fused_losses.ENABLED = False``); then
+  ``_nd``: packed codes decoded in PyTorch (``frs_cli.fused_decode.ENABLED = False``), e.g.
+  ``resident_cached_sg_tnc_nf_nd``.
 
 ``--sync-points`` runs ``--sync-steps`` more steps of every variant with CUDA's sync debug mode on (``warn``) and
 records, per variant, each place in the Python code where the host waited for the device (``sync_points``: the
@@ -327,9 +328,11 @@ def timed(obj, batches, dev, amp, warmup: int, steps: int, drop_teacher: bool = 
 
 
 def run_variant(name: str, args, s: dict, profile_to: Path | None = None) -> dict:
-    from frs_cli import fused_losses
+    from frs_cli import fused_decode, fused_losses
     from frs_cli.train.step_graphs import StepGraphs
 
+    torch_decode = name.endswith("_nd")  # packed codes decoded in PyTorch, not by the fused kernel
+    name = name.removesuffix("_nd")
     unfused = name.endswith("_nf")  # the FRS terms in their PyTorch form, not the fused kernels
     name = name.removesuffix("_nf")
     teacher_nchw = name.endswith("_tnc")  # the cached head and decoded features contiguous (NCHW), not channels-last
@@ -346,6 +349,7 @@ def run_variant(name: str, args, s: dict, profile_to: Path | None = None) -> dic
     if teacher_nchw and cached:
         obj.teacher_side.channels_last = False
     fused_losses.ENABLED = not unfused
+    fused_decode.ENABLED = not torch_decode
     graphs = StepGraphs(obj, capture=s["dev"].type == "cuda") if step_graphs else None
     # a profile's steps: every distinct batch once, then 2 + 6 (see below)
     sync_steps = args.sync_steps if args.sync_points and profile_to is None else 0

@@ -587,3 +587,27 @@ def test_the_fused_frs_terms_on_the_gpu_equal_the_pytorch_form(layout, monkeypat
     for got, want in zip(g_got, g_want):
         assert got.dtype == want.dtype and got.stride() == want.stride()
         assert (got.float() - want.float()).abs().max() <= want.float().abs().max() * torch.finfo(torch.bfloat16).eps
+
+
+@pytest.mark.parametrize("name", ["int4", "int5", "int6"])
+def test_packed_codes_decode_on_the_gpu_in_one_kernel_to_the_bits_the_cpu_gives(name):
+    """On CUDA ``FeatureEncoding.decode`` of packed codes runs ``fused_decode``'s kernel: every byte value in every
+    byte of a group gives the float16 features the CPU gives, bit for bit, contiguous and channels-last, for a
+    batch and for one view."""
+    from frs_cli import fused_decode
+    from frs_cli.cache.encoding import FeatureEncoding
+
+    enc = FeatureEncoding(name)
+    torch.manual_seed(0)
+    a = torch.randint(0, 256, (3, enc.bits * 32, 20, 23), dtype=torch.uint8)
+    for v in range(256):
+        a[1, :, v // 23, v % 23] = v
+    scale = torch.rand(3, 256) * 0.3 + 1e-3
+    want = enc.decode(a, scale)
+    assert fused_decode.usable(a.cuda())
+    for channels_last in (False, True):
+        got = enc.decode(a.cuda(), scale.cuda(), channels_last)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        assert got.dtype == torch.float16 and got.is_contiguous(memory_format=fmt)
+        assert torch.equal(got.cpu(), want)
+    assert torch.equal(enc.decode(a[2].cuda(), scale[2].cuda()).cpu(), want[2])

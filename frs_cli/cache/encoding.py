@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from frs_cli import fused_decode
 from frs_cli.errors import CacheFormatError
 
 # name -> (numpy dtype stored, torch dtype carried, bits per stored value, scaled)
@@ -210,8 +211,15 @@ class FeatureEncoding:
         self.check_scales(scale is not None)
         if not self.scaled:
             return x
-        codes = self._codes16(x) if self.packed else x
         s = scale if isinstance(scale, Tensor) else torch.from_numpy(np.ascontiguousarray(scale))
+        if self.packed and fused_decode.usable(x) and x.dim() in (3, 4):  # one kernel: bytes in, features out
+            if x.shape[-3] % self.bits:
+                raise CacheFormatError(f"cache unpack: expected a multiple of {self.bits} bytes per position, "
+                                       f"got {x.shape[-3]}")
+            if x.dim() == 3:
+                return fused_decode.decode_packed(x[None], s[None], self.bits)[0]
+            return fused_decode.decode_packed(x, s, self.bits, channels_last)
+        codes = self._codes16(x) if self.packed else x
         s = s.to(device=x.device, dtype=torch.float32)[..., None, None]
         # one pass: each code times its scale in float32, the product rounded once to float16, the same numbers as
         # (codes.float() * s).half() without its two intermediate float32 tensors (the cached step's decode moves

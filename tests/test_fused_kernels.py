@@ -1,9 +1,10 @@
-"""The fused FRS terms (``frs_cli.fused_losses``) against the PyTorch form, on the CPU through Triton's interpreter.
+"""The Triton kernels against the PyTorch they replace on CUDA, on the CPU through Triton's interpreter: the fused
+FRS terms (``frs_cli.fused_losses``: ``losses._head_term``, ``_feature_term``) and the packed codes' decode
+(``frs_cli.fused_decode``: ``FeatureEncoding.decode``).
 
-The kernels are Triton's; on CUDA they replace ``losses._head_term`` and ``_feature_term``. Here they run under
-``TRITON_INTERPRET=1`` (set before Triton is imported, hence a child process) on CPU tensors: contiguous and
-channels-last, float32 and bfloat16, levels down to 1x1 and channel counts that are no multiple of the block.
-``tests/test_gpu.py`` compares them on the device.
+They run under ``TRITON_INTERPRET=1`` (set before Triton is imported, hence a child process) on CPU tensors:
+contiguous and channels-last, float32 and bfloat16, levels down to 1x1 and channel counts that are no multiple of
+the block. ``tests/test_gpu.py`` compares them on the device.
 """
 
 from __future__ import annotations
@@ -62,13 +63,48 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.fixture(scope="module")
-def rows():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "FRS_FUSED_LOSSES": "1"}
-    done = subprocess.run([sys.executable, "-c", SCRIPT], check=False, env=env, capture_output=True, text=True,
+DECODE = textwrap.dedent("""
+    import json, sys
+    import torch
+    from frs_cli import fused_decode
+    from frs_cli.cache.encoding import FeatureEncoding
+
+    torch.manual_seed(0)
+    rows = []
+    for name in ("int4", "int5", "int6"):
+        enc = FeatureEncoding(name)
+        a = torch.randint(0, 256, (2, enc.bits * 4, 16, 17), dtype=torch.uint8)
+        for v in range(256):  # every byte value in every byte of a group
+            a[1, :, v // 17, v % 17] = v
+        scale = torch.rand(2, 32) * 0.3 + 1e-3
+        want = enc.decode(a, scale)  # the PyTorch form (CPU tensors)
+        for channels_last in (False, True):
+            got = fused_decode.decode_packed(a, scale, enc.bits, channels_last)
+            fmt = torch.channels_last if channels_last else torch.contiguous_format
+            rows.append({"name": name, "channels_last": channels_last, "equal": torch.equal(got, want),
+                         "dtype": str(got.dtype), "layout": got.is_contiguous(memory_format=fmt)})
+    json.dump(rows, sys.stdout)
+""")
+
+
+def _interpreted(script: str) -> list[dict]:
+    env = {**os.environ, "TRITON_INTERPRET": "1", "FRS_FUSED_LOSSES": "1", "FRS_FUSED_DECODE": "1"}
+    done = subprocess.run([sys.executable, "-c", script], check=False, env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return _interpreted(SCRIPT)
+
+
+def test_the_fused_decode_gives_the_bits_of_the_pytorch_decode_in_either_layout():
+    rows = _interpreted(DECODE)
+    assert len(rows) == 6
+    for r in rows:
+        assert r["equal"] and r["dtype"] == "torch.float16" and r["layout"], r
 
 
 def test_the_fused_terms_equal_the_pytorch_form_in_value_and_gradient(rows):
@@ -79,16 +115,17 @@ def test_the_fused_terms_equal_the_pytorch_form_in_value_and_gradient(rows):
         assert all(r["layouts"]) and set(r["dtypes"]) == {r["dtype"]}, r
 
 
-def test_the_fused_terms_are_used_on_cuda_tensors_only_and_can_be_turned_off(monkeypatch):
+def test_the_kernels_are_used_on_cuda_tensors_only_and_can_be_turned_off(monkeypatch):
     import torch
 
-    from frs_cli import fused_losses
+    from frs_cli import fused_decode, fused_losses
 
     x = torch.zeros(1, 2, 3, 3)
-    assert not fused_losses.usable(x, x)  # CPU tensors: the PyTorch form
+    assert not fused_losses.usable(x, x) and not fused_decode.usable(x)  # CPU tensors: the PyTorch form
     monkeypatch.setattr(fused_losses, "ENABLED", False)
     assert not fused_losses.usable(x, x)
-    env = {**os.environ, "FRS_FUSED_LOSSES": "0"}
-    off = subprocess.run([sys.executable, "-c", "from frs_cli import fused_losses; print(fused_losses.ENABLED)"],
-                         check=False, env=env, capture_output=True, text=True, timeout=120)
-    assert off.stdout.strip() == "False"
+    env = {**os.environ, "FRS_FUSED_LOSSES": "0", "FRS_FUSED_DECODE": "0"}
+    code = "from frs_cli import fused_decode, fused_losses; print(fused_losses.ENABLED, fused_decode.ENABLED)"
+    off = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert off.stdout.strip() == "False False"
