@@ -66,9 +66,6 @@ class DistillConfig:
     # distill --cache on CUDA: the cached side, the adapters and both FRS terms of a batch of one canvas replayed as
     # a forward and a backward CUDA graph per batch shape (the same numbers; memory per shape, at most 8 GB in all)
     cuda_graphs: bool = True
-    # the student's (and the adapters') 4-D weights in channels-last memory, so that cuDNN's convolutions and the batch
-    # norms run on NHWC tensors without converting them at every layer (the same model; the numbers within rounding)
-    channels_last: bool = False
 
     def check(self, table: str) -> None:
         """ConfigError naming ``table.<key>`` for a negative or non-finite weight or warm-up."""
