@@ -5,7 +5,7 @@
 FROM pytorch/pytorch:2.4.1-cuda12.4-cudnn9-runtime
 
 # Triton (PyTorch's, for frs's fused kernels on the GPU) builds a small launcher with a C compiler on first use;
-# the runtime image has none (without one frs warns once and computes the same in plain PyTorch, more slowly).
+# the runtime image has none.
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/frs
