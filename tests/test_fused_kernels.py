@@ -129,3 +129,26 @@ def test_the_kernels_are_used_on_cuda_tensors_only_and_can_be_turned_off(monkeyp
     off = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True,
                          timeout=120)
     assert off.stdout.strip() == "False False"
+
+
+def test_where_triton_cannot_run_the_kernels_they_are_tried_once_and_the_pytorch_form_takes_over(caplog):
+    """``_works_on`` tries the kernels on a tiny input: on this CPU (no GPU driver) Triton cannot launch them, so it
+    says so in one warning and returns False; under the interpreter they run and it returns True."""
+    import torch
+
+    from frs_cli import fused_decode, fused_losses
+
+    with caplog.at_level("WARNING"):
+        assert fused_losses._works_on(torch.device("cpu")) is False
+        assert fused_decode._works_on(torch.device("cpu")) is False
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2
+    assert lines[0].startswith("fused FRS terms: the Triton kernels do not run on cpu (")
+    assert lines[0].endswith("); the PyTorch form computes them")
+    assert lines[1].startswith("fused decode: the Triton kernel does not run on cpu (")
+    code = ("import torch; from frs_cli import fused_decode, fused_losses; "
+            "print(fused_losses._works_on(torch.device('cpu')), fused_decode._works_on(torch.device('cpu')))")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    done = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.stdout.strip() == "True True", done.stderr[-2000:]
