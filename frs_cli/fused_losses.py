@@ -81,11 +81,12 @@ def _positions_stride(x: Tensor) -> tuple[Tensor, int, int, int]:
 
 
 if triton is not None:
-    # the sizes and batch strides vary with the canvas: compiled once, not per value (the layouts' unit strides,
-    # which set how the tiles are read, are specialised)
+    # one forward and one backward kernel for both terms, the term a compile-time switch (HEAD); the sizes and batch
+    # strides vary with the canvas: compiled once, not per value (the layouts' unit strides, which set how the tiles
+    # are read, are specialised)
     @triton.jit(do_not_specialize=["C", "P", "out_sb", "s_sb", "t_sb"])
-    def _head_forward(s_ptr, t_ptr, out_ptr, C, P, out_sb, s_sb, s_sc, s_sp, t_sb, t_sc, t_sp,
-                      BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    def _forward(s_ptr, t_ptr, out_ptr, C, P, out_sb, s_sb, s_sc, s_sp, t_sb, t_sc, t_sp,
+                 HEAD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
         b = tl.program_id(0).to(tl.int64)
         p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
         inside = p < P
@@ -95,13 +96,16 @@ if triton is not None:
             m = (c[:, None] < C) & inside[None, :]
             s = tl.load(s_ptr + b * s_sb + c[:, None] * s_sc + p[None, :] * s_sp, mask=m, other=0.0).to(tl.float32)
             t = tl.load(t_ptr + b * t_sb + c[:, None] * t_sc + p[None, :] * t_sp, mask=m, other=0.0).to(tl.float32)
-            bce = tl.maximum(s, 0.0) - s * tl.sigmoid(t) + tl.log(1.0 + tl.exp(-tl.abs(s)))
-            acc += tl.sum(tl.where(m, bce, 0.0), axis=0)
+            if HEAD:  # BCE from logits against sigmoid(t)
+                term = tl.maximum(s, 0.0) - s * tl.sigmoid(t) + tl.log(1.0 + tl.exp(-tl.abs(s)))
+            else:  # the squared difference
+                term = (t - s) * (t - s)
+            acc += tl.sum(tl.where(m, term, 0.0), axis=0)
         tl.store(out_ptr + b * out_sb + p, acc, mask=inside)
 
     @triton.jit(do_not_specialize=["C", "P", "w_sb", "s_sb", "t_sb"])
-    def _head_backward(s_ptr, t_ptr, w_ptr, g_ptr, grad_ptr, C, P, w_sb, s_sb, s_sc, s_sp, t_sb, t_sc, t_sp,
-                       BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    def _backward(s_ptr, t_ptr, w_ptr, g_ptr, grad_ptr, C, P, w_sb, s_sb, s_sc, s_sp, t_sb, t_sc, t_sp,
+                  HEAD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
         b = tl.program_id(0).to(tl.int64)
         p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
         inside = p < P
@@ -112,44 +116,16 @@ if triton is not None:
             at = c[:, None] * s_sc + p[None, :] * s_sp
             s = tl.load(s_ptr + b * s_sb + at, mask=m, other=0.0).to(tl.float32)
             t = tl.load(t_ptr + b * t_sb + c[:, None] * t_sc + p[None, :] * t_sp, mask=m, other=0.0).to(tl.float32)
-            grad = (tl.sigmoid(s) - tl.sigmoid(t)) * gw[None, :]
+            if HEAD:
+                grad = (tl.sigmoid(s) - tl.sigmoid(t)) * gw[None, :]
+            else:
+                grad = -(gw[None, :] * (2.0 * (t - s)))
             tl.store(grad_ptr + b * s_sb + at, grad.to(grad_ptr.dtype.element_ty), mask=m)
 
-    @triton.jit(do_not_specialize=["C", "P", "out_sb", "a_sb", "t_sb"])
-    def _feature_forward(a_ptr, t_ptr, out_ptr, C, P, out_sb, a_sb, a_sc, a_sp, t_sb, t_sc, t_sp,
-                         BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-        b = tl.program_id(0).to(tl.int64)
-        p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
-        inside = p < P
-        acc = tl.zeros((BLOCK_P,), dtype=tl.float32)
-        for c0 in range(0, C, BLOCK_C):
-            c = c0 + tl.arange(0, BLOCK_C)
-            m = (c[:, None] < C) & inside[None, :]
-            a = tl.load(a_ptr + b * a_sb + c[:, None] * a_sc + p[None, :] * a_sp, mask=m, other=0.0).to(tl.float32)
-            t = tl.load(t_ptr + b * t_sb + c[:, None] * t_sc + p[None, :] * t_sp, mask=m, other=0.0).to(tl.float32)
-            d = t - a
-            acc += tl.sum(d * d, axis=0)
-        tl.store(out_ptr + b * out_sb + p, acc, mask=inside)
 
-    @triton.jit(do_not_specialize=["C", "P", "w_sb", "a_sb", "t_sb"])
-    def _feature_backward(a_ptr, t_ptr, w_ptr, g_ptr, grad_ptr, C, P, w_sb, a_sb, a_sc, a_sp, t_sb, t_sc, t_sp,
-                          BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-        b = tl.program_id(0).to(tl.int64)
-        p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
-        inside = p < P
-        gw = tl.load(g_ptr) * tl.load(w_ptr + b * w_sb + p, mask=inside, other=0.0)
-        for c0 in range(0, C, BLOCK_C):
-            c = c0 + tl.arange(0, BLOCK_C)
-            m = (c[:, None] < C) & inside[None, :]
-            at = c[:, None] * a_sc + p[None, :] * a_sp
-            a = tl.load(a_ptr + b * a_sb + at, mask=m, other=0.0).to(tl.float32)
-            t = tl.load(t_ptr + b * t_sb + c[:, None] * t_sc + p[None, :] * t_sp, mask=m, other=0.0).to(tl.float32)
-            grad = -(gw[None, :] * (2.0 * (t - a)))
-            tl.store(grad_ptr + b * a_sb + at, grad.to(grad_ptr.dtype.element_ty), mask=m)
-
-
-def _launch_forward(kernel, student: Sequence[Tensor], teacher: Sequence[Tensor], weights: Tensor) -> Tensor:
-    """Per level the forward kernel into one ``(B, P)`` float32 tensor of channel sums, levels side by side."""
+def _launch_forward(head: bool, student: Sequence[Tensor], teacher: Sequence[Tensor], weights: Tensor) -> Tensor:
+    """Per level the forward kernel (``head``: the head term's, else the feature term's) into one ``(B, P)``
+    float32 tensor of channel sums, levels side by side."""
     sums = torch.empty_like(weights, dtype=torch.float32)
     start = 0
     for s, t in zip(student, teacher):
@@ -157,13 +133,13 @@ def _launch_forward(kernel, student: Sequence[Tensor], teacher: Sequence[Tensor]
         s, *s_st = _positions_stride(s)
         t, *t_st = _positions_stride(t)
         grid = (b, triton.cdiv(h * w, _BLOCK_P))
-        kernel[grid](s, t, sums[:, start:], c, h * w, sums.stride(0), *s_st, *t_st, BLOCK_C=_BLOCK_C,
-                     BLOCK_P=_BLOCK_P)
+        _forward[grid](s, t, sums[:, start:], c, h * w, sums.stride(0), *s_st, *t_st, HEAD=head, BLOCK_C=_BLOCK_C,
+                       BLOCK_P=_BLOCK_P)
         start += h * w
     return sums
 
 
-def _launch_backward(kernel, student: Sequence[Tensor], teacher: Sequence[Tensor], weights: Tensor,
+def _launch_backward(head: bool, student: Sequence[Tensor], teacher: Sequence[Tensor], weights: Tensor,
                      g: Tensor) -> list[Tensor]:
     grads, start = [], 0
     g = g.to(torch.float32).reshape(1)
@@ -173,40 +149,40 @@ def _launch_backward(kernel, student: Sequence[Tensor], teacher: Sequence[Tensor
         t, *t_st = _positions_stride(t)
         grad = torch.empty_like(s)  # s's layout: its strides are the gradient's
         grid = (b, triton.cdiv(h * w, _BLOCK_P))
-        kernel[grid](s, t, weights[:, start:], g, grad, c, h * w, weights.stride(0), *s_st, *t_st,
-                     BLOCK_C=_BLOCK_C, BLOCK_P=_BLOCK_P)
+        _backward[grid](s, t, weights[:, start:], g, grad, c, h * w, weights.stride(0), *s_st, *t_st, HEAD=head,
+                        BLOCK_C=_BLOCK_C, BLOCK_P=_BLOCK_P)
         grads.append(grad)
         start += h * w
     return grads
 
 
 class _Term(torch.autograd.Function):
-    """One term: ``sum(weights * channel sums)``; the gradient to the student's tensors only."""
+    """One term (``head``: the head term, else the feature term): ``sum(weights * channel sums)``; the gradient to
+    the student's tensors only."""
 
     @staticmethod
-    def forward(ctx, kinds: tuple, weights: Tensor, levels: int, *tensors: Tensor) -> Tensor:
+    def forward(ctx, head: bool, weights: Tensor, levels: int, *tensors: Tensor) -> Tensor:
         student, teacher = tensors[:levels], tensors[levels:]
-        ctx.kinds, ctx.levels = kinds, levels
+        ctx.head, ctx.levels = head, levels
         ctx.save_for_backward(weights, *tensors)
-        return (weights * _launch_forward(kinds[0], student, teacher, weights)).sum()
+        return (weights * _launch_forward(head, student, teacher, weights)).sum()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g: Tensor):
         weights, *tensors = ctx.saved_tensors
         n = ctx.levels
-        grads = _launch_backward(ctx.kinds[1], tensors[:n], tensors[n:], weights.float().contiguous(), g)
+        grads = _launch_backward(ctx.head, tensors[:n], tensors[n:], weights, g)
         return None, None, None, *grads, *([None] * n)
 
 
 def head_term(student_logits: Sequence[Tensor], teacher_logits: Sequence[Tensor], weights: Tensor) -> Tensor:
     """``losses._head_term`` fused (see the module doc): a float32 scalar."""
-    teacher = [t.detach() for t in teacher_logits]
-    return _Term.apply((_head_forward, _head_backward), weights.float().contiguous(), len(teacher),
-                       *student_logits, *teacher)
+    return _Term.apply(True, weights.float().contiguous(), len(teacher_logits), *student_logits,
+                       *[t.detach() for t in teacher_logits])
 
 
 def feature_term(student_adapted: Sequence[Tensor], teacher: Sequence[Tensor], weights: Tensor) -> Tensor:
     """``losses._feature_term`` fused (see the module doc): a float32 scalar."""
-    return _Term.apply((_feature_forward, _feature_backward), weights.float().contiguous(), len(teacher),
-                       *student_adapted, *[t.detach() for t in teacher])
+    return _Term.apply(False, weights.float().contiguous(), len(teacher), *student_adapted,
+                       *[t.detach() for t in teacher])
