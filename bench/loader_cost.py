@@ -28,7 +28,8 @@ Variants (``--variants``):
   head and decoded features contiguous (``CachedTeacher.channels_last = False``; on CUDA they are channels-last by
   default); then ``_nf``: the FRS terms in their PyTorch form (``frs_cli.fused_losses.ENABLED = False``); then
   ``_nd``: packed codes decoded in PyTorch (``frs_cli.fused_decode.ENABLED = False``), e.g.
-  ``resident_cached_sg_tnc_nf_nd``.
+  ``resident_cached_sg_tnc_nf_nd``; then ``_cb``: with ``torch.backends.cudnn.benchmark`` on (cuDNN times its
+  algorithms for each new shape and keeps the fastest), e.g. ``resident_plain_sg_cb``.
 
 ``--sync-points`` runs ``--sync-steps`` more steps of every variant with CUDA's sync debug mode on (``warn``) and
 records, per variant, each place in the Python code where the host waited for the device (``sync_points``: the
@@ -331,6 +332,8 @@ def run_variant(name: str, args, s: dict, profile_to: Path | None = None) -> dic
     from frs_cli import fused_decode, fused_losses
     from frs_cli.train.step_graphs import StepGraphs
 
+    torch.backends.cudnn.benchmark = name.endswith("_cb")  # cuDNN times its algorithms per shape, keeps the fastest
+    name = name.removesuffix("_cb")
     torch_decode = name.endswith("_nd")  # packed codes decoded in PyTorch, not by the fused kernel
     name = name.removesuffix("_nd")
     unfused = name.endswith("_nf")  # the FRS terms in their PyTorch form, not the fused kernels
