@@ -29,7 +29,10 @@ Variants (``--variants``):
   default); then ``_nf``: the FRS terms in their PyTorch form (``frs_cli.fused_losses.ENABLED = False``); then
   ``_nd``: packed codes decoded in PyTorch (``frs_cli.fused_decode.ENABLED = False``), e.g.
   ``resident_cached_sg_tnc_nf_nd``; then ``_cb``: with ``torch.backends.cudnn.benchmark`` on (cuDNN times its
-  algorithms for each new shape and keeps the fastest), e.g. ``resident_plain_sg_cb``.
+  algorithms for each new shape and keeps the fastest), e.g. ``resident_plain_sg_cb``; then ``_nb``: the teacher's
+  side on the step's own stream (``distill.teacher_beside = false``; it only acts with ``_sg``); then ``_acl``: the
+  FRS adapters' weights channels-last, so that their convolutions run NHWC whatever the student's layout.
+- ``resident_online``: the FRS objective with the live teacher (``OnlineTeacher``) on the same batches.
 
 ``--sync-points`` runs ``--sync-steps`` more steps of every variant with CUDA's sync debug mode on (``warn``) and
 records, per variant, each place in the Python code where the host waited for the device (``sync_points``: the
@@ -264,13 +267,13 @@ def loader(dataset, keys, workers: int, prefetch: int, dev, pin: bool = True):
                                        worker_init_fn=functools.partial(hold_in_worker, WORKER_HOLD))
 
 
-def objective(s: dict, cached: bool, graphs: bool = True):
+def objective(s: dict, cached: bool, graphs: bool = True, online: bool = False):
     from frs_cli.models import ModelConfig, build_detector
 
     torch.manual_seed(0)
     student = build_detector(ModelConfig(arch=ARCH[s["sname"]]), s["coco"].index.num_classes)
-    obj, _ = step_objective("cached" if cached else "plain", student, s["recipe"], s["coco"],
-                            s["coco"].index.num_classes, s["store"])
+    mode = "online" if online else "cached" if cached else "plain"
+    obj, _ = step_objective(mode, student, s["recipe"], s["coco"], s["coco"].index.num_classes, s["store"])
     if cached:
         obj.teacher_side.cuda_graphs = graphs
     return obj
@@ -334,6 +337,10 @@ def run_variant(name: str, args, s: dict, profile_to: Path | None = None) -> dic
 
     torch.backends.cudnn.benchmark = name.endswith("_cb")  # cuDNN times its algorithms per shape, keeps the fastest
     name = name.removesuffix("_cb")
+    adapters_nhwc = name.endswith("_acl")  # the FRS adapters' weights channels-last (their convolutions NHWC)
+    name = name.removesuffix("_acl")
+    one_stream = name.endswith("_nb")  # the teacher's side on the step's own stream (distill.teacher_beside off)
+    name = name.removesuffix("_nb")
     torch_decode = name.endswith("_nd")  # packed codes decoded in PyTorch, not by the fused kernel
     name = name.removesuffix("_nd")
     unfused = name.endswith("_nf")  # the FRS terms in their PyTorch form, not the fused kernels
@@ -345,7 +352,12 @@ def run_variant(name: str, args, s: dict, profile_to: Path | None = None) -> dic
     step_graphs = name.endswith("_sg")  # the whole step as one CUDA graph per batch shape (train.cuda_graphs)
     name = name.removesuffix("_sg")
     cached = name.startswith(("resident_cached", "loader_cached")) and name != "loader_cached_gt"
-    obj = objective(s, cached, graphs=not name.endswith("_eager"))
+    online = name == "resident_online"
+    obj = objective(s, cached, graphs=not name.endswith("_eager"), online=online)
+    if one_stream and (cached or online):
+        obj._beside.enabled = False
+    if adapters_nhwc and (cached or online):
+        obj.adapters.to(memory_format=torch.channels_last)
     if channels_last:
         for module in obj.checkpointed().values():
             module.to(memory_format=torch.channels_last)

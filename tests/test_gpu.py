@@ -362,7 +362,7 @@ def test_a_cached_frs_step_with_graphs_never_makes_the_host_wait_for_the_device(
     assert all(g is not None for g in obj._graphs._graphs.values())
 
 
-def _trainer(recipe, cache, kind: str, graphs: bool, arch: str | None, amp: bool):
+def _trainer(recipe, cache, kind: str, graphs: bool, arch: str | None, amp: bool, beside: bool = True):
     from frs_cli.data.coco import CocoViews
     from frs_cli.dist import setup
     from frs_cli.models import ModelConfig, build_detector
@@ -371,7 +371,7 @@ def _trainer(recipe, cache, kind: str, graphs: bool, arch: str | None, amp: bool
 
     torch.manual_seed(0)
     student = build_detector(ModelConfig(arch=arch, anchor_size=16) if arch else recipe.student, 5)
-    distill = replace(recipe.distill, warmup_iters=4)
+    distill = replace(recipe.distill, warmup_iters=4, teacher_beside=beside)
     if kind == "plain":
         obj = GTObjective(student)
     elif kind == "online":
@@ -452,6 +452,66 @@ def test_a_training_step_replayed_as_one_cuda_graph_equals_the_eager_step(mixed_
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         assert graphed.graphs.captured == 3
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+@pytest.mark.parametrize("kind", ["cached", "online"])
+def test_the_teacher_side_of_a_graphed_step_runs_on_a_second_stream_and_gives_the_one_stream_numbers(
+        mixed_cache, tmp_path, kind, monkeypatch):
+    """distill.teacher_beside: in a step captured as one CUDA graph the teacher's side (the cached head on the
+    decoded features, or the live teacher) runs on a stream of its own, beside the student's pass, and the step
+    gives what it gives with both on one stream: the same terms and gradients (float32, TF32 off), captured and
+    replayed over three batch shapes, in and out of order."""
+    from frs_cli.train import objectives
+    from frs_cli.train.loop import PendingLosses
+    from frs_cli.train.objectives import student_pass
+
+    recipe, cache = _cache_of(mixed_cache, tmp_path, "int8")
+    batches = _one_canvas_batches(recipe, cache)
+    if kind != "cached":
+        batches = [replace(b, teacher=None) for b in batches]
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        two, one = (_trainer(recipe, cache, kind, True, None, False, beside=b) for b in (True, False))
+        one.objective.load_state_dict(two.objective.state_dict())
+        streams = {id(two): [], id(one): []}
+        for trainer in (two, one):
+            side, seen = trainer.objective.teacher_side, streams[id(trainer)]
+            targets = side.graph_targets
+            side.graph_targets = lambda *a, _t=targets, _s=seen: (_s.append(torch.cuda.current_stream()), _t(*a))[1]
+        pass_streams = []
+
+        def recorded_pass(*a):
+            pass_streams.append(torch.cuda.current_stream())
+            return student_pass(*a)
+
+        monkeypatch.setattr(objectives, "student_pass", recorded_pass)
+        for it, batch in enumerate(batches + batches[::-1] + batches):
+            with torch.no_grad():
+                for a, b in zip(two.objective.state_dict().values(), one.objective.state_dict().values(),
+                                strict=True):
+                    a.copy_(b)
+            read = []
+            for trainer in (two, one):
+                pass_streams.clear()
+                losses, loss = trainer.run_step(batch, it)
+                read.append(PendingLosses(losses, loss).read())
+                read.append([p.grad.clone() for p in trainer.objective.parameters() if p.grad is not None])
+                if pass_streams:  # captured now: the pass ran on the capture's stream
+                    side = streams[id(trainer)][-1]
+                    assert (side != pass_streams[-1]) is (trainer is two), it
+            (l2, t2), g2, (l1, t1), g1 = read
+            assert list(l2) == list(l1) and len(l2) == 4
+            assert t2 == pytest.approx(t1, rel=1e-5)
+            for name in l1:
+                assert l2[name] == pytest.approx(l1[name], rel=1e-5, abs=1e-7), (it, name)
+            assert len(g2) == len(g1) > 0
+            for k, (a, b) in enumerate(zip(g2, g1, strict=True)):
+                assert _relative(a, b) < 1e-5, (it, k, _relative(a, b))
+        assert two.graphs.captured == one.graphs.captured == 3
+        assert len(streams[id(two)]) >= 3 and len(streams[id(one)]) >= 3  # each capture ran the teacher's side
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
 

@@ -66,6 +66,9 @@ class DistillConfig:
     # distill --cache on CUDA: the cached side, the adapters and both FRS terms of a batch of one canvas replayed as
     # a forward and a backward CUDA graph per batch shape (the same numbers; memory per shape, at most 8 GB in all)
     cuda_graphs: bool = True
+    # on CUDA, in a step replayed as one CUDA graph (train.cuda_graphs): the teacher's side (the cached head, or the
+    # live teacher) on a second stream beside the student's forward pass, which it does not read (the same numbers)
+    teacher_beside: bool = True
 
     def check(self, table: str) -> None:
         """ConfigError naming ``table.<key>`` for a negative or non-finite weight or warm-up."""

@@ -28,17 +28,26 @@ from frs_cli.losses import FeatureAdapter, frs_losses, position_grid, position_p
 
 log = logging.getLogger(__name__)
 
-__all__ = ["GraphedTerms", "frs_terms"]
+__all__ = ["GraphedTerms", "cached_targets", "frs_terms"]
+
+
+def cached_targets(teacher, features: list[Tensor], scales: list[Tensor] | None) -> tuple[list[Tensor], list[Tensor]]:
+    """The cached ``features`` (with their ``scales``) decoded by ``teacher`` (a ``CachedTeacher``) and its head's
+    logits on them: ``(features, logits)`` per level, without gradients."""
+    with torch.no_grad():
+        feats = teacher.decode(features, scales)
+        return feats, teacher.head_logits(feats)
 
 
 def frs_terms(teacher, adapters: FeatureAdapter, amp: tuple[bool, torch.dtype], levels: int, scaled: bool,
-              *inputs: Tensor) -> tuple[Tensor, Tensor]:
+              *inputs: Tensor, targets: tuple[list[Tensor], list[Tensor]] | None = None) -> tuple[Tensor, Tensor]:
     """``(feature_loss, head_loss)`` of a batch of one canvas from flat ``inputs``: per level the student's FPN
     features, then its classification logits, the cached features (as carried), their scales (when ``scaled``),
     the cached masks, then the images' valid sizes ``(B, 2)`` (the valid positions are computed from them here,
     ``losses.positions_within``) and per level the adapter's weight and bias (the adapters' own parameters: the
     graph reads them in place). ``teacher``: a ``CachedTeacher`` (its ``strides`` are the levels'); ``amp``: the
-    student's autocast (enabled, dtype)."""
+    student's autocast (enabled, dtype). ``targets``: ``cached_targets`` of those cached tensors when already
+    computed (else computed here)."""
     n = levels
     sf, sl, cf = inputs[:n], inputs[n:2 * n], inputs[2 * n:3 * n]
     k = 3 * n
@@ -46,9 +55,7 @@ def frs_terms(teacher, adapters: FeatureAdapter, amp: tuple[bool, torch.dtype], 
     k += n if scaled else 0
     masks, sizes, params = inputs[k:k + n], inputs[k + n], inputs[k + n + 1:]
     valid = positions_within(sizes, [tuple(f.shape[-2:]) for f in sf], teacher.strides)
-    with torch.no_grad():
-        feats = teacher.decode(list(cf), scales)
-        logits = teacher.head_logits(feats)
+    feats, logits = cached_targets(teacher, list(cf), scales) if targets is None else targets
     pads = [conv.padding for conv in adapters.convs]
     with torch.autocast(sf[0].device.type, dtype=amp[1], enabled=amp[0], cache_enabled=False):
         adapted = [F.conv2d(f, params[2 * lv], params[2 * lv + 1], padding=pads[lv]) for lv, f in enumerate(sf)]

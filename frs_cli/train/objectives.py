@@ -23,9 +23,10 @@ from frs_cli.losses import FeatureAdapter, distill_weight, frs_losses, frs_masks
 from frs_cli.models.base import Detector, FrsSignature, check_compatible
 from frs_cli.models.fold import fold_batchnorm
 from frs_cli.models.retinanet_loss import PaddedTargets, pad_targets
+from frs_cli.streams import SideStream
 from frs_cli.train.canvas import canvas_groups, crop_stack, level_grids, on_own_canvas
 from frs_cli.train.config import DistillConfig
-from frs_cli.train.graphed import GraphedTerms, frs_terms
+from frs_cli.train.graphed import GraphedTerms, cached_targets, frs_terms
 
 log = logging.getLogger(__name__)
 
@@ -269,16 +270,26 @@ class CachedTeacher(nn.Module):
             return None
         return [*cached.features, *(cached.scales or []), *cached.masks]
 
+    def graph_targets(self, images: Tensor, sizes: Tensor, side: list[Tensor]) -> list[Tensor]:
+        """The teacher's features and logits per level (features first) from ``graph_inputs``' tensors (``side``):
+        what ``graph_frs`` reads. It does not read the student, so ``FRSObjective.graph_terms`` may run it beside
+        the student's pass."""
+        n = len(self.strides)
+        feats, logits = cached_targets(self, list(side[:n]), list(side[n:2 * n]) if len(side) == 3 * n else None)
+        return [*feats, *logits]
+
     def graph_frs(self, adapters: FeatureAdapter, student_out, images: Tensor, sizes: Tensor,
-                  side: list[Tensor]) -> tuple[Tensor, Tensor]:
+                  side: list[Tensor], targets: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """Both FRS terms from ``graph_inputs``' tensors (``side``), the student's pass and the valid sizes: the
-        operations of ``frs_terms``, which ``distill.cuda_graphs`` replays, in the student's precision."""
+        operations of ``frs_terms``, which ``distill.cuda_graphs`` replays, in the student's precision.
+        ``targets``: ``graph_targets``' tensors when already computed (else computed here)."""
         device = sizes.device
         amp = (torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type))
         params = [p for conv in adapters.convs for p in (conv.weight, conv.bias)]
         n = len(self.strides)
+        ready = None if targets is None else (targets[:n], targets[n:])
         return frs_terms(self, adapters, amp, n, len(side) == 3 * n, *student_out.features, *student_out.cls_logits,
-                         *side, sizes, *params)
+                         *side, sizes, *params, targets=ready)
 
     def check_batch(self, batch: Batch) -> None:
         """FrsError unless ``batch`` carries cached targets with scales exactly when the encoding has them."""
@@ -337,17 +348,26 @@ class OnlineTeacher(nn.Module):
         """The live teacher reads the batch's images only: nothing more."""
         return []
 
-    def graph_frs(self, adapters: FeatureAdapter, student_out, images: Tensor, sizes: Tensor,
-                  side: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """Both FRS terms of a one-canvas batch with the teacher run on its images (``normalize_within``), as
-        ``forward`` and ``FRSObjective.forward`` compute them."""
+    def graph_targets(self, images: Tensor, sizes: Tensor, side: list[Tensor]) -> list[Tensor]:
+        """The teacher run on a one-canvas batch's images (``normalize_within``): its features, logits and FRS
+        masks per level, in that order. It does not read the student, so ``FRSObjective.graph_terms`` may run it
+        beside the student's pass."""
         b, _, h, w = images.shape
         with torch.no_grad(), teacher_autocast(images.device, self.autocast):
             out = self.teacher(self.teacher.normalize_within(images, sizes), [(h, w)] * b, detect=False)
-            masks = frs_masks(out.cls_logits)
+            return [*out.features, *out.cls_logits, *frs_masks(out.cls_logits)]
+
+    def graph_frs(self, adapters: FeatureAdapter, student_out, images: Tensor, sizes: Tensor,
+                  side: list[Tensor], targets: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """Both FRS terms of a one-canvas batch with the teacher run on its images, as ``forward`` and
+        ``FRSObjective.forward`` compute them. ``targets``: ``graph_targets``' tensors when already computed (else
+        computed here)."""
+        if targets is None:
+            targets = self.graph_targets(images, sizes, side)
+        n = len(self.teacher.strides)
+        feats, logits, masks = targets[:n], targets[n:2 * n], targets[2 * n:]
         valid = positions_within(sizes, [tuple(f.shape[-2:]) for f in student_out.features], self.teacher.strides)
-        return frs_losses(adapters(student_out.features), out.features, student_out.cls_logits, out.cls_logits, masks,
-                          valid)
+        return frs_losses(adapters(student_out.features), feats, student_out.cls_logits, logits, masks, valid)
 
 
 class FRSObjective(nn.Module):
@@ -366,6 +386,7 @@ class FRSObjective(nn.Module):
         # distill.cuda_graphs: the cached side and both terms of a one-canvas batch as CUDA graphs (not a module:
         # nothing in it trains or is saved that the adapters and the teacher side do not hold already)
         self._graphs = GraphedTerms(teacher_side, self.adapters) if getattr(teacher_side, "cuda_graphs", False) else None
+        self._beside = SideStream(cfg.teacher_beside)  # graph_terms' second stream for the teacher's side
 
     def checkpointed(self) -> dict[str, nn.Module]:
         return {"student": self.student, "adapters": self.adapters}
@@ -414,10 +435,18 @@ class FRSObjective(nn.Module):
 
     def graph_terms(self, *inputs: Tensor) -> dict[str, Tensor]:
         """``forward``'s terms, unweighted, from ``graph_inputs``' tensors alone."""
+        images, sizes, side = inputs[0], inputs[1], list(inputs[5:])
+        # the teacher's side reads no student tensor: on CUDA it runs on a second stream beside the student's pass
+        # (distill.teacher_beside), joined before the terms read it
+        targets = None
+        if hasattr(self.teacher_side, "graph_targets"):
+            targets = self._beside.start(images.device, self.teacher_side.graph_targets, images, sizes, side)
         out = student_pass(self.student, *inputs[:5])
+        if targets is not None:
+            self._beside.join(targets)
         terms = dict(out.losses)
-        terms["frs_feature"], terms["frs_head"] = self.teacher_side.graph_frs(self.adapters, out, inputs[0],
-                                                                            inputs[1], list(inputs[5:]))
+        terms["frs_feature"], terms["frs_head"] = self.teacher_side.graph_frs(self.adapters, out, images, sizes, side,
+                                                                            targets)
         return terms
 
     def term_weights(self, step: int) -> dict[str, float]:
