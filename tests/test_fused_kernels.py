@@ -49,15 +49,22 @@ SCRIPT = textwrap.dedent("""
             want_grads = [x.grad.clone() for x in student]
             for x in student:
                 x.grad = None
+            handed = {}  # per level the gradient as the term hands it back (a leaf's .grad is laid out as the leaf)
+            hooks = [x.register_hook(lambda grad, lv=lv: handed.__setitem__(lv, grad)) for lv, x in enumerate(student)]
             got = fused(student, teacher, weights)
             got.backward(g)
+            for h in hooks:
+                h.remove()
             grads = [x.grad for x in student]
             # the largest difference in steps of the student's dtype at the level's largest gradient
             ulps = max(float((a.float() - b.float()).abs().max() / (b.float().abs().max() * torch.finfo(dtype).eps))
                        for a, b in zip(grads, want_grads))
             rows.append({"term": name, "channels": channels, "dtype": str(dtype), "layout": layout,
                          "got": float(got), "want": float(want), "ulps": ulps,
-                         "layouts": [a.stride() == x.stride() for a, x in zip(grads, student)],
+                         # the head term's gradient channels-last (as the detectors' GT loss hands back its own),
+                         # the feature term's in its input's layout
+                         "layouts": [a.is_contiguous(memory_format=torch.channels_last) if name == "head"
+                                     else a.stride() == x.stride() for a, x in zip([handed[lv] for lv in range(len(student))], student)],
                          "dtypes": [str(a.dtype) for a in grads]})
     json.dump(rows, sys.stdout)
 """)
