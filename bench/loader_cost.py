@@ -31,8 +31,7 @@ Variants (``--variants``):
   ``resident_cached_sg_tnc_nf_nd``; then ``_cb``: with ``torch.backends.cudnn.benchmark`` on (cuDNN times its
   algorithms for each new shape and keeps the fastest), e.g. ``resident_plain_sg_cb``; then ``_nb``: the teacher's
   side on the step's own stream (``distill.teacher_beside = false``; it only acts with ``_sg``); then ``_acl``: the
-  FRS adapters' weights channels-last, so that their convolutions run NHWC whatever the student's layout; then
-  ``_hl``: the fused head term's gradient in the logits' own layout (``fused_losses.HEAD_GRAD_CHANNELS_LAST`` off).
+  FRS adapters' weights channels-last, so that their convolutions run NHWC whatever the student's layout.
 - ``resident_online``: the FRS objective with the live teacher (``OnlineTeacher``) on the same batches.
 
 ``--sync-points`` runs ``--sync-steps`` more steps of every variant with CUDA's sync debug mode on (``warn``) and
@@ -338,8 +337,6 @@ def run_variant(name: str, args, s: dict, profile_to: Path | None = None) -> dic
 
     torch.backends.cudnn.benchmark = name.endswith("_cb")  # cuDNN times its algorithms per shape, keeps the fastest
     name = name.removesuffix("_cb")
-    head_grad_as_logits = name.endswith("_hl")  # the fused head term's gradient in the logits' layout
-    name = name.removesuffix("_hl")
     adapters_nhwc = name.endswith("_acl")  # the FRS adapters' weights channels-last (their convolutions NHWC)
     name = name.removesuffix("_acl")
     one_stream = name.endswith("_nb")  # the teacher's side on the step's own stream (distill.teacher_beside off)
@@ -367,7 +364,6 @@ def run_variant(name: str, args, s: dict, profile_to: Path | None = None) -> dic
     if teacher_nchw and cached:
         obj.teacher_side.channels_last = False
     fused_losses.ENABLED = not unfused
-    fused_losses.HEAD_GRAD_CHANNELS_LAST = not head_grad_as_logits
     fused_decode.ENABLED = not torch_decode
     graphs = StepGraphs(obj, capture=s["dev"].type == "cuda") if step_graphs else None
     # a profile's steps: every distinct batch once, then 2 + 6 (see below)

@@ -9,11 +9,7 @@ tensors read through their strides (contiguous or channels-last, any float dtype
 - feature term ``sum_{b,p} w * sum_c (T - A)^2``; gradient to ``A``: ``-(g * w * 2 (T - A))``.
 
 The forward kernels write each position's channel sum (float32), which is weighted and summed as the PyTorch form
-does; the backward kernels recompute from the inputs and write the gradient in the input's dtype: the feature
-term's in the input's layout (the adapters' convolutions take it as they made it), the head term's channels-last
-whatever the logits' layout, because that is how a detector's own loss hands back its gradient to them
-(torchvision's heads permute the logits to ``(N, H, W, anchors, classes)`` for the loss), and autograd then adds
-the two in one pass over matching layouts, where mixed layouts made it read one of them across its strides. The
+does; the backward kernels recompute from the inputs and write the gradient in the input's dtype and layout. The
 arithmetic is float32 throughout, as in the PyTorch form; the sums over channels run in another order and Triton's
 ``exp`` is not PyTorch's, so the results agree to float32 rounding, not bit for bit (``tests/test_gpu.py``).
 
@@ -45,9 +41,6 @@ log = logging.getLogger(__name__)
 ENABLED = os.environ.get("FRS_FUSED_LOSSES", "1") != "0"
 
 _BLOCK_C, _BLOCK_P = 32, 64
-
-# the head term's gradient channels-last (see the module doc); False: in the logits' own layout (bench A/B)
-HEAD_GRAD_CHANNELS_LAST = True
 
 
 _WORKS: dict[torch.device, bool] = {}  # per device, whether the kernels compiled and ran there (``_works_on``)
@@ -110,9 +103,9 @@ if triton is not None:
             acc += tl.sum(tl.where(m, term, 0.0), axis=0)
         tl.store(out_ptr + b * out_sb + p, acc, mask=inside)
 
-    @triton.jit(do_not_specialize=["C", "P", "w_sb", "s_sb", "t_sb", "d_sb"])
-    def _backward(s_ptr, t_ptr, w_ptr, g_ptr, grad_ptr, C, P, w_sb, s_sb, s_sc, s_sp, t_sb, t_sc, t_sp, d_sb, d_sc,
-                  d_sp, HEAD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    @triton.jit(do_not_specialize=["C", "P", "w_sb", "s_sb", "t_sb"])
+    def _backward(s_ptr, t_ptr, w_ptr, g_ptr, grad_ptr, C, P, w_sb, s_sb, s_sc, s_sp, t_sb, t_sc, t_sp,
+                  HEAD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
         b = tl.program_id(0).to(tl.int64)
         p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
         inside = p < P
@@ -120,14 +113,14 @@ if triton is not None:
         for c0 in range(0, C, BLOCK_C):
             c = c0 + tl.arange(0, BLOCK_C)
             m = (c[:, None] < C) & inside[None, :]
-            s = tl.load(s_ptr + b * s_sb + c[:, None] * s_sc + p[None, :] * s_sp, mask=m, other=0.0).to(tl.float32)
+            at = c[:, None] * s_sc + p[None, :] * s_sp
+            s = tl.load(s_ptr + b * s_sb + at, mask=m, other=0.0).to(tl.float32)
             t = tl.load(t_ptr + b * t_sb + c[:, None] * t_sc + p[None, :] * t_sp, mask=m, other=0.0).to(tl.float32)
             if HEAD:
                 grad = (tl.sigmoid(s) - tl.sigmoid(t)) * gw[None, :]
             else:
                 grad = -(gw[None, :] * (2.0 * (t - s)))
-            tl.store(grad_ptr + b * d_sb + c[:, None] * d_sc + p[None, :] * d_sp, grad.to(grad_ptr.dtype.element_ty),
-                     mask=m)
+            tl.store(grad_ptr + b * s_sb + at, grad.to(grad_ptr.dtype.element_ty), mask=m)
 
 
 def _launch_forward(head: bool, student: Sequence[Tensor], teacher: Sequence[Tensor], weights: Tensor) -> Tensor:
@@ -154,11 +147,10 @@ def _launch_backward(head: bool, student: Sequence[Tensor], teacher: Sequence[Te
         b, c, h, w = s.shape
         s, *s_st = _positions_stride(s)
         t, *t_st = _positions_stride(t)
-        grad = torch.empty_like(s, memory_format=torch.channels_last if head and HEAD_GRAD_CHANNELS_LAST
-                                 else torch.preserve_format)
+        grad = torch.empty_like(s)  # s's layout: its strides are the gradient's
         grid = (b, triton.cdiv(h * w, _BLOCK_P))
-        _backward[grid](s, t, weights[:, start:], g, grad, c, h * w, weights.stride(0), *s_st, *t_st,
-                        *_positions_stride(grad)[1:], HEAD=head, BLOCK_C=_BLOCK_C, BLOCK_P=_BLOCK_P)
+        _backward[grid](s, t, weights[:, start:], g, grad, c, h * w, weights.stride(0), *s_st, *t_st, HEAD=head,
+                        BLOCK_C=_BLOCK_C, BLOCK_P=_BLOCK_P)
         grads.append(grad)
         start += h * w
     return grads
