@@ -16,7 +16,11 @@ each image. For n students, one GPU, at the batch the steps were measured with:
 The cached step is the step file's row with the most views, cold page cache when measured (a COCO cache of
 2.2 TB in fp16 does not fit in memory), else warm; the cached step does not depend on the teacher that wrote the
 cache when teachers share levels and channels (every RetinaNet here: P3-P7, 256 channels), so the first pair's
-cached rows serve every pair. A dtype without a teacher-cache rate for a teacher gets no row. ``--graphs``: the
+cached rows serve every pair. Where that row timed the plain and online steps paired with it (``--online-paired``:
+the same blocks of one process), its pair's online and plain steps are those, so that the three are compared like
+with like; otherwise, and for the other pairs, the pair's own online and plain rows. Every step figure is a median
+(a few one-off stalls of a hundred-step row would move a mean far more than they move a long run); where batches of
+different canvases take different times, the median overstates the hours of all three methods alike. A dtype without a teacher-cache rate for a teacher gets no row. ``--graphs``: the
 cached steps of a ``--graphs-ab`` run's graphed variant (``distill.cuda_graphs`` on, ``cache_verdicts.graphs_variant``).
 """
 
@@ -40,6 +44,17 @@ def cached_step(step: dict, dtype: str) -> dict | None:
     return next((r for r in rows if r["page_cache"] == "cold"), rows[0])
 
 
+def step_figure(figures: dict, prefix: str = "") -> float:
+    """``figures``' ``prefix``-ed step in ms (a median, see the module doc)."""
+    return float(figures[prefix + "step_ms"])
+
+
+def paired(step: dict, pair: str, dtypes: list[str]) -> dict | None:
+    """The first of ``dtypes``' ``cached_step`` rows that belongs to ``pair`` and timed its online step beside it."""
+    rows = (cached_step(step, d) for d in dtypes)
+    return next((r for r in rows if r is not None and r.get("pair") == pair and "online_step_ms" in r), None)
+
+
 def cache_rate(step: dict, teacher: str, dtype: str, rates: dict | None) -> float | None:
     """Teacher-cache views/s of ``teacher`` in ``dtype``: from ``rates`` (a speed.py JSON) when it has one, else
     the step file's rate split, else its full cache."""
@@ -59,25 +74,29 @@ def hours(step: dict, rates: dict | None = None, images: int = 118_287, epochs: 
     steps = math.ceil(images * epochs / batch)
     per_step_h = steps / 3.6e6  # GPU-hours of one student per ms of step
     dtypes = [d for d in step["args"]["dtypes"].split(",")]
-    plain = next((p["plain"]["step_ms"] for p in step["pairs"].values() if "plain" in p), None)
+    plain = next((step_figure(p["plain"]) for p in step["pairs"].values() if "plain" in p), None)
     out = {"schedule": {"images": images, "epochs": epochs, "batch": batch, "steps_per_student": steps,
                         "cached_views": images * views_per_image}, "rows": []}
     for pair, row in step["pairs"].items():
         teacher = pair.split("-")[0]
         arch = step["teachers"].get(teacher, {}).get("arch", teacher)
-        online = row["online"]["step_ms"]
+        beside = paired(step, pair, dtypes)
+        online = step_figure(beside, "online_") if beside else step_figure(row["online"])
+        if beside and "plain_step_ms" in beside and plain is not None:
+            plain = step_figure(beside, "plain_")
         out["rows"].append({"pair": pair, "teacher_arch": arch, "method": "online", "step_ms": online,
+                            "step_row": f"paired, {beside['dtype']} row" if beside else "the pair's own",
                             "cache_hours": 0.0, **{f"students_{n}": n * online * per_step_h for n in STUDENTS}})
         for dtype in dtypes:
             cached, rate = cached_step(step, dtype), cache_rate(step, teacher, dtype, rates)
             if cached is None or rate is None:
                 continue
             once = images * views_per_image / rate / 3600
-            entry = {"pair": pair, "teacher_arch": arch, "method": f"cache {dtype}", "step_ms": cached["step_ms"],
+            entry = {"pair": pair, "teacher_arch": arch, "method": f"cache {dtype}", "step_ms": step_figure(cached),
                      "step_row": f"{cached['views']} views, {cached['page_cache']}", "cache_views_s": rate,
                      "cache_hours": once}
             for n in STUDENTS:
-                entry[f"students_{n}"] = once + n * cached["step_ms"] * per_step_h
+                entry[f"students_{n}"] = once + n * entry["step_ms"] * per_step_h
                 entry[f"saving_{n}"] = 1 - entry[f"students_{n}"] / (n * online * per_step_h)
             out["rows"].append(entry)
     if plain is not None:

@@ -61,10 +61,8 @@ SCRIPT = textwrap.dedent("""
                        for a, b in zip(grads, want_grads))
             rows.append({"term": name, "channels": channels, "dtype": str(dtype), "layout": layout,
                          "got": float(got), "want": float(want), "ulps": ulps,
-                         # the head term's gradient channels-last (as the detectors' GT loss hands back its own),
-                         # the feature term's in its input's layout
-                         "layouts": [a.is_contiguous(memory_format=torch.channels_last) if name == "head"
-                                     else a.stride() == x.stride() for a, x in zip([handed[lv] for lv in range(len(student))], student)],
+                         # each gradient handed back in its input's layout
+                         "layouts": [handed[lv].stride() == x.stride() for lv, x in enumerate(student)],
                          "dtypes": [str(a.dtype) for a in grads]})
     json.dump(rows, sys.stdout)
 """)

@@ -370,6 +370,22 @@ def test_gpu_hours_from_hand_made_rates():
         pytest.approx(1000 / 3600)
 
 
+def test_gpu_hours_takes_the_online_and_plain_steps_paired_with_the_cached_row_of_their_pair():
+    """A cached row that timed its online and plain steps beside it (``--online-paired``) gives its pair's online and
+    plain figures (the same blocks of one process), not the pair's separate rows; another pair keeps its own."""
+    gpu_hours = _bench("gpu_hours")
+    step = _hand_made_step()
+    for r in step["cached"]:  # the row gpu_hours takes for float16 is 8192 views, cold
+        r.update(online_step_ms=r["step_ms"] * 1.5, plain_step_ms=r["step_ms"] * 0.9)
+    out = gpu_hours.hours(step, images=36_000, epochs=1)
+    rows = {(r["pair"], r["method"]): r for r in out["rows"]}
+    assert rows["x101-r50", "online"]["step_ms"] == pytest.approx(600.0 * 1.5)  # the fp16 row, first of the dtypes
+    assert rows["x101-r50", "online"]["step_row"] == "paired, float16 row"
+    assert rows["any", "plain (no teacher)"]["step_ms"] == pytest.approx(600.0 * 0.9)
+    assert rows["r50v2-r50", "online"]["step_ms"] == 800.0  # the cached rows are x101-r50's
+    assert rows["x101-r50", "cache int5"]["saving_1"] == pytest.approx(1 - (2000 / 3600 + 0.4) / 0.9)
+
+
 def test_cache_verdicts_miss_by_any_margin_and_when_not_measured(tmp_path, capsys):
     verdicts = _bench("cache_verdicts")
     v = verdicts.verdicts(_hand_made_step())
