@@ -22,17 +22,12 @@ Variants (``--variants``):
 - ``loader_cached_gt``: the cached loader, but the GT loss (the teacher targets read and dropped before the copy);
 - optional: ``loader_cached_nopin``, ``loader_cached`` with ``pin_memory=False``; ``loader_cached_w4``, with 4
   workers;
-- any variant with ``_sg`` appended: its step through ``StepGraphs`` (``train.cuda_graphs``: forward and backward
-  of a one-canvas batch as one replayed CUDA graph; off CUDA run without capture); then ``_cl``: what trains
-  channels-last (``train.channels_last``), e.g. ``resident_plain_sg_cl``; then ``_tnc``: the cached teacher's
-  head and decoded features contiguous (``CachedTeacher.channels_last = False``; on CUDA they are channels-last by
-  default); then ``_nf``: the FRS terms in their PyTorch form (``frs_cli.fused_losses.ENABLED = False``); then
-  ``_nd``: packed codes decoded in PyTorch (``frs_cli.fused_decode.ENABLED = False``), e.g.
-  ``resident_cached_sg_tnc_nf_nd``; then ``_cb``: with ``torch.backends.cudnn.benchmark`` on (cuDNN times its
-  algorithms for each new shape and keeps the fastest), e.g. ``resident_plain_sg_cb``; then ``_nb``: the teacher's
-  side on the step's own stream (``distill.teacher_beside = false``; it only acts with ``_sg``); then ``_acl``: the
-  FRS adapters' weights channels-last, so that their convolutions run NHWC whatever the student's layout.
-- ``resident_online``: the FRS objective with the live teacher (``OnlineTeacher``) on the same batches.
+- ``resident_online``: the FRS objective with the live teacher (``OnlineTeacher``) on the same batches;
+- any of them with ``SWITCHES`` appended, in any order, each changing one thing for that variant alone: ``_sg``
+  its step through ``StepGraphs`` (``train.cuda_graphs``), ``_cl`` the student channels-last, ``_tnc`` the cached
+  head contiguous, ``_nf`` / ``_nd`` the FRS terms / the packed decode in PyTorch, ``_cb`` cuDNN's benchmark
+  mode, ``_nb`` the teacher's side on the step's own stream, ``_acl`` the adapters channels-last (see
+  ``SWITCHES``), e.g. ``resident_cached_sg_tnc_nf``.
 
 ``--sync-points`` runs ``--sync-steps`` more steps of every variant with CUDA's sync debug mode on (``warn``) and
 records, per variant, each place in the Python code where the host waited for the device (``sync_points``: the
@@ -331,41 +326,71 @@ def timed(obj, batches, dev, amp, warmup: int, steps: int, drop_teacher: bool = 
     return out
 
 
-def run_variant(name: str, args, s: dict, profile_to: Path | None = None) -> dict:
+# what a variant's name may end with, in any order, e.g. ``resident_cached_sg_tnc_nf``: each switches one thing for
+# that variant alone
+SWITCHES = {
+    "_sg": "the step through StepGraphs (train.cuda_graphs: forward and backward of a one-canvas batch as one "
+           "replayed CUDA graph; off CUDA run without capture)",
+    "_cl": "what trains channels-last (train.channels_last)",
+    "_tnc": "the cached teacher's head and decoded features contiguous (CachedTeacher.channels_last = False; on CUDA "
+            "they are channels-last by default)",
+    "_nf": "the FRS terms in their PyTorch form (frs_cli.fused_losses.ENABLED = False)",
+    "_nd": "packed codes decoded in PyTorch (frs_cli.fused_decode.ENABLED = False)",
+    "_cb": "torch.backends.cudnn.benchmark on (cuDNN times its algorithms for each new shape, keeps the fastest)",
+    "_nb": "the teacher's side on the step's own stream (distill.teacher_beside = false; it acts with _sg only)",
+    "_acl": "the FRS adapters' weights channels-last, so that their convolutions run NHWC whatever the student's layout",
+}
+
+
+def parse_variant(name: str) -> tuple[str, frozenset[str]]:
+    """A variant's base name and the ``SWITCHES`` its name ends with."""
+    on = set()
+    while (suffix := next((x for x in SWITCHES if name.endswith(x)), None)) is not None:
+        on.add(suffix)
+        name = name.removesuffix(suffix)
+    return name, frozenset(on)
+
+
+@contextlib.contextmanager
+def process_switches(on: frozenset[str]):
+    """The process-wide ``SWITCHES`` of ``on`` (cuDNN's benchmark mode, the fused kernels) within the block; as they
+    were after it. A kernel turned off in the environment stays off."""
     from frs_cli import fused_decode, fused_losses
+
+    saved = torch.backends.cudnn.benchmark, fused_losses.ENABLED, fused_decode.ENABLED
+    torch.backends.cudnn.benchmark = "_cb" in on
+    fused_losses.ENABLED = saved[1] and "_nf" not in on
+    fused_decode.ENABLED = saved[2] and "_nd" not in on
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark, fused_losses.ENABLED, fused_decode.ENABLED = saved
+
+
+def run_variant(name: str, args, s: dict, profile_to: Path | None = None) -> dict:
+    """One variant (a base name of ``VARIANTS``/``OPTIONAL`` or ``resident_online``, then any ``SWITCHES``) timed,
+    or profiled into ``profile_to``."""
+    base, on = parse_variant(name)
+    with process_switches(on):
+        return _run_variant(base, on, args, s, profile_to)
+
+
+def _run_variant(name: str, on: frozenset[str], args, s: dict, profile_to: Path | None) -> dict:
     from frs_cli.train.step_graphs import StepGraphs
 
-    torch.backends.cudnn.benchmark = name.endswith("_cb")  # cuDNN times its algorithms per shape, keeps the fastest
-    name = name.removesuffix("_cb")
-    adapters_nhwc = name.endswith("_acl")  # the FRS adapters' weights channels-last (their convolutions NHWC)
-    name = name.removesuffix("_acl")
-    one_stream = name.endswith("_nb")  # the teacher's side on the step's own stream (distill.teacher_beside off)
-    name = name.removesuffix("_nb")
-    torch_decode = name.endswith("_nd")  # packed codes decoded in PyTorch, not by the fused kernel
-    name = name.removesuffix("_nd")
-    unfused = name.endswith("_nf")  # the FRS terms in their PyTorch form, not the fused kernels
-    name = name.removesuffix("_nf")
-    teacher_nchw = name.endswith("_tnc")  # the cached head and decoded features contiguous (NCHW), not channels-last
-    name = name.removesuffix("_tnc")
-    channels_last = name.endswith("_cl")  # what trains channels-last (train.channels_last)
-    name = name.removesuffix("_cl")
-    step_graphs = name.endswith("_sg")  # the whole step as one CUDA graph per batch shape (train.cuda_graphs)
-    name = name.removesuffix("_sg")
     cached = name.startswith(("resident_cached", "loader_cached")) and name != "loader_cached_gt"
     online = name == "resident_online"
     obj = objective(s, cached, graphs=not name.endswith("_eager"), online=online)
-    if one_stream and (cached or online):
+    if "_nb" in on and (cached or online):
         obj._beside.enabled = False
-    if adapters_nhwc and (cached or online):
+    if "_acl" in on and (cached or online):
         obj.adapters.to(memory_format=torch.channels_last)
-    if channels_last:
+    if "_cl" in on:
         for module in obj.checkpointed().values():
             module.to(memory_format=torch.channels_last)
-    if teacher_nchw and cached:
+    if "_tnc" in on and cached:
         obj.teacher_side.channels_last = False
-    fused_losses.ENABLED = not unfused
-    fused_decode.ENABLED = not torch_decode
-    graphs = StepGraphs(obj, capture=s["dev"].type == "cuda") if step_graphs else None
+    graphs = StepGraphs(obj, capture=s["dev"].type == "cuda") if "_sg" in on else None
     # a profile's steps: every distinct batch once, then 2 + 6 (see below)
     sync_steps = args.sync_steps if args.sync_points and profile_to is None else 0
     count = args.warmup + args.steps + sync_steps if profile_to is None else max(args.warmup, args.batches) + 8

@@ -149,3 +149,49 @@ def test_loader_cost_sync_points_record_where_a_step_waits_for_the_device_per_st
     text = bench.table(res)
     assert "Where the host waited for the device" in text
     assert f"| resident_cached | 0 | 1 | `{chain}` |" in text and "| resident_plain | 0 | 0 | `(none)` |" in text
+
+
+def test_loader_cost_variant_switches_parse_in_any_order_and_last_for_their_variant_alone(tmp_path, monkeypatch):
+    """A variant's name is a base name and ``SWITCHES`` in any order; the process-wide ones (cuDNN's benchmark mode,
+    the fused kernels) hold while that variant runs and are as before after it, and a kernel turned off in the
+    environment stays off. A switched variant runs whole in the smoke run."""
+    from frs_cli import fused_decode, fused_losses
+
+    bench = load_bench("loader_cost")
+    assert bench.parse_variant("resident_cached_sg_tnc_nf") == ("resident_cached", {"_sg", "_tnc", "_nf"})
+    assert bench.parse_variant("resident_cached_nf_tnc_sg") == ("resident_cached", {"_sg", "_tnc", "_nf"})
+    assert bench.parse_variant("loader_cached_eager_sg_acl") == ("loader_cached_eager", {"_sg", "_acl"})
+    assert bench.parse_variant("resident_online_nb") == ("resident_online", {"_nb"})
+    assert bench.parse_variant("loader_cached_w4") == ("loader_cached_w4", set())
+
+    monkeypatch.setattr(fused_losses, "ENABLED", True)
+    monkeypatch.setattr(fused_decode, "ENABLED", False)  # as FRS_FUSED_DECODE=0 leaves it
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    with bench.process_switches(frozenset({"_nf", "_cb"})):
+        assert (fused_losses.ENABLED, fused_decode.ENABLED, torch.backends.cudnn.benchmark) == (False, False, True)
+    with bench.process_switches(frozenset()):
+        assert (fused_losses.ENABLED, fused_decode.ENABLED, torch.backends.cudnn.benchmark) == (True, False, False)
+    assert (fused_losses.ENABLED, fused_decode.ENABLED, torch.backends.cudnn.benchmark) == (True, False, False)
+    monkeypatch.setattr(fused_losses, "ENABLED", False)  # as FRS_FUSED_LOSSES=0 leaves it
+    monkeypatch.setattr(fused_decode, "ENABLED", True)
+    with bench.process_switches(frozenset({"_nf"})):
+        assert (fused_losses.ENABLED, fused_decode.ENABLED) == (False, True)
+    with bench.process_switches(frozenset({"_nd"})):
+        assert (fused_losses.ENABLED, fused_decode.ENABLED) == (False, False)
+    assert (fused_losses.ENABLED, fused_decode.ENABLED) == (False, True)
+    monkeypatch.setattr(fused_losses, "ENABLED", True)
+
+    seen = []
+    real = bench._run_variant
+
+    def spy(name, on, *a):
+        seen.append((name, on, fused_losses.ENABLED, torch.backends.cudnn.benchmark))
+        return real(name, on, *a)
+
+    monkeypatch.setattr(bench, "_run_variant", spy)
+    name = "resident_cached_sg_nf_cb_nb_acl"
+    argv = ["--smoke", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"), "--variants", name]
+    row = bench.run(bench.parse_args(argv), argv)["rounds"][0][name]
+    assert row["steps"] == 2 and row["step_ms"] > 0 and row["step_graphs_captured"] == 0  # no capture off CUDA
+    assert seen == [("resident_cached", {"_sg", "_nf", "_cb", "_nb", "_acl"}, False, True)]
+    assert (fused_losses.ENABLED, torch.backends.cudnn.benchmark) == (True, False)
