@@ -213,3 +213,47 @@ def test_train_channels_last_lays_out_what_trains_channels_last_and_steps_as_bef
     assert all(p.grad.is_contiguous(memory_format=torch.channels_last) for p in four_d)
     for (name, a), b in zip(nhwc.objective.state_dict().items(), nchw.objective.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("kind", ["cached", "online"])
+def test_the_graphed_terms_run_the_teacher_side_once_through_the_side_stream_and_read_what_it_returned(
+        kind, mixed_cache, monkeypatch):
+    """``FRSObjective.graph_terms`` (what a step graph captures) starts the teacher's side through its ``SideStream``
+    (``distill.teacher_beside``) before the student's pass, joins it on what it returned, and hands that to
+    ``graph_frs``: the teacher's side runs once a step. Off CUDA the stream is no stream: ``start`` calls the
+    function where it stands and ``join`` does nothing."""
+    from frs_cli.cache.reader import TeacherCache
+    from frs_cli.streams import SideStream
+    from frs_cli.train import objectives
+
+    recipe, path, _ = mixed_cache("retinanet")
+    cache = TeacherCache(path)
+    batches, _ = one_canvas_batches(recipe, cache)
+    obj = _objective(kind, recipe, cache).train()
+    side = obj.teacher_side
+    calls = []
+    targets_of, frs_of, pass_of = side.graph_targets, side.graph_frs, objectives.student_pass
+    start, join = SideStream.start, SideStream.join
+
+    def graph_targets(*a):
+        calls.append("targets")
+        calls.append(out := targets_of(*a))
+        return out
+
+    monkeypatch.setattr(side, "graph_targets", graph_targets)
+    monkeypatch.setattr(side, "graph_frs", lambda *a: (calls.append(("frs", a[-1])), frs_of(*a))[1])
+    monkeypatch.setattr(objectives, "student_pass", lambda *a: (calls.append("pass"), pass_of(*a))[1])
+    monkeypatch.setattr(SideStream, "start", lambda self, *a: (calls.append(("start", self)), start(self, *a))[1])
+    monkeypatch.setattr(SideStream, "join", lambda self, t: (calls.append(("join", t)), join(self, t))[1])
+    terms = obj.graph_terms(*obj.graph_inputs(batches[0]))
+    assert {"frs_feature", "frs_head"} <= set(terms) and all(torch.isfinite(t) for t in terms.values())
+    returned = calls[2]
+    assert isinstance(returned, list) and len(returned) == (10 if kind == "cached" else 15)  # features, logits[, masks]
+    assert calls[0] == ("start", obj._beside) and calls[1] == "targets" and calls[3] == "pass"
+    assert calls[4][0] == "join" and calls[4][1] is returned
+    assert calls[5][0] == "frs" and calls[5][1] is returned and len(calls) == 6  # the side ran once
+
+    second = SideStream()
+    assert second.start(torch.device("cpu"), lambda x: x + 1, 1) == 2 and second._pending is None
+    second.join([torch.ones(1)])  # nothing to wait for
+    assert SideStream(enabled=False).start(torch.device("cuda"), lambda: "ran here") == "ran here"
