@@ -17,8 +17,8 @@ __all__ = ["SideStream"]
 
 
 class SideStream:
-    """``start(fn, *args)`` runs ``fn`` with a second stream of the current CUDA device current, after the work
-    already issued on the current stream; ``join(tensors)`` makes the current stream wait for that work and marks
+    """``start(device, fn, *args)`` runs ``fn(*args)`` with a second stream of ``device`` current, after the work
+    already issued on its current stream; ``join(tensors)`` makes the current stream wait for that work and marks
     ``tensors`` (made on the second stream) as used on the current one, so that the allocator keeps their memory
     until the current stream's work on them is done. Off CUDA, or with ``enabled`` False, ``start`` calls ``fn``
     and ``join`` does nothing. One ``start`` at a time: ``join`` before the next."""
