@@ -572,3 +572,23 @@ def test_mask_statistics_of_nan_masks_is_one_line_and_the_hint_verify_lists_the_
     result = run("cache", "verify", copy)
     assert result.exit_code == 1
     assert result.stdout.splitlines()[0] == "image 2 orig (bucket 64x64, row 2): P4/mask checksum mismatch"
+
+
+def test_a_resume_may_change_how_the_step_is_launched_but_not_what_it_computes(tmp_path):
+    """``resume_changes``: the keys that only change how a step is launched or laid out (``distill.cuda_graphs``,
+    ``distill.teacher_beside``, ``train.cuda_graphs``, ``train.channels_last``) are neither refused nor recorded as
+    changes; a weight of the objective is refused, naming both values."""
+    from frs_cli.config import Recipe
+    from frs_cli.errors import ConfigError
+    from frs_cli.train.rundir import RECIPE, resume_changes
+
+    stored = Recipe().to_dict()
+    (tmp_path / RECIPE).write_text(json.dumps(stored), encoding="utf-8")
+    asked = json.loads(json.dumps(stored))
+    for table, key in (("distill", "cuda_graphs"), ("distill", "teacher_beside"), ("train", "cuda_graphs"),
+                       ("train", "channels_last")):
+        asked[table][key] = not asked[table][key]
+    assert resume_changes(tmp_path, asked, "distill cache") == {}
+    asked["distill"]["beta"] = 0.5
+    with pytest.raises(ConfigError, match=r"started with another recipe: distill.beta = 0.02, now 0.5"):
+        resume_changes(tmp_path, asked, "distill cache")
