@@ -141,14 +141,19 @@ def test_collate_zeroes_the_padding_of_a_batch_built_in_reused_memory(monkeypatc
     assert out.features[0].sum() == 2 * (15 + 12) and out.masks[0].sum() == 15 + 12  # no 7 left anywhere
 
 
+def _smoke_step(step, tmp_path, monkeypatch, *flags: str) -> dict:
+    """``bench/cached_step.py --smoke`` with ``flags``, out to tmp_path/out: its step.json."""
+    monkeypatch.setattr(sys, "argv", ["cached_step.py", "--smoke", "--out", str(tmp_path / "out"), "--work",
+                                      str(tmp_path / "work"), *flags])
+    step.main()
+    return json.loads((tmp_path / "out" / "step.json").read_text())
+
+
 # -- the benchmark scripts ------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_cached_step_smoke_on_the_cpu_writes_every_row_and_figure(tmp_path, monkeypatch, capsys):
     step = _bench("cached_step")
-    monkeypatch.setattr(sys, "argv", ["cached_step.py", "--smoke", "--out", str(tmp_path / "out"),
-                                      "--work", str(tmp_path / "work"), "--graphs-ab", "--warm-only", "float16"])
-    step.main()
-    res = json.loads((tmp_path / "out" / "step.json").read_text())
+    res = _smoke_step(step, tmp_path, monkeypatch, "--graphs-ab", "--warm-only", "float16")
     assert res["device"] == "cpu" and res["views_in_split"] >= 16 and res["disk"]["read"]["cold"] is False
     assert res["teachers"]["tiny"]["cache"]["int5"]["over_inference"] == pytest.approx(
         res["teachers"]["tiny"]["cache"]["int5"]["views_s"] / res["teachers"]["tiny"]["inference_img_s"])
@@ -221,10 +226,7 @@ def _cached_step_with_feeder_spy(monkeypatch):
 
 def test_cached_step_feeds_every_step_as_device_prefetch_says(tmp_path, monkeypatch):
     step, flags = _cached_step_with_feeder_spy(monkeypatch)
-    monkeypatch.setattr(sys, "argv", ["cached_step.py", "--smoke", "--out", str(tmp_path / "out"),
-                                      "--work", str(tmp_path / "work"), "--no-device-prefetch", "--no-zarr-row"])
-    step.main()
-    res = json.loads((tmp_path / "out" / "step.json").read_text())
+    res = _smoke_step(step, tmp_path, monkeypatch, "--no-device-prefetch", "--no-zarr-row")
     assert res["args"]["device_prefetch"] in (False, "False")
     assert len(flags) >= 3 and not any(flags)  # the plain, online and every cached row
     assert all(r["step_ms"] > 0 for r in res["cached"] if "step_ms" in r)
@@ -233,10 +235,7 @@ def test_cached_step_feeds_every_step_as_device_prefetch_says(tmp_path, monkeypa
 def test_cached_step_pairs_the_online_step_and_times_plain_and_graphed_also_without_the_prefetcher(tmp_path,
                                                                                                     monkeypatch):
     step, flags = _cached_step_with_feeder_spy(monkeypatch)
-    monkeypatch.setattr(sys, "argv", ["cached_step.py", "--smoke", "--out", str(tmp_path / "out"), "--work",
-                                      str(tmp_path / "work"), "--graphs-ab", "--feeder-ab", "--online-paired"])
-    step.main()
-    res = json.loads((tmp_path / "out" / "step.json").read_text())
+    res = _smoke_step(step, tmp_path, monkeypatch, "--graphs-ab", "--feeder-ab", "--online-paired")
     rows = [r for r in res["cached"] if "step_ms" in r]
     assert len(rows) == 4  # float16 and int5 at both smoke sizes, warm
     for r in rows:
@@ -259,10 +258,7 @@ def test_cached_step_split_times_the_plain_step_on_cached_batches_and_each_modes
         return objective, dataset
 
     monkeypatch.setattr(step, "step_objective", spy)
-    monkeypatch.setattr(sys, "argv", ["cached_step.py", "--smoke", "--out", str(tmp_path / "out"), "--work",
-                                      str(tmp_path / "work"), "--split"])
-    step.main()
-    res = json.loads((tmp_path / "out" / "step.json").read_text())
+    res = _smoke_step(step, tmp_path, monkeypatch, "--split")
     rows = [r for r in res["cached"] if "step_ms" in r and "split" in r]
     assert len(rows) == 4  # float16 and int5 at both smoke sizes, warm (the zarr row is not paired)
     for row in rows:
@@ -300,10 +296,7 @@ def test_cached_step_hold_ab_times_both_steps_again_with_workers_that_hold_no_bu
         return real(args, dataset, batches, dev, hold)
 
     monkeypatch.setattr(step, "_loader", spy)
-    monkeypatch.setattr(sys, "argv", ["cached_step.py", "--smoke", "--out", str(tmp_path / "out"), "--work",
-                                      str(tmp_path / "work"), "--hold-ab", "--no-zarr-row"])
-    step.main()
-    res = json.loads((tmp_path / "out" / "step.json").read_text())
+    res = _smoke_step(step, tmp_path, monkeypatch, "--hold-ab", "--no-zarr-row")
     rows = [r for r in res["cached"] if "step_ms" in r]
     assert len(rows) == 4
     for r in rows:
@@ -645,10 +638,7 @@ def test_cached_step_hostcopy_ab_times_the_steps_again_with_the_box_coding_copyi
 
     monkeypatch.setattr(BoxCoder, "decode_single", spy)
     own = retinanet_loss.coder_weights, retinanet_loss.decode_deltas
-    monkeypatch.setattr(sys, "argv", ["cached_step.py", "--smoke", "--out", str(tmp_path / "out"), "--work",
-                                      str(tmp_path / "work"), "--hostcopy-ab", "--online-paired", "--no-zarr-row"])
-    step.main()
-    res = json.loads((tmp_path / "out" / "step.json").read_text())
+    res = _smoke_step(step, tmp_path, monkeypatch, "--hostcopy-ab", "--online-paired", "--no-zarr-row")
     rows = [r for r in res["cached"] if "step_ms" in r]
     assert len(rows) == 4
     for r in rows:
@@ -700,10 +690,7 @@ def test_cached_step_runs_each_step_through_the_step_graphs_and_step_graphs_ab_t
         return out
 
     monkeypatch.setattr(StepGraphs, "_run", spy)
-    monkeypatch.setattr(sys, "argv", ["cached_step.py", "--smoke", "--out", str(tmp_path / "out"), "--work",
-                                      str(tmp_path / "work"), "--step-graphs-ab", "--online-paired", "--no-zarr-row"])
-    step.main()
-    res = json.loads((tmp_path / "out" / "step.json").read_text())
+    res = _smoke_step(step, tmp_path, monkeypatch, "--step-graphs-ab", "--online-paired", "--no-zarr-row")
     rows = [r for r in res["cached"] if "step_ms" in r]
     assert len(rows) == 4
     for r in rows:
