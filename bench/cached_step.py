@@ -498,6 +498,18 @@ def host_copies():
         retinanet_loss.coder_weights, retinanet_loss.decode_deltas = made, decode
 
 
+# the A/B variants of a paired mode: the same step launched, fed or coded another way (see time_paired)
+VARIANTS = ("_inline", "_hold0", "_hostcopy", "_eager")
+
+
+def step_kind(mode: str) -> str:
+    """The step a paired ``mode`` times (plain, online, cached, cached_graphs, gt_cached): its variant suffix off."""
+    for suffix in VARIANTS:
+        if mode.endswith(suffix):
+            return mode.removesuffix(suffix)
+    return mode
+
+
 def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path: str, dev, amp) -> dict:
     """The cached step and the plain step over the same batches, interleaved: --warmup steps of each, then blocks of
     --block steps, plain and cached in turn (the first of each pair alternating), until each has --steps. Two
@@ -528,7 +540,7 @@ def time_paired(args, mode: str, recipe, sname: str, coco, num_views: int, path:
     for m in modes:
         torch.manual_seed(0)
         student = build_detector(ModelConfig(arch=ARCH[sname]), coco.index.num_classes)
-        kind = m.removesuffix("_inline").removesuffix("_hold0").removesuffix("_hostcopy").removesuffix("_eager")
+        kind = step_kind(m)
         cached = kind not in ("plain", "online")
         r = recipe
         if cached and args.graphs_ab:  # the A/B: distill.cuda_graphs off and on
