@@ -21,6 +21,7 @@ from frs_cli.data.coco import DataConfig
 from frs_cli.data.geometry import GeometryConfig
 from frs_cli.errors import ConfigError, FrsError
 from frs_cli.models.config import ModelConfig
+from frs_cli.models.registry import arch_spec
 from frs_cli.train.config import DistillConfig, TrainConfig
 
 
@@ -169,7 +170,7 @@ def apply_overrides(table: dict, overrides: list[str]) -> dict:
 
 
 def recipe_from_dict(table: dict) -> Recipe:
-    recipe = _resolve_cache_split(_build(Recipe, table))
+    recipe = _resolve_distill_weights(_resolve_cache_split(_build(Recipe, table)))
     check_values(recipe)
     return recipe
 
@@ -201,6 +202,13 @@ def _resolve_cache_split(recipe: Recipe) -> Recipe:
                           f"{data.train!r} or data.val = {data.val!r}), got {split!r}",
                           hint="name the folder in data.train or data.val only, and the role in cache.split")
     return dataclasses.replace(recipe, cache=dataclasses.replace(recipe.cache, split=folder))
+
+
+def _resolve_distill_weights(recipe: Recipe) -> Recipe:
+    """``distill.alpha`` and ``distill.beta`` left out of the recipe are the student family's official FRS weights
+    (``DistillConfig.for_family``); the resolved recipe holds the numbers (``frs recipe show``, a run's recipe.json)."""
+    family = arch_spec(recipe.student.arch).family
+    return dataclasses.replace(recipe, distill=recipe.distill.for_family(family))
 
 
 EXTENDS_KEY = "extends"  # top-level recipe key: the path of a base recipe, relative to the file naming it

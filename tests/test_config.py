@@ -12,6 +12,7 @@ from frs_cli.data.coco import DataConfig
 from frs_cli.data.geometry import GeometryConfig
 from frs_cli.errors import ConfigError
 from frs_cli.models.config import ModelConfig
+from frs_cli.models.registry import arch_spec
 from frs_cli.train.config import DistillConfig, TrainConfig
 
 PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
@@ -85,7 +86,7 @@ def test_cache_split_that_is_neither_role_nor_data_folder_is_one_line_naming_bot
 
 def test_empty_table_gives_defaults():
     recipe = recipe_from_dict({})
-    assert recipe == Recipe()
+    assert recipe == dataclasses.replace(Recipe(), distill=DistillConfig(alpha=0.005, beta=0.02))  # RetinaNet's
     assert recipe.train == TrainConfig()
     assert recipe.geometry == GeometryConfig()
     assert recipe.cache == CacheConfig()
@@ -110,7 +111,7 @@ def test_recipe_values_land_in_the_right_dataclasses():
     assert recipe.student == ModelConfig(arch="retinanet_tiny_fpn")
     assert recipe.train.lr_steps == (3, 5)
     assert isinstance(recipe.train.lr_steps, tuple)
-    assert recipe.distill == DistillConfig(alpha=0.1, mask="gt")
+    assert recipe.distill == DistillConfig(alpha=0.1, beta=0.02, mask="gt")  # beta: RetinaNet's official one
     assert recipe.cache.views == ("hflip",)
     assert recipe.train_config("teacher").epochs == 5
     assert recipe.train_config("student").epochs == 7
@@ -344,3 +345,21 @@ def test_load_recipe_errors_name_keys_from_file(tmp_path):
     path.write_text('[distill]\nmask = "box"\n', encoding="utf-8")
     with pytest.raises(ConfigError, match=r"recipe key 'distill\.mask'"):
         load_recipe(path)
+
+
+@pytest.mark.parametrize("arch, alpha, beta", [("retinanet_tiny_fpn", 0.005, 0.02), ("fcos_tiny_fpn", 0.01, 0.05),
+                                               ("gfl_tiny_fpn", 0.1, 0.05), ("fasterrcnn_tiny_fpn", 0.002, 0.1)])
+def test_distill_weights_left_out_are_the_student_familys_official_ones(arch, alpha, beta, tmp_path):
+    """FRS.md's table: a recipe without distill.alpha / distill.beta gets its student family's weights, resolved
+    into the recipe (what recipe.json and ``frs recipe show`` hold); one that sets either keeps it. A recipe
+    extending the demo's (RetinaNet) with another family's student gets that family's, not RetinaNet's."""
+    recipe = recipe_from_dict({"student": {"arch": arch}})
+    assert (recipe.distill.alpha, recipe.distill.beta) == (alpha, beta)
+    assert recipe.to_dict()["distill"]["alpha"] == alpha
+    kept = recipe_from_dict({"student": {"arch": arch}, "distill": {"alpha": 0.3}})
+    assert (kept.distill.alpha, kept.distill.beta) == (0.3, beta)
+    child = tmp_path / "child.toml"
+    child.write_text(f'extends = "{PIPELINES / "demo.toml"}"\n[student]\narch = "{arch}"\n')
+    assert (load_recipe(child).distill.alpha, load_recipe(child).distill.beta) == (alpha, beta)
+    family = arch_spec(arch).family
+    assert DistillConfig().for_family(family) == DistillConfig(alpha=alpha, beta=beta)

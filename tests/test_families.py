@@ -305,6 +305,8 @@ def test_phi_maps_a_64_channel_student_onto_a_256_channel_teacher(batch, family)
     student = _tiny(f"{prefix}_tiny_fpn")
     assert [lv.channels for lv in teacher.levels] == [256] * 5 and [lv.channels for lv in student.levels] == [64] * 5
     obj = FRSObjective(student, teacher.signature, OnlineTeacher(teacher), DistillConfig(warmup_iters=0))
+    official = {"fcos": (0.01, 0.05), "faster_rcnn": (0.002, 0.1), "gfl": (0.1, 0.05)}[family]  # FRS.md
+    assert (obj.cfg.alpha, obj.cfg.beta) == official  # left out of the config: the student family's weights
     assert [(c.in_channels, c.out_channels, c.kernel_size) for c in obj.adapters.convs] == [(64, 256, (3, 3))] * 5
     torch.manual_seed(0)
     losses = obj(batch, 0)

@@ -24,6 +24,10 @@ class FamilySpec:
     anchors: int  # anchors per location
     per_anchor: str  # "classes": one logit per class and anchor (A x K); "objectness": one per anchor (RPN)
     nms_thresh: float = 0.5  # per-class NMS IoU at inference in the family's configs (mmdetection's test_cfg)
+    # the official FRS weights of the feature loss (alpha) and the head loss (beta) for this family (FRS.md): what a
+    # recipe that leaves distill.alpha or distill.beta out gets
+    alpha: float = 0.0
+    beta: float = 0.0
 
     def cls_channels(self, num_classes: int) -> int:
         """Channels of each level's classification output, the set the FRS mask takes its max over (FRS.md)."""
@@ -31,10 +35,14 @@ class FamilySpec:
 
 
 FAMILIES: dict[str, FamilySpec] = {
-    "retinanet": FamilySpec("frs_cli.models.retinanet", P3_P7, anchors=9, per_anchor="classes"),  # 3 scales x 3 ratios
-    "fcos": FamilySpec("frs_cli.models.fcos", P3_P7, anchors=1, per_anchor="classes"),  # no centerness
-    "faster_rcnn": FamilySpec("frs_cli.models.faster_rcnn", P2_P6, anchors=3, per_anchor="objectness"),  # 3 ratios
-    "gfl": FamilySpec("frs_cli.models.gfl", P3_P7, anchors=1, per_anchor="classes", nms_thresh=0.6),
+    "retinanet": FamilySpec("frs_cli.models.retinanet", P3_P7, anchors=9, per_anchor="classes",  # 3 scales x 3 ratios
+                            alpha=0.005, beta=0.02),
+    "fcos": FamilySpec("frs_cli.models.fcos", P3_P7, anchors=1, per_anchor="classes",  # no centerness
+                       alpha=0.01, beta=0.05),
+    "faster_rcnn": FamilySpec("frs_cli.models.faster_rcnn", P2_P6, anchors=3, per_anchor="objectness",  # 3 ratios
+                              alpha=0.002, beta=0.1),
+    "gfl": FamilySpec("frs_cli.models.gfl", P3_P7, anchors=1, per_anchor="classes", nms_thresh=0.6,
+                      alpha=0.1, beta=0.05),
 }
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from frs_cli.errors import check_range
+from frs_cli.models.registry import FAMILIES
 
 
 @dataclass(frozen=True)
@@ -59,8 +60,10 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class DistillConfig:
-    alpha: float = 0.005  # weight of the FPN feature loss (official RetinaNet value)
-    beta: float = 0.02  # weight of the head loss (official RetinaNet value)
+    # weights of the FPN feature loss and of the head loss; left out, the student family's official values (FRS.md:
+    # RetinaNet 0.005 and 0.02, FCOS 0.01 and 0.05, GFL 0.1 and 0.05, Faster R-CNN 0.002 and 0.1; ``for_family``)
+    alpha: float | None = None
+    beta: float | None = None
     warmup_iters: int = 500  # the distillation losses ramp up linearly over this many iterations
     mask: Literal["frs", "gt"] = "frs"  # "gt": S = 1 inside GT boxes, 0 outside, no head loss (a baseline)
     # distill --cache on CUDA: the cached side, the adapters and both FRS terms of a batch of one canvas replayed as
@@ -73,4 +76,11 @@ class DistillConfig:
     def check(self, table: str) -> None:
         """ConfigError naming ``table.<key>`` for a negative or non-finite weight or warm-up."""
         for name in ("alpha", "beta", "warmup_iters"):
-            check_range(table, name, getattr(self, name), 0)
+            if getattr(self, name) is not None:
+                check_range(table, name, getattr(self, name), 0)
+
+    def for_family(self, family: str) -> DistillConfig:
+        """This config with ``alpha`` and ``beta`` that are left out set to ``family``'s official values."""
+        spec = FAMILIES[family]
+        return replace(self, alpha=spec.alpha if self.alpha is None else self.alpha,
+                       beta=spec.beta if self.beta is None else self.beta)

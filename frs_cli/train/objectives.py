@@ -382,7 +382,7 @@ class FRSObjective(nn.Module):
         self.student = student
         self.adapters = FeatureAdapter([lv.channels for lv in student.levels], [lv.channels for lv in teacher.levels])
         self.teacher_side = teacher_side
-        self.cfg = cfg
+        self.cfg = cfg.for_family(student.signature.family)  # alpha and beta left out: the family's official ones
         # distill.cuda_graphs: the cached side and both terms of a one-canvas batch as CUDA graphs (not a module:
         # nothing in it trains or is saved that the adapters and the teacher side do not hold already)
         self._graphs = GraphedTerms(teacher_side, self.adapters) if getattr(teacher_side, "cuda_graphs", False) else None
