@@ -138,6 +138,7 @@ def test_teacher_cache_info_distill_visualize_and_mask_stats(tmp_path, recipe_pa
     result = run("teacher-cache", "--pipeline", recipe_path, "--out", cache, "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert_plain_progress_line(result.stderr, "teacher-cache", 48, "view")
+    assert "teacher.weights is empty" not in result.stderr  # the recipe names the trained teacher's file
     assert zarr.open_group(str(cache), mode="r").attrs["state"] == "complete"
     result = run("teacher-cache", "--pipeline", recipe_path, "--out", cache, "--device", "cpu")
     assert result.exit_code == 0 and "already complete" in result.output
@@ -267,3 +268,21 @@ def test_progress_in_a_log_file_is_plain_lines_not_a_truncated_bar(tmp_path):
     assert out.returncode == 0, out.stderr
     assert re.search(r"^synth 6/6 \(100%\) [\d.,]+ img/s elapsed 0:00:\d\d eta 0:00:00$", out.stderr, re.MULTILINE), out.stderr
     assert "━" not in out.stderr and "…" not in out.stderr
+
+
+def test_a_teacher_without_weights_is_named_in_one_warning_by_teacher_cache_and_distill_online(tmp_path, synth_root):
+    """FRS.md's known trap: distilling from a teacher that is not the trained one. A recipe whose teacher.weights is
+    empty builds a random head; teacher-cache and distill --online still run (tests and timing benches do this)
+    but say so in one warning line naming the arch and the key to set."""
+    from conftest import write_recipe
+
+    recipe = write_recipe(tmp_path / "r.toml", synth_root, weights="")
+    result = run("teacher-cache", "--pipeline", recipe, "--out", tmp_path / "c.zarr", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    lines = [ln for ln in result.stderr.splitlines() if "teacher.weights is empty" in ln]
+    # outside a terminal a warning is one plain line, as the progress lines there
+    assert len(lines) == 1 and lines[0].startswith("warning: teacher-cache: teacher.weights is empty"), result.stderr
+    assert "(retinanet_small_fpn)" in lines[0] and lines[0].endswith("or a checkpoint path")
+    result = run("distill", "--pipeline", recipe, "--online", "--out", tmp_path / "s", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith("warning: distill --online: teacher.weights is empty")

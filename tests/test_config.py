@@ -59,6 +59,8 @@ def test_every_pipeline_recipe_loads():
         role = table.get("cache", {}).pop("split", "train")  # a role, resolved to its folder (below)
         _assert_matches_table(recipe, table)  # the file's own keys win over its base's
         assert role == "train" and recipe.cache.split == recipe.data.train, path.name
+        if path.name.startswith("coco_"):  # a COCO teacher is scored before caching (README: the teacher check)
+            assert recipe.cache.check_teacher_images == 500 and recipe.cache.min_teacher_map == 0.3, path.name
 
 
 def test_cache_split_names_a_role_and_takes_its_folder_from_data():

@@ -47,7 +47,7 @@ from frs_cli.dist import DistContext, all_gather_objects, barrier, broadcast_obj
 from frs_cli.errors import CacheFormatError, CacheMismatchError, ConfigError, DataError
 from frs_cli.files import storage_errors
 from frs_cli.lock import job_lock
-from frs_cli.models import build_detector, check_distillable
+from frs_cli.models import build_detector, check_distillable, warn_untrained_teacher
 from frs_cli.progress import NullProgress, Progress
 
 log = logging.getLogger(__name__)
@@ -390,6 +390,8 @@ def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: P
     options = options or PassOptions.for_device(ctx.device, cfg.amp, cfg.channels_last, cfg.cuda_graphs)
     dataset = CocoViews.from_config(recipe.data, cfg.split, recipe.geometry)
     check_distillable(recipe.student, recipe.teacher, dataset.index.num_classes)  # a cache no student can use is waste
+    if ctx.is_main:
+        warn_untrained_teacher(recipe.teacher, "teacher-cache")
     teacher = build_detector(recipe.teacher, dataset.index.num_classes).to(ctx.device).eval().requires_grad_(False)
     fingerprints = cache_fingerprints(recipe.teacher, teacher, dataset.index, recipe.geometry)
     encoding = FeatureEncoding(cfg.dtype)

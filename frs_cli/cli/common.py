@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 
 import typer
 from rich.console import Console
@@ -57,10 +58,22 @@ def handle_errors(fn):
 
 
 def setup_logging(verbose: bool) -> None:
+    """Warnings (and with ``verbose`` notes) on stderr: through rich in a terminal; in a log file or pipe one plain
+    line per record, ``warning: ...``, never wrapped (as the progress lines there)."""
     from rich.logging import RichHandler
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
-                        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)], force=True)
+    if err_console.is_terminal:
+        handler = RichHandler(console=err_console, show_path=False, show_time=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_PlainFormatter())
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler], force=True)
+
+
+class _PlainFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {super().format(record)}".replace("\n", " ")
 
 
 def load(pipeline: str, overrides: list[str] | None):

@@ -61,6 +61,7 @@ __all__ = [
     "load_torch_file",
     "model_fingerprint",
     "signature",
+    "warn_untrained_teacher",
 ]
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,17 @@ def build_detector(cfg: ModelConfig, num_classes: int, load_weights: bool = True
     if source is not None:
         _load_source(detector, source)
     return detector
+
+
+def warn_untrained_teacher(cfg: ModelConfig, command: str) -> None:
+    """One warning when the teacher ``cfg`` names no weights: its detection head is then random (its backbone at
+    best ImageNet's), so its FRS masks and targets teach nothing. Tests and timing benches do this on purpose;
+    a user has most likely forgotten ``teacher.weights`` (FRS.md's known trap: check the teacher is the trained one)."""
+    if not cfg.weights:
+        backbone = f"an ImageNet backbone ({cfg.weights_backbone}) and " if cfg.weights_backbone else ""
+        log.warning("%s: teacher.weights is empty, so the teacher (%s) has %sa random detection head: its FRS masks "
+                    "and targets teach nothing; set teacher.weights to a torchvision weights name or a checkpoint path",
+                    command, cfg.arch, backbone)
 
 
 def _backbone_weights(text: str, body: str):
