@@ -542,3 +542,35 @@ def test_storage_command_faults_are_one_line_and_leave_no_output(case, recipe_pa
     assert not (tmp_path / "out.h5").exists() and not (tmp_path / "synth").exists()
     after = {p: p.stat().st_mtime_ns if p.is_file() else None for p in tmp_path.rglob("*")}
     assert after == before  # nothing written, nothing touched (no lock or temporary file left)
+
+
+def test_an_interrupted_caches_unwritten_views_are_named_as_not_written_not_as_damaged(cache_path, tmp_path):
+    """A cache whose writer stopped holds views it never wrote: reading one (``visualize``) says the view is not
+    written yet and how to finish the cache, in one line, instead of a checksum mismatch that sends the user to
+    repair damage; ``eval --cache`` measures the views written so far and says how many those are."""
+    from frs_cli.cache.reader import TeacherCache
+
+    c = _copy(cache_path, tmp_path)
+    g = zarr.open_group(str(c), mode="r+")
+    g.attrs["state"] = "writing"
+    done = g[f"{BUCKET}/done"]
+    flags = done[...]
+    flags[len(flags) // 2:] = False  # the second half of the rows never written
+    done[...] = flags
+    cache = TeacherCache(str(c), require_complete=False)
+    written = cache.written
+    assert not cache.complete and 0 < written.sum() < len(cache)
+    k = int(np.flatnonzero(~written)[0])
+    image_id, view = int(cache.image_id[k]), ["orig", "hflip"][int(cache.view[k])]
+    result = run("visualize", "--cache", c, "--image-id", image_id, "--view", view, "--out", tmp_path / "v.png")
+    assert_one_line_error(result, f"image {image_id} {view} (bucket 64x64, row ", "the view is not written yet: the "
+                          f"cache is incomplete ({int(written.sum())} of {len(cache)} views written)",
+                          "run teacher-cache with --resume to finish it")
+    assert "checksum" not in result.stderr and not (tmp_path / "v.png").exists()
+    result = run("eval", "--cache", c, "--metrics", tmp_path / "m.json")
+    assert result.exit_code == 0, result.output
+    assert f"(incomplete: {int(written.sum())} of {len(cache)} views written)" in result.output.replace("\n", " ")
+    positions = json.loads((tmp_path / "m.json").read_text())["levels"][0]["positions"]
+    full = run("eval", "--cache", cache_path, "--metrics", tmp_path / "full.json")
+    assert full.exit_code == 0
+    assert 0 < positions < json.loads((tmp_path / "full.json").read_text())["levels"][0]["positions"]

@@ -86,6 +86,7 @@ class TeacherCache:
         self._arrays = None  # {bucket: per level (features, scale or None, mask)}, filled as buckets are read
         self._memory = None
         self._crcs = None  # (pid, {(bucket, first row): stored checksums of that chunk's rows})
+        self._written = None  # an incomplete cache's done flags (``written``), read once
         self.direct = True  # read local uncompressed Zarr arrays with os.pread (False: always through zarr)
 
     def required_arrays(self) -> list[str]:
@@ -279,6 +280,10 @@ class TeacherCache:
         does not decode, does not match its checksum, or holds a non-finite number raises CacheFormatError
         naming the view and the repair.
         """
+        if not self.complete and not self.written[k]:  # an interrupted write: the view is absent, not damaged
+            n = int(self.written.sum())
+            raise self._fault(k, "the view", f"is not written yet: the cache is incomplete ({n} of {len(self)} "
+                              "views written)", hint="run teacher-cache with --resume to finish it")
         name = self.buckets[int(self.bucket[k])].name
         arrays = self._memory[name] if self._memory is not None else self._bucket(name)
         row = int(self.row[k])
@@ -303,6 +308,18 @@ class TeacherCache:
             scales.append(scale)
             masks.append(torch.from_numpy(mask))
         return CachedTargets(feats, masks, scales if raw and self.encoding.scaled else None)
+
+    @property
+    def complete(self) -> bool:
+        """Whether the writer finished (every view written)."""
+        return self.attrs.get("state") == "complete"
+
+    @property
+    def written(self) -> np.ndarray:
+        """(N,) bool: the views written (all of a complete cache; an incomplete one's ``done`` flags, read once)."""
+        if self._written is None:
+            self._written = np.ones(len(self), dtype=bool) if self.complete else self.done()
+        return self._written
 
     def done(self) -> np.ndarray:
         """(N,) bool: which views are recorded as written."""

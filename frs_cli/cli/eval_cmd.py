@@ -94,7 +94,9 @@ def _mask_stats(cache: str, data: Path | None, high: float, max_views: int | Non
     stats = mask_statistics(c, c.dataset(None if data is None else str(data)), high=high, max_views=max_views,
                             progress=progress_for_rank())
     table = Table("level", "stride", "positions", "mean S inside GT", "mean S outside GT", "mass outside GT",
-                  f"S>={high} far from GT", f"S>={high} all", title=f"FRS masks of {cache}")
+                  f"S>={high} far from GT", f"S>={high} all",
+                  title=f"FRS masks of {cache}" + ("" if c.complete else f" (incomplete: {int(c.written.sum())} of "
+                                                                        f"{len(c)} views written)"))
     for s in stats:
         table.add_row(s.level, str(s.stride), f"{s.positions:,}", f"{s.mean_inside:.3f}", f"{s.mean_outside:.3f}",
                       f"{100 * s.outside_mass:.1f}%", f"{s.high_far:,}", f"{s.high_total:,}")

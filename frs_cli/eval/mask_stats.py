@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 
 from frs_cli.data.coco import CocoViews
@@ -59,12 +60,16 @@ def _non_finite(cache, k: int, level: str, mask: torch.Tensor) -> None:
 
 def mask_statistics(cache, dataset: CocoViews, high: float = 0.5, margin: float = 1.0,
                     max_views: int | None = None, progress: Progress | None = None) -> list[LevelMaskStats]:
-    """Statistics per level over the cached views (the first ``max_views`` when given)."""
+    """Statistics per level over the cached views written so far (all of a complete cache; the first ``max_views``
+    of them when given)."""
     progress = progress or NullProgress()
-    n = len(cache) if max_views is None else min(max_views, len(cache))
+    views = np.flatnonzero(cache.written)[:max_views]
+    if len(views) == 0:
+        raise CacheFormatError(f"cache {cache.path!r}: expected written views to measure, got none of {len(cache)} "
+                               "(an incomplete cache)", hint="run teacher-cache with --resume to finish it")
     acc = [{"n": 0, "s_in": 0.0, "n_in": 0, "s_out": 0.0, "n_out": 0, "far": 0, "high": 0} for _ in cache.levels]
-    progress.start("mask statistics", n, unit="view")
-    for k in range(n):
+    progress.start("mask statistics", len(views), unit="view")
+    for k in map(int, views):
         geom = cache.view_geometry(k)
         rec = dataset.index.records[dataset.index.position[int(cache.image_id[k])]]
         boxes = apply_to_boxes(torch.from_numpy(rec.boxes_xyxy), geom)
