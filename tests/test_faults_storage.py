@@ -170,8 +170,35 @@ def test_ctrl_c_releases_the_lock(monkeypatch, recipe_path, tmp_path):
     monkeypatch.setattr(writer, "_write", interrupted)
     out = tmp_path / "c.zarr"
     result = run("teacher-cache", "--pipeline", recipe_path, "--out", out, "--device", "cpu")
-    assert result.exit_code == 130 and "interrupted" in result.stderr and "Traceback" not in result.output
+    assert result.exit_code == 130 and "Traceback" not in result.output
+    assert result.stderr.startswith(f"interrupted: teacher-cache stopped; the views written so far are kept in {out} "
+                                    "(run the same command with --resume to write the rest)")
     assert not lock_path(out).exists()
+
+
+def test_sigint_stops_teacher_cache_even_when_it_started_ignoring_it_and_resume_finishes(recipe_path, tmp_path):
+    """A job started with ``&`` from a script inherits SIGINT ignored; ``kill -INT`` still stops teacher-cache (as it
+    stops train and distill), with the resume hint, exit 130, the cache left incomplete; --resume completes it."""
+    out = tmp_path / "c.zarr"
+    cmd = [sys.executable, "-m", "frs_cli", "teacher-cache", "--pipeline", str(recipe_path), "--out", str(out),
+           "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    done_dir = out / BUCKET / "done"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if done_dir.is_dir() and any(p.suffix != ".partial" for p in done_dir.glob("c.*")):
+            proc.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.002)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "interrupted: teacher-cache stopped" in stderr and "--resume to write the rest" in stderr
+    assert zarr.open_group(str(out), mode="r").attrs["state"] == "writing"
+    resumed = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, check=False, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert zarr.open_group(str(out), mode="r").attrs["state"] == "complete"
 
 
 def test_lock_rules_for_other_hosts_reused_pids_urls_and_torchrun_ranks(tmp_path, caplog):

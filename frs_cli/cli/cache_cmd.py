@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 from pathlib import Path
 
 import typer
@@ -18,6 +21,7 @@ from frs_cli.cli.common import (
     progress_for_rank,
     setup_logging,
 )
+from frs_cli.errors import Interrupted
 
 
 def register(app: typer.Typer, cache_app: typer.Typer) -> None:
@@ -52,8 +56,12 @@ def teacher_cache(
     from frs_cli.cache.writer import write_teacher_cache
     from frs_cli.dist import process_group
 
-    with process_group(device) as ctx:
-        s = write_teacher_cache(recipe, out, resume=resume, ctx=ctx, progress=progress_for_rank())
+    with process_group(device) as ctx, _stop_on_sigint():
+        try:
+            s = write_teacher_cache(recipe, out, resume=resume, ctx=ctx, progress=progress_for_rank())
+        except KeyboardInterrupt:
+            raise Interrupted(f"teacher-cache stopped; the views written so far are kept in {out}",
+                              hint="run the same command with --resume to write the rest") from None
     if not is_main_process():
         return
     if s.teacher_check:
@@ -70,6 +78,20 @@ def teacher_cache(
                       + ("" if s.complete else "  [yellow](incomplete: run again with --resume)[/]"))
         for hint in bottleneck_hints(s.stage_seconds, s.seconds, recipe.cache, s.write_processes):
             console.print(f"[dim]{hint}[/]", highlight=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def _stop_on_sigint():
+    """SIGINT stops the write (``KeyboardInterrupt``) even where the process started with it ignored (a job
+    started with ``&`` from a script), as ``frs train`` and ``frs distill`` stop on it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 HINT_SHARE = 0.25  # a wait above this share of the write loop gets a hint
