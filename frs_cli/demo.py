@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 from frs_cli.config import load_recipe
-from frs_cli.errors import ConfigError
+from frs_cli.errors import ConfigError, Interrupted
 from frs_cli.files import atomic_path, write_json
 from frs_cli.progress import NullProgress, Progress
 
@@ -47,6 +47,24 @@ class DemoSummary:
 
 
 def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig(), progress: Progress | None = None) -> DemoSummary:
+    """The whole job in ``out_dir`` (new or empty). Stopped part way (Ctrl-C), it says what was written and that
+    it starts over, not ``--resume``: the demo takes no such option."""
+    progress = progress or NullProgress()
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"demo --out {str(out)!r}: expected a new or empty directory, got a file")
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"demo --out {str(out)!r}: exists and is not empty", hint="choose a new directory")
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run_stages(out, cfg, progress)
+    except (Interrupted, KeyboardInterrupt):  # the stages' own hint (--resume) is not the demo's
+        raise Interrupted(f"demo stopped; what it wrote so far is in {out}",
+                          hint=f"the demo does not resume: delete {out} or choose another --out and run it "
+                               "again") from None
+
+
+def _run_stages(out: Path, cfg: DemoConfig, progress: Progress) -> DemoSummary:
     from frs_cli.cache.reader import TeacherCache
     from frs_cli.cache.writer import write_teacher_cache
     from frs_cli.data.synth import SynthConfig, generate
@@ -57,11 +75,6 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig(), progress: Prog
     from frs_cli.viz.masks import save_png
     from frs_cli.viz.plots import run_report
 
-    progress = progress or NullProgress()
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"demo --out {str(out)!r}: exists and is not empty", hint="choose a new directory")
-    out.mkdir(parents=True, exist_ok=True)
     summary = DemoSummary(str(out))
     ctx = setup("cpu")
     base = [f"data.root={json.dumps(str(out / 'data'))}", f"train.seed={cfg.seed}", f"teacher_train.seed={cfg.seed}"]

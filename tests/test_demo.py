@@ -37,6 +37,41 @@ def test_demo_refuses_a_used_directory(tmp_path):
         run_demo(tmp_path, DemoConfig(train_images=4, val_images=2, size=64))
 
 
+def test_demo_refuses_a_file_as_out_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from frs_cli.cli.app import app
+
+    (tmp_path / "afile").write_text("x")
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "afile")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.strip().splitlines() == [
+        f"error: demo --out '{tmp_path / 'afile'}': expected a new or empty directory, got a file"]
+
+
+def test_a_stopped_demo_says_it_starts_over_not_resume(tmp_path, monkeypatch):
+    """Ctrl-C in any stage: the stage's own hint ("run the same command with --resume") would send the user to an
+    option the demo does not take; the demo says what it wrote and to run it again elsewhere, exit 130."""
+    from typer.testing import CliRunner
+
+    from frs_cli.cli.app import app
+    from frs_cli.errors import Interrupted
+    from frs_cli.train import run
+
+    def stopped(*args, **kwargs):
+        raise Interrupted("stopped at epoch 1, iteration 2; state saved to x/last.pt",
+                          hint="run the same command with --resume to continue")
+
+    monkeypatch.setattr(run, "train_detector", stopped)
+    out = tmp_path / "d"
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--train-images", "4", "--val-images", "2"])
+    assert result.exit_code == 130, result.output
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"interrupted: demo stopped; what it wrote so far is in {out} (the demo does not resume: delete {out} or "
+        "choose another --out and run it again)")
+    assert "--resume" not in result.stderr and (out / "data" / "annotations").is_dir()
+
+
 def test_packaged_demo_recipe_is_the_pipelines_one():
     from pathlib import Path
 
