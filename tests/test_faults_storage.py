@@ -601,3 +601,24 @@ def test_an_interrupted_caches_unwritten_views_are_named_as_not_written_not_as_d
     full = run("eval", "--cache", cache_path, "--metrics", tmp_path / "full.json")
     assert full.exit_code == 0
     assert 0 < positions < json.loads((tmp_path / "full.json").read_text())["levels"][0]["positions"]
+
+
+def test_teacher_cache_fills_an_empty_folder_and_names_what_else_stands_at_out(recipe_path, tmp_path):
+    """``--out`` an empty folder (made with mkdir first) is a new cache's place; a folder with other files in it or a
+    file is refused in one line saying which, without zarr's exception names."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run("teacher-cache", "--pipeline", recipe_path, "--out", empty, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert zarr.open_group(str(empty), mode="r").attrs["state"] == "complete"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("x")
+    result = run("teacher-cache", "--pipeline", recipe_path, "--out", other, "--device", "cpu")
+    assert_one_line_error(result, f"cache '{other}': expected an frs teacher cache, found something else: a folder "
+                                  "that holds no Zarr group")
+    assert "Error" not in result.stderr and sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    result = run("teacher-cache", "--pipeline", recipe_path, "--out", afile, "--device", "cpu")
+    assert_one_line_error(result, f"cache '{afile}': expected an frs teacher cache, found something else: a file")

@@ -14,7 +14,7 @@ import json
 import os
 from collections.abc import Iterator
 
-from frs_cli.cache.store import check_format, exists, is_hdf5, is_url, open_group
+from frs_cli.cache.store import check_format, exists, is_hdf5, is_url, open_group, what_is_there
 from frs_cli.errors import CacheFormatError
 
 
@@ -31,8 +31,8 @@ class ZarrBackend:
             self.root = open_group(path, mode="r", storage_options=storage_options)
         except (zarr.errors.GroupNotFoundError, zarr.errors.ContainsArrayError, ValueError, KeyError,
                 FileNotFoundError, NotADirectoryError) as exc:
-            raise CacheFormatError(f"cache {path!r}: expected an frs teacher cache, found something else "
-                                   f"({type(exc).__name__})") from exc
+            raise CacheFormatError(f"cache {path!r}: expected an frs teacher cache, found something else: "
+                                   f"{what_is_there(path, exc)}") from exc
         self.attrs = dict(self.root.attrs)
 
     def array(self, name: str):

@@ -72,15 +72,35 @@ def check_format(path: str, attrs: dict) -> None:
                                f"({FORMAT_VERSION})", hint="upgrade frs")
 
 
+def what_is_there(path: str, exc: Exception) -> str:
+    """What stands at ``path`` where a Zarr group was expected and ``exc`` was raised opening it, in words."""
+    if not is_url(path):
+        from pathlib import Path
+
+        local = Path(path)
+        if local.is_file():
+            return "a file"
+        if local.is_dir():
+            return "a folder that holds no Zarr group" if not (local / "zarr.json").exists() else "a Zarr array"
+    return f"no Zarr group ({type(exc).__name__})"
+
+
 def open_existing(path: str, mode: str = "r", storage_options: dict | None = None) -> zarr.Group | None:
-    """The Zarr cache group at ``path``, None if nothing is there; CacheFormatError if it is not a cache."""
+    """The Zarr cache group at ``path``, None if nothing is there (nor an empty local folder, which a new cache
+    may fill); CacheFormatError if it is not a cache."""
     if not exists(path, storage_options):
         return None
+    if not is_url(path):
+        from pathlib import Path
+
+        if Path(path).is_dir() and not any(Path(path).iterdir()):
+            return None
     try:
         group = open_group(path, mode=mode, storage_options=storage_options)
     except (zarr.errors.GroupNotFoundError, zarr.errors.ContainsArrayError, ValueError, KeyError,
-            FileNotFoundError) as exc:
-        raise CacheFormatError(f"cache {path!r}: expected an frs teacher cache, found something else ({exc})") from exc
+            FileNotFoundError, NotADirectoryError) as exc:
+        raise CacheFormatError(f"cache {path!r}: expected an frs teacher cache, found something else: "
+                               f"{what_is_there(path, exc)}") from exc
     check_format(path, dict(group.attrs))
     return group
 
