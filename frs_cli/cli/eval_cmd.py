@@ -65,10 +65,11 @@ def register(app: typer.Typer) -> None:
         else:
             from frs_cli.data.coco import CocoIndex, CocoViews
             from frs_cli.data.geometry import GeometryConfig
-            from frs_cli.dist import process_group
+            from frs_cli.dist import check_device, process_group
             from frs_cli.eval.predict import evaluate_detector
             from frs_cli.train.checkpoint import load_detector
 
+            check_device(device)
             detector, ckpt = load_detector(checkpoint)
             dataset = CocoViews(CocoIndex(ann), data / split, GeometryConfig(**ckpt["geometry"]))
             with process_group(device) as ctx:
