@@ -80,3 +80,31 @@ def test_under_torchrun_local_rank_picks_the_gpu_and_cuda_n_is_refused(monkeypat
     with pytest.raises(ConfigError, match="under torchrun, where each process uses GPU LOCAL_RANK"):
         dist.setup("cuda:0")
     assert dist.setup("cpu").device == torch.device("cpu")
+
+
+# --- frs eval's numbers -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--batch-size", "0"], "eval --batch-size: expected an integer >= 1, got 0"),
+    (["--batch-size", "-2"], "eval --batch-size: expected an integer >= 1, got -2"),
+    (["--workers", "-1"], "eval --workers: expected an integer >= 0, got -1"),
+], ids=["batch_size_zero", "batch_size_negative", "workers_negative"])
+def test_eval_checkpoint_numbers_are_checked_before_the_model_is_loaded(tmp_path, teacher_ckpt, synth_root, args,
+                                                                         fragment):
+    result = run("eval", "--checkpoint", teacher_ckpt, "--data", synth_root, "--device", "cpu",
+                 "--metrics", tmp_path / "m.json", *args)
+    assert_one_line_error(result, fragment)
+    assert not (tmp_path / "m.json").exists()
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--max-views", "-3"], "eval --max-views: expected an integer >= 1, got -3"),
+    (["--max-views", "0"], "eval --max-views: expected an integer >= 1, got 0"),
+    (["--high", "nan"], "eval --high: expected a finite number in [0, 1], got nan"),
+    (["--high", "2"], "eval --high: expected a finite number in [0, 1], got 2.0"),
+    (["--high", "-0.1"], "eval --high: expected a finite number in [0, 1], got -0.1"),
+], ids=["max_views_negative", "max_views_zero", "high_nan", "high_above_one", "high_negative"])
+def test_eval_cache_numbers_are_checked_before_the_cache_is_read(tmp_path, cache_path, args, fragment):
+    result = run("eval", "--cache", cache_path, "--metrics", tmp_path / "m.json", *args)
+    assert_one_line_error(result, fragment)
+    assert not (tmp_path / "m.json").exists()

@@ -17,6 +17,7 @@ from frs_cli.cli.common import (
     progress_for_rank,
     setup_logging,
 )
+from frs_cli.errors import check_value
 from frs_cli.files import write_json
 
 
@@ -34,8 +35,9 @@ def register(app: typer.Typer) -> None:
         detections_out: Path = typer.Option(None, "--detections-out", help="With --checkpoint: write detections JSON."),
         batch_size: int = typer.Option(8, help="Images per forward pass."),
         workers: int = typer.Option(2, help="Image-decoding worker processes."),
-        high: float = typer.Option(0.5, help="With --cache: S at or above this counts as a high-score position."),
-        max_views: int = typer.Option(None, help="With --cache: look at the first N views only."),
+        high: float = typer.Option(0.5, help="With --cache: S at or above this counts as a high-score position "
+                                             "(0..1)."),
+        max_views: int = typer.Option(None, help="With --cache: look at the first N views only (N >= 1)."),
         backend: str = typer.Option("pycocotools", "--backend",
                                     help="COCO evaluator: pycocotools (default) or faster (faster-coco-eval, "
                                          "pip install 'frs[faster-eval]'); the same numbers."),
@@ -49,6 +51,7 @@ def register(app: typer.Typer) -> None:
         chosen = [x for x in (checkpoint, detections, cache) if x is not None]
         if len(chosen) != 1:
             fail("eval: expected exactly one of --checkpoint, --detections or --cache")
+        _check_options(batch_size, workers, high, max_views)
         if cache is not None:
             return _mask_stats(cache, data, high, max_views, metrics)
         if data is None:
@@ -83,6 +86,15 @@ def register(app: typer.Typer) -> None:
         if metrics is not None:
             write_json(metrics, result, indent=1)
             console.print(f"wrote {metrics}")
+
+
+def _check_options(batch_size: int, workers: int, high: float, max_views: int | None) -> None:
+    """ConfigError (one line) for a number no evaluation can use."""
+    check_value("eval --batch-size", batch_size, 1)
+    check_value("eval --workers", workers, 0)
+    check_value("eval --high", high, 0, 1)
+    if max_views is not None:
+        check_value("eval --max-views", max_views, 1)
 
 
 def _mask_stats(cache: str, data: Path | None, high: float, max_views: int | None, metrics: Path | None) -> None:
