@@ -108,3 +108,65 @@ def test_eval_cache_numbers_are_checked_before_the_cache_is_read(tmp_path, cache
     result = run("eval", "--cache", cache_path, "--metrics", tmp_path / "m.json", *args)
     assert_one_line_error(result, fragment)
     assert not (tmp_path / "m.json").exists()
+
+
+# --- a directory where a file is expected -----------------------------------------------------------------
+
+def test_a_directory_given_as_a_file_to_read_is_named_as_a_directory(tmp_path, synth_root, cache_path):
+    folder = tmp_path / "somedir"
+    folder.mkdir()
+    result = run("train", "-p", folder, "--out", tmp_path / "run")
+    assert_one_line_error(result, f"recipe: expected a TOML file, but '{folder}' is a directory")
+    assert not (tmp_path / "run").exists()
+    for given in (folder, cache_path):
+        result = run("eval", "--checkpoint", given, "--data", synth_root, "--device", "cpu")
+        assert_one_line_error(result, f"checkpoint: expected a file at '{given}', but it is a directory")
+    result = run("eval", "--detections", folder, "--data", synth_root)
+    assert_one_line_error(result, f"expected a JSON file at '{folder}', but it is a directory")
+    result = run("convert", "mmdet", folder, "--arch", "retinanet_resnet50_fpn_mmdet", "--out", tmp_path / "x.pt")
+    assert_one_line_error(result, f"mmdet checkpoint: expected a file at '{folder}', but it is a directory")
+    result = run("export", "--onnx", folder, tmp_path / "x.onnx")
+    assert_one_line_error(result, f"export --onnx: expected a model file at '{folder}', but it is a directory")
+    assert not (tmp_path / "x.pt").exists() and not (tmp_path / "x.onnx").exists()
+
+
+def _output_cases(tmp_path, teacher_ckpt, cache_path, synth_root) -> dict:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text('{"iter": 0, "loss": 1.0}\n', encoding="utf-8")
+    return {  # option named in the line -> the command, its output directory last
+        "visualize --out": ["visualize", "--cache", cache_path, "--out", tmp_path / "out.png"],
+        "report --out": ["report", run_dir, "--out", tmp_path / "report.png"],
+        "export OUT": ["export", "--onnx", teacher_ckpt, tmp_path / "x.onnx"],
+        "eval --metrics": ["eval", "--cache", cache_path, "--metrics", tmp_path / "m.json"],
+        "eval --detections-out": ["eval", "--checkpoint", teacher_ckpt, "--data", synth_root, "--device", "cpu",
+                                  "--detections-out", tmp_path / "dets.json"],
+        "cache export OUT": ["cache", "export", cache_path, tmp_path / "c.h5"],
+        "convert mmdet --out": ["convert", "mmdet", teacher_ckpt, "--arch", "retinanet_resnet50_fpn_mmdet",
+                                "--out", tmp_path / "conv.pt"],
+    }
+
+
+@pytest.mark.parametrize("option", ["visualize --out", "report --out", "export OUT", "eval --metrics",
+                                    "eval --detections-out", "cache export OUT", "convert mmdet --out"])
+def test_a_directory_given_as_the_output_file_is_refused_up_front(tmp_path, teacher_ckpt, cache_path, synth_root,
+                                                                  option, monkeypatch):
+    args = _output_cases(tmp_path, teacher_ckpt, cache_path, synth_root)[option]
+    target = args[-1]
+    target.mkdir()
+    (target / "keep.txt").write_text("mine", encoding="utf-8")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = run(*args)
+    assert_one_line_error(result, f"{option}: expected a file path, got the directory '{target}'")
+    assert ".tmp" not in result.stderr
+    assert sorted(p.name for p in target.iterdir()) == ["keep.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no temporary file beside it
+
+
+def test_the_atomic_writer_refuses_a_directory_before_writing(tmp_path):
+    from frs_cli.files import write_json
+
+    (tmp_path / "d").mkdir()
+    with pytest.raises(ConfigError, match="expected a file path, got the directory '.*d'"):
+        write_json(tmp_path / "d", {"a": 1})
+    assert [p.name for p in tmp_path.iterdir()] == ["d"] and not any((tmp_path / "d").iterdir())

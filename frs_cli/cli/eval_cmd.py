@@ -18,7 +18,7 @@ from frs_cli.cli.common import (
     setup_logging,
 )
 from frs_cli.errors import check_value
-from frs_cli.files import write_json
+from frs_cli.files import check_output_file, write_json
 
 
 def register(app: typer.Typer) -> None:
@@ -51,7 +51,7 @@ def register(app: typer.Typer) -> None:
         chosen = [x for x in (checkpoint, detections, cache) if x is not None]
         if len(chosen) != 1:
             fail("eval: expected exactly one of --checkpoint, --detections or --cache")
-        _check_options(batch_size, workers, high, max_views)
+        _check_options(batch_size, workers, high, max_views, metrics, detections_out)
         if cache is not None:
             return _mask_stats(cache, data, high, max_views, metrics)
         if data is None:
@@ -88,13 +88,17 @@ def register(app: typer.Typer) -> None:
             console.print(f"wrote {metrics}")
 
 
-def _check_options(batch_size: int, workers: int, high: float, max_views: int | None) -> None:
-    """ConfigError (one line) for a number no evaluation can use."""
+def _check_options(batch_size: int, workers: int, high: float, max_views: int | None, metrics: Path | None,
+                   detections_out: Path | None) -> None:
+    """ConfigError (one line) for a number no evaluation can use or an output file that is a directory."""
     check_value("eval --batch-size", batch_size, 1)
     check_value("eval --workers", workers, 0)
     check_value("eval --high", high, 0, 1)
     if max_views is not None:
         check_value("eval --max-views", max_views, 1)
+    for option, path in (("--metrics", metrics), ("--detections-out", detections_out)):
+        if path is not None:
+            check_output_file(path, f"eval {option}")
 
 
 def _mask_stats(cache: str, data: Path | None, high: float, max_views: int | None, metrics: Path | None) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from frs_cli.cli.common import console, fail, handle_errors, progress_for_rank, setup_logging
+from frs_cli.files import check_output_file, missing_file
 
 
 def register(app: typer.Typer) -> None:
@@ -24,7 +25,8 @@ def register(app: typer.Typer) -> None:
         carries what they need (levels, anchors, label map, geometry)."""
         setup_logging(verbose)
         if not checkpoint.is_file():
-            fail(f"export --onnx: expected a model file, got missing path {str(checkpoint)!r}")
+            fail(f"export --onnx: expected a model file at {str(checkpoint)!r}, but it {missing_file(checkpoint)}")
+        check_output_file(out, "export OUT")
         from frs_cli.export.onnx import export_onnx
 
         result = export_onnx(checkpoint, out, check=check, progress=progress_for_rank())

@@ -19,8 +19,12 @@ def register(app: typer.Typer) -> None:
     ):
         """Compare runs side by side: a Markdown table on stdout and, with --out, one picture of their curves."""
         from frs_cli.eval.run_log import markdown_table, read_run
+        from frs_cli.files import check_output_file
         from frs_cli.viz.draw import save_png
         from frs_cli.viz.plots import run_report
+
+        if out is not None:
+            check_output_file(out, "report --out")
 
         logs = [read_run(r) for r in runs]
         picture = run_report(logs, metric=metric) if out is not None else None
