@@ -170,3 +170,16 @@ def test_the_atomic_writer_refuses_a_directory_before_writing(tmp_path):
     with pytest.raises(ConfigError, match="expected a file path, got the directory '.*d'"):
         write_json(tmp_path / "d", {"a": 1})
     assert [p.name for p in tmp_path.iterdir()] == ["d"] and not any((tmp_path / "d").iterdir())
+
+
+# --- frs report -------------------------------------------------------------------------------------------
+
+def test_report_of_a_model_file_is_one_line(teacher_ckpt):
+    result = run("report", teacher_ckpt)
+    assert_one_line_error(result, f"got '{teacher_ckpt}', a file that is not text", "--out folder")
+
+
+def test_report_refuses_an_unknown_metric_before_reading_the_runs(tmp_path):
+    result = run("report", tmp_path / "no_such_run", "--metric", "APx", "--out", tmp_path / "r.png")
+    assert_one_line_error(result, "report --metric: expected one of AP, AP50, AP75, APs, APm, APl, got 'APx'")
+    assert not (tmp_path / "r.png").exists()
