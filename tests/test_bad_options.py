@@ -183,3 +183,22 @@ def test_report_refuses_an_unknown_metric_before_reading_the_runs(tmp_path):
     result = run("report", tmp_path / "no_such_run", "--metric", "APx", "--out", tmp_path / "r.png")
     assert_one_line_error(result, "report --metric: expected one of AP, AP50, AP75, APs, APm, APl, got 'APx'")
     assert not (tmp_path / "r.png").exists()
+
+
+# --- help texts -------------------------------------------------------------------------------------------
+
+def help_text(*command) -> str:
+    result = run(*command, "--help", env={"COLUMNS": "300", "TERMINAL_WIDTH": "300"})
+    assert result.exit_code == 0, result.output
+    return " ".join(result.output.replace("│", " ").split())
+
+
+def test_help_shows_square_brackets_the_verbose_option_and_which_export_path_is_read():
+    assert "pip install 'frs[faster-eval]'" in help_text("eval")
+    export = help_text("export")
+    assert "pip install 'frs[onnx]'" in export
+    assert "INPUT: the trained model file (model_final.pt) to read" in export
+    assert "OUTPUT: the ONNX file to write" in export
+    for command in (["eval"], ["train"], ["export"], ["convert", "mmdet"], ["teacher-cache"]):
+        assert "--verbose -v <bool> Also print informational notes" in help_text(*command), command
+    assert "cpu, cuda or cuda:N" in help_text("train")

@@ -24,7 +24,8 @@ PIPELINE = typer.Option(..., "--pipeline", "-p", help=PIPELINE_HELP)
 OVERRIDES = typer.Option([], "--set", help=SET_HELP)
 DEVICE = typer.Option(None, help="cpu, cuda or cuda:N (GPU N; under torchrun each process uses GPU LOCAL_RANK) "
                                   "(default: cuda when available).")
-VERBOSE = typer.Option(False, "--verbose", "-v")
+VERBOSE = typer.Option(False, "--verbose", "-v", help="Also print informational notes on stderr (warnings are "
+                                                      "always printed).")
 RESUME_RUN = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint.")
 NO_EVAL = typer.Option(False, "--no-eval", help="Skip COCO evaluation on the val split.")
 

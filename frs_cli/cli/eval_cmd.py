@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
         max_views: int = typer.Option(None, help="With --cache: look at the first N views only (N >= 1)."),
         backend: str = typer.Option("pycocotools", "--backend",
                                     help="COCO evaluator: pycocotools (default) or faster (faster-coco-eval, "
-                                         "pip install 'frs[faster-eval]'); the same numbers."),
+                                         "pip install 'frs\\[faster-eval]'); the same numbers."),
         device: str = DEVICE,
         verbose: bool = VERBOSE,
     ):
