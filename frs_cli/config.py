@@ -20,6 +20,7 @@ from frs_cli.cache.config import CacheConfig
 from frs_cli.data.coco import DataConfig
 from frs_cli.data.geometry import GeometryConfig
 from frs_cli.errors import ConfigError, FrsError
+from frs_cli.files import missing_file
 from frs_cli.models.config import ModelConfig
 from frs_cli.models.registry import arch_spec
 from frs_cli.train.config import DistillConfig, TrainConfig
@@ -217,7 +218,7 @@ EXTENDS_KEY = "extends"  # top-level recipe key: the path of a base recipe, rela
 def _read_toml(p: Path, named_by: Path | None) -> dict:
     if not p.is_file():
         where = f" (extends of {str(named_by)!r})" if named_by is not None else ""
-        raise ConfigError(f"recipe: expected a TOML file, but {str(p)!r} does not exist{where}",
+        raise ConfigError(f"recipe: expected a TOML file, but {str(p)!r} {missing_file(p)}{where}",
                           hint="extends is relative to the recipe file that names it" if named_by else None)
     try:
         return tomllib.loads(p.read_text(encoding="utf-8"))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from frs_cli.data.geometry import GeometryConfig
 from frs_cli.errors import ModelError
+from frs_cli.files import check_output_file
 from frs_cli.models import ARCHS, MMDET_ARCHS, build_detector, load_state
 from frs_cli.models.config import ModelConfig
 from frs_cli.models.mmdet_convert import (
@@ -44,6 +45,7 @@ def convert_mmdet(checkpoint: str | Path, arch: str, out: str | Path, allow_pick
     if arch not in MMDET_ARCHS:
         raise ModelError(f"convert mmdet: expected an mmdetection layout for --arch, got {arch!r}",
                          hint=f"one of: {', '.join(MMDET_ARCHS)}")
+    check_output_file(out, "convert mmdet --out")
     state = read_mmdet_state(checkpoint, allow_pickle=allow_pickle)
     family = ARCHS[arch].family
     num_classes = num_classes_of(state, family)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as torch_dist
+
+from frs_cli.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -28,19 +31,52 @@ class DistContext:
         return self.world_size > 1
 
 
+_DEVICE = re.compile(r"cpu|cuda(?::(\d+))?")
+
+
+def check_device(device: str | None) -> torch.device:
+    """The device ``device`` asks for, checked before any work; ConfigError (one line) when it cannot be used.
+
+    None: CUDA when available, else the CPU. "cpu". "cuda": a GPU (under torchrun each process takes GPU
+    LOCAL_RANK). "cuda:N": GPU N of this machine, in a single process only (under torchrun LOCAL_RANK picks the
+    GPU). The result's index is None where LOCAL_RANK decides.
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    match = _DEVICE.fullmatch(device)
+    if match is None:
+        raise ConfigError(f"--device: expected cpu, cuda or cuda:N, got {device!r}")
+    if device == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: no CUDA device is available on this machine", hint="use --device cpu")
+    if match.group(1) is None:
+        return torch.device("cuda")
+    index, count = int(match.group(1)), torch.cuda.device_count()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(f"--device {device}: expected cpu or cuda under torchrun, where each process uses GPU "
+                          f"LOCAL_RANK, got a GPU index")
+    if index >= count:
+        raise ConfigError(f"--device {device}: expected a GPU index below {count} (this machine has {count} CUDA "
+                          f"device{'s' if count != 1 else ''}), got {index}")
+    return torch.device("cuda", index)
+
+
 def setup(device: str | None = None) -> DistContext:
     """Read torchrun's environment; join the process group when there are several processes.
 
-    ``device``: "cuda", "cpu" or None (CUDA when available). NCCL on CUDA, gloo on CPU.
+    ``device``: "cpu", "cuda", "cuda:N" or None (CUDA when available), checked by ``check_device``. On CUDA each
+    process uses GPU LOCAL_RANK (0 without torchrun) unless "cuda:N" names one. NCCL on CUDA, gloo on CPU.
     """
+    wanted = check_device(device)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    use_cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
+    use_cuda = wanted.type == "cuda"
     if use_cuda:
-        torch.cuda.set_device(local_rank)
-        dev = torch.device("cuda", local_rank)
+        dev = torch.device("cuda", local_rank if wanted.index is None else wanted.index)
+        torch.cuda.set_device(dev)
     else:
         dev = torch.device("cpu")
     if world_size > 1 and not torch_dist.is_initialized():

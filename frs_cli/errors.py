@@ -69,6 +69,13 @@ def check_range(table: str, name: str, value, low: float, high: float = math.inf
                 high_open: bool = False) -> None:
     """ConfigError naming ``table.name`` unless ``value`` is a finite number in the range (ends included unless
     ``*_open``)."""
+    check_value(f"recipe key '{table}.{name}'", value, low, high, low_open=low_open, high_open=high_open)
+
+
+def check_value(label: str, value, low: float, high: float = math.inf, *, low_open: bool = False,
+                high_open: bool = False) -> None:
+    """ConfigError ``"<label>: expected ... got ..."`` unless ``value`` is a finite number in the range (ends
+    included unless ``*_open``); ``label`` names where the value came from (a recipe key, a command's option)."""
     ok = math.isfinite(value) and (value > low if low_open else value >= low) and \
         (value < high if high_open else value <= high)
     if not ok:
@@ -80,4 +87,4 @@ def check_range(table: str, name: str, value, low: float, high: float = math.inf
         else:
             span = f"in {'(' if low_open else '['}{num(low)}, {num(high)}{')' if high_open else ']'}"
         what = "an integer" if isinstance(value, int) else "a finite number"
-        raise ConfigError(f"recipe key '{table}.{name}': expected {what} {span}, got {value!r}")
+        raise ConfigError(f"{label}: expected {what} {span}, got {value!r}")

@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from frs_cli.errors import StorageError
+from frs_cli.errors import ConfigError, StorageError
 
 _FULL = {errno.ENOSPC: "the disk is full (no space left on device)", errno.EDQUOT: "the disk quota is exceeded"}
 
@@ -21,6 +21,19 @@ def storage_error(exc: OSError, target: str, hint: str | None = None) -> Storage
     what = _FULL.get(exc.errno) or f"writing failed ({exc.strerror or exc})"
     at = f" at {exc.filename}" if getattr(exc, "filename", None) else ""
     return StorageError(f"{target}: {what}{at}", hint=hint)
+
+
+def missing_file(path: str | Path) -> str:
+    """Why there is no file to read at ``path``, to end an error line ("..., but it does not exist"):
+    ``"is a directory"`` or ``"does not exist"``."""
+    return "is a directory" if Path(path).is_dir() else "does not exist"
+
+
+def check_output_file(path: str | Path, what: str) -> None:
+    """ConfigError (one line naming ``path``) when ``path``, the file ``what`` is to write, is an existing
+    directory: a command calls it before its work, so nothing is computed for a file that cannot be written."""
+    if Path(path).is_dir():
+        raise ConfigError(f"{what}: expected a file path, got the directory {str(path)!r}")
 
 
 @contextlib.contextmanager
@@ -37,9 +50,10 @@ def atomic_path(path: str | Path, hint: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it into place if the block succeeds, remove it if not.
 
     An ``OSError`` in the block or the rename (a full disk) becomes ``StorageError`` naming ``path``; whatever
-    was under ``path`` before stays as it was.
+    was under ``path`` before stays as it was. A directory at ``path`` is ``ConfigError`` before the block runs.
     """
     path = Path(path)
+    check_output_file(path, "output")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:

@@ -153,9 +153,9 @@ def test_malformed_json_raises_data_error(tmp_path):
 
 
 def test_missing_file_raises_data_error(tmp_path):
-    with pytest.raises(DataError, match="missing path .*nope.json"):
+    with pytest.raises(DataError, match="expected a JSON file at .*nope.json.*, but it does not exist"):
         load_coco(tmp_path / "nope.json")
-    with pytest.raises(DataError, match="missing path"):
+    with pytest.raises(DataError, match="does not exist"):
         load_detections(tmp_path / "nope.json")
 
 

@@ -117,5 +117,6 @@ def test_export_refuses_another_family_in_one_line_and_writes_nothing(tmp_path, 
     with pytest.raises(ModelError, match="expected a retinanet checkpoint, got a fcos detector"):
         export_onnx(ckpt, tmp_path / "x.onnx")
     result = runner.invoke(app, ["export", "--onnx", str(tmp_path / "missing.pt"), str(tmp_path / "x.onnx")])
-    assert result.exit_code == 1 and "expected a model file, got missing path" in result.stderr
+    assert result.exit_code == 1 and "expected a model file at" in result.stderr
+    assert "but it does not exist" in result.stderr
     assert not (tmp_path / "x.onnx").exists()

@@ -16,7 +16,7 @@ from frs_cli.cache.reader import TeacherCache
 from frs_cli.cache.store import is_hdf5, is_url
 from frs_cli.cache.verify import verify_cache
 from frs_cli.errors import CacheFormatError, ConfigError
-from frs_cli.files import atomic_path
+from frs_cli.files import atomic_path, check_output_file
 from frs_cli.progress import NullProgress, Progress
 
 ROWS_PER_COPY = 64  # views copied per read/write call: bounded memory whatever the cache size
@@ -44,6 +44,7 @@ def export_hdf5(source: str, out: str | Path, *, storage_options: dict | None = 
     out = str(out)
     if is_url(out) or not is_hdf5(out):
         raise ConfigError(f"cache export: expected a local .h5 or .hdf5 file name for OUT, got {out!r}")
+    check_output_file(out, "cache export OUT")
     progress = progress or NullProgress()
     cache = TeacherCache(source, require_complete=True, storage_options=storage_options)
     if cache.backend.kind != "zarr":

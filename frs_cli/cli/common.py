@@ -22,8 +22,10 @@ SET_HELP = "Override a recipe key, e.g. --set train.epochs=2 (repeatable)."
 # Options several commands take, the same everywhere (defaults of their parameters).
 PIPELINE = typer.Option(..., "--pipeline", "-p", help=PIPELINE_HELP)
 OVERRIDES = typer.Option([], "--set", help=SET_HELP)
-DEVICE = typer.Option(None, help="cuda or cpu (default: cuda when available).")
-VERBOSE = typer.Option(False, "--verbose", "-v")
+DEVICE = typer.Option(None, help="cpu, cuda or cuda:N (GPU N; under torchrun each process uses GPU LOCAL_RANK) "
+                                  "(default: cuda when available).")
+VERBOSE = typer.Option(False, "--verbose", "-v", help="Also print informational notes on stderr (warnings are "
+                                                      "always printed).")
 RESUME_RUN = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint.")
 NO_EVAL = typer.Option(False, "--no-eval", help="Skip COCO evaluation on the val split.")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from frs_cli.cli.common import console, handle_errors, setup_logging
+from frs_cli.cli.common import VERBOSE, console, handle_errors, setup_logging
 
 
 def register(convert_app: typer.Typer) -> None:
@@ -19,7 +19,7 @@ def register(convert_app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="frs model file to write (.pt)."),
         allow_pickle: bool = typer.Option(False, "--allow-pickle",
                                           help="Also unpickle Python objects besides tensors (trusted files only)."),
-        verbose: bool = typer.Option(False, "--verbose", "-v"),
+        verbose: bool = VERBOSE,
     ):
         """Convert an mmdetection RetinaNet, FCOS, Faster R-CNN or GFL checkpoint into an frs model file."""
         setup_logging(verbose)

@@ -17,7 +17,8 @@ from frs_cli.cli.common import (
     progress_for_rank,
     setup_logging,
 )
-from frs_cli.files import write_json
+from frs_cli.errors import check_value
+from frs_cli.files import check_output_file, write_json
 
 
 def register(app: typer.Typer) -> None:
@@ -34,11 +35,12 @@ def register(app: typer.Typer) -> None:
         detections_out: Path = typer.Option(None, "--detections-out", help="With --checkpoint: write detections JSON."),
         batch_size: int = typer.Option(8, help="Images per forward pass."),
         workers: int = typer.Option(2, help="Image-decoding worker processes."),
-        high: float = typer.Option(0.5, help="With --cache: S at or above this counts as a high-score position."),
-        max_views: int = typer.Option(None, help="With --cache: look at the first N views only."),
+        high: float = typer.Option(0.5, help="With --cache: S at or above this counts as a high-score position "
+                                             "(0..1)."),
+        max_views: int = typer.Option(None, help="With --cache: look at the first N views only (N >= 1)."),
         backend: str = typer.Option("pycocotools", "--backend",
                                     help="COCO evaluator: pycocotools (default) or faster (faster-coco-eval, "
-                                         "pip install 'frs[faster-eval]'); the same numbers."),
+                                         "pip install 'frs\\[faster-eval]'); the same numbers."),
         device: str = DEVICE,
         verbose: bool = VERBOSE,
     ):
@@ -49,6 +51,7 @@ def register(app: typer.Typer) -> None:
         chosen = [x for x in (checkpoint, detections, cache) if x is not None]
         if len(chosen) != 1:
             fail("eval: expected exactly one of --checkpoint, --detections or --cache")
+        _check_options(batch_size, workers, high, max_views, metrics, detections_out)
         if cache is not None:
             return _mask_stats(cache, data, high, max_views, metrics)
         if data is None:
@@ -65,10 +68,11 @@ def register(app: typer.Typer) -> None:
         else:
             from frs_cli.data.coco import CocoIndex, CocoViews
             from frs_cli.data.geometry import GeometryConfig
-            from frs_cli.dist import process_group
+            from frs_cli.dist import check_device, process_group
             from frs_cli.eval.predict import evaluate_detector
             from frs_cli.train.checkpoint import load_detector
 
+            check_device(device)
             detector, ckpt = load_detector(checkpoint)
             dataset = CocoViews(CocoIndex(ann), data / split, GeometryConfig(**ckpt["geometry"]))
             with process_group(device) as ctx:
@@ -82,6 +86,19 @@ def register(app: typer.Typer) -> None:
         if metrics is not None:
             write_json(metrics, result, indent=1)
             console.print(f"wrote {metrics}")
+
+
+def _check_options(batch_size: int, workers: int, high: float, max_views: int | None, metrics: Path | None,
+                   detections_out: Path | None) -> None:
+    """ConfigError (one line) for a number no evaluation can use or an output file that is a directory."""
+    check_value("eval --batch-size", batch_size, 1)
+    check_value("eval --workers", workers, 0)
+    check_value("eval --high", high, 0, 1)
+    if max_views is not None:
+        check_value("eval --max-views", max_views, 1)
+    for option, path in (("--metrics", metrics), ("--detections-out", detections_out)):
+        if path is not None:
+            check_output_file(path, f"eval {option}")
 
 
 def _mask_stats(cache: str, data: Path | None, high: float, max_views: int | None, metrics: Path | None) -> None:

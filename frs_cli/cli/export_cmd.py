@@ -6,25 +6,28 @@ from pathlib import Path
 
 import typer
 
-from frs_cli.cli.common import console, fail, handle_errors, progress_for_rank, setup_logging
+from frs_cli.cli.common import VERBOSE, console, fail, handle_errors, progress_for_rank, setup_logging
+from frs_cli.files import check_output_file, missing_file
 
 
 def register(app: typer.Typer) -> None:
     @app.command("export", epilog="Example: frs export --onnx runs/r18_frs/model_final.pt r18_frs.onnx")
     @handle_errors
     def export(
-        checkpoint: Path = typer.Option(..., "--onnx", help="Trained model file (model_final.pt) to export as ONNX."),
-        out: Path = typer.Argument(..., help="ONNX file to write."),
+        checkpoint: Path = typer.Option(..., "--onnx", help="INPUT: the trained model file (model_final.pt) to read. "
+                                                            "(The ONNX file written is the argument OUT.)"),
+        out: Path = typer.Argument(..., help="OUTPUT: the ONNX file to write (.onnx); the model read is --onnx."),
         check: bool = typer.Option(True, help="Compare onnxruntime's outputs with PyTorch's before keeping the file."),
-        verbose: bool = typer.Option(False, "--verbose", "-v"),
+        verbose: bool = VERBOSE,
     ):
         """Write a trained RetinaNet as ONNX (dynamic batch and image size): pixels in, each level's head outputs out.
 
-        Needs pip install 'frs[onnx]'. Anchor decoding and NMS stay outside the graph; the file's metadata
-        carries what they need (levels, anchors, label map, geometry)."""
+        Reads the model file given to --onnx and writes OUT. Needs pip install 'frs\\[onnx]'. Anchor decoding and NMS
+        stay outside the graph; the file's metadata carries what they need (levels, anchors, label map, geometry)."""
         setup_logging(verbose)
         if not checkpoint.is_file():
-            fail(f"export --onnx: expected a model file, got missing path {str(checkpoint)!r}")
+            fail(f"export --onnx: expected a model file at {str(checkpoint)!r}, but it {missing_file(checkpoint)}")
+        check_output_file(out, "export OUT")
         from frs_cli.export.onnx import export_onnx
 
         result = export_onnx(checkpoint, out, check=check, progress=progress_for_rank())

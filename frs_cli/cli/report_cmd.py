@@ -15,12 +15,21 @@ def register(app: typer.Typer) -> None:
     def report(
         runs: list[Path] = typer.Argument(..., help="Run folders (the --out of frs train / distill), each with metrics.jsonl."),
         out: Path = typer.Option(None, "--out", "-o", help="PNG to write: val AP per epoch and every loss term per iteration."),
-        metric: str = typer.Option("AP", "--metric", help="Val metric to plot against epoch (AP, AP50, APs, ...)."),
+        metric: str = typer.Option("AP", "--metric", help="Val metric to plot against epoch: AP, AP50, AP75, APs, "
+                                                           "APm or APl."),
     ):
         """Compare runs side by side: a Markdown table on stdout and, with --out, one picture of their curves."""
+        from frs_cli.errors import ConfigError
+        from frs_cli.eval.coco_eval import METRIC_KEYS
         from frs_cli.eval.run_log import markdown_table, read_run
+        from frs_cli.files import check_output_file
         from frs_cli.viz.draw import save_png
         from frs_cli.viz.plots import run_report
+
+        if metric not in METRIC_KEYS:
+            raise ConfigError(f"report --metric: expected one of {', '.join(METRIC_KEYS)}, got {metric!r}")
+        if out is not None:
+            check_output_file(out, "report --out")
 
         logs = [read_run(r) for r in runs]
         picture = run_report(logs, metric=metric) if out is not None else None

@@ -30,9 +30,11 @@ def register(app: typer.Typer) -> None:
         One colour scale for every panel, written on the picture with a colour bar; each panel names its level,
         stride and max."""
         from frs_cli.cache.reader import TeacherCache
+        from frs_cli.files import check_output_file
         from frs_cli.viz.cache_view import render_cached_view
         from frs_cli.viz.masks import save_png
 
+        check_output_file(out, "visualize --out")
         c = TeacherCache(cache, require_complete=False)
         other = TeacherCache(compare, require_complete=False) if compare is not None else None
         picture = render_cached_view(c, c.dataset(None if data is None else str(data)), image_id, view, level,

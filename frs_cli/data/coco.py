@@ -40,6 +40,7 @@ from frs_cli.data.geometry import (
 from frs_cli.data.packed import PackedTensors, map_packed
 from frs_cli.data.targets import CachedTargets
 from frs_cli.errors import ConfigError, DataError
+from frs_cli.files import missing_file
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class CocoIndex:
     def __init__(self, annotation_file: str | Path, label_map: str = "contiguous"):
         path = Path(annotation_file)
         if not path.is_file():
-            raise DataError(f"annotations: expected a COCO JSON file at {str(path)!r}, but it does not exist")
+            raise DataError(f"annotations: expected a COCO JSON file at {str(path)!r}, but it {missing_file(path)}")
         raw = path.read_bytes()
         self.path = path
         self.sha256 = hashlib.sha256(raw).hexdigest()
@@ -171,7 +172,7 @@ def read_image(path: Path) -> Tensor:
     from PIL import Image, UnidentifiedImageError
 
     if not path.is_file():
-        raise DataError(f"image: expected a file at {str(path)!r}, but it does not exist")
+        raise DataError(f"image: expected a file at {str(path)!r}, but it {missing_file(path)}")
     try:
         with Image.open(path) as im:
             array = np.asarray(im.convert("RGB"))

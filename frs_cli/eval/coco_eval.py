@@ -31,7 +31,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from frs_cli.errors import DataError
-from frs_cli.files import write_json
+from frs_cli.files import missing_file, write_json
 from frs_cli.progress import NullProgress, Progress
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def _check_box(box, where: str) -> None:
 
 def _read_json(path: Path, what: str):
     if not path.is_file():
-        raise DataError(f"{what}: expected a JSON file, got missing path {str(path)!r}")
+        raise DataError(f"{what}: expected a JSON file at {str(path)!r}, but it {missing_file(path)}")
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)

@@ -70,6 +70,16 @@ def read_run(run_dir: str | Path) -> RunLog:
                         hint="point at the --out folder of frs train or frs distill")
     name = path.parent.name if path.name == METRICS_FILE else path.name.removesuffix(".jsonl")
     log = RunLog(name=name, path=str(path))
+    try:
+        _read_records(path, log)
+    except UnicodeDecodeError:
+        raise DataError(f"report: expected a run folder holding {METRICS_FILE} (or that file), got {str(run_dir)!r}, "
+                        f"a file that is not text", hint="point at the --out folder of frs train or frs distill, "
+                        "not a file in it") from None
+    return log
+
+
+def _read_records(path: Path, log: RunLog) -> None:
     with open(path, encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
@@ -88,7 +98,6 @@ def read_run(run_dir: str | Path) -> RunLog:
             else:
                 raise DataError(f"report: expected a step record (with 'iter') or an eval record (with 'eval') on "
                                 f"line {number} of {str(path)!r}, got {line.strip()[:80]!r}")
-    return log
 
 
 def markdown_table(runs: list[RunLog]) -> str:

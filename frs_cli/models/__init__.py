@@ -16,6 +16,7 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from frs_cli.errors import ModelError
+from frs_cli.files import missing_file
 from frs_cli.models.backbones import TINY_BODIES
 from frs_cli.models.base import (
     Detector,
@@ -156,7 +157,7 @@ def load_checkpoint_file(path: str | Path) -> dict:
     """Read a model file written by frs; ModelError if it is missing or not one (a training state, another file)."""
     p = Path(path)
     if not p.is_file():
-        raise ModelError(f"checkpoint: expected a file at {str(p)!r}, but it does not exist")
+        raise ModelError(f"checkpoint: expected a file at {str(p)!r}, but it {missing_file(p)}")
     try:
         ckpt = load_torch_file(p)
     except ModelError as exc:

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from frs_cli.errors import ModelError
+from frs_cli.files import missing_file
 
 # COCO's 80 category ids in mmdetection's class order (sorted ids), and their names
 COCO_CATEGORY_IDS = (
@@ -114,7 +115,7 @@ def read_mmdet_state(path: str | Path, allow_pickle: bool = False) -> dict[str, 
     state dict); a ``module.`` prefix (data-parallel wrappers) is removed. ModelError if it is not one."""
     p = Path(path)
     if not p.is_file():
-        raise ModelError(f"mmdet checkpoint: expected a file at {str(p)!r}, but it does not exist")
+        raise ModelError(f"mmdet checkpoint: expected a file at {str(p)!r}, but it {missing_file(p)}")
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=not allow_pickle)
     except Exception as exc:  # torch raises several types for a file it cannot read

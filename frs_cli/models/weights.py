@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from frs_cli.errors import ModelError
+from frs_cli.files import missing_file
 from frs_cli.models.torchfile import load_torch_file, refuse_training_state
 
 CHECKPOINT_FORMAT = 1
@@ -91,7 +92,8 @@ def resolve_weights(text: str, builder: str) -> WeightsSource:
         return WeightsSource("enum", text, published=Published.of(enum), enum=enum)
     path = Path(text)
     if not path.is_file():
-        raise ModelError(f"weights: expected a torchvision weights enum name or a file, but {text!r} does not exist",
+        raise ModelError(f"weights: expected a torchvision weights enum name or a file, but {text!r} "
+                         f"{missing_file(path)}",
                          hint="for example RetinaNet_ResNet50_FPN_V2_Weights.COCO_V1, or the path of its .pth file")
     label = repr(text)
     published = _identify(path, published_weights(builder), label)

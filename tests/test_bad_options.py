@@ -1,0 +1,204 @@
+"""Command-line options and paths no command can use: one error line, exit 1, before any work, nothing written.
+
+Covers ``--device``, ``frs eval``'s numbers, a directory where a file is expected (to read or to write),
+``frs report``'s inputs, and help texts that must show what their source says.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import assert_one_line_error
+from typer.testing import CliRunner
+
+from frs_cli import dist
+from frs_cli.cli.app import app
+from frs_cli.errors import ConfigError
+
+runner = CliRunner()
+
+
+def run(*args, **kwargs):
+    return runner.invoke(app, [str(a) for a in args], **kwargs)
+
+
+def no_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def gpus(monkeypatch, count: int) -> list:
+    """Pretend this machine has ``count`` GPUs; the returned list records each ``torch.cuda.set_device``."""
+    chosen: list = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    return chosen
+
+
+# --- --device ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", ["gpu", "tpu", "GPU", "cuda:", "cuda:x", "cpu:0", ""])
+def test_an_unknown_device_is_one_line_and_train_creates_no_run(tmp_path, recipe_path, device):
+    result = run("train", "--pipeline", recipe_path, "--out", tmp_path / "run", "--device", device)
+    assert_one_line_error(result, "--device: expected cpu, cuda or cuda:N, got", repr(device))
+    assert not (tmp_path / "run").exists()
+
+
+def test_cuda_without_a_cuda_device_is_one_line_in_train_and_eval(tmp_path, recipe_path, teacher_ckpt, synth_root,
+                                                                  monkeypatch):
+    no_cuda(monkeypatch)
+    result = run("train", "--pipeline", recipe_path, "--out", tmp_path / "run", "--device", "cuda")
+    assert_one_line_error(result, "--device cuda: no CUDA device is available", "use --device cpu")
+    assert not (tmp_path / "run").exists()
+    result = run("eval", "--checkpoint", teacher_ckpt, "--data", synth_root, "--device", "cuda:0",
+                 "--metrics", tmp_path / "m.json")
+    assert_one_line_error(result, "--device cuda:0: no CUDA device is available")
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_cuda_n_uses_gpu_n_and_an_index_out_of_range_is_one_line(tmp_path, recipe_path, monkeypatch):
+    chosen = gpus(monkeypatch, 2)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert dist.setup("cuda:1").device == torch.device("cuda", 1)
+    assert chosen == [torch.device("cuda", 1)]
+    assert dist.setup("cuda").device == torch.device("cuda", 0)
+    result = run("train", "--pipeline", recipe_path, "--out", tmp_path / "run", "--device", "cuda:2")
+    assert_one_line_error(result, "--device cuda:2: expected a GPU index below 2", "got 2")
+    assert not (tmp_path / "run").exists()
+
+
+def test_under_torchrun_local_rank_picks_the_gpu_and_cuda_n_is_refused(monkeypatch):
+    chosen = gpus(monkeypatch, 2)
+    monkeypatch.setattr(dist.torch_dist, "is_initialized", lambda: True)  # no process group is joined here
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    ctx = dist.setup("cuda")
+    assert ctx.device == torch.device("cuda", 1) and chosen == [torch.device("cuda", 1)] and ctx.local_rank == 1
+    assert dist.setup(None).device == torch.device("cuda", 1)
+    with pytest.raises(ConfigError, match="under torchrun, where each process uses GPU LOCAL_RANK"):
+        dist.setup("cuda:0")
+    assert dist.setup("cpu").device == torch.device("cpu")
+
+
+# --- frs eval's numbers -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--batch-size", "0"], "eval --batch-size: expected an integer >= 1, got 0"),
+    (["--batch-size", "-2"], "eval --batch-size: expected an integer >= 1, got -2"),
+    (["--workers", "-1"], "eval --workers: expected an integer >= 0, got -1"),
+], ids=["batch_size_zero", "batch_size_negative", "workers_negative"])
+def test_eval_checkpoint_numbers_are_checked_before_the_model_is_loaded(tmp_path, teacher_ckpt, synth_root, args,
+                                                                         fragment):
+    result = run("eval", "--checkpoint", teacher_ckpt, "--data", synth_root, "--device", "cpu",
+                 "--metrics", tmp_path / "m.json", *args)
+    assert_one_line_error(result, fragment)
+    assert not (tmp_path / "m.json").exists()
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--max-views", "-3"], "eval --max-views: expected an integer >= 1, got -3"),
+    (["--max-views", "0"], "eval --max-views: expected an integer >= 1, got 0"),
+    (["--high", "nan"], "eval --high: expected a finite number in [0, 1], got nan"),
+    (["--high", "2"], "eval --high: expected a finite number in [0, 1], got 2.0"),
+    (["--high", "-0.1"], "eval --high: expected a finite number in [0, 1], got -0.1"),
+], ids=["max_views_negative", "max_views_zero", "high_nan", "high_above_one", "high_negative"])
+def test_eval_cache_numbers_are_checked_before_the_cache_is_read(tmp_path, cache_path, args, fragment):
+    result = run("eval", "--cache", cache_path, "--metrics", tmp_path / "m.json", *args)
+    assert_one_line_error(result, fragment)
+    assert not (tmp_path / "m.json").exists()
+
+
+# --- a directory where a file is expected -----------------------------------------------------------------
+
+def test_a_directory_given_as_a_file_to_read_is_named_as_a_directory(tmp_path, synth_root, cache_path):
+    folder = tmp_path / "somedir"
+    folder.mkdir()
+    result = run("train", "-p", folder, "--out", tmp_path / "run")
+    assert_one_line_error(result, f"recipe: expected a TOML file, but '{folder}' is a directory")
+    assert not (tmp_path / "run").exists()
+    for given in (folder, cache_path):
+        result = run("eval", "--checkpoint", given, "--data", synth_root, "--device", "cpu")
+        assert_one_line_error(result, f"checkpoint: expected a file at '{given}', but it is a directory")
+    result = run("eval", "--detections", folder, "--data", synth_root)
+    assert_one_line_error(result, f"expected a JSON file at '{folder}', but it is a directory")
+    result = run("convert", "mmdet", folder, "--arch", "retinanet_resnet50_fpn_mmdet", "--out", tmp_path / "x.pt")
+    assert_one_line_error(result, f"mmdet checkpoint: expected a file at '{folder}', but it is a directory")
+    result = run("export", "--onnx", folder, tmp_path / "x.onnx")
+    assert_one_line_error(result, f"export --onnx: expected a model file at '{folder}', but it is a directory")
+    assert not (tmp_path / "x.pt").exists() and not (tmp_path / "x.onnx").exists()
+
+
+def _output_cases(tmp_path, teacher_ckpt, cache_path, synth_root) -> dict:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text('{"iter": 0, "loss": 1.0}\n', encoding="utf-8")
+    return {  # option named in the line -> the command, its output directory last
+        "visualize --out": ["visualize", "--cache", cache_path, "--out", tmp_path / "out.png"],
+        "report --out": ["report", run_dir, "--out", tmp_path / "report.png"],
+        "export OUT": ["export", "--onnx", teacher_ckpt, tmp_path / "x.onnx"],
+        "eval --metrics": ["eval", "--cache", cache_path, "--metrics", tmp_path / "m.json"],
+        "eval --detections-out": ["eval", "--checkpoint", teacher_ckpt, "--data", synth_root, "--device", "cpu",
+                                  "--detections-out", tmp_path / "dets.json"],
+        "cache export OUT": ["cache", "export", cache_path, tmp_path / "c.h5"],
+        "convert mmdet --out": ["convert", "mmdet", teacher_ckpt, "--arch", "retinanet_resnet50_fpn_mmdet",
+                                "--out", tmp_path / "conv.pt"],
+    }
+
+
+@pytest.mark.parametrize("option", ["visualize --out", "report --out", "export OUT", "eval --metrics",
+                                    "eval --detections-out", "cache export OUT", "convert mmdet --out"])
+def test_a_directory_given_as_the_output_file_is_refused_up_front(tmp_path, teacher_ckpt, cache_path, synth_root,
+                                                                  option, monkeypatch):
+    args = _output_cases(tmp_path, teacher_ckpt, cache_path, synth_root)[option]
+    target = args[-1]
+    target.mkdir()
+    (target / "keep.txt").write_text("mine", encoding="utf-8")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = run(*args)
+    assert_one_line_error(result, f"{option}: expected a file path, got the directory '{target}'")
+    assert ".tmp" not in result.stderr
+    assert sorted(p.name for p in target.iterdir()) == ["keep.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no temporary file beside it
+
+
+def test_the_atomic_writer_refuses_a_directory_before_writing(tmp_path):
+    from frs_cli.files import write_json
+
+    (tmp_path / "d").mkdir()
+    with pytest.raises(ConfigError, match="expected a file path, got the directory '.*d'"):
+        write_json(tmp_path / "d", {"a": 1})
+    assert [p.name for p in tmp_path.iterdir()] == ["d"] and not any((tmp_path / "d").iterdir())
+
+
+# --- frs report -------------------------------------------------------------------------------------------
+
+def test_report_of_a_model_file_is_one_line(teacher_ckpt):
+    result = run("report", teacher_ckpt)
+    assert_one_line_error(result, f"got '{teacher_ckpt}', a file that is not text", "--out folder")
+
+
+def test_report_refuses_an_unknown_metric_before_reading_the_runs(tmp_path):
+    result = run("report", tmp_path / "no_such_run", "--metric", "APx", "--out", tmp_path / "r.png")
+    assert_one_line_error(result, "report --metric: expected one of AP, AP50, AP75, APs, APm, APl, got 'APx'")
+    assert not (tmp_path / "r.png").exists()
+
+
+# --- help texts -------------------------------------------------------------------------------------------
+
+def help_text(*command) -> str:
+    result = run(*command, "--help", env={"COLUMNS": "300", "TERMINAL_WIDTH": "300"})
+    assert result.exit_code == 0, result.output
+    return " ".join(result.output.replace("│", " ").split())
+
+
+def test_help_shows_square_brackets_the_verbose_option_and_which_export_path_is_read():
+    assert "pip install 'frs[faster-eval]'" in help_text("eval")
+    export = help_text("export")
+    assert "pip install 'frs[onnx]'" in export
+    assert "INPUT: the trained model file (model_final.pt) to read" in export
+    assert "OUTPUT: the ONNX file to write" in export
+    for command in (["eval"], ["train"], ["export"], ["convert", "mmdet"], ["teacher-cache"]):
+        assert "--verbose -v <bool> Also print informational notes" in help_text(*command), command
+    assert "cpu, cuda or cuda:N" in help_text("train")
