@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from frs_cli.cli.common import console, handle_errors, metrics_table, progress_for_rank, setup_logging
+from frs_cli.cli.common import VERBOSE, console, handle_errors, metrics_table, progress_for_rank, setup_logging
 
 
 def register(app: typer.Typer) -> None:
@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
         val_images: int = typer.Option(150, help="Synthetic validation images."),
         seed: int = typer.Option(0, help="Data and training seed."),
         baseline: bool = typer.Option(True, help="Also train the student alone, for comparison."),
-        verbose: bool = typer.Option(False, "--verbose", "-v"),
+        verbose: bool = VERBOSE,
     ):
         """Run the whole job on the embedded data: synth, teacher, teacher-cache, distill, eval, visualize (CPU)."""
         setup_logging(verbose)
