@@ -73,7 +73,7 @@ class StepRecord:
     loss: float  # their sum, the minimised value
     images: int  # images of the step over all processes
     data_seconds: float  # waiting for the batch
-    seconds: float  # since the previous step ended (data, step and hooks)
+    seconds: float  # its share of the epoch's wall time (its batch, its step, the hooks before it; ``Trainer._finish``)
     lr: float = math.nan  # the first parameter group's learning rate after the step's scheduler update
 
     def fields(self) -> dict[str, float]:
@@ -105,6 +105,10 @@ class PendingLosses:
         self.names = list(losses)
         self._copy = HostCopy(torch.stack([t.detach().float().reshape(()) for t in (*losses.values(), loss)]))
 
+    def ready(self) -> bool:
+        """Whether the step is done without waiting for it (on the CPU, always: its launch ran it)."""
+        return self._copy.ready()
+
     def read(self) -> tuple[dict[str, float], float]:
         """The named terms and their sum (as the step summed them) as floats."""
         values = self._copy.tolist()
@@ -121,6 +125,7 @@ class _Launched:
     images: int
     data_seconds: float
     lr: float
+    launched_at: float  # time.perf_counter() once the host had launched it
 
 
 def make_loader(dataset, batches: Iterable[list], workers: int, device: torch.device, hold: int = WORKER_HOLD):
@@ -171,7 +176,7 @@ class Trainer:
         self.eval_metrics: dict | None = None
         self.finished = False
         self.images_seen, self.data_seconds, self.step_seconds = 0, 0.0, 0.0
-        self._t_prev = 0.0  # when the step before ``last`` was recorded
+        self._t_prev = 0.0  # where the wall-time share of ``last`` ended (``_finish``)
         self._running = 0  # the step of the epoch launched last (the one a second Ctrl-C stops in)
         # the rest of the run's batches as one stream (RunBatches): its DataLoader, the prefetcher over it and the
         # (epoch, step) its next batch is for; made by the first epoch, its workers serve every later one
@@ -244,7 +249,7 @@ class Trainer:
             losses, loss = self.run_step(batch, it)
             launched += 1
             step = _Launched(it, launched, PendingLosses(losses, loss), len(batch.image_ids) * self.ctx.world_size,
-                             t_data, self.optimizer.param_groups[0]["lr"])
+                             t_data, self.optimizer.param_groups[0]["lr"], time.perf_counter())
             if pending is not None:  # the step before, while the device runs this one
                 self._finish(pending, hooks)
             pending = step
@@ -279,11 +284,19 @@ class Trainer:
         self._loader, self._feed, self._feed_at = None, None, None
 
     def _finish(self, step: _Launched, hooks: Sequence[Hook]) -> None:
-        """Read a launched step's losses, record it as ``last`` and run the hooks' ``after_step``."""
+        """Read a launched step's losses, record it as ``last`` and run the hooks' ``after_step``.
+
+        The step's ``seconds`` is its share of the epoch's wall time: from where the share of the step before it
+        ended (the epoch's start for the first) to when the step was done. A step the host did not have to wait
+        for was done once its launch returned (on the CPU the launch runs it): its share ends there, not when it
+        is read, which is after the next step has run (one step ahead) or at once (the epoch's last step). A step
+        the host waits for ends when the wait does. The shares follow one another, so their sum is the time the
+        epoch's steps took, and each one's ``img_s`` is images over the time they took."""
+        ready = step.losses.ready()
         values, total = self.read_losses(step.losses, step.iteration)
         self.step = step.done
-        now = time.perf_counter()
-        step_time, self._t_prev = now - self._t_prev, now
+        end = step.launched_at if ready and step.launched_at >= self._t_prev else time.perf_counter()
+        step_time, self._t_prev = end - self._t_prev, end
         self.images_seen += step.images
         self.data_seconds += step.data_seconds
         self.step_seconds += step_time
