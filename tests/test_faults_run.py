@@ -229,6 +229,37 @@ def test_a_saved_run_without_resume_is_refused_and_the_hint_resume_continues_it(
     assert torch.load(saved_run.out / LAST, weights_only=True)["epoch"] == 1
 
 
+def test_resume_of_a_finished_run_says_it_is_complete_and_writes_nothing(saved_run):
+    """A cache fingerprints its teacher by the model file's bytes: a finished run resumed keeps model_final.pt as it
+    is (bytes and time), like teacher-cache --resume on a complete cache."""
+    import hashlib
+
+    before, stamp = snapshot(saved_run.out), (saved_run.out / FINAL).stat().st_mtime_ns
+    digest = hashlib.sha256((saved_run.out / FINAL).read_bytes()).hexdigest()
+    result = train(saved_run.recipe, saved_run.out, "--resume")
+    assert result.exit_code == 0, result.output
+    assert f"run {saved_run.out} is already complete (1 epochs); nothing written" in " ".join(result.stdout.split())
+    assert hashlib.sha256((saved_run.out / FINAL).read_bytes()).hexdigest() == digest
+    assert (saved_run.out / FINAL).stat().st_mtime_ns == stamp and snapshot(saved_run.out) == before
+    result = train(saved_run.recipe, saved_run.out, "--resume", "--set", "train.epochs=2")  # a longer schedule runs
+    assert result.exit_code == 0, result.output
+    assert "already complete" not in result.stdout
+    assert torch.load(saved_run.out / LAST, weights_only=True)["epoch"] == 2
+
+
+def test_distill_resume_of_a_finished_run_says_it_is_complete_and_writes_nothing(recipe_path, small_cache, tmp_path):
+    out = tmp_path / "run"
+    args = ["distill", "--pipeline", recipe_path, "--out", out, "--cache", small_cache, *SMALL]
+    assert run(*args).exit_code == 0
+    before = snapshot(out)
+    stamps = {name: (out / name).stat().st_mtime_ns for name in (FINAL, "adapters.pt")}
+    result = run(*args, "--resume")
+    assert result.exit_code == 0, result.output
+    assert f"run {out} is already complete (1 epochs); nothing written" in " ".join(result.stdout.split())
+    assert snapshot(out) == before
+    assert {name: (out / name).stat().st_mtime_ns for name in stamps} == stamps
+
+
 # --- what --resume may change ------------------------------------------------------------------------------
 
 def _state_beyond_the_schedule(t):
@@ -249,6 +280,7 @@ def _no_recipe(t):
 
 
 def _state_of_another_model(t):  # recipe.json agrees with the command, the state does not
+    (t.out / FINAL).unlink()  # a run that has not finished (a finished one is left as it is, nothing loaded)
     doc = json.loads((t.out / "recipe.json").read_text())
     doc["student"].update(arch="fcos_tiny_fpn", anchor_size=0)
     (t.out / "recipe.json").write_text(json.dumps(doc))

@@ -325,3 +325,21 @@ def test_each_logged_rate_is_images_over_the_time_they_took_also_at_an_epoch_end
         assert 0 < s["img_s"] <= r.train.batch_size / pause, s
         assert 0 <= s["data_wait"] <= 1, s
     assert sum(r.train.batch_size / s["img_s"] for s in steps) <= summary.fit.seconds
+
+
+def test_equal_models_saved_by_two_processes_are_equal_bytes(recipe, synth_root, tmp_path, monkeypatch):
+    """A teacher cache fingerprints its teacher by the model file's bytes: writing the same model again (a resumed
+    run, another process) must give the same file. torch.save names the archive's folder after the file it writes,
+    and the temporary file's name holds the process id."""
+    import os
+
+    from frs_cli.data.coco import CocoIndex
+    from frs_cli.train.checkpoint import save_model
+
+    torch.manual_seed(0)
+    detector = build_detector(recipe.student, 5)
+    index = CocoIndex(synth_root / "annotations" / "instances_train.json")
+    save_model(tmp_path / "a" / FINAL, detector, recipe.student, index, recipe.geometry)
+    monkeypatch.setattr(os, "getpid", lambda: 4242)  # another process
+    save_model(tmp_path / "b" / FINAL, detector, recipe.student, index, recipe.geometry)
+    assert (tmp_path / "a" / FINAL).read_bytes() == (tmp_path / "b" / FINAL).read_bytes()

@@ -13,7 +13,9 @@ from frs_cli.cli.common import (
     PIPELINE,
     RESUME_RUN,
     VERBOSE,
+    console,
     handle_errors,
+    is_main_process,
     load,
     print_run,
     progress_for_rank,
@@ -44,4 +46,9 @@ def register(app: typer.Typer) -> None:
         with process_group(device) as ctx:
             summary = train_detector(recipe, role, out, resume=resume, ctx=ctx, progress=progress_for_rank(),
                                      evaluate=not no_eval)
+        if summary.complete:
+            if is_main_process():
+                console.print(f"run {out} is already complete ({recipe.train_config(role).epochs} epochs); "
+                              "nothing written")
+            return
         print_run(summary, f"trained {role} {recipe.model_config(role).arch}", recipe.data.val, role)

@@ -20,7 +20,7 @@ from frs_cli.lock import job_lock
 from frs_cli.models import build_detector, check_compatible, check_distillable, signature, warn_untrained_teacher
 from frs_cli.models.config import ModelConfig
 from frs_cli.progress import Progress
-from frs_cli.train.checkpoint import FINAL, atomic_save, save_model
+from frs_cli.train.checkpoint import FINAL, LAST, atomic_save, load_training_state, save_model
 from frs_cli.train.loop import FitResult, fit, flip_views
 from frs_cli.train.metrics_log import require_tensorboard, teacher_mask_picture, write_images
 from frs_cli.train.objectives import CachedTeacher, FRSObjective, GTObjective, OnlineTeacher
@@ -34,10 +34,12 @@ ADAPTERS = "adapters.pt"
 class RunSummary:
     out_dir: str
     model_file: str
-    fit: FitResult
+    fit: FitResult | None  # None: the run was already complete (``complete``), nothing ran
+    complete: bool = False
 
     def to_dict(self) -> dict:
-        return {"out_dir": self.out_dir, "model_file": self.model_file, **asdict(self.fit)}
+        return {"out_dir": self.out_dir, "model_file": self.model_file, "complete": self.complete,
+                **(asdict(self.fit) if self.fit is not None else {})}
 
 
 def seed_everything(seed: int) -> None:
@@ -65,6 +67,20 @@ def _check_out(out_dir: Path, resume: bool, recipe_dict: dict, job: str) -> tupl
     """How the run starts in ``out_dir``, and the recipe changes a resume makes (checked before anything is built)."""
     start = check_run_dir(out_dir, resume)
     return start, resume_changes(out_dir, recipe_dict, job) if start.resume else {}
+
+
+def _already_complete(start: RunStart, epochs: int, outputs: tuple[str, ...]) -> bool:
+    """Whether ``--resume`` finds the run finished: its saved state at the end of its last epoch (``epochs``) and
+    each final file in ``outputs`` written after that state. Such a run is left as it is: its final files are not
+    written again (a cache fingerprints its teacher by the model file's bytes)."""
+    if not start.resume:
+        return False
+    state = load_training_state(start.out_dir / LAST)
+    if (state["epoch"], state["epoch_step"]) != (epochs, 0):
+        return False
+    saved = (start.out_dir / LAST).stat().st_mtime_ns
+    return all((start.out_dir / name).is_file() and (start.out_dir / name).stat().st_mtime_ns >= saved
+               for name in outputs)
 
 
 def _start_out(start: RunStart, recipe_dict: dict, ctx: DistContext) -> None:
@@ -111,6 +127,8 @@ def train_detector(recipe, role: str, out_dir: str | Path, *, resume: bool = Fal
     start, changes = _check_out(out_dir, resume, recipe_dict, f"train {role}")
     cfg = recipe.train_config(role)
     model_cfg = recipe.model_config(role)
+    if _already_complete(start, cfg.epochs, (FINAL,)):
+        return RunSummary(str(out_dir), str(out_dir / FINAL), None, complete=True)
     if cfg.tensorboard:
         require_tensorboard()
     seed_everything(cfg.seed)
@@ -152,6 +170,8 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
     recipe_dict = {**recipe.to_dict(), "teacher_source": "online" if online else str(cache)}
     start, changes = _check_out(out_dir, resume, recipe_dict, "distill online" if online else "distill cache")
     cfg = recipe.train
+    if _already_complete(start, cfg.epochs, (FINAL, ADAPTERS)):
+        return RunSummary(str(out_dir), str(out_dir / FINAL), None, complete=True)
     if cfg.tensorboard:
         require_tensorboard()
     coco = CocoViews.from_config(recipe.data, recipe.cache.split if cache else recipe.data.train, recipe.geometry)
