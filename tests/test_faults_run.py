@@ -229,6 +229,17 @@ def test_a_saved_run_without_resume_is_refused_and_the_hint_resume_continues_it(
     assert torch.load(saved_run.out / LAST, weights_only=True)["epoch"] == 1
 
 
+def test_distill_resume_in_a_teachers_train_run_names_the_train_run(recipe_path, small_cache, tmp_path):
+    out = tmp_path / "teacher"
+    assert run("train", "--pipeline", recipe_path, "--out", out, *SMALL).exit_code == 0  # --role teacher, the default
+    before = snapshot(out)
+    result = run("distill", "--pipeline", recipe_path, "--out", out, "--cache", small_cache, "--resume", *SMALL)
+    assert error_line(result) == (f"error: --resume: --out '{out}' holds a run of frs train --role teacher (recipe.json "
+                                  'records job "train teacher"), not of frs distill (continue it with frs train --role '
+                                  "teacher --resume, or give frs distill another --out)")
+    assert snapshot(out) == before
+
+
 def test_resume_of_a_finished_run_says_it_is_complete_and_writes_nothing(saved_run):
     """A cache fingerprints its teacher by the model file's bytes: a finished run resumed keeps model_final.pt as it
     is (bytes and time), like teacher-cache --resume on a complete cache."""
@@ -291,6 +302,13 @@ def _train_run_resumed_by_distill(t):
     return []
 
 
+def _no_job_recorded(t):  # a recipe.json from before the job was recorded
+    doc = json.loads((t.out / "recipe.json").read_text())
+    del doc["job"]
+    (t.out / "recipe.json").write_text(json.dumps(doc))
+    return []
+
+
 RESUME = {  # case -> (command, how to prepare the run directory, the message or fragments of it)
     "lr_changed": ("train", lambda t: ["--set", "train.lr=0.5"],
                    ("started with another recipe: train.lr = 0.01, now 0.5 (a resume may change only train.epochs, "
@@ -315,7 +333,16 @@ RESUME = {  # case -> (command, how to prepare the run directory, the message or
     "state_of_another_model": ("train", _state_of_another_model,
                                ("--resume: the state in '{out}/last.pt' does not fit this run's model (Error(s) in "
                                 "loading state_dict for ")),
-    "train_run_resumed_by_distill": ("distill", _train_run_resumed_by_distill, "does not fit this run's model ("),
+    "train_run_resumed_by_distill": ("distill", _train_run_resumed_by_distill,
+                                     ("--resume: --out '{out}' holds a run of frs train --role student (recipe.json "
+                                      'records job "train student"), not of frs distill (continue it with frs train '
+                                      "--role student --resume, or give frs distill another --out)")),
+    "train_run_without_a_recorded_job_resumed_by_distill": (
+        "distill", _no_job_recorded,
+        ("--resume: --out '{out}' holds a run of frs train (recipe.json has no teacher_source), not of frs distill")),
+    "student_run_resumed_as_the_teacher": ("train", lambda t: ["--role", "teacher"],
+                                           ("holds a run of frs train --role student (recipe.json records job "
+                                            '"train student"), not of frs train --role teacher')),
 }
 
 
@@ -510,7 +537,8 @@ def test_ctrl_c_in_distill_saves_the_state_at_the_step_boundary(recipe_path, sma
 
 def test_distill_resumed_from_another_cache_is_refused(saved_run, cache_path, tmp_path):
     doc = json.loads((saved_run.out / "recipe.json").read_text())
-    (saved_run.out / "recipe.json").write_text(json.dumps({**doc, "teacher_source": str(tmp_path / "old.zarr")}))
+    (saved_run.out / "recipe.json").write_text(json.dumps({**doc, "teacher_source": str(tmp_path / "old.zarr"),
+                                                           "job": "distill cache"}))
     before = snapshot(saved_run.out)
     result = run("distill", "--pipeline", saved_run.recipe, "--cache", cache_path, "--out", saved_run.out, "--resume",
                  *SMALL)

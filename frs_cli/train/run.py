@@ -24,7 +24,7 @@ from frs_cli.train.checkpoint import FINAL, LAST, atomic_save, load_training_sta
 from frs_cli.train.loop import FitResult, fit, flip_views
 from frs_cli.train.metrics_log import require_tensorboard, teacher_mask_picture, write_images
 from frs_cli.train.objectives import CachedTeacher, FRSObjective, GTObjective, OnlineTeacher
-from frs_cli.train.rundir import RunStart, check_run_dir, record_resume, resume_changes, start_run_dir
+from frs_cli.train.rundir import JOB, RunStart, check_run_dir, record_resume, resume_changes, start_run_dir
 
 log = logging.getLogger(__name__)
 ADAPTERS = "adapters.pt"
@@ -123,7 +123,7 @@ def train_detector(recipe, role: str, out_dir: str | Path, *, resume: bool = Fal
         raise ConfigError(f"--role: expected 'teacher' or 'student', got {role!r}")
     ctx = ctx or setup()
     out_dir = Path(out_dir)
-    recipe_dict = recipe.to_dict()
+    recipe_dict = {**recipe.to_dict(), JOB: f"train {role}"}
     start, changes = _check_out(out_dir, resume, recipe_dict, f"train {role}")
     cfg = recipe.train_config(role)
     model_cfg = recipe.model_config(role)
@@ -167,8 +167,9 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
         raise ConfigError("distill: expected exactly one teacher source: --cache PATH or --online")
     ctx = ctx or setup()
     out_dir = Path(out_dir)
-    recipe_dict = {**recipe.to_dict(), "teacher_source": "online" if online else str(cache)}
-    start, changes = _check_out(out_dir, resume, recipe_dict, "distill online" if online else "distill cache")
+    job = "distill online" if online else "distill cache"
+    recipe_dict = {**recipe.to_dict(), "teacher_source": "online" if online else str(cache), JOB: job}
+    start, changes = _check_out(out_dir, resume, recipe_dict, job)
     cfg = recipe.train
     if _already_complete(start, cfg.epochs, (FINAL, ADAPTERS)):
         return RunSummary(str(out_dir), str(out_dir / FINAL), None, complete=True)
