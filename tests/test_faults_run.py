@@ -148,6 +148,36 @@ def test_a_bad_setting_or_annotation_is_one_line_and_creates_no_run(case, recipe
     assert not out.exists()
 
 
+def test_the_teachers_batch_larger_than_the_set_names_the_teacher_train_key(recipe_path, tmp_path):
+    """The default role trains the teacher on [teacher_train]: the error names that table's key, not train's."""
+    line = error_line(run("train", "--pipeline", recipe_path, "--out", tmp_path / "run", *SMALL,
+                          "--set", "teacher_train.batch_size=100"))
+    assert line == ("error: teacher_train: 8 images per process is fewer than one batch of 100 (lower "
+                    "teacher_train.batch_size or use more images)")
+
+
+def test_set_on_the_schedule_the_role_does_not_read_is_one_warning_naming_the_one_it_reads(recipe_path, tmp_path):
+    """--set train.epochs=2 with the default role (the teacher, on [teacher_train]) changes nothing: one warning
+    says so and names teacher_train.epochs; the run trains its teacher_train schedule (1 epoch)."""
+    result = run("train", "--pipeline", recipe_path, "--out", tmp_path / "teacher", *SMALL, "--set", "train.epochs=2")
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.stderr.splitlines() if line.startswith("warning: --set")]
+    assert warned == [("warning: --set train.epochs: frs train --role teacher takes its schedule from "
+                       "[teacher_train], not [train]; no effect on this run (set teacher_train.epochs instead)")]
+    assert torch.load(tmp_path / "teacher" / LAST, weights_only=True)["epoch"] == 1
+    result = train(recipe_path, tmp_path / "student", "--set", "teacher_train.lr=0.5", "--set", "train.epochs=1")
+    assert result.exit_code == 0, result.output
+    assert ("warning: --set teacher_train.lr: frs train --role student takes its schedule from [train], not "
+            "[teacher_train]; no effect on this run (set train.lr instead)") in result.stderr.splitlines()
+    assert "train.epochs" not in result.stderr
+
+
+def test_the_train_help_example_of_set_is_a_key_the_default_role_reads():
+    result = run("train", "--help")
+    text = " ".join(result.output.replace("\u2502", " ").split())  # the help's box drawn with rich
+    assert "e.g. --set teacher_train.epochs=2" in text and "--set train.epochs" not in text
+
+
 # --- the run directory -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

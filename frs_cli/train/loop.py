@@ -146,18 +146,20 @@ class Trainer:
     ``optimizer``, ``scheduler``, ``scaler``, ``cfg``, ``ctx``, ``iters_per_epoch``, ``batches`` (the epoch's
     batches of keys), ``loader`` (the DataLoader whose workers serve every epoch), ``graphs`` (``StepGraphs``
     under ``train.cuda_graphs``, else None). With ``cfg.group_by_canvas``
-    the dataset also gives ``geometry_of(position, view)``.
+    the dataset also gives ``geometry_of(position, view)``. ``table``: the recipe table ``cfg`` came from
+    (``train``, or ``teacher_train`` for ``frs train --role teacher``), named in errors about its keys.
     """
 
-    def __init__(self, objective: Objective, dataset, cfg: TrainConfig, ctx: DistContext, views: Sequence[str]):
+    def __init__(self, objective: Objective, dataset, cfg: TrainConfig, ctx: DistContext, views: Sequence[str],
+                 table: str = "train"):
         self.cfg, self.ctx, self.dataset = cfg, ctx, dataset
         sampler = ViewSampler(len(dataset), views, shuffle=True, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size)
         canvases = view_canvases(dataset, views) if cfg.group_by_canvas else None
         self.batches = CanvasBatchSampler(sampler, cfg.batch_size, canvases)
         self.iters_per_epoch = len(self.batches)
         if self.iters_per_epoch < 1:
-            raise TrainingError(f"train: {len(sampler)} images per process is fewer than one batch of "
-                                f"{cfg.batch_size}", hint="lower train.batch_size or use more images")
+            raise TrainingError(f"{table}: {len(sampler)} images per process is fewer than one batch of "
+                                f"{cfg.batch_size}", hint=f"lower {table}.batch_size or use more images")
         self.objective = objective.to(ctx.device)
         if cfg.channels_last:  # train.channels_last: what trains, channels-last (the teacher's side is as it was built)
             for module in objective.checkpointed().values():
@@ -356,6 +358,7 @@ def fit(
     evaluate: Callable[[nn.Module], dict] | None = None,
     progress: Progress | None = None,
     hooks: Sequence[Hook] = (),
+    table: str = "train",
 ) -> FitResult:
     """Train ``objective`` on ``dataset`` (indexed by ``(position, view)``) for ``cfg.epochs`` epochs.
 
@@ -363,11 +366,11 @@ def fit(
     = random flip with p 0.5; ``flip_views`` gives another probability); ``save_outputs(objective, out_dir)``
     writes the final model files (main process); ``resumed()`` is called once a saved state is restored and
     checked (``resume``); ``evaluate(objective)`` returns val metrics (called on every process, used from the
-    main one); ``hooks`` run after the built-in ones.
+    main one); ``hooks`` run after the built-in ones; ``table``: the recipe table ``cfg`` came from (``Trainer``).
     """
     progress = progress or NullProgress()
     out_dir = Path(out_dir)
-    trainer = Trainer(objective, dataset, cfg, ctx, views)
+    trainer = Trainer(objective, dataset, cfg, ctx, views, table)
     state = TrainingState(out_dir / LAST, trainer)
     start = (0, 0)
     if resume:

@@ -115,6 +115,11 @@ def _evaluator(recipe, ctx: DistContext, cfg):
     return evaluate
 
 
+def schedule_table(role: str) -> str:
+    """The recipe table ``frs train --role ROLE`` takes its schedule from (``Recipe.train_config``)."""
+    return "teacher_train" if role == "teacher" else "train"
+
+
 @_one_writer
 def train_detector(recipe, role: str, out_dir: str | Path, *, resume: bool = False, ctx: DistContext | None = None,
                    progress: Progress | None = None, evaluate: bool = True) -> RunSummary:
@@ -139,7 +144,8 @@ def train_detector(recipe, role: str, out_dir: str | Path, *, resume: bool = Fal
                  views=flip_views(cfg.hflip_prob), resume=start.resume,
                  resumed=_on_resumed(start, recipe_dict, changes, ctx),
                  save_outputs=_model_saver(model_cfg, train.index, recipe.geometry),
-                 evaluate=_evaluator(recipe, ctx, cfg) if evaluate else None, progress=progress)
+                 evaluate=_evaluator(recipe, ctx, cfg) if evaluate else None, progress=progress,
+                 table=schedule_table(role))
     return RunSummary(str(out_dir), str(out_dir / FINAL), result)
 
 
