@@ -178,6 +178,27 @@ def test_the_train_help_example_of_set_is_a_key_the_default_role_reads():
     assert "e.g. --set teacher_train.epochs=2" in text and "--set train.epochs" not in text
 
 
+def test_an_empty_val_split_is_one_line_before_training_and_the_hint_no_eval_works(tmp_path, teacher_ckpt):
+    """Evaluation runs after the last epoch: a val split without images is refused before anything is trained or
+    written (before: the whole schedule ran, then CocoEvaluator failed), by train and distill alike."""
+    from frs_cli.data.synth import SynthConfig, generate
+
+    root = tmp_path / "data"
+    generate(root, SynthConfig(train=8, val=0, size=64, seed=0, min_object=12, max_objects=3))
+    recipe = write_recipe(tmp_path / "recipe.toml", root, str(teacher_ckpt))
+    expected = (f"error: data.val: expected at least one image to evaluate on, got none in the 'val' split "
+                f"({root / 'annotations' / 'instances_val.json'}) (add --no-eval to train without evaluation, or set "
+                "data.val to a split with images)")
+    for command in (["train", "--role", "student"], ["train"], ["distill", "--online"]):
+        out = tmp_path / "run"
+        assert error_line(run(*command, "--pipeline", recipe, "--out", out, "--device", "cpu")) == expected, command
+        assert not out.exists()
+    result = run("train", "--role", "student", "--pipeline", recipe, "--out", tmp_path / "run", "--device", "cpu",
+                 "--no-eval")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / FINAL).is_file()
+
+
 # --- the run directory -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

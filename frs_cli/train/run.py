@@ -107,7 +107,13 @@ def _model_saver(model_cfg: ModelConfig, index, geometry, extra: bool = False):
 
 
 def _evaluator(recipe, ctx: DistContext, cfg):
+    """What ``fit`` evaluates with, built before the run starts: a val split without images (evaluation would
+    fail once the whole schedule has run) is one ConfigError here."""
     val = CocoViews.from_config(recipe.data, recipe.data.val, recipe.geometry)
+    if len(val) == 0:
+        raise ConfigError(f"data.val: expected at least one image to evaluate on, got none in the "
+                          f"{recipe.data.val!r} split ({recipe.data.annotation_file(recipe.data.val)})",
+                          hint="add --no-eval to train without evaluation, or set data.val to a split with images")
 
     def evaluate(objective) -> dict:
         return evaluate_detector(objective.student, val, ctx, batch_size=max(1, cfg.batch_size),
@@ -138,14 +144,14 @@ def train_detector(recipe, role: str, out_dir: str | Path, *, resume: bool = Fal
         require_tensorboard()
     seed_everything(cfg.seed)
     train = CocoViews.from_config(recipe.data, recipe.data.train, recipe.geometry)
+    evaluator = _evaluator(recipe, ctx, cfg) if evaluate else None
     detector = build_detector(model_cfg, train.index.num_classes)
     _start_out(start, recipe_dict, ctx)
     result = fit(GTObjective(detector), train, cfg, ctx, out_dir,
                  views=flip_views(cfg.hflip_prob), resume=start.resume,
                  resumed=_on_resumed(start, recipe_dict, changes, ctx),
                  save_outputs=_model_saver(model_cfg, train.index, recipe.geometry),
-                 evaluate=_evaluator(recipe, ctx, cfg) if evaluate else None, progress=progress,
-                 table=schedule_table(role))
+                 evaluate=evaluator, progress=progress, table=schedule_table(role))
     return RunSummary(str(out_dir), str(out_dir / FINAL), result)
 
 
@@ -183,6 +189,7 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
         require_tensorboard()
     coco = CocoViews.from_config(recipe.data, recipe.cache.split if cache else recipe.data.train, recipe.geometry)
     num_classes = coco.index.num_classes
+    evaluator = _evaluator(recipe, ctx, cfg) if evaluate else None
     if cache is not None:
         store = TeacherCache(cache)
         check_compatible(signature(recipe.student.arch, num_classes), store.signature)
@@ -215,5 +222,5 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
     result = fit(objective, dataset, cfg, ctx, out_dir, views=views, resume=start.resume,
                  resumed=_on_resumed(start, recipe_dict, changes, ctx),
                  save_outputs=_model_saver(recipe.student, coco.index, recipe.geometry, extra=True),
-                 evaluate=_evaluator(recipe, ctx, cfg) if evaluate else None, progress=progress)
+                 evaluate=evaluator, progress=progress)
     return RunSummary(str(out_dir), str(out_dir / FINAL), result)
