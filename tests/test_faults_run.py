@@ -693,7 +693,8 @@ def test_a_resume_may_change_how_the_step_is_launched_but_not_what_it_computes(t
     from frs_cli.errors import ConfigError
     from frs_cli.train.rundir import RECIPE, resume_changes
 
-    stored = Recipe().to_dict()
+    stored = {**Recipe().to_dict(), "teacher_source": "cache.zarr", "job": "distill cache"}  # as distill records it
+    stored["distill"]["beta"] = 0.02  # a resolved recipe holds the family's weight (Recipe() leaves it None)
     (tmp_path / RECIPE).write_text(json.dumps(stored), encoding="utf-8")
     asked = json.loads(json.dumps(stored))
     for table, key in (("distill", "cuda_graphs"), ("distill", "teacher_beside"), ("train", "cuda_graphs"),
