@@ -148,6 +148,57 @@ def test_a_bad_setting_or_annotation_is_one_line_and_creates_no_run(case, recipe
     assert not out.exists()
 
 
+def test_the_teachers_batch_larger_than_the_set_names_the_teacher_train_key(recipe_path, tmp_path):
+    """The default role trains the teacher on [teacher_train]: the error names that table's key, not train's."""
+    line = error_line(run("train", "--pipeline", recipe_path, "--out", tmp_path / "run", *SMALL,
+                          "--set", "teacher_train.batch_size=100"))
+    assert line == ("error: teacher_train: 8 images per process is fewer than one batch of 100 (lower "
+                    "teacher_train.batch_size or use more images)")
+
+
+def test_set_on_the_schedule_the_role_does_not_read_is_one_warning_naming_the_one_it_reads(recipe_path, tmp_path):
+    """--set train.epochs=2 with the default role (the teacher, on [teacher_train]) changes nothing: one warning
+    says so and names teacher_train.epochs; the run trains its teacher_train schedule (1 epoch)."""
+    result = run("train", "--pipeline", recipe_path, "--out", tmp_path / "teacher", *SMALL, "--set", "train.epochs=2")
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.stderr.splitlines() if line.startswith("warning: --set")]
+    assert warned == [("warning: --set train.epochs: frs train --role teacher takes its schedule from "
+                       "[teacher_train], not [train]; no effect on this run (set teacher_train.epochs instead)")]
+    assert torch.load(tmp_path / "teacher" / LAST, weights_only=True)["epoch"] == 1
+    result = train(recipe_path, tmp_path / "student", "--set", "teacher_train.lr=0.5", "--set", "train.epochs=1")
+    assert result.exit_code == 0, result.output
+    assert ("warning: --set teacher_train.lr: frs train --role student takes its schedule from [train], not "
+            "[teacher_train]; no effect on this run (set train.lr instead)") in result.stderr.splitlines()
+    assert "train.epochs" not in result.stderr
+
+
+def test_the_train_help_example_of_set_is_a_key_the_default_role_reads():
+    result = run("train", "--help")
+    text = " ".join(result.output.replace("\u2502", " ").split())  # the help's box drawn with rich
+    assert "e.g. --set teacher_train.epochs=2" in text and "--set train.epochs" not in text
+
+
+def test_an_empty_val_split_is_one_line_before_training_and_the_hint_no_eval_works(tmp_path, teacher_ckpt):
+    """Evaluation runs after the last epoch: a val split without images is refused before anything is trained or
+    written (before: the whole schedule ran, then CocoEvaluator failed), by train and distill alike."""
+    from frs_cli.data.synth import SynthConfig, generate
+
+    root = tmp_path / "data"
+    generate(root, SynthConfig(train=8, val=0, size=64, seed=0, min_object=12, max_objects=3))
+    recipe = write_recipe(tmp_path / "recipe.toml", root, str(teacher_ckpt))
+    expected = (f"error: data.val: expected at least one image to evaluate on, got none in the 'val' split "
+                f"({root / 'annotations' / 'instances_val.json'}) (add --no-eval to train without evaluation, or set "
+                "data.val to a split with images)")
+    for command in (["train", "--role", "student"], ["train"], ["distill", "--online"]):
+        out = tmp_path / "run"
+        assert error_line(run(*command, "--pipeline", recipe, "--out", out, "--device", "cpu")) == expected, command
+        assert not out.exists()
+    result = run("train", "--role", "student", "--pipeline", recipe, "--out", tmp_path / "run", "--device", "cpu",
+                 "--no-eval")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / FINAL).is_file()
+
+
 # --- the run directory -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -229,6 +280,48 @@ def test_a_saved_run_without_resume_is_refused_and_the_hint_resume_continues_it(
     assert torch.load(saved_run.out / LAST, weights_only=True)["epoch"] == 1
 
 
+def test_distill_resume_in_a_teachers_train_run_names_the_train_run(recipe_path, small_cache, tmp_path):
+    out = tmp_path / "teacher"
+    assert run("train", "--pipeline", recipe_path, "--out", out, *SMALL).exit_code == 0  # --role teacher, the default
+    before = snapshot(out)
+    result = run("distill", "--pipeline", recipe_path, "--out", out, "--cache", small_cache, "--resume", *SMALL)
+    assert error_line(result) == (f"error: --resume: --out '{out}' holds a run of frs train --role teacher (recipe.json "
+                                  'records job "train teacher"), not of frs distill (continue it with frs train --role '
+                                  "teacher --resume, or give frs distill another --out)")
+    assert snapshot(out) == before
+
+
+def test_resume_of_a_finished_run_says_it_is_complete_and_writes_nothing(saved_run):
+    """A cache fingerprints its teacher by the model file's bytes: a finished run resumed keeps model_final.pt as it
+    is (bytes and time), like teacher-cache --resume on a complete cache."""
+    import hashlib
+
+    before, stamp = snapshot(saved_run.out), (saved_run.out / FINAL).stat().st_mtime_ns
+    digest = hashlib.sha256((saved_run.out / FINAL).read_bytes()).hexdigest()
+    result = train(saved_run.recipe, saved_run.out, "--resume")
+    assert result.exit_code == 0, result.output
+    assert f"run {saved_run.out} is already complete (1 epochs); nothing written" in " ".join(result.stdout.split())
+    assert hashlib.sha256((saved_run.out / FINAL).read_bytes()).hexdigest() == digest
+    assert (saved_run.out / FINAL).stat().st_mtime_ns == stamp and snapshot(saved_run.out) == before
+    result = train(saved_run.recipe, saved_run.out, "--resume", "--set", "train.epochs=2")  # a longer schedule runs
+    assert result.exit_code == 0, result.output
+    assert "already complete" not in result.stdout
+    assert torch.load(saved_run.out / LAST, weights_only=True)["epoch"] == 2
+
+
+def test_distill_resume_of_a_finished_run_says_it_is_complete_and_writes_nothing(recipe_path, small_cache, tmp_path):
+    out = tmp_path / "run"
+    args = ["distill", "--pipeline", recipe_path, "--out", out, "--cache", small_cache, *SMALL]
+    assert run(*args).exit_code == 0
+    before = snapshot(out)
+    stamps = {name: (out / name).stat().st_mtime_ns for name in (FINAL, "adapters.pt")}
+    result = run(*args, "--resume")
+    assert result.exit_code == 0, result.output
+    assert f"run {out} is already complete (1 epochs); nothing written" in " ".join(result.stdout.split())
+    assert snapshot(out) == before
+    assert {name: (out / name).stat().st_mtime_ns for name in stamps} == stamps
+
+
 # --- what --resume may change ------------------------------------------------------------------------------
 
 def _state_beyond_the_schedule(t):
@@ -249,6 +342,7 @@ def _no_recipe(t):
 
 
 def _state_of_another_model(t):  # recipe.json agrees with the command, the state does not
+    (t.out / FINAL).unlink()  # a run that has not finished (a finished one is left as it is, nothing loaded)
     doc = json.loads((t.out / "recipe.json").read_text())
     doc["student"].update(arch="fcos_tiny_fpn", anchor_size=0)
     (t.out / "recipe.json").write_text(json.dumps(doc))
@@ -256,6 +350,13 @@ def _state_of_another_model(t):  # recipe.json agrees with the command, the stat
 
 
 def _train_run_resumed_by_distill(t):
+    return []
+
+
+def _no_job_recorded(t):  # a recipe.json from before the job was recorded
+    doc = json.loads((t.out / "recipe.json").read_text())
+    del doc["job"]
+    (t.out / "recipe.json").write_text(json.dumps(doc))
     return []
 
 
@@ -283,7 +384,16 @@ RESUME = {  # case -> (command, how to prepare the run directory, the message or
     "state_of_another_model": ("train", _state_of_another_model,
                                ("--resume: the state in '{out}/last.pt' does not fit this run's model (Error(s) in "
                                 "loading state_dict for ")),
-    "train_run_resumed_by_distill": ("distill", _train_run_resumed_by_distill, "does not fit this run's model ("),
+    "train_run_resumed_by_distill": ("distill", _train_run_resumed_by_distill,
+                                     ("--resume: --out '{out}' holds a run of frs train --role student (recipe.json "
+                                      'records job "train student"), not of frs distill (continue it with frs train '
+                                      "--role student --resume, or give frs distill another --out)")),
+    "train_run_without_a_recorded_job_resumed_by_distill": (
+        "distill", _no_job_recorded,
+        ("--resume: --out '{out}' holds a run of frs train (recipe.json has no teacher_source), not of frs distill")),
+    "student_run_resumed_as_the_teacher": ("train", lambda t: ["--role", "teacher"],
+                                           ("holds a run of frs train --role student (recipe.json records job "
+                                            '"train student"), not of frs train --role teacher')),
 }
 
 
@@ -478,7 +588,8 @@ def test_ctrl_c_in_distill_saves_the_state_at_the_step_boundary(recipe_path, sma
 
 def test_distill_resumed_from_another_cache_is_refused(saved_run, cache_path, tmp_path):
     doc = json.loads((saved_run.out / "recipe.json").read_text())
-    (saved_run.out / "recipe.json").write_text(json.dumps({**doc, "teacher_source": str(tmp_path / "old.zarr")}))
+    (saved_run.out / "recipe.json").write_text(json.dumps({**doc, "teacher_source": str(tmp_path / "old.zarr"),
+                                                           "job": "distill cache"}))
     before = snapshot(saved_run.out)
     result = run("distill", "--pipeline", saved_run.recipe, "--cache", cache_path, "--out", saved_run.out, "--resume",
                  *SMALL)
@@ -582,7 +693,8 @@ def test_a_resume_may_change_how_the_step_is_launched_but_not_what_it_computes(t
     from frs_cli.errors import ConfigError
     from frs_cli.train.rundir import RECIPE, resume_changes
 
-    stored = Recipe().to_dict()
+    stored = {**Recipe().to_dict(), "teacher_source": "cache.zarr", "job": "distill cache"}  # as distill records it
+    stored["distill"]["beta"] = 0.02  # a resolved recipe holds the family's weight (Recipe() leaves it None)
     (tmp_path / RECIPE).write_text(json.dumps(stored), encoding="utf-8")
     asked = json.loads(json.dumps(stored))
     for table, key in (("distill", "cuda_graphs"), ("distill", "teacher_beside"), ("train", "cuda_graphs"),

@@ -299,3 +299,47 @@ def test_hflip_prob_reaches_the_sampler_of_training_and_online_distillation(reci
     with pytest.raises(Stop):
         distill_student(r, tmp_path / "distill", online=True, ctx=setup("cpu"), evaluate=False)
     assert seen == [("orig", "orig", "orig", "hflip")] * 2
+
+
+def test_each_logged_rate_is_images_over_the_time_they_took_also_at_an_epoch_end(recipe_path, tmp_path, monkeypatch):
+    """Every step takes at least PAUSE seconds, so no logged step may claim more than batch / PAUSE img/s; the
+    epoch's last step (read at once after its launch) once got a time near zero and a rate in the tens of
+    thousands. The logged times add up to no more than the run took."""
+    import time
+
+    from frs_cli.train.loop import Trainer
+
+    pause = 0.05
+    run_step = Trainer.run_step
+
+    def slow_step(self, batch, it):
+        time.sleep(pause)
+        return run_step(self, batch, it)
+
+    monkeypatch.setattr(Trainer, "run_step", slow_step)
+    r = load_recipe(recipe_path, ["train.epochs=2", "train.log_every=1"])
+    summary = train_detector(r, "student", tmp_path / "run", ctx=setup("cpu"), evaluate=False)
+    steps = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [s["iter"] for s in steps] == list(range(12))  # 6 steps an epoch, every one logged
+    for s in steps:
+        assert 0 < s["img_s"] <= r.train.batch_size / pause, s
+        assert 0 <= s["data_wait"] <= 1, s
+    assert sum(r.train.batch_size / s["img_s"] for s in steps) <= summary.fit.seconds
+
+
+def test_equal_models_saved_by_two_processes_are_equal_bytes(recipe, synth_root, tmp_path, monkeypatch):
+    """A teacher cache fingerprints its teacher by the model file's bytes: writing the same model again (a resumed
+    run, another process) must give the same file. torch.save names the archive's folder after the file it writes,
+    and the temporary file's name holds the process id."""
+    import os
+
+    from frs_cli.data.coco import CocoIndex
+    from frs_cli.train.checkpoint import save_model
+
+    torch.manual_seed(0)
+    detector = build_detector(recipe.student, 5)
+    index = CocoIndex(synth_root / "annotations" / "instances_train.json")
+    save_model(tmp_path / "a" / FINAL, detector, recipe.student, index, recipe.geometry)
+    monkeypatch.setattr(os, "getpid", lambda: 4242)  # another process
+    save_model(tmp_path / "b" / FINAL, detector, recipe.student, index, recipe.geometry)
+    assert (tmp_path / "a" / FINAL).read_bytes() == (tmp_path / "b" / FINAL).read_bytes()

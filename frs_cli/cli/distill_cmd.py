@@ -44,6 +44,10 @@ def register(app: typer.Typer) -> None:
         with process_group(device) as ctx:
             summary = distill_student(recipe, out, cache=cache, online=online, resume=resume, ctx=ctx,
                                       progress=progress_for_rank(), evaluate=not no_eval)
+        if summary.complete:
+            if is_main_process():
+                console.print(f"run {out} is already complete ({recipe.train.epochs} epochs); nothing written")
+            return
         if is_main_process():
             fit = summary.fit
             source = "online teacher" if online else f"cache {cache}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import typer
@@ -9,16 +10,39 @@ import typer
 from frs_cli.cli.common import (
     DEVICE,
     NO_EVAL,
-    OVERRIDES,
     PIPELINE,
     RESUME_RUN,
     VERBOSE,
+    console,
     handle_errors,
+    is_main_process,
     load,
     print_run,
     progress_for_rank,
     setup_logging,
 )
+
+log = logging.getLogger(__name__)
+# the schedule table each role reads (Recipe.train_config): --set on the other one changes nothing in the run
+SCHEDULE = {"teacher": "teacher_train", "student": "train"}
+OVERRIDES = typer.Option([], "--set", help="Override a recipe key, e.g. --set teacher_train.epochs=2 (repeatable). "
+                                          "--role teacher takes its schedule from [teacher_train], --role student "
+                                          "from [train].")
+
+
+def warn_unread_schedule(role: str, overrides: list[str]) -> None:
+    """One warning when ``--set`` changes the schedule table of the role not trained (``train.*`` for the teacher,
+    ``teacher_train.*`` for the student): those keys have no effect on the run."""
+    if role not in SCHEDULE:
+        return
+    other = SCHEDULE["student" if role == "teacher" else "teacher"]
+    keys = [o.split("=", 1)[0].strip() for o in overrides]
+    unread = [k for k in keys if k.startswith(f"{other}.")]
+    if unread:
+        own = SCHEDULE[role]
+        log.warning("--set %s: frs train --role %s takes its schedule from [%s], not [%s]; no effect on this run "
+                    "(set %s instead)", ", ".join(unread), role, own, other,
+                    ", ".join(own + k[len(other):] for k in unread))
 
 
 def register(app: typer.Typer) -> None:
@@ -38,10 +62,17 @@ def register(app: typer.Typer) -> None:
         """Train a detector on ground truth: a teacher, or the student baseline (DDP under torchrun)."""
         setup_logging(verbose)
         recipe = load(str(pipeline), overrides)
+        if is_main_process():
+            warn_unread_schedule(role, overrides)
         from frs_cli.dist import process_group
         from frs_cli.train.run import train_detector
 
         with process_group(device) as ctx:
             summary = train_detector(recipe, role, out, resume=resume, ctx=ctx, progress=progress_for_rank(),
                                      evaluate=not no_eval)
+        if summary.complete:
+            if is_main_process():
+                console.print(f"run {out} is already complete ({recipe.train_config(role).epochs} epochs); "
+                              "nothing written")
+            return
         print_run(summary, f"trained {role} {recipe.model_config(role).arch}", recipe.data.val, role)

@@ -36,12 +36,17 @@ FINAL = "model_final.pt"  # the trained model alone
 
 def atomic_save(obj, path: str | Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, renamed into place; StorageError when writing fails
-    (a full disk): the file already under ``path``, if any, is kept as it was."""
+    (a full disk): the file already under ``path``, if any, is kept as it was.
+
+    Equal objects give equal bytes: torch names the archive's folder after the file it is given by name, which
+    here would be the temporary name (holding the process id), so it is given an open file instead (folder
+    ``archive``). A teacher is fingerprinted by its file's bytes (``frs_cli.cache.identity``)."""
     hint = "the previous file is kept; free space, then run again (with --resume for a training run)"
     with atomic_path(path, hint=hint) as tmp:
         try:
-            torch.save(obj, tmp)
-        except RuntimeError as exc:  # torch's zip writer reports a failed write (a full disk too) this way
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
+        except RuntimeError as exc:  # torch's zip writer reports a failed write this way (an OSError: atomic_path)
             free = shutil.disk_usage(Path(path).parent).free
             raise StorageError(f"{path}: writing failed ({exc}; {free / 1e6:,.0f} MB free on its disk)",
                                hint=hint) from exc

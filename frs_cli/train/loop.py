@@ -73,7 +73,7 @@ class StepRecord:
     loss: float  # their sum, the minimised value
     images: int  # images of the step over all processes
     data_seconds: float  # waiting for the batch
-    seconds: float  # since the previous step ended (data, step and hooks)
+    seconds: float  # its share of the epoch's wall time (its batch, its step, the hooks before it; ``Trainer._finish``)
     lr: float = math.nan  # the first parameter group's learning rate after the step's scheduler update
 
     def fields(self) -> dict[str, float]:
@@ -105,6 +105,10 @@ class PendingLosses:
         self.names = list(losses)
         self._copy = HostCopy(torch.stack([t.detach().float().reshape(()) for t in (*losses.values(), loss)]))
 
+    def ready(self) -> bool:
+        """Whether the step is done without waiting for it (on the CPU, always: its launch ran it)."""
+        return self._copy.ready()
+
     def read(self) -> tuple[dict[str, float], float]:
         """The named terms and their sum (as the step summed them) as floats."""
         values = self._copy.tolist()
@@ -121,6 +125,7 @@ class _Launched:
     images: int
     data_seconds: float
     lr: float
+    launched_at: float  # time.perf_counter() once the host had launched it
 
 
 def make_loader(dataset, batches: Iterable[list], workers: int, device: torch.device, hold: int = WORKER_HOLD):
@@ -141,18 +146,20 @@ class Trainer:
     ``optimizer``, ``scheduler``, ``scaler``, ``cfg``, ``ctx``, ``iters_per_epoch``, ``batches`` (the epoch's
     batches of keys), ``loader`` (the DataLoader whose workers serve every epoch), ``graphs`` (``StepGraphs``
     under ``train.cuda_graphs``, else None). With ``cfg.group_by_canvas``
-    the dataset also gives ``geometry_of(position, view)``.
+    the dataset also gives ``geometry_of(position, view)``. ``table``: the recipe table ``cfg`` came from
+    (``train``, or ``teacher_train`` for ``frs train --role teacher``), named in errors about its keys.
     """
 
-    def __init__(self, objective: Objective, dataset, cfg: TrainConfig, ctx: DistContext, views: Sequence[str]):
+    def __init__(self, objective: Objective, dataset, cfg: TrainConfig, ctx: DistContext, views: Sequence[str],
+                 table: str = "train"):
         self.cfg, self.ctx, self.dataset = cfg, ctx, dataset
         sampler = ViewSampler(len(dataset), views, shuffle=True, seed=cfg.seed, rank=ctx.rank, world_size=ctx.world_size)
         canvases = view_canvases(dataset, views) if cfg.group_by_canvas else None
         self.batches = CanvasBatchSampler(sampler, cfg.batch_size, canvases)
         self.iters_per_epoch = len(self.batches)
         if self.iters_per_epoch < 1:
-            raise TrainingError(f"train: {len(sampler)} images per process is fewer than one batch of "
-                                f"{cfg.batch_size}", hint="lower train.batch_size or use more images")
+            raise TrainingError(f"{table}: {len(sampler)} images per process is fewer than one batch of "
+                                f"{cfg.batch_size}", hint=f"lower {table}.batch_size or use more images")
         self.objective = objective.to(ctx.device)
         if cfg.channels_last:  # train.channels_last: what trains, channels-last (the teacher's side is as it was built)
             for module in objective.checkpointed().values():
@@ -171,7 +178,7 @@ class Trainer:
         self.eval_metrics: dict | None = None
         self.finished = False
         self.images_seen, self.data_seconds, self.step_seconds = 0, 0.0, 0.0
-        self._t_prev = 0.0  # when the step before ``last`` was recorded
+        self._t_prev = 0.0  # where the wall-time share of ``last`` ended (``_finish``)
         self._running = 0  # the step of the epoch launched last (the one a second Ctrl-C stops in)
         # the rest of the run's batches as one stream (RunBatches): its DataLoader, the prefetcher over it and the
         # (epoch, step) its next batch is for; made by the first epoch, its workers serve every later one
@@ -244,7 +251,7 @@ class Trainer:
             losses, loss = self.run_step(batch, it)
             launched += 1
             step = _Launched(it, launched, PendingLosses(losses, loss), len(batch.image_ids) * self.ctx.world_size,
-                             t_data, self.optimizer.param_groups[0]["lr"])
+                             t_data, self.optimizer.param_groups[0]["lr"], time.perf_counter())
             if pending is not None:  # the step before, while the device runs this one
                 self._finish(pending, hooks)
             pending = step
@@ -279,11 +286,19 @@ class Trainer:
         self._loader, self._feed, self._feed_at = None, None, None
 
     def _finish(self, step: _Launched, hooks: Sequence[Hook]) -> None:
-        """Read a launched step's losses, record it as ``last`` and run the hooks' ``after_step``."""
+        """Read a launched step's losses, record it as ``last`` and run the hooks' ``after_step``.
+
+        The step's ``seconds`` is its share of the epoch's wall time: from where the share of the step before it
+        ended (the epoch's start for the first) to when the step was done. A step the host did not have to wait
+        for was done once its launch returned (on the CPU the launch runs it): its share ends there, not when it
+        is read, which is after the next step has run (one step ahead) or at once (the epoch's last step). A step
+        the host waits for ends when the wait does. The shares follow one another, so their sum is the time the
+        epoch's steps took, and each one's ``img_s`` is images over the time they took."""
+        ready = step.losses.ready()
         values, total = self.read_losses(step.losses, step.iteration)
         self.step = step.done
-        now = time.perf_counter()
-        step_time, self._t_prev = now - self._t_prev, now
+        end = step.launched_at if ready and step.launched_at >= self._t_prev else time.perf_counter()
+        step_time, self._t_prev = end - self._t_prev, end
         self.images_seen += step.images
         self.data_seconds += step.data_seconds
         self.step_seconds += step_time
@@ -343,6 +358,7 @@ def fit(
     evaluate: Callable[[nn.Module], dict] | None = None,
     progress: Progress | None = None,
     hooks: Sequence[Hook] = (),
+    table: str = "train",
 ) -> FitResult:
     """Train ``objective`` on ``dataset`` (indexed by ``(position, view)``) for ``cfg.epochs`` epochs.
 
@@ -350,11 +366,11 @@ def fit(
     = random flip with p 0.5; ``flip_views`` gives another probability); ``save_outputs(objective, out_dir)``
     writes the final model files (main process); ``resumed()`` is called once a saved state is restored and
     checked (``resume``); ``evaluate(objective)`` returns val metrics (called on every process, used from the
-    main one); ``hooks`` run after the built-in ones.
+    main one); ``hooks`` run after the built-in ones; ``table``: the recipe table ``cfg`` came from (``Trainer``).
     """
     progress = progress or NullProgress()
     out_dir = Path(out_dir)
-    trainer = Trainer(objective, dataset, cfg, ctx, views)
+    trainer = Trainer(objective, dataset, cfg, ctx, views, table)
     state = TrainingState(out_dir / LAST, trainer)
     start = (0, 0)
     if resume:

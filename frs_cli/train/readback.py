@@ -25,6 +25,10 @@ class HostCopy:
         else:
             self._host = tensor
 
+    def ready(self) -> bool:
+        """Whether the values are there already, so that ``tolist()`` would not wait (always, on the CPU)."""
+        return self._event is None or self._event.query()
+
     def tolist(self):
         if self._event is not None:
             self._event.synchronize()

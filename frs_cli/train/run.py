@@ -20,11 +20,11 @@ from frs_cli.lock import job_lock
 from frs_cli.models import build_detector, check_compatible, check_distillable, signature, warn_untrained_teacher
 from frs_cli.models.config import ModelConfig
 from frs_cli.progress import Progress
-from frs_cli.train.checkpoint import FINAL, atomic_save, save_model
+from frs_cli.train.checkpoint import FINAL, LAST, atomic_save, load_training_state, save_model
 from frs_cli.train.loop import FitResult, fit, flip_views
 from frs_cli.train.metrics_log import require_tensorboard, teacher_mask_picture, write_images
 from frs_cli.train.objectives import CachedTeacher, FRSObjective, GTObjective, OnlineTeacher
-from frs_cli.train.rundir import RunStart, check_run_dir, record_resume, resume_changes, start_run_dir
+from frs_cli.train.rundir import JOB, RunStart, check_run_dir, record_resume, resume_changes, start_run_dir
 
 log = logging.getLogger(__name__)
 ADAPTERS = "adapters.pt"
@@ -34,10 +34,12 @@ ADAPTERS = "adapters.pt"
 class RunSummary:
     out_dir: str
     model_file: str
-    fit: FitResult
+    fit: FitResult | None  # None: the run was already complete (``complete``), nothing ran
+    complete: bool = False
 
     def to_dict(self) -> dict:
-        return {"out_dir": self.out_dir, "model_file": self.model_file, **asdict(self.fit)}
+        return {"out_dir": self.out_dir, "model_file": self.model_file, "complete": self.complete,
+                **(asdict(self.fit) if self.fit is not None else {})}
 
 
 def seed_everything(seed: int) -> None:
@@ -67,6 +69,20 @@ def _check_out(out_dir: Path, resume: bool, recipe_dict: dict, job: str) -> tupl
     return start, resume_changes(out_dir, recipe_dict, job) if start.resume else {}
 
 
+def _already_complete(start: RunStart, epochs: int, outputs: tuple[str, ...]) -> bool:
+    """Whether ``--resume`` finds the run finished: its saved state at the end of its last epoch (``epochs``) and
+    each final file in ``outputs`` written after that state. Such a run is left as it is: its final files are not
+    written again (a cache fingerprints its teacher by the model file's bytes)."""
+    if not start.resume:
+        return False
+    state = load_training_state(start.out_dir / LAST)
+    if (state["epoch"], state["epoch_step"]) != (epochs, 0):
+        return False
+    saved = (start.out_dir / LAST).stat().st_mtime_ns
+    return all((start.out_dir / name).is_file() and (start.out_dir / name).stat().st_mtime_ns >= saved
+               for name in outputs)
+
+
 def _start_out(start: RunStart, recipe_dict: dict, ctx: DistContext) -> None:
     """Create the run directory once everything is built, so a failed start leaves nothing behind."""
     if ctx.is_main:
@@ -91,12 +107,23 @@ def _model_saver(model_cfg: ModelConfig, index, geometry, extra: bool = False):
 
 
 def _evaluator(recipe, ctx: DistContext, cfg):
+    """What ``fit`` evaluates with, built before the run starts: a val split without images (evaluation would
+    fail once the whole schedule has run) is one ConfigError here."""
     val = CocoViews.from_config(recipe.data, recipe.data.val, recipe.geometry)
+    if len(val) == 0:
+        raise ConfigError(f"data.val: expected at least one image to evaluate on, got none in the "
+                          f"{recipe.data.val!r} split ({recipe.data.annotation_file(recipe.data.val)})",
+                          hint="add --no-eval to train without evaluation, or set data.val to a split with images")
 
     def evaluate(objective) -> dict:
         return evaluate_detector(objective.student, val, ctx, batch_size=max(1, cfg.batch_size),
                                  workers=cfg.workers, amp=cfg.amp)
     return evaluate
+
+
+def schedule_table(role: str) -> str:
+    """The recipe table ``frs train --role ROLE`` takes its schedule from (``Recipe.train_config``)."""
+    return "teacher_train" if role == "teacher" else "train"
 
 
 @_one_writer
@@ -107,21 +134,24 @@ def train_detector(recipe, role: str, out_dir: str | Path, *, resume: bool = Fal
         raise ConfigError(f"--role: expected 'teacher' or 'student', got {role!r}")
     ctx = ctx or setup()
     out_dir = Path(out_dir)
-    recipe_dict = recipe.to_dict()
+    recipe_dict = {**recipe.to_dict(), JOB: f"train {role}"}
     start, changes = _check_out(out_dir, resume, recipe_dict, f"train {role}")
     cfg = recipe.train_config(role)
     model_cfg = recipe.model_config(role)
+    if _already_complete(start, cfg.epochs, (FINAL,)):
+        return RunSummary(str(out_dir), str(out_dir / FINAL), None, complete=True)
     if cfg.tensorboard:
         require_tensorboard()
     seed_everything(cfg.seed)
     train = CocoViews.from_config(recipe.data, recipe.data.train, recipe.geometry)
+    evaluator = _evaluator(recipe, ctx, cfg) if evaluate else None
     detector = build_detector(model_cfg, train.index.num_classes)
     _start_out(start, recipe_dict, ctx)
     result = fit(GTObjective(detector), train, cfg, ctx, out_dir,
                  views=flip_views(cfg.hflip_prob), resume=start.resume,
                  resumed=_on_resumed(start, recipe_dict, changes, ctx),
                  save_outputs=_model_saver(model_cfg, train.index, recipe.geometry),
-                 evaluate=_evaluator(recipe, ctx, cfg) if evaluate else None, progress=progress)
+                 evaluate=evaluator, progress=progress, table=schedule_table(role))
     return RunSummary(str(out_dir), str(out_dir / FINAL), result)
 
 
@@ -149,13 +179,17 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
         raise ConfigError("distill: expected exactly one teacher source: --cache PATH or --online")
     ctx = ctx or setup()
     out_dir = Path(out_dir)
-    recipe_dict = {**recipe.to_dict(), "teacher_source": "online" if online else str(cache)}
-    start, changes = _check_out(out_dir, resume, recipe_dict, "distill online" if online else "distill cache")
+    job = "distill online" if online else "distill cache"
+    recipe_dict = {**recipe.to_dict(), "teacher_source": "online" if online else str(cache), JOB: job}
+    start, changes = _check_out(out_dir, resume, recipe_dict, job)
     cfg = recipe.train
+    if _already_complete(start, cfg.epochs, (FINAL, ADAPTERS)):
+        return RunSummary(str(out_dir), str(out_dir / FINAL), None, complete=True)
     if cfg.tensorboard:
         require_tensorboard()
     coco = CocoViews.from_config(recipe.data, recipe.cache.split if cache else recipe.data.train, recipe.geometry)
     num_classes = coco.index.num_classes
+    evaluator = _evaluator(recipe, ctx, cfg) if evaluate else None
     if cache is not None:
         store = TeacherCache(cache)
         check_compatible(signature(recipe.student.arch, num_classes), store.signature)
@@ -188,5 +222,5 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
     result = fit(objective, dataset, cfg, ctx, out_dir, views=views, resume=start.resume,
                  resumed=_on_resumed(start, recipe_dict, changes, ctx),
                  save_outputs=_model_saver(recipe.student, coco.index, recipe.geometry, extra=True),
-                 evaluate=_evaluator(recipe, ctx, cfg) if evaluate else None, progress=progress)
+                 evaluate=evaluator, progress=progress)
     return RunSummary(str(out_dir), str(out_dir / FINAL), result)

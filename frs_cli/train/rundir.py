@@ -5,8 +5,10 @@ A directory holding nothing, or only what a run writes before its first saved st
 ``metrics.jsonl``, hidden temporary or lock files), has nothing to lose: a run starts there from the beginning,
 with or without ``--resume`` (a run killed in its first epoch is never a dead end). A directory with a saved
 state (``last.pt``) continues only with ``--resume``, and only with the recipe it started with, up to the keys
-in ``RESUMABLE`` (how long the schedule runs and how the run is watched). ``recipe.json`` stays true: it is
-rewritten only when a run starts and when a resume with allowed changes has restored its state.
+in ``RESUMABLE`` (how long the schedule runs and how the run is watched), and only by the job that made it
+(``recipe.json``'s ``job``: ``train teacher``, ``train student``, ``distill cache``, ``distill online``).
+``recipe.json`` stays true: it is rewritten only when a run starts and when a resume with allowed changes has
+restored its state.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from frs_cli.train.checkpoint import LAST
 
 log = logging.getLogger(__name__)
 RECIPE = "recipe.json"
+JOB = "job"  # the key of recipe.json naming the job that made the run (a key of JOB_TABLES)
 METRICS = "metrics.jsonl"
 # written before a run's first saved state: a directory holding only these holds nothing worth keeping
 EARLY_FILES = (RECIPE, METRICS)
@@ -114,6 +117,7 @@ def resume_changes(out_dir: Path, recipe_dict: dict, job: str) -> dict[str, tupl
         raise ConfigError(f"--resume: expected the recipe the run started with at {str(path)!r}, "
                           f"found {'none' if isinstance(exc, FileNotFoundError) else 'an unreadable file'}",
                           hint="put back its recipe.json, or start a new run in another --out") from exc
+    _check_job(out_dir, stored, job)
     tables = JOB_TABLES[job]
     schedule = "teacher_train" if job == "train teacher" else "train"
     old, new = _normal(stored), _normal(recipe_dict)
@@ -130,6 +134,29 @@ def resume_changes(out_dir: Path, recipe_dict: dict, job: str) -> dict[str, tupl
                           hint=f"a resume may change only {allowed}; resume with the recipe it started with, "
                                "or start a new run in another --out")
     return relevant
+
+
+def _command(job: str) -> str:
+    """The command line of a job: ``train --role teacher``, ``distill`` (``train``: a train run of either role)."""
+    kind, _, detail = job.partition(" ")
+    return f"train --role {detail}" if kind == "train" and detail else kind
+
+
+def _check_job(out_dir: Path, stored: dict, job: str) -> None:
+    """ConfigError when the run in ``out_dir`` (its recipe.json, ``stored``) was made by another job than ``job``.
+    A recipe.json from before ``job`` was recorded tells a distill run by its ``teacher_source``; a train run's role
+    it does not tell. Cache and online distillation differ in ``teacher_source``, which ``resume_changes`` names."""
+    made = stored.get(JOB)
+    if isinstance(made, str) and made in JOB_TABLES:
+        evidence = f"{RECIPE} records job {json.dumps(made)}"
+    else:
+        made = "distill" if "teacher_source" in stored else "train"
+        evidence = f"{RECIPE} {'holds' if made == 'distill' else 'has no'} teacher_source"
+    if _command(made) in (_command(job), _command(job).split(" ")[0]):
+        return
+    raise ConfigError(f"--resume: --out {str(out_dir)!r} holds a run of frs {_command(made)} ({evidence}), "
+                      f"not of frs {_command(job)}",
+                      hint=f"continue it with frs {_command(made)} --resume, or give frs {_command(job)} another --out")
 
 
 def record_resume(out_dir: Path, recipe_dict: dict, changes: dict[str, tuple]) -> None:
