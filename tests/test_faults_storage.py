@@ -183,8 +183,8 @@ def test_sigint_stops_teacher_cache_even_when_it_started_ignoring_it_and_resume_
     cmd = [sys.executable, "-m", "frs_cli", "teacher-cache", "--pipeline", str(recipe_path), "--out", str(out),
            "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    ignoring = ["sh", "-c", 'trap "" INT; exec "$@"', "sh", *cmd]  # SIGINT ignored, inherited across exec
+    proc = subprocess.Popen(ignoring, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     done_dir = out / BUCKET / "done"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
