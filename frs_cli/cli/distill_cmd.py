@@ -7,8 +7,10 @@ from pathlib import Path
 import typer
 
 from frs_cli.cli.common import (
+    DEVICE,
     PIPELINE_HELP,
     SET_HELP,
+    VERBOSE,
     console,
     handle_errors,
     is_main_process,
@@ -31,9 +33,9 @@ def register(app: typer.Typer) -> None:
         online: bool = typer.Option(False, "--online", help="Run the teacher every step instead (the original method)."),
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
         overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
-        device: str = typer.Option(None, help="cuda or cpu (default: cuda when available)."),
+        device: str = DEVICE,
         no_eval: bool = typer.Option(False, "--no-eval", help="Skip COCO evaluation on the val split."),
-        verbose: bool = typer.Option(False, "--verbose", "-v"),
+        verbose: bool = VERBOSE,
     ):
         """Train the student with FRS against cached teacher targets (or --online), L = L_GT + a*L_FPN + b*L_head."""
         setup_logging(verbose)
