@@ -7,8 +7,9 @@ Every stage is the same library call the individual commands make; this only cha
 from __future__ import annotations
 
 import json
+import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -46,25 +47,73 @@ class DemoSummary:
                 "cache_mb_per_image": self.cache_mb_per_image, "files": self.files}
 
 
-def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig(), progress: Progress | None = None) -> DemoSummary:
-    """The whole job in ``out_dir`` (new or empty). Stopped part way (Ctrl-C), it says what was written and that
-    it starts over, not ``--resume``: the demo takes no such option."""
+CONFIG_FILE = "demo.json"  # the DemoConfig a demo in this folder runs with (written first; --resume checks it)
+
+
+def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig(), progress: Progress | None = None,
+             resume: bool = False) -> DemoSummary:
+    """The whole job in ``out_dir`` (new or empty). ``resume``: continue a demo stopped part way in ``out_dir``
+    with the same ``cfg``: the finished stages are kept (their numbers read back from their run folders), the
+    stopped one continues (the commands' own ``--resume``), the rest run; a missing or empty ``out_dir`` starts."""
     progress = progress or NullProgress()
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"demo --out {str(out)!r}: expected a new or empty directory, got a file")
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"demo --out {str(out)!r}: exists and is not empty", hint="choose a new directory")
-    out.mkdir(parents=True, exist_ok=True)
+    used = out.exists() and any(out.iterdir())
+    if used and not resume:
+        raise ConfigError(f"demo --out {str(out)!r}: exists and is not empty",
+                          hint="add --resume to continue the demo stopped there, or choose a new directory")
+    if used:
+        _check_same_demo(out, cfg)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / CONFIG_FILE, asdict(cfg), indent=1)
     try:
-        return _run_stages(out, cfg, progress)
-    except (Interrupted, KeyboardInterrupt):  # the stages' own hint (--resume) is not the demo's
+        return _run_stages(out, cfg, progress, resume=used)
+    except (Interrupted, KeyboardInterrupt):  # the stages' own hint is the command's, not the demo's
         raise Interrupted(f"demo stopped; what it wrote so far is in {out}",
-                          hint=f"the demo does not resume: delete {out} or choose another --out and run it "
-                               "again") from None
+                          hint=f"run frs demo --out {out} --resume to continue it") from None
 
 
-def _run_stages(out: Path, cfg: DemoConfig, progress: Progress) -> DemoSummary:
+def _check_same_demo(out: Path, cfg: DemoConfig) -> None:
+    """ConfigError unless ``out`` holds a demo started with ``cfg`` (its ``demo.json``)."""
+    path = out / CONFIG_FILE
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise ConfigError(f"demo --resume: expected a demo's {CONFIG_FILE} in {str(out)!r}, found "
+                          f"{'none' if not path.exists() else 'an unreadable file'}",
+                          hint="choose a new --out for a new demo") from None
+    changed = [f"{k} = {json.dumps(v)}, now {json.dumps(asdict(cfg).get(k))}" for k, v in stored.items()
+               if asdict(cfg).get(k) != v]
+    if changed:
+        raise ConfigError(f"demo --resume: the demo in {str(out)!r} started with other options: {'; '.join(changed)}",
+                          hint="resume with the options it started with, or choose a new --out")
+
+
+def _synth_done(root: Path, cfg) -> bool:
+    """Whether ``root`` holds the set ``cfg`` generates: both annotation files (written last) from that config."""
+    for split in ("train", "val"):
+        try:
+            info = json.loads((root / "annotations" / f"instances_{split}.json").read_text())["info"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        if info.get("config") != cfg.to_dict():
+            return False
+    return True
+
+
+def _metrics(run, out: Path) -> dict:
+    """A stage's val metrics: what its fit returned, or (a run found complete by --resume) its last evaluation."""
+    from frs_cli.eval.run_log import read_run
+
+    if run.fit is not None:
+        return run.fit.eval_metrics
+    last = read_run(out).last_eval()
+    return None if last is None else last[1]
+
+
+def _run_stages(out: Path, cfg: DemoConfig, progress: Progress, resume: bool = False) -> DemoSummary:
     from frs_cli.cache.reader import TeacherCache
     from frs_cli.cache.writer import write_teacher_cache
     from frs_cli.data.synth import SynthConfig, generate
@@ -86,33 +135,37 @@ def _run_stages(out: Path, cfg: DemoConfig, progress: Progress) -> DemoSummary:
     t = stage("generate the synthetic set")
     synth = SynthConfig(train=cfg.train_images, val=cfg.val_images, size=cfg.size, seed=cfg.seed,
                         min_object=cfg.min_object, max_objects=cfg.max_objects)
-    progress.start("synth", cfg.train_images + cfg.val_images, unit="img")
-    generate(out / "data", synth, progress=lambda n: progress.update(n))
-    progress.stop()
+    if not (resume and _synth_done(out / "data", synth)):
+        if (out / "data").exists():  # a generation stopped part way: its images without their annotation files
+            shutil.rmtree(out / "data")
+        progress.start("synth", cfg.train_images + cfg.val_images, unit="img")
+        generate(out / "data", synth, progress=lambda n: progress.update(n))
+        progress.stop()
     summary.seconds["synth"] = time.perf_counter() - t
 
     recipe = load_recipe(demo_recipe_path(), base)
     t = stage(f"train the teacher ({recipe.teacher.arch})")
-    teacher = train_detector(recipe, "teacher", out / "teacher", ctx=ctx, progress=progress)
-    summary.metrics["teacher"] = teacher.fit.eval_metrics
+    teacher = train_detector(recipe, "teacher", out / "teacher", resume=resume, ctx=ctx, progress=progress)
+    summary.metrics["teacher"] = _metrics(teacher, out / "teacher")
     summary.seconds["teacher"] = time.perf_counter() - t
 
     recipe = load_recipe(demo_recipe_path(), base + [f"teacher.weights={json.dumps(teacher.model_file)}"])
     t = stage("cache the teacher")
-    write_teacher_cache(recipe, str(out / "cache.zarr"), ctx=ctx, progress=progress)
+    write_teacher_cache(recipe, str(out / "cache.zarr"), resume=resume, ctx=ctx, progress=progress)
     cache = TeacherCache(str(out / "cache.zarr"))
     summary.cache_mb_per_image = cache.nbytes_stored()["views"] / 1e6 / cache.num_images
     summary.seconds["teacher-cache"] = time.perf_counter() - t
 
     t = stage(f"distill the student ({recipe.student.arch}) from the cache")
-    student = distill_student(recipe, out / "student_frs", cache=str(out / "cache.zarr"), ctx=ctx, progress=progress)
-    summary.metrics["student + FRS (cache)"] = student.fit.eval_metrics
+    student = distill_student(recipe, out / "student_frs", cache=str(out / "cache.zarr"), resume=resume, ctx=ctx,
+                              progress=progress)
+    summary.metrics["student + FRS (cache)"] = _metrics(student, out / "student_frs")
     summary.seconds["distill"] = time.perf_counter() - t
 
     if cfg.baseline:
         t = stage("train the student alone (baseline)")
-        plain = train_detector(recipe, "student", out / "student_plain", ctx=ctx, progress=progress)
-        summary.metrics["student alone"] = plain.fit.eval_metrics
+        plain = train_detector(recipe, "student", out / "student_plain", resume=resume, ctx=ctx, progress=progress)
+        summary.metrics["student alone"] = _metrics(plain, out / "student_plain")
         summary.seconds["baseline"] = time.perf_counter() - t
 
     t = stage("draw the masks")

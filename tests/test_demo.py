@@ -49,27 +49,51 @@ def test_demo_refuses_a_file_as_out_in_one_line(tmp_path):
         f"error: demo --out '{tmp_path / 'afile'}': expected a new or empty directory, got a file"]
 
 
-def test_a_stopped_demo_says_it_starts_over_not_resume(tmp_path, monkeypatch):
-    """Ctrl-C in any stage: the stage's own hint ("run the same command with --resume") would send the user to an
-    option the demo does not take; the demo says what it wrote and to run it again elsewhere, exit 130."""
+def test_a_demo_stopped_in_any_stage_resumes_to_the_uninterrupted_demos_numbers(tmp_path, monkeypatch):
+    """Ctrl-C in the distill stage: exit 130 and the hint ``frs demo --out D --resume``; that command keeps the
+    finished stages (the teacher's model file byte for byte, the set's annotations), continues the rest and ends
+    with the metrics of a demo never stopped. A resume with other options is one line; a second resume of the
+    finished demo changes nothing the stages wrote."""
+    import hashlib
+
     from typer.testing import CliRunner
 
     from frs_cli.cli.app import app
     from frs_cli.errors import Interrupted
     from frs_cli.train import run
 
+    opts = ["--train-images", "8", "--val-images", "4", "--no-baseline"]
+    ref = tmp_path / "ref"
+    assert CliRunner().invoke(app, ["demo", "--out", str(ref), *opts]).exit_code == 0
+    distill = run.distill_student
+
     def stopped(*args, **kwargs):
         raise Interrupted("stopped at epoch 1, iteration 2; state saved to x/last.pt",
                           hint="run the same command with --resume to continue")
 
-    monkeypatch.setattr(run, "train_detector", stopped)
+    monkeypatch.setattr(run, "distill_student", stopped)
     out = tmp_path / "d"
-    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--train-images", "4", "--val-images", "2"])
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), *opts])
     assert result.exit_code == 130, result.output
     assert result.stderr.strip().splitlines()[-1] == (
-        f"interrupted: demo stopped; what it wrote so far is in {out} (the demo does not resume: delete {out} or "
-        "choose another --out and run it again)")
-    assert "--resume" not in result.stderr and (out / "data" / "annotations").is_dir()
+        f"interrupted: demo stopped; what it wrote so far is in {out} (run frs demo --out {out} --resume to "
+        "continue it)")
+    digest = hashlib.sha256((out / "teacher" / "model_final.pt").read_bytes()).hexdigest()
+    monkeypatch.setattr(run, "distill_student", distill)
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), *opts])
+    assert result.exit_code == 1 and "add --resume to continue the demo stopped there" in result.stderr
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--train-images", "9", "--val-images", "4",
+                                      "--no-baseline", "--resume"])
+    assert result.exit_code == 1 and "started with other options: train_images = 8, now 9" in result.stderr
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), *opts, "--resume"])
+    assert result.exit_code == 0, result.output
+    assert hashlib.sha256((out / "teacher" / "model_final.pt").read_bytes()).hexdigest() == digest
+    got, want = (json.loads((d / "summary.json").read_text())["metrics"] for d in (out, ref))
+    assert got == want and set(got) == {"teacher", "student + FRS (cache)"}
+    again = CliRunner().invoke(app, ["demo", "--out", str(out), *opts, "--resume"])
+    assert again.exit_code == 0 and json.loads((out / "summary.json").read_text())["metrics"] == want
+    assert hashlib.sha256((out / "student_frs" / "model_final.pt").read_bytes()).hexdigest() == hashlib.sha256(
+        (ref / "student_frs" / "model_final.pt").read_bytes()).hexdigest()
 
 
 def test_packaged_demo_recipe_is_the_pipelines_one():

@@ -19,6 +19,8 @@ def register(app: typer.Typer) -> None:
         val_images: int = typer.Option(150, help="Synthetic validation images."),
         seed: int = typer.Option(0, help="Data and training seed."),
         baseline: bool = typer.Option(True, help="Also train the student alone, for comparison."),
+        resume: bool = typer.Option(False, "--resume", help="Continue a demo stopped part way in --out (the same "
+                                                            "options): finished stages are kept."),
         verbose: bool = VERBOSE,
     ):
         """Run the whole job on the embedded data: synth, teacher, teacher-cache, distill, eval, visualize (CPU)."""
@@ -27,7 +29,7 @@ def register(app: typer.Typer) -> None:
 
         t0 = time.perf_counter()
         s = run_demo(out, DemoConfig(train_images=train_images, val_images=val_images, seed=seed, baseline=baseline),
-                     progress=progress_for_rank())
+                     progress=progress_for_rank(), resume=resume)
         console.print(metrics_table(f"frs demo: COCO box mAP on the synthetic val split ({val_images} images)", s.metrics))
         console.print(f"cache: {s.cache_mb_per_image:.3f} MB per image (fp16 features + masks, 2 views)")
         console.print("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in s.seconds.items())
