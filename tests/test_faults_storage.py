@@ -622,3 +622,23 @@ def test_teacher_cache_fills_an_empty_folder_and_names_what_else_stands_at_out(r
     afile.write_text("x")
     result = run("teacher-cache", "--pipeline", recipe_path, "--out", afile, "--device", "cpu")
     assert_one_line_error(result, f"cache '{afile}': expected an frs teacher cache, found something else: a file")
+
+
+def test_visualize_and_eval_of_a_cache_with_another_datasets_data_name_the_files_and_the_option(
+        cache_path, synth_root, tmp_path):
+    """``--data`` pointing at another dataset than the cache's: one line naming both fingerprints, the annotation
+    file read and the one the cache was written from, and the option to fix (these commands take no recipe)."""
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    ann = root / "annotations" / "instances_train.json"
+    doc = json.loads(ann.read_text())
+    doc["annotations"][0]["bbox"] = [1.0, 1.0, 20.0, 20.0]
+    ann.write_text(json.dumps(doc))
+    for args in (["visualize", "--cache", cache_path, "--data", root, "--out", tmp_path / "v.png"],
+                 ["eval", "--cache", cache_path, "--data", root]):
+        result = run(*args)
+        assert_one_line_error(result, f"cache '{cache_path}': was written for another dataset (cache ",
+                              f", {ann} ", "point --data at the dataset the cache was written from (its annotation "
+                              f"file was {synth_root / 'annotations' / 'instances_train.json'})")
+        assert "recipe" not in result.stderr
+    assert not (tmp_path / "v.png").exists()

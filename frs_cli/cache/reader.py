@@ -170,7 +170,12 @@ class TeacherCache:
         label_map = "category_id" if info["label_to_category"] == list(range(len(info["label_to_category"]))) \
             else "contiguous"
         index = CocoIndex(ann, label_map)
-        self.check_fingerprints({"dataset": dataset_fingerprint(index)})
+        found = dataset_fingerprint(index)
+        if found != self.fingerprints.get("dataset"):  # no recipe here: the dataset itself is the other one
+            raise CacheMismatchError(
+                f"cache {self.path!r}: was written for another dataset (cache {self.fingerprints.get('dataset')}, "
+                f"{ann} {found})", hint="point --data at the dataset the cache was written from (its annotation "
+                                        f"file was {info['annotation_file']})")
         return CocoViews(index, image_dir, GeometryConfig(**self.attrs["geometry"]))
 
     def nbytes_stored(self) -> dict[str, int]:
