@@ -278,3 +278,29 @@ def test_mmdet_fcos_box_regression_follows_scales_and_norm_on_bbox():
     for lv, (s, stride) in enumerate(zip([0.5, 1.0, 1.5, 2.0, 2.5], [8, 16, 32, 64, 128])):
         assert_close(got_plain[lv], (s * raw[lv]).exp() / stride)  # exp(scale x) px, in strides
         assert_close(got_tricks[lv], (s * raw[lv]).clamp(min=0))  # relu(scale x) strides
+
+
+def test_convert_mmdet_names_a_truncated_copy_an_frs_model_file_and_a_dict_of_other_things(tmp_path, synth_root):
+    """Files a user may hand ``convert mmdet`` by mistake: each one line saying what it is (before: torch's cut-off
+    zip error, and "expected a dict of tensors ..., got dict" for an frs file and for a dict of other values)."""
+    from conftest import save_random_model
+
+    def convert(path):
+        return runner.invoke(app, ["convert", "mmdet", str(path), "--arch", "retinanet_resnet50_fpn_mmdet",
+                                   "--out", str(tmp_path / "out.pt")])
+
+    torch.save({"state_dict": mmdet_state("retinanet")}, tmp_path / "in.pth")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "in.pth").read_bytes()[:4096])
+    result = convert(tmp_path / "cut.pth")
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert (f"mmdet checkpoint '{tmp_path / 'cut.pth'}': expected a torch checkpoint (a zip archive written by "
+            "torch.save), got a damaged or truncated zip archive (a truncated copy reads like this") in result.output
+    save_random_model(tmp_path / "frs.pt", "retinanet_tiny_fpn", synth_root)
+    result = convert(tmp_path / "frs.pt")
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert "expected an mmdetection checkpoint, got an frs model file (arch 'retinanet_tiny_fpn')" in result.output
+    assert "name the file as teacher.weights or student.weights" in result.output
+    torch.save({"state_dict": {"a": torch.ones(1), "epoch": 3}}, tmp_path / "mixed.pth")
+    result = convert(tmp_path / "mixed.pth")
+    assert "got a dict whose 1 of 2 values are not tensors (e.g. 'epoch')" in result.output
+    assert not (tmp_path / "out.pt").exists()

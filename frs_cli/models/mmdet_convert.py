@@ -25,6 +25,7 @@ from torch import Tensor
 
 from frs_cli.errors import ModelError
 from frs_cli.files import missing_file
+from frs_cli.models.torchfile import check_torch_archive
 
 # COCO's 80 category ids in mmdetection's class order (sorted ids), and their names
 COCO_CATEGORY_IDS = (
@@ -117,6 +118,11 @@ def read_mmdet_state(path: str | Path, allow_pickle: bool = False) -> dict[str, 
     if not p.is_file():
         raise ModelError(f"mmdet checkpoint: expected a file at {str(p)!r}, but it {missing_file(p)}")
     try:
+        check_torch_archive(p)
+    except ModelError as exc:
+        raise ModelError(f"mmdet checkpoint {str(p)!r}: {exc.message}",
+                         hint="a truncated copy reads like this: copy it again, or check the path") from None
+    try:
         ckpt = torch.load(p, map_location="cpu", weights_only=not allow_pickle)
     except Exception as exc:  # torch raises several types for a file it cannot read
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -124,10 +130,17 @@ def read_mmdet_state(path: str | Path, allow_pickle: bool = False) -> dict[str, 
                 if not allow_pickle and "weights_only" in str(exc) else "is it an mmdetection .pth file?")
         raise ModelError(f"mmdet checkpoint {str(p)!r}: not readable as a torch checkpoint ({first[:160]})",
                          hint=hint) from exc
+    if isinstance(ckpt, dict) and "model" in ckpt and "arch" in ckpt:  # an frs model file, not mmdetection's
+        raise ModelError(f"mmdet checkpoint {str(p)!r}: expected an mmdetection checkpoint, got an frs model file "
+                         f"(arch {ckpt['arch']!r})", hint="frs model files need no conversion: name the file as "
+                                                          "teacher.weights or student.weights")
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
+        what = (f"a {type(ckpt).__name__}" if not isinstance(state, dict) else "an empty dict" if not state else
+                f"a dict whose {sum(not isinstance(v, Tensor) for v in state.values())} of {len(state)} values are "
+                f"not tensors (e.g. {next(k for k, v in state.items() if not isinstance(v, Tensor))!r})")
         raise ModelError(f"mmdet checkpoint {str(p)!r}: expected a dict of tensors (or one under 'state_dict'), "
-                         f"got {type(ckpt).__name__}")
+                         f"got {what}")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 

@@ -14,7 +14,7 @@ import torch
 
 from frs_cli.errors import ModelError
 
-__all__ = ["load_torch_file", "refuse_training_state"]
+__all__ = ["check_torch_archive", "load_torch_file", "refuse_training_state"]
 
 
 def _describe_start(head: bytes) -> str:
@@ -39,13 +39,9 @@ def _first_line(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0][:160] if text else ''}"
 
 
-def load_torch_file(path: Path):
-    """``torch.load`` of a file frs wrote, reading tensors and plain containers only (``weights_only``).
-
-    ModelError in one plain line holding the reason alone (callers name the file) for anything else: a text or
-    other non-torch file, a damaged archive, a file holding other Python objects (named). Training states of
-    earlier frs versions, which held numpy's random state as numpy objects, are read with those types allowed.
-    """
+def check_torch_archive(path: Path) -> None:
+    """ModelError (the reason alone) unless ``path`` starts as a torch checkpoint does: a zip archive
+    (``torch.save``) or a legacy pickle; a truncated copy, a text file or an empty one is named as such."""
     import zipfile
 
     with open(path, "rb") as f:
@@ -53,6 +49,16 @@ def load_torch_file(path: Path):
     if not zipfile.is_zipfile(path) and not head.startswith(b"\x80"):  # zip: torch.save; 0x80: a legacy pickle
         raise ModelError(f"expected a torch checkpoint (a zip archive written by torch.save), "
                          f"got {_describe_start(head)}")
+
+
+def load_torch_file(path: Path):
+    """``torch.load`` of a file frs wrote, reading tensors and plain containers only (``weights_only``).
+
+    ModelError in one plain line holding the reason alone (callers name the file) for anything else: a text or
+    other non-torch file, a damaged archive, a file holding other Python objects (named). Training states of
+    earlier frs versions, which held numpy's random state as numpy objects, are read with those types allowed.
+    """
+    check_torch_archive(path)
     allowed = []
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
