@@ -114,6 +114,9 @@ def test_distill_from_a_cache_after_the_teachers_checkpoint_is_deleted(tmp_path,
     result = runner.invoke(app, ["distill", "-p", str(recipe), "--cache", str(cache), "--out", str(out),
                                  "--device", "cpu", "--no-eval", *one_view])
     assert result.exit_code == 0, result.output
+    # allowed, but said: a mistyped teacher.weights would look the same
+    assert (f"warning: the recipe's teacher (weights '{teacher}') is not a file here: the cache's own (fingerprint "
+            f"file:{attrs['fingerprints']['teacher'][5:]}) is used as recorded") in result.stderr
     assert built == ["retinanet_tiny_fpn"]  # the student, once; never the teacher
     assert (out / "model_final.pt").is_file() and (out / "adapters.pt").is_file()
     saved = torch.load(out / "model_final.pt", map_location="cpu", weights_only=False)

@@ -97,8 +97,12 @@ def recipe_fingerprints(stored: dict, teacher_cfg: ModelConfig, index: CocoIndex
     expected = {"dataset": dataset_fingerprint(index), "geometry": geometry_fingerprint(geometry)}
     theirs = comparable_teacher(stored.get("teacher"), teacher_cfg, teacher)
     if theirs is None:
-        log.info("the recipe's teacher (weights %r) is not at hand: the cache's own (fingerprint %s) is used as "
-                 "recorded", teacher_cfg.weights, stored.get("teacher"))
+        gone = bool(teacher_cfg.weights) and not is_weights_enum(teacher_cfg.weights) \
+            and not Path(teacher_cfg.weights).is_file()
+        # a teacher file moved away is allowed (the cache holds all it needs), but a mistyped path should be seen
+        (log.warning if gone else log.info)(
+            "the recipe's teacher (weights %r) is %s: the cache's own (fingerprint %s) is used as recorded",
+            teacher_cfg.weights, "not a file here" if gone else "not at hand", stored.get("teacher"))
     else:
         expected["teacher"] = theirs
     return expected
