@@ -187,6 +187,12 @@ def _levels_that_do_not_line_up(t):
         ["student FPN levels", "do not line up with the teacher's"]
 
 
+def _cache_of_another_teacher_arch(t):
+    return ["distill", "--cache", t.cache, "--set", 'teacher.arch="retinanet_tiny_fpn"'], \
+        [(f"distill: the cache '{t.cache}' holds a retinanet_small_fpn teacher, the recipe names teacher.arch = "
+          "'retinanet_tiny_fpn'"), "set teacher.arch = 'retinanet_small_fpn' (the cache's)"]
+
+
 def _non_finite_loss(t):
     return ["train", "--role", "student", "--set", "train.lr=1e12", "--no-eval"], \
         ["train: non-finite loss at epoch 1, iteration 1: classification=nan"]
@@ -195,7 +201,8 @@ def _non_finite_loss(t):
 BAD_INPUT = {f.__name__.lstrip("_"): f for f in (
     _missing_dataset, _missing_image_dir, _malformed_json, _annotation_of_a_missing_image, _image_file_missing,
     _image_file_corrupt, _checkpoint_of_another_arch, _wrong_type_in_recipe, _not_a_cache, _cache_of_another_geometry,
-    _cache_of_another_dataset, _cache_of_a_newer_format, _levels_that_do_not_line_up, _non_finite_loss)}
+    _cache_of_another_dataset, _cache_of_a_newer_format, _levels_that_do_not_line_up, _non_finite_loss,
+    _cache_of_another_teacher_arch)}
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUT))

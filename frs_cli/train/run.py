@@ -192,6 +192,11 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
     evaluator = _evaluator(recipe, ctx, cfg) if evaluate else None
     if cache is not None:
         store = TeacherCache(cache)
+        cached_arch = store.teacher.get("arch")
+        if cached_arch and cached_arch != recipe.teacher.arch:  # the recipe would record a teacher it never had
+            raise ConfigError(f"distill: the cache {str(cache)!r} holds a {cached_arch} teacher, the recipe names "
+                              f"teacher.arch = {recipe.teacher.arch!r}",
+                              hint=f"set teacher.arch = {cached_arch!r} (the cache's), or cache this recipe's teacher")
         check_compatible(signature(recipe.student.arch, num_classes), store.signature)
         store.check_fingerprints(recipe_fingerprints(store.fingerprints, recipe.teacher, coco.index, recipe.geometry))
         if store.nbytes_stored()["views"] <= recipe.cache.preload_mb * 1e6:
