@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import signal
-import threading
 from pathlib import Path
 
 import typer
@@ -55,8 +53,11 @@ def teacher_cache(
     recipe = load(str(pipeline), overrides)
     from frs_cli.cache.writer import write_teacher_cache
     from frs_cli.dist import process_group
+    from frs_cli.train.hooks import sigint_handled
 
-    with process_group(device) as ctx, _stop_on_sigint():
+    # SIGINT stops the write even where the process started with it ignored (a job started with & from a
+    # script), as it stops frs train and frs distill
+    with process_group(device) as ctx, sigint_handled(signal.default_int_handler):
         try:
             s = write_teacher_cache(recipe, out, resume=resume, ctx=ctx, progress=progress_for_rank())
         except KeyboardInterrupt:
@@ -78,20 +79,6 @@ def teacher_cache(
                       + ("" if s.complete else "  [yellow](incomplete: run again with --resume)[/]"))
         for hint in bottleneck_hints(s.stage_seconds, s.seconds, recipe.cache, s.write_processes):
             console.print(f"[dim]{hint}[/]", highlight=False, soft_wrap=True)
-
-
-@contextlib.contextmanager
-def _stop_on_sigint():
-    """SIGINT stops the write (``KeyboardInterrupt``) even where the process started with it ignored (a job
-    started with ``&`` from a script), as ``frs train`` and ``frs distill`` stop on it."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 HINT_SHARE = 0.25  # a wait above this share of the write loop gets a hint

@@ -244,6 +244,20 @@ class OutputsHook(Hook):
         barrier(trainer.ctx)
 
 
+@contextlib.contextmanager
+def sigint_handled(handler):
+    """Within the block SIGINT goes to ``handler`` (in the main thread; elsewhere signals cannot be handled and
+    nothing changes), whatever handled it before, even SIG_IGN; the previous handler is restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class StopRequest:
     """Ctrl-C as a request: the step in flight finishes, then the loop saves and stops at a step boundary.
 
@@ -263,14 +277,8 @@ class StopRequest:
 
     @contextlib.contextmanager
     def installed(self):
-        if threading.current_thread() is not threading.main_thread():
+        with sigint_handled(self._handler):
             yield self
-            return
-        previous = signal.signal(signal.SIGINT, self._handler)
-        try:
-            yield self
-        finally:
-            signal.signal(signal.SIGINT, previous)
 
     def agreed(self, ctx: DistContext) -> bool:
         """Whether any process was asked to stop (all processes must stop at the same step). Called once a step
