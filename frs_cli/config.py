@@ -23,7 +23,7 @@ from frs_cli.errors import ConfigError, FrsError
 from frs_cli.files import missing_file
 from frs_cli.models.config import ModelConfig
 from frs_cli.models.registry import arch_spec
-from frs_cli.train.config import DistillConfig, TrainConfig
+from frs_cli.train.config import DistillConfig, TrainConfig, schedule_table
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class Recipe:
         return dataclasses.asdict(self)
 
     def train_config(self, role: str) -> TrainConfig:
-        return self.teacher_train if role == "teacher" else self.train
+        return getattr(self, schedule_table(role))
 
     def model_config(self, role: str) -> ModelConfig:
         return self.teacher if role == "teacher" else self.student

@@ -23,8 +23,6 @@ from frs_cli.cli.common import (
 )
 
 log = logging.getLogger(__name__)
-# the schedule table each role reads (Recipe.train_config): --set on the other one changes nothing in the run
-SCHEDULE = {"teacher": "teacher_train", "student": "train"}
 OVERRIDES = typer.Option([], "--set", help="Override a recipe key, e.g. --set teacher_train.epochs=2 (repeatable). "
                                           "--role teacher takes its schedule from [teacher_train], --role student "
                                           "from [train].")
@@ -33,13 +31,15 @@ OVERRIDES = typer.Option([], "--set", help="Override a recipe key, e.g. --set te
 def warn_unread_schedule(role: str, overrides: list[str]) -> None:
     """One warning when ``--set`` changes the schedule table of the role not trained (``train.*`` for the teacher,
     ``teacher_train.*`` for the student): those keys have no effect on the run."""
-    if role not in SCHEDULE:
+    from frs_cli.train.config import schedule_table  # the table each role reads (Recipe.train_config)
+
+    if role not in ("teacher", "student"):
         return
-    other = SCHEDULE["student" if role == "teacher" else "teacher"]
+    other = schedule_table("student" if role == "teacher" else "teacher")
     keys = [o.split("=", 1)[0].strip() for o in overrides]
     unread = [k for k in keys if k.startswith(f"{other}.")]
     if unread:
-        own = SCHEDULE[role]
+        own = schedule_table(role)
         log.warning("--set %s: frs train --role %s takes its schedule from [%s], not [%s]; no effect on this run "
                     "(set %s instead)", ", ".join(unread), role, own, other,
                     ", ".join(own + k[len(other):] for k in unread))

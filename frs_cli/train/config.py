@@ -9,6 +9,12 @@ from frs_cli.errors import check_range
 from frs_cli.models.registry import FAMILIES
 
 
+def schedule_table(role: str) -> str:
+    """The recipe table ``frs train --role ROLE`` takes its schedule from: ``teacher_train`` for the teacher,
+    ``train`` for the student (and for distillation)."""
+    return "teacher_train" if role == "teacher" else "train"
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 12  # passes over the training images

@@ -21,6 +21,7 @@ from frs_cli.models import build_detector, check_compatible, check_distillable, 
 from frs_cli.models.config import ModelConfig
 from frs_cli.progress import Progress
 from frs_cli.train.checkpoint import FINAL, LAST, atomic_save, load_training_state, save_model
+from frs_cli.train.config import schedule_table
 from frs_cli.train.loop import FitResult, fit, flip_views
 from frs_cli.train.metrics_log import require_tensorboard, teacher_mask_picture, write_images
 from frs_cli.train.objectives import CachedTeacher, FRSObjective, GTObjective, OnlineTeacher
@@ -119,11 +120,6 @@ def _evaluator(recipe, ctx: DistContext, cfg):
         return evaluate_detector(objective.student, val, ctx, batch_size=max(1, cfg.batch_size),
                                  workers=cfg.workers, amp=cfg.amp)
     return evaluate
-
-
-def schedule_table(role: str) -> str:
-    """The recipe table ``frs train --role ROLE`` takes its schedule from (``Recipe.train_config``)."""
-    return "teacher_train" if role == "teacher" else "train"
 
 
 @_one_writer

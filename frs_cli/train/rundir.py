@@ -21,6 +21,7 @@ from pathlib import Path
 from frs_cli.errors import ConfigError, TrainingError
 from frs_cli.files import atomic_path, storage_errors, write_json
 from frs_cli.train.checkpoint import LAST
+from frs_cli.train.config import schedule_table
 
 log = logging.getLogger(__name__)
 RECIPE = "recipe.json"
@@ -119,7 +120,7 @@ def resume_changes(out_dir: Path, recipe_dict: dict, job: str) -> dict[str, tupl
                           hint="put back its recipe.json, or start a new run in another --out") from exc
     _check_job(out_dir, stored, job)
     tables = JOB_TABLES[job]
-    schedule = "teacher_train" if job == "train teacher" else "train"
+    schedule = schedule_table("teacher" if job == "train teacher" else "student")
     old, new = _normal(stored), _normal(recipe_dict)
     old.update({k: v for k, v in BEFORE_THE_KEY.items() if k not in old and k in new})
     # other keys the stored recipe lacks are settings a newer frs added that change nothing a run did (their
