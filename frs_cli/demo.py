@@ -84,8 +84,8 @@ def _check_same_demo(out: Path, cfg: DemoConfig) -> None:
         raise ConfigError(f"demo --resume: expected a demo's {CONFIG_FILE} in {str(out)!r}, found "
                           f"{'none' if not path.exists() else 'an unreadable file'}",
                           hint="choose a new --out for a new demo") from None
-    changed = [f"{k} = {json.dumps(v)}, now {json.dumps(asdict(cfg).get(k))}" for k, v in stored.items()
-               if asdict(cfg).get(k) != v]
+    now = asdict(cfg)
+    changed = [f"{k} = {json.dumps(v)}, now {json.dumps(now.get(k))}" for k, v in stored.items() if now.get(k) != v]
     if changed:
         raise ConfigError(f"demo --resume: the demo in {str(out)!r} started with other options: {'; '.join(changed)}",
                           hint="resume with the options it started with, or choose a new --out")
