@@ -1,6 +1,7 @@
 """The shared view geometry: resize rule, padding, box and image mapping, flips, level grids, batching."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -12,13 +13,16 @@ from frs_cli.data.geometry import (
     apply_to_boxes,
     apply_to_image,
     batch_padded_size,
+    canonical_view,
     compute_geometry,
     invert_boxes,
     level_grid_size,
     level_valid_size,
     pad_batch,
+    parse_view,
     resized_size,
     view_geometry,
+    view_name,
 )
 from frs_cli.errors import ConfigError
 
@@ -97,8 +101,27 @@ def test_compute_geometry_padding_for_various_divisors():
 def test_view_geometry_names_views_and_rejects_unknown():
     assert view_geometry(30, 40, COCO, "orig").hflip is False
     assert view_geometry(30, 40, COCO, "hflip").hflip is True
-    with pytest.raises(ConfigError, match="view: expected one of orig, hflip, got 'vflip'"):
-        view_geometry(30, 40, COCO, "vflip")
+    for bad in ("vflip", "hflip@", "hflip@0", "hflip@-640", "hflip@0640", "hflip@6.4e2", "orig@640@800", "@640"):
+        with pytest.raises(ConfigError, match=f"view: expected orig or hflip, optionally with a short side in px "
+                                              f"after '@' \\(e.g. hflip@640\\), got '{re.escape(bad)}'"):
+            view_geometry(30, 40, COCO, bad)
+
+
+def test_a_view_at_another_short_side_is_that_resize_and_has_one_spelling():
+    """Multi-scale views (the paper's FCOS: short side 640 or 800, long side at most 1333): ``hflip@640`` is the
+    geometry with min_size 640 and the flip; at the geometry's own short side the plain name is the one spelling."""
+    g = view_geometry(480, 640, COCO, "hflip@640")
+    assert (g.resized_h, g.resized_w, g.padded_h, g.padded_w, g.hflip) == (640, 853, 640, 864, True)
+    assert g == compute_geometry(480, 640, GeometryConfig(min_size=640, max_size=1333), hflip=True)
+    wide = view_geometry(200, 1000, COCO, "orig@640")  # the long side's bound still holds: 1333 / 1000
+    assert (wide.resized_h, wide.resized_w) == (267, 1333)
+    assert view_geometry(480, 640, COCO, "orig@800") == view_geometry(480, 640, COCO, "orig")
+    assert parse_view("hflip@640") == ("hflip", 640) and parse_view("orig") == ("orig", None)
+    assert [canonical_view(v, COCO) for v in ("orig@800", "hflip@640", "hflip")] == ["orig", "hflip@640", "hflip"]
+    assert view_name("orig", 640, COCO) == "orig@640" and view_name("hflip", 800, COCO) == "hflip"
+    with pytest.raises(ConfigError, match=r"view 'orig@1400': expected a short side of at most geometry.max_size "
+                                          r"\(1333\), got 1400"):
+        view_geometry(480, 640, COCO, "orig@1400")
 
 
 # ---------------------------------------------------------------------------------------------- boxes

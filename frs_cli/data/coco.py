@@ -196,7 +196,8 @@ class Sample:
 class CocoViews(torch.utils.data.Dataset):
     """Views of a COCO-format split. Indexed by ``(position, view)`` pairs from ``ViewSampler``.
 
-    ``position`` counts images in ascending id order; ``view`` is ``"orig"`` or ``"hflip"``.
+    ``position`` counts images in ascending id order; ``view`` is ``"orig"`` or ``"hflip"``, optionally at another
+    short side than the geometry's (``"hflip@640"``, ``geometry.parse_view``).
     """
 
     def __init__(self, index: CocoIndex, image_dir: str | Path, geometry: GeometryConfig):

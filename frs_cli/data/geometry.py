@@ -7,13 +7,18 @@ of each view is computed by one function from the original image size and a smal
 Conventions: sizes are ``(height, width)`` in pixels; boxes are ``boxes_xyxy`` in pixel units with the
 origin at the top-left corner of the top-left pixel (COCO's convention), so a horizontal flip maps
 ``x`` to ``width - x``.
+
+A view is named by its flip, ``orig`` or ``hflip``, at the geometry's short side (``min_size``), or with another
+short side after an ``@``: ``hflip@640`` is the flipped image resized so its short side is 640 px (the long side
+still at most ``max_size``). Multi-scale training (mmdetection's ``RandomChoiceResize``, the paper's FCOS) is a
+choice among such views, and a cache holds the ones it lists.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +81,7 @@ class ViewGeometry:
 
     @property
     def view(self) -> str:
+        """The flip's name, ``orig`` or ``hflip`` (a view's full name also carries its short side, ``view_name``)."""
         return "hflip" if self.hflip else "orig"
 
     def to_row(self) -> list[int]:
@@ -116,10 +122,43 @@ def compute_geometry(orig_h: int, orig_w: int, cfg: GeometryConfig, hflip: bool 
     )
 
 
+def parse_view(view: str, key: str = "view") -> tuple[str, int | None]:
+    """``"hflip@640"`` -> ``("hflip", 640)``; a name without ``@`` -> ``(name, None)`` (the geometry's short side).
+    ConfigError for anything else, naming ``key`` (where the name came from)."""
+    flip, at, size = view.partition("@") if isinstance(view, str) else (view, "", "")
+    if flip in VIEWS and not at:
+        return flip, None
+    if flip in VIEWS and size.isascii() and size.isdigit() and int(size) > 0 and size == str(int(size)):
+        return flip, int(size)
+    raise ConfigError(f"{key}: expected {' or '.join(VIEWS)}, optionally with a short side in px after '@' "
+                      f"(e.g. hflip@640), got {view!r}")
+
+
+def view_name(flip: str, min_size: int, cfg: GeometryConfig) -> str:
+    """The name of view ``flip`` at short side ``min_size``: plain at the geometry's own short side (so every name
+    has one spelling), ``flip@min_size`` otherwise."""
+    return flip if min_size == cfg.min_size else f"{flip}@{min_size}"
+
+
+def view_short_side(view: str, cfg: GeometryConfig) -> int:
+    """The short side ``view`` is resized to under ``cfg``."""
+    return parse_view(view)[1] or cfg.min_size
+
+
+def canonical_view(view: str, cfg: GeometryConfig) -> str:
+    """``view``'s one spelling under ``cfg`` (``orig@800`` is ``orig`` when ``cfg.min_size`` is 800)."""
+    return view_name(parse_view(view)[0], view_short_side(view, cfg), cfg)
+
+
 def view_geometry(orig_h: int, orig_w: int, cfg: GeometryConfig, view: str) -> ViewGeometry:
-    if view not in VIEWS:
-        raise ConfigError(f"view: expected one of {', '.join(VIEWS)}, got {view!r}")
-    return compute_geometry(orig_h, orig_w, cfg, hflip=(view == "hflip"))
+    """The geometry of view ``view`` (``parse_view``'s names) of an ``orig_h x orig_w`` image under ``cfg``."""
+    flip, short = parse_view(view)
+    if short is not None and short != cfg.min_size:
+        if short > cfg.max_size:
+            raise ConfigError(f"view {view!r}: expected a short side of at most geometry.max_size "
+                              f"({cfg.max_size}), got {short}")
+        cfg = replace(cfg, min_size=short)
+    return compute_geometry(orig_h, orig_w, cfg, hflip=(flip == "hflip"))
 
 
 def apply_to_image(image: Tensor, geom: ViewGeometry) -> Tensor:
