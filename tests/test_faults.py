@@ -177,8 +177,8 @@ def _cache_of_another_dataset(t):
 
 
 def _cache_of_a_newer_format(t):
-    return ["distill", "--cache", _copy_cache(t.cache, t.tmp, format_version=3)], \
-        ["format version 3 is newer than this frs reads (2)", "upgrade frs"]
+    return ["distill", "--cache", _copy_cache(t.cache, t.tmp, format_version=4)], \
+        ["format version 4 is newer than this frs reads (3)", "upgrade frs"]
 
 
 def _levels_that_do_not_line_up(t):

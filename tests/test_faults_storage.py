@@ -399,7 +399,7 @@ def _cache_state_writing(t):
 def _newer_format(t):
     c = _copy(t.cache, t.tmp)
     zarr.open_group(str(c), mode="r+").attrs["format_version"] = 9
-    return c, [], ["format version 9 is newer than this frs reads (2)", "upgrade frs"]
+    return c, [], ["format version 9 is newer than this frs reads (3)", "upgrade frs"]
 
 
 def _not_a_cache(t):

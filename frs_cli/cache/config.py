@@ -9,7 +9,9 @@ from typing import Literal
 
 @dataclass(frozen=True)
 class CacheConfig:
-    views: tuple[str, ...] = ("orig", "hflip")  # cached views per image: "orig", "hflip"
+    # cached views per image: "orig", "hflip" at geometry.min_size, or at another short side: "orig@640", "hflip@640"
+    # (multi-scale training: the views' short sides must be train.min_sizes; distill picks one view per image and epoch)
+    views: tuple[str, ...] = ("orig", "hflip")
     split: str = "train"  # which split to cache: "train" or "val"; its folder is data.train / data.val
     # storage type of the features; int8/int6/int5/int4: per-view per-channel symmetric quantisation with
     # float32 scales, int6/int5/int4 packed (8 channels in 6/5/4 bytes; channels must be a multiple of 8)
@@ -33,12 +35,11 @@ class CacheConfig:
     min_teacher_map: float = 0.01  # ...and refuse to cache when its COCO AP (0..1) is below this
 
     def __post_init__(self):
-        from frs_cli.data.geometry import VIEWS
+        from frs_cli.data.geometry import parse_view
         from frs_cli.errors import ConfigError
 
         for v in self.views:
-            if v not in VIEWS:
-                raise ConfigError(f"cache.views: expected views from {', '.join(VIEWS)}, got {v!r}")
+            parse_view(v, "cache.views")
         if not self.views or len(set(self.views)) != len(self.views):
             raise ConfigError(f"cache.views: expected a non-empty list without repeats, got {list(self.views)}")
         if self.check_teacher_images < 0 or not 0.0 <= self.min_teacher_map <= 1.0:

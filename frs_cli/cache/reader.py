@@ -20,7 +20,7 @@ from torch import Tensor
 from frs_cli.cache.backend import open_backend
 from frs_cli.cache.encoding import FeatureEncoding, finite
 from frs_cli.cache.identity import dataset_fingerprint, first_difference
-from frs_cli.cache.schema import VIEW_CODES, Bucket, required_arrays
+from frs_cli.cache.schema import Bucket, required_arrays, view_code, view_name
 from frs_cli.cache.store import is_url
 from frs_cli.data.coco import CocoViews, Sample
 from frs_cli.data.geometry import ViewGeometry
@@ -135,10 +135,14 @@ class TeacherCache:
         return len(self.image_id)
 
     def find(self, image_id: int, view: str) -> int:
-        key = (int(image_id), VIEW_CODES.get(view, -1))
+        key = (int(image_id), view_code(view, self.views))
         if key not in self._lookup:
             raise CacheFormatError(f"cache {self.path!r}: holds no view {view!r} of image {image_id}")
         return self._lookup[key]
+
+    def view_name(self, k: int) -> str:
+        """The name of view ``k`` (``orig``, ``hflip``, or one at another short side such as ``hflip@640``)."""
+        return view_name(self.view[k], self.views)
 
     def view_geometry(self, k: int) -> ViewGeometry:
         return ViewGeometry.from_row(self.geometry[k])
@@ -268,9 +272,7 @@ class TeacherCache:
 
     def _fault(self, k: int, array: str, what: str, hint: str | None = None) -> CacheFormatError:
         b = self.buckets[int(self.bucket[k])].name
-        from frs_cli.cache.schema import VIEW_NAMES
-
-        return CacheFormatError(f"cache {self.path!r}: image {int(self.image_id[k])} {VIEW_NAMES[int(self.view[k])]} "
+        return CacheFormatError(f"cache {self.path!r}: image {int(self.image_id[k])} {self.view_name(k)} "
                                 f"(bucket {b}, row {int(self.row[k])}): {array} {what}",
                                 hint=hint or repair_hint(self.path, self.backend.kind))
 

@@ -4,7 +4,7 @@ A cache is a Zarr v3 group::
 
     /                              attrs: format, teacher, levels, geometry, views, fingerprints, storage, ...
     /index/image_id      (N,)      int64   COCO image id of each cached view
-    /index/view          (N,)      uint8   0 = orig, 1 = hflip
+    /index/view          (N,)      uint8   0 = orig, 1 = hflip; 2 + i: views[i], a view at another short side
     /index/bucket        (N,)      int32   which size bucket holds the view
     /index/row           (N,)      int32   its row inside that bucket
     /index/geometry      (N, 7)    int32   orig_h, orig_w, resized_h, resized_w, padded_h, padded_w, hflip
@@ -32,10 +32,35 @@ from frs_cli.cache.encoding import FeatureEncoding
 from frs_cli.data.geometry import level_grid_size
 
 FORMAT_NAME = "frs-teacher-cache"
-FORMAT_VERSION = 2  # the newest version this frs reads
+FORMAT_VERSION = 3  # the newest version this frs reads
 
+# the stored code of a view at the geometry's short side; a view at another one (``hflip@640``) is 2 + its place
+# in the cache's ``views`` attribute (format version 3, which came with them)
 VIEW_CODES = {"orig": 0, "hflip": 1}
-VIEW_NAMES = {v: k for k, v in VIEW_CODES.items()}
+SCALED_VIEWS_VERSION = 3
+
+
+def view_code(view: str, views) -> int:
+    """The code ``/index/view`` stores for ``view`` in a cache of ``views`` (its ``views`` attribute); -1 for a
+    view at another short side that ``views`` does not list."""
+    if view in VIEW_CODES:
+        return VIEW_CODES[view]
+    return 2 + list(views).index(view) if view in views else -1
+
+
+def view_name(code: int, views) -> str:
+    """The view a stored ``code`` stands for in a cache of ``views`` (``view_code``'s inverse)."""
+    code = int(code)
+    names = {c: n for n, c in VIEW_CODES.items()}
+    if code in names:
+        return names[code]
+    return views[code - 2] if 2 <= code < 2 + len(views) else f"view code {code}"
+
+
+def views_format_version(views) -> int:
+    """The format version ``views`` need: 3 with a view at another short side (older readers know codes 0 and 1
+    only), else 1."""
+    return SCALED_VIEWS_VERSION if any(v not in VIEW_CODES for v in views) else 1
 
 
 INDEX_ARRAYS = ("image_id", "view", "bucket", "row", "geometry")
@@ -96,7 +121,7 @@ def make_plan(dataset, views, strides) -> Plan:
     for pos in range(len(dataset)):
         for v in views:
             g = dataset.geometry_of(pos, v)
-            rows.append((dataset.index.records[pos].image_id, pos, VIEW_CODES[v], g))
+            rows.append((dataset.index.records[pos].image_id, pos, view_code(v, views), g))
     sizes = sorted({g.padded_size for *_, g in rows})
     halvings = [round(np.log2(s)) for s in strides]
     buckets = [Bucket(bucket_name(*s), s, 0, tuple(level_grid_size(s, k) for k in halvings)) for s in sizes]

@@ -16,7 +16,6 @@ import numpy as np
 from frs_cli.cache.backend import open_backend
 from frs_cli.cache.checksum import view_crc
 from frs_cli.cache.reader import TeacherCache, required_cache_arrays
-from frs_cli.cache.schema import VIEW_NAMES
 from frs_cli.progress import NullProgress, Progress
 
 MISSING, UNREADABLE, CHECKSUM = "missing", "unreadable", "checksum mismatch"
@@ -28,7 +27,7 @@ class ViewFault:
 
     index: int  # position in the cache index (``index/*`` arrays)
     image_id: int
-    view: str  # "orig" or "hflip"
+    view: str  # its name: "orig", "hflip", or one at another short side ("hflip@640")
     bucket: str  # e.g. "64x64"
     row: int  # row inside the bucket's arrays
     problems: tuple[tuple[str, str], ...]  # (array, MISSING | UNREADABLE | CHECKSUM), e.g. ("P3/features", "missing")
@@ -145,7 +144,7 @@ def verify_cache(path: str, *, storage_options: dict | None = None, progress: Pr
                     problems.append((n, CHECKSUM))
             if problems:
                 k = where[(b_index, row)]
-                report.faults.append(ViewFault(k, int(cache.image_id[k]), VIEW_NAMES[int(cache.view[k])], bucket.name,
+                report.faults.append(ViewFault(k, int(cache.image_id[k]), cache.view_name(k), bucket.name,
                                                row, tuple(problems)))
             progress.update(1)
     progress.stop()

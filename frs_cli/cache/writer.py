@@ -29,7 +29,7 @@ from frs_cli.cache.backend import open_backend
 from frs_cli.cache.encoding import FeatureEncoding
 from frs_cli.cache.identity import cache_fingerprints, first_difference, recipe_fingerprints
 from frs_cli.cache.reader import TeacherCache, required_cache_arrays
-from frs_cli.cache.schema import FORMAT_NAME, VIEW_NAMES, Plan, make_plan
+from frs_cli.cache.schema import FORMAT_NAME, Plan, make_plan, view_name, views_format_version
 from frs_cli.cache.shard_writer import (
     WRITE_CONFIG,
     Layout,
@@ -73,7 +73,8 @@ def _create(path: str, plan: Plan, teacher, recipe, fingerprints: dict, dataset,
             autocast: bool) -> zarr.Group:
     cfg = recipe.cache
     root = open_group(path, mode="w")
-    root.attrs.update({"format": FORMAT_NAME, "format_version": FeatureEncoding(cfg.dtype).format_version,
+    root.attrs.update({"format": FORMAT_NAME, "format_version": max(FeatureEncoding(cfg.dtype).format_version,
+                                                                     views_format_version(cfg.views)),
                        "state": "creating"})
     _create_arrays(root, plan, teacher, cfg)
     root.attrs.update({
@@ -493,7 +494,7 @@ def _write_pending(root: zarr.Group, path: str, plan: Plan, run: TeacherPass, da
     mine = _my_batches(plan, len(buckets), is_pending, cfg.batch_size, ctx)
     # on a GPU, workers only decode and the GPU resizes: CPU resizing cannot keep up with the teacher
     on_gpu = (ctx.device.type == "cuda" and cfg.resize_on_gpu) if resize_on_device is None else resize_on_device
-    keys = ListSampler([[(int(plan.position[i]), VIEW_NAMES[int(plan.view[i])]) for i in bt] for bt in mine])
+    keys = ListSampler([[(int(plan.position[i]), view_name(plan.view[i], cfg.views)) for i in bt] for bt in mine])
     common = {"num_workers": cfg.workers, "pin_memory": ctx.device.type == "cuda",
               "prefetch_factor": 4 if cfg.workers > 0 else None}
     if on_gpu:  # a worker decodes each file of a batch once: a plan batch holds both views of its images

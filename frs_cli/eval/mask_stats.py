@@ -48,9 +48,7 @@ def _inside(boxes: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor, pad: float)
 
 def _non_finite(cache, k: int, level: str, mask: torch.Tensor) -> None:
     """CacheFormatError naming the view whose mask holds NaN or infinite values (statistics over it would be nan)."""
-    from frs_cli.cache.schema import VIEW_CODES
-
-    view = {code: name for name, code in VIEW_CODES.items()}.get(int(cache.view[k]), str(int(cache.view[k])))
+    view = cache.view_name(k)
     bad = int((~torch.isfinite(mask)).sum())
     raise CacheFormatError(f"cache {cache.path!r}: the {level} mask of image {int(cache.image_id[k])} ({view}) holds "
                            f"{bad} non-finite values of {mask.numel()}; expected FRS scores in [0, 1]",
