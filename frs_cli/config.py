@@ -18,7 +18,7 @@ from typing import Any
 
 from frs_cli.cache.config import CacheConfig
 from frs_cli.data.coco import DataConfig
-from frs_cli.data.geometry import GeometryConfig
+from frs_cli.data.geometry import GeometryConfig, canonical_view, view_name, view_short_side
 from frs_cli.errors import ConfigError, FrsError
 from frs_cli.files import missing_file
 from frs_cli.models.config import ModelConfig
@@ -173,7 +173,7 @@ def apply_overrides(table: dict, overrides: list[str]) -> dict:
 def recipe_from_dict(table: dict) -> Recipe:
     recipe = _resolve_distill_weights(_resolve_cache_split(_build(Recipe, table)))
     check_values(recipe)
-    return recipe
+    return _resolve_views(recipe)
 
 
 def check_values(recipe: Recipe) -> None:
@@ -210,6 +210,35 @@ def _resolve_distill_weights(recipe: Recipe) -> Recipe:
     (``DistillConfig.for_family``); the resolved recipe holds the numbers (``frs recipe show``, a run's recipe.json)."""
     family = arch_spec(recipe.student.arch).family
     return dataclasses.replace(recipe, distill=recipe.distill.for_family(family))
+
+
+def _resolve_views(recipe: Recipe) -> Recipe:
+    """``cache.views`` in their one spelling under ``geometry`` (``orig@800`` is ``orig`` at min_size 800), checked
+    against the geometry and against the student's training scales: a cache must hold a view at every short side of
+    ``train.min_sizes`` and at no other, or distilling from it would train on other scales than online FRS and the
+    plain student (the paper's FCOS: 640 and 800, so ``orig``, ``hflip``, ``orig@640``, ``hflip@640``)."""
+    geometry = recipe.geometry
+    for table in ("train", "teacher_train"):
+        for size in getattr(recipe, table).min_sizes:
+            if size > geometry.max_size:
+                raise ConfigError(f"recipe key '{table}.min_sizes': expected short sides of at most geometry.max_size "
+                                  f"({geometry.max_size}), got {size}")
+    views = tuple(canonical_view(v, geometry) for v in recipe.cache.views)
+    if len(set(views)) != len(views):
+        raise ConfigError(f"recipe key 'cache.views': expected each view once, got {list(recipe.cache.views)} "
+                          f"(at geometry.min_size = {geometry.min_size} a view needs no '@{geometry.min_size}')")
+    for v in views:
+        if view_short_side(v, geometry) > geometry.max_size:
+            raise ConfigError(f"recipe key 'cache.views': expected short sides of at most geometry.max_size "
+                              f"({geometry.max_size}), got {v!r}")
+    cached = sorted({view_short_side(v, geometry) for v in views})
+    trained = sorted(set(recipe.train.min_sizes or (geometry.min_size,)))
+    if cached != trained:
+        wanted = [view_name(f, s, geometry) for s in trained for f in ("orig", "hflip")]
+        raise ConfigError(f"recipe key 'cache.views': expected views at the student's training short sides "
+                          f"{trained} (train.min_sizes, or geometry.min_size), got views at {cached}",
+                          hint=f"e.g. cache.views = {wanted}")
+    return dataclasses.replace(recipe, cache=dataclasses.replace(recipe.cache, views=views))
 
 
 EXTENDS_KEY = "extends"  # top-level recipe key: the path of a base recipe, relative to the file naming it

@@ -365,3 +365,41 @@ def test_distill_weights_left_out_are_the_student_familys_official_ones(arch, al
     assert (load_recipe(child).distill.alpha, load_recipe(child).distill.beta) == (alpha, beta)
     family = arch_spec(arch).family
     assert DistillConfig().for_family(family) == DistillConfig(alpha=alpha, beta=beta)
+
+
+def test_multi_scale_training_and_its_cache_views_are_one_set_of_short_sides():
+    """The paper's FCOS trains at short side 640 or 800: ``train.min_sizes`` draws one per image and epoch, and a
+    cache for that student holds both flips at both sizes; a cache of other sizes than the student trains at, a view
+    spelled twice, or a size beyond geometry.max_size is refused in one line naming the key."""
+    from frs_cli.train.loop import training_views
+
+    four = ["orig", "hflip", "orig@640", "hflip@640"]
+    recipe = recipe_from_dict({"train": {"min_sizes": [640, 800]}, "cache": {"views": ["orig@800", *four[1:]]}})
+    assert recipe.cache.views == tuple(four)  # the one spelling: orig at geometry.min_size (800) is "orig"
+    assert training_views(0.5, recipe.train.min_sizes, recipe.geometry) == ("orig@640", "hflip@640", "orig", "hflip")
+    assert training_views(0.5, (), recipe.geometry) == ("orig", "hflip")
+    assert training_views(0.0, (800, 960), recipe.geometry) == ("orig", "orig@960")
+    refused = [
+        ({"train": {"min_sizes": [640, 800]}},
+         (r"recipe key 'cache\.views': expected views at the student's training short sides \[640, 800\] "
+         r"\(train\.min_sizes, or geometry\.min_size\), got views at \[800\] \(e\.g\. cache\.views = "
+         r"\['orig@640', 'hflip@640', 'orig', 'hflip'\]\)")),
+        ({"cache": {"views": four}}, r"training short sides \[800\] .*got views at \[640, 800\]"),
+        ({"cache": {"views": ["orig", "orig@800"]}},
+         (r"recipe key 'cache\.views': expected each view once, got \['orig', 'orig@800'\] \(at geometry\.min_size = "
+         r"800 a view needs no '@800'\)")),
+        ({"cache": {"views": ["orig", "vflip@640"]}},
+         (r"cache\.views: expected orig or hflip, optionally with a short side in px after '@' \(e\.g\. hflip@640\), "
+         r"got 'vflip@640'")),
+        ({"train": {"min_sizes": [1400]}, "cache": {"views": ["orig@1400"]}},
+         r"recipe key 'train\.min_sizes': expected short sides of at most geometry\.max_size \(1333\), got 1400"),
+        ({"cache": {"views": ["orig", "orig@1400"]}},
+         r"recipe key 'cache\.views': expected short sides of at most geometry\.max_size \(1333\), got 'orig@1400'"),
+        ({"train": {"min_sizes": [640, 640]}},
+         r"recipe key 'train\.min_sizes': expected short sides without repeats, got \[640, 640\]"),
+        ({"teacher_train": {"min_sizes": [0]}},
+         r"recipe key 'teacher_train\.min_sizes\[0\]': expected an integer >= 1, got 0"),
+    ]
+    for table, message in refused:
+        with pytest.raises(ConfigError, match=message):
+            recipe_from_dict(table)

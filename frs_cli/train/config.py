@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from frs_cli.errors import check_range
+from frs_cli.errors import ConfigError, check_range
 from frs_cli.models.registry import FAMILIES
 
 
@@ -30,6 +30,10 @@ class TrainConfig:
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
     amp_dtype: Literal["bfloat16", "float16"] = "bfloat16"  # autocast dtype on CUDA
     hflip_prob: float = 0.5  # chance of a horizontal flip per image and epoch (GT training and online FRS)
+    # multi-scale training: short sides (px) to resize to, one chosen uniformly per image and epoch (mmdetection's
+    # RandomChoiceResize, the long side still at most geometry.max_size); empty: geometry.min_size alone. Evaluation
+    # always uses geometry.min_size. A cache for distillation holds a view per short side (cache.views)
+    min_sizes: tuple[int, ...] = ()
     group_by_canvas: bool = True  # batches of one canvas (padded size) where the epoch allows; false: plain batches
     workers: int = 2  # DataLoader worker processes per process
     # batches each worker keeps in shared memory after handing them over, so that the training process only unmaps
@@ -62,6 +66,11 @@ class TrainConfig:
         check_range(table, "hflip_prob", self.hflip_prob, 0, 1)
         for i, step in enumerate(self.lr_steps):
             check_range(table, f"lr_steps[{i}]", step, 0)
+        for i, size in enumerate(self.min_sizes):
+            check_range(table, f"min_sizes[{i}]", size, 1)
+        if len(set(self.min_sizes)) != len(self.min_sizes):
+            raise ConfigError(f"recipe key '{table}.min_sizes': expected short sides without repeats, got "
+                              f"{list(self.min_sizes)}")
 
 
 @dataclass(frozen=True)

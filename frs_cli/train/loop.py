@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from frs_cli.data.canvas_batches import CanvasBatchSampler, RunBatches, view_canvases
 from frs_cli.data.coco import Batch, ViewSampler, collate
+from frs_cli.data.geometry import view_name
 from frs_cli.data.packed import WORKER_HOLD, hold_in_worker
 from frs_cli.data.prefetch import DevicePrefetcher
 from frs_cli.dist import DistContext, mean_across
@@ -88,6 +89,14 @@ def flip_views(hflip_prob: float, resolution: int = 100) -> tuple[str, ...]:
     share = Fraction(hflip_prob).limit_denominator(resolution)
     flips, n = share.numerator, share.denominator
     return ("orig",) * (n - flips) + ("hflip",) * flips
+
+
+def training_views(hflip_prob: float, min_sizes, geometry) -> tuple[str, ...]:
+    """Views to choose from uniformly per image and epoch: ``flip_views(hflip_prob)`` at each of ``min_sizes`` (the
+    recipe's ``train.min_sizes``; empty: ``geometry.min_size`` alone), so that the flip and the short side are
+    drawn independently, the short side uniformly."""
+    sizes = tuple(min_sizes) or (geometry.min_size,)
+    return tuple(view_name(flip, size, geometry) for size in sizes for flip in flip_views(hflip_prob))
 
 
 def autocast_context(device: torch.device, enabled: bool, dtype_name: str):

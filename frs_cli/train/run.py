@@ -22,7 +22,7 @@ from frs_cli.models.config import ModelConfig
 from frs_cli.progress import Progress
 from frs_cli.train.checkpoint import FINAL, LAST, atomic_save, load_training_state, save_model
 from frs_cli.train.config import schedule_table
-from frs_cli.train.loop import FitResult, fit, flip_views
+from frs_cli.train.loop import FitResult, fit, training_views
 from frs_cli.train.metrics_log import require_tensorboard, teacher_mask_picture, write_images
 from frs_cli.train.objectives import CachedTeacher, FRSObjective, GTObjective, OnlineTeacher
 from frs_cli.train.rundir import JOB, RunStart, check_run_dir, record_resume, resume_changes, start_run_dir
@@ -144,7 +144,7 @@ def train_detector(recipe, role: str, out_dir: str | Path, *, resume: bool = Fal
     detector = build_detector(model_cfg, train.index.num_classes)
     _start_out(start, recipe_dict, ctx)
     result = fit(GTObjective(detector), train, cfg, ctx, out_dir,
-                 views=flip_views(cfg.hflip_prob), resume=start.resume,
+                 views=training_views(cfg.hflip_prob, cfg.min_sizes, recipe.geometry), resume=start.resume,
                  resumed=_on_resumed(start, recipe_dict, changes, ctx),
                  save_outputs=_model_saver(model_cfg, train.index, recipe.geometry),
                  evaluate=evaluator, progress=progress, table=schedule_table(role))
@@ -211,7 +211,7 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
         teacher = build_detector(recipe.teacher, num_classes)
         teacher_side = OnlineTeacher(teacher, autocast=recipe.cache.amp)
         teacher_signature = teacher.signature
-        views = flip_views(cfg.hflip_prob)
+        views = training_views(cfg.hflip_prob, cfg.min_sizes, recipe.geometry)
         dataset = coco
     seed_everything(cfg.seed)
     student = build_detector(recipe.student, num_classes)
