@@ -151,12 +151,13 @@ def train_detector(recipe, role: str, out_dir: str | Path, *, resume: bool = Fal
     return RunSummary(str(out_dir), str(out_dir / FINAL), result)
 
 
-def _mask_picture(store, coco, teacher):
-    """The teacher's FRS mask figure of one training image: from the cache, or from the live teacher."""
+def _mask_picture(store, coco, teacher, view: str = "orig"):
+    """The teacher's FRS mask figure of one training image: from the cache (in ``view``, one it holds), or from the
+    live teacher."""
     if store is not None:
         from frs_cli.viz.cache_view import render_cached_view
 
-        return render_cached_view(store, coco, level="all")
+        return render_cached_view(store, coco, view=view, level="all")
     return teacher_mask_picture(teacher, coco)
 
 
@@ -197,7 +198,9 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
         store.check_fingerprints(recipe_fingerprints(store.fingerprints, recipe.teacher, coco.index, recipe.geometry))
         if store.nbytes_stored()["views"] <= recipe.cache.preload_mb * 1e6:
             store.preload()
-        views = tuple(recipe.cache.views)
+        # the online run's order (training_views), so that a seed shows each image in the same view either way
+        online = training_views(0.5, cfg.min_sizes, recipe.geometry)
+        views = tuple(sorted(recipe.cache.views, key=lambda v: online.index(v) if v in online else len(online)))
         missing = [v for v in views if v not in store.views]
         if missing:
             raise ConfigError(f"distill: the recipe asks for views {list(views)}, the cache holds {store.views}")
@@ -219,7 +222,7 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
     _start_out(start, recipe_dict, ctx)
     if cfg.tensorboard and ctx.is_main and not start.resume:
         write_images(out_dir, {"frs/teacher_masks": _mask_picture(store if cache else None, coco,
-                                                                    None if cache else teacher)})
+                                                                    None if cache else teacher, views[0])})
     result = fit(objective, dataset, cfg, ctx, out_dir, views=views, resume=start.resume,
                  resumed=_on_resumed(start, recipe_dict, changes, ctx),
                  save_outputs=_model_saver(recipe.student, coco.index, recipe.geometry, extra=True),
