@@ -18,7 +18,7 @@ from typing import Any
 
 from frs_cli.cache.config import CacheConfig
 from frs_cli.data.coco import DataConfig
-from frs_cli.data.geometry import GeometryConfig, canonical_view, view_name, view_short_side
+from frs_cli.data.geometry import GeometryConfig, canonical_view, view_short_side
 from frs_cli.errors import ConfigError, FrsError
 from frs_cli.files import missing_file
 from frs_cli.models.config import ModelConfig
@@ -213,10 +213,10 @@ def _resolve_distill_weights(recipe: Recipe) -> Recipe:
 
 
 def _resolve_views(recipe: Recipe) -> Recipe:
-    """``cache.views`` in their one spelling under ``geometry`` (``orig@800`` is ``orig`` at min_size 800), checked
-    against the geometry and against the student's training scales: a cache must hold a view at every short side of
-    ``train.min_sizes`` and at no other, or distilling from it would train on other scales than online FRS and the
-    plain student (the paper's FCOS: 640 and 800, so ``orig``, ``hflip``, ``orig@640``, ``hflip@640``)."""
+    """``cache.views`` in their one spelling under ``geometry`` (``orig@800`` is ``orig`` at min_size 800), each once
+    and within ``geometry.max_size``, as are ``train.min_sizes`` and ``teacher_train.min_sizes``. Whether the views
+    fit the student's training scales is checked by the commands that write or read a cache
+    (``CacheConfig.check_training_scales``)."""
     geometry = recipe.geometry
     for table in ("train", "teacher_train"):
         for size in getattr(recipe, table).min_sizes:
@@ -231,13 +231,6 @@ def _resolve_views(recipe: Recipe) -> Recipe:
         if view_short_side(v, geometry) > geometry.max_size:
             raise ConfigError(f"recipe key 'cache.views': expected short sides of at most geometry.max_size "
                               f"({geometry.max_size}), got {v!r}")
-    cached = sorted({view_short_side(v, geometry) for v in views})
-    trained = sorted(set(recipe.train.min_sizes or (geometry.min_size,)))
-    if cached != trained:
-        wanted = [view_name(f, s, geometry) for s in trained for f in ("orig", "hflip")]
-        raise ConfigError(f"recipe key 'cache.views': expected views at the student's training short sides "
-                          f"{trained} (train.min_sizes, or geometry.min_size), got views at {cached}",
-                          hint=f"e.g. cache.views = {wanted}")
     return dataclasses.replace(recipe, cache=dataclasses.replace(recipe.cache, views=views))
 
 

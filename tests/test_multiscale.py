@@ -3,6 +3,8 @@ that holds them, and the runs that train on them. Here at the tiny scale: short 
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -13,13 +15,14 @@ from typer.testing import CliRunner
 
 from frs_cli.cache.export import export_hdf5
 from frs_cli.cache.reader import CachedViews, TeacherCache
-from frs_cli.cache.schema import FORMAT_VERSION
+from frs_cli.cache.schema import FORMAT_VERSION, view_name
 from frs_cli.cache.verify import verify_cache
 from frs_cli.cache.writer import write_teacher_cache
 from frs_cli.cli.app import app
 from frs_cli.config import load_recipe
 from frs_cli.data.coco import CocoViews, collate
 from frs_cli.dist import setup
+from frs_cli.errors import CacheMismatchError
 from frs_cli.losses import frs_masks
 from frs_cli.models import build_detector
 from frs_cli.models.fold import fold_batchnorm
@@ -49,6 +52,12 @@ def test_a_cache_of_two_scales_holds_every_view_as_the_teacher_sees_it(scales, t
     ids, codes = root["index/image_id"][...], root["index/view"][...]
     # orig 0, hflip 1 (as in every cache); a view at another short side: 2 + its place in the views attribute
     assert sorted(zip(ids.tolist(), codes.tolist())) == sorted((i, c) for i in range(1, 25) for c in (0, 1, 4, 5))
+    assert [view_name(c, FOUR) for c in range(6)] == ["orig", "hflip", "view code 2", "view code 3", "orig@32",
+                                                     "hflip@32"]  # 2 and 3 are the plain views' places: never stored
+    reordered = dataclasses.replace(recipe, cache=dataclasses.replace(recipe.cache, views=tuple(FOUR[::-1])))
+    with pytest.raises(CacheMismatchError, match=r"this recipe asks for \['hflip@32', 'orig@32', 'hflip', 'orig'\] "
+                                                 r"\(the same views in another order: list them in the cache's order\)"):
+        write_teacher_cache(reordered, path, resume=True, ctx=setup("cpu"))
     cache = TeacherCache(path)
     ds = CocoViews.from_config(recipe.data, "train", recipe.geometry)
     teacher = build_detector(recipe.teacher, 5).eval()
@@ -149,3 +158,65 @@ def test_a_two_scale_cache_written_on_the_gpu_matches_the_cpu_one_view_by_view_a
                 assert rel < 3e-2, (image_id, view, rel)  # bf16 autocast in the teacher vs fp32
     summary = distill_student(recipe, tmp_path / "run", cache=gpu_path, evaluate=False, ctx=setup("cuda"))
     assert summary.fit.iterations == 6 and (tmp_path / "run" / "model_final.pt").is_file()
+
+
+def test_commands_refuse_views_the_student_does_not_train_on_and_a_resume_refuses_new_scales(scales, tmp_path):
+    """teacher-cache and distill --cache refuse, in one line and before writing anything, a recipe whose cache views
+    are not the student's training views (here: scales 32 and 64, views at 64 only); a run resumed with scales it did
+    not start with is refused, also when its recipe.json predates ``min_sizes`` (it trained at one scale); every
+    spelling of a view finds it."""
+    import json
+
+    from frs_cli.errors import ConfigError
+    from frs_cli.train.run import train_detector
+
+    recipe, path = scales
+    recipe_file = write_recipe(tmp_path / "r.toml", recipe.data.root, recipe.teacher.weights)
+    runner = CliRunner()
+    wanted = "expected orig and hflip at each of the student's training short sides [32, 64]"
+    for args, out in ((["teacher-cache", "--out", str(tmp_path / "c.zarr")], tmp_path / "c.zarr"),
+                      (["distill", "--cache", path, "--out", str(tmp_path / "d")], tmp_path / "d")):
+        result = runner.invoke(app, [*args, "-p", str(recipe_file), "--set", "train.min_sizes=[32, 64]",
+                                     "--device", "cpu"])
+        assert_one_line_error(result, wanted, "set cache.views = ['orig', 'hflip', 'orig@32', 'hflip@32']")
+        assert not out.exists()
+
+    one_scale = load_recipe(recipe_file)
+    train_detector(one_scale, "student", tmp_path / "run", evaluate=False, ctx=setup("cpu"))
+    recorded = json.loads((tmp_path / "run" / "recipe.json").read_text())
+    del recorded["train"]["min_sizes"]  # as an frs before multi-scale wrote it
+    (tmp_path / "run" / "recipe.json").write_text(json.dumps(recorded))
+    more = load_recipe(recipe_file, ["train.epochs=2", *TWO_SCALES])
+    with pytest.raises(ConfigError, match=r"train\.min_sizes = \[\], now \[32, 64\]"):
+        train_detector(more, "student", tmp_path / "run", resume=True, evaluate=False, ctx=setup("cpu"))
+    summary = train_detector(load_recipe(recipe_file, ["train.epochs=2"]), "student", tmp_path / "run", resume=True,
+                             evaluate=False, ctx=setup("cpu"))
+    assert summary.fit.epochs == 2
+
+    cache = TeacherCache(path)
+    assert cache.find(4, "orig@64") == cache.find(4, "orig") and cache.find(4, "hflip@32") != cache.find(4, "hflip")
+    with pytest.raises(ConfigError, match="view: expected orig or hflip"):
+        cache.find(4, "hflip@032")
+
+
+def test_a_cache_without_the_plain_views_is_drawn_in_its_first_view(tmp_path, synth_root, teacher_ckpt):
+    """A student trained at short side 32 alone (geometry.min_size 64 for evaluation) caches ``orig@32`` and
+    ``hflip@32``: ``frs visualize`` without ``--view`` and distill's TensorBoard mask picture draw its first view."""
+    recipe_file = write_recipe(tmp_path / "r.toml", synth_root, str(teacher_ckpt))
+    only32 = ["--set", "train.min_sizes=[32]", "--set", 'cache.views=["orig@32", "hflip@32"]']
+    runner = CliRunner()
+    path = tmp_path / "c.zarr"
+    result = runner.invoke(app, ["teacher-cache", "-p", str(recipe_file), "--out", str(path), "--device", "cpu", *only32])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["visualize", "--cache", str(path), "--out", str(tmp_path / "m.png")])
+    assert result.exit_code == 0, result.output
+    from frs_cli.viz.cache_view import render_cached_view
+
+    cache = TeacherCache(str(path))
+    drawn = render_cached_view(cache, cache.dataset(), view="orig@32", level="all")
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "m.png").convert("RGB")),
+                                  np.asarray(drawn.convert("RGB")))
+    result = runner.invoke(app, ["distill", "-p", str(recipe_file), "--cache", str(path), "--out", str(tmp_path / "d"),
+                                 "--device", "cpu", "--no-eval", "--set", "train.tensorboard=true", *only32])
+    assert result.exit_code == 0, result.output
+    assert list((tmp_path / "d" / "tensorboard").glob("events.*"))

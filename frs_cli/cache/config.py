@@ -10,7 +10,8 @@ from typing import Literal
 @dataclass(frozen=True)
 class CacheConfig:
     # cached views per image: "orig", "hflip" at geometry.min_size, or at another short side: "orig@640", "hflip@640"
-    # (multi-scale training: the views' short sides must be train.min_sizes; distill picks one view per image and epoch)
+    # (multi-scale training: the same flips at every short side of train.min_sizes, checked by teacher-cache and
+    # distill --cache; distill draws one view per image and epoch)
     views: tuple[str, ...] = ("orig", "hflip")
     split: str = "train"  # which split to cache: "train" or "val"; its folder is data.train / data.val
     # storage type of the features; int8/int6/int5/int4: per-view per-channel symmetric quantisation with
@@ -48,6 +49,25 @@ class CacheConfig:
         if self.batch_size < 1 or self.workers < 0 or (self.write_processes != "auto" and self.write_processes < 0):
             raise ConfigError(f"cache: expected batch_size >= 1, workers >= 0 and write_processes >= 0, got "
                               f"{self.batch_size}, {self.workers}, {self.write_processes}")
+
+    def check_training_scales(self, min_sizes, geometry) -> None:
+        """ConfigError unless the views are the student's training views with both flips or one: the same flips at
+        every short side of ``min_sizes`` (``train.min_sizes``; empty: ``geometry.min_size``) and no other side.
+        Distillation draws one cached view per image and epoch, so only then are the short side and the flip drawn
+        independently, the short side uniformly, as in ``frs train`` and ``distill --online`` (the paper's FCOS:
+        ``orig``, ``hflip``, ``orig@640``, ``hflip@640``)."""
+        from frs_cli.data.geometry import parse_view, view_name, view_short_side
+        from frs_cli.errors import ConfigError
+
+        sizes = sorted(set(min_sizes or (geometry.min_size,)))
+        flips = [f for f in ("orig", "hflip") if any(parse_view(v)[0] == f for v in self.views)]
+        wanted = [view_name(f, s, geometry) for s in [geometry.min_size, *sorted(set(sizes) - {geometry.min_size})]
+                  if s in sizes for f in flips]
+        if sorted(self.views) != sorted(wanted):
+            cached = sorted({view_short_side(v, geometry) for v in self.views})
+            raise ConfigError(f"recipe key 'cache.views': expected {' and '.join(flips)} at each of the student's "
+                              f"training short sides {sizes} (train.min_sizes, or geometry.min_size), got "
+                              f"{list(self.views)} (short sides {cached})", hint=f"set cache.views = {wanted}")
 
     def writer_processes(self, local_processes: int = 1, cores: int | None = None) -> int:
         """The writer processes each of ``local_processes`` teacher-cache processes on this host starts: the

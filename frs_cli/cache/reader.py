@@ -11,6 +11,7 @@ Arrays of a local Zarr directory whose layout allows it (uncompressed, one row p
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -23,7 +24,7 @@ from frs_cli.cache.identity import dataset_fingerprint, first_difference
 from frs_cli.cache.schema import Bucket, required_arrays, view_code, view_name
 from frs_cli.cache.store import is_url
 from frs_cli.data.coco import CocoViews, Sample
-from frs_cli.data.geometry import ViewGeometry
+from frs_cli.data.geometry import GeometryConfig, ViewGeometry, canonical_view
 from frs_cli.data.targets import CachedTargets
 from frs_cli.errors import CacheFormatError, CacheMismatchError
 from frs_cli.models.base import FrsSignature, LevelSpec
@@ -109,6 +110,11 @@ class TeacherCache:
     def views(self) -> list[str]:
         return list(self.attrs["views"])
 
+    @functools.cached_property
+    def geometry_config(self) -> GeometryConfig:
+        """The geometry the cache was written with (its ``geometry`` attribute)."""
+        return GeometryConfig(**self.attrs["geometry"])
+
     @property
     def fingerprints(self) -> dict:
         return dict(self.attrs["fingerprints"])
@@ -135,7 +141,9 @@ class TeacherCache:
         return len(self.image_id)
 
     def find(self, image_id: int, view: str) -> int:
-        key = (int(image_id), view_code(view, self.views))
+        """The index of view ``view`` of image ``image_id`` (any spelling: ``orig@800`` is ``orig`` in a cache at
+        short side 800; ConfigError for a name that is no view)."""
+        key = (int(image_id), view_code(canonical_view(view, self.geometry_config), self.views))
         if key not in self._lookup:
             raise CacheFormatError(f"cache {self.path!r}: holds no view {view!r} of image {image_id}")
         return self._lookup[key]
@@ -161,7 +169,6 @@ class TeacherCache:
         from pathlib import Path
 
         from frs_cli.data.coco import CocoIndex
-        from frs_cli.data.geometry import GeometryConfig
 
         info = self.attrs["dataset"]
         split = info["split"]
@@ -180,7 +187,7 @@ class TeacherCache:
                 f"cache {self.path!r}: was written for another dataset (cache {self.fingerprints.get('dataset')}, "
                 f"{ann} {found})", hint="point --data at the dataset the cache was written from (its annotation "
                                         f"file was {info['annotation_file']})")
-        return CocoViews(index, image_dir, GeometryConfig(**self.attrs["geometry"]))
+        return CocoViews(index, image_dir, self.geometry_config)
 
     def nbytes_stored(self) -> dict[str, int]:
         """Bytes the cache's chunks and metadata occupy in its store: ``views`` (what grows with the dataset:

@@ -54,7 +54,8 @@ def view_name(code: int, views) -> str:
     names = {c: n for n, c in VIEW_CODES.items()}
     if code in names:
         return names[code]
-    return views[code - 2] if 2 <= code < 2 + len(views) else f"view code {code}"
+    scaled = 2 <= code < 2 + len(views) and views[code - 2] not in VIEW_CODES
+    return views[code - 2] if scaled else f"view code {code}"
 
 
 def views_format_version(views) -> int:

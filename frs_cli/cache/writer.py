@@ -175,7 +175,10 @@ def _check_same(path: str, root: zarr.Group, recipe, teacher, index, views) -> N
             f"cache {path!r}: was written for another {key} (fingerprint {stored.get(key)}, this recipe's is "
             f"{expected[key]})", hint="write to a new path, or delete the old cache")
     if list(attrs.get("views", [])) != list(views):
-        raise CacheMismatchError(f"cache {path!r}: holds views {attrs.get('views')}, this recipe asks for {list(views)}")
+        same = sorted(attrs.get("views", [])) == sorted(views)
+        raise CacheMismatchError(f"cache {path!r}: holds views {attrs.get('views')}, this recipe asks for {list(views)}",
+                                 hint="the same views in another order: list them in the cache's order" if same else
+                                 None)
 
 
 class _Stages:
@@ -368,6 +371,7 @@ def write_teacher_cache(recipe, path: str, *, resume: bool = False, ctx: DistCon
         raise ConfigError(f"teacher-cache --out {path!r}: expected a Zarr path or URL, got an HDF5 file name",
                           hint="write the Zarr cache, then: frs cache export CACHE OUT.h5")
     cfg = recipe.cache
+    cfg.check_training_scales(recipe.train.min_sizes, recipe.geometry)  # a cache the student could not train on
     ctx = ctx or setup()
     n_procs = cfg.writer_processes(ctx.local_world_size) if write_processes is None else write_processes
     if str(path).startswith("memory://"):

@@ -17,7 +17,8 @@ def register(app: typer.Typer) -> None:
         cache: str = typer.Option(..., "--cache", help="Teacher cache."),
         level: str = typer.Option("all", "--level", help="FPN level by name (P3, or 3; Faster R-CNN caches hold P2..P6), or 'all' for one panel each."),
         image_id: int = typer.Option(None, "--image-id", help="COCO image id (default: the first cached image)."),
-        view: str = typer.Option("orig", "--view", help="orig or hflip, or one at another short side such as hflip@640 (a cache of several scales)."),
+        view: str = typer.Option(None, "--view", help="orig or hflip, or one at another short side such as hflip@640 "
+                                                     "(a cache of several scales); default: the cache's first view."),
         out: Path = typer.Option(..., "--out", "-o", help="PNG file to write."),
         data: Path = typer.Option(None, "--data", help="Dataset root, if it moved since the cache was written."),
         compare: str = typer.Option(None, "--compare", help="A second cache (another teacher) of the same images: "

@@ -32,7 +32,8 @@ class TrainConfig:
     hflip_prob: float = 0.5  # chance of a horizontal flip per image and epoch (GT training and online FRS)
     # multi-scale training: short sides (px) to resize to, one chosen uniformly per image and epoch (mmdetection's
     # RandomChoiceResize, the long side still at most geometry.max_size); empty: geometry.min_size alone. Evaluation
-    # always uses geometry.min_size. A cache for distillation holds a view per short side (cache.views)
+    # always uses geometry.min_size. A cache for distillation holds each flip at each short side (cache.views). In
+    # teacher_train, the teacher's own training scales (frs train --role teacher)
     min_sizes: tuple[int, ...] = ()
     group_by_canvas: bool = True  # batches of one canvas (padded size) where the epoch allows; false: plain batches
     workers: int = 2  # DataLoader worker processes per process

@@ -188,6 +188,7 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
     num_classes = coco.index.num_classes
     evaluator = _evaluator(recipe, ctx, cfg) if evaluate else None
     if cache is not None:
+        recipe.cache.check_training_scales(cfg.min_sizes, recipe.geometry)
         store = TeacherCache(cache)
         cached_arch = store.teacher.get("arch")
         if cached_arch and cached_arch != recipe.teacher.arch:  # the recipe would record a teacher it never had

@@ -32,7 +32,7 @@ def _masks_of(cache, image_id: int, view: str, chosen: list[int]):
     return [masks[i].float().clamp(0, 1) for i in chosen]
 
 
-def render_cached_view(cache, dataset: CocoViews, image_id: int | None = None, view: str = "orig",
+def render_cached_view(cache, dataset: CocoViews, image_id: int | None = None, view: str | None = None,
                        level: str = "all", min_height: int = 256, compare=None, vmax: float | None = None):
     """PIL image: the chosen levels' masks over the view, side by side, enlarged to at least ``min_height``.
 
@@ -44,7 +44,8 @@ def render_cached_view(cache, dataset: CocoViews, image_id: int | None = None, v
     chosen = resolve_levels(level, names)
     if image_id is None:
         image_id = int(cache.image_id[0])
-    k = cache.find(image_id, view)
+    k = cache.find(image_id, cache.views[0] if view is None else view)
+    view = cache.view_name(k)  # its one spelling, as the dataset and ``compare`` know it
     position = dataset.index.position.get(int(image_id))
     if position is None:
         raise ConfigError(f"--image-id: image {image_id} is in the cache but not in the dataset at {dataset.image_dir}")
