@@ -5,7 +5,11 @@ recipe for one epoch on the original views, a teacher trained one epoch, its cac
 and ``frs distill --online`` with the same teacher, seed 0, no flips, every iteration logged. Writes a JSON of
 every logged term of both runs and their relative differences; exit 1 if any exceeds 1e-4.
 
+``--scales 96,128``: multi-scale training as the paper's FCOS does it (one short side per image and epoch): the
+student's ``train.min_sizes``, and the cache holds the original view at each short side.
+
     python3 bench/parity_cli.py --work /tmp/parity --out docs/results/parity_cli_2026-12-02.json
+    python3 bench/parity_cli.py --work /tmp/parity_ms --scales 96,128 --out docs/results/parity_cli_ms_2026-12-05.json
 """
 
 from __future__ import annotations
@@ -32,16 +36,34 @@ def logged(run: Path) -> list[dict]:
     return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "iter" in r]
 
 
+def views_drawn(sizes: list[int]) -> dict[str, int]:
+    """How many images each view showed in the runs' epoch: the trainer's sampler (seed 0, no flips), recomputed."""
+    from collections import Counter
+
+    from frs_cli.config import load_recipe
+    from frs_cli.data.coco import ViewSampler
+    from frs_cli.train.loop import training_views
+
+    sampler = ViewSampler(24, training_views(0.0, sizes, load_recipe(RECIPE).geometry), shuffle=True, seed=0)
+    sampler.set_epoch(0)
+    return dict(Counter(view for _, view in sampler))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--tolerance", type=float, default=1e-4)
+    p.add_argument("--scales", default="", help="short sides for multi-scale training, e.g. 96,128 (the demo "
+                                                "geometry's min_size is 128; default: 128 alone)")
     args = p.parse_args()
     w = args.work
     data, teacher, cache = w / "data", w / "teacher", w / "cache.zarr"
+    sizes = [int(s) for s in args.scales.split(",") if s]
+    views = ["orig"] + [f"orig@{s}" for s in sizes if s != 128]
     common = ["--set", f"data.root={json.dumps(str(data))}", "--set", "train.epochs=1", "--set", "teacher_train.epochs=1",
-              "--set", 'cache.views=["orig"]', "--device", "cpu"]
+              "--set", f"cache.views={json.dumps(views)}", "--set", f"train.min_sizes={json.dumps(sizes)}",
+              "--device", "cpu"]
     frs("data", "synth", str(data), "--train", "24", "--val", "8", "--size", "128", "--seed", "3", "--aspect-jitter")
     frs("train", "-p", str(RECIPE), "--role", "teacher", "--out", str(teacher), "--no-eval", *common)
     tw = ["--set", f"teacher.weights={json.dumps(str(teacher / 'model_final.pt'))}"]
@@ -58,8 +80,10 @@ def main() -> int:
             row[k] = {"cached": a[k], "online": b[k], "relative": rel}
             worst = max(worst, rel)
         rows.append(row)
-    result = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} CPU, torch on CPU",
-              "command": "python3 bench/parity_cli.py --work WORK --out OUT", "tolerance": args.tolerance,
+    result = {"views_drawn": views_drawn(sizes), "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()} CPU, torch on CPU",
+              "command": "python3 bench/parity_cli.py --work WORK --out OUT"
+                         + (f" --scales {args.scales}" if args.scales else ""),
+              "views": views, "min_sizes": sizes, "tolerance": args.tolerance,
               "worst_relative": worst, "iterations": rows,
               "verdict": "met" if worst <= args.tolerance else "missed"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
