@@ -23,6 +23,28 @@ def storage_error(exc: OSError, target: str, hint: str | None = None) -> Storage
     return StorageError(f"{target}: {what}{at}", hint=hint)
 
 
+def free_bytes(path: str | Path) -> int | None:
+    """Bytes free on the file system that ``path`` (which may not exist yet) would be written to: that of its
+    nearest existing ancestor; None when it cannot be told."""
+    p = Path(path).absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        import shutil
+
+        return shutil.disk_usage(p).free
+    except OSError:
+        return None
+
+
+def size_text(n: float) -> str:
+    """``n`` bytes for people: ``"2.7 TB"``, ``"86.4 MB"`` (powers of 1000, one decimal)."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} B"
+
+
 def missing_file(path: str | Path) -> str:
     """Why there is no file to read at ``path``, to end an error line ("..., but it does not exist"):
     ``"is a directory"`` or ``"does not exist"``."""

@@ -52,6 +52,52 @@ def test_disk_full_mid_write_is_one_line_and_resume_completes_the_cache(monkeypa
     assert zarr.open_group(str(out), mode="r").attrs["state"] == "complete"
 
 
+def test_a_cache_the_disk_cannot_hold_is_refused_before_any_work_and_a_resume_counts_what_is_left(
+        monkeypatch, recipe_path, cache_path, tmp_path):
+    """teacher-cache sizes the views still to write from its plan (the store's bytes without a codec) and refuses,
+    in one line before the teacher check or any write, what the disk cannot hold, naming int8's and int5's sizes;
+    with a compressing codec the size is an upper bound and only a warning; a resume counts only the views not done."""
+    from frs_cli.cache import writer
+    from frs_cli.cache.encoding import FeatureEncoding
+    from frs_cli.cache.schema import view_bytes
+    from frs_cli.files import size_text
+
+    cache = TeacherCache(cache_path)
+    plan = writer.make_plan(cache.dataset(), ("orig", "hflip"), [lv.stride for lv in cache.levels])
+    channels = [lv.channels for lv in cache.levels]
+    per_view = view_bytes(plan, channels, FeatureEncoding("float16"))
+    assert len(set(per_view.tolist())) == 1 and len(per_view) == 48  # one 64x64 bucket
+    # the stored bytes of a view: its chunks as written (features, masks), within the checksums and flags counted
+    stored = sum(a.nbytes for a in cache.read(0).features) + sum(a.nbytes for a in cache.read(0).masks)
+    assert 0 <= per_view[0] - stored <= 4 * 2 * len(channels) + 1
+    monkeypatch.setattr(writer, "free_bytes", lambda path: 100_000)
+    out = tmp_path / "c.zarr"
+    result = run("teacher-cache", "--pipeline", recipe_path, "--out", out, "--device", "cpu")
+    int8 = size_text(view_bytes(plan, channels, FeatureEncoding("int8")).sum())
+    int5 = size_text(view_bytes(plan, channels, FeatureEncoding("int5")).sum())
+    assert_one_line_error(result, f"teacher-cache --out '{out}': the 48 views still to write need about "
+                                  f"{size_text(per_view.sum())} (float16, no codec), the disk there has 100.0 kB free",
+                          f"free space or write elsewhere; cache.dtype int8 about {int8}, int5 about {int5}")
+    assert not out.exists()
+    result = run("teacher-cache", "--pipeline", recipe_path, "--out", out, "--device", "cpu", "--set", 'cache.codec="zstd"')
+    assert result.exit_code == 0, result.output
+    assert "with codec zstd it may fit" in result.stderr and TeacherCache(str(out)).attrs["state"] == "complete"
+
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(cache_path, copy)
+    root = zarr.open_group(str(copy), mode="r+")
+    done = root["buckets/64x64/done"]
+    done[4:8] = 0  # one batch to write again
+    root.attrs["state"] = "writing"
+    monkeypatch.setattr(writer, "free_bytes", lambda path: int(4 * per_view[0]) - 1)
+    result = run("teacher-cache", "--pipeline", recipe_path, "--out", copy, "--device", "cpu", "--resume")
+    assert_one_line_error(result, "the 4 views still to write need about")
+    monkeypatch.setattr(writer, "free_bytes", lambda path: int(4 * per_view[0]))
+    result = run("teacher-cache", "--pipeline", recipe_path, "--out", copy, "--device", "cpu", "--resume")
+    assert result.exit_code == 0, result.output
+    assert_same_cache_arrays(copy, cache_path)
+
+
 @pytest.fixture(scope="module")
 def trained_teacher(tmp_path_factory, synth_root):
     """The small teacher after 2 epochs of GT training on the 24 train images (a few seconds on CPU)."""

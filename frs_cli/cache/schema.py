@@ -116,6 +116,19 @@ class Plan:
         return len(self.image_id)
 
 
+def view_bytes(plan: Plan, channels, encoding: FeatureEncoding) -> np.ndarray:
+    """(N,) int64: the bytes each planned view's arrays take in the store without a codec (features, scales, fp16
+    masks, checksums and done flag; ``channels``: each level's, in level order)."""
+    per_bucket = []
+    for b in plan.buckets:
+        n = 4 * 2 * len(channels) + 1  # crc and done
+        for c, (h, w) in zip(channels, b.level_sizes):
+            n += encoding.stored_channels(c) * h * w * encoding.numpy_dtype.itemsize + 2 * h * w
+            n += 4 * c if encoding.scaled else 0
+        per_bucket.append(n)
+    return np.asarray(per_bucket, dtype=np.int64)[plan.bucket] if len(plan) else np.zeros(0, dtype=np.int64)
+
+
 def make_plan(dataset, views, strides) -> Plan:
     """Group ``views`` of every image of a ``CocoViews`` dataset by padded size; rows follow image order."""
     rows = []

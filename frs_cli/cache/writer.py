@@ -29,7 +29,7 @@ from frs_cli.cache.backend import open_backend
 from frs_cli.cache.encoding import FeatureEncoding
 from frs_cli.cache.identity import cache_fingerprints, first_difference, recipe_fingerprints
 from frs_cli.cache.reader import TeacherCache, required_cache_arrays
-from frs_cli.cache.schema import FORMAT_NAME, Plan, make_plan, view_name, views_format_version
+from frs_cli.cache.schema import FORMAT_NAME, Plan, make_plan, view_bytes, view_name, views_format_version
 from frs_cli.cache.shard_writer import (
     WRITE_CONFIG,
     Layout,
@@ -39,13 +39,13 @@ from frs_cli.cache.shard_writer import (
     split_batch,
     write_rows,
 )
-from frs_cli.cache.store import codec, is_hdf5, open_existing, open_group, url_options
+from frs_cli.cache.store import codec, is_hdf5, is_url, open_existing, open_group, url_options
 from frs_cli.cache.teacher_pass import PassOptions, TeacherPass
 from frs_cli.cache.verify import UNREADABLE, verify_cache
 from frs_cli.data.coco import CocoViews, ListSampler, OriginalBatches, collate, collate_originals, resize_batch
 from frs_cli.dist import DistContext, all_gather_objects, barrier, broadcast_object, setup
-from frs_cli.errors import CacheFormatError, CacheMismatchError, ConfigError, DataError
-from frs_cli.files import storage_errors
+from frs_cli.errors import CacheFormatError, CacheMismatchError, ConfigError, DataError, StorageError
+from frs_cli.files import free_bytes, size_text, storage_errors
 from frs_cli.lock import job_lock
 from frs_cli.models import build_detector, check_distillable, warn_untrained_teacher
 from frs_cli.progress import NullProgress, Progress
@@ -406,6 +406,7 @@ def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: P
     if len(plan) == 0:
         raise DataError(f"teacher-cache: expected images in split {cfg.split!r}, its annotation file "
                         f"{str(dataset.index.path)!r} lists none", hint="cache a split with images")
+    _check_space(path, plan, [lv.channels for lv in teacher.levels], cfg, ctx)  # before the teacher check's minutes
     check = None
     if cfg.check_teacher_images > 0:
         from frs_cli.eval.teacher_check import check_teacher
@@ -436,6 +437,43 @@ def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: P
         return CacheWriteSummary(path, len(plan), total_written, seconds, written / seconds if seconds > 0 else 0.0,
                                  complete, broadcast_object(ctx, rejected), check, stages.to_dict(),
                                  len(procs) if procs is not None else 0)
+
+
+def _space_needed(path: str, plan: Plan, channels, encoding: FeatureEncoding) -> tuple[int, int]:
+    """(bytes, views) still to write at ``path``: every planned view, or of an existing cache of this plan the views
+    not marked done."""
+    need = view_bytes(plan, channels, encoding)
+    try:
+        existing = TeacherCache(path, require_complete=False) if open_existing(path) is not None else None
+        if existing is not None and len(existing) == len(plan):
+            need = need[~existing.done()]
+    except (CacheFormatError, OSError, ValueError, KeyError):  # not a cache of this plan: the checks after say so
+        pass
+    return int(need.sum()), len(need)
+
+
+def _check_space(path: str, plan: Plan, channels, cfg, ctx: DistContext) -> None:
+    """StorageError before any work when the views still to write cannot fit on the local disk of ``path`` (a
+    COCO cache is terabytes: better refused at once than stopped by a full disk hours in); with a compressing
+    codec the sizes are upper bounds, so a warning. Remote stores are not checked."""
+    problem = None
+    if ctx.is_main and not is_url(path):
+        need, views = _space_needed(path, plan, channels, FeatureEncoding(cfg.dtype))
+        free = free_bytes(path)
+        if free is not None and need > free:
+            smaller = [f"{d} about {size_text(_space_needed(path, plan, channels, FeatureEncoding(d))[0])}"
+                       for d in ("int8", "int5") if FeatureEncoding(d).bits < FeatureEncoding(cfg.dtype).bits]
+            message = (f"teacher-cache --out {path!r}: the {views} views still to write need about {size_text(need)} "
+                       f"({cfg.dtype}, no codec), the disk there has {size_text(free)} free")
+            problem = (message, "free space or write elsewhere" + (f"; cache.dtype {', '.join(smaller)}" if smaller
+                                                                   else ""))
+    problem = broadcast_object(ctx, problem)
+    if problem is None:
+        return
+    if cfg.codec != "none":
+        log.warning("%s; with codec %s it may fit (%s)", problem[0], cfg.codec, problem[1])
+        return
+    raise StorageError(problem[0], hint=problem[1])
 
 
 def _open_store(path: str, resume: bool, ctx: DistContext, plan: Plan, teacher, recipe, fingerprints: dict, dataset,
