@@ -72,6 +72,24 @@ def test_export_refuses_an_unfinished_cache_and_a_non_h5_target(cache_path, tmp_
     assert not (tmp_path / "a.h5").exists() and not (tmp_path / "a.zarr").exists()
 
 
+def test_export_to_a_disk_without_room_is_refused_before_the_verification(cache_path, h5_path, tmp_path, monkeypatch):
+    """The file holds every array uncompressed: their bytes, within the HDF5 file's own overhead; a disk with less free
+    is refused in one line naming both sizes before the verification reads the cache, and nothing is written."""
+    from frs_cli.cache import export
+    from frs_cli.files import size_text
+
+    need = sum(int(a.nbytes) for _, a in open_backend(cache_path).walk())
+    assert need <= h5_path.stat().st_size < need + 200_000
+    calls = []
+    monkeypatch.setattr(export, "free_bytes", lambda path: need - 1)
+    monkeypatch.setattr(export, "verify_cache", lambda *a, **k: calls.append(a))
+    out = tmp_path / "a.h5"
+    result = runner.invoke(app, ["cache", "export", cache_path, str(out)])
+    assert result.exit_code == 1 and calls == [] and not out.exists(), result.output
+    assert result.stderr.strip() == (f"error: cache export: '{out}' needs about {size_text(need)}, the disk there has "
+                                     f"{size_text(need - 1)} free (free space or export elsewhere)")
+
+
 def test_reading_a_view_from_hdf5_gives_the_zarr_numbers(cache_path, h5_path):
     z, h = TeacherCache(cache_path), TeacherCache(str(h5_path))
     for k in (0, 17, 47):

@@ -15,8 +15,8 @@ from pathlib import Path
 from frs_cli.cache.reader import TeacherCache
 from frs_cli.cache.store import is_hdf5, is_url
 from frs_cli.cache.verify import verify_cache
-from frs_cli.errors import CacheFormatError, ConfigError
-from frs_cli.files import atomic_path, check_output_file
+from frs_cli.errors import CacheFormatError, ConfigError, StorageError
+from frs_cli.files import atomic_path, check_output_file, free_bytes, size_text
 from frs_cli.progress import NullProgress, Progress
 
 ROWS_PER_COPY = 64  # views copied per read/write call: bounded memory whatever the cache size
@@ -49,10 +49,14 @@ def export_hdf5(source: str, out: str | Path, *, storage_options: dict | None = 
     cache = TeacherCache(source, require_complete=True, storage_options=storage_options)
     if cache.backend.kind != "zarr":
         raise CacheFormatError(f"cache export: expected a Zarr cache to export, {source!r} is already HDF5")
+    arrays = list(cache.backend.walk())
+    need, free = sum(int(a.nbytes) for _, a in arrays), free_bytes(out)  # the file holds every array uncompressed
+    if free is not None and need > free:  # refused before the verification's full read
+        raise StorageError(f"cache export: {out!r} needs about {size_text(need)}, the disk there has "
+                           f"{size_text(free)} free", hint="free space or export elsewhere")
     report = verify_cache(source, storage_options=storage_options, progress=progress)  # never copy damage
     if not report.ok:
         raise CacheFormatError(f"cache export: expected an intact cache, {report.summary()}; nothing exported")
-    arrays = list(cache.backend.walk())
     total_rows = sum(a.shape[0] for name, a in arrays if name.startswith("buckets/") and a.ndim)
     progress.start("export", total_rows, unit="row")
     with atomic_path(out, hint="free space and run the export again") as tmp, h5py.File(tmp, "w") as f:
