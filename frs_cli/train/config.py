@@ -22,8 +22,15 @@ class TrainConfig:
     lr: float = 0.01  # base learning rate of SGD
     momentum: float = 0.9  # SGD momentum
     weight_decay: float = 1e-4  # SGD weight decay
-    warmup_iters: int = 500  # linear LR warm-up length, iterations
-    warmup_factor: float = 0.001  # LR multiplier at the first warm-up iteration
+    # the bias of every layer but a normalisation layer: LR and weight decay multiplied by these (mmdetection's
+    # paramwise_cfg bias_lr_mult / bias_decay_mult; its FCOS configs, the paper's FCOS student: 2 and 0)
+    bias_lr_mult: float = 1.0
+    bias_decay_mult: float = 1.0
+    warmup_iters: int = 500  # LR warm-up length, iterations
+    # "linear": the LR rises from warmup_factor x lr to lr over the warm-up; "constant": it stays at warmup_factor x lr
+    # until the warm-up ends (mmdetection's FCOS configs: constant at 1/3)
+    warmup: Literal["linear", "constant"] = "linear"
+    warmup_factor: float = 0.001  # LR multiplier at the first warm-up iteration (all of the warm-up if constant)
     lr_steps: tuple[int, ...] = (8, 11)  # epochs after which the LR is multiplied by lr_gamma
     lr_gamma: float = 0.1  # LR decay factor at each step
     grad_clip: float = 0.0  # max global grad norm; 0 turns clipping off
@@ -57,7 +64,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "log_every"):
             check_range(table, name, getattr(self, name), 1)
         for name in ("workers", "worker_hold", "warmup_iters", "eval_every", "checkpoint_every", "weight_decay",
-                     "grad_clip"):
+                     "grad_clip", "bias_lr_mult", "bias_decay_mult"):
             check_range(table, name, getattr(self, name), 0)
         check_range(table, "seed", self.seed, 0, 2**32 - 1)  # numpy's seed range
         check_range(table, "lr", self.lr, 0, low_open=True)

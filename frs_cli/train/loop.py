@@ -173,7 +173,7 @@ class Trainer:
         if cfg.channels_last:  # train.channels_last: what trains, channels-last (the teacher's side is as it was built)
             for module in objective.checkpointed().values():
                 module.to(memory_format=torch.channels_last)
-        self.optimizer = build_optimizer(objective.parameters(), cfg)
+        self.optimizer = build_optimizer(objective, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.iters_per_epoch)
         self.use_amp = cfg.amp and ctx.device.type == "cuda"
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.use_amp and cfg.amp_dtype == "float16")

@@ -33,8 +33,9 @@ EARLY_FILES = (RECIPE, METRICS)
 RESUMABLE = ("epochs", "workers", "worker_hold", "log_every", "eval_every", "checkpoint_every")
 # keys a newer frs added whose default changes what a run does: the value a run whose recipe.json predates the key
 # had in effect (batches mixed canvases before train.group_by_canvas); a resume compares against it
-BEFORE_THE_KEY = {"train.group_by_canvas": False, "teacher_train.group_by_canvas": False,
-                  "train.min_sizes": [], "teacher_train.min_sizes": []}
+BEFORE_THE_KEY = {f"{table}.{key}": value for table in ("train", "teacher_train")
+                  for key, value in (("group_by_canvas", False), ("min_sizes", []), ("bias_lr_mult", 1.0),
+                                     ("bias_decay_mult", 1.0), ("warmup", "linear"))}
 # recipe tables each job reads; keys of the other tables do not touch the run
 JOB_TABLES = {
     "train teacher": ("data", "geometry", "teacher", "teacher_train"),
