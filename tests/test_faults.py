@@ -91,7 +91,14 @@ def test_a_cache_the_disk_cannot_hold_is_refused_before_any_work_and_a_resume_co
     root.attrs["state"] = "writing"
     monkeypatch.setattr(writer, "free_bytes", lambda path: int(4 * per_view[0]) - 1)
     result = run("teacher-cache", "--pipeline", recipe_path, "--out", copy, "--device", "cpu", "--resume")
-    assert_one_line_error(result, "the 4 views still to write need about")
+    line = assert_one_line_error(result, "the 4 views still to write need about", "(free space)")
+    assert "elsewhere" not in line and "cache.dtype" not in line  # a started cache continues where it is, as it is
+    result = run("teacher-cache", "--pipeline", recipe_path, "--out", copy, "--device", "cpu", "--resume",
+                 "--set", 'cache.dtype="int8"')  # its arrays hold float16: refused, not a traceback
+    assert_one_line_error(result, f"cache '{copy}': holds float16 features, this recipe asks for cache.dtype = 'int8'",
+                          "set cache.dtype = 'float16' to continue it")
+    result = run("teacher-cache", "--pipeline", recipe_path, "--out", f"file://{tmp_path}/url.zarr", "--device", "cpu")
+    assert_one_line_error(result, "the 48 views still to write need about")  # a file:// URL is a local disk too
     monkeypatch.setattr(writer, "free_bytes", lambda path: int(4 * per_view[0]))
     result = run("teacher-cache", "--pipeline", recipe_path, "--out", copy, "--device", "cpu", "--resume")
     assert result.exit_code == 0, result.output

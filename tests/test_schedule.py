@@ -92,3 +92,22 @@ def test_a_bad_warm_up_or_multiplier_is_one_line():
         recipe_from_dict({"train": {"warmup": "cosine"}})
     with pytest.raises(ConfigError, match=r"recipe key 'train\.bias_lr_mult': expected a finite number >= 0, got -2"):
         recipe_from_dict({"train": {"bias_lr_mult": -2.0}})
+
+
+def test_mmdetection_layout_towers_have_no_conv_bias_before_their_group_norms():
+    """mmdetection's FCOS and GFL towers (``ConvModule`` with GN, ``conv_bias='auto'``) have no conv bias: the
+    mmdetection-layout students hold it at 0, frozen, so it neither trains (at 2x the LR with FCOS's optimizer) nor
+    shifts a channel before GroupNorm; torchvision's FCOS keeps its trainable biases."""
+    from frs_cli.models import ModelConfig, build_detector
+
+    for arch, trainable in (("fcos_resnet50_fpn_mmdet", False), ("gfl_resnet50_fpn_mmdet", False),
+                            ("fcos_resnet50_fpn", True)):
+        model = build_detector(ModelConfig(arch=arch), 80)
+        towers = [(n, m.bias) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)
+                  and (".conv." in n or ".tower." in n) and "backbone" not in n]
+        assert len(towers) == 8, (arch, [n for n, _ in towers])  # 4 convs in each of the two towers
+        assert all(p.requires_grad is trainable for _, p in towers), arch
+        if not trainable:
+            assert all(float(p.abs().max()) == 0.0 for _, p in towers), arch
+            grouped = {id(p) for g in build_optimizer(model, FCOS).param_groups for p in g["params"]}
+            assert not grouped & {id(p) for _, p in towers}, arch

@@ -19,6 +19,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ from frs_cli.cache.shard_writer import (
     split_batch,
     write_rows,
 )
-from frs_cli.cache.store import codec, is_hdf5, is_url, open_existing, open_group, url_options
+from frs_cli.cache.store import codec, exists, is_hdf5, is_url, open_existing, open_group, url_options
 from frs_cli.cache.teacher_pass import PassOptions, TeacherPass
 from frs_cli.cache.verify import UNREADABLE, verify_cache
 from frs_cli.data.coco import CocoViews, ListSampler, OriginalBatches, collate, collate_originals, resize_batch
@@ -174,6 +175,11 @@ def _check_same(path: str, root: zarr.Group, recipe, teacher, index, views) -> N
         raise CacheMismatchError(
             f"cache {path!r}: was written for another {key} (fingerprint {stored.get(key)}, this recipe's is "
             f"{expected[key]})", hint="write to a new path, or delete the old cache")
+    stored_dtype = attrs.get("storage", {}).get("dtype")
+    if stored_dtype != recipe.cache.dtype:  # its arrays hold that encoding: views of another cannot go in
+        raise CacheMismatchError(f"cache {path!r}: holds {stored_dtype} features, this recipe asks for cache.dtype = "
+                                 f"{recipe.cache.dtype!r}", hint=f"write to a new path, or set cache.dtype = "
+                                                                 f"{stored_dtype!r} to continue it")
     if list(attrs.get("views", [])) != list(views):
         same = sorted(attrs.get("views", [])) == sorted(views)
         raise CacheMismatchError(f"cache {path!r}: holds views {attrs.get('views')}, this recipe asks for {list(views)}",
@@ -406,7 +412,7 @@ def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: P
     if len(plan) == 0:
         raise DataError(f"teacher-cache: expected images in split {cfg.split!r}, its annotation file "
                         f"{str(dataset.index.path)!r} lists none", hint="cache a split with images")
-    _check_space(path, plan, [lv.channels for lv in teacher.levels], cfg, ctx)  # before the teacher check's minutes
+    _check_space(path, plan, [lv.channels for lv in teacher.levels], cfg, resume, ctx)  # before the teacher check
     check = None
     if cfg.check_teacher_images > 0:
         from frs_cli.eval.teacher_check import check_teacher
@@ -439,39 +445,62 @@ def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: P
                                  len(procs) if procs is not None else 0)
 
 
-def _space_needed(path: str, plan: Plan, channels, encoding: FeatureEncoding) -> tuple[int, int]:
-    """(bytes, views) still to write at ``path``: every planned view, or of an existing cache of this plan the views
-    not marked done."""
-    need = view_bytes(plan, channels, encoding)
+def _space_needed(path: str, plan: Plan, channels, cfg, resume: bool) -> tuple[int, int, bool] | None:
+    """(bytes, views, fresh) still to write at ``path``: every planned view when nothing is there (``fresh``); with
+    ``resume``, of an existing cache of this recipe's views, dtype and plan, the views not marked done. None for
+    anything else there (another cache, an incomplete one without ``resume``, not a cache): the checks that follow
+    name it, and no size would be right."""
+    need = view_bytes(plan, channels, FeatureEncoding(cfg.dtype))
+    if not exists(path) or (Path(path).is_dir() and not any(Path(path).iterdir())):  # an empty folder is filled
+        return int(need.sum()), len(need), True
+    if not resume:
+        return None
     try:
-        existing = TeacherCache(path, require_complete=False) if open_existing(path) is not None else None
-        if existing is not None and len(existing) == len(plan):
-            need = need[~existing.done()]
-    except (CacheFormatError, OSError, ValueError, KeyError):  # not a cache of this plan: the checks after say so
-        pass
-    return int(need.sum()), len(need)
+        existing = TeacherCache(path, require_complete=False)
+        if (existing.views != list(cfg.views) or existing.dtype != cfg.dtype or len(existing) != len(plan)
+                or existing.attrs.get("state") == "creating"):
+            return None
+        pending = need[~existing.done()]
+    except (CacheFormatError, OSError, ValueError, KeyError):  # not a cache this recipe resumes: the checks after say so
+        return None
+    return int(pending.sum()), len(pending), False
 
 
-def _check_space(path: str, plan: Plan, channels, cfg, ctx: DistContext) -> None:
+def _local_path(path: str) -> str | None:
+    """The local file-system path a cache at ``path`` is written to (a plain path or a ``file://`` URL), or None."""
+    if path.startswith("file://"):
+        return path[len("file://"):]
+    return None if is_url(path) else path
+
+
+def _check_space(path: str, plan: Plan, channels, cfg, resume: bool, ctx: DistContext) -> None:
     """StorageError before any work when the views still to write cannot fit on the local disk of ``path`` (a
     COCO cache is terabytes: better refused at once than stopped by a full disk hours in); with a compressing
     codec the sizes are upper bounds, so a warning. Remote stores are not checked."""
     problem = None
-    if ctx.is_main and not is_url(path):
-        need, views = _space_needed(path, plan, channels, FeatureEncoding(cfg.dtype))
-        free = free_bytes(path)
+    local = _local_path(str(path))
+    sized = _space_needed(local, plan, channels, cfg, resume) if ctx.is_main and local is not None else None
+    if sized is not None:
+        need, views, fresh = sized
+        free = free_bytes(local)
         if free is not None and need > free:
-            smaller = [f"{d} about {size_text(_space_needed(path, plan, channels, FeatureEncoding(d))[0])}"
-                       for d in ("int8", "int5") if FeatureEncoding(d).bits < FeatureEncoding(cfg.dtype).bits]
-            message = (f"teacher-cache --out {path!r}: the {views} views still to write need about {size_text(need)} "
-                       f"({cfg.dtype}, no codec), the disk there has {size_text(free)} free")
-            problem = (message, "free space or write elsewhere" + (f"; cache.dtype {', '.join(smaller)}" if smaller
-                                                                   else ""))
+            shown = (size_text(need), size_text(free))
+            if shown[0] == shown[1]:  # rounded alike: the bytes themselves
+                shown = (f"{need:,} bytes", f"{free:,} bytes")
+            message = (f"teacher-cache --out {path!r}: the {views} views still to write need about {shown[0]} "
+                       f"({cfg.dtype}, no codec), the disk there has {shown[1]} free")
+            hint = "free space"
+            if fresh:  # another path or dtype is a choice only before anything is written
+                smaller = [f"{d} about {size_text(view_bytes(plan, channels, FeatureEncoding(d)).sum())}"
+                           for d in ("int8", "int5") if FeatureEncoding(d).bits < FeatureEncoding(cfg.dtype).bits]
+                hint += " or write elsewhere" + (f"; cache.dtype {', '.join(smaller)}" if smaller else "")
+            problem = (message, hint)
     problem = broadcast_object(ctx, problem)
     if problem is None:
         return
     if cfg.codec != "none":
-        log.warning("%s; with codec %s it may fit (%s)", problem[0], cfg.codec, problem[1])
+        if ctx.is_main:
+            log.warning("%s; with codec %s it may fit (%s)", problem[0], cfg.codec, problem[1])
         return
     raise StorageError(problem[0], hint=problem[1])
 

@@ -11,6 +11,7 @@ RetinaNet, K class logits for FCOS (no centerness) and GFL, the A = 3 RPN object
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass, field
 
 import torch
@@ -254,6 +255,22 @@ class Detector(nn.Module):
         """The wrapped detector whose ``state_dict`` is saved (torchvision-compatible keys): every adapter keeps
         it as ``self.model``."""
         return self.model
+
+
+def drop_biases_before_group_norms(module: nn.Module) -> int:
+    """Zero and freeze the bias of every convolution followed by a GroupNorm in one of ``module``'s ``Sequential``s:
+    mmdetection's towers have none there (``ConvModule``'s ``conv_bias='auto'``), torchvision's have one. The
+    parameter stays (state dicts keep their keys; the mmdetection converter fills it with zeros) but is 0 and does
+    not train, so the model is mmdetection's. Returns how many biases it froze."""
+    frozen = 0
+    for seq in (m for m in module.modules() if isinstance(m, nn.Sequential)):
+        for conv, norm in itertools.pairwise(seq):
+            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.GroupNorm) and conv.bias is not None:
+                with torch.no_grad():
+                    conv.bias.zero_()
+                conv.bias.requires_grad_(False)
+                frozen += 1
+    return frozen
 
 
 def to_head_layout(per_level: list[Tensor], channels_per_anchor: int) -> Tensor:

@@ -24,7 +24,14 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from frs_cli.models.anchors import doubling_anchors
 from frs_cli.models.backbones import resnet_fpn
-from frs_cli.models.base import P3_P7, DensePass, Detector, TowerClsHead, to_head_layout
+from frs_cli.models.base import (
+    P3_P7,
+    DensePass,
+    Detector,
+    TowerClsHead,
+    drop_biases_before_group_norms,
+    to_head_layout,
+)
 from frs_cli.models.dense_inference import batch_dense_detections
 
 LEVEL_NAMES, STRIDES = P3_P7.names, P3_P7.strides
@@ -134,6 +141,7 @@ def build(spec, cfg, num_classes: int, backbone_weights, trained: bool) -> FCOSA
     head = FCOSHead(backbone.out_channels, 1, num_classes)
     if mmdet:
         head.scales = nn.Parameter(torch.ones(len(STRIDES)))  # mmdetection's Scale per level
+        drop_biases_before_group_norms(head)  # mmdetection's GN towers have no conv bias
     model = FCOS(backbone, num_classes, anchor_generator=points, head=head, score_thresh=cfg.score_thresh,
                  nms_thresh=cfg.nms_thresh, detections_per_img=cfg.detections_per_img)
     return FCOSAdapter(model, cfg.arch, spec.head_options, mmdet=mmdet)

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from frs_cli.models.backbones import P6P7, resnet_fpn
-from frs_cli.models.base import P3_P7, DensePass, Detector
+from frs_cli.models.base import P3_P7, DensePass, Detector, drop_biases_before_group_norms
 from frs_cli.models.gfl.head import GFLClsHead
 from frs_cli.models.gfl.model import GFL
 
@@ -75,4 +75,6 @@ def build(spec, cfg, num_classes: int, backbone_weights, trained: bool) -> GFLAd
     model = GFL(backbone, num_classes, list(STRIDES), cfg.anchor_size or DEFAULT_ANCHOR_SIZE,
                 score_thresh=cfg.score_thresh, nms_thresh=cfg.nms_thresh, detections_per_img=cfg.detections_per_img,
                 mmdet=mmdet)
+    if mmdet:
+        drop_biases_before_group_norms(model)  # mmdetection's GN towers have no conv bias
     return GFLAdapter(model, cfg.arch)
