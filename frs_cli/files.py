@@ -45,6 +45,12 @@ def size_text(n: float) -> str:
     return f"{int(n)} B"
 
 
+def sizes_apart(need: int, free: int) -> tuple[str, str]:
+    """``size_text`` of a size needed and the space free, as bytes when they would read alike ("100.0 GB" twice)."""
+    shown = (size_text(need), size_text(free))
+    return shown if shown[0] != shown[1] else (f"{need:,} bytes", f"{free:,} bytes")
+
+
 def missing_file(path: str | Path) -> str:
     """Why there is no file to read at ``path``, to end an error line ("..., but it does not exist"):
     ``"is a directory"`` or ``"does not exist"``."""

@@ -46,7 +46,7 @@ from frs_cli.cache.verify import UNREADABLE, verify_cache
 from frs_cli.data.coco import CocoViews, ListSampler, OriginalBatches, collate, collate_originals, resize_batch
 from frs_cli.dist import DistContext, all_gather_objects, barrier, broadcast_object, setup
 from frs_cli.errors import CacheFormatError, CacheMismatchError, ConfigError, DataError, StorageError
-from frs_cli.files import free_bytes, size_text, storage_errors
+from frs_cli.files import free_bytes, size_text, sizes_apart, storage_errors
 from frs_cli.lock import job_lock
 from frs_cli.models import build_detector, check_distillable, warn_untrained_teacher
 from frs_cli.progress import NullProgress, Progress
@@ -484,9 +484,7 @@ def _check_space(path: str, plan: Plan, channels, cfg, resume: bool, ctx: DistCo
         need, views, fresh = sized
         free = free_bytes(local)
         if free is not None and need > free:
-            shown = (size_text(need), size_text(free))
-            if shown[0] == shown[1]:  # rounded alike: the bytes themselves
-                shown = (f"{need:,} bytes", f"{free:,} bytes")
+            shown = sizes_apart(need, free)
             message = (f"teacher-cache --out {path!r}: the {views} views still to write need about {shown[0]} "
                        f"({cfg.dtype}, no codec), the disk there has {shown[1]} free")
             hint = "free space"

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 
 from frs_cli.errors import ModelError, StorageError
-from frs_cli.files import atomic_path
+from frs_cli.files import atomic_path, free_bytes
 from frs_cli.models import (
     CHECKPOINT_FORMAT,
     build_detector,
@@ -47,8 +46,9 @@ def atomic_save(obj, path: str | Path) -> None:
             with open(tmp, "wb") as f:
                 torch.save(obj, f)
         except RuntimeError as exc:  # torch's zip writer reports a failed write this way (an OSError: atomic_path)
-            free = shutil.disk_usage(Path(path).parent).free
-            raise StorageError(f"{path}: writing failed ({exc}; {free / 1e6:,.0f} MB free on its disk)",
+            free = free_bytes(path)
+            room = f"{free / 1e6:,.0f} MB free on its disk" if free is not None else "its disk's free space unknown"
+            raise StorageError(f"{path}: writing failed ({exc}; {room})",
                                hint=hint) from exc
 
 
