@@ -218,19 +218,16 @@ def _resolve_views(recipe: Recipe) -> Recipe:
     fit the student's training scales is checked by the commands that write or read a cache
     (``CacheConfig.check_training_scales``)."""
     geometry = recipe.geometry
-    for table in ("train", "teacher_train"):
-        for size in getattr(recipe, table).min_sizes:
-            if size > geometry.max_size:
-                raise ConfigError(f"recipe key '{table}.min_sizes': expected short sides of at most geometry.max_size "
-                                  f"({geometry.max_size}), got {size}")
     views = tuple(canonical_view(v, geometry) for v in recipe.cache.views)
+    sides = [(f"{table}.min_sizes", size, size) for table in ("train", "teacher_train")
+             for size in getattr(recipe, table).min_sizes]
+    for key, size, given in sides + [("cache.views", view_short_side(v, geometry), repr(v)) for v in views]:
+        if size > geometry.max_size:
+            raise ConfigError(f"recipe key '{key}': expected short sides of at most geometry.max_size "
+                              f"({geometry.max_size}), got {given}")
     if len(set(views)) != len(views):
         raise ConfigError(f"recipe key 'cache.views': expected each view once, got {list(recipe.cache.views)} "
                           f"(at geometry.min_size = {geometry.min_size} a view needs no '@{geometry.min_size}')")
-    for v in views:
-        if view_short_side(v, geometry) > geometry.max_size:
-            raise ConfigError(f"recipe key 'cache.views': expected short sides of at most geometry.max_size "
-                              f"({geometry.max_size}), got {v!r}")
     return dataclasses.replace(recipe, cache=dataclasses.replace(recipe.cache, views=views))
 
 

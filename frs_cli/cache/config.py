@@ -61,8 +61,8 @@ class CacheConfig:
 
         sizes = sorted(set(min_sizes or (geometry.min_size,)))
         flips = [f for f in ("orig", "hflip") if any(parse_view(v)[0] == f for v in self.views)]
-        wanted = [view_name(f, s, geometry) for s in [geometry.min_size, *sorted(set(sizes) - {geometry.min_size})]
-                  if s in sizes for f in flips]
+        wanted = [view_name(f, s, geometry) for s in sorted(sizes, key=lambda s: (s != geometry.min_size, s))
+                  for f in flips]
         if sorted(self.views) != sorted(wanted):
             cached = sorted({view_short_side(v, geometry) for v in self.views})
             raise ConfigError(f"recipe key 'cache.views': expected {' and '.join(flips)} at each of the student's "

@@ -38,18 +38,11 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.SGD:
     recipes), in ``model.parameters()``' order. With ``cfg.bias_lr_mult`` or ``cfg.bias_decay_mult`` other than 1, the
     bias of each layer but a normalisation layer (``NORMS``) is a second group at those multiples of the LR and
     weight decay (mmdetection's ``paramwise_cfg``; the normalisation layers' weights and biases keep both)."""
-    plain, biases, seen = [], [], set()
-    for module in model.modules():
-        norm = isinstance(module, NORMS)
-        for name, p in module.named_parameters(recurse=False):
-            if not p.requires_grad or id(p) in seen:
-                continue
-            seen.add(id(p))
-            (biases if name == "bias" and not norm else plain).append(p)
-    if cfg.bias_lr_mult == 1.0 and cfg.bias_decay_mult == 1.0:
-        groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
-    else:
-        groups = [{"params": plain},
-                  {"params": biases, "lr": cfg.lr * cfg.bias_lr_mult,
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    if cfg.bias_lr_mult != 1.0 or cfg.bias_decay_mult != 1.0:
+        biases = {id(m.bias) for m in model.modules()
+                  if not isinstance(m, NORMS) and isinstance(getattr(m, "bias", None), nn.Parameter)}
+        groups = [{"params": [p for p in groups[0]["params"] if id(p) not in biases]},
+                  {"params": [p for p in groups[0]["params"] if id(p) in biases], "lr": cfg.lr * cfg.bias_lr_mult,
                    "weight_decay": cfg.weight_decay * cfg.bias_decay_mult}]
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
