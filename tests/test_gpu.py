@@ -385,6 +385,13 @@ def _trainer(recipe, cache, kind: str, graphs: bool, arch: str | None, amp: bool
     return Trainer(obj, coco, cfg, setup("cuda"), ("orig", "hflip"))
 
 
+def _copy_weights(to, source) -> None:
+    """``source`` trainer's objective's weights and buffers copied in place into ``to``'s (the same modules)."""
+    with torch.no_grad():
+        for a, b in zip(to.objective.state_dict().values(), source.objective.state_dict().values(), strict=True):
+            a.copy_(b)
+
+
 def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-12))
 
@@ -420,10 +427,7 @@ def test_a_training_step_replayed_as_one_cuda_graph_equals_the_eager_step(mixed_
         graphed.objective.train(), eager.objective.train()
         order = batches + batches[:1] + batches[::-1]
         for it, batch in enumerate(order):
-            with torch.no_grad():
-                for a, b in zip(graphed.objective.state_dict().values(), eager.objective.state_dict().values(),
-                                strict=True):
-                    a.copy_(b)
+            _copy_weights(graphed, eager)
             read = []
             for trainer in (graphed, eager):
                 losses, loss = trainer.run_step(batch, it)
@@ -489,10 +493,7 @@ def test_the_teacher_side_of_a_graphed_step_runs_on_a_second_stream_and_gives_th
 
         monkeypatch.setattr(objectives, "student_pass", recorded_pass)
         for it, batch in enumerate(batches + batches[::-1] + batches):
-            with torch.no_grad():
-                for a, b in zip(two.objective.state_dict().values(), one.objective.state_dict().values(),
-                                strict=True):
-                    a.copy_(b)
+            _copy_weights(two, one)
             read = []
             for trainer in (two, one):
                 pass_streams.clear()
@@ -653,7 +654,7 @@ def test_the_fused_frs_terms_on_the_gpu_equal_the_pytorch_form(layout, monkeypat
 def test_packed_codes_decode_on_the_gpu_in_one_kernel_to_the_bits_the_cpu_gives(name):
     """On CUDA ``FeatureEncoding.decode`` of packed codes runs ``fused_decode``'s kernel: every byte value in every
     byte of a group gives the float16 features the CPU gives, bit for bit, contiguous and channels-last, for a
-    batch and for one view."""
+    batch and for one view; bytes that do not fill whole groups get the CPU's error."""
     from frs_cli import fused_decode
     from frs_cli.cache.encoding import FeatureEncoding
 
@@ -671,3 +672,8 @@ def test_packed_codes_decode_on_the_gpu_in_one_kernel_to_the_bits_the_cpu_gives(
         assert got.dtype == torch.float16 and got.is_contiguous(memory_format=fmt)
         assert torch.equal(got.cpu(), want)
     assert torch.equal(enc.decode(a[2].cuda(), scale[2].cuda()).cpu(), want[2])
+    from frs_cli.errors import CacheFormatError
+
+    short = a[:, : enc.bits * 32 - 1].cuda()  # a byte short of whole groups: the CPU's message
+    with pytest.raises(CacheFormatError, match=f"^cache unpack: expected a multiple of {enc.bits} bytes per position"):
+        enc.decode(short, scale.cuda())

@@ -165,9 +165,7 @@ class FeatureEncoding:
         self._require_packed("unpack")
         bits = self.bits
         *lead, cb, h, w = a.shape
-        if cb % bits:
-            raise CacheFormatError(f"cache unpack: expected a multiple of {bits} bytes per position, got {cb}")
-        g = cb // bits
+        g = self._groups(cb)
         low, high, left = _unpack_table(bits, a.device)
         x = a.reshape(*lead, g, bits, h, w).to(torch.int16)
         # code i sits in byte k_i from bit s_i on, running into byte k_i + 1 when s_i + bits > 8: the little-endian
@@ -175,6 +173,12 @@ class FeatureEncoding:
         # the top below); its top bit shifted to bit 15, then back by an arithmetic shift: its two's complement
         word = x.index_select(-3, low) | (x.index_select(-3, high) << 8)  # (..., g, 8, h, w)
         return ((word << left) >> (16 - bits)).reshape(*lead, g * 8, h, w)
+
+    def _groups(self, cb: int) -> int:
+        """The groups of 8 codes in ``cb`` packed bytes per position; CacheFormatError unless they fill them."""
+        if cb % self.bits:
+            raise CacheFormatError(f"cache unpack: expected a multiple of {self.bits} bytes per position, got {cb}")
+        return cb // self.bits
 
     def _require_packed(self, what: str) -> None:
         if not self.packed:
@@ -213,9 +217,7 @@ class FeatureEncoding:
             return x
         s = scale if isinstance(scale, Tensor) else torch.from_numpy(np.ascontiguousarray(scale))
         if self.packed and fused_decode.usable(x) and x.dim() in (3, 4):  # one kernel: bytes in, features out
-            if x.shape[-3] % self.bits:
-                raise CacheFormatError(f"cache unpack: expected a multiple of {self.bits} bytes per position, "
-                                       f"got {x.shape[-3]}")
+            self._groups(x.shape[-3])
             if x.dim() == 3:
                 return fused_decode.decode_packed(x[None], s[None], self.bits)[0]
             return fused_decode.decode_packed(x, s, self.bits, channels_last)
