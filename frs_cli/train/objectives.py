@@ -163,7 +163,9 @@ class TeacherTargets:
 class TeacherSide(Protocol):
     """Where a distillation objective gets the teacher's side of a batch (``CachedTeacher``, ``OnlineTeacher``):
     an ``nn.Module`` that never trains and is never checkpointed. ``need_logits``: the head loss needs the
-    teacher's classification logits (else ``cls_logits`` may be None)."""
+    teacher's classification logits (else ``cls_logits`` may be None). A side whose batches may be replayed as one
+    graph (``train.cuda_graphs``) has ``graph_inputs(batch)`` (its tensors of a batch, or None), ``graph_targets``
+    (the teacher's tensors from them, reading nothing of the student) and ``graph_frs`` (both terms from those)."""
 
     def __call__(self, batch: Batch, need_logits: bool) -> TeacherTargets: ...
 
@@ -278,18 +280,17 @@ class CachedTeacher(nn.Module):
         feats, logits = cached_targets(self, list(side[:n]), list(side[n:2 * n]) if len(side) == 3 * n else None)
         return [*feats, *logits]
 
-    def graph_frs(self, adapters: FeatureAdapter, student_out, images: Tensor, sizes: Tensor,
-                  side: list[Tensor], targets: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
-        """Both FRS terms from ``graph_inputs``' tensors (``side``), the student's pass and the valid sizes: the
-        operations of ``frs_terms``, which ``distill.cuda_graphs`` replays, in the student's precision.
-        ``targets``: ``graph_targets``' tensors when already computed (else computed here)."""
+    def graph_frs(self, adapters: FeatureAdapter, student_out, sizes: Tensor, side: list[Tensor],
+                  targets: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Both FRS terms from ``graph_inputs``' tensors (``side``: the masks are read there), ``graph_targets``'
+        tensors (``targets``), the student's pass and the valid sizes: the operations of ``frs_terms``, which
+        ``distill.cuda_graphs`` replays, in the student's precision."""
         device = sizes.device
         amp = (torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type))
         params = [p for conv in adapters.convs for p in (conv.weight, conv.bias)]
         n = len(self.strides)
-        ready = None if targets is None else (targets[:n], targets[n:])
         return frs_terms(self, adapters, amp, n, len(side) == 3 * n, *student_out.features, *student_out.cls_logits,
-                         *side, sizes, *params, targets=ready)
+                         *side, sizes, *params, targets=(targets[:n], targets[n:]))
 
     def check_batch(self, batch: Batch) -> None:
         """FrsError unless ``batch`` carries cached targets with scales exactly when the encoding has them."""
@@ -357,13 +358,10 @@ class OnlineTeacher(nn.Module):
             out = self.teacher(self.teacher.normalize_within(images, sizes), [(h, w)] * b, detect=False)
             return [*out.features, *out.cls_logits, *frs_masks(out.cls_logits)]
 
-    def graph_frs(self, adapters: FeatureAdapter, student_out, images: Tensor, sizes: Tensor,
-                  side: list[Tensor], targets: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
-        """Both FRS terms of a one-canvas batch with the teacher run on its images, as ``forward`` and
-        ``FRSObjective.forward`` compute them. ``targets``: ``graph_targets``' tensors when already computed (else
-        computed here)."""
-        if targets is None:
-            targets = self.graph_targets(images, sizes, side)
+    def graph_frs(self, adapters: FeatureAdapter, student_out, sizes: Tensor, side: list[Tensor],
+                  targets: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Both FRS terms of a one-canvas batch from ``graph_targets``' tensors (``targets``: the teacher run on its
+        images), as ``forward`` and ``FRSObjective.forward`` compute them."""
         n = len(self.teacher.strides)
         feats, logits, masks = targets[:n], targets[n:2 * n], targets[2 * n:]
         valid = positions_within(sizes, [tuple(f.shape[-2:]) for f in student_out.features], self.teacher.strides)
@@ -438,15 +436,11 @@ class FRSObjective(nn.Module):
         images, sizes, side = inputs[0], inputs[1], list(inputs[5:])
         # the teacher's side reads no student tensor: on CUDA it runs on a second stream beside the student's pass
         # (distill.teacher_beside), joined before the terms read it
-        targets = None
-        if hasattr(self.teacher_side, "graph_targets"):
-            targets = self._beside.start(images.device, self.teacher_side.graph_targets, images, sizes, side)
+        targets = self._beside.start(images.device, self.teacher_side.graph_targets, images, sizes, side)
         out = student_pass(self.student, *inputs[:5])
-        if targets is not None:
-            self._beside.join(targets)
+        self._beside.join(targets)
         terms = dict(out.losses)
-        terms["frs_feature"], terms["frs_head"] = self.teacher_side.graph_frs(self.adapters, out, images, sizes, side,
-                                                                            targets)
+        terms["frs_feature"], terms["frs_head"] = self.teacher_side.graph_frs(self.adapters, out, sizes, side, targets)
         return terms
 
     def term_weights(self, step: int) -> dict[str, float]:
