@@ -15,11 +15,12 @@ code times its channel's float32 scale, rounded once to float16. The same bits a
 
 from __future__ import annotations
 
-import logging
 import os
 
 import torch
 from torch import Tensor
+
+from frs_cli.kernel_check import KernelCheck
 
 try:  # Triton comes with PyTorch's CUDA builds; without it decode runs in PyTorch
     import triton
@@ -29,36 +30,23 @@ except ImportError:  # pragma: no cover - depends on the install
 
 __all__ = ["ENABLED", "decode_packed", "usable"]
 
-log = logging.getLogger(__name__)
-
 ENABLED = os.environ.get("FRS_FUSED_DECODE", "1") != "0"
 
 _BLOCK_P = 128
 
 
-_WORKS: dict[torch.device, bool] = {}  # per device, whether the kernel compiled and ran there (``_works_on``)
+def _trial(device: torch.device) -> None:
+    decode_packed(torch.zeros(1, 5, 2, 2, dtype=torch.uint8, device=device), torch.ones(1, 8, device=device), 5)
+
+
+# per device, whether the kernel compiled and ran there on a tiny input
+_CHECK = KernelCheck("fused decode: the Triton kernel does not run", "packed codes are decoded in PyTorch", _trial)
 
 
 def usable(data: Tensor) -> bool:
     """Whether the kernel takes ``data`` (see the module doc); on a device's first call it is tried on a tiny input
-    (``_works_on``), and where it fails decode runs in PyTorch from then on."""
-    if not (ENABLED and triton is not None and data.is_cuda):
-        return False
-    if data.device not in _WORKS:
-        _WORKS[data.device] = _works_on(data.device)
-    return _WORKS[data.device]
-
-
-def _works_on(device: torch.device) -> bool:
-    """The kernel on a tiny input on ``device``: True, or False with one warning when Triton cannot compile or
-    launch it there."""
-    try:
-        decode_packed(torch.zeros(1, 5, 2, 2, dtype=torch.uint8, device=device), torch.ones(1, 8, device=device), 5)
-    except Exception as exc:  # noqa: BLE001 - whatever stops the kernel, decode in PyTorch gives the same bits
-        log.warning("fused decode: the Triton kernel does not run on %s (%s: %s); packed codes are decoded in PyTorch",
-                    device, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
-        return False
-    return True
+    (``_CHECK``), and where it fails decode runs in PyTorch from then on."""
+    return ENABLED and triton is not None and data.is_cuda and _CHECK(data.device)
 
 
 if triton is not None:

@@ -21,12 +21,13 @@ graphs run eagerly before they capture).
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+from frs_cli.kernel_check import KernelCheck
 
 try:  # Triton comes with PyTorch's CUDA builds; without it the PyTorch form runs
     import triton
@@ -36,40 +37,27 @@ except ImportError:  # pragma: no cover - depends on the install
 
 __all__ = ["ENABLED", "feature_term", "head_term", "usable"]
 
-log = logging.getLogger(__name__)
-
 ENABLED = os.environ.get("FRS_FUSED_LOSSES", "1") != "0"
 
 _BLOCK_C, _BLOCK_P = 32, 64
 
 
-_WORKS: dict[torch.device, bool] = {}  # per device, whether the kernels compiled and ran there (``_works_on``)
+def _trial(device: torch.device) -> None:
+    """Both terms forward and backward on a tiny input on ``device``."""
+    with torch.enable_grad(), torch.autocast(device.type, enabled=False):
+        x = torch.zeros(1, 2, 2, 2, device=device, requires_grad=True)
+        t, w = torch.zeros(1, 2, 2, 2, device=device), torch.ones(1, 4, device=device)
+        (head_term([x], [t], w) + feature_term([x], [t], w)).backward()
+
+
+# per device, whether the kernels compiled and ran there on a tiny input
+_CHECK = KernelCheck("fused FRS terms: the Triton kernels do not run", "the PyTorch form computes them", _trial)
 
 
 def usable(*tensors: Tensor) -> bool:
     """Whether the fused kernels take these tensors (see the module doc); on a device's first call the kernels are
-    tried on a tiny input (``_works_on``), and where they fail the PyTorch form runs from then on."""
-    if not (ENABLED and triton is not None and all(t.is_cuda for t in tensors)):
-        return False
-    device = tensors[0].device
-    if device not in _WORKS:
-        _WORKS[device] = _works_on(device)
-    return _WORKS[device]
-
-
-def _works_on(device: torch.device) -> bool:
-    """Both terms forward and backward on a tiny input on ``device``: True, or False with one warning when Triton
-    cannot compile or launch them there (no C compiler for its launcher, an unsupported GPU, ...)."""
-    try:
-        with torch.enable_grad(), torch.autocast(device.type, enabled=False):
-            x = torch.zeros(1, 2, 2, 2, device=device, requires_grad=True)
-            t, w = torch.zeros(1, 2, 2, 2, device=device), torch.ones(1, 4, device=device)
-            (head_term([x], [t], w) + feature_term([x], [t], w)).backward()
-    except Exception as exc:  # noqa: BLE001 - whatever stops the kernels, the PyTorch form computes the same
-        log.warning("fused FRS terms: the Triton kernels do not run on %s (%s: %s); the PyTorch form computes them",
-                    device, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
-        return False
-    return True
+    tried on a tiny input (``_CHECK``), and where they fail the PyTorch form runs from then on."""
+    return ENABLED and triton is not None and all(t.is_cuda for t in tensors) and _CHECK(tensors[0].device)
 
 
 def _positions_stride(x: Tensor) -> tuple[Tensor, int, int, int]:

@@ -137,23 +137,47 @@ def test_the_kernels_are_used_on_cuda_tensors_only_and_can_be_turned_off(monkeyp
 
 
 def test_where_triton_cannot_run_the_kernels_they_are_tried_once_and_the_pytorch_form_takes_over(caplog):
-    """``_works_on`` tries the kernels on a tiny input: on this CPU (no GPU driver) Triton cannot launch them, so it
-    says so in one warning and returns False; under the interpreter they run and it returns True."""
+    """Each module's ``_CHECK`` (``KernelCheck``) tries the kernels on a tiny input: on this CPU (no GPU driver)
+    Triton cannot launch them, so it says so in one warning and returns False; under the interpreter they run and it
+    returns True."""
     import torch
 
     from frs_cli import fused_decode, fused_losses
 
     with caplog.at_level("WARNING"):
-        assert fused_losses._works_on(torch.device("cpu")) is False
-        assert fused_decode._works_on(torch.device("cpu")) is False
+        assert fused_losses._CHECK.try_on(torch.device("cpu")) is False
+        assert fused_decode._CHECK.try_on(torch.device("cpu")) is False
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 2
     assert lines[0].startswith("fused FRS terms: the Triton kernels do not run on cpu (")
     assert lines[0].endswith("); the PyTorch form computes them")
     assert lines[1].startswith("fused decode: the Triton kernel does not run on cpu (")
     code = ("import torch; from frs_cli import fused_decode, fused_losses; "
-            "print(fused_losses._works_on(torch.device('cpu')), fused_decode._works_on(torch.device('cpu')))")
+            "print(fused_losses._CHECK.try_on(torch.device('cpu')), fused_decode._CHECK.try_on(torch.device('cpu')))")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     done = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True,
                           timeout=300)
     assert done.stdout.strip() == "True True", done.stderr[-2000:]
+
+
+def test_a_kernel_check_tries_each_device_once_and_warns_once_where_the_trial_fails(caplog):
+    """``KernelCheck(device)`` runs the trial on a device's first call only and keeps the answer: a failing device
+    gives one warning naming the kernels, the device, the error and what runs instead, however often it is asked."""
+    import torch
+
+    from frs_cli.kernel_check import KernelCheck
+
+    tried = []
+
+    def trial(device):
+        tried.append(device)
+        if device.type == "meta":
+            raise RuntimeError("no launcher here\nsecond line")
+
+    check = KernelCheck("the kernels do not run", "PyTorch runs instead", trial)
+    with caplog.at_level("WARNING"):
+        assert [check(torch.device("cpu")) for _ in range(3)] == [True] * 3
+        assert [check(torch.device("meta")) for _ in range(3)] == [False] * 3
+    assert tried == [torch.device("cpu"), torch.device("meta")]
+    assert [r.getMessage() for r in caplog.records] == [
+        "the kernels do not run on meta (RuntimeError: no launcher here); PyTorch runs instead"]
