@@ -7,7 +7,8 @@ directory, writes ``verdicts.json`` into the last one and prints the tables. Sev
 only when their teachers reached the same AP to the last digit (the runs are deterministic: one teacher); a run
 present in two of them is a reproduction check. Runs of a named variant (``b_frs_cache+fw300``, see
 ``bench/frs_claim.py --variant``) are reported apart, with their loss peaks where the warm-ups end, and, where
-the plain run of the same seed exists, how many iterations the two logged identically. ``--judge VARIANT`` judges
+the plain run of the same seed exists, how many iterations the two logged identically. Each variant is also compared with the plain runs of its
+kind seed by seed (mean difference, 95 % interval; verdicts apart). ``--judge VARIANT`` judges
 that variant's FRS runs (``b_frs_cache+VARIANT``, ``c_frs_online+VARIANT``) in place of the plain FRS runs,
 against the plain baselines (student alone, GT-box imitation), into ``verdicts_VARIANT.json``. Targets:
 - outcome: the paired (same seed) FRS-from-cache minus FRS-online AP has a mean within +-0.5 AP and a 95 %
@@ -140,6 +141,27 @@ def variant_report(name: str, run: dict, metrics: dict[str, Path]) -> dict:
     return out
 
 
+def paired(first: dict[int, float], second: dict[int, float]) -> dict:
+    """``first`` minus ``second`` over the seeds both ran: the differences and, from two on, their mean, sd and 95 %
+    interval (Student t)."""
+    seeds = sorted(set(first) & set(second))
+    diffs = [first[s] - second[s] for s in seeds]
+    out = {"seeds": seeds, "values": diffs}
+    if len(diffs) > 1:
+        m, sd = statistics.mean(diffs), statistics.stdev(diffs)
+        half = T975[len(diffs) - 2] * sd / len(diffs) ** 0.5
+        out.update(mean=m, sd=sd, ci95=[m - half, m + half])
+    return out
+
+
+def agrees(diff: dict) -> str | None:
+    """The outcome targets' test of a paired difference: mean within 0.5 AP and a 95 % interval holding 0; None
+    below two pairs."""
+    if "ci95" not in diff:
+        return None
+    return "met" if abs(diff["mean"]) <= 0.5 and diff["ci95"][0] <= 0 <= diff["ci95"][1] else "missed"
+
+
 def judged_kind(name: str, judge: str | None) -> str | None:
     """The kind (``KINDS``) a run is judged as, or None: plain runs, except that with ``judge`` the FRS kinds are
     taken from that variant's runs instead."""
@@ -164,13 +186,19 @@ def main(run_dirs: list[Path], judge: str | None = None) -> dict:
                        "mean": statistics.mean(values) if values else None,
                        "sd": statistics.stdev(values) if len(values) > 1 else None,
                        "worst": min(values) if values else None}
-    paired = sorted(set(ap["b_frs_cache"]) & set(ap["c_frs_online"]))
-    diffs = [ap["b_frs_cache"][s] - ap["c_frs_online"][s] for s in paired]
-    diff = {"seeds": paired, "values": diffs}
-    if len(diffs) > 1:
-        m, sd = statistics.mean(diffs), statistics.stdev(diffs)
-        half = T975[len(diffs) - 2] * sd / len(diffs) ** 0.5
-        diff.update(mean=m, sd=sd, ci95=[m - half, m + half])
+    diff = paired(ap["b_frs_cache"], ap["c_frs_online"])
+    # every named variant against the plain runs of its kind, seed by seed (e.g. a setting that should not change
+    # the outcome: the same test as cached against online)
+    by_variant: dict[str, dict[str, dict[int, float]]] = {}
+    for name, run in all_runs.items():
+        kind, _, variant = name.rpartition("_s")[0].partition("+")
+        if variant and kind in KINDS and run.get("final"):
+            by_variant.setdefault(variant, {}).setdefault(kind, {})[int(name.rpartition("_s")[2])] = \
+                100 * run["final"]["AP"]
+    plain = {k: {int(n.rpartition("_s")[2]): 100 * r["final"]["AP"] for n, r in all_runs.items()
+                 if n.rpartition("_s")[0] == k and r.get("final")} for k in KINDS}
+    against_plain = {v: {k: paired(aps, plain[k]) | {"variant": aps, "plain": plain[k]}
+                         for k, aps in kinds.items()} for v, kinds in sorted(by_variant.items())}
     runs = {}
     for name, f in metrics.items():
         if judged_kind(name, judge) in ("b_frs_cache", "c_frs_online", "d_gt_boxes"):
@@ -181,9 +209,10 @@ def main(run_dirs: list[Path], judge: str | None = None) -> dict:
              if judged_kind(n, judge)}
     spiked = sorted(n for n, terms in runs.items() if any(t["spikes"] for t in terms.values()))
     verdicts = {}
-    if "ci95" in diff:
-        ok = abs(diff["mean"]) <= 0.5 and diff["ci95"][0] <= 0 <= diff["ci95"][1]
-        verdicts["cached - online: mean within 0.5 AP, 95 % interval holds 0"] = "met" if ok else "missed"
+    if agrees(diff):
+        verdicts["cached - online: mean within 0.5 AP, 95 % interval holds 0"] = agrees(diff)
+    variant_verdicts = {f"{KINDS[k]} +{v} - plain: mean within 0.5 AP, 95 % interval holds 0": agrees(d)
+                        for v, kinds in against_plain.items() for k, d in kinds.items() if agrees(d)}
     for kind in ("b_frs_cache", "c_frs_online"):
         st = stats[kind]
         if st["n"]:
@@ -198,7 +227,7 @@ def main(run_dirs: list[Path], judge: str | None = None) -> dict:
               "ap": stats, "cached_minus_online": diff, "fresh_runs_checked_for_spikes": sorted(runs),
               "spiked": spiked, "loss_peaks": runs,
               "classification_bump": {"warmup_iters": warmup, "runs": bumps}, "repeated_runs_ap": repeats, "variants": variants,
-              "verdicts": verdicts}
+              "variant_minus_plain": against_plain, "verdicts": verdicts, "variant_verdicts": variant_verdicts}
     (run_dirs[-1] / (f"verdicts_{judge}.json" if judge else "verdicts.json")).write_text(json.dumps(result, indent=1))
     print("| variant | n | AP per seed | mean ± sd | worst |\n|---|---|---|---|---|")
     for kind, st in stats.items():
@@ -233,8 +262,14 @@ def main(run_dirs: list[Path], judge: str | None = None) -> dict:
             print(f"| {name} | {', '.join(f'{a:.1f}' for a in v['ap']) or '–'} | {peak.get('classification', 0):.3f} | "
                   f"{v.get('frs_feature_max', 0):.1f} | {sum(v.get('spikes', {}).values())} | {bounds} | "
                   f"{', '.join(f'{n}: {k}' for n, k in same.items()) if same else '–'} |")
+    for v, kinds in against_plain.items():
+        for k, d in kinds.items():
+            seeds = ", ".join(f"{s}: {d['variant'][s]:.1f} vs {d['plain'][s]:.1f}" for s in d["seeds"])
+            interval = (f"{d['mean']:+.2f} AP, 95 % interval [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
+                        if "ci95" in d else "fewer than two pairs")
+            print(f"\n{KINDS[k]} +{v} − plain, seed by seed ({seeds or 'no seed in both'}): {interval}")
     print()
-    for target, verdict in verdicts.items():
+    for target, verdict in (verdicts | variant_verdicts).items():
         print(f"{verdict:7s} {target}")
     return result
 

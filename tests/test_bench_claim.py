@@ -121,3 +121,29 @@ def test_judging_a_variant_takes_its_frs_runs_in_place_of_the_plain_ones_against
     assert plain_result["verdicts"]["FRS online: worst seed within 3 AP of the mean"] == "missed"  # 26 vs 29.3
     assert plain_result["verdicts"]["FRS from cache >= GT-box imitation on every paired seed"] == "met"  # 31 >= 30.7
     assert json.loads((root / "verdicts.json").read_text())["judged_variant"] is None
+
+
+def test_each_variant_is_compared_with_its_kinds_plain_runs_seed_by_seed(tmp_path, capsys):
+    plain = {0: 20.0, 1: 21.0, 2: 19.0}
+    layout = {0: 20.5, 1: 20.0, 2: 19.5}  # differences +0.5, -1.0, +0.5
+    aps = ({f"a_alone_s{s}": v for s, v in plain.items()} | {f"a_alone+cl_s{s}": v for s, v in layout.items()}
+           | {"b_frs_cache_s0": 30.0, "b_frs_cache+cl_s0": 31.0, "b_frs_cache+cl_s5": 29.0})
+    result = verdicts.main([_run_dir(tmp_path / "one", 0.32, aps)])
+
+    a = result["variant_minus_plain"]["cl"]["a_alone"]
+    assert a["seeds"] == [0, 1, 2] and a["values"] == pytest.approx([0.5, -1.0, 0.5])
+    half = 4.303 * statistics.stdev([0.5, -1.0, 0.5]) / 3 ** 0.5
+    assert a["mean"] == pytest.approx(0.0) and a["ci95"] == pytest.approx([-half, half])
+    b = result["variant_minus_plain"]["cl"]["b_frs_cache"]
+    assert b["seeds"] == [0] and b["values"] == pytest.approx([1.0]) and "ci95" not in b  # seed 5 has no plain run
+    assert result["variant_verdicts"] == {"student alone +cl - plain: mean within 0.5 AP, 95 % interval holds 0": "met"}
+    # the plain runs' own statistics leave the variant's runs out
+    assert result["ap"]["a_alone"]["seeds"] == {0: pytest.approx(20.0), 1: pytest.approx(21.0), 2: pytest.approx(19.0)}
+    out = capsys.readouterr().out
+    assert "student alone +cl − plain, seed by seed (0: 20.5 vs 20.0, 1: 20.0 vs 21.0, 2: 19.5 vs 19.0): +0.00 AP" in out
+    assert "FRS from cache +cl − plain, seed by seed (0: 31.0 vs 30.0): fewer than two pairs" in out
+
+    shifted = {s: v - 1.0 for s, v in layout.items()}  # mean -1.0: beyond 0.5 AP
+    result = verdicts.main([_run_dir(tmp_path / "two", 0.32, {f"a_alone_s{s}": v for s, v in plain.items()}
+                                     | {f"a_alone+cl_s{s}": v for s, v in shifted.items()})])
+    assert result["variant_verdicts"] == {"student alone +cl - plain: mean within 0.5 AP, 95 % interval holds 0": "missed"}
