@@ -122,9 +122,11 @@ def variant_report(name: str, run: dict, metrics: dict[str, Path]) -> dict:
         out["sharpness"] = sharpness(metrics[name], probe)
     mine = rows(metrics[name])
     window = [r for r in mine if 90 <= r["iter"] <= 140]
-    out["peak_90_140"] = {k: max(r[k] for r in window) for k in ("classification", "frs_feature") if window}
+    terms = [k for k in ("classification", "frs_feature") if mine and k in mine[0]]  # a student alone has no FRS term
+    out["peak_90_140"] = {k: max(r[k] for r in window) for k in terms if window}
     out["spikes"] = {t: len(v["spikes"]) for t, v in spikes(metrics[name]).items()}
-    out["frs_feature_max"] = max(r["frs_feature"] for r in mine)
+    if "frs_feature" in terms:
+        out["frs_feature_max"] = max(r["frs_feature"] for r in mine)
     kind, _, seed = name.rpartition("_s")
     base = f"{kind.partition('+')[0]}_s{seed}"
     if base not in metrics:  # else the same variant, seed and settings from another directory (probe = plain)
@@ -134,7 +136,7 @@ def variant_report(name: str, run: dict, metrics: dict[str, Path]) -> dict:
         same = 0
         for r in mine:
             t = theirs.get(r["iter"])
-            if t is None or any(r[k] != t[k] for k in ("classification", "bbox_regression", "frs_feature")):
+            if t is None or any(r.get(k) != t.get(k) for k in ("classification", "bbox_regression", "frs_feature")):
                 break
             same += 1
         out["identical_iterations_with"] = {base: same}
@@ -259,8 +261,9 @@ def main(run_dirs: list[Path], judge: str | None = None) -> dict:
             sh = v.get("sharpness")
             bounds = f"{sh['lr_lambda_lo_max']:.2f}, {sh['lr_lambda_hi_max']:.2f}" if sh else "–"
             same = v.get("identical_iterations_with")
+            feature = f"{v['frs_feature_max']:.1f}" if "frs_feature_max" in v else "–"
             print(f"| {name} | {', '.join(f'{a:.1f}' for a in v['ap']) or '–'} | {peak.get('classification', 0):.3f} | "
-                  f"{v.get('frs_feature_max', 0):.1f} | {sum(v.get('spikes', {}).values())} | {bounds} | "
+                  f"{feature} | {sum(v.get('spikes', {}).values())} | {bounds} | "
                   f"{', '.join(f'{n}: {k}' for n, k in same.items()) if same else '–'} |")
     for v, kinds in against_plain.items():
         for k, d in kinds.items():

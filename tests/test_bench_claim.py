@@ -128,8 +128,16 @@ def test_each_variant_is_compared_with_its_kinds_plain_runs_seed_by_seed(tmp_pat
     layout = {0: 20.5, 1: 20.0, 2: 19.5}  # differences +0.5, -1.0, +0.5
     aps = ({f"a_alone_s{s}": v for s, v in plain.items()} | {f"a_alone+cl_s{s}": v for s, v in layout.items()}
            | {"b_frs_cache_s0": 30.0, "b_frs_cache+cl_s0": 31.0, "b_frs_cache+cl_s5": 29.0})
-    result = verdicts.main([_run_dir(tmp_path / "one", 0.32, aps)])
+    root = _run_dir(tmp_path / "one", 0.32, aps)
+    for f in (root / "metrics").glob("a_alone*.metrics.jsonl"):  # a student alone logs no FRS term
+        f.write_text("".join(json.dumps({"epoch": 1, "iter": i, "lr": 0.04, "classification": 1.0 + (i == 100),
+                                         "bbox_regression": 0.5}) + "\n" for i in range(120)))
+    result = verdicts.main([root])
 
+    assert result["variants"]["a_alone+cl_s0"]["peak_90_140"] == {"classification": 2.0}
+    assert "frs_feature_max" not in result["variants"]["a_alone+cl_s0"]
+    assert result["variants"]["a_alone+cl_s0"]["identical_iterations_with"] == {"a_alone_s0": 120}
+    assert result["variants"]["b_frs_cache+cl_s0"]["frs_feature_max"] == 10.0
     a = result["variant_minus_plain"]["cl"]["a_alone"]
     assert a["seeds"] == [0, 1, 2] and a["values"] == pytest.approx([0.5, -1.0, 0.5])
     half = 4.303 * statistics.stdev([0.5, -1.0, 0.5]) / 3 ** 0.5
