@@ -18,7 +18,10 @@ The cached step is the step file's row with the most views, cold page cache when
 cache when teachers share levels and channels (every RetinaNet here: P3-P7, 256 channels), so the first pair's
 cached rows serve every pair. Where that row timed the plain and online steps paired with it (``--online-paired``:
 the same blocks of one process), its pair's online and plain steps are those, so that the three are compared like
-with like; otherwise, and for the other pairs, the pair's own online and plain rows. Every step figure is a median
+with like; otherwise, and for the other pairs, the pair's own online and plain rows. A pair whose online step is
+its own row while the cached rows timed theirs paired gets its hours but no saving (``saving_note``): its own rows
+ran apart from the cached ones, in blocks that need not run alike (on one H200 a separate plain row took 50.5 ms
+against 38.0 paired in the same call), so the two are not compared. Every step figure is a median
 (a few one-off stalls of a hundred-step row would move a mean far more than they move a long run); where batches of
 different canvases take different times, the median overstates the hours of all three methods alike. A dtype without a teacher-cache rate for a teacher gets no row. ``--graphs``: the
 cached steps of a ``--graphs-ab`` run's graphed variant (``distill.cuda_graphs`` on, ``cache_verdicts.graphs_variant``).
@@ -77,6 +80,7 @@ def hours(step: dict, rates: dict | None = None, images: int = 118_287, epochs: 
     plain = next((step_figure(p["plain"]) for p in step["pairs"].values() if "plain" in p), None)
     out = {"schedule": {"images": images, "epochs": epochs, "batch": batch, "steps_per_student": steps,
                         "cached_views": images * views_per_image}, "rows": []}
+    any_paired = any("online_step_ms" in r for r in step["cached"])
     for pair, row in step["pairs"].items():
         teacher = pair.split("-")[0]
         arch = step["teachers"].get(teacher, {}).get("arch", teacher)
@@ -97,7 +101,11 @@ def hours(step: dict, rates: dict | None = None, images: int = 118_287, epochs: 
                      "cache_hours": once}
             for n in STUDENTS:
                 entry[f"students_{n}"] = once + n * entry["step_ms"] * per_step_h
-                entry[f"saving_{n}"] = 1 - entry[f"students_{n}"] / (n * online * per_step_h)
+                if beside or not any_paired:
+                    entry[f"saving_{n}"] = 1 - entry[f"students_{n}"] / (n * online * per_step_h)
+            if not (beside or not any_paired):
+                entry["saving_note"] = ("no saving: this pair's online step is its own row, timed apart from the "
+                                        "cached step, which was timed paired with another pair's online step")
             out["rows"].append(entry)
     if plain is not None:
         out["rows"].append({"pair": "any", "teacher_arch": "none", "method": "plain (no teacher)", "step_ms": plain,

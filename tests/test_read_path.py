@@ -377,6 +377,12 @@ def test_gpu_hours_takes_the_online_and_plain_steps_paired_with_the_cached_row_o
     assert rows["any", "plain (no teacher)"]["step_ms"] == pytest.approx(600.0 * 0.9)
     assert rows["r50v2-r50", "online"]["step_ms"] == 800.0  # the cached rows are x101-r50's
     assert rows["x101-r50", "cache int5"]["saving_1"] == pytest.approx(1 - (2000 / 3600 + 0.4) / 0.9)
+    # r50v2's online step ran apart from the paired cached step: its hours, but no saving against it
+    other = rows["r50v2-r50", "cache int8"]
+    assert other["students_3"] == pytest.approx(72_000 / 95 / 3600 + 3 * 0.44)
+    assert "saving_1" not in other and other["saving_note"].startswith("no saving")
+    assert "| r50v2-r50 (retinanet_resnet50_fpn_v2) | cache int8 | 440.0 |" in gpu_hours.table(out)
+    assert gpu_hours.table(out).splitlines()[-2].endswith("| – |")  # the last r50v2 row, before plain
 
 
 def test_cache_verdicts_miss_by_any_margin_and_when_not_measured(tmp_path, capsys):
