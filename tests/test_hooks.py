@@ -130,14 +130,16 @@ def test_a_failing_hook_stops_training_with_its_error_and_every_hook_still_lets_
 def test_a_hook_failing_as_it_lets_go_does_not_keep_the_others_from_letting_go(recipe_path, tmp_path):
     out = tmp_path / "run"
     rec = Recorder(out)
+    previous = signal.getsignal(signal.SIGINT)  # SIG_IGN where the suite runs as a background job
     with pytest.raises(RuntimeError, match="^hook failed in after_train$"):
         _fit(recipe_path, out, [Raises("after_train"), rec], sets=["train.epochs=1"])
     assert rec.calls[-1] == ("after_train", True, True)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is previous
 
 
 def test_ctrl_c_during_a_hook_leaves_a_state_that_resumes_to_the_uninterrupted_weights(recipe_path, tmp_path):
     out = tmp_path / "cut"
+    previous = signal.getsignal(signal.SIGINT)
     # the signal arrives during the hooks of iteration 8 (epoch 2, step 3), after the Ctrl-C check of that step:
     # step 4 completes, then the state is saved and the run stops
     with pytest.raises(Interrupted, match=r"^stopped at epoch 2, iteration 4; state saved to .*cut/last\.pt \(run the same command with --resume"):
@@ -145,7 +147,7 @@ def test_ctrl_c_during_a_hook_leaves_a_state_that_resumes_to_the_uninterrupted_w
     state = torch.load(out / LAST, weights_only=True)
     assert (state["epoch"], state["epoch_step"]) == (1, 4)
     assert not (out / FINAL).exists()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is previous
     rec = Recorder(out)
     result, resumed = _fit(recipe_path, out, [rec], resume=True)
     assert rec.calls[1] == ("before_epoch", 1, 4)  # the resumed run starts where the state was saved
