@@ -51,7 +51,8 @@ class TrainConfig:
     # CUDA graph per batch shape, for students whose GT loss takes padded targets (RetinaNet); the same numbers
     cuda_graphs: bool = True
     # the student's (and the adapters') 4-D weights in channels-last memory, so that cuDNN's convolutions and the batch
-    # norms run on NHWC tensors without converting them at every layer (the same model; the numbers within rounding)
+    # norms run on NHWC tensors without converting them at every layer (the same model; the numbers within rounding;
+    # off until more seeds show a training from scratch loses no AP: docs/RESULTS.md 2f)
     channels_last: bool = False
     seed: int = 0  # seeds model init, data order and flips
     eval_every: int = 0  # evaluate on the val split every N epochs (0: only after the last)
