@@ -191,16 +191,17 @@ def main(run_dirs: list[Path], judge: str | None = None) -> dict:
     diff = paired(ap["b_frs_cache"], ap["c_frs_online"])
     # every named variant against the plain runs of its kind, seed by seed (e.g. a setting that should not change
     # the outcome: the same test as cached against online)
-    by_variant: dict[str, dict[str, dict[int, float]]] = {}
+    final_ap: dict[tuple[str, str], dict[int, float]] = {}  # (kind, variant or "") -> AP by seed
     for name, run in all_runs.items():
-        kind, _, variant = name.rpartition("_s")[0].partition("+")
-        if variant and kind in KINDS and run.get("final"):
-            by_variant.setdefault(variant, {}).setdefault(kind, {})[int(name.rpartition("_s")[2])] = \
-                100 * run["final"]["AP"]
-    plain = {k: {int(n.rpartition("_s")[2]): 100 * r["final"]["AP"] for n, r in all_runs.items()
-                 if n.rpartition("_s")[0] == k and r.get("final")} for k in KINDS}
-    against_plain = {v: {k: paired(aps, plain[k]) | {"variant": aps, "plain": plain[k]}
-                         for k, aps in kinds.items()} for v, kinds in sorted(by_variant.items())}
+        stem, _, seed = name.rpartition("_s")
+        kind, _, variant = stem.partition("+")
+        if kind in KINDS and run.get("final"):
+            final_ap.setdefault((kind, variant), {})[int(seed)] = 100 * run["final"]["AP"]
+    against_plain: dict[str, dict[str, dict]] = {}
+    for (kind, variant), aps in sorted(final_ap.items(), key=lambda kv: kv[0][1]):
+        if variant:
+            plain = final_ap.get((kind, ""), {})
+            against_plain.setdefault(variant, {})[kind] = paired(aps, plain) | {"variant": aps, "plain": plain}
     runs = {}
     for name, f in metrics.items():
         if judged_kind(name, judge) in ("b_frs_cache", "c_frs_online", "d_gt_boxes"):
@@ -211,10 +212,10 @@ def main(run_dirs: list[Path], judge: str | None = None) -> dict:
              if judged_kind(n, judge)}
     spiked = sorted(n for n, terms in runs.items() if any(t["spikes"] for t in terms.values()))
     verdicts = {}
-    if agrees(diff):
-        verdicts["cached - online: mean within 0.5 AP, 95 % interval holds 0"] = agrees(diff)
-    variant_verdicts = {f"{KINDS[k]} +{v} - plain: mean within 0.5 AP, 95 % interval holds 0": agrees(d)
-                        for v, kinds in against_plain.items() for k, d in kinds.items() if agrees(d)}
+    if verdict := agrees(diff):
+        verdicts["cached - online: mean within 0.5 AP, 95 % interval holds 0"] = verdict
+    variant_verdicts = {f"{KINDS[k]} +{v} - plain: mean within 0.5 AP, 95 % interval holds 0": verdict
+                        for v, kinds in against_plain.items() for k, d in kinds.items() if (verdict := agrees(d))}
     for kind in ("b_frs_cache", "c_frs_online"):
         st = stats[kind]
         if st["n"]:

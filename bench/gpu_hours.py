@@ -86,6 +86,7 @@ def hours(step: dict, rates: dict | None = None, images: int = 118_287, epochs: 
         arch = step["teachers"].get(teacher, {}).get("arch", teacher)
         beside = paired(step, pair, dtypes)
         online = step_figure(beside, "online_") if beside else step_figure(row["online"])
+        comparable = beside is not None or not any_paired  # online and cached timed alike (see the module doc)
         if beside and "plain_step_ms" in beside and plain is not None:
             plain = step_figure(beside, "plain_")
         out["rows"].append({"pair": pair, "teacher_arch": arch, "method": "online", "step_ms": online,
@@ -101,9 +102,9 @@ def hours(step: dict, rates: dict | None = None, images: int = 118_287, epochs: 
                      "cache_hours": once}
             for n in STUDENTS:
                 entry[f"students_{n}"] = once + n * entry["step_ms"] * per_step_h
-                if beside or not any_paired:
+                if comparable:
                     entry[f"saving_{n}"] = 1 - entry[f"students_{n}"] / (n * online * per_step_h)
-            if not (beside or not any_paired):
+            if not comparable:
                 entry["saving_note"] = ("no saving: this pair's online step is its own row, timed apart from the "
                                         "cached step, which was timed paired with another pair's online step")
             out["rows"].append(entry)
