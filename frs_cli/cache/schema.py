@@ -37,6 +37,7 @@ FORMAT_VERSION = 3  # the newest version this frs reads
 # the stored code of a view at the geometry's short side; a view at another one (``hflip@640``) is 2 + its place
 # in the cache's ``views`` attribute (format version 3, which came with them)
 VIEW_CODES = {"orig": 0, "hflip": 1}
+_VIEW_NAMES = {code: name for name, code in VIEW_CODES.items()}
 SCALED_VIEWS_VERSION = 3
 
 
@@ -51,9 +52,8 @@ def view_code(view: str, views) -> int:
 def view_name(code: int, views) -> str:
     """The view a stored ``code`` stands for in a cache of ``views`` (``view_code``'s inverse)."""
     code = int(code)
-    names = {c: n for n, c in VIEW_CODES.items()}
-    if code in names:
-        return names[code]
+    if code in _VIEW_NAMES:
+        return _VIEW_NAMES[code]
     scaled = 2 <= code < 2 + len(views) and views[code - 2] not in VIEW_CODES
     return views[code - 2] if scaled else f"view code {code}"
 
