@@ -166,6 +166,8 @@ def main() -> None:
     p.add_argument("--step-graphs-ab", action="store_true",
                    help="paired rows also time the plain, cached (and online) steps with train.cuda_graphs off, "
                         "interleaved with the rest (eager_* figures)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="every step's student and adapters channels-last, as train.channels_last=true trains them")
     p.add_argument("--smoke", action="store_true", help="tiny models and sizes on the CPU (tests)")
     args = p.parse_args()
     if args.smoke:
@@ -202,6 +204,7 @@ def run(args) -> dict:
     data = make_data(args.work, args.images, args.image_size, max(sizes), "data", args.classes)
     rate_data = make_data(args.work, args.images, args.image_size, args.rate_views, "rate_data", args.classes)
     base = {"geometry": {"min_size": args.min_size, "max_size": args.max_size},
+            "train": {"channels_last": args.channels_last},
             "cache": {"batch_size": args.batch, "workers": args.workers, "preload_mb": 0,
                       **({"write_processes": 0} if args.smoke else {})}}  # no writer processes to start on the CPU
     coco = CocoViews.from_config(recipe_from_dict({**base, "data": {"root": str(data)}}).data, "train",

@@ -376,6 +376,7 @@ def run_variant(name: str, args, s: dict, profile_to: Path | None = None) -> dic
 
 
 def _run_variant(name: str, on: frozenset[str], args, s: dict, profile_to: Path | None) -> dict:
+    from frs_cli.train.loop import train_channels_last
     from frs_cli.train.step_graphs import StepGraphs
 
     cached = name.startswith(("resident_cached", "loader_cached")) and name != "loader_cached_gt"
@@ -386,8 +387,7 @@ def _run_variant(name: str, on: frozenset[str], args, s: dict, profile_to: Path 
     if "_acl" in on and (cached or online):
         obj.adapters.to(memory_format=torch.channels_last)
     if "_cl" in on:
-        for module in obj.checkpointed().values():
-            module.to(memory_format=torch.channels_last)
+        train_channels_last(obj)
     if "_tnc" in on and cached:
         obj.teacher_side.channels_last = False
     graphs = StepGraphs(obj, capture=s["dev"].type == "cuda") if "_sg" in on else None

@@ -65,21 +65,27 @@ def cpu_name() -> str:
 
 def step_objective(mode: str, student, recipe, coco, num_classes: int, store=None):
     """(objective, dataset) of one timed step: ``plain`` (GT only), ``online`` (the live teacher), ``gt_cached``
-    (GT only, on the batches of ``store``, a ``TeacherCache``) or a cached mode reading ``store``."""
+    (GT only, on the batches of ``store``, a ``TeacherCache``) or a cached mode reading ``store``. What trains is
+    laid out as the trainer lays it out (``recipe.train.channels_last``)."""
     from frs_cli.cache.reader import CachedViews
     from frs_cli.models import build_detector
+    from frs_cli.train.loop import train_channels_last
     from frs_cli.train.objectives import CachedTeacher, FRSObjective, GTObjective, OnlineTeacher
 
     if mode == "plain":
-        return GTObjective(student), coco
-    if mode == "gt_cached":  # the plain step fed the cached batches: their targets reach the device, unused
-        return GTObjective(student), CachedViews(coco, store)
-    if mode == "online":
+        objective, ds = GTObjective(student), coco
+    elif mode == "gt_cached":  # the plain step fed the cached batches: their targets reach the device, unused
+        objective, ds = GTObjective(student), CachedViews(coco, store)
+    elif mode == "online":
         teacher = build_detector(recipe.teacher, num_classes)
-        return FRSObjective(student, teacher.signature, OnlineTeacher(teacher), recipe.distill), coco
-    objective = FRSObjective(student, store.signature, CachedTeacher.from_cache(store, recipe.distill.cuda_graphs),
-                             recipe.distill)
-    return objective, CachedViews(coco, store)
+        objective, ds = FRSObjective(student, teacher.signature, OnlineTeacher(teacher), recipe.distill), coco
+    else:
+        objective = FRSObjective(student, store.signature,
+                                 CachedTeacher.from_cache(store, recipe.distill.cuda_graphs), recipe.distill)
+        ds = CachedViews(coco, store)
+    if recipe.train.channels_last:
+        train_channels_last(objective)
+    return objective, ds
 
 
 def sgd(obj):

@@ -362,7 +362,8 @@ def test_a_cached_frs_step_with_graphs_never_makes_the_host_wait_for_the_device(
     assert all(g is not None for g in obj._graphs._graphs.values())
 
 
-def _trainer(recipe, cache, kind: str, graphs: bool, arch: str | None, amp: bool, beside: bool = True):
+def _trainer(recipe, cache, kind: str, graphs: bool, arch: str | None, amp: bool, beside: bool = True,
+             channels_last: bool = False):
     from frs_cli.data.coco import CocoViews
     from frs_cli.dist import setup
     from frs_cli.models import ModelConfig, build_detector
@@ -380,7 +381,7 @@ def _trainer(recipe, cache, kind: str, graphs: bool, arch: str | None, amp: bool
     else:
         obj = FRSObjective(student, cache.signature, CachedTeacher.from_cache(cache, cuda_graphs=True), distill)
     cfg = replace(recipe.train, batch_size=2, amp=amp, amp_dtype="bfloat16", cuda_graphs=graphs, warmup_iters=3,
-                  lr=0.01)
+                  lr=0.01, channels_last=channels_last)
     coco = CocoViews.from_config(recipe.data, "train", recipe.geometry)
     return Trainer(obj, coco, cfg, setup("cuda"), ("orig", "hflip"))
 
@@ -456,6 +457,49 @@ def test_a_training_step_replayed_as_one_cuda_graph_equals_the_eager_step(mixed_
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         assert graphed.graphs.captured == 3
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+@pytest.mark.parametrize(("kind", "amp"), [("cached", True), ("cached", False), ("online", True), ("plain", True)])
+def test_a_channels_last_training_step_on_the_gpu_equals_the_nchw_step(mixed_cache, tmp_path, kind, amp):
+    """train.channels_last on the GPU, the step replayed as one CUDA graph (the defaults): the student's and the
+    adapters' weights and gradients NHWC, the fused FRS terms fed NHWC tensors, and per step, from the same weights
+    (copied in before each), the terms, sum and gradients of the NCHW trainer to the precision's rounding (the
+    convolutions sum in another order): float32 with TF32 off, and bf16 autocast."""
+    from frs_cli.train.loop import PendingLosses
+
+    recipe, cache = _cache_of(mixed_cache, tmp_path, "int8")
+    batches = _one_canvas_batches(recipe, cache)
+    if kind != "cached":
+        batches = [replace(b, teacher=None) for b in batches]
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    loss_tol, grad_tol = (5e-3, 5e-2) if amp else (1e-5, 1e-4)
+    try:
+        nhwc, nchw = (_trainer(recipe, cache, kind, True, None, amp, channels_last=c) for c in (True, False))
+        nhwc.objective.load_state_dict(nchw.objective.state_dict())
+        four_d = [p for p in nhwc.objective.parameters() if p.dim() == 4 and p.requires_grad]
+        assert four_d and all(p.is_contiguous(memory_format=torch.channels_last) for p in four_d)
+        assert not any(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+                       for p in nchw.objective.parameters() if p.dim() == 4 and p.requires_grad)
+        for it, batch in enumerate(batches + batches[::-1]):
+            _copy_weights(nhwc, nchw)
+            read = []
+            for trainer in (nhwc, nchw):
+                losses, loss = trainer.run_step(batch, it)
+                read.append(PendingLosses(losses, loss).read())
+                read.append([p.grad.clone() for p in trainer.objective.parameters() if p.grad is not None])
+            (ln, tn), gn, (lc, tc), gc = read
+            assert list(ln) == list(lc) and len(ln) == (2 if kind == "plain" else 4)
+            for name in lc:
+                assert ln[name] == pytest.approx(lc[name], rel=loss_tol, abs=1e-6), (it, name)
+            assert tn == pytest.approx(tc, rel=loss_tol)
+            assert len(gn) == len(gc) > 0
+            for k, (a, b) in enumerate(zip(gn, gc, strict=True)):
+                assert _relative(a, b) < grad_tol, (it, k, _relative(a, b))
+        assert all(p.grad.is_contiguous(memory_format=torch.channels_last) for p in four_d)
+        assert nhwc.graphs.captured == nchw.graphs.captured == 3
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
 

@@ -274,6 +274,37 @@ def test_cached_step_split_times_the_plain_step_on_cached_batches_and_each_modes
     assert fed.count(("plain", "GTObjective", "CocoViews")) == 5  # the pair's plain row and each row's plain side
 
 
+def test_cached_step_channels_last_lays_out_what_trains_in_every_step_as_the_trainer_does(tmp_path, monkeypatch):
+    """``--channels-last``: every timed objective (plain, online and cached) has its student's and adapters' 4-D
+    weights channels-last, as ``train.channels_last`` lays them out, and the cached teacher's head as built; without
+    the flag every trainable weight stays contiguous."""
+    step = _bench("cached_step")
+    seen = []
+    real = step.step_objective
+
+    def spy(mode, student, recipe, coco, num_classes, store=None):
+        objective, dataset = real(mode, student, recipe, coco, num_classes, store)
+        trains = [p for p in objective.parameters() if p.dim() == 4 and p.requires_grad]
+        side = getattr(objective, "teacher_side", None)
+        head = [p for p in side.parameters() if p.dim() == 4] if side is not None and mode != "online" else []
+        seen.append((mode, recipe.train.channels_last, len(trains),
+                     all(p.is_contiguous(memory_format=torch.channels_last) for p in trains),
+                     all(p.is_contiguous(memory_format=torch.channels_last) for p in head)))
+        return objective, dataset
+
+    monkeypatch.setattr(step, "step_objective", spy)
+    res = _smoke_step(step, tmp_path, monkeypatch, "--channels-last", "--online-paired")
+    assert res["args"]["channels_last"] == "True"
+    assert {m for m, *_ in seen} == {"plain", "online", "cached"}
+    assert all(flag and n > 0 and nhwc for _, flag, n, nhwc, _ in seen)
+    # the cached head on the CPU stays as CachedTeacher lays it out there (contiguous): train.channels_last leaves it
+    heads = [head for m, *_, head in seen if m == "cached"]
+    assert heads and not any(heads)
+    seen.clear()
+    _smoke_step(step, tmp_path, monkeypatch, "--online-paired")
+    assert seen and all(not flag and not nhwc for _, flag, _, nhwc, _ in seen)
+
+
 class _HeldCount(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return 3

@@ -54,6 +54,14 @@ if TYPE_CHECKING:
     from frs_cli.train.objectives import Objective
 
 
+def train_channels_last(objective: Objective) -> None:
+    """``train.channels_last``: what trains (the objective's ``checkpointed`` modules: the student, the adapters)
+    laid out channels-last, so that their 4-D weights, and with them their gradients, are NHWC; the teacher's side
+    is left as it was built."""
+    for module in objective.checkpointed().values():
+        module.to(memory_format=torch.channels_last)
+
+
 @dataclass
 class FitResult:
     epochs: int
@@ -170,9 +178,8 @@ class Trainer:
             raise TrainingError(f"{table}: {len(sampler)} images per process is fewer than one batch of "
                                 f"{cfg.batch_size}", hint=f"lower {table}.batch_size or use more images")
         self.objective = objective.to(ctx.device)
-        if cfg.channels_last:  # train.channels_last: what trains, channels-last (the teacher's side is as it was built)
-            for module in objective.checkpointed().values():
-                module.to(memory_format=torch.channels_last)
+        if cfg.channels_last:
+            train_channels_last(objective)
         self.optimizer = build_optimizer(objective, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.iters_per_epoch)
         self.use_amp = cfg.amp and ctx.device.type == "cuda"
