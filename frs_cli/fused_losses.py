@@ -39,7 +39,8 @@ __all__ = ["ENABLED", "feature_term", "head_term", "usable"]
 
 ENABLED = os.environ.get("FRS_FUSED_LOSSES", "1") != "0"
 
-_BLOCK_C, _BLOCK_P = 32, 64
+_BLOCK_C, _BLOCK_P = 32, 64  # a program's tile: channels by positions
+_WARPS = 4  # warps per program (Triton's default)
 
 
 def _trial(device: torch.device) -> None:
@@ -122,7 +123,7 @@ def _launch_forward(head: bool, student: Sequence[Tensor], teacher: Sequence[Ten
         t, *t_st = _positions_stride(t)
         grid = (b, triton.cdiv(h * w, _BLOCK_P))
         _forward[grid](s, t, sums[:, start:], c, h * w, sums.stride(0), *s_st, *t_st, HEAD=head, BLOCK_C=_BLOCK_C,
-                       BLOCK_P=_BLOCK_P)
+                       BLOCK_P=_BLOCK_P, num_warps=_WARPS)
         start += h * w
     return sums
 
@@ -138,7 +139,7 @@ def _launch_backward(head: bool, student: Sequence[Tensor], teacher: Sequence[Te
         grad = torch.empty_like(s)  # s's layout: its strides are the gradient's
         grid = (b, triton.cdiv(h * w, _BLOCK_P))
         _backward[grid](s, t, weights[:, start:], g, grad, c, h * w, weights.stride(0), *s_st, *t_st, HEAD=head,
-                        BLOCK_C=_BLOCK_C, BLOCK_P=_BLOCK_P)
+                        BLOCK_C=_BLOCK_C, BLOCK_P=_BLOCK_P, num_warps=_WARPS)
         grads.append(grad)
         start += h * w
     return grads

@@ -1,0 +1,177 @@
+"""Time the fused FRS terms (``frs_cli.fused_losses``) forward and backward against the bytes they must move.
+
+RetinaNet's levels at one canvas (batch 8, 512 x 704 px by default: P3-P7), the head term at 80 classes (720
+channels) and the feature term (256 channels); the student's tensors bf16 as autocast gives them, the teacher's as
+the cached side gives them (the head's logits bf16, the decoded features float16), both layouts of the student
+(NCHW, the default, and channels-last, ``train.channels_last``) against the teacher's channels-last.
+
+Per configuration of the kernels (``--blocks``: BLOCK_C x BLOCK_P x warps) the median of ``--reps`` timed calls
+(CUDA events) of the forward and the backward, and the GB/s that makes of the bytes each must move (forward: read
+both tensors; backward: read both, write the gradient). A variant forward that keeps a 2-D accumulator and sums
+over the channels once at the end (``acc2d``) runs beside the product's, which sums each tile as it goes. Each
+configuration's value and gradients are checked against the product's default run.
+
+    python3 bench/fused_terms.py --out $OUT/fused_terms.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from frs_cli import fused_losses  # noqa: E402
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover
+    triton = None
+
+if triton is not None:
+    @triton.jit(do_not_specialize=["C", "P", "out_sb", "s_sb", "t_sb"])
+    def _forward_acc2d(s_ptr, t_ptr, out_ptr, C, P, out_sb, s_sb, s_sc, s_sp, t_sb, t_sc, t_sp,
+                       HEAD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+        """The product's forward with one change: the tiles add up in a (BLOCK_C, BLOCK_P) accumulator, summed over
+        the channels once after the loop."""
+        b = tl.program_id(0).to(tl.int64)
+        p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+        inside = p < P
+        acc = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
+        for c0 in range(0, C, BLOCK_C):
+            c = c0 + tl.arange(0, BLOCK_C)
+            m = (c[:, None] < C) & inside[None, :]
+            s = tl.load(s_ptr + b * s_sb + c[:, None] * s_sc + p[None, :] * s_sp, mask=m, other=0.0).to(tl.float32)
+            t = tl.load(t_ptr + b * t_sb + c[:, None] * t_sc + p[None, :] * t_sp, mask=m, other=0.0).to(tl.float32)
+            if HEAD:
+                term = tl.maximum(s, 0.0) - s * tl.sigmoid(t) + tl.log(1.0 + tl.exp(-tl.abs(s)))
+            else:
+                term = (t - s) * (t - s)
+            acc += tl.where(m, term, 0.0)
+        tl.store(out_ptr + b * out_sb + p, tl.sum(acc, axis=0), mask=inside)
+
+
+def grids(canvas: tuple[int, int], strides=(8, 16, 32, 64, 128)) -> list[tuple[int, int]]:
+    return [(-(-canvas[0] // s), -(-canvas[1] // s)) for s in strides]
+
+
+def levels(batch: int, channels: int, shape: list[tuple[int, int]], dtype, nhwc: bool, dev, grad: bool = False):
+    out = []
+    for h, w in shape:
+        x = torch.randn(batch, channels, h, w, device=dev).to(dtype)
+        if nhwc:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out.append(x.requires_grad_(grad))
+    return out
+
+
+def cuda_ms(fn, reps: int) -> float:
+    """Median ms of ``reps`` calls of ``fn`` (CUDA events; wall time off CUDA)."""
+    times = []
+    for _ in range(reps):
+        if torch.cuda.is_available():
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b))
+        else:
+            t = time.perf_counter()
+            fn()
+            times.append(1e3 * (time.perf_counter() - t))
+    return statistics.median(times)
+
+
+def forward_with(kernel, head: bool, student, teacher, weights) -> torch.Tensor:
+    """``_launch_forward`` of the product with ``kernel`` in place of its forward kernel."""
+    saved = fused_losses._forward
+    fused_losses._forward = kernel
+    try:
+        return fused_losses._launch_forward(head, student, teacher, weights)
+    finally:
+        fused_losses._forward = saved
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, required=True, help="JSON of every row")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--canvas", default="512,704")
+    p.add_argument("--classes", type=int, default=80)
+    p.add_argument("--reps", type=int, default=50)
+    p.add_argument("--blocks", default="32x64x4,64x64x4,32x128x4,64x128x8,128x32x4,16x128x4",
+                   help="BLOCK_C x BLOCK_P x warps, comma-separated; the first is the product's")
+    args = p.parse_args()
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    canvas = tuple(int(v) for v in args.canvas.split(","))
+    shape = grids(canvas)
+    positions = sum(h * w for h, w in shape)
+    weights = torch.rand(args.batch, positions, device=dev)
+    blocks = [tuple(int(v) for v in b.split("x")) for b in args.blocks.split(",")]
+    res = {"command": "python3 " + " ".join(sys.argv), "date": date.today().isoformat(),
+           "device": torch.cuda.get_device_name() if dev.type == "cuda" else platform.processor() or "cpu",
+           "torch": torch.__version__, "triton": getattr(triton, "__version__", None), "batch": args.batch,
+           "canvas": canvas, "grids": shape, "rows": []}
+    saved = fused_losses._BLOCK_C, fused_losses._BLOCK_P, fused_losses._WARPS
+    for term, channels, t_dtype in (("head", 9 * args.classes, torch.bfloat16), ("feature", 256, torch.float16)):
+        head = term == "head"
+        fn = fused_losses.head_term if head else fused_losses.feature_term
+        for layout in ("nchw", "nhwc"):
+            torch.manual_seed(0)
+            student = levels(args.batch, channels, shape, torch.bfloat16, layout == "nhwc", dev, grad=True)
+            teacher = levels(args.batch, channels, shape, t_dtype, True, dev)
+            read = sum(x.numel() * x.element_size() for x in (*student, *teacher))
+            written = sum(x.numel() * x.element_size() for x in student)
+            want = None
+            for kind in ("product", "acc2d"):
+                for bc, bp, warps in blocks:
+                    fused_losses._BLOCK_C, fused_losses._BLOCK_P, fused_losses._WARPS = bc, bp, warps
+                    try:
+                        if kind == "product":
+                            value = fn(student, teacher, weights)
+                            for x in student:
+                                x.grad = None
+                            value.backward()
+                            grads = [x.grad.clone() for x in student]
+                            fwd = cuda_ms(lambda: fn(student, teacher, weights), args.reps)
+                            g = torch.ones((), device=dev)
+                            bwd = cuda_ms(lambda: fused_losses._launch_backward(head, student, teacher, weights, g),
+                                          args.reps)
+                        else:
+                            sums = forward_with(_forward_acc2d, head, student, teacher, weights)
+                            value, grads = (weights * sums).sum(), None
+                            fwd = cuda_ms(lambda: forward_with(_forward_acc2d, head, student, teacher, weights),
+                                          args.reps)
+                            bwd = None
+                    finally:
+                        fused_losses._BLOCK_C, fused_losses._BLOCK_P, fused_losses._WARPS = saved
+                    if want is None:
+                        want = (float(value), grads)
+                    row = {"term": term, "student": layout, "kernel": kind, "block_c": bc, "block_p": bp,
+                           "warps": warps, "forward_ms": fwd, "backward_ms": bwd,
+                           "forward_gb_s": read / fwd / 1e6, "backward_gb_s": None if bwd is None else
+                           (read + written) / bwd / 1e6,
+                           "value_rel": abs(float(value) - want[0]) / abs(want[0]),
+                           "grad_rel": None if grads is None else max(
+                               float((a.float() - b.float()).norm() / b.float().norm())
+                               for a, b in zip(grads, want[1]))}
+                    res["rows"].append(row)
+                    back = "-" if bwd is None else f"{bwd:.4f} ms ({row['backward_gb_s']:.0f} GB/s)"
+                    print(f"{term:8s} {layout} {kind:7s} {bc:3d}x{bp:3d}x{warps} fwd {fwd:.4f} ms "
+                          f"({row['forward_gb_s']:.0f} GB/s) bwd {back} value {row['value_rel']:.1e} "
+                          f"grad {row['grad_rel']}", flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
