@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from frs_cli import fused_losses  # noqa: E402
+from frs_cli import fused_losses
 
 try:
     import triton
@@ -101,6 +101,25 @@ def forward_with(kernel, head: bool, student, teacher, weights) -> torch.Tensor:
         fused_losses._forward = saved
 
 
+def run_kernels(kind: str, head: bool, student, teacher, weights, reps: int):
+    """(value, gradients, forward ms, backward ms) of the term with the module's current tiles: ``product``, the
+    product's kernels; ``acc2d``, the variant forward (no gradients, no backward)."""
+    if kind == "acc2d":
+        sums = forward_with(_forward_acc2d, head, student, teacher, weights)
+        fwd = cuda_ms(lambda: forward_with(_forward_acc2d, head, student, teacher, weights), reps)
+        return (weights * sums).sum(), None, fwd, None
+    fn = fused_losses.head_term if head else fused_losses.feature_term
+    value = fn(student, teacher, weights)
+    for x in student:
+        x.grad = None
+    value.backward()
+    grads = [x.grad.clone() for x in student]
+    fwd = cuda_ms(lambda: fn(student, teacher, weights), reps)
+    g = torch.ones((), device=weights.device)
+    bwd = cuda_ms(lambda: fused_losses._launch_backward(head, student, teacher, weights, g), reps)
+    return value, grads, fwd, bwd
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True, help="JSON of every row")
@@ -124,7 +143,6 @@ def main() -> None:
     saved = fused_losses._BLOCK_C, fused_losses._BLOCK_P, fused_losses._WARPS
     for term, channels, t_dtype in (("head", 9 * args.classes, torch.bfloat16), ("feature", 256, torch.float16)):
         head = term == "head"
-        fn = fused_losses.head_term if head else fused_losses.feature_term
         for layout in ("nchw", "nhwc"):
             torch.manual_seed(0)
             student = levels(args.batch, channels, shape, torch.bfloat16, layout == "nhwc", dev, grad=True)
@@ -136,22 +154,7 @@ def main() -> None:
                 for bc, bp, warps in blocks:
                     fused_losses._BLOCK_C, fused_losses._BLOCK_P, fused_losses._WARPS = bc, bp, warps
                     try:
-                        if kind == "product":
-                            value = fn(student, teacher, weights)
-                            for x in student:
-                                x.grad = None
-                            value.backward()
-                            grads = [x.grad.clone() for x in student]
-                            fwd = cuda_ms(lambda: fn(student, teacher, weights), args.reps)
-                            g = torch.ones((), device=dev)
-                            bwd = cuda_ms(lambda: fused_losses._launch_backward(head, student, teacher, weights, g),
-                                          args.reps)
-                        else:
-                            sums = forward_with(_forward_acc2d, head, student, teacher, weights)
-                            value, grads = (weights * sums).sum(), None
-                            fwd = cuda_ms(lambda: forward_with(_forward_acc2d, head, student, teacher, weights),
-                                          args.reps)
-                            bwd = None
+                        value, grads, fwd, bwd = run_kernels(kind, head, student, teacher, weights, args.reps)
                     finally:
                         fused_losses._BLOCK_C, fused_losses._BLOCK_P, fused_losses._WARPS = saved
                     if want is None:
