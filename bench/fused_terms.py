@@ -5,8 +5,8 @@ channels) and the feature term (256 channels); the student's tensors bf16 as aut
 the cached side gives them (the head's logits bf16, the decoded features float16), both layouts of the student
 (NCHW, the default, and channels-last, ``train.channels_last``) against the teacher's channels-last.
 
-Per configuration of the kernels (``--blocks``: BLOCK_C x BLOCK_P x warps) the median of ``--reps`` timed calls
-(CUDA events) of the forward and the backward, and the GB/s that makes of the bytes each must move (forward: read
+Per configuration of the kernels (``--blocks``: BLOCK_C x BLOCK_P x warps) the device time of the forward and the
+backward, each captured as a CUDA graph and replayed ``--reps`` times (so that launch gaps do not count), and the GB/s that makes of the bytes each must move (forward: read
 both tensors; backward: read both, write the gradient). A variant forward that keeps a 2-D accumulator and sums
 over the channels once at the end (``acc2d``) runs beside the product's, which sums each tile as it goes. Each
 configuration's value and gradients are checked against the product's default run.
@@ -74,21 +74,31 @@ def levels(batch: int, channels: int, shape: list[tuple[int, int]], dtype, nhwc:
 
 
 def cuda_ms(fn, reps: int) -> float:
-    """Median ms of ``reps`` calls of ``fn`` (CUDA events; wall time off CUDA)."""
-    times = []
-    for _ in range(reps):
-        if torch.cuda.is_available():
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
-        else:
+    """Device ms of one call of ``fn``: on CUDA, ``fn`` captured once as a CUDA graph and replayed ``reps`` times
+    between two events (what a step replayed as one graph pays: no launch gaps), the median of 5 such rounds; off
+    CUDA the median wall time of ``reps`` calls."""
+    if not torch.cuda.is_available():
+        times = []
+        for _ in range(reps):
             t = time.perf_counter()
             fn()
             times.append(1e3 * (time.perf_counter() - t))
-    return statistics.median(times)
+        return statistics.median(times)
+    fn()  # compiled and warm before the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    rounds = []
+    for _ in range(5):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(reps):
+            graph.replay()
+        b.record()
+        b.synchronize()
+        rounds.append(a.elapsed_time(b) / reps)
+    return statistics.median(rounds)
 
 
 def forward_with(kernel, head: bool, student, teacher, weights) -> torch.Tensor:
@@ -114,7 +124,8 @@ def run_kernels(kind: str, head: bool, student, teacher, weights, reps: int):
         x.grad = None
     value.backward()
     grads = [x.grad.clone() for x in student]
-    fwd = cuda_ms(lambda: fn(student, teacher, weights), reps)
+    with torch.no_grad():  # the forward alone
+        fwd = cuda_ms(lambda: fn(student, teacher, weights), reps)
     g = torch.ones((), device=weights.device)
     bwd = cuda_ms(lambda: fused_losses._launch_backward(head, student, teacher, weights, g), reps)
     return value, grads, fwd, bwd
