@@ -497,8 +497,8 @@ def test_a_channels_last_training_step_on_the_gpu_equals_the_nchw_step(mixed_cac
             assert tn == pytest.approx(tc, rel=loss_tol)
             assert len(gn) == len(gc) > 0 and all(a.shape == b.shape for a, b in zip(gn, gc, strict=True))
             # all the gradients as one vector: a parameter whose gradient is a small sum of large terms of both signs
-            # (P7's, on a 1x1 grid) differs more, relatively, between two summation orders (3e-4 in float32 on
-            # the CPU, whose test this is: tests/test_step_graphs.py), however right both are
+            # (P7's, on a grid of a few positions) differs more, relatively, between two summation orders, however
+            # right both are
             flat = (torch.cat([a.float().flatten() for a in gn]), torch.cat([b.float().flatten() for b in gc]))
             assert _relative(*flat) < grad_tol, (it, _relative(*flat))
         assert all(p.grad.is_contiguous(memory_format=torch.channels_last) for p in four_d)
