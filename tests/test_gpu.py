@@ -1,5 +1,6 @@
 """GPU paths: bf16 autocast in the teacher, the cache and distillation. Skipped without CUDA."""
 
+import contextlib
 from dataclasses import replace
 
 import pytest
@@ -178,6 +179,27 @@ def _cache_of(mixed_cache, tmp_path, dtype: str):
         path = str(tmp_path / f"{dtype}.zarr")
         write_teacher_cache(recipe, path, ctx=setup("cpu"))
     return recipe, TeacherCache(path)
+
+
+def _step_batches(mixed_cache, tmp_path, dtype: str, kind: str):
+    """``(recipe, cache, batches)``: ``_cache_of``'s, and one batch per canvas, which carries the cached targets only
+    for the ``cached`` kind."""
+    recipe, cache = _cache_of(mixed_cache, tmp_path, dtype)
+    batches = _one_canvas_batches(recipe, cache)
+    if kind != "cached":
+        batches = [replace(b, teacher=None) for b in batches]
+    return recipe, cache, batches
+
+
+@contextlib.contextmanager
+def _tf32(enabled: bool):
+    """cuDNN's and the matmuls' TF32 ``enabled`` inside, as they were after."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 @pytest.mark.parametrize("dtype", ["float16", "int8"])
@@ -414,14 +436,9 @@ def test_a_training_step_replayed_as_one_cuda_graph_equals_the_eager_step(mixed_
     norm of their difference."""
     from frs_cli.train.loop import PendingLosses
 
-    recipe, cache = _cache_of(mixed_cache, tmp_path, dtype)
-    batches = _one_canvas_batches(recipe, cache)
-    if kind != "cached":
-        batches = [replace(b, teacher=None) for b in batches]
-    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = amp
+    recipe, cache, batches = _step_batches(mixed_cache, tmp_path, dtype, kind)
     loss_tol, grad_tol = (2e-3, 2e-2) if amp else (1e-5, 1e-4)
-    try:
+    with _tf32(amp):
         graphed, eager = (_trainer(recipe, cache, kind, g, arch, amp) for g in (True, False))
         eager.objective.load_state_dict(graphed.objective.state_dict())
         assert graphed.graphs is not None and eager.graphs is None
@@ -457,8 +474,6 @@ def test_a_training_step_replayed_as_one_cuda_graph_equals_the_eager_step(mixed_
             finally:
                 torch.cuda.set_sync_debug_mode("default")
         assert graphed.graphs.captured == 3
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 @pytest.mark.parametrize(("kind", "amp"), [("cached", False), ("plain", False), ("cached", True), ("online", True),
@@ -475,14 +490,9 @@ def test_a_channels_last_training_step_on_the_gpu_equals_the_nchw_step(mixed_cac
     laid out wrong gives (about 1.4)."""
     from frs_cli.train.loop import PendingLosses
 
-    recipe, cache = _cache_of(mixed_cache, tmp_path, "int8")
-    batches = _one_canvas_batches(recipe, cache)
-    if kind != "cached":
-        batches = [replace(b, teacher=None) for b in batches]
-    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    recipe, cache, batches = _step_batches(mixed_cache, tmp_path, "int8", kind)
     loss_tol, grad_tol = (5e-3, 2e-2) if amp else (1e-5, 1e-5)
-    try:
+    with _tf32(False):
         nhwc, nchw = (_trainer(recipe, cache, kind, True, None, amp, channels_last=c) for c in (True, False))
         nhwc.objective.load_state_dict(nchw.objective.state_dict())
         four_d = [p for p in nhwc.objective.parameters() if p.dim() == 4 and p.requires_grad]
@@ -511,8 +521,6 @@ def test_a_channels_last_training_step_on_the_gpu_equals_the_nchw_step(mixed_cac
             assert max(differences) < grad_tol, differences
         assert all(p.grad.is_contiguous(memory_format=torch.channels_last) for p in four_d)
         assert nhwc.graphs.captured == nchw.graphs.captured == 3
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 @pytest.mark.parametrize("kind", ["cached", "online"])
@@ -526,13 +534,8 @@ def test_the_teacher_side_of_a_graphed_step_runs_on_a_second_stream_and_gives_th
     from frs_cli.train.loop import PendingLosses
     from frs_cli.train.objectives import student_pass
 
-    recipe, cache = _cache_of(mixed_cache, tmp_path, "int8")
-    batches = _one_canvas_batches(recipe, cache)
-    if kind != "cached":
-        batches = [replace(b, teacher=None) for b in batches]
-    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
+    recipe, cache, batches = _step_batches(mixed_cache, tmp_path, "int8", kind)
+    with _tf32(False):
         two, one = (_trainer(recipe, cache, kind, True, None, False, beside=b) for b in (True, False))
         one.objective.load_state_dict(two.objective.state_dict())
         streams = {id(two): [], id(one): []}
@@ -568,8 +571,6 @@ def test_the_teacher_side_of_a_graphed_step_runs_on_a_second_stream_and_gives_th
                 assert _relative(a, b) < 1e-5, (it, k, _relative(a, b))
         assert two.graphs.captured == one.graphs.captured == 3
         assert len(streams[id(two)]) >= 3 and len(streams[id(one)]) >= 3  # each capture ran the teacher's side
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
 def test_distill_with_the_step_as_cuda_graphs_runs_whole_and_trains_as_the_eager_run(mixed_cache, tmp_path, monkeypatch):
@@ -598,18 +599,14 @@ def test_distill_with_the_step_as_cuda_graphs_runs_whole_and_trains_as_the_eager
 
     monkeypatch.setattr(StepGraphs, "_capture", counted_capture)
     monkeypatch.setattr(StepGraphs, "step", counted_step)
-    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     runs = {}
-    try:
+    with _tf32(False):
         for graphs in (True, False):
             r = replace(recipe, train=replace(recipe.train, epochs=2, batch_size=2, amp=False, cuda_graphs=graphs,
                                               lr_steps=(2,)))
             runs[graphs] = distill_student(r, tmp_path / f"graphs_{graphs}", cache=path, ctx=setup("cuda"))
             if graphs:
                 seen = dict(counts)
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
     assert seen["captures"] >= 1 and seen["replays"] > seen["captures"], seen
     assert counts == seen  # the eager run made no StepGraphs step
     a, b = runs[True].fit, runs[False].fit
