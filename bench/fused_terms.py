@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -27,8 +26,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from frs_cli import fused_losses
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import cpu_name
 
 try:
     import triton
@@ -123,6 +124,7 @@ def run_kernels(kind: str, head: bool, student, teacher, weights, reps: int):
     for x in student:
         x.grad = None
     value.backward()
+    value = value.detach()
     grads = [x.grad.clone() for x in student]
     with torch.no_grad():  # the forward alone
         fwd = cuda_ms(lambda: fn(student, teacher, weights), reps)
@@ -148,7 +150,7 @@ def main() -> None:
     weights = torch.rand(args.batch, positions, device=dev)
     blocks = [tuple(int(v) for v in b.split("x")) for b in args.blocks.split(",")]
     res = {"command": "python3 " + " ".join(sys.argv), "date": date.today().isoformat(),
-           "device": torch.cuda.get_device_name() if dev.type == "cuda" else platform.processor() or "cpu",
+           "device": torch.cuda.get_device_name() if dev.type == "cuda" else cpu_name(),
            "torch": torch.__version__, "triton": getattr(triton, "__version__", None), "batch": args.batch,
            "canvas": canvas, "grids": shape, "rows": []}
     saved = fused_losses._BLOCK_C, fused_losses._BLOCK_P, fused_losses._WARPS
