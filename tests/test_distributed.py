@@ -236,3 +236,36 @@ def test_ctrl_c_under_torchrun_stops_both_processes_at_one_step_and_resumes_to_t
     b = torch.load(out / "model_final.pt", weights_only=True)["model"]
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)
+
+
+@pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun not installed")
+def test_an_error_every_rank_meets_is_printed_once_under_torchrun(tmp_path):
+    """Both processes of a two-process run meet the same missing annotations file: one ``error:`` line, exit 1."""
+    recipe = write_recipe(tmp_path / "r.toml", tmp_path / "nowhere")
+    r = _torchrun("distill", "--pipeline", recipe, "--cache", tmp_path / "cache.zarr", "--out", tmp_path / "run",
+                  tmp_path=tmp_path)
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, r.stderr
+    assert "annotations" in lines[0] and "nowhere" in lines[0], lines
+    assert not (tmp_path / "run").exists()
+
+
+def test_first_to_report_lets_one_process_of_a_job_print_each_line_each_time(tmp_path, monkeypatch):
+    """Two processes (one parent) report lines: each line's n-th report prints once; a one-process run prints all."""
+    from frs_cli.cli import common
+
+    monkeypatch.setattr(common.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert [common.first_to_report("a") for _ in range(3)] == [True, True, True]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_PORT", "29511")
+    rank0, rank1 = {}, {}
+    for n in range(2):
+        monkeypatch.setattr(common, "_times_reported", rank0)
+        first = [common.first_to_report("error: x"), common.first_to_report("warning: only rank 0")]
+        monkeypatch.setattr(common, "_times_reported", rank1)
+        second = [common.first_to_report("error: x"), common.first_to_report("warning: only rank 1")]
+        assert first == [True, True] and second == [False, True], n
+    monkeypatch.setenv("MASTER_PORT", "29512")  # another job prints its lines again
+    assert common.first_to_report("error: x")

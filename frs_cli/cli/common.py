@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import sys
+import tempfile
 
 import typer
 from rich.console import Console
@@ -34,9 +36,34 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+_times_reported: dict[str, int] = {}
+
+
+def first_to_report(line: str) -> bool:
+    """Whether this process prints ``line``: always in a one-process run; under torchrun only the first of the job's
+    processes on this host to report that same line for the n-th time (each rank meets the same bad input and would
+    print it again; a line only one rank meets is printed by that rank). A marker file per line, occurrence and job
+    in the temp directory decides; if it cannot be made, the line is printed."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return True
+    _times_reported[line] = occurrence = _times_reported.get(line, 0) + 1
+    job = [os.environ.get(k, "") for k in ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "MASTER_ADDR",
+                                            "MASTER_PORT")]
+    key = hashlib.sha256("\0".join([*job, str(os.getppid()), str(occurrence), line]).encode()).hexdigest()[:24]
+    try:
+        os.close(os.open(os.path.join(tempfile.gettempdir(), f"frs-reported-{key}"), os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
 def fail(message: str, code: int = 1):
-    """Print ``message`` as one ``error:`` line (as it is: brackets in it are text, not markup) and exit."""
-    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, markup=True, highlight=False)
+    """Print ``message`` as one ``error:`` line (as it is: brackets in it are text, not markup) and exit. Under
+    torchrun the job prints each distinct line once, not once per process (``first_to_report``)."""
+    if first_to_report(f"error: {message}"):
+        err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, markup=True, highlight=False)
     raise typer.Exit(code)
 
 
@@ -48,10 +75,12 @@ def handle_errors(fn):
         try:
             return fn(*args, **kwargs)
         except Interrupted as exc:
-            err_console.print(f"[yellow]interrupted:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
+            if first_to_report(f"interrupted: {exc}"):
+                err_console.print(f"[yellow]interrupted:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
             raise typer.Exit(130) from None
         except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/]", highlight=False)
+            if first_to_report("interrupted"):
+                err_console.print("[yellow]interrupted[/]", highlight=False)
             raise typer.Exit(130) from None
         except FrsError as exc:
             fail(str(exc).replace("\n", " "))
@@ -70,7 +99,15 @@ def setup_logging(verbose: bool) -> None:
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(_PlainFormatter())
+    handler.addFilter(_OncePerJob())
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler], force=True)
+
+
+class _OncePerJob(logging.Filter):
+    """Under torchrun, a warning or note every process logs alike is printed once (``first_to_report``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return first_to_report(f"{record.levelname}: {record.getMessage()}")
 
 
 class _PlainFormatter(logging.Formatter):
