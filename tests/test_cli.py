@@ -92,6 +92,36 @@ def test_train_then_eval_checkpoint_writes_metrics_and_detections(tmp_path, reci
     assert json.loads((tmp_path / "m2.json").read_text()) == pytest.approx(metrics)
 
 
+def test_label_map_category_id_on_coco_style_ids_trains_and_evaluates(tmp_path, recipe_path, synth_root):
+    """Category ids with gaps and no 0 (as COCO's 1..90 for 80 classes) under data.label_map = 'category_id' (the
+    COCO recipes'): the labels 0..max id include background and the skipped ids, training ends with the model file
+    and its metrics, and `frs eval` scores it; detections carry only categories of the ground truth."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    for split in ("train", "val"):
+        ann = root / "annotations" / f"instances_{split}.json"
+        doc = json.loads(ann.read_text())
+        for c in doc["categories"]:
+            c["id"] = 3 * c["id"] + 1
+        for a in doc["annotations"]:
+            a["category_id"] = 3 * a["category_id"] + 1
+        ann.write_text(json.dumps(doc))
+    ids = {3 * c["id"] + 1 for c in json.loads((synth_root / "annotations" / "instances_val.json").read_text())[
+        "categories"]}
+    result = run("train", "--pipeline", recipe_path, "--role", "student", "--out", tmp_path / "run", "--device", "cpu",
+                 "--set", f"data.root={json.dumps(str(root))}", "--set", "data.label_map=category_id")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "model_final.pt").is_file()
+    assert "AP50" in result.stdout  # the val table
+    result = run("eval", "--checkpoint", tmp_path / "run" / "model_final.pt", "--data", root, "--workers", 0,
+                 "--metrics", tmp_path / "m.json", "--detections-out", tmp_path / "dets.json")
+    assert result.exit_code == 0, result.output
+    assert set(json.loads((tmp_path / "m.json").read_text())) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
+    assert {d["category_id"] for d in json.loads((tmp_path / "dets.json").read_text())} <= ids
+
+
 def test_eval_of_ground_truth_as_detections_is_perfect(tmp_path, synth_root):
     gt = json.loads((synth_root / "annotations" / "instances_val.json").read_text())
     dets = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"], "score": 1.0}

@@ -121,6 +121,23 @@ def test_evaluator_maps_labels_and_round_trips_results(tmp_path):
     assert evaluator.results == [] and evaluator.image_ids == []
 
 
+def test_category_id_labels_score_their_categories_and_leave_out_labels_of_no_category(tmp_path):
+    """label_map = 'category_id': labels 0..11 for categories 3, 7, 11 (as torchvision's 91 outputs for COCO's 80
+    ids). Detections of labels 3, 7, 11 score; those of background 0 and the skipped ids are left out, not counted
+    against AP."""
+    coco = load_coco(write_gt(tmp_path))
+    evaluator = CocoEvaluator(coco, list(range(12)))
+    for image_id in (1, 2):
+        anns = [a for a in GT_ANNOTATIONS if a[0] == image_id]
+        boxes = torch.tensor([[x, y, x + w, y + h] for _, _, (x, y, w, h) in anns] + [[0, 0, 5, 5]] * 2,
+                             dtype=torch.float32)
+        labels = torch.tensor([cat for _, cat, _ in anns] + [0, 5])
+        evaluator.process([image_id], [{"boxes": boxes, "scores": torch.ones(len(labels)), "labels": labels}])
+    assert evaluator.evaluate()["AP"] == pytest.approx(1.0)
+    assert {r["category_id"] for r in evaluator.results} == {3, 7, 11}
+    assert len(evaluator.results) == len(GT_ANNOTATIONS)
+
+
 def test_evaluator_counts_images_without_detections(tmp_path):
     coco = load_coco(write_gt(tmp_path))
     evaluator = CocoEvaluator(coco, [3, 7, 11])
@@ -131,7 +148,7 @@ def test_evaluator_counts_images_without_detections(tmp_path):
 
 def test_evaluator_rejects_bad_labels_and_images(tmp_path):
     coco = load_coco(write_gt(tmp_path))
-    with pytest.raises(DataError, match="label_to_category"):
+    with pytest.raises(DataError, match=r"label_to_category: .* got labels for \[3, 8\] \(none for \[7, 11\]\)"):
         CocoEvaluator(coco, [3, 8])
     evaluator = CocoEvaluator(coco, [3, 7, 11])
     out = {"boxes": torch.zeros(1, 4), "scores": torch.ones(1), "labels": torch.tensor([3])}
@@ -140,7 +157,7 @@ def test_evaluator_rejects_bad_labels_and_images(tmp_path):
     with pytest.raises(DataError, match="unknown image_id 99"):
         evaluator.process([99], [out])
     with pytest.raises(DataError, match="at least one processed image"):
-        CocoEvaluator(coco, [3]).evaluate()
+        CocoEvaluator(coco, [3, 7, 11]).evaluate()
 
 
 def test_malformed_json_raises_data_error(tmp_path):

@@ -295,7 +295,9 @@ class CocoEvaluator:
 
     ``process(image_ids, outputs)`` takes one output per image id, a dict with
     ``boxes``: ``(N, 4)`` float xyxy in ORIGINAL image pixels, ``scores``: ``(N,)``,
-    ``labels``: ``(N,)`` integer contiguous label indices, mapped to category ids by ``label_to_category``.
+    ``labels``: ``(N,)`` integer contiguous label indices, mapped to category ids by ``label_to_category``, which
+    must give every ground-truth category a label; detections of a label that is no category of the ground truth
+    (with ``label_map = 'category_id'``: 0 and the ids COCO skips) are left out.
     Every processed image counts in ``evaluate()``, also one with no detections (its objects are missed).
     ``results`` holds the COCO results list; ``write_results(path)`` saves it as JSON.
     """
@@ -303,12 +305,15 @@ class CocoEvaluator:
     def __init__(self, coco_gt: COCO, label_to_category: Sequence[int]):
         categories = set(coco_gt.getCatIds())
         mapping = [int(c) for c in label_to_category]
-        unknown = [c for c in mapping if c not in categories]
-        if not mapping or unknown:
-            raise DataError(f"label_to_category: expected category ids of the ground truth {sorted(categories)}, "
-                            f"got {mapping}")
+        missing = sorted(categories - set(mapping))
+        if not mapping or missing:
+            raise DataError(f"label_to_category: expected a label for every category id of the ground truth "
+                            f"{sorted(categories)}, got labels for {mapping} (none for {missing})")
         self.coco_gt = coco_gt
         self.label_to_category = mapping
+        # labels of no ground-truth category (label_map = 'category_id': background 0 and the ids COCO skips, as in
+        # torchvision's 91 outputs) cannot be right: their detections are left out (COCOeval would ignore them too)
+        self._scored = torch.tensor([c in categories for c in mapping])
         self._gt_images = set(coco_gt.getImgIds())
         self.reset()
 
@@ -344,6 +349,8 @@ class CocoEvaluator:
         if n and (labels.min() < 0 or labels.max() >= len(self.label_to_category)):
             raise DataError(f"process: expected labels in 0..{len(self.label_to_category) - 1}, got "
                             f"{int(labels.min())}..{int(labels.max())} for image {image_id}")
+        keep = self._scored[labels]
+        boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
         xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1)
         return [
             {"image_id": image_id, "category_id": self.label_to_category[label], "bbox": box, "score": score}
