@@ -220,17 +220,18 @@ def test_teacher_cache_names_the_knob_when_the_loader_or_the_writers_held_it_bac
     from frs_cli.cache.config import CacheConfig
     from frs_cli.cache.writer import CacheWriteSummary
 
-    def summary(loader: float, writers: float):
+    def summary(loader: float, writers: float, seconds: float = 10.0):
         stages = {"loader_wait": loader, "backpressure": writers, "gpu_wait": 9.0, "device_wait": 0.0, "write": 0.0}
-        return CacheWriteSummary("c.zarr", 48, 48, 10.0, 4.8, True, stage_seconds=stages)
+        return CacheWriteSummary("c.zarr", 48, 48, seconds, 4.8, True, stage_seconds=stages)
 
     def returning(result):
         return lambda *args, **kwargs: result
 
     out = str(tmp_path / "c.zarr")
-    for loader, writers, expected in ((0.5, 2.4, []), (3.0, 0.0, ["cache.workers=N, now 0"]),
-                                      (0.0, 6.0, ["cache.write_processes=N, now 2"])):
-        monkeypatch.setattr(writer, "write_teacher_cache", returning(summary(loader, writers)))
+    for loader, writers, seconds, expected in ((0.6, 0.6, 1.2, []),  # a second's run: its waits are no bound
+                                               (0.5, 2.4, 10.0, []), (3.0, 0.0, 10.0, ["cache.workers=N, now 0"]),
+                                               (0.0, 6.0, 10.0, ["cache.write_processes=N, now 2"])):
+        monkeypatch.setattr(writer, "write_teacher_cache", returning(summary(loader, writers, seconds)))
         result = run("teacher-cache", "--pipeline", recipe_path, "--out", out, "--device", "cpu",
                      "--set", "cache.write_processes=2")
         assert result.exit_code == 0, result.output

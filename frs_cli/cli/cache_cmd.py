@@ -82,10 +82,12 @@ def teacher_cache(
 
 
 HINT_SHARE = 0.25  # a wait above this share of the write loop gets a hint
+HINT_MIN_S = 1.0  # and above this many seconds (a short run's waits are its start and its end)
 
 
 def bottleneck_hints(stages: dict | None, seconds: float, cfg, write_processes: int | None = None) -> list[str]:
-    """What held the teacher back, when a wait took more than ``HINT_SHARE`` of the write loop's ``seconds``:
+    """What held the teacher back, when a wait took more than ``HINT_SHARE`` of the write loop's ``seconds`` (and
+    more than ``HINT_MIN_S``):
     the loader (images not decoded in time) or the write side (no free writer slot). Each line names the knob
     and its value in ``cfg`` (the recipe's ``cache``), with ``write_processes`` the count the write ran
     ("auto" resolves per host and per GPU process)."""
@@ -93,10 +95,10 @@ def bottleneck_hints(stages: dict | None, seconds: float, cfg, write_processes: 
         return []
     hints = []
     loader, writers = stages.get("loader_wait", 0.0), stages.get("backpressure", 0.0)
-    if loader > HINT_SHARE * seconds:
+    if loader > max(HINT_SHARE * seconds, HINT_MIN_S):
         hints.append(f"waited {loader:.1f} of {seconds:.1f} s for decoded images: more loader workers may help "
                      f"(--set cache.workers=N, now {cfg.workers})")
-    if writers > HINT_SHARE * seconds:
+    if writers > max(HINT_SHARE * seconds, HINT_MIN_S):
         n = cfg.writer_processes() if write_processes is None else write_processes
         now = ("0, threads in this process" if n == 0 else f"auto = {n}" if cfg.write_processes == "auto"
                else f"{n}")
