@@ -225,7 +225,7 @@ def test_view_canvases_are_the_padded_sizes_and_decode_no_image(mixed_recipe, mo
     r = load_recipe(mixed_recipe)
     coco = CocoViews.from_config(r.data, "train", r.geometry)
 
-    def no_decode(path):
+    def no_decode(path, size=None):
         raise AssertionError(f"decoded {path}")
 
     monkeypatch.setattr(frs_cli.data.coco, "read_image", no_decode)

@@ -125,6 +125,53 @@ def test_zero_or_negative_size_boxes_are_dropped_with_warning(tmp_path, caplog):
     assert str(path) in warnings[0].getMessage()
 
 
+def test_boxes_are_clipped_to_their_image_and_those_wholly_outside_are_dropped_with_a_warning(tmp_path, caplog):
+    images = [{"id": 1, "file_name": "x.png", "height": 30, "width": 40}]
+    anns = [
+        _ann(1, 1, [-5.0, 20.0, 15.0, 20.0]),  # over the left and bottom edges: clipped
+        _ann(2, 1, [50.0, 5.0, 10.0, 10.0]),  # right of the image: dropped
+        _ann(3, 1, [10.0, 30.0, 5.0, 5.0]),  # from the bottom edge down: dropped
+        _ann(4, 1, [1.0, 1.0, 0.0, 5.0]),  # zero width: dropped
+        _ann(5, 1, [2.0, 3.0, 5.0, 5.0]),  # inside: as it is
+    ]
+    path = _write_json(tmp_path / "a.json", _doc(images, anns))
+    with caplog.at_level(logging.WARNING, logger="frs_cli.data.coco"):
+        index = CocoIndex(path)
+    np.testing.assert_array_equal(index.records[0].boxes_xyxy, np.array([[0, 20, 10, 30], [2, 3, 7, 8]], np.float32))
+    assert index.dropped_boxes == 3
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert f"dropped 1 boxes of zero or negative size and 2 boxes wholly outside their image in {path}" == warning
+
+
+def _turned_jpeg(path, orientation: int):
+    """A 40 (wide) x 30 JPEG stored with EXIF ``orientation``, left half red; shown turned when 5-8."""
+    arr = np.zeros((30, 40, 3), dtype=np.uint8)
+    arr[:, :20] = RED
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(arr).save(path, exif=exif, quality=95)
+
+
+def test_an_exif_turned_image_is_read_turned_only_where_the_annotated_size_is_the_turned_one(tmp_path):
+    """Orientation 6 (shown turned 90 degrees clockwise): annotated 40 x 30 (height x width, as a viewer shows it)
+    gives the turned pixels, red on top; annotated 30 x 40 (the stored size, as COCO's) gives the stored pixels."""
+    _turned_jpeg(tmp_path / "t.jpg", 6)
+    turned = read_image(tmp_path / "t.jpg", (40, 30))
+    assert turned.shape == (3, 40, 30)
+    assert turned[0, :15].float().mean() > 200 and turned[0, 25:].float().mean() < 50  # red on top
+    stored = read_image(tmp_path / "t.jpg", (30, 40))
+    assert stored.shape == (3, 30, 40) and stored[0, :, :15].float().mean() > 200
+    assert torch.equal(read_image(tmp_path / "t.jpg"), stored)
+    _turned_jpeg(tmp_path / "u.jpg", 1)  # no turn: the annotated size does not match, and nothing is turned
+    assert read_image(tmp_path / "u.jpg", (40, 30)).shape == (3, 30, 40)
+
+
+def test_an_image_of_more_than_8_bits_a_channel_is_one_error_not_clipped_pixels(tmp_path):
+    Image.fromarray(np.full((8, 8), 40000, dtype=np.uint16)).save(tmp_path / "deep.png")
+    with pytest.raises(DataError, match=r"deep.png': expected 8 bits a channel .*got PIL mode 'I;16'"):
+        read_image(tmp_path / "deep.png")
+
+
 def test_no_warning_when_nothing_is_dropped(dataset, caplog):
     _, ann_file, _ = dataset
     with caplog.at_level(logging.WARNING, logger="frs_cli.data.coco"):
@@ -373,7 +420,7 @@ def test_views_image_size_differing_from_json_raises_data_error(dataset):
     root, ann_file, _ = dataset
     _two_colour_png(root / "train" / "b.png", 41, 30)
     views = CocoViews(CocoIndex(ann_file), root / "train", NO_RESIZE)
-    with pytest.raises(DataError, match="'b.png': annotations say 30x40, the file is 30x41"):
+    with pytest.raises(DataError, match=r"b.png': annotations say 30x40 \(height x width\), the file is 30x41"):
         views[(1, "orig")]
 
 
@@ -544,7 +591,7 @@ def test_original_batches_decode_each_file_once_and_resize_to_the_collated_batch
     want = collate([ds[k] for k in keys])
     decoded, resized = [], []
     read, resize = coco.read_image, geometry.resize_image
-    monkeypatch.setattr(coco, "read_image", lambda path: decoded.append(path) or read(path))
+    monkeypatch.setattr(coco, "read_image", lambda path, size=None: decoded.append(path) or read(path, size))
     monkeypatch.setattr(coco, "resize_image", lambda image, g: resized.append(g) or resize(image, g))
     batch = OriginalBatches(ds)[keys]
     assert isinstance(batch, Originals) and len(batch.images) == 7 and len(decoded) == 7

@@ -189,11 +189,11 @@ def _annotation_of_a_missing_image(t):
     return ["teacher-cache", "--set", f"data.root={root}"], [f"annotation {10**6} names image 999, which is not among"]
 
 
-def _image_file_missing(t):  # found by a DataLoader worker halfway through the cache
+def _image_file_missing(t):  # found before the teacher is built (CocoViews.check_files)
     root = _copy_data(t.synth_root, t.tmp)
     (root / "train" / "000000000013.jpg").unlink()
     return ["teacher-cache", "--set", f"data.root={root}", "--set", "cache.workers=1"], \
-        ["image: expected a file at", "000000000013.jpg', but it does not exist"]
+        ["image: expected a file at", "000000000013.jpg', but it does not exist", "1 of the 24 image files of"]
 
 
 def _image_file_corrupt(t):
@@ -272,6 +272,35 @@ def test_bad_input_is_one_error_line_and_leaves_nothing_marked_complete(case, re
         assert not (out / "model_final.pt").exists() and not (out / "last.pt").exists()
 
 
+def _val_image_missing(root):
+    (root / "val" / "000000000030.jpg").unlink()
+    return ["000000000030.jpg', but it does not exist", "1 of the 8 image files of"]
+
+
+def _val_box_of_negative_width(root):
+    path = root / "annotations" / "instances_val.json"
+    doc = json.loads(path.read_text())
+    doc["annotations"][2]["bbox"][2] = -5.0
+    path.write_text(json.dumps(doc))
+    return ["instances_val.json': annotations[2]: expected bbox width and height >= 0"]
+
+
+@pytest.mark.parametrize("make", [_val_image_missing, _val_box_of_negative_width], ids=lambda f: f.__name__[1:])
+@pytest.mark.parametrize("command", ["train", "distill"])
+def test_a_val_split_evaluation_would_refuse_is_refused_before_training(command, make, recipe_path, synth_root,
+                                                                         cache_path, tmp_path):
+    """What would stop the evaluation after the last epoch (a missing image file, ground truth pycocotools
+    scoring refuses) stops the run before its first step, in one line, with no run directory."""
+    root = _copy_data(synth_root, tmp_path)
+    fragments = make(root)
+    args = ["--role", "student"] if command == "train" else ["--cache", cache_path]
+    out = tmp_path / "out"
+    result = run(command, "--pipeline", recipe_path, "--out", out, "--device", "cpu", *args,
+                 "--set", f"data.root={root}")
+    assert_one_line_error(result, *fragments)
+    assert not out.exists() and "epoch 1/1" not in result.stderr
+
+
 def test_zero_and_negative_size_boxes_are_dropped_with_a_warning_not_fatal(recipe_path, synth_root, tmp_path):
     root = _copy_data(synth_root, tmp_path)
 
@@ -314,3 +343,13 @@ def test_disk_full_while_saving_a_checkpoint_is_one_line_and_resume_continues(mo
     b = torch.load(out / FINAL, weights_only=True)["model"]
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)
+
+
+@pytest.mark.parametrize("make", [_val_image_missing, _val_box_of_negative_width], ids=lambda f: f.__name__[1:])
+def test_eval_of_a_model_refuses_such_a_split_before_running_the_model(make, synth_root, teacher_ckpt, tmp_path):
+    root = _copy_data(synth_root, tmp_path)
+    fragments = make(root)
+    result = run("eval", "--checkpoint", teacher_ckpt, "--data", root, "--device", "cpu", "--workers", 0,
+                 "--metrics", tmp_path / "m.json")
+    assert_one_line_error(result, *fragments)
+    assert "evaluate " not in result.stderr and not (tmp_path / "m.json").exists()  # no image went through the model

@@ -8,7 +8,9 @@ Layout of a dataset root (COCO's own)::
 Labels are contiguous indices ``0..K-1`` in the order of ascending category id (``label_map =
 "contiguous"``), or the category ids themselves (``"category_id"``, K = max id + 1), which is what
 torchvision's COCO-pretrained detectors predict. Crowd boxes are dropped, as COCO's evaluation ignores
-them; boxes of zero or negative size are dropped with a warning.
+them; boxes are clipped to their image, and those of zero or negative size or wholly outside the image are
+dropped with a warning. An image file is read as its pixels are stored (as torchvision and pycocotools read
+COCO), unless its EXIF orientation turns it by 90 degrees and only the turned image has the annotated size.
 """
 
 from __future__ import annotations
@@ -117,7 +119,7 @@ class CocoIndex:
             log.info("category ids %s mapped to contiguous labels 0..%d", cat_ids, len(cat_ids) - 1)
 
         per_image: dict[int, list] = {i: [] for i in images}
-        dropped = 0
+        dropped = outside = 0
         for ann in doc["annotations"]:
             try:
                 image_id, cat = int(ann["image_id"]), int(ann["category_id"])
@@ -141,10 +143,18 @@ class CocoIndex:
             if not (w > 0 and h > 0):
                 dropped += 1
                 continue
-            per_image[image_id].append((x, y, x + w, y + h, cat))
-        if dropped:
-            log.warning("dropped %d boxes of zero or negative size in %s", dropped, path)
-        self.dropped_boxes = dropped
+            # clipped to the image, as torchvision's and mmdetection's pipelines do; a box wholly outside is gone
+            _, height, width = images[image_id]
+            x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + w, float(width)), min(y + h, float(height))
+            if not (x1 > x0 and y1 > y0):
+                outside += 1
+                continue
+            per_image[image_id].append((x0, y0, x1, y1, cat))
+        if dropped or outside:
+            what = [f"{dropped} boxes of zero or negative size"] * bool(dropped) + \
+                [f"{outside} boxes wholly outside their image"] * bool(outside)
+            log.warning("dropped %s in %s", " and ".join(what), path)
+        self.dropped_boxes = dropped + outside
 
         self.records: list[ImageRecord] = []
         for image_id in sorted(images):
@@ -167,14 +177,28 @@ class CocoIndex:
         return len(self.records)
 
 
-def read_image(path: Path) -> Tensor:
-    """Decode an image file to ``(3, H, W)`` uint8 RGB; DataError for a missing or corrupt file."""
-    from PIL import Image, UnidentifiedImageError
+_EXIF_ORIENTATION = 0x0112
+_TURNED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+_DEEP_MODES = {"I", "F"}  # PIL modes of more than 8 bits a channel (also "I;16" and its kin); RGB would clip them
+
+
+def read_image(path: Path, size: tuple[int, int] | None = None) -> Tensor:
+    """Decode an image file to ``(3, H, W)`` uint8 RGB; DataError for a missing or corrupt file or one of more
+    than 8 bits a channel. The stored pixels, unless ``size`` (the annotated ``(H, W)``) is given, the file's EXIF
+    orientation turns it by 90 degrees and only the turned image has that size: then the turned image (the boxes
+    were drawn on it, as a viewer shows it)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     if not path.is_file():
         raise DataError(f"image: expected a file at {str(path)!r}, but it {missing_file(path)}")
     try:
         with Image.open(path) as im:
+            if im.mode in _DEEP_MODES or im.mode.startswith("I;"):
+                raise DataError(f"image {str(path)!r}: expected 8 bits a channel (RGB, grey, palette, CMYK), got "
+                                f"PIL mode {im.mode!r}", hint="convert the images to 8 bits a channel")
+            if size is not None and (im.height, im.width) != tuple(size) and (im.width, im.height) == tuple(size) \
+                    and im.getexif().get(_EXIF_ORIENTATION) in _TURNED:
+                im = ImageOps.exif_transpose(im)
             array = np.asarray(im.convert("RGB"))
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(f"image {str(path)!r}: could not be decoded ({str(exc).splitlines()[0]})") from exc
@@ -214,6 +238,16 @@ class CocoViews(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
+    def check_files(self, count: int | None = None) -> None:
+        """One DataError naming the first of the split's image files (of the first ``count``) that is missing and
+        how many are: found before the work, not hours into it. Only their presence is checked (a stat each)."""
+        records = self.index.records[:count]
+        missing = [self.image_dir / r.file_name for r in records if not (self.image_dir / r.file_name).is_file()]
+        if missing:
+            raise DataError(f"image: expected a file at {str(missing[0])!r}, but it {missing_file(missing[0])}",
+                            hint=f"{len(missing)} of the {len(records)} image files of "
+                                 f"{str(self.index.path)!r} are missing")
+
     def geometry_of(self, position: int, view: str) -> ViewGeometry:
         rec = self.index.records[position]
         return view_geometry(rec.height, rec.width, self.geometry, view)
@@ -222,9 +256,10 @@ class CocoViews(torch.utils.data.Dataset):
         """The decoded file of view ``key`` at its original size (``(3, H, W)`` uint8) and the view's geometry."""
         position, view = key if isinstance(key, tuple) else (key, "orig")
         rec = self.index.records[position]
-        image = read_image(self.image_dir / rec.file_name)
+        path = self.image_dir / rec.file_name
+        image = read_image(path, (rec.height, rec.width))
         if image.shape[-2:] != (rec.height, rec.width):
-            raise DataError(f"image {rec.file_name!r}: annotations say {rec.height}x{rec.width}, "
+            raise DataError(f"image {str(path)!r}: annotations say {rec.height}x{rec.width} (height x width), "
                             f"the file is {image.shape[-2]}x{image.shape[-1]}")
         return image, self.geometry_of(position, view)
 

@@ -61,9 +61,10 @@ def evaluate_detector(detector: Detector, dataset: CocoViews, ctx: DistContext, 
     ``max_images`` scores only the first N images (in dataset order), against their own ground truth;
     ``backend`` is ``evaluate_detections``'. A size range without ground truth is ``None`` (undefined).
     """
-    ids, outputs = predict(detector, dataset, ctx, batch_size, workers, amp, progress, max_images)
     mapping = dataset.index.label_to_category if label_to_category is None else label_to_category
-    evaluator = CocoEvaluator(load_coco(dataset.index.path), mapping)
+    evaluator = CocoEvaluator(load_coco(dataset.index.path), mapping)  # the ground truth checked before the work
+    dataset.check_files(max_images)
+    ids, outputs = predict(detector, dataset, ctx, batch_size, workers, amp, progress, max_images)
     evaluator.process(ids, outputs)
     metrics = evaluator.evaluate(backend)
     if detections_out is not None and ctx.is_main:

@@ -15,6 +15,7 @@ import torch
 from frs_cli.data.coco import CocoViews
 from frs_cli.dist import DistContext, setup
 from frs_cli.errors import ConfigError
+from frs_cli.eval.coco_eval import CocoEvaluator, load_coco
 from frs_cli.eval.predict import evaluate_detector
 from frs_cli.lock import job_lock
 from frs_cli.models import build_detector, check_compatible, check_distillable, signature, warn_untrained_teacher
@@ -115,6 +116,8 @@ def _evaluator(recipe, ctx: DistContext, cfg):
         raise ConfigError(f"data.val: expected at least one image to evaluate on, got none in the "
                           f"{recipe.data.val!r} split ({recipe.data.annotation_file(recipe.data.val)})",
                           hint="add --no-eval to train without evaluation, or set data.val to a split with images")
+    val.check_files()
+    CocoEvaluator(load_coco(val.index.path), val.index.label_to_category)  # the ground truth as evaluation reads it
 
     def evaluate(objective) -> dict:
         return evaluate_detector(objective.student, val, ctx, batch_size=max(1, cfg.batch_size),
@@ -140,6 +143,7 @@ def train_detector(recipe, role: str, out_dir: str | Path, *, resume: bool = Fal
         require_tensorboard()
     seed_everything(cfg.seed)
     train = CocoViews.from_config(recipe.data, recipe.data.train, recipe.geometry)
+    train.check_files()
     evaluator = _evaluator(recipe, ctx, cfg) if evaluate else None
     detector = build_detector(model_cfg, train.index.num_classes)
     _start_out(start, recipe_dict, ctx)
@@ -185,6 +189,7 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
     if cfg.tensorboard:
         require_tensorboard()
     coco = CocoViews.from_config(recipe.data, recipe.cache.split if cache else recipe.data.train, recipe.geometry)
+    coco.check_files()
     num_classes = coco.index.num_classes
     evaluator = _evaluator(recipe, ctx, cfg) if evaluate else None
     if cache is not None:
