@@ -216,3 +216,18 @@ def test_save_png_rejects_bad_input(tmp_path):
     blocker.write_text("")
     with pytest.raises(ConfigError, match="expected a writable path"):
         save_png(Image.new("RGB", (4, 4)), blocker / "x.png")
+
+
+def test_a_cached_view_is_enlarged_to_min_height_but_no_panel_wider_than_max_panel_px(cache_path, monkeypatch):
+    """The 64 x 64 views: min_height 256 enlarges 4 times; with MAX_PANEL_PX 128 (a long strip's case) twice."""
+    from frs_cli.cache.reader import TeacherCache
+    from frs_cli.viz import cache_view
+
+    cache = TeacherCache(cache_path)
+    full = cache_view.render_cached_view(cache, cache.dataset(), level="P3", min_height=256)
+    monkeypatch.setattr(cache_view, "MAX_PANEL_PX", 128)
+    capped = cache_view.render_cached_view(cache, cache.dataset(), level="P3", min_height=256)
+    assert full.height - capped.height == 256 - 128  # one panel row: the image rows at scale 4 against 2
+    monkeypatch.setattr(cache_view, "MAX_PANEL_PX", 10)  # narrower than the view: never below scale 1
+    assert full.height - cache_view.render_cached_view(cache, cache.dataset(), level="P3", min_height=256).height \
+        == 256 - 64

@@ -9,6 +9,8 @@ from frs_cli.data.coco import CocoViews
 from frs_cli.errors import ConfigError
 from frs_cli.viz.masks import mask_figure
 
+MAX_PANEL_PX = 1024  # the widest a panel is enlarged to
+
 
 def resolve_levels(level: str, names: list[str]) -> list[int]:
     """``"all"``, a level name (``"P3"``) or its number (``"3"``) -> indices into ``names``."""
@@ -61,7 +63,8 @@ def render_cached_view(cache, dataset: CocoViews, image_id: int | None = None, v
                               f"{ours.resized_w} px as in the first cache, got {theirs.resized_h}x{theirs.resized_w}",
                               hint="both caches must use the same geometry")
         rows.append((cache_label(compare), _masks_of(compare, image_id, view, chosen)))
-    scale = max(1, -(-min_height // sample.image.shape[-2]))
+    h, w = sample.image.shape[-2:]  # enlarged to min_height, but no panel wider than MAX_PANEL_PX (a long strip)
+    scale = max(1, min(-(-min_height // h), MAX_PANEL_PX // w))
     return mask_figure(sample.image, rows, [cache.levels[i].stride for i in chosen], [names[i] for i in chosen],
                        boxes_xyxy=sample.boxes, scale=scale, vmax=vmax,
                        title=f"FRS mask, image {image_id} ({view})")
