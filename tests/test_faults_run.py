@@ -552,16 +552,18 @@ def test_a_non_finite_loss_in_the_first_epoch_and_the_hint_lower_the_learning_ra
     assert json.loads((out / "recipe.json").read_text())["train"]["lr"] == 0.01
 
 
-def test_an_image_missing_in_the_first_epoch_is_one_line_and_leaves_a_run_that_starts_again(recipe_path, synth_root,
-                                                                                              tmp_path):
+def test_an_image_missing_is_one_line_before_the_run_starts(recipe_path, synth_root, tmp_path):
+    """A val file gone: one line naming it and the count, before any epoch (it used to stop the run when the last
+    epoch was evaluated); no run directory, so the same command starts afresh once the file is back."""
     root = tmp_path / "data"
     shutil.copytree(synth_root, root)
     gone = sorted((root / "val").iterdir())[5]
     gone.unlink()
     out = tmp_path / "run"
     line = error_line(train(recipe_path, out, "--set", f"data.root={root}", "--set", "train.workers=1"))
-    assert line == f"error: image: expected a file at '{gone}', but it does not exist"
-    assert files(out) == ["metrics.jsonl", "recipe.json"]
+    assert line == (f"error: image: expected a file at '{gone}', but it does not exist (1 of the 8 image files of "
+                    f"'{root / 'annotations' / 'instances_val.json'}' are missing)")
+    assert not out.exists()
 
 
 # --- distill ----------------------------------------------------------------------------------------------
