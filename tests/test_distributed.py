@@ -4,6 +4,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -249,6 +251,7 @@ def test_an_error_every_rank_meets_is_printed_once_under_torchrun(tmp_path):
     assert len(lines) == 1, r.stderr
     assert "annotations" in lines[0] and "nowhere" in lines[0], lines
     assert not (tmp_path / "run").exists()
+    assert not list(Path(tempfile.gettempdir()).glob("frs-reported-*"))  # torchrun's own folder holds the markers
 
 
 def test_first_to_report_lets_one_process_of_a_job_print_each_line_each_time(tmp_path, monkeypatch):
@@ -256,6 +259,7 @@ def test_first_to_report_lets_one_process_of_a_job_print_each_line_each_time(tmp
     from frs_cli.cli import common
 
     monkeypatch.setattr(common.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.delenv("TORCHELASTIC_ERROR_FILE", raising=False)
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert [common.first_to_report("a") for _ in range(3)] == [True, True, True]
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -269,3 +273,12 @@ def test_first_to_report_lets_one_process_of_a_job_print_each_line_each_time(tmp
         assert first == [True, True] and second == [False, True], n
     monkeypatch.setenv("MASTER_PORT", "29512")  # another job prints its lines again
     assert common.first_to_report("error: x")
+    assert len(list(tmp_path.glob("frs-reported-*"))) == 7  # 3 lines twice, one in the other job
+    attempt = tmp_path / "torchelastic_x" / "attempt_0"  # under torchrun: beside the processes' error files
+    (attempt / "1").mkdir(parents=True)
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(attempt / "1" / "error.json"))
+    monkeypatch.setattr(common, "_times_reported", {})
+    assert common.first_to_report("error: y")
+    monkeypatch.setattr(common, "_times_reported", {})  # the other process
+    assert not common.first_to_report("error: y")
+    assert len(list(attempt.glob("frs-reported-*"))) == 1 and len(list(tmp_path.glob("frs-reported-*"))) == 7

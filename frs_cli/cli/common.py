@@ -43,15 +43,18 @@ def first_to_report(line: str) -> bool:
     """Whether this process prints ``line``: always in a one-process run; under torchrun only the first of the job's
     processes on this host to report that same line for the n-th time (each rank meets the same bad input and would
     print it again; a line only one rank meets is printed by that rank). A marker file per line, occurrence and job
-    in the temp directory decides; if it cannot be made, the line is printed."""
+    decides, in the folder torchrun keeps for this attempt of the job (beside each process's error file; else the
+    temp directory); if it cannot be made, the line is printed."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return True
     _times_reported[line] = occurrence = _times_reported.get(line, 0) + 1
     job = [os.environ.get(k, "") for k in ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "MASTER_ADDR",
                                             "MASTER_PORT")]
     key = hashlib.sha256("\0".join([*job, str(os.getppid()), str(occurrence), line]).encode()).hexdigest()[:24]
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE", "")  # <attempt folder>/<local rank>/error.json
+    folder = os.path.dirname(os.path.dirname(error_file)) if error_file else tempfile.gettempdir()
     try:
-        os.close(os.open(os.path.join(tempfile.gettempdir(), f"frs-reported-{key}"), os.O_CREAT | os.O_EXCL))
+        os.close(os.open(os.path.join(folder, f"frs-reported-{key}"), os.O_CREAT | os.O_EXCL))
     except FileExistsError:
         return False
     except OSError:
