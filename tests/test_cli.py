@@ -4,6 +4,7 @@ import json
 import re
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import replace
 
 import pytest
@@ -39,6 +40,31 @@ def test_help_lists_every_command_with_a_purpose_and_each_help_ends_with_an_exam
                  ["export"], ["recipe", "show"]):
         out = run(*args, "--help").output
         assert "Example: frs " in out.strip().splitlines()[-1] or "Example: frs " in out.strip()[-200:], args
+
+
+def test_no_help_text_holds_a_bracketed_word_that_the_help_would_drop_as_markup():
+    """Typer renders help through rich, which takes ``[train]`` for a style tag and prints nothing for it
+    (``frs train --help`` once read "takes its schedule from , --role student from .")."""
+    import typer.main
+    from rich.text import Text
+
+    def texts(command, path):
+        yield path, command.help or ""
+        for param in command.params:
+            yield f"{path} {param.name}", getattr(param, "help", None) or ""
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from texts(sub, f"{path} {name}")
+
+    def words(text):
+        return Counter(re.findall(r"[A-Za-z_]+", text))
+
+    def dropped_words(text):  # the words of the text (an escaped \[ is a bracket) that rich does not print
+        return words(text.replace("\\[", "[")) - words(Text.from_markup(text).plain)
+
+    found = list(texts(typer.main.get_command(app), "frs"))
+    assert len(found) > 60
+    assert {where: text for where, text in found if dropped_words(text)} == {}
+    assert dropped_words("from [train], pip install 'frs\\[faster-eval]'") == Counter({"train": 1})
 
 
 def test_help_is_fast_and_does_not_import_torch():

@@ -24,8 +24,8 @@ from frs_cli.cli.common import (
 
 log = logging.getLogger(__name__)
 OVERRIDES = typer.Option([], "--set", help="Override a recipe key, e.g. --set teacher_train.epochs=2 (repeatable). "
-                                          "--role teacher takes its schedule from [teacher_train], --role student "
-                                          "from [train].")
+                                          "--role teacher takes its schedule from the teacher_train table, --role "
+                                          "student from the train table.")
 
 
 def warn_unread_schedule(role: str, overrides: list[str]) -> None:
