@@ -15,7 +15,7 @@ from rich.markup import escape
 
 from frs_cli.errors import FrsError, Interrupted
 
-console = Console()
+console = Console(soft_wrap=True)  # a result line is one line in a log or pipe, never broken at 80 columns
 err_console = Console(stderr=True)
 
 PIPELINE_HELP = "Recipe TOML (see pipelines/)."
