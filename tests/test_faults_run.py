@@ -688,6 +688,38 @@ def test_mask_statistics_of_nan_masks_is_one_line_and_the_hint_verify_lists_the_
     assert result.stdout.splitlines()[0] == "image 2 orig (bucket 64x64, row 2): P4/mask checksum mismatch"
 
 
+def test_a_resume_takes_the_same_cache_however_it_is_spelled_and_refuses_another(recipe_path, small_cache, tmp_path,
+                                                                                 monkeypatch):
+    """recipe.json records what each path named (``paths``): a resume giving the cache relative with a trailing
+    slash, absolute from another folder, or as its HDF5 export continues, as does one without teacher.weights (a
+    cached run's teacher is the cache's); a cache of other views is refused."""
+    out = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)
+    relative = os.path.relpath(small_cache, tmp_path)
+    assert run("distill", "--pipeline", recipe_path, "--cache", relative, "--out", "run", *SMALL).exit_code == 0
+    assert json.loads((out / "recipe.json").read_text())["paths"]["teacher_source"].startswith('{"dtype"')
+    h5 = tmp_path / "cache.h5"
+    assert run("cache", "export", small_cache, h5).exit_code == 0
+    (tmp_path / "elsewhere").mkdir()
+    for epochs, (cache, cwd) in enumerate([(relative + "/", tmp_path), (small_cache, tmp_path / "elsewhere"),
+                                           (h5, tmp_path)], start=2):
+        monkeypatch.chdir(cwd)
+        result = run("distill", "--pipeline", recipe_path, "--cache", cache, "--out", out, *SMALL, "--resume",
+                     "--set", f"train.epochs={epochs}")
+        assert result.exit_code == 0, (cache, result.output)
+        assert "teacher_source changes" not in result.stderr  # the same source: no change to record
+    # a cached run's teacher is the cache's: teacher.weights (what teacher-cache read) does not pin it
+    result = run("distill", "--pipeline", recipe_path, "--cache", h5, "--out", out, *SMALL, "--resume",
+                 "--set", "train.epochs=5", "--set", 'teacher.weights=""')
+    assert result.exit_code == 0, result.output
+    other = tmp_path / "other.zarr"
+    shutil.copytree(small_cache, other)
+    zarr.open_group(str(other), mode="r+").attrs["views"] = ["orig"]
+    line = error_line(run("distill", "--pipeline", recipe_path, "--cache", other, "--out", out, *SMALL, "--resume",
+                          "--set", "train.epochs=6"))
+    assert f'teacher_source = "{h5}", now "{other}"' in line  # as the last resume spelled it
+
+
 def test_a_resume_may_change_how_the_step_is_launched_but_not_what_it_computes(tmp_path):
     """``resume_changes``: the keys that only change how a step is launched or laid out (``distill.cuda_graphs``,
     ``distill.teacher_beside``, ``train.cuda_graphs``, ``train.channels_last``) are neither refused nor recorded as

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 import logging
+import os
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +28,16 @@ from frs_cli.train.config import schedule_table
 from frs_cli.train.loop import FitResult, fit, training_views
 from frs_cli.train.metrics_log import require_tensorboard, teacher_mask_picture, write_images
 from frs_cli.train.objectives import CachedTeacher, FRSObjective, GTObjective, OnlineTeacher
-from frs_cli.train.rundir import JOB, RunStart, check_run_dir, record_resume, resume_changes, start_run_dir
+from frs_cli.train.rundir import (
+    JOB,
+    PATHS,
+    RunStart,
+    check_run_dir,
+    path_identities,
+    record_resume,
+    resume_changes,
+    start_run_dir,
+)
 
 log = logging.getLogger(__name__)
 ADAPTERS = "adapters.pt"
@@ -69,6 +80,21 @@ def _check_out(out_dir: Path, resume: bool, recipe_dict: dict, job: str) -> tupl
     """How the run starts in ``out_dir``, and the recipe changes a resume makes (checked before anything is built)."""
     start = check_run_dir(out_dir, resume)
     return start, resume_changes(out_dir, recipe_dict, job) if start.resume else {}
+
+
+def _cache_identity(path: str) -> str:
+    """A cache as a resume sees it: its fingerprints (teacher, dataset, geometry), views and stored dtypes, so that
+    its Zarr store moved or exported to HDF5 is the same source; the real path of what is not a readable cache."""
+    from frs_cli.cache.reader import TeacherCache
+    from frs_cli.errors import CacheFormatError
+
+    try:
+        attrs = TeacherCache(path, require_complete=False).attrs
+    except CacheFormatError:
+        return os.path.realpath(path)
+    storage = attrs.get("storage", {})
+    return json.dumps({"fingerprints": attrs.get("fingerprints"), "views": attrs.get("views"),
+                       "dtype": storage.get("dtype"), "mask_dtype": storage.get("mask_dtype")}, sort_keys=True)
 
 
 def _already_complete(start: RunStart, epochs: int, outputs: tuple[str, ...]) -> bool:
@@ -134,6 +160,7 @@ def train_detector(recipe, role: str, out_dir: str | Path, *, resume: bool = Fal
     ctx = ctx or setup()
     out_dir = Path(out_dir)
     recipe_dict = {**recipe.to_dict(), JOB: f"train {role}"}
+    recipe_dict[PATHS] = path_identities(recipe_dict)
     start, changes = _check_out(out_dir, resume, recipe_dict, f"train {role}")
     cfg = recipe.train_config(role)
     model_cfg = recipe.model_config(role)
@@ -182,6 +209,7 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
     out_dir = Path(out_dir)
     job = "distill online" if online else "distill cache"
     recipe_dict = {**recipe.to_dict(), "teacher_source": "online" if online else str(cache), JOB: job}
+    recipe_dict[PATHS] = path_identities(recipe_dict, {"teacher_source": _cache_identity})
     start, changes = _check_out(out_dir, resume, recipe_dict, job)
     cfg = recipe.train
     if _already_complete(start, cfg.epochs, (FINAL, ADAPTERS)):

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +28,10 @@ from frs_cli.train.config import schedule_table
 log = logging.getLogger(__name__)
 RECIPE = "recipe.json"
 JOB = "job"  # the key of recipe.json naming the job that made the run (a key of JOB_TABLES)
+PATHS = "paths"  # the key of recipe.json holding what each key of PATH_KEYS named when the run started
+# keys whose value is a path (or an enum name): a resume spelling the same file another way (relative, absolute,
+# a trailing slash, from another folder; the same cache as Zarr or HDF5) changes nothing
+PATH_KEYS = ("data.root", "teacher.weights", "student.weights", "student.weights_backbone", "teacher_source")
 METRICS = "metrics.jsonl"
 # written before a run's first saved state: a directory holding only these holds nothing worth keeping
 EARLY_FILES = (RECIPE, METRICS)
@@ -43,6 +49,8 @@ JOB_TABLES = {
     "distill cache": ("data", "geometry", "teacher", "student", "train", "distill", "cache", "teacher_source"),
     "distill online": ("data", "geometry", "teacher", "student", "train", "distill", "teacher_source"),
 }
+# keys of those tables one job does not depend on: a cached run's teacher is the cache's (teacher_source pins it)
+JOB_IGNORED = {"distill cache": ("teacher.weights",)}
 # keys of those tables a run does not depend on: a label, the split it is scored on, what teacher-cache alone reads,
 # how the cached head and the step are launched and laid out (distill.cuda_graphs, distill.teacher_beside,
 # train.cuda_graphs, train.channels_last: the same model, the same numbers to rounding)
@@ -110,6 +118,26 @@ def _normal(recipe_dict: dict) -> dict:
     return _flat(json.loads(json.dumps(recipe_dict)))
 
 
+def path_identities(recipe_dict: dict, identify: dict[str, Callable[[str], str]] | None = None) -> dict[str, str]:
+    """``{key: identity}`` for each key of PATH_KEYS whose value names an existing file or folder: its real path,
+    or ``identify[key](value)`` (a cache: its fingerprints, whatever its store). Other values are left out."""
+    flat, identify = _normal(recipe_dict), identify or {}
+    out = {}
+    for key in PATH_KEYS:
+        value = flat.get(key)
+        if isinstance(value, str) and value and Path(value).exists():
+            out[key] = identify[key](value) if key in identify else os.path.realpath(value)
+    return out
+
+
+def _same_paths(old: dict, stored: dict, recipe_dict: dict) -> set[str]:
+    """The keys of PATH_KEYS spelled differently that name the same thing: by the identities recorded at the start
+    (``PATHS``), else (a run from before they were) by the real paths of the stored values seen from here."""
+    then = stored.get(PATHS) or path_identities(stored)
+    now = recipe_dict.get(PATHS, {})
+    return {k for k in PATH_KEYS if k in then and then[k] == now.get(k) and k in old}
+
+
 def resume_changes(out_dir: Path, recipe_dict: dict, job: str) -> dict[str, tuple]:
     """The keys this resume changes, ``{key: (stored, asked)}``, all of them allowed; ConfigError naming every
     key it may not change, with both values. The stored recipe is read from ``recipe.json``."""
@@ -127,8 +155,10 @@ def resume_changes(out_dir: Path, recipe_dict: dict, job: str) -> dict[str, tupl
     old.update({k: v for k, v in BEFORE_THE_KEY.items() if k not in old and k in new})
     # other keys the stored recipe lacks are settings a newer frs added that change nothing a run did (their
     # defaults); they are recorded, not refused
-    changed = {k: (old[k], new.get(k)) for k in old if k in new and old[k] != new[k]}
-    relevant = {k: v for k, v in changed.items() if k.split(".")[0] in tables and k not in IGNORED}
+    same = _same_paths(old, stored, recipe_dict)
+    changed = {k: (old[k], new.get(k)) for k in old if k in new and old[k] != new[k] and k not in same}
+    ignored = (*IGNORED, *JOB_IGNORED.get(job, ()))
+    relevant = {k: v for k, v in changed.items() if k.split(".")[0] in tables and k not in ignored}
     refused = {k: v for k, v in relevant.items() if k not in {f"{schedule}.{r}" for r in RESUMABLE}}
     if refused:
         listed = "; ".join(f"{k} = {json.dumps(a)}, now {json.dumps(b)}" for k, (a, b) in refused.items())
