@@ -24,6 +24,7 @@ import zarr
 from conftest import assert_one_line_error, assert_same_cache_arrays
 from typer.testing import CliRunner
 
+from frs_cli.cache.checksum import view_crc
 from frs_cli.cache.verify import verify_cache
 from frs_cli.cli.app import app
 from frs_cli.lock import lock_path
@@ -292,6 +293,47 @@ def test_a_missing_array_is_never_ok_distill_refuses_it_and_resume_recreates_it(
     assert zarr.open_group(str(damaged), mode="r").attrs["state"] == "complete"
 
 
+def _head_weight_changed(t):
+    c = _copy(t.cache, t.tmp)
+    zarr.open_group(str(c), mode="r+")["teacher_head/head.cls_logits.weight"][0, 0, 0, 0] += 0.5
+    return c, "teacher_head/head.cls_logits.weight", "its teacher head does not match its checksums"
+
+
+def _index_rows_swapped(t):
+    c = _copy(t.cache, t.tmp)
+    row = zarr.open_group(str(c), mode="r+")["index/row"]
+    row[[0, 2]] = row[[2, 0]]
+    return c, "index/row", "its index does not match its checksums"
+
+
+DAMAGED_ARRAY = {f.__name__.lstrip("_"): f for f in (_head_weight_changed, _index_rows_swapped)}
+
+
+@pytest.mark.parametrize("case", list(DAMAGED_ARRAY))
+def test_a_damaged_index_or_head_is_never_ok_distill_refuses_it_and_resume_rewrites_it(case, recipe_path, cache_path,
+                                                                                      tmp_path):
+    """The writer records a CRC-32 of each index and teacher-head array (``checksums``): changed values there
+    (another image's targets, another head) are found by verify, refused by distill, rewritten by --resume."""
+    t = SimpleNamespace(tmp=tmp_path, cache=cache_path, recipe=recipe_path)
+    damaged, name, says = DAMAGED_ARRAY[case](t)
+    result = run("cache", "verify", damaged)
+    assert result.exit_code == 1 and "OK:" not in result.stdout
+    assert name in " ".join(result.stdout.split()) and "--resume" in result.stdout
+    assert_one_line_error(_distill(t, damaged), says, name, f"--out {damaged} --resume repairs it")
+    _assert_no_run_left(t)
+    assert_one_line_error(run("teacher-cache", "--pipeline", recipe_path, "--out", damaged, "--device", "cpu"),
+                          "is damaged", name, "add --resume to recreate them")
+    result = run("teacher-cache", "--pipeline", recipe_path, "--out", damaged, "--device", "cpu", "--resume")
+    assert result.exit_code == 0, result.output
+    assert run("cache", "verify", damaged).exit_code == 0
+    assert_same_cache_arrays(damaged, cache_path)
+    attrs = zarr.open_group(str(damaged), mode="r").attrs
+    assert attrs["state"] == "complete"
+    assert attrs["checksums"] == zarr.open_group(str(cache_path), mode="r").attrs["checksums"]
+    assert set(attrs["checksums"]) == {f"index/{n}" for n in ("image_id", "view", "bucket", "row", "geometry")} | {
+        f"teacher_head/{n}" for n in zarr.open_group(str(cache_path), mode="r")["teacher_head"].array_keys()}
+
+
 def test_resume_rewrites_a_truncated_shard_whole(recipe_path, cache_path, tmp_path):
     damaged = _copy(cache_path, tmp_path)
     _truncate(damaged / BUCKET / "P4" / "features" / "c.2.0.0.0")  # rows 8-11
@@ -448,9 +490,11 @@ def _verify_hdf5_damage(t):
 def _verify_empty_cache(t):
     c = _copy(t.cache, t.tmp)
     g = zarr.open_group(str(c), mode="r+")
+    checksums = dict(g.attrs["checksums"])
     for name, arr in list(g["index"].arrays()):
-        g["index"].create_array(name, shape=(0, *arr.shape[1:]), dtype=arr.dtype, overwrite=True)
-    g.attrs.update({"buckets": [], "num_views": 0})
+        empty = g["index"].create_array(name, shape=(0, *arr.shape[1:]), dtype=arr.dtype, overwrite=True)
+        checksums[f"index/{name}"] = view_crc(empty[...])  # as the writer records an empty split's index
+    g.attrs.update({"buckets": [], "num_views": 0, "checksums": checksums})
     return c, ["holds no views (its split has no images", "cache a split with images"]
 
 

@@ -27,5 +27,14 @@ def crc32(data, value: int = 0) -> int:
 def view_crc(values: np.ndarray, scale: np.ndarray | None = None) -> int:
     """CRC-32 of one view's stored array (features or mask), continued over its scales when it has them: the
     value the writer stores in ``buckets/<bucket>/crc``."""
-    crc = crc32(memoryview(np.ascontiguousarray(values)).cast("B"))
+    values = np.ascontiguousarray(values)
+    crc = crc32(memoryview(values).cast("B") if values.size else b"")
     return crc if scale is None else crc32(memoryview(np.ascontiguousarray(scale)).cast("B"), crc)
+
+
+def damaged_arrays(backend, attrs: dict, skip=frozenset(), prefix: str = "") -> list[str]:
+    """The index and teacher-head arrays of a cache (those named under ``prefix``) whose bytes differ from the
+    CRC-32 the writer recorded in ``attrs["checksums"]`` (a cache from before those: none); ``skip`` aside.
+    ``backend``: the cache's store (``has(name)``, ``array(name)``)."""
+    return [n for n, crc in attrs.get("checksums", {}).items()
+            if n.startswith(prefix) and n not in skip and backend.has(n) and view_crc(backend.array(n)[...]) != crc]

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from frs_cli.cache.backend import open_backend
+from frs_cli.cache.checksum import damaged_arrays
 from frs_cli.cache.encoding import FeatureEncoding, finite
 from frs_cli.cache.identity import dataset_fingerprint, first_difference
 from frs_cli.cache.schema import Bucket, required_arrays, view_code, view_name
@@ -74,6 +75,10 @@ class TeacherCache:
             raise CacheFormatError(f"cache {self.path!r}: expected every array of the cache format, "
                                    f"{len(missing)} missing ({shown})",
                                    hint=repair_hint(self.path, root.kind))
+        damaged = damaged_arrays(root, self.attrs, prefix="index/")
+        if damaged:  # every view would be looked up in the wrong place
+            raise CacheFormatError(f"cache {self.path!r}: its index does not match its checksums "
+                                   f"({', '.join(damaged)}): the file is damaged", hint=repair_hint(self.path, root.kind))
         self.levels = [LevelSpec(d["name"], d["stride"], d["channels"]) for d in self.attrs["levels"]]
         self.buckets = [Bucket.from_dict(b) for b in self.attrs["buckets"]]
         self.dtype = self.attrs["storage"]["dtype"]  # the features' storage dtype, by name
@@ -341,6 +346,12 @@ class TeacherCache:
         return np.array([bool(flags[self.buckets[int(b)].name][int(r)]) for b, r in zip(self.bucket, self.row)])
 
     def head_state_dict(self) -> dict[str, Tensor]:
+        """The cached teacher head's weights, checked against their recorded checksums."""
+        damaged = damaged_arrays(self.backend, self.attrs, prefix="teacher_head/")
+        if damaged:
+            raise CacheFormatError(f"cache {self.path!r}: its teacher head does not match its checksums "
+                                   f"({', '.join(damaged)}): the file is damaged",
+                                   hint=repair_hint(self.path, self.backend.kind))
         return {name: torch.from_numpy(np.ascontiguousarray(arr[...]))
                 for name, arr in self.backend.arrays("teacher_head")}
 

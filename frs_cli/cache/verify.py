@@ -1,8 +1,8 @@
 """Checking a cache against itself: every view recorded as done has all its arrays, each matching its checksum.
 
 The writer stores, per view, a CRC-32 of each feature and mask array's bytes as written (``buckets/<HxW>/crc``,
-level order, features then mask) before it sets the view's ``done`` flag. ``verify_cache`` reads every done
-view back and compares. A view is rejected when one of its chunks is missing from the store, cannot be
+level order, features then mask) before it sets the view's ``done`` flag, and one of each index and teacher-head
+array in the root's ``checksums``. ``verify_cache`` reads every done view and those arrays back and compares. A view is rejected when one of its chunks is missing from the store, cannot be
 decoded, or decodes to bytes of another checksum. ``teacher-cache --resume`` rewrites exactly the views
 rejected here (it clears their ``done`` flags first).
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from frs_cli.cache.backend import open_backend
-from frs_cli.cache.checksum import view_crc
+from frs_cli.cache.checksum import damaged_arrays, view_crc
 from frs_cli.cache.reader import TeacherCache, required_cache_arrays
 from frs_cli.progress import NullProgress, Progress
 
@@ -44,13 +44,14 @@ class VerifyReport:
     views_done: int  # views recorded as written (all of them were checked)
     faults: list[ViewFault] = field(default_factory=list)
     missing_arrays: list[str] = field(default_factory=list)  # arrays the format requires that are not there
+    damaged_arrays: list[str] = field(default_factory=list)  # index or teacher-head arrays of another checksum
     kind: str = "zarr"  # the store: "zarr" or "hdf5" (what repairs it differs)
 
     @property
     def ok(self) -> bool:
         """Every array the format requires is there, and every view is written and intact (an empty cache is
         not OK: it holds nothing to distill from)."""
-        return (not self.faults and not self.missing_arrays and self.views_total > 0
+        return (not self.faults and not self.missing_arrays and not self.damaged_arrays and self.views_total > 0
                 and self.views_done == self.views_total)
 
     def repair(self) -> str:
@@ -69,8 +70,14 @@ class VerifyReport:
             shown = ", ".join(self.missing_arrays[:3]) + (", ..." if len(self.missing_arrays) > 3 else "")
             return (f"cache {self.path}: {len(self.missing_arrays)} arrays the format requires are missing "
                     f"({shown}); {self.repair()}")
+        if any(n.startswith("index/") for n in self.damaged_arrays):
+            return (f"cache {self.path}: its index does not match its checksums ("
+                    f"{', '.join(self.damaged_arrays)}): no view was checked; {self.repair()}")
         head = f"cache {self.path}: {self.views_done - len(self.faults)} of {self.views_done} written views intact"
-        if self.faults:
+        if self.damaged_arrays:
+            head += (f"; {len(self.damaged_arrays)} teacher-head arrays do not match their checksums "
+                     f"({', '.join(self.damaged_arrays[:3])})")
+        if self.faults or self.damaged_arrays:
             return f"{head}, {len(self.faults)} missing or corrupt ({self.repair()})"
         if self.views_done < self.views_total:
             finish = ("re-export it from a complete Zarr cache" if self.kind == "hdf5"
@@ -98,7 +105,8 @@ def verify_cache(path: str, *, storage_options: dict | None = None, progress: Pr
     attrs = dict(backend.attrs)
     report = VerifyReport(str(path), str(attrs.get("state")), int(attrs.get("num_views", 0)), 0, kind=backend.kind)
     report.missing_arrays = [n for n in required_cache_arrays(attrs) if not backend.has(n)]
-    if any(n.startswith("index/") for n in report.missing_arrays):
+    report.damaged_arrays = damaged_arrays(backend, attrs, skip=set(report.missing_arrays))
+    if any(n.startswith("index/") for n in [*report.missing_arrays, *report.damaged_arrays]):
         return report
     cache = TeacherCache(path, require_complete=False, storage_options=storage_options)
     backend = cache.backend

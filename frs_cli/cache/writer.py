@@ -27,6 +27,7 @@ import zarr
 
 import frs_cli
 from frs_cli.cache.backend import open_backend
+from frs_cli.cache.checksum import damaged_arrays, view_crc
 from frs_cli.cache.encoding import FeatureEncoding
 from frs_cli.cache.identity import cache_fingerprints, first_difference, recipe_fingerprints
 from frs_cli.cache.reader import TeacherCache, required_cache_arrays
@@ -77,8 +78,9 @@ def _create(path: str, plan: Plan, teacher, recipe, fingerprints: dict, dataset,
     root.attrs.update({"format": FORMAT_NAME, "format_version": max(FeatureEncoding(cfg.dtype).format_version,
                                                                      views_format_version(cfg.views)),
                        "state": "creating"})
-    _create_arrays(root, plan, teacher, cfg)
+    checksums = _create_arrays(root, plan, teacher, cfg)
     root.attrs.update({
+        "checksums": checksums,
         "created_by": f"frs {frs_cli.__version__}",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "recipe": recipe.name,
@@ -103,12 +105,14 @@ def _create(path: str, plan: Plan, teacher, recipe, fingerprints: dict, dataset,
     return root
 
 
-def _create_arrays(root: zarr.Group, plan: Plan, teacher, cfg, only: set[str] | None = None) -> None:
+def _create_arrays(root: zarr.Group, plan: Plan, teacher, cfg, only: set[str] | None = None) -> dict[str, int]:
     """The index, the per-bucket arrays (empty) and the teacher head; ``only``: just these array paths (the ones
-    ``verify`` found missing), leaving every other array as it is."""
+    ``verify`` found missing or damaged), leaving every other array as it is. Returns the CRC-32 of each index and
+    head array written (the root's ``checksums``)."""
     def wanted(name: str) -> bool:
         return only is None or name in only
 
+    checksums = {}
     index = root.require_group("index")
     for name, values in (("image_id", plan.image_id), ("view", plan.view), ("bucket", plan.bucket),
                          ("row", plan.row), ("geometry", plan.geometry)):
@@ -116,6 +120,7 @@ def _create_arrays(root: zarr.Group, plan: Plan, teacher, cfg, only: set[str] | 
             arr = index.create_array(name, shape=values.shape, dtype=values.dtype, chunks=values.shape or (1,),
                                      compressors=None, fill_value=0, overwrite=True)
             arr[...] = values
+            checksums[f"index/{name}"] = view_crc(values)
     encoding = FeatureEncoding(cfg.dtype)
     keys = {"name": "default", "separator": "."}  # chunk files c.<row>.0.0.0 side by side, not nested dirs
     compressors = codec(cfg.codec)
@@ -152,6 +157,8 @@ def _create_arrays(root: zarr.Group, plan: Plan, teacher, cfg, only: set[str] | 
             arr = head.create_array(name, shape=a.shape, dtype=a.dtype, chunks=a.shape or None, compressors=None,
                                     overwrite=True)
             arr[...] = a
+            checksums[f"teacher_head/{name}"] = view_crc(a)
+    return checksums
 
 
 def _repair_arrays(root: zarr.Group, missing: list[str], plan: Plan, teacher, cfg) -> None:
@@ -159,7 +166,9 @@ def _repair_arrays(root: zarr.Group, missing: list[str], plan: Plan, teacher, cf
     rewritten whole; a bucket that lost a per-view array (or its done flags or checksums) is written again:
     its done flags are cleared, so every view of it is pending."""
     root.attrs["state"] = "writing"
-    _create_arrays(root, plan, teacher, cfg, only=set(missing))
+    written = _create_arrays(root, plan, teacher, cfg, only=set(missing))
+    if "checksums" in root.attrs:  # a cache from before them gains none (its other arrays were never summed)
+        root.attrs["checksums"] = {**root.attrs["checksums"], **written}
     for b in plan.buckets:
         prefix = f"buckets/{b.name}/"
         if any(n.startswith(prefix) for n in missing):
@@ -527,11 +536,17 @@ def _open_store(path: str, resume: bool, ctx: DistContext, plan: Plan, teacher, 
             raise CacheFormatError(f"cache {path!r}: is damaged: {len(missing)} arrays the format "
                                    f"requires are missing ({', '.join(missing[:3])})",
                                    hint="add --resume to recreate them")
+        damaged = damaged_arrays(backend, dict(backend.attrs))
+        if damaged:
+            raise CacheFormatError(f"cache {path!r}: is damaged: {len(damaged)} index or teacher-head arrays do not "
+                                   f"match their checksums ({', '.join(damaged[:3])})",
+                                   hint="add --resume to recreate them")
         return already_complete, 0
     report = verify_cache(path, progress=progress)
-    if report.missing_arrays:
-        log.warning("cache %s: %d arrays are missing; recreating them", path, len(report.missing_arrays))
-        _repair_arrays(open_group(path, mode="r+"), report.missing_arrays, plan, teacher, cfg)
+    if report.missing_arrays or report.damaged_arrays:
+        broken = [*report.missing_arrays, *report.damaged_arrays]
+        log.warning("cache %s: %d arrays are missing or damaged; recreating them", path, len(broken))
+        _repair_arrays(open_group(path, mode="r+"), broken, plan, teacher, cfg)
         already_complete = False
         report = verify_cache(path, progress=progress)  # the views, now that every array exists
     if report.faults:
