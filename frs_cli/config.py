@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import tomllib
 import types
 import typing
@@ -277,6 +278,14 @@ def resolve_extends(path: str | Path) -> dict:
     against the recipe's schema, so an unknown key names the file it is in. ``ConfigError`` for a missing
     base file, a cycle, an ``extends`` that is not a string, or an unknown key.
     """
+    merged: dict = {}
+    for _, table in reversed(_extends_chain(path)):  # the deepest base first, the named file last
+        merged = merge_tables(merged, table)
+    return merged
+
+
+def _extends_chain(path: str | Path) -> list[tuple[Path, dict]]:
+    """``(file, its own table)`` from the named file down its ``extends`` chain (``resolve_extends``' checks)."""
     chain: list[Path] = []
     tables: list[dict] = []
     p, named_by = Path(path), None
@@ -295,16 +304,49 @@ def resolve_extends(path: str | Path) -> dict:
         if not isinstance(base, str) or not base:
             raise ConfigError(f"recipe {str(p)!r}: expected 'extends' to be a file name, got {base!r}")
         named_by, p = p, p.parent / base
-    merged: dict = {}
-    for table in reversed(tables):  # the deepest base first, the named file last
-        merged = merge_tables(merged, table)
-    return merged
+    return [(Path(c), t) for c, t in zip(_spelled(path, chain), tables)]
+
+
+def _spelled(path: str | Path, chain: list[Path]) -> list[Path]:
+    """The chain's files as a user would name them: the named file as given, its bases resolved."""
+    return [Path(path), *chain[1:]]
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read a recipe TOML file (its ``extends`` chain resolved); ``overrides`` are ``KEY=VALUE`` strings
-    applied on top (``--set``)."""
-    return recipe_from_dict(apply_overrides(resolve_extends(path), overrides or []))
+    applied on top (``--set``). A value of the wrong type names where it was set: the ``--set`` (with how to
+    quote a string) or the file of the chain."""
+    chain = _extends_chain(path)
+    merged: dict = {}
+    for _, table in reversed(chain):
+        merged = merge_tables(merged, table)
+    try:
+        return recipe_from_dict(apply_overrides(merged, overrides or []))
+    except ConfigError as exc:
+        raise _where_set(exc, chain, overrides or []) from None
+
+
+def _where_set(exc: ConfigError, chain: list[tuple[Path, dict]], overrides: list[str]) -> ConfigError:
+    """``exc`` about ``recipe key 'K'``, told where K was set: the last ``--set K=...``, else the first file of
+    the chain whose own table holds K; other errors as they are."""
+    found = re.match(r"recipe key '([^'\[]+)", exc.message)
+    if not found or exc.hint:
+        return exc
+    key = found.group(1)
+    given = [text for text in overrides if text.split("=", 1)[0].strip() == key]
+    if given:
+        hint = f"from --set {given[-1]}"
+        if "expected str" in exc.message:
+            name, _, raw = given[-1].partition("=")
+            hint += f"; a value TOML reads as a number, boolean or list is given as a string quoted: --set '{name}=\"{raw}\"'"
+        return ConfigError(exc.message, hint=hint)
+    for file, table in chain:
+        node: Any = table
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is not None:
+            return ConfigError(f"{exc.message}, in {str(file)!r}")
+    return exc
 
 
 def recipe_to_toml(recipe: Recipe) -> str:

@@ -91,6 +91,21 @@ def test_an_unknown_key_in_the_base_or_the_child_names_the_file(tmp_path):
     assert "recipe key 'train.epochs': expected an integer, got str 'three'" in one_line_error("recipe", "show", child)
 
 
+def test_a_value_of_the_wrong_type_names_the_file_or_the_set_that_gave_it(tmp_path):
+    write(tmp_path / "b.toml", BASE + '[data]\nroot = "d"\n')
+    write(tmp_path / "mid.toml", 'extends = "b.toml"\n[train]\nlr = "0.1"\n')
+    top = write(tmp_path / "top.toml", 'extends = "mid.toml"\n[train]\nepochs = 3\n')
+    line = one_line_error("recipe", "show", top)
+    assert line == f"error: recipe key 'train.lr': expected a number, got str '0.1', in '{tmp_path / 'mid.toml'}'"
+    good = write(tmp_path / "good.toml", 'extends = "b.toml"\n')
+    line = one_line_error("recipe", "show", good, "--set", "data.root=2017")
+    assert line == ("error: recipe key 'data.root': expected str, got int 2017 (from --set data.root=2017; a value "
+                    "TOML reads as a number, boolean or list is given as a string quoted: --set 'data.root=\"2017\"')")
+    line = one_line_error("recipe", "show", good, "--set", "train.lr_steps=[a]", "--set", "train.lr_steps=[b]")
+    assert line.endswith("expected a list, got str '[b]' (from --set train.lr_steps=[b])")
+    assert load_recipe(good, ['data.root="2017"']).data.root == "2017"  # the quoted form the hint gives
+
+
 def test_a_missing_base_file_is_one_line_with_the_file_that_names_it(tmp_path):
     child = write(tmp_path / "c.toml", 'extends = "nowhere/base.toml"\n')
     line = one_line_error("recipe", "show", child)
