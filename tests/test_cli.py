@@ -148,6 +148,12 @@ def test_label_map_category_id_on_coco_style_ids_trains_and_evaluates(tmp_path, 
     assert result.exit_code == 0, result.output
     assert set(json.loads((tmp_path / "m.json").read_text())) == {"AP", "AP50", "AP75", "APs", "APm", "APl"}
     assert {d["category_id"] for d in json.loads((tmp_path / "dets.json").read_text())} <= ids
+    assert "trained on other categories" not in result.stderr
+    # the same model on the set of ids 1..5 (which its labels 0..16 cover): scored, with one warning naming the ids
+    result = run("eval", "--checkpoint", tmp_path / "run" / "model_final.pt", "--data", synth_root, "--workers", 0)
+    assert result.exit_code == 0, result.output
+    warned = [line for line in result.stderr.splitlines() if "trained on other categories" in line]
+    assert len(warned) == 1 and "id 1 ('circle') is no category of the model" in warned[0], result.stderr
 
 
 def test_eval_of_ground_truth_as_detections_is_perfect(tmp_path, synth_root):

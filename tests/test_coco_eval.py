@@ -280,3 +280,19 @@ def test_unknown_backend_is_a_data_error(tmp_path):
     coco = load_coco(write_gt(tmp_path))
     with pytest.raises(DataError, match="expected one of pycocotools, faster, got 'fast'"):
         evaluate_detections(coco, gt_as_detections(), backend="fast")
+
+
+def test_category_differences_name_each_id_whose_name_differs_or_that_the_model_lacks():
+    from frs_cli.eval.predict import category_differences
+
+    data = [{"id": 1, "name": "cat"}, {"id": 3, "name": "dog"}, {"id": 7, "name": "eel"}]
+    same = {"category_ids": [1, 3, 7], "category_names": ["cat", "dog", "eel"]}
+    assert category_differences(same, data) is None
+    assert category_differences({"category_ids": [1, 3, 7, 9], "category_names": ["cat", "dog", "eel", "fox"]},
+                                data) is None  # a model of more categories: those of the data agree
+    other = {"category_ids": [1, 3], "category_names": ["cat", "hog"]}
+    assert category_differences(other, data) == ("id 3 is 'hog' in the model, 'dog' in the data; "
+                                                  "id 7 ('eel') is no category of the model")
+    assert category_differences({"category_ids": [], "category_names": []}, data, shown=1) == (
+        "id 1 ('cat') is no category of the model (and 2 more)")
+    assert category_differences({"category_names": ["x"]}, data) is None  # a model file from before the ids

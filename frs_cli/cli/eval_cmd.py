@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import typer
@@ -19,6 +20,8 @@ from frs_cli.cli.common import (
 )
 from frs_cli.errors import check_value
 from frs_cli.files import check_output_file, write_json
+
+log = logging.getLogger(__name__)
 
 
 def register(app: typer.Typer) -> None:
@@ -71,12 +74,16 @@ def register(app: typer.Typer) -> None:
             from frs_cli.data.coco import CocoIndex, CocoViews
             from frs_cli.data.geometry import GeometryConfig
             from frs_cli.dist import check_device, process_group
-            from frs_cli.eval.predict import evaluate_detector
+            from frs_cli.eval.predict import category_differences, evaluate_detector
             from frs_cli.train.checkpoint import load_detector
 
             check_device(device)
             detector, ckpt = load_detector(checkpoint)
             dataset = CocoViews(CocoIndex(ann), data / split, GeometryConfig(**ckpt["geometry"]))
+            differs = category_differences(ckpt, dataset.index.categories)
+            if differs:
+                log.warning("eval: %s was trained on other categories than %s has: %s (is --data the dataset it "
+                            "was trained for?)", checkpoint, ann, differs)
             with process_group(device) as ctx:
                 result = evaluate_detector(detector.to(ctx.device), dataset, ctx, batch_size=batch_size, workers=workers,
                                            detections_out=detections_out, label_to_category=ckpt["label_to_category"],

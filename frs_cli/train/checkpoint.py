@@ -52,8 +52,10 @@ def atomic_save(obj, path: str | Path) -> None:
                                hint=hint) from exc
 
 
-def model_payload(detector: Detector, model_cfg: ModelConfig, label_to_category, category_names, geometry) -> dict:
-    """What a model file holds: enough to rebuild the detector and map its labels back to COCO ids."""
+def model_payload(detector: Detector, model_cfg: ModelConfig, label_to_category, category_names, geometry,
+                  category_ids=None) -> dict:
+    """What a model file holds: enough to rebuild the detector and map its labels back to COCO ids, and the
+    categories it was trained on (``category_ids[i]`` is named ``category_names[i]``; default: the labels' ids)."""
     state = {k: v.detach().cpu() for k, v in detector.core().state_dict().items()}
     return {
         "format": CHECKPOINT_FORMAT,
@@ -63,6 +65,7 @@ def model_payload(detector: Detector, model_cfg: ModelConfig, label_to_category,
         "model_config": dataclasses.asdict(model_cfg),
         "label_to_category": list(label_to_category),
         "category_names": list(category_names),
+        "category_ids": [int(c) for c in (label_to_category if category_ids is None else category_ids)],
         "geometry": geometry.to_dict(),
         "fingerprint": model_fingerprint(detector),
         "model": state,
@@ -73,7 +76,7 @@ def save_model(path: str | Path, detector: Detector, model_cfg: ModelConfig, ind
     """Write ``detector`` as a model file (atomically) with the labels and category names of ``index``, the
     dataset it predicts for."""
     atomic_save(model_payload(detector, model_cfg, index.label_to_category, [c["name"] for c in index.categories],
-                              geometry), path)
+                              geometry, [c["id"] for c in index.categories]), path)
     return Path(path)
 
 
