@@ -708,6 +708,8 @@ def test_a_resume_takes_the_same_cache_however_it_is_spelled_and_refuses_another
                      "--set", f"train.epochs={epochs}")
         assert result.exit_code == 0, (cache, result.output)
         assert "teacher_source changes" not in result.stderr  # the same source: no change to record
+        # the closing line counts the iterations this call ran (its time and rate are theirs) of the run's
+        assert f": 2 of its {2 * epochs} iterations in " in result.stdout, result.stdout
     # a cached run's teacher is the cache's: teacher.weights (what teacher-cache read) does not pin it
     result = run("distill", "--pipeline", recipe_path, "--cache", h5, "--out", out, *SMALL, "--resume",
                  "--set", "train.epochs=5", "--set", 'teacher.weights=""')

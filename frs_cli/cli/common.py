@@ -146,6 +146,14 @@ def metrics_table(title: str, rows: dict[str, dict[str, float | None]]):
     return table
 
 
+def iterations_run(fit) -> str:
+    """``N iterations``, or for a resumed run ``N of its M iterations``: the ones this call stepped (its time and
+    rate are theirs)."""
+    if fit.iterations_run == fit.iterations:
+        return f"{fit.iterations} iterations"
+    return f"{fit.iterations_run} of its {fit.iterations} iterations"
+
+
 def print_run(summary, done: str, val_split: str, row: str, data_wait: bool = False) -> None:
     """The closing lines of a training job on the main process: ``done`` (what was trained), iterations, time,
     rate (and the share of step time spent waiting for data), the model file; the val metrics under ``row``."""
@@ -154,6 +162,6 @@ def print_run(summary, done: str, val_split: str, row: str, data_wait: bool = Fa
     fit = summary.fit
     rate = f"{fit.images_per_second:.1f} img/s" + (f", data wait {100 * fit.data_wait_share:.1f}% of step time"
                                                    if data_wait else "")
-    console.print(f"{done}: {fit.iterations} iterations in {fit.seconds:.0f} s ({rate}) -> {summary.model_file}")
+    console.print(f"{done}: {iterations_run(fit)} in {fit.seconds:.0f} s ({rate}) -> {summary.model_file}")
     if fit.eval_metrics:
         console.print(metrics_table(f"{val_split} split", {row: fit.eval_metrics}))

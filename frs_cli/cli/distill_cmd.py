@@ -14,6 +14,7 @@ from frs_cli.cli.common import (
     console,
     handle_errors,
     is_main_process,
+    iterations_run,
     load,
     metrics_table,
     progress_for_rank,
@@ -53,7 +54,7 @@ def register(app: typer.Typer) -> None:
         if is_main_process():
             fit = summary.fit
             source = "online teacher" if online else f"cache {cache}"
-            console.print(f"distilled {recipe.student.arch} from {source}: {fit.iterations} iterations in "
+            console.print(f"distilled {recipe.student.arch} from {source}: {iterations_run(fit)} in "
                           f"{fit.seconds:.0f} s ({fit.images_per_second:.1f} img/s, data wait "
                           f"{100 * fit.data_wait_share:.1f}% of step time) -> {summary.model_file}")
             if fit.eval_metrics:

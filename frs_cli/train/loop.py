@@ -65,12 +65,17 @@ def train_channels_last(objective: Objective) -> None:
 @dataclass
 class FitResult:
     epochs: int
-    iterations: int
-    seconds: float
+    iterations: int  # of the whole schedule
+    seconds: float  # of this call (a resumed run: since it resumed)
     images_per_second: float
     last_losses: dict[str, float]
     eval_metrics: dict | None
     data_wait_share: float
+    iterations_run: int = -1  # stepped in this call (-1: as many as ``iterations``)
+
+    def __post_init__(self):
+        if self.iterations_run < 0:
+            self.iterations_run = self.iterations
 
 
 @dataclass
@@ -406,6 +411,7 @@ def fit(
     seconds = time.perf_counter() - t_start
     return FitResult(
         epochs=cfg.epochs, iterations=cfg.epochs * trainer.iters_per_epoch, seconds=seconds,
+        iterations_run=max(0, (cfg.epochs - start[0]) * trainer.iters_per_epoch - start[1]),
         images_per_second=trainer.images_seen / seconds if seconds > 0 else math.nan,
         last_losses=mean_across(ctx, trainer.last.losses if trainer.last else {}), eval_metrics=trainer.eval_metrics,
         data_wait_share=trainer.data_seconds / trainer.step_seconds if trainer.step_seconds else 0.0,
