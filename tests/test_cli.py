@@ -327,6 +327,29 @@ def test_line_progress_prints_plain_lines_every_interval_and_at_the_end():
                      "epoch 1/2 4/10 (40%) 0.1 img/s elapsed 0:00:40 eta 0:01:00  loss 0.500"]
 
 
+@pytest.mark.parametrize("width", [80, 120])
+def test_the_terminal_bar_keeps_count_rate_and_eta_and_cuts_the_running_values(width):
+    """On a terminal of 80 or 120 columns a training bar's losses once crowded out its count, rate and ETA."""
+    import io
+
+    from rich.console import Console
+
+    from frs_cli.cli.progress import RichProgress
+
+    bar = RichProgress(console=Console(file=io.StringIO(), width=width, force_terminal=True, color_system=None))
+    bar.start("epoch 1/12", 24, unit="img")
+    bar.update(12, classification=1.119, bbox_regression=0.605, frs_feature=0.755, frs_head=0.512, loss=3.0)
+    out = Console(file=io.StringIO(), width=width, color_system=None)
+    with out.capture() as captured:
+        out.print(bar.bar.make_tasks_table(bar.bar.tasks))
+    bar.stop()
+    lines = captured.get().rstrip("\n").splitlines()
+    assert len(lines) == 1 and len(lines[0]) <= width, lines
+    assert re.match(r"epoch 1/12 \u2501+ +12/24 -- img/s 0:00:0\d eta -:--:-- loss 3\.000  ", lines[0]), lines
+    assert lines[0].rstrip().endswith("\u2026")  # the other values cut short where the terminal ends
+    assert ("classification 1.119" in lines[0]) == (width == 120)
+
+
 def test_progress_in_a_log_file_is_plain_lines_not_a_truncated_bar(tmp_path):
     out = subprocess.run([sys.executable, "-m", "frs_cli", "data", "synth", str(tmp_path / "d"), "--train", "4",
                           "--val", "2", "--size", "64"], capture_output=True, text=True, check=False)

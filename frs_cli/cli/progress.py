@@ -18,9 +18,12 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.progress import Progress as _RichBar
+from rich.table import Column
 from rich.text import Text
 
 from frs_cli.progress import Progress
+
+BAR_WIDTH = 20  # characters: the bar, the count, rate, elapsed and ETA fit in 80 columns with a short task name
 
 
 class RateColumn(ProgressColumn):
@@ -28,6 +31,13 @@ class RateColumn(ProgressColumn):
         speed = task.finished_speed or task.speed
         unit = task.fields.get("unit", "it")
         return Text(f"{speed:,.1f} {unit}/s" if speed else f"-- {unit}/s", style="progress.data.speed")
+
+
+class ValuesColumn(ProgressColumn):
+    """The running values (losses, ...) on one line, cut with an ellipsis where the terminal ends."""
+
+    def render(self, task) -> Text:
+        return Text(task.fields.get("values", ""), no_wrap=True, overflow="ellipsis")
 
 
 class RichProgress(Progress):
@@ -38,9 +48,13 @@ class RichProgress(Progress):
 
     def start(self, description: str, total: int, completed: int = 0, unit: str = "it") -> None:
         self.stop()
+        # what says how far and how fast never gives way: the running values take the width that is left, cut
+        # short on a narrow terminal (every value is in the run's metrics.jsonl)
+        fixed = {"table_column": Column(no_wrap=True)}
         self.bar = _RichBar(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
-            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[values]}"),
+            TextColumn("[bold]{task.description}", **fixed), BarColumn(bar_width=BAR_WIDTH, **fixed),
+            MofNCompleteColumn(**fixed), RateColumn(**fixed), TimeElapsedColumn(**fixed), TextColumn("eta", **fixed),
+            TimeRemainingColumn(**fixed), ValuesColumn(table_column=Column(ratio=1)),
             console=self.console, transient=False,
         )
         self.bar.start()
@@ -49,7 +63,8 @@ class RichProgress(Progress):
     def update(self, advance: int = 1, **fields) -> None:
         if self.bar is None:
             return
-        self.bar.update(self.task, advance=advance, values=_values(fields))
+        lead = {k: fields[k] for k in ("loss",) if k in fields}  # the total first: the line may be cut short
+        self.bar.update(self.task, advance=advance, values=_values({**lead, **fields}))
 
     def stop(self) -> None:
         if self.bar is not None:
