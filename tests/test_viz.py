@@ -231,3 +231,25 @@ def test_a_cached_view_is_enlarged_to_min_height_but_no_panel_wider_than_max_pan
     monkeypatch.setattr(cache_view, "MAX_PANEL_PX", 10)  # narrower than the view: never below scale 1
     assert full.height - cache_view.render_cached_view(cache, cache.dataset(), level="P3", min_height=256).height \
         == 256 - 64
+
+
+def test_compare_refuses_a_cache_of_another_dataset(cache_path, tmp_path):
+    """Its image of the same id is another picture: its masks are not drawn on this one (one line, no file)."""
+    import shutil
+
+    import zarr
+    from conftest import assert_one_line_error
+    from typer.testing import CliRunner
+
+    from frs_cli.cli.app import app
+
+    other = tmp_path / "other.zarr"
+    shutil.copytree(cache_path, other)
+    group = zarr.open_group(str(other), mode="r+")
+    group.attrs["fingerprints"] = {**group.attrs["fingerprints"], "dataset": "0123456789abcdef"}
+    out = tmp_path / "cmp.png"
+    result = CliRunner().invoke(app, ["visualize", "--cache", cache_path, "--compare", str(other), "--out", str(out)])
+    assert_one_line_error(result, "--compare: expected a cache of the same dataset as", "(0123456789abcdef)")
+    assert not out.exists()
+    same = CliRunner().invoke(app, ["visualize", "--cache", cache_path, "--compare", cache_path, "--out", str(out)])
+    assert same.exit_code == 0 and out.is_file()

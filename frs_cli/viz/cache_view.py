@@ -54,6 +54,11 @@ def render_cached_view(cache, dataset: CocoViews, image_id: int | None = None, v
     sample = dataset[(position, view)]
     rows = [(cache_label(cache), _masks_of(cache, image_id, view, chosen))]
     if compare is not None:
+        ours_data, theirs_data = (c.fingerprints.get("dataset") for c in (cache, compare))
+        if theirs_data != ours_data:  # its image 1 is another picture: its masks would be drawn on the wrong one
+            raise ConfigError(f"--compare: expected a cache of the same dataset as {cache.path!r} (dataset "
+                              f"fingerprint {ours_data}), got {compare.path!r} of another ({theirs_data})",
+                              hint="compare caches written over the same annotation file and split")
         other = [lv.name for lv in compare.levels]
         if other != names:
             raise ConfigError(f"--compare: expected a cache with levels {', '.join(names)}, got {', '.join(other)}")
