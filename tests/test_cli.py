@@ -67,6 +67,22 @@ def test_no_help_text_holds_a_bracketed_word_that_the_help_would_drop_as_markup(
     assert dropped_words("from [train], pip install 'frs\\[faster-eval]'") == Counter({"train": 1})
 
 
+def test_an_error_line_carries_no_control_codes_from_a_library_message(capsys):
+    """torch's unpickling errors bold words with ANSI codes; the one error line is plain text."""
+    import typer
+
+    from frs_cli.cli.common import handle_errors
+    from frs_cli.errors import ModelError
+
+    @handle_errors
+    def command():
+        raise ModelError("checkpoint 'x.pth': \x1b[1mWeights only load failed\x1b[0m (Unsupported global)")
+
+    with pytest.raises(typer.Exit):
+        command()
+    assert capsys.readouterr().err == "error: checkpoint 'x.pth': Weights only load failed (Unsupported global)\n"
+
+
 def test_help_is_fast_and_does_not_import_torch():
     code = "import sys; from frs_cli.cli.app import app; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)

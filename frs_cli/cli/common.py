@@ -6,6 +6,7 @@ import functools
 import hashlib
 import logging
 import os
+import re
 import sys
 import tempfile
 
@@ -37,6 +38,7 @@ def is_main_process() -> bool:
 
 
 _times_reported: dict[str, int] = {}
+_CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # ANSI escape sequences (colours, bold)
 
 
 def first_to_report(line: str) -> bool:
@@ -64,7 +66,9 @@ def first_to_report(line: str) -> bool:
 
 def fail(message: str, code: int = 1):
     """Print ``message`` as one ``error:`` line (as it is: brackets in it are text, not markup) and exit. Under
-    torchrun the job prints each distinct line once, not once per process (``first_to_report``)."""
+    torchrun the job prints each distinct line once, not once per process (``first_to_report``). Terminal control
+    codes a library put in its message (torch's pickle errors bold some words) are dropped: a log stays text."""
+    message = _CONTROL.sub("", message)
     if first_to_report(f"error: {message}"):
         err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, markup=True, highlight=False)
     raise typer.Exit(code)
