@@ -241,8 +241,11 @@ def test_cache_of_newer_format_is_refused(cache_path, tmp_path):
 
 def test_unknown_view_or_image_is_a_clear_error(cache_path):
     cache = TeacherCache(cache_path)
-    with pytest.raises(CacheFormatError, match="holds no view 'orig' of image 999"):
+    with pytest.raises(CacheFormatError, match=r"holds no image 999 \(it holds the 24 images of split 'train', "
+                                               r"ids 1\.\.24\)"):
         cache.find(999, "orig")
+    with pytest.raises(CacheFormatError, match=r"holds no view 'orig@32' of image 1 \(its views: orig, hflip\)"):
+        cache.find(1, "orig@32")
 
 
 def test_int8_cache_stores_per_channel_scales_and_reads_back_within_half_a_step(synth_root, teacher_ckpt, tmp_path):

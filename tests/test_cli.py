@@ -83,6 +83,18 @@ def test_an_error_line_carries_no_control_codes_from_a_library_message(capsys):
     assert capsys.readouterr().err == "error: checkpoint 'x.pth': Weights only load failed (Unsupported global)\n"
 
 
+def test_counts_in_closing_lines_agree_with_their_number():
+    from types import SimpleNamespace
+
+    from frs_cli.cli.cache_cmd import _per_image
+    from frs_cli.cli.common import iterations_run
+
+    assert iterations_run(SimpleNamespace(iterations=1, iterations_run=1)) == "1 iteration"
+    assert iterations_run(SimpleNamespace(iterations=4, iterations_run=4)) == "4 iterations"
+    assert iterations_run(SimpleNamespace(iterations=4, iterations_run=1)) == "1 of its 4 iterations"
+    assert (_per_image(24, 24), _per_image(48, 24)) == ("1 view per image", "2 views per image")
+
+
 def test_help_is_fast_and_does_not_import_torch():
     code = "import sys; from frs_cli.cli.app import app; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
@@ -252,7 +264,7 @@ def test_teacher_cache_info_distill_visualize_and_mask_stats(tmp_path, recipe_pa
     result = run("visualize", "--cache", cache, "--level", "P9", "--out", tmp_path / "x.png")
     assert result.exit_code == 1 and "expected 'all' or one of P3, P4, P5, P6, P7, got 'P9'" in result.stderr
     result = run("visualize", "--cache", cache, "--image-id", 9999, "--out", tmp_path / "x.png")
-    assert result.exit_code == 1 and "holds no view 'orig' of image 9999" in result.stderr
+    assert result.exit_code == 1 and "holds no image 9999 (it holds the 24 images" in result.stderr
     assert not (tmp_path / "x.png").exists()
 
     result = run("eval", "--cache", cache, "--metrics", tmp_path / "stats.json")

@@ -150,8 +150,18 @@ class TeacherCache:
         short side 800; ConfigError for a name that is no view)."""
         key = (int(image_id), view_code(canonical_view(view, self.geometry_config), self.views))
         if key not in self._lookup:
-            raise CacheFormatError(f"cache {self.path!r}: holds no view {view!r} of image {image_id}")
+            if int(image_id) not in self._image_ids:
+                split = self.attrs.get("dataset", {}).get("split", "?")
+                raise CacheFormatError(f"cache {self.path!r}: holds no image {image_id} (it holds the "
+                                       f"{len(self._image_ids)} images of split {split!r}, ids "
+                                       f"{min(self._image_ids)}..{max(self._image_ids)})")
+            raise CacheFormatError(f"cache {self.path!r}: holds no view {view!r} of image {image_id} (its views: "
+                                   f"{', '.join(self.views)})")
         return self._lookup[key]
+
+    @functools.cached_property
+    def _image_ids(self) -> set[int]:
+        return {int(i) for i in self.image_id}
 
     def view_name(self, k: int) -> str:
         """The name of view ``k`` (``orig``, ``hflip``, or one at another short side such as ``hflip@640``)."""

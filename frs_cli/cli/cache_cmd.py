@@ -107,6 +107,11 @@ def bottleneck_hints(stages: dict | None, seconds: float, cfg, write_processes: 
     return hints
 
 
+def _per_image(views: int, images: int) -> str:
+    n = views // max(1, images)
+    return f"{n} view{'' if n == 1 else 's'} per image"
+
+
 def info(cache: str = typer.Argument(..., help="Cache path.")):
     """Summarise a teacher cache: images, views, levels, bytes on disk, MB per image, teacher, fingerprints."""
     from rich.table import Table
@@ -130,7 +135,7 @@ def info(cache: str = typer.Argument(..., help="Cache path.")):
         ("bytes on disk", (f"{nbytes['total'] / 1e6:,.1f} MB  (views {nbytes['views'] / 1e6:,.1f} MB, "
                            f"index and teacher head {nbytes['fixed'] / 1e6:,.2f} MB)")),
         ("per image", (f"{per_view_bytes * len(c) / max(1, n_images) / 1e6:.4f} MB  "
-                       f"({per_view_bytes / 1e6:.4f} MB per view, {len(c) // max(1, n_images)} views per image)")),
+                       f"({per_view_bytes / 1e6:.4f} MB per view, {_per_image(len(c), n_images)})")),
         ("teacher", f"{a['teacher']['arch']}  weights {a['teacher']['weights'] or '(random init)'}"),
         ("fingerprints", "  ".join(f"{k} {v}" for k, v in c.fingerprints.items())),
         ("geometry", "  ".join(f"{k} {v}" for k, v in a["geometry"].items())),

@@ -153,9 +153,8 @@ def metrics_table(title: str, rows: dict[str, dict[str, float | None]]):
 def iterations_run(fit) -> str:
     """``N iterations``, or for a resumed run ``N of its M iterations``: the ones this call stepped (its time and
     rate are theirs)."""
-    if fit.iterations_run == fit.iterations:
-        return f"{fit.iterations} iterations"
-    return f"{fit.iterations_run} of its {fit.iterations} iterations"
+    total = f"{fit.iterations} iteration{'' if fit.iterations == 1 else 's'}"
+    return total if fit.iterations_run == fit.iterations else f"{fit.iterations_run} of its {total}"
 
 
 def print_run(summary, done: str, val_split: str, row: str, data_wait: bool = False) -> None:
