@@ -57,11 +57,14 @@ def missing_file(path: str | Path) -> str:
     return "is a directory" if Path(path).is_dir() else "does not exist"
 
 
-def check_output_file(path: str | Path, what: str) -> None:
+def check_output_file(path: str | Path, what: str, suffix: str | None = None) -> None:
     """ConfigError (one line naming ``path``) when ``path``, the file ``what`` is to write, is an existing
-    directory: a command calls it before its work, so nothing is computed for a file that cannot be written."""
+    directory, or does not end in ``suffix`` (the format written): a command calls it before its work, so nothing
+    is computed for a file that cannot be written or would be misnamed."""
     if Path(path).is_dir():
         raise ConfigError(f"{what}: expected a file path, got the directory {str(path)!r}")
+    if suffix is not None and Path(path).suffix.lower() != suffix:
+        raise ConfigError(f"{what}: expected a {suffix} file (the format written), got {str(path)!r}")
 
 
 @contextlib.contextmanager

@@ -163,6 +163,17 @@ def test_a_directory_given_as_the_output_file_is_refused_up_front(tmp_path, teac
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # no temporary file beside it
 
 
+@pytest.mark.parametrize("option", ["visualize --out", "report --out"])
+def test_a_picture_named_other_than_png_is_refused_up_front(tmp_path, teacher_ckpt, cache_path, synth_root, option):
+    """They write PNG: a .jpg name would hold PNG bytes (before: written so)."""
+    args = _output_cases(tmp_path, teacher_ckpt, cache_path, synth_root)[option]
+    target = args[-1].with_suffix(".jpg")
+    result = run(*args[:-1], target)
+    assert_one_line_error(result, f"{option}: expected a .png file (the format written), got '{target}'")
+    assert not target.exists()
+    assert run(*args[:-1], args[-1].with_suffix(".PNG")).exit_code == 0
+
+
 def test_the_atomic_writer_refuses_a_directory_before_writing(tmp_path):
     from frs_cli.files import write_json
 

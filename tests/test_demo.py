@@ -49,6 +49,18 @@ def test_demo_refuses_a_file_as_out_in_one_line(tmp_path):
         f"error: demo --out '{tmp_path / 'afile'}': expected a new or empty directory, got a file"]
 
 
+@pytest.mark.parametrize("option", ["--train-images", "--val-images"])
+def test_demo_refuses_no_images_before_writing_anything(tmp_path, option):
+    from typer.testing import CliRunner
+
+    from frs_cli.cli.app import app
+
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "d"), option, "0"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.strip().splitlines() == [f"error: demo {option}: expected an integer >= 1, got 0"]
+    assert not (tmp_path / "d").exists()
+
+
 def test_a_demo_stopped_in_any_stage_resumes_to_the_uninterrupted_demos_numbers(tmp_path, monkeypatch):
     """Ctrl-C in the distill stage: exit 130 and the hint ``frs demo --out D --resume``; that command keeps the
     finished stages (the teacher's model file byte for byte, the set's annotations), continues the rest and ends

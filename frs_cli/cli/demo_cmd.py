@@ -25,6 +25,10 @@ def register(app: typer.Typer) -> None:
     ):
         """Run the whole job on the embedded data: synth, teacher, teacher-cache, distill, eval, visualize (CPU)."""
         setup_logging(verbose)
+        from frs_cli.errors import check_value
+
+        check_value("demo --train-images", train_images, 1)  # before anything is written under --out
+        check_value("demo --val-images", val_images, 1)
         from frs_cli.demo import DemoConfig, run_demo
 
         t0 = time.perf_counter()

@@ -11,7 +11,7 @@ from frs_cli.files import check_output_file, missing_file
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("export", epilog="Example: frs export --onnx runs/r18_frs/model_final.pt r18_frs.onnx")
+    @app.command("export", epilog="Example: frs export --onnx demo/student_frs/model_final.pt student_frs.onnx  (after frs demo --out demo)")
     @handle_errors
     def export(
         checkpoint: Path = typer.Option(..., "--onnx", help="INPUT: the trained model file (model_final.pt) to read. "

@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
         if metric not in METRIC_KEYS:
             raise ConfigError(f"report --metric: expected one of {', '.join(METRIC_KEYS)}, got {metric!r}")
         if out is not None:
-            check_output_file(out, "report --out")
+            check_output_file(out, "report --out", suffix=".png")
 
         logs = [read_run(r) for r in runs]
         picture = run_report(logs, metric=metric) if out is not None else None

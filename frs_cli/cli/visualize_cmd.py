@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
         from frs_cli.viz.cache_view import render_cached_view
         from frs_cli.viz.masks import save_png
 
-        check_output_file(out, "visualize --out")
+        check_output_file(out, "visualize --out", suffix=".png")
         c = TeacherCache(cache, require_complete=False)
         other = TeacherCache(compare, require_complete=False) if compare is not None else None
         picture = render_cached_view(c, c.dataset(None if data is None else str(data)), image_id, view, level,
