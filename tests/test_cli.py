@@ -317,8 +317,12 @@ def test_distill_refuses_a_cache_that_is_not_one(tmp_path, recipe_path):
 
 
 def test_models_lists_the_architectures():
+    from frs_cli.models import ARCHS
+
     result = run("models")
     assert result.exit_code == 0 and "retinanet_resnet50_fpn_v2" in result.output
+    longest = max((spec.summary for spec in ARCHS.values()), key=len)
+    assert len(longest) > 40 and longest in result.stdout  # in a pipe a table keeps its text, not cut at 80 columns
 
 
 def test_a_stopped_run_exits_130_with_the_resume_hint(tmp_path, recipe_path, monkeypatch):

@@ -11,12 +11,28 @@ import sys
 import tempfile
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 
 from frs_cli.errors import FrsError, Interrupted
 
-console = Console(soft_wrap=True)  # a result line is one line in a log or pipe, never broken at 80 columns
+PIPE_WIDTH = 160  # columns a table may take in a log or pipe (where rich would assume 80)
+
+
+class _ResultConsole(Console):
+    """stdout: a terminal's own width; in a log or pipe at least PIPE_WIDTH, so that a table keeps its text."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = Console.size.fget(self)
+        return size if self.is_terminal else ConsoleDimensions(max(size.width, PIPE_WIDTH), size.height)
+
+    @size.setter
+    def size(self, value) -> None:
+        Console.size.fset(self, value)
+
+
+console = _ResultConsole(soft_wrap=True)  # a result line is one line in a log or pipe, never broken at 80 columns
 err_console = Console(stderr=True)
 
 PIPELINE_HELP = "Recipe TOML (see pipelines/)."
