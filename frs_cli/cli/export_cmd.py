@@ -22,8 +22,9 @@ def register(app: typer.Typer) -> None:
     ):
         """Write a trained RetinaNet as ONNX (dynamic batch and image size): pixels in, each level's head outputs out.
 
-        Reads the model file given to --onnx and writes OUT. Needs pip install 'frs\\[onnx]'. Anchor decoding and NMS
-        stay outside the graph; the file's metadata carries what they need (levels, anchors, label map, geometry)."""
+        Reads the model file given to --onnx and writes OUT. Needs pip install 'frs\\[onnx]'.
+
+        Anchor decoding and NMS stay outside the graph: the metadata carries the levels, anchors, label map, geometry."""
         setup_logging(verbose)
         if not checkpoint.is_file():
             fail(f"export --onnx: expected a model file at {str(checkpoint)!r}, but it {missing_file(checkpoint)}")

@@ -28,8 +28,7 @@ def register(app: typer.Typer) -> None:
     ):
         """Draw the teacher's FRS mask of one level (or all) as a heat map over the greyed image, with GT boxes.
 
-        One colour scale for every panel, written on the picture with a colour bar; each panel names its level,
-        stride and max."""
+        One colour scale for every panel, drawn as a colour bar; each panel names its level, stride and max."""
         from frs_cli.cache.reader import TeacherCache
         from frs_cli.files import check_output_file
         from frs_cli.viz.cache_view import render_cached_view
