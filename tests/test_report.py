@@ -49,7 +49,10 @@ def test_read_run_errors_are_one_line_naming_the_place(tmp_path):
         read_run(tmp_path / "nowhere")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "metrics.jsonl").write_text('{"iter": 0, "loss": 1.0}\nnot json\n{"iter": 5}\n')
-    with pytest.raises(DataError, match="got a parse error on line 2"):
+    with pytest.raises(DataError, match="got a parse error on line 2: Expecting value at column 1$"):
+        read_run(tmp_path / "bad")
+    (tmp_path / "bad" / "metrics.jsonl").write_text('{"iter": 0, "lo\n{"iter": 5}\n')  # a damaged first line
+    with pytest.raises(DataError, match="on line 1: Invalid control character at column 16$"):
         read_run(tmp_path / "bad")
     (tmp_path / "bad" / "metrics.jsonl").write_text('{"iter": 0}\n[1, 2]\n')
     with pytest.raises(DataError, match="expected a step record .* on line 2"):

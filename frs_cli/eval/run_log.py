@@ -90,7 +90,7 @@ def _read_records(path: Path, log: RunLog) -> None:
                 if number > 1 and not line.endswith("\n"):
                     break  # the last line of a run killed mid-write: everything before it stands
                 raise DataError(f"report: expected one JSON object per line in {str(path)!r}, got a parse error "
-                                f"on line {number}: {exc.msg}") from None
+                                f"on line {number}: {exc.msg.removesuffix(' at')} at column {exc.colno}") from None
             if isinstance(record, dict) and isinstance(record.get("eval"), dict) and "epoch" in record:
                 log.evals[int(record["epoch"])] = dict(record["eval"])
             elif isinstance(record, dict) and "iter" in record:
