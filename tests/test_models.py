@@ -175,6 +175,10 @@ def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
     with pytest.raises(ModelError, match=r"expected an frs checkpoint \(keys 'arch', 'model'\) or a torchvision state "
                                          r"dict \(a tensor per parameter name\), got another file \(\['foo'\]\)"):
         build_detector(ModelConfig(arch="retinanet_tiny_fpn", weights=str(tmp_path / "other.pt")), 4)
+    mmdet = tmp_path / "retinanet_r50.pth"  # mmdetection's layout: the weights under state_dict, beside meta
+    torch.save({"meta": {"mmdet_version": "2.25.0"}, "state_dict": {"backbone.conv1.weight": torch.zeros(1)}}, mmdet)
+    with pytest.raises(ModelError, match=rf"it looks like an mmdetection checkpoint: frs convert mmdet {mmdet} "):
+        build_detector(ModelConfig(arch="retinanet_tiny_fpn", weights=str(mmdet)), 4)
 
 
 def test_fingerprint_changes_with_any_weight():

@@ -105,9 +105,12 @@ def resolve_weights(text: str, builder: str) -> WeightsSource:
         return WeightsSource("torchvision", label, content, published)
     refuse_training_state(content, f"weights {label}", path)
     keys = list(content)[:4] if isinstance(content, dict) else type(content).__name__
+    mmdet = isinstance(content, dict) and isinstance(content.get("state_dict"), dict) and "meta" in content
     raise ModelError(f"weights {label}: expected an frs checkpoint (keys 'arch', 'model') or a torchvision state "
                      f"dict (a tensor per parameter name), got another file ({keys})",
-                     hint="frs train / frs distill write the first; torchvision publishes the second")
+                     hint=(f"it looks like an mmdetection checkpoint: frs convert mmdet {text} --arch ARCH --out "
+                           "FILE.pt makes an frs model file of it" if mmdet else
+                           "frs train / frs distill write the first; torchvision publishes the second"))
 
 
 def _identify(path: Path, candidates: list[Published], label: str) -> Published | None:
