@@ -133,6 +133,9 @@ def test_train_then_eval_checkpoint_writes_metrics_and_detections(tmp_path, reci
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "model_final.pt").is_file()
     assert_plain_progress_line(result.stderr, "epoch 2/2", 24, "img")  # each image once per epoch, in one view
+    # the val metrics after the last epoch in percent, as the tables show them (metrics.jsonl keeps fractions)
+    assert re.search(r"^epoch 2, val box mAP \(%\): AP \d+\.\d  AP50 \d+\.\d  .*APl \u2013$", result.stderr,
+                     re.MULTILINE), result.stderr
     done = [line for line in result.stdout.splitlines() if " iterations in " in line]  # one line, however long
     assert len(done) == 1 and len(done[0]) > 80 and done[0].endswith(f" -> {tmp_path / 'run' / 'model_final.pt'}")
     result = run("eval", "--checkpoint", tmp_path / "run" / "model_final.pt", "--data", synth_root,

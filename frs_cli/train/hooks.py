@@ -221,8 +221,10 @@ class EvalHook(Hook):
             return
         trainer.eval_metrics = metrics = self.evaluate(trainer.objective)
         if trainer.ctx.is_main and metrics is not None:
-            self.progress.log(f"epoch {done}: " + "  ".join(
-                f"{k} {v:.3f}" if v is not None else f"{k} \u2013" for k, v in metrics.items()))
+            from frs_cli.eval.coco_eval import format_metric  # in percent, as every table shows them
+
+            self.progress.log(f"epoch {done}, val box mAP (%): " + "  ".join(
+                f"{k} {format_metric(v)}" for k, v in metrics.items()))
             self.metrics.eval(done, metrics, iteration=done * trainer.iters_per_epoch)
 
 
