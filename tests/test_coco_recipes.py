@@ -1,7 +1,7 @@
 """The COCO recipes' own settings end to end on a COCO-shaped tiny set: the README's flow (teacher-cache with its
-teacher check, distill from the cache, eval) under each torchvision-teacher recipe, its models swapped for the
-family's tiny ones and its sizes for 64 px, everything else (label map, splits, schedule keys, multi-scale views)
-as the recipe says. No COCO and no weights here: the folders are COCO's names and the category ids COCO-like (gaps,
+teacher check, distill from the cache, eval) under every COCO recipe shipped, its models swapped for the family's
+tiny ones and its sizes for 64 px, everything else (label map, splits, schedule keys, multi-scale views) as the
+recipe says. No COCO and no weights here: the folders are COCO's names and the category ids COCO-like (gaps,
 no 0), so `data.label_map = "category_id"` meets labels that are no category."""
 
 from __future__ import annotations
@@ -18,12 +18,8 @@ from typer.testing import CliRunner
 from frs_cli.cli.app import app
 
 PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
-RECIPES = {  # recipe -> family (tiny archs) and its own extra keys at 64 px (FCOS's two scales become 48 and 64)
-    "coco_retinanet_r50v2_to_r18.toml": ("retinanet", []),
-    "coco_fcos_r50_to_r18.toml": ("fcos", ["train.min_sizes=[48, 64]",
-                                           'cache.views=["orig", "hflip", "orig@48", "hflip@48"]']),
-    "coco_fasterrcnn_r50v2_to_r18.toml": ("faster_rcnn", []),
-}
+RECIPES = sorted(p.name for p in PIPELINES.glob("coco_*.toml"))  # every COCO recipe shipped
+MULTI_SCALE = ["train.min_sizes=[48, 64]", 'cache.views=["orig", "hflip", "orig@48", "hflip@48"]']  # 640/800 at 64 px
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +38,7 @@ def coco_like(tmp_path_factory, synth_root) -> Path:
     return root
 
 
-def _teacher(path: Path, arch: str, anchor_size: int, root: Path) -> Path:
+def _teacher(path: Path, arch: str, anchor_size: int, root: Path, label_map: str) -> Path:
     from frs_cli.data.coco import CocoIndex
     from frs_cli.data.geometry import GeometryConfig
     from frs_cli.models import ModelConfig, build_detector
@@ -50,16 +46,24 @@ def _teacher(path: Path, arch: str, anchor_size: int, root: Path) -> Path:
 
     torch.manual_seed(0)
     cfg = ModelConfig(arch=arch, anchor_size=anchor_size)
-    index = CocoIndex(root / "annotations" / "instances_train2017.json", "category_id")
+    index = CocoIndex(root / "annotations" / "instances_train2017.json", label_map)
     save_model(path, build_detector(cfg, index.num_classes), cfg, index, GeometryConfig(64, 64, 32))
     return path
 
 
-@pytest.mark.parametrize("recipe", list(RECIPES))
+def test_every_coco_recipe_is_here():
+    assert len(RECIPES) >= 9 and {"coco_retinanet_r50v2_to_r18.toml", "coco_fcos_r50_to_r18.toml"} <= set(RECIPES)
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
 def test_a_coco_recipe_runs_teacher_cache_distill_and_eval_on_a_coco_shaped_set(recipe, coco_like, tmp_path):
-    family, extra = RECIPES[recipe]
-    teacher_arch, student_arch, anchor_size = FAMILY_ARCHS[family]
-    teacher = _teacher(tmp_path / "teacher.pt", teacher_arch, anchor_size, coco_like)
+    from frs_cli.config import load_recipe
+    from frs_cli.models import arch_spec
+
+    shipped = load_recipe(PIPELINES / recipe)
+    extra = MULTI_SCALE if shipped.train.min_sizes else []
+    teacher_arch, student_arch, anchor_size = FAMILY_ARCHS[arch_spec(shipped.teacher.arch).family]
+    teacher = _teacher(tmp_path / "teacher.pt", teacher_arch, anchor_size, coco_like, shipped.data.label_map)
     sets = [f"data.root={json.dumps(str(coco_like))}", "geometry.min_size=64", "geometry.max_size=64",
             f"teacher.arch={teacher_arch}", f"teacher.weights={json.dumps(str(teacher))}",
             f"student.arch={student_arch}", 'student.weights_backbone=""', "student.trainable_backbone_layers=5",
