@@ -32,9 +32,16 @@ def view_crc(values: np.ndarray, scale: np.ndarray | None = None) -> int:
     return crc if scale is None else crc32(memoryview(np.ascontiguousarray(scale)).cast("B"), crc)
 
 
-def damaged_arrays(backend, attrs: dict, skip=frozenset(), prefix: str = "") -> list[str]:
-    """The index and teacher-head arrays of a cache (those named under ``prefix``) whose bytes differ from the
-    CRC-32 the writer recorded in ``attrs["checksums"]`` (a cache from before those: none); ``skip`` aside.
-    ``backend``: the cache's store (``has(name)``, ``array(name)``)."""
-    return [n for n, crc in attrs.get("checksums", {}).items()
-            if n.startswith(prefix) and n not in skip and backend.has(n) and view_crc(backend.array(n)[...]) != crc]
+def mismatched(attrs: dict, arrays: dict[str, np.ndarray]) -> list[str]:
+    """The names of ``arrays`` (index or teacher-head arrays of a cache, by path, as read) whose bytes differ from
+    the CRC-32 the writer recorded in ``attrs["checksums"]``; an array it recorded none for (a cache from before
+    them) is not compared."""
+    recorded = attrs.get("checksums", {})
+    return [n for n, values in arrays.items() if n in recorded and view_crc(values) != recorded[n]]
+
+
+def damaged_arrays(backend, attrs: dict, skip=frozenset()) -> list[str]:
+    """``mismatched`` over every recorded array the cache's store holds, ``skip`` aside. ``backend``: the store
+    (``has(name)``, ``array(name)``)."""
+    names = [n for n in attrs.get("checksums", {}) if n not in skip and backend.has(n)]
+    return mismatched(attrs, {n: backend.array(n)[...] for n in names})

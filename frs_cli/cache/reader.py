@@ -19,10 +19,10 @@ import torch
 from torch import Tensor
 
 from frs_cli.cache.backend import open_backend
-from frs_cli.cache.checksum import damaged_arrays
+from frs_cli.cache.checksum import mismatched
 from frs_cli.cache.encoding import FeatureEncoding, finite
 from frs_cli.cache.identity import dataset_fingerprint, first_difference
-from frs_cli.cache.schema import Bucket, required_arrays, view_code, view_name
+from frs_cli.cache.schema import INDEX_ARRAYS, Bucket, required_arrays, view_code, view_name
 from frs_cli.cache.store import is_url
 from frs_cli.data.coco import CocoViews, Sample
 from frs_cli.data.geometry import GeometryConfig, ViewGeometry, canonical_view
@@ -75,10 +75,6 @@ class TeacherCache:
             raise CacheFormatError(f"cache {self.path!r}: expected every array of the cache format, "
                                    f"{len(missing)} missing ({shown})",
                                    hint=repair_hint(self.path, root.kind))
-        damaged = damaged_arrays(root, self.attrs, prefix="index/")
-        if damaged:  # every view would be looked up in the wrong place
-            raise CacheFormatError(f"cache {self.path!r}: its index does not match its checksums "
-                                   f"({', '.join(damaged)}): the file is damaged", hint=repair_hint(self.path, root.kind))
         self.levels = [LevelSpec(d["name"], d["stride"], d["channels"]) for d in self.attrs["levels"]]
         self.buckets = [Bucket.from_dict(b) for b in self.attrs["buckets"]]
         self.dtype = self.attrs["storage"]["dtype"]  # the features' storage dtype, by name
@@ -88,6 +84,10 @@ class TeacherCache:
         self.bucket = root.array("index/bucket")[...]
         self.row = root.array("index/row")[...]
         self.geometry = root.array("index/geometry")[...]
+        damaged = mismatched(self.attrs, {f"index/{n}": getattr(self, n) for n in INDEX_ARRAYS})
+        if damaged:  # every view would be looked up in the wrong place
+            raise CacheFormatError(f"cache {self.path!r}: its index does not match its checksums "
+                                   f"({', '.join(damaged)}): the file is damaged", hint=repair_hint(self.path, root.kind))
         self._lookup = {(int(i), int(v)): k for k, (i, v) in enumerate(zip(self.image_id, self.view))}
         self._arrays = None  # {bucket: per level (features, scale or None, mask)}, filled as buckets are read
         self._memory = None
@@ -357,13 +357,13 @@ class TeacherCache:
 
     def head_state_dict(self) -> dict[str, Tensor]:
         """The cached teacher head's weights, checked against their recorded checksums."""
-        damaged = damaged_arrays(self.backend, self.attrs, prefix="teacher_head/")
+        arrays = {name: arr[...] for name, arr in self.backend.arrays("teacher_head")}
+        damaged = mismatched(self.attrs, {f"teacher_head/{name}": a for name, a in arrays.items()})
         if damaged:
             raise CacheFormatError(f"cache {self.path!r}: its teacher head does not match its checksums "
                                    f"({', '.join(damaged)}): the file is damaged",
                                    hint=repair_hint(self.path, self.backend.kind))
-        return {name: torch.from_numpy(np.ascontiguousarray(arr[...]))
-                for name, arr in self.backend.arrays("teacher_head")}
+        return {name: torch.from_numpy(np.ascontiguousarray(a)) for name, a in arrays.items()}
 
     def build_head(self) -> torch.nn.Module:
         """The teacher's classification head with the cached weights, in eval mode."""

@@ -2,8 +2,9 @@
 
 The writer stores, per view, a CRC-32 of each feature and mask array's bytes as written (``buckets/<HxW>/crc``,
 level order, features then mask) before it sets the view's ``done`` flag, and one of each index and teacher-head
-array in the root's ``checksums``. ``verify_cache`` reads every done view and those arrays back and compares. A view is rejected when one of its chunks is missing from the store, cannot be
-decoded, or decodes to bytes of another checksum. ``teacher-cache --resume`` rewrites exactly the views
+array in the root's ``checksums``. ``verify_cache`` reads every done view and those arrays back and compares. A
+view is rejected when one of its chunks is missing from the store, cannot be decoded, or decodes to bytes of
+another checksum. ``teacher-cache --resume`` rewrites exactly the views
 rejected here (it clears their ``done`` flags first).
 """
 
