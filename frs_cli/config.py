@@ -278,8 +278,13 @@ def resolve_extends(path: str | Path) -> dict:
     against the recipe's schema, so an unknown key names the file it is in. ``ConfigError`` for a missing
     base file, a cycle, an ``extends`` that is not a string, or an unknown key.
     """
+    return _merged(_extends_chain(path))
+
+
+def _merged(chain: list[tuple[Path, dict]]) -> dict:
+    """The tables of an ``extends`` chain merged: the deepest base first, the named file last."""
     merged: dict = {}
-    for _, table in reversed(_extends_chain(path)):  # the deepest base first, the named file last
+    for _, table in reversed(chain):
         merged = merge_tables(merged, table)
     return merged
 
@@ -304,12 +309,7 @@ def _extends_chain(path: str | Path) -> list[tuple[Path, dict]]:
         if not isinstance(base, str) or not base:
             raise ConfigError(f"recipe {str(p)!r}: expected 'extends' to be a file name, got {base!r}")
         named_by, p = p, p.parent / base
-    return [(Path(c), t) for c, t in zip(_spelled(path, chain), tables)]
-
-
-def _spelled(path: str | Path, chain: list[Path]) -> list[Path]:
-    """The chain's files as a user would name them: the named file as given, its bases resolved."""
-    return [Path(path), *chain[1:]]
+    return list(zip([Path(path), *chain[1:]], tables))  # the named file as given, its bases resolved
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
@@ -317,11 +317,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     applied on top (``--set``). A value of the wrong type names where it was set: the ``--set`` (with how to
     quote a string) or the file of the chain."""
     chain = _extends_chain(path)
-    merged: dict = {}
-    for _, table in reversed(chain):
-        merged = merge_tables(merged, table)
     try:
-        return recipe_from_dict(apply_overrides(merged, overrides or []))
+        return recipe_from_dict(apply_overrides(_merged(chain), overrides or []))
     except ConfigError as exc:
         raise _where_set(exc, chain, overrides or []) from None
 

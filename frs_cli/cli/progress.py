@@ -63,8 +63,9 @@ class RichProgress(Progress):
     def update(self, advance: int = 1, **fields) -> None:
         if self.bar is None:
             return
-        lead = {k: fields[k] for k in ("loss",) if k in fields}  # the total first: the line may be cut short
-        self.bar.update(self.task, advance=advance, values=_values({**lead, **fields}))
+        if "loss" in fields:  # the total first: the line may be cut short
+            fields = {"loss": fields["loss"], **fields}
+        self.bar.update(self.task, advance=advance, values=_values(fields))
 
     def stop(self) -> None:
         if self.bar is not None:

@@ -150,9 +150,12 @@ class CocoIndex:
                 outside += 1
                 continue
             per_image[image_id].append((x0, y0, x1, y1, cat))
-        if dropped or outside:
-            what = [f"{dropped} boxes of zero or negative size"] * bool(dropped) + \
-                [f"{outside} boxes wholly outside their image"] * bool(outside)
+        what = []
+        if dropped:
+            what.append(f"{dropped} boxes of zero or negative size")
+        if outside:
+            what.append(f"{outside} boxes wholly outside their image")
+        if what:
             log.warning("dropped %s in %s", " and ".join(what), path)
         self.dropped_boxes = dropped + outside
 

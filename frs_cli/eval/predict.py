@@ -51,6 +51,16 @@ def predict(detector: Detector, dataset: CocoViews, ctx: DistContext, batch_size
     return all_ids, all_out
 
 
+def prepare_evaluation(dataset: CocoViews, label_to_category=None, max_images: int | None = None) -> CocoEvaluator:
+    """The evaluator of ``dataset``'s ground truth, checked as scoring will read it (the annotations, the label map
+    ``label_to_category``, default the dataset's own, and the presence of the first ``max_images`` image files), so
+    that what would stop an evaluation stops the work before it starts."""
+    mapping = dataset.index.label_to_category if label_to_category is None else label_to_category
+    evaluator = CocoEvaluator(load_coco(dataset.index.path), mapping)
+    dataset.check_files(max_images)
+    return evaluator
+
+
 def evaluate_detector(detector: Detector, dataset: CocoViews, ctx: DistContext, batch_size: int = 8,
                       workers: int = 2, amp: bool = True, detections_out: str | Path | None = None,
                       label_to_category=None, progress: Progress | None = None,
@@ -61,9 +71,7 @@ def evaluate_detector(detector: Detector, dataset: CocoViews, ctx: DistContext, 
     ``max_images`` scores only the first N images (in dataset order), against their own ground truth;
     ``backend`` is ``evaluate_detections``'. A size range without ground truth is ``None`` (undefined).
     """
-    mapping = dataset.index.label_to_category if label_to_category is None else label_to_category
-    evaluator = CocoEvaluator(load_coco(dataset.index.path), mapping)  # the ground truth checked before the work
-    dataset.check_files(max_images)
+    evaluator = prepare_evaluation(dataset, label_to_category, max_images)
     ids, outputs = predict(detector, dataset, ctx, batch_size, workers, amp, progress, max_images)
     evaluator.process(ids, outputs)
     metrics = evaluator.evaluate(backend)

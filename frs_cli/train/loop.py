@@ -66,16 +66,12 @@ def train_channels_last(objective: Objective) -> None:
 class FitResult:
     epochs: int
     iterations: int  # of the whole schedule
-    seconds: float  # of this call (a resumed run: since it resumed)
+    iterations_run: int  # stepped in this call (a resumed run: since it resumed)
+    seconds: float  # of this call
     images_per_second: float
     last_losses: dict[str, float]
     eval_metrics: dict | None
     data_wait_share: float
-    iterations_run: int = -1  # stepped in this call (-1: as many as ``iterations``)
-
-    def __post_init__(self):
-        if self.iterations_run < 0:
-            self.iterations_run = self.iterations
 
 
 @dataclass

@@ -17,8 +17,7 @@ import torch
 from frs_cli.data.coco import CocoViews
 from frs_cli.dist import DistContext, setup
 from frs_cli.errors import ConfigError
-from frs_cli.eval.coco_eval import CocoEvaluator, load_coco
-from frs_cli.eval.predict import evaluate_detector
+from frs_cli.eval.predict import evaluate_detector, prepare_evaluation
 from frs_cli.lock import job_lock
 from frs_cli.models import build_detector, check_compatible, check_distillable, signature, warn_untrained_teacher
 from frs_cli.models.config import ModelConfig
@@ -142,8 +141,7 @@ def _evaluator(recipe, ctx: DistContext, cfg):
         raise ConfigError(f"data.val: expected at least one image to evaluate on, got none in the "
                           f"{recipe.data.val!r} split ({recipe.data.annotation_file(recipe.data.val)})",
                           hint="add --no-eval to train without evaluation, or set data.val to a split with images")
-    val.check_files()
-    CocoEvaluator(load_coco(val.index.path), val.index.label_to_category)  # the ground truth as evaluation reads it
+    prepare_evaluation(val)  # what would stop the evaluation after the last epoch stops the run now
 
     def evaluate(objective) -> dict:
         return evaluate_detector(objective.student, val, ctx, batch_size=max(1, cfg.batch_size),
