@@ -150,13 +150,7 @@ class CocoIndex:
                 outside += 1
                 continue
             per_image[image_id].append((x0, y0, x1, y1, cat))
-        what = []
-        if dropped:
-            what.append(f"{dropped} boxes of zero or negative size")
-        if outside:
-            what.append(f"{outside} boxes wholly outside their image")
-        if what:
-            log.warning("dropped %s in %s", " and ".join(what), path)
+        _warn_dropped(dropped, outside, path)
         self.dropped_boxes = dropped + outside
 
         self.records: list[ImageRecord] = []
@@ -178,6 +172,17 @@ class CocoIndex:
 
     def __len__(self) -> int:
         return len(self.records)
+
+
+def _warn_dropped(dropped: int, outside: int, path: Path) -> None:
+    """One warning for the boxes an annotation file lost: of no area, or wholly outside their image."""
+    what = []
+    if dropped:
+        what.append(f"{dropped} boxes of zero or negative size")
+    if outside:
+        what.append(f"{outside} boxes wholly outside their image")
+    if what:
+        log.warning("dropped %s in %s", " and ".join(what), path)
 
 
 _EXIF_ORIENTATION = 0x0112
