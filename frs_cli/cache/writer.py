@@ -31,7 +31,7 @@ from frs_cli.cache.checksum import damaged_arrays, view_crc
 from frs_cli.cache.encoding import FeatureEncoding
 from frs_cli.cache.identity import cache_fingerprints, first_difference, recipe_fingerprints
 from frs_cli.cache.reader import TeacherCache, required_cache_arrays
-from frs_cli.cache.schema import FORMAT_NAME, Plan, make_plan, view_bytes, view_name, views_format_version
+from frs_cli.cache.schema import FORMAT_NAME, INDEX_ARRAYS, Plan, make_plan, view_bytes, view_name, views_format_version
 from frs_cli.cache.shard_writer import (
     WRITE_CONFIG,
     Layout,
@@ -114,8 +114,8 @@ def _create_arrays(root: zarr.Group, plan: Plan, teacher, cfg, only: set[str] | 
 
     checksums = {}
     index = root.require_group("index")
-    for name, values in (("image_id", plan.image_id), ("view", plan.view), ("bucket", plan.bucket),
-                         ("row", plan.row), ("geometry", plan.geometry)):
+    for name in INDEX_ARRAYS:  # the Plan's fields of the same names
+        values = getattr(plan, name)
         if wanted(f"index/{name}"):
             arr = index.create_array(name, shape=values.shape, dtype=values.dtype, chunks=values.shape or (1,),
                                      compressors=None, fill_value=0, overwrite=True)
