@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from frs_cli.cli.app import app
 from frs_cli.errors import ConfigError, DataError
-from frs_cli.eval.run_log import markdown_table, read_run
+from frs_cli.eval.run_log import label_runs, markdown_table, read_run
 from frs_cli.viz.plots import CHART_H, CHART_W, colour_of, line_chart, nice_ticks, run_report
 
 runner = CliRunner()
@@ -103,8 +103,26 @@ def test_report_refuses_no_runs_and_two_runs_of_one_name(tmp_path):
         run_report([])
     a = read_run(write_run(tmp_path / "x" / "run", [0.1]))
     b = read_run(write_run(tmp_path / "y" / "run", [0.2]))
-    with pytest.raises(ConfigError, match="distinct folder names, got run twice"):
+    with pytest.raises(ConfigError, match="distinct labels, got run twice"):
         run_report([a, b])
+    again = read_run(tmp_path / "x" / "run")
+    with pytest.raises(ConfigError, match="distinct labels, got x/run twice"):
+        run_report(label_runs([a, again, b]))  # the same folder twice stays one label
+
+
+def test_runs_of_one_folder_name_are_labelled_by_their_parents_in_the_table_and_the_picture(tmp_path):
+    for parent, aps in (("lr0.01", [0.1, 0.2]), ("lr0.02", [0.2, 0.3]), ("deep/lr0.01", [0.3, 0.4])):
+        write_run(tmp_path / "sweep" / parent / "out", aps)
+    write_run(tmp_path / "alone", [0.1])
+    runs = [tmp_path / "sweep" / p / "out" for p in ("lr0.01", "lr0.02", "deep/lr0.01")] + [tmp_path / "alone"]
+    assert [r.name for r in label_runs([read_run(r) for r in runs])] == [
+        "sweep/lr0.01/out", "sweep/lr0.02/out", "deep/lr0.01/out", "alone"]
+    out = tmp_path / "report.png"
+    result = runner.invoke(app, ["report", *map(str, runs), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = [line.split(" | ")[0] for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert rows == ["| run", "| sweep/lr0.01/out", "| sweep/lr0.02/out", "| deep/lr0.01/out", "| alone"]
+    assert out.is_file()
 
 
 def test_empty_chart_says_no_data():

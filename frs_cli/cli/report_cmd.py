@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
         """Compare runs side by side: a Markdown table on stdout and, with --out, one picture of their curves."""
         from frs_cli.errors import ConfigError
         from frs_cli.eval.coco_eval import METRIC_KEYS
-        from frs_cli.eval.run_log import markdown_table, read_run
+        from frs_cli.eval.run_log import label_runs, markdown_table, read_run
         from frs_cli.files import check_output_file
         from frs_cli.viz.draw import save_png
         from frs_cli.viz.plots import run_report
@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
         if out is not None:
             check_output_file(out, "report --out", suffix=".png")
 
-        logs = [read_run(r) for r in runs]
+        logs = label_runs([read_run(r) for r in runs])
         picture = run_report(logs, metric=metric) if out is not None else None
         typer.echo(markdown_table(logs), nl=False)
         if picture is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,7 @@ STEP_KEYS = ("epoch", "iter", "lr", "loss", "img_s", "data_wait")  # step-record
 
 @dataclass
 class RunLog:
-    name: str  # the run folder's name, used as the run's label
+    name: str  # the run's label: its folder's name (label_runs adds parent folders where two share it)
     path: str
     steps: dict[int, dict] = field(default_factory=dict)  # iteration -> step record
     evals: dict[int, dict] = field(default_factory=dict)  # epoch -> {metric: value or None}
@@ -58,6 +59,26 @@ class RunLog:
             return None
         epoch = max(self.evals)
         return epoch, self.evals[epoch]
+
+
+def label_runs(logs: list[RunLog]) -> list[RunLog]:
+    """Runs whose folders share a name get labels that tell them apart: the same number of each one's last path
+    parts, as few as tell them all apart (``a/out`` and ``b/out``). Other runs keep their folder's name; the same
+    folder given twice keeps one label (``run_report`` refuses it)."""
+    def parts(log: RunLog) -> tuple[str, ...]:
+        path = Path(os.path.abspath(log.path))
+        folder = path.parent if path.name == METRICS_FILE else path.with_name(log.name)
+        return folder.parts
+    names = [log.name for log in logs]
+    for name in {n for n in names if names.count(n) > 1}:
+        group = [log for log in logs if log.name == name]
+        spelled = [parts(log) for log in group]
+        depth = 1
+        while depth < max(map(len, spelled)) and len({p[-depth:] for p in spelled}) < len(set(spelled)):
+            depth += 1
+        for log, p in zip(group, spelled):
+            log.name = str(Path(*p[-depth:]))
+    return logs
 
 
 def read_run(run_dir: str | Path) -> RunLog:

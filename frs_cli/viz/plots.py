@@ -147,8 +147,8 @@ def run_report(runs: Sequence, columns: int = 3, metric: str = "AP") -> Image.Im
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         twice = sorted({n for n in names if names.count(n) > 1})
-        raise ConfigError(f"report: expected runs with distinct folder names, got {', '.join(twice)} twice",
-                          hint="copy or link the runs into folders named after what they are")
+        raise ConfigError(f"report: expected runs of distinct labels, got {', '.join(twice)} twice",
+                          hint="give each run folder once (frs report labels folders of one name by their parents)")
     colours = {name: colour_of(i) for i, name in enumerate(names)}
     terms: dict[str, None] = {}
     for r in runs:
