@@ -7,7 +7,7 @@ from PIL import Image
 
 from frs_cli.errors import ConfigError
 from frs_cli.viz import masks as masks_module
-from frs_cli.viz.draw import FONT_PX, colour_bar
+from frs_cli.viz.draw import FONT_PX, colour_bar, format_value, text_width
 from frs_cli.viz.masks import (
     BOX_COLOUR,
     BOX_WIDTH_PX,
@@ -63,6 +63,21 @@ def test_figure_size_is_panels_plus_gaps_plus_colour_bar():
     assert two.size == (3 * W * 2 + 3 * PANEL_GAP_PX + bar_width(vmax, body_h), HEADER_PX + body_h)
 
 
+def test_a_header_too_long_for_the_figure_takes_two_lines_and_widens_it_so_no_word_is_cut():
+    title = "FRS mask, image 123456 (orig@800)"
+    picture = level_panels(make_image(), [torch.rand(*grid(8)) * 0.5], [8], ["P3"], scale=1, title=title)
+    body_h = H + TITLE_BAND_PX
+    scale_line = f"colour: 0 to {format_value(0.5, 0.5)}, one scale for all panels"
+    assert picture.size[1] == 2 * HEADER_PX + body_h  # title, then the colour scale, each on its own band
+    assert picture.size[0] >= max(text_width(title), text_width(scale_line)) + 8 > W + PANEL_GAP_PX + bar_width(0.5, body_h)
+    header = pixels(picture)[:2 * HEADER_PX]
+    text_columns = np.flatnonzero((header > 150).any(axis=(0, 2)))  # light text on the dark band
+    assert text_columns.max() < picture.size[0] - 3  # the last letter inside the band, not cut at its edge
+    lines = [pixels(picture)[i * HEADER_PX:(i + 1) * HEADER_PX] for i in (0, 1)]
+    widths = [np.flatnonzero((line > 150).any(axis=(0, 2))).max() for line in lines]
+    assert abs(widths[0] - text_width(title)) <= 6 and abs(widths[1] - text_width(scale_line)) <= 6
+
+
 def cell_mean(picture, r, c, stride, top=0):
     out = pixels(picture).mean(axis=2)
     return out[top + r * stride: top + (r + 1) * stride, c * stride:(c + 1) * stride].mean()
@@ -93,7 +108,7 @@ def test_one_colour_scale_across_levels():
     m3[1, 1], m4[1, 1] = 0.4, 0.2
     image = torch.full((3, H, W), 128, dtype=torch.uint8)
     picture = level_panels(image, [m3, m4], [8, 16], ["P3", "P4"])
-    top = HEADER_PX + TITLE_BAND_PX
+    top = picture.size[1] - H  # under the header (two lines: the figure is narrow) and the panels' titles
     p3 = cell_mean(picture, 1, 1, 8, top)
     p4_left = W + PANEL_GAP_PX
     out = pixels(picture).mean(axis=2)
@@ -115,7 +130,7 @@ def test_the_scale_and_each_panel_are_written_on_the_picture(monkeypatch):
     m3[0, 0], m4[0, 0] = 0.26, 0.031
     rows = [("teacher A", [m3, m4]), ("teacher B", [m3 / 2, m4])]
     mask_figure(make_image(), rows, [8, 16], ["P3", "P4"], title="FRS mask, image 7 (orig)")
-    assert texts[-1] == "FRS mask, image 7 (orig)  |  colour: 0 to 0.26, one scale for all panels"
+    assert texts[-2:] == ["FRS mask, image 7 (orig)", "colour: 0 to 0.26, one scale for all panels"]  # too narrow for one
     assert "P3  stride 8  max 0.26" in texts and "P4  stride 16  max 0.03" in texts
     assert "P3  stride 8  max 0.13" in texts and "teacher A" in texts and "teacher B" in texts
     texts.clear()

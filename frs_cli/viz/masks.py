@@ -17,7 +17,9 @@ instead of 1 is what makes them visible at all.
 Size rules: a panel is ``W * scale`` wide and ``H * scale + (TITLE_BAND_PX if title else 0)`` tall, the title
 band above the picture. ``mask_figure`` with ``n`` levels and ``r`` rows is a ``HEADER_PX`` band on top of
 ``r`` rows (each ``ROW_LABEL_PX`` (only when ``r > 1``) + ``TITLE_BAND_PX + H * scale`` tall, ``PANEL_GAP_PX``
-apart) of ``n`` panels ``PANEL_GAP_PX`` apart, and a colour bar ``PANEL_GAP_PX`` to their right.
+apart) of ``n`` panels ``PANEL_GAP_PX`` apart, and a colour bar ``PANEL_GAP_PX`` to their right. Where the
+header does not fit that width in one line, it takes two bands (the title, then the colour scale), and the
+figure is widened where either line still does not fit.
 """
 
 from __future__ import annotations
@@ -31,14 +33,15 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 
 from frs_cli.errors import ConfigError
-from frs_cli.viz.draw import DARK, colour_bar, format_value, heat_colours, save_png, title_band
+from frs_cli.viz.draw import DARK, colour_bar, format_value, heat_colours, save_png, text_width, title_band
 
 __all__ = ["grey_image", "heat_colours", "heatmap_overlay", "level_panels", "mask_figure", "save_png"]
 
 log = logging.getLogger(__name__)
 
 TITLE_BAND_PX = 16  # height of the dark band holding a panel's title, px
-HEADER_PX = 20  # height of the figure's top band (its title and the colour scale), px
+HEADER_PX = 20  # height of a line of the figure's top band (its title and the colour scale), px
+HEADER_MARGIN_PX = 4  # the header text's margin at the left (title_band's) and at the right, px
 ROW_LABEL_PX = 16  # height of a row's label band in a figure of several rows, px
 PANEL_GAP_PX = 4  # space between neighbouring panels, rows and the colour bar, px
 BOX_WIDTH_PX = 2  # box outline thickness in output pixels (not enlarged by scale)
@@ -213,14 +216,24 @@ def mask_figure(image: Tensor, rows: Sequence[tuple[str, Sequence[Tensor]]], str
     body_h = sum(r.height for r in row_pictures) + (len(row_pictures) - 1) * PANEL_GAP_PX
     bar = colour_bar(body_h, vmax, "mask S")
     width = body_w + PANEL_GAP_PX + bar.width
-    canvas = Image.new("RGB", (width, HEADER_PX + body_h), GAP_COLOUR)
-    canvas.paste(title_band(width, f"{title}  |  colour: 0 to {format_value(vmax, vmax)}, one scale for all panels", HEADER_PX), (0, 0))
-    y = HEADER_PX
+    lines = _header_lines(title, f"colour: 0 to {format_value(vmax, vmax)}, one scale for all panels", width)
+    width = max(width, *(text_width(line) + 2 * HEADER_MARGIN_PX for line in lines))  # no header cut
+    header_h = len(lines) * HEADER_PX
+    canvas = Image.new("RGB", (width, header_h + body_h), GAP_COLOUR)
+    for i, line in enumerate(lines):
+        canvas.paste(title_band(width, line, HEADER_PX), (0, i * HEADER_PX))
+    y = header_h
     for row in row_pictures:
         canvas.paste(row, (0, y))
         y += row.height + PANEL_GAP_PX
-    canvas.paste(bar, (body_w + PANEL_GAP_PX, HEADER_PX))
+    canvas.paste(bar, (body_w + PANEL_GAP_PX, header_h))
     return canvas
+
+
+def _header_lines(title: str, scale: str, width: int) -> list[str]:
+    """The figure's header: ``'<title>  |  <scale>'`` on one line where it fits in ``width``, else two lines."""
+    one = f"{title}  |  {scale}"
+    return [one] if text_width(one) + 2 * HEADER_MARGIN_PX <= width else [title, scale]
 
 
 def level_panels(image: Tensor, masks: Sequence[Tensor], strides: Sequence[int], names: Sequence[str],
