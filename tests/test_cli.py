@@ -1,5 +1,6 @@
 """The command line: exit codes, one-line errors, and the files each command writes."""
 
+import io
 import json
 import re
 import subprocess
@@ -368,24 +369,68 @@ def test_line_progress_prints_plain_lines_every_interval_and_at_the_end():
 @pytest.mark.parametrize("width", [80, 120])
 def test_the_terminal_bar_keeps_count_rate_and_eta_and_cuts_the_running_values(width):
     """On a terminal of 80 or 120 columns a training bar's losses once crowded out its count, rate and ETA."""
-    import io
-
     from rich.console import Console
 
     from frs_cli.cli.progress import RichProgress
 
-    bar = RichProgress(console=Console(file=io.StringIO(), width=width, force_terminal=True, color_system=None))
+    now = [0.0]
+    bar = RichProgress(console=Console(file=io.StringIO(), width=width, force_terminal=True, color_system=None),
+                       clock=lambda: now[0])
     bar.start("epoch 1/12", 24, unit="img")
+    now[0] = 6.0
     bar.update(12, classification=1.119, bbox_regression=0.605, frs_feature=0.755, frs_head=0.512, loss=3.0)
+    lines = bar_lines(bar, width)
+    bar.stop()
+    assert len(lines) == 1 and len(lines[0]) <= width, lines
+    assert re.match(r"epoch 1/12 \u2501+ +12/24 2\.0 img/s 0:00:06 eta 0:00:06 loss 3\.000 ", lines[0]), lines
+    assert lines[0].rstrip().endswith("\u2026")  # the other values cut short where the terminal ends
+    assert ("classification 1.119" in lines[0]) == (width == 120)
+
+
+def bar_lines(bar, width=120):
+    """The terminal bar's lines as rich draws them."""
+    from rich.console import Console
+
     out = Console(file=io.StringIO(), width=width, color_system=None)
     with out.capture() as captured:
         out.print(bar.bar.make_tasks_table(bar.bar.tasks))
+    return captured.get().rstrip("\n").splitlines()
+
+
+def test_the_terminal_bars_rate_and_eta_count_from_the_start_not_from_the_first_update():
+    """Two steps of a second each, their updates arriving back to back (the loop reads a step's losses one step
+    late): rich's own estimate, timed from the first update, said 1000 it/s."""
+    from rich.console import Console
+
+    from frs_cli.cli.progress import WINDOW_S, RichProgress
+
+    now = [100.0]
+    bar = RichProgress(console=Console(file=io.StringIO(), width=120, force_terminal=True, color_system=None),
+                       clock=lambda: now[0])
+    bar.start("epoch 1/2", 4)
+    assert re.search(r" 0/4 -- it/s 0:00:00 eta -:--:-- ", bar_lines(bar)[0])
+    for t in (101.999, 102.0):
+        now[0] = t
+        bar.update(1, loss=1.0)
+    assert re.search(r" 2/4 1\.0 it/s 0:00:02 eta 0:00:02 loss 1\.000", bar_lines(bar)[0]), bar_lines(bar)
+    now[0] = 104.0
+    bar.update(2)
+    assert re.search(r" 4/4 1\.0 it/s 0:00:04 eta 0:00:00 ", bar_lines(bar)[0]), bar_lines(bar)
+    bar.start("epoch 2/2", 40, completed=10)  # a resumed run: its rate counts this call's steps only
+    for k in range(1, 10):
+        now[0] = 104.0 + k
+        bar.update(1)
+    assert re.search(r" 19/40 1\.0 it/s 0:00:09 eta 0:00:21 ", bar_lines(bar)[0]), bar_lines(bar)
+    now[0] = 200.0
+    bar.start("epoch 1/1", 1000)  # a long task: past WINDOW_S, the rate is the last WINDOW_S seconds
+    for t in range(1, 41):
+        now[0] = 200.0 + t
+        bar.update(1)
+    for t in range(41, 41 + int(WINDOW_S)):  # then twice as fast
+        now[0] = 200.0 + t
+        bar.update(2)
+    assert re.search(r" 100/1000 2\.0 it/s 0:01:10 eta 0:07:30 ", bar_lines(bar)[0]), bar_lines(bar)
     bar.stop()
-    lines = captured.get().rstrip("\n").splitlines()
-    assert len(lines) == 1 and len(lines[0]) <= width, lines
-    assert re.match(r"epoch 1/12 \u2501+ +12/24 -- img/s 0:00:0\d eta -:--:-- loss 3\.000  ", lines[0]), lines
-    assert lines[0].rstrip().endswith("\u2026")  # the other values cut short where the terminal ends
-    assert ("classification 1.119" in lines[0]) == (width == 120)
 
 
 def test_progress_in_a_log_file_is_plain_lines_not_a_truncated_bar(tmp_path):

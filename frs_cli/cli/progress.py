@@ -15,7 +15,6 @@ from rich.progress import (
     ProgressColumn,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from rich.progress import Progress as _RichBar
 from rich.table import Column
@@ -26,11 +25,36 @@ from frs_cli.progress import Progress
 BAR_WIDTH = 20  # characters: the bar, the count, rate, elapsed and ETA fit in 80 columns with a short task name
 
 
+WINDOW_S = 30.0  # the rate is of the last WINDOW_S seconds (rich's estimate window), or since the start if less
+
+
+def _rate(task) -> float | None:
+    """Steps a second: since the task started while it is younger than ``WINDOW_S`` (or done), else rich's
+    estimate over the last ``WINDOW_S`` s. Rich's estimate alone counts from the first update, not the start: two
+    updates arriving back to back (a loop that reads its losses one step late) made it a thousand times too high."""
+    done = task.completed - task.fields.get("first", 0)  # this call's steps (a resumed run starts past 0)
+    elapsed = task.finished_time if task.finished else task.elapsed
+    if not elapsed or done <= 0:
+        return None
+    if task.finished or elapsed <= WINDOW_S or not task.speed:
+        return done / elapsed
+    return task.speed
+
+
 class RateColumn(ProgressColumn):
     def render(self, task) -> Text:
-        speed = task.finished_speed or task.speed
+        rate = _rate(task)
         unit = task.fields.get("unit", "it")
-        return Text(f"{speed:,.1f} {unit}/s" if speed else f"-- {unit}/s", style="progress.data.speed")
+        return Text(f"{rate:,.1f} {unit}/s" if rate else f"-- {unit}/s", style="progress.data.speed")
+
+
+class EtaColumn(ProgressColumn):
+    """The time left at ``_rate``'s pace."""
+
+    def render(self, task) -> Text:
+        rate = _rate(task)
+        left = "0:00:00" if task.finished else _duration((task.total - task.completed) / rate) if rate else "-:--:--"
+        return Text(f"eta {left}", style="progress.remaining")
 
 
 class ValuesColumn(ProgressColumn):
@@ -41,8 +65,9 @@ class ValuesColumn(ProgressColumn):
 
 
 class RichProgress(Progress):
-    def __init__(self, console: Console | None = None):
+    def __init__(self, console: Console | None = None, clock=None):
         self.console = console or Console(stderr=True)
+        self.clock = clock  # rich's clock (time.monotonic) unless given
         self.bar: _RichBar | None = None
         self.task = None
 
@@ -53,12 +78,13 @@ class RichProgress(Progress):
         fixed = {"table_column": Column(no_wrap=True)}
         self.bar = _RichBar(
             TextColumn("[bold]{task.description}", **fixed), BarColumn(bar_width=BAR_WIDTH, **fixed),
-            MofNCompleteColumn(**fixed), RateColumn(**fixed), TimeElapsedColumn(**fixed), TextColumn("eta", **fixed),
-            TimeRemainingColumn(**fixed), ValuesColumn(table_column=Column(ratio=1)),
-            console=self.console, transient=False,
+            MofNCompleteColumn(**fixed), RateColumn(**fixed), TimeElapsedColumn(**fixed), EtaColumn(**fixed),
+            ValuesColumn(table_column=Column(ratio=1)), console=self.console, transient=False,
+            **({"get_time": self.clock} if self.clock else {}),
         )
         self.bar.start()
-        self.task = self.bar.add_task(description, total=total, completed=completed, unit=unit, values="")
+        self.task = self.bar.add_task(description, total=total, completed=completed, unit=unit, values="",
+                                      first=completed)
 
     def update(self, advance: int = 1, **fields) -> None:
         if self.bar is None:
