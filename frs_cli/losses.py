@@ -123,10 +123,10 @@ def _check_levels(name: str, a: Sequence[Tensor], b: Sequence[Tensor], masks: Se
 
 
 def _feature_term(student_adapted: Sequence[Tensor], teacher: Sequence[Tensor], weights: Tensor) -> Tensor:
-    if fused_losses.usable(*student_adapted, *teacher, weights) and not weights.requires_grad \
-            and not any(t.requires_grad for t in teacher):
-        return fused_losses.feature_term(student_adapted, teacher, weights)  # the same sums, in two passes
-    d = torch.sub(_side_by_side(teacher, 2).float(), _side_by_side(student_adapted, 2))  # float32 (B, C, P)
+    if fused_losses.usable(*student_adapted, *teacher, weights) and not weights.requires_grad:
+        return fused_losses.feature_term(student_adapted, [t.detach() for t in teacher], weights)  # two passes
+    # the teacher is a fixed target, as in the head term: no gradient reaches it, whatever it carries
+    d = torch.sub(_side_by_side(teacher, 2).detach().float(), _side_by_side(student_adapted, 2))  # float32 (B, C, P)
     return (weights * d.square().sum(dim=1)).sum()  # channels summed, not averaged
 
 

@@ -357,6 +357,18 @@ def test_head_loss_does_not_backpropagate_into_teacher_logits():
     assert zs.grad is not None
 
 
+def test_feature_loss_does_not_backpropagate_into_teacher_features():
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(2, 4, 3, 3, generator=g, requires_grad=True)
+    t = torch.randn(2, 4, 3, 3, generator=g, requires_grad=True)
+    masks = [torch.rand(2, 3, 3, generator=g)]
+    loss = feature_loss([a], [t], masks)
+    loss.backward()
+    assert t.grad is None  # the teacher is a fixed target
+    expected = -2 * position_weights(masks)[:, None] * (t.detach() - a.detach()).flatten(2)
+    torch.testing.assert_close(a.grad.flatten(2), expected)
+
+
 def test_head_loss_sums_over_k_duplicating_channels_doubles_loss():
     zs, zt = _tiny_head_level()
     one = head_loss([zs], [zt], frs_masks([zt]))
