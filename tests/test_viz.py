@@ -7,7 +7,7 @@ from PIL import Image
 
 from frs_cli.errors import ConfigError
 from frs_cli.viz import masks as masks_module
-from frs_cli.viz.draw import FONT_PX, colour_bar, format_value, text_width
+from frs_cli.viz.draw import FONT_PX, TICK_PX, colour_bar, format_value, text_width
 from frs_cli.viz.masks import (
     BOX_COLOUR,
     BOX_WIDTH_PX,
@@ -136,6 +136,20 @@ def test_the_scale_and_each_panel_are_written_on_the_picture(monkeypatch):
     texts.clear()
     level_panels(make_image(), [m4], [16], ["P4"])
     assert texts[-1].endswith("colour: 0 to 0.031, one scale for all panels")  # 3 decimals for a weak mask
+
+
+def test_a_colour_bar_tick_stands_apart_from_its_number_so_it_does_not_read_as_a_minus_sign():
+    bar_px = 16
+    picture = pixels(colour_bar(200, 0.39, "mask S", bar_px=bar_px)).max(axis=2)
+    top_pad, inner = FONT_PX + 8, 200 - (FONT_PX + 8) - (FONT_PX // 2 + 2)
+    for frac in (0.0, 0.5, 1.0):
+        y = top_pad + round((1.0 - frac) * (inner - 1))
+        band = picture[max(0, y - FONT_PX // 2): y + FONT_PX // 2 + 1, 3 + bar_px:]  # right of the ramp
+        lit = np.flatnonzero((band > 150).any(axis=0))
+        tick_end = lit[0] + TICK_PX - 1
+        assert list(lit[:TICK_PX]) == list(range(TICK_PX)), lit[:8]  # the tick, from the ramp's edge
+        text_start = lit[lit > tick_end][0]
+        assert text_start - tick_end - 1 >= 4, (frac, lit[:12])  # at least 4 dark columns between tick and number
 
 
 def test_colour_bar_runs_from_the_ramps_bottom_to_its_top():

@@ -73,13 +73,18 @@ def title_band(width: int, text: str, height: int, colour=DARK) -> Image.Image:
     return band
 
 
+TICK_PX = 3  # a colour bar's tick mark, px long, from the bar's right edge
+TICK_TEXT_X = 12  # where its text starts, px right of the bar's left part: a gap after the tick, so that the tick
+#                   does not read as a minus sign ("-0.39" where the bar meant 0.39)
+
+
 def colour_bar(height: int, vmax: float, label: str, bar_px: int = 16) -> Image.Image:
     """A vertical heat-ramp bar, 0 at the bottom and ``vmax`` at the top, ticked at 0, vmax/2 and vmax.
 
     ``label`` is written above the bar. The picture is ``bar_px`` plus room for the tick labels wide.
     """
     ticks = [(frac, format_value(frac * vmax, vmax)) for frac in (0.0, 0.5, 1.0)]
-    label_w = max(text_width(t) for _, t in ticks) + 10
+    label_w = max(text_width(t) for _, t in ticks) + TICK_TEXT_X + 2
     top_pad, bottom_pad = FONT_PX + 8, FONT_PX // 2 + 2
     width = max(bar_px + label_w, text_width(label) + 6)
     picture = Image.new("RGB", (width, height), DARK)
@@ -91,8 +96,8 @@ def colour_bar(height: int, vmax: float, label: str, bar_px: int = 16) -> Image.
     draw.text((3, 2), label, fill=TEXT_COLOUR, font=font())
     for frac, text in ticks:
         y = top_pad + round((1.0 - frac) * (inner - 1))
-        draw.line([(3 + bar_px, y), (6 + bar_px, y)], fill=TEXT_COLOUR)
-        draw.text((8 + bar_px, y - FONT_PX // 2 - 1), text, fill=TEXT_COLOUR, font=font())
+        draw.line([(3 + bar_px, y), (3 + bar_px + TICK_PX - 1, y)], fill=TEXT_COLOUR)
+        draw.text((TICK_TEXT_X + bar_px, y - FONT_PX // 2 - 1), text, fill=TEXT_COLOUR, font=font())
     return picture
 
 
