@@ -347,8 +347,13 @@ def _where_set(exc: ConfigError, chain: list[tuple[Path, dict]], overrides: list
 
 
 def recipe_to_toml(recipe: Recipe) -> str:
-    """The whole recipe, every key with its value (defaults included), as TOML that ``load_recipe`` reads back."""
+    """The whole recipe, every key with its value (defaults included), as TOML that ``load_recipe`` reads back.
+    ``cache.split`` is written as the role it resolved from, "train" or "val" (the resolved recipe holds the
+    folder), so that ``--set data.train=...`` on the printed recipe moves the cache with it, as on the source."""
     table = recipe.to_dict()
+    split = table["cache"]["split"]
+    roles = [role for role in ("train", "val") if table["data"][role] == split]
+    table["cache"]["split"] = roles[0] if roles else split
     lines = [f"{key} = {_toml_value(value)}" for key, value in table.items() if not isinstance(value, dict)]
     for key, value in table.items():
         if isinstance(value, dict):

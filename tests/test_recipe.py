@@ -127,6 +127,10 @@ def test_recipe_show_prints_toml_that_loads_back_to_the_same_recipe(tmp_path):
     assert table["cache"]["min_teacher_map"] == 0.30
     assert recipe_from_dict(table) == load_recipe(path, ["train.epochs=2"])
     assert recipe_to_toml(recipe_from_dict(table)) == result.stdout
+    assert table["cache"]["split"] == "train"  # the role, as in the source: the folder follows data.train
+    printed = write(tmp_path / "resolved.toml", result.stdout)
+    moved = load_recipe(printed, ["data.train=train2014"])
+    assert moved.cache.split == "train2014" == load_recipe(path, ["data.train=train2014"]).cache.split
 
 
 def test_pipeline_recipes_extend_a_shared_base_instead_of_repeating_it():
