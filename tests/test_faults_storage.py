@@ -288,6 +288,9 @@ def test_a_missing_array_is_never_ok_distill_refuses_it_and_resume_recreates_it(
         return  # repaired as mask_array_missing is: the bucket's arrays recreated, every view of it rewritten
     result = run("teacher-cache", "--pipeline", recipe_path, "--out", damaged, "--device", "cpu", "--resume")
     assert result.exit_code == 0, result.output
+    said = " ".join(result.stdout.split())
+    assert f"recreated 1 array that was missing or damaged ({name})" in said, said
+    assert "no view needed writing" in said and "already complete" not in said  # it did write: the array
     assert run("cache", "verify", damaged).exit_code == 0
     assert_same_cache_arrays(damaged, cache_path)
     assert zarr.open_group(str(damaged), mode="r").attrs["state"] == "complete"
@@ -325,6 +328,9 @@ def test_a_damaged_index_or_head_is_never_ok_distill_refuses_it_and_resume_rewri
                           "is damaged", name, "add --resume to recreate them")
     result = run("teacher-cache", "--pipeline", recipe_path, "--out", damaged, "--device", "cpu", "--resume")
     assert result.exit_code == 0, result.output
+    said = " ".join(result.stdout.split())
+    assert f"recreated 1 array that was missing or damaged ({name})" in said, said
+    assert "no view needed writing" in said and "already complete" not in said  # it did write: the array
     assert run("cache", "verify", damaged).exit_code == 0
     assert_same_cache_arrays(damaged, cache_path)
     attrs = zarr.open_group(str(damaged), mode="r").attrs

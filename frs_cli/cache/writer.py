@@ -64,6 +64,7 @@ class CacheWriteSummary:
     views_per_second: float
     complete: bool
     views_rejected: int = 0  # done views that --resume found missing or corrupt and rewrote
+    arrays_rewritten: tuple[str, ...] = ()  # arrays that --resume found missing or damaged and recreated
     teacher_check: dict | None = None  # the teacher's score on val images, when checked
     # this process's write loop: seconds waiting for the loader, the write side and the device, and summed over
     # the dispatcher or writer threads, waiting for the device and writing (see _Stages)
@@ -433,10 +434,10 @@ def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: P
                               amp=cfg.amp, progress=progress)
     hint = "free space (or fix the store), then run the same command with --resume"
     with storage_errors(f"cache {path}", hint=hint):  # a full disk: one line, the cache stays resumable
-        already_complete, rejected = _open_store(path, resume, ctx, plan, teacher, recipe, fingerprints, dataset,
-                                                 check, progress, options.amp)
+        already_complete, rejected, repaired = _open_store(path, resume, ctx, plan, teacher, recipe, fingerprints,
+                                                           dataset, check, progress, options.amp)
         if broadcast_object(ctx, already_complete):  # nothing to do, and nothing is touched
-            return CacheWriteSummary(path, len(plan), 0, 0.0, 0.0, True, 0, check)
+            return CacheWriteSummary(path, len(plan), 0, 0.0, 0.0, True, 0, (), check)
         root = open_group(path, mode="r+")
         # the fast pass changes the teacher's weights in place: only after they were fingerprinted and stored
         run = TeacherPass(teacher, encoding, options).prepare()
@@ -451,8 +452,8 @@ def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: P
         barrier(ctx)
         total_written = sum(all_gather_objects(ctx, written))
         return CacheWriteSummary(path, len(plan), total_written, seconds, written / seconds if seconds > 0 else 0.0,
-                                 complete, broadcast_object(ctx, rejected), check, stages.to_dict(),
-                                 len(procs) if procs is not None else 0)
+                                 complete, broadcast_object(ctx, rejected), tuple(broadcast_object(ctx, repaired)),
+                                 check, stages.to_dict(), len(procs) if procs is not None else 0)
 
 
 def _space_needed(path: str, plan: Plan, channels, cfg, resume: bool) -> tuple[int, int, bool] | None:
@@ -514,16 +515,17 @@ def _check_space(path: str, plan: Plan, channels, cfg, resume: bool, ctx: DistCo
 
 
 def _open_store(path: str, resume: bool, ctx: DistContext, plan: Plan, teacher, recipe, fingerprints: dict, dataset,
-                check: dict | None, progress: Progress, autocast: bool) -> tuple[bool, int]:
+                check: dict | None, progress: Progress, autocast: bool) -> tuple[bool, int, list[str]]:
     """Process 0 creates the cache, or checks the existing one is this recipe's (and with ``resume`` verifies
-    and repairs it). Returns (already complete, views ``verify`` rejected); other processes get (False, 0)."""
+    and repairs it). Returns (already complete, views ``verify`` rejected, arrays recreated); other processes get
+    (False, 0, [])."""
     cfg = recipe.cache
     if not ctx.is_main:
-        return False, 0
+        return False, 0, []
     root = open_existing(path, mode="r")
     if root is None or root.attrs.get("state") == "creating":
         _create(path, plan, teacher, recipe, fingerprints, dataset, check, autocast)
-        return False, 0
+        return False, 0, []
     _check_same(path, root, recipe, teacher, dataset.index, cfg.views)
     if root.attrs.get("state") != "complete" and not resume:
         raise CacheFormatError(f"cache {path!r}: exists and is incomplete",
@@ -541,10 +543,10 @@ def _open_store(path: str, resume: bool, ctx: DistContext, plan: Plan, teacher, 
             raise CacheFormatError(f"cache {path!r}: is damaged: {len(damaged)} index or teacher-head arrays do not "
                                    f"match their checksums ({', '.join(damaged[:3])})",
                                    hint="add --resume to recreate them")
-        return already_complete, 0
+        return already_complete, 0, []
     report = verify_cache(path, progress=progress)
-    if report.missing_arrays or report.damaged_arrays:
-        broken = [*report.missing_arrays, *report.damaged_arrays]
+    broken = [*report.missing_arrays, *report.damaged_arrays]
+    if broken:
         log.warning("cache %s: %d arrays are missing or damaged; recreating them", path, len(broken))
         _repair_arrays(open_group(path, mode="r+"), broken, plan, teacher, cfg)
         already_complete = False
@@ -553,7 +555,7 @@ def _open_store(path: str, resume: bool, ctx: DistContext, plan: Plan, teacher, 
         log.warning("cache %s: %d written views are missing or corrupt; rewriting them", path, len(report.faults))
         rejected = _reject(open_group(path, mode="r+"), report.faults)
         already_complete = False
-    return already_complete, rejected
+    return already_complete, rejected, broken
 
 
 def _my_batches(plan: Plan, num_buckets: int, is_pending: np.ndarray, batch_size: int, ctx: DistContext) -> list:

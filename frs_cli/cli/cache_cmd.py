@@ -69,10 +69,17 @@ def teacher_cache(
         tc = s.teacher_check
         console.print(f"teacher check: AP {tc['AP']:.4f} on the first {tc['images']} {tc['split']} images "
                       f"(minimum {tc['min_AP']:.4f})")
+    if s.arrays_rewritten:
+        names = ", ".join(s.arrays_rewritten[:3]) + (", ..." if len(s.arrays_rewritten) > 3 else "")
+        n = len(s.arrays_rewritten)
+        console.print(f"recreated {n} array{'' if n == 1 else 's'} that {'was' if n == 1 else 'were'} missing or "
+                      f"damaged ({names})")
     if s.views_rejected:
         console.print(f"rewrote {s.views_rejected} written views that were missing or corrupt")
     if s.views_written == 0 and s.complete:
-        console.print(f"cache {out} is already complete ({s.views_total} views); nothing written")
+        repaired = s.arrays_rewritten or s.views_rejected
+        console.print(f"cache {out} is complete ({s.views_total} views); no view needed writing" if repaired
+                      else f"cache {out} is already complete ({s.views_total} views); nothing written")
     else:
         console.print(f"wrote {s.views_written} of {s.views_total} views in {s.seconds:.1f} s "
                       f"({s.views_per_second:.1f} views/s per process) -> {out}"
