@@ -203,6 +203,7 @@ def output_lock(path: str | Path, *, command: str | None = None, enabled: bool =
     lock = lock_path(local)
     holder = holder_record(command)
     record = json.dumps(holder)
+    made = _missing_folders(lock.parent)  # removed again at the end where the job left them empty
     for _ in range(10):
         try:
             lock.parent.mkdir(parents=True, exist_ok=True)
@@ -238,6 +239,18 @@ def output_lock(path: str | Path, *, command: str | None = None, enabled: bool =
         if found is not None and found[0] == holder:
             with contextlib.suppress(OSError):
                 lock.unlink()
+        for folder in made:  # deepest first: a job refused before writing leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those of its parents that do not exist, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 @contextlib.contextmanager

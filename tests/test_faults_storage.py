@@ -234,6 +234,25 @@ def test_lock_rules_for_other_hosts_reused_pids_urls_and_torchrun_ranks(tmp_path
         assert not lock.exists()
 
 
+
+def test_a_job_refused_before_writing_leaves_no_folder_it_made_for_its_output(recipe_path, tmp_path):
+    """The lock file sits beside ``--out``: taking it made ``--out``'s missing parent folders, which a refusal
+    (here: no annotation file) used to leave behind, empty."""
+    from frs_cli.lock import output_lock
+
+    out = tmp_path / "runs" / "fast" / "c.zarr"
+    result = run("teacher-cache", "--pipeline", recipe_path, "--out", out, "--device", "cpu",
+                 "--set", f"data.root={tmp_path / 'nowhere'}")
+    assert_one_line_error(result, "nowhere")
+    assert not (tmp_path / "runs").exists()
+    with output_lock(out) as held:  # a job that wrote its output keeps the folders that hold it
+        assert held.parent == out.parent and out.parent.is_dir()
+        out.mkdir()
+    assert out.is_dir() and not held.exists()
+    with output_lock(tmp_path / "a" / "b.zarr"):
+        pass
+    assert not (tmp_path / "a").exists()
+
 # --- the fault table: one row per case --------------------------------------------------------------------------
 
 def _head_array_missing(t):
@@ -289,8 +308,7 @@ def test_a_missing_array_is_never_ok_distill_refuses_it_and_resume_recreates_it(
     result = run("teacher-cache", "--pipeline", recipe_path, "--out", damaged, "--device", "cpu", "--resume")
     assert result.exit_code == 0, result.output
     said = " ".join(result.stdout.split())
-    assert f"recreated 1 array that was missing or damaged ({name})" in said, said
-    assert "no view needed writing" in said and "already complete" not in said  # it did write: the array
+    assert f"recreated {len(names)} array" in said and names[0] in said and "already complete" not in said, said
     assert run("cache", "verify", damaged).exit_code == 0
     assert_same_cache_arrays(damaged, cache_path)
     assert zarr.open_group(str(damaged), mode="r").attrs["state"] == "complete"
