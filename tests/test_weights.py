@@ -168,8 +168,10 @@ def test_a_published_file_of_another_class_count_is_refused_by_its_enum_name(tmp
     prefix = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
     monkeypatch.setattr(weights_mod, "published_weights",
                         lambda builder: [Published("Tiny_Weights.COCO_V1", f"t-{prefix}.pth", prefix, 91)])
-    with pytest.raises(ModelError, match=r"predict 91 classes, the dataset has 5 .*label_map = 'category_id'"):
+    with pytest.raises(ModelError, match=r"predict 91 classes, the dataset has 5 .*label_map = 'category_id'") as err:
         build_detector(ModelConfig(arch="retinanet_tiny_fpn", weights=str(path)), 5)
+    # right whether or not the recipe already maps by category id (a dataset of other categories, ids up to 4)
+    assert "predict COCO's category ids 0..90: they need a dataset of COCO's categories" in err.value.hint
 
 
 def test_published_weights_reads_the_hash_prefix_from_torchvisions_file_name():

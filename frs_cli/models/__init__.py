@@ -202,7 +202,9 @@ def _load_source(detector: Detector, source: WeightsSource) -> None:
     if published and published.categories and published.categories != detector.num_classes:
         raise ModelError(f"weights {source.label}: predict {published.categories} classes, the dataset has "
                          f"{detector.num_classes}",
-                         hint="for COCO-pretrained torchvision weights set data.label_map = 'category_id'")
+                         hint=f"COCO-pretrained torchvision weights predict COCO's category ids 0..{published.categories - 1}: "
+                              f"they need a dataset of COCO's categories and data.label_map = 'category_id' "
+                              f"(for a dataset of other categories, train a teacher on it: frs train)")
     state = _download_state_dict(source.enum) if source.kind == "enum" else source.content
     load_state(detector, detector.adapt_torchvision_state(state), source.label)
     if published and source.kind == "torchvision":
