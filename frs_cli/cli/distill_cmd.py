@@ -14,9 +14,8 @@ from frs_cli.cli.common import (
     console,
     handle_errors,
     is_main_process,
-    iterations_run,
     load,
-    metrics_table,
+    print_run,
     progress_for_rank,
     setup_logging,
 )
@@ -51,11 +50,6 @@ def register(app: typer.Typer) -> None:
             if is_main_process():
                 console.print(f"run {out} is already complete ({recipe.train.epochs} epochs); nothing written")
             return
-        if is_main_process():
-            fit = summary.fit
-            source = "online teacher" if online else f"cache {cache}"
-            console.print(f"distilled {recipe.student.arch} from {source}: {iterations_run(fit)} in "
-                          f"{fit.seconds:.0f} s ({fit.images_per_second:.1f} img/s, data wait "
-                          f"{100 * fit.data_wait_share:.1f}% of step time) -> {summary.model_file}")
-            if fit.eval_metrics:
-                console.print(metrics_table(f"{recipe.data.val} split", {"student + FRS": fit.eval_metrics}))
+        source = "online teacher" if online else f"cache {cache}"
+        print_run(summary, f"distilled {recipe.student.arch} from {source}", recipe.data.val, "student + FRS",
+                  data_wait=True)
