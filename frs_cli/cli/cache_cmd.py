@@ -16,6 +16,7 @@ from frs_cli.cli.common import (
     handle_errors,
     is_main_process,
     load,
+    plural,
     progress_for_rank,
     setup_logging,
 )
@@ -71,9 +72,8 @@ def teacher_cache(
                       f"(minimum {tc['min_AP']:.4f})")
     if s.arrays_rewritten:
         names = ", ".join(s.arrays_rewritten[:3]) + (", ..." if len(s.arrays_rewritten) > 3 else "")
-        n = len(s.arrays_rewritten)
-        console.print(f"recreated {n} array{'' if n == 1 else 's'} that {'was' if n == 1 else 'were'} missing or "
-                      f"damaged ({names})")
+        were = "was" if len(s.arrays_rewritten) == 1 else "were"
+        console.print(f"recreated {plural(len(s.arrays_rewritten), 'array')} that {were} missing or damaged ({names})")
     if s.views_rejected:
         console.print(f"rewrote {s.views_rejected} written views that were missing or corrupt")
     if s.views_written == 0 and s.complete:
@@ -115,8 +115,7 @@ def bottleneck_hints(stages: dict | None, seconds: float, cfg, write_processes: 
 
 
 def _per_image(views: int, images: int) -> str:
-    n = views // max(1, images)
-    return f"{n} view{'' if n == 1 else 's'} per image"
+    return f"{plural(views // max(1, images), 'view')} per image"
 
 
 def info(cache: str = typer.Argument(..., help="Cache path.")):

@@ -166,10 +166,15 @@ def metrics_table(title: str, rows: dict[str, dict[str, float | None]]):
     return table
 
 
+def plural(n: int, noun: str) -> str:
+    """``1 view``, ``2 views``: a count and its noun."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def iterations_run(fit) -> str:
     """``N iterations``, or for a resumed run ``N of its M iterations``: the ones this call stepped (its time and
     rate are theirs)."""
-    total = f"{fit.iterations} iteration{'' if fit.iterations == 1 else 's'}"
+    total = plural(fit.iterations, "iteration")
     return total if fit.iterations_run == fit.iterations else f"{fit.iterations_run} of its {total}"
 
 
