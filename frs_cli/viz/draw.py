@@ -65,11 +65,14 @@ def format_value(value: float, top: float) -> str:
     return f"{value:.3f}" if top < 0.1 else f"{value:.2f}"
 
 
+TITLE_INSET_PX = 4  # a title band's text starts this far from its left edge, px
+
+
 def title_band(width: int, text: str, height: int, colour=DARK) -> Image.Image:
     """A ``width x height`` band of ``colour`` with ``text`` at its left, vertically centred (clipped if long)."""
     band = Image.new("RGB", (width, height), colour)
     top = max(0, (height - FONT_PX) // 2 - 1)
-    ImageDraw.Draw(band).text((4, top), text, fill=TEXT_COLOUR, font=font())
+    ImageDraw.Draw(band).text((TITLE_INSET_PX, top), text, fill=TEXT_COLOUR, font=font())
     return band
 
 

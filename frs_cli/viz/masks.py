@@ -33,7 +33,16 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 
 from frs_cli.errors import ConfigError
-from frs_cli.viz.draw import DARK, colour_bar, format_value, heat_colours, save_png, text_width, title_band
+from frs_cli.viz.draw import (
+    DARK,
+    TITLE_INSET_PX,
+    colour_bar,
+    format_value,
+    heat_colours,
+    save_png,
+    text_width,
+    title_band,
+)
 
 __all__ = ["grey_image", "heat_colours", "heatmap_overlay", "level_panels", "mask_figure", "save_png"]
 
@@ -41,7 +50,6 @@ log = logging.getLogger(__name__)
 
 TITLE_BAND_PX = 16  # height of the dark band holding a panel's title, px
 HEADER_PX = 20  # height of a line of the figure's top band (its title and the colour scale), px
-HEADER_MARGIN_PX = 4  # the header text's margin at the left (title_band's) and at the right, px
 ROW_LABEL_PX = 16  # height of a row's label band in a figure of several rows, px
 PANEL_GAP_PX = 4  # space between neighbouring panels, rows and the colour bar, px
 BOX_WIDTH_PX = 2  # box outline thickness in output pixels (not enlarged by scale)
@@ -217,7 +225,7 @@ def mask_figure(image: Tensor, rows: Sequence[tuple[str, Sequence[Tensor]]], str
     bar = colour_bar(body_h, vmax, "mask S")
     width = body_w + PANEL_GAP_PX + bar.width
     lines = _header_lines(title, f"colour: 0 to {format_value(vmax, vmax)}, one scale for all panels", width)
-    width = max(width, *(text_width(line) + 2 * HEADER_MARGIN_PX for line in lines))  # no header cut
+    width = max(width, *(text_width(line) + 2 * TITLE_INSET_PX for line in lines))  # no header cut
     header_h = len(lines) * HEADER_PX
     canvas = Image.new("RGB", (width, header_h + body_h), GAP_COLOUR)
     for i, line in enumerate(lines):
@@ -231,9 +239,10 @@ def mask_figure(image: Tensor, rows: Sequence[tuple[str, Sequence[Tensor]]], str
 
 
 def _header_lines(title: str, scale: str, width: int) -> list[str]:
-    """The figure's header: ``'<title>  |  <scale>'`` on one line where it fits in ``width``, else two lines."""
+    """The figure's header: ``'<title>  |  <scale>'`` on one line where it fits in ``width`` (with the band's inset on
+    either side), else two lines."""
     one = f"{title}  |  {scale}"
-    return [one] if text_width(one) + 2 * HEADER_MARGIN_PX <= width else [title, scale]
+    return [one] if text_width(one) + 2 * TITLE_INSET_PX <= width else [title, scale]
 
 
 def level_panels(image: Tensor, masks: Sequence[Tensor], strides: Sequence[int], names: Sequence[str],
