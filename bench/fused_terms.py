@@ -5,11 +5,13 @@ channels) and the feature term (256 channels); the student's tensors bf16 as aut
 the cached side gives them (the head's logits bf16, the decoded features float16), both layouts of the student
 (NCHW, the default, and channels-last, ``train.channels_last``) against the teacher's channels-last.
 
-Per configuration of the kernels (``--blocks``: BLOCK_C x BLOCK_P x warps) the device time of the forward and the
-backward, each captured as a CUDA graph and replayed ``--reps`` times (so that launch gaps do not count), and the GB/s that makes of the bytes each must move (forward: read
-both tensors; backward: read both, write the gradient). A variant forward that keeps a 2-D accumulator and sums
-over the channels once at the end (``acc2d``) runs beside the product's, which sums each tile as it goes. Each
-configuration's value and gradients are checked against the product's default run.
+Per configuration of the kernels (``--blocks``: BLOCK_C x BLOCK_P x warps, the tile of the forward and the backward
+alike; ``product`` first, the module's own ``FORWARD_TILE`` and ``BACKWARD_TILE``) the device time of the forward and
+the backward, each captured as a CUDA graph and replayed ``--reps`` times (so that launch gaps do not count), and the
+GB/s that makes of the bytes each must move (forward: read both tensors; backward: read both, write the gradient).
+The forward of sessions 19 to 26 (``acc1d``: it summed each tile over its channels as it went, where the product's
+adds the tiles up and sums over the channels once at the end) runs beside the product's. Each configuration's value
+and gradients are checked against the product's own tiles.
 
     python3 bench/fused_terms.py --out $OUT/fused_terms.json
 """
@@ -17,6 +19,7 @@ configuration's value and gradients are checked against the product's default ru
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -39,14 +42,14 @@ except ImportError:  # pragma: no cover
 
 if triton is not None:
     @triton.jit(do_not_specialize=["C", "P", "out_sb", "s_sb", "t_sb"])
-    def _forward_acc2d(s_ptr, t_ptr, out_ptr, C, P, out_sb, s_sb, s_sc, s_sp, t_sb, t_sc, t_sp,
+    def _forward_acc1d(s_ptr, t_ptr, out_ptr, C, P, out_sb, s_sb, s_sc, s_sp, t_sb, t_sc, t_sp,
                        HEAD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
-        """The product's forward with one change: the tiles add up in a (BLOCK_C, BLOCK_P) accumulator, summed over
-        the channels once after the loop."""
+        """The product's forward as it was in sessions 19 to 26: each tile summed over its channels into a
+        (BLOCK_P,) accumulator as the loop goes."""
         b = tl.program_id(0).to(tl.int64)
         p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
         inside = p < P
-        acc = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_P,), dtype=tl.float32)
         for c0 in range(0, C, BLOCK_C):
             c = c0 + tl.arange(0, BLOCK_C)
             m = (c[:, None] < C) & inside[None, :]
@@ -56,8 +59,23 @@ if triton is not None:
                 term = tl.maximum(s, 0.0) - s * tl.sigmoid(t) + tl.log(1.0 + tl.exp(-tl.abs(s)))
             else:
                 term = (t - s) * (t - s)
-            acc += tl.where(m, term, 0.0)
-        tl.store(out_ptr + b * out_sb + p, tl.sum(acc, axis=0), mask=inside)
+            acc += tl.sum(tl.where(m, term, 0.0), axis=0)
+        tl.store(out_ptr + b * out_sb + p, acc, mask=inside)
+
+
+# the kernels' tiles of sessions 19 to 26, the forward and the backward alike (bench/loader_cost.py's ``_ot``)
+OLD_TILE = (32, 64, 4)
+
+
+@contextlib.contextmanager
+def old_kernels():
+    """The fused terms as sessions 19 to 26 ran them (``_forward_acc1d``, ``OLD_TILE`` both ways) within the block."""
+    saved = fused_losses._forward, fused_losses.FORWARD_TILE, fused_losses.BACKWARD_TILE
+    fused_losses._forward, fused_losses.FORWARD_TILE, fused_losses.BACKWARD_TILE = _forward_acc1d, OLD_TILE, OLD_TILE
+    try:
+        yield
+    finally:
+        fused_losses._forward, fused_losses.FORWARD_TILE, fused_losses.BACKWARD_TILE = saved
 
 
 def grids(canvas: tuple[int, int], strides=(8, 16, 32, 64, 128)) -> list[tuple[int, int]]:
@@ -114,10 +132,10 @@ def forward_with(kernel, head: bool, student, teacher, weights) -> torch.Tensor:
 
 def run_kernels(kind: str, head: bool, student, teacher, weights, reps: int):
     """(value, gradients, forward ms, backward ms) of the term with the module's current tiles: ``product``, the
-    product's kernels; ``acc2d``, the variant forward (no gradients, no backward)."""
-    if kind == "acc2d":
-        sums = forward_with(_forward_acc2d, head, student, teacher, weights)
-        fwd = cuda_ms(lambda: forward_with(_forward_acc2d, head, student, teacher, weights), reps)
+    product's kernels; ``acc1d``, the earlier forward (no gradients, no backward)."""
+    if kind == "acc1d":
+        sums = forward_with(_forward_acc1d, head, student, teacher, weights)
+        fwd = cuda_ms(lambda: forward_with(_forward_acc1d, head, student, teacher, weights), reps)
         return (weights * sums).sum(), None, fwd, None
     fn = fused_losses.head_term if head else fused_losses.feature_term
     value = fn(student, teacher, weights)
@@ -140,20 +158,20 @@ def main() -> None:
     p.add_argument("--canvas", default="512,704")
     p.add_argument("--classes", type=int, default=80)
     p.add_argument("--reps", type=int, default=50)
-    p.add_argument("--blocks", default="32x64x4,64x64x4,32x128x4,64x128x8,128x32x4,16x128x4",
-                   help="BLOCK_C x BLOCK_P x warps, comma-separated; the first is the product's")
+    p.add_argument("--blocks", default="product,32x64x4,64x32x4,256x16x4,128x32x4,64x64x4",
+                   help="BLOCK_C x BLOCK_P x warps (both kernels), comma-separated, or product (the module's tiles)")
     args = p.parse_args()
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     canvas = tuple(int(v) for v in args.canvas.split(","))
     shape = grids(canvas)
     positions = sum(h * w for h, w in shape)
     weights = torch.rand(args.batch, positions, device=dev)
-    blocks = [tuple(int(v) for v in b.split("x")) for b in args.blocks.split(",")]
+    product = (fused_losses.FORWARD_TILE, fused_losses.BACKWARD_TILE)
+    blocks = [product if b == "product" else (tuple(int(v) for v in b.split("x")),) * 2 for b in args.blocks.split(",")]
     res = {"command": "python3 " + " ".join(sys.argv), "date": date.today().isoformat(),
            "device": torch.cuda.get_device_name() if dev.type == "cuda" else cpu_name(),
            "torch": torch.__version__, "triton": getattr(triton, "__version__", None), "batch": args.batch,
            "canvas": canvas, "grids": shape, "rows": []}
-    saved = fused_losses._BLOCK_C, fused_losses._BLOCK_P, fused_losses._WARPS
     for term, channels, t_dtype in (("head", 9 * args.classes, torch.bfloat16), ("feature", 256, torch.float16)):
         head = term == "head"
         for layout in ("nchw", "nhwc"):
@@ -163,17 +181,18 @@ def main() -> None:
             read = sum(x.numel() * x.element_size() for x in (*student, *teacher))
             written = sum(x.numel() * x.element_size() for x in student)
             want = None
-            for kind in ("product", "acc2d"):
-                for bc, bp, warps in blocks:
-                    fused_losses._BLOCK_C, fused_losses._BLOCK_P, fused_losses._WARPS = bc, bp, warps
+            for kind in ("product", "acc1d"):
+                for tiles in blocks:
+                    fused_losses.FORWARD_TILE, fused_losses.BACKWARD_TILE = tiles
                     try:
                         value, grads, fwd, bwd = run_kernels(kind, head, student, teacher, weights, args.reps)
                     finally:
-                        fused_losses._BLOCK_C, fused_losses._BLOCK_P, fused_losses._WARPS = saved
+                        fused_losses.FORWARD_TILE, fused_losses.BACKWARD_TILE = product
                     if want is None:
                         want = (float(value), grads)
+                    (bc, bp, warps), back_tile = tiles
                     row = {"term": term, "student": layout, "kernel": kind, "block_c": bc, "block_p": bp,
-                           "warps": warps, "forward_ms": fwd, "backward_ms": bwd,
+                           "warps": warps, "backward_tile": list(back_tile), "forward_ms": fwd, "backward_ms": bwd,
                            "forward_gb_s": read / fwd / 1e6, "backward_gb_s": None if bwd is None else
                            (read + written) / bwd / 1e6,
                            "value_rel": abs(float(value) - want[0]) / abs(want[0]),
@@ -182,7 +201,7 @@ def main() -> None:
                                for a, b in zip(grads, want[1]))}
                     res["rows"].append(row)
                     back = "-" if bwd is None else f"{bwd:.4f} ms ({row['backward_gb_s']:.0f} GB/s)"
-                    print(f"{term:8s} {layout} {kind:7s} {bc:3d}x{bp:3d}x{warps} fwd {fwd:.4f} ms "
+                    print(f"{term:8s} {layout} {kind:7s} {bc:3d}x{bp:3d}x{warps} bwd tile {back_tile} fwd {fwd:.4f} ms "
                           f"({row['forward_gb_s']:.0f} GB/s) bwd {back} value {row['value_rel']:.1e} "
                           f"grad {row['grad_rel']}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)

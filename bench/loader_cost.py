@@ -26,8 +26,8 @@ Variants (``--variants``):
 - any of them with ``SWITCHES`` appended, in any order, each changing one thing for that variant alone: ``_sg``
   its step through ``StepGraphs`` (``train.cuda_graphs``), ``_cl`` the student channels-last, ``_tnc`` the cached
   head contiguous, ``_nf`` / ``_nd`` the FRS terms / the packed decode in PyTorch, ``_cb`` cuDNN's benchmark
-  mode, ``_nb`` the teacher's side on the step's own stream, ``_acl`` the adapters channels-last (see
-  ``SWITCHES``), e.g. ``resident_cached_sg_tnc_nf``.
+  mode, ``_nb`` the teacher's side on the step's own stream, ``_acl`` the adapters channels-last, ``_ot`` the
+  fused terms' earlier kernels (see ``SWITCHES``), e.g. ``resident_cached_sg_tnc_nf``.
 
 ``--sync-points`` runs ``--sync-steps`` more steps of every variant with CUDA's sync debug mode on (``warn``) and
 records, per variant, each place in the Python code where the host waited for the device (``sync_points``: the
@@ -339,6 +339,7 @@ SWITCHES = {
     "_cb": "torch.backends.cudnn.benchmark on (cuDNN times its algorithms for each new shape, keeps the fastest)",
     "_nb": "the teacher's side on the step's own stream (distill.teacher_beside = false; it acts with _sg only)",
     "_acl": "the FRS adapters' weights channels-last, so that their convolutions run NHWC whatever the student's layout",
+    "_ot": "the fused FRS terms' kernels and tiles of sessions 19 to 26 (bench/fused_terms.py's old_kernels)",
 }
 
 
@@ -355,6 +356,8 @@ def parse_variant(name: str) -> tuple[str, frozenset[str]]:
 def process_switches(on: frozenset[str]):
     """The process-wide ``SWITCHES`` of ``on`` (cuDNN's benchmark mode, the fused kernels) within the block; as they
     were after it. A kernel turned off in the environment stays off."""
+    from fused_terms import old_kernels
+
     from frs_cli import fused_decode, fused_losses
 
     saved = torch.backends.cudnn.benchmark, fused_losses.ENABLED, fused_decode.ENABLED
@@ -362,7 +365,8 @@ def process_switches(on: frozenset[str]):
     fused_losses.ENABLED = saved[1] and "_nf" not in on
     fused_decode.ENABLED = saved[2] and "_nd" not in on
     try:
-        yield
+        with old_kernels() if "_ot" in on else contextlib.nullcontext():
+            yield
     finally:
         torch.backends.cudnn.benchmark, fused_losses.ENABLED, fused_decode.ENABLED = saved
 

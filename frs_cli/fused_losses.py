@@ -39,8 +39,11 @@ __all__ = ["ENABLED", "feature_term", "head_term", "usable"]
 
 ENABLED = os.environ.get("FRS_FUSED_LOSSES", "1") != "0"
 
-_BLOCK_C, _BLOCK_P = 32, 64  # a program's tile: channels by positions
-_WARPS = 4  # warps per program (Triton's default)
+# a program's tile, (channels, positions, warps), for each kernel: the fastest of those measured on one H200 at
+# RetinaNet's levels (docs/BENCHMARKS.md, session 24, bench/fused_terms.py); the forward wide in channels, as its
+# accumulator sums over them once
+FORWARD_TILE = (256, 16, 4)
+BACKWARD_TILE = (64, 32, 4)
 
 
 def _trial(device: torch.device) -> None:
@@ -79,7 +82,7 @@ if triton is not None:
         b = tl.program_id(0).to(tl.int64)
         p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
         inside = p < P
-        acc = tl.zeros((BLOCK_P,), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_C, BLOCK_P), dtype=tl.float32)  # summed over the channels once, after the loop
         for c0 in range(0, C, BLOCK_C):
             c = c0 + tl.arange(0, BLOCK_C)
             m = (c[:, None] < C) & inside[None, :]
@@ -89,8 +92,8 @@ if triton is not None:
                 term = tl.maximum(s, 0.0) - s * tl.sigmoid(t) + tl.log(1.0 + tl.exp(-tl.abs(s)))
             else:  # the squared difference
                 term = (t - s) * (t - s)
-            acc += tl.sum(tl.where(m, term, 0.0), axis=0)
-        tl.store(out_ptr + b * out_sb + p, acc, mask=inside)
+            acc += tl.where(m, term, 0.0)
+        tl.store(out_ptr + b * out_sb + p, tl.sum(acc, axis=0), mask=inside)
 
     @triton.jit(do_not_specialize=["C", "P", "w_sb", "s_sb", "t_sb"])
     def _backward(s_ptr, t_ptr, w_ptr, g_ptr, grad_ptr, C, P, w_sb, s_sb, s_sc, s_sp, t_sb, t_sc, t_sp,
@@ -116,30 +119,30 @@ def _launch_forward(head: bool, student: Sequence[Tensor], teacher: Sequence[Ten
     """Per level the forward kernel (``head``: the head term's, else the feature term's) into one ``(B, P)``
     float32 tensor of channel sums, levels side by side."""
     sums = torch.empty_like(weights, dtype=torch.float32)
-    start = 0
+    start, (block_c, block_p, warps) = 0, FORWARD_TILE
     for s, t in zip(student, teacher):
         b, c, h, w = s.shape
         s, *s_st = _positions_stride(s)
         t, *t_st = _positions_stride(t)
-        grid = (b, triton.cdiv(h * w, _BLOCK_P))
-        _forward[grid](s, t, sums[:, start:], c, h * w, sums.stride(0), *s_st, *t_st, HEAD=head, BLOCK_C=_BLOCK_C,
-                       BLOCK_P=_BLOCK_P, num_warps=_WARPS)
+        grid = (b, triton.cdiv(h * w, block_p))
+        _forward[grid](s, t, sums[:, start:], c, h * w, sums.stride(0), *s_st, *t_st, HEAD=head, BLOCK_C=block_c,
+                       BLOCK_P=block_p, num_warps=warps)
         start += h * w
     return sums
 
 
 def _launch_backward(head: bool, student: Sequence[Tensor], teacher: Sequence[Tensor], weights: Tensor,
                      g: Tensor) -> list[Tensor]:
-    grads, start = [], 0
+    grads, start, (block_c, block_p, warps) = [], 0, BACKWARD_TILE
     g = g.to(torch.float32).reshape(1)
     for s, t in zip(student, teacher):
         b, c, h, w = s.shape
         s, *s_st = _positions_stride(s)
         t, *t_st = _positions_stride(t)
         grad = torch.empty_like(s)  # s's layout: its strides are the gradient's
-        grid = (b, triton.cdiv(h * w, _BLOCK_P))
+        grid = (b, triton.cdiv(h * w, block_p))
         _backward[grid](s, t, weights[:, start:], g, grad, c, h * w, weights.stride(0), *s_st, *t_st, HEAD=head,
-                        BLOCK_C=_BLOCK_C, BLOCK_P=_BLOCK_P, num_warps=_WARPS)
+                        BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps)
         grads.append(grad)
         start += h * w
     return grads

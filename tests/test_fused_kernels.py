@@ -4,7 +4,7 @@ FRS terms (``frs_cli.fused_losses``: ``losses._head_term``, ``_feature_term``) a
 
 They run under ``TRITON_INTERPRET=1`` (set before Triton is imported, hence a child process) on CPU tensors:
 contiguous and channels-last, float32 and bfloat16, levels down to 1x1 and channel counts that are no multiple of
-the block. ``tests/test_gpu.py`` compares them on the device.
+the tile, one of them wider than the forward's. ``tests/test_gpu.py`` compares them on the device.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ SCRIPT = textwrap.dedent("""
     grids = [(9, 13), (5, 7), (3, 4), (1, 1)]
     rows = []
     for channels, dtype, layout in [(20, torch.float32, "nchw"), (40, torch.float32, "nhwc"),
-                                    (33, torch.bfloat16, "nchw"), (72, torch.bfloat16, "nhwc")]:
+                                    (33, torch.bfloat16, "nchw"), (72, torch.bfloat16, "nhwc"),
+                                    (300, torch.float32, "nchw")]:  # more channels than one forward tile
         def levels(scale, kind=dtype, grad=False):
             out = []
             for h, w in grids:
@@ -113,7 +114,7 @@ def test_the_fused_decode_gives_the_bits_of_the_pytorch_decode_in_either_layout(
 
 
 def test_the_fused_terms_equal_the_pytorch_form_in_value_and_gradient(rows):
-    assert len(rows) == 8 and {r["term"] for r in rows} == {"head", "feature"}
+    assert len(rows) == 10 and {r["term"] for r in rows} == {"head", "feature"}
     for r in rows:
         assert r["got"] == pytest.approx(r["want"], rel=2e-6), r
         assert r["ulps"] <= 2.0, r

@@ -180,6 +180,11 @@ def test_loader_cost_variant_switches_parse_in_any_order_and_last_for_their_vari
         assert (fused_losses.ENABLED, fused_decode.ENABLED) == (False, False)
     assert (fused_losses.ENABLED, fused_decode.ENABLED) == (False, True)
     monkeypatch.setattr(fused_losses, "ENABLED", True)
+    product = fused_losses._forward, fused_losses.FORWARD_TILE, fused_losses.BACKWARD_TILE
+    with bench.process_switches(frozenset({"_ot"})):  # the earlier kernel and tiles, both ways
+        assert fused_losses._forward is not product[0] and fused_losses._forward.__name__ == "_forward_acc1d"
+        assert fused_losses.FORWARD_TILE == fused_losses.BACKWARD_TILE == (32, 64, 4)
+    assert (fused_losses._forward, fused_losses.FORWARD_TILE, fused_losses.BACKWARD_TILE) == product
 
     seen = []
     real = bench._run_variant
