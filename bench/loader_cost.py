@@ -27,7 +27,7 @@ Variants (``--variants``):
   its step through ``StepGraphs`` (``train.cuda_graphs``), ``_cl`` the student channels-last, ``_tnc`` the cached
   head contiguous, ``_nf`` / ``_nd`` the FRS terms / the packed decode in PyTorch, ``_cb`` cuDNN's benchmark
   mode, ``_nb`` the teacher's side on the step's own stream, ``_acl`` the adapters channels-last, ``_ot`` the
-  fused terms' earlier kernels, ``_fb`` the feature term beside the student's head (see ``SWITCHES``), e.g. ``resident_cached_sg_tnc_nf``.
+  fused terms' earlier kernels (see ``SWITCHES``), e.g. ``resident_cached_sg_tnc_nf``.
 
 ``--sync-points`` runs ``--sync-steps`` more steps of every variant with CUDA's sync debug mode on (``warn``) and
 records, per variant, each place in the Python code where the host waited for the device (``sync_points``: the
@@ -340,8 +340,6 @@ SWITCHES = {
     "_nb": "the teacher's side on the step's own stream (distill.teacher_beside = false; it acts with _sg only)",
     "_acl": "the FRS adapters' weights channels-last, so that their convolutions run NHWC whatever the student's layout",
     "_ot": "the fused FRS terms' kernels and tiles of sessions 19 to 26 (bench/fused_terms.py's old_kernels)",
-    "_fb": "the adapters and the feature term on the teacher side's stream, beside the student's head "
-           "(distill.feature_beside = true; it acts with _sg only)",
 }
 
 
@@ -390,8 +388,6 @@ def _run_variant(name: str, on: frozenset[str], args, s: dict, profile_to: Path 
     obj = objective(s, cached, graphs=not name.endswith("_eager"), online=online)
     if "_nb" in on and (cached or online):
         obj._beside.enabled = False
-    if "_fb" in on and (cached or online):
-        obj.feature_beside = True
     if "_acl" in on and (cached or online):
         obj.adapters.to(memory_format=torch.channels_last)
     if "_cl" in on:

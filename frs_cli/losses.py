@@ -139,15 +139,14 @@ def _head_term(student_cls_logits: Sequence[Tensor], teacher_cls_logits: Sequenc
 
 
 def feature_loss(student_adapted: Sequence[Tensor], teacher: Sequence[Tensor], masks: Sequence[Tensor],
-                 valid: Sequence[Tensor] | Tensor | None = None) -> Tensor:
+                 valid: Sequence[Tensor] | None = None) -> Tensor:
     """``sum_l sum S (T - phi(F))^2 / sum S`` over ``(B, C, H, W)`` levels; scalar float32.
 
     Args:
         student_adapted: per level ``phi_l(F_s)``, ``(B, C, H, W)``, any float dtype.
         teacher: per level ``T_l``, same shape (fp16 from a cache is fine: computed in float32).
         masks: per level ``S_l``, ``(B, H, W)``.
-        valid: optional per level ``(B, H, W)`` bool, True where the position holds real data, or as
-            ``position_weights`` takes it.
+        valid: optional per level ``(B, H, W)`` bool, True where the position holds real data.
 
     The levels are laid side by side and summed in one pass (a few kernels whatever the number of levels).
     """
@@ -156,7 +155,7 @@ def feature_loss(student_adapted: Sequence[Tensor], teacher: Sequence[Tensor], m
 
 
 def head_loss(student_cls_logits: Sequence[Tensor], teacher_cls_logits: Sequence[Tensor], masks: Sequence[Tensor],
-              valid: Sequence[Tensor] | Tensor | None = None) -> Tensor:
+              valid: Sequence[Tensor] | None = None) -> Tensor:
     """``sum_l sum S * BCE(sigmoid(z_s), sigmoid(z_t)) / sum S`` over ``(B, K, H, W)`` logits; scalar float32.
 
     BCE is taken from logits (``binary_cross_entropy_with_logits``), so it never takes the log of 0.

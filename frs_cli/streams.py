@@ -2,8 +2,7 @@
 
 A distillation step's teacher side (the cached head on the decoded features, or the live teacher) does not read
 the student, so it can run while the student's forward pass does: their kernels share the device where either
-alone leaves part of it idle. The adapters and the feature term read only the student's FPN outputs, so they can
-run beside its head (``distill.feature_beside``); autograd runs their backward on the stream of their forward. Inside a CUDA graph capture the fork and the join are captured too, as two branches
+alone leaves part of it idle. Inside a CUDA graph capture the fork and the join are captured too, as two branches
 of the graph that the replay runs side by side.
 """
 
@@ -22,8 +21,7 @@ class SideStream:
     already issued on its current stream; ``join(tensors)`` makes the current stream wait for that work and marks
     ``tensors`` (made on the second stream) as used on the current one, so that the allocator keeps their memory
     until the current stream's work on them is done. Off CUDA, or with ``enabled`` False, ``start`` calls ``fn``
-    and ``join`` does nothing. Several ``start`` calls before one ``join`` run on the second stream in turn, each
-    after what the current stream had issued when it was called; the ``join`` waits for all of them."""
+    and ``join`` does nothing. One ``start`` at a time: ``join`` before the next."""
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled

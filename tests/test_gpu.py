@@ -385,7 +385,7 @@ def test_a_cached_frs_step_with_graphs_never_makes_the_host_wait_for_the_device(
 
 
 def _trainer(recipe, cache, kind: str, graphs: bool, arch: str | None, amp: bool, beside: bool = True,
-             channels_last: bool = False, feature_beside: bool = False):
+             channels_last: bool = False):
     from frs_cli.data.coco import CocoViews
     from frs_cli.dist import setup
     from frs_cli.models import ModelConfig, build_detector
@@ -394,7 +394,7 @@ def _trainer(recipe, cache, kind: str, graphs: bool, arch: str | None, amp: bool
 
     torch.manual_seed(0)
     student = build_detector(ModelConfig(arch=arch, anchor_size=16) if arch else recipe.student, 5)
-    distill = replace(recipe.distill, warmup_iters=4, teacher_beside=beside, feature_beside=feature_beside)
+    distill = replace(recipe.distill, warmup_iters=4, teacher_beside=beside)
     if kind == "plain":
         obj = GTObjective(student)
     elif kind == "online":
@@ -523,34 +523,26 @@ def test_a_channels_last_training_step_on_the_gpu_equals_the_nchw_step(mixed_cac
         assert nhwc.graphs.captured == nchw.graphs.captured == 3
 
 
-@pytest.mark.parametrize("feature_beside", [False, True], ids=["teacher_beside", "feature_beside"])
 @pytest.mark.parametrize("kind", ["cached", "online"])
 def test_the_teacher_side_of_a_graphed_step_runs_on_a_second_stream_and_gives_the_one_stream_numbers(
-        mixed_cache, tmp_path, kind, feature_beside, monkeypatch):
+        mixed_cache, tmp_path, kind, monkeypatch):
     """distill.teacher_beside: in a step captured as one CUDA graph the teacher's side (the cached head on the
     decoded features, or the live teacher) runs on a stream of its own, beside the student's pass, and the step
     gives what it gives with both on one stream: the same terms and gradients (float32, TF32 off), captured and
-    replayed over three batch shapes, in and out of order. With distill.feature_beside the adapters and the feature
-    term run on that stream too (their backward with them), with the same numbers."""
+    replayed over three batch shapes, in and out of order."""
     from frs_cli.train import objectives
     from frs_cli.train.loop import PendingLosses
     from frs_cli.train.objectives import student_pass
 
     recipe, cache, batches = _step_batches(mixed_cache, tmp_path, "int8", kind)
     with _tf32(False):
-        two, one = (_trainer(recipe, cache, kind, True, None, False, beside=b, feature_beside=b and feature_beside)
-                    for b in (True, False))
+        two, one = (_trainer(recipe, cache, kind, True, None, False, beside=b) for b in (True, False))
         one.objective.load_state_dict(two.objective.state_dict())
-        assert two.objective.feature_beside is feature_beside and one.objective.feature_beside is False
         streams = {id(two): [], id(one): []}
-        adapter_streams = {id(two): [], id(one): []}
         for trainer in (two, one):
             side, seen = trainer.objective.teacher_side, streams[id(trainer)]
             targets = side.graph_targets
             side.graph_targets = lambda *a, _t=targets, _s=seen: (_s.append(torch.cuda.current_stream()), _t(*a))[1]
-            adapters, seen = trainer.objective.adapters, adapter_streams[id(trainer)]
-            adapt = adapters.forward
-            adapters.forward = lambda f, _a=adapt, _s=seen: (_s.append(torch.cuda.current_stream()), _a(f))[1]
         pass_streams = []
 
         def recorded_pass(*a):
@@ -569,9 +561,6 @@ def test_the_teacher_side_of_a_graphed_step_runs_on_a_second_stream_and_gives_th
                 if pass_streams:  # captured now: the pass ran on the capture's stream
                     side = streams[id(trainer)][-1]
                     assert (side != pass_streams[-1]) is (trainer is two), it
-                    adapted = adapter_streams[id(trainer)][-1]
-                    assert (adapted == side) is (trainer is two and feature_beside), it
-                    assert (adapted == pass_streams[-1]) is not (trainer is two and feature_beside), it
             (l2, t2), g2, (l1, t1), g1 = read
             assert list(l2) == list(l1) and len(l2) == 4
             assert t2 == pytest.approx(t1, rel=1e-5)

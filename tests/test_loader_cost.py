@@ -162,7 +162,6 @@ def test_loader_cost_variant_switches_parse_in_any_order_and_last_for_their_vari
     assert bench.parse_variant("resident_cached_nf_tnc_sg") == ("resident_cached", {"_sg", "_tnc", "_nf"})
     assert bench.parse_variant("loader_cached_eager_sg_acl") == ("loader_cached_eager", {"_sg", "_acl"})
     assert bench.parse_variant("resident_online_nb") == ("resident_online", {"_nb"})
-    assert bench.parse_variant("resident_cached_sg_fb_ot") == ("resident_cached", {"_sg", "_fb", "_ot"})
     assert bench.parse_variant("loader_cached_w4") == ("loader_cached_w4", set())
 
     monkeypatch.setattr(fused_losses, "ENABLED", True)
@@ -195,9 +194,9 @@ def test_loader_cost_variant_switches_parse_in_any_order_and_last_for_their_vari
         return real(name, on, *a)
 
     monkeypatch.setattr(bench, "_run_variant", spy)
-    name = "resident_cached_sg_nf_cb_nb_acl_fb"
+    name = "resident_cached_sg_nf_cb_nb_acl"
     argv = ["--smoke", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"), "--variants", name]
     row = bench.run(bench.parse_args(argv), argv)["rounds"][0][name]
     assert row["steps"] == 2 and row["step_ms"] > 0 and row["step_graphs_captured"] == 0  # no capture off CUDA
-    assert seen == [("resident_cached", {"_sg", "_nf", "_cb", "_nb", "_acl", "_fb"}, False, True)]
+    assert seen == [("resident_cached", {"_sg", "_nf", "_cb", "_nb", "_acl"}, False, True)]
     assert (fused_losses.ENABLED, torch.backends.cudnn.benchmark) == (True, False)

@@ -215,16 +215,13 @@ def test_train_channels_last_lays_out_what_trains_channels_last_and_steps_as_bef
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("beside", [False, True], ids=["feature after the pass", "distill.feature_beside"])
 @pytest.mark.parametrize("kind", ["cached", "online"])
 def test_the_graphed_terms_run_the_teacher_side_once_through_the_side_stream_and_read_what_it_returned(
-        kind, beside, mixed_cache, monkeypatch):
+        kind, mixed_cache, monkeypatch):
     """``FRSObjective.graph_terms`` (what a step graph captures) starts the teacher's side through its ``SideStream``
-    (``distill.teacher_beside``) before the student's pass, and the terms read what it returned, joined: the
-    teacher's side runs once a step. With ``distill.feature_beside`` the adapters and the feature term are started
-    through the same stream as soon as the student's FPN outputs exist, before its head runs, and joined with the
-    teacher's side; else they run after the pass. The terms are the same either way. Off CUDA the stream is no
-    stream: ``start`` calls the function where it stands and ``join`` does nothing."""
+    (``distill.teacher_beside``) before the student's pass, joins it on what it returned, and hands that to
+    ``graph_frs``: the teacher's side runs once a step. Off CUDA the stream is no stream: ``start`` calls the
+    function where it stands and ``join`` does nothing."""
     from frs_cli.cache.reader import TeacherCache
     from frs_cli.streams import SideStream
     from frs_cli.train import objectives
@@ -232,14 +229,10 @@ def test_the_graphed_terms_run_the_teacher_side_once_through_the_side_stream_and
     recipe, path, _ = mixed_cache("retinanet")
     cache = TeacherCache(path)
     batches, _ = one_canvas_batches(recipe, cache)
-    objs = {on: _objective(kind, recipe, cache).train() for on in (False, True)}
-    objs[True].load_state_dict(objs[False].state_dict())
-    objs[True].feature_beside = True
-    obj = objs[beside]
-    side, student = obj.teacher_side, obj.student
+    obj = _objective(kind, recipe, cache).train()
+    side = obj.teacher_side
     calls = []
-    targets_of, pass_of, classify_of = side.graph_targets, objectives.student_pass, student.classify
-    adapters_of, feature_of = obj.adapters.forward, objectives.feature_loss
+    targets_of, frs_of, pass_of = side.graph_targets, side.graph_frs, objectives.student_pass
     start, join = SideStream.start, SideStream.join
 
     def graph_targets(*a):
@@ -247,47 +240,18 @@ def test_the_graphed_terms_run_the_teacher_side_once_through_the_side_stream_and
         calls.append(out := targets_of(*a))
         return out
 
-    def feature_loss(adapted, feats, masks, valid):
-        calls.append(("feature", feats, masks))
-        calls.append(out := feature_of(adapted, feats, masks, valid))
-        return out
-
     monkeypatch.setattr(side, "graph_targets", graph_targets)
-    monkeypatch.setattr(objectives, "student_pass", lambda *a, **k: (calls.append("pass"), pass_of(*a, **k))[1])
-    monkeypatch.setattr(student, "classify", lambda f: (calls.append(("head", f)), classify_of(f))[1])
-    monkeypatch.setattr(obj.adapters, "forward", lambda f: (calls.append(("adapters", f)), adapters_of(f))[1])
-    monkeypatch.setattr(objectives, "feature_loss", feature_loss)
+    monkeypatch.setattr(side, "graph_frs", lambda *a: (calls.append(("frs", a[-1])), frs_of(*a))[1])
+    monkeypatch.setattr(objectives, "student_pass", lambda *a: (calls.append("pass"), pass_of(*a))[1])
     monkeypatch.setattr(SideStream, "start", lambda self, *a: (calls.append(("start", self)), start(self, *a))[1])
     monkeypatch.setattr(SideStream, "join", lambda self, t: (calls.append(("join", t)), join(self, t))[1])
-    inputs = obj.graph_inputs(batches[0])
-    terms = obj.graph_terms(*inputs)
+    terms = obj.graph_terms(*obj.graph_inputs(batches[0]))
     assert {"frs_feature", "frs_head"} <= set(terms) and all(torch.isfinite(t) for t in terms.values())
     returned = calls[2]
-    n = len(student.strides)
     assert isinstance(returned, list) and len(returned) == (10 if kind == "cached" else 15)  # features, logits[, masks]
     assert calls[0] == ("start", obj._beside) and calls[1] == "targets" and calls[3] == "pass"
-    kinds = [c if isinstance(c, str) else c[0] if isinstance(c, tuple) else "value" for c in calls[4:]]
-    if beside:  # started through the stream before the head, joined with the teacher's side
-        assert kinds == ["start", "adapters", "feature", "value", "head", "join"]
-        assert calls[4] == ("start", obj._beside)
-        feature = calls[7]
-        assert calls[9][1] == [*returned, feature]
-    else:
-        assert kinds == ["head", "join", "adapters", "feature", "value"]
-        assert calls[5][1] == returned
-        feature = calls[8]
-    adapters_call = next(c for c in calls if isinstance(c, tuple) and c[0] == "adapters")
-    head_call = next(c for c in calls if isinstance(c, tuple) and c[0] == "head")
-    assert len(adapters_call[1]) == n and all(a is b for a, b in zip(adapters_call[1], head_call[1]))  # the FPN's
-    _, feats, masks = next(c for c in calls if isinstance(c, tuple) and c[0] == "feature")
-    assert all(a is b for a, b in zip(feats, returned[:n]))  # the teacher side's features, as returned
-    want_masks = inputs[-n:] if kind == "cached" else returned[2 * n:]
-    assert all(a is b for a, b in zip(masks, want_masks))
-    assert terms["frs_feature"] is feature
-    monkeypatch.undo()
-    other = objs[not beside].graph_terms(*objs[not beside].graph_inputs(batches[0]))
-    for name in terms:
-        torch.testing.assert_close(terms[name], other[name], rtol=0, atol=0, msg=name)
+    assert calls[4][0] == "join" and calls[4][1] is returned
+    assert calls[5][0] == "frs" and calls[5][1] is returned and len(calls) == 6  # the side ran once
 
     second = SideStream()
     assert second.start(torch.device("cpu"), lambda x: x + 1, 1) == 2 and second._pending is None

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -144,7 +143,6 @@ class Detector(nn.Module):
         targets: per image ``{"boxes": (N, 4) float32 xyxy view pixels, "labels": (N,) int64}``; when
             given, ``losses`` holds the detector's GT losses from this same pass.
         detect: post-process to detections (default: when not training).
-        on_features: called with the FPN outputs as soon as they exist, before the head runs.
     """
 
     family: str = ""
@@ -208,13 +206,10 @@ class Detector(nn.Module):
         cols = torch.arange(w, device=x.device) < sizes[:, 1:2]  # (B, W)
         return torch.where((rows[:, :, None] & cols[:, None, :])[:, None], x, 0.0)
 
-    def forward(self, images: Tensor, image_sizes: list[tuple[int, int]], targets=None, detect=None,
-                on_features: Callable[[list[Tensor]], None] | None = None) -> DetectorOutput:
+    def forward(self, images: Tensor, image_sizes: list[tuple[int, int]], targets=None, detect=None) -> DetectorOutput:
         x = self.normalize(images, image_sizes)
         named = self.model.backbone(x)
         features = list(named.values())
-        if on_features is not None:  # e.g. distillation's work on the FPN outputs, started before the head's
-            on_features(features)
         cls_logits, towers = self.classify(features)
         out = DetectorOutput(features=features, cls_logits=cls_logits)
         detect = (not self.training) if detect is None else detect

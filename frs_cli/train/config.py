@@ -96,9 +96,6 @@ class DistillConfig:
     # on CUDA, in a step replayed as one CUDA graph (train.cuda_graphs): the teacher's side (the cached head, or the
     # live teacher) on a second stream beside the student's forward pass, which it does not read (the same numbers)
     teacher_beside: bool = True
-    # on CUDA, in the same steps: the adapters and the feature term on that second stream too, from the moment the
-    # student's FPN outputs exist, beside its head and GT loss (and, backward, beside their gradients; the same numbers)
-    feature_beside: bool = False
 
     def check(self, table: str) -> None:
         """ConfigError naming ``table.<key>`` for a negative or non-finite weight or warm-up."""

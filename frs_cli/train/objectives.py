@@ -19,23 +19,14 @@ from frs_cli.cache.encoding import FeatureEncoding
 from frs_cli.data.coco import Batch
 from frs_cli.data.geometry import level_valid_size
 from frs_cli.errors import FrsError
-from frs_cli.losses import (
-    FeatureAdapter,
-    distill_weight,
-    feature_loss,
-    frs_losses,
-    frs_masks,
-    gt_box_masks,
-    head_loss,
-    positions_within,
-)
+from frs_cli.losses import FeatureAdapter, distill_weight, frs_losses, frs_masks, gt_box_masks, positions_within
 from frs_cli.models.base import Detector, FrsSignature, check_compatible
 from frs_cli.models.fold import fold_batchnorm
 from frs_cli.models.retinanet_loss import PaddedTargets, pad_targets
 from frs_cli.streams import SideStream
 from frs_cli.train.canvas import canvas_groups, crop_stack, level_grids, on_own_canvas
 from frs_cli.train.config import DistillConfig
-from frs_cli.train.graphed import GraphedTerms, cached_targets
+from frs_cli.train.graphed import GraphedTerms, cached_targets, frs_terms
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +96,11 @@ def step_inputs(student: Detector, batch: Batch) -> list[Tensor] | None:
     return [batch.images, image_sizes_on(batch.image_sizes, device), *pad_targets(batch.targets, device, rows)]
 
 
-def student_pass(student: Detector, images: Tensor, sizes: Tensor, boxes: Tensor, labels: Tensor, valid: Tensor,
-                 on_features=None):
+def student_pass(student: Detector, images: Tensor, sizes: Tensor, boxes: Tensor, labels: Tensor, valid: Tensor):
     """The student's training pass (``DetectorOutput``) on ``step_inputs``' tensors: normalised through
-    ``normalize_within``, its GT loss on the padded targets; ``on_features`` as ``Detector.forward`` takes it."""
+    ``normalize_within``, its GT loss on the padded targets."""
     b, _, h, w = images.shape
-    return student(student.normalize_within(images, sizes), [(h, w)] * b, PaddedTargets(boxes, labels, valid),
-                   on_features=on_features)
+    return student(student.normalize_within(images, sizes), [(h, w)] * b, PaddedTargets(boxes, labels, valid))
 
 
 class Objective(Protocol):
@@ -176,8 +165,7 @@ class TeacherSide(Protocol):
     an ``nn.Module`` that never trains and is never checkpointed. ``need_logits``: the head loss needs the
     teacher's classification logits (else ``cls_logits`` may be None). A side whose batches may be replayed as one
     graph (``train.cuda_graphs``) has ``graph_inputs(batch)`` (its tensors of a batch, or None), ``graph_targets``
-    (the teacher's tensors from them, reading nothing of the student) and ``graph_teacher`` (from both, the
-    teacher's features, logits and masks per level, which the FRS terms read)."""
+    (the teacher's tensors from them, reading nothing of the student) and ``graph_frs`` (both terms from those)."""
 
     def __call__(self, batch: Batch, need_logits: bool) -> TeacherTargets: ...
 
@@ -292,11 +280,17 @@ class CachedTeacher(nn.Module):
         feats, logits = cached_targets(self, list(side[:n]), list(side[n:2 * n]) if len(side) == 3 * n else None)
         return [*feats, *logits]
 
-    def graph_teacher(self, side: list[Tensor], targets: list[Tensor]) -> tuple[list[Tensor], ...]:
-        """The decoded features and the head's logits (``graph_targets``' tensors, ``targets``) and the cached masks
-        (the last of ``graph_inputs``' tensors, ``side``), per level."""
+    def graph_frs(self, adapters: FeatureAdapter, student_out, sizes: Tensor, side: list[Tensor],
+                  targets: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Both FRS terms from ``graph_inputs``' tensors (``side``: the masks are read there), ``graph_targets``'
+        tensors (``targets``), the student's pass and the valid sizes: the operations of ``frs_terms``, which
+        ``distill.cuda_graphs`` replays, in the student's precision."""
+        device = sizes.device
+        amp = (torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type))
+        params = [p for conv in adapters.convs for p in (conv.weight, conv.bias)]
         n = len(self.strides)
-        return targets[:n], targets[n:], side[-n:]
+        return frs_terms(self, adapters, amp, n, len(side) == 3 * n, *student_out.features, *student_out.cls_logits,
+                         *side, sizes, *params, targets=(targets[:n], targets[n:]))
 
     def check_batch(self, batch: Batch) -> None:
         """FrsError unless ``batch`` carries cached targets with scales exactly when the encoding has them."""
@@ -364,10 +358,14 @@ class OnlineTeacher(nn.Module):
             out = self.teacher(self.teacher.normalize_within(images, sizes), [(h, w)] * b, detect=False)
             return [*out.features, *out.cls_logits, *frs_masks(out.cls_logits)]
 
-    def graph_teacher(self, side: list[Tensor], targets: list[Tensor]) -> tuple[list[Tensor], ...]:
-        """The teacher's features, logits and masks per level: ``graph_targets``' tensors (``targets``)."""
+    def graph_frs(self, adapters: FeatureAdapter, student_out, sizes: Tensor, side: list[Tensor],
+                  targets: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Both FRS terms of a one-canvas batch from ``graph_targets``' tensors (``targets``: the teacher run on its
+        images), as ``forward`` and ``FRSObjective.forward`` compute them."""
         n = len(self.teacher.strides)
-        return targets[:n], targets[n:2 * n], targets[2 * n:]
+        feats, logits, masks = targets[:n], targets[n:2 * n], targets[2 * n:]
+        valid = positions_within(sizes, [tuple(f.shape[-2:]) for f in student_out.features], self.teacher.strides)
+        return frs_losses(adapters(student_out.features), feats, student_out.cls_logits, logits, masks, valid)
 
 
 class FRSObjective(nn.Module):
@@ -387,7 +385,6 @@ class FRSObjective(nn.Module):
         # nothing in it trains or is saved that the adapters and the teacher side do not hold already)
         self._graphs = GraphedTerms(teacher_side, self.adapters) if getattr(teacher_side, "cuda_graphs", False) else None
         self._beside = SideStream(cfg.teacher_beside)  # graph_terms' second stream for the teacher's side
-        self.feature_beside = cfg.feature_beside and cfg.teacher_beside  # the feature term on that stream too
 
     def checkpointed(self) -> dict[str, nn.Module]:
         return {"student": self.student, "adapters": self.adapters}
@@ -440,24 +437,10 @@ class FRSObjective(nn.Module):
         # the teacher's side reads no student tensor: on CUDA it runs on a second stream beside the student's pass
         # (distill.teacher_beside), joined before the terms read it
         targets = self._beside.start(images.device, self.teacher_side.graph_targets, images, sizes, side)
-        feats, logits, masks = self.teacher_side.graph_teacher(side, targets)
-        feature = []
-
-        def feature_term(features: list[Tensor]) -> None:  # the adapters and the feature term
-            valid = positions_within(sizes, [tuple(f.shape[-2:]) for f in features], self.student.strides)
-            feature.append(feature_loss(self.adapters(features), feats, masks, valid))
-
-        # distill.feature_beside: they read the student's FPN outputs alone, so they may start on the second stream
-        # (after the teacher's side there) as soon as those exist, beside the student's head and GT loss
-        beside = None if not self.feature_beside else (
-            lambda features: self._beside.start(images.device, feature_term, features))
-        out = student_pass(self.student, *inputs[:5], on_features=beside)
-        self._beside.join([*targets, *feature])
-        if not feature:
-            feature_term(out.features)
-        valid = positions_within(sizes, [tuple(f.shape[-2:]) for f in out.cls_logits], self.student.strides)
+        out = student_pass(self.student, *inputs[:5])
+        self._beside.join(targets)
         terms = dict(out.losses)
-        terms["frs_feature"], terms["frs_head"] = feature[0], head_loss(out.cls_logits, logits, masks, valid)
+        terms["frs_feature"], terms["frs_head"] = self.teacher_side.graph_frs(self.adapters, out, sizes, side, targets)
         return terms
 
     def term_weights(self, step: int) -> dict[str, float]:

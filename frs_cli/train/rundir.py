@@ -53,9 +53,8 @@ JOB_TABLES = {
 JOB_IGNORED = {"distill cache": ("teacher.weights",)}
 # keys of those tables a run does not depend on: a label, the split it is scored on, what teacher-cache alone reads,
 # how the cached head and the step are launched and laid out (distill.cuda_graphs, distill.teacher_beside,
-# distill.feature_beside, train.cuda_graphs, train.channels_last: the same model, the same numbers to rounding)
-IGNORED = ("name", "data.val", "distill.cuda_graphs", "distill.teacher_beside", "distill.feature_beside",
-           "train.cuda_graphs",
+# train.cuda_graphs, train.channels_last: the same model, the same numbers to rounding)
+IGNORED = ("name", "data.val", "distill.cuda_graphs", "distill.teacher_beside", "train.cuda_graphs",
            "train.channels_last", "cache.dtype", "cache.codec", "cache.batch_size",
            "cache.workers", "cache.write_processes", "cache.resize_on_gpu", "cache.amp", "cache.channels_last",
            "cache.cuda_graphs", "cache.preload_mb",
