@@ -39,9 +39,9 @@ __all__ = ["ENABLED", "feature_term", "head_term", "usable"]
 
 ENABLED = os.environ.get("FRS_FUSED_LOSSES", "1") != "0"
 
-# a program's tile, (channels, positions, warps), for each kernel: the fastest of those measured on one H200 at
-# RetinaNet's levels (docs/BENCHMARKS.md, session 24, bench/fused_terms.py); the forward wide in channels, as its
-# accumulator sums over them once
+# a program's tile, (channels, positions, warps), for each kernel: the fastest of those measured at RetinaNet's levels
+# (bench/fused_terms.py; docs/BENCHMARKS.md, session 24 on one H200, checked in session 27 on one H100); the forward
+# wide in channels, as its accumulator sums over them once
 FORWARD_TILE = (256, 16, 4)
 BACKWARD_TILE = (64, 32, 4)
 
