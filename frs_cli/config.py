@@ -242,6 +242,9 @@ def _read_toml(p: Path, named_by: Path | None) -> dict:
                           hint="extends is relative to the recipe file that names it" if named_by else None)
     try:
         return tomllib.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"recipe {str(p)!r}: expected a UTF-8 TOML text file, got bytes that are not UTF-8 text "
+                          f"(byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"recipe {str(p)!r}: not valid TOML ({exc})") from exc
 

@@ -14,12 +14,18 @@ from pathlib import Path
 from frs_cli.errors import ConfigError, StorageError
 
 _FULL = {errno.ENOSPC: "the disk is full (no space left on device)", errno.EDQUOT: "the disk quota is exceeded"}
+# where no amount of free space helps: the callers' hints (free space, run again) do not apply
+_DENIED = {errno.EACCES: "no permission to write there", errno.EPERM: "no permission to write there",
+           errno.EROFS: "the file system is read-only"}
 
 
 def storage_error(exc: OSError, target: str, hint: str | None = None) -> StorageError:
-    """A one-line ``StorageError`` for ``exc`` raised while writing ``target`` (the file, if known, is named)."""
-    what = _FULL.get(exc.errno) or f"writing failed ({exc.strerror or exc})"
+    """A one-line ``StorageError`` for ``exc`` raised while writing ``target`` (the file, if known, is named);
+    ``hint`` unless writing there is denied, which gets its own."""
     at = f" at {exc.filename}" if getattr(exc, "filename", None) else ""
+    if exc.errno in _DENIED:
+        return StorageError(f"{target}: {_DENIED[exc.errno]}{at}", hint="write to a folder you may write to")
+    what = _FULL.get(exc.errno) or f"writing failed ({exc.strerror or exc})"
     return StorageError(f"{target}: {what}{at}", hint=hint)
 
 
@@ -85,7 +91,8 @@ def atomic_path(path: str | Path, hint: str | None = None) -> Iterator[Path]:
     """
     path = Path(path)
     check_output_file(path, "output")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with storage_errors(str(path), hint):
+        path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with storage_errors(str(path), hint):

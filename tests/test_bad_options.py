@@ -213,3 +213,67 @@ def test_help_shows_square_brackets_the_verbose_option_and_which_export_path_is_
     for command in (["eval"], ["train"], ["export"], ["convert", "mmdet"], ["teacher-cache"]):
         assert "--verbose -v <bool> Also print informational notes" in help_text(*command), command
     assert "cpu, cuda or cuda:N" in help_text("train")
+
+
+def test_export_onnx_to_a_name_of_another_format_is_refused_up_front(tmp_path, teacher_ckpt):
+    """export writes ONNX: a .txt name would hold ONNX bytes (before: written so, exit 0)."""
+    target = tmp_path / "x5.txt"
+    result = run("export", "--onnx", teacher_ckpt, target)
+    assert_one_line_error(result, f"export OUT: expected a .onnx file (the format written), got '{target}'")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("out", ["s3://bucket/x.h5", "file:///tmp/x.h5"])
+def test_cache_export_to_a_url_is_refused_and_writes_nothing_locally(tmp_path, cache_path, out, monkeypatch):
+    """OUT is a local file: a URL is one line (before: 's3://bucket/x.h5' became the local folder 's3:/bucket',
+    written there, and the command said it exported to s3:/bucket/x.h5)."""
+    monkeypatch.chdir(tmp_path)
+    result = run("cache", "export", cache_path, out)
+    assert_one_line_error(result, f"cache export: expected a local .h5 or .hdf5 file name for OUT, got {out!r}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_recipe_that_is_not_utf8_text_is_one_line(tmp_path, teacher_ckpt):
+    """A model file given to --pipeline by mistake, or a recipe in another encoding: one line naming the file and
+    the first byte that is not UTF-8 (before: a UnicodeDecodeError traceback)."""
+    result = run("train", "--pipeline", teacher_ckpt, "--out", tmp_path / "run", "--device", "cpu")
+    assert_one_line_error(result, f"recipe {str(teacher_ckpt)!r}: expected a UTF-8 TOML text file")
+    assert not (tmp_path / "run").exists()
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(b'name = "caf\xe9"\n')
+    result = run("recipe", "show", latin)
+    assert_one_line_error(result, f"recipe {str(latin)!r}: expected a UTF-8 TOML text file", "byte 11: b'\\xe9'")
+
+
+def test_an_output_whose_folder_cannot_be_made_is_one_line_with_a_hint_that_fits(tmp_path, teacher_ckpt, cache_path,
+                                                                                 synth_root, monkeypatch):
+    """Every output written through ``atomic_path`` (eval's files, cache export; export and convert write through it
+    too) and ``data synth``:
+    a folder that may not be made is one line saying so, with no free-space advice (before: a PermissionError
+    traceback). The denial is simulated (the tests may run as root, who may write anywhere)."""
+    import errno
+    import os
+    from pathlib import Path
+
+    denied = tmp_path / "ro"
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if str(self).startswith(str(denied)):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(denied))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    cases = {
+        "eval --metrics": ["eval", "--cache", cache_path, "--metrics", denied / "s" / "m.json"],
+        "cache export": ["cache", "export", cache_path, denied / "s" / "c.h5"],
+        "eval --detections-out": ["eval", "--checkpoint", teacher_ckpt, "--data", synth_root, "--device", "cpu",
+                                  "--detections-out", denied / "s" / "d.json"],
+        "data synth": ["data", "synth", denied / "d", "--train", "2", "--val", "1"],
+    }
+    for name, args in cases.items():
+        result = run(*args)
+        line = assert_one_line_error(result, f"no permission to write there at {denied}",
+                                     "(write to a folder you may write to)")
+        assert "free space" not in line, (name, line)
+    assert not denied.exists()

@@ -167,7 +167,7 @@ def verify(cache: str = typer.Argument(..., help="Cache path, URL or .h5 file.")
 
 
 def export(cache: str = typer.Argument(..., help="Complete Zarr cache (path or URL)."),
-           out: Path = typer.Argument(..., help="HDF5 file to write (.h5); replaced whole at the end.")):
+           out: str = typer.Argument(..., help="Local HDF5 file to write (.h5); replaced whole at the end.")):
     """Copy a complete cache into one HDF5 file of the same layout; distill reads either."""
     from frs_cli.cache.export import export_hdf5
 

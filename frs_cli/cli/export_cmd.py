@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
         setup_logging(verbose)
         if not checkpoint.is_file():
             fail(f"export --onnx: expected a model file at {str(checkpoint)!r}, but it {missing_file(checkpoint)}")
-        check_output_file(out, "export OUT")
+        check_output_file(out, "export OUT", ".onnx")
         from frs_cli.export.onnx import export_onnx
 
         result = export_onnx(checkpoint, out, check=check, progress=progress_for_rank())

@@ -46,7 +46,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from frs_cli.errors import ConfigError
-from frs_cli.files import write_json
+from frs_cli.files import storage_errors, write_json
 
 CATEGORIES: list[dict] = [
     {"id": i + 1, "name": name, "supercategory": "shape"}
@@ -300,8 +300,9 @@ def generate(out_dir: str | Path, cfg: SynthConfig, progress: Callable[[int], No
         raise ConfigError(f"synth config: expected a SynthConfig, got {type(cfg).__name__}")
     out = Path(out_dir)
     _check_out_dir(out)
-    for sub in ("train", "val", "annotations"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
+    with storage_errors(str(out)):
+        for sub in ("train", "val", "annotations"):
+            (out / sub).mkdir(parents=True, exist_ok=True)
 
     def write_one(split: str, code: int, index: int, image_id: int):
         image, boxes = render(cfg, code, index)
