@@ -143,3 +143,23 @@ def test_cache_written_and_read_through_a_url_equals_the_local_one(scheme, cache
         import fsspec
 
         fsspec.filesystem("memory").rm(f"/{tmp_path.name}", recursive=True)
+
+
+def test_a_url_whose_scheme_needs_a_missing_package_is_one_line_in_every_command(tmp_path, recipe_path, monkeypatch):
+    """A scheme whose fsspec package is not installed (s3:// without s3fs, gcs:// without gcsfs; here a registered
+    scheme whose module does not exist): one line naming the URL and what fsspec says to install, in the commands
+    that take a cache URL (before: fsspec's ImportError as a traceback)."""
+    import fsspec
+    from conftest import assert_one_line_error
+
+    fsspec.register_implementation("frsnosuch", "frs_no_such_module.FileSystem", clobber=True,
+                                   errtxt="Install frs-no-such to access frsnosuch://")  # this process only
+    url = "frsnosuch://bucket/c.zarr"
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    for args in (["cache", "info", url], ["cache", "verify", url], ["eval", "--cache", url],
+                 ["teacher-cache", "--pipeline", str(recipe_path), "--out", url, "--device", "cpu"]):
+        result = runner.invoke(app, args)
+        assert_one_line_error(result, f"cache {url!r}: frsnosuch:// needs a package that is not installed",
+                              "Install frs-no-such to access frsnosuch://")
+    assert list((tmp_path / "cwd").iterdir()) == []  # nothing written locally in its place

@@ -41,7 +41,12 @@ def _fsspec(path: str, storage_options: dict | None):
     except ImportError as exc:
         raise ConfigError(f"cache {path!r}: a URL needs fsspec, which is not installed",
                           hint="pip install 'frs[remote]'") from exc
-    return fsspec.core.url_to_fs(path, **(storage_options or {}))
+    try:
+        return fsspec.core.url_to_fs(path, **(storage_options or {}))
+    except ImportError as exc:  # the scheme's own package (s3fs, gcsfs, ...) is missing; fsspec's text names it
+        scheme = path.split("://", 1)[0]
+        raise ConfigError(f"cache {path!r}: {scheme}:// needs a package that is not installed ({exc})",
+                          hint="install it beside frs[remote]") from exc
 
 
 def exists(path: str, storage_options: dict | None = None) -> bool:
