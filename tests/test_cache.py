@@ -347,3 +347,35 @@ def test_a_write_failing_in_a_writer_process_is_one_storage_error_and_resume_com
     resumed = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_cache_arrays(out, cache_path)
+
+
+def test_writer_processes_that_cannot_start_are_one_line_naming_the_way_around(recipe_path, tmp_path, monkeypatch):
+    """A writer process that cannot be started (here its start raises as the parent's pipe to a child that died at
+    once does, e.g. an interpreter this user may not run): one line with the setting that avoids them, and the
+    processes already started are stopped (before: a BrokenPipeError that the command-line layer took for a closed
+    terminal, exit 1 with nothing said)."""
+    import multiprocessing.context
+    import os
+
+    from conftest import assert_one_line_error
+    from typer.testing import CliRunner
+
+    from frs_cli.cli.app import app
+
+    started, real_start = [], multiprocessing.context.SpawnProcess.start
+
+    def start(self):
+        if started:
+            raise BrokenPipeError(32, os.strerror(32))
+        real_start(self)
+        started.append(self)
+
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", start)
+    result = CliRunner().invoke(app, ["teacher-cache", "--pipeline", str(recipe_path), "--out", str(tmp_path / "c.zarr"),
+                                      "--device", "cpu", "--set", "cache.write_processes=2"])
+    assert_one_line_error(result, "cache writer processes: 2 could not start", "Broken pipe",
+                          "(set cache.write_processes = 0 to write from this process)")
+    started[0].join(timeout=30)
+    assert len(started) == 1 and not started[0].is_alive()
+    out = tmp_path / "c.zarr"  # nothing looks complete
+    assert not out.exists() or zarr.open_group(str(out), mode="r").attrs.get("state") != "complete"

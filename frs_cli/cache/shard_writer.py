@@ -175,8 +175,15 @@ class WriterProcesses:
         self._tasks, self._results = ctx.Queue(), ctx.Queue()
         self._procs = [ctx.Process(target=_serve, args=(path, storage_options, self._tasks, self._results),
                                    daemon=True, name=f"frs-cache-writer-{i}") for i in range(processes)]
-        for p in self._procs:
-            p.start()
+        try:
+            for p in self._procs:
+                p.start()
+        except OSError as exc:  # e.g. the interpreter cannot be run by this user: the child dies, its pipe breaks
+            for p in self._procs:
+                if p.pid is not None:
+                    p.terminate()
+            raise StorageError(f"cache writer processes: {processes} could not start ({exc})",
+                               hint="set cache.write_processes = 0 to write from this process") from exc
         self._error = None
         self._closed = False
         self._pinned: list = []  # per slot a uint8 tensor over it, once ``pin`` registered them with CUDA
