@@ -45,8 +45,11 @@ def test_read_run_keeps_the_later_record_of_a_resumed_iteration_and_skips_a_torn
 
 
 def test_read_run_errors_are_one_line_naming_the_place(tmp_path):
-    with pytest.raises(DataError, match="expected a run folder holding metrics.jsonl, got '.*nowhere' without one"):
+    with pytest.raises(DataError, match="holding metrics.jsonl, got '.*nowhere', which does not exist"):
         read_run(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="expected a run folder holding metrics.jsonl, got '.*empty' without one"):
+        read_run(tmp_path / "empty")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "metrics.jsonl").write_text('{"iter": 0, "loss": 1.0}\nnot json\n{"iter": 5}\n')
     with pytest.raises(DataError, match="got a parse error on line 2: Expecting value at column 1$"):
@@ -57,6 +60,19 @@ def test_read_run_errors_are_one_line_naming_the_place(tmp_path):
     (tmp_path / "bad" / "metrics.jsonl").write_text('{"iter": 0}\n[1, 2]\n')
     with pytest.raises(DataError, match="expected a step record .* on line 2"):
         read_run(tmp_path / "bad")
+
+
+def test_a_run_whose_only_line_is_still_being_written_reads_as_a_run_with_no_steps_yet(tmp_path):
+    """A run that has just started, its first record half-written (before: a parse error on line 1, so the run
+    could not be reported); a first line that is no record at all is still refused."""
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "metrics.jsonl").write_text('{"iter": 1, "lo')
+    log = read_run(tmp_path / "new")
+    assert log.steps == {} and log.evals == {}
+    assert markdown_table([log]).splitlines()[2].startswith("| new | \u2013 |")
+    (tmp_path / "new" / "metrics.jsonl").write_text("hello")
+    with pytest.raises(DataError, match="got a parse error on line 1"):
+        read_run(tmp_path / "new")
 
 
 def test_markdown_table_has_a_row_per_run_with_last_metrics_best_ap_and_a_dash_for_undefined(tmp_path):

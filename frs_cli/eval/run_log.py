@@ -87,7 +87,8 @@ def read_run(run_dir: str | Path) -> RunLog:
     run_dir = Path(run_dir)
     path = run_dir / METRICS_FILE if run_dir.is_dir() else run_dir
     if not path.is_file():
-        raise DataError(f"report: expected a run folder holding {METRICS_FILE}, got {str(run_dir)!r} without one",
+        got = ", which does not exist" if not run_dir.exists() else " without one"
+        raise DataError(f"report: expected a run folder holding {METRICS_FILE}, got {str(run_dir)!r}{got}",
                         hint="point at the --out folder of frs train or frs distill")
     name = path.parent.name if path.name == METRICS_FILE else path.name.removesuffix(".jsonl")
     log = RunLog(name=name, path=str(path))
@@ -108,8 +109,8 @@ def _read_records(path: Path, log: RunLog) -> None:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                if number > 1 and not line.endswith("\n"):
-                    break  # the last line of a run killed mid-write: everything before it stands
+                if not line.endswith("\n") and (number > 1 or line.startswith("{")):
+                    break  # the last line of a run killed (or still being written) mid-line: what is before stands
                 raise DataError(f"report: expected one JSON object per line in {str(path)!r}, got a parse error "
                                 f"on line {number}: {exc.msg.removesuffix(' at')} at column {exc.colno}") from None
             if isinstance(record, dict) and isinstance(record.get("eval"), dict) and "epoch" in record:
