@@ -277,3 +277,21 @@ def test_an_output_whose_folder_cannot_be_made_is_one_line_with_a_hint_that_fits
                                      "(write to a folder you may write to)")
         assert "free space" not in line, (name, line)
     assert not denied.exists()
+
+
+@pytest.mark.parametrize("mode,option", [("detections", ["--detections-out", "x.json"]), ("detections", ["--high", "0.3"]),
+                                         ("cache", ["--backend", "faster"]), ("cache", ["--split", "train"]),
+                                         ("checkpoint", ["--max-views", "3"]), ("detections", ["--workers", "0"])])
+def test_an_eval_option_its_mode_does_not_read_is_refused_not_ignored(tmp_path, teacher_ckpt, cache_path, synth_root,
+                                                                       mode, option, monkeypatch):
+    """Each option is read by some of --checkpoint, --detections and --cache: given with another, one line naming
+    both (before: ignored with exit 0, e.g. no file at --detections-out)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d.json").write_text("[]", encoding="utf-8")
+    given = {"checkpoint": ["--checkpoint", teacher_ckpt, "--data", synth_root, "--device", "cpu"],
+             "detections": ["--detections", tmp_path / "d.json", "--data", synth_root],
+             "cache": ["--cache", cache_path]}[mode]
+    result = run("eval", *given, *option)
+    assert_one_line_error(result, f"eval {option[0]}: expected it with --", f"got it with --{mode}, which does not read it")
+    assert not (tmp_path / "x.json").exists()
+    assert run("eval", *given).exit_code == 0  # the same call without it runs

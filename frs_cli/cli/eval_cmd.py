@@ -29,6 +29,7 @@ def register(app: typer.Typer) -> None:
                                 "--metrics student.json  (after frs demo --out demo)")
     @handle_errors
     def evaluate(
+        command: typer.Context,
         checkpoint: Path = typer.Option(None, "--checkpoint", help="Model file (model_final.pt) to run on the split."),
         detections: Path = typer.Option(None, "--detections", help="COCO results JSON to score instead."),
         cache: str = typer.Option(None, "--cache", help="Teacher cache: report mask statistics instead of mAP."),
@@ -56,6 +57,8 @@ def register(app: typer.Typer) -> None:
         chosen = [x for x in (checkpoint, detections, cache) if x is not None]
         if len(chosen) != 1:
             fail("eval: expected exactly one of --checkpoint, --detections or --cache")
+        _check_applies(command, "checkpoint" if checkpoint is not None else "detections" if detections is not None
+                       else "cache")
         _check_options(batch_size, workers, high, max_views, metrics, detections_out)
         if cache is not None:
             return _mask_stats(cache, data, high, max_views, metrics)
@@ -95,6 +98,22 @@ def register(app: typer.Typer) -> None:
         if metrics is not None:
             write_json(metrics, result, indent=1)
             console.print(f"wrote {metrics}")
+
+
+# the modes (--checkpoint, --detections, --cache) each option is read by: one given with another mode is refused,
+# not ignored
+_APPLIES = {"detections_out": ("checkpoint",), "batch_size": ("checkpoint",), "workers": ("checkpoint",),
+            "backend": ("checkpoint", "detections"), "split": ("checkpoint", "detections"), "high": ("cache",),
+            "max_views": ("cache",)}
+
+
+def _check_applies(command: typer.Context, mode: str) -> None:
+    """One line (exit 1) for an option given on the command line that ``mode`` does not read."""
+    for name, modes in _APPLIES.items():
+        source = command.get_parameter_source(name)  # the enum of the click typer runs on: compared by name
+        if mode not in modes and source is not None and source.name == "COMMANDLINE":
+            fail(f"eval --{name.replace('_', '-')}: expected it with {' or '.join(f'--{m}' for m in modes)}, "
+                 f"got it with --{mode}, which does not read it")
 
 
 def _check_options(batch_size: int, workers: int, high: float, max_views: int | None, metrics: Path | None,
