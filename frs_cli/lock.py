@@ -122,6 +122,17 @@ def _read(path: Path) -> tuple[dict, float] | None:
     return holder, st.st_mtime
 
 
+def live_holder(path: str | Path) -> dict | None:
+    """The process holding the lock of the output ``path`` if that lock is live (a job still writing it), else
+    None: no lock, a stale one, or a URL (whose locks are not files beside it)."""
+    if "://" in str(path):
+        return None
+    found = _read(lock_path(path))
+    if found is None or stale_reason(*found) is not None:
+        return None
+    return found[0]
+
+
 def _create(path: Path, text: str) -> bool:
     """Create ``path`` holding ``text`` if no file is there; False if one is. Atomic (see the module doc)."""
     tmp = path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}.tmp")

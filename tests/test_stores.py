@@ -163,3 +163,34 @@ def test_a_url_whose_scheme_needs_a_missing_package_is_one_line_in_every_command
         assert_one_line_error(result, f"cache {url!r}: frsnosuch:// needs a package that is not installed",
                               "Install frs-no-such to access frsnosuch://")
     assert list((tmp_path / "cwd").iterdir()) == []  # nothing written locally in its place
+
+
+def test_a_cache_another_live_job_is_writing_is_named_as_such_not_sent_to_resume(tmp_path, cache_path):
+    """export, verify and distill on a cache whose writer still runs (its lock beside it names a live process):
+    the line names that process and says to wait (before: 'its writer did not finish, run --resume', a resume the
+    live job's lock then refuses). Without a live lock the --resume advice stands."""
+    import shutil
+
+    from conftest import assert_one_line_error
+
+    from frs_cli.lock import holder_record, lock_path
+
+    out = tmp_path / "c.zarr"
+    shutil.copytree(cache_path, out)
+    group = zarr.open_group(str(out), mode="r+")
+    group.attrs["state"] = "writing"
+    bucket = group.attrs["buckets"][0]["name"]
+    done = group[f"buckets/{bucket}/done"]
+    done[0] = False
+    lock_path(out).write_text(json.dumps(holder_record("frs teacher-cache --out c.zarr")))
+    result = runner.invoke(app, ["cache", "export", str(out), str(tmp_path / "c.h5")])
+    assert_one_line_error(result, "is incomplete, still being written by pid", "frs teacher-cache --out c.zarr",
+                          "(wait for that job to finish)")
+    result = runner.invoke(app, ["cache", "verify", str(out)])
+    assert result.exit_code == 1 and "still being written by pid" in result.output and "--resume" not in result.output
+    lock_path(out).unlink()
+    result = runner.invoke(app, ["cache", "export", str(out), str(tmp_path / "c.h5")])
+    assert_one_line_error(result, "is incomplete (its writer did not finish)", "--resume")
+    result = runner.invoke(app, ["cache", "verify", str(out)])
+    assert result.exit_code == 1 and "--resume finishes it" in result.output
+    assert not (tmp_path / "c.h5").exists()

@@ -28,6 +28,7 @@ from frs_cli.data.coco import CocoViews, Sample
 from frs_cli.data.geometry import GeometryConfig, ViewGeometry, canonical_view
 from frs_cli.data.targets import CachedTargets
 from frs_cli.errors import CacheFormatError, CacheMismatchError
+from frs_cli.lock import describe, live_holder
 from frs_cli.models.base import FrsSignature, LevelSpec
 
 
@@ -67,6 +68,10 @@ class TeacherCache:
             raise CacheFormatError(f"cache {self.path!r}: its writer stopped while creating it",
                                    hint="run teacher-cache again to recreate it")
         if require_complete and self.attrs.get("state") != "complete":
+            holder = live_holder(self.path)
+            if holder is not None:
+                raise CacheFormatError(f"cache {self.path!r}: is incomplete, still being written by {describe(holder)}",
+                                       hint="wait for that job to finish")
             raise CacheFormatError(f"cache {self.path!r}: is incomplete (its writer did not finish)",
                                    hint="run teacher-cache with --resume to finish it")
         missing = [n for n in self.required_arrays() if not root.has(n)]

@@ -17,6 +17,7 @@ import numpy as np
 from frs_cli.cache.backend import open_backend
 from frs_cli.cache.checksum import damaged_arrays, view_crc
 from frs_cli.cache.reader import TeacherCache, required_cache_arrays
+from frs_cli.lock import describe, live_holder
 from frs_cli.progress import NullProgress, Progress
 
 MISSING, UNREADABLE, CHECKSUM = "missing", "unreadable", "checksum mismatch"
@@ -81,7 +82,9 @@ class VerifyReport:
         if self.faults or self.damaged_arrays:
             return f"{head}, {len(self.faults)} missing or corrupt ({self.repair()})"
         if self.views_done < self.views_total:
+            holder = None if self.kind == "hdf5" else live_holder(self.path)
             finish = ("re-export it from a complete Zarr cache" if self.kind == "hdf5"
+                      else f"still being written by {describe(holder)}" if holder is not None
                       else f"frs teacher-cache --pipeline RECIPE --out {self.path} --resume finishes it")
             return (f"{head}; {self.views_total - self.views_done} of {self.views_total} views not yet written "
                     f"(state {self.state}; {finish})")
