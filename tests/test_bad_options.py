@@ -295,3 +295,21 @@ def test_an_eval_option_its_mode_does_not_read_is_refused_not_ignored(tmp_path, 
     assert_one_line_error(result, f"eval {option[0]}: expected it with --", f"got it with --{mode}, which does not read it")
     assert not (tmp_path / "x.json").exists()
     assert run("eval", *given).exit_code == 0  # the same call without it runs
+
+
+def test_a_plain_pickle_given_as_a_model_is_one_line_without_torchs_warning(tmp_path, synth_root):
+    """A pickle file that is no torch checkpoint: convert and eval say so in one line, with nothing of torch's own
+    before it (before: torch's two-line UserWarning about the pickle protocol, and convert's line cut mid-word)."""
+    import pickle
+
+    pkl = tmp_path / "p.pkl"
+    with open(pkl, "wb") as f:
+        pickle.dump({"a": 1}, f, protocol=4)
+    for args, fragment in ((["convert", "mmdet", pkl, "--arch", "retinanet_resnet50_fpn_mmdet", "--out",
+                             tmp_path / "x.pt"], "not readable as a torch checkpoint (Weights only load failed)"),
+                           (["eval", "--checkpoint", pkl, "--data", synth_root, "--device", "cpu"],
+                            "not a readable torch checkpoint")):
+        result = run(*args)
+        line = assert_one_line_error(result, fragment)
+        assert result.stderr.strip() == line, result.stderr  # the error line alone
+    assert not (tmp_path / "x.pt").exists()

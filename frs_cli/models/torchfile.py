@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import pickle
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -61,7 +62,7 @@ def load_torch_file(path: Path):
     check_torch_archive(path)
     allowed = []
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return quiet_load(path, weights_only=True)
     except pickle.UnpicklingError as exc:
         unsafe = _unsafe_globals(path)
         if not unsafe:
@@ -74,9 +75,17 @@ def load_torch_file(path: Path):
         raise ModelError(f"not a readable torch checkpoint ({_first_line(exc)})") from exc
     try:
         with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return quiet_load(path, weights_only=True)
     except Exception as exc:
         raise ModelError(f"not a readable torch checkpoint ({_first_line(exc)})") from exc
+
+
+def quiet_load(path: str | Path, weights_only: bool):
+    """``torch.load`` to the CPU without torch's own warnings (a pickle protocol it did not write, ...): a file it
+    cannot read is one error line, and one it reads needs no two lines of torch's source before the output."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
 
 
 def _unsafe_globals(path: Path) -> list[str]:
