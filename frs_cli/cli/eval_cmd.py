@@ -35,8 +35,8 @@ def register(app: typer.Typer) -> None:
         cache: str = typer.Option(None, "--cache", help="Teacher cache: report mask statistics instead of mAP."),
         data: Path = typer.Option(None, "--data", help="Dataset root (annotations/, one folder per split)."),
         split: str = typer.Option("val", help="Split to evaluate: the folder name under --data, as in "
-                                              "annotations/instances_SPLIT.json (COCO: val2017). Not used with "
-                                              "--cache."),
+                                              "annotations/instances_SPLIT.json (COCO: val2017). Not with --cache "
+                                              "(a cache holds one split)."),
         metrics: Path = typer.Option(None, "--metrics", help="Write the numbers as JSON here."),
         detections_out: Path = typer.Option(None, "--detections-out", help="With --checkpoint: write detections JSON."),
         batch_size: int = typer.Option(8, help="Images per forward pass."),
