@@ -15,8 +15,7 @@ from frs_cli.errors import ConfigError, StorageError
 
 _FULL = {errno.ENOSPC: "the disk is full (no space left on device)", errno.EDQUOT: "the disk quota is exceeded"}
 # where no amount of free space helps: the callers' hints (free space, run again) do not apply
-_DENIED = {errno.EACCES: "no permission to write there", errno.EPERM: "no permission to write there",
-           errno.EROFS: "the file system is read-only"}
+_DENIED = {errno.EACCES: "no permission to write there", errno.EPERM: "no permission to write there"}
 
 
 def storage_error(exc: OSError, target: str, hint: str | None = None) -> StorageError:
@@ -91,8 +90,12 @@ def atomic_path(path: str | Path, hint: str | None = None) -> Iterator[Path]:
     """
     path = Path(path)
     check_output_file(path, "output")
-    with storage_errors(str(path), hint):
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a folder this user may not make is one line; others (a file in the way) the caller's
+        if exc.errno in _DENIED:
+            raise storage_error(exc, str(path), hint) from exc
+        raise
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with storage_errors(str(path), hint):
