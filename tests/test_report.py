@@ -124,6 +124,9 @@ def test_report_refuses_no_runs_and_two_runs_of_one_name(tmp_path):
     again = read_run(tmp_path / "x" / "run")
     with pytest.raises(ConfigError, match="distinct labels, got x/run twice"):
         run_report(label_runs([a, again, b]))  # the same folder twice stays one label
+    # the command refuses it for the table too, not only for the picture (before: two identical rows, exit 0)
+    result = runner.invoke(app, ["report", str(tmp_path / "x" / "run"), str(tmp_path / "x" / "run")])
+    assert result.exit_code == 1 and "distinct labels, got run twice" in result.stderr and "| run |" not in result.output
 
 
 def test_runs_of_one_folder_name_are_labelled_by_their_parents_in_the_table_and_the_picture(tmp_path):

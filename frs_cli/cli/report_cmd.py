@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
         from frs_cli.eval.run_log import label_runs, markdown_table, read_run
         from frs_cli.files import check_output_file
         from frs_cli.viz.draw import save_png
-        from frs_cli.viz.plots import run_report
+        from frs_cli.viz.plots import check_run_labels, run_report
 
         if metric not in METRIC_KEYS:
             raise ConfigError(f"report --metric: expected one of {', '.join(METRIC_KEYS)}, got {metric!r}")
@@ -32,6 +32,7 @@ def register(app: typer.Typer) -> None:
             check_output_file(out, "report --out", suffix=".png")
 
         logs = label_runs([read_run(r) for r in runs])
+        check_run_labels(logs)  # the table's rows as the picture's lines
         picture = run_report(logs, metric=metric) if out is not None else None
         typer.echo(markdown_table(logs), nl=False)
         if picture is not None:

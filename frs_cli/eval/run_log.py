@@ -64,7 +64,7 @@ class RunLog:
 def label_runs(logs: list[RunLog]) -> list[RunLog]:
     """Runs whose folders share a name get labels that tell them apart: the same number of each one's last path
     parts, as few as tell them all apart (``a/out`` and ``b/out``). Other runs keep their folder's name; the same
-    folder given twice keeps one label (``run_report`` refuses it)."""
+    folder given twice keeps one label (``viz.plots.check_run_labels`` refuses it)."""
     def parts(log: RunLog) -> tuple[str, ...]:
         path = Path(os.path.abspath(log.path))
         folder = path.parent if path.name == METRICS_FILE else path.with_name(log.name)

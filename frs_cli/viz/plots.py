@@ -138,10 +138,9 @@ def legend(labels: Sequence[str], colours: dict[str, tuple[int, int, int]], widt
     return picture
 
 
-def run_report(runs: Sequence, columns: int = 3, metric: str = "AP") -> Image.Image:
-    """The report of several runs (``eval.run_log.RunLog``): val ``metric`` against epoch, then one chart per
-    loss term against iteration (log scale; the total ``loss`` last), every run in its own colour throughout.
-    ``ConfigError`` for no runs or two runs of the same name (their lines could not be told apart)."""
+def check_run_labels(runs: Sequence) -> None:
+    """``ConfigError`` for no runs or two runs of one label (the same folder given twice: their rows and lines
+    could not be told apart)."""
     if not runs:
         raise ConfigError("report: expected at least one run, got none")
     names = [r.name for r in runs]
@@ -149,6 +148,14 @@ def run_report(runs: Sequence, columns: int = 3, metric: str = "AP") -> Image.Im
         twice = sorted({n for n in names if names.count(n) > 1})
         raise ConfigError(f"report: expected runs of distinct labels, got {', '.join(twice)} twice",
                           hint="give each run folder once (frs report labels folders of one name by their parents)")
+
+
+def run_report(runs: Sequence, columns: int = 3, metric: str = "AP") -> Image.Image:
+    """The report of several runs (``eval.run_log.RunLog``): val ``metric`` against epoch, then one chart per
+    loss term against iteration (log scale; the total ``loss`` last), every run in its own colour throughout.
+    ``ConfigError`` for no runs or two runs of the same name (their lines could not be told apart)."""
+    check_run_labels(runs)
+    names = [r.name for r in runs]
     colours = {name: colour_of(i) for i, name in enumerate(names)}
     terms: dict[str, None] = {}
     for r in runs:
