@@ -188,6 +188,8 @@ def test_a_cache_another_live_job_is_writing_is_named_as_such_not_sent_to_resume
                           "(wait for that job to finish)")
     result = runner.invoke(app, ["cache", "verify", str(out)])
     assert result.exit_code == 1 and "still being written by pid" in result.output and "--resume" not in result.output
+    result = runner.invoke(app, ["cache", "verify", f"file://{out}"])  # a file:// URL is locked as its path
+    assert result.exit_code == 1 and "still being written by pid" in result.output and "--resume" not in result.output
     lock_path(out).unlink()
     result = runner.invoke(app, ["cache", "export", str(out), str(tmp_path / "c.h5")])
     assert_one_line_error(result, "is incomplete (its writer did not finish)", "--resume")
