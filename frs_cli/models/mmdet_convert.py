@@ -25,7 +25,7 @@ from torch import Tensor
 
 from frs_cli.errors import ModelError
 from frs_cli.files import missing_file
-from frs_cli.models.torchfile import check_torch_archive, quiet_load
+from frs_cli.models.torchfile import check_torch_archive, first_line, quiet_load
 
 # COCO's 80 category ids in mmdetection's class order (sorted ids), and their names
 COCO_CATEGORY_IDS = (
@@ -125,12 +125,9 @@ def read_mmdet_state(path: str | Path, allow_pickle: bool = False) -> dict[str, 
     try:
         ckpt = quiet_load(p, weights_only=not allow_pickle)
     except Exception as exc:  # torch raises several types for a file it cannot read
-        text = str(exc).strip()
-        # torch's first sentence alone (its weights_only text goes on for lines)
-        first = text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(exc).__name__
         hint = ("it holds Python objects beyond tensors; if you trust the file, pass --allow-pickle"
                 if not allow_pickle and "weights_only" in str(exc) else "is it an mmdetection .pth file?")
-        raise ModelError(f"mmdet checkpoint {str(p)!r}: not readable as a torch checkpoint ({first[:160]})",
+        raise ModelError(f"mmdet checkpoint {str(p)!r}: not readable as a torch checkpoint ({first_line(exc)})",
                          hint=hint) from exc
     if isinstance(ckpt, dict) and "model" in ckpt and "arch" in ckpt:  # an frs model file, not mmdetection's
         raise ModelError(f"mmdet checkpoint {str(p)!r}: expected an mmdetection checkpoint, got an frs model file "

@@ -31,7 +31,7 @@ def _describe_start(head: bytes) -> str:
     return f"text beginning {text.strip().splitlines()[0][:40]!r}"
 
 
-def _first_line(exc: Exception) -> str:
+def first_line(exc: Exception) -> str:
     """An exception's first line, without terminal colour codes."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
     if text.startswith("Weights only load failed"):  # torch's advice on trusting the file: keep only the cause
@@ -66,18 +66,18 @@ def load_torch_file(path: Path):
     except pickle.UnpicklingError as exc:
         unsafe = _unsafe_globals(path)
         if not unsafe:
-            raise ModelError(f"not a readable torch checkpoint ({_first_line(exc)})") from exc
+            raise ModelError(f"not a readable torch checkpoint ({first_line(exc)})") from exc
         if not all(name.startswith("numpy.") for name in unsafe):
             raise ModelError(f"expected tensors and plain containers only, got Python objects frs "
                              f"does not load ({', '.join(unsafe[:3])})") from exc
         allowed = [_resolve(name) for name in unsafe] + _numpy_dtype_classes()
     except Exception as exc:  # torch raises several types for a damaged archive
-        raise ModelError(f"not a readable torch checkpoint ({_first_line(exc)})") from exc
+        raise ModelError(f"not a readable torch checkpoint ({first_line(exc)})") from exc
     try:
         with torch.serialization.safe_globals(allowed):
             return quiet_load(path, weights_only=True)
     except Exception as exc:
-        raise ModelError(f"not a readable torch checkpoint ({_first_line(exc)})") from exc
+        raise ModelError(f"not a readable torch checkpoint ({first_line(exc)})") from exc
 
 
 def quiet_load(path: str | Path, weights_only: bool):
