@@ -68,14 +68,21 @@ OLD_TILE = (32, 64, 4)
 
 
 @contextlib.contextmanager
-def old_kernels():
-    """The fused terms as sessions 19 to 26 ran them (``_forward_acc1d``, ``OLD_TILE`` both ways) within the block."""
+def kernels(forward_tile=None, backward_tile=None, forward=None):
+    """Within the block, ``fused_losses`` with these tiles and ``forward`` as its forward kernel (each left as it is
+    where None); as before after it."""
     saved = fused_losses._forward, fused_losses.FORWARD_TILE, fused_losses.BACKWARD_TILE
-    fused_losses._forward, fused_losses.FORWARD_TILE, fused_losses.BACKWARD_TILE = _forward_acc1d, OLD_TILE, OLD_TILE
+    fused_losses._forward = forward or saved[0]
+    fused_losses.FORWARD_TILE, fused_losses.BACKWARD_TILE = forward_tile or saved[1], backward_tile or saved[2]
     try:
         yield
     finally:
         fused_losses._forward, fused_losses.FORWARD_TILE, fused_losses.BACKWARD_TILE = saved
+
+
+def old_kernels():
+    """The fused terms as sessions 19 to 26 ran them (``_forward_acc1d``, ``OLD_TILE`` both ways) within the block."""
+    return kernels(OLD_TILE, OLD_TILE, _forward_acc1d)
 
 
 def grids(canvas: tuple[int, int], strides=(8, 16, 32, 64, 128)) -> list[tuple[int, int]]:
@@ -122,12 +129,8 @@ def cuda_ms(fn, reps: int) -> float:
 
 def forward_with(kernel, head: bool, student, teacher, weights) -> torch.Tensor:
     """``_launch_forward`` of the product with ``kernel`` in place of its forward kernel."""
-    saved = fused_losses._forward
-    fused_losses._forward = kernel
-    try:
+    with kernels(forward=kernel):
         return fused_losses._launch_forward(head, student, teacher, weights)
-    finally:
-        fused_losses._forward = saved
 
 
 def run_kernels(kind: str, head: bool, student, teacher, weights, reps: int):
@@ -183,11 +186,8 @@ def main() -> None:
             want = None
             for kind in ("product", "acc1d"):
                 for tiles in blocks:
-                    fused_losses.FORWARD_TILE, fused_losses.BACKWARD_TILE = tiles
-                    try:
+                    with kernels(*tiles):
                         value, grads, fwd, bwd = run_kernels(kind, head, student, teacher, weights, args.reps)
-                    finally:
-                        fused_losses.FORWARD_TILE, fused_losses.BACKWARD_TILE = product
                     if want is None:
                         want = (float(value), grads)
                     (bc, bp, warps), back_tile = tiles
