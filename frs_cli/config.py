@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import tomllib
 import types
@@ -23,7 +24,7 @@ from frs_cli.data.geometry import GeometryConfig, canonical_view, view_short_sid
 from frs_cli.errors import ConfigError, FrsError
 from frs_cli.files import missing_file
 from frs_cli.models.config import ModelConfig
-from frs_cli.models.registry import arch_spec
+from frs_cli.models.registry import ARCHS, arch_spec
 from frs_cli.train.config import DistillConfig, TrainConfig, schedule_table
 
 
@@ -172,15 +173,20 @@ def apply_overrides(table: dict, overrides: list[str]) -> dict:
 
 
 def recipe_from_dict(table: dict) -> Recipe:
-    recipe = _resolve_distill_weights(_resolve_cache_split(_build(Recipe, table)))
+    recipe = _resolve_cache_split(_build(Recipe, table))
     check_values(recipe)
-    return _resolve_views(recipe)
+    return _resolve_views(_resolve_distill_weights(recipe))
 
 
 def check_values(recipe: Recipe) -> None:
     """Values every key's type allows but no run can use (a negative learning rate, zero epochs, ...):
     ConfigError naming the key, what was expected and what arrived. Each table's dataclass says what it
     accepts in its ``check(table_name)``."""
+    for role in ("teacher", "student"):
+        arch = getattr(recipe, role).arch
+        if arch not in ARCHS:
+            raise ConfigError(f"recipe key '{role}.arch': expected an arch `frs models` lists, got unknown arch {arch!r}",
+                              hint=f"valid names: {', '.join(ARCHS)}")
     for f in dataclasses.fields(recipe):
         value = getattr(recipe, f.name)
         if hasattr(value, "check"):
@@ -330,23 +336,36 @@ def _where_set(exc: ConfigError, chain: list[tuple[Path, dict]], overrides: list
     """``exc`` about ``recipe key 'K'``, told where K was set: the last ``--set K=...``, else the first file of
     the chain whose own table holds K; other errors as they are."""
     found = re.match(r"recipe key '([^'\[]+)", exc.message)
-    if not found or exc.hint:
+    if not found:
         return exc
     key = found.group(1)
     given = [text for text in overrides if text.split("=", 1)[0].strip() == key]
     if given:
         hint = f"from --set {given[-1]}"
+        name, _, raw = given[-1].partition("=")
         if "expected str" in exc.message:
-            name, _, raw = given[-1].partition("=")
             hint += f"; a value TOML reads as a number, boolean or list is given as a string quoted: --set '{name}=\"{raw}\"'"
-        return ConfigError(exc.message, hint=hint)
+        elif (number := _python_number(raw, integer="expected an integer" in exc.message)) is not None:
+            hint += f"; TOML writes this number {number}: --set {name}={number}"
+        return ConfigError(exc.message, hint=f"{hint}; {exc.hint}" if exc.hint else hint)
     for file, table in chain:
         node: Any = table
         for part in key.split("."):
             node = node.get(part) if isinstance(node, dict) else None
         if node is not None:
-            return ConfigError(f"{exc.message}, in {str(file)!r}")
+            return ConfigError(f"{exc.message}, in {str(file)!r}", hint=exc.hint)
     return exc
+
+
+def _python_number(raw: str, integer: bool) -> str | None:
+    """``raw`` in TOML's spelling where Python reads it as a number TOML does not (``.5``, ``5.``), else None."""
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        return None
+    if integer and value.is_integer():
+        return str(int(value))
+    return repr(value) if math.isfinite(value) else None
 
 
 def recipe_to_toml(recipe: Recipe) -> str:
@@ -361,8 +380,21 @@ def recipe_to_toml(recipe: Recipe) -> str:
     for key, value in table.items():
         if isinstance(value, dict):
             lines += ["", f"[{key}]"]
-            lines += [f"{k} = {_toml_value(v)}" for k, v in value.items() if v is not None]
+            lines += [f"{k} = {_toml_value(v)}{_meaning(key, k, value)}" for k, v in value.items() if v is not None]
     return "\n".join(lines) + "\n"
+
+
+def _meaning(table: str, key: str, values: dict) -> str:
+    """A TOML comment saying what a model key's 0 ("the arch's own") comes to for the table's arch, else ""."""
+    if table not in ("teacher", "student") or values[key] != 0:
+        return ""
+    if key == "nms_thresh":
+        return f"  # 0: {values['arch']}'s own, {arch_spec(values['arch']).nms_iou()}"
+    if key == "anchor_size":
+        from frs_cli.models import default_anchor_size
+
+        return f"  # 0: {values['arch']}'s own, {default_anchor_size(values['arch'])} px"
+    return ""
 
 
 def _toml_value(value) -> str:

@@ -1,6 +1,7 @@
 """Recipes: TOML -> frozen dataclasses, key and type checking, --set overrides, file errors."""
 
 import dataclasses
+import re
 import tomllib
 from pathlib import Path
 
@@ -79,7 +80,7 @@ def test_cache_split_that_is_neither_role_nor_data_folder_is_one_line_naming_bot
     path = PIPELINES / "coco_retinanet_r50v2_to_r50.toml"
     with pytest.raises(ConfigError, match=r"^recipe key 'cache.split': expected 'train' or 'val' \(the folder comes "
                                           r"from data.train = 'train2014' or data.val = 'val2017'\), got 'train2017' "
-                                          r"\(name the folder in data.train or data.val only") as err:
+                                          r"\(from --set cache.split=train2017; name the folder in data.train or data.val only") as err:
         load_recipe(path, ["data.train=train2014", "cache.split=train2017"])
     assert "\n" not in str(err.value)
     # overriding the folder alone moves the cache with it
@@ -324,6 +325,35 @@ def test_override_of_wrong_type_raises_naming_key(tmp_path):
     path.write_text("", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"recipe key 'train\.epochs': expected an integer, got str 'three'"):
         load_recipe(path, ["train.epochs=three"])
+
+
+def test_a_number_python_reads_but_toml_does_not_is_given_back_in_tomls_spelling(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text("", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"'train\.lr': expected a number, got str '\.5'") as info:
+        load_recipe(path, ["train.lr=.5"])
+    assert info.value.hint == "from --set train.lr=.5; TOML writes this number 0.5: --set train.lr=0.5"
+    with pytest.raises(ConfigError) as info:
+        load_recipe(path, ["train.epochs=3."])
+    assert info.value.hint == "from --set train.epochs=3.; TOML writes this number 3: --set train.epochs=3"
+    with pytest.raises(ConfigError) as info:  # not a number to Python either: no spelling to offer
+        load_recipe(path, ["train.lr=1e"])
+    assert info.value.hint == "from --set train.lr=1e"
+
+
+@pytest.mark.parametrize("role", ["teacher", "student"])
+def test_an_unknown_arch_is_refused_when_the_recipe_is_read_naming_its_key(role, tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text(f'[{role}]\narch = "retinanet_huge"\n', encoding="utf-8")
+    message = rf"^recipe key '{role}\.arch': expected an arch `frs models` lists, got unknown arch 'retinanet_huge'"
+    with pytest.raises(ConfigError) as info:
+        load_recipe(path)
+    assert re.fullmatch(message + r", in '.*r\.toml'", info.value.message), info.value.message
+    assert "retinanet_resnet50_fpn_v2" in info.value.hint  # the valid names
+    with pytest.raises(ConfigError) as info:
+        load_recipe(tmp_path / "r.toml", [f"{role}.arch=retinanet_huge"])
+    assert re.fullmatch(message, info.value.message), info.value.message
+    assert info.value.hint.startswith(f"from --set {role}.arch=retinanet_huge; valid names: retinanet_resnet50_fpn")
 
 
 # ------------------------------------------------------------------------------------------------- files

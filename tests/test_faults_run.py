@@ -118,7 +118,7 @@ BAD = {  # case -> (command, arguments, the whole message or a fragment of it)
                      "got 'vflip'")),
     "max_size_below_min_size": ("train", ["--set", "geometry.max_size=32"],
                                 "geometry.max_size: expected at least min_size (64), got 32"),
-    "unknown_arch": ("train", ["--set", "student.arch=retinanet_huge"], "model: unknown arch 'retinanet_huge'"),
+    "unknown_arch": ("train", ["--set", "student.arch=retinanet_huge"], "recipe key 'student.arch': expected an arch `frs models` lists, got unknown arch 'retinanet_huge'"),
     "unknown_role": ("train", ["--role", "pupil"], "--role: expected 'teacher' or 'student', got 'pupil'"),
     "two_teacher_sources": ("distill", lambda t: ["--online", "--cache", t.cache], "distill: expected exactly one teacher source: --cache PATH or --online"),
     "nan_box": ("train", lambda t: _data_with(t, _nan_box),

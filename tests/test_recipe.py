@@ -133,6 +133,27 @@ def test_recipe_show_prints_toml_that_loads_back_to_the_same_recipe(tmp_path):
     assert moved.cache.split == "train2014" == load_recipe(path, ["data.train=train2014"]).cache.split
 
 
+def test_recipe_show_says_what_a_models_zero_comes_to_for_its_arch():
+    path = PIPELINES / "coco_gfl_r101_to_r50.toml"
+    result = runner.invoke(app, ["recipe", "show", str(path), "--set", "student.nms_thresh=0.45"])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    teacher = lines[lines.index("[teacher]"):lines.index("[student]")]
+    student = lines[lines.index("[student]"):lines.index("[teacher_train]")]
+    assert "nms_thresh = 0.0  # 0: gfl_resnet101_fpn's own, 0.6" in teacher  # GFL's, not the 0.5 of most
+    assert "anchor_size = 0  # 0: gfl_resnet101_fpn's own, 64 px" in teacher
+    assert "nms_thresh = 0.45" in student  # a value set is printed bare
+    fcos = runner.invoke(app, ["recipe", "show", str(PIPELINES / "coco_fcos_r50_to_r18.toml")]).stdout.splitlines()
+    assert "anchor_size = 0  # 0: fcos_resnet18_fpn's own, 8 px" in fcos and "nms_thresh = 0.0  # 0: fcos_resnet18_fpn's own, 0.5" in fcos
+    assert tomllib.loads(result.stdout)["teacher"]["nms_thresh"] == 0.0  # the comment is TOML's: the value reads back
+
+
+def test_recipe_show_refuses_an_arch_training_would_refuse():
+    line = one_line_error("recipe", "show", PIPELINES / "demo.toml", "--set", "teacher.arch=retinanet_huge")
+    assert line.startswith("error: recipe key 'teacher.arch': expected an arch `frs models` lists, got unknown arch "
+                           "'retinanet_huge' (from --set teacher.arch=retinanet_huge; valid names: ")
+
+
 def test_pipeline_recipes_extend_a_shared_base_instead_of_repeating_it():
     coco = sorted(PIPELINES.glob("coco_*.toml"))
     embedded = sorted(PIPELINES.glob("embedded_*.toml"))

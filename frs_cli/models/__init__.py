@@ -88,6 +88,11 @@ def _family(name: str):
     return importlib.import_module(FAMILIES[name].module)
 
 
+def default_anchor_size(arch: str) -> int:
+    """The anchor size at the finest level that ``anchor_size = 0`` gives ``arch`` (its family's)."""
+    return _family(arch_spec(arch).family).DEFAULT_ANCHOR_SIZE
+
+
 def build_detector(cfg: ModelConfig, num_classes: int, load_weights: bool = True) -> Detector:
     """The adapter named by ``cfg.arch`` with ``num_classes`` object classes, weights loaded.
 
