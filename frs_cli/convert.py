@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from frs_cli.data.coco import CocoIndex
 from frs_cli.data.geometry import GeometryConfig
 from frs_cli.errors import ModelError
 from frs_cli.files import check_output_file
@@ -19,8 +19,6 @@ from frs_cli.models.mmdet_convert import (
     to_adapter_state,
 )
 from frs_cli.train.checkpoint import atomic_save, model_payload
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -37,28 +35,45 @@ def mmdet_test_nms(arch: str) -> float:
     return ARCHS[arch].nms_iou()
 
 
-def convert_mmdet(checkpoint: str | Path, arch: str, out: str | Path, allow_pickle: bool = False) -> Converted:
+def convert_mmdet(checkpoint: str | Path, arch: str, out: str | Path, allow_pickle: bool = False,
+                  categories: str | Path | None = None) -> Converted:
     """Write the frs model file ``out`` holding the weights of the mmdetection ``checkpoint`` in the adapter
-    ``arch`` (one of ``MMDET_ARCHS``). Labels map to COCO's category ids when the model has COCO's 80 classes,
-    else to 0..K-1; geometry and inference settings are mmdetection's COCO test settings (short side 800, long
-    side at most 1333, padding to 32; score 0.05, 100 detections, the config's NMS threshold)."""
+    ``arch`` (one of ``MMDET_ARCHS``). Label i maps to the i-th category, in id order, of the COCO annotation
+    file ``categories`` (the dataset the model was trained on: mmdetection's numbering when its config's
+    ``classes`` list them in that order);
+    without one, a model of COCO's 80 classes maps to COCO's ids and any other is refused. Geometry and inference
+    settings are mmdetection's COCO test settings (short side 800, long side at most 1333, padding to 32; score
+    0.05, 100 detections, the config's NMS threshold)."""
     if arch not in MMDET_ARCHS:
         raise ModelError(f"convert mmdet: expected an mmdetection layout for --arch, got {arch!r}",
                          hint=f"one of: {', '.join(MMDET_ARCHS)}")
     check_output_file(out, "convert mmdet --out")
+    listed = CocoIndex(categories).categories if categories is not None else None  # a bad file fails before the work
     state = read_mmdet_state(checkpoint, allow_pickle=allow_pickle)
     family = ARCHS[arch].family
     num_classes = num_classes_of(state, family)
+    label_to_category, names = _categories(num_classes, listed, categories)
     cfg = ModelConfig(arch=arch, nms_thresh=mmdet_test_nms(arch))
     detector = build_detector(cfg, num_classes, load_weights=False)
     converted = to_adapter_state(state, family, detector.core().state_dict())
     load_state(detector, converted, repr(str(checkpoint)))
-    if num_classes == len(COCO_CATEGORY_IDS):
-        categories, names = COCO_CATEGORY_IDS, COCO_NAMES
-    else:
-        log.warning("%d classes, not COCO's 80: labels map to category ids 0..%d", num_classes, num_classes - 1)
-        categories, names = range(num_classes), [f"class_{i}" for i in range(num_classes)]
-    payload = model_payload(detector, cfg, categories, names, GeometryConfig())
+    payload = model_payload(detector, cfg, label_to_category, names, GeometryConfig())
     payload["converted_from"] = {"format": "mmdet", "file": Path(checkpoint).name}
     atomic_save(payload, out)
     return Converted(arch, num_classes, len(converted), payload["fingerprint"], Path(out))
+
+
+def _categories(num_classes: int, listed: list[dict] | None, source) -> tuple[list[int], list[str]]:
+    """(category id, name) of each label of a model of ``num_classes`` classes: ``listed`` (the ``--categories``
+    file's, in id order), else COCO's for 80 classes; ModelError when they cannot be told."""
+    if listed is not None:
+        if len(listed) != num_classes:
+            raise ModelError(f"convert mmdet --categories: expected {num_classes} categories, one per class of the "
+                             f"checkpoint, got {len(listed)} in {str(source)!r}")
+        return [c["id"] for c in listed], [c["name"] for c in listed]
+    if num_classes != len(COCO_CATEGORY_IDS):
+        raise ModelError(f"convert mmdet: expected COCO's 80 classes or --categories, got a checkpoint of "
+                         f"{num_classes} classes, whose labels name no category ids",
+                         hint="pass --categories with the annotation file of the dataset it was trained on "
+                              "(label i is its i-th category in id order)")
+    return list(COCO_CATEGORY_IDS), list(COCO_NAMES)

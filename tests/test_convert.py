@@ -8,6 +8,7 @@ test_mmdet_parity.py (the ``mmdet`` extra).
 from __future__ import annotations
 
 import functools
+import json
 import math
 
 import pytest
@@ -89,11 +90,11 @@ def mmdet_state(family: str, num_classes: int = 80, seed: int = 0, conv_bias: bo
     return state
 
 
-def _convert(tmp_path, family, arch, state=None, **kw):
+def _convert(tmp_path, family, arch, state=None, options=(), **kw):
     state = mmdet_state(family, **kw) if state is None else state
     torch.save({"meta": {"mmdet_version": "3.3.0"}, "state_dict": state}, tmp_path / "in.pth")
     result = runner.invoke(app, ["convert", "mmdet", str(tmp_path / "in.pth"), "--arch", arch,
-                                 "--out", str(tmp_path / "out.pt")])
+                                 "--out", str(tmp_path / "out.pt"), *map(str, options)])
     return state, result
 
 
@@ -203,6 +204,62 @@ def test_convert_mmdet_names_unknown_and_missing_keys_and_writes_nothing(tmp_pat
     assert "1 missing: backbone.fpn.extra_blocks.p7.bias" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "out.pt").exists()
+
+
+def _annotations(path, categories) -> str:
+    path.write_text(json.dumps({"images": [], "annotations": [],
+                                "categories": [{"id": i, "name": n} for i, n in categories]}))
+    return str(path)
+
+
+def test_convert_mmdet_maps_the_labels_of_a_checkpoint_not_of_cocos_80_to_the_categories_given(tmp_path):
+    # listed out of id order: label i is the i-th category in id order, as mmdetection's CocoDataset numbers them
+    ann = _annotations(tmp_path / "ann.json", [(20, "e"), (3, "a"), (9, "c"), (7, "b"), (11, "d")])
+    _, result = _convert(tmp_path, "retinanet", "retinanet_resnet50_fpn_mmdet", num_classes=5,
+                         options=["--categories", ann])
+    assert result.exit_code == 0, result.output
+    assert "5 classes" in result.output
+    _, ckpt = _load(tmp_path)
+    assert ckpt["num_classes"] == 5
+    assert ckpt["label_to_category"] == [3, 7, 9, 11, 20] and ckpt["category_names"] == ["a", "b", "c", "d", "e"]
+
+
+def test_convert_mmdet_refuses_labels_it_cannot_map_and_writes_nothing(tmp_path):
+    def one_line(result) -> str:
+        assert result.exit_code == 1 and not (tmp_path / "out.pt").exists()
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1, lines
+        return lines[0]
+
+    line = one_line(_convert(tmp_path, "retinanet", "retinanet_resnet50_fpn_mmdet", num_classes=5)[1])
+    assert line.startswith("error: convert mmdet: expected COCO's 80 classes or --categories, got a checkpoint of 5 "
+                           "classes, whose labels name no category ids (pass --categories with the annotation file")
+    three = _annotations(tmp_path / "three.json", [(1, "a"), (2, "b"), (3, "c")])
+    line = one_line(_convert(tmp_path, "retinanet", "retinanet_resnet50_fpn_mmdet", num_classes=5,
+                             options=["--categories", three])[1])
+    assert line == (f"error: convert mmdet --categories: expected 5 categories, one per class of the checkpoint, "
+                    f"got 3 in {three!r}")
+    line = one_line(_convert(tmp_path, "retinanet", "retinanet_resnet50_fpn_mmdet", num_classes=5,
+                             options=["--categories", tmp_path / "none.json"])[1])
+    assert "expected a COCO JSON file at" in line and "none.json" in line and "does not exist" in line
+
+
+def test_convert_mmdet_names_a_torchvision_file_and_a_class_layer_not_of_anchors_x_classes_rows(tmp_path):
+    from frs_cli.models import ModelConfig, build_detector
+
+    core = build_detector(ModelConfig(arch="retinanet_tiny_fpn"), 3, load_weights=False).core()
+    _, result = _convert(tmp_path, "retinanet", "retinanet_resnet50_fpn_mmdet", state=core.state_dict())
+    assert result.exit_code == 1 and not (tmp_path / "out.pt").exists()
+    assert "expected an mmdetection checkpoint, got torchvision's layout (keys such as 'backbone.body." in result.output
+    assert "needs no conversion: name it as teacher.weights" in result.output
+    state = mmdet_state("retinanet")
+    state["bbox_head.retina_cls.weight"] = state["bbox_head.retina_cls.weight"][:100]
+    state["bbox_head.retina_cls.bias"] = state["bbox_head.retina_cls.bias"][:100]
+    _, result = _convert(tmp_path, "retinanet", "retinanet_resnet50_fpn_mmdet", state=state)
+    assert result.exit_code == 1 and not (tmp_path / "out.pt").exists()
+    assert len(result.output.strip().splitlines()) == 1
+    assert ("expected 'bbox_head.retina_cls.weight' to have 9 anchors x classes rows (a multiple of 9), got 100"
+            in result.output)
 
 
 def test_convert_mmdet_refuses_a_checkpoint_of_another_detector(tmp_path):

@@ -17,6 +17,9 @@ def register(convert_app: typer.Typer) -> None:
         checkpoint: Path = typer.Argument(..., help="mmdetection checkpoint (.pth) of a model-zoo config."),
         arch: str = typer.Option(..., "--arch", help="The matching *_mmdet arch (frs models lists them)."),
         out: Path = typer.Option(..., "--out", help="frs model file to write (.pt)."),
+        categories: Path = typer.Option(None, "--categories",
+                                        help="COCO annotation file of the dataset the model was trained on: label i "
+                                             "is its i-th category in id order (needed unless it has COCO's 80)."),
         allow_pickle: bool = typer.Option(False, "--allow-pickle",
                                           help="Also unpickle Python objects besides tensors (trusted files only)."),
         verbose: bool = VERBOSE,
@@ -25,6 +28,6 @@ def register(convert_app: typer.Typer) -> None:
         setup_logging(verbose)
         from frs_cli.convert import convert_mmdet
 
-        done = convert_mmdet(checkpoint, arch, out, allow_pickle=allow_pickle)
+        done = convert_mmdet(checkpoint, arch, out, allow_pickle=allow_pickle, categories=categories)
         console.print(f"wrote {done.out}: {done.arch}, {done.num_classes} classes, {done.tensors} tensors, "
                       f"fingerprint {done.fingerprint}")

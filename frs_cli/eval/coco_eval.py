@@ -307,7 +307,7 @@ class CocoEvaluator:
         mapping = [int(c) for c in label_to_category]
         missing = sorted(categories - set(mapping))
         if not mapping or missing:
-            raise DataError(f"label_to_category: expected a label for every category id of the ground truth "
+            raise DataError(f"model labels: expected a label for every category id of the ground truth "
                             f"{sorted(categories)}, got labels for {mapping} (none for {missing})")
         self.coco_gt = coco_gt
         self.label_to_category = mapping

@@ -103,6 +103,9 @@ def _rules(family: str, num_inputs: int) -> list[Rule]:
 
 
 # per family: the checkpoint key whose first dimension counts classes, and (divisor, offset) to get K from it
+# key prefixes of torchvision's detectors (and of frs's adapters, which keep torchvision's names): never mmdetection's
+TORCHVISION_PREFIXES = ("backbone.body.", "head.classification_head.", "rpn.head.", "roi_heads.box_predictor.")
+
 CLASS_KEYS = {
     "retinanet": ("bbox_head.retina_cls.weight", 9, 0),
     "fcos": ("bbox_head.conv_cls.weight", 1, 0),
@@ -134,6 +137,11 @@ def read_mmdet_state(path: str | Path, allow_pickle: bool = False) -> dict[str, 
                          f"(arch {ckpt['arch']!r})", hint="frs model files need no conversion: name the file as "
                                                           "teacher.weights or student.weights")
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if isinstance(state, dict) and any(str(k).startswith(TORCHVISION_PREFIXES) for k in state):
+        raise ModelError(f"mmdet checkpoint {str(p)!r}: expected an mmdetection checkpoint, got torchvision's layout "
+                         f"(keys such as {next(k for k in state if str(k).startswith(TORCHVISION_PREFIXES))!r})",
+                         hint="a torchvision detector's file needs no conversion: name it as teacher.weights or "
+                              "student.weights with a torchvision arch (frs models)")
     if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
         what = (f"a {type(ckpt).__name__}" if not isinstance(state, dict) else "an empty dict" if not state else
                 f"a dict whose {sum(not isinstance(v, Tensor) for v in state.values())} of {len(state)} values are "
@@ -148,7 +156,11 @@ def num_classes_of(state: dict[str, Tensor], family: str) -> int:
     if key not in state:
         raise ModelError(f"mmdet checkpoint: expected the {family} key {key!r}, it is missing",
                          hint="is --arch the detector this checkpoint holds?")
-    return state[key].shape[0] // per + offset
+    rows = state[key].shape[0]
+    if per > 1 and rows % per:
+        raise ModelError(f"mmdet checkpoint: expected {key!r} to have {per} anchors x classes rows (a multiple of "
+                         f"{per}), got {rows}", hint="is --arch the detector this checkpoint holds?")
+    return rows // per + offset
 
 
 def rename(state: dict[str, Tensor], family: str, num_inputs: int) -> tuple[dict[str, Tensor], dict[str, str], list[str]]:
