@@ -24,22 +24,43 @@ def storage_error(exc: OSError, target: str, hint: str | None = None) -> Storage
     at = f" at {exc.filename}" if getattr(exc, "filename", None) else ""
     if exc.errno in _DENIED:
         return StorageError(f"{target}: {_DENIED[exc.errno]}{at}", hint="write to a folder you may write to")
+    if exc.errno == errno.ENOENT:  # a file that cannot be made in a folder that exists: not a disk (/proc)
+        return StorageError(f"{target}: no file can be made there{at}", hint="write to a folder on a disk")
     what = _FULL.get(exc.errno) or f"writing failed ({exc.strerror or exc})"
     return StorageError(f"{target}: {what}{at}", hint=hint)
 
 
 def free_bytes(path: str | Path) -> int | None:
     """Bytes free on the file system that ``path`` (which may not exist yet) would be written to: that of its
-    nearest existing ancestor; None when it cannot be told."""
+    nearest existing ancestor; None when it cannot be told (also a file system of no size, as ``/proc``: no
+    disk, so "0 B free" would be the wrong reason to give)."""
     p = Path(path).absolute()
     while not p.exists() and p != p.parent:
         p = p.parent
     try:
         import shutil
 
-        return shutil.disk_usage(p).free
+        usage = shutil.disk_usage(p)
     except OSError:
         return None
+    return usage.free if usage.total else None
+
+
+def check_can_create(path: str | Path, hint: str | None = None) -> None:
+    """``storage_error`` naming ``path`` when no file can be made in the nearest existing folder above it (no
+    permission, a read-only disk, ``/proc``): for a job to refuse before its long part. Nothing is left behind."""
+    import tempfile
+
+    folder = Path(path).absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".frs-probe-")
+    except OSError as exc:
+        exc.filename = None  # the probe's random name is nobody's business
+        raise storage_error(exc, str(path), hint) from exc
+    os.close(fd)
+    os.unlink(probe)
 
 
 def size_text(n: float) -> str:

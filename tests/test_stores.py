@@ -92,6 +92,17 @@ def test_export_to_a_disk_without_room_is_refused_before_the_verification(cache_
                                      f"{need - 1:,} bytes free (free space or export elsewhere)")
 
 
+def test_export_to_a_file_system_of_no_size_is_refused_as_unwritable_not_as_full(cache_path, tmp_path):
+    """``/proc`` reports 0 bytes of 0: no disk, so its "0 B free" is no reason; the write's own refusal is."""
+    from frs_cli.files import free_bytes
+
+    assert free_bytes("/proc/frs_export.h5") is None and free_bytes(tmp_path / "a" / "b.h5") > 0
+    result = runner.invoke(app, ["cache", "export", cache_path, "/proc/frs_export.h5"])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    line = result.stderr.strip()
+    assert line == "error: /proc/frs_export.h5: no file can be made there (write to a folder on a disk)", line
+
+
 def test_reading_a_view_from_hdf5_gives_the_zarr_numbers(cache_path, h5_path):
     z, h = TeacherCache(cache_path), TeacherCache(str(h5_path))
     for k in (0, 17, 47):

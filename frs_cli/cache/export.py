@@ -16,7 +16,7 @@ from frs_cli.cache.reader import TeacherCache
 from frs_cli.cache.store import is_hdf5, is_url
 from frs_cli.cache.verify import verify_cache
 from frs_cli.errors import CacheFormatError, ConfigError, StorageError
-from frs_cli.files import atomic_path, check_output_file, free_bytes, sizes_apart
+from frs_cli.files import atomic_path, check_can_create, check_output_file, free_bytes, sizes_apart
 from frs_cli.progress import NullProgress, Progress
 
 ROWS_PER_COPY = 64  # views copied per read/write call: bounded memory whatever the cache size
@@ -55,6 +55,7 @@ def export_hdf5(source: str, out: str | Path, *, storage_options: dict | None = 
         shown = sizes_apart(need, free)
         raise StorageError(f"cache export: {out!r} needs about {shown[0]}, the disk there has {shown[1]} free",
                            hint="free space or export elsewhere")
+    check_can_create(out, hint="export elsewhere")  # refused before the verification's full read
     report = verify_cache(source, storage_options=storage_options, progress=progress)  # never copy damage
     if not report.ok:
         raise CacheFormatError(f"cache export: expected an intact cache, {report.summary()}; nothing exported")
