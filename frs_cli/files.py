@@ -34,16 +34,20 @@ def free_bytes(path: str | Path) -> int | None:
     """Bytes free on the file system that ``path`` (which may not exist yet) would be written to: that of its
     nearest existing ancestor; None when it cannot be told (also a file system of no size, as ``/proc``: no
     disk, so "0 B free" would be the wrong reason to give)."""
-    p = Path(path).absolute()
-    while not p.exists() and p != p.parent:
-        p = p.parent
     try:
         import shutil
 
-        usage = shutil.disk_usage(p)
+        usage = shutil.disk_usage(_nearest_existing(Path(path).absolute()))
     except OSError:
         return None
     return usage.free if usage.total else None
+
+
+def _nearest_existing(p: Path) -> Path:
+    """``p`` or the nearest of its ancestors that exists."""
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
 
 
 def check_can_create(path: str | Path, hint: str | None = None) -> None:
@@ -51,11 +55,8 @@ def check_can_create(path: str | Path, hint: str | None = None) -> None:
     permission, a read-only disk, ``/proc``): for a job to refuse before its long part. Nothing is left behind."""
     import tempfile
 
-    folder = Path(path).absolute().parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
     try:
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".frs-probe-")
+        fd, probe = tempfile.mkstemp(dir=_nearest_existing(Path(path).absolute().parent), prefix=".frs-probe-")
     except OSError as exc:
         exc.filename = None  # the probe's random name is nobody's business
         raise storage_error(exc, str(path), hint) from exc
