@@ -345,7 +345,7 @@ def _where_set(exc: ConfigError, chain: list[tuple[Path, dict]], overrides: list
         name, _, raw = given[-1].partition("=")
         if "expected str" in exc.message:
             hint += f"; a value TOML reads as a number, boolean or list is given as a string quoted: --set '{name}=\"{raw}\"'"
-        elif (number := _python_number(raw, integer="expected an integer" in exc.message)) is not None:
+        elif "got str" in exc.message and (number := _python_number(raw, "expected an integer" in exc.message)):
             hint += f"; TOML writes this number {number}: --set {name}={number}"
         return ConfigError(exc.message, hint=f"{hint}; {exc.hint}" if exc.hint else hint)
     for file, table in chain:
@@ -359,6 +359,11 @@ def _where_set(exc: ConfigError, chain: list[tuple[Path, dict]], overrides: list
 
 def _python_number(raw: str, integer: bool) -> str | None:
     """``raw`` in TOML's spelling where Python reads it as a number TOML does not (``.5``, ``5.``), else None."""
+    try:
+        tomllib.loads(f"v = {raw}")
+        return None  # TOML reads it: its spelling is not the mistake
+    except tomllib.TOMLDecodeError:
+        pass
     try:
         value = float(raw.strip())
     except ValueError:

@@ -339,6 +339,11 @@ def test_a_number_python_reads_but_toml_does_not_is_given_back_in_tomls_spelling
     with pytest.raises(ConfigError) as info:  # not a number to Python either: no spelling to offer
         load_recipe(path, ["train.lr=1e"])
     assert info.value.hint == "from --set train.lr=1e"
+    # a number TOML reads is never the spelling's fault: a wrong key, a list expected, a value out of range
+    for text in ("train.epoch=2", "train.lr_steps=5", "train.epochs=0"):
+        with pytest.raises(ConfigError) as info:
+            load_recipe(path, [text])
+        assert info.value.hint == f"from --set {text}", info.value.hint
 
 
 @pytest.mark.parametrize("role", ["teacher", "student"])
