@@ -379,3 +379,26 @@ def test_writer_processes_that_cannot_start_are_one_line_naming_the_way_around(r
     assert len(started) == 1 and not started[0].is_alive()
     out = tmp_path / "c.zarr"  # nothing looks complete
     assert not out.exists() or zarr.open_group(str(out), mode="r").attrs.get("state") != "complete"
+
+
+def test_writer_processes_leave_ctrl_c_to_the_parent_and_print_no_traceback(tmp_path, capfd):
+    """Ctrl-C reaches every process of the terminal's group. The writer processes ignore it (the parent stops
+    the job and them, in one line); before, each printed its own KeyboardInterrupt traceback."""
+    import os
+    import signal
+    import time
+
+    from frs_cli.cache.shard_writer import WriterProcesses
+
+    procs = WriterProcesses(str(tmp_path / "c.zarr"), None, 2)
+    try:
+        time.sleep(3)  # the new interpreters are up and waiting for batches
+        for p in procs._procs:
+            os.kill(p.pid, signal.SIGINT)
+        time.sleep(1.5)
+        assert all(p.is_alive() for p in procs._procs)
+    finally:
+        procs.close()
+    assert all(p.exitcode == 0 for p in procs._procs)  # stopped by close, not by the signal
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err

@@ -14,6 +14,7 @@ import multiprocessing as mp
 import queue
 import signal
 import sys
+import threading
 from dataclasses import dataclass
 from multiprocessing import shared_memory
 
@@ -119,7 +120,11 @@ class Layout:
 
 
 def _serve(path: str, storage_options: dict | None, tasks, results) -> None:
-    """A writer process: write each batch the parent sends, report its slot back; exit with the parent."""
+    """A writer process: write each batch the parent sends, report its slot back; exit with the parent.
+
+    Ctrl-C reaches every process of the terminal's group: the parent stops the job (and these processes, through
+    ``close``) and says so in one line; a writer ignores it rather than print its own traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
     parent = mp.parent_process()
     root = None  # opened at the first batch: the parent may still be creating the cache
@@ -150,6 +155,20 @@ def _serve(path: str, storage_options: dict | None, tasks, results) -> None:
         shm.close()
 
 
+@contextlib.contextmanager
+def _sigint_ignored():
+    """SIGINT ignored in this process inside the block (on the main thread; elsewhere nothing changes): a
+    process started inside it starts with Ctrl-C ignored, so its interpreter's start prints no traceback either."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _die_with_parent() -> None:
     """On Linux, have the kernel kill this process when its parent dies (a killed teacher-cache leaves no writer
     behind to race the resumed run); elsewhere the serve loop notices the parent is gone within half a second."""
@@ -176,8 +195,9 @@ class WriterProcesses:
         self._procs = [ctx.Process(target=_serve, args=(path, storage_options, self._tasks, self._results),
                                    daemon=True, name=f"frs-cache-writer-{i}") for i in range(processes)]
         try:
-            for p in self._procs:
-                p.start()
+            with _sigint_ignored():  # inherited through the new interpreter's start, before _serve sets it too
+                for p in self._procs:
+                    p.start()
         except OSError as exc:  # e.g. the interpreter cannot be run by this user: the child dies, its pipe breaks
             for p in self._procs:
                 if p.pid is not None:
