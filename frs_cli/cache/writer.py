@@ -411,7 +411,8 @@ def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: P
     options = options or PassOptions.for_device(ctx.device, cfg.amp, cfg.channels_last, cfg.cuda_graphs)
     dataset = CocoViews.from_config(recipe.data, cfg.split, recipe.geometry)
     dataset.check_files()
-    check_distillable(recipe.student, recipe.teacher, dataset.index.num_classes)  # a cache no student can use is waste
+    # a cache no student can use is waste
+    check_distillable(recipe.student, recipe.teacher, dataset.index.num_classes, command="teacher-cache")
     if ctx.is_main:
         warn_untrained_teacher(recipe.teacher, "teacher-cache")
     teacher = build_detector(recipe.teacher, dataset.index.num_classes).to(ctx.device).eval().requires_grad_(False)

@@ -152,10 +152,10 @@ def build_cls_head(spec: dict) -> nn.Module:
     return _family(family).build_cls_head(spec)
 
 
-def check_distillable(student: ModelConfig, teacher: ModelConfig, num_classes: int) -> None:
-    """FrsError, before any work, when a recipe's student cannot be distilled from its teacher (see
-    ``check_compatible``). Compares the registry's declarations alone: nothing is built, loaded or downloaded."""
-    check_compatible(signature(student.arch, num_classes), signature(teacher.arch, num_classes))
+def check_distillable(student: ModelConfig, teacher: ModelConfig, num_classes: int, command: str = "distill") -> None:
+    """FrsError naming ``command``, before any work, when a recipe's student cannot be distilled from its teacher
+    (see ``check_compatible``). Compares the registry's declarations alone: nothing is built, loaded or downloaded."""
+    check_compatible(signature(student.arch, num_classes), signature(teacher.arch, num_classes), command)
 
 
 def load_checkpoint_file(path: str | Path) -> dict:

@@ -78,20 +78,21 @@ class FrsSignature:
     cls_channels: int
 
 
-def check_compatible(student: FrsSignature, teacher: FrsSignature) -> None:
-    """FrsError unless student and teacher line up for FRS: same family, the same FPN levels one to one
-    (names and strides), the same classification channels per position. FPN channels may differ (phi)."""
+def check_compatible(student: FrsSignature, teacher: FrsSignature, command: str = "distill") -> None:
+    """FrsError, its line starting with ``command``, unless student and teacher line up for FRS: same family, the
+    same FPN levels one to one (names and strides), the same classification channels per position. FPN channels
+    may differ (phi)."""
     if student.family != teacher.family:
-        raise FrsError(f"distill: the teacher is a {teacher.family} detector, the student a {student.family}; FRS "
+        raise FrsError(f"{command}: the teacher is a {teacher.family} detector, the student a {student.family}; FRS "
                        "compares the same head output of both (its mask and head loss)",
                        hint="pick a student of the teacher's family")
     s = [(lv.name, lv.stride) for lv in student.levels]
     t = [(lv.name, lv.stride) for lv in teacher.levels]
     if s != t:
-        raise FrsError(f"distill: student FPN levels {s} do not line up with the teacher's {t}",
+        raise FrsError(f"{command}: student FPN levels {s} do not line up with the teacher's {t}",
                        hint="pick a student of the same detector family and strides")
     if student.cls_channels != teacher.cls_channels:
-        raise FrsError(f"distill: the teacher's {teacher.family} classification output has {teacher.cls_channels} "
+        raise FrsError(f"{command}: the teacher's {teacher.family} classification output has {teacher.cls_channels} "
                        f"channels per position, the student's {student.cls_channels}",
                        hint="teacher and student need the same classes and anchors per position")
 
