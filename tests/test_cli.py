@@ -457,3 +457,11 @@ def test_a_teacher_without_weights_is_named_in_one_warning_by_teacher_cache_and_
     result = run("distill", "--pipeline", recipe, "--online", "--out", tmp_path / "s", "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert result.stderr.startswith("warning: distill --online: teacher.weights is empty")
+    # every student of that cache is told too, not only the run that wrote it
+    result = run("distill", "--pipeline", recipe, "--cache", tmp_path / "c.zarr", "--out", tmp_path / "s2",
+                 "--device", "cpu", "--no-eval")
+    assert result.exit_code == 0, result.output
+    lines = [ln for ln in result.stderr.splitlines() if "teach nothing" in ln]
+    assert lines == [f"warning: distill: the cache {tmp_path / 'c.zarr'} was written by a teacher with no weights "
+                     "(teacher.weights was empty: a random detection head), so its FRS masks and targets teach "
+                     "nothing; write the cache again with teacher.weights set"], result.stderr

@@ -227,6 +227,10 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
                               f"teacher.arch = {recipe.teacher.arch!r}",
                               hint=f"set teacher.arch = {cached_arch!r} (the cache's), or cache this recipe's teacher")
         check_compatible(signature(recipe.student.arch, num_classes), store.signature)
+        if ctx.is_main and not store.teacher.get("weights", "?"):  # teacher-cache warned once; every student now
+            log.warning("distill: the cache %s was written by a teacher with no weights (teacher.weights was empty: "
+                        "a random detection head), so its FRS masks and targets teach nothing; write the cache "
+                        "again with teacher.weights set", cache)
         store.check_fingerprints(recipe_fingerprints(store.fingerprints, recipe.teacher, coco.index, recipe.geometry))
         if store.nbytes_stored()["views"] <= recipe.cache.preload_mb * 1e6:
             store.preload()
