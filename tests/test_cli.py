@@ -462,6 +462,7 @@ def test_a_teacher_without_weights_is_named_in_one_warning_by_teacher_cache_and_
                  "--device", "cpu", "--no-eval")
     assert result.exit_code == 0, result.output
     lines = [ln for ln in result.stderr.splitlines() if "teach nothing" in ln]
-    assert lines == [f"warning: distill: the cache {tmp_path / 'c.zarr'} was written by a teacher with no weights "
-                     "(teacher.weights was empty: a random detection head), so its FRS masks and targets teach "
-                     "nothing; write the cache again with teacher.weights set"], result.stderr
+    expected = (f"warning: distill: the cache {tmp_path / 'c.zarr'} was written by a teacher with no weights "
+                "(teacher.weights was empty: a random detection head), so its FRS masks and targets teach nothing; "
+                "write the cache again with teacher.weights set")
+    assert lines == [expected], result.stderr
