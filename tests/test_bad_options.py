@@ -313,3 +313,24 @@ def test_a_plain_pickle_given_as_a_model_is_one_line_without_torchs_warning(tmp_
         line = assert_one_line_error(result, fragment)
         assert result.stderr.strip() == line, result.stderr  # the error line alone
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_the_teacher_checks_settings_are_refused_naming_the_option_or_key_and_a_percent_ap_is_read_back(tmp_path,
+                                                                                                      synth_root):
+    """--check-teacher -1 names the option; cache.min_teacher_map names its key alone (one message named both
+    keys and both values), and an AP typed in percent, as the tables print it, is given back as the fraction."""
+    from conftest import write_recipe
+
+    recipe = write_recipe(tmp_path / "r.toml", synth_root)
+    out = tmp_path / "c.zarr"
+    line = assert_one_line_error(run("teacher-cache", "-p", recipe, "--out", out, "--device", "cpu",
+                                     "--check-teacher", "-1"))
+    assert line == "error: teacher-cache --check-teacher: expected an integer >= 0, got -1"
+    line = assert_one_line_error(run("teacher-cache", "-p", recipe, "--out", out, "--device", "cpu",
+                                     "--set", "cache.min_teacher_map=30"))
+    assert line == ("error: recipe key 'cache.min_teacher_map': expected a COCO AP as a fraction in [0, 1], got 30.0 "
+                    "(from --set cache.min_teacher_map=30; 30 AP is 0.3)")
+    line = assert_one_line_error(run("teacher-cache", "-p", recipe, "--out", out, "--device", "cpu",
+                                     "--set", "cache.check_teacher_images=-2"))
+    assert line.startswith("error: recipe key 'cache.check_teacher_images': expected an integer >= 0, got -2")
+    assert not out.exists()

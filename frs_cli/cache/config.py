@@ -37,15 +37,18 @@ class CacheConfig:
 
     def __post_init__(self):
         from frs_cli.data.geometry import parse_view
-        from frs_cli.errors import ConfigError
+        from frs_cli.errors import ConfigError, check_range
 
         for v in self.views:
             parse_view(v, "cache.views")
         if not self.views or len(set(self.views)) != len(self.views):
             raise ConfigError(f"cache.views: expected a non-empty list without repeats, got {list(self.views)}")
-        if self.check_teacher_images < 0 or not 0.0 <= self.min_teacher_map <= 1.0:
-            raise ConfigError(f"cache: expected check_teacher_images >= 0 and min_teacher_map in 0..1, got "
-                              f"{self.check_teacher_images}, {self.min_teacher_map}")
+        check_range("cache", "check_teacher_images", self.check_teacher_images, 0)
+        if 1 < self.min_teacher_map <= 100:  # AP as the tables print it, in percent
+            raise ConfigError(f"recipe key 'cache.min_teacher_map': expected a COCO AP as a fraction in [0, 1], got "
+                              f"{self.min_teacher_map}", hint=f"{self.min_teacher_map:g} AP is "
+                                                          f"{self.min_teacher_map / 100:g}")
+        check_range("cache", "min_teacher_map", self.min_teacher_map, 0, 1)
         if self.batch_size < 1 or self.workers < 0 or (self.write_processes != "auto" and self.write_processes < 0):
             raise ConfigError(f"cache: expected batch_size >= 1, workers >= 0 and write_processes >= 0, got "
                               f"{self.batch_size}, {self.workers}, {self.write_processes}")

@@ -20,7 +20,7 @@ from frs_cli.cli.common import (
     progress_for_rank,
     setup_logging,
 )
-from frs_cli.errors import Interrupted
+from frs_cli.errors import Interrupted, check_value
 
 
 def register(app: typer.Typer, cache_app: typer.Typer) -> None:
@@ -50,6 +50,7 @@ def teacher_cache(
     """Run the frozen teacher once over a split; write its FPN features and FRS masks to Zarr (torchrun: many GPUs)."""
     setup_logging(verbose)
     if check_teacher is not None:
+        check_value("teacher-cache --check-teacher", check_teacher, 0)  # N val images: named as the option given
         overrides = [*overrides, f"cache.check_teacher_images={check_teacher}"]
     recipe = load(str(pipeline), overrides)
     from frs_cli.cache.writer import write_teacher_cache
