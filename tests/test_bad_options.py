@@ -334,3 +334,23 @@ def test_the_teacher_checks_settings_are_refused_naming_the_option_or_key_and_a_
                                      "--set", "cache.check_teacher_images=-2"))
     assert line.startswith("error: recipe key 'cache.check_teacher_images': expected an integer >= 0, got -2")
     assert not out.exists()
+
+
+def test_eval_of_a_model_with_no_label_for_a_category_of_the_data_is_one_line_before_predicting(tmp_path, synth_root,
+                                                                                              teacher_ckpt):
+    """A dataset with a category the model has no label for cannot be scored: one error line naming the category,
+    before any image is predicted (before: the warning about other categories, then the evaluator's error)."""
+    import json
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_root, data)
+    ann = data / "annotations" / "instances_val.json"
+    doc = json.loads(ann.read_text())
+    doc["categories"].append({"id": 6, "name": "hex", "supercategory": "shape"})
+    ann.write_text(json.dumps(doc))
+    result = run("eval", "--checkpoint", teacher_ckpt, "--data", data, "--device", "cpu")
+    line = assert_one_line_error(result)
+    assert result.stderr.strip() == line  # no warning before it, no progress
+    assert line == (f"error: eval: {teacher_ckpt} has no label for categories [6] of {ann}, so their objects cannot be "
+                    "scored (id 6 ('hex') is no category of the model; is --data the dataset it was trained for?)")
