@@ -127,7 +127,7 @@ BAD = {  # case -> (command, arguments, the whole message or a fragment of it)
     "missing_dataset": ("train", lambda t: ["--set", f"data.root={t.tmp / 'nowhere'}"],
                         "annotations: expected a COCO JSON file at"),
     "teacher_weights_a_training_state": ("distill", lambda t: ["--online", "--set", f"teacher.weights={t.state}"],
-                                         "got a training state (what --resume continues from, saved after 1 epochs)"),
+                                         "got a training state (what --resume continues from, saved after 1 epoch)"),
 }
 
 
@@ -562,7 +562,7 @@ def test_an_image_missing_is_one_line_before_the_run_starts(recipe_path, synth_r
     out = tmp_path / "run"
     line = error_line(train(recipe_path, out, "--set", f"data.root={root}", "--set", "train.workers=1"))
     assert line == (f"error: image: expected a file at '{gone}', but it does not exist (1 of the 8 image files of "
-                    f"'{root / 'annotations' / 'instances_val.json'}' are missing)")
+                    f"'{root / 'annotations' / 'instances_val.json'}' is missing)")
     assert not out.exists()
 
 
@@ -605,7 +605,7 @@ def test_distill_resumed_from_another_cache_is_refused(saved_run, cache_path, tm
 def test_eval_of_a_training_state_names_it_and_the_hint_model_final_works(saved_run, synth_root):
     line = error_line(run("eval", "--checkpoint", saved_run.out / LAST, "--data", synth_root, "--device", "cpu"))
     assert line == (f"error: checkpoint '{saved_run.out / LAST}': expected a model file (keys 'arch', 'model'), got a "
-                    "training state (what --resume continues from, saved after 1 epochs) "
+                    "training state (what --resume continues from, saved after 1 epoch) "
                     f"(use {saved_run.out / FINAL})")
     result = run("eval", "--checkpoint", saved_run.out / FINAL, "--data", synth_root, "--device", "cpu")
     assert result.exit_code == 0, result.output
@@ -643,7 +643,7 @@ NOT_A_MODEL = {  # case -> (the file given to --checkpoint, what the line says a
                        "expected an frs model file (keys 'arch', 'model'), got Tensor"),
     "state_of_an_unfinished_run": (_state_of_an_unfinished_run,
                                    ("expected a model file (keys 'arch', 'model'), got a training state (what "
-                                    "--resume continues from, saved after 1 epochs) (the run has not finished: its "
+                                    "--resume continues from, saved after 1 epoch) (the run has not finished: its "
                                     "model_final.pt is written when train/distill --resume ends)")),
     "missing": (lambda t: t.tmp / "nothing.pt", None),
 }

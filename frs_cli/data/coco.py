@@ -254,7 +254,7 @@ class CocoViews(torch.utils.data.Dataset):
         if missing:
             raise DataError(f"image: expected a file at {str(missing[0])!r}, but it {missing_file(missing[0])}",
                             hint=f"{len(missing)} of the {len(records)} image files of "
-                                 f"{str(self.index.path)!r} are missing")
+                                 f"{str(self.index.path)!r} {'is' if len(missing) == 1 else 'are'} missing")
 
     def geometry_of(self, position: int, view: str) -> ViewGeometry:
         rec = self.index.records[position]

@@ -117,6 +117,6 @@ def refuse_training_state(content, label: str, path: Path) -> None:
     if isinstance(content, dict) and {"modules", "optimizer", "epoch"} <= set(content):
         final = path.with_name("model_final.pt")
         raise ModelError(f"{label}: expected a model file (keys 'arch', 'model'), got a training state (what --resume "
-                         f"continues from, saved after {content['epoch']} epochs)",
+                         f"continues from, saved after {content['epoch']} epoch{'' if content['epoch'] == 1 else 's'})",
                          hint=f"use {final}" if final.is_file() else
                          "the run has not finished: its model_final.pt is written when train/distill --resume ends")
