@@ -207,3 +207,23 @@ def test_a_cache_another_live_job_is_writing_is_named_as_such_not_sent_to_resume
     result = runner.invoke(app, ["cache", "verify", str(out)])
     assert result.exit_code == 1 and "--resume finishes it" in result.output
     assert not (tmp_path / "c.h5").exists()
+
+
+def test_a_cache_whose_dataset_moved_says_so_and_points_at_data(cache_path, synth_root, tmp_path):
+    """visualize and eval --cache read the cached split where the cache was written from; once that folder is gone
+    the line says so and names --data (before: only that an annotation file does not exist)."""
+    import shutil
+
+    moved = tmp_path / "c.zarr"
+    shutil.copytree(cache_path, moved)
+    group = zarr.open_group(str(moved), mode="r+")
+    gone = tmp_path / "gone" / "annotations" / "instances_train.json"
+    group.attrs["dataset"] = {**dict(group.attrs["dataset"]), "annotation_file": str(gone)}
+    expected = (f"error: cache '{moved}': expected its dataset's annotation file at '{gone}', where it was written "
+                f"from, but it does not exist (point --data at the dataset's folder where it is now)")
+    for args in (["visualize", "--cache", str(moved), "--out", str(tmp_path / "m.png")], ["eval", "--cache", str(moved)]):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1 and result.stderr.strip() == expected, result.output
+    assert not (tmp_path / "m.png").exists()
+    result = runner.invoke(app, ["eval", "--cache", str(moved), "--data", str(synth_root)])
+    assert result.exit_code == 0, result.output

@@ -27,7 +27,8 @@ from frs_cli.cache.store import is_url
 from frs_cli.data.coco import CocoViews, Sample
 from frs_cli.data.geometry import GeometryConfig, ViewGeometry, canonical_view
 from frs_cli.data.targets import CachedTargets
-from frs_cli.errors import CacheFormatError, CacheMismatchError
+from frs_cli.errors import CacheFormatError, CacheMismatchError, DataError
+from frs_cli.files import missing_file
 from frs_cli.lock import describe, live_holder
 from frs_cli.models.base import FrsSignature, LevelSpec
 
@@ -195,6 +196,10 @@ class TeacherCache:
         if data_root is None:
             ann = Path(info["annotation_file"])
             image_dir = ann.parent.parent / split
+            if not ann.is_file():  # the dataset moved since the cache was written
+                raise DataError(f"cache {self.path!r}: expected its dataset's annotation file at {str(ann)!r}, where "
+                                f"it was written from, but it {missing_file(ann)}",
+                                hint="point --data at the dataset's folder where it is now")
         else:
             ann = Path(data_root) / "annotations" / f"instances_{split}.json"
             image_dir = Path(data_root) / split
