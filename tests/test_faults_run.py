@@ -126,6 +126,10 @@ BAD = {  # case -> (command, arguments, the whole message or a fragment of it)
     "infinite_box": ("train", lambda t: _data_with(t, _inf_box), "expected bbox [x, y, w, h] of 4 finite numbers, got ["),
     "missing_dataset": ("train", lambda t: ["--set", f"data.root={t.tmp / 'nowhere'}"],
                         "annotations: expected a COCO JSON file at"),
+    "batch_larger_than_the_split_distill": ("distill", ["--online", "--set", "train.batch_size=1000"],
+                                            "train: 8 images per process is fewer than one batch of 1000"),
+    "batch_larger_than_the_split_train": ("train", ["--set", "train.batch_size=1000"],
+                                          "train: 8 images per process is fewer than one batch of 1000"),
     "teacher_weights_a_training_state": ("distill", lambda t: ["--online", "--set", f"teacher.weights={t.state}"],
                                          "got a training state (what --resume continues from, saved after 1 epoch)"),
 }

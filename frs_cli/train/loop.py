@@ -376,6 +376,7 @@ def fit(
     progress: Progress | None = None,
     hooks: Sequence[Hook] = (),
     table: str = "train",
+    started: Callable[[], None] | None = None,
 ) -> FitResult:
     """Train ``objective`` on ``dataset`` (indexed by ``(position, view)``) for ``cfg.epochs`` epochs.
 
@@ -383,11 +384,15 @@ def fit(
     = random flip with p 0.5; ``flip_views`` gives another probability); ``save_outputs(objective, out_dir)``
     writes the final model files (main process); ``resumed()`` is called once a saved state is restored and
     checked (``resume``); ``evaluate(objective)`` returns val metrics (called on every process, used from the
-    main one); ``hooks`` run after the built-in ones; ``table``: the recipe table ``cfg`` came from (``Trainer``).
+    main one); ``hooks`` run after the built-in ones; ``table``: the recipe table ``cfg`` came from (``Trainer``);
+    ``started()`` is called once the trainer is built, before anything is restored or written: a setting no run
+    can use (a batch larger than the split) is refused before the caller makes the run directory.
     """
     progress = progress or NullProgress()
     out_dir = Path(out_dir)
     trainer = Trainer(objective, dataset, cfg, ctx, views, table)
+    if started is not None:
+        started()
     state = TrainingState(out_dir / LAST, trainer)
     start = (0, 0)
     if resume:

@@ -111,7 +111,8 @@ def _already_complete(start: RunStart, epochs: int, outputs: tuple[str, ...]) ->
 
 
 def _start_out(start: RunStart, recipe_dict: dict, ctx: DistContext) -> None:
-    """Create the run directory once everything is built, so a failed start leaves nothing behind."""
+    """Create the run directory once everything is built (``fit``'s ``started``), so a failed start leaves
+    nothing behind."""
     if ctx.is_main:
         start_run_dir(start, recipe_dict)
 
@@ -171,9 +172,9 @@ def train_detector(recipe, role: str, out_dir: str | Path, *, resume: bool = Fal
     train.check_files()
     evaluator = _evaluator(recipe, ctx, cfg) if evaluate else None
     detector = build_detector(model_cfg, train.index.num_classes)
-    _start_out(start, recipe_dict, ctx)
     result = fit(GTObjective(detector), train, cfg, ctx, out_dir,
                  views=training_views(cfg.hflip_prob, cfg.min_sizes, recipe.geometry), resume=start.resume,
+                 started=lambda: _start_out(start, recipe_dict, ctx),
                  resumed=_on_resumed(start, recipe_dict, changes, ctx),
                  save_outputs=_model_saver(model_cfg, train.index, recipe.geometry),
                  evaluate=evaluator, progress=progress, table=schedule_table(role))
@@ -255,11 +256,14 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
     seed_everything(cfg.seed)
     student = build_detector(recipe.student, num_classes)
     objective = FRSObjective(student, teacher_signature, teacher_side, recipe.distill)
-    _start_out(start, recipe_dict, ctx)
-    if cfg.tensorboard and ctx.is_main and not start.resume:
-        write_images(out_dir, {"frs/teacher_masks": _mask_picture(store if cache else None, coco,
-                                                                    None if cache else teacher, views[0])})
-    result = fit(objective, dataset, cfg, ctx, out_dir, views=views, resume=start.resume,
+
+    def started() -> None:
+        _start_out(start, recipe_dict, ctx)
+        if cfg.tensorboard and ctx.is_main and not start.resume:
+            write_images(out_dir, {"frs/teacher_masks": _mask_picture(store if cache else None, coco,
+                                                                        None if cache else teacher, views[0])})
+
+    result = fit(objective, dataset, cfg, ctx, out_dir, views=views, resume=start.resume, started=started,
                  resumed=_on_resumed(start, recipe_dict, changes, ctx),
                  save_outputs=_model_saver(recipe.student, coco.index, recipe.geometry, extra=True),
                  evaluate=evaluator, progress=progress)
