@@ -40,10 +40,9 @@ def convert_mmdet(checkpoint: str | Path, arch: str, out: str | Path, allow_pick
     """Write the frs model file ``out`` holding the weights of the mmdetection ``checkpoint`` in the adapter
     ``arch`` (one of ``MMDET_ARCHS``). Label i maps to the i-th category, in id order, of the COCO annotation
     file ``categories`` (the dataset the model was trained on: mmdetection's numbering when its config's
-    ``classes`` list them in that order);
-    without one, a model of COCO's 80 classes maps to COCO's ids and any other is refused. Geometry and inference
-    settings are mmdetection's COCO test settings (short side 800, long side at most 1333, padding to 32; score
-    0.05, 100 detections, the config's NMS threshold)."""
+    ``classes`` list them in that order); without one, a model of COCO's 80 classes maps to COCO's ids and any
+    other is refused. Geometry and inference settings are mmdetection's COCO test settings (short side 800, long
+    side at most 1333, padding to 32; score 0.05, 100 detections, the config's NMS threshold)."""
     if arch not in MMDET_ARCHS:
         raise ModelError(f"convert mmdet: expected an mmdetection layout for --arch, got {arch!r}",
                          hint=f"one of: {', '.join(MMDET_ARCHS)}")
