@@ -282,3 +282,13 @@ def test_compare_refuses_a_cache_of_another_dataset(cache_path, tmp_path):
     assert not out.exists()
     same = CliRunner().invoke(app, ["visualize", "--cache", cache_path, "--compare", cache_path, "--out", str(out)])
     assert same.exit_code == 0 and out.is_file()
+
+
+def test_level_all_and_level_names_are_read_in_any_case():
+    from frs_cli.viz.cache_view import resolve_levels
+
+    names = ["P3", "P4", "P5", "P6", "P7"]
+    assert resolve_levels("ALL", names) == resolve_levels("all", names) == [0, 1, 2, 3, 4]
+    assert resolve_levels("p4", names) == resolve_levels("P4", names) == resolve_levels("4", names) == [1]
+    with pytest.raises(ConfigError, match=r"^--level: expected 'all' or one of P3, P4, P5, P6, P7, got 'P9'$"):
+        resolve_levels("P9", names)

@@ -13,8 +13,8 @@ MAX_PANEL_PX = 1024  # the widest a panel is enlarged to
 
 
 def resolve_levels(level: str, names: list[str]) -> list[int]:
-    """``"all"``, a level name (``"P3"``) or its number (``"3"``) -> indices into ``names``."""
-    if level == "all":
+    """``"all"``, a level name (``"P3"``) or its number (``"3"``) -> indices into ``names``; any case, as the names."""
+    if level.lower() == "all":
         return list(range(len(names)))
     key = level if level.upper().startswith("P") else f"P{level}"
     for i, n in enumerate(names):
