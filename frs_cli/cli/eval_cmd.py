@@ -77,6 +77,7 @@ def register(app: typer.Typer) -> None:
             from frs_cli.data.coco import CocoIndex, CocoViews
             from frs_cli.data.geometry import GeometryConfig
             from frs_cli.dist import check_device, process_group
+            from frs_cli.eval.coco_eval import unlabelled_categories
             from frs_cli.eval.predict import category_differences, evaluate_detector
             from frs_cli.train.checkpoint import load_detector
 
@@ -84,7 +85,7 @@ def register(app: typer.Typer) -> None:
             detector, ckpt = load_detector(checkpoint)
             dataset = CocoViews(CocoIndex(ann), data / split, GeometryConfig(**ckpt["geometry"]))
             differs = category_differences(ckpt, dataset.index.categories)
-            unlabelled = sorted({c["id"] for c in dataset.index.categories} - set(ckpt["label_to_category"]))
+            unlabelled = unlabelled_categories((c["id"] for c in dataset.index.categories), ckpt["label_to_category"])
             if unlabelled:  # the evaluator would refuse after the predictions: one line now, the differences in it
                 fail(f"eval: {checkpoint} has no label for categories {unlabelled} of {ann}, so their objects cannot "
                      f"be scored ({differs + '; ' if differs else ''}is --data the dataset it was trained for?)")

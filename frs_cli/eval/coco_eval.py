@@ -23,7 +23,7 @@ import json
 import logging
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -290,6 +290,11 @@ def _run_faster(coco_gt: COCO, kept: list[dict], selected: list[int], progress: 
     return [float(v) for v in evaluator.stats[: len(STAT_KEYS)]]
 
 
+def unlabelled_categories(category_ids: Iterable[int], label_to_category: Sequence[int]) -> list[int]:
+    """The category ids no label of ``label_to_category`` maps to (sorted): objects no detection can score."""
+    return sorted(set(category_ids) - {int(c) for c in label_to_category})
+
+
 class CocoEvaluator:
     """Collect per-image detections, then compute COCO box mAP: ``reset() -> process(...) -> evaluate()``.
 
@@ -305,7 +310,7 @@ class CocoEvaluator:
     def __init__(self, coco_gt: COCO, label_to_category: Sequence[int]):
         categories = set(coco_gt.getCatIds())
         mapping = [int(c) for c in label_to_category]
-        missing = sorted(categories - set(mapping))
+        missing = unlabelled_categories(categories, mapping)
         if not mapping or missing:
             raise DataError(f"model labels: expected a label for every category id of the ground truth "
                             f"{sorted(categories)}, got labels for {mapping} (none for {missing})")
