@@ -21,10 +21,10 @@ from typing import Any
 from frs_cli.cache.config import CacheConfig
 from frs_cli.data.coco import DataConfig
 from frs_cli.data.geometry import GeometryConfig, canonical_view, view_short_side
-from frs_cli.errors import ConfigError, FrsError
+from frs_cli.errors import ConfigError, FrsError, ModelError
 from frs_cli.files import missing_file
 from frs_cli.models.config import ModelConfig
-from frs_cli.models.registry import ARCHS, arch_spec
+from frs_cli.models.registry import arch_spec
 from frs_cli.train.config import DistillConfig, TrainConfig, schedule_table
 
 
@@ -184,9 +184,11 @@ def check_values(recipe: Recipe) -> None:
     accepts in its ``check(table_name)``."""
     for role in ("teacher", "student"):
         arch = getattr(recipe, role).arch
-        if arch not in ARCHS:
+        try:
+            arch_spec(arch)
+        except ModelError as exc:  # the registry's refusal, told as the recipe key it came from
             raise ConfigError(f"recipe key '{role}.arch': expected an arch `frs models` lists, got unknown arch {arch!r}",
-                              hint=f"valid names: {', '.join(ARCHS)}")
+                              hint=exc.hint) from None
     for f in dataclasses.fields(recipe):
         value = getattr(recipe, f.name)
         if hasattr(value, "check"):
