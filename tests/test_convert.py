@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -204,6 +205,21 @@ def test_convert_mmdet_names_unknown_and_missing_keys_and_writes_nothing(tmp_pat
     assert "1 missing: backbone.fpn.extra_blocks.p7.bias" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_convert_mmdet_on_a_full_disk_is_one_line_whose_hint_is_to_run_again_not_to_resume(tmp_path, monkeypatch):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full to make writes fail as on a full disk")
+    torch.save({"meta": {"mmdet_version": "3.3.0"}, "state_dict": mmdet_state("retinanet")}, tmp_path / "in.pth")
+    save = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: save(obj, "/dev/full", *a, **k))
+    result = runner.invoke(app, ["convert", "mmdet", str(tmp_path / "in.pth"), "--arch", "retinanet_resnet50_fpn_mmdet",
+                                 "--out", str(tmp_path / "out.pt")])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert lines[0].startswith(f"error: {tmp_path / 'out.pt'}: writing failed (")
+    assert lines[0].endswith("(the previous file is kept; free space, then run again)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.pth"]  # no temporary file, no model file
 
 
 def _annotations(path, categories) -> str:

@@ -537,7 +537,7 @@ def test_a_full_disk_at_the_first_save_is_one_line_and_the_hint_run_again_with_r
     out = tmp_path / "run"
     line = error_line(train(recipe_path, out))
     assert line.startswith(f"error: {out / LAST}: writing failed (") and "MB free on its disk)" in line
-    assert line.endswith("(with --resume for a training run))")
+    assert line.endswith("free space, then run again with --resume)")
     assert files(out) == ["metrics.jsonl", "recipe.json"]  # no temporary file
     monkeypatch.setattr(torch, "save", save)  # space freed
     result = train(recipe_path, out, "--resume")

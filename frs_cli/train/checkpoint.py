@@ -33,14 +33,18 @@ LAST = "last.pt"  # full training state, rewritten every epoch, every train.chec
 FINAL = "model_final.pt"  # the trained model alone
 
 
-def atomic_save(obj, path: str | Path) -> None:
+SAVE_HINT = "the previous file is kept; free space, then run again"
+TRAINING_SAVE_HINT = "the previous file is kept; free space, then run again with --resume"
+
+
+def atomic_save(obj, path: str | Path, hint: str = SAVE_HINT) -> None:
     """``torch.save`` to a temporary file beside ``path``, renamed into place; StorageError when writing fails
-    (a full disk): the file already under ``path``, if any, is kept as it was.
+    (a full disk), with ``hint`` (a training run's files give ``TRAINING_SAVE_HINT``): the file already under
+    ``path``, if any, is kept as it was.
 
     Equal objects give equal bytes: torch names the archive's folder after the file it is given by name, which
     here would be the temporary name (holding the process id), so it is given an open file instead (folder
     ``archive``). A teacher is fingerprinted by its file's bytes (``frs_cli.cache.identity``)."""
-    hint = "the previous file is kept; free space, then run again (with --resume for a training run)"
     with atomic_path(path, hint=hint) as tmp:
         try:
             with open(tmp, "wb") as f:
@@ -76,7 +80,7 @@ def save_model(path: str | Path, detector: Detector, model_cfg: ModelConfig, ind
     """Write ``detector`` as a model file (atomically) with the labels and category names of ``index``, the
     dataset it predicts for."""
     atomic_save(model_payload(detector, model_cfg, index.label_to_category, [c["name"] for c in index.categories],
-                              geometry, [c["id"] for c in index.categories]), path)
+                              geometry, [c["id"] for c in index.categories]), path, TRAINING_SAVE_HINT)
     return Path(path)
 
 

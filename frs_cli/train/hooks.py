@@ -41,7 +41,7 @@ from frs_cli.dist import DistContext, barrier
 from frs_cli.errors import Interrupted, TrainingError
 from frs_cli.files import storage_errors
 from frs_cli.progress import Progress
-from frs_cli.train.checkpoint import atomic_save, load_training_state, rng_state, set_rng_state
+from frs_cli.train.checkpoint import TRAINING_SAVE_HINT, atomic_save, load_training_state, rng_state, set_rng_state
 from frs_cli.train.metrics_log import MetricsLog
 from frs_cli.train.readback import HostCopy
 from frs_cli.train.rundir import check_resumed_epoch
@@ -93,7 +93,7 @@ class TrainingState:
                 "optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
                 "scaler": t.scaler.state_dict(), "rng": rng_state(), "epoch": epoch, "epoch_step": epoch_step,
                 "iters_per_epoch": t.iters_per_epoch,
-            }, self.path)
+            }, self.path, TRAINING_SAVE_HINT)
         self.saved_at = (epoch, epoch_step)
 
     def restore(self) -> tuple[int, int]:

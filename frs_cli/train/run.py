@@ -22,7 +22,14 @@ from frs_cli.lock import job_lock
 from frs_cli.models import build_detector, check_compatible, check_distillable, signature, warn_untrained_teacher
 from frs_cli.models.config import ModelConfig
 from frs_cli.progress import Progress
-from frs_cli.train.checkpoint import FINAL, LAST, atomic_save, load_training_state, save_model
+from frs_cli.train.checkpoint import (
+    FINAL,
+    LAST,
+    TRAINING_SAVE_HINT,
+    atomic_save,
+    load_training_state,
+    save_model,
+)
 from frs_cli.train.config import schedule_table
 from frs_cli.train.loop import FitResult, fit, training_views
 from frs_cli.train.metrics_log import require_tensorboard, teacher_mask_picture, write_images
@@ -129,8 +136,9 @@ def _model_saver(model_cfg: ModelConfig, index, geometry, extra: bool = False):
     def save(objective, out_dir: Path) -> None:
         save_model(out_dir / FINAL, objective.student, model_cfg, index, geometry)
         if extra:  # a distillation run: its FRSObjective's adapters too
-            atomic_save({"adapters": objective.adapters.state_dict(),
-                         "levels": [lv.to_dict() for lv in objective.student.levels]}, out_dir / ADAPTERS)
+            adapters = {"adapters": objective.adapters.state_dict(),
+                        "levels": [lv.to_dict() for lv in objective.student.levels]}
+            atomic_save(adapters, out_dir / ADAPTERS, TRAINING_SAVE_HINT)
     return save
 
 
