@@ -38,12 +38,13 @@ class DemoConfig:
 class DemoSummary:
     out_dir: str
     metrics: dict[str, dict[str, float | None]] = field(default_factory=dict)  # model -> COCO metrics (None: undefined)
-    seconds: dict[str, float] = field(default_factory=dict)  # stage -> wall time
+    seconds: dict[str, float] = field(default_factory=dict)  # stage -> wall time (of this session, if resumed)
+    resumed: bool = False  # continued a stopped demo: the seconds are this session's, not the stages' whole work
     cache_mb_per_image: float = 0.0
     files: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"out_dir": self.out_dir, "metrics": self.metrics, "seconds": self.seconds,
+        return {"out_dir": self.out_dir, "metrics": self.metrics, "seconds": self.seconds, "resumed": self.resumed,
                 "cache_mb_per_image": self.cache_mb_per_image, "files": self.files}
 
 
@@ -124,9 +125,12 @@ def _run_stages(out: Path, cfg: DemoConfig, progress: Progress, resume: bool = F
     from frs_cli.viz.masks import save_png
     from frs_cli.viz.plots import run_report
 
-    summary = DemoSummary(str(out))
+    summary = DemoSummary(str(out), resumed=resume)
     ctx = setup("cpu")
     base = [f"data.root={json.dumps(str(out / 'data'))}", f"train.seed={cfg.seed}", f"teacher_train.seed={cfg.seed}"]
+
+    def begun(path: Path) -> bool:  # a stage to continue; one not begun starts without the commands' --resume warning
+        return resume and path.exists()
 
     def stage(name: str):
         progress.log(f"[bold]demo:[/] {name}")
@@ -145,26 +149,28 @@ def _run_stages(out: Path, cfg: DemoConfig, progress: Progress, resume: bool = F
 
     recipe = load_recipe(demo_recipe_path(), base)
     t = stage(f"train the teacher ({recipe.teacher.arch})")
-    teacher = train_detector(recipe, "teacher", out / "teacher", resume=resume, ctx=ctx, progress=progress)
+    teacher = train_detector(recipe, "teacher", out / "teacher", resume=begun(out / "teacher"), ctx=ctx,
+                             progress=progress)
     summary.metrics["teacher"] = _metrics(teacher, out / "teacher")
     summary.seconds["teacher"] = time.perf_counter() - t
 
     recipe = load_recipe(demo_recipe_path(), base + [f"teacher.weights={json.dumps(teacher.model_file)}"])
     t = stage("cache the teacher")
-    write_teacher_cache(recipe, str(out / "cache.zarr"), resume=resume, ctx=ctx, progress=progress)
+    write_teacher_cache(recipe, str(out / "cache.zarr"), resume=begun(out / "cache.zarr"), ctx=ctx, progress=progress)
     cache = TeacherCache(str(out / "cache.zarr"))
     summary.cache_mb_per_image = cache.nbytes_stored()["views"] / 1e6 / cache.num_images
     summary.seconds["teacher-cache"] = time.perf_counter() - t
 
     t = stage(f"distill the student ({recipe.student.arch}) from the cache")
-    student = distill_student(recipe, out / "student_frs", cache=str(out / "cache.zarr"), resume=resume, ctx=ctx,
-                              progress=progress)
+    student = distill_student(recipe, out / "student_frs", cache=str(out / "cache.zarr"),
+                              resume=begun(out / "student_frs"), ctx=ctx, progress=progress)
     summary.metrics["student + FRS (cache)"] = _metrics(student, out / "student_frs")
     summary.seconds["distill"] = time.perf_counter() - t
 
     if cfg.baseline:
         t = stage("train the student alone (baseline)")
-        plain = train_detector(recipe, "student", out / "student_plain", resume=resume, ctx=ctx, progress=progress)
+        plain = train_detector(recipe, "student", out / "student_plain", resume=begun(out / "student_plain"), ctx=ctx,
+                               progress=progress)
         summary.metrics["student alone"] = _metrics(plain, out / "student_plain")
         summary.seconds["baseline"] = time.perf_counter() - t
 

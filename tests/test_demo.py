@@ -99,6 +99,10 @@ def test_a_demo_stopped_in_any_stage_resumes_to_the_uninterrupted_demos_numbers(
     assert result.exit_code == 1 and "started with other options: train_images = 8, now 9" in result.stderr
     result = CliRunner().invoke(app, ["demo", "--out", str(out), *opts, "--resume"])
     assert result.exit_code == 0, result.output
+    assert "--resume:" not in result.output  # the stages not begun start afresh, without the commands' warning
+    assert "time (this session, which resumed the demo): synth " in result.output
+    assert json.loads((out / "summary.json").read_text())["resumed"] is True
+    assert json.loads((ref / "summary.json").read_text())["resumed"] is False
     assert hashlib.sha256((out / "teacher" / "model_final.pt").read_bytes()).hexdigest() == digest
     got, want = (json.loads((d / "summary.json").read_text())["metrics"] for d in (out, ref))
     assert got == want and set(got) == {"teacher", "student + FRS (cache)"}
