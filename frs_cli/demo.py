@@ -15,7 +15,7 @@ from pathlib import Path
 
 from frs_cli.config import load_recipe
 from frs_cli.errors import ConfigError, Interrupted
-from frs_cli.files import atomic_path, write_json
+from frs_cli.files import atomic_path, storage_errors, write_json
 from frs_cli.progress import NullProgress, Progress
 
 
@@ -67,7 +67,8 @@ def run_demo(out_dir: str | Path, cfg: DemoConfig = DemoConfig(), progress: Prog
     if used:
         _check_same_demo(out, cfg)
     else:
-        out.mkdir(parents=True, exist_ok=True)
+        with storage_errors(f"demo --out {str(out)!r}"):
+            out.mkdir(parents=True, exist_ok=True)
         write_json(out / CONFIG_FILE, asdict(cfg), indent=1)
     try:
         return _run_stages(out, cfg, progress, resume=used)

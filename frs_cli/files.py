@@ -15,7 +15,9 @@ from frs_cli.errors import ConfigError, StorageError
 
 _FULL = {errno.ENOSPC: "the disk is full (no space left on device)", errno.EDQUOT: "the disk quota is exceeded"}
 # where no amount of free space helps: the callers' hints (free space, run again) do not apply
-_DENIED = {errno.EACCES: "no permission to write there", errno.EPERM: "no permission to write there"}
+_DENIED = {errno.EACCES: "no permission to write there", errno.EPERM: "no permission to write there",
+           errno.EROFS: "the disk there is read-only"}
+_DENIED_HINT = {errno.EROFS: "write to a folder on a writable disk"}
 
 
 def storage_error(exc: OSError, target: str, hint: str | None = None) -> StorageError:
@@ -23,7 +25,8 @@ def storage_error(exc: OSError, target: str, hint: str | None = None) -> Storage
     ``hint`` unless writing there is denied, which gets its own."""
     at = f" at {exc.filename}" if getattr(exc, "filename", None) else ""
     if exc.errno in _DENIED:
-        return StorageError(f"{target}: {_DENIED[exc.errno]}{at}", hint="write to a folder you may write to")
+        return StorageError(f"{target}: {_DENIED[exc.errno]}{at}",
+                            hint=_DENIED_HINT.get(exc.errno, "write to a folder you may write to"))
     if exc.errno == errno.ENOENT:  # a file that cannot be made in a folder that exists: not a disk (/proc)
         return StorageError(f"{target}: no file can be made there{at}", hint="write to a folder on a disk")
     what = _FULL.get(exc.errno) or f"writing failed ({exc.strerror or exc})"

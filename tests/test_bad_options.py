@@ -279,6 +279,35 @@ def test_an_output_whose_folder_cannot_be_made_is_one_line_with_a_hint_that_fits
     assert not denied.exists()
 
 
+def test_an_output_on_a_read_only_disk_is_one_line_saying_so_without_free_space_or_resume_advice(
+        tmp_path, recipe_path, cache_path, monkeypatch):
+    """A folder on a file system mounted read-only (EROFS, simulated: the tests may run as root) for teacher-cache's
+    cache, demo's folder, cache export and data synth: one line naming the read-only disk, with advice that fits
+    (before: teacher-cache advised freeing space and --resume, demo printed a traceback)."""
+    import errno
+    import os
+
+    disk = tmp_path / "ro"
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *args, **kwargs):  # pathlib's mkdir and os.makedirs both come here
+        if str(path).startswith(str(disk)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    cases = {
+        "teacher-cache": ["teacher-cache", "-p", recipe_path, "--out", disk / "c.zarr", "--device", "cpu"],
+        "demo": ["demo", "--out", disk / "demo", "--train-images", "2", "--val-images", "1"],
+        "cache export": ["cache", "export", cache_path, disk / "s" / "c.h5"],
+        "data synth": ["data", "synth", disk / "d", "--train", "2", "--val", "1"],
+    }
+    for name, args in cases.items():
+        line = assert_one_line_error(run(*args), "the disk there is read-only at ", "(write to a folder on a writable disk)")
+        assert "free space" not in line and "--resume" not in line, (name, line)
+    assert not disk.exists()
+
+
 @pytest.mark.parametrize("mode,option", [("detections", ["--detections-out", "x.json"]), ("detections", ["--high", "0.3"]),
                                          ("cache", ["--backend", "faster"]), ("cache", ["--split", "train"]),
                                          ("checkpoint", ["--max-views", "3"]), ("detections", ["--workers", "0"])])

@@ -258,8 +258,7 @@ def test_out_on_a_read_only_disk_is_one_line_and_creates_nothing(recipe_path, tm
     monkeypatch.setattr(pathlib.Path, "mkdir", read_only)
     out = disk / "run"
     line = error_line(train(recipe_path, out))
-    assert line == (f"error: --out '{out}': writing failed (Read-only file system) at {out} "
-                    "(choose an --out on a writable disk)")
+    assert line == f"error: --out '{out}': the disk there is read-only at {out} (write to a folder on a writable disk)"
     assert files(disk) == []
 
 
