@@ -367,8 +367,10 @@ def test_the_teacher_checks_settings_are_refused_naming_the_option_or_key_and_a_
 
 def test_eval_of_a_model_with_no_label_for_a_category_of_the_data_is_one_line_before_predicting(tmp_path, synth_root,
                                                                                               teacher_ckpt):
-    """A dataset with a category the model has no label for cannot be scored: one error line naming the category,
-    before any image is predicted (before: the warning about other categories, then the evaluator's error)."""
+    """A dataset with objects of a category the model has no label for cannot be scored: one error line naming the
+    category, before any image is predicted (before: the warning about other categories, then the evaluator's
+    error). A category listed with no objects (or crowd ones only) has no AP in COCO's evaluation: the split is
+    scored as without it, with the warning about other categories (before this fix: refused as well)."""
     import json
     import shutil
 
@@ -376,7 +378,17 @@ def test_eval_of_a_model_with_no_label_for_a_category_of_the_data_is_one_line_be
     shutil.copytree(synth_root, data)
     ann = data / "annotations" / "instances_val.json"
     doc = json.loads(ann.read_text())
+    metrics = tmp_path / "m.json"
+    assert run("eval", "--checkpoint", teacher_ckpt, "--data", data, "--device", "cpu", "--metrics", metrics).exit_code == 0
+    scored = json.loads(metrics.read_text())
     doc["categories"].append({"id": 6, "name": "hex", "supercategory": "shape"})
+    crowd = {**doc["annotations"][0], "id": 10**6, "category_id": 6, "iscrowd": 1}
+    ann.write_text(json.dumps({**doc, "annotations": doc["annotations"] + [crowd]}))
+    result = run("eval", "--checkpoint", teacher_ckpt, "--data", data, "--device", "cpu", "--metrics", metrics)
+    assert result.exit_code == 0, result.output
+    assert "id 6 ('hex') is no category of the model" in result.stderr and "error" not in result.stderr
+    assert json.loads(metrics.read_text()) == scored
+    doc["annotations"].append({**crowd, "iscrowd": 0})
     ann.write_text(json.dumps(doc))
     result = run("eval", "--checkpoint", teacher_ckpt, "--data", data, "--device", "cpu")
     line = assert_one_line_error(result)

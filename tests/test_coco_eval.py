@@ -148,7 +148,7 @@ def test_evaluator_counts_images_without_detections(tmp_path):
 
 def test_evaluator_rejects_bad_labels_and_images(tmp_path):
     coco = load_coco(write_gt(tmp_path))
-    with pytest.raises(DataError, match=r"^model labels: expected a label for every category id of the ground truth \[3, 7, 11\], got labels for \[3, 8\] \(none for \[7, 11\]\)"):
+    with pytest.raises(DataError, match=r"^model labels: expected a label for every category id with objects in the ground truth \[3, 7, 11\], got labels for \[3, 8\] \(none for \[7, 11\]\)"):
         CocoEvaluator(coco, [3, 8])
     evaluator = CocoEvaluator(coco, [3, 7, 11])
     out = {"boxes": torch.zeros(1, 4), "scores": torch.ones(1), "labels": torch.tensor([3])}

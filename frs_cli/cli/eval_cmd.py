@@ -85,7 +85,7 @@ def register(app: typer.Typer) -> None:
             detector, ckpt = load_detector(checkpoint)
             dataset = CocoViews(CocoIndex(ann), data / split, GeometryConfig(**ckpt["geometry"]))
             differs = category_differences(ckpt, dataset.index.categories)
-            unlabelled = unlabelled_categories((c["id"] for c in dataset.index.categories), ckpt["label_to_category"])
+            unlabelled = unlabelled_categories(dataset.index.object_categories, ckpt["label_to_category"])
             if unlabelled:  # the evaluator would refuse after the predictions: one line now, the differences in it
                 fail(f"eval: {checkpoint} has no label for categories {unlabelled} of {ann}, so their objects cannot "
                      f"be scored ({differs + '; ' if differs else ''}is --data the dataset it was trained for?)")

@@ -119,6 +119,8 @@ class CocoIndex:
             log.info("category ids %s mapped to contiguous labels 0..%d", cat_ids, len(cat_ids) - 1)
 
         per_image: dict[int, list] = {i: [] for i in images}
+        # the categories with an object COCO's evaluation counts (not crowd): those a model must have labels for
+        self.object_categories: set[int] = set()
         dropped = outside = 0
         for ann in doc["annotations"]:
             try:
@@ -140,6 +142,7 @@ class CocoIndex:
                                 f"expected one of {cat_ids}")
             if crowd:
                 continue
+            self.object_categories.add(cat)
             if not (w > 0 and h > 0):
                 dropped += 1
                 continue

@@ -291,8 +291,15 @@ def _run_faster(coco_gt: COCO, kept: list[dict], selected: list[int], progress: 
 
 
 def unlabelled_categories(category_ids: Iterable[int], label_to_category: Sequence[int]) -> list[int]:
-    """The category ids no label of ``label_to_category`` maps to (sorted): objects no detection can score."""
+    """The category ids no label of ``label_to_category`` maps to (sorted): given the categories that have objects
+    (``object_categories``), those whose objects no detection can score."""
     return sorted(set(category_ids) - {int(c) for c in label_to_category})
+
+
+def object_categories(coco_gt: COCO) -> set[int]:
+    """The category ids with at least one object COCO's evaluation counts (an annotation not crowd); a category
+    without one has no AP (COCOeval leaves it out of the mean), so a model needs no label for it."""
+    return {int(a["category_id"]) for a in coco_gt.dataset.get("annotations", []) if not a.get("iscrowd", 0)}
 
 
 class CocoEvaluator:
@@ -310,10 +317,11 @@ class CocoEvaluator:
     def __init__(self, coco_gt: COCO, label_to_category: Sequence[int]):
         categories = set(coco_gt.getCatIds())
         mapping = [int(c) for c in label_to_category]
-        missing = unlabelled_categories(categories, mapping)
+        with_objects = object_categories(coco_gt)
+        missing = unlabelled_categories(with_objects, mapping)
         if not mapping or missing:
-            raise DataError(f"model labels: expected a label for every category id of the ground truth "
-                            f"{sorted(categories)}, got labels for {mapping} (none for {missing})")
+            raise DataError(f"model labels: expected a label for every category id with objects in the ground truth "
+                            f"{sorted(with_objects)}, got labels for {mapping} (none for {missing})")
         self.coco_gt = coco_gt
         self.label_to_category = mapping
         # labels of no ground-truth category (label_map = 'category_id': background 0 and the ids COCO skips, as in
