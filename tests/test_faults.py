@@ -97,6 +97,11 @@ def test_a_cache_the_disk_cannot_hold_is_refused_before_any_work_and_a_resume_co
                  "--set", 'cache.dtype="int8"')  # its arrays hold float16: refused, not a traceback
     assert_one_line_error(result, f"cache '{copy}': holds float16 features, this recipe asks for cache.dtype = 'int8'",
                           "set cache.dtype = 'float16' to continue it")
+    result = run("teacher-cache", "--pipeline", recipe_path, "--out", copy, "--device", "cpu", "--resume",
+                 "--set", 'cache.codec="zstd"')  # its arrays store uncompressed: refused, not continued without zstd
+    assert_one_line_error(result, f"cache '{copy}': is stored with codec 'none', this recipe asks for cache.codec = "
+                          "'zstd' (write to a new path, or set cache.codec = 'none' to continue it)")
+    assert not TeacherCache(str(copy), require_complete=False).done()[4:8].any()  # nothing written
     result = run("teacher-cache", "--pipeline", recipe_path, "--out", f"file://{tmp_path}/url.zarr", "--device", "cpu")
     assert_one_line_error(result, "the 48 views still to write need about")  # a file:// URL is a local disk too
     monkeypatch.setattr(writer, "free_bytes", lambda path: int(4 * per_view[0]))

@@ -190,6 +190,11 @@ def _check_same(path: str, root: zarr.Group, recipe, teacher, index, views) -> N
         raise CacheMismatchError(f"cache {path!r}: holds {stored_dtype} features, this recipe asks for cache.dtype = "
                                  f"{recipe.cache.dtype!r}", hint=f"write to a new path, or set cache.dtype = "
                                                                  f"{stored_dtype!r} to continue it")
+    stored_codec = attrs.get("storage", {}).get("codec", "none")
+    if stored_codec != recipe.cache.codec:  # its arrays compress with theirs: the rest would not follow the recipe
+        raise CacheMismatchError(f"cache {path!r}: is stored with codec {stored_codec!r}, this recipe asks for "
+                                 f"cache.codec = {recipe.cache.codec!r}",
+                                 hint=f"write to a new path, or set cache.codec = {stored_codec!r} to continue it")
     if list(attrs.get("views", [])) != list(views):
         same = sorted(attrs.get("views", [])) == sorted(views)
         raise CacheMismatchError(f"cache {path!r}: holds views {attrs.get('views')}, this recipe asks for {list(views)}",
