@@ -365,6 +365,24 @@ def test_the_teacher_checks_settings_are_refused_naming_the_option_or_key_and_a_
     assert not out.exists()
 
 
+def test_eval_of_a_split_of_no_images_is_one_line_naming_the_split_and_its_file(tmp_path, synth_root, teacher_ckpt):
+    """A val file listing no images: one line naming the split and the file, before any model runs (before:
+    an empty progress bar, then ``CocoEvaluator.evaluate: expected at least one processed image``)."""
+    import json
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_root, data)
+    ann = data / "annotations" / "instances_val.json"
+    ann.write_text(json.dumps({**json.loads(ann.read_text()), "images": [], "annotations": []}))
+    (tmp_path / "d.json").write_text("[]", encoding="utf-8")
+    for given in (["--checkpoint", teacher_ckpt, "--device", "cpu"], ["--detections", tmp_path / "d.json"]):
+        result = run("eval", *given, "--data", data)
+        line = assert_one_line_error(result)
+        assert result.stderr.strip() == line  # no progress bar before it
+        assert line == f"error: eval --split val: expected at least one image to evaluate on, got none in {ann}"
+
+
 def test_eval_of_a_model_with_no_label_for_a_category_of_the_data_is_one_line_before_predicting(tmp_path, synth_root,
                                                                                               teacher_ckpt):
     """A dataset with objects of a category the model has no label for cannot be scored: one error line naming the

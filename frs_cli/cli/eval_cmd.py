@@ -70,7 +70,10 @@ def register(app: typer.Typer) -> None:
         if detections is not None:
             from frs_cli.eval.coco_eval import evaluate_detections, load_coco, load_detections
 
-            result = evaluate_detections(load_coco(ann), load_detections(detections), backend=backend,
+            coco_gt = load_coco(ann)
+            if not coco_gt.getImgIds():
+                fail(_no_images(split, ann))
+            result = evaluate_detections(coco_gt, load_detections(detections), backend=backend,
                                          progress=progress_for_rank())
             name = detections.name
         else:
@@ -84,6 +87,8 @@ def register(app: typer.Typer) -> None:
             check_device(device)
             detector, ckpt = load_detector(checkpoint)
             dataset = CocoViews(CocoIndex(ann), data / split, GeometryConfig(**ckpt["geometry"]))
+            if len(dataset.index) == 0:
+                fail(_no_images(split, ann))
             differs = category_differences(ckpt, dataset.index.categories)
             unlabelled = unlabelled_categories(dataset.index.object_categories, ckpt["label_to_category"])
             if unlabelled:  # the evaluator would refuse after the predictions: one line now, the differences in it
@@ -119,6 +124,10 @@ def _check_applies(command: typer.Context, mode: str) -> None:
         if mode not in modes and source is not None and source.name == "COMMANDLINE":
             fail(f"eval --{name.replace('_', '-')}: expected it with {' or '.join(f'--{m}' for m in modes)}, "
                  f"got it with --{mode}, which does not read it")
+
+
+def _no_images(split: str, ann: Path) -> str:
+    return f"eval --split {split}: expected at least one image to evaluate on, got none in {ann}"
 
 
 def _check_options(batch_size: int, workers: int, high: float, max_views: int | None, metrics: Path | None,
