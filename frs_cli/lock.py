@@ -122,7 +122,7 @@ def _read(path: Path) -> tuple[dict, float] | None:
     return holder, st.st_mtime
 
 
-def _local(text: str) -> Path | None:
+def local_path(text: str) -> Path | None:
     """The local path a lock file sits beside for the output ``text``: a path or a ``file://`` URL; None for
     other URLs (no lock file: ``memory://`` is locked in the process, remote stores not at all)."""
     if "://" in text and not text.startswith("file://"):
@@ -133,7 +133,7 @@ def _local(text: str) -> Path | None:
 def live_holder(path: str | Path) -> dict | None:
     """The process holding the lock of the output ``path`` if that lock is live (a job still writing it), else
     None: no lock, a stale one, or a URL that has no lock file (see ``_local``)."""
-    local = _local(str(path))
+    local = local_path(str(path))
     if local is None:
         return None
     found = _read(lock_path(local))
@@ -214,7 +214,7 @@ def output_lock(path: str | Path, *, command: str | None = None, enabled: bool =
         with _memory_lock(text, command, what):
             yield None
         return
-    local = _local(text)
+    local = local_path(text)
     if local is None:
         log.warning("%s %s: not locked (a %s store has no atomic create); run one writer at a time", what, text,
                     text.split("://")[0])

@@ -125,6 +125,26 @@ def trained_teacher(tmp_path_factory, synth_root):
     return train_detector(r, "teacher", d / "run", ctx=setup("cpu"), evaluate=False).model_file
 
 
+def test_resume_removes_the_half_written_files_a_killed_writer_left(recipe_path, cache_path, tmp_path):
+    """A writer killed mid-shard leaves zarr's temporary ``<name>.<32 hex>.partial`` file: ``--resume`` deletes
+    it (before: kept for good, its bytes counted by ``cache info``), keeps other files, and completes the cache."""
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(cache_path, copy)
+    root = zarr.open_group(str(copy), mode="r+")
+    root["buckets/64x64/done"][4:8] = 0
+    root.attrs["state"] = "writing"
+    folder = copy / "buckets" / "64x64" / "P3" / "features"
+    left = folder / "c.1.0.0.6958bc4e2f1a4b7c9d0e1f2a3b4c5d6e.partial"
+    left.write_bytes(b"\0" * 4096)
+    mine = folder / "notes.partial"  # not zarr's name: not the writer's to remove
+    mine.write_text("kept")
+    result = run("teacher-cache", "--pipeline", recipe_path, "--out", copy, "--device", "cpu", "--resume")
+    assert result.exit_code == 0, result.output
+    assert not left.exists() and mine.read_text() == "kept"
+    assert not list(copy.rglob("*.*.partial"))
+    assert_same_cache_arrays(copy, cache_path)
+
+
 def test_teacher_check_refuses_a_randomly_initialised_teacher_and_writes_nothing(recipe_path, tmp_path):
     out = tmp_path / "c.zarr"
     result = run("teacher-cache", "--pipeline", recipe_path, "--out", out, "--device", "cpu", "--check-teacher", 8)

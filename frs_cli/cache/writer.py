@@ -13,8 +13,10 @@ state ``writing``: ``--resume`` continues it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import re
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -48,7 +50,7 @@ from frs_cli.data.coco import CocoViews, ListSampler, OriginalBatches, collate, 
 from frs_cli.dist import DistContext, all_gather_objects, barrier, broadcast_object, setup
 from frs_cli.errors import CacheFormatError, CacheMismatchError, ConfigError, DataError, StorageError
 from frs_cli.files import free_bytes, size_text, sizes_apart, storage_errors
-from frs_cli.lock import job_lock
+from frs_cli.lock import job_lock, local_path
 from frs_cli.models import build_detector, check_distillable, warn_untrained_teacher
 from frs_cli.progress import NullProgress, Progress
 
@@ -550,6 +552,7 @@ def _open_store(path: str, resume: bool, ctx: DistContext, plan: Plan, teacher, 
                                    f"match their checksums ({', '.join(damaged[:3])})",
                                    hint="add --resume to recreate them")
         return already_complete, 0, []
+    _remove_unfinished_writes(path)
     report = verify_cache(path, progress=progress)
     broken = [*report.missing_arrays, *report.damaged_arrays]
     if broken:
@@ -562,6 +565,27 @@ def _open_store(path: str, resume: bool, ctx: DistContext, plan: Plan, teacher, 
         rejected = _reject(open_group(path, mode="r+"), report.faults)
         already_complete = False
     return already_complete, rejected, broken
+
+
+_UNFINISHED = re.compile(r"\.[0-9a-f]{32}\.partial$")  # zarr's name for a chunk or shard being written
+
+
+def _remove_unfinished_writes(path: str) -> None:
+    """Delete the files a killed writer left half-written in a local store: zarr writes each chunk or shard to
+    ``<name>.<32 hex digits>.partial`` and renames it when whole. Called under the job's lock, so no write of
+    another job is under way; they hold nothing the cache reads, but take disk space (and ``cache info`` counts it)."""
+    local = local_path(path)
+    if local is None or not local.is_dir():
+        return
+    found = [p for p in local.rglob("*.partial") if _UNFINISHED.search(p.name) and p.is_file()]
+    freed = 0
+    for p in found:
+        with contextlib.suppress(FileNotFoundError):
+            freed += p.stat().st_size
+            p.unlink()
+    if found:
+        log.info("cache %s: removed %d half-written files a stopped writer left (%s)", path, len(found),
+                 size_text(freed))
 
 
 def _my_batches(plan: Plan, num_buckets: int, is_pending: np.ndarray, batch_size: int, ctx: DistContext) -> list:
