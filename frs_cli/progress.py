@@ -24,3 +24,9 @@ class Progress:
 
 
 NullProgress = Progress
+
+
+def share(description: str, world_size: int) -> str:
+    """A bar's name where each of ``world_size`` processes works through its own share and only the first draws
+    its bar: ``"teacher-cache (process 0's share of 2)"``, so its count is not read as the whole job's."""
+    return description if world_size <= 1 else f"{description} (process 0's share of {world_size})"

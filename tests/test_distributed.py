@@ -60,6 +60,7 @@ def test_two_process_teacher_cache_equals_one_process_and_ddp_distill_runs(cache
     r = _torchrun("teacher-cache", "--pipeline", recipe, "--out", out, tmp_path=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "wrote 48 of 48 views" in r.stdout
+    assert "teacher-cache (process 0's share of 2) 24/24" in r.stderr + r.stdout  # the bar is not the whole job
     worst = _assert_matches_one_process_cache(out, cache_path)
     print(f"two-process vs one-process cache: max abs difference {worst:.3g}")
     assert zarr.open_group(str(out), mode="r").attrs["state"] == "complete"

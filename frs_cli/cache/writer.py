@@ -52,7 +52,7 @@ from frs_cli.errors import CacheFormatError, CacheMismatchError, ConfigError, Da
 from frs_cli.files import free_bytes, size_text, sizes_apart, storage_errors
 from frs_cli.lock import job_lock, local_path
 from frs_cli.models import build_detector, check_distillable, warn_untrained_teacher
-from frs_cli.progress import NullProgress, Progress
+from frs_cli.progress import NullProgress, Progress, share
 
 log = logging.getLogger(__name__)
 
@@ -622,7 +622,7 @@ def _write_pending(root: zarr.Group, path: str, plan: Plan, run: TeacherPass, da
     levels = run.teacher.levels
     batches_in = iter(zip(mine, loader))  # the workers start decoding while the teacher warms up
     run.warm_up(sorted({(len(bt), *buckets[int(plan.bucket[bt[0]])]["padded"]) for bt in mine}), ctx.device)
-    progress.start("teacher-cache", int(sum(is_pending[bt].sum() for bt in mine)), unit="view")
+    progress.start(share("teacher-cache", ctx.world_size), int(sum(is_pending[bt].sum() for bt in mine)), unit="view")
     t0 = time.perf_counter()
     written = 0
     stages = _Stages()

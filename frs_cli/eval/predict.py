@@ -11,7 +11,7 @@ from frs_cli.data.geometry import invert_boxes
 from frs_cli.dist import DistContext, all_gather_objects
 from frs_cli.eval.coco_eval import CocoEvaluator, load_coco
 from frs_cli.models.base import Detector
-from frs_cli.progress import NullProgress, Progress
+from frs_cli.progress import NullProgress, Progress, share
 
 
 @torch.no_grad()
@@ -33,7 +33,7 @@ def predict(detector: Detector, dataset: CocoViews, ctx: DistContext, batch_size
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=ListSampler((p, "orig") for p in positions),
                                          num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda")
     ids, outputs = [], []
-    progress.start("evaluate", len(positions), unit="img")
+    progress.start(share("evaluate", ctx.world_size), len(positions), unit="img")
     for batch in loader:
         batch = batch.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
