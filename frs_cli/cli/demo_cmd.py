@@ -36,6 +36,7 @@ def register(app: typer.Typer) -> None:
                      progress=progress_for_rank(), resume=resume)
         console.print(metrics_table(f"frs demo: COCO box mAP on the synthetic val split ({val_images} images)", s.metrics))
         console.print(f"cache: {s.cache_mb_per_image:.3f} MB per image (fp16 features + masks, 2 views)")
-        console.print(("time (this session, which resumed the demo): " if s.resumed else "time: ") + ", ".join(f"{k} {v:.0f} s" for k, v in s.seconds.items())
+        when = "time (this session, which resumed the demo): " if s.resumed else "time: "
+        console.print(when + ", ".join(f"{k} {v:.0f} s" for k, v in s.seconds.items())
                       + f"; total {time.perf_counter() - t0:.0f} s")
         console.print("files: " + ", ".join(f"{out}/{f}" for f in s.files))

@@ -291,8 +291,8 @@ def _run_faster(coco_gt: COCO, kept: list[dict], selected: list[int], progress: 
 
 
 def unlabelled_categories(category_ids: Iterable[int], label_to_category: Sequence[int]) -> list[int]:
-    """The category ids no label of ``label_to_category`` maps to (sorted): given the categories that have objects
-    (``object_categories``), those whose objects no detection can score."""
+    """The ids among ``category_ids`` (the categories with objects: ``object_categories``) that no label of
+    ``label_to_category`` maps to, sorted: those whose objects no detection can score."""
     return sorted(set(category_ids) - {int(c) for c in label_to_category})
 
 
