@@ -32,6 +32,7 @@ from pycocotools.cocoeval import COCOeval
 
 from frs_cli.errors import DataError
 from frs_cli.files import missing_file, write_json
+from frs_cli.optional import require
 from frs_cli.progress import NullProgress, Progress
 
 log = logging.getLogger(__name__)
@@ -275,12 +276,9 @@ def _run_pycocotools(coco_gt: COCO, kept: list[dict], selected: list[int], progr
 
 
 def _run_faster(coco_gt: COCO, kept: list[dict], selected: list[int], progress: Progress) -> list[float]:
-    try:
-        from faster_coco_eval import COCO as FastCOCO
-        from faster_coco_eval import COCOeval_faster
-    except ImportError:
-        raise DataError("eval backend 'faster': expected faster-coco-eval to be installed, got ImportError",
-                        hint="pip install 'frs[faster-eval]', or use the default backend pycocotools") from None
+    fast = require("faster_coco_eval", "eval backend 'faster'", error=DataError,
+                   hint="pip install 'frs[faster-eval]', or use the default backend pycocotools")
+    FastCOCO, COCOeval_faster = fast.COCO, fast.COCOeval_faster
     with _quiet():
         gt = FastCOCO(copy.deepcopy(coco_gt.dataset))
         dt = gt.loadRes(kept) if kept else _empty_results(gt, FastCOCO)

@@ -33,8 +33,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from frs_cli.errors import ConfigError, ModelError
+from frs_cli.errors import ModelError
 from frs_cli.files import atomic_path
+from frs_cli.optional import require
 from frs_cli.progress import NullProgress, Progress
 
 log = logging.getLogger(__name__)
@@ -71,11 +72,7 @@ class ExportResult:
 
 
 def _require(module: str):
-    try:
-        return __import__(module)
-    except ImportError:
-        raise ConfigError(f"export --onnx: expected the Python package {module!r} to be installed, got ImportError",
-                          hint="pip install 'frs[onnx]'") from None
+    return require(module, "export --onnx", hint="pip install 'frs[onnx]'")
 
 
 def build_export_module(checkpoint: str | Path):

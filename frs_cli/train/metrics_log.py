@@ -14,7 +14,7 @@ import json
 import math
 from pathlib import Path
 
-from frs_cli.errors import ConfigError
+from frs_cli.optional import require
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -24,12 +24,9 @@ _NOT_SCALARS = ("epoch", "iter")
 
 def require_tensorboard() -> None:
     """``ConfigError`` (one line, with the install hint) unless TensorBoard's writer can be imported."""
-    try:
-        import tensorboard  # noqa: F401
-        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
-    except ImportError:
-        raise ConfigError("train.tensorboard = true: expected the tensorboard package to be installed, got ImportError",
-                          hint="pip install 'frs[tensorboard]', or set train.tensorboard = false") from None
+    hint = "pip install 'frs[tensorboard]', or set train.tensorboard = false"
+    require("tensorboard", "train.tensorboard = true", hint)
+    require("torch.utils.tensorboard", "train.tensorboard = true", hint)
 
 
 def _writer(out_dir: Path):
