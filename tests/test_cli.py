@@ -441,6 +441,28 @@ def test_progress_in_a_log_file_is_plain_lines_not_a_truncated_bar(tmp_path):
     assert "━" not in out.stderr and "…" not in out.stderr
 
 
+def test_distill_records_the_caches_dtype_and_codec_and_warns_when_the_recipe_said_others(tmp_path, recipe_path,
+                                                                                          cache_path):
+    """A cache is read as it was written: ``--set cache.dtype="int5"`` on a float16 cache trains as float16, so
+    the run's recipe.json says float16 and one warning names the setting (before: int5 recorded, silently); a
+    --resume of the same command is not refused as a changed recipe."""
+    out = tmp_path / "s"
+    args = ("distill", "--pipeline", recipe_path, "--cache", cache_path, "--out", out, "--device", "cpu", "--no-eval",
+            "--set", 'cache.dtype="int5"', "--set", 'cache.codec="zstd"')
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("warning: distill: cache.")]
+    assert lines == [("warning: distill: cache.dtype = 'int5' (the cache's: 'float16'), cache.codec = 'zstd' (the "
+                      "cache's: 'none'): a cache is read as it was written, so the run uses and records the cache's")]
+    recorded = json.loads((out / "recipe.json").read_text())["cache"]
+    assert (recorded["dtype"], recorded["codec"]) == ("float16", "none")
+    result = run(*args, "--resume")
+    assert result.exit_code == 0 and "already complete" in result.output, result.output
+    result = run("distill", "--pipeline", recipe_path, "--cache", cache_path, "--out", tmp_path / "s2", "--device",
+                 "cpu", "--no-eval", "--set", "train.epochs=1")
+    assert result.exit_code == 0 and "warning: distill: cache." not in result.stderr, result.output
+
+
 def test_a_teacher_without_weights_is_named_in_one_warning_by_teacher_cache_and_distill_online(tmp_path, synth_root):
     """FRS.md's known trap: distilling from a teacher that is not the trained one. A recipe whose teacher.weights is
     empty builds a random head; teacher-cache and distill --online still run (tests and timing benches do this)

@@ -132,6 +132,29 @@ def _on_resumed(start: RunStart, recipe_dict: dict, changes: dict, ctx: DistCont
     return resumed
 
 
+def _as_stored(recipe, cache: str, ctx: DistContext):
+    """``recipe`` with ``cache.dtype`` and ``cache.codec`` as the cache at ``cache`` stores its features (a cache
+    is read as it was written), so that the run records what it read; a warning when the recipe said otherwise.
+    A cache that cannot be read is left to the checks that follow, which say why."""
+    import dataclasses
+
+    from frs_cli.cache.backend import open_backend
+    from frs_cli.errors import FrsError
+
+    try:
+        storage = dict(open_backend(str(cache)).attrs.get("storage", {}))
+    except (FrsError, OSError):
+        return recipe
+    stored = {k: storage[k] for k in ("dtype", "codec") if k in storage}
+    given = {k: getattr(recipe.cache, k) for k in stored}
+    if stored == given:
+        return recipe
+    if ctx.is_main:
+        differ = ", ".join(f"cache.{k} = {given[k]!r} (the cache's: {stored[k]!r})" for k in stored if given[k] != stored[k])
+        log.warning("distill: %s: a cache is read as it was written, so the run uses and records the cache's", differ)
+    return dataclasses.replace(recipe, cache=dataclasses.replace(recipe.cache, **stored))
+
+
 def _model_saver(model_cfg: ModelConfig, index, geometry, extra: bool = False):
     def save(objective, out_dir: Path) -> None:
         save_model(out_dir / FINAL, objective.student, model_cfg, index, geometry)
@@ -214,6 +237,8 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
         raise ConfigError("distill: expected exactly one teacher source: --cache PATH or --online")
     ctx = ctx or setup()
     out_dir = Path(out_dir)
+    if cache is not None:
+        recipe = _as_stored(recipe, cache, ctx)
     job = "distill online" if online else "distill cache"
     recipe_dict = {**recipe.to_dict(), "teacher_source": "online" if online else str(cache), JOB: job}
     recipe_dict[PATHS] = path_identities(recipe_dict, {"teacher_source": _cache_identity})
