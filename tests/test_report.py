@@ -84,6 +84,9 @@ def test_markdown_table_has_a_row_per_run_with_last_metrics_best_ap_and_a_dash_f
     assert lines[2] == "| alone | 3 | 20.0 | 50.0 | 25.0 | 10.0 | 20.0 | \u2013 | 30.0 (2) | 56 | 0.05357 | 130.0 |"
     assert lines[3].startswith("| frs | 2 | 40.0 | 50.0 | 25.0 | 10.0 | 20.0 | 55.0 | 40.0 (2) | 36 |")
     assert len(lines) == 4
+    # four significant digits in every row, trailing zeros kept (before: 2.85 beside 0.05357)
+    c = read_run(write_run(tmp_path / "c", [0.2], iters=5, tail=json.dumps({"epoch": 1, "iter": 5, "loss": 2.85})))
+    assert markdown_table([c]).splitlines()[2].split(" | ")[-2] == "2.850"
 
 
 def test_nice_ticks_are_round_and_cover_the_range():

@@ -124,7 +124,7 @@ def _read_records(path: Path, log: RunLog) -> None:
 
 def markdown_table(runs: list[RunLog]) -> str:
     """One row per run: the last evaluation's COCO metrics (%), its best AP and epoch, iterations, the last total
-    loss and the median img/s. Undefined metrics are "–"."""
+    loss (four significant digits) and the median img/s. Undefined metrics are "–"."""
     head = ["run", "epoch", *METRIC_KEYS, "best AP (epoch)", "iterations", "last loss", "img/s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for run in runs:
@@ -137,6 +137,6 @@ def markdown_table(runs: list[RunLog]) -> str:
         rate = sorted(rates)[len(rates) // 2] if rates else None
         cells = [run.name, str(epoch), *(format_metric(metrics.get(k)) for k in METRIC_KEYS), best,
                  str(max(run.steps) + 1) if run.steps else "0",
-                 f"{losses[-1]:.4g}" if losses else "\u2013", f"{rate:.1f}" if rate is not None else "\u2013"]
+                 f"{losses[-1]:#.4g}" if losses else "\u2013", f"{rate:.1f}" if rate is not None else "\u2013"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
