@@ -98,10 +98,12 @@ def handle_errors(fn):
         try:
             return fn(*args, **kwargs)
         except Interrupted as exc:
+            _quiet_after_interrupt()
             if first_to_report(f"interrupted: {exc}"):
                 err_console.print(f"[yellow]interrupted:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
             raise typer.Exit(130) from None
         except KeyboardInterrupt:
+            _quiet_after_interrupt()
             if first_to_report("interrupted"):
                 err_console.print("[yellow]interrupted[/]", highlight=False)
             raise typer.Exit(130) from None
@@ -109,6 +111,12 @@ def handle_errors(fn):
             fail(str(exc).replace("\n", " "))
 
     return wrapper
+
+
+def _quiet_after_interrupt() -> None:
+    """After a Ctrl-C the store's reads or writes still scheduled on zarr's event loop are dropped at exit, and
+    asyncio logs each as "Task was destroyed but it is pending!": dozens of lines after the one that matters."""
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
 def setup_logging(verbose: bool) -> None:
