@@ -225,7 +225,7 @@ def _image_file_corrupt(t):
     root = _copy_data(t.synth_root, t.tmp)
     (root / "train" / "000000000013.jpg").write_bytes(b"not a jpeg")
     return ["teacher-cache", "--set", f"data.root={root}", "--set", "cache.workers=1"], \
-        ["000000000013.jpg': could not be decoded"]
+        ["000000000013.jpg': could not be decoded", "(replace the file with the image, or remove the image from"]
 
 
 def _checkpoint_of_another_arch(t):

@@ -212,7 +212,8 @@ def read_image(path: Path, size: tuple[int, int] | None = None) -> Tensor:
                 im = ImageOps.exif_transpose(im)
             array = np.asarray(im.convert("RGB"))
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(f"image {str(path)!r}: could not be decoded ({str(exc).splitlines()[0]})") from exc
+        raise DataError(f"image {str(path)!r}: could not be decoded ({str(exc).splitlines()[0]})",
+                        hint="replace the file with the image, or remove the image from the annotation file") from exc
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
