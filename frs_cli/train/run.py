@@ -150,7 +150,8 @@ def _as_stored(recipe, cache: str, ctx: DistContext):
     if stored == given:
         return recipe
     if ctx.is_main:
-        differ = ", ".join(f"cache.{k} = {given[k]!r} (the cache's: {stored[k]!r})" for k in stored if given[k] != stored[k])
+        differ = ", ".join(f"cache.{k} = {given[k]!r} (the cache's: {stored[k]!r})"
+                           for k in stored if given[k] != stored[k])
         log.warning("distill: %s: a cache is read as it was written, so the run uses and records the cache's", differ)
     return dataclasses.replace(recipe, cache=dataclasses.replace(recipe.cache, **stored))
 
