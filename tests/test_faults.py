@@ -145,6 +145,27 @@ def test_resume_removes_the_half_written_files_a_killed_writer_left(recipe_path,
     assert_same_cache_arrays(copy, cache_path)
 
 
+def test_a_complete_cache_that_lost_a_done_flag_chunk_is_refused_by_readers_and_rewritten_by_resume(
+        recipe_path, cache_path, tmp_path):
+    """A lost chunk of a bucket's done flags reads as "not written" (zarr's fill value) in a cache marked complete:
+    before, ``--resume`` said "already complete" and distill read those views' missing targets as zeros."""
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(cache_path, copy)
+    flags = sorted((copy / "buckets" / "64x64" / "done").glob("c*"))
+    flags[0].unlink()
+    lost = 48 - int(zarr.open_group(str(copy), mode="r")["buckets/64x64/done"][...].sum())
+    assert lost > 0
+    result = run("distill", "--pipeline", recipe_path, "--cache", copy, "--out", tmp_path / "s", "--device", "cpu")
+    assert_one_line_error(result, f"cache '{copy}': is marked complete, but {lost} of its 48 views are not marked "
+                                  "written (a done-flag chunk is lost)", "--resume repairs it")
+    assert not (tmp_path / "s").exists()
+    result = run("teacher-cache", "--pipeline", recipe_path, "--out", copy, "--device", "cpu", "--resume")
+    assert result.exit_code == 0, result.output
+    assert f"wrote {lost} of 48 views" in result.output and "already complete" not in result.output
+    assert_same_cache_arrays(copy, cache_path)
+    assert run("cache", "verify", copy).exit_code == 0
+
+
 def test_teacher_check_refuses_a_randomly_initialised_teacher_and_writes_nothing(recipe_path, tmp_path):
     out = tmp_path / "c.zarr"
     result = run("teacher-cache", "--pipeline", recipe_path, "--out", out, "--device", "cpu", "--check-teacher", 8)

@@ -94,6 +94,12 @@ class TeacherCache:
         if damaged:  # every view would be looked up in the wrong place
             raise CacheFormatError(f"cache {self.path!r}: its index does not match its checksums "
                                    f"({', '.join(damaged)}): the file is damaged", hint=repair_hint(self.path, root.kind))
+        if require_complete:
+            unmarked = sum(int((root.array(f"buckets/{b.name}/done")[...] == 0).sum()) for b in self.buckets)
+            if unmarked:  # complete, yet views not marked written: reading them would give the fill value
+                raise CacheFormatError(f"cache {self.path!r}: is marked complete, but {unmarked} of its "
+                                       f"{len(self.row)} views are not marked written (a done-flag chunk is lost)",
+                                       hint=repair_hint(self.path, root.kind))
         self._lookup = {(int(i), int(v)): k for k, (i, v) in enumerate(zip(self.image_id, self.view))}
         self._arrays = None  # {bucket: per level (features, scale or None, mask)}, filled as buckets are read
         self._memory = None

@@ -564,6 +564,11 @@ def _open_store(path: str, resume: bool, ctx: DistContext, plan: Plan, teacher, 
         log.warning("cache %s: %d written views are missing or corrupt; rewriting them", path, len(report.faults))
         rejected = _reject(open_group(path, mode="r+"), report.faults)
         already_complete = False
+    if already_complete and report.views_done < report.views_total:  # marked complete, yet views not marked done
+        log.warning("cache %s: is marked complete, but %d of its %d views are not marked written (their done flags "
+                    "were lost); writing them", path, report.views_total - report.views_done, report.views_total)
+        open_group(path, mode="r+").attrs["state"] = "writing"
+        already_complete = False
     return already_complete, rejected, broken
 
 
