@@ -166,6 +166,16 @@ def test_a_complete_cache_that_lost_a_done_flag_chunk_is_refused_by_readers_and_
     assert run("cache", "verify", copy).exit_code == 0
 
 
+def test_eval_cache_of_a_cache_missing_an_arrays_metadata_is_one_line(cache_path, tmp_path):
+    """``eval --cache`` reads incomplete caches for what they hold; an array of the format whose zarr.json is gone
+    was a KeyError traceback there (``cache verify`` and ``export`` already said it in one line)."""
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(cache_path, copy)
+    (copy / "buckets" / "64x64" / "P5" / "mask" / "zarr.json").unlink()
+    assert_one_line_error(run("eval", "--cache", copy), f"cache '{copy}': expected the array buckets/64x64/P5/mask of "
+                                                        "the cache format, but it is missing", "--resume repairs it")
+
+
 def test_teacher_check_refuses_a_randomly_initialised_teacher_and_writes_nothing(recipe_path, tmp_path):
     out = tmp_path / "c.zarr"
     result = run("teacher-cache", "--pipeline", recipe_path, "--out", out, "--device", "cpu", "--check-teacher", 8)

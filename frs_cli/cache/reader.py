@@ -256,7 +256,11 @@ class TeacherCache:
             found = DirectArray.open(os.path.join(self.path, name), name)
             if found is not None:
                 return found
-        return backend.array(name)
+        try:
+            return backend.array(name)
+        except KeyError:  # an incomplete cache opened for what it holds: an array of the format is gone
+            raise CacheFormatError(f"cache {self.path!r}: expected the array {name} of the cache format, but it is "
+                                   "missing", hint=repair_hint(self.path, backend.kind)) from None
 
     def preload(self) -> None:
         """Read every view into memory now (one zarr call per array), so ``read`` never touches the store.
