@@ -45,6 +45,20 @@ def _same_cache(a, b, written_apart: bool = False) -> None:
         np.testing.assert_array_equal(x[...], y[...], err_msg=name)
 
 
+def test_the_cache_formats_reading_example_runs_with_plain_zarr_on_a_cache(cache_path):
+    """docs/cache-format.md opens with how to read a view with zarr alone; run as written (its path replaced), it
+    gives the reader's numbers (before: ``root["index/row"][k]``, a 0-d array, was refused by zarr as a selection)."""
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "cache-format.md").read_text(encoding="utf-8")
+    example = doc.split("```python\n", 1)[1].split("```", 1)[0].replace('"runs/cache.zarr"', repr(cache_path))
+    names: dict = {}
+    exec(example, names)  # noqa: S102 (the documentation's own example, run as a reader would)
+    view = TeacherCache(cache_path).read(0)
+    np.testing.assert_array_equal(names["p3"], view.features[0].numpy())
+    np.testing.assert_array_equal(names["s3"], view.masks[0].numpy())
+
+
 def test_export_writes_the_same_layout_to_one_hdf5_file(cache_path, h5_path):
     import h5py
 
