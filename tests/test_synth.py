@@ -143,6 +143,7 @@ def test_object_count_range_is_respected(tmp_path):
     "kwargs, field",
     [
         ({"size": 32}, "size"),
+        ({"size": 100000}, "size"),  # before: accepted, and the process ran out of memory drawing the first image
         ({"train": -1}, "train"),
         ({"val": -5}, "val"),
         ({"seed": -1}, "seed"),

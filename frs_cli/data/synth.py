@@ -63,6 +63,9 @@ JPEG_QUALITY = 90
 _SPLITS = (("train", 0), ("val", 1))
 
 
+MAX_SIZE = 8192  # the long side synth draws at most (COCO's images are up to 640 px)
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     train: int = 400  # number of training images (at least 1: a split with no images cannot be cached or trained on)
@@ -82,6 +85,8 @@ class SynthConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ConfigError(f"synth.{name}: expected an integer >= {low}, got {value!r}")
+        if self.size > MAX_SIZE:  # one image is size^2 * 3 bytes, and more in drawing: 100000 px ran out of memory
+            raise ConfigError(f"synth.size: expected a long side of at most {MAX_SIZE} px, got {self.size}")
         if self.max_objects < self.min_objects:
             raise ConfigError(
                 f"synth.max_objects: expected at least min_objects ({self.min_objects}), "
