@@ -122,6 +122,14 @@ def test_verify_of_an_unfinished_cache_counts_the_views_not_yet_written(cache_pa
     assert "8 of 48 views not yet written (state writing" in report.summary()
     result = runner.invoke(app, ["cache", "verify", str(copy)])
     assert result.exit_code == 1
+    # every view written, the state left at writing (a writer stopped before marking it): readers refuse it, so
+    # verify does not call it OK (before: "OK: ... state writing", exit 0)
+    root[f"{BUCKET}/done"][40:] = 1
+    report = verify_cache(str(copy))
+    assert (report.ok, report.views_done, report.faults) == (False, 48, [])
+    assert report.summary() == (f"cache {copy}: 48 of 48 written views intact, all 48 views, but not marked complete "
+                                f"(state writing; frs teacher-cache --pipeline RECIPE --out {copy} --resume finishes it)")
+    assert runner.invoke(app, ["cache", "verify", str(copy)]).exit_code == 1
 
 
 def test_verify_of_something_that_is_not_a_cache_is_one_line(tmp_path):

@@ -51,10 +51,10 @@ class VerifyReport:
 
     @property
     def ok(self) -> bool:
-        """Every array the format requires is there, and every view is written and intact (an empty cache is
-        not OK: it holds nothing to distill from)."""
+        """Every array the format requires is there, every view is written and intact, and the cache is marked
+        complete, as readers require (an empty cache is not OK: it holds nothing to distill from)."""
         return (not self.faults and not self.missing_arrays and not self.damaged_arrays and self.views_total > 0
-                and self.views_done == self.views_total)
+                and self.views_done == self.views_total and self.state == "complete")
 
     def repair(self) -> str:
         """What repairs this cache, as a command to run."""
@@ -81,11 +81,13 @@ class VerifyReport:
                      f"({', '.join(self.damaged_arrays[:3])})")
         if self.faults or self.damaged_arrays:
             return f"{head}, {len(self.faults)} missing or corrupt ({self.repair()})"
-        if self.views_done < self.views_total:
+        if self.views_done < self.views_total or self.state != "complete":
             holder = None if self.kind == "hdf5" else live_holder(self.path)
             finish = ("re-export it from a complete Zarr cache" if self.kind == "hdf5"
                       else f"still being written by {describe(holder)}" if holder is not None
                       else f"frs teacher-cache --pipeline RECIPE --out {self.path} --resume finishes it")
+            if self.views_done == self.views_total:  # every view written, the cache not marked complete
+                return f"{head}, all {self.views_total} views, but not marked complete (state {self.state}; {finish})"
             return (f"{head}; {self.views_total - self.views_done} of {self.views_total} views not yet written "
                     f"(state {self.state}; {finish})")
         return f"OK: {head} (all {self.views_total} views, state {self.state})"
