@@ -297,7 +297,9 @@ def test_a_missing_array_is_never_ok_distill_refuses_it_and_resume_recreates_it(
     result = run("cache", "verify", damaged)
     assert result.exit_code == 1
     line = " ".join(result.stdout.split())
-    assert f"arrays the format requires are missing ({names[0]}" in line and "--resume" in line
+    n = len(names)
+    said = "1 array the format requires is missing" if n == 1 else f"{n} arrays the format requires are missing"
+    assert f"{said} ({names[0]}" in line and "--resume" in line
     assert_one_line_error(_distill(t, damaged), "expected every array of the cache format", names[0],
                           f"--out {damaged} --resume repairs it")
     _assert_no_run_left(t)

@@ -70,8 +70,9 @@ class VerifyReport:
                     "distill from; cache a split with images")
         if self.missing_arrays:
             shown = ", ".join(self.missing_arrays[:3]) + (", ..." if len(self.missing_arrays) > 3 else "")
-            return (f"cache {self.path}: {len(self.missing_arrays)} arrays the format requires are missing "
-                    f"({shown}); {self.repair()}")
+            n = len(self.missing_arrays)
+            return (f"cache {self.path}: {n} {'array' if n == 1 else 'arrays'} the format requires "
+                    f"{'is' if n == 1 else 'are'} missing ({shown}); {self.repair()}")
         if any(n.startswith("index/") for n in self.damaged_arrays):
             return (f"cache {self.path}: its index does not match its checksums ("
                     f"{', '.join(self.damaged_arrays)}): no view was checked; {self.repair()}")

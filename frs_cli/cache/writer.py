@@ -556,12 +556,15 @@ def _open_store(path: str, resume: bool, ctx: DistContext, plan: Plan, teacher, 
     report = verify_cache(path, progress=progress)
     broken = [*report.missing_arrays, *report.damaged_arrays]
     if broken:
-        log.warning("cache %s: %d arrays are missing or damaged; recreating them", path, len(broken))
+        log.warning("cache %s: %s missing or damaged; recreating %s", path,
+                    "1 array is" if len(broken) == 1 else f"{len(broken)} arrays are", "it" if len(broken) == 1 else "them")
         _repair_arrays(open_group(path, mode="r+"), broken, plan, teacher, cfg)
         already_complete = False
         report = verify_cache(path, progress=progress)  # the views, now that every array exists
     if report.faults:
-        log.warning("cache %s: %d written views are missing or corrupt; rewriting them", path, len(report.faults))
+        n = len(report.faults)
+        log.warning("cache %s: %s missing or corrupt; rewriting %s", path,
+                    "1 written view is" if n == 1 else f"{n} written views are", "it" if n == 1 else "them")
         rejected = _reject(open_group(path, mode="r+"), report.faults)
         already_complete = False
     if already_complete and report.views_done < report.views_total:  # marked complete, yet views not marked done
