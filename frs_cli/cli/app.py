@@ -27,14 +27,18 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-data_app = typer.Typer(help="Datasets: generate the embedded synthetic COCO-format set.", no_args_is_help=True)
-cache_app = typer.Typer(help="Inspect, verify and export teacher caches.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: generate the embedded synthetic COCO-format set.", no_args_is_help=True,
+                       epilog="Example: frs data synth data/synth --train 400 --val 100")
+cache_app = typer.Typer(help="Inspect, verify and export teacher caches (Zarr folders, URLs, exported .h5 files).",
+                        no_args_is_help=True, epilog="Example: frs cache verify demo/cache.zarr  (after frs demo --out demo)")
 app.add_typer(data_app, name="data")
 app.add_typer(cache_app, name="cache")
 recipe_app = typer.Typer(help="Recipes: print one resolved (extends applied, every default filled in).",
-                         no_args_is_help=True)
+                         no_args_is_help=True, epilog="Example: frs recipe show pipelines/demo.toml")
 app.add_typer(recipe_app, name="recipe")
-convert_app = typer.Typer(help="Import detectors trained elsewhere as frs model files.", no_args_is_help=True)
+convert_app = typer.Typer(help="Import detectors trained elsewhere as frs model files.", no_args_is_help=True,
+                          epilog="Example: frs convert mmdet retinanet_r101_fpn_2x_coco.pth --arch "
+                                 "retinanet_resnet101_fpn_mmdet --out teachers/retinanet_r101.pt")
 app.add_typer(convert_app, name="convert")
 
 data_cmd.register(data_app)

@@ -119,7 +119,7 @@ def _per_image(views: int, images: int) -> str:
     return f"{plural(views // max(1, images), 'view')} per image"
 
 
-def info(cache: str = typer.Argument(..., help="Cache path.")):
+def info(cache: str = typer.Argument(..., help="Cache path, URL or .h5 file.")):
     """Summarise a teacher cache: images, views, levels, bytes on disk, MB per image, teacher, fingerprints."""
     from rich.table import Table
 
