@@ -207,7 +207,10 @@ class DirectArray:
         bad = ~empty & ((lengths != self.row_nbytes) | (offsets < 0) | (offsets > size - self.row_nbytes))
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
-            raise CacheFormatError(f"cache file {str(self._file(row))!r}: its shard index puts row {first + i} at "
-                                   f"byte {int(pairs[i, 0])} ({int(pairs[i, 1])} bytes) in a file of {size}; "
-                                   f"expected {self.row_nbytes} bytes inside it", hint="frs cache verify lists the damage")
+            offset, length = int(pairs[i, 0]), int(pairs[i, 1])
+            where = (f"puts row {first + i} at byte {offset} ({length} bytes)" if offset < size and length <= size
+                     else f"does not locate row {first + i}")  # a truncated file's "index" is other bytes: no numbers
+            raise CacheFormatError(f"cache file {str(self._file(row))!r}: is truncated or corrupt: its shard index "
+                                   f"{where} in a file of {size} bytes, expected {self.row_nbytes} bytes inside it",
+                                   hint="frs cache verify lists the damage")
         self._offsets[rows] = np.where(empty, _FILL, offsets)
