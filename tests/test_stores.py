@@ -59,6 +59,21 @@ def test_the_cache_formats_reading_example_runs_with_plain_zarr_on_a_cache(cache
     np.testing.assert_array_equal(names["s3"], view.masks[0].numpy())
 
 
+def test_a_cache_whose_root_metadata_is_cut_is_named_damaged_not_an_array(cache_path, tmp_path):
+    """The root zarr.json cut mid-JSON (before: "found something else: a Zarr array")."""
+    import shutil
+
+    copy = tmp_path / "c.zarr"
+    shutil.copytree(cache_path, copy)
+    meta = copy / "zarr.json"
+    meta.write_bytes(meta.read_bytes()[:60])
+    for args in (["cache", "info", copy], ["cache", "verify", copy], ["eval", "--cache", copy]):
+        result = CliRunner().invoke(app, [str(a) for a in args])
+        assert result.exit_code == 1 and "Traceback" not in result.output
+        assert result.stderr.strip() == (f"error: cache '{copy}': expected an frs teacher cache, found something else: "
+                                         f"a folder whose zarr.json is not readable Zarr metadata (damaged: {meta})")
+
+
 def test_export_writes_the_same_layout_to_one_hdf5_file(cache_path, h5_path):
     import h5py
 

@@ -86,7 +86,16 @@ def what_is_there(path: str, exc: Exception) -> str:
         if local.is_file():
             return "a file"
         if local.is_dir():
-            return "a folder that holds no Zarr group" if not (local / "zarr.json").exists() else "a Zarr array"
+            meta = local / "zarr.json"
+            if not meta.exists():
+                return "a folder that holds no Zarr group"
+            import json
+
+            try:
+                node = json.loads(meta.read_text(encoding="utf-8")).get("node_type")
+            except (OSError, ValueError, AttributeError):
+                return f"a folder whose zarr.json is not readable Zarr metadata (damaged: {meta})"
+            return "a Zarr array" if node == "array" else f"a Zarr node ({type(exc).__name__}: {exc})"
     return f"no Zarr group ({type(exc).__name__})"
 
 
