@@ -556,8 +556,9 @@ def _open_store(path: str, resume: bool, ctx: DistContext, plan: Plan, teacher, 
     report = verify_cache(path, progress=progress)
     broken = [*report.missing_arrays, *report.damaged_arrays]
     if broken:
+        one = len(broken) == 1
         log.warning("cache %s: %s missing or damaged; recreating %s", path,
-                    "1 array is" if len(broken) == 1 else f"{len(broken)} arrays are", "it" if len(broken) == 1 else "them")
+                    "1 array is" if one else f"{len(broken)} arrays are", "it" if one else "them")
         _repair_arrays(open_group(path, mode="r+"), broken, plan, teacher, cfg)
         already_complete = False
         report = verify_cache(path, progress=progress)  # the views, now that every array exists
