@@ -75,6 +75,11 @@ def size_text(n: float) -> str:
     return f"{int(n)} B"
 
 
+def plural(n: int, noun: str) -> str:
+    """``1 view``, ``2 views``: a count and its noun."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def sizes_apart(need: int, free: int) -> tuple[str, str]:
     """``size_text`` of a size needed and the space free, as bytes when they would read alike ("100.0 GB" twice)."""
     shown = (size_text(need), size_text(free))

@@ -17,6 +17,7 @@ import numpy as np
 from frs_cli.cache.backend import open_backend
 from frs_cli.cache.checksum import damaged_arrays, view_crc
 from frs_cli.cache.reader import TeacherCache, required_cache_arrays
+from frs_cli.files import plural
 from frs_cli.lock import describe, live_holder
 from frs_cli.progress import NullProgress, Progress
 
@@ -71,8 +72,8 @@ class VerifyReport:
         if self.missing_arrays:
             shown = ", ".join(self.missing_arrays[:3]) + (", ..." if len(self.missing_arrays) > 3 else "")
             n = len(self.missing_arrays)
-            return (f"cache {self.path}: {n} {'array' if n == 1 else 'arrays'} the format requires "
-                    f"{'is' if n == 1 else 'are'} missing ({shown}); {self.repair()}")
+            return (f"cache {self.path}: {plural(n, 'array')} the format requires {'is' if n == 1 else 'are'} "
+                    f"missing ({shown}); {self.repair()}")
         if any(n.startswith("index/") for n in self.damaged_arrays):
             return (f"cache {self.path}: its index does not match its checksums ("
                     f"{', '.join(self.damaged_arrays)}): no view was checked; {self.repair()}")

@@ -49,7 +49,7 @@ from frs_cli.cache.verify import UNREADABLE, verify_cache
 from frs_cli.data.coco import CocoViews, ListSampler, OriginalBatches, collate, collate_originals, resize_batch
 from frs_cli.dist import DistContext, all_gather_objects, barrier, broadcast_object, setup
 from frs_cli.errors import CacheFormatError, CacheMismatchError, ConfigError, DataError, StorageError
-from frs_cli.files import free_bytes, size_text, sizes_apart, storage_errors
+from frs_cli.files import free_bytes, plural, size_text, sizes_apart, storage_errors
 from frs_cli.lock import job_lock, local_path
 from frs_cli.models import build_detector, check_distillable, warn_untrained_teacher
 from frs_cli.progress import NullProgress, Progress, share
@@ -557,15 +557,15 @@ def _open_store(path: str, resume: bool, ctx: DistContext, plan: Plan, teacher, 
     broken = [*report.missing_arrays, *report.damaged_arrays]
     if broken:
         one = len(broken) == 1
-        log.warning("cache %s: %s missing or damaged; recreating %s", path,
-                    "1 array is" if one else f"{len(broken)} arrays are", "it" if one else "them")
+        log.warning("cache %s: %s %s missing or damaged; recreating %s", path, plural(len(broken), "array"),
+                    "is" if one else "are", "it" if one else "them")
         _repair_arrays(open_group(path, mode="r+"), broken, plan, teacher, cfg)
         already_complete = False
         report = verify_cache(path, progress=progress)  # the views, now that every array exists
     if report.faults:
-        n = len(report.faults)
-        log.warning("cache %s: %s missing or corrupt; rewriting %s", path,
-                    "1 written view is" if n == 1 else f"{n} written views are", "it" if n == 1 else "them")
+        one = len(report.faults) == 1
+        log.warning("cache %s: %s %s missing or corrupt; rewriting %s", path,
+                    plural(len(report.faults), "written view"), "is" if one else "are", "it" if one else "them")
         rejected = _reject(open_group(path, mode="r+"), report.faults)
         already_complete = False
     if already_complete and report.views_done < report.views_total:  # marked complete, yet views not marked done

@@ -16,11 +16,11 @@ from frs_cli.cli.common import (
     handle_errors,
     is_main_process,
     load,
-    plural,
     progress_for_rank,
     setup_logging,
 )
 from frs_cli.errors import Interrupted, check_value
+from frs_cli.files import plural
 
 
 def register(app: typer.Typer, cache_app: typer.Typer) -> None:

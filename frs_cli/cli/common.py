@@ -15,6 +15,7 @@ from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 
 from frs_cli.errors import FrsError, Interrupted
+from frs_cli.files import plural
 
 PIPE_WIDTH = 160  # columns a table may take in a log or pipe (where rich would assume 80)
 
@@ -172,11 +173,6 @@ def metrics_table(title: str, rows: dict[str, dict[str, float | None]]):
     for name, m in rows.items():
         table.add_row(name, *(format_metric((m or {}).get(k)) for k in METRIC_KEYS))
     return table
-
-
-def plural(n: int, noun: str) -> str:
-    """``1 view``, ``2 views``: a count and its noun."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def iterations_run(fit) -> str:
