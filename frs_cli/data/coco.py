@@ -19,7 +19,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -71,6 +71,12 @@ class ImageRecord:
     category_ids: np.ndarray  # (N,) int64
 
 
+def object_categories(annotations: Iterable[dict]) -> set[int]:
+    """The category ids with at least one object COCO's evaluation counts (an annotation not crowd); a category
+    without one has no AP (COCOeval leaves it out of the mean), so a model needs no label for it."""
+    return {int(a["category_id"]) for a in annotations if not a.get("iscrowd", 0)}
+
+
 class CocoIndex:
     """The parsed annotation file: images in ascending id order, their boxes, and the label map."""
 
@@ -119,8 +125,6 @@ class CocoIndex:
             log.info("category ids %s mapped to contiguous labels 0..%d", cat_ids, len(cat_ids) - 1)
 
         per_image: dict[int, list] = {i: [] for i in images}
-        # the categories with an object COCO's evaluation counts (not crowd): those a model must have labels for
-        self.object_categories: set[int] = set()
         dropped = outside = 0
         for ann in doc["annotations"]:
             try:
@@ -142,7 +146,6 @@ class CocoIndex:
                                 f"expected one of {cat_ids}")
             if crowd:
                 continue
-            self.object_categories.add(cat)
             if not (w > 0 and h > 0):
                 dropped += 1
                 continue
@@ -155,6 +158,7 @@ class CocoIndex:
             per_image[image_id].append((x0, y0, x1, y1, cat))
         _warn_dropped(dropped, outside, path)
         self.dropped_boxes = dropped + outside
+        self.object_categories = object_categories(doc["annotations"])  # those a model must have labels for
 
         self.records: list[ImageRecord] = []
         for image_id in sorted(images):

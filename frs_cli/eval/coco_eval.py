@@ -30,6 +30,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from frs_cli.data.coco import object_categories
 from frs_cli.errors import DataError
 from frs_cli.files import missing_file, write_json
 from frs_cli.optional import require
@@ -294,12 +295,6 @@ def unlabelled_categories(category_ids: Iterable[int], label_to_category: Sequen
     return sorted(set(category_ids) - {int(c) for c in label_to_category})
 
 
-def object_categories(coco_gt: COCO) -> set[int]:
-    """The category ids with at least one object COCO's evaluation counts (an annotation not crowd); a category
-    without one has no AP (COCOeval leaves it out of the mean), so a model needs no label for it."""
-    return {int(a["category_id"]) for a in coco_gt.dataset.get("annotations", []) if not a.get("iscrowd", 0)}
-
-
 class CocoEvaluator:
     """Collect per-image detections, then compute COCO box mAP: ``reset() -> process(...) -> evaluate()``.
 
@@ -315,7 +310,7 @@ class CocoEvaluator:
     def __init__(self, coco_gt: COCO, label_to_category: Sequence[int]):
         categories = set(coco_gt.getCatIds())
         mapping = [int(c) for c in label_to_category]
-        with_objects = object_categories(coco_gt)
+        with_objects = object_categories(coco_gt.dataset.get("annotations", []))
         missing = unlabelled_categories(with_objects, mapping)
         if not mapping or missing:
             raise DataError(f"model labels: expected a label for every category id with objects in the ground truth "
