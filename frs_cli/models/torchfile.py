@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from frs_cli.errors import ModelError
+from frs_cli.files import plural
 
 __all__ = ["check_torch_archive", "load_torch_file", "refuse_training_state"]
 
@@ -117,6 +118,6 @@ def refuse_training_state(content, label: str, path: Path) -> None:
     if isinstance(content, dict) and {"modules", "optimizer", "epoch"} <= set(content):
         final = path.with_name("model_final.pt")
         raise ModelError(f"{label}: expected a model file (keys 'arch', 'model'), got a training state (what --resume "
-                         f"continues from, saved after {content['epoch']} epoch{'' if content['epoch'] == 1 else 's'})",
+                         f"continues from, saved after {plural(content['epoch'], 'epoch')})",
                          hint=f"use {final}" if final.is_file() else
                          "the run has not finished: its model_final.pt is written when train/distill --resume ends")
