@@ -438,7 +438,8 @@ def _shard_file_deleted(t):
     c = _copy(t.cache, t.tmp)
     for shard in (c / BUCKET / "P7" / "mask").glob("c.*"):
         shard.unlink()  # every view's P7 mask reads back as zeros
-    return c, [], ["(bucket 64x64, row ", "): P7/mask does not match its stored checksum"]
+    return c, [], ["(bucket 64x64, row ", "): P7/mask is missing: its chunk is not in the store",
+                   f"frs cache verify {c} lists the damage"]
 
 
 def _corrupt_hdf5_export(t):

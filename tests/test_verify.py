@@ -6,6 +6,7 @@ import struct
 from pathlib import Path
 
 import pytest
+import torch
 import zarr
 from conftest import assert_same_cache_arrays, write_recipe
 from typer.testing import CliRunner
@@ -16,6 +17,7 @@ from frs_cli.cache.writer import write_teacher_cache
 from frs_cli.cli.app import app
 from frs_cli.config import load_recipe
 from frs_cli.dist import setup
+from frs_cli.errors import CacheFormatError
 
 runner = CliRunner()
 BUCKET = "buckets/64x64"
@@ -136,3 +138,34 @@ def test_verify_of_something_that_is_not_a_cache_is_one_line(tmp_path):
     result = runner.invoke(app, ["cache", "verify", str(tmp_path / "nothing.zarr")])
     assert result.exit_code == 1 and "found nothing there" in result.stderr
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.output
+
+
+def _first_view_of_row(cache: TeacherCache, row: int) -> int:
+    return next(k for k in range(len(cache)) if int(cache.row[k]) == row)
+
+
+@pytest.mark.parametrize("gone, named", [
+    ("P5/mask/c.2.0.0", "P5/mask"), ("P3/features/c.2.0.0.0", "P3/features"), ("crc/c.2.0", "crc")])
+def test_a_deleted_shard_is_named_missing_by_readers_and_verify_alike(cache_path, tmp_path, gone, named):
+    """Zarr reads an absent shard as zeros: the reader names the array whose chunk is gone, as verify does, not a
+    checksum mismatch; a lost crc shard is the one fault of its views (their arrays cannot be checked without it)."""
+    copy = tmp_path / "c.zarr"
+    shutil.copytree(cache_path, copy)
+    (copy / BUCKET / gone).unlink()
+    cache = TeacherCache(str(copy))
+    with pytest.raises(CacheFormatError, match=rf"\(bucket 64x64, row 8\): {named} is missing: its chunk is not in "
+                                                r"the store \(frs cache verify .* --resume repairs it\)"):
+        cache.read(_first_view_of_row(cache, 8))
+    faults = verify_cache(str(copy)).faults
+    assert [(f.row, f.problems) for f in faults] == [(row, ((named, MISSING),)) for row in (8, 9, 10, 11)]
+
+
+def test_a_deleted_scale_shard_of_an_int8_cache_is_named_missing(synth_root, teacher_ckpt, tmp_path):
+    recipe = load_recipe(write_recipe(tmp_path / "r.toml", synth_root, str(teacher_ckpt)), ["cache.dtype='int8'"])
+    path = tmp_path / "c.zarr"
+    write_teacher_cache(recipe, str(path), ctx=setup("cpu"))
+    (path / BUCKET / "P4" / "scale" / "c.1.0").unlink()
+    cache = TeacherCache(str(path))
+    with pytest.raises(CacheFormatError, match=r"\(bucket 64x64, row 5\): P4/scale is missing: its chunk is not"):
+        cache.read(_first_view_of_row(cache, 5))
+    assert cache.read(_first_view_of_row(cache, 8)).features[1].dtype == torch.float16  # other batches read

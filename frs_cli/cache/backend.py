@@ -82,6 +82,14 @@ class ZarrBackend:
         rows_per_object = (arr.shards or arr.chunks)[0]
         return arr.metadata.encode_chunk_key((row // rows_per_object,) + (0,) * (len(arr.shape) - 1))
 
+    def chunk_stored(self, name: str, row: int) -> bool:
+        """Whether the stored object holding row ``row`` of array ``name`` exists (zarr reads an absent one as
+        its fill value, so a deleted shard would otherwise read as zeros)."""
+        from zarr.core.sync import sync
+
+        arr = self.root[name]
+        return bool(sync(arr.store.exists(f"{arr.path}/{self.chunk_key(name, row)}")))
+
     def nbytes_stored(self, group: str = "") -> int:
         """Bytes of every array below ``group`` in the store, metadata included (zarr's ``nbytes_stored``).
 
@@ -162,6 +170,11 @@ class HDF5Backend:
 
     def chunk_key(self, name: str, row: int) -> str:
         return str(row)
+
+    def chunk_stored(self, name: str, row: int) -> bool:
+        """True: HDF5 files are written whole."""
+        del name, row
+        return True
 
     def nbytes_stored(self, group: str = "") -> int:
         return sum(int(arr.id.get_storage_size()) for _, arr in self.walk(group))

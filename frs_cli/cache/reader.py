@@ -318,6 +318,17 @@ class TeacherCache:
                                 f"(bucket {b}, row {int(self.row[k])}): {array} {what}",
                                 hint=hint or repair_hint(self.path, self.backend.kind))
 
+    def _mismatch(self, k: int, array: str) -> CacheFormatError:
+        """The fault of view ``k``'s ``array`` (``"P3/features"``) whose CRC-32 does not match: named missing when
+        the stored chunk it or its checksums came from is gone (zarr reads an absent chunk as zeros)."""
+        prefix, row = f"buckets/{self.buckets[int(self.bucket[k])].name}", int(self.row[k])
+        level, kind = array.split("/")
+        sources = ["crc", array] + ([f"{level}/scale"] if kind == "features" and self.encoding.scaled else [])
+        for name in sources:
+            if not self.backend.chunk_stored(f"{prefix}/{name}", row):
+                return self._fault(k, name, "is missing: its chunk is not in the store")
+        return self._fault(k, array, "does not match its stored checksum")
+
     def read(self, k: int, raw: bool = False) -> CachedTargets:
         """View ``k``'s targets, one chunk per array: per level features and float16 masks ``(H_l, W_l)``.
 
@@ -405,9 +416,9 @@ def check_view(cache: TeacherCache, k: int, level: str, feats: np.ndarray, scale
     from frs_cli.cache.checksum import view_crc
 
     if view_crc(feats, scale) != int(feat_crc):
-        raise cache._fault(k, f"{level}/features", "does not match its stored checksum")
+        raise cache._mismatch(k, f"{level}/features")
     if view_crc(mask) != int(mask_crc):
-        raise cache._fault(k, f"{level}/mask", "does not match its stored checksum")
+        raise cache._mismatch(k, f"{level}/mask")
     for array, ok in ((f"{level}/features", cache.encoding.finite(feats)),
                       (f"{level}/scale", scale is None or finite(scale)), (f"{level}/mask", finite(mask))):
         if not ok:
