@@ -169,3 +169,20 @@ def test_a_deleted_scale_shard_of_an_int8_cache_is_named_missing(synth_root, tea
     with pytest.raises(CacheFormatError, match=r"\(bucket 64x64, row 5\): P4/scale is missing: its chunk is not"):
         cache.read(_first_view_of_row(cache, 5))
     assert cache.read(_first_view_of_row(cache, 8)).features[1].dtype == torch.float16  # other batches read
+
+
+def test_resume_repairs_a_cache_whose_teacher_has_no_weights(synth_root, tmp_path):
+    """A teacher without weights is built from a fixed seed: the resumed run builds the same teacher (fingerprint
+    ``state:…``) and rewrites the lost views to the values they had."""
+    recipe = write_recipe(tmp_path / "r.toml", synth_root, weights="")
+    path = tmp_path / "c.zarr"
+    assert runner.invoke(app, ["teacher-cache", "--pipeline", recipe, "--out", path, "--device", "cpu"]).exit_code == 0
+    reference = tmp_path / "reference.zarr"
+    shutil.copytree(path, reference)
+    assert TeacherCache(str(path)).attrs["fingerprints"]["teacher"].startswith("state:")
+    (path / BUCKET / "P5" / "mask" / "c.2.0.0").unlink()
+    result = runner.invoke(app, ["teacher-cache", "--pipeline", recipe, "--out", path, "--resume", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "rewrote 4 written views that were missing or corrupt" in result.stdout
+    assert verify_cache(str(path)).ok
+    assert_same_cache_arrays(path, reference)

@@ -12,6 +12,7 @@ import importlib
 import logging
 from pathlib import Path
 
+import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
@@ -54,6 +55,7 @@ __all__ = [
     "ModelConfig",
     "build_cls_head",
     "build_detector",
+    "build_teacher",
     "check_compatible",
     "check_distillable",
     "fingerprint_state_dict",
@@ -118,6 +120,23 @@ def build_detector(cfg: ModelConfig, num_classes: int, load_weights: bool = True
     if source is not None:
         _load_source(detector, source)
     return detector
+
+
+# The random initialisation of a teacher without weights: every build of one recipe's teacher is the same model.
+UNTRAINED_TEACHER_SEED = 0
+
+
+def build_teacher(cfg: ModelConfig, num_classes: int) -> Detector:
+    """A recipe's teacher (``build_detector``). One without weights (a random detection head: tests, timing
+    benches) is initialised from ``UNTRAINED_TEACHER_SEED``, the global random state left as it was, so that
+    every build of it is the same teacher: a resumed ``teacher-cache`` matches the cache it continues (whose
+    fingerprint is that of the built state), the processes of a torchrun job write one teacher's targets, and
+    ``distill --online`` runs the teacher a cache of the same recipe holds."""
+    if cfg.weights:
+        return build_detector(cfg, num_classes)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(UNTRAINED_TEACHER_SEED)
+        return build_detector(cfg, num_classes)
 
 
 def warn_untrained_teacher(cfg: ModelConfig, command: str) -> None:

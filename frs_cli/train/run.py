@@ -19,7 +19,14 @@ from frs_cli.dist import DistContext, setup
 from frs_cli.errors import ConfigError
 from frs_cli.eval.predict import evaluate_detector, prepare_evaluation
 from frs_cli.lock import job_lock
-from frs_cli.models import build_detector, check_compatible, check_distillable, signature, warn_untrained_teacher
+from frs_cli.models import (
+    build_detector,
+    build_teacher,
+    check_compatible,
+    check_distillable,
+    signature,
+    warn_untrained_teacher,
+)
 from frs_cli.models.config import ModelConfig
 from frs_cli.progress import Progress
 from frs_cli.train.checkpoint import (
@@ -282,7 +289,7 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
         check_distillable(recipe.student, recipe.teacher, num_classes)
         if ctx.is_main:
             warn_untrained_teacher(recipe.teacher, "distill --online")
-        teacher = build_detector(recipe.teacher, num_classes)
+        teacher = build_teacher(recipe.teacher, num_classes)
         teacher_side = OnlineTeacher(teacher, autocast=recipe.cache.amp)
         teacher_signature = teacher.signature
         views = training_views(cfg.hflip_prob, cfg.min_sizes, recipe.geometry)
