@@ -744,3 +744,20 @@ def test_a_resume_may_change_how_the_step_is_launched_but_not_what_it_computes(t
     asked["distill"]["beta"] = 0.5
     with pytest.raises(ConfigError, match=r"started with another recipe: distill.beta = 0.02, now 0.5"):
         resume_changes(tmp_path, asked, "distill cache")
+
+
+def test_mask_statistics_leave_a_mean_over_no_positions_undefined_not_zero(cache_path, tmp_path, monkeypatch):
+    """With no position inside a GT box (views without objects, made so by giving every image no boxes), the mean S
+    inside GT is undefined: null in --metrics and "–" in the table, as COCO's undefined metrics are; the means
+    that have positions stay numbers."""
+    from frs_cli.eval import mask_stats
+
+    monkeypatch.setattr(mask_stats, "apply_to_boxes", lambda boxes, geom: boxes[:0])
+    result = run("eval", "--cache", cache_path, "--metrics", tmp_path / "stats.json")
+    assert result.exit_code == 0, result.output
+    levels = json.loads((tmp_path / "stats.json").read_text())["levels"]
+    assert [s["mean_inside"] for s in levels] == [None] * 5
+    assert all(0.0 < s["mean_outside"] < 1.0 and s["outside_mass"] == 1.0 for s in levels)
+    rows = [line for line in result.stdout.splitlines() if line.startswith("│ P")]
+    assert len(rows) == 5 and all(row.split("│")[4].strip() == "–" for row in rows), rows
+    assert all(row.split("│")[6].strip() == "100.0%" for row in rows), rows

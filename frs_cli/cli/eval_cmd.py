@@ -156,9 +156,13 @@ def _mask_stats(cache: str, data: Path | None, high: float, max_views: int | Non
                   f"S>={high} far from GT", f"S>={high} all",
                   title=f"FRS masks of {cache}" + ("" if c.complete else f" (incomplete: {int(c.written.sum())} of "
                                                                         f"{len(c)} views written)"))
+    def shown(value: float | None, form: str) -> str:  # undefined (a mean over no positions) is "–", not 0
+        return "–" if value is None else format(value, form)
+
     for s in stats:
-        table.add_row(s.level, str(s.stride), f"{s.positions:,}", f"{s.mean_inside:.3f}", f"{s.mean_outside:.3f}",
-                      f"{100 * s.outside_mass:.1f}%", f"{s.high_far:,}", f"{s.high_total:,}")
+        table.add_row(s.level, str(s.stride), f"{s.positions:,}", shown(s.mean_inside, ".3f"),
+                      shown(s.mean_outside, ".3f"), shown(s.outside_mass, ".1%"), f"{s.high_far:,}",
+                      f"{s.high_total:,}")
     console.print(table)
     if metrics is not None:
         write_json(metrics, {"levels": [s.to_dict() for s in stats], "high": high}, indent=1)

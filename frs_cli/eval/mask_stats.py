@@ -5,6 +5,8 @@ Per level, over the real-image positions of every cached view (a position is the
 
 - ``mean_inside`` / ``mean_outside``: mean S at positions inside any GT box / inside none;
 - ``outside_mass``: the share of the level's total mask mass at positions inside no GT box;
+- each of the three None (``null`` in JSON, "–" in tables) where it is undefined: a mean over no positions (no
+  position inside a GT box, as in views without objects, or none outside), a share of no mass;
 - ``high_far``: how many positions have S >= ``high`` and lie farther than ``margin`` strides from every
   GT box (objects the annotation misses, look-alikes, context), and ``high_total`` of all positions with S >= high.
 """
@@ -27,9 +29,9 @@ class LevelMaskStats:
     level: str
     stride: int
     positions: int
-    mean_inside: float
-    mean_outside: float
-    outside_mass: float
+    mean_inside: float | None
+    mean_outside: float | None
+    outside_mass: float | None
     high_far: int
     high_total: int
 
@@ -96,9 +98,9 @@ def mask_statistics(cache, dataset: CocoViews, high: float = 0.5, margin: float 
         total = a["s_in"] + a["s_out"]
         out.append(LevelMaskStats(
             level=lv.name, stride=lv.stride, positions=a["n"],
-            mean_inside=a["s_in"] / a["n_in"] if a["n_in"] else 0.0,
-            mean_outside=a["s_out"] / a["n_out"] if a["n_out"] else 0.0,
-            outside_mass=a["s_out"] / total if total > 0 else 0.0,
+            mean_inside=a["s_in"] / a["n_in"] if a["n_in"] else None,
+            mean_outside=a["s_out"] / a["n_out"] if a["n_out"] else None,
+            outside_mass=a["s_out"] / total if total > 0 else None,
             high_far=a["far"], high_total=a["high"],
         ))
     return out
