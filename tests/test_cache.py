@@ -402,3 +402,29 @@ def test_writer_processes_leave_ctrl_c_to_the_parent_and_print_no_traceback(tmp_
     assert all(p.exitcode == 0 for p in procs._procs)  # stopped by close, not by the signal
     err = capfd.readouterr().err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+
+
+def test_a_cache_written_from_a_relative_data_root_is_read_from_any_folder(synth_root, teacher_ckpt, tmp_path,
+                                                                           monkeypatch):
+    """The cache records its annotation file's absolute path: ``eval --cache`` and ``visualize`` run from another
+    folder find the dataset (before: the recipe's relative path, refused as 'where it was written from')."""
+    from typer.testing import CliRunner
+
+    from frs_cli.cache.backend import open_backend
+    from frs_cli.cli.app import app
+
+    monkeypatch.chdir(synth_root.parent)
+    recipe = write_recipe(tmp_path / "r.toml", Path(synth_root.name), str(teacher_ckpt))
+    cache = tmp_path / "c.zarr"
+    result = CliRunner().invoke(app, ["teacher-cache", "--pipeline", str(recipe), "--out", str(cache), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    recorded = open_backend(str(cache)).attrs["dataset"]["annotation_file"]
+    assert recorded == str(synth_root / "annotations" / "instances_train.json")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = CliRunner().invoke(app, ["eval", "--cache", "../c.zarr", "--max-views", "2"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["visualize", "--cache", "../c.zarr", "--out", "m.png"])
+    assert result.exit_code == 0, result.output
+    assert (elsewhere / "m.png").is_file()

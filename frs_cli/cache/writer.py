@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import re
 import threading
 import time
@@ -95,7 +96,8 @@ def _create(path: str, plan: Plan, teacher, recipe, fingerprints: dict, dataset,
         "geometry": recipe.geometry.to_dict(),
         "views": list(cfg.views),
         "fingerprints": fingerprints,
-        "dataset": {"split": cfg.split, "annotation_file": str(dataset.index.path),
+        # absolute: readers find the dataset from any folder (a recipe's data.root may be relative to the cwd)
+        "dataset": {"split": cfg.split, "annotation_file": os.path.abspath(dataset.index.path),
                     "annotation_sha256": dataset.index.sha256, "num_images": len(dataset),
                     "label_to_category": dataset.index.label_to_category,
                     "category_names": [c["name"] for c in dataset.index.categories]},
