@@ -529,3 +529,28 @@ def test_a_teacher_without_weights_is_named_in_one_warning_by_teacher_cache_and_
                 "(teacher.weights was empty: a random detection head), so its FRS masks and targets teach nothing; "
                 "write the cache again with teacher.weights set")
     assert lines == [expected], result.stderr
+
+
+@pytest.mark.parametrize("source", ["cache", "online"])
+def test_a_student_with_other_anchors_than_the_teacher_is_named_in_one_warning(tmp_path, recipe_path, cache_path,
+                                                                               source):
+    """The head term pairs each anchor's classification output with the teacher's of the same index: a student whose
+    anchors are of another size (the tiny recipe's are 16 px at P3) gets one warning naming both sizes and the
+    keys to set; none with distill.beta = 0 or with the teacher's anchors. From a cache, the teacher's anchors are
+    the cache's (its recorded model config), whatever the recipe's teacher table says."""
+    teacher = ("--cache", cache_path) if source == "cache" else ("--online",)
+    base = ("distill", "--pipeline", recipe_path, *teacher, "--device", "cpu", "--no-eval", "--set", "train.epochs=1")
+
+    def warnings(*extra) -> list[str]:
+        result = run(*base, "--out", tmp_path / str(len(list(tmp_path.iterdir()))), *extra)
+        assert result.exit_code == 0, result.output
+        return [ln for ln in result.stderr.splitlines() if ln.startswith("warning: distill: the student's anchors")]
+
+    other = ("--set", "student.anchor_size=32") + (("--set", "teacher.anchor_size=32") if source == "cache" else ())
+    assert warnings(*other) == [
+        ("warning: distill: the student's anchors are 32 px at the finest level (student.anchor_size), the teacher's "
+        "16 px: the head term pairs each anchor's classification output with the teacher's of the same index, which "
+        "stands for boxes of another size; set student.anchor_size = 16, or distill.beta = 0 to distil the features "
+        "alone")]
+    assert warnings(*other, "--set", "distill.beta=0") == []
+    assert warnings() == []

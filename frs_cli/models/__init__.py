@@ -53,6 +53,7 @@ __all__ = [
     "FrsSignature",
     "LevelSpec",
     "ModelConfig",
+    "anchor_mismatch",
     "build_cls_head",
     "build_detector",
     "build_teacher",
@@ -93,6 +94,21 @@ def _family(name: str):
 def default_anchor_size(arch: str) -> int:
     """The anchor size at the finest level that ``anchor_size = 0`` gives ``arch`` (its family's)."""
     return _family(arch_spec(arch).family).DEFAULT_ANCHOR_SIZE
+
+
+def anchor_mismatch(student: ModelConfig, teacher_arch: str, teacher_anchor_size: int) -> str | None:
+    """None when the student's anchors are the teacher's size at the finest level (``anchor_size``, 0 read as the
+    arch's own), else a sentence naming both. FRS's head term pairs each position's classification output (per
+    anchor, or per level's scale range for FCOS) with the teacher's of the same index, which then stands for
+    boxes of another size."""
+    s = student.anchor_size or default_anchor_size(student.arch)
+    t = teacher_anchor_size or default_anchor_size(teacher_arch)
+    if s == t:
+        return None
+    return (f"the student's anchors are {s} px at the finest level (student.anchor_size), the teacher's {t} px: "
+            "the head term pairs each anchor's classification output with the teacher's of the same index, which "
+            f"stands for boxes of another size; set student.anchor_size = {t}, or distill.beta = 0 to distil the "
+            "features alone")
 
 
 def build_detector(cfg: ModelConfig, num_classes: int, load_weights: bool = True) -> Detector:

@@ -20,6 +20,8 @@ from frs_cli.errors import ConfigError
 from frs_cli.eval.predict import evaluate_detector, prepare_evaluation
 from frs_cli.lock import job_lock
 from frs_cli.models import (
+    anchor_mismatch,
+    arch_spec,
     build_detector,
     build_teacher,
     check_compatible,
@@ -137,6 +139,14 @@ def _on_resumed(start: RunStart, recipe_dict: dict, changes: dict, ctx: DistCont
         if ctx.is_main:
             record_resume(start.out_dir, recipe_dict, changes)
     return resumed
+
+
+def _warn_anchor_mismatch(recipe, teacher_arch: str, teacher_anchor_size: int, ctx: DistContext) -> None:
+    """One warning when the head term is on and the student's anchors are not the teacher's size."""
+    beta = recipe.distill.for_family(arch_spec(recipe.student.arch).family).beta
+    mismatch = anchor_mismatch(recipe.student, teacher_arch, teacher_anchor_size)
+    if ctx.is_main and beta and mismatch:
+        log.warning("distill: %s", mismatch)
 
 
 def _as_stored(recipe, cache: str, ctx: DistContext):
@@ -269,6 +279,9 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
                               f"teacher.arch = {recipe.teacher.arch!r}",
                               hint=f"set teacher.arch = {cached_arch!r} (the cache's), or cache this recipe's teacher")
         check_compatible(signature(recipe.student.arch, num_classes), store.signature)
+        cached_model = store.teacher.get("model_config", {})
+        _warn_anchor_mismatch(recipe, store.teacher.get("arch", recipe.teacher.arch),
+                              int(cached_model.get("anchor_size", recipe.teacher.anchor_size)), ctx)
         if ctx.is_main and not store.teacher.get("weights", "?"):  # teacher-cache warned once; every student now
             log.warning("distill: the cache %s was written by a teacher with no weights (teacher.weights was empty: "
                         "a random detection head), so its FRS masks and targets teach nothing; write the cache "
@@ -287,6 +300,7 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
         dataset = CachedViews(coco, store)
     else:
         check_distillable(recipe.student, recipe.teacher, num_classes)
+        _warn_anchor_mismatch(recipe, recipe.teacher.arch, recipe.teacher.anchor_size, ctx)
         if ctx.is_main:
             warn_untrained_teacher(recipe.teacher, "distill --online")
         teacher = build_teacher(recipe.teacher, num_classes)
