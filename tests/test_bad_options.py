@@ -413,3 +413,15 @@ def test_eval_of_a_model_with_no_label_for_a_category_of_the_data_is_one_line_be
     assert result.stderr.strip() == line  # no warning before it, no progress
     assert line == (f"error: eval: {teacher_ckpt} has no label for categories [6] of {ann}, so their objects cannot be "
                     "scored (id 6 ('hex') is no category of the model; is --data the dataset it was trained for?)")
+
+
+@pytest.mark.parametrize("args, named", [
+    (("visualize", "--cache", "c.zarr", "--image-id", "abc"), ("--image-id",)),
+    (("visualize", "--cache", "c.zarr", "--vmax", "abc"), ("--vmax",)),
+    (("cache", "foo"), ("foo",))])
+def test_a_command_line_that_does_not_parse_is_the_parsers_usage_error_with_exit_code_2(args, named):
+    """As README says: the parser refuses it before frs runs (exit code 2, its usage box naming the option or
+    command); frs's own refusals are one line and exit code 1."""
+    result = run(*args)
+    assert result.exit_code == 2, result.output
+    assert "Usage:" in result.output and all(n in result.output for n in named), result.output
