@@ -156,6 +156,7 @@ def _mask_stats(cache: str, data: Path | None, high: float, max_views: int | Non
                   f"S>={high} far from GT", f"S>={high} all",
                   title=f"FRS masks of {cache}" + ("" if c.complete else f" (incomplete: {int(c.written.sum())} of "
                                                                         f"{len(c)} views written)"))
+
     def shown(value: float | None, form: str) -> str:  # undefined (a mean over no positions) is "–", not 0
         return "–" if value is None else format(value, form)
 
