@@ -409,3 +409,41 @@ def test_eval_of_a_model_refuses_such_a_split_before_running_the_model(make, syn
                  "--metrics", tmp_path / "m.json")
     assert_one_line_error(result, *fragments)
     assert "evaluate " not in result.stderr and not (tmp_path / "m.json").exists()  # no image went through the model
+
+
+@pytest.mark.parametrize("broken", ["000000000001.jpg", "000000000024.jpg"])
+def test_an_image_that_does_not_decode_leaves_no_cache_unless_views_were_written(broken, recipe_path, synth_root,
+                                                                                 tmp_path):
+    """Found when the writer reads it: with no view written yet (the first image), the cache this run created is
+    removed, so the run after the file is replaced is a plain one (before: a folder of index and teacher head,
+    'exists and is incomplete'); with views written (the last image), the cache stays, state writing, and
+    --resume completes it once the file is replaced."""
+    root = _copy_data(synth_root, tmp_path)
+    image = root / "train" / broken
+    good = image.read_bytes()
+    image.write_bytes(b"not a jpeg")
+    out = tmp_path / "c.zarr"
+    args = ("teacher-cache", "--pipeline", recipe_path, "--out", out, "--device", "cpu", "--set", f"data.root={root}",
+            "--set", "cache.workers=0")
+    assert_one_line_error(run(*args), f"{broken}': could not be decoded")
+    image.write_bytes(good)
+    if broken.endswith("01.jpg"):
+        assert not out.exists()
+        result = run(*args)
+    else:
+        assert zarr.open_group(str(out), mode="r").attrs["state"] == "writing"
+        result = run(*args, "--resume")
+    assert result.exit_code == 0, result.output
+    assert zarr.open_group(str(out), mode="r").attrs["state"] == "complete"
+
+
+def test_a_bad_image_in_an_empty_folder_given_as_out_leaves_the_folder_empty(recipe_path, synth_root, tmp_path):
+    root = _copy_data(synth_root, tmp_path)
+    for image in (root / "train").iterdir():
+        image.write_bytes(b"not a jpeg")
+    out = tmp_path / "given"
+    out.mkdir()
+    result = run("teacher-cache", "--pipeline", recipe_path, "--out", out, "--device", "cpu", "--set",
+                 f"data.root={root}", "--set", "cache.workers=0")
+    assert_one_line_error(result, "could not be decoded")
+    assert out.is_dir() and not any(out.iterdir())

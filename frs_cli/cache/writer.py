@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import os
 import re
+import shutil
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -402,13 +403,37 @@ def write_teacher_cache(recipe, path: str, *, resume: bool = False, ctx: DistCon
     if str(path).startswith("memory://"):
         n_procs = 0  # an in-memory store exists in this process only
     with job_lock(path, ctx, what="teacher-cache --out"):  # one writer per cache (rank 0 holds it for the job)
+        local = _local_path(str(path))
+        empty_folder = local is not None and os.path.isdir(local) and not os.listdir(local)
+        new = empty_folder or not exists(path)
         # started first, so they import while the teacher loads
         procs = WriterProcesses(path, url_options(path), n_procs) if n_procs else None
         try:
             return _write(recipe, path, resume, ctx, progress, write_threads, procs, resize_on_device, pass_options)
+        except DataError:  # an image that does not decode or fit its annotation, found when the writer read it
+            if new and local is not None and ctx.world_size == 1:
+                if procs is not None:
+                    with contextlib.suppress(Exception):  # the batches in flight land before the folder goes
+                        procs.close(wait=True)
+                _discard_unwritten(local, empty_folder)
+            raise
         finally:
             if procs is not None:
                 procs.close(wait=False)  # after an error; the normal path has closed them already
+
+
+def _discard_unwritten(local: str, keep_folder: bool) -> None:
+    """Remove the cache this run created at ``local`` when it holds no written view: its index and teacher head
+    are all it has, and a cache left there would make the next run (the image replaced, or left out of the
+    annotation file) ask for --resume or refuse another dataset. A cache with views written stays resumable."""
+    try:
+        if TeacherCache(local, require_complete=False).done().any():
+            return
+    except (CacheFormatError, OSError, ValueError, KeyError):  # not created yet, or half-created: nothing of worth
+        pass
+    shutil.rmtree(local, ignore_errors=True)
+    if keep_folder:  # the empty folder the user gave stays
+        os.makedirs(local, exist_ok=True)
 
 
 def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: Progress | None, write_threads: int,
