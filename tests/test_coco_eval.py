@@ -296,3 +296,33 @@ def test_category_differences_name_each_id_whose_name_differs_or_that_the_model_
     assert category_differences({"category_ids": [], "category_names": []}, data, shown=1) == (
         "id 1 ('cat') is no category of the model (and 2 more)")
     assert category_differences({"category_names": ["x"]}, data) is None  # a model file from before the ids
+
+
+def test_a_string_id_or_a_repeated_category_is_refused_as_the_training_index_refuses_it(tmp_path):
+    """One reading of a file for every command: a category_id "7" is named as a string, not as 'not listed'; a
+    category or image id listed twice is refused (COCO's index would keep one entry of the id)."""
+    from frs_cli.data.coco import CocoIndex
+
+    def doc(**edit):
+        d = {"images": [{"id": 1, "file_name": "x.png", "height": 30, "width": 40}],
+             "categories": [{"id": 7, "name": "a"}],
+             "annotations": [{"id": 1, "image_id": 1, "category_id": 7, "bbox": [1, 1, 2, 2], "iscrowd": 0}]}
+        for key, value in edit.items():
+            d[key] = value(d[key])
+        path = tmp_path / "gt.json"
+        path.write_text(json.dumps(d))
+        return path
+
+    path = doc(annotations=lambda a: [a[0] | {"category_id": "7"}])
+    with pytest.raises(DataError, match=r"annotations\[0\]: expected an integer 'category_id', got \"7\"$"):
+        load_coco(path)
+    with pytest.raises(DataError, match=r"annotation 1: expected an integer 'category_id', got \"7\"$"):
+        CocoIndex(path)
+    path = doc(categories=lambda c: c + [{"id": 7, "name": "b"}])
+    with pytest.raises(DataError, match=r"expected unique category ids, found 7 twice \(categories\[1\]\)$"):
+        load_coco(path)
+    with pytest.raises(DataError, match="expected unique category ids, found repeats"):
+        CocoIndex(path)
+    path = doc(images=lambda i: i + [dict(i[0])])
+    with pytest.raises(DataError, match=r"expected unique image ids, found 1 twice \(images\[1\]\)$"):
+        load_coco(path)

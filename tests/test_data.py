@@ -633,3 +633,36 @@ def test_pad_categories_lists_unused_categories_up_to_cocos_width_and_keeps_the_
     assert [r.category_ids.tolist() for r in after.records] == [r.category_ids.tolist() for r in before.records]
     with pytest.raises(ConfigError, match="^synthetic categories: expected at least 5 .*, got 3$"):
         pad_categories(root, 3)
+
+
+IMAGE = {"id": 1, "file_name": "x.png", "height": 30, "width": 40}
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["annotations"][0].update(category_id="1"), "annotation 1: expected an integer 'category_id', got \"1\""),
+    (lambda d: d["annotations"][0].update(category_id=1.5), "annotation 1: expected an integer 'category_id', got 1.5"),
+    (lambda d: d["annotations"][0].update(image_id="1"), "annotation 1: expected an integer 'image_id', got \"1\""),
+    (lambda d: d["annotations"][0].pop("image_id"), "annotation 1: expected an integer 'image_id', got none"),
+    (lambda d: d["annotations"][0].pop("bbox"), "annotation 1: expected a 'bbox' [x, y, w, h], got none"),
+    (lambda d: d["annotations"].append(7), "annotations[1]: expected an object, got 7"),
+    (lambda d: d["images"][0].update(id="500"), "images[0]: expected an integer 'id', got \"500\""),
+    (lambda d: d["images"][0].pop("height"), "images[0] (id 1): expected a whole number of pixels 'height', got none"),
+    (lambda d: d["images"][0].update(width=40.5), "images[0] (id 1): expected a whole number of pixels 'width', got 40.5"),
+    (lambda d: d["images"][0].pop("file_name"), "images[0] (id 1): expected a string 'file_name', got none"),
+    (lambda d: d["categories"][0].update(id="1"), "categories[0]: expected an integer 'id', got \"1\""),
+    (lambda d: d["categories"][0].pop("name"), "categories[0] (id 1): expected a 'name', got none"),
+])
+def test_an_entry_of_the_wrong_type_is_one_line_naming_the_entry_and_the_key(tmp_path, edit, message):
+    """Ids are integers as COCO writes them: a string "1" was read as 1 for training (and a float 1.5 as 1) while
+    eval refused the same file; an entry lacking a key was 'an image or category entry lacks 'height''."""
+    doc = _doc([dict(IMAGE)], [_ann(1, 1, [1, 1, 2, 2])])
+    edit(doc)
+    path = _write_json(tmp_path / "a.json", doc)
+    with pytest.raises(DataError) as info:
+        CocoIndex(path)
+    assert info.value.message == f"annotations {str(path)!r}: {message}"
+
+
+def test_an_image_size_written_as_a_whole_float_is_read(tmp_path):
+    path = _write_json(tmp_path / "a.json", _doc([IMAGE | {"height": 30.0}], [_ann(1, 1, [1, 1, 2, 2])]))
+    assert (CocoIndex(path).records[0].height, CocoIndex(path).records[0].width) == (30, 40)

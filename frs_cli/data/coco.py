@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import math
+import numbers
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +72,38 @@ class ImageRecord:
     category_ids: np.ndarray  # (N,) int64
 
 
+def is_int(value) -> bool:
+    """Whether ``value`` is an integer as COCO's JSON holds ids: not a string ("7"), a bool or a float."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _shown(value) -> str:
+    return "none" if value is None else json.dumps(value)[:80]
+
+
+def _integer(entry: dict, key: str, where: str) -> int:
+    """``entry[key]`` as an id: an integer, else DataError naming the entry, the key and what is there."""
+    if not is_int(entry.get(key)):
+        raise DataError(f"{where}: expected an integer '{key}', got {_shown(entry.get(key))}")
+    return int(entry[key])
+
+
+def _pixels(entry: dict, key: str, where: str) -> int:
+    """``entry[key]`` as an image size: a whole number (some tools write 480.0), else DataError."""
+    value = entry.get(key)
+    if is_int(value) or (isinstance(value, float) and value.is_integer()):
+        return int(value)
+    raise DataError(f"{where}: expected a whole number of pixels '{key}', got {_shown(value)}")
+
+
+def _entries(doc: dict, key: str, source: str) -> Iterable[tuple[dict, str]]:
+    """The objects under ``doc[key]``, each with the words that name it in an error ("… images[3]")."""
+    for i, entry in enumerate(doc[key]):
+        if not isinstance(entry, dict):
+            raise DataError(f"{source}: {key}[{i}]: expected an object, got {_shown(entry)}")
+        yield entry, f"{source}: {key}[{i}]"
+
+
 def object_categories(annotations: Iterable[dict]) -> set[int]:
     """The category ids with at least one object COCO's evaluation counts (an annotation not crowd); a category
     without one has no AP (COCOeval leaves it out of the mean), so a model needs no label for it."""
@@ -96,12 +129,21 @@ class CocoIndex:
         for key in ("images", "annotations", "categories"):
             if not isinstance(doc.get(key), list):
                 raise DataError(f"annotations {str(path)!r}: expected a list under '{key}', found none")
-        try:
-            self.categories = sorted(({"id": int(c["id"]), "name": str(c["name"])} for c in doc["categories"]),
-                                     key=lambda c: c["id"])
-            images = {int(im["id"]): (str(im["file_name"]), int(im["height"]), int(im["width"])) for im in doc["images"]}
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"annotations {str(path)!r}: an image or category entry lacks {exc}") from exc
+        source = f"annotations {str(path)!r}"
+        self.categories = []
+        for c, where in _entries(doc, "categories", source):
+            cid = _integer(c, "id", where)
+            if c.get("name") is None:
+                raise DataError(f"{where} (id {cid}): expected a 'name', got none")
+            self.categories.append({"id": cid, "name": str(c["name"])})
+        self.categories.sort(key=lambda c: c["id"])
+        images = {}
+        for im, where in _entries(doc, "images", source):
+            iid = _integer(im, "id", where)
+            where = f"{where} (id {iid})"
+            if not isinstance(im.get("file_name"), str):
+                raise DataError(f"{where}: expected a string 'file_name', got {_shown(im.get('file_name'))}")
+            images[iid] = (im["file_name"], _pixels(im, "height", where), _pixels(im, "width", where))
         if len(images) != len(doc["images"]):
             raise DataError(f"annotations {str(path)!r}: expected unique image ids, found repeats")
         if len({c["id"] for c in self.categories}) != len(self.categories):
@@ -126,13 +168,13 @@ class CocoIndex:
 
         per_image: dict[int, list] = {i: [] for i in images}
         dropped = outside = 0
-        for ann in doc["annotations"]:
-            try:
-                image_id, cat = int(ann["image_id"]), int(ann["category_id"])
-                box = ann["bbox"]
-                crowd = bool(ann.get("iscrowd", 0))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise DataError(f"annotations {str(path)!r}: an annotation lacks {exc}") from exc
+        for ann, where in _entries(doc, "annotations", source):
+            where = f"{source}: annotation {ann['id']}" if is_int(ann.get("id")) else where
+            image_id, cat = _integer(ann, "image_id", where), _integer(ann, "category_id", where)
+            if "bbox" not in ann:
+                raise DataError(f"{where}: expected a 'bbox' [x, y, w, h], got none")
+            box = ann["bbox"]
+            crowd = bool(ann.get("iscrowd", 0))
             if not (isinstance(box, list) and len(box) == 4
                     and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)):
                 raise DataError(f"annotations {str(path)!r}: annotation {ann.get('id')}: expected bbox [x, y, w, h] "

@@ -30,7 +30,7 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from frs_cli.data.coco import object_categories
+from frs_cli.data.coco import is_int, object_categories
 from frs_cli.errors import DataError
 from frs_cli.files import missing_file, write_json
 from frs_cli.optional import require
@@ -72,10 +72,6 @@ def _quiet():
     return contextlib.redirect_stdout(io.StringIO())
 
 
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
 def _is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -110,14 +106,20 @@ def _check_ground_truth(data, source: str) -> None:
     image_ids, category_ids = set(), set()
     for key, ids in (("images", image_ids), ("categories", category_ids)):
         for i, entry in enumerate(data[key]):
-            if not isinstance(entry, dict) or not _is_int(entry.get("id")):
+            if not isinstance(entry, dict) or not is_int(entry.get("id")):
                 raise DataError(f"{source}: expected {key}[{i}] to have an integer 'id', got {entry!r}")
+            if entry["id"] in ids:  # COCO's index would keep the last entry of an id and drop the others
+                kind = {"images": "image", "categories": "category"}[key]
+                raise DataError(f"{source}: expected unique {kind} ids, found {entry['id']} twice ({key}[{i}])")
             ids.add(entry["id"])
     ann_ids = []
     for i, ann in enumerate(data["annotations"]):
         where = f"{source}: annotations[{i}]"
         if not isinstance(ann, dict) or any(key not in ann for key in _REQUIRED_ANN):
             raise DataError(f"{where}: expected keys {', '.join(_REQUIRED_ANN)}, got {ann!r}")
+        for key in ("image_id", "category_id"):
+            if not is_int(ann[key]):
+                raise DataError(f"{where}: expected an integer '{key}', got {json.dumps(ann[key])[:80]}")
         if ann["image_id"] not in image_ids:
             raise DataError(f"{where}: expected an image_id listed in 'images', got {ann['image_id']!r}")
         if ann["category_id"] not in category_ids:
@@ -129,7 +131,7 @@ def _check_ground_truth(data, source: str) -> None:
         ann_ids.append(ann["id"])
     # COCOeval records a match as the matched GT's id, and treats id 0 as "unmatched": a ground truth with
     # id 0 can never be a true positive. Duplicate ids collapse in COCO's index. Renumber in either case.
-    if not all(_is_int(a) and a > 0 for a in ann_ids) or len(set(ann_ids)) != len(ann_ids):
+    if not all(is_int(a) and a > 0 for a in ann_ids) or len(set(ann_ids)) != len(ann_ids):
         log.warning("%s: annotation ids are not unique positive integers; renumbering them 1..%d",
                     source, len(ann_ids))
         for new_id, ann in enumerate(data["annotations"], start=1):
@@ -165,7 +167,7 @@ def _check_detections(dets, source: str) -> list[dict]:
         if not isinstance(det, dict):
             raise DataError(f"{where}: expected an object, got {det!r}")
         for key in ("image_id", "category_id"):
-            if not _is_int(det.get(key)):
+            if not is_int(det.get(key)):
                 raise DataError(f"{where}: expected an integer '{key}', got {det.get(key)!r}")
         if not _is_number(det.get("score")):
             raise DataError(f"{where}: expected a finite number 'score', got {det.get('score')!r}")
