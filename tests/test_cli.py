@@ -3,6 +3,7 @@
 import io
 import json
 import re
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -554,3 +555,28 @@ def test_a_student_with_other_anchors_than_the_teacher_is_named_in_one_warning(t
         "alone")]
     assert warnings(*other, "--set", "distill.beta=0") == []
     assert warnings() == []
+
+
+def test_a_training_split_without_any_object_is_named_in_one_warning(tmp_path, recipe_path, synth_root):
+    """Every image without a box (an annotation file of the wrong split, or boxes all dropped): train and distill
+    still run, with one warning naming the file; none on the usual data."""
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    ann = root / "annotations" / "instances_train.json"
+    doc = json.loads(ann.read_text())
+    doc["annotations"] = []
+    ann.write_text(json.dumps(doc))
+    common = ("--device", "cpu", "--no-eval", "--set", "train.epochs=1", "--set", "teacher_train.epochs=1")
+
+    def warned(*args) -> list[str]:
+        result = run(*args, "--pipeline", recipe_path, "--out", tmp_path / str(len(list(tmp_path.iterdir()))),
+                     *common)
+        assert result.exit_code == 0, result.output
+        return [ln for ln in result.stderr.splitlines() if "no image of the training split has an object" in ln]
+
+    empty = ("--set", f"data.root={root}")
+    assert warned("train", "--role", "student", *empty) == [
+        (f"warning: train --role student: no image of the training split has an object (24 images: {ann}), so the "
+        "detector learns background alone; check data.train and the annotation file")]
+    assert len(warned("distill", "--online", *empty)) == 1
+    assert warned("train", "--role", "student") == []

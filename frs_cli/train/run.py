@@ -18,6 +18,7 @@ from frs_cli.data.coco import CocoViews
 from frs_cli.dist import DistContext, setup
 from frs_cli.errors import ConfigError
 from frs_cli.eval.predict import evaluate_detector, prepare_evaluation
+from frs_cli.files import plural
 from frs_cli.lock import job_lock
 from frs_cli.models import (
     anchor_mismatch,
@@ -141,6 +142,15 @@ def _on_resumed(start: RunStart, recipe_dict: dict, changes: dict, ctx: DistCont
     return resumed
 
 
+def _warn_no_objects(views: CocoViews, command: str, ctx: DistContext) -> None:
+    """One warning when no image of the training split has a box: the ground-truth loss then teaches background
+    alone (an annotation file of the wrong split, or one whose boxes were all dropped)."""
+    if ctx.is_main and not any(len(r.boxes_xyxy) for r in views.index.records):
+        log.warning("%s: no image of the training split has an object (%s: %s), so the detector learns "
+                    "background alone; check data.train and the annotation file", command,
+                    plural(len(views.index.records), "image"), views.index.path)
+
+
 def _warn_anchor_mismatch(recipe, teacher_arch: str, teacher_anchor_size: int, ctx: DistContext) -> None:
     """One warning when the head term is on and the student's anchors are not the teacher's size."""
     beta = recipe.distill.for_family(arch_spec(recipe.student.arch).family).beta
@@ -219,6 +229,7 @@ def train_detector(recipe, role: str, out_dir: str | Path, *, resume: bool = Fal
     seed_everything(cfg.seed)
     train = CocoViews.from_config(recipe.data, recipe.data.train, recipe.geometry)
     train.check_files()
+    _warn_no_objects(train, f"train --role {role}", ctx)
     evaluator = _evaluator(recipe, ctx, cfg) if evaluate else None
     detector = build_detector(model_cfg, train.index.num_classes)
     result = fit(GTObjective(detector), train, cfg, ctx, out_dir,
@@ -268,6 +279,7 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
         require_tensorboard()
     coco = CocoViews.from_config(recipe.data, recipe.cache.split if cache else recipe.data.train, recipe.geometry)
     coco.check_files()
+    _warn_no_objects(coco, "distill", ctx)
     num_classes = coco.index.num_classes
     evaluator = _evaluator(recipe, ctx, cfg) if evaluate else None
     if cache is not None:
