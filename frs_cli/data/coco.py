@@ -104,6 +104,29 @@ def _entries(doc: dict, key: str, source: str) -> Iterable[tuple[dict, str]]:
         yield entry, f"{source}: {key}[{i}]"
 
 
+def _read_categories(doc: dict, source: str) -> list[dict]:
+    """``[{"id", "name"}]`` of the file's categories, by id."""
+    categories = []
+    for c, where in _entries(doc, "categories", source):
+        cid = _integer(c, "id", where)
+        if c.get("name") is None:
+            raise DataError(f"{where} (id {cid}): expected a 'name', got none")
+        categories.append({"id": cid, "name": str(c["name"])})
+    return sorted(categories, key=lambda c: c["id"])
+
+
+def _read_images(doc: dict, source: str) -> dict[int, tuple[str, int, int]]:
+    """``{image id: (file name, height, width)}`` of the file's images (a repeated id: the last entry)."""
+    images = {}
+    for im, where in _entries(doc, "images", source):
+        iid = _integer(im, "id", where)
+        where = f"{where} (id {iid})"
+        if not isinstance(im.get("file_name"), str):
+            raise DataError(f"{where}: expected a string 'file_name', got {_shown(im.get('file_name'))}")
+        images[iid] = (im["file_name"], _pixels(im, "height", where), _pixels(im, "width", where))
+    return images
+
+
 def object_categories(annotations: Iterable[dict]) -> set[int]:
     """The category ids with at least one object COCO's evaluation counts (an annotation not crowd); a category
     without one has no AP (COCOeval leaves it out of the mean), so a model needs no label for it."""
@@ -130,20 +153,8 @@ class CocoIndex:
             if not isinstance(doc.get(key), list):
                 raise DataError(f"annotations {str(path)!r}: expected a list under '{key}', found none")
         source = f"annotations {str(path)!r}"
-        self.categories = []
-        for c, where in _entries(doc, "categories", source):
-            cid = _integer(c, "id", where)
-            if c.get("name") is None:
-                raise DataError(f"{where} (id {cid}): expected a 'name', got none")
-            self.categories.append({"id": cid, "name": str(c["name"])})
-        self.categories.sort(key=lambda c: c["id"])
-        images = {}
-        for im, where in _entries(doc, "images", source):
-            iid = _integer(im, "id", where)
-            where = f"{where} (id {iid})"
-            if not isinstance(im.get("file_name"), str):
-                raise DataError(f"{where}: expected a string 'file_name', got {_shown(im.get('file_name'))}")
-            images[iid] = (im["file_name"], _pixels(im, "height", where), _pixels(im, "width", where))
+        self.categories = _read_categories(doc, source)
+        images = _read_images(doc, source)
         if len(images) != len(doc["images"]):
             raise DataError(f"annotations {str(path)!r}: expected unique image ids, found repeats")
         if len({c["id"] for c in self.categories}) != len(self.categories):
