@@ -580,3 +580,31 @@ def test_a_training_split_without_any_object_is_named_in_one_warning(tmp_path, r
         "detector learns background alone; check data.train and the annotation file")]
     assert len(warned("distill", "--online", *empty)) == 1
     assert warned("train", "--role", "student") == []
+
+
+def test_a_teacher_trained_on_other_categories_is_named_in_one_warning_by_teacher_cache_and_distill_online(
+        tmp_path, recipe_path, synth_root):
+    """The same count of categories under other names: the teacher's class channels stand for other classes. eval
+    warned of it; teacher-cache and distill --online, which make the FRS targets from those channels, said nothing."""
+    root = tmp_path / "renamed"
+    shutil.copytree(synth_root, root)
+    for split in ("train", "val"):
+        ann = root / "annotations" / f"instances_{split}.json"
+        doc = json.loads(ann.read_text())
+        first = doc["categories"][0]
+        first["name"] = "renamed"
+        ann.write_text(json.dumps(doc))
+    expected = (f"the teacher was trained on other categories than the data has: id {first['id']} is ")
+
+    def warned(*args) -> list[str]:
+        result = run(*args, "--pipeline", recipe_path, "--out", tmp_path / str(len(list(tmp_path.iterdir()))),
+                     "--device", "cpu", "--set", "train.epochs=1", *(("--no-eval",) if args[0] == "distill" else ()))
+        assert result.exit_code == 0, result.output
+        return [ln for ln in result.stderr.splitlines() if expected in ln]
+
+    renamed = ("--set", f"data.root={root}")
+    lines = warned("teacher-cache", *renamed)
+    assert len(lines) == 1 and lines[0].startswith("warning: teacher-cache: ") and "'renamed' in the data" in lines[0]
+    assert "(is teacher.weights the teacher of this dataset?)" in lines[0]
+    assert len(warned("distill", "--online", *renamed)) == 1
+    assert warned("teacher-cache") == []

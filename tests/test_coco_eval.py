@@ -283,7 +283,7 @@ def test_unknown_backend_is_a_data_error(tmp_path):
 
 
 def test_category_differences_name_each_id_whose_name_differs_or_that_the_model_lacks():
-    from frs_cli.eval.predict import category_differences
+    from frs_cli.data.coco import category_differences
 
     data = [{"id": 1, "name": "cat"}, {"id": 3, "name": "dog"}, {"id": 7, "name": "eel"}]
     same = {"category_ids": [1, 3, 7], "category_names": ["cat", "dog", "eel"]}

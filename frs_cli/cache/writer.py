@@ -53,7 +53,7 @@ from frs_cli.dist import DistContext, all_gather_objects, barrier, broadcast_obj
 from frs_cli.errors import CacheFormatError, CacheMismatchError, ConfigError, DataError, StorageError
 from frs_cli.files import free_bytes, plural, size_text, sizes_apart, storage_errors
 from frs_cli.lock import job_lock, local_path
-from frs_cli.models import build_teacher, check_distillable, warn_untrained_teacher
+from frs_cli.models import build_teacher, check_distillable, warn_other_categories, warn_untrained_teacher
 from frs_cli.progress import NullProgress, Progress, share
 
 log = logging.getLogger(__name__)
@@ -450,6 +450,8 @@ def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: P
     if ctx.is_main:
         warn_untrained_teacher(recipe.teacher, "teacher-cache")
     teacher = build_teacher(recipe.teacher, dataset.index.num_classes).to(ctx.device).eval().requires_grad_(False)
+    if ctx.is_main:
+        warn_other_categories(teacher, dataset.index.categories, "teacher-cache")
     fingerprints = cache_fingerprints(recipe.teacher, teacher, dataset.index, recipe.geometry)
     encoding = FeatureEncoding(cfg.dtype)
     for lv in teacher.levels:  # a packed encoding the teacher's channels do not fit is refused before any work

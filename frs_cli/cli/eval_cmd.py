@@ -77,11 +77,11 @@ def register(app: typer.Typer) -> None:
                                          progress=progress_for_rank())
             name = detections.name
         else:
-            from frs_cli.data.coco import CocoIndex, CocoViews
+            from frs_cli.data.coco import CocoIndex, CocoViews, category_differences
             from frs_cli.data.geometry import GeometryConfig
             from frs_cli.dist import check_device, process_group
             from frs_cli.eval.coco_eval import unlabelled_categories
-            from frs_cli.eval.predict import category_differences, evaluate_detector
+            from frs_cli.eval.predict import evaluate_detector
             from frs_cli.train.checkpoint import load_detector
 
             check_device(device)

@@ -127,6 +127,23 @@ def _read_images(doc: dict, source: str) -> dict[int, tuple[str, int, int]]:
     return images
 
 
+def category_differences(ckpt: dict, categories: list[dict], shown: int = 3) -> str | None:
+    """How the categories a model file was trained on (``category_ids``, ``category_names``) differ from a
+    dataset's (``CocoIndex.categories``), in words, or None: the same, or a model file that does not record its
+    ids (then nothing is compared)."""
+    ids, names = ckpt.get("category_ids"), ckpt.get("category_names")
+    if ids is None or names is None or len(ids) != len(names):
+        return None
+    model = dict(zip((int(i) for i in ids), names))
+    diffs = [f"id {c['id']} is {model[c['id']]!r} in the model, {c['name']!r} in the data" if c["id"] in model
+             else f"id {c['id']} ({c['name']!r}) is no category of the model" for c in categories
+             if model.get(c["id"]) != c["name"]]
+    if not diffs:
+        return None
+    more = f" (and {len(diffs) - shown} more)" if len(diffs) > shown else ""
+    return "; ".join(diffs[:shown]) + more
+
+
 def object_categories(annotations: Iterable[dict]) -> set[int]:
     """The category ids with at least one object COCO's evaluation counts (an annotation not crowd); a category
     without one has no AP (COCOeval leaves it out of the mean), so a model needs no label for it."""

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from frs_cli.data.coco import category_differences
 from frs_cli.errors import ModelError
 from frs_cli.files import missing_file
 from frs_cli.models.backbones import TINY_BODIES
@@ -65,6 +66,7 @@ __all__ = [
     "load_torch_file",
     "model_fingerprint",
     "signature",
+    "warn_other_categories",
     "warn_untrained_teacher",
 ]
 
@@ -166,6 +168,16 @@ def warn_untrained_teacher(cfg: ModelConfig, command: str) -> None:
                     command, cfg.arch, backbone)
 
 
+def warn_other_categories(detector: Detector, categories: list[dict], command: str) -> None:
+    """One warning when the model file ``detector`` was loaded from was trained on other categories than a
+    dataset's (``CocoIndex.categories``, names by id; ``data.coco.category_differences``): a teacher's class
+    channels, and so its FRS masks and head targets, would stand for other classes. ``eval`` warns alike."""
+    differs = category_differences(getattr(detector, "trained_on", {}), categories)
+    if differs:
+        log.warning("%s: the teacher was trained on other categories than the data has: %s (is teacher.weights the "
+                    "teacher of this dataset?)", command, differs)
+
+
 def _backbone_weights(text: str, body: str):
     """The state dict of an ImageNet enum (downloaded, or from torch's hub cache) or of a file, for ``body``."""
     source = resolve_weights(text, body)
@@ -237,6 +249,8 @@ def _load_source(detector: Detector, source: WeightsSource) -> None:
             raise ModelError(f"checkpoint {source.label}: has {ckpt.get('num_classes')} classes, "
                              f"the dataset has {detector.num_classes}")
         load_state(detector, ckpt["model"], source.label)
+        # the categories its class channels stand for, for warn_other_categories
+        detector.trained_on = {key: ckpt.get(key) for key in ("category_ids", "category_names")}
         return
     published = source.published
     if published and published.categories and published.categories != detector.num_classes:

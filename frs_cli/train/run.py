@@ -28,6 +28,7 @@ from frs_cli.models import (
     check_compatible,
     check_distillable,
     signature,
+    warn_other_categories,
     warn_untrained_teacher,
 )
 from frs_cli.models.config import ModelConfig
@@ -316,6 +317,8 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
         if ctx.is_main:
             warn_untrained_teacher(recipe.teacher, "distill --online")
         teacher = build_teacher(recipe.teacher, num_classes)
+        if ctx.is_main:
+            warn_other_categories(teacher, coco.index.categories, "distill --online")
         teacher_side = OnlineTeacher(teacher, autocast=recipe.cache.amp)
         teacher_signature = teacher.signature
         views = training_views(cfg.hflip_prob, cfg.min_sizes, recipe.geometry)
