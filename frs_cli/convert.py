@@ -7,7 +7,7 @@ from pathlib import Path
 
 from frs_cli.data.coco import CocoIndex
 from frs_cli.data.geometry import GeometryConfig
-from frs_cli.errors import ModelError
+from frs_cli.errors import ConfigError, ModelError
 from frs_cli.files import check_output_file
 from frs_cli.models import ARCHS, MMDET_ARCHS, build_detector, load_state
 from frs_cli.models.config import ModelConfig
@@ -47,6 +47,9 @@ def convert_mmdet(checkpoint: str | Path, arch: str, out: str | Path, allow_pick
         raise ModelError(f"convert mmdet: expected an mmdetection layout for --arch, got {arch!r}",
                          hint=f"one of: {', '.join(MMDET_ARCHS)}")
     check_output_file(out, "convert mmdet --out")
+    if Path(out).resolve() == Path(checkpoint).resolve():  # the rename would replace the only copy of the source
+        raise ConfigError(f"convert mmdet --out: expected a new file, got the checkpoint being converted {str(out)!r}",
+                          hint="write the frs model file under another name")
     listed = CocoIndex(categories).categories if categories is not None else None  # a bad file fails before the work
     state = read_mmdet_state(checkpoint, allow_pickle=allow_pickle)
     family = ARCHS[arch].family

@@ -94,10 +94,15 @@ def missing_file(path: str | Path) -> str:
 
 def check_output_file(path: str | Path, what: str, suffix: str | None = None) -> None:
     """ConfigError (one line naming ``path``) when ``path``, the file ``what`` is to write, is an existing
-    directory, or does not end in ``suffix`` (the format written): a command calls it before its work, so nothing
-    is computed for a file that cannot be written or would be misnamed."""
+    directory, lies below a file (``model.pt/x.pt``), or does not end in ``suffix`` (the format written): a command
+    calls it before its work, so nothing is computed for a file that cannot be written or would be misnamed."""
     if Path(path).is_dir():
         raise ConfigError(f"{what}: expected a file path, got the directory {str(path)!r}")
+    for parent in Path(path).parents:  # the nearest one that exists must be a folder to hold it
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{what}: expected a folder at {str(parent)!r} to hold {str(path)!r}, got a file")
+            break
     if suffix is not None and Path(path).suffix.lower() != suffix:
         raise ConfigError(f"{what}: expected a {suffix} file (the format written), got {str(path)!r}")
 

@@ -202,9 +202,36 @@ def test_convert_mmdet_names_unknown_and_missing_keys_and_writes_nothing(tmp_pat
     _, result = _convert(tmp_path, "retinanet", "retinanet_resnet50_fpn_mmdet", state=state)
     assert result.exit_code == 1
     assert "1 unknown: bbox_head.retina_iou.weight" in result.output
-    assert "1 missing: backbone.fpn.extra_blocks.p7.bias" in result.output
+    assert "1 missing (adapter keys nothing in the checkpoint fills): backbone.fpn.extra_blocks.p7.bias" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_convert_mmdet_names_a_misshapen_key_by_the_checkpoints_name(tmp_path):
+    state = mmdet_state("retinanet")
+    state["neck.fpn_convs.1.conv.weight"] = torch.zeros(256, 256, 1, 1)
+    _, result = _convert(tmp_path, "retinanet", "retinanet_resnet50_fpn_mmdet", state=state)
+    assert result.exit_code == 1
+    assert "1 of another shape: neck.fpn_convs.1.conv.weight (256, 256, 1, 1) (expected (256, 256, 3, 3))" in \
+        result.output, result.output
+    assert not (tmp_path / "out.pt").exists()
+
+
+def test_convert_mmdet_refuses_an_out_below_a_file_or_equal_to_the_checkpoint_in_one_line(tmp_path):
+    """Before: a traceback (FileExistsError from the folder's mkdir), and the source checkpoint silently replaced
+    by the frs file."""
+    _, result = _convert(tmp_path, "retinanet", "retinanet_resnet50_fpn_mmdet")
+    assert result.exit_code == 0, result.output
+    source = tmp_path / "in.pth"
+    before = source.read_bytes()
+    for out, expected in ((source / "x.pt", f"expected a folder at {str(source)!r} to hold"),
+                          (source, "expected a new file, got the checkpoint being converted")):
+        result = runner.invoke(app, ["convert", "mmdet", str(source), "--arch", "retinanet_resnet50_fpn_mmdet",
+                                     "--out", str(out)])
+        assert result.exit_code == 1 and result.stderr.startswith(f"error: convert mmdet --out: {expected}"), \
+            result.output
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert source.read_bytes() == before
 
 
 def test_convert_mmdet_on_a_full_disk_is_one_line_whose_hint_is_to_run_again_not_to_resume(tmp_path, monkeypatch):

@@ -229,11 +229,12 @@ def to_adapter_state(state: dict[str, Tensor], family: str, expected: dict[str, 
     out = {k: v for k, v in out.items() if not k.endswith("num_batches_tracked") or k in expected}
     unknown += [origin.get(k, k) for k in out if k not in expected]
     missing = [k for k in expected if k not in out and not k.endswith("num_batches_tracked")]
-    wrong = [f"{k} {tuple(out[k].shape)} (expected {tuple(expected[k].shape)})"
+    wrong = [f"{origin.get(k, k)} {tuple(out[k].shape)} (expected {tuple(expected[k].shape)})"
              for k in out if k in expected and out[k].shape != expected[k].shape]
-    if unknown or missing or wrong:
+    if unknown or missing or wrong:  # the checkpoint's names, but for keys it lacks: those the adapter has no fill for
+        lacking = "missing (adapter keys nothing in the checkpoint fills)"
         parts = [f"{len(x)} {what}: {', '.join(x[:4])}{' ...' if len(x) > 4 else ''}"
-                 for x, what in ((unknown, "unknown"), (missing, "missing"), (wrong, "of another shape")) if x]
+                 for x, what in ((unknown, "unknown"), (missing, lacking), (wrong, "of another shape")) if x]
         raise ModelError(f"mmdet checkpoint: does not fit the {family} adapter: {'; '.join(parts)}",
                          hint="check --arch against the checkpoint's config (frs models lists the *_mmdet archs)")
     return {k: v.to(expected[k].dtype) for k, v in out.items()}
