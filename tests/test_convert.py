@@ -404,3 +404,44 @@ def test_convert_mmdet_names_a_truncated_copy_an_frs_model_file_and_a_dict_of_ot
     result = convert(tmp_path / "mixed.pth")
     assert "got a dict whose 1 of 2 values are not tensors (e.g. 'epoch')" in result.output
     assert not (tmp_path / "out.pt").exists()
+
+
+def test_convert_mmdet_of_a_checkpoint_holding_objects_of_a_package_not_installed_reads_its_tensors(tmp_path,
+                                                                                                    monkeypatch):
+    """An mmdetection 3 checkpoint holds mmengine's objects (its message_hub) beside the weights. With
+    --allow-pickle they are read as stand-ins, so no mmengine is needed (before: 'No module named mmengine', and
+    the hint asked whether it was an mmdetection file); without it, the hint names --allow-pickle."""
+    import sys
+    import types
+
+    fake = types.ModuleType("frs_absent_engine")
+
+    class HistoryBuffer:
+        def __init__(self):
+            self.values = [1.0, 2.0]
+
+    HistoryBuffer.__module__, HistoryBuffer.__qualname__ = "frs_absent_engine", "HistoryBuffer"
+    fake.HistoryBuffer = HistoryBuffer
+    monkeypatch.setitem(sys.modules, "frs_absent_engine", fake)
+    state = mmdet_state("retinanet")
+    torch.save({"meta": {"mmdet_version": "3.3.0"}, "state_dict": state,
+                "message_hub": {"log_scalars": {"loss": HistoryBuffer()}}}, tmp_path / "in.pth")
+    monkeypatch.delitem(sys.modules, "frs_absent_engine")  # the package is not installed where frs runs
+    args = ["convert", "mmdet", str(tmp_path / "in.pth"), "--arch", "retinanet_resnet50_fpn_mmdet", "--out",
+            str(tmp_path / "out.pt")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "pass --allow-pickle" in result.output, result.output
+    result = runner.invoke(app, [*args, "--allow-pickle"])
+    assert result.exit_code == 0, result.output
+    detector, _ = _load(tmp_path)
+    assert torch.equal(detector.core().head.classification_head.cls_logits.weight,
+                       state["bbox_head.retina_cls.weight"])
+
+
+def test_convert_mmdet_of_a_text_file_is_not_called_a_truncated_copy(tmp_path):
+    (tmp_path / "notes.pth").write_text("hello\n")
+    result = runner.invoke(app, ["convert", "mmdet", str(tmp_path / "notes.pth"), "--arch",
+                                 "retinanet_resnet50_fpn_mmdet", "--out", str(tmp_path / "out.pt")])
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "got text beginning 'hello' (check the path: this file is no torch checkpoint)" in result.output
+    assert "truncated" not in result.output

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from frs_cli.errors import ModelError
 from frs_cli.files import missing_file
-from frs_cli.models.torchfile import check_torch_archive, first_line, quiet_load
+from frs_cli.models.torchfile import check_torch_archive, first_line, quiet_load, unreadable_hint
 
 # COCO's 80 category ids in mmdetection's class order (sorted ids), and their names
 COCO_CATEGORY_IDS = (
@@ -123,8 +123,7 @@ def read_mmdet_state(path: str | Path, allow_pickle: bool = False) -> dict[str, 
     try:
         check_torch_archive(p)
     except ModelError as exc:
-        raise ModelError(f"mmdet checkpoint {str(p)!r}: {exc.message}",
-                         hint="a truncated copy reads like this: copy it again, or check the path") from None
+        raise ModelError(f"mmdet checkpoint {str(p)!r}: {exc.message}", hint=unreadable_hint(exc.message)) from None
     try:
         ckpt = quiet_load(p, weights_only=not allow_pickle)
     except Exception as exc:  # torch raises several types for a file it cannot read

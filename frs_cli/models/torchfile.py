@@ -32,6 +32,16 @@ def _describe_start(head: bytes) -> str:
     return f"text beginning {text.strip().splitlines()[0][:40]!r}"
 
 
+def unreadable_hint(message: str) -> str | None:
+    """The advice for a file ``check_torch_archive`` or ``load_torch_file`` refused with ``message``: copy again a
+    zip archive cut short; check the path of text or other bytes; none for a whole file of other objects."""
+    if "truncated" in message:
+        return "a truncated copy reads like this: copy it again"
+    if message.startswith("expected a torch checkpoint"):
+        return "check the path: this file is no torch checkpoint"
+    return None
+
+
 def first_line(exc: Exception) -> str:
     """An exception's first line, without terminal colour codes."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
@@ -83,10 +93,48 @@ def load_torch_file(path: Path):
 
 def quiet_load(path: str | Path, weights_only: bool):
     """``torch.load`` to the CPU without torch's own warnings (a pickle protocol it did not write, ...): a file it
-    cannot read is one error line, and one it reads needs no two lines of torch's source before the output."""
+    cannot read is one error line, and one it reads needs no two lines of torch's source before the output.
+
+    Without ``weights_only`` (a trusted file), a class whose module is not installed is built as a stand-in
+    (``_Absent``): an mmdetection 3 checkpoint holds mmengine's objects (its ``message_hub``) beside the tensors,
+    and reading the tensors needs no mmengine."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
+        if weights_only:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_TOLERANT_PICKLE)
+
+
+class _Absent:
+    """An object of a class whose module is not installed: built from the pickle and kept, never used."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+class _TolerantUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        try:
+            return super().find_class(module, name)
+        except (ModuleNotFoundError, AttributeError):  # a package not installed here, or a class it no longer has
+            return type(name, (_Absent,), {"__module__": module})
+
+
+class _TolerantPickle:
+    """The ``pickle_module`` of ``torch.load`` for trusted files (see ``quiet_load``)."""
+
+    __name__ = "frs_tolerant_pickle"
+    Unpickler = _TolerantUnpickler
+
+    @staticmethod
+    def load(file, **kwargs):
+        return _TolerantUnpickler(file, **kwargs).load()
+
+
+_TOLERANT_PICKLE = _TolerantPickle()
 
 
 def _unsafe_globals(path: Path) -> list[str]:

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from frs_cli.errors import ModelError
 from frs_cli.files import missing_file
-from frs_cli.models.torchfile import load_torch_file, refuse_training_state
+from frs_cli.models.torchfile import load_torch_file, refuse_training_state, unreadable_hint
 
 CHECKPOINT_FORMAT = 1
 # torch.hub's convention: "<name>-<first hex digits of the sha256>.<ext>"
@@ -158,8 +158,7 @@ def torch_load(path: str | Path, label: str) -> Any:
     try:
         return load_torch_file(Path(path))
     except ModelError as exc:
-        raise ModelError(f"weights {label}: {exc.message}",
-                         hint="a truncated copy reads like this: copy it again, or check the path") from None
+        raise ModelError(f"weights {label}: {exc.message}", hint=unreadable_hint(exc.message)) from None
 
 
 def _is_frs_checkpoint(content: Any) -> bool:
