@@ -243,7 +243,7 @@ def test_save_png_rejects_bad_input(tmp_path):
         save_png(np.zeros((4, 4, 3)), tmp_path / "x.png")
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with pytest.raises(ConfigError, match="expected a writable path"):
+    with pytest.raises(ConfigError, match=r"expected a folder at '.*file' to hold '.*file/x.png', got a file"):
         save_png(Image.new("RGB", (4, 4)), blocker / "x.png")
 
 
