@@ -608,3 +608,29 @@ def test_a_teacher_trained_on_other_categories_is_named_in_one_warning_by_teache
     assert "(is teacher.weights the teacher of this dataset?)" in lines[0]
     assert len(warned("distill", "--online", *renamed)) == 1
     assert warned("teacher-cache") == []
+
+
+def test_distill_from_a_cache_names_a_flip_setting_it_cannot_follow_and_how_to_get_other_views(tmp_path, recipe_path,
+                                                                                              cache_path):
+    """From a cache each image is shown in one of its views, drawn uniformly: train.hflip_prob = 0 trained with
+    flips anyway, and recipe.json recorded 0, without a word. A recipe asking for views the cache does not hold is
+    told to write a cache of them (setting cache.views alone cannot work)."""
+    base = ("distill", "--pipeline", recipe_path, "--cache", cache_path, "--device", "cpu", "--no-eval", "--set",
+            "train.epochs=1")
+
+    def flip_warnings(*extra) -> list[str]:
+        result = run(*base, "--out", tmp_path / str(len(list(tmp_path.iterdir()))), *extra)
+        assert result.exit_code == 0, result.output
+        return [ln for ln in result.stderr.splitlines() if "train.hflip_prob" in ln]
+
+    assert flip_warnings("--set", "train.hflip_prob=0") == [
+        ("warning: distill: train.hflip_prob = 0 has no effect from a cache: each image is shown in one of the views "
+        "['orig', 'hflip'], drawn uniformly (flipped in 0.5 of them); for another share, cache other views "
+        '(cache.views = ["orig"]: no flips)')]
+    assert flip_warnings() == []
+    assert flip_warnings("--set", 'cache.views=["orig"]', "--set", "train.hflip_prob=0") == []
+    result = run(*base, "--out", tmp_path / "v", "--set", 'cache.views=["orig@48", "hflip@48"]', "--set",
+                 "train.min_sizes=[48]")
+    assert result.exit_code == 1, result.output
+    assert "the cache holds ['orig', 'hflip'] (write a cache of those views (frs teacher-cache with cache.views = " \
+           "['orig@48', 'hflip@48']), or set cache.views to views this cache holds)" in result.stderr, result.stderr

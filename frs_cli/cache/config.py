@@ -70,7 +70,9 @@ class CacheConfig:
             cached = sorted({view_short_side(v, geometry) for v in self.views})
             raise ConfigError(f"recipe key 'cache.views': expected {' and '.join(flips)} at each of the student's "
                               f"training short sides {sizes} (train.min_sizes, or geometry.min_size), got "
-                              f"{list(self.views)} (short sides {cached})", hint=f"set cache.views = {wanted}")
+                              f"{list(self.views)} (short sides {cached})",
+                              hint=f"set cache.views = {wanted}; a cache holds the views it was written with, so "
+                                   "distilling at other sides needs a cache of those views (frs teacher-cache)")
 
     def writer_processes(self, local_processes: int = 1, cores: int | None = None) -> int:
         """The writer processes each of ``local_processes`` teacher-cache processes on this host starts: the

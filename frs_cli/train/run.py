@@ -6,6 +6,7 @@ import functools
 import inspect
 import json
 import logging
+import math
 import os
 import random
 from dataclasses import asdict, dataclass
@@ -150,6 +151,19 @@ def _warn_no_objects(views: CocoViews, command: str, ctx: DistContext) -> None:
         log.warning("%s: no image of the training split has an object (%s: %s), so the detector learns "
                     "background alone; check data.train and the annotation file", command,
                     plural(len(views.index.records), "image"), views.index.path)
+
+
+def _warn_cached_flips(views, hflip_prob: float, ctx: DistContext) -> None:
+    """One warning when ``train.hflip_prob`` is not the share of flipped views among the cached ``views`` that a
+    cached run draws from uniformly: from a cache the setting has no effect (README), so a run asking for no
+    flips, or only flips, would otherwise get the cache's share without a word."""
+    from frs_cli.data.geometry import parse_view
+
+    share = sum(parse_view(v)[0] == "hflip" for v in views) / len(views)
+    if ctx.is_main and not math.isclose(share, hflip_prob):
+        log.warning("distill: train.hflip_prob = %g has no effect from a cache: each image is shown in one of the "
+                    "views %s, drawn uniformly (flipped in %g of them); for another share, cache other views "
+                    "(cache.views = [\"orig\"]: no flips)", hflip_prob, list(views), share)
 
 
 def _warn_anchor_mismatch(recipe, teacher_arch: str, teacher_anchor_size: int, ctx: DistContext) -> None:
@@ -307,7 +321,10 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
         views = tuple(sorted(recipe.cache.views, key=lambda v: online.index(v) if v in online else len(online)))
         missing = [v for v in views if v not in store.views]
         if missing:
-            raise ConfigError(f"distill: the recipe asks for views {list(views)}, the cache holds {store.views}")
+            raise ConfigError(f"distill: the recipe asks for views {list(views)}, the cache holds {store.views}",
+                              hint=f"write a cache of those views (frs teacher-cache with cache.views = "
+                                   f"{list(views)}), or set cache.views to views this cache holds")
+        _warn_cached_flips(views, cfg.hflip_prob, ctx)
         teacher_side = CachedTeacher.from_cache(store, cuda_graphs=recipe.distill.cuda_graphs)
         teacher_signature = store.signature
         dataset = CachedViews(coco, store)
