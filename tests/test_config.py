@@ -423,9 +423,10 @@ def test_multi_scale_training_and_its_cache_views_are_one_set_of_short_sides():
         (["orig", "hflip"], (640, 800),
          (r"recipe key 'cache\.views': expected orig and hflip at each of the student's training short sides "
          r"\[640, 800\] \(train\.min_sizes, or geometry\.min_size\), got \['orig', 'hflip'\] \(short sides \[800\]\) "
-         r"\(set cache\.views = \['orig', 'hflip', 'orig@640', 'hflip@640'\]\)")),
+         r"\(set cache\.views = \['orig', 'hflip', 'orig@640', 'hflip@640'\]; a cache holds the views it was written "
+         r"with, so distilling at other sides needs a cache of those views \(frs teacher-cache\)\)")),
         (four, (), r"at each of the student's training short sides \[800\] .*\(short sides \[640, 800\]\)"),
-        (["orig", "hflip@640"], (640, 800), r"\(set cache\.views = \['orig', 'hflip', 'orig@640', 'hflip@640'\]\)"),
+        (["orig", "hflip@640"], (640, 800), r"\(set cache\.views = \['orig', 'hflip', 'orig@640', 'hflip@640'\];"),
         (["orig", "hflip", "orig@640"], (640, 800), r"got \['orig', 'hflip', 'orig@640'\] \(short sides \[640, 800\]\)"),
     ]
     for views, min_sizes, message in not_training:
