@@ -634,3 +634,22 @@ def test_distill_from_a_cache_names_a_flip_setting_it_cannot_follow_and_how_to_g
     assert result.exit_code == 1, result.output
     assert "the cache holds ['orig', 'hflip'] (write a cache of those views (frs teacher-cache with cache.views = " \
            "['orig@48', 'hflip@48']), or set cache.views to views this cache holds)" in result.stderr, result.stderr
+
+
+def test_a_warm_up_longer_than_the_whole_run_is_named_in_one_warning(tmp_path, recipe_path, cache_path):
+    """train.warmup_iters = 1000 on a run of a few steps: the LR never reaches train.lr (1 % of it here), and
+    distill.warmup_iters likewise keeps the FRS terms near zero, both without a word before."""
+    base = ("distill", "--pipeline", recipe_path, "--cache", cache_path, "--device", "cpu", "--no-eval", "--set",
+            "train.epochs=1")
+
+    def warned(*extra) -> list[str]:
+        result = run(*base, "--out", tmp_path / str(len(list(tmp_path.iterdir()))), *extra)
+        assert result.exit_code == 0, result.output
+        return [ln for ln in result.stderr.splitlines() if "longer than the whole run" in ln]
+
+    lines = warned("--set", "train.warmup_iters=1000", "--set", "distill.warmup_iters=2000")
+    assert [re.sub(r"\(\d+ steps\)", "(N steps)", ln) for ln in lines] == [
+        "warning: train.warmup_iters = 1000 is longer than the whole run (N steps), so the LR never reaches train.lr",
+        ("warning: distill.warmup_iters = 2000 is longer than the whole run (N steps), so the FRS terms never reach "
+         "their full weight")]
+    assert warned() == []

@@ -15,6 +15,7 @@ run reaches, whenever the process was stopped or killed.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -33,6 +34,7 @@ from frs_cli.data.packed import WORKER_HOLD, hold_in_worker
 from frs_cli.data.prefetch import DevicePrefetcher
 from frs_cli.dist import DistContext, mean_across
 from frs_cli.errors import TrainingError
+from frs_cli.files import plural
 from frs_cli.progress import NullProgress, Progress
 from frs_cli.train.checkpoint import LAST
 from frs_cli.train.config import TrainConfig
@@ -49,6 +51,8 @@ from frs_cli.train.hooks import (
 from frs_cli.train.readback import HostCopy
 from frs_cli.train.schedule import build_optimizer, build_scheduler
 from frs_cli.train.step_graphs import StepGraphs
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from frs_cli.train.objectives import Objective
@@ -156,6 +160,17 @@ def make_loader(dataset, batches: Iterable[list], workers: int, device: torch.de
     )
 
 
+def _warn_long_warmups(table: str, cfg: TrainConfig, distill_cfg, steps: int) -> None:
+    """One warning per warm-up longer than the whole run of ``steps`` steps: the LR's (``cfg``, of recipe table
+    ``table``) never reaches its value, the FRS terms' (``distill_cfg``: an FRS objective's ``DistillConfig``)
+    never their full weight."""
+    for key, length, what in ((f"{table}.warmup_iters", cfg.warmup_iters, f"the LR never reaches {table}.lr"),
+                              ("distill.warmup_iters", getattr(distill_cfg, "warmup_iters", None),
+                               "the FRS terms never reach their full weight")):
+        if length is not None and length > steps:
+            log.warning("%s = %d is longer than the whole run (%s), so %s", key, length, plural(steps, "step"), what)
+
+
 class Trainer:
     """Steps an ``Objective`` over ``dataset`` (indexed by ``(position, view)``) for ``cfg.epochs`` epochs.
 
@@ -178,6 +193,8 @@ class Trainer:
         if self.iters_per_epoch < 1:
             raise TrainingError(f"{table}: {len(sampler)} images per process is fewer than one batch of "
                                 f"{cfg.batch_size}", hint=f"lower {table}.batch_size or use more images")
+        if ctx.is_main:
+            _warn_long_warmups(table, cfg, getattr(objective, "cfg", None), self.iters_per_epoch * cfg.epochs)
         self.objective = objective.to(ctx.device)
         if cfg.channels_last:
             train_channels_last(objective)
