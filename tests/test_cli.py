@@ -610,18 +610,27 @@ def test_a_teacher_trained_on_other_categories_is_named_in_one_warning_by_teache
     assert warned("teacher-cache") == []
 
 
+def _one_epoch_from_the_cache(recipe_path, cache_path) -> tuple:
+    return ("distill", "--pipeline", recipe_path, "--cache", cache_path, "--device", "cpu", "--no-eval", "--set",
+            "train.epochs=1")
+
+
+def _warnings_of_a_run(tmp_path, args, fragment: str, *extra) -> list[str]:
+    """The stderr lines holding ``fragment`` of ``args`` run to a new folder under ``tmp_path`` (exit 0 asserted)."""
+    result = run(*args, "--out", tmp_path / str(len(list(tmp_path.iterdir()))), *extra)
+    assert result.exit_code == 0, result.output
+    return [ln for ln in result.stderr.splitlines() if fragment in ln]
+
+
 def test_distill_from_a_cache_names_a_flip_setting_it_cannot_follow_and_how_to_get_other_views(tmp_path, recipe_path,
                                                                                               cache_path):
     """From a cache each image is shown in one of its views, drawn uniformly: train.hflip_prob = 0 trained with
     flips anyway, and recipe.json recorded 0, without a word. A recipe asking for views the cache does not hold is
     told to write a cache of them (setting cache.views alone cannot work)."""
-    base = ("distill", "--pipeline", recipe_path, "--cache", cache_path, "--device", "cpu", "--no-eval", "--set",
-            "train.epochs=1")
+    base = _one_epoch_from_the_cache(recipe_path, cache_path)
 
     def flip_warnings(*extra) -> list[str]:
-        result = run(*base, "--out", tmp_path / str(len(list(tmp_path.iterdir()))), *extra)
-        assert result.exit_code == 0, result.output
-        return [ln for ln in result.stderr.splitlines() if "train.hflip_prob" in ln]
+        return _warnings_of_a_run(tmp_path, base, "train.hflip_prob", *extra)
 
     assert flip_warnings("--set", "train.hflip_prob=0") == [
         ("warning: distill: train.hflip_prob = 0 has no effect from a cache: each image is shown in one of the views "
@@ -639,13 +648,10 @@ def test_distill_from_a_cache_names_a_flip_setting_it_cannot_follow_and_how_to_g
 def test_a_warm_up_longer_than_the_whole_run_is_named_in_one_warning(tmp_path, recipe_path, cache_path):
     """train.warmup_iters = 1000 on a run of a few steps: the LR never reaches train.lr (1 % of it here), and
     distill.warmup_iters likewise keeps the FRS terms near zero, both without a word before."""
-    base = ("distill", "--pipeline", recipe_path, "--cache", cache_path, "--device", "cpu", "--no-eval", "--set",
-            "train.epochs=1")
+    base = _one_epoch_from_the_cache(recipe_path, cache_path)
 
     def warned(*extra) -> list[str]:
-        result = run(*base, "--out", tmp_path / str(len(list(tmp_path.iterdir()))), *extra)
-        assert result.exit_code == 0, result.output
-        return [ln for ln in result.stderr.splitlines() if "longer than the whole run" in ln]
+        return _warnings_of_a_run(tmp_path, base, "longer than the whole run", *extra)
 
     lines = warned("--set", "train.warmup_iters=1000", "--set", "distill.warmup_iters=2000")
     assert [re.sub(r"\(\d+ steps\)", "(N steps)", ln) for ln in lines] == [
