@@ -23,7 +23,6 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -404,7 +403,7 @@ def write_teacher_cache(recipe, path: str, *, resume: bool = False, ctx: DistCon
         n_procs = 0  # an in-memory store exists in this process only
     with job_lock(path, ctx, what="teacher-cache --out"):  # one writer per cache (rank 0 holds it for the job)
         local = _local_path(str(path))
-        empty_folder = local is not None and os.path.isdir(local) and not os.listdir(local)
+        empty_folder = _empty_folder(local)
         new = empty_folder or not exists(path)
         # started first, so they import while the teacher loads
         procs = WriterProcesses(path, url_options(path), n_procs) if n_procs else None
@@ -499,7 +498,7 @@ def _space_needed(path: str, plan: Plan, channels, cfg, resume: bool) -> tuple[i
     anything else there (another cache, an incomplete one without ``resume``, not a cache): the checks that follow
     name it, and no size would be right."""
     need = view_bytes(plan, channels, FeatureEncoding(cfg.dtype))
-    if not exists(path) or (Path(path).is_dir() and not any(Path(path).iterdir())):  # an empty folder is filled
+    if not exists(path) or _empty_folder(path):  # an empty folder is filled
         return int(need.sum()), len(need), True
     if not resume:
         return None
@@ -512,6 +511,11 @@ def _space_needed(path: str, plan: Plan, channels, cfg, resume: bool) -> tuple[i
     except (CacheFormatError, OSError, ValueError, KeyError):  # not a cache this recipe resumes: the checks after say so
         return None
     return int(pending.sum()), len(pending), False
+
+
+def _empty_folder(local: str | None) -> bool:
+    """Whether ``local`` (a local path, or None for a URL) is a folder with nothing in it."""
+    return local is not None and os.path.isdir(local) and not os.listdir(local)
 
 
 def _local_path(path: str) -> str | None:
@@ -551,6 +555,11 @@ def _check_space(path: str, plan: Plan, channels, cfg, resume: bool, ctx: DistCo
     raise StorageError(problem[0], hint=problem[1])
 
 
+def _verb_and_pronoun(n: int) -> tuple[str, str]:
+    """("is", "it") for one thing, ("are", "them") for more: the words a count's sentence agrees with."""
+    return ("is", "it") if n == 1 else ("are", "them")
+
+
 def _open_store(path: str, resume: bool, ctx: DistContext, plan: Plan, teacher, recipe, fingerprints: dict, dataset,
                 check: dict | None, progress: Progress, autocast: bool) -> tuple[bool, int, list[str]]:
     """Process 0 creates the cache, or checks the existing one is this recipe's (and with ``resume`` verifies
@@ -585,16 +594,14 @@ def _open_store(path: str, resume: bool, ctx: DistContext, plan: Plan, teacher, 
     report = verify_cache(path, progress=progress)
     broken = [*report.missing_arrays, *report.damaged_arrays]
     if broken:
-        one = len(broken) == 1
         log.warning("cache %s: %s %s missing or damaged; recreating %s", path, plural(len(broken), "array"),
-                    "is" if one else "are", "it" if one else "them")
+                    *_verb_and_pronoun(len(broken)))
         _repair_arrays(open_group(path, mode="r+"), broken, plan, teacher, cfg)
         already_complete = False
         report = verify_cache(path, progress=progress)  # the views, now that every array exists
     if report.faults:
-        one = len(report.faults) == 1
         log.warning("cache %s: %s %s missing or corrupt; rewriting %s", path,
-                    plural(len(report.faults), "written view"), "is" if one else "are", "it" if one else "them")
+                    plural(len(report.faults), "written view"), *_verb_and_pronoun(len(report.faults)))
         rejected = _reject(open_group(path, mode="r+"), report.faults)
         already_complete = False
     if already_complete and report.views_done < report.views_total:  # marked complete, yet views not marked done
