@@ -306,9 +306,9 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
                               f"teacher.arch = {recipe.teacher.arch!r}",
                               hint=f"set teacher.arch = {cached_arch!r} (the cache's), or cache this recipe's teacher")
         check_compatible(signature(recipe.student.arch, num_classes), store.signature)
-        cached_model = store.teacher.get("model_config", {})
-        _warn_anchor_mismatch(recipe, store.teacher.get("arch", recipe.teacher.arch),
-                              int(cached_model.get("anchor_size", recipe.teacher.anchor_size)), ctx)
+        # the cache's teacher is recipe.teacher.arch (checked above), with the anchors its model config records
+        cached_anchors = store.teacher.get("model_config", {}).get("anchor_size", recipe.teacher.anchor_size)
+        _warn_anchor_mismatch(recipe, recipe.teacher.arch, int(cached_anchors), ctx)
         if ctx.is_main and not store.teacher.get("weights", "?"):  # teacher-cache warned once; every student now
             log.warning("distill: the cache %s was written by a teacher with no weights (teacher.weights was empty: "
                         "a random detection head), so its FRS masks and targets teach nothing; write the cache "
