@@ -95,9 +95,9 @@ if triton is not None:
             acc += tl.where(m, term, 0.0)
         tl.store(out_ptr + b * out_sb + p, tl.sum(acc, axis=0), mask=inside)
 
-    @triton.jit(do_not_specialize=["C", "P", "w_sb", "s_sb", "t_sb"])
-    def _backward(s_ptr, t_ptr, w_ptr, g_ptr, grad_ptr, C, P, w_sb, s_sb, s_sc, s_sp, t_sb, t_sc, t_sp,
-                  HEAD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+    @triton.jit(do_not_specialize=["C", "P", "w_sb", "s_sb", "t_sb", "d_sb"])
+    def _backward(s_ptr, t_ptr, w_ptr, g_ptr, grad_ptr, C, P, w_sb, s_sb, s_sc, s_sp, t_sb, t_sc, t_sp, d_sb, d_sc,
+                  d_sp, HEAD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
         b = tl.program_id(0).to(tl.int64)
         p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
         inside = p < P
@@ -105,14 +105,14 @@ if triton is not None:
         for c0 in range(0, C, BLOCK_C):
             c = c0 + tl.arange(0, BLOCK_C)
             m = (c[:, None] < C) & inside[None, :]
-            at = c[:, None] * s_sc + p[None, :] * s_sp
-            s = tl.load(s_ptr + b * s_sb + at, mask=m, other=0.0).to(tl.float32)
+            s = tl.load(s_ptr + b * s_sb + c[:, None] * s_sc + p[None, :] * s_sp, mask=m, other=0.0).to(tl.float32)
             t = tl.load(t_ptr + b * t_sb + c[:, None] * t_sc + p[None, :] * t_sp, mask=m, other=0.0).to(tl.float32)
             if HEAD:
                 grad = (tl.sigmoid(s) - tl.sigmoid(t)) * gw[None, :]
             else:
                 grad = -(gw[None, :] * (2.0 * (t - s)))
-            tl.store(grad_ptr + b * s_sb + at, grad.to(grad_ptr.dtype.element_ty), mask=m)
+            tl.store(grad_ptr + b * d_sb + c[:, None] * d_sc + p[None, :] * d_sp, grad.to(grad_ptr.dtype.element_ty),
+                     mask=m)
 
 
 def _launch_forward(head: bool, student: Sequence[Tensor], teacher: Sequence[Tensor], weights: Tensor) -> Tensor:
@@ -139,10 +139,12 @@ def _launch_backward(head: bool, student: Sequence[Tensor], teacher: Sequence[Te
         b, c, h, w = s.shape
         s, *s_st = _positions_stride(s)
         t, *t_st = _positions_stride(t)
-        grad = torch.empty_like(s)  # s's layout: its strides are the gradient's
+        # s's layout, dense: a view with gaps between its images (``models.base.level_views``) gets a gradient
+        # without them, in the same memory format
+        grad, *d_st = _positions_stride(torch.empty_like(s))
         grid = (b, triton.cdiv(h * w, block_p))
-        _backward[grid](s, t, weights[:, start:], g, grad, c, h * w, weights.stride(0), *s_st, *t_st, HEAD=head,
-                        BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps)
+        _backward[grid](s, t, weights[:, start:], g, grad, c, h * w, weights.stride(0), *s_st, *t_st, *d_st,
+                        HEAD=head, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=warps)
         grads.append(grad)
         start += h * w
     return grads

@@ -29,13 +29,18 @@ SCRIPT = textwrap.dedent("""
     rows = []
     for channels, dtype, layout in [(20, torch.float32, "nchw"), (40, torch.float32, "nhwc"),
                                     (33, torch.bfloat16, "nchw"), (72, torch.bfloat16, "nhwc"),
-                                    (300, torch.float32, "nchw")]:  # more channels than one forward tile
+                                    (300, torch.float32, "nchw"),  # more channels than one forward tile
+                                    (45, torch.bfloat16, "view")]:  # level_views': gaps between the images
         def levels(scale, kind=dtype, grad=False):
             out = []
             for h, w in grids:
                 x = (torch.randn(2, channels, h, w) * scale).to(kind)
                 if layout == "nhwc":
                     x = x.to(memory_format=torch.channels_last)
+                if layout == "view":  # (B, H, W, C) rows of a longer (B, 3 + H*W, C) tensor, as (B, C, H, W)
+                    base = torch.zeros(2, 3 + h * w, channels, dtype=kind)
+                    base[:, 3:] = x.permute(0, 2, 3, 1).reshape(2, h * w, channels)
+                    x = base[:, 3:].view(2, h, w, channels).permute(0, 3, 1, 2)
                 out.append(x.requires_grad_(grad))
             return out
         masks = [torch.rand(2, h, w) for h, w in grids]
@@ -62,8 +67,9 @@ SCRIPT = textwrap.dedent("""
                        for a, b in zip(grads, want_grads))
             rows.append({"term": name, "channels": channels, "dtype": str(dtype), "layout": layout,
                          "got": float(got), "want": float(want), "ulps": ulps,
-                         # each gradient handed back in its input's layout
-                         "layouts": [handed[lv].stride() == x.stride() for lv, x in enumerate(student)],
+                         # each gradient handed back in its input's layout (dense: a view's gaps left out)
+                         "layouts": [handed[lv].stride() == torch.empty_like(x).stride() for lv, x in enumerate(student)],
+                         "gaps": [x.stride(0) != x.numel() // 2 for x in student],
                          "dtypes": [str(a.dtype) for a in grads]})
     json.dump(rows, sys.stdout)
 """)
@@ -114,7 +120,8 @@ def test_the_fused_decode_gives_the_bits_of_the_pytorch_decode_in_either_layout(
 
 
 def test_the_fused_terms_equal_the_pytorch_form_in_value_and_gradient(rows):
-    assert len(rows) == 10 and {r["term"] for r in rows} == {"head", "feature"}
+    assert len(rows) == 12 and {r["term"] for r in rows} == {"head", "feature"}
+    assert [all(r["gaps"]) for r in rows] == [r["layout"] == "view" for r in rows]
     for r in rows:
         assert r["got"] == pytest.approx(r["want"], rel=2e-6), r
         assert r["ulps"] <= 2.0, r

@@ -664,13 +664,15 @@ def test_the_one_pass_decode_on_the_gpu_gives_the_two_pass_numbers_and_the_head_
     assert got.dtype == torch.bfloat16 and torch.equal(got, want)
 
 
-@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
+@pytest.mark.parametrize("layout", ["nchw", "nhwc", "view"])
 def test_the_fused_frs_terms_on_the_gpu_equal_the_pytorch_form(layout, monkeypatch):
     """On CUDA ``losses.frs_losses`` runs the fused Triton terms: the same values (float32 rounding) and
     gradients (within a step of bfloat16) as the PyTorch form, at a RetinaNet's shapes (720 logits, 256
     channels, five levels of a 512 x 640 canvas), the student bf16, the teacher's logits bf16 and its cached
-    features float16, in either layout."""
+    features float16, in either layout, and the student's logits as a training pass hands them on (``view``:
+    ``level_views`` of the tensor its GT loss reads, with gaps between the images)."""
     from frs_cli import fused_losses, losses
+    from frs_cli.models.base import level_views
 
     torch.manual_seed(0)
     grids = [(64, 80), (32, 40), (16, 20), (8, 10), (4, 5)]
@@ -681,17 +683,23 @@ def test_the_fused_frs_terms_on_the_gpu_equal_the_pytorch_form(layout, monkeypat
                 .requires_grad_(grad) for h, w in grids]
 
     s_logits, t_logits = levels(720, torch.bfloat16, 3.0, True), levels(720, torch.bfloat16, 3.0)
+    leaves = s_logits
+    if layout == "view":  # the flat (B, sum H*W*9, 80) tensor is the leaf
+        flat = (torch.randn(2, sum(h * w * 9 for h, w in grids), 80, device="cuda") * 3.0).to(torch.bfloat16)
+        leaves = [flat.requires_grad_()]
+        s_logits = level_views(flat, t_logits)
+        assert all(x.stride(0) == flat.stride(0) for x in s_logits)
     adapted, t_feats = levels(256, torch.bfloat16, 1.0, True), levels(256, torch.float16, 1.0)
     masks = [torch.rand(2, h, w, device="cuda") for h, w in grids]
     valid = [torch.rand(2, h, w, device="cuda") > 0.2 for h, w in grids]
 
     def run(enabled: bool):
         monkeypatch.setattr(fused_losses, "ENABLED", enabled)
-        for x in (*s_logits, *adapted):
+        for x in (*leaves, *adapted):
             x.grad = None
         feature, head = losses.frs_losses(adapted, t_feats, s_logits, t_logits, masks, valid)
         (0.7 * feature + 1.3 * head).backward()
-        return feature.item(), head.item(), [x.grad.clone() for x in (*s_logits, *adapted)]
+        return feature.item(), head.item(), [x.grad.clone() for x in (*leaves, *adapted)]
 
     assert fused_losses.usable(*s_logits, *t_logits)
     f_want, h_want, g_want = run(False)
