@@ -27,7 +27,7 @@ Variants (``--variants``):
   its step through ``StepGraphs`` (``train.cuda_graphs``), ``_cl`` the student channels-last, ``_tnc`` the cached
   head contiguous, ``_nf`` / ``_nd`` the FRS terms / the packed decode in PyTorch, ``_cb`` cuDNN's benchmark
   mode, ``_nb`` the teacher's side on the step's own stream, ``_acl`` the adapters channels-last, ``_ot`` the
-  fused terms' earlier kernels, ``_pl`` the student's logits per level (see ``SWITCHES``), e.g. ``resident_cached_sg_tnc_nf``.
+  fused terms' earlier kernels (see ``SWITCHES``), e.g. ``resident_cached_sg_tnc_nf``.
 
 ``--sync-points`` runs ``--sync-steps`` more steps of every variant with CUDA's sync debug mode on (``warn``) and
 records, per variant, each place in the Python code where the host waited for the device (``sync_points``: the
@@ -340,8 +340,6 @@ SWITCHES = {
     "_nb": "the teacher's side on the step's own stream (distill.teacher_beside = false; it acts with _sg only)",
     "_acl": "the FRS adapters' weights channels-last, so that their convolutions run NHWC whatever the student's layout",
     "_ot": "the fused FRS terms' kernels and tiles of sessions 19 to 26 (bench/fused_terms.py's old_kernels)",
-    "_pl": "the student's logits handed on per level as its convolutions wrote them, not as views of the tensor its "
-           "GT loss reads (frs_cli.models.base.level_views, sessions 1 to 30)",
 }
 
 
@@ -361,12 +359,8 @@ def process_switches(on: frozenset[str]):
     from fused_terms import old_kernels
 
     from frs_cli import fused_decode, fused_losses
-    from frs_cli.models import fcos, retinanet
 
     saved = torch.backends.cudnn.benchmark, fused_losses.ENABLED, fused_decode.ENABLED
-    views = retinanet.level_views, fcos.level_views
-    if "_pl" in on:
-        retinanet.level_views = fcos.level_views = lambda flat, per_level: per_level
     torch.backends.cudnn.benchmark = "_cb" in on
     fused_losses.ENABLED = saved[1] and "_nf" not in on
     fused_decode.ENABLED = saved[2] and "_nd" not in on
@@ -375,7 +369,6 @@ def process_switches(on: frozenset[str]):
             yield
     finally:
         torch.backends.cudnn.benchmark, fused_losses.ENABLED, fused_decode.ENABLED = saved
-        retinanet.level_views, fcos.level_views = views
 
 
 def run_variant(name: str, args, s: dict, profile_to: Path | None = None) -> dict:

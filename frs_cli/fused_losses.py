@@ -139,8 +139,8 @@ def _launch_backward(head: bool, student: Sequence[Tensor], teacher: Sequence[Te
         b, c, h, w = s.shape
         s, *s_st = _positions_stride(s)
         t, *t_st = _positions_stride(t)
-        # s's layout, dense: a view with gaps between its images (``models.base.level_views``) gets a gradient
-        # without them, in the same memory format
+        # s's layout, dense: a view with gaps between its images (rows of a longer tensor) gets a gradient without
+        # them, in the same memory format
         grad, *d_st = _positions_stride(torch.empty_like(s))
         grid = (b, triton.cdiv(h * w, block_p))
         _backward[grid](s, t, weights[:, start:], g, grad, c, h * w, weights.stride(0), *s_st, *t_st, *d_st,

@@ -47,41 +47,6 @@ def test_fcos_logits_are_torchvision_head_output_reordered(batch):
     assert out.cls_logits[0][1, k, h, w] == reference[1, h * 8 + w, k]
 
 
-@pytest.mark.parametrize("arch", ["retinanet_tiny_fpn", "fcos_tiny_fpn"])
-def test_a_training_pass_hands_on_its_logits_as_views_of_the_tensor_the_gt_loss_reads(batch, arch, monkeypatch):
-    """The head term's gradient meets the GT loss's in one tensor (``level_views``), not per level in two layouts;
-    the values and every parameter's gradient are those of the per-level conv outputs, bit for bit."""
-    from frs_cli.losses import head_loss
-    from frs_cli.models import fcos, retinanet
-
-    d = _tiny(arch).train()
-    with torch.no_grad():
-        own = d.classify(d(batch.images, batch.image_sizes, detect=False).features)[0]  # the per-level conv outputs
-    out = d(batch.images, batch.image_sizes, batch.targets)
-    storages = {z.untyped_storage().data_ptr() for z in out.cls_logits}
-    assert len(storages) == 1 and all(z.dim() == 4 and not z.is_contiguous() for z in out.cls_logits)
-    for z, ref in zip(out.cls_logits, own):
-        torch.testing.assert_close(z, ref, rtol=0, atol=0)
-
-    torch.manual_seed(1)
-    teacher = [torch.randn_like(z) for z in own]
-    masks = [torch.rand(z.shape[0], *z.shape[-2:]) for z in own]
-
-    def grads():
-        d.zero_grad(set_to_none=True)
-        o = d(batch.images, batch.image_sizes, batch.targets)
-        (sum(o.losses.values()) + head_loss(o.cls_logits, teacher, masks)).backward()
-        return {n: p.grad.clone() for n, p in d.named_parameters() if p.grad is not None}
-
-    shared = grads()
-    for module in (retinanet, fcos):  # the per-level conv outputs, as before level_views
-        monkeypatch.setattr(module, "level_views", lambda flat, per_level: per_level)
-    apart = grads()
-    assert shared.keys() == apart.keys() and len(shared) > 10
-    for name in shared:
-        assert torch.equal(shared[name], apart[name]), name
-
-
 def test_faster_rcnn_logits_are_the_rpn_objectness_on_p2_to_p6(batch):
     d = _tiny("fasterrcnn_tiny_fpn").eval()
     with torch.no_grad():

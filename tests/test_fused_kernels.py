@@ -30,7 +30,7 @@ SCRIPT = textwrap.dedent("""
     for channels, dtype, layout in [(20, torch.float32, "nchw"), (40, torch.float32, "nhwc"),
                                     (33, torch.bfloat16, "nchw"), (72, torch.bfloat16, "nhwc"),
                                     (300, torch.float32, "nchw"),  # more channels than one forward tile
-                                    (45, torch.bfloat16, "view")]:  # level_views': gaps between the images
+                                    (45, torch.bfloat16, "view")]:  # gaps between the images
         def levels(scale, kind=dtype, grad=False):
             out = []
             for h, w in grids:

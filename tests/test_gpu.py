@@ -669,10 +669,9 @@ def test_the_fused_frs_terms_on_the_gpu_equal_the_pytorch_form(layout, monkeypat
     """On CUDA ``losses.frs_losses`` runs the fused Triton terms: the same values (float32 rounding) and
     gradients (within a step of bfloat16) as the PyTorch form, at a RetinaNet's shapes (720 logits, 256
     channels, five levels of a 512 x 640 canvas), the student bf16, the teacher's logits bf16 and its cached
-    features float16, in either layout, and the student's logits as a training pass hands them on (``view``:
-    ``level_views`` of the tensor its GT loss reads, with gaps between the images)."""
+    features float16, in either layout, and the student's logits as views with gaps between the images (``view``:
+    each level's rows of one ``(B, sum H*W*9, 80)`` tensor, the layout torchvision's heads hand their logits on in)."""
     from frs_cli import fused_losses, losses
-    from frs_cli.models.base import level_views
 
     torch.manual_seed(0)
     grids = [(64, 80), (32, 40), (16, 20), (8, 10), (4, 5)]
@@ -687,7 +686,8 @@ def test_the_fused_frs_terms_on_the_gpu_equal_the_pytorch_form(layout, monkeypat
     if layout == "view":  # the flat (B, sum H*W*9, 80) tensor is the leaf
         flat = (torch.randn(2, sum(h * w * 9 for h, w in grids), 80, device="cuda") * 3.0).to(torch.bfloat16)
         leaves = [flat.requires_grad_()]
-        s_logits = level_views(flat, t_logits)
+        rows = flat.split([h * w * 9 for h, w in grids], dim=1)
+        s_logits = [r.view(2, h, w, 720).permute(0, 3, 1, 2) for r, (h, w) in zip(rows, grids)]
         assert all(x.stride(0) == flat.stride(0) for x in s_logits)
     adapted, t_feats = levels(256, torch.bfloat16, 1.0, True), levels(256, torch.float16, 1.0)
     masks = [torch.rand(2, h, w, device="cuda") for h, w in grids]

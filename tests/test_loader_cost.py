@@ -185,13 +185,6 @@ def test_loader_cost_variant_switches_parse_in_any_order_and_last_for_their_vari
         assert fused_losses._forward is not product[0] and fused_losses._forward.__name__ == "_forward_acc1d"
         assert fused_losses.FORWARD_TILE == fused_losses.BACKWARD_TILE == (32, 64, 4)
     assert (fused_losses._forward, fused_losses.FORWARD_TILE, fused_losses.BACKWARD_TILE) == product
-    from frs_cli.models import base, fcos, retinanet
-
-    per_level = [torch.zeros(1, 4, 2, 3)]
-    with bench.process_switches(frozenset({"_pl"})):  # the logits per level, as the convolutions wrote them
-        assert retinanet.level_views(torch.zeros(1, 12, 2), per_level) is per_level
-        assert fcos.level_views(torch.zeros(1, 12, 2), per_level) is per_level
-    assert retinanet.level_views is fcos.level_views is base.level_views
 
     seen = []
     real = bench._run_variant

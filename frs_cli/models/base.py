@@ -118,9 +118,7 @@ class DensePass:
     image_sizes: list[tuple[int, int]]  # the valid (h, w) of each image
     named: dict[str, Tensor]  # the FPN outputs by name ("0".."3", "pool" for Faster R-CNN's ROI pooler)
     features: list[Tensor]  # the same, per level (B, C, H_l, W_l), finest first
-    # per level (B, cls_channels, H_l, W_l); a family whose GT loss reads them through ``to_head_layout`` puts
-    # ``level_views`` of that tensor here, which ``Detector.forward`` hands on as ``DetectorOutput.cls_logits``
-    cls_logits: list[Tensor]
+    cls_logits: list[Tensor]  # per level (B, cls_channels, H_l, W_l)
     towers: list[Tensor] | None  # what ``classify`` computed on the way that the rest reuses, if anything
 
     def anchors(self, generator: nn.Module) -> list[Tensor]:
@@ -220,7 +218,6 @@ class Detector(nn.Module):
             return out  # what distillation takes from a detector: one pass of backbone and class head
         dense = DensePass(x, list(image_sizes), named, features, cls_logits, towers)
         out.losses, out.detections = self.losses_and_detections(dense, targets, detect)
-        out.cls_logits = dense.cls_logits
         return out
 
     def classify(self, features: list[Tensor]) -> tuple[list[Tensor], list[Tensor] | None]:
@@ -284,20 +281,6 @@ def to_head_layout(per_level: list[Tensor], channels_per_anchor: int) -> Tensor:
         b, _, h, w = t.shape
         out.append(t.view(b, -1, channels_per_anchor, h, w).permute(0, 3, 4, 1, 2).reshape(b, -1, channels_per_anchor))
     return torch.cat(out, dim=1)
-
-
-def level_views(flat: Tensor, per_level: list[Tensor]) -> list[Tensor]:
-    """``to_head_layout(per_level, C)``'s output ``flat`` ``(B, sum H*W*A, C)`` seen again per level as
-    ``(B, A*C, H, W)``: views of ``flat``, with ``per_level``'s values.
-
-    A distillation term that reads the student's logits through these views sends its gradient to ``flat``, where
-    the GT loss's arrives too: autograd adds the two in one contiguous tensor. Read per level, the term's gradient
-    (``(B, A*C, H, W)`` contiguous) met the GT loss's (a strided slice of ``flat``'s) at each level's logits, and
-    CUDA adds tensors of two layouts with its unvectorised kernel (0.7 ms of an X101 -> R50 step on one H100)."""
-    b, _, c = flat.shape
-    sizes = [t.shape[1] // c * t.shape[2] * t.shape[3] for t in per_level]
-    return [part.view(b, t.shape[2], t.shape[3], t.shape[1]).permute(0, 3, 1, 2)
-            for part, t in zip(flat.split(sizes, dim=1), per_level)]
 
 
 

@@ -30,7 +30,6 @@ from frs_cli.models.base import (
     Detector,
     TowerClsHead,
     drop_biases_before_group_norms,
-    level_views,
     to_head_layout,
 )
 from frs_cli.models.dense_inference import batch_dense_detections
@@ -97,8 +96,6 @@ class FCOSAdapter(Detector):
         per_level = [f.shape[-2] * f.shape[-1] for f in dense.features]
         losses, detections = {}, None
         if targets is not None:  # in float32: box decoding in bf16 would round coordinates by several pixels
-            # the distillation terms read the logits where this loss does (level_views)
-            dense.cls_logits = level_views(head_outputs["cls_logits"], dense.cls_logits)
             losses = self.model.compute_loss(targets, {k: v.float() for k, v in head_outputs.items()}, anchors,
                                              per_level)
         if detect:

@@ -17,7 +17,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from frs_cli.models.anchors import doubling_anchors
 from frs_cli.models.backbones import P6P7, TINY_BODIES, c5_channels, resnet_fpn
-from frs_cli.models.base import P3_P7, DensePass, Detector, TowerClsHead, level_views, to_head_layout
+from frs_cli.models.base import P3_P7, DensePass, Detector, TowerClsHead, to_head_layout
 from frs_cli.models.dense_inference import batch_dense_detections
 from frs_cli.models.retinanet_loss import retinanet_gt_loss
 
@@ -87,8 +87,6 @@ class RetinaNetAdapter(Detector):
         }
         losses, detections = {}, None
         if targets is not None:
-            # the distillation terms read the logits where this loss does (level_views)
-            dense.cls_logits = level_views(head_outputs["cls_logits"], dense.cls_logits)
             # Every image of the padded batch has the same anchors; the batched loss equals torchvision's.
             losses = retinanet_gt_loss(self.model, targets, head_outputs["cls_logits"],
                                        head_outputs["bbox_regression"], anchors[0])
