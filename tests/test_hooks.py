@@ -19,6 +19,7 @@ from frs_cli.train.checkpoint import FINAL, LAST
 from frs_cli.train.hooks import Hook
 from frs_cli.train.loop import fit
 from frs_cli.train.objectives import GTObjective
+from frs_cli.train.schedule import lr_factor
 
 STEPS = 6  # per epoch
 
@@ -219,6 +220,10 @@ def test_the_trainer_runs_one_step_ahead_of_the_hooks_unless_one_wants_the_state
     assert len({x["loss"] for x in logged_ahead}) == 2 * STEPS
     assert logged_ahead == logged_waiting
     assert len({x["lr"] for x in logged_ahead}) > 1  # the warm-up moves it: a lagged read would show
+    cfg = load_recipe(recipe_path, ["train.epochs=2"]).train
+    schedule = [cfg.lr * lr_factor(it, STEPS, cfg.warmup_iters, cfg.warmup_factor, cfg.lr_steps, cfg.lr_gamma,
+                                   cfg.warmup) for it in range(2 * STEPS)]
+    assert [x["lr"] for x in logged_ahead] == pytest.approx(schedule, rel=1e-12)  # the LR the step ran at
     for k in weights_ahead:
         torch.testing.assert_close(weights_ahead[k], weights_waiting[k], rtol=0, atol=0, msg=k)
     state = torch.load(tmp_path / "ahead" / LAST, weights_only=True)

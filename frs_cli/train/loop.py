@@ -282,10 +282,11 @@ class Trainer:
             t_data = batches.data_seconds - waited
             it = self.epoch * self.iters_per_epoch + launched
             self._running = launched
+            lr = self.optimizer.param_groups[0]["lr"]  # the step's own: run_step moves the schedule on after it
             losses, loss = self.run_step(batch, it)
             launched += 1
             step = _Launched(it, launched, PendingLosses(losses, loss), len(batch.image_ids) * self.ctx.world_size,
-                             t_data, self.optimizer.param_groups[0]["lr"], time.perf_counter())
+                             t_data, lr, time.perf_counter())
             if pending is not None:  # the step before, while the device runs this one
                 self._finish(pending, hooks)
             pending = step
