@@ -81,8 +81,9 @@ def test_markdown_table_has_a_row_per_run_with_last_metrics_best_ap_and_a_dash_f
     lines = markdown_table([a, b]).splitlines()
     assert lines[0] == ("| run | epoch | AP | AP50 | AP75 | APs | APm | APl | best AP (epoch) | iterations | last loss "
                         "| img/s |")
-    assert lines[2] == "| alone | 3 | 20.0 | 50.0 | 25.0 | 10.0 | 20.0 | \u2013 | 30.0 (2) | 56 | 0.05357 | 130.0 |"
+    assert lines[2] == "| alone | 3 | 20.0 | 50.0 | 25.0 | 10.0 | 20.0 | \u2013 | 30.0 (2) | 56 | 0.05357 | 127.5 |"
     assert lines[3].startswith("| frs | 2 | 40.0 | 50.0 | 25.0 | 10.0 | 20.0 | 55.0 | 40.0 (2) | 36 |")
+    assert lines[3].endswith(" | 117.5 |")  # the median of an even count: the mean of the middle two (115, 120)
     assert len(lines) == 4
     # four significant digits in every row, trailing zeros kept (before: 2.85 beside 0.05357)
     c = read_run(write_run(tmp_path / "c", [0.2], iters=5, tail=json.dumps({"epoch": 1, "iter": 5, "loss": 2.85})))

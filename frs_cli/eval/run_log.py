@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -134,7 +135,7 @@ def markdown_table(runs: list[RunLog]) -> str:
         best = f"{100 * max(aps):.1f} ({int(epochs[aps.index(max(aps))])})" if aps else "\u2013"
         _, losses = run.series("loss")
         _, rates = run.series("img_s")
-        rate = sorted(rates)[len(rates) // 2] if rates else None
+        rate = statistics.median(rates) if rates else None
         cells = [run.name, str(epoch), *(format_metric(metrics.get(k)) for k in METRIC_KEYS), best,
                  str(max(run.steps) + 1) if run.steps else "0",
                  f"{losses[-1]:#.4g}" if losses else "\u2013", f"{rate:.1f}" if rate is not None else "\u2013"]
