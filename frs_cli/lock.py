@@ -51,9 +51,10 @@ _memory_guard = threading.Lock()
 
 
 def lock_path(path: str | Path) -> Path:
-    """The lock file of the output ``path``: ``.<name>.lock`` in the same directory (``path`` made absolute
-    first, so ``--out .`` is locked beside the directory, not inside it)."""
-    p = Path(os.path.abspath(path))
+    """The lock file of the output ``path``: ``.<name>.lock`` in the same directory (``path`` made absolute and its
+    symlinks resolved first, so ``--out .`` is locked beside the directory, not inside it, and a link to a folder
+    another job writes gets that job's lock)."""
+    p = Path(os.path.realpath(path))
     return p.parent / f".{p.name}.lock"
 
 

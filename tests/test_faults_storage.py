@@ -235,6 +235,26 @@ def test_lock_rules_for_other_hosts_reused_pids_urls_and_torchrun_ranks(tmp_path
 
 
 
+def test_an_output_reached_through_a_symlink_is_locked_as_its_real_folder(tmp_path):
+    """``--out link`` where ``link`` points at the folder another job writes (or at its parent folder): the same
+    lock file, so the second job is refused (before: ``.link.lock`` beside the link, and two runs trained into one
+    folder, their metrics interleaved)."""
+    from frs_cli.errors import LockError
+    from frs_cli.lock import output_lock
+
+    real = tmp_path / "runs" / "a"
+    real.mkdir(parents=True)
+    (tmp_path / "a_link").symlink_to(real)
+    (tmp_path / "runs_link").symlink_to(tmp_path / "runs")
+    assert lock_path(tmp_path / "a_link") == lock_path(tmp_path / "runs_link" / "a") == lock_path(real)
+    with output_lock(real):
+        for other in (tmp_path / "a_link", tmp_path / "runs_link" / "a"):
+            with pytest.raises(LockError, match="expected no other writer"), output_lock(other):
+                pass
+    assert not lock_path(real).exists() and sorted(p.name for p in tmp_path.iterdir()) == ["a_link", "runs",
+                                                                                        "runs_link"]
+
+
 def test_a_job_refused_before_writing_leaves_no_folder_it_made_for_its_output(recipe_path, tmp_path):
     """The lock file sits beside ``--out``: taking it made ``--out``'s missing parent folders, which a refusal
     (here: no annotation file) used to leave behind, empty."""
