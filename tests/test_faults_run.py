@@ -9,6 +9,7 @@ Runs train the tiny student on the 8 val images (2 iterations an epoch) to stay 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import pathlib
@@ -432,6 +433,36 @@ def test_a_resume_that_extends_the_schedule_records_it_in_the_recipe(saved_run):
     assert (recorded["epochs"], recorded["log_every"], recorded["worker_hold"], recorded["lr"]) == (2, 5, 0, 0.01)
     assert torch.load(saved_run.out / LAST, weights_only=True)["epoch"] == 2
 
+
+
+def test_a_resume_onto_annotations_changed_in_place_says_so_once_and_records_them(tmp_path, synth_root, teacher_ckpt):
+    """The same data.root, its training annotations edited (or the set regenerated) between the save and the resume:
+    one warning naming both digests, the run continues and recipe.json records the new digest (before: nothing
+    told; the run went on over other images). An unchanged file says nothing."""
+    data = tmp_path / "data"
+    shutil.copytree(synth_root, data)
+    recipe = write_recipe(tmp_path / "recipe.toml", data, str(teacher_ckpt))
+    out = tmp_path / "run"
+    assert train(recipe, out).exit_code == 0
+    digest = json.loads((out / "recipe.json").read_text())["paths"]["train_annotations"]
+    ann = data / "annotations" / "instances_val.json"  # SMALL trains on the val split
+    assert digest == "sha256:" + hashlib.sha256(ann.read_bytes()).hexdigest()
+    result = train(recipe, out, "--resume", "--set", "train.epochs=2")
+    assert result.exit_code == 0, result.output
+    assert "annotation file" not in warnings_of(result)
+    coco = json.loads(ann.read_text())
+    coco["annotations"][0]["bbox"][2] += 1.0  # one box one pixel wider
+    ann.write_text(json.dumps(coco))
+    result = train(recipe, out, "--resume", "--set", "train.epochs=3")
+    assert result.exit_code == 0, result.output
+    now = "sha256:" + hashlib.sha256(ann.read_bytes()).hexdigest()
+    said = warnings_of(result)
+    assert said.count("annotation file") == 1
+    assert (f"--resume: the training split's annotation file is not the one the run started with ({digest[:19]} "
+            f"then, {now[:19]} now: changed in place); the run continues on it as it is now (recorded in "
+            "recipe.json)") in said
+    assert json.loads((out / "recipe.json").read_text())["paths"]["train_annotations"] == now
+    assert torch.load(out / LAST, weights_only=True)["epoch"] == 3
 
 def test_the_truncated_state_hint_delete_it_and_run_again_starts_the_run_over(saved_run):
     (saved_run.out / FINAL).unlink()  # a run that has not finished yet

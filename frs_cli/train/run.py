@@ -50,6 +50,7 @@ from frs_cli.train.rundir import (
     JOB,
     PATHS,
     RunStart,
+    annotations_identity,
     check_run_dir,
     path_identities,
     record_resume,
@@ -233,7 +234,8 @@ def train_detector(recipe, role: str, out_dir: str | Path, *, resume: bool = Fal
     ctx = ctx or setup()
     out_dir = Path(out_dir)
     recipe_dict = {**recipe.to_dict(), JOB: f"train {role}"}
-    recipe_dict[PATHS] = path_identities(recipe_dict)
+    recipe_dict[PATHS] = {**path_identities(recipe_dict),
+                          **annotations_identity(recipe.data.annotation_file(recipe.data.train))}
     start, changes = _check_out(out_dir, resume, recipe_dict, f"train {role}")
     cfg = recipe.train_config(role)
     model_cfg = recipe.model_config(role)
@@ -285,14 +287,16 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
         recipe = _as_stored(recipe, cache, ctx)
     job = "distill online" if online else "distill cache"
     recipe_dict = {**recipe.to_dict(), "teacher_source": "online" if online else str(cache), JOB: job}
-    recipe_dict[PATHS] = path_identities(recipe_dict, {"teacher_source": _cache_identity})
+    split = recipe.cache.split if cache else recipe.data.train
+    recipe_dict[PATHS] = {**path_identities(recipe_dict, {"teacher_source": _cache_identity}),
+                          **annotations_identity(recipe.data.annotation_file(split))}
     start, changes = _check_out(out_dir, resume, recipe_dict, job)
     cfg = recipe.train
     if _already_complete(start, cfg.epochs, (FINAL, ADAPTERS)):
         return RunSummary(str(out_dir), str(out_dir / FINAL), None, complete=True)
     if cfg.tensorboard:
         require_tensorboard()
-    coco = CocoViews.from_config(recipe.data, recipe.cache.split if cache else recipe.data.train, recipe.geometry)
+    coco = CocoViews.from_config(recipe.data, split, recipe.geometry)
     coco.check_files()
     _warn_no_objects(coco, "distill", ctx)
     num_classes = coco.index.num_classes

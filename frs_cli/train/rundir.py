@@ -13,6 +13,7 @@ restored its state.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -32,6 +33,9 @@ PATHS = "paths"  # the key of recipe.json holding what each key of PATH_KEYS nam
 # keys whose value is a path (or an enum name): a resume spelling the same file another way (relative, absolute,
 # a trailing slash, from another folder; the same cache as Zarr or HDF5) changes nothing
 PATH_KEYS = ("data.root", "teacher.weights", "student.weights", "student.weights_backbone", "teacher_source")
+# the key of PATHS holding the digest of the training split's annotation file: a resume onto annotations changed in
+# place (a dataset regenerated or edited at the same data.root) says so
+ANNOTATIONS = "train_annotations"
 METRICS = "metrics.jsonl"
 # written before a run's first saved state: a directory holding only these holds nothing worth keeping
 EARLY_FILES = (RECIPE, METRICS)
@@ -130,6 +134,16 @@ def path_identities(recipe_dict: dict, identify: dict[str, Callable[[str], str]]
     return out
 
 
+def annotations_identity(path: Path) -> dict[str, str]:
+    """``{ANNOTATIONS: "sha256:<hex>"}`` of the training split's annotation file ``path``, or ``{}`` where it cannot
+    be read (the data checks that follow say why)."""
+    try:
+        with open(path, "rb") as f:
+            return {ANNOTATIONS: "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()}
+    except OSError:
+        return {}
+
+
 def _same_paths(old: dict, stored: dict, recipe_dict: dict) -> set[str]:
     """The keys of PATH_KEYS spelled differently that name the same thing: by the identities recorded at the start
     (``PATHS``), else (a run from before they were) by the real paths of the stored values seen from here."""
@@ -160,6 +174,9 @@ def resume_changes(out_dir: Path, recipe_dict: dict, job: str) -> dict[str, tupl
     ignored = (*IGNORED, *JOB_IGNORED.get(job, ()))
     relevant = {k: v for k, v in changed.items() if k.split(".")[0] in tables and k not in ignored}
     refused = {k: v for k, v in relevant.items() if k not in {f"{schedule}.{r}" for r in RESUMABLE}}
+    then, now = (stored.get(PATHS) or {}).get(ANNOTATIONS), (recipe_dict.get(PATHS) or {}).get(ANNOTATIONS)
+    if then and now and then != now:  # allowed: record_resume names it
+        relevant[f"{PATHS}.{ANNOTATIONS}"] = (then, now)
     if refused:
         listed = "; ".join(f"{k} = {json.dumps(a)}, now {json.dumps(b)}" for k, (a, b) in refused.items())
         allowed = ", ".join(f"{schedule}.{r}" for r in RESUMABLE)
@@ -195,6 +212,11 @@ def _check_job(out_dir: Path, stored: dict, job: str) -> None:
 def record_resume(out_dir: Path, recipe_dict: dict, changes: dict[str, tuple]) -> None:
     """Once the saved state is restored: write the recipe the run now follows to ``recipe.json``."""
     for key, (old, new) in changes.items():
+        if key == f"{PATHS}.{ANNOTATIONS}":
+            log.warning("--resume: the training split's annotation file is not the one the run started with (%s "
+                        "then, %s now: changed in place); the run continues on it as it is now (recorded in %s)",
+                        old[:19], new[:19], RECIPE)
+            continue
         log.warning("--resume: %s changes from %s to %s (recorded in %s)", key, json.dumps(old), json.dumps(new),
                     RECIPE)
     if _normal(json.loads((out_dir / RECIPE).read_text(encoding="utf-8"))) != _normal(recipe_dict):
