@@ -420,3 +420,14 @@ def test_a_runs_stream_is_its_epochs_batches_one_after_the_other_from_the_start_
     assert list(RunBatches(batches, 5, 0, 4)) == list(batches.batches_of(5))  # past the last epoch: that one alone
     with pytest.raises(DataError, match="whole number of batches of 4 items, got 6"):
         RunBatches(batches, 1, 6, 4)
+
+
+def test_whole_canvas_batches_hold_every_key_once_one_canvas_each_in_order():
+    """Evaluation's batches: no key dropped, none mixing canvases, each canvas's keys in their order."""
+    from frs_cli.data.canvas_batches import whole_canvas_batches
+
+    keys = [(p, "orig") for p in range(11)]
+    canvas = {p: (64, 64) if p % 3 else (64, 48) for p in range(11)}.__getitem__
+    batches = whole_canvas_batches(keys, lambda k: canvas(k[0]), 3)
+    assert [[p for p, _ in b] for b in batches] == [[0, 3, 6], [9], [1, 2, 4], [5, 7, 8], [10]]  # first seen first
+    assert whole_canvas_batches([], lambda k: k, 4) == []

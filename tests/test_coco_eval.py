@@ -326,3 +326,29 @@ def test_a_string_id_or_a_repeated_category_is_refused_as_the_training_index_ref
     path = doc(images=lambda i: i + [dict(i[0])])
     with pytest.raises(DataError, match=r"expected unique image ids, found 1 twice \(images\[1\]\)$"):
         load_coco(path)
+
+
+@pytest.mark.parametrize("batch_size", [3, 12])
+def test_detections_of_images_of_several_canvases_do_not_depend_on_the_batch_size(jitter_root, batch_size):
+    """``predict`` runs each image padded to its own canvas only (batches of one canvas): every image's detections
+    equal those of batches of one image (to rounding), whatever the batch size or the other images of the split (before: a batch
+    was padded to its largest image, so a tall image changed the scores of the square ones batched with it)."""
+    from frs_cli.data.coco import CocoViews, DataConfig
+    from frs_cli.data.geometry import GeometryConfig
+    from frs_cli.dist import setup
+    from frs_cli.eval.predict import predict
+    from frs_cli.models import ModelConfig, build_detector
+
+    ds = CocoViews.from_config(DataConfig(root=str(jitter_root)), "train", GeometryConfig(64, 64, 16))
+    assert len({ds.geometry_of(p, "orig").padded_size for p in range(len(ds))}) == 3
+    torch.manual_seed(0)
+    detector = build_detector(ModelConfig(arch="retinanet_tiny_fpn", anchor_size=16, score_thresh=0.0), 5)
+    ctx = setup("cpu")
+    alone = dict(zip(*predict(detector, ds, ctx, batch_size=1, workers=0)))
+    together = dict(zip(*predict(detector, ds, ctx, batch_size=batch_size, workers=0)))
+    assert sorted(alone) == sorted(together) == sorted(r.image_id for r in ds.index.records)
+    for image_id, want in alone.items():  # equal to rounding: the CPU's convolutions sum in another order per batch
+        got = together[image_id]
+        assert len(want["scores"]) > 0 and torch.equal(got["labels"], want["labels"]), image_id
+        torch.testing.assert_close(got["scores"], want["scores"], rtol=0, atol=1e-6)
+        torch.testing.assert_close(got["boxes"], want["boxes"], rtol=0, atol=1e-3)  # px

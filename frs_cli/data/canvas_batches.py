@@ -23,7 +23,7 @@ import torch
 from frs_cli.data.coco import ViewSampler
 from frs_cli.errors import DataError
 
-__all__ = ["CanvasBatchSampler", "RunBatches", "canvas_batches", "view_canvases"]
+__all__ = ["CanvasBatchSampler", "RunBatches", "canvas_batches", "view_canvases", "whole_canvas_batches"]
 
 Key = tuple[int, str]  # (position, view), a CocoViews index
 
@@ -56,6 +56,16 @@ def canvas_batches(items: Iterable[Key], canvas_of, batch_size: int) -> list[lis
     full = len(leftovers) - len(leftovers) % batch_size  # the partial tail is dropped, as drop_last does
     batches.extend(leftovers[i : i + batch_size] for i in range(0, full, batch_size))
     return batches
+
+
+def whole_canvas_batches(items: Iterable[Key], canvas_of, batch_size: int) -> list[list[Key]]:
+    """Every key of ``items`` once, in batches of one canvas each (up to ``batch_size`` keys; per canvas, in the
+    order of ``items``, its last batch partial): what evaluation runs, so that each image is padded to its own
+    canvas alone and its detections do not depend on the batch size or on the other images of the split."""
+    queues: dict[Hashable, list[Key]] = {}
+    for key in items:
+        queues.setdefault(canvas_of(key), []).append(key)
+    return [queue[i : i + batch_size] for queue in queues.values() for i in range(0, len(queue), batch_size)]
 
 
 class CanvasBatchSampler(torch.utils.data.Sampler):

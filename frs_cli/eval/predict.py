@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from frs_cli.data.coco import CocoViews, ListSampler, collate
+from frs_cli.data.canvas_batches import whole_canvas_batches
+from frs_cli.data.coco import CocoViews, collate
 from frs_cli.data.geometry import invert_boxes
 from frs_cli.dist import DistContext, all_gather_objects
 from frs_cli.eval.coco_eval import CocoEvaluator, load_coco
@@ -21,8 +22,11 @@ def predict(detector: Detector, dataset: CocoViews, ctx: DistContext, batch_size
     """Detections for every image of ``dataset`` (this process's share under torchrun, gathered after), or for
     its first ``max_images`` images.
 
+    Each batch holds images of one canvas (padded size) only, so an image's detections do not depend on the batch
+    size or on the other images of the split.
+
     Returns ``(image_ids, outputs)``: per image ``{"boxes": (N, 4) xyxy original pixels, "scores", "labels"}``
-    on the CPU, all images on every process.
+    on the CPU, all images on every process, in batch order.
     """
     progress = progress or NullProgress()
     device = ctx.device
@@ -30,8 +34,10 @@ def predict(detector: Detector, dataset: CocoViews, ctx: DistContext, batch_size
     detector.eval()
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
     positions = range(ctx.rank, count, ctx.world_size)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=ListSampler((p, "orig") for p in positions),
-                                         num_workers=workers, collate_fn=collate, pin_memory=device.type == "cuda")
+    batches = whole_canvas_batches([(p, "orig") for p in positions], lambda k: dataset.geometry_of(*k).padded_size,
+                                   batch_size)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
+                                         pin_memory=device.type == "cuda")
     ids, outputs = [], []
     progress.start(share("evaluate", ctx.world_size), len(positions), unit="img")
     for batch in loader:
