@@ -43,8 +43,17 @@ def pixels(picture):
 def test_panel_size_follows_the_rule():
     image, mask = make_image(), torch.rand(*grid(8))
     assert heatmap_overlay(image, mask, 8).size == (W, H)
-    assert heatmap_overlay(image, mask, 8, title="P3  stride 8").size == (W, H + TITLE_BAND_PX)
+    assert heatmap_overlay(image, mask, 8, title="P3").size == (W, H + TITLE_BAND_PX)
     assert heatmap_overlay(image, mask, 8, title="P3", scale=3).size == (W * 3, H * 3 + TITLE_BAND_PX)
+    wide = "P3  stride 8  max 0.99"  # wider than the 56 px picture: the panel takes the title's width
+    assert text_width(wide) + 8 > W
+    assert heatmap_overlay(image, mask, 8, title=wide).size == (text_width(wide) + 8, H + TITLE_BAND_PX)
+
+
+def panel_width(picture_w, masks, strides, names, vmax):
+    """A figure's panel width: the picture's, or its widest title's where that is wider."""
+    titles = [f"{n}  stride {s}  max {format_value(float(m.max()), vmax)}" for m, s, n in zip(masks, strides, names)]
+    return max(picture_w, *(text_width(t) + 8 for t in titles))
 
 
 def bar_width(vmax, height):
@@ -57,10 +66,15 @@ def test_figure_size_is_panels_plus_gaps_plus_colour_bar():
     picture = level_panels(make_image(), masks, strides, ["P3", "P4", "P5"], scale=2)
     body_h = H * 2 + TITLE_BAND_PX
     vmax = max(float(m.max()) for m in masks)
-    assert picture.size == (3 * W * 2 + 3 * PANEL_GAP_PX + bar_width(vmax, body_h), HEADER_PX + body_h)
+    pw = panel_width(W * 2, masks, strides, ["P3", "P4", "P5"], vmax)
+    assert pw > W * 2  # the titles (134 px) are wider than the 112 px pictures: the panels take their width
+    assert picture.size == (3 * pw + 3 * PANEL_GAP_PX + bar_width(vmax, body_h), HEADER_PX + body_h)
     two = mask_figure(make_image(), [("a", masks), ("b", masks)], strides, ["P3", "P4", "P5"], scale=2)
     body_h = 2 * (ROW_LABEL_PX + H * 2 + TITLE_BAND_PX) + PANEL_GAP_PX
-    assert two.size == (3 * W * 2 + 3 * PANEL_GAP_PX + bar_width(vmax, body_h), HEADER_PX + body_h)
+    assert two.size == (3 * pw + 3 * PANEL_GAP_PX + bar_width(vmax, body_h), HEADER_PX + body_h)
+    narrow = level_panels(make_image(), masks, strides, ["P3", "P4", "P5"], scale=1)  # 56 px: the titles widen
+    pw = panel_width(W, masks, strides, ["P3", "P4", "P5"], vmax)
+    assert pw > W and narrow.size[0] == 3 * pw + 3 * PANEL_GAP_PX + bar_width(vmax, H + TITLE_BAND_PX)
 
 
 def test_a_header_too_long_for_the_figure_takes_two_lines_and_widens_it_so_no_word_is_cut():
@@ -110,7 +124,7 @@ def test_one_colour_scale_across_levels():
     picture = level_panels(image, [m3, m4], [8, 16], ["P3", "P4"])
     top = picture.size[1] - H  # under the header (two lines: the figure is narrow) and the panels' titles
     p3 = cell_mean(picture, 1, 1, 8, top)
-    p4_left = W + PANEL_GAP_PX
+    p4_left = panel_width(W, [m3, m4], [8, 16], ["P3", "P4"], 0.4) + PANEL_GAP_PX
     out = pixels(picture).mean(axis=2)
     p4 = out[top + 16: top + 32, p4_left + 16: p4_left + 32].mean()
     expected = lambda v: (np.asarray(heat_colours(torch.tensor(v))).mean() * HEAT_ALPHA

@@ -15,7 +15,8 @@ brightest means. FRS masks are often far below 1 (a weak teacher's max is ~0.2):
 instead of 1 is what makes them visible at all.
 
 Size rules: a panel is ``W * scale`` wide and ``H * scale + (TITLE_BAND_PX if title else 0)`` tall, the title
-band above the picture. ``mask_figure`` with ``n`` levels and ``r`` rows is a ``HEADER_PX`` band on top of
+band above the picture; a title wider than that (a narrow image) widens the panel to its text, the picture at the
+left on the band's dark colour. In a figure every panel is as wide as the widest. ``mask_figure`` with ``n`` levels and ``r`` rows is a ``HEADER_PX`` band on top of
 ``r`` rows (each ``ROW_LABEL_PX`` (only when ``r > 1``) + ``TITLE_BAND_PX + H * scale`` tall, ``PANEL_GAP_PX``
 apart) of ``n`` panels ``PANEL_GAP_PX`` apart, and a colour bar ``PANEL_GAP_PX`` to their right. Where the
 header does not fit that width in one line, it takes two bands (the title, then the colour scale), and the
@@ -130,8 +131,10 @@ def _draw_boxes(picture: Image.Image, boxes: Tensor, scale: int) -> None:
         draw.rectangle([left, top, right, bottom], outline=BOX_COLOUR, width=BOX_WIDTH_PX)
 
 
-def _add_title(picture: Image.Image, title: str) -> Image.Image:
-    width, height = picture.size
+def _add_title(picture: Image.Image, title: str, width: int = 0) -> Image.Image:
+    """``picture`` under a band holding ``title``, at least ``width`` wide and never narrower than the title."""
+    width = max(picture.width, width, _title_width(title))
+    height = picture.height
     canvas = Image.new("RGB", (width, height + TITLE_BAND_PX), DARK)
     canvas.paste(title_band(width, title, TITLE_BAND_PX), (0, 0))
     canvas.paste(picture, (0, TITLE_BAND_PX))
@@ -153,7 +156,8 @@ def heatmap_overlay(image: Tensor, mask: Tensor, stride: int, boxes_xyxy: Tensor
     shows exactly the pixels its feature location stands for), then cropped to ``(H, W)``. Each pixel is
     ``(1 - alpha) * grey + alpha * heat(min(m / vmax, 1))``; ``vmax`` defaults to this mask's max. The
     picture is then enlarged ``scale`` times (nearest), boxes are outlined ``BOX_WIDTH_PX`` thick in
-    ``BOX_COLOUR``, and a title, if given, goes on a ``TITLE_BAND_PX`` dark band on top.
+    ``BOX_COLOUR``, and a title, if given, goes on a ``TITLE_BAND_PX`` dark band on top (the panel widened to
+    the title where the picture is narrower).
 
     Raises ``ConfigError`` for an image that is not ``(3, H, W)`` uint8, a mask that is not a 2-D float
     tensor with values in [0, 1] whose grid covers the image at ``stride``, bad boxes, alpha outside
@@ -206,12 +210,12 @@ def mask_figure(image: Tensor, rows: Sequence[tuple[str, Sequence[Tensor]]], str
         vmax = vmax if vmax > MIN_VMAX else 1.0
     vmax = _check_vmax(vmax)
     row_pictures = []
-    for label, masks in rows:
-        panels = []
-        for mask, stride, name in zip(masks, strides, names):
-            peak = float(mask.max()) if isinstance(mask, Tensor) and mask.numel() else float("nan")
-            panel_title = f"{name}  stride {stride}  max {format_value(peak, vmax)}"
-            panels.append(heatmap_overlay(image, mask, stride, boxes_xyxy, title=panel_title, scale=scale, vmax=vmax))
+    titles = [[f"{name}  stride {stride}  max {format_value(_peak(mask), vmax)}" for mask, stride, name
+               in zip(masks, strides, names)] for _, masks in rows]
+    title_w = max(_title_width(t) for row in titles for t in row)  # every panel as wide as the widest title
+    for (label, masks), row_titles in zip(rows, titles):
+        panels = [_add_title(heatmap_overlay(image, mask, stride, boxes_xyxy, scale=scale, vmax=vmax), t, title_w)
+                  for mask, stride, t in zip(masks, strides, row_titles)]
         pw, ph = panels[0].size
         row = Image.new("RGB", (len(panels) * pw + (len(panels) - 1) * PANEL_GAP_PX,
                                 ph + (ROW_LABEL_PX if len(rows) > 1 else 0)), GAP_COLOUR)
@@ -225,7 +229,7 @@ def mask_figure(image: Tensor, rows: Sequence[tuple[str, Sequence[Tensor]]], str
     bar = colour_bar(body_h, vmax, "mask S")
     width = body_w + PANEL_GAP_PX + bar.width
     lines = _header_lines(title, f"colour: 0 to {format_value(vmax, vmax)}, one scale for all panels", width)
-    width = max(width, *(text_width(line) + 2 * TITLE_INSET_PX for line in lines))  # no header cut
+    width = max(width, *(_title_width(line) for line in lines))  # no header cut
     header_h = len(lines) * HEADER_PX
     canvas = Image.new("RGB", (width, header_h + body_h), GAP_COLOUR)
     for i, line in enumerate(lines):
@@ -238,11 +242,20 @@ def mask_figure(image: Tensor, rows: Sequence[tuple[str, Sequence[Tensor]]], str
     return canvas
 
 
+def _peak(mask) -> float:
+    return float(mask.max()) if isinstance(mask, Tensor) and mask.numel() else float("nan")
+
+
+def _title_width(title: str) -> int:
+    """The width a title band needs to show ``title`` whole, px."""
+    return text_width(title) + 2 * TITLE_INSET_PX
+
+
 def _header_lines(title: str, scale: str, width: int) -> list[str]:
     """The figure's header: ``'<title>  |  <scale>'`` on one line where it fits in ``width`` (with the band's inset on
     either side), else two lines."""
     one = f"{title}  |  {scale}"
-    return [one] if text_width(one) + 2 * TITLE_INSET_PX <= width else [title, scale]
+    return [one] if _title_width(one) <= width else [title, scale]
 
 
 def level_panels(image: Tensor, masks: Sequence[Tensor], strides: Sequence[int], names: Sequence[str],
