@@ -47,6 +47,10 @@ def convert_mmdet(checkpoint: str | Path, arch: str, out: str | Path, allow_pick
         raise ModelError(f"convert mmdet: expected an mmdetection layout for --arch, got {arch!r}",
                          hint=f"one of: {', '.join(MMDET_ARCHS)}")
     check_output_file(out, "convert mmdet --out")
+    if Path(out).suffix.lower() == ".onnx":  # the file written is PyTorch's, whatever its name says
+        raise ConfigError(f"convert mmdet --out: expected the name of an frs model file (PyTorch's format, such as "
+                          f"model.pt), got an ONNX name {str(out)!r}",
+                          hint="write model.pt, then frs export --onnx model.pt model.onnx")
     if Path(out).resolve() == Path(checkpoint).resolve():  # the rename would replace the only copy of the source
         raise ConfigError(f"convert mmdet --out: expected a new file, got the checkpoint being converted {str(out)!r}",
                           hint="write the frs model file under another name")

@@ -225,7 +225,10 @@ def test_convert_mmdet_refuses_an_out_below_a_file_or_equal_to_the_checkpoint_in
     source = tmp_path / "in.pth"
     before = source.read_bytes()
     for out, expected in ((source / "x.pt", f"expected a folder at {str(source)!r} to hold"),
-                          (source, "expected a new file, got the checkpoint being converted")):
+                          (source, "expected a new file, got the checkpoint being converted"),
+                          (tmp_path / "x.onnx", ("expected the name of an frs model file (PyTorch's format, such "
+                                                f"as model.pt), got an ONNX name {str(tmp_path / 'x.onnx')!r} "
+                                                "(write model.pt, then frs export --onnx"))):
         result = runner.invoke(app, ["convert", "mmdet", str(source), "--arch", "retinanet_resnet50_fpn_mmdet",
                                      "--out", str(out)])
         assert result.exit_code == 1 and result.stderr.startswith(f"error: convert mmdet --out: {expected}"), \
