@@ -88,8 +88,14 @@ def sizes_apart(need: int, free: int) -> tuple[str, str]:
 
 def missing_file(path: str | Path) -> str:
     """Why there is no file to read at ``path``, to end an error line ("..., but it does not exist"):
-    ``"is a directory"`` or ``"does not exist"``."""
-    return "is a directory" if Path(path).is_dir() else "does not exist"
+    ``"is a directory"``, ``"is a symbolic link to 'T', which does not exist"`` (a link copied without what it
+    points at, which ``ls`` still lists) or ``"does not exist"``."""
+    path = Path(path)
+    if path.is_dir():
+        return "is a directory"
+    if path.is_symlink():
+        return f"is a symbolic link to {os.readlink(path)!r}, which does not exist"
+    return "does not exist"
 
 
 def check_output_file(path: str | Path, what: str, suffix: str | None = None) -> None:

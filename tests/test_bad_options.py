@@ -130,6 +130,21 @@ def test_a_directory_given_as_a_file_to_read_is_named_as_a_directory(tmp_path, s
     assert not (tmp_path / "x.pt").exists() and not (tmp_path / "x.onnx").exists()
 
 
+def test_a_symlink_to_nothing_is_named_as_such(tmp_path, synth_root):
+    """``pipelines/demo.toml`` links to ``../frs_cli/recipes/demo.toml``: a copy of the folder alone keeps a link to
+    nothing, which ``ls`` lists; the line names the link and its target (before: "does not exist")."""
+    (tmp_path / "pipelines").mkdir()
+    link = tmp_path / "pipelines" / "demo.toml"
+    link.symlink_to("../frs_cli/recipes/demo.toml")
+    result = run("train", "-p", link, "--out", tmp_path / "run")
+    assert_one_line_error(result, f"recipe: expected a TOML file, but '{link}' is a symbolic link to "
+                                  "'../frs_cli/recipes/demo.toml', which does not exist")
+    result = run("eval", "--checkpoint", link, "--data", synth_root, "--device", "cpu")
+    assert_one_line_error(result, f"checkpoint: expected a file at '{link}', but it is a symbolic link to "
+                                  "'../frs_cli/recipes/demo.toml', which does not exist")
+    assert not (tmp_path / "run").exists()
+
+
 def _output_cases(tmp_path, teacher_ckpt, cache_path, synth_root) -> dict:
     run_dir = tmp_path / "run"
     run_dir.mkdir()
