@@ -16,11 +16,11 @@ instead of 1 is what makes them visible at all.
 
 Size rules: a panel is ``W * scale`` wide and ``H * scale + (TITLE_BAND_PX if title else 0)`` tall, the title
 band above the picture; a title wider than that (a narrow image) widens the panel to its text, the picture at the
-left on the band's dark colour. In a figure every panel is as wide as the widest. ``mask_figure`` with ``n`` levels and ``r`` rows is a ``HEADER_PX`` band on top of
-``r`` rows (each ``ROW_LABEL_PX`` (only when ``r > 1``) + ``TITLE_BAND_PX + H * scale`` tall, ``PANEL_GAP_PX``
-apart) of ``n`` panels ``PANEL_GAP_PX`` apart, and a colour bar ``PANEL_GAP_PX`` to their right. Where the
-header does not fit that width in one line, it takes two bands (the title, then the colour scale), and the
-figure is widened where either line still does not fit.
+left on the band's dark colour. In a figure every panel is as wide as the widest. ``mask_figure`` with ``n``
+levels and ``r`` rows is a ``HEADER_PX`` band on top of ``r`` rows (each ``ROW_LABEL_PX`` (only when ``r > 1``)
++ ``TITLE_BAND_PX + H * scale`` tall, ``PANEL_GAP_PX`` apart) of ``n`` panels ``PANEL_GAP_PX`` apart, and a
+colour bar ``PANEL_GAP_PX`` to their right. Where the header does not fit that width in one line, it takes two
+bands (the title, then the colour scale), and the figure is widened where either line still does not fit.
 """
 
 from __future__ import annotations
