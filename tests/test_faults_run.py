@@ -458,9 +458,9 @@ def test_a_resume_onto_annotations_changed_in_place_says_so_once_and_records_the
     now = "sha256:" + hashlib.sha256(ann.read_bytes()).hexdigest()
     said = warnings_of(result)
     assert said.count("annotation file") == 1
-    assert (f"--resume: the training split's annotation file is not the one the run started with ({digest[:19]} "
-            f"then, {now[:19]} now: changed in place); the run continues on it as it is now (recorded in "
-            "recipe.json)") in said
+    assert (f"--resume: the training split's annotation file {ann} is not the one the run started with "
+            f"({digest[:19]} then, {now[:19]} now: changed in place); the run continues on it as it is now (recorded "
+            "in recipe.json)") in said
     assert json.loads((out / "recipe.json").read_text())["paths"]["train_annotations"] == now
     assert torch.load(out / LAST, weights_only=True)["epoch"] == 3
 

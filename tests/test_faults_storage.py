@@ -255,6 +255,20 @@ def test_an_output_reached_through_a_symlink_is_locked_as_its_real_folder(tmp_pa
                                                                                         "runs_link"]
 
 
+def test_an_out_that_links_to_a_folder_not_made_yet_is_made_there(recipe_path, tmp_path):
+    """``--out L`` where ``L`` links to ``D``, not made yet: ``D`` is made and holds the run or the cache, as for a
+    plain missing ``--out`` (before: "writing failed (File exists)", with advice to free space or resume that could
+    not help)."""
+    for command, out in ((["train", "--role", "student", "--set", "train.epochs=1", "--no-eval"], "run"),
+                         (["teacher-cache"], "c.zarr")):
+        link = tmp_path / f"link_{out}"
+        link.symlink_to(out)
+        result = run(*command, "--pipeline", recipe_path, "--out", link, "--device", "cpu")
+        assert result.exit_code == 0, result.output
+        assert (tmp_path / out).is_dir() and link.resolve() == tmp_path / out
+    assert (tmp_path / "run" / "model_final.pt").is_file()
+    assert verify_cache(str(tmp_path / "c.zarr")).ok
+
 def test_a_job_refused_before_writing_leaves_no_folder_it_made_for_its_output(recipe_path, tmp_path):
     """The lock file sits beside ``--out``: taking it made ``--out``'s missing parent folders, which a refusal
     (here: no annotation file) used to leave behind, empty."""

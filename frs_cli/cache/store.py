@@ -7,6 +7,8 @@ Everything that touches the filesystem by path goes through here, so URLs work w
 
 from __future__ import annotations
 
+import os
+
 import zarr
 
 from frs_cli.cache.schema import FORMAT_NAME, FORMAT_VERSION
@@ -60,9 +62,12 @@ def exists(path: str, storage_options: dict | None = None) -> bool:
 
 
 def open_group(path: str, mode: str = "r", storage_options: dict | None = None) -> zarr.Group:
-    """``zarr.open_group`` at a local path or URL (``mode`` as zarr's: r, r+, a, w)."""
+    """``zarr.open_group`` at a local path or URL (``mode`` as zarr's: r, r+, a, w). A local path that is a link to
+    a folder not made yet is opened as its target, which a writing mode makes."""
     if is_url(path):
         _fsspec(path, None)  # a clear error when fsspec is missing
+    elif mode != "r" and os.path.islink(path) and not os.path.exists(path):
+        path = os.path.realpath(path)
     return zarr.open_group(path, mode=mode, storage_options=url_options(path, storage_options))
 
 

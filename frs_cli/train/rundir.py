@@ -36,6 +36,7 @@ PATH_KEYS = ("data.root", "teacher.weights", "student.weights", "student.weights
 # the key of PATHS holding the digest of the training split's annotation file: a resume onto annotations changed in
 # place (a dataset regenerated or edited at the same data.root) says so
 ANNOTATIONS = "train_annotations"
+ANNOTATIONS_FILE = "train_annotations_file"  # and the path of that file, which the warning names
 METRICS = "metrics.jsonl"
 # written before a run's first saved state: a directory holding only these holds nothing worth keeping
 EARLY_FILES = (RECIPE, METRICS)
@@ -135,11 +136,11 @@ def path_identities(recipe_dict: dict, identify: dict[str, Callable[[str], str]]
 
 
 def annotations_identity(path: Path) -> dict[str, str]:
-    """``{ANNOTATIONS: "sha256:<hex>"}`` of the training split's annotation file ``path``, or ``{}`` where it cannot
-    be read (the data checks that follow say why)."""
+    """``{ANNOTATIONS: "sha256:<hex>", ANNOTATIONS_FILE: path}`` of the training split's annotation file ``path``,
+    or ``{}`` where it cannot be read (the data checks that follow say why)."""
     try:
         with open(path, "rb") as f:
-            return {ANNOTATIONS: "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()}
+            return {ANNOTATIONS: "sha256:" + hashlib.file_digest(f, "sha256").hexdigest(), ANNOTATIONS_FILE: str(path)}
     except OSError:
         return {}
 
@@ -213,9 +214,9 @@ def record_resume(out_dir: Path, recipe_dict: dict, changes: dict[str, tuple]) -
     """Once the saved state is restored: write the recipe the run now follows to ``recipe.json``."""
     for key, (old, new) in changes.items():
         if key == f"{PATHS}.{ANNOTATIONS}":
-            log.warning("--resume: the training split's annotation file is not the one the run started with (%s "
+            log.warning("--resume: the training split's annotation file %s is not the one the run started with (%s "
                         "then, %s now: changed in place); the run continues on it as it is now (recorded in %s)",
-                        old[:19], new[:19], RECIPE)
+                        recipe_dict[PATHS][ANNOTATIONS_FILE], old[:19], new[:19], RECIPE)
             continue
         log.warning("--resume: %s changes from %s to %s (recorded in %s)", key, json.dumps(old), json.dumps(new),
                     RECIPE)
@@ -231,7 +232,7 @@ def start_run_dir(start: RunStart, recipe_dict: dict) -> None:
         return
     hint = "choose an --out on a writable disk"
     with storage_errors(f"--out {str(out_dir)!r}", hint=hint):
-        out_dir.mkdir(parents=True, exist_ok=True)
+        Path(os.path.realpath(out_dir)).mkdir(parents=True, exist_ok=True)  # a link to a folder not made yet: made
         if start.over:
             for p in out_dir.iterdir():
                 if p.name == METRICS or (p.name.startswith(".") and p.name.endswith(".tmp")):
