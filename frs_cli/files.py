@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from frs_cli.errors import ConfigError, StorageError
+from frs_cli.names import NAME_MAX, sibling
 
 _FULL = {errno.ENOSPC: "the disk is full (no space left on device)", errno.EDQUOT: "the disk quota is exceeded"}
 # where no amount of free space helps: the callers' hints (free space, run again) do not apply
@@ -29,8 +30,19 @@ def storage_error(exc: OSError, target: str, hint: str | None = None) -> Storage
                             hint=_DENIED_HINT.get(exc.errno, "write to a folder you may write to"))
     if exc.errno == errno.ENOENT:  # a file that cannot be made in a folder that exists: not a disk (/proc)
         return StorageError(f"{target}: no file can be made there{at}", hint="write to a folder on a disk")
+    if exc.errno == errno.ENAMETOOLONG:  # no amount of free space helps either
+        return name_too_long(exc, target)
     what = _FULL.get(exc.errno) or f"writing failed ({exc.strerror or exc})"
     return StorageError(f"{target}: {what}{at}", hint=hint)
+
+
+def name_too_long(exc: OSError, target: str | None = None) -> StorageError:
+    """The one line for a path the file system refuses as too long (``ENAMETOOLONG``), naming its longest part."""
+    name = str(exc.filename or target or "")
+    longest = max(Path(name).parts, key=lambda part: len(part.encode()), default="")
+    return StorageError(f"{target or name}: a name in the path is longer than the file system accepts "
+                        f"({len(longest.encode())} bytes, where most accept at most {NAME_MAX})",
+                        hint="choose a shorter name")
 
 
 def free_bytes(path: str | Path) -> int | None:
@@ -137,7 +149,7 @@ def atomic_path(path: str | Path, hint: str | None = None) -> Iterator[Path]:
         if exc.errno in _DENIED:
             raise storage_error(exc, str(path), hint) from exc
         raise
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = sibling(path, ".", f".{os.getpid()}.tmp")
     try:
         with storage_errors(str(path), hint):
             yield tmp

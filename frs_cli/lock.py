@@ -40,6 +40,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from frs_cli.errors import LockError
+from frs_cli.names import sibling
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,7 @@ def lock_path(path: str | Path) -> Path:
     """The lock file of the output ``path``: ``.<name>.lock`` in the same directory (``path`` made absolute and its
     symlinks resolved first, so ``--out .`` is locked beside the directory, not inside it, and a link to a folder
     another job writes gets that job's lock)."""
-    p = Path(os.path.realpath(path))
-    return p.parent / f".{p.name}.lock"
+    return sibling(Path(os.path.realpath(path)), ".", ".lock")
 
 
 def _proc_start(pid: int) -> str | None:
@@ -145,7 +145,7 @@ def live_holder(path: str | Path) -> dict | None:
 
 def _create(path: Path, text: str) -> bool:
     """Create ``path`` holding ``text`` if no file is there; False if one is. Atomic (see the module doc)."""
-    tmp = path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp = sibling(path, "", f".{socket.gethostname()}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(text)
     try:
         os.link(tmp, path)

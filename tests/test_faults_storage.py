@@ -269,6 +269,35 @@ def test_an_out_that_links_to_a_folder_not_made_yet_is_made_there(recipe_path, t
     assert (tmp_path / "run" / "model_final.pt").is_file()
     assert verify_cache(str(tmp_path / "c.zarr")).ok
 
+def test_a_name_the_file_system_accepts_gets_its_lock_and_temporary_files_and_a_longer_one_is_one_line(
+        recipe_path, tmp_path):
+    """A 245-byte --out (ext4 takes 255) trains and evaluates: its lock and temporary files' names are shortened
+    with a digest (before: a traceback, "File name too long", for the lock's temporary name). A 300-byte name is one
+    line naming the part's length, whichever command meets it (before: a traceback)."""
+    from frs_cli.names import NAME_MAX, sibling
+
+    base = tmp_path / "o"  # beside the recipe
+    base.mkdir()
+    legal = base / ("K" * 245)
+    result = run("train", "--role", "student", "--pipeline", recipe_path, "--out", legal, "--device", "cpu",
+                 "--set", "train.epochs=1", "--no-eval")
+    assert result.exit_code == 0, result.output
+    assert (legal / "model_final.pt").is_file() and sorted(p.name for p in base.iterdir()) == [legal.name]
+    lock = sibling(legal, ".", ".lock")
+    assert lock == base / f".{legal.name}.lock"  # 251 bytes: as it was
+    suffix = ".a-host-name.5416.140354053733248.tmp"  # the lock's temporary file: shortened, with a digest
+    tmp = sibling(lock, "", suffix)
+    assert len(tmp.name.encode()) == NAME_MAX and tmp.name.startswith(".KKK") and "~" in tmp.name
+    assert sibling(lock, "", suffix) == tmp != sibling(base / (".K" + "K" * 243 + "J.lock"), "", suffix)
+    assert sibling(tmp_path / "run", ".", ".lock") == tmp_path / ".run.lock"
+    too_long = "N" * 300
+    for args in (["train", "--role", "student", "--pipeline", recipe_path, "--out", base / too_long],
+                 ["data", "synth", base / too_long, "--train", "2", "--val", "1"]):
+        result = run(*args, "--device", "cpu") if args[0] == "train" else run(*args)
+        assert_one_line_error(result, "a name in the path is longer than the file system accepts (300 bytes, "
+                                      "where most accept at most 255)", "choose a shorter name")
+    assert sorted(p.name for p in base.iterdir()) == [legal.name]
+
 def test_a_job_refused_before_writing_leaves_no_folder_it_made_for_its_output(recipe_path, tmp_path):
     """The lock file sits beside ``--out``: taking it made ``--out``'s missing parent folders, which a refusal
     (here: no annotation file) used to leave behind, empty."""

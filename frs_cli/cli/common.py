@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import logging
@@ -15,7 +16,7 @@ from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 
 from frs_cli.errors import FrsError, Interrupted
-from frs_cli.files import plural
+from frs_cli.files import name_too_long, plural
 
 PIPE_WIDTH = 160  # columns a table may take in a log or pipe (where rich would assume 80)
 
@@ -110,6 +111,10 @@ def handle_errors(fn):
             raise typer.Exit(130) from None
         except FrsError as exc:
             fail(str(exc).replace("\n", " "))
+        except OSError as exc:  # a name too long for the file system, wherever it was met: one line, no traceback
+            if exc.errno != errno.ENAMETOOLONG:
+                raise
+            fail(str(name_too_long(exc)))
 
     return wrapper
 
