@@ -792,3 +792,14 @@ def test_mask_statistics_leave_a_mean_over_no_positions_undefined_not_zero(cache
     rows = [line for line in result.stdout.splitlines() if line.startswith("│ P")]
     assert len(rows) == 5 and all(row.split("│")[4].strip() == "–" for row in rows), rows
     assert all(row.split("│")[6].strip() == "100.0%" for row in rows), rows
+
+
+def test_a_refused_resume_shows_the_values_as_written_not_as_json_escapes(tmp_path):
+    """``data.root = "données/été"`` in the refusal, as the user wrote it (before: "donn\\u00e9es/\\u00e9t\\u00e9")."""
+    from frs_cli.errors import ConfigError
+    from frs_cli.train.rundir import JOB, resume_changes
+
+    (tmp_path / "recipe.json").write_text(json.dumps({"data": {"root": "données/été"}, JOB: "train student"}))
+    with pytest.raises(ConfigError) as refused:
+        resume_changes(tmp_path, {"data": {"root": "base_data"}, JOB: "train student"}, "train student")
+    assert 'data.root = "données/été", now "base_data"' in str(refused.value)

@@ -179,12 +179,17 @@ def resume_changes(out_dir: Path, recipe_dict: dict, job: str) -> dict[str, tupl
     if then and now and then != now:  # allowed: record_resume names it
         relevant[f"{PATHS}.{ANNOTATIONS}"] = (then, now)
     if refused:
-        listed = "; ".join(f"{k} = {json.dumps(a)}, now {json.dumps(b)}" for k, (a, b) in refused.items())
+        listed = "; ".join(f"{k} = {_shown(a)}, now {_shown(b)}" for k, (a, b) in refused.items())
         allowed = ", ".join(f"{schedule}.{r}" for r in RESUMABLE)
         raise ConfigError(f"--resume: the run in {str(out_dir)!r} started with another recipe: {listed}",
                           hint=f"a resume may change only {allowed}; resume with the recipe it started with, "
                                "or start a new run in another --out")
     return relevant
+
+
+def _shown(value) -> str:
+    """A recipe value in a message as JSON writes it, letters beyond ASCII as they are (not ``\\u00e9``)."""
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _command(job: str) -> str:
@@ -218,8 +223,7 @@ def record_resume(out_dir: Path, recipe_dict: dict, changes: dict[str, tuple]) -
                         "then, %s now: changed in place); the run continues on it as it is now (recorded in %s)",
                         recipe_dict[PATHS][ANNOTATIONS_FILE], old[:19], new[:19], RECIPE)
             continue
-        log.warning("--resume: %s changes from %s to %s (recorded in %s)", key, json.dumps(old), json.dumps(new),
-                    RECIPE)
+        log.warning("--resume: %s changes from %s to %s (recorded in %s)", key, _shown(old), _shown(new), RECIPE)
     if _normal(json.loads((out_dir / RECIPE).read_text(encoding="utf-8"))) != _normal(recipe_dict):
         write_json(out_dir / RECIPE, recipe_dict, indent=1)
 
