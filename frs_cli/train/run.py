@@ -50,6 +50,7 @@ from frs_cli.train.rundir import (
     JOB,
     PATHS,
     RunStart,
+    annotations_change,
     annotations_identity,
     check_run_dir,
     path_identities,
@@ -145,6 +146,14 @@ def _on_resumed(start: RunStart, recipe_dict: dict, changes: dict, ctx: DistCont
     return resumed
 
 
+def _record_annotations(start: RunStart, recipe_dict: dict, changes: dict, index) -> None:
+    """Once the training split's annotations are read: their digest into ``recipe_dict``'s paths, and on a resume
+    onto annotations changed in place, that change into ``changes`` (``record_resume`` names it)."""
+    recipe_dict[PATHS].update(annotations_identity(index))
+    if start.resume:
+        changes.update(annotations_change(start.out_dir, recipe_dict))
+
+
 def _warn_no_objects(views: CocoViews, command: str, ctx: DistContext) -> None:
     """One warning when no image of the training split has a box: the ground-truth loss then teaches background
     alone (an annotation file of the wrong split, or one whose boxes were all dropped)."""
@@ -234,8 +243,7 @@ def train_detector(recipe, role: str, out_dir: str | Path, *, resume: bool = Fal
     ctx = ctx or setup()
     out_dir = Path(out_dir)
     recipe_dict = {**recipe.to_dict(), JOB: f"train {role}"}
-    recipe_dict[PATHS] = {**path_identities(recipe_dict),
-                          **annotations_identity(recipe.data.annotation_file(recipe.data.train))}
+    recipe_dict[PATHS] = path_identities(recipe_dict)
     start, changes = _check_out(out_dir, resume, recipe_dict, f"train {role}")
     cfg = recipe.train_config(role)
     model_cfg = recipe.model_config(role)
@@ -245,6 +253,7 @@ def train_detector(recipe, role: str, out_dir: str | Path, *, resume: bool = Fal
         require_tensorboard()
     seed_everything(cfg.seed)
     train = CocoViews.from_config(recipe.data, recipe.data.train, recipe.geometry)
+    _record_annotations(start, recipe_dict, changes, train.index)
     train.check_files()
     _warn_no_objects(train, f"train --role {role}", ctx)
     evaluator = _evaluator(recipe, ctx, cfg) if evaluate else None
@@ -287,16 +296,15 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
         recipe = _as_stored(recipe, cache, ctx)
     job = "distill online" if online else "distill cache"
     recipe_dict = {**recipe.to_dict(), "teacher_source": "online" if online else str(cache), JOB: job}
-    split = recipe.cache.split if cache else recipe.data.train
-    recipe_dict[PATHS] = {**path_identities(recipe_dict, {"teacher_source": _cache_identity}),
-                          **annotations_identity(recipe.data.annotation_file(split))}
+    recipe_dict[PATHS] = path_identities(recipe_dict, {"teacher_source": _cache_identity})
     start, changes = _check_out(out_dir, resume, recipe_dict, job)
     cfg = recipe.train
     if _already_complete(start, cfg.epochs, (FINAL, ADAPTERS)):
         return RunSummary(str(out_dir), str(out_dir / FINAL), None, complete=True)
     if cfg.tensorboard:
         require_tensorboard()
-    coco = CocoViews.from_config(recipe.data, split, recipe.geometry)
+    coco = CocoViews.from_config(recipe.data, recipe.cache.split if cache else recipe.data.train, recipe.geometry)
+    _record_annotations(start, recipe_dict, changes, coco.index)
     coco.check_files()
     _warn_no_objects(coco, "distill", ctx)
     num_classes = coco.index.num_classes

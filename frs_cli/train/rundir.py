@@ -13,7 +13,6 @@ restored its state.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -135,14 +134,18 @@ def path_identities(recipe_dict: dict, identify: dict[str, Callable[[str], str]]
     return out
 
 
-def annotations_identity(path: Path) -> dict[str, str]:
-    """``{ANNOTATIONS: "sha256:<hex>", ANNOTATIONS_FILE: path}`` of the training split's annotation file ``path``,
-    or ``{}`` where it cannot be read (the data checks that follow say why)."""
-    try:
-        with open(path, "rb") as f:
-            return {ANNOTATIONS: "sha256:" + hashlib.file_digest(f, "sha256").hexdigest(), ANNOTATIONS_FILE: str(path)}
-    except OSError:
-        return {}
+def annotations_identity(index) -> dict[str, str]:
+    """``{ANNOTATIONS: "sha256:<hex>", ANNOTATIONS_FILE: path}`` of the training split's annotations ``index`` (a
+    ``CocoIndex``, which hashed the file's bytes as it read them)."""
+    return {ANNOTATIONS: f"sha256:{index.sha256}", ANNOTATIONS_FILE: str(index.path)}
+
+
+def annotations_change(out_dir: Path, recipe_dict: dict) -> dict[str, tuple]:
+    """On a resume, ``{"paths.train_annotations": (then, now)}`` when ``recipe_dict``'s annotations digest is not the
+    one ``recipe.json`` recorded (a change allowed, which ``record_resume`` names), else ``{}``."""
+    stored = json.loads((out_dir / RECIPE).read_text(encoding="utf-8"))
+    then, now = (stored.get(PATHS) or {}).get(ANNOTATIONS), (recipe_dict.get(PATHS) or {}).get(ANNOTATIONS)
+    return {f"{PATHS}.{ANNOTATIONS}": (then, now)} if then and now and then != now else {}
 
 
 def _same_paths(old: dict, stored: dict, recipe_dict: dict) -> set[str]:
@@ -175,9 +178,6 @@ def resume_changes(out_dir: Path, recipe_dict: dict, job: str) -> dict[str, tupl
     ignored = (*IGNORED, *JOB_IGNORED.get(job, ()))
     relevant = {k: v for k, v in changed.items() if k.split(".")[0] in tables and k not in ignored}
     refused = {k: v for k, v in relevant.items() if k not in {f"{schedule}.{r}" for r in RESUMABLE}}
-    then, now = (stored.get(PATHS) or {}).get(ANNOTATIONS), (recipe_dict.get(PATHS) or {}).get(ANNOTATIONS)
-    if then and now and then != now:  # allowed: record_resume names it
-        relevant[f"{PATHS}.{ANNOTATIONS}"] = (then, now)
     if refused:
         listed = "; ".join(f"{k} = {_shown(a)}, now {_shown(b)}" for k, (a, b) in refused.items())
         allowed = ", ".join(f"{schedule}.{r}" for r in RESUMABLE)
