@@ -577,9 +577,12 @@ def test_distill_with_the_step_as_cuda_graphs_runs_whole_and_trains_as_the_eager
     """``distill_student`` on the GPU, two epochs with evaluation and the model files, float32 (TF32 off): with
     train.cuda_graphs the one-canvas batches are replayed (some shapes captured, replays beyond them), the run
     ends whole, and its last losses and final weights are near those of the same run with every step eager. Near,
-    not equal: two from-scratch runs whose steps differ in their last bits drift apart over the steps (the last
-    losses differed by 0.3-0.8 % on an H200, one batch norm's bias by 8 %); step by step the two are equal to
-    float32's rounding (``test_a_training_step_replayed_as_one_cuda_graph_equals_the_eager_step``)."""
+    not equal: two from-scratch runs whose steps differ in their last bits drift apart over the steps; step by step
+    the two are equal to float32's rounding (``test_a_training_step_replayed_as_one_cuda_graph_equals_the_eager_step``).
+    How far, measured (session 32, one H100): the eager run against a second eager run (its atomic sums make it
+    differ from itself) 3.2 % in the last classification loss and 3.5 % in the feature term, 0.98 % in all weights
+    as one vector; the graphed run against the eager one 1.8 %, 1.9 % and 0.96 % (0.3-0.8 % in the losses on an
+    H200 earlier; one batch norm's bias alone by 8 %). A graph replaying stale weights or inputs is off by far more."""
     from frs_cli.dist import setup
     from frs_cli.train.run import distill_student
     from frs_cli.train.step_graphs import StepGraphs
@@ -611,7 +614,7 @@ def test_distill_with_the_step_as_cuda_graphs_runs_whole_and_trains_as_the_eager
     assert counts == seen  # the eager run made no StepGraphs step
     a, b = runs[True].fit, runs[False].fit
     assert a.iterations == b.iterations and a.eval_metrics is not None
-    assert a.last_losses == pytest.approx(b.last_losses, rel=3e-2)
+    assert a.last_losses == pytest.approx(b.last_losses, rel=0.1)  # one batch's losses: eager vs eager differ by 3 %
     wa = torch.load(runs[True].model_file, map_location="cpu", weights_only=False)
     wb = torch.load(runs[False].model_file, map_location="cpu", weights_only=False)
     sa, sb = wa["model"], wb["model"]
