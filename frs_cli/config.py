@@ -308,7 +308,7 @@ def _extends_chain(path: str | Path) -> list[tuple[Path, dict]]:
     while True:
         resolved = p.resolve()
         if resolved in chain:
-            names = " -> ".join(str(c) for c in [*chain, resolved])
+            names = " -> ".join(repr(str(c)) for c in [*chain, resolved])
             raise ConfigError(f"recipe extends: expected a chain of distinct files, got a cycle: {names}")
         table = _read_toml(p, named_by)
         base = table.pop(EXTENDS_KEY, None)

@@ -426,7 +426,7 @@ def test_eval_of_a_model_with_no_label_for_a_category_of_the_data_is_one_line_be
     result = run("eval", "--checkpoint", teacher_ckpt, "--data", data, "--device", "cpu")
     line = assert_one_line_error(result)
     assert result.stderr.strip() == line  # no warning before it, no progress
-    assert line == (f"error: eval: {teacher_ckpt} has no label for categories [6] of {ann}, so their objects cannot be "
+    assert line == (f"error: eval: {str(teacher_ckpt)!r} has no label for categories [6] of {str(ann)!r}, so their objects cannot be "
                     "scored (id 6 ('hex') is no category of the model; is --data the dataset it was trained for?)")
 
 
@@ -440,3 +440,17 @@ def test_a_command_line_that_does_not_parse_is_the_parsers_usage_error_with_exit
     result = run(*args)
     assert result.exit_code == 2, result.output
     assert "Usage:" in result.output and all(n in result.output for n in named), result.output
+
+
+def test_data_synth_refuses_a_file_or_a_folder_with_files_naming_it_quoted(tmp_path):
+    """``data synth --out``: a file, or a folder that holds files, is one line naming the path in quotes (a path with
+    spaces reads as one), and nothing is written there."""
+    spaced = tmp_path / "my data"
+    spaced.mkdir()
+    (spaced / "keep.txt").write_text("x")
+    result = run("data", "synth", spaced, "--train", "2", "--val", "1")
+    assert_one_line_error(result, f"expected a missing or empty directory, got non-empty {str(spaced)!r}")
+    assert [p.name for p in spaced.iterdir()] == ["keep.txt"]
+    result = run("data", "synth", spaced / "keep.txt", "--train", "2", "--val", "1")
+    assert_one_line_error(result, f"expected a directory, got a file at {str(spaced / 'keep.txt')!r}")
+    assert (spaced / "keep.txt").read_text() == "x"

@@ -140,7 +140,7 @@ def test_boxes_are_clipped_to_their_image_and_those_wholly_outside_are_dropped_w
     np.testing.assert_array_equal(index.records[0].boxes_xyxy, np.array([[0, 20, 10, 30], [2, 3, 7, 8]], np.float32))
     assert index.dropped_boxes == 3
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert f"dropped 1 boxes of zero or negative size and 2 boxes wholly outside their image in {path}" == warning
+    assert f"dropped 1 boxes of zero or negative size and 2 boxes wholly outside their image in {str(path)!r}" == warning
 
 
 def _turned_jpeg(path, orientation: int):

@@ -305,7 +305,7 @@ def test_resume_of_a_finished_run_says_it_is_complete_and_writes_nothing(saved_r
     digest = hashlib.sha256((saved_run.out / FINAL).read_bytes()).hexdigest()
     result = train(saved_run.recipe, saved_run.out, "--resume")
     assert result.exit_code == 0, result.output
-    assert f"run {saved_run.out} is already complete (1 epochs); nothing written" in " ".join(result.stdout.split())
+    assert f"run {str(saved_run.out)!r} is already complete (1 epochs); nothing written" in " ".join(result.stdout.split())
     assert hashlib.sha256((saved_run.out / FINAL).read_bytes()).hexdigest() == digest
     assert (saved_run.out / FINAL).stat().st_mtime_ns == stamp and snapshot(saved_run.out) == before
     result = train(saved_run.recipe, saved_run.out, "--resume", "--set", "train.epochs=2")  # a longer schedule runs
@@ -322,7 +322,7 @@ def test_distill_resume_of_a_finished_run_says_it_is_complete_and_writes_nothing
     stamps = {name: (out / name).stat().st_mtime_ns for name in (FINAL, "adapters.pt")}
     result = run(*args, "--resume")
     assert result.exit_code == 0, result.output
-    assert f"run {out} is already complete (1 epochs); nothing written" in " ".join(result.stdout.split())
+    assert f"run {str(out)!r} is already complete (1 epochs); nothing written" in " ".join(result.stdout.split())
     assert snapshot(out) == before
     assert {name: (out / name).stat().st_mtime_ns for name in stamps} == stamps
 

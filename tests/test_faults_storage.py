@@ -585,7 +585,7 @@ def _verify_empty_cache(t):
         empty = g["index"].create_array(name, shape=(0, *arr.shape[1:]), dtype=arr.dtype, overwrite=True)
         checksums[f"index/{name}"] = view_crc(empty[...])  # as the writer records an empty split's index
     g.attrs.update({"buckets": [], "num_views": 0, "checksums": checksums})
-    return c, ["holds no views (its split has no images", "cache a split with images"]
+    return c, [f"cache {str(c)!r}: holds no views (its split has no images", "cache a split with images"]
 
 
 def _verify_head_missing(t):

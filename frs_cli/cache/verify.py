@@ -67,7 +67,7 @@ class VerifyReport:
     def summary(self) -> str:
         """One line: what was checked and what came out."""
         if self.views_total == 0:
-            return (f"cache {self.path}: holds no views (its split has no images; state {self.state}): nothing to "
+            return (f"cache {str(self.path)!r}: holds no views (its split has no images; state {self.state}): nothing to "
                     "distill from; cache a split with images")
         if self.missing_arrays:
             shown = ", ".join(self.missing_arrays[:3]) + (", ..." if len(self.missing_arrays) > 3 else "")

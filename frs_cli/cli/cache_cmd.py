@@ -79,8 +79,8 @@ def teacher_cache(
         console.print(f"rewrote {s.views_rejected} written views that were missing or corrupt")
     if s.views_written == 0 and s.complete:
         repaired = s.arrays_rewritten or s.views_rejected
-        console.print(f"cache {out} is complete ({s.views_total} views); no view needed writing" if repaired
-                      else f"cache {out} is already complete ({s.views_total} views); nothing written")
+        console.print(f"cache {str(out)!r} is complete ({s.views_total} views); no view needed writing" if repaired
+                      else f"cache {str(out)!r} is already complete ({s.views_total} views); nothing written")
     else:
         console.print(f"wrote {s.views_written} of {s.views_total} views in {s.seconds:.1f} s "
                       f"({s.views_per_second:.1f} views/s per process) -> {out}"

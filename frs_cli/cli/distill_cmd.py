@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
                                       progress=progress_for_rank(), evaluate=not no_eval)
         if summary.complete:
             if is_main_process():
-                console.print(f"run {out} is already complete ({recipe.train.epochs} epochs); nothing written")
+                console.print(f"run {str(out)!r} is already complete ({recipe.train.epochs} epochs); nothing written")
             return
         source = "online teacher" if online else f"cache {cache}"
         print_run(summary, f"distilled {recipe.student.arch} from {source}", recipe.data.val, "student + FRS",

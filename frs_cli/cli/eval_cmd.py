@@ -92,7 +92,7 @@ def register(app: typer.Typer) -> None:
             differs = category_differences(ckpt, dataset.index.categories)
             unlabelled = unlabelled_categories(dataset.index.object_categories, ckpt["label_to_category"])
             if unlabelled:  # the evaluator would refuse after the predictions: one line now, the differences in it
-                fail(f"eval: {checkpoint} has no label for categories {unlabelled} of {ann}, so their objects cannot "
+                fail(f"eval: {str(checkpoint)!r} has no label for categories {unlabelled} of {str(ann)!r}, so their objects cannot "
                      f"be scored ({differs + '; ' if differs else ''}is --data the dataset it was trained for?)")
             if differs:
                 log.warning("eval: %s was trained on other categories than %s has: %s (is --data the dataset it "

@@ -72,7 +72,7 @@ def register(app: typer.Typer) -> None:
                                      evaluate=not no_eval)
         if summary.complete:
             if is_main_process():
-                console.print(f"run {out} is already complete ({recipe.train_config(role).epochs} epochs); "
+                console.print(f"run {str(out)!r} is already complete ({recipe.train_config(role).epochs} epochs); "
                               "nothing written")
             return
         print_run(summary, f"trained {role} {recipe.model_config(role).arch}", recipe.data.val, role)

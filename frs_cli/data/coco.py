@@ -259,7 +259,7 @@ def _warn_dropped(dropped: int, outside: int, path: Path) -> None:
     if outside:
         what.append(f"{outside} boxes wholly outside their image")
     if what:
-        log.warning("dropped %s in %s", " and ".join(what), path)
+        log.warning("dropped %s in %r", " and ".join(what), str(path))
 
 
 _EXIF_ORIENTATION = 0x0112

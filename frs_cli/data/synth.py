@@ -285,9 +285,9 @@ def render(
 
 def _check_out_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"synth output: expected a directory, got a file at {out}")
+        raise ConfigError(f"synth output: expected a directory, got a file at {str(out)!r}")
     if out.is_dir() and any(out.iterdir()):
-        raise ConfigError(f"synth output: expected a missing or empty directory, got non-empty {out}")
+        raise ConfigError(f"synth output: expected a missing or empty directory, got non-empty {str(out)!r}")
 
 
 def _write_json(path: Path, payload: dict) -> None:
