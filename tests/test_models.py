@@ -95,7 +95,8 @@ def test_adapter_detections_match_torchvision_inference(batch):
         theirs = tv([im.float() / 255 for im in batch.images])
     for a, b in zip(ours, theirs):
         assert len(a["boxes"]) > 0
-        torch.testing.assert_close(a["boxes"], b["boxes"])
+        # pixel coordinates of 64 px images: with one thread a box's corner differs by 1.1e-5 px, float32 rounding
+        torch.testing.assert_close(a["boxes"], b["boxes"], rtol=1e-5, atol=1e-4)
         torch.testing.assert_close(a["scores"], b["scores"])
         assert torch.equal(a["labels"], b["labels"])
 
