@@ -342,21 +342,29 @@ def test_an_eval_option_its_mode_does_not_read_is_refused_not_ignored(tmp_path, 
 
 
 def test_a_plain_pickle_given_as_a_model_is_one_line_without_torchs_warning(tmp_path, synth_root):
-    """A pickle file that is no torch checkpoint: convert and eval say so in one line, with nothing of torch's own
-    before it (before: torch's two-line UserWarning about the pickle protocol, and convert's line cut mid-word)."""
+    """A pickle file that is no torch checkpoint (``pickle.dump``): convert, with or without --allow-pickle, and
+    eval say so in one line, with nothing of torch's own before it. Before: torch's two-line UserWarning about the
+    pickle protocol; convert's line cut mid-word; convert without --allow-pickle advising --allow-pickle, which then
+    ended in torch's "Invalid magic number". A legacy (pre-zip) torch file, also a pickle, still reads."""
     import pickle
 
     pkl = tmp_path / "p.pkl"
     with open(pkl, "wb") as f:
         pickle.dump({"a": 1}, f, protocol=4)
-    for args, fragment in ((["convert", "mmdet", pkl, "--arch", "retinanet_resnet50_fpn_mmdet", "--out",
-                             tmp_path / "x.pt"], "not readable as a torch checkpoint (UnpicklingError: Unsupported operand 149)"),
-                           (["eval", "--checkpoint", pkl, "--data", synth_root, "--device", "cpu"],
-                            "not a readable torch checkpoint")):
+    plain = "got a plain Python pickle (pickle.dump, not torch.save)"
+    convert = ["convert", "mmdet", pkl, "--arch", "retinanet_resnet50_fpn_mmdet", "--out", tmp_path / "x.pt"]
+    for args in (convert, [*convert, "--allow-pickle"], ["eval", "--checkpoint", pkl, "--data", synth_root,
+                                                         "--device", "cpu"]):
         result = run(*args)
-        line = assert_one_line_error(result, fragment)
+        line = assert_one_line_error(result, f"{str(pkl)!r}", plain)
         assert result.stderr.strip() == line, result.stderr  # the error line alone
+        assert "allow-pickle" not in line and "magic" not in line
     assert not (tmp_path / "x.pt").exists()
+    legacy = tmp_path / "legacy.pt"
+    torch.save({"w": torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
+    from frs_cli.models.torchfile import load_torch_file
+
+    assert torch.equal(load_torch_file(legacy)["w"], torch.ones(2))
 
 
 def test_the_teacher_checks_settings_are_refused_naming_the_option_or_key_and_a_percent_ap_is_read_back(tmp_path,

@@ -58,9 +58,37 @@ def check_torch_archive(path: Path) -> None:
 
     with open(path, "rb") as f:
         head = f.read(64)
-    if not zipfile.is_zipfile(path) and not head.startswith(b"\x80"):  # zip: torch.save; 0x80: a legacy pickle
+    if zipfile.is_zipfile(path):
+        return
+    if not head.startswith(b"\x80"):  # zip: torch.save; 0x80: a pickle, torch's legacy format among them
         raise ModelError(f"expected a torch checkpoint (a zip archive written by torch.save), "
                          f"got {_describe_start(head)}")
+    if not _starts_with_torch_magic(path):
+        raise ModelError("expected a torch checkpoint (a zip archive written by torch.save), got a plain Python "
+                         "pickle (pickle.dump, not torch.save)")
+
+
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # the first object torch's legacy (pre-zip) format pickles
+
+
+class _NothingUnpickler(pickle.Unpickler):
+    """Builds only plain values: any class or persistent id stops it."""
+
+    def find_class(self, module: str, name: str):
+        raise pickle.UnpicklingError(f"{module}.{name}")
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("persistent id")
+
+
+def _starts_with_torch_magic(path: Path) -> bool:
+    """Whether a pickle file's first object is the number torch's legacy format begins with; a plain pickle's
+    first object is its whole content, read without building any class."""
+    try:
+        with open(path, "rb") as f:
+            return _NothingUnpickler(f).load() == _LEGACY_MAGIC
+    except Exception:  # a class, a cut-off stream, anything else: not the legacy format's start
+        return False
 
 
 def load_torch_file(path: Path):
