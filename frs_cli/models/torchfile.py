@@ -87,7 +87,8 @@ def _starts_with_torch_magic(path: Path) -> bool:
     try:
         with open(path, "rb") as f:
             return _NothingUnpickler(f).load() == _LEGACY_MAGIC
-    except Exception:  # a class, a cut-off stream, anything else: not the legacy format's start
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError,
+            OverflowError, MemoryError):  # a class, a cut-off stream, a malformed one: not the legacy format's start
         return False
 
 
