@@ -453,3 +453,19 @@ def test_multi_scale_training_and_its_cache_views_are_one_set_of_short_sides():
             recipe_from_dict(table)
     # training at other sides than the cache's is the commands' concern, not the recipe's: a baseline loads
     assert recipe_from_dict({"train": {"min_sizes": [640, 800]}}).cache.views == ("orig", "hflip")
+
+
+def test_lr_gamma_is_a_decay_factor_and_lr_steps_count_from_their_epochs_start():
+    """train.lr_gamma in (0, 1]: 10 (a slip for 0.1) would raise the LR tenfold at each step, so it is refused,
+    and 1 (no decay) is accepted. lr_steps as mmdetection's: (8, 11) of 12 epochs gives epochs 1-8 the LR, 9-11
+    the LR times gamma, 12 times gamma squared."""
+    from frs_cli.train.schedule import lr_factor
+
+    for bad in (10.0, 1.5, 0.0):
+        with pytest.raises(ConfigError, match=rf"recipe key 'train\.lr_gamma': expected a finite number in \(0, 1\], "
+                                              rf"got {bad!r}"):
+            recipe_from_dict({"train": {"lr_gamma": bad}})
+    assert recipe_from_dict({"train": {"lr_gamma": 1.0}}).train.lr_gamma == 1.0
+    per_epoch = 5
+    factors = [lr_factor(e * per_epoch, per_epoch, 0, 1.0, (8, 11), 0.1) for e in range(12)]
+    assert factors == pytest.approx([1.0] * 8 + [0.1] * 3 + [0.01])

@@ -31,8 +31,10 @@ class TrainConfig:
     # until the warm-up ends (mmdetection's FCOS configs: constant at 1/3)
     warmup: Literal["linear", "constant"] = "linear"
     warmup_factor: float = 0.001  # LR multiplier at the first warm-up iteration (all of the warm-up if constant)
-    lr_steps: tuple[int, ...] = (8, 11)  # epochs after which the LR is multiplied by lr_gamma
-    lr_gamma: float = 0.1  # LR decay factor at each step
+    # epochs after which the LR is multiplied by lr_gamma, as mmdetection's steps: (8, 11) of 12 epochs trains
+    # epochs 1-8 at lr, 9-11 at lr * lr_gamma and 12 at lr * lr_gamma ** 2 (the step counts from its epoch's start)
+    lr_steps: tuple[int, ...] = (8, 11)
+    lr_gamma: float = 0.1  # LR decay factor at each step, in (0, 1] (1: no decay)
     grad_clip: float = 0.0  # max global grad norm; 0 turns clipping off
     amp: bool = True  # mixed precision on CUDA (ignored on CPU)
     amp_dtype: Literal["bfloat16", "float16"] = "bfloat16"  # autocast dtype on CUDA
@@ -71,7 +73,7 @@ class TrainConfig:
         check_range(table, "lr", self.lr, 0, low_open=True)
         check_range(table, "momentum", self.momentum, 0, 1, high_open=True)
         check_range(table, "warmup_factor", self.warmup_factor, 0, 1, low_open=True)
-        check_range(table, "lr_gamma", self.lr_gamma, 0, low_open=True)
+        check_range(table, "lr_gamma", self.lr_gamma, 0, 1, low_open=True)  # > 1 would raise the LR at each step
         check_range(table, "hflip_prob", self.hflip_prob, 0, 1)
         for i, step in enumerate(self.lr_steps):
             check_range(table, f"lr_steps[{i}]", step, 0)
