@@ -212,11 +212,11 @@ def test_literal_fields_reject_other_values():
 
 
 def test_dataclass_validation_errors_come_through_as_config_errors():
-    with pytest.raises(ConfigError, match=r"geometry\.min_size: expected a positive integer, got 0"):
+    with pytest.raises(ConfigError, match=r"recipe key 'geometry\.min_size': expected a positive integer, got 0"):
         recipe_from_dict({"geometry": {"min_size": 0}})
-    with pytest.raises(ConfigError, match=r"geometry\.max_size: expected at least min_size"):
+    with pytest.raises(ConfigError, match=r"recipe key 'geometry\.max_size': expected at least min_size"):
         recipe_from_dict({"geometry": {"min_size": 900, "max_size": 800}})
-    with pytest.raises(ConfigError, match=r"write_processes >= 0.*got 8, 4, -1"):
+    with pytest.raises(ConfigError, match=r"recipe key 'cache\.write_processes': expected an integer >= 0, got -1"):
         recipe_from_dict({"cache": {"write_processes": -1}})
     with pytest.raises(ConfigError, match=r"cache\.write_processes': expected an integer or one of 'auto', got str 'many'"):
         recipe_from_dict({"cache": {"write_processes": "many"}})
@@ -437,7 +437,7 @@ def test_multi_scale_training_and_its_cache_views_are_one_set_of_short_sides():
          (r"recipe key 'cache\.views': expected each view once, got \['orig', 'orig@800'\] \(at geometry\.min_size = "
          r"800 a view needs no '@800'\)")),
         ({"cache": {"views": ["orig", "vflip@640"]}},
-         (r"cache\.views: expected orig or hflip, optionally with a short side in px after '@' \(e\.g\. hflip@640\), "
+         (r"recipe key 'cache\.views': expected orig or hflip, optionally with a short side in px after '@' \(e\.g\. hflip@640\), "
          r"got 'vflip@640'")),
         ({"train": {"min_sizes": [1400]}, "cache": {"views": ["orig@1400"]}},
          r"recipe key 'train\.min_sizes': expected short sides of at most geometry\.max_size \(1333\), got 1400"),
@@ -469,3 +469,24 @@ def test_lr_gamma_is_a_decay_factor_and_lr_steps_count_from_their_epochs_start()
     per_epoch = 5
     factors = [lr_factor(e * per_epoch, per_epoch, 0, 1.0, (8, 11), 0.1) for e in range(12)]
     assert factors == pytest.approx([1.0] * 8 + [0.1] * 3 + [0.01])
+
+
+def test_cache_keys_refused_from_set_name_their_key_and_the_set(tmp_path):
+    """cache.views, cache.batch_size, cache.workers, cache.write_processes and geometry's sizes given badly through
+    --set: one message
+    naming the recipe key and the --set it came from, as every other key's (before: ``cache.views: …`` and one
+    message for three keys at once, without where they were set)."""
+    path = tmp_path / "r.toml"
+    path.write_text('name = "r"\n')
+    cases = {'cache.views=["vflip"]': r"recipe key 'cache\.views': expected orig or hflip, .*got 'vflip'",
+             'cache.views=["orig","orig"]': r"recipe key 'cache\.views': expected a non-empty list without repeats",
+             "cache.batch_size=0": r"recipe key 'cache\.batch_size': expected an integer >= 1, got 0",
+             "cache.workers=-1": r"recipe key 'cache\.workers': expected an integer >= 0, got -1",
+             "cache.write_processes=-2": r"recipe key 'cache\.write_processes': expected an integer >= 0, got -2",
+             "geometry.min_size=0": r"recipe key 'geometry\.min_size': expected a positive integer, got 0",
+             "geometry.max_size=64": r"recipe key 'geometry\.max_size': expected at least min_size \(800\), got 64"}
+    for given, message in cases.items():
+        with pytest.raises(ConfigError, match=message) as info:
+            load_recipe(path, [given])
+        assert info.value.hint == f"from --set {given}"
+    assert load_recipe(path, ['cache.write_processes="auto"']).cache.write_processes == "auto"

@@ -115,10 +115,10 @@ BAD = {  # case -> (command, arguments, the whole message or a fragment of it)
                           "--set: expected KEY=VALUE (for example train.epochs=2), got 'train.epochs'"),
     "set_below_a_value": ("train", ["--set", "train.lr.x=1"], "--set 'train.lr.x=1': 'lr' is not a table"),
     "unknown_view": ("distill", ["--set", 'cache.views=["orig", "vflip"]'],
-                     ("cache.views: expected orig or hflip, optionally with a short side in px after '@' (e.g. hflip@640), "
+                     ("recipe key 'cache.views': expected orig or hflip, optionally with a short side in px after '@' (e.g. hflip@640), "
                      "got 'vflip'")),
     "max_size_below_min_size": ("train", ["--set", "geometry.max_size=32"],
-                                "geometry.max_size: expected at least min_size (64), got 32"),
+                                "recipe key 'geometry.max_size': expected at least min_size (64), got 32"),
     "unknown_arch": ("train", ["--set", "student.arch=retinanet_huge"], "recipe key 'student.arch': expected an arch `frs models` lists, got unknown arch 'retinanet_huge'"),
     "unknown_role": ("train", ["--role", "pupil"], "--role: expected 'teacher' or 'student', got 'pupil'"),
     "two_teacher_sources": ("distill", lambda t: ["--online", "--cache", t.cache], "distill: expected exactly one teacher source: --cache PATH or --online"),

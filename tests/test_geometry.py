@@ -290,12 +290,12 @@ def test_view_geometry_scales_and_dict():
 def test_geometry_config_rejects_bad_values_naming_field(field, value):
     kwargs = {"min_size": 10, "max_size": 20, "size_divisible": 4}
     kwargs[field] = value
-    with pytest.raises(ConfigError, match=f"geometry\\.{field}: expected a positive integer"):
+    with pytest.raises(ConfigError, match=f"recipe key 'geometry\\.{field}': expected a positive integer"):
         GeometryConfig(**kwargs)
 
 
 def test_geometry_config_rejects_max_size_below_min_size():
-    with pytest.raises(ConfigError, match=r"geometry\.max_size: expected at least min_size \(800\), got 799"):
+    with pytest.raises(ConfigError, match=r"recipe key 'geometry\.max_size': expected at least min_size \(800\), got 799"):
         GeometryConfig(min_size=800, max_size=799)
     assert GeometryConfig(min_size=800, max_size=800).max_size == 800
 

@@ -104,7 +104,7 @@ def test_distill_needs_exactly_one_teacher_source(recipe, cache_path, tmp_path):
 
 
 def test_unknown_view_is_refused_by_the_recipe(recipe_path):
-    with pytest.raises(ConfigError, match="cache.views: expected orig or hflip, optionally with a short side in px after '@' "
+    with pytest.raises(ConfigError, match="recipe key 'cache.views': expected orig or hflip, optionally with a short side in px after '@' "
                                          r"\(e.g. hflip@640\), got 'vflip'"):
         load_recipe(recipe_path, ['cache.views=["orig", "vflip"]'])
 

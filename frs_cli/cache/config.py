@@ -40,18 +40,20 @@ class CacheConfig:
         from frs_cli.errors import ConfigError, check_range
 
         for v in self.views:
-            parse_view(v, "cache.views")
+            parse_view(v, "recipe key 'cache.views'")
         if not self.views or len(set(self.views)) != len(self.views):
-            raise ConfigError(f"cache.views: expected a non-empty list without repeats, got {list(self.views)}")
+            raise ConfigError(f"recipe key 'cache.views': expected a non-empty list without repeats, got "
+                              f"{list(self.views)}")
         check_range("cache", "check_teacher_images", self.check_teacher_images, 0)
         if 1 < self.min_teacher_map <= 100:  # AP as the tables print it, in percent
             raise ConfigError(f"recipe key 'cache.min_teacher_map': expected a COCO AP as a fraction in [0, 1], got "
                               f"{self.min_teacher_map}", hint=f"{self.min_teacher_map:g} AP is "
                                                           f"{self.min_teacher_map / 100:g}")
         check_range("cache", "min_teacher_map", self.min_teacher_map, 0, 1)
-        if self.batch_size < 1 or self.workers < 0 or (self.write_processes != "auto" and self.write_processes < 0):
-            raise ConfigError(f"cache: expected batch_size >= 1, workers >= 0 and write_processes >= 0, got "
-                              f"{self.batch_size}, {self.workers}, {self.write_processes}")
+        check_range("cache", "batch_size", self.batch_size, 1)
+        check_range("cache", "workers", self.workers, 0)
+        if self.write_processes != "auto":
+            check_range("cache", "write_processes", self.write_processes, 0)
 
     def check_training_scales(self, min_sizes, geometry) -> None:
         """ConfigError unless the views are the student's training views with both flips or one: the same flips at

@@ -39,10 +39,10 @@ class GeometryConfig:
         for name in ("min_size", "max_size", "size_divisible"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"geometry.{name}: expected a positive integer, got {value!r}")
+                raise ConfigError(f"recipe key 'geometry.{name}': expected a positive integer, got {value!r}")
         if self.max_size < self.min_size:
             raise ConfigError(
-                f"geometry.max_size: expected at least min_size ({self.min_size}), got {self.max_size}"
+                f"recipe key 'geometry.max_size': expected at least min_size ({self.min_size}), got {self.max_size}"
             )
 
     def to_dict(self) -> dict:
