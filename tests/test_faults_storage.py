@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import zarr
-from conftest import assert_one_line_error, assert_same_cache_arrays
+from conftest import assert_one_line_error, assert_same_cache_arrays, write_recipe
 from typer.testing import CliRunner
 
 from frs_cli.cache.checksum import view_crc
@@ -543,6 +543,13 @@ def _nothing_there(t):
     return t.tmp / "nowhere.zarr", [], [f"expected an frs teacher cache at '{t.tmp / 'nowhere.zarr'}', found nothing"]
 
 
+def _storage_dtype_edited(t):
+    c = _copy(t.cache, t.tmp)
+    zarr.open_group(str(c), mode="r+").attrs["storage"] = {**zarr.open_group(str(c), mode="r").attrs["storage"],
+                                                          "dtype": "float32"}
+    return c, [], ["/P3/features is (", "its attributes say (", "storage.dtype 'float32'", "frs cache verify"]
+
+
 def _both_sources(t):
     return t.cache, ["--online"], ["expected exactly one teacher source: --cache PATH or --online"]
 
@@ -550,7 +557,8 @@ def _both_sources(t):
 DISTILL_READS = {f.__name__.lstrip("_"): f for f in (
     _truncated_shard_preloaded, _truncated_shard_read_per_view, _flipped_feature_byte, _flipped_mask_byte,
     _nan_bytes_in_features, _nan_written_by_the_teacher, _shard_file_deleted, _corrupt_hdf5_export,
-    _cache_state_creating, _cache_state_writing, _newer_format, _not_a_cache, _nothing_there, _both_sources)}
+    _cache_state_creating, _cache_state_writing, _newer_format, _not_a_cache, _nothing_there, _storage_dtype_edited,
+    _both_sources)}
 
 
 @pytest.mark.parametrize("case", list(DISTILL_READS))
@@ -594,8 +602,57 @@ def _verify_head_missing(t):
     return c, ["14 arrays the format requires are missing (teacher_head/"]
 
 
+def _edited_attrs(t, edit):
+    c = _copy(t.cache, t.tmp)
+    g = zarr.open_group(str(c), mode="r+")
+    attrs = json.loads(json.dumps(dict(g.attrs)))
+    edit(attrs)
+    g.attrs.update(attrs)
+    return c
+
+
+_REWRITE = ["its attributes do not match its arrays", "no view was checked", "--resume does not repair",
+            "write the cache again"]
+
+
+def _verify_dtype_edited(t):
+    c = _edited_attrs(t, lambda a: a["storage"].update(dtype="float32"))
+    return c, [f"{BUCKET}/P3/features is (", "float16, the attributes say (", "float32 (storage.dtype 'float32'",
+               *_REWRITE]
+
+
+def _verify_channels_edited(t):
+    c = _edited_attrs(t, lambda a: a["levels"][0].update(channels=a["levels"][0]["channels"] // 2))
+    return c, ["/P3/features is (", "P3 channels", *_REWRITE]
+
+
+def _verify_count_edited(t):
+    c = _edited_attrs(t, lambda a: a["buckets"][0].update(count=a["buckets"][0]["count"] - 1))
+    return c, [f"bucket {BUCKET.split('/')[1]}: count", "views of it in the index", *_REWRITE]
+
+
+def _verify_geometry_edited(t):
+    c = _edited_attrs(t, lambda a: a["geometry"].update(min_size=a["geometry"]["min_size"] - 16))
+    return c, ["views' recorded geometry does not follow from the geometry", *_REWRITE]
+
+
+def _verify_head_spec_edited(t):
+    c = _edited_attrs(t, lambda a: a["teacher"]["head_spec"].update(num_anchors=3))
+    return c, ["teacher_head/", "teacher.head_spec gives", *_REWRITE]
+
+
+def _verify_done_chunk_lost(t):
+    c = _copy(t.cache, t.tmp)
+    (c / BUCKET / "done" / "c.0").unlink()
+    return c, ["the cache is marked complete, but", "views are not marked written (a done-flag chunk is lost",
+               f"--out {c} --resume rewrites them"]
+
+
 VERIFY_NOT_OK = {f.__name__.lstrip("_"): f for f in (_verify_truncated, _verify_hdf5_damage, _verify_empty_cache,
-                                                     _verify_head_missing)}
+                                                     _verify_head_missing, _verify_dtype_edited,
+                                                     _verify_channels_edited, _verify_count_edited,
+                                                     _verify_geometry_edited, _verify_head_spec_edited,
+                                                     _verify_done_chunk_lost)}
 
 
 @pytest.mark.parametrize("case", list(VERIFY_NOT_OK))
@@ -776,3 +833,23 @@ def test_visualize_and_eval_of_a_cache_with_another_datasets_data_name_the_files
                               f"file was {synth_root / 'annotations' / 'instances_train.json'})")
         assert "recipe" not in result.stderr
     assert not (tmp_path / "v.png").exists()
+
+
+def test_verify_names_a_lost_scale_chunk_as_missing_not_as_a_feature_checksum(synth_root, teacher_ckpt, tmp_path):
+    """int8: a view's features come back as code x scale, and zarr reads a scale chunk that is gone as zeros, so the
+    features' checksum (which runs over the scales too) fails. verify names the scale chunk as missing, as the
+    reader does (before: "P3/features checksum mismatch" for each view of the shard)."""
+    from frs_cli.cache.writer import write_teacher_cache
+    from frs_cli.config import load_recipe
+    from frs_cli.dist import setup
+
+    r = load_recipe(write_recipe(tmp_path / "r.toml", synth_root, str(teacher_ckpt)), ["cache.dtype=\"int8\""])
+    c = tmp_path / "int8.zarr"
+    write_teacher_cache(r, str(c), ctx=setup("cpu"))
+    (c / BUCKET / "P3" / "scale" / "c.0.0").unlink()
+    result = run("cache", "verify", c)
+    assert result.exit_code == 1
+    lines = result.stdout.strip().splitlines()
+    per_view = [ln for ln in lines if ln.startswith("image ")]
+    assert per_view and all(ln.endswith("P3/scale missing") for ln in per_view), lines
+    assert "checksum" not in result.stdout

@@ -281,10 +281,23 @@ class TeacherCache:
                                    hint=repair_hint(self.path, self.backend.kind)) from exc
 
     def _level_arrays(self, backend, bucket: str, level: str) -> tuple:
-        """(features, scale or None, mask) arrays of one level of one bucket."""
+        """(features, scale or None, mask) arrays of one level of one bucket; CacheFormatError in one line when the
+        features' shape or dtype is not what the attributes say (an edited or damaged ``zarr.json``: decoding would
+        fail without saying why, or give wrong numbers)."""
         prefix = f"buckets/{bucket}/{level}"
         scale = self._array(backend, f"{prefix}/scale") if self.encoding.scaled else None
-        return self._array(backend, f"{prefix}/features"), scale, self._array(backend, f"{prefix}/mask")
+        features = self._array(backend, f"{prefix}/features")
+        spec = next(lv for lv in self.levels if lv.name == level)
+        b = next(b for b in self.buckets if b.name == bucket)
+        size = b.level_sizes[self.levels.index(spec)]
+        expected = (b.count, self.encoding.stored_channels(spec.channels), *size)
+        if tuple(features.shape) != expected or np.dtype(features.dtype) != self.encoding.numpy_dtype:
+            raise CacheFormatError(
+                f"cache {self.path!r}: {prefix}/features is {tuple(features.shape)} {np.dtype(features.dtype)}, its "
+                f"attributes say {expected} {self.encoding.numpy_dtype} (storage.dtype {self.dtype!r}, {level} "
+                f"channels {spec.channels})", hint=f"the attributes were edited or damaged; frs cache verify {self.path} "
+                                                   "lists what disagrees; write the cache again")
+        return features, scale, self._array(backend, f"{prefix}/mask")
 
     def _checksums(self, bucket: str, row: int) -> np.ndarray:
         """The stored CRC-32s of view ``row`` of ``bucket``, ``(2 * levels,)`` uint32.
