@@ -8,6 +8,9 @@ import contextlib
 import errno
 import json
 import os
+import shutil
+import stat
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -112,8 +115,11 @@ def missing_file(path: str | Path) -> str:
 
 def check_output_file(path: str | Path, what: str, suffix: str | None = None) -> None:
     """ConfigError (one line naming ``path``) when ``path``, the file ``what`` is to write, is an existing
-    directory, lies below a file (``model.pt/x.pt``), or does not end in ``suffix`` (the format written): a command
-    calls it before its work, so nothing is computed for a file that cannot be written or would be misnamed."""
+    directory, lies below a file (``model.pt/x.pt``), or does not end in ``suffix`` (the format written); its
+    folder is made, StorageError when it cannot be. A command calls it before its work, so nothing is computed for
+    a file that cannot be written or would be misnamed."""
+    if str(path) == "-":  # not a file named "-" that the user then looks for on stdout
+        raise ConfigError(f"{what}: expected a file path, got '-'", hint="to write to standard output, give /dev/stdout")
     if Path(path).is_dir():
         raise ConfigError(f"{what}: expected a file path, got the directory {str(path)!r}")
     for parent in Path(path).parents:  # the nearest one that exists must be a folder to hold it
@@ -123,6 +129,14 @@ def check_output_file(path: str | Path, what: str, suffix: str | None = None) ->
             break
     if suffix is not None and Path(path).suffix.lower() != suffix:
         raise ConfigError(f"{what}: expected a {suffix} file (the format written), got {str(path)!r}")
+    folder = Path(os.path.realpath(path)).parent
+    try:  # made now, so that a folder the system makes none in (/proc) is refused before the work, not after
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if exc.errno in _DENIED:
+            raise storage_error(exc, f"{what} {str(path)!r}") from exc
+        raise StorageError(f"{what} {str(path)!r}: cannot make the folder {str(folder)!r} ({exc.strerror})",
+                           hint="write to a folder on a writable disk") from exc
 
 
 @contextlib.contextmanager
@@ -143,20 +157,41 @@ def atomic_path(path: str | Path, hint: str | None = None) -> Iterator[Path]:
     """
     path = Path(path)
     check_output_file(path, "output")
+    target = written_through(path)
+    if target is not None:  # a device or a pipe (/dev/stdout): written into, never replaced
+        with tempfile.TemporaryDirectory() as folder, storage_errors(str(path), hint):
+            tmp = Path(folder) / "out"
+            yield tmp
+            with open(tmp, "rb") as src, open(target, "wb") as out:
+                shutil.copyfileobj(src, out)
+        return
+    real = Path(os.path.realpath(path)) if path.is_symlink() else path  # a link stays one: its file is replaced
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # a folder this user may not make is one line; others (a file in the way) the caller's
+        real.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a folder that cannot be made (no permission, /proc) is one line
         if exc.errno in _DENIED:
             raise storage_error(exc, str(path), hint) from exc
-        raise
-    tmp = sibling(path, ".", f".{os.getpid()}.tmp")
+        raise StorageError(f"{path}: cannot make the folder {str(real.parent)!r} ({exc.strerror})",
+                           hint="write to a folder on a writable disk") from exc
+    tmp = sibling(real, ".", f".{os.getpid()}.tmp")
     try:
         with storage_errors(str(path), hint):
             yield tmp
-            os.replace(tmp, path)
+            os.replace(tmp, real)
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()  # only still there when the block failed
+
+
+def written_through(path: str | Path) -> Path | None:
+    """``path`` when it is (or links to) something other than a regular file, a device or a pipe such as
+    ``/dev/stdout``, which an output is written into; None for a regular file or a new one, which is replaced
+    whole (renaming a file over ``/dev/stdout`` would replace the device entry itself)."""
+    try:
+        mode = os.stat(path).st_mode  # follows links, /proc's links to pipes included
+    except OSError:
+        return None
+    return None if stat.S_ISREG(mode) else Path(path)
 
 
 def write_json(path: str | Path, payload, **dumps_kwargs) -> None:

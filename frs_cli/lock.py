@@ -39,7 +39,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from frs_cli.errors import LockError
+from frs_cli.errors import ConfigError, LockError, StorageError
 from frs_cli.names import sibling
 
 log = logging.getLogger(__name__)
@@ -230,8 +230,13 @@ def output_lock(path: str | Path, *, command: str | None = None, enabled: bool =
             lock.parent.mkdir(parents=True, exist_ok=True)
             created = _create(lock, record)
         except OSError as exc:
-            if exc.errno not in (errno.EROFS, errno.EACCES):
-                raise
+            if exc.errno in (errno.EEXIST, errno.ENOTDIR):  # a file where a folder above the output must be
+                blocker = next((p for p in lock.parent.parents if p.exists() and not p.is_dir()), lock.parent)
+                raise ConfigError(f"{what} {text!r}: expected a folder at {str(blocker)!r} to hold it, got a "
+                                  "file") from None
+            if exc.errno not in (errno.EROFS, errno.EACCES):  # e.g. a folder the system makes none in (/proc)
+                raise StorageError(f"{what} {text!r}: cannot make its folder {str(lock.parent)!r} ({exc.strerror})",
+                                   hint="write to a folder on a writable disk") from exc
             # where no lock file can be made, no writer can write either: the job's first write says so
             log.debug("%s %s: not locked (%s)", what, text, exc.strerror)
             yield None

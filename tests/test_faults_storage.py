@@ -853,3 +853,52 @@ def test_verify_names_a_lost_scale_chunk_as_missing_not_as_a_feature_checksum(sy
     per_view = [ln for ln in lines if ln.startswith("image ")]
     assert per_view and all(ln.endswith("P3/scale missing") for ln in per_view), lines
     assert "checksum" not in result.stdout
+
+
+def test_an_output_that_links_to_a_file_or_is_a_pipe_or_device_is_written_through_not_replaced(tmp_path):
+    """Every output file goes through ``files.atomic_path``: a symbolic link stays a link and the file it leads to
+    (made if missing) gets the content; a pipe or a device (``/dev/stdout``, ``/dev/null``) is written into. Before,
+    the temporary file was renamed over the name given, so a link became a plain file, and ``--metrics
+    /dev/stdout`` as root would have replaced the device entry itself."""
+    import threading
+
+    from frs_cli.files import write_json
+
+    (tmp_path / "real.json").write_text("old")
+    (tmp_path / "link.json").symlink_to("real.json")
+    write_json(tmp_path / "link.json", {"a": 1})
+    assert (tmp_path / "link.json").is_symlink() and json.loads((tmp_path / "real.json").read_text()) == {"a": 1}
+    (tmp_path / "dangling.json").symlink_to("sub/new.json")
+    write_json(tmp_path / "dangling.json", {"b": 2})
+    assert (tmp_path / "dangling.json").is_symlink() and json.loads((tmp_path / "sub" / "new.json").read_text()) == {"b": 2}
+    pipe, got = tmp_path / "pipe", []
+    os.mkfifo(pipe)
+    reader = threading.Thread(target=lambda: got.append(pipe.read_text()))
+    reader.start()
+    write_json(pipe, {"c": 3})
+    reader.join(timeout=30)
+    assert got == ['{"c": 3}'] and pipe.is_fifo()  # a device takes the same path (not tested on a real one: a
+    # regression here would replace it for the whole machine)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling.json", "link.json", "pipe", "real.json", "sub"]
+
+
+def test_an_output_below_a_file_or_in_a_folder_that_cannot_be_made_is_one_line_before_the_work(
+        tmp_path, recipe_path, teacher_ckpt, synth_root):
+    """train, distill and teacher-cache with ``--out`` below a file, and eval with ``--metrics`` in a folder the
+    system makes none in (/proc): one line, exit 1, before any work (before: a traceback, FileExistsError from the
+    lock's folder; eval's only after the whole evaluation had run and printed its table)."""
+    blocker = tmp_path / "f.json"
+    blocker.write_text("{}")
+    for args in (["train", "--pipeline", recipe_path, "--no-eval"],
+                 ["teacher-cache", "--pipeline", recipe_path]):
+        result = run(*args, "--out", blocker / "run", "--device", "cpu")
+        assert_one_line_error(result, f"'{blocker / 'run'}'", f"expected a folder at '{blocker}' to hold it, got a file")
+    assert blocker.read_text() == "{}"
+    result = run("eval", "--checkpoint", teacher_ckpt, "--data", synth_root, "--device", "cpu", "--metrics",
+                 "/proc/frs-no-such/m.json")
+    assert_one_line_error(result, "eval --metrics '/proc/frs-no-such/m.json': cannot make the folder '/proc/frs-no-such'")
+    assert "AP" not in result.stdout and "eval" not in result.stderr.splitlines()[0][:5]
+    result = run("eval", "--checkpoint", teacher_ckpt, "--data", synth_root, "--device", "cpu", "--metrics", "-")
+    assert_one_line_error(result, "eval --metrics: expected a file path, got '-' (to write to standard output, give "
+                                  "/dev/stdout)")
+    assert not Path("-").exists()
