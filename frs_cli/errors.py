@@ -54,7 +54,12 @@ class TrainingError(FrsError):
 
 
 class Interrupted(FrsError):
-    """The user stopped a run (Ctrl-C); what was done is saved and ``--resume`` continues."""
+    """The user stopped a run (Ctrl-C, or SIGTERM from kill, timeout, docker stop or a scheduler); what was done is
+    saved and ``--resume`` continues."""
+
+
+# the stop signal a command last received (signal.SIGINT or SIGTERM; 0: none): it exits 128 + that number
+stop_signal = 0
 
 
 class StorageError(FrsError):

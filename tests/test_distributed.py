@@ -283,3 +283,42 @@ def test_first_to_report_lets_one_process_of_a_job_print_each_line_each_time(tmp
     monkeypatch.setattr(common, "_times_reported", {})  # the other process
     assert not common.first_to_report("error: y")
     assert len(list(attempt.glob("frs-reported-*"))) == 1 and len(list(tmp_path.glob("frs-reported-*"))) == 7
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="a process group and /proc needed")
+def test_sigterm_to_the_whole_job_with_loader_workers_saves_the_state_and_resumes(cache_path, synth_root, teacher_ckpt,
+                                                                                 tmp_path):
+    """A scheduler's cancel sends SIGTERM to every process of the job, the DataLoader's workers among them. The
+    workers leave it to the training process, which finishes the step, saves its state and exits 143; ``--resume``
+    then finishes the run (before: SIGTERM ended every process at once, nothing saved since the last checkpoint)."""
+    import signal
+    import time
+
+    recipe = write_recipe(tmp_path / "r.toml", synth_root, str(teacher_ckpt))
+    out = tmp_path / "cut"
+    args = [sys.executable, "-m", "frs_cli", "distill", "--pipeline", str(recipe), "--cache", str(cache_path),
+            "--no-eval", "--set", "train.epochs=4", "--set", "train.workers=1", "--device", "cpu"]
+    proc = subprocess.Popen([*args, "--out", str(out)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, cwd=tmp_path, start_new_session=True)
+    metrics, sent = out / "metrics.jsonl", False
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None and not sent:
+        if metrics.is_file() and metrics.read_text().count('"iter"') >= 2:
+            os.killpg(proc.pid, signal.SIGTERM)  # the training process and its loader worker
+            sent = True
+        time.sleep(0.005)
+    try:
+        _, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise AssertionError("distill did not stop after SIGTERM") from None
+    assert sent, "distill finished before SIGTERM"
+    assert proc.returncode == 143, stderr[-3000:]
+    assert "interrupted: stopped at epoch" in stderr and "exited unexpectedly" not in stderr, stderr[-3000:]
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert (state["epoch"], state["epoch_step"]) < (4, 0)
+    r = subprocess.run([*args, "--out", str(out), "--resume"], env=ENV, capture_output=True, text=True,
+                       cwd=tmp_path, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (out / "model_final.pt").is_file()

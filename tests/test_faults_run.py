@@ -43,9 +43,9 @@ def train(recipe, out, *extra):
 
 def error_line(result, code: int = 1) -> str:
     """The one line a failed command leaves: exit ``code``, the only ``error:`` line (``interrupted:`` for 130),
-    the last line on stderr; no traceback, no colour codes anywhere."""
+    the last line on stderr; no traceback, no colour codes anywhere (143: SIGTERM's interruption)."""
     assert result.exit_code == code, result.output
-    prefix = "interrupted:" if code == 130 else "error:"
+    prefix = "interrupted:" if code in (130, 143) else "error:"
     lines = [line for line in result.stderr.splitlines() if line.startswith(prefix)]
     assert len(lines) == 1, result.stderr
     assert lines[0] == result.stderr.strip().splitlines()[-1]
@@ -803,3 +803,33 @@ def test_a_refused_resume_shows_the_values_as_written_not_as_json_escapes(tmp_pa
     with pytest.raises(ConfigError) as refused:
         resume_changes(tmp_path, {"data": {"root": "base_data"}, JOB: "train student"}, "train student")
     assert 'data.root = "données/été", now "base_data"' in str(refused.value)
+
+
+def test_sigterm_in_distill_saves_the_state_at_the_step_boundary_and_exits_143(recipe_path, small_cache, tmp_path,
+                                                                               monkeypatch):
+    """SIGTERM (kill, timeout, docker stop, a scheduler's cancel) is a stop request as Ctrl-C is: the step in flight
+    finishes, the state is saved, and the command exits 128 + 15 as a shell reports a process SIGTERM ended (before:
+    the default action ended the process at once, with nothing saved since the last checkpoint and no message)."""
+    from frs_cli import errors
+    from frs_cli.train import objectives
+
+    forward = objectives.FRSObjective.forward
+
+    def terminated(self, batch, step):
+        if step == 1:  # unhandled, SIGTERM would end the test session itself
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None), "SIGTERM unhandled"
+            os.kill(os.getpid(), signal.SIGTERM)
+        return forward(self, batch, step)
+
+    monkeypatch.setattr(objectives.FRSObjective, "forward", terminated)
+    monkeypatch.setattr(errors, "stop_signal", 0)
+    before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "run"
+    result = run("distill", "--pipeline", recipe_path, "--cache", small_cache, "--out", out, *SMALL)
+    line = error_line(result, code=143)
+    assert line == (f"interrupted: stopped at epoch 1, iteration 2; state saved to {out / LAST} (run the same command "
+                    "with --resume to continue)")
+    assert "terminated (SIGTERM): stopping after this step" in result.stderr
+    state = torch.load(out / LAST, weights_only=True)
+    assert (state["epoch"], state["epoch_step"]) == (0, 2)
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is the run's alone

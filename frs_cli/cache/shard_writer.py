@@ -122,9 +122,11 @@ class Layout:
 def _serve(path: str, storage_options: dict | None, tasks, results) -> None:
     """A writer process: write each batch the parent sends, report its slot back; exit with the parent.
 
-    Ctrl-C reaches every process of the terminal's group: the parent stops the job (and these processes, through
-    ``close``) and says so in one line; a writer ignores it rather than print its own traceback."""
+    Ctrl-C reaches every process of the terminal's group, and a scheduler's SIGTERM every process of the job: the
+    parent stops the job (and these processes, through ``close``) and says so in one line; a writer ignores both
+    rather than print its own traceback or die under the parent's feet."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a scheduler's cancel reaches every process of the job too
     _die_with_parent()
     parent = mp.parent_process()
     root = None  # opened at the first batch: the parent may still be creating the cache

@@ -48,6 +48,7 @@ from frs_cli.cache.store import codec, exists, is_hdf5, is_url, open_existing, o
 from frs_cli.cache.teacher_pass import PassOptions, TeacherPass
 from frs_cli.cache.verify import UNREADABLE, verify_cache
 from frs_cli.data.coco import CocoViews, ListSampler, OriginalBatches, collate, collate_originals, resize_batch
+from frs_cli.data.packed import leave_stop_to_parent
 from frs_cli.dist import DistContext, all_gather_objects, barrier, broadcast_object, setup
 from frs_cli.errors import CacheFormatError, CacheMismatchError, ConfigError, DataError, StorageError
 from frs_cli.files import free_bytes, plural, size_text, sizes_apart, storage_errors
@@ -658,7 +659,8 @@ def _write_pending(root: zarr.Group, path: str, plan: Plan, run: TeacherPass, da
     on_gpu = (ctx.device.type == "cuda" and cfg.resize_on_gpu) if resize_on_device is None else resize_on_device
     keys = ListSampler([[(int(plan.position[i]), view_name(plan.view[i], cfg.views)) for i in bt] for bt in mine])
     common = {"num_workers": cfg.workers, "pin_memory": ctx.device.type == "cuda",
-              "prefetch_factor": 4 if cfg.workers > 0 else None}
+              "prefetch_factor": 4 if cfg.workers > 0 else None,
+              "worker_init_fn": leave_stop_to_parent if cfg.workers > 0 else None}
     if on_gpu:  # a worker decodes each file of a batch once: a plan batch holds both views of its images
         loader = torch.utils.data.DataLoader(OriginalBatches(dataset), sampler=keys, batch_size=None,
                                              collate_fn=collate_originals, **common)

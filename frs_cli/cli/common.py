@@ -8,6 +8,7 @@ import hashlib
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
 
@@ -103,12 +104,12 @@ def handle_errors(fn):
             _quiet_after_interrupt()
             if first_to_report(f"interrupted: {exc}"):
                 err_console.print(f"[yellow]interrupted:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
-            raise typer.Exit(130) from None
+            raise typer.Exit(_stopped_status()) from None
         except KeyboardInterrupt:
             _quiet_after_interrupt()
             if first_to_report("interrupted"):
                 err_console.print("[yellow]interrupted[/]", highlight=False)
-            raise typer.Exit(130) from None
+            raise typer.Exit(_stopped_status()) from None
         except FrsError as exc:
             fail(str(exc).replace("\n", " "))
         except OSError as exc:  # a name too long for the file system, wherever it was met: one line, no traceback
@@ -117,6 +118,14 @@ def handle_errors(fn):
             fail(str(name_too_long(exc)))
 
     return wrapper
+
+
+def _stopped_status() -> int:
+    """The exit status of a command a signal stopped: 128 + its number, as a shell reports a process the signal
+    ended (130 for Ctrl-C, 143 for SIGTERM)."""
+    from frs_cli import errors
+
+    return 128 + (errors.stop_signal or signal.SIGINT)
 
 
 def _quiet_after_interrupt() -> None:

@@ -8,6 +8,7 @@ multiple of ``ALIGN`` bytes, so each view starts at an address fit for its dtype
 from __future__ import annotations
 
 import math
+import signal
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -70,9 +71,18 @@ _held: deque[Tensor] = deque()
 
 def hold_in_worker(count: int, worker_id: int) -> None:
     """A DataLoader ``worker_init_fn`` (bound with ``functools.partial``): this worker holds its last ``count``
-    buffers."""
+    buffers, and leaves SIGTERM to the training process (``leave_stop_to_parent``)."""
     global WORKER_HOLD
     WORKER_HOLD = count
+    leave_stop_to_parent(worker_id)
+
+
+def leave_stop_to_parent(worker_id: int) -> None:
+    """A DataLoader ``worker_init_fn``: SIGTERM ignored in the worker. A scheduler's cancel sends it to every
+    process of the job, and a worker it ended would make the training process fail ("worker exited unexpectedly")
+    instead of saving its state at the step boundary; the worker ends with the training process either way (as for
+    Ctrl-C, which PyTorch's workers leave to it)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def allocate_buffer(nbytes: int) -> Tensor:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from frs_cli import errors
 from frs_cli.dist import DistContext, barrier
 from frs_cli.errors import Interrupted, TrainingError
 from frs_cli.files import storage_errors
@@ -246,18 +247,28 @@ class OutputsHook(Hook):
         barrier(trainer.ctx)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; kill, timeout, docker stop, a scheduler's cancel
+
+
 @contextlib.contextmanager
 def sigint_handled(handler):
-    """Within the block SIGINT goes to ``handler`` (in the main thread; elsewhere signals cannot be handled and
-    nothing changes), whatever handled it before, even SIG_IGN; the previous handler is restored after."""
+    """Within the block the stop signals (SIGINT, SIGTERM) go to ``handler`` (in the main thread; elsewhere
+    signals cannot be handled and nothing changes), whatever handled them before, even SIG_IGN; the signal is noted
+    in ``errors.stop_signal`` (the command's exit status is 128 + it); the previous handlers are restored after."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, handler)
+
+    def noted(signum, frame):
+        errors.stop_signal = signum
+        return handler(signum, frame)
+
+    previous = {s: signal.signal(s, noted) for s in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 class StopRequest:
@@ -275,7 +286,11 @@ class StopRequest:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        log.warning("stopping after this step (Ctrl-C again to stop at once, without saving)")
+        if signum == signal.SIGTERM:
+            log.warning("terminated (SIGTERM): stopping after this step and saving the state (a second signal "
+                        "stops at once, without saving)")
+        else:
+            log.warning("stopping after this step (Ctrl-C again to stop at once, without saving)")
 
     @contextlib.contextmanager
     def installed(self):
