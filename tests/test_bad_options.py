@@ -462,3 +462,27 @@ def test_data_synth_refuses_a_file_or_a_folder_with_files_naming_it_quoted(tmp_p
     result = run("data", "synth", spaced / "keep.txt", "--train", "2", "--val", "1")
     assert_one_line_error(result, f"expected a directory, got a file at {str(spaced / 'keep.txt')!r}")
     assert (spaced / "keep.txt").read_text() == "x"
+
+
+def test_a_path_starting_with_a_tilde_is_the_homes_in_options_and_recipes(tmp_path, monkeypatch, synth_root):
+    """``~`` reaches frs unexpanded after ``--opt=`` or in quotes, and always inside a recipe or a --set: frs reads it
+    as the home folder, as a shell would (before: a folder literally named ``~`` was made in the current one, and
+    ``data.root = "~/data"`` was not found)."""
+    import shutil
+
+    from frs_cli.config import load_recipe
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    result = run("data", "synth", "~/made", "--train", "2", "--val", "1", "--size", "64")
+    assert result.exit_code == 0, result.output
+    assert (home / "made" / "annotations" / "instances_train.json").is_file() and not (tmp_path / "~").exists()
+    shutil.copytree(synth_root, home / "data")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('name = "r"\n[data]\nroot = "~/data"\n[teacher]\nweights = "~/t.pt"\n')
+    r = load_recipe(recipe, ["student.weights=~/s.pt"])
+    assert (r.data.root, r.teacher.weights, r.student.weights) == (str(home / "data"), str(home / "t.pt"),
+                                                                  str(home / "s.pt"))
+    assert r.data.annotation_file("train").is_file()

@@ -11,6 +11,7 @@ import re
 import signal
 import sys
 import tempfile
+from pathlib import Path
 
 import typer
 from rich.console import Console, ConsoleDimensions
@@ -98,6 +99,7 @@ def handle_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        kwargs = {k: _home(v) for k, v in kwargs.items()}
         try:
             return fn(*args, **kwargs)
         except Interrupted as exc:
@@ -118,6 +120,17 @@ def handle_errors(fn):
             fail(str(name_too_long(exc)))
 
     return wrapper
+
+
+def _home(value):
+    """A path argument starting with ``~`` as the home's: the shell expands ``~`` only at a word's start, so
+    ``--out=~/run`` or a quoted ``'~/run'`` reaches frs as typed, and a folder named ``~`` would be made in the
+    current one (which ``rm -rf ~`` then meets). Other values as they are."""
+    if isinstance(value, Path) and str(value).startswith("~"):
+        return Path(os.path.expanduser(value))
+    if isinstance(value, str) and value.startswith("~"):
+        return os.path.expanduser(value)
+    return value
 
 
 def _stopped_status() -> int:

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import numbers
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,10 @@ class DataConfig:
     train: str = "train"  # training split name (images in ROOT/<train>/)
     val: str = "val"  # validation split name
     label_map: Literal["contiguous", "category_id"] = "contiguous"  # how category ids become labels
+
+    def __post_init__(self):  # root = "~/coco": the home's, as a shell would read it (it does not inside a recipe)
+        if isinstance(self.root, str) and self.root.startswith("~"):
+            object.__setattr__(self, "root", os.path.expanduser(self.root))
 
     def annotation_file(self, split: str) -> Path:
         return Path(self.root) / "annotations" / f"instances_{split}.json"

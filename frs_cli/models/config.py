@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from frs_cli.errors import check_range
@@ -19,6 +20,12 @@ class ModelConfig:
     score_thresh: float = 0.05  # detections below this score are dropped at inference
     nms_thresh: float = 0.0  # IoU threshold of per-class NMS at inference; 0: the arch's (`frs models`: GFL 0.6, most 0.5)
     detections_per_img: int = 100  # at most this many detections per image (COCO's maxDets)
+
+    def __post_init__(self):  # a path given as ~/x (quoted, or after '=', the shell leaves it) is the home's
+        for name in ("weights", "weights_backbone"):
+            value = getattr(self, name)
+            if isinstance(value, str) and value.startswith("~"):
+                object.__setattr__(self, name, os.path.expanduser(value))
 
     def check(self, table: str) -> None:
         """ConfigError naming ``table.<key>`` for a value no detector could use."""
