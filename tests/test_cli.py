@@ -660,3 +660,23 @@ def test_a_warm_up_longer_than_the_whole_run_is_named_in_one_warning(tmp_path, r
         ("warning: distill.warmup_iters = 2000 is longer than the whole run (N steps), so the FRS terms never reach "
          "their full weight")]
     assert warned() == []
+
+
+def test_version_and_a_closed_pipe():
+    """``frs --version`` prints frs's, torch's and torchvision's versions, exit 0. A reader that closed the pipe
+    before frs wrote (``frs --help | true``) ends frs as it ends other tools, by SIGPIPE (the shell's 141), with no
+    message: before, frs exited 1, which scripts with ``pipefail`` read as a failure of frs, as for bad input."""
+    import torch
+    import torchvision
+
+    import frs_cli
+
+    result = run("--version")
+    assert result.exit_code == 0
+    expected = f"frs {frs_cli.__version__} (torch {torch.__version__}, torchvision {torchvision.__version__})"
+    assert result.stdout.strip() == expected
+    proc = subprocess.Popen([sys.executable, "-m", "frs_cli", "--help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # before frs has imported anything, so its first write meets a closed pipe
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == -13 and err == b"", (proc.returncode, err)

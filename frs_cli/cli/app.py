@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import typer
 
 from frs_cli.cli import (
@@ -31,6 +33,25 @@ data_app = typer.Typer(help="Datasets: generate the embedded synthetic COCO-form
                        epilog="Example: frs data synth data/synth --train 400 --val 100")
 cache_app = typer.Typer(help="Inspect, verify and export teacher caches (Zarr folders, URLs, exported .h5 files).",
                         no_args_is_help=True, epilog="Example: frs cache verify demo/cache.zarr  (after frs demo --out demo)")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        import torch
+        import torchvision
+
+        from frs_cli import __version__
+
+        typer.echo(f"frs {__version__} (torch {torch.__version__}, torchvision {torchvision.__version__})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="Print frs's version (and torch's, torchvision's) and exit.")) -> None:
+    """Feature-Richness Score distillation for object detectors, with a cached teacher."""
+
+
 app.add_typer(data_app, name="data")
 app.add_typer(cache_app, name="cache")
 recipe_app = typer.Typer(help="Recipes: print one resolved (extends applied, every default filled in).",
@@ -56,4 +77,8 @@ convert_cmd.register(convert_app)
 
 
 def main() -> None:
+    # a closed pipe ends frs as it ends other command-line tools (status 141 in the shell, no message): `frs
+    # models | head -1` is not a failure of frs (Python's own handling made it exit 1, as for bad input)
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     app()
