@@ -172,3 +172,32 @@ def test_empty_existing_out_dir_is_accepted(tmp_path):
     summary = generate(tmp_path, SynthConfig(train=2, val=1, size=64))
     assert summary["train"] == 2 and summary["val"] == 1
     assert (tmp_path / "annotations/instances_val.json").is_file()
+
+
+def test_a_stopped_synth_leaves_nothing_at_out_and_a_second_run_writes_it(tmp_path, monkeypatch):
+    """Ctrl-C part way: exit 130, nothing at OUT (the images went to a hidden folder beside it, removed), so the
+    same command then writes the dataset (before: OUT held the images written so far, and the second run was
+    refused: "expected a missing or empty directory")."""
+    from typer.testing import CliRunner
+
+    from frs_cli.cli.app import app
+    from frs_cli.data import synth
+
+    render = synth.render
+
+    def stopped(cfg, code, index):
+        if index == 3:
+            raise KeyboardInterrupt
+        return render(cfg, code, index)
+
+    monkeypatch.setattr(synth, "render", stopped)
+    out = tmp_path / "d"
+    args = ["data", "synth", str(out), "--train", "8", "--val", "2", "--size", "64"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 130, result.output
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(synth, "render", render)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["annotations", "train", "val"]
+    assert len(list((out / "train").iterdir())) == 8 and [p.name for p in tmp_path.iterdir()] == ["d"]

@@ -47,6 +47,7 @@ from PIL import Image, ImageDraw
 
 from frs_cli.errors import ConfigError
 from frs_cli.files import storage_errors, write_json
+from frs_cli.names import sibling
 
 CATEGORIES: list[dict] = [
     {"id": i + 1, "name": name, "supercategory": "shape"}
@@ -303,11 +304,27 @@ def generate(out_dir: str | Path, cfg: SynthConfig, progress: Callable[[int], No
     """
     if not isinstance(cfg, SynthConfig):
         raise ConfigError(f"synth config: expected a SynthConfig, got {type(cfg).__name__}")
-    out = Path(out_dir)
-    _check_out_dir(out)
-    with storage_errors(str(out)):
-        for sub in ("train", "val", "annotations"):
-            (out / sub).mkdir(parents=True, exist_ok=True)
+    final = Path(out_dir)
+    _check_out_dir(final)
+    # written in a hidden folder beside it, renamed into place once whole: a stopped run (Ctrl-C, a full disk)
+    # leaves no part-written dataset at out_dir to refuse a second run or to be read as complete
+    out = sibling(final, ".", f".{os.getpid()}.partial")
+    try:
+        with storage_errors(str(final)):
+            for sub in ("train", "val", "annotations"):
+                (out / sub).mkdir(parents=True, exist_ok=True)
+        summary = _generate_into(out, cfg, progress)
+        with storage_errors(str(final)):
+            if final.is_dir():
+                final.rmdir()  # empty (checked above); rename() would also replace it, not on every system
+            os.replace(out, final)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)  # only still there when the run stopped
+    return summary
+
+
+def _generate_into(out: Path, cfg: SynthConfig, progress: Callable[[int], None] | None) -> dict:
+    """``generate``'s work, into ``out`` (made, with its three folders)."""
 
     def write_one(split: str, code: int, index: int, image_id: int):
         image, boxes = render(cfg, code, index)
