@@ -177,6 +177,10 @@ class HDF5Backend:
         return True
 
     def nbytes_stored(self, group: str = "") -> int:
+        """The datasets' stored bytes below ``group``; the whole file's size for the whole cache (its own
+        structures included, as ``cache export`` reports it)."""
+        if not group:
+            return os.path.getsize(self.path)
         return sum(int(arr.id.get_storage_size()) for _, arr in self.walk(group))
 
     def close(self) -> None:
