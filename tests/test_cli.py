@@ -430,6 +430,27 @@ def test_the_terminal_bar_keeps_count_rate_and_eta_and_cuts_the_running_values(w
     assert ("classification 1.119" in lines[0]) == (width == 120)
 
 
+@pytest.mark.parametrize("width", [44, 60])
+def test_a_narrow_terminals_bar_drops_the_bar_and_elapsed_time_before_the_count_rate_and_eta(width):
+    """At 40-79 columns the bar and the elapsed time give way, so the task, count, rate and ETA stay whole (before:
+    at 40 columns every piece was cut: ``epo… ━━━━━╺━━━━━━━━━ … 39.1… 0:… eta 0…``)."""
+    from rich.console import Console
+
+    from frs_cli.cli.progress import RichProgress
+
+    now = [0.0]
+    bar = RichProgress(console=Console(file=io.StringIO(), width=width, force_terminal=True, color_system=None),
+                       clock=lambda: now[0])
+    bar.start("epoch 1/12", 240, unit="img")
+    now[0] = 6.0
+    bar.update(12, classification=1.119, loss=3.0)
+    lines = bar_lines(bar, width)
+    bar.stop()
+    assert len(lines) == 1 and len(lines[0]) <= width, lines
+    assert re.match(r"epoch 1/12 +12/240 2\.0 img/s eta 0:01:54", lines[0]), lines
+    assert "\u2501" not in lines[0] and "\u2026" not in lines[0].split("eta 0:01:54")[0]
+
+
 def bar_lines(bar, width=120):
     """The terminal bar's lines as rich draws them."""
     from rich.console import Console

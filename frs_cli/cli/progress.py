@@ -23,6 +23,7 @@ from rich.text import Text
 from frs_cli.progress import Progress
 
 BAR_WIDTH = 20  # characters: the bar, the count, rate, elapsed and ETA fit in 80 columns with a short task name
+FULL_WIDTH = 80  # columns from which the bar and the elapsed time are drawn
 
 
 WINDOW_S = 30.0  # the rate is of the last WINDOW_S seconds (rich's estimate window), or since the start if less
@@ -74,12 +75,15 @@ class RichProgress(Progress):
     def start(self, description: str, total: int, completed: int = 0, unit: str = "it") -> None:
         self.stop()
         # what says how far and how fast never gives way: the running values take the width that is left, cut
-        # short on a narrow terminal (every value is in the run's metrics.jsonl)
+        # short on a narrow terminal (every value is in the run's metrics.jsonl); below FULL_WIDTH columns the bar
+        # and the elapsed time give way first, so the count, rate and ETA stay whole
         fixed = {"table_column": Column(no_wrap=True)}
+        wide = self.console.width >= FULL_WIDTH
+        columns = [TextColumn("[bold]{task.description}", **fixed),
+                   *([BarColumn(bar_width=BAR_WIDTH, **fixed)] if wide else []), MofNCompleteColumn(**fixed),
+                   RateColumn(**fixed), *([TimeElapsedColumn(**fixed)] if wide else []), EtaColumn(**fixed)]
         self.bar = _RichBar(
-            TextColumn("[bold]{task.description}", **fixed), BarColumn(bar_width=BAR_WIDTH, **fixed),
-            MofNCompleteColumn(**fixed), RateColumn(**fixed), TimeElapsedColumn(**fixed), EtaColumn(**fixed),
-            ValuesColumn(table_column=Column(ratio=1)), console=self.console, transient=False,
+            *columns, ValuesColumn(table_column=Column(ratio=1)), console=self.console, transient=False,
             **({"get_time": self.clock} if self.clock else {}),
         )
         self.bar.start()
