@@ -701,3 +701,29 @@ def test_version_and_a_closed_pipe():
     proc.stdout.close()  # before frs has imported anything, so its first write meets a closed pipe
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == -13 and err == b"", (proc.returncode, err)
+
+
+@pytest.mark.parametrize("width", [40, 120])
+def test_frs_models_on_a_narrow_terminal_lists_each_arch_whole(width, monkeypatch):
+    """Below 80 columns ``frs models`` lists one entry per architecture (before: at 40 columns the table kept the
+    arch column only, the others shrunk to nothing); from 80 on, the table, its family column whole."""
+    from rich.console import Console
+
+    from frs_cli.cli import models_cmd
+    from frs_cli.models import ARCHS
+
+    out = io.StringIO()
+    monkeypatch.setattr(models_cmd, "console", Console(file=out, width=width, color_system=None))
+    assert run("models").exit_code == 0
+    lines = out.getvalue().splitlines()
+    if width < 80:  # each entry whole, wrapped at the terminal's width
+        text = " ".join(out.getvalue().split())
+        entries = [f"{name} {spec.family}, FPN {spec.fpn_channels} ch: {' '.join(spec.summary.split())}"
+                   for name, spec in ARCHS.items()]
+        assert text == " ".join(entries)
+        assert max(len(ln) for ln in lines) <= width
+    else:
+        assert lines[1].split("\u2503")[1:4] == [" arch" + " " * (len(lines[1].split("\u2503")[1]) - 5),
+                                               " family      ", " FPN ch "]
+        for name, spec in ARCHS.items():
+            assert any(name in ln and spec.family in ln for ln in lines), name

@@ -6,6 +6,8 @@ import typer
 
 from frs_cli.cli.common import console
 
+NARROW = 80  # columns below which the architectures are listed one entry each, not as a table
+
 
 def register(app: typer.Typer) -> None:
     @app.command("models", epilog="Example: frs models")
@@ -15,7 +17,13 @@ def register(app: typer.Typer) -> None:
 
         from frs_cli.models import ARCHS
 
-        table = Table(Column("arch", no_wrap=True), "family", "FPN ch", "about")
+        if console.width < NARROW:  # a table's columns would shrink to nothing: one entry per arch instead
+            for name, spec in ARCHS.items():
+                console.print(f"[bold]{name}[/]  {spec.family}, FPN {spec.fpn_channels} ch: {spec.summary}",
+                              highlight=False)
+            return
+        table = Table(Column("arch", no_wrap=True), Column("family", min_width=11), Column("FPN ch", min_width=6),
+                      "about")
         for name, spec in ARCHS.items():
             table.add_row(name, spec.family, str(spec.fpn_channels), spec.summary)
         console.print(table)
