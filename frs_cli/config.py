@@ -243,11 +243,23 @@ def _resolve_views(recipe: Recipe) -> Recipe:
 EXTENDS_KEY = "extends"  # top-level recipe key: the path of a base recipe, relative to the file naming it
 
 
+def _installed_hint(p: Path) -> str | None:
+    """Where frs's installed copy of a recipe named like ``p`` is (``pipelines/demo.toml`` exists in a clone of the
+    project only; the demo's recipe is installed with frs), else None."""
+    from importlib import resources
+
+    installed = resources.files("frs_cli") / "recipes" / p.name
+    if p.suffix == ".toml" and installed.is_file():
+        return f"the recipes in pipelines/ come with the project's source; frs installs this one at {installed}"
+    return None
+
+
 def _read_toml(p: Path, named_by: Path | None) -> dict:
     if not p.is_file():
         where = f" (extends of {str(named_by)!r})" if named_by is not None else ""
         raise ConfigError(f"recipe: expected a TOML file, but {str(p)!r} {missing_file(p)}{where}",
-                          hint="extends is relative to the recipe file that names it" if named_by else None)
+                          hint="extends is relative to the recipe file that names it" if named_by else
+                          _installed_hint(p))
     try:
         return tomllib.loads(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:

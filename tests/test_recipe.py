@@ -171,3 +171,20 @@ def test_pipeline_recipes_extend_a_shared_base_instead_of_repeating_it():
     assert load_recipe(PIPELINES / "coco_fcos_r50_to_r18.toml").train.grad_clip == 35.0
     assert load_recipe(PIPELINES / "coco_gfl_r101_to_r50.toml").train.lr_steps == (8, 11)
     assert load_recipe(PIPELINES / "embedded_fcos.toml").teacher.anchor_size == 0  # not demo.toml's 16
+
+
+def test_a_missing_demo_recipe_points_to_the_installed_one(tmp_path, monkeypatch):
+    """``--help`` examples name ``pipelines/demo.toml``, which a clone has and an installed frs does not: run
+    elsewhere, the one line says where frs installed that recipe (a file that then loads); other names get no hint."""
+    from frs_cli.config import load_recipe
+    from frs_cli.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_recipe("pipelines/demo.toml")
+    prefix = "the recipes in pipelines/ come with the project's source; frs installs this one at "
+    assert info.value.hint.startswith(prefix)
+    assert load_recipe(info.value.hint[len(prefix):]).name == "demo"
+    with pytest.raises(ConfigError) as info:
+        load_recipe("pipelines/mine.toml")
+    assert info.value.hint is None
