@@ -833,3 +833,19 @@ def test_sigterm_in_distill_saves_the_state_at_the_step_boundary_and_exits_143(r
     state = torch.load(out / LAST, weights_only=True)
     assert (state["epoch"], state["epoch_step"]) == (0, 2)
     assert signal.getsignal(signal.SIGTERM) == before  # the handler is the run's alone
+
+
+@pytest.mark.parametrize(("sets", "label"), [([], "student + FRS"),
+                                             (["distill.alpha=0", "distill.beta=0"], "student (alpha = beta = 0)"),
+                                             (["distill.mask=\"gt\""], "student + GT-box masks")])
+def test_distills_metrics_row_names_what_it_distilled_with(recipe_path, small_cache, tmp_path, sets, label):
+    """The val table's row: "student + FRS" only when the FRS masks weigh something (before: also with both weights
+    0, a plain student, and with GT-box masks, a baseline)."""
+    args = ["distill", "--pipeline", recipe_path, "--cache", small_cache, "--out", tmp_path / "run", "--set",
+            "data.train=val", "--device", "cpu"]
+    for s in sets:
+        args += ["--set", s]
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    rows = [ln for ln in result.stdout.splitlines() if ln.startswith("\u2502 student")]
+    assert len(rows) == 1 and rows[0].startswith(f"\u2502 {label} "), result.stdout

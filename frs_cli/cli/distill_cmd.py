@@ -51,5 +51,15 @@ def register(app: typer.Typer) -> None:
                 console.print(f"run {str(out)!r} is already complete ({recipe.train.epochs} epochs); nothing written")
             return
         source = "online teacher" if online else f"cache {cache}"
-        print_run(summary, f"distilled {recipe.student.arch} from {source}", recipe.data.val, "student + FRS",
+        print_run(summary, f"distilled {recipe.student.arch} from {source}", recipe.data.val, _row_label(recipe),
                   data_wait=True)
+
+
+def _row_label(recipe) -> str:
+    """The metrics row's name: what the run distilled with (FRS masks, GT-box masks, or neither term weighted)."""
+    from frs_cli.models.registry import arch_spec
+
+    d = recipe.distill.for_family(arch_spec(recipe.student.arch).family)
+    if d.alpha == 0 and d.beta == 0:
+        return "student (alpha = beta = 0)"
+    return "student + FRS" if d.mask == "frs" else "student + GT-box masks"
