@@ -849,3 +849,39 @@ def test_distills_metrics_row_names_what_it_distilled_with(recipe_path, small_ca
     assert result.exit_code == 0, result.output
     rows = [ln for ln in result.stdout.splitlines() if ln.startswith("\u2502 student")]
     assert len(rows) == 1 and rows[0].startswith(f"\u2502 {label} "), result.stdout
+
+
+def test_a_resume_drops_the_metrics_a_killed_attempt_wrote_after_its_last_saved_state(recipe_path, small_cache,
+                                                                                       tmp_path, monkeypatch):
+    """A run killed (kill -9) some steps after its last saved state has logged those steps; the resume runs them
+    again. metrics.jsonl then held them twice, nothing telling the attempts apart (RELIABILITY's "Not covered").
+    Now a resume first cuts metrics.jsonl back to its state: every step once, as in a run never stopped."""
+    from frs_cli.train import objectives
+
+    args = ["distill", "--pipeline", recipe_path, "--cache", small_cache, *SMALL, "--set", "train.log_every=1",
+            "--set", "train.epochs=2"]
+    straight = tmp_path / "straight"
+    assert run(*args, "--out", straight).exit_code == 0
+    forward = objectives.FRSObjective.forward
+
+    def interrupted(self, batch, step):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return forward(self, batch, step)
+
+    monkeypatch.setattr(objectives.FRSObjective, "forward", interrupted)
+    out = tmp_path / "run"
+    error_line(run(*args, "--out", out), code=130)  # state saved after iteration 2 (iters 0 and 1 logged)
+    monkeypatch.setattr(objectives.FRSObjective, "forward", forward)
+    metrics = out / "metrics.jsonl"
+    logged = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["iter"] for r in logged] == [0, 1]
+    with metrics.open("a") as f:  # what an attempt killed after two more steps and an evaluation left
+        f.write(json.dumps({**logged[-1], "iter": 2}) + "\n" + json.dumps({**logged[-1], "iter": 3}) + "\n")
+        f.write(json.dumps({"epoch": 1, "eval": {"AP": 0.5}}) + "\n" + '{"epoch": 1, "it')
+    result = run(*args, "--out", out, "--resume")
+    assert result.exit_code == 0, result.output
+    steps = [json.loads(line) for line in metrics.read_text().splitlines()]
+    reference = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iter"] for r in steps] == [r["iter"] for r in reference] == [0, 1, 2, 3]
+    assert steps[:2] == logged and not any("eval" in r for r in steps)

@@ -27,6 +27,7 @@ its state is saved before it is evaluated.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import signal
 import threading
@@ -40,7 +41,7 @@ from torch import nn
 from frs_cli import errors
 from frs_cli.dist import DistContext, barrier
 from frs_cli.errors import Interrupted, TrainingError
-from frs_cli.files import storage_errors
+from frs_cli.files import atomic_path, storage_errors
 from frs_cli.progress import Progress
 from frs_cli.train.checkpoint import TRAINING_SAVE_HINT, atomic_save, load_training_state, rng_state, set_rng_state
 from frs_cli.train.metrics_log import MetricsLog
@@ -160,12 +161,16 @@ class MetricsHook(Hook):
     """``metrics.jsonl`` (and TensorBoard) on the main process: a step record every ``log_every`` iterations
     and at each epoch's last step; ``eval()`` adds an evaluation's record."""
 
-    def __init__(self, out_dir: Path, tensorboard: bool, is_main: bool):
+    def __init__(self, out_dir: Path, tensorboard: bool, is_main: bool, resumed_at: tuple[int, int] | None = None):
         self.out_dir, self.tensorboard, self.is_main = Path(out_dir), tensorboard, is_main
+        self.resumed_at = resumed_at  # (epochs done, steps into the next) of the state a resume continues from
         self.log: MetricsLog | None = None
 
     def before_train(self, trainer: Trainer) -> None:
         with storage_errors(str(self.out_dir / "metrics.jsonl")):
+            if self.is_main and self.resumed_at is not None:
+                epoch, step = self.resumed_at
+                trim_metrics(self.out_dir / "metrics.jsonl", epoch * trainer.iters_per_epoch + step, epoch)
             self.log = MetricsLog(self.out_dir, tensorboard=self.tensorboard) if self.is_main else None
 
     def wants_state(self, trainer: Trainer, step: int) -> bool:
@@ -184,6 +189,31 @@ class MetricsHook(Hook):
     def after_train(self, trainer: Trainer) -> None:
         if self.log:
             self.log.close()
+
+
+def trim_metrics(path: Path, steps_done: int, epochs_done: int) -> None:
+    """``metrics.jsonl`` cut back to what a resume from a state after ``steps_done`` steps (``epochs_done`` whole
+    epochs) keeps: the records of later steps and evaluations were written by the attempt a kill stopped after its
+    last saved state, and the resumed run writes them again (before: twice, nothing telling the attempts apart)."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+
+    def kept(line: str) -> bool:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            return False  # a line the kill cut short
+        if not isinstance(record, dict):
+            return True
+        if "eval" in record:
+            return int(record.get("epoch", 0)) <= epochs_done
+        return "iter" not in record or int(record["iter"]) < steps_done
+
+    keep = [line if line.endswith("\n") else line + "\n" for line in lines if kept(line)]
+    if keep != lines:
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(keep), encoding="utf-8")
 
 
 class CheckpointHook(Hook):

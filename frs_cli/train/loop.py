@@ -418,7 +418,7 @@ def fit(
         if resumed is not None:
             resumed()
         progress.log(f"resumed from {state.path} at epoch {start[0] + 1}, iteration {start[1]}")
-    metrics = MetricsHook(out_dir, cfg.tensorboard, ctx.is_main)
+    metrics = MetricsHook(out_dir, cfg.tensorboard, ctx.is_main, resumed_at=start if resume else None)
     built_in: list[Hook] = [ProgressHook(progress), metrics, CheckpointHook(state, cfg.checkpoint_every)]
     if evaluate is not None:
         built_in.append(EvalHook(evaluate, cfg.eval_every, progress, metrics))
