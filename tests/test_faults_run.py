@@ -473,7 +473,8 @@ def test_the_truncated_state_hint_delete_it_and_run_again_starts_the_run_over(sa
     (saved_run.out / LAST).unlink()
     result = train(saved_run.recipe, saved_run.out, "--resume")
     assert result.exit_code == 0, result.output
-    assert "holds a run that saved no state" in warnings_of(result)
+    assert "holds a run without a saved state last.pt (it stopped before its first checkpoint, or the file was " \
+           "removed)" in warnings_of(result)
     assert torch.load(saved_run.out / LAST, weights_only=True)["epoch"] == 1
 
 
@@ -513,8 +514,8 @@ def test_a_run_killed_in_its_first_epoch_starts_again_with_resume(recipe_path, t
     assert files(out) == ["metrics.jsonl", "recipe.json"]  # no saved state
     result = train(recipe_path, out, "--set", "train.batch_size=1", "--resume")
     assert result.exit_code == 0, result.output
-    assert "holds a run that saved no state (it stopped before its first checkpoint); starting it again from the " \
-           "beginning, with a new metrics.jsonl" in warnings_of(result)
+    assert "holds a run without a saved state last.pt (it stopped before its first checkpoint, or the file was " \
+           "removed); starting it again from the beginning, with a new metrics.jsonl" in warnings_of(result)
     assert _metrics_iterations(out) == list(range(8))  # the killed attempt's lines are gone
     assert files(out) == ["last.pt", "metrics.jsonl", "model_final.pt", "recipe.json"]
 
@@ -758,8 +759,8 @@ def test_a_resume_takes_the_same_cache_however_it_is_spelled_and_refuses_another
 
 def test_a_resume_may_change_how_the_step_is_launched_but_not_what_it_computes(tmp_path):
     """``resume_changes``: the keys that only change how a step is launched or laid out (``distill.cuda_graphs``,
-    ``distill.teacher_beside``, ``train.cuda_graphs``, ``train.channels_last``) are neither refused nor recorded as
-    changes; a weight of the objective is refused, naming both values."""
+    ``distill.teacher_beside``, ``train.cuda_graphs``, ``train.channels_last``) are not refused, and are returned
+    as changes (``record_resume`` warns of them); a weight of the objective is refused, naming both values."""
     from frs_cli.config import Recipe
     from frs_cli.errors import ConfigError
     from frs_cli.train.rundir import RECIPE, resume_changes
@@ -771,7 +772,9 @@ def test_a_resume_may_change_how_the_step_is_launched_but_not_what_it_computes(t
     for table, key in (("distill", "cuda_graphs"), ("distill", "teacher_beside"), ("train", "cuda_graphs"),
                        ("train", "channels_last")):
         asked[table][key] = not asked[table][key]
-    assert resume_changes(tmp_path, asked, "distill cache") == {}
+    assert resume_changes(tmp_path, asked, "distill cache") == {
+        "distill.cuda_graphs": (True, False), "distill.teacher_beside": (True, False),
+        "train.cuda_graphs": (True, False), "train.channels_last": (False, True)}
     asked["distill"]["beta"] = 0.5
     with pytest.raises(ConfigError, match=r"started with another recipe: distill.beta = 0.02, now 0.5"):
         resume_changes(tmp_path, asked, "distill cache")
@@ -885,3 +888,67 @@ def test_a_resume_drops_the_metrics_a_killed_attempt_wrote_after_its_last_saved_
     reference = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in steps] == [r["iter"] for r in reference] == [0, 1, 2, 3]
     assert steps[:2] == logged and not any("eval" in r for r in steps)
+
+
+@pytest.mark.parametrize("key", ["train.channels_last", "train.cuda_graphs", "distill.teacher_beside"])
+def test_a_resume_may_change_how_the_step_is_laid_out_and_says_what_that_costs(recipe_path, small_cache, tmp_path,
+                                                                                monkeypatch, key):
+    """train.channels_last, train.cuda_graphs, distill.cuda_graphs and distill.teacher_beside change how the step
+    runs, not the model: a resume may change them, and warns that the rest of the run then sums in another order
+    (before: silently, although channels-last changes the numbers in their last bits)."""
+    from frs_cli.train import objectives
+
+    forward = objectives.FRSObjective.forward
+
+    def interrupted(self, batch, step):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return forward(self, batch, step)
+
+    monkeypatch.setattr(objectives.FRSObjective, "forward", interrupted)
+    out = tmp_path / "run"
+    args = ["distill", "--pipeline", recipe_path, "--cache", small_cache, "--out", out, *SMALL]
+    error_line(run(*args), code=130)
+    monkeypatch.setattr(objectives.FRSObjective, "forward", forward)
+    was = json.loads((out / "recipe.json").read_text())
+    table, name = key.split(".")
+    result = run(*args, "--resume", "--set", f"{key}={json.dumps(not was[table][name])}")
+    assert result.exit_code == 0, result.output
+    assert (f"--resume: {key} changes from {json.dumps(was[table][name])} to {json.dumps(not was[table][name])} "
+            "(recorded in recipe.json): the same model, its steps summed in another order, so the rest of the run "
+            "differs in rounding from the run never stopped") in warnings_of(result)
+    assert json.loads((out / "recipe.json").read_text())[table][name] is (not was[table][name])
+
+
+def _sleep_leaving_stop_to_parent(ready):
+    from frs_cli.data.packed import leave_stop_to_parent
+
+    leave_stop_to_parent(0)
+    ready.set()
+    time.sleep(120)
+
+
+def test_a_worker_ignores_sigterm_from_others_and_ends_on_its_parents():
+    """``leave_stop_to_parent`` (loader workers, cache writers): a SIGTERM sent to the whole job (here by another
+    process) is left to the parent; the parent's own (multiprocessing's ``terminate``, at shutdown and interpreter
+    exit) still ends the worker at once. Ignored outright, that one left the parent waiting for ever (the cache's
+    writers did, until this test's case was added)."""
+    import multiprocessing
+    import subprocess
+
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.Event()
+    worker = ctx.Process(target=_sleep_leaving_stop_to_parent, args=(ready,), daemon=True)
+    worker.start()
+    try:
+        assert ready.wait(60)
+        subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)  # from a process other than the parent
+        worker.join(2)
+        assert worker.is_alive()
+        started = time.time()
+        worker.terminate()
+        worker.join(30)
+        assert worker.exitcode == -signal.SIGTERM and time.time() - started < 10
+    finally:
+        if worker.is_alive():
+            worker.kill()

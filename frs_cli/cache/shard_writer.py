@@ -22,6 +22,7 @@ import numpy as np
 import zarr
 
 from frs_cli.cache.checksum import view_crc
+from frs_cli.data.packed import leave_stop_to_parent
 from frs_cli.errors import StorageError
 
 ALIGN = 64  # byte alignment of each array inside a slot
@@ -122,11 +123,11 @@ class Layout:
 def _serve(path: str, storage_options: dict | None, tasks, results) -> None:
     """A writer process: write each batch the parent sends, report its slot back; exit with the parent.
 
-    Ctrl-C reaches every process of the terminal's group, and a scheduler's SIGTERM every process of the job: the
+    Ctrl-C reaches every process of the terminal's group, a scheduler's SIGTERM every process of the job: the
     parent stops the job (and these processes, through ``close``) and says so in one line; a writer ignores both
-    rather than print its own traceback or die under the parent's feet."""
+    rather than print its own traceback or die under the parent's feet (the parent's own SIGTERM ends it)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a scheduler's cancel reaches every process of the job too
+    leave_stop_to_parent()  # a scheduler's SIGTERM to the whole job is the parent's to handle; the parent's own ends it
     _die_with_parent()
     parent = mp.parent_process()
     root = None  # opened at the first batch: the parent may still be creating the cache

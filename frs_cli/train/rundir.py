@@ -58,6 +58,9 @@ JOB_IGNORED = {"distill cache": ("teacher.weights",)}
 # keys of those tables a run does not depend on: a label, the split it is scored on, what teacher-cache alone reads,
 # how the cached head and the step are launched and laid out (distill.cuda_graphs, distill.teacher_beside,
 # train.cuda_graphs, train.channels_last: the same model, the same numbers to rounding)
+# of those, the keys that change how the step is laid out or launched: a resume may change them (the same model),
+# and says that the rest of the run then sums in another order, so it is not bit for bit the run never stopped
+LAYOUT = ("train.cuda_graphs", "train.channels_last", "distill.cuda_graphs", "distill.teacher_beside")
 IGNORED = ("name", "data.val", "distill.cuda_graphs", "distill.teacher_beside", "train.cuda_graphs",
            "train.channels_last", "cache.dtype", "cache.codec", "cache.batch_size",
            "cache.workers", "cache.write_processes", "cache.resize_on_gpu", "cache.amp", "cache.channels_last",
@@ -101,8 +104,8 @@ def check_run_dir(out_dir: Path, resume: bool) -> RunStart:
         raise ConfigError(f"--out {str(out_dir)!r}: exists and is not empty (it holds {', '.join(others[:3])}"
                           f"{', ...' if len(others) > 3 else ''}, and no saved run state {LAST})",
                           hint="choose a new directory, or empty this one")
-    log.warning("--out %s holds a run that saved no state (it stopped before its first checkpoint); "
-                "starting it again from the beginning, with a new %s", out_dir, METRICS)
+    log.warning("--out %s holds a run without a saved state %s (it stopped before its first checkpoint, or the file "
+                "was removed); starting it again from the beginning, with a new %s", out_dir, LAST, METRICS)
     return RunStart(out_dir, resume=False, over=True)
 
 
@@ -176,8 +179,9 @@ def resume_changes(out_dir: Path, recipe_dict: dict, job: str) -> dict[str, tupl
     same = _same_paths(old, stored, recipe_dict)
     changed = {k: (old[k], new.get(k)) for k in old if k in new and old[k] != new[k] and k not in same}
     ignored = (*IGNORED, *JOB_IGNORED.get(job, ()))
-    relevant = {k: v for k, v in changed.items() if k.split(".")[0] in tables and k not in ignored}
-    refused = {k: v for k, v in relevant.items() if k not in {f"{schedule}.{r}" for r in RESUMABLE}}
+    relevant = {k: v for k, v in changed.items()
+                if k.split(".")[0] in tables and (k not in ignored or k in LAYOUT)}
+    refused = {k: v for k, v in relevant.items() if k not in {f"{schedule}.{r}" for r in RESUMABLE} and k not in LAYOUT}
     if refused:
         listed = "; ".join(f"{k} = {_shown(a)}, now {_shown(b)}" for k, (a, b) in refused.items())
         allowed = ", ".join(f"{schedule}.{r}" for r in RESUMABLE)
@@ -222,6 +226,11 @@ def record_resume(out_dir: Path, recipe_dict: dict, changes: dict[str, tuple]) -
             log.warning("--resume: the training split's annotation file %s is not the one the run started with (%s "
                         "then, %s now: changed in place); the run continues on it as it is now (recorded in %s)",
                         recipe_dict[PATHS][ANNOTATIONS_FILE], old[:19], new[:19], RECIPE)
+            continue
+        if key in LAYOUT:
+            log.warning("--resume: %s changes from %s to %s (recorded in %s): the same model, its steps summed in "
+                        "another order, so the rest of the run differs in rounding from the run never stopped",
+                        key, _shown(old), _shown(new), RECIPE)
             continue
         log.warning("--resume: %s changes from %s to %s (recorded in %s)", key, _shown(old), _shown(new), RECIPE)
     if _normal(json.loads((out_dir / RECIPE).read_text(encoding="utf-8"))) != _normal(recipe_dict):
