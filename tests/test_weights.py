@@ -248,3 +248,28 @@ def test_a_torchvision_file_teacher_is_fingerprinted_by_its_file_and_a_truncated
     assert ("small_cut.pth': expected a torch checkpoint (a zip archive written by torch.save), got a damaged or "
             "truncated zip archive") in result.stderr
     assert not (tmp_path / "c.zarr").exists()
+
+
+@pytest.mark.parametrize(("arch", "key", "enum", "message"), [
+    ("retinanet_resnet50_fpn_v2", "weights", "FasterRCNN_ResNet50_FPN_Weights.COCO_V1",
+     (r"torchvision publishes them for fasterrcnn_resnet50_fpn, not for retinanet_resnet50_fpn_v2 "
+     r"\(retinanet_resnet50_fpn_v2's: RetinaNet_ResNet50_FPN_V2_Weights\.COCO_V1\)")),
+    ("retinanet_resnet50_fpn_v2", "weights", "RetinaNet_ResNet50_FPN_Weights.COCO_V1",
+     r"for retinanet_resnet50_fpn, not for retinanet_resnet50_fpn_v2"),
+    ("retinanet_resnet50_fpn_v2", "weights", "ResNet50_Weights.IMAGENET1K_V1",
+     (r"for resnet50, not for retinanet_resnet50_fpn_v2 \(an ImageNet classifier's weights: name them in "
+     r"weights_backbone\)")),
+    ("retinanet_resnet18_fpn", "weights", "RetinaNet_ResNet50_FPN_Weights.COCO_V1",
+     r"not for retinanet_resnet18_fpn \(torchvision publishes no weights for retinanet_resnet18_fpn"),
+    ("retinanet_resnet18_fpn", "weights_backbone", "ResNet50_Weights.IMAGENET1K_V1",
+     r"for resnet50, not for resnet18 \(resnet18's: ResNet18_Weights\.IMAGENET1K_V1\)"),
+    ("retinanet_resnet18_fpn", "weights_backbone", "RetinaNet_ResNet50_FPN_V2_Weights.COCO_V1",
+     r"for retinanet_resnet50_fpn_v2, not for resnet18"),
+])
+def test_a_weights_enum_of_another_model_is_refused_before_any_download(monkeypatch, arch, key, enum, message):
+    """An enum torchvision publishes for another builder than the arch's (or, as weights_backbone, than its
+    body's): one line naming both, before any download (before: the file was downloaded, 100-170 MB, or offline
+    the hint sent the user to find a file that would then be refused)."""
+    _no_download(monkeypatch)
+    with pytest.raises(ModelError, match=message):
+        build_detector(ModelConfig(arch=arch, **{key: enum}), 91)

@@ -89,6 +89,7 @@ def resolve_weights(text: str, builder: str) -> WeightsSource:
     enums are not downloaded yet. ModelError (one line) for a missing, truncated or foreign file."""
     if is_weights_enum(text):
         enum = get_weights_enum(text)
+        _check_enum_builder(text, enum, builder)  # before any download: the file would be refused after it
         return WeightsSource("enum", text, published=Published.of(enum), enum=enum)
     path = Path(text)
     if not path.is_file():
@@ -111,6 +112,40 @@ def resolve_weights(text: str, builder: str) -> WeightsSource:
                      hint=(f"it looks like an mmdetection checkpoint: frs convert mmdet {text} --arch ARCH --out "
                            "FILE.pt makes an frs model file of it" if mmdet else
                            "frs train / frs distill write the first; torchvision publishes the second"))
+
+
+def _enum_builder(enum) -> str | None:
+    """The torchvision builder whose weights enum ``enum`` belongs to ('resnet50', 'fasterrcnn_resnet50_fpn')."""
+    from torchvision.models import get_model_weights, list_models
+
+    for name in list_models():
+        try:
+            if get_model_weights(name) is type(enum):
+                return name
+        except (ValueError, KeyError):
+            continue
+    return None
+
+
+def _check_enum_builder(text: str, enum, builder: str) -> None:
+    """ModelError (one line, before any download) unless ``enum`` is one of the weights torchvision publishes for
+    ``builder`` (a detector arch, or a backbone's ResNet name)."""
+    valid = [p.name for p in published_weights(builder)]
+    if Published.of(enum).name in valid:
+        return
+    made_for = _enum_builder(enum)
+    classifier = made_for is not None and made_for.startswith(("resnet", "resnext", "wide_resnet"))
+    detector = builder not in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152") and \
+        not builder.startswith(("resnext", "wide_resnet"))
+    if classifier and detector:
+        hint = "an ImageNet classifier's weights: name them in weights_backbone"
+    elif not valid:
+        hint = (f"torchvision publishes no weights for {builder}: give an frs model file or a state dict file"
+                if detector else None)
+    else:
+        hint = f"{builder}'s: {', '.join(valid)}"
+    raise ModelError(f"weights {text}: torchvision publishes them for {made_for or 'another model'}, not for "
+                     f"{builder}", hint=hint)
 
 
 def _identify(path: Path, candidates: list[Published], label: str) -> Published | None:
