@@ -952,3 +952,20 @@ def test_a_worker_ignores_sigterm_from_others_and_ends_on_its_parents():
     finally:
         if worker.is_alive():
             worker.kill()
+
+
+def test_teacher_cache_stopped_before_it_made_the_cache_says_so(recipe_path, tmp_path, monkeypatch):
+    """Ctrl-C (or SIGTERM) while the teacher's weights download, before the cache exists: "nothing was written", no
+    --resume hint (before: "the views written so far are kept in OUT", of a cache that did not exist)."""
+    from frs_cli.cache import writer
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writer, "write_teacher_cache", stopped)
+    out = tmp_path / "c.zarr"
+    line = error_line(run("teacher-cache", "--pipeline", recipe_path, "--out", out, "--device", "cpu"), code=130)
+    assert line == "interrupted: teacher-cache stopped before it made the cache; nothing was written"
+    out.mkdir()
+    line = error_line(run("teacher-cache", "--pipeline", recipe_path, "--out", out, "--device", "cpu"), code=130)
+    assert line.startswith(f"interrupted: teacher-cache stopped; the views written so far are kept in {out}")

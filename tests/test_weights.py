@@ -273,3 +273,34 @@ def test_a_weights_enum_of_another_model_is_refused_before_any_download(monkeypa
     _no_download(monkeypatch)
     with pytest.raises(ModelError, match=message):
         build_detector(ModelConfig(arch=arch, **{key: enum}), 91)
+
+
+def test_a_download_through_a_network_that_never_answers_fails_in_one_line_after_the_timeout(tmp_path, monkeypatch):
+    """A proxy or firewall that takes the connection and never answers (here a local socket that accepts and stays
+    silent, as the HTTPS proxy): torch.hub sets no timeout, so the job waited for ever. Now the download fails after
+    ``DOWNLOAD_TIMEOUT_S`` without news (1 s here), in the one line of a failed download, and the socket timeout is
+    the process's own again after."""
+    import socket
+    import threading
+    import time
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held = []
+    threading.Thread(target=lambda: held.append(server.accept()), daemon=True).start()
+    monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{server.getsockname()[1]}")
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{server.getsockname()[1]}")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(models, "DOWNLOAD_TIMEOUT_S", 1.0)
+    started = time.time()
+    try:
+        with pytest.raises(ModelError, match=r"ResNet18_Weights\.IMAGENET1K_V1: download failed \(.*timed out"):
+            build_detector(ModelConfig(arch="retinanet_resnet18_fpn", weights_backbone="ResNet18_Weights.IMAGENET1K_V1"),
+                           5)
+    finally:
+        server.close()
+    assert time.time() - started < 30 and held  # it reached the silent proxy, and gave up on it
+    assert socket.getdefaulttimeout() is None

@@ -63,6 +63,8 @@ def teacher_cache(
         try:
             s = write_teacher_cache(recipe, out, resume=resume, ctx=ctx, progress=progress_for_rank())
         except KeyboardInterrupt:
+            if "://" not in str(out) and not Path(out).exists():  # stopped before the cache was made (a download)
+                raise Interrupted("teacher-cache stopped before it made the cache; nothing was written") from None
             raise Interrupted(f"teacher-cache stopped; the views written so far are kept in {out}",
                               hint="run the same command with --resume to write the rest") from None
     if not is_main_process():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+import socket
 from pathlib import Path
 
 import torch
@@ -75,16 +76,25 @@ log = logging.getLogger(__name__)
 EPS_ZERO_WEIGHTS = ("RetinaNet_ResNet50_FPN_Weights.COCO_V1", "FasterRCNN_ResNet50_FPN_Weights.COCO_V1")
 
 
+# seconds a download may wait for the network at one step (connecting, or between two reads) before it fails: a
+# proxy or firewall that takes the connection and never answers would otherwise hold a job for ever
+DOWNLOAD_TIMEOUT_S = 60.0
+
+
 def _download_state_dict(weights) -> dict:
     """The state dict of a torchvision weights enum: torch's hub cache holds it after the first download (or
     a copy put there by hand, checked here: torch itself checks the hash of downloads only)."""
     file_name = check_hub_copy(Published.of(weights))
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # torch.hub's urlopen sets none: a silent network hung for ever
     try:
         return weights.get_state_dict(progress=True, check_hash=True)
-    except OSError as exc:  # URLError is an OSError
+    except OSError as exc:  # URLError is an OSError, and so is the timeout
         raise ModelError(f"weights {weights}: download failed ({exc})",
                          hint=f"without internet, pass the path of torchvision's file {file_name} instead, or put "
                               "it in torch's hub cache ($TORCH_HOME/hub/checkpoints/)") from exc
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def _family(name: str):
