@@ -428,3 +428,15 @@ def test_a_cache_written_from_a_relative_data_root_is_read_from_any_folder(synth
     result = CliRunner().invoke(app, ["visualize", "--cache", "../c.zarr", "--out", "m.png"])
     assert result.exit_code == 0, result.output
     assert (elsewhere / "m.png").is_file()
+
+
+def test_the_writer_processes_module_imports_no_torch():
+    """The cache's writer processes start by importing ``frs_cli.cache.shard_writer``; torch is not among what that
+    loads (a second import of torch per writer: session 32's first SIGTERM handling came from a module that imports
+    it, and each process started about a second later on the CPU, several on a GPU machine)."""
+    import subprocess
+    import sys
+
+    code = "import sys, frs_cli.cache.shard_writer; print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stdout

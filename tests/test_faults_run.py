@@ -921,7 +921,7 @@ def test_a_resume_may_change_how_the_step_is_laid_out_and_says_what_that_costs(r
 
 
 def _sleep_leaving_stop_to_parent(ready):
-    from frs_cli.data.packed import leave_stop_to_parent
+    from frs_cli.signals import leave_stop_to_parent
 
     leave_stop_to_parent(0)
     ready.set()

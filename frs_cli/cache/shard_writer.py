@@ -22,8 +22,8 @@ import numpy as np
 import zarr
 
 from frs_cli.cache.checksum import view_crc
-from frs_cli.data.packed import leave_stop_to_parent
 from frs_cli.errors import StorageError
+from frs_cli.signals import leave_stop_to_parent
 
 ALIGN = 64  # byte alignment of each array inside a slot
 # zarr while writing: a shard's inner chunks encoded up to 64 at once (its default, 10, starves a writer); every

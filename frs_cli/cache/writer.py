@@ -48,13 +48,13 @@ from frs_cli.cache.store import codec, exists, is_hdf5, is_url, open_existing, o
 from frs_cli.cache.teacher_pass import PassOptions, TeacherPass
 from frs_cli.cache.verify import UNREADABLE, verify_cache
 from frs_cli.data.coco import CocoViews, ListSampler, OriginalBatches, collate, collate_originals, resize_batch
-from frs_cli.data.packed import leave_stop_to_parent
 from frs_cli.dist import DistContext, all_gather_objects, barrier, broadcast_object, setup
 from frs_cli.errors import CacheFormatError, CacheMismatchError, ConfigError, DataError, StorageError
 from frs_cli.files import free_bytes, plural, size_text, sizes_apart, storage_errors
 from frs_cli.lock import job_lock, local_path
 from frs_cli.models import build_teacher, check_distillable, warn_other_categories, warn_untrained_teacher
 from frs_cli.progress import NullProgress, Progress, share
+from frs_cli.signals import leave_stop_to_parent
 
 log = logging.getLogger(__name__)
 
