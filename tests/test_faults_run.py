@@ -603,17 +603,23 @@ def test_an_image_missing_is_one_line_before_the_run_starts(recipe_path, synth_r
 
 # --- distill ----------------------------------------------------------------------------------------------
 
-def test_ctrl_c_in_distill_saves_the_state_at_the_step_boundary(recipe_path, small_cache, tmp_path, monkeypatch):
+def _signal_in_distill(monkeypatch, signum: int = signal.SIGINT) -> None:
+    """``signum`` to this process inside the FRS objective's forward pass of step 1 (the state is then saved after
+    iteration 2); ``monkeypatch.undo()`` or a new patch ends it."""
     from frs_cli.train import objectives
 
     forward = objectives.FRSObjective.forward
 
     def interrupted(self, batch, step):
-        if step == 1:
-            os.kill(os.getpid(), signal.SIGINT)
+        if step == 1:  # unhandled, SIGTERM would end the test session itself
+            assert signum == signal.SIGINT or signal.getsignal(signum) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+            os.kill(os.getpid(), signum)
         return forward(self, batch, step)
 
     monkeypatch.setattr(objectives.FRSObjective, "forward", interrupted)
+
+def test_ctrl_c_in_distill_saves_the_state_at_the_step_boundary(recipe_path, small_cache, tmp_path, monkeypatch):
+    _signal_in_distill(monkeypatch)
     out = tmp_path / "run"
     result = run("distill", "--pipeline", recipe_path, "--cache", small_cache, "--out", out, *SMALL)
     line = error_line(result, code=130)
@@ -814,17 +820,8 @@ def test_sigterm_in_distill_saves_the_state_at_the_step_boundary_and_exits_143(r
     finishes, the state is saved, and the command exits 128 + 15 as a shell reports a process SIGTERM ended (before:
     the default action ended the process at once, with nothing saved since the last checkpoint and no message)."""
     from frs_cli import errors
-    from frs_cli.train import objectives
 
-    forward = objectives.FRSObjective.forward
-
-    def terminated(self, batch, step):
-        if step == 1:  # unhandled, SIGTERM would end the test session itself
-            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None), "SIGTERM unhandled"
-            os.kill(os.getpid(), signal.SIGTERM)
-        return forward(self, batch, step)
-
-    monkeypatch.setattr(objectives.FRSObjective, "forward", terminated)
+    _signal_in_distill(monkeypatch, signal.SIGTERM)
     monkeypatch.setattr(errors, "stop_signal", 0)
     before = signal.getsignal(signal.SIGTERM)
     out = tmp_path / "run"
@@ -859,23 +856,15 @@ def test_a_resume_drops_the_metrics_a_killed_attempt_wrote_after_its_last_saved_
     """A run killed (kill -9) some steps after its last saved state has logged those steps; the resume runs them
     again. metrics.jsonl then held them twice, nothing telling the attempts apart (RELIABILITY's "Not covered").
     Now a resume first cuts metrics.jsonl back to its state: every step once, as in a run never stopped."""
-    from frs_cli.train import objectives
 
     args = ["distill", "--pipeline", recipe_path, "--cache", small_cache, *SMALL, "--set", "train.log_every=1",
             "--set", "train.epochs=2"]
     straight = tmp_path / "straight"
     assert run(*args, "--out", straight).exit_code == 0
-    forward = objectives.FRSObjective.forward
-
-    def interrupted(self, batch, step):
-        if step == 1:
-            os.kill(os.getpid(), signal.SIGINT)
-        return forward(self, batch, step)
-
-    monkeypatch.setattr(objectives.FRSObjective, "forward", interrupted)
+    _signal_in_distill(monkeypatch)
     out = tmp_path / "run"
     error_line(run(*args, "--out", out), code=130)  # state saved after iteration 2 (iters 0 and 1 logged)
-    monkeypatch.setattr(objectives.FRSObjective, "forward", forward)
+    monkeypatch.undo()
     metrics = out / "metrics.jsonl"
     logged = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [r["iter"] for r in logged] == [0, 1]
@@ -896,20 +885,11 @@ def test_a_resume_may_change_how_the_step_is_laid_out_and_says_what_that_costs(r
     """train.channels_last, train.cuda_graphs, distill.cuda_graphs and distill.teacher_beside change how the step
     runs, not the model: a resume may change them, and warns that the rest of the run then sums in another order
     (before: silently, although channels-last changes the numbers in their last bits)."""
-    from frs_cli.train import objectives
-
-    forward = objectives.FRSObjective.forward
-
-    def interrupted(self, batch, step):
-        if step == 1:
-            os.kill(os.getpid(), signal.SIGINT)
-        return forward(self, batch, step)
-
-    monkeypatch.setattr(objectives.FRSObjective, "forward", interrupted)
+    _signal_in_distill(monkeypatch)
     out = tmp_path / "run"
     args = ["distill", "--pipeline", recipe_path, "--cache", small_cache, "--out", out, *SMALL]
     error_line(run(*args), code=130)
-    monkeypatch.setattr(objectives.FRSObjective, "forward", forward)
+    monkeypatch.undo()
     was = json.loads((out / "recipe.json").read_text())
     table, name = key.split(".")
     result = run(*args, "--resume", "--set", f"{key}={json.dumps(not was[table][name])}")
