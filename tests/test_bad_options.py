@@ -486,3 +486,5 @@ def test_a_path_starting_with_a_tilde_is_the_homes_in_options_and_recipes(tmp_pa
     assert (r.data.root, r.teacher.weights, r.student.weights) == (str(home / "data"), str(home / "t.pt"),
                                                                   str(home / "s.pt"))
     assert r.data.annotation_file("train").is_file()
+    result = run("report", "~/nothing-here")  # several paths (a list) are expanded too: the message names the home's
+    assert result.exit_code == 1 and str(home / "nothing-here") in result.stderr, result.stderr

@@ -130,6 +130,8 @@ def _home(value):
         return Path(os.path.expanduser(value))
     if isinstance(value, str) and value.startswith("~"):
         return os.path.expanduser(value)
+    if isinstance(value, list) and any(isinstance(v, Path) for v in value):  # several paths (frs report RUN...)
+        return [_home(v) for v in value]
     return value
 
 
