@@ -55,14 +55,12 @@ JOB_TABLES = {
 }
 # keys of those tables one job does not depend on: a cached run's teacher is the cache's (teacher_source pins it)
 JOB_IGNORED = {"distill cache": ("teacher.weights",)}
-# keys of those tables a run does not depend on: a label, the split it is scored on, what teacher-cache alone reads,
-# how the cached head and the step are launched and laid out (distill.cuda_graphs, distill.teacher_beside,
-# train.cuda_graphs, train.channels_last: the same model, the same numbers to rounding)
-# of those, the keys that change how the step is laid out or launched: a resume may change them (the same model),
-# and says that the rest of the run then sums in another order, so it is not bit for bit the run never stopped
+# keys of those tables that change how the step is laid out or launched, not the model (the same numbers to
+# rounding): a resume may change them, and says that the rest of the run then sums in another order, so it is not
+# bit for bit the run never stopped
 LAYOUT = ("train.cuda_graphs", "train.channels_last", "distill.cuda_graphs", "distill.teacher_beside")
-IGNORED = ("name", "data.val", "distill.cuda_graphs", "distill.teacher_beside", "train.cuda_graphs",
-           "train.channels_last", "cache.dtype", "cache.codec", "cache.batch_size",
+# keys of those tables a run does not depend on: a label, the split it is scored on, what teacher-cache alone reads
+IGNORED = ("name", "data.val", "cache.dtype", "cache.codec", "cache.batch_size",
            "cache.workers", "cache.write_processes", "cache.resize_on_gpu", "cache.amp", "cache.channels_last",
            "cache.cuda_graphs", "cache.preload_mb",
            "cache.check_teacher_images", "cache.min_teacher_map")
@@ -179,9 +177,9 @@ def resume_changes(out_dir: Path, recipe_dict: dict, job: str) -> dict[str, tupl
     same = _same_paths(old, stored, recipe_dict)
     changed = {k: (old[k], new.get(k)) for k in old if k in new and old[k] != new[k] and k not in same}
     ignored = (*IGNORED, *JOB_IGNORED.get(job, ()))
-    relevant = {k: v for k, v in changed.items()
-                if k.split(".")[0] in tables and (k not in ignored or k in LAYOUT)}
-    refused = {k: v for k, v in relevant.items() if k not in {f"{schedule}.{r}" for r in RESUMABLE} and k not in LAYOUT}
+    relevant = {k: v for k, v in changed.items() if k.split(".")[0] in tables and k not in ignored}
+    may_change = {*(f"{schedule}.{r}" for r in RESUMABLE), *LAYOUT}
+    refused = {k: v for k, v in relevant.items() if k not in may_change}
     if refused:
         listed = "; ".join(f"{k} = {_shown(a)}, now {_shown(b)}" for k, (a, b) in refused.items())
         allowed = ", ".join(f"{schedule}.{r}" for r in RESUMABLE)
