@@ -244,7 +244,9 @@ class TeacherCache:
         if self._arrays is None:
             self._arrays = {}
         if name not in self._arrays:
-            self._arrays[name] = [self._level_arrays(backend, name, lv.name) for lv in self.levels]
+            bucket = next(b for b in self.buckets if b.name == name)
+            self._arrays[name] = [self._level_arrays(backend, bucket, lv, size)
+                                  for lv, size in zip(self.levels, bucket.level_sizes, strict=True)]
         return self._arrays[name]
 
     def _array(self, backend, name: str):
@@ -280,23 +282,20 @@ class TeacherCache:
                                    f"unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})",
                                    hint=repair_hint(self.path, self.backend.kind)) from exc
 
-    def _level_arrays(self, backend, bucket: str, level: str) -> tuple:
-        """(features, scale or None, mask) arrays of one level of one bucket; CacheFormatError in one line when the
-        features' shape or dtype is not what the attributes say (an edited or damaged ``zarr.json``: decoding would
-        fail without saying why, or give wrong numbers)."""
-        prefix = f"buckets/{bucket}/{level}"
+    def _level_arrays(self, backend, bucket: Bucket, level: LevelSpec, size: tuple[int, int]) -> tuple:
+        """(features, scale or None, mask) arrays of ``level`` (grid ``size``) of ``bucket``; CacheFormatError in one
+        line when the features' shape or dtype is not what the attributes say (an edited or damaged ``zarr.json``:
+        decoding would fail without saying why, or give wrong numbers)."""
+        prefix = f"buckets/{bucket.name}/{level.name}"
         scale = self._array(backend, f"{prefix}/scale") if self.encoding.scaled else None
         features = self._array(backend, f"{prefix}/features")
-        spec = next(lv for lv in self.levels if lv.name == level)
-        b = next(b for b in self.buckets if b.name == bucket)
-        size = b.level_sizes[self.levels.index(spec)]
-        expected = (b.count, self.encoding.stored_channels(spec.channels), *size)
+        expected = (bucket.count, self.encoding.stored_channels(level.channels), *size)
         if tuple(features.shape) != expected or np.dtype(features.dtype) != self.encoding.numpy_dtype:
             raise CacheFormatError(
                 f"cache {self.path!r}: {prefix}/features is {tuple(features.shape)} {np.dtype(features.dtype)}, its "
-                f"attributes say {expected} {self.encoding.numpy_dtype} (storage.dtype {self.dtype!r}, {level} "
-                f"channels {spec.channels})", hint=f"the attributes were edited or damaged; frs cache verify {self.path} "
-                                                   "lists what disagrees; write the cache again")
+                f"attributes say {expected} {self.encoding.numpy_dtype} (storage.dtype {self.dtype!r}, {level.name} "
+                f"channels {level.channels})", hint=f"the attributes were edited or damaged; frs cache verify "
+                                                    f"{self.path} lists what disagrees; write the cache again")
         return features, scale, self._array(backend, f"{prefix}/mask")
 
     def _checksums(self, bucket: str, row: int) -> np.ndarray:
