@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from frs_cli.errors import ConfigError, StorageError
-from frs_cli.names import NAME_MAX, sibling
+from frs_cli.names import NAME_MAX, file_in_the_way, sibling
 
 _FULL = {errno.ENOSPC: "the disk is full (no space left on device)", errno.EDQUOT: "the disk quota is exceeded"}
 # where no amount of free space helps: the callers' hints (free space, run again) do not apply
@@ -122,11 +122,9 @@ def check_output_file(path: str | Path, what: str, suffix: str | None = None) ->
         raise ConfigError(f"{what}: expected a file path, got '-'", hint="to write to standard output, give /dev/stdout")
     if Path(path).is_dir():
         raise ConfigError(f"{what}: expected a file path, got the directory {str(path)!r}")
-    for parent in Path(path).parents:  # the nearest one that exists must be a folder to hold it
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(f"{what}: expected a folder at {str(parent)!r} to hold {str(path)!r}, got a file")
-            break
+    blocker = file_in_the_way(Path(path))
+    if blocker is not None:
+        raise ConfigError(f"{what}: expected a folder at {str(blocker)!r} to hold {str(path)!r}, got a file")
     if suffix is not None and Path(path).suffix.lower() != suffix:
         raise ConfigError(f"{what}: expected a {suffix} file (the format written), got {str(path)!r}")
     folder = Path(os.path.realpath(path)).parent

@@ -40,7 +40,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from frs_cli.errors import ConfigError, LockError, StorageError
-from frs_cli.names import sibling
+from frs_cli.names import file_in_the_way, sibling
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +231,7 @@ def output_lock(path: str | Path, *, command: str | None = None, enabled: bool =
             created = _create(lock, record)
         except OSError as exc:
             if exc.errno in (errno.EEXIST, errno.ENOTDIR):  # a file where a folder above the output must be
-                blocker = next((p for p in lock.parent.parents if p.exists() and not p.is_dir()), lock.parent)
+                blocker = file_in_the_way(lock) or lock.parent
                 raise ConfigError(f"{what} {text!r}: expected a folder at {str(blocker)!r} to hold it, got a "
                                   "file") from None
             if exc.errno not in (errno.EROFS, errno.EACCES):  # e.g. a folder the system makes none in (/proc)

@@ -1,5 +1,5 @@
 """Names of files beside an output: a temporary file or a lock named after it, kept within what a file system
-accepts in one part of a path."""
+accepts in one part of a path; and the file, if any, standing where an output's folder must be."""
 
 from __future__ import annotations
 
@@ -20,3 +20,12 @@ def sibling(path: Path, prefix: str, suffix: str) -> Path:
     room = NAME_MAX - len(f"{prefix}{digest}{suffix}".encode())
     head = path.name.encode()[:max(room, 0)].decode(errors="ignore")
     return path.with_name(f"{prefix}{head}{digest}{suffix}")
+
+
+def file_in_the_way(path: Path) -> Path | None:
+    """The nearest of ``path``'s folders that exists, when it is a file rather than a folder (``model.pt`` for
+    ``model.pt/x.pt``): nothing can be made below it. None when that folder is one."""
+    for parent in path.parents:
+        if parent.exists():
+            return None if parent.is_dir() else parent
+    return None
