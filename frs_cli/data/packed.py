@@ -78,7 +78,6 @@ def hold_in_worker(count: int, worker_id: int) -> None:
     leave_stop_to_parent(worker_id)
 
 
-
 def allocate_buffer(nbytes: int) -> Tensor:
     """An uninitialised 1-D uint8 CPU tensor of ``nbytes``; in a DataLoader worker, in shared memory from the
     start, so that handing it to the main process moves no bytes (torch would otherwise copy it there), and held
