@@ -155,3 +155,57 @@ def test_each_variant_is_compared_with_its_kinds_plain_runs_seed_by_seed(tmp_pat
     result = verdicts.main([_run_dir(tmp_path / "two", 0.32, {f"a_alone_s{s}": v for s, v in plain.items()}
                                      | {f"a_alone+cl_s{s}": v for s, v in shifted.items()})])
     assert result["variant_verdicts"] == {"student alone +cl - plain: mean within 0.5 AP, 95 % interval holds 0": "missed"}
+
+
+layout = load_bench("layout_verdict")
+
+
+def _layout_dir(path: Path, nchw: dict[int, float], cl: dict[int, float], teacher: float = layout.TEACHER_AP) -> Path:
+    runs = {"teacher": {"final": {"AP": teacher}}, "a_alone_s100": {"final": {"AP": 0.1}},
+            "b_frs_cache_s99": {"final": {"AP": 0.5}}, "b_frs_cache+cl_s99": {"final": {"AP": 0.1}}}
+    runs |= {f"b_frs_cache_s{s}": {"final": {"AP": v / 100}} for s, v in nchw.items()}
+    runs |= {f"b_frs_cache+cl_s{s}": {"final": {"AP": v / 100}} for s, v in cl.items()}
+    path.mkdir(parents=True)
+    (path / "summary.json").write_text(json.dumps({"runs": runs}))
+    return path
+
+
+def test_the_layout_verdict_waits_for_every_declared_pair_then_applies_the_declared_rule(tmp_path, capsys):
+    seeds = list(layout.SEEDS)
+    assert len(seeds) == 30 and layout.MARGIN == 0.5
+    nchw = {s: 28.0 + (s % 3) * 0.1 for s in seeds}
+    small = {s: nchw[s] + (-0.3 if s % 2 else 0.2) for s in seeds}  # mean -0.05: no cost shown
+    first = _layout_dir(tmp_path / "one", {s: nchw[s] for s in seeds[:16]}, {s: small[s] for s in seeds[:15]})
+    assert layout.main([str(first)]) == 0
+    assert "15 of 30 declared pairs in" in capsys.readouterr().out
+    assert layout.judge(layout.collect([first]))["verdict"] == "incomplete"
+
+    second = _layout_dir(tmp_path / "two", {s: nchw[s] for s in seeds[15:]}, {s: small[s] for s in seeds[15:]})
+    out = tmp_path / "v.json"
+    assert layout.main([str(first), str(second), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    d = [small[s] - nchw[s] for s in seeds]  # seed 99 (outside the declared set) and the student alone ignored
+    half = 2.045 * statistics.stdev(d) / 30 ** 0.5
+    assert result["pairs"] == 30 and result["mean"] == pytest.approx(statistics.mean(d))
+    assert result["interval"] == pytest.approx([statistics.mean(d) - half, statistics.mean(d) + half])
+    assert result["verdict"] == "channels-last on by default"
+    assert "-> channels-last on by default" in capsys.readouterr().out
+
+    # a cost: every pair 0.3 lower, with spread: the interval excludes 0, so it stays off
+    costly = {s: nchw[s] - 0.3 + (0.1 if s % 2 else -0.1) for s in seeds}
+    third = _layout_dir(tmp_path / "three", nchw, costly)
+    assert layout.judge(layout.collect([third]))["verdict"] == "channels-last stays off"
+    # no cost shown, but an interval reaching below -0.5: stays off
+    wide = {s: nchw[s] + (1.5 if s % 2 else -1.7) for s in seeds}
+    fourth = _layout_dir(tmp_path / "four", nchw, wide)
+    result = layout.judge(layout.collect([fourth]))
+    assert result["interval"][0] < -0.5 < 0 < result["interval"][1] and result["verdict"] == "channels-last stays off"
+
+
+def test_the_layout_verdict_refuses_another_teacher_and_a_pair_that_disagrees_with_itself(tmp_path):
+    with pytest.raises(SystemExit, match="expected the teacher"):
+        layout.collect([_layout_dir(tmp_path / "t", {100: 28.0}, {100: 28.0}, teacher=0.25)])
+    one = _layout_dir(tmp_path / "one", {100: 28.0}, {100: 27.0})
+    two = _layout_dir(tmp_path / "two", {100: 28.5}, {})
+    with pytest.raises(SystemExit, match="appears twice with different AP"):
+        layout.collect([one, two])
