@@ -112,14 +112,27 @@ def test_foreign_state_dict_is_one_line_naming_missing_unexpected_and_shapes(tmp
     assert "\n" not in str(err.value)
     torch.manual_seed(3)
     three = _save_state(tmp_path / "three.pth", build_detector(ModelConfig(arch="retinanet_tiny_fpn"), 3).core())
-    with pytest.raises(ModelError, match=r"0 missing .* 0 unexpected .* 2 of another shape \(e\.g\. "
+    with pytest.raises(ModelError, match=r"5 classes: 2 of another shape \(e\.g\. "
                                          r"\[\('head\.classification_head\.cls_logits\.weight', \(27, 64, 3, 3\), "
-                                         r"\(45, 64, 3, 3\)\)"):
+                                         r"\(45, 64, 3, 3\)\)") as err:
         build_detector(ModelConfig(arch="retinanet_tiny_fpn", weights=three), 5)
+    assert "missing" not in str(err.value) and "unexpected" not in str(err.value)
     torch.save({"epoch": 3, "state_dict": {}}, tmp_path / "mm.pth")
     with pytest.raises(ModelError, match=r"expected an frs checkpoint .* or a torchvision state dict .*"
                                          r"\['epoch', 'state_dict'\]"):
         build_detector(ModelConfig(arch="retinanet_tiny_fpn", weights=str(tmp_path / "mm.pth")), 5)
+
+
+def test_a_state_dict_with_extra_keys_names_only_the_unexpected_ones(tmp_path):
+    """The mismatch line names the parts that differ: no "0 missing (e.g. [])" beside the keys that are extra."""
+    torch.manual_seed(3)
+    state = build_detector(ModelConfig(arch="retinanet_tiny_fpn"), 5).core().state_dict()
+    path = tmp_path / "extra.pth"
+    torch.save({**state, "extra.a": torch.zeros(1), "extra.b": torch.zeros(1), "extra.c": torch.zeros(1)}, path)
+    with pytest.raises(ModelError) as err:
+        build_detector(ModelConfig(arch="retinanet_tiny_fpn", weights=str(path)), 5)
+    assert err.value.message.endswith("do not fit retinanet_tiny_fpn with 5 classes: 3 unexpected (e.g. "
+                                      "['extra.a', 'extra.b'])")
 
 
 def _v1_state(num_classes: int) -> dict:
@@ -215,7 +228,8 @@ def test_backbone_file_of_another_body_is_one_line_and_a_failed_download_names_b
     _no_download(monkeypatch)
     wrong = _save_state(tmp_path / "r34.pth", torchvision.models.resnet34())
     with pytest.raises(ModelError, match=r"weights_backbone: the file does not fit torchvision's resnet18: "
-                                         r"\d+ missing .* \d+ unexpected \(e\.g\. \['layer1\.2\.") as err:
+                                         r"80 unexpected \(e\.g\. \['layer1\.2\.conv1\.weight', "
+                                         r"'layer1\.2\.bn1\.weight'\]\) \(expected the ImageNet") as err:
         build_detector(ModelConfig(arch="retinanet_resnet18_fpn", weights_backbone=wrong), 5)
     assert "\n" not in str(err.value)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))

@@ -207,7 +207,8 @@ def check_checkpoint_format(ckpt: dict, label: str) -> None:
 
 
 def state_mismatch(expected: dict[str, Tensor], state: dict[str, Tensor]) -> str:
-    """'' when ``state`` has exactly the keys and shapes of ``expected``, else one line naming what differs.
+    """'' when ``state`` has exactly the keys and shapes of ``expected``, else one line naming what differs (the
+    missing keys, the unexpected ones, those of another shape: each part only when there are any).
 
     BatchNorm2d counts batches and FrozenBatchNorm2d does not: ``num_batches_tracked`` may be absent on
     either side."""
@@ -215,11 +216,11 @@ def state_mismatch(expected: dict[str, Tensor], state: dict[str, Tensor]) -> str
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state if k not in expected]
     wrong = [k for k in state if k in expected and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if not (missing or unexpected or wrong):
-        return ""
-    return (f"{len(missing)} missing (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}), "
-            f"{len(wrong)} of another shape (e.g. "
-            f"{[(k, tuple(state[k].shape), tuple(expected[k].shape)) for k in wrong[:2]]})")
+    shapes = [(k, tuple(state[k].shape), tuple(expected[k].shape)) for k in wrong[:2]]
+    parts = [f"{len(keys)} {what} (e.g. {example})" for keys, what, example in
+             ((missing, "missing", missing[:2]), (unexpected, "unexpected", unexpected[:2]),
+              (wrong, "of another shape", shapes)) if keys]
+    return ", ".join(parts)
 
 
 def without_batch_counts(state: dict[str, Tensor], expected: dict[str, Tensor]) -> dict[str, Tensor]:
