@@ -235,8 +235,10 @@ def test_backbone_file_of_another_body_is_one_line_and_a_failed_download_names_b
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
     cfg = ModelConfig(arch="retinanet_resnet18_fpn", weights_backbone="ResNet18_Weights.IMAGENET1K_V1")
     with pytest.raises(ModelError, match=r"download failed .*pass the path of torchvision's file "
-                                         r"resnet18-f37072fd\.pth instead, or put it in torch's hub cache"):
+                                         r"resnet18-f37072fd\.pth instead, or put it in torch's hub cache") as err:
         build_detector(cfg, 5)
+    # the folder itself, as TORCH_HOME makes it here (before: the literal "$TORCH_HOME/hub/checkpoints/")
+    assert err.value.hint.endswith(f"put it in torch's hub cache {str(tmp_path / 'home' / 'hub' / 'checkpoints')!r}")
     hub = tmp_path / "home" / "hub" / "checkpoints"
     hub.mkdir(parents=True, exist_ok=True)  # the failed download made it
     (hub / "resnet18-f37072fd.pth").write_bytes(Path(wrong).read_bytes()[:4096])

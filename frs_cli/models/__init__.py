@@ -38,6 +38,7 @@ from frs_cli.models.weights import (
     WeightsSource,
     check_checkpoint_format,
     check_hub_copy,
+    hub_checkpoints,
     is_weights_enum,
     resolve_weights,
     state_mismatch,
@@ -92,7 +93,7 @@ def _download_state_dict(weights) -> dict:
     except OSError as exc:  # URLError is an OSError, and so is the timeout
         raise ModelError(f"weights {weights}: download failed ({exc})",
                          hint=f"without internet, pass the path of torchvision's file {file_name} instead, or put "
-                              "it in torch's hub cache ($TORCH_HOME/hub/checkpoints/)") from exc
+                              f"it in torch's hub cache {str(hub_checkpoints())!r}") from exc
     finally:
         socket.setdefaulttimeout(previous)
 

@@ -166,10 +166,16 @@ def _identify(path: Path, candidates: list[Published], label: str) -> Published 
     return None
 
 
+def hub_checkpoints() -> Path:
+    """The folder of torch's hub cache where torchvision's downloads go (and a copy put there by hand is read):
+    ``$TORCH_HOME/hub/checkpoints``, ``~/.cache/torch/hub/checkpoints`` without ``TORCH_HOME``."""
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
 def check_hub_copy(published: Published) -> str:
     """``published``'s file name; ModelError when torch's hub cache holds a file of that name whose sha256 does
     not begin with the published hash prefix (a truncated download or a wrong copy put there by hand)."""
-    path = Path(torch.hub.get_dir()) / "checkpoints" / published.file_name
+    path = hub_checkpoints() / published.file_name
     if published.hash_prefix and path.is_file():
         digest = sha256_file(path)
         if not digest.startswith(published.hash_prefix):
