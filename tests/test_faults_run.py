@@ -464,6 +464,42 @@ def test_a_resume_onto_annotations_changed_in_place_says_so_once_and_records_the
     assert json.loads((out / "recipe.json").read_text())["paths"]["train_annotations"] == now
     assert torch.load(out / LAST, weights_only=True)["epoch"] == 3
 
+def test_an_online_resume_onto_a_teacher_file_changed_in_place_says_so_once_and_records_it(tmp_path, synth_root,
+                                                                                           teacher_ckpt):
+    """distill --online, its teacher.weights file overwritten between the save and the resume (a teacher retrained
+    into the same path): one warning naming the file and both identities, the run continues and recipe.json records
+    the new one (before: nothing told, and the rest of the run distilled from another teacher). An unchanged file
+    says nothing."""
+    teacher = tmp_path / "teacher.pt"
+    shutil.copy(teacher_ckpt, teacher)
+    recipe = write_recipe(tmp_path / "recipe.toml", synth_root, str(teacher))
+    out = tmp_path / "run"
+
+    def distill(*extra):
+        return run("distill", "--pipeline", recipe, "--online", "--out", out, *SMALL, *extra)
+
+    assert distill().exit_code == 0
+    then = json.loads((out / "recipe.json").read_text())["paths"]["teacher"]
+    assert then == "file:" + hashlib.sha256(teacher.read_bytes()).hexdigest()[:16]
+    result = distill("--resume", "--set", "train.epochs=2")
+    assert result.exit_code == 0, result.output
+    assert "teacher's weights file" not in warnings_of(result)
+    ckpt = torch.load(teacher, weights_only=True)
+    key = next(k for k, v in ckpt["model"].items() if v.is_floating_point())
+    ckpt["model"][key] += 0.5  # the teacher changed
+    torch.save(ckpt, teacher)
+    result = distill("--resume", "--set", "train.epochs=3")
+    assert result.exit_code == 0, result.output
+    now = "file:" + hashlib.sha256(teacher.read_bytes()).hexdigest()[:16]
+    said = warnings_of(result)
+    assert said.count("teacher's weights file") == 1
+    assert (f'--resume: the teacher\'s weights file "{teacher}" is not the one the run started with ({then} then, '
+            f"{now} now: changed in place); the rest of the run distills from it as it is now (recorded in "
+            "recipe.json)") in said
+    assert json.loads((out / "recipe.json").read_text())["paths"]["teacher"] == now
+    assert torch.load(out / LAST, weights_only=True)["epoch"] == 3
+
+
 def test_the_truncated_state_hint_delete_it_and_run_again_starts_the_run_over(saved_run):
     (saved_run.out / FINAL).unlink()  # a run that has not finished yet
     _truncated_state(saved_run)

@@ -49,10 +49,11 @@ from frs_cli.train.objectives import CachedTeacher, FRSObjective, GTObjective, O
 from frs_cli.train.rundir import (
     JOB,
     PATHS,
+    TEACHER,
     RunStart,
-    annotations_change,
     annotations_identity,
     check_run_dir,
+    digest_changes,
     path_identities,
     record_resume,
     resume_changes,
@@ -148,10 +149,11 @@ def _on_resumed(start: RunStart, recipe_dict: dict, changes: dict, ctx: DistCont
 
 def _record_annotations(start: RunStart, recipe_dict: dict, changes: dict, index) -> None:
     """Once the training split's annotations are read: their digest into ``recipe_dict``'s paths, and on a resume
-    onto annotations changed in place, that change into ``changes`` (``record_resume`` names it)."""
+    onto annotations (or an online teacher's weights file) changed in place, that change into ``changes``
+    (``record_resume`` names it)."""
     recipe_dict[PATHS].update(annotations_identity(index))
     if start.resume:
-        changes.update(annotations_change(start.out_dir, recipe_dict))
+        changes.update(digest_changes(start.out_dir, recipe_dict))
 
 
 def _warn_no_objects(views: CocoViews, command: str, ctx: DistContext) -> None:
@@ -257,7 +259,7 @@ def train_detector(recipe, role: str, out_dir: str | Path, *, resume: bool = Fal
     train.check_files()
     _warn_no_objects(train, f"train --role {role}", ctx)
     evaluator = _evaluator(recipe, ctx, cfg) if evaluate else None
-    detector = build_detector(model_cfg, train.index.num_classes)
+    detector = build_detector(model_cfg, train.index.num_classes, table=role)
     result = fit(GTObjective(detector), train, cfg, ctx, out_dir,
                  views=training_views(cfg.hflip_prob, cfg.min_sizes, recipe.geometry), resume=start.resume,
                  started=lambda: _start_out(start, recipe_dict, ctx),
@@ -285,7 +287,7 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
 
     From a cache, the teacher is neither built nor loaded: the cache holds its targets and its classification
     head, and the student is checked against the cache's signature before anything is built."""
-    from frs_cli.cache.identity import recipe_fingerprints
+    from frs_cli.cache.identity import recipe_fingerprints, teacher_fingerprint
     from frs_cli.cache.reader import CachedViews, TeacherCache
 
     if online == (cache is not None):
@@ -297,6 +299,8 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
     job = "distill online" if online else "distill cache"
     recipe_dict = {**recipe.to_dict(), "teacher_source": "online" if online else str(cache), JOB: job}
     recipe_dict[PATHS] = path_identities(recipe_dict, {"teacher_source": _cache_identity})
+    if online and (teacher := teacher_fingerprint(recipe.teacher)):
+        recipe_dict[PATHS][TEACHER] = teacher
     start, changes = _check_out(out_dir, resume, recipe_dict, job)
     cfg = recipe.train
     if _already_complete(start, cfg.epochs, (FINAL, ADAPTERS)):
@@ -353,7 +357,7 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
         views = training_views(cfg.hflip_prob, cfg.min_sizes, recipe.geometry)
         dataset = coco
     seed_everything(cfg.seed)
-    student = build_detector(recipe.student, num_classes)
+    student = build_detector(recipe.student, num_classes, table="student")
     objective = FRSObjective(student, teacher_signature, teacher_side, recipe.distill)
 
     def started() -> None:

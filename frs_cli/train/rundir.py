@@ -36,6 +36,10 @@ PATH_KEYS = ("data.root", "teacher.weights", "student.weights", "student.weights
 # place (a dataset regenerated or edited at the same data.root) says so
 ANNOTATIONS = "train_annotations"
 ANNOTATIONS_FILE = "train_annotations_file"  # and the path of that file, which the warning names
+# the key of PATHS holding an online run's teacher identity (its weights file's bytes, cache.identity's form): a resume
+# onto a teacher file changed in place (retrained, or copied over) says so
+TEACHER = "teacher"
+DIGESTS = (ANNOTATIONS, TEACHER)  # keys of PATHS a resume compares by content
 METRICS = "metrics.jsonl"
 # written before a run's first saved state: a directory holding only these holds nothing worth keeping
 EARLY_FILES = (RECIPE, METRICS)
@@ -141,12 +145,13 @@ def annotations_identity(index) -> dict[str, str]:
     return {ANNOTATIONS: f"sha256:{index.sha256}", ANNOTATIONS_FILE: str(index.path)}
 
 
-def annotations_change(out_dir: Path, recipe_dict: dict) -> dict[str, tuple]:
-    """On a resume, ``{"paths.train_annotations": (then, now)}`` when ``recipe_dict``'s annotations digest is not the
-    one ``recipe.json`` recorded (a change allowed, which ``record_resume`` names), else ``{}``."""
-    stored = json.loads((out_dir / RECIPE).read_text(encoding="utf-8"))
-    then, now = (stored.get(PATHS) or {}).get(ANNOTATIONS), (recipe_dict.get(PATHS) or {}).get(ANNOTATIONS)
-    return {f"{PATHS}.{ANNOTATIONS}": (then, now)} if then and now and then != now else {}
+def digest_changes(out_dir: Path, recipe_dict: dict) -> dict[str, tuple]:
+    """On a resume, ``{"paths.<key>": (then, now)}`` for each key of DIGESTS whose digest in ``recipe_dict`` is not
+    the one ``recipe.json`` recorded (a change allowed, which ``record_resume`` names), else ``{}``."""
+    stored = (json.loads((out_dir / RECIPE).read_text(encoding="utf-8")).get(PATHS) or {})
+    now = recipe_dict.get(PATHS) or {}
+    return {f"{PATHS}.{k}": (stored.get(k), now.get(k)) for k in DIGESTS
+            if stored.get(k) and now.get(k) and stored[k] != now[k]}
 
 
 def _same_paths(old: dict, stored: dict, recipe_dict: dict) -> set[str]:
@@ -224,6 +229,11 @@ def record_resume(out_dir: Path, recipe_dict: dict, changes: dict[str, tuple]) -
             log.warning("--resume: the training split's annotation file %s is not the one the run started with (%s "
                         "then, %s now: changed in place); the run continues on it as it is now (recorded in %s)",
                         recipe_dict[PATHS][ANNOTATIONS_FILE], old[:19], new[:19], RECIPE)
+            continue
+        if key == f"{PATHS}.{TEACHER}":
+            log.warning("--resume: the teacher's weights file %s is not the one the run started with (%s then, %s now: "
+                        "changed in place); the rest of the run distills from it as it is now (recorded in %s)",
+                        _shown(recipe_dict.get("teacher", {}).get("weights")), old, new, RECIPE)
             continue
         if key in LAYOUT:
             log.warning("--resume: %s changes from %s to %s (recorded in %s): the same model, its steps summed in "
