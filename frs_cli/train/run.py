@@ -118,6 +118,16 @@ def _cache_identity(path: str) -> str:
                        "dtype": storage.get("dtype"), "mask_dtype": storage.get("mask_dtype")}, sort_keys=True)
 
 
+def _live_teacher(recipe, online: bool) -> dict[str, str]:
+    """``{TEACHER: identity}`` of an online run's teacher weights (a file: its bytes; an enum: its published hash),
+    so that a resume onto a teacher file changed in place says so; ``{}`` from a cache (the cache pins its teacher)
+    or for a teacher without weights."""
+    from frs_cli.cache.identity import teacher_fingerprint
+
+    teacher = teacher_fingerprint(recipe.teacher) if online else None
+    return {TEACHER: teacher} if teacher else {}
+
+
 def _already_complete(start: RunStart, epochs: int, outputs: tuple[str, ...]) -> bool:
     """Whether ``--resume`` finds the run finished: its saved state at the end of its last epoch (``epochs``) and
     each final file in ``outputs`` written after that state. Such a run is left as it is: its final files are not
@@ -287,7 +297,7 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
 
     From a cache, the teacher is neither built nor loaded: the cache holds its targets and its classification
     head, and the student is checked against the cache's signature before anything is built."""
-    from frs_cli.cache.identity import recipe_fingerprints, teacher_fingerprint
+    from frs_cli.cache.identity import recipe_fingerprints
     from frs_cli.cache.reader import CachedViews, TeacherCache
 
     if online == (cache is not None):
@@ -298,9 +308,7 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
         recipe = _as_stored(recipe, cache, ctx)
     job = "distill online" if online else "distill cache"
     recipe_dict = {**recipe.to_dict(), "teacher_source": "online" if online else str(cache), JOB: job}
-    recipe_dict[PATHS] = path_identities(recipe_dict, {"teacher_source": _cache_identity})
-    if online and (teacher := teacher_fingerprint(recipe.teacher)):
-        recipe_dict[PATHS][TEACHER] = teacher
+    recipe_dict[PATHS] = path_identities(recipe_dict, {"teacher_source": _cache_identity}) | _live_teacher(recipe, online)
     start, changes = _check_out(out_dir, resume, recipe_dict, job)
     cfg = recipe.train
     if _already_complete(start, cfg.epochs, (FINAL, ADAPTERS)):
