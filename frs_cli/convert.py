@@ -62,7 +62,7 @@ def convert_mmdet(checkpoint: str | Path, arch: str, out: str | Path, allow_pick
     cfg = ModelConfig(arch=arch, nms_thresh=mmdet_test_nms(arch))
     detector = build_detector(cfg, num_classes, load_weights=False)
     converted = to_adapter_state(state, family, detector.core().state_dict())
-    load_state(detector, converted, repr(str(checkpoint)))
+    load_state(detector, converted, f"mmdet checkpoint {str(checkpoint)!r}")
     payload = model_payload(detector, cfg, label_to_category, names, GeometryConfig())
     payload["converted_from"] = {"format": "mmdet", "file": Path(checkpoint).name}
     atomic_save(payload, out)

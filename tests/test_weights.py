@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from conftest import write_recipe
+from conftest import save_random_model, write_recipe
 from torchvision.ops import FrozenBatchNorm2d
 from typer.testing import CliRunner
 
@@ -154,7 +154,8 @@ def test_file_whose_hash_matches_a_published_one_is_treated_as_that_enum(tmp_pat
     enum_name = "RetinaNet_ResNet50_FPN_Weights.COCO_V1"  # the published v1 file whose BN eps is 0
     published = {"retinanet_resnet18_fpn": [Published(enum_name, f"r18_coco-{prefix}.pth", prefix, 91)]}
     monkeypatch.setattr(weights_mod, "published_weights", lambda builder: published.get(builder, []))
-    monkeypatch.setattr(models, "_download_state_dict", lambda enum: {k: v.clone() for k, v in state.items()})
+    monkeypatch.setattr(models, "_download_state_dict",
+                        lambda enum, label: {k: v.clone() for k, v in state.items()})
 
     by_enum = build_detector(ModelConfig(arch="retinanet_resnet18_fpn", weights=enum_name), 91)
     by_file = build_detector(ModelConfig(arch="retinanet_resnet18_fpn", weights=str(path)), 91)
@@ -227,10 +228,10 @@ def test_backbone_file_of_another_body_is_one_line_and_a_failed_download_names_b
         tmp_path, monkeypatch):
     _no_download(monkeypatch)
     wrong = _save_state(tmp_path / "r34.pth", torchvision.models.resnet34())
-    with pytest.raises(ModelError, match=r"weights_backbone: the file does not fit torchvision's resnet18: "
-                                         r"80 unexpected \(e\.g\. \['layer1\.2\.conv1\.weight', "
+    with pytest.raises(ModelError, match=r"^student\.weights_backbone '.*r34\.pth': does not fit torchvision's "
+                                         r"resnet18: 80 unexpected \(e\.g\. \['layer1\.2\.conv1\.weight', "
                                          r"'layer1\.2\.bn1\.weight'\]\) \(expected the ImageNet") as err:
-        build_detector(ModelConfig(arch="retinanet_resnet18_fpn", weights_backbone=wrong), 5)
+        build_detector(ModelConfig(arch="retinanet_resnet18_fpn", weights_backbone=wrong), 5, table="student")
     assert "\n" not in str(err.value)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
     cfg = ModelConfig(arch="retinanet_resnet18_fpn", weights_backbone="ResNet18_Weights.IMAGENET1K_V1")
@@ -320,3 +321,34 @@ def test_a_download_through_a_network_that_never_answers_fails_in_one_line_after
         server.close()
     assert time.time() - started < 30 and held  # it reached the silent proxy, and gave up on it
     assert socket.getdefaulttimeout() is None
+
+
+def test_a_refused_weights_file_names_the_recipe_key_or_option_it_came_from(tmp_path, synth_root):
+    """A recipe names two weights files: the error line says which one was refused (teacher.weights,
+    student.weights), and eval, whose file comes from an option, names --checkpoint's file as a checkpoint (before:
+    "weights '…'" for all of them)."""
+    foreign, other = tmp_path / "foreign.pt", tmp_path / "other.pt"
+    torch.save({"foo": 1}, foreign)
+    torch.save({"foo": torch.zeros(1)}, other)
+    recipe = write_recipe(tmp_path / "r.toml", synth_root)
+    small = ["--set", "data.train=val", "--no-eval", "--device", "cpu"]
+    result = CliRunner().invoke(app, ["train", "-p", str(recipe), "--role", "student", "--out", str(tmp_path / "s"),
+                                      *small, "--set", f"student.weights={other}"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: student.weights '{other}': do not fit retinanet_tiny_fpn with 5 classes: "
+                                    "109 missing"), result.stderr
+    result = CliRunner().invoke(app, ["distill", "-p", str(recipe), "--online", "--out", str(tmp_path / "d"), *small,
+                                      "--set", f"teacher.weights={foreign}"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: teacher.weights '{foreign}': expected an frs checkpoint"), result.stderr
+    # a model file whose state lacks one tensor: eval's line names its option's file, not "weights"
+    model = save_random_model(tmp_path / "model.pt", "retinanet_tiny_fpn", synth_root, anchor_size=16)
+    ckpt = torch.load(model, weights_only=True)
+    dropped = next(iter(ckpt["model"]))
+    del ckpt["model"][dropped]
+    torch.save(ckpt, model)
+    result = CliRunner().invoke(app, ["eval", "--checkpoint", str(model), "--data", str(synth_root), "--device", "cpu"])
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (f"error: checkpoint '{model}': do not fit retinanet_tiny_fpn with "
+                                     f"{ckpt['num_classes']} classes: 1 missing (e.g. ['{dropped}']) (the weights must "
+                                     "be of the recipe's arch, for the dataset's class count)")

@@ -54,7 +54,7 @@ def teacher_fingerprint(cfg: ModelConfig, detector: Detector | None = None) -> s
     teacher cannot be identified so: no weights and no ``detector``, or a weights file that is not there.
     """
     if is_weights_enum(cfg.weights):
-        return _published_id(Published.of(get_weights_enum(cfg.weights)))
+        return _published_id(Published.of(get_weights_enum(cfg.weights, "teacher.weights")))
     if cfg.weights:
         path = Path(cfg.weights)
         if not path.is_file():
@@ -83,7 +83,7 @@ def comparable_teacher(stored: str | None, cfg: ModelConfig, detector: Detector 
         if detector is not None:
             return _state_fingerprint(detector)
         if cfg.weights and Path(cfg.weights).is_file() and not is_weights_enum(cfg.weights):
-            content = torch_load(cfg.weights, repr(cfg.weights))
+            content = torch_load(cfg.weights, f"teacher.weights {cfg.weights!r}")
             if isinstance(content, dict) and isinstance(content.get("fingerprint"), str):
                 return content["fingerprint"]  # what frs checkpoints record of their state dict
         return None

@@ -14,6 +14,7 @@ import socket
 from pathlib import Path
 
 import torch
+import torchvision
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
@@ -82,16 +83,17 @@ EPS_ZERO_WEIGHTS = ("RetinaNet_ResNet50_FPN_Weights.COCO_V1", "FasterRCNN_ResNet
 DOWNLOAD_TIMEOUT_S = 60.0
 
 
-def _download_state_dict(weights) -> dict:
+def _download_state_dict(weights, label: str) -> dict:
     """The state dict of a torchvision weights enum: torch's hub cache holds it after the first download (or
-    a copy put there by hand, checked here: torch itself checks the hash of downloads only)."""
-    file_name = check_hub_copy(Published.of(weights))
+    a copy put there by hand, checked here: torch itself checks the hash of downloads only). ``label``: how
+    messages name it ("teacher.weights RetinaNet_ResNet50_FPN_V2_Weights.COCO_V1")."""
+    file_name = check_hub_copy(Published.of(weights), label)
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # torch.hub's urlopen sets none: a silent network hung for ever
     try:
         return weights.get_state_dict(progress=True, check_hash=True)
     except OSError as exc:  # URLError is an OSError, and so is the timeout
-        raise ModelError(f"weights {weights}: download failed ({exc})",
+        raise ModelError(f"{label}: download failed ({exc})",
                          hint=f"without internet, pass the path of torchvision's file {file_name} instead, or put "
                               f"it in torch's hub cache {str(hub_checkpoints())!r}") from exc
     finally:
@@ -124,22 +126,26 @@ def anchor_mismatch(student: ModelConfig, teacher_arch: str, teacher_anchor_size
             "features alone")
 
 
-def build_detector(cfg: ModelConfig, num_classes: int, load_weights: bool = True) -> Detector:
+def build_detector(cfg: ModelConfig, num_classes: int, load_weights: bool = True, table: str = "") -> Detector:
     """The adapter named by ``cfg.arch`` with ``num_classes`` object classes, weights loaded.
 
     ``load_weights=False`` builds the architecture only (for example to receive a checkpoint's weights).
+    ``table``: the recipe table ``cfg`` is ("teacher", "student"), so that a weights error names the key
+    (``teacher.weights``); "" names ``weights`` alone.
     """
     spec = arch_spec(cfg.arch)
     if num_classes < 1:
         raise ModelError(f"model: expected at least one class, got num_classes={num_classes}")
     if not cfg.nms_thresh:  # the NMS threshold of the config the arch mirrors (GFL's 0.6, most others' 0.5)
         cfg = dataclasses.replace(cfg, nms_thresh=spec.nms_iou())
-    source = resolve_weights(cfg.weights, cfg.arch) if (load_weights and cfg.weights) else None
+    prefix = f"{table}." if table else ""
+    source = resolve_weights(cfg.weights, cfg.arch, f"{prefix}weights") if (load_weights and cfg.weights) else None
     backbone_weights = None
     if cfg.weights_backbone and load_weights and not cfg.weights:  # full weights overwrite the backbone's anyway
         if spec.body in TINY_BODIES:
-            raise ModelError(f"weights_backbone: {cfg.arch} has no pretrained backbone, got {cfg.weights_backbone!r}")
-        backbone_weights = _backbone_weights(cfg.weights_backbone, spec.body)
+            raise ModelError(f"{prefix}weights_backbone: {cfg.arch} has no pretrained backbone, got "
+                             f"{cfg.weights_backbone!r}")
+        backbone_weights = _backbone_weights(cfg.weights_backbone, spec.body, f"{prefix}weights_backbone")
     # torchvision's weights (enum or file) are built as torchvision builds a pretrained model (v1: frozen BN)
     pretrained = source.kind in ("enum", "torchvision") if source else is_weights_enum(cfg.weights)
     trained = pretrained or bool(cfg.weights_backbone)
@@ -162,10 +168,10 @@ def build_teacher(cfg: ModelConfig, num_classes: int) -> Detector:
     fingerprint is that of the built state), the processes of a torchrun job write one teacher's targets, and
     ``distill --online`` runs the teacher a cache of the same recipe holds."""
     if cfg.weights:
-        return build_detector(cfg, num_classes)
+        return build_detector(cfg, num_classes, table="teacher")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(UNTRAINED_TEACHER_SEED)
-        return build_detector(cfg, num_classes)
+        return build_detector(cfg, num_classes, table="teacher")
 
 
 def warn_untrained_teacher(cfg: ModelConfig, command: str) -> None:
@@ -189,16 +195,23 @@ def warn_other_categories(detector: Detector, categories: list[dict], command: s
                     "teacher of this dataset?)", command, differs)
 
 
-def _backbone_weights(text: str, body: str):
-    """The state dict of an ImageNet enum (downloaded, or from torch's hub cache) or of a file, for ``body``."""
-    source = resolve_weights(text, body)
+def _backbone_weights(text: str, body: str, key: str):
+    """The state dict of an ImageNet enum (downloaded, or from torch's hub cache) or of a file, for ``body``;
+    ModelError naming ``key`` ("student.weights_backbone") for a file that is not ``body``'s."""
+    source = resolve_weights(text, body, key)
     if source.kind == "enum":
-        return _download_state_dict(source.enum)
+        return _download_state_dict(source.enum, source.label)
     if source.kind == "frs":
-        raise ModelError(f"weights_backbone {source.label}: expected torchvision's ImageNet {body} weights, got an "
+        raise ModelError(f"{source.label}: expected torchvision's ImageNet {body} weights, got an "
                          "frs detector checkpoint", hint="a detector checkpoint belongs in weights")
     if source.published:
-        log.info("weights_backbone %s is torchvision's %s", source.label, source.published.name)
+        log.info("%s is torchvision's %s", source.label, source.published.name)
+    with torch.device("meta"):  # the body's names and shapes, no memory: the file is named here, the builder cannot
+        expected = getattr(torchvision.models, body)(weights=None).state_dict()
+    detail = state_mismatch(expected, source.content)
+    if detail:
+        raise ModelError(f"{source.label}: does not fit torchvision's {body}: {detail}",
+                         hint=f"expected the ImageNet weights of {body} (its classifier 'fc' included)")
     return source.content
 
 
@@ -229,19 +242,20 @@ def load_checkpoint_file(path: str | Path) -> dict:
     if not isinstance(ckpt, dict) or "model" not in ckpt or "arch" not in ckpt:
         got = f"keys {sorted(map(str, ckpt))[:6]}" if isinstance(ckpt, dict) else type(ckpt).__name__
         raise ModelError(f"checkpoint {str(p)!r}: expected an frs model file (keys 'arch', 'model'), got {got}")
-    check_checkpoint_format(ckpt, repr(str(p)))
+    check_checkpoint_format(ckpt, f"checkpoint {str(p)!r}")
     return ckpt
 
 
 def load_state(detector: Detector, state: dict, source: str) -> None:
-    """Load a torchvision-style state dict into the adapter's detector; ModelError naming what does not fit."""
+    """Load a torchvision-style state dict into the adapter's detector; ModelError naming ``source`` (the setting
+    and the file: "teacher.weights 'x.pth'", "checkpoint 'x.pt'") and what does not fit."""
     core = detector.core()
     expected = core.state_dict()
     detail = state_mismatch(expected, state)
     if detail:
         hint = ("this looks like an ImageNet classifier: name it in weights_backbone" if "fc.weight" in state
                 else "the weights must be of the recipe's arch, for the dataset's class count")
-        raise ModelError(f"weights {source}: do not fit {detector.arch} with {detector.num_classes} classes: {detail}",
+        raise ModelError(f"{source}: do not fit {detector.arch} with {detector.num_classes} classes: {detail}",
                          hint=hint)
     core.load_state_dict(without_batch_counts(state, expected), strict=False)
 
@@ -255,9 +269,9 @@ def _load_source(detector: Detector, source: WeightsSource) -> None:
     if source.kind == "frs":
         ckpt = source.content
         if ckpt["arch"] != detector.arch:
-            raise ModelError(f"checkpoint {source.label}: holds a {ckpt['arch']}, expected {detector.arch}")
+            raise ModelError(f"{source.label}: holds a {ckpt['arch']}, expected {detector.arch}")
         if ckpt.get("num_classes") != detector.num_classes:
-            raise ModelError(f"checkpoint {source.label}: has {ckpt.get('num_classes')} classes, "
+            raise ModelError(f"{source.label}: has {ckpt.get('num_classes')} classes, "
                              f"the dataset has {detector.num_classes}")
         load_state(detector, ckpt["model"], source.label)
         # the categories its class channels stand for, for warn_other_categories
@@ -265,15 +279,15 @@ def _load_source(detector: Detector, source: WeightsSource) -> None:
         return
     published = source.published
     if published and published.categories and published.categories != detector.num_classes:
-        raise ModelError(f"weights {source.label}: predict {published.categories} classes, the dataset has "
+        raise ModelError(f"{source.label}: predict {published.categories} classes, the dataset has "
                          f"{detector.num_classes}",
                          hint=f"COCO-pretrained torchvision weights predict COCO's category ids 0..{published.categories - 1}: "
                               f"they need a dataset of COCO's categories and data.label_map = 'category_id' "
                               f"(for a dataset of other categories, train a teacher on it: frs train)")
-    state = _download_state_dict(source.enum) if source.kind == "enum" else source.content
+    state = _download_state_dict(source.enum, source.label) if source.kind == "enum" else source.content
     load_state(detector, detector.adapt_torchvision_state(state), source.label)
     if published and source.kind == "torchvision":
-        log.info("weights %s are torchvision's %s (sha256 prefix %s)", source.label, published.name,
+        log.info("%s are torchvision's %s (sha256 prefix %s)", source.label, published.name,
                  published.hash_prefix)
     if published and published.name in EPS_ZERO_WEIGHTS:
         for m in detector.modules():

@@ -64,7 +64,7 @@ class WeightsSource:
     ``published``: the torchvision file it is, when known (always for an enum)."""
 
     kind: str
-    label: str  # how messages name it: the enum name or the quoted path
+    label: str  # how messages name it: the setting, then the enum name or the quoted path ("teacher.weights 'x.pth'")
     content: dict | None = None
     published: Published | None = None
     enum: Any = None  # the torchvision enum member (kind "enum")
@@ -74,29 +74,33 @@ def is_weights_enum(text: str) -> bool:
     return bool(text) and "_Weights." in text and not Path(text).exists()
 
 
-def get_weights_enum(name: str):
+def get_weights_enum(name: str, key: str = "weights"):
+    """The torchvision enum member ``name``; ModelError naming ``key``, the setting it came from, if none is."""
     from torchvision.models import get_weight
 
     try:
         return get_weight(name)
     except (ValueError, KeyError, AttributeError) as exc:
-        raise ModelError(f"weights: expected a torchvision weights enum name or a checkpoint path, got {name!r}",
+        raise ModelError(f"{key}: expected a torchvision weights enum name or a checkpoint path, got {name!r}",
                          hint="for example RetinaNet_ResNet50_FPN_V2_Weights.COCO_V1") from exc
 
 
-def resolve_weights(text: str, builder: str) -> WeightsSource:
+def resolve_weights(text: str, builder: str, key: str = "weights") -> WeightsSource:
     """What ``text`` names, for a model whose torchvision builder name is ``builder``; files are read here,
-    enums are not downloaded yet. ModelError (one line) for a missing, truncated or foreign file."""
+    enums are not downloaded yet. ModelError (one line) for a missing, truncated or foreign file. ``key``: the
+    recipe key or option ``text`` came from ("teacher.weights", "student.weights_backbone"), which every message
+    names."""
     if is_weights_enum(text):
-        enum = get_weights_enum(text)
-        _check_enum_builder(text, enum, builder)  # before any download: the file would be refused after it
-        return WeightsSource("enum", text, published=Published.of(enum), enum=enum)
+        enum = get_weights_enum(text, key)
+        label = f"{key} {text}"
+        _check_enum_builder(label, enum, builder)  # before any download: the file would be refused after it
+        return WeightsSource("enum", label, published=Published.of(enum), enum=enum)
     path = Path(text)
     if not path.is_file():
-        raise ModelError(f"weights: expected a torchvision weights enum name or a file, but {text!r} "
+        raise ModelError(f"{key}: expected a torchvision weights enum name or a file, but {text!r} "
                          f"{missing_file(path)}",
                          hint="for example RetinaNet_ResNet50_FPN_V2_Weights.COCO_V1, or the path of its .pth file")
-    label = repr(text)
+    label = f"{key} {text!r}"
     published = _identify(path, published_weights(builder), label)
     content = torch_load(path, label)
     if _is_frs_checkpoint(content):
@@ -104,10 +108,10 @@ def resolve_weights(text: str, builder: str) -> WeightsSource:
         return WeightsSource("frs", label, content)
     if isinstance(content, dict) and content and all(isinstance(v, Tensor) for v in content.values()):
         return WeightsSource("torchvision", label, content, published)
-    refuse_training_state(content, f"weights {label}", path)
+    refuse_training_state(content, label, path)
     keys = list(content)[:4] if isinstance(content, dict) else type(content).__name__
     mmdet = isinstance(content, dict) and isinstance(content.get("state_dict"), dict) and "meta" in content
-    raise ModelError(f"weights {label}: expected an frs checkpoint (keys 'arch', 'model') or a torchvision state "
+    raise ModelError(f"{label}: expected an frs checkpoint (keys 'arch', 'model') or a torchvision state "
                      f"dict (a tensor per parameter name), got another file ({keys})",
                      hint=(f"it looks like an mmdetection checkpoint: frs convert mmdet {text} --arch ARCH --out "
                            "FILE.pt makes an frs model file of it" if mmdet else
@@ -127,9 +131,9 @@ def _enum_builder(enum) -> str | None:
     return None
 
 
-def _check_enum_builder(text: str, enum, builder: str) -> None:
-    """ModelError (one line, before any download) unless ``enum`` is one of the weights torchvision publishes for
-    ``builder`` (a detector arch, or a backbone's ResNet name)."""
+def _check_enum_builder(label: str, enum, builder: str) -> None:
+    """ModelError (one line, before any download, naming ``label``) unless ``enum`` is one of the weights
+    torchvision publishes for ``builder`` (a detector arch, or a backbone's ResNet name)."""
     valid = [p.name for p in published_weights(builder)]
     if Published.of(enum).name in valid:
         return
@@ -144,7 +148,7 @@ def _check_enum_builder(text: str, enum, builder: str) -> None:
                 if detector else None)
     else:
         hint = f"{builder}'s: {', '.join(valid)}"
-    raise ModelError(f"weights {text}: torchvision publishes them for {made_for or 'another model'}, not for "
+    raise ModelError(f"{label}: torchvision publishes them for {made_for or 'another model'}, not for "
                      f"{builder}", hint=hint)
 
 
@@ -160,7 +164,7 @@ def _identify(path: Path, candidates: list[Published], label: str) -> Published 
             return c
     for c in candidates:
         if path.name == c.file_name:
-            raise ModelError(f"weights {label}: named as torchvision's {c.name} file, but its sha256 begins "
+            raise ModelError(f"{label}: named as torchvision's {c.name} file, but its sha256 begins "
                              f"{digest[:len(c.hash_prefix)]}, the published file's {c.hash_prefix}: a truncated "
                              f"or altered copy", hint="copy or download the file again and compare its size")
     return None
@@ -172,14 +176,15 @@ def hub_checkpoints() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def check_hub_copy(published: Published) -> str:
-    """``published``'s file name; ModelError when torch's hub cache holds a file of that name whose sha256 does
-    not begin with the published hash prefix (a truncated download or a wrong copy put there by hand)."""
+def check_hub_copy(published: Published, label: str) -> str:
+    """``published``'s file name; ModelError (naming ``label``, the setting) when torch's hub cache holds a file of
+    that name whose sha256 does not begin with the published hash prefix (a truncated download or a wrong copy put
+    there by hand)."""
     path = hub_checkpoints() / published.file_name
     if published.hash_prefix and path.is_file():
         digest = sha256_file(path)
         if not digest.startswith(published.hash_prefix):
-            raise ModelError(f"weights {published.name}: the copy in torch's hub cache ({path}) has a sha256 "
+            raise ModelError(f"{label}: the copy in torch's hub cache ({path}) has a sha256 "
                              f"beginning {digest[:len(published.hash_prefix)]}, the published file's "
                              f"{published.hash_prefix}: a truncated or altered copy",
                              hint="delete it, then copy or download the file again")
@@ -195,11 +200,12 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def torch_load(path: str | Path, label: str) -> Any:
-    """``load_torch_file`` with the weights setting named: ModelError for an unreadable file."""
+    """``load_torch_file`` with the weights setting named (``label``: "teacher.weights 'x.pth'"): ModelError for
+    an unreadable file."""
     try:
         return load_torch_file(Path(path))
     except ModelError as exc:
-        raise ModelError(f"weights {label}: {exc.message}", hint=unreadable_hint(exc.message)) from None
+        raise ModelError(f"{label}: {exc.message}", hint=unreadable_hint(exc.message)) from None
 
 
 def _is_frs_checkpoint(content: Any) -> bool:
@@ -207,8 +213,9 @@ def _is_frs_checkpoint(content: Any) -> bool:
 
 
 def check_checkpoint_format(ckpt: dict, label: str) -> None:
+    """ModelError naming ``label`` (the setting and the file) for a checkpoint of a newer frs."""
     if ckpt.get("format", 0) > CHECKPOINT_FORMAT:
-        raise ModelError(f"checkpoint {label}: format {ckpt['format']} is newer than this frs reads "
+        raise ModelError(f"{label}: format {ckpt['format']} is newer than this frs reads "
                          f"({CHECKPOINT_FORMAT})", hint="upgrade frs")
 
 

@@ -89,7 +89,7 @@ def load_detector(path: str | Path) -> tuple[Detector, dict]:
     ckpt = load_checkpoint_file(path)
     cfg = ModelConfig(**{**ckpt["model_config"], "weights": str(path)})
     detector = build_detector(dataclasses.replace(cfg, weights=""), ckpt["num_classes"], load_weights=False)
-    load_state(detector, ckpt["model"], repr(str(path)))
+    load_state(detector, ckpt["model"], f"checkpoint {str(path)!r}")
     return detector, ckpt
 
 
