@@ -352,3 +352,60 @@ def test_a_refused_weights_file_names_the_recipe_key_or_option_it_came_from(tmp_
     assert result.stderr.strip() == (f"error: checkpoint '{model}': do not fit retinanet_tiny_fpn with "
                                      f"{ckpt['num_classes']} classes: 1 missing (e.g. ['{dropped}']) (the weights must "
                                      "be of the recipe's arch, for the dataset's class count)")
+
+
+def _module(state: dict) -> dict:
+    return {f"module.{k}": v for k, v in state.items()}
+
+
+TRAINING_SCRIPT_FILES = {  # layout -> (the file's content from a state dict, the INFO line's text after the label)
+    "lightning": (lambda sd: {"state_dict": sd, "epoch": 3, "global_step": 12, "pytorch-lightning_version": "2.2.0"},
+                  "took the weights from its 'state_dict' entry"),
+    "reference_script": (lambda sd: {"model": sd, "optimizer": {"state": {}, "param_groups": []}, "epoch": 5},
+                         "took the weights from its 'model' entry"),
+    "ddp": (_module, "stripped the 'module.' (DistributedDataParallel's) of every key"),
+    "reference_script_ddp": (lambda sd: {"model": _module(sd), "epoch": 1},
+                             ("took the weights from its 'model' entry and stripped the 'module.' "
+                              "(DistributedDataParallel's) of every key")),
+}
+
+
+@pytest.mark.parametrize("layout", list(TRAINING_SCRIPT_FILES))
+def test_a_training_scripts_checkpoint_loads_the_state_dict_it_holds(layout, tmp_path, caplog):
+    """The weights a training script saved beside its own entries (Lightning's 'state_dict', a reference script's
+    'model' with its optimizer and epoch) or inside DistributedDataParallel ('module.' on every key) load as the
+    state dict they are, with one INFO line saying so (before: refused as "another file")."""
+    torch.manual_seed(3)
+    original = build_detector(ModelConfig(arch="retinanet_tiny_fpn", anchor_size=16), 5)
+    state = {k: v.detach().clone() for k, v in original.core().state_dict().items()}
+    wrap, note = TRAINING_SCRIPT_FILES[layout]
+    path = tmp_path / "trained.ckpt"
+    torch.save(wrap(state), path)
+    with caplog.at_level("INFO", logger="frs_cli.models.weights"):
+        loaded = build_detector(ModelConfig(arch="retinanet_tiny_fpn", anchor_size=16, weights=str(path)), 5,
+                                table="teacher")
+    assert [r.getMessage() for r in caplog.records if r.name == "frs_cli.models.weights"] == \
+        [f"teacher.weights {str(path)!r}: {note}"]
+    got = loaded.core().state_dict()
+    assert set(got) == set(state)
+    for k, v in state.items():
+        torch.testing.assert_close(got[k], v, rtol=0, atol=0)
+    assert model_fingerprint(loaded) == model_fingerprint(original)
+
+
+def test_a_training_scripts_checkpoint_of_another_model_or_without_tensors_is_still_refused(tmp_path):
+    """Unwrapped weights meet the same key and shape check as any state dict, and an entry that holds no tensors
+    is refused naming what it holds."""
+    path = tmp_path / "resnet.ckpt"
+    torch.save({"model": torchvision.models.resnet18().state_dict(), "epoch": 2}, path)
+    with pytest.raises(ModelError, match=r"^weights '.*resnet\.ckpt': do not fit retinanet_tiny_fpn with 5 classes: "
+                                         r"\d+ missing .* \d+ unexpected \(e\.g\. \['conv1\.weight', 'bn1\.weight'\]\)"):
+        build_detector(ModelConfig(arch="retinanet_tiny_fpn", weights=str(path)), 5)
+    nested = tmp_path / "nested.ckpt"
+    torch.save({"state_dict": {"model": {"w": torch.zeros(1)}, "step": 3}, "epoch": 1}, nested)
+    with pytest.raises(ModelError) as err:
+        build_detector(ModelConfig(arch="retinanet_tiny_fpn", weights=str(nested)), 5)
+    assert err.value.message == (f"weights {str(nested)!r}: expected an frs checkpoint (keys 'arch', 'model') or a "
+                                 "torchvision state dict (a tensor per parameter name), got another file "
+                                 "(['state_dict', 'epoch'])")
+    assert err.value.hint == "its 'state_dict' entry holds keys ['model', 'step'], not a tensor per parameter name"

@@ -1,6 +1,11 @@
 """Where a model's weights come from: a torchvision weights enum name, an frs checkpoint, or a weights file
 that torchvision publishes (a plain state dict), and which published file a local file is.
 
+A state dict saved by a training script is read as torchvision's reference scripts read it: the one
+``state_dict`` entry (PyTorch Lightning, many trainers) or ``model`` entry (detectron2, torchvision's references)
+beside the script's own, and ``module.`` (DistributedDataParallel's) stripped from every key; the key and shape
+check then applies as to any state dict. An mmdetection file is left to ``frs convert mmdet`` (its names differ).
+
 A machine without internet (common on GPU clusters) cannot let torchvision download an enum's file. It can
 name the file itself (``teacher.weights = "/models/retinanet_resnet50_fpn_v2_coco-5905b1c5.pth"``). When
 the file's sha256 begins with the hash prefix in the published file's name (torch.hub's ``check_hash``
@@ -10,6 +15,7 @@ convention), it is that enum's file and is treated exactly as the enum would be.
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +28,7 @@ from frs_cli.errors import ModelError
 from frs_cli.files import missing_file
 from frs_cli.models.torchfile import load_torch_file, refuse_training_state, unreadable_hint
 
+log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = 1
 # torch.hub's convention: "<name>-<first hex digits of the sha256>.<ext>"
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]+)\.")
@@ -60,7 +67,8 @@ def published_weights(builder: str) -> list[Published]:
 class WeightsSource:
     """Resolved ``weights`` / ``weights_backbone`` text. ``kind``: "enum" (torchvision downloads it, or takes
     it from torch's hub cache), "frs" (a checkpoint of ``frs train`` / ``frs distill``: ``content`` is the
-    checkpoint dict) or "torchvision" (a plain state dict file: ``content`` maps names to tensors).
+    checkpoint dict) or "torchvision" (a state dict file, or a training script's checkpoint holding one:
+    ``content`` maps names to tensors).
     ``published``: the torchvision file it is, when known (always for an enum)."""
 
     kind: str
@@ -106,16 +114,51 @@ def resolve_weights(text: str, builder: str, key: str = "weights") -> WeightsSou
     if _is_frs_checkpoint(content):
         check_checkpoint_format(content, label)
         return WeightsSource("frs", label, content)
-    if isinstance(content, dict) and content and all(isinstance(v, Tensor) for v in content.values()):
-        return WeightsSource("torchvision", label, content, published)
     refuse_training_state(content, label, path)
-    keys = list(content)[:4] if isinstance(content, dict) else type(content).__name__
     mmdet = isinstance(content, dict) and isinstance(content.get("state_dict"), dict) and "meta" in content
+    state, note = (None, "") if mmdet else _state_in(content)  # mmdetection's names need frs convert mmdet
+    if state is not None:
+        if note:
+            log.info("%s: %s", label, note)
+        return WeightsSource("torchvision", label, state, published)
+    keys = list(content)[:4] if isinstance(content, dict) else type(content).__name__
     raise ModelError(f"{label}: expected an frs checkpoint (keys 'arch', 'model') or a torchvision state "
                      f"dict (a tensor per parameter name), got another file ({keys})",
                      hint=(f"it looks like an mmdetection checkpoint: frs convert mmdet {text} --arch ARCH --out "
-                           "FILE.pt makes an frs model file of it" if mmdet else
+                           "FILE.pt makes an frs model file of it" if mmdet else note or
                            "frs train / frs distill write the first; torchvision publishes the second"))
+
+
+# where training scripts keep the weights beside their own entries: PyTorch Lightning's and many trainers'
+# "state_dict", detectron2's and torchvision's reference scripts' "model"
+_WRAPPERS = ("state_dict", "model")
+
+
+def _is_state_dict(content: Any) -> bool:
+    return isinstance(content, dict) and bool(content) and all(isinstance(v, Tensor) for v in content.values())
+
+
+def _state_in(content: Any) -> tuple[dict[str, Tensor] | None, str]:
+    """The state dict a file holds, read as torchvision's reference scripts read one: the whole file, or
+    the one ``state_dict`` / ``model`` entry of a training script's checkpoint, with a ``module.`` prefix on every
+    key (a model saved inside DistributedDataParallel) stripped. ``(state, what was unwrapped or stripped, "" if
+    nothing)``, or ``(None, why the one entry is no state dict: "" when there is none)``."""
+    done = []
+    if not _is_state_dict(content):
+        wrappers = [k for k in _WRAPPERS if k in content] if isinstance(content, dict) else []
+        if len(wrappers) != 1:
+            return None, ""
+        key, inner = wrappers[0], content[wrappers[0]]
+        if not _is_state_dict(inner):
+            found = (("is empty" if not inner else f"holds keys {list(inner)[:6]}") if isinstance(inner, dict)
+                     else f"is a {type(inner).__name__}")
+            return None, f"its {key!r} entry {found}, not a tensor per parameter name"
+        content = inner
+        done.append(f"took the weights from its {key!r} entry")
+    if all(isinstance(k, str) and k.startswith("module.") for k in content):
+        content = {k.removeprefix("module."): v for k, v in content.items()}
+        done.append("stripped the 'module.' (DistributedDataParallel's) of every key")
+    return content, " and ".join(done)
 
 
 def _enum_builder(enum) -> str | None:
