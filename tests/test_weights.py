@@ -262,6 +262,7 @@ def test_a_torchvision_file_teacher_is_fingerprinted_by_its_file_and_a_truncated
     result = CliRunner().invoke(app, ["teacher-cache", "-p", str(recipe), "--out", str(tmp_path / "c.zarr")])
     assert result.exit_code == 1
     assert result.stderr.strip().count("\n") == 0
+    assert result.stderr.startswith(f"error: teacher.weights '{cut}': ")
     assert ("small_cut.pth': expected a torch checkpoint (a zip archive written by torch.save), got a damaged or "
             "truncated zip archive") in result.stderr
     assert not (tmp_path / "c.zarr").exists()
