@@ -234,10 +234,19 @@ def output_lock(path: str | Path, *, command: str | None = None, enabled: bool =
                 blocker = file_in_the_way(lock) or lock.parent
                 raise ConfigError(f"{what} {text!r}: expected a folder at {str(blocker)!r} to hold it, got a "
                                   "file") from None
-            if exc.errno not in (errno.EROFS, errno.EACCES):  # e.g. a folder the system makes none in (/proc)
+            denied = exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+            if denied and local.exists() and os.access(local, os.W_OK):
+                # the output is writable but the folder holding it is not (an admin-made folder in a read-only
+                # one, an immutable parent): unlocked, a second writer would write into it beside this one
+                raise StorageError(f"{what} {text!r}: cannot make its lock file {str(lock)!r} ({exc.strerror}), "
+                                   "which keeps a second writer out of it",
+                                   hint=f"make {str(lock.parent)!r} writable, or give the {what} a path inside a "
+                                        "folder you can write") from exc
+            if not denied:  # e.g. a folder the system makes none in (/proc)
                 raise StorageError(f"{what} {text!r}: cannot make its folder {str(lock.parent)!r} ({exc.strerror})",
                                    hint="write to a folder on a writable disk") from exc
-            # where no lock file can be made, no writer can write either: the job's first write says so
+            # where no lock file can be made and the output cannot be written either, no writer can write: the
+            # job's first write says so
             log.debug("%s %s: not locked (%s)", what, text, exc.strerror)
             yield None
             return

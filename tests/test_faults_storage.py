@@ -235,6 +235,36 @@ def test_lock_rules_for_other_hosts_reused_pids_urls_and_torchrun_ranks(tmp_path
 
 
 
+@pytest.mark.parametrize("code", ["EACCES", "EPERM", "EROFS"])
+def test_a_writable_output_whose_lock_cannot_be_made_beside_it_is_refused_not_run_unlocked(code, recipe_path, tmp_path,
+                                                                                          monkeypatch):
+    """``--out`` an existing, writable folder inside one that refuses new files (an admin-made folder in a
+    read-only one, an immutable parent; simulated: the tests may run as root): one line naming the lock file, exit
+    1, the folder untouched (before: EACCES and EROFS ran unlocked, so a second run wrote into the same folder and
+    both exited 0; EPERM said "cannot make its folder" of a folder that existed). An output that does not exist
+    there yet still runs unlocked: its own first write gives the error."""
+    import errno
+
+    from frs_cli import lock as lock_module
+
+    number = getattr(errno, code)
+
+    def refused(path, text):
+        raise OSError(number, os.strerror(number), str(path))
+
+    monkeypatch.setattr(lock_module, "_create", refused)
+    out = tmp_path / "run"
+    out.mkdir()
+    result = CliRunner().invoke(app, ["train", "--pipeline", str(recipe_path), "--role", "student", "--out", str(out),
+                                      "--no-eval", "--device", "cpu"])
+    assert_one_line_error(result, f"--out {str(out)!r}: cannot make its lock file {str(tmp_path / '.run.lock')!r} "
+                                  f"({os.strerror(number)}), which keeps a second writer out of it (make "
+                                  f"{str(tmp_path)!r} writable, or give the --out a path inside a folder you can write)")
+    assert list(out.iterdir()) == []
+    with lock_module.output_lock(tmp_path / "new") as held:  # nothing there yet: nothing to guard
+        assert held is None
+
+
 def test_an_output_reached_through_a_symlink_is_locked_as_its_real_folder(tmp_path):
     """``--out link`` where ``link`` points at the folder another job writes (or at its parent folder): the same
     lock file, so the second job is refused (before: ``.link.lock`` beside the link, and two runs trained into one
