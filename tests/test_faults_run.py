@@ -500,6 +500,29 @@ def test_an_online_resume_onto_a_teacher_file_changed_in_place_says_so_once_and_
     assert torch.load(out / LAST, weights_only=True)["epoch"] == 3
 
 
+def test_a_run_folder_removed_mid_run_stops_the_run_in_one_line_and_is_not_made_again(recipe_path, tmp_path,
+                                                                                     monkeypatch):
+    """``rm -rf`` of the run folder while the run trains: the next save stops the run with one line, exit 1, and
+    no folder is made again (before: exit 0, and a folder holding last.pt and model_final.pt alone, without the
+    recipe and metrics a resume and a report need, looked finished)."""
+    from frs_cli.train import hooks
+
+    out = tmp_path / "run"
+    step = hooks.MetricsHook.after_step
+
+    def after_step(self, trainer):
+        step(self, trainer)
+        if trainer.last.iteration == 1:
+            shutil.rmtree(out)
+
+    monkeypatch.setattr(hooks.MetricsHook, "after_step", after_step)
+    line = error_line(train(recipe_path, out, "--set", "train.epochs=2"))
+    assert line == (f"error: --out {str(out)!r}: the run folder was removed or replaced while the run went on (its "
+                    "recipe.json and metrics.jsonl with it); stopping without saving into it (start the run again in "
+                    "a new --out)")
+    assert not out.exists()
+
+
 def test_the_truncated_state_hint_delete_it_and_run_again_starts_the_run_over(saved_run):
     (saved_run.out / FINAL).unlink()  # a run that has not finished yet
     _truncated_state(saved_run)

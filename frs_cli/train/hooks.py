@@ -77,6 +77,15 @@ class Hook:
         pass
 
 
+def _folder_identity(folder: Path) -> tuple[int, int] | None:
+    """``(device, inode)`` of ``folder``, None when there is none."""
+    try:
+        st = folder.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class TrainingState:
     """The run's ``last.pt``: what trains (the objective's ``checkpointed()`` modules), optimizer, LR schedule,
     AMP scaler, RNG, and the position (epochs done, steps into the next). ``saved_at`` is that position once a
@@ -86,10 +95,23 @@ class TrainingState:
         self.path = Path(path)
         self.trainer = trainer
         self.saved_at: tuple[int, int] | None = None
+        # the run folder as it was when the run began (None: not made yet): a state is never saved into a folder
+        # removed or replaced meanwhile, where it would stand without the run's recipe and metrics
+        self.folder = _folder_identity(self.path.parent) if trainer.ctx.is_main else None
+
+    def _check_folder(self) -> None:
+        now = _folder_identity(self.path.parent)
+        if self.folder is None:
+            self.folder = now
+        elif now != self.folder:
+            raise TrainingError(f"--out {str(self.path.parent)!r}: the run folder was removed or replaced while the "
+                                "run went on (its recipe.json and metrics.jsonl with it); stopping without saving "
+                                "into it", hint="start the run again in a new --out")
 
     def save(self, epoch: int, epoch_step: int) -> None:
         t = self.trainer
         if t.ctx.is_main:
+            self._check_folder()
             atomic_save({
                 "modules": {n: m.state_dict() for n, m in t.objective.checkpointed().items()},
                 "optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
