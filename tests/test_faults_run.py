@@ -523,6 +523,35 @@ def test_a_run_folder_removed_mid_run_stops_the_run_in_one_line_and_is_not_made_
     assert not out.exists()
 
 
+def test_a_resume_past_a_finished_runs_end_keeps_its_final_files_under_their_epochs_name(saved_run):
+    """A finished one-epoch run resumed with ``train.epochs=2``: its model_final.pt is kept as model_epoch1.pt
+    (same bytes) with one warning, and model_final.pt is written again at the new end (before: the old file stood
+    as the final model until the longer run ended, and an extension stopped early left it looking current)."""
+    before = (saved_run.out / FINAL).read_bytes()
+    result = train(saved_run.recipe, saved_run.out, "--resume", "--set", "train.epochs=2")
+    assert result.exit_code == 0, result.output
+    assert ("--resume: the run had finished after 1 epoch and now goes on: its model_final.pt is kept as "
+            "model_epoch1.pt, and written again when the run ends") in warnings_of(result)
+    assert (saved_run.out / "model_epoch1.pt").read_bytes() == before
+    assert (saved_run.out / FINAL).read_bytes() != before
+    assert torch.load(saved_run.out / FINAL, weights_only=True)["arch"] == "retinanet_tiny_fpn"
+    result = train(saved_run.recipe, saved_run.out, "--resume", "--set", "train.epochs=2")  # complete: nothing moves
+    assert result.exit_code == 0 and "had finished" not in warnings_of(result)
+    assert sorted(p.name for p in saved_run.out.glob("model_*.pt")) == ["model_epoch1.pt", "model_final.pt"]
+
+
+def test_a_distill_resumed_past_its_end_keeps_the_model_and_the_adapters(recipe_path, small_cache, tmp_path):
+    out = tmp_path / "run"
+    distill = ("distill", "--pipeline", recipe_path, "--cache", small_cache, "--out", out, *SMALL)
+    assert run(*distill).exit_code == 0
+    adapters = (out / "adapters.pt").read_bytes()
+    result = run(*distill, "--resume", "--set", "train.epochs=2")
+    assert result.exit_code == 0, result.output
+    assert ("its model_final.pt and adapters.pt are kept as model_epoch1.pt and adapters_epoch1.pt, and written "
+            "again when the run ends") in warnings_of(result)
+    assert (out / "adapters_epoch1.pt").read_bytes() == adapters and (out / "adapters.pt").is_file()
+
+
 def test_the_truncated_state_hint_delete_it_and_run_again_starts_the_run_over(saved_run):
     (saved_run.out / FINAL).unlink()  # a run that has not finished yet
     _truncated_state(saved_run)
@@ -731,6 +760,16 @@ def _state_of_an_unfinished_run(t):
     return t.run / LAST
 
 
+def _state_of_a_stopped_extension(t):
+    """A finished run resumed with more epochs and stopped one iteration into them by a frs without the rename
+    (its model_final.pt older than the state)."""
+    state = torch.load(t.run / LAST, weights_only=True)
+    torch.save({**state, "epoch_step": 1}, t.run / LAST)
+    old = (t.run / LAST).stat().st_mtime - 60
+    os.utime(t.run / FINAL, (old, old))
+    return t.run / LAST
+
+
 NOT_TORCH = "expected a torch checkpoint (a zip archive written by torch.save)"
 NOT_A_MODEL = {  # case -> (the file given to --checkpoint, what the line says after "checkpoint '<file>': ")
     "recipe_toml": (lambda t: t.recipe, f"{NOT_TORCH}, got text beginning 'name = \"tiny\"'"),
@@ -745,6 +784,10 @@ NOT_A_MODEL = {  # case -> (the file given to --checkpoint, what the line says a
                                    ("expected a model file (keys 'arch', 'model'), got a training state (what "
                                     "--resume continues from, saved after 1 epoch) (the run has not finished: its "
                                     "model_final.pt is written when train/distill --resume ends)")),
+    "state_of_a_stopped_extension": (_state_of_a_stopped_extension,
+                                     ("expected a model file (keys 'arch', 'model'), got a training state (what "
+                                      "--resume continues from, saved after 1 epoch and 1 iteration) (the run has not "
+                                      "finished: its model_final.pt is written when train/distill --resume ends)")),
     "missing": (lambda t: t.tmp / "nothing.pt", None),
 }
 

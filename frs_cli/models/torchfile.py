@@ -194,7 +194,11 @@ def refuse_training_state(content, label: str, path: Path) -> None:
     """ModelError when ``content`` is a training state (``last.pt``, what ``--resume`` reads), not a model file."""
     if isinstance(content, dict) and {"modules", "optimizer", "epoch"} <= set(content):
         final = path.with_name("model_final.pt")
+        steps = content.get("epoch_step") or 0
+        at = plural(content["epoch"], "epoch") + (f" and {plural(steps, 'iteration')}" if steps else "")
+        # the run's model, if written after this state (a finished run); an older one belongs to an earlier end
+        current = final.is_file() and final.stat().st_mtime_ns >= path.stat().st_mtime_ns
         raise ModelError(f"{label}: expected a model file (keys 'arch', 'model'), got a training state (what --resume "
-                         f"continues from, saved after {plural(content['epoch'], 'epoch')})",
-                         hint=f"use {final}" if final.is_file() else
+                         f"continues from, saved after {at})",
+                         hint=f"use {final}" if current else
                          "the run has not finished: its model_final.pt is written when train/distill --resume ends")

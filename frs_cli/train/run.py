@@ -149,12 +149,33 @@ def _start_out(start: RunStart, recipe_dict: dict, ctx: DistContext) -> None:
         start_run_dir(start, recipe_dict)
 
 
-def _on_resumed(start: RunStart, recipe_dict: dict, changes: dict, ctx: DistContext):
-    """What ``fit`` calls once it has restored and checked the saved state: record the recipe now followed."""
+def _on_resumed(start: RunStart, recipe_dict: dict, changes: dict, ctx: DistContext, outputs: tuple[str, ...]):
+    """What ``fit`` calls once it has restored and checked the saved state: record the recipe now followed, and
+    keep a finished run's final files (``outputs``) under their epoch's name when the run goes on."""
     def resumed() -> None:
         if ctx.is_main:
             record_resume(start.out_dir, recipe_dict, changes)
+            _keep_finished_outputs(start.out_dir, outputs)
     return resumed
+
+
+def _keep_finished_outputs(out_dir: Path, outputs: tuple[str, ...]) -> None:
+    """On a resume past a finished run's end (its final files ``outputs`` written after its saved state, and more
+    epochs asked for): those files renamed after the epoch they finished (``model_epoch6.pt``, ``adapters_epoch6.pt``),
+    so that until the longer run ends no file stands as its final model, and the earlier one is kept (a cache made
+    from a teacher names it by its bytes, whatever the file is called)."""
+    saved = (out_dir / LAST).stat().st_mtime_ns
+    if not all((out_dir / name).is_file() and (out_dir / name).stat().st_mtime_ns >= saved for name in outputs):
+        return
+    epoch = load_training_state(out_dir / LAST)["epoch"]
+    kept = []
+    for name in outputs:
+        path = out_dir / name
+        kept.append(f"{path.stem.removesuffix('_final')}_epoch{epoch}{path.suffix}")
+        path.replace(out_dir / kept[-1])
+    log.warning("--resume: the run had finished after %s and now goes on: its %s %s kept as %s, and written again "
+                "when the run ends", plural(epoch, "epoch"), " and ".join(outputs), "is" if len(outputs) == 1 else "are",
+                " and ".join(kept))
 
 
 def _record_annotations(start: RunStart, recipe_dict: dict, changes: dict, index) -> None:
@@ -273,7 +294,7 @@ def train_detector(recipe, role: str, out_dir: str | Path, *, resume: bool = Fal
     result = fit(GTObjective(detector), train, cfg, ctx, out_dir,
                  views=training_views(cfg.hflip_prob, cfg.min_sizes, recipe.geometry), resume=start.resume,
                  started=lambda: _start_out(start, recipe_dict, ctx),
-                 resumed=_on_resumed(start, recipe_dict, changes, ctx),
+                 resumed=_on_resumed(start, recipe_dict, changes, ctx, (FINAL,)),
                  save_outputs=_model_saver(model_cfg, train.index, recipe.geometry),
                  evaluate=evaluator, progress=progress, table=schedule_table(role))
     return RunSummary(str(out_dir), str(out_dir / FINAL), result)
@@ -375,7 +396,7 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
                                                                         None if cache else teacher, views[0])})
 
     result = fit(objective, dataset, cfg, ctx, out_dir, views=views, resume=start.resume, started=started,
-                 resumed=_on_resumed(start, recipe_dict, changes, ctx),
+                 resumed=_on_resumed(start, recipe_dict, changes, ctx, (FINAL, ADAPTERS)),
                  save_outputs=_model_saver(recipe.student, coco.index, recipe.geometry, extra=True),
                  evaluate=evaluator, progress=progress)
     return RunSummary(str(out_dir), str(out_dir / FINAL), result)
