@@ -638,6 +638,30 @@ def test_ctrl_c_twice_in_the_first_epoch_says_nothing_was_saved_and_the_same_com
     assert files(out) == ["last.pt", "metrics.jsonl", "model_final.pt", "recipe.json"]
 
 
+def test_a_full_disk_at_the_model_file_says_so_in_plain_words_and_promises_no_earlier_file(recipe_path, tmp_path,
+                                                                                            monkeypatch):
+    """torch's zip writer stopping on a full disk raises a RuntimeError naming a line of its C++ source: the line
+    says what happened instead, and does not say "the previous file is kept" of a file that never was (before:
+    "writing failed ([enforce fail at inline_container.cc:672] . unexpected pos …) (the previous file is kept; …)")."""
+    save = torch.save
+
+    def full_at_the_model(obj, f, *a, **k):
+        if "arch" in obj:  # the model file, after the state
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1216 vs 1104")
+        return save(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", full_at_the_model)
+    out = tmp_path / "run"
+    line = error_line(train(recipe_path, out))
+    assert line.startswith(f"error: {out / FINAL}: writing failed (torch's archive writer stopped part way; ")
+    assert line.endswith("MB free on its disk) (free space, then run again with --resume)")
+    assert "enforce" not in line and "previous file" not in line
+    assert files(out) == ["last.pt", "metrics.jsonl", "recipe.json"]
+    monkeypatch.setattr(torch, "save", save)
+    assert train(recipe_path, out, "--resume").exit_code == 0
+    assert torch.load(out / FINAL, weights_only=True)["arch"] == "retinanet_tiny_fpn"
+
+
 def test_ctrl_c_twice_after_a_saved_state_names_it(recipe_path, tmp_path, monkeypatch):
     out = tmp_path / "run"
     _ctrl_c_twice_at(monkeypatch, 2)  # the first step of epoch 2

@@ -45,6 +45,8 @@ def atomic_save(obj, path: str | Path, hint: str = SAVE_HINT) -> None:
     Equal objects give equal bytes: torch names the archive's folder after the file it is given by name, which
     here would be the temporary name (holding the process id), so it is given an open file instead (folder
     ``archive``). A teacher is fingerprinted by its file's bytes (``frs_cli.cache.identity``)."""
+    if not Path(path).exists():  # no earlier file to keep: the hint does not promise one
+        hint = hint.removeprefix("the previous file is kept; ")
     with atomic_path(path, hint=hint) as tmp:
         try:
             with open(tmp, "wb") as f:
@@ -52,8 +54,10 @@ def atomic_save(obj, path: str | Path, hint: str = SAVE_HINT) -> None:
         except RuntimeError as exc:  # torch's zip writer reports a failed write this way (an OSError: atomic_path)
             free = free_bytes(path)
             room = f"{free / 1e6:,.0f} MB free on its disk" if free is not None else "its disk's free space unknown"
-            raise StorageError(f"{path}: writing failed ({exc}; {room})",
-                               hint=hint) from exc
+            # its own words name a line of its C++ source ("[enforce fail at inline_container.cc:…] . unexpected
+            # pos …"), which tells a user nothing
+            what = "torch's archive writer stopped part way" if "enforce fail" in str(exc) else str(exc)
+            raise StorageError(f"{path}: writing failed ({what}; {room})", hint=hint) from exc
 
 
 def model_payload(detector: Detector, model_cfg: ModelConfig, label_to_category, category_names, geometry,
