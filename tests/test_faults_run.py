@@ -274,6 +274,19 @@ def test_out_holding_other_files_is_refused_with_or_without_resume(recipe_path, 
     assert files(out) == ["notes.txt"]
 
 
+def test_a_finished_run_without_its_state_is_named_as_such_not_as_a_folder_to_empty(saved_run):
+    """last.pt removed from a finished run to save space: with or without --resume, the line says what the folder
+    holds and keeps it (before: "exists and is not empty … (choose a new directory, or empty this one)", inviting
+    the user to delete a finished model)."""
+    (saved_run.out / LAST).unlink()
+    before = snapshot(saved_run.out)
+    for extra in ([], ["--resume"]):
+        line = error_line(train(saved_run.recipe, saved_run.out, *extra))
+        assert line == (f"error: --out '{saved_run.out}': holds a finished run (model_final.pt, recipe.json) without "
+                        "the saved state last.pt a run continues from (keep it, and give a new run another --out)")
+    assert snapshot(saved_run.out) == before
+
+
 def test_a_saved_run_without_resume_is_refused_and_the_hint_resume_continues_it(saved_run):
     before = snapshot(saved_run.out)
     line = error_line(train(saved_run.recipe, saved_run.out))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from frs_cli.errors import ConfigError, TrainingError
 from frs_cli.files import atomic_path, storage_errors, write_json
-from frs_cli.train.checkpoint import LAST
+from frs_cli.train.checkpoint import FINAL, LAST
 from frs_cli.train.config import schedule_table
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,9 @@ def check_run_dir(out_dir: Path, resume: bool) -> RunStart:
             log.warning("--resume: %s does not exist yet; starting the run from the beginning", out_dir)
         return RunStart(out_dir, resume=False)
     if not _early_only(entries):
+        if (out_dir / FINAL).is_file() and (out_dir / RECIPE).is_file():  # last.pt removed to save space
+            raise ConfigError(f"--out {str(out_dir)!r}: holds a finished run ({FINAL}, {RECIPE}) without the saved "
+                              f"state {LAST} a run continues from", hint="keep it, and give a new run another --out")
         others = [p.name for p in entries if p.name not in EARLY_FILES and not p.name.startswith(".")]
         raise ConfigError(f"--out {str(out_dir)!r}: exists and is not empty (it holds {', '.join(others[:3])}"
                           f"{', ...' if len(others) > 3 else ''}, and no saved run state {LAST})",
