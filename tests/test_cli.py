@@ -271,7 +271,34 @@ def test_eval_table_shows_undefined_as_a_dash_and_faster_backend_agrees(tmp_path
 
 def test_eval_needs_exactly_one_source(synth_root):
     result = run("eval", "--data", synth_root)
-    assert result.exit_code == 1 and "exactly one of --checkpoint, --detections or --cache" in result.stderr
+    assert result.exit_code == 1 and "exactly one of --checkpoint, --pipeline, --detections or --cache" in result.stderr
+
+
+def test_eval_of_a_recipes_teacher_scores_it_as_its_model_file_does(tmp_path, recipe_path, synth_root, teacher_ckpt):
+    """``eval --pipeline R --role teacher``: the teacher as the recipe builds it (here its weights file, an frs model
+    file) on the recipe's val split, the same numbers as ``eval --checkpoint`` of that file on that split (FRS.md's
+    trap: check the teacher is the trained one before caching it); --split and --data override the recipe's."""
+    by_file, by_recipe = tmp_path / "file.json", tmp_path / "recipe.json"
+    result = run("eval", "--checkpoint", teacher_ckpt, "--data", synth_root, "--split", "val", "--metrics", by_file,
+                 "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    result = run("eval", "--pipeline", recipe_path, "--role", "teacher", "--metrics", by_recipe, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "retinanet_small_fpn (teacher of recipe.toml)" in result.stdout and f"val split, {synth_root}" in result.stdout
+    assert json.loads(by_recipe.read_text()) == json.loads(by_file.read_text())
+    moved = tmp_path / "moved"
+    shutil.copytree(synth_root, moved)
+    result = run("eval", "-p", recipe_path, "--data", moved, "--split", "train", "--set", "teacher.score_thresh=0.9",
+                 "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert f"train split, {moved}" in result.stdout
+    for args, line in [(["--role", "teacher_x"], "eval --role: expected teacher or student, got 'teacher_x'"),
+                       (["--high", "0.3"], "eval --high: expected it with --cache, got it with --pipeline")]:
+        result = run("eval", "--pipeline", recipe_path, *args, "--device", "cpu")
+        assert result.exit_code == 1 and line in result.stderr, result.output
+    result = run("eval", "--checkpoint", teacher_ckpt, "--data", synth_root, "--role", "student")
+    assert result.exit_code == 1
+    assert "eval --role: expected it with --pipeline, got it with --checkpoint" in result.stderr
 
 
 def test_teacher_cache_info_distill_visualize_and_mask_stats(tmp_path, recipe_path):

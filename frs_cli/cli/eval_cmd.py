@@ -31,6 +31,12 @@ def register(app: typer.Typer) -> None:
     def evaluate(
         command: typer.Context,
         checkpoint: Path = typer.Option(None, "--checkpoint", help="Model file (model_final.pt) to run on the split."),
+        pipeline: Path = typer.Option(None, "--pipeline", "-p",
+                                      help="Recipe: score its --role model as the recipe builds it (weights by "
+                                           "torchvision enum name or file), on its val split of its data.root "
+                                           "(--split, --data override them)."),
+        role: str = typer.Option("teacher", help="With --pipeline: the recipe's teacher or student."),
+        overrides: list[str] = typer.Option([], "--set", help="With --pipeline: override a recipe key (repeatable)."),
         detections: Path = typer.Option(None, "--detections", help="COCO results JSON to score instead."),
         cache: str = typer.Option(None, "--cache", help="Teacher cache: report mask statistics instead of mAP."),
         data: Path = typer.Option(None, "--data", help="Dataset root (annotations/, one folder per split)."),
@@ -54,22 +60,22 @@ def register(app: typer.Typer) -> None:
 
         A size range with no ground truth (pycocotools' -1) is undefined: null in --metrics, "–" in the table."""
         setup_logging(verbose)
-        chosen = [x for x in (checkpoint, detections, cache) if x is not None]
+        modes = {"checkpoint": checkpoint, "pipeline": pipeline, "detections": detections, "cache": cache}
+        chosen = [m for m, x in modes.items() if x is not None]
         if len(chosen) != 1:
-            fail("eval: expected exactly one of --checkpoint, --detections or --cache")
-        _check_applies(command, "checkpoint" if checkpoint is not None else "detections" if detections is not None
-                       else "cache")
+            fail("eval: expected exactly one of --checkpoint, --pipeline, --detections or --cache")
+        _check_applies(command, chosen[0])
         _check_options(batch_size, workers, high, max_views, metrics, detections_out)
         if cache is not None:
             return _mask_stats(cache, data, high, max_views, metrics)
-        if data is None:
+        if data is None and pipeline is None:
             fail("eval: --data DIR is required with --checkpoint or --detections")
         if backend not in ("pycocotools", "faster"):
             fail(f"eval --backend: expected pycocotools or faster, got {backend!r}")
-        ann = data / "annotations" / f"instances_{split}.json"
         if detections is not None:
             from frs_cli.eval.coco_eval import evaluate_detections, load_coco, load_detections
 
+            ann = data / "annotations" / f"instances_{split}.json"
             coco_gt = load_coco(ann)
             if not coco_gt.getImgIds():
                 fail(_no_images(split, ann))
@@ -77,31 +83,21 @@ def register(app: typer.Typer) -> None:
                                          progress=progress_for_rank())
             name = detections.name
         else:
-            from frs_cli.data.coco import CocoIndex, CocoViews, category_differences
-            from frs_cli.data.geometry import GeometryConfig
             from frs_cli.dist import check_device, process_group
-            from frs_cli.eval.coco_eval import unlabelled_categories
             from frs_cli.eval.predict import evaluate_detector
-            from frs_cli.train.checkpoint import load_detector
 
             check_device(device)
-            detector, ckpt = load_detector(checkpoint)
-            dataset = CocoViews(CocoIndex(ann), data / split, GeometryConfig(**ckpt["geometry"]))
-            if len(dataset.index) == 0:
-                fail(_no_images(split, ann))
-            differs = category_differences(ckpt, dataset.index.categories)
-            unlabelled = unlabelled_categories(dataset.index.object_categories, ckpt["label_to_category"])
-            if unlabelled:  # the evaluator would refuse after the predictions: one line now, the differences in it
-                fail(f"eval: {str(checkpoint)!r} has no label for categories {unlabelled} of {str(ann)!r}, so their objects cannot "
-                     f"be scored ({differs + '; ' if differs else ''}is --data the dataset it was trained for?)")
-            if differs:
-                log.warning("eval: %s was trained on other categories than %s has: %s (is --data the dataset it "
-                            "was trained for?)", checkpoint, ann, differs)
+            if pipeline is not None:
+                given = command.get_parameter_source("split").name == "COMMANDLINE"
+                detector, dataset, name, split, data = _recipe_model(pipeline, role, overrides, data,
+                                                                     split if given else None)
+                labels = None  # the dataset's own map, as training evaluates
+            else:
+                detector, dataset, name, labels = _checkpoint_model(checkpoint, data, split)
             with process_group(device) as ctx:
                 result = evaluate_detector(detector.to(ctx.device), dataset, ctx, batch_size=batch_size, workers=workers,
-                                           detections_out=detections_out, label_to_category=ckpt["label_to_category"],
+                                           detections_out=detections_out, label_to_category=labels,
                                            progress=progress_for_rank(), backend=backend)
-            name = f"{ckpt['arch']} ({checkpoint.name})"
         if not is_main_process():
             return
         console.print(metrics_table(f"{split} split, {data}", {name: result}))
@@ -110,11 +106,62 @@ def register(app: typer.Typer) -> None:
             console.print(f"wrote {metrics}")
 
 
-# the modes (--checkpoint, --detections, --cache) each option is read by: one given with another mode is refused,
-# not ignored
-_APPLIES = {"detections_out": ("checkpoint",), "batch_size": ("checkpoint",), "workers": ("checkpoint",),
-            "backend": ("checkpoint", "detections"), "split": ("checkpoint", "detections"), "high": ("cache",),
-            "max_views": ("cache",)}
+# the modes (--checkpoint, --pipeline, --detections, --cache) each option is read by: one given with another mode
+# is refused, not ignored
+_APPLIES = {"detections_out": ("checkpoint", "pipeline"), "batch_size": ("checkpoint", "pipeline"),
+            "workers": ("checkpoint", "pipeline"), "backend": ("checkpoint", "pipeline", "detections"),
+            "split": ("checkpoint", "pipeline", "detections"), "high": ("cache",), "max_views": ("cache",),
+            "role": ("pipeline",), "overrides": ("pipeline",)}
+
+
+def _checkpoint_model(checkpoint: Path, data: Path, split: str):
+    """``(detector, dataset, name, label_to_category)`` of a model file and the split it is scored on; one line
+    (exit 1) for a split without images or with categories the model has no label for."""
+    from frs_cli.data.coco import CocoIndex, CocoViews, category_differences
+    from frs_cli.data.geometry import GeometryConfig
+    from frs_cli.eval.coco_eval import unlabelled_categories
+    from frs_cli.train.checkpoint import load_detector
+
+    ann = data / "annotations" / f"instances_{split}.json"
+    detector, ckpt = load_detector(checkpoint)
+    dataset = CocoViews(CocoIndex(ann), data / split, GeometryConfig(**ckpt["geometry"]))
+    if len(dataset.index) == 0:
+        fail(_no_images(split, ann))
+    differs = category_differences(ckpt, dataset.index.categories)
+    unlabelled = unlabelled_categories(dataset.index.object_categories, ckpt["label_to_category"])
+    if unlabelled:  # the evaluator would refuse after the predictions: one line now, the differences in it
+        fail(f"eval: {str(checkpoint)!r} has no label for categories {unlabelled} of {str(ann)!r}, so their objects "
+             f"cannot be scored ({differs + '; ' if differs else ''}is --data the dataset it was trained for?)")
+    if differs:
+        log.warning("eval: %s was trained on other categories than %s has: %s (is --data the dataset it "
+                    "was trained for?)", checkpoint, ann, differs)
+    return detector, dataset, f"{ckpt['arch']} ({checkpoint.name})", ckpt["label_to_category"]
+
+
+def _recipe_model(pipeline: Path, role: str, overrides: list[str], data: Path | None, split: str | None):
+    """``(detector, dataset, name, split, root)``: the recipe's ``role`` model built as train and teacher-cache build
+    it (its weights loaded: a torchvision enum downloaded or taken from torch's hub cache, or a file), and the
+    split it is scored on (``split``, else the recipe's val split) of ``data`` (else the recipe's data.root)."""
+    import json
+
+    from frs_cli.cli.common import load
+    from frs_cli.data.coco import CocoViews
+    from frs_cli.models import build_detector, build_teacher, warn_untrained_teacher
+
+    if role not in ("teacher", "student"):
+        fail(f"eval --role: expected teacher or student, got {role!r}")
+    recipe = load(str(pipeline), [*overrides, *([f"data.root={json.dumps(str(data))}"] if data is not None else [])])
+    split = split or recipe.data.val
+    dataset = CocoViews.from_config(recipe.data, split, recipe.geometry)
+    if len(dataset.index) == 0:
+        fail(_no_images(split, recipe.data.annotation_file(split)))
+    cfg = recipe.model_config(role)
+    if role == "teacher":
+        warn_untrained_teacher(cfg, "eval")
+        detector = build_teacher(cfg, dataset.index.num_classes)
+    else:
+        detector = build_detector(cfg, dataset.index.num_classes, table="student")
+    return detector, dataset, f"{cfg.arch} ({role} of {pipeline.name})", split, Path(recipe.data.root)
 
 
 def _check_applies(command: typer.Context, mode: str) -> None:
