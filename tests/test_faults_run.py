@@ -565,6 +565,28 @@ def test_a_distill_resumed_past_its_end_keeps_the_model_and_the_adapters(recipe_
     assert (out / "adapters_epoch1.pt").read_bytes() == adapters and (out / "adapters.pt").is_file()
 
 
+def test_a_run_recorded_by_an_older_frs_resumes_under_its_own_recipe_or_names_the_set_that_keeps_it(saved_run):
+    """recipe.json as a frs of 2026-12-02 wrote it: ``nms_thresh`` written out as the arch's 0.5 (today 0 stands
+    for it) and no ``train.group_by_canvas`` (it batched mixed canvases). The nms value is no change; the
+    canvas batching is, and the line names the --set that resumes the run as it began (before: both were listed
+    as another recipe, and the hint was to resume with the recipe the user had given)."""
+    path = saved_run.out / "recipe.json"
+    stored = json.loads(path.read_text())
+    assert stored["student"]["nms_thresh"] == 0.0
+    stored["student"]["nms_thresh"] = 0.5
+    del stored["train"]["group_by_canvas"]
+    path.write_text(json.dumps(stored))
+    line = error_line(train(saved_run.recipe, saved_run.out, "--resume", "--set", "train.epochs=2"))
+    assert line == (f"error: --resume: the run in '{saved_run.out}' started with another recipe: train.group_by_canvas = "
+                    "false, now true (the run began under an older frs, before train.group_by_canvas existed; --set "
+                    "train.group_by_canvas=false resumes it as it began)")
+    result = train(saved_run.recipe, saved_run.out, "--resume", "--set", "train.epochs=2", "--set",
+                   "train.group_by_canvas=false")
+    assert result.exit_code == 0, result.output
+    assert "nms_thresh" not in warnings_of(result)
+    assert torch.load(saved_run.out / LAST, weights_only=True)["epoch"] == 2
+
+
 def test_the_truncated_state_hint_delete_it_and_run_again_starts_the_run_over(saved_run):
     (saved_run.out / FINAL).unlink()  # a run that has not finished yet
     _truncated_state(saved_run)

@@ -179,7 +179,9 @@ def resume_changes(out_dir: Path, recipe_dict: dict, job: str) -> dict[str, tupl
     tables = JOB_TABLES[job]
     schedule = schedule_table("teacher" if job == "train teacher" else "student")
     old, new = _normal(stored), _normal(recipe_dict)
-    old.update({k: v for k, v in BEFORE_THE_KEY.items() if k not in old and k in new})
+    older = {k: v for k, v in BEFORE_THE_KEY.items() if k not in old and k in new}  # the run predates these keys
+    old.update(older)
+    old, new = _resolved(old), _resolved(new)
     # other keys the stored recipe lacks are settings a newer frs added that change nothing a run did (their
     # defaults); they are recorded, not refused
     same = _same_paths(old, stored, recipe_dict)
@@ -191,10 +193,29 @@ def resume_changes(out_dir: Path, recipe_dict: dict, job: str) -> dict[str, tupl
     if refused:
         listed = "; ".join(f"{k} = {_shown(a)}, now {_shown(b)}" for k, (a, b) in refused.items())
         allowed = ", ".join(f"{schedule}.{r}" for r in RESUMABLE)
-        raise ConfigError(f"--resume: the run in {str(out_dir)!r} started with another recipe: {listed}",
-                          hint=f"a resume may change only {allowed}; resume with the recipe it started with, "
-                               "or start a new run in another --out")
+        kept = [f"--set {k}={_shown(older[k])}" for k in refused if k in older]
+        hint = (f"the run began under an older frs, before {', '.join(k for k in refused if k in older)} existed; "
+                f"{' '.join(kept)} resumes it as it began" if kept and len(kept) == len(refused) else
+                f"a resume may change only {allowed}; resume with the recipe it started with, or start a new run in "
+                "another --out")
+        raise ConfigError(f"--resume: the run in {str(out_dir)!r} started with another recipe: {listed}", hint=hint)
     return relevant
+
+
+def _resolved(flat: dict) -> dict:
+    """``flat`` with the values that stand for another (``nms_thresh = 0``: the arch's own, 0.5 or 0.6) replaced by
+    it, so that a run recorded before such a default (its value written out) resumes under the same recipe."""
+    from frs_cli.errors import FrsError
+    from frs_cli.models.registry import arch_spec
+
+    out = dict(flat)
+    for table in ("teacher", "student"):
+        if out.get(f"{table}.nms_thresh") == 0 and isinstance(out.get(f"{table}.arch"), str):
+            try:
+                out[f"{table}.nms_thresh"] = arch_spec(out[f"{table}.arch"]).nms_iou()
+            except FrsError:  # an arch this frs does not know: left as written
+                pass
+    return out
 
 
 def _shown(value) -> str:
