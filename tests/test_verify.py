@@ -61,6 +61,26 @@ def test_intact_cache_verifies_ok_with_a_one_line_summary(cache_path):
         f"OK: cache {cache_path}: 48 of 48 written views intact (all 48 views, state complete)"]
 
 
+def test_verify_of_a_cache_from_before_head_checksums_says_its_index_and_head_were_not_checked(cache_path, tmp_path):
+    """A cache written before frs recorded the checksums of its index and teacher head (no ``checksums`` root
+    attribute), its head then damaged: verify still passes its views, and says the index and head were not
+    checked (before: "OK … intact", and distill trained on the damaged head without a word)."""
+    copy = tmp_path / "old.zarr"
+    shutil.copytree(cache_path, copy)
+    group = zarr.open_group(str(copy), mode="r+")
+    recorded = dict(group.attrs["checksums"])
+    group.attrs.put({k: v for k, v in group.attrs.asdict().items() if k != "checksums"})
+    head = next(n for n in recorded if n.startswith("teacher_head/") and n.endswith("weight"))
+    array = zarr.open_array(str(copy / head), mode="r+")
+    array[(0,) * array.ndim] = array[(0,) * array.ndim] + 1.0
+    result = runner.invoke(app, ["cache", "verify", str(copy)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == (
+        f"OK: cache {copy}: 48 of 48 written views intact (all 48 views, state complete); its {len(recorded)} index "
+        "and teacher-head arrays carry no checksums (a cache written before frs recorded them), so they were not "
+        "checked: writing the cache again gives them checksums")
+
+
 def test_verify_lists_exactly_the_corrupt_and_the_missing_view(damaged, cache_path):
     report = verify_cache(str(damaged))
     assert not report.ok and report.views_done == 48

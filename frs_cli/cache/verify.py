@@ -49,6 +49,8 @@ class VerifyReport:
     missing_arrays: list[str] = field(default_factory=list)  # arrays the format requires that are not there
     damaged_arrays: list[str] = field(default_factory=list)  # index or teacher-head arrays of another checksum
     attribute_faults: list[str] = field(default_factory=list)  # root attributes the arrays contradict
+    # index or teacher-head arrays the writer recorded no checksum for (a cache from before it did): not checked
+    unchecked: list[str] = field(default_factory=list)
     kind: str = "zarr"  # the store: "zarr" or "hdf5" (what repairs it differs)
 
     @property
@@ -106,7 +108,12 @@ class VerifyReport:
                         f"{self.repair()})")
             return (f"{head}; {self.views_total - self.views_done} of {self.views_total} views not yet written "
                     f"(state {self.state}; {finish})")
-        return f"OK: {head} (all {self.views_total} views, state {self.state})"
+        unchecked = ""
+        if self.unchecked:
+            unchecked = (f"; its {plural(len(self.unchecked), 'index and teacher-head array')} carry no checksums (a "
+                         "cache written before frs recorded them), so they were not checked: writing the cache "
+                         "again gives them checksums")
+        return f"OK: {head} (all {self.views_total} views, state {self.state}){unchecked}"
 
 
 def attribute_faults(backend, attrs: dict) -> list[str]:
@@ -211,6 +218,9 @@ def verify_cache(path: str, *, storage_options: dict | None = None, progress: Pr
     report = VerifyReport(str(path), str(attrs.get("state")), int(attrs.get("num_views", 0)), 0, kind=backend.kind)
     report.missing_arrays = [n for n in required_cache_arrays(attrs) if not backend.has(n)]
     report.damaged_arrays = damaged_arrays(backend, attrs, skip=set(report.missing_arrays))
+    recorded = attrs.get("checksums", {})
+    report.unchecked = [n for n in required_cache_arrays(attrs) if n.startswith(("index/", "teacher_head/"))
+                        and n not in recorded and n not in report.missing_arrays]
     if any(n.startswith("index/") for n in [*report.missing_arrays, *report.damaged_arrays]):
         return report
     report.attribute_faults = attribute_faults(backend, attrs)
