@@ -477,6 +477,7 @@ def test_a_resume_onto_annotations_changed_in_place_says_so_once_and_records_the
     assert json.loads((out / "recipe.json").read_text())["paths"]["train_annotations"] == now
     assert torch.load(out / LAST, weights_only=True)["epoch"] == 3
 
+
 def test_an_online_resume_onto_a_teacher_file_changed_in_place_says_so_once_and_records_it(tmp_path, synth_root,
                                                                                            teacher_ckpt):
     """distill --online, its teacher.weights file overwritten between the save and the resume (a teacher retrained
@@ -506,7 +507,7 @@ def test_an_online_resume_onto_a_teacher_file_changed_in_place_says_so_once_and_
     now = "file:" + hashlib.sha256(teacher.read_bytes()).hexdigest()[:16]
     said = warnings_of(result)
     assert said.count("teacher's weights file") == 1
-    assert (f'--resume: the teacher\'s weights file "{teacher}" is not the one the run started with ({then} then, '
+    assert (f"--resume: the teacher's weights file {str(teacher)!r} is not the one the run started with ({then} then, "
             f"{now} now: changed in place); the rest of the run distills from it as it is now (recorded in "
             "recipe.json)") in said
     assert json.loads((out / "recipe.json").read_text())["paths"]["teacher"] == now

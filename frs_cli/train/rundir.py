@@ -255,9 +255,9 @@ def record_resume(out_dir: Path, recipe_dict: dict, changes: dict[str, tuple]) -
                         recipe_dict[PATHS][ANNOTATIONS_FILE], old[:19], new[:19], RECIPE)
             continue
         if key == f"{PATHS}.{TEACHER}":
-            log.warning("--resume: the teacher's weights file %s is not the one the run started with (%s then, %s now: "
+            log.warning("--resume: the teacher's weights file %r is not the one the run started with (%s then, %s now: "
                         "changed in place); the rest of the run distills from it as it is now (recorded in %s)",
-                        _shown(recipe_dict.get("teacher", {}).get("weights")), old, new, RECIPE)
+                        str(recipe_dict.get("teacher", {}).get("weights")), old, new, RECIPE)
             continue
         if key in LAYOUT:
             log.warning("--resume: %s changes from %s to %s (recorded in %s): the same model, its steps summed in "
