@@ -698,6 +698,49 @@ def test_a_full_disk_at_the_model_file_says_so_in_plain_words_and_promises_no_ea
     assert torch.load(out / FINAL, weights_only=True)["arch"] == "retinanet_tiny_fpn"
 
 
+def test_a_full_disk_while_logging_a_step_is_one_line_and_the_hint_run_again_with_resume_works(recipe_path, tmp_path,
+                                                                                              monkeypatch):
+    """metrics.jsonl's append failing on a full disk in epoch 2: one line naming the file, exit 1 (before: Python's
+    OSError with a traceback); after freeing space, --resume finishes the run from epoch 1's state, its log cut
+    back to that state and written on, every step once."""
+    import errno
+
+    from frs_cli.train import metrics_log
+
+    class FullAfter:
+        def __init__(self, file, lines):
+            self.file, self.lines = file, lines
+
+        def write(self, text):
+            self.lines -= 1
+            if self.lines < 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.file.write(text)
+
+        def flush(self):
+            self.file.flush()
+
+        def close(self):
+            self.file.close()
+
+    made = metrics_log.MetricsLog.__init__
+
+    def full_in_epoch_2(self, out_dir, tensorboard=False):
+        made(self, out_dir, tensorboard)
+        self.file = FullAfter(self.file, lines=3)  # 2 steps and the eval-less epoch 1, then full
+
+    monkeypatch.setattr(metrics_log.MetricsLog, "__init__", full_in_epoch_2)
+    out = tmp_path / "run"
+    line = error_line(train(recipe_path, out, "--set", "train.epochs=2"))
+    assert line == (f"error: {out / 'metrics.jsonl'}: the disk is full (no space left on device) (free space, then "
+                    "run again with --resume)")
+    assert torch.load(out / LAST, weights_only=True)["epoch"] == 1
+    monkeypatch.setattr(metrics_log.MetricsLog, "__init__", made)
+    assert train(recipe_path, out, "--set", "train.epochs=2", "--resume").exit_code == 0
+    iters = [json.loads(x)["iter"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"iter"' in x]
+    assert iters == sorted(set(iters)) and len(iters) == 4
+
+
 def test_ctrl_c_twice_after_a_saved_state_names_it(recipe_path, tmp_path, monkeypatch):
     out = tmp_path / "run"
     _ctrl_c_twice_at(monkeypatch, 2)  # the first step of epoch 2

@@ -10,10 +10,12 @@ pictures (the FRS mask panels) as images. TensorBoard is an optional extra: ``pi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
 
+from frs_cli.files import storage_errors
 from frs_cli.optional import require
 
 METRICS_FILE = "metrics.jsonl"
@@ -41,12 +43,19 @@ class MetricsLog:
     ``image(tag, picture, iteration)``, ``close()``."""
 
     def __init__(self, out_dir: str | Path, tensorboard: bool = False):
-        self.file = open(Path(out_dir) / METRICS_FILE, "a")  # noqa: SIM115 (kept open for the run; close())
+        self.path = Path(out_dir) / METRICS_FILE
+        self.file = open(self.path, "a")  # noqa: SIM115 (kept open for the run; close())
         self.board = _writer(out_dir) if tensorboard else None
 
+    def _append(self, record: dict) -> None:
+        """One line, flushed; a full disk is one line naming the file (the run stops; a resume continues from its
+        last saved state and cuts this file back to it)."""
+        with storage_errors(str(self.path), hint="free space, then run again with --resume"):
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+
     def step(self, record: dict) -> None:
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+        self._append(record)
         if self.board is None:
             return
         it = int(record["iter"])
@@ -57,8 +66,7 @@ class MetricsLog:
             self.board.add_scalar(tag, value, it)
 
     def eval(self, epoch: int, metrics: dict, iteration: int) -> None:
-        self.file.write(json.dumps({"epoch": epoch, "eval": metrics}) + "\n")
-        self.file.flush()
+        self._append({"epoch": epoch, "eval": metrics})
         if self.board is None:
             return
         for key, value in metrics.items():
@@ -77,7 +85,8 @@ class MetricsLog:
         self.board.flush()
 
     def close(self) -> None:
-        self.file.close()
+        with contextlib.suppress(OSError):  # what a full disk kept from being written was reported when it was
+            self.file.close()
         if self.board is not None:
             self.board.close()
 
