@@ -1038,6 +1038,7 @@ def test_sigterm_in_distill_saves_the_state_at_the_step_boundary_and_exits_143(r
     state = torch.load(out / LAST, weights_only=True)
     assert (state["epoch"], state["epoch_step"]) == (0, 2)
     assert signal.getsignal(signal.SIGTERM) == before  # the handler is the run's alone
+    assert not (tmp_path / ".run.lock").exists()  # released as on Ctrl-C: no stale lock for the resume to break
 
 
 @pytest.mark.parametrize(("sets", "label"), [([], "student + FRS"),
