@@ -554,6 +554,25 @@ def test_a_resume_past_a_finished_runs_end_keeps_its_final_files_under_their_epo
     assert sorted(p.name for p in saved_run.out.glob("model_*.pt")) == ["model_epoch1.pt", "model_final.pt"]
 
 
+def test_a_finished_run_copied_without_its_files_times_is_still_finished(saved_run, synth_root):
+    """``cp -r`` (or an archive) gives last.pt a later time than model_final.pt: whether the run finished is judged
+    by content, so a resume still says "already complete" and writes nothing, a longer resume still keeps the
+    model as model_epoch1.pt, and eval of last.pt still points to model_final.pt (before: by the files' times,
+    the finished model was silently overwritten)."""
+    later = (saved_run.out / FINAL).stat().st_mtime + 60
+    os.utime(saved_run.out / LAST, (later, later))
+    before = snapshot(saved_run.out)
+    times = {p.name: p.stat().st_mtime_ns for p in saved_run.out.iterdir()}
+    result = train(saved_run.recipe, saved_run.out, "--resume")
+    assert result.exit_code == 0 and "is already complete (1 epochs); nothing written" in " ".join(result.stdout.split())
+    assert snapshot(saved_run.out) == before and {p.name: p.stat().st_mtime_ns for p in saved_run.out.iterdir()} == times
+    line = error_line(run("eval", "--checkpoint", saved_run.out / LAST, "--data", synth_root, "--device", "cpu"))
+    assert line.endswith(f"(use {saved_run.out / FINAL})")
+    result = train(saved_run.recipe, saved_run.out, "--resume", "--set", "train.epochs=2")
+    assert result.exit_code == 0, result.output
+    assert (saved_run.out / "model_epoch1.pt").read_bytes() == before[FINAL]
+
+
 def test_a_distill_resumed_past_its_end_keeps_the_model_and_the_adapters(recipe_path, small_cache, tmp_path):
     out = tmp_path / "run"
     distill = ("distill", "--pipeline", recipe_path, "--cache", small_cache, "--out", out, *SMALL)
@@ -610,6 +629,7 @@ def test_a_training_state_of_an_earlier_frs_holding_numpy_objects_still_resumes(
     state["rng"]["numpy"] = np.random.RandomState(7).get_state()  # how earlier versions stored it
     torch.save(state, saved_run.out / LAST)
     assert any(n.startswith("numpy.") for n in torch.serialization.get_unsafe_globals_in_checkpoint(saved_run.out / LAST))
+    (saved_run.out / FINAL).unlink()  # not finished: the resume restores the state (and writes the model file)
     result = train(saved_run.recipe, saved_run.out, "--resume")
     assert result.exit_code == 0, result.output
     assert np.random.get_state()[1][:4].tolist() == np.random.RandomState(7).get_state()[1][:4].tolist()

@@ -196,9 +196,26 @@ def refuse_training_state(content, label: str, path: Path) -> None:
         final = path.with_name("model_final.pt")
         steps = content.get("epoch_step") or 0
         at = plural(content["epoch"], "epoch") + (f" and {plural(steps, 'iteration')}" if steps else "")
-        # the run's model, if written after this state (a finished run); an older one belongs to an earlier end
-        current = final.is_file() and final.stat().st_mtime_ns >= path.stat().st_mtime_ns
+        current = not steps and final.is_file() and holds_the_states_model(final, content)
         raise ModelError(f"{label}: expected a model file (keys 'arch', 'model'), got a training state (what --resume "
                          f"continues from, saved after {at})",
                          hint=f"use {final}" if current else
                          "the run has not finished: its model_final.pt is written when train/distill --resume ends")
+
+
+def holds_the_states_model(model_file: Path, state: dict) -> bool:
+    """Whether the model file at ``model_file`` holds the weights of the student in the training ``state`` (a run
+    that finished at that state wrote it then): by content, so a run folder copied without its files' times is
+    judged as the original. ``Detector.core()`` is ``self.model``: a state's student keys are the model file's
+    under ``model.``."""
+    from frs_cli.models.base import fingerprint_state_dict
+
+    try:
+        model = load_torch_file(model_file)
+    except ModelError:
+        return False
+    student = (state.get("modules") or {}).get("student") or {}
+    core = {k.removeprefix("model."): v for k, v in student.items() if k.startswith("model.")}
+    if not isinstance(model, dict) or not isinstance(model.get("model"), dict) or not core:
+        return False
+    return model.get("fingerprint", fingerprint_state_dict(model["model"])) == fingerprint_state_dict(core)

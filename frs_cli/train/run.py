@@ -33,6 +33,7 @@ from frs_cli.models import (
     warn_untrained_teacher,
 )
 from frs_cli.models.config import ModelConfig
+from frs_cli.models.torchfile import holds_the_states_model, load_torch_file
 from frs_cli.progress import Progress
 from frs_cli.train.checkpoint import (
     FINAL,
@@ -130,16 +131,27 @@ def _live_teacher(recipe, online: bool) -> dict[str, str]:
 
 def _already_complete(start: RunStart, epochs: int, outputs: tuple[str, ...]) -> bool:
     """Whether ``--resume`` finds the run finished: its saved state at the end of its last epoch (``epochs``) and
-    each final file in ``outputs`` written after that state. Such a run is left as it is: its final files are not
-    written again (a cache fingerprints its teacher by the model file's bytes)."""
+    each final file in ``outputs`` written from that state (``_written_from``). Such a run is left as it is: its
+    final files are not written again (a cache fingerprints its teacher by the model file's bytes)."""
     if not start.resume:
         return False
     state = load_training_state(start.out_dir / LAST)
-    if (state["epoch"], state["epoch_step"]) != (epochs, 0):
+    return state["epoch"] == epochs and _written_from(state, start.out_dir, outputs)
+
+
+def _written_from(state: dict, out_dir: Path, outputs: tuple[str, ...]) -> bool:
+    """Whether the final files ``outputs`` in ``out_dir`` were written from ``state``, the state a run finished
+    at: at an epoch's end, the model file holding its student's weights and ``adapters.pt`` (a distillation's) its
+    adapters. Judged by content, not by the files' times, which a copy or a restore from an archive changes."""
+    if state["epoch_step"] or not all((out_dir / name).is_file() for name in outputs):
         return False
-    saved = (start.out_dir / LAST).stat().st_mtime_ns
-    return all((start.out_dir / name).is_file() and (start.out_dir / name).stat().st_mtime_ns >= saved
-               for name in outputs)
+    if not holds_the_states_model(out_dir / FINAL, state):
+        return False
+    if ADAPTERS not in outputs:
+        return True
+    saved = load_torch_file(out_dir / ADAPTERS).get("adapters", {})
+    adapters = state["modules"].get("adapters", {})
+    return saved.keys() == adapters.keys() and all(torch.equal(saved[k], adapters[k]) for k in saved)
 
 
 def _start_out(start: RunStart, recipe_dict: dict, ctx: DistContext) -> None:
@@ -164,10 +176,12 @@ def _keep_finished_outputs(out_dir: Path, outputs: tuple[str, ...]) -> None:
     epochs asked for): those files renamed after the epoch they finished (``model_epoch6.pt``, ``adapters_epoch6.pt``),
     so that until the longer run ends no file stands as its final model, and the earlier one is kept (a cache made
     from a teacher names it by its bytes, whatever the file is called)."""
-    saved = (out_dir / LAST).stat().st_mtime_ns
-    if not all((out_dir / name).is_file() and (out_dir / name).stat().st_mtime_ns >= saved for name in outputs):
+    if not all((out_dir / name).is_file() for name in outputs):
         return
-    epoch = load_training_state(out_dir / LAST)["epoch"]
+    state = load_training_state(out_dir / LAST)
+    if not _written_from(state, out_dir, outputs):
+        return
+    epoch = state["epoch"]
     kept = []
     for name in outputs:
         path = out_dir / name
