@@ -299,6 +299,18 @@ def test_eval_of_a_recipes_teacher_scores_it_as_its_model_file_does(tmp_path, re
     result = run("eval", "--checkpoint", teacher_ckpt, "--data", synth_root, "--role", "student")
     assert result.exit_code == 1
     assert "eval --role: expected it with --pipeline, got it with --checkpoint" in result.stderr
+    result = run("eval", "--checkpoint", teacher_ckpt, "--data", synth_root, "--set", "train.lr=1")
+    assert result.exit_code == 1 and "eval --set: expected it with --pipeline, got it with --checkpoint" in result.stderr
+    result = run("eval", "--pipeline", recipe_path, "--set", f"data.root={json.dumps(str(tmp_path / 'none'))}")
+    assert result.exit_code == 1
+    assert (f"eval --pipeline: expected a dataset folder at data.root {str(tmp_path / 'none')!r}, found none (give it "
+            "with --data DIR, or --set data.root=DIR)") in " ".join(result.stderr.split())
+    result = run("eval", "--pipeline", recipe_path, "--role", "student", "--device", "cpu",
+                 "--detections-out", tmp_path / "d.json")
+    assert result.exit_code == 0, result.output
+    assert "student.weights is empty, so the student (retinanet_tiny_fpn) is scored untrained" in \
+        " ".join(result.stderr.split())
+    assert f"wrote {tmp_path / 'd.json'}" in " ".join(result.stdout.split()) and (tmp_path / "d.json").is_file()
 
 
 def test_teacher_cache_info_distill_visualize_and_mask_stats(tmp_path, recipe_path):

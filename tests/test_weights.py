@@ -364,10 +364,10 @@ TRAINING_SCRIPT_FILES = {  # layout -> (the file's content from a state dict, th
                   "took the weights from its 'state_dict' entry"),
     "reference_script": (lambda sd: {"model": sd, "optimizer": {"state": {}, "param_groups": []}, "epoch": 5},
                          "took the weights from its 'model' entry"),
-    "ddp": (_module, "stripped the 'module.' (DistributedDataParallel's) of every key"),
+    "ddp": (_module, "stripped the prefix 'module.' (DistributedDataParallel's) from every key"),
     "reference_script_ddp": (lambda sd: {"model": _module(sd), "epoch": 1},
-                             ("took the weights from its 'model' entry and stripped the 'module.' "
-                              "(DistributedDataParallel's) of every key")),
+                             ("took the weights from its 'model' entry and stripped the prefix 'module.' "
+                              "(DistributedDataParallel's) from every key")),
 }
 
 

@@ -41,10 +41,12 @@ def register(app: typer.Typer) -> None:
         cache: str = typer.Option(None, "--cache", help="Teacher cache: report mask statistics instead of mAP."),
         data: Path = typer.Option(None, "--data", help="Dataset root (annotations/, one folder per split)."),
         split: str = typer.Option("val", help="Split to evaluate: the folder name under --data, as in "
-                                              "annotations/instances_SPLIT.json (COCO: val2017). Not with --cache "
-                                              "(a cache holds one split)."),
+                                              "annotations/instances_SPLIT.json (COCO: val2017); with --pipeline "
+                                              "the recipe's data.val unless given. Not with --cache (a cache holds "
+                                              "one split)."),
         metrics: Path = typer.Option(None, "--metrics", help="Write the numbers as JSON here."),
-        detections_out: Path = typer.Option(None, "--detections-out", help="With --checkpoint: write detections JSON."),
+        detections_out: Path = typer.Option(None, "--detections-out",
+                                            help="With --checkpoint or --pipeline: write detections JSON."),
         batch_size: int = typer.Option(8, help="Images per forward pass."),
         workers: int = typer.Option(2, help="Image-decoding worker processes."),
         high: float = typer.Option(0.5, help="With --cache: S at or above this counts as a high-score position "
@@ -56,7 +58,9 @@ def register(app: typer.Typer) -> None:
         device: str = DEVICE,
         verbose: bool = VERBOSE,
     ):
-        """Measure COCO box mAP (pycocotools) of a checkpoint or detections file, or a cache's mask statistics.
+        """Measure COCO box mAP (pycocotools) of a checkpoint, recipe model or detections, or a cache's mask statistics.
+
+        --pipeline RECIPE --role teacher scores the recipe's teacher as it is built for caching, before caching it.
 
         A size range with no ground truth (pycocotools' -1) is undefined: null in --metrics, "–" in the table."""
         setup_logging(verbose)
@@ -104,6 +108,8 @@ def register(app: typer.Typer) -> None:
         if metrics is not None:
             write_json(metrics, result, indent=1)
             console.print(f"wrote {metrics}")
+        if detections_out is not None:
+            console.print(f"wrote {detections_out}")
 
 
 # the modes (--checkpoint, --pipeline, --detections, --cache) each option is read by: one given with another mode
@@ -152,6 +158,9 @@ def _recipe_model(pipeline: Path, role: str, overrides: list[str], data: Path | 
         fail(f"eval --role: expected teacher or student, got {role!r}")
     recipe = load(str(pipeline), [*overrides, *([f"data.root={json.dumps(str(data))}"] if data is not None else [])])
     split = split or recipe.data.val
+    if not Path(recipe.data.root).is_dir():
+        fail(f"eval --pipeline: expected a dataset folder at data.root {str(recipe.data.root)!r}, found none (give "
+             "it with --data DIR, or --set data.root=DIR)")
     dataset = CocoViews.from_config(recipe.data, split, recipe.geometry)
     if len(dataset.index) == 0:
         fail(_no_images(split, recipe.data.annotation_file(split)))
@@ -160,6 +169,9 @@ def _recipe_model(pipeline: Path, role: str, overrides: list[str], data: Path | 
         warn_untrained_teacher(cfg, "eval")
         detector = build_teacher(cfg, dataset.index.num_classes)
     else:
+        if not cfg.weights:
+            log.warning("eval: student.weights is empty, so the student (%s) is scored untrained, its detection head "
+                        "random; set student.weights to a trained model file", cfg.arch)
         detector = build_detector(cfg, dataset.index.num_classes, table="student")
     return detector, dataset, f"{cfg.arch} ({role} of {pipeline.name})", split, Path(recipe.data.root)
 
@@ -169,7 +181,8 @@ def _check_applies(command: typer.Context, mode: str) -> None:
     for name, modes in _APPLIES.items():
         source = command.get_parameter_source(name)  # the enum of the click typer runs on: compared by name
         if mode not in modes and source is not None and source.name == "COMMANDLINE":
-            fail(f"eval --{name.replace('_', '-')}: expected it with {' or '.join(f'--{m}' for m in modes)}, "
+            flag = next((p.opts[0] for p in command.command.params if p.name == name), name)  # as typed: --set
+            fail(f"eval {flag}: expected it with {' or '.join(f'--{m}' for m in modes)}, "
                  f"got it with --{mode}, which does not read it")
 
 

@@ -157,7 +157,7 @@ def _state_in(content: Any) -> tuple[dict[str, Tensor] | None, str]:
         done.append(f"took the weights from its {key!r} entry")
     if all(isinstance(k, str) and k.startswith("module.") for k in content):
         content = {k.removeprefix("module."): v for k, v in content.items()}
-        done.append("stripped the 'module.' (DistributedDataParallel's) of every key")
+        done.append("stripped the prefix 'module.' (DistributedDataParallel's) from every key")
     return content, " and ".join(done)
 
 
