@@ -911,6 +911,10 @@ NOT_A_MODEL = {  # case -> (the file given to --checkpoint, what the line says a
                                      ("expected a model file (keys 'arch', 'model'), got a training state (what "
                                       "--resume continues from, saved after 1 epoch and 1 iteration) (the run has not "
                                       "finished: its model_final.pt is written when train/distill --resume ends)")),
+    "a_state_dict": (lambda t: _save(torch.load(t.run / FINAL, weights_only=True)["model"], t.tmp / "sd.pt"),
+                     None),  # the line checked below: the hint to score it through a recipe
+    "an_mmdetection_checkpoint": (lambda t: _save({"meta": {"epoch": 24}, "state_dict": {"w": torch.zeros(1)}},
+                                                  t.tmp / "mm.pth"), None),
     "missing": (lambda t: t.tmp / "nothing.pt", None),
 }
 
@@ -931,7 +935,16 @@ def test_eval_of_a_file_that_is_not_a_model_file_says_what_it_is_in_one_plain_li
     make, what = NOT_A_MODEL[case]
     path = make(SimpleNamespace(tmp=tmp_path, recipe=saved_run.recipe, run=saved_run.out))
     line = error_line(run("eval", "--checkpoint", path, "--data", synth_root, "--device", "cpu"))
-    if what is None:
+    if case == "a_state_dict":
+        assert line.startswith(f"error: checkpoint '{path}': expected an frs model file (keys 'arch', 'model'), got "
+                               "keys ['backbone.")
+        assert line.endswith("(a file of weights alone: frs eval --pipeline RECIPE --set teacher.weights=FILE scores "
+                             "it as the recipe's teacher builds it)")
+    elif case == "an_mmdetection_checkpoint":
+        assert line == (f"error: checkpoint '{path}': expected an frs model file (keys 'arch', 'model'), got keys "
+                        f"['meta', 'state_dict'] (an mmdetection checkpoint: frs convert mmdet {path} --arch ARCH "
+                        "--out FILE.pt makes a model file of it)")
+    elif what is None:
         assert line == f"error: checkpoint: expected a file at '{path}', but it does not exist"
     else:
         assert line == f"error: checkpoint '{path}': {what}"

@@ -241,7 +241,14 @@ def load_checkpoint_file(path: str | Path) -> dict:
     refuse_training_state(ckpt, f"checkpoint {str(p)!r}", p)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "arch" not in ckpt:
         got = f"keys {sorted(map(str, ckpt))[:6]}" if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ModelError(f"checkpoint {str(p)!r}: expected an frs model file (keys 'arch', 'model'), got {got}")
+        mmdet = isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict) and "meta" in ckpt
+        weights = isinstance(ckpt, dict) and ckpt and (all(isinstance(v, torch.Tensor) for v in ckpt.values())
+                                                       or "state_dict" in ckpt or "model" in ckpt)
+        hint = (f"an mmdetection checkpoint: frs convert mmdet {p} --arch ARCH --out FILE.pt makes a model file of it"
+                if mmdet else "a file of weights alone: frs eval --pipeline RECIPE --set teacher.weights=FILE scores "
+                "it as the recipe's teacher builds it" if weights else None)
+        raise ModelError(f"checkpoint {str(p)!r}: expected an frs model file (keys 'arch', 'model'), got {got}",
+                         hint=hint)
     check_checkpoint_format(ckpt, f"checkpoint {str(p)!r}")
     return ckpt
 
