@@ -410,3 +410,18 @@ def test_a_training_scripts_checkpoint_of_another_model_or_without_tensors_is_st
                                  "torchvision state dict (a tensor per parameter name), got another file "
                                  "(['state_dict', 'epoch'])")
     assert err.value.hint == "its 'state_dict' entry holds keys ['model', 'step'], not a tensor per parameter name"
+    both = _save_as(tmp_path / "both.ckpt", {"state_dict": {"w": torch.zeros(1)}, "model": {"w": torch.zeros(1)}})
+    with pytest.raises(ModelError) as err:  # which of the two is meant is not clear: neither is guessed
+        build_detector(ModelConfig(arch="retinanet_tiny_fpn", weights=str(both)), 5)
+    assert err.value.hint == ("it holds both a 'state_dict' and a 'model' entry, so which holds the weights is not "
+                              "clear: save the state dict alone")
+    other = _save_as(tmp_path / "other.ckpt", {"foo": 1})
+    with pytest.raises(ModelError) as err:  # the hint lists every layout that loads
+        build_detector(ModelConfig(arch="retinanet_tiny_fpn", weights=str(other)), 5)
+    assert err.value.hint == ("frs train / frs distill write the first; torchvision publishes the second; a training "
+                              "script's checkpoint holding it as its one 'state_dict' or 'model' entry loads too")
+
+
+def _save_as(path, obj):
+    torch.save(obj, path)
+    return path

@@ -126,7 +126,8 @@ def resolve_weights(text: str, builder: str, key: str = "weights") -> WeightsSou
                      f"dict (a tensor per parameter name), got another file ({keys})",
                      hint=(f"it looks like an mmdetection checkpoint: frs convert mmdet {text} --arch ARCH --out "
                            "FILE.pt makes an frs model file of it" if mmdet else note or
-                           "frs train / frs distill write the first; torchvision publishes the second"))
+                           "frs train / frs distill write the first; torchvision publishes the second; a training "
+                           "script's checkpoint holding it as its one 'state_dict' or 'model' entry loads too"))
 
 
 # where training scripts keep the weights beside their own entries: PyTorch Lightning's and many trainers'
@@ -146,7 +147,10 @@ def _state_in(content: Any) -> tuple[dict[str, Tensor] | None, str]:
     done = []
     if not _is_state_dict(content):
         wrappers = [k for k in _WRAPPERS if k in content] if isinstance(content, dict) else []
-        if len(wrappers) != 1:
+        if len(wrappers) > 1:
+            return None, ("it holds both a 'state_dict' and a 'model' entry, so which holds the weights is not "
+                          "clear: save the state dict alone")
+        if not wrappers:
             return None, ""
         key, inner = wrappers[0], content[wrappers[0]]
         if not _is_state_dict(inner):
