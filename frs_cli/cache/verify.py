@@ -216,10 +216,11 @@ def verify_cache(path: str, *, storage_options: dict | None = None, progress: Pr
     backend = open_backend(str(path), storage_options)
     attrs = dict(backend.attrs)
     report = VerifyReport(str(path), str(attrs.get("state")), int(attrs.get("num_views", 0)), 0, kind=backend.kind)
-    report.missing_arrays = [n for n in required_cache_arrays(attrs) if not backend.has(n)]
+    required = required_cache_arrays(attrs)  # builds the teacher head for its parameter names: once
+    report.missing_arrays = [n for n in required if not backend.has(n)]
     report.damaged_arrays = damaged_arrays(backend, attrs, skip=set(report.missing_arrays))
     recorded = attrs.get("checksums", {})
-    report.unchecked = [n for n in required_cache_arrays(attrs) if n.startswith(("index/", "teacher_head/"))
+    report.unchecked = [n for n in required if n.startswith(("index/", "teacher_head/"))
                         and n not in recorded and n not in report.missing_arrays]
     if any(n.startswith("index/") for n in [*report.missing_arrays, *report.damaged_arrays]):
         return report
