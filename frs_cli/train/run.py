@@ -129,14 +129,15 @@ def _live_teacher(recipe, online: bool) -> dict[str, str]:
     return {TEACHER: teacher} if teacher else {}
 
 
-def _already_complete(start: RunStart, epochs: int, outputs: tuple[str, ...]) -> bool:
-    """Whether ``--resume`` finds the run finished: its saved state at the end of its last epoch (``epochs``) and
-    each final file in ``outputs`` written from that state (``_written_from``). Such a run is left as it is: its
-    final files are not written again (a cache fingerprints its teacher by the model file's bytes)."""
+def _finished_at(start: RunStart, outputs: tuple[str, ...]) -> int | None:
+    """On a resume, the epochs the run finished (its saved state at an epoch's end, and each final file in
+    ``outputs`` written from it: ``_written_from``), else None. A run finished at its recipe's epochs is left as it
+    is: its final files are not written again (a cache fingerprints its teacher by the model file's bytes); one
+    finished earlier goes on (``_keep_finished_outputs``)."""
     if not start.resume:
-        return False
+        return None
     state = load_training_state(start.out_dir / LAST)
-    return state["epoch"] == epochs and _written_from(state, start.out_dir, outputs)
+    return state["epoch"] if _written_from(state, start.out_dir, outputs) else None
 
 
 def _written_from(state: dict, out_dir: Path, outputs: tuple[str, ...]) -> bool:
@@ -161,27 +162,23 @@ def _start_out(start: RunStart, recipe_dict: dict, ctx: DistContext) -> None:
         start_run_dir(start, recipe_dict)
 
 
-def _on_resumed(start: RunStart, recipe_dict: dict, changes: dict, ctx: DistContext, outputs: tuple[str, ...]):
+def _on_resumed(start: RunStart, recipe_dict: dict, changes: dict, ctx: DistContext, outputs: tuple[str, ...],
+                finished: int | None):
     """What ``fit`` calls once it has restored and checked the saved state: record the recipe now followed, and
-    keep a finished run's final files (``outputs``) under their epoch's name when the run goes on."""
+    keep the final files (``outputs``) of a run that had ``finished`` (``_finished_at``) under their epoch's name."""
     def resumed() -> None:
         if ctx.is_main:
             record_resume(start.out_dir, recipe_dict, changes)
-            _keep_finished_outputs(start.out_dir, outputs)
+            if finished is not None:
+                _keep_finished_outputs(start.out_dir, outputs, finished)
     return resumed
 
 
-def _keep_finished_outputs(out_dir: Path, outputs: tuple[str, ...]) -> None:
-    """On a resume past a finished run's end (its final files ``outputs`` written after its saved state, and more
-    epochs asked for): those files renamed after the epoch they finished (``model_epoch6.pt``, ``adapters_epoch6.pt``),
-    so that until the longer run ends no file stands as its final model, and the earlier one is kept (a cache made
-    from a teacher names it by its bytes, whatever the file is called)."""
-    if not all((out_dir / name).is_file() for name in outputs):
-        return
-    state = load_training_state(out_dir / LAST)
-    if not _written_from(state, out_dir, outputs):
-        return
-    epoch = state["epoch"]
+def _keep_finished_outputs(out_dir: Path, outputs: tuple[str, ...], epoch: int) -> None:
+    """A run that had finished after ``epoch`` epochs, resumed to go on: its final files ``outputs`` renamed after
+    that epoch (``model_epoch6.pt``, ``adapters_epoch6.pt``), so that until the longer run ends no file stands as
+    its final model, and the earlier one is kept (a cache made from a teacher names it by its bytes, whatever the
+    file is called)."""
     kept = []
     for name in outputs:
         path = out_dir / name
@@ -294,7 +291,8 @@ def train_detector(recipe, role: str, out_dir: str | Path, *, resume: bool = Fal
     start, changes = _check_out(out_dir, resume, recipe_dict, f"train {role}")
     cfg = recipe.train_config(role)
     model_cfg = recipe.model_config(role)
-    if _already_complete(start, cfg.epochs, (FINAL,)):
+    finished = _finished_at(start, (FINAL,))
+    if finished == cfg.epochs:
         return RunSummary(str(out_dir), str(out_dir / FINAL), None, complete=True)
     if cfg.tensorboard:
         require_tensorboard()
@@ -308,7 +306,7 @@ def train_detector(recipe, role: str, out_dir: str | Path, *, resume: bool = Fal
     result = fit(GTObjective(detector), train, cfg, ctx, out_dir,
                  views=training_views(cfg.hflip_prob, cfg.min_sizes, recipe.geometry), resume=start.resume,
                  started=lambda: _start_out(start, recipe_dict, ctx),
-                 resumed=_on_resumed(start, recipe_dict, changes, ctx, (FINAL,)),
+                 resumed=_on_resumed(start, recipe_dict, changes, ctx, (FINAL,), finished),
                  save_outputs=_model_saver(model_cfg, train.index, recipe.geometry),
                  evaluate=evaluator, progress=progress, table=schedule_table(role))
     return RunSummary(str(out_dir), str(out_dir / FINAL), result)
@@ -346,7 +344,8 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
     recipe_dict[PATHS] = path_identities(recipe_dict, {"teacher_source": _cache_identity}) | _live_teacher(recipe, online)
     start, changes = _check_out(out_dir, resume, recipe_dict, job)
     cfg = recipe.train
-    if _already_complete(start, cfg.epochs, (FINAL, ADAPTERS)):
+    finished = _finished_at(start, (FINAL, ADAPTERS))
+    if finished == cfg.epochs:
         return RunSummary(str(out_dir), str(out_dir / FINAL), None, complete=True)
     if cfg.tensorboard:
         require_tensorboard()
@@ -410,7 +409,7 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
                                                                         None if cache else teacher, views[0])})
 
     result = fit(objective, dataset, cfg, ctx, out_dir, views=views, resume=start.resume, started=started,
-                 resumed=_on_resumed(start, recipe_dict, changes, ctx, (FINAL, ADAPTERS)),
+                 resumed=_on_resumed(start, recipe_dict, changes, ctx, (FINAL, ADAPTERS), finished),
                  save_outputs=_model_saver(recipe.student, coco.index, recipe.geometry, extra=True),
                  evaluate=evaluator, progress=progress)
     return RunSummary(str(out_dir), str(out_dir / FINAL), result)
