@@ -40,8 +40,10 @@ from frs_cli.models.weights import (
     check_checkpoint_format,
     check_hub_copy,
     hub_checkpoints,
+    is_mmdet_checkpoint,
     is_weights_enum,
     resolve_weights,
+    state_in,
     state_mismatch,
     without_batch_counts,
 )
@@ -241,9 +243,8 @@ def load_checkpoint_file(path: str | Path) -> dict:
     refuse_training_state(ckpt, f"checkpoint {str(p)!r}", p)
     if not isinstance(ckpt, dict) or "model" not in ckpt or "arch" not in ckpt:
         got = f"keys {sorted(map(str, ckpt))[:6]}" if isinstance(ckpt, dict) else type(ckpt).__name__
-        mmdet = isinstance(ckpt, dict) and isinstance(ckpt.get("state_dict"), dict) and "meta" in ckpt
-        weights = isinstance(ckpt, dict) and ckpt and (all(isinstance(v, torch.Tensor) for v in ckpt.values())
-                                                       or "state_dict" in ckpt or "model" in ckpt)
+        mmdet = is_mmdet_checkpoint(ckpt)
+        weights = not mmdet and state_in(ckpt)[0] is not None  # what --pipeline's weights settings load
         hint = (f"an mmdetection checkpoint: frs convert mmdet {p} --arch ARCH --out FILE.pt makes a model file of it"
                 if mmdet else "a file of weights alone: frs eval --pipeline RECIPE --set teacher.weights=FILE scores "
                 "it as the recipe's teacher builds it" if weights else None)

@@ -115,8 +115,8 @@ def resolve_weights(text: str, builder: str, key: str = "weights") -> WeightsSou
         check_checkpoint_format(content, label)
         return WeightsSource("frs", label, content)
     refuse_training_state(content, label, path)
-    mmdet = isinstance(content, dict) and isinstance(content.get("state_dict"), dict) and "meta" in content
-    state, note = (None, "") if mmdet else _state_in(content)  # mmdetection's names need frs convert mmdet
+    mmdet = is_mmdet_checkpoint(content)
+    state, note = (None, "") if mmdet else state_in(content)  # mmdetection's names need frs convert mmdet
     if state is not None:
         if note:
             log.info("%s: %s", label, note)
@@ -139,7 +139,12 @@ def _is_state_dict(content: Any) -> bool:
     return isinstance(content, dict) and bool(content) and all(isinstance(v, Tensor) for v in content.values())
 
 
-def _state_in(content: Any) -> tuple[dict[str, Tensor] | None, str]:
+def is_mmdet_checkpoint(content: Any) -> bool:
+    """An mmdetection checkpoint (``meta`` beside its ``state_dict``), whose names ``frs convert mmdet`` maps."""
+    return isinstance(content, dict) and isinstance(content.get("state_dict"), dict) and "meta" in content
+
+
+def state_in(content: Any) -> tuple[dict[str, Tensor] | None, str]:
     """The state dict a file holds, read as torchvision's reference scripts read one: the whole file, or
     the one ``state_dict`` / ``model`` entry of a training script's checkpoint, with a ``module.`` prefix on every
     key (a model saved inside DistributedDataParallel) stripped. ``(state, what was unwrapped or stripped, "" if
