@@ -7,9 +7,10 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import zarr
-from conftest import assert_one_line_error, assert_same_cache_arrays
+from conftest import assert_one_line_error, assert_same_cache_arrays, cache_arrays
 from typer.testing import CliRunner
 
 from frs_cli.cache.reader import TeacherCache
@@ -143,6 +144,80 @@ def test_resume_removes_the_half_written_files_a_killed_writer_left(recipe_path,
     assert not left.exists() and mine.read_text() == "kept"
     assert not list(copy.rglob("*.*.partial"))
     assert_same_cache_arrays(copy, cache_path)
+
+
+def _partial_copy(cache_path, tmp_path, **teacher_attrs) -> Path:
+    """A copy of ``cache_path`` whose views 4-7 are not written, its ``teacher`` attributes updated (a None value
+    removes the key)."""
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(cache_path, copy)
+    root = zarr.open_group(str(copy), mode="r+")
+    root["buckets/64x64/done"][4:8] = 0
+    teacher = dict(root.attrs["teacher"])
+    for key, value in teacher_attrs.items():
+        teacher.pop(key) if value is None else teacher.update({key: value})
+    root.attrs.update({"state": "writing", "teacher": teacher})
+    return copy
+
+
+def test_a_resume_in_another_teacher_precision_is_refused_before_anything_changes(recipe_path, cache_path, tmp_path):
+    """A cache begun on a GPU (bf16 autocast) and resumed on the CPU (float32) held views of two precisions while
+    recording one, and its cached head ran in the recorded one: now refused, the cache as it was."""
+    copy = _partial_copy(cache_path, tmp_path, autocast="bfloat16")
+    before = cache_arrays(copy)
+    result = run("teacher-cache", "--pipeline", recipe_path, "--out", copy, "--device", "cpu", "--resume")
+    assert_one_line_error(result, f"cache '{copy}': its views were computed in bfloat16 autocast, this run would "
+                                  "compute in float32: one cache holds one teacher precision",
+                          "resume it on a CUDA device with cache.amp = true")
+    after = cache_arrays(copy)
+    assert set(after) == set(before) and all((after[k] == before[k]).all() for k in before)
+    assert zarr.open_group(str(copy), mode="r").attrs["state"] == "writing"
+
+
+def test_a_resumed_cache_adds_views_in_the_layout_its_written_ones_were_computed_in(recipe_path, cache_path, tmp_path,
+                                                                                   monkeypatch):
+    """The cache records its teacher pass; a resume runs the teacher in the recorded layout, not the one the
+    recipe and the device would choose (the two round apart), and says so."""
+    assert zarr.open_group(cache_path, mode="r").attrs["teacher"]["pass"] == {"batchnorm_folded": True,
+                                                                              "channels_last": False}
+    from frs_cli.cache import writer
+
+    used = []
+
+    class Spy(writer.TeacherPass):
+        def prepare(self):
+            used.append(self.options)
+            return super().prepare()
+
+    monkeypatch.setattr(writer, "TeacherPass", Spy)
+    copy = _partial_copy(cache_path, tmp_path, **{"pass": {"batchnorm_folded": True, "channels_last": True}})
+    result = run("teacher-cache", "--pipeline", recipe_path, "--out", copy, "--device", "cpu", "--resume")
+    assert result.exit_code == 0, result.output
+    assert "wrote 4 of 48 views" in result.output
+    assert f"cache '{copy}': the teacher runs channels-last, as for the views already written, not NCHW as this run " \
+           "would have" in " ".join(result.output.split())
+    assert [o.channels_last for o in used] == [True]
+    assert run("cache", "verify", copy).exit_code == 0
+    got, ref = cache_arrays(copy), cache_arrays(cache_path)
+    for name in (n for n in ref if not n.endswith("/crc")):  # float32 on the CPU: the layouts agree to fp16 rounding
+        np.testing.assert_allclose(got[name].astype(np.float64), ref[name].astype(np.float64), rtol=2e-3, atol=2e-3,
+                                   err_msg=name)
+
+
+def test_a_cache_an_older_frs_began_is_resumed_with_a_warning_that_its_views_may_round_apart(recipe_path, cache_path,
+                                                                                             tmp_path):
+    """Caches begun before the pass was recorded were computed with the teacher's batch norms unfolded: the views a
+    resume adds agree with theirs to fp16 rounding only, which is said when views are added, and only then."""
+    copy = _partial_copy(cache_path, tmp_path, **{"pass": None})
+    result = run("teacher-cache", "--pipeline", recipe_path, "--out", copy, "--device", "cpu", "--resume")
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert said.count(f"cache '{copy}': was begun by an older frs, which did not record how its teacher ran") == 1
+    assert "write the cache anew" in said and "wrote 4 of 48 views" in said
+    assert_same_cache_arrays(copy, cache_path)  # this frs's pass, as the reference cache was written
+    result = run("teacher-cache", "--pipeline", recipe_path, "--out", copy, "--device", "cpu", "--resume")
+    assert result.exit_code == 0 and "already complete" in result.output, result.output
+    assert "older frs" not in result.output
 
 
 def test_a_complete_cache_that_lost_a_done_flag_chunk_is_refused_by_readers_and_rewritten_by_resume(

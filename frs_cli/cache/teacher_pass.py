@@ -24,6 +24,7 @@ forward):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from frs_cli.cache.encoding import FeatureEncoding
+from frs_cli.errors import CacheMismatchError
 from frs_cli.graphs import CapturedCall, held_bytes
 from frs_cli.losses import frs_masks
 from frs_cli.models.fold import fold_batchnorm
@@ -60,6 +62,47 @@ class PassOptions:
         cuda = device.type == "cuda"
         return PassOptions(amp=amp and cuda, bf16_weights=amp and cuda, channels_last=channels_last and cuda,
                            cuda_graphs=cuda_graphs and cuda)
+
+
+def pass_record(options: PassOptions) -> dict:
+    """What a cache records of how its teacher ran (``teacher.pass``), beside its precision (``teacher.autocast``):
+    what changes the stored numbers' rounding, not what only changes the speed (weights cast once, graphs)."""
+    return {"batchnorm_folded": True, "channels_last": options.channels_last}
+
+
+def _precision(autocast) -> str:
+    return "bfloat16 autocast" if autocast == "bfloat16" else "float32"
+
+
+def resumed_pass(path: str, teacher_attrs: dict, options: PassOptions) -> tuple[PassOptions, str | None]:
+    """The pass a resumed ``teacher-cache`` adds views with, so that a cache holds the views of one teacher pass,
+    and a warning to give (None: none). ``teacher_attrs``: the cache's ``teacher`` attributes.
+
+    The precision must be the cache's: bf16 and float32 features differ far beyond fp16 rounding, and the
+    cached head runs in the recorded one (CacheMismatchError otherwise). The layout follows the cache's record,
+    whatever the recipe or the device would choose. A cache an older frs began records no pass: the views added
+    now may differ from its own at fp16 rounding (its teacher's batch norms were not folded), which is said."""
+    mine = "bfloat16" if options.amp else None
+    if "autocast" in teacher_attrs and teacher_attrs["autocast"] != mine:
+        theirs = teacher_attrs["autocast"]
+        raise CacheMismatchError(
+            f"cache {path!r}: its views were computed in {_precision(theirs)}, this run would compute in "
+            f"{_precision(mine)}: one cache holds one teacher precision",
+            hint="resume it on a CUDA device with cache.amp = true (frs verify checks it on any device), or write a new "
+            "cache" if theirs == "bfloat16"
+            else "resume it with --set cache.amp=false, or write a new cache")
+    record = teacher_attrs.get("pass")
+    if record is None:
+        return options, (f"cache {path!r}: was begun by an older frs, which did not record how its teacher ran; the "
+                         "views added now may differ from its own at fp16 rounding (batch norms folded since), "
+                         "not bit for bit: to have every view from one teacher pass, write the cache anew")
+    layout = bool(record.get("channels_last", False))
+    if layout == options.channels_last:
+        return options, None
+    names = {True: "channels-last", False: "NCHW"}
+    return dataclasses.replace(options, channels_last=layout), (
+        f"cache {path!r}: the teacher runs {names[layout]}, as for the views already written, not "
+        f"{names[options.channels_last]} as this run would have (the layouts round apart)")
 
 
 def cast_weights_once(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> int:

@@ -45,7 +45,7 @@ from frs_cli.cache.shard_writer import (
     write_rows,
 )
 from frs_cli.cache.store import codec, exists, is_hdf5, is_url, open_existing, open_group, url_options
-from frs_cli.cache.teacher_pass import PassOptions, TeacherPass
+from frs_cli.cache.teacher_pass import PassOptions, TeacherPass, pass_record, resumed_pass
 from frs_cli.cache.verify import UNREADABLE, verify_cache
 from frs_cli.data.coco import CocoViews, ListSampler, OriginalBatches, collate, collate_originals, resize_batch
 from frs_cli.dist import DistContext, all_gather_objects, barrier, broadcast_object, setup
@@ -77,7 +77,7 @@ class CacheWriteSummary:
 
 
 def _create(path: str, plan: Plan, teacher, recipe, fingerprints: dict, dataset, check: dict | None,
-            autocast: bool) -> zarr.Group:
+            options: PassOptions) -> zarr.Group:
     cfg = recipe.cache
     root = open_group(path, mode="w")
     root.attrs.update({"format": FORMAT_NAME, "format_version": max(FeatureEncoding(cfg.dtype).format_version,
@@ -92,7 +92,7 @@ def _create(path: str, plan: Plan, teacher, recipe, fingerprints: dict, dataset,
         "teacher": {"arch": teacher.arch, "weights": recipe.teacher.weights, "num_classes": teacher.num_classes,
                     "fingerprint": fingerprints["teacher"], "head_spec": teacher.cls_head_spec(),
                     "model_config": dataclasses.asdict(recipe.teacher), "check": check,
-                    "autocast": "bfloat16" if autocast else None},
+                    "autocast": "bfloat16" if options.amp else None, "pass": pass_record(options)},
         "levels": [lv.to_dict() for lv in teacher.levels],
         "geometry": recipe.geometry.to_dict(),
         "views": list(cfg.views),
@@ -471,8 +471,9 @@ def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: P
                               amp=cfg.amp, progress=progress)
     hint = "free space (or fix the store), then run the same command with --resume"
     with storage_errors(f"cache {path}", hint=hint):  # a full disk: one line, the cache stays resumable
-        already_complete, rejected, repaired = _open_store(path, resume, ctx, plan, teacher, recipe, fingerprints,
-                                                           dataset, check, progress, options.amp)
+        already_complete, rejected, repaired, options = _open_store(path, resume, ctx, plan, teacher, recipe,
+                                                                    fingerprints, dataset, check, progress, options)
+        options = broadcast_object(ctx, options)  # the pass the cache's written views were computed with
         if broadcast_object(ctx, already_complete):  # nothing to do, and nothing is touched
             return CacheWriteSummary(path, len(plan), 0, 0.0, 0.0, True, 0, (), check)
         root = open_group(path, mode="r+")
@@ -562,18 +563,23 @@ def _verb_and_pronoun(n: int) -> tuple[str, str]:
 
 
 def _open_store(path: str, resume: bool, ctx: DistContext, plan: Plan, teacher, recipe, fingerprints: dict, dataset,
-                check: dict | None, progress: Progress, autocast: bool) -> tuple[bool, int, list[str]]:
+                check: dict | None, progress: Progress,
+                options: PassOptions) -> tuple[bool, int, list[str], PassOptions]:
     """Process 0 creates the cache, or checks the existing one is this recipe's (and with ``resume`` verifies
-    and repairs it). Returns (already complete, views ``verify`` rejected, arrays recreated); other processes get
-    (False, 0, [])."""
+    and repairs it). Returns (already complete, views ``verify`` rejected, arrays recreated, the teacher pass to
+    add views with: ``options``, or the cache's own when it began with another); other processes get
+    (False, 0, [], options)."""
     cfg = recipe.cache
     if not ctx.is_main:
-        return False, 0, []
+        return False, 0, [], options
     root = open_existing(path, mode="r")
     if root is None or root.attrs.get("state") == "creating":
-        _create(path, plan, teacher, recipe, fingerprints, dataset, check, autocast)
-        return False, 0, []
+        _create(path, plan, teacher, recipe, fingerprints, dataset, check, options)
+        return False, 0, [], options
     _check_same(path, root, recipe, teacher, dataset.index, cfg.views)
+    warning = None
+    if resume:  # before anything is touched: a cache holds the views of one teacher pass
+        options, warning = resumed_pass(path, dict(root.attrs.get("teacher", {})), options)
     if root.attrs.get("state") != "complete" and not resume:
         raise CacheFormatError(f"cache {path!r}: exists and is incomplete",
                                hint="add --resume to continue it, or delete it")
@@ -590,7 +596,7 @@ def _open_store(path: str, resume: bool, ctx: DistContext, plan: Plan, teacher, 
             raise CacheFormatError(f"cache {path!r}: is damaged: {len(damaged)} index or teacher-head arrays do not "
                                    f"match their checksums ({', '.join(damaged[:3])})",
                                    hint="add --resume to recreate them")
-        return already_complete, 0, []
+        return already_complete, 0, [], options
     _remove_unfinished_writes(path)
     report = verify_cache(path, progress=progress)
     broken = [*report.missing_arrays, *report.damaged_arrays]
@@ -610,7 +616,9 @@ def _open_store(path: str, resume: bool, ctx: DistContext, plan: Plan, teacher, 
                     "were lost); writing them", path, report.views_total - report.views_done, report.views_total)
         open_group(path, mode="r+").attrs["state"] = "writing"
         already_complete = False
-    return already_complete, rejected, broken
+    if warning and not already_complete:  # said only when views are added
+        log.warning(warning)
+    return already_complete, rejected, broken, options
 
 
 _UNFINISHED = re.compile(r"\.[0-9a-f]{32}\.partial$")  # zarr's name for a chunk or shard being written
