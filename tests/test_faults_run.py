@@ -998,7 +998,33 @@ def test_a_resume_takes_the_same_cache_however_it_is_spelled_and_refuses_another
     zarr.open_group(str(other), mode="r+").attrs["views"] = ["orig"]
     line = error_line(run("distill", "--pipeline", recipe_path, "--cache", other, "--out", out, *SMALL, "--resume",
                           "--set", "train.epochs=6"))
-    assert f'teacher_source = "{h5}", now "{other}"' in line  # as the last resume spelled it
+    assert f"--resume: --cache '{other}' (the run started with '{h5}') holds another cache than the run started " \
+           "with: its views is [\"orig\"], was [\"orig\", \"hflip\"]" in line  # as the last resume spelled it
+
+
+def test_a_resume_onto_another_cache_at_the_same_path_is_refused_naming_what_differs(recipe_path, small_cache,
+                                                                                     tmp_path):
+    """The run's cache path now holds another cache: written again for another teacher, or in another dtype.
+    Before, the same spelling passed as the same cache: the resume trained on the other targets, exit 0, and
+    rewrote recipe.json with the new cache's identity."""
+    cache, out = tmp_path / "c.zarr", tmp_path / "run"
+    shutil.copytree(small_cache, cache)
+    assert run("distill", "--pipeline", recipe_path, "--cache", cache, "--out", out, *SMALL).exit_code == 0
+    recorded = (out / "recipe.json").read_bytes()
+    root = zarr.open_group(str(cache), mode="r+")
+    attrs = dict(root.attrs)
+    for key, part, value, shown in (("fingerprints", "teacher", "file:0123456789abcdef", "teacher fingerprint"),
+                                    ("storage", "dtype", "int8", "feature dtype")):
+        root.attrs[key] = {**attrs[key], part: value}
+        line = error_line(run("distill", "--pipeline", recipe_path, "--cache", cache, "--out", out, *SMALL,
+                              "--resume", "--set", "train.epochs=2"))
+        assert f"--resume: --cache '{cache}' holds another cache than the run started with: its {shown} is " \
+               f'"{value}", was "{attrs[key][part]}"' in line
+        assert (out / "recipe.json").read_bytes() == recorded
+        root.attrs[key] = attrs[key]
+    result = run("distill", "--pipeline", recipe_path, "--cache", cache, "--out", out, *SMALL, "--resume", "--set",
+                 "train.epochs=2")
+    assert result.exit_code == 0, result.output  # the cache it started with, put back
 
 
 def test_a_resume_may_change_how_the_step_is_launched_but_not_what_it_computes(tmp_path):

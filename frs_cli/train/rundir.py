@@ -176,6 +176,7 @@ def resume_changes(out_dir: Path, recipe_dict: dict, job: str) -> dict[str, tupl
                           f"found {'none' if isinstance(exc, FileNotFoundError) else 'an unreadable file'}",
                           hint="put back its recipe.json, or start a new run in another --out") from exc
     _check_job(out_dir, stored, job)
+    _check_same_cache(stored, recipe_dict)
     tables = JOB_TABLES[job]
     schedule = schedule_table("teacher" if job == "train teacher" else "student")
     old, new = _normal(stored), _normal(recipe_dict)
@@ -200,6 +201,37 @@ def resume_changes(out_dir: Path, recipe_dict: dict, job: str) -> dict[str, tupl
                 "another --out")
         raise ConfigError(f"--resume: the run in {str(out_dir)!r} started with another recipe: {listed}", hint=hint)
     return relevant
+
+
+_CACHE_PARTS = (("fingerprints", "teacher", "teacher fingerprint"), ("fingerprints", "dataset", "dataset fingerprint"),
+                ("fingerprints", "geometry", "geometry fingerprint"), ("views", None, "views"),
+                ("dtype", None, "feature dtype"), ("mask_dtype", None, "mask dtype"))
+
+
+def _check_same_cache(stored: dict, recipe_dict: dict) -> None:
+    """ConfigError when a cached run's cache (``teacher_source``) now holds another cache than the run started
+    with, however it is spelled: the same path may name a cache written again or put there since. Compared by the
+    identities ``recipe.json`` records (``paths``: fingerprints, views, dtypes), when both are of that kind."""
+    then, now = ((d.get(PATHS) or {}).get("teacher_source") for d in (stored, recipe_dict))
+    try:
+        then, now = json.loads(then), json.loads(now)
+    except (TypeError, ValueError):  # not both recorded as a cache's identity (a run from before, or no cache)
+        return
+    if not isinstance(then, dict) or not isinstance(now, dict) or then == now:
+        return
+    for key, sub, name in _CACHE_PARTS:
+        a, b = then.get(key), now.get(key)
+        if sub is not None:
+            a, b = (a or {}).get(sub), (b or {}).get(sub)
+        if a != b:
+            break
+    else:  # a part this frs does not name
+        a, b, name = then, now, "identity"
+    was, asked = stored.get("teacher_source"), recipe_dict.get("teacher_source")
+    where = f"--cache {asked!r}" + ("" if asked == was else f" (the run started with {was!r})")
+    raise ConfigError(f"--resume: {where} holds another cache than the run started with: its {name} is "
+                      f"{_shown(b)}, was {_shown(a)}",
+                      hint="resume with the cache the run started with, or start a new run in another --out")
 
 
 def _resolved(flat: dict) -> dict:
