@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as torch_dist
 
-from frs_cli.errors import ConfigError
+from frs_cli.errors import ConfigError, FrsError, mark_job_stopped
 
 
 @dataclass(frozen=True)
@@ -87,12 +87,57 @@ def setup(device: str | None = None) -> DistContext:
 
 @contextlib.contextmanager
 def process_group(device: str | None = None) -> Iterator[DistContext]:
-    """``setup`` on entry, ``teardown`` on exit (also on error): what each command runs inside."""
+    """``setup`` on entry, ``teardown`` on exit (also on error): what each command runs inside. After an error,
+    a teardown that fails too (the group lost a process) leaves the first error to be reported."""
     ctx = setup(device)
     try:
         yield ctx
-    finally:
-        teardown(ctx)
+    except BaseException as exc:
+        if isinstance(exc, (FrsError, KeyboardInterrupt)):  # a reason this process prints: the others stay quiet
+            mark_job_stopped()
+        with contextlib.suppress(Exception):
+            teardown(ctx)
+        raise
+    teardown(ctx)
+
+
+# what a collective says when another process of the job is gone (gloo's transport, NCCL, the TCP store)
+_PEER_GONE = re.compile(r"connection (?:reset|closed|refused)|broken pipe|communicator was aborted|"
+                        r"remote process exited|socket timeout|recv\b.*\bfailed|gloo/transport", re.IGNORECASE)
+
+
+def lost_a_peer(exc: BaseException) -> bool:
+    """Whether ``exc``, met by one process of a torchrun job, is a collective failing because another process of
+    the job stopped (its own error, if any, is that process's to report)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if isinstance(exc, getattr(torch_dist, "DistError", ())):  # DistBackendError, DistNetworkError, ...
+        return True
+    return isinstance(exc, RuntimeError) and bool(_PEER_GONE.search(str(exc)))
+
+
+def _dotted(table: dict, prefix: str = "") -> dict:
+    """``{"train": {"lr": 0.01}}`` -> ``{"train.lr": 0.01}``."""
+    out = {}
+    for key, value in table.items():
+        out.update(_dotted(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def check_same_job(ctx: DistContext, command: str, settings: dict) -> None:
+    """Under torchrun, that every process runs the same job: ``settings`` (name -> value: the resolved recipe,
+    the output, the data's digest; tables of them are named by dotted keys, ``train.lr``) alike on every rank. ConfigError on every rank, naming the first setting that
+    differs and two ranks' values, instead of ranks that train apart or wait for each other for ever."""
+    if not ctx.distributed:
+        return
+    everyone = all_gather_objects(ctx, _dotted(settings))
+    first = everyone[0]
+    for rank, theirs in enumerate(everyone[1:], start=1):
+        for key in [*first, *(k for k in theirs if k not in first)]:
+            if first.get(key) != theirs.get(key):
+                raise ConfigError(f"{command}: the processes of this torchrun job differ in {key}: rank 0 has "
+                                  f"{first.get(key)!r}, rank {rank} has {theirs.get(key)!r}",
+                                  hint="start every process with the same command, recipe and data")
 
 
 def barrier(ctx: DistContext) -> None:

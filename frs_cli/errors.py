@@ -1,6 +1,9 @@
 """Typed errors. Library code raises these; the command line catches them once and prints one line."""
 
+import hashlib
 import math
+import os
+import tempfile
 
 
 class FrsError(Exception):
@@ -93,3 +96,30 @@ def check_value(label: str, value, low: float, high: float = math.inf, *, low_op
             span = f"in {'(' if low_open else '['}{num(low)}, {num(high)}{')' if high_open else ']'}"
         what = "an integer" if isinstance(value, int) else "a finite number"
         raise ConfigError(f"{label}: expected {what} {span}, got {value!r}")
+
+
+# a line no process prints: its marker (``job_marker``) says a process of the job has said why it stops
+JOB_STOPPED = "\0a process of this job said why it stops"
+
+
+def job_marker(line: str, occurrence: int) -> str:
+    """The marker file of ``line``'s ``occurrence``-th report in this torchrun job: whichever process of the job on
+    this host makes it first prints the line (``cli.common.first_to_report``). It lives in the folder torchrun keeps
+    for this attempt of the job (beside each process's error file), else in the temp directory."""
+    job = [os.environ.get(k, "") for k in ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "MASTER_ADDR",
+                                            "MASTER_PORT")]
+    key = hashlib.sha256("\0".join([*job, str(os.getppid()), str(occurrence), line]).encode()).hexdigest()[:24]
+    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE", "")  # <attempt folder>/<local rank>/error.json
+    folder = os.path.dirname(os.path.dirname(error_file)) if error_file else tempfile.gettempdir()
+    return os.path.join(folder, f"frs-reported-{key}")
+
+
+def mark_job_stopped() -> None:
+    """Under torchrun, mark that this process stops with a reason of its own (an FrsError, a Ctrl-C) that it will
+    print: the processes whose collectives then fail stay quiet. Made before it leaves the process group."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return
+    try:
+        os.close(os.open(job_marker(JOB_STOPPED, 1), os.O_CREAT | os.O_EXCL))
+    except OSError:  # made already, or no place for it: the others print their line
+        pass

@@ -259,7 +259,7 @@ def test_first_to_report_lets_one_process_of_a_job_print_each_line_each_time(tmp
     """Two processes (one parent) report lines: each line's n-th report prints once; a one-process run prints all."""
     from frs_cli.cli import common
 
-    monkeypatch.setattr(common.tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.delenv("TORCHELASTIC_ERROR_FILE", raising=False)
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert [common.first_to_report("a") for _ in range(3)] == [True, True, True]
@@ -322,3 +322,85 @@ def test_sigterm_to_the_whole_job_with_loader_workers_saves_the_state_and_resume
                        cwd=tmp_path, timeout=300, check=False)
     assert r.returncode == 0, r.stderr[-3000:]
     assert (out / "model_final.pt").is_file()
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [ln for ln in stderr.splitlines() if ln.startswith("error:")]
+
+
+@pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun not installed")
+def test_processes_of_one_job_started_with_different_settings_are_refused_in_one_line(cache_path, synth_root,
+                                                                                     teacher_ckpt, tmp_path):
+    """Each process of a torchrun job reads its own command line: one differing setting used to train on apart
+    (rank 1 stepping at another LR, only rank 0's recorded, exit 0) or, another dataset, wait for ever. Now every
+    command compares them first: one line naming the setting and both values, exit 1, nothing written."""
+    recipe = write_recipe(tmp_path / "r.toml", synth_root, str(teacher_ckpt))
+    script = tmp_path / "per_rank.sh"  # what a launcher script reading its own rank would do
+    script.write_text('#!/bin/sh\nexec "$PYTHON" -m frs_cli "$@" --set "$KEY=$(eval echo \\$VALUE_$LOCAL_RANK)"\n')
+    script.chmod(0o755)
+    cases = [("distill", ["--cache", cache_path, "--no-eval"], "train.lr", ("0.01", "0.02"), "run",
+              "distill: the processes of this torchrun job differ in train.lr: rank 0 has 0.01, rank 1 has 0.02"),
+             ("teacher-cache", [], "cache.dtype", ("float16", "int8"), "c.zarr",
+              ("teacher-cache: the processes of this torchrun job differ in cache.dtype: rank 0 has 'float16', rank 1 "
+              "has 'int8'"))]
+    for command, extra, key, values, out, expected in cases:
+        env = {**ENV, "PYTHON": sys.executable, "KEY": key, "VALUE_0": values[0], "VALUE_1": values[1]}
+        r = subprocess.run([TORCHRUN, "--standalone", "--nproc-per-node", "2", "--no-python", str(script), command,
+                            "--pipeline", str(recipe), *map(str, extra), "--out", str(tmp_path / out), "--device",
+                            "cpu"], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False)
+        assert r.returncode != 0, r.stderr[-3000:]
+        lines = _error_lines(r.stderr)
+        assert len(lines) == 1 and expected in lines[0], r.stderr[-3000:]
+        assert "]: Traceback" not in r.stderr, r.stderr[-3000:]  # no worker's traceback
+        assert not (tmp_path / out).exists() or not any((tmp_path / out).iterdir()), list((tmp_path / out).iterdir())
+
+
+@pytest.mark.skipif(not os.path.exists(TORCHRUN) or not os.path.isdir("/proc"), reason="torchrun and /proc needed")
+def test_a_process_killed_mid_distill_leaves_the_other_one_line_not_a_traceback(cache_path, synth_root, teacher_ckpt,
+                                                                               tmp_path):
+    """SIGKILL one worker of a two-process distill: the other's next collective fails. Before, it printed gloo's
+    traceback; now one line says another process of the job stopped, and --resume continues the run."""
+    import signal
+    import time
+
+    recipe = write_recipe(tmp_path / "r.toml", synth_root, str(teacher_ckpt))
+    out = tmp_path / "run"
+    common = [*_torchrun_cmd("distill", "--pipeline", recipe, "--cache", cache_path, "--no-eval", "--set",
+                             "train.epochs=40", "--set", "train.checkpoint_every=1", "--out", out)]
+    proc = subprocess.Popen(common, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and metrics.read_text().count('"iter"') >= 2:
+            victim = _worker_pid(proc.pid, 1)
+            if victim is not None:
+                os.kill(victim, signal.SIGKILL)
+                break
+        time.sleep(0.01)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0, "distill finished before a worker was killed"
+    assert "]: Traceback" not in stderr, stderr[-3000:]
+    lines = _error_lines(stderr)
+    assert len(lines) == 1, stderr[-3000:]
+    assert lines[0].startswith("error: another process of this torchrun job stopped, so process 0 cannot go on"), \
+        lines[0]
+    assert "--resume continues" in lines[0]
+    assert (out / "last.pt").is_file()
+
+
+@pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun not installed")
+def test_a_refusal_process_0_meets_alone_is_one_line_not_the_others_traceback(cache_path, synth_root, teacher_ckpt,
+                                                                            tmp_path):
+    """Process 0 alone checks an existing cache; the others wait for its word. Refused (incomplete, no --resume),
+    it exits, and the waiting process's collective failed: before, that process printed gloo's traceback."""
+    recipe = write_recipe(tmp_path / "r.toml", synth_root, str(teacher_ckpt))
+    out = tmp_path / "c.zarr"
+    shutil.copytree(cache_path, out)
+    zarr.open_group(str(out), mode="r+").attrs["state"] = "writing"
+    for _ in range(2):  # the race between process 0's exit and the other's wait, twice
+        r = _torchrun("teacher-cache", "--pipeline", recipe, "--out", out, tmp_path=tmp_path)
+        assert r.returncode != 0
+        lines = _error_lines(r.stderr)
+        assert len(lines) == 1 and f"cache '{out}': exists and is incomplete" in lines[0], r.stderr[-3000:]
+        assert "]: Traceback" not in r.stderr, r.stderr[-3000:]

@@ -48,7 +48,7 @@ from frs_cli.cache.store import codec, exists, is_hdf5, is_url, open_existing, o
 from frs_cli.cache.teacher_pass import PassOptions, TeacherPass, pass_record, resumed_pass
 from frs_cli.cache.verify import UNREADABLE, verify_cache
 from frs_cli.data.coco import CocoViews, ListSampler, OriginalBatches, collate, collate_originals, resize_batch
-from frs_cli.dist import DistContext, all_gather_objects, barrier, broadcast_object, setup
+from frs_cli.dist import DistContext, all_gather_objects, barrier, broadcast_object, check_same_job, setup
 from frs_cli.errors import CacheFormatError, CacheMismatchError, ConfigError, DataError, StorageError
 from frs_cli.files import free_bytes, plural, size_text, sizes_apart, storage_errors
 from frs_cli.lock import job_lock, local_path
@@ -453,6 +453,8 @@ def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: P
     if ctx.is_main:
         warn_other_categories(teacher, dataset.index.categories, "teacher-cache")
     fingerprints = cache_fingerprints(recipe.teacher, teacher, dataset.index, recipe.geometry)
+    check_same_job(ctx, "teacher-cache", {**recipe.to_dict(), "--out": str(path),
+                                          "the dataset (fingerprint)": fingerprints["dataset"]})
     encoding = FeatureEncoding(cfg.dtype)
     for lv in teacher.levels:  # a packed encoding the teacher's channels do not fit is refused before any work
         encoding.stored_channels(lv.channels)

@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import errno
 import functools
-import hashlib
 import logging
 import os
 import re
 import signal
 import sys
-import tempfile
 from pathlib import Path
 
 import typer
 from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 
-from frs_cli.errors import FrsError, Interrupted
+from frs_cli.errors import JOB_STOPPED, FrsError, Interrupted, job_marker
 from frs_cli.files import name_too_long, plural
 
 PIPE_WIDTH = 160  # columns a table may take in a log or pipe (where rich would assume 80)
@@ -70,13 +68,8 @@ def first_to_report(line: str) -> bool:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return True
     _times_reported[line] = occurrence = _times_reported.get(line, 0) + 1
-    job = [os.environ.get(k, "") for k in ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "MASTER_ADDR",
-                                            "MASTER_PORT")]
-    key = hashlib.sha256("\0".join([*job, str(os.getppid()), str(occurrence), line]).encode()).hexdigest()[:24]
-    error_file = os.environ.get("TORCHELASTIC_ERROR_FILE", "")  # <attempt folder>/<local rank>/error.json
-    folder = os.path.dirname(os.path.dirname(error_file)) if error_file else tempfile.gettempdir()
     try:
-        os.close(os.open(os.path.join(folder, f"frs-reported-{key}"), os.O_CREAT | os.O_EXCL))
+        os.close(os.open(job_marker(line, occurrence), os.O_CREAT | os.O_EXCL))
     except FileExistsError:
         return False
     except OSError:
@@ -89,6 +82,7 @@ def fail(message: str, code: int = 1):
     torchrun the job prints each distinct line once, not once per process (``first_to_report``). Terminal control
     codes a library put in its message (torch's pickle errors bold some words) are dropped: a log stays text."""
     message = _CONTROL.sub("", message)
+    first_to_report(JOB_STOPPED)  # the job has said why it stops: the processes it leaves behind stay quiet
     if first_to_report(f"error: {message}"):
         err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True, markup=True, highlight=False)
     raise typer.Exit(code)
@@ -104,11 +98,13 @@ def handle_errors(fn):
             return fn(*args, **kwargs)
         except Interrupted as exc:
             _quiet_after_interrupt()
+            first_to_report(JOB_STOPPED)
             if first_to_report(f"interrupted: {exc}"):
                 err_console.print(f"[yellow]interrupted:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
             raise typer.Exit(_stopped_status()) from None
         except KeyboardInterrupt:
             _quiet_after_interrupt()
+            first_to_report(JOB_STOPPED)
             if first_to_report("interrupted"):
                 err_console.print("[yellow]interrupted[/]", highlight=False)
             raise typer.Exit(_stopped_status()) from None
@@ -118,8 +114,37 @@ def handle_errors(fn):
             if exc.errno != errno.ENAMETOOLONG:
                 raise
             fail(str(name_too_long(exc)))
+        except Exception as exc:
+            if not _lost_a_peer(exc):
+                raise
+            _peer_stopped(exc)
 
     return wrapper
+
+
+
+
+def _lost_a_peer(exc: Exception) -> bool:
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # one process: nothing to ask (and torch stays unimported)
+        return False
+    from frs_cli.dist import lost_a_peer
+
+    return lost_a_peer(exc)
+
+
+def _peer_stopped(exc: Exception):
+    """Exit 1 from a process whose collective failed because another process of the job stopped: one line, unless
+    a process of the job on this host has already said why it stops (its refusal, its Ctrl-C: it marks that before
+    it leaves the group, ``dist.process_group``), not a traceback."""
+    if first_to_report(JOB_STOPPED):
+        reason = " ".join(str(exc).split())
+        reason = reason if len(reason) <= 160 else reason[:157] + "..."
+        rank = os.environ.get("RANK", "?")
+        line = (f"another process of this torchrun job stopped, so process {rank} cannot go on ({reason}); what was "
+                "saved is kept: its own error, if it gave one, says why, and once every process can run, the same "
+                "command with --resume continues where the command has it")
+        err_console.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True, highlight=False)
+    raise typer.Exit(1)
 
 
 def _home(value):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from frs_cli.data.coco import CocoViews
-from frs_cli.dist import DistContext, setup
+from frs_cli.dist import DistContext, check_same_job, setup
 from frs_cli.errors import ConfigError
 from frs_cli.eval.predict import evaluate_detector, prepare_evaluation
 from frs_cli.files import plural
@@ -55,6 +55,7 @@ from frs_cli.train.rundir import (
     annotations_identity,
     check_run_dir,
     digest_changes,
+    job_settings,
     path_identities,
     record_resume,
     resume_changes,
@@ -189,13 +190,14 @@ def _keep_finished_outputs(out_dir: Path, outputs: tuple[str, ...], epoch: int) 
                 " and ".join(kept))
 
 
-def _record_annotations(start: RunStart, recipe_dict: dict, changes: dict, index) -> None:
+def _record_annotations(start: RunStart, recipe_dict: dict, changes: dict, index, ctx: DistContext, command: str) -> None:
     """Once the training split's annotations are read: their digest into ``recipe_dict``'s paths, and on a resume
     onto annotations (or an online teacher's weights file) changed in place, that change into ``changes``
-    (``record_resume`` names it)."""
+    (``record_resume`` names it). Then, under torchrun, that every process runs this same job (``check_same_job``)."""
     recipe_dict[PATHS].update(annotations_identity(index))
     if start.resume:
         changes.update(digest_changes(start.out_dir, recipe_dict))
+    check_same_job(ctx, command, job_settings(recipe_dict, start.out_dir))
 
 
 def _warn_no_objects(views: CocoViews, command: str, ctx: DistContext) -> None:
@@ -298,7 +300,7 @@ def train_detector(recipe, role: str, out_dir: str | Path, *, resume: bool = Fal
         require_tensorboard()
     seed_everything(cfg.seed)
     train = CocoViews.from_config(recipe.data, recipe.data.train, recipe.geometry)
-    _record_annotations(start, recipe_dict, changes, train.index)
+    _record_annotations(start, recipe_dict, changes, train.index, ctx, f"train --role {role}")
     train.check_files()
     _warn_no_objects(train, f"train --role {role}", ctx)
     evaluator = _evaluator(recipe, ctx, cfg) if evaluate else None
@@ -350,7 +352,7 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
     if cfg.tensorboard:
         require_tensorboard()
     coco = CocoViews.from_config(recipe.data, recipe.cache.split if cache else recipe.data.train, recipe.geometry)
-    _record_annotations(start, recipe_dict, changes, coco.index)
+    _record_annotations(start, recipe_dict, changes, coco.index, ctx, job.split(" ")[0])
     coco.check_files()
     _warn_no_objects(coco, "distill", ctx)
     num_classes = coco.index.num_classes

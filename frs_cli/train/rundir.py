@@ -148,6 +148,16 @@ def annotations_identity(index) -> dict[str, str]:
     return {ANNOTATIONS: f"sha256:{index.sha256}", ANNOTATIONS_FILE: str(index.path)}
 
 
+def job_settings(recipe_dict: dict, out_dir: Path) -> dict:
+    """What every process of one torchrun job must agree on (``dist.check_same_job``): the recipe as ``recipe.json``
+    records it, its paths as given (each host may find them elsewhere), the training split's annotations by
+    digest, and the output folder."""
+    flat = _normal({k: v for k, v in recipe_dict.items() if k != PATHS})
+    flat["the training split's annotations (sha256)"] = (recipe_dict.get(PATHS) or {}).get(ANNOTATIONS)
+    flat["--out"] = str(out_dir)
+    return flat
+
+
 def digest_changes(out_dir: Path, recipe_dict: dict) -> dict[str, tuple]:
     """On a resume, ``{"paths.<key>": (then, now)}`` for each key of DIGESTS whose digest in ``recipe_dict`` is not
     the one ``recipe.json`` recorded (a change allowed, which ``record_resume`` names), else ``{}``."""
