@@ -577,7 +577,7 @@ def _storage_dtype_edited(t):
     c = _copy(t.cache, t.tmp)
     zarr.open_group(str(c), mode="r+").attrs["storage"] = {**zarr.open_group(str(c), mode="r").attrs["storage"],
                                                           "dtype": "float32"}
-    return c, [], ["/P3/features is (", "its attributes say (", "storage.dtype 'float32'", "frs cache verify"]
+    return c, [], ["/P3/features is (", "the attributes say (", "storage.dtype 'float32'", "write the cache again"]
 
 
 def _both_sources(t):
@@ -671,6 +671,16 @@ def _verify_head_spec_edited(t):
     return c, ["teacher_head/", "teacher.head_spec gives", *_REWRITE]
 
 
+def _verify_stride_edited(t):
+    c = _edited_attrs(t, lambda a: a["levels"][1].update(stride=8))
+    return c, [f"bucket {BUCKET.split('/')[1]} P4: level_sizes", "stride 8 of", *_REWRITE]
+
+
+def _verify_num_views_edited(t):
+    c = _edited_attrs(t, lambda a: a.update(num_views=40))
+    return c, ["num_views 40 against 48 views in the index", *_REWRITE]
+
+
 def _verify_done_chunk_lost(t):
     c = _copy(t.cache, t.tmp)
     (c / BUCKET / "done" / "c.0").unlink()
@@ -682,6 +692,7 @@ VERIFY_NOT_OK = {f.__name__.lstrip("_"): f for f in (_verify_truncated, _verify_
                                                      _verify_head_missing, _verify_dtype_edited,
                                                      _verify_channels_edited, _verify_count_edited,
                                                      _verify_geometry_edited, _verify_head_spec_edited,
+                                                     _verify_stride_edited, _verify_num_views_edited,
                                                      _verify_done_chunk_lost)}
 
 
@@ -697,6 +708,19 @@ def test_verify_never_says_ok_on_a_damaged_or_empty_cache(case, recipe_path, cac
         assert fragment in text, (fragment, text)
     if str(cache).endswith(".h5"):  # teacher-cache refuses .h5: no hint may send the user there
         assert f"--out {cache} --resume" not in text
+
+
+@pytest.mark.parametrize("case", [c for c in VERIFY_NOT_OK if c.endswith("_edited")])
+def test_distill_refuses_a_cache_whose_attributes_verify_rejects(case, recipe_path, cache_path, tmp_path):
+    """An edited zarr.json: verify said so, yet distill trained on the cache (a stride edit was blamed on the
+    student; num_views and geometry edits passed). Now distill gives verify's finding in one line."""
+    t = SimpleNamespace(tmp=tmp_path, cache=cache_path, recipe=recipe_path)
+    cache, fragments = VERIFY_NOT_OK[case](t)
+    finding = fragments[0]
+    line = assert_one_line_error(_distill(t, cache), f"cache {str(cache)!r}: its attributes do not match its arrays",
+                                 "they were edited or damaged", "write the cache again")
+    assert finding in line, (finding, line)
+    _assert_no_run_left(t)
 
 
 def _export_corrupt(t):

@@ -28,7 +28,7 @@ from frs_cli.data.coco import CocoViews, Sample
 from frs_cli.data.geometry import GeometryConfig, ViewGeometry, canonical_view
 from frs_cli.data.targets import CachedTargets
 from frs_cli.errors import CacheFormatError, CacheMismatchError, DataError
-from frs_cli.files import missing_file
+from frs_cli.files import missing_file, plural
 from frs_cli.lock import describe, live_holder
 from frs_cli.models.base import FrsSignature, LevelSpec
 
@@ -139,6 +139,18 @@ class TeacherCache:
     @property
     def teacher(self) -> dict:
         return dict(self.attrs["teacher"])
+
+    def check_attributes(self) -> TeacherCache:
+        """CacheFormatError when the root attributes contradict the arrays they describe (``verify``'s check): no
+        checksum covers an edited or damaged ``zarr.json``, whose numbers would decode or place views wrongly, or
+        blame the student for the cache's levels. A training run checks this before it reads a view. Returns the
+        cache."""
+        faults = attribute_faults(self._backend, self.attrs)
+        if faults:
+            raise CacheFormatError(f"cache {self.path!r}: its attributes do not match its arrays "
+                                   f"({faults_text(faults)}): they were edited or damaged",
+                                   hint=rewrite_hint(self.path, self._backend.kind))
+        return self
 
     @property
     def teacher_autocast(self) -> bool:
@@ -463,3 +475,97 @@ class CachedViews(torch.utils.data.Dataset):
                                      f"geometry {cached.to_dict()}, the recipe gives {sample.geometry.to_dict()}")
         sample.teacher = self.cache.read(k, raw=True)  # decoded after the host-to-device copy (CachedTeacher)
         return sample
+
+
+def faults_text(faults: list[str]) -> str:
+    """The first of ``attribute_faults`` and how many more."""
+    return faults[0] + (f"; {plural(len(faults) - 1, 'more fault')}" if len(faults) > 1 else "")
+
+
+def rewrite_hint(path: str, kind: str) -> str:
+    """What mends a cache whose attributes were edited or damaged (``--resume`` does not)."""
+    return (f"export it again from the Zarr cache (frs cache export ZARR {path})" if kind == "hdf5" else
+            "write the cache again (frs teacher-cache into a new --out)")
+
+
+def attribute_faults(backend, attrs: dict) -> list[str]:
+    """What in the root attributes disagrees with the arrays they describe, one short phrase each (empty: all
+    agree). The attributes tell readers how to decode and place every view, and no checksum covers them, so an
+    edited or damaged ``zarr.json`` is found here: the storage dtype against the features' stored channels and
+    dtype, the levels' channels and grids against each array's shape, the bucket counts and rows against the index,
+    each view's recorded geometry against the geometry attributes, the teacher head against its ``head_spec``."""
+    from frs_cli.cache.encoding import FeatureEncoding
+    from frs_cli.cache.schema import view_name
+    from frs_cli.data.geometry import GeometryConfig, level_grid_size, view_geometry
+    from frs_cli.errors import CacheFormatError, ConfigError
+    from frs_cli.models import build_cls_head
+
+    faults: list[str] = []
+    try:
+        encoding = FeatureEncoding(attrs["storage"]["dtype"])
+    except CacheFormatError as exc:
+        return [f"storage.dtype: {exc.message}"]
+    index = {n: np.asarray(backend.array(f"index/{n}")[...]) for n in ("image_id", "view", "bucket", "row", "geometry")}
+    if int(attrs.get("num_views", -1)) != len(index["image_id"]):
+        faults.append(f"num_views {attrs.get('num_views')} against {len(index['image_id'])} views in the index")
+    levels, buckets, views = attrs["levels"], attrs["buckets"], list(attrs["views"])
+    mask_dtype = np.dtype(attrs["storage"].get("mask_dtype", "float16"))
+    for i, b in enumerate(buckets):
+        name, count = b["name"], int(b["count"])
+        rows = np.sort(index["row"][index["bucket"] == i])
+        if len(rows) != count or not np.array_equal(rows, np.arange(count)):
+            faults.append(f"bucket {name}: count {count} against {len(rows)} views of it in the index")
+        padded = tuple(b["padded"])
+        if name != f"{padded[0]}x{padded[1]}":
+            faults.append(f"bucket {name}: padded size {list(padded)}")
+        for lv, size in zip(levels, b["level_sizes"], strict=False):
+            grid = level_grid_size(padded, round(np.log2(int(lv["stride"]))))
+            if tuple(size) != grid:
+                faults.append(f"bucket {name} {lv['name']}: level_sizes {list(size)}, stride {lv['stride']} of "
+                              f"{padded[0]}x{padded[1]} gives {list(grid)}")
+                continue
+            try:
+                channels = encoding.stored_channels(int(lv["channels"]))
+            except CacheFormatError as exc:
+                faults.append(f"{lv['name']}: {exc.message}")
+                continue
+            expected = {"features": ((count, channels, *grid), encoding.numpy_dtype),
+                        "mask": ((count, *grid), mask_dtype)}
+            if encoding.scaled:
+                expected["scale"] = ((count, int(lv["channels"])), np.dtype(np.float32))
+            for kind, (shape, dtype) in expected.items():
+                path = f"buckets/{name}/{lv['name']}/{kind}"
+                if not backend.has(path):
+                    continue  # named as missing elsewhere
+                arr = backend.array(path)
+                if tuple(arr.shape) != shape or np.dtype(arr.dtype) != dtype:
+                    faults.append(f"{path} is {tuple(arr.shape)} {np.dtype(arr.dtype)}, the attributes say {shape} "
+                                  f"{dtype} (storage.dtype {encoding.name!r}, {lv['name']} channels {lv['channels']})")
+        if len(b["level_sizes"]) != len(levels):
+            faults.append(f"bucket {name}: {len(b['level_sizes'])} level sizes for {len(levels)} levels")
+    try:
+        geometry = GeometryConfig(**attrs["geometry"])
+    except (ConfigError, TypeError) as exc:
+        return [*faults, f"geometry: {exc}"]
+    wrong = 0
+    for k, g in enumerate(index["geometry"].tolist()):
+        code, b = int(index["view"][k]), int(index["bucket"][k])
+        name = view_name(code, views)
+        try:
+            expected = view_geometry(g[0], g[1], geometry, name).to_row()
+        except ConfigError:
+            expected = None
+        if expected is None or list(expected) != g or not 0 <= b < len(buckets) or list(buckets[b]["padded"]) != g[4:6]:
+            wrong += 1
+    if wrong:
+        faults.append(f"{wrong} of {len(index['geometry'])} views' recorded geometry does not follow from the geometry "
+                      f"{dict(attrs['geometry'])} and views {views}")
+    try:
+        head = build_cls_head(attrs["teacher"]["head_spec"]).state_dict()
+    except Exception as exc:  # noqa: BLE001 - any spec the builder refuses is a fault of the attribute
+        return [*faults, f"teacher.head_spec: {type(exc).__name__}: {str(exc)[:80]}"]
+    for n, t in head.items():
+        path = f"teacher_head/{n}"
+        if backend.has(path) and tuple(backend.array(path).shape) != tuple(t.shape):
+            faults.append(f"{path} is {tuple(backend.array(path).shape)}, teacher.head_spec gives {tuple(t.shape)}")
+    return faults

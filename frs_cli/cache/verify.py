@@ -16,7 +16,7 @@ import numpy as np
 
 from frs_cli.cache.backend import open_backend
 from frs_cli.cache.checksum import damaged_arrays, view_crc
-from frs_cli.cache.reader import TeacherCache, required_cache_arrays
+from frs_cli.cache.reader import TeacherCache, attribute_faults, faults_text, required_cache_arrays, rewrite_hint
 from frs_cli.files import plural
 from frs_cli.lock import describe, live_holder
 from frs_cli.progress import NullProgress, Progress
@@ -82,13 +82,9 @@ class VerifyReport:
             return (f"cache {self.path}: its index does not match its checksums ("
                     f"{', '.join(self.damaged_arrays)}): no view was checked; {self.repair()}")
         if self.attribute_faults:
-            n = len(self.attribute_faults)
-            again = ("export it again from the Zarr cache (frs cache export ZARR " + f"{self.path})"
-                     if self.kind == "hdf5" else "write the cache again (frs teacher-cache into a new --out)")
-            more = f"; {plural(n - 1, 'more fault')}" if n > 1 else ""
-            return (f"cache {self.path}: its attributes do not match its arrays ({self.attribute_faults[0]}{more}): "
+            return (f"cache {self.path}: its attributes do not match its arrays ({faults_text(self.attribute_faults)}): "
                     "no view was checked; its attributes "
-                    f"were edited or damaged, which --resume does not repair: {again}")
+                    f"were edited or damaged, which --resume does not repair: {rewrite_hint(self.path, self.kind)}")
         head = f"cache {self.path}: {self.views_done - len(self.faults)} of {self.views_done} written views intact"
         if self.damaged_arrays:
             head += (f"; {len(self.damaged_arrays)} teacher-head arrays do not match their checksums "
@@ -116,87 +112,6 @@ class VerifyReport:
         return f"OK: {head} (all {self.views_total} views, state {self.state}){unchecked}"
 
 
-def attribute_faults(backend, attrs: dict) -> list[str]:
-    """What in the root attributes disagrees with the arrays they describe, one short phrase each (empty: all
-    agree). The attributes tell readers how to decode and place every view, and no checksum covers them, so an
-    edited or damaged ``zarr.json`` is found here: the storage dtype against the features' stored channels and
-    dtype, the levels' channels and grids against each array's shape, the bucket counts and rows against the index,
-    each view's recorded geometry against the geometry attributes, the teacher head against its ``head_spec``."""
-    from frs_cli.cache.encoding import FeatureEncoding
-    from frs_cli.cache.schema import view_name
-    from frs_cli.data.geometry import GeometryConfig, level_grid_size, view_geometry
-    from frs_cli.errors import CacheFormatError, ConfigError
-    from frs_cli.models import build_cls_head
-
-    faults: list[str] = []
-    try:
-        encoding = FeatureEncoding(attrs["storage"]["dtype"])
-    except CacheFormatError as exc:
-        return [f"storage.dtype: {exc.message}"]
-    index = {n: np.asarray(backend.array(f"index/{n}")[...]) for n in ("image_id", "view", "bucket", "row", "geometry")}
-    if int(attrs.get("num_views", -1)) != len(index["image_id"]):
-        faults.append(f"num_views {attrs.get('num_views')} against {len(index['image_id'])} views in the index")
-    levels, buckets, views = attrs["levels"], attrs["buckets"], list(attrs["views"])
-    mask_dtype = np.dtype(attrs["storage"].get("mask_dtype", "float16"))
-    for i, b in enumerate(buckets):
-        name, count = b["name"], int(b["count"])
-        rows = np.sort(index["row"][index["bucket"] == i])
-        if len(rows) != count or not np.array_equal(rows, np.arange(count)):
-            faults.append(f"bucket {name}: count {count} against {len(rows)} views of it in the index")
-        padded = tuple(b["padded"])
-        if name != f"{padded[0]}x{padded[1]}":
-            faults.append(f"bucket {name}: padded size {list(padded)}")
-        for lv, size in zip(levels, b["level_sizes"], strict=False):
-            grid = level_grid_size(padded, round(np.log2(int(lv["stride"]))))
-            if tuple(size) != grid:
-                faults.append(f"bucket {name} {lv['name']}: level_sizes {list(size)}, stride {lv['stride']} of "
-                              f"{padded[0]}x{padded[1]} gives {list(grid)}")
-                continue
-            try:
-                channels = encoding.stored_channels(int(lv["channels"]))
-            except CacheFormatError as exc:
-                faults.append(f"{lv['name']}: {exc.message}")
-                continue
-            expected = {"features": ((count, channels, *grid), encoding.numpy_dtype),
-                        "mask": ((count, *grid), mask_dtype)}
-            if encoding.scaled:
-                expected["scale"] = ((count, int(lv["channels"])), np.dtype(np.float32))
-            for kind, (shape, dtype) in expected.items():
-                path = f"buckets/{name}/{lv['name']}/{kind}"
-                if not backend.has(path):
-                    continue  # named as missing elsewhere
-                arr = backend.array(path)
-                if tuple(arr.shape) != shape or np.dtype(arr.dtype) != dtype:
-                    faults.append(f"{path} is {tuple(arr.shape)} {np.dtype(arr.dtype)}, the attributes say {shape} "
-                                  f"{dtype} (storage.dtype {encoding.name!r}, {lv['name']} channels {lv['channels']})")
-        if len(b["level_sizes"]) != len(levels):
-            faults.append(f"bucket {name}: {len(b['level_sizes'])} level sizes for {len(levels)} levels")
-    try:
-        geometry = GeometryConfig(**attrs["geometry"])
-    except (ConfigError, TypeError) as exc:
-        return [*faults, f"geometry: {exc}"]
-    wrong = 0
-    for k, g in enumerate(index["geometry"].tolist()):
-        code, b = int(index["view"][k]), int(index["bucket"][k])
-        name = view_name(code, views)
-        try:
-            expected = view_geometry(g[0], g[1], geometry, name).to_row()
-        except ConfigError:
-            expected = None
-        if expected is None or list(expected) != g or not 0 <= b < len(buckets) or list(buckets[b]["padded"]) != g[4:6]:
-            wrong += 1
-    if wrong:
-        faults.append(f"{wrong} of {len(index['geometry'])} views' recorded geometry does not follow from the geometry "
-                      f"{dict(attrs['geometry'])} and views {views}")
-    try:
-        head = build_cls_head(attrs["teacher"]["head_spec"]).state_dict()
-    except Exception as exc:  # noqa: BLE001 - any spec the builder refuses is a fault of the attribute
-        return [*faults, f"teacher.head_spec: {type(exc).__name__}: {str(exc)[:80]}"]
-    for n, t in head.items():
-        path = f"teacher_head/{n}"
-        if backend.has(path) and tuple(backend.array(path).shape) != tuple(t.shape):
-            faults.append(f"{path} is {tuple(backend.array(path).shape)}, teacher.head_spec gives {tuple(t.shape)}")
-    return faults
 
 
 def _level_arrays(cache: TeacherCache) -> list[str]:

@@ -359,7 +359,7 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
     evaluator = _evaluator(recipe, ctx, cfg) if evaluate else None
     if cache is not None:
         recipe.cache.check_training_scales(cfg.min_sizes, recipe.geometry)
-        store = TeacherCache(cache)
+        store = TeacherCache(cache).check_attributes()  # as verify does: an edited zarr.json is not trained on
         cached_arch = store.teacher.get("arch")
         if cached_arch and cached_arch != recipe.teacher.arch:  # the recipe would record a teacher it never had
             raise ConfigError(f"distill: the cache {str(cache)!r} holds a {cached_arch} teacher, the recipe names "
