@@ -139,6 +139,33 @@ def test_second_teacher_cache_on_one_out_is_refused_naming_the_first_and_a_kille
     assert_same_cache_arrays(out, cache_path)
 
 
+def test_a_complete_cache_under_repair_is_refused_to_readers_and_verify_names_the_job(recipe_path, cache_path,
+                                                                                     tmp_path):
+    """``teacher-cache --resume`` verifies and repairs a complete cache while it stays marked complete: a distill
+    started then trained on it (and met the views being rewritten), and verify's hint was to start that same
+    --resume. Now both name the job that holds the cache."""
+    c = _copy(cache_path, tmp_path)
+    (c / BUCKET / "P3" / "features" / "c.1.0.0.0").unlink()
+    repair = _popen("teacher-cache", "--pipeline", recipe_path, "--out", c, "--resume", cwd=tmp_path)
+    try:
+        _stop_once_it_holds_the_lock(repair, c)
+        assert zarr.open_group(str(c), mode="r").attrs["state"] == "complete"
+        t = SimpleNamespace(tmp=tmp_path, cache=c, recipe=recipe_path)
+        assert_one_line_error(_distill(t, c), f"cache {str(c)!r}: is being written by pid {repair.pid} on host",
+                              "--resume", "wait for that job to finish")
+        _assert_no_run_left(t)
+        result = run("cache", "verify", c)
+        text = " ".join(result.stdout.split())
+        assert result.exit_code == 1 and f"a job holds the cache now, pid {repair.pid} on host" in text, text
+        assert "--resume rewrites them" not in text
+        os.kill(repair.pid, signal.SIGCONT)
+        _, stderr = repair.communicate(timeout=300)
+        assert repair.returncode == 0, stderr[-3000:]
+    finally:
+        _end(repair)
+    assert verify_cache(str(c)).ok
+
+
 def test_second_distill_on_one_out_is_refused_and_the_first_finishes(recipe_path, cache_path, tmp_path):
     out = tmp_path / "run"
     first = _popen("distill", "--pipeline", recipe_path, "--cache", cache_path, "--out", out, "--no-eval",

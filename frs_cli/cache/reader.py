@@ -68,11 +68,13 @@ class TeacherCache:
         if self.attrs.get("state") == "creating":
             raise CacheFormatError(f"cache {self.path!r}: its writer stopped while creating it",
                                    hint="run teacher-cache again to recreate it")
-        if require_complete and self.attrs.get("state") != "complete":
+        if require_complete:
             holder = live_holder(self.path)
-            if holder is not None:
-                raise CacheFormatError(f"cache {self.path!r}: is incomplete, still being written by {describe(holder)}",
+            if holder is not None:  # still written, or verified and repaired (--resume) while marked complete
+                state = "is incomplete, still" if self.attrs.get("state") != "complete" else "is"
+                raise CacheFormatError(f"cache {self.path!r}: {state} being written by {describe(holder)}",
                                        hint="wait for that job to finish")
+        if require_complete and self.attrs.get("state") != "complete":
             raise CacheFormatError(f"cache {self.path!r}: is incomplete (its writer did not finish)",
                                    hint="run teacher-cache with --resume to finish it")
         missing = [n for n in self.required_arrays() if not root.has(n)]

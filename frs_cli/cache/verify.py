@@ -66,6 +66,9 @@ class VerifyReport:
         if self.kind == "hdf5":
             return ("not repairable in place: repair the Zarr cache it was exported from with frs teacher-cache "
                     f"--pipeline RECIPE --out ZARR --resume, then run frs cache export ZARR {self.path} again")
+        holder = live_holder(self.path)
+        if holder is not None:  # a teacher-cache job holds it now: its --resume may be this very repair
+            return f"a job holds the cache now, {describe(holder)}: wait for it to finish, then verify again"
         return f"frs teacher-cache --pipeline RECIPE --out {self.path} --resume rewrites them"
 
     def summary(self) -> str:
