@@ -351,13 +351,15 @@ def _not_a_cache(t):
 
 def _cache_of_another_geometry(t):
     return ["distill", "--cache", t.cache, "--set", "geometry.min_size=48", "--set", "geometry.max_size=48"], \
-        ["was written for another geometry"]
+        ["was written for another geometry (geometry.min_size 64 in the cache, 48 here; geometry.max_size"]
 
 
 def _cache_of_another_dataset(t):
     root = _copy_data(t.synth_root, t.tmp)
     _edit_annotations(root, lambda doc: doc["annotations"][0].update(bbox=[1.0, 1.0, 20.0, 20.0]))
-    return ["distill", "--cache", t.cache, "--set", f"data.root={root}"], ["was written for another dataset"]
+    return ["distill", "--cache", t.cache, "--set", f"data.root={root}"], \
+        [f"was written for another dataset (split 'train': 24 images of {t.synth_root / 'annotations'}",
+         f"in the cache, 24 images of {root / 'annotations' / 'instances_train.json'} here"]
 
 
 def _cache_of_a_newer_format(t):

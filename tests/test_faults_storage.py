@@ -810,7 +810,7 @@ def _teacher_cache_of_another_teacher(t):
     g = zarr.open_group(str(c), mode="r+")
     g.attrs["fingerprints"] = {**g.attrs["fingerprints"], "teacher": "0" * 16}
     return ["teacher-cache", "--pipeline", t.recipe, "--out", c, "--device", "cpu", "--resume"], \
-        ["was written for another teacher (fingerprint 0000000000000000"]
+        ["was written for another teacher (teacher.weights '", "here; fingerprint 0000000000000000 in the cache, "]
 
 
 def _teacher_cache_other_views(t):

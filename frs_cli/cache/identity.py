@@ -108,6 +108,28 @@ def recipe_fingerprints(stored: dict, teacher_cfg: ModelConfig, index: CocoIndex
     return expected
 
 
+def what_differs(key: str, attrs: dict, expected: dict, teacher_cfg: ModelConfig, index: CocoIndex,
+                 geometry: GeometryConfig) -> str:
+    """The difference of ``key`` (teacher / dataset / geometry) between a cache (its root ``attrs``) and a recipe,
+    in the values a user set, where the cache records them; the two fingerprints otherwise."""
+    fingerprints = f"fingerprint {attrs.get('fingerprints', {}).get(key)} in the cache, {expected.get(key)} here"
+    if key == "geometry" and isinstance(attrs.get("geometry"), dict):
+        mine = geometry.to_dict()
+        differ = [f"geometry.{k} {json.dumps(v)} in the cache, {json.dumps(mine.get(k))} here"
+                  for k, v in attrs["geometry"].items() if mine.get(k) != v]
+        return "; ".join(differ) or fingerprints
+    if key == "dataset" and isinstance(attrs.get("dataset"), dict):
+        info = attrs["dataset"]
+        theirs = f"split {info.get('split')!r}: {info.get('num_images')} images of {info.get('annotation_file')}"
+        same_file = Path(str(info.get("annotation_file"))).resolve() == Path(index.path).resolve()
+        return (f"{theirs} in the cache, {len(index.records)} images of {index.path} here"
+                + (" (the file was changed since)" if same_file else ""))
+    if key == "teacher":
+        return (f"teacher.weights {attrs.get('teacher', {}).get('weights')!r} in the cache, {teacher_cfg.weights!r} "
+                f"here; {fingerprints}")
+    return fingerprints
+
+
 def first_difference(stored: dict, expected: dict) -> str | None:
     """The first of teacher / dataset / geometry present in ``expected`` whose fingerprint differs from
     ``stored``'s, else None."""

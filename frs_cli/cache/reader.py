@@ -21,7 +21,7 @@ from torch import Tensor
 from frs_cli.cache.backend import open_backend
 from frs_cli.cache.checksum import mismatched
 from frs_cli.cache.encoding import FeatureEncoding, finite
-from frs_cli.cache.identity import dataset_fingerprint, first_difference
+from frs_cli.cache.identity import dataset_fingerprint, first_difference, what_differs
 from frs_cli.cache.schema import INDEX_ARRAYS, Bucket, required_arrays, view_code, view_name
 from frs_cli.cache.store import is_url
 from frs_cli.data.coco import CocoViews, Sample
@@ -196,13 +196,15 @@ class TeacherCache:
     def view_geometry(self, k: int) -> ViewGeometry:
         return ViewGeometry.from_row(self.geometry[k])
 
-    def check_fingerprints(self, expected: dict) -> None:
-        """CacheMismatchError naming the first of teacher / dataset / geometry that differs."""
+    def check_fingerprints(self, expected: dict, teacher_cfg, index, geometry) -> None:
+        """CacheMismatchError naming the first of teacher / dataset / geometry that differs from the recipe's
+        (``expected``: its fingerprints; the recipe's teacher config, the split's index and its geometry say how)."""
         key = first_difference(self.fingerprints, expected)
         if key is not None:
             raise CacheMismatchError(
-                f"cache {self.path!r}: was written for another {key} (cache {self.fingerprints.get(key)}, "
-                f"recipe {expected[key]})", hint="write a cache for this recipe with frs teacher-cache")
+                f"cache {self.path!r}: was written for another {key} "
+                f"({what_differs(key, self.attrs, expected, teacher_cfg, index, geometry)})",
+                hint="write a cache for this recipe with frs teacher-cache")
 
     def dataset(self, data_root: str | None = None) -> CocoViews:
         """The cached split as ``CocoViews`` (from ``data_root`` if given, else where the writer read it),

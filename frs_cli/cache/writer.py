@@ -32,7 +32,7 @@ import frs_cli
 from frs_cli.cache.backend import open_backend
 from frs_cli.cache.checksum import damaged_arrays, view_crc
 from frs_cli.cache.encoding import FeatureEncoding
-from frs_cli.cache.identity import cache_fingerprints, first_difference, recipe_fingerprints
+from frs_cli.cache.identity import cache_fingerprints, first_difference, recipe_fingerprints, what_differs
 from frs_cli.cache.reader import TeacherCache, required_cache_arrays
 from frs_cli.cache.schema import FORMAT_NAME, INDEX_ARRAYS, Plan, make_plan, view_bytes, view_name, views_format_version
 from frs_cli.cache.shard_writer import (
@@ -188,8 +188,9 @@ def _check_same(path: str, root: zarr.Group, recipe, teacher, index, views) -> N
     key = first_difference(stored, expected)
     if key is not None:
         raise CacheMismatchError(
-            f"cache {path!r}: was written for another {key} (fingerprint {stored.get(key)}, this recipe's is "
-            f"{expected[key]})", hint="write to a new path, or delete the old cache")
+            f"cache {path!r}: was written for another {key} "
+            f"({what_differs(key, attrs, expected, recipe.teacher, index, recipe.geometry)})",
+            hint="write to a new path, or delete the old cache")
     stored_dtype = attrs.get("storage", {}).get("dtype")
     if stored_dtype != recipe.cache.dtype:  # its arrays hold that encoding: views of another cannot go in
         raise CacheMismatchError(f"cache {path!r}: holds {stored_dtype} features, this recipe asks for cache.dtype = "

@@ -373,7 +373,8 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
             log.warning("distill: the cache %s was written by a teacher with no weights (teacher.weights was empty: "
                         "a random detection head), so its FRS masks and targets teach nothing; write the cache "
                         "again with teacher.weights set", cache)
-        store.check_fingerprints(recipe_fingerprints(store.fingerprints, recipe.teacher, coco.index, recipe.geometry))
+        store.check_fingerprints(recipe_fingerprints(store.fingerprints, recipe.teacher, coco.index, recipe.geometry),
+                                 recipe.teacher, coco.index, recipe.geometry)
         if store.nbytes_stored()["views"] <= recipe.cache.preload_mb * 1e6:
             store.preload()
         # the online run's order (training_views), so that a seed shows each image in the same view either way
