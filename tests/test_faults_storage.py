@@ -737,6 +737,22 @@ def test_verify_never_says_ok_on_a_damaged_or_empty_cache(case, recipe_path, cac
         assert f"--out {cache} --resume" not in text
 
 
+def test_files_in_a_cache_that_are_no_zarr_node_are_left_alone_without_zarrs_warning(recipe_path, cache_path, tmp_path,
+                                                                                     recwarn):
+    """A note or an editor's backup dropped into the store: distill, verify, info and export go on, and zarr's own
+    warning for each (its words and a source line, on every group listing) no longer reaches the user."""
+    c = _copy(cache_path, tmp_path)
+    (c / "notes.txt").write_text("which teacher was this?")
+    (c / "buckets" / "64x64.bak").write_text("x")
+    t = SimpleNamespace(tmp=tmp_path, cache=c, recipe=recipe_path)
+    for result in (_distill(t, c), run("cache", "verify", c), run("cache", "info", c),
+                   run("cache", "export", c, tmp_path / "c.h5")):
+        assert result.exit_code == 0, result.output
+        assert "ZarrUserWarning" not in result.output and "warnings.warn" not in result.output, result.output
+    assert (tmp_path / "run" / "model_final.pt").is_file() and (c / "notes.txt").is_file()
+    assert not [w for w in recwarn if "not recognized as a component" in str(w.message)]  # what pytest caught
+
+
 @pytest.mark.parametrize("case", [c for c in VERIFY_NOT_OK if c.endswith("_edited")])
 def test_distill_refuses_a_cache_whose_attributes_verify_rejects(case, recipe_path, cache_path, tmp_path):
     """An edited zarr.json: verify said so, yet distill trained on the cache (a stride edit was blamed on the

@@ -10,12 +10,23 @@ HDF5 files hold each group attribute as JSON text (HDF5 attributes cannot nest),
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import warnings
 from collections.abc import Iterator
 
 from frs_cli.cache.store import check_format, exists, is_hdf5, is_url, open_group, what_is_there
 from frs_cli.errors import CacheFormatError
+
+
+@contextlib.contextmanager
+def _foreign_files_ignored():
+    """Files in the store that are no Zarr node (a note, an editor's backup, a ``.DS_Store``) are not the cache's:
+    zarr warns of each while it lists a group, in its own words and with a source line; they are left alone."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Object at .* is not recognized as a component of a Zarr hierarchy")
+        yield
 
 
 class ZarrBackend:
@@ -54,16 +65,20 @@ class ZarrBackend:
         """Every array below ``group`` (``""``: the whole cache) as ``(path, array)``, in sorted order."""
         node = self.root[group] if group else self.root
         prefix = f"{group}/" if group else ""
-        for name, arr in sorted(node.arrays()):
+        with _foreign_files_ignored():
+            arrays, groups = sorted(node.arrays()), sorted(node.groups())
+        for name, arr in arrays:
             yield prefix + name, arr
-        for name, _ in sorted(node.groups()):
+        for name, _ in groups:
             yield from self.walk(prefix + name)
 
     def groups(self) -> list[str]:
         """Every group path below the root, sorted."""
         import zarr
 
-        return sorted(name for name, node in self.root.members(max_depth=None) if isinstance(node, zarr.Group))
+        with _foreign_files_ignored():
+            members = list(self.root.members(max_depth=None))
+        return sorted(name for name, node in members if isinstance(node, zarr.Group))
 
     def stored_chunks(self, name: str) -> set[str]:
         """Keys (relative to the array) of the chunks of array ``name`` that exist in the store."""
