@@ -91,8 +91,8 @@ def size_text(n: float) -> str:
 
 
 def plural(n: int, noun: str) -> str:
-    """``1 view``, ``2 views``: a count and its noun."""
-    return f"{n} {noun}{'' if n == 1 else 's'}"
+    """``1 view``, ``2 views``, ``2 processes``: a count and its noun."""
+    return f"{n} {noun}{'' if n == 1 else 'es' if noun.endswith(('s', 'x', 'ch', 'sh')) else 's'}"
 
 
 def sizes_apart(need: int, free: int) -> tuple[str, str]:

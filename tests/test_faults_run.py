@@ -448,6 +448,19 @@ def test_a_resume_that_extends_the_schedule_records_it_in_the_recipe(saved_run):
 
 
 
+def test_a_resume_with_another_number_of_processes_names_both_counts(saved_run):
+    """The saved state records how many processes took each step: a resume with another count (under torchrun or
+    not) said only "37 iterations per epoch, this run has 75 (batch size, world size or dataset changed)"."""
+    state = torch.load(saved_run.out / LAST, weights_only=True)
+    assert state["world_size"] == 1  # recorded by the run
+    state["world_size"] = 2  # as a two-process run records it (its epoch holds half the iterations; kept here)
+    torch.save(state, saved_run.out / LAST)
+    line = error_line(train(saved_run.recipe, saved_run.out, "--resume", "--set", "train.epochs=2"))
+    assert ("--resume: the run started with 2 processes of 4 images a step each (2 iterations per epoch), this run "
+            "has 1 process (2 iterations per epoch): its schedule and data order follow the processes (resume it with "
+            "2 processes (torchrun --nproc-per-node 2, or as many across hosts))") in line, line
+
+
 def test_a_resume_onto_annotations_changed_in_place_says_so_once_and_records_them(tmp_path, synth_root, teacher_ckpt):
     """The same data.root, its training annotations edited (or the set regenerated) between the save and the resume:
     one warning naming both digests, the run continues and recipe.json records the new digest (before: nothing

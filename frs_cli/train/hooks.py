@@ -41,7 +41,7 @@ from torch import nn
 from frs_cli import errors
 from frs_cli.dist import DistContext, barrier
 from frs_cli.errors import Interrupted, TrainingError
-from frs_cli.files import atomic_path, storage_errors
+from frs_cli.files import atomic_path, plural, storage_errors
 from frs_cli.progress import Progress
 from frs_cli.train.checkpoint import TRAINING_SAVE_HINT, atomic_save, load_training_state, rng_state, set_rng_state
 from frs_cli.train.metrics_log import MetricsLog
@@ -116,7 +116,7 @@ class TrainingState:
                 "modules": {n: m.state_dict() for n, m in t.objective.checkpointed().items()},
                 "optimizer": t.optimizer.state_dict(), "scheduler": t.scheduler.state_dict(),
                 "scaler": t.scaler.state_dict(), "rng": rng_state(), "epoch": epoch, "epoch_step": epoch_step,
-                "iters_per_epoch": t.iters_per_epoch,
+                "iters_per_epoch": t.iters_per_epoch, "world_size": t.ctx.world_size,
             }, self.path, TRAINING_SAVE_HINT)
         self.saved_at = (epoch, epoch_step)
 
@@ -137,6 +137,14 @@ class TrainingState:
                                 hint="resume with the recipe the run started with") from None
         set_rng_state(state["rng"])
         epoch, step = self.saved_at = state["epoch"], state["epoch_step"]
+        if state.get("world_size", t.ctx.world_size) != t.ctx.world_size:  # recorded since frs saved it
+            n = state["world_size"]
+            raise TrainingError(
+                f"--resume: the run started with {plural(n, 'process')} of {t.cfg.batch_size} images a step each "
+                f"({state['iters_per_epoch']} iterations per epoch), this run has {plural(t.ctx.world_size, 'process')} "
+                f"({t.iters_per_epoch} iterations per epoch): its schedule and data order follow the processes",
+                hint=f"resume it with {n} processes (torchrun --nproc-per-node {n}, or as many across hosts)" if n > 1
+                else "resume it in one process, without torchrun")
         if state["iters_per_epoch"] != t.iters_per_epoch:
             raise TrainingError(f"--resume: the state was saved with {state['iters_per_epoch']} iterations per epoch, "
                                 f"this run has {t.iters_per_epoch} (batch size, world size or dataset changed)")
