@@ -760,9 +760,11 @@ def test_distill_refuses_a_cache_whose_attributes_verify_rejects(case, recipe_pa
     t = SimpleNamespace(tmp=tmp_path, cache=cache_path, recipe=recipe_path)
     cache, fragments = VERIFY_NOT_OK[case](t)
     finding = fragments[0]
-    line = assert_one_line_error(_distill(t, cache), f"cache {str(cache)!r}: its attributes do not match its arrays",
+    result = _distill(t, cache)
+    line = assert_one_line_error(result, f"cache {str(cache)!r}: its attributes do not match its arrays",
                                  "they were edited or damaged", "write the cache again")
     assert finding in line, (finding, line)
+    assert "a cache is read as it was written" not in result.stderr  # no warning that takes the edit at its word
     _assert_no_run_left(t)
 
 
@@ -891,7 +893,7 @@ def test_an_interrupted_caches_unwritten_views_are_named_as_not_written_not_as_d
     assert 0 < positions < json.loads((tmp_path / "full.json").read_text())["levels"][0]["positions"]
 
 
-def test_teacher_cache_fills_an_empty_folder_and_names_what_else_stands_at_out(recipe_path, tmp_path):
+def test_teacher_cache_fills_an_empty_folder_and_names_what_else_stands_at_out(recipe_path, cache_path, tmp_path):
     """``--out`` an empty folder (made with mkdir first) is a new cache's place; a folder with other files in it or a
     file is refused in one line saying which, without zarr's exception names."""
     empty = tmp_path / "empty"
@@ -910,6 +912,11 @@ def test_teacher_cache_fills_an_empty_folder_and_names_what_else_stands_at_out(r
     afile.write_text("x")
     result = run("teacher-cache", "--pipeline", recipe_path, "--out", afile, "--device", "cpu")
     assert_one_line_error(result, f"cache '{afile}': expected an frs teacher cache, found something else: a file")
+    zipped = tmp_path / "c.zip"  # a cache zipped to be moved: said so, and what frs reads instead
+    shutil.make_archive(str(zipped.with_suffix("")), "zip", cache_path)
+    line = assert_one_line_error(_distill(SimpleNamespace(tmp=tmp_path, recipe=recipe_path), zipped),
+                                 f"cache '{zipped}': expected an frs teacher cache, found something else: a zip file")
+    assert "unzip it, and give the folder" in line
 
 
 def test_visualize_and_eval_of_a_cache_with_another_datasets_data_name_the_files_and_the_option(

@@ -89,6 +89,10 @@ def what_is_there(path: str, exc: Exception) -> str:
 
         local = Path(path)
         if local.is_file():
+            import zipfile
+
+            if zipfile.is_zipfile(local):  # a zipped store: frs reads a Zarr folder or an HDF5 export
+                return "a zip file (frs reads a cache as a Zarr folder or its .h5 export: unzip it, and give the folder)"
             return "a file"
         if local.is_dir():
             meta = local / "zarr.json"

@@ -237,15 +237,17 @@ def _as_stored(recipe, cache: str, ctx: DistContext):
     import dataclasses
 
     from frs_cli.cache.backend import open_backend
+    from frs_cli.cache.reader import attribute_faults
     from frs_cli.errors import FrsError
 
     try:
-        storage = dict(open_backend(str(cache)).attrs.get("storage", {}))
-    except (FrsError, OSError):
-        return recipe
-    stored = {k: storage[k] for k in ("dtype", "codec") if k in storage}
-    given = {k: getattr(recipe.cache, k) for k in stored}
-    if stored == given:
+        backend = open_backend(str(cache))
+        storage = dict(backend.attrs.get("storage", {}))
+        stored = {k: storage[k] for k in ("dtype", "codec") if k in storage}
+        given = {k: getattr(recipe.cache, k) for k in stored}
+        if stored == given or attribute_faults(backend, dict(backend.attrs)):  # the latter: refused later, unwarned
+            return recipe
+    except (FrsError, OSError, KeyError, TypeError, ValueError):
         return recipe
     if ctx.is_main:
         differ = ", ".join(f"cache.{k} = {given[k]!r} (the cache's: {stored[k]!r})"
