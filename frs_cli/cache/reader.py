@@ -21,7 +21,7 @@ from torch import Tensor
 from frs_cli.cache.backend import open_backend
 from frs_cli.cache.checksum import mismatched
 from frs_cli.cache.encoding import FeatureEncoding, finite
-from frs_cli.cache.identity import dataset_fingerprint, first_difference, what_differs
+from frs_cli.cache.identity import dataset_fingerprint, first_difference, recipe_fingerprints, what_differs
 from frs_cli.cache.schema import INDEX_ARRAYS, Bucket, required_arrays, view_code, view_name
 from frs_cli.cache.store import is_url
 from frs_cli.data.coco import CocoViews, Sample
@@ -196,9 +196,10 @@ class TeacherCache:
     def view_geometry(self, k: int) -> ViewGeometry:
         return ViewGeometry.from_row(self.geometry[k])
 
-    def check_fingerprints(self, expected: dict, teacher_cfg, index, geometry) -> None:
-        """CacheMismatchError naming the first of teacher / dataset / geometry that differs from the recipe's
-        (``expected``: its fingerprints; the recipe's teacher config, the split's index and its geometry say how)."""
+    def check_fingerprints(self, teacher_cfg, index, geometry) -> None:
+        """CacheMismatchError naming the first of teacher / dataset / geometry that differs from a recipe's: its
+        teacher config, its split's index and its geometry (``identity.recipe_fingerprints``)."""
+        expected = recipe_fingerprints(self.fingerprints, teacher_cfg, index, geometry)
         key = first_difference(self.fingerprints, expected)
         if key is not None:
             raise CacheMismatchError(

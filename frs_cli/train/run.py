@@ -334,7 +334,6 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
 
     From a cache, the teacher is neither built nor loaded: the cache holds its targets and its classification
     head, and the student is checked against the cache's signature before anything is built."""
-    from frs_cli.cache.identity import recipe_fingerprints
     from frs_cli.cache.reader import CachedViews, TeacherCache
 
     if online == (cache is not None):
@@ -375,8 +374,7 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
             log.warning("distill: the cache %s was written by a teacher with no weights (teacher.weights was empty: "
                         "a random detection head), so its FRS masks and targets teach nothing; write the cache "
                         "again with teacher.weights set", cache)
-        store.check_fingerprints(recipe_fingerprints(store.fingerprints, recipe.teacher, coco.index, recipe.geometry),
-                                 recipe.teacher, coco.index, recipe.geometry)
+        store.check_fingerprints(recipe.teacher, coco.index, recipe.geometry)
         if store.nbytes_stored()["views"] <= recipe.cache.preload_mb * 1e6:
             store.preload()
         # the online run's order (training_views), so that a seed shows each image in the same view either way
