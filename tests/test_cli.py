@@ -326,7 +326,8 @@ def test_teacher_cache_info_distill_visualize_and_mask_stats(tmp_path, recipe_pa
 
     result = run("cache", "info", cache)
     assert result.exit_code == 0, result.output
-    for word in ("complete (48/48 views written)", "images", "24", "P3/s8/64ch", "MB per view", "teacher", "fingerprints"):
+    for word in ("complete (48/48 views written)", "images", "24", "P3/s8/64ch", "MB per view", "teacher", "fingerprints",
+                 "float32, NCHW, batch norms folded"):  # the teacher pass a resume keeps (on the CPU: float32)
         assert word in result.output, word
 
     result = run("distill", "--pipeline", recipe_path, "--cache", cache, "--out", tmp_path / "s", "--device", "cpu")

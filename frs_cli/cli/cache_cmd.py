@@ -121,6 +121,18 @@ def _per_image(views: int, images: int) -> str:
     return f"{plural(views // max(1, images), 'view')} per image"
 
 
+def _teacher_pass(teacher: dict) -> str:
+    """How the teacher computed the cached views, as the cache records it (``teacher.autocast``, ``teacher.pass``):
+    what a resume keeps, and what an older frs did not record."""
+    precision = ("bf16 autocast" if teacher.get("autocast", "bfloat16") == "bfloat16" else "float32") + (
+        "" if "autocast" in teacher else " (not recorded: read as bf16 autocast)")
+    record = teacher.get("pass")
+    if record is None:
+        return f"{precision}; layout not recorded (an older frs: batch norms not folded)"
+    folded = "batch norms folded" if record.get("batchnorm_folded") else "batch norms not folded"
+    return f"{precision}, {'channels-last' if record.get('channels_last') else 'NCHW'}, {folded}"
+
+
 def info(cache: str = typer.Argument(..., help="Cache path, URL or .h5 file.")):
     """Summarise a teacher cache: images, views, levels, bytes on disk, MB per image, teacher, fingerprints."""
     from rich.table import Table
@@ -146,6 +158,7 @@ def info(cache: str = typer.Argument(..., help="Cache path, URL or .h5 file.")):
         ("per image", (f"{per_view_bytes * len(c) / max(1, n_images) / 1e6:.4f} MB  "
                        f"({per_view_bytes / 1e6:.4f} MB per view, {_per_image(len(c), n_images)})")),
         ("teacher", f"{a['teacher']['arch']}  weights {a['teacher']['weights'] or '(random init)'}"),
+        ("teacher pass", _teacher_pass(a["teacher"])),
         ("fingerprints", "  ".join(f"{k} {v}" for k, v in c.fingerprints.items())),
         ("geometry", "  ".join(f"{k} {v}" for k, v in a["geometry"].items())),
         ("dataset", f"split {a['dataset']['split']}, {a['dataset']['annotation_file']}"),
