@@ -126,8 +126,9 @@ def _dotted(table: dict, prefix: str = "") -> dict:
 
 def check_same_job(ctx: DistContext, command: str, settings: dict) -> None:
     """Under torchrun, that every process runs the same job: ``settings`` (name -> value: the resolved recipe,
-    the output, the data's digest; tables of them are named by dotted keys, ``train.lr``) alike on every rank. ConfigError on every rank, naming the first setting that
-    differs and two ranks' values, instead of ranks that train apart or wait for each other for ever."""
+    the output, the data's digest; tables of them named by dotted keys, ``train.lr``) alike on every rank.
+    ConfigError on every rank, naming the first setting that differs and two ranks' values, instead of ranks that
+    train apart or wait for each other for ever."""
     if not ctx.distributed:
         return
     everyone = all_gather_objects(ctx, _dotted(settings))

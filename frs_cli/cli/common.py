@@ -122,8 +122,6 @@ def handle_errors(fn):
     return wrapper
 
 
-
-
 def _lost_a_peer(exc: Exception) -> bool:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # one process: nothing to ask (and torch stays unimported)
         return False
@@ -140,9 +138,9 @@ def _peer_stopped(exc: Exception):
         reason = " ".join(str(exc).split())
         reason = reason if len(reason) <= 160 else reason[:157] + "..."
         rank = os.environ.get("RANK", "?")
-        line = (f"another process of this torchrun job stopped, so process {rank} cannot go on ({reason}); what was "
-                "saved is kept: its own error, if it gave one, says why, and once every process can run, the same "
-                "command with --resume continues where the command has it")
+        line = (f"another process of this torchrun job stopped, so process {rank} cannot go on ({reason}); its own "
+                "error, if it gave one, says why; what was saved is kept, and --resume continues where the command "
+                "has it")
         err_console.print(f"[bold red]error:[/] {escape(line)}", soft_wrap=True, highlight=False)
     raise typer.Exit(1)
 
