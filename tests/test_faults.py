@@ -130,7 +130,7 @@ def test_resume_removes_the_half_written_files_a_killed_writer_left(recipe_path,
     """A writer killed mid-shard leaves zarr's temporary ``<name>.<32 hex>.partial`` file: ``--resume`` deletes
     it (before: kept for good, its bytes counted by ``cache info``), keeps other files, and completes the cache."""
     copy = tmp_path / "copy.zarr"
-    shutil.copytree(cache_path, copy)
+    shutil.copytree(cache_path, copy)  # tmp_path made as needed
     root = zarr.open_group(str(copy), mode="r+")
     root["buckets/64x64/done"][4:8] = 0
     root.attrs["state"] = "writing"
@@ -150,7 +150,7 @@ def _partial_copy(cache_path, tmp_path, **teacher_attrs) -> Path:
     """A copy of ``cache_path`` whose views 4-7 are not written, its ``teacher`` attributes updated (a None value
     removes the key)."""
     copy = tmp_path / "copy.zarr"
-    shutil.copytree(cache_path, copy)
+    shutil.copytree(cache_path, copy)  # tmp_path made as needed
     root = zarr.open_group(str(copy), mode="r+")
     root["buckets/64x64/done"][4:8] = 0
     teacher = dict(root.attrs["teacher"])
@@ -163,15 +163,34 @@ def _partial_copy(cache_path, tmp_path, **teacher_attrs) -> Path:
 def test_a_resume_in_another_teacher_precision_is_refused_before_anything_changes(recipe_path, cache_path, tmp_path):
     """A cache begun on a GPU (bf16 autocast) and resumed on the CPU (float32) held views of two precisions while
     recording one, and its cached head ran in the recorded one: now refused, the cache as it was."""
-    copy = _partial_copy(cache_path, tmp_path, autocast="bfloat16")
-    before = cache_arrays(copy)
+    for recorded in ("bfloat16", None):  # None: not recorded (an older frs), read as bf16 as readers read it
+        copy = _partial_copy(cache_path, tmp_path / str(recorded), autocast=recorded)
+        before = cache_arrays(copy)
+        result = run("teacher-cache", "--pipeline", recipe_path, "--out", copy, "--device", "cpu", "--resume")
+        assert_one_line_error(result, f"cache '{copy}': its views were computed in bfloat16 autocast, this run would "
+                                      "compute in float32: one cache holds one teacher precision",
+                              "resume it on a CUDA device with cache.amp = true (frs cache verify checks it")
+        after = cache_arrays(copy)
+        assert set(after) == set(before) and all((after[k] == before[k]).all() for k in before)
+        assert zarr.open_group(str(copy), mode="r").attrs["state"] == "writing"
+    copy = _partial_copy(cache_path, tmp_path / "damaged", **{"pass": "channels_last"})  # edited by hand
+    assert_one_line_error(run("teacher-cache", "--pipeline", recipe_path, "--out", copy, "--device", "cpu", "--resume"),
+                          f"cache '{copy}': its attributes are damaged (teacher.autocast None, teacher.pass "
+                          "'channels_last'", "write the cache again")
+
+
+def test_a_cache_with_no_view_written_takes_the_resumed_runs_pass_without_a_word(recipe_path, cache_path, tmp_path):
+    """Nothing written yet, nothing to mix: a resume in another precision or layout goes on, says nothing of views
+    "already written", and records its own pass."""
+    copy = _partial_copy(cache_path, tmp_path, autocast="bfloat16", **{"pass": {"batchnorm_folded": True,
+                                                                                  "channels_last": True}})
+    zarr.open_group(str(copy), mode="r+")["buckets/64x64/done"][...] = 0
     result = run("teacher-cache", "--pipeline", recipe_path, "--out", copy, "--device", "cpu", "--resume")
-    assert_one_line_error(result, f"cache '{copy}': its views were computed in bfloat16 autocast, this run would "
-                                  "compute in float32: one cache holds one teacher precision",
-                          "resume it on a CUDA device with cache.amp = true")
-    after = cache_arrays(copy)
-    assert set(after) == set(before) and all((after[k] == before[k]).all() for k in before)
-    assert zarr.open_group(str(copy), mode="r").attrs["state"] == "writing"
+    assert result.exit_code == 0, result.output
+    assert "wrote 48 of 48 views" in result.output and "warning:" not in result.stderr, result.stderr
+    teacher = zarr.open_group(str(copy), mode="r").attrs["teacher"]
+    assert teacher["autocast"] is None and teacher["pass"] == {"batchnorm_folded": True, "channels_last": False}
+    assert_same_cache_arrays(copy, cache_path)
 
 
 def test_a_resumed_cache_adds_views_in_the_layout_its_written_ones_were_computed_in(recipe_path, cache_path, tmp_path,

@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from frs_cli.cache.encoding import FeatureEncoding
-from frs_cli.errors import CacheMismatchError
+from frs_cli.errors import CacheFormatError, CacheMismatchError
 from frs_cli.graphs import CapturedCall, held_bytes
 from frs_cli.losses import frs_masks
 from frs_cli.models.fold import fold_batchnorm
@@ -74,29 +74,36 @@ def _precision(autocast) -> str:
     return "bfloat16 autocast" if autocast == "bfloat16" else "float32"
 
 
-def resumed_pass(path: str, teacher_attrs: dict, options: PassOptions) -> tuple[PassOptions, str | None]:
+def resumed_pass(path: str, teacher_attrs: dict, options: PassOptions,
+                 written: bool = True) -> tuple[PassOptions, str | None]:
     """The pass a resumed ``teacher-cache`` adds views with, so that a cache holds the views of one teacher pass,
-    and a warning to give (None: none). ``teacher_attrs``: the cache's ``teacher`` attributes.
+    and a warning to give (None: none). ``teacher_attrs``: the cache's ``teacher`` attributes; ``written``: whether
+    any view is written (if none is, this run's own pass is the cache's, and nothing is said).
 
-    The precision must be the cache's: bf16 and float32 features differ far beyond fp16 rounding, and the
-    cached head runs in the recorded one (CacheMismatchError otherwise). The layout follows the cache's record,
-    whatever the recipe or the device would choose. A cache an older frs began records no pass: the views added
-    now may differ from its own at fp16 rounding (its teacher's batch norms were not folded), which is said."""
+    The precision must be the cache's (absent, it is read as bf16 autocast, as readers do): bf16 and float32
+    features differ far beyond fp16 rounding, and the cached head runs in the recorded one (CacheMismatchError
+    otherwise). The layout follows the cache's record, whatever the recipe or the device would choose. A cache an
+    older frs began records no pass: the views added now may differ from its own at fp16 rounding (its teacher's
+    batch norms were not folded), which is said. Recorded values of another kind: CacheFormatError."""
+    theirs, record = teacher_attrs.get("autocast", "bfloat16"), teacher_attrs.get("pass")
+    layout = record.get("channels_last") if isinstance(record, dict) else None
+    if theirs not in ("bfloat16", None) or not (record is None or isinstance(layout, bool)):
+        raise CacheFormatError(f"cache {path!r}: its attributes are damaged (teacher.autocast {theirs!r}, teacher.pass "
+                               f"{record!r}: expected 'bfloat16' or null, and a table whose channels_last is true or "
+                               "false)", hint="write the cache again (frs teacher-cache into a new --out)")
+    if not written:
+        return options, None
     mine = "bfloat16" if options.amp else None
-    if "autocast" in teacher_attrs and teacher_attrs["autocast"] != mine:
-        theirs = teacher_attrs["autocast"]
+    if theirs != mine:
         raise CacheMismatchError(
             f"cache {path!r}: its views were computed in {_precision(theirs)}, this run would compute in "
             f"{_precision(mine)}: one cache holds one teacher precision",
-            hint="resume it on a CUDA device with cache.amp = true (frs verify checks it on any device), or write a new "
-            "cache" if theirs == "bfloat16"
-            else "resume it with --set cache.amp=false, or write a new cache")
-    record = teacher_attrs.get("pass")
+            hint="resume it on a CUDA device with cache.amp = true (frs cache verify checks it on any device), or "
+            "write a new cache" if theirs == "bfloat16" else "resume it with --set cache.amp=false, or write a new cache")
     if record is None:
         return options, (f"cache {path!r}: was begun by an older frs, which did not record how its teacher ran; the "
                          "views added now may differ from its own at fp16 rounding (batch norms folded since), "
                          "not bit for bit: to have every view from one teacher pass, write the cache anew")
-    layout = bool(record.get("channels_last", False))
     if layout == options.channels_last:
         return options, None
     names = {True: "channels-last", False: "NCHW"}

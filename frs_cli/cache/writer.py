@@ -582,7 +582,12 @@ def _open_store(path: str, resume: bool, ctx: DistContext, plan: Plan, teacher, 
     _check_same(path, root, recipe, teacher, dataset.index, cfg.views)
     warning = None
     if resume:  # before anything is touched: a cache holds the views of one teacher pass
-        options, warning = resumed_pass(path, dict(root.attrs.get("teacher", {})), options)
+        written = _any_written(path)
+        options, warning = resumed_pass(path, dict(root.attrs.get("teacher", {})), options, written)
+        if not written:  # no view yet: this run's pass is the cache's
+            group = open_group(path, mode="r+")
+            group.attrs["teacher"] = {**dict(group.attrs["teacher"]), "autocast": "bfloat16" if options.amp else None,
+                                      "pass": pass_record(options)}
     if root.attrs.get("state") != "complete" and not resume:
         raise CacheFormatError(f"cache {path!r}: exists and is incomplete",
                                hint="add --resume to continue it, or delete it")
@@ -622,6 +627,14 @@ def _open_store(path: str, resume: bool, ctx: DistContext, plan: Plan, teacher, 
     if warning and not already_complete:  # said only when views are added
         log.warning(warning)
     return already_complete, rejected, broken, options
+
+
+def _any_written(path: str) -> bool:
+    """Whether any view of the cache at ``path`` is marked written (a cache too damaged to tell: taken as yes)."""
+    try:
+        return bool(TeacherCache(path, require_complete=False).done().any())
+    except (CacheFormatError, OSError, KeyError, ValueError):
+        return True
 
 
 _UNFINISHED = re.compile(r"\.[0-9a-f]{32}\.partial$")  # zarr's name for a chunk or shard being written
