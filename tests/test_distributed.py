@@ -332,27 +332,47 @@ def _error_lines(stderr: str) -> list[str]:
 def test_processes_of_one_job_started_with_different_settings_are_refused_in_one_line(cache_path, synth_root,
                                                                                      teacher_ckpt, tmp_path):
     """Each process of a torchrun job reads its own command line: one differing setting used to train on apart
-    (rank 1 stepping at another LR, only rank 0's recorded, exit 0) or, another dataset, wait for ever. Now every
-    command compares them first: one line naming the setting and both values, exit 1, nothing written."""
+    (rank 1 stepping at another LR, only rank 0's recorded, exit 0), or, another dataset or --no-eval on one rank,
+    wait for ever; eval scored each half of the split with another model. Now every command compares them first:
+    one line naming the setting and both values, exit 1, nothing written. A process's own loader workers, and the
+    cache read as its HDF5 export, may differ."""
     recipe = write_recipe(tmp_path / "r.toml", synth_root, str(teacher_ckpt))
     script = tmp_path / "per_rank.sh"  # what a launcher script reading its own rank would do
-    script.write_text('#!/bin/sh\nexec "$PYTHON" -m frs_cli "$@" --set "$KEY=$(eval echo \\$VALUE_$LOCAL_RANK)"\n')
+    script.write_text('#!/bin/sh\nexec "$PYTHON" -m frs_cli "$@" $(eval echo \\$EXTRA_$LOCAL_RANK)\n')
     script.chmod(0o755)
-    cases = [("distill", ["--cache", cache_path, "--no-eval"], "train.lr", ("0.01", "0.02"), "run",
+    h5 = tmp_path / "cache.h5"
+    assert subprocess.run([sys.executable, "-m", "frs_cli", "cache", "export", cache_path, str(h5)], env=ENV,
+                          capture_output=True, check=False).returncode == 0
+
+    def launch(command, extra, per_rank, out=None):
+        env = {**ENV, "PYTHON": sys.executable, "EXTRA_0": per_rank[0], "EXTRA_1": per_rank[1]}
+        args = [*(["--pipeline", str(recipe)] if command != "eval" else []), *map(str, extra),
+                *(["--out", str(tmp_path / out)] if out else []), "--device", "cpu"]
+        return subprocess.run([TORCHRUN, "--standalone", "--nproc-per-node", "2", "--no-python", str(script), command,
+                               *args], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False)
+
+    distill = ["--cache", cache_path]
+    cases = [("distill", [*distill, "--no-eval"], ("--set train.lr=0.01", "--set train.lr=0.02"), "run",
               "distill: the processes of this torchrun job differ in train.lr: rank 0 has 0.01, rank 1 has 0.02"),
-             ("teacher-cache", [], "cache.dtype", ("float16", "int8"), "c.zarr",
+             ("teacher-cache", [], ("--set cache.dtype=float16", "--set cache.dtype=int8"), "c.zarr",
               ("teacher-cache: the processes of this torchrun job differ in cache.dtype: rank 0 has 'float16', rank 1 "
-              "has 'int8'"))]
-    for command, extra, key, values, out, expected in cases:
-        env = {**ENV, "PYTHON": sys.executable, "KEY": key, "VALUE_0": values[0], "VALUE_1": values[1]}
-        r = subprocess.run([TORCHRUN, "--standalone", "--nproc-per-node", "2", "--no-python", str(script), command,
-                            "--pipeline", str(recipe), *map(str, extra), "--out", str(tmp_path / out), "--device",
-                            "cpu"], env=env, capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False)
+               "has 'int8'")),
+             ("distill", distill, ("", "--no-eval"), "run",
+              "distill: the processes of this torchrun job differ in --no-eval: rank 0 has False, rank 1 has True"),
+             ("eval", ["--checkpoint", teacher_ckpt, "--data", synth_root], ("--split val", "--split train"), None,
+              "eval: the processes of this torchrun job differ in the split's annotations (sha256)")]
+    for command, extra, per_rank, out, expected in cases:
+        r = launch(command, extra, per_rank, out)
         assert r.returncode != 0, r.stderr[-3000:]
         lines = _error_lines(r.stderr)
         assert len(lines) == 1 and expected in lines[0], r.stderr[-3000:]
         assert "]: Traceback" not in r.stderr, r.stderr[-3000:]  # no worker's traceback
-        assert not (tmp_path / out).exists() or not any((tmp_path / out).iterdir()), list((tmp_path / out).iterdir())
+        if out:
+            assert not (tmp_path / out).exists() or not any((tmp_path / out).iterdir()), list((tmp_path / out).iterdir())
+    r = launch("distill", ["--no-eval"], (f"--cache {cache_path} --set train.workers=0",
+                                          f"--cache {h5} --set train.workers=1"), "allowed")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "allowed" / "model_final.pt").is_file()
 
 
 @pytest.mark.skipif(not os.path.exists(TORCHRUN) or not os.path.isdir("/proc"), reason="torchrun and /proc needed")

@@ -99,6 +99,9 @@ def register(app: typer.Typer) -> None:
             else:
                 detector, dataset, name, labels = _checkpoint_model(checkpoint, data, split)
             with process_group(device) as ctx:
+                _check_same_eval(ctx, detector, dataset, {"--split": split, "--batch-size": batch_size,
+                                                          "--backend": backend, "--metrics": str(metrics),
+                                                          "--detections-out": str(detections_out)})
                 result = evaluate_detector(detector.to(ctx.device), dataset, ctx, batch_size=batch_size, workers=workers,
                                            detections_out=detections_out, label_to_category=labels,
                                            progress=progress_for_rank(), backend=backend)
@@ -110,6 +113,18 @@ def register(app: typer.Typer) -> None:
             console.print(f"wrote {metrics}")
         if detections_out is not None:
             console.print(f"wrote {detections_out}")
+
+
+def _check_same_eval(ctx, detector, dataset, options: dict) -> None:
+    """Under torchrun each process scores its share of the images: all must score the same model on the same
+    split with the same options (``dist.check_same_job``), or the table would mix two models' detections."""
+    if not ctx.distributed:
+        return
+    from frs_cli.dist import check_same_job
+    from frs_cli.models.base import fingerprint_state_dict
+
+    check_same_job(ctx, "eval", {"the model (fingerprint)": fingerprint_state_dict(detector.state_dict()),
+                                 "the split's annotations (sha256)": dataset.index.sha256, **options})
 
 
 # the modes (--checkpoint, --pipeline, --detections, --cache) each option is read by: one given with another mode

@@ -141,8 +141,9 @@ class TrainingState:
             n = state["world_size"]
             raise TrainingError(
                 f"--resume: the run started with {plural(n, 'process')} of {t.cfg.batch_size} images a step each "
-                f"({state['iters_per_epoch']} iterations per epoch), this run has {plural(t.ctx.world_size, 'process')} "
-                f"({t.iters_per_epoch} iterations per epoch): its schedule and data order follow the processes",
+                f"({plural(state['iters_per_epoch'], 'iteration')} per epoch), this run has "
+                f"{plural(t.ctx.world_size, 'process')} ({plural(t.iters_per_epoch, 'iteration')} per epoch): its "
+                "schedule and data order follow the processes",
                 hint=f"resume it with {n} processes (torchrun --nproc-per-node {n}, or as many across hosts)" if n > 1
                 else "resume it in one process, without torchrun")
         if state["iters_per_epoch"] != t.iters_per_epoch:

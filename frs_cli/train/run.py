@@ -117,7 +117,8 @@ def _cache_identity(path: str) -> str:
         return os.path.realpath(path)
     storage = attrs.get("storage", {})
     return json.dumps({"fingerprints": attrs.get("fingerprints"), "views": attrs.get("views"),
-                       "dtype": storage.get("dtype"), "mask_dtype": storage.get("mask_dtype")}, sort_keys=True)
+                       "dtype": storage.get("dtype"), "mask_dtype": storage.get("mask_dtype"),
+                       "autocast": attrs.get("teacher", {}).get("autocast", "bfloat16")}, sort_keys=True)
 
 
 def _live_teacher(recipe, online: bool) -> dict[str, str]:
@@ -190,14 +191,16 @@ def _keep_finished_outputs(out_dir: Path, outputs: tuple[str, ...], epoch: int) 
                 " and ".join(kept))
 
 
-def _record_annotations(start: RunStart, recipe_dict: dict, changes: dict, index, ctx: DistContext, command: str) -> None:
+def _record_annotations(start: RunStart, recipe_dict: dict, changes: dict, index, ctx: DistContext, command: str,
+                        evaluate: bool) -> None:
     """Once the training split's annotations are read: their digest into ``recipe_dict``'s paths, and on a resume
     onto annotations (or an online teacher's weights file) changed in place, that change into ``changes``
     (``record_resume`` names it). Then, under torchrun, that every process runs this same job (``check_same_job``)."""
     recipe_dict[PATHS].update(annotations_identity(index))
     if start.resume:
         changes.update(digest_changes(start.out_dir, recipe_dict))
-    check_same_job(ctx, command, job_settings(recipe_dict, start.out_dir))
+    check_same_job(ctx, command, job_settings(recipe_dict, start.out_dir,
+                                              {"--no-eval": not evaluate, "--resume": start.resume}))
 
 
 def _warn_no_objects(views: CocoViews, command: str, ctx: DistContext) -> None:
@@ -302,7 +305,7 @@ def train_detector(recipe, role: str, out_dir: str | Path, *, resume: bool = Fal
         require_tensorboard()
     seed_everything(cfg.seed)
     train = CocoViews.from_config(recipe.data, recipe.data.train, recipe.geometry)
-    _record_annotations(start, recipe_dict, changes, train.index, ctx, f"train --role {role}")
+    _record_annotations(start, recipe_dict, changes, train.index, ctx, f"train --role {role}", evaluate)
     train.check_files()
     _warn_no_objects(train, f"train --role {role}", ctx)
     evaluator = _evaluator(recipe, ctx, cfg) if evaluate else None
@@ -353,7 +356,7 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
     if cfg.tensorboard:
         require_tensorboard()
     coco = CocoViews.from_config(recipe.data, recipe.cache.split if cache else recipe.data.train, recipe.geometry)
-    _record_annotations(start, recipe_dict, changes, coco.index, ctx, job.split(" ")[0])
+    _record_annotations(start, recipe_dict, changes, coco.index, ctx, job.split(" ")[0], evaluate)
     coco.check_files()
     _warn_no_objects(coco, "distill", ctx)
     num_classes = coco.index.num_classes

@@ -148,14 +148,22 @@ def annotations_identity(index) -> dict[str, str]:
     return {ANNOTATIONS: f"sha256:{index.sha256}", ANNOTATIONS_FILE: str(index.path)}
 
 
-def job_settings(recipe_dict: dict, out_dir: Path) -> dict:
+# keys each process of a job may set for itself: its own loader's workers (nothing another process waits on)
+PER_PROCESS = tuple(f"{t}.{k}" for t in ("train", "teacher_train") for k in ("workers", "worker_hold"))
+
+
+def job_settings(recipe_dict: dict, out_dir: Path, flags: dict) -> dict:
     """What every process of one torchrun job must agree on (``dist.check_same_job``): the recipe as ``recipe.json``
-    records it, its paths as given (each host may find them elsewhere), the training split's annotations by
-    digest, and the output folder."""
-    flat = _normal({k: v for k, v in recipe_dict.items() if k != PATHS})
-    flat["the training split's annotations (sha256)"] = (recipe_dict.get(PATHS) or {}).get(ANNOTATIONS)
-    flat["--out"] = str(out_dir)
-    return flat
+    records it but for PER_PROCESS keys, its paths as given (each host may find them elsewhere), a cache by what it
+    holds (its Zarr store and its HDF5 export alike), the training split's annotations by digest, the output
+    folder and the command's ``flags`` (``--no-eval``, ``--resume``)."""
+    paths = recipe_dict.get(PATHS) or {}
+    flat = {k: v for k, v in _normal({k: v for k, v in recipe_dict.items() if k != PATHS}).items()
+            if k not in PER_PROCESS}
+    if "teacher_source" in paths and flat.get("teacher_source") != "online":
+        flat["teacher_source"] = paths["teacher_source"]
+    flat["the training split's annotations (sha256)"] = paths.get(ANNOTATIONS)
+    return {**flat, "--out": str(out_dir), **flags}
 
 
 def digest_changes(out_dir: Path, recipe_dict: dict) -> dict[str, tuple]:
@@ -215,7 +223,8 @@ def resume_changes(out_dir: Path, recipe_dict: dict, job: str) -> dict[str, tupl
 
 _CACHE_PARTS = (("fingerprints", "teacher", "teacher fingerprint"), ("fingerprints", "dataset", "dataset fingerprint"),
                 ("fingerprints", "geometry", "geometry fingerprint"), ("views", None, "views"),
-                ("dtype", None, "feature dtype"), ("mask_dtype", None, "mask dtype"))
+                ("dtype", None, "feature dtype"), ("mask_dtype", None, "mask dtype"),
+                ("autocast", None, "teacher precision"))
 
 
 def _check_same_cache(stored: dict, recipe_dict: dict) -> None:
@@ -227,7 +236,11 @@ def _check_same_cache(stored: dict, recipe_dict: dict) -> None:
         then, now = json.loads(then), json.loads(now)
     except (TypeError, ValueError):  # not both recorded as a cache's identity (a run from before, or no cache)
         return
-    if not isinstance(then, dict) or not isinstance(now, dict) or then == now:
+    if not isinstance(then, dict) or not isinstance(now, dict):
+        return
+    both = set(then) & set(now)  # a part an older frs did not record is not compared
+    then, now = {k: then[k] for k in both}, {k: now[k] for k in both}
+    if then == now:
         return
     for key, sub, name in _CACHE_PARTS:
         a, b = then.get(key), now.get(key)
@@ -239,8 +252,8 @@ def _check_same_cache(stored: dict, recipe_dict: dict) -> None:
         a, b, name = then, now, "identity"
     was, asked = stored.get("teacher_source"), recipe_dict.get("teacher_source")
     where = f"--cache {asked!r}" + ("" if asked == was else f" (the run started with {was!r})")
-    raise ConfigError(f"--resume: {where} holds another cache than the run started with: its {name} is "
-                      f"{_shown(b)}, was {_shown(a)}",
+    raise ConfigError(f"--resume: {where} holds another cache than the run started with: its {name} "
+                      f"{'are' if name == 'views' else 'is'} {_shown(b)}, was {_shown(a)}",
                       hint="resume with the cache the run started with, or start a new run in another --out")
 
 
