@@ -562,6 +562,7 @@ def test_distill_records_the_caches_dtype_and_codec_and_warns_when_the_recipe_sa
     assert (recorded["dtype"], recorded["codec"]) == ("float16", "none")
     result = run(*args, "--resume")
     assert result.exit_code == 0 and "already complete" in result.output, result.output
+    assert "warning: distill: cache." not in result.stderr  # said when the run started
     result = run("distill", "--pipeline", recipe_path, "--cache", cache_path, "--out", tmp_path / "s2", "--device",
                  "cpu", "--no-eval", "--set", "train.epochs=1")
     assert result.exit_code == 0 and "warning: distill: cache." not in result.stderr, result.output

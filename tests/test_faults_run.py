@@ -1032,9 +1032,11 @@ def test_a_resume_onto_another_cache_at_the_same_path_is_refused_naming_what_dif
             ("storage", "dtype", "int8", 'feature dtype is "int8", was "float16"'),
             ("teacher", "autocast", "bfloat16", 'teacher precision is "bfloat16", was null')):  # rewritten on a GPU
         root.attrs[key] = {**attrs[key], part: value}
-        line = error_line(run("distill", "--pipeline", recipe_path, "--cache", cache, "--out", out, *SMALL,
-                              "--resume", "--set", "train.epochs=2"))
+        result = run("distill", "--pipeline", recipe_path, "--cache", cache, "--out", out, *SMALL, "--resume", "--set",
+                     "train.epochs=2")
+        line = error_line(result)
         assert f"--resume: --cache '{cache}' holds another cache than the run started with: its {said}" in line
+        assert "a cache is read as it was written" not in result.stderr  # no warning before the refusal
         assert (out / "recipe.json").read_bytes() == recorded
         root.attrs[key] = attrs[key]
     result = run("distill", "--pipeline", recipe_path, "--cache", cache, "--out", out, *SMALL, "--resume", "--set",

@@ -233,9 +233,10 @@ def _warn_anchor_mismatch(recipe, teacher_arch: str, teacher_anchor_size: int, c
         log.warning("distill: %s", mismatch)
 
 
-def _as_stored(recipe, cache: str, ctx: DistContext):
+def _as_stored(recipe, cache: str, ctx: DistContext, resume: bool):
     """``recipe`` with ``cache.dtype`` and ``cache.codec`` as the cache at ``cache`` stores its features (a cache
-    is read as it was written), so that the run records what it read; a warning when the recipe said otherwise.
+    is read as it was written), so that the run records what it read; a warning when the recipe said otherwise,
+    given when the run starts (a resume compares the cache with the one it started with, and says what differs).
     A cache that cannot be read is left to the checks that follow, which say why."""
     import dataclasses
 
@@ -252,7 +253,7 @@ def _as_stored(recipe, cache: str, ctx: DistContext):
             return recipe
     except (FrsError, OSError, KeyError, TypeError, ValueError):
         return recipe
-    if ctx.is_main:
+    if ctx.is_main and not resume:
         differ = ", ".join(f"cache.{k} = {given[k]!r} (the cache's: {stored[k]!r})"
                            for k in stored if given[k] != stored[k])
         log.warning("distill: %s: a cache is read as it was written, so the run uses and records the cache's", differ)
@@ -344,7 +345,7 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
     ctx = ctx or setup()
     out_dir = Path(out_dir)
     if cache is not None:
-        recipe = _as_stored(recipe, cache, ctx)
+        recipe = _as_stored(recipe, cache, ctx, resume)
     job = "distill online" if online else "distill cache"
     recipe_dict = {**recipe.to_dict(), "teacher_source": "online" if online else str(cache), JOB: job}
     recipe_dict[PATHS] = path_identities(recipe_dict, {"teacher_source": _cache_identity}) | _live_teacher(recipe, online)
