@@ -104,6 +104,7 @@ def process_group(device: str | None = None) -> Iterator[DistContext]:
 # what a collective says when another process of the job is gone (gloo's transport, NCCL, the TCP store)
 _PEER_GONE = re.compile(r"connection (?:reset|closed|refused)|broken pipe|communicator was aborted|"
                         r"remote process exited|socket timeout|recv\b.*\bfailed|gloo/transport", re.IGNORECASE)
+_COLLECTIVE = re.compile(r"gloo|nccl|c10d|processgroup", re.IGNORECASE)
 
 
 def lost_a_peer(exc: BaseException) -> bool:
@@ -113,7 +114,8 @@ def lost_a_peer(exc: BaseException) -> bool:
         return False
     if isinstance(exc, getattr(torch_dist, "DistError", ())):  # DistBackendError, DistNetworkError, ...
         return True
-    return isinstance(exc, RuntimeError) and bool(_PEER_GONE.search(str(exc)))
+    text = str(exc)  # a collective's error names its library: another connection's (a remote store's) does not
+    return isinstance(exc, RuntimeError) and bool(_COLLECTIVE.search(text)) and bool(_PEER_GONE.search(text))
 
 
 def _dotted(table: dict, prefix: str = "") -> dict:

@@ -424,3 +424,18 @@ def test_a_refusal_process_0_meets_alone_is_one_line_not_the_others_traceback(ca
         lines = _error_lines(r.stderr)
         assert len(lines) == 1 and f"cache '{out}': exists and is incomplete" in lines[0], r.stderr[-3000:]
         assert "]: Traceback" not in r.stderr, r.stderr[-3000:]
+
+
+def test_only_a_collectives_failure_counts_as_a_lost_peer(monkeypatch):
+    """The one-line "another process stopped" is for a collective's failure (gloo, NCCL), under torchrun only: a
+    remote store's connection reset is its own error, with its own traceback or line."""
+    from frs_cli.dist import lost_a_peer
+
+    gloo = RuntimeError("[/x/third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer [::1]:2")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert lost_a_peer(gloo)
+    assert lost_a_peer(torch.distributed.DistBackendError("NCCL communicator was aborted on rank 1"))
+    assert not lost_a_peer(RuntimeError("Connection reset by peer (while reading s3://bucket/cache.zarr)"))
+    assert not lost_a_peer(ValueError("gloo: connection reset"))
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert not lost_a_peer(gloo)
