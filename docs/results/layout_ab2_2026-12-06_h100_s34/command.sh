@@ -1,0 +1,1 @@
+python3 bench/frs_claim.py --out /tmp/claim_out --work /tmp/claim --gpus 1 --deadline 400 --teacher-epochs 24 --eval-every 12 --plan "b=100,101,102,103 b+cl=100,101,102,103" --variant cl=train.channels_last=true
