@@ -126,14 +126,22 @@ def _dotted(table: dict, prefix: str = "") -> dict:
     return out
 
 
+# recipe keys each process of a job may set for itself: its own loader's and writers' processes, which no other
+# process waits on
+PER_PROCESS = ("train.workers", "train.worker_hold", "teacher_train.workers", "teacher_train.worker_hold",
+               "cache.workers", "cache.write_processes")
+
+
 def check_same_job(ctx: DistContext, command: str, settings: dict) -> None:
     """Under torchrun, that every process runs the same job: ``settings`` (name -> value: the resolved recipe,
-    the output, the data's digest; tables of them named by dotted keys, ``train.lr``) alike on every rank.
+    the output, the data's digest; tables of them named by dotted keys, ``train.lr``) alike on every rank, but
+    for PER_PROCESS keys.
     ConfigError on every rank, naming the first setting that differs and two ranks' values, instead of ranks that
     train apart or wait for each other for ever."""
     if not ctx.distributed:
         return
-    everyone = all_gather_objects(ctx, _dotted(settings))
+    mine = {k: v for k, v in _dotted(settings).items() if k not in PER_PROCESS}
+    everyone = all_gather_objects(ctx, mine)
     first = everyone[0]
     for rank, theirs in enumerate(everyone[1:], start=1):
         for key in [*first, *(k for k in theirs if k not in first)]:

@@ -499,10 +499,8 @@ def attribute_faults(backend, attrs: dict) -> list[str]:
     edited or damaged ``zarr.json`` is found here: the storage dtype against the features' stored channels and
     dtype, the levels' channels and grids against each array's shape, the bucket counts and rows against the index,
     each view's recorded geometry against the geometry attributes, the teacher head against its ``head_spec``."""
-    from frs_cli.cache.encoding import FeatureEncoding
-    from frs_cli.cache.schema import view_name
-    from frs_cli.data.geometry import GeometryConfig, level_grid_size, view_geometry
-    from frs_cli.errors import CacheFormatError, ConfigError
+    from frs_cli.data.geometry import level_grid_size, view_geometry
+    from frs_cli.errors import ConfigError
     from frs_cli.models import build_cls_head
 
     faults: list[str] = []

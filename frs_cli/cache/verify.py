@@ -115,8 +115,6 @@ class VerifyReport:
         return f"OK: {head} (all {self.views_total} views, state {self.state}){unchecked}"
 
 
-
-
 def _level_arrays(cache: TeacherCache) -> list[str]:
     """Per-view arrays in checksum order: P3/features, P3/mask, P4/features, ..."""
     return [f"{lv.name}/{kind}" for lv in cache.levels for kind in ("features", "mask")]

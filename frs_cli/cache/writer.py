@@ -454,10 +454,7 @@ def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: P
     if ctx.is_main:
         warn_other_categories(teacher, dataset.index.categories, "teacher-cache")
     fingerprints = cache_fingerprints(recipe.teacher, teacher, dataset.index, recipe.geometry)
-    settings = recipe.to_dict()
-    for key in ("workers", "write_processes"):  # each process's own loader and writers
-        settings["cache"].pop(key)
-    check_same_job(ctx, "teacher-cache", {**settings, "--out": str(path), "--resume": resume,
+    check_same_job(ctx, "teacher-cache", {**recipe.to_dict(), "--out": str(path), "--resume": resume,
                                           "the dataset (fingerprint)": fingerprints["dataset"]})
     encoding = FeatureEncoding(cfg.dtype)
     for lv in teacher.levels:  # a packed encoding the teacher's channels do not fit is refused before any work

@@ -121,10 +121,11 @@ def _per_image(views: int, images: int) -> str:
     return f"{plural(views // max(1, images), 'view')} per image"
 
 
-def _teacher_pass(teacher: dict) -> str:
+def _teacher_pass(cache) -> str:
     """How the teacher computed the cached views, as the cache records it (``teacher.autocast``, ``teacher.pass``):
     what a resume keeps, and what an older frs did not record."""
-    precision = ("bf16 autocast" if teacher.get("autocast", "bfloat16") == "bfloat16" else "float32") + (
+    teacher = cache.teacher
+    precision = ("bf16 autocast" if cache.teacher_autocast else "float32") + (
         "" if "autocast" in teacher else " (not recorded: read as bf16 autocast)")
     record = teacher.get("pass")
     if record is None:
@@ -158,7 +159,7 @@ def info(cache: str = typer.Argument(..., help="Cache path, URL or .h5 file.")):
         ("per image", (f"{per_view_bytes * len(c) / max(1, n_images) / 1e6:.4f} MB  "
                        f"({per_view_bytes / 1e6:.4f} MB per view, {_per_image(len(c), n_images)})")),
         ("teacher", f"{a['teacher']['arch']}  weights {a['teacher']['weights'] or '(random init)'}"),
-        ("teacher pass", _teacher_pass(a["teacher"])),
+        ("teacher pass", _teacher_pass(c)),
         ("fingerprints", "  ".join(f"{k} {v}" for k, v in c.fingerprints.items())),
         ("geometry", "  ".join(f"{k} {v}" for k, v in a["geometry"].items())),
         ("dataset", f"split {a['dataset']['split']}, {a['dataset']['annotation_file']}"),

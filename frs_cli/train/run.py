@@ -112,13 +112,13 @@ def _cache_identity(path: str) -> str:
     from frs_cli.errors import CacheFormatError
 
     try:
-        attrs = TeacherCache(path, require_complete=False).attrs
+        store = TeacherCache(path, require_complete=False)
     except CacheFormatError:
         return os.path.realpath(path)
-    storage = attrs.get("storage", {})
+    attrs, storage = store.attrs, store.attrs.get("storage", {})
     return json.dumps({"fingerprints": attrs.get("fingerprints"), "views": attrs.get("views"),
                        "dtype": storage.get("dtype"), "mask_dtype": storage.get("mask_dtype"),
-                       "autocast": attrs.get("teacher", {}).get("autocast", "bfloat16")}, sort_keys=True)
+                       "autocast": "bfloat16" if store.teacher_autocast else None}, sort_keys=True)
 
 
 def _live_teacher(recipe, online: bool) -> dict[str, str]:

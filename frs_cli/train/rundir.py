@@ -148,18 +148,13 @@ def annotations_identity(index) -> dict[str, str]:
     return {ANNOTATIONS: f"sha256:{index.sha256}", ANNOTATIONS_FILE: str(index.path)}
 
 
-# keys each process of a job may set for itself: its own loader's workers (nothing another process waits on)
-PER_PROCESS = tuple(f"{t}.{k}" for t in ("train", "teacher_train") for k in ("workers", "worker_hold"))
-
-
 def job_settings(recipe_dict: dict, out_dir: Path, flags: dict) -> dict:
     """What every process of one torchrun job must agree on (``dist.check_same_job``): the recipe as ``recipe.json``
-    records it but for PER_PROCESS keys, its paths as given (each host may find them elsewhere), a cache by what it
-    holds (its Zarr store and its HDF5 export alike), the training split's annotations by digest, the output
-    folder and the command's ``flags`` (``--no-eval``, ``--resume``)."""
+    records it, its paths as given (each host may find them elsewhere), a cache by what it holds (its Zarr store and
+    its HDF5 export alike), the training split's annotations by digest, the output folder and the command's
+    ``flags`` (``--no-eval``, ``--resume``)."""
     paths = recipe_dict.get(PATHS) or {}
-    flat = {k: v for k, v in _normal({k: v for k, v in recipe_dict.items() if k != PATHS}).items()
-            if k not in PER_PROCESS}
+    flat = _normal({k: v for k, v in recipe_dict.items() if k != PATHS})
     if "teacher_source" in paths and flat.get("teacher_source") != "online":
         flat["teacher_source"] = paths["teacher_source"]
     flat["the training split's annotations (sha256)"] = paths.get(ANNOTATIONS)
