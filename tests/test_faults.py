@@ -381,6 +381,15 @@ def _cache_of_another_dataset(t):
          f"in the cache, 24 images of {root / 'annotations' / 'instances_train.json'} here"]
 
 
+def _cache_of_another_label_map(t):
+    """The same annotations under another data.label_map: the dataset fingerprint matches, the classes do not (was
+    refused only as a head mismatch, 45 channels against 54, naming neither map)."""
+    return ["distill", "--cache", t.cache, "--set", "data.label_map=category_id"], \
+        [(f"cache '{t.cache}': was written for other classes (its teacher has 5 classes for category ids [1, 2, 3, "
+          "4, 5] (data.label_map 'contiguous'), this recipe gives 6 classes for category ids [0, 1, 2, 3, 4, 5] "
+          "(data.label_map 'category_id'))"), "set data.label_map as the cache was written"]
+
+
 def _cache_of_a_newer_format(t):
     return ["distill", "--cache", _copy_cache(t.cache, t.tmp, format_version=4)], \
         ["format version 4 is newer than this frs reads (3)", "upgrade frs"]
@@ -407,7 +416,7 @@ def _non_finite_loss(t):
 BAD_INPUT = {f.__name__.lstrip("_"): f for f in (
     _missing_dataset, _missing_image_dir, _malformed_json, _annotation_of_a_missing_image, _image_file_missing,
     _image_file_corrupt, _checkpoint_of_another_arch, _wrong_type_in_recipe, _not_a_cache, _cache_of_another_geometry,
-    _cache_of_another_dataset, _cache_of_a_newer_format, _levels_that_do_not_line_up, _non_finite_loss,
+    _cache_of_another_dataset, _cache_of_another_label_map, _cache_of_a_newer_format, _levels_that_do_not_line_up, _non_finite_loss,
     _cache_of_another_teacher_arch)}
 
 

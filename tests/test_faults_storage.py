@@ -708,6 +708,21 @@ def _verify_num_views_edited(t):
     return c, ["num_views 40 against 48 views in the index", *_REWRITE]
 
 
+def _verify_num_classes_edited(t):
+    c = _edited_attrs(t, lambda a: a["teacher"].update(num_classes=a["teacher"]["num_classes"] + 1))
+    return c, ["teacher.num_classes 6 against 5 classes in dataset.label_to_category", *_REWRITE]
+
+
+def _verify_label_to_category_edited(t):
+    c = _edited_attrs(t, lambda a: a["dataset"].update(label_to_category=a["dataset"]["label_to_category"][::-1]))
+    return c, ["dataset.label_to_category [5, 4, 3, 2, 1] is no increasing list of category ids", *_REWRITE]
+
+
+def _verify_num_images_edited(t):
+    c = _edited_attrs(t, lambda a: a["dataset"].update(num_images=a["dataset"]["num_images"] * 2))
+    return c, ["dataset.num_images 48 against 24 images in the index", *_REWRITE]
+
+
 def _verify_done_chunk_lost(t):
     c = _copy(t.cache, t.tmp)
     (c / BUCKET / "done" / "c.0").unlink()
@@ -720,7 +735,8 @@ VERIFY_NOT_OK = {f.__name__.lstrip("_"): f for f in (_verify_truncated, _verify_
                                                      _verify_channels_edited, _verify_count_edited,
                                                      _verify_geometry_edited, _verify_head_spec_edited,
                                                      _verify_stride_edited, _verify_num_views_edited,
-                                                     _verify_done_chunk_lost)}
+                                                     _verify_num_classes_edited, _verify_label_to_category_edited,
+                                                     _verify_num_images_edited, _verify_done_chunk_lost)}
 
 
 @pytest.mark.parametrize("case", list(VERIFY_NOT_OK))

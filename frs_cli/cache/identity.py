@@ -130,6 +130,23 @@ def what_differs(key: str, attrs: dict, expected: dict, teacher_cfg: ModelConfig
     return fingerprints
 
 
+def _labels_text(labels: list) -> str:
+    ids = [int(c) for c in labels]
+    mode = "category_id" if ids == list(range(len(ids))) else "contiguous"
+    shown = ", ".join(map(str, ids)) if len(ids) <= 8 else f"{', '.join(map(str, ids[:3]))}, ..., {ids[-1]}"
+    return f"{len(ids)} classes for category ids [{shown}] (data.label_map {mode!r})"
+
+
+def label_difference(attrs: dict, index: CocoIndex) -> str | None:
+    """How the classes of a cache's teacher (its recorded ``dataset.label_to_category``) differ from those the
+    recipe's ``data.label_map`` gives the same annotations, else None. The dataset fingerprint covers the file,
+    not the map: with another map the student would learn other classes than the cached teacher's outputs."""
+    theirs = attrs.get("dataset", {}).get("label_to_category") if isinstance(attrs.get("dataset"), dict) else None
+    if not isinstance(theirs, list) or [int(c) for c in theirs] == list(index.label_to_category):
+        return None
+    return f"its teacher has {_labels_text(theirs)}, this recipe gives {_labels_text(index.label_to_category)}"
+
+
 def first_difference(stored: dict, expected: dict) -> str | None:
     """The first of teacher / dataset / geometry present in ``expected`` whose fingerprint differs from
     ``stored``'s, else None."""

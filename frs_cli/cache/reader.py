@@ -21,7 +21,13 @@ from torch import Tensor
 from frs_cli.cache.backend import open_backend
 from frs_cli.cache.checksum import mismatched
 from frs_cli.cache.encoding import FeatureEncoding, finite
-from frs_cli.cache.identity import dataset_fingerprint, first_difference, recipe_fingerprints, what_differs
+from frs_cli.cache.identity import (
+    dataset_fingerprint,
+    first_difference,
+    label_difference,
+    recipe_fingerprints,
+    what_differs,
+)
 from frs_cli.cache.schema import INDEX_ARRAYS, Bucket, required_arrays, view_code, view_name
 from frs_cli.cache.store import is_url
 from frs_cli.data.coco import CocoViews, Sample
@@ -206,6 +212,11 @@ class TeacherCache:
                 f"cache {self.path!r}: was written for another {key} "
                 f"({what_differs(key, self.attrs, expected, teacher_cfg, index, geometry)})",
                 hint="write a cache for this recipe with frs teacher-cache")
+        labels = label_difference(self.attrs, index)
+        if labels is not None:
+            raise CacheMismatchError(f"cache {self.path!r}: was written for other classes ({labels})",
+                                     hint="set data.label_map as the cache was written, or write a cache for this "
+                                          "recipe with frs teacher-cache")
 
     def dataset(self, data_root: str | None = None) -> CocoViews:
         """The cached split as ``CocoViews`` (from ``data_root`` if given, else where the writer read it),
@@ -493,6 +504,26 @@ def rewrite_hint(path: str, kind: str) -> str:
             "write the cache again (frs teacher-cache into a new --out)")
 
 
+def _class_and_image_faults(attrs: dict, image_ids: np.ndarray) -> list[str]:
+    """The class and image counts the attributes record against each other and the index: no array holds them,
+    but readers build the student's labels from ``dataset.label_to_category``."""
+    teacher, dataset = attrs.get("teacher") or {}, attrs.get("dataset") or {}
+    labels, num_classes = dataset.get("label_to_category"), teacher.get("num_classes")
+    faults = []
+    if not (isinstance(labels, list) and labels and all(isinstance(c, int) and c >= 0 for c in labels)
+            and labels == sorted(set(labels))):
+        faults.append(f"dataset.label_to_category {labels!r} is no increasing list of category ids")
+    elif num_classes != len(labels):
+        faults.append(f"teacher.num_classes {num_classes!r} against {len(labels)} classes in dataset.label_to_category")
+    spec_classes = (teacher.get("head_spec") or {}).get("num_classes", num_classes)
+    if spec_classes != num_classes:
+        faults.append(f"teacher.num_classes {num_classes!r} against {spec_classes!r} in teacher.head_spec")
+    images = len(np.unique(image_ids))
+    if "num_images" in dataset and dataset["num_images"] != images:
+        faults.append(f"dataset.num_images {dataset['num_images']!r} against {images} images in the index")
+    return faults
+
+
 def attribute_faults(backend, attrs: dict) -> list[str]:
     """What in the root attributes disagrees with the arrays they describe, one short phrase each (empty: all
     agree). The attributes tell readers how to decode and place every view, and no checksum covers them, so an
@@ -511,6 +542,7 @@ def attribute_faults(backend, attrs: dict) -> list[str]:
     index = {n: np.asarray(backend.array(f"index/{n}")[...]) for n in ("image_id", "view", "bucket", "row", "geometry")}
     if int(attrs.get("num_views", -1)) != len(index["image_id"]):
         faults.append(f"num_views {attrs.get('num_views')} against {len(index['image_id'])} views in the index")
+    faults += _class_and_image_faults(attrs, index["image_id"])
     levels, buckets, views = attrs["levels"], attrs["buckets"], list(attrs["views"])
     mask_dtype = np.dtype(attrs["storage"].get("mask_dtype", "float16"))
     for i, b in enumerate(buckets):

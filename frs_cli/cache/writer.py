@@ -32,7 +32,13 @@ import frs_cli
 from frs_cli.cache.backend import open_backend
 from frs_cli.cache.checksum import damaged_arrays, view_crc
 from frs_cli.cache.encoding import FeatureEncoding
-from frs_cli.cache.identity import cache_fingerprints, first_difference, recipe_fingerprints, what_differs
+from frs_cli.cache.identity import (
+    cache_fingerprints,
+    first_difference,
+    label_difference,
+    recipe_fingerprints,
+    what_differs,
+)
 from frs_cli.cache.reader import TeacherCache, required_cache_arrays
 from frs_cli.cache.schema import FORMAT_NAME, INDEX_ARRAYS, Plan, make_plan, view_bytes, view_name, views_format_version
 from frs_cli.cache.shard_writer import (
@@ -191,6 +197,10 @@ def _check_same(path: str, root: zarr.Group, recipe, teacher, index, views) -> N
             f"cache {path!r}: was written for another {key} "
             f"({what_differs(key, attrs, expected, recipe.teacher, index, recipe.geometry)})",
             hint="write to a new path, or delete the old cache")
+    labels = label_difference(attrs, index)
+    if labels is not None:
+        raise CacheMismatchError(f"cache {path!r}: was written for other classes ({labels})",
+                                 hint="set data.label_map as the cache was written, or write to a new path")
     stored_dtype = attrs.get("storage", {}).get("dtype")
     if stored_dtype != recipe.cache.dtype:  # its arrays hold that encoding: views of another cannot go in
         raise CacheMismatchError(f"cache {path!r}: holds {stored_dtype} features, this recipe asks for cache.dtype = "

@@ -370,6 +370,7 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
             raise ConfigError(f"distill: the cache {str(cache)!r} holds a {cached_arch} teacher, the recipe names "
                               f"teacher.arch = {recipe.teacher.arch!r}",
                               hint=f"set teacher.arch = {cached_arch!r} (the cache's), or cache this recipe's teacher")
+        store.check_fingerprints(recipe.teacher, coco.index, recipe.geometry)  # before the student is matched to it
         check_compatible(signature(recipe.student.arch, num_classes), store.signature)
         # the cache's teacher is recipe.teacher.arch (checked above), with the anchors its model config records
         cached_anchors = store.teacher.get("model_config", {}).get("anchor_size", recipe.teacher.anchor_size)
@@ -378,7 +379,6 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
             log.warning("distill: the cache %s was written by a teacher with no weights (teacher.weights was empty: "
                         "a random detection head), so its FRS masks and targets teach nothing; write the cache "
                         "again with teacher.weights set", cache)
-        store.check_fingerprints(recipe.teacher, coco.index, recipe.geometry)
         if store.nbytes_stored()["views"] <= recipe.cache.preload_mb * 1e6:
             store.preload()
         # the online run's order (training_views), so that a seed shows each image in the same view either way
