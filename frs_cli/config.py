@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import re
 import tomllib
@@ -26,6 +27,8 @@ from frs_cli.files import missing_file
 from frs_cli.models.config import ModelConfig
 from frs_cli.models.registry import arch_spec
 from frs_cli.train.config import DistillConfig, TrainConfig, schedule_table
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -243,15 +246,37 @@ def _resolve_views(recipe: Recipe) -> Recipe:
 EXTENDS_KEY = "extends"  # top-level recipe key: the path of a base recipe, relative to the file naming it
 
 
-def _installed_hint(p: Path) -> str | None:
-    """Where frs's installed copy of a recipe named like ``p`` is (``pipelines/demo.toml`` exists in a clone of the
-    project only; the demo's recipe is installed with frs), else None."""
+def installed_recipes() -> Path:
+    """The folder of the recipes installed with frs; ``pipelines/`` in the project's source links to them."""
     from importlib import resources
 
-    installed = resources.files("frs_cli") / "recipes" / p.name
-    if p.suffix == ".toml" and installed.is_file():
-        return f"the recipes in pipelines/ come with the project's source; frs installs this one at {installed}"
-    return None
+    return Path(str(resources.files("frs_cli") / "recipes"))
+
+
+def recipe_path(path: str | Path) -> Path:
+    """``path`` itself where it names a file; else the installed recipe it names, so that ``pipelines/X.toml`` (as
+    the examples write it) works from any folder and a bare ``X`` or ``X.toml`` names recipe X; else ``path``,
+    which reading then refuses naming it."""
+    p = Path(path)
+    if p.exists() or p.is_symlink() or p.is_absolute() or ".." in p.parts:  # a dangling link is named as one
+        return p
+    parts = p.parts[1:] if p.parts[:1] == ("pipelines",) else p.parts if len(p.parts) == 1 else ()
+    if not parts:
+        return p
+    installed = installed_recipes().joinpath(*parts)
+    for candidate in (installed, installed.with_name(installed.name + ".toml")):
+        if candidate.suffix == ".toml" and candidate.is_file():
+            log.info("recipe %s: not a file here; reading the one installed with frs, %s", p, candidate)
+            return candidate
+    return p
+
+
+def _installed_hint(p: Path) -> str | None:
+    """Where to find the installed recipes, for a ``p`` that names none of them and no file, else None."""
+    if len(p.parts) > 1 and p.parts[0] != "pipelines":
+        return None
+    return "frs recipe list names the recipes installed with frs; -p NAME or -p pipelines/NAME.toml reads one " \
+           "from any folder"
 
 
 def _read_toml(p: Path, named_by: Path | None) -> dict:
@@ -316,7 +341,8 @@ def _extends_chain(path: str | Path) -> list[tuple[Path, dict]]:
     """``(file, its own table)`` from the named file down its ``extends`` chain (``resolve_extends``' checks)."""
     chain: list[Path] = []
     tables: list[dict] = []
-    p, named_by = Path(path), None
+    first = p = recipe_path(path)
+    named_by = None
     while True:
         resolved = p.resolve()
         if resolved in chain:
@@ -332,7 +358,7 @@ def _extends_chain(path: str | Path) -> list[tuple[Path, dict]]:
         if not isinstance(base, str) or not base:
             raise ConfigError(f"recipe {str(p)!r}: expected 'extends' to be a file name, got {base!r}")
         named_by, p = p, p.parent / base
-    return list(zip([Path(path), *chain[1:]], tables))  # the named file as given, its bases resolved
+    return list(zip([first, *chain[1:]], tables))  # the named file as given (or the installed one), its bases resolved
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:

@@ -47,7 +47,7 @@ def test_help_lists_every_command_with_a_purpose_and_each_help_ends_with_an_exam
             yield from walk(sub, [*path, name])
 
     paths = list(walk(typer.main.get_command(app), []))[1:]  # frs itself: its help is the list of commands
-    assert ["convert", "mmdet"] in paths and ["cache"] in paths and len(paths) == 19
+    assert ["convert", "mmdet"] in paths and ["cache"] in paths and ["recipe", "list"] in paths and len(paths) == 20
     for args in paths:
         out = run(*args, "--help").output
         assert "Example: frs " in out.strip().splitlines()[-1] or "Example: frs " in out.strip()[-200:], args

@@ -173,18 +173,58 @@ def test_pipeline_recipes_extend_a_shared_base_instead_of_repeating_it():
     assert load_recipe(PIPELINES / "embedded_fcos.toml").teacher.anchor_size == 0  # not demo.toml's 16
 
 
-def test_a_missing_demo_recipe_points_to_the_installed_one(tmp_path, monkeypatch):
-    """``--help`` examples name ``pipelines/demo.toml``, which a clone has and an installed frs does not: run
-    elsewhere, the one line says where frs installed that recipe (a file that then loads); other names get no hint."""
+def test_the_recipes_the_examples_name_load_from_any_folder_by_path_or_name(tmp_path, monkeypatch):
+    """``--help`` and README examples write ``-p pipelines/X.toml``, which only a clone of the project has: from any
+    other folder that path, and the bare name ``X``, read the recipe installed with frs (before: "does not exist",
+    with a hint for the demo's recipe only). A name no recipe has is one line pointing at ``frs recipe list``."""
     from frs_cli.config import load_recipe
     from frs_cli.errors import ConfigError
 
+    here = {p.stem: load_recipe(p) for p in PIPELINES.glob("*.toml")}
     monkeypatch.chdir(tmp_path)
+    assert not (tmp_path / "pipelines").exists()
+    for name, recipe in here.items():
+        assert load_recipe(f"pipelines/{name}.toml") == recipe, name
+        assert load_recipe(name) == recipe == load_recipe(f"{name}.toml"), name
+    assert load_recipe("coco_fcos_r50_to_r18", ["train.lr=0.5"]).train.lr == 0.5
+    for missing in ("pipelines/mine.toml", "mine"):
+        with pytest.raises(ConfigError) as info:
+            load_recipe(missing)
+        assert f"expected a TOML file, but '{missing}' does not exist" in info.value.message
+        assert info.value.hint.startswith("frs recipe list names the recipes installed with frs")
     with pytest.raises(ConfigError) as info:
-        load_recipe("pipelines/demo.toml")
-    prefix = "the recipes in pipelines/ come with the project's source; frs installs this one at "
-    assert info.value.hint.startswith(prefix)
-    assert load_recipe(info.value.hint[len(prefix):]).name == "demo"
-    with pytest.raises(ConfigError) as info:
-        load_recipe("pipelines/mine.toml")
+        load_recipe("mine/coco_fcos_r50_to_r18.toml")  # a path of the user's own: no installed recipe stands in
     assert info.value.hint is None
+    (tmp_path / "coco_fcos_r50_to_r18.toml").write_text('extends = "pipelines/coco_fcos_r50_to_r18.toml"\n')
+    with pytest.raises(ConfigError, match="extends of 'coco_fcos_r50_to_r18.toml'"):
+        load_recipe("coco_fcos_r50_to_r18.toml")  # a file here is read, never replaced by the installed one
+
+
+def test_every_recipe_is_installed_with_frs_and_pipelines_links_to_it():
+    """pyproject's package data must carry each recipe (a non-editable install has no pipelines/), and
+    pipelines/ holds links to them, not copies that could drift apart."""
+    import fnmatch
+
+    from frs_cli.config import installed_recipes
+
+    root = PIPELINES.parent
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["frs_cli"]
+    files = [p.relative_to(root / "frs_cli").as_posix() for p in installed_recipes().rglob("*") if p.is_file()]
+    assert len(files) >= 14 and "recipes/base/coco_2x.toml" in files
+    for f in files:
+        assert any(fnmatch.fnmatch(f, pat) and f.count("/") == pat.count("/") for pat in patterns), f
+    for entry in PIPELINES.iterdir():
+        assert entry.is_symlink(), entry
+        assert entry.resolve() == (installed_recipes() / entry.name).resolve(), entry
+
+
+def test_recipe_list_names_every_installed_recipe_with_its_teacher_student_and_data(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["recipe", "list"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("recipes installed with frs (") and lines[0].endswith("recipes):")
+    rows = {line.split()[0]: line.split(None, 1)[1] for line in lines[1:]}
+    assert sorted(rows) == sorted(p.stem for p in PIPELINES.glob("*.toml"))
+    assert rows["coco_fcos_r50_to_r18"] == "fcos_resnet50_fpn -> fcos_resnet18_fpn, data data/coco"
+    assert rows["demo"] == "retinanet_small_fpn -> retinanet_tiny_fpn, data demo/data"

@@ -54,7 +54,8 @@ def _options(version: bool = typer.Option(False, "--version", callback=_print_ve
 
 app.add_typer(data_app, name="data")
 app.add_typer(cache_app, name="cache")
-recipe_app = typer.Typer(help="Recipes: print one resolved (extends applied, every default filled in).",
+recipe_app = typer.Typer(help="Recipes: list those installed with frs, or print one resolved (extends applied, "
+                         "every default filled in).",
                          no_args_is_help=True, epilog="Example: frs recipe show pipelines/demo.toml")
 app.add_typer(recipe_app, name="recipe")
 convert_app = typer.Typer(help="Import detectors trained elsewhere as frs model files.", no_args_is_help=True,

@@ -1,4 +1,4 @@
-"""``frs recipe show``."""
+"""``frs recipe show`` and ``frs recipe list``."""
 
 from __future__ import annotations
 
@@ -21,3 +21,17 @@ def register(recipe_app: typer.Typer) -> None:
 
         # plain print: the output is a file to redirect, not a rich renderable (no markup, no wrapping)
         typer.echo(recipe_to_toml(load_recipe(pipeline, overrides or [])), nl=False)
+
+    @recipe_app.command("list", epilog="Example: frs recipe list")
+    @handle_errors
+    def list_():
+        """The recipes installed with frs: their teacher, student and data.
+
+        Any command's -p takes a name (-p coco_fcos_r50_to_r18) or its pipelines/ path, from any folder."""
+        from frs_cli.config import installed_recipes, load_recipe
+
+        folder = installed_recipes()
+        typer.echo(f"recipes installed with frs ({folder}):")
+        for path in sorted(folder.glob("*.toml")):
+            r = load_recipe(path)
+            typer.echo(f"  {path.stem:<34} {r.teacher.arch} -> {r.student.arch}, data {r.data.root}")
