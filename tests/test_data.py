@@ -281,6 +281,16 @@ def test_json_that_is_not_a_coco_object_raises_data_error(tmp_path):
         CocoIndex(path)
 
 
+@pytest.mark.parametrize(("key", "value", "found"), [("images", {"a": 1}, "found an object"),
+                                                      ("annotations", "x", "found a string"),
+                                                      ("categories", 3, "found a number")])
+def test_a_top_level_key_that_is_no_list_is_named_with_what_arrived(tmp_path, key, value, found):
+    doc = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}], key: value}
+    path = _write_json(tmp_path / "a.json", doc)
+    with pytest.raises(DataError, match=f"expected a list under '{key}', {found}$"):
+        CocoIndex(path)
+
+
 def test_missing_annotation_file_raises_data_error(tmp_path):
     path = tmp_path / "annotations" / "instances_nope.json"
     with pytest.raises(DataError, match="expected a COCO JSON file at .*instances_nope.json.*does not exist"):

@@ -86,6 +86,14 @@ def _shown(value) -> str:
     return "none" if value is None else json.dumps(value)[:80]
 
 
+def _json_kind(value) -> str:
+    """What a JSON value is, in words ("an object", "a string", "none" for null or a missing key)."""
+    if value is None:
+        return "none"
+    kinds = ((bool, "a boolean"), (dict, "an object"), (list, "a list"), (str, "a string"), (numbers.Number, "a number"))
+    return next(word for kind, word in kinds if isinstance(value, kind))
+
+
 def _integer(entry: dict, key: str, where: str) -> int:
     """``entry[key]`` as an id: an integer, else DataError naming the entry, the key and what is there."""
     if not is_int(entry.get(key)):
@@ -173,7 +181,8 @@ class CocoIndex:
             raise DataError(f"annotations {str(path)!r}: expected a JSON object, got {type(doc).__name__}")
         for key in ("images", "annotations", "categories"):
             if not isinstance(doc.get(key), list):
-                raise DataError(f"annotations {str(path)!r}: expected a list under '{key}', found none")
+                raise DataError(f"annotations {str(path)!r}: expected a list under '{key}', found "
+                                f"{_json_kind(doc.get(key))}")
         source = f"annotations {str(path)!r}"
         self.categories = _read_categories(doc, source)
         images = _read_images(doc, source)
