@@ -205,6 +205,27 @@ def test_an_empty_val_split_is_one_line_before_training_and_the_hint_no_eval_wor
     assert (tmp_path / "run" / FINAL).is_file()
 
 
+def test_an_empty_training_split_is_one_line_naming_the_split_and_its_file_with_no_warning_before(tmp_path,
+                                                                                                     teacher_ckpt):
+    """A training split whose annotation file lists no image: one line naming the split and the file, as
+    teacher-cache's (before: a warning that no image has an object, then 'dataset: expected at least one image,
+    found none', naming neither), by train and distill alike; no run directory."""
+    from frs_cli.data.synth import SynthConfig, generate
+
+    root = tmp_path / "data"
+    generate(root, SynthConfig(train=4, val=4, size=64, seed=0, min_object=12, max_objects=3))
+    recipe = write_recipe(tmp_path / "recipe.toml", root, str(teacher_ckpt))
+    ann = root / "annotations" / "instances_train.json"
+    ann.write_text(json.dumps({**json.loads(ann.read_text()), "images": [], "annotations": []}))
+    for command in (["train", "--role", "student"], ["distill", "--online"]):
+        out = tmp_path / "run"
+        result = run(*command, "--pipeline", recipe, "--out", out, "--device", "cpu")
+        expected = (f"error: {command[0]}: expected images in split 'train', its annotation file '{ann}' lists none "
+                    "(set data.train to a split with images)")
+        assert result.stderr.strip().splitlines() == [expected], command
+        assert result.exit_code == 1 and not out.exists()
+
+
 # --- the run directory -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

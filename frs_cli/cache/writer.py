@@ -470,9 +470,7 @@ def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: P
     for lv in teacher.levels:  # a packed encoding the teacher's channels do not fit is refused before any work
         encoding.stored_channels(lv.channels)
     plan = make_plan(dataset, cfg.views, teacher.strides)
-    if len(plan) == 0:
-        raise DataError(f"teacher-cache: expected images in split {cfg.split!r}, its annotation file "
-                        f"{str(dataset.index.path)!r} lists none", hint="cache a split with images")
+    dataset.require_images("teacher-cache", cfg.split, hint="cache a split with images")
     _check_space(path, plan, [lv.channels for lv in teacher.levels], cfg, resume, ctx)  # before the teacher check
     check = None
     if cfg.check_teacher_images > 0:

@@ -338,6 +338,12 @@ class CocoViews(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
+    def require_images(self, command: str, split: str, hint: str) -> None:
+        """One DataError, naming the split and its annotation file, when that file lists no image: no work to do."""
+        if len(self.index) == 0:
+            raise DataError(f"{command}: expected images in split {split!r}, its annotation file "
+                            f"{str(self.index.path)!r} lists none", hint=hint)
+
     def check_files(self, count: int | None = None) -> None:
         """One DataError naming the first of the split's image files (of the first ``count``) that is missing and
         how many are: found before the work, not hours into it. Only their presence is checked (a stat each)."""

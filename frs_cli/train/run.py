@@ -203,6 +203,14 @@ def _record_annotations(start: RunStart, recipe_dict: dict, changes: dict, index
                                               {"--no-eval": not evaluate, "--resume": start.resume}))
 
 
+def _check_training_split(views: CocoViews, split: str, command: str, ctx: DistContext) -> None:
+    """Before anything is built: the split lists images (one line naming it and its annotation file, as
+    teacher-cache's), their files are there (``check_files``), and one warning if none of them has an object."""
+    views.require_images(command.split(" ")[0], split, hint="set data.train to a split with images")
+    views.check_files()
+    _warn_no_objects(views, command, ctx)
+
+
 def _warn_no_objects(views: CocoViews, command: str, ctx: DistContext) -> None:
     """One warning when no image of the training split has a box: the ground-truth loss then teaches background
     alone (an annotation file of the wrong split, or one whose boxes were all dropped)."""
@@ -307,8 +315,7 @@ def train_detector(recipe, role: str, out_dir: str | Path, *, resume: bool = Fal
     seed_everything(cfg.seed)
     train = CocoViews.from_config(recipe.data, recipe.data.train, recipe.geometry)
     _record_annotations(start, recipe_dict, changes, train.index, ctx, f"train --role {role}", evaluate)
-    train.check_files()
-    _warn_no_objects(train, f"train --role {role}", ctx)
+    _check_training_split(train, recipe.data.train, f"train --role {role}", ctx)
     evaluator = _evaluator(recipe, ctx, cfg) if evaluate else None
     detector = build_detector(model_cfg, train.index.num_classes, table=role)
     result = fit(GTObjective(detector), train, cfg, ctx, out_dir,
@@ -358,8 +365,7 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
         require_tensorboard()
     coco = CocoViews.from_config(recipe.data, recipe.cache.split if cache else recipe.data.train, recipe.geometry)
     _record_annotations(start, recipe_dict, changes, coco.index, ctx, job.split(" ")[0], evaluate)
-    coco.check_files()
-    _warn_no_objects(coco, "distill", ctx)
+    _check_training_split(coco, recipe.cache.split if cache else recipe.data.train, "distill", ctx)
     num_classes = coco.index.num_classes
     evaluator = _evaluator(recipe, ctx, cfg) if evaluate else None
     if cache is not None:
