@@ -203,6 +203,25 @@ def test_label_map_category_id_keeps_ids_as_labels(dataset):
     assert views[2].labels.tolist() == [11]
 
 
+def test_label_map_category_id_refuses_ids_far_beyond_the_categories_count(tmp_path):
+    """Category ids {3, 5, 1000, 20000, 4000000} under label_map 'category_id' would be a model of 4,000,001
+    classes (before: built, and a traceback or an out-of-memory kill): refused at index time, naming the largest id,
+    the count of categories and the fix. COCO's ids (80 categories, up to 90: 91 classes) pass."""
+    images = [{"id": 1, "file_name": "a.png", "height": 30, "width": 40}]
+    cats = [{"id": i, "name": f"c{i}"} for i in (3, 5, 1000, 20000, 4000000)]
+    path = _write_json(tmp_path / "a.json", _doc(images, [_ann(1, 1, [1, 1, 2, 2], cat=20000)], cats))
+    assert CocoIndex(path).num_classes == 5  # contiguous: fine
+    with pytest.raises(DataError) as err:
+        CocoIndex(path, label_map="category_id")
+    assert err.value.message == (f"annotations {str(path)!r}: data.label_map 'category_id' gives 4000001 classes (the "
+                                 "largest category id is 4000000) for 5 categories, expected at most 105")
+    assert err.value.hint == "set data.label_map = 'contiguous' (labels 0..4 in the order of ascending id)"
+    coco = [{"id": i, "name": f"c{i}"} for i in range(1, 91) if i not in (12, 26, 29, 30, 45, 66, 68, 69, 71, 83)]
+    assert len(coco) == 80
+    path = _write_json(tmp_path / "coco.json", _doc(images, [], coco))
+    assert CocoIndex(path, label_map="category_id").num_classes == 91
+
+
 def test_unknown_label_map_raises_config_error(dataset):
     _, ann_file, _ = dataset
     with pytest.raises(ConfigError, match="data.label_map: expected 'contiguous' or 'category_id', got 'names'"):

@@ -353,6 +353,24 @@ def _image_file_corrupt(t):
         ["000000000013.jpg': could not be decoded", "(replace the file with the image, or remove the image from"]
 
 
+def _category_ids_far_beyond_the_categories(t):
+    """5 categories of ids up to 2000 under label_map 'category_id': a model of 2001 classes (before: trained as
+    one; ids in the millions were an out-of-memory kill)."""
+    root = _copy_data(t.synth_root, t.tmp)
+    ids = {1: 3, 2: 5, 3: 1000, 4: 1500, 5: 2000}
+
+    def far(doc):
+        for c in doc["categories"]:
+            c["id"] = ids[c["id"]]
+        for a in doc["annotations"]:
+            a["category_id"] = ids[a["category_id"]]
+    _edit_annotations(root, far)
+    return ["train", "--role", "student", "--no-eval", "--set", f"data.root={root}", "--set",
+            "data.label_map=category_id"], \
+        ["data.label_map 'category_id' gives 2001 classes (the largest category id is 2000) for 5 categories",
+         "set data.label_map = 'contiguous'"]
+
+
 def _checkpoint_of_another_arch(t):
     return ["teacher-cache", "--set", "teacher.arch=retinanet_tiny_fpn"], \
         ["holds a retinanet_small_fpn, expected retinanet_tiny_fpn"]
@@ -415,7 +433,7 @@ def _non_finite_loss(t):
 
 BAD_INPUT = {f.__name__.lstrip("_"): f for f in (
     _missing_dataset, _missing_image_dir, _malformed_json, _annotation_of_a_missing_image, _image_file_missing,
-    _image_file_corrupt, _checkpoint_of_another_arch, _wrong_type_in_recipe, _not_a_cache, _cache_of_another_geometry,
+    _image_file_corrupt, _category_ids_far_beyond_the_categories, _checkpoint_of_another_arch, _wrong_type_in_recipe, _not_a_cache, _cache_of_another_geometry,
     _cache_of_another_dataset, _cache_of_another_label_map, _cache_of_a_newer_format, _levels_that_do_not_line_up, _non_finite_loss,
     _cache_of_another_teacher_arch)}
 

@@ -201,6 +201,7 @@ class CocoIndex:
         elif label_map == "category_id":
             if min(cat_ids) < 0:
                 raise DataError(f"annotations {str(path)!r}: category ids must be >= 0 for label_map='category_id'")
+            _check_id_classes(cat_ids, path)
             self.label_to_category = list(range(max(cat_ids) + 1))
         else:
             raise ConfigError(f"data.label_map: expected 'contiguous' or 'category_id', got {label_map!r}")
@@ -263,6 +264,17 @@ class CocoIndex:
 
     def __len__(self) -> int:
         return len(self.records)
+
+
+def _check_id_classes(cat_ids: list[int], path: Path) -> None:
+    """Under label_map 'category_id' a model has max id + 1 classes: one DataError when that is far beyond the
+    categories' count (more than twice it and 100 more), a model no one means to build (COCO: 91 for 80 passes)."""
+    classes, count = max(cat_ids) + 1, len(cat_ids)
+    limit = max(2 * count, count + 100)
+    if classes > limit:
+        raise DataError(f"annotations {str(path)!r}: data.label_map 'category_id' gives {classes} classes (the "
+                        f"largest category id is {max(cat_ids)}) for {count} categories, expected at most {limit}",
+                        hint=f"set data.label_map = 'contiguous' (labels 0..{count - 1} in the order of ascending id)")
 
 
 def _warn_dropped(dropped: int, outside: int, path: Path) -> None:
