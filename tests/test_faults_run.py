@@ -226,6 +226,27 @@ def test_an_empty_training_split_is_one_line_naming_the_split_and_its_file_with_
         assert result.exit_code == 1 and not out.exists()
 
 
+def test_a_val_split_of_other_categories_than_the_training_split_is_one_warning_at_start(tmp_path, synth_root,
+                                                                                         teacher_ckpt):
+    """Val's id 1 named 'oval', train's 'circle': train and distill warn once at the start, in eval's words
+    (``category_differences``; before: they trained and scored against it without a word), and run."""
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    val = root / "annotations" / "instances_val.json"
+    doc = json.loads(val.read_text())
+    doc["categories"][0]["name"] = "oval"
+    val.write_text(json.dumps(doc))
+    recipe = write_recipe(tmp_path / "recipe.toml", root, str(teacher_ckpt))
+    for command in (["train", "--role", "student"], ["distill", "--online"]):
+        result = run(*command, "--pipeline", recipe, "--out", tmp_path / command[0], "--device", "cpu")
+        assert result.exit_code == 0, result.output
+        warned = [line for line in result.stderr.splitlines() if "'oval'" in line]
+        assert warned == [(f"warning: {command[0]}: the model learns the categories of "
+                           f"{root / 'annotations' / 'instances_train.json'}, {val} has others: id 1 is 'circle' in "
+                           "the model, 'oval' in the data (is data.val a split of the training split's dataset?)")]
+        assert result.stderr.index(warned[0]) < result.stderr.index("epoch 1/1")
+
+
 # --- the run directory -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

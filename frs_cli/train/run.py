@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from frs_cli.data.coco import CocoViews
+from frs_cli.data.coco import CocoIndex, CocoViews, category_differences
 from frs_cli.dist import DistContext, check_same_job, setup
 from frs_cli.errors import ConfigError
 from frs_cli.eval.predict import evaluate_detector, prepare_evaluation
@@ -278,10 +278,22 @@ def _model_saver(model_cfg: ModelConfig, index, geometry, extra: bool = False):
     return save
 
 
-def _evaluator(recipe, ctx: DistContext, cfg):
+def _warn_val_categories(trained: CocoIndex, val: CocoIndex, command: str, ctx: DistContext) -> None:
+    """One warning when the val split names other categories than the training split ``trained`` (id 1 'circle'
+    there, 'oval' here), in the words ``eval`` uses for a model file and the data it is scored on."""
+    differs = category_differences({"category_ids": [c["id"] for c in trained.categories],
+                                    "category_names": [c["name"] for c in trained.categories]}, val.categories)
+    if ctx.is_main and differs:
+        log.warning("%s: the model learns the categories of %s, %s has others: %s (is data.val a split of the "
+                    "training split's dataset?)", command, trained.path, val.path, differs)
+
+
+def _evaluator(recipe, ctx: DistContext, cfg, trained: CocoIndex, command: str):
     """What ``fit`` evaluates with, built before the run starts: a val split without images (evaluation would
-    fail once the whole schedule has run) is one ConfigError here."""
+    fail once the whole schedule has run) is one ConfigError here; one of other categories than the training
+    split ``trained`` is a warning."""
     val = CocoViews.from_config(recipe.data, recipe.data.val, recipe.geometry)
+    _warn_val_categories(trained, val.index, command, ctx)
     if len(val) == 0:
         raise ConfigError(f"data.val: expected at least one image to evaluate on, got none in the "
                           f"{recipe.data.val!r} split ({recipe.data.annotation_file(recipe.data.val)})",
@@ -316,7 +328,7 @@ def train_detector(recipe, role: str, out_dir: str | Path, *, resume: bool = Fal
     train = CocoViews.from_config(recipe.data, recipe.data.train, recipe.geometry)
     _record_annotations(start, recipe_dict, changes, train.index, ctx, f"train --role {role}", evaluate)
     _check_training_split(train, recipe.data.train, f"train --role {role}", ctx)
-    evaluator = _evaluator(recipe, ctx, cfg) if evaluate else None
+    evaluator = _evaluator(recipe, ctx, cfg, train.index, "train") if evaluate else None
     detector = build_detector(model_cfg, train.index.num_classes, table=role)
     result = fit(GTObjective(detector), train, cfg, ctx, out_dir,
                  views=training_views(cfg.hflip_prob, cfg.min_sizes, recipe.geometry), resume=start.resume,
@@ -367,7 +379,7 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
     _record_annotations(start, recipe_dict, changes, coco.index, ctx, job.split(" ")[0], evaluate)
     _check_training_split(coco, recipe.cache.split if cache else recipe.data.train, "distill", ctx)
     num_classes = coco.index.num_classes
-    evaluator = _evaluator(recipe, ctx, cfg) if evaluate else None
+    evaluator = _evaluator(recipe, ctx, cfg, coco.index, "distill") if evaluate else None
     if cache is not None:
         recipe.cache.check_training_scales(cfg.min_sizes, recipe.geometry)
         store = TeacherCache(cache).check_attributes()  # as verify does: an edited zarr.json is not trained on
