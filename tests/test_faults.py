@@ -465,12 +465,33 @@ def _val_box_of_negative_width(root):
     return ["instances_val.json': annotations[2]: expected bbox width and height >= 0"]
 
 
-@pytest.mark.parametrize("make", [_val_image_missing, _val_box_of_negative_width], ids=lambda f: f.__name__[1:])
+def _val_image_corrupt(root):
+    (root / "val" / "000000000027.jpg").write_bytes(b"not a jpeg")
+    return ["000000000027.jpg': could not be decoded", "(replace the file with the image, or remove the image from"]
+
+
+def _val_image_of_another_size(root):
+    from PIL import Image
+
+    Image.new("RGB", (48, 64)).save(root / "val" / "000000000027.jpg", format="JPEG")  # 48 wide, annotated 64x64
+    return ["000000000027.jpg': annotations say 64x64 (height x width), the file is 64x48"]
+
+
+def _val_image_of_16_bits(root):
+    from PIL import Image
+
+    Image.new("I;16", (64, 64)).save(root / "val" / "000000000027.jpg", format="PNG")  # a 16-bit grey PNG
+    return ["000000000027.jpg': expected 8 bits a channel", "convert the images to 8 bits a channel"]
+
+
+@pytest.mark.parametrize("make", [_val_image_missing, _val_box_of_negative_width, _val_image_corrupt,
+                                  _val_image_of_another_size, _val_image_of_16_bits], ids=lambda f: f.__name__[1:])
 @pytest.mark.parametrize("command", ["train", "distill"])
 def test_a_val_split_evaluation_would_refuse_is_refused_before_training(command, make, recipe_path, synth_root,
                                                                          cache_path, tmp_path):
     """What would stop the evaluation after the last epoch (a missing image file, ground truth pycocotools
-    scoring refuses) stops the run before its first step, in one line, with no run directory."""
+    scoring refuses, an image file whose header shows it cannot be read or is not of its annotated size) stops the
+    run before its first step, in one line, with no run directory."""
     root = _copy_data(synth_root, tmp_path)
     fragments = make(root)
     args = ["--role", "student"] if command == "train" else ["--cache", cache_path]

@@ -247,6 +247,32 @@ def test_a_val_split_of_other_categories_than_the_training_split_is_one_warning_
         assert result.stderr.index(warned[0]) < result.stderr.index("epoch 1/1")
 
 
+@pytest.mark.parametrize("command", [["train", "--role", "student"], ["distill", "--online"]])
+def test_a_final_evaluation_that_failed_is_run_by_resume_with_its_table(command, tmp_path, synth_root, teacher_ckpt):
+    """A val image cut short after a sound header passes the start's checks and stops the final evaluation; once it
+    is replaced, --resume of the run (every epoch done) runs that evaluation: its line, its table and its record in
+    metrics.jsonl, as an uninterrupted run (before: it wrote model_final.pt and evaluated nothing)."""
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    image = root / "val" / "000000000027.jpg"
+    whole = image.read_bytes()
+    image.write_bytes(whole[: len(whole) // 2])
+    recipe = write_recipe(tmp_path / "recipe.toml", root, str(teacher_ckpt))
+    out = tmp_path / "run"
+    args = [*command, "--pipeline", recipe, "--out", out, "--device", "cpu"]
+    assert error_line(run(*args)).startswith(f"error: image '{image}': could not be decoded (image file is truncated")
+    assert not (out / FINAL).exists()
+    image.write_bytes(whole)
+    result = run(*args, "--resume")
+    assert result.exit_code == 0, result.output
+    assert "epoch 1, val box mAP (%): AP " in result.stderr and "val split" in result.stdout
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if "eval" in r] == [1]
+    assert (out / FINAL).is_file()
+    result = run(*args, "--resume")  # now complete: nothing runs again
+    assert result.exit_code == 0 and "already complete" in result.stdout, result.output
+
+
 # --- the run directory -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -293,6 +293,33 @@ _TURNED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 _DEEP_MODES = {"I", "F"}  # PIL modes of more than 8 bits a channel (also "I;16" and its kin); RGB would clip them
 
 
+def _check_mode(im, path: Path) -> None:
+    """DataError for an opened image of more than 8 bits a channel (RGB would clip it to white)."""
+    if im.mode in _DEEP_MODES or im.mode.startswith("I;"):
+        raise DataError(f"image {str(path)!r}: expected 8 bits a channel (RGB, grey, palette, CMYK), got "
+                        f"PIL mode {im.mode!r}", hint="convert the images to 8 bits a channel")
+
+
+def _read_turned(im, size: tuple[int, int] | None) -> bool:
+    """Whether an opened image is read turned: its EXIF orientation turns it by 90 degrees and only the turned
+    image has the annotated ``size`` ``(H, W)``."""
+    return size is not None and (im.height, im.width) != tuple(size) and (im.width, im.height) == tuple(size) \
+        and im.getexif().get(_EXIF_ORIENTATION) in _TURNED
+
+
+def _undecodable(path: Path, exc: Exception) -> DataError:
+    return DataError(f"image {str(path)!r}: could not be decoded ({str(exc).splitlines()[0]})",
+                     hint="replace the file with the image, or remove the image from the annotation file")
+
+
+def _size_fault(path: Path, annotated: tuple[int, int], stored: tuple[int, int]) -> DataError | None:
+    """DataError for an image file whose ``(H, W)`` as read is not its annotated size, else None."""
+    if tuple(stored) == tuple(annotated):
+        return None
+    return DataError(f"image {str(path)!r}: annotations say {annotated[0]}x{annotated[1]} (height x width), "
+                     f"the file is {stored[0]}x{stored[1]}")
+
+
 def read_image(path: Path, size: tuple[int, int] | None = None) -> Tensor:
     """Decode an image file to ``(3, H, W)`` uint8 RGB; DataError for a missing or corrupt file or one of more
     than 8 bits a channel. The stored pixels, unless ``size`` (the annotated ``(H, W)``) is given, the file's EXIF
@@ -304,17 +331,30 @@ def read_image(path: Path, size: tuple[int, int] | None = None) -> Tensor:
         raise DataError(f"image: expected a file at {str(path)!r}, but it {missing_file(path)}")
     try:
         with Image.open(path) as im:
-            if im.mode in _DEEP_MODES or im.mode.startswith("I;"):
-                raise DataError(f"image {str(path)!r}: expected 8 bits a channel (RGB, grey, palette, CMYK), got "
-                                f"PIL mode {im.mode!r}", hint="convert the images to 8 bits a channel")
-            if size is not None and (im.height, im.width) != tuple(size) and (im.width, im.height) == tuple(size) \
-                    and im.getexif().get(_EXIF_ORIENTATION) in _TURNED:
+            _check_mode(im, path)
+            if _read_turned(im, size):
                 im = ImageOps.exif_transpose(im)
             array = np.asarray(im.convert("RGB"))
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DataError(f"image {str(path)!r}: could not be decoded ({str(exc).splitlines()[0]})",
-                        hint="replace the file with the image, or remove the image from the annotation file") from exc
+        raise _undecodable(path, exc) from exc
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def check_header(path: Path, size: tuple[int, int]) -> None:
+    """What ``read_image(path, size)`` would refuse that the file's header tells, without decoding its pixels: a
+    file that does not open as an image, one of more than 8 bits a channel, or one not of the annotated ``size``
+    ``(H, W)`` as it would be read. A file cut short after a sound header passes; its decoding fails."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            _check_mode(im, path)
+            stored = (im.width, im.height) if _read_turned(im, size) else (im.height, im.width)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise _undecodable(path, exc) from exc
+    fault = _size_fault(path, size, stored)
+    if fault is not None:
+        raise fault
 
 
 @dataclass
@@ -366,6 +406,14 @@ class CocoViews(torch.utils.data.Dataset):
                             hint=f"{len(missing)} of the {len(records)} image files of "
                                  f"{str(self.index.path)!r} {'is' if len(missing) == 1 else 'are'} missing")
 
+    def check_images(self, count: int | None = None) -> None:
+        """``check_files``, then one DataError naming the first of those files whose header shows that it would not
+        be read (``check_header``: not an image, more than 8 bits a channel, not its annotated size). Headers only,
+        no pixel decoded: 500 JPEGs of 640x480 take about 20 ms from the page cache, against 1.5 s to decode."""
+        self.check_files(count)
+        for rec in self.index.records[:count]:
+            check_header(self.image_dir / rec.file_name, (rec.height, rec.width))
+
     def geometry_of(self, position: int, view: str) -> ViewGeometry:
         rec = self.index.records[position]
         return view_geometry(rec.height, rec.width, self.geometry, view)
@@ -376,9 +424,9 @@ class CocoViews(torch.utils.data.Dataset):
         rec = self.index.records[position]
         path = self.image_dir / rec.file_name
         image = read_image(path, (rec.height, rec.width))
-        if image.shape[-2:] != (rec.height, rec.width):
-            raise DataError(f"image {str(path)!r}: annotations say {rec.height}x{rec.width} (height x width), "
-                            f"the file is {image.shape[-2]}x{image.shape[-1]}")
+        fault = _size_fault(path, (rec.height, rec.width), tuple(image.shape[-2:]))
+        if fault is not None:
+            raise fault
         return image, self.geometry_of(position, view)
 
     def __getitem__(self, key) -> Sample:

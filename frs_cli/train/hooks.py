@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from frs_cli import errors
-from frs_cli.dist import DistContext, barrier
+from frs_cli.dist import DistContext, barrier, broadcast_object
 from frs_cli.errors import Interrupted, TrainingError
 from frs_cli.files import atomic_path, plural, storage_errors
 from frs_cli.progress import Progress
@@ -217,6 +217,18 @@ class MetricsHook(Hook):
         if self.log:
             self.log.eval(epoch, metrics, iteration=iteration)
 
+    def evaluated(self, epoch: int) -> bool:
+        """Whether ``metrics.jsonl`` holds an evaluation after ``epoch`` epochs (read by the main process)."""
+        path = self.out_dir / "metrics.jsonl"
+        if not (self.is_main and path.is_file()):
+            return False
+        for line in path.read_text(encoding="utf-8").splitlines():
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict) and "eval" in record and record.get("epoch") == epoch:
+                    return True
+        return False
+
     def after_train(self, trainer: Trainer) -> None:
         if self.log:
             self.log.close()
@@ -271,16 +283,26 @@ class EvalHook(Hook):
     the main process shows the metrics and logs them (``trainer.eval_metrics`` keeps the latest)."""
 
     def __init__(self, evaluate: Callable[[nn.Module], dict | None], every: int, progress: Progress,
-                 metrics: MetricsHook):
+                 metrics: MetricsHook, resumed_at: tuple[int, int] | None = None):
         self.evaluate, self.every, self.progress, self.metrics = evaluate, every, progress, metrics
+        self.resumed_at = resumed_at  # (epochs done, steps into the next) of the state a resume continues from
 
     def wants_state(self, trainer: Trainer, step: int) -> bool:
         return False
 
+    def before_train(self, trainer: Trainer) -> None:
+        """A resume with every epoch done whose final evaluation is not in ``metrics.jsonl`` (it failed, or the run
+        stopped before it): that evaluation now, before the final files are written, as after the last epoch."""
+        epochs = trainer.cfg.epochs
+        if self.resumed_at == (epochs, 0) and not broadcast_object(trainer.ctx, self.metrics.evaluated(epochs)):
+            self._evaluate(trainer, epochs)
+
     def after_epoch(self, trainer: Trainer) -> None:
         done = trainer.epoch + 1
-        if not (done == trainer.cfg.epochs or (self.every and done % self.every == 0)):
-            return
+        if done == trainer.cfg.epochs or (self.every and done % self.every == 0):
+            self._evaluate(trainer, done)
+
+    def _evaluate(self, trainer: Trainer, done: int) -> None:
         trainer.eval_metrics = metrics = self.evaluate(trainer.objective)
         if trainer.ctx.is_main and metrics is not None:
             from frs_cli.eval.coco_eval import format_metric  # in percent, as every table shows them

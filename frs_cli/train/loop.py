@@ -421,7 +421,7 @@ def fit(
     metrics = MetricsHook(out_dir, cfg.tensorboard, ctx.is_main, resumed_at=start if resume else None)
     built_in: list[Hook] = [ProgressHook(progress), metrics, CheckpointHook(state, cfg.checkpoint_every)]
     if evaluate is not None:
-        built_in.append(EvalHook(evaluate, cfg.eval_every, progress, metrics))
+        built_in.append(EvalHook(evaluate, cfg.eval_every, progress, metrics, resumed_at=start if resume else None))
     if save_outputs is not None:
         built_in.append(OutputsHook(save_outputs, out_dir))
     built_in.append(InterruptHook(state))  # lets go of Ctrl-C after the final files are written

@@ -299,6 +299,7 @@ def _evaluator(recipe, ctx: DistContext, cfg, trained: CocoIndex, command: str):
                           f"{recipe.data.val!r} split ({recipe.data.annotation_file(recipe.data.val)})",
                           hint="add --no-eval to train without evaluation, or set data.val to a split with images")
     prepare_evaluation(val)  # what would stop the evaluation after the last epoch stops the run now
+    val.check_images()  # and what the image files' headers tell (not pixels: a file cut short is found then)
 
     def evaluate(objective) -> dict:
         return evaluate_detector(objective.student, val, ctx, batch_size=max(1, cfg.batch_size),
