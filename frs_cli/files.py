@@ -68,16 +68,17 @@ def _nearest_existing(p: Path) -> Path:
     return p
 
 
-def check_can_create(path: str | Path, hint: str | None = None) -> None:
-    """``storage_error`` naming ``path`` when no file can be made in the nearest existing folder above it (no
-    permission, a read-only disk, ``/proc``): for a job to refuse before its long part. Nothing is left behind."""
-    import tempfile
-
+def check_can_create(path: str | Path, hint: str | None = None, *, target: str | None = None,
+                     folder: str | Path | None = None) -> None:
+    """``storage_error`` naming ``target`` (else ``path``) when no file can be made in ``folder`` (else the nearest
+    existing folder above ``path``): no permission, a read-only disk, ``/proc``. For a job to refuse before its long
+    part. Nothing is left behind."""
+    folder = _nearest_existing(Path(path).absolute().parent) if folder is None else folder
     try:
-        fd, probe = tempfile.mkstemp(dir=_nearest_existing(Path(path).absolute().parent), prefix=".frs-probe-")
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".frs-probe-")
     except OSError as exc:
         exc.filename = None  # the probe's random name is nobody's business
-        raise storage_error(exc, str(path), hint) from exc
+        raise storage_error(exc, target or str(path), hint) from exc
     os.close(fd)
     os.unlink(probe)
 
@@ -113,11 +114,12 @@ def missing_file(path: str | Path) -> str:
     return "does not exist"
 
 
-def check_output_file(path: str | Path, what: str, suffix: str | None = None) -> None:
+def check_output_file(path: str | Path, what: str, suffix: str | None = None, *, probe: bool = True) -> None:
     """ConfigError (one line naming ``path``) when ``path``, the file ``what`` is to write, is an existing
     directory, lies below a file (``model.pt/x.pt``), or does not end in ``suffix`` (the format written); its
-    folder is made, StorageError when it cannot be. A command calls it before its work, so nothing is computed for
-    a file that cannot be written or would be misnamed."""
+    folder is made, StorageError when it cannot be or (``probe``) when no file can be made in it (``/proc``, no
+    permission, a read-only disk). A command calls it before its work, so nothing is computed for a file that cannot
+    be written or would be misnamed."""
     if str(path) == "-":  # not a file named "-" that the user then looks for on stdout
         raise ConfigError(f"{what}: expected a file path, got '-'", hint="to write to standard output, give /dev/stdout")
     if Path(path).is_dir():
@@ -135,6 +137,8 @@ def check_output_file(path: str | Path, what: str, suffix: str | None = None) ->
             raise storage_error(exc, f"{what} {str(path)!r}") from exc
         raise StorageError(f"{what} {str(path)!r}: cannot make the folder {str(folder)!r} ({exc.strerror})",
                            hint="write to a folder on a writable disk") from exc
+    if probe and written_through(path) is None:  # a new or regular file: replaced by a temporary file made beside it
+        check_can_create(path, target=f"{what} {str(path)!r}", folder=folder)
 
 
 @contextlib.contextmanager
@@ -154,7 +158,7 @@ def atomic_path(path: str | Path, hint: str | None = None) -> Iterator[Path]:
     was under ``path`` before stays as it was. A directory at ``path`` is ``ConfigError`` before the block runs.
     """
     path = Path(path)
-    check_output_file(path, "output")
+    check_output_file(path, "output", probe=False)  # the temporary file below is the probe
     target = written_through(path)
     if target is not None:  # a device or a pipe (/dev/stdout): written into, never replaced
         with tempfile.TemporaryDirectory() as folder, storage_errors(str(path), hint):

@@ -1022,3 +1022,30 @@ def test_an_output_below_a_file_or_in_a_folder_that_cannot_be_made_is_one_line_b
     assert_one_line_error(result, "eval --metrics: expected a file path, got '-' (to write to standard output, give "
                                   "/dev/stdout)")
     assert not Path("-").exists()
+
+
+def test_an_output_file_where_no_file_can_be_made_is_refused_before_the_work(
+        tmp_path, teacher_ckpt, synth_root, cache_path):
+    """An output file in a folder that exists but takes no file (/proc): every command with an output file refuses
+    it in one line naming the option and the path, before its work (before: eval ran the whole evaluation and
+    printed its table, report printed its table, and only then "no file can be made there at /proc/.x.json.<pid>.tmp";
+    visualize, export and convert mmdet likewise failed only at their write)."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "iter": 0, "loss": 1.0}) + "\n")
+    cases = [(["eval", "--checkpoint", teacher_ckpt, "--data", synth_root, "--device", "cpu", "--workers", "0",
+               "--metrics"], "eval --metrics", ".json"),
+             (["eval", "--checkpoint", teacher_ckpt, "--data", synth_root, "--device", "cpu", "--workers", "0",
+               "--detections-out"], "eval --detections-out", ".json"),
+             (["eval", "--cache", cache_path, "--metrics"], "eval --metrics", ".json"),
+             (["report", run_dir, "--out"], "report --out", ".png"),
+             (["visualize", "--cache", cache_path, "--out"], "visualize --out", ".png"),
+             (["export", "--onnx", teacher_ckpt], "export OUT", ".onnx"),
+             (["convert", "mmdet", teacher_ckpt, "--arch", "retinanet_resnet50_fpn_mmdet", "--out"],
+              "convert mmdet --out", ".pt")]
+    for args, what, suffix in cases:
+        out = f"/proc/frs-no-file{suffix}"
+        result = run(*args, out)
+        assert_one_line_error(result, f"{what} '{out}': no file can be made there (write to a folder on a disk)")
+        assert result.stdout == "" and ".tmp" not in result.stderr, (what, result.output)
+        assert len(result.stderr.strip().splitlines()) == 1, (what, result.stderr)  # no progress: no work ran

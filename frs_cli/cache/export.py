@@ -44,7 +44,7 @@ def export_hdf5(source: str, out: str | Path, *, storage_options: dict | None = 
     out = str(out)
     if is_url(out) or not is_hdf5(out):
         raise ConfigError(f"cache export: expected a local .h5 or .hdf5 file name for OUT, got {out!r}")
-    check_output_file(out, "cache export OUT")
+    check_output_file(out, "cache export OUT", probe=False)  # probed below, once the cache is known to exist
     progress = progress or NullProgress()
     cache = TeacherCache(source, require_complete=True, storage_options=storage_options)
     if cache.backend.kind != "zarr":
