@@ -161,7 +161,7 @@ def atomic_path(path: str | Path, hint: str | None = None) -> Iterator[Path]:
     check_output_file(path, "output", probe=False)  # the temporary file below is the probe
     target = written_through(path)
     if target is not None:  # a device or a pipe (/dev/stdout): written into, never replaced
-        with tempfile.TemporaryDirectory() as folder, storage_errors(str(path), hint):
+        with tempfile.TemporaryDirectory() as folder, _errors_naming(path, Path(folder) / "out", hint):
             tmp = Path(folder) / "out"
             yield tmp
             with open(tmp, "rb") as src, open(target, "wb") as out:
@@ -177,12 +177,24 @@ def atomic_path(path: str | Path, hint: str | None = None) -> Iterator[Path]:
                            hint="write to a folder on a writable disk") from exc
     tmp = sibling(real, ".", f".{os.getpid()}.tmp")
     try:
-        with storage_errors(str(path), hint):
+        with _errors_naming(path, tmp, hint):
             yield tmp
             os.replace(tmp, real)
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()  # only still there when the block failed
+
+
+@contextlib.contextmanager
+def _errors_naming(path: Path, tmp: Path, hint: str | None) -> Iterator[None]:
+    """``storage_errors(str(path), hint)``, the temporary file ``tmp`` left unnamed: the user gave ``path``, never
+    ``tmp`` (``/x/.m.png.8039.tmp``), and the line names ``path`` already."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None and str(exc.filename) == str(tmp):
+            exc.filename = None
+        raise storage_error(exc, str(path), hint) from exc
 
 
 def written_through(path: str | Path) -> Path | None:

@@ -242,7 +242,13 @@ def output_lock(path: str | Path, *, command: str | None = None, enabled: bool =
                                    "which keeps a second writer out of it",
                                    hint=f"make {str(lock.parent)!r} writable, or give the {what} a path inside a "
                                         "folder you can write") from exc
-            if not denied:  # e.g. a folder the system makes none in (/proc)
+            if not denied and lock.parent.is_dir():  # the folder is there but takes no file (/proc): as files.py says
+                if exc.errno == errno.ENOENT:
+                    raise StorageError(f"{what} {text!r}: no file can be made there",
+                                       hint="write to a folder on a disk") from exc
+                raise StorageError(f"{what} {text!r}: cannot make its lock file in {str(lock.parent)!r} "
+                                   f"({exc.strerror})", hint="write to a folder on a writable disk") from exc
+            if not denied:  # the folder that would hold it cannot be made
                 raise StorageError(f"{what} {text!r}: cannot make its folder {str(lock.parent)!r} ({exc.strerror})",
                                    hint="write to a folder on a writable disk") from exc
             # where no lock file can be made and the output cannot be written either, no writer can write: the

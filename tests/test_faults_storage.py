@@ -1049,3 +1049,37 @@ def test_an_output_file_where_no_file_can_be_made_is_refused_before_the_work(
         assert_one_line_error(result, f"{what} '{out}': no file can be made there (write to a folder on a disk)")
         assert result.stdout == "" and ".tmp" not in result.stderr, (what, result.output)
         assert len(result.stderr.strip().splitlines()) == 1, (what, result.stderr)  # no progress: no work ran
+
+
+def test_an_output_that_takes_no_file_is_named_as_given_not_by_a_temporary_or_lock_name(
+        tmp_path, recipe_path, monkeypatch):
+    """The one line names the path the user gave and what failed there (before: train and teacher-cache said
+    "cannot make its folder '/proc' (No such file or directory)" of a folder that exists; data synth named its
+    hidden ``/proc/.s.<pid>.partial`` folder, a file write its ``.x.json.<pid>.tmp``; a full disk in data synth
+    was a traceback)."""
+    import errno
+
+    from PIL import Image
+
+    from frs_cli.errors import StorageError
+    from frs_cli.files import write_json
+
+    for args, what in ((["train", "--no-eval"], "--out"), (["teacher-cache"], "teacher-cache --out")):
+        result = run(*args, "--pipeline", recipe_path, "--out", "/proc/frs-run", "--device", "cpu")
+        assert_one_line_error(result, f"{what} '/proc/frs-run': no file can be made there (write to a folder on a disk)")
+    result = run("data", "synth", "/proc/frs-synth", "--train", "2", "--val", "1")
+    assert_one_line_error(result, "synth output '/proc/frs-synth': no file can be made there (write to a folder on a "
+                                  "disk)")
+    with pytest.raises(StorageError) as caught:
+        write_json("/proc/frs-m.json", {})
+    assert str(caught.value) == "/proc/frs-m.json: no file can be made there (write to a folder on a disk)"
+
+    def full(self, fp, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(fp))
+
+    monkeypatch.setattr(Image.Image, "save", full)
+    (tmp_path / "s").mkdir()
+    result = run("data", "synth", tmp_path / "s" / "d", "--train", "2", "--val", "1", "--size", "64")
+    assert_one_line_error(result, f"synth output '{tmp_path / 's' / 'd'}': the disk is full (no space left on "
+                                  "device) (free space and run it again)")
+    assert ".partial" not in result.stderr and list((tmp_path / "s").iterdir()) == []

@@ -33,11 +33,13 @@ Conventions:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,7 +48,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from frs_cli.errors import ConfigError
-from frs_cli.files import storage_errors, write_json
+from frs_cli.files import check_can_create, storage_error, write_json
 from frs_cli.names import sibling
 
 CATEGORIES: list[dict] = [
@@ -306,21 +308,33 @@ def generate(out_dir: str | Path, cfg: SynthConfig, progress: Callable[[int], No
         raise ConfigError(f"synth config: expected a SynthConfig, got {type(cfg).__name__}")
     final = Path(out_dir)
     _check_out_dir(final)
+    check_can_create(final, target=f"synth output {str(final)!r}")  # /proc, no permission: before any image
     # written in a hidden folder beside it, renamed into place once whole: a stopped run (Ctrl-C, a full disk)
     # leaves no part-written dataset at out_dir to refuse a second run or to be read as complete
     out = sibling(final, ".", f".{os.getpid()}.partial")
     try:
-        with storage_errors(str(final)):
+        with _errors_naming(final, out):
             for sub in ("train", "val", "annotations"):
                 (out / sub).mkdir(parents=True, exist_ok=True)
-        summary = _generate_into(out, cfg, progress)
-        with storage_errors(str(final)):
+            summary = _generate_into(out, cfg, progress)
             if final.is_dir():
                 final.rmdir()  # empty (checked above); rename() would also replace it, not on every system
             os.replace(out, final)
     finally:
         shutil.rmtree(out, ignore_errors=True)  # only still there when the run stopped
     return summary
+
+
+@contextlib.contextmanager
+def _errors_naming(final: Path, out: Path) -> Iterator[None]:
+    """An ``OSError`` (a full disk, a folder that takes no file) as one line naming ``final``, the folder the user
+    gave, not ``out``, the hidden one the images are written to first (nor a file in it)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None and (Path(exc.filename) == out or out in Path(exc.filename).parents):
+            exc.filename = str(final) if exc.errno == errno.ENAMETOOLONG else None  # the name whose part is too long
+        raise storage_error(exc, f"synth output {str(final)!r}", hint="free space and run it again") from exc
 
 
 def _generate_into(out: Path, cfg: SynthConfig, progress: Callable[[int], None] | None) -> dict:
