@@ -80,9 +80,8 @@ def describe(holder: dict) -> str:
             f"({holder.get('command')})")
 
 
-def _alive_here(holder: dict) -> bool:
-    """Whether the holder, a process of this host, still runs (the same pid started at the same time)."""
-    pid = holder.get("pid")
+def process_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this host (another user's included)."""
     if not isinstance(pid, int) or pid <= 0:
         return False
     try:
@@ -91,6 +90,14 @@ def _alive_here(holder: dict) -> bool:
         return False
     except PermissionError:  # exists, owned by someone else
         pass
+    return True
+
+
+def _alive_here(holder: dict) -> bool:
+    """Whether the holder, a process of this host, still runs (the same pid started at the same time)."""
+    pid = holder.get("pid")
+    if not process_alive(pid):
+        return False
     start = holder.get("proc_start")
     now = _proc_start(pid)
     return start is None or now is None or start == now

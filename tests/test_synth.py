@@ -201,3 +201,61 @@ def test_a_stopped_synth_leaves_nothing_at_out_and_a_second_run_writes_it(tmp_pa
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["annotations", "train", "val"]
     assert len(list((out / "train").iterdir())) == 8 and [p.name for p in tmp_path.iterdir()] == ["d"]
+
+
+def test_sigterm_stops_synth_with_one_line_and_removes_its_hidden_folder(tmp_path):
+    """SIGTERM (kill, timeout, a scheduler's cancel) part way: the usual ``interrupted:`` line, exit 143, and the
+    hidden folder the images went to is removed (before: killed at once, exit 143 with no message, and
+    ``.d.<pid>.partial`` left beside OUT for good)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(repo), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-m", "frs_cli", "data", "synth", "d", "--train", "3000", "--val", "1",
+                             "--size", "64"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    partial = tmp_path / f".d.{proc.pid}.partial" / "train"
+    deadline = time.monotonic() + 120
+    while not (partial.is_dir() and any(partial.iterdir())) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert proc.poll() is None and any(partial.iterdir())  # stopped part way, images written
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == ("interrupted: data synth stopped; the images made so far were removed, "
+                                            "nothing was written to 'd' (run the same command again)"), err
+    assert "Traceback" not in err and list(tmp_path.iterdir()) == []
+
+
+def test_synth_removes_the_hidden_folders_of_its_output_that_dead_runs_left(tmp_path):
+    """A run killed outright (SIGKILL: nothing of it runs) leaves ``.d.<pid>.partial``; the next run for ``d``
+    removes those of processes that are gone, and leaves a live process's and other outputs' (before: they stayed
+    for good)."""
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    dead = int(gone.stdout)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        left = [tmp_path / f".d.{dead}.partial", tmp_path / f".d.{live.pid}.partial",
+                tmp_path / f".other.{dead}.partial", tmp_path / f".d.x{dead}.partial"]
+        for folder in left:
+            (folder / "train").mkdir(parents=True)
+            (folder / "train" / "000000000001.jpg").write_bytes(b"jpeg")
+        out = generate(tmp_path / "d", SynthConfig(train=2, val=1, size=64))
+        assert out["train"] == 2
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["d", *(p.name for p in left[1:])])
+        live.kill()
+        live.wait()
+        from frs_cli.data.synth import remove_stale_partials
+
+        assert remove_stale_partials(tmp_path / "d") == [left[1]] and not left[1].exists()
+    finally:
+        live.kill()
+        live.wait()

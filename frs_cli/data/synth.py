@@ -49,6 +49,7 @@ from PIL import Image, ImageDraw
 
 from frs_cli.errors import ConfigError
 from frs_cli.files import check_can_create, storage_error, write_json
+from frs_cli.lock import process_alive
 from frs_cli.names import sibling
 
 CATEGORIES: list[dict] = [
@@ -309,6 +310,7 @@ def generate(out_dir: str | Path, cfg: SynthConfig, progress: Callable[[int], No
     final = Path(out_dir)
     _check_out_dir(final)
     check_can_create(final, target=f"synth output {str(final)!r}")  # /proc, no permission: before any image
+    remove_stale_partials(final)
     # written in a hidden folder beside it, renamed into place once whole: a stopped run (Ctrl-C, a full disk)
     # leaves no part-written dataset at out_dir to refuse a second run or to be read as complete
     out = sibling(final, ".", f".{os.getpid()}.partial")
@@ -323,6 +325,21 @@ def generate(out_dir: str | Path, cfg: SynthConfig, progress: Callable[[int], No
     finally:
         shutil.rmtree(out, ignore_errors=True)  # only still there when the run stopped
     return summary
+
+
+def remove_stale_partials(final: Path) -> list[Path]:
+    """Remove (and return) the hidden folders ``.<name>.<pid>.partial`` beside ``final`` that runs of ``generate``
+    for it left and whose process is gone (SIGKILL, a power cut: no ``finally`` ran). A folder of a live process,
+    another run writing the same set now, is left to it."""
+    removed = []
+    for folder in sorted(final.parent.glob(".*.partial")):
+        pid = folder.name[:-len(".partial")].rpartition(".")[2]
+        if not pid.isdigit() or folder != sibling(final, ".", f".{pid}.partial") or not folder.is_dir():
+            continue  # another output's, or not one generate makes
+        if int(pid) != os.getpid() and not process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 @contextlib.contextmanager
