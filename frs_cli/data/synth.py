@@ -27,8 +27,9 @@ Conventions:
 - Shapes are rasterised at ``SUPERSAMPLE`` times the resolution and box-filtered down (anti-aliased
   edges). Pillow fills polygons including their boundary, so a drawn edge may reach up to
   ``1 / (2 * SUPERSAMPLE)`` px beyond its box.
-- The annotation files are written last, each to a temporary name and then renamed, so a file that
-  exists is complete. An interrupted run leaves images without annotation files; delete the folder.
+- The set is written into a hidden folder beside the output (``.<name>.<pid>.partial``) and renamed into place
+  once whole, so an output folder that exists is complete. A stopped run removes its hidden folder; one a
+  killed run left (SIGKILL, a power cut) is removed by the next run for the same output.
 """
 
 from __future__ import annotations
