@@ -179,6 +179,23 @@ def test_a_resume_in_another_teacher_precision_is_refused_before_anything_change
                           "'channels_last'", "write the cache again")
 
 
+def test_a_resume_under_another_label_map_names_both_maps_not_the_teacher(recipe_path, tmp_path):
+    """A cache of a teacher with no weights (identified by its built state) resumed under another data.label_map was
+    blamed on the teacher ("written for another teacher (teacher.weights '' in the cache, '' here ..."): the map
+    gives the teacher another head. Now the classes are named, as distill names them, and nothing is written."""
+    out = tmp_path / "c.zarr"
+    base = ["teacher-cache", "--pipeline", recipe_path, "--out", out, "--device", "cpu", "--set", 'teacher.weights=""']
+    first = run(*base)
+    assert first.exit_code == 0, first.output
+    before = (out / "zarr.json").read_bytes()
+    result = run(*base, "--resume", "--set", "data.label_map=category_id")
+    assert_one_line_error(result, f"cache {str(out)!r}: was written for other classes (its teacher has 5 classes for "
+                                  "category ids [1, 2, 3, 4, 5] (data.label_map 'contiguous'), this recipe gives 6 "
+                                  "classes for category ids [0, 1, 2, 3, 4, 5] (data.label_map 'category_id'))",
+                          "set data.label_map as the cache was written")
+    assert (out / "zarr.json").read_bytes() == before
+
+
 def test_a_cache_with_no_view_written_takes_the_resumed_runs_pass_without_a_word(recipe_path, cache_path, tmp_path):
     """Nothing written yet, nothing to mix: a resume in another precision or layout goes on, says nothing of views
     "already written", and records its own pass."""

@@ -723,6 +723,11 @@ def _verify_num_images_edited(t):
     return c, ["dataset.num_images 48 against 24 images in the index", *_REWRITE]
 
 
+def _verify_head_spec_classes_edited(t):
+    c = _edited_attrs(t, lambda a: a["teacher"]["head_spec"].pop("num_classes"))
+    return c, ["teacher.head_spec: KeyError: 'num_classes'", *_REWRITE]
+
+
 def _verify_done_chunk_lost(t):
     c = _copy(t.cache, t.tmp)
     (c / BUCKET / "done" / "c.0").unlink()
@@ -736,7 +741,8 @@ VERIFY_NOT_OK = {f.__name__.lstrip("_"): f for f in (_verify_truncated, _verify_
                                                      _verify_geometry_edited, _verify_head_spec_edited,
                                                      _verify_stride_edited, _verify_num_views_edited,
                                                      _verify_num_classes_edited, _verify_label_to_category_edited,
-                                                     _verify_num_images_edited, _verify_done_chunk_lost)}
+                                                     _verify_num_images_edited, _verify_head_spec_classes_edited,
+                                                     _verify_done_chunk_lost)}
 
 
 @pytest.mark.parametrize("case", list(VERIFY_NOT_OK))
@@ -782,6 +788,25 @@ def test_distill_refuses_a_cache_whose_attributes_verify_rejects(case, recipe_pa
     assert finding in line, (finding, line)
     assert "a cache is read as it was written" not in result.stderr  # no warning that takes the edit at its word
     _assert_no_run_left(t)
+
+
+@pytest.mark.parametrize("case", ["verify_num_classes_edited", "verify_head_spec_classes_edited"])
+@pytest.mark.parametrize("resume", [False, True])
+def test_teacher_cache_refuses_a_cache_whose_attributes_verify_rejects(case, resume, recipe_path, cache_path, tmp_path):
+    """teacher-cache on an edited zarr.json: with --resume it warned that every view's done flag was lost, wrote
+    nothing and exited 0 ("already complete"); a head_spec the builder refuses was a traceback in every cache
+    command. Now it is verify's finding in one line, with or without --resume, and the cache is left as it was."""
+    t = SimpleNamespace(tmp=tmp_path, cache=cache_path, recipe=recipe_path)
+    cache, fragments = VERIFY_NOT_OK[case](t)
+    before = (cache / "zarr.json").read_bytes()
+    result = run("teacher-cache", "--pipeline", recipe_path, "--out", cache, "--device", "cpu",
+                 *(["--resume"] if resume else []))
+    line = assert_one_line_error(result, f"cache {str(cache)!r}: its attributes do not match its arrays",
+                                 fragments[0], "they were edited or damaged", "write the cache again")
+    assert "not marked written" not in result.output and "already complete" not in line
+    assert (cache / "zarr.json").read_bytes() == before
+    info = run("cache", "info", cache)
+    assert info.exit_code == 0 and "Traceback" not in info.output
 
 
 def _export_corrupt(t):

@@ -137,12 +137,16 @@ def _labels_text(labels: list) -> str:
     return f"{len(ids)} classes for category ids [{shown}] (data.label_map {mode!r})"
 
 
-def label_difference(attrs: dict, index: CocoIndex) -> str | None:
+def label_difference(attrs: dict, index: CocoIndex, expected: dict) -> str | None:
     """How the classes of a cache's teacher (its recorded ``dataset.label_to_category``) differ from those the
-    recipe's ``data.label_map`` gives the same annotations, else None. The dataset fingerprint covers the file,
-    not the map: with another map the student would learn other classes than the cached teacher's outputs."""
+    recipe's ``data.label_map`` gives the same annotations (the dataset fingerprint in ``expected`` is the cache's),
+    else None. The fingerprint covers the file, not the map: with another map the student would learn other
+    classes than the cached teacher's outputs, and a teacher built for them has another head."""
+    if expected.get("dataset") != (attrs.get("fingerprints") or {}).get("dataset"):
+        return None  # another dataset altogether: named as such
     theirs = attrs.get("dataset", {}).get("label_to_category") if isinstance(attrs.get("dataset"), dict) else None
-    if not isinstance(theirs, list) or [int(c) for c in theirs] == list(index.label_to_category):
+    if not isinstance(theirs, list) or not all(isinstance(c, int) for c in theirs) \
+            or theirs == list(index.label_to_category):
         return None
     return f"its teacher has {_labels_text(theirs)}, this recipe gives {_labels_text(index.label_to_category)}"
 

@@ -44,8 +44,11 @@ def required_cache_arrays(attrs: dict) -> list[str]:
     teacher head's parameter names from its recorded ``head_spec``."""
     from frs_cli.models import build_cls_head
 
-    head = build_cls_head(attrs["teacher"]["head_spec"])
-    return required_arrays(attrs, list(head.state_dict()))
+    try:
+        names = list(build_cls_head(attrs["teacher"]["head_spec"]).state_dict())
+    except Exception:  # noqa: BLE001 - an edited or damaged spec: attribute_faults names it, so no head is required
+        names = []
+    return required_arrays(attrs, names)
 
 
 def repair_hint(path: str, kind: str = "zarr") -> str:
@@ -153,11 +156,7 @@ class TeacherCache:
         checksum covers an edited or damaged ``zarr.json``, whose numbers would decode or place views wrongly, or
         blame the student for the cache's levels. A training run checks this before it reads a view. Returns the
         cache."""
-        faults = attribute_faults(self._backend, self.attrs)
-        if faults:
-            raise CacheFormatError(f"cache {self.path!r}: its attributes do not match its arrays "
-                                   f"({faults_text(faults)}): they were edited or damaged",
-                                   hint=rewrite_hint(self.path, self._backend.kind))
+        refuse_edited(self.path, self._backend, self.attrs)
         return self
 
     @property
@@ -206,17 +205,17 @@ class TeacherCache:
         """CacheMismatchError naming the first of teacher / dataset / geometry that differs from a recipe's: its
         teacher config, its split's index and its geometry (``identity.recipe_fingerprints``)."""
         expected = recipe_fingerprints(self.fingerprints, teacher_cfg, index, geometry)
+        labels = label_difference(self.attrs, index, expected)  # before the teacher: another map makes another head
+        if labels is not None:
+            raise CacheMismatchError(f"cache {self.path!r}: was written for other classes ({labels})",
+                                     hint="set data.label_map as the cache was written, or write a cache for this "
+                                          "recipe with frs teacher-cache")
         key = first_difference(self.fingerprints, expected)
         if key is not None:
             raise CacheMismatchError(
                 f"cache {self.path!r}: was written for another {key} "
                 f"({what_differs(key, self.attrs, expected, teacher_cfg, index, geometry)})",
                 hint="write a cache for this recipe with frs teacher-cache")
-        labels = label_difference(self.attrs, index)
-        if labels is not None:
-            raise CacheMismatchError(f"cache {self.path!r}: was written for other classes ({labels})",
-                                     hint="set data.label_map as the cache was written, or write a cache for this "
-                                          "recipe with frs teacher-cache")
 
     def dataset(self, data_root: str | None = None) -> CocoViews:
         """The cached split as ``CocoViews`` (from ``data_root`` if given, else where the writer read it),
@@ -491,6 +490,15 @@ class CachedViews(torch.utils.data.Dataset):
                                      f"geometry {cached.to_dict()}, the recipe gives {sample.geometry.to_dict()}")
         sample.teacher = self.cache.read(k, raw=True)  # decoded after the host-to-device copy (CachedTeacher)
         return sample
+
+
+def refuse_edited(path: str, backend, attrs: dict) -> None:
+    """CacheFormatError when the root attributes ``attrs`` contradict the arrays of ``backend`` (``attribute_faults``:
+    an edited or damaged ``zarr.json``, which no checksum covers and ``--resume`` does not repair)."""
+    faults = attribute_faults(backend, attrs)
+    if faults:
+        raise CacheFormatError(f"cache {path!r}: its attributes do not match its arrays ({faults_text(faults)}): "
+                               "they were edited or damaged", hint=rewrite_hint(path, backend.kind))
 
 
 def faults_text(faults: list[str]) -> str:

@@ -39,7 +39,7 @@ from frs_cli.cache.identity import (
     recipe_fingerprints,
     what_differs,
 )
-from frs_cli.cache.reader import TeacherCache, required_cache_arrays
+from frs_cli.cache.reader import TeacherCache, refuse_edited, required_cache_arrays
 from frs_cli.cache.schema import FORMAT_NAME, INDEX_ARRAYS, Plan, make_plan, view_bytes, view_name, views_format_version
 from frs_cli.cache.shard_writer import (
     WRITE_CONFIG,
@@ -191,16 +191,16 @@ def _check_same(path: str, root: zarr.Group, recipe, teacher, index, views) -> N
     attrs = dict(root.attrs)
     stored = attrs.get("fingerprints", {})
     expected = recipe_fingerprints(stored, recipe.teacher, index, recipe.geometry, teacher)
+    labels = label_difference(attrs, index, expected)  # before the teacher: another map makes another head
+    if labels is not None:
+        raise CacheMismatchError(f"cache {path!r}: was written for other classes ({labels})",
+                                 hint="set data.label_map as the cache was written, or write to a new path")
     key = first_difference(stored, expected)
     if key is not None:
         raise CacheMismatchError(
             f"cache {path!r}: was written for another {key} "
             f"({what_differs(key, attrs, expected, recipe.teacher, index, recipe.geometry)})",
             hint="write to a new path, or delete the old cache")
-    labels = label_difference(attrs, index)
-    if labels is not None:
-        raise CacheMismatchError(f"cache {path!r}: was written for other classes ({labels})",
-                                 hint="set data.label_map as the cache was written, or write to a new path")
     stored_dtype = attrs.get("storage", {}).get("dtype")
     if stored_dtype != recipe.cache.dtype:  # its arrays hold that encoding: views of another cannot go in
         raise CacheMismatchError(f"cache {path!r}: holds {stored_dtype} features, this recipe asks for cache.dtype = "
@@ -612,6 +612,7 @@ def _open_store(path: str, resume: bool, ctx: DistContext, plan: Plan, teacher, 
             raise CacheFormatError(f"cache {path!r}: is damaged: {len(damaged)} index or teacher-head arrays do not "
                                    f"match their checksums ({', '.join(damaged[:3])})",
                                    hint="add --resume to recreate them")
+        refuse_edited(path, backend, dict(backend.attrs))
         return already_complete, 0, [], options
     _remove_unfinished_writes(path)
     report = verify_cache(path, progress=progress)
@@ -622,6 +623,9 @@ def _open_store(path: str, resume: bool, ctx: DistContext, plan: Plan, teacher, 
         _repair_arrays(open_group(path, mode="r+"), broken, plan, teacher, cfg)
         already_complete = False
         report = verify_cache(path, progress=progress)  # the views, now that every array exists
+    if report.attribute_faults:  # no view was checked: nothing to rewrite, and --resume does not mend attributes
+        backend = open_backend(path)
+        refuse_edited(path, backend, dict(backend.attrs))
     if report.faults:
         log.warning("cache %s: %s %s missing or corrupt; rewriting %s", path,
                     plural(len(report.faults), "written view"), *_verb_and_pronoun(len(report.faults)))
