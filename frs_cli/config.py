@@ -254,12 +254,15 @@ def installed_recipes() -> Path:
 
 
 def recipe_path(path: str | Path) -> Path:
-    """``path`` itself where it names a file; else the installed recipe it names, so that ``pipelines/X.toml`` (as
-    the examples write it) works from any folder and a bare ``X`` or ``X.toml`` names recipe X; else ``path``,
-    which reading then refuses naming it."""
+    """The recipe file ``path`` names: itself where it is a file; for a bare name ``X``, the file ``X.toml`` here;
+    else the installed recipe it names, so that ``pipelines/X.toml`` (as the examples write it) works from any
+    folder and ``X`` or ``X.toml`` names recipe X; else ``path``, which reading then refuses naming it. An absolute
+    path, or one through ``..``, is never replaced by an installed recipe; a folder is no recipe."""
     p = Path(path)
-    if p.exists() or p.is_symlink() or p.is_absolute() or ".." in p.parts:  # a dangling link is named as one
+    if p.is_file() or p.is_symlink() or p.is_absolute() or ".." in p.parts:  # a dangling link is named as one
         return p
+    if len(p.parts) == 1 and p.suffix != ".toml" and p.with_name(p.name + ".toml").is_file():
+        return p.with_name(p.name + ".toml")
     parts = p.parts[1:] if p.parts[:1] == ("pipelines",) else p.parts if len(p.parts) == 1 else ()
     if not parts:
         return p

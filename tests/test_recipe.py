@@ -195,9 +195,12 @@ def test_the_recipes_the_examples_name_load_from_any_folder_by_path_or_name(tmp_
     with pytest.raises(ConfigError) as info:
         load_recipe("mine/coco_fcos_r50_to_r18.toml")  # a path of the user's own: no installed recipe stands in
     assert info.value.hint is None
+    (tmp_path / "embedded_gfl").mkdir()  # a run folder named after its recipe: no recipe, so no stand-in
+    assert load_recipe("embedded_gfl") == here["embedded_gfl"]
     (tmp_path / "coco_fcos_r50_to_r18.toml").write_text('extends = "pipelines/coco_fcos_r50_to_r18.toml"\n')
-    with pytest.raises(ConfigError, match="extends of 'coco_fcos_r50_to_r18.toml'"):
-        load_recipe("coco_fcos_r50_to_r18.toml")  # a file here is read, never replaced by the installed one
+    for mine in ("coco_fcos_r50_to_r18.toml", "coco_fcos_r50_to_r18"):  # a file here is read, for X as for X.toml
+        with pytest.raises(ConfigError, match="extends of 'coco_fcos_r50_to_r18.toml'"):
+            load_recipe(mine)
 
 
 def test_every_recipe_is_installed_with_frs_and_pipelines_links_to_it():
