@@ -217,11 +217,12 @@ def test_an_empty_training_split_is_one_line_naming_the_split_and_its_file_with_
     recipe = write_recipe(tmp_path / "recipe.toml", root, str(teacher_ckpt))
     ann = root / "annotations" / "instances_train.json"
     ann.write_text(json.dumps({**json.loads(ann.read_text()), "images": [], "annotations": []}))
-    for command in (["train", "--role", "student"], ["distill", "--online"]):
+    for command, key in ((["train", "--role", "student"], "data.train"), (["distill", "--online"], "data.train"),
+                         (["distill", "--cache", tmp_path / "c.zarr"], "cache.split")):  # distill reads cache.split's
         out = tmp_path / "run"
         result = run(*command, "--pipeline", recipe, "--out", out, "--device", "cpu")
         expected = (f"error: {command[0]}: expected images in split 'train', its annotation file '{ann}' lists none "
-                    "(set data.train to a split with images)")
+                    f"(set {key} to a split with images)")
         assert result.stderr.strip().splitlines() == [expected], command
         assert result.exit_code == 1 and not out.exists()
 

@@ -203,10 +203,10 @@ def _record_annotations(start: RunStart, recipe_dict: dict, changes: dict, index
                                               {"--no-eval": not evaluate, "--resume": start.resume}))
 
 
-def _check_training_split(views: CocoViews, split: str, command: str, ctx: DistContext) -> None:
-    """Before anything is built: the split lists images (one line naming it and its annotation file, as
-    teacher-cache's), their files are there (``check_files``), and one warning if none of them has an object."""
-    views.require_images(command.split(" ")[0], split, hint="set data.train to a split with images")
+def _check_training_split(views: CocoViews, split: str, command: str, ctx: DistContext, key: str = "data.train"):
+    """Before anything is built: the split (the recipe's ``key``) lists images (one line naming it and its annotation
+    file, as teacher-cache's), their files are there (``check_files``), and one warning if none has an object."""
+    views.require_images(command.split(" ")[0], split, hint=f"set {key} to a split with images")
     views.check_files()
     _warn_no_objects(views, command, ctx)
 
@@ -378,7 +378,8 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
         require_tensorboard()
     coco = CocoViews.from_config(recipe.data, recipe.cache.split if cache else recipe.data.train, recipe.geometry)
     _record_annotations(start, recipe_dict, changes, coco.index, ctx, job.split(" ")[0], evaluate)
-    _check_training_split(coco, recipe.cache.split if cache else recipe.data.train, "distill", ctx)
+    _check_training_split(coco, recipe.cache.split if cache else recipe.data.train, "distill", ctx,
+                          "cache.split" if cache else "data.train")
     num_classes = coco.index.num_classes
     evaluator = _evaluator(recipe, ctx, cfg, coco.index, "distill") if evaluate else None
     if cache is not None:
