@@ -728,6 +728,16 @@ def _verify_head_spec_classes_edited(t):
     return c, ["teacher.head_spec: KeyError: 'num_classes'", *_REWRITE]
 
 
+def _verify_teacher_null_edited(t):
+    c = _edited_attrs(t, lambda a: a.update(teacher=None))
+    return c, ["teacher: expected an object, got none", *_REWRITE]
+
+
+def _verify_dataset_list_edited(t):
+    c = _edited_attrs(t, lambda a: a.update(dataset=[]))
+    return c, ["dataset: expected an object, got list", *_REWRITE]
+
+
 def _verify_done_chunk_lost(t):
     c = _copy(t.cache, t.tmp)
     (c / BUCKET / "done" / "c.0").unlink()
@@ -742,6 +752,7 @@ VERIFY_NOT_OK = {f.__name__.lstrip("_"): f for f in (_verify_truncated, _verify_
                                                      _verify_stride_edited, _verify_num_views_edited,
                                                      _verify_num_classes_edited, _verify_label_to_category_edited,
                                                      _verify_num_images_edited, _verify_head_spec_classes_edited,
+                                                     _verify_teacher_null_edited, _verify_dataset_list_edited,
                                                      _verify_done_chunk_lost)}
 
 
@@ -790,7 +801,8 @@ def test_distill_refuses_a_cache_whose_attributes_verify_rejects(case, recipe_pa
     _assert_no_run_left(t)
 
 
-@pytest.mark.parametrize("case", ["verify_num_classes_edited", "verify_head_spec_classes_edited"])
+@pytest.mark.parametrize("case", ["verify_num_classes_edited", "verify_head_spec_classes_edited",
+                                  "verify_teacher_null_edited", "verify_dataset_list_edited"])
 @pytest.mark.parametrize("resume", [False, True])
 def test_teacher_cache_refuses_a_cache_whose_attributes_verify_rejects(case, resume, recipe_path, cache_path, tmp_path):
     """teacher-cache on an edited zarr.json: with --resume it warned that every view's done flag was lost, wrote
@@ -805,8 +817,12 @@ def test_teacher_cache_refuses_a_cache_whose_attributes_verify_rejects(case, res
                                  fragments[0], "they were edited or damaged", "write the cache again")
     assert "not marked written" not in result.output and "already complete" not in line
     assert (cache / "zarr.json").read_bytes() == before
-    info = run("cache", "info", cache)
-    assert info.exit_code == 0 and "Traceback" not in info.output
+    info = run("cache", "info", cache)  # its table, or where an attribute is not of its kind, the same one line
+    if "expected an object" in fragments[0]:
+        assert_one_line_error(info, f"cache {str(cache)!r}: its attributes do not match its arrays", fragments[0])
+        assert_one_line_error(run("eval", "--cache", cache), fragments[0])
+    else:
+        assert info.exit_code == 0 and "Traceback" not in info.output
 
 
 def _export_corrupt(t):

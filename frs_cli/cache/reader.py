@@ -77,6 +77,7 @@ class TeacherCache:
         if self.attrs.get("state") == "creating":
             raise CacheFormatError(f"cache {self.path!r}: its writer stopped while creating it",
                                    hint="run teacher-cache again to recreate it")
+        refuse_misshapen(self.path, root, self.attrs)
         if require_complete:
             holder = live_holder(self.path)
             if holder is not None:  # still written, or verified and repaired (--resume) while marked complete
@@ -495,7 +496,37 @@ class CachedViews(torch.utils.data.Dataset):
 def refuse_edited(path: str, backend, attrs: dict) -> None:
     """CacheFormatError when the root attributes ``attrs`` contradict the arrays of ``backend`` (``attribute_faults``:
     an edited or damaged ``zarr.json``, which no checksum covers and ``--resume`` does not repair)."""
+    refuse_misshapen(path, backend, attrs)
     faults = attribute_faults(backend, attrs)
+    if faults:
+        raise CacheFormatError(f"cache {path!r}: its attributes do not match its arrays ({faults_text(faults)}): "
+                               "they were edited or damaged", hint=rewrite_hint(path, backend.kind))
+
+
+_OBJECT_ATTRIBUTES = ("teacher", "dataset", "geometry", "storage", "fingerprints")
+_LIST_ATTRIBUTES = ("levels", "buckets", "views")
+
+
+def attribute_kind_faults(attrs: dict) -> list[str]:
+    """The root attributes every reader looks into that are not of their kind (an object, a list), and a teacher
+    head spec that is no object: one short phrase each. Checked before any of them is read, so that an edited
+    ``zarr.json`` is one line, not a traceback from whichever command reads it first."""
+    def kind(value) -> str:
+        return "none" if value is None else type(value).__name__
+
+    faults = [f"{k}: expected an object, got {kind(attrs.get(k))}" for k in _OBJECT_ATTRIBUTES
+              if not isinstance(attrs.get(k), dict)]
+    faults += [f"{k}: expected a list, got {kind(attrs.get(k))}" for k in _LIST_ATTRIBUTES
+               if not isinstance(attrs.get(k), list)]
+    spec = attrs["teacher"].get("head_spec") if isinstance(attrs.get("teacher"), dict) else {}
+    if not isinstance(spec, dict):
+        faults.append(f"teacher.head_spec: expected an object, got {kind(spec)}")
+    return faults
+
+
+def refuse_misshapen(path: str, backend, attrs: dict) -> None:
+    """CacheFormatError when root attributes are not of their kind (``attribute_kind_faults``)."""
+    faults = attribute_kind_faults(attrs)
     if faults:
         raise CacheFormatError(f"cache {path!r}: its attributes do not match its arrays ({faults_text(faults)}): "
                                "they were edited or damaged", hint=rewrite_hint(path, backend.kind))
@@ -542,7 +573,9 @@ def attribute_faults(backend, attrs: dict) -> list[str]:
     from frs_cli.errors import ConfigError
     from frs_cli.models import build_cls_head
 
-    faults: list[str] = []
+    faults: list[str] = attribute_kind_faults(attrs)
+    if faults:
+        return faults
     try:
         encoding = FeatureEncoding(attrs["storage"]["dtype"])
     except CacheFormatError as exc:

@@ -39,7 +39,7 @@ from frs_cli.cache.identity import (
     recipe_fingerprints,
     what_differs,
 )
-from frs_cli.cache.reader import TeacherCache, refuse_edited, required_cache_arrays
+from frs_cli.cache.reader import TeacherCache, refuse_edited, refuse_misshapen, required_cache_arrays
 from frs_cli.cache.schema import FORMAT_NAME, INDEX_ARRAYS, Plan, make_plan, view_bytes, view_name, views_format_version
 from frs_cli.cache.shard_writer import (
     WRITE_CONFIG,
@@ -587,6 +587,7 @@ def _open_store(path: str, resume: bool, ctx: DistContext, plan: Plan, teacher, 
     if root is None or root.attrs.get("state") == "creating":
         _create(path, plan, teacher, recipe, fingerprints, dataset, check, options)
         return False, 0, [], options
+    refuse_misshapen(path, open_backend(path), dict(root.attrs))
     _check_same(path, root, recipe, teacher, dataset.index, cfg.views)
     warning = None
     if resume:  # before anything is touched: a cache holds the views of one teacher pass
