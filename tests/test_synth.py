@@ -168,6 +168,38 @@ def test_non_empty_out_dir_is_refused(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
 
 
+def test_a_refused_output_is_one_line_with_no_progress_bar_before_it(tmp_path):
+    """data synth into a folder of other files: the line alone (before: a 0 % progress line, then the error)."""
+    from typer.testing import CliRunner
+
+    from frs_cli.cli.app import app
+
+    out = tmp_path / "set"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    result = CliRunner().invoke(app, ["data", "synth", str(out), "--train", "2", "--val", "1"])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [f"error: synth output: expected a missing or empty directory, got "
+                                                  f"non-empty {str(out)!r}"]
+
+
+def test_a_folder_another_run_filled_meanwhile_is_named_so_and_nothing_is_left(tmp_path):
+    """Two runs for one output: the one that finishes second was told to free space (its rename failing with
+    'Directory not empty'). Now the line says what happened, the other run's set stays, no hidden folder is left."""
+    out = tmp_path / "set"
+
+    def the_other_run_finishes(n):
+        if not out.exists():
+            out.mkdir()
+            (out / "theirs.txt").write_text("x")
+
+    with pytest.raises(ConfigError) as err:
+        generate(out, SynthConfig(train=2, val=1, size=64), progress=the_other_run_finishes)
+    assert err.value.message == (f"synth output {str(out)!r}: expected a missing or empty folder to put the set in, "
+                                 "but another run filled it meanwhile; nothing was written")
+    assert [p.name for p in out.iterdir()] == ["theirs.txt"] and not list(tmp_path.glob(".*.partial"))
+
+
 def test_empty_existing_out_dir_is_accepted(tmp_path):
     summary = generate(tmp_path, SynthConfig(train=2, val=1, size=64))
     assert summary["train"] == 2 and summary["val"] == 1

@@ -27,9 +27,10 @@ def register(data_app: typer.Typer) -> None:
         aspect_jitter: bool = typer.Option(False, help="Mix square, landscape and portrait images."),
     ):
         """Generate the embedded synthetic COCO-format detection set (shapes, look-alikes, textures)."""
-        from frs_cli.data.synth import SynthConfig, generate
+        from frs_cli.data.synth import SynthConfig, check_output, generate
 
         cfg = SynthConfig(train=train, val=val, size=size, seed=seed, aspect_jitter=aspect_jitter)
+        check_output(out_dir)  # before the progress bar: a refusal is its one line
         progress = progress_for_rank()
         progress.start("synth", train + val, unit="img")
         try:

@@ -309,8 +309,7 @@ def generate(out_dir: str | Path, cfg: SynthConfig, progress: Callable[[int], No
     if not isinstance(cfg, SynthConfig):
         raise ConfigError(f"synth config: expected a SynthConfig, got {type(cfg).__name__}")
     final = Path(out_dir)
-    _check_out_dir(final)
-    check_can_create(final, target=f"synth output {str(final)!r}")  # /proc, no permission: before any image
+    check_output(final)
     remove_stale_partials(final)
     # written in a hidden folder beside it, renamed into place once whole: a stopped run (Ctrl-C, a full disk)
     # leaves no part-written dataset at out_dir to refuse a second run or to be read as complete
@@ -326,6 +325,14 @@ def generate(out_dir: str | Path, cfg: SynthConfig, progress: Callable[[int], No
     finally:
         shutil.rmtree(out, ignore_errors=True)  # only still there when the run stopped
     return summary
+
+
+def check_output(out_dir: str | Path) -> None:
+    """What refuses ``out_dir`` before any image is made: not a missing or empty folder, or a place no file can be
+    made (/proc, no permission)."""
+    final = Path(out_dir)
+    _check_out_dir(final)
+    check_can_create(final, target=f"synth output {str(final)!r}")
 
 
 def remove_stale_partials(final: Path) -> list[Path]:
@@ -350,6 +357,10 @@ def _errors_naming(final: Path, out: Path) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) and final.is_dir() and any(final.iterdir()):
+            raise ConfigError(f"synth output {str(final)!r}: expected a missing or empty folder to put the set in, "
+                              "but another run filled it meanwhile; nothing was written",
+                              hint="give each run its own folder") from exc
         if exc.filename is not None and (Path(exc.filename) == out or out in Path(exc.filename).parents):
             exc.filename = str(final) if exc.errno == errno.ENAMETOOLONG else None  # the name whose part is too long
         raise storage_error(exc, f"synth output {str(final)!r}", hint="free space and run it again") from exc
