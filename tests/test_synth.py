@@ -179,8 +179,8 @@ def test_a_refused_output_is_one_line_with_no_progress_bar_before_it(tmp_path):
     (out / "keep.txt").write_text("x")
     result = CliRunner().invoke(app, ["data", "synth", str(out), "--train", "2", "--val", "1"])
     assert result.exit_code == 1 and result.stdout == ""
-    assert result.stderr.strip().splitlines() == [f"error: synth output: expected a missing or empty directory, got "
-                                                  f"non-empty {str(out)!r}"]
+    line = f"error: synth output: expected a missing or empty directory, got non-empty {str(out)!r}"
+    assert result.stderr.strip().splitlines() == [line]
 
 
 def test_a_folder_another_run_filled_meanwhile_is_named_so_and_nothing_is_left(tmp_path):
