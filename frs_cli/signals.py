@@ -1,11 +1,15 @@
-"""Signals in helper processes: a DataLoader worker or a cache writer leaves a stop signal from the outside to its
-parent, which stops the job cleanly. Standard library only: the cache's writer processes import it at start."""
+"""Stop signals: the commands' own handling of them (``sigint_handled``), and in helper processes (a DataLoader
+worker, a cache writer) leaving one from the outside to the parent, which stops the job cleanly. No torch: the
+cache's writer processes and ``data synth`` import it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
+
+from frs_cli import errors
 
 
 def leave_stop_to_parent(worker_id: int = 0) -> None:
@@ -30,3 +34,27 @@ def leave_stop_to_parent(worker_id: int = 0) -> None:
                 os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="frs-sigterm", daemon=True).start()
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; kill, timeout, docker stop, a scheduler's cancel
+
+
+@contextlib.contextmanager
+def sigint_handled(handler):
+    """Within the block the stop signals (SIGINT, SIGTERM) go to ``handler`` (in the main thread; elsewhere
+    signals cannot be handled and nothing changes), whatever handled them before, even SIG_IGN; the signal is noted
+    in ``errors.stop_signal`` (the command's exit status is 128 + it); the previous handlers are restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def noted(signum, frame):
+        errors.stop_signal = signum
+        return handler(signum, frame)
+
+    previous = {s: signal.signal(s, noted) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

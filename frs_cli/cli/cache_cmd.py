@@ -55,7 +55,7 @@ def teacher_cache(
     recipe = load(str(pipeline), overrides)
     from frs_cli.cache.writer import write_teacher_cache
     from frs_cli.dist import process_group
-    from frs_cli.train.hooks import sigint_handled
+    from frs_cli.signals import sigint_handled
 
     # SIGINT stops the write even where the process started with it ignored (a job started with & from a
     # script), as it stops frs train and frs distill

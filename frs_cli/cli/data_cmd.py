@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import signal
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import typer
 
-from frs_cli import errors
 from frs_cli.cli.common import console, handle_errors, progress_for_rank
 from frs_cli.errors import Interrupted
+from frs_cli.signals import sigint_handled
 
 
 def register(data_app: typer.Typer) -> None:
@@ -34,7 +31,7 @@ def register(data_app: typer.Typer) -> None:
         progress = progress_for_rank()
         progress.start("synth", train + val, unit="img")
         try:
-            with _stop_signals_interrupt():
+            with sigint_handled(signal.default_int_handler):  # SIGTERM too: a KeyboardInterrupt, the folder removed
                 summary = generate(out_dir, cfg, progress=lambda n: progress.update(n))
         except KeyboardInterrupt:
             raise Interrupted(f"data synth stopped; the images made so far were removed, nothing was written to "
@@ -44,26 +41,3 @@ def register(data_app: typer.Typer) -> None:
         console.print(f"wrote {summary['train']} train and {summary['val']} val images, "
                       f"{summary['annotations']['train'] + summary['annotations']['val']} boxes, "
                       f"categories {', '.join(summary['categories'])} -> {out_dir}")
-
-
-@contextlib.contextmanager
-def _stop_signals_interrupt() -> Iterator[None]:
-    """Within the block SIGTERM (kill, timeout, a scheduler's cancel) stops the command as Ctrl-C does, also where
-    SIGINT was ignored (a job started with & from a script): a ``KeyboardInterrupt``, so that the hidden folder of a
-    stopped ``data synth`` is removed, and an exit status of 128 + the signal's number. As ``train.hooks``'s
-    ``sigint_handled``, without importing torch for a command that needs none."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum, frame):
-        errors.stop_signal = signum
-        raise KeyboardInterrupt
-
-    stops = (signal.SIGINT, signal.SIGTERM)
-    previous = {s: signal.signal(s, stop) for s in stops}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)

@@ -30,7 +30,6 @@ import contextlib
 import json
 import logging
 import signal
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,11 +37,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from frs_cli import errors
 from frs_cli.dist import DistContext, barrier, broadcast_object
 from frs_cli.errors import Interrupted, TrainingError
 from frs_cli.files import atomic_path, plural, storage_errors
 from frs_cli.progress import Progress
+from frs_cli.signals import sigint_handled
 from frs_cli.train.checkpoint import TRAINING_SAVE_HINT, atomic_save, load_training_state, rng_state, set_rng_state
 from frs_cli.train.metrics_log import MetricsLog
 from frs_cli.train.readback import HostCopy
@@ -328,30 +327,6 @@ class OutputsHook(Hook):
         if trainer.ctx.is_main:
             self.save(trainer.objective, self.out_dir)
         barrier(trainer.ctx)
-
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; kill, timeout, docker stop, a scheduler's cancel
-
-
-@contextlib.contextmanager
-def sigint_handled(handler):
-    """Within the block the stop signals (SIGINT, SIGTERM) go to ``handler`` (in the main thread; elsewhere
-    signals cannot be handled and nothing changes), whatever handled them before, even SIG_IGN; the signal is noted
-    in ``errors.stop_signal`` (the command's exit status is 128 + it); the previous handlers are restored after."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def noted(signum, frame):
-        errors.stop_signal = signum
-        return handler(signum, frame)
-
-    previous = {s: signal.signal(s, noted) for s in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 class StopRequest:
