@@ -130,7 +130,8 @@ def test_export_to_a_file_system_of_no_size_is_refused_as_unwritable_not_as_full
     result = runner.invoke(app, ["cache", "export", cache_path, "/proc/frs_export.h5"])
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
     line = result.stderr.strip()
-    assert line == "error: /proc/frs_export.h5: no file can be made there (write to a folder on a disk)", line
+    assert line == ("error: cache export OUT '/proc/frs_export.h5': no file can be made there (write to a folder on a "
+                    "disk)"), line  # named as every command names its output (was the bare path)
 
 
 def test_reading_a_view_from_hdf5_gives_the_zarr_numbers(cache_path, h5_path):

@@ -55,7 +55,7 @@ def export_hdf5(source: str, out: str | Path, *, storage_options: dict | None = 
         shown = sizes_apart(need, free)
         raise StorageError(f"cache export: {out!r} needs about {shown[0]}, the disk there has {shown[1]} free",
                            hint="free space or export elsewhere")
-    check_can_create(out, hint="export elsewhere")  # refused before the verification's full read
+    check_can_create(out, hint="export elsewhere", target=f"cache export OUT {out!r}")  # before the full read
     report = verify_cache(source, storage_options=storage_options, progress=progress)  # never copy damage
     if not report.ok:
         raise CacheFormatError(f"cache export: expected an intact cache, {report.summary()}; nothing exported")
