@@ -821,8 +821,11 @@ def test_teacher_cache_refuses_a_cache_whose_attributes_verify_rejects(case, res
     if "expected an object" in fragments[0]:
         assert_one_line_error(info, f"cache {str(cache)!r}: its attributes do not match its arrays", fragments[0])
         assert_one_line_error(run("eval", "--cache", cache), fragments[0])
-    else:
+    else:  # the table, and one warning that it may not describe the cache (before: the table alone)
         assert info.exit_code == 0 and "Traceback" not in info.output
+        [line] = info.stderr.strip().splitlines()
+        assert line.startswith(f"warning: cache {cache}: its attributes do not match its arrays ({fragments[0]}")
+        assert line.endswith(f"they were edited or damaged, so this table may not describe it (frs cache verify {cache})")
 
 
 def _export_corrupt(t):

@@ -136,10 +136,13 @@ def _teacher_pass(cache) -> str:
 
 def info(cache: str = typer.Argument(..., help="Cache path, URL or .h5 file.")):
     """Summarise a teacher cache: images, views, levels, bytes on disk, MB per image, teacher, fingerprints."""
+    import logging
+
     from rich.table import Table
 
-    from frs_cli.cache.reader import TeacherCache
+    from frs_cli.cache.reader import TeacherCache, attribute_faults, faults_text
 
+    setup_logging(False)  # its warning as every command's: "warning: ...", one line
     c = TeacherCache(cache, require_complete=False)
     a = c.attrs
     done = int(c.done().sum())
@@ -168,6 +171,11 @@ def info(cache: str = typer.Argument(..., help="Cache path, URL or .h5 file.")):
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)
+    faults = attribute_faults(c.backend, a)  # the table shows what the attributes say; say when they cannot be so
+    if faults:
+        logging.getLogger(__name__).warning("cache %s: its attributes do not match its arrays (%s): they were edited "
+                                            "or damaged, so this table may not describe it (frs cache verify %s)",
+                                            cache, faults_text(faults), cache)
 
 
 def verify(cache: str = typer.Argument(..., help="Cache path, URL or .h5 file.")):
