@@ -493,14 +493,18 @@ class CachedViews(torch.utils.data.Dataset):
         return sample
 
 
+def attributes_error(path: str, kind: str, faults: list[str]) -> CacheFormatError:
+    """The one line for a cache (of backend ``kind``) whose root attributes have ``faults`` (``attribute_faults``)."""
+    return CacheFormatError(f"cache {path!r}: its attributes do not match its arrays ({faults_text(faults)}): they "
+                            "were edited or damaged", hint=rewrite_hint(path, kind))
+
+
 def refuse_edited(path: str, backend, attrs: dict) -> None:
     """CacheFormatError when the root attributes ``attrs`` contradict the arrays of ``backend`` (``attribute_faults``:
     an edited or damaged ``zarr.json``, which no checksum covers and ``--resume`` does not repair)."""
-    refuse_misshapen(path, backend, attrs)
     faults = attribute_faults(backend, attrs)
     if faults:
-        raise CacheFormatError(f"cache {path!r}: its attributes do not match its arrays ({faults_text(faults)}): "
-                               "they were edited or damaged", hint=rewrite_hint(path, backend.kind))
+        raise attributes_error(path, backend.kind, faults)
 
 
 _OBJECT_ATTRIBUTES = ("teacher", "dataset", "geometry", "storage", "fingerprints")
@@ -528,8 +532,7 @@ def refuse_misshapen(path: str, backend, attrs: dict) -> None:
     """CacheFormatError when root attributes are not of their kind (``attribute_kind_faults``)."""
     faults = attribute_kind_faults(attrs)
     if faults:
-        raise CacheFormatError(f"cache {path!r}: its attributes do not match its arrays ({faults_text(faults)}): "
-                               "they were edited or damaged", hint=rewrite_hint(path, backend.kind))
+        raise attributes_error(path, backend.kind, faults)
 
 
 def faults_text(faults: list[str]) -> str:
@@ -545,8 +548,9 @@ def rewrite_hint(path: str, kind: str) -> str:
 
 def _class_and_image_faults(attrs: dict, image_ids: np.ndarray) -> list[str]:
     """The class and image counts the attributes record against each other and the index: no array holds them,
-    but readers build the student's labels from ``dataset.label_to_category``."""
-    teacher, dataset = attrs.get("teacher") or {}, attrs.get("dataset") or {}
+    but readers build the student's labels from ``dataset.label_to_category``. The attributes are of their kinds
+    (``attribute_kind_faults``)."""
+    teacher, dataset = attrs["teacher"], attrs["dataset"]
     labels, num_classes = dataset.get("label_to_category"), teacher.get("num_classes")
     faults = []
     if not (isinstance(labels, list) and labels and all(isinstance(c, int) and c >= 0 for c in labels)
@@ -554,7 +558,7 @@ def _class_and_image_faults(attrs: dict, image_ids: np.ndarray) -> list[str]:
         faults.append(f"dataset.label_to_category {labels!r} is no increasing list of category ids")
     elif num_classes != len(labels):
         faults.append(f"teacher.num_classes {num_classes!r} against {len(labels)} classes in dataset.label_to_category")
-    spec_classes = (teacher.get("head_spec") or {}).get("num_classes", num_classes)
+    spec_classes = teacher["head_spec"].get("num_classes", num_classes)
     if spec_classes != num_classes:
         faults.append(f"teacher.num_classes {num_classes!r} against {spec_classes!r} in teacher.head_spec")
     images = len(np.unique(image_ids))

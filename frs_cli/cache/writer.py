@@ -39,7 +39,13 @@ from frs_cli.cache.identity import (
     recipe_fingerprints,
     what_differs,
 )
-from frs_cli.cache.reader import TeacherCache, refuse_edited, refuse_misshapen, required_cache_arrays
+from frs_cli.cache.reader import (
+    TeacherCache,
+    attributes_error,
+    refuse_edited,
+    refuse_misshapen,
+    required_cache_arrays,
+)
 from frs_cli.cache.schema import FORMAT_NAME, INDEX_ARRAYS, Plan, make_plan, view_bytes, view_name, views_format_version
 from frs_cli.cache.shard_writer import (
     WRITE_CONFIG,
@@ -625,8 +631,7 @@ def _open_store(path: str, resume: bool, ctx: DistContext, plan: Plan, teacher, 
         already_complete = False
         report = verify_cache(path, progress=progress)  # the views, now that every array exists
     if report.attribute_faults:  # no view was checked: nothing to rewrite, and --resume does not mend attributes
-        backend = open_backend(path)
-        refuse_edited(path, backend, dict(backend.attrs))
+        raise attributes_error(path, report.kind, report.attribute_faults)
     if report.faults:
         log.warning("cache %s: %s %s missing or corrupt; rewriting %s", path,
                     plural(len(report.faults), "written view"), *_verb_and_pronoun(len(report.faults)))

@@ -43,7 +43,7 @@ from frs_cli.files import atomic_path, plural, storage_errors
 from frs_cli.progress import Progress
 from frs_cli.signals import sigint_handled
 from frs_cli.train.checkpoint import TRAINING_SAVE_HINT, atomic_save, load_training_state, rng_state, set_rng_state
-from frs_cli.train.metrics_log import MetricsLog
+from frs_cli.train.metrics_log import METRICS_FILE, MetricsLog
 from frs_cli.train.readback import HostCopy
 from frs_cli.train.rundir import check_resumed_epoch
 
@@ -197,10 +197,10 @@ class MetricsHook(Hook):
         self.log: MetricsLog | None = None
 
     def before_train(self, trainer: Trainer) -> None:
-        with storage_errors(str(self.out_dir / "metrics.jsonl")):
+        with storage_errors(str(self.out_dir / METRICS_FILE)):
             if self.is_main and self.resumed_at is not None:
                 epoch, step = self.resumed_at
-                trim_metrics(self.out_dir / "metrics.jsonl", epoch * trainer.iters_per_epoch + step, epoch)
+                trim_metrics(self.out_dir / METRICS_FILE, epoch * trainer.iters_per_epoch + step, epoch)
             self.log = MetricsLog(self.out_dir, tensorboard=self.tensorboard) if self.is_main else None
 
     def wants_state(self, trainer: Trainer, step: int) -> bool:
@@ -218,7 +218,7 @@ class MetricsHook(Hook):
 
     def evaluated(self, epoch: int) -> bool:
         """Whether ``metrics.jsonl`` holds an evaluation after ``epoch`` epochs (read by the main process)."""
-        path = self.out_dir / "metrics.jsonl"
+        path = self.out_dir / METRICS_FILE
         if not (self.is_main and path.is_file()):
             return False
         for line in path.read_text(encoding="utf-8").splitlines():
