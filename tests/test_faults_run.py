@@ -396,6 +396,23 @@ def test_resume_of_a_finished_run_says_it_is_complete_and_writes_nothing(saved_r
     assert torch.load(saved_run.out / LAST, weights_only=True)["epoch"] == 2
 
 
+def test_the_run_records_the_frs_version_it_started_under_and_a_resume_by_another_keeps_it(saved_run, monkeypatch):
+    """recipe.json and the model file name the frs that wrote them; a resume under another frs keeps the version the
+    run started under and adds its own (a run's results may depend on the frs that made them)."""
+    import frs_cli
+
+    started = f"frs {frs_cli.__version__}"
+    assert json.loads((saved_run.out / "recipe.json").read_text())["created_by"] == started
+    assert torch.load(saved_run.out / FINAL, weights_only=True)["created_by"] == started
+    monkeypatch.setattr(frs_cli, "__version__", "9.9.9")
+    result = train(saved_run.recipe, saved_run.out, "--resume", "--set", "train.epochs=2")
+    assert result.exit_code == 0, result.output
+    recorded = json.loads((saved_run.out / "recipe.json").read_text())
+    assert (recorded["created_by"], recorded["resumed_by"]) == (started, "frs 9.9.9")
+    assert torch.load(saved_run.out / FINAL, weights_only=True)["created_by"] == "frs 9.9.9"
+    assert "created_by" not in warnings_of(result)  # not a setting: no change named
+
+
 def test_distill_resume_of_a_finished_run_says_it_is_complete_and_writes_nothing(recipe_path, small_cache, tmp_path):
     out = tmp_path / "run"
     args = ["distill", "--pipeline", recipe_path, "--out", out, "--cache", small_cache, *SMALL]

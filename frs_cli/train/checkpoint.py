@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+import frs_cli
 from frs_cli.errors import ModelError, StorageError
 from frs_cli.files import atomic_path, free_bytes
 from frs_cli.models import (
@@ -68,6 +69,7 @@ def model_payload(detector: Detector, model_cfg: ModelConfig, label_to_category,
     return {
         "format": CHECKPOINT_FORMAT,
         "kind": "model",
+        "created_by": f"frs {frs_cli.__version__}",
         "arch": detector.arch,
         "num_classes": detector.num_classes,
         "model_config": dataclasses.asdict(model_cfg),

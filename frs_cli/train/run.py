@@ -59,6 +59,7 @@ from frs_cli.train.rundir import (
     path_identities,
     record_resume,
     resume_changes,
+    stamp_versions,
     start_run_dir,
 )
 
@@ -102,7 +103,9 @@ def _one_writer(fn):
 def _check_out(out_dir: Path, resume: bool, recipe_dict: dict, job: str) -> tuple[RunStart, dict]:
     """How the run starts in ``out_dir``, and the recipe changes a resume makes (checked before anything is built)."""
     start = check_run_dir(out_dir, resume)
-    return start, resume_changes(out_dir, recipe_dict, job) if start.resume else {}
+    changes = resume_changes(out_dir, recipe_dict, job) if start.resume else {}
+    stamp_versions(out_dir, recipe_dict, start.resume)
+    return start, changes
 
 
 def _cache_identity(path: str) -> str:

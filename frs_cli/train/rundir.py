@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import frs_cli
 from frs_cli.errors import ConfigError, TrainingError
 from frs_cli.files import atomic_path, storage_errors, write_json
 from frs_cli.train.checkpoint import FINAL, LAST
@@ -28,6 +29,8 @@ from frs_cli.train.config import schedule_table
 log = logging.getLogger(__name__)
 RECIPE = "recipe.json"
 JOB = "job"  # the key of recipe.json naming the job that made the run (a key of JOB_TABLES)
+CREATED_BY = "created_by"  # the key of recipe.json naming the frs version the run started under ("frs 0.1.0")
+RESUMED_BY = "resumed_by"  # and the version that last resumed it, when another one did
 PATHS = "paths"  # the key of recipe.json holding what each key of PATH_KEYS named when the run started
 # keys whose value is a path (or an enum name): a resume spelling the same file another way (relative, absolute,
 # a trailing slash, from another folder; the same cache as Zarr or HDF5) changes nothing
@@ -294,6 +297,22 @@ def _check_job(out_dir: Path, stored: dict, job: str) -> None:
     raise ConfigError(f"--resume: --out {str(out_dir)!r} holds a run of frs {_command(made)} ({evidence}), "
                       f"not of frs {_command(job)}",
                       hint=f"continue it with frs {_command(made)} --resume, or give frs {_command(job)} another --out")
+
+
+def stamp_versions(out_dir: Path, recipe_dict: dict, resume: bool) -> None:
+    """Record in ``recipe_dict`` the frs version that started the run (``CREATED_BY``): this one for a new run;
+    for a resume the one ``recipe.json`` records (none for a run from before it was recorded), and this version as
+    ``RESUMED_BY`` when it is another. Not a setting: a resume compares no version."""
+    this = f"frs {frs_cli.__version__}"
+    if not resume:
+        recipe_dict[CREATED_BY] = this
+        return
+    stored = json.loads((out_dir / RECIPE).read_text(encoding="utf-8"))  # read by resume_changes before
+    recipe_dict.pop(CREATED_BY, None)
+    if stored.get(CREATED_BY):
+        recipe_dict[CREATED_BY] = stored[CREATED_BY]
+    if recipe_dict.get(CREATED_BY) != this:
+        recipe_dict[RESUMED_BY] = this
 
 
 def record_resume(out_dir: Path, recipe_dict: dict, changes: dict[str, tuple]) -> None:
