@@ -166,3 +166,26 @@ def test_frs_report_prints_the_table_and_writes_the_picture(tmp_path):
     result = runner.invoke(app, ["report", str(tmp_path / "alone"), str(tmp_path / "none"), "--out", str(tmp_path / "x.png")])
     assert result.exit_code == 1 and len(result.stderr.strip().splitlines()) == 1
     assert "expected a run folder holding metrics.jsonl" in result.stderr and not (tmp_path / "x.png").exists()
+
+
+def test_the_report_draws_ap_in_percent_as_its_table_and_frs_eval_state_it(tmp_path, monkeypatch):
+    """The AP chart said "0..1" beside a table in percent; its series and title are now in percent."""
+    from frs_cli.viz import plots
+
+    drawn = []
+    real = plots.line_chart
+    monkeypatch.setattr(plots, "line_chart", lambda series, title, *a, **k: drawn.append((title, series))
+                        or real(series, title, *a, **k))
+    run_report([read_run(write_run(tmp_path / "r", [0.05, 0.125]))])
+    title, series = drawn[0]
+    assert title == "val AP (COCO, %)"
+    assert [(label, list(xs), list(ys)) for label, xs, ys in series] == [("r", [1.0, 2.0], [5.0, 12.5])]
+
+
+def test_the_last_x_tick_of_a_long_run_is_drawn_whole_inside_its_chart():
+    """A COCO schedule's iterations (120 000): the last tick's text, centred on the right edge, was cut there."""
+    picture = np.asarray(line_chart([("a", [0, 120000], [1.0, 2.0])], "loss", "iteration", {"a": (0, 0, 0)}))
+    below = picture[CHART_H - 34:, :]  # the tick texts and the axis label, under the plot area
+    dark = below.min(axis=-1) < 200
+    assert dark[:, -1].sum() == 0  # nothing touches the chart's right edge: no text cut there
+    assert dark[:, -40:].sum() > 10  # and the last tick's text is there

@@ -97,7 +97,8 @@ def line_chart(series: Sequence[tuple[str, Sequence[float], Sequence[float]]], t
         x, _ = px(t, y_lo)
         draw.line([(x, top + 1), (x, bottom - 1)], fill=GRID)
         text = f"{t:g}"
-        draw.text((x - text_width(text) / 2, bottom + 3), text, fill=INK, font=font())
+        at = min(max(x - text_width(text) / 2, 0), width - 1 - text_width(text))  # the last tick's text kept whole
+        draw.text((at, bottom + 3), text, fill=INK, font=font())
     for t in y_ticks:
         _, y = px(x_lo, t)
         draw.line([(left + 1, y), (right - 1, y)], fill=GRID)
@@ -150,6 +151,12 @@ def check_run_labels(runs: Sequence) -> None:
                           hint="give each run folder once (frs report labels folders of one name by their parents)")
 
 
+def _percent(series: tuple[list[float], list[float]]) -> tuple[list[float], list[float]]:
+    """An evaluation series in percent, as the report's table, ``frs eval`` and papers state AP."""
+    xs, ys = series
+    return xs, [100 * y for y in ys]
+
+
 def run_report(runs: Sequence, columns: int = 3, metric: str = "AP") -> Image.Image:
     """The report of several runs (``eval.run_log.RunLog``): val ``metric`` against epoch, then one chart per
     loss term against iteration (log scale; the total ``loss`` last), every run in its own colour throughout.
@@ -160,8 +167,8 @@ def run_report(runs: Sequence, columns: int = 3, metric: str = "AP") -> Image.Im
     terms: dict[str, None] = {}
     for r in runs:
         terms.update(dict.fromkeys(t for t in r.terms if t != "loss"))
-    charts = [line_chart([(r.name, *r.eval_series(metric)) for r in runs], f"val {metric} (COCO, 0..1)", "epoch",
-                         colours, markers=True)]
+    charts = [line_chart([(r.name, *_percent(r.eval_series(metric))) for r in runs], f"val {metric} (COCO, %)",
+                         "epoch", colours, markers=True)]
     for term in [*terms, "loss"]:
         charts.append(line_chart([(r.name, *r.series(term)) for r in runs], term, "iteration", colours, log_y=True))
     cols = min(columns, len(charts))
