@@ -53,6 +53,18 @@ def test_help_lists_every_command_with_a_purpose_and_each_help_ends_with_an_exam
         assert "Example: frs " in out.strip().splitlines()[-1] or "Example: frs " in out.strip()[-200:], args
 
 
+@pytest.mark.parametrize("group", [[], ["data"], ["cache"], ["recipe"], ["convert"]], ids=lambda g: " ".join(["frs", *g]))
+def test_a_group_given_no_command_prints_its_help_and_exits_0(group):
+    """A newcomer's bare ``frs`` (or ``frs data``) is no mistake: the help, as --help prints it, and exit 0 (before:
+    the same help and exit 2, click's no_args_is_help). A command that does not exist is still the parser's usage
+    error, exit 2."""
+    result = run(*group)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == run(*group, "--help").stdout and "Commands" in result.stdout
+    wrong = run(*group, "unknown-command")
+    assert wrong.exit_code == 2 and "No such command 'unknown-command'" in wrong.output, wrong.output
+
+
 def test_help_texts_render_as_written_no_word_dropped_as_markup_no_sentence_broken():
     """Typer renders help through rich, which takes ``[train]`` for a style tag and prints nothing for it
     (``frs train --help`` once read "takes its schedule from , --role student from .")."""

@@ -24,15 +24,14 @@ from frs_cli.cli import (
 app = typer.Typer(
     name="frs",
     help="Feature-Richness Score distillation for object detectors, with a cached teacher.",
-    no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-data_app = typer.Typer(help="Datasets: generate the embedded synthetic COCO-format set.", no_args_is_help=True,
+data_app = typer.Typer(help="Datasets: generate the embedded synthetic COCO-format set.",
                        epilog="Example: frs data synth data/synth --train 400 --val 100")
 cache_app = typer.Typer(help="Inspect, verify and export teacher caches (Zarr folders, URLs, exported .h5 files).",
-                        no_args_is_help=True, epilog="Example: frs cache verify demo/cache.zarr  (after frs demo --out demo)")
+                        epilog="Example: frs cache verify demo/cache.zarr  (after frs demo --out demo)")
 
 
 def _print_version(value: bool) -> None:
@@ -46,22 +45,34 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
-def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+def _help_without_a_command(ctx: typer.Context) -> None:
+    """A group given no command (a bare ``frs``, ``frs data``) prints its help and exits 0: a newcomer's first try is
+    no mistake (click's ``no_args_is_help`` exits 2, as for a command line that does not parse)."""
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit()
+
+
+@app.callback(invoke_without_command=True)
+def _options(ctx: typer.Context,
+             version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
                                           help="Print frs's version (and torch's, torchvision's) and exit.")) -> None:
     """Feature-Richness Score distillation for object detectors, with a cached teacher."""
+    _help_without_a_command(ctx)
 
 
 app.add_typer(data_app, name="data")
 app.add_typer(cache_app, name="cache")
 recipe_app = typer.Typer(help="Recipes: list those installed with frs, or print one resolved (extends applied, "
                          "every default filled in).",
-                         no_args_is_help=True, epilog="Example: frs recipe show pipelines/demo.toml")
+                         epilog="Example: frs recipe show pipelines/demo.toml")
 app.add_typer(recipe_app, name="recipe")
-convert_app = typer.Typer(help="Import detectors trained elsewhere as frs model files.", no_args_is_help=True,
+convert_app = typer.Typer(help="Import detectors trained elsewhere as frs model files.",
                           epilog="Example: frs convert mmdet retinanet_r101_fpn_2x_coco.pth --arch "
                                  "retinanet_resnet101_fpn_mmdet --out teachers/retinanet_r101.pt")
 app.add_typer(convert_app, name="convert")
+for _group in (data_app, cache_app, recipe_app, convert_app):
+    _group.callback(invoke_without_command=True)(_help_without_a_command)
 
 data_cmd.register(data_app)
 cache_cmd.register(app, cache_app)
