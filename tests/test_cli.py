@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -418,13 +419,48 @@ def test_distill_refuses_a_cache_that_is_not_one(tmp_path, recipe_path):
     assert result.exit_code == 1 and "found nothing there" in result.stderr
 
 
+def models_table(stdout: str) -> tuple[list[str], str]:
+    """The arch names of ``frs models``'s table, and the characters of its about column but spaces, row after row (a
+    description wraps, a word longer than the column folds, onto the lines that follow in its cell)."""
+    rows = [line.split("\u2502")[1:-1] for line in stdout.splitlines() if line.startswith("\u2502")]
+    return [r[0].strip() for r in rows if r[0].strip()], unspaced(" ".join(r[3] for r in rows))
+
+
+def unspaced(text: str) -> str:
+    return "".join(text.split())
+
+
 def test_models_lists_the_architectures():
     from frs_cli.models import ARCHS
 
     result = run("models")
     assert result.exit_code == 0 and "retinanet_resnet50_fpn_v2" in result.output
-    longest = max((spec.summary for spec in ARCHS.values()), key=len)
-    assert len(longest) > 40 and longest in result.stdout  # in a pipe a table keeps its text, not cut at 80 columns
+    names, about = models_table(result.stdout)  # every name and every character of its description, none cut
+    assert names == list(ARCHS) and about == unspaced(" ".join(spec.summary for spec in ARCHS.values()))
+    assert "\u2026" not in result.stdout
+
+
+@pytest.mark.parametrize("columns", [None, "100", "60"], ids=["default", "COLUMNS=100", "COLUMNS=60"])
+def test_frs_models_in_a_pipe_fits_80_columns_and_keeps_every_word(columns):
+    """Piped (to a file, ``| less``, no terminal anywhere), ``frs models`` lays its table out at rich's own width: 80
+    columns, or COLUMNS when set; the descriptions wrap in their cells, an identifier longer than the column folds
+    whole onto the next line, never cut with '…' (before: 145 columns wide, the width other results may take in a
+    pipe so that a path stays whole). Under 80, one entry per arch, wrapped at that width."""
+    from frs_cli.models import ARCHS
+
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"} | {"PYTHONIOENCODING": "utf-8"}
+    proc = subprocess.run([sys.executable, "-m", "frs_cli", "models"], stdin=subprocess.DEVNULL, capture_output=True,
+                          env=env | ({"COLUMNS": columns} if columns else {}), encoding="utf-8", timeout=120,
+                          check=False)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    width = int(columns or 80)
+    assert max(len(line) for line in proc.stdout.splitlines()) == width and "\u2026" not in proc.stdout
+    if width < 80:
+        entries = [f"{name} {spec.family}, FPN {spec.fpn_channels} ch: {spec.summary}" for name, spec in ARCHS.items()]
+        assert unspaced(proc.stdout) == unspaced(" ".join(entries))
+        return
+    names, about = models_table(proc.stdout)
+    assert names == list(ARCHS) and about == unspaced(" ".join(spec.summary for spec in ARCHS.values()))
 
 
 def test_a_stopped_run_exits_130_with_the_resume_hint(tmp_path, recipe_path, monkeypatch):

@@ -37,6 +37,12 @@ class _ResultConsole(Console):
 console = _ResultConsole(soft_wrap=True)  # a result line is one line in a log or pipe, never broken at 80 columns
 err_console = Console(stderr=True)
 
+
+def own_width(out: Console) -> int:
+    """The width rich lays ``out`` out at by itself: a terminal's; in a log or pipe COLUMNS, else 80 (``console``'s
+    PIPE_WIDTH aside), for output that wraps cleanly at any width (a table of prose) and so need not pass 80."""
+    return Console.size.fget(out).width
+
 PIPELINE_HELP = "Recipe TOML (see pipelines/)."
 SET_HELP = "Override a recipe key, e.g. --set train.epochs=2 (repeatable)."
 

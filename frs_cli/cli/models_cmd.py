@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from frs_cli.cli.common import console
+from frs_cli.cli.common import console, own_width
 
 NARROW = 80  # columns below which the architectures are listed one entry each, not as a table
 
@@ -18,13 +18,16 @@ def register(app: typer.Typer) -> None:
 
         from frs_cli.models import ARCHS
 
-        if console.width < NARROW:  # a table's columns would shrink to nothing: one entry per arch instead
+        # in a log or pipe rich's own 80 columns (or COLUMNS), not the 160 other results may take: the descriptions
+        # wrap in their cells, and no line is wider than a default terminal
+        width = own_width(console)
+        if width < NARROW:  # a table's columns would shrink to nothing: one entry per arch instead
             for name, spec in ARCHS.items():
                 console.print(f"[bold]{name}[/]  {spec.family}, FPN {spec.fpn_channels} ch: {escape(spec.summary)}",
-                              highlight=False)  # escaped: a summary's "[_ms-640-800-2x]" is no markup
+                              highlight=False, width=width, soft_wrap=False)  # escaped: "[_ms-640-800-2x]" is no markup
             return
         table = Table(Column("arch", no_wrap=True), Column("family", min_width=11), Column("FPN ch", min_width=6),
-                      "about")
+                      Column("about", overflow="fold"))
         for name, spec in ARCHS.items():
             table.add_row(name, spec.family, str(spec.fpn_channels), spec.summary)
-        console.print(table)
+        console.print(table, width=width)
