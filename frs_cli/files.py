@@ -92,8 +92,9 @@ def size_text(n: float) -> str:
 
 
 def plural(n: int, noun: str) -> str:
-    """``1 view``, ``2 views``, ``2 processes``: a count and its noun."""
-    return f"{n} {noun}{'' if n == 1 else 'es' if noun.endswith(('s', 'x', 'ch', 'sh')) else 's'}"
+    """``1 view``, ``2 views``, ``2 processes``, ``2 batches``, ``2 epochs``: a count and its noun."""
+    es = noun.endswith(("s", "x", "sh")) or noun.endswith("ch") and not noun.endswith("epoch")  # its ch is a k
+    return f"{n} {noun}{'' if n == 1 else 'es' if es else 's'}"
 
 
 def sizes_apart(need: int, free: int) -> tuple[str, str]:

@@ -274,6 +274,45 @@ def test_a_final_evaluation_that_failed_is_run_by_resume_with_its_table(command,
     assert result.exit_code == 0 and "already complete" in result.stdout, result.output
 
 
+
+def _run_whose_final_evaluation_failed(command, tmp_path, synth_root, teacher_ckpt, *extra):
+    """A two-epoch run (``command``) whose final evaluation stopped on a val image cut short after a sound header:
+    last.pt at the end of epoch 2, no model_final.pt, no evaluation in metrics.jsonl; the image then replaced. The
+    command line that ran it."""
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    image = root / "val" / "000000000027.jpg"
+    whole = image.read_bytes()
+    image.write_bytes(whole[: len(whole) // 2])
+    recipe = write_recipe(tmp_path / "recipe.toml", root, str(teacher_ckpt))
+    out = tmp_path / "run"
+    args = [*command, "--pipeline", recipe, "--out", out, "--device", "cpu", "--set", "train.epochs=2", *extra]
+    assert error_line(run(*args)).startswith(f"error: image '{image}': could not be decoded")
+    assert files(out) == ["last.pt", "metrics.jsonl", "recipe.json"]
+    image.write_bytes(whole)
+    return args
+
+
+@pytest.mark.parametrize("command", [["train", "--role", "student"], ["distill", "--online"]], ids=["train", "distill"])
+def test_a_resume_with_every_epoch_done_says_the_run_finished_them_not_that_it_resumes_past_its_end(
+        command, tmp_path, synth_root, teacher_ckpt):
+    """--resume of a two-epoch run with both epochs done but its final files not written says that the run already
+    finished its 2 epochs and nothing is trained, then evaluates and writes them (before: "resumed from …/last.pt at
+    epoch 3, iteration 0", of a run that has no epoch 3)."""
+    args = _run_whose_final_evaluation_failed(command, tmp_path, synth_root, teacher_ckpt)
+    out = args[args.index("--out") + 1]
+    result = run(*args, "--resume")
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    said = f"resumed from {out / LAST}: the run already finished its 2 epochs; nothing to train"
+    assert said in lines and "epoch 3" not in result.output, result.stderr
+    assert lines.index(said) < next(i for i, line in enumerate(lines) if line.startswith("epoch 2, val box mAP"))
+    assert not any(line.startswith(("epoch 1/2", "epoch 2/2")) for line in lines)  # no epoch ran
+    assert (out / FINAL).is_file()
+    data = args[args.index("--pipeline") + 1].parent / "data"  # and the state, read as a model, says so ("2 epochs")
+    line = error_line(run("eval", "--checkpoint", out / LAST, "--data", data, "--device", "cpu"))
+    assert "saved after 2 epochs) (use " in line, line
+
 # --- the run directory -------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -528,6 +567,7 @@ def test_a_resume_that_extends_the_schedule_records_it_in_the_recipe(saved_run):
     assert "--resume: train.epochs changes from 1 to 2 (recorded in recipe.json)" in said
     assert "--resume: train.log_every changes from 1 to 5 (recorded in recipe.json)" in said
     assert "--resume: train.worker_hold changes from 6 to 0 (recorded in recipe.json)" in said
+    assert f"resumed from {saved_run.out / LAST} at epoch 2, iteration 0" in result.stderr.splitlines()
     recorded = json.loads((saved_run.out / "recipe.json").read_text())["train"]
     assert (recorded["epochs"], recorded["log_every"], recorded["worker_hold"], recorded["lr"]) == (2, 5, 0, 0.01)
     assert torch.load(saved_run.out / LAST, weights_only=True)["epoch"] == 2

@@ -379,6 +379,14 @@ def _after_train(hooks, trainer: Trainer) -> None:
         raise error
 
 
+def _resumed_line(path: Path, start: tuple[int, int], epochs: int) -> str:
+    """What a resume logs once its saved state is restored: the epoch and step it continues from, or that the run
+    finished every epoch (its final evaluation or model files were not written: they follow, nothing is trained)."""
+    if start == (epochs, 0):
+        return f"resumed from {path}: the run already finished its {plural(epochs, 'epoch')}; nothing to train"
+    return f"resumed from {path} at epoch {start[0] + 1}, iteration {start[1]}"
+
+
 def fit(
     objective: Objective,
     dataset,
@@ -417,7 +425,7 @@ def fit(
         start = state.restore()
         if resumed is not None:
             resumed()
-        progress.log(f"resumed from {state.path} at epoch {start[0] + 1}, iteration {start[1]}")
+        progress.log(_resumed_line(state.path, start, cfg.epochs))
     metrics = MetricsHook(out_dir, cfg.tensorboard, ctx.is_main, resumed_at=start if resume else None)
     built_in: list[Hook] = [ProgressHook(progress), metrics, CheckpointHook(state, cfg.checkpoint_every)]
     if evaluate is not None:
