@@ -275,7 +275,7 @@ def test_a_final_evaluation_that_failed_is_run_by_resume_with_its_table(command,
 
 
 
-def _run_whose_final_evaluation_failed(command, tmp_path, synth_root, teacher_ckpt, *extra):
+def _run_whose_final_evaluation_failed(command, tmp_path, synth_root, teacher_ckpt):
     """A two-epoch run (``command``) whose final evaluation stopped on a val image cut short after a sound header:
     last.pt at the end of epoch 2, no model_final.pt, no evaluation in metrics.jsonl; the image then replaced. The
     command line that ran it."""
@@ -286,7 +286,7 @@ def _run_whose_final_evaluation_failed(command, tmp_path, synth_root, teacher_ck
     image.write_bytes(whole[: len(whole) // 2])
     recipe = write_recipe(tmp_path / "recipe.toml", root, str(teacher_ckpt))
     out = tmp_path / "run"
-    args = [*command, "--pipeline", recipe, "--out", out, "--device", "cpu", "--set", "train.epochs=2", *extra]
+    args = [*command, "--pipeline", recipe, "--out", out, "--device", "cpu", "--set", "train.epochs=2"]
     assert error_line(run(*args)).startswith(f"error: image '{image}': could not be decoded")
     assert files(out) == ["last.pt", "metrics.jsonl", "recipe.json"]
     image.write_bytes(whole)
@@ -312,6 +312,41 @@ def test_a_resume_with_every_epoch_done_says_the_run_finished_them_not_that_it_r
     data = args[args.index("--pipeline") + 1].parent / "data"  # and the state, read as a model, says so ("2 epochs")
     line = error_line(run("eval", "--checkpoint", out / LAST, "--data", data, "--device", "cpu"))
     assert "saved after 2 epochs) (use " in line, line
+
+
+@pytest.mark.parametrize("command", [["train", "--role", "student"], ["distill", "--online"]], ids=["train", "distill"])
+def test_a_resume_with_no_eval_of_a_run_whose_final_evaluation_failed_says_it_skips_it(command, tmp_path, synth_root,
+                                                                                        teacher_ckpt):
+    """--no-eval skips evaluation, also the final one a resume would otherwise run (its help: "Skip COCO evaluation
+    on the val split"): model_final.pt is written without it, as asked, and one warning says so, that the earlier
+    attempt left none, and how to score the model (before: the file was written without a word). The hint works;
+    the run is then complete, also for a resume without --no-eval."""
+    args = _run_whose_final_evaluation_failed(command, tmp_path, synth_root, teacher_ckpt)
+    out, data = args[args.index("--out") + 1], tmp_path / "data"
+    result = run(*args, "--resume", "--no-eval")
+    assert result.exit_code == 0, result.output
+    assert ("warning: --no-eval: the final evaluation (after epoch 2) is skipped, and metrics.jsonl holds none from "
+            "an earlier attempt (it failed, or that attempt had --no-eval too); model_final.pt is written unevaluated "
+            f"(frs eval --checkpoint {out / FINAL} --data {data} scores it)") in warnings_of(result)
+    assert "val box mAP" not in result.stderr and "val split" not in result.stdout
+    assert not any("eval" in json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines())
+    assert (out / FINAL).is_file()
+    scored = run("eval", "--checkpoint", out / FINAL, "--data", data, "--device", "cpu")  # the hint
+    assert scored.exit_code == 0 and "retinanet_tiny_fpn (model_final.pt)" in scored.stdout, scored.output
+    again = run(*args, "--resume")
+    assert again.exit_code == 0 and "already complete" in again.stdout and "--no-eval" not in again.stderr, again.output
+
+
+def test_a_resume_with_no_eval_of_a_run_that_evaluated_its_last_epoch_warns_of_nothing(saved_run, tmp_path):
+    """The warning is for a missing final evaluation only: a run that evaluated after its last epoch, its model file
+    lost (removed), is finished again with --no-eval without it."""
+    run_dir = saved_run.out
+    with (run_dir / "metrics.jsonl").open("a") as log:
+        log.write(json.dumps({"epoch": 1, "eval": {"AP": 0.0}}) + "\n")
+    (run_dir / FINAL).unlink()
+    result = train(saved_run.recipe, run_dir, "--resume")  # SMALL holds --no-eval
+    assert result.exit_code == 0, result.output
+    assert "--no-eval" not in result.stderr and (run_dir / FINAL).is_file(), result.stderr
 
 # --- the run directory -------------------------------------------------------------------------------------
 

@@ -54,7 +54,8 @@ DEVICE = typer.Option(None, help="cpu, cuda or cuda:N (GPU N; under torchrun eac
 VERBOSE = typer.Option(False, "--verbose", "-v", help="Also print informational notes on stderr (warnings are "
                                                       "always printed).")
 RESUME_RUN = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint.")
-NO_EVAL = typer.Option(False, "--no-eval", help="Skip COCO evaluation on the val split.")
+NO_EVAL = typer.Option(False, "--no-eval", help="Skip COCO evaluation on the val split; with --resume also the final "
+                                                 "evaluation an earlier attempt did not record (one warning says so).")
 
 
 def is_main_process() -> bool:

@@ -8,6 +8,7 @@ import typer
 
 from frs_cli.cli.common import (
     DEVICE,
+    NO_EVAL,
     PIPELINE_HELP,
     SET_HELP,
     VERBOSE,
@@ -34,7 +35,7 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
         overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
         device: str = DEVICE,
-        no_eval: bool = typer.Option(False, "--no-eval", help="Skip COCO evaluation on the val split."),
+        no_eval: bool = NO_EVAL,
         verbose: bool = VERBOSE,
     ):
         """Train the student with FRS against cached teacher targets (or --online), L = L_GT + a*L_FPN + b*L_head."""

@@ -403,6 +403,7 @@ def fit(
     hooks: Sequence[Hook] = (),
     table: str = "train",
     started: Callable[[], None] | None = None,
+    skipped_eval: Callable[[int], None] | None = None,
 ) -> FitResult:
     """Train ``objective`` on ``dataset`` (indexed by ``(position, view)``) for ``cfg.epochs`` epochs.
 
@@ -413,6 +414,8 @@ def fit(
     main one); ``hooks`` run after the built-in ones; ``table``: the recipe table ``cfg`` came from (``Trainer``);
     ``started()`` is called once the trainer is built, before anything is restored or written: a setting no run
     can use (a batch larger than the split) is refused before the caller makes the run directory.
+    ``skipped_eval(epochs)`` is called on the main process when a resume finds every epoch done and no final
+    evaluation in ``metrics.jsonl`` while ``evaluate`` is None (``--no-eval``): the final files follow unevaluated.
     """
     progress = progress or NullProgress()
     out_dir = Path(out_dir)
@@ -427,6 +430,9 @@ def fit(
             resumed()
         progress.log(_resumed_line(state.path, start, cfg.epochs))
     metrics = MetricsHook(out_dir, cfg.tensorboard, ctx.is_main, resumed_at=start if resume else None)
+    if (resume and start == (cfg.epochs, 0) and evaluate is None and skipped_eval is not None and ctx.is_main
+            and not metrics.evaluated(cfg.epochs)):
+        skipped_eval(cfg.epochs)
     built_in: list[Hook] = [ProgressHook(progress), metrics, CheckpointHook(state, cfg.checkpoint_every)]
     if evaluate is not None:
         built_in.append(EvalHook(evaluate, cfg.eval_every, progress, metrics, resumed_at=start if resume else None))

@@ -281,6 +281,22 @@ def _model_saver(model_cfg: ModelConfig, index, geometry, extra: bool = False):
     return save
 
 
+def _skipped_eval(recipe, out_dir: Path, evaluate: bool):
+    """With --no-eval, what ``fit`` calls when a resume finds every epoch done and no final evaluation in
+    metrics.jsonl (the run's failed, or never ran): one warning that --no-eval skips it, and how to score the model
+    file then written (``frs eval``). None with evaluation on: the resume runs that evaluation (``EvalHook``)."""
+    if evaluate:
+        return None
+    split = "" if recipe.data.val == "val" else f" --split {recipe.data.val}"
+
+    def warn(epochs: int) -> None:
+        log.warning("--no-eval: the final evaluation (after epoch %d) is skipped, and metrics.jsonl holds none from "
+                    "an earlier attempt (it failed, or that attempt had --no-eval too); %s is written unevaluated "
+                    "(frs eval --checkpoint %s --data %s%s scores it)", epochs, FINAL, out_dir / FINAL,
+                    recipe.data.root, split)
+    return warn
+
+
 def _warn_val_categories(trained: CocoIndex, val: CocoIndex, command: str, ctx: DistContext) -> None:
     """One warning when the val split names other categories than the training split ``trained`` (id 1 'circle'
     there, 'oval' here), in the words ``eval`` uses for a model file and the data it is scored on."""
@@ -339,7 +355,8 @@ def train_detector(recipe, role: str, out_dir: str | Path, *, resume: bool = Fal
                  started=lambda: _start_out(start, recipe_dict, ctx),
                  resumed=_on_resumed(start, recipe_dict, changes, ctx, (FINAL,), finished),
                  save_outputs=_model_saver(model_cfg, train.index, recipe.geometry),
-                 evaluate=evaluator, progress=progress, table=schedule_table(role))
+                 evaluate=evaluator, skipped_eval=_skipped_eval(recipe, out_dir, evaluate), progress=progress,
+                 table=schedule_table(role))
     return RunSummary(str(out_dir), str(out_dir / FINAL), result)
 
 
@@ -441,5 +458,5 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
     result = fit(objective, dataset, cfg, ctx, out_dir, views=views, resume=start.resume, started=started,
                  resumed=_on_resumed(start, recipe_dict, changes, ctx, (FINAL, ADAPTERS), finished),
                  save_outputs=_model_saver(recipe.student, coco.index, recipe.geometry, extra=True),
-                 evaluate=evaluator, progress=progress)
+                 evaluate=evaluator, progress=progress, skipped_eval=_skipped_eval(recipe, out_dir, evaluate))
     return RunSummary(str(out_dir), str(out_dir / FINAL), result)
