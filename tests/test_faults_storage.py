@@ -723,6 +723,11 @@ def _verify_num_images_edited(t):
     return c, ["dataset.num_images 48 against 24 images in the index", *_REWRITE]
 
 
+def _verify_num_images_deleted_edited(t):
+    c = _edited_attrs(t, lambda a: a["dataset"].pop("num_images"))
+    return c, ["dataset.num_images: expected 24 (the images in the index), got no such key", *_REWRITE]
+
+
 def _verify_head_spec_classes_edited(t):
     c = _edited_attrs(t, lambda a: a["teacher"]["head_spec"].pop("num_classes"))
     return c, ["teacher.head_spec: KeyError: 'num_classes'", *_REWRITE]
@@ -751,7 +756,8 @@ VERIFY_NOT_OK = {f.__name__.lstrip("_"): f for f in (_verify_truncated, _verify_
                                                      _verify_geometry_edited, _verify_head_spec_edited,
                                                      _verify_stride_edited, _verify_num_views_edited,
                                                      _verify_num_classes_edited, _verify_label_to_category_edited,
-                                                     _verify_num_images_edited, _verify_head_spec_classes_edited,
+                                                     _verify_num_images_edited, _verify_num_images_deleted_edited,
+                                                     _verify_head_spec_classes_edited,
                                                      _verify_teacher_null_edited, _verify_dataset_list_edited,
                                                      _verify_done_chunk_lost)}
 

@@ -562,7 +562,9 @@ def _class_and_image_faults(attrs: dict, image_ids: np.ndarray) -> list[str]:
     if spec_classes != num_classes:
         faults.append(f"teacher.num_classes {num_classes!r} against {spec_classes!r} in teacher.head_spec")
     images = len(np.unique(image_ids))
-    if "num_images" in dataset and dataset["num_images"] != images:
+    if "num_images" not in dataset:  # every writer records it
+        faults.append(f"dataset.num_images: expected {images} (the images in the index), got no such key")
+    elif dataset["num_images"] != images:
         faults.append(f"dataset.num_images {dataset['num_images']!r} against {images} images in the index")
     return faults
 
