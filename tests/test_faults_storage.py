@@ -733,6 +733,36 @@ def _verify_head_spec_classes_edited(t):
     return c, ["teacher.head_spec: KeyError: 'num_classes'", *_REWRITE]
 
 
+def _verify_cls_channels_string_edited(t):
+    c = _edited_attrs(t, lambda a: a["teacher"]["head_spec"].update(cls_channels="45"))
+    return c, ["teacher.head_spec.cls_channels: expected a positive integer, got str '45'", *_REWRITE]
+
+
+def _verify_stride_string_edited(t):
+    c = _edited_attrs(t, lambda a: a["levels"][1].update(stride="16"))
+    return c, ["levels[1].stride: expected a positive integer, got str '16'", *_REWRITE]
+
+
+def _verify_stride_zero_edited(t):
+    c = _edited_attrs(t, lambda a: a["levels"][1].update(stride=0))
+    return c, ["levels[1].stride: expected a positive integer, got 0", *_REWRITE]
+
+
+def _verify_count_string_edited(t):
+    c = _edited_attrs(t, lambda a: a["buckets"][0].update(count="48"))
+    return c, ["buckets[0].count: expected an integer >= 0, got str '48'", *_REWRITE]
+
+
+def _verify_num_views_string_edited(t):
+    c = _edited_attrs(t, lambda a: a.update(num_views="48 views"))
+    return c, ["num_views: expected an integer >= 0, got str '48 views'", *_REWRITE]
+
+
+def _verify_padded_string_edited(t):
+    c = _edited_attrs(t, lambda a: a["buckets"][0].update(padded=["64", "64"]))
+    return c, ["buckets[0].padded[0]: expected a positive integer, got str '64'; 1 more fault", *_REWRITE]
+
+
 def _verify_teacher_null_edited(t):
     c = _edited_attrs(t, lambda a: a.update(teacher=None))
     return c, ["teacher: expected an object, got none", *_REWRITE]
@@ -758,6 +788,10 @@ VERIFY_NOT_OK = {f.__name__.lstrip("_"): f for f in (_verify_truncated, _verify_
                                                      _verify_num_classes_edited, _verify_label_to_category_edited,
                                                      _verify_num_images_edited, _verify_num_images_deleted_edited,
                                                      _verify_head_spec_classes_edited,
+                                                     _verify_cls_channels_string_edited,
+                                                     _verify_stride_string_edited, _verify_stride_zero_edited,
+                                                     _verify_count_string_edited,
+                                                     _verify_num_views_string_edited, _verify_padded_string_edited,
                                                      _verify_teacher_null_edited, _verify_dataset_list_edited,
                                                      _verify_done_chunk_lost)}
 

@@ -511,21 +511,59 @@ _OBJECT_ATTRIBUTES = ("teacher", "dataset", "geometry", "storage", "fingerprints
 _LIST_ATTRIBUTES = ("levels", "buckets", "views")
 
 
-def attribute_kind_faults(attrs: dict) -> list[str]:
-    """The root attributes every reader looks into that are not of their kind (an object, a list), and a teacher
-    head spec that is no object: one short phrase each. Checked before any of them is read, so that an edited
-    ``zarr.json`` is one line, not a traceback from whichever command reads it first."""
-    def kind(value) -> str:
-        return "none" if value is None else type(value).__name__
+def _kind(value) -> str:
+    return "none" if value is None else type(value).__name__
 
-    faults = [f"{k}: expected an object, got {kind(attrs.get(k))}" for k in _OBJECT_ATTRIBUTES
+
+def attribute_kind_faults(attrs: dict) -> list[str]:
+    """The root attributes every reader looks into that are not of their kind (an object, a list), a teacher head
+    spec that is no object, and the numbers readers take as counts and sizes that are no integers
+    (``_number_faults``): one short phrase each. Checked before any of them is read, so that an edited
+    ``zarr.json`` is one line, not a traceback from whichever command reads it first."""
+    faults = [f"{k}: expected an object, got {_kind(attrs.get(k))}" for k in _OBJECT_ATTRIBUTES
               if not isinstance(attrs.get(k), dict)]
-    faults += [f"{k}: expected a list, got {kind(attrs.get(k))}" for k in _LIST_ATTRIBUTES
+    faults += [f"{k}: expected a list, got {_kind(attrs.get(k))}" for k in _LIST_ATTRIBUTES
                if not isinstance(attrs.get(k), list)]
     spec = attrs["teacher"].get("head_spec") if isinstance(attrs.get("teacher"), dict) else {}
     if not isinstance(spec, dict):
-        faults.append(f"teacher.head_spec: expected an object, got {kind(spec)}")
+        faults.append(f"teacher.head_spec: expected an object, got {_kind(spec)}")
+    return faults or _number_faults(attrs)
+
+
+def _number_faults(attrs: dict) -> list[str]:
+    """The counts and sizes readers take with ``int()`` or compute with, where they are no integers of their range
+    (a string ``"45"`` passed ``int()`` unnoticed, ``"x"`` was a traceback): ``num_views``, each level's stride and
+    channels, each bucket's count and padded size, and the teacher head's ``cls_channels`` (caches written before
+    other families existed have none). ``attrs`` are of their kinds otherwise."""
+    faults, numbers = [], [("num_views", attrs.get("num_views"), 0)]
+    spec = attrs["teacher"]["head_spec"]
+    if "cls_channels" in spec:
+        numbers.append(("teacher.head_spec.cls_channels", spec["cls_channels"], 1))
+    for i, lv in enumerate(attrs["levels"]):
+        if not isinstance(lv, dict):
+            faults.append(f"levels[{i}]: expected an object, got {_kind(lv)}")
+            continue
+        numbers += [(f"levels[{i}].{k}", lv.get(k), 1) for k in ("stride", "channels")]
+    for i, b in enumerate(attrs["buckets"]):
+        if not isinstance(b, dict):
+            faults.append(f"buckets[{i}]: expected an object, got {_kind(b)}")
+            continue
+        numbers.append((f"buckets[{i}].count", b.get("count"), 0))
+        padded = b.get("padded")
+        if isinstance(padded, list) and len(padded) == 2:
+            numbers += [(f"buckets[{i}].padded[{j}]", p, 1) for j, p in enumerate(padded)]
+        else:
+            faults.append(f"buckets[{i}].padded: expected a list of two integers, got {_kind(padded)}")
+    for key, value, least in numbers:
+        if isinstance(value, bool) or not isinstance(value, int):
+            faults.append(f"{key}: expected {_RANGE[least]}, got {_kind(value)}"
+                          + ("" if value is None or isinstance(value, (dict, list)) else f" {value!r:.40}"))
+        elif value < least:
+            faults.append(f"{key}: expected {_RANGE[least]}, got {value}")
     return faults
+
+
+_RANGE = {0: "an integer >= 0", 1: "a positive integer"}
 
 
 def refuse_misshapen(path: str, backend, attrs: dict) -> None:

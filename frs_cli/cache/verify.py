@@ -16,7 +16,14 @@ import numpy as np
 
 from frs_cli.cache.backend import open_backend
 from frs_cli.cache.checksum import damaged_arrays, view_crc
-from frs_cli.cache.reader import TeacherCache, attribute_faults, faults_text, required_cache_arrays, rewrite_hint
+from frs_cli.cache.reader import (
+    TeacherCache,
+    attribute_faults,
+    attribute_kind_faults,
+    faults_text,
+    required_cache_arrays,
+    rewrite_hint,
+)
 from frs_cli.files import plural
 from frs_cli.lock import describe, live_holder
 from frs_cli.progress import NullProgress, Progress
@@ -131,7 +138,11 @@ def verify_cache(path: str, *, storage_options: dict | None = None, progress: Pr
     progress = progress or NullProgress()
     backend = open_backend(str(path), storage_options)
     attrs = dict(backend.attrs)
-    report = VerifyReport(str(path), str(attrs.get("state")), int(attrs.get("num_views", 0)), 0, kind=backend.kind)
+    views = attrs.get("num_views")  # -1 where it is no count (attribute_kind_faults names it)
+    report = VerifyReport(str(path), str(attrs.get("state")), views if type(views) is int else -1, 0, kind=backend.kind)
+    report.attribute_faults = attribute_kind_faults(attrs)
+    if report.attribute_faults:  # no other attribute can be read as what it should be
+        return report
     required = required_cache_arrays(attrs)  # builds the teacher head for its parameter names: once
     report.missing_arrays = [n for n in required if not backend.has(n)]
     report.damaged_arrays = damaged_arrays(backend, attrs, skip=set(report.missing_arrays))
