@@ -553,11 +553,13 @@ def _number_faults(attrs: dict) -> list[str]:
         if isinstance(padded, list) and len(padded) == 2:
             numbers += [(f"buckets[{i}].padded[{j}]", p, 1) for j, p in enumerate(padded)]
         else:
-            faults.append(f"buckets[{i}].padded: expected a list of two integers, got {_kind(padded)}")
+            got = f"a list of {len(padded)}" if isinstance(padded, list) else _kind(padded)
+            faults.append(f"buckets[{i}].padded: expected a list of two integers, got {got}")
     for key, value, least in numbers:
         if isinstance(value, bool) or not isinstance(value, int):
+            shown = "" if value is None or isinstance(value, (dict, list)) else f" {value!r}"
             faults.append(f"{key}: expected {_RANGE[least]}, got {_kind(value)}"
-                          + ("" if value is None or isinstance(value, (dict, list)) else f" {value!r:.40}"))
+                          + (shown if len(shown) <= 41 else shown[:40] + "…"))
         elif value < least:
             faults.append(f"{key}: expected {_RANGE[least]}, got {value}")
     return faults
