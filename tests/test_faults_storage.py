@@ -642,6 +642,16 @@ def _verify_hdf5_damage(t):
     return out, ["P3/mask checksum mismatch", "not repairable in place", f"frs cache export ZARR {out} again"]
 
 
+def _verify_state_creating(t):  # its writer killed while creating it: the attributes readers need not recorded
+    c = _copy(t.cache, t.tmp)
+    g = zarr.open_group(str(c), mode="r+")
+    kept = {k: g.attrs[k] for k in ("format", "format_version")}
+    g.attrs.clear()
+    g.attrs.update({**kept, "state": "creating"})
+    return c, [f"cache {c}: its writer stopped while creating it: no view was checked",
+               "run teacher-cache again to recreate it"]
+
+
 def _verify_empty_cache(t):
     c = _copy(t.cache, t.tmp)
     g = zarr.open_group(str(c), mode="r+")
@@ -781,6 +791,7 @@ def _verify_done_chunk_lost(t):
 
 
 VERIFY_NOT_OK = {f.__name__.lstrip("_"): f for f in (_verify_truncated, _verify_hdf5_damage, _verify_empty_cache,
+                                                     _verify_state_creating,
                                                      _verify_head_missing, _verify_dtype_edited,
                                                      _verify_channels_edited, _verify_count_edited,
                                                      _verify_geometry_edited, _verify_head_spec_edited,

@@ -80,6 +80,9 @@ class VerifyReport:
 
     def summary(self) -> str:
         """One line: what was checked and what came out."""
+        if self.state == "creating":  # its writer stopped before it recorded the attributes readers need
+            return (f"cache {self.path}: its writer stopped while creating it: no view was checked; run teacher-cache "
+                    "again to recreate it")
         if self.views_total == 0:
             return (f"cache {str(self.path)!r}: holds no views (its split has no images; state {self.state}): nothing to "
                     "distill from; cache a split with images")
@@ -140,6 +143,8 @@ def verify_cache(path: str, *, storage_options: dict | None = None, progress: Pr
     attrs = dict(backend.attrs)
     views = attrs.get("num_views")  # -1 where it is no count (attribute_kind_faults names it)
     report = VerifyReport(str(path), str(attrs.get("state")), views if type(views) is int else -1, 0, kind=backend.kind)
+    if report.state == "creating":  # its writer stopped before it recorded the rest (``summary`` says so)
+        return report
     report.attribute_faults = attribute_kind_faults(attrs)
     if report.attribute_faults:  # no other attribute can be read as what it should be
         return report
