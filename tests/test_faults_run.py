@@ -461,7 +461,7 @@ def test_resume_of_a_finished_run_says_it_is_complete_and_writes_nothing(saved_r
     digest = hashlib.sha256((saved_run.out / FINAL).read_bytes()).hexdigest()
     result = train(saved_run.recipe, saved_run.out, "--resume")
     assert result.exit_code == 0, result.output
-    assert f"run {str(saved_run.out)!r} is already complete (1 epochs); nothing written" in " ".join(result.stdout.split())
+    assert f"run {str(saved_run.out)!r} is already complete (1 epoch); nothing written" in " ".join(result.stdout.split())
     assert hashlib.sha256((saved_run.out / FINAL).read_bytes()).hexdigest() == digest
     assert (saved_run.out / FINAL).stat().st_mtime_ns == stamp and snapshot(saved_run.out) == before
     result = train(saved_run.recipe, saved_run.out, "--resume", "--set", "train.epochs=2")  # a longer schedule runs
@@ -495,7 +495,7 @@ def test_distill_resume_of_a_finished_run_says_it_is_complete_and_writes_nothing
     stamps = {name: (out / name).stat().st_mtime_ns for name in (FINAL, "adapters.pt")}
     result = run(*args, "--resume")
     assert result.exit_code == 0, result.output
-    assert f"run {str(out)!r} is already complete (1 epochs); nothing written" in " ".join(result.stdout.split())
+    assert f"run {str(out)!r} is already complete (1 epoch); nothing written" in " ".join(result.stdout.split())
     assert snapshot(out) == before
     assert {name: (out / name).stat().st_mtime_ns for name in stamps} == stamps
 
@@ -738,7 +738,7 @@ def test_a_finished_run_copied_without_its_files_times_is_still_finished(saved_r
     before = snapshot(saved_run.out)
     times = {p.name: p.stat().st_mtime_ns for p in saved_run.out.iterdir()}
     result = train(saved_run.recipe, saved_run.out, "--resume")
-    assert result.exit_code == 0 and "is already complete (1 epochs); nothing written" in " ".join(result.stdout.split())
+    assert result.exit_code == 0 and "is already complete (1 epoch); nothing written" in " ".join(result.stdout.split())
     assert snapshot(saved_run.out) == before and {p.name: p.stat().st_mtime_ns for p in saved_run.out.iterdir()} == times
     line = error_line(run("eval", "--checkpoint", saved_run.out / LAST, "--data", synth_root, "--device", "cpu"))
     assert line.endswith(f"(use {saved_run.out / FINAL})")

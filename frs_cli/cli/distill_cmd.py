@@ -20,6 +20,7 @@ from frs_cli.cli.common import (
     progress_for_rank,
     setup_logging,
 )
+from frs_cli.files import plural
 
 
 def register(app: typer.Typer) -> None:
@@ -49,7 +50,8 @@ def register(app: typer.Typer) -> None:
                                       progress=progress_for_rank(), evaluate=not no_eval)
         if summary.complete:
             if is_main_process():
-                console.print(f"run {str(out)!r} is already complete ({recipe.train.epochs} epochs); nothing written")
+                epochs = plural(recipe.train.epochs, "epoch")
+                console.print(f"run {str(out)!r} is already complete ({epochs}); nothing written")
             return
         source = "online teacher" if online else f"cache {cache}"
         print_run(summary, f"distilled {recipe.student.arch} from {source}", recipe.data.val, _row_label(recipe),

@@ -21,6 +21,7 @@ from frs_cli.cli.common import (
     progress_for_rank,
     setup_logging,
 )
+from frs_cli.files import plural
 
 log = logging.getLogger(__name__)
 OVERRIDES = typer.Option([], "--set", help="Override a recipe key, e.g. --set teacher_train.epochs=2 (repeatable). "
@@ -72,7 +73,7 @@ def register(app: typer.Typer) -> None:
                                      evaluate=not no_eval)
         if summary.complete:
             if is_main_process():
-                console.print(f"run {str(out)!r} is already complete ({recipe.train_config(role).epochs} epochs); "
-                              "nothing written")
+                epochs = plural(recipe.train_config(role).epochs, "epoch")
+                console.print(f"run {str(out)!r} is already complete ({epochs}); nothing written")
             return
         print_run(summary, f"trained {role} {recipe.model_config(role).arch}", recipe.data.val, role)
