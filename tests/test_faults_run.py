@@ -309,6 +309,11 @@ def test_a_resume_with_every_epoch_done_says_the_run_finished_them_not_that_it_r
     assert lines.index(said) < next(i for i, line in enumerate(lines) if line.startswith("epoch 2, val box mAP"))
     assert not any(line.startswith(("epoch 1/2", "epoch 2/2")) for line in lines)  # no epoch ran
     assert (out / FINAL).is_file()
+    # the closing line says what this call did: no iteration (before: "0 of its 12 iterations in 0 s (0.0 img/s)")
+    done = {"train": "trained student retinanet_tiny_fpn", "distill": "distilled retinanet_tiny_fpn from online teacher"}
+    wrote = "model_final.pt" + (" and adapters.pt" if command[0] == "distill" else "")
+    assert (f"{done[command[0]]}: its 12 iterations ran before this resume, none now; evaluated the model and wrote "
+            f"{wrote} -> {out}") in result.stdout.splitlines(), result.stdout
     data = args[args.index("--pipeline") + 1].parent / "data"  # and the state, read as a model, says so ("2 epochs")
     line = error_line(run("eval", "--checkpoint", out / LAST, "--data", data, "--device", "cpu"))
     assert "saved after 2 epochs) (use " in line, line
@@ -329,6 +334,9 @@ def test_a_resume_with_no_eval_of_a_run_whose_final_evaluation_failed_says_it_sk
             "an earlier attempt (it failed, or that attempt had --no-eval too); model_final.pt is written unevaluated "
             f"(frs eval --checkpoint {out / FINAL} --data {data} scores it)") in warnings_of(result)
     assert "val box mAP" not in result.stderr and "val split" not in result.stdout
+    assert result.stdout.splitlines()[-1].endswith(": its 12 iterations ran before this resume, none now; wrote "
+                                                   f"model_final.pt{' and adapters.pt' * (command[0] == 'distill')} "
+                                                   f"-> {out}"), result.stdout
     assert not any("eval" in json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines())
     assert (out / FINAL).is_file()
     scored = run("eval", "--checkpoint", out / FINAL, "--data", data, "--device", "cpu")  # the hint

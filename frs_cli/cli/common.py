@@ -241,14 +241,26 @@ def iterations_run(fit) -> str:
     return total if fit.iterations_run == fit.iterations else f"{fit.iterations_run} of its {total}"
 
 
+def _done_before_resume(fit, final_files) -> str:
+    """What a resume of a run with every epoch done did: it stepped nothing; it ran the final evaluation (when it
+    did) and wrote the final files."""
+    evaluated = "evaluated the model and " if fit.eval_metrics is not None else ""
+    return (f"its {plural(fit.iterations, 'iteration')} ran before this resume, none now; {evaluated}wrote "
+            f"{' and '.join(final_files)}")
+
+
 def print_run(summary, done: str, val_split: str, row: str, data_wait: bool = False) -> None:
     """The closing lines of a training job on the main process: ``done`` (what was trained), iterations, time,
-    rate (and the share of step time spent waiting for data), the model file; the val metrics under ``row``."""
+    rate (and the share of step time spent waiting for data), the model file; the val metrics under ``row``.
+    A resume of a run whose every epoch was done steps nothing: its line says so, and what the call did instead."""
     if not is_main_process():
         return
     fit = summary.fit
     rate = f"{fit.images_per_second:.1f} img/s" + (f", data wait {100 * fit.data_wait_share:.1f}% of step time"
                                                    if data_wait else "")
-    console.print(f"{done}: {iterations_run(fit)} in {fit.seconds:.0f} s ({rate}) -> {summary.model_file}")
+    if fit.iterations_run == 0 < fit.iterations:
+        console.print(f"{done}: {_done_before_resume(fit, summary.final_files)} -> {summary.out_dir}")
+    else:
+        console.print(f"{done}: {iterations_run(fit)} in {fit.seconds:.0f} s ({rate}) -> {summary.model_file}")
     if fit.eval_metrics:
         console.print(metrics_table(f"{val_split} split", {row: fit.eval_metrics}))

@@ -73,6 +73,7 @@ class RunSummary:
     model_file: str
     fit: FitResult | None  # None: the run was already complete (``complete``), nothing ran
     complete: bool = False
+    final_files: tuple[str, ...] = (FINAL,)  # what the run writes in ``out_dir`` once its last epoch is done
 
     def to_dict(self) -> dict:
         return {"out_dir": self.out_dir, "model_file": self.model_file, "complete": self.complete,
@@ -459,4 +460,4 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
                  resumed=_on_resumed(start, recipe_dict, changes, ctx, (FINAL, ADAPTERS), finished),
                  save_outputs=_model_saver(recipe.student, coco.index, recipe.geometry, extra=True),
                  evaluate=evaluator, progress=progress, skipped_eval=_skipped_eval(recipe, out_dir, evaluate))
-    return RunSummary(str(out_dir), str(out_dir / FINAL), result)
+    return RunSummary(str(out_dir), str(out_dir / FINAL), result, final_files=(FINAL, ADAPTERS))
