@@ -115,6 +115,19 @@ def _metrics(run, out: Path) -> dict:
     return None if last is None else last[1]
 
 
+def _outputs(cfg: DemoConfig) -> list[str]:
+    """Every output of a finished demo, relative to its folder: each run folder's files (the model first), then the
+    cache, the generated set (a folder, ``data/``), the pictures, the report and the summaries."""
+    from frs_cli.train.checkpoint import FINAL, LAST
+    from frs_cli.train.metrics_log import METRICS_FILE
+    from frs_cli.train.run import ADAPTERS
+    from frs_cli.train.rundir import RECIPE
+
+    runs = {"teacher": (), "student_frs": (ADAPTERS,), **({"student_plain": ()} if cfg.baseline else {})}
+    return [*(f"{run}/{name}" for run, extra in runs.items() for name in (FINAL, *extra, RECIPE, METRICS_FILE, LAST)),
+            "cache.zarr", "data/", "masks.png", "report.png", "report.md", "summary.json", CONFIG_FILE]
+
+
 def _run_stages(out: Path, cfg: DemoConfig, progress: Progress, resume: bool = False) -> DemoSummary:
     from frs_cli.cache.reader import TeacherCache
     from frs_cli.cache.writer import write_teacher_cache
@@ -186,11 +199,6 @@ def _run_stages(out: Path, cfg: DemoConfig, progress: Progress, resume: bool = F
         tmp.write_text(markdown_table(runs), encoding="utf-8")
     summary.seconds["report"] = time.perf_counter() - t
 
-    summary.files = sorted(str(p.relative_to(out)) for p in [
-        out / "teacher" / "model_final.pt", out / "cache.zarr", out / "student_frs" / "model_final.pt",
-        out / "student_frs" / "adapters.pt", out / "masks.png", out / "report.png", out / "report.md",
-        out / "summary.json",
-        *([out / "student_plain" / "model_final.pt"] if cfg.baseline else []),
-    ])
+    summary.files = _outputs(cfg)
     write_json(out / "summary.json", summary.to_dict(), indent=1)
     return summary

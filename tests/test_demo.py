@@ -18,6 +18,16 @@ def test_demo_runs_every_stage_and_writes_its_summary(tmp_path):
     assert set(s.seconds) == {"synth", "teacher", "teacher-cache", "distill", "baseline", "visualize", "report"}
     for f in s.files:
         assert (out / f).exists(), f
+    # every output is listed: each top-level entry, and each file of the three run folders (their recipe.json,
+    # metrics.jsonl and last.pt too: before, model_final.pt and adapters.pt alone), run folders first
+    listed = {f.rstrip("/").split("/")[0] for f in s.files}
+    assert listed == {p.name for p in out.iterdir()}, listed
+    for run in ("teacher", "student_frs", "student_plain"):
+        held = [f.split("/")[1] for f in s.files if f.startswith(f"{run}/")]
+        assert sorted(held) == sorted(p.name for p in (out / run).iterdir()), (run, held)
+        assert held[0] == "model_final.pt"
+    assert s.files.index("student_plain/last.pt") < s.files.index("cache.zarr")
+    assert json.loads((out / "summary.json").read_text())["files"] == s.files
     assert json.loads((out / "summary.json").read_text())["metrics"] == s.metrics
     # 16 images, 2 views: fp16 P3-P7 features of 64 channels plus masks at 128x128
     per_view = (16 * 16 + 8 * 8 + 4 * 4 + 2 * 2 + 1) * (64 + 1) * 2
@@ -76,7 +86,13 @@ def test_a_demo_stopped_in_any_stage_resumes_to_the_uninterrupted_demos_numbers(
 
     opts = ["--train-images", "8", "--val-images", "4", "--no-baseline"]
     ref = tmp_path / "ref"
-    assert CliRunner().invoke(app, ["demo", "--out", str(ref), *opts]).exit_code == 0
+    done = CliRunner().invoke(app, ["demo", "--out", str(ref), *opts])
+    assert done.exit_code == 0, done.output
+    # its last line names every output, each run folder once with what it holds (README's "After the demo")
+    assert done.stdout.splitlines()[-1] == (
+        f"files: {ref}/teacher/, {ref}/student_frs/ (each holds model_final.pt, recipe.json, metrics.jsonl, last.pt; "
+        f"student_frs/ also adapters.pt), {ref}/cache.zarr, {ref}/data/, {ref}/masks.png, {ref}/report.png, "
+        f"{ref}/report.md, {ref}/summary.json, {ref}/demo.json")
     distill = run.distill_student
 
     def stopped(*args, **kwargs):

@@ -39,4 +39,21 @@ def register(app: typer.Typer) -> None:
         when = "time (this session, which resumed the demo): " if s.resumed else "time: "
         console.print(when + ", ".join(f"{k} {v:.0f} s" for k, v in s.seconds.items())
                       + f"; total {time.perf_counter() - t0:.0f} s")
-        console.print("files: " + ", ".join(f"{out}/{f}" for f in s.files))
+        console.print(files_line(out, s.files))
+
+
+def files_line(out: Path, files: list[str]) -> str:
+    """``files: D/teacher/, D/student_frs/ (each holds …; student_frs/ also adapters.pt), D/cache.zarr, …``: the
+    demo's outputs (``DemoSummary.files``), each run folder once, with the files they all hold named once."""
+    runs: dict[str, list[str]] = {}
+    for f in files:
+        folder, _, name = f.partition("/")
+        if name:
+            runs.setdefault(folder, []).append(name)
+    common = [name for name in next(iter(runs.values()), []) if all(name in held for held in runs.values())]
+    extra = "".join(f"; {folder}/ also {', '.join(n for n in held if n not in common)}"
+                    for folder, held in runs.items() if len(held) > len(common))
+    shown = [f"{out}/{folder}/" for folder in runs]
+    if runs:
+        shown[-1] += f" (each holds {', '.join(common)}{extra})"
+    return "files: " + ", ".join(shown + [f"{out}/{f}" for f in files if not f.partition("/")[2]])
