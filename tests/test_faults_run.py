@@ -559,7 +559,7 @@ RESUME = {  # case -> (command, how to prepare the run directory, the message or
                                         "train.batch_size = 4, now 2; train.lr_steps = [1], now [2] ("),
     "other_data": ("train", lambda t: ["--set", "data.root=/elsewhere"], 'data.root = "'),
     "state_beyond_the_schedule": ("train", _state_beyond_the_schedule,
-                                  ("--resume: the saved state is at epoch 2, iteration 1, beyond the 1 epochs this "
+                                  ("--resume: the saved state is at epoch 2, iteration 1, beyond the 1 epoch this "
                                    "run asks for (ask for at least 2 epochs)")),
     "truncated_state": ("train", _truncated_state,
                         ("is not a readable training state: expected a torch checkpoint (a zip archive written by "

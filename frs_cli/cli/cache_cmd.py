@@ -78,11 +78,12 @@ def teacher_cache(
         were = "was" if len(s.arrays_rewritten) == 1 else "were"
         console.print(f"recreated {plural(len(s.arrays_rewritten), 'array')} that {were} missing or damaged ({names})")
     if s.views_rejected:
-        console.print(f"rewrote {s.views_rejected} written views that were missing or corrupt")
+        console.print(f"rewrote {plural(s.views_rejected, 'written view')} that "
+                      f"{'was' if s.views_rejected == 1 else 'were'} missing or corrupt")
     if s.views_written == 0 and s.complete:
         repaired = s.arrays_rewritten or s.views_rejected
-        console.print(f"cache {str(out)!r} is complete ({s.views_total} views); no view needed writing" if repaired
-                      else f"cache {str(out)!r} is already complete ({s.views_total} views); nothing written")
+        console.print(f"cache {str(out)!r} is complete ({plural(s.views_total, 'view')}); no view needed writing" if repaired
+                      else f"cache {str(out)!r} is already complete ({plural(s.views_total, 'view')}); nothing written")
     else:
         console.print(f"wrote {s.views_written} of {s.views_total} views in {s.seconds:.1f} s "
                       f"({s.views_per_second:.1f} views/s per process) -> {out}"

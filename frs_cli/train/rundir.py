@@ -22,7 +22,7 @@ from pathlib import Path
 
 import frs_cli
 from frs_cli.errors import ConfigError, TrainingError
-from frs_cli.files import atomic_path, storage_errors, write_json
+from frs_cli.files import atomic_path, plural, storage_errors, write_json
 from frs_cli.train.checkpoint import FINAL, LAST
 from frs_cli.train.config import schedule_table
 
@@ -360,5 +360,5 @@ def check_resumed_epoch(epoch: int, epoch_step: int, epochs: int) -> None:
     needed = epoch + (1 if epoch_step else 0)
     if needed > epochs:
         raise TrainingError(f"--resume: the saved state is at epoch {epoch + 1 if epoch_step else epoch}"
-                            f"{f', iteration {epoch_step}' if epoch_step else ''}, beyond the {epochs} epochs "
-                            "this run asks for", hint=f"ask for at least {needed} epochs")
+                            f"{f', iteration {epoch_step}' if epoch_step else ''}, beyond the {plural(epochs, 'epoch')} "
+                            "this run asks for", hint=f"ask for at least {plural(needed, 'epoch')}")
