@@ -773,6 +773,16 @@ def _verify_padded_string_edited(t):
     return c, ["buckets[0].padded[0]: expected a positive integer, got str '64'; 1 more fault", *_REWRITE]
 
 
+def _verify_stride_deleted_edited(t):
+    c = _edited_attrs(t, lambda a: a["levels"][0].pop("stride"))
+    return c, ["levels[0].stride: expected a positive integer, got no such key", *_REWRITE]
+
+
+def _verify_count_deleted_edited(t):
+    c = _edited_attrs(t, lambda a: a["buckets"][0].pop("count"))
+    return c, ["buckets[0].count: expected an integer >= 0, got no such key", *_REWRITE]
+
+
 def _verify_teacher_null_edited(t):
     c = _edited_attrs(t, lambda a: a.update(teacher=None))
     return c, ["teacher: expected an object, got none", *_REWRITE]
@@ -803,6 +813,7 @@ VERIFY_NOT_OK = {f.__name__.lstrip("_"): f for f in (_verify_truncated, _verify_
                                                      _verify_stride_string_edited, _verify_stride_zero_edited,
                                                      _verify_count_string_edited,
                                                      _verify_num_views_string_edited, _verify_padded_string_edited,
+                                                     _verify_stride_deleted_edited, _verify_count_deleted_edited,
                                                      _verify_teacher_null_edited, _verify_dataset_list_edited,
                                                      _verify_done_chunk_lost)}
 

@@ -509,10 +509,17 @@ def refuse_edited(path: str, backend, attrs: dict) -> None:
 
 _OBJECT_ATTRIBUTES = ("teacher", "dataset", "geometry", "storage", "fingerprints")
 _LIST_ATTRIBUTES = ("levels", "buckets", "views")
+_NO_KEY = object()  # an entry's key that is not there: named "no such key", where a null is "none"
 
 
 def _kind(value) -> str:
-    return "none" if value is None else type(value).__name__
+    return "no such key" if value is _NO_KEY else "none" if value is None else type(value).__name__
+
+
+def _got(value) -> str:
+    """What arrived, as a fault names it: its kind, and a scalar's value (a long one cut, with an ellipsis)."""
+    shown = "" if value is None or value is _NO_KEY or isinstance(value, (dict, list)) else f" {value!r}"
+    return _kind(value) + (shown if len(shown) <= 41 else shown[:40] + "…")
 
 
 def attribute_kind_faults(attrs: dict) -> list[str]:
@@ -535,7 +542,7 @@ def _number_faults(attrs: dict) -> list[str]:
     (a string ``"45"`` passed ``int()`` unnoticed, ``"x"`` was a traceback): ``num_views``, each level's stride and
     channels, each bucket's count and padded size, and the teacher head's ``cls_channels`` (caches written before
     other families existed have none). ``attrs`` are of their kinds otherwise."""
-    faults, numbers = [], [("num_views", attrs.get("num_views"), 0)]
+    faults, numbers = [], [("num_views", attrs.get("num_views", _NO_KEY), 0)]
     spec = attrs["teacher"]["head_spec"]
     if "cls_channels" in spec:
         numbers.append(("teacher.head_spec.cls_channels", spec["cls_channels"], 1))
@@ -543,13 +550,13 @@ def _number_faults(attrs: dict) -> list[str]:
         if not isinstance(lv, dict):
             faults.append(f"levels[{i}]: expected an object, got {_kind(lv)}")
             continue
-        numbers += [(f"levels[{i}].{k}", lv.get(k), 1) for k in ("stride", "channels")]
+        numbers += [(f"levels[{i}].{k}", lv.get(k, _NO_KEY), 1) for k in ("stride", "channels")]
     for i, b in enumerate(attrs["buckets"]):
         if not isinstance(b, dict):
             faults.append(f"buckets[{i}]: expected an object, got {_kind(b)}")
             continue
-        numbers.append((f"buckets[{i}].count", b.get("count"), 0))
-        padded = b.get("padded")
+        numbers.append((f"buckets[{i}].count", b.get("count", _NO_KEY), 0))
+        padded = b.get("padded", _NO_KEY)
         if isinstance(padded, list) and len(padded) == 2:
             numbers += [(f"buckets[{i}].padded[{j}]", p, 1) for j, p in enumerate(padded)]
         else:
@@ -557,9 +564,7 @@ def _number_faults(attrs: dict) -> list[str]:
             faults.append(f"buckets[{i}].padded: expected a list of two integers, got {got}")
     for key, value, least in numbers:
         if isinstance(value, bool) or not isinstance(value, int):
-            shown = "" if value is None or isinstance(value, (dict, list)) else f" {value!r}"
-            faults.append(f"{key}: expected {_RANGE[least]}, got {_kind(value)}"
-                          + (shown if len(shown) <= 41 else shown[:40] + "…"))
+            faults.append(f"{key}: expected {_RANGE[least]}, got {_got(value)}")
         elif value < least:
             faults.append(f"{key}: expected {_RANGE[least]}, got {value}")
     return faults
