@@ -61,6 +61,19 @@ def test_intact_cache_verifies_ok_with_a_one_line_summary(cache_path):
         f"OK: cache {cache_path}: 48 of 48 written views intact (all 48 views, state complete)"]
 
 
+def test_verify_names_a_path_with_brackets_as_it_is(cache_path, tmp_path):
+    """rich read the verdict as markup: a cache at c[v2].zarr was named c.zarr, in the OK line and in the --resume
+    the verdict proposes (another path)."""
+    copy = tmp_path / "c[v2].zarr"
+    shutil.copytree(cache_path, copy)
+    result = runner.invoke(app, ["cache", "verify", str(copy)])
+    ok = f"OK: cache {copy}: 48 of 48 written views intact (all 48 views, state complete)"
+    assert result.stdout.strip().splitlines() == [ok]
+    (copy / BUCKET / "P5" / "mask" / "c.2.0.0").unlink()
+    result = runner.invoke(app, ["cache", "verify", str(copy)])
+    assert result.exit_code == 1 and f"--out {copy} --resume rewrites them" in " ".join(result.stdout.split())
+
+
 def test_verify_of_a_cache_from_before_head_checksums_says_its_index_and_head_were_not_checked(cache_path, tmp_path):
     """A cache written before frs recorded the checksums of its index and teacher head (no ``checksums`` root
     attribute), its head then damaged: verify still passes its views, and says the index and head were not

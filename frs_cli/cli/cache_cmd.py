@@ -184,10 +184,10 @@ def verify(cache: str = typer.Argument(..., help="Cache path, URL or .h5 file.")
     from frs_cli.cache.verify import verify_cache
 
     report = verify_cache(cache, progress=progress_for_rank())
-    for f in report.faults:
+    for f in report.faults:  # as written, not as rich markup: a path or finding may hold '[v2]'
         console.print(f"image {f.image_id} {f.view} (bucket {f.bucket}, row {f.row}): {f.describe()}",
-                      highlight=False, soft_wrap=True)
-    console.print(report.summary(), highlight=False, soft_wrap=True)
+                      markup=False, highlight=False, soft_wrap=True)
+    console.print(report.summary(), markup=False, highlight=False, soft_wrap=True)
     if not report.ok:
         raise typer.Exit(1)
 
