@@ -783,6 +783,29 @@ def _verify_count_deleted_edited(t):
     return c, ["buckets[0].count: expected an integer >= 0, got no such key", *_REWRITE]
 
 
+def _verify_level_sizes_int_edited(t):
+    c = _edited_attrs(t, lambda a: a["buckets"][0].update(level_sizes=5))
+    return c, ["buckets[0].level_sizes: expected a list of 5 [height, width] sizes (one per level), got int", *_REWRITE]
+
+
+def _verify_level_sizes_flat_edited(t):
+    c = _edited_attrs(t, lambda a: a["buckets"][0].update(level_sizes=[5, 5]))
+    return c, ["buckets[0].level_sizes: expected a list of 5 [height, width] sizes (one per level), got a list of 2",
+               *_REWRITE]
+
+
+def _verify_level_sizes_short_edited(t):
+    c = _edited_attrs(t, lambda a: a["buckets"][0]["level_sizes"].pop())
+    return c, ["buckets[0].level_sizes: expected a list of 5 [height, width] sizes (one per level), got a list of 4",
+               *_REWRITE]
+
+
+def _verify_level_sizes_deleted_edited(t):
+    c = _edited_attrs(t, lambda a: a["buckets"][0].pop("level_sizes"))
+    return c, ["buckets[0].level_sizes: expected a list of 5 [height, width] sizes (one per level), got no such key",
+               *_REWRITE]
+
+
 def _verify_teacher_null_edited(t):
     c = _edited_attrs(t, lambda a: a.update(teacher=None))
     return c, ["teacher: expected an object, got none", *_REWRITE]
@@ -814,6 +837,9 @@ VERIFY_NOT_OK = {f.__name__.lstrip("_"): f for f in (_verify_truncated, _verify_
                                                      _verify_count_string_edited,
                                                      _verify_num_views_string_edited, _verify_padded_string_edited,
                                                      _verify_stride_deleted_edited, _verify_count_deleted_edited,
+                                                     _verify_level_sizes_int_edited, _verify_level_sizes_flat_edited,
+                                                     _verify_level_sizes_short_edited,
+                                                     _verify_level_sizes_deleted_edited,
                                                      _verify_teacher_null_edited, _verify_dataset_list_edited,
                                                      _verify_done_chunk_lost)}
 
@@ -888,6 +914,22 @@ def test_teacher_cache_refuses_a_cache_whose_attributes_verify_rejects(case, res
         [line] = info.stderr.strip().splitlines()
         assert line.startswith(f"warning: cache {cache}: its attributes do not match its arrays ({fragments[0]}")
         assert line.endswith(f"they were edited or damaged, so this table may not describe it (frs cache verify {cache})")
+
+
+@pytest.mark.parametrize("case", ["verify_level_sizes_int_edited", "verify_level_sizes_short_edited"])
+def test_every_cache_command_refuses_an_attribute_not_of_its_kind_in_one_line(case, recipe_path, cache_path, tmp_path):
+    """An attribute edited to another kind or shape (verify and distill: the cases above): cache info, cache export,
+    eval --cache and teacher-cache --resume give verify's finding in one line too, and leave the cache as it was.
+    Before: tracebacks from whichever read it first (a level_sizes of 5 in every command; one size short in eval)."""
+    t = SimpleNamespace(tmp=tmp_path, cache=cache_path, recipe=recipe_path)
+    cache, fragments = VERIFY_NOT_OK[case](t)
+    before = sorted((p.relative_to(cache), p.read_bytes() if p.is_file() else None) for p in cache.rglob("*"))
+    for args in (("cache", "info", cache), ("cache", "export", cache, tmp_path / "c.h5"), ("eval", "--cache", cache),
+                 ("teacher-cache", "--pipeline", recipe_path, "--out", cache, "--device", "cpu", "--resume")):
+        assert_one_line_error(run(*args), f"cache {str(cache)!r}: its attributes do not match its arrays",
+                              fragments[0])
+    assert sorted((p.relative_to(cache), p.read_bytes() if p.is_file() else None) for p in cache.rglob("*")) == before
+    assert not (tmp_path / "c.h5").exists()
 
 
 def _export_corrupt(t):

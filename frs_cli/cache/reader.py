@@ -540,8 +540,9 @@ def attribute_kind_faults(attrs: dict) -> list[str]:
 def _number_faults(attrs: dict) -> list[str]:
     """The counts and sizes readers take with ``int()`` or compute with, where they are no integers of their range
     (a string ``"45"`` passed ``int()`` unnoticed, ``"x"`` was a traceback): ``num_views``, each level's stride and
-    channels, each bucket's count and padded size, and the teacher head's ``cls_channels`` (caches written before
-    other families existed have none). ``attrs`` are of their kinds otherwise."""
+    channels, each bucket's count, padded size and level sizes (one per level), and the teacher head's
+    ``cls_channels`` (caches written before other families existed have none). ``attrs`` are of their kinds
+    otherwise."""
     faults, numbers = [], [("num_views", attrs.get("num_views", _NO_KEY), 0)]
     spec = attrs["teacher"]["head_spec"]
     if "cls_channels" in spec:
@@ -556,12 +557,9 @@ def _number_faults(attrs: dict) -> list[str]:
             faults.append(f"buckets[{i}]: expected an object, got {_kind(b)}")
             continue
         numbers.append((f"buckets[{i}].count", b.get("count", _NO_KEY), 0))
-        padded = b.get("padded", _NO_KEY)
-        if isinstance(padded, list) and len(padded) == 2:
-            numbers += [(f"buckets[{i}].padded[{j}]", p, 1) for j, p in enumerate(padded)]
-        else:
-            got = f"a list of {len(padded)}" if isinstance(padded, list) else _kind(padded)
-            faults.append(f"buckets[{i}].padded: expected a list of two integers, got {got}")
+        faults += _pair_faults(f"buckets[{i}].padded", b.get("padded", _NO_KEY), numbers)
+        faults += _level_sizes_faults(f"buckets[{i}].level_sizes", b.get("level_sizes", _NO_KEY), len(attrs["levels"]),
+                                      numbers)
     for key, value, least in numbers:
         if isinstance(value, bool) or not isinstance(value, int):
             faults.append(f"{key}: expected {_RANGE[least]}, got {_got(value)}")
@@ -571,6 +569,24 @@ def _number_faults(attrs: dict) -> list[str]:
 
 
 _RANGE = {0: "an integer >= 0", 1: "a positive integer"}
+
+
+def _pair_faults(key: str, value, numbers: list) -> list[str]:
+    """The fault of ``value`` (at ``key``) where it is no list of two; else its entries join ``numbers`` as sizes."""
+    if isinstance(value, list) and len(value) == 2:
+        numbers += [(f"{key}[{j}]", v, 1) for j, v in enumerate(value)]
+        return []
+    got = f"a list of {len(value)}" if isinstance(value, list) else _kind(value)
+    return [f"{key}: expected a list of two integers, got {got}"]
+
+
+def _level_sizes_faults(key: str, sizes, levels: int, numbers: list) -> list[str]:
+    """The faults of a bucket's ``level_sizes`` (at ``key``), where it is no list of one grid size per level (readers
+    zip them with the levels); its sizes join ``numbers``."""
+    if not isinstance(sizes, list) or len(sizes) != levels:
+        got = f"a list of {len(sizes)}" if isinstance(sizes, list) else _kind(sizes)
+        return [f"{key}: expected a list of {levels} [height, width] sizes (one per level), got {got}"]
+    return [fault for j, size in enumerate(sizes) for fault in _pair_faults(f"{key}[{j}]", size, numbers)]
 
 
 def refuse_misshapen(path: str, backend, attrs: dict) -> None:
@@ -645,7 +661,7 @@ def attribute_faults(backend, attrs: dict) -> list[str]:
         padded = tuple(b["padded"])
         if name != f"{padded[0]}x{padded[1]}":
             faults.append(f"bucket {name}: padded size {list(padded)}")
-        for lv, size in zip(levels, b["level_sizes"], strict=False):
+        for lv, size in zip(levels, b["level_sizes"], strict=True):
             grid = level_grid_size(padded, round(np.log2(int(lv["stride"]))))
             if tuple(size) != grid:
                 faults.append(f"bucket {name} {lv['name']}: level_sizes {list(size)}, stride {lv['stride']} of "
@@ -668,8 +684,6 @@ def attribute_faults(backend, attrs: dict) -> list[str]:
                 if tuple(arr.shape) != shape or np.dtype(arr.dtype) != dtype:
                     faults.append(f"{path} is {tuple(arr.shape)} {np.dtype(arr.dtype)}, the attributes say {shape} "
                                   f"{dtype} (storage.dtype {encoding.name!r}, {lv['name']} channels {lv['channels']})")
-        if len(b["level_sizes"]) != len(levels):
-            faults.append(f"bucket {name}: {len(b['level_sizes'])} level sizes for {len(levels)} levels")
     try:
         geometry = GeometryConfig(**attrs["geometry"])
     except (ConfigError, TypeError) as exc:
