@@ -806,6 +806,21 @@ def _verify_level_sizes_deleted_edited(t):
                *_REWRITE]
 
 
+def _verify_bucket_name_int_edited(t):
+    c = _edited_attrs(t, lambda a: a["buckets"][0].update(name=64))
+    return c, ["buckets[0].name: expected a string, got int 64", *_REWRITE]
+
+
+def _verify_level_name_null_edited(t):
+    c = _edited_attrs(t, lambda a: a["levels"][0].update(name=None))
+    return c, ["levels[0].name: expected a string, got none", *_REWRITE]
+
+
+def _verify_level_name_deleted_edited(t):
+    c = _edited_attrs(t, lambda a: a["levels"][0].pop("name"))
+    return c, ["levels[0].name: expected a string, got no such key", *_REWRITE]
+
+
 def _verify_teacher_null_edited(t):
     c = _edited_attrs(t, lambda a: a.update(teacher=None))
     return c, ["teacher: expected an object, got none", *_REWRITE]
@@ -840,6 +855,8 @@ VERIFY_NOT_OK = {f.__name__.lstrip("_"): f for f in (_verify_truncated, _verify_
                                                      _verify_level_sizes_int_edited, _verify_level_sizes_flat_edited,
                                                      _verify_level_sizes_short_edited,
                                                      _verify_level_sizes_deleted_edited,
+                                                     _verify_bucket_name_int_edited, _verify_level_name_null_edited,
+                                                     _verify_level_name_deleted_edited,
                                                      _verify_teacher_null_edited, _verify_dataset_list_edited,
                                                      _verify_done_chunk_lost)}
 
@@ -916,7 +933,8 @@ def test_teacher_cache_refuses_a_cache_whose_attributes_verify_rejects(case, res
         assert line.endswith(f"they were edited or damaged, so this table may not describe it (frs cache verify {cache})")
 
 
-@pytest.mark.parametrize("case", ["verify_level_sizes_int_edited", "verify_level_sizes_short_edited"])
+@pytest.mark.parametrize("case", ["verify_level_sizes_int_edited", "verify_level_sizes_short_edited",
+                                  "verify_bucket_name_int_edited", "verify_level_name_null_edited"])
 def test_every_cache_command_refuses_an_attribute_not_of_its_kind_in_one_line(case, recipe_path, cache_path, tmp_path):
     """An attribute edited to another kind or shape (verify and distill: the cases above): cache info, cache export,
     eval --cache and teacher-cache --resume give verify's finding in one line too, and leave the cache as it was.

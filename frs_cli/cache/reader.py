@@ -541,8 +541,8 @@ def _number_faults(attrs: dict) -> list[str]:
     """The counts and sizes readers take with ``int()`` or compute with, where they are no integers of their range
     (a string ``"45"`` passed ``int()`` unnoticed, ``"x"`` was a traceback): ``num_views``, each level's stride and
     channels, each bucket's count, padded size and level sizes (one per level), and the teacher head's
-    ``cls_channels`` (caches written before other families existed have none). ``attrs`` are of their kinds
-    otherwise."""
+    ``cls_channels`` (caches written before other families existed have none); and each level's and bucket's name,
+    which array paths are made of, where it is no string. ``attrs`` are of their kinds otherwise."""
     faults, numbers = [], [("num_views", attrs.get("num_views", _NO_KEY), 0)]
     spec = attrs["teacher"]["head_spec"]
     if "cls_channels" in spec:
@@ -551,11 +551,13 @@ def _number_faults(attrs: dict) -> list[str]:
         if not isinstance(lv, dict):
             faults.append(f"levels[{i}]: expected an object, got {_kind(lv)}")
             continue
+        faults += _name_faults(f"levels[{i}].name", lv.get("name", _NO_KEY))
         numbers += [(f"levels[{i}].{k}", lv.get(k, _NO_KEY), 1) for k in ("stride", "channels")]
     for i, b in enumerate(attrs["buckets"]):
         if not isinstance(b, dict):
             faults.append(f"buckets[{i}]: expected an object, got {_kind(b)}")
             continue
+        faults += _name_faults(f"buckets[{i}].name", b.get("name", _NO_KEY))
         numbers.append((f"buckets[{i}].count", b.get("count", _NO_KEY), 0))
         faults += _pair_faults(f"buckets[{i}].padded", b.get("padded", _NO_KEY), numbers)
         faults += _level_sizes_faults(f"buckets[{i}].level_sizes", b.get("level_sizes", _NO_KEY), len(attrs["levels"]),
@@ -569,6 +571,11 @@ def _number_faults(attrs: dict) -> list[str]:
 
 
 _RANGE = {0: "an integer >= 0", 1: "a positive integer"}
+
+
+def _name_faults(key: str, name) -> list[str]:
+    """The fault of a level's or bucket's ``name`` (at ``key``) where it is no string."""
+    return [] if isinstance(name, str) else [f"{key}: expected a string, got {_got(name)}"]
 
 
 def _pair_faults(key: str, value, numbers: list) -> list[str]:
