@@ -821,6 +821,22 @@ def _verify_level_name_deleted_edited(t):
     return c, ["levels[0].name: expected a string, got no such key", *_REWRITE]
 
 
+def _verify_geometry_string_edited(t):
+    c = _edited_attrs(t, lambda a: a["geometry"].update(min_size="64"))
+    return c, ["geometry.min_size: expected a positive integer, got str '64'", *_REWRITE]
+
+
+def _verify_geometry_key_added_edited(t):
+    c = _edited_attrs(t, lambda a: a["geometry"].update(min_szie=64))
+    return c, [("geometry.min_szie: expected no such key (a geometry holds min_size, max_size, size_divisible), got "
+                "int 64"), *_REWRITE]
+
+
+def _verify_geometry_max_below_min_edited(t):
+    c = _edited_attrs(t, lambda a: a["geometry"].update(max_size=32))
+    return c, ["geometry.max_size: expected at least min_size (64), got 32", *_REWRITE]
+
+
 def _verify_teacher_null_edited(t):
     c = _edited_attrs(t, lambda a: a.update(teacher=None))
     return c, ["teacher: expected an object, got none", *_REWRITE]
@@ -857,6 +873,8 @@ VERIFY_NOT_OK = {f.__name__.lstrip("_"): f for f in (_verify_truncated, _verify_
                                                      _verify_level_sizes_deleted_edited,
                                                      _verify_bucket_name_int_edited, _verify_level_name_null_edited,
                                                      _verify_level_name_deleted_edited,
+                                                     _verify_geometry_string_edited, _verify_geometry_key_added_edited,
+                                                     _verify_geometry_max_below_min_edited,
                                                      _verify_teacher_null_edited, _verify_dataset_list_edited,
                                                      _verify_done_chunk_lost)}
 
@@ -934,7 +952,9 @@ def test_teacher_cache_refuses_a_cache_whose_attributes_verify_rejects(case, res
 
 
 @pytest.mark.parametrize("case", ["verify_level_sizes_int_edited", "verify_level_sizes_short_edited",
-                                  "verify_bucket_name_int_edited", "verify_level_name_null_edited"])
+                                  "verify_bucket_name_int_edited", "verify_level_name_null_edited",
+                                  "verify_geometry_string_edited", "verify_geometry_key_added_edited",
+                                  "verify_geometry_max_below_min_edited"])
 def test_every_cache_command_refuses_an_attribute_not_of_its_kind_in_one_line(case, recipe_path, cache_path, tmp_path):
     """An attribute edited to another kind or shape (verify and distill: the cases above): cache info, cache export,
     eval --cache and teacher-cache --resume give verify's finding in one line too, and leave the cache as it was.

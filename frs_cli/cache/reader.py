@@ -11,6 +11,7 @@ Arrays of a local Zarr directory whose layout allows it (uncompressed, one row p
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 
@@ -541,8 +542,9 @@ def _number_faults(attrs: dict) -> list[str]:
     """The counts and sizes readers take with ``int()`` or compute with, where they are no integers of their range
     (a string ``"45"`` passed ``int()`` unnoticed, ``"x"`` was a traceback): ``num_views``, each level's stride and
     channels, each bucket's count, padded size and level sizes (one per level), and the teacher head's
-    ``cls_channels`` (caches written before other families existed have none); and each level's and bucket's name,
-    which array paths are made of, where it is no string. ``attrs`` are of their kinds otherwise."""
+    ``cls_channels`` (caches written before other families existed have none); each level's and bucket's name,
+    which array paths are made of, where it is no string; and the geometry (``_geometry_faults``). ``attrs`` are of
+    their kinds otherwise."""
     faults, numbers = [], [("num_views", attrs.get("num_views", _NO_KEY), 0)]
     spec = attrs["teacher"]["head_spec"]
     if "cls_channels" in spec:
@@ -562,6 +564,7 @@ def _number_faults(attrs: dict) -> list[str]:
         faults += _pair_faults(f"buckets[{i}].padded", b.get("padded", _NO_KEY), numbers)
         faults += _level_sizes_faults(f"buckets[{i}].level_sizes", b.get("level_sizes", _NO_KEY), len(attrs["levels"]),
                                       numbers)
+    faults += _geometry_faults(attrs["geometry"], numbers)
     for key, value, least in numbers:
         if isinstance(value, bool) or not isinstance(value, int):
             faults.append(f"{key}: expected {_RANGE[least]}, got {_got(value)}")
@@ -576,6 +579,20 @@ _RANGE = {0: "an integer >= 0", 1: "a positive integer"}
 def _name_faults(key: str, name) -> list[str]:
     """The fault of a level's or bucket's ``name`` (at ``key``) where it is no string."""
     return [] if isinstance(name, str) else [f"{key}: expected a string, got {_got(name)}"]
+
+
+def _geometry_faults(geometry: dict, numbers: list) -> list[str]:
+    """The faults of the ``geometry`` attribute readers build a ``GeometryConfig`` of: a key it has no field for (a
+    ``TypeError`` traceback), a ``max_size`` below ``min_size`` (its refusal named a recipe key); its sizes join
+    ``numbers`` (a key left out reads as the field's default, which the views' recorded geometry then contradicts)."""
+    known = [f.name for f in dataclasses.fields(GeometryConfig)]
+    numbers += [(f"geometry.{k}", geometry[k], 1) for k in known if k in geometry]
+    faults = [f"geometry.{k}: expected no such key (a geometry holds {', '.join(known)}), got {_got(v)}"
+              for k, v in geometry.items() if k not in known]
+    low, high = geometry.get("min_size"), geometry.get("max_size")
+    if type(low) is int and type(high) is int and high < low:
+        faults.append(f"geometry.max_size: expected at least min_size ({low}), got {high}")
+    return faults
 
 
 def _pair_faults(key: str, value, numbers: list) -> list[str]:
