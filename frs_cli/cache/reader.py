@@ -543,8 +543,8 @@ def _number_faults(attrs: dict) -> list[str]:
     (a string ``"45"`` passed ``int()`` unnoticed, ``"x"`` was a traceback): ``num_views``, each level's stride and
     channels, each bucket's count, padded size and level sizes (one per level), and the teacher head's
     ``cls_channels`` (caches written before other families existed have none); each level's and bucket's name,
-    which array paths are made of, where it is no string; and the geometry (``_geometry_faults``). ``attrs`` are of
-    their kinds otherwise."""
+    which array paths are made of, where it is no string; the geometry (``_geometry_faults``); and a
+    ``storage.mask_dtype`` that names no dtype. ``attrs`` are of their kinds otherwise."""
     faults, numbers = [], [("num_views", attrs.get("num_views", _NO_KEY), 0)]
     spec = attrs["teacher"]["head_spec"]
     if "cls_channels" in spec:
@@ -565,6 +565,7 @@ def _number_faults(attrs: dict) -> list[str]:
         faults += _level_sizes_faults(f"buckets[{i}].level_sizes", b.get("level_sizes", _NO_KEY), len(attrs["levels"]),
                                       numbers)
     faults += _geometry_faults(attrs["geometry"], numbers)
+    faults += _mask_dtype_faults(attrs["storage"].get("mask_dtype", "float16"))  # older caches: none, float16
     for key, value, least in numbers:
         if isinstance(value, bool) or not isinstance(value, int):
             faults.append(f"{key}: expected {_RANGE[least]}, got {_got(value)}")
@@ -593,6 +594,18 @@ def _geometry_faults(geometry: dict, numbers: list) -> list[str]:
     if type(low) is int and type(high) is int and high < low:
         faults.append(f"geometry.max_size: expected at least min_size ({low}), got {high}")
     return faults
+
+
+def _mask_dtype_faults(name) -> list[str]:
+    """The fault of ``storage.mask_dtype`` where NumPy reads no dtype of it (``attribute_faults`` compares the masks'
+    dtype with it: a ``TypeError`` traceback)."""
+    if isinstance(name, str):
+        try:
+            np.dtype(name)
+            return []
+        except TypeError:
+            pass
+    return [f"storage.mask_dtype: expected a NumPy dtype name (float16), got {_got(name)}"]
 
 
 def _pair_faults(key: str, value, numbers: list) -> list[str]:
