@@ -842,6 +842,11 @@ def _verify_mask_dtype_edited(t):
     return c, ["storage.mask_dtype: expected a NumPy dtype name (float16), got str 'half float'", *_REWRITE]
 
 
+def _verify_view_int_edited(t):
+    c = _edited_attrs(t, lambda a: a["views"].append(5))
+    return c, ["views[2]: expected a string, got int 5", *_REWRITE]
+
+
 def _verify_teacher_null_edited(t):
     c = _edited_attrs(t, lambda a: a.update(teacher=None))
     return c, ["teacher: expected an object, got none", *_REWRITE]
@@ -880,6 +885,7 @@ VERIFY_NOT_OK = {f.__name__.lstrip("_"): f for f in (_verify_truncated, _verify_
                                                      _verify_level_name_deleted_edited,
                                                      _verify_geometry_string_edited, _verify_geometry_key_added_edited,
                                                      _verify_geometry_max_below_min_edited, _verify_mask_dtype_edited,
+                                                     _verify_view_int_edited,
                                                      _verify_teacher_null_edited, _verify_dataset_list_edited,
                                                      _verify_done_chunk_lost)}
 
@@ -959,7 +965,8 @@ def test_teacher_cache_refuses_a_cache_whose_attributes_verify_rejects(case, res
 @pytest.mark.parametrize("case", ["verify_level_sizes_int_edited", "verify_level_sizes_short_edited",
                                   "verify_bucket_name_int_edited", "verify_level_name_null_edited",
                                   "verify_geometry_string_edited", "verify_geometry_key_added_edited",
-                                  "verify_geometry_max_below_min_edited", "verify_mask_dtype_edited"])
+                                  "verify_geometry_max_below_min_edited", "verify_mask_dtype_edited",
+                                  "verify_view_int_edited"])
 def test_every_cache_command_refuses_an_attribute_not_of_its_kind_in_one_line(case, recipe_path, cache_path, tmp_path):
     """An attribute edited to another kind or shape (verify and distill: the cases above): cache info, cache export,
     eval --cache and teacher-cache --resume give verify's finding in one line too, and leave the cache as it was.

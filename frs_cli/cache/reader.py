@@ -542,13 +542,14 @@ def _number_faults(attrs: dict) -> list[str]:
     """The counts and sizes readers take with ``int()`` or compute with, where they are no integers of their range
     (a string ``"45"`` passed ``int()`` unnoticed, ``"x"`` was a traceback): ``num_views``, each level's stride and
     channels, each bucket's count, padded size and level sizes (one per level), and the teacher head's
-    ``cls_channels`` (caches written before other families existed have none); each level's and bucket's name,
-    which array paths are made of, where it is no string; the geometry (``_geometry_faults``); and a
-    ``storage.mask_dtype`` that names no dtype. ``attrs`` are of their kinds otherwise."""
-    faults, numbers = [], [("num_views", attrs.get("num_views", _NO_KEY), 0)]
+    ``cls_channels`` (caches written before other families existed have none). Also the names array paths are made
+    of (each level's and bucket's) and each of ``views``, where they are no strings, the geometry
+    (``_geometry_faults``) and a ``storage.mask_dtype`` that names no dtype. ``attrs`` are of their kinds otherwise."""
+    numbers = [("num_views", attrs.get("num_views", _NO_KEY), 0)]
     spec = attrs["teacher"]["head_spec"]
     if "cls_channels" in spec:
         numbers.append(("teacher.head_spec.cls_channels", spec["cls_channels"], 1))
+    faults = [fault for i, view in enumerate(attrs["views"]) for fault in _name_faults(f"views[{i}]", view)]
     for i, lv in enumerate(attrs["levels"]):
         if not isinstance(lv, dict):
             faults.append(f"levels[{i}]: expected an object, got {_kind(lv)}")
@@ -578,7 +579,7 @@ _RANGE = {0: "an integer >= 0", 1: "a positive integer"}
 
 
 def _name_faults(key: str, name) -> list[str]:
-    """The fault of a level's or bucket's ``name`` (at ``key``) where it is no string."""
+    """The fault of a ``name`` (at ``key``: a level's, a bucket's, a view's) where it is no string."""
     return [] if isinstance(name, str) else [f"{key}: expected a string, got {_got(name)}"]
 
 
