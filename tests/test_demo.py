@@ -71,7 +71,7 @@ def test_demo_refuses_no_images_before_writing_anything(tmp_path, option):
     assert not (tmp_path / "d").exists()
 
 
-def test_a_demo_stopped_in_any_stage_resumes_to_the_uninterrupted_demos_numbers(tmp_path, monkeypatch):
+def test_a_demo_stopped_in_its_distill_stage_resumes_to_the_uninterrupted_demos_numbers(tmp_path, monkeypatch):
     """Ctrl-C in the distill stage: exit 130 and the hint ``frs demo --out D --resume``; that command keeps the
     finished stages (the teacher's model file byte for byte, the set's annotations), continues the rest and ends
     with the metrics of a demo never stopped. A resume with other options is one line; a second resume of the

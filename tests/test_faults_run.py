@@ -478,6 +478,17 @@ def test_resume_of_a_finished_run_says_it_is_complete_and_writes_nothing(saved_r
     assert torch.load(saved_run.out / LAST, weights_only=True)["epoch"] == 2
 
 
+def test_a_resume_onto_another_val_split_says_the_evaluations_from_then_on_score_it(saved_run):
+    """data.val changes no weight, so a resume may change it; it was taken in silence, and metrics.jsonl and frs
+    report then mixed AP of two splits with nothing to say so."""
+    result = train(saved_run.recipe, saved_run.out, "--resume", "--set", "train.epochs=2", "--set", 'data.val="train"')
+    assert result.exit_code == 0, result.output
+    assert ("--resume: data.val changes from \"val\" to \"train\" (recorded in recipe.json): the evaluations from "
+            "here on score the 'train' split, those metrics.jsonl holds from before the 'val' split") in \
+        warnings_of(result)
+    assert json.loads((saved_run.out / "recipe.json").read_text())["data"]["val"] == "train"
+
+
 def test_the_run_records_the_frs_version_it_started_under_and_a_resume_by_another_keeps_it(saved_run, monkeypatch):
     """recipe.json and the model file name the frs that wrote them; a resume under another frs keeps the version the
     run started under and adds its own (a run's results may depend on the frs that made them)."""

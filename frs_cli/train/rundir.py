@@ -66,8 +66,11 @@ JOB_IGNORED = {"distill cache": ("teacher.weights",)}
 # rounding): a resume may change them, and says that the rest of the run then sums in another order, so it is not
 # bit for bit the run never stopped
 LAYOUT = ("train.cuda_graphs", "train.channels_last", "distill.cuda_graphs", "distill.teacher_beside")
-# keys of those tables a run does not depend on: a label, the split it is scored on, what teacher-cache alone reads
-IGNORED = ("name", "data.val", "cache.dtype", "cache.codec", "cache.batch_size",
+# the split a run is scored on: its weights do not depend on it, so a resume may change it, and says that the
+# evaluations logged from then on score another split than those before
+SCORED_ON = "data.val"
+# keys of those tables a run does not depend on: a label, what teacher-cache alone reads
+IGNORED = ("name", "cache.dtype", "cache.codec", "cache.batch_size",
            "cache.workers", "cache.write_processes", "cache.resize_on_gpu", "cache.amp", "cache.channels_last",
            "cache.cuda_graphs", "cache.preload_mb",
            "cache.check_teacher_images", "cache.min_teacher_map")
@@ -205,7 +208,7 @@ def resume_changes(out_dir: Path, recipe_dict: dict, job: str) -> dict[str, tupl
     changed = {k: (old[k], new.get(k)) for k in old if k in new and old[k] != new[k] and k not in same}
     ignored = (*IGNORED, *JOB_IGNORED.get(job, ()))
     relevant = {k: v for k, v in changed.items() if k.split(".")[0] in tables and k not in ignored}
-    may_change = {*(f"{schedule}.{r}" for r in RESUMABLE), *LAYOUT}
+    may_change = {*(f"{schedule}.{r}" for r in RESUMABLE), *LAYOUT, SCORED_ON}
     refused = {k: v for k, v in relevant.items() if k not in may_change}
     if refused:
         listed = "; ".join(f"{k} = {_shown(a)}, now {_shown(b)}" for k, (a, b) in refused.items())
@@ -327,6 +330,11 @@ def record_resume(out_dir: Path, recipe_dict: dict, changes: dict[str, tuple]) -
             log.warning("--resume: the teacher's weights file %r is not the one the run started with (%s then, %s now: "
                         "changed in place); the rest of the run distills from it as it is now (recorded in %s)",
                         str(recipe_dict.get("teacher", {}).get("weights")), old, new, RECIPE)
+            continue
+        if key == SCORED_ON:
+            log.warning("--resume: %s changes from %s to %s (recorded in %s): the evaluations from here on score the "
+                        "%r split, those metrics.jsonl holds from before the %r split", key, _shown(old), _shown(new),
+                        RECIPE, new, old)
             continue
         if key in LAYOUT:
             log.warning("--resume: %s changes from %s to %s (recorded in %s): the same model, its steps summed in "
