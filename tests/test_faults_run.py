@@ -253,17 +253,8 @@ def test_a_final_evaluation_that_failed_is_run_by_resume_with_its_table(command,
     """A val image cut short after a sound header passes the start's checks and stops the final evaluation; once it
     is replaced, --resume of the run (every epoch done) runs that evaluation: its line, its table and its record in
     metrics.jsonl, as an uninterrupted run (before: it wrote model_final.pt and evaluated nothing)."""
-    root = tmp_path / "data"
-    shutil.copytree(synth_root, root)
-    image = root / "val" / "000000000027.jpg"
-    whole = image.read_bytes()
-    image.write_bytes(whole[: len(whole) // 2])
-    recipe = write_recipe(tmp_path / "recipe.toml", root, str(teacher_ckpt))
+    args = _run_whose_final_evaluation_failed(command, tmp_path, synth_root, teacher_ckpt, epochs=1)
     out = tmp_path / "run"
-    args = [*command, "--pipeline", recipe, "--out", out, "--device", "cpu"]
-    assert error_line(run(*args)).startswith(f"error: image '{image}': could not be decoded (image file is truncated")
-    assert not (out / FINAL).exists()
-    image.write_bytes(whole)
     result = run(*args, "--resume")
     assert result.exit_code == 0, result.output
     assert "epoch 1, val box mAP (%): AP " in result.stderr and "val split" in result.stdout
@@ -275,10 +266,10 @@ def test_a_final_evaluation_that_failed_is_run_by_resume_with_its_table(command,
 
 
 
-def _run_whose_final_evaluation_failed(command, tmp_path, synth_root, teacher_ckpt):
-    """A two-epoch run (``command``) whose final evaluation stopped on a val image cut short after a sound header:
-    last.pt at the end of epoch 2, no model_final.pt, no evaluation in metrics.jsonl; the image then replaced. The
-    command line that ran it."""
+def _run_whose_final_evaluation_failed(command, tmp_path, synth_root, teacher_ckpt, epochs=2):
+    """A run of ``epochs`` (``command``) whose final evaluation stopped on a val image cut short after a sound header:
+    last.pt at the end of its last epoch, no model_final.pt, no evaluation in metrics.jsonl; the image then replaced.
+    The command line that ran it."""
     root = tmp_path / "data"
     shutil.copytree(synth_root, root)
     image = root / "val" / "000000000027.jpg"
@@ -286,8 +277,8 @@ def _run_whose_final_evaluation_failed(command, tmp_path, synth_root, teacher_ck
     image.write_bytes(whole[: len(whole) // 2])
     recipe = write_recipe(tmp_path / "recipe.toml", root, str(teacher_ckpt))
     out = tmp_path / "run"
-    args = [*command, "--pipeline", recipe, "--out", out, "--device", "cpu", "--set", "train.epochs=2"]
-    assert error_line(run(*args)).startswith(f"error: image '{image}': could not be decoded")
+    args = [*command, "--pipeline", recipe, "--out", out, "--device", "cpu", "--set", f"train.epochs={epochs}"]
+    assert error_line(run(*args)).startswith(f"error: image '{image}': could not be decoded (image file is truncated")
     assert files(out) == ["last.pt", "metrics.jsonl", "recipe.json"]
     image.write_bytes(whole)
     return args
