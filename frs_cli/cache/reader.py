@@ -526,7 +526,7 @@ def _got(value) -> str:
 def attribute_kind_faults(attrs: dict) -> list[str]:
     """The root attributes every reader looks into that are not of their kind (an object, a list), a teacher head
     spec that is no object, and the numbers readers take as counts and sizes that are no integers
-    (``_number_faults``): one short phrase each. Checked before any of them is read, so that an edited
+    (``_value_faults``): one short phrase each. Checked before any of them is read, so that an edited
     ``zarr.json`` is one line, not a traceback from whichever command reads it first."""
     faults = [f"{k}: expected an object, got {_kind(attrs.get(k))}" for k in _OBJECT_ATTRIBUTES
               if not isinstance(attrs.get(k), dict)]
@@ -535,10 +535,10 @@ def attribute_kind_faults(attrs: dict) -> list[str]:
     spec = attrs["teacher"].get("head_spec") if isinstance(attrs.get("teacher"), dict) else {}
     if not isinstance(spec, dict):
         faults.append(f"teacher.head_spec: expected an object, got {_kind(spec)}")
-    return faults or _number_faults(attrs)
+    return faults or _value_faults(attrs)
 
 
-def _number_faults(attrs: dict) -> list[str]:
+def _value_faults(attrs: dict) -> list[str]:
     """The counts and sizes readers take with ``int()`` or compute with, where they are no integers of their range
     (a string ``"45"`` passed ``int()`` unnoticed, ``"x"`` was a traceback): ``num_views``, each level's stride and
     channels, each bucket's count, padded size and level sizes (one per level), and the teacher head's

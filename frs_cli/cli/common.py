@@ -249,6 +249,12 @@ def _done_before_resume(fit, final_files) -> str:
             f"{' and '.join(final_files)}")
 
 
+def print_complete(out, epochs: int) -> None:
+    """The line of a training job whose run in ``out`` had finished its ``epochs`` already (main process)."""
+    if is_main_process():
+        console.print(f"run {str(out)!r} is already complete ({plural(epochs, 'epoch')}); nothing written")
+
+
 def print_run(summary, done: str, val_split: str, row: str, data_wait: bool = False) -> None:
     """The closing lines of a training job on the main process: ``done`` (what was trained), iterations, time,
     rate (and the share of step time spent waiting for data), the model file; the val metrics under ``row``.

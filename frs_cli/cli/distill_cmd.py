@@ -10,17 +10,16 @@ from frs_cli.cli.common import (
     DEVICE,
     NO_EVAL,
     PIPELINE_HELP,
+    RESUME_RUN,
     SET_HELP,
     VERBOSE,
-    console,
     handle_errors,
-    is_main_process,
     load,
+    print_complete,
     print_run,
     progress_for_rank,
     setup_logging,
 )
-from frs_cli.files import plural
 
 
 def register(app: typer.Typer) -> None:
@@ -33,7 +32,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", "-o", help="Run directory: model_final.pt (student), adapters.pt, metrics."),
         cache: str = typer.Option(None, "--cache", help="Teacher cache written by frs teacher-cache."),
         online: bool = typer.Option(False, "--online", help="Run the teacher every step instead (the original method)."),
-        resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+        resume: bool = RESUME_RUN,
         overrides: list[str] = typer.Option([], "--set", help=SET_HELP),
         device: str = DEVICE,
         no_eval: bool = NO_EVAL,
@@ -49,9 +48,7 @@ def register(app: typer.Typer) -> None:
             summary = distill_student(recipe, out, cache=cache, online=online, resume=resume, ctx=ctx,
                                       progress=progress_for_rank(), evaluate=not no_eval)
         if summary.complete:
-            if is_main_process():
-                epochs = plural(recipe.train.epochs, "epoch")
-                console.print(f"run {str(out)!r} is already complete ({epochs}); nothing written")
+            print_complete(out, recipe.train.epochs)
             return
         source = "online teacher" if online else f"cache {cache}"
         print_run(summary, f"distilled {recipe.student.arch} from {source}", recipe.data.val, _row_label(recipe),

@@ -13,15 +13,14 @@ from frs_cli.cli.common import (
     PIPELINE,
     RESUME_RUN,
     VERBOSE,
-    console,
     handle_errors,
     is_main_process,
     load,
+    print_complete,
     print_run,
     progress_for_rank,
     setup_logging,
 )
-from frs_cli.files import plural
 
 log = logging.getLogger(__name__)
 OVERRIDES = typer.Option([], "--set", help="Override a recipe key, e.g. --set teacher_train.epochs=2 (repeatable). "
@@ -72,8 +71,6 @@ def register(app: typer.Typer) -> None:
             summary = train_detector(recipe, role, out, resume=resume, ctx=ctx, progress=progress_for_rank(),
                                      evaluate=not no_eval)
         if summary.complete:
-            if is_main_process():
-                epochs = plural(recipe.train_config(role).epochs, "epoch")
-                console.print(f"run {str(out)!r} is already complete ({epochs}); nothing written")
+            print_complete(out, recipe.train_config(role).epochs)
             return
         print_run(summary, f"trained {role} {recipe.model_config(role).arch}", recipe.data.val, role)
