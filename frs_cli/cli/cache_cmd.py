@@ -6,6 +6,7 @@ import signal
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from frs_cli.cli.common import (
     DEVICE,
@@ -17,6 +18,7 @@ from frs_cli.cli.common import (
     is_main_process,
     load,
     progress_for_rank,
+    say,
     setup_logging,
 )
 from frs_cli.errors import Interrupted, check_value
@@ -82,11 +84,11 @@ def teacher_cache(
                       f"{'was' if s.views_rejected == 1 else 'were'} missing or corrupt")
     if s.views_written == 0 and s.complete:
         repaired = s.arrays_rewritten or s.views_rejected
-        console.print(f"cache {str(out)!r} is complete ({plural(s.views_total, 'view')}); no view needed writing" if repaired
-                      else f"cache {str(out)!r} is already complete ({plural(s.views_total, 'view')}); nothing written")
+        say(f"cache {str(out)!r} is complete ({plural(s.views_total, 'view')}); no view needed writing" if repaired
+            else f"cache {str(out)!r} is already complete ({plural(s.views_total, 'view')}); nothing written")
     else:
         console.print(f"wrote {s.views_written} of {s.views_total} views in {s.seconds:.1f} s "
-                      f"({s.views_per_second:.1f} views/s per process) -> {out}"
+                      f"({s.views_per_second:.1f} views/s per process) -> {escape(str(out))}"
                       + ("" if s.complete else "  [yellow](incomplete: run again with --resume)[/]"))
         for hint in bottleneck_hints(s.stage_seconds, s.seconds, recipe.cache, s.write_processes):
             console.print(f"[dim]{hint}[/]", highlight=False, soft_wrap=True)
@@ -198,5 +200,4 @@ def export(cache: str = typer.Argument(..., help="Complete Zarr cache (path or U
     from frs_cli.cache.export import export_hdf5
 
     s = export_hdf5(cache, out, progress=progress_for_rank())
-    console.print(f"exported {s.views} views ({s.arrays} arrays, {s.bytes / 1e6:,.1f} MB) -> {s.path}",
-                  highlight=False, soft_wrap=True)
+    say(f"exported {s.views} views ({s.arrays} arrays, {s.bytes / 1e6:,.1f} MB) -> {s.path}")

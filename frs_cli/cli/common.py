@@ -38,6 +38,12 @@ console = _ResultConsole(soft_wrap=True)  # a result line is one line in a log o
 err_console = Console(stderr=True)
 
 
+def say(line: str) -> None:
+    """Print a result line as it is: a path in it may hold brackets (``run[v2]``), which rich would read as markup
+    and drop."""
+    console.print(line, markup=False, highlight=False)
+
+
 def own_width(out: Console) -> int:
     """The width rich lays ``out`` out at by itself: a terminal's; in a log or pipe COLUMNS, else 80 (``console``'s
     PIPE_WIDTH aside), for output that wraps cleanly at any width (a table of prose) and so need not pass 80."""
@@ -228,9 +234,9 @@ def metrics_table(title: str, rows: dict[str, dict[str, float | None]]):
 
     from frs_cli.eval.coco_eval import METRIC_KEYS, format_metric
 
-    table = Table("model", *METRIC_KEYS, title=title)
+    table = Table("model", *METRIC_KEYS, title=escape(title))  # a title or model named by a path, as it is
     for name, m in rows.items():
-        table.add_row(name, *(format_metric((m or {}).get(k)) for k in METRIC_KEYS))
+        table.add_row(escape(name), *(format_metric((m or {}).get(k)) for k in METRIC_KEYS))
     return table
 
 
@@ -252,7 +258,7 @@ def _done_before_resume(fit, final_files) -> str:
 def print_complete(out, epochs: int) -> None:
     """The line of a training job whose run in ``out`` had finished its ``epochs`` already (main process)."""
     if is_main_process():
-        console.print(f"run {str(out)!r} is already complete ({plural(epochs, 'epoch')}); nothing written")
+        say(f"run {str(out)!r} is already complete ({plural(epochs, 'epoch')}); nothing written")
 
 
 def print_run(summary, done: str, val_split: str, row: str, data_wait: bool = False) -> None:
@@ -265,8 +271,8 @@ def print_run(summary, done: str, val_split: str, row: str, data_wait: bool = Fa
     rate = f"{fit.images_per_second:.1f} img/s" + (f", data wait {100 * fit.data_wait_share:.1f}% of step time"
                                                    if data_wait else "")
     if fit.iterations_run == 0 < fit.iterations:
-        console.print(f"{done}: {_done_before_resume(fit, summary.final_files)} -> {summary.out_dir}")
+        say(f"{done}: {_done_before_resume(fit, summary.final_files)} -> {summary.out_dir}")
     else:
-        console.print(f"{done}: {iterations_run(fit)} in {fit.seconds:.0f} s ({rate}) -> {summary.model_file}")
+        say(f"{done}: {iterations_run(fit)} in {fit.seconds:.0f} s ({rate}) -> {summary.model_file}")
     if fit.eval_metrics:
         console.print(metrics_table(f"{val_split} split", {row: fit.eval_metrics}))

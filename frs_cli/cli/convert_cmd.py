@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from frs_cli.cli.common import VERBOSE, console, handle_errors, setup_logging
+from frs_cli.cli.common import VERBOSE, handle_errors, say, setup_logging
 
 
 def register(convert_app: typer.Typer) -> None:
@@ -29,5 +29,5 @@ def register(convert_app: typer.Typer) -> None:
         from frs_cli.convert import convert_mmdet
 
         done = convert_mmdet(checkpoint, arch, out, allow_pickle=allow_pickle, categories=categories)
-        console.print(f"wrote {done.out}: {done.arch}, {done.num_classes} classes, {done.tensors} tensors, "
-                      f"fingerprint {done.fingerprint}")
+        say(f"wrote {done.out}: {done.arch}, {done.num_classes} classes, {done.tensors} tensors, "
+            f"fingerprint {done.fingerprint}")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from frs_cli.cli.common import console, handle_errors, progress_for_rank
+from frs_cli.cli.common import handle_errors, progress_for_rank, say
 from frs_cli.errors import Interrupted
 from frs_cli.signals import sigint_handled
 
@@ -38,6 +38,6 @@ def register(data_app: typer.Typer) -> None:
                               f"{str(out_dir)!r}", hint="run the same command again") from None
         finally:
             progress.stop()
-        console.print(f"wrote {summary['train']} train and {summary['val']} val images, "
-                      f"{summary['annotations']['train'] + summary['annotations']['val']} boxes, "
-                      f"categories {', '.join(summary['categories'])} -> {out_dir}")
+        say(f"wrote {summary['train']} train and {summary['val']} val images, "
+            f"{summary['annotations']['train'] + summary['annotations']['val']} boxes, "
+            f"categories {', '.join(summary['categories'])} -> {out_dir}")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from frs_cli.cli.common import VERBOSE, console, handle_errors, metrics_table, progress_for_rank, setup_logging
+from frs_cli.cli.common import VERBOSE, console, handle_errors, metrics_table, progress_for_rank, say, setup_logging
 
 
 def register(app: typer.Typer) -> None:
@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
         when = "time (this session, which resumed the demo): " if s.resumed else "time: "
         console.print(when + ", ".join(f"{k} {v:.0f} s" for k, v in s.seconds.items())
                       + f"; total {time.perf_counter() - t0:.0f} s")
-        console.print(files_line(out, s.files))
+        say(files_line(out, s.files))
 
 
 def files_line(out: Path, files: list[str]) -> str:

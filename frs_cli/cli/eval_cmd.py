@@ -16,6 +16,7 @@ from frs_cli.cli.common import (
     is_main_process,
     metrics_table,
     progress_for_rank,
+    say,
     setup_logging,
 )
 from frs_cli.errors import check_value
@@ -110,9 +111,9 @@ def register(app: typer.Typer) -> None:
         console.print(metrics_table(f"{split} split, {data}", {name: result}))
         if metrics is not None:
             write_json(metrics, result, indent=1)
-            console.print(f"wrote {metrics}")
+            say(f"wrote {metrics}")
         if detections_out is not None:
-            console.print(f"wrote {detections_out}")
+            say(f"wrote {detections_out}")
 
 
 def _check_same_eval(ctx, detector, dataset, options: dict) -> None:
@@ -242,4 +243,4 @@ def _mask_stats(cache: str, data: Path | None, high: float, max_views: int | Non
     console.print(table)
     if metrics is not None:
         write_json(metrics, {"levels": [s.to_dict() for s in stats], "high": high}, indent=1)
-        console.print(f"wrote {metrics}")
+        say(f"wrote {metrics}")

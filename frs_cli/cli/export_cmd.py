@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from frs_cli.cli.common import VERBOSE, console, fail, handle_errors, progress_for_rank, setup_logging
+from frs_cli.cli.common import VERBOSE, console, fail, handle_errors, progress_for_rank, say, setup_logging
 from frs_cli.files import check_output_file, missing_file
 
 
@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
         from frs_cli.export.onnx import export_onnx
 
         result = export_onnx(checkpoint, out, check=check, progress=progress_for_rank())
-        console.print(f"wrote {out}: input images (B, 3, H, W) float 0..255; outputs {', '.join(result.outputs)}")
+        say(f"wrote {out}: input images (B, 3, H, W) float 0..255; outputs {', '.join(result.outputs)}")
         if check:
             shapes = ", ".join("x".join(map(str, s)) for s in result.checked_shapes)
             console.print(f"checked with onnxruntime on {shapes}: largest difference {result.max_abs_diff:.2e} "

@@ -37,4 +37,4 @@ def register(app: typer.Typer) -> None:
         typer.echo(markdown_table(logs), nl=False)
         if picture is not None:
             save_png(picture, out)
-            err_console.print(f"wrote {out} ({picture.width}x{picture.height})", highlight=False)
+            err_console.print(f"wrote {out} ({picture.width}x{picture.height})", markup=False, highlight=False)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from frs_cli.cli.common import console, handle_errors
+from frs_cli.cli.common import handle_errors, say
 
 
 def register(app: typer.Typer) -> None:
@@ -40,4 +40,4 @@ def register(app: typer.Typer) -> None:
         picture = render_cached_view(c, c.dataset(None if data is None else str(data)), image_id, view, level,
                                      compare=other, vmax=vmax)
         save_png(picture, out)
-        console.print(f"wrote {out} ({picture.width}x{picture.height})")
+        say(f"wrote {out} ({picture.width}x{picture.height})")
