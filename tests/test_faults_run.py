@@ -551,8 +551,8 @@ def _no_job_recorded(t):  # a recipe.json from before the job was recorded
 RESUME = {  # case -> (command, how to prepare the run directory, the message or fragments of it)
     "lr_changed": ("train", lambda t: ["--set", "train.lr=0.5"],
                    ("started with another recipe: train.lr = 0.01, now 0.5 (a resume may change only train.epochs, "
-                    "train.workers, train.worker_hold, train.log_every, train.eval_every, train.checkpoint_every; "
-                    "resume with the recipe "
+                    "train.workers, train.worker_hold, train.log_every, train.eval_every, train.checkpoint_every, "
+                    "train.cuda_graphs, train.channels_last, data.val; resume with the recipe "
                     "it started with, or start a new run in another --out)")),
     "another_architecture": ("train", lambda t: ["--set", "student.arch=fcos_tiny_fpn", "--set", "student.anchor_size=0"],
                              ('started with another recipe: student.arch = "retinanet_tiny_fpn", now "fcos_tiny_fpn"; '

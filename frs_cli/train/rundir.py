@@ -212,7 +212,8 @@ def resume_changes(out_dir: Path, recipe_dict: dict, job: str) -> dict[str, tupl
     refused = {k: v for k, v in relevant.items() if k not in may_change}
     if refused:
         listed = "; ".join(f"{k} = {_shown(a)}, now {_shown(b)}" for k, (a, b) in refused.items())
-        allowed = ", ".join(f"{schedule}.{r}" for r in RESUMABLE)
+        allowed = ", ".join([*(f"{schedule}.{r}" for r in RESUMABLE),  # the schedule, the layout, the val split
+                             *(k for k in (*LAYOUT, SCORED_ON) if k.split(".")[0] in tables)])
         kept = [f"--set {k}={_shown(older[k])}" for k in refused if k in older]
         hint = (f"the run began under an older frs, before {', '.join(k for k in refused if k in older)} existed; "
                 f"{' '.join(kept)} resumes it as it began" if kept and len(kept) == len(refused) else
