@@ -76,21 +76,25 @@ def test_verify_names_a_path_with_brackets_as_it_is(cache_path, tmp_path):
 
 def test_result_lines_name_paths_with_brackets_as_they_are(cache_path, synth_root, teacher_ckpt, tmp_path):
     """Like verify's verdict, every other result line printed a path through rich markup, which dropped '[v2]':
-    teacher-cache's "already complete", cache export's "-> path", visualize's and eval's "wrote path"."""
+    teacher-cache's "already complete", cache export's "-> path", visualize's and eval's "wrote path", the titles of
+    eval's and cache info's tables."""
     folder = tmp_path / "runs[v2]"
     folder.mkdir()
     copy = folder / "c.zarr"
     shutil.copytree(cache_path, copy)
     recipe = write_recipe(tmp_path / "r.toml", synth_root, str(teacher_ckpt))
-    calls = {f"cache {str(copy)!r} is already complete (48 views); nothing written":
-             ["teacher-cache", "--pipeline", recipe, "--out", copy, "--resume"],
-             f"-> {folder / 'c.h5'}": ["cache", "export", copy, folder / "c.h5"],
-             f"wrote {folder / 'm.png'} (": ["visualize", "--cache", copy, "--out", folder / "m.png"],
-             f"wrote {folder / 'm.json'}": ["eval", "--cache", copy, "--metrics", folder / "m.json"]}
-    for line, args in calls.items():
+    calls = [(["teacher-cache", "--pipeline", recipe, "--out", copy, "--resume"],
+              [f"cache {str(copy)!r} is already complete (48 views); nothing written"]),
+             (["cache", "export", copy, folder / "c.h5"], [f"-> {folder / 'c.h5'}"]),
+             (["visualize", "--cache", copy, "--out", folder / "m.png"], [f"wrote {folder / 'm.png'} ("]),
+             (["eval", "--cache", copy, "--metrics", folder / "m.json"],
+              [f"FRS masks of {copy}", f"wrote {folder / 'm.json'}"]),
+             (["cache", "info", copy], [f"teacher cache {copy}"])]
+    for args, lines in calls:
         result = runner.invoke(app, [str(a) for a in args])
         assert result.exit_code == 0, result.output
-        assert line in result.stdout, result.stdout
+        for line in lines:
+            assert line in result.stdout, result.stdout
 
 
 def test_verify_of_a_cache_from_before_head_checksums_says_its_index_and_head_were_not_checked(cache_path, tmp_path):

@@ -152,7 +152,7 @@ def info(cache: str = typer.Argument(..., help="Cache path, URL or .h5 file.")):
     n_images = c.num_images
     nbytes = c.nbytes_stored()
     per_view_bytes = nbytes["views"] / max(1, done or len(c))
-    table = Table(show_header=False, title=f"teacher cache {cache}")
+    table = Table(show_header=False, title=f"teacher cache {escape(cache)}")  # paths as they are, not markup
     rows = [
         ("state", f"{a.get('state')} ({done}/{len(c)} views written)"),
         ("images", str(n_images)),
@@ -172,7 +172,7 @@ def info(cache: str = typer.Argument(..., help="Cache path, URL or .h5 file.")):
         ("format", f"{a['format']} v{a['format_version']}, {a.get('created_by', '?')}, {a.get('created', '?')}"),
     ]
     for k, v in rows:
-        table.add_row(k, v)
+        table.add_row(k, escape(v))
     console.print(table)
     faults = attribute_faults(c.backend, a)  # the table shows what the attributes say; say when they cannot be so
     if faults:

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from frs_cli.cli.common import (
     DEVICE,
@@ -230,7 +231,7 @@ def _mask_stats(cache: str, data: Path | None, high: float, max_views: int | Non
                             progress=progress_for_rank())
     table = Table("level", "stride", "positions", "mean S inside GT", "mean S outside GT", "mass outside GT",
                   f"S>={high} far from GT", f"S>={high} all",
-                  title=f"FRS masks of {cache}" + ("" if c.complete else f" (incomplete: {int(c.written.sum())} of "
+                  title=f"FRS masks of {escape(str(cache))}" + ("" if c.complete else f" (incomplete: {int(c.written.sum())} of "
                                                                         f"{len(c)} views written)"))
 
     def shown(value: float | None, form: str) -> str:  # undefined (a mean over no positions) is "–", not 0
