@@ -147,7 +147,7 @@ def _run_stages(out: Path, cfg: DemoConfig, progress: Progress, resume: bool = F
         return resume and path.exists()
 
     def stage(name: str):
-        progress.log(f"[bold]demo:[/] {name}")
+        progress.log(f"demo: {name}")
         return time.perf_counter()
 
     t = stage("generate the synthetic set")

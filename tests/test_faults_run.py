@@ -374,9 +374,9 @@ def small_cache(tmp_path_factory, synth_root, teacher_ckpt) -> str:
 
 @pytest.fixture
 def saved_run(finished, tmp_path):
-    """A copy of ``finished`` this test may change."""
-    shutil.copytree(finished.out, tmp_path / "run")
-    return SimpleNamespace(recipe=finished.recipe, out=tmp_path / "run")
+    """A copy of ``finished`` this test may change, in a folder whose name holds brackets (lines name it as it is)."""
+    shutil.copytree(finished.out, tmp_path / "run[v2]")
+    return SimpleNamespace(recipe=finished.recipe, out=tmp_path / "run[v2]")
 
 
 def test_out_that_is_a_file_is_one_line_and_the_file_is_kept(recipe_path, cache_path, tmp_path):

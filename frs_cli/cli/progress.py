@@ -103,7 +103,7 @@ class RichProgress(Progress):
             self.bar = None
 
     def log(self, message: str) -> None:
-        self.console.print(message, highlight=False, soft_wrap=True)
+        self.console.print(message, markup=False, highlight=False, soft_wrap=True)  # as it is: a path may hold '['
 
 
 def _duration(seconds: float) -> str:
@@ -160,4 +160,4 @@ class LineProgress(Progress):
             self.task = None
 
     def log(self, message: str) -> None:
-        self.console.print(message, highlight=False, soft_wrap=True)
+        self.console.print(message, markup=False, highlight=False, soft_wrap=True)  # as it is: a path may hold '['
