@@ -266,9 +266,27 @@ def test_a_final_evaluation_that_failed_is_run_by_resume_with_its_table(command,
 
 
 
-def _run_whose_final_evaluation_failed(command, tmp_path, synth_root, teacher_ckpt, epochs=2):
-    """A run of ``epochs`` (``command``) whose final evaluation stopped on a val image cut short after a sound header:
-    last.pt at the end of its last epoch, no model_final.pt, no evaluation in metrics.jsonl; the image then replaced.
+def test_a_mid_run_evaluation_that_failed_is_run_by_resume_before_the_next_epoch(tmp_path, synth_root, teacher_ckpt):
+    """The evaluation after epoch 1 of 2 (train.eval_every=1) stops on a val image cut short; once it is replaced,
+    --resume evaluates epoch 1 first, then trains and evaluates epoch 2: metrics.jsonl holds both, as the run that
+    was never stopped (before: the resume went on to epoch 2, and epoch 1 was never scored)."""
+    args = _run_whose_final_evaluation_failed(["train", "--role", "student"], tmp_path, synth_root, teacher_ckpt,
+                                              extra=("--set", "train.eval_every=1"))
+    out = tmp_path / "run"
+    result = run(*args, "--resume")
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("epoch 1, val box mAP (%): AP "))
+    assert first < next(i for i, line in enumerate(lines) if line.startswith("epoch 2/2")), result.stderr
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if "eval" in r] == [1, 2]
+    assert (out / FINAL).is_file()
+
+
+def _run_whose_final_evaluation_failed(command, tmp_path, synth_root, teacher_ckpt, epochs=2, extra=()):
+    """A run of ``epochs`` (``command``, ``extra`` options) whose first evaluation (the final one, unless ``extra``
+    asks for more) stopped on a val image cut short after a sound header: last.pt at the end of that epoch, no
+    model_final.pt, no evaluation in metrics.jsonl; the image then replaced.
     The command line that ran it."""
     root = tmp_path / "data"
     shutil.copytree(synth_root, root)
@@ -277,7 +295,7 @@ def _run_whose_final_evaluation_failed(command, tmp_path, synth_root, teacher_ck
     image.write_bytes(whole[: len(whole) // 2])
     recipe = write_recipe(tmp_path / "recipe.toml", root, str(teacher_ckpt))
     out = tmp_path / "run"
-    args = [*command, "--pipeline", recipe, "--out", out, "--device", "cpu", "--set", f"train.epochs={epochs}"]
+    args = [*command, "--pipeline", recipe, "--out", out, "--device", "cpu", "--set", f"train.epochs={epochs}", *extra]
     assert error_line(run(*args)).startswith(f"error: image '{image}': could not be decoded (image file is truncated")
     assert files(out) == ["last.pt", "metrics.jsonl", "recipe.json"]
     image.write_bytes(whole)

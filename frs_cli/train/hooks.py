@@ -290,16 +290,22 @@ class EvalHook(Hook):
         return False
 
     def before_train(self, trainer: Trainer) -> None:
-        """A resume with every epoch done whose final evaluation is not in ``metrics.jsonl`` (it failed, or the run
-        stopped before it): that evaluation now, before the final files are written, as after the last epoch."""
-        epochs = trainer.cfg.epochs
-        if self.resumed_at == (epochs, 0) and not broadcast_object(trainer.ctx, self.metrics.evaluated(epochs)):
-            self._evaluate(trainer, epochs)
+        """A resume from the end of an epoch whose evaluation is due but not in ``metrics.jsonl`` (it failed, or the
+        run stopped before it): that evaluation now, before the next epoch or, with every epoch done, before the
+        final files are written, as the run that was never stopped made it."""
+        done, step = self.resumed_at or (0, 0)
+        if (step == 0 and self._due(done, trainer.cfg.epochs)
+                and not broadcast_object(trainer.ctx, self.metrics.evaluated(done))):
+            self._evaluate(trainer, done)
 
     def after_epoch(self, trainer: Trainer) -> None:
         done = trainer.epoch + 1
-        if done == trainer.cfg.epochs or (self.every and done % self.every == 0):
+        if self._due(done, trainer.cfg.epochs):
             self._evaluate(trainer, done)
+
+    def _due(self, done: int, epochs: int) -> bool:
+        """Whether an evaluation follows epoch ``done`` (1-based): every ``every`` epochs, and after the last."""
+        return done > 0 and (done == epochs or bool(self.every and done % self.every == 0))
 
     def _evaluate(self, trainer: Trainer, done: int) -> None:
         trainer.eval_metrics = metrics = self.evaluate(trainer.objective)
