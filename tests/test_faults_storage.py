@@ -821,6 +821,20 @@ def _verify_level_name_deleted_edited(t):
     return c, ["levels[0].name: expected a string, got no such key", *_REWRITE]
 
 
+def _verify_level_name_renamed_edited(t):  # a string still: its arrays are under the old name, not missing
+    c = _edited_attrs(t, lambda a: a["levels"][0].update(name="Q3"))
+    said = (f"levels[0].name names level Q3, which {BUCKET} does not hold; it holds level P3, which the attributes do "
+            "not name")
+    return c, [said, *_REWRITE]
+
+
+def _verify_bucket_name_renamed_edited(t):
+    c = _edited_attrs(t, lambda a: a["buckets"][0].update(name="64x65"))
+    said = ("buckets[0].name names bucket 64x65, which the store does not hold; it holds bucket 64x64, which the "
+            "attributes do not name")
+    return c, [said, *_REWRITE]
+
+
 def _verify_geometry_string_edited(t):
     c = _edited_attrs(t, lambda a: a["geometry"].update(min_size="64"))
     return c, ["geometry.min_size: expected a positive integer, got str '64'", *_REWRITE]
@@ -883,6 +897,8 @@ VERIFY_NOT_OK = {f.__name__.lstrip("_"): f for f in (_verify_truncated, _verify_
                                                      _verify_level_sizes_deleted_edited,
                                                      _verify_bucket_name_int_edited, _verify_level_name_null_edited,
                                                      _verify_level_name_deleted_edited,
+                                                     _verify_level_name_renamed_edited,
+                                                     _verify_bucket_name_renamed_edited,
                                                      _verify_geometry_string_edited, _verify_geometry_key_added_edited,
                                                      _verify_geometry_max_below_min_edited, _verify_mask_dtype_edited,
                                                      _verify_view_int_edited,
@@ -980,6 +996,45 @@ def test_every_cache_command_refuses_an_attribute_not_of_its_kind_in_one_line(ca
                               fragments[0])
     assert sorted((p.relative_to(cache), p.read_bytes() if p.is_file() else None) for p in cache.rglob("*")) == before
     assert not (tmp_path / "c.h5").exists()
+
+
+def _store_state(cache: Path) -> dict:
+    """Every path in the store, with a file's modification time and SHA-256: what a command that writes nothing
+    leaves as it was."""
+    import hashlib
+
+    return {str(p.relative_to(cache)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+            if p.is_file() else None for p in cache.rglob("*")}
+
+
+@pytest.mark.parametrize("case", ["verify_level_name_renamed_edited", "verify_bucket_name_renamed_edited"])
+def test_every_cache_command_refuses_a_level_or_bucket_name_edited_to_another_in_one_line(case, recipe_path, cache_path,
+                                                                                         tmp_path):
+    """A level or bucket name edited to another string ("P3" to "Q3", "64x64" to "64x65"): the attributes name a group
+    the store does not hold, while it holds the data under a name they do not give. Every cache command says so in
+    one line, exit 1, the store left as it was, no file touched. Before: verify listed every view's arrays of that
+    name as missing and proposed --resume, distill and eval --cache said an array was missing, info printed the table
+    (a bucket: a KeyError traceback), and teacher-cache --resume "repaired" it: a level, by clearing every done flag
+    and writing all 48 views again, exit 0 with Q3 still missing; a bucket, by marking the cache writing, then
+    refusing it."""
+    t = SimpleNamespace(tmp=tmp_path, cache=cache_path, recipe=recipe_path)
+    cache, fragments = VERIFY_NOT_OK[case](t)
+    said = f"its attributes do not match its arrays ({fragments[0]})"
+    before = _store_state(cache)
+    result = run("cache", "verify", cache)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    verdict = (f"cache {cache}: {said}: no view was checked; its attributes were edited or damaged, which --resume "
+               "does not repair: write the cache again (frs teacher-cache into a new --out)")
+    assert result.stdout.strip().splitlines() == [verdict]  # no view listed as missing, no --resume proposed
+    tc = ("teacher-cache", "--pipeline", recipe_path, "--out", cache, "--device", "cpu")
+    for args in (("cache", "info", cache), ("cache", "export", cache, tmp_path / "c.h5"), ("eval", "--cache", cache),
+                 ("visualize", "--cache", cache, "--out", tmp_path / "v.png"), (*tc, "--resume"), tc):
+        assert_one_line_error(run(*args), f"cache {str(cache)!r}: {said}: they were edited or damaged (write the "
+                                          "cache again")
+    assert_one_line_error(_distill(t, cache), f"cache {str(cache)!r}: {said}: they were edited or damaged")
+    _assert_no_run_left(t)
+    assert _store_state(cache) == before
+    assert not (tmp_path / "c.h5").exists() and not (tmp_path / "v.png").exists()
 
 
 def _export_corrupt(t):

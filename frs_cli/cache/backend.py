@@ -72,6 +72,15 @@ class ZarrBackend:
         for name, _ in groups:
             yield from self.walk(prefix + name)
 
+    def groups_in(self, group: str) -> set[str]:
+        """The names of the groups directly inside ``group`` (none where it is no group): one listing of it."""
+        try:
+            node = self.root[group]
+        except KeyError:
+            return set()
+        with _foreign_files_ignored():
+            return set(node.group_keys()) if hasattr(node, "group_keys") else set()
+
     def groups(self) -> list[str]:
         """Every group path below the root, sorted."""
         import zarr
@@ -171,6 +180,12 @@ class HDF5Backend:
         for name, obj in items:
             if isinstance(obj, h5py.Group):
                 yield from self.walk(prefix + name)
+
+    def groups_in(self, group: str) -> set[str]:
+        import h5py
+
+        node = self.file.get(group)
+        return {k for k, v in node.items() if isinstance(v, h5py.Group)} if isinstance(node, h5py.Group) else set()
 
     def groups(self) -> list[str]:
         import h5py

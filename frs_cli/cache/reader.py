@@ -89,6 +89,7 @@ class TeacherCache:
             raise CacheFormatError(f"cache {self.path!r}: is incomplete (its writer did not finish)",
                                    hint="run teacher-cache with --resume to finish it")
         missing = [n for n in self.required_arrays() if not root.has(n)]
+        refuse_renamed(self.path, root, self.attrs, missing)  # not missing: stored under another name
         if any(n.startswith("index/") for n in missing) or (require_complete and missing):
             shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
             raise CacheFormatError(f"cache {self.path!r}: expected every array of the cache format, "
@@ -504,6 +505,55 @@ def refuse_edited(path: str, backend, attrs: dict) -> None:
     """CacheFormatError when the root attributes ``attrs`` contradict the arrays of ``backend`` (``attribute_faults``:
     an edited or damaged ``zarr.json``, which no checksum covers and ``--resume`` does not repair)."""
     faults = attribute_faults(backend, attrs)
+    if faults:
+        raise attributes_error(path, backend.kind, faults)
+
+
+def name_faults(backend, attrs: dict, missing: list[str]) -> list[str]:
+    """Bucket and level names the root attributes give that the store holds no group of, while it holds groups of
+    that kind under names they do not give: a name edited to another (``P3`` to ``Q3``, ``64x64`` to ``64x65``), whose
+    arrays read as missing and which ``--resume`` would have "repaired" by writing every view anew under the edited
+    name. One phrase per kind of name (empty: none). ``missing``: the required arrays the store lacks; only when some
+    lie below ``buckets/`` is the store listed, its ``buckets`` group once, then each bucket it holds that lacks level
+    arrays, until one shows a level fault: an intact cache costs nothing. A group deleted whole (no other in its
+    place: ``--resume`` recreates it) and a deleted shard file (its array is there) are no such fault; nor is a cache
+    being created (``state`` creating), which every reader stops at before. The attributes are of their kinds."""
+    gone = [n.split("/") for n in missing if n.startswith("buckets/")]
+    if not gone:
+        return []
+    held = backend.groups_in("buckets")
+    faults = _renamed("bucket", "buckets", [b["name"] for b in attrs["buckets"]], held, "the store")
+    levels = [lv["name"] for lv in attrs["levels"]]
+    lacking = dict.fromkeys(p[1] for p in gone if len(p) == 4 and p[1] in held)  # held buckets lacking level arrays
+    for bucket in [] if faults else lacking:
+        faults = _renamed("level", "levels", levels, backend.groups_in(f"buckets/{bucket}"), f"buckets/{bucket}")
+        if faults:
+            break
+    return faults
+
+
+def _renamed(what: str, key: str, named: list[str], held: set[str], holder: str) -> list[str]:
+    """The fault of ``named`` (the attributes' names of ``what`` at ``key``) where ``holder`` holds no group of some
+    and holds groups ``held`` under names not among them."""
+    absent = [(i, n) for i, n in enumerate(named) if n not in held]
+    unnamed = sorted(held - set(named))
+    if not absent or not unnamed:
+        return []
+    keys, names = _few([f"{key}[{i}].name" for i, _ in absent]), _few([n for _, n in absent])
+    says = f"{keys} names {what} {names}" if len(absent) == 1 else f"{keys} name {what}s {names}"
+    holds = f"{what}{'' if len(unnamed) == 1 else 's'} {_few(unnamed)}"
+    return [f"{says}, which {holder} does not hold; it holds {holds}, which the attributes do not name"]
+
+
+def _few(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+
+def refuse_renamed(path: str, backend, attrs: dict, missing: list[str]) -> None:
+    """CacheFormatError when a bucket or level name in the root attributes ``attrs`` was edited to another
+    (``name_faults``; ``missing``: the required arrays the store lacks). Its arrays are not missing but stored under
+    the old name, so no repair of missing arrays may follow."""
+    faults = name_faults(backend, attrs, missing)
     if faults:
         raise attributes_error(path, backend.kind, faults)
 

@@ -21,6 +21,7 @@ from frs_cli.cache.reader import (
     attribute_faults,
     attribute_kind_faults,
     faults_text,
+    name_faults,
     required_cache_arrays,
     rewrite_hint,
 )
@@ -149,7 +150,11 @@ def verify_cache(path: str, *, storage_options: dict | None = None, progress: Pr
     if report.attribute_faults:  # no other attribute can be read as what it should be
         return report
     required = required_cache_arrays(attrs)  # builds the teacher head for its parameter names: once
-    report.missing_arrays = [n for n in required if not backend.has(n)]
+    missing = [n for n in required if not backend.has(n)]
+    report.attribute_faults = name_faults(backend, attrs, missing)
+    if report.attribute_faults:  # an edited name: its arrays are there under the old one, not missing
+        return report
+    report.missing_arrays = missing
     report.damaged_arrays = damaged_arrays(backend, attrs, skip=set(report.missing_arrays))
     recorded = attrs.get("checksums", {})
     report.unchecked = [n for n in required if n.startswith(("index/", "teacher_head/"))

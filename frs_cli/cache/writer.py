@@ -44,6 +44,7 @@ from frs_cli.cache.reader import (
     attributes_error,
     refuse_edited,
     refuse_misshapen,
+    refuse_renamed,
     required_cache_arrays,
 )
 from frs_cli.cache.schema import FORMAT_NAME, INDEX_ARRAYS, Plan, make_plan, view_bytes, view_name, views_format_version
@@ -593,7 +594,10 @@ def _open_store(path: str, resume: bool, ctx: DistContext, plan: Plan, teacher, 
     if root is None or root.attrs.get("state") == "creating":
         _create(path, plan, teacher, recipe, fingerprints, dataset, check, options)
         return False, 0, [], options
-    refuse_misshapen(path, open_backend(path), dict(root.attrs))
+    backend = open_backend(path)
+    refuse_misshapen(path, backend, dict(root.attrs))
+    missing = [n for n in required_cache_arrays(backend.attrs) if not backend.has(n)]
+    refuse_renamed(path, backend, dict(backend.attrs), missing)  # before --resume writes views under an edited name
     _check_same(path, root, recipe, teacher, dataset.index, cfg.views)
     warning = None
     if resume:  # before anything is touched: a cache holds the views of one teacher pass
@@ -608,8 +612,6 @@ def _open_store(path: str, resume: bool, ctx: DistContext, plan: Plan, teacher, 
                                hint="add --resume to continue it, or delete it")
     already_complete, rejected = root.attrs.get("state") == "complete", 0
     if not resume:
-        backend = open_backend(path)
-        missing = [n for n in required_cache_arrays(backend.attrs) if not backend.has(n)]
         if missing:
             raise CacheFormatError(f"cache {path!r}: is damaged: {len(missing)} arrays the format "
                                    f"requires are missing ({', '.join(missing[:3])})",
