@@ -405,8 +405,14 @@ def _checksums_missing(t):
     return c, [f"{BUCKET}/crc"]
 
 
+def _level_group_missing(t):  # no other level in its place: missing, not a level name edited to another
+    c = _copy(t.cache, t.tmp)
+    shutil.rmtree(c / BUCKET / "P4")
+    return c, [f"{BUCKET}/P4/features", f"{BUCKET}/P4/mask"]
+
+
 MISSING_ARRAY = {f.__name__.lstrip("_"): f for f in (_head_array_missing, _index_array_missing, _mask_array_missing,
-                                                     _done_flags_missing, _checksums_missing)}
+                                                     _done_flags_missing, _checksums_missing, _level_group_missing)}
 
 
 @pytest.mark.parametrize("case", list(MISSING_ARRAY))
