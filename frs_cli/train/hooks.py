@@ -279,12 +279,16 @@ class CheckpointHook(Hook):
 
 class EvalHook(Hook):
     """``evaluate(objective)`` after every ``every`` epochs (0: none) and after the last one, on every process;
-    the main process shows the metrics and logs them (``trainer.eval_metrics`` keeps the latest)."""
+    the main process shows the metrics and logs them (``trainer.eval_metrics`` keeps the latest). With ``evaluate``
+    None (``--no-eval``) nothing is evaluated; a resume with every epoch done and no final evaluation recorded calls
+    ``skipped(epochs)`` on the main process instead: the final files follow unevaluated."""
 
-    def __init__(self, evaluate: Callable[[nn.Module], dict | None], every: int, progress: Progress,
-                 metrics: MetricsHook, resumed_at: tuple[int, int] | None = None):
+    def __init__(self, evaluate: Callable[[nn.Module], dict | None] | None, every: int, progress: Progress,
+                 metrics: MetricsHook, resumed_at: tuple[int, int] | None = None,
+                 skipped: Callable[[int], None] | None = None):
         self.evaluate, self.every, self.progress, self.metrics = evaluate, every, progress, metrics
         self.resumed_at = resumed_at  # (epochs done, steps into the next) of the state a resume continues from
+        self.skipped = skipped
 
     def wants_state(self, trainer: Trainer, step: int) -> bool:
         return False
@@ -294,13 +298,17 @@ class EvalHook(Hook):
         run stopped before it): that evaluation now, before the next epoch or, with every epoch done, before the
         final files are written, as the run that was never stopped made it."""
         done, step = self.resumed_at or (0, 0)
-        if (step == 0 and self._due(done, trainer.cfg.epochs)
+        if self.evaluate is None:  # --no-eval: a final evaluation not recorded is skipped, with a word
+            if (done, step) == (trainer.cfg.epochs, 0) and self.skipped and trainer.ctx.is_main \
+                    and not self.metrics.evaluated(done):
+                self.skipped(done)
+        elif (step == 0 and self._due(done, trainer.cfg.epochs)
                 and not broadcast_object(trainer.ctx, self.metrics.evaluated(done))):
             self._evaluate(trainer, done)
 
     def after_epoch(self, trainer: Trainer) -> None:
         done = trainer.epoch + 1
-        if self._due(done, trainer.cfg.epochs):
+        if self.evaluate is not None and self._due(done, trainer.cfg.epochs):
             self._evaluate(trainer, done)
 
     def _due(self, done: int, epochs: int) -> bool:

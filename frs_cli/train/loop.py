@@ -415,7 +415,8 @@ def fit(
     ``started()`` is called once the trainer is built, before anything is restored or written: a setting no run
     can use (a batch larger than the split) is refused before the caller makes the run directory.
     ``skipped_eval(epochs)`` is called on the main process when a resume finds every epoch done and no final
-    evaluation in ``metrics.jsonl`` while ``evaluate`` is None (``--no-eval``): the final files follow unevaluated.
+    evaluation in ``metrics.jsonl`` while ``evaluate`` is None (``--no-eval``): the final files follow unevaluated
+    (``EvalHook`` decides both).
     """
     progress = progress or NullProgress()
     out_dir = Path(out_dir)
@@ -430,12 +431,9 @@ def fit(
             resumed()
         progress.log(_resumed_line(state.path, start, cfg.epochs))
     metrics = MetricsHook(out_dir, cfg.tensorboard, ctx.is_main, resumed_at=start if resume else None)
-    if (resume and start == (cfg.epochs, 0) and evaluate is None and skipped_eval is not None and ctx.is_main
-            and not metrics.evaluated(cfg.epochs)):
-        skipped_eval(cfg.epochs)
-    built_in: list[Hook] = [ProgressHook(progress), metrics, CheckpointHook(state, cfg.checkpoint_every)]
-    if evaluate is not None:
-        built_in.append(EvalHook(evaluate, cfg.eval_every, progress, metrics, resumed_at=start if resume else None))
+    built_in: list[Hook] = [ProgressHook(progress), metrics, CheckpointHook(state, cfg.checkpoint_every),
+                            EvalHook(evaluate, cfg.eval_every, progress, metrics, resumed_at=start if resume else None,
+                                     skipped=skipped_eval)]
     if save_outputs is not None:
         built_in.append(OutputsHook(save_outputs, out_dir))
     built_in.append(InterruptHook(state))  # lets go of Ctrl-C after the final files are written
