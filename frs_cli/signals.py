@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 import threading
+from collections.abc import Callable
 
 from frs_cli import errors
 
@@ -58,3 +60,34 @@ def sigint_handled(handler):
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+@contextlib.contextmanager
+def sigterm_spared_while(failing: Callable[[BaseException], bool]):
+    """Within the block SIGTERM keeps its default action (the process ends at once), but while the process is
+    handling an exception ``failing`` accepts (or one raised in the course of handling it): that failure goes on to
+    be reported and the signal is let go. Under torchrun a worker's collective fails when another worker dies, and
+    torchrun's agent, seeing the dead one, sends SIGTERM to the others: it may land as the survivor leaves the
+    training loop (whose handler ``sigint_handled`` then gave SIGTERM back its default) or the process group,
+    before the survivor said why it stops. Within ``sigint_handled`` its handler decides. The default action is
+    taken when the main thread next runs Python (a handler's). Nothing changes outside the main thread or where
+    SIGTERM is not at its default."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def spared(signum, frame):
+        exc = sys.exc_info()[1]
+        while exc is not None:
+            if failing(exc):
+                return
+            exc = exc.__context__
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)  # the default action, as without this handler
+
+    signal.signal(signal.SIGTERM, spared)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

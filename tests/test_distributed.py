@@ -375,20 +375,46 @@ def test_processes_of_one_job_started_with_different_settings_are_refused_in_one
     assert (tmp_path / "allowed" / "model_final.pt").is_file()
 
 
+# Runs frs as torchrun's workers do, but process 0 gets SIGTERM as it leaves the process group after a failure: where
+# torchrun's own SIGTERM lands when it saw another worker die while process 0's failed collective was unwinding.
+SIGTERM_AS_RANK_0_UNWINDS = """
+import os, runpy, signal, sys
+from frs_cli import dist
+
+teardown = dist.teardown
+
+
+def teardown_after_sigterm(ctx):
+    if ctx.rank == 0 and sys.exc_info()[1] is not None:
+        os.kill(os.getpid(), signal.SIGTERM)
+    teardown(ctx)
+
+
+dist.teardown = teardown_after_sigterm
+runpy.run_module("frs_cli", run_name="__main__")
+"""
+
+
 @pytest.mark.skipif(not os.path.exists(TORCHRUN) or not os.path.isdir("/proc"), reason="torchrun and /proc needed")
+@pytest.mark.parametrize("sigterm", ["torchrun's", "as rank 0 unwinds"])
 def test_a_process_killed_mid_distill_leaves_the_other_one_line_not_a_traceback(cache_path, synth_root, teacher_ckpt,
-                                                                               tmp_path):
-    """SIGKILL one worker of a two-process distill: the other's next collective fails. Before, it printed gloo's
-    traceback; now one line says another process of the job stopped, and --resume continues the run."""
+                                                                               tmp_path, sigterm):
+    """SIGKILL one worker of a two-process distill: the other's next collective fails, and torchrun, seeing the
+    dead worker, sends SIGTERM to it. Before, it printed gloo's traceback; now one line says another process of the
+    job stopped, and --resume continues the run. ``as rank 0 unwinds``: that SIGTERM comes (for certain, not only on
+    a loaded machine) after process 0's collective failed, while it leaves the training loop and the process group;
+    before, it ended process 0 there (SIGTERM's default action), with no line at all."""
     import signal
     import time
 
     recipe = write_recipe(tmp_path / "r.toml", synth_root, str(teacher_ckpt))
     out = tmp_path / "run"
-    common = [*_torchrun_cmd("distill", "--pipeline", recipe, "--cache", cache_path, "--no-eval", "--set",
-                             "train.epochs=40", "--set", "train.checkpoint_every=1", "--out", out)]
-    proc = subprocess.Popen(common, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            cwd=tmp_path)
+    cmd = _torchrun_cmd("distill", "--pipeline", recipe, "--cache", cache_path, "--no-eval", "--set",
+                        "train.epochs=40", "--set", "train.checkpoint_every=1", "--out", out)
+    if sigterm == "as rank 0 unwinds":
+        (tmp_path / "frs_worker.py").write_text(SIGTERM_AS_RANK_0_UNWINDS)
+        cmd[cmd.index("-m"):cmd.index("frs_cli") + 1] = [str(tmp_path / "frs_worker.py")]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
     metrics = out / "metrics.jsonl"
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:

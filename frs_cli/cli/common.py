@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -102,37 +103,54 @@ def fail(message: str, code: int = 1):
 
 
 def handle_errors(fn):
-    """Turn FrsError into one line on stderr and exit 1; Ctrl-C into a clean stop with exit 130."""
+    """Turn FrsError into one line on stderr and exit 1; Ctrl-C into a clean stop with exit 130; under torchrun a
+    collective that failed because another process of the job stopped into one line saying so, exit 1."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         kwargs = {k: _home(v) for k, v in kwargs.items()}
-        try:
-            return fn(*args, **kwargs)
-        except Interrupted as exc:
-            _quiet_after_interrupt()
-            first_to_report(JOB_STOPPED)
-            if first_to_report(f"interrupted: {exc}"):
-                err_console.print(f"[yellow]interrupted:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
-            raise typer.Exit(_stopped_status()) from None
-        except KeyboardInterrupt:
-            _quiet_after_interrupt()
-            first_to_report(JOB_STOPPED)
-            if first_to_report("interrupted"):
-                err_console.print("[yellow]interrupted[/]", highlight=False)
-            raise typer.Exit(_stopped_status()) from None
-        except FrsError as exc:
-            fail(str(exc).replace("\n", " "))
-        except OSError as exc:  # a name too long for the file system, wherever it was met: one line, no traceback
-            if exc.errno != errno.ENAMETOOLONG:
-                raise
-            fail(str(name_too_long(exc)))
-        except Exception as exc:
-            if not _lost_a_peer(exc):
-                raise
-            _peer_stopped(exc)
+        with _peer_loss_reported_before_sigterm():
+            try:
+                return fn(*args, **kwargs)
+            except Interrupted as exc:
+                _quiet_after_interrupt()
+                first_to_report(JOB_STOPPED)
+                if first_to_report(f"interrupted: {exc}"):
+                    err_console.print(f"[yellow]interrupted:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
+                raise typer.Exit(_stopped_status()) from None
+            except KeyboardInterrupt:
+                _quiet_after_interrupt()
+                first_to_report(JOB_STOPPED)
+                if first_to_report("interrupted"):
+                    err_console.print("[yellow]interrupted[/]", highlight=False)
+                raise typer.Exit(_stopped_status()) from None
+            except FrsError as exc:
+                fail(str(exc).replace("\n", " "))
+            except OSError as exc:  # a name too long for the file system, wherever it was met: one line, no traceback
+                if exc.errno != errno.ENAMETOOLONG:
+                    raise
+                fail(str(name_too_long(exc)))
+            except Exception as exc:
+                if not _lost_a_peer(exc):
+                    raise
+                _peer_stopped(exc)
 
     return wrapper
+
+
+def _peer_loss_reported_before_sigterm():
+    """Under torchrun, a process whose collective failed because another process of the job died says so
+    (``_peer_stopped``) even when torchrun's SIGTERM lands first, as it leaves the loop and the process group; any
+    other SIGTERM outside the training loop still ends it at once (``signals.sigterm_spared_while``)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return contextlib.nullcontext()
+    from frs_cli.signals import sigterm_spared_while
+
+    def lost_a_peer(exc: BaseException) -> bool:
+        dist = sys.modules.get("frs_cli.dist")  # not imported yet: no collective ran (and none is imported here)
+        return dist is not None and dist.lost_a_peer(exc)
+
+    return sigterm_spared_while(lost_a_peer)
 
 
 def _lost_a_peer(exc: Exception) -> bool:
