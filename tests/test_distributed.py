@@ -121,9 +121,14 @@ def test_teacher_cache_resumes_after_one_rank_is_killed(cache_path, synth_root, 
     proc.wait(timeout=120)
     assert killed and proc.returncode != 0, "the run finished before a rank could be killed"
     partial = TeacherCache(str(out), require_complete=False)
-    # on a loaded machine the surviving rank may finish every view before torchrun stops it (the kill lands
-    # between polls): the cache must still read as unfinished, and the resume below still has to complete it
-    assert 0 < partial.done().sum() <= 48 and partial.attrs["state"] == "writing"
+    if partial.attrs["state"] == "complete":
+        # on a loaded machine the kill may land after both processes passed the barrier that follows the last
+        # write: every view was written, so process 0 rightly marked the cache complete (and only then)
+        assert partial.done().all()
+    else:
+        # the surviving rank may finish every view before torchrun stops it (the kill lands between polls): the
+        # cache still reads as unfinished, and the resume below still has to complete it
+        assert 0 < partial.done().sum() <= 48 and partial.attrs["state"] == "writing"
     r = _torchrun("teacher-cache", "--pipeline", recipe, "--out", out, "--resume", tmp_path=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert zarr.open_group(str(out), mode="r").attrs["state"] == "complete"
