@@ -862,6 +862,22 @@ def _verify_mask_dtype_edited(t):
     return c, ["storage.mask_dtype: expected a NumPy dtype name (float16), got str 'half float'", *_REWRITE]
 
 
+def _verify_dtype_int_edited(t):
+    c = _edited_attrs(t, lambda a: a["storage"].update(dtype=5))
+    return c, ["storage.dtype: expected one of float16, bfloat16, float32, int8, int6, int5, int4, got int 5", *_REWRITE]
+
+
+def _verify_dtype_deleted_edited(t):
+    c = _edited_attrs(t, lambda a: a["storage"].pop("dtype"))
+    return c, [("storage.dtype: expected one of float16, bfloat16, float32, int8, int6, int5, int4, got no such key"),
+               *_REWRITE]
+
+
+def _verify_codec_int_edited(t):
+    c = _edited_attrs(t, lambda a: a["storage"].update(codec=5))
+    return c, ["storage.codec: expected one of none, zstd, blosc, got int 5", *_REWRITE]
+
+
 def _verify_view_int_edited(t):
     c = _edited_attrs(t, lambda a: a["views"].append(5))
     return c, ["views[2]: expected a string, got int 5", *_REWRITE]
@@ -907,6 +923,8 @@ VERIFY_NOT_OK = {f.__name__.lstrip("_"): f for f in (_verify_truncated, _verify_
                                                      _verify_bucket_name_renamed_edited,
                                                      _verify_geometry_string_edited, _verify_geometry_key_added_edited,
                                                      _verify_geometry_max_below_min_edited, _verify_mask_dtype_edited,
+                                                     _verify_dtype_int_edited, _verify_dtype_deleted_edited,
+                                                     _verify_codec_int_edited,
                                                      _verify_view_int_edited,
                                                      _verify_teacher_null_edited, _verify_dataset_list_edited,
                                                      _verify_done_chunk_lost)}
@@ -988,7 +1006,8 @@ def test_teacher_cache_refuses_a_cache_whose_attributes_verify_rejects(case, res
                                   "verify_bucket_name_int_edited", "verify_level_name_null_edited",
                                   "verify_geometry_string_edited", "verify_geometry_key_added_edited",
                                   "verify_geometry_max_below_min_edited", "verify_mask_dtype_edited",
-                                  "verify_view_int_edited"])
+                                  "verify_view_int_edited", "verify_dtype_int_edited", "verify_dtype_deleted_edited",
+                                  "verify_codec_int_edited"])
 def test_every_cache_command_refuses_an_attribute_not_of_its_kind_in_one_line(case, recipe_path, cache_path, tmp_path):
     """An attribute edited to another kind or shape (verify and distill: the cases above): cache info, cache export,
     eval --cache and teacher-cache --resume give verify's finding in one line too, and leave the cache as it was.
@@ -1002,6 +1021,26 @@ def test_every_cache_command_refuses_an_attribute_not_of_its_kind_in_one_line(ca
                               fragments[0])
     assert sorted((p.relative_to(cache), p.read_bytes() if p.is_file() else None) for p in cache.rglob("*")) == before
     assert not (tmp_path / "c.h5").exists()
+
+
+_REWRITE_LINE = "write the cache again (frs teacher-cache into a new --out)"
+
+
+@pytest.mark.parametrize("case", ["verify_dtype_int_edited", "verify_codec_int_edited"])
+def test_a_storage_attribute_of_another_kind_is_one_line_naming_the_cache(case, recipe_path, cache_path, tmp_path):
+    """``storage.dtype`` edited to 5: every cache command said "cache dtype: expected one of …, got 5", naming neither
+    the cache nor a fix. ``storage.codec`` 5 (shown by ``cache info``, compared by ``teacher-cache``, recorded by
+    ``distill``): verify said OK, distill trained and recorded it, --resume proposed ``cache.codec = 5``."""
+    t = SimpleNamespace(tmp=tmp_path, cache=cache_path, recipe=recipe_path)
+    cache, (finding, *_) = VERIFY_NOT_OK[case](t)
+    verify = run("cache", "verify", cache)
+    assert verify.exit_code == 1 and verify.stdout.strip() == (
+        f"cache {cache}: its attributes do not match its arrays ({finding}): no view was checked; its attributes were "
+        f"edited or damaged, which --resume does not repair: {_REWRITE_LINE}")
+    for result in (run("cache", "info", cache), _distill(t, cache)):
+        assert assert_one_line_error(result) == (f"error: cache {str(cache)!r}: its attributes do not match its arrays "
+                                                 f"({finding}): they were edited or damaged ({_REWRITE_LINE})")
+    _assert_no_run_left(t)
 
 
 def _store_state(cache: Path) -> dict:

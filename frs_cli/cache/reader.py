@@ -21,7 +21,7 @@ from torch import Tensor
 
 from frs_cli.cache.backend import open_backend
 from frs_cli.cache.checksum import mismatched
-from frs_cli.cache.encoding import FeatureEncoding, finite
+from frs_cli.cache.encoding import NAMES, FeatureEncoding, finite
 from frs_cli.cache.identity import (
     dataset_fingerprint,
     first_difference,
@@ -30,7 +30,7 @@ from frs_cli.cache.identity import (
     what_differs,
 )
 from frs_cli.cache.schema import INDEX_ARRAYS, Bucket, required_arrays, view_code, view_name
-from frs_cli.cache.store import is_url
+from frs_cli.cache.store import CODECS, is_url
 from frs_cli.data.coco import CocoViews, Sample
 from frs_cli.data.geometry import GeometryConfig, ViewGeometry, canonical_view
 from frs_cli.data.targets import CachedTargets
@@ -594,7 +594,7 @@ def _value_faults(attrs: dict) -> list[str]:
     channels, each bucket's count, padded size and level sizes (one per level), and the teacher head's
     ``cls_channels`` (caches written before other families existed have none). Also the names array paths are made
     of (each level's and bucket's) and each of ``views``, where they are no strings, the geometry
-    (``_geometry_faults``) and a ``storage.mask_dtype`` that names no dtype. ``attrs`` are of their kinds otherwise."""
+    (``_geometry_faults``) and ``storage`` (``_storage_faults``). ``attrs`` are of their kinds otherwise."""
     numbers = [("num_views", attrs.get("num_views", _NO_KEY), 0)]
     spec = attrs["teacher"]["head_spec"]
     if "cls_channels" in spec:
@@ -616,7 +616,7 @@ def _value_faults(attrs: dict) -> list[str]:
         faults += _level_sizes_faults(f"buckets[{i}].level_sizes", b.get("level_sizes", _NO_KEY), len(attrs["levels"]),
                                       numbers)
     faults += _geometry_faults(attrs["geometry"], numbers)
-    faults += _mask_dtype_faults(attrs["storage"].get("mask_dtype", "float16"))  # older caches: none, float16
+    faults += _storage_faults(attrs["storage"])
     for key, value, least in numbers:
         if isinstance(value, bool) or not isinstance(value, int):
             faults.append(f"{key}: expected {_RANGE[least]}, got {_got(value)}")
@@ -645,6 +645,19 @@ def _geometry_faults(geometry: dict, numbers: list) -> list[str]:
     if type(low) is int and type(high) is int and high < low:
         faults.append(f"geometry.max_size: expected at least min_size ({low}), got {high}")
     return faults
+
+
+def _storage_faults(storage: dict) -> list[str]:
+    """The faults of the ``storage`` attribute: a ``dtype`` that names no encoding (``NAMES``: every reader decodes the
+    features by it; a number was refused in words naming no cache, a deleted one was a ``KeyError`` traceback), a
+    ``codec`` that names no compressor frs writes (``CODECS``: readers take the codec from the arrays, but
+    ``cache info`` shows it, ``teacher-cache`` compares it with the recipe's and ``distill`` records it; older caches
+    have none, read as ``none``), and a ``mask_dtype`` that names no dtype (older caches: none, ``float16``)."""
+    faults = [f"storage.{key}: expected one of {', '.join(names)}, got {_got(value)}"
+              for key, value, names in (("dtype", storage.get("dtype", _NO_KEY), NAMES),
+                                        ("codec", storage.get("codec", "none"), CODECS))
+              if not (isinstance(value, str) and value in names)]
+    return faults + _mask_dtype_faults(storage.get("mask_dtype", "float16"))
 
 
 def _mask_dtype_faults(name) -> list[str]:
@@ -731,10 +744,7 @@ def attribute_faults(backend, attrs: dict) -> list[str]:
     faults: list[str] = attribute_kind_faults(attrs)
     if faults:
         return faults
-    try:
-        encoding = FeatureEncoding(attrs["storage"]["dtype"])
-    except CacheFormatError as exc:
-        return [f"storage.dtype: {exc.message}"]
+    encoding = FeatureEncoding(attrs["storage"]["dtype"])  # one of its names (_storage_faults)
     index = {n: np.asarray(backend.array(f"index/{n}")[...]) for n in ("image_id", "view", "bucket", "row", "geometry")}
     if int(attrs.get("num_views", -1)) != len(index["image_id"]):
         faults.append(f"num_views {attrs.get('num_views')} against {len(index['image_id'])} views in the index")

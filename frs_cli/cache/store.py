@@ -128,8 +128,11 @@ def open_existing(path: str, mode: str = "r", storage_options: dict | None = Non
     return group
 
 
+CODECS = ("none", "zstd", "blosc")  # every chunk compressor a cache may name (the recipe's cache.codec)
+
+
 def codec(name: str):
-    """Zarr v3 compressor list for a codec name."""
+    """Zarr v3 compressor list for a codec name (one of ``CODECS``)."""
     from zarr.codecs import BloscCodec, ZstdCodec
 
     if name == "none":
