@@ -1043,6 +1043,19 @@ def test_a_storage_attribute_of_another_kind_is_one_line_naming_the_cache(case, 
     _assert_no_run_left(t)
 
 
+def test_cache_info_reads_a_cache_without_a_codec_or_mask_dtype_as_older_frs_wrote_it(recipe_path, cache_path,
+                                                                                        tmp_path):
+    """A cache from before ``storage.codec`` and ``storage.mask_dtype`` were recorded (every reader takes them as
+    ``none`` and ``float16``): verify said OK and distill read it, but ``cache info`` ended in a ``KeyError``
+    traceback."""
+    t = SimpleNamespace(tmp=tmp_path, cache=cache_path, recipe=recipe_path)
+    cache = _edited_attrs(t, lambda a: [a["storage"].pop(k) for k in ("codec", "mask_dtype")])
+    result = run("cache", "info", cache)
+    assert result.exit_code == 0 and result.stderr == "", result.output
+    [row] = [line for line in result.stdout.splitlines() if "│ storage" in line]
+    assert row.split("│")[2].strip() == "float16 features, float16 masks, codec none"
+
+
 def _store_state(cache: Path) -> dict:
     """Every path in the store, with a file's modification time and SHA-256: what a command that writes nothing
     leaves as it was."""

@@ -159,7 +159,8 @@ def info(cache: str = typer.Argument(..., help="Cache path, URL or .h5 file.")):
         ("views", f"{len(c)}  ({', '.join(c.views)})"),
         ("levels", "  ".join(f"{lv.name}/s{lv.stride}/{lv.channels}ch" for lv in c.levels)),
         ("size buckets", str(len(c.buckets))),
-        ("storage", f"{a['storage']['dtype']} features, {a['storage']['mask_dtype']} masks, codec {a['storage']['codec']}"),
+        ("storage", (f"{c.dtype} features, {a['storage'].get('mask_dtype', 'float16')} masks, "  # older caches: neither
+                     f"codec {a['storage'].get('codec', 'none')}")),
         ("bytes on disk", (f"{nbytes['total'] / 1e6:,.1f} MB  (views {nbytes['views'] / 1e6:,.1f} MB, "
                            f"index and teacher head {nbytes['fixed'] / 1e6:,.2f} MB)")),
         ("per image", (f"{per_view_bytes * len(c) / max(1, n_images) / 1e6:.4f} MB  "
