@@ -680,7 +680,7 @@ def _edited_attrs(t, edit):
     g = zarr.open_group(str(c), mode="r+")
     attrs = json.loads(json.dumps(dict(g.attrs)))
     edit(attrs)
-    g.attrs.update(attrs)
+    g.attrs.put(attrs)  # whole: a key deleted from the top level is gone
     return c
 
 
@@ -893,6 +893,21 @@ def _verify_dataset_list_edited(t):
     return c, ["dataset: expected an object, got list", *_REWRITE]
 
 
+def _verify_storage_deleted_edited(t):
+    c = _edited_attrs(t, lambda a: a.pop("storage"))
+    return c, ["storage: expected an object, got no such key", *_REWRITE]
+
+
+def _verify_geometry_deleted_edited(t):
+    c = _edited_attrs(t, lambda a: a.pop("geometry"))
+    return c, ["geometry: expected an object, got no such key", *_REWRITE]
+
+
+def _verify_head_spec_deleted_edited(t):
+    c = _edited_attrs(t, lambda a: a["teacher"].pop("head_spec"))
+    return c, ["teacher.head_spec: expected an object, got no such key", *_REWRITE]
+
+
 def _verify_done_chunk_lost(t):
     c = _copy(t.cache, t.tmp)
     (c / BUCKET / "done" / "c.0").unlink()
@@ -927,6 +942,8 @@ VERIFY_NOT_OK = {f.__name__.lstrip("_"): f for f in (_verify_truncated, _verify_
                                                      _verify_codec_int_edited,
                                                      _verify_view_int_edited,
                                                      _verify_teacher_null_edited, _verify_dataset_list_edited,
+                                                     _verify_storage_deleted_edited, _verify_geometry_deleted_edited,
+                                                     _verify_head_spec_deleted_edited,
                                                      _verify_done_chunk_lost)}
 
 
@@ -1007,7 +1024,8 @@ def test_teacher_cache_refuses_a_cache_whose_attributes_verify_rejects(case, res
                                   "verify_geometry_string_edited", "verify_geometry_key_added_edited",
                                   "verify_geometry_max_below_min_edited", "verify_mask_dtype_edited",
                                   "verify_view_int_edited", "verify_dtype_int_edited", "verify_dtype_deleted_edited",
-                                  "verify_codec_int_edited"])
+                                  "verify_codec_int_edited", "verify_storage_deleted_edited",
+                                  "verify_geometry_deleted_edited", "verify_head_spec_deleted_edited"])
 def test_every_cache_command_refuses_an_attribute_not_of_its_kind_in_one_line(case, recipe_path, cache_path, tmp_path):
     """An attribute edited to another kind or shape (verify and distill: the cases above): cache info, cache export,
     eval --cache and teacher-cache --resume give verify's finding in one line too, and leave the cache as it was.
@@ -1026,11 +1044,13 @@ def test_every_cache_command_refuses_an_attribute_not_of_its_kind_in_one_line(ca
 _REWRITE_LINE = "write the cache again (frs teacher-cache into a new --out)"
 
 
-@pytest.mark.parametrize("case", ["verify_dtype_int_edited", "verify_codec_int_edited"])
-def test_a_storage_attribute_of_another_kind_is_one_line_naming_the_cache(case, recipe_path, cache_path, tmp_path):
+@pytest.mark.parametrize("case", ["verify_dtype_int_edited", "verify_codec_int_edited", "verify_storage_deleted_edited",
+                                  "verify_geometry_deleted_edited"])
+def test_an_attribute_edited_or_deleted_is_one_line_naming_the_cache(case, recipe_path, cache_path, tmp_path):
     """``storage.dtype`` edited to 5: every cache command said "cache dtype: expected one of …, got 5", naming neither
     the cache nor a fix. ``storage.codec`` 5 (shown by ``cache info``, compared by ``teacher-cache``, recorded by
-    ``distill``): verify said OK, distill trained and recorded it, --resume proposed ``cache.codec = 5``."""
+    ``distill``): verify said OK, distill trained and recorded it, --resume proposed ``cache.codec = 5``. A top-level
+    attribute deleted (``storage``, ``geometry``) was "got none", as if it held a null: now "got no such key"."""
     t = SimpleNamespace(tmp=tmp_path, cache=cache_path, recipe=recipe_path)
     cache, (finding, *_) = VERIFY_NOT_OK[case](t)
     verify = run("cache", "verify", cache)

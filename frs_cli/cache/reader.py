@@ -560,7 +560,7 @@ def refuse_renamed(path: str, backend, attrs: dict, missing: list[str]) -> None:
 
 _OBJECT_ATTRIBUTES = ("teacher", "dataset", "geometry", "storage", "fingerprints")
 _LIST_ATTRIBUTES = ("levels", "buckets", "views")
-_NO_KEY = object()  # an entry's key that is not there: named "no such key", where a null is "none"
+_NO_KEY = object()  # a key that is not there (an attribute's, an entry's): named "no such key", where a null is "none"
 
 
 def _kind(value) -> str:
@@ -578,11 +578,11 @@ def attribute_kind_faults(attrs: dict) -> list[str]:
     spec that is no object, and the numbers readers take as counts and sizes that are no integers
     (``_value_faults``): one short phrase each. Checked before any of them is read, so that an edited
     ``zarr.json`` is one line, not a traceback from whichever command reads it first."""
-    faults = [f"{k}: expected an object, got {_kind(attrs.get(k))}" for k in _OBJECT_ATTRIBUTES
+    faults = [f"{k}: expected an object, got {_kind(attrs.get(k, _NO_KEY))}" for k in _OBJECT_ATTRIBUTES
               if not isinstance(attrs.get(k), dict)]
-    faults += [f"{k}: expected a list, got {_kind(attrs.get(k))}" for k in _LIST_ATTRIBUTES
+    faults += [f"{k}: expected a list, got {_kind(attrs.get(k, _NO_KEY))}" for k in _LIST_ATTRIBUTES
                if not isinstance(attrs.get(k), list)]
-    spec = attrs["teacher"].get("head_spec") if isinstance(attrs.get("teacher"), dict) else {}
+    spec = attrs["teacher"].get("head_spec", _NO_KEY) if isinstance(attrs.get("teacher"), dict) else {}
     if not isinstance(spec, dict):
         faults.append(f"teacher.head_spec: expected an object, got {_kind(spec)}")
     return faults or _value_faults(attrs)
