@@ -40,8 +40,9 @@ def mismatched(attrs: dict, arrays: dict[str, np.ndarray]) -> list[str]:
     return [n for n, values in arrays.items() if n in recorded and view_crc(values) != recorded[n]]
 
 
-def damaged_arrays(backend, attrs: dict, skip=frozenset()) -> list[str]:
+def damaged_arrays(backend, attrs: dict, skip=frozenset(), read: dict[str, np.ndarray] | None = None) -> list[str]:
     """``mismatched`` over every recorded array the cache's store holds, ``skip`` aside. ``backend``: the store
-    (``has(name)``, ``array(name)``)."""
-    names = [n for n in attrs.get("checksums", {}) if n not in skip and backend.has(n)]
-    return mismatched(attrs, {n: backend.array(n)[...] for n in names})
+    (``has(name)``, ``array(name)``); ``read``: arrays the caller has read already, by path (not read again)."""
+    read = read or {}
+    names = [n for n in attrs.get("checksums", {}) if n not in skip and (n in read or backend.has(n))]
+    return mismatched(attrs, {n: read[n] if n in read else backend.array(n)[...] for n in names})

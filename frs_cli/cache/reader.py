@@ -104,7 +104,7 @@ class TeacherCache:
         self.bucket = root.array("index/bucket")[...]
         self.row = root.array("index/row")[...]
         self.geometry = root.array("index/geometry")[...]
-        damaged = mismatched(self.attrs, {f"index/{n}": getattr(self, n) for n in INDEX_ARRAYS})
+        damaged = mismatched(self.attrs, {f"index/{n}": a for n, a in self.index_arrays().items()})
         if damaged:  # every view would be looked up in the wrong place
             raise CacheFormatError(f"cache {self.path!r}: its index does not match its checksums "
                                    f"({', '.join(damaged)}): the file is damaged", hint=repair_hint(self.path, root.kind))
@@ -154,13 +154,21 @@ class TeacherCache:
     def teacher(self) -> dict:
         return dict(self.attrs["teacher"])
 
-    def check_attributes(self) -> TeacherCache:
+    def check_attributes(self, faults: list[str] | None = None) -> TeacherCache:
         """CacheFormatError when the root attributes contradict the arrays they describe (``verify``'s check): no
         checksum covers an edited or damaged ``zarr.json``, whose numbers would decode or place views wrongly, or
-        blame the student for the cache's levels. A training run checks this before it reads a view. Returns the
-        cache."""
-        refuse_edited(self.path, self._backend, self.attrs)
+        blame the student for the cache's levels. A training run checks this before it reads a view. ``faults``:
+        this cache's ``attribute_faults`` where the caller has found them already (``None``: found here, their kinds
+        having been checked when the cache was opened). Returns the cache."""
+        if faults is None:
+            faults = contradiction_faults(self._backend, self.attrs, self.index_arrays())
+        if faults:
+            raise attributes_error(self.path, self._backend.kind, faults)
         return self
+
+    def index_arrays(self) -> dict[str, np.ndarray]:
+        """The index arrays as read when the cache was opened, by name (``INDEX_ARRAYS``, as ``read_index``)."""
+        return {n: getattr(self, n) for n in INDEX_ARRAYS}
 
     @property
     def teacher_autocast(self) -> bool:
@@ -502,9 +510,10 @@ def attributes_error(path: str, kind: str, faults: list[str]) -> CacheFormatErro
 
 
 def refuse_edited(path: str, backend, attrs: dict) -> None:
-    """CacheFormatError when the root attributes ``attrs`` contradict the arrays of ``backend`` (``attribute_faults``:
-    an edited or damaged ``zarr.json``, which no checksum covers and ``--resume`` does not repair)."""
-    faults = attribute_faults(backend, attrs)
+    """CacheFormatError when the root attributes ``attrs``, of their kinds (``refuse_misshapen`` first), contradict
+    the arrays of ``backend`` (``contradiction_faults``: an edited or damaged ``zarr.json``, which no checksum covers
+    and ``--resume`` does not repair)."""
+    faults = contradiction_faults(backend, attrs)
     if faults:
         raise attributes_error(path, backend.kind, faults)
 
@@ -731,21 +740,32 @@ def _class_and_image_faults(attrs: dict, image_ids: np.ndarray) -> list[str]:
     return faults
 
 
+def read_index(backend) -> dict[str, np.ndarray]:
+    """The index arrays of a cache's store (``backend``), read whole, by name (``INDEX_ARRAYS``)."""
+    return {n: np.asarray(backend.array(f"index/{n}")[...]) for n in INDEX_ARRAYS}
+
+
 def attribute_faults(backend, attrs: dict) -> list[str]:
-    """What in the root attributes disagrees with the arrays they describe, one short phrase each (empty: all
-    agree). The attributes tell readers how to decode and place every view, and no checksum covers them, so an
-    edited or damaged ``zarr.json`` is found here: the storage dtype against the features' stored channels and
-    dtype, the levels' channels and grids against each array's shape, the bucket counts and rows against the index,
-    each view's recorded geometry against the geometry attributes, the teacher head against its ``head_spec``."""
+    """What in the root attributes is not of its kind (``attribute_kind_faults``) or disagrees with the arrays they
+    describe (``contradiction_faults``), one short phrase each (empty: all agree)."""
+    return attribute_kind_faults(attrs) or contradiction_faults(backend, attrs)
+
+
+def contradiction_faults(backend, attrs: dict, index: dict[str, np.ndarray] | None = None) -> list[str]:
+    """What in the root attributes ``attrs``, of their kinds (``attribute_kind_faults``), disagrees with the arrays
+    they describe, one short phrase each (empty: all agree). The attributes tell readers how to decode and place
+    every view, and no checksum covers them, so an edited or damaged ``zarr.json`` is found here: the storage dtype
+    against the features' stored channels and dtype, the levels' channels and grids against each array's shape, the
+    bucket counts and rows against the index, each view's recorded geometry against the geometry attributes, the
+    teacher head against its ``head_spec``. ``index``: the index arrays (``read_index``), where the caller has read
+    them already."""
     from frs_cli.data.geometry import level_grid_size, view_geometry
     from frs_cli.errors import ConfigError
     from frs_cli.models import build_cls_head
 
-    faults: list[str] = attribute_kind_faults(attrs)
-    if faults:
-        return faults
+    faults: list[str] = []
     encoding = FeatureEncoding(attrs["storage"]["dtype"])  # one of its names (_storage_faults)
-    index = {n: np.asarray(backend.array(f"index/{n}")[...]) for n in ("image_id", "view", "bucket", "row", "geometry")}
+    index = read_index(backend) if index is None else index
     if int(attrs.get("num_views", -1)) != len(index["image_id"]):
         faults.append(f"num_views {attrs.get('num_views')} against {len(index['image_id'])} views in the index")
     faults += _class_and_image_faults(attrs, index["image_id"])

@@ -16,15 +16,17 @@ import numpy as np
 
 from frs_cli.cache.backend import open_backend
 from frs_cli.cache.checksum import damaged_arrays, view_crc
+from frs_cli.cache.encoding import FeatureEncoding
 from frs_cli.cache.reader import (
-    TeacherCache,
-    attribute_faults,
     attribute_kind_faults,
+    contradiction_faults,
     faults_text,
     name_faults,
+    read_index,
     required_cache_arrays,
     rewrite_hint,
 )
+from frs_cli.cache.schema import view_name
 from frs_cli.files import plural
 from frs_cli.lock import describe, live_holder
 from frs_cli.progress import NullProgress, Progress
@@ -126,9 +128,9 @@ class VerifyReport:
         return f"OK: {head} (all {self.views_total} views, state {self.state}){unchecked}"
 
 
-def _level_arrays(cache: TeacherCache) -> list[str]:
+def _level_arrays(attrs: dict) -> list[str]:
     """Per-view arrays in checksum order: P3/features, P3/mask, P4/features, ..."""
-    return [f"{lv.name}/{kind}" for lv in cache.levels for kind in ("features", "mask")]
+    return [f"{lv['name']}/{kind}" for lv in attrs["levels"] for kind in ("features", "mask")]
 
 
 def verify_cache(path: str, *, storage_options: dict | None = None, progress: Progress | None = None) -> VerifyReport:
@@ -139,7 +141,6 @@ def verify_cache(path: str, *, storage_options: dict | None = None, progress: Pr
     in it. Views not yet written are counted, not checked; without its index no view is checked. Raises
     CacheFormatError when ``path`` is not a readable cache.
     """
-    progress = progress or NullProgress()
     backend = open_backend(str(path), storage_options)
     attrs = dict(backend.attrs)
     views = attrs.get("num_views")  # -1 where it is no count (attribute_kind_faults names it)
@@ -155,39 +156,49 @@ def verify_cache(path: str, *, storage_options: dict | None = None, progress: Pr
     if report.attribute_faults:  # an edited name: its arrays are there under the old one, not missing
         return report
     report.missing_arrays = missing
-    report.damaged_arrays = damaged_arrays(backend, attrs, skip=set(report.missing_arrays))
+    # the index, read once: for its checksums, the attributes that describe it, and where each view is
+    index = {} if any(n.startswith("index/") for n in missing) else read_index(backend)
+    report.damaged_arrays = damaged_arrays(backend, attrs, skip=set(missing),
+                                           read={f"index/{n}": a for n, a in index.items()})
     recorded = attrs.get("checksums", {})
     report.unchecked = [n for n in required if n.startswith(("index/", "teacher_head/"))
                         and n not in recorded and n not in report.missing_arrays]
     if any(n.startswith("index/") for n in [*report.missing_arrays, *report.damaged_arrays]):
         return report
-    report.attribute_faults = attribute_faults(backend, attrs)
-    if report.attribute_faults:
-        return report
-    cache = TeacherCache(path, require_complete=False, storage_options=storage_options)
-    backend = cache.backend
-    missing = set(report.missing_arrays)
-    names = _level_arrays(cache)
-    where = {(int(b), int(r)): k for k, (b, r) in enumerate(zip(cache.bucket, cache.row))}
-    report.views_total = len(cache)
-    done = {b.name: (backend.array(f"buckets/{b.name}/done")[...].astype(bool)
-                     if f"buckets/{b.name}/done" not in missing else np.zeros(b.count, dtype=bool))
-            for b in cache.buckets}
+    report.attribute_faults = contradiction_faults(backend, attrs, index)  # of their kinds: checked above
+    if not report.attribute_faults:
+        _check_views(report, backend, attrs, index, set(missing), progress or NullProgress())
+    return report
+
+
+def _check_views(report: VerifyReport, backend, attrs: dict, index: dict[str, np.ndarray], missing: set[str],
+                 progress: Progress) -> None:
+    """Read back every view of the cache that its ``done`` flags mark written and add each one whose arrays are
+    missing, unreadable or of another checksum to ``report.faults``. The attributes agree with the arrays and the
+    index (``index``: its arrays by name) is intact; ``missing``: the required arrays the store lacks."""
+    names = _level_arrays(attrs)
+    levels = [lv["name"] for lv in attrs["levels"]]
+    scaled = FeatureEncoding(attrs["storage"]["dtype"]).scaled
+    where = {(int(b), int(r)): k for k, (b, r) in enumerate(zip(index["bucket"], index["row"]))}
+    report.views_total = len(index["image_id"])
+    done = {b["name"]: (backend.array(f"buckets/{b['name']}/done")[...].astype(bool)
+                        if f"buckets/{b['name']}/done" not in missing else np.zeros(b["count"], dtype=bool))
+            for b in attrs["buckets"]}
     report.views_done = int(sum(d.sum() for d in done.values()))
     progress.start("verify", report.views_done, unit="view")
-    for b_index, bucket in enumerate(cache.buckets):
-        prefix = f"buckets/{bucket.name}"
+    for b_index, bucket in enumerate(b["name"] for b in attrs["buckets"]):
+        prefix = f"buckets/{bucket}"
         present = [n for n in [*names, "crc"] if f"{prefix}/{n}" not in missing]
         arrays = {n: backend.array(f"{prefix}/{n}") for n in present}
         crc_name = f"{prefix}/crc"
         stored = {n: backend.stored_chunks(f"{prefix}/{n}") for n in present}
         crcs = arrays["crc"][...] if "crc" in arrays else None
-        scale_names = {lv.name: f"{prefix}/{lv.name}/scale" for lv in cache.levels}
+        scale_names = {lv: f"{prefix}/{lv}/scale" for lv in levels}
         scales = ({lv: None if n in missing else backend.array(n) for lv, n in scale_names.items()}
-                  if cache.encoding.scaled else None)
+                  if scaled else None)
         scale_stored = ({lv: backend.stored_chunks(n) for lv, n in scale_names.items() if n not in missing}
-                        if cache.encoding.scaled else {})
-        for row in np.flatnonzero(done[bucket.name]).tolist():
+                        if scaled else {})
+        for row in np.flatnonzero(done[bucket]).tolist():
             problems = []
             crc_gone = crcs is None or (stored["crc"] is not None and backend.chunk_key(crc_name, row) not in stored["crc"])
             if crc_gone:  # its arrays cannot be checked: zarr reads the absent checksums as zeros
@@ -213,9 +224,8 @@ def verify_cache(path: str, *, storage_options: dict | None = None, progress: Pr
                     problems.append((n, CHECKSUM))
             if problems:
                 k = where[(b_index, row)]
-                report.faults.append(ViewFault(k, int(cache.image_id[k]), cache.view_name(k), bucket.name,
-                                               row, tuple(problems)))
+                report.faults.append(ViewFault(k, int(index["image_id"][k]), view_name(index["view"][k], attrs["views"]),
+                                               bucket, row, tuple(problems)))
             progress.update(1)
     progress.stop()
     report.faults.sort(key=lambda f: f.index)
-    return report

@@ -143,7 +143,7 @@ def info(cache: str = typer.Argument(..., help="Cache path, URL or .h5 file.")):
 
     from rich.table import Table
 
-    from frs_cli.cache.reader import TeacherCache, attribute_faults, faults_text
+    from frs_cli.cache.reader import TeacherCache, contradiction_faults, faults_text
 
     setup_logging(False)  # its warning as every command's: "warning: ...", one line
     c = TeacherCache(cache, require_complete=False)
@@ -175,7 +175,8 @@ def info(cache: str = typer.Argument(..., help="Cache path, URL or .h5 file.")):
     for k, v in rows:
         table.add_row(k, escape(v))
     console.print(table)
-    faults = attribute_faults(c.backend, a)  # the table shows what the attributes say; say when they cannot be so
+    # the table shows what the attributes say; say when they cannot be so (their kinds: checked when opened)
+    faults = contradiction_faults(c.backend, a, c.index_arrays())
     if faults:
         logging.getLogger(__name__).warning("cache %s: its attributes do not match its arrays (%s): they were edited "
                                             "or damaged, so this table may not describe it (frs cache verify %s)",

@@ -249,27 +249,33 @@ def _as_stored(recipe, cache: str, ctx: DistContext, resume: bool):
     """``recipe`` with ``cache.dtype`` and ``cache.codec`` as the cache at ``cache`` stores its features (a cache
     is read as it was written), so that the run records what it read; a warning when the recipe said otherwise,
     given when the run starts (a resume compares the cache with the one it started with, and says what differs).
-    A cache that cannot be read is left to the checks that follow, which say why."""
+    A cache that cannot be read is left to the checks that follow, which say why. Returns the recipe and the
+    cache's ``attribute_faults`` where they were found here (``None`` where not: the recipe agreed with the cache,
+    or it could not be read), for ``TeacherCache.check_attributes``."""
     import dataclasses
 
     from frs_cli.cache.backend import open_backend
     from frs_cli.cache.reader import attribute_faults
     from frs_cli.errors import FrsError
 
+    faults = None
     try:
         backend = open_backend(str(cache))
         storage = dict(backend.attrs.get("storage", {}))
         stored = {k: storage[k] for k in ("dtype", "codec") if k in storage}
         given = {k: getattr(recipe.cache, k) for k in stored}
-        if stored == given or attribute_faults(backend, dict(backend.attrs)):  # the latter: refused later, unwarned
-            return recipe
+        if stored == given:
+            return recipe, None
+        faults = attribute_faults(backend, dict(backend.attrs))
+        if faults:  # refused later, unwarned
+            return recipe, faults
     except (FrsError, OSError, KeyError, TypeError, ValueError):
-        return recipe
+        return recipe, faults
     if ctx.is_main and not resume:
         differ = ", ".join(f"cache.{k} = {given[k]!r} (the cache's: {stored[k]!r})"
                            for k in stored if given[k] != stored[k])
         log.warning("distill: %s: a cache is read as it was written, so the run uses and records the cache's", differ)
-    return dataclasses.replace(recipe, cache=dataclasses.replace(recipe.cache, **stored))
+    return dataclasses.replace(recipe, cache=dataclasses.replace(recipe.cache, **stored)), faults
 
 
 def _model_saver(model_cfg: ModelConfig, index, geometry, extra: bool = False):
@@ -386,7 +392,7 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
     ctx = ctx or setup()
     out_dir = Path(out_dir)
     if cache is not None:
-        recipe = _as_stored(recipe, cache, ctx, resume)
+        recipe, faults = _as_stored(recipe, cache, ctx, resume)
     job = "distill online" if online else "distill cache"
     recipe_dict = {**recipe.to_dict(), "teacher_source": "online" if online else str(cache), JOB: job}
     recipe_dict[PATHS] = path_identities(recipe_dict, {"teacher_source": _cache_identity}) | _live_teacher(recipe, online)
@@ -405,7 +411,7 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
     evaluator = _evaluator(recipe, ctx, cfg, coco.index, "distill") if evaluate else None
     if cache is not None:
         recipe.cache.check_training_scales(cfg.min_sizes, recipe.geometry)
-        store = TeacherCache(cache).check_attributes()  # as verify does: an edited zarr.json is not trained on
+        store = TeacherCache(cache).check_attributes(faults)  # as verify does: an edited zarr.json is not trained on
         cached_arch = store.teacher.get("arch")
         if cached_arch and cached_arch != recipe.teacher.arch:  # the recipe would record a teacher it never had
             raise ConfigError(f"distill: the cache {str(cache)!r} holds a {cached_arch} teacher, the recipe names "
