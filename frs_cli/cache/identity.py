@@ -25,6 +25,7 @@ import numpy as np
 
 from frs_cli.data.coco import CocoIndex
 from frs_cli.data.geometry import GeometryConfig
+from frs_cli.errors import CacheMismatchError
 from frs_cli.models import weights
 from frs_cli.models.base import Detector, fingerprint_state_dict
 from frs_cli.models.config import ModelConfig
@@ -149,6 +150,24 @@ def label_difference(attrs: dict, index: CocoIndex, expected: dict) -> str | Non
             or theirs == list(index.label_to_category):
         return None
     return f"its teacher has {_labels_text(theirs)}, this recipe gives {_labels_text(index.label_to_category)}"
+
+
+def refuse_other_recipe(path: str, attrs: dict, teacher_cfg: ModelConfig, index: CocoIndex, geometry: GeometryConfig,
+                        *, classes_hint: str, hint: str, teacher: Detector | None = None) -> None:
+    """CacheMismatchError when the cache at ``path`` (its root ``attrs``) was written for another recipe than the one
+    of teacher config ``teacher_cfg``, split ``index`` and ``geometry`` (``recipe_fingerprints``; ``teacher``: the
+    built teacher, where the caller holds one): for other classes first (``label_difference``: another label map
+    makes another head; ``classes_hint``), else the first of teacher / dataset / geometry that differs
+    (``first_difference``, named by ``what_differs``; ``hint``). Each caller gives its own hints."""
+    stored = attrs.get("fingerprints", {})
+    expected = recipe_fingerprints(stored, teacher_cfg, index, geometry, teacher)
+    labels = label_difference(attrs, index, expected)  # before the teacher: another map makes another head
+    if labels is not None:
+        raise CacheMismatchError(f"cache {path!r}: was written for other classes ({labels})", hint=classes_hint)
+    key = first_difference(stored, expected)
+    if key is not None:
+        raise CacheMismatchError(f"cache {path!r}: was written for another {key} "
+                                 f"({what_differs(key, attrs, expected, teacher_cfg, index, geometry)})", hint=hint)
 
 
 def first_difference(stored: dict, expected: dict) -> str | None:

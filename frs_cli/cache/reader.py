@@ -22,13 +22,7 @@ from torch import Tensor
 from frs_cli.cache.backend import open_backend
 from frs_cli.cache.checksum import mismatched
 from frs_cli.cache.encoding import NAMES, FeatureEncoding, finite
-from frs_cli.cache.identity import (
-    dataset_fingerprint,
-    first_difference,
-    label_difference,
-    recipe_fingerprints,
-    what_differs,
-)
+from frs_cli.cache.identity import dataset_fingerprint, refuse_other_recipe
 from frs_cli.cache.schema import INDEX_ARRAYS, Bucket, required_arrays, view_code, view_name
 from frs_cli.cache.store import CODECS, is_url
 from frs_cli.data.coco import CocoViews, Sample
@@ -215,18 +209,10 @@ class TeacherCache:
     def check_fingerprints(self, teacher_cfg, index, geometry) -> None:
         """CacheMismatchError naming the first of teacher / dataset / geometry that differs from a recipe's: its
         teacher config, its split's index and its geometry (``identity.recipe_fingerprints``)."""
-        expected = recipe_fingerprints(self.fingerprints, teacher_cfg, index, geometry)
-        labels = label_difference(self.attrs, index, expected)  # before the teacher: another map makes another head
-        if labels is not None:
-            raise CacheMismatchError(f"cache {self.path!r}: was written for other classes ({labels})",
-                                     hint="set data.label_map as the cache was written, or write a cache for this "
-                                          "recipe with frs teacher-cache")
-        key = first_difference(self.fingerprints, expected)
-        if key is not None:
-            raise CacheMismatchError(
-                f"cache {self.path!r}: was written for another {key} "
-                f"({what_differs(key, self.attrs, expected, teacher_cfg, index, geometry)})",
-                hint="write a cache for this recipe with frs teacher-cache")
+        refuse_other_recipe(self.path, self.attrs, teacher_cfg, index, geometry,
+                            classes_hint="set data.label_map as the cache was written, or write a cache for this "
+                                         "recipe with frs teacher-cache",
+                            hint="write a cache for this recipe with frs teacher-cache")
 
     def dataset(self, data_root: str | None = None) -> CocoViews:
         """The cached split as ``CocoViews`` (from ``data_root`` if given, else where the writer read it),

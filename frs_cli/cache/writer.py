@@ -32,13 +32,7 @@ import frs_cli
 from frs_cli.cache.backend import open_backend
 from frs_cli.cache.checksum import damaged_arrays, view_crc
 from frs_cli.cache.encoding import FeatureEncoding
-from frs_cli.cache.identity import (
-    cache_fingerprints,
-    first_difference,
-    label_difference,
-    recipe_fingerprints,
-    what_differs,
-)
+from frs_cli.cache.identity import cache_fingerprints, refuse_other_recipe
 from frs_cli.cache.reader import (
     TeacherCache,
     attributes_error,
@@ -196,18 +190,9 @@ def _repair_arrays(root: zarr.Group, missing: list[str], plan: Plan, teacher, cf
 
 def _check_same(path: str, root: zarr.Group, recipe, teacher, index, views) -> None:
     attrs = dict(root.attrs)
-    stored = attrs.get("fingerprints", {})
-    expected = recipe_fingerprints(stored, recipe.teacher, index, recipe.geometry, teacher)
-    labels = label_difference(attrs, index, expected)  # before the teacher: another map makes another head
-    if labels is not None:
-        raise CacheMismatchError(f"cache {path!r}: was written for other classes ({labels})",
-                                 hint="set data.label_map as the cache was written, or write to a new path")
-    key = first_difference(stored, expected)
-    if key is not None:
-        raise CacheMismatchError(
-            f"cache {path!r}: was written for another {key} "
-            f"({what_differs(key, attrs, expected, recipe.teacher, index, recipe.geometry)})",
-            hint="write to a new path, or delete the old cache")
+    refuse_other_recipe(path, attrs, recipe.teacher, index, recipe.geometry, teacher=teacher,
+                        classes_hint="set data.label_map as the cache was written, or write to a new path",
+                        hint="write to a new path, or delete the old cache")
     stored_dtype = attrs.get("storage", {}).get("dtype")
     if stored_dtype != recipe.cache.dtype:  # its arrays hold that encoding: views of another cannot go in
         raise CacheMismatchError(f"cache {path!r}: holds {stored_dtype} features, this recipe asks for cache.dtype = "
