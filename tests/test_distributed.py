@@ -136,18 +136,14 @@ def test_teacher_cache_resumes_after_one_rank_is_killed(cache_path, synth_root, 
 
 
 @pytest.mark.skipif(not os.path.exists(TORCHRUN), reason="torchrun not installed")
-def test_ddp_distill_killed_mid_epoch_resumes_under_torchrun_to_the_uninterrupted_weights(cache_path, synth_root,
-                                                                                          teacher_ckpt, tmp_path):
+def test_ddp_distill_killed_mid_epoch_resumes_under_torchrun_to_the_uninterrupted_weights(straight_run, tmp_path):
     """Two-process DDP distill, state saved every iteration: SIGKILL the whole torchrun in epoch 2, then
     ``--resume`` under torchrun ends with the weights of an uninterrupted two-process run, bit for bit."""
     import signal
     import time
 
-    recipe = write_recipe(tmp_path / "r.toml", synth_root, str(teacher_ckpt))
-    common = ["distill", "--pipeline", recipe, "--cache", cache_path, "--no-eval", "--set", "train.epochs=2",
-              "--set", "train.checkpoint_every=1"]
-    r = _torchrun(*common, "--out", tmp_path / "straight", tmp_path=tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
+    _, common, straight = straight_run
+    common = [*common, "--set", "train.checkpoint_every=1"]
     out = tmp_path / "killed"
     proc = _torchrun_popen(*common, "--out", out, tmp_path=tmp_path, new_session=True)  # killpg reaches every worker
     metrics = out / "metrics.jsonl"
@@ -162,11 +158,27 @@ def test_ddp_distill_killed_mid_epoch_resumes_under_torchrun_to_the_uninterrupte
     assert not (out / "model_final.pt").exists()
     r = _torchrun(*common, "--out", out, "--resume", tmp_path=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    a = torch.load(tmp_path / "straight" / "model_final.pt", weights_only=True)["model"]
+    a = straight
     b = torch.load(out / "model_final.pt", weights_only=True)["model"]
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)
+
+
+STRAIGHT_EPOCHS = 4  # the uninterrupted two-process distill the stopped-and-resumed ones must end equal to
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, cache_path, synth_root, teacher_ckpt):
+    """``(recipe, its distill options, the model_final.pt state)`` of an uninterrupted two-process DDP distill of
+    STRAIGHT_EPOCHS epochs (3 iterations each): one run for every test that stops one and resumes it."""
+    folder = tmp_path_factory.mktemp("straight")
+    recipe = write_recipe(folder / "r.toml", synth_root, str(teacher_ckpt))
+    common = ["distill", "--pipeline", recipe, "--cache", cache_path, "--no-eval", "--set",
+              f"train.epochs={STRAIGHT_EPOCHS}"]
+    r = _torchrun(*common, "--out", folder / "run", tmp_path=folder)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return recipe, common, torch.load(folder / "run" / "model_final.pt", weights_only=True)["model"]
 
 
 def _worker_pid(root: int, local_rank: int) -> int | None:
@@ -197,7 +209,7 @@ def _worker_pid(root: int, local_rank: int) -> int | None:
 @pytest.mark.skipif(not os.path.exists(TORCHRUN) or not os.path.isdir("/proc"), reason="torchrun and /proc needed")
 @pytest.mark.parametrize("to", ["rank 1", "the terminal"])
 def test_ctrl_c_under_torchrun_stops_both_processes_at_one_step_and_resumes_to_the_uninterrupted_weights(
-        cache_path, synth_root, teacher_ckpt, tmp_path, to):
+        straight_run, tmp_path, to):
     """Ctrl-C to one process of two (``rank 1``), or as a terminal sends it (``the terminal``: SIGINT to
     torchrun's process group; torchrun starts each worker in a session of its own and, shutting down, sends each
     SIGINT once, SIGKILL after its shutdown timeout). Under torchrun the processes agree on a stop one step late,
@@ -207,10 +219,7 @@ def test_ctrl_c_under_torchrun_stops_both_processes_at_one_step_and_resumes_to_t
     import signal
     import time
 
-    recipe = write_recipe(tmp_path / "r.toml", synth_root, str(teacher_ckpt))
-    common = ["distill", "--pipeline", recipe, "--cache", cache_path, "--no-eval", "--set", "train.epochs=4"]
-    r = _torchrun(*common, "--out", tmp_path / "straight", tmp_path=tmp_path)
-    assert r.returncode == 0, r.stderr[-3000:]
+    _, common, straight = straight_run
     out = tmp_path / "cut"
     proc = subprocess.Popen(_torchrun_cmd(*common, "--out", out), env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, cwd=tmp_path, start_new_session=True)
@@ -236,11 +245,11 @@ def test_ctrl_c_under_torchrun_stops_both_processes_at_one_step_and_resumes_to_t
     assert "interrupted: stopped at epoch" in stderr, stderr[-3000:]
     assert "stopped at once" not in stderr, stderr[-3000:]
     state = torch.load(out / "last.pt", weights_only=True)
-    assert (state["epoch"], state["epoch_step"]) < (4, 0)
+    assert (state["epoch"], state["epoch_step"]) < (STRAIGHT_EPOCHS, 0)
     assert not (out / "model_final.pt").exists()
     r = _torchrun(*common, "--out", out, "--resume", tmp_path=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    a = torch.load(tmp_path / "straight" / "model_final.pt", weights_only=True)["model"]
+    a = straight
     b = torch.load(out / "model_final.pt", weights_only=True)["model"]
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)
