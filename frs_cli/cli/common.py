@@ -146,19 +146,17 @@ def _peer_loss_reported_before_sigterm():
         return contextlib.nullcontext()
     from frs_cli.signals import sigterm_spared_while
 
-    def lost_a_peer(exc: BaseException) -> bool:
-        dist = sys.modules.get("frs_cli.dist")  # not imported yet: no collective ran (and none is imported here)
-        return dist is not None and dist.lost_a_peer(exc)
-
-    return sigterm_spared_while(lost_a_peer)
+    return sigterm_spared_while(_lost_a_peer)
 
 
-def _lost_a_peer(exc: Exception) -> bool:
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # one process: nothing to ask (and torch stays unimported)
+def _lost_a_peer(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective's failure because another process of this torchrun job stopped. Only where
+    ``frs_cli.dist`` was imported (else no collective ran), which is not imported here: one process never imports
+    torch for it, and a signal handler that asks imports nothing."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
-    from frs_cli.dist import lost_a_peer
-
-    return lost_a_peer(exc)
+    dist = sys.modules.get("frs_cli.dist")
+    return dist is not None and dist.lost_a_peer(exc)
 
 
 def _peer_stopped(exc: Exception):
