@@ -189,9 +189,8 @@ def verify(cache: str = typer.Argument(..., help="Cache path, URL or .h5 file.")
 
     report = verify_cache(cache, progress=progress_for_rank())
     for f in report.faults:  # as written, not as rich markup: a path or finding may hold '[v2]'
-        console.print(f"image {f.image_id} {f.view} (bucket {f.bucket}, row {f.row}): {f.describe()}",
-                      markup=False, highlight=False, soft_wrap=True)
-    console.print(report.summary(), markup=False, highlight=False, soft_wrap=True)
+        say(f"image {f.image_id} {f.view} (bucket {f.bucket}, row {f.row}): {f.describe()}")
+    say(report.summary())
     if not report.ok:
         raise typer.Exit(1)
 
