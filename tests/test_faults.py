@@ -480,7 +480,8 @@ def _val_box_of_negative_width(root):
     doc = json.loads(path.read_text())
     doc["annotations"][2]["bbox"][2] = -5.0
     path.write_text(json.dumps(doc))
-    return ["instances_val.json': annotations[2]: expected bbox width and height >= 0"]
+    ann = doc["annotations"][2]["id"]
+    return [f"instances_val.json': annotation {ann}: expected bbox width and height >= 0 in a split that is scored"]
 
 
 def _val_image_corrupt(root):
@@ -504,20 +505,25 @@ def _val_image_of_16_bits(root):
 
 @pytest.mark.parametrize("make", [_val_image_missing, _val_box_of_negative_width, _val_image_corrupt,
                                   _val_image_of_another_size, _val_image_of_16_bits], ids=lambda f: f.__name__[1:])
-@pytest.mark.parametrize("command", ["train", "distill"])
+@pytest.mark.parametrize("command", ["train", "distill", "eval"])
 def test_a_val_split_evaluation_would_refuse_is_refused_before_training(command, make, recipe_path, synth_root,
-                                                                         cache_path, tmp_path):
+                                                                         cache_path, teacher_ckpt, tmp_path):
     """What would stop the evaluation after the last epoch (a missing image file, ground truth pycocotools
     scoring refuses, an image file whose header shows it cannot be read or is not of its annotated size) stops the
-    run before its first step, in one line, with no run directory."""
+    run before its first step, in one line, with no run directory; ``eval`` stops before it predicts."""
     root = _copy_data(synth_root, tmp_path)
     fragments = make(root)
-    args = ["--role", "student"] if command == "train" else ["--cache", cache_path]
     out = tmp_path / "out"
-    result = run(command, "--pipeline", recipe_path, "--out", out, "--device", "cpu", *args,
-                 "--set", f"data.root={root}")
+    if command == "eval":
+        result = run("eval", "--checkpoint", teacher_ckpt, "--data", root, "--split", "val", "--device", "cpu",
+                     "--detections-out", out)
+    else:
+        args = ["--role", "student"] if command == "train" else ["--cache", cache_path]
+        result = run(command, "--pipeline", recipe_path, "--out", out, "--device", "cpu", *args,
+                     "--set", f"data.root={root}")
     assert_one_line_error(result, *fragments)
-    assert not out.exists() and "epoch 1/1" not in result.stderr
+    assert not out.exists() and "epoch 1/1" not in result.stderr and "evaluate" not in result.stderr
+    assert "dropped" not in result.stderr  # before: a negative-size box's warning, then its refusal: two lines
 
 
 def test_zero_and_negative_size_boxes_are_dropped_with_a_warning_not_fatal(recipe_path, synth_root, tmp_path):

@@ -468,7 +468,7 @@ def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: P
     if cfg.check_teacher_images > 0:
         from frs_cli.eval.teacher_check import check_teacher
 
-        val = CocoViews.from_config(recipe.data, recipe.data.val, recipe.geometry)
+        val = CocoViews.from_config(recipe.data, recipe.data.val, recipe.geometry, scored=True)
         check = check_teacher(teacher, val, cfg.check_teacher_images, cfg.min_teacher_map, ctx, split=recipe.data.val,
                               fingerprint=fingerprints["teacher"], batch_size=cfg.batch_size, workers=cfg.workers,
                               amp=cfg.amp, progress=progress)

@@ -147,7 +147,7 @@ def _checkpoint_model(checkpoint: Path, data: Path, split: str):
 
     ann = data / "annotations" / f"instances_{split}.json"
     detector, ckpt = load_detector(checkpoint)
-    dataset = CocoViews(CocoIndex(ann), data / split, GeometryConfig(**ckpt["geometry"]))
+    dataset = CocoViews(CocoIndex(ann, scored=True), data / split, GeometryConfig(**ckpt["geometry"]))
     if len(dataset.index) == 0:
         fail(_no_images(split, ann))
     differs = category_differences(ckpt, dataset.index.categories)
@@ -178,7 +178,7 @@ def _recipe_model(pipeline: Path, role: str, overrides: list[str], data: Path | 
     if not Path(recipe.data.root).is_dir():
         fail(f"eval --pipeline: expected a dataset folder at data.root {str(recipe.data.root)!r}, found none (give "
              "it with --data DIR, or --set data.root=DIR)")
-    dataset = CocoViews.from_config(recipe.data, split, recipe.geometry)
+    dataset = CocoViews.from_config(recipe.data, split, recipe.geometry, scored=True)
     if len(dataset.index) == 0:
         fail(_no_images(split, recipe.data.annotation_file(split)))
     cfg = recipe.model_config(role)

@@ -164,9 +164,13 @@ def object_categories(annotations: Iterable[dict]) -> set[int]:
 
 
 class CocoIndex:
-    """The parsed annotation file: images in ascending id order, their boxes, and the label map."""
+    """The parsed annotation file: images in ascending id order, their boxes, and the label map.
 
-    def __init__(self, annotation_file: str | Path, label_map: str = "contiguous"):
+    Boxes of zero or negative size are dropped with a warning, except in a split that is ``scored``: there
+    pycocotools would refuse a negative width or height, so it is refused here, in one line and first.
+    """
+
+    def __init__(self, annotation_file: str | Path, label_map: str = "contiguous", scored: bool = False):
         path = Path(annotation_file)
         if not path.is_file():
             raise DataError(f"annotations: expected a COCO JSON file at {str(path)!r}, but it {missing_file(path)}")
@@ -232,6 +236,9 @@ class CocoIndex:
             if crowd:
                 continue
             if not (w > 0 and h > 0):
+                if scored and (w < 0 or h < 0):  # scoring would refuse it after the work: refused before
+                    raise DataError(f"{where}: expected bbox width and height >= 0 in a split that is scored, got "
+                                    f"{json.dumps(box)}")
                 dropped += 1
                 continue
             # clipped to the image, as torchvision's and mmdetection's pipelines do; a box wholly outside is gone
@@ -384,8 +391,9 @@ class CocoViews(torch.utils.data.Dataset):
             raise DataError(f"images: expected a directory at {str(self.image_dir)!r}, but it does not exist")
 
     @classmethod
-    def from_config(cls, cfg: DataConfig, split: str, geometry: GeometryConfig) -> CocoViews:
-        return cls(CocoIndex(cfg.annotation_file(split), cfg.label_map), cfg.image_dir(split), geometry)
+    def from_config(cls, cfg: DataConfig, split: str, geometry: GeometryConfig, scored: bool = False) -> CocoViews:
+        """The views of ``split``; ``scored``: it is the split an evaluation scores (``CocoIndex``)."""
+        return cls(CocoIndex(cfg.annotation_file(split), cfg.label_map, scored), cfg.image_dir(split), geometry)
 
     def __len__(self) -> int:
         return len(self.index)

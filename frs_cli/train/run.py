@@ -318,7 +318,7 @@ def _evaluator(recipe, ctx: DistContext, cfg, trained: CocoIndex, command: str):
     """What ``fit`` evaluates with, built before the run starts: a val split without images (evaluation would
     fail once the whole schedule has run) is one ConfigError here; one of other categories than the training
     split ``trained`` is a warning."""
-    val = CocoViews.from_config(recipe.data, recipe.data.val, recipe.geometry)
+    val = CocoViews.from_config(recipe.data, recipe.data.val, recipe.geometry, scored=True)
     _warn_val_categories(trained, val.index, command, ctx)
     if len(val) == 0:
         raise ConfigError(f"data.val: expected at least one image to evaluate on, got none in the "
