@@ -433,19 +433,21 @@ def unspaced(text: str) -> str:
 def test_models_lists_the_architectures():
     from frs_cli.models import ARCHS
 
-    result = run("models")
+    result = run("models")  # 80 columns: one entry per arch, each its name first
     assert result.exit_code == 0 and "retinanet_resnet50_fpn_v2" in result.output
-    names, about = models_table(result.stdout)  # every name and every character of its description, none cut
-    assert names == list(ARCHS) and about == unspaced(" ".join(spec.summary for spec in ARCHS.values()))
-    assert "\u2026" not in result.stdout
+    starts = [line.split()[0] for line in result.stdout.splitlines() if line.split() and line.split()[0] in ARCHS]
+    assert starts == list(ARCHS) and "\u2026" not in result.stdout
 
 
-@pytest.mark.parametrize("columns", [None, "100", "60"], ids=["default", "COLUMNS=100", "COLUMNS=60"])
-def test_frs_models_in_a_pipe_fits_80_columns_and_keeps_every_word(columns):
-    """Piped (to a file, ``| less``, no terminal anywhere), ``frs models`` lays its table out at rich's own width: 80
-    columns, or COLUMNS when set; the descriptions wrap in their cells, an identifier longer than the column folds
-    whole onto the next line, never cut with '…' (before: 145 columns wide, the width other results may take in a
-    pipe so that a path stays whole). Under 80, one entry per arch, wrapped at that width."""
+@pytest.mark.parametrize("columns", [None, "100", "60", "140"], ids=["default", "COLUMNS=100", "COLUMNS=60",
+                                                                    "COLUMNS=140"])
+def test_frs_models_in_a_pipe_fits_its_width_and_splits_no_word(columns):
+    """Piped (to a file, ``| less``, no terminal anywhere), ``frs models`` lays its list out at rich's own width: 80
+    columns, or COLUMNS when set, never cut with '…' (before: 145 columns wide, the width other results may take in a
+    pipe so that a path stays whole). A table when every word of every description fits its about column whole,
+    else one entry per arch, wrapped at that width (before: at 80 and 100 columns a table whose about column, 14
+    wide at 80, split mmdetection's config names mid-name)."""
+    from frs_cli.cli.models_cmd import table_width
     from frs_cli.models import ARCHS
 
     env = {k: v for k, v in os.environ.items() if k != "COLUMNS"} | {"PYTHONIOENCODING": "utf-8"}
@@ -453,14 +455,21 @@ def test_frs_models_in_a_pipe_fits_80_columns_and_keeps_every_word(columns):
                           env=env | ({"COLUMNS": columns} if columns else {}), encoding="utf-8", timeout=120,
                           check=False)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
-    width = int(columns or 80)
-    assert max(len(line) for line in proc.stdout.splitlines()) == width and "\u2026" not in proc.stdout
-    if width < 80:
+    width, lines = int(columns or 80), proc.stdout.splitlines()
+    assert max(len(line) for line in lines) <= width and "\u2026" not in proc.stdout
+    words = {w for spec in ARCHS.values() for w in spec.summary.split()}
+    whole = [w for w in words if len(w) <= width]  # a word wider than the screen folds wherever it is
+    if width < table_width(ARCHS):
+        assert not proc.stdout.startswith("\u250f")  # no table
         entries = [f"{name} {spec.family}, FPN {spec.fpn_channels} ch: {spec.summary}" for name, spec in ARCHS.items()]
         assert unspaced(proc.stdout) == unspaced(" ".join(entries))
-        return
-    names, about = models_table(proc.stdout)
-    assert names == list(ARCHS) and about == unspaced(" ".join(spec.summary for spec in ARCHS.values()))
+        assert all(any(w in line.split() for line in lines) for w in whole)
+    else:
+        names, about = models_table(proc.stdout)
+        assert names == list(ARCHS) and about == unspaced(" ".join(spec.summary for spec in ARCHS.values()))
+        cells = [line.split("\u2502")[4] for line in lines if line.startswith("\u2502")]
+        assert all(any(w in cell.split() for cell in cells) for w in whole)  # each word whole in one line of its cell
+    assert width >= 80 or len(whole) < len(words)  # the 60-column case folds a word and still passes
 
 
 def test_a_stopped_run_exits_130_with_the_resume_hint(tmp_path, recipe_path, monkeypatch):
@@ -792,20 +801,22 @@ def test_version_and_a_closed_pipe():
     assert proc.returncode == -13 and err == b"", (proc.returncode, err)
 
 
-@pytest.mark.parametrize("width", [40, 120])
+@pytest.mark.parametrize("width", [40, 120, 160])
 def test_frs_models_on_a_narrow_terminal_lists_each_arch_whole(width, monkeypatch):
-    """Below 80 columns ``frs models`` lists one entry per architecture (before: at 40 columns the table kept the
-    arch column only, the others shrunk to nothing); from 80 on, the table, its family column whole."""
+    """On a terminal too narrow for the table with every description's words whole, ``frs models`` lists one entry
+    per architecture (before: at 40 columns the table kept the arch column only, the others shrunk to nothing; at
+    80 to 132 its about column split names mid-name); wide enough, the table, its family column whole."""
     from rich.console import Console
 
     from frs_cli.cli import models_cmd
+    from frs_cli.cli.models_cmd import table_width
     from frs_cli.models import ARCHS
 
     out = io.StringIO()
     monkeypatch.setattr(models_cmd, "console", Console(file=out, width=width, color_system=None))
     assert run("models").exit_code == 0
     lines = out.getvalue().splitlines()
-    if width < 80:  # each entry whole, wrapped (a long name folded) at the terminal's width
+    if width < table_width(ARCHS):  # each entry whole, wrapped (a long name folded) at the terminal's width
         entries = [f"{name} {spec.family}, FPN {spec.fpn_channels} ch: {spec.summary}" for name, spec in ARCHS.items()]
         assert "".join(out.getvalue().split()) == "".join("".join(entries).split())
         assert max(len(ln) for ln in lines) <= width

@@ -6,7 +6,15 @@ import typer
 
 from frs_cli.cli.common import console, own_width
 
-NARROW = 80  # columns below which the architectures are listed one entry each, not as a table
+HEADERS = ("arch", "family", "FPN ch", "about")
+
+
+def table_width(archs: dict) -> int:
+    """The fewest columns the table of ``archs`` takes with no word of a description split: each column as wide as
+    its longest name (the about column: its longest word), one space of padding either side, five borders."""
+    widest = [max(len(HEADERS[0]), *map(len, archs)), max(len(HEADERS[1]), *(len(s.family) for s in archs.values())),
+              len(HEADERS[2]), max(len(HEADERS[3]), *(len(w) for s in archs.values() for w in s.summary.split()))]
+    return sum(widest) + 2 * len(widest) + len(widest) + 1
 
 
 def register(app: typer.Typer) -> None:
@@ -21,13 +29,13 @@ def register(app: typer.Typer) -> None:
         # in a log or pipe rich's own 80 columns (or COLUMNS), not the 160 other results may take: the descriptions
         # wrap in their cells, and no line is wider than a default terminal
         width = own_width(console)
-        if width < NARROW:  # a table's columns would shrink to nothing: one entry per arch instead
+        if width < table_width(ARCHS):  # the about column would split names mid-word: one entry per arch instead
             for name, spec in ARCHS.items():
                 console.print(f"[bold]{name}[/]  {spec.family}, FPN {spec.fpn_channels} ch: {escape(spec.summary)}",
                               highlight=False, width=width, soft_wrap=False)  # escaped: "[_ms-640-800-2x]" is no markup
             return
-        table = Table(Column("arch", no_wrap=True), Column("family", min_width=11), Column("FPN ch", min_width=6),
-                      Column("about", overflow="fold"))
+        table = Table(Column(HEADERS[0], no_wrap=True), Column(HEADERS[1], min_width=11),
+                      Column(HEADERS[2], min_width=6), Column(HEADERS[3], overflow="fold"))
         for name, spec in ARCHS.items():
             table.add_row(name, spec.family, str(spec.fpn_channels), spec.summary)
         console.print(table, width=width)
