@@ -173,3 +173,63 @@ def test_a_student_the_cache_does_not_fit_is_refused_before_anything_is_built(ca
     assert_one_line_error(result, message)
     assert built == []  # neither teacher nor student
     assert not (out / "model_final.pt").exists() and not (out / "last.pt").exists()
+
+
+def _store_files(path) -> dict:
+    """Every file of a store by relative path: its bytes' SHA-256 and mtime."""
+    from pathlib import Path
+
+    return {str(f.relative_to(path)): (hashlib.sha256(f.read_bytes()).hexdigest(), f.stat().st_mtime_ns)
+            for f in sorted(Path(path).rglob("*")) if f.is_file()}
+
+
+@pytest.mark.parametrize("command", ["distill", "eval", "visualize", "teacher-cache --resume"])
+def test_an_image_file_changed_since_the_cache_was_written_is_refused_in_one_line(command, cache_path, synth_root,
+                                                                                   teacher_ckpt, tmp_path):
+    """A train image saved again (another JPEG quality, the same width and height), as a curated dataset's files
+    are: the annotations, and so the dataset fingerprint, are unchanged. Before, every command used the cache, its
+    targets the teacher's on the old pixels, with no word; now each refuses in one line, the cache untouched."""
+    import json
+
+    from PIL import Image
+
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    first = min(json.loads((root / "annotations" / "instances_train.json").read_text())["images"],
+                key=lambda im: im["id"])
+    image = root / "train" / first["file_name"]
+    size = image.stat().st_size
+    Image.open(image).convert("RGB").save(image, format="JPEG", quality=40)
+    assert image.stat().st_size != size and Image.open(image).size == (first["width"], first["height"])
+    cache = tmp_path / "c.zarr"
+    shutil.copytree(cache_path, cache)
+    before = _store_files(cache)
+    recipe = write_recipe(tmp_path / "r.toml", root, str(teacher_ckpt))
+    out = tmp_path / ("m.png" if command == "visualize" else "out")
+    args = {"distill": ["distill", "-p", str(recipe), "--cache", str(cache), "--out", str(out), "--no-eval"],
+            "eval": ["eval", "--cache", str(cache), "--data", str(root)],
+            "visualize": ["visualize", "--cache", str(cache), "--level", "P3", "--data", str(root), "--out",
+                          str(out)],
+            "teacher-cache --resume": ["teacher-cache", "-p", str(recipe), "--out", str(cache), "--resume"]}[command]
+    result = runner.invoke(app, [*args, "--device", "cpu"] if command != "visualize" else args)
+    line = assert_one_line_error(result, f"cache '{cache}': was written from other image files than "
+                                         f"'{root / 'train'}' holds now", "now), so its targets are not the teacher's")
+    assert "restore the image files the cache was written from" in result.stderr, line
+    assert not out.exists() and _store_files(cache) == before
+
+
+def test_a_cache_of_an_older_frs_records_no_image_files_and_is_read_as_before(cache_path, synth_root, tmp_path):
+    """A cache written before ``dataset.image_files`` was recorded is not checked: read, its images as they are."""
+    from PIL import Image
+
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    image = min((root / "train").iterdir())
+    Image.open(image).convert("RGB").save(image, format="JPEG", quality=40)
+    cache = tmp_path / "c.zarr"
+    shutil.copytree(cache_path, cache)
+    group = zarr.open_group(str(cache), mode="r+")
+    group.attrs["dataset"] = {k: v for k, v in group.attrs["dataset"].items() if k != "image_files"}
+    result = runner.invoke(app, ["eval", "--cache", str(cache), "--data", str(root)])
+    assert result.exit_code == 0, result.output
+    assert "image files" not in result.stderr

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from frs_cli.data.coco import CocoIndex
+from frs_cli.data.coco import CocoIndex, CocoViews
 from frs_cli.data.geometry import GeometryConfig
 from frs_cli.errors import CacheMismatchError
 from frs_cli.models import weights
@@ -168,6 +168,39 @@ def refuse_other_recipe(path: str, attrs: dict, teacher_cfg: ModelConfig, index:
     if key is not None:
         raise CacheMismatchError(f"cache {path!r}: was written for another {key} "
                                  f"({what_differs(key, attrs, expected, teacher_cfg, index, geometry)})", hint=hint)
+
+
+def image_files_record(dataset: CocoViews) -> dict:
+    """The split's image files as a cache records them (``dataset.image_files``): how many, their bytes, and a
+    digest of each file's size in the index's order (first 16 hex). An image re-encoded, or swapped for another of
+    the same width and height, changes its size: the annotations (the dataset fingerprint) do not tell, and the
+    cached targets would no longer be the teacher's on what the student reads. A stat per file, no read."""
+    digest, total = hashlib.sha256(), 0
+    for rec in dataset.index.records:
+        try:
+            size = (dataset.image_dir / rec.file_name).stat().st_size
+        except OSError:  # missing: the digest differs, and check_files names the file
+            size = -1
+        digest.update(f"{rec.image_id}:{size}\n".encode())
+        total += max(size, 0)
+    return {"files": len(dataset.index.records), "bytes": total, "sizes_sha256": digest.hexdigest()[:16]}
+
+
+def refuse_other_images(path: str, attrs: dict, dataset: CocoViews, hint: str) -> None:
+    """CacheMismatchError when the image files of ``dataset`` are not those the cache at ``path`` (its root
+    ``attrs``) was written from (``image_files_record``); a missing file is named first (``check_files``). A cache
+    of an older frs records none and is not checked."""
+    stored = attrs.get("dataset", {}).get("image_files")
+    if not isinstance(stored, dict):
+        return
+    found = image_files_record(dataset)
+    if found["sizes_sha256"] != stored.get("sizes_sha256"):
+        dataset.check_files()
+        raise CacheMismatchError(
+            f"cache {path!r}: was written from other image files than {str(dataset.image_dir)!r} holds now (the "
+            f"files' sizes differ: {stored.get('files')} files of {stored.get('bytes')} bytes then, "
+            f"{found['files']} of {found['bytes']} now), so its targets are not the teacher's on these images",
+            hint=hint)
 
 
 def first_difference(stored: dict, expected: dict) -> str | None:

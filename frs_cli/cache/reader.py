@@ -22,7 +22,7 @@ from torch import Tensor
 from frs_cli.cache.backend import open_backend
 from frs_cli.cache.checksum import mismatched
 from frs_cli.cache.encoding import NAMES, FeatureEncoding, finite
-from frs_cli.cache.identity import dataset_fingerprint, refuse_other_recipe
+from frs_cli.cache.identity import dataset_fingerprint, refuse_other_images, refuse_other_recipe
 from frs_cli.cache.schema import INDEX_ARRAYS, Bucket, required_arrays, view_code, view_name
 from frs_cli.cache.store import CODECS, is_url
 from frs_cli.data.coco import CocoViews, Sample
@@ -214,6 +214,12 @@ class TeacherCache:
                                          "recipe with frs teacher-cache",
                             hint="write a cache for this recipe with frs teacher-cache")
 
+    def check_image_files(self, dataset: CocoViews) -> None:
+        """CacheMismatchError when ``dataset``'s image files are not those the cache was written from
+        (``identity.refuse_other_images``: a file re-encoded or swapped changes its size)."""
+        refuse_other_images(self.path, self.attrs, dataset, hint="restore the image files the cache was written "
+                                                                 "from, or write the cache again with frs teacher-cache")
+
     def dataset(self, data_root: str | None = None) -> CocoViews:
         """The cached split as ``CocoViews`` (from ``data_root`` if given, else where the writer read it),
         checked against the cache's dataset fingerprint."""
@@ -242,7 +248,9 @@ class TeacherCache:
                 f"cache {self.path!r}: was written for another dataset (cache {self.fingerprints.get('dataset')}, "
                 f"{ann} {found})", hint="point --data at the dataset the cache was written from (its annotation "
                                         f"file was {info['annotation_file']})")
-        return CocoViews(index, image_dir, self.geometry_config)
+        views = CocoViews(index, image_dir, self.geometry_config)
+        self.check_image_files(views)
+        return views
 
     def nbytes_stored(self) -> dict[str, int]:
         """Bytes the cache's chunks and metadata occupy in its store: ``views`` (what grows with the dataset:

@@ -32,7 +32,7 @@ import frs_cli
 from frs_cli.cache.backend import open_backend
 from frs_cli.cache.checksum import damaged_arrays, view_crc
 from frs_cli.cache.encoding import FeatureEncoding
-from frs_cli.cache.identity import cache_fingerprints, refuse_other_recipe
+from frs_cli.cache.identity import cache_fingerprints, image_files_record, refuse_other_images, refuse_other_recipe
 from frs_cli.cache.reader import (
     TeacherCache,
     attributes_error,
@@ -107,6 +107,7 @@ def _create(path: str, plan: Plan, teacher, recipe, fingerprints: dict, dataset,
         # absolute: readers find the dataset from any folder (a recipe's data.root may be relative to the cwd)
         "dataset": {"split": cfg.split, "annotation_file": os.path.abspath(dataset.index.path),
                     "annotation_sha256": dataset.index.sha256, "num_images": len(dataset),
+                    "image_files": image_files_record(dataset),
                     "label_to_category": dataset.index.label_to_category,
                     "category_names": [c["name"] for c in dataset.index.categories]},
         "storage": {"dtype": cfg.dtype, "codec": cfg.codec, "mask_dtype": "float16", "views_per_chunk": 1,
@@ -188,11 +189,13 @@ def _repair_arrays(root: zarr.Group, missing: list[str], plan: Plan, teacher, cf
             root[f"{prefix}done"][...] = 0
 
 
-def _check_same(path: str, root: zarr.Group, recipe, teacher, index, views) -> None:
+def _check_same(path: str, root: zarr.Group, recipe, teacher, dataset, views) -> None:
     attrs = dict(root.attrs)
-    refuse_other_recipe(path, attrs, recipe.teacher, index, recipe.geometry, teacher=teacher,
+    refuse_other_recipe(path, attrs, recipe.teacher, dataset.index, recipe.geometry, teacher=teacher,
                         classes_hint="set data.label_map as the cache was written, or write to a new path",
                         hint="write to a new path, or delete the old cache")
+    refuse_other_images(path, attrs, dataset, hint="restore the image files the cache was written from, or write to "
+                                                   "a new path")
     stored_dtype = attrs.get("storage", {}).get("dtype")
     if stored_dtype != recipe.cache.dtype:  # its arrays hold that encoding: views of another cannot go in
         raise CacheMismatchError(f"cache {path!r}: holds {stored_dtype} features, this recipe asks for cache.dtype = "
@@ -583,7 +586,7 @@ def _open_store(path: str, resume: bool, ctx: DistContext, plan: Plan, teacher, 
     refuse_misshapen(path, backend, dict(root.attrs))
     missing = [n for n in required_cache_arrays(backend.attrs) if not backend.has(n)]
     refuse_renamed(path, backend, dict(backend.attrs), missing)  # before --resume writes views under an edited name
-    _check_same(path, root, recipe, teacher, dataset.index, cfg.views)
+    _check_same(path, root, recipe, teacher, dataset, cfg.views)
     warning = None
     if resume:  # before anything is touched: a cache holds the views of one teacher pass
         written = _any_written(path)

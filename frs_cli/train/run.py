@@ -418,6 +418,7 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
                               f"teacher.arch = {recipe.teacher.arch!r}",
                               hint=f"set teacher.arch = {cached_arch!r} (the cache's), or cache this recipe's teacher")
         store.check_fingerprints(recipe.teacher, coco.index, recipe.geometry)  # before the student is matched to it
+        store.check_image_files(coco)  # a re-encoded or swapped image: the targets are not of what is read
         check_compatible(signature(recipe.student.arch, num_classes), store.signature)
         # the cache's teacher is recipe.teacher.arch (checked above), with the anchors its model config records
         cached_anchors = store.teacher.get("model_config", {}).get("anchor_size", recipe.teacher.anchor_size)
