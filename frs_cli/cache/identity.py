@@ -188,8 +188,9 @@ def image_files_record(dataset: CocoViews) -> dict:
 
 def refuse_other_images(path: str, attrs: dict, dataset: CocoViews, hint: str) -> None:
     """CacheMismatchError when the image files of ``dataset`` are not those the cache at ``path`` (its root
-    ``attrs``) was written from (``image_files_record``); a missing file is named first (``check_files``). A cache
-    of an older frs records none and is not checked."""
+    ``attrs``) was completed with (``image_files_record``, recorded as the writer marks it complete); a missing file
+    is named first (``check_files``). A cache still being written, or of an older frs, records none and is not
+    checked."""
     stored = attrs.get("dataset", {}).get("image_files")
     if not isinstance(stored, dict):
         return

@@ -107,7 +107,6 @@ def _create(path: str, plan: Plan, teacher, recipe, fingerprints: dict, dataset,
         # absolute: readers find the dataset from any folder (a recipe's data.root may be relative to the cwd)
         "dataset": {"split": cfg.split, "annotation_file": os.path.abspath(dataset.index.path),
                     "annotation_sha256": dataset.index.sha256, "num_images": len(dataset),
-                    "image_files": image_files_record(dataset),
                     "label_to_category": dataset.index.label_to_category,
                     "category_names": [c["name"] for c in dataset.index.categories]},
         "storage": {"dtype": cfg.dtype, "codec": cfg.codec, "mask_dtype": "float16", "views_per_chunk": 1,
@@ -492,6 +491,9 @@ def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: P
         if ctx.is_main:
             complete = bool(TeacherCache(path, require_complete=False).done().all())
             if complete and root.attrs.get("state") != "complete":
+                # the image files as the cache is completed: a file replaced before (one that did not decode, then
+                # --resume) is read as it is now; one replaced after is refused by every reader
+                root.attrs["dataset"] = {**root.attrs["dataset"], "image_files": image_files_record(dataset)}
                 root.attrs["state"] = "complete"
         barrier(ctx)
         total_written = sum(all_gather_objects(ctx, written))
