@@ -326,7 +326,7 @@ def test_eval_of_a_recipes_teacher_scores_it_as_its_model_file_does(tmp_path, re
     assert f"wrote {tmp_path / 'd.json'}" in " ".join(result.stdout.split()) and (tmp_path / "d.json").is_file()
 
 
-def test_teacher_cache_info_distill_visualize_and_mask_stats(tmp_path, recipe_path):
+def test_teacher_cache_info_distill_visualize_and_mask_stats(tmp_path, recipe_path, synth_root):
     cache = tmp_path / "c.zarr"
     result = run("teacher-cache", "--pipeline", recipe_path, "--out", cache, "--device", "cpu")
     assert result.exit_code == 0, result.output
@@ -339,7 +339,9 @@ def test_teacher_cache_info_distill_visualize_and_mask_stats(tmp_path, recipe_pa
 
     result = run("cache", "info", cache)
     assert result.exit_code == 0, result.output
-    for word in ("complete (48/48 views written)", "images", "24", "P3/s8/64ch", "MB per view", "teacher", "fingerprints",
+    megabytes = sum(f.stat().st_size for f in (synth_root / "train").iterdir()) / 1e6
+    for word in ("complete (48/48 views written)", f"24  (image files as completed: 24, {megabytes:,.2f} MB)",
+                 "P3/s8/64ch", "MB per view", "teacher", "fingerprints",
                  "float32, NCHW, batch norms folded"):  # the teacher pass a resume keeps (on the CPU: float32)
         assert word in result.output, word
 

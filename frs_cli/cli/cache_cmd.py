@@ -124,6 +124,14 @@ def _per_image(views: int, images: int) -> str:
     return f"{plural(views // max(1, images), 'view')} per image"
 
 
+def _image_files(attrs: dict) -> str:
+    """What a complete cache recorded of its split's image files (``identity.image_files_record``), or nothing."""
+    files = attrs.get("dataset", {}).get("image_files")
+    if not isinstance(files, dict):
+        return ""
+    return f"  (image files as completed: {files.get('files')}, {files.get('bytes', 0) / 1e6:,.2f} MB)"
+
+
 def _teacher_pass(cache) -> str:
     """How the teacher computed the cached views, as the cache records it (``teacher.autocast``, ``teacher.pass``):
     what a resume keeps, and what an older frs did not record."""
@@ -155,7 +163,7 @@ def info(cache: str = typer.Argument(..., help="Cache path, URL or .h5 file.")):
     table = Table(show_header=False, title=f"teacher cache {escape(cache)}")  # paths as they are, not markup
     rows = [
         ("state", f"{a.get('state')} ({done}/{len(c)} views written)"),
-        ("images", str(n_images)),
+        ("images", str(n_images) + _image_files(a)),
         ("views", f"{len(c)}  ({', '.join(c.views)})"),
         ("levels", "  ".join(f"{lv.name}/s{lv.stride}/{lv.channels}ch" for lv in c.levels)),
         ("size buckets", str(len(c.buckets))),
