@@ -28,6 +28,7 @@ import argparse
 import copy
 import json
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -308,8 +309,9 @@ def main() -> None:
     dev = ctx.device
     res = {"device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu",
            "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
-           "args": {k: str(v) for k, v in vars(args).items()}, "teachers": {},
-           "library": str(Path(frs_cli.__file__).resolve().parent)}  # which frs_cli wrote (an A/B of versions)
+           # the output by its name and frs_cli relative to the working folder: no path of the machine it ran on
+           "args": {k: (Path(v).name if k == "out" else str(v)) for k, v in vars(args).items()}, "teachers": {},
+           "library": os.path.relpath(Path(frs_cli.__file__).resolve().parent)}  # which frs_cli wrote (an A/B)
 
     def save():
         args.out.write_text(json.dumps(res, indent=1))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import runpy
 import sys
 from dataclasses import replace
@@ -214,7 +215,8 @@ def test_bench_writes_once_per_writer_count_in_turn_for_the_chosen_variants(tmp_
                                       "--no-pass-figures", "--batch", "1"])
     runpy.run_path(str(ROOT / "bench" / "teacher_cache_rate.py"), run_name="__main__")
     res = json.loads(out.read_text())
-    assert res["library"] == str(ROOT / "frs_cli")  # which version wrote: an A/B of two runs tells them apart
+    # which version wrote (an A/B of two runs tells them apart), and the output by its name: no path of the machine
+    assert res["library"] == os.path.relpath(ROOT / "frs_cli") and res["args"]["out"] == "rate.json"
     assert res["teachers"]["tiny"]["variants"] == {} and res["teachers"]["tiny"]["inference_img_s"] > 0
     caches = res["teachers"]["tiny"]["caches"]["int8"]
     # every variant in the order given, repeats included, each with every writer count in turn
