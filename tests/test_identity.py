@@ -233,3 +233,26 @@ def test_a_cache_of_an_older_frs_records_no_image_files_and_is_read_as_before(ca
     result = runner.invoke(app, ["eval", "--cache", str(cache), "--data", str(root)])
     assert result.exit_code == 0, result.output
     assert "image files" not in result.stderr
+
+
+def test_the_image_files_are_statted_once_for_check_files_and_the_record(synth_root, monkeypatch):
+    """``check_files`` (which every command runs on its split) and the cache's image-files record share one stat of
+    each file: on a network file system a stat waits on its server, and COCO train is 118,287 files."""
+    from pathlib import Path
+
+    from frs_cli.data.coco import CocoIndex, CocoViews
+    from frs_cli.data.geometry import GeometryConfig
+
+    calls, stat = [], Path.stat
+
+    def counted(path, *args, **kwargs):
+        if path.parent == synth_root / "train":
+            calls.append(path)
+        return stat(path, *args, **kwargs)
+    monkeypatch.setattr(Path, "stat", counted)
+    views = CocoViews(CocoIndex(synth_root / "annotations" / "instances_train.json"), synth_root / "train",
+                      GeometryConfig(min_size=64, max_size=64))
+    views.check_files()
+    record = identity.image_files_record(views)
+    assert sorted(calls) == sorted(synth_root / "train" / r.file_name for r in views.index.records)
+    assert record["files"] == 24 and record["bytes"] == sum(p.stat().st_size for p in (synth_root / "train").iterdir())

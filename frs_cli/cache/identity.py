@@ -174,13 +174,10 @@ def image_files_record(dataset: CocoViews) -> dict:
     """The split's image files as a cache records them (``dataset.image_files``): how many, their bytes, and a
     digest of each file's size in the index's order (first 16 hex). An image re-encoded, or swapped for another of
     the same width and height, changes its size: the annotations (the dataset fingerprint) do not tell, and the
-    cached targets would no longer be the teacher's on what the student reads. A stat per file, no read."""
+    cached targets would no longer be the teacher's on what the student reads. A stat per file, no read, shared
+    with ``check_files`` (``CocoViews.file_sizes``); a missing file is -1."""
     digest, total = hashlib.sha256(), 0
-    for rec in dataset.index.records:
-        try:
-            size = (dataset.image_dir / rec.file_name).stat().st_size
-        except OSError:  # missing: the digest differs, and check_files names the file
-            size = -1
+    for rec, size in zip(dataset.index.records, dataset.file_sizes(), strict=True):
         digest.update(f"{rec.image_id}:{size}\n".encode())
         total += max(size, 0)
     return {"files": len(dataset.index.records), "bytes": total, "sizes_sha256": digest.hexdigest()[:16]}

@@ -21,7 +21,9 @@ import logging
 import math
 import numbers
 import os
+import stat
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -376,6 +378,15 @@ class Sample:
     teacher: CachedTargets | None = None  # the view's cached teacher targets (built by cache.reader)
 
 
+def _file_size(path: Path) -> int:
+    """The size of the regular file at ``path`` (a link followed) in bytes, else -1."""
+    try:
+        st = path.stat()
+    except OSError:
+        return -1
+    return st.st_size if stat.S_ISREG(st.st_mode) else -1
+
+
 class CocoViews(torch.utils.data.Dataset):
     """Views of a COCO-format split. Indexed by ``(position, view)`` pairs from ``ViewSampler``.
 
@@ -387,6 +398,7 @@ class CocoViews(torch.utils.data.Dataset):
         self.index = index
         self.image_dir = Path(image_dir)
         self.geometry = geometry
+        self._sizes: list[int] | None = None  # file_sizes(), once
         if not self.image_dir.is_dir():
             raise DataError(f"images: expected a directory at {str(self.image_dir)!r}, but it does not exist")
 
@@ -404,11 +416,26 @@ class CocoViews(torch.utils.data.Dataset):
             raise DataError(f"{command}: expected images in split {split!r}, its annotation file "
                             f"{str(self.index.path)!r} lists none", hint=hint)
 
+    def file_sizes(self) -> list[int]:
+        """Each image file's size in bytes, in the index's order; -1 where there is no file. Statted once for this
+        object (``check_files`` and a cache's image-files check share it), in threads: on a network file system
+        each stat waits on its server."""
+        if self._sizes is None:
+            paths = [self.image_dir / r.file_name for r in self.index.records]
+            parts = [paths[i:i + 1024] for i in range(0, len(paths), 1024)]
+            with ThreadPoolExecutor(max_workers=min(16, max(1, len(parts)))) as pool:
+                self._sizes = [size for part in pool.map(lambda ps: [_file_size(p) for p in ps], parts)
+                               for size in part]
+        return self._sizes
+
     def check_files(self, count: int | None = None) -> None:
         """One DataError naming the first of the split's image files (of the first ``count``) that is missing and
         how many are: found before the work, not hours into it. Only their presence is checked (a stat each)."""
         records = self.index.records[:count]
-        missing = [self.image_dir / r.file_name for r in records if not (self.image_dir / r.file_name).is_file()]
+        if count is None or count >= len(self.index.records):
+            missing = [self.image_dir / r.file_name for r, size in zip(records, self.file_sizes()) if size < 0]
+        else:
+            missing = [self.image_dir / r.file_name for r in records if not (self.image_dir / r.file_name).is_file()]
         if missing:
             raise DataError(f"image: expected a file at {str(missing[0])!r}, but it {missing_file(missing[0])}",
                             hint=f"{len(missing)} of the {len(records)} image files of "
