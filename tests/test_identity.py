@@ -213,7 +213,9 @@ def test_an_image_file_changed_since_the_cache_was_written_is_refused_in_one_lin
             "teacher-cache --resume": ["teacher-cache", "-p", str(recipe), "--out", str(cache), "--resume"]}[command]
     result = runner.invoke(app, [*args, "--device", "cpu"] if command != "visualize" else args)
     line = assert_one_line_error(result, f"cache '{cache}': was written from other image files than "
-                                         f"'{root / 'train'}' holds now", "now), so its targets are not the teacher's")
+                                         f"'{root / 'train'}' holds now (1 of 24 files changed size, the first "
+                                         f"'{image}': {size} bytes then, {image.stat().st_size} now), so its targets "
+                                         "are not the teacher's")
     assert "restore the image files the cache was written from" in result.stderr, line
     assert not out.exists() and _store_files(cache) == before
 
@@ -233,6 +235,27 @@ def test_a_cache_of_an_older_frs_records_no_image_files_and_is_read_as_before(ca
     result = runner.invoke(app, ["eval", "--cache", str(cache), "--data", str(root)])
     assert result.exit_code == 0, result.output
     assert "image files" not in result.stderr
+
+
+def test_a_cache_without_the_files_sizes_names_their_totals(cache_path, synth_root, tmp_path):
+    """A cache whose ``index/file_bytes`` is gone (an export or a copy that left it out) still refuses changed
+    files, by the totals its attributes record."""
+    from PIL import Image
+
+    from frs_cli.cache.schema import FILE_BYTES
+
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    image = min((root / "train").iterdir())
+    Image.open(image).convert("RGB").save(image, format="JPEG", quality=40)
+    cache = tmp_path / "c.zarr"
+    shutil.copytree(cache_path, cache)
+    shutil.rmtree(cache / FILE_BYTES)
+    record = zarr.open_group(str(cache), mode="r").attrs["dataset"]["image_files"]
+    now = sum(p.stat().st_size for p in (root / "train").iterdir())
+    result = runner.invoke(app, ["eval", "--cache", str(cache), "--data", str(root)])
+    assert_one_line_error(result, f"(the files' sizes differ: 24 files of {record['bytes']} bytes then, 24 of {now} "
+                                  "now)")
 
 
 def test_the_image_files_are_statted_once_for_check_files_and_the_record(synth_root, monkeypatch):

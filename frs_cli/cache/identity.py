@@ -183,22 +183,32 @@ def image_files_record(dataset: CocoViews) -> dict:
     return {"files": len(dataset.index.records), "bytes": total, "sizes_sha256": digest.hexdigest()[:16]}
 
 
-def refuse_other_images(path: str, attrs: dict, dataset: CocoViews, hint: str) -> None:
+def refuse_other_images(path: str, attrs: dict, dataset: CocoViews, hint: str, recorded=None) -> None:
     """CacheMismatchError when the image files of ``dataset`` are not those the cache at ``path`` (its root
     ``attrs``) was completed with (``image_files_record``, recorded as the writer marks it complete); a missing file
-    is named first (``check_files``). A cache still being written, or of an older frs, records none and is not
-    checked."""
+    is named first (``check_files``). ``recorded``: a callable giving the sizes the cache stored
+    (``index/file_bytes``), or None, so that the line names the first file that changed. A cache still being
+    written, or of an older frs, records none and is not checked."""
     stored = attrs.get("dataset", {}).get("image_files")
     if not isinstance(stored, dict):
         return
     found = image_files_record(dataset)
-    if found["sizes_sha256"] != stored.get("sizes_sha256"):
-        dataset.check_files()
-        raise CacheMismatchError(
-            f"cache {path!r}: was written from other image files than {str(dataset.image_dir)!r} holds now (the "
-            f"files' sizes differ: {stored.get('files')} files of {stored.get('bytes')} bytes then, "
-            f"{found['files']} of {found['bytes']} now), so its targets are not the teacher's on these images",
-            hint=hint)
+    if found["sizes_sha256"] == stored.get("sizes_sha256"):
+        return
+    dataset.check_files()
+    before = None if recorded is None else recorded()
+    now = dataset.file_sizes()
+    if before is not None and len(before) == len(now):
+        changed = [i for i, (a, b) in enumerate(zip(before, now, strict=True)) if int(a) != b]
+        first = changed[0] if changed else 0
+        what = (f"{len(changed)} of {len(now)} files changed size, the first "
+                f"{str(dataset.image_dir / dataset.index.records[first].file_name)!r}: {int(before[first])} bytes "
+                f"then, {now[first]} now")
+    else:
+        what = (f"the files' sizes differ: {stored.get('files')} files of {stored.get('bytes')} bytes then, "
+                f"{found['files']} of {found['bytes']} now")
+    raise CacheMismatchError(f"cache {path!r}: was written from other image files than {str(dataset.image_dir)!r} "
+                             f"holds now ({what}), so its targets are not the teacher's on these images", hint=hint)
 
 
 def first_difference(stored: dict, expected: dict) -> str | None:

@@ -8,6 +8,8 @@ A cache is a Zarr v3 group::
     /index/bucket        (N,)      int32   which size bucket holds the view
     /index/row           (N,)      int32   its row inside that bucket
     /index/geometry      (N, 7)    int32   orig_h, orig_w, resized_h, resized_w, padded_h, padded_w, hflip
+    /index/file_bytes    (I,)      int64   each image file's size in bytes as the cache was completed, in the
+                                           split's image order (ascending id); -1 for none (absent before 2026-12-07)
     /buckets/<HxW>/<level>/features  (n, C', H_l, W_l) features as cache.encoding stores them, one chunk per view
     /buckets/<HxW>/<level>/scale     (n, C)            float32 per-channel scales (int8/int6/int5/int4 only)
     /buckets/<HxW>/<level>/mask      (n, H_l, W_l)     float16 FRS mask, one chunk per view
@@ -65,6 +67,7 @@ def views_format_version(views) -> int:
 
 
 INDEX_ARRAYS = ("image_id", "view", "bucket", "row", "geometry")
+FILE_BYTES = "index/file_bytes"  # written as the cache is completed; not required (older caches hold none)
 
 
 def required_arrays(attrs: dict, head_names) -> list[str]:

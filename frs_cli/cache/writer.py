@@ -36,6 +36,7 @@ from frs_cli.cache.identity import cache_fingerprints, image_files_record, refus
 from frs_cli.cache.reader import (
     TeacherCache,
     attributes_error,
+    recorded_file_sizes,
     refuse_edited,
     refuse_misshapen,
     refuse_renamed,
@@ -194,7 +195,7 @@ def _check_same(path: str, root: zarr.Group, recipe, teacher, dataset, views) ->
                         classes_hint="set data.label_map as the cache was written, or write to a new path",
                         hint="write to a new path, or delete the old cache")
     refuse_other_images(path, attrs, dataset, hint="restore the image files the cache was written from, or write to "
-                                                   "a new path")
+                                                   "a new path", recorded=lambda: recorded_file_sizes(open_backend(path)))
     stored_dtype = attrs.get("storage", {}).get("dtype")
     if stored_dtype != recipe.cache.dtype:  # its arrays hold that encoding: views of another cannot go in
         raise CacheMismatchError(f"cache {path!r}: holds {stored_dtype} features, this recipe asks for cache.dtype = "
@@ -493,6 +494,10 @@ def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: P
             if complete and root.attrs.get("state") != "complete":
                 # the image files as the cache is completed: a file replaced before (one that did not decode, then
                 # --resume) is read as it is now; one replaced after is refused by every reader
+                sizes = np.asarray(dataset.file_sizes(), dtype=np.int64)  # names a file that changed later
+                root.require_group("index").create_array(
+                    "file_bytes", shape=sizes.shape, dtype=sizes.dtype, chunks=sizes.shape, compressors=None,
+                    fill_value=-1, overwrite=True)[...] = sizes
                 root.attrs["dataset"] = {**root.attrs["dataset"], "image_files": image_files_record(dataset)}
                 root.attrs["state"] = "complete"
         barrier(ctx)
