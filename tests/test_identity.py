@@ -183,12 +183,9 @@ def _store_files(path) -> dict:
             for f in sorted(Path(path).rglob("*")) if f.is_file()}
 
 
-@pytest.mark.parametrize("command", ["distill", "eval", "visualize", "teacher-cache --resume"])
-def test_an_image_file_changed_since_the_cache_was_written_is_refused_in_one_line(command, cache_path, synth_root,
-                                                                                   teacher_ckpt, tmp_path):
-    """A train image saved again (another JPEG quality, the same width and height), as a curated dataset's files
-    are: the annotations, and so the dataset fingerprint, are unchanged. Before, every command used the cache, its
-    targets the teacher's on the old pixels, with no word; now each refuses in one line, the cache untouched."""
+def _one_image_saved_again(synth_root, cache_path, tmp_path):
+    """A copy of the set whose first train image is saved again (another JPEG quality, the same width and height),
+    and a copy of the cache: ``(data root, that image, its size before, cache)``."""
     import json
 
     from PIL import Image
@@ -203,6 +200,16 @@ def test_an_image_file_changed_since_the_cache_was_written_is_refused_in_one_lin
     assert image.stat().st_size != size and Image.open(image).size == (first["width"], first["height"])
     cache = tmp_path / "c.zarr"
     shutil.copytree(cache_path, cache)
+    return root, image, size, cache
+
+
+@pytest.mark.parametrize("command", ["distill", "eval", "visualize", "teacher-cache --resume"])
+def test_an_image_file_changed_since_the_cache_was_written_is_refused_in_one_line(command, cache_path, synth_root,
+                                                                                   teacher_ckpt, tmp_path):
+    """A train image saved again, as a curated dataset's files are: the annotations, and so the dataset
+    fingerprint, are unchanged. Before, every command used the cache, its targets the teacher's on the old pixels,
+    with no word; now each refuses in one line naming the file, the cache untouched."""
+    root, image, size, cache = _one_image_saved_again(synth_root, cache_path, tmp_path)
     before = _store_files(cache)
     recipe = write_recipe(tmp_path / "r.toml", root, str(teacher_ckpt))
     out = tmp_path / ("m.png" if command == "visualize" else "out")
@@ -222,14 +229,7 @@ def test_an_image_file_changed_since_the_cache_was_written_is_refused_in_one_lin
 
 def test_a_cache_of_an_older_frs_records_no_image_files_and_is_read_as_before(cache_path, synth_root, tmp_path):
     """A cache written before ``dataset.image_files`` was recorded is not checked: read, its images as they are."""
-    from PIL import Image
-
-    root = tmp_path / "data"
-    shutil.copytree(synth_root, root)
-    image = min((root / "train").iterdir())
-    Image.open(image).convert("RGB").save(image, format="JPEG", quality=40)
-    cache = tmp_path / "c.zarr"
-    shutil.copytree(cache_path, cache)
+    root, _, _, cache = _one_image_saved_again(synth_root, cache_path, tmp_path)
     group = zarr.open_group(str(cache), mode="r+")
     group.attrs["dataset"] = {k: v for k, v in group.attrs["dataset"].items() if k != "image_files"}
     result = runner.invoke(app, ["eval", "--cache", str(cache), "--data", str(root)])
@@ -240,16 +240,9 @@ def test_a_cache_of_an_older_frs_records_no_image_files_and_is_read_as_before(ca
 def test_a_cache_without_the_files_sizes_names_their_totals(cache_path, synth_root, tmp_path):
     """A cache whose ``index/file_bytes`` is gone (an export or a copy that left it out) still refuses changed
     files, by the totals its attributes record."""
-    from PIL import Image
-
     from frs_cli.cache.schema import FILE_BYTES
 
-    root = tmp_path / "data"
-    shutil.copytree(synth_root, root)
-    image = min((root / "train").iterdir())
-    Image.open(image).convert("RGB").save(image, format="JPEG", quality=40)
-    cache = tmp_path / "c.zarr"
-    shutil.copytree(cache_path, cache)
+    root, _, _, cache = _one_image_saved_again(synth_root, cache_path, tmp_path)
     shutil.rmtree(cache / FILE_BYTES)
     record = zarr.open_group(str(cache), mode="r").attrs["dataset"]["image_files"]
     now = sum(p.stat().st_size for p in (root / "train").iterdir())
