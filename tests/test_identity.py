@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 
 import pytest
@@ -249,6 +250,25 @@ def test_a_cache_without_the_files_sizes_names_their_totals(cache_path, synth_ro
     result = runner.invoke(app, ["eval", "--cache", str(cache), "--data", str(root)])
     assert_one_line_error(result, f"(the files' sizes differ: 24 files of {record['bytes']} bytes then, 24 of {now} "
                                   "now)")
+
+
+def test_stored_sizes_that_agree_with_the_files_leave_the_totals_named(cache_path, synth_root, tmp_path):
+    """When the record's digest differs but ``index/file_bytes`` names no file that changed (the array written again
+    from the files as they are now), the line names the record's totals, never "0 of 24 files changed"."""
+    from frs_cli.cache.schema import FILE_BYTES
+
+    root, _, _, cache = _one_image_saved_again(synth_root, cache_path, tmp_path)
+    group = zarr.open_group(str(cache), mode="r+")
+    record = group.attrs["dataset"]["image_files"]
+    records = json.loads((root / "annotations" / "instances_train.json").read_text())["images"]
+    by_id = {im["id"]: im["file_name"] for im in records}
+    ids = [r.image_id for r in CocoIndex(root / "annotations" / "instances_train.json").records]
+    group[FILE_BYTES][...] = [(root / "train" / by_id[i]).stat().st_size for i in ids]
+    now = sum(p.stat().st_size for p in (root / "train").iterdir())
+    result = runner.invoke(app, ["eval", "--cache", str(cache), "--data", str(root)])
+    line = assert_one_line_error(result, f"(the files' sizes differ: 24 files of {record['bytes']} bytes then, 24 of "
+                                         f"{now} now)")
+    assert "changed size" not in line
 
 
 def test_the_image_files_are_statted_once_for_check_files_and_the_record(synth_root, monkeypatch):

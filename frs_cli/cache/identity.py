@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from frs_cli.cache.schema import FILE_BYTES
 from frs_cli.data.coco import CocoIndex, CocoViews
 from frs_cli.data.geometry import GeometryConfig
 from frs_cli.errors import CacheMismatchError
@@ -183,11 +184,11 @@ def image_files_record(dataset: CocoViews) -> dict:
     return {"files": len(dataset.index.records), "bytes": total, "sizes_sha256": digest.hexdigest()[:16]}
 
 
-def refuse_other_images(path: str, attrs: dict, dataset: CocoViews, hint: str, recorded=None) -> None:
+def refuse_other_images(path: str, attrs: dict, dataset: CocoViews, hint: str, backend=None) -> None:
     """CacheMismatchError when the image files of ``dataset`` are not those the cache at ``path`` (its root
     ``attrs``) was completed with (``image_files_record``, recorded as the writer marks it complete); a missing file
-    is named first (``check_files``). ``recorded``: a callable giving the sizes the cache stored
-    (``index/file_bytes``), or None, so that the line names the first file that changed. A cache still being
+    is named first (``check_files``). ``backend``: the cache's open store, whose sizes (``index/file_bytes``, where
+    stored) let the line name the first file that changed; without them it names the totals. A cache still being
     written, or of an older frs, records none and is not checked."""
     stored = attrs.get("dataset", {}).get("image_files")
     if not isinstance(stored, dict):
@@ -196,15 +197,16 @@ def refuse_other_images(path: str, attrs: dict, dataset: CocoViews, hint: str, r
     if found["sizes_sha256"] == stored.get("sizes_sha256"):
         return
     dataset.check_files()
-    before = None if recorded is None else recorded()
+    before = np.asarray(backend.array(FILE_BYTES)[...]) if backend is not None and backend.has(FILE_BYTES) else None
     now = dataset.file_sizes()
-    if before is not None and len(before) == len(now):
-        changed = [i for i, (a, b) in enumerate(zip(before, now, strict=True)) if int(a) != b]
-        first = changed[0] if changed else 0
+    changed = [] if before is None or len(before) != len(now) else \
+        [i for i, (a, b) in enumerate(zip(before, now, strict=True)) if int(a) != b]
+    if changed:
+        first = changed[0]
         what = (f"{len(changed)} of {len(now)} files changed size, the first "
                 f"{str(dataset.image_dir / dataset.index.records[first].file_name)!r}: {int(before[first])} bytes "
                 f"then, {now[first]} now")
-    else:
+    else:  # no sizes stored, or none that differs: the record's totals
         what = (f"the files' sizes differ: {stored.get('files')} files of {stored.get('bytes')} bytes then, "
                 f"{found['files']} of {found['bytes']} now")
     raise CacheMismatchError(f"cache {path!r}: was written from other image files than {str(dataset.image_dir)!r} "

@@ -23,7 +23,7 @@ from frs_cli.cache.backend import open_backend
 from frs_cli.cache.checksum import mismatched
 from frs_cli.cache.encoding import NAMES, FeatureEncoding, finite
 from frs_cli.cache.identity import dataset_fingerprint, refuse_other_images, refuse_other_recipe
-from frs_cli.cache.schema import FILE_BYTES, INDEX_ARRAYS, Bucket, required_arrays, view_code, view_name
+from frs_cli.cache.schema import INDEX_ARRAYS, Bucket, required_arrays, view_code, view_name
 from frs_cli.cache.store import CODECS, is_url
 from frs_cli.data.coco import CocoViews, Sample
 from frs_cli.data.geometry import GeometryConfig, ViewGeometry, canonical_view
@@ -219,7 +219,7 @@ class TeacherCache:
         (``identity.refuse_other_images``: a file re-encoded or swapped changes its size)."""
         refuse_other_images(self.path, self.attrs, dataset, hint="restore the image files the cache was written "
                                                                  "from, or write the cache again with frs teacher-cache",
-                            recorded=lambda: recorded_file_sizes(self.backend))
+                            backend=self.backend)
 
     def dataset(self, data_root: str | None = None) -> CocoViews:
         """The cached split as ``CocoViews`` (from ``data_root`` if given, else where the writer read it),
@@ -733,12 +733,6 @@ def _class_and_image_faults(attrs: dict, image_ids: np.ndarray) -> list[str]:
     elif dataset["num_images"] != images:
         faults.append(f"dataset.num_images {dataset['num_images']!r} against {images} images in the index")
     return faults
-
-
-def recorded_file_sizes(backend):
-    """The image files' sizes a complete cache stored (``index/file_bytes``, in the split's image order), or None
-    for a cache without them (an older frs, or an export that left them out)."""
-    return np.asarray(backend.array(FILE_BYTES)[...]) if backend.has(FILE_BYTES) else None
 
 
 def read_index(backend) -> dict[str, np.ndarray]:

@@ -36,7 +36,6 @@ from frs_cli.cache.identity import cache_fingerprints, image_files_record, refus
 from frs_cli.cache.reader import (
     TeacherCache,
     attributes_error,
-    recorded_file_sizes,
     refuse_edited,
     refuse_misshapen,
     refuse_renamed,
@@ -189,13 +188,13 @@ def _repair_arrays(root: zarr.Group, missing: list[str], plan: Plan, teacher, cf
             root[f"{prefix}done"][...] = 0
 
 
-def _check_same(path: str, root: zarr.Group, recipe, teacher, dataset, views) -> None:
+def _check_same(path: str, root: zarr.Group, backend, recipe, teacher, dataset, views) -> None:
     attrs = dict(root.attrs)
     refuse_other_recipe(path, attrs, recipe.teacher, dataset.index, recipe.geometry, teacher=teacher,
                         classes_hint="set data.label_map as the cache was written, or write to a new path",
                         hint="write to a new path, or delete the old cache")
     refuse_other_images(path, attrs, dataset, hint="restore the image files the cache was written from, or write to "
-                                                   "a new path", recorded=lambda: recorded_file_sizes(open_backend(path)))
+                                                   "a new path", backend=backend)
     stored_dtype = attrs.get("storage", {}).get("dtype")
     if stored_dtype != recipe.cache.dtype:  # its arrays hold that encoding: views of another cannot go in
         raise CacheMismatchError(f"cache {path!r}: holds {stored_dtype} features, this recipe asks for cache.dtype = "
@@ -593,7 +592,7 @@ def _open_store(path: str, resume: bool, ctx: DistContext, plan: Plan, teacher, 
     refuse_misshapen(path, backend, dict(root.attrs))
     missing = [n for n in required_cache_arrays(backend.attrs) if not backend.has(n)]
     refuse_renamed(path, backend, dict(backend.attrs), missing)  # before --resume writes views under an edited name
-    _check_same(path, root, recipe, teacher, dataset, cfg.views)
+    _check_same(path, root, backend, recipe, teacher, dataset, cfg.views)
     warning = None
     if resume:  # before anything is touched: a cache holds the views of one teacher pass
         written = _any_written(path)
