@@ -5,7 +5,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -259,14 +258,17 @@ def test_ctrl_c_under_torchrun_stops_both_processes_at_one_step_and_resumes_to_t
 def test_an_error_every_rank_meets_is_printed_once_under_torchrun(tmp_path):
     """Both processes of a two-process run meet the same missing annotations file: one ``error:`` line, exit 1."""
     recipe = write_recipe(tmp_path / "r.toml", tmp_path / "nowhere")
-    r = _torchrun("distill", "--pipeline", recipe, "--cache", tmp_path / "cache.zarr", "--out", tmp_path / "run",
-                  tmp_path=tmp_path)
+    temp = tmp_path / "temp"  # the job's own temporary folder: other tests' processes may run beside it (xdist)
+    temp.mkdir()
+    r = subprocess.run(_torchrun_cmd("distill", "--pipeline", recipe, "--cache", tmp_path / "cache.zarr", "--out",
+                                     tmp_path / "run"), env={**ENV, "TMPDIR": str(temp)}, capture_output=True,
+                       text=True, cwd=tmp_path, timeout=300, check=False)
     assert r.returncode != 0
     lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1, r.stderr
     assert "annotations" in lines[0] and "nowhere" in lines[0], lines
     assert not (tmp_path / "run").exists()
-    assert not list(Path(tempfile.gettempdir()).glob("frs-reported-*"))  # torchrun's own folder holds the markers
+    assert not list(temp.glob("frs-reported-*"))  # torchrun's own folder (in it, removed by torchrun) held the markers
 
 
 def test_first_to_report_lets_one_process_of_a_job_print_each_line_each_time(tmp_path, monkeypatch):
