@@ -6,10 +6,27 @@ Everything is generated here; no test downloads anything.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+
+def _share_the_cores_among_workers() -> None:
+    """Under pytest-xdist (``-n N``) each worker takes its share of this machine's cores for torch's threads, and
+    the processes its tests start (the CLI, torchrun) inherit it; N workers of all the cores' threads each would
+    oversubscribe them (OpenMP threads spin). Without xdist nothing changes."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers < 1:
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // workers)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+_share_the_cores_among_workers()
 
 TINY_RECIPE = """
 name = "tiny"

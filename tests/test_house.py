@@ -37,3 +37,19 @@ def test_no_function_in_the_package_is_longer_than_90_lines():
     offenders = {k: v for k, v in found.items() if k not in KNOWN_LONG}
     assert offenders == {}, "split these functions (lines each): " + ", ".join(
         f"{k} ({v})" for k, v in sorted(offenders.items(), key=lambda kv: -kv[1]))
+
+
+def test_each_xdist_worker_takes_its_share_of_the_cores():
+    """Under ``pytest -n N`` (the README's test command) each worker's torch, and the processes its tests start, use
+    the machine's cores divided among the N workers (conftest): two workers of two threads each on two cores spin
+    their OpenMP threads against each other."""
+    import os
+
+    import pytest
+    import torch
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if not workers:
+        pytest.skip("runs under pytest-xdist (-n N)")
+    share = max(1, len(os.sched_getaffinity(0)) // workers)
+    assert torch.get_num_threads() == share and os.environ["OMP_NUM_THREADS"] == str(share)
