@@ -710,7 +710,8 @@ def _verify_geometry_edited(t):
 
 
 def _verify_head_spec_edited(t):
-    c = _edited_attrs(t, lambda a: a["teacher"]["head_spec"].update(num_anchors=3))
+    # anchors and channels edited alike (3 x 5): the spec agrees with itself, the stored head's weights do not
+    c = _edited_attrs(t, lambda a: a["teacher"]["head_spec"].update(num_anchors=3, cls_channels=15))
     return c, ["teacher_head/", "teacher.head_spec gives", *_REWRITE]
 
 
@@ -752,6 +753,12 @@ def _verify_head_spec_classes_edited(t):
 def _verify_cls_channels_string_edited(t):
     c = _edited_attrs(t, lambda a: a["teacher"]["head_spec"].update(cls_channels="45"))
     return c, ["teacher.head_spec.cls_channels: expected a positive integer, got str '45'", *_REWRITE]
+
+
+def _verify_cls_channels_edited(t):
+    c = _edited_attrs(t, lambda a: a["teacher"]["head_spec"].update(cls_channels=54))
+    return c, [("teacher.head_spec.cls_channels 54 against 45 (9 anchors x 5 classes, the retinanet head's "
+                "classification output)"), *_REWRITE]
 
 
 def _verify_stride_string_edited(t):
@@ -924,7 +931,7 @@ VERIFY_NOT_OK = {f.__name__.lstrip("_"): f for f in (_verify_truncated, _verify_
                                                      _verify_num_classes_edited, _verify_label_to_category_edited,
                                                      _verify_num_images_edited, _verify_num_images_deleted_edited,
                                                      _verify_head_spec_classes_edited,
-                                                     _verify_cls_channels_string_edited,
+                                                     _verify_cls_channels_string_edited, _verify_cls_channels_edited,
                                                      _verify_stride_string_edited, _verify_stride_zero_edited,
                                                      _verify_count_string_edited,
                                                      _verify_num_views_string_edited, _verify_padded_string_edited,
@@ -992,7 +999,7 @@ def test_distill_refuses_a_cache_whose_attributes_verify_rejects(case, recipe_pa
     _assert_no_run_left(t)
 
 
-@pytest.mark.parametrize("case", ["verify_num_classes_edited", "verify_head_spec_classes_edited",
+@pytest.mark.parametrize("case", ["verify_num_classes_edited", "verify_head_spec_classes_edited", "verify_cls_channels_edited",
                                   "verify_teacher_null_edited", "verify_dataset_list_edited"])
 @pytest.mark.parametrize("resume", [False, True])
 def test_teacher_cache_refuses_a_cache_whose_attributes_verify_rejects(case, resume, recipe_path, cache_path, tmp_path):

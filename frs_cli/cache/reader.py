@@ -32,6 +32,7 @@ from frs_cli.errors import CacheFormatError, CacheMismatchError, DataError
 from frs_cli.files import missing_file, plural
 from frs_cli.lock import describe, live_holder
 from frs_cli.models.base import FrsSignature, LevelSpec
+from frs_cli.models.registry import FAMILIES
 
 
 def required_cache_arrays(attrs: dict) -> list[str]:
@@ -724,15 +725,35 @@ def _class_and_image_faults(attrs: dict, image_ids: np.ndarray) -> list[str]:
         faults.append(f"dataset.label_to_category {labels!r} is no increasing list of category ids")
     elif num_classes != len(labels):
         faults.append(f"teacher.num_classes {num_classes!r} against {len(labels)} classes in dataset.label_to_category")
-    spec_classes = teacher["head_spec"].get("num_classes", num_classes)
+    spec = teacher["head_spec"]
+    spec_classes = spec.get("num_classes", num_classes)
     if spec_classes != num_classes:
         faults.append(f"teacher.num_classes {num_classes!r} against {spec_classes!r} in teacher.head_spec")
+    faults += _cls_channels_faults(spec, spec_classes)
     images = len(np.unique(image_ids))
     if "num_images" not in dataset:  # every writer records it
         faults.append(f"dataset.num_images: expected {images} (the images in the index), got no such key")
     elif dataset["num_images"] != images:
         faults.append(f"dataset.num_images {dataset['num_images']!r} against {images} images in the index")
     return faults
+
+
+def _cls_channels_faults(spec: dict, num_classes) -> list[str]:
+    """``cls_channels`` of a teacher ``head_spec`` against what its family's head gives (``FamilySpec.cls_channels``:
+    anchors x classes, or anchors alone for an objectness head). Readers take the teacher's signature from it, and
+    the head is rebuilt from the other keys, so an edited value would name a head the cache does not hold."""
+    family = FAMILIES.get(spec.get("family"))
+    if family is None or "cls_channels" not in spec:  # an unknown family is named where the head is rebuilt
+        return []
+    anchors = spec.get("num_anchors", family.anchors)
+    if not isinstance(anchors, int) or not isinstance(num_classes, int):
+        return []  # named as the attributes of the wrong kind, or against the classes, elsewhere
+    expected = anchors * (num_classes if family.per_anchor == "classes" else 1)
+    if spec["cls_channels"] == expected:
+        return []
+    of = f"{anchors} anchors x {num_classes} classes" if family.per_anchor == "classes" else f"{anchors} anchors"
+    return [(f"teacher.head_spec.cls_channels {spec['cls_channels']!r} against {expected} ({of}, the "
+             f"{spec['family']} head's classification output)")]
 
 
 def read_index(backend) -> dict[str, np.ndarray]:
