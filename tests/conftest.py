@@ -16,14 +16,15 @@ import torch
 def _share_the_cores_among_workers() -> None:
     """Under pytest-xdist (``-n N``) each worker takes its share of this machine's cores for torch's threads, and
     the processes its tests start (the CLI, torchrun) inherit it; N workers of all the cores' threads each would
-    oversubscribe them (OpenMP threads spin). Without xdist nothing changes."""
+    oversubscribe them (OpenMP threads spin). The share replaces any OMP_NUM_THREADS set before; without xdist
+    nothing changes."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
     if workers < 1:
         return
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     threads = max(1, cores // workers)
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
 
 
 _share_the_cores_among_workers()

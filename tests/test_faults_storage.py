@@ -999,8 +999,9 @@ def test_distill_refuses_a_cache_whose_attributes_verify_rejects(case, recipe_pa
     _assert_no_run_left(t)
 
 
-@pytest.mark.parametrize("case", ["verify_num_classes_edited", "verify_head_spec_classes_edited", "verify_cls_channels_edited",
-                                  "verify_teacher_null_edited", "verify_dataset_list_edited"])
+@pytest.mark.parametrize("case", ["verify_num_classes_edited", "verify_head_spec_classes_edited",
+                                  "verify_cls_channels_edited", "verify_teacher_null_edited",
+                                  "verify_dataset_list_edited"])
 @pytest.mark.parametrize("resume", [False, True])
 def test_teacher_cache_refuses_a_cache_whose_attributes_verify_rejects(case, resume, recipe_path, cache_path, tmp_path):
     """teacher-cache on an edited zarr.json: with --resume it warned that every view's done flag was lost, wrote
