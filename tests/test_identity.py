@@ -153,10 +153,12 @@ INCOMPATIBLE = {
                           "the teacher is a retinanet detector, the student a faster_rcnn"),
     "levels": ({"": _four_levels}, [],
                "do not line up with the teacher's [('P3', 8), ('P4', 16), ('P5', 32), ('P6', 64)]"),
-    "class_channels": ({"teacher": _other_head}, [],
-                       "the teacher's retinanet classification output has 27 channels per position, the student's 45"),
-    # strides edited alone contradict the arrays' grids: refused as the damage they are (the student-side message:
+    # class channels and strides edited alone contradict the cache's own anchors and classes, and its arrays' grids:
+    # refused as the damage they are (the student-side messages:
     # tests/test_train.py::test_student_and_teacher_levels_that_do_not_line_up_fail_before_training)
+    "class_channels": ({"teacher": _other_head}, [],
+                       ("its attributes do not match its arrays (teacher.head_spec.cls_channels 27 against 45 (9 "
+                        "anchors x 5 classes")),
     "strides": ({"levels": _other_strides}, [], "its attributes do not match its arrays (bucket 64x64 P3: level_sizes"),
 }
 
