@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import shutil
 
 import pytest
@@ -262,10 +261,8 @@ def test_stored_sizes_that_agree_with_the_files_leave_the_totals_named(cache_pat
     root, _, _, cache = _one_image_saved_again(synth_root, cache_path, tmp_path)
     group = zarr.open_group(str(cache), mode="r+")
     record = group.attrs["dataset"]["image_files"]
-    records = json.loads((root / "annotations" / "instances_train.json").read_text())["images"]
-    by_id = {im["id"]: im["file_name"] for im in records}
-    ids = [r.image_id for r in CocoIndex(root / "annotations" / "instances_train.json").records]
-    group[FILE_BYTES][...] = [(root / "train" / by_id[i]).stat().st_size for i in ids]
+    records = CocoIndex(root / "annotations" / "instances_train.json").records  # the split's image order
+    group[FILE_BYTES][...] = [(root / "train" / r.file_name).stat().st_size for r in records]
     now = sum(p.stat().st_size for p in (root / "train").iterdir())
     result = runner.invoke(app, ["eval", "--cache", str(cache), "--data", str(root)])
     line = assert_one_line_error(result, f"(the files' sizes differ: 24 files of {record['bytes']} bytes then, 24 of "

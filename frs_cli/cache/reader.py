@@ -748,7 +748,7 @@ def _cls_channels_faults(spec: dict, num_classes) -> list[str]:
     anchors = spec.get("num_anchors", family.anchors)
     if not isinstance(anchors, int) or not isinstance(num_classes, int):
         return []  # named as the attributes of the wrong kind, or against the classes, elsewhere
-    expected = anchors * (num_classes if family.per_anchor == "classes" else 1)
+    expected = dataclasses.replace(family, anchors=anchors).cls_channels(num_classes)
     if spec["cls_channels"] == expected:
         return []
     of = f"{anchors} anchors x {num_classes} classes" if family.per_anchor == "classes" else f"{anchors} anchors"
