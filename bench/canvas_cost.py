@@ -39,8 +39,9 @@ def timed(fn, reps: int, device: torch.device) -> float:
 def main() -> None:
     from frs_cli.cache.encoding import FeatureEncoding
     from frs_cli.data.coco import Batch
-    from frs_cli.data.geometry import GeometryConfig, compute_geometry, pad_batch
+    from frs_cli.data.geometry import GeometryConfig, compute_geometry
     from frs_cli.data.targets import CachedTargets
+    from frs_cli.data.transforms import pad_batch
     from frs_cli.models import ModelConfig, build_detector
     from frs_cli.train.objectives import CachedTeacher, OnlineTeacher, teacher_autocast
 

@@ -25,7 +25,8 @@ import torch
 from numcodecs import Blosc, Zstd
 
 from frs_cli.cache.encoding import FeatureEncoding
-from frs_cli.data.coco import CocoViews, DataConfig, collate
+from frs_cli.data.coco import CocoViews, collate
+from frs_cli.data.config import DataConfig
 from frs_cli.data.geometry import GeometryConfig
 from frs_cli.losses import FeatureAdapter, feature_loss, frs_masks, head_loss
 from frs_cli.train.checkpoint import load_detector

@@ -16,7 +16,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from torchvision.models.detection.image_list import ImageList
 
-from frs_cli.data.coco import CocoViews, DataConfig, collate
+from frs_cli.data.coco import CocoViews, collate
+from frs_cli.data.config import DataConfig
 from frs_cli.data.geometry import GeometryConfig
 from frs_cli.data.synth import SynthConfig, generate
 from frs_cli.models import ModelConfig, build_detector

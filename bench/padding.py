@@ -71,7 +71,8 @@ def measure(coco, batch_size: int, grouped: bool, epochs: int, seed: int) -> dic
 
 
 def main() -> None:
-    from frs_cli.data.coco import CocoViews, DataConfig
+    from frs_cli.data.coco import CocoViews
+    from frs_cli.data.config import DataConfig
     from frs_cli.data.geometry import GeometryConfig
     from frs_cli.data.synth import SynthConfig, generate
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from frs_cli.archs import ModelConfig
 from frs_cli.data.coco import CocoIndex
 from frs_cli.data.geometry import GeometryConfig
 from frs_cli.errors import ConfigError, ModelError
 from frs_cli.files import check_output_file
 from frs_cli.models import ARCHS, MMDET_ARCHS, build_detector, load_state
-from frs_cli.models.config import ModelConfig
 from frs_cli.models.mmdet_convert import (
     COCO_CATEGORY_IDS,
     COCO_NAMES,

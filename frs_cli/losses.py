@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from frs_cli import fused_losses
-from frs_cli.data.geometry import pad_boxes
+from frs_cli.data.transforms import pad_boxes
 from frs_cli.errors import FrsError
 
 __all__ = ["FeatureAdapter", "distill_weight", "feature_loss", "frs_losses", "frs_masks", "gt_box_masks", "head_loss",

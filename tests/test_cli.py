@@ -160,6 +160,24 @@ def test_help_is_fast_and_does_not_import_torch():
     assert out.stdout.strip() == "False"
 
 
+@pytest.mark.parametrize("argv, shows", [
+    (["models"], "retinanet_resnet50_fpn_v2"),
+    (["recipe", "list"], "coco_retinanet_r50v2_to_r18"),
+    (["recipe", "show", "coco_fcos_r50_to_r18"], "anchor_size = 0  # 0: fcos_resnet50_fpn's own, 8 px"),
+], ids=["models", "recipe_list", "recipe_show"])
+def test_commands_that_read_only_recipes_and_the_arch_table_import_neither_torch_nor_numpy(argv, shows):
+    """``frs models`` and ``frs recipe`` read the arch declarations (``frs_cli.archs``) and recipes alone: they answer
+    without importing torch, torchvision or numpy (before: about 5 s of imports on a 2-core machine), and what they
+    print is whole, the anchor size a 0 means included (the family's declaration, not its built module's)."""
+    code = ("import sys\nfrom frs_cli.cli.app import main\nsys.argv = ['frs', *sys.argv[1:]]\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\nelse:\n    code = 0\n"
+            "print(sorted({'torch', 'torchvision', 'numpy'} & set(sys.modules)), code, file=sys.stderr)")
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120,
+                         env=os.environ | {"COLUMNS": "200"}, check=False)
+    assert out.stderr.strip().splitlines()[-1] == "[] 0", out.stderr
+    assert shows in out.stdout
+
+
 def test_synth_writes_a_coco_dataset(tmp_path):
     result = run("data", "synth", tmp_path / "d", "--train", 4, "--val", 2, "--size", 64)
     assert result.exit_code == 0, result.output

@@ -333,7 +333,8 @@ def test_detections_of_images_of_several_canvases_do_not_depend_on_the_batch_siz
     """``predict`` runs each image padded to its own canvas only (batches of one canvas): every image's detections
     equal those of batches of one image (to rounding), whatever the batch size or the other images of the split (before: a batch
     was padded to its largest image, so a tall image changed the scores of the square ones batched with it)."""
-    from frs_cli.data.coco import CocoViews, DataConfig
+    from frs_cli.data.coco import CocoViews
+    from frs_cli.data.config import DataConfig
     from frs_cli.data.geometry import GeometryConfig
     from frs_cli.dist import setup
     from frs_cli.eval.predict import predict

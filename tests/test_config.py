@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from frs_cli.archs import ModelConfig, arch_spec
 from frs_cli.cache.config import CacheConfig
 from frs_cli.config import Recipe, apply_overrides, load_recipe, parse_override, recipe_from_dict
-from frs_cli.data.coco import DataConfig
+from frs_cli.data.config import DataConfig
 from frs_cli.data.geometry import GeometryConfig
 from frs_cli.errors import ConfigError
-from frs_cli.models.config import ModelConfig
-from frs_cli.models.registry import arch_spec
 from frs_cli.train.config import DistillConfig, TrainConfig
 
 PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"

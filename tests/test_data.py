@@ -11,8 +11,10 @@ import torch
 from PIL import Image
 
 from frs_cli.cache.identity import dataset_fingerprint
-from frs_cli.data.coco import CocoIndex, CocoViews, DataConfig, ViewSampler, collate, read_image
-from frs_cli.data.geometry import GeometryConfig, apply_to_boxes, compute_geometry
+from frs_cli.data.coco import CocoIndex, CocoViews, ViewSampler, collate, read_image
+from frs_cli.data.config import DataConfig
+from frs_cli.data.geometry import GeometryConfig, compute_geometry
+from frs_cli.data.transforms import apply_to_boxes
 from frs_cli.errors import ConfigError, DataError
 
 NO_RESIZE = GeometryConfig(min_size=30, max_size=40, size_divisible=8)  # a 30 x 40 image stays 30 x 40
@@ -612,14 +614,14 @@ def test_original_views_resized_by_resize_batch_equal_the_collated_batch(jitter_
 def test_original_batches_decode_each_file_once_and_resize_to_the_collated_batch(jitter_root, monkeypatch):
     """teacher-cache's GPU loader: a batch holding both views of its images decodes each file once, sends it to
     the device once and resizes it once per size, and the batch is still exactly the usual pipeline's."""
-    from frs_cli.data import coco, geometry
+    from frs_cli.data import coco, transforms
     from frs_cli.data.coco import OriginalBatches, Originals, resize_batch
 
     ds = CocoViews.from_config(DataConfig(root=str(jitter_root)), "train", GeometryConfig(40, 72, 8))
     keys = [(p, v) for p in range(6) for v in ("orig", "hflip")] + [(7, "hflip")]
     want = collate([ds[k] for k in keys])
     decoded, resized = [], []
-    read, resize = coco.read_image, geometry.resize_image
+    read, resize = coco.read_image, transforms.resize_image
     monkeypatch.setattr(coco, "read_image", lambda path, size=None: decoded.append(path) or read(path, size))
     monkeypatch.setattr(coco, "resize_image", lambda image, g: resized.append(g) or resize(image, g))
     batch = OriginalBatches(ds)[keys]

@@ -5,7 +5,8 @@ import pytest
 import torch
 from torchvision.models.detection.rpn import concat_box_prediction_layers
 
-from frs_cli.data.coco import CocoViews, DataConfig, collate
+from frs_cli.data.coco import CocoViews, collate
+from frs_cli.data.config import DataConfig
 from frs_cli.data.geometry import GeometryConfig
 from frs_cli.errors import FrsError
 from frs_cli.losses import frs_masks

@@ -10,20 +10,17 @@ import torch.nn.functional as F
 from frs_cli.data.geometry import (
     GeometryConfig,
     ViewGeometry,
-    apply_to_boxes,
-    apply_to_image,
     batch_padded_size,
     canonical_view,
     compute_geometry,
-    invert_boxes,
     level_grid_size,
     level_valid_size,
-    pad_batch,
     parse_view,
     resized_size,
     view_geometry,
     view_name,
 )
+from frs_cli.data.transforms import apply_to_boxes, apply_to_image, invert_boxes, pad_batch
 from frs_cli.errors import ConfigError
 
 COCO = GeometryConfig(min_size=800, max_size=1333, size_divisible=32)

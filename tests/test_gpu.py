@@ -108,7 +108,8 @@ def test_gpu_writer_stores_each_batch_whole_after_its_side_stream_copy(synth_roo
 
 def test_resizing_on_the_gpu_matches_the_cpu_pipeline_to_one_level(jitter_root):
     """teacher-cache on a GPU decodes in workers and resizes there: the batch must be the CPU pipeline's."""
-    from frs_cli.data.coco import CocoViews, DataConfig, OriginalViews, collate, resize_batch
+    from frs_cli.data.coco import CocoViews, OriginalViews, collate, resize_batch
+    from frs_cli.data.config import DataConfig
     from frs_cli.data.geometry import GeometryConfig
 
     ds = CocoViews.from_config(DataConfig(root=str(jitter_root)), "train", GeometryConfig(40, 72, 8))

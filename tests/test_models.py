@@ -2,7 +2,8 @@ import pytest
 import torch
 from torchvision.models.detection.retinanet import RetinaNet
 
-from frs_cli.data.coco import CocoViews, DataConfig, collate
+from frs_cli.data.coco import CocoViews, collate
+from frs_cli.data.config import DataConfig
 from frs_cli.data.geometry import GeometryConfig
 from frs_cli.errors import ModelError
 from frs_cli.models import ARCHS, ModelConfig, build_cls_head, build_detector, model_fingerprint

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from frs_cli import models
+from frs_cli.archs import FAMILIES, default_anchor_size, signature
 from frs_cli.errors import FrsError, ModelError
 from frs_cli.models import ARCHS, ModelConfig, build_detector, check_distillable
-from frs_cli.models.registry import FAMILIES, signature
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
@@ -29,6 +29,21 @@ def test_declarations_hold_the_papers_channel_sets():
     assert rpn.cls_channels == 3  # the RPN objectness, whatever the class count
     assert signature("fcos_tiny_fpn", 5).cls_channels == signature("gfl_tiny_fpn", 5).cls_channels == 5
     assert set(FAMILIES) == {ARCHS[a].family for a in ARCHS}
+
+
+@pytest.mark.parametrize("arch, size", [
+    ("retinanet_tiny_fpn", 32),  # torchvision's RetinaNet: 32, 40, 50 px at P3
+    ("fcos_tiny_fpn", 8),  # torchvision's FCOS: one point of the stride's size, 8 px at P3
+    ("fasterrcnn_tiny_fpn", 32),  # torchvision's RPN: 32 px at P2
+    ("gfl_tiny_fpn", 64),  # ATSS / GFL: octave scale 8 x stride 8 at P3
+])
+def test_the_declared_anchor_size_is_what_anchor_size_0_builds(arch, size):
+    """``recipe show`` explains ``anchor_size = 0`` from the declaration alone (no torch): it must be the size the
+    adapter builds, and the size of the detectors it mirrors."""
+    built = build_detector(ModelConfig(arch=arch, anchor_size=0), 5, load_weights=False).core()
+    generator = getattr(built, "rpn", built).anchor_generator
+    assert default_anchor_size(arch) == FAMILIES[ARCHS[arch].family].anchor_size == size
+    assert generator.sizes[0][0] == size
 
 
 def test_unknown_arch_is_one_line():

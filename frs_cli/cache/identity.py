@@ -23,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
+from frs_cli.archs import ModelConfig
 from frs_cli.cache.schema import FILE_BYTES
 from frs_cli.data.coco import CocoIndex, CocoViews
 from frs_cli.data.geometry import GeometryConfig
 from frs_cli.errors import CacheMismatchError
 from frs_cli.models import weights
 from frs_cli.models.base import Detector, fingerprint_state_dict
-from frs_cli.models.config import ModelConfig
 from frs_cli.models.weights import Published, get_weights_enum, is_weights_enum, sha256_file, torch_load
 
 log = logging.getLogger(__name__)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from frs_cli.archs import FAMILIES, FrsSignature, LevelSpec
 from frs_cli.cache.backend import open_backend
 from frs_cli.cache.checksum import mismatched
 from frs_cli.cache.encoding import NAMES, FeatureEncoding, finite
@@ -31,8 +32,6 @@ from frs_cli.data.targets import CachedTargets
 from frs_cli.errors import CacheFormatError, CacheMismatchError, DataError
 from frs_cli.files import missing_file, plural
 from frs_cli.lock import describe, live_holder
-from frs_cli.models.base import FrsSignature, LevelSpec
-from frs_cli.models.registry import FAMILIES
 
 
 def required_cache_arrays(attrs: dict) -> list[str]:

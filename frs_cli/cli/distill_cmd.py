@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
 
 def _row_label(recipe) -> str:
     """The metrics row's name: what the run distilled with (FRS masks, GT-box masks, or neither term weighted)."""
-    from frs_cli.models.registry import arch_spec
+    from frs_cli.archs import arch_spec
 
     d = recipe.distill.for_family(arch_spec(recipe.student.arch).family)
     if d.alpha == 0 and d.beta == 0:

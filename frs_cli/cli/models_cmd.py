@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
         from rich.markup import escape
         from rich.table import Column, Table
 
-        from frs_cli.models import ARCHS
+        from frs_cli.archs import ARCHS
 
         # in a log or pipe rich's own 80 columns (or COLUMNS), not the 160 other results may take: the descriptions
         # wrap in their cells, and no line is wider than a default terminal

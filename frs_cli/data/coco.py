@@ -20,53 +20,25 @@ import json
 import logging
 import math
 import numbers
-import os
 import stat
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from frs_cli.data.geometry import (
-    GeometryConfig,
-    ViewGeometry,
-    apply_to_boxes,
-    apply_to_image,
-    batch_padded_size,
-    pad_batch,
-    pad_into,
-    resize_image,
-    view_geometry,
-)
+from frs_cli.data.config import DataConfig
+from frs_cli.data.geometry import GeometryConfig, ViewGeometry, batch_padded_size, view_geometry
 from frs_cli.data.packed import PackedTensors, map_packed
 from frs_cli.data.targets import CachedTargets
+from frs_cli.data.transforms import apply_to_boxes, apply_to_image, pad_batch, pad_into, resize_image
 from frs_cli.errors import ConfigError, DataError
 from frs_cli.files import missing_file
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    root: str = "data"  # dataset root holding annotations/ and one image folder per split
-    train: str = "train"  # training split name (images in ROOT/<train>/)
-    val: str = "val"  # validation split name
-    label_map: Literal["contiguous", "category_id"] = "contiguous"  # how category ids become labels
-
-    def __post_init__(self):  # root = "~/coco": the home's, as a shell would read it (it does not inside a recipe)
-        if isinstance(self.root, str) and self.root.startswith("~"):
-            object.__setattr__(self, "root", os.path.expanduser(self.root))
-
-    def annotation_file(self, split: str) -> Path:
-        return Path(self.root) / "annotations" / f"instances_{split}.json"
-
-    def image_dir(self, split: str) -> Path:
-        return Path(self.root) / split
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from frs_cli.data.geometry import pad_into
 from frs_cli.data.packed import PackedTensors, map_packed
+from frs_cli.data.transforms import pad_into
 from frs_cli.errors import DataError
 
 

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from frs_cli.data.coco import CocoViews
-from frs_cli.data.geometry import apply_to_boxes, level_valid_size
+from frs_cli.data.geometry import level_valid_size
+from frs_cli.data.transforms import apply_to_boxes
 from frs_cli.errors import CacheFormatError
 from frs_cli.progress import NullProgress, Progress
 

@@ -8,7 +8,7 @@ import torch
 
 from frs_cli.data.canvas_batches import whole_canvas_batches
 from frs_cli.data.coco import CocoViews, collate
-from frs_cli.data.geometry import invert_boxes
+from frs_cli.data.transforms import invert_boxes
 from frs_cli.dist import DistContext, all_gather_objects
 from frs_cli.eval.coco_eval import CocoEvaluator, load_coco
 from frs_cli.models.base import Detector

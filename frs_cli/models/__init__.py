@@ -18,6 +18,19 @@ import torchvision
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from frs_cli.archs import (
+    ARCHS,
+    FAMILIES,
+    MMDET_ARCHS,
+    ArchSpec,
+    FrsSignature,
+    LevelSpec,
+    ModelConfig,
+    arch_spec,
+    check_compatible,
+    default_anchor_size,
+    signature,
+)
 from frs_cli.data.coco import category_differences
 from frs_cli.errors import ModelError
 from frs_cli.files import missing_file
@@ -25,13 +38,8 @@ from frs_cli.models.backbones import TINY_BODIES
 from frs_cli.models.base import (
     Detector,
     DetectorOutput,
-    FrsSignature,
-    LevelSpec,
-    check_compatible,
     fingerprint_state_dict,
 )
-from frs_cli.models.config import ModelConfig
-from frs_cli.models.registry import ARCHS, FAMILIES, MMDET_ARCHS, ArchSpec, arch_spec, signature
 from frs_cli.models.torchfile import load_torch_file, refuse_training_state
 from frs_cli.models.weights import (
     CHECKPOINT_FORMAT,
@@ -65,6 +73,7 @@ __all__ = [
     "build_teacher",
     "check_compatible",
     "check_distillable",
+    "default_anchor_size",
     "fingerprint_state_dict",
     "load_checkpoint_file",
     "load_state",
@@ -104,13 +113,8 @@ def _download_state_dict(weights, label: str) -> dict:
 
 def _family(name: str):
     """The module implementing a family: ``build(spec, cfg, num_classes, backbone_weights, trained)``,
-    ``build_cls_head(head_spec)`` and ``DEFAULT_ANCHOR_SIZE``."""
+    ``build_cls_head(head_spec)`` and ``DEFAULT_ANCHOR_SIZE`` (``frs_cli.archs``' declaration)."""
     return importlib.import_module(FAMILIES[name].module)
-
-
-def default_anchor_size(arch: str) -> int:
-    """The anchor size at the finest level that ``anchor_size = 0`` gives ``arch`` (its family's)."""
-    return _family(arch_spec(arch).family).DEFAULT_ANCHOR_SIZE
 
 
 def anchor_mismatch(student: ModelConfig, teacher_arch: str, teacher_anchor_size: int) -> str | None:

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
 
+from frs_cli.archs import FrsSignature, LevelSpec
 from frs_cli.errors import FrsError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -43,16 +44,6 @@ class DetectorOutput:
 
 
 @dataclass(frozen=True)
-class LevelSpec:
-    name: str  # "P3"
-    stride: int  # input pixels per position
-    channels: int  # FPN channels
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "stride": self.stride, "channels": self.channels}
-
-
-@dataclass(frozen=True)
 class FpnLayout:
     """A family's FPN outputs, finest first: their names and strides (input pixels per position)."""
 
@@ -65,36 +56,6 @@ class FpnLayout:
 
 
 P3_P7 = FpnLayout(("P3", "P4", "P5", "P6", "P7"), (8, 16, 32, 64, 128))  # RetinaNet, FCOS, GFL
-
-
-@dataclass(frozen=True)
-class FrsSignature:
-    """What FRS needs to line up between a teacher and a student: the family (which head output is the
-    "classification" output), the FPN levels (names and strides) and the classification channels per
-    position. FPN channel counts may differ: the adapters phi map the student's onto the teacher's."""
-
-    family: str
-    levels: tuple[LevelSpec, ...]
-    cls_channels: int
-
-
-def check_compatible(student: FrsSignature, teacher: FrsSignature, command: str = "distill") -> None:
-    """FrsError, its line starting with ``command``, unless student and teacher line up for FRS: same family, the
-    same FPN levels one to one (names and strides), the same classification channels per position. FPN channels
-    may differ (phi)."""
-    if student.family != teacher.family:
-        raise FrsError(f"{command}: the teacher is a {teacher.family} detector, the student a {student.family}; FRS "
-                       "compares the same head output of both (its mask and head loss)",
-                       hint="pick a student of the teacher's family")
-    s = [(lv.name, lv.stride) for lv in student.levels]
-    t = [(lv.name, lv.stride) for lv in teacher.levels]
-    if s != t:
-        raise FrsError(f"{command}: student FPN levels {s} do not line up with the teacher's {t}",
-                       hint="pick a student of the same detector family and strides")
-    if student.cls_channels != teacher.cls_channels:
-        raise FrsError(f"{command}: the teacher's {teacher.family} classification output has {teacher.cls_channels} "
-                       f"channels per position, the student's {student.cls_channels}",
-                       hint="teacher and student need the same classes and anchors per position")
 
 
 class TowerClsHead(nn.Module):

@@ -19,13 +19,14 @@ from torchvision.models.detection.rpn import RPNHead, concat_box_prediction_laye
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from frs_cli.archs import FAMILIES
 from frs_cli.models.anchors import doubling_anchors
 from frs_cli.models.backbones import TINY_BODIES, resnet_fpn
 from frs_cli.models.base import DensePass, Detector, FpnLayout
 
 P2_P6 = FpnLayout(("P2", "P3", "P4", "P5", "P6"), (4, 8, 16, 32, 64))
 LEVEL_NAMES, STRIDES = P2_P6.names, P2_P6.strides
-DEFAULT_ANCHOR_SIZE = 32  # torchvision's: 32 px at P2, doubling per level, ratios 0.5 / 1 / 2
+DEFAULT_ANCHOR_SIZE = FAMILIES["faster_rcnn"].anchor_size  # as frs_cli.archs declares it
 RATIOS = (0.5, 1.0, 2.0)
 NO_CLASS_BIAS = -20.0  # logit of a predictor row no label ever uses (softmax weight ~ e**-20)
 

@@ -22,6 +22,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.fcos import FCOS, FCOSClassificationHead, FCOSHead
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
+from frs_cli.archs import FAMILIES
 from frs_cli.models.anchors import doubling_anchors
 from frs_cli.models.backbones import resnet_fpn
 from frs_cli.models.base import (
@@ -35,7 +36,7 @@ from frs_cli.models.base import (
 from frs_cli.models.dense_inference import batch_dense_detections
 
 LEVEL_NAMES, STRIDES = P3_P7.names, P3_P7.strides
-DEFAULT_ANCHOR_SIZE = 8  # torchvision's: one point per position, "anchor" size = stride (8 px at P3)
+DEFAULT_ANCHOR_SIZE = FAMILIES["fcos"].anchor_size  # as frs_cli.archs declares it
 HEAD_OPTIONS = ("norm_on_bbox", "centerness_on_reg")  # mmdetection FCOSHead switches an ArchSpec may name
 TOPK_CANDIDATES = 1000  # per level, before NMS (mmdetection's nms_pre, torchvision's topk_candidates)
 

@@ -15,6 +15,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.retinanet import RetinaNet, RetinaNetClassificationHead, RetinaNetHead
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
+from frs_cli.archs import FAMILIES
 from frs_cli.models.anchors import doubling_anchors
 from frs_cli.models.backbones import P6P7, TINY_BODIES, c5_channels, resnet_fpn
 from frs_cli.models.base import P3_P7, DensePass, Detector, TowerClsHead, to_head_layout
@@ -22,7 +23,7 @@ from frs_cli.models.dense_inference import batch_dense_detections
 from frs_cli.models.retinanet_loss import retinanet_gt_loss
 
 LEVEL_NAMES, STRIDES = P3_P7.names, P3_P7.strides
-DEFAULT_ANCHOR_SIZE = 32  # torchvision's: 32 px at P3, doubling per level
+DEFAULT_ANCHOR_SIZE = FAMILIES["retinanet"].anchor_size  # as frs_cli.archs declares it
 RATIOS = (0.5, 1.0, 2.0)
 
 

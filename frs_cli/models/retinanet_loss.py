@@ -30,7 +30,7 @@ from torchvision.models.detection._utils import encode_boxes
 from torchvision.models.detection.retinanet import RetinaNet
 from torchvision.ops import sigmoid_focal_loss
 
-from frs_cli.data.geometry import pad_boxes
+from frs_cli.data.transforms import pad_boxes
 
 BACKGROUND = -1
 IGNORED = -2

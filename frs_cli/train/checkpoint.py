@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 import frs_cli
+from frs_cli.archs import ModelConfig
 from frs_cli.errors import ModelError, StorageError
 from frs_cli.files import atomic_path, free_bytes
 from frs_cli.models import (
@@ -25,7 +26,6 @@ from frs_cli.models import (
     model_fingerprint,
 )
 from frs_cli.models.base import Detector
-from frs_cli.models.config import ModelConfig
 
 if TYPE_CHECKING:
     from frs_cli.data.coco import CocoIndex

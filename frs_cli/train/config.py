@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from frs_cli.archs import FAMILIES
 from frs_cli.errors import ConfigError, check_range
-from frs_cli.models.registry import FAMILIES
 
 
 def schedule_table(role: str) -> str:

@@ -15,12 +15,13 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
+from frs_cli.archs import FrsSignature, check_compatible
 from frs_cli.cache.encoding import FeatureEncoding
 from frs_cli.data.coco import Batch
 from frs_cli.data.geometry import level_valid_size
 from frs_cli.errors import FrsError
 from frs_cli.losses import FeatureAdapter, distill_weight, frs_losses, frs_masks, gt_box_masks, positions_within
-from frs_cli.models.base import Detector, FrsSignature, check_compatible
+from frs_cli.models.base import Detector
 from frs_cli.models.fold import fold_batchnorm
 from frs_cli.models.retinanet_loss import PaddedTargets, pad_targets
 from frs_cli.streams import SideStream

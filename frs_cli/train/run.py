@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from frs_cli.archs import ModelConfig
 from frs_cli.data.coco import CocoIndex, CocoViews, category_differences
 from frs_cli.dist import DistContext, check_same_job, setup
 from frs_cli.errors import ConfigError
@@ -32,7 +33,6 @@ from frs_cli.models import (
     warn_other_categories,
     warn_untrained_teacher,
 )
-from frs_cli.models.config import ModelConfig
 from frs_cli.models.torchfile import holds_the_states_model, load_torch_file
 from frs_cli.progress import Progress
 from frs_cli.train.checkpoint import (

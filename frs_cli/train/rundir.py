@@ -262,8 +262,8 @@ def _check_same_cache(stored: dict, recipe_dict: dict) -> None:
 def _resolved(flat: dict) -> dict:
     """``flat`` with the values that stand for another (``nms_thresh = 0``: the arch's own, 0.5 or 0.6) replaced by
     it, so that a run recorded before such a default (its value written out) resumes under the same recipe."""
+    from frs_cli.archs import arch_spec
     from frs_cli.errors import FrsError
-    from frs_cli.models.registry import arch_spec
 
     out = dict(flat)
     for table in ("teacher", "student"):

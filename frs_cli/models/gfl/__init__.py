@@ -11,6 +11,7 @@ from functools import partial
 from torch import Tensor, nn
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
+from frs_cli.archs import FAMILIES
 from frs_cli.models.backbones import P6P7, resnet_fpn
 from frs_cli.models.base import P3_P7, DensePass, Detector, drop_biases_before_group_norms
 from frs_cli.models.gfl.head import GFLClsHead
@@ -19,7 +20,7 @@ from frs_cli.models.gfl.model import GFL
 __all__ = ["DEFAULT_ANCHOR_SIZE", "GFL", "GFLAdapter", "build", "build_cls_head"]
 
 LEVEL_NAMES, STRIDES = P3_P7.names, P3_P7.strides
-DEFAULT_ANCHOR_SIZE = 64  # octave scale 8 x stride 8 at P3 (ATSS / GFL)
+DEFAULT_ANCHOR_SIZE = FAMILIES["gfl"].anchor_size  # as frs_cli.archs declares it
 NUM_CONVS = 4
 
 

@@ -4,14 +4,59 @@ A family declares its FPN levels (names and strides), its anchors per location a
 output holds; an architecture adds its body and FPN channels. From these alone ``signature`` gives the
 ``FrsSignature`` a built adapter would report, so a student is checked against a teacher (or a cache) before
 any detector exists. ``tests/test_registry.py`` keeps the declarations equal to what the adapters build.
+``ModelConfig`` is a recipe's ``[teacher]`` or ``[student]`` table, the arch it names and how it is built.
+
+Nothing here imports torch: the commands that only read recipes and this table (``frs models``, ``frs recipe``)
+start in a fraction of a second, and ``frs_cli.models`` builds what is declared here.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
-from frs_cli.errors import ModelError
-from frs_cli.models.base import FrsSignature, LevelSpec
+from frs_cli.errors import FrsError, ModelError, check_range
+
+
+@dataclass(frozen=True)
+class LevelSpec:
+    name: str  # "P3"
+    stride: int  # input pixels per position
+    channels: int  # FPN channels
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "stride": self.stride, "channels": self.channels}
+
+
+@dataclass(frozen=True)
+class FrsSignature:
+    """What FRS needs to line up between a teacher and a student: the family (which head output is the
+    "classification" output), the FPN levels (names and strides) and the classification channels per
+    position. FPN channel counts may differ: the adapters phi map the student's onto the teacher's."""
+
+    family: str
+    levels: tuple[LevelSpec, ...]
+    cls_channels: int
+
+
+def check_compatible(student: FrsSignature, teacher: FrsSignature, command: str = "distill") -> None:
+    """FrsError, its line starting with ``command``, unless student and teacher line up for FRS: same family, the
+    same FPN levels one to one (names and strides), the same classification channels per position. FPN channels
+    may differ (phi)."""
+    if student.family != teacher.family:
+        raise FrsError(f"{command}: the teacher is a {teacher.family} detector, the student a {student.family}; FRS "
+                       "compares the same head output of both (its mask and head loss)",
+                       hint="pick a student of the teacher's family")
+    s = [(lv.name, lv.stride) for lv in student.levels]
+    t = [(lv.name, lv.stride) for lv in teacher.levels]
+    if s != t:
+        raise FrsError(f"{command}: student FPN levels {s} do not line up with the teacher's {t}",
+                       hint="pick a student of the same detector family and strides")
+    if student.cls_channels != teacher.cls_channels:
+        raise FrsError(f"{command}: the teacher's {teacher.family} classification output has {teacher.cls_channels} "
+                       f"channels per position, the student's {student.cls_channels}",
+                       hint="teacher and student need the same classes and anchors per position")
+
 
 P3_P7 = (("P3", 8), ("P4", 16), ("P5", 32), ("P6", 64), ("P7", 128))
 P2_P6 = (("P2", 4), ("P3", 8), ("P4", 16), ("P5", 32), ("P6", 64))
@@ -23,6 +68,7 @@ class FamilySpec:
     levels: tuple[tuple[str, int], ...]  # FPN levels the FRS losses use: (name, stride in input pixels), finest first
     anchors: int  # anchors per location
     per_anchor: str  # "classes": one logit per class and anchor (A x K); "objectness": one per anchor (RPN)
+    anchor_size: int  # the anchor (FCOS: point) size at the finest level, px, that a recipe's anchor_size = 0 means
     nms_thresh: float = 0.5  # per-class NMS IoU at inference in the family's configs (mmdetection's test_cfg)
     # the official FRS weights of the feature loss (alpha) and the head loss (beta) for this family (FRS.md): what a
     # recipe that leaves distill.alpha or distill.beta out gets
@@ -35,13 +81,17 @@ class FamilySpec:
 
 
 FAMILIES: dict[str, FamilySpec] = {
-    "retinanet": FamilySpec("frs_cli.models.retinanet", P3_P7, anchors=9, per_anchor="classes",  # 3 scales x 3 ratios
+    # torchvision's anchors: 32 px at P3, doubling per level, 3 scales x 3 ratios
+    "retinanet": FamilySpec("frs_cli.models.retinanet", P3_P7, anchors=9, per_anchor="classes", anchor_size=32,
                             alpha=0.005, beta=0.02),
-    "fcos": FamilySpec("frs_cli.models.fcos", P3_P7, anchors=1, per_anchor="classes",  # no centerness
+    # torchvision's: one point per position, its "anchor" size the stride (8 px at P3); no centerness
+    "fcos": FamilySpec("frs_cli.models.fcos", P3_P7, anchors=1, per_anchor="classes", anchor_size=8,
                        alpha=0.01, beta=0.05),
-    "faster_rcnn": FamilySpec("frs_cli.models.faster_rcnn", P2_P6, anchors=3, per_anchor="objectness",  # 3 ratios
+    # torchvision's RPN: 32 px at P2, doubling per level, ratios 0.5 / 1 / 2
+    "faster_rcnn": FamilySpec("frs_cli.models.faster_rcnn", P2_P6, anchors=3, per_anchor="objectness", anchor_size=32,
                               alpha=0.002, beta=0.1),
-    "gfl": FamilySpec("frs_cli.models.gfl", P3_P7, anchors=1, per_anchor="classes", nms_thresh=0.6,
+    # ATSS / GFL: octave scale 8 x stride 8 at P3
+    "gfl": FamilySpec("frs_cli.models.gfl", P3_P7, anchors=1, per_anchor="classes", anchor_size=64, nms_thresh=0.6,
                       alpha=0.1, beta=0.05),
 }
 
@@ -146,9 +196,42 @@ def arch_spec(arch: str) -> ArchSpec:
     return ARCHS[arch]
 
 
+def default_anchor_size(arch: str) -> int:
+    """The anchor size at the finest level that ``anchor_size = 0`` gives ``arch`` (its family's)."""
+    return FAMILIES[arch_spec(arch).family].anchor_size
+
+
 def signature(arch: str, num_classes: int) -> FrsSignature:
     """The ``FrsSignature`` of ``arch`` with ``num_classes`` classes, as its built adapter reports it."""
     spec = arch_spec(arch)
     family = FAMILIES[spec.family]
     levels = tuple(LevelSpec(name, stride, spec.fpn_channels) for name, stride in family.levels)
     return FrsSignature(spec.family, levels, family.cls_channels(num_classes))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "retinanet_resnet50_fpn"  # a name from `frs models` (ARCHS below)
+    # "" random init | torchvision weights enum (RetinaNet_ResNet50_FPN_V2_Weights.COCO_V1) | path of an frs
+    # checkpoint | path of torchvision's file for this arch (retinanet_resnet50_fpn_v2_coco-5905b1c5.pth)
+    weights: str = ""
+    weights_backbone: str = ""  # "" | ImageNet enum (ResNet50_Weights.IMAGENET1K_V1) or the path of its file
+    trainable_backbone_layers: int = 3  # with pretrained weights: how many ResNet stages train (0-5)
+    anchor_size: int = 0  # anchor size at the finest level, px, doubling per level; 0: the family's default (RetinaNet 32, FCOS 8, Faster R-CNN 32 at P2, GFL 64)
+    score_thresh: float = 0.05  # detections below this score are dropped at inference
+    nms_thresh: float = 0.0  # IoU threshold of per-class NMS at inference; 0: the arch's (`frs models`: GFL 0.6, most 0.5)
+    detections_per_img: int = 100  # at most this many detections per image (COCO's maxDets)
+
+    def __post_init__(self):  # a path given as ~/x (quoted, or after '=', the shell leaves it) is the home's
+        for name in ("weights", "weights_backbone"):
+            value = getattr(self, name)
+            if isinstance(value, str) and value.startswith("~"):
+                object.__setattr__(self, name, os.path.expanduser(value))
+
+    def check(self, table: str) -> None:
+        """ConfigError naming ``table.<key>`` for a value no detector could use."""
+        check_range(table, "trainable_backbone_layers", self.trainable_backbone_layers, 0, 5)
+        check_range(table, "anchor_size", self.anchor_size, 0)
+        check_range(table, "score_thresh", self.score_thresh, 0, 1)
+        check_range(table, "nms_thresh", self.nms_thresh, 0, 1)
+        check_range(table, "detections_per_img", self.detections_per_img, 1)
