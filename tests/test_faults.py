@@ -409,11 +409,14 @@ def _cache_of_another_geometry(t):
 
 
 def _cache_of_another_dataset(t):
+    """A category renamed: the teacher's class channel 3 would stand for another class (a box edited is no other
+    dataset: ``test_identity.py``)."""
     root = _copy_data(t.synth_root, t.tmp)
-    _edit_annotations(root, lambda doc: doc["annotations"][0].update(bbox=[1.0, 1.0, 20.0, 20.0]))
+    _edit_annotations(root, lambda doc: doc["categories"][2].update(name="hexagon"))
     return ["distill", "--cache", t.cache, "--set", f"data.root={root}"], \
         [f"was written for another dataset (split 'train': 24 images of {t.synth_root / 'annotations'}",
-         f"in the cache, 24 images of {root / 'annotations' / 'instances_train.json'} here"]
+         (f"in the cache, 24 images of {root / 'annotations' / 'instances_train.json'} here; 5 categories in the "
+          "cache, 5 here, the first that differs (in id order) 'triangle' in the cache, 'hexagon' here)")]
 
 
 def _cache_of_another_label_map(t):

@@ -1282,7 +1282,8 @@ def test_visualize_and_eval_of_a_cache_with_another_datasets_data_name_the_files
     shutil.copytree(synth_root, root)
     ann = root / "annotations" / "instances_train.json"
     doc = json.loads(ann.read_text())
-    doc["annotations"][0]["bbox"] = [1.0, 1.0, 20.0, 20.0]
+    first, second = doc["images"][0], doc["images"][1]  # two images' files swapped: each id another picture
+    first["file_name"], second["file_name"] = second["file_name"], first["file_name"]
     ann.write_text(json.dumps(doc))
     for args in (["visualize", "--cache", cache_path, "--data", root, "--out", tmp_path / "v.png"],
                  ["eval", "--cache", cache_path, "--data", root]):

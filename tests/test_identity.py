@@ -93,7 +93,7 @@ def test_recipe_fingerprints_leave_out_a_teacher_that_is_not_at_hand(synth_root,
     stored = {"teacher": "file:0123456789abcdef"}
     got = recipe_fingerprints(stored, ModelConfig(weights=str(tmp_path / "gone.pt")), index, geometry)
     assert got == {"dataset": identity.dataset_fingerprint(index), "geometry": identity.geometry_fingerprint(geometry)}
-    assert len(got["dataset"]) == len(got["geometry"]) == 16
+    assert len(got["dataset"]) == len("split:") + 16 and len(got["geometry"]) == 16
 
 
 def test_distill_from_a_cache_after_the_teachers_checkpoint_is_deleted(tmp_path, synth_root, teacher_ckpt,
@@ -291,3 +291,84 @@ def test_the_image_files_are_statted_once_for_check_files_and_the_record(synth_r
     record = identity.image_files_record(views)
     assert sorted(calls) == sorted(synth_root / "train" / r.file_name for r in views.index.records)
     assert record["files"] == 24 and record["bytes"] == sum(p.stat().st_size for p in (synth_root / "train").iterdir())
+
+
+def _annotations_rewritten(synth_root, tmp_path, edit, name="data", **dump) -> tuple:
+    """A copy of the set whose train annotations are edited by ``edit`` and written with ``json.dumps(**dump)``:
+    ``(data root, its CocoIndex)``."""
+    import json
+
+    root = tmp_path / name
+    shutil.copytree(synth_root, root)
+    path = root / "annotations" / "instances_train.json"
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc, **dump))
+    return root, CocoIndex(path)
+
+
+def _box_corrected(doc):
+    doc["annotations"][0]["bbox"] = [1.0, 1.0, 20.0, 20.0]
+
+
+def _keys_reversed(doc):
+    doc["images"] = [dict(reversed(im.items())) for im in doc["images"]]
+    doc["info"] = {"description": "written again by another tool"}
+
+
+@pytest.mark.parametrize("edit, same", [
+    (_box_corrected, True),
+    (_keys_reversed, True),
+    (lambda doc: doc["categories"][2].update(name="hexagon"), False),
+    (lambda doc: doc["images"][3].update(height=doc["images"][3]["height"] + 1), False),
+    (lambda doc: doc["images"][0].update(file_name=doc["images"][1]["file_name"]), False),
+    (lambda doc: doc.update(images=doc["images"][1:], annotations=[a for a in doc["annotations"]
+                                                                   if a["image_id"] != doc["images"][0]["id"]]), False),
+], ids=["box_corrected", "reserialised", "category_renamed", "image_height", "file_name", "image_removed"])
+def test_the_dataset_fingerprint_is_the_images_and_categories_not_the_files_bytes(edit, same, synth_root, tmp_path):
+    """What a cache's targets take from the annotation file: each image's id, file name and size and the categories.
+    A corrected box, or the file written again (indented, keys in another order, a field added) is the same dataset;
+    the older fingerprint (the file's bytes) changed with any of them."""
+    before = CocoIndex(synth_root / "annotations" / "instances_train.json")
+    _, after = _annotations_rewritten(synth_root, tmp_path, edit, indent=2)
+    ours = identity.dataset_fingerprint(before)
+    assert ours.startswith("split:") and len(ours) == len("split:") + 16
+    assert (identity.dataset_fingerprint(after) == ours) is same
+    assert identity.file_fingerprint(after) != identity.file_fingerprint(before)  # the bytes changed every time
+
+
+@pytest.mark.parametrize("command", ["distill", "eval", "visualize"])
+def test_a_corrected_box_or_a_file_written_again_keeps_the_cache(command, cache_path, synth_root, teacher_ckpt,
+                                                                 tmp_path):
+    """Before, any byte of the annotation file changed made a cache "another dataset": a box corrected, or the file
+    indented by another tool, meant teacher-cache again (hours at COCO scale) though the teacher never reads boxes.
+    Now each reader of the cache takes it; the student and the mask statistics read the corrected boxes."""
+    root, _ = _annotations_rewritten(synth_root, tmp_path, lambda doc: (_box_corrected(doc), _keys_reversed(doc)),
+                                     indent=1)
+    recipe = write_recipe(tmp_path / "r.toml", root, str(teacher_ckpt))
+    out = tmp_path / ("m.png" if command == "visualize" else "out")
+    args = {"distill": ["distill", "-p", str(recipe), "--cache", str(cache_path), "--out", str(out), "--no-eval",
+                        "--device", "cpu"],
+            "eval": ["eval", "--cache", str(cache_path), "--data", str(root), "--device", "cpu"],
+            "visualize": ["visualize", "--cache", str(cache_path), "--level", "P3", "--data", str(root), "--out",
+                          str(out)]}[command]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "another dataset" not in result.output
+    if command == "distill":
+        assert (out / "model_final.pt").is_file()
+    elif command == "visualize":
+        assert out.is_file()
+
+
+def test_a_cache_of_the_older_fingerprint_is_still_compared_by_the_files_bytes(cache_path, synth_root, tmp_path):
+    """A cache written before 2026-12-07 holds the annotation file's bytes as its dataset fingerprint (16 hex, no
+    prefix): it is compared in that scheme, so its own file is its dataset and a file with a box corrected is not."""
+    cache = _cache_copy(cache_path, tmp_path, fingerprints=lambda a: {
+        **a["fingerprints"], "dataset": identity.file_fingerprint(CocoIndex(synth_root / "annotations" /
+                                                                              "instances_train.json"))})
+    result = runner.invoke(app, ["eval", "--cache", cache, "--data", str(synth_root), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    root, _ = _annotations_rewritten(synth_root, tmp_path, _box_corrected)
+    result = runner.invoke(app, ["eval", "--cache", cache, "--data", str(root), "--device", "cpu"])
+    assert_one_line_error(result, f"cache '{cache}': was written for another dataset (cache ")

@@ -37,10 +37,33 @@ KEYS = ("teacher", "dataset", "geometry")
 
 
 def dataset_fingerprint(index: CocoIndex) -> str:
-    """The annotation file's bytes and the image ids it yields, hashed (first 16 hex)."""
+    """What a cache's targets take from the annotation file, hashed: each image's id, file name, height and width in
+    the index's order, and the categories (id and name). ``split:`` and the first 16 hex of the SHA-256.
+
+    The boxes are left out: the teacher's features and masks never read them, and the student reads them from the
+    file as it trains, so a corrected box or a file re-serialised (another indent, key order, an added field) keeps
+    its caches. The label map is compared on its own (``label_difference``), the image files' bytes by their sizes
+    (``refuse_other_images``)."""
+    content = {"images": [[r.image_id, r.file_name, r.height, r.width] for r in index.records],
+               "categories": [[c["id"], c["name"]] for c in index.categories]}
+    digest = hashlib.sha256(json.dumps(content, separators=(",", ":")).encode())
+    return f"split:{digest.hexdigest()[:16]}"
+
+
+def file_fingerprint(index: CocoIndex) -> str:
+    """The dataset fingerprint of caches written before 2026-12-07: the annotation file's bytes and the image ids
+    it yields, hashed (first 16 hex, no prefix). Any edit of the file changes it, a box or a space included."""
     h = hashlib.sha256(index.sha256.encode())
     h.update(np.asarray(index.image_ids, dtype=np.int64).tobytes())
     return h.hexdigest()[:16]
+
+
+def comparable_dataset(stored: str | None, index: CocoIndex) -> str:
+    """The dataset fingerprint of ``index`` to compare with a cache's ``stored`` one, in the stored one's scheme: the
+    file's bytes for a cache written before 2026-12-07 (16 hex, no prefix), else ``dataset_fingerprint``."""
+    if isinstance(stored, str) and ":" not in stored:
+        return file_fingerprint(index)
+    return dataset_fingerprint(index)
 
 
 def geometry_fingerprint(cfg: GeometryConfig) -> str:
@@ -96,7 +119,7 @@ def recipe_fingerprints(stored: dict, teacher_cfg: ModelConfig, index: CocoIndex
                         teacher: Detector | None = None) -> dict[str, str]:
     """The fingerprints a recipe gives, to compare with a cache's ``stored`` ones: dataset and geometry always,
     the teacher when it can be told without building it (``comparable_teacher``)."""
-    expected = {"dataset": dataset_fingerprint(index), "geometry": geometry_fingerprint(geometry)}
+    expected = {"dataset": comparable_dataset(stored.get("dataset"), index), "geometry": geometry_fingerprint(geometry)}
     theirs = comparable_teacher(stored.get("teacher"), teacher_cfg, teacher)
     if theirs is None:
         gone = bool(teacher_cfg.weights) and not is_weights_enum(teacher_cfg.weights) \
@@ -123,9 +146,21 @@ def what_differs(key: str, attrs: dict, expected: dict, teacher_cfg: ModelConfig
     if key == "dataset" and isinstance(attrs.get("dataset"), dict):
         info = attrs["dataset"]
         theirs = f"split {info.get('split')!r}: {info.get('num_images')} images of {info.get('annotation_file')}"
-        same_file = Path(str(info.get("annotation_file"))).resolve() == Path(index.path).resolve()
-        return (f"{theirs} in the cache, {len(index.records)} images of {index.path} here"
-                + (" (the file was changed since)" if same_file else ""))
+        names = [c["name"] for c in index.categories]
+        if ":" not in str(attrs.get("fingerprints", {}).get("dataset")):  # the file's bytes: any edit of it
+            same_file = Path(str(info.get("annotation_file"))).resolve() == Path(index.path).resolve()
+            what = " (the file was changed since)" if same_file else ""
+        elif isinstance(info.get("category_names"), list) and info["category_names"] != names:
+            then = info["category_names"]
+            first = next((i for i, (a, b) in enumerate(zip(then, names)) if a != b), min(len(then), len(names)))
+            shown = [repr(n[first]) if first < len(n) else "none" for n in (then, names)]
+            what = (f"; {len(then)} categories in the cache, {len(names)} here, the first that differs (in id order) "
+                    f"{shown[0]} in the cache, {shown[1]} here")
+        elif info.get("num_images") == len(index.records):
+            what = " (the images' ids, file names or sizes, or the categories' ids, differ)"
+        else:
+            what = ""
+        return f"{theirs} in the cache, {len(index.records)} images of {index.path} here{what}"
     if key == "teacher":
         return (f"teacher.weights {attrs.get('teacher', {}).get('weights')!r} in the cache, {teacher_cfg.weights!r} "
                 f"here; {fingerprints}")

@@ -23,7 +23,7 @@ from frs_cli.archs import FAMILIES, FrsSignature, LevelSpec
 from frs_cli.cache.backend import open_backend
 from frs_cli.cache.checksum import mismatched
 from frs_cli.cache.encoding import NAMES, FeatureEncoding, finite
-from frs_cli.cache.identity import dataset_fingerprint, refuse_other_images, refuse_other_recipe
+from frs_cli.cache.identity import comparable_dataset, refuse_other_images, refuse_other_recipe
 from frs_cli.cache.schema import INDEX_ARRAYS, Bucket, required_arrays, view_code, view_name
 from frs_cli.cache.store import CODECS, is_url
 from frs_cli.data.coco import CocoViews, Sample
@@ -243,7 +243,7 @@ class TeacherCache:
         label_map = "category_id" if info["label_to_category"] == list(range(len(info["label_to_category"]))) \
             else "contiguous"
         index = CocoIndex(ann, label_map)
-        found = dataset_fingerprint(index)
+        found = comparable_dataset(self.fingerprints.get("dataset"), index)
         if found != self.fingerprints.get("dataset"):  # no recipe here: the dataset itself is the other one
             raise CacheMismatchError(
                 f"cache {self.path!r}: was written for another dataset (cache {self.fingerprints.get('dataset')}, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from frs_cli.cache.identity import comparable_dataset
 from frs_cli.data.coco import CocoViews
 from frs_cli.errors import ConfigError
 from frs_cli.viz.masks import mask_figure
@@ -54,8 +55,10 @@ def render_cached_view(cache, dataset: CocoViews, image_id: int | None = None, v
     sample = dataset[(position, view)]
     rows = [(cache_label(cache), _masks_of(cache, image_id, view, chosen))]
     if compare is not None:
+        # each cache's fingerprint against the dataset drawn, in that cache's scheme (older caches hash the file)
         ours_data, theirs_data = (c.fingerprints.get("dataset") for c in (cache, compare))
-        if theirs_data != ours_data:  # its image 1 is another picture: its masks would be drawn on the wrong one
+        if theirs_data != comparable_dataset(theirs_data, dataset.index) \
+                or ours_data != comparable_dataset(ours_data, dataset.index):  # its image 1 is another picture
             raise ConfigError(f"--compare: expected a cache of the same dataset as {cache.path!r} (dataset "
                               f"fingerprint {ours_data}), got {compare.path!r} of another ({theirs_data})",
                               hint="compare caches written over the same annotation file and split")
