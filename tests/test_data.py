@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from frs_cli.cache.identity import dataset_fingerprint
+from frs_cli.cache.identity import dataset_fingerprint, file_fingerprint
 from frs_cli.data.coco import CocoIndex, CocoViews, ViewSampler, collate, read_image
 from frs_cli.data.config import DataConfig
 from frs_cli.data.geometry import GeometryConfig, compute_geometry
@@ -318,22 +318,27 @@ def test_missing_annotation_file_raises_data_error(tmp_path):
         CocoIndex(path)
 
 
-def test_fingerprint_changes_with_annotation_bytes_and_is_stable_otherwise(dataset, tmp_path):
+def test_fingerprint_is_the_files_images_not_its_bytes_or_place(dataset, tmp_path):
+    """The dataset fingerprint (what a cache's targets take from the file) is the same re-read, copied elsewhere,
+    with a box moved or a space added; the older one (``file_fingerprint``, the bytes) changes with the last two."""
     _, ann_file, _ = dataset
-    a = dataset_fingerprint(CocoIndex(ann_file))
+    a, old = dataset_fingerprint(CocoIndex(ann_file)), file_fingerprint(CocoIndex(ann_file))
     assert dataset_fingerprint(CocoIndex(ann_file)) == a  # re-read: the same
     copy = tmp_path / "elsewhere" / "copy.json"
     copy.parent.mkdir()
     shutil.copyfile(ann_file, copy)
-    assert dataset_fingerprint(CocoIndex(copy)) == a  # the same bytes in another place: the same
+    assert dataset_fingerprint(CocoIndex(copy)) == a and file_fingerprint(CocoIndex(copy)) == old
     doc = json.loads(ann_file.read_text(encoding="utf-8"))
     doc["annotations"][0]["bbox"] = [5.0, 4.0, 10.0, 7.0]
     changed = tmp_path / "changed.json"
     changed.write_text(json.dumps(doc), encoding="utf-8")
-    assert dataset_fingerprint(CocoIndex(changed)) != a
     spaced = tmp_path / "spaced.json"
     spaced.write_bytes(ann_file.read_bytes() + b" ")  # same content, other bytes
-    assert dataset_fingerprint(CocoIndex(spaced)) != a
+    for other in (changed, spaced):
+        assert dataset_fingerprint(CocoIndex(other)) == a and file_fingerprint(CocoIndex(other)) != old
+    doc["images"][0]["width"] += 1
+    changed.write_text(json.dumps(doc), encoding="utf-8")
+    assert dataset_fingerprint(CocoIndex(changed)) != a
 
 
 # -------------------------------------------------------------------------------------------- read_image
