@@ -33,6 +33,18 @@ def assert_plain_progress_line(stderr: str, task: str, done: int, unit: str) -> 
     assert "\x1b" not in stderr and "\r" not in stderr and "\u2501" not in stderr
 
 
+def _commands():
+    """Every command and group of the app but ``frs`` itself, as (its words, its click command)."""
+    import typer.main
+
+    def walk(command, path):
+        yield path, command
+        for name, sub in getattr(command, "commands", {}).items():
+            yield from walk(sub, [*path, name])
+
+    return list(walk(typer.main.get_command(app), []))[1:]
+
+
 def test_help_lists_every_command_with_a_purpose_and_each_help_ends_with_an_example():
     result = run("--help")
     assert result.exit_code == 0
@@ -40,18 +52,26 @@ def test_help_lists_every_command_with_a_purpose_and_each_help_ends_with_an_exam
         assert name in result.output
     # every command and group, found by walking the app (before: a list kept by hand, which missed convert mmdet,
     # and the groups data, cache, recipe and convert had no example)
-    import typer.main
-
-    def walk(command, path):
-        yield path
-        for name, sub in getattr(command, "commands", {}).items():
-            yield from walk(sub, [*path, name])
-
-    paths = list(walk(typer.main.get_command(app), []))[1:]  # frs itself: its help is the list of commands
+    paths = [path for path, _ in _commands()]
     assert ["convert", "mmdet"] in paths and ["cache"] in paths and ["recipe", "list"] in paths and len(paths) == 20
     for args in paths:
         out = run(*args, "--help").output
         assert "Example: frs " in out.strip().splitlines()[-1] or "Example: frs " in out.strip()[-200:], args
+
+
+def test_the_recipes_the_help_examples_name_load_from_any_folder(tmp_path, monkeypatch):
+    """A user who installed frs runs the examples from their own folder: the recipes they name are installed ones
+    (``--pipeline demo``), which load anywhere (before: ``pipelines/demo.toml``, a path of the source checkout)."""
+    import re
+
+    from frs_cli.config import load_recipe
+
+    monkeypatch.chdir(tmp_path)
+    named = [m for _, command in _commands()
+             for m in re.findall(r"(?:--pipeline|-p|recipe show) (\S+)", command.epilog or "")]
+    assert "demo" in named and "coco_fcos_r50_to_r18" in named and len(named) >= 5, named
+    for name in named:
+        assert load_recipe(name).name, name
 
 
 @pytest.mark.parametrize("group", [[], ["data"], ["cache"], ["recipe"], ["convert"]], ids=lambda g: " ".join(["frs", *g]))

@@ -65,7 +65,7 @@ app.add_typer(data_app, name="data")
 app.add_typer(cache_app, name="cache")
 recipe_app = typer.Typer(help="Recipes: list those installed with frs, or print one resolved (extends applied, "
                          "every default filled in).",
-                         epilog="Example: frs recipe show pipelines/demo.toml")
+                         epilog="Example: frs recipe show demo")
 app.add_typer(recipe_app, name="recipe")
 convert_app = typer.Typer(help="Import detectors trained elsewhere as frs model files.",
                           epilog="Example: frs convert mmdet retinanet_r101_fpn_2x_coco.pth --arch "

@@ -26,7 +26,7 @@ from frs_cli.files import plural
 
 
 def register(app: typer.Typer, cache_app: typer.Typer) -> None:
-    app.command("teacher-cache", epilog="Example: frs teacher-cache --pipeline pipelines/demo.toml --out runs/cache.zarr "
+    app.command("teacher-cache", epilog="Example: frs teacher-cache --pipeline demo --out runs/cache.zarr "
                                         "--set teacher.weights=demo/teacher/model_final.pt"
                                         "  (after frs demo --out demo)")(handle_errors(teacher_cache))
     cache_app.command("info", epilog="Example: frs cache info demo/cache.zarr  (after frs demo --out demo)")(

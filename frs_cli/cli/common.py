@@ -50,7 +50,7 @@ def own_width(out: Console) -> int:
     PIPE_WIDTH aside), for output that wraps cleanly at any width (a table of prose) and so need not pass 80."""
     return Console.size.fget(out).width
 
-PIPELINE_HELP = "Recipe TOML (see pipelines/)."
+PIPELINE_HELP = "Recipe: an installed name (frs recipe list) or the path of a TOML file."
 SET_HELP = "Override a recipe key, e.g. --set train.epochs=2 (repeatable)."
 
 # Options several commands take, the same everywhere (defaults of their parameters).

@@ -23,7 +23,7 @@ from frs_cli.cli.common import (
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("distill", epilog="Example: frs distill --pipeline pipelines/demo.toml --cache demo/cache.zarr "
+    @app.command("distill", epilog="Example: frs distill --pipeline demo --cache demo/cache.zarr "
                                    "--out runs/student --set teacher.weights=demo/teacher/model_final.pt"
                                    "  (after frs demo --out demo)")
     @handle_errors

@@ -10,10 +10,10 @@ from frs_cli.cli.common import SET_HELP, handle_errors
 
 
 def register(recipe_app: typer.Typer) -> None:
-    @recipe_app.command("show", epilog="Example: frs recipe show pipelines/coco_fcos_r50_to_r18.toml")
+    @recipe_app.command("show", epilog="Example: frs recipe show coco_fcos_r50_to_r18")
     @handle_errors
     def show(
-        pipeline: Path = typer.Argument(..., help="Recipe TOML (see pipelines/)."),
+        pipeline: Path = typer.Argument(..., help="Recipe: an installed name (frs recipe list) or the path of a TOML file."),
         overrides: list[str] = typer.Option(None, "--set", help=SET_HELP),
     ):
         """Print the resolved recipe as TOML: its extends chain applied, --set on top, every default filled in."""

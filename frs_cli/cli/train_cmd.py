@@ -46,7 +46,7 @@ def warn_unread_schedule(role: str, overrides: list[str]) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("train", epilog="Example: frs train --pipeline pipelines/demo.toml --role teacher --out runs/teacher "
+    @app.command("train", epilog="Example: frs train --pipeline demo --role teacher --out runs/teacher "
                                  "--set data.root=demo/data  (after frs demo --out demo, which writes demo/data)")
     @handle_errors
     def train(
