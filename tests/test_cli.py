@@ -188,8 +188,8 @@ def test_help_is_fast_and_does_not_import_torch():
 def test_commands_that_read_only_recipes_and_the_arch_table_import_neither_torch_nor_numpy(argv, shows):
     """``frs models`` and ``frs recipe`` read the arch declarations (``frs_cli.archs``) and recipes alone: they answer
     without importing torch, torchvision or numpy (before: 3.9-4.3 s on a 2-core machine, now 0.23-0.29 s:
-    docs/results/cli_start_2026-12-07_s40.txt), and what they
-    print is whole, the anchor size a 0 means included (the family's declaration, not its built module's)."""
+    docs/results/cli_start_2026-12-07_s40.txt), and what they print is whole, the anchor size a 0 means included
+    (the family's declaration, not its built module's)."""
     code = ("import sys\nfrom frs_cli.cli.app import main\nsys.argv = ['frs', *sys.argv[1:]]\n"
             "try:\n    main()\nexcept SystemExit as exc:\n    code = exc.code\nelse:\n    code = 0\n"
             "print(sorted({'torch', 'torchvision', 'numpy'} & set(sys.modules)), code, file=sys.stderr)")
