@@ -75,6 +75,10 @@ class Timeline:
         (t_end, total), (t_half, half) = self.points[-1], next(p for p in self.points if p[1] >= self.points[-1][1] / 2)
         return (total - half) / (t_end - t_half) if t_end > t_half else math.nan
 
+    def first_handovers(self, n: int = 8) -> list[float]:
+        """Seconds from the loop's start to each of the first ``n`` hand-overs: where a write's start-up goes."""
+        return [t - self.points[0][0] for t, _ in self.points[1:n + 1]]
+
     def drain_seconds(self) -> float:
         """From the last hand-over to the task's end: the writers finishing what was in flight."""
         return self.stopped - self.points[-1][0] if self.points else math.nan
@@ -361,7 +365,8 @@ def main() -> None:
                     "write_processes": s.write_processes,
                     "loop_seconds": s.seconds, "stage_seconds": s.stage_seconds,
                     "steady_views_s": steady, "steady_over_inference": steady / row["inference_img_s"],
-                    "drain_seconds": timeline.drain_seconds(), "wall": [started, time.time()]}
+                    "drain_seconds": timeline.drain_seconds(), "first_handovers_s": timeline.first_handovers(),
+                    "wall": [started, time.time()]}
                 shutil.rmtree(path)
                 save()
                 print(tname, dtype, key, f"{s.views_per_second:.1f} views/s, "

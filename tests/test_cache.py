@@ -290,8 +290,12 @@ def test_writer_processes_write_the_cache_the_writer_threads_write(synth_root, t
     procs = write_teacher_cache(r, str(tmp_path / "procs.zarr"), ctx=setup("cpu"), write_processes=2)
     assert procs.complete and procs.views_written == threads.views_written == 48
     assert_same_cache_arrays(tmp_path / "procs.zarr", tmp_path / "threads.zarr")  # crc and done flags included
-    assert set(procs.stage_seconds) == {"loader_wait", "backpressure", "gpu_wait", "device_wait", "write"}
+    assert set(procs.stage_seconds) == {"loader_wait", "backpressure", "gpu_wait", "device_wait", "write",
+                                        "first_batch", "slots"}
     assert procs.stage_seconds["gpu_wait"] == 0.0  # on the CPU no batch is in flight on a device
+    # the loop's start: the first batch's share of the loader wait, and the writer slots (allocated, no CUDA here)
+    assert 0 < procs.stage_seconds["first_batch"] <= procs.stage_seconds["loader_wait"]
+    assert procs.stage_seconds["slots"] > 0 and threads.stage_seconds["slots"] == 0.0
     assert (procs.write_processes, threads.write_processes) == (2, 0)  # what each ran, for the hint
 
 

@@ -206,6 +206,7 @@ def test_timeline_rate_is_the_second_half_of_the_teacher_cache_hand_overs(monkey
     timeline.stop()  # t 8: one second of drain
     assert timeline.points == [(0.0, 0), (1.0, 2), (5.0, 4), (6.0, 6), (7.0, 8)]
     assert timeline.steady_views_s() == 2.0 and timeline.drain_seconds() == 1.0  # (8 - 4) views in 7 - 5 s
+    assert timeline.first_handovers(3) == [1.0, 5.0, 6.0] and timeline.first_handovers() == [1.0, 5.0, 6.0, 7.0]
 
 def test_bench_writes_once_per_writer_count_in_turn_for_the_chosen_variants(tmp_path, monkeypatch):
     out = tmp_path / "rate.json"
@@ -226,6 +227,7 @@ def test_bench_writes_once_per_writer_count_in_turn_for_the_chosen_variants(tmp_
     for c in caches.values():  # four hand-overs of one view: the steady rate over the last two
         inference = res["teachers"]["tiny"]["inference_img_s"]
         assert c["steady_views_s"] > 0 and c["drain_seconds"] >= 0
+        assert len(c["first_handovers_s"]) == 4 and c["first_handovers_s"] == sorted(c["first_handovers_s"])
         assert c["steady_over_inference"] == pytest.approx(c["steady_views_s"] / inference)
         start, end = c["wall"]  # the write's span, for bench/host_load.py's per-write figures
         assert end - start >= c["loop_seconds"] > 0

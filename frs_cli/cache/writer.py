@@ -217,10 +217,12 @@ class _Stages:
     write side (a free writer slot, or with threads or unpinned slots the bounded write queue) and, when the
     device copies each batch straight into a slot, waiting for the batches in flight on the device
     (``gpu_wait``: the teacher is the bound, as it should be). Summed over the dispatcher or writer threads:
-    waiting for the device and writing."""
+    waiting for the device and writing. Of the loop's start: ``first_batch``, the part of ``loader_wait`` spent on
+    the first batch, and ``slots``, allocating the writer processes' shared slots and registering them with CUDA."""
 
     def __init__(self):
         self.loader_wait = self.backpressure = self.gpu_wait = self.device_wait = self.write = 0.0
+        self.first_batch = self.slots = 0.0
         self._lock = threading.Lock()
 
     def add(self, device_wait: float, write: float) -> None:
@@ -230,7 +232,8 @@ class _Stages:
 
     def to_dict(self) -> dict[str, float]:
         return {"loader_wait": self.loader_wait, "backpressure": self.backpressure, "gpu_wait": self.gpu_wait,
-                "device_wait": self.device_wait, "write": self.write}
+                "device_wait": self.device_wait, "write": self.write, "first_batch": self.first_batch,
+                "slots": self.slots}
 
     def wait_in_flight(self, futures: list[Future], limit: int, on_device: bool) -> None:
         """Wait for the oldest of ``futures`` until at most ``limit`` are left. With ``on_device`` each only waits
@@ -716,9 +719,11 @@ def _write_pending(root: zarr.Group, path: str, plan: Plan, run: TeacherPass, da
     arrays = OpenArrays(root)  # the writer threads' arrays, opened once
     direct = False  # the device copies each batch straight into a shared-memory slot
     if procs is not None:
+        t_slots = time.perf_counter()
         procs.allocate(max(_batch_layout(levels, b["level_sizes"], cfg.batch_size, run.encoding).nbytes
                            for b in buckets), slots=2 * len(procs))
         direct = copier.stream is not None and procs.pin()
+        stages.slots = time.perf_counter() - t_slots
     in_flight = 2 if procs is not None else 2 * write_threads  # batches waiting in host memory, at most
     # zarr encodes a shard's inner chunks concurrently up to this limit (its default, 10, starves the writer)
     with ThreadPoolExecutor(max_workers=1 if procs is not None else write_threads) as pool, \
@@ -727,6 +732,8 @@ def _write_pending(root: zarr.Group, path: str, plan: Plan, run: TeacherPass, da
             t_wait = time.perf_counter()
             item = next(batches_in, None)
             stages.loader_wait += time.perf_counter() - t_wait
+            if written == 0 and not futures:
+                stages.first_batch = time.perf_counter() - t_wait
             if item is None:
                 break
             rows, batch = item
