@@ -408,6 +408,48 @@ def test_writer_processes_leave_ctrl_c_to_the_parent_and_print_no_traceback(tmp_
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
 
 
+def test_writer_slots_are_registered_with_cuda_as_they_are_first_taken(tmp_path, monkeypatch):
+    """Registering all 16 slots before the first batch took 0.42 s of an 8192-view R50-FPN v2 write's start on an
+    H100 (``stage_seconds.slots`` in docs/results/issue13_2026-12-07_h100_s40/call3/tcr.json). Now ``pin`` registers
+    the slot taken first and each other one as it is first taken; one CUDA refuses is used as it is, asked once;
+    close unregisters exactly the slots registered. CUDA's two calls are recorded here instead."""
+    from frs_cli.cache.shard_writer import WriterProcesses
+
+    calls, refuse = [], set()
+
+    class Cudart:
+        class cudaError:
+            success = 0
+
+        def cudaHostRegister(self, ptr, size, flags):
+            calls.append(("register", ptr, size))
+            return 1 if ptr in refuse else 0
+
+        def cudaHostUnregister(self, ptr):
+            calls.append(("unregister", ptr))
+            return 0
+
+    monkeypatch.setattr(torch.cuda, "cudart", Cudart)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: None)
+    monkeypatch.setattr(torch, "ones", lambda *args, **kwargs: torch.zeros(1))  # the refusal's error, let fail
+    procs = WriterProcesses(str(tmp_path / "c.zarr"), None, 1)
+    try:
+        procs.allocate(64, slots=4)
+        ptrs = [torch.frombuffer(shm.buf, dtype=torch.uint8).data_ptr() for shm in procs._shm]
+        refuse.add(ptrs[1])
+        assert procs.pin() and calls == [("register", ptrs[3], 64)]  # the slot taken first, alone
+        assert procs.slot()[0] == 3 and procs.pinned(3).data_ptr() == ptrs[3] and len(calls) == 1
+        assert procs.pinned(2).data_ptr() == procs.pinned(2).data_ptr() == ptrs[2]
+        assert calls[1:] == [("register", ptrs[2], 64)]  # on first use, once
+        refused = procs.pinned(1)  # CUDA refuses: the slot's bytes as they are, not asked again
+        assert refused.data_ptr() == ptrs[1] and refused.numel() == 64 and procs.pinned(1).data_ptr() == ptrs[1]
+        assert calls[2:] == [("register", ptrs[1], 64)]
+    finally:
+        procs.close(wait=False)
+    assert sorted(c for c in calls if c[0] == "unregister") == sorted([("unregister", ptrs[3]),
+                                                                       ("unregister", ptrs[2])])
+
+
 def test_a_cache_written_from_a_relative_data_root_is_read_from_any_folder(synth_root, teacher_ckpt, tmp_path,
                                                                            monkeypatch):
     """The cache records its annotation file's absolute path: ``eval --cache`` and ``visualize`` run from another
