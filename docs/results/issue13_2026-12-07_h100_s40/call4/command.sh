@@ -1,0 +1,10 @@
+# session 40, call 6: R50-FPN v2 teacher-cache rate over 8192 views (int8, the default pass) with the writer slots registered as first taken; then pytest -m gpu on main head
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD CUDA_VISIBLE_DEVICES=0 OMP_NUM_THREADS=8
+(nvidia-smi --query-gpu=name,driver_version --format=csv; date -u; nproc --all; df -h /tmp | tail -1) > $OUT/gpu.txt
+cp commit.txt $OUT/commit.txt; cp gpu_call9.sh $OUT/command.sh
+timeout 270 python3 bench/teacher_cache_rate.py --out $OUT/tcr.json --work /tmp/tcr5 --teachers r50v2 --dtypes int8 --images 4096 --variants graphs --no-pass-figures 2>&1 | grep -v "Warning\|USDT\|_warn_once" | tee $OUT/log.txt | tail -3
+python3 bench/tcr_turns.py $OUT/tcr.json > $OUT/verdicts.txt 2>&1
+date -u >> $OUT/gpu.txt
+timeout 250 python3 -m pytest -m gpu -q -p no:cacheprovider -rfE --durations=15 tests > /tmp/gpu_tests_full.txt 2>&1; echo rc=$? >> /tmp/gpu_tests_full.txt; tail -60 /tmp/gpu_tests_full.txt > $OUT/gpu_tests.txt; tail -3 $OUT/gpu_tests.txt
+date -u >> $OUT/gpu.txt; df -h /tmp | tail -1 >> $OUT/gpu.txt
