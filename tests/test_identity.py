@@ -20,6 +20,7 @@ from frs_cli.models import ModelConfig, build_detector, model_fingerprint
 from frs_cli.models import weights as weights_mod
 from frs_cli.models.weights import Published
 from frs_cli.train import run as run_mod
+from frs_cli.train.checkpoint import LAST
 
 runner = CliRunner()
 
@@ -361,14 +362,45 @@ def test_a_corrected_box_or_a_file_written_again_keeps_the_cache(command, cache_
         assert out.is_file()
 
 
-def test_a_cache_of_the_older_fingerprint_is_still_compared_by_the_files_bytes(cache_path, synth_root, tmp_path):
+def test_a_distill_from_a_cache_resumed_after_a_box_is_corrected_says_so_and_goes_on(cache_path, synth_root,
+                                                                                  teacher_ckpt, tmp_path):
+    """The cache is still the teacher's on these images, so the resume is not refused; the run's own record of
+    its annotations tells the change once, as a ``train`` resume does, and the run finishes its next epoch."""
+    import json
+
+    root, _ = _annotations_rewritten(synth_root, tmp_path, lambda doc: None)
+    recipe, out = write_recipe(tmp_path / "r.toml", root, str(teacher_ckpt)), tmp_path / "run"
+    args = ["distill", "-p", str(recipe), "--cache", str(cache_path), "--out", str(out), "--no-eval", "--device", "cpu"]
+    assert runner.invoke(app, args).exit_code == 0
+    ann = root / "annotations" / "instances_train.json"
+    doc = json.loads(ann.read_text())
+    _box_corrected(doc)
+    ann.write_text(json.dumps(doc))
+    result = runner.invoke(app, [*args, "--resume", "--set", "train.epochs=2"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.stderr.split())
+    assert said.count(f"--resume: the training split's annotation file {ann} is not the one the run started with") == 1
+    assert "another dataset" not in said
+    assert torch.load(out / LAST, weights_only=True)["epoch"] == 2
+
+
+def test_a_cache_of_the_older_fingerprint_is_still_compared_by_the_files_bytes(cache_path, synth_root, teacher_ckpt,
+                                                                               tmp_path):
     """A cache written before 2026-12-07 holds the annotation file's bytes as its dataset fingerprint (16 hex, no
-    prefix): it is compared in that scheme, so its own file is its dataset and a file with a box corrected is not."""
+    prefix): it is compared in that scheme, so its own file is its dataset and a file with a box corrected is not,
+    by the readers of the cache and by a resumed teacher-cache alike."""
     cache = _cache_copy(cache_path, tmp_path, fingerprints=lambda a: {
         **a["fingerprints"], "dataset": identity.file_fingerprint(CocoIndex(synth_root / "annotations" /
                                                                               "instances_train.json"))})
     result = runner.invoke(app, ["eval", "--cache", cache, "--data", str(synth_root), "--device", "cpu"])
     assert result.exit_code == 0, result.output
+    resume = ["teacher-cache", "--out", cache, "--resume", "--device", "cpu", "-p"]
+    result = runner.invoke(app, [*resume, str(write_recipe(tmp_path / "r.toml", synth_root, str(teacher_ckpt)))])
+    assert result.exit_code == 0, result.output
     root, _ = _annotations_rewritten(synth_root, tmp_path, _box_corrected)
     result = runner.invoke(app, ["eval", "--cache", cache, "--data", str(root), "--device", "cpu"])
     assert_one_line_error(result, f"cache '{cache}': was written for another dataset (cache ")
+    result = runner.invoke(app, [*resume, str(write_recipe(tmp_path / "edited.toml", root, str(teacher_ckpt)))])
+    assert_one_line_error(result, f"cache '{cache}': was written for another dataset (split 'train': 24 images of "
+                                  f"{synth_root / 'annotations' / 'instances_train.json'} in the cache, 24 images of "
+                                  f"{root / 'annotations' / 'instances_train.json'} here)")
