@@ -291,11 +291,15 @@ def test_writer_processes_write_the_cache_the_writer_threads_write(synth_root, t
     assert procs.complete and procs.views_written == threads.views_written == 48
     assert_same_cache_arrays(tmp_path / "procs.zarr", tmp_path / "threads.zarr")  # crc and done flags included
     assert set(procs.stage_seconds) == {"loader_wait", "backpressure", "gpu_wait", "device_wait", "write",
-                                        "first_batch", "slots"}
+                                        "first_batch", "slots", "last_writes", "join", "free"}
     assert procs.stage_seconds["gpu_wait"] == 0.0  # on the CPU no batch is in flight on a device
     # the loop's start: the first batch's share of the loader wait, and the writer slots (allocated, no CUDA here)
     assert 0 < procs.stage_seconds["first_batch"] <= procs.stage_seconds["loader_wait"]
     assert procs.stage_seconds["slots"] > 0 and threads.stage_seconds["slots"] == 0.0
+    # the loop's end: the last writes, the processes' exits and the slots freed, within the write side's wait
+    end = [procs.stage_seconds[k] for k in ("last_writes", "join", "free")]
+    assert all(t > 0 for t in end) and sum(end) <= procs.stage_seconds["backpressure"]
+    assert [threads.stage_seconds[k] for k in ("last_writes", "join", "free")] == [0.0, 0.0, 0.0]
     assert (procs.write_processes, threads.write_processes) == (2, 0)  # what each ran, for the hint
 
 
@@ -448,6 +452,69 @@ def test_writer_slots_are_registered_with_cuda_as_they_are_first_taken(tmp_path,
         procs.close(wait=False)
     assert sorted(c for c in calls if c[0] == "unregister") == sorted([("unregister", ptrs[3]),
                                                                        ("unregister", ptrs[2])])
+
+
+def test_close_unregisters_each_slot_as_it_comes_back_and_lets_the_workers_stop_behind_the_last_batch(
+        tmp_path, monkeypatch):
+    """The write's drain: ``close`` tells the workers to stop behind the batches queued, and unregisters each slot
+    a worker hands back while another batch is still being written (before, all after every worker had exited).
+    A worker that has stopped with exit code 0 while another slot is out is no failure. CUDA's calls are recorded
+    by a stand-in; a batch is out while the test holds its slot."""
+    import threading
+    import time
+
+    from frs_cli.cache.shard_writer import WriterProcesses
+
+    calls = []
+    procs = WriterProcesses(str(tmp_path / "c.zarr"), None, 1)
+
+    class Cudart:
+        class cudaError:
+            success = 0
+
+        def cudaHostRegister(self, ptr, size, flags):
+            return 0
+
+        def cudaHostUnregister(self, ptr):
+            calls.append((ptr, sorted(procs._free)))  # the slots back when it is unregistered
+            return 0
+
+    monkeypatch.setattr(torch.cuda, "cudart", Cudart)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *args: None)
+    procs.allocate(64, slots=3)
+    ptrs = [torch.frombuffer(shm.buf, dtype=torch.uint8).data_ptr() for shm in procs._shm]
+    assert procs.pin()
+    taken = [procs.slot()[0] for _ in range(2)]
+    for slot in taken:
+        procs.pinned(slot)
+    assert taken == [2, 1] and procs._free == [0]
+    procs._results.put((2, None))  # one batch written; slot 1's is still being written, by a second worker
+    written = threading.Event()
+
+    class Busy:  # the second worker, writing slot 1's batch
+        name, exitcode = "frs-cache-writer-1", None
+
+        def is_alive(self):
+            return not written.is_set()
+
+        def join(self, timeout=None):
+            written.wait(timeout)
+
+    procs._procs.append(Busy())
+
+    def write_the_last_batch():
+        procs._procs[0].join(timeout=60)  # the first worker took its stop and exited
+        time.sleep(1.5)  # close's wait for a slot times out once with it exited, the other one still writing
+        procs._results.put((1, None))
+        written.set()
+
+    last = threading.Thread(target=write_the_last_batch)
+    last.start()
+    procs.close(wait=True)
+    last.join()
+    assert procs._procs[0].exitcode == 0
+    assert calls == [(ptrs[2], [0, 2]), (ptrs[1], [0, 1, 2])]  # slot 2 while slot 1 was out, then slot 1
+    assert set(procs.seconds) == {"wait", "join", "free"} and procs.seconds["wait"] > 1.5
 
 
 def test_a_cache_written_from_a_relative_data_root_is_read_from_any_folder(synth_root, teacher_ckpt, tmp_path,

@@ -15,6 +15,7 @@ import queue
 import signal
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from multiprocessing import shared_memory
 
@@ -212,6 +213,7 @@ class WriterProcesses:
         self._views: list = []  # per slot a uint8 tensor over it (``pin``)
         self._registered: list[int] = []  # the slots registered with CUDA, in the order they were
         self._refused: set[int] = set()  # the slots CUDA refused to register
+        self.seconds: dict[str, float] = {}  # where ``close`` spent its time
 
     def __len__(self) -> int:
         return len(self._procs)
@@ -262,10 +264,17 @@ class WriterProcesses:
             import torch
 
             torch.cuda.synchronize()  # no copy into a slot is still under way (after an error)
-            for slot in self._registered:
-                torch.cuda.cudart().cudaHostUnregister(self._views[slot].data_ptr())
+            self._unregister(self._registered)
         self._registered, self._refused = [], set()
         self._views = []  # the tensors let go of the buffers, which can then be closed
+
+    def _unregister(self, slots) -> None:
+        """Unregister ``slots`` (registered ones, no copy into them under way) with CUDA."""
+        import torch
+
+        for slot in list(slots):
+            torch.cuda.cudart().cudaHostUnregister(self._views[slot].data_ptr())
+            self._registered.remove(slot)
 
     def slot(self) -> tuple[int, memoryview]:
         """A free slot (index and buffer), waiting for a worker to hand one back if none is free."""
@@ -284,10 +293,12 @@ class WriterProcesses:
             try:
                 slot, error = self._results.get(timeout=1.0)
             except queue.Empty:
-                dead = [p for p in self._procs if not p.is_alive()]
-                if dead:
-                    raise StorageError(f"teacher-cache: writer process {dead[0].name} exited (code "
-                                       f"{dead[0].exitcode}) with batches in flight",
+                # a worker that took its stop (``close``) exits with 0 while the others finish their batches
+                dead = [p for p in self._procs if not p.is_alive() and p.exitcode != 0]
+                if dead or not any(p.is_alive() for p in self._procs):
+                    p = (dead or self._procs)[0]
+                    raise StorageError(f"teacher-cache: writer process {p.name} exited (code "
+                                       f"{p.exitcode}) with batches in flight",
                                        hint="run the same command with --resume") from None
                 continue
             self._free.append(slot)
@@ -305,24 +316,34 @@ class WriterProcesses:
 
     def close(self, wait: bool = True) -> None:
         """Wait for every batch in flight (``wait``), stop the workers, free the slots; then raise a worker's
-        error, if one failed. A second call does nothing."""
+        error, if one failed. A second call does nothing. After every batch is handed over (no copy into a slot
+        under way): each worker is told to stop behind the batches queued, and each slot a worker hands back is
+        unregistered with CUDA while the others still write, so only the last write's and the exits' time is left
+        (``seconds``: ``wait``, ``join`` and ``free``)."""
         if self._closed:
             return
         self._closed = True
+        t0 = time.perf_counter()
         try:
+            for _ in self._procs:  # queued behind every batch: a worker stops once none is left for it
+                self._tasks.put(None)
             if wait:
+                self._unregister([s for s in self._free if s in self._registered])
                 while len(self._free) < len(self._shm):
                     self._collect()
+                    if self._free[-1] in self._registered:  # the device's copy into it was done before hand-over
+                        self._unregister([self._free[-1]])
         finally:
-            for _ in self._procs:
-                self._tasks.put(None)
+            t1 = time.perf_counter()
             for p in self._procs:
                 p.join(timeout=10)
                 if p.is_alive():
                     p.terminate()
+            t2 = time.perf_counter()
             self._unpin()
             for shm in self._shm:
                 shm.close()
                 shm.unlink()
+            self.seconds = {"wait": t1 - t0, "join": t2 - t1, "free": time.perf_counter() - t2}
         if wait:
             self._raise()

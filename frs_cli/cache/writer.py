@@ -218,11 +218,13 @@ class _Stages:
     device copies each batch straight into a slot, waiting for the batches in flight on the device
     (``gpu_wait``: the teacher is the bound, as it should be). Summed over the dispatcher or writer threads:
     waiting for the device and writing. Of the loop's start: ``first_batch``, the part of ``loader_wait`` spent on
-    the first batch, and ``slots``, allocating the writer processes' shared slots and registering them with CUDA."""
+    the first batch, and ``slots``, allocating the writer processes' shared slots and registering them with CUDA.
+    Of its end (with writer processes; part of ``backpressure``): ``last_writes``, waiting for the batches handed
+    over to be written, ``join``, for the processes to exit, and ``free``, unregistering and freeing the slots."""
 
     def __init__(self):
         self.loader_wait = self.backpressure = self.gpu_wait = self.device_wait = self.write = 0.0
-        self.first_batch = self.slots = 0.0
+        self.first_batch = self.slots = self.last_writes = self.join = self.free = 0.0
         self._lock = threading.Lock()
 
     def add(self, device_wait: float, write: float) -> None:
@@ -233,7 +235,7 @@ class _Stages:
     def to_dict(self) -> dict[str, float]:
         return {"loader_wait": self.loader_wait, "backpressure": self.backpressure, "gpu_wait": self.gpu_wait,
                 "device_wait": self.device_wait, "write": self.write, "first_batch": self.first_batch,
-                "slots": self.slots}
+                "slots": self.slots, "last_writes": self.last_writes, "join": self.join, "free": self.free}
 
     def wait_in_flight(self, futures: list[Future], limit: int, on_device: bool) -> None:
         """Wait for the oldest of ``futures`` until at most ``limit`` are left. With ``on_device`` each only waits
@@ -732,7 +734,7 @@ def _write_pending(root: zarr.Group, path: str, plan: Plan, run: TeacherPass, da
             t_wait = time.perf_counter()
             item = next(batches_in, None)
             stages.loader_wait += time.perf_counter() - t_wait
-            if written == 0 and not futures:
+            if not futures:  # nothing handed over yet: the first batch
                 stages.first_batch = time.perf_counter() - t_wait
             if item is None:
                 break
@@ -759,6 +761,7 @@ def _write_pending(root: zarr.Group, path: str, plan: Plan, run: TeacherPass, da
             f.result()
         if procs is not None:
             procs.close()  # waits for the writer processes to finish every batch
+            stages.last_writes, stages.join, stages.free = (procs.seconds[k] for k in ("wait", "join", "free"))
         stages.backpressure += time.perf_counter() - t_wait
     progress.stop()
     return written, time.perf_counter() - t0, stages
