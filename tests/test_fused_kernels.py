@@ -1,6 +1,7 @@
 """The Triton kernels against the PyTorch they replace on CUDA, on the CPU through Triton's interpreter: the fused
-FRS terms (``frs_cli.fused_losses``: ``losses._head_term``, ``_feature_term``) and the packed codes' decode
-(``frs_cli.fused_decode``: ``FeatureEncoding.decode``).
+FRS terms (``frs_cli.fused_losses``: ``losses._head_term``, ``_feature_term``), the packed codes' decode
+(``frs_cli.fused_decode``: ``FeatureEncoding.decode``) and the teacher features' quantisation and packing
+(``frs_cli.fused_encode``: ``FeatureEncoding.encode``).
 
 They run under ``TRITON_INTERPRET=1`` (set before Triton is imported, hence a child process) on CPU tensors:
 contiguous and channels-last, float32 and bfloat16, levels down to 1x1 and channel counts that are no multiple of
@@ -99,8 +100,39 @@ DECODE = textwrap.dedent("""
 """)
 
 
+ENCODE = textwrap.dedent("""
+    import json, sys
+    import torch
+    from frs_cli import fused_encode
+    from frs_cli.cache.encoding import FeatureEncoding
+
+    torch.manual_seed(0)
+    rows = []
+    for name in ("int8", "int6", "int5", "int4"):
+        enc = FeatureEncoding(name)
+        qmax = 2 ** (enc.bits - 1) - 1
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            x = torch.randn(2, 24, 9, 31) * 3
+            x[0, 5] = 0  # an all-zero channel: scale 1, codes 0
+            # channel 7 of view 1: every half step between codes, at a scale of 2**-4 (ties, rounded to even)
+            steps = (torch.arange(-qmax, qmax).float() + 0.5) * 2.0 ** -4
+            x[1, 7] = 0
+            x[1, 7].view(-1)[: steps.numel()] = steps
+            x[1, 7, -1, -1] = qmax * 2.0 ** -4
+            x = x.to(dtype)
+            want, scale = enc.encode(x)  # the PyTorch form (CPU tensors)
+            ratio = x.float() / scale[..., None, None]
+            got = fused_encode.encode_scaled(x, scale, enc.bits)
+            rows.append({"name": name, "dtype": str(dtype), "equal": torch.equal(got, want),
+                         "got": [str(got.dtype), list(got.shape)], "want": [str(want.dtype), list(want.shape)],
+                         "ties": int((ratio - ratio.floor() == 0.5).sum())})
+    json.dump(rows, sys.stdout)
+""")
+
+
 def _interpreted(script: str) -> list[dict]:
-    env = {**os.environ, "TRITON_INTERPRET": "1", "FRS_FUSED_LOSSES": "1", "FRS_FUSED_DECODE": "1"}
+    env = {**os.environ, "TRITON_INTERPRET": "1", "FRS_FUSED_LOSSES": "1", "FRS_FUSED_DECODE": "1",
+           "FRS_FUSED_ENCODE": "1"}
     done = subprocess.run([sys.executable, "-c", script], check=False, env=env, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -119,6 +151,16 @@ def test_the_fused_decode_gives_the_bits_of_the_pytorch_decode_in_either_layout(
         assert r["equal"] and r["dtype"] == "torch.float16" and r["layout"], r
 
 
+def test_the_fused_encode_gives_the_bytes_of_the_pytorch_encode():
+    """Quantised (int8) and packed (int6, int5, int4), from float32, bfloat16 and float16 features: the same codes
+    and bytes, exact ties between two codes (rounded half to even) and an all-zero channel among them."""
+    rows = _interpreted(ENCODE)
+    assert len(rows) == 12
+    for r in rows:
+        assert r["equal"] and r["got"] == r["want"], r
+        assert r["ties"] >= 2 * (2 ** (int(r["name"][3:]) - 1) - 1), r  # channel 7's half steps, at least
+
+
 def test_the_fused_terms_equal_the_pytorch_form_in_value_and_gradient(rows):
     assert len(rows) == 12 and {r["term"] for r in rows} == {"head", "feature"}
     assert [all(r["gaps"]) for r in rows] == [r["layout"] == "view" for r in rows]
@@ -131,17 +173,19 @@ def test_the_fused_terms_equal_the_pytorch_form_in_value_and_gradient(rows):
 def test_the_kernels_are_used_on_cuda_tensors_only_and_can_be_turned_off(monkeypatch):
     import torch
 
-    from frs_cli import fused_decode, fused_losses
+    from frs_cli import fused_decode, fused_encode, fused_losses
 
     x = torch.zeros(1, 2, 3, 3)
     assert not fused_losses.usable(x, x) and not fused_decode.usable(x)  # CPU tensors: the PyTorch form
+    assert not fused_encode.usable(x)
     monkeypatch.setattr(fused_losses, "ENABLED", False)
     assert not fused_losses.usable(x, x)
-    env = {**os.environ, "FRS_FUSED_LOSSES": "0", "FRS_FUSED_DECODE": "0"}
-    code = "from frs_cli import fused_decode, fused_losses; print(fused_losses.ENABLED, fused_decode.ENABLED)"
+    env = {**os.environ, "FRS_FUSED_LOSSES": "0", "FRS_FUSED_DECODE": "0", "FRS_FUSED_ENCODE": "0"}
+    code = ("from frs_cli import fused_decode, fused_encode, fused_losses; "
+            "print(fused_losses.ENABLED, fused_decode.ENABLED, fused_encode.ENABLED)")
     off = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True,
                          timeout=120)
-    assert off.stdout.strip() == "False False"
+    assert off.stdout.strip() == "False False False"
 
 
 def test_where_triton_cannot_run_the_kernels_they_are_tried_once_and_the_pytorch_form_takes_over(caplog):
@@ -150,22 +194,25 @@ def test_where_triton_cannot_run_the_kernels_they_are_tried_once_and_the_pytorch
     returns True."""
     import torch
 
-    from frs_cli import fused_decode, fused_losses
+    from frs_cli import fused_decode, fused_encode, fused_losses
 
     with caplog.at_level("WARNING"):
         assert fused_losses._CHECK.try_on(torch.device("cpu")) is False
         assert fused_decode._CHECK.try_on(torch.device("cpu")) is False
+        assert fused_encode._CHECK.try_on(torch.device("cpu")) is False
     lines = [r.getMessage() for r in caplog.records]
-    assert len(lines) == 2
+    assert len(lines) == 3
     assert lines[0].startswith("fused FRS terms: the Triton kernels do not run on cpu (")
     assert lines[0].endswith("); the PyTorch form computes them")
     assert lines[1].startswith("fused decode: the Triton kernel does not run on cpu (")
-    code = ("import torch; from frs_cli import fused_decode, fused_losses; "
-            "print(fused_losses._CHECK.try_on(torch.device('cpu')), fused_decode._CHECK.try_on(torch.device('cpu')))")
+    assert lines[2].startswith("fused encode: the Triton kernel does not run on cpu (")
+    assert lines[2].endswith("); features are encoded in PyTorch")
+    code = ("import torch; from frs_cli import fused_decode, fused_encode, fused_losses; "
+            "print(*(m._CHECK.try_on(torch.device('cpu')) for m in (fused_losses, fused_decode, fused_encode)))")
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     done = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True,
                           timeout=300)
-    assert done.stdout.strip() == "True True", done.stderr[-2000:]
+    assert done.stdout.strip() == "True True True", done.stderr[-2000:]
 
 
 def test_a_kernel_check_tries_each_device_once_and_warns_once_where_the_trial_fails(caplog):

@@ -714,6 +714,35 @@ def test_the_fused_frs_terms_on_the_gpu_equal_the_pytorch_form(layout, monkeypat
         assert (got.float() - want.float()).abs().max() <= want.float().abs().max() * torch.finfo(torch.bfloat16).eps
 
 
+@pytest.mark.parametrize("name", ["int8", "int6", "int5", "int4"])
+def test_teacher_features_encode_on_the_gpu_in_one_kernel_to_the_bytes_the_cpu_gives(name, monkeypatch):
+    """On CUDA ``FeatureEncoding.encode`` of a scaled encoding runs ``fused_encode``'s kernel (teacher-cache's last
+    work on the device per level): from float32, bfloat16 and float16 features, the codes and bytes and scales the
+    CPU gives, bit for bit, with exact ties between two codes, an all-zero channel and a level of 7x9 positions."""
+    from frs_cli import fused_encode
+    from frs_cli.cache.encoding import FeatureEncoding
+
+    enc = FeatureEncoding(name)
+    qmax = 2 ** (enc.bits - 1) - 1
+    launched, kernel = [], fused_encode.encode_scaled
+    monkeypatch.setattr(fused_encode, "encode_scaled", lambda *a: launched.append(a[2]) or kernel(*a))
+    torch.manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for h, w in ((100, 136), (7, 9)):
+            x = torch.randn(3, 256, h, w) * 4
+            x[0, 5] = 0
+            steps = (torch.arange(-qmax, qmax).float() + 0.5) * 2.0 ** -4  # the half steps between codes
+            x[1, 7] = 0
+            x[1, 7].view(-1)[: min(steps.numel(), h * w - 1)] = steps[: h * w - 1]
+            x[1, 7, -1, -1] = qmax * 2.0 ** -4
+            x = x.to(dtype)
+            want, want_scale = enc.encode(x)
+            got, scale = enc.encode(x.cuda())
+            assert got.dtype == want.dtype and got.is_contiguous()
+            assert torch.equal(scale.cpu(), want_scale) and torch.equal(got.cpu(), want), (dtype, h, w)
+    assert launched == [enc.bits] * 6 and fused_encode.usable(torch.zeros(1, device="cuda"))
+
+
 @pytest.mark.parametrize("name", ["int4", "int5", "int6"])
 def test_packed_codes_decode_on_the_gpu_in_one_kernel_to_the_bits_the_cpu_gives(name):
     """On CUDA ``FeatureEncoding.decode`` of packed codes runs ``fused_decode``'s kernel: every byte value in every

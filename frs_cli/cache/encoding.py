@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from frs_cli import fused_decode
+from frs_cli import fused_decode, fused_encode
 from frs_cli.errors import CacheFormatError
 
 # name -> (numpy dtype stored, torch dtype carried, bits per stored value, scaled)
@@ -124,12 +124,14 @@ class FeatureEncoding:
             return t.to(self.torch_dtype).contiguous(), None
         self.stored_channels(t.shape[-3])  # a clear error for channels a packed encoding cannot hold
         qmax = 2 ** (self.bits - 1) - 1
-        x = t.float()
-        # (B, C); times the reciprocal, as CUDA divides by a scalar, so CPU and CUDA give the same bits
-        scale = x.abs().amax(dim=(-2, -1)) * (1.0 / qmax)
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero channel stays zero
-        q = torch.round(x / scale[..., None, None]).clamp_(-qmax, qmax).to(torch.int8)
-        return (self.pack(q) if self.packed else q), scale.contiguous()
+        # (B, C); times the reciprocal, as CUDA divides by a scalar, so CPU and CUDA give the same bits (the
+        # largest magnitude is the same value in any float dtype: no float32 copy of the features for it)
+        scale = t.abs().amax(dim=(-2, -1)).float() * (1.0 / qmax)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale)).contiguous()  # an all-zero channel stays zero
+        if t.dim() == 4 and t.shape[-3] % 8 == 0 and fused_encode.usable(t):  # one kernel: features in, codes out
+            return fused_encode.encode_scaled(t, scale, self.bits), scale
+        q = torch.round(t.float() / scale[..., None, None]).clamp_(-qmax, qmax).to(torch.int8)
+        return (self.pack(q) if self.packed else q), scale
 
     def pack(self, q: Tensor) -> Tensor:
         """Codes ``(B, C, H, W)`` in [-2**(bits-1), 2**(bits-1)) -> uint8 ``(B, C*bits/8, H, W)`` (packed only).
