@@ -65,7 +65,7 @@ if triton is not None:
         channel = g * 8 + i
         x = tl.load(x_ptr + b * x_sb + channel[None, :].to(tl.int64) * P + p[:, None], mask=m, other=0.0)
         scale = tl.load(scale_ptr + b * s_sb + channel)
-        qmax: tl.constexpr = (1 << (BITS - 1)) - 1
+        qmax = (1 << (BITS - 1)) - 1
         y = tl.div_rn(x.to(tl.float32), scale[None, :])
         y = tl.minimum(tl.maximum(y, -qmax), qmax)
         # 1.5 * 2**23 added and taken away: y (at most qmax here) rounded half to even, as torch.round rounds
