@@ -2,9 +2,10 @@
 
 ``FeatureEncoding.encode`` of a scaled encoding is teacher-cache's last work on the device for each level. In
 PyTorch it is a chain of whole-tensor operations (a float32 copy, the division, the rounding, the clamp, the cast,
-and for the packed encodings about 35 shifts and ors per level over int32 codes): about 1 ms of an R50-FPN v2
-batch of 8 views at 800/1088 px on an H100, 4 % of the batch. Here one kernel per level reads each feature once
-and writes each code or byte once. The per-channel scales stay in PyTorch (one reduction).
+and for the packed encodings about 35 shifts and ors per level over int32 codes). Here one kernel per level reads
+each feature once and writes each code or byte once; the per-channel scales stay in PyTorch (one reduction). On
+an H100, R50-FPN v2's steady batch of 8 views at 800/1088 px went from 21.1 ms (int8) and 21.9 ms (int5) to
+20.6 ms with it (``docs/BENCHMARKS.md``, session 41).
 
 The arithmetic is ``encode``'s and ``pack``'s: a feature as float32, divided by its channel's float32 scale with
 IEEE rounding, clamped to ``[-qmax, qmax]`` and rounded half to even (clamping an integer bound first rounds to
