@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
 
-from frs_cli.archs import FrsSignature, LevelSpec
+from frs_cli.archs import FAMILIES, FrsSignature, LevelSpec
 from frs_cli.errors import FrsError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -50,12 +50,16 @@ class FpnLayout:
     names: tuple[str, ...]
     strides: tuple[int, ...]
 
+    @staticmethod
+    def of(family: str) -> FpnLayout:
+        """The FPN levels ``frs_cli.archs`` declares for ``family``, where the registry and the loss read them."""
+        names, strides = zip(*FAMILIES[family].levels)
+        return FpnLayout(names, strides)
+
     def levels(self, channels: int) -> list[LevelSpec]:
         """One ``LevelSpec`` per output, all of ``channels`` channels."""
         return [LevelSpec(n, s, channels) for n, s in zip(self.names, self.strides)]
 
-
-P3_P7 = FpnLayout(("P3", "P4", "P5", "P6", "P7"), (8, 16, 32, 64, 128))  # RetinaNet, FCOS, GFL
 
 
 class TowerClsHead(nn.Module):

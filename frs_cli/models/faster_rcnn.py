@@ -24,8 +24,8 @@ from frs_cli.models.anchors import doubling_anchors
 from frs_cli.models.backbones import TINY_BODIES, resnet_fpn
 from frs_cli.models.base import DensePass, Detector, FpnLayout
 
-P2_P6 = FpnLayout(("P2", "P3", "P4", "P5", "P6"), (4, 8, 16, 32, 64))
-LEVEL_NAMES, STRIDES = P2_P6.names, P2_P6.strides
+LAYOUT = FpnLayout.of("faster_rcnn")
+LEVEL_NAMES, STRIDES = LAYOUT.names, LAYOUT.strides
 DEFAULT_ANCHOR_SIZE = FAMILIES["faster_rcnn"].anchor_size  # as frs_cli.archs declares it
 RATIOS = (0.5, 1.0, 2.0)
 NO_CLASS_BIAS = -20.0  # logit of a predictor row no label ever uses (softmax weight ~ e**-20)
@@ -56,7 +56,7 @@ class FasterRCNNAdapter(Detector):
 
     def __init__(self, model: FasterRCNN, arch: str, num_classes: int):
         channels = model.backbone.out_channels
-        super().__init__(num_classes, P2_P6.levels(channels))
+        super().__init__(num_classes, LAYOUT.levels(channels))
         self.model = model
         self.arch = arch
         self._cls = RPNObjectnessHead(model.rpn.head)

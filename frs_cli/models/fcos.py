@@ -26,16 +26,17 @@ from frs_cli.archs import FAMILIES
 from frs_cli.models.anchors import doubling_anchors
 from frs_cli.models.backbones import resnet_fpn
 from frs_cli.models.base import (
-    P3_P7,
     DensePass,
     Detector,
+    FpnLayout,
     TowerClsHead,
     drop_biases_before_group_norms,
     to_head_layout,
 )
 from frs_cli.models.dense_inference import batch_dense_detections
 
-LEVEL_NAMES, STRIDES = P3_P7.names, P3_P7.strides
+LAYOUT = FpnLayout.of("fcos")
+LEVEL_NAMES, STRIDES = LAYOUT.names, LAYOUT.strides
 DEFAULT_ANCHOR_SIZE = FAMILIES["fcos"].anchor_size  # as frs_cli.archs declares it
 HEAD_OPTIONS = ("norm_on_bbox", "centerness_on_reg")  # mmdetection FCOSHead switches an ArchSpec may name
 TOPK_CANDIDATES = 1000  # per level, before NMS (mmdetection's nms_pre, torchvision's topk_candidates)
@@ -57,7 +58,7 @@ class FCOSAdapter(Detector):
 
     def __init__(self, model: FCOS, arch: str, head_options: tuple[str, ...] = (), mmdet: bool = False):
         channels = model.backbone.out_channels
-        super().__init__(model.head.classification_head.num_classes, P3_P7.levels(channels))
+        super().__init__(model.head.classification_head.num_classes, LAYOUT.levels(channels))
         self.model = model
         self.arch = arch
         self.mmdet = mmdet  # mmdetection's head and inference (module docstring); the parameter head.scales

@@ -18,11 +18,12 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 from frs_cli.archs import FAMILIES
 from frs_cli.models.anchors import doubling_anchors
 from frs_cli.models.backbones import P6P7, TINY_BODIES, c5_channels, resnet_fpn
-from frs_cli.models.base import P3_P7, DensePass, Detector, TowerClsHead, to_head_layout
+from frs_cli.models.base import DensePass, Detector, FpnLayout, TowerClsHead, to_head_layout
 from frs_cli.models.dense_inference import batch_dense_detections
 from frs_cli.models.retinanet_loss import retinanet_gt_loss
 
-LEVEL_NAMES, STRIDES = P3_P7.names, P3_P7.strides
+LAYOUT = FpnLayout.of("retinanet")
+LEVEL_NAMES, STRIDES = LAYOUT.names, LAYOUT.strides
 DEFAULT_ANCHOR_SIZE = FAMILIES["retinanet"].anchor_size  # as frs_cli.archs declares it
 RATIOS = (0.5, 1.0, 2.0)
 
@@ -46,7 +47,7 @@ class RetinaNetAdapter(Detector):
 
     def __init__(self, model: RetinaNet, arch: str, head_norm: str, mmdet: bool = False):
         channels = model.backbone.out_channels
-        super().__init__(model.head.classification_head.num_classes, P3_P7.levels(channels))
+        super().__init__(model.head.classification_head.num_classes, LAYOUT.levels(channels))
         self.model = model
         self.arch = arch
         self.head_norm = head_norm

@@ -13,13 +13,14 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 from frs_cli.archs import FAMILIES
 from frs_cli.models.backbones import P6P7, resnet_fpn
-from frs_cli.models.base import P3_P7, DensePass, Detector, drop_biases_before_group_norms
+from frs_cli.models.base import DensePass, Detector, FpnLayout, drop_biases_before_group_norms
 from frs_cli.models.gfl.head import GFLClsHead
 from frs_cli.models.gfl.model import GFL
 
 __all__ = ["DEFAULT_ANCHOR_SIZE", "GFL", "GFLAdapter", "build", "build_cls_head"]
 
-LEVEL_NAMES, STRIDES = P3_P7.names, P3_P7.strides
+LAYOUT = FpnLayout.of("gfl")
+LEVEL_NAMES, STRIDES = LAYOUT.names, LAYOUT.strides
 DEFAULT_ANCHOR_SIZE = FAMILIES["gfl"].anchor_size  # as frs_cli.archs declares it
 NUM_CONVS = 4
 
@@ -33,7 +34,7 @@ class GFLAdapter(Detector):
 
     def __init__(self, model: GFL, arch: str):
         channels = model.backbone.out_channels
-        super().__init__(model.num_classes, P3_P7.levels(channels))
+        super().__init__(model.num_classes, LAYOUT.levels(channels))
         self.model = model
         self.arch = arch
 
