@@ -61,7 +61,6 @@ class FpnLayout:
         return [LevelSpec(n, s, channels) for n, s in zip(self.names, self.strides)]
 
 
-
 class TowerClsHead(nn.Module):
     """A torchvision classification head (a conv tower ``conv``, then a logits conv ``cls_logits``: RetinaNet's,
     FCOS's) run per level: a feature list -> per-level ``(B, A*K, H, W)`` logits."""
