@@ -25,7 +25,7 @@ from frs_cli.models.backbones import TINY_BODIES, resnet_fpn
 from frs_cli.models.base import DensePass, Detector, FpnLayout
 
 LAYOUT = FpnLayout.of("faster_rcnn")
-LEVEL_NAMES, STRIDES = LAYOUT.names, LAYOUT.strides
+STRIDES = LAYOUT.strides
 DEFAULT_ANCHOR_SIZE = FAMILIES["faster_rcnn"].anchor_size  # as frs_cli.archs declares it
 RATIOS = (0.5, 1.0, 2.0)
 NO_CLASS_BIAS = -20.0  # logit of a predictor row no label ever uses (softmax weight ~ e**-20)

@@ -36,7 +36,7 @@ from frs_cli.models.base import (
 from frs_cli.models.dense_inference import batch_dense_detections
 
 LAYOUT = FpnLayout.of("fcos")
-LEVEL_NAMES, STRIDES = LAYOUT.names, LAYOUT.strides
+STRIDES = LAYOUT.strides
 DEFAULT_ANCHOR_SIZE = FAMILIES["fcos"].anchor_size  # as frs_cli.archs declares it
 HEAD_OPTIONS = ("norm_on_bbox", "centerness_on_reg")  # mmdetection FCOSHead switches an ArchSpec may name
 TOPK_CANDIDATES = 1000  # per level, before NMS (mmdetection's nms_pre, torchvision's topk_candidates)

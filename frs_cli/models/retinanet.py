@@ -23,7 +23,7 @@ from frs_cli.models.dense_inference import batch_dense_detections
 from frs_cli.models.retinanet_loss import retinanet_gt_loss
 
 LAYOUT = FpnLayout.of("retinanet")
-LEVEL_NAMES, STRIDES = LAYOUT.names, LAYOUT.strides
+STRIDES = LAYOUT.strides
 DEFAULT_ANCHOR_SIZE = FAMILIES["retinanet"].anchor_size  # as frs_cli.archs declares it
 RATIOS = (0.5, 1.0, 2.0)
 

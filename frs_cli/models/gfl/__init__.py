@@ -20,7 +20,7 @@ from frs_cli.models.gfl.model import GFL
 __all__ = ["DEFAULT_ANCHOR_SIZE", "GFL", "GFLAdapter", "build", "build_cls_head"]
 
 LAYOUT = FpnLayout.of("gfl")
-LEVEL_NAMES, STRIDES = LAYOUT.names, LAYOUT.strides
+STRIDES = LAYOUT.strides
 DEFAULT_ANCHOR_SIZE = FAMILIES["gfl"].anchor_size  # as frs_cli.archs declares it
 NUM_CONVS = 4
 
