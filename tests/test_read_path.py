@@ -467,7 +467,13 @@ def test_cache_verdicts_miss_by_any_margin_and_when_not_measured(tmp_path, capsy
     assert json.loads((tmp_path / "verdicts.json").read_text())["targets"] == v["targets"]
     printed = capsys.readouterr().out
     assert "| int8 | 8192 | cold | 440.0 | 400.0 | 1.10 | met |" in printed and "missed  teacher-cache" in printed
-    assert "| int5 | 4.00 | 100 | 2500 (yes) | 8192 (8192) |" in printed  # 4 MB x batch 10 / 0.4 s plain step
+    assert "| int5 | 4.00 | 100 (400.0 ms) | 2500 (yes) | 8192 (8192) |" in printed  # 4 MB x batch 10 / 0.4 s
+    step = _hand_made_step()  # a paired row's own plain steps, faster than the unpaired row, set the pace
+    step["cached"][3]["plain_step_ms"] = 320.0
+    fast = {r["dtype"]: r for r in verdicts.verdicts(step)["bandwidth"]}
+    assert fast["int5"]["need_mb_s"] == pytest.approx(4.0 * 10 / 0.32) and fast["int8"]["plain_pace_ms"] == 320.0
+    del step["args"]  # a record without its batch keeps the rate it recorded
+    assert verdicts.verdicts(step)["bandwidth"][0]["need_mb_s"] == pytest.approx(4.0 * 400 / 500 * 10 / 0.4)
 
 
 def test_cache_verdicts_show_the_spread_of_a_rows_blocks_and_judge_the_row_by_its_medians(capsys, tmp_path):
