@@ -161,8 +161,8 @@ def main() -> None:
                         "copied from the host at every step, which makes the host wait for the device), interleaved "
                         "with the rest (hostcopy_* figures)")
     p.add_argument("--step-graphs", action=argparse.BooleanOptionalAction, default=True,
-                   help="paired rows run every step as the trainer does with train.cuda_graphs (its default): a "
-                        "batch of one canvas as one replayed CUDA graph")
+                   help="every step runs as the trainer does with train.cuda_graphs (its default): a batch of one "
+                        "canvas as one replayed CUDA graph (the paired rows, and the unpaired plain and online rows)")
     p.add_argument("--step-graphs-ab", action="store_true",
                    help="paired rows also time the plain, cached (and online) steps with train.cuda_graphs off, "
                         "interleaved with the rest (eager_* figures)")
@@ -445,10 +445,13 @@ def loader_rate(args, path: str, coco, num_views: int, direct: bool = True) -> f
 
 def time_steps(args, mode: str, recipe, sname: str, coco, num_views: int, path: str | None, dev, amp,
                direct: bool = True) -> dict:
-    """--warmup then --steps training steps of ``mode`` (plain, online, cached): step and data-wait figures."""
+    """--warmup then --steps training steps of ``mode`` (plain, online, cached): step and data-wait figures. With
+    --step-graphs (the default) each step runs as the trainer runs it by default, as the paired rows do: a batch of
+    one canvas as one replayed CUDA graph (``step_graphs_captured``: the shapes captured)."""
     import torch
 
     from frs_cli.models import ModelConfig, build_detector
+    from frs_cli.train.step_graphs import StepGraphs
 
     torch.manual_seed(0)
     student = build_detector(ModelConfig(arch=ARCH[sname]), coco.index.num_classes)
@@ -458,11 +461,13 @@ def time_steps(args, mode: str, recipe, sname: str, coco, num_views: int, path: 
     count = args.warmup + args.steps + ahead + 1
     it = feeder(_loader(args, ds, batches_for(num_views, count, args.batch, canvas_of(args, coco)), dev), dev,
                 args.device_prefetch)
-    steps, waits, _ = timed_steps(obj, it, dev, amp, args.warmup, args.steps, ahead=args.ahead)
-    del it, obj, student
+    graphs = StepGraphs(obj.to(dev), capture=dev.type == "cuda") if args.step_graphs else None  # as time_paired
+    steps, waits, _ = timed_steps(obj, it, dev, amp, args.warmup, args.steps, ahead=args.ahead, graphs=graphs)
+    captured = {} if graphs is None else {"step_graphs_captured": graphs.captured}
+    del it, obj, student, graphs
     if dev.type == "cuda":
         torch.cuda.empty_cache()
-    return {**step_figures(steps, waits), "steps": len(steps)}
+    return {**step_figures(steps, waits), "steps": len(steps), **captured}
 
 
 def pinned_allocs(dev) -> tuple[int, float] | None:
