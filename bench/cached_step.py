@@ -162,7 +162,7 @@ def main() -> None:
                         "with the rest (hostcopy_* figures)")
     p.add_argument("--step-graphs", action=argparse.BooleanOptionalAction, default=True,
                    help="every step runs as the trainer does with train.cuda_graphs (its default): a batch of one "
-                        "canvas as one replayed CUDA graph (the paired rows, and the unpaired plain and online rows)")
+                        "canvas as one replayed CUDA graph (every row, paired or not)")
     p.add_argument("--step-graphs-ab", action="store_true",
                    help="paired rows also time the plain, cached (and online) steps with train.cuda_graphs off, "
                         "interleaved with the rest (eager_* figures)")
