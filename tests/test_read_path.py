@@ -462,6 +462,10 @@ def test_cache_verdicts_miss_by_any_margin_and_when_not_measured(tmp_path, capsy
     step["cached"][-1]["step_ms"] = 1000.0 / 1.4 + 0.01  # int5 8192 cold: online / cached 1.39998
     assert list(verdicts.verdicts(step)["targets"].values())[1] == "missed"
 
+    (tmp_path / "step.json").write_text(json.dumps(_hand_made_step(pairs={})))  # no pair timed: one line, no file
+    with pytest.raises(SystemExit, match=r"expected a bench/cached_step.py step.json .* got no pairs in .*step.json"):
+        verdicts.main(tmp_path / "step.json")
+    assert not (tmp_path / "verdicts.json").exists()
     (tmp_path / "step.json").write_text(json.dumps(_hand_made_step()))
     verdicts.main(tmp_path / "step.json")
     assert json.loads((tmp_path / "verdicts.json").read_text())["targets"] == v["targets"]
