@@ -253,9 +253,10 @@ def tables(v: dict) -> str:
 
 def main(path: Path, graphs: bool = False, hold0: bool = False, hostcopy: bool = False, eager: bool = False) -> dict:
     step = json.loads(path.read_text())
-    if not any("plain" in p for p in step.get("pairs", {}).values()):  # an A/B record (loader_cost, ...), not a call's
-        raise SystemExit(f"cache_verdicts: expected a bench/cached_step.py step.json with a pair's plain row, got "
-                         f"{'no pairs' if not step.get('pairs') else 'no plain row'} in {path}")
+    pairs = step.get("pairs") or {}
+    if "plain" not in next(iter(pairs.values()), {}):  # what verdicts() reads; an A/B record (loader_cost, ...) lacks it
+        raise SystemExit(f"cache_verdicts: expected a bench/cached_step.py step.json whose first pair has a plain row, "
+                         f"got {'no pairs' if not pairs else 'none in ' + next(iter(pairs))} in {path}")
     variant, name = ((graphs_variant, "verdicts_graphs.json") if graphs else (hold0_variant, "verdicts_hold0.json")
                      if hold0 else (hostcopy_variant, "verdicts_hostcopy.json") if hostcopy
                      else (eager_variant, "verdicts_eager.json") if eager
