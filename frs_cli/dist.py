@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import signal
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -68,6 +70,7 @@ def setup(device: str | None = None) -> DistContext:
     ``device``: "cpu", "cuda", "cuda:N" or None (CUDA when available), checked by ``check_device``. On CUDA each
     process uses GPU LOCAL_RANK (0 without torchrun) unless "cuda:N" names one. NCCL on CUDA, gloo on CPU.
     """
+    ignore_closed_pipes()
     wanted = check_device(device)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -83,6 +86,15 @@ def setup(device: str | None = None) -> DistContext:
         torch_dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world_size,
                                       device_id=dev if use_cuda else None)
     return DistContext(rank, world_size, local_rank, dev, local_world_size)
+
+
+def ignore_closed_pipes() -> None:
+    """Make a write to a closed pipe or socket an error this process meets (EPIPE), as Python starts, not the end of
+    it. frs's ``main`` lets SIGPIPE end a command that only prints (``frs models | head -1``) as it ends other tools;
+    a job talks to other processes over sockets and pipes (the process group's transport and store, loader workers,
+    writer processes), and a peer that died must be a failure it reports, not its own silent death by signal 13."""
+    if hasattr(signal, "SIGPIPE") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
 
 @contextlib.contextmanager
