@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import signal
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -14,6 +12,7 @@ import torch
 import torch.distributed as torch_dist
 
 from frs_cli.errors import ConfigError, FrsError, mark_job_stopped
+from frs_cli.signals import ignore_closed_pipes
 
 
 @dataclass(frozen=True)
@@ -86,15 +85,6 @@ def setup(device: str | None = None) -> DistContext:
         torch_dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world_size,
                                       device_id=dev if use_cuda else None)
     return DistContext(rank, world_size, local_rank, dev, local_world_size)
-
-
-def ignore_closed_pipes() -> None:
-    """Make a write to a closed pipe or socket an error this process meets (EPIPE), as Python starts, not the end of
-    it. frs's ``main`` lets SIGPIPE end a command that only prints (``frs models | head -1``) as it ends other tools;
-    a job talks to other processes over sockets and pipes (the process group's transport and store, loader workers,
-    writer processes), and a peer that died must be a failure it reports, not its own silent death by signal 13."""
-    if hasattr(signal, "SIGPIPE") and threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
 
 
 @contextlib.contextmanager

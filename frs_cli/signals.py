@@ -91,3 +91,13 @@ def sigterm_spared_while(failing: Callable[[BaseException], bool]):
         yield
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def ignore_closed_pipes() -> None:
+    """Make a write to a closed pipe or socket an error this process meets (EPIPE), as Python starts, not the end of
+    it. frs's ``main`` lets SIGPIPE end a command that only prints (``frs models | head -1``) as it ends other tools;
+    a job talks to other processes over sockets and pipes (the process group's transport and store, loader workers,
+    writer processes), as a remote cache's reader talks to its server, and a peer that died or closed the
+    connection must be a failure it reports or retries, not its own silent death by signal 13."""
+    if hasattr(signal, "SIGPIPE") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)

@@ -485,7 +485,7 @@ def test_only_a_collectives_failure_counts_as_a_lost_peer(monkeypatch):
 
 
 # A process as frs's main() leaves it (SIGPIPE's default action: a closed pipe ends a command that only prints), then
-# a job's setup, then a write to a socket whose other end is gone, as a collective meets a peer that was killed.
+# a job's setup or a remote cache opened, then a write to a socket whose other end is gone, as a collective meets a peer that was killed.
 WRITE_TO_A_GONE_PEER = """
 import signal, socket, sys
 from frs_cli import dist
@@ -493,6 +493,9 @@ from frs_cli import dist
 signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 if sys.argv[1] == "setup":
     dist.setup("cpu")
+elif sys.argv[1] == "remote store":
+    from frs_cli.cache.store import open_group
+    open_group("memory://gone-peer.zarr", mode="w")
 ours, theirs = socket.socketpair()
 theirs.close()
 try:
@@ -506,11 +509,13 @@ except BrokenPipeError:
 @pytest.mark.skipif(not hasattr(__import__("signal"), "SIGPIPE"), reason="SIGPIPE is POSIX")
 def test_a_job_meets_a_gone_peer_as_an_error_it_can_report_not_a_death_by_sigpipe():
     """A job's setup makes a write to a closed socket or pipe an error (EPIPE) again: the process group's transport,
-    loader workers and writer processes meet a dead peer so, and the job says which process stopped. Before, a
+    loader workers and writer processes meet a dead peer so, and the job says which process stopped; so does opening
+    a cache at a URL (a server's closed connection: fsspec's to retry or report). Before, a
     two-process distill whose other process was killed could itself end by signal 13 with no line at all (seen in a
     test run: process 0 ``exitcode -13 (SIGPIPE)``). Without the setup, the same write still ends the process as
     frs's main() wants for a command that only prints."""
     ran = {how: subprocess.run([sys.executable, "-c", WRITE_TO_A_GONE_PEER, how], capture_output=True, text=True,
-                               timeout=120, env=ENV, check=False) for how in ("setup", "no setup")}
-    assert (ran["setup"].returncode, ran["setup"].stdout.strip()) == (0, "EPIPE"), ran["setup"].stderr[-2000:]
+                               timeout=120, env=ENV, check=False) for how in ("setup", "remote store", "no setup")}
+    for how in ("setup", "remote store"):
+        assert (ran[how].returncode, ran[how].stdout.strip()) == (0, "EPIPE"), (how, ran[how].stderr[-2000:])
     assert (ran["no setup"].returncode, ran["no setup"].stdout) == (-13, ""), ran["no setup"].stderr[-2000:]

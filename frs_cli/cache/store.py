@@ -13,6 +13,7 @@ import zarr
 
 from frs_cli.cache.schema import FORMAT_NAME, FORMAT_VERSION
 from frs_cli.errors import CacheFormatError, ConfigError
+from frs_cli.signals import ignore_closed_pipes
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
 
@@ -66,6 +67,7 @@ def open_group(path: str, mode: str = "r", storage_options: dict | None = None) 
     a folder not made yet is opened as its target, which a writing mode makes."""
     if is_url(path):
         _fsspec(path, None)  # a clear error when fsspec is missing
+        ignore_closed_pipes()  # a connection the server closed is an error fsspec retries or reports, not our end
     elif mode != "r" and os.path.islink(path) and not os.path.exists(path):
         path = os.path.realpath(path)
     return zarr.open_group(path, mode=mode, storage_options=url_options(path, storage_options))
