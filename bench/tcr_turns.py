@@ -8,8 +8,10 @@ Prints two tables:
 - every write in turn order: views/s and its ratio to pure inference (the teacher's eager autocast forward, as
   the issue's target reads it), the verdict (>= 0.9, a miss by any margin is missed), the steady rate's ratio
   (the second half of the hand-overs: the pace a long write settles to) and its verdict, the main thread's
-  waits (``stage_seconds``), and with ``--load`` (``bench/host_load.py --by-write``) the cores of the main
-  thread, the writer processes and the loader's workers over the write;
+  waits (``stage_seconds``), the cache's MB a view on disk and the peak of the host's unwritten page cache
+  over the write (``dirty_pages``, GB; "–" in results from before they were recorded), and with ``--load``
+  (``bench/host_load.py --by-write``) the cores of the main thread, the writer processes and the loader's
+  workers over the write;
 - per teacher, encoding, variant and writer count: the medians of both ratios, and how many writes met each.
 
 ``--out`` writes the same rows as JSON.
@@ -48,6 +50,7 @@ def writes(rates: dict, load: dict | None = None) -> list[dict]:
                     "over_inference": v["over_inference"], "met": v["met"],
                     "steady_over_inference": v["steady_over_inference"], "steady_met": v["steady_met"],
                     "stage_seconds": c.get("stage_seconds", {}), "loop_seconds": c.get("loop_seconds"),
+                    "mb_per_view": c.get("mb_per_view"), "dirty_peak_gb": (c.get("dirty_pages") or {}).get("peak_gb"),
                     "cores": {k: cores[k] for k in ("main_thread", "spawned", "forked") if k in cores}})
     return sorted(rows, key=lambda r: (r["teacher"], r["dtype"], r["turn"]))
 
@@ -69,6 +72,10 @@ def settings(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _maybe(x: float | None, digits: int = 2) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
 def _verdict(met: bool) -> str:
     return "met" if met else "missed"
 
@@ -88,11 +95,15 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"tcr_turns: expected a teacher_cache_rate.py result in {args.rates}, found no 'teachers'")
     rows = writes(rates, load)
     print(f"{rates.get('device', '?')}, {rates.get('date', '?')}: {args.rates}")
+    host = rates.get("host") or {}
+    if "dirty_ratio" in host:  # the kernel slows writers between the two limits (of the memory it may fill)
+        print(f"host: vm.dirty_background_ratio {host.get('dirty_background_ratio')}, vm.dirty_ratio "
+              f"{host['dirty_ratio']}, {_maybe(host.get('mem_available_gb'), 1)} GB available at the start")
     print()
     print(f"| teacher | dtype | turn | variant | writers | views | views/s | / inference (>= {TARGET}) | verdict "
-          "| steady / inference | verdict | loader wait s | writer wait s | GPU wait s | loop s "
-          "| cores: main thread, writers, loader |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| steady / inference | verdict | loader wait s | writer wait s | GPU wait s | loop s | MB a view "
+          "| dirty peak GB | cores: main thread, writers, loader |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         st, c = r["stage_seconds"], r["cores"]
         steady = r["steady_over_inference"]
@@ -102,7 +113,8 @@ def main(argv: list[str] | None = None) -> None:
               f"| {r['views_s']:.1f} | {r['over_inference']:.2f} | {_verdict(r['met'])} "
               f"| {'–' if steady is None else f'{steady:.2f}'} | {_verdict(r['steady_met'])} "
               f"| {st.get('loader_wait', 0):.2f} | {st.get('backpressure', 0):.2f} "
-              f"| {'–' if gpu is None else f'{gpu:.2f}'} | {r['loop_seconds']:.2f} | {cores} |")
+              f"| {'–' if gpu is None else f'{gpu:.2f}'} | {r['loop_seconds']:.2f} | {_maybe(r['mb_per_view'])} "
+              f"| {_maybe(r['dirty_peak_gb'], 1)} | {cores} |")
     print()
     print("| teacher | dtype | variant | writers | turns | median / inference | met | median steady / inference "
           "| steady met |")

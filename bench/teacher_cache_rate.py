@@ -11,7 +11,11 @@ Same teacher (random weights), same images, same precision (bf16 autocast on CUD
     conversions, host syncs) and, on CUDA, what the profiler sees per batch (kernel and graph launches,
     NCHW<->NHWC kernels, synchronising calls);
   - per encoding and variant: ``frs teacher-cache``'s views/s in its write loop over the same images (both
-    views), and its ratio to both inference rates.
+    views), and its ratio to both inference rates; the cache's MB a view on disk (``mb_per_view``) and, on Linux,
+    the host's unwritten page cache over the write (``dirty_pages``: ``Dirty`` and ``Writeback`` of
+    /proc/meminfo at its start, end and peak, in GB), beside the host's limits for it (``host``: the vm.dirty_*
+    settings and the memory available at the start): a write that outgrows those limits is slowed by the kernel
+    to the disk's pace.
 All images are landscape (1333x1000, padded 800x1088 at min 800 / max 1333; at most 16 distinct, the rest copies):
 one bucket, so one batch shape.
 Every figure goes to --out as JSON as soon as it exists. On one H200 (about 4 minutes):
@@ -30,13 +34,89 @@ import json
 import math
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
+from typing import Self
 
 ARCH = {"r50v2": "retinanet_resnet50_fpn_v2", "x101": "retinanet_resnext101_32x8d_fpn",
         "small": "retinanet_small_fpn", "tiny": "retinanet_tiny_fpn"}
 SYNCS = {"_local_scalar_dense", "item", "nonzero", "is_nonzero", "equal", "allclose"}  # ops that wait for the device
 CUDA_SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy ", "cudaMemcpy\0")
+
+
+MEMINFO = Path("/proc/meminfo")
+VM = Path("/proc/sys/vm")
+
+
+def meminfo_gb(*keys: str) -> dict[str, float] | None:
+    """``keys`` of /proc/meminfo in GB (decimal); None where there is no /proc/meminfo (not Linux)."""
+    try:
+        text = MEMINFO.read_text()
+    except OSError:
+        return None
+    found = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        if name in keys:
+            found[name] = int(rest.split()[0]) * 1024 / 1e9  # kB
+    return found
+
+
+def host_limits() -> dict:
+    """The kernel's limits for unwritten page cache (vm.dirty_*) and the memory available now, where readable."""
+    out = {}
+    for name in ("dirty_ratio", "dirty_background_ratio", "dirty_bytes", "dirty_background_bytes"):
+        try:
+            out[name] = int((VM / name).read_text())
+        except (OSError, ValueError):
+            pass
+    mem = meminfo_gb("MemTotal", "MemAvailable")
+    if mem:
+        out.update({"mem_total_gb": mem.get("MemTotal"), "mem_available_gb": mem.get("MemAvailable")})
+    return out
+
+
+class DirtyPages:
+    """Samples /proc/meminfo's ``Dirty`` and ``Writeback`` every ``period`` seconds while a write runs (a thread):
+    the page cache the write left for the kernel to write, against the limits where the kernel slows writers."""
+
+    def __init__(self, period: float = 0.05):
+        self.period, self.samples = period, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> None:
+        mem = meminfo_gb("Dirty", "Writeback")
+        if mem and "Dirty" in mem:
+            self.samples.append((mem["Dirty"], mem.get("Writeback", 0.0)))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            self._sample()
+
+    def __enter__(self) -> Self:
+        self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def figures(self) -> dict | None:
+        """GB at the start, the end and the peak (Dirty; Dirty + Writeback); None without /proc/meminfo."""
+        if not self.samples:
+            return None
+        return {"start_gb": self.samples[0][0], "end_gb": self.samples[-1][0],
+                "peak_gb": max(d for d, _ in self.samples),
+                "peak_with_writeback_gb": max(d + w for d, w in self.samples), "samples": len(self.samples)}
+
+
+def tree_bytes(path: Path) -> int:
+    """Bytes of the files under ``path``."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 class Timeline:
@@ -330,6 +410,7 @@ def main() -> None:
     coco = CocoViews.from_config(recipe0.data, "train", recipe0.geometry)
     res["padded_sizes"] = sorted({str(coco.geometry_of(i, "orig").padded_size) for i in range(len(coco))})
     res["views"] = 2 * len(coco)
+    res["host"] = host_limits()
     batches = view_batches(coco, args.batch, dev)
     for tname in args.teachers.split(","):
         row = res["teachers"][tname] = measure_teacher(tname, args, dev, batches, res)
@@ -356,8 +437,9 @@ def main() -> None:
                 path = args.work / f"{tname}_{dtype}_{key}.zarr"
                 timeline = Timeline()
                 started = time.time()
-                s = write_teacher_cache(recipe, str(path), ctx=ctx, pass_options=options, write_processes=procs,
-                                        progress=timeline)
+                with DirtyPages() as dirty:
+                    s = write_teacher_cache(recipe, str(path), ctx=ctx, pass_options=options, write_processes=procs,
+                                            progress=timeline)
                 steady = timeline.steady_views_s()
                 row.setdefault("caches", {}).setdefault(dtype, {})[key] = {
                     "views_s": s.views_per_second, "over_inference": s.views_per_second / row["inference_img_s"],
@@ -366,7 +448,8 @@ def main() -> None:
                     "loop_seconds": s.seconds, "stage_seconds": s.stage_seconds,
                     "steady_views_s": steady, "steady_over_inference": steady / row["inference_img_s"],
                     "drain_seconds": timeline.drain_seconds(), "first_handovers_s": timeline.first_handovers(),
-                    "wall": [started, time.time()]}
+                    "wall": [started, time.time()], "dirty_pages": dirty.figures(),
+                    "mb_per_view": tree_bytes(path) / 1e6 / max(1, s.views_written)}
                 shutil.rmtree(path)
                 save()
                 print(tname, dtype, key, f"{s.views_per_second:.1f} views/s, "

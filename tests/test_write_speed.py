@@ -9,6 +9,7 @@ import json
 import os
 import runpy
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -189,6 +190,31 @@ def test_bench_tiny_mode_writes_rates_ratios_and_op_counts(tmp_path, monkeypatch
             "over_inference": c["over_inference"], "met": c["over_inference"] >= 0.9,
             "steady_over_inference": c["steady_over_inference"], "steady_met": c["steady_over_inference"] >= 0.9}
         assert c["write_processes"] == 0  # the recipe's, resolved (the tiny mode writes in threads)
+        assert 0 < c["mb_per_view"] < 1  # the cache's files over its 4 views, measured before it is removed
+        d = c["dirty_pages"]  # the host's unwritten page cache, sampled over the write (Linux: /proc/meminfo)
+        assert d["samples"] >= 2 and d["peak_gb"] >= max(d["start_gb"], d["end_gb"]) >= 0
+        assert d["peak_with_writeback_gb"] >= d["peak_gb"]
+    assert res["host"]["dirty_ratio"] > 0 and res["host"]["mem_available_gb"] > 0  # the limits the kernel keeps
+
+
+def test_dirty_pages_reads_meminfo_in_decimal_gb(tmp_path):
+    bench = runpy.run_path(str(ROOT / "bench" / "teacher_cache_rate.py"))
+    fake = tmp_path / "meminfo"
+    fake.write_text("MemTotal:       131072000 kB\nMemAvailable:   121437500 kB\nDirty:          12402880 kB\n"
+                    "Writeback:        500000 kB\n")
+    module = bench["meminfo_gb"].__globals__  # the functions' globals (run_path returns a copy of them)
+    module["MEMINFO"] = fake
+    assert bench["meminfo_gb"]("Dirty", "MemTotal") == {"MemTotal": pytest.approx(134.217728),
+                                                       "Dirty": pytest.approx(12.70054912)}
+    with bench["DirtyPages"](period=0.01) as dirty:
+        time.sleep(0.05)
+    f = dirty.figures()
+    assert f["samples"] >= 2 and f["start_gb"] == f["end_gb"] == f["peak_gb"] == pytest.approx(12.70054912)
+    assert f["peak_with_writeback_gb"] == pytest.approx(12.70054912 + 0.512)
+    module["MEMINFO"] = tmp_path / "absent"  # not Linux: no figures, and the bench goes on
+    with bench["DirtyPages"](period=0.01) as dirty:
+        pass
+    assert dirty.figures() is None and bench["meminfo_gb"]("Dirty") is None
 
 
 
@@ -266,8 +292,11 @@ def test_tcr_turns_gives_each_write_its_verdicts_and_each_setting_its_medians(tm
                 "steady_over_inference": steady / 400, "loop_seconds": 7.0,
                 "stage_seconds": {"loader_wait": 0.1, "backpressure": 0.5, "gpu_wait": gpu}}
     rates = {"device": "H", "date": "d", "teachers": {"r50v2": {"caches": {"int8": {
-        "graphs_w8_0": write(380.0, 372.0, 8, 4.0), "bf16_cl_w8_1": write(340.0, 380.0, 8, 1.0),
-        "bf16_cl_w8_2": write(300.0, 350.0, 8, 1.0), "graphs_w8_3": write(360.0, 368.0, 8, 4.0)}}}}}
+        "graphs_w8_0": {**write(380.0, 372.0, 8, 4.0), "mb_per_view": 4.68,
+                        "dirty_pages": {"start_gb": 0.04, "end_gb": 12.1, "peak_gb": 18.73}},
+        "bf16_cl_w8_1": write(340.0, 380.0, 8, 1.0),
+        "bf16_cl_w8_2": write(300.0, 350.0, 8, 1.0), "graphs_w8_3": write(360.0, 368.0, 8, 4.0)}}}},
+        "host": {"dirty_ratio": 20, "dirty_background_ratio": 10, "mem_available_gb": 124.36}}
     load = {"by_write": {"r50v2/int8/graphs_w8_0": {"mean_cores": {"main_thread": 0.35, "spawned": 4.0, "forked": 2.5}}}}
     (tmp_path / "tcr.json").write_text(json.dumps(rates))
     (tmp_path / "load.json").write_text(json.dumps(load))
@@ -284,7 +313,11 @@ def test_tcr_turns_gives_each_write_its_verdicts_and_each_setting_its_medians(tm
     assert eager["steady_met"] == 1  # 0.95 met, 0.875 missed
     printed = capsys.readouterr().out
     assert "| r50v2 | int8 | 0 | graphs | 8 | 2560 | 380.0 | 0.95 | met | 0.93 | met | 0.10 | 0.50 | 4.00 | 7.00 " \
-           "| 0.35, 4.00, 2.50 |" in printed
+           "| 4.68 | 18.7 | 0.35, 4.00, 2.50 |" in printed  # MB a view, the dirty page cache's peak
+    assert "| r50v2 | int8 | 1 | bf16_cl | 8 | 2560 | 340.0 | 0.85 | missed | 0.95 | met | 0.10 | 0.50 | 1.00 | 7.00 " \
+           "| – | – | – |" in printed  # a write without them: results from before they were recorded
+    assert "host: vm.dirty_background_ratio 10, vm.dirty_ratio 20, 124.4 GB available at the start" in printed
+    assert out["writes"][0]["mb_per_view"] == 4.68 and out["writes"][0]["dirty_peak_gb"] == 18.73
     assert "| r50v2 | int8 | bf16_cl | 8 | 1, 2 | 0.80 | 0 of 2 | 0.91 | 1 of 2 |" in printed
     with pytest.raises(SystemExit, match="expected a teacher_cache_rate.py result"):
         main([str(tmp_path / "load.json")])
