@@ -90,7 +90,9 @@ convert_cmd.register(convert_app)
 
 def main() -> None:
     # a closed pipe ends frs as it ends other command-line tools (status 141 in the shell, no message): `frs
-    # models | head -1` is not a failure of frs (Python's own handling made it exit 1, as for bad input)
+    # models | head -1` is not a failure of frs (Python's own handling made it exit 1, as for bad input). A job's
+    # setup and a cache opened at a URL ignore SIGPIPE again (frs_cli.signals.ignore_closed_pipes): there a closed
+    # socket or pipe is a peer gone, an error to report
     if hasattr(signal, "SIGPIPE"):
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     app()
