@@ -11,7 +11,8 @@ Same teacher (random weights), same images, same precision (bf16 autocast on CUD
     conversions, host syncs) and, on CUDA, what the profiler sees per batch (kernel and graph launches,
     NCHW<->NHWC kernels, synchronising calls);
   - per encoding and variant: ``frs teacher-cache``'s views/s in its write loop over the same images (both
-    views), and its ratio to both inference rates; the cache's MB a view on disk (``mb_per_view``) and, on Linux,
+    views), and its ratio to both inference rates; the cache's MB a view in its store (``mb_per_view``, the
+    bytes that grow with the views, as ``bench/cached_step.py`` counts them) and, on Linux,
     the host's unwritten page cache over the write (``dirty_pages``: ``Dirty`` and ``Writeback`` of
     /proc/meminfo at its start, end and peak, in GB), beside the host's limits for it (``host``: the vm.dirty_*
     settings and the memory available at the start): a write that outgrows those limits is slowed by the kernel
@@ -112,11 +113,6 @@ class DirtyPages:
         return {"start_gb": self.samples[0][0], "end_gb": self.samples[-1][0],
                 "peak_gb": max(d for d, _ in self.samples),
                 "peak_with_writeback_gb": max(d + w for d, w in self.samples), "samples": len(self.samples)}
-
-
-def tree_bytes(path: Path) -> int:
-    """Bytes of the files under ``path``."""
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 class Timeline:
@@ -375,6 +371,7 @@ def main() -> None:
     import torch
 
     import frs_cli
+    from frs_cli.cache.reader import TeacherCache
     from frs_cli.cache.writer import write_teacher_cache
     from frs_cli.config import recipe_from_dict
     from frs_cli.data.coco import CocoViews
@@ -449,7 +446,8 @@ def main() -> None:
                     "steady_views_s": steady, "steady_over_inference": steady / row["inference_img_s"],
                     "drain_seconds": timeline.drain_seconds(), "first_handovers_s": timeline.first_handovers(),
                     "wall": [started, time.time()], "dirty_pages": dirty.figures(),
-                    "mb_per_view": tree_bytes(path) / 1e6 / max(1, s.views_written)}
+                    # as cached_step.py and speed.py measure it: the bytes that grow with the views
+                    "mb_per_view": TeacherCache(str(path)).nbytes_stored()["views"] / 1e6 / max(1, s.views_written)}
                 shutil.rmtree(path)
                 save()
                 print(tname, dtype, key, f"{s.views_per_second:.1f} views/s, "

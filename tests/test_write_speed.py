@@ -190,7 +190,7 @@ def test_bench_tiny_mode_writes_rates_ratios_and_op_counts(tmp_path, monkeypatch
             "over_inference": c["over_inference"], "met": c["over_inference"] >= 0.9,
             "steady_over_inference": c["steady_over_inference"], "steady_met": c["steady_over_inference"] >= 0.9}
         assert c["write_processes"] == 0  # the recipe's, resolved (the tiny mode writes in threads)
-        assert 0 < c["mb_per_view"] < 1  # the cache's files over its 4 views, measured before it is removed
+        assert 0 < c["mb_per_view"] < 1  # the bytes its 4 views take in the store, measured before it is removed
         d = c["dirty_pages"]  # the host's unwritten page cache, sampled over the write (Linux: /proc/meminfo)
         assert d["samples"] >= 2 and d["peak_gb"] >= max(d["start_gb"], d["end_gb"]) >= 0
         assert d["peak_with_writeback_gb"] >= d["peak_gb"]
