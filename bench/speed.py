@@ -3,7 +3,10 @@
 Measures, in one run on one card (random weights are fine for timing):
   - teacher inference (features + logits, no post-processing) vs ``frs teacher-cache`` throughput;
   - per teacher -> student pair: plain student step, online-FRS step, cached-FRS step (targets read from disk
-    through the real DataLoader), with the share of the step spent waiting for data;
+    through the real DataLoader), with the share of the step spent waiting for data. Steps run as ``frs distill``
+    runs them by default: batches of one canvas (``train.group_by_canvas``), each shape one replayed CUDA graph
+    (``train.cuda_graphs``), the next step launched before the last one ends; ``--no-trainer-steps``: mixed-canvas
+    batches, eager, one step at a time, as this bench timed them up to session 46. ``bench/cached_step.py`` measures the issue-13 step targets;
   - cache bytes per image, and the disk's sequential write bandwidth (the ceiling of teacher-cache there);
   - where teacher-cache's time goes (loader, device, writing), the image loader's rate alone, and the last
     encoding's teacher-cache rate into a memory-backed folder (--tmpfs), i.e. with the disk taken out.
@@ -241,6 +244,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--workers", type=int, default=10)
     p.add_argument("--dtypes", default="float16,int8,int5", help="cache encodings to write and read")
+    p.add_argument("--trainer-steps", action=argparse.BooleanOptionalAction, default=True,
+                   help="time the steps on one-canvas batches through StepGraphs, as the trainer runs them")
     p.add_argument("--tmpfs", type=Path, default=Path("/dev/shm") if Path("/dev/shm").is_dir() else None,
                    help="a memory-backed folder: the last encoding's cache is also written there (no disk)")
     args = p.parse_args()
@@ -250,10 +255,12 @@ def main() -> None:
     from frs_cli.cache.reader import TeacherCache
     from frs_cli.cache.writer import write_teacher_cache
     from frs_cli.config import recipe_from_dict
+    from frs_cli.data.canvas_batches import CanvasBatchSampler, view_canvases
     from frs_cli.data.coco import CocoViews, OriginalViews, ViewSampler, collate, collate_originals
     from frs_cli.data.synth import SynthConfig, generate, replicate
     from frs_cli.dist import setup
     from frs_cli.models import ModelConfig, build_detector
+    from frs_cli.train.step_graphs import StepGraphs
 
     ctx = setup()
     dev = ctx.device
@@ -282,6 +289,16 @@ def main() -> None:
         return torch.utils.data.DataLoader(dataset, batch_size=args.batch, sampler=sampler, num_workers=args.workers,
                                            collate_fn=collate, pin_memory=dev.type == "cuda", drop_last=True,
                                            prefetch_factor=4, persistent_workers=True)
+
+    def step_loader(dataset):
+        """The timed steps' batches: with --trainer-steps of one canvas each, as the trainer's sampler makes them."""
+        if not args.trainer_steps:
+            return loader(dataset)
+        sampler = ViewSampler(len(dataset), ("orig", "hflip"), shuffle=True, seed=0)
+        batches = CanvasBatchSampler(sampler, args.batch, view_canvases(coco, ("orig", "hflip")))
+        return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=args.workers,
+                                           collate_fn=collate, pin_memory=dev.type == "cuda", prefetch_factor=4,
+                                           persistent_workers=True)
 
     # what the image pipeline alone delivers (the writer's loader: decode, resize, flip, batch), no GPU
     images_only = loader(coco, shuffle=False)
@@ -370,11 +387,19 @@ def main() -> None:
             student = build_detector(recipe.student, 5)
             store = TeacherCache(path) if mode.startswith("cached") else None
             obj, ds = step_objective(mode, student, recipe, coco, 5, store)
-            it = iter(loader(ds))  # one loader, long enough for every step: no worker restarts in the timing
-            assert args.steps + 3 <= len(coco) // args.batch, "--steps + 3 batches must fit in one pass over --images"
-            steps, waits, batch = timed_steps(obj, it, dev, amp, 3, args.steps)
+            steps_loader = step_loader(ds)  # one loader, long enough for every step: no worker restarts in the timing
+            # with one-canvas batches a shape's first step captures its graph: the warm-up also covers one step of
+            # each canvas, so that (in a shuffled order) most captures fall before the timed steps
+            warmup = 3 + (len(res["padded_sizes"]) if args.trainer_steps else 0)
+            assert warmup + args.steps <= len(steps_loader), (
+                f"--steps + {warmup} warm-up batches must fit in one pass over --images ({len(steps_loader)} batches)")
+            graphs = StepGraphs(obj.to(dev), capture=dev.type == "cuda") if args.trainer_steps else None
+            steps, waits, batch = timed_steps(obj, iter(steps_loader), dev, amp, warmup, args.steps, graphs=graphs,
+                                        ahead=args.trainer_steps)
             row[mode] = {"step_ms": 1000 * median(steps), "data_wait_share": sum(waits) / sum(steps),
-                         "data_wait_share_median": median([w / t for w, t in zip(waits, steps)])}
+                         "data_wait_share_median": median([w / t for w, t in zip(waits, steps)]),
+                         "warmup_steps": warmup,
+                         **({} if graphs is None else {"step_graphs_captured": graphs.captured})}
             if mode != "plain":  # the teacher side alone: the online forward, or decoding + the head on cached features
                 with torch.no_grad(), torch.autocast(**amp):
                     times = []
@@ -383,7 +408,7 @@ def main() -> None:
                         obj.teacher_side(batch, need_logits=True)
                         times.append(sync_time() - t0)
                 row[mode]["teacher_side_ms"] = 1000 * median(times[2:])
-            del obj, student
+            del obj, student, graphs, steps_loader
             torch.cuda.empty_cache()
         for d in dtypes:
             row[f"online_over_cached_{d}"] = row["online"]["step_ms"] / row[f"cached_{d}"]["step_ms"]
