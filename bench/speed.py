@@ -123,6 +123,23 @@ def feeder(batches, dev, prefetch: bool = True):
     return DevicePrefetcher(batches, dev) if prefetch else InStepCopies(batches, dev)
 
 
+def step_loader(dataset, coco, batch: int, workers: int, dev):
+    """A DataLoader over ``dataset`` (``coco``'s views, or cached views of them) whose batches are as the trainer's
+    sampler makes them by default (``train.group_by_canvas``): each view once per epoch, flipped at random, in batches
+    of one canvas. The loader's workers persist and prefetch 4 batches each (``workers`` > 0)."""
+    import torch
+
+    from frs_cli.data.canvas_batches import CanvasBatchSampler, view_canvases
+    from frs_cli.data.coco import ViewSampler, collate
+
+    views = ("orig", "hflip")
+    sampler = ViewSampler(len(dataset), views, shuffle=True, seed=0)
+    batches = CanvasBatchSampler(sampler, batch, view_canvases(coco, views))
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
+                                       pin_memory=dev.type == "cuda", prefetch_factor=4 if workers else None,
+                                       persistent_workers=workers > 0)
+
+
 def timed_steps(obj, batches, dev, amp: dict, warmup: int, steps: int, opt=None, ahead: bool = False,
                 phases: dict[str, list[float]] | None = None, graphs=None):
     """Train ``obj`` (SGD; ``opt``, else a new ``sgd(obj)``) on ``warmup + steps`` batches of the iterator
@@ -255,7 +272,6 @@ def main() -> None:
     from frs_cli.cache.reader import TeacherCache
     from frs_cli.cache.writer import write_teacher_cache
     from frs_cli.config import recipe_from_dict
-    from frs_cli.data.canvas_batches import CanvasBatchSampler, view_canvases
     from frs_cli.data.coco import CocoViews, OriginalViews, ViewSampler, collate, collate_originals
     from frs_cli.data.synth import SynthConfig, generate, replicate
     from frs_cli.dist import setup
@@ -289,16 +305,6 @@ def main() -> None:
         return torch.utils.data.DataLoader(dataset, batch_size=args.batch, sampler=sampler, num_workers=args.workers,
                                            collate_fn=collate, pin_memory=dev.type == "cuda", drop_last=True,
                                            prefetch_factor=4, persistent_workers=True)
-
-    def step_loader(dataset):
-        """The timed steps' batches: with --trainer-steps of one canvas each, as the trainer's sampler makes them."""
-        if not args.trainer_steps:
-            return loader(dataset)
-        sampler = ViewSampler(len(dataset), ("orig", "hflip"), shuffle=True, seed=0)
-        batches = CanvasBatchSampler(sampler, args.batch, view_canvases(coco, ("orig", "hflip")))
-        return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=args.workers,
-                                           collate_fn=collate, pin_memory=dev.type == "cuda", prefetch_factor=4,
-                                           persistent_workers=True)
 
     # what the image pipeline alone delivers (the writer's loader: decode, resize, flip, batch), no GPU
     images_only = loader(coco, shuffle=False)
@@ -387,7 +393,8 @@ def main() -> None:
             student = build_detector(recipe.student, 5)
             store = TeacherCache(path) if mode.startswith("cached") else None
             obj, ds = step_objective(mode, student, recipe, coco, 5, store)
-            steps_loader = step_loader(ds)  # one loader, long enough for every step: no worker restarts in the timing
+            steps_loader = (step_loader(ds, coco, args.batch, args.workers, dev) if args.trainer_steps
+                            else loader(ds))  # one loader, long enough for every step: no worker restarts in the timing
             # with one-canvas batches a shape's first step captures its graph: the warm-up also covers one step of
             # each canvas, so that (in a shuffled order) most captures fall before the timed steps
             warmup = 3 + (len(res["padded_sizes"]) if args.trainer_steps else 0)

@@ -760,3 +760,24 @@ def test_cached_step_runs_each_step_through_the_step_graphs_and_step_graphs_ab_t
     verdicts = _bench("cache_verdicts")
     v = verdicts.main(tmp_path / "out" / "step.json", eager=True)
     assert (tmp_path / "out" / "verdicts_eager.json").is_file() and "every step eager" in v["variant"]
+
+
+def test_speed_bench_times_its_steps_on_batches_of_one_canvas_as_the_trainer_makes_them(jitter_root):
+    """``bench/speed.py``'s step rows (the issue-13 command) read batches as ``frs distill`` does by default: each
+    batch of one canvas but one cut from the epoch's leftovers, its images tensor that canvas, each image once."""
+    from frs_cli.data.coco import CocoIndex, CocoViews
+    from frs_cli.data.geometry import GeometryConfig
+
+    coco = CocoViews(CocoIndex(jitter_root / "annotations" / "instances_train.json"), jitter_root / "train",
+                     GeometryConfig(min_size=48, max_size=64, size_divisible=16))
+    canvases = {coco.geometry_of(i, "orig").padded_size for i in range(len(coco))}
+    assert len(canvases) == 3  # the set mixes three canvases: a mixed batch would show
+    batches = list(_bench("speed").step_loader(coco, coco, 2, 0, torch.device("cpu")))
+    assert len(batches) == len(coco) // 2
+    one_canvas = [b for b in batches if len({g.padded_size for g in b.geometries}) == 1]
+    # only the epoch's leftovers (at most one view of each canvas, so one batch of two) may mix canvases
+    assert len(one_canvas) >= len(batches) - 1
+    for batch in one_canvas:
+        assert batch.geometries[0].padded_size == tuple(batch.images.shape[-2:])
+    ids = [i for b in batches for i in b.image_ids]
+    assert len(ids) == len(set(ids))  # one view of each image an epoch
