@@ -123,21 +123,23 @@ def feeder(batches, dev, prefetch: bool = True):
     return DevicePrefetcher(batches, dev) if prefetch else InStepCopies(batches, dev)
 
 
-def step_loader(dataset, coco, batch: int, workers: int, dev):
-    """A DataLoader over ``dataset`` (``coco``'s views, or cached views of them) whose batches are as the trainer's
-    sampler makes them by default (``train.group_by_canvas``): each view once per epoch, flipped at random, in batches
-    of one canvas. The loader's workers persist and prefetch 4 batches each (``workers`` > 0)."""
+def step_loader(dataset, coco, batch: int, workers: int, dev, count: int):
+    """A DataLoader of at least ``count`` batches over ``dataset`` (``coco``'s views, or cached views of them), made as
+    the trainer makes them by default (``train.group_by_canvas``): each image once per epoch in a view drawn at
+    random, in batches of one canvas, as many epochs as ``count`` needs in one stream (``RunBatches``), so its workers
+    (prefetching 4 batches each) never restart."""
     import torch
 
-    from frs_cli.data.canvas_batches import CanvasBatchSampler, view_canvases
+    from frs_cli.data.canvas_batches import CanvasBatchSampler, RunBatches, view_canvases
     from frs_cli.data.coco import ViewSampler, collate
 
     views = ("orig", "hflip")
-    sampler = ViewSampler(len(dataset), views, shuffle=True, seed=0)
-    batches = CanvasBatchSampler(sampler, batch, view_canvases(coco, views))
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
-                                       pin_memory=dev.type == "cuda", prefetch_factor=4 if workers else None,
-                                       persistent_workers=workers > 0)
+    batches = CanvasBatchSampler(ViewSampler(len(dataset), views, shuffle=True, seed=0), batch,
+                                 view_canvases(coco, views))
+    epochs = -(-count // max(1, len(batches)))
+    return torch.utils.data.DataLoader(dataset, batch_sampler=RunBatches(batches, 0, 0, epochs), num_workers=workers,
+                                       collate_fn=collate, pin_memory=dev.type == "cuda",
+                                       prefetch_factor=4 if workers else None, persistent_workers=workers > 0)
 
 
 def timed_steps(obj, batches, dev, amp: dict, warmup: int, steps: int, opt=None, ahead: bool = False,
@@ -393,13 +395,14 @@ def main() -> None:
             student = build_detector(recipe.student, 5)
             store = TeacherCache(path) if mode.startswith("cached") else None
             obj, ds = step_objective(mode, student, recipe, coco, 5, store)
-            steps_loader = (step_loader(ds, coco, args.batch, args.workers, dev) if args.trainer_steps
-                            else loader(ds))  # one loader, long enough for every step: no worker restarts in the timing
             # with one-canvas batches a shape's first step captures its graph: the warm-up also covers one step of
             # each canvas, so that (in a shuffled order) most captures fall before the timed steps
             warmup = 3 + (len(res["padded_sizes"]) if args.trainer_steps else 0)
-            assert warmup + args.steps <= len(steps_loader), (
-                f"--steps + {warmup} warm-up batches must fit in one pass over --images ({len(steps_loader)} batches)")
+            if args.trainer_steps:  # one loader, long enough for every step: no worker restarts in the timing
+                steps_loader = step_loader(ds, coco, args.batch, args.workers, dev, warmup + args.steps)
+            else:
+                steps_loader = loader(ds)
+                assert warmup + args.steps <= len(steps_loader), "--steps + 3 batches must fit in one pass over --images"
             graphs = StepGraphs(obj.to(dev), capture=dev.type == "cuda") if args.trainer_steps else None
             steps, waits, batch = timed_steps(obj, iter(steps_loader), dev, amp, warmup, args.steps, graphs=graphs,
                                         ahead=args.trainer_steps)

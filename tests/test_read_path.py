@@ -764,7 +764,8 @@ def test_cached_step_runs_each_step_through_the_step_graphs_and_step_graphs_ab_t
 
 def test_speed_bench_times_its_steps_on_batches_of_one_canvas_as_the_trainer_makes_them(jitter_root):
     """``bench/speed.py``'s step rows (the issue-13 command) read batches as ``frs distill`` does by default: each
-    batch of one canvas but one cut from the epoch's leftovers, its images tensor that canvas, each image once."""
+    batch of one canvas but one cut from the epoch's leftovers, its images tensor that canvas, each image once an
+    epoch, and as many epochs in one stream as the warm-up and timed steps need (--repeat 1 holds fewer)."""
     from frs_cli.data.coco import CocoIndex, CocoViews
     from frs_cli.data.geometry import GeometryConfig
 
@@ -772,8 +773,9 @@ def test_speed_bench_times_its_steps_on_batches_of_one_canvas_as_the_trainer_mak
                      GeometryConfig(min_size=48, max_size=64, size_divisible=16))
     canvases = {coco.geometry_of(i, "orig").padded_size for i in range(len(coco))}
     assert len(canvases) == 3  # the set mixes three canvases: a mixed batch would show
-    batches = list(_bench("speed").step_loader(coco, coco, 2, 0, torch.device("cpu")))
-    assert len(batches) == len(coco) // 2
+    loader = _bench("speed").step_loader(coco, coco, 2, 0, torch.device("cpu"), len(coco) // 2 + 1)
+    assert len(loader) == 2 * (len(coco) // 2)  # more batches than one epoch holds: two epochs in one stream
+    batches = list(loader)[: len(coco) // 2]  # the first epoch
     one_canvas = [b for b in batches if len({g.padded_size for g in b.geometries}) == 1]
     # only the epoch's leftovers (at most one view of each canvas, so one batch of two) may mix canvases
     assert len(one_canvas) >= len(batches) - 1
