@@ -6,7 +6,8 @@ Measures, in one run on one card (random weights are fine for timing):
     through the real DataLoader), with the share of the step spent waiting for data. Steps run as ``frs distill``
     runs them by default: batches of one canvas (``train.group_by_canvas``), each shape one replayed CUDA graph
     (``train.cuda_graphs``), the next step launched before the last one ends; ``--no-trainer-steps``: mixed-canvas
-    batches, eager, one step at a time, as this bench timed them up to session 46. ``bench/cached_step.py`` measures the issue-13 step targets;
+    batches, eager, one step at a time, as this bench timed them up to session 46. ``bench/cached_step.py``
+    measures the issue-13 step targets;
   - cache bytes per image, and the disk's sequential write bandwidth (the ceiling of teacher-cache there);
   - where teacher-cache's time goes (loader, device, writing), the image loader's rate alone, and the last
     encoding's teacher-cache rate into a memory-backed folder (--tmpfs), i.e. with the disk taken out.
@@ -404,8 +405,8 @@ def main() -> None:
                 steps_loader = loader(ds)
                 assert warmup + args.steps <= len(steps_loader), "--steps + 3 batches must fit in one pass over --images"
             graphs = StepGraphs(obj.to(dev), capture=dev.type == "cuda") if args.trainer_steps else None
-            steps, waits, batch = timed_steps(obj, iter(steps_loader), dev, amp, warmup, args.steps, graphs=graphs,
-                                        ahead=args.trainer_steps)
+            steps, waits, batch = timed_steps(obj, iter(steps_loader), dev, amp, warmup, args.steps,
+                                              graphs=graphs, ahead=args.trainer_steps)
             row[mode] = {"step_ms": 1000 * median(steps), "data_wait_share": sum(waits) / sum(steps),
                          "data_wait_share_median": median([w / t for w, t in zip(waits, steps)]),
                          "warmup_steps": warmup,
