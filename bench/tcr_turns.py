@@ -111,9 +111,9 @@ def main(argv: list[str] | None = None) -> None:
         gpu = st.get("gpu_wait")
         print(f"| {r['teacher']} | {r['dtype']} | {r['turn']} | {r['variant']} | {r['writers']} | {r['views']} "
               f"| {r['views_s']:.1f} | {r['over_inference']:.2f} | {_verdict(r['met'])} "
-              f"| {'–' if steady is None else f'{steady:.2f}'} | {_verdict(r['steady_met'])} "
+              f"| {_maybe(steady)} | {_verdict(r['steady_met'])} "
               f"| {st.get('loader_wait', 0):.2f} | {st.get('backpressure', 0):.2f} "
-              f"| {'–' if gpu is None else f'{gpu:.2f}'} | {r['loop_seconds']:.2f} | {_maybe(r['mb_per_view'])} "
+              f"| {_maybe(gpu)} | {r['loop_seconds']:.2f} | {_maybe(r['mb_per_view'])} "
               f"| {_maybe(r['dirty_peak_gb'], 1)} | {cores} |")
     print()
     print("| teacher | dtype | variant | writers | turns | median / inference | met | median steady / inference "
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         steady = g["median_steady_over_inference"]
         print(f"| {g['teacher']} | {g['dtype']} | {g['variant']} | {g['writers']} | {', '.join(map(str, g['turns']))} "
               f"| {g['median_over_inference']:.2f} | {g['met']} of {g['writes']} "
-              f"| {'–' if steady is None else f'{steady:.2f}'} | {g['steady_met']} of {g['writes']} |")
+              f"| {_maybe(steady)} | {g['steady_met']} of {g['writes']} |")
     if args.out:
         args.out.write_text(json.dumps({"source": str(args.rates), "writes": rows, "settings": groups}, indent=1))
 
