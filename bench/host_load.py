@@ -27,6 +27,28 @@ from pathlib import Path
 
 ROLES = ("main_thread", "main_other", "spawned", "forked", "other_child", "kernel")
 TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+MEMINFO = Path("/proc/meminfo")
+
+
+def meminfo_kb(*keys: str) -> dict[str, int] | None:
+    """``keys`` of /proc/meminfo in kB, as the file gives them (in its order); None where there is no such file
+    (not Linux)."""
+    try:
+        text = MEMINFO.read_text()
+    except OSError:
+        return None
+    found = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        if name in keys:
+            found[name] = int(rest.split()[0])
+    return found
+
+
+def meminfo_gb(*keys: str) -> dict[str, float] | None:
+    """``keys`` of /proc/meminfo in GB (decimal); None where there is no /proc/meminfo (not Linux)."""
+    kb = meminfo_kb(*keys)
+    return None if kb is None else {name: value * 1024 / 1e9 for name, value in kb.items()}
 
 
 def _stat(path: str) -> tuple[int, int] | None:
@@ -88,12 +110,7 @@ def machine() -> tuple[list[int], dict[str, float]]:
     """The all-CPU line of /proc/stat (ticks) and Dirty / Writeback of /proc/meminfo (MB)."""
     with open("/proc/stat") as f:
         cpu = [int(x) for x in f.readline().split()[1:]]
-    mem = {}
-    with open("/proc/meminfo") as f:
-        for line in f:
-            key, value = line.split(":", 1)
-            if key in ("Dirty", "Writeback"):
-                mem[key.lower() + "_mb"] = int(value.split()[0]) / 1024
+    mem = {name.lower() + "_mb": kb / 1024 for name, kb in (meminfo_kb("Dirty", "Writeback") or {}).items()}
     return cpu, mem
 
 

@@ -35,10 +35,14 @@ import json
 import math
 import os
 import shutil
+import sys
 import threading
 import time
 from pathlib import Path
 from typing import Self
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from host_load import meminfo_gb
 
 ARCH = {"r50v2": "retinanet_resnet50_fpn_v2", "x101": "retinanet_resnext101_32x8d_fpn",
         "small": "retinanet_small_fpn", "tiny": "retinanet_tiny_fpn"}
@@ -46,22 +50,7 @@ SYNCS = {"_local_scalar_dense", "item", "nonzero", "is_nonzero", "equal", "allcl
 CUDA_SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy ", "cudaMemcpy\0")
 
 
-MEMINFO = Path("/proc/meminfo")
 VM = Path("/proc/sys/vm")
-
-
-def meminfo_gb(*keys: str) -> dict[str, float] | None:
-    """``keys`` of /proc/meminfo in GB (decimal); None where there is no /proc/meminfo (not Linux)."""
-    try:
-        text = MEMINFO.read_text()
-    except OSError:
-        return None
-    found = {}
-    for line in text.splitlines():
-        name, _, rest = line.partition(":")
-        if name in keys:
-            found[name] = int(rest.split()[0]) * 1024 / 1e9  # kB
-    return found
 
 
 def host_limits() -> dict:

@@ -197,13 +197,13 @@ def test_bench_tiny_mode_writes_rates_ratios_and_op_counts(tmp_path, monkeypatch
     assert res["host"]["dirty_ratio"] > 0 and res["host"]["mem_available_gb"] > 0  # the limits the kernel keeps
 
 
-def test_dirty_pages_reads_meminfo_in_decimal_gb(tmp_path):
+def test_dirty_pages_reads_meminfo_in_decimal_gb(tmp_path, monkeypatch):
     bench = runpy.run_path(str(ROOT / "bench" / "teacher_cache_rate.py"))
     fake = tmp_path / "meminfo"
     fake.write_text("MemTotal:       131072000 kB\nMemAvailable:   121437500 kB\nDirty:          12402880 kB\n"
                     "Writeback:        500000 kB\n")
-    module = bench["meminfo_gb"].__globals__  # the functions' globals (run_path returns a copy of them)
-    module["MEMINFO"] = fake
+    module = bench["meminfo_gb"].__globals__  # the globals of the module that reads /proc/meminfo (host_load's)
+    monkeypatch.setitem(module, "MEMINFO", fake)  # put back after the test: that module stays imported
     assert bench["meminfo_gb"]("Dirty", "MemTotal") == {"MemTotal": pytest.approx(134.217728),
                                                        "Dirty": pytest.approx(12.70054912)}
     with bench["DirtyPages"](period=0.01) as dirty:
@@ -211,7 +211,7 @@ def test_dirty_pages_reads_meminfo_in_decimal_gb(tmp_path):
     f = dirty.figures()
     assert f["samples"] >= 2 and f["start_gb"] == f["end_gb"] == f["peak_gb"] == pytest.approx(12.70054912)
     assert f["peak_with_writeback_gb"] == pytest.approx(12.70054912 + 0.512)
-    module["MEMINFO"] = tmp_path / "absent"  # not Linux: no figures, and the bench goes on
+    monkeypatch.setitem(module, "MEMINFO", tmp_path / "absent")  # not Linux: no figures, and the bench goes on
     with bench["DirtyPages"](period=0.01) as dirty:
         pass
     assert dirty.figures() is None and bench["meminfo_gb"]("Dirty") is None
