@@ -58,10 +58,16 @@ def file_fingerprint(index: CocoIndex) -> str:
     return h.hexdigest()[:16]
 
 
+def older_scheme(fingerprint) -> bool:
+    """Whether a stored fingerprint is of the scheme before the current one (16 hex, no ``kind:`` prefix): the
+    teacher's state dict, or the dataset's annotation file bytes (``file_fingerprint``)."""
+    return isinstance(fingerprint, str) and ":" not in fingerprint
+
+
 def comparable_dataset(stored: str | None, index: CocoIndex) -> str:
     """The dataset fingerprint of ``index`` to compare with a cache's ``stored`` one, in the stored one's scheme: the
     file's bytes for a cache written before 2026-12-07 (16 hex, no prefix), else ``dataset_fingerprint``."""
-    if isinstance(stored, str) and ":" not in stored:
+    if older_scheme(stored):
         return file_fingerprint(index)
     return dataset_fingerprint(index)
 
@@ -104,7 +110,7 @@ def cache_fingerprints(teacher_cfg: ModelConfig, teacher: Detector, index: CocoI
 def comparable_teacher(stored: str | None, cfg: ModelConfig, detector: Detector | None = None) -> str | None:
     """The fingerprint to compare with a cache's ``stored`` teacher fingerprint, in the stored one's scheme;
     None when ``cfg`` cannot tell without building the teacher (the cache's teacher then stands alone)."""
-    if stored is not None and ":" not in stored:  # a cache written before the weights were the identity
+    if older_scheme(stored):  # a cache written before the weights were the identity
         if detector is not None:
             return _state_fingerprint(detector)
         if cfg.weights and Path(cfg.weights).is_file() and not is_weights_enum(cfg.weights):
@@ -147,7 +153,7 @@ def what_differs(key: str, attrs: dict, expected: dict, teacher_cfg: ModelConfig
         info = attrs["dataset"]
         theirs = f"split {info.get('split')!r}: {info.get('num_images')} images of {info.get('annotation_file')}"
         names = [c["name"] for c in index.categories]
-        if ":" not in str(attrs.get("fingerprints", {}).get("dataset")):  # the file's bytes: any edit of it
+        if older_scheme(attrs.get("fingerprints", {}).get("dataset")):  # the file's bytes: any edit of it
             same_file = Path(str(info.get("annotation_file"))).resolve() == Path(index.path).resolve()
             what = " (the file was changed since)" if same_file else ""
         elif isinstance(info.get("category_names"), list) and info["category_names"] != names:
