@@ -35,6 +35,11 @@ SIZES = (128, 1024, 4096)  # the last one: at least this many views
 CACHE_TEACHERS, CACHE_DTYPES = ("r50v2", "x101"), ("int8", "int5")
 
 
+def need_mb_s(mb_per_view: float, batch: int, step_ms: float) -> float:
+    """The read rate, MB/s, that keeps a step of ``step_ms`` fed with ``batch`` views of ``mb_per_view`` MB each."""
+    return mb_per_view * batch / (step_ms / 1e3)
+
+
 def required_rows() -> list[tuple[str, int, str]]:
     """(dtype, size, page cache) rows the step and online targets need."""
     states = {"int8": ("warm", "cold"), "int5": ("warm", "cold"), "float16": ("warm",)}
@@ -185,7 +190,7 @@ def verdicts(step: dict) -> dict:
         if not rows:
             continue
         mb = rows[0]["mb_per_view"]
-        need = rows[0]["need_mb_s"] if batch is None else mb * int(batch) / (pace / 1e3)  # no batch: as recorded
+        need = rows[0]["need_mb_s"] if batch is None else need_mb_s(mb, int(batch), pace)  # no batch: as recorded
         bandwidth.append({"dtype": dtype, "mb_per_view": mb, "need_mb_s": need,
                           "plain_pace_ms": None if batch is None else pace,
                           "disk_read_mb_s": disk.get("mb_s"), "disk_read_cold": disk.get("cold"),

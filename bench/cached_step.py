@@ -46,6 +46,7 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cache_verdicts import need_mb_s
 from speed import ARCH, disk_write_mb_s, feeder, median, sgd, step_objective, sync_time, timed_steps
 
 SMOKE = {"pairs": "tiny-tiny", "sizes": "8,16", "dtypes": "float16,int5", "images": 4, "image_size": 64,
@@ -249,7 +250,7 @@ def run(args) -> dict:
         for size in sizes:
             for state in ("warm", "cold"):
                 row = {"pair": pairs[0], "dtype": dtype, "views": size, "page_cache": state, "mb_per_view": mb,
-                       "need_mb_s": mb * args.batch / (plain / 1e3), "workers": args.workers}
+                       "need_mb_s": need_mb_s(mb, args.batch, plain), "workers": args.workers}
                 if time.perf_counter() - t_start > args.budget_s:
                     row["skipped"] = f"time budget of {args.budget_s:.0f} s spent"
                     res["cached"].append(row)
