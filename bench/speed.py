@@ -128,19 +128,16 @@ def step_loader(dataset, coco, batch: int, workers: int, dev, count: int):
     """A DataLoader of at least ``count`` batches over ``dataset`` (``coco``'s views, or cached views of them), made as
     the trainer makes them by default (``train.group_by_canvas``): each image once per epoch in a view drawn at
     random, in batches of one canvas, as many epochs as ``count`` needs in one stream (``RunBatches``), so its workers
-    (prefetching 4 batches each) never restart."""
-    import torch
-
+    never restart; the DataLoader is the trainer's own (``make_loader``)."""
     from frs_cli.data.canvas_batches import CanvasBatchSampler, RunBatches, view_canvases
-    from frs_cli.data.coco import ViewSampler, collate
+    from frs_cli.data.coco import ViewSampler
+    from frs_cli.train.loop import make_loader
 
     views = ("orig", "hflip")
     batches = CanvasBatchSampler(ViewSampler(len(dataset), views, shuffle=True, seed=0), batch,
                                  view_canvases(coco, views))
     epochs = -(-count // max(1, len(batches)))
-    return torch.utils.data.DataLoader(dataset, batch_sampler=RunBatches(batches, 0, 0, epochs), num_workers=workers,
-                                       collate_fn=collate, pin_memory=dev.type == "cuda",
-                                       prefetch_factor=4 if workers else None, persistent_workers=workers > 0)
+    return make_loader(dataset, RunBatches(batches, 0, 0, epochs), workers, dev)
 
 
 def timed_steps(obj, batches, dev, amp: dict, warmup: int, steps: int, opt=None, ahead: bool = False,
