@@ -87,5 +87,6 @@ class CacheConfig:
 
 
 # at most this many writer processes for "auto": on one H200 with 16 host cores, 8 kept R50-FPN v2 int8 at
-# 0.94-0.96x its inference rate in the steady state, where 4 gave 0.70-0.86x (docs/BENCHMARKS.md, session 11)
+# 0.94-0.96x its inference rate in the steady state, where 4 gave 0.70-0.86x (docs/BENCHMARKS.md, session 11); on
+# an H100 with 16 cores, 12 and 16 made the whole write slower than 8 did (0.92 and 0.90x against 0.95x, session 48)
 AUTO_WRITERS_MAX = 8
