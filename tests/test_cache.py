@@ -301,6 +301,16 @@ def test_writer_processes_write_the_cache_the_writer_threads_write(synth_root, t
     assert all(t > 0 for t in end) and sum(end) <= procs.stage_seconds["backpressure"]
     assert [threads.stage_seconds[k] for k in ("last_writes", "join", "free")] == [0.0, 0.0, 0.0]
     assert (procs.write_processes, threads.write_processes) == (2, 0)  # what each ran, for the hint
+    # the bytes handed to the writers: every view's stored bytes but its checksums and done flag (a crc a level and
+    # array, one flag), whichever side wrote them; the rate the hint gives is theirs over the loop's seconds
+    from frs_cli.cache.encoding import FeatureEncoding
+    from frs_cli.cache.schema import make_plan, view_bytes
+
+    cache = TeacherCache(str(tmp_path / "procs.zarr"))
+    plan = make_plan(cache.dataset(), ("orig", "hflip"), [lv.stride for lv in cache.levels])
+    stored = int(view_bytes(plan, [lv.channels for lv in cache.levels], FeatureEncoding(dtype)).sum())
+    assert procs.bytes_written == threads.bytes_written == stored - 48 * (4 * 2 * len(cache.levels) + 1)
+    assert procs.mb_per_second == pytest.approx(procs.bytes_written / procs.seconds / 1e6)
 
 
 def test_the_main_threads_wait_for_batches_in_flight_is_the_gpus_only_when_they_wait_for_nothing_else():

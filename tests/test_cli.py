@@ -454,6 +454,20 @@ def test_teacher_cache_names_the_knob_when_the_loader_or_the_writers_held_it_bac
     result = run("teacher-cache", "--pipeline", recipe_path, "--out", out, "--device", "cpu",
                  "--set", "cache.write_processes=auto")
     assert "(--set cache.write_processes=N, now auto = 3)" in result.stdout, result.stdout
+    # a write that counted its bytes gives its rate, and the fewer bits a value a new cache could store
+    counted = replace(summary(0.0, 6.0), write_processes=3, bytes_written=17_760_000_000)
+    monkeypatch.setattr(writer, "write_teacher_cache", returning(counted))
+    fewer_bits = ", and a new cache with fewer bits a value writes less (cache.dtype "
+    for dtype, fewer in (("float16", fewer_bits + "int8 (8 bits a value) or int5 (5 bits a value), now float16: 16);"),
+                         ("int8", fewer_bits + "int5 (5 bits a value), now int8: 8);"),
+                         ("int5", ";")):
+        result = run("teacher-cache", "--pipeline", recipe_path, "--out", out, "--device", "cpu",
+                     "--set", f"cache.dtype={dtype}")
+        text = " ".join(result.stdout.split())  # the hint as one line, however the console wrapped it
+        assert "(4.8 views/s, 1,776 MB/s per process)" in text, result.stdout
+        assert (f"waited 6.0 of 10.0 s for the writers, which wrote 1,776 MB/s: if the disk writes no faster, it is "
+                f"the bound{fewer} if it writes faster, more writer processes may help (--set "
+                f"cache.write_processes=N, now 3)") in text, result.stdout
 
 def test_distill_refuses_a_cache_that_is_not_one(tmp_path, recipe_path):
     result = run("distill", "--pipeline", recipe_path, "--cache", tmp_path / "nothing", "--out", tmp_path / "s")

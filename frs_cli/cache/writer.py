@@ -81,6 +81,12 @@ class CacheWriteSummary:
     # the dispatcher or writer threads, waiting for the device and writing (see _Stages)
     stage_seconds: dict | None = None
     write_processes: int | None = None  # the writer processes this process ran (0: threads)
+    bytes_written: int = 0  # this process's encoded features and masks handed to the writers (checksums aside)
+
+    @property
+    def mb_per_second(self) -> float:
+        """This process's write rate in MB/s (decimal), against the write loop's ``seconds``."""
+        return self.bytes_written / self.seconds / 1e6 if self.seconds > 0 else 0.0
 
 
 def _create(path: str, plan: Plan, teacher, recipe, fingerprints: dict, dataset, check: dict | None,
@@ -489,7 +495,7 @@ def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: P
         root = open_group(path, mode="r+")
         # the fast pass changes the teacher's weights in place: only after they were fingerprinted and stored
         run = TeacherPass(teacher, encoding, options).prepare()
-        written, seconds, stages = _write_pending(root, path, plan, run, dataset, cfg, ctx, progress, write_threads,
+        written, nbytes, seconds, stages = _write_pending(root, path, plan, run, dataset, cfg, ctx, progress, write_threads,
                                                   procs, resize_on_device)
         barrier(ctx)
         complete = False
@@ -508,7 +514,7 @@ def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: P
         total_written = sum(all_gather_objects(ctx, written))
         return CacheWriteSummary(path, len(plan), total_written, seconds, written / seconds if seconds > 0 else 0.0,
                                  complete, broadcast_object(ctx, rejected), tuple(broadcast_object(ctx, repaired)),
-                                 check, stages.to_dict(), len(procs) if procs is not None else 0)
+                                 check, stages.to_dict(), len(procs) if procs is not None else 0, nbytes)
 
 
 def _space_needed(path: str, plan: Plan, channels, cfg, resume: bool) -> tuple[int, int, bool] | None:
@@ -693,8 +699,9 @@ def _my_batches(plan: Plan, num_buckets: int, is_pending: np.ndarray, batch_size
 
 def _write_pending(root: zarr.Group, path: str, plan: Plan, run: TeacherPass, dataset, cfg, ctx: DistContext,
                    progress: Progress, write_threads: int, procs: WriterProcesses | None,
-                   resize_on_device: bool | None) -> tuple[int, float, _Stages]:
-    """Run the teacher over this process's pending batches and write them; (views written, seconds, stages)."""
+                   resize_on_device: bool | None) -> tuple[int, int, float, _Stages]:
+    """Run the teacher over this process's pending batches and write them; (views written, bytes of their encoded
+    features and masks, seconds, stages)."""
     buckets = root.attrs["buckets"]
     is_pending = ~TeacherCache(path, require_complete=False).done()  # the stored index is in plan order
     mine = _my_batches(plan, len(buckets), is_pending, cfg.batch_size, ctx)
@@ -714,7 +721,7 @@ def _write_pending(root: zarr.Group, path: str, plan: Plan, run: TeacherPass, da
     run.warm_up(sorted({(len(bt), *buckets[int(plan.bucket[bt[0]])]["padded"]) for bt in mine}), ctx.device)
     progress.start(share("teacher-cache", ctx.world_size), int(sum(is_pending[bt].sum() for bt in mine)), unit="view")
     t0 = time.perf_counter()
-    written = 0
+    written = nbytes = 0
     stages = _Stages()
     futures: list[Future] = []
     copier = _HostCopier(ctx.device)
@@ -755,6 +762,7 @@ def _write_pending(root: zarr.Group, path: str, plan: Plan, run: TeacherPass, da
                                else pool.submit(_write_batch, arrays, *args))
             stages.wait_in_flight(futures, in_flight, on_device=direct)
             written += len(keep)
+            nbytes += sum(t.nbytes for t in tensors)  # sizes only: no wait for the device
             progress.update(len(keep))
         t_wait = time.perf_counter()
         for f in futures:
@@ -764,7 +772,7 @@ def _write_pending(root: zarr.Group, path: str, plan: Plan, run: TeacherPass, da
             stages.last_writes, stages.join, stages.free = (procs.seconds[k] for k in ("wait", "join", "free"))
         stages.backpressure += time.perf_counter() - t_wait
     progress.stop()
-    return written, time.perf_counter() - t0, stages
+    return written, nbytes, time.perf_counter() - t0, stages
 
 
 def _encoded_batch(run: TeacherPass, batch, on_gpu: bool, device: torch.device, bucket: dict, keep: list[int],

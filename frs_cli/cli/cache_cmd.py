@@ -88,9 +88,9 @@ def teacher_cache(
             else f"cache {str(out)!r} is already complete ({plural(s.views_total, 'view')}); nothing written")
     else:
         console.print(f"wrote {s.views_written} of {s.views_total} views in {s.seconds:.1f} s "
-                      f"({s.views_per_second:.1f} views/s per process) -> {escape(str(out))}"
+                      f"({s.views_per_second:.1f} views/s{_rate_mb(s)} per process) -> {escape(str(out))}"
                       + ("" if s.complete else "  [yellow](incomplete: run again with --resume)[/]"))
-        for hint in bottleneck_hints(s.stage_seconds, s.seconds, recipe.cache, s.write_processes):
+        for hint in bottleneck_hints(s.stage_seconds, s.seconds, recipe.cache, s.write_processes, s.mb_per_second):
             console.print(f"[dim]{hint}[/]", highlight=False, soft_wrap=True)
 
 
@@ -98,12 +98,25 @@ HINT_SHARE = 0.25  # a wait above this share of the write loop gets a hint
 HINT_MIN_S = 1.0  # and above this many seconds (a short run's waits are its start and its end)
 
 
-def bottleneck_hints(stages: dict | None, seconds: float, cfg, write_processes: int | None = None) -> list[str]:
+def _mb_s(rate: float) -> str:
+    """A write rate in MB/s: whole MB from 100 up, one decimal below (a small cache's short write)."""
+    return f"{rate:,.0f} MB/s" if rate >= 100 else f"{rate:.1f} MB/s"
+
+
+def _rate_mb(s) -> str:
+    """", N MB/s" of a write that counted its bytes, else nothing."""
+    return f", {_mb_s(s.mb_per_second)}" if s.bytes_written else ""
+
+
+def bottleneck_hints(stages: dict | None, seconds: float, cfg, write_processes: int | None = None,
+                     mb_per_second: float = 0.0) -> list[str]:
     """What held the teacher back, when a wait took more than ``HINT_SHARE`` of the write loop's ``seconds`` (and
     more than ``HINT_MIN_S``):
     the loader (images not decoded in time) or the write side (no free writer slot). Each line names the knob
     and its value in ``cfg`` (the recipe's ``cache``), with ``write_processes`` the count the write ran
-    ("auto" resolves per host and per GPU process)."""
+    ("auto" resolves per host and per GPU process). A write side that held it back is the disk when the write's
+    rate (``mb_per_second``) is all the disk gives, else the writers: the line gives that rate and both knobs,
+    fewer bits a value for a new cache and more writer processes."""
     if not stages or seconds <= 0:
         return []
     hints = []
@@ -115,8 +128,17 @@ def bottleneck_hints(stages: dict | None, seconds: float, cfg, write_processes: 
         n = cfg.writer_processes() if write_processes is None else write_processes
         now = ("0, threads in this process" if n == 0 else f"auto = {n}" if cfg.write_processes == "auto"
                else f"{n}")
-        hints.append(f"waited {writers:.1f} of {seconds:.1f} s for the writers: more writer processes may help if "
-                     f"the disk keeps up (--set cache.write_processes=N, now {now})")
+        from frs_cli.cache.encoding import FeatureEncoding
+
+        took = f", which wrote {_mb_s(mb_per_second)}" if mb_per_second > 0 else ""
+        bits = FeatureEncoding(cfg.dtype).bits
+        smaller = [f"{d} ({FeatureEncoding(d).bits} bits a value)" for d in ("int8", "int5")
+                   if FeatureEncoding(d).bits < bits]
+        fewer = (f", and a new cache with fewer bits a value writes less (cache.dtype {' or '.join(smaller)}, "
+                 f"now {cfg.dtype}: {bits})" if smaller else "")
+        hints.append(f"waited {writers:.1f} of {seconds:.1f} s for the writers{took}: if the disk writes no faster, "
+                     f"it is the bound{fewer}; if it writes faster, more writer processes may help "
+                     f"(--set cache.write_processes=N, now {now})")
     return hints
 
 
