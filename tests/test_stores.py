@@ -260,3 +260,29 @@ def test_a_cache_whose_dataset_moved_says_so_and_points_at_data(cache_path, synt
     assert not (tmp_path / "m.png").exists()
     result = runner.invoke(app, ["eval", "--cache", str(moved), "--data", str(synth_root)])
     assert result.exit_code == 0, result.output
+
+
+def test_cache_info_gives_the_codec_the_features_are_stored_with_and_what_the_attributes_say(recipe_path, tmp_path):
+    """``cache info`` reads the compressor off the features arrays: a zstd cache says zstd; its HDF5 export, whose
+    arrays are uncompressed and whose attributes are the Zarr cache's (a resumed distill sees the same recipe), says
+    none, and what its attributes say (before: zstd alone); so do attributes edited to another name."""
+    import h5py
+
+    def storage_row(path) -> str:
+        result = runner.invoke(app, ["cache", "info", str(path)])
+        assert result.exit_code == 0, result.output
+        return next(" ".join(line.strip("│ ").split()) for line in result.stdout.splitlines() if "storage" in line)
+
+    out, h5 = tmp_path / "z.zarr", tmp_path / "z.h5"
+    result = runner.invoke(app, ["teacher-cache", "--pipeline", str(recipe_path), "--out", str(out), "--device", "cpu",
+                                 "--set", 'cache.codec="zstd"'])
+    assert result.exit_code == 0, result.output
+    assert storage_row(out) == "storage │ float16 features, float16 masks, codec zstd"
+    assert runner.invoke(app, ["cache", "export", str(out), str(h5)]).exit_code == 0
+    with h5py.File(h5, "r") as f:
+        assert json.loads(f.attrs["storage"])["codec"] == "zstd" and f["buckets/64x64/P3/features"].compression is None
+    assert storage_row(h5) == "storage │ float16 features, float16 masks, codec none (its attributes say zstd)"
+    assert TeacherCache(str(h5)).read(5).features[0].equal(TeacherCache(str(out)).read(5).features[0])
+    group = zarr.open_group(str(out), mode="r+")
+    group.attrs["storage"] = {**group.attrs["storage"], "codec": "none"}
+    assert storage_row(out) == "storage │ float16 features, float16 masks, codec zstd (its attributes say none)"

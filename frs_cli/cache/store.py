@@ -133,6 +133,16 @@ def open_existing(path: str, mode: str = "r", storage_options: dict | None = Non
 CODECS = ("none", "zstd", "blosc")  # every chunk compressor a cache may name (the recipe's cache.codec)
 
 
+def array_codec(arr) -> str:
+    """The compressor ``arr`` (a Zarr v3 array or an h5py dataset) stores its chunks with, by name: ``"none"``,
+    the ``CODECS`` name of one a cache writes, else the compressor's own name (an HDF5 filter's, such as "gzip")."""
+    compressors = getattr(arr, "compressors", None)
+    if compressors is None:  # h5py
+        return getattr(arr, "compression", None) or "none"
+    names = {"ZstdCodec": "zstd", "BloscCodec": "blosc"}
+    return "+".join(names.get(type(c).__name__, type(c).__name__) for c in compressors) or "none"
+
+
 def codec(name: str):
     """Zarr v3 compressor list for a codec name (one of ``CODECS``)."""
     from zarr.codecs import BloscCodec, ZstdCodec

@@ -167,6 +167,19 @@ def _teacher_pass(cache) -> str:
     return f"{precision}, {'channels-last' if record.get('channels_last') else 'NCHW'}, {folded}"
 
 
+def _codec(cache) -> str:
+    """The compressor the cache's features are stored with (its first features array's), and the attributes' own
+    when they say another (an export holds every array uncompressed; an edited ``zarr.json``)."""
+    from frs_cli.cache.store import array_codec
+
+    said = cache.attrs["storage"].get("codec", "none")  # older caches: not recorded
+    path = f"buckets/{cache.buckets[0].name}/{cache.levels[0].name}/features" if cache.buckets else None
+    if path is None or not cache.backend.has(path):
+        return said
+    stored = array_codec(cache.backend.array(path))
+    return stored if stored == said else f"{stored} (its attributes say {said})"
+
+
 def info(cache: str = typer.Argument(..., help="Cache path, URL or .h5 file.")):
     """Summarise a teacher cache: images, views, levels, bytes on disk, MB per image, teacher, fingerprints."""
     import logging
@@ -190,7 +203,7 @@ def info(cache: str = typer.Argument(..., help="Cache path, URL or .h5 file.")):
         ("levels", "  ".join(f"{lv.name}/s{lv.stride}/{lv.channels}ch" for lv in c.levels)),
         ("size buckets", str(len(c.buckets))),
         ("storage", (f"{c.dtype} features, {a['storage'].get('mask_dtype', 'float16')} masks, "  # older caches: neither
-                     f"codec {a['storage'].get('codec', 'none')}")),
+                     f"codec {_codec(c)}")),
         ("bytes on disk", (f"{nbytes['total'] / 1e6:,.1f} MB  (views {nbytes['views'] / 1e6:,.1f} MB, "
                            f"index and teacher head {nbytes['fixed'] / 1e6:,.2f} MB)")),
         ("per image", (f"{per_view_bytes * len(c) / max(1, n_images) / 1e6:.4f} MB  "
