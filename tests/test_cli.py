@@ -464,7 +464,7 @@ def test_teacher_cache_names_the_knob_when_the_loader_or_the_writers_held_it_bac
         result = run("teacher-cache", "--pipeline", recipe_path, "--out", out, "--device", "cpu",
                      "--set", f"cache.dtype={dtype}")
         text = " ".join(result.stdout.split())  # the hint as one line, however the console wrapped it
-        assert "(4.8 views/s, 1,776 MB/s per process)" in text, result.stdout
+        assert "(4.8 views/s per process, 1,776 MB/s in all)" in text, result.stdout
         assert (f"waited 6.0 of 10.0 s for the writers, which wrote 1,776 MB/s: if the disk writes no faster, it is "
                 f"the bound{fewer} if it writes faster, more writer processes may help (--set "
                 f"cache.write_processes=N, now 3)") in text, result.stdout

@@ -60,6 +60,21 @@ def test_two_process_teacher_cache_equals_one_process_and_ddp_distill_runs(cache
     assert r.returncode == 0, r.stderr[-3000:]
     assert "wrote 48 of 48 views" in r.stdout
     assert "teacher-cache (process 0's share of 2) 24/24" in r.stderr + r.stdout  # the bar is not the whole job
+    # the MB/s is the whole job's (both processes' bytes, what the disk takes), views/s process 0's alone: over the
+    # same seconds, their ratio is 48 views' bytes over 24 views
+    import re
+
+    from frs_cli.cache.encoding import FeatureEncoding
+    from frs_cli.cache.reader import TeacherCache
+    from frs_cli.cache.schema import make_plan, view_bytes
+
+    line = " ".join(r.stdout.split())
+    views_s, mb_s = map(float, re.search(r"\(([\d.]+) views/s per process, ([\d.,]+) MB/s in all\)", line).groups())
+    cache = TeacherCache(str(out))
+    plan = make_plan(cache.dataset(), ("orig", "hflip"), [lv.stride for lv in cache.levels])
+    stored = view_bytes(plan, [lv.channels for lv in cache.levels], FeatureEncoding("float16")).sum()
+    handed = stored - 48 * (4 * 2 * len(cache.levels) + 1)  # a view's checksums and done flag are not handed over
+    assert mb_s * 1e6 / views_s == pytest.approx(handed / 24, rel=0.05), line
     worst = _assert_matches_one_process_cache(out, cache_path)
     print(f"two-process vs one-process cache: max abs difference {worst:.3g}")
     assert zarr.open_group(str(out), mode="r").attrs["state"] == "complete"

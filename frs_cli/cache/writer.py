@@ -81,11 +81,12 @@ class CacheWriteSummary:
     # the dispatcher or writer threads, waiting for the device and writing (see _Stages)
     stage_seconds: dict | None = None
     write_processes: int | None = None  # the writer processes this process ran (0: threads)
-    bytes_written: int = 0  # this process's encoded features and masks handed to the writers (checksums aside)
+    bytes_written: int = 0  # every process's encoded features and masks handed to the writers (checksums aside)
 
     @property
     def mb_per_second(self) -> float:
-        """This process's write rate in MB/s (decimal), against the write loop's ``seconds``."""
+        """The write's rate in MB/s (decimal): every process's bytes over this process's loop ``seconds``, what
+        the store took (one disk under every GPU process of a host)."""
         return self.bytes_written / self.seconds / 1e6 if self.seconds > 0 else 0.0
 
 
@@ -511,10 +512,11 @@ def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: P
                 root.attrs["dataset"] = {**root.attrs["dataset"], "image_files": image_files_record(dataset)}
                 root.attrs["state"] = "complete"
         barrier(ctx)
-        total_written = sum(all_gather_objects(ctx, written))
+        gathered = all_gather_objects(ctx, (written, nbytes))
+        total_written, total_bytes = sum(g[0] for g in gathered), sum(g[1] for g in gathered)
         return CacheWriteSummary(path, len(plan), total_written, seconds, written / seconds if seconds > 0 else 0.0,
                                  complete, broadcast_object(ctx, rejected), tuple(broadcast_object(ctx, repaired)),
-                                 check, stages.to_dict(), len(procs) if procs is not None else 0, nbytes)
+                                 check, stages.to_dict(), len(procs) if procs is not None else 0, total_bytes)
 
 
 def _space_needed(path: str, plan: Plan, channels, cfg, resume: bool) -> tuple[int, int, bool] | None:

@@ -88,7 +88,7 @@ def teacher_cache(
             else f"cache {str(out)!r} is already complete ({plural(s.views_total, 'view')}); nothing written")
     else:
         console.print(f"wrote {s.views_written} of {s.views_total} views in {s.seconds:.1f} s "
-                      f"({s.views_per_second:.1f} views/s{_rate_mb(s)} per process) -> {escape(str(out))}"
+                      f"({s.views_per_second:.1f} views/s per process{_rate_mb(s)}) -> {escape(str(out))}"
                       + ("" if s.complete else "  [yellow](incomplete: run again with --resume)[/]"))
         for hint in bottleneck_hints(s.stage_seconds, s.seconds, recipe.cache, s.write_processes, s.mb_per_second):
             console.print(f"[dim]{hint}[/]", highlight=False, soft_wrap=True)
@@ -104,8 +104,8 @@ def _mb_s(rate: float) -> str:
 
 
 def _rate_mb(s) -> str:
-    """", N MB/s" of a write that counted its bytes, else nothing."""
-    return f", {_mb_s(s.mb_per_second)}" if s.bytes_written else ""
+    """", N MB/s in all" (every process's bytes) of a write that counted them, else nothing."""
+    return f", {_mb_s(s.mb_per_second)} in all" if s.bytes_written else ""
 
 
 def bottleneck_hints(stages: dict | None, seconds: float, cfg, write_processes: int | None = None,
