@@ -496,8 +496,8 @@ def _write(recipe, path: str, resume: bool, ctx: DistContext | None, progress: P
         root = open_group(path, mode="r+")
         # the fast pass changes the teacher's weights in place: only after they were fingerprinted and stored
         run = TeacherPass(teacher, encoding, options).prepare()
-        written, nbytes, seconds, stages = _write_pending(root, path, plan, run, dataset, cfg, ctx, progress, write_threads,
-                                                  procs, resize_on_device)
+        written, nbytes, seconds, stages = _write_pending(root, path, plan, run, dataset, cfg, ctx, progress,
+                                                          write_threads, procs, resize_on_device)
         barrier(ctx)
         complete = False
         if ctx.is_main:

@@ -130,13 +130,13 @@ def bottleneck_hints(stages: dict | None, seconds: float, cfg, write_processes: 
                else f"{n}")
         from frs_cli.cache.encoding import FeatureEncoding
 
-        took = f", which wrote {_mb_s(mb_per_second)}" if mb_per_second > 0 else ""
+        rate = f", which wrote {_mb_s(mb_per_second)}" if mb_per_second > 0 else ""
         bits = FeatureEncoding(cfg.dtype).bits
         smaller = [f"{d} ({FeatureEncoding(d).bits} bits a value)" for d in ("int8", "int5")
                    if FeatureEncoding(d).bits < bits]
         fewer = (f", and a new cache with fewer bits a value writes less (cache.dtype {' or '.join(smaller)}, "
                  f"now {cfg.dtype}: {bits})" if smaller else "")
-        hints.append(f"waited {writers:.1f} of {seconds:.1f} s for the writers{took}: if the disk writes no faster, "
+        hints.append(f"waited {writers:.1f} of {seconds:.1f} s for the writers{rate}: if the disk writes no faster, "
                      f"it is the bound{fewer}; if it writes faster, more writer processes may help "
                      f"(--set cache.write_processes=N, now {now})")
     return hints
