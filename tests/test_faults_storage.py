@@ -1423,3 +1423,30 @@ def test_an_output_that_takes_no_file_is_named_as_given_not_by_a_temporary_or_lo
     assert_one_line_error(result, f"synth output '{tmp_path / 's' / 'd'}': the disk is full (no space left on "
                                   "device) (free space and run it again)")
     assert ".partial" not in result.stderr and list((tmp_path / "s").iterdir()) == []
+
+
+def test_an_array_whose_metadata_is_damaged_is_missing_to_every_reader_and_resume_recreates_it(recipe_path, cache_path,
+                                                                                              tmp_path):
+    """An array's zarr.json cut mid-JSON or emptied to ``{}`` (before: a JSONDecodeError or zarr's
+    MetadataValidationError traceback from ``cache info``, ``cache verify``, ``eval --cache`` and ``--resume``): the
+    array reads as missing; info shows its table, verify names it, a reader refuses in one line, --resume recreates
+    it and rewrites the views it held, giving the cache as written."""
+    out = tmp_path / "c.zarr"
+    shutil.copytree(cache_path, out)
+    (out / "buckets" / "64x64" / "P3" / "features" / "zarr.json").write_text("{")
+    (out / "buckets" / "64x64" / "P5" / "mask" / "zarr.json").write_text("{}")
+    result = run("cache", "info", out)
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+    assert "complete (48/48 views written)" in result.stdout
+    result = run("cache", "verify", out)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert ("2 arrays the format requires are missing (buckets/64x64/P3/features, buckets/64x64/P5/mask)"
+            in " ".join(result.output.split()))
+    result = run("eval", "--cache", out)
+    assert_one_line_error(result, "the metadata of array 'buckets/64x64/P3/features' is not readable, damaged "
+                                  "(JSONDecodeError)", "--resume recreates it")
+    result = run("teacher-cache", "--pipeline", recipe_path, "--out", out, "--device", "cpu", "--resume")
+    assert result.exit_code == 0, result.output
+    assert "recreated 2 arrays that were missing or damaged" in " ".join(result.stdout.split())
+    assert verify_cache(str(out)).ok
+    assert_same_cache_arrays(out, cache_path)

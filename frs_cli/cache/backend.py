@@ -29,6 +29,31 @@ def _foreign_files_ignored():
         yield
 
 
+def _children(node) -> tuple[list, list]:
+    """The ``(name, array)`` and ``(name, group)`` pairs directly in the Zarr group ``node``, each sorted by name. A
+    child whose ``zarr.json`` does not read (cut or edited) is left out, as ``ZarrBackend.has`` reads it: missing."""
+    import zarr
+    from zarr.core.sync import sync
+
+    try:
+        with _foreign_files_ignored():
+            return sorted(node.arrays()), sorted(node.groups())
+    except ValueError:  # one child's metadata is damaged: zarr's listing parses every child's, so list them one by one
+        pass
+
+    async def names():
+        return [k async for k in node.store.list_dir(node.path)]
+
+    arrays, groups = [], []
+    for name in sorted(sync(names())):
+        try:
+            child = node[name]
+        except (KeyError, ValueError):  # zarr.json itself, a foreign file, or the damaged child
+            continue
+        (groups if isinstance(child, zarr.Group) else arrays).append((name, child))
+    return arrays, groups
+
+
 class ZarrBackend:
     """A Zarr v3 cache group at a local path or URL."""
 
@@ -47,13 +72,20 @@ class ZarrBackend:
         self.attrs = dict(self.root.attrs)
 
     def array(self, name: str):
-        return self.root[name]
+        try:
+            return self.root[name]
+        except ValueError as exc:  # its zarr.json is cut or edited (JSON or zarr's metadata error)
+            raise CacheFormatError(f"cache {self.path!r}: the metadata of array {name!r} is not readable, damaged "
+                                   f"({type(exc).__name__})",
+                                   hint=f"frs teacher-cache --pipeline RECIPE --out {self.path} --resume recreates "
+                                        "it") from exc
 
     def has(self, name: str) -> bool:
-        """Whether the array ``name`` (a path in the group) exists."""
+        """Whether the array ``name`` (a path in the group) exists and its metadata reads: an array whose
+        ``zarr.json`` is damaged is missing to every reader, and ``--resume`` recreates it as it does a deleted one."""
         try:
             self.root[name]
-        except KeyError:
+        except (KeyError, ValueError):
             return False
         return True
 
@@ -65,8 +97,7 @@ class ZarrBackend:
         """Every array below ``group`` (``""``: the whole cache) as ``(path, array)``, in sorted order."""
         node = self.root[group] if group else self.root
         prefix = f"{group}/" if group else ""
-        with _foreign_files_ignored():
-            arrays, groups = sorted(node.arrays()), sorted(node.groups())
+        arrays, groups = _children(node)
         for name, arr in arrays:
             yield prefix + name, arr
         for name, _ in groups:
