@@ -209,6 +209,23 @@ def test_a_url_whose_scheme_needs_a_missing_package_is_one_line_in_every_command
     assert list((tmp_path / "cwd").iterdir()) == []  # nothing written locally in its place
 
 
+def test_a_url_of_a_scheme_fsspec_does_not_know_is_one_line_in_every_command(tmp_path, recipe_path, monkeypatch):
+    """A URL whose scheme no fsspec filesystem serves (a typo): one line naming it and what is expected, in the
+    commands that take a cache URL (before: fsspec's "Protocol not known" ValueError as a traceback)."""
+    from conftest import assert_one_line_error
+
+    url = "frsunknown://bucket/c.zarr"
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    for args in (["cache", "info", url], ["cache", "verify", url], ["eval", "--cache", url],
+                 ["cache", "export", url, str(tmp_path / "c.h5")], ["visualize", "--cache", url, "--out", "v.png"],
+                 ["teacher-cache", "--pipeline", str(recipe_path), "--out", url, "--device", "cpu"]):
+        result = runner.invoke(app, args)
+        assert_one_line_error(result, f"cache {url!r}: expected a local path or a URL of a scheme fsspec knows "
+                                      "(file://, s3://, gs://, https://, ...), got frsunknown://")
+    assert list((tmp_path / "cwd").iterdir()) == [] and not (tmp_path / "c.h5").exists()
+
+
 def test_a_cache_another_live_job_is_writing_is_named_as_such_not_sent_to_resume(tmp_path, cache_path):
     """export, verify and distill on a cache whose writer still runs (its lock beside it names a live process):
     the line names that process and says to wait (before: 'its writer did not finish, run --resume', a resume the

@@ -50,6 +50,12 @@ def _fsspec(path: str, storage_options: dict | None):
         scheme = path.split("://", 1)[0]
         raise ConfigError(f"cache {path!r}: {scheme}:// needs a package that is not installed ({exc})",
                           hint="install it beside frs[remote]") from exc
+    except ValueError as exc:  # a scheme fsspec has no filesystem for (a typo, "foo://")
+        scheme = path.split("://", 1)[0]
+        if scheme in fsspec.available_protocols():
+            raise
+        raise ConfigError(f"cache {path!r}: expected a local path or a URL of a scheme fsspec knows (file://, "
+                          f"s3://, gs://, https://, ...), got {scheme}://") from exc
 
 
 def exists(path: str, storage_options: dict | None = None) -> bool:
