@@ -228,6 +228,7 @@ def test_train_then_eval_checkpoint_writes_metrics_and_detections(tmp_path, reci
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "model_final.pt").is_file()
     assert_plain_progress_line(result.stderr, "epoch 2/2", 24, "img")  # each image once per epoch, in one view
+    assert_plain_progress_line(result.stderr, "evaluate", 8, "img")  # the run's evaluation has its bar too
     # the val metrics after the last epoch in percent, as the tables show them (metrics.jsonl keeps fractions)
     assert re.search(r"^epoch 2, val box mAP \(%\): AP \d+\.\d  AP50 \d+\.\d  .*APl \u2013$", result.stderr,
                      re.MULTILINE), result.stderr
@@ -387,6 +388,7 @@ def test_teacher_cache_info_distill_visualize_and_mask_stats(tmp_path, recipe_pa
     result = run("distill", "--pipeline", recipe_path, "--cache", cache, "--out", tmp_path / "s", "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert_plain_progress_line(result.stderr, "epoch 1/1", 24, "img")
+    assert_plain_progress_line(result.stderr, "evaluate", 8, "img")
     assert (tmp_path / "s" / "model_final.pt").is_file() and (tmp_path / "s" / "adapters.pt").is_file()
 
     result = run("visualize", "--cache", cache, "--level", "all", "--out", tmp_path / "all.png")

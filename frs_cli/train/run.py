@@ -314,10 +314,10 @@ def _warn_val_categories(trained: CocoIndex, val: CocoIndex, command: str, ctx: 
                     "training split's dataset?)", command, trained.path, val.path, differs)
 
 
-def _evaluator(recipe, ctx: DistContext, cfg, trained: CocoIndex, command: str):
+def _evaluator(recipe, ctx: DistContext, cfg, trained: CocoIndex, command: str, progress: Progress | None):
     """What ``fit`` evaluates with, built before the run starts: a val split without images (evaluation would
     fail once the whole schedule has run) is one ConfigError here; one of other categories than the training
-    split ``trained`` is a warning."""
+    split ``trained`` is a warning. The evaluation shows its own bar on the run's ``progress``."""
     val = CocoViews.from_config(recipe.data, recipe.data.val, recipe.geometry, scored=True)
     _warn_val_categories(trained, val.index, command, ctx)
     if len(val) == 0:
@@ -329,7 +329,7 @@ def _evaluator(recipe, ctx: DistContext, cfg, trained: CocoIndex, command: str):
 
     def evaluate(objective) -> dict:
         return evaluate_detector(objective.student, val, ctx, batch_size=max(1, cfg.batch_size),
-                                 workers=cfg.workers, amp=cfg.amp)
+                                 workers=cfg.workers, amp=cfg.amp, progress=progress)
     return evaluate
 
 
@@ -355,7 +355,7 @@ def train_detector(recipe, role: str, out_dir: str | Path, *, resume: bool = Fal
     train = CocoViews.from_config(recipe.data, recipe.data.train, recipe.geometry)
     _record_annotations(start, recipe_dict, changes, train.index, ctx, f"train --role {role}", evaluate)
     _check_training_split(train, recipe.data.train, f"train --role {role}", ctx)
-    evaluator = _evaluator(recipe, ctx, cfg, train.index, "train") if evaluate else None
+    evaluator = _evaluator(recipe, ctx, cfg, train.index, "train", progress) if evaluate else None
     detector = build_detector(model_cfg, train.index.num_classes, table=role)
     result = fit(GTObjective(detector), train, cfg, ctx, out_dir,
                  views=training_views(cfg.hflip_prob, cfg.min_sizes, recipe.geometry), resume=start.resume,
@@ -408,7 +408,7 @@ def distill_student(recipe, out_dir: str | Path, *, cache: str | None = None, on
     _check_training_split(coco, recipe.cache.split if cache else recipe.data.train, "distill", ctx,
                           "cache.split" if cache else "data.train")
     num_classes = coco.index.num_classes
-    evaluator = _evaluator(recipe, ctx, cfg, coco.index, "distill") if evaluate else None
+    evaluator = _evaluator(recipe, ctx, cfg, coco.index, "distill", progress) if evaluate else None
     if cache is not None:
         recipe.cache.check_training_scales(cfg.min_sizes, recipe.geometry)
         store = TeacherCache(cache).check_attributes(faults)  # as verify does: an edited zarr.json is not trained on
