@@ -47,7 +47,8 @@ def _children(node) -> tuple[list, list]:
     arrays, groups = [], []
     for name in sorted(sync(names())):
         try:
-            child = node[name]
+            with _foreign_files_ignored():
+                child = node[name]
         except (KeyError, ValueError):  # zarr.json itself, a foreign file, or the damaged child
             continue
         (groups if isinstance(child, zarr.Group) else arrays).append((name, child))
